@@ -1,0 +1,90 @@
+"""The `onnxkit` command: a click group whose subcommands are imported only when run.
+
+Each subcommand lives in a small module of this package and holds no logic of
+its own: it parses options and calls the Python API.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from onnxkit import __version__
+from onnxkit.errors import OnnxkitError
+
+# name -> (module, attribute, one-line help). Help is kept here so that
+# `onnxkit --help` lists commands without importing onnxruntime.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "models": ("onnxkit.cli.build", "models_cmd", "List the models in the zoo."),
+    "build": ("onnxkit.cli.build", "build_cmd", "Build a zoo model or DSL file into an .onnx file."),
+    "inspect": ("onnxkit.cli.inspect", "inspect_cmd", "Show inputs, outputs, ops, size and metadata."),
+    "train": ("onnxkit.cli.train", "train_cmd", "Train or fine-tune any inference-form ONNX model."),
+    "eval": ("onnxkit.cli.train", "eval_cmd", "Evaluate a model on a dataset split."),
+    "quantize": ("onnxkit.cli.quantize", "quantize_cmd", "Quantize to int8/int4/fp16 with a report."),
+    "predict": ("onnxkit.cli.predict", "predict_cmd", "Run a model on inputs from a file."),
+    "serve": ("onnxkit.cli.serve", "serve_cmd", "Serve models over HTTP (Open Inference Protocol)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, hlp) for name, (_, _, hlp) in COMMANDS.items()])
+
+    def resolve_command(self, ctx, args):  # type: ignore[no-untyped-def]
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS:
+            from onnxkit.errors import suggest
+
+            raise click.UsageError(f"no command {name!r}.{suggest(name, COMMANDS)}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxkit")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Author, train, quantize and serve neural networks as plain ONNX files.
+
+    \b
+    Example:
+      onnxkit build digits-cnn -o digits.onnx
+      onnxkit train digits.onnx --data digits-images -o runs/digits
+      onnxkit serve runs/digits/model.onnx
+    """
+    ctx.obj = {"debug": debug}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning OnnxkitError into a short message and exit 1."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="onnxkit", standalone_mode=False)
+    except OnnxkitError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
