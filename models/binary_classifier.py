@@ -1,0 +1,19 @@
+"""The 1→10→1 sigmoid MLP: a binary classifier of one feature (outputs a logit)."""
+
+from onnxkit import nn
+from onnxkit.zoo import Recipe
+
+
+class BinaryClassifier(nn.Module):
+    def __init__(self, hidden: int):
+        self.hidden = nn.Linear(1, hidden, init_fn="xavier_uniform")
+        self.out = nn.Linear(hidden, 1, init_fn="xavier_uniform")
+
+    def forward(self, x):
+        return self.out(nn.ops.sigmoid(self.hidden(x)))
+
+
+def recipe(hidden: int = 10, seed: int = 0) -> Recipe:
+    nn.manual_seed(seed)
+    return Recipe(BinaryClassifier(hidden), {"x": nn.Input(["batch", 1])}, task="binary",
+                  labels=["negative", "positive"])

@@ -1,0 +1,23 @@
+"""Handwritten 8×8 digits: conv(32, 3×3, ReLU) → max-pool → flatten → dense(64, ReLU) → dense(10)."""
+
+from onnxkit import nn
+from onnxkit.zoo import Recipe
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self, channels: int, hidden: int, num_classes: int):
+        self.conv = nn.Conv2d(1, channels, 3, padding="same")
+        self.pool = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(channels * 4 * 4, hidden)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, image):
+        x = self.pool(nn.ops.relu(self.conv(image)))
+        return self.head(nn.ops.relu(self.fc(self.flatten(x))))
+
+
+def recipe(channels: int = 32, hidden: int = 64, num_classes: int = 10, seed: int = 0) -> Recipe:
+    nn.manual_seed(seed)
+    return Recipe(DigitsCNN(channels, hidden, num_classes), {"image": nn.Input(["batch", 1, 8, 8])},
+                  labels=[str(d) for d in range(num_classes)])

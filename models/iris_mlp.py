@@ -1,0 +1,12 @@
+"""Iris flowers: 4 measurements → 3 species, a two-layer ReLU MLP."""
+
+from onnxkit import nn
+from onnxkit.zoo import Recipe
+
+SPECIES = ["setosa", "versicolor", "virginica"]
+
+
+def recipe(hidden: int = 16, seed: int = 0) -> Recipe:
+    nn.manual_seed(seed)
+    mlp = nn.Sequential([nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3)])
+    return Recipe(mlp, {"x": nn.Input(["batch", 4])}, labels=SPECIES)

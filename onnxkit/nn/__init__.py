@@ -1,0 +1,31 @@
+"""The onnxkit DSL: symbolic tensors, modules and layers that build ONNX graphs.
+
+    from onnxkit import nn
+
+    class MLP(nn.Module):
+        def __init__(self):
+            self.fc1, self.fc2 = nn.Linear(64, 32), nn.Linear(32, 10)
+        def forward(self, x):
+            return self.fc2(nn.ops.relu(self.fc1(x)))
+
+    model = nn.build(MLP(), {"x": nn.Input(["batch", 64])}, output_names=["logits"])
+"""
+
+from onnxkit.nn import init, ops
+from onnxkit.nn.activation import GELU, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from onnxkit.nn.attention import FeedForward, MeanPool, MultiHeadAttention, TransformerEncoderLayer
+from onnxkit.nn.build import DEFAULT_OPSET, IR_VERSION, Input, build
+from onnxkit.nn.conv import AvgPool2d, Conv2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from onnxkit.nn.graph import Tensor
+from onnxkit.nn.init import manual_seed
+from onnxkit.nn.linear import Embedding, Linear
+from onnxkit.nn.module import Buffer, Module, ModuleList, Parameter, Sequential
+from onnxkit.nn.norm import BatchNorm1d, BatchNorm2d, LayerNorm
+
+__all__ = [
+    "DEFAULT_OPSET", "GELU", "IR_VERSION", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Buffer",
+    "Conv2d", "Dropout", "Embedding", "FeedForward", "Flatten", "GlobalAvgPool2d", "Input",
+    "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "MeanPool", "Module", "ModuleList",
+    "MultiHeadAttention", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
+    "Tensor", "TransformerEncoderLayer", "build", "init", "manual_seed", "ops",
+]  # fmt: skip

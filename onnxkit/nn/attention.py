@@ -1,0 +1,105 @@
+"""Multi-head self-attention and the transformer encoder layer built on it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.nn import ops
+from onnxkit.nn.activation import ACTIVATIONS, Dropout
+from onnxkit.nn.graph import Tensor, current_graph
+from onnxkit.nn.linear import Linear
+from onnxkit.nn.module import Module
+from onnxkit.nn.norm import LayerNorm
+
+MASKED = -1.0e4  # added to masked scores; finite so fp16 conversion stays finite
+
+
+def mask_bias(mask: Tensor, dtype: np.dtype) -> Tensor:
+    """[batch, seq] keep-mask (1 = token, 0 = padding) -> additive bias [batch, 1, 1, seq]."""
+    keep = ops.cast(ops.unsqueeze(mask, [1, 2]), dtype)
+    return ops.mul(ops.sub(1.0, keep), MASKED)
+
+
+class MultiHeadAttention(Module):
+    """Scaled dot-product self-attention over [batch, seq, dim] with an optional key-padding mask."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+        if dim % num_heads:
+            raise OnnxkitError(f"MultiHeadAttention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.q, self.k, self.v = Linear(dim, dim, init_fn="xavier_uniform"), \
+            Linear(dim, dim, init_fn="xavier_uniform"), Linear(dim, dim, init_fn="xavier_uniform")
+        self.out = Linear(dim, dim, init_fn="xavier_uniform")
+        self.dropout = Dropout(dropout)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """[b, s, dim] -> [b, heads, s, head_dim]."""
+        return ops.transpose(ops.reshape(x, [0, 0, self.num_heads, self.head_dim]), [0, 2, 1, 3])
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise OnnxkitError(
+                f"{current_graph().scope}: attention expects [batch, seq, {self.dim}], got {list(x.shape)}"
+            )
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        scores = ops.mul(ops.matmul(q, ops.transpose(k, [0, 1, 3, 2])), 1.0 / math.sqrt(self.head_dim))
+        if mask is not None:
+            scores = ops.add(scores, mask_bias(mask, x.dtype))
+        weights = self.dropout(ops.softmax(scores, axis=-1))
+        ctx = ops.transpose(ops.matmul(weights, v), [0, 2, 1, 3])
+        return self.out(ops.reshape(ctx, [0, 0, self.dim]))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.num_heads}"
+
+
+class FeedForward(Module):
+    """Linear -> activation -> dropout -> Linear."""
+
+    def __init__(self, dim: int, hidden: int, activation: str = "gelu", dropout: float = 0.0):
+        if activation not in ACTIVATIONS:
+            raise OnnxkitError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        self.fc1, self.act = Linear(dim, hidden), ACTIVATIONS[activation]()
+        self.dropout = Dropout(dropout)
+        self.fc2 = Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+class TransformerEncoderLayer(Module):
+    """Self-attention + feed-forward, each with a residual; post-norm (BERT) or pre-norm."""
+
+    def __init__(self, dim: int, num_heads: int, ff_dim: int, dropout: float = 0.1,
+                 activation: str = "gelu", norm_first: bool = False, eps: float = 1e-5):
+        self.norm_first = norm_first
+        self.attn = MultiHeadAttention(dim, num_heads, dropout)
+        self.norm1 = LayerNorm(dim, eps)
+        self.ff = FeedForward(dim, ff_dim, activation, dropout)
+        self.norm2 = LayerNorm(dim, eps)
+        self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.norm_first:
+            x = ops.add(x, self.dropout1(self.attn(self.norm1(x), mask)))
+            return ops.add(x, self.dropout2(self.ff(self.norm2(x))))
+        x = self.norm1(ops.add(x, self.dropout1(self.attn(x, mask))))
+        return self.norm2(ops.add(x, self.dropout2(self.ff(x))))
+
+    def extra_repr(self) -> str:
+        return "pre-norm" if self.norm_first else "post-norm"
+
+
+class MeanPool(Module):
+    """Mean over the sequence of [batch, seq, dim], counting only unmasked tokens."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None:
+            return ops.mean(x, [1])
+        keep = ops.cast(ops.unsqueeze(mask, [2]), x.dtype)  # [b, s, 1]
+        total = ops.sum(ops.mul(x, keep), [1])
+        count = ops.clip(ops.sum(keep, [1]), min=1e-9)
+        return ops.div(total, count)

@@ -1,0 +1,115 @@
+"""`build()`: trace a module on symbolic inputs and return a checked ONNX model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxkit import __version__
+from onnxkit.errors import OnnxkitError
+from onnxkit.nn.graph import Dim, Graph, Tensor, tracing, type_proto
+from onnxkit.nn.module import Module
+
+IR_VERSION = 10  # the newest ONNX Runtime 1.19.2 loads
+DEFAULT_OPSET = 17
+MAX_OPSET = 21
+
+
+@dataclass(frozen=True)
+class Input:
+    """A model input: its shape (ints, or names for symbolic dims) and dtype."""
+
+    shape: Sequence[Dim]
+    dtype: str = "float32"
+
+
+def build(
+    module: Module,
+    inputs: Mapping[str, Input],
+    *,
+    output_names: Sequence[str] | None = None,
+    name: str | None = None,
+    doc: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+) -> onnx.ModelProto:
+    """Trace `module(*inputs)` and return an ONNX model (IR 10).
+
+    `forward` may return a tensor, a tuple, or a dict (its keys name the
+    outputs). Metadata values that are not strings are stored as JSON.
+    """
+    if not 13 <= opset <= MAX_OPSET:
+        raise OnnxkitError(f"opset {opset} is not supported; use 13..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    module.assign_names()
+    graph = Graph(opset)
+    with tracing(graph):
+        args = [graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()]
+        result = module(*args)
+    outputs = _name_outputs(graph, result, output_names)
+
+    initializers = [numpy_helper.from_array(p.value, t.name) for p, t in graph.params.values()]
+    boundary = {t.name for t in (*graph.inputs, *outputs)} | {i.name for i in initializers}
+    value_info = [
+        helper.make_value_info(t.name, type_proto(t.dtype, t.shape))
+        for t in graph.values.values()
+        if t.name not in boundary
+    ]
+    g = helper.make_graph(
+        graph.nodes,
+        name or type(module).__name__,
+        [helper.make_value_info(t.name, type_proto(t.dtype, t.shape)) for t in graph.inputs],
+        [helper.make_value_info(t.name, type_proto(t.dtype, t.shape)) for t in outputs],
+        initializers,
+        doc_string=doc or (type(module).__doc__ or "").strip(),
+        value_info=value_info,
+    )
+    model = helper.make_model(
+        g,
+        ir_version=IR_VERSION,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="onnxkit",
+        producer_version=__version__,
+    )
+    meta = {"onnxkit.version": __version__, **(metadata or {})}
+    helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+    if check:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise OnnxkitError(f"the built model is not valid ONNX: {e}") from e
+    return model
+
+
+def _name_outputs(graph: Graph, result: Any, names: Sequence[str] | None) -> list[Tensor]:
+    """Rename the result tensors to the requested output names (Identity if one is an input)."""
+    if isinstance(result, Mapping):
+        names, tensors = list(result), list(result.values())
+    else:
+        tensors = list(result) if isinstance(result, tuple | list) else [result]
+        names = list(names) if names else [f"output_{i}" for i in range(len(tensors))]
+    if len(names) != len(tensors):
+        raise OnnxkitError(f"{len(names)} output names given for {len(tensors)} outputs")
+    if not all(isinstance(t, Tensor) for t in tensors):
+        raise OnnxkitError("forward must return Tensors (or a tuple/dict of them)")
+    producer = {out: node for node in graph.nodes for out in node.output}
+    renamed: dict[str, str] = {}
+    outputs = []
+    for new, t in zip(names, tensors, strict=True):
+        if t.name not in producer or t.name in renamed or new in graph.values:
+            (t,) = graph.op("Identity", [t])  # an input, initializer or repeated output
+        renamed[t.name] = new
+        outputs.append(Tensor(new, t.dtype, t.shape))
+    for node in graph.nodes:
+        for field in (node.input, node.output):
+            for i, n in enumerate(field):
+                if n in renamed:
+                    field[i] = renamed[n]
+    graph.values = {renamed.get(k, k): v for k, v in graph.values.items()}
+    return outputs

@@ -1,0 +1,181 @@
+"""`Module`, `Parameter` and `Buffer`: a tree of layers whose attribute names become
+the hierarchical names of the ONNX initializers (`encoder.layers.0.attn.q.weight`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.nn.graph import current_graph
+
+
+class Parameter:
+    """A trainable array. Its name is its attribute path in the module tree."""
+
+    trainable = True
+
+    def __init__(self, value: np.ndarray):
+        self.value = np.ascontiguousarray(value)
+        self.name = ""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.shape
+
+    def __repr__(self) -> str:
+        kind = type(self).__name__
+        return f"{kind}({self.name or '?'}, {self.value.dtype.name}{list(self.value.shape)})"
+
+
+class Buffer(Parameter):
+    """A non-trainable array stored in the model, such as batch-norm running statistics."""
+
+    trainable = False
+
+
+class Module:
+    """Base class of layers. Subclasses set children and parameters in `__init__`
+    and describe the computation in `forward`, using `onnxkit.nn` ops.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        graph = current_graph()
+        path = getattr(self, "_path", None)
+        if path is None:  # a module made inside forward: scope it under its caller
+            path = f"{graph.scope}.{type(self).__name__}".lstrip(".")
+        with graph.scoped(path, f"{type(self).__name__}({self.extra_repr()})"):
+            return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    # -- the tree ---------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_arrays(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """Every Parameter and Buffer, depth first, each once, by hierarchical name."""
+        seen: set[int] = set()
+        for path, module in self.named_modules(prefix):
+            for name, value in vars(module).items():
+                if isinstance(value, Parameter) and id(value) not in seen:
+                    seen.add(id(value))
+                    yield (f"{path}.{name}" if path else name), value
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """Trainable parameters only."""
+        return ((n, p) for n, p in self.named_arrays() if p.trainable)
+
+    def named_buffers(self) -> Iterator[tuple[str, Parameter]]:
+        return ((n, p) for n, p in self.named_arrays() if not p.trainable)
+
+    def num_parameters(self) -> int:
+        return int(sum(p.value.size for _, p in self.named_parameters()))
+
+    def assign_names(self) -> None:
+        """Name every submodule and array by its path; called by `build()`."""
+        for path, module in self.named_modules():
+            module._path = path
+        for name, p in self.named_arrays():
+            p.name = name
+
+    # -- weights ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: p.value for name, p in self.named_arrays()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy arrays in by name; shapes must match, and with `strict` every name too."""
+        arrays = dict(self.named_arrays())
+        for name, value in state.items():
+            if name not in arrays:
+                if strict:
+                    raise OnnxkitError(f"unknown weight {name!r}.{suggest(name, arrays)}")
+                continue
+            p = arrays[name]
+            value = np.asarray(value)
+            if value.shape != p.value.shape:
+                raise OnnxkitError(
+                    f"weight {name!r} has shape {list(value.shape)}, the model expects "
+                    f"{list(p.value.shape)}; check that the checkpoint matches the model options"
+                )
+            p.value = np.ascontiguousarray(value, dtype=p.value.dtype)
+        missing = [n for n in arrays if n not in state]
+        if strict and missing:
+            raise OnnxkitError(
+                f"{len(missing)} weights missing from the state dict, e.g. {missing[0]!r}; "
+                "pass strict=False to keep their initial values"
+            )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the weights as a .safetensors (or .npz) file, atomically."""
+        from onnxkit.files import atomic_path
+
+        path = os.fspath(path)
+        with atomic_path(path) as tmp:
+            if path.endswith(".npz"):
+                with open(tmp, "wb") as f:
+                    np.savez(f, **self.state_dict())
+            else:
+                from safetensors.numpy import save_file
+
+                save_file(self.state_dict(), str(tmp))
+
+    def load(self, path: str | os.PathLike, strict: bool = True) -> None:
+        """Read weights written by `save` (or any .safetensors / .npz with matching names)."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise OnnxkitError(f"{path}: no such weights file")
+        if path.endswith(".npz"):
+            with np.load(path) as data:
+                state = {k: data[k] for k in data.files}
+        else:
+            from safetensors.numpy import load_file
+
+            state = load_file(path)
+        self.load_state_dict(state, strict=strict)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        children = [f"  ({n}): " + repr(c).replace("\n", "\n  ") for n, c in self.named_children()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + ("\n" + "\n".join(children) + "\n)" if children else ")")
+
+
+class ModuleList(Module):
+    """An indexable list of modules, named `0`, `1`, ..."""
+
+    def __init__(self, modules: Iterable[Module] = ()):
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.named_children())
+
+    def __iter__(self) -> Iterator[Module]:
+        return (m for _, m in self.named_children())
+
+    def __getitem__(self, i: int) -> Module:
+        return getattr(self, str(i % len(self)))
+
+
+class Sequential(ModuleList):
+    """Apply modules one after another."""
+
+    def forward(self, x: Any) -> Any:
+        for m in self:
+            x = m(x)
+        return x

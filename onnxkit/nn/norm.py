@@ -1,0 +1,68 @@
+"""Normalisation layers, emitted in inference form (training derives the training forms)."""
+
+from __future__ import annotations
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.nn import init, ops
+from onnxkit.nn.graph import Tensor, current_graph
+from onnxkit.nn.module import Buffer, Module, Parameter
+
+
+class _BatchNorm(Module):
+    """BatchNormalization with learnable scale/shift and running statistics as Buffers."""
+
+    ranks: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(init.ones((num_features,)))
+        self.bias = Parameter(init.zeros((num_features,)))
+        self.running_mean = Buffer(init.zeros((num_features,)))
+        self.running_var = Buffer(init.ones((num_features,)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim not in self.ranks:
+            raise OnnxkitError(
+                f"{current_graph().scope}: {type(self).__name__} expects rank {self.ranks} input, "
+                f"got shape {list(x.shape)}"
+            )
+        params = [ops.as_tensor(p) for p in (self.weight, self.bias, self.running_mean, self.running_var)]
+        # ONNX momentum weights the old running value: 1 - PyTorch's momentum.
+        attrs = {"epsilon": self.eps, "momentum": 1.0 - self.momentum}
+        return current_graph().op("BatchNormalization", [x, *params], attrs)[0]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Over [N, C] or [N, C, L]."""
+
+    ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Over [N, C, H, W]."""
+
+    ranks = (4,)
+
+
+class LayerNorm(Module):
+    """LayerNormalization over the last axis."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        self.dim, self.eps = dim, eps
+        self.weight = Parameter(init.ones((dim,)))
+        self.bias = Parameter(init.zeros((dim,)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x.shape[-1], int) and x.shape[-1] != self.dim:
+            raise OnnxkitError(
+                f"{current_graph().scope}: LayerNorm({self.dim}) got input with last dim "
+                f"{x.shape[-1]} (shape {list(x.shape)})"
+            )
+        inputs = [x, ops.as_tensor(self.weight), ops.as_tensor(self.bias)]
+        return current_graph().op("LayerNormalization", inputs, {"axis": -1, "epsilon": self.eps})[0]
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"

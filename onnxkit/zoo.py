@@ -1,0 +1,155 @@
+"""The model zoo: named recipes in `models/*.py`, or a user's own DSL file.
+
+A recipe file defines `recipe(**options) -> Recipe`; its keyword arguments,
+with defaults and type hints, are the options `onnxkit build --set k=v` takes.
+The file `models/digits_cnn.py` is the model `digits-cnn`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import onnx
+
+from onnxkit import nn
+from onnxkit.errors import OnnxkitError, suggest
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "models"
+TASKS = ("classification", "binary", "regression", "embedding")
+
+
+@dataclass
+class Recipe:
+    """What a recipe returns: the module, its inputs, and what to record about it."""
+
+    module: nn.Module
+    inputs: Mapping[str, nn.Input]
+    outputs: Sequence[str] = ("logits",)
+    task: str = "classification"
+    labels: Sequence[str] | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise OnnxkitError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+
+
+def names() -> list[str]:
+    """Names of the zoo's models."""
+    return sorted(p.stem.replace("_", "-") for p in ZOO_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _load(name_or_path: str) -> tuple[str, ModuleType]:
+    path = Path(name_or_path)
+    if name_or_path.endswith(".py"):
+        if not path.is_file():
+            raise OnnxkitError(f"{path}: no such file; pass a zoo name or the path of a DSL .py file")
+        name = path.stem.replace("_", "-")
+    else:
+        name = name_or_path
+        path = ZOO_DIR / f"{name.replace('-', '_')}.py"
+        if name not in names():
+            raise OnnxkitError(
+                f"unknown model {name!r}.{suggest(name, names())} "
+                "Run `onnxkit models` to list them, or pass a .py file"
+            )
+    spec = importlib.util.spec_from_file_location(f"onnxkit_recipe_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except OnnxkitError:
+        raise
+    except Exception as e:
+        raise OnnxkitError(f"{path}: failed to load: {type(e).__name__}: {e}") from e
+    if not callable(getattr(module, "recipe", None)):
+        raise OnnxkitError(f"{path}: defines no recipe(**options) function returning onnxkit.zoo.Recipe")
+    return name, module
+
+
+def options(name_or_path: str) -> dict[str, inspect.Parameter]:
+    """The options a recipe takes, with their defaults and annotations."""
+    _, module = _load(name_or_path)
+    return dict(inspect.signature(module.recipe).parameters)
+
+
+def describe(name_or_path: str) -> str:
+    """The first line of the recipe file's docstring."""
+    _, module = _load(name_or_path)
+    return (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+
+
+def parse_option(value: str, annotation: Any, default: Any) -> Any:
+    """Convert a `--set` string to the option's type (from its annotation or default)."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    kind = kind or type(default).__name__
+    if "bool" in kind:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{value!r} is not a boolean")
+    if kind.startswith("int"):
+        return int(value)
+    if kind.startswith("float"):
+        return float(value)
+    return value
+
+
+def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -> onnx.ModelProto:
+    """Build a zoo model (or a DSL file) with options; strings are converted to option types."""
+    name, module = _load(name_or_path)
+    params = inspect.signature(module.recipe).parameters
+    kwargs = {}
+    for key, value in opts.items():
+        if key not in params:
+            raise OnnxkitError(
+                f"model {name!r} has no option {key!r}.{suggest(key, params)} "
+                f"Options: {', '.join(params) or 'none'}"
+            )
+        p = params[key]
+        if isinstance(value, str):
+            try:
+                value = parse_option(value, p.annotation, p.default)
+            except ValueError as e:
+                raise OnnxkitError(f"option {key}={value!r}: {e}") from None
+        kwargs[key] = value
+    recipe: Recipe = module.recipe(**kwargs)
+    if not isinstance(recipe, Recipe):
+        raise OnnxkitError(f"{name}: recipe() must return onnxkit.zoo.Recipe, got {type(recipe).__name__}")
+    metadata: dict[str, Any] = {
+        "onnxkit.recipe": {"name": name, "options": kwargs},
+        "onnxkit.task": recipe.task,
+        **recipe.metadata,
+    }
+    if recipe.labels is not None:
+        metadata["onnxkit.labels"] = list(recipe.labels)
+    return nn.build(
+        recipe.module,
+        recipe.inputs,
+        output_names=list(recipe.outputs),
+        name=name,
+        doc=(module.__doc__ or "").strip() or None,
+        metadata=metadata,
+        opset=opset,
+    )
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
+    """metadata_props as a dict, JSON values decoded."""
+    out: dict[str, Any] = {}
+    for prop in model.metadata_props:
+        try:
+            out[prop.key] = json.loads(prop.value)
+        except ValueError:
+            out[prop.key] = prop.value
+    return out
