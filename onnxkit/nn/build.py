@@ -105,11 +105,12 @@ def _name_outputs(graph: Graph, result: Any, names: Sequence[str] | None) -> lis
         if t.name not in producer or t.name in renamed or new in graph.values:
             (t,) = graph.op("Identity", [t])  # an input, initializer or repeated output
         renamed[t.name] = new
-        outputs.append(Tensor(new, t.dtype, t.shape))
+        t.name = new
+        outputs.append(t)
     for node in graph.nodes:
         for field in (node.input, node.output):
             for i, n in enumerate(field):
                 if n in renamed:
                     field[i] = renamed[n]
-    graph.values = {renamed.get(k, k): v for k, v in graph.values.items()}
+    graph.values = {t.name: t for t in graph.values.values()}
     return outputs

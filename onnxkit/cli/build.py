@@ -1,0 +1,55 @@
+"""`onnxkit models` and `onnxkit build`."""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+
+from onnxkit import zoo
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import save_model
+
+
+@click.command("models")
+def models_cmd() -> None:
+    """List the models in the zoo and their options.
+
+    \b
+    Example:
+      onnxkit models
+    """
+    for name in zoo.names():
+        opts = ", ".join(f"{k}={p.default}" for k, p in zoo.options(name).items())
+        click.echo(f"{name:<18} {zoo.describe(name)}")
+        click.echo(f"{'':<18} options: {opts}")
+
+
+def parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`key=value` strings to a dict (values stay strings; the recipe's types convert them)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise OnnxkitError(f"--set {pair!r}: expected key=value, e.g. --set num_classes=5")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@click.command("build")
+@click.argument("model")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A recipe option (repeatable).")
+@click.option("--opset", type=int, default=17, show_default=True, help="Default-domain opset (13-21).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx file.")
+def build_cmd(model: str, sets: tuple[str, ...], opset: int, output: str) -> None:
+    """Build MODEL (a zoo name or a DSL .py file) into an .onnx file.
+
+    \b
+    Examples:
+      onnxkit build digits-cnn -o digits.onnx
+      onnxkit build bert-classifier --set num_layers=2 --set num_classes=5 -o bert.onnx
+      onnxkit build my_model.py -o mine.onnx
+    """
+    proto = zoo.build_model(model, opset=opset, **parse_sets(sets))
+    path = save_model(proto, output)
+    params = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)
+    click.echo(f"wrote {path} ({params:,} parameters, {len(proto.graph.node)} nodes)")

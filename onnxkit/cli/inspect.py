@@ -1,0 +1,52 @@
+"""`onnxkit inspect`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import load_model
+from onnxkit.summary import format_summary, summarize
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--netron", is_flag=True, help="Serve the model in Netron on 127.0.0.1 until Ctrl-C.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port for --netron.")
+def inspect_cmd(model: str, as_json: bool, netron: bool, port: int) -> None:
+    """Show MODEL's inputs, outputs, opsets, parameters, operators and metadata.
+
+    \b
+    Examples:
+      onnxkit inspect digits.onnx
+      onnxkit inspect digits.onnx --json
+      onnxkit inspect digits.onnx --netron --port 8081
+    """
+    info = summarize(load_model(model), model)
+    click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
+    if netron:
+        serve_netron(model, port)
+
+
+def serve_netron(path: str, port: int) -> None:
+    """Serve `path` with the netron package on loopback and block until Ctrl-C."""
+    try:
+        import netron
+    except ImportError:
+        raise OnnxkitError("--netron needs the netron package: pip install 'onnxkit[viz]'") from None
+    import socket
+
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise OnnxkitError(f"port {port} is in use; pick another with --port")
+    host, bound = netron.start(path, address=("127.0.0.1", port), browse=False)
+    click.echo(f"Netron: http://{host}:{bound}  (Ctrl-C to stop)")
+    try:
+        netron.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        netron.stop()

@@ -1,0 +1,94 @@
+"""What is inside an ONNX file: inputs/outputs, opsets, parameters, operator histogram, metadata."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxkit.zoo import read_metadata
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    shape = value.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
+
+
+def _io(values: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": v.name,
+            "dtype": np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)).name,
+            "shape": _dims(v),
+        }
+        for v in values
+    ]
+
+
+def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A JSON-ready description of `model` (file size too when `path` is given)."""
+    g = model.graph
+    initializer_names = {i.name for i in g.initializer}
+    count = sum(int(np.prod(i.dims)) for i in g.initializer)
+    nbytes = sum(
+        int(np.prod(i.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(i.data_type)).itemsize
+        for i in g.initializer
+    )
+    ops = collections.Counter(
+        f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in g.node
+    )
+    info: dict[str, Any] = {
+        "name": g.name,
+        "ir_version": model.ir_version,
+        "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": _io(i for i in g.input if i.name not in initializer_names),
+        "outputs": _io(g.output),
+        "parameters": count,
+        "parameter_bytes": nbytes,
+        "initializers": len(g.initializer),
+        "nodes": len(g.node),
+        "operators": dict(ops.most_common()),
+        "metadata": read_metadata(model),
+    }
+    if path is not None:
+        info["file_bytes"] = os.path.getsize(path)
+    return info
+
+
+def _human(n: float, unit: str = "B") -> str:
+    for prefix in ("", "K", "M", "G"):
+        if abs(n) < 1000 or prefix == "G":
+            return f"{n:.0f} {prefix}{unit}" if prefix == "" else f"{n:.1f} {prefix}{unit}"
+        n /= 1000
+    return f"{n} {unit}"
+
+
+def format_summary(info: dict[str, Any]) -> str:
+    """The summary as text for a terminal."""
+    lines = [
+        f"model     {info['name']}   (IR {info['ir_version']}, "
+        + ", ".join(f"{d} opset {v}" for d, v in info["opsets"].items())
+        + (f", by {info['producer']}" if info["producer"] else "")
+        + ")",
+        f"params    {info['parameters']:,} ({_human(info['parameter_bytes'])}) in "
+        f"{info['initializers']} initializers; {info['nodes']} nodes"
+        + (f"; file {_human(info['file_bytes'])}" if "file_bytes" in info else ""),
+        "inputs",
+        *(f"  {v['name']:<20} {v['dtype']:<8} {v['shape']}" for v in info["inputs"]),
+        "outputs",
+        *(f"  {v['name']:<20} {v['dtype']:<8} {v['shape']}" for v in info["outputs"]),
+        "operators",
+        "  " + ", ".join(f"{op} ×{n}" for op, n in info["operators"].items()),
+    ]
+    if info["metadata"]:
+        lines.append("metadata")
+        for key, value in info["metadata"].items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            lines.append(f"  {key:<20} {text if len(text) <= 100 else text[:97] + '...'}")
+    return "\n".join(lines)
