@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
@@ -54,24 +54,18 @@ def build(
         result = module(*args)
     outputs = _name_outputs(graph, result, output_names)
 
-    initializers = [numpy_helper.from_array(p.value, t.name) for p, t in graph.params.values()]
-    boundary = {t.name for t in (*graph.inputs, *outputs)} | {i.name for i in initializers}
-    value_info = [
-        helper.make_value_info(t.name, type_proto(t.dtype, t.shape))
-        for t in graph.values.values()
-        if t.name not in boundary
-    ]
-    g = helper.make_graph(
-        graph.nodes,
-        name or type(module).__name__,
-        [helper.make_value_info(t.name, type_proto(t.dtype, t.shape)) for t in graph.inputs],
-        [helper.make_value_info(t.name, type_proto(t.dtype, t.shape)) for t in outputs],
-        initializers,
-        doc_string=doc or (type(module).__doc__ or "").strip(),
-        value_info=value_info,
-    )
+    params = [t for _, t in graph.params.values()]
+    boundary = {t.name for t in (*graph.inputs, *outputs, *params)}
+    vi = lambda t: helper.make_value_info(t.name, type_proto(t.dtype, t.shape))  # noqa: E731
     model = helper.make_model(
-        g,
+        helper.make_graph(
+            graph.nodes,
+            name or type(module).__name__,
+            [vi(t) for t in (*graph.inputs, *params)],  # weights enter as typed inputs for the check
+            [vi(t) for t in outputs],
+            doc_string=doc or (type(module).__doc__ or "").strip(),
+            value_info=[vi(t) for t in graph.values.values() if t.name not in boundary],
+        ),
         ir_version=IR_VERSION,
         opset_imports=[helper.make_opsetid("", opset)],
         producer_name="onnxkit",
@@ -79,11 +73,17 @@ def build(
     )
     meta = {"onnxkit.version": __version__, **(metadata or {})}
     helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
-    if check:
+    if check:  # on the weightless graph: the full checker would copy every weight twice
         try:
             onnx.checker.check_model(model, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             raise OnnxkitError(f"the built model is not valid ONNX: {e}") from e
+    del model.graph.input[len(graph.inputs):]
+    for p, t in graph.params.values():  # written straight into the model: one copy of each weight
+        init = model.graph.initializer.add()
+        init.name, init.data_type = t.name, helper.np_dtype_to_tensor_dtype(p.value.dtype)
+        init.dims.extend(p.value.shape)
+        init.raw_data = p.value.tobytes()
     return model
 
 
