@@ -1,0 +1,66 @@
+"""`onnxkit predict`: run a model on inputs from a file."""
+
+from __future__ import annotations
+
+import click
+
+from onnxkit import runtime
+from onnxkit.runtime.datafiles import (
+    check_output_path,
+    format_prediction,
+    read_inputs,
+    write_prediction,
+)
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "-i",
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Inputs: .npy, .npz (by input name), .json or .csv (one example per row).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Save the prediction: .json, .npz, .npy (first output) or .csv.",
+)
+@click.option("-k", "--top-k", type=click.IntRange(min=1), help="Show the K best classes per row.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: one per core).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Run large inputs in batches of this many rows.",
+)
+def predict_cmd(
+    model: str,
+    input_path: str,
+    output: str | None,
+    top_k: int | None,
+    device: str,
+    threads: int | None,
+    batch_size: int,
+) -> None:
+    """Run MODEL on the examples in an input file; print or save the result.
+
+    \b
+    Examples:
+      onnxkit predict digits.onnx --input images.npy --top-k 3
+      onnxkit predict digits.onnx --input rows.csv --output predictions.csv
+    """
+    if output:
+        check_output_path(output)
+    loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
+    prediction = loaded.predict(read_inputs(input_path, loaded))
+    if output:
+        write_prediction(output, prediction, top_k)
+        click.echo(f"wrote {output} ({len(prediction)} rows)")
+    else:
+        click.echo(format_prediction(prediction, top_k))

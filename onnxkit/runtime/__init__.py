@@ -1,0 +1,16 @@
+"""The embedding API: run an ONNX model from your own Python code.
+
+Imports only numpy, onnxruntime and the standard library, so it works in an
+environment with just `onnxruntime` (or `onnxruntime-gpu`) installed::
+
+    from onnxkit import runtime
+    model = runtime.load("digits.onnx")
+    result = model.predict(images)        # numpy array, dict of arrays, or lists
+    print(result.labels, result.scores)
+"""
+
+from onnxkit.runtime.model import Model, load
+from onnxkit.runtime.prediction import Prediction
+from onnxkit.runtime.signature import TensorSpec
+
+__all__ = ["Model", "Prediction", "TensorSpec", "load"]

@@ -1,0 +1,178 @@
+"""Inputs from files and predictions to files or a terminal, for `onnxkit predict`.
+
+Inputs: .npy (one array), .npz (arrays named by input), .json (a nested list, or an
+object of nested lists by input name), .csv (one example per row, optional header).
+Outputs: .json (outputs, labels, top-k), .npz (every output), .npy (the first
+output), .csv (one row per example). All written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import write_bytes, write_text
+from onnxkit.runtime.model import Model
+from onnxkit.runtime.prediction import Prediction
+
+INPUT_SUFFIXES = (".npy", ".npz", ".json", ".csv")
+OUTPUT_SUFFIXES = (".json", ".npz", ".npy", ".csv")
+
+
+def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
+    """The values in an input file, by model input name (checked later by `Model.prepare`)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_SUFFIXES:
+        raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}")
+    if not path.is_file():
+        raise OnnxkitError(f"{path}: no such file")
+    try:
+        if suffix == ".npy":
+            return _single(model, path, np.load(path, allow_pickle=False))
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+            if len(arrays) == 1 and len(model.inputs) == 1:
+                return _single(model, path, next(iter(arrays.values())))
+            return arrays
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else _single(model, path, data)
+        return _single(model, path, _read_csv(path, model))
+    except (ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise OnnxkitError(f"{path}: cannot read it as {suffix} ({e}); check the file") from e
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """Fail early, before any work, on an output file format we cannot write."""
+    if Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise OnnxkitError(f"{path}: unknown output format; use one of {', '.join(OUTPUT_SUFFIXES)}")
+
+
+def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int | None = None) -> None:
+    """Save a prediction; the format follows the file's suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        write_text(path, json.dumps(prediction.to_dict(top_k)) + "\n")
+    elif suffix in (".npy", ".npz"):
+        buffer = io.BytesIO()
+        if suffix == ".npy":
+            np.save(buffer, prediction.scores)
+        else:
+            arrays = dict(prediction.outputs)
+            if prediction.labels is not None:
+                arrays.setdefault("labels", np.asarray(prediction.labels))
+            np.savez(buffer, **arrays)
+        write_bytes(path, buffer.getvalue())
+    else:
+        check_output_path(path)
+        write_text(path, _csv_text(prediction, top_k))
+
+
+def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows: int = 20) -> str:
+    """A short table for a terminal: the best class (or top k) per row, else the outputs."""
+    rows = len(prediction)
+    classes = top_k or prediction.class_names is not None or prediction.task in ("classification", "binary")
+    lines = []
+    if classes:
+        best = prediction.top_k(top_k or 1)
+        lines.append(f"row  {'top-' + str(top_k) + ' labels' if top_k else 'label'} (score)")
+        for i, row in enumerate(best[:max_rows]):
+            lines.append(f"{i:<4} " + "  ".join(f"{label} ({score:.4g})" for label, score in row))
+    else:
+        lines.append("row  " + "  ".join(prediction.outputs))
+        for i in range(min(rows, max_rows)):
+            lines.append(f"{i:<4} " + "  ".join(_short(v[i]) for v in prediction.outputs.values()))
+    if rows > max_rows:
+        lines.append(f"... {rows - max_rows} more rows; save them all with --output FILE")
+    return "\n".join(lines)
+
+
+def _single(model: Model, path: Path, value: Any) -> dict[str, Any]:
+    if len(model.inputs) != 1:
+        names = ", ".join(spec.name for spec in model.inputs)
+        raise OnnxkitError(
+            f"{path}: holds one array but model {model.name!r} has inputs {names}; "
+            "use .npz or a .json object with one entry per input"
+        )
+    return {model.inputs[0].name: value}
+
+
+def _read_csv(path: Path, model: Model) -> np.ndarray:
+    if len(model.inputs) != 1:
+        raise OnnxkitError(
+            f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
+        )
+    spec = model.inputs[0]
+    rows = [row for row in csv.reader(path.read_text(encoding="utf-8").splitlines()) if row]
+    if rows and not _is_number(rows[0][0]):
+        rows = rows[1:]  # a header
+    if not rows:
+        raise OnnxkitError(f"{path}: no data rows")
+    widths = {len(row) for row in rows}
+    if len(widths) != 1:
+        raise OnnxkitError(f"{path}: rows have different lengths {sorted(widths)}; fix the file")
+    try:
+        table = np.array(rows).astype(spec.dtype or np.float32)
+    except ValueError as e:
+        raise OnnxkitError(f"{path}: not all values are {spec.dtype} numbers ({e})") from e
+    example = spec.shape[1:]
+    if len(example) > 1 and all(isinstance(d, int) for d in example):
+        width = int(np.prod(example))
+        if table.shape[1] != width:
+            raise OnnxkitError(
+                f"{path}: rows have {table.shape[1]} values but input {spec.describe()} needs {width} per example"
+            )
+        table = table.reshape(len(table), *example)
+    return table
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_text(prediction: Prediction, top_k: int | None) -> str:
+    columns: list[str] = []
+    blocks: list[np.ndarray] = []
+    if prediction.labels is not None:
+        columns.append("label")
+        blocks.append(np.asarray(prediction.labels, dtype=object)[:, None])
+    for name, value in prediction.outputs.items():
+        flat = np.asarray(value).reshape(len(value), -1)
+        names = prediction.class_names
+        if name == next(iter(prediction.outputs)) and names and flat.shape[1] == len(names):
+            columns += list(names)
+        else:
+            columns += [f"{name}_{j}" for j in range(flat.shape[1])]
+        blocks.append(flat.astype(object))
+    if top_k:
+        best = prediction.top_k(top_k)
+        k = len(best[0]) if best else 0
+        for j in range(k):
+            columns += [f"top{j + 1}", f"top{j + 1}_score"]
+        blocks.append(np.array([[x for pair in row for x in pair] for row in best], dtype=object))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(np.concatenate(blocks, axis=1).tolist())
+    return out.getvalue()
+
+
+def _short(value: Any) -> str:
+    flat = np.asarray(value).reshape(-1)
+    shown = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in flat[:6].tolist())
+    return f"[{shown}{', ...' if flat.size > 6 else ''}]"

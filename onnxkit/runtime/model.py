@@ -1,0 +1,192 @@
+"""`load` an ONNX model and `predict` with it: the embedding API."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.runtime.prediction import Prediction
+from onnxkit.runtime.session import (
+    create_session,
+    parse_device,
+    providers_for,
+    session_options,
+)
+from onnxkit.runtime.signature import TensorSpec, batchable, example_feeds, prepare_inputs
+
+LABELS_KEY = "onnxkit.labels"
+TASK_KEY = "onnxkit.task"
+
+
+class Model:
+    """A loaded model. `predict` may be called from many threads at once.
+
+    Inputs pass through `prepare` (names, dtypes and shapes checked against the
+    model) and then `run` (one session run). Entry points for other kinds of
+    input, such as text for models that carry a tokenizer, turn their input into
+    feeds and call `predict`.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        name: str,
+        *,
+        batch_size: int | None = 512,
+        io_binding: bool | None = None,
+        device_id: int = 0,
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise OnnxkitError(f"batch_size must be 1 or more (or None for no splitting), got {batch_size}")
+        self.session = session
+        self.name = name
+        self.batch_size = batch_size
+        self.inputs = [TensorSpec.from_node_arg(arg) for arg in session.get_inputs()]
+        self.outputs = [TensorSpec.from_node_arg(arg) for arg in session.get_outputs()]
+        self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
+        self.task = self.metadata.get(TASK_KEY)
+        self.class_names = _class_names(self.metadata, self.outputs, name)
+        self.batchable = batchable(self.inputs)
+        on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
+        self.device = f"cuda:{device_id}" if on_gpu else "cpu"
+        self.io_binding = on_gpu if io_binding is None else io_binding
+        self._device_kind = "cuda" if on_gpu else "cpu"
+        self._device_id = device_id if on_gpu else 0
+        self._output_names = [spec.name for spec in self.outputs]
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session uses, in priority order."""
+        return self.session.get_providers()
+
+    def prepare(self, inputs: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
+        """Checked, contiguous session feeds from an array, a dict of arrays, lists or keywords."""
+        if inputs is not None and named:
+            raise OnnxkitError("pass inputs either as one value/dict or as keywords, not both")
+        if isinstance(inputs, Mapping):
+            values = dict(inputs)
+        elif inputs is not None:
+            if len(self.inputs) != 1:
+                names = ", ".join(spec.name for spec in self.inputs)
+                raise OnnxkitError(
+                    f"model {self.name!r} has {len(self.inputs)} inputs ({names}); pass a dict or keywords naming each"
+                )
+            values = {self.inputs[0].name: inputs}
+        else:
+            values = named
+        return prepare_inputs(self.inputs, values)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One session run on prepared feeds (see `prepare`); outputs by name."""
+        if self.io_binding:
+            return self._run_bound(feeds)
+        return dict(zip(self._output_names, self.session.run(self._output_names, dict(feeds)), strict=True))
+
+    def predict(self, inputs: Any = None, /, **named: Any) -> Prediction:
+        """Run the model; inputs with more rows than `batch_size` run in batches."""
+        feeds = self.prepare(inputs, **named)
+        rows = len(next(iter(feeds.values()))) if self.batchable else 0
+        if not self.batchable or self.batch_size is None or rows <= self.batch_size:
+            outputs = self.run(feeds)
+        else:
+            starts = range(0, rows, self.batch_size)
+            parts = [self.run({k: v[i : i + self.batch_size] for k, v in feeds.items()}) for i in starts]
+            outputs = self._concat_rows(parts, rows)
+        return Prediction(outputs, self.class_names, self.task)
+
+    def warmup(self) -> None:
+        """Run once on zeros, so the first real call does not pay for allocation."""
+        self.run(example_feeds(self.inputs))
+
+    def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in self._output_names:
+            binding.bind_output(name, self._device_kind, self._device_id)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))
+
+    def _concat_rows(self, parts: list[dict[str, np.ndarray]], rows: int) -> dict[str, np.ndarray]:
+        outputs = {}
+        for name in self._output_names:
+            pieces = [part[name] for part in parts]
+            if sum(len(np.atleast_1d(p)) for p in pieces) != rows:
+                raise OnnxkitError(
+                    f"output {name!r} of model {self.name!r} does not have one row per input row, "
+                    "so the input cannot be split into batches; load it with batch_size=None"
+                )
+            outputs[name] = np.concatenate(pieces)
+        return outputs
+
+    def __repr__(self) -> str:
+        ins = ", ".join(spec.describe() for spec in self.inputs)
+        outs = ", ".join(spec.describe() for spec in self.outputs)
+        return f"<onnxkit Model {self.name!r} ({ins}) -> ({outs}) on {self.device}>"
+
+
+def load(
+    model: str | os.PathLike | bytes,
+    device: str = "auto",
+    threads: int | None = None,
+    *,
+    batch_size: int | None = 512,
+    warmup: bool = False,
+    optimization: str = "all",
+    optimized_model_path: str | os.PathLike | None = None,
+    io_binding: bool | None = None,
+    name: str | None = None,
+) -> Model:
+    """Load an ONNX model (a path or its bytes) for prediction.
+
+    device: "auto" (CUDA when this onnxruntime has it, else CPU), "cpu", "cuda" or "cuda:N".
+    threads: intra-op threads (default: onnxruntime's choice, one per core).
+    batch_size: inputs with more rows run in batches of this size (None: never split).
+    warmup: run once on zeros before returning.
+    optimization: graph optimisation level, "disabled" | "basic" | "extended" | "all".
+    optimized_model_path: also save the optimised graph there (written atomically).
+    io_binding: bind inputs and outputs to the device (default: on for CUDA).
+    name: the model's name (default: the file's stem).
+    """
+    kind, device_id = parse_device(device)
+    options = session_options(threads, optimization)
+    session = create_session(model, options, providers_for(kind, device_id), optimized_model_path)
+    if kind == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise OnnxkitError(
+            f"device {device!r}: onnxruntime could not start CUDA (check the CUDA and cuDNN "
+            "libraries it needs) and fell back to the CPU; fix CUDA or use device='cpu'"
+        )
+    if name is None:
+        name = "model" if isinstance(model, bytes) else Path(model).name.removesuffix(".onnx")
+    loaded = Model(session, name, batch_size=batch_size, io_binding=io_binding, device_id=device_id)
+    if warmup:
+        loaded.warmup()
+    return loaded
+
+
+def _class_names(metadata: dict[str, str], outputs: list[TensorSpec], model_name: str) -> tuple[str, ...] | None:
+    raw = metadata.get(LABELS_KEY)
+    if raw is None:
+        return None
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise OnnxkitError(
+            f"model {model_name!r}: metadata {LABELS_KEY!r} must be a JSON list of class names, "
+            f"got {raw[:60]!r}; rewrite that metadata entry"
+        )
+    width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if isinstance(width, int) and width != len(names) and not (width == 1 and len(names) == 2):
+        raise OnnxkitError(
+            f"model {model_name!r}: metadata {LABELS_KEY!r} names {len(names)} classes but output "
+            f"{outputs[0].name!r} has {width} scores per row; rewrite that metadata entry"
+        )
+    return tuple(names)

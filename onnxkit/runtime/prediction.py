@@ -1,0 +1,80 @@
+"""The result of `Model.predict`: the raw outputs, plus class labels when the model has them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Every model output by name; for classifiers, the predicted classes and their names.
+
+    The first output holds the scores (logits). A binary classifier's single logit
+    column is read as the scores [0, logit] of classes 0 and 1, so argmax and
+    softmax agree with thresholding and sigmoid.
+    """
+
+    outputs: dict[str, np.ndarray]
+    class_names: tuple[str, ...] | None = None
+    task: str | None = None  # metadata onnxkit.task: "classification", "binary", "regression", ...
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The first output."""
+        return next(iter(self.outputs.values()))
+
+    def class_scores(self) -> np.ndarray:
+        """Scores as [rows, classes]."""
+        if self.task not in (None, "classification", "binary"):
+            raise OnnxkitError(f"this is a {self.task} model: it predicts values, not classes")
+        scores = np.asarray(self.scores)
+        if scores.ndim != 2:
+            raise OnnxkitError(f"class predictions need a [batch, classes] first output, got shape {scores.shape}")
+        if scores.shape[1] == 1 and (self.task == "binary" or len(self.class_names or ()) == 2):
+            scores = np.concatenate([np.zeros_like(scores), scores], axis=1)
+        return scores
+
+    @property
+    def classes(self) -> np.ndarray:
+        """The index of the best class for each row."""
+        return self.class_scores().argmax(axis=1)
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The name of the best class for each row, or None when the model names no classes."""
+        if self.class_names is None:
+            return None
+        return [self.class_names[i] for i in self.classes]
+
+    def top_k(self, k: int) -> list[list[tuple[str | int, float]]]:
+        """For each row, the k best (class name or index, score) pairs, best first."""
+        scores = self.class_scores()
+        if k < 1:
+            raise OnnxkitError(f"top-k needs k >= 1, got {k}")
+        k = min(k, scores.shape[1])
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        names = self.class_names
+        return [
+            [(names[i] if names else int(i), float(row[i])) for i in order]
+            for row, order in zip(scores, best, strict=True)
+        ]
+
+    def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
+        """JSON-ready: {"outputs": nested lists by name, "labels" when named, "top_k" when asked}."""
+        result: dict[str, Any] = {"outputs": {name: value.tolist() for name, value in self.outputs.items()}}
+        if self.class_names is not None:
+            result["labels"] = self.labels
+        if top_k:
+            result["top_k"] = [[{"label": label, "score": score} for label, score in row] for row in self.top_k(top_k)]
+        return result

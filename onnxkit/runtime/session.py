@@ -1,0 +1,118 @@
+"""Creating the onnxruntime session: provider choice, threads and graph optimisation.
+
+`import_onnxruntime` imports onnxruntime without the training package. The
+onnxruntime-training wheels probe `onnxruntime.training.ortmodule` while
+`onnxruntime` itself is imported, which pulls in `onnx` and (where installed)
+torch; the probe treats an ImportError as "no training package", so blocking
+that one module for the duration of the import keeps the runtime light on every
+build. The block is lifted afterwards, so training code in the same process
+still imports normally.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import ModuleType
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import atomic_path
+
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def import_onnxruntime() -> ModuleType:
+    """Return the onnxruntime module, imported without `onnxruntime.training`."""
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    blocked = "onnxruntime.training" not in sys.modules
+    if blocked:
+        sys.modules["onnxruntime.training"] = None  # type: ignore[assignment]
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise OnnxkitError("onnxruntime is not installed; install onnxkit[runtime] (or onnxruntime-gpu)") from e
+    finally:
+        if blocked and sys.modules.get("onnxruntime.training", 0) is None:
+            del sys.modules["onnxruntime.training"]
+    return onnxruntime
+
+
+ort = import_onnxruntime()
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> (kind, device id); 'auto' resolves to what exists."""
+    kind, _, index = device.lower().partition(":")
+    if kind == "auto" and not index:
+        kind = "cuda" if _CUDA in ort.get_available_providers() else "cpu"
+        return kind, 0
+    if kind == "cpu" and not index:
+        return "cpu", 0
+    if kind == "cuda" and (not index or index.isdigit()):
+        if _CUDA not in ort.get_available_providers():
+            raise OnnxkitError(
+                f"device {device!r}: this onnxruntime build has no CUDA support; install "
+                "onnxruntime-gpu in an environment without the training package, or use device='cpu'"
+            )
+        return "cuda", int(index or 0)
+    raise OnnxkitError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def providers_for(kind: str, device_id: int) -> list:
+    """The execution providers, in priority order, for a device kind."""
+    if kind == "cuda":
+        return [(_CUDA, {"device_id": device_id}), _CPU]
+    return [_CPU]
+
+
+def session_options(threads: int | None, optimization: str) -> ort.SessionOptions:
+    """SessionOptions with the intra-op thread count and graph optimisation level set."""
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise OnnxkitError(f"unknown optimization level {optimization!r}; use one of {', '.join(OPTIMIZATION_LEVELS)}")
+    if threads is not None and threads < 1:
+        raise OnnxkitError(f"threads must be 1 or more, got {threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return options
+
+
+def create_session(
+    model: str | os.PathLike | bytes,
+    options: ort.SessionOptions,
+    providers: list,
+    optimized_model_path: str | os.PathLike | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession; its optimised graph is saved atomically when a path is given."""
+    if optimized_model_path is None:
+        return _open(model, options, providers)
+    with atomic_path(optimized_model_path) as tmp:
+        options.optimized_model_filepath = str(tmp)
+        return _open(model, options, providers)
+
+
+def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, providers: list):
+    where = "model bytes" if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes):
+        if not os.path.isfile(model):
+            raise OnnxkitError(f"{where}: no such file; pass the path of an .onnx model")
+        model = os.fspath(model)
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types, without a common base
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxkitError(
+            f"{where}: onnxruntime {ort.__version__} cannot load it ({reason}); check that the "
+            "file is a complete .onnx model and that its IR version and opset suit this onnxruntime"
+        ) from e

@@ -1,0 +1,151 @@
+"""A model's declared inputs and outputs, and turning user values into valid session feeds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError, suggest
+
+Dim = int | str | None  # fixed size, symbolic name ("batch"), or unknown
+
+_DTYPES: dict[str, np.dtype] = {
+    f"tensor({name})": np.dtype(dtype)
+    for name, dtype in [
+        ("float", "float32"), ("double", "float64"), ("float16", "float16"),
+        ("int8", "int8"), ("int16", "int16"), ("int32", "int32"), ("int64", "int64"),
+        ("uint8", "uint8"), ("uint16", "uint16"), ("uint32", "uint32"), ("uint64", "uint64"),
+        ("bool", "bool"), ("string", "object"),
+    ]
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One declared input or output: name, onnxruntime type string and shape."""
+
+    name: str
+    type: str  # as onnxruntime reports it, e.g. "tensor(float)"
+    shape: tuple[Dim, ...]
+
+    @classmethod
+    def from_node_arg(cls, arg: Any) -> TensorSpec:
+        """From an onnxruntime NodeArg (session.get_inputs() / get_outputs())."""
+        dims = tuple(None if isinstance(d, int) and d < 0 else d for d in (arg.shape or ()))
+        return cls(arg.name, arg.type, dims)
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """The numpy dtype, or None for types numpy cannot hold (bfloat16, sequences, maps)."""
+        return _DTYPES.get(self.type)
+
+    @property
+    def has_batch_axis(self) -> bool:
+        """True when the first dimension may take any size."""
+        return bool(self.shape) and not isinstance(self.shape[0], int)
+
+    def dims(self) -> str:
+        """'[batch, 64]'; '?' marks an unknown size."""
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+    def describe(self) -> str:
+        """'x float32 [batch, 64]'."""
+        dtype = "string" if self.type == "tensor(string)" else self.dtype or self.type
+        return f"{self.name} {dtype} {self.dims()}"
+
+
+def batchable(inputs: list[TensorSpec]) -> bool:
+    """True when every input has a free first dimension, so rows can be split or merged."""
+    return bool(inputs) and all(spec.has_batch_axis for spec in inputs)
+
+
+def prepare_inputs(specs: list[TensorSpec], values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Check names, dtypes and shapes against the model and return contiguous numpy feeds.
+
+    Lists become arrays; numbers are cast to the declared dtype when the cast keeps
+    their kind (float64 -> float32, int32 -> int64, int -> float), never float -> int.
+    A symbolic dimension must have the same size in every input that uses it.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    for name in values:
+        if name not in by_name:
+            raise OnnxkitError(
+                f"the model has no input {name!r}.{suggest(name, by_name)} "
+                f"Its inputs: {', '.join(s.describe() for s in specs)}"
+            )
+    missing = [spec.describe() for spec in specs if spec.name not in values]
+    if missing:
+        raise OnnxkitError(f"missing model input(s): {', '.join(missing)}; pass a value for each")
+    sizes: dict[str, tuple[int, str]] = {}
+    feeds = {}
+    for spec in specs:
+        array = _as_array(spec, values[spec.name])
+        _check_shape(spec, array, sizes)
+        feeds[spec.name] = np.ascontiguousarray(array)
+    return feeds
+
+
+def example_feeds(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Zero-valued feeds with every free dimension set to 1 (for warm-up runs)."""
+    feeds = {}
+    for spec in specs:
+        shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape)
+        if spec.type == "tensor(string)":
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+        elif spec.dtype is not None:
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feeds
+
+
+def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
+    want = spec.dtype
+    if want is None:
+        raise OnnxkitError(
+            f"input {spec.name!r} has type {spec.type}, which numpy cannot hold; this model cannot be run from onnxkit"
+        )
+    try:
+        array = np.asarray(value)
+    except ValueError as e:  # ragged nested lists
+        raise OnnxkitError(
+            f"input {spec.name!r}: cannot make an array of the value given ({e}); "
+            "pass a numpy array or equally long nested lists"
+        ) from e
+    if spec.type == "tensor(string)":
+        if array.dtype.kind not in "USO":
+            raise OnnxkitError(f"input {spec.name!r} expects strings, got {array.dtype} values")
+        return array.astype(object)
+    if array.dtype == want:
+        return array
+    if array.dtype.kind in "USO" or not np.can_cast(array.dtype, want, "same_kind"):
+        hint = (
+            f"; convert with .astype(np.{want}) if the values are whole numbers"
+            if array.dtype.kind == "f" and want.kind in "iu"
+            else ""
+        )
+        raise OnnxkitError(f"input {spec.name!r} expects {want} values, got {array.dtype}{hint}")
+    return array.astype(want)
+
+
+def _check_shape(spec: TensorSpec, array: np.ndarray, sizes: dict[str, tuple[int, str]]) -> None:
+    if array.ndim != len(spec.shape):
+        one = "; for one example pass x[None] or [x]" if array.ndim + 1 == len(spec.shape) else ""
+        raise OnnxkitError(
+            f"input {spec.name!r} needs {len(spec.shape)} dimension(s) {spec.dims()}, "
+            f"got shape {tuple(array.shape)}{one}"
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
+        if isinstance(want, int) and want != got:
+            raise OnnxkitError(
+                f"input {spec.name!r}: dimension {axis} must be {want}, got shape "
+                f"{tuple(array.shape)}; the model expects {spec.describe()}"
+            )
+        if isinstance(want, str):
+            seen, where = sizes.setdefault(want, (got, spec.name))
+            if seen != got:
+                raise OnnxkitError(
+                    f"dimension {want!r} is {seen} in input {where!r} but {got} in input "
+                    f"{spec.name!r}; inputs sharing a dimension name must agree on its size"
+                )
