@@ -29,9 +29,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OnnxkitError(f"cannot write {path}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise OnnxkitError(f"cannot write {path}: folder {parent} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    if path.is_dir():
+        raise OnnxkitError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise OnnxkitError(f"cannot write {path}: folder {parent} is not writable ({e.strerror})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

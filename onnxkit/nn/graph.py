@@ -190,7 +190,7 @@ class Graph:
         where = self.scope or "model"
         try:
             inferred = shape_inference.infer_node_outputs(schema, node, in_types, data)
-        except shape_inference.InferenceError as e:
+        except (shape_inference.InferenceError, onnx.checker.ValidationError) as e:
             shapes = ", ".join(_describe(t) for t in inputs if t is not None)
             reason = str(e).split("] ", 1)[-1]
             raise OnnxkitError(f"{where}: {node.op_type}({shapes}): {reason}") from None

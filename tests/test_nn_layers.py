@@ -1,0 +1,366 @@
+"""Each DSL layer: symbolic output shape, parameter names and counts, and numerics
+(ONNX Runtime against an independent numpy reference, within 1e-5)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ort_run
+
+from onnxkit import nn
+from onnxkit.errors import OnnxkitError
+
+RNG = np.random.default_rng(42)
+erf = np.vectorize(math.erf)
+
+
+def build_one(layer: nn.Module, **inputs: nn.Input) -> onnx.ModelProto:
+    model = nn.build(layer, inputs, output_names=["y"])
+    onnx.checker.check_model(model, full_check=True)  # the final model, weights included
+    return model
+
+
+def out_shape(model: onnx.ModelProto) -> list[int | str]:
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+
+
+def params(layer: nn.Module) -> dict[str, tuple[int, ...]]:
+    layer.assign_names()
+    return {n: p.shape for n, p in layer.named_arrays()}
+
+
+def randomize(layer: nn.Module) -> None:
+    for _, p in layer.named_arrays():
+        p.value = RNG.normal(0, 0.5, p.shape).astype(np.float32)
+
+
+def close(a: np.ndarray, b: np.ndarray, tol: float = 1e-5) -> None:
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+# -- numpy references ----------------------------------------------------------------------
+def ref_conv(x, w, b, stride, pads, dilation, groups):
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (x.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (x.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    y = np.zeros((n, o, oh, ow), np.float64)
+    per = o // groups
+    for oc in range(o):
+        g = oc // per
+        for i in range(oh):
+            for j in range(ow):
+                patch = x[:, g * cg:(g + 1) * cg,
+                          i * stride[0]:i * stride[0] + dilation[0] * (kh - 1) + 1:dilation[0],
+                          j * stride[1]:j * stride[1] + dilation[1] * (kw - 1) + 1:dilation[1]]
+                y[:, oc, i, j] = (patch * w[oc]).sum(axis=(1, 2, 3))
+    return y + (b[None, :, None, None] if b is not None else 0)
+
+
+def ref_pool(x, k, s, reduce):
+    n, c, h, w = x.shape
+    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+    y = np.zeros((n, c, oh, ow), np.float32)
+    for i in range(oh):
+        for j in range(ow):
+            y[:, :, i, j] = reduce(x[:, :, i * s:i * s + k, j * s:j * s + k], axis=(2, 3))
+    return y
+
+
+def ref_layernorm(x, w, b, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def ref_gelu(x):
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+
+def ref_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def ref_attention(x, mask, layer: nn.MultiHeadAttention):
+    b, s, d = x.shape
+    h, hd = layer.num_heads, layer.head_dim
+
+    def lin(m, t):
+        return t @ m.weight.value + m.bias.value
+
+    def heads(t):
+        return t.reshape(b, s, h, hd).transpose(0, 2, 1, 3)
+
+    q, k, v = heads(lin(layer.q, x)), heads(lin(layer.k, x)), heads(lin(layer.v, x))
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)
+    if mask is not None:
+        scores = scores + (1 - mask[:, None, None, :]) * -1e4
+    ctx = (ref_softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(b, s, d)
+    return lin(layer.out, ctx)
+
+
+# -- tests ----------------------------------------------------------------------------------
+def test_linear_shape_names_numerics():
+    layer = nn.Linear(6, 3)
+    assert params(layer) == {"weight": (6, 3), "bias": (3,)}
+    assert layer.num_parameters() == 21
+    randomize(layer)
+    model = build_one(layer, x=nn.Input(["batch", 6]))
+    assert out_shape(model) == ["batch", 3]
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"]
+    x = RNG.normal(size=(5, 6)).astype(np.float32)
+    close(ort_run(model, {"x": x})[0], x @ layer.weight.value + layer.bias.value)
+
+
+def test_linear_on_sequences_keeps_symbolic_dims():
+    model = build_one(nn.Linear(4, 2, bias=False), x=nn.Input(["batch", "seq", 4]))
+    assert out_shape(model) == ["batch", "seq", 2]
+
+
+@pytest.mark.parametrize(
+    "kwargs, hw, expect_hw",
+    [
+        ({"kernel_size": 3, "padding": "same"}, (8, 8), (8, 8)),
+        ({"kernel_size": 3, "stride": 2, "padding": 1}, (9, 9), (5, 5)),
+        ({"kernel_size": 3, "dilation": 2, "padding": "same"}, (7, 7), (7, 7)),
+        ({"kernel_size": (2, 3), "groups": 2}, (6, 5), (5, 3)),
+    ],
+)
+def test_conv2d(kwargs, hw, expect_hw):
+    layer = nn.Conv2d(4, 6, **kwargs)
+    k = kwargs["kernel_size"]
+    kh, kw = (k, k) if isinstance(k, int) else k
+    assert params(layer) == {"weight": (6, 4 // layer.groups, kh, kw), "bias": (6,)}
+    randomize(layer)
+    model = build_one(layer, image=nn.Input(["batch", 4, *hw]))
+    assert out_shape(model) == ["batch", 6, *expect_hw]
+    x = RNG.normal(size=(2, 4, *hw)).astype(np.float32)
+    ref = ref_conv(x, layer.weight.value, layer.bias.value, layer.stride, layer.pads, layer.dilation, layer.groups)
+    close(ort_run(model, {"image": x})[0], ref)
+
+
+def test_pools_and_flatten():
+    x = RNG.normal(size=(3, 2, 6, 6)).astype(np.float32)
+    for layer, reduce in ((nn.MaxPool2d(2), np.max), (nn.AvgPool2d(3, stride=3), np.mean)):
+        model = build_one(layer, x=nn.Input(["batch", 2, 6, 6]))
+        k = layer.kernel[0]
+        assert out_shape(model) == ["batch", 2, 6 // k, 6 // k]
+        close(ort_run(model, {"x": x})[0], ref_pool(x, k, layer.stride[0], reduce))
+    model = build_one(nn.Sequential([nn.GlobalAvgPool2d(), nn.Flatten()]), x=nn.Input(["batch", 2, 6, 6]))
+    assert out_shape(model) == ["batch", 2]
+    close(ort_run(model, {"x": x})[0], x.mean(axis=(2, 3)))
+
+
+@pytest.mark.parametrize(
+    "cls, shape", [(nn.BatchNorm1d, (5, 3)), (nn.BatchNorm1d, (5, 3, 4)), (nn.BatchNorm2d, (5, 3, 4, 4))]
+)
+def test_batchnorm_uses_running_stats(cls, shape):
+    layer = cls(3)
+    assert params(layer) == {n: (3,) for n in ("weight", "bias", "running_mean", "running_var")}
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert [n for n, _ in layer.named_buffers()] == ["running_mean", "running_var"]
+    randomize(layer)
+    layer.running_var.value = np.abs(layer.running_var.value) + 0.5
+    model = build_one(layer, x=nn.Input(["batch", *shape[1:]]))
+    assert out_shape(model) == ["batch", *shape[1:]]
+    x = RNG.normal(size=shape).astype(np.float32)
+    c = (1, 3) + (1,) * (len(shape) - 2)
+    ref = (x - layer.running_mean.value.reshape(c)) / np.sqrt(layer.running_var.value.reshape(c) + 1e-5)
+    close(ort_run(model, {"x": x})[0], ref * layer.weight.value.reshape(c) + layer.bias.value.reshape(c))
+
+
+def test_layernorm():
+    layer = nn.LayerNorm(8, eps=1e-6)
+    randomize(layer)
+    model = build_one(layer, x=nn.Input(["batch", "seq", 8]))
+    assert out_shape(model) == ["batch", "seq", 8]
+    x = RNG.normal(size=(2, 5, 8)).astype(np.float32)
+    close(ort_run(model, {"x": x})[0], ref_layernorm(x, layer.weight.value, layer.bias.value, 1e-6))
+
+
+def test_embedding():
+    layer = nn.Embedding(11, 4)
+    assert params(layer) == {"weight": (11, 4)}
+    model = build_one(layer, ids=nn.Input(["batch", "seq"], "int64"))
+    assert out_shape(model) == ["batch", "seq", 4]
+    ids = RNG.integers(0, 11, size=(3, 7))
+    close(ort_run(model, {"ids": ids})[0], layer.weight.value[ids])
+
+
+def test_embedding_rejects_float_ids():
+    with pytest.raises(OnnxkitError, match="integers"):
+        nn.build(nn.Embedding(11, 4), {"ids": nn.Input(["batch"], "float32")})
+
+
+@pytest.mark.parametrize(
+    "layer, ref",
+    [
+        (nn.ReLU(), lambda x: np.maximum(x, 0)),
+        (nn.GELU(), ref_gelu),
+        (nn.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+        (nn.Tanh(), np.tanh),
+        (nn.LeakyReLU(0.2), lambda x: np.where(x > 0, x, 0.2 * x)),
+        (nn.Softmax(), ref_softmax),
+        (nn.Dropout(0.5), lambda x: x),  # inference form: identity
+    ],
+)
+def test_activations_and_dropout(layer, ref):
+    model = build_one(layer, x=nn.Input(["batch", 7]))
+    assert out_shape(model) == ["batch", 7]
+    x = RNG.normal(size=(4, 7)).astype(np.float32) * 3
+    close(ort_run(model, {"x": x})[0], ref(x))
+
+
+def test_gelu_uses_gelu_op_from_opset_20():
+    model = nn.build(nn.GELU(), {"x": nn.Input(["batch", 3])}, opset=20)
+    assert [n.op_type for n in model.graph.node] == ["Gelu"]
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    close(ort_run(model, {"x": x})[0], ref_gelu(x))
+
+
+class MaskedAttention(nn.Module):
+    def __init__(self, attn):
+        self.attn = attn
+
+    def forward(self, x, mask):
+        return self.attn(x, mask)
+
+
+def test_multihead_attention_with_padding_mask():
+    attn = nn.MultiHeadAttention(8, 2)
+    randomize(attn)
+    wrapper = MaskedAttention(attn)
+    names = params(wrapper)
+    assert set(names) == {f"attn.{p}.{w}" for p in ("q", "k", "v", "out") for w in ("weight", "bias")}
+    assert wrapper.num_parameters() == 4 * (8 * 8 + 8)
+    model = build_one(wrapper, x=nn.Input(["batch", "seq", 8]), mask=nn.Input(["batch", "seq"], "int64"))
+    assert out_shape(model) == ["batch", "seq", 8]
+    x = RNG.normal(size=(2, 5, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int64)
+    close(ort_run(model, {"x": x, "mask": mask})[0], ref_attention(x, mask, attn))
+    # padding really is ignored: changing a padded token leaves the real tokens' outputs unchanged
+    x2 = x.copy()
+    x2[1, 4] += 10
+    y1, y2 = ort_run(model, {"x": x, "mask": mask})[0], ort_run(model, {"x": x2, "mask": mask})[0]
+    close(y1[1, :3], y2[1, :3])
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_encoder_layer(norm_first):
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, norm_first=norm_first, eps=1e-6)
+    randomize(layer)
+    wrapper = MaskedAttention(layer)
+    assert wrapper.num_parameters() == 4 * 72 + (8 * 16 + 16) + (16 * 8 + 8) + 2 * 16
+    model = build_one(wrapper, x=nn.Input(["batch", "seq", 8]), mask=nn.Input(["batch", "seq"], "int64"))
+    x = RNG.normal(size=(2, 4, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.int64)
+
+    def ln(m, t):
+        return ref_layernorm(t, m.weight.value, m.bias.value, 1e-6)
+
+    def ff(t):
+        h = ref_gelu(t @ layer.ff.fc1.weight.value + layer.ff.fc1.bias.value)
+        return h @ layer.ff.fc2.weight.value + layer.ff.fc2.bias.value
+
+    if norm_first:
+        h = x + ref_attention(ln(layer.norm1, x), mask, layer.attn)
+        ref = h + ff(ln(layer.norm2, h))
+    else:
+        h = ln(layer.norm1, x + ref_attention(x, mask, layer.attn))
+        ref = ln(layer.norm2, h + ff(h))
+    close(ort_run(model, {"x": x, "mask": mask})[0], ref, tol=2e-5)
+
+
+def test_mean_pool_counts_only_unmasked_tokens():
+    pool = MaskedAttention(nn.MeanPool())
+    pool.attn = nn.MeanPool()
+    model = build_one(pool, x=nn.Input(["batch", "seq", 3]), mask=nn.Input(["batch", "seq"], "int64"))
+    assert out_shape(model) == ["batch", 3]
+    x = RNG.normal(size=(2, 4, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1], [1, 0, 0, 0]], np.int64)
+    close(ort_run(model, {"x": x, "mask": mask})[0], np.stack([x[0].mean(0), x[1, 0]]))
+
+
+def test_sequential_names_and_state_dict_roundtrip(tmp_path):
+    nn.manual_seed(1)
+    mlp = nn.Sequential([nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)])
+    assert params(mlp) == {"0.weight": (4, 5), "0.bias": (5,), "2.weight": (5, 2), "2.bias": (2,)}
+    for suffix in (".safetensors", ".npz"):
+        mlp.save(tmp_path / f"w{suffix}")
+        nn.manual_seed(2)
+        other = nn.Sequential([nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)])
+        other.load(tmp_path / f"w{suffix}")
+        for (_, a), (_, b) in zip(mlp.named_arrays(), other.named_arrays(), strict=True):
+            np.testing.assert_array_equal(a.value, b.value)
+
+
+def test_load_state_dict_errors():
+    mlp = nn.Sequential([nn.Linear(4, 5)])
+    with pytest.raises(OnnxkitError, match="Did you mean: 0.weight"):
+        mlp.load_state_dict({"0.weigth": np.zeros((4, 5))})
+    with pytest.raises(OnnxkitError, match=r"shape \[5, 4\].*expects \[4, 5\]"):
+        mlp.load_state_dict({"0.weight": np.zeros((5, 4))})
+    with pytest.raises(OnnxkitError, match="missing"):
+        mlp.load_state_dict({"0.weight": np.zeros((4, 5))})
+
+
+def test_seeded_initialisers_are_reproducible_and_scaled():
+    nn.manual_seed(7)
+    a = nn.init.kaiming_uniform((256, 128))
+    nn.manual_seed(7)
+    b = nn.init.kaiming_uniform((256, 128))
+    np.testing.assert_array_equal(a, b)
+    assert abs(a.max()) <= math.sqrt(6 / 256) and a.std() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
+    assert nn.init.xavier_normal((300, 200)).std() == pytest.approx(math.sqrt(2 / 500), rel=0.05)
+    assert nn.init.kaiming_normal((64, 3, 3, 3)).std() == pytest.approx(math.sqrt(2 / 27), rel=0.05)
+    assert (nn.init.xavier_uniform((10, 30)) ** 2).mean() == pytest.approx(2 / 40, rel=0.1)
+    with pytest.raises(OnnxkitError, match="Did you mean: xavier_uniform"):
+        nn.init.get("xavier_unifrom")
+
+
+class Broken(nn.Module):
+    def __init__(self):
+        self.encoder = nn.ModuleList([nn.Sequential([nn.Linear(4, 8), nn.Linear(6, 2)])])
+
+    def forward(self, x):
+        return self.encoder[0](x)
+
+
+def test_shape_error_names_the_layer_path():
+    with pytest.raises(OnnxkitError) as e:
+        nn.build(Broken(), {"x": nn.Input(["batch", 4])})
+    msg = str(e.value)
+    assert msg.startswith("encoder.0.1: MatMul(float32[batch, 8], float32[6, 2])")
+    assert "Incompatible dimensions" in msg and "\n" not in msg
+
+
+def test_dtype_error_is_raised_at_the_call():
+    class AddInt(nn.Module):
+        def forward(self, x, n):
+            return x + n
+
+    with pytest.raises(OnnxkitError, match=r"Add\(float32\[batch, 3\], int64\[batch, 3\]\)"):
+        nn.build(AddInt(), {"x": nn.Input(["batch", 3]), "n": nn.Input(["batch", 3], "int64")})
+
+
+def test_ops_outside_build_are_a_clear_error():
+    with pytest.raises(OnnxkitError, match="only while tracing"):
+        nn.ops.relu(np.zeros(3))
+
+
+def test_model_level_properties():
+    model = nn.build(nn.Sequential([nn.Linear(3, 2), nn.Tanh()]), {"x": nn.Input(["batch", 3])},
+                     output_names=["y"], metadata={"k": [1, 2]})
+    assert model.ir_version == 10 and model.opset_import[0].version == 17
+    names = [n.name for n in model.graph.node]
+    assert names == ["0/MatMul", "0/Add", "1/Tanh"] and len(set(names)) == len(names)
+    assert model.graph.node[0].doc_string.startswith("Linear(3 -> 2")
+    typed = {v.name for v in model.graph.value_info}
+    assert typed == {"0/MatMul_output_0", "0/Add_output_0"}  # every intermediate is typed
+    assert {p.key: p.value for p in model.metadata_props}["k"] == "[1, 2]"

