@@ -125,10 +125,14 @@ class Model:
             outputs[name] = np.concatenate(pieces)
         return outputs
 
-    def __repr__(self) -> str:
+    def describe(self) -> str:
+        """'(x float32 [batch, 64]) -> (logits float32 [batch, 10])'."""
         ins = ", ".join(spec.describe() for spec in self.inputs)
         outs = ", ".join(spec.describe() for spec in self.outputs)
-        return f"<onnxkit Model {self.name!r} ({ins}) -> ({outs}) on {self.device}>"
+        return f"({ins}) -> ({outs})"
+
+    def __repr__(self) -> str:
+        return f"<onnxkit Model {self.name!r} {self.describe()} on {self.device}>"
 
 
 def load(

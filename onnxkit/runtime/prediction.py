@@ -57,17 +57,21 @@ class Prediction:
             return None
         return [self.class_names[i] for i in self.classes]
 
-    def top_k(self, k: int) -> list[list[tuple[str | int, float]]]:
-        """For each row, the k best (class name or index, score) pairs, best first."""
+    def top_k_indices(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best class indices per row, best first, and their scores: two [rows, k] arrays."""
         scores = self.class_scores()
         if k < 1:
             raise OnnxkitError(f"top-k needs k >= 1, got {k}")
-        k = min(k, scores.shape[1])
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return best, np.take_along_axis(scores, best, axis=1)
+
+    def top_k(self, k: int) -> list[list[tuple[str | int, float]]]:
+        """For each row, the k best (class name or index, score) pairs, best first."""
+        indices, scores = self.top_k_indices(k)
         names = self.class_names
         return [
-            [(names[i] if names else int(i), float(row[i])) for i in order]
-            for row, order in zip(scores, best, strict=True)
+            [(names[i] if names else i, s) for i, s in zip(row_i, row_s, strict=True)]
+            for row_i, row_s in zip(indices.tolist(), scores.tolist(), strict=True)
         ]
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+"""`onnxkit serve`: serve models over HTTP with the Open Inference Protocol."""
+
+from __future__ import annotations
+
+import click
+
+from onnxkit.serve import serve
+
+
+@click.command("serve")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL.onnx|NAME=MODEL.onnx...")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0: any free port, printed at start).",
+)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Most rows merged into one model run.",
+)
+@click.option(
+    "--max-delay-ms",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Longest wait for more requests to join a batch.",
+)
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=32,
+    show_default=True,
+    help="Largest request body accepted.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads per model.")
+def serve_cmd(
+    models: tuple[str, ...],
+    host: str,
+    port: int,
+    max_batch_size: int,
+    max_delay_ms: float,
+    max_body_mb: float,
+    device: str,
+    threads: int | None,
+) -> None:
+    """Serve one or more models over HTTP (Open Inference Protocol / KServe V2).
+
+    A model is named after its file (digits.onnx -> digits) unless given as
+    NAME=PATH. Stop with Ctrl-C or SIGTERM: open requests finish first.
+
+    \b
+    Example:
+      onnxkit serve digits.onnx --port 8000
+      curl -s localhost:8000/v2/models/digits/infer -d \\
+        '{"inputs":[{"name":"x","shape":[1,64],"datatype":"FP32","data":[0,0,5,13,...]}]}'
+    """
+    serve(
+        list(models),
+        host,
+        port,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        max_body_mb=max_body_mb,
+        device=device,
+        threads=threads,
+    )

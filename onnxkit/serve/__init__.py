@@ -1,0 +1,10 @@
+"""An HTTP server for ONNX models speaking the Open Inference Protocol (KServe V2).
+
+Built on Starlette and uvicorn; concurrent requests are merged into batches
+(`onnxkit.serve.batcher`) and counted at /metrics in the Prometheus format.
+"""
+
+from onnxkit.serve.app import create_app
+from onnxkit.serve.server import load_models, serve
+
+__all__ = ["create_app", "load_models", "serve"]

@@ -1,0 +1,202 @@
+"""The HTTP application: Open Inference Protocol (KServe V2) endpoints and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from onnxkit import __version__
+from onnxkit.errors import suggest
+from onnxkit.runtime import Model
+from onnxkit.serve.batcher import Batcher
+from onnxkit.serve.metrics import CONTENT_TYPE, Metrics
+from onnxkit.serve.protocol import (
+    MODEL_VERSION,
+    RequestError,
+    decode_request,
+    encode_response,
+    model_metadata,
+)
+
+EXTENSIONS = ["classification"]
+OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are decoded and encoded off the event loop
+
+
+def create_app(
+    models: list[Model],
+    *,
+    max_batch_size: int = 32,
+    max_delay_ms: float = 5.0,
+    max_body_bytes: int = 32 * 1024 * 1024,
+) -> ASGIApp:
+    """An ASGI app serving `models` by name, with a dynamic batcher for each."""
+    metrics = Metrics([m.name for m in models])
+    batchers = {m.name: Batcher(m, metrics, max_batch_size, max_delay_ms) for m in models}
+    ready = False
+
+    def lookup(request: Request) -> Batcher:
+        name = request.path_params["name"]
+        if name not in batchers:
+            raise RequestError(404, f"no model {name!r}.{suggest(name, batchers)} Served: {', '.join(batchers)}")
+        version = request.path_params.get("version", MODEL_VERSION)
+        if version != MODEL_VERSION:
+            raise RequestError(404, f"model {name!r} has no version {version!r}; it has {MODEL_VERSION!r}")
+        return batchers[name]
+
+    async def live(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def server_ready(request: Request) -> Response:
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return _json({"name": "onnxkit", "version": __version__, "extensions": EXTENSIONS})
+
+    async def model_ready(request: Request) -> Response:
+        batcher = lookup(request)
+        return _json({"name": batcher.model.name, "ready": ready}, 200 if ready else 503)
+
+    async def model_info(request: Request) -> Response:
+        return _json(model_metadata(lookup(request).model))
+
+    async def infer(request: Request) -> Response:
+        batcher = lookup(request)
+        model = batcher.model
+        batcher.receiving()
+        try:
+            body = await _read_body(request, max_body_bytes)
+            infer_request = await _offload(len(body), decode_request, body, model)
+        finally:
+            batcher.received()
+        outputs = await batcher.infer(infer_request.feeds)
+        reply = await _offload(len(body), encode_response, model, infer_request, outputs)
+        return Response(reply, media_type="application/json")
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal ready
+        for batcher in batchers.values():
+            batcher.start()
+        ready = True
+        try:
+            yield
+        finally:
+            ready = False
+            await asyncio.gather(*(b.stop() for b in batchers.values()))
+
+    model_paths = ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", server_ready),
+        Route("/v2", server_metadata),
+        Route("/metrics", prometheus),
+    ]
+    for path in model_paths:
+        routes += [
+            Route(path, model_info),
+            Route(path + "/ready", model_ready),
+            Route(path + "/infer", infer, methods=["POST"]),
+        ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            RequestError: _request_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    return _Metered(app, metrics, set(batchers))
+
+
+class _Metered:
+    """Counts every request by endpoint, model and status, and times infer calls."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, models: set[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.models = models
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            endpoint = getattr(scope.get("endpoint"), "__name__", "unknown")
+            model = scope.get("path_params", {}).get("name", "")
+            model = model if model in self.models else ""
+            seconds = time.perf_counter() - start if endpoint == "infer" and model else None
+            self.metrics.record_request(endpoint, model, status, seconds)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    too_big = RequestError(
+        413,
+        f"the request body is over the {limit:,}-byte limit; send fewer rows per request "
+        "or start the server with a larger --max-body-mb",
+    )
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _offload(size: int, function: Any, *args: Any) -> Any:
+    """Call `function` inline for small payloads, in a thread for large ones."""
+    if size > OFFLOAD_BYTES:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(content), status, headers, media_type="application/json")
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return _json({"error": str(exc)}, exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {
+        404: f"no such endpoint: {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    return _json({"error": message.get(exc.status_code, exc.detail)}, exc.status_code, exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return _json({"error": f"internal server error ({type(exc).__name__}); see the server's log"}, 500)

@@ -1,0 +1,163 @@
+"""Dynamic batching: concurrent requests for one model merged into one session run.
+
+Each model has a worker task on the event loop and one thread that runs the
+session, so a long run never blocks the loop. While a run is in progress, new
+requests queue up; the next run takes every queued request whose non-batch
+shapes match, up to `max_batch_size` rows. After the first request of a batch
+arrives, the worker waits up to `max_delay` for more, but only while other
+requests are still being received: a lone client is never made to wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxkit.runtime import Model
+from onnxkit.serve.metrics import Metrics
+from onnxkit.serve.protocol import RequestError
+
+
+@dataclass
+class _Pending:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    key: tuple | None  # requests with equal keys can be concatenated; None: run alone
+    future: asyncio.Future
+    since: float
+
+
+class Batcher:
+    """Queues requests for one model and runs them in merged batches."""
+
+    def __init__(self, model: Model, metrics: Metrics, max_batch_size: int = 32, max_delay_ms: float = 5.0) -> None:
+        self.model = model
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay_ms / 1000
+        self._queue: deque[_Pending] = deque()
+        self._receiving = 0  # requests whose bodies are still being read or decoded
+        self._wakeup = asyncio.Event()
+        self._splittable = model.batchable
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnxkit-{model.name}")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop(self) -> None:
+        """Stop the worker, fail what is still queued, and let a run in progress finish."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._queue:
+            pending = self._queue.popleft()
+            _settle(pending.future, error=RequestError(503, "the server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    def receiving(self) -> None:
+        """A request for this model has arrived and is being read: worth waiting for."""
+        self._receiving += 1
+
+    def received(self) -> None:
+        """That request has been queued or refused."""
+        self._receiving -= 1
+        self._wakeup.set()
+
+    async def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Queue checked feeds (see `Model.prepare`) and wait for their outputs."""
+        rows = len(next(iter(feeds.values()))) if self.model.batchable else 0
+        key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()) if self._splittable else None
+        loop = asyncio.get_running_loop()
+        pending = _Pending(feeds, rows, key, loop.create_future(), loop.time())
+        self._queue.append(pending)
+        self._wakeup.set()
+        return await pending.future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wakeup.clear()
+            if not self._queue:
+                await self._wakeup.wait()
+                continue
+            deadline = self._queue[0].since + self.max_delay
+            while (
+                self._splittable
+                and self._receiving > 0
+                and sum(p.rows for p in self._queue) < self.max_batch_size
+                and loop.time() < deadline
+            ):
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())
+                except TimeoutError:
+                    break
+            await self._run(self._take_batch())
+
+    def _take_batch(self) -> list[_Pending]:
+        first = self._queue.popleft()
+        if first.key is None or not self._splittable:
+            return [first]
+        batch, rows, rest = [first], first.rows, deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.key == first.key and rows + pending.rows <= self.max_batch_size:
+                batch.append(pending)
+                rows += pending.rows
+            else:
+                rest.append(pending)
+        self._queue = rest
+        return batch
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        batch = [p for p in batch if not p.future.done()]  # drop requests whose client left
+        if not batch:
+            return
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.model.run, feeds)
+        except Exception as e:  # onnxruntime's errors have no common base class
+            if len(batch) > 1:  # find the request that fails, and serve the others
+                for pending in batch:
+                    await self._run([pending])
+                return
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            _settle(
+                batch[0].future, error=RequestError(400, f"model {self.model.name!r} failed on this input: {message}")
+            )
+            return
+        self.metrics.record_batch(self.model.name, sum(p.rows for p in batch) or 1)
+        if len(batch) == 1:
+            _settle(batch[0].future, outputs)
+            return
+        rows = sum(p.rows for p in batch)
+        if any(np.ndim(v) == 0 or len(v) != rows for v in outputs.values()):
+            # outputs without a row per input row cannot be split: run each request alone
+            self._splittable = False
+            for pending in batch:
+                await self._run([pending])
+            return
+        start = 0
+        for pending in batch:
+            part = {name: value[start : start + pending.rows] for name, value in outputs.items()}
+            start += pending.rows
+            _settle(pending.future, part)
+
+
+def _settle(future: asyncio.Future, result: object = None, error: Exception | None = None) -> None:
+    """Give a waiting request its outputs or error, unless its client has gone."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

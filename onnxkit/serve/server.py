@@ -1,0 +1,95 @@
+"""Running the server: load the models, bind the port, serve until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from onnxkit import runtime
+from onnxkit.errors import OnnxkitError
+from onnxkit.serve.app import create_app
+
+
+def load_models(specs: list[str], device: str = "auto", threads: int | None = None) -> list[runtime.Model]:
+    """Load each 'PATH' or 'NAME=PATH'; a model's name defaults to its file's stem."""
+    models: dict[str, runtime.Model] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name.removesuffix(".onnx"), spec
+        if name in models:
+            raise OnnxkitError(f"two models are named {name!r}; name them apart with NAME=PATH, e.g. {name}-2={path}")
+        models[name] = runtime.load(path, device=device, threads=threads, batch_size=None, warmup=True, name=name)
+    return list(models.values())
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or one clear error (port in use, no permission, unknown host)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise OnnxkitError(
+                f"port {port} on {host} is already in use; stop the program using it or pick another with --port"
+            ) from e
+        if e.errno == errno.EACCES:
+            raise OnnxkitError(f"no permission to listen on port {port}; use a port above 1023") from e
+        raise OnnxkitError(f"cannot listen on {host}:{port} ({e.strerror or e}); check --host") from e
+
+
+def serve(
+    specs: list[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    max_batch_size: int = 32,
+    max_delay_ms: float = 5.0,
+    max_body_mb: float = 32,
+    device: str = "auto",
+    threads: int | None = None,
+) -> None:
+    """Serve models over HTTP until SIGINT or SIGTERM, then finish open requests and return."""
+    if max_batch_size < 1 or max_delay_ms < 0 or max_body_mb <= 0:
+        raise OnnxkitError("--max-batch-size must be >= 1, --max-delay-ms >= 0, --max-body-mb > 0")
+    models = load_models(specs, device, threads)
+    sock = bind(host, port)
+    app = create_app(
+        models,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+    )
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+    for model in models:
+        print(f"model {model.name}: {model.describe()} on {model.device}", file=sys.stderr)
+    print(f"serving {len(models)} model(s) at {url}/v2 (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    _Server(config).run(sockets=[sock])
+    print("stopped", file=sys.stderr)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising the stop signal after its graceful shutdown.
+
+    uvicorn re-raises SIGINT/SIGTERM once it has shut down, which kills the process
+    with that signal; a server that stopped cleanly on request exits normally instead.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
