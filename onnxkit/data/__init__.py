@@ -1,0 +1,29 @@
+"""Datasets: built-in (iris, digits, digits-images), .npz and .csv files, deterministic splits.
+
+    from onnxkit.data import load_dataset
+    ds = load_dataset("digits-images")       # ds.train, ds.validation, ds.test
+    for inputs, labels in ds.train.batches(64, shuffle=True, seed=0): ...
+"""
+
+from onnxkit.data.registry import DatasetEntry, datasets, load_dataset, register_dataset
+from onnxkit.data.split import (
+    Dataset,
+    ModelInput,
+    Split,
+    dataset_from_arrays,
+    model_inputs,
+    split_indices,
+)
+
+__all__ = [
+    "Dataset",
+    "DatasetEntry",
+    "ModelInput",
+    "Split",
+    "dataset_from_arrays",
+    "datasets",
+    "load_dataset",
+    "model_inputs",
+    "register_dataset",
+    "split_indices",
+]

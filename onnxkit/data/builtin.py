@@ -1,0 +1,69 @@
+"""Built-in datasets read from the CSV files scikit-learn ships (no download, no sklearn import)."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from onnxkit.data.registry import register_dataset
+from onnxkit.data.split import Dataset, dataset_from_arrays
+from onnxkit.errors import OnnxkitError
+
+
+def _sklearn_data(filename: str) -> Path:
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise OnnxkitError(
+            "the built-in datasets read scikit-learn's bundled files; "
+            "install it with: pip install 'onnxkit[train]' (or pip install scikit-learn)"
+        )
+    path = Path(spec.origin).parent / "datasets" / "data" / filename
+    if not path.is_file():
+        raise OnnxkitError(f"{path} is missing from the scikit-learn installation; reinstall it")
+    return path
+
+
+@register_dataset("iris", "150 iris flowers: 4 measurements (cm) -> 3 species")
+def iris(*, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
+    lines = _sklearn_data("iris.csv").read_text().splitlines()
+    label_names = lines[0].split(",")[2:]
+    table = np.array([line.split(",") for line in lines[1:] if line], dtype=np.float64)
+    x = table[:, :4].astype(np.float32)
+    y = table[:, 4].astype(np.int64)
+    return dataset_from_arrays(
+        "iris", {"x": x}, y, label_names=label_names, seed=seed, validation=validation, test=test
+    )
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(_sklearn_data("digits.csv.gz"), "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    return table[:, :64] / np.float32(16.0), table[:, 64].astype(np.int64)
+
+
+_DIGIT_NAMES = [str(d) for d in range(10)]
+
+
+@register_dataset("digits", "1797 handwritten digits, 64 pixels in [0, 1] -> 10 classes")
+def digits(*, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
+    x, y = _digits()
+    return dataset_from_arrays(
+        "digits", {"x": x}, y, label_names=_DIGIT_NAMES, seed=seed, validation=validation, test=test
+    )
+
+
+@register_dataset("digits-images", "the digits as 1x8x8 images in [0, 1] -> 10 classes")
+def digits_images(*, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
+    x, y = _digits()
+    return dataset_from_arrays(
+        "digits-images",
+        {"image": x.reshape(-1, 1, 8, 8)},
+        y,
+        label_names=_DIGIT_NAMES,
+        seed=seed,
+        validation=validation,
+        test=test,
+    )

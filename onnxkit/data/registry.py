@@ -1,0 +1,90 @@
+"""Named datasets and `load_dataset`, which also reads .npz and .csv files.
+
+A module in `onnxkit/data/` adds a dataset by decorating its loader with
+`@register_dataset("name", "one-line description")`; the loader takes keyword
+arguments `seed`, `validation`, `test` (split fractions) plus its own options
+and returns a `Dataset`. Every module of this package is imported on the first
+lookup, so a new module registers itself without edits here; heavy optional
+packages (tokenizers) must be imported inside the loader, not at module level.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxkit.data.split import Dataset
+from onnxkit.errors import OnnxkitError, suggest
+
+Loader = Callable[..., Dataset]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    loader: Loader
+    description: str
+
+
+_REGISTRY: dict[str, DatasetEntry] = {}
+_discovered = False
+
+
+def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
+    """Decorator: make `loader` available as `load_dataset(name)`."""
+
+    def add(loader: Loader) -> Loader:
+        _REGISTRY[name] = DatasetEntry(name, loader, description)
+        return loader
+
+    return add
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    import onnxkit.data as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    _discovered = True
+
+
+def datasets() -> dict[str, DatasetEntry]:
+    """The named datasets, by name."""
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def load_dataset(
+    name_or_path: str | Path,
+    *,
+    seed: int = 0,
+    validation: float = 0.2,
+    test: float = 0.2,
+    **options: Any,
+) -> Dataset:
+    """A named dataset (`iris`, `digits`, `digits-images`, ...) or a `.npz` / `.csv` file.
+
+    The split into train/validation/test is deterministic for a given `seed` and
+    fractions, so training and a later `onnxkit eval` see the same test split.
+    """
+    from onnxkit.data import formats
+
+    text = str(name_or_path)
+    split_args = {"seed": seed, "validation": validation, "test": test}
+    suffix = Path(text).suffix.lower()
+    if suffix in formats.READERS:
+        return formats.READERS[suffix](Path(text), **split_args, **options)
+    entries = datasets()
+    if text not in entries:
+        raise OnnxkitError(
+            f"unknown dataset {text!r}.{suggest(text, entries)} Built-in datasets: "
+            f"{', '.join(entries)}; or pass a .npz or .csv file"
+        )
+    return entries[text].loader(**split_args, **options)

@@ -1,0 +1,250 @@
+"""Splits and datasets: named feature arrays plus labels, batching, and binding to a model's inputs.
+
+A `Split` holds feature arrays by name (`inputs`) and one `labels` array, all
+with the same first dimension. `Split.feeds_for(model_inputs)` binds it to a
+model: each model input takes the array of the same name, or — when both have
+exactly one — the only array whatever its name; dtypes are cast within the
+same kind (float64 -> float32, int32 -> int64) and shapes are checked against
+the model's fixed dimensions. Any mismatch is an `OnnxkitError` raised before
+a model runs.
+
+Subclasses that build batches differently (text padded per batch) override
+`_batch` and `_with_inputs`; everything else works unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError, suggest
+
+SPLIT_NAMES = ("train", "validation", "test")
+_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a model expects for one input: name, numpy dtype, shape (str/None = free dim)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None
+
+    @classmethod
+    def from_value_info(cls, value_info) -> ModelInput:  # type: ignore[no-untyped-def]
+        """From an `onnx.ValueInfoProto` (a graph input)."""
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        tensor_type = value_info.type.tensor_type
+        shape = None
+        if tensor_type.HasField("shape"):
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tensor_type.shape.dim
+            )
+        return cls(value_info.name, np.dtype(tensor_dtype_to_np_dtype(tensor_type.elem_type)), shape)
+
+
+def model_inputs(model) -> list[ModelInput]:  # type: ignore[no-untyped-def]
+    """The inputs a caller must feed to an `onnx.ModelProto` (not initializer-backed ones)."""
+    initialized = {t.name for t in model.graph.initializer}
+    return [ModelInput.from_value_info(v) for v in model.graph.input if v.name not in initialized]
+
+
+class Split:
+    """Named feature arrays and labels with one shared first dimension."""
+
+    def __init__(self, name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
+        if not inputs:
+            raise OnnxkitError(f"split {name!r} has no feature arrays; give at least one")
+        sizes = {k: len(v) for k, v in inputs.items()}
+        if any(n != len(labels) for n in sizes.values()):
+            raise OnnxkitError(
+                f"split {name!r}: arrays have different lengths "
+                f"({', '.join(f'{k}={n}' for k, n in sizes.items())}, labels={len(labels)}); "
+                "every array needs one row per example"
+            )
+        self.name = name
+        self.inputs = dict(inputs)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        arrays = ", ".join(f"{k}{list(v.shape)}:{v.dtype}" for k, v in self.inputs.items())
+        return f"Split({self.name!r}, {len(self)} examples, {arrays})"
+
+    def _batch(self, indices: np.ndarray | slice) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return {k: v[indices] for k, v in self.inputs.items()}, self.labels[indices]
+
+    def _with_inputs(self, inputs: dict[str, np.ndarray]) -> Split:
+        return Split(self.name, inputs, self.labels)
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        """How many batches `batches(batch_size, drop_last=...)` yields."""
+        return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+    ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Yield `(inputs, labels)` batches; with `shuffle`, in an order fixed by `seed`."""
+        if batch_size < 1:
+            raise OnnxkitError(f"batch size must be at least 1, got {batch_size}")
+        n = len(self)
+        order = np.random.default_rng(seed).permutation(n) if shuffle else None
+        for b in range(self.num_batches(batch_size, drop_last)):
+            lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+            yield self._batch(order[lo:hi] if order is not None else slice(lo, hi))
+
+    def feeds_for(self, inputs: Sequence[ModelInput]) -> Split:
+        """This split with arrays renamed and cast to what `inputs` expect; checks shapes.
+
+        Raises `OnnxkitError` naming the input when a name, dtype or shape does not fit.
+        """
+        if len(self.inputs) == 1 and len(inputs) == 1:
+            names = {inputs[0].name: next(iter(self.inputs))}
+        else:
+            names = {}
+            for spec in inputs:
+                if spec.name not in self.inputs:
+                    raise OnnxkitError(
+                        f"model input {spec.name!r} has no array in the data (arrays: "
+                        f"{', '.join(self.inputs)}).{suggest(spec.name, self.inputs)} "
+                        "Name the data's arrays after the model's inputs"
+                    )
+                names[spec.name] = spec.name
+        bound: dict[str, np.ndarray] = {}
+        dims: dict[str, tuple[int, str]] = {}
+        for spec in inputs:
+            array = self.inputs[names[spec.name]]
+            bound[spec.name] = _cast(array, spec, names[spec.name])
+            _check_shape(array.shape, spec, names[spec.name], dims)
+        return self._with_inputs(bound)
+
+
+def _cast(array: np.ndarray, spec: ModelInput, source: str) -> np.ndarray:
+    want = spec.dtype
+    if array.dtype == want:
+        return array
+    kind = array.dtype.kind
+    if not ((kind == "f" and want.kind == "f") or (kind in "iub" and want.kind in "iuf")):
+        raise OnnxkitError(
+            f"data array {source!r} is {array.dtype} but model input {spec.name!r} needs {want}; "
+            "convert the data (e.g. token ids must be integers)"
+        )
+    return array.astype(want)
+
+
+def _check_shape(
+    shape: tuple[int, ...], spec: ModelInput, source: str, dims: dict[str, tuple[int, str]]
+) -> None:
+    if spec.shape is None:
+        return
+    wanted = "[" + ", ".join(str(d) if d is not None else "?" for d in spec.shape) + "]"
+    # the first dimension is the example dimension: its size is the batch size, not the data's
+    per_example = (None, *spec.shape[1:]) if spec.shape else spec.shape
+    if len(shape) != len(spec.shape) or any(
+        isinstance(d, int) and d > 0 and d != s for d, s in zip(per_example, shape, strict=True)
+    ):
+        raise OnnxkitError(
+            f"data array {source!r} has shape {list(shape)} but model input {spec.name!r} "
+            f"expects {wanted}; reshape the data (or pick the matching dataset, "
+            "e.g. digits-images for image models and digits for flat ones)"
+        )
+    for d, s in zip(spec.shape[1:], shape[1:], strict=True):
+        if isinstance(d, str):
+            seen = dims.setdefault(d, (s, source))
+            if seen[0] != s:
+                raise OnnxkitError(
+                    f"dimension {d!r} is {seen[0]} in array {seen[1]!r} but {s} in {source!r}; "
+                    "arrays that share a model dimension need the same size"
+                )
+
+
+@dataclass
+class Dataset:
+    """Three deterministic splits of one set of examples, and what the labels mean."""
+
+    name: str
+    train: Split
+    validation: Split
+    test: Split
+    label_names: list[str] | None = None
+    task: str = "classification"  # or "regression"
+
+    def split(self, name: str) -> Split:
+        """The split called `name`: train, validation (val) or test."""
+        key = _SPLIT_ALIASES.get(name, name)
+        if key not in SPLIT_NAMES:
+            raise OnnxkitError(
+                f"unknown split {name!r}; choose from {', '.join(SPLIT_NAMES)}"
+                f"{suggest(name, SPLIT_NAMES)}"
+            )
+        return getattr(self, key)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}: train {len(self.train)}, validation {len(self.validation)}, "
+            f"test {len(self.test)})"
+        )
+
+
+def split_indices(
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    validation: float = 0.2,
+    test: float = 0.2,
+    stratify: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic train/validation/test index arrays (stratified by class when asked)."""
+    if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
+        raise OnnxkitError(
+            f"split fractions validation={validation}, test={test} must be in [0, 1) "
+            "and leave examples for training"
+        )
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(len(labels))]
+    if stratify:
+        classes, inverse = np.unique(labels, return_inverse=True)
+        groups = [np.flatnonzero(inverse == c) for c in range(len(classes))]
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    for group in groups:
+        idx = rng.permutation(group)
+        n_test = int(round(len(idx) * test))
+        n_val = int(round(len(idx) * validation))
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[0].append(idx[n_test + n_val :])
+    train, val, tst = (np.sort(np.concatenate(p)) for p in parts)
+    return train, val, tst
+
+
+def dataset_from_arrays(
+    name: str,
+    inputs: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    label_names: list[str] | None = None,
+    seed: int = 0,
+    validation: float = 0.2,
+    test: float = 0.2,
+) -> Dataset:
+    """Split whole arrays into a `Dataset`; integer labels make a stratified classification set."""
+    classification = labels.dtype.kind in "iub"
+    stratify = classification and len(np.unique(labels)) <= max(2, len(labels) // 5)
+    parts = split_indices(labels, seed=seed, validation=validation, test=test, stratify=stratify)
+    splits = [
+        Split(split_name, {k: v[idx] for k, v in inputs.items()}, labels[idx])
+        for split_name, idx in zip(SPLIT_NAMES, parts, strict=True)
+    ]
+    return Dataset(
+        name,
+        *splits,
+        label_names=label_names,
+        task="classification" if classification else "regression",
+    )
