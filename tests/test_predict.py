@@ -1,0 +1,91 @@
+"""`onnxkit predict`: every input and output format, top-k, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+from onnxkit import zoo
+from onnxkit.files import save_model
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """digits-mlp, its file, 5 input rows and the reference logits for them."""
+    proto = zoo.build_model("digits-mlp")
+    path = save_model(proto, tmp_path_factory.mktemp("predict") / "digits.onnx")
+    x = np.random.default_rng(1).uniform(0, 16, size=(5, 64)).astype(np.float32)
+    (logits,) = ReferenceEvaluator(proto).run(None, {"x": x})
+    return path, x, logits
+
+
+def test_npy_in_table_out_with_top_k(run_cli, digits, tmp_path):
+    path, x, logits = digits
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("predict", path, "--input", tmp_path / "x.npy", "--top-k", "3")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "row  top-3 labels (score)"
+    for row, line in zip(logits, lines[1:], strict=True):
+        best = np.argsort(-row)[:3]
+        assert [part.split(" (")[0] for part in line[5:].split("  ")] == [str(i) for i in best]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".npz", ".npy"])
+def test_output_formats(run_cli, digits, tmp_path, suffix):
+    path, x, logits = digits
+    (tmp_path / "x.json").write_text(json.dumps({"x": x.tolist()}))
+    out = tmp_path / f"pred{suffix}"
+    result = run_cli("predict", path, "-i", tmp_path / "x.json", "-o", out, "-k", "2")
+    assert result.code == 0, result.err
+    assert result.out.strip() == f"wrote {out} (5 rows)"
+    labels = [str(i) for i in logits.argmax(1)]
+    if suffix == ".json":
+        saved = json.loads(out.read_text())
+        np.testing.assert_allclose(saved["outputs"]["logits"], logits, rtol=1e-5, atol=1e-5)
+        assert saved["labels"] == labels and len(saved["top_k"][0]) == 2
+    elif suffix == ".csv":
+        header, *rows = [line.split(",") for line in out.read_text().splitlines()]
+        assert header[:2] == ["label", "0"] and header[-2:] == ["top2", "top2_score"]
+        assert [r[0] for r in rows] == labels
+        np.testing.assert_allclose(np.array([r[1:11] for r in rows], float), logits, rtol=1e-5, atol=1e-5)
+    elif suffix == ".npz":
+        with np.load(out) as saved:
+            np.testing.assert_allclose(saved["logits"], logits, rtol=1e-5, atol=1e-5)
+            assert list(saved["labels"]) == labels
+    else:
+        np.testing.assert_allclose(np.load(out), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_csv_rows_are_reshaped_to_the_input(run_cli, tmp_path):
+    proto = zoo.build_model("digits-cnn")
+    path = save_model(proto, tmp_path / "cnn.onnx")
+    x = np.random.default_rng(2).uniform(0, 16, size=(3, 64)).astype(np.float32)
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", header=",".join(f"p{i}" for i in range(64)), comments="")
+    result = run_cli("predict", path, "-i", tmp_path / "x.csv", "-o", tmp_path / "out.npy")
+    assert result.code == 0, result.err
+    (expected,) = ReferenceEvaluator(proto).run(None, {"image": x.reshape(3, 1, 8, 8)})
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(run_cli, digits, tmp_path):
+    path, x, _ = digits
+    np.save(tmp_path / "short.npy", x[:, :10])
+    (tmp_path / "bad.csv").write_text("1,2\n3\n")
+    out = tmp_path / "out.json"
+    cases = [
+        (["-i", tmp_path / "short.npy", "-o", out], "dimension 1 must be 64, got shape (5, 10)"),
+        (["-i", tmp_path / "missing.npy"], "no such file"),
+        (["-i", tmp_path / "x.txt"], "unknown input format"),
+        (["-i", tmp_path / "bad.csv", "-o", out], "rows have different lengths"),
+        (["-i", tmp_path / "short.npy", "-o", tmp_path / "out.xlsx"], "unknown output format"),
+    ]
+    for args, message in cases:
+        result = run_cli("predict", path, *args)
+        assert result.code == 1, args
+        assert result.err.startswith("error: ") and message in result.err, result.err
+        assert len(result.err.strip().splitlines()) == 1
+    assert not out.exists()

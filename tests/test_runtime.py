@@ -1,0 +1,298 @@
+"""The embedding API: onnxkit.runtime.load / Model.predict against plain onnxruntime and numpy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit import runtime, zoo
+from onnxkit.errors import OnnxkitError
+
+RNG = np.random.default_rng(0)
+W1 = RNG.normal(size=(4, 8)).astype(np.float32)
+B1 = RNG.normal(size=8).astype(np.float32)
+W2 = RNG.normal(size=(8, 3)).astype(np.float32)
+B2 = RNG.normal(size=3).astype(np.float32)
+
+
+def _model(nodes, inputs, outputs, initializers=(), metadata=None) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in initializers])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def mlp(labels: list[str] | None = ("a", "b", "c")) -> onnx.ModelProto:
+    """x [batch, 4] -> Linear(8) -> Relu -> Linear(3) -> logits [batch, 3]."""
+    meta = {"onnxkit.task": "classification"}
+    if labels is not None:
+        meta["onnxkit.labels"] = json.dumps(list(labels))
+    return _model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+            helper.make_node("Add", ["h0", "b1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["h"]),
+            helper.make_node("MatMul", ["h", "w2"], ["o0"]),
+            helper.make_node("Add", ["o0", "b2"], ["logits"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [("w1", W1), ("b1", B1), ("w2", W2), ("b2", B2)],
+        meta,
+    )
+
+
+def mlp_numpy(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x @ W1 + B1, 0) @ W2 + B2
+
+
+def masked_sum() -> onnx.ModelProto:
+    """ids, mask int64 [batch, seq] -> total float [batch, 1] = sum(ids * mask) per row."""
+    return _model(
+        [
+            helper.make_node("Mul", ["ids", "mask"], ["prod"]),
+            helper.make_node("Cast", ["prod"], ["prodf"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["prodf", "axes"], ["total"], keepdims=1),
+        ],
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 1])],
+        [("axes", np.array([1], dtype=np.int64))],
+        {"onnxkit.task": "regression"},
+    )
+
+
+def fixed_relu() -> onnx.ModelProto:
+    """x float [2, 3] (no batch axis) -> y = relu(x)."""
+    return _model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+
+
+@pytest.fixture(scope="module")
+def mlp_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny-mlp.onnx"
+    onnx.save(mlp(), path)
+    return path
+
+
+def plain_session(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def test_import_loads_neither_onnx_nor_click_nor_the_training_package(mlp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from onnxkit import runtime
+        model = runtime.load({str(mlp_path)!r}, warmup=True)
+        print(model.predict(np.ones((2, 4), np.float32)).labels)
+        heavy = [m for m in sys.modules if m in ("onnx", "click", "torch", "onnxkit.nn", "onnxkit.cli")
+                 or m.startswith(("onnxruntime.training", "onnx.", "onnxkit.train"))]
+        print(heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    labels, heavy = out.stdout.strip().splitlines()
+    assert heavy == "[]"
+    assert labels.startswith("['")
+
+
+@pytest.mark.parametrize("name", ["digits-cnn", "text-transformer", "binary-classifier"])
+def test_outputs_equal_a_plain_inference_session(name):
+    proto = zoo.build_model(name)
+    model = runtime.load(proto.SerializeToString())
+    if name == "text-transformer":
+        ids = RNG.integers(0, 100, size=(5, 12))
+        feeds = {"input_ids": ids, "attention_mask": (ids > 10).astype(np.int64)}
+    else:
+        spec = model.inputs[0]
+        feeds = {spec.name: RNG.normal(size=(9, *spec.shape[1:])).astype(np.float32)}
+    expected = plain_session(proto, feeds)
+    got = model.predict(feeds)
+    assert list(got.outputs) == [o.name for o in proto.graph.output]
+    for a, b in zip(got.outputs.values(), expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_matches_numpy_for_arrays_dicts_keywords_and_lists(mlp_path):
+    model = runtime.load(mlp_path)
+    x = RNG.normal(size=(6, 4))  # float64: cast to the model's float32
+    expected = mlp_numpy(x.astype(np.float32))
+    for result in (
+        model.predict(x),
+        model.predict({"x": x}),
+        model.predict(x=x),
+        model.predict(x.tolist()),
+    ):
+        np.testing.assert_allclose(result.scores, expected, rtol=1e-5, atol=1e-5)
+        assert result["logits"] is result.scores
+
+
+def test_labels_classes_and_top_k(mlp_path):
+    model = runtime.load(mlp_path)
+    assert model.class_names == ("a", "b", "c") and model.task == "classification"
+    x = RNG.normal(size=(20, 4)).astype(np.float32)
+    result = model.predict(x)
+    scores = mlp_numpy(x)
+    assert result.labels == ["abc"[i] for i in scores.argmax(1)]
+    top = result.top_k(2)
+    for row, pairs in zip(scores, top, strict=True):
+        order = np.argsort(-row)[:2]
+        assert [label for label, _ in pairs] == ["abc"[i] for i in order]
+        np.testing.assert_allclose([s for _, s in pairs], row[order], rtol=1e-5)
+    as_json = json.loads(json.dumps(result.to_dict(top_k=1)))
+    assert as_json["labels"] == result.labels
+    assert [row[0]["label"] for row in as_json["top_k"]] == result.labels
+
+
+def test_binary_classifier_reads_its_single_logit_as_two_classes():
+    model = runtime.load(zoo.build_model("binary-classifier").SerializeToString())
+    x = np.linspace(-3, 3, 11, dtype=np.float32)[:, None]
+    result = model.predict(x)
+    logits = result.scores[:, 0]
+    assert result.labels == ["positive" if v > 0 else "negative" for v in logits]
+    assert [len(row) for row in result.top_k(5)] == [2] * 11
+
+
+def test_models_without_labels_give_indices_and_regression_gives_no_classes():
+    unnamed = runtime.load(mlp(labels=None).SerializeToString())
+    result = unnamed.predict(np.eye(4, dtype=np.float32))
+    assert result.labels is None
+    assert [row[0][0] for row in result.top_k(1)] == list(mlp_numpy(np.eye(4, dtype=np.float32)).argmax(1))
+    regression = runtime.load(masked_sum().SerializeToString())
+    with pytest.raises(OnnxkitError, match="regression model"):
+        regression.predict(ids=[[1, 2]], mask=[[1, 1]]).top_k(1)
+
+
+def test_two_int64_inputs_and_symbolic_dims():
+    model = runtime.load(masked_sum().SerializeToString())
+    ids = RNG.integers(0, 50, size=(4, 7))
+    mask = RNG.integers(0, 2, size=(4, 7))
+    result = model.predict(ids=ids, mask=mask)
+    np.testing.assert_array_equal(result["total"][:, 0], (ids * mask).sum(1).astype(np.float32))
+    with pytest.raises(OnnxkitError, match="dimension 'seq' is 7 in input 'ids' but 6 in input 'mask'"):
+        model.predict(ids=ids, mask=mask[:, :6])
+
+
+@pytest.mark.parametrize(
+    ("model", "value", "message"),
+    [
+        ("mlp", {"y": np.zeros((1, 4))}, r"no input 'y'.*Its inputs: x float32 \[batch, 4\]"),
+        ("mlp", {"xx": np.zeros((1, 4))}, r"Did you mean: x\?"),
+        ("mlp", np.zeros(4), r"needs 2 dimension\(s\) \[batch, 4\], got shape \(4,\); for one example pass x\[None\]"),
+        ("mlp", np.zeros((2, 5)), r"dimension 1 must be 4, got shape \(2, 5\)"),
+        ("mlp", [[1, 2, 3, 4], [1, 2]], r"cannot make an array .* equally long nested lists"),
+        ("mlp", np.array([["a", "b", "c", "d"]]), r"expects float32 values, got <U1"),
+        (
+            "sum",
+            {"ids": np.zeros((1, 2)), "mask": np.zeros((1, 2), np.int64)},
+            r"expects int64 values, got float64; convert with \.astype",
+        ),
+        ("sum", {"ids": np.zeros((1, 2), np.int64)}, r"missing model input\(s\): mask int64 \[batch, seq\]"),
+        ("sum", np.zeros((1, 2), np.int64), r"has 2 inputs \(ids, mask\); pass a dict or keywords"),
+        ("fixed", np.zeros((3, 3), np.float32), r"dimension 0 must be 2"),
+    ],
+)
+def test_bad_inputs_get_one_clear_error(model, value, message):
+    proto = {"mlp": mlp, "sum": masked_sum, "fixed": fixed_relu}[model]()
+    with pytest.raises(OnnxkitError, match=message):
+        runtime.load(proto.SerializeToString()).predict(value)
+
+
+def test_inputs_either_positional_or_keywords(mlp_path):
+    with pytest.raises(OnnxkitError, match="not both"):
+        runtime.load(mlp_path).predict(np.zeros((1, 4)), x=np.zeros((1, 4)))
+
+
+def test_load_errors(tmp_path, mlp_path):
+    with pytest.raises(OnnxkitError, match="no such file"):
+        runtime.load(tmp_path / "missing.onnx")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(mlp_path.read_bytes()[:50])
+    with pytest.raises(OnnxkitError, match=r"broken.onnx: onnxruntime .* cannot load it"):
+        runtime.load(broken)
+    with pytest.raises(OnnxkitError, match="unknown device 'tpu'"):
+        runtime.load(mlp_path, device="tpu")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(OnnxkitError, match="no CUDA support"):
+            runtime.load(mlp_path, device="cuda:0")
+    with pytest.raises(OnnxkitError, match="unknown optimization level 'max'"):
+        runtime.load(mlp_path, optimization="max")
+    with pytest.raises(OnnxkitError, match="threads must be 1 or more"):
+        runtime.load(mlp_path, threads=0)
+    with pytest.raises(OnnxkitError, match=r"names 2 classes but output 'logits' has 3"):
+        runtime.load(mlp(labels=["a", "b"]).SerializeToString())
+    bad_json = mlp()
+    bad_json.metadata_props[1].value = "a,b,c"
+    with pytest.raises(OnnxkitError, match="must be a JSON list of class names"):
+        runtime.load(bad_json.SerializeToString())
+
+
+def test_large_inputs_run_in_batches_with_the_same_result(mlp_path):
+    x = RNG.normal(size=(103, 4)).astype(np.float32)
+    whole = runtime.load(mlp_path, batch_size=None).predict(x)
+    split = runtime.load(mlp_path, batch_size=10).predict(x)
+    np.testing.assert_allclose(split.scores, whole.scores, rtol=1e-6, atol=1e-6)
+    assert split.scores.shape == (103, 3)
+    fixed = runtime.load(fixed_relu().SerializeToString(), batch_size=1)  # no batch axis: not split
+    np.testing.assert_array_equal(fixed.predict(-np.ones((2, 3))).scores, np.zeros((2, 3)))
+
+
+def test_io_binding_path_gives_the_same_outputs(mlp_path):
+    x = RNG.normal(size=(7, 4)).astype(np.float32)
+    bound = runtime.load(mlp_path, io_binding=True)
+    assert bound.io_binding and bound.device == "cpu" and bound.providers == ["CPUExecutionProvider"]
+    np.testing.assert_array_equal(bound.predict(x).scores, runtime.load(mlp_path).predict(x).scores)
+
+
+def test_concurrent_calls_from_many_threads(mlp_path):
+    model = runtime.load(mlp_path, threads=1)
+    inputs = [RNG.normal(size=(1 + i % 5, 4)).astype(np.float32) for i in range(64)]
+    results: dict[int, np.ndarray] = {}
+
+    def work(offset: int) -> None:
+        for i in range(offset, len(inputs), 8):
+            results[i] = model.predict(inputs[i]).scores
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, x in enumerate(inputs):
+        np.testing.assert_allclose(results[i], mlp_numpy(x), rtol=1e-5, atol=1e-5)
+
+
+def test_session_options_and_saving_the_optimized_model(tmp_path, mlp_path):
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    expected = mlp_numpy(x)
+    for level in ("disabled", "basic", "extended", "all"):
+        model = runtime.load(mlp_path, threads=1, optimization=level)
+        np.testing.assert_allclose(model.predict(x).scores, expected, rtol=1e-5, atol=1e-5)
+    saved = tmp_path / "optimized.onnx"
+    runtime.load(mlp_path, optimization="basic", optimized_model_path=saved)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optimized.onnx"]  # no temp files left
+    np.testing.assert_allclose(runtime.load(saved).predict(x).scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_warmup_and_description():
+    model = runtime.load(masked_sum().SerializeToString(), warmup=True, name="summer")
+    assert model.name == "summer"
+    assert model.describe() == "(ids int64 [batch, seq], mask int64 [batch, seq]) -> (total float32 [batch, 1])"
+    assert model.batchable and not runtime.load(fixed_relu().SerializeToString()).batchable
