@@ -169,7 +169,10 @@ class ModuleList(Module):
         return (m for _, m in self.named_children())
 
     def __getitem__(self, i: int) -> Module:
-        return getattr(self, str(i % len(self)))
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} modules")
+        return getattr(self, str(i % n))
 
 
 class Sequential(ModuleList):
