@@ -1,0 +1,92 @@
+"""`onnxkit quantize`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxkit.quantize.settings import BLOCK_SIZES, FORMATS, METHODS, MODES
+
+
+def _split_items(items: tuple[str, ...]) -> list[str]:
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The quantized .onnx file.")
+@click.option("--mode", type=click.Choice(MODES), help="Default: static if the model has Conv, else dynamic.")
+@click.option("--calib", metavar="DATA", help="Calibration data (train split): dataset name, .npz or .csv.")
+@click.option("--calib-size", type=int, default=256, show_default=True, help="Calibration examples.")
+@click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration [minmax].")
+@click.option("--per-channel/--per-tensor", default=None, help="Weight scales [static: per channel].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Static: QDQ pairs or QLinear ops [qdq].")
+@click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="Leave nodes/op types float (repeatable).")
+@click.option(
+    "--reduce-range/--full-range", default=None, help="7-bit int8 weights [on for x86 CPUs without VNNI]."
+)
+@click.option(
+    "--block-size", type=click.Choice([str(b) for b in BLOCK_SIZES]), default="32", help="int4: weights per scale."
+)
+@click.option("--eval", "eval_data", metavar="DATA", help="Evaluate both models on DATA's test split.")
+@click.option("--max-drop", type=float, metavar="POINTS", help="Fail, writing nothing, if accuracy drops more.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [OUTPUT.report.json].")
+@click.option("--sqnr", is_flag=True, help="Show the 20 tensors with the worst SQNR (quantization noise).")
+@click.option("--no-latency", is_flag=True, help="Skip timing the models.")
+def quantize_cmd(
+    model: str,
+    output: str,
+    mode: str | None,
+    calib: str | None,
+    calib_size: int,
+    method: str | None,
+    per_channel: bool | None,
+    fmt: str | None,
+    exclude: tuple[str, ...],
+    reduce_range: bool | None,
+    block_size: str,
+    eval_data: str | None,
+    max_drop: float | None,
+    report_path: str | None,
+    sqnr: bool,
+    no_latency: bool,
+) -> None:
+    """Quantize MODEL to int8, int4 or fp16 and report size, latency and accuracy.
+
+    The report (printed, and written as JSON) compares file size, median
+    latency at batch 1 and 64, and with --eval the accuracy of both models.
+    --mode auto tries dynamic and static candidates and keeps the fastest
+    within --max-drop (default 1 point). --sqnr is this command's debug view;
+    the group's --debug shows tracebacks.
+
+    \b
+    Examples:
+      onnxkit quantize digits.onnx -o digits.int8.onnx --calib digits-images --eval digits-images
+      onnxkit quantize mlp.onnx -o mlp.int8.onnx --mode dynamic --eval digits --max-drop 0.5
+      onnxkit quantize cnn.onnx -o best.onnx --mode auto --eval digits-images --sqnr
+      onnxkit quantize bert.onnx -o bert.int4.onnx --mode int4 --exclude classifier.MatMul
+    """
+    from onnxkit.quantize import quantize
+
+    result = quantize(
+        model,
+        output,
+        mode=mode,
+        calib=calib,
+        calib_size=calib_size,
+        method=method,
+        per_channel=per_channel,
+        format=fmt,
+        exclude=_split_items(exclude),
+        reduce_range=reduce_range,
+        block_size=int(block_size),
+        eval_data=eval_data,
+        max_drop=max_drop,
+        report_path=report_path or Path(output).with_suffix(".report.json"),
+        sqnr_rows=20 if sqnr else 0,
+        measure_latency=not no_latency,
+        log=lambda msg: click.echo(msg, err=True),
+    )
+    click.echo(result.report.text())
+    click.echo(f"wrote {output} and {report_path or Path(output).with_suffix('.report.json')}")

@@ -1,0 +1,58 @@
+"""The metric a quantized model is judged by, through `onnxkit.evaluate`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+
+@dataclass(frozen=True)
+class Score:
+    """One model's metric on the evaluation split.
+
+    Accuracy is compared in percentage points; models without one (regression)
+    fall back to the loss, where a drop is an increase.
+    """
+
+    metric: str
+    value: float
+
+    @property
+    def unit(self) -> str:
+        return "points" if self.metric == "accuracy" else self.metric
+
+    def shown(self) -> str:
+        return f"{100 * self.value:.2f}%" if self.metric == "accuracy" else f"{self.value:.4g}"
+
+    def drop_to(self, other: Score) -> float:
+        """How much worse `other` is than this score (accuracy points, or loss increase)."""
+        if self.metric == "accuracy":
+            return 100.0 * (self.value - other.value)
+        return other.value - self.value
+
+
+def score(model: onnx.ModelProto, split: Any, batch_size: int = 256) -> Score:
+    """Evaluate `model` on `split` and keep its headline metric."""
+    from onnxkit.evaluate import evaluate
+
+    metrics = evaluate(model, split, batch_size=batch_size)
+    metric = "accuracy" if "accuracy" in metrics else "loss"
+    return Score(metric, float(metrics[metric]))
+
+
+def entry(before: Score, after: Score, data: Any) -> dict[str, Any]:
+    """The report's accuracy section: both values, the drop and its unit."""
+    named = isinstance(data, (str, os.PathLike))
+    return {
+        "metric": before.metric,
+        "data": f"{data} (test split)" if named else "(given split)",
+        "original": before.value,
+        "quantized": after.value,
+        "original_shown": before.shown(),
+        "quantized_shown": after.shown(),
+        "drop": before.drop_to(after),
+        "unit": before.unit,
+    }

@@ -1,0 +1,214 @@
+"""`quantize()`: one model in, a quantized model and its report out."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import atomic_path, load_model
+from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
+from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split
+from onnxkit.quantize.inputs import fits_batch, synthetic_inputs
+from onnxkit.quantize.passes import Quantizer
+from onnxkit.quantize.report import Report
+from onnxkit.quantize.settings import FORMATS, METHODS, MODES, Settings, check_choice
+
+LATENCY_BATCHES = (1, 64)
+AUTO_MAX_DROP = 1.0  # accuracy points `--mode auto` may lose when --max-drop is not given
+
+
+@dataclass
+class QuantizeResult:
+    model: onnx.ModelProto
+    report: Report
+
+
+def quantize(
+    model: str | os.PathLike | onnx.ModelProto,
+    output: str | os.PathLike | None = None,
+    *,
+    mode: str | None = None,
+    calib: Any = None,
+    calib_size: int = 256,
+    method: str | None = None,
+    per_channel: bool | None = None,
+    format: str | None = None,  # noqa: A002 - mirrors --format
+    exclude: Iterable[str] = (),
+    reduce_range: bool | None = None,
+    block_size: int = 32,
+    eval_data: Any = None,
+    max_drop: float | None = None,
+    report_path: str | os.PathLike | None = None,
+    sqnr_rows: int = 0,
+    measure_latency: bool = True,
+    seq_len: int = 128,
+    log: Callable[[str], None] | None = None,
+) -> QuantizeResult:
+    """Quantize `model` and report what it cost and bought.
+
+    mode: dynamic | static | int4 | fp16 | auto; None picks static when the
+    model has convolutions, else dynamic. `auto` tries the int8 candidates and
+    keeps the fastest whose accuracy drop is within `max_drop` (default 1 point).
+    calib / eval_data: a dataset name or file, a Split, or a dict of arrays;
+    calibration uses the train split, evaluation the test split (without
+    `calib`, static modes calibrate on the train split of `eval_data`).
+    A drop over `max_drop` raises OnnxkitError and writes nothing.
+    sqnr_rows: also compare the models tensor by tensor and keep the worst rows.
+    `output` and `report_path` are written atomically, only after everything succeeded.
+    """
+    say = log or (lambda _msg: None)
+    _check_options(mode, method, format, calib_size, eval_data, max_drop)
+    source = None if isinstance(model, onnx.ModelProto) else Path(model)
+    original = model if source is None else load_model(source)
+    features = cpu.detect()
+    reduce_range = features.reduce_range if reduce_range is None else reduce_range
+    if calib is None and mode in ("static", "auto", None):
+        calib = eval_data  # its train split: no overlap with the test split evaluated on
+    profile = analysis.profile(original)
+    requested, mode = mode, mode or profile.default_mode
+
+    with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as tmp:
+        quantizer = Quantizer(original, Path(tmp), exclude)
+        test = bind(load_split(eval_data, "test"), original) if eval_data is not None else None
+        baseline = accuracy.score(original, test) if test is not None else None
+        feeds = {
+            b: None if not fits_batch(original, b)
+            else first_batch(test, b) if test is not None
+            else synthetic_inputs(original, b, seq_len=seq_len)
+            for b in LATENCY_BATCHES
+        }  # fmt: skip
+
+        @functools.cache
+        def calibration() -> list[Feeds]:
+            say(f"calibrating on up to {calib_size} examples of {calib} ...")
+            return calibration_batches(calib, original, calib_size)
+
+        timed = None
+        candidates = []
+        notes: list[str] = []
+        if mode == "auto":
+            picked = search.run(
+                quantizer,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                calibration=calibration if calib is not None else None,
+                score=lambda m: accuracy.score(m, test),
+                baseline=baseline,
+                max_drop=AUTO_MAX_DROP if max_drop is None else max_drop,
+                feeds=feeds,
+                log=say,
+            )
+            settings, quantized, candidates = picked.settings, picked.model, picked.candidates
+            reason, timed, notes = picked.reason, picked.latency_ms, picked.notes
+        else:
+            settings = Settings(
+                mode=mode,
+                per_channel=(mode == "static") if per_channel is None else per_channel,
+                method=method or "minmax",
+                format=format or "qdq",
+                reduce_range=reduce_range,
+                block_size=block_size,
+            )
+            reason = f"--mode {mode} as asked" if requested else profile.reason()
+            notes = _ignored_options(settings, method, format, per_channel)
+            if mode == "dynamic" and profile.nodes("conv"):
+                notes.append("Conv stays fp32 in dynamic mode (ConvInteger is slow); --mode static quantizes it")
+            say(f"quantizing: {settings.label} ...")
+            quantized = quantizer.run(settings, calibration() if mode == "static" else None)
+
+        report = Report(
+            model=str(source) if source else "(model)",
+            output=None,
+            settings=settings.as_dict(),
+            reason=reason,
+            cpu=features.describe(),
+            size_bytes={
+                "original": len(original.SerializeToString()),
+                "quantized": len(quantized.SerializeToString()),
+            },
+            candidates=candidates,
+            notes=notes,
+        )
+        if baseline is not None:
+            chosen = next((c.metric for c in candidates if c.chosen), None)
+            after = accuracy.Score(baseline.metric, chosen) if chosen is not None else accuracy.score(quantized, test)
+            report.accuracy = accuracy.entry(baseline, after, eval_data)
+            if max_drop is not None and report.accuracy["drop"] > max_drop:
+                raise OnnxkitError(
+                    f"{settings.label} loses {report.accuracy['drop']:.2f} {baseline.unit} of "
+                    f"{baseline.metric}, more than --max-drop {max_drop}; nothing written. Try "
+                    "--mode auto, --per-channel, another --method, or --exclude what --sqnr shows worst"
+                )
+        if timed is None and measure_latency:
+            say("timing both models ...")
+            ms = latency.measure(
+                {"original": original.SerializeToString(), "quantized": quantized.SerializeToString()},
+                feeds,
+            )
+            timed = {b: {k: ms[k][b] for k in ms} for b in feeds}
+        report.latency_ms = timed or {}
+        if sqnr_rows:
+            say("comparing tensors (SQNR) ...")
+            data = calibration()[:2] if calib is not None else [synthetic_inputs(original, 16, seq_len=seq_len)]
+            float_model = quantizer.prepared_for(settings)
+            report.sqnr = sqnr.sqnr_table(float_model, quantized, data, Path(tmp))[:sqnr_rows]
+        _stamp(quantized, original, settings)
+        report.output = str(output) if output is not None else None
+        _write(quantized, output, report, report_path)
+    return QuantizeResult(quantized, report)
+
+
+def _write(model: onnx.ModelProto, output, report: Report, report_path) -> None:  # type: ignore[no-untyped-def]
+    """Write the model and the report together: both land, or neither does."""
+    with contextlib.ExitStack() as stack:
+        if output is not None:
+            model_tmp = stack.enter_context(atomic_path(output))
+            model_tmp.write_bytes(model.SerializeToString())
+        if report_path is not None:
+            report_tmp = stack.enter_context(atomic_path(report_path))
+            report_tmp.write_text(report.json())
+
+
+def _check_options(mode, method, fmt, calib_size, eval_data, max_drop) -> None:  # type: ignore[no-untyped-def]
+    if mode is not None:
+        check_choice("--mode", mode, MODES)
+    if method is not None:
+        check_choice("--method", method, METHODS)
+    if fmt is not None:
+        check_choice("--format", fmt, FORMATS)
+    if calib_size < 1:
+        raise OnnxkitError(f"--calib-size {calib_size}: must be at least 1")
+    if max_drop is not None and eval_data is None:
+        raise OnnxkitError("--max-drop needs --eval DATA to measure the accuracy drop on")
+    if mode == "auto" and eval_data is None:
+        raise OnnxkitError(
+            "--mode auto compares candidates by accuracy: pass --eval DATA (e.g. digits-images)"
+        )
+
+
+def _ignored_options(settings: Settings, method, fmt, per_channel) -> list[str]:  # type: ignore[no-untyped-def]
+    ignored = {
+        "--method": method is not None and settings.mode != "static",
+        "--format": fmt is not None and settings.mode != "static",
+        "--per-channel": per_channel is not None and settings.mode in ("int4", "fp16"),
+    }
+    return [f"{opt} does not apply to --mode {settings.mode}; ignored" for opt, on in ignored.items() if on]
+
+
+def _stamp(quantized: onnx.ModelProto, original: onnx.ModelProto, settings: Settings) -> None:
+    """Carry the original's metadata over and record how the model was quantized."""
+    props = {p.key: p.value for p in original.metadata_props}
+    props.update({p.key: p.value for p in quantized.metadata_props})
+    props["onnxkit.quantization"] = json.dumps(settings.as_dict())
+    del quantized.metadata_props[:]
+    onnx.helper.set_model_props(quantized, props)

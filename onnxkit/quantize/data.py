@@ -1,0 +1,80 @@
+"""Data for calibration (train split), evaluation (test split) and timing.
+
+`DATA` is anything `onnxkit.data.load_dataset` reads (a built-in name, .npz,
+.csv), or, from Python, a Split or a dict of input arrays. Binding arrays to
+the model's inputs (names, dtypes, shapes) is `Split.feeds_for`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader
+
+from onnxkit.data import Split, load_dataset, model_inputs
+from onnxkit.errors import OnnxkitError
+
+Feeds = dict[str, np.ndarray]
+
+
+def load_split(data: Any, split: str) -> Split:
+    """The `split` ("train" / "test") of a dataset name or file; a Split or dict as given."""
+    if isinstance(data, (str, os.PathLike)):
+        return load_dataset(str(data), seed=0).split(split)
+    if isinstance(data, dict):
+        return Split("data", data, np.zeros(len(next(iter(data.values()))), np.int64))
+    return data
+
+
+def bind(split: Split, model: onnx.ModelProto) -> Split:
+    """`split` with its arrays named and cast as the model's inputs."""
+    return split.feeds_for(model_inputs(model))
+
+
+def calibration_batches(
+    data: Any, model: onnx.ModelProto, size: int, *, batch_size: int = 32
+) -> list[Feeds]:
+    """Up to `size` training examples in batches, shuffled with seed 0."""
+    if data is None:
+        raise OnnxkitError(
+            "static quantization needs calibration data: pass --calib DATA "
+            "(a dataset name such as digits-images, or an .npz/.csv file of model inputs), "
+            "or use --mode dynamic, which needs none"
+        )
+    split = bind(load_split(data, "train"), model)
+    if len(split) == 0:
+        raise OnnxkitError(f"--calib {data}: its train split is empty; pass a larger dataset")
+    batches, seen = [], 0
+    for feeds, _ in split.batches(batch_size, shuffle=True, seed=0):
+        take = min(len(next(iter(feeds.values()))), size - seen)
+        batches.append({k: v[:take] for k, v in feeds.items()})
+        seen += take
+        if seen >= size:
+            break
+    return batches
+
+
+def first_batch(split: Split, batch: int) -> Feeds:
+    """The first `batch` examples of a bound split, repeated when it has fewer."""
+    feeds, _ = next(split.batches(min(batch, len(split))))
+    return {k: np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
+
+
+class BatchReader(CalibrationDataReader):
+    """Feeds prepared batches to ORT's calibrators and debuggers; rewindable."""
+
+    def __init__(self, batches: list[Feeds]):
+        self.batches = batches
+        self.position = 0
+
+    def get_next(self) -> Feeds | None:
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return self.batches[self.position - 1]
+
+    def rewind(self) -> None:
+        self.position = 0

@@ -1,0 +1,88 @@
+"""Int8 passes over ONNX Runtime's quantizers: dynamic (weights only) and static (calibrated)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from onnxkit.quantize.data import BatchReader, Feeds
+from onnxkit.quantize.prepare import quiet_ort
+from onnxkit.quantize.settings import Settings
+
+# Dynamic int8 pays off for weight-heavy matrix products. Conv is left out:
+# ConvInteger runs 5-12x slower than fp32 on CPUs without VNNI (DESIGN.md §3).
+DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
+_CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def _paths(model: onnx.ModelProto, workdir: Path, name: str) -> tuple[str, str]:
+    src, dst = workdir / f"{name}.in.onnx", workdir / f"{name}.onnx"
+    onnx.save(model, str(src))
+    return str(src), str(dst)
+
+
+def quantize_dynamic(
+    model: onnx.ModelProto,
+    settings: Settings,
+    workdir: Path,
+    exclude_ops: set[str],
+    exclude_nodes: set[str],
+) -> onnx.ModelProto:
+    """Weights to int8 ahead of time; activations quantized per batch at run time."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    src, dst = _paths(model, workdir, "dynamic")
+    with quiet_ort():
+        ort_quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=[op for op in DYNAMIC_OPS if op not in exclude_ops],
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(exclude_nodes),
+            extra_options={"MatMulConstBOnly": True},
+        )
+    return onnx.load(dst)
+
+
+def quantize_static(
+    model: onnx.ModelProto,
+    settings: Settings,
+    workdir: Path,
+    exclude_ops: set[str],
+    exclude_nodes: set[str],
+    calibration: list[Feeds],
+) -> onnx.ModelProto:
+    """Weights and activations to int8, with activation ranges calibrated on data.
+
+    Activations are u8 and weights s8 (MLAS's fast x86 path); `reduce_range`
+    keeps u8 x s8 sums from saturating on CPUs without VNNI.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    qdq = settings.format == "qdq"
+    # ORT's own default is the union of both registries; a narrower list breaks
+    # its Softmax range adjustment (1.19.2 raises on uncalibrated Softmax outputs).
+    op_types = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - exclude_ops)
+    src, dst = _paths(model, workdir, "static")
+    with quiet_ort():
+        ort_quantize_static(
+            src,
+            dst,
+            BatchReader(calibration),
+            quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+            op_types_to_quantize=op_types,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(exclude_nodes),
+            calibrate_method=getattr(CalibrationMethod, _CALIBRATION[settings.method]),
+            extra_options={"CalibPercentile": 99.99},
+        )
+    return onnx.load(dst)

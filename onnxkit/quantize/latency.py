@@ -1,0 +1,69 @@
+"""Latency of models side by side: one SessionOptions for all, runs interleaved, medians.
+
+Interleaving the models run by run spreads background noise (other processes
+on a shared CPU) over all of them alike, so their ratio stays meaningful.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def session_options(threads: int | None = None):  # -> onnxruntime.SessionOptions
+    """The options every timed session uses: full graph optimization, fixed thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def measure(
+    models: Mapping[str, bytes],
+    feeds: Mapping[int, dict[str, np.ndarray] | None],
+    *,
+    budget_s: float = 1.0,
+    min_runs: int = 5,
+    max_runs: int = 200,
+    threads: int | None = None,
+) -> dict[str, dict[int, float | None]]:
+    """Median milliseconds per run: {model label: {batch size: ms}}.
+
+    feeds maps a batch size to its inputs (None: the model cannot take that batch).
+    Each batch size gets about `budget_s` seconds for all models together.
+    """
+    import onnxruntime as ort
+
+    options = session_options(threads)
+    sessions = {
+        label: ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        for label, data in models.items()
+    }
+    result: dict[str, dict[int, float | None]] = {label: {} for label in models}
+    for batch, feed in feeds.items():
+        if feed is None:
+            for label in models:
+                result[label][batch] = None
+            continue
+        times: dict[str, list[float]] = {label: [] for label in models}
+        for sess in sessions.values():  # warm-up: allocations, kernel selection
+            sess.run(None, feed)
+        start = time.perf_counter()
+        while True:
+            for label, sess in sessions.items():
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                times[label].append(time.perf_counter() - t0)
+            runs = len(times[next(iter(times))])
+            if runs >= max_runs or (runs >= min_runs and time.perf_counter() - start > budget_s):
+                break
+        for label, samples in times.items():
+            result[label][batch] = 1000.0 * statistics.median(samples)
+    return result

@@ -1,0 +1,80 @@
+"""Running one quantization pass on a model: preprocessing, exclusions, and checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import onnx
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.quantize import analysis, int4, int8
+from onnxkit.quantize.data import Feeds
+from onnxkit.quantize.fp16 import quantize_fp16
+from onnxkit.quantize.prepare import prepare
+from onnxkit.quantize.settings import Settings
+
+_LOW_PRECISION = {
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.INT4,
+    onnx.TensorProto.UINT4,
+}
+_WHAT = {
+    "dynamic": "MatMul or Gather node with a constant float weight",
+    "static": "Conv, MatMul, Gemm or Gather node with a constant float weight",
+    "int4": "MatMul node with a constant 2-D float weight",
+    "fp16": "float32 weight",
+}
+
+
+class Quantizer:
+    """Quantizes one model with any Settings; preprocessing is done once per kind."""
+
+    def __init__(self, model: onnx.ModelProto, workdir: Path, exclude: Iterable[str] = ()):
+        self.model = model
+        self.workdir = workdir
+        self.exclude = tuple(exclude)
+        self._prepared: dict[bool, onnx.ModelProto] = {}
+
+    def prepared_for(self, settings: Settings) -> onnx.ModelProto:
+        """The preprocessed float model the pass for `settings` starts from."""
+        optimize = settings.mode == "static"  # dynamic and int4 need MatMul, not fused Gemm
+        if optimize not in self._prepared:
+            self._prepared[optimize] = prepare(self.model, self.workdir, optimize=optimize)
+        return self._prepared[optimize]
+
+    def run(self, settings: Settings, calibration: list[Feeds] | None = None) -> onnx.ModelProto:
+        """The quantized model; OnnxkitError when there is nothing to quantize."""
+        model = self.prepared_for(settings)
+        ops, nodes = analysis.resolve_exclude(model, self.exclude)
+        if not analysis.targets(model, settings.mode, ops, nodes):
+            raise OnnxkitError(self._nothing_message(settings.mode, bool(ops or nodes)))
+        if settings.mode == "dynamic":
+            out = int8.quantize_dynamic(model, settings, self.workdir, ops, nodes)
+        elif settings.mode == "static":
+            assert calibration is not None, "static quantization needs calibration arrays"
+            out = int8.quantize_static(model, settings, self.workdir, ops, nodes, calibration)
+        elif settings.mode == "int4":
+            out = int4.quantize_int4(model, settings.block_size, ops, nodes)
+        else:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            out = quantize_fp16(copy, ops, nodes)
+        if not any(t.data_type in _LOW_PRECISION for t in out.graph.initializer):
+            raise OnnxkitError(
+                f"ONNX Runtime quantized no weight with {settings.label} (the candidate nodes "
+                "lack shape information or were skipped); check the model with `onnxkit inspect`"
+            )
+        return out
+
+    def _nothing_message(self, mode: str, excluded: bool) -> str:
+        ops = ", ".join(sorted({n.op_type for n in self.model.graph.node}))
+        why = " that --exclude leaves" if excluded else ""
+        hint = (
+            "; drop some --exclude items" if excluded
+            else "; --mode fp16 still halves float weights" if mode != "fp16"
+            else ""
+        )  # fmt: skip
+        return f"nothing to quantize with --mode {mode}: no {_WHAT[mode]}{why} (ops: {ops}){hint}"

@@ -1,0 +1,79 @@
+"""Preprocessing every quantization pass starts from (DESIGN.md §3).
+
+ONNX Runtime's `quant_pre_process` (shape inference, and for static
+quantization its graph optimizations), plus the fixes the quantizers need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.quantize import rewrite
+
+
+@contextlib.contextmanager
+def quiet_ort() -> Iterator[None]:
+    """Silence ONNX Runtime's native logger, the quantizers' root-logger chatter and
+    the calibrators' print()s (which would mix into a command's stdout)."""
+    import onnxruntime as ort
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    ort.set_default_logger_severity(3)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def prepare(model: onnx.ModelProto, workdir: Path, *, optimize: bool) -> onnx.ModelProto:
+    """Return a copy of `model` ready for a quantizer.
+
+    optimize: run ORT's basic graph optimizations (folds BatchNorm into Conv,
+    fuses MatMul+Add into Gemm). Right for static QDQ; wrong for dynamic and
+    int4, which only act on MatMul — for those Gemm is rewritten to MatMul.
+    """
+    from onnxruntime.quantization import quant_pre_process
+
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    rewrite.name_nodes(model_copy)
+    rewrite.drop_initializer_inputs(model_copy)
+    if not optimize:
+        rewrite.fold_constant_transposes(model_copy)
+        rewrite.gemm_to_matmul(model_copy)
+    src, dst = workdir / "input.onnx", workdir / "preprocessed.onnx"
+    onnx.save(model_copy, str(src))
+    errors = []
+    # Symbolic shape inference fails on some exported graphs; ONNX shape inference alone still helps.
+    for skip_symbolic in (False, True):
+        dst.unlink(missing_ok=True)
+        try:
+            with quiet_ort():
+                quant_pre_process(
+                    str(src),
+                    str(dst),
+                    skip_optimization=not optimize,
+                    skip_symbolic_shape=skip_symbolic,
+                )
+            break
+        except Exception as e:  # noqa: BLE001 - any failure in ORT's preprocessing
+            errors.append(f"{type(e).__name__}: {e}")
+    if not dst.is_file():
+        raise OnnxkitError(
+            "ONNX Runtime could not preprocess the model for quantization "
+            f"({errors[-1][:200]}); check it with `onnxkit inspect` and onnx.checker"
+        )
+    prepared = onnx.load(str(dst))
+    rewrite.strip_initializer_value_info(prepared)
+    rewrite.name_nodes(prepared)
+    return prepared

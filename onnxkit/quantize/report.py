@@ -1,0 +1,156 @@
+"""What quantization cost and bought: size, latency and accuracy, as text and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from onnxkit.files import write_text
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or a == 0 else b / a
+
+
+def _x(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+@dataclass
+class Candidate:
+    """One quantization tried by `--mode auto`."""
+
+    label: str
+    settings: dict
+    size_bytes: int | None = None
+    latency_ms: dict[int, float | None] = field(default_factory=dict)
+    metric: float | None = None
+    drop: float | None = None
+    within: bool = False
+    chosen: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Report:
+    """The result of one `quantize` run; `text()` for people, `write()` for machines."""
+
+    model: str
+    output: str | None
+    settings: dict
+    reason: str
+    cpu: str
+    size_bytes: dict[str, int]
+    latency_ms: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    accuracy: dict[str, Any] | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    sqnr: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_bytes["quantized"] / self.size_bytes["original"]
+
+    def latency_ratio(self, batch: int) -> float | None:
+        row = self.latency_ms.get(batch, {})
+        return _ratio(row.get("original"), row.get("quantized"))
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["size_bytes"]["ratio"] = round(self.size_ratio, 4)
+        data["latency_ms"] = {
+            f"batch_{b}": {**row, "ratio": self.latency_ratio(b)} for b, row in self.latency_ms.items()
+        }
+        for cand in data["candidates"]:
+            cand["latency_ms"] = {f"batch_{b}": ms for b, ms in cand["latency_ms"].items()}
+        return data
+
+    def json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2) + "\n"
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the report as JSON, atomically."""
+        write_text(path, self.json())
+
+    def text(self) -> str:
+        """The report as an aligned table (plus the candidates of `--mode auto`)."""
+        quant = self.settings["mode"] if self.settings["mode"] in ("int4", "fp16") else "int8"
+        lines = [f"quantized {self.model} -> {self.output or '(not written)'}", f"  why: {self.reason}"]
+        lines.append(f"  cpu: {self.cpu}")
+        rows = [("", "fp32", quant, "ratio")]
+        rows.append(
+            ("size", _bytes(self.size_bytes["original"]), _bytes(self.size_bytes["quantized"]),
+             _x(self.size_ratio))
+        )  # fmt: skip
+        for batch, row in self.latency_ms.items():
+            rows.append(
+                (f"latency b{batch}", _ms(row["original"]), _ms(row["quantized"]),
+                 _x(self.latency_ratio(batch)))
+            )  # fmt: skip
+        if self.accuracy:
+            acc = self.accuracy
+            rows.append(
+                (acc["metric"], acc["original_shown"], acc["quantized_shown"],
+                 f"{-acc['drop']:+.2f} {acc['unit']}")
+            )  # fmt: skip
+        lines += _table(rows, indent="  ")
+        if self.candidates:
+            lines.append("  candidates (fastest at the largest batch within the allowed drop wins):")
+            lines += candidate_table(self.candidates, self.accuracy["unit"] if self.accuracy else "points")
+        if self.sqnr:
+            lines.append("  SQNR, worst first (dB; higher is better, below ~20 dB deserves a look):")
+            lines += _table(
+                [("tensor", "kind", "SQNR")]
+                + [(s["tensor"], s["kind"], f"{s['sqnr_db']:.1f}") for s in self.sqnr],
+                indent="  ",
+            )
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def candidate_table(candidates: list[Candidate], unit: str) -> list[str]:
+    """The `--mode auto` table: * chosen, x over the allowed drop."""
+    batches = sorted({b for c in candidates for b in c.latency_ms})
+    rows = [("", "candidate", "size", *(f"b{b}" for b in batches), f"drop ({unit})")]
+    for c in candidates:
+        mark = "*" if c.chosen else " " if c.within or c.error else "x"
+        if c.error:
+            rows.append((mark, c.label, f"failed: {c.error}"))
+            continue
+        drop = "-" if c.drop is None else f"{c.drop:+.2f}"
+        rows.append(
+            (mark, c.label, _bytes(c.size_bytes), *(_ms(c.latency_ms.get(b)) for b in batches), drop)
+        )
+    return _table(rows, indent="  ", left=2)
+
+
+def _table(rows: list[tuple[str, ...]], indent: str = "", left: int = 1) -> list[str]:
+    """Left-align the first `left` columns, right-align the rest; short rows span freely."""
+    width = max(len(r) for r in rows)
+    cols = [max((len(r[i]) for r in rows if len(r) == width and i < len(r)), default=0)
+            for i in range(width)]  # fmt: skip
+    out = []
+    for r in rows:
+        if len(r) < width:
+            head = [c.ljust(w) for c, w in zip(r[:left], cols, strict=False)]
+            out.append(indent + "  ".join(head + list(r[left:])).rstrip())
+            continue
+        cells = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, cols, strict=True))]
+        out.append(indent + "  ".join(cells).rstrip())
+    return out

@@ -1,0 +1,123 @@
+"""Graph rewrites that put weights where ONNX Runtime's quantizers look for them.
+
+`quantize_dynamic` and 4-bit `MatMulNBits` act only on `MatMul` whose weight is
+an initializer: a `Gemm` (PyTorch's Linear export) or a `Transpose` in front of
+the weight hides it from them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name (`Op_index`), so it can be excluded by name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> None:
+    """Remove graph inputs that are initializers (old exporters list weights as inputs)."""
+    inits = {t.name for t in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    if len(keep) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+
+
+def strip_initializer_value_info(model: onnx.ModelProto) -> None:
+    """Drop value_info entries for initializers; stale ones derail the quantizers."""
+    inits = {t.name for t in model.graph.initializer}
+    keep = [v for v in model.graph.value_info if v.name not in inits]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, k = name, 1
+    while out in taken:
+        out, k = f"{name}_{k}", k + 1
+    taken.add(out)
+    return out
+
+
+def _uses(model: onnx.ModelProto, name: str) -> int:
+    return sum(name == i for n in model.graph.node for i in n.input) + sum(
+        name == o.name for o in model.graph.output
+    )
+
+
+def fold_constant_transposes(model: onnx.ModelProto) -> int:
+    """Replace `Transpose(initializer)` by a transposed initializer; return how many."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
+    folded = 0
+    for node in list(graph.node):
+        if node.op_type != "Transpose" or node.input[0] not in inits or node.input[0] in graph_inputs:
+            continue
+        data = numpy_helper.to_array(inits[node.input[0]])
+        perm = _attrs(node).get("perm") or list(reversed(range(data.ndim)))
+        graph.initializer.append(numpy_helper.from_array(np.transpose(data, perm), node.output[0]))
+        graph.node.remove(node)
+        if _uses(model, node.input[0]) == 0:
+            graph.initializer.remove(inits.pop(node.input[0]))
+        folded += 1
+    return folded
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite `Gemm(A, B_const, C)` as `MatMul(A, B') + Add(C')`; return how many.
+
+    Only plain Gemms are rewritten (transA=0, constant B, constant or absent C).
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    taken = set(inits) | {o for n in graph.node for o in n.output}
+    rewritten = 0
+    for node in list(graph.node):
+        if node.op_type != "Gemm" or node.input[1] not in inits:
+            continue
+        attrs = _attrs(node)
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        if attrs.get("transA", 0) or (has_bias and node.input[2] not in inits):
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T
+        weight = (weight * attrs.get("alpha", 1.0)).astype(weight.dtype)
+        w_name = _unique(f"{node.input[1]}_matmul", taken)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+        at = list(graph.node).index(node)
+        if has_bias:
+            bias = numpy_helper.to_array(inits[node.input[2]])
+            bias = (bias * attrs.get("beta", 1.0)).astype(bias.dtype)
+            b_name = _unique(f"{node.input[2]}_bias", taken)
+            graph.initializer.append(numpy_helper.from_array(bias, b_name))
+            product = _unique(f"{node.output[0]}_matmul", taken)
+            new = [
+                helper.make_node("MatMul", [node.input[0], w_name], [product], name=node.name),
+                helper.make_node("Add", [product, b_name], [node.output[0]], name=f"{node.name}_bias"),
+            ]
+        else:
+            new = [helper.make_node("MatMul", [node.input[0], w_name], [node.output[0]], name=node.name)]
+        graph.node.remove(node)
+        for k, n in enumerate(new):
+            graph.node.insert(at + k, n)
+        for old in node.input[1:]:
+            if old and _uses(model, old) == 0 and old in inits:
+                graph.initializer.remove(inits.pop(old))
+        rewritten += 1
+    return rewritten

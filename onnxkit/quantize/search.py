@@ -1,0 +1,109 @@
+"""`--mode auto`: try the sensible int8 candidates, keep the fastest within the allowed drop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.quantize import analysis, latency
+from onnxkit.quantize.accuracy import Score
+from onnxkit.quantize.data import Feeds
+from onnxkit.quantize.passes import Quantizer
+from onnxkit.quantize.report import Candidate, candidate_table
+from onnxkit.quantize.settings import Settings
+
+
+@dataclass
+class Picked:
+    settings: Settings
+    model: onnx.ModelProto
+    candidates: list[Candidate]
+    latency_ms: dict[int, dict[str, float | None]]
+    reason: str
+    notes: list[str] = field(default_factory=list)
+
+
+def candidates(
+    profile: analysis.ModelProfile, calibrated: bool, per_channel: bool | None, reduce_range: bool
+) -> list[Settings]:
+    """Dynamic per-tensor/per-channel for MatMul/Gather models; static QDQ with each
+    calibration method when there is calibration data."""
+    out = []
+    channels = (False, True) if per_channel is None else (per_channel,)
+    if profile.nodes("dense") or profile.nodes("embedding"):
+        out += [Settings("dynamic", per_channel=pc, reduce_range=reduce_range) for pc in channels]
+    if calibrated:
+        static = [(pc, "minmax") for pc in reversed(channels)]
+        static += [(channels[-1], m) for m in ("entropy", "percentile")]
+        out += [Settings("static", per_channel=pc, method=m, reduce_range=reduce_range) for pc, m in static]
+    return out
+
+
+def _speed_key(c: Candidate) -> tuple[float, int]:
+    timed = [ms for _, ms in sorted(c.latency_ms.items()) if ms is not None]
+    return (timed[-1] if timed else float("inf"), c.size_bytes or 0)
+
+
+def run(
+    quantizer: Quantizer,
+    *,
+    per_channel: bool | None,
+    reduce_range: bool,
+    calibration: Callable[[], list[Feeds]] | None,
+    score: Callable[[onnx.ModelProto], Score],
+    baseline: Score,
+    max_drop: float,
+    feeds: Mapping[int, Feeds | None],
+    log: Callable[[str], None],
+) -> Picked:
+    """Quantize with every candidate, score and time them all, pick the fastest within `max_drop`."""
+    profile = analysis.profile(quantizer.model)
+    notes = [] if calibration else ["static candidates skipped: pass --calib DATA to try them"]
+    batches = calibration() if calibration else None
+    tried: list[tuple[Candidate, Settings, onnx.ModelProto | None]] = []
+    for settings in candidates(profile, batches is not None, per_channel, reduce_range):
+        log(f"trying {settings.label} ...")
+        cand = Candidate(settings.label, settings.as_dict())
+        model = None
+        try:
+            model = quantizer.run(settings, batches)
+        except OnnxkitError as e:
+            cand.error = str(e)
+        if model is not None:
+            cand.size_bytes = len(model.SerializeToString())
+            result = score(model)
+            cand.metric, cand.drop = result.value, baseline.drop_to(result)
+            cand.within = cand.drop <= max_drop
+        tried.append((cand, settings, model))
+    good = [(c, s, m) for c, s, m in tried if m is not None]
+    if not good:
+        raise OnnxkitError(tried[0][0].error if tried else "no candidate applies to this model")
+    log("timing the candidates ...")
+    models = {"original": quantizer.model.SerializeToString()}
+    models.update({c.label: m.SerializeToString() for c, _, m in good})
+    ms = latency.measure(models, feeds, budget_s=0.25 * len(models))
+    for c, _, _ in good:
+        c.latency_ms = ms[c.label]
+    within = [(c, s, m) for c, s, m in good if c.within]
+    if not within:
+        log("\n".join(candidate_table([c for c, _, _ in tried], baseline.unit)))
+        best = min(c.drop for c, _, _ in good)
+        raise OnnxkitError(
+            f"no candidate is within --max-drop {max_drop} (the best loses {best:.2f} "
+            f"{baseline.unit}); nothing written. Raise --max-drop, give more --calib data, "
+            "or --exclude sensitive nodes (find them with --sqnr)"
+        )
+    chosen, settings, model = min(within, key=lambda t: _speed_key(t[0]))
+    chosen.chosen = True
+    batches = list(feeds)
+    return Picked(
+        settings=settings,
+        model=model,
+        candidates=[c for c, _, _ in tried],
+        latency_ms={b: {"original": ms["original"][b], "quantized": chosen.latency_ms[b]} for b in batches},
+        reason=f"--mode auto: fastest of {len(good)} candidates within {max_drop} {baseline.unit}",
+        notes=notes,
+    )

@@ -1,0 +1,132 @@
+"""Where quantization hurts: per-tensor SQNR between the float and the quantized model.
+
+Built on ORT's `qdq_loss_debug`: it saves every float activation of both
+models, matches QDQ pairs to their float tensors, and dequantizes QDQ weights.
+Weights of the other formats (dynamic int8, int4 MatMulNBits, fp16) are
+matched here by the names the passes give them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxkit.quantize import int4
+from onnxkit.quantize.data import BatchReader, Feeds
+from onnxkit.quantize.prepare import quiet_ort
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float | None:
+    """Signal-to-quantization-noise ratio in dB (ORT's definition, so tables agree);
+    None for an all-zero reference, which has no signal to compare against."""
+    from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
+
+    reference = np.asarray(reference, np.float32)
+    if not reference.any():
+        return None
+    return compute_signal_to_quantization_noice_ratio([reference], [np.asarray(approx, np.float32)])
+
+
+def _dequantize_named(name: str, inits: dict[str, onnx.TensorProto], shape: tuple) -> np.ndarray | None:
+    """`name_quantized` * `name_scale` (minus `name_zero_point`), ORT's int8 naming."""
+    if f"{name}_quantized" not in inits or f"{name}_scale" not in inits:
+        return None
+    q = numpy_helper.to_array(inits[f"{name}_quantized"]).astype(np.float32)
+    scale = numpy_helper.to_array(inits[f"{name}_scale"]).astype(np.float32)
+    zp_t = inits.get(f"{name}_zero_point")
+    zp = numpy_helper.to_array(zp_t).astype(np.float32) if zp_t is not None else np.zeros_like(scale)
+    if q.shape != shape:
+        return None
+    if scale.size > 1:  # per channel: the last axis of that length (MatMul columns)
+        axis = max(i for i, d in enumerate(q.shape) if d == scale.size)
+        view = [1] * q.ndim
+        view[axis] = scale.size
+        scale, zp = scale.reshape(view), zp.reshape(view)
+    return (q - zp) * scale
+
+
+def weight_errors(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, workdir: Path) -> dict:
+    """SQNR per weight initializer of `float_model` that `quant_model` holds in lower precision."""
+    from onnxruntime.quantization.qdq_loss_debug import compute_weight_error, create_weight_matching
+
+    float_path, quant_path = workdir / "sqnr.float.onnx", workdir / "sqnr.quant.onnx"
+    onnx.save(float_model, str(float_path))
+    onnx.save(quant_model, str(quant_path))
+    with quiet_ort():
+        errors = compute_weight_error(create_weight_matching(str(float_path), str(quant_path)))
+    q_inits = {t.name: t for t in quant_model.graph.initializer}
+    f_nodes = {n.name: n for n in float_model.graph.node}
+    for tensor in float_model.graph.initializer:
+        if tensor.name in errors or tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        original = numpy_helper.to_array(tensor)
+        same = q_inits.get(tensor.name)
+        if same is not None and same.data_type == onnx.TensorProto.FLOAT16:
+            errors[tensor.name] = sqnr_db(original, numpy_helper.to_array(same))
+            continue
+        approx = _dequantize_named(tensor.name, q_inits, original.shape)
+        if approx is not None:
+            errors[tensor.name] = sqnr_db(original, approx)
+    for node in quant_model.graph.node:
+        if node.op_type == "MatMulNBits" and node.name in f_nodes:
+            name = f_nodes[node.name].input[1]
+            original = numpy_helper.to_array(next(t for t in float_model.graph.initializer
+                                                  if t.name == name))  # fmt: skip
+            errors[name] = sqnr_db(original, int4.dequantize(node, q_inits))
+    return errors
+
+
+def _activations(model: onnx.ModelProto, batches: list[Feeds], path: Path) -> dict:
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        modify_model_output_intermediate_tensors,
+    )
+
+    source = path.with_suffix(".src.onnx")
+    onnx.save(model, str(source))
+    with quiet_ort():
+        modify_model_output_intermediate_tensors(str(source), str(path))
+        return collect_activations(str(path), BatchReader(batches))
+
+
+def activation_errors(
+    float_model: onnx.ModelProto, quant_model: onnx.ModelProto, batches: list[Feeds], workdir: Path
+) -> dict[str, float]:
+    """SQNR of each activation of the quantized model against the float model's."""
+    from onnxruntime.quantization.qdq_loss_debug import create_activation_matching
+
+    float_acts = _activations(float_model, batches, workdir / "sqnr.float.acts.onnx")
+    quant_acts = _activations(quant_model, batches, workdir / "sqnr.quant.acts.onnx")
+    inputs = set(batches[0])
+    errors = {
+        name: sqnr_db(np.concatenate(float_acts[name], axis=None), np.concatenate(m["post_qdq"], axis=None))
+        for name, m in create_activation_matching(quant_acts, float_acts).items()
+        if name in float_acts
+    }
+    for name, values in quant_acts.items():  # formats without QDQ pairs keep the float names
+        if name in float_acts and name not in errors and name not in inputs:
+            errors[name] = sqnr_db(
+                np.concatenate(float_acts[name], axis=None), np.concatenate(values, axis=None)
+            )
+    return errors
+
+
+def sqnr_table(
+    float_model: onnx.ModelProto,
+    quant_model: onnx.ModelProto,
+    batches: list[Feeds],
+    workdir: Path,
+) -> list[dict]:
+    """Rows {tensor, kind, sqnr_db}, worst (lowest SQNR) first."""
+    rows = [
+        {"tensor": name, "kind": "weight", "sqnr_db": db}
+        for name, db in weight_errors(float_model, quant_model, workdir).items()
+    ]
+    rows += [
+        {"tensor": name, "kind": "activation", "sqnr_db": db}
+        for name, db in activation_errors(float_model, quant_model, batches, workdir).items()
+    ]
+    return sorted((r for r in rows if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])
