@@ -1,0 +1,149 @@
+"""LoRA: low-rank adapters on MatMul weights, as a graph rewrite, and their merge back.
+
+`add_adapters` rewrites every `y = MatMul(x, W)` whose weight `W` [in, out]
+matches a target glob into
+
+    y = MatMul(x, W) + MatMul(MatMul(x, W.lora_A), W.lora_B) * alpha / rank
+
+with `W.lora_A` [in, rank] small random and `W.lora_B` [rank, out] zeros, so the
+adapted model starts out computing exactly what the original does. Training
+then updates only the adapters (and whatever else is chosen, e.g. a new head)
+while `W` stays frozen. `merge_adapters` folds `A @ B * alpha / rank` into `W`
+and writes every trained weight into the *original* graph: the served model
+has no extra node and no extra cost.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.errors import OnnxkitError, suggest
+
+DEFAULT_TARGETS = ("*attn.q.weight", "*attn.v.weight")
+ALL_ATTENTION = ("*attn.q.weight", "*attn.k.weight", "*attn.v.weight", "*attn.out.weight")
+METADATA_KEY = "onnxkit.lora"
+_A, _B = ".lora_A", ".lora_B"
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Adapter rank, alpha (scale = alpha / rank; default alpha = 2 * rank) and target weight globs."""
+
+    rank: int
+    alpha: float | None = None
+    targets: Sequence[str] = DEFAULT_TARGETS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise OnnxkitError(f"--lora-rank must be at least 1, got {self.rank}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise OnnxkitError(f"--lora-alpha must be positive, got {self.alpha}")
+
+    @property
+    def scale(self) -> float:
+        return (self.alpha if self.alpha is not None else 2.0 * self.rank) / self.rank
+
+
+def _matmul_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Float rank-2 initializers used as the right-hand side of a MatMul, by name."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return {
+        n.input[1]: inits[n.input[1]]
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.input[1] in inits
+        and inits[n.input[1]].data_type == TensorProto.FLOAT and len(inits[n.input[1]].dims) == 2
+    }
+
+
+def target_weights(model: onnx.ModelProto, targets: Sequence[str]) -> list[str]:
+    """The MatMul weights matched by the `targets` globs; each glob must match one."""
+    weights = list(_matmul_weights(model))
+    chosen: set[str] = set()
+    for pattern in targets:
+        hits = fnmatch.filter(weights, pattern)
+        if not hits:
+            shown = ", ".join(weights[:4]) + (", ..." if len(weights) > 4 else "")
+            raise OnnxkitError(
+                f"--lora-targets {pattern!r} matches no MatMul weight.{suggest(pattern, weights)} "
+                f"MatMul weights look like: {shown or 'none (the model has no MatMul with a weight)'}"
+            )
+        chosen.update(hits)
+    return [w for w in weights if w in chosen]
+
+
+def add_adapters(model: onnx.ModelProto, config: LoraConfig) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of `model` with adapters on the target weights, and the adapter parameter names."""
+    targets = target_weights(model, config.targets)
+    weights = _matmul_weights(model)
+    rng = np.random.default_rng(config.seed)
+    adapted = onnx.ModelProto()
+    adapted.CopyFrom(model)
+    graph = adapted.graph
+    nodes = list(graph.node)
+    del graph.node[:]
+    names: list[str] = []
+    for node in nodes:
+        if node.op_type != "MatMul" or node.input[1] not in targets:
+            graph.node.append(node)
+            continue
+        w = node.input[1]
+        fan_in, fan_out = weights[w].dims
+        if w + _A not in names:  # one adapter per weight, even if the weight is used twice
+            bound = 1.0 / np.sqrt(fan_in)
+            graph.initializer.extend([
+                numpy_helper.from_array(rng.uniform(-bound, bound, (fan_in, config.rank)).astype(np.float32), w + _A),
+                numpy_helper.from_array(np.zeros((config.rank, fan_out), np.float32), w + _B),
+            ])
+            names += [w + _A, w + _B]
+        out = node.output[0]
+        base, low, delta, scale, scaled = (f"{out}/lora_{s}" for s in ("base", "low", "delta", "scale", "scaled"))
+        node.output[0] = base
+        graph.node.extend([
+            node,
+            helper.make_node("MatMul", [node.input[0], w + _A], [low]),
+            helper.make_node("MatMul", [low, w + _B], [delta]),
+            helper.make_node("Constant", [], [scale], value=helper.make_tensor(scale, TensorProto.FLOAT, [],
+                                                                              [config.scale])),
+            helper.make_node("Mul", [delta, scale], [scaled]),
+            helper.make_node("Add", [base, scaled], [out]),
+        ])
+    info = {"rank": config.rank, "scale": config.scale, "weights": targets}
+    helper.set_model_props(adapted, {**{p.key: p.value for p in model.metadata_props}, METADATA_KEY: json.dumps(info)})
+    return adapted, names
+
+
+def is_adapter(name: str) -> bool:
+    return name.endswith((_A, _B))
+
+
+def merge_adapters(original: onnx.ModelProto, adapted: onnx.ModelProto) -> onnx.ModelProto:
+    """`original` (the graph before `add_adapters`) carrying the trained weights of `adapted`,
+    each adapted weight replaced by `W + A @ B * scale`. Metadata comes from `adapted`, minus
+    the adapter record."""
+    meta = {p.key: p.value for p in adapted.metadata_props}
+    if METADATA_KEY not in meta:
+        raise OnnxkitError("this model has no LoRA adapters to merge (no onnxkit.lora metadata)")
+    scale = float(json.loads(meta.pop(METADATA_KEY))["scale"])
+    trained = {t.name: t for t in adapted.graph.initializer}
+    merged = onnx.ModelProto()
+    merged.CopyFrom(original)
+    for init in merged.graph.initializer:
+        if init.name not in trained:
+            continue
+        value = numpy_helper.to_array(trained[init.name])
+        if init.name + _A in trained:
+            a = numpy_helper.to_array(trained[init.name + _A]).astype(np.float64)
+            b = numpy_helper.to_array(trained[init.name + _B]).astype(np.float64)
+            value = (value + (a @ b) * scale).astype(value.dtype)
+        init.CopyFrom(numpy_helper.from_array(value, init.name))
+    del merged.metadata_props[:]
+    helper.set_model_props(merged, meta)
+    return merged

@@ -1,0 +1,80 @@
+"""LoRA adapters as a graph rewrite: a no-op at initialisation, merged back into exactly the original graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from onnxkit import zoo
+from onnxkit.errors import OnnxkitError
+from onnxkit.train.lora import ALL_ATTENTION, LoraConfig, add_adapters, merge_adapters, target_weights
+
+
+@pytest.fixture(scope="module")
+def small_bert() -> onnx.ModelProto:
+    return zoo.build_model("bert-classifier", vocab_size=60, hidden=32, heads=4, ff_dim=64, num_layers=2,
+                           num_classes=3)
+
+
+def _feeds(batch: int = 4, seq: int = 9) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    mask = np.ones((batch, seq), np.int64)
+    mask[1, 5:] = 0
+    return {"input_ids": rng.integers(0, 60, (batch, seq)), "attention_mask": mask,
+            "token_type_ids": np.zeros((batch, seq), np.int64)}
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_default_adapters_sit_on_q_and_v_and_start_as_a_no_op(small_bert):
+    adapted, names = add_adapters(small_bert, LoraConfig(rank=4))
+    onnx.checker.check_model(adapted, full_check=True)
+    assert names == [f"encoder.{i}.attn.{p}.weight.lora_{m}" for i in range(2) for p in "qv" for m in "AB"]
+    w = _weights(adapted)
+    assert w["encoder.0.attn.q.weight.lora_A"].shape == (32, 4) and w["encoder.0.attn.q.weight.lora_A"].std() > 0
+    assert w["encoder.0.attn.q.weight.lora_B"].shape == (4, 32) and not w["encoder.0.attn.q.weight.lora_B"].any()
+    assert sum(w[n].size for n in names) == 4 * 4 * (32 + 32)
+    feeds = _feeds()
+    np.testing.assert_array_equal(_run(adapted, feeds), _run(small_bert, feeds))
+
+
+def test_merged_model_is_the_original_graph_and_computes_what_the_adapters_did(small_bert):
+    config = LoraConfig(rank=3, alpha=12.0, targets=ALL_ATTENTION)
+    adapted, names = add_adapters(small_bert, config)
+    assert len(names) == 2 * 4 * 2 and config.scale == 4.0
+    rng = np.random.default_rng(0)
+    for t in adapted.graph.initializer:  # pretend training moved the adapters and the head
+        if t.name.endswith(".lora_B") or t.name.startswith("classifier."):
+            value = numpy_helper.to_array(t) + rng.normal(0, 0.1, tuple(t.dims)).astype(np.float32)
+            t.CopyFrom(numpy_helper.from_array(value, t.name))
+    merged = merge_adapters(small_bert, adapted)
+    feeds = _feeds()
+    expected = _run(adapted, feeds)
+    assert np.abs(expected - _run(small_bert, feeds)).max() > 0.01  # the adapters do change the output
+    np.testing.assert_allclose(_run(merged, feeds), expected, atol=1e-5)
+    # exactly the original graph: same nodes, same initializer names and shapes, no LoRA record
+    assert merged.graph.node == small_bert.graph.node
+    assert [(t.name, list(t.dims)) for t in merged.graph.initializer] == \
+        [(t.name, list(t.dims)) for t in small_bert.graph.initializer]
+    assert "onnxkit.lora" not in {p.key for p in merged.metadata_props}
+    a, b, w0 = (_weights(adapted)[f"encoder.1.attn.k.weight{s}"] for s in (".lora_A", ".lora_B", ""))
+    np.testing.assert_allclose(_weights(merged)["encoder.1.attn.k.weight"], w0 + a @ b * 4.0, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(_weights(merged)["classifier.bias"], _weights(adapted)["classifier.bias"])
+
+
+def test_bad_lora_settings_are_clear_errors(small_bert):
+    with pytest.raises(OnnxkitError, match=r"--lora-targets '\*attn.query.weight' matches no MatMul weight"):
+        target_weights(small_bert, ["*attn.query.weight"])
+    with pytest.raises(OnnxkitError, match="--lora-rank must be at least 1"):
+        LoraConfig(rank=0)
+    with pytest.raises(OnnxkitError, match="no LoRA adapters to merge"):
+        merge_adapters(small_bert, small_bert)
