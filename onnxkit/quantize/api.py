@@ -126,6 +126,7 @@ def quantize(
             say(f"quantizing: {settings.label} ...")
             quantized = quantizer.run(settings, calibration() if mode == "static" else None)
 
+        _stamp(quantized, original, settings)
         report = Report(
             model=str(source) if source else "(model)",
             output=None,
@@ -162,7 +163,6 @@ def quantize(
             data = calibration()[:2] if calib is not None else [synthetic_inputs(original, 16, seq_len=seq_len)]
             float_model = quantizer.prepared_for(settings)
             report.sqnr = sqnr.sqnr_table(float_model, quantized, data, Path(tmp))[:sqnr_rows]
-        _stamp(quantized, original, settings)
         report.output = str(output) if output is not None else None
         _write(quantized, output, report, report_path)
     return QuantizeResult(quantized, report)

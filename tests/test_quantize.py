@@ -1,0 +1,355 @@
+"""Quantization on small hand-built models: passes against numpy references, rewrites,
+defaults, errors, the report, --mode auto and the SQNR view (the zoo acceptance runs
+are in test_quantize_zoo.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ort_run
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.quantize import analysis, cpu, quantize, rewrite
+from onnxkit.quantize.int4 import quantize_int4
+
+D_IN, HIDDEN, CLASSES = 16, 64, 4
+
+
+def _init(rng, name, shape, scale):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _model(nodes, inputs, inits, *, opset=17, ir=10, out=("logits", [None, CLASSES])):
+    graph = helper.make_graph(
+        nodes, "g", inputs, [helper.make_tensor_value_info(out[0], TensorProto.FLOAT, out[1])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
+    onnx.checker.check_model(model)
+    return model
+
+
+def mlp(seed=0):
+    """x[batch,16] -> MatMul/Add/Relu -> MatMul/Add -> logits[batch,4], like the zoo's Linear."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["x", "fc.weight"], ["h0"], name="fc.MatMul"),
+        helper.make_node("Add", ["h0", "fc.bias"], ["h1"], name="fc.Add"),
+        helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
+        helper.make_node("MatMul", ["h2", "head.weight"], ["h3"], name="head.MatMul"),
+        helper.make_node("Add", ["h3", "head.bias"], ["logits"], name="head.Add"),
+    ]
+    inits = [
+        _init(rng, "fc.weight", (D_IN, HIDDEN), 0.3),
+        _init(rng, "fc.bias", (HIDDEN,), 0.1),
+        _init(rng, "head.weight", (HIDDEN, CLASSES), 0.3),
+        _init(rng, "head.bias", (CLASSES,), 0.1),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", D_IN])
+    return _model(nodes, [x], inits)
+
+
+def foreign():
+    """An old-style export: unnamed nodes, weights listed as inputs, Gemm(transB, alpha,
+    beta) and a Transpose in front of a MatMul weight (both hidden from quantize_dynamic)."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], transB=1, alpha=0.5, beta=2.0),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("Transpose", ["w2"], ["w2t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h2", "w2t"], ["h3"]),
+        helper.make_node("Add", ["h3", "b2"], ["logits"]),
+    ]
+    inits = [
+        _init(rng, "w1", (HIDDEN, D_IN), 0.3),
+        _init(rng, "b1", (HIDDEN,), 0.1),
+        _init(rng, "w2", (CLASSES, HIDDEN), 0.3),
+        _init(rng, "b2", (CLASSES,), 0.1),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D_IN])]
+    inputs += [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in inits]
+    return _model(nodes, inputs, inits, opset=13, ir=7)
+
+
+def cnn():
+    """image[batch,1,8,8] -> Conv/Relu/MaxPool/Flatten -> MatMul/Add -> logits[batch,4]."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["image", "conv.weight", "conv.bias"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="conv.relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "head.weight"], ["h"], name="head.MatMul"),
+        helper.make_node("Add", ["h", "head.bias"], ["logits"], name="head.Add"),
+    ]
+    inits = [
+        _init(rng, "conv.weight", (8, 1, 3, 3), 0.5),
+        _init(rng, "conv.bias", (8,), 0.1),
+        _init(rng, "head.weight", (128, CLASSES), 0.2),
+        _init(rng, "head.bias", (CLASSES,), 0.1),
+    ]
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    return _model(nodes, [x], inits)
+
+
+def weightless():
+    """Only element-wise ops: nothing any pass can quantize."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "x"], ["logits"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", CLASSES])
+    return _model(nodes, [x], [])
+
+
+def logits(model, x, name="x"):
+    return ort_run(model, {name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def mlp_data(tmp_path_factory):
+    """An .npz dataset for `mlp()` labelled by the fp32 model's own predictions (100% fp32
+    accuracy), so any accuracy change is the quantization's doing."""
+    x = np.random.default_rng(3).standard_normal((500, D_IN)).astype(np.float32)
+    path = tmp_path_factory.mktemp("data") / "mlp.npz"
+    np.savez(path, x=x, labels=logits(mlp(), x).argmax(1).astype(np.int64))
+    return path
+
+
+def _save(model, tmp_path, name="model.onnx"):
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+# ---- rewrites and analysis -------------------------------------------------------------------
+
+
+def test_gemm_and_transpose_rewrites_compute_the_same_function():
+    model = foreign()
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    rewrite.name_nodes(rewritten)
+    rewrite.drop_initializer_inputs(rewritten)
+    assert rewrite.fold_constant_transposes(rewritten) == 1
+    assert rewrite.gemm_to_matmul(rewritten) == 1
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "Gemm" not in ops and "Transpose" not in ops and ops.count("MatMul") == 2
+    assert all(n.name for n in rewritten.graph.node)
+    assert [i.name for i in rewritten.graph.input] == ["x"]
+    x = np.random.default_rng(0).standard_normal((5, D_IN)).astype(np.float32)
+    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(logits(rewritten, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_default_mode_follows_the_model():
+    assert analysis.profile(cnn()).default_mode == "static"
+    assert analysis.profile(mlp()).default_mode == "dynamic"
+    prof = analysis.profile(foreign())
+    assert prof.nodes("dense") and prof.weight_params["dense"] == 2 * HIDDEN * D_IN // 2 + CLASSES * HIDDEN
+
+
+def test_reduce_range_only_without_vnni():
+    avx2 = "flags\t\t: fpu sse2 avx avx2 fma\n"
+    vnni = "flags\t\t: fpu avx2 avx512f avx512_vnni\n"
+    assert cpu.features_from_flags("x86_64", cpu.parse_cpuinfo_flags(avx2)).reduce_range
+    assert not cpu.features_from_flags("x86_64", cpu.parse_cpuinfo_flags(vnni)).reduce_range
+    assert not cpu.features_from_flags("aarch64", set()).reduce_range
+    assert "no VNNI" in cpu.features_from_flags("x86_64", {"avx2"}).describe()
+
+
+# ---- passes ----------------------------------------------------------------------------------
+
+
+def test_dynamic_reaches_weights_hidden_behind_gemm_and_transpose():
+    result = quantize(foreign(), mode="dynamic", measure_latency=False)
+    ops = [n.op_type for n in result.model.graph.node]
+    assert ops.count("MatMulInteger") == 2
+    x = np.random.default_rng(0).standard_normal((64, D_IN)).astype(np.float32)
+    ref = ReferenceEvaluator(foreign()).run(None, {"x": x})[0]
+    # 7-bit weights and 8-bit activations: about 1% of the output scale
+    assert np.abs(logits(result.model, x) - ref).max() < 0.03 * np.abs(ref).max()
+
+
+def _int4_reference(weight, block):
+    """Blockwise asymmetric 4-bit round-to-nearest, written independently of the pass."""
+    k, n = weight.shape
+    out = np.empty_like(weight)
+    for col in range(n):
+        for start in range(0, k, block):
+            w = weight[start : start + block, col].astype(np.float64)
+            lo, hi = min(w.min(), 0.0), max(w.max(), 0.0)
+            scale = (hi - lo) / 15 if hi > lo else 1.0
+            zero = min(max(round(-lo / scale), 0), 15)
+            q = np.clip(np.round(w / scale) + zero, 0, 15)
+            out[start : start + block, col] = (q - zero) * scale
+    return out
+
+
+@pytest.mark.parametrize("block", [16, 32])
+def test_int4_runs_matmulnbits_equal_to_numpy_block_quantization(block):
+    model = mlp()
+    q = quantize_int4(model, block, set(), set())
+    assert [n.op_type for n in q.graph.node].count("MatMulNBits") == 2
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    x = np.random.default_rng(0).standard_normal((32, D_IN)).astype(np.float32)
+    h = np.maximum(x @ _int4_reference(w["fc.weight"], block) + w["fc.bias"], 0)
+    expected = h @ _int4_reference(w["head.weight"], block) + w["head.bias"]
+    np.testing.assert_allclose(logits(q, x), expected, rtol=1e-4, atol=1e-4)
+    # each column's K weights padded to whole blocks; per block: block/2 bytes of nibbles and a
+    # float32 scale; zero points a nibble per block, each column's padded to whole bytes
+    stored = sum(len(t.raw_data) for t in q.graph.initializer if "_Q4_" in t.name)
+    blocks = {(k, n): -(-k // block) for k, n in [(D_IN, HIDDEN), (HIDDEN, CLASSES)]}
+    expected_bytes = sum(n * (b * block // 2 + b * 4 + -(-b // 2)) for (k, n), b in blocks.items())
+    assert stored == expected_bytes
+
+
+def test_fp16_and_int4_stay_close_to_fp32(mlp_data):
+    """fp16: each op rounds to 11 significant bits (relative error 2^-11 ~ 5e-4), a few ops
+    deep, so logits agree within 1e-2 relative to their scale. int4: 16 levels per block
+    give each weight a relative error of a few percent; the logits must stay within 15%
+    of their scale and keep >= 90% of the predictions."""
+    model = mlp()
+    x = np.random.default_rng(4).standard_normal((256, D_IN)).astype(np.float32)
+    ref = logits(model, x)
+    scale = np.abs(ref).max()
+    fp16 = quantize(model, mode="fp16", measure_latency=False).model
+    assert {t.data_type for t in fp16.graph.initializer} == {TensorProto.FLOAT16}
+    assert np.abs(logits(fp16, x) - ref).max() < 1e-2 * scale
+    int4 = quantize(model, mode="int4", measure_latency=False).model
+    out4 = logits(int4, x)
+    assert np.abs(out4 - ref).max() < 0.15 * scale
+    assert (out4.argmax(1) == ref.argmax(1)).mean() >= 0.9
+
+
+def test_static_qdq_quantizes_conv_and_keeps_metadata(tmp_path):
+    model = cnn()
+    helper.set_model_props(model, {"onnxkit.labels": '["a", "b", "c", "d"]'})
+    images = np.random.default_rng(5).random((200, 1, 8, 8)).astype(np.float32)
+    result = quantize(model, mode="static", calib={"image": images}, calib_size=64, measure_latency=False)
+    ops = [n.op_type for n in result.model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    conv = next(n for n in result.model.graph.node if n.op_type == "Conv")
+    assert all("DequantizeLinear" in i or i.endswith("_DequantizeLinear_Output") for i in conv.input[:2])
+    props = {p.key: p.value for p in result.model.metadata_props}
+    assert props["onnxkit.labels"] == '["a", "b", "c", "d"]'
+    assert json.loads(props["onnxkit.quantization"])["mode"] == "static"
+    ref = logits(model, images[:32], "image")
+    assert np.abs(logits(result.model, images[:32], "image") - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_exclude_keeps_nodes_float_and_unknown_names_get_suggestions():
+    q = quantize(mlp(), mode="dynamic", exclude=["head.MatMul"], measure_latency=False).model
+    assert [n.op_type for n in q.graph.node].count("MatMulInteger") == 1
+    assert any(n.op_type == "MatMul" and n.name == "head.MatMul" for n in q.graph.node)
+    with pytest.raises(OnnxkitError, match="Did you mean: head.MatMul"):
+        quantize(mlp(), mode="dynamic", exclude=["head.Matmul"], measure_latency=False)
+    with pytest.raises(OnnxkitError, match="nothing to quantize.*--exclude"):
+        quantize(mlp(), mode="int4", exclude=["MatMul"], measure_latency=False)
+
+
+def test_nothing_quantizable_says_so_for_every_mode():
+    for mode in ("dynamic", "static", "int4", "fp16"):
+        with pytest.raises(OnnxkitError, match=f"nothing to quantize with --mode {mode}"):
+            quantize(weightless(), mode=mode, calib={"x": np.ones((4, CLASSES), np.float32)})
+
+
+# ---- command line: report, refusal and errors --------------------------------------------------
+
+
+def test_cli_writes_model_and_json_report(tmp_path, run_cli, mlp_data):
+    src = _save(mlp(), tmp_path)
+    out, report = tmp_path / "q.onnx", tmp_path / "q.report.json"
+    res = run_cli("quantize", src, "-o", out, "--eval", mlp_data)
+    assert res.code == 0, res.err
+    assert "dynamic int8" in res.out and "latency b64" in res.out and "accuracy" in res.out
+    data = json.loads(report.read_text())
+    assert data["settings"] == {"mode": "dynamic", "per_channel": False, "reduce_range": cpu.detect().reduce_range}
+    assert data["size_bytes"]["quantized"] == out.stat().st_size
+    assert data["size_bytes"]["ratio"] < 0.65  # 1.3k weights: graph and metadata bytes weigh in
+    assert data["accuracy"]["original"] == 1.0
+    assert data["accuracy"]["drop"] == pytest.approx(100 * (1 - data["accuracy"]["quantized"]))
+    for batch in ("batch_1", "batch_64"):
+        row = data["latency_ms"][batch]
+        assert row["original"] > 0 and row["ratio"] == pytest.approx(row["quantized"] / row["original"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "q.onnx", "q.report.json"]
+
+
+def test_max_drop_refusal_writes_nothing(tmp_path, run_cli, mlp_data):
+    src = _save(mlp(), tmp_path)
+    drop = quantize(src, mode="int4", block_size=64, eval_data=mlp_data, measure_latency=False)
+    drop = drop.report.accuracy["drop"]
+    assert drop > 0  # 4-bit weights flip some of the fp32 model's own predictions
+    out = tmp_path / "q.onnx"
+    args = ("quantize", src, "-o", out, "--mode", "int4", "--block-size", "64", "--eval", mlp_data)
+    res = run_cli(*args, "--max-drop", f"{drop / 2:.4f}")
+    assert res.code == 1 and "more than --max-drop" in res.err and "nothing written" in res.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert run_cli(*args, "--max-drop", f"{drop + 0.01:.4f}", "--no-latency").code == 0
+    assert out.is_file()
+
+
+def test_corrupt_model_is_a_clear_error(tmp_path, run_cli):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is not protobuf" * 10)
+    res = run_cli("quantize", bad, "-o", tmp_path / "q.onnx")
+    assert res.code == 1 and res.err.startswith("error: ") and "not a readable ONNX model" in res.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+def test_static_without_calibration_data_is_a_clear_error(tmp_path, run_cli):
+    src = _save(cnn(), tmp_path)
+    res = run_cli("quantize", src, "-o", tmp_path / "q.onnx")  # default for a CNN: static
+    assert res.code == 1 and "needs calibration data: pass --calib" in res.err
+    missing = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--calib", tmp_path / "none.npz")
+    assert missing.code == 1 and "no such data file" in missing.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_cli_option_errors(tmp_path, run_cli, mlp_data):
+    src = _save(mlp(), tmp_path)
+    res = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--max-drop", "1")
+    assert res.code == 1 and "--max-drop needs --eval" in res.err
+    res = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--mode", "auto")
+    assert res.code == 1 and "pass --eval" in res.err
+    res = run_cli("quantize", _save(weightless(), tmp_path, "w.onnx"), "-o", tmp_path / "q.onnx")
+    assert res.code == 1 and "nothing to quantize" in res.err
+    assert not (tmp_path / "q.onnx").exists()
+
+
+# ---- auto search and SQNR ----------------------------------------------------------------------
+
+
+def test_auto_tries_candidates_and_keeps_the_fastest_within_max_drop(tmp_path, mlp_data):
+    result = quantize(mlp(), tmp_path / "q.onnx", mode="auto", eval_data=mlp_data, max_drop=2.0)
+    cands = result.report.candidates
+    assert [c.label for c in cands] == [
+        "dynamic per-tensor",
+        "dynamic per-channel",
+        "static qdq per-channel minmax",
+        "static qdq per-tensor minmax",
+        "static qdq per-channel entropy",
+        "static qdq per-channel percentile",
+    ]
+    within = [c for c in cands if c.within]
+    assert all(c.drop <= 2.0 for c in within) and all(c.drop > 2.0 for c in cands if not c.within)
+    chosen = [c for c in cands if c.chosen]
+    assert len(chosen) == 1 and chosen[0].latency_ms[64] == min(c.latency_ms[64] for c in within)
+    assert result.report.settings == chosen[0].settings
+    text = result.report.text()
+    assert "candidates" in text and "* " + chosen[0].label in text.replace("  ", " ")
+
+
+def test_sqnr_lists_tensors_worst_first_with_numpy_checked_weights():
+    model = mlp()
+    result = quantize(model, mode="int4", sqnr_rows=50, measure_latency=False)
+    rows = result.report.sqnr
+    assert [r["sqnr_db"] for r in rows] == sorted(r["sqnr_db"] for r in rows)
+    kinds = {r["tensor"]: r["kind"] for r in rows}
+    assert kinds["fc.weight"] == kinds["head.weight"] == "weight" and kinds["logits"] == "activation"
+    w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "fc.weight"))
+    noise = w - _int4_reference(w, 32)
+    expected = 20 * np.log10(np.linalg.norm(w) / np.linalg.norm(noise))
+    assert next(r["sqnr_db"] for r in rows if r["tensor"] == "fc.weight") == pytest.approx(expected, rel=1e-4)
+    assert "SQNR, worst first" in result.report.text()
