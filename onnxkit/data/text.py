@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,7 @@ import numpy as np
 from onnxkit.data.registry import register_dataset
 from onnxkit.data.split import SPLIT_NAMES, Dataset, Split, split_indices
 from onnxkit.errors import OnnxkitError
-
-TOKENIZER_KEY = "onnxkit.tokenizer"
-MAX_LENGTH_KEY = "onnxkit.max_length"
-DEFAULT_MAX_LENGTH = 128
+from onnxkit.tokenize import DEFAULT_MAX_LENGTH, MAX_LENGTH_KEY, TOKENIZER_KEY, encode, load_tokenizer
 
 
 class TextSplit(Split):
@@ -47,35 +42,6 @@ class TextSplit(Split):
         return TextSplit(self.name, inputs, self.labels, self.lengths, self.texts)
 
 
-def load_tokenizer(tokenizer: str | Mapping[str, Any], max_length: int | None = None,  # type: ignore[no-untyped-def]
-                   pad_to: int | None = None):
-    """A `tokenizers.Tokenizer` from a tokenizer.json path, its JSON text or its decoded dict,
-    truncating to `max_length` when given and padding to `pad_to` (default: the longest in a batch)."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise OnnxkitError("text needs the tokenizers package; install it with: pip install tokenizers") from None
-    try:
-        if isinstance(tokenizer, Mapping):
-            tok = Tokenizer.from_str(json.dumps(tokenizer))
-        elif tokenizer.lstrip().startswith("{"):
-            tok = Tokenizer.from_str(tokenizer)
-        elif os.path.isfile(tokenizer):
-            tok = Tokenizer.from_file(tokenizer)
-        else:
-            raise OnnxkitError(f"tokenizer {tokenizer!r}: no such file; give a tokenizer.json path or its JSON")
-    except Exception as e:  # tokenizers raises plain Exceptions for bad JSON
-        if isinstance(e, OnnxkitError):
-            raise
-        raise OnnxkitError(f"could not read the tokenizer: {e}; give a valid tokenizer.json") from None
-    padding = tok.padding or {}
-    tok.enable_padding(pad_id=padding.get("pad_id", 0), pad_type_id=padding.get("pad_type_id", 0),
-                       pad_token=padding.get("pad_token", "[PAD]"), length=pad_to)
-    if max_length:
-        tok.enable_truncation(max_length)
-    return tok
-
-
 def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """`tokenizer` and `max_length` options for a text dataset from an `onnx.ModelProto`'s
     metadata; empty when the model carries no tokenizer."""
@@ -83,16 +49,6 @@ def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     if TOKENIZER_KEY not in meta:
         return {}
     return {"tokenizer": meta[TOKENIZER_KEY], "max_length": int(meta.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))}
-
-
-def encode(tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    """Token ids, attention mask and token type ids, int64 [n, longest]."""
-    encodings = tokenizer.encode_batch(list(texts))
-    return {
-        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-    }
 
 
 def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_names: list[str], *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,12 @@ class Model:
             parts = [self.run({k: v[i : i + self.batch_size] for k, v in feeds.items()}) for i in starts]
             outputs = self._concat_rows(parts, rows)
         return Prediction(outputs, self.class_names, self.task)
+
+    def predict_text(self, texts: str | Sequence[str]) -> Prediction:
+        """Tokenize `texts` with the tokenizer the model carries (metadata) and predict."""
+        from onnxkit.runtime.text import predict_text
+
+        return predict_text(self, texts)
 
     def warmup(self) -> None:
         """Run once on zeros, so the first real call does not pay for allocation."""

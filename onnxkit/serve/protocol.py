@@ -17,6 +17,7 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.runtime import Model, Prediction, TensorSpec
+from onnxkit.runtime.text import TEXT_INPUT, TEXT_SPEC, carries_tokenizer, text_feeds
 
 PLATFORM = "onnxruntime_onnx"
 MODEL_VERSION = "1"
@@ -74,7 +75,7 @@ def model_metadata(model: Model) -> dict[str, Any]:
         "name": model.name,
         "versions": [MODEL_VERSION],
         "platform": PLATFORM,
-        "inputs": tensors(model.inputs),
+        "inputs": tensors(model.inputs + ([TEXT_SPEC] if carries_tokenizer(model) else [])),
         "outputs": tensors(model.outputs),
     }
 
@@ -88,6 +89,8 @@ def decode_request(body: bytes, model: Model) -> InferRequest:
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise RequestError(400, 'the request body must be a JSON object with an "inputs" list')
     by_name = {spec.name: spec for spec in model.inputs}
+    if carries_tokenizer(model):
+        by_name.setdefault(TEXT_INPUT, TEXT_SPEC)
     values: dict[str, np.ndarray] = {}
     for tensor in payload["inputs"]:
         name, array = _decode_tensor(tensor, by_name, model.name)
@@ -95,6 +98,10 @@ def decode_request(body: bytes, model: Model) -> InferRequest:
             raise RequestError(400, f"input {name!r} is given twice")
         values[name] = array
     try:
+        if TEXT_INPUT in values and TEXT_INPUT not in {spec.name for spec in model.inputs}:
+            if len(values) > 1:
+                raise OnnxkitError(f"give either {TEXT_INPUT!r} or the token inputs, not both")
+            values = text_feeds(model, values[TEXT_INPUT].reshape(-1).tolist())
         feeds = model.prepare(values)
     except OnnxkitError as e:
         raise RequestError(400, f"model {model.name!r}: {e}") from e

@@ -1,0 +1,69 @@
+"""Tokenizing text for models that carry a tokenizer (`tokenizers` package, imported only when used).
+
+A model built with a pretrained tokenizer stores its `tokenizer.json` in the
+metadata key `onnxkit.tokenizer` and its maximum length in `onnxkit.max_length`.
+Shared by the text datasets and the runtime's text entry point; imports only numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+
+TOKENIZER_KEY = "onnxkit.tokenizer"
+MAX_LENGTH_KEY = "onnxkit.max_length"
+DEFAULT_MAX_LENGTH = 128
+
+
+def load_tokenizer(tokenizer: str | Mapping[str, Any], max_length: int | None = None,  # type: ignore[no-untyped-def]
+                   pad_to: int | None = None):
+    """A `tokenizers.Tokenizer` from a tokenizer.json path, its JSON text or its decoded dict,
+    truncating to `max_length` when given and padding to `pad_to` (default: the longest in a batch)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise OnnxkitError("text needs the tokenizers package; install it with: pip install tokenizers") from None
+    try:
+        if isinstance(tokenizer, Mapping):
+            tok = Tokenizer.from_str(json.dumps(tokenizer))
+        elif tokenizer.lstrip().startswith("{"):
+            tok = Tokenizer.from_str(tokenizer)
+        elif os.path.isfile(tokenizer):
+            tok = Tokenizer.from_file(tokenizer)
+        else:
+            raise OnnxkitError(f"tokenizer {tokenizer!r}: no such file; give a tokenizer.json path or its JSON")
+    except Exception as e:  # tokenizers raises plain Exceptions for bad JSON
+        if isinstance(e, OnnxkitError):
+            raise
+        raise OnnxkitError(f"could not read the tokenizer: {e}; give a valid tokenizer.json") from None
+    padding = tok.padding or {}
+    tok.enable_padding(pad_id=padding.get("pad_id", 0), pad_type_id=padding.get("pad_type_id", 0),
+                       pad_token=padding.get("pad_token", "[PAD]"), length=pad_to)
+    if max_length:
+        tok.enable_truncation(max_length)
+    return tok
+
+
+def tokenizer_from_metadata(metadata: Mapping[str, str]):  # type: ignore[no-untyped-def]
+    """The tokenizer stored in a model's metadata_props (as a dict), or None."""
+    if TOKENIZER_KEY not in metadata:
+        return None
+    return load_tokenizer(metadata[TOKENIZER_KEY], int(metadata.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH)))
+
+
+def encode(tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Token ids, attention mask and token type ids, int64 [n, longest]."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise OnnxkitError("text input must be a list of strings")
+    encodings = tokenizer.encode_batch(list(texts))
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), -1),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(texts), -1),
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64).reshape(len(texts), -1),
+    }
