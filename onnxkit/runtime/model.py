@@ -151,6 +151,7 @@ def load(
     optimization: str = "all",
     optimized_model_path: str | os.PathLike | None = None,
     io_binding: bool | None = None,
+    spin: bool = True,
     name: str | None = None,
 ) -> Model:
     """Load an ONNX model (a path or its bytes) for prediction.
@@ -162,10 +163,11 @@ def load(
     optimization: graph optimisation level, "disabled" | "basic" | "extended" | "all".
     optimized_model_path: also save the optimised graph there (written atomically).
     io_binding: bind inputs and outputs to the device (default: on for CUDA).
+    spin: let idle intra-op threads spin-wait (fastest alone; off when sharing cores).
     name: the model's name (default: the file's stem).
     """
     kind, device_id = parse_device(device)
-    options = session_options(threads, optimization)
+    options = session_options(threads, optimization, spin)
     session = create_session(model, options, providers_for(kind, device_id), optimized_model_path)
     if kind == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise OnnxkitError(

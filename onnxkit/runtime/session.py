@@ -68,8 +68,12 @@ def providers_for(kind: str, device_id: int) -> list:
     return [_CPU]
 
 
-def session_options(threads: int | None, optimization: str) -> ort.SessionOptions:
-    """SessionOptions with the intra-op thread count and graph optimisation level set."""
+def session_options(threads: int | None, optimization: str, spin: bool = True) -> ort.SessionOptions:
+    """SessionOptions with the intra-op threads, graph optimisation level and spin-waiting set.
+
+    Spin-waiting threads answer fastest but keep burning CPU between runs; turn it off
+    when the process shares its cores with other work (a server's event loop).
+    """
     if optimization not in OPTIMIZATION_LEVELS:
         raise OnnxkitError(f"unknown optimization level {optimization!r}; use one of {', '.join(OPTIMIZATION_LEVELS)}")
     if threads is not None and threads < 1:
@@ -84,6 +88,8 @@ def session_options(threads: int | None, optimization: str) -> ort.SessionOption
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     return options
 

@@ -33,9 +33,16 @@ def load_models(specs: list[str], device: str = "auto", threads: int | None = No
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or one clear error (port in use, no permission, unknown host)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
+    # TCP, and without it each reply waits ~40 ms on Nagle's algorithm and delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        return sock
     except OSError as e:
+        sock.close()
         if e.errno == errno.EADDRINUSE:
             raise OnnxkitError(
                 f"port {port} on {host} is already in use; stop the program using it or pick another with --port"

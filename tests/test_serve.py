@@ -1,0 +1,272 @@
+"""`onnxkit serve`: the real server in a child process on 127.0.0.1, driven with httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxkit import zoo
+from onnxkit.files import save_model
+from onnxkit.serve.launch import ServerProcess
+
+
+def fixed_relu() -> onnx.ModelProto:
+    """x float [2, 3] -> relu: a model with no batch axis, so requests cannot be merged."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    protos = {
+        "digits": zoo.build_model("digits-mlp"),
+        "text": zoo.build_model("text-transformer"),
+        "fixed": fixed_relu(),
+    }
+    paths = {name: str(save_model(p, folder / f"{name}.onnx")) for name, p in protos.items()}
+    return protos, paths
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    _, paths = models
+    specs = [paths["digits"], f"words={paths['text']}", paths["fixed"]]
+    options = ["--max-batch-size", "16", "--max-delay-ms", "5", "--max-body-mb", "1", "--threads", "1"]
+    with ServerProcess(specs, *options) as running:
+        yield running
+    assert running.process.returncode == 0, running.log
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def tensor(name: str, array: np.ndarray, datatype: str = "FP32") -> dict:
+    return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.ravel().tolist()}
+
+
+def test_health_and_server_metadata(client):
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2").json()
+    assert meta["name"] == "onnxkit" and "classification" in meta["extensions"]
+
+
+def test_model_metadata_and_readiness(client):
+    for path in ("/v2/models/digits", "/v2/models/digits/versions/1"):
+        meta = client.get(path).json()
+        assert meta == {
+            "name": "digits",
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+        }
+        assert client.get(path + "/ready").json() == {"name": "digits", "ready": True}
+    words = client.get("/v2/models/words").json()
+    assert [(t["name"], t["datatype"], t["shape"]) for t in words["inputs"]] == [
+        ("input_ids", "INT64", [-1, -1]),
+        ("attention_mask", "INT64", [-1, -1]),
+    ]
+
+
+def test_infer_matches_the_reference_evaluator(client, models):
+    protos, _ = models
+    x = np.random.default_rng(0).uniform(0, 16, size=(3, 64)).astype(np.float32)
+    (expected,) = ReferenceEvaluator(protos["digits"]).run(None, {"x": x})
+    reply = client.post("/v2/models/digits/infer", json={"id": "r1", "inputs": [tensor("x", x)]})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model_name"] == "digits" and body["id"] == "r1"
+    (out,) = body["outputs"]
+    assert out["name"] == "logits" and out["datatype"] == "FP32" and out["shape"] == [3, 10]
+    np.testing.assert_allclose(np.reshape(out["data"], (3, 10)), expected, rtol=1e-4, atol=1e-5)
+
+    top = client.post(
+        "/v2/models/digits/infer",
+        json={"inputs": [tensor("x", x)], "outputs": [{"name": "logits", "parameters": {"classification": 2}}]},
+    ).json()["outputs"][0]
+    assert top["datatype"] == "BYTES" and top["shape"] == [3, 2]
+    for row, entries in zip(expected, np.reshape(top["data"], (3, 2)), strict=True):
+        best = np.argsort(-row)[:2]
+        assert [e.split(":")[1:] for e in entries] == [[str(i), str(i)] for i in best]
+        np.testing.assert_allclose([float(e.split(":")[0]) for e in entries], row[best], rtol=1e-4)
+
+
+def test_infer_with_two_int64_inputs_and_a_model_without_batch_axis(client, models):
+    protos, _ = models
+    ids = np.random.default_rng(1).integers(0, 100, size=(2, 9))
+    mask = np.ones_like(ids)
+    (expected,) = ReferenceEvaluator(protos["text"]).run(None, {"input_ids": ids, "attention_mask": mask})
+    body = client.post(
+        "/v2/models/words/infer",
+        json={"inputs": [tensor("input_ids", ids, "INT64"), tensor("attention_mask", mask, "INT64")]},
+    ).json()
+    np.testing.assert_allclose(np.reshape(body["outputs"][0]["data"], expected.shape), expected, rtol=1e-4, atol=1e-5)
+    x = np.array([[-1, 2, -3], [4, -5, 6]], dtype=np.float32)
+    body = client.post("/v2/models/fixed/infer", json={"inputs": [{**tensor("x", x), "data": x.tolist()}]}).json()
+    assert body["outputs"][0]["data"] == [0, 2, 0, 4, 0, 6]
+
+
+GOOD = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+
+
+def _with(**changes) -> dict:
+    return {"inputs": [{**GOOD["inputs"][0], **changes}]}
+
+
+BAD_REQUESTS = [
+    ("POST", "/v2/models/digitz/infer", GOOD, 404, "no model 'digitz'. Did you mean: digits?"),
+    ("GET", "/v2/models/nothing", None, 404, "no model 'nothing'"),
+    ("GET", "/v2/models/digits/versions/7/ready", None, 404, "has no version '7'"),
+    ("POST", "/v2/models/digits/infer", _with(name="y"), 400, "has no input 'y'"),
+    ("POST", "/v2/models/digits/infer", _with(datatype="INT64"), 400, "has datatype FP32, got 'INT64'"),
+    ("POST", "/v2/models/digits/infer", _with(shape=[2, 32]), 400, "dimension 1 must be 64"),
+    ("POST", "/v2/models/digits/infer", _with(shape=[2, 64]), 400, "holds 128 values, but data has 64"),
+    ("POST", "/v2/models/digits/infer", _with(data=["a"] * 64), 400, "expects float32 values"),
+    ("POST", "/v2/models/digits/infer", _with(data=[[1, 2], [3]]), 400, "not a regular array"),
+    ("POST", "/v2/models/digits/infer", b"{not json", 400, "malformed JSON"),
+    ("POST", "/v2/models/digits/infer", [1, 2], 400, 'a JSON object with an "inputs" list'),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{"name": "x"}]}, 400, '"name", "shape", "datatype", "data"'),
+    ("POST", "/v2/models/digits/infer", {**GOOD, "outputs": [{"name": "probs"}]}, 400, "has no output 'probs'"),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {**GOOD, "outputs": [{"name": "logits", "parameters": {"classification": 0}}]},
+        400,
+        "classification must be a positive integer",
+    ),
+    ("POST", "/v2/models/digits/infer", b"[" + b"0," * 600_000 + b"0]", 413, "over the 1,048,576-byte limit"),
+    ("GET", "/v2/models/digits/infer", None, 405, "GET is not allowed"),
+    ("GET", "/v3/anything", None, 404, "no such endpoint: /v3/anything"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "message"), BAD_REQUESTS)
+def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(client, method, path, body, status, message):
+    content = body if isinstance(body, bytes) else None
+    reply = client.request(method, path, content=content, json=None if content is not None or body is None else body)
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    assert message in reply.json()["error"]
+    assert client.post("/v2/models/digits/infer", json=GOOD).status_code == 200
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + r"\{" + re.escape(want) + r"\} (\S+)"
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_concurrent_clients_get_correct_answers_in_merged_batches(server, models):
+    protos, _ = models
+    clients, per_client = 32, 50
+    x = np.random.default_rng(3).uniform(0, 16, size=(clients * per_client * 2, 64)).astype(np.float32)
+    (expected,) = ReferenceEvaluator(protos["digits"]).run(None, {"x": x})
+    before = httpx.get(server.url + "/metrics").text
+
+    async def one_client(c: httpx.AsyncClient, k: int) -> int:
+        correct = 0
+        for r in range(per_client):
+            start = 2 * (k * per_client + r)
+            rows = 1 + (r % 2)  # requests of one and two rows
+            reply = await c.post("/v2/models/digits/infer", json={"inputs": [tensor("x", x[start : start + rows])]})
+            out = reply.json()["outputs"][0]
+            got = np.reshape(out["data"], out["shape"])
+            correct += int(np.allclose(got, expected[start : start + rows], rtol=1e-4, atol=1e-5))
+        return correct
+
+    async def load() -> list[int]:
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as c:
+            return await asyncio.gather(*(one_client(c, k) for k in range(clients)))
+
+    assert asyncio.run(load()) == [per_client] * clients
+    after = httpx.get(server.url + "/metrics").text
+    runs = metric(after, "onnxkit_batch_size_count", model="digits") - metric(
+        before, "onnxkit_batch_size_count", model="digits"
+    )
+    single = metric(after, "onnxkit_batch_size_bucket", model="digits", le="1") - metric(
+        before, "onnxkit_batch_size_bucket", model="digits", le="1"
+    )
+    rows = metric(after, "onnxkit_batch_size_sum", model="digits") - metric(
+        before, "onnxkit_batch_size_sum", model="digits"
+    )
+    assert rows == clients * per_client * 1.5
+    assert runs < clients * per_client  # requests were merged...
+    assert runs - single > 0  # ...into session runs of more than one row
+    assert metric(after, "onnxkit_batch_size_bucket", model="digits", le="16") == metric(
+        after, "onnxkit_batch_size_count", model="digits"
+    )  # never more than --max-batch-size rows
+    served = metric(after, "onnxkit_requests_total", endpoint="infer", model="digits", code="200")
+    assert served - metric(before, "onnxkit_requests_total", endpoint="infer", model="digits", code="200") == 1600
+
+
+def test_metrics_count_requests_errors_and_latency(client):
+    client.post("/v2/models/digits/infer", json=_with(datatype="FP64"))
+    text = client.get("/metrics").text
+    assert "# TYPE onnxkit_infer_duration_seconds histogram" in text
+    assert metric(text, "onnxkit_request_errors_total", endpoint="infer", model="digits", code="400") >= 1
+    assert metric(text, "onnxkit_request_errors_total", endpoint="infer", model="", code="404") >= 1
+    assert metric(text, "onnxkit_infer_duration_seconds_count", model="digits") >= 1
+    assert metric(text, "onnxkit_infer_duration_seconds_bucket", model="digits", le="+Inf") == metric(
+        text, "onnxkit_infer_duration_seconds_count", model="digits"
+    )
+
+
+def test_port_in_use_is_one_clear_error(server, models):
+    _, paths = models
+    port = server.url.rsplit(":", 1)[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxkit", "serve", paths["fixed"], "--port", port],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: port {port} on 127.0.0.1 is already in use; stop the program using it or pick another with --port"
+    )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_stops_cleanly_on_sigint_and_sigterm(models, stop):
+    _, paths = models
+    running = ServerProcess([paths["fixed"]])
+    running.start()
+    assert httpx.get(running.url + "/v2/health/ready").status_code == 200
+    assert running.stop(stop) == 0
+    assert running.log[-1] == "stopped"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(running.url + "/v2/health/live")
+
+
+def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
+    _, paths = models
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx")
+    for args, message in [
+        ([str(broken)], "broken.onnx: onnxruntime"),
+        ([paths["fixed"], f"fixed={paths['digits']}"], "two models are named 'fixed'"),
+    ]:
+        result = subprocess.run([sys.executable, "-m", "onnxkit", "serve", *args, "--port", "0"],
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 1 and message in result.stderr, result.stderr

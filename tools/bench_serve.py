@@ -1,0 +1,185 @@
+"""Benchmark `onnxkit serve` against the same model called in-process.
+
+Starts the real server on 127.0.0.1 (a free port), sends a bounded number of
+V2 infer requests at concurrency 1, 8 and 32 from a lean keep-alive HTTP/1.1
+client (plain asyncio streams, so the load generator takes little of the CPU it
+shares with the server), and compares requests/s with `runtime.load(...).predict`
+called in a loop on inputs of the same batch size (rows per request).
+
+    python tools/bench_serve.py                       # text-transformer, seq 128, 1 row per request
+    python tools/bench_serve.py --model digits-mlp --requests 2000
+    python tools/bench_serve.py --model path/to/model.onnx --rows 4
+
+Prints, per concurrency: requests/s, p50/p99 latency, the mean merged batch size
+(from /metrics) and the ratio of server to in-process throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from onnxkit import runtime
+from onnxkit.serve.launch import ServerProcess
+
+
+def model_file(name_or_path: str, folder: Path) -> Path:
+    if name_or_path.endswith(".onnx"):
+        return Path(name_or_path)
+    from onnxkit import zoo
+    from onnxkit.files import save_model
+
+    return save_model(zoo.build_model(name_or_path), folder / f"{name_or_path}.onnx")
+
+
+def example(model: runtime.Model, rows: int, seq: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs: free first dimension = rows, other free dimensions = seq."""
+    feeds = {}
+    for spec in model.inputs:
+        shape = [rows] + [d if isinstance(d, int) else seq for d in spec.shape[1:]]
+        if spec.dtype.kind in "iu":
+            feeds[spec.name] = (
+                np.ones(shape, spec.dtype) if "mask" in spec.name else rng.integers(0, 100, shape).astype(spec.dtype)
+            )
+        else:
+            feeds[spec.name] = rng.normal(size=shape).astype(spec.dtype)
+    return feeds
+
+
+def in_process(model: runtime.Model, feeds: dict[str, np.ndarray], seconds: float) -> tuple[float, list[float]]:
+    """Calls per second and latencies of model.predict(feeds) in a loop."""
+    model.predict(feeds)
+    latencies = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(latencies) < 20:
+        t = time.perf_counter()
+        model.predict(feeds)
+        latencies.append(time.perf_counter() - t)
+    return len(latencies) / (time.perf_counter() - start), latencies
+
+
+def request_bytes(host: str, model: str, feeds: dict[str, np.ndarray]) -> bytes:
+    datatype = {"f": "FP", "i": "INT", "u": "UINT"}
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(a.shape),
+                    "datatype": f"{datatype[a.dtype.kind]}{a.dtype.itemsize * 8}",
+                    "data": a.ravel().tolist(),
+                }
+                for name, a in feeds.items()
+            ]
+        }
+    ).encode()
+    head = (
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def one_connection(host: str, port: int, payload: bytes, count: int, latencies: list[float]) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    body = b""
+    try:
+        for _ in range(count):
+            t = time.perf_counter()
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+            body = await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"request failed: {head.splitlines()[0].decode()} {body[:200]!r}")
+            latencies.append(time.perf_counter() - t)
+    finally:
+        writer.close()
+    return body
+
+
+def load(url: str, payload: bytes, concurrency: int, requests: int) -> tuple[float, list[float], bytes]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    latencies: list[float] = []
+
+    async def run() -> list[bytes]:
+        per = max(1, requests // concurrency)
+        return await asyncio.gather(
+            *(one_connection(host, int(port), payload, per, latencies) for _ in range(concurrency))
+        )
+
+    start = time.perf_counter()
+    bodies = asyncio.run(run())
+    return len(latencies) / (time.perf_counter() - start), latencies, bodies[0]
+
+
+def batch_stats(url: str, model: str) -> tuple[float, float]:
+    text = urllib.request.urlopen(url + "/metrics").read().decode()
+    value = {
+        kind: float(re.search(rf'onnxkit_batch_size_{kind}{{model="{model}"}} (\S+)', text).group(1))
+        for kind in ("sum", "count")
+    }
+    return value["sum"], value["count"]
+
+
+def pct(latencies: list[float], q: float) -> float:
+    return sorted(latencies)[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="text-transformer", help="zoo name or .onnx path")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request (the batch size compared)")
+    parser.add_argument("--seq", type=int, default=128, help="size of other free dimensions (sequence)")
+    parser.add_argument("--requests", type=int, default=600, help="requests per concurrency level")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-delay-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both sides")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = model_file(args.model, Path(folder))
+        model = runtime.load(path, threads=args.threads, batch_size=None, warmup=True)
+        feeds = example(model, args.rows, args.seq, np.random.default_rng(0))
+        expected = model.predict(feeds).scores
+        base_rps, base_lat = in_process(model, feeds, seconds=2.0)
+        big = example(model, args.rows * args.max_batch_size, args.seq, np.random.default_rng(1))
+        big_rps = in_process(model, big, seconds=2.0)[0] * args.max_batch_size
+        print(f"model {model.name}: {model.describe()}; {args.rows} row(s) per request, seq {args.seq}")
+        print(
+            f"in-process, batch {args.rows}: {base_rps:8.1f} calls/s  p50 {pct(base_lat, 0.5):7.2f} ms  "
+            f"p99 {pct(base_lat, 0.99):7.2f} ms   (at batch {args.rows * args.max_batch_size}: "
+            f"{big_rps:.1f} rows-of-{args.rows}/s)"
+        )
+        options = ["--max-batch-size", str(args.max_batch_size), "--max-delay-ms", str(args.max_delay_ms)]
+        if args.threads:
+            options += ["--threads", str(args.threads)]
+        with ServerProcess([str(path)], *options) as server:
+            payload = request_bytes("127.0.0.1", model.name, feeds)
+            load(server.url, payload, 4, 20)  # warm the connections and the batcher
+            for concurrency in [int(c) for c in args.concurrency.split(",")]:
+                before = batch_stats(server.url, model.name)
+                rps, lat, body = load(server.url, payload, concurrency, args.requests)
+                after = batch_stats(server.url, model.name)
+                out = json.loads(body)["outputs"][0]
+                np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), expected, rtol=1e-4, atol=1e-4)
+                mean_batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+                print(
+                    f"server, concurrency {concurrency:>2}: {rps:8.1f} req/s    p50 {pct(lat, 0.5):7.2f} ms  "
+                    f"p99 {pct(lat, 0.99):7.2f} ms  mean batch {mean_batch:5.1f} rows  "
+                    f"server/in-process {rps / base_rps:5.2f}x  (p50 {statistics.median(lat) * 1000:.2f} ms)"
+                )
+
+
+if __name__ == "__main__":
+    main()
