@@ -1,0 +1,70 @@
+"""Latency of int8 (and int4) models against their fp32 originals, side by side.
+
+For digits-mlp, digits-cnn and bert-classifier (random weights: latency does
+not depend on their values) each quantized model runs interleaved with its
+fp32 original in sessions made from the same SessionOptions; every figure is
+a median of repeated runs, and the whole measurement is repeated `--rounds`
+times so the spread of the ratio shows how noisy the (shared) CPU was.
+
+    python tools/bench_quantize.py [--seq-len 32] [--rounds 3] [--budget 2]
+
+Goal: int8/fp32 <= 0.6 at batch 64 for the MatMul-heavy models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+from onnxkit import zoo
+from onnxkit.quantize import quantize
+from onnxkit.quantize.inputs import synthetic_inputs
+from onnxkit.quantize.latency import measure
+
+BATCHES = (1, 64)
+# model -> (build options, [(quantize options, label)])
+CASES = {
+    "digits-mlp": ({}, [({"mode": "dynamic"}, "dynamic int8")]),
+    "digits-cnn": (
+        {},
+        [({"mode": "static", "calib": "digits-images"}, "static int8 QDQ"), ({"mode": "dynamic"}, "dynamic int8")],
+    ),
+    "bert-classifier": ({}, [({"mode": "dynamic"}, "dynamic int8"), ({"mode": "int4"}, "int4 MatMulNBits")]),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-len", type=int, default=32, help="bert-classifier sequence length")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat the whole measurement")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds per batch size per round")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's)")
+    args = parser.parse_args()
+
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    header = f"{'model':<16} {'pass':<17}" + "".join(f"{'b' + str(b) + ' fp32':>11}{'quant':>10}{'ratio':>17}" for b in BATCHES)
+    print(header)
+    for name, (options, passes) in CASES.items():
+        model = zoo.build_model(name, **options)
+        feeds = {b: synthetic_inputs(model, b, seq_len=args.seq_len) for b in BATCHES}
+        models = {"fp32": model.SerializeToString()}
+        for qopts, label in passes:
+            models[label] = quantize(model, measure_latency=False, **qopts).model.SerializeToString()
+        rounds = [
+            measure(models, feeds, budget_s=args.budget, min_runs=3, threads=args.threads) for _ in range(args.rounds)
+        ]
+        for _, label in passes:
+            cells = []
+            for b in BATCHES:
+                fp32 = statistics.median(r["fp32"][b] for r in rounds)
+                quant = statistics.median(r[label][b] for r in rounds)
+                ratios = [r[label][b] / r["fp32"][b] for r in rounds]
+                spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                cells.append(f"{fp32:>9.3f}ms{quant:>8.3f}ms{spread:>17}")
+            print(f"{name:<16} {label:<17}" + "".join(cells))
+    print(f"load average after: {os.getloadavg()[0]:.2f}  (ratio: median of rounds, min-max in brackets)")
+
+
+if __name__ == "__main__":
+    main()
