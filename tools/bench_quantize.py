@@ -34,6 +34,10 @@ CASES = {
 }
 
 
+def _ms(value: float) -> str:
+    return f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=32, help="bert-classifier sequence length")
@@ -43,8 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    header = f"{'model':<16} {'pass':<17}" + "".join(f"{'b' + str(b) + ' fp32':>11}{'quant':>10}{'ratio':>17}" for b in BATCHES)
-    print(header)
+    print(f"{'model':<16} {'pass':<17}" + "".join(f"{f'b{b} fp32':>11}{'quant':>11}{'ratio':>17}" for b in BATCHES))
     for name, (options, passes) in CASES.items():
         model = zoo.build_model(name, **options)
         feeds = {b: synthetic_inputs(model, b, seq_len=args.seq_len) for b in BATCHES}
@@ -61,7 +64,7 @@ def main() -> None:
                 quant = statistics.median(r[label][b] for r in rounds)
                 ratios = [r[label][b] / r["fp32"][b] for r in rounds]
                 spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-                cells.append(f"{fp32:>9.3f}ms{quant:>8.3f}ms{spread:>17}")
+                cells.append(f"{_ms(fp32):>11}{_ms(quant):>11}{spread:>17}")
             print(f"{name:<16} {label:<17}" + "".join(cells))
     print(f"load average after: {os.getloadavg()[0]:.2f}  (ratio: median of rounds, min-max in brackets)")
 
