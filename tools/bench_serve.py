@@ -148,7 +148,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         path = model_file(args.model, Path(folder))
-        model = runtime.load(path, threads=args.threads, batch_size=None, warmup=True)
+        # the baseline uses the server's session settings, so only HTTP and batching differ
+        model = runtime.load(path, threads=args.threads, batch_size=None, warmup=True, spin=False)
         feeds = example(model, args.rows, args.seq, np.random.default_rng(0))
         expected = model.predict(feeds).scores
         big = example(model, args.rows * args.max_batch_size, args.seq, np.random.default_rng(1))
