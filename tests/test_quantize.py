@@ -13,6 +13,7 @@ from conftest import ort_run
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
 from onnxkit.quantize import analysis, cpu, quantize, rewrite
 from onnxkit.quantize.int4 import quantize_int4
@@ -143,9 +144,17 @@ def test_gemm_and_transpose_rewrites_compute_the_same_function():
     np.testing.assert_allclose(logits(rewritten, x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_default_mode_follows_the_model():
-    assert analysis.profile(cnn()).default_mode == "static"
+def test_default_mode_follows_where_the_multiply_adds_are():
+    conv_heavy = analysis.profile(cnn())  # 8x8 positions x 8x1x3x3 Conv vs a 128x4 MatMul
+    assert dict(conv_heavy.macs) == {"conv": 64 * 8 * 9, "dense": 128 * CLASSES}
+    assert conv_heavy.default_mode == "static" and "static int8 QDQ" in conv_heavy.reason()
     assert analysis.profile(mlp()).default_mode == "dynamic"
+    # the zoo's digits-cnn: a 1->32 channel 3x3 Conv on 8x8 feeds 512->64->10 dense layers
+    digits = analysis.profile(zoo.build_model("digits-cnn"))
+    assert dict(digits.macs) == {"conv": 64 * 32 * 9, "dense": 512 * 64 + 64 * 10}
+    assert digits.default_mode == "dynamic" and "Conv stays fp32" in digits.reason()
+    # weights behind a Gemm or a Transpose count too
+    assert analysis.profile(foreign()).weight_params["dense"] == HIDDEN * D_IN + CLASSES * HIDDEN
     prof = analysis.profile(foreign())
     assert prof.nodes("dense") and prof.weight_params["dense"] == 2 * HIDDEN * D_IN // 2 + CLASSES * HIDDEN
 

@@ -121,7 +121,7 @@ def quantize(
             )
             reason = f"--mode {mode} as asked" if requested else profile.reason()
             notes = _ignored_options(settings, method, format, per_channel)
-            if mode == "dynamic" and profile.nodes("conv"):
+            if requested == "dynamic" and profile.nodes("conv"):
                 notes.append("Conv stays fp32 in dynamic mode (ConvInteger is slow); --mode static quantizes it")
             say(f"quantizing: {settings.label} ...")
             quantized = quantizer.run(settings, calibration() if mode == "static" else None)
