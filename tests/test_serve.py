@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -185,23 +185,20 @@ def test_concurrent_clients_get_correct_answers_in_merged_batches(server, models
     (expected,) = ReferenceEvaluator(protos["digits"]).run(None, {"x": x})
     before = httpx.get(server.url + "/metrics").text
 
-    async def one_client(c: httpx.AsyncClient, k: int) -> int:
+    def one_client(k: int) -> int:  # a thread with its own connection, like a separate client
         correct = 0
-        for r in range(per_client):
-            start = 2 * (k * per_client + r)
-            rows = 1 + (r % 2)  # requests of one and two rows
-            reply = await c.post("/v2/models/digits/infer", json={"inputs": [tensor("x", x[start : start + rows])]})
-            out = reply.json()["outputs"][0]
-            got = np.reshape(out["data"], out["shape"])
-            correct += int(np.allclose(got, expected[start : start + rows], rtol=1e-4, atol=1e-5))
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for r in range(per_client):
+                start = 2 * (k * per_client + r)
+                rows = 1 + (r % 2)  # requests of one and two rows
+                reply = c.post("/v2/models/digits/infer", json={"inputs": [tensor("x", x[start : start + rows])]})
+                out = reply.json()["outputs"][0]
+                got = np.reshape(out["data"], out["shape"])
+                correct += int(np.allclose(got, expected[start : start + rows], rtol=1e-4, atol=1e-5))
         return correct
 
-    async def load() -> list[int]:
-        limits = httpx.Limits(max_connections=clients)
-        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as c:
-            return await asyncio.gather(*(one_client(c, k) for k in range(clients)))
-
-    assert asyncio.run(load()) == [per_client] * clients
+    with ThreadPoolExecutor(clients) as pool:
+        assert list(pool.map(one_client, range(clients))) == [per_client] * clients
     after = httpx.get(server.url + "/metrics").text
     runs = metric(after, "onnxkit_batch_size_count", model="digits") - metric(
         before, "onnxkit_batch_size_count", model="digits"
