@@ -1,0 +1,35 @@
+"""Write trained weights back into the original inference-form graph, with training metadata."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+
+def with_weights(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose initializers named in `values` hold those values."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name in values:
+            array = np.ascontiguousarray(values[t.name], dtype=helper.tensor_dtype_to_np_dtype(t.data_type))
+            if tuple(array.shape) != tuple(t.dims):
+                raise ValueError(f"{t.name}: trained shape {array.shape} differs from the model's {tuple(t.dims)}")
+            for field in ("float_data", "double_data", "int32_data", "int64_data", "external_data"):
+                t.ClearField(field)
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = array.tobytes()
+    return out
+
+
+def set_metadata(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:
+    """Set metadata_props (JSON for non-strings), replacing keys already present."""
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in entries.items()})
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)

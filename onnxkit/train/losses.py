@@ -1,0 +1,139 @@
+"""Losses as small ONNX subgraphs appended after a model output, plus how labels are fed to them.
+
+Each loss is written with ops that have gradients in every backend we target
+(no Abs, no Softplus): binary cross-entropy uses the stable form
+`relu(x) - x*t + log(1 + exp(x - 2*relu(x)))`, L1 uses `|d| = 2*relu(d) - d`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.evaluate import LOSSES as REFERENCE
+
+PREFIX = "onnxkit.loss"
+ALIASES = {"ce": "cross-entropy", "bce": "bce-with-logits", "l2": "mse", "mae": "l1"}
+NAMES = ("cross-entropy", "bce-with-logits", "mse", "l1")
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A named loss: which labels it takes and the nodes that compute it (a scalar mean)."""
+
+    name: str
+
+    @property
+    def class_labels(self) -> bool:
+        """True when labels are class ids (int64 [batch]) rather than targets shaped like the output."""
+        return self.name == "cross-entropy"
+
+    def reference(self, outputs: np.ndarray, labels: np.ndarray) -> float:
+        """The same loss in numpy (float64)."""
+        return REFERENCE[self.name](outputs, labels)
+
+    def check_output(self, output: onnx.ValueInfoProto) -> None:
+        """Fail early when the output's type or rank cannot feed this loss."""
+        tensor = output.type.tensor_type
+        if tensor.elem_type != TensorProto.FLOAT:
+            raise OnnxkitError(
+                f"output {output.name!r} is not float32, so it cannot feed the {self.name} loss; "
+                "pick a float output with --output"
+            )
+        rank = len(tensor.shape.dim)
+        if self.class_labels and rank != 2:
+            raise OnnxkitError(
+                f"cross-entropy needs logits shaped [batch, classes], but output {output.name!r} has "
+                f"rank {rank}; pick another output (--output) or another loss (--loss mse)"
+            )
+
+    def labels_input(self, name: str, output: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+        """The graph input the labels are fed through."""
+        if self.class_labels:
+            batch = output.type.tensor_type.shape.dim[0]
+            dim = batch.dim_param or (batch.dim_value if batch.HasField("dim_value") else "batch")
+            return helper.make_tensor_value_info(name, TensorProto.INT64, [dim])
+        target = onnx.ValueInfoProto()
+        target.CopyFrom(output)
+        target.name = name
+        return target
+
+    def labels_for(self, labels: np.ndarray, output_shape: tuple[int | str | None, ...]) -> np.ndarray:
+        """Labels converted to what the loss input takes: int64 class ids, or float32 targets
+        reshaped like the output (e.g. [N] -> [N, 1])."""
+        if self.class_labels:
+            if labels.dtype.kind not in "iub":
+                raise OnnxkitError(
+                    "cross-entropy needs integer class labels but the data's labels are "
+                    f"{labels.dtype}; use --loss mse for regression targets"
+                )
+            return labels.astype(np.int64, copy=False)
+        targets = labels.astype(np.float32, copy=False)
+        if targets.ndim == len(output_shape):
+            return targets
+        fixed = output_shape[1:]
+        if all(isinstance(d, int) and d > 0 for d in fixed):
+            size = int(np.prod(fixed, dtype=np.int64))
+            if targets[0].size == size:
+                return targets.reshape(len(targets), *fixed)
+        raise OnnxkitError(
+            f"labels of shape {list(labels.shape)} do not match the output's shape "
+            f"{list(output_shape)} for the {self.name} loss; give one target per output value"
+        )
+
+    def add_to_graph(self, graph: onnx.GraphProto, output: str, labels: str) -> str:
+        """Append this loss's nodes (reading `output` and `labels`); return the scalar loss name."""
+        nodes: list[onnx.NodeProto] = []
+
+        def node(op: str, inputs: list[str], tag: str, **attrs: object) -> str:
+            out = f"{PREFIX}.{tag}"
+            nodes.append(helper.make_node(op, inputs, [out], name=f"{PREFIX}/{tag}", **attrs))
+            return out
+
+        loss = f"{PREFIX}.value"
+        if self.name == "cross-entropy":
+            nodes.append(
+                helper.make_node(
+                    "SoftmaxCrossEntropyLoss",
+                    [output, labels],
+                    [loss, f"{PREFIX}.log_prob"],  # the gradient needs log_prob as an output
+                    name=f"{PREFIX}/softmax_cross_entropy",
+                    reduction="mean",
+                )
+            )
+        else:
+            graph.initializer.append(helper.make_tensor(f"{PREFIX}.one", TensorProto.FLOAT, [], [1.0]))
+            if self.name == "bce-with-logits":
+                relu = node("Relu", [output], "relu")
+                minus_abs = node("Sub", [output, node("Add", [relu, relu], "two_relu")], "minus_abs")
+                log1p = node("Log", [node("Add", [node("Exp", [minus_abs], "exp"), f"{PREFIX}.one"], "1p")], "log1p")
+                per_item = node("Add", [node("Sub", [relu, node("Mul", [output, labels], "xt")], "lin"), log1p], "item")
+            else:
+                diff = node("Sub", [output, labels], "diff")
+                if self.name == "mse":
+                    per_item = node("Mul", [diff, diff], "square")
+                else:
+                    relu = node("Relu", [diff], "relu")
+                    per_item = node("Sub", [node("Add", [relu, relu], "two_relu"), diff], "abs")
+            nodes.append(helper.make_node("ReduceMean", [per_item], [loss], name=f"{PREFIX}/mean", keepdims=0))
+        graph.node.extend(nodes)
+        return loss
+
+
+def get_loss(name: str) -> Loss:
+    """The loss called `name` (or an alias such as ce, bce, l2, mae)."""
+    key = ALIASES.get(name, name)
+    if key not in NAMES:
+        raise OnnxkitError(f"unknown loss {name!r}; choose from {', '.join(NAMES)}.{suggest(name, NAMES)}")
+    return Loss(key)
+
+
+def default_loss(task: str | None, output_shape: tuple[int | str | None, ...], labels: np.ndarray) -> Loss:
+    """The loss that fits a task (from metadata) or, failing that, the output and labels."""
+    from onnxkit.evaluate import TASK_LOSS, infer_task
+
+    return Loss(TASK_LOSS[infer_task(task, output_shape, labels)])

@@ -1,0 +1,274 @@
+"""The ONNX Runtime training backend (onnxruntime-training 1.19.2): the only module that
+touches `onnxruntime.training`.
+
+- `import onnxruntime.training` runs a package `__init__` that imports torch; the
+  `artifacts`, `onnxblock` and `api` submodules do not need it, so we register an
+  empty package module with the right `__path__` and import those directly.
+- Artifact generation logs at INFO through session options it creates itself;
+  we make those options quiet.
+- ONNX Runtime's generated eval model is invalid for BatchNorm in training mode,
+  so we replace it with our own: the inference form computing the chosen
+  output, its weights fed from the training state by name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+import json
+import re
+import sys
+import types
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import atomic_path, save_model, write_text
+from onnxkit.train.backend import Backend, TrainingProblem, TrainingSession
+from onnxkit.train.training_form import eval_form, no_gradient_error
+
+TRAINING_MODEL = "training_model.onnx"
+EVAL_MODEL = "eval_model.onnx"
+OPTIMIZER_MODEL = "optimizer_model.onnx"
+INITIAL_CHECKPOINT = "checkpoint"
+SIGNATURE = "signature.json"
+QUIET = 3  # ORT severity: errors only
+
+
+def _import_training() -> tuple[types.ModuleType, types.ModuleType, types.ModuleType]:
+    """`onnxruntime.training.{artifacts, onnxblock, api}` without the package `__init__` (torch)."""
+    name = "onnxruntime.training"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec("onnxruntime")
+        root = Path(spec.origin).parent / "training" if spec and spec.origin else None
+        if root is None or not (root / "artifacts.py").is_file():
+            raise OnnxkitError(
+                "training needs the onnxruntime-training package (this onnxruntime has no training API); "
+                "install it with: pip install 'onnxkit[train]'"
+            )
+        package = types.ModuleType(name)
+        package.__path__ = [str(root)]
+        package.__package__ = name
+        sys.modules[name] = package
+    artifacts = importlib.import_module(f"{name}.artifacts")
+    api = importlib.import_module(f"{name}.api")
+    graph_utils = importlib.import_module(f"{name}.onnxblock._training_graph_utils")
+    graph_utils.SessionOptions = _quiet_session_options  # its gradient-graph builder logs at INFO otherwise
+    ort.set_default_logger_severity(QUIET)
+    return artifacts, importlib.import_module(f"{name}.onnxblock"), api
+
+
+def _quiet_session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = QUIET
+    return options
+
+
+artifacts, onnxblock, api = _import_training()
+
+
+def _gpu_count() -> int:
+    """NVIDIA GPUs the CUDA driver reports (0 without a driver)."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    except OSError:
+        return 0
+
+
+def _cuda_problem() -> str | None:
+    """Why CUDA training cannot run here, or None when it can."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return (
+            "this environment has the CPU-only training package (onnxruntime-training-cpu); "
+            "GPU training needs onnxruntime-training (CUDA 11.8, Python 3.11) instead of it"
+        )
+    if _gpu_count() == 0:
+        return "no NVIDIA GPU is visible (no CUDA driver or no device)"
+    return None
+
+
+class _LossBlock(onnxblock.Block):
+    """Appends the loss (scaled for gradient accumulation, plus SGD's L2 term) to the model."""
+
+    def __init__(self, problem: TrainingProblem) -> None:
+        super().__init__()
+        self.problem = problem
+        self.data_loss_index = 0  # position of the unscaled loss among the training outputs
+
+    def build(self, *graph_outputs: str) -> str | tuple[str, str]:
+        p = self.problem
+        graph = self.base.graph
+        output = next(o for o in graph.output if o.name == p.output)
+        graph.input.append(p.loss.labels_input(p.labels_name, output))
+        data_loss = p.loss.add_to_graph(graph, p.output, p.labels_name)
+        total = data_loss
+        decay = p.optimizer.weight_decay if p.optimizer.name == "sgd" else 0.0
+        if decay:
+            total = _add_l2(graph, total, p.trainable, decay)
+        if p.grad_accumulation > 1:
+            graph.initializer.append(
+                helper.make_tensor("onnxkit.loss.accumulation", TensorProto.FLOAT, [], [1.0 / p.grad_accumulation])
+            )
+            graph.node.append(
+                helper.make_node("Mul", [total, "onnxkit.loss.accumulation"], ["onnxkit.loss.step"], name="loss/step")
+            )
+            total = "onnxkit.loss.step"
+        if total == data_loss:
+            return data_loss
+        self.data_loss_index = 1
+        return total, data_loss
+
+
+def _add_l2(graph: onnx.GraphProto, loss: str, params: list[str], decay: float) -> str:
+    """loss + decay/2 * sum of squares of `params`."""
+    total = ""
+    for i, name in enumerate(params):
+        square, part = f"onnxkit.l2.{i}.square", f"onnxkit.l2.{i}.sum"
+        graph.node.append(helper.make_node("Mul", [name, name], [square], name=f"l2/{i}/square"))
+        graph.node.append(helper.make_node("ReduceSum", [square], [part], name=f"l2/{i}/sum", keepdims=0))
+        if total:
+            graph.node.append(helper.make_node("Add", [total, part], [f"onnxkit.l2.{i}.acc"], name=f"l2/{i}/acc"))
+            part = f"onnxkit.l2.{i}.acc"
+        total = part
+    graph.initializer.append(helper.make_tensor("onnxkit.l2.half_decay", TensorProto.FLOAT, [], [decay / 2]))
+    graph.node.append(helper.make_node("Mul", [total, "onnxkit.l2.half_decay"], ["onnxkit.l2.term"], name="l2/term"))
+    graph.node.append(helper.make_node("Add", [loss, "onnxkit.l2.term"], ["onnxkit.loss.total"], name="loss/total"))
+    return "onnxkit.loss.total"
+
+
+def _optimizer_block(problem: TrainingProblem) -> onnxblock.Block:
+    cfg = problem.optimizer
+    clip = onnxblock.optim.ClipGradNorm(cfg.clip_grad_norm) if cfg.clip_grad_norm else None
+    if cfg.name == "adamw":
+        return onnxblock.optim.AdamW(betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, clip_grad=clip)
+    return onnxblock.optim.SGD(clip_grad=clip)
+
+
+_UNREGISTERED = re.compile(r"gradient builder has not been registered: (\S+) for node (.*?)\s*$", re.M)
+
+
+def _explain(error: RuntimeError) -> OnnxkitError:
+    text = str(error)
+    match = _UNREGISTERED.search(text)
+    if match:
+        return no_gradient_error(match.group(1), repr(match.group(2)))
+    first = text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+    return OnnxkitError(
+        f"ONNX Runtime could not build the training graph: {first[:300]}; "
+        "run with --debug for details, or freeze the part of the model it fails on"
+    )
+
+
+class OrtSession(TrainingSession):
+    def __init__(self, directory: Path, device: str, checkpoint: Path | None, threads: int | None) -> None:
+        path = checkpoint or directory / INITIAL_CHECKPOINT
+        if not path.is_file():
+            raise OnnxkitError(f"{path}: no such checkpoint; is this a training run directory?")
+        try:
+            self._state = api.CheckpointState.load_checkpoint(path)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise OnnxkitError(f"{path}: not a readable checkpoint ({e}); resume from another run") from e
+        signature = json.loads((directory / SIGNATURE).read_text())
+        self._labels, self._data_loss_index = signature["labels"], signature["data_loss_index"]
+        options = _quiet_session_options()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self._module = api.Module(
+            directory / TRAINING_MODEL, self._state, directory / EVAL_MODEL, device=device, session_options=options
+        )
+        self._optimizer = api.Optimizer(directory / OPTIMIZER_MODEL, self._module)
+        self._train_inputs = self._module.input_names()
+        self._eval_inputs = self._module.eval().input_names()
+        self._module.train()
+
+    def _args(self, names: list[str], feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> list[np.ndarray]:
+        return [labels if n == self._labels else feeds[n] for n in names]
+
+    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
+        out = self._module(*self._args(self._train_inputs, feeds, labels))
+        return float(out[self._data_loss_index] if isinstance(out, tuple) else out)
+
+    def optimizer_step(self) -> None:
+        self._optimizer.step()
+        self._module.lazy_reset_grad()
+
+    def set_learning_rate(self, lr: float) -> None:
+        self._optimizer.set_learning_rate(lr)
+
+    def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        self._module.eval()
+        try:
+            return self._module(*[feeds[n] for n in self._eval_inputs])
+        finally:
+            self._module.train()
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {name: p.data for name, p in self._state.parameters}
+
+    def save_checkpoint(self, path: Path, properties: Mapping[str, str], *, optimizer_state: bool = True) -> None:
+        for key, value in properties.items():
+            self._state.properties[key] = value
+        with atomic_path(path) as tmp:
+            api.CheckpointState.save_checkpoint(self._state, tmp, include_optimizer_state=optimizer_state)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self._state.properties}
+
+
+class OrtBackend(Backend):
+    name = "ort"
+
+    def resolve_device(self, device: str) -> str:
+        if device == "cpu":
+            return "cpu"
+        if device == "auto":
+            return "cuda" if _cuda_problem() is None else "cpu"
+        match = re.fullmatch(r"cuda(?::(\d+))?", device)
+        if not match:
+            raise OnnxkitError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+        problem = _cuda_problem()
+        if problem:
+            raise OnnxkitError(f"cannot train on {device}: {problem}; or use --device cpu")
+        index = int(match.group(1) or 0)
+        if index >= _gpu_count():
+            raise OnnxkitError(f"cannot train on {device}: only {_gpu_count()} GPU(s) visible (cuda:0..)")
+        return device
+
+    def build(self, problem: TrainingProblem, directory: Path) -> None:
+        loss_block = _LossBlock(problem)
+        try:
+            artifacts.generate_artifacts(
+                problem.training_model,
+                requires_grad=problem.trainable,
+                frozen_params=problem.frozen,
+                loss=loss_block,
+                optimizer=_optimizer_block(problem),
+                artifact_directory=directory,
+            )
+        except RuntimeError as e:
+            raise _explain(e) from e
+        output = problem.training_model.graph.output[0]
+        save_model(eval_form(problem.eval_model, output, [*problem.trainable, *problem.frozen]), directory / EVAL_MODEL)
+        signature = {"labels": problem.labels_name, "data_loss_index": loss_block.data_loss_index}
+        write_text(directory / SIGNATURE, json.dumps(signature))
+
+    def open(
+        self, directory: Path, *, device: str = "cpu", checkpoint: Path | None = None, threads: int | None = None
+    ) -> TrainingSession:
+        return OrtSession(directory, device, checkpoint, threads)
+
+    def checkpoint_parameters(self, path: Path) -> dict[str, np.ndarray]:
+        state = api.CheckpointState.load_checkpoint(path)
+        return {name: p.data for name, p in state.parameters}

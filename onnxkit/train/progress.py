@@ -1,0 +1,44 @@
+"""Progress on stderr: a live bar on a terminal (loss, learning rate, samples/s), one line per epoch."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Silent when `enabled` is false; the live bar only when the stream is a terminal."""
+
+    def __init__(self, enabled: bool, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.live = enabled and self.stream.isatty()
+        self._last_draw = 0.0
+        self._label = ""
+        self._total = 0
+
+    def epoch_start(self, epoch: int, epochs: int | None, batches: int) -> None:
+        self._label = f"epoch {epoch}" + (f"/{epochs}" if epochs else "")
+        self._total = batches
+
+    def step(self, done: int, loss: float, lr: float, samples_per_s: float) -> None:
+        now = time.monotonic()
+        if not self.live or (now - self._last_draw < 0.1 and done < self._total):
+            return
+        self._last_draw = now
+        width = 24
+        filled = int(width * done / max(1, self._total))
+        bar = "#" * filled + "." * (width - filled)
+        self.stream.write(
+            f"\r{self._label} [{bar}] {done}/{self._total} loss {loss:.4f} lr {lr:.2e} {samples_per_s:,.0f} samples/s"
+        )
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.live:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()

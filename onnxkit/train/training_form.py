@@ -1,0 +1,357 @@
+"""From an inference-form ONNX model to what training needs: its parameters, the ones to
+train, and the training form of the graph.
+
+Parameters are the float initializers of rank >= 1 that feed a differentiable
+input of some node; BatchNormalization's running mean and variance are
+*buffers*; everything else (shape tensors, scalar constants, dropout ratios)
+is a constant. Selection: all parameters and buffers by default, narrowed by
+`train_only` globs and then `freeze` globs (fnmatch on the initializer name).
+
+The training form differs from the inference form in four ways:
+
+- Dropout gets `training_mode=True` and its mask output (or becomes Identity
+  when dropout is off); its `seed` is fixed from the run's seed.
+- LayerNormalization emits Mean and InvStdDev (ONNX Runtime's gradient needs them).
+- BatchNormalization whose statistics are trained runs in training mode with
+  its running-statistics outputs (the runtime updates them in place); with
+  frozen statistics it becomes `x * scale + shift` computed from the four
+  tensors, so gradients reach gamma and beta and the statistics never change.
+- Only the chosen output remains a graph output, with its full inferred type.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxkit.errors import OnnxkitError, suggest
+
+PREFIX = "onnxkit.train"
+
+# (op type, input index) pairs whose float inputs are settings, not weights
+_SETTINGS = {
+    "Dropout": {1, 2},
+    "Clip": {1, 2},
+    "Pow": {1},
+    "Pad": {1, 2, 3},
+    "Resize": {1, 2, 3},
+    "Where": {0},
+    "Range": {0, 1, 2},
+}
+_BN_STATS = (3, 4)
+
+# Ops on the path from a trained parameter to the loss that ONNX Runtime training
+# 1.19.2 cannot differentiate on CPU (DESIGN.md §3).
+NO_GRADIENT = {
+    "GlobalMaxPool",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "HardSwish",
+    "Mish",
+    "PRelu",
+    "ReduceMax",
+    "ReduceMin",
+    "Einsum",
+    "ConvTranspose",
+    "Resize",
+    "Attention",
+}
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """How errors name a node: its name, or its position and first output."""
+    return repr(node.name) if node.name else f"#{index} (output {node.output[0]!r})"
+
+
+def no_gradient_error(op: str, node: str) -> OnnxkitError:
+    return OnnxkitError(
+        f"op {op} (node {node}) has no gradient in ONNX Runtime training; freeze the parameters "
+        "before it (--freeze / --train-only) or rebuild the model without that op"
+    )
+
+
+@dataclass(frozen=True)
+class ModelParameters:
+    """The model's trainable tensors by kind, in initializer order."""
+
+    parameters: list[str]
+    buffers: list[str]
+    sizes: dict[str, int]
+
+    @property
+    def names(self) -> list[str]:
+        return self.parameters + self.buffers
+
+
+def find_parameters(model: onnx.ModelProto) -> ModelParameters:
+    """Classify the initializers of `model` into parameters, buffers and constants."""
+    uses: dict[str, list[tuple[str, int]]] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node.op_type, i))
+    parameters, buffers, sizes = [], [], {}
+    for t in model.graph.initializer:
+        used = uses.get(t.name, [])
+        if t.data_type != TensorProto.FLOAT or not used:
+            continue
+        if all(op == "BatchNormalization" and i in _BN_STATS for op, i in used):
+            buffers.append(t.name)
+        elif len(t.dims) == 0 or all(i in _SETTINGS.get(op, ()) for op, i in used):
+            continue
+        else:
+            parameters.append(t.name)
+        sizes[t.name] = int(np.prod(t.dims, dtype=np.int64))
+    return ModelParameters(parameters, buffers, sizes)
+
+
+def _matching(patterns: Iterable[str], names: Sequence[str], option: str) -> set[str]:
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise OnnxkitError(
+                f"{option} {pattern!r} matches no parameter.{suggest(pattern, names)} "
+                f"Parameters look like: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+            )
+        chosen.update(hits)
+    return chosen
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What gets trained: parameters with gradients, and buffers updated by the forward pass."""
+
+    trainable: list[str]
+    updated_buffers: list[str]
+    frozen: list[str]
+
+
+def select(
+    model: onnx.ModelProto,
+    params: ModelParameters,
+    output: str,
+    *,
+    freeze: Sequence[str] = (),
+    train_only: Sequence[str] = (),
+    default: Sequence[str] | None = None,
+) -> Selection:
+    """Apply `train_only` then `freeze` globs to `default` (all parameters and buffers).
+
+    Parameters that cannot reach `output` are left frozen. BatchNorm statistics
+    stay frozen when both gamma and beta of their layer are frozen.
+    """
+    names = params.names
+    chosen = _matching(train_only, names, "--train-only") if train_only else set(default or names)
+    chosen -= _matching(freeze, names, "--freeze")
+    reachable = _ancestors(model, output)
+    trainable = [n for n in params.parameters if n in chosen and n in reachable]
+    kept = set(trainable)
+    buffers = []
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and (kept & set(node.input[1:3])):
+            buffers += [n for n in node.input[3:5] if n in chosen and n in params.buffers]
+    if not trainable:
+        raise OnnxkitError(
+            f"nothing to train: no parameter is selected that affects output {output!r}; loosen --freeze / --train-only"
+        )
+    updated = set(buffers)
+    frozen = [n for n in names if n not in kept and n not in updated]
+    return Selection(trainable, buffers, frozen)
+
+
+def _ancestors(model: onnx.ModelProto, output: str) -> set[str]:
+    """Every value name `output` depends on (including itself)."""
+    producer = {o: node for node in model.graph.node for o in node.output}
+    seen, stack = set(), [output]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in producer:
+            stack.extend(i for i in producer[name].input if i)
+    return seen
+
+
+def check_gradients(model: onnx.ModelProto, trainable: Iterable[str], output: str) -> None:
+    """Raise before any backend work if an op without a gradient lies between a trained
+    parameter and `output`."""
+    needed = _ancestors(model, output)
+    live = set(trainable)
+    for index, node in enumerate(model.graph.node):  # nodes are topologically sorted
+        if live & set(node.input):
+            if node.op_type in NO_GRADIENT and node.output[0] in needed:
+                raise no_gradient_error(node.op_type, node_label(node, index))
+            live.update(node.output)
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` without the data of large weights (enough for shape inference)."""
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    graph = skeleton.graph
+    for field in ("node", "input", "output", "value_info"):
+        getattr(graph, field).extend(getattr(model.graph, field))
+    for t in model.graph.initializer:
+        if t.data_type == TensorProto.FLOAT and np.prod(t.dims, dtype=np.int64) >= 64:
+            graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        else:
+            graph.initializer.append(t)
+    return skeleton
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Every value's inferred type and shape, by name."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        raise OnnxkitError(f"shape inference failed on the model ({e}); is it a valid ONNX model?") from e
+    g = inferred.graph
+    return {v.name: v for v in (*g.input, *g.value_info, *g.output)}
+
+
+def output_type(types: dict[str, onnx.ValueInfoProto], model: onnx.ModelProto, output: str) -> onnx.ValueInfoProto:
+    """The full type of graph output `output`; errors when unknown or not an output."""
+    outputs = [o.name for o in model.graph.output]
+    if output not in outputs:
+        raise OnnxkitError(
+            f"model has no output {output!r}.{suggest(output, outputs)} Its outputs: {', '.join(outputs)}"
+        )
+    vi = types.get(output)
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        raise OnnxkitError(f"the shape of output {output!r} cannot be inferred; give the model's outputs a shape")
+    return vi
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _needed_nodes(model: onnx.ModelProto, output: str) -> list[tuple[int, onnx.NodeProto]]:
+    needed = _ancestors(model, output)
+    return [(i, node) for i, node in enumerate(model.graph.node) if any(o in needed for o in node.output)]
+
+
+def _start_like(model: onnx.ModelProto, output: onnx.ValueInfoProto) -> onnx.ModelProto:
+    form = onnx.ModelProto()
+    form.ir_version = model.ir_version
+    form.opset_import.extend(model.opset_import)
+    form.graph.name = model.graph.name
+    form.graph.input.extend(model.graph.input)
+    form.graph.output.append(output)
+    return form
+
+
+def _used_initializers(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto]) -> list[onnx.TensorProto]:
+    used = {name for node in nodes for name in node.input}
+    return [t for t in model.graph.initializer if t.name in used]
+
+
+def eval_form(model: onnx.ModelProto, output: onnx.ValueInfoProto, weights: Iterable[str]) -> onnx.ModelProto:
+    """The inference form computing only `output`, with the tensors named in `weights`
+    turned into graph inputs (fed at run time) instead of copied."""
+    form = _start_like(model, output)
+    nodes = [node for _, node in _needed_nodes(model, output.name)]
+    form.graph.node.extend(nodes)
+    fed = set(weights)
+    for t in _used_initializers(model, nodes):
+        if t.name in fed:
+            form.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            form.graph.initializer.append(t)
+    return form
+
+
+def training_form(
+    model: onnx.ModelProto,
+    output: onnx.ValueInfoProto,
+    *,
+    updated_buffers: Iterable[str],
+    types: dict[str, onnx.ValueInfoProto],
+    dropout: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """The training form of inference-form `model`, computing only `output` (a new model
+    holding one copy of the weights it uses; `model` is not changed)."""
+    updated = set(updated_buffers)
+    form = _start_like(model, output)
+    graph = form.graph
+    needed = _needed_nodes(model, output.name)
+    graph.initializer.extend(_used_initializers(model, (node for _, node in needed)))
+    need_true = False
+    for index, original in needed:
+        node = onnx.NodeProto()
+        node.CopyFrom(original)
+        tag = f"{PREFIX}.{index}"
+        if node.op_type == "Dropout":
+            if not dropout or _opset(model) < 12:
+                graph.node.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+                continue
+            ratio = node.input[1] if len(node.input) > 1 and node.input[1] else ""
+            if not ratio:
+                ratio = f"{tag}.ratio"
+                graph.initializer.append(helper.make_tensor(ratio, TensorProto.FLOAT, [], [0.5]))
+            del node.input[:]
+            node.input.extend([original.input[0], ratio, f"{PREFIX}.training_mode"])
+            need_true = True
+            if len(node.output) < 2:
+                node.output.append(f"{tag}.mask")
+            _set_attribute(node, "seed", (seed * 7919 + index) % (2**31))
+        elif node.op_type == "LayerNormalization":
+            while len(node.output) < 3:
+                node.output.append(f"{tag}.{('mean', 'inv_std_dev')[len(node.output) - 1]}")
+        elif node.op_type == "BatchNormalization":
+            if node.input[3] in updated:
+                _set_attribute(node, "training_mode", 1)
+                del node.output[1:]
+                node.output.extend([f"{tag}.running_mean", f"{tag}.running_var"])
+            else:
+                graph.node.extend(_affine_batchnorm(node, tag, types, graph))
+                continue
+        graph.node.append(node)
+    if need_true:
+        graph.initializer.append(helper.make_tensor(f"{PREFIX}.training_mode", TensorProto.BOOL, [], [True]))
+    return form
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value: int) -> None:
+    for attr in node.attribute:
+        if attr.name == name:
+            node.attribute.remove(attr)
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _affine_batchnorm(
+    node: onnx.NodeProto, tag: str, types: dict[str, onnx.ValueInfoProto], graph: onnx.GraphProto
+) -> list[onnx.NodeProto]:
+    """BatchNorm with frozen statistics as `x * scale + shift`, gamma and beta still trainable."""
+    x, gamma, beta, mean, var = node.input[:5]
+    vi = types.get(x)
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        raise OnnxkitError(f"cannot infer the rank of BatchNormalization input {x!r}; give the model value shapes")
+    rank = len(vi.type.tensor_type.shape.dim)
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+    graph.initializer.append(helper.make_tensor(f"{tag}.eps", TensorProto.FLOAT, [], [eps]))
+    graph.initializer.append(helper.make_tensor(f"{tag}.shape", TensorProto.INT64, [rank - 1], [-1] + [1] * (rank - 2)))
+    n = lambda op, inputs, out: helper.make_node(op, inputs, [f"{tag}.{out}"], name=f"{node.name}/{out}")  # noqa: E731
+    return [
+        n("Add", [var, f"{tag}.eps"], "var_eps"),
+        n("Sqrt", [f"{tag}.var_eps"], "std"),
+        n("Div", [gamma, f"{tag}.std"], "scale"),
+        n("Mul", [mean, f"{tag}.scale"], "mean_scaled"),
+        n("Sub", [beta, f"{tag}.mean_scaled"], "shift"),
+        n("Reshape", [f"{tag}.scale", f"{tag}.shape"], "scale_c"),
+        n("Reshape", [f"{tag}.shift", f"{tag}.shape"], "shift_c"),
+        n("Mul", [x, f"{tag}.scale_c"], "scaled"),
+        helper.make_node("Add", [f"{tag}.scaled", f"{tag}.shift_c"], [node.output[0]], name=node.name),
+    ]
