@@ -219,6 +219,29 @@ def test_concurrent_clients_get_correct_answers_in_merged_batches(server, models
     assert served - metric(before, "onnxkit_requests_total", endpoint="infer", model="digits", code="200") == 1600
 
 
+def test_a_request_that_fails_in_the_session_does_not_fail_the_others_in_its_batch(server):
+    ids = np.random.default_rng(4).integers(0, 100, size=(1, 9))
+    mask = np.ones_like(ids)
+
+    def send(k: int) -> tuple[bool, set[int], str]:
+        bad = k % 4 == 0  # token ids far outside the vocabulary: the Gather fails at run time
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            statuses = []
+            for _ in range(5):
+                tokens = ids + 10**6 if bad else ids
+                body = {"inputs": [tensor("input_ids", tokens, "INT64"), tensor("attention_mask", mask, "INT64")]}
+                reply = c.post("/v2/models/words/infer", json=body)
+                statuses.append((reply.status_code, reply.json().get("error", "")))
+        return bad, {code for code, _ in statuses}, statuses[0][1]
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(send, range(12)))
+    for bad, codes, error in results:
+        assert codes == ({400} if bad else {200})
+        if bad:
+            assert "model 'words' failed on this input" in error
+
+
 def test_metrics_count_requests_errors_and_latency(client):
     client.post("/v2/models/digits/infer", json=_with(datatype="FP64"))
     text = client.get("/metrics").text

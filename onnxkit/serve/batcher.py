@@ -97,7 +97,12 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())
                 except TimeoutError:
                     break
-            await self._run(self._take_batch())
+            batch = self._take_batch()
+            try:
+                await self._run(batch)
+            except Exception as e:  # a bug here must fail these requests, not stop the worker
+                for pending in batch:
+                    _settle(pending.future, error=RequestError(500, f"internal error in batching: {e!r}"))
 
     def _take_batch(self) -> list[_Pending]:
         first = self._queue.popleft()
