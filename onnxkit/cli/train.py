@@ -1,0 +1,162 @@
+"""`onnxkit train` and `onnxkit eval`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from onnxkit.errors import OnnxkitError
+
+LOSS_NAMES = ("cross-entropy", "bce-with-logits", "mse", "l1")
+MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
+
+
+@click.command("train")
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--data", help="Dataset: iris, digits, digits-images, or a .npz / .csv file.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
+@click.option("--loss", type=click.Choice(LOSS_NAMES), help="Default: from the model's task and the labels.")
+@click.option("--optimizer", type=click.Choice(("adamw", "sgd")), default="adamw", show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--weight-decay", type=float, help="Default: 0.01 for adamw, 0 for sgd.")
+@click.option("--clip-grad-norm", type=float, help="Clip the global gradient norm to this value.")
+@click.option("--schedule", type=click.Choice(("constant", "linear", "cosine")), default="constant", show_default=True)
+@click.option("--warmup", type=float, default=0, show_default=True, help="Warm-up steps (or a fraction < 1).")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--steps", type=int, help="Stop after this many optimizer steps instead.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Batches per optimizer step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Shuffling and dropout seed.")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the train/val/test split.")
+@click.option("--no-shuffle", is_flag=True, help="Keep the data order.")
+@click.option("--no-dropout", is_flag=True, help="Train with dropout off.")
+@click.option("--freeze", multiple=True, metavar="GLOB", help="Keep matching parameters fixed (repeatable).")
+@click.option("--train-only", multiple=True, metavar="GLOB", help="Train only matching parameters (repeatable).")
+@click.option("--model-output", help="The model output that feeds the loss (default: the first).")
+@click.option("--monitor", type=click.Choice(MONITOR_NAMES), help="Metric that picks the best epoch.")
+@click.option("--patience", type=int, help="Stop after this many epochs without improvement.")
+@click.option("--last", is_flag=True, help="Write the last epoch's weights, not the best epoch's.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, help="CPU threads (default: all cores).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def train_cmd(model: str | None, **options: Any) -> None:
+    """Train or fine-tune MODEL.onnx (any inference-form ONNX model) on a dataset.
+
+    Writes a run folder: run.json, metrics.jsonl, checkpoints/, curves.png and
+    model.onnx (the trained inference model). Ctrl-C saves a checkpoint;
+    --resume continues from it.
+
+    \b
+    Examples:
+      onnxkit train digits.onnx --data digits-images --epochs 20 -o runs/digits
+      onnxkit train iris.onnx --data iris --lr 0.01 --batch-size 16 -o runs/iris
+      onnxkit train model.onnx --data my.npz --train-only 'head.*' -o runs/head
+      onnxkit train --resume runs/digits
+    """
+    from onnxkit.train import TrainingInterrupted, fit
+
+    resume = options.pop("resume")
+    if resume and (model or options["data"] or options["out_dir"]):
+        raise OnnxkitError("--resume continues a run with its stored settings; give only --resume RUN_DIR")
+    if not resume and not (model and options["data"] and options["out_dir"]):
+        raise OnnxkitError("give MODEL.onnx, --data and -o RUN_DIR (or --resume RUN_DIR)")
+    try:
+        result = fit(
+            model,
+            options["data"],
+            options["out_dir"],
+            loss=options["loss"],
+            optimizer=options["optimizer"],
+            lr=options["lr"],
+            weight_decay=options["weight_decay"],
+            clip_grad_norm=options["clip_grad_norm"],
+            schedule=options["schedule"],
+            warmup=options["warmup"],
+            epochs=options["epochs"],
+            steps=options["steps"],
+            batch_size=options["batch_size"],
+            grad_accumulation=options["grad_accum"],
+            seed=options["seed"],
+            data_seed=options["data_seed"],
+            shuffle=not options["no_shuffle"],
+            dropout=not options["no_dropout"],
+            freeze=options["freeze"],
+            train_only=options["train_only"],
+            output=options["model_output"],
+            monitor=options["monitor"],
+            patience=options["patience"],
+            keep_best=not options["last"],
+            device=options["device"],
+            threads=options["threads"],
+            resume=resume,
+            quiet=options["quiet"],
+        )
+    except TrainingInterrupted as stop:
+        click.echo(
+            f"interrupted in epoch {stop.epoch} after step {stop.step}: checkpoint saved to {stop.checkpoint}; "
+            f"continue with: onnxkit train --resume {stop.run_dir}",
+            err=True,
+        )
+        sys.exit(130)
+    test = result.metrics.get("test", {})
+    shown = "  ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "loss") if k in test)
+    click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", help="Dataset name or .npz / .csv file (default: the one the model was trained on).")
+@click.option("--split", default="test", show_default=True, help="train, validation or test.")
+@click.option("--data-seed", type=int, help="Seed of the split (default: the training run's, else 0).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--model-output", help="The output to score (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_cmd(
+    model: str, data: str | None, split: str, data_seed: int | None, batch_size: int, model_output: str | None,
+    as_json: bool,
+) -> None:
+    """Evaluate MODEL.onnx on a dataset split: loss, accuracy, macro-F1, confusion matrix.
+
+    \b
+    Examples:
+      onnxkit eval runs/digits/model.onnx
+      onnxkit eval digits.onnx --data digits-images --split validation --json
+    """
+    from onnxkit.data import load_dataset
+    from onnxkit.evaluate import evaluate, metadata
+    from onnxkit.files import load_model
+
+    proto = load_model(model)
+    trained = json.loads(metadata(proto).get("onnxkit.training", "{}"))
+    data = data or trained.get("data")
+    if not data:
+        raise OnnxkitError(f"{model} does not say what it was trained on; give --data DATASET")
+    seed = data_seed if data_seed is not None else int(trained.get("data_seed", 0))
+    dataset = load_dataset(data, seed=seed)
+    metrics = evaluate(proto, dataset.split(split), batch_size=batch_size, output=model_output)
+    metrics.update(data=str(data), split=split, data_seed=seed)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    shown = "  ".join(f"{k.replace('_', '-')} {metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "loss", "mae")
+                      if k in metrics)
+    click.echo(f"{data} {split} split ({metrics['examples']} examples): {shown}")
+    if "confusion" in metrics:
+        click.echo(format_confusion(metrics["confusion"], metrics.get("labels")))
+
+
+def format_confusion(confusion: list[list[int]], names: list[str] | None) -> str:
+    """The confusion matrix as a text table (rows: true class, columns: predicted)."""
+    names = names or [str(i) for i in range(len(confusion))]
+    label_width = max(len(n) for n in names)
+    width = max(max(len(n) for n in names), *(len(str(v)) for row in confusion for v in row))
+    header = " " * label_width + "  " + " ".join(f"{n[:width]:>{width}}" for n in names)
+    rows = [
+        f"{n:>{label_width}}  " + " ".join(f"{v:>{width}}" for v in row)
+        for n, row in zip(names, confusion, strict=True)
+    ]
+    return "\n".join(["confusion matrix (rows: true class, columns: predicted)", header, *rows])
