@@ -248,6 +248,16 @@ def test_static_qdq_quantizes_conv_and_keeps_metadata(tmp_path):
     assert np.abs(logits(result.model, images[:32], "image") - ref).max() < 0.05 * np.abs(ref).max()
 
 
+def test_static_qoperator_format_uses_qlinear_ops():
+    images = np.random.default_rng(6).random((64, 1, 8, 8)).astype(np.float32)
+    q = quantize(cnn(), mode="static", format="qoperator", method="entropy", calib={"image": images},
+                 measure_latency=False).model  # fmt: skip
+    ops = {n.op_type for n in q.graph.node}
+    assert "QLinearConv" in ops and "Conv" not in ops
+    ref = logits(cnn(), images[:16], "image")
+    assert np.abs(logits(q, images[:16], "image") - ref).max() < 0.05 * np.abs(ref).max()
+
+
 def test_exclude_keeps_nodes_float_and_unknown_names_get_suggestions():
     q = quantize(mlp(), mode="dynamic", exclude=["head.MatMul"], measure_latency=False).model
     assert [n.op_type for n in q.graph.node].count("MatMulInteger") == 1

@@ -65,7 +65,7 @@ def quantize_cmd(
       onnxkit quantize digits.onnx -o digits.int8.onnx --calib digits-images --eval digits-images
       onnxkit quantize mlp.onnx -o mlp.int8.onnx --mode dynamic --eval digits --max-drop 0.5
       onnxkit quantize cnn.onnx -o best.onnx --mode auto --eval digits-images --sqnr
-      onnxkit quantize bert.onnx -o bert.int4.onnx --mode int4 --exclude classifier.MatMul
+      onnxkit quantize bert.onnx -o bert.int4.onnx --mode int4 --exclude classifier/MatMul
     """
     from onnxkit.quantize import quantize
 
