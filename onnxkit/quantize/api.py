@@ -56,8 +56,8 @@ def quantize(
 ) -> QuantizeResult:
     """Quantize `model` and report what it cost and bought.
 
-    mode: dynamic | static | int4 | fp16 | auto; None picks static when the
-    model has convolutions, else dynamic. `auto` tries the int8 candidates and
+    mode: dynamic | static | int4 | fp16 | auto; None picks static when
+    convolutions do most of the multiply-adds, else dynamic. `auto` tries the int8 candidates and
     keeps the fastest whose accuracy drop is within `max_drop` (default 1 point).
     calib / eval_data: a dataset name or file, a Split, or a dict of arrays;
     calibration uses the train split, evaluation the test split (without
@@ -118,7 +118,7 @@ def quantize(
                 format=format or "qdq",
                 reduce_range=reduce_range,
                 block_size=block_size,
-            )
+            )  # static defaults to per-channel: the accurate choice for Conv; auto also tries per-tensor
             reason = f"--mode {mode} as asked" if requested else profile.reason()
             notes = _ignored_options(settings, method, format, per_channel)
             if requested == "dynamic" and profile.nodes("conv"):
@@ -132,7 +132,7 @@ def quantize(
             output=None,
             settings=settings.as_dict(),
             reason=reason,
-            cpu=features.describe(),
+            cpu=features.describe() if mode in ("dynamic", "static", "auto") else features.isa,
             size_bytes={
                 "original": len(original.SerializeToString()),
                 "quantized": len(quantized.SerializeToString()),
@@ -160,7 +160,11 @@ def quantize(
         report.latency_ms = timed or {}
         if sqnr_rows:
             say("comparing tensors (SQNR) ...")
-            data = calibration()[:2] if calib is not None else [synthetic_inputs(original, 16, seq_len=seq_len)]
+            data = (
+                calibration()[:2] if calib is not None
+                else [first_batch(test, 16)] if test is not None
+                else [synthetic_inputs(original, 16, seq_len=seq_len)]
+            )  # fmt: skip
             float_model = quantizer.prepared_for(settings)
             report.sqnr = sqnr.sqnr_table(float_model, quantized, data, Path(tmp))[:sqnr_rows]
         report.output = str(output) if output is not None else None

@@ -31,13 +31,19 @@ class CpuFeatures:
         """
         return self.is_x86 and not self.vnni
 
-    def describe(self) -> str:
+    @property
+    def isa(self) -> str:
+        """'x86_64 AVX2, no VNNI', 'x86_64 AVX-512 with VNNI', 'aarch64'."""
         if not self.is_x86:
-            return f"{self.machine}: no x86 u8s8 saturation issue, full 8-bit weights"
+            return self.machine
         isa = "AVX-512" if self.avx512 else "AVX2" if self.avx2 else "SSE"
-        if self.vnni:
-            return f"{self.machine} {isa} with VNNI: full 8-bit weights"
-        return f"{self.machine} {isa}, no VNNI: 7-bit weights (reduce_range) avoid u8s8 overflow"
+        return f"{self.machine} {isa} with VNNI" if self.vnni else f"{self.machine} {isa}, no VNNI"
+
+    def describe(self) -> str:
+        """The ISA and what it means for int8 weights."""
+        if self.reduce_range:
+            return f"{self.isa}: 7-bit weights (reduce_range) avoid u8s8 overflow"
+        return f"{self.isa}: full 8-bit weights"
 
 
 def parse_cpuinfo_flags(text: str) -> set[str]:
