@@ -272,6 +272,8 @@ def test_nothing_quantizable_says_so_for_every_mode():
     for mode in ("dynamic", "static", "int4", "fp16"):
         with pytest.raises(OnnxkitError, match=f"nothing to quantize with --mode {mode}"):
             quantize(weightless(), mode=mode, calib={"x": np.ones((4, CLASSES), np.float32)})
+    with pytest.raises(OnnxkitError, match="nothing to quantize with --mode auto"):
+        quantize(weightless(), mode="auto", eval_data={"x": np.ones((4, CLASSES), np.float32)})
 
 
 # ---- command line: report, refusal and errors --------------------------------------------------

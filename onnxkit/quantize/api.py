@@ -61,7 +61,7 @@ def quantize(
     keeps the fastest whose accuracy drop is within `max_drop` (default 1 point).
     calib / eval_data: a dataset name or file, a Split, or a dict of arrays;
     calibration uses the train split, evaluation the test split (without
-    `calib`, static modes calibrate on the train split of `eval_data`).
+    `calib`, static modes calibrate on the train split of a named `eval_data`).
     A drop over `max_drop` raises OnnxkitError and writes nothing.
     sqnr_rows: also compare the models tensor by tensor and keep the worst rows.
     `output` and `report_path` are written atomically, only after everything succeeded.
@@ -72,7 +72,7 @@ def quantize(
     original = model if source is None else load_model(source)
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
-    if calib is None and mode in ("static", "auto", None):
+    if calib is None and isinstance(eval_data, (str, os.PathLike)):
         calib = eval_data  # its train split: no overlap with the test split evaluated on
     profile = analysis.profile(original)
     requested, mode = mode, mode or profile.default_mode
@@ -101,7 +101,7 @@ def quantize(
                 quantizer,
                 per_channel=per_channel,
                 reduce_range=reduce_range,
-                calibration=calibration if calib is not None else None,
+                calibration=calibration,
                 score=lambda m: accuracy.score(m, test),
                 baseline=baseline,
                 max_drop=AUTO_MAX_DROP if max_drop is None else max_drop,
@@ -109,7 +109,7 @@ def quantize(
                 log=say,
             )
             settings, quantized, candidates = picked.settings, picked.model, picked.candidates
-            reason, timed, notes = picked.reason, picked.latency_ms, picked.notes
+            reason, timed = picked.reason, picked.latency_ms
         else:
             settings = Settings(
                 mode=mode,

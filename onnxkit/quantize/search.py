@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnx
 
@@ -23,22 +23,18 @@ class Picked:
     candidates: list[Candidate]
     latency_ms: dict[int, dict[str, float | None]]
     reason: str
-    notes: list[str] = field(default_factory=list)
 
 
-def candidates(
-    profile: analysis.ModelProfile, calibrated: bool, per_channel: bool | None, reduce_range: bool
-) -> list[Settings]:
-    """Dynamic per-tensor/per-channel for MatMul/Gather models; static QDQ with each
-    calibration method when there is calibration data."""
+def candidates(profile: analysis.ModelProfile, per_channel: bool | None, reduce_range: bool) -> list[Settings]:
+    """Dynamic per-tensor/per-channel when there are MatMul/Gather weights; static QDQ
+    per-channel/per-tensor with min-max ranges, and per-channel with entropy and percentile."""
     out = []
     channels = (False, True) if per_channel is None else (per_channel,)
     if profile.nodes("dense") or profile.nodes("embedding"):
         out += [Settings("dynamic", per_channel=pc, reduce_range=reduce_range) for pc in channels]
-    if calibrated:
-        static = [(pc, "minmax") for pc in reversed(channels)]
-        static += [(channels[-1], m) for m in ("entropy", "percentile")]
-        out += [Settings("static", per_channel=pc, method=m, reduce_range=reduce_range) for pc, m in static]
+    static = [(pc, "minmax") for pc in reversed(channels)]
+    static += [(channels[-1], m) for m in ("entropy", "percentile")]
+    out += [Settings("static", per_channel=pc, method=m, reduce_range=reduce_range) for pc, m in static]
     return out
 
 
@@ -52,7 +48,7 @@ def run(
     *,
     per_channel: bool | None,
     reduce_range: bool,
-    calibration: Callable[[], list[Feeds]] | None,
+    calibration: Callable[[], list[Feeds]],
     score: Callable[[onnx.ModelProto], Score],
     baseline: Score,
     max_drop: float,
@@ -61,10 +57,11 @@ def run(
 ) -> Picked:
     """Quantize with every candidate, score and time them all, pick the fastest within `max_drop`."""
     profile = analysis.profile(quantizer.model)
-    notes = [] if calibration else ["static candidates skipped: pass --calib DATA to try them"]
-    batches = calibration() if calibration else None
+    if not any(profile.weighted.values()):
+        raise OnnxkitError(quantizer.nothing_message("auto"))
+    batches = calibration()
     tried: list[tuple[Candidate, Settings, onnx.ModelProto | None]] = []
-    for settings in candidates(profile, batches is not None, per_channel, reduce_range):
+    for settings in candidates(profile, per_channel, reduce_range):
         log(f"trying {settings.label} ...")
         cand = Candidate(settings.label, settings.as_dict())
         model = None
@@ -80,7 +77,7 @@ def run(
         tried.append((cand, settings, model))
     good = [(c, s, m) for c, s, m in tried if m is not None]
     if not good:
-        raise OnnxkitError(tried[0][0].error if tried else "no candidate applies to this model")
+        raise OnnxkitError(tried[0][0].error)
     log("timing the candidates ...")
     models = {"original": quantizer.model.SerializeToString()}
     models.update({c.label: m.SerializeToString() for c, _, m in good})
@@ -105,5 +102,4 @@ def run(
         candidates=[c for c, _, _ in tried],
         latency_ms={b: {"original": ms["original"][b], "quantized": chosen.latency_ms[b]} for b in batches},
         reason=f"--mode auto: fastest of {len(good)} candidates within {max_drop} {baseline.unit}",
-        notes=notes,
     )
