@@ -11,7 +11,9 @@ called in a loop on inputs of the same batch size (rows per request).
     python tools/bench_serve.py --model path/to/model.onnx --rows 4
 
 Prints, per concurrency: requests/s, p50/p99 latency, the mean merged batch size
-(from /metrics) and the ratio of server to in-process throughput.
+(from /metrics) and the ratio of server to in-process throughput: the median of
+`--rounds` short rounds that alternate the two, since other work on a shared
+machine shifts both.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import json
 import re
+import statistics
 import tempfile
 import time
 import urllib.request
@@ -141,6 +144,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128, help="size of other free dimensions (sequence)")
     parser.add_argument("--requests", type=int, default=600, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/server rounds per level")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both sides")
@@ -163,19 +167,28 @@ def main() -> None:
             payload = request_bytes("127.0.0.1", model.name, feeds)
             load(server.url, payload, 4, 20)  # warm the connections and the batcher
             for concurrency in [int(c) for c in args.concurrency.split(",")]:
-                # the baseline runs right before each server run: the machine's load drifts
-                base_rps, base_lat = in_process(model, feeds, seconds=1.5)
+                # baseline and server alternate in short rounds: the shared machine's load drifts
+                base_rps, rps, base_lat, lat, ratios = [], [], [], [], []
                 before = batch_stats(server.url, model.name)
-                rps, lat, body = load(server.url, payload, concurrency, args.requests)
+                for _ in range(args.rounds):
+                    calls, calls_lat = in_process(model, feeds, seconds=0.5)
+                    served, served_lat, body = load(server.url, payload, concurrency, args.requests // args.rounds)
+                    base_rps.append(calls)
+                    rps.append(served)
+                    ratios.append(served / calls)
+                    base_lat += calls_lat
+                    lat += served_lat
+                    out = json.loads(body)["outputs"][0]
+                    np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), expected, rtol=1e-4, atol=1e-4)
                 after = batch_stats(server.url, model.name)
-                out = json.loads(body)["outputs"][0]
-                np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), expected, rtol=1e-4, atol=1e-4)
                 mean_batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
                 print(
-                    f"concurrency {concurrency:>2}: in-process {base_rps:7.1f} calls/s "
+                    f"concurrency {concurrency:>2}: in-process {statistics.median(base_rps):7.1f} calls/s "
                     f"p50 {pct(base_lat, 0.5):6.2f} ms p99 {pct(base_lat, 0.99):6.2f} ms | "
-                    f"server {rps:7.1f} req/s p50 {pct(lat, 0.5):7.2f} ms p99 {pct(lat, 0.99):7.2f} ms, "
-                    f"mean batch {mean_batch:4.1f} | server/in-process {rps / base_rps:4.2f}x"
+                    f"server {statistics.median(rps):7.1f} req/s p50 {pct(lat, 0.5):7.2f} ms "
+                    f"p99 {pct(lat, 0.99):7.2f} ms, mean batch {mean_batch:4.1f} | "
+                    f"server/in-process {statistics.median(ratios):4.2f}x "
+                    f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
                 )
 
 
