@@ -19,7 +19,7 @@ from onnxkit.files import atomic_path, load_model
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
 from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split
 from onnxkit.quantize.inputs import fits_batch, synthetic_inputs
-from onnxkit.quantize.passes import Quantizer
+from onnxkit.quantize.passes import Quantizer, low_precision_weights
 from onnxkit.quantize.report import Report
 from onnxkit.quantize.settings import FORMATS, METHODS, MODES, Settings, check_choice
 
@@ -76,6 +76,8 @@ def quantize(
         calib = eval_data  # its train split: no overlap with the test split evaluated on
     profile = analysis.profile(original)
     requested, mode = mode, mode or profile.default_mode
+    already = low_precision_weights(original)
+    notes = [f"the model already holds {already} low-precision weight tensors: quantized before?"] if already else []
 
     with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as tmp:
         quantizer = Quantizer(original, Path(tmp), exclude)
@@ -95,7 +97,6 @@ def quantize(
 
         timed = None
         candidates = []
-        notes: list[str] = []
         if mode == "auto":
             picked = search.run(
                 quantizer,
@@ -120,7 +121,7 @@ def quantize(
                 block_size=block_size,
             )  # static defaults to per-channel: the accurate choice for Conv; auto also tries per-tensor
             reason = f"--mode {mode} as asked" if requested else profile.reason()
-            notes = _ignored_options(settings, method, format, per_channel)
+            notes += _ignored_options(settings, method, format, per_channel)
             if requested == "dynamic" and profile.nodes("conv"):
                 notes.append("Conv stays fp32 in dynamic mode (ConvInteger is slow); --mode static quantizes it")
             say(f"quantizing: {settings.label} ...")

@@ -30,6 +30,11 @@ _WHAT = {
 }
 
 
+def low_precision_weights(model: onnx.ModelProto) -> int:
+    """How many initializers are int8/uint8/int4/uint4/float16."""
+    return sum(t.data_type in _LOW_PRECISION for t in model.graph.initializer)
+
+
 class Quantizer:
     """Quantizes one model with any Settings; preprocessing is done once per kind."""
 
@@ -63,7 +68,7 @@ class Quantizer:
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
             out = quantize_fp16(copy, ops, nodes)
-        if not any(t.data_type in _LOW_PRECISION for t in out.graph.initializer):
+        if low_precision_weights(out) <= low_precision_weights(model):
             raise OnnxkitError(
                 f"ONNX Runtime quantized no weight with {settings.label} (the candidate nodes "
                 "lack shape information or were skipped); check the model with `onnxkit inspect`"
