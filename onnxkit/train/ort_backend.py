@@ -41,13 +41,17 @@ SIGNATURE = "signature.json"
 QUIET = 3  # ORT severity: errors only
 
 
-def _import_training() -> tuple[types.ModuleType, types.ModuleType, types.ModuleType]:
-    """`onnxruntime.training.{artifacts, onnxblock, api}` without the package `__init__` (torch)."""
+def _import_training() -> tuple[types.ModuleType, types.ModuleType]:
+    """`onnxruntime.training.{onnxblock, api}` without the package `__init__` (it imports torch).
+
+    We also skip `onnxruntime.training.artifacts`: it imports `onnxruntime.tools`,
+    whose `__init__` imports torch whenever torch is installed.
+    """
     name = "onnxruntime.training"
     if name not in sys.modules:
         spec = importlib.util.find_spec("onnxruntime")
         root = Path(spec.origin).parent / "training" if spec and spec.origin else None
-        if root is None or not (root / "artifacts.py").is_file():
+        if root is None or not (root / "onnxblock").is_dir():
             raise OnnxkitError(
                 "training needs the onnxruntime-training package (this onnxruntime has no training API); "
                 "install it with: pip install 'onnxkit[train]'"
@@ -56,12 +60,11 @@ def _import_training() -> tuple[types.ModuleType, types.ModuleType, types.Module
         package.__path__ = [str(root)]
         package.__package__ = name
         sys.modules[name] = package
-    artifacts = importlib.import_module(f"{name}.artifacts")
     api = importlib.import_module(f"{name}.api")
     graph_utils = importlib.import_module(f"{name}.onnxblock._training_graph_utils")
     graph_utils.SessionOptions = _quiet_session_options  # its gradient-graph builder logs at INFO otherwise
     ort.set_default_logger_severity(QUIET)
-    return artifacts, importlib.import_module(f"{name}.onnxblock"), api
+    return importlib.import_module(f"{name}.onnxblock"), api
 
 
 def _quiet_session_options() -> ort.SessionOptions:
@@ -70,7 +73,8 @@ def _quiet_session_options() -> ort.SessionOptions:
     return options
 
 
-artifacts, onnxblock, api = _import_training()
+onnxblock, api = _import_training()
+MAX_IR_VERSION = 10  # the newest ONNX Runtime 1.19.2 loads
 
 
 def _gpu_count() -> int:
@@ -97,8 +101,9 @@ def _cuda_problem() -> str | None:
     return None
 
 
-class _LossBlock(onnxblock.Block):
-    """Appends the loss (scaled for gradient accumulation, plus SGD's L2 term) to the model."""
+class _TrainingBlock(onnxblock.TrainingBlock):
+    """The loss (scaled for gradient accumulation, plus SGD's L2 term) on top of the model;
+    ONNX Runtime builds the gradient graph from its first output."""
 
     def __init__(self, problem: TrainingProblem) -> None:
         super().__init__()
@@ -146,7 +151,7 @@ def _add_l2(graph: onnx.GraphProto, loss: str, params: list[str], decay: float) 
     return "onnxkit.loss.total"
 
 
-def _optimizer_block(problem: TrainingProblem) -> onnxblock.Block:
+def _optimizer_block(problem: TrainingProblem) -> onnxblock.ForwardBlock:
     cfg = problem.optimizer
     clip = onnxblock.optim.ClipGradNorm(cfg.clip_grad_norm) if cfg.clip_grad_norm else None
     if cfg.name == "adamw":
@@ -247,21 +252,31 @@ class OrtBackend(Backend):
         return device
 
     def build(self, problem: TrainingProblem, directory: Path) -> None:
-        loss_block = _LossBlock(problem)
+        block = _TrainingBlock(problem)
+        for name in problem.trainable:
+            block.requires_grad(name)
+        for name in problem.frozen:
+            block.requires_grad(name, False)
+        model = problem.training_model
         try:
-            artifacts.generate_artifacts(
-                problem.training_model,
-                requires_grad=problem.trainable,
-                frozen_params=problem.frozen,
-                loss=loss_block,
-                optimizer=_optimizer_block(problem),
-                artifact_directory=directory,
-            )
+            with onnxblock.base(model):
+                block(*[o.name for o in model.graph.output])
+                training_model, _ = block.to_model_proto()
         except RuntimeError as e:
             raise _explain(e) from e
+        save_model(training_model, directory / TRAINING_MODEL)
+        del training_model
+        onnxblock.save_checkpoint(block.parameters(), directory / INITIAL_CHECKPOINT)
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        with onnxblock.empty_base(opset_version=opset):
+            optimizer = _optimizer_block(problem)
+            optimizer(block.parameters())
+            optimizer_model = optimizer.to_model_proto()
+        optimizer_model.ir_version = min(optimizer_model.ir_version, MAX_IR_VERSION)
+        save_model(optimizer_model, directory / OPTIMIZER_MODEL)
         output = problem.training_model.graph.output[0]
         save_model(eval_form(problem.eval_model, output, [*problem.trainable, *problem.frozen]), directory / EVAL_MODEL)
-        signature = {"labels": problem.labels_name, "data_loss_index": loss_block.data_loss_index}
+        signature = {"labels": problem.labels_name, "data_loss_index": block.data_loss_index}
         write_text(directory / SIGNATURE, json.dumps(signature))
 
     def open(

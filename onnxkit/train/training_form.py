@@ -7,7 +7,7 @@ input of some node; BatchNormalization's running mean and variance are
 is a constant. Selection: all parameters and buffers by default, narrowed by
 `train_only` globs and then `freeze` globs (fnmatch on the initializer name).
 
-The training form differs from the inference form in four ways:
+The training form differs from the inference form in these ways:
 
 - Dropout gets `training_mode=True` and its mask output (or becomes Identity
   when dropout is off); its `seed` is fixed from the run's seed.
@@ -16,6 +16,9 @@ The training form differs from the inference form in four ways:
   its running-statistics outputs (the runtime updates them in place); with
   frozen statistics it becomes `x * scale + shift` computed from the four
   tensors, so gradients reach gamma and beta and the statistics never change.
+- AveragePool becomes the equivalent depthwise Conv with constant weights: ONNX
+  Runtime 1.19.2's AveragePool gradient crashes (SIGFPE) or returns a wrongly
+  shaped gradient when the batch dimension is symbolic.
 - Only the chosen output remains a graph output, with its full inferred type.
 """
 
@@ -317,6 +320,8 @@ def training_form(
             else:
                 graph.node.extend(_affine_batchnorm(node, tag, types, graph))
                 continue
+        elif node.op_type == "AveragePool":
+            node = _average_pool_as_conv(node, tag, types, graph, node_label(original, index))
         graph.node.append(node)
     if need_true:
         graph.initializer.append(helper.make_tensor(f"{PREFIX}.training_mode", TensorProto.BOOL, [], [True]))
@@ -355,3 +360,35 @@ def _affine_batchnorm(
         n("Mul", [x, f"{tag}.scale_c"], "scaled"),
         helper.make_node("Add", [f"{tag}.scaled", f"{tag}.shift_c"], [node.output[0]], name=node.name),
     ]
+
+
+def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == name), default)
+
+
+def _average_pool_as_conv(
+    node: onnx.NodeProto, tag: str, types: dict[str, onnx.ValueInfoProto], graph: onnx.GraphProto, label: str
+) -> onnx.NodeProto:
+    """AveragePool as a depthwise Conv whose weights are all 1/kernel size (same result)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    kernel = list(attrs["kernel_shape"])
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    padded = any(attrs.get("pads", [0])) or auto_pad not in ("NOTSET", "VALID")
+    vi = types.get(node.input[0])
+    dims = vi.type.tensor_type.shape.dim if vi is not None else []
+    channels = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else 0
+    if (padded and not attrs.get("count_include_pad", 0)) or attrs.get("ceil_mode", 0) or not channels or any(
+        d != 1 for d in attrs.get("dilations", [1])
+    ):
+        raise OnnxkitError(
+            f"AveragePool (node {label}) with padding excluded from the average, ceil_mode, dilations or an "
+            "unknown channel count cannot be trained (ONNX Runtime 1.19.2's AveragePool gradient is broken); "
+            "use count_include_pad=1 and no ceil_mode, or freeze the layers before it"
+        )
+    weight = np.full((channels, 1, *kernel), 1.0 / float(np.prod(kernel)), dtype=np.float32)
+    graph.initializer.append(onnx.numpy_helper.from_array(weight, f"{tag}.average"))
+    conv = {k: v for k, v in attrs.items() if k in ("kernel_shape", "strides", "pads", "auto_pad")}
+    return helper.make_node(
+        "Conv", [node.input[0], f"{tag}.average"], [node.output[0]], name=node.name, group=channels, **conv
+    )
