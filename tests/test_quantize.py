@@ -286,7 +286,7 @@ def test_cli_writes_model_and_json_report(tmp_path, run_cli, mlp_data):
     assert res.code == 0, res.err
     assert "dynamic int8" in res.out and "latency b64" in res.out and "accuracy" in res.out
     data = json.loads(report.read_text())
-    assert data["settings"] == {"mode": "dynamic", "per_channel": False, "reduce_range": cpu.detect().reduce_range}
+    assert data["settings"] == {"mode": "dynamic", "per_channel": True, "reduce_range": cpu.detect().reduce_range}
     assert data["size_bytes"]["quantized"] == out.stat().st_size
     assert data["size_bytes"]["ratio"] < 0.65  # 1.3k weights: graph and metadata bytes weigh in
     assert data["accuracy"]["original"] == 1.0

@@ -20,7 +20,7 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @click.option("--calib", metavar="DATA", help="Calibration data (train split): dataset name, .npz or .csv.")
 @click.option("--calib-size", type=int, default=256, show_default=True, help="Calibration examples.")
 @click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration [minmax].")
-@click.option("--per-channel/--per-tensor", default=None, help="Weight scales [static: per channel].")
+@click.option("--per-channel/--per-tensor", default=None, help="int8 weight scales [per channel].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Static: QDQ pairs or QLinear ops [qdq].")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="Leave nodes/op types float (repeatable).")
 @click.option(
