@@ -16,7 +16,7 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @click.command("quantize")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The quantized .onnx file.")
-@click.option("--mode", type=click.Choice(MODES), help="Default: static if the model has Conv, else dynamic.")
+@click.option("--mode", type=click.Choice(MODES), help="Default: static if Conv does most of the work, else dynamic.")
 @click.option("--calib", metavar="DATA", help="Calibration data (train split): dataset name, .npz or .csv.")
 @click.option("--calib-size", type=int, default=256, show_default=True, help="Calibration examples.")
 @click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration [minmax].")
