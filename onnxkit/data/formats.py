@@ -88,8 +88,10 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     try:
         x = np.array(features, dtype=np.float32)
     except ValueError as e:
-        raise OnnxkitError(f"{path}: a feature column holds non-numbers ({e}); "
-                           "only the label column may hold text") from e
+        raise OnnxkitError(
+            f"{path}: a feature column holds non-numbers ({e}); only the label column may hold text "
+            f"(head it {' / '.join(LABEL_COLUMNS)}, or make it the last column)"
+        ) from e
     raw = [row[label_col].strip() for row in body]
     label_names = None
     if all(_is_number(v) for v in raw):

@@ -202,16 +202,15 @@ def fit(
             raise OnnxkitError("give training data: a dataset name, a .npz/.csv file or a Dataset")
         _check_numbers(epochs, steps, batch_size, grad_accumulation, patience)
         dataset = data if isinstance(data, Dataset) else load_dataset(data, seed=data_seed)
-        run = RunDirectory.create(out_dir)
+        run = RunDirectory.new(out_dir)
         if isinstance(model, onnx.ModelProto):
-            proto, model_path = model, run.path / "base_model.onnx"
-            save_model(proto, model_path)
+            proto, model_path = model, None
         else:
             model_path = Path(model).resolve()
             proto = load_model(model_path)
         config = TrainConfig(
-            model=str(model_path),
-            model_sha256=_sha256(model_path),
+            model=str(model_path or run.path.resolve() / "base_model.onnx"),
+            model_sha256=_sha256(model_path) if model_path else "",
             data=str(data) if not isinstance(data, Dataset) else dataset.name,
             data_seed=data_seed,
             output=output,
@@ -244,7 +243,12 @@ def fit(
         config.optimizer_config()  # validate before any work
     if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
         raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume")
-    trainer = _Trainer(run, config, proto, dataset, adapter, device, threads, quiet, callback)
+    trainer = _Trainer(run, config, proto, dataset, adapter, device, threads, quiet, callback)  # checks everything
+    if resume is None:
+        run.make()
+        if not config.model_sha256:  # given as a ModelProto: the run keeps the starting model
+            save_model(proto, config.model)
+            config.model_sha256 = _sha256(Path(config.model))
     return trainer.train(resuming=resume is not None)
 
 
@@ -462,7 +466,6 @@ class _Trainer:
             session = self.backend.open(self.run.artifacts, device=self.device, threads=self.threads)
             state = _State()
             self.records = []
-            self._checkpoint(session, state)  # a good checkpoint exists before the first step
             info = {"config": dataclasses.asdict(c), "versions": _versions()}
         info.update(
             status="running",
@@ -515,10 +518,14 @@ class _Trainer:
                 continue  # resumed mid-epoch: these batches were done before the checkpoint
             value = session.train_step(feeds, labels)
             if not math.isfinite(value):
+                kept = (
+                    f"the last good checkpoint is {self.run.last_checkpoint}"
+                    if self.run.last_checkpoint.is_file()
+                    else "no epoch finished, so no checkpoint was written"
+                )
                 self.nan_message = (
                     f"training stopped: the loss became {value} in epoch {state.epoch + 1} at step {state.step + 1}; "
-                    f"the last good checkpoint is {self.run.last_checkpoint}. Lower the learning rate (--lr) "
-                    "or clip gradients (--clip-grad-norm)"
+                    f"{kept}. Lower the learning rate (--lr) or clip gradients (--clip-grad-norm)"
                 )
                 return "nan"
             n = len(labels)

@@ -26,8 +26,8 @@ class RunDirectory:
         self.best_checkpoint = self.checkpoints / "best.ckpt"
 
     @classmethod
-    def create(cls, path: str | os.PathLike) -> RunDirectory:
-        """A new run in `path` (created); refuses a folder that already holds a run."""
+    def new(cls, path: str | os.PathLike) -> RunDirectory:
+        """A run yet to be made in `path`; refuses a folder that already holds a run."""
         run = cls(path)
         if run.run_json.exists() or run.model.exists():
             raise OnnxkitError(
@@ -36,12 +36,15 @@ class RunDirectory:
             )
         if run.path.exists() and not run.path.is_dir():
             raise OnnxkitError(f"{run.path} is a file; give a folder for the run (-o)")
-        try:
-            run.checkpoints.mkdir(parents=True, exist_ok=True)
-            run.artifacts.mkdir(exist_ok=True)
-        except OSError as e:
-            raise OnnxkitError(f"cannot create the run folder {run.path}: {e.strerror}") from e
         return run
+
+    def make(self) -> None:
+        """Create the folders (once everything has been checked)."""
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            self.artifacts.mkdir(exist_ok=True)
+        except OSError as e:
+            raise OnnxkitError(f"cannot create the run folder {self.path}: {e.strerror}") from e
 
     @classmethod
     def existing(cls, path: str | os.PathLike) -> RunDirectory:

@@ -1,0 +1,142 @@
+"""Datasets: built-ins against scikit-learn's loaders, files, deterministic splits, batching, binding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxkit.data import Dataset, ModelInput, Split, load_dataset
+from onnxkit.errors import OnnxkitError
+
+
+def test_builtin_datasets_match_scikit_learn():
+    from sklearn.datasets import load_digits, load_iris
+
+    iris = load_dataset("iris")
+    x = np.concatenate([iris.train.inputs["x"], iris.validation.inputs["x"], iris.test.inputs["x"]])
+    y = np.concatenate([iris.train.labels, iris.validation.labels, iris.test.labels])
+    ref = load_iris()
+    order, ref_order = np.lexsort(np.c_[x, y].T), np.lexsort(np.c_[ref.data, ref.target].T)
+    np.testing.assert_allclose(x[order], ref.data[ref_order], rtol=1e-6)
+    np.testing.assert_array_equal(y[order], ref.target[ref_order])
+    assert iris.label_names == list(ref.target_names)
+    assert (len(iris.train), len(iris.validation), len(iris.test)) == (90, 30, 30)
+
+    digits = load_dataset("digits")
+    images = load_dataset("digits-images")
+    assert digits.train.inputs["x"].shape == (1079, 64) and digits.train.inputs["x"].dtype == np.float32
+    assert images.train.inputs["image"].shape == (1079, 1, 8, 8)
+    np.testing.assert_array_equal(images.test.inputs["image"].reshape(-1, 64), digits.test.inputs["x"])
+    all_x = np.concatenate([digits.split(s).inputs["x"] for s in ("train", "val", "test")])
+    assert all_x.min() == 0 and all_x.max() == 1
+    ref_digits = load_digits()
+    assert sorted(map(bytes, (all_x * 16).astype(np.uint8))) == sorted(map(bytes, ref_digits.data.astype(np.uint8)))
+
+
+def test_splits_are_deterministic_disjoint_and_stratified():
+    a, b, c = load_dataset("digits", seed=0), load_dataset("digits", seed=0), load_dataset("digits", seed=1)
+    np.testing.assert_array_equal(a.test.inputs["x"], b.test.inputs["x"])
+    assert not np.array_equal(a.test.inputs["x"], c.test.inputs["x"])
+    rows = {name: {bytes(r) for r in a.split(name).inputs["x"]} for name in ("train", "validation", "test")}
+    assert not (rows["train"] & rows["test"]) or len(rows["train"] & rows["test"]) < 5  # digits has a few duplicates
+    counts = np.bincount(a.test.labels)
+    assert counts.min() >= 35 and counts.max() <= 37  # every class about 20%
+    small = load_dataset("iris", validation=0.1, test=0.3)
+    assert (len(small.train), len(small.validation), len(small.test)) == (90, 15, 45)
+
+
+def test_batches_cover_every_example_once_in_a_seeded_order():
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    split = Split("train", {"x": x}, np.arange(10))
+    plain = list(split.batches(4))
+    assert [len(lab) for _, lab in plain] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([lab for _, lab in plain]), np.arange(10))
+    one = np.concatenate([lab for _, lab in split.batches(3, shuffle=True, seed=5)])
+    two = np.concatenate([lab for _, lab in split.batches(3, shuffle=True, seed=5)])
+    three = np.concatenate([lab for _, lab in split.batches(3, shuffle=True, seed=6)])
+    np.testing.assert_array_equal(one, two)
+    assert sorted(one) == list(range(10)) and not np.array_equal(one, three)
+    for inputs, labels in split.batches(3, shuffle=True, seed=1):
+        np.testing.assert_array_equal(inputs["x"][:, 0], labels)  # features stay with their labels
+    assert [len(lab) for _, lab in split.batches(4, drop_last=True)] == [4, 4]
+
+
+def test_npz_files_with_named_arrays_or_x_y(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 100, (40, 6))
+    np.savez(tmp_path / "named.npz", input_ids=ids, attention_mask=np.ones_like(ids), labels=np.arange(40) % 2,
+             label_names=np.array(["neg", "pos"]))
+    ds = load_dataset(tmp_path / "named.npz")
+    assert set(ds.train.inputs) == {"input_ids", "attention_mask"} and ds.label_names == ["neg", "pos"]
+    assert len(ds.train) + len(ds.validation) + len(ds.test) == 40
+
+    np.savez(tmp_path / "xy.npz", x=rng.normal(size=(30, 3)), y=rng.normal(size=30))
+    reg = load_dataset(str(tmp_path / "xy.npz"))
+    assert reg.task == "regression" and list(reg.train.inputs) == ["x"]
+
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 2)))
+    with pytest.raises(OnnxkitError, match="no labels array"):
+        load_dataset(tmp_path / "nolabels.npz")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(OnnxkitError, match="not a readable .npz"):
+        load_dataset(tmp_path / "broken.npz")
+    with pytest.raises(OnnxkitError, match="no such data file"):
+        load_dataset(tmp_path / "missing.npz")
+
+
+def test_csv_files_with_header_text_labels_or_no_header(tmp_path):
+    lines = ["species,sepal,petal"] + [f"{'ab'[i % 2]},{i}.5,{i * 2}" for i in range(20)]
+    (tmp_path / "flowers.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(OnnxkitError, match="only the label column may hold text"):  # "species" is no label name
+        load_dataset(tmp_path / "flowers.csv")
+    (tmp_path / "labelled.csv").write_text("label,a,b\n" + "".join(f"{'xy'[i % 2]},{i},{-i}\n" for i in range(20)))
+    ds = load_dataset(tmp_path / "labelled.csv")
+    assert ds.label_names == ["x", "y"] and ds.train.labels.dtype == np.int64
+    row = ds.train.inputs["x"][0]
+    assert row[0] == -row[1] and int(row[0]) % 2 == ds.train.labels[0]
+    (tmp_path / "plain.csv").write_text("".join(f"{i},{i * 0.5},{i % 3}\n" for i in range(30)))
+    plain = load_dataset(tmp_path / "plain.csv")
+    assert plain.train.inputs["x"].shape[1] == 2 and set(plain.train.labels) <= {0, 1, 2}
+    (tmp_path / "ragged.csv").write_text("1,2,0\n3,0\n")
+    with pytest.raises(OnnxkitError, match=r"ragged.csv:2: 2 columns"):
+        load_dataset(tmp_path / "ragged.csv")
+    (tmp_path / "text.csv").write_text("a,b,label\n1,x,0\n2,y,1\n")
+    with pytest.raises(OnnxkitError, match="feature column holds non-numbers"):
+        load_dataset(tmp_path / "text.csv")
+
+
+def test_unknown_dataset_suggests_close_names():
+    with pytest.raises(OnnxkitError, match="Did you mean: digits"):
+        load_dataset("digit")
+    with pytest.raises(OnnxkitError, match="unknown split 'tst'"):
+        load_dataset("iris").split("tst")
+
+
+def test_binding_to_model_inputs():
+    split = Split("train", {"pixels": np.zeros((5, 64), np.float64)}, np.zeros(5, np.int64))
+    bound = split.feeds_for([ModelInput("x", np.dtype(np.float32), ("batch", 64))])
+    assert list(bound.inputs) == ["x"] and bound.inputs["x"].dtype == np.float32  # one array binds by position
+
+    with pytest.raises(OnnxkitError, match=r"has shape \[5, 64\] but model input 'image' expects \[batch, 1, 8, 8\]"):
+        split.feeds_for([ModelInput("image", np.dtype(np.float32), ("batch", 1, 8, 8))])
+
+    text = Split("t", {"input_ids": np.zeros((4, 7), np.int32), "attention_mask": np.ones((4, 9), np.int64)},
+                 np.zeros(4, np.int64))
+    specs = [ModelInput("input_ids", np.dtype(np.int64), ("batch", "seq")),
+             ModelInput("attention_mask", np.dtype(np.int64), ("batch", "seq"))]
+    with pytest.raises(OnnxkitError, match="dimension 'seq' is 7 in array 'input_ids' but 9"):
+        text.feeds_for(specs)
+    with pytest.raises(OnnxkitError, match="model input 'token_type_ids' has no array"):
+        text.feeds_for([*specs, ModelInput("token_type_ids", np.dtype(np.int64), ("batch", "seq"))])
+    floats = Split("f", {"input_ids": np.zeros((2, 3), np.float32)}, np.zeros(2))
+    with pytest.raises(OnnxkitError, match="is float32 but model input 'input_ids' needs int64"):
+        floats.feeds_for([ModelInput("input_ids", np.dtype(np.int64), ("batch", 3))])
+    ok = Split("t", {"input_ids": np.zeros((4, 7), np.int32), "attention_mask": np.ones((4, 7), np.int64)},
+               np.zeros(4)).feeds_for(specs)
+    assert ok.inputs["input_ids"].dtype == np.int64
+
+
+def test_dataset_object_repr_and_split_aliases():
+    ds = load_dataset("iris")
+    assert isinstance(ds, Dataset) and ds.split("val") is ds.validation
+    assert "train 90" in repr(ds) and "x[90, 4]" in repr(ds.train)
