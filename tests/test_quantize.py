@@ -362,6 +362,14 @@ def test_auto_tries_candidates_and_keeps_the_fastest_within_max_drop(tmp_path, m
     assert "candidates" in text and "* " + chosen[0].label in text.replace("  ", " ")
 
 
+def test_auto_refuses_when_no_candidate_is_within_max_drop(tmp_path, mlp_data):
+    # the fp32 model scores 100% on its own predictions, so no candidate can gain half a point
+    with pytest.raises(OnnxkitError, match=r"no candidate is within --max-drop -0.5 \(the best, .*nothing written"):
+        quantize(mlp(), tmp_path / "q.onnx", mode="auto", eval_data=mlp_data, max_drop=-0.5,
+                 report_path=tmp_path / "q.json")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sqnr_lists_tensors_worst_first_with_numpy_checked_weights():
     model = mlp()
     result = quantize(model, mode="int4", sqnr_rows=50, measure_latency=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -86,7 +87,7 @@ def quantize_cmd(
         report_path=report_path or Path(output).with_suffix(".report.json"),
         sqnr_rows=20 if sqnr else 0,
         measure_latency=not no_latency,
-        log=lambda msg: click.echo(msg, err=True),
+        log=(lambda msg: click.echo(msg, err=True)) if sys.stderr.isatty() else None,  # quiet in pipes and CI
     )
     click.echo(result.report.text())
     click.echo(f"wrote {output} and {report_path or Path(output).with_suffix('.report.json')}")

@@ -87,11 +87,11 @@ def run(
     within = [(c, s, m) for c, s, m in good if c.within]
     if not within:
         log("\n".join(candidate_table([c for c, _, _ in tried], baseline.unit)))
-        best = min(c.drop for c, _, _ in good)
+        best = min((c for c, _, _ in good), key=lambda c: c.drop)
         raise OnnxkitError(
-            f"no candidate is within --max-drop {max_drop} (the best loses {best:.2f} "
-            f"{baseline.unit}); nothing written. Raise --max-drop, give more --calib data, "
-            "or --exclude sensitive nodes (find them with --sqnr)"
+            f"no candidate is within --max-drop {max_drop} (the best, {best.label}, loses "
+            f"{best.drop:.2f} {baseline.unit}); nothing written. Raise --max-drop, give more "
+            "--calib data, or --exclude sensitive nodes (find them with --sqnr)"
         )
     chosen, settings, model = min(within, key=lambda t: _speed_key(t[0]))
     chosen.chosen = True
