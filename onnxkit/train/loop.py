@@ -592,7 +592,9 @@ class _Trainer:
         self._checkpoint(session, state)
         self._record(record)
         shown = "  ".join(
-            f"{k.replace('_', ' ')} {record[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy") if k in record
+            f"{k.replace('_', ' ')} {record[k]:{'.4f' if k == 'val_accuracy' else '.4g'}}"
+            for k in ("train_loss", "val_loss", "val_accuracy")
+            if k in record
         )
         self.progress.line(f"epoch {record['epoch']}/{self.epochs}  {shown}  ({seconds:.1f}s)")
         if stop_early:

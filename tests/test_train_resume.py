@@ -1,0 +1,144 @@
+"""Interruption and resume: Ctrl-C writes a checkpoint, a resumed run ends with the same weights as an
+uninterrupted one, a NaN loss stops training and keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import load_model
+from onnxkit.train import TrainingInterrupted, fit
+
+
+def mlp_with_batchnorm() -> onnx.ModelProto:
+    """64 -> 32 (BatchNorm, ReLU) -> 10: optimizer state and running statistics both need resuming."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "fc1.weight": rng.normal(0, 0.2, (64, 32)),
+        "fc1.bias": np.zeros(32),
+        "bn.weight": np.ones(32),
+        "bn.bias": np.zeros(32),
+        "bn.running_mean": np.zeros(32),
+        "bn.running_var": np.ones(32),
+        "fc2.weight": rng.normal(0, 0.2, (32, 10)),
+        "fc2.bias": np.zeros(10),
+    }
+    n = helper.make_node
+    graph = helper.make_graph(
+        [
+            n("MatMul", ["x", "fc1.weight"], ["h0"]),
+            n("Add", ["h0", "fc1.bias"], ["h1"]),
+            n("BatchNormalization", ["h1", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"], ["h2"]),
+            n("Relu", ["h2"], ["h3"]),
+            n("MatMul", ["h3", "fc2.weight"], ["l0"]),
+            n("Add", ["l0", "fc2.bias"], ["logits"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+SETTINGS = dict(
+    data="digits", epochs=2, batch_size=32, grad_accumulation=2, schedule="cosine", warmup=3, lr=3e-3,
+    seed=7, evaluate_test=False, device="cpu",
+)
+
+
+def weights(path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in load_model(path).graph.initializer}
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    model = tmp_path / "mlp.onnx"
+    onnx.save(mlp_with_batchnorm(), model)
+    straight = fit(model, out_dir=tmp_path / "straight", **SETTINGS)
+
+    def ctrl_c_at_step_7(record):
+        if record["event"] == "step" and record["step"] == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does; the loop finishes the step and checkpoints
+
+    with pytest.raises(TrainingInterrupted) as stop:
+        fit(model, out_dir=tmp_path / "resumed", callback=ctrl_c_at_step_7, **SETTINGS)
+    assert stop.value.step == 7 and stop.value.epoch == 1 and stop.value.checkpoint.is_file()
+    run = tmp_path / "resumed"
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert not (run / "model.onnx").exists()
+
+    resumed = fit(resume=run)
+    assert resumed.metrics["steps"] == straight.metrics["steps"] == 34  # 1079 / 32 -> 34 batches -> 17 steps/epoch
+    a, b = weights(straight.model_path), weights(resumed.model_path)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert not np.array_equal(a["bn.running_mean"], 0)  # the statistics were trained and resumed too
+
+    def losses(path):
+        return [(r["event"], r["step"], r.get("loss"), r.get("val_loss")) for r in map(json.loads, path.open())]
+
+    assert losses(run / "metrics.jsonl") == losses(tmp_path / "straight" / "metrics.jsonl")
+    with pytest.raises(OnnxkitError, match="already finished"):
+        fit(resume=run)
+
+
+def test_ctrl_c_on_the_command_line_saves_a_checkpoint(tmp_path):
+    model, run = tmp_path / "mlp.onnx", tmp_path / "run"
+    onnx.save(mlp_with_batchnorm(), model)
+    command = [sys.executable, "-m", "onnxkit", "train", str(model), "--data", "digits", "--batch-size", "4",
+               "--epochs", "1000", "-o", str(run)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "checkpoint saved to" in err and f"onnxkit train --resume {run}" in err
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, run_cli):
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.zeros(shape, np.float32), name) for name, shape in (("w", (8, 1)), ("b", (1,)))],
+    )
+    model = tmp_path / "linear.onnx"
+    onnx.save(helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)]), model)
+    x = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=x.sum(axis=1))
+    run = tmp_path / "run"
+    # one full-batch step per epoch with a learning rate that makes SGD diverge: inf/nan after a few epochs
+    result = run_cli("train", model, "--data", tmp_path / "data.npz", "--loss", "mse", "--optimizer", "sgd",
+                     "--lr", "1e9", "--batch-size", "100", "--epochs", "20", "-o", run)
+    assert result.code == 1
+    assert "error: training stopped: the loss became" in result.err, result.err
+    assert "the last good checkpoint is" in result.err and "--lr" in result.err
+    assert not (run / "model.onnx").exists()
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "failed" and "loss became" in info["error"]
+    finished = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert all(np.isfinite(r["loss"]) for r in finished if r["event"] == "step")
+    from onnxkit.train.backend import get_backend
+
+    saved = get_backend().checkpoint_parameters(run / "checkpoints" / "last.ckpt")
+    assert all(np.isfinite(v).all() for v in saved.values())
