@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,18 @@ def quiet_ort() -> Iterator[None]:
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def inside(folder: Path) -> Iterator[None]:
+    """Run with `folder` as the working directory: ORT's symbolic shape inference dumps
+    `sym_shape_infer_temp.onnx` and its external-data files into the cwd when it fails."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def prepare(model: onnx.ModelProto, workdir: Path, *, optimize: bool) -> onnx.ModelProto:
     """Return a copy of `model` ready for a quantizer.
 
@@ -58,7 +71,7 @@ def prepare(model: onnx.ModelProto, workdir: Path, *, optimize: bool) -> onnx.Mo
     for skip_symbolic in (False, True):
         dst.unlink(missing_ok=True)
         try:
-            with quiet_ort():
+            with quiet_ort(), inside(workdir):
                 quant_pre_process(
                     str(src),
                     str(dst),
