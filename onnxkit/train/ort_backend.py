@@ -162,15 +162,19 @@ def _optimizer_block(problem: TrainingProblem) -> onnxblock.ForwardBlock:
 _UNREGISTERED = re.compile(r"gradient builder has not been registered: (\S+) for node (.*?)\s*$", re.M)
 
 
+_ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : (.*)", re.S)
+
+
 def _explain(error: RuntimeError) -> OnnxkitError:
-    text = str(error)
+    text = str(error).strip()
     match = _UNREGISTERED.search(text)
     if match:
         return no_gradient_error(match.group(1), repr(match.group(2)))
-    first = text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+    status = _ORT_STATUS.search(text)
+    detail = status.group(1) if status else text.rpartition(" was false.")[2].strip() or text[-200:]
     return OnnxkitError(
-        f"ONNX Runtime could not build the training graph: {first[:300]}; "
-        "run with --debug for details, or freeze the part of the model it fails on"
+        f"ONNX Runtime could not build the training graph: {' '.join(detail.split())[:300]}; "
+        "run with --debug for the full error, or freeze the part of the model it fails on"
     )
 
 

