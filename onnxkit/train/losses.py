@@ -78,11 +78,12 @@ class Loss:
         fixed = output_shape[1:]
         if all(isinstance(d, int) and d > 0 for d in fixed):
             size = int(np.prod(fixed, dtype=np.int64))
-            if targets[0].size == size:
+            if int(np.prod(targets.shape[1:], dtype=np.int64)) == size:
                 return targets.reshape(len(targets), *fixed)
+        shown = ", ".join("?" if d is None else str(d) for d in output_shape)
         raise OnnxkitError(
-            f"labels of shape {list(labels.shape)} do not match the output's shape "
-            f"{list(output_shape)} for the {self.name} loss; give one target per output value"
+            f"labels of shape {list(labels.shape)} do not match the output's shape [{shown}] "
+            f"for the {self.name} loss; give one target per output value"
         )
 
     def add_to_graph(self, graph: onnx.GraphProto, output: str, labels: str) -> str:

@@ -1,0 +1,146 @@
+"""Losses, optimizers and schedules: one step through the backend against numpy formulas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.data import Dataset, Split
+from onnxkit.evaluate import LOSSES
+from onnxkit.files import load_model
+from onnxkit.train import fit
+from onnxkit.train.losses import get_loss
+from onnxkit.train.schedules import Schedule, warmup_steps
+
+N, D, K = 12, 5, 3
+
+
+def linear(outputs: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", outputs])],
+        [
+            numpy_helper.from_array(rng.normal(0, 0.5, (D, outputs)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.normal(0, 0.5, (outputs,)).astype(np.float32), "b"),
+        ],
+    )
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def data(labels: np.ndarray) -> Dataset:
+    x = np.random.default_rng(1).normal(size=(N, D)).astype(np.float32)
+    empty = Split("empty", {"x": x[:0]}, labels[:0])
+    return Dataset("tiny", Split("train", {"x": x}, labels), empty, empty)
+
+
+def numeric_gradient(loss: str, w: np.ndarray, b: np.ndarray, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Central differences of the numpy reference loss over the flattened (w, b)."""
+    flat = np.concatenate([w.ravel(), b]).astype(np.float64)
+
+    def f(p: np.ndarray) -> float:
+        out = x.astype(np.float64) @ p[: w.size].reshape(w.shape) + p[w.size :]
+        target = labels if loss == "cross-entropy" else labels.reshape(out.shape)
+        return LOSSES[loss](out, target)
+
+    grad = np.zeros_like(flat)
+    for i in range(flat.size):
+        e = np.zeros_like(flat)
+        e[i] = 1e-6
+        grad[i] = (f(flat + e) - f(flat - e)) / 2e-6
+    return grad
+
+
+def step(tmp_path, model, ds, **options):
+    result = fit(model, ds, tmp_path, epochs=1, batch_size=N, shuffle=False, keep_best=False, evaluate_test=False,
+                 device="cpu", **options)
+    after = {t.name: numpy_helper.to_array(t) for t in load_model(result.model_path).graph.initializer}
+    return np.concatenate([after["w"].ravel(), after["b"]]).astype(np.float64)
+
+
+LABELS = {
+    "cross-entropy": (K, np.arange(N) % K),
+    "bce-with-logits": (1, (np.arange(N) % 2).astype(np.float32)),
+    "mse": (2, np.random.default_rng(2).normal(size=(N, 2)).astype(np.float32)),
+    "l1": (2, np.random.default_rng(3).normal(size=(N, 2)).astype(np.float32)),
+}
+
+
+@pytest.mark.parametrize("loss", list(LABELS))
+def test_sgd_step_follows_the_gradient_of_each_loss(tmp_path, loss):
+    outputs, labels = LABELS[loss]
+    model, ds = linear(outputs), data(labels)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    before = np.concatenate([init["w"].ravel(), init["b"]]).astype(np.float64)
+    grad = numeric_gradient(loss, init["w"], init["b"], ds.train.inputs["x"], labels)
+    after = step(tmp_path / "plain", model, ds, loss=loss, optimizer="sgd", lr=0.5, weight_decay=0.0)
+    np.testing.assert_allclose((before - after) / 0.5, grad, rtol=1e-3, atol=2e-5)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    labels = np.arange(N) % K
+    model, ds = linear(K), data(labels)
+    common = dict(epochs=1, shuffle=False, keep_best=False, evaluate_test=False, device="cpu", optimizer="sgd",
+                  lr=0.5, weight_decay=0.0)
+    full = fit(model, ds, tmp_path / "full", batch_size=N, **common)
+    halves = fit(model, ds, tmp_path / "halves", batch_size=N // 2, grad_accumulation=2, **common)
+    assert full.metrics["steps"] == halves.metrics["steps"] == 1
+    a, b = (load_model(r.model_path).graph.initializer for r in (full, halves))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(numpy_helper.to_array(x), numpy_helper.to_array(y), rtol=1e-5, atol=1e-6)
+
+
+def test_sgd_weight_decay_clipping_and_adamw_first_step(tmp_path):
+    labels = np.arange(N) % K
+    model, ds = linear(K), data(labels)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    before = np.concatenate([init["w"].ravel(), init["b"]]).astype(np.float64)
+    grad = numeric_gradient("cross-entropy", init["w"], init["b"], ds.train.inputs["x"], labels)
+
+    decayed = step(tmp_path / "decay", model, ds, optimizer="sgd", lr=0.5, weight_decay=0.1)
+    np.testing.assert_allclose(decayed, before - 0.5 * (grad + 0.1 * before), rtol=1e-4, atol=1e-5)
+
+    norm = np.linalg.norm(grad)
+    clipped = step(tmp_path / "clip", model, ds, optimizer="sgd", lr=0.5, weight_decay=0.0, clip_grad_norm=norm / 4)
+    np.testing.assert_allclose(clipped, before - 0.5 * grad / 4, rtol=1e-3, atol=1e-5)
+
+    # AdamW's first bias-corrected step moves each weight by lr * g / (|g| + eps), decoupled decay on top
+    adam = step(tmp_path / "adam", model, ds, optimizer="adamw", lr=0.01, weight_decay=0.1, eps=1e-8)
+    expected = before - 0.01 * grad / (np.abs(grad) + 1e-8) - 0.01 * 0.1 * before
+    np.testing.assert_allclose(adam, expected, rtol=1e-3, atol=2e-5)
+
+
+@pytest.mark.parametrize("loss", list(LABELS))
+def test_loss_graphs_match_the_numpy_reference(loss):
+    outputs, labels = LABELS[loss]
+    rng = np.random.default_rng(4)
+    scores = (rng.normal(size=(N, outputs)) * 20).astype(np.float32)  # large values: stability matters
+    spec = get_loss(loss)
+    out_vi = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", outputs])
+    graph = helper.make_graph([], "loss", [out_vi, spec.labels_input("labels", out_vi)], [])
+    name = spec.add_to_graph(graph, "scores", "labels")
+    graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, []))
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    fed = spec.labels_for(labels, ("batch", outputs))
+    value = ort.InferenceSession(model.SerializeToString()).run(None, {"scores": scores, "labels": fed})[0]
+    reference = LOSSES[loss](scores, labels if loss == "cross-entropy" else fed)
+    assert float(value) == pytest.approx(reference, rel=1e-5)
+
+
+def test_schedules():
+    constant = Schedule("constant", 0.1, total_steps=100, warmup_steps=10)
+    assert [constant.lr(s) for s in (0, 4, 9, 10, 99)] == pytest.approx([0.01, 0.05, 0.1, 0.1, 0.1])
+    linear = Schedule("linear", 0.1, total_steps=110, warmup_steps=10)
+    assert [linear.lr(s) for s in (9, 10, 60, 109)] == pytest.approx([0.1, 0.1, 0.05, 0.001])
+    cosine = Schedule("cosine", 0.1, total_steps=100)
+    assert [cosine.lr(s) for s in (0, 25, 50, 100)] == pytest.approx(
+        [0.1, 0.05 * (1 + math.cos(math.pi / 4)), 0.05, 0.0], abs=1e-12
+    )
+    assert warmup_steps(0.05, 400) == 20 and warmup_steps(30, 400) == 30
