@@ -144,3 +144,44 @@ def test_schedules():
         [0.1, 0.05 * (1 + math.cos(math.pi / 4)), 0.05, 0.0], abs=1e-12
     )
     assert warmup_steps(0.05, 400) == 20 and warmup_steps(30, 400) == 30
+
+
+def test_early_stopping_keeps_the_best_epoch_and_steps_limit(tmp_path):
+    from onnxkit import zoo
+    from onnxkit.train.backend import get_backend
+
+    model = zoo.build_model("iris-mlp")
+    # a learning rate too small to change any prediction: accuracy never improves after epoch 1
+    stalled = fit(model, "iris", tmp_path / "stall", lr=1e-12, epochs=20, monitor="val_accuracy", patience=2,
+                  evaluate_test=False)
+    assert stalled.stopped_early and stalled.metrics["epochs"] == 3 and stalled.metrics["best_epoch"] == 1
+    assert stalled.history[-1]["stopped_early"] and stalled.history[-1]["best_epoch"] == 1
+    best = get_backend().checkpoint_parameters(tmp_path / "stall" / "checkpoints" / "best.ckpt")
+    written = {t.name: numpy_helper.to_array(t) for t in load_model(stalled.model_path).graph.initializer}
+    for name, value in best.items():
+        np.testing.assert_array_equal(written[name], value)
+
+    limited = fit(model, "iris", tmp_path / "steps", steps=8, batch_size=16, evaluate_test=False)
+    assert limited.metrics["steps"] == 8 and limited.metrics["epochs"] == 2  # 6 steps per epoch
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from onnxkit.train.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = Progress(True, screen)
+    bar.epoch_start(2, 5, 10)
+    bar.step(10, 0.25, 1e-3, 12345.0)
+    bar.line("epoch 2/5 done")
+    shown = screen.getvalue()
+    assert "\repoch 2/5 [########################] 10/10 loss 0.2500 lr 1.00e-03 12,345 samples/s" in shown
+    assert shown.endswith("\r\033[Kepoch 2/5 done\n")
+    quiet = Terminal()
+    Progress(False, quiet).line("nothing")
+    assert quiet.getvalue() == ""
