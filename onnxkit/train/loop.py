@@ -101,6 +101,7 @@ class TrainConfig:
     evaluate_test: bool = True
     backend: str = "ort"
     adapter: str | None = None
+    data_in_memory: bool = False
 
     def optimizer_config(self) -> OptimizerConfig:
         decay = self.weight_decay if self.weight_decay is not None else (0.01 if self.optimizer == "adamw" else 0.0)
@@ -192,6 +193,8 @@ def fit(
         run = RunDirectory.existing(resume)
         config = _config_from_json(run.read_json()["config"])
         proto = _load_checked(config)
+        if config.data_in_memory and not isinstance(data, Dataset):
+            raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")
         dataset = data if isinstance(data, Dataset) else load_dataset(config.data, seed=config.data_seed)
     else:
         if model is None:
@@ -239,6 +242,7 @@ def fit(
             evaluate_test=evaluate_test,
             backend=backend,
             adapter=type(adapter).__name__ if adapter else None,
+            data_in_memory=isinstance(data, Dataset),
         )
         config.optimizer_config()  # validate before any work
     if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
@@ -411,8 +415,9 @@ class _Trainer:
             raise OnnxkitError(f"{self.monitor} needs a classification loss; monitor val_loss instead")
 
     def _bind(self, split: Split, specs: list, shape: tuple) -> Split:
-        bound = split.feeds_for(specs)
-        return Split(split.name, bound.inputs, self.loss.labels_for(split.labels, shape))
+        bound = split.feeds_for(specs)  # a new split of the same class (text splits keep padding per batch)
+        bound.labels = self.loss.labels_for(split.labels, shape)
+        return bound
 
     def _labels_name(self) -> str:
         taken = {v for node in self.model.graph.node for v in (*node.input, *node.output)}
