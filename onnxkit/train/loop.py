@@ -684,7 +684,6 @@ class _Trainer:
         stopped = any(r.get("stopped_early") for r in epochs)
         info.update(status="completed", result=metrics, stopped_early=stopped)
         self.run.write_json(info)
-        self.progress.line(f"wrote {self.run.model}")
         return FitResult(
             run_dir=self.run.path,
             model_path=self.run.model,
