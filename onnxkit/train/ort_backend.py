@@ -2,10 +2,12 @@
 touches `onnxruntime.training`.
 
 - `import onnxruntime.training` runs a package `__init__` that imports torch; the
-  `artifacts`, `onnxblock` and `api` submodules do not need it, so we register an
-  empty package module with the right `__path__` and import those directly.
-- Artifact generation logs at INFO through session options it creates itself;
-  we make those options quiet.
+  `onnxblock` and `api` submodules do not need it, so we register an empty
+  package module with the right `__path__` and import those directly. We build
+  artifacts with `onnxblock` ourselves: `onnxruntime.training.artifacts` imports
+  `onnxruntime.tools`, which imports torch whenever it is installed.
+- Gradient-graph building logs at INFO through session options it creates
+  itself; we make those options quiet.
 - ONNX Runtime's generated eval model is invalid for BatchNorm in training mode,
   so we replace it with our own: the inference form computing the chosen
   output, its weights fed from the training state by name.
