@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -215,6 +216,20 @@ def test_activations_and_dropout(layer, ref):
     assert out_shape(model) == ["batch", 7]
     x = RNG.normal(size=(4, 7)).astype(np.float32) * 3
     close(ort_run(model, {"x": x})[0], ref(x))
+
+
+def test_dropout_is_ratio_less_with_its_ratio_in_metadata(tmp_path):
+    model = build_one(nn.Sequential([nn.Linear(3, 3), nn.Dropout(0.25), nn.ReLU()]), x=nn.Input(["batch", 3]))
+    (drop,) = [n for n in model.graph.node if n.op_type == "Dropout"]
+    assert list(drop.input) == ["0/Add_output_0"]  # no ratio input: ORT removes it at inference
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["onnxkit.dropout"]) == {drop.name: 0.25}
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert "Dropout" not in {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
 
 
 def test_gelu_uses_gelu_op_from_opset_20():

@@ -180,3 +180,16 @@ def test_one_sgd_step_matches_finite_differences(tmp_path, bn_training):
     # the trained model keeps the inference form: same graph, only weights changed
     trained = load_model(result.model_path)
     assert [n.op_type for n in trained.graph.node] == [n.op_type for n in model.graph.node]
+
+
+def test_training_form_takes_dropout_ratios_from_dsl_metadata():
+    from onnxkit import zoo
+    from onnxkit.train.training_form import output_type, training_form, value_types
+
+    model = zoo.build_model("digits-mlp", dropout=0.3)
+    types = value_types(model)
+    form = training_form(model, output_type(types, model, "logits"), updated_buffers=[], types=types)
+    drops = [n for n in form.graph.node if n.op_type == "Dropout"]
+    assert len(drops) == 2 and all(len(n.input) == 3 and len(n.output) == 2 for n in drops)
+    ratios = {t.name: numpy_helper.to_array(t) for t in form.graph.initializer}
+    assert [float(ratios[n.input[1]]) for n in drops] == pytest.approx([0.3, 0.3])

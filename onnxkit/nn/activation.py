@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from onnxkit.errors import OnnxkitError
 from onnxkit.nn import ops
 from onnxkit.nn.graph import Tensor, current_graph
@@ -55,10 +53,12 @@ class Softmax(Module):
 
 
 class Dropout(Module):
-    """Dropout, emitted in inference form: `Dropout(x, ratio)` is the identity at inference.
+    """Dropout, emitted in inference form as a ratio-less `Dropout(x)`.
 
-    Training derives the training form from this node by adding the
-    `training_mode` input and the `mask` output.
+    ONNX Runtime removes such a node at inference (one with a `ratio` input it
+    keeps, at ~10% of a BERT's run time). The ratio is recorded in the model's
+    metadata (`onnxkit.dropout`: node name -> ratio), from which training
+    derives the training form.
     """
 
     def __init__(self, p: float = 0.1):
@@ -69,8 +69,10 @@ class Dropout(Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.p == 0.0:
             return x
-        ratio = current_graph().constant(np.asarray(self.p, x.dtype))
-        return current_graph().op("Dropout", [x, ratio])[0]
+        graph = current_graph()
+        (y,) = graph.op("Dropout", [x])
+        graph.dropout[graph.nodes[-1].name] = self.p
+        return y
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

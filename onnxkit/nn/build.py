@@ -19,6 +19,7 @@ from onnxkit.nn.module import Module
 IR_VERSION = 10  # the newest ONNX Runtime 1.19.2 loads
 DEFAULT_OPSET = 17
 MAX_OPSET = 21
+DROPOUT_KEY = "onnxkit.dropout"  # metadata: Dropout node name -> training ratio
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ def build(
         producer_version=__version__,
     )
     meta = {"onnxkit.version": __version__, **(metadata or {})}
+    if graph.dropout:
+        meta[DROPOUT_KEY] = graph.dropout
     helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     if check:  # on the weightless graph: the full checker would copy every weight twice
         try:

@@ -77,6 +77,7 @@ class Graph:
         self.params: dict[int, tuple[Any, Tensor]] = {}  # id(Parameter) -> (param, tensor)
         self.constants: dict[str, onnx.TensorProto] = {}  # values shape inference may need
         self.values: dict[str, Tensor] = {}
+        self.dropout: dict[str, float] = {}  # Dropout node name -> training ratio
         self._scope: list[tuple[str, str]] = []  # (layer path, layer description)
         self._used: dict[str, int] = {}
 

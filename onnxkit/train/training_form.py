@@ -25,6 +25,7 @@ The training form differs from the inference form in these ways:
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.nn.build import DROPOUT_KEY
 
 PREFIX = "onnxkit.train"
 
@@ -290,6 +292,7 @@ def training_form(
     graph = form.graph
     needed = _needed_nodes(model, output.name)
     graph.initializer.extend(_used_initializers(model, (node for _, node in needed)))
+    dropout_ratios = _dropout_ratios(model)
     need_true = False
     for index, original in needed:
         node = onnx.NodeProto()
@@ -300,9 +303,10 @@ def training_form(
                 graph.node.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
                 continue
             ratio = node.input[1] if len(node.input) > 1 and node.input[1] else ""
-            if not ratio:
+            if not ratio:  # onnxkit records ratios in metadata; ONNX's default is 0.5
                 ratio = f"{tag}.ratio"
-                graph.initializer.append(helper.make_tensor(ratio, TensorProto.FLOAT, [], [0.5]))
+                value = dropout_ratios.get(original.name, 0.5)
+                graph.initializer.append(helper.make_tensor(ratio, TensorProto.FLOAT, [], [value]))
             del node.input[:]
             node.input.extend([original.input[0], ratio, f"{PREFIX}.training_mode"])
             need_true = True
@@ -326,6 +330,14 @@ def training_form(
     if need_true:
         graph.initializer.append(helper.make_tensor(f"{PREFIX}.training_mode", TensorProto.BOOL, [], [True]))
     return form
+
+
+def _dropout_ratios(model: onnx.ModelProto) -> dict[str, float]:
+    """The training ratios onnxkit's DSL records for its ratio-less Dropout nodes."""
+    for prop in model.metadata_props:
+        if prop.key == DROPOUT_KEY:
+            return {name: float(p) for name, p in json.loads(prop.value).items()}
+    return {}
 
 
 def _set_attribute(node: onnx.NodeProto, name: str, value: int) -> None:
