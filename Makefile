@@ -25,13 +25,18 @@ test: venv
 lint: venv
 	$(BIN)/ruff check onnxkit models tests tools
 
+# The main job end to end on built-in data: build -> train -> eval -> quantize -> serve.
 demo: venv
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(BIN)/onnxkit models
 	$(BIN)/onnxkit build digits-cnn -o $(DEMO)/digits-cnn.onnx
 	$(BIN)/onnxkit inspect $(DEMO)/digits-cnn.onnx
-	$(BIN)/onnxkit build bert-classifier --set num_layers=2 -o $(DEMO)/bert-small.onnx
-	$(BIN)/onnxkit inspect $(DEMO)/bert-small.onnx
+	$(BIN)/onnxkit train $(DEMO)/digits-cnn.onnx --data digits-images --epochs 40 --batch-size 128 \
+	    --lr 0.01 --schedule cosine --warmup 0.05 -o $(DEMO)/run
+	$(BIN)/onnxkit eval $(DEMO)/run/model.onnx --data digits-images --split test
+	$(BIN)/onnxkit quantize $(DEMO)/run/model.onnx -o $(DEMO)/digits-cnn.int8.onnx --mode auto \
+	    --calib digits-images --eval digits-images --max-drop 0.5
+	$(BIN)/python tools/serve_once.py $(DEMO)/digits-cnn.int8.onnx --dataset digits-images --rows 5
+	@echo "demo outputs are in $(DEMO)/ (run folder: $(DEMO)/run, curves: $(DEMO)/run/curves.png)"
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -1,4 +1,4 @@
-"""Start `onnxkit serve` on a model, send it one request, print the answer, stop the server.
+"""Start `onnxkit serve` on a model, send it one request (of --rows examples), print the answers, stop the server.
 
 For demos and smoke tests: the server listens on a free 127.0.0.1 port, readiness
 is polled (no blind sleeps), and the server is stopped with SIGTERM; the exit
@@ -24,8 +24,8 @@ from onnxkit.runtime.signature import example_feeds
 from onnxkit.serve.launch import ServerProcess
 
 
-def one_example(model: runtime.Model, args: argparse.Namespace) -> tuple[dict[str, np.ndarray], str]:
-    """One row of inputs for the model, and a note on where it came from."""
+def examples(model: runtime.Model, args: argparse.Namespace) -> tuple[dict[str, np.ndarray], str, list]:
+    """`args.rows` rows of inputs for the model, a note on where they came from, and their true labels."""
     if args.dataset:
         from onnxkit.data import load_dataset
 
@@ -35,13 +35,14 @@ def one_example(model: runtime.Model, args: argparse.Namespace) -> tuple[dict[st
             values = {model.inputs[0].name: arrays[0]}
         else:
             values = split.inputs
-        note = f"{args.dataset} {args.split} example {args.index}, true label {split.labels[args.index]}"
+        truth = [str(t) for t in split.labels[args.index : args.index + args.rows]]
+        note = f"{args.dataset} {args.split} examples {args.index}..{args.index + args.rows - 1}"
     elif args.input:
-        values, note = read_inputs(args.input, model), f"{args.input} row {args.index}"
+        values, note, truth = read_inputs(args.input, model), f"{args.input} rows from {args.index}", []
     else:
-        return example_feeds(model.inputs), "zeros"
-    row = {name: np.asarray(v)[args.index : args.index + 1] for name, v in values.items()}
-    return model.prepare(row), note
+        return example_feeds(model.inputs), "zeros", []
+    rows = {name: np.asarray(v)[args.index : args.index + args.rows] for name, v in values.items()}
+    return model.prepare(rows), note, truth
 
 
 def main() -> int:
@@ -50,12 +51,13 @@ def main() -> int:
     parser.add_argument("--dataset", help="take the example from this onnxkit dataset (e.g. digits-images)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--input", help="or from this file (.npy, .npz, .json, .csv)")
-    parser.add_argument("--index", type=int, default=0, help="which example")
+    parser.add_argument("--index", type=int, default=0, help="first example")
+    parser.add_argument("--rows", type=int, default=1, help="how many examples to send in the request")
     parser.add_argument("--top-k", type=int, default=3)
     args = parser.parse_args()
     try:
         model = runtime.load(args.model)
-        feeds, note = one_example(model, args)
+        feeds, note, truth = examples(model, args)
         classify = model.class_names is not None or model.task in ("classification", "binary")
         outputs = [{"name": model.outputs[0].name, "parameters": {"classification": args.top_k}}] if classify else None
         start = time.perf_counter()
@@ -65,9 +67,12 @@ def main() -> int:
             print(f"POST /v2/models/{model.name}/infer  ({shapes}; {note})")
             reply = server.infer(model.name, feeds, **({"outputs": outputs} if outputs else {}))
             for tensor in reply["outputs"]:
-                if tensor["datatype"] == "BYTES":  # classification: "score:index:label"
-                    best = [entry.split(":", 2) for entry in tensor["data"]]
-                    print("answer: " + ", ".join(f"{p[-1]} (score {float(p[0]):.3f})" for p in best))
+                if tensor["datatype"] == "BYTES":  # classification: "score:index:label", k per row
+                    k = tensor["shape"][-1]
+                    for r in range(len(tensor["data"]) // k):
+                        best = [entry.split(":", 2) for entry in tensor["data"][r * k : (r + 1) * k]]
+                        answer = ", ".join(f"{p[-1]} (score {float(p[0]):.3f})" for p in best)
+                        print(f"answer {r}: {answer}" + (f"   true label {truth[r]}" if truth else ""))
                 else:
                     print(f"answer: {tensor['name']} {tensor['shape']} = {json.dumps(tensor['data'][:10])}")
         print(f"server stopped (exit status {server.process.returncode})")
