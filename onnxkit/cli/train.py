@@ -36,6 +36,12 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("--no-dropout", is_flag=True, help="Train with dropout off.")
 @click.option("--freeze", multiple=True, metavar="GLOB", help="Keep matching parameters fixed (repeatable).")
 @click.option("--train-only", multiple=True, metavar="GLOB", help="Train only matching parameters (repeatable).")
+@click.option("--lora-rank", type=int, help="Train LoRA adapters of this rank; the base weights stay frozen.")
+@click.option("--lora-alpha", type=float, help="LoRA scale alpha / rank (default alpha: 2 x rank).")
+@click.option("--lora-targets", multiple=True, metavar="GLOB",
+              help="MatMul weights to adapt (repeatable; default: '*attn.q.weight' '*attn.v.weight').")
+@click.option("--lora-train", multiple=True, metavar="GLOB",
+              help="Also train these parameters fully (repeatable; default: a 'classifier.*' head).")
 @click.option("--model-output", help="The model output that feeds the loss (default: the first).")
 @click.option("--monitor", type=click.Choice(MONITOR_NAMES), help="Metric that picks the best epoch.")
 @click.option("--patience", type=int, help="Stop after this many epochs without improvement.")
@@ -55,7 +61,11 @@ def train_cmd(model: str | None, **options: Any) -> None:
       onnxkit train digits.onnx --data digits-images --epochs 20 -o runs/digits
       onnxkit train iris.onnx --data iris --lr 0.01 --batch-size 16 -o runs/iris
       onnxkit train model.onnx --data my.npz --train-only 'head.*' -o runs/head
+      onnxkit train bert.onnx --data bbc-news --lora-rank 8 --lr 1e-3 --epochs 2 -o runs/lora
       onnxkit train --resume runs/digits
+
+    Head-only fine-tuning of a pretrained model is --train-only 'classifier.*'.
+    A LoRA run resumes with the same --lora-* options next to --resume.
     """
     from onnxkit.train import TrainingInterrupted, fit
 
@@ -64,6 +74,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
         raise OnnxkitError("--resume continues a run with its stored settings; give only --resume RUN_DIR")
     if not resume and not (model and options["data"] and options["out_dir"]):
         raise OnnxkitError("give MODEL.onnx, --data and -o RUN_DIR (or --resume RUN_DIR)")
+    adapter = _lora_adapter(options)
     try:
         result = fit(
             model,
@@ -92,6 +103,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
             keep_best=not options["last"],
             device=options["device"],
             threads=options["threads"],
+            adapter=adapter,
             resume=resume,
             quiet=options["quiet"],
         )
@@ -105,6 +117,22 @@ def train_cmd(model: str | None, **options: Any) -> None:
     test = result.metrics.get("test", {})
     shown = "  ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "loss") if k in test)
     click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))
+
+
+def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """A LoraAdapter from the --lora-* options, or None without --lora-rank."""
+    rank, alpha, targets, train = (options[k] for k in ("lora_rank", "lora_alpha", "lora_targets", "lora_train"))
+    if rank is None:
+        if alpha is not None or targets or train:
+            raise OnnxkitError("--lora-alpha, --lora-targets and --lora-train need --lora-rank R (e.g. --lora-rank 8)")
+        return None
+    if options["train_only"]:
+        raise OnnxkitError("--train-only would leave the LoRA adapters frozen; with --lora-rank, name what else "
+                           "trains with --lora-train GLOB")
+    from onnxkit.train.lora import DEFAULT_TARGETS, LoraAdapter, LoraConfig
+
+    config = LoraConfig(rank=rank, alpha=alpha, targets=list(targets) or list(DEFAULT_TARGETS))
+    return LoraAdapter(config, train=list(train) or None)
 
 
 @click.command("eval")
@@ -136,7 +164,7 @@ def eval_cmd(
     if not data:
         raise OnnxkitError(f"{model} does not say what it was trained on; give --data DATASET")
     seed = data_seed if data_seed is not None else int(trained.get("data_seed", 0))
-    dataset = load_dataset(data, seed=seed)
+    dataset = load_dataset(data, seed=seed, model=proto)
     metrics = evaluate(proto, dataset.split(split), batch_size=batch_size, output=model_output)
     metrics.update(data=str(data), split=split, data_seed=seed)
     if as_json:

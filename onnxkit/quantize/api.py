@@ -81,7 +81,7 @@ def quantize(
 
     with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as tmp:
         quantizer = Quantizer(original, Path(tmp), exclude)
-        test = bind(load_split(eval_data, "test"), original) if eval_data is not None else None
+        test = bind(load_split(eval_data, "test", original), original) if eval_data is not None else None
         baseline = accuracy.score(original, test) if test is not None else None
         feeds = {
             b: None if not fits_batch(original, b)

@@ -20,10 +20,11 @@ from onnxkit.errors import OnnxkitError
 Feeds = dict[str, np.ndarray]
 
 
-def load_split(data: Any, split: str) -> Split:
-    """The `split` ("train" / "test") of a dataset name or file; a Split or dict as given."""
+def load_split(data: Any, split: str, model: onnx.ModelProto) -> Split:
+    """The `split` ("train" / "test") of a dataset name or file (text tokenized for `model`);
+    a Split or dict as given."""
     if isinstance(data, (str, os.PathLike)):
-        return load_dataset(str(data), seed=0).split(split)
+        return load_dataset(str(data), seed=0, model=model).split(split)
     if isinstance(data, dict):
         return Split("data", data, np.zeros(len(next(iter(data.values()))), np.int64))
     return data
@@ -44,7 +45,7 @@ def calibration_batches(
             "(a dataset name such as digits-images, or an .npz/.csv file of model inputs), "
             "or use --mode dynamic, which needs none"
         )
-    split = bind(load_split(data, "train"), model)
+    split = bind(load_split(data, "train", model), model)
     if len(split) == 0:
         raise OnnxkitError(f"--calib {data}: its train split is empty; pass a larger dataset")
     batches, seen = [], 0

@@ -195,7 +195,7 @@ def fit(
         proto = _load_checked(config)
         if config.data_in_memory and not isinstance(data, Dataset):
             raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")
-        dataset = data if isinstance(data, Dataset) else load_dataset(config.data, seed=config.data_seed)
+        dataset = data if isinstance(data, Dataset) else load_dataset(config.data, seed=config.data_seed, model=proto)
     else:
         if model is None:
             raise OnnxkitError("give a model to train (a .onnx path or an onnx.ModelProto), or resume a run")
@@ -204,13 +204,13 @@ def fit(
         if data is None:
             raise OnnxkitError("give training data: a dataset name, a .npz/.csv file or a Dataset")
         _check_numbers(epochs, steps, batch_size, grad_accumulation, patience)
-        dataset = data if isinstance(data, Dataset) else load_dataset(data, seed=data_seed)
-        run = RunDirectory.new(out_dir)
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
         else:
             model_path = Path(model).resolve()
             proto = load_model(model_path)
+        dataset = data if isinstance(data, Dataset) else load_dataset(data, seed=data_seed, model=proto)
+        run = RunDirectory.new(out_dir)
         config = TrainConfig(
             model=str(model_path or run.path.resolve() / "base_model.onnx"),
             model_sha256=_sha256(model_path) if model_path else "",
@@ -246,7 +246,8 @@ def fit(
         )
         config.optimizer_config()  # validate before any work
     if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
-        raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume")
+        raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
+                           "(onnxkit train: the same --lora-* options next to --resume)")
     trainer = _Trainer(run, config, proto, dataset, adapter, device, threads, quiet, callback)  # checks everything
     if resume is None:
         run.make()
