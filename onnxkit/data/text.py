@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,7 @@ def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_name
     if 0 < limit < len(labels):  # a stratified subsample, fixed by the seed
         keep, _, _ = split_indices(labels, seed=seed, validation=0.0, test=1.0 - limit / len(labels))
     texts, labels = [texts[i] for i in keep], labels[keep]
-    tok = load_tokenizer(tokenizer, max_length, pad_to=max_length)  # batches cut the padding back
-    arrays = encode(tok, texts)
+    arrays = _encoded(json.dumps(tokenizer) if isinstance(tokenizer, Mapping) else tokenizer, max_length, texts)
     lengths = arrays["attention_mask"].sum(1)
     parts = split_indices(labels, seed=seed, validation=validation, test=test)
     splits = [
@@ -74,6 +74,21 @@ def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_name
         for split, idx in zip(SPLIT_NAMES, parts, strict=True)
     ]
     return Dataset(name, *splits, label_names=label_names, task="classification")
+
+
+_ENCODED: dict[tuple, dict[str, np.ndarray]] = {}  # the last two tokenized datasets of this process
+
+
+def _encoded(tokenizer: str, max_length: int, texts: list[str]) -> dict[str, np.ndarray]:
+    """`texts` tokenized, once per process: training, evaluating and quantizing with one model
+    in one process tokenize a corpus once (callers index the arrays, which copies them)."""
+    key = (tokenizer, max_length, hash(tuple(texts)), len(texts))
+    if key not in _ENCODED:
+        arrays = encode(load_tokenizer(tokenizer, max_length, pad_to=max_length), texts)  # batches cut padding
+        while len(_ENCODED) >= 2:
+            _ENCODED.pop(next(iter(_ENCODED)))
+        _ENCODED[key] = arrays
+    return _ENCODED[key]
 
 
 def _package_file(package: str, distribution: str, relative: str) -> Path:
