@@ -4,8 +4,8 @@ Both sides start from the same weights (all-MiniLM-L6-v2 in the zoo's
 bert-classifier, read back from its ONNX file), train every parameter on the
 same batches (bbc-news training split, tokenized by the model's own tokenizer,
 `--max-length` tokens), with the same thread count and the same AdamW settings
-as tools/bench_train.py. A step is forward + backward + optimizer update.
-Rounds alternate between the two; each side's figure is the median over rounds,
+as tools/bench_train.py except a fine-tuning learning rate (`--lr`, 5e-5). A step
+is forward + backward + optimizer update. Rounds alternate between the two; each side's figure is the median over rounds,
 and the ratio is onnxkit / PyTorch (below 1: onnxkit is faster).
 
     PYTHONPATH=/tmp/torchlib python tools/bench_finetune.py [--threads 2] [--batch-size 16] [--max-length 128]
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--steps", type=int, default=4, help="steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--check-steps", type=int, default=3, help="steps whose losses must agree (dropout off)")
@@ -123,11 +124,11 @@ def main() -> None:
     seq = max(f["input_ids"].shape[1] for f, _ in data)
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     print(f"bert-classifier (all-MiniLM-L6-v2, {params:,} parameters, all trained), batch {args.batch_size}, "
-          f"sequence {seq}, {args.threads} threads, AdamW; PyTorch {torch.__version__}")
+          f"sequence {seq}, {args.threads} threads, AdamW lr {args.lr:g}; PyTorch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         # the same computation: dropout off, the first steps' losses agree
-        session = onnxkit_session(model, Path(tmp) / "check", args.threads, dropout=False)
-        trainer = TorchTrainer(torch_bert(model, 0.0))
+        session = onnxkit_session(model, Path(tmp) / "check", args.threads, dropout=False, lr=args.lr)
+        trainer = TorchTrainer(torch_bert(model, 0.0), lr=args.lr)
         worst = 0.0
         for feeds, labels in data[: args.check_steps]:
             ours = session.train_step(feeds, labels)
@@ -139,8 +140,8 @@ def main() -> None:
         print(f"same losses for {args.check_steps} steps (max relative difference {worst:.1e})")
         del session, trainer
 
-        session = onnxkit_session(model, Path(tmp) / "bench", args.threads, dropout=True)
-        trainer = TorchTrainer(torch_bert(model, dropout))
+        session = onnxkit_session(model, Path(tmp) / "bench", args.threads, dropout=True, lr=args.lr)
+        trainer = TorchTrainer(torch_bert(model, dropout), lr=args.lr)
         timed = data[1 : args.steps + 1]
         torch_data = [(as_torch(f), torch.from_numpy(y)) for f, y in timed]
 

@@ -36,7 +36,7 @@ MODELS = {"digits-mlp": "digits", "digits-cnn": "digits-images"}
 LR, DECAY, EPS = 1e-3, 0.01, 1e-8
 
 
-def onnxkit_session(model, directory: Path, threads: int, dropout: bool):
+def onnxkit_session(model, directory: Path, threads: int, dropout: bool, lr: float = LR):
     """A training session on `model` built the way `fit` builds it."""
     types = value_types(model)
     output = output_type(types, model, model.graph.output[0].name)
@@ -50,13 +50,13 @@ def onnxkit_session(model, directory: Path, threads: int, dropout: bool):
         loss=get_loss("cross-entropy"),
         trainable=selection.trainable,
         frozen=selection.updated_buffers,
-        optimizer=OptimizerConfig("adamw", LR, DECAY, eps=EPS),
+        optimizer=OptimizerConfig("adamw", lr, DECAY, eps=EPS),
     )
     backend = get_backend()
     directory.mkdir(parents=True)
     backend.build(problem, directory)
     session = backend.open(directory, threads=threads)
-    session.set_learning_rate(LR)
+    session.set_learning_rate(lr)
     return session
 
 
@@ -87,11 +87,11 @@ def torch_module(name: str, weights: dict[str, np.ndarray], dropout: float):
 
 
 class TorchTrainer:
-    def __init__(self, module) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, module, lr: float = LR) -> None:  # type: ignore[no-untyped-def]
         import torch
 
         self.torch, self.module = torch, module
-        self.optimizer = torch.optim.AdamW(module.parameters(), lr=LR, weight_decay=DECAY, eps=EPS)
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=DECAY, eps=EPS)
 
     def step(self, x, y) -> float:  # type: ignore[no-untyped-def]
         self.optimizer.zero_grad(set_to_none=True)

@@ -32,12 +32,12 @@ SETTINGS = {  # mode -> fit options (the head is new, so every mode trains it)
 }
 
 
-def per_dataset(text: str, default: int) -> dict[str, int]:
-    """`bbc-news=128,tweets-sentiment=64` (or one number for all) as {name: value}."""
-    if "=" not in text:
-        return dict.fromkeys(LABELS, int(text))
-    values = dict.fromkeys(LABELS, default)
-    values.update((k.strip(), int(v)) for k, v in (part.split("=") for part in text.split(",")))
+def per_key(text: str, keys, default: float, kind=int) -> dict:  # type: ignore[no-untyped-def]
+    """`bbc-news=128,tweets-sentiment=64` (or one value for all `keys`) as {key: value}; unnamed keys get `default`."""
+    if not text or "=" not in text:
+        return dict.fromkeys(keys, kind(text) if text else default)
+    values = dict.fromkeys(keys, default)
+    values.update((k.strip(), kind(v)) for k, v in (part.split("=") for part in text.split(",")))
     return values
 
 
@@ -50,7 +50,7 @@ def prepare(name: str, args: argparse.Namespace) -> tuple:
 
 
 def run(name: str, mode: str, base, data, args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
-    options = dict(SETTINGS[mode])
+    options = dict(SETTINGS[mode], lr=args.lr[mode], epochs=args.epochs[mode])
     if mode == "lora":
         options["adapter"] = LoraAdapter(LoraConfig(rank=args.lora_rank, targets=["*attn.*.weight"]))
     out = Path(args.out) / f"{name}-{mode}"
@@ -116,15 +116,21 @@ def main() -> None:
                         help="examples to keep per dataset, e.g. tweets-sentiment=3000 (0: all)")
     parser.add_argument("--max-length", default="bbc-news=128,tweets-sentiment=64", help="tokens, per dataset")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", default="", help="per mode, e.g. head=2e-2 (default: SETTINGS)")
+    parser.add_argument("--epochs", default="", help="per mode, e.g. head=8 (default: SETTINGS)")
     parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--no-int8", action="store_true", help="skip quantizing")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    args.limit, args.max_length = per_dataset(args.limit, 0), per_dataset(args.max_length, 128)
+    args.limit, args.max_length = per_key(args.limit, LABELS, 0), per_key(args.max_length, LABELS, 128)
+    args.lr = {m: v or SETTINGS[m]["lr"] for m, v in per_key(args.lr, SETTINGS, 0, float).items()}
+    args.epochs = {m: v or SETTINGS[m]["epochs"] for m, v in per_key(args.epochs, SETTINGS, 0).items()}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for name in args.datasets.split(","):
         base, data = prepare(name, args)
         rows = [run(name, mode, base, data, args) for mode in args.modes.split(",")]
-        quantized(max(rows, key=lambda r: r["test_accuracy"]), data, args)
+        if not args.no_int8:
+            quantized(max(rows, key=lambda r: r["test_accuracy"]), data, args)
 
 
 if __name__ == "__main__":
