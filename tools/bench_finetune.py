@@ -5,8 +5,9 @@ bert-classifier, read back from its ONNX file), train every parameter on the
 same batches (bbc-news training split, tokenized by the model's own tokenizer,
 `--max-length` tokens), with the same thread count and the same AdamW settings
 as tools/bench_train.py except a fine-tuning learning rate (`--lr`, 5e-5). A step
-is forward + backward + optimizer update. Rounds alternate between the two; each side's figure is the median over rounds,
-and the ratio is onnxkit / PyTorch (below 1: onnxkit is faster).
+is forward + backward + optimizer update. Rounds alternate between the two; each
+side's figure is the median over rounds, and the ratio is onnxkit / PyTorch
+(below 1: onnxkit is faster).
 
     PYTHONPATH=/tmp/torchlib python tools/bench_finetune.py [--threads 2] [--batch-size 16] [--max-length 128]
 
