@@ -16,7 +16,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 
 @click.command("train")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
-@click.option("--data", help="Dataset: iris, digits, digits-images, or a .npz / .csv file.")
+@click.option("--data", help="Dataset: iris, digits, digits-images, bbc-news, tweets-sentiment (text: tokenized "
+              "by the model's tokenizer), or a .npz / .csv file.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--loss", type=click.Choice(LOSS_NAMES), help="Default: from the model's task and the labels.")
@@ -61,7 +62,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
       onnxkit train digits.onnx --data digits-images --epochs 20 -o runs/digits
       onnxkit train iris.onnx --data iris --lr 0.01 --batch-size 16 -o runs/iris
       onnxkit train model.onnx --data my.npz --train-only 'head.*' -o runs/head
-      onnxkit train bert.onnx --data bbc-news --lora-rank 8 --lr 1e-3 --epochs 2 -o runs/lora
+      onnxkit train bert.onnx --data bbc-news --lora-rank 8 --lr 2e-3 --epochs 2 -o runs/lora
       onnxkit train --resume runs/digits
 
     Head-only fine-tuning of a pretrained model is --train-only 'classifier.*'.
