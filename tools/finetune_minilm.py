@@ -27,7 +27,7 @@ from onnxkit.train.lora import LoraAdapter, LoraConfig
 LABELS = {"bbc-news": "business,entertainment,politics,sports,tech", "tweets-sentiment": "negative,positive"}
 SETTINGS = {  # mode -> fit options (the head is new, so every mode trains it)
     "full": {"lr": 5e-5, "epochs": 2},
-    "head": {"lr": 5e-3, "epochs": 4, "train_only": ["classifier.*"]},
+    "head": {"lr": 2e-2, "epochs": 6, "train_only": ["classifier.*"]},
     "lora": {"lr": 2e-3, "epochs": 2},
 }
 
@@ -112,8 +112,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/minilm-runs")
     parser.add_argument("--datasets", default="bbc-news,tweets-sentiment")
     parser.add_argument("--modes", default="lora,head,full")
-    parser.add_argument("--limit", default="tweets-sentiment=3000",
-                        help="examples to keep per dataset, e.g. tweets-sentiment=3000 (0: all)")
+    parser.add_argument("--limit", default="tweets-sentiment=6000",
+                        help="examples to keep per dataset, e.g. tweets-sentiment=6000 (0: all)")
     parser.add_argument("--max-length", default="bbc-news=128,tweets-sentiment=64", help="tokens, per dataset")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", default="", help="per mode, e.g. head=2e-2 (default: SETTINGS)")
