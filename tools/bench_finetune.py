@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ from onnxkit import zoo
 from onnxkit.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import TorchTrainer, onnxkit_session  # noqa: E402 - a sibling tool, not a package
+from bench_train import TorchTrainer, onnxkit_session, time_side_by_side  # noqa: E402 - a sibling tool, not a package
 
 HEADS = 12  # all-MiniLM-L6-v2
 
@@ -146,24 +144,9 @@ def main() -> None:
         timed = data[1 : args.steps + 1]
         torch_data = [(as_torch(f), torch.from_numpy(y)) for f, y in timed]
 
-        def ours() -> None:
-            for feeds, labels in timed:
-                session.train_step(feeds, labels)
-                session.optimizer_step()
-
-        def theirs() -> None:
-            for x, y in torch_data:
-                trainer.step(x, y)
-
         session.train_step(*data[0]), session.optimizer_step()  # warm up: kernels, allocators
         trainer.step(as_torch(data[0][0]), torch.from_numpy(data[0][1]))
-        times: dict[str, list[float]] = {"onnxkit": [], "torch": []}
-        for _ in range(args.rounds):
-            for side, run in (("onnxkit", ours), ("torch", theirs)):
-                start = time.perf_counter()
-                run()
-                times[side].append((time.perf_counter() - start) / len(timed) * 1e3)
-    result = {side: statistics.median(values) for side, values in times.items()}
+        result = time_side_by_side(session, timed, trainer, torch_data, args.rounds)
     print(f"median ms per step over {args.rounds} rounds x {len(timed)} steps: onnxkit {result['onnxkit']:.0f}  "
           f"pytorch {result['torch']:.0f}  ratio onnxkit/pytorch {result['onnxkit'] / result['torch']:.2f}")
 

@@ -141,6 +141,15 @@ def bench(name: str, work: Path, threads: int, batch_size: int, steps: int, roun
     data = batches(name, batch_size, steps)
     torch_data = [(torch.from_numpy(f[input_name]), torch.from_numpy(y)) for f, y in data]
 
+    result = time_side_by_side(session, data, trainer, torch_data, rounds, warmup_rounds=1)
+    result["params"] = sum(v.size for v in weights.values())
+    return result
+
+
+def time_side_by_side(session, data, trainer, torch_data, rounds: int, warmup_rounds: int = 0) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Median ms per training step of onnxkit and PyTorch over the same batches, rounds alternating
+    (after `warmup_rounds` untimed ones: kernels, allocators)."""
+
     def ours() -> None:
         for feeds, labels in data:
             session.train_step(feeds, labels)
@@ -150,16 +159,16 @@ def bench(name: str, work: Path, threads: int, batch_size: int, steps: int, roun
         for x, y in torch_data:
             trainer.step(x, y)
 
-    ours(), theirs()  # warm up: kernels, allocators
+    for _ in range(warmup_rounds):
+        ours(), theirs()
     times: dict[str, list[float]] = {"onnxkit": [], "torch": []}
     for _ in range(rounds):
         for side, run in (("onnxkit", ours), ("torch", theirs)):
             start = time.perf_counter()
             run()
-            times[side].append((time.perf_counter() - start) / steps * 1e3)
+            times[side].append((time.perf_counter() - start) / len(data) * 1e3)
     result = {side: statistics.median(values) for side, values in times.items()}
     result["ratio"] = result["onnxkit"] / result["torch"]
-    result["params"] = sum(v.size for v in weights.values())
     return result
 
 
