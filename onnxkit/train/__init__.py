@@ -5,6 +5,7 @@ result = fit("digits.onnx", data="digits-images", out_dir="runs/digits", epochs=
 result.model_path, result.metrics["test"]["accuracy"]
 """
 
-from onnxkit.train.loop import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted, fit
+from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
+from onnxkit.train.loop import fit
 
 __all__ = ["FitResult", "GraphAdapter", "TrainConfig", "TrainingInterrupted", "fit"]

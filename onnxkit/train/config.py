@@ -1,0 +1,96 @@
+"""The types around `fit`: its configuration (stored in run.json), its result,
+the graph-adapter hook (e.g. LoRA) and the Ctrl-C exception."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import onnx
+
+from onnxkit.train.backend import OptimizerConfig
+
+
+class GraphAdapter(Protocol):
+    """A rewrite of the inference graph around training (e.g. LoRA adapters).
+
+    `apply` returns the inference-form model to train (it may add parameters);
+    `trainable` names the parameters to train by default (None: all);
+    `merge` turns the trained adapted model back into a plain one.
+    """
+
+    def apply(self, model: onnx.ModelProto) -> onnx.ModelProto: ...
+
+    def trainable(self, model: onnx.ModelProto) -> list[str] | None: ...
+
+    def merge(self, model: onnx.ModelProto) -> onnx.ModelProto: ...
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run's result; stored in run.json for --resume."""
+
+    model: str
+    model_sha256: str
+    data: str
+    data_seed: int = 0
+    output: str | None = None
+    loss: str | None = None
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float | None = None
+    clip_grad_norm: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "constant"
+    warmup: float = 0
+    epochs: int = 10
+    steps: int | None = None
+    batch_size: int = 64
+    grad_accumulation: int = 1
+    eval_batch_size: int | None = None
+    seed: int = 0
+    shuffle: bool = True
+    dropout: bool = True
+    freeze: list[str] = field(default_factory=list)
+    train_only: list[str] = field(default_factory=list)
+    monitor: str | None = None
+    patience: int | None = None
+    keep_best: bool = True
+    evaluate_test: bool = True
+    backend: str = "ort"
+    adapter: str | None = None
+    data_in_memory: bool = False
+
+    def optimizer_config(self) -> OptimizerConfig:
+        decay = self.weight_decay if self.weight_decay is not None else (0.01 if self.optimizer == "adamw" else 0.0)
+        return OptimizerConfig(
+            self.optimizer,
+            self.lr,
+            decay,
+            tuple(self.betas),
+            self.eps,
+            self.clip_grad_norm,  # type: ignore[arg-type]
+        )
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: where things are and how training went."""
+
+    run_dir: Path
+    model_path: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    stopped_early: bool
+    trainable: list[str]
+    frozen: list[str]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a checkpoint was written to `checkpoint` first."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path, epoch: int, step: int) -> None:
+        super().__init__(f"interrupted in epoch {epoch} after step {step}")
+        self.run_dir, self.checkpoint, self.epoch, self.step = run_dir, checkpoint, epoch, step
