@@ -55,6 +55,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def is_number(text: str) -> bool:
+    """Whether a CSV cell reads as a number (used to tell a header row from data)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Serialise `model` to `path` atomically and return the path."""
     data = model.SerializeToString()

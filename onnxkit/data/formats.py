@@ -19,6 +19,7 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
+from onnxkit.files import is_number
 
 LABEL_COLUMNS = ("label", "labels", "target", "y", "class")
 
@@ -57,14 +58,6 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     )
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
     """A dataset from a `.csv` file (see the module docstring for the columns)."""
     _require(path)
@@ -72,7 +65,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         rows = [row for row in csv.reader(f) if row]
     if not rows:
         raise OnnxkitError(f"{path}: empty CSV file; it needs feature columns and a label column")
-    header = rows[0] if not all(_is_number(c) for c in rows[0][:-1]) else None
+    header = rows[0] if not all(is_number(c) for c in rows[0][:-1]) else None
     body = rows[1:] if header else rows
     width = len(rows[0])
     if width < 2 or not body:
@@ -94,7 +87,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         ) from e
     raw = [row[label_col].strip() for row in body]
     label_names = None
-    if all(_is_number(v) for v in raw):
+    if all(is_number(v) for v in raw):
         values = np.array(raw, dtype=np.float64)
         integral = np.all(values == np.round(values))
         labels = values.astype(np.int64) if integral else values.astype(np.float32)

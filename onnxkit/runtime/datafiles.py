@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import write_bytes, write_text
+from onnxkit.files import is_number, write_bytes, write_text
 from onnxkit.runtime.model import Model
 from onnxkit.runtime.prediction import Prediction
 
@@ -115,7 +115,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
         )
     spec = model.inputs[0]
     rows = [row for row in csv.reader(path.read_text(encoding="utf-8").splitlines()) if row]
-    if rows and not _is_number(rows[0][0]):
+    if rows and not is_number(rows[0][0]):
         rows = rows[1:]  # a header
     if not rows:
         raise OnnxkitError(f"{path}: no data rows")
@@ -135,14 +135,6 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
             )
         table = table.reshape(len(table), *example)
     return table
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _csv_text(prediction: Prediction, top_k: int | None) -> str:
