@@ -31,7 +31,7 @@ from onnxkit import zoo
 from onnxkit.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import TorchTrainer, onnxkit_session, time_side_by_side  # noqa: E402 - a sibling tool, not a package
+from bench_train import TorchTrainer, import_torch, onnxkit_session, time_side_by_side  # noqa: E402 - a sibling tool, not a package
 
 HEADS = 12  # all-MiniLM-L6-v2
 
@@ -110,12 +110,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--check-steps", type=int, default=3, help="steps whose losses must agree (dropout off)")
     args = parser.parse_args()
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit("this benchmark needs PyTorch: pip install 'onnxkit[bench]'") from None
-    torch.set_num_threads(args.threads)
-    torch.set_num_interop_threads(1)
+    torch = import_torch(args.threads)
     model = zoo.build_model("bert-classifier", pretrained="all-MiniLM-L6-v2", num_classes=5,
                             max_length=args.max_length)
     dropout = float(zoo.options("bert-classifier")["dropout"].default)

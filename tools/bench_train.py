@@ -172,6 +172,17 @@ def time_side_by_side(session, data, trainer, torch_data, rounds: int, warmup_ro
     return result
 
 
+def import_torch(threads: int):  # type: ignore[no-untyped-def]
+    """PyTorch, set to `threads` intra-op threads (it is a benchmark-only dependency)."""
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("this benchmark needs PyTorch: pip install 'onnxkit[bench]'") from None
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    return torch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -181,12 +192,7 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="first compare 20 losses with dropout off")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit("this benchmark needs PyTorch: pip install 'onnxkit[bench]'") from None
-    torch.set_num_threads(args.threads)
-    torch.set_num_interop_threads(1)
+    torch = import_torch(args.threads)
     print(f"AdamW, batch {args.batch_size}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps "
           f"(median ms per step; ratio = onnxkit / PyTorch {torch.__version__})")
     print(f"{'model':<12} {'params':>8} {'onnxkit':>9} {'pytorch':>9} {'ratio':>6}")
