@@ -177,7 +177,11 @@ def import_torch(threads: int):  # type: ignore[no-untyped-def]
     try:
         import torch
     except ImportError:
-        raise SystemExit("this benchmark needs PyTorch: pip install 'onnxkit[bench]'") from None
+        raise SystemExit(
+            "this benchmark needs PyTorch, kept outside the project environment (with the training build,\n"
+            "`import onnxruntime` imports torch when it sits beside it): pip install --target /tmp/torchlib\n"
+            "torch==2.13.0, then run with PYTHONPATH=/tmp/torchlib"
+        ) from None
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     return torch
