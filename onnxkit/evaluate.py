@@ -22,6 +22,7 @@ import numpy as np
 
 from onnxkit.data.split import Split, model_inputs
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata import metadata
 
 TASK_LOSS = {"classification": "cross-entropy", "binary": "bce-with-logits", "regression": "mse"}
 
@@ -127,11 +128,6 @@ def infer_task(declared: str | None, output_shape: Sequence[Any] | None, labels:
 
 
 # ---- evaluation of an ONNX model -------------------------------------------------------------
-
-
-def metadata(model) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """The model's metadata_props as a dict."""
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def label_names(model) -> list[str] | None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxkit.zoo import read_metadata
+from onnxkit.metadata import read_metadata
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:

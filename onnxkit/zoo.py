@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,14 +141,3 @@ def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -
         metadata=metadata,
         opset=opset,
     )
-
-
-def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
-    """metadata_props as a dict, JSON values decoded."""
-    out: dict[str, Any] = {}
-    for prop in model.metadata_props:
-        try:
-            out[prop.key] = json.loads(prop.value)
-        except ValueError:
-            out[prop.key] = prop.value
-    return out

@@ -16,6 +16,7 @@ from onnxkit.data import load_dataset
 from onnxkit.data.text import tokenizer_options
 from onnxkit.evaluate import evaluate
 from onnxkit.files import save_model
+from onnxkit.metadata import read_metadata
 from onnxkit.train import fit
 from onnxkit.train.lora import LoraAdapter, LoraConfig
 
@@ -57,7 +58,7 @@ def test_the_written_model_is_the_plain_graph_with_merged_weights(tuned):
     changed = {n for n in old if not np.array_equal(old[n], new[n])}
     assert changed == {f"encoder.{i}.attn.{p}.weight" for i in range(6) for p in "qv"} | {
         "classifier.weight", "classifier.bias"}
-    meta = zoo.read_metadata(trained)
+    meta = read_metadata(trained)
     assert meta["onnxkit.labels"] == TOPICS.split(",") and "onnxkit.tokenizer" in meta
 
 

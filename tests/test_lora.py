@@ -43,6 +43,8 @@ def test_default_adapters_sit_on_q_and_v_and_start_as_a_no_op(small_bert):
     assert w["encoder.0.attn.q.weight.lora_A"].shape == (32, 4) and w["encoder.0.attn.q.weight.lora_A"].std() > 0
     assert w["encoder.0.attn.q.weight.lora_B"].shape == (4, 32) and not w["encoder.0.attn.q.weight.lora_B"].any()
     assert sum(w[n].size for n in names) == 4 * 4 * (32 + 32)
+    keys = [p.key for p in adapted.metadata_props]
+    assert len(keys) == len(set(keys)) == len(small_bert.metadata_props) + 1  # each key once, plus onnxkit.lora
     feeds = _feeds()
     np.testing.assert_array_equal(_run(adapted, feeds), _run(small_bert, feeds))
 

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 
 from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata import read_metadata
 
 SENTENCES = [
     "The central bank raised interest rates by half a point on Thursday.",
@@ -103,7 +104,7 @@ def embedder():
 def batch(embedder):
     """The sentences tokenized with the tokenizer stored in our model (padded to the longest)."""
     model, _ = embedder
-    meta = zoo.read_metadata(model)
+    meta = read_metadata(model)
     tok = Tokenizer.from_str(json.dumps(meta["onnxkit.tokenizer"]))
     enc = tok.encode_batch(SENTENCES)
     feeds = {
@@ -116,7 +117,7 @@ def batch(embedder):
 
 def test_stored_tokenizer_matches_the_package_one_and_pads_to_the_longest(embedder, batch):
     model, _ = embedder
-    meta = zoo.read_metadata(model)
+    meta = read_metadata(model)
     assert meta["onnxkit.pretrained"] == "all-MiniLM-L6-v2" and meta["onnxkit.max_length"] == 64
     assert meta["onnxkit.task"] == "embedding"
     reference = Tokenizer.from_file(str(MINILM / "tokenizer.json"))  # pads every text to 128
@@ -161,7 +162,7 @@ def test_pretrained_classifier_shares_the_encoder_weights(embedder):
     assert weights["classifier.weight"].shape == (384, 5)
     q = load_file(str(MINILM / "model.safetensors"))["encoder.layer.3.attention.self.query.weight"]
     np.testing.assert_array_equal(weights["encoder.3.attn.q.weight"], q.T)  # [in, out]
-    assert zoo.read_metadata(clf)["onnxkit.labels"] == ["0", "1", "2", "3", "4"]
+    assert read_metadata(clf)["onnxkit.labels"] == ["0", "1", "2", "3", "4"]
 
 
 @pytest.mark.parametrize(

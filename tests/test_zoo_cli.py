@@ -19,6 +19,7 @@ from conftest import ort_run
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit import zoo
+from onnxkit.metadata import read_metadata
 
 ZOO = ["bert-classifier", "binary-classifier", "digits-cnn", "digits-mlp", "iris-mlp", "text-transformer"]
 
@@ -57,7 +58,7 @@ def test_zoo_model_builds_checks_and_matches_reference(name, tmp_path, run_cli):
     model = onnx.load(str(path))
     assert model.ir_version == 10 and model.opset_import[0].version == 17
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    meta = zoo.read_metadata(model)
+    meta = read_metadata(model)
     assert meta["onnxkit.recipe"]["name"] == name and meta["onnxkit.task"] in ("classification", "binary")
     reference = ReferenceEvaluator(model)
     for batch in (1, 3):
@@ -76,14 +77,14 @@ def test_bert_classifier_has_minilm_layout():
     assert shapes["encoder.5.attn.q.weight"] == [384, 384]
     assert shapes["encoder.5.ff.fc1.weight"] == [384, 1536]
     assert shapes["classifier.weight"] == [384, 5]
-    assert zoo.read_metadata(model)["onnxkit.labels"] == ["0", "1", "2", "3", "4"]
+    assert read_metadata(model)["onnxkit.labels"] == ["0", "1", "2", "3", "4"]
 
 
 def test_build_options_are_typed_and_recorded(tmp_path, run_cli):
     path = tmp_path / "cnn.onnx"
     r = run_cli("build", "digits-cnn", "--set", "channels=8", "--set", "hidden=16", "-o", path)
     assert r.code == 0 and "2,314 parameters" in r.out  # 8·9+8 + 128·16+16 + 16·10+10
-    meta = zoo.read_metadata(onnx.load(str(path)))
+    meta = read_metadata(onnx.load(str(path)))
     assert meta["onnxkit.recipe"] == {"name": "digits-cnn", "options": {"channels": 8, "hidden": 16}}
 
 

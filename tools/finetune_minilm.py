@@ -21,6 +21,7 @@ import numpy as np
 
 from onnxkit import runtime, zoo
 from onnxkit.data import load_dataset
+from onnxkit.metadata import read_metadata
 from onnxkit.train import fit
 from onnxkit.train.lora import LoraAdapter, LoraConfig
 
@@ -71,7 +72,7 @@ def run(name: str, mode: str, base, data, args: argparse.Namespace) -> dict:  # 
 def _training_summary(path: Path) -> dict:
     import onnx
 
-    meta = zoo.read_metadata(onnx.load(str(path), load_external_data=False))
+    meta = read_metadata(onnx.load(str(path), load_external_data=False))
     return meta["onnxkit.training"]
 
 

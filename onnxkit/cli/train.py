@@ -156,8 +156,9 @@ def eval_cmd(
       onnxkit eval digits.onnx --data digits-images --split validation --json
     """
     from onnxkit.data import load_dataset
-    from onnxkit.evaluate import evaluate, metadata
+    from onnxkit.evaluate import evaluate
     from onnxkit.files import load_model
+    from onnxkit.metadata import metadata
 
     proto = load_model(model)
     trained = json.loads(metadata(proto).get("onnxkit.training", "{}"))

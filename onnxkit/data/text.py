@@ -22,6 +22,7 @@ import numpy as np
 from onnxkit.data.registry import register_dataset
 from onnxkit.data.split import SPLIT_NAMES, Dataset, Split, split_indices
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata import metadata
 from onnxkit.tokenize import DEFAULT_MAX_LENGTH, MAX_LENGTH_KEY, TOKENIZER_KEY, encode, load_tokenizer
 
 
@@ -46,7 +47,7 @@ class TextSplit(Split):
 def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """`tokenizer` and `max_length` options for a text dataset from an `onnx.ModelProto`'s
     metadata; empty when the model carries no tokenizer."""
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = metadata(model)
     if TOKENIZER_KEY not in meta:
         return {}
     return {"tokenizer": meta[TOKENIZER_KEY], "max_length": int(meta.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -16,6 +15,7 @@ import onnx
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, load_model
+from onnxkit.metadata import metadata, set_metadata
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
 from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split
 from onnxkit.quantize.inputs import fits_batch, synthetic_inputs
@@ -212,8 +212,4 @@ def _ignored_options(settings: Settings, method, fmt, per_channel) -> list[str]:
 
 def _stamp(quantized: onnx.ModelProto, original: onnx.ModelProto, settings: Settings) -> None:
     """Carry the original's metadata over and record how the model was quantized."""
-    props = {p.key: p.value for p in original.metadata_props}
-    props.update({p.key: p.value for p in quantized.metadata_props})
-    props["onnxkit.quantization"] = json.dumps(settings.as_dict())
-    del quantized.metadata_props[:]
-    onnx.helper.set_model_props(quantized, props)
+    set_metadata(quantized, {**metadata(original), **metadata(quantized), "onnxkit.quantization": settings.as_dict()})

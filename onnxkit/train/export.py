@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import onnx
@@ -25,11 +23,3 @@ def with_weights(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> on
             t.data_location = onnx.TensorProto.DEFAULT
             t.raw_data = array.tobytes()
     return out
-
-
-def set_metadata(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:
-    """Set metadata_props (JSON for non-strings), replacing keys already present."""
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in entries.items()})
-    del model.metadata_props[:]
-    helper.set_model_props(model, props)

@@ -30,11 +30,12 @@ import onnx
 from onnxkit import __version__
 from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.errors import OnnxkitError
-from onnxkit.evaluate import evaluate, label_names, metadata, score
+from onnxkit.evaluate import evaluate, label_names, score
 from onnxkit.files import load_model, save_model
+from onnxkit.metadata import metadata, set_metadata
 from onnxkit.train.backend import TrainingProblem, TrainingSession, get_backend
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
-from onnxkit.train.export import set_metadata, with_weights
+from onnxkit.train.export import with_weights
 from onnxkit.train.losses import Loss, default_loss, get_loss
 from onnxkit.train.progress import Progress
 from onnxkit.train.run_directory import RunDirectory

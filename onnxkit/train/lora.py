@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.metadata import metadata, set_metadata
 
 DEFAULT_TARGETS = ("*attn.q.weight", "*attn.v.weight")
 ALL_ATTENTION = ("*attn.q.weight", "*attn.k.weight", "*attn.v.weight", "*attn.out.weight")
@@ -117,7 +118,7 @@ def add_adapters(model: onnx.ModelProto, config: LoraConfig) -> tuple[onnx.Model
             helper.make_node("Add", [base, scaled], [out]),
         ])
     info = {"rank": config.rank, "scale": config.scale, "weights": targets}
-    helper.set_model_props(adapted, {**{p.key: p.value for p in model.metadata_props}, METADATA_KEY: json.dumps(info)})
+    set_metadata(adapted, {METADATA_KEY: info})
     return adapted, names
 
 
@@ -129,7 +130,7 @@ def merge_adapters(original: onnx.ModelProto, adapted: onnx.ModelProto) -> onnx.
     """`original` (the graph before `add_adapters`) carrying the trained weights of `adapted`,
     each adapted weight replaced by `W + A @ B * scale`. Metadata comes from `adapted`, minus
     the adapter record."""
-    meta = {p.key: p.value for p in adapted.metadata_props}
+    meta = metadata(adapted)
     if METADATA_KEY not in meta:
         raise OnnxkitError("this model has no LoRA adapters to merge (no onnxkit.lora metadata)")
     scale = float(json.loads(meta.pop(METADATA_KEY))["scale"])
@@ -145,8 +146,7 @@ def merge_adapters(original: onnx.ModelProto, adapted: onnx.ModelProto) -> onnx.
             b = numpy_helper.to_array(trained[init.name + _B]).astype(np.float64)
             value = (value + (a @ b) * scale).astype(value.dtype)
         init.CopyFrom(numpy_helper.from_array(value, init.name))
-    del merged.metadata_props[:]
-    helper.set_model_props(merged, meta)
+    set_metadata(merged, meta, keep=False)
     return merged
 
 

@@ -34,6 +34,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.metadata import metadata
 from onnxkit.nn.build import DROPOUT_KEY
 
 PREFIX = "onnxkit.train"
@@ -334,10 +335,7 @@ def training_form(
 
 def _dropout_ratios(model: onnx.ModelProto) -> dict[str, float]:
     """The training ratios onnxkit's DSL records for its ratio-less Dropout nodes."""
-    for prop in model.metadata_props:
-        if prop.key == DROPOUT_KEY:
-            return {name: float(p) for name, p in json.loads(prop.value).items()}
-    return {}
+    return {name: float(p) for name, p in json.loads(metadata(model).get(DROPOUT_KEY, "{}")).items()}
 
 
 def _set_attribute(node: onnx.NodeProto, name: str, value: int) -> None:
