@@ -18,8 +18,11 @@ MASKED = -1.0e4  # added to masked scores; finite so fp16 conversion stays finit
 
 
 def mask_bias(mask: Tensor, dtype: np.dtype) -> Tensor:
-    """[batch, seq] keep-mask (1 = token, 0 = padding) -> additive bias [batch, 1, 1, seq]."""
-    keep = ops.cast(ops.unsqueeze(mask, [1, 2]), dtype)
+    """[batch, seq] keep-mask (1 = token, 0 = padding) -> additive bias [batch, 1, 1, seq].
+
+    Written as BERT exports write it (two Unsqueezes, then Cast, Sub, Mul), and the scores
+    below as MatMul / sqrt(d): the pattern ONNX Runtime's attention fusion recognises."""
+    keep = ops.cast(ops.unsqueeze(ops.unsqueeze(mask, [1]), [2]), dtype)
     return ops.mul(ops.sub(1.0, keep), MASKED)
 
 
@@ -45,7 +48,7 @@ class MultiHeadAttention(Module):
                 f"{current_graph().scope}: attention expects [batch, seq, {self.dim}], got {list(x.shape)}"
             )
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
-        scores = ops.mul(ops.matmul(q, ops.transpose(k, [0, 1, 3, 2])), 1.0 / math.sqrt(self.head_dim))
+        scores = ops.div(ops.matmul(q, ops.transpose(k, [0, 1, 3, 2])), math.sqrt(self.head_dim))
         if mask is not None:
             scores = ops.add(scores, mask_bias(mask, x.dtype))
         weights = self.dropout(ops.softmax(scores, axis=-1))

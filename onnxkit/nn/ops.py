@@ -125,11 +125,12 @@ def leaky_relu(x: TensorLike, alpha: float = 0.01) -> Tensor:
 
 
 def gelu(x: TensorLike) -> Tensor:
-    """Exact GELU: the Gelu op from opset 20, else 0.5·x·(1 + erf(x/√2))."""
+    """Exact GELU: the Gelu op from opset 20, else x·(1 + erf(x/√2))·0.5, in the node order
+    ONNX Runtime fuses into one Gelu (BiasGelu after a Linear) kernel."""
     x = as_tensor(x)
     if current_graph().opset >= 20:
         return _op("Gelu", x)
-    return mul(mul(x, 0.5), add(erf(mul(x, 1 / math.sqrt(2))), 1.0))
+    return mul(mul(x, add(erf(div(x, math.sqrt(2))), 1.0)), 0.5)
 
 
 def softmax(x: TensorLike, axis: int = -1) -> Tensor:
