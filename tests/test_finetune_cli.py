@@ -45,6 +45,7 @@ def test_head_only_then_eval_and_quantize_take_the_tokenizer_from_the_model(bert
     assert info["trainable_parameters"] == 384 * 5 + 5 and info["dataset"] == {
         "train": 1337, "validation": 444, "test": 444}
     assert _changed(_weights(path), _weights(run / "model.onnx")) == {"classifier.weight", "classifier.bias"}
+    assert len(info["cached_features"]["boundary"]) == 1  # the frozen encoder ran once; the head trained on its output
     test_accuracy = info["result"]["test"]["accuracy"]
 
     # eval reads the dataset name from the model and tokenizes with the model's tokenizer: same figure

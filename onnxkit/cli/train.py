@@ -43,6 +43,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               help="MatMul weights to adapt (repeatable; default: '*attn.q.weight' '*attn.v.weight').")
 @click.option("--lora-train", multiple=True, metavar="GLOB",
               help="Also train these parameters fully (repeatable; default: a 'classifier.*' head).")
+@click.option("--no-cache-features", is_flag=True,
+              help="Run the frozen part every step, even when only a head after it trains.")
 @click.option("--model-output", help="The model output that feeds the loss (default: the first).")
 @click.option("--monitor", type=click.Choice(MONITOR_NAMES), help="Metric that picks the best epoch.")
 @click.option("--patience", type=int, help="Stop after this many epochs without improvement.")
@@ -65,7 +67,8 @@ def train_cmd(model: str | None, **options: Any) -> None:
       onnxkit train bert.onnx --data bbc-news --lora-rank 8 --lr 2e-3 --epochs 2 -o runs/lora
       onnxkit train --resume runs/digits
 
-    Head-only fine-tuning of a pretrained model is --train-only 'classifier.*'.
+    Head-only fine-tuning of a pretrained model is --train-only 'classifier.*'; the
+    frozen encoder then runs once over the data and the head trains on its cached output.
     A LoRA run resumes with the same --lora-* options next to --resume.
     """
     from onnxkit.train import TrainingInterrupted, fit
@@ -105,6 +108,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
             device=options["device"],
             threads=options["threads"],
             adapter=adapter,
+            cache_features=not options["no_cache_features"],
             resume=resume,
             quiet=options["quiet"],
         )

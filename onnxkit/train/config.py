@@ -62,6 +62,7 @@ class TrainConfig:
     backend: str = "ort"
     adapter: str | None = None
     data_in_memory: bool = False
+    cache_features: bool = True
 
     def optimizer_config(self) -> OptimizerConfig:
         decay = self.weight_decay if self.weight_decay is not None else (0.01 if self.optimizer == "adamw" else 0.0)

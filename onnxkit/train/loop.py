@@ -36,6 +36,7 @@ from onnxkit.metadata import metadata, set_metadata
 from onnxkit.train.backend import TrainingProblem, TrainingSession, get_backend
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
 from onnxkit.train.export import with_weights
+from onnxkit.train.frozen_features import cut, features
 from onnxkit.train.losses import Loss, default_loss, get_loss
 from onnxkit.train.progress import Progress
 from onnxkit.train.run_directory import RunDirectory
@@ -88,6 +89,7 @@ def fit(
     threads: int | None = None,
     backend: str = "ort",
     adapter: GraphAdapter | None = None,
+    cache_features: bool = True,
     resume: str | os.PathLike | None = None,
     quiet: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
@@ -101,6 +103,8 @@ def fit(
       with `warmup` steps (or a fraction of all steps when below 1).
     - `epochs`, or `steps` optimizer steps; `grad_accumulation` batches per step.
     - `freeze` / `train_only`: globs over parameter names (frozen ones stay bit-identical).
+    - `cache_features`: when only a head after a frozen part trains, run the frozen
+      part once and train the head on its cached output (see `frozen_features`).
     - `monitor` (val_loss, val_accuracy, val_macro_f1, train_loss) picks the best
       epoch; `patience` stops after that many epochs without improvement.
     - `resume`: a run directory; continues from its last checkpoint with its stored
@@ -161,6 +165,7 @@ def fit(
             backend=backend,
             adapter=type(adapter).__name__ if adapter else None,
             data_in_memory=isinstance(data, Dataset),
+            cache_features=cache_features,
         )
         config.optimizer_config()  # validate before any work
     if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
@@ -274,6 +279,8 @@ class _Trainer:
         self.backend = get_backend(config.backend)
         self.device = self.backend.resolve_device(device)
         self.model = adapter.apply(model) if adapter else model
+        self.target = self.model  # the graph the trained weights go back into
+        self.cached: dict[str, Any] = {}
         self._prepare()
 
     # ---- setup ---------------------------------------------------------------------------
@@ -319,6 +326,8 @@ class _Trainer:
         check_gradients(model, self.selection.trainable, self.output)
         self.trainable_count = sum(params.sizes[n] for n in self.selection.trainable)
         self.frozen_count = sum(params.sizes[n] for n in self.selection.frozen)
+        if c.cache_features and not self.adapter:
+            self._cache_frozen_features(shape)
         per_epoch = -(-self.splits["train"].num_batches(c.batch_size) // c.grad_accumulation)
         self.steps_per_epoch = per_epoch
         self.total_steps = c.steps or per_epoch * c.epochs
@@ -332,6 +341,22 @@ class _Trainer:
             raise OnnxkitError(f"cannot monitor {self.monitor}: the validation split is empty")
         if self.monitor in ("val_accuracy", "val_macro_f1") and self.task == "regression":
             raise OnnxkitError(f"{self.monitor} needs a classification loss; monitor val_loss instead")
+
+    def _cache_frozen_features(self, shape: tuple) -> None:
+        """Train only the graph after the frozen part, on that part's output computed once."""
+        trained = [*self.selection.trainable, *self.selection.updated_buffers]
+        rows = sum(len(s) for s in self.splits.values())
+        split = cut(self.model, self.output, trained, self.types, rows)
+        if split is None:
+            return
+        started = time.perf_counter()
+        self.progress.line(f"running the frozen part once over {rows} examples to cache its output")
+        batch = self.config.eval_batch_size or max(self.config.batch_size, 64)
+        cached = {name: features(split.prefix, self.dataset.split(name), batch, self.threads)
+                  for name in self.splits}
+        self.model, self.types = split.head, value_types(split.head)
+        self.splits = {name: self._bind(s, model_inputs(split.head), shape) for name, s in cached.items()}
+        self.cached = {"boundary": split.boundary, "seconds": round(time.perf_counter() - started, 2)}
 
     def _bind(self, split: Split, specs: list, shape: tuple) -> Split:
         bound = split.feeds_for(specs)  # a new split of the same class (text splits keep padding per batch)
@@ -402,6 +427,7 @@ class _Trainer:
             frozen_parameters=self.frozen_count,
             trainable=self.selection.trainable,
             steps_per_epoch=self.steps_per_epoch,
+            cached_features=self.cached or None,
         )
         self.run.write_json(info)
         self.progress.line(
@@ -551,7 +577,7 @@ class _Trainer:
         values = self.backend.checkpoint_parameters(self.run.best_checkpoint) if use_best else session.parameters()
         epochs = [r for r in self.records if r["event"] == "epoch"]
         best = next((r for r in epochs if r["epoch"] == state.best_epoch), epochs[-1] if epochs else {})
-        trained = with_weights(self.model, values)
+        trained = with_weights(self.target, values)
         if self.adapter:
             trained = self.adapter.merge(trained)
         summary = {

@@ -1,0 +1,153 @@
+"""Train a head on cached features: run the frozen part of a model once, not every epoch.
+
+When every trained parameter sits after a frozen part of the graph (a new head
+on a pretrained encoder), each epoch would push the same examples through the
+same frozen layers again. `cut` splits the graph where the trained part
+begins; `features` runs the frozen part once per split, in inference form; the
+loop then trains only the small graph after the cut on those arrays. The cut
+is taken only where the cached arrays have a fixed size per example (e.g. a
+pooled [batch, 384] embedding, not a [batch, seq, 384] sequence).
+
+Dropout nodes just before the cut move into the trained part, so the head
+still sees fresh dropout masks; dropout inside the frozen part is off, as it
+is when a frozen encoder runs in inference mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxkit.data import Split, model_inputs
+
+MAX_BYTES = 2 << 30  # cache at most 2 GiB of features; beyond that, train end to end
+
+
+@dataclass
+class FrozenCut:
+    prefix: onnx.ModelProto  # the model's inputs -> `boundary` (frozen, inference form)
+    head: onnx.ModelProto  # `boundary` -> the trained output
+    boundary: list[str]
+
+
+def cut(
+    model: onnx.ModelProto,
+    output: str,
+    trained: Iterable[str],
+    types: dict[str, onnx.ValueInfoProto],
+    examples: int,
+) -> FrozenCut | None:
+    """Split `model` before the first node that depends on a `trained` tensor (parameters
+    and updated buffers); None when nothing is frozen in front of them or the features
+    would not fit in memory (`examples` rows of them)."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    needed = _ancestors([output], producer)
+    nodes = [n for n in graph.node if any(o in needed for o in n.output)]
+    live, head = set(trained), []
+    for node in nodes:  # graph nodes are topologically sorted
+        if live & set(node.input):
+            head.append(node)
+            live.update(node.output)
+    if not head:
+        return None
+    head_ids = {id(n) for n in head}
+    for node in reversed(nodes):  # dropout feeding only the head trains with it
+        if id(node) not in head_ids and node.op_type == "Dropout" and _only_feeds(node, nodes, head_ids):
+            head_ids.add(id(node))
+    initializers = {t.name for t in graph.initializer}
+    static = _static_values(nodes, initializers)  # constants the head needs are copied into it
+    wanted = _ancestors((i for n in nodes if id(n) in head_ids for i in n.input if i in static), producer)
+    head = [n for n in nodes if id(n) in head_ids or (n.output[0] in wanted and n.output[0] in static)]
+    made = {o for n in head for o in n.output}
+    boundary = list(dict.fromkeys(i for n in head for i in n.input if i and i not in made and i not in initializers))
+    graph_inputs = {v.name for v in graph.input}
+    if all(name in graph_inputs for name in boundary):
+        return None  # nothing frozen in front of the trained part
+    infos = [types.get(name) for name in boundary]
+    if any(vi is None or not _fixed_per_example(vi) for vi in infos):
+        return None
+    if examples * sum(_bytes_per_example(vi) for vi in infos) > MAX_BYTES:
+        return None
+    outputs = {o.name: o for o in graph.output}
+    head_model = _model_like(model, [_batched(vi) for vi in infos], head, [outputs.get(output) or types[output]])
+    feeding = _ancestors(boundary, producer)
+    prefix_nodes = [n for n in graph.node if any(o in feeding for o in n.output)]
+    inputs = [v for v in graph.input if v.name not in initializers and v.name in feeding]
+    prefix = _model_like(model, inputs, prefix_nodes, [_batched(vi) for vi in infos])
+    return FrozenCut(prefix, head_model, boundary)
+
+
+def features(prefix: onnx.ModelProto, split: Split, batch_size: int = 256, threads: int | None = None) -> Split:
+    """`split` pushed through the frozen `prefix`: a split of its output arrays, same labels."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(prefix.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in prefix.graph.output]
+    bound = split.feeds_for(model_inputs(prefix))
+    chunks = [session.run(names, feeds) for feeds, _ in bound.batches(batch_size)]
+    arrays = {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
+    return Split(split.name, arrays, split.labels)
+
+
+def _ancestors(names: Iterable[str], producer: dict[str, onnx.NodeProto]) -> set[str]:
+    seen, stack = set(), list(names)
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            if name in producer:
+                stack.extend(i for i in producer[name].input if i)
+    return seen
+
+
+def _only_feeds(node: onnx.NodeProto, nodes: list[onnx.NodeProto], head_ids: set[int]) -> bool:
+    consumers = [n for n in nodes if node.output[0] in n.input]
+    return bool(consumers) and all(id(n) in head_ids for n in consumers)
+
+
+def _static_values(nodes: list[onnx.NodeProto], initializers: set[str]) -> set[str]:
+    """Values computed from initializers and constants alone (the same for every example)."""
+    static = set(initializers)
+    for node in nodes:
+        if all(not i or i in static for i in node.input):
+            static.update(node.output)
+    return static
+
+
+def _fixed_per_example(vi: onnx.ValueInfoProto) -> bool:
+    t = vi.type.tensor_type
+    return t.HasField("shape") and len(t.shape.dim) >= 1 and all(d.HasField("dim_value") for d in t.shape.dim[1:])
+
+
+def _bytes_per_example(vi: onnx.ValueInfoProto) -> int:
+    t = vi.type.tensor_type
+    size = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
+    return size * int(np.prod([d.dim_value for d in t.shape.dim[1:]], dtype=np.int64))
+
+
+def _batched(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    t = vi.type.tensor_type
+    return helper.make_tensor_value_info(vi.name, t.elem_type, ["batch", *(d.dim_value for d in t.shape.dim[1:])])
+
+
+def _model_like(
+    model: onnx.ModelProto,
+    inputs: list[onnx.ValueInfoProto],
+    nodes: list[onnx.NodeProto],
+    outputs: list[onnx.ValueInfoProto],
+) -> onnx.ModelProto:
+    used = {i for n in nodes for i in n.input}
+    graph = helper.make_graph(nodes, model.graph.name, inputs, outputs,
+                              [t for t in model.graph.initializer if t.name in used])
+    out = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    out.metadata_props.extend(model.metadata_props)
+    return out

@@ -1,0 +1,84 @@
+"""Head-only training on cached features: the same numbers as end-to-end training, the frozen part
+run once, Dropout in front of the head kept, and no cut where the features have a sequence dimension."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+from test_train_resume import mlp_with_batchnorm
+
+from onnxkit import zoo
+from onnxkit.files import load_model
+from onnxkit.train import TrainingInterrupted, fit
+from onnxkit.train.frozen_features import cut
+from onnxkit.train.training_form import value_types
+
+COMMON = dict(epochs=3, batch_size=32, lr=1e-2, seed=3, device="cpu")
+
+
+def weights(path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in load_model(path).graph.initializer}
+
+
+def losses(run) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "step"]
+
+
+def test_a_cached_head_trains_exactly_like_the_whole_model(tmp_path):
+    model = mlp_with_batchnorm()  # BatchNorm in the frozen part runs with its statistics frozen
+    cached = fit(model, "digits", tmp_path / "cached", train_only=["fc2.*"], dropout=False, **COMMON)
+    plain = fit(model, "digits", tmp_path / "plain", train_only=["fc2.*"], dropout=False, cache_features=False,
+                **COMMON)
+    info = json.loads((tmp_path / "cached" / "run.json").read_text())
+    assert info["cached_features"]["boundary"] == ["h3"]  # the ReLU output, right before fc2
+    assert json.loads((tmp_path / "plain" / "run.json").read_text())["cached_features"] is None
+    np.testing.assert_allclose(losses(tmp_path / "cached"), losses(tmp_path / "plain"), rtol=1e-5)
+    a, b = weights(cached.model_path), weights(plain.model_path)
+    start = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for name in start:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        if not name.startswith("fc2."):
+            np.testing.assert_array_equal(a[name], start[name], err_msg=name)  # frozen: bit-identical
+    assert not np.allclose(a["fc2.weight"], start["fc2.weight"])
+    assert cached.metrics["test"]["accuracy"] == pytest.approx(plain.metrics["test"]["accuracy"], abs=1e-9)
+    assert [n.op_type for n in load_model(cached.model_path).graph.node] == [n.op_type for n in model.graph.node]
+
+
+def test_dropout_in_front_of_the_head_trains_with_the_head():
+    model = zoo.build_model("digits-mlp")  # Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
+    split = cut(model, "logits", ["6.weight", "6.bias"], value_types(model), examples=1000)
+    assert split is not None
+    assert [n.op_type for n in split.head.graph.node] == ["Dropout", "MatMul", "Add"]
+    assert {t.name for t in split.head.graph.initializer} == {"6.weight", "6.bias"}
+    assert "Dropout" in [n.op_type for n in split.prefix.graph.node]  # the encoder's own, identity at inference
+
+
+def test_no_cut_when_everything_trains_or_features_have_a_sequence_dimension():
+    mlp = zoo.build_model("digits-mlp")
+    assert cut(mlp, "logits", [t.name for t in mlp.graph.initializer], value_types(mlp), 1000) is None
+    text = zoo.build_model("text-transformer")
+    last = [t.name for t in text.graph.initializer if t.name.startswith(("layers.1.", "head."))]
+    assert last and cut(text, "logits", last, value_types(text), 1000) is None  # [batch, seq, dim] in between
+    assert cut(mlp, "logits", ["6.weight", "6.bias"], value_types(mlp), examples=10**9) is None  # too big to keep
+
+
+def test_a_cached_run_resumes_to_the_same_weights(tmp_path):
+    model = mlp_with_batchnorm()
+    settings = dict(train_only=["fc2.*"], evaluate_test=False, **COMMON)
+    straight = fit(model, "digits", tmp_path / "straight", **settings)
+
+    def ctrl_c_at_step_40(record):
+        if record["event"] == "step" and record["step"] == 40:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        fit(model, "digits", tmp_path / "resumed", callback=ctrl_c_at_step_40, **settings)
+    resumed = fit(resume=tmp_path / "resumed")
+    a, b = weights(straight.model_path), weights(resumed.model_path)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
