@@ -127,6 +127,9 @@ def quantize(
             say(f"quantizing: {settings.label} ...")
             quantized = quantizer.run(settings, calibration() if mode == "static" else None)
 
+        if settings.mode == "dynamic" and quantizer.fused:
+            notes.append(f"fused {quantizer.fused['Attention']} attention blocks into ONNX Runtime's Attention op "
+                         "(QAttention in int8; the model now needs ONNX Runtime to run)")
         _stamp(quantized, original, settings)
         report = Report(
             model=str(source) if source else "(model)",

@@ -11,6 +11,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.quantize import analysis, int4, int8
 from onnxkit.quantize.data import Feeds
 from onnxkit.quantize.fp16 import quantize_fp16
+from onnxkit.quantize.fuse import fuse_attention
 from onnxkit.quantize.prepare import prepare
 from onnxkit.quantize.settings import Settings
 
@@ -42,14 +43,19 @@ class Quantizer:
         self.model = model
         self.workdir = workdir
         self.exclude = tuple(exclude)
-        self._prepared: dict[bool, onnx.ModelProto] = {}
+        self._prepared: dict[str, onnx.ModelProto] = {}
+        self.fused: dict[str, int] = {}  # ops made by fusing attention blocks (dynamic int8)
 
     def prepared_for(self, settings: Settings) -> onnx.ModelProto:
-        """The preprocessed float model the pass for `settings` starts from."""
-        optimize = settings.mode == "static"  # dynamic and int4 need MatMul, not fused Gemm
-        if optimize not in self._prepared:
-            self._prepared[optimize] = prepare(self.model, self.workdir, optimize=optimize)
-        return self._prepared[optimize]
+        """The preprocessed float model the pass for `settings` starts from: graph-optimized for
+        static, attention blocks fused for dynamic (into QAttention), plain MatMuls for the rest."""
+        kind = settings.mode if settings.mode in ("static", "dynamic") else "plain"
+        if kind not in self._prepared:
+            model = self.model
+            if kind == "dynamic":
+                model, self.fused = fuse_attention(model, self.workdir)
+            self._prepared[kind] = prepare(model, self.workdir, optimize=kind == "static")
+        return self._prepared[kind]
 
     def run(self, settings: Settings, calibration: list[Feeds] | None = None) -> onnx.ModelProto:
         """The quantized model; OnnxkitError when there is nothing to quantize."""

@@ -1,0 +1,51 @@
+"""Fuse transformer blocks into ONNX Runtime's Attention ops before dynamic int8.
+
+Dynamic quantization turns each fused `Attention` into `QAttention`: one int8
+kernel for the Q, K and V projections and the attention itself. Without it the
+attention scores, softmax and head reshapes stay separate fp32 ops, which is
+most of what remains once the MatMuls are int8 and sequences are short. The
+fusion is ONNX Runtime's own (its basic graph optimizations, then its BERT
+fusions); the fused ops live in the `com.microsoft` domain, so the result runs
+on ONNX Runtime only. A model without an attention pattern is left as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from onnxkit.quantize.prepare import quiet_ort
+
+
+def fuse_attention(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """`model` with its transformer blocks fused, and how many ops of each kind were made;
+    `model` itself and {} when no attention block was found."""
+    if not any(node.op_type == "Softmax" for node in model.graph.node):
+        return model, {}
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.attention_mask_format = AttentionMaskFormat.AttentionMask  # keeps any 0/1 mask, not just right padding
+    with quiet_ort():
+        fused = optimize_model(_basic_optimized(model, workdir), model_type="bert", num_heads=0, hidden_size=0,
+                               opt_level=0, optimization_options=options)
+    counts = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
+    if not counts.get("Attention"):
+        return model, {}
+    return fused.model, counts
+
+
+def _basic_optimized(model: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
+    """ONNX Runtime's basic graph optimizations (Dropout removed, constants folded): the
+    patterns the fusions look for. Its transformer optimizer would do this too, but imports torch."""
+    import onnxruntime as ort
+
+    path = workdir / "basic_optimized.onnx"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(path)
+    options.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(path))
