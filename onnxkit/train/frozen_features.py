@@ -82,15 +82,20 @@ def cut(
     return FrozenCut(prefix, head_model, boundary)
 
 
-def features(prefix: onnx.ModelProto, split: Split, batch_size: int = 256, threads: int | None = None) -> Split:
-    """`split` pushed through the frozen `prefix`: a split of its output arrays, same labels."""
+def features(prefix: onnx.ModelProto, split: Split, batch_size: int = 256, threads: int | None = None,
+             device: str = "cpu") -> Split:
+    """`split` pushed through the frozen `prefix` on `device` (cpu, cuda or cuda:N): a split
+    of its output arrays, same labels."""
     import onnxruntime as ort
+
+    from onnxkit.runtime.session import providers_for
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(prefix.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    kind, _, index = device.partition(":")
+    session = ort.InferenceSession(prefix.SerializeToString(), options, providers=providers_for(kind, int(index or 0)))
     names = [o.name for o in prefix.graph.output]
     bound = split.feeds_for(model_inputs(prefix))
     chunks = [session.run(names, feeds) for feeds, _ in bound.batches(batch_size)]
