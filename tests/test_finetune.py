@@ -14,11 +14,14 @@ from onnx import numpy_helper
 from onnxkit import runtime, zoo
 from onnxkit.data import load_dataset
 from onnxkit.data.text import tokenizer_options
+from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
 from onnxkit.files import save_model
 from onnxkit.metadata import read_metadata
 from onnxkit.train import fit
+from onnxkit.train.frozen_features import cut
 from onnxkit.train.lora import LoraAdapter, LoraConfig
+from onnxkit.train.training_form import value_types
 
 TOPICS = "business,entertainment,politics,sports,tech"
 TEXTS = ["The central bank raised interest rates as inflation rose and shares fell.",
@@ -100,3 +103,14 @@ def test_text_on_a_model_without_a_tokenizer_is_a_clear_error(tmp_path, run_cli)
                                       num_layers=1), tmp_path / "plain.onnx")
     result = run_cli("predict", path, "--text", "hello")
     assert result.code == 1 and "carries no tokenizer, so it cannot take text" in result.err
+
+
+def test_an_mlp_head_is_all_under_classifier_and_trains_on_cached_features():
+    model = zoo.build_model("bert-classifier", vocab_size=50, hidden=16, heads=2, ff_dim=32, num_layers=1,
+                            num_classes=3, head_hidden=8)
+    head = sorted(t.name for t in model.graph.initializer if t.name.startswith("classifier."))
+    assert head == ["classifier.0.bias", "classifier.0.weight", "classifier.3.bias", "classifier.3.weight"]
+    split = cut(model, "logits", head, value_types(model), examples=100)
+    assert split is not None and [n.op_type for n in split.head.graph.node][:2] == ["Dropout", "MatMul"]
+    with pytest.raises(OnnxkitError, match="head_hidden=-1"):
+        zoo.build_model("bert-classifier", vocab_size=50, hidden=16, heads=2, ff_dim=32, head_hidden=-1)
