@@ -43,7 +43,8 @@ def quantize_dynamic(
             reduce_range=settings.reduce_range,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(exclude_nodes),
-            extra_options={"MatMulConstBOnly": True},
+            # values made by fused com.microsoft ops may lack a type after shape inference: they are float
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     return onnx.load(dst)
 
