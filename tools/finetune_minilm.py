@@ -78,12 +78,14 @@ def head_seeds(name: str, base, data, args: argparse.Namespace) -> dict:  # type
     """Head-only test accuracy over `--seeds` training seeds (shuffling, head dropout): the frozen
     encoder runs once for all of them, then each seed trains the head on the cached features."""
     from onnxkit.data import Dataset
+    from onnxkit.train.backend import get_backend
     from onnxkit.train.frozen_features import cut, features
     from onnxkit.train.training_form import value_types
 
     head = [t.name for t in base.graph.initializer if t.name.startswith("classifier.")]
     split = cut(base, "logits", head, value_types(base), sum(len(data.split(k)) for k in ("train", "val", "test")))
-    arrays = {k: features(split.prefix, data.split(k), 64, args.threads) for k in ("train", "validation", "test")}
+    run = get_backend().inference(split.prefix, threads=args.threads)
+    arrays = {k: features(split.prefix, data.split(k), run, 64) for k in ("train", "validation", "test")}
     cached = Dataset(name, arrays["train"], arrays["validation"], arrays["test"], data.label_names)
     scores = []
     for seed in range(args.seeds):

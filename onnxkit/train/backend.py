@@ -2,7 +2,8 @@
 
 A backend turns a `TrainingProblem` (training-form graph, inference-form graph,
 loss, trainable names, optimizer) into files in a directory (`build`), and opens
-a `TrainingSession` on them (`open`), optionally from a checkpoint. The loop
+a `TrainingSession` on them (`open`), optionally from a checkpoint; `inference`
+runs a plain inference-form graph on the same device (frozen features). The loop
 only ever talks to these two classes, so a second backend (standard-ONNX
 gradient graphs on any ONNX Runtime) plugs in without touching it.
 """
@@ -10,7 +11,7 @@ gradient graphs on any ONNX Runtime) plugs in without touching it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,12 @@ class Backend(ABC):
     @abstractmethod
     def checkpoint_parameters(self, path: Path) -> dict[str, np.ndarray]:
         """The tensors stored in a checkpoint file, by name."""
+
+    @abstractmethod
+    def inference(
+        self, model: onnx.ModelProto, *, device: str = "cpu", threads: int | None = None
+    ) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+        """A function running the inference-form `model` on `device`: feeds -> all its outputs."""
 
 
 def get_backend(name: str = "ort") -> Backend:

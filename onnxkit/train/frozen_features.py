@@ -15,7 +15,7 @@ is when a frozen encoder runs in inference mode.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,25 +82,15 @@ def cut(
     return FrozenCut(prefix, head_model, boundary)
 
 
-def features(prefix: onnx.ModelProto, split: Split, batch_size: int = 256, threads: int | None = None,
-             device: str = "cpu") -> Split:
-    """`split` pushed through the frozen `prefix` on `device` (cpu, cuda or cuda:N): a split
-    of its output arrays, same labels."""
-    import onnxruntime as ort
-
-    from onnxkit.runtime.session import providers_for
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    kind, _, index = device.partition(":")
-    session = ort.InferenceSession(prefix.SerializeToString(), options, providers=providers_for(kind, int(index or 0)))
+def features(prefix: onnx.ModelProto, split: Split, run: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]],
+             batch_size: int = 256) -> Split:
+    """`split` pushed through the frozen `prefix` by `run` (a backend's `inference`): a split of
+    its output arrays, same labels."""
     names = [o.name for o in prefix.graph.output]
     bound = split.feeds_for(model_inputs(prefix))
-    chunks = [session.run(names, feeds) for feeds, _ in bound.batches(batch_size)]
-    arrays = {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
-    return Split(split.name, arrays, split.labels)
+    chunks = [run(feeds) for feeds, _ in bound.batches(batch_size)]
+    return Split(split.name, {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)},
+                 split.labels)
 
 
 def _ancestors(names: Iterable[str], producer: dict[str, onnx.NodeProto]) -> set[str]:

@@ -352,8 +352,8 @@ class _Trainer:
         started = time.perf_counter()
         self.progress.line(f"running the frozen part once over {rows} examples to cache its output")
         batch = self.config.eval_batch_size or max(self.config.batch_size, 64)
-        cached = {name: features(split.prefix, self.dataset.split(name), batch, self.threads, self.device)
-                  for name in self.splits}
+        run = self.backend.inference(split.prefix, device=self.device, threads=self.threads)
+        cached = {name: features(split.prefix, self.dataset.split(name), run, batch) for name in self.splits}
         self.model, self.types = split.head, value_types(split.head)
         self.splits = {name: self._bind(s, model_inputs(split.head), shape) for name, s in cached.items()}
         self.cached = {"boundary": split.boundary, "seconds": round(time.perf_counter() - started, 2)}

@@ -22,7 +22,7 @@ import json
 import re
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +293,17 @@ class OrtBackend(Backend):
     def checkpoint_parameters(self, path: Path) -> dict[str, np.ndarray]:
         state = api.CheckpointState.load_checkpoint(path)
         return {name: p.data for name, p in state.parameters}
+
+    def inference(
+        self, model: onnx.ModelProto, *, device: str = "cpu", threads: int | None = None
+    ) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        kind, _, index = device.partition(":")
+        providers: list = ["CPUExecutionProvider"]
+        if kind == "cuda":
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(index or 0)}))
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        return lambda feeds: session.run(None, dict(feeds))
