@@ -82,3 +82,15 @@ def test_a_cached_run_resumes_to_the_same_weights(tmp_path):
     a, b = weights(straight.model_path), weights(resumed.model_path)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("flags, cached", [((), True), (("--no-cache-features",), False)])
+def test_the_command_line_caches_unless_told_not_to(tmp_path, run_cli, flags, cached):
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(zoo.build_model("digits-mlp").SerializeToString())
+    result = run_cli("train", path, "--data", "digits", "--train-only", "6.*", "--epochs", "1", "--quiet",
+                     *flags, "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (info["cached_features"] is not None) == cached
+    assert info["trainable_parameters"] == 128 * 10 + 10
