@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 from onnx import numpy_helper
-from test_train_resume import mlp_with_batchnorm
+from test_train_resume import mlp_with_batchnorm, weights
 
 from onnxkit import zoo
 from onnxkit.files import load_model
@@ -19,10 +19,6 @@ from onnxkit.train.frozen_features import cut
 from onnxkit.train.training_form import value_types
 
 COMMON = dict(epochs=3, batch_size=32, lr=1e-2, seed=3, device="cpu")
-
-
-def weights(path) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in load_model(path).graph.initializer}
 
 
 def losses(run) -> list[float]:

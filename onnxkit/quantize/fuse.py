@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from onnxkit.quantize.prepare import quiet_ort
+from onnxkit.runtime.session import create_session, providers_for, session_options
 
 
 def fuse_attention(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto, dict[str, int]]:
@@ -40,12 +41,6 @@ def fuse_attention(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelPro
 def _basic_optimized(model: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
     """ONNX Runtime's basic graph optimizations (Dropout removed, constants folded): the
     patterns the fusions look for. Its transformer optimizer would do this too, but imports torch."""
-    import onnxruntime as ort
-
     path = workdir / "basic_optimized.onnx"
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(path)
-    options.log_severity_level = 3
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    create_session(model.SerializeToString(), session_options(None, "basic"), providers_for("cpu", 0), path)
     return onnx.load(str(path))

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper
 
 from onnxkit.data import Split, model_inputs
+from onnxkit.train.training_form import ancestors, needed_nodes, used_initializers
 
 MAX_BYTES = 2 << 30  # cache at most 2 GiB of features; beyond that, train end to end
 
@@ -45,9 +46,7 @@ def cut(
     and updated buffers); None when nothing is frozen in front of them or the features
     would not fit in memory (`examples` rows of them)."""
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    needed = _ancestors([output], producer)
-    nodes = [n for n in graph.node if any(o in needed for o in n.output)]
+    nodes = [node for _, node in needed_nodes(model, output)]
     live, head = set(trained), []
     for node in nodes:  # graph nodes are topologically sorted
         if live & set(node.input):
@@ -61,7 +60,7 @@ def cut(
             head_ids.add(id(node))
     initializers = {t.name for t in graph.initializer}
     static = _static_values(nodes, initializers)  # constants the head needs are copied into it
-    wanted = _ancestors((i for n in nodes if id(n) in head_ids for i in n.input if i in static), producer)
+    wanted = ancestors(model, *(i for n in nodes if id(n) in head_ids for i in n.input if i in static))
     head = [n for n in nodes if id(n) in head_ids or (n.output[0] in wanted and n.output[0] in static)]
     made = {o for n in head for o in n.output}
     boundary = list(dict.fromkeys(i for n in head for i in n.input if i and i not in made and i not in initializers))
@@ -73,12 +72,13 @@ def cut(
         return None
     if examples * sum(_bytes_per_example(vi) for vi in infos) > MAX_BYTES:
         return None
+    cached = [_batched(vi) for vi in infos]
     outputs = {o.name: o for o in graph.output}
-    head_model = _model_like(model, [_batched(vi) for vi in infos], head, [outputs.get(output) or types[output]])
-    feeding = _ancestors(boundary, producer)
+    head_model = _model_like(model, cached, head, [outputs.get(output) or types[output]])
+    feeding = ancestors(model, *boundary)
     prefix_nodes = [n for n in graph.node if any(o in feeding for o in n.output)]
     inputs = [v for v in graph.input if v.name not in initializers and v.name in feeding]
-    prefix = _model_like(model, inputs, prefix_nodes, [_batched(vi) for vi in infos])
+    prefix = _model_like(model, inputs, prefix_nodes, cached)
     return FrozenCut(prefix, head_model, boundary)
 
 
@@ -91,17 +91,6 @@ def features(prefix: onnx.ModelProto, split: Split, run: Callable[[Mapping[str, 
     chunks = [run(feeds) for feeds, _ in bound.batches(batch_size)]
     return Split(split.name, {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)},
                  split.labels)
-
-
-def _ancestors(names: Iterable[str], producer: dict[str, onnx.NodeProto]) -> set[str]:
-    seen, stack = set(), list(names)
-    while stack:
-        name = stack.pop()
-        if name not in seen:
-            seen.add(name)
-            if name in producer:
-                stack.extend(i for i in producer[name].input if i)
-    return seen
 
 
 def _only_feeds(node: onnx.NodeProto, nodes: list[onnx.NodeProto], head_ids: set[int]) -> bool:
@@ -140,9 +129,7 @@ def _model_like(
     nodes: list[onnx.NodeProto],
     outputs: list[onnx.ValueInfoProto],
 ) -> onnx.ModelProto:
-    used = {i for n in nodes for i in n.input}
-    graph = helper.make_graph(nodes, model.graph.name, inputs, outputs,
-                              [t for t in model.graph.initializer if t.name in used])
+    graph = helper.make_graph(nodes, model.graph.name, inputs, outputs, used_initializers(model, nodes))
     out = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     out.metadata_props.extend(model.metadata_props)
     return out

@@ -157,7 +157,7 @@ def select(
     names = params.names
     chosen = _matching(train_only, names, "--train-only") if train_only else set(default or names)
     chosen -= _matching(freeze, names, "--freeze")
-    reachable = _ancestors(model, output)
+    reachable = ancestors(model, output)
     trainable = [n for n in params.parameters if n in chosen and n in reachable]
     kept = set(trainable)
     buffers = []
@@ -173,10 +173,10 @@ def select(
     return Selection(trainable, buffers, frozen)
 
 
-def _ancestors(model: onnx.ModelProto, output: str) -> set[str]:
-    """Every value name `output` depends on (including itself)."""
+def ancestors(model: onnx.ModelProto, *names: str) -> set[str]:
+    """Every value name `names` depend on (including themselves)."""
     producer = {o: node for node in model.graph.node for o in node.output}
-    seen, stack = set(), [output]
+    seen, stack = set(), list(names)
     while stack:
         name = stack.pop()
         if name in seen:
@@ -190,7 +190,7 @@ def _ancestors(model: onnx.ModelProto, output: str) -> set[str]:
 def check_gradients(model: onnx.ModelProto, trainable: Iterable[str], output: str) -> None:
     """Raise before any backend work if an op without a gradient lies between a trained
     parameter and `output`."""
-    needed = _ancestors(model, output)
+    needed = ancestors(model, output)
     live = set(trainable)
     for index, node in enumerate(model.graph.node):  # nodes are topologically sorted
         if live & set(node.input):
@@ -242,8 +242,8 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _needed_nodes(model: onnx.ModelProto, output: str) -> list[tuple[int, onnx.NodeProto]]:
-    needed = _ancestors(model, output)
+def needed_nodes(model: onnx.ModelProto, output: str) -> list[tuple[int, onnx.NodeProto]]:
+    needed = ancestors(model, output)
     return [(i, node) for i, node in enumerate(model.graph.node) if any(o in needed for o in node.output)]
 
 
@@ -257,7 +257,7 @@ def _start_like(model: onnx.ModelProto, output: onnx.ValueInfoProto) -> onnx.Mod
     return form
 
 
-def _used_initializers(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto]) -> list[onnx.TensorProto]:
+def used_initializers(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto]) -> list[onnx.TensorProto]:
     used = {name for node in nodes for name in node.input}
     return [t for t in model.graph.initializer if t.name in used]
 
@@ -266,10 +266,10 @@ def eval_form(model: onnx.ModelProto, output: onnx.ValueInfoProto, weights: Iter
     """The inference form computing only `output`, with the tensors named in `weights`
     turned into graph inputs (fed at run time) instead of copied."""
     form = _start_like(model, output)
-    nodes = [node for _, node in _needed_nodes(model, output.name)]
+    nodes = [node for _, node in needed_nodes(model, output.name)]
     form.graph.node.extend(nodes)
     fed = set(weights)
-    for t in _used_initializers(model, nodes):
+    for t in used_initializers(model, nodes):
         if t.name in fed:
             form.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
@@ -291,8 +291,8 @@ def training_form(
     updated = set(updated_buffers)
     form = _start_like(model, output)
     graph = form.graph
-    needed = _needed_nodes(model, output.name)
-    graph.initializer.extend(_used_initializers(model, (node for _, node in needed)))
+    needed = needed_nodes(model, output.name)
+    graph.initializer.extend(used_initializers(model, (node for _, node in needed)))
     dropout_ratios = _dropout_ratios(model)
     need_true = False
     for index, original in needed:
