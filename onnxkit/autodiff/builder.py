@@ -1,0 +1,223 @@
+"""What a gradient rule sees: one forward node, the gradients flowing into its outputs, and a
+builder that appends backward nodes (standard ONNX operators only) to the gradient graph.
+
+Rules are written against this small surface — `x(i)`, `y(i)`, `dy(i)`, `wants(i)`,
+`op(...)`, `const(...)`, `unbroadcast(...)` and a few opset-aware shorthands — so that a
+rule reads like the math: `return [b.op("Mul", b.dy(), b.y())]` is Exp's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+Dim = int | str | None
+
+
+class Graph:
+    """The growing backward part: nodes, constants and fresh names, shared by all rules."""
+
+    def __init__(
+        self,
+        types: dict[str, onnx.ValueInfoProto],
+        opset: int,
+        constants: dict[str, np.ndarray] | None = None,
+        prefix: str = "onnxkit.grad",
+    ) -> None:
+        self.types, self.opset, self.prefix = types, opset, prefix
+        self.constants = constants or {}
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+        self._constants: dict[tuple, str] = {}
+        self._shapes: dict[str, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}/{hint}.{self._count}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, tag: str = "", **attrs: Any) -> Any:
+        """Append one node; returns its output name (or a list when `outputs` > 1)."""
+        names = [self.fresh(f"{tag or op_type}") for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
+        return names[0] if outputs == 1 else names
+
+    def const(self, value: Any, dtype: int = TensorProto.FLOAT) -> str:
+        """A constant tensor (memoised by value and type)."""
+        array = np.asarray(value, dtype=helper.tensor_dtype_to_np_dtype(dtype))
+        key = (dtype, array.shape, array.tobytes())
+        if key not in self._constants:
+            name = self.fresh("const")
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._constants[key] = name
+        return self._constants[key]
+
+    def ints(self, values: Sequence[int] | int) -> str:
+        return self.const(values, TensorProto.INT64)
+
+    def shape(self, name: str) -> str:
+        if name not in self._shapes:
+            self._shapes[name] = self.op("Shape", name)
+        return self._shapes[name]
+
+    def dtype(self, name: str) -> int:
+        vi = self.types.get(name)
+        return vi.type.tensor_type.elem_type if vi is not None else TensorProto.FLOAT
+
+    def dims(self, name: str) -> list[Dim] | None:
+        """Static dims of a forward value (int, symbol name or None per axis); None when the rank is unknown."""
+        vi = self.types.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return None
+        return [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim
+        ]
+
+    def rank(self, name: str) -> int | None:
+        dims = self.dims(name)
+        return None if dims is None else len(dims)
+
+    # -- opset-aware shorthands --------------------------------------------------------------
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int] | str | None, keepdims: bool = True) -> str:
+        """Reduce* over `axes` (a list or an int64 tensor name; None: all axes)."""
+        axes_as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
+        if axes is None:
+            return self.op(op_type, x, keepdims=int(keepdims))
+        if isinstance(axes, str):
+            if not axes_as_input:
+                raise ValueError(f"{op_type} with dynamic axes needs opset >= 18")
+            return self.op(op_type, x, axes, keepdims=int(keepdims))
+        if axes_as_input:
+            return self.op(op_type, x, self.ints(list(axes)), keepdims=int(keepdims))
+        return self.op(op_type, x, axes=list(axes), keepdims=int(keepdims))
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        if self.opset >= 13:
+            return self.op("Unsqueeze", x, self.ints(list(axes)))
+        return self.op("Unsqueeze", x, axes=list(axes))
+
+    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+        if self.opset >= 13:
+            return self.op("Squeeze", x, self.ints(list(axes)))
+        return self.op("Squeeze", x, axes=list(axes))
+
+    def unbroadcast(self, grad: str, like: str, src: list[Dim] | None) -> str:
+        """Sum `grad` (of static dims `src`) down to the shape of forward value `like`, undoing
+        numpy broadcasting. Static shapes decide the axes when they can; otherwise the axes
+        are found at run time from the two shapes."""
+        dst = self.dims(like)
+        if src is not None and dst is not None and len(src) >= len(dst):
+            lead = len(src) - len(dst)
+            axes, known = list(range(lead)), True
+            for j, (d_dst, d_src) in enumerate(zip(dst, src[lead:], strict=True)):
+                if d_dst == d_src and d_dst is not None:
+                    continue
+                if d_dst == 1:
+                    axes.append(lead + j)
+                elif isinstance(d_dst, int) and isinstance(d_src, int):
+                    raise ValueError(f"cannot broadcast {dst} to {src}")
+                else:
+                    known = False
+            if known:
+                if not axes:
+                    return grad
+                summed = self.reduce("ReduceSum", grad, axes, keepdims=True)
+                return self.op("Reshape", summed, self.shape(like)) if lead else summed
+        return self._unbroadcast_at_run_time(grad, like, src, dst)
+
+    def _unbroadcast_at_run_time(self, grad: str, like: str, src: list[Dim] | None, dst: list[Dim] | None) -> str:
+        target = self.shape(like)
+        if src is None or dst is None:
+            raise ValueError(f"the rank of {like!r} or of its broadcast result is unknown")
+        padded = target
+        if len(src) > len(dst):
+            padded = self.op("Concat", self.ints([1] * (len(src) - len(dst))), target, axis=0)
+        differs = self.op("Not", self.op("Equal", padded, self.op("Shape", grad)))
+        axes = self.op("Reshape", self.op("NonZero", differs), self.ints([-1]))
+        summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
+        return self.op("Reshape", summed, target)
+
+
+class Backward:
+    """One forward node seen by its gradient rule."""
+
+    def __init__(self, graph: Graph, node: onnx.NodeProto, dys: list[str | None], wants: list[bool]) -> None:
+        self.graph, self.node, self._dys, self._wants = graph, node, dys, wants
+        self.opset = graph.opset
+        self._attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def x(self, i: int = 0) -> str:
+        return self.node.input[i] if i < len(self.node.input) else ""
+
+    def y(self, i: int = 0) -> str:
+        return self.node.output[i]
+
+    def dy(self, i: int = 0) -> str | None:
+        """The gradient flowing into output `i` (None: nothing flows, i.e. zero)."""
+        return self._dys[i] if i < len(self._dys) else None
+
+    def wants(self, i: int) -> bool:
+        """Whether input `i` needs a gradient (rules may skip work for the others)."""
+        return i < len(self._wants) and self._wants[i]
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.node.input)
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        value = self._attrs.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    # Delegated builders, so a rule only ever touches `b`.
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: Any) -> Any:
+        return self.graph.op(op_type, *inputs, outputs=outputs, **attrs)
+
+    def const(self, value: Any, like: str | None = None) -> str:
+        """A constant in the float type of forward value `like` (the node's first input by default)."""
+        return self.graph.const(value, self.graph.dtype(like or self.x(0)))
+
+    def ints(self, values: Sequence[int] | int) -> str:
+        return self.graph.ints(values)
+
+    def shape(self, name: str) -> str:
+        return self.graph.shape(name)
+
+    def dims(self, name: str) -> list[Dim] | None:
+        return self.graph.dims(name)
+
+    def rank(self, name: str) -> int | None:
+        return self.graph.rank(name)
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of a forward input known before run time (an initializer or Constant), else None."""
+        return self.graph.constants.get(name)
+
+    def need_rank(self, name: str) -> int:
+        rank = self.graph.rank(name)
+        if rank is None:
+            raise ValueError(f"the rank of {name!r} is unknown; give the model's inputs a shape")
+        return rank
+
+    def dtype(self, name: str) -> int:
+        return self.graph.dtype(name)
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int] | str | None, keepdims: bool = True) -> str:
+        return self.graph.reduce(op_type, x, axes, keepdims)
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        return self.graph.unsqueeze(x, axes)
+
+    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+        return self.graph.squeeze(x, axes)
+
+    def unbroadcast(self, grad: str, i: int, dims: list[Dim] | None = None) -> str:
+        """`grad` (shaped like output 0, or of static `dims`) summed to the shape of input `i`."""
+        return self.graph.unbroadcast(grad, self.x(i), self.dims(self.y()) if dims is None else dims)
+
+    def cast_like(self, x: str, like: str) -> str:
+        return self.op("Cast", x, to=self.dtype(like))

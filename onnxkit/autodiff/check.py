@@ -1,0 +1,115 @@
+"""Checking gradients: analytic (our gradient graph) against central finite differences.
+
+`gradcheck(model, feeds, wrt)` projects every float output onto a fixed random tensor
+(L = sum_k <out_k, R_k>), differentiates L with `add_gradients`, and compares each
+gradient element with (L(x + eps) - L(x - eps)) / 2eps. Both sides run in `onnx.reference`
+(numpy, float64 when the model is), independent of ONNX Runtime; `run_gradients` runs the
+same gradient graph on ONNX Runtime to check that it loads and agrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxkit.autodiff.reverse import add_gradients, gradient_name
+from onnxkit.graph_walks import value_types
+
+LOSS = "onnxkit.check.loss"
+
+
+def with_projection_loss(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """`model` plus a scalar output LOSS = sum over float outputs of sum(out * R), R fixed random."""
+    types = value_types(model)
+    rng = np.random.default_rng(seed)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    g = result.graph
+    terms, loss_type = [], TensorProto.FLOAT
+    for out in model.graph.output:
+        vi = types[out.name].type.tensor_type
+        if vi.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            continue
+        loss_type = vi.elem_type
+        dims = [d.dim_value for d in vi.shape.dim]
+        if any(d <= 0 for d in dims):
+            raise ValueError(f"output {out.name!r} needs a static shape for the check")
+        dtype = helper.tensor_dtype_to_np_dtype(vi.elem_type)
+        weights = numpy_helper.from_array(rng.standard_normal(dims).astype(dtype), f"{out.name}.projection")
+        g.initializer.append(weights)
+        g.node.append(helper.make_node("Mul", [out.name, weights.name], [f"{out.name}.projected"]))
+        g.node.append(helper.make_node("ReduceSum", [f"{out.name}.projected"], [f"{out.name}.term"], keepdims=0))
+        terms.append(f"{out.name}.term")
+    g.node.append(helper.make_node("Sum", terms, [LOSS]) if len(terms) > 1 else helper.make_node(
+        "Identity", terms, [LOSS]))
+    g.output.append(helper.make_tensor_value_info(LOSS, loss_type, []))
+    return result
+
+
+def _free(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], wrt: Sequence[str]) -> tuple[onnx.ModelProto, dict]:
+    """`model` with the `wrt` initializers turned into inputs, and the feeds for all inputs."""
+    values = dict(feeds)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    kept = []
+    for t in result.graph.initializer:
+        if t.name in wrt:
+            values[t.name] = numpy_helper.to_array(t)
+            result.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            kept.append(t)
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(kept)
+    return result, values
+
+
+def gradcheck(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], wrt: Sequence[str], *, eps: float = 1e-6, seed: int = 0
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: (analytic gradient, finite-difference gradient)} for every name in `wrt`
+    (graph inputs or initializers), both computed by `onnx.reference`."""
+    projected = with_projection_loss(model, seed)
+    free, values = _free(projected, feeds, wrt)
+    analytic = run_gradients(projected, feeds, wrt, runtime="reference")
+    forward = ReferenceEvaluator(free)
+    result = {}
+    for name in wrt:
+        base = values[name]
+        numeric = np.zeros(base.shape, dtype=np.float64)
+        for index in np.ndindex(base.shape):
+            losses = []
+            for sign in (1, -1):
+                moved = base.copy()
+                moved[index] += sign * eps
+                losses.append(float(forward.run([LOSS], {**values, name: moved})[0]))
+            numeric[index] = (losses[0] - losses[1]) / (2 * eps)
+        result[name] = (analytic[name], numeric)
+    return result
+
+
+def run_gradients(
+    projected: onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray],
+    wrt: Sequence[str],
+    *,
+    runtime: str = "onnxruntime",
+) -> dict[str, np.ndarray]:
+    """The gradients of LOSS (see `with_projection_loss`) by our gradient graph, run on
+    `runtime` ("onnxruntime" or "reference")."""
+    free, values = _free(projected, feeds, wrt)
+    graph = add_gradients(free, list(wrt), LOSS)
+    names = [gradient_name(n) for n in wrt]
+    if runtime == "reference":
+        outputs = ReferenceEvaluator(graph).run(names, values)
+    else:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs = session.run(names, values)
+    return dict(zip(wrt, outputs, strict=True))

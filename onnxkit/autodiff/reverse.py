@@ -1,0 +1,147 @@
+"""Reverse-mode autodiff over an ONNX graph: forward graph + parameters + scalar loss ->
+one graph that also outputs each parameter's gradient, in default-domain ONNX ops only.
+
+1. Forward sweep: a value is *active* when it is a floating-point tensor that depends on
+   a parameter through differentiable ops (Shape, Equal, Cast to int, ... cut the path).
+2. Only active nodes that the loss depends on are differentiated, in reverse order; each
+   op's rule (`onnxkit.autodiff.rules`) turns its outputs' gradients into its inputs'.
+3. Gradients reaching a value along several paths are summed with one `Sum`.
+
+The result keeps every forward node and output, so a training graph can still emit its
+loss and updated buffers; gradients come out as `gradient_name(param)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.autodiff.builder import Backward, Graph
+from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
+from onnxkit.errors import OnnxkitError
+from onnxkit.graph_walks import ancestors, opset, value_types
+
+FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
+MIN_OPSET = 13
+
+
+def gradient_name(param: str) -> str:
+    """The graph output that carries the gradient of `param`."""
+    return f"{param}.grad"
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """How errors name a node: its name, or its position and first output."""
+    return repr(node.name) if node.name else f"#{index} (output {node.output[0]!r})"
+
+
+def active_nodes(
+    model: onnx.ModelProto, wrt: Sequence[str], loss: str, types: dict[str, onnx.ValueInfoProto]
+) -> tuple[list[tuple[int, onnx.NodeProto]], set[str]]:
+    """The nodes on a differentiable path from `wrt` to `loss`, and the active values."""
+    active = set(wrt)
+    for node in model.graph.node:
+        if node.op_type in NON_DIFFERENTIABLE or not active.intersection(node.input):
+            continue
+        active.update(o for o in node.output if o and _is_float(types, o))
+    needed = ancestors(model, loss)
+    nodes = [
+        (i, node)
+        for i, node in enumerate(model.graph.node)
+        if active.intersection(node.input) and any(o in active and o in needed for o in node.output)
+    ]
+    return nodes, active & needed
+
+
+def _is_float(types: dict[str, onnx.ValueInfoProto], name: str) -> bool:
+    vi = types.get(name)
+    return vi is None or vi.type.tensor_type.elem_type in FLOATS  # unknown types are assumed float
+
+
+def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list[tuple[str, str]]:
+    """(op type, node label) of every node on the gradient path that has no rule."""
+    nodes, _ = active_nodes(model, wrt, loss, value_types(model))
+    return [(node.op_type, node_label(node, i)) for i, node in nodes if _rule_key(node) not in RULES]
+
+
+def _rule_key(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
+def add_gradients(
+    model: onnx.ModelProto,
+    wrt: Sequence[str],
+    loss: str,
+    *,
+    seed: str | None = None,
+    types: dict[str, onnx.ValueInfoProto] | None = None,
+) -> onnx.ModelProto:
+    """A copy of `model` that also outputs d`loss`/d`p` for every `p` in `wrt` (named
+    `gradient_name(p)`, shaped like `p`). `loss` should be a scalar; its gradient seed is
+    1, or the graph value `seed` (e.g. 1/accumulation steps)."""
+    version = opset(model)
+    if version < MIN_OPSET:
+        raise OnnxkitError(
+            f"the model uses opset {version}; gradients need opset {MIN_OPSET} or newer: convert it with "
+            "onnx.version_converter.convert_version(model, 17)"
+        )
+    types = types or value_types(model)
+    nodes, active = active_nodes(model, wrt, loss, types)
+    if loss not in active:
+        raise OnnxkitError(f"the loss {loss!r} does not depend on any of the parameters to train")
+    for index, node in nodes:
+        if _rule_key(node) not in RULES:
+            raise OnnxkitError(
+                f"op {_rule_key(node)} (node {node_label(node, index)}) has no gradient rule; freeze the "
+                "parameters before it (--freeze / --train-only) or rebuild the model without that op"
+            )
+    graph = Graph(types, version, constant_values(model))
+    grads: dict[str, list[str]] = {loss: [seed or graph.op("ConstantOfShape", graph.shape(loss),
+                                                            value=helper.make_tensor("one", graph.dtype(loss), [1], [1]))]}
+    for index, node in reversed(nodes):
+        dys = [_total(graph, grads.pop(o, [])) if o in active else None for o in node.output]
+        if not any(dys):
+            continue
+        wants = [name in active for name in node.input]
+        try:
+            results = RULES[_rule_key(node)](Backward(graph, node, dys, wants))
+        except ValueError as e:
+            raise OnnxkitError(f"cannot differentiate {node.op_type} (node {node_label(node, index)}): {e}") from e
+        for name, grad, want in zip(node.input, results, wants, strict=False):
+            if grad is not None and want:
+                grads.setdefault(name, []).append(grad)
+    outputs = []
+    for p in wrt:
+        total = _total(graph, grads.get(p, []))
+        out = gradient_name(p)
+        if total is None:  # not on the loss's path: a zero gradient
+            zero = helper.make_tensor("zero", graph.dtype(p), [1], [0])
+            graph.nodes.append(helper.make_node("ConstantOfShape", [graph.shape(p)], [out], value=zero))
+        else:
+            graph.nodes.append(helper.make_node("Identity", [total], [out]))
+        outputs.append(helper.make_tensor_value_info(out, graph.dtype(p), graph.dims(p)))
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    result.graph.node.extend(graph.nodes)
+    result.graph.initializer.extend(graph.initializers)
+    result.graph.output.extend(outputs)
+    return result
+
+
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Small integer and scalar values fixed before run time: initializers and Constant nodes
+    (axes, shapes, ratios), which some rules read."""
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if np.prod(t.dims) <= 64}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _total(graph: Graph, parts: list[str]) -> str | None:
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else graph.op("Sum", *parts)

@@ -1,0 +1,6 @@
+"""Gradient rules: conv ops."""
+
+from __future__ import annotations
+
+from onnxkit.autodiff.builder import Backward
+from onnxkit.autodiff.rules import rule

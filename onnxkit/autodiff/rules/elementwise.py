@@ -1,0 +1,163 @@
+"""Gradient rules: elementwise arithmetic and math functions (broadcasting reduced back)."""
+
+from __future__ import annotations
+
+from onnxkit.autodiff.builder import Backward
+from onnxkit.autodiff.rules import rule
+
+
+@rule("Identity")
+def identity(b: Backward) -> list[str | None]:
+    return [b.dy()]
+
+
+@rule("Cast")
+def cast(b: Backward) -> list[str | None]:
+    return [b.cast_like(b.dy(), b.x(0))]
+
+
+@rule("Add")
+def add(b: Backward) -> list[str | None]:
+    return [b.unbroadcast(b.dy(), 0) if b.wants(0) else None, b.unbroadcast(b.dy(), 1) if b.wants(1) else None]
+
+
+@rule("Sub")
+def sub(b: Backward) -> list[str | None]:
+    return [
+        b.unbroadcast(b.dy(), 0) if b.wants(0) else None,
+        b.unbroadcast(b.op("Neg", b.dy()), 1) if b.wants(1) else None,
+    ]
+
+
+@rule("Sum")
+def sum_(b: Backward) -> list[str | None]:
+    return [b.unbroadcast(b.dy(), i) if b.wants(i) else None for i in range(b.num_inputs)]
+
+
+@rule("Mean")
+def mean(b: Backward) -> list[str | None]:
+    share = b.op("Div", b.dy(), b.const(float(b.num_inputs)))
+    return [b.unbroadcast(share, i) if b.wants(i) else None for i in range(b.num_inputs)]
+
+
+@rule("Mul")
+def mul(b: Backward) -> list[str | None]:
+    return [
+        b.unbroadcast(b.op("Mul", b.dy(), b.x(1)), 0) if b.wants(0) else None,
+        b.unbroadcast(b.op("Mul", b.dy(), b.x(0)), 1) if b.wants(1) else None,
+    ]
+
+
+@rule("Div")
+def div(b: Backward) -> list[str | None]:
+    # y = a / b: da = dy / b, db = -dy * y / b
+    da = b.unbroadcast(b.op("Div", b.dy(), b.x(1)), 0) if b.wants(0) else None
+    db = None
+    if b.wants(1):
+        db = b.unbroadcast(b.op("Neg", b.op("Div", b.op("Mul", b.dy(), b.y()), b.x(1))), 1)
+    return [da, db]
+
+
+@rule("Neg")
+def neg(b: Backward) -> list[str | None]:
+    return [b.op("Neg", b.dy())]
+
+
+@rule("Abs")
+def abs_(b: Backward) -> list[str | None]:
+    return [b.op("Mul", b.dy(), b.op("Sign", b.x()))]
+
+
+@rule("Reciprocal")
+def reciprocal(b: Backward) -> list[str | None]:
+    return [b.op("Neg", b.op("Mul", b.dy(), b.op("Mul", b.y(), b.y())))]
+
+
+@rule("Exp")
+def exp(b: Backward) -> list[str | None]:
+    return [b.op("Mul", b.dy(), b.y())]
+
+
+@rule("Log")
+def log(b: Backward) -> list[str | None]:
+    return [b.op("Div", b.dy(), b.x())]
+
+
+@rule("Sqrt")
+def sqrt(b: Backward) -> list[str | None]:
+    return [b.op("Div", b.dy(), b.op("Mul", b.y(), b.const(2.0)))]
+
+
+@rule("Pow")
+def pow_(b: Backward) -> list[str | None]:
+    # y = a^e: da = dy * e * a^(e-1), de = dy * y * log(a)
+    a, e = b.x(0), b.x(1)
+    da = de = None
+    if b.wants(0):
+        e_cast = e if b.dtype(e) == b.dtype(a) else b.cast_like(e, a)
+        power = b.op("Pow", a, b.op("Sub", e_cast, b.const(1.0)))
+        da = b.unbroadcast(b.op("Mul", b.dy(), b.op("Mul", e_cast, power)), 0)
+    if b.wants(1):
+        de = b.unbroadcast(b.op("Mul", b.dy(), b.op("Mul", b.y(), b.op("Log", a))), 1)
+    return [da, de]
+
+
+@rule("Sin")
+def sin(b: Backward) -> list[str | None]:
+    return [b.op("Mul", b.dy(), b.op("Cos", b.x()))]
+
+
+@rule("Cos")
+def cos(b: Backward) -> list[str | None]:
+    return [b.op("Neg", b.op("Mul", b.dy(), b.op("Sin", b.x())))]
+
+
+@rule("Erf")
+def erf(b: Backward) -> list[str | None]:
+    # d erf(x) = 2/sqrt(pi) * exp(-x^2)
+    x = b.x()
+    gauss = b.op("Exp", b.op("Neg", b.op("Mul", x, x)))
+    return [b.op("Mul", b.dy(), b.op("Mul", gauss, b.const(1.1283791670955126)))]
+
+
+def _pick(b: Backward, i: int, mask: str) -> str:
+    """dy where `mask` holds (else 0), reduced to input i's shape."""
+    zero = b.const(0.0, b.y())
+    return b.unbroadcast(b.op("Where", mask, b.dy(), zero), i)
+
+
+@rule("Max", "Min")
+def max_min(b: Backward) -> list[str | None]:
+    # The gradient goes to every input equal to the result (ties each get it, as in ONNX Runtime).
+    return [_pick(b, i, b.op("Equal", b.x(i), b.y())) if b.wants(i) else None for i in range(b.num_inputs)]
+
+
+@rule("Where")
+def where(b: Backward) -> list[str | None]:
+    zero = b.const(0.0, b.y())
+    cond = b.x(0)
+    return [
+        None,
+        b.unbroadcast(b.op("Where", cond, b.dy(), zero), 1) if b.wants(1) else None,
+        b.unbroadcast(b.op("Where", cond, zero, b.dy()), 2) if b.wants(2) else None,
+    ]
+
+
+@rule("Clip")
+def clip(b: Backward) -> list[str | None]:
+    # Gradient passes where min <= x <= max (as torch.clamp); the bounds get none.
+    x = b.x()
+    if b.opset < 11:
+        low, high = b.attr("min"), b.attr("max")
+        low = b.const(low) if low is not None else ""
+        high = b.const(high) if high is not None else ""
+    else:
+        low, high = b.x(1), b.x(2)
+    inside = None
+    for bound, op in ((low, "GreaterOrEqual"), (high, "LessOrEqual")):
+        if bound:
+            test = b.op(op, x, bound)
+            inside = test if inside is None else b.op("And", inside, test)
+    if inside is None:
+        return [b.dy()]
+    return [b.op("Where", inside, b.dy(), b.const(0.0))]

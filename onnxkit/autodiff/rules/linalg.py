@@ -1,0 +1,65 @@
+"""Gradient rules: matrix products (MatMul, Gemm).
+
+A weight shared by every row of a batch (MatMul of [..., M, K] by a 2-D [K, N]) gets its
+gradient from one large GEMM over the flattened rows, not a batch of small ones summed.
+"""
+
+from __future__ import annotations
+
+from onnxkit.autodiff.builder import Backward
+from onnxkit.autodiff.rules import rule
+
+
+def _swap_last(b: Backward, name: str, rank: int) -> str:
+    perm = list(range(rank))
+    perm[-2:] = perm[-1], perm[-2]
+    return b.op("Transpose", name, perm=perm)
+
+
+def _rows(b: Backward, name: str, like: str) -> str:
+    """`name` (shaped like forward value `like`, rank >= 2) as a 2-D [rows, last]."""
+    last = b.dims(like)[-1]
+    width = b.ints([last]) if isinstance(last, int) else b.op("Slice", b.shape(like), b.ints([-1]), b.ints([2**62]))
+    return b.op("Reshape", name, b.op("Concat", b.ints([-1]), width, axis=0))
+
+
+@rule("MatMul")
+def matmul(b: Backward) -> list[str | None]:
+    a, w, dy = b.x(0), b.x(1), b.dy()
+    ra, rw = b.need_rank(a), b.need_rank(w)
+    if ra == 1 or rw == 1:
+        raise ValueError("MatMul with a 1-D operand has no gradient rule; reshape it to 2-D")
+    da = dw = None
+    if rw == 2 and ra > 2:  # a batch of rows times one weight
+        if b.wants(0):
+            da = b.op("Reshape", b.op("Gemm", _rows(b, dy, b.y()), w, transB=1), b.shape(a))
+        if b.wants(1):
+            dw = b.op("Gemm", _rows(b, a, a), _rows(b, dy, b.y()), transA=1)
+        return [da, dw]
+    batch = (b.dims(b.y()) or [None] * max(ra, rw))[:-2]
+    if b.wants(0):
+        da = b.unbroadcast(b.op("MatMul", dy, _swap_last(b, w, rw)), 0, batch + b.dims(a)[-2:])
+    if b.wants(1):
+        dw = b.unbroadcast(b.op("MatMul", _swap_last(b, a, ra), dy), 1, batch + b.dims(w)[-2:])
+    return [da, dw]
+
+
+@rule("Gemm")
+def gemm(b: Backward) -> list[str | None]:
+    # y = alpha * op(A) @ op(B) + beta * C
+    a, w, dy = b.x(0), b.x(1), b.dy()
+    alpha, beta = b.attr("alpha", 1.0), b.attr("beta", 1.0)
+    ta, tb = b.attr("transA", 0), b.attr("transB", 0)
+    da = dw = dc = None
+    if b.wants(0):
+        da = b.op("Gemm", dy, w, alpha=alpha, transB=1 - tb) if not ta else b.op(
+            "Gemm", w, dy, alpha=alpha, transA=tb, transB=1
+        )
+    if b.wants(1):
+        dw = b.op("Gemm", a, dy, alpha=alpha, transA=1 - ta) if not tb else b.op(
+            "Gemm", dy, a, alpha=alpha, transA=1, transB=ta
+        )
+    if b.num_inputs > 2 and b.wants(2):
+        scaled = dy if beta == 1.0 else b.op("Mul", dy, b.const(beta))
+        dc = b.unbroadcast(scaled, 2)
+    return [da, dw, dc]

@@ -1,0 +1,78 @@
+"""Gradient rules: reductions. The output gradient is broadcast back over the reduced axes."""
+
+from __future__ import annotations
+
+from onnxkit.autodiff.builder import Backward
+from onnxkit.autodiff.rules import rule
+
+
+def _axes(b: Backward) -> list[int] | None:
+    """The reduced axes, normalised (None: all of them)."""
+    if b.num_inputs > 1 and b.x(1):
+        value = b.value(b.x(1))
+        if value is None:
+            raise ValueError("reductions over axes computed at run time have no gradient rule")
+        axes = [int(a) for a in value.reshape(-1)]
+    else:
+        axes = b.attr("axes")
+    if not axes:
+        if b.attr("noop_with_empty_axes", 0):
+            return []
+        return None
+    rank = b.need_rank(b.x())
+    return sorted(a % rank for a in axes)
+
+
+def _kept(b: Backward, name: str) -> str:
+    """`name` (shaped like the output) with the reduced axes kept as 1s."""
+    axes = _axes(b)
+    if b.attr("keepdims", 1) or axes == []:
+        return name
+    if axes is None:
+        return b.op("Reshape", name, b.ints([1] * b.need_rank(b.x())))
+    return b.unsqueeze(name, axes)
+
+
+def _spread(b: Backward, name: str) -> str:
+    return b.op("Expand", _kept(b, name), b.shape(b.x()))
+
+
+@rule("ReduceSum")
+def reduce_sum(b: Backward) -> list[str | None]:
+    return [_spread(b, b.dy()), None]
+
+
+@rule("ReduceMean")
+def reduce_mean(b: Backward) -> list[str | None]:
+    count = b.op(
+        "Div",
+        b.op("ReduceProd", b.shape(b.x()), keepdims=0),
+        b.op("ReduceProd", b.op("Shape", b.y()), keepdims=0),
+    )
+    return [_spread(b, b.op("Div", b.dy(), b.cast_like(count, b.x()))), None]
+
+
+@rule("ReduceSumSquare")
+def reduce_sum_square(b: Backward) -> list[str | None]:
+    return [b.op("Mul", _spread(b, b.dy()), b.op("Mul", b.x(), b.const(2.0))), None]
+
+
+@rule("ReduceL2")
+def reduce_l2(b: Backward) -> list[str | None]:
+    return [b.op("Mul", _spread(b, b.op("Div", b.dy(), b.y())), b.x()), None]
+
+
+@rule("ReduceLogSumExp")
+def reduce_log_sum_exp(b: Backward) -> list[str | None]:
+    softmax = b.op("Exp", b.op("Sub", b.x(), _kept(b, b.y())))
+    return [b.op("Mul", _spread(b, b.dy()), softmax), None]
+
+
+@rule("ReduceMax", "ReduceMin")
+def reduce_max_min(b: Backward) -> list[str | None]:
+    # Shared evenly between tied extremes (as torch.amax / amin).
+    hit = b.op("Equal", b.x(), _kept(b, b.y()))
+    ties = b.op("Cast", hit, to=b.dtype(b.x()))
+    axes = _axes(b)
+    count = b.reduce("ReduceSum", ties, axes, keepdims=True) if axes != [] else ties
+    return [b.op("Mul", _spread(b, b.dy()), b.op("Div", ties, count)), None]

@@ -1,0 +1,135 @@
+"""Gradient rules: ops that move, select or copy elements (reshape, transpose, concat, slice,
+gather, expand, tile, pad) and Dropout. Index, shape and mask inputs get no gradient."""
+
+from __future__ import annotations
+
+from onnxkit.autodiff.builder import Backward
+from onnxkit.autodiff.rules import rule
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(b: Backward) -> list[str | None]:
+    return [b.op("Reshape", b.dy(), b.shape(b.x()))]
+
+
+@rule("Transpose")
+def transpose(b: Backward) -> list[str | None]:
+    perm = b.attr("perm") or list(reversed(range(b.need_rank(b.x()))))
+    inverse = [perm.index(i) for i in range(len(perm))]
+    return [b.op("Transpose", b.dy(), perm=inverse)]
+
+
+def _dim(b: Backward, name: str, axis: int) -> str:
+    """Size of `axis` of forward value `name`, as an int64 [1] tensor."""
+    return b.op("Gather", b.shape(name), b.ints([axis]))
+
+
+@rule("Concat")
+def concat(b: Backward) -> list[str | None]:
+    axis = b.attr("axis")
+    if axis < 0:
+        axis += b.need_rank(b.y())
+    sizes = b.op("Concat", *[_dim(b, x, axis) for x in b.node.input], axis=0)
+    parts = b.op("Split", b.dy(), sizes, axis=axis, outputs=b.num_inputs)
+    parts = parts if isinstance(parts, list) else [parts]
+    return [part if b.wants(i) else None for i, part in enumerate(parts)]
+
+
+@rule("Split")
+def split(b: Backward) -> list[str | None]:
+    dys = [b.dy(i) or b.op("ConstantOfShape", b.shape(y), value=_zero(b)) for i, y in enumerate(b.node.output)]
+    return [b.op("Concat", *dys, axis=b.attr("axis", 0))]
+
+
+def _zero(b: Backward):
+    from onnx import helper
+
+    return helper.make_tensor("zero", b.dtype(b.x()), [1], [0])
+
+
+def _scatter_into_zeros(b: Backward, selected_positions: str, values: str) -> str:
+    """A tensor shaped like input 0, zero except `values` (any shape) at the flat positions
+    `selected_positions` (same shape), which may repeat: repeats add up."""
+    x = b.x()
+    flat = b.op("Reshape", values, b.ints([-1]))
+    zeros = b.op("ConstantOfShape", b.op("ReduceProd", b.shape(x), keepdims=1), value=_zero(b))
+    where = b.op("Reshape", selected_positions, b.ints([-1, 1]))
+    return b.op("Reshape", b.op("ScatterND", zeros, where, flat, reduction="add"), b.shape(x))
+
+
+def _positions(b: Backward) -> str:
+    """The flat position of every element of input 0, shaped like it."""
+    x = b.x()
+    count = b.op("ReduceProd", b.shape(x), keepdims=0)
+    index = b.op("Range", b.ints(0), count, b.ints(1))
+    return b.op("Reshape", index, b.shape(x))
+
+
+@rule("Slice")
+def slice_(b: Backward) -> list[str | None]:
+    # The flat positions the slice picked, then dy scattered back to them.
+    picked = b.op("Slice", _positions(b), *b.node.input[1:])
+    return [_scatter_into_zeros(b, picked, b.dy())]
+
+
+@rule("Gather")
+def gather(b: Backward) -> list[str | None]:
+    if b.attr("axis", 0) == 0:  # rows (an embedding lookup): scatter-add dy's rows back
+        x, index = b.x(0), b.x(1)
+        rows = _dim(b, x, 0)
+        index = b.op("Where", b.op("Less", index, b.ints(0)), b.op("Add", index, rows), index)
+        row_shape = b.op("Slice", b.shape(x), b.ints([1]), b.ints([2**62]))
+        zeros = b.op("ConstantOfShape", b.shape(x), value=_zero(b))
+        values = b.op("Reshape", b.dy(), b.op("Concat", b.ints([-1]), row_shape, axis=0))
+        where = b.op("Reshape", index, b.ints([-1, 1]))
+        return [b.op("ScatterND", zeros, where, values, reduction="add"), None]
+    picked = b.op("Gather", _positions(b), b.x(1), axis=b.attr("axis", 0))
+    return [_scatter_into_zeros(b, picked, b.dy()), None]
+
+
+@rule("GatherElements")
+def gather_elements(b: Backward) -> list[str | None]:
+    picked = b.op("GatherElements", _positions(b), b.x(1), axis=b.attr("axis", 0))
+    return [_scatter_into_zeros(b, picked, b.dy()), None]
+
+
+@rule("Expand")
+def expand(b: Backward) -> list[str | None]:
+    return [b.unbroadcast(b.dy(), 0), None]
+
+
+@rule("Tile")
+def tile(b: Backward) -> list[str | None]:
+    # dy viewed as [r0, d0, r1, d1, ...] summed over the r axes.
+    x = b.x()
+    rank = b.need_rank(x)
+    pairs = b.op("Concat", b.op("Unsqueeze", b.x(1), b.ints([1])), b.op("Unsqueeze", b.shape(x), b.ints([1])), axis=1)
+    viewed = b.op("Reshape", b.dy(), b.op("Reshape", pairs, b.ints([-1])))
+    return [b.reduce("ReduceSum", viewed, list(range(0, 2 * rank, 2)), keepdims=False), None]
+
+
+@rule("Pad")
+def pad(b: Backward) -> list[str | None]:
+    if b.attr("mode", "constant") != "constant":
+        raise ValueError(f"only constant padding has a gradient rule, not {b.attr('mode')!r}")
+    x = b.x()
+    rank = b.need_rank(x)
+    if b.num_inputs > 3 and b.x(3):
+        raise ValueError("Pad with an axes input has no gradient rule")
+    pads = b.x(1) if b.opset >= 11 else b.ints(b.attr("pads"))
+    begin = b.op("Slice", pads, b.ints([0]), b.ints([rank]))
+    return [b.op("Slice", b.dy(), begin, b.op("Add", begin, b.shape(x))), None, None]
+
+
+@rule("Dropout")
+def dropout(b: Backward) -> list[str | None]:
+    # Training mode: y = x * mask / (1 - ratio); inference mode: identity.
+    if b.opset < 12 or not b.x(2):
+        return [b.dy()]
+    if len(b.node.output) < 2 or not b.node.output[1]:
+        raise ValueError("training-mode Dropout needs its mask output for a gradient")
+    ratio = b.x(1) or b.const(0.5)
+    one = b.const(1.0, ratio)
+    scale = b.op("Where", b.x(2), b.op("Div", one, b.op("Sub", one, ratio)), one)
+    kept = b.op("Mul", b.dy(), b.cast_like(b.y(1), b.x()))
+    return [b.op("Mul", kept, b.cast_like(scale, b.x()))]

@@ -1,0 +1,107 @@
+"""Gradient rules for elementwise, linear-algebra and shape ops against central finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradcases import check, rand
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div", "Max", "Min"])
+def test_binary_ops_reduce_broadcasting_back(op):
+    a, b = rand(2, 3, 4), rand(3, 1, seed=1, low=0.5, high=1.5)
+    check(op, {"a": a, "b": b}, ["a", "b"])
+
+
+@pytest.mark.parametrize("op", ["Sum", "Mean"])
+def test_variadic_ops(op):
+    check(op, {"a": rand(2, 3), "b": rand(3, seed=2), "c": rand(1, 3, seed=3)}, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("op,low", [("Neg", -1), ("Abs", 0.1), ("Reciprocal", 0.5), ("Exp", -1), ("Log", 0.5),
+                                    ("Sqrt", 0.5), ("Sin", -1), ("Cos", -1), ("Identity", -1)])
+def test_unary_math(op, low):
+    check(op, {"x": rand(3, 4, low=low, high=2.0)}, ["x"])
+
+
+def test_erf():
+    # onnx.reference computes Erf in float32 whatever the input type, so the steps are wider
+    check("Erf", {"x": rand(3, 4)}, ["x"], eps=1e-3, tol=1e-4)
+
+
+def test_pow_base_and_exponent():
+    check("Pow", {"a": rand(2, 3, low=0.5, high=2.0), "e": rand(3, seed=4, low=1.0, high=3.0)}, ["a", "e"])
+
+
+def test_where_routes_each_side():
+    cond = np.array([[True, False, True]])
+    check("Where", {"c": cond, "a": rand(2, 3), "b": rand(1, 3, seed=5)}, ["a", "b"])
+
+
+def test_clip_passes_inside_the_bounds():
+    x = np.array([[-2.0, -0.5, 0.3], [0.9, 1.7, -0.1]])
+    check("Clip", {"x": x}, ["x"], constants={"lo": np.array(-1.0), "hi": np.array(1.0)})
+
+
+def test_cast_between_floats():
+    # float64 -> float32 rounds the output, so the steps are wider
+    check("Cast", {"x": rand(2, 3)}, ["x"], {"to": 1}, eps=1e-2, tol=1e-5, ort_dtype=None)
+
+
+@pytest.mark.parametrize("shapes", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5)),
+                                    ((2, 1, 3, 4), (3, 4, 2))])
+def test_matmul(shapes):
+    check("MatMul", {"a": rand(*shapes[0]), "b": rand(*shapes[1], seed=7)}, ["a", "b"])
+
+
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_gemm_transposes_alpha_beta_and_bias(ta, tb):
+    a = rand(*((4, 3) if ta else (3, 4)))
+    b = rand(*((5, 4) if tb else (4, 5)), seed=8)
+    check("Gemm", {"a": a, "b": b, "c": rand(5, seed=9)}, ["a", "b", "c"],
+          {"transA": ta, "transB": tb, "alpha": 0.7, "beta": 1.3})
+
+
+def test_reshape_flatten_squeeze_unsqueeze():
+    check("Reshape", {"x": rand(2, 6)}, ["x"], constants={"s": np.array([3, -1])})
+    check("Flatten", {"x": rand(2, 3, 2)}, ["x"], {"axis": 1})
+    check("Squeeze", {"x": rand(2, 1, 3)}, ["x"], constants={"axes": np.array([1])})
+    check("Unsqueeze", {"x": rand(2, 3)}, ["x"], constants={"axes": np.array([0, 2])})
+
+
+def test_transpose():
+    check("Transpose", {"x": rand(2, 3, 4)}, ["x"], {"perm": [2, 0, 1]})
+    check("Transpose", {"x": rand(2, 3)}, ["x"])
+
+
+def test_concat_and_split():
+    check("Concat", {"a": rand(2, 3), "b": rand(2, 1, seed=1), "c": rand(2, 2, seed=2)}, ["a", "b", "c"], {"axis": -1})
+    check("Split", {"x": rand(5, 2)}, ["x"], outputs=2, constants={"s": np.array([2, 3])})
+
+
+@pytest.mark.parametrize("starts,ends,axes,steps", [([1], [3], [0], [1]), ([-1, 0], [0, 4], [1, 0], [-1, 2]),
+                                                    ([0], [100], [1], [1])])
+def test_slice(starts, ends, axes, steps):
+    check("Slice", {"x": rand(4, 3)}, ["x"], constants={
+        "s": np.array(starts), "e": np.array(ends), "a": np.array(axes), "t": np.array(steps)})
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gather_adds_repeated_indices(axis):
+    check("Gather", {"x": rand(4, 3)}, ["x"], {"axis": axis}, constants={"i": np.array([[2, 0], [2, -1]])})
+
+
+def test_gather_elements():
+    check("GatherElements", {"x": rand(3, 4)}, ["x"], {"axis": 1}, constants={"i": np.array([[0, 0, 3], [1, 2, 1], [3, 3, 3]])})
+
+
+def test_expand_tile_pad():
+    check("Expand", {"x": rand(3, 1)}, ["x"], constants={"s": np.array([2, 3, 4])})
+    check("Tile", {"x": rand(2, 3)}, ["x"], constants={"r": np.array([2, 3])})
+    check("Pad", {"x": rand(2, 3)}, ["x"], constants={"p": np.array([1, 0, 2, 1]), "v": np.array(0.5)})
+
+
+def test_dropout_scales_kept_values():
+    # With ratio 0 the mask keeps everything, so the forward is deterministic for the check.
+    check("Dropout", {"x": rand(3, 4)}, ["x"], outputs=2,
+          constants={"r": np.array(0.0), "t": np.array(True)})
