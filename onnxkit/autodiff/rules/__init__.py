@@ -50,6 +50,7 @@ def differentiable_ops() -> list[str]:
 from onnxkit.autodiff.rules import (  # noqa: E402,F401  (each module registers its rules)
     activation,
     conv,
+    einsum,
     elementwise,
     linalg,
     norm,

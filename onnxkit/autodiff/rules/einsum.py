@@ -1,0 +1,89 @@
+"""Gradient rule: Einsum. The gradient of an operand is itself an Einsum of the output
+gradient with the other operands, written to the operand's subscripts:
+
+    "ij,jk->ik":  dA = einsum("ik,jk->ij", dY, B),  dB = einsum("ik,ij->jk", dY, A)
+
+An index summed away that only the differentiated operand carries ("ij->i": j) cannot come
+out of that Einsum; it is left out and the result expanded back along it. An ellipsis is
+spelled out as letters from the operands' static ranks; an ellipsis axis of size 1 that
+broadcasts against a larger one gets a letter of its own, so that it is summed back.
+"""
+
+from __future__ import annotations
+
+import string
+
+from onnxkit.autodiff.builder import Backward
+from onnxkit.autodiff.rules import rule
+
+ELLIPSIS = "..."
+
+
+def _parse(equation: str) -> tuple[list[str], str]:
+    """The input subscripts and the output subscripts (made explicit), ellipses kept."""
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if not arrow:
+        letters = "".join(terms).replace(ELLIPSIS, "")
+        once = sorted(c for c in set(letters) if letters.count(c) == 1)
+        rhs = (ELLIPSIS if any(ELLIPSIS in t for t in terms) else "") + "".join(once)
+    return terms, rhs
+
+
+def _spell_out(b: Backward, terms: list[str], rhs: str) -> tuple[list[list[str]], list[str]]:
+    """Subscripts as lists of letters, each ellipsis replaced by letters (right-aligned, as
+    broadcasting aligns axes)."""
+    if not any(ELLIPSIS in t for t in terms):
+        return [list(t) for t in terms], list(rhs)
+    free = [c for c in string.ascii_letters if c not in "".join(terms)]
+
+    def fresh() -> str:
+        if not free:
+            raise ValueError("the Einsum uses too many indices to spell out its ellipsis")
+        return free.pop(0)
+
+    spans = {}  # operand -> (first ellipsis axis, static dims under the ellipsis)
+    for k, term in enumerate(terms):
+        if ELLIPSIS in term:
+            start, after = term.index(ELLIPSIS), len(term) - term.index(ELLIPSIS) - len(ELLIPSIS)
+            dims = b.dims(b.x(k))
+            if dims is None:
+                raise ValueError(f"the rank of Einsum operand {k} is unknown; give the model's inputs a shape")
+            spans[k] = (start, dims[start:len(dims) - after])
+    width = max(len(dims) for _, dims in spans.values())
+    shared = [fresh() for _ in range(width)]
+    columns = [[d[p - width + len(d)] for _, d in spans.values() if p >= width - len(d)] for p in range(width)]
+    subscripts = [list(t) for t in terms]
+    for k, (start, dims) in spans.items():
+        letters = []
+        for p, d in enumerate(dims, start=width - len(dims)):
+            broadcast = d == 1 and any(s != 1 for s in columns[p])
+            letters.append(fresh() if broadcast else shared[p])
+        subscripts[k] = [*terms[k][:start], *letters, *terms[k][start + len(ELLIPSIS):]]
+    return subscripts, list(rhs.replace(ELLIPSIS, "".join(shared)))
+
+
+def _operand_gradient(b: Backward, k: int, subscripts: list[list[str]], out: list[str]) -> str:
+    target = subscripts[k]
+    if len(set(target)) != len(target):
+        raise ValueError(f"Einsum operand {k} repeats an index (a diagonal), which has no gradient rule")
+    others = [j for j in range(len(subscripts)) if j != k]
+    reachable = set(out).union(*(subscripts[j] for j in others))
+    kept = [c for c in target if c in reachable]
+    if others:
+        equation = ",".join("".join(s) for s in [out] + [subscripts[j] for j in others]) + "->" + "".join(kept)
+        grad = b.op("Einsum", b.dy(), *[b.x(j) for j in others], equation=equation)
+    else:  # only the output gradient: a permutation of it
+        perm = [out.index(c) for c in kept]
+        grad = b.dy() if perm == list(range(len(perm))) else b.op("Transpose", b.dy(), perm=perm)
+    lone = [i for i, c in enumerate(target) if c not in reachable]
+    if lone:
+        grad = b.op("Expand", b.unsqueeze(grad, lone), b.shape(b.x(k)))
+    return grad
+
+
+@rule("Einsum")
+def einsum(b: Backward) -> list[str | None]:
+    terms, rhs = _parse(b.attr("equation"))
+    subscripts, out = _spell_out(b, terms, rhs)
+    return [_operand_gradient(b, k, subscripts, out) if b.wants(k) else None for k in range(b.num_inputs)]

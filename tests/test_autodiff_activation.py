@@ -1,0 +1,127 @@
+"""Gradient rules for activations and Einsum against central finite differences (float64,
+onnx.reference), then on ONNX Runtime in float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradcases import check, rand, single_node
+from onnx import helper
+
+from onnxkit.autodiff.builder import Backward, Graph
+from onnxkit.autodiff.check import run_gradients, with_projection_loss
+from onnxkit.autodiff.rules import RULES
+from onnxkit.errors import OnnxkitError
+from onnxkit.graph_walks import value_types
+
+
+def away_from(x: np.ndarray, *kinks: float, margin: float = 0.05) -> np.ndarray:
+    """`x` with values closer than `margin` to a kink pushed out to `margin` from it."""
+    for kink in kinks:
+        near = np.abs(x - kink) < margin
+        x = np.where(near, kink + np.where(x >= kink, margin, -margin), x)
+    return x
+
+
+UNARY = [
+    ("Relu", {}, 2.0, (0.0,)),
+    ("LeakyRelu", {"alpha": 0.1}, 2.0, (0.0,)),
+    ("ThresholdedRelu", {"alpha": 0.5}, 2.0, (0.5,)),
+    ("Sigmoid", {}, 4.0, ()),
+    ("Tanh", {}, 2.0, ()),
+    ("Softplus", {}, 4.0, ()),
+    ("Softsign", {}, 3.0, (0.0,)),
+    ("Elu", {"alpha": 0.7}, 2.0, (0.0,)),
+    ("Selu", {}, 2.0, (0.0,)),
+    ("Selu", {"alpha": 1.3, "gamma": 0.9}, 2.0, (0.0,)),
+    ("Celu", {"alpha": 1.5}, 2.0, (0.0,)),
+    ("HardSigmoid", {}, 4.0, (-2.5, 2.5)),
+    ("HardSigmoid", {"alpha": 0.5, "beta": 0.3}, 3.0, (-0.6, 1.4)),
+    ("HardSwish", {}, 5.0, (-3.0, 3.0)),
+    ("Mish", {}, 3.0, ()),
+]
+
+
+@pytest.mark.parametrize("op,attrs,scale,kinks", UNARY, ids=[f"{u[0]}{u[1] or ''}" for u in UNARY])
+def test_unary_activation(op, attrs, scale, kinks):
+    x = away_from(rand(3, 8, seed=len(op), low=-scale, high=scale), *kinks)
+    check(op, {"x": x}, ["x"], attrs, opset=18)  # Mish is new in opset 18
+
+
+def test_relu_gradient_at_zero_is_zero():
+    model, feeds = single_node("Relu", {"x": np.array([[-1.0, 0.0, 2.0]])})
+    grad = run_gradients(with_projection_loss(model), feeds, ["x"], runtime="reference")["x"]
+    assert grad[0, 0] == 0.0 and grad[0, 1] == 0.0 and grad[0, 2] != 0.0
+
+
+@pytest.mark.parametrize("slope_shape", [(3, 1, 1), (1,), (2, 3, 2, 2)])
+def test_prelu_slope_gradient_is_summed_back_to_its_shape(slope_shape):
+    x = away_from(rand(2, 3, 2, 2), 0.0)
+    slope = rand(*slope_shape, seed=3, low=0.1, high=0.9)
+    check("PRelu", {"x": x, "slope": slope}, ["x", "slope"])
+
+
+def test_gelu_exact():
+    # onnx.reference computes Erf in float32, so the steps are wider
+    check("Gelu", {"x": rand(3, 5, low=-3.0, high=3.0)}, ["x"], opset=20, eps=1e-3, tol=1e-4)
+
+
+def test_gelu_tanh():
+    check("Gelu", {"x": rand(3, 5, low=-3.0, high=3.0)}, ["x"], {"approximate": "tanh"}, opset=20)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("attrs", [{}, {"axis": 1}, {"axis": 0}])
+def test_softmax_over_one_axis(op, attrs):
+    check(op, {"x": rand(2, 3, 4, low=-2.0, high=2.0)}, ["x"], attrs, opset=13)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax_before_opset_13_needs_the_last_axis(op):
+    def gradient(axis: int) -> list[str | None]:
+        model, _ = single_node(op, {"x": rand(2, 3, 4)}, {"axis": axis}, opset=12)
+        node = model.graph.node[0]
+        return RULES[op](Backward(Graph(value_types(model), 12), node, ["dy"], [True]))
+
+    assert gradient(2)[0] and gradient(-1)[0]
+    with pytest.raises(ValueError, match="opset 13"):
+        gradient(1)
+
+
+EINSUM = [
+    ("ij,jk->ik", [(3, 4), (4, 2)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 2)]),
+    ("bhqd,bhkd->bhqk", [(2, 2, 3, 4), (2, 2, 2, 4)]),
+    ("ij->i", [(3, 4)]),
+    ("ij->", [(3, 4)]),
+    ("ij->ji", [(3, 4)]),
+    ("i,j->ij", [(3,), (4,)]),
+    ("ij,jk", [(3, 4), (4, 2)]),  # implicit output: "ik"
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
+    ("ijk,j->k", [(2, 3, 2), (3,)]),  # i is summed away and only the first operand carries it
+    ("...ij,...jk->...ik", [(2, 1, 3, 4), (1, 2, 4, 2)]),  # ellipsis axes of size 1 broadcast
+    ("...i,i", [(2, 3, 4), (4,)]),  # implicit output with an ellipsis: "..."
+    ("b...d,bd->b...", [(2, 3, 1, 4), (2, 4)]),
+]
+
+
+@pytest.mark.parametrize("equation,shapes", EINSUM, ids=[e for e, _ in EINSUM])
+def test_einsum(equation, shapes):
+    inputs = {f"x{i}": rand(*shape, seed=i) for i, shape in enumerate(shapes)}
+    check("Einsum", inputs, list(inputs), {"equation": equation})
+
+
+def test_einsum_diagonal_of_another_operand():
+    check("Einsum", {"a": rand(3, 3), "v": rand(4, seed=1)}, ["v"], {"equation": "ii,j->j"})
+
+
+def test_einsum_diagonal_of_the_differentiated_operand_raises():
+    with pytest.raises(OnnxkitError, match="repeats an index"):
+        check("Einsum", {"a": rand(3, 3)}, ["a"], {"equation": "ii->i"}, ort_dtype=None)
+
+
+def test_gelu_unknown_approximation_raises():
+    node = helper.make_node("Gelu", ["x"], ["y"], approximate="erf")
+    model, _ = single_node("Relu", {"x": rand(2)})
+    with pytest.raises(ValueError, match="approximate"):
+        RULES["Gelu"](Backward(Graph(value_types(model), 20), node, ["dy"], [True]))
