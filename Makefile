@@ -39,7 +39,7 @@ test: venv venv-ort
 	$(MAKE) test-ort
 
 test-ort: venv-ort
-	$(ORT_BIN)/python -m pytest -m training --backend ort-training
+	ONNXKIT_BACKEND=ort-training $(ORT_BIN)/python -m pytest -m training
 
 lint: venv
 	$(BIN)/ruff check onnxkit models tests tools

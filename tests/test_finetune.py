@@ -21,7 +21,7 @@ from onnxkit.metadata import read_metadata
 from onnxkit.train import fit
 from onnxkit.train.frozen_features import cut
 from onnxkit.train.lora import LoraAdapter, LoraConfig
-from onnxkit.train.training_form import value_types
+from onnxkit.graph_walks import value_types
 
 TOPICS = "business,entertainment,politics,sports,tech"
 TEXTS = ["The central bank raised interest rates as inflation rose and shares fell.",

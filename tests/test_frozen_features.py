@@ -16,7 +16,7 @@ from onnxkit import zoo
 from onnxkit.files import load_model
 from onnxkit.train import TrainingInterrupted, fit
 from onnxkit.train.frozen_features import cut
-from onnxkit.train.training_form import value_types
+from onnxkit.graph_walks import value_types
 
 COMMON = dict(epochs=3, batch_size=32, lr=1e-2, seed=3, device="cpu")
 

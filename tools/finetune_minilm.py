@@ -80,7 +80,7 @@ def head_seeds(name: str, base, data, args: argparse.Namespace) -> dict:  # type
     from onnxkit.data import Dataset
     from onnxkit.train.backend import get_backend
     from onnxkit.train.frozen_features import cut, features
-    from onnxkit.train.training_form import value_types
+    from onnxkit.graph_walks import value_types
 
     head = [t.name for t in base.graph.initializer if t.name.startswith("classifier.")]
     split = cut(base, "logits", head, value_types(base), sum(len(data.split(k)) for k in ("train", "val", "test")))

@@ -99,8 +99,8 @@ def add_gradients(
                 "parameters before it (--freeze / --train-only) or rebuild the model without that op"
             )
     graph = Graph(types, version, constant_values(model))
-    grads: dict[str, list[str]] = {loss: [seed or graph.op("ConstantOfShape", graph.shape(loss),
-                                                            value=helper.make_tensor("one", graph.dtype(loss), [1], [1]))]}
+    one = helper.make_tensor("one", graph.dtype(loss), [1], [1])
+    grads: dict[str, list[str]] = {loss: [seed or graph.op("ConstantOfShape", graph.shape(loss), value=one)]}
     for index, node in reversed(nodes):
         dys = [_total(graph, grads.pop(o, [])) if o in active else None for o in node.output]
         if not any(dys):

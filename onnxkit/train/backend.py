@@ -1,72 +1,46 @@
 """The training backend seam: what the training loop needs from whatever computes gradients.
 
-A backend turns a `TrainingProblem` (training-form graph, inference-form graph,
-loss, trainable names, optimizer) into files in a directory (`build`), and opens
-a `TrainingSession` on them (`open`), optionally from a checkpoint; `inference`
-runs a plain inference-form graph on the same device (frozen features). The loop
-only ever talks to these two classes, so a second backend (standard-ONNX
-gradient graphs on any ONNX Runtime) plugs in without touching it.
+A backend turns a `TrainingProblem` (the objective graph, the inference graph, what to
+train, the optimizer) into files in a directory (`build`), and opens a `TrainingSession`
+on them (`open`), from a checkpoint or the initial weights; `inference` runs a plain
+inference-form graph on the same device (frozen features). The loop talks only to these
+classes; backends register themselves by name (`onnxkit.train.backends`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from onnxkit.errors import OnnxkitError, suggest
-from onnxkit.train.losses import Loss
-
-OPTIMIZERS = ("adamw", "sgd")
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """Optimizer settings. AdamW decays weights decoupled from the gradient; SGD adds
-    `weight_decay/2 * |w|^2` to the loss (the classic L2 form of SGD weight decay)."""
-
-    name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    clip_grad_norm: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise OnnxkitError(
-                f"unknown optimizer {self.name!r}; choose from {', '.join(OPTIMIZERS)}.{suggest(self.name, OPTIMIZERS)}"
-            )
-        if not self.lr > 0:
-            raise OnnxkitError(f"learning rate must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise OnnxkitError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
-            raise OnnxkitError(f"gradient clipping norm must be positive, got {self.clip_grad_norm}")
+from onnxkit.errors import OnnxkitError
+from onnxkit.train.objective import Objective
+from onnxkit.train.optim import Optimizer
 
 
 @dataclass
 class TrainingProblem:
     """Everything a backend needs to build its artifacts.
 
-    `training_model` is the training form (Dropout/BatchNorm/LayerNorm in training
-    mode) with every parameter as an initializer; `eval_model` is the inference
-    form with the same initializer names. `trainable` get gradients; `frozen`
-    are kept in the checkpoint without gradients (BatchNorm running statistics
-    in training mode are updated there by the forward pass).
+    `objective.model` is the training form plus the loss, with every parameter as an
+    initializer; `eval_model` is the inference form with the same initializer names.
+    `trainable` get gradients; `buffers` maps each buffer the forward pass updates
+    (BatchNorm running statistics) to the training-graph value holding its new value;
+    `frozen` are parameters kept as they are.
     """
 
-    training_model: onnx.ModelProto
+    objective: Objective
     eval_model: onnx.ModelProto
-    output: str
-    loss: Loss
+    output: onnx.ValueInfoProto
     trainable: list[str]
-    frozen: list[str]
-    optimizer: OptimizerConfig
+    optimizer: Optimizer
+    buffers: dict[str, str] = field(default_factory=dict)
+    frozen: list[str] = field(default_factory=list)
+    clip_grad_norm: float | None = None
     grad_accumulation: int = 1
     labels_name: str = "labels"
 
@@ -79,12 +53,8 @@ class TrainingSession(ABC):
         """Forward and backward on one batch; gradients add up until `optimizer_step`. Returns the loss."""
 
     @abstractmethod
-    def optimizer_step(self) -> None:
-        """Apply the accumulated gradients, then reset them."""
-
-    @abstractmethod
-    def set_learning_rate(self, lr: float) -> None:
-        """The learning rate for the next optimizer steps."""
+    def optimizer_step(self, lr: float) -> None:
+        """Apply the accumulated gradients with learning rate `lr`, then reset them."""
 
     @abstractmethod
     def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -92,22 +62,41 @@ class TrainingSession(ABC):
 
     @abstractmethod
     def parameters(self) -> dict[str, np.ndarray]:
-        """Current values of every checkpointed tensor (trainable and frozen), by name."""
+        """Current values of the trained tensors (parameters and updated buffers), by name."""
 
-    @abstractmethod
-    def save_checkpoint(self, path: Path, properties: Mapping[str, str], *, optimizer_state: bool = True) -> None:
-        """Write parameters (and optimizer state) plus `properties` to `path`, atomically."""
+    def gradients(self) -> dict[str, np.ndarray]:
+        """The gradients accumulated since the last optimizer step (data-parallel training)."""
+        raise OnnxkitError(f"the {type(self).__name__} cannot expose its gradients; use the onnx backend")
+
+    def set_gradients(self, gradients: Mapping[str, np.ndarray]) -> None:
+        """Replace the accumulated gradients (e.g. with their mean over all workers)."""
+        raise OnnxkitError(f"the {type(self).__name__} cannot set its gradients; use the onnx backend")
 
     @property
     @abstractmethod
-    def properties(self) -> dict[str, str]:
-        """The properties stored in the checkpoint this session was opened from."""
+    def steps(self) -> int:
+        """Optimizer steps taken since training began (restored from a checkpoint)."""
+
+    @abstractmethod
+    def save_checkpoint(self, path: Path, *, optimizer_state: bool = True) -> None:
+        """Write parameters (and optimizer state) to `path`, atomically."""
 
 
 class Backend(ABC):
     """Builds training artifacts and opens sessions on them."""
 
     name: str
+
+    def unsupported(self, model: onnx.ModelProto, trainable: Sequence[str], loss: str) -> list[tuple[str, str]]:
+        """(op type, node) pairs on the gradient path this backend cannot differentiate."""
+        return []
+
+    def refuse_optimizer(self, optimizer: Optimizer, clip_grad_norm: float | None) -> None:  # noqa: B027
+        """Raise a clear error when this backend cannot run `optimizer` as configured."""
+
+    def l2_in_objective(self, optimizer: Optimizer) -> float:
+        """The L2 coefficient the objective must carry because the optimizer cannot decay itself."""
+        return 0.0
 
     @abstractmethod
     def resolve_device(self, device: str) -> str:
@@ -125,19 +114,10 @@ class Backend(ABC):
 
     @abstractmethod
     def checkpoint_parameters(self, path: Path) -> dict[str, np.ndarray]:
-        """The tensors stored in a checkpoint file, by name."""
+        """The trained tensors stored in a checkpoint file, by name."""
 
     @abstractmethod
     def inference(
         self, model: onnx.ModelProto, *, device: str = "cpu", threads: int | None = None
     ) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
         """A function running the inference-form `model` on `device`: feeds -> all its outputs."""
-
-
-def get_backend(name: str = "ort") -> Backend:
-    """The backend called `name`; `ort` (ONNX Runtime's training API) is the only one so far."""
-    if name != "ort":
-        raise OnnxkitError(f"unknown training backend {name!r}; available: ort")
-    from onnxkit.train.ort_backend import OrtBackend
-
-    return OrtBackend()

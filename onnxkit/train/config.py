@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import onnx
 
-from onnxkit.train.backend import OptimizerConfig
+from onnxkit.train.optim import Optimizer, get_optimizer
 
 
 class GraphAdapter(Protocol):
@@ -38,11 +38,9 @@ class TrainConfig:
     output: str | None = None
     loss: str | None = None
     optimizer: str = "adamw"
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
     lr: float = 1e-3
-    weight_decay: float | None = None
     clip_grad_norm: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
     schedule: str = "constant"
     warmup: float = 0
     epochs: int = 10
@@ -59,21 +57,14 @@ class TrainConfig:
     patience: int | None = None
     keep_best: bool = True
     evaluate_test: bool = True
-    backend: str = "ort"
+    backend: str = "onnx"
     adapter: str | None = None
     data_in_memory: bool = False
     cache_features: bool = True
 
-    def optimizer_config(self) -> OptimizerConfig:
-        decay = self.weight_decay if self.weight_decay is not None else (0.01 if self.optimizer == "adamw" else 0.0)
-        return OptimizerConfig(
-            self.optimizer,
-            self.lr,
-            decay,
-            tuple(self.betas),
-            self.eps,
-            self.clip_grad_norm,  # type: ignore[arg-type]
-        )
+    def optimizer_spec(self) -> Optimizer:
+        """The optimizer with its options (the learning rate comes from the schedule)."""
+        return get_optimizer(self.optimizer, **self.optimizer_options)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import onnx
 from onnx import helper
 
 from onnxkit.data import Split, model_inputs
-from onnxkit.train.training_form import ancestors, needed_nodes, used_initializers
+from onnxkit.graph_walks import ancestors, needed_nodes, used_initializers
 
 MAX_BYTES = 2 << 30  # cache at most 2 GiB of features; beyond that, train end to end
 

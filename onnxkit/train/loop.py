@@ -31,26 +31,22 @@ from onnxkit import __version__
 from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate, label_names, score
-from onnxkit.files import load_model, save_model
+from onnxkit.files import load_model, save_model, write_text
+from onnxkit.graph_walks import value_types
 from onnxkit.metadata import metadata, set_metadata
-from onnxkit.train.backend import TrainingProblem, TrainingSession, get_backend
+from onnxkit.train.backend import TrainingProblem, TrainingSession
+from onnxkit.train.backends import DEFAULT, default_backend, get_backend
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
 from onnxkit.train.export import with_weights
 from onnxkit.train.frozen_features import cut, features
 from onnxkit.train.losses import Loss, default_loss, get_loss
+from onnxkit.train.objective import build_objective
+from onnxkit.train.optim import Optimizer, get_optimizer
 from onnxkit.train.progress import Progress
 from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule, warmup_steps
-from onnxkit.train.training_form import (
-    check_gradients,
-    find_parameters,
-    output_type,
-    select,
-    training_form,
-    value_types,
-)
+from onnxkit.train.training_form import buffer_updates, find_parameters, output_type, select, training_form
 
-LOOP_STATE = "onnxkit.loop"
 MONITORS = {"val_loss": min, "val_accuracy": max, "val_macro_f1": max, "train_loss": min}
 TASK_OF_LOSS = {"cross-entropy": "classification", "bce-with-logits": "binary", "mse": "regression", "l1": "regression"}
 
@@ -61,12 +57,10 @@ def fit(
     out_dir: str | os.PathLike | None = None,
     *,
     loss: str | None = None,
-    optimizer: str = "adamw",
-    lr: float = 1e-3,
+    optimizer: str | Optimizer = "adamw",
+    lr: float | None = None,
     weight_decay: float | None = None,
     clip_grad_norm: float | None = None,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
     schedule: str = "constant",
     warmup: float = 0,
     epochs: int = 10,
@@ -87,7 +81,7 @@ def fit(
     evaluate_test: bool = True,
     device: str = "auto",
     threads: int | None = None,
-    backend: str = "ort",
+    backend: str | None = None,
     adapter: GraphAdapter | None = None,
     cache_features: bool = True,
     resume: str | os.PathLike | None = None,
@@ -98,9 +92,12 @@ def fit(
 
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
       task metadata, else from its output and the labels).
-    - `optimizer`: adamw (default weight decay 0.01) or sgd; `clip_grad_norm`
-      clips the global gradient norm; `schedule`: constant, linear or cosine
-      with `warmup` steps (or a fraction of all steps when below 1).
+    - `optimizer`: a name (sgd, adam, adamw, adagrad, rmsprop, adadelta) or an object from
+      `onnxkit.train.optim` holding its options (torch.optim's names and defaults);
+      `lr` defaults to torch's for that optimizer; `weight_decay` overrides the
+      optimizer's; `clip_grad_norm` clips the global gradient norm; `schedule`:
+      constant, linear or cosine with `warmup` steps (or a fraction of all steps when below 1).
+    - `backend`: onnx (onnxkit's own autodiff, any ONNX Runtime) or ort-training.
     - `epochs`, or `steps` optimizer steps; `grad_accumulation` batches per step.
     - `freeze` / `train_only`: globs over parameter names (frozen ones stay bit-identical).
     - `cache_features`: when only a head after a frozen part trains, run the frozen
@@ -126,6 +123,7 @@ def fit(
         if data is None:
             raise OnnxkitError("give training data: a dataset name, a .npz/.csv file or a Dataset")
         _check_numbers(epochs, steps, batch_size, grad_accumulation, patience)
+        spec = _optimizer(optimizer, weight_decay)
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
         else:
@@ -140,12 +138,10 @@ def fit(
             data_seed=data_seed,
             output=output,
             loss=get_loss(loss).name if loss else None,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
+            optimizer=spec.name,
+            optimizer_options=_json_options(spec),
+            lr=spec.default_lr if lr is None else lr,
             clip_grad_norm=clip_grad_norm,
-            betas=betas,
-            eps=eps,
             schedule=schedule,
             warmup=warmup,
             epochs=epochs,
@@ -162,12 +158,15 @@ def fit(
             patience=patience,
             keep_best=keep_best,
             evaluate_test=evaluate_test,
-            backend=backend,
+            backend=backend or default_backend(),
             adapter=type(adapter).__name__ if adapter else None,
             data_in_memory=isinstance(data, Dataset),
             cache_features=cache_features,
         )
-        config.optimizer_config()  # validate before any work
+        if not config.lr > 0:
+            raise OnnxkitError(f"learning rate must be positive, got {config.lr}")
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise OnnxkitError(f"gradient clipping norm must be positive, got {clip_grad_norm}")
     if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
         raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
                            "(onnxkit train: the same --lora-* options next to --resume)")
@@ -178,6 +177,20 @@ def fit(
             save_model(proto, config.model)
             config.model_sha256 = _sha256(Path(config.model))
     return trainer.train(resuming=resume is not None)
+
+
+def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimizer:
+    """The optimizer spec from a name or object, with `weight_decay` (when given) in place of its own."""
+    if isinstance(optimizer, Optimizer):
+        options = optimizer.options()
+        if weight_decay is not None:
+            options["weight_decay"] = weight_decay
+        return type(optimizer)(**options)
+    return get_optimizer(optimizer, **({} if weight_decay is None else {"weight_decay": weight_decay}))
+
+
+def _json_options(spec: Optimizer) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.options().items()}
 
 
 def _check_numbers(epochs: int, steps: int | None, batch_size: int, accumulation: int, patience: int | None) -> None:
@@ -323,7 +336,16 @@ class _Trainer:
         params = find_parameters(model)
         default = self.adapter.trainable(model) if self.adapter else None
         self.selection = select(model, params, self.output, freeze=c.freeze, train_only=c.train_only, default=default)
-        check_gradients(model, self.selection.trainable, self.output)
+        missing = self.backend.unsupported(model, self.selection.trainable, self.output)
+        if missing:
+            op, node = missing[0]
+            other = ", or use the default backend (--backend onnx)" if self.backend.name != DEFAULT else ""
+            raise OnnxkitError(
+                f"op {op} (node {node}) has no gradient in the {self.backend.name} backend; freeze the parameters "
+                f"before it (--freeze / --train-only){other}"
+            )
+        self.optimizer = c.optimizer_spec()
+        self.backend.refuse_optimizer(self.optimizer, c.clip_grad_norm)
         self.trainable_count = sum(params.sizes[n] for n in self.selection.trainable)
         self.frozen_count = sum(params.sizes[n] for n in self.selection.frozen)
         if c.cache_features and not self.adapter:
@@ -381,21 +403,45 @@ class _Trainer:
             seed=c.seed,
         )
         in_form = {t.name for t in form.graph.initializer}
+        labels = self._labels_name()
+        objective = build_objective(
+            form,
+            self.loss,
+            self.output,
+            labels,
+            l2=self.backend.l2_in_objective(self.optimizer),
+            l2_params=sel.trainable,
+            accumulation=c.grad_accumulation,
+        )
         problem = TrainingProblem(
-            training_model=form,
+            objective=objective,
             eval_model=self.model,
-            output=self.output,
-            loss=self.loss,
+            output=self.output_vi,
             trainable=sel.trainable,
-            frozen=[n for n in (*sel.updated_buffers, *sel.frozen) if n in in_form],
-            optimizer=c.optimizer_config(),
+            optimizer=self.optimizer,
+            buffers=buffer_updates(form),
+            frozen=[n for n in sel.frozen if n in in_form],
+            clip_grad_norm=c.clip_grad_norm,
             grad_accumulation=c.grad_accumulation,
-            labels_name=self._labels_name(),
+            labels_name=labels,
         )
         self.backend.build(problem, self.run.artifacts)
 
     def _checkpoint(self, session: TrainingSession, state: _State) -> None:
-        session.save_checkpoint(self.run.last_checkpoint, {LOOP_STATE: json.dumps(dataclasses.asdict(state))})
+        """The backend's checkpoint, then the loop state beside it (JSON) naming the same step."""
+        session.save_checkpoint(self.run.last_checkpoint)
+        write_text(self.run.loop_state, json.dumps(dataclasses.asdict(state)))
+
+    def _loop_state(self, session: TrainingSession) -> _State:
+        try:
+            state = _State(**json.loads(self.run.loop_state.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise OnnxkitError(f"{self.run.loop_state}: the loop state is missing or damaged ({e}); "
+                               "the run cannot be resumed, start a new one") from e
+        if state.step != session.steps:
+            raise OnnxkitError(f"{self.run.loop_state} is at step {state.step} but the checkpoint at step "
+                               f"{session.steps}; the run was killed while checkpointing, start a new one")
+        return state
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -405,7 +451,7 @@ class _Trainer:
             session = self.backend.open(
                 self.run.artifacts, device=self.device, checkpoint=self.run.last_checkpoint, threads=self.threads
             )
-            state = _State(**json.loads(session.properties[LOOP_STATE]))
+            state = self._loop_state(session)
             if state.done:
                 raise OnnxkitError(f"the run in {self.run.path} has already finished; start a new run to train more")
             self.records = self.run.truncate_metrics(state.step)
@@ -485,8 +531,7 @@ class _Trainer:
             if in_step < c.grad_accumulation and index + 1 < total:
                 continue
             lr = self.schedule.lr(state.step)
-            session.set_learning_rate(lr)
-            session.optimizer_step()
+            session.optimizer_step(lr)
             state.step += 1
             state.batch = index + 1
             state.loss_sum += step_loss
@@ -529,7 +574,7 @@ class _Trainer:
         if improved:
             state.best, state.best_epoch, state.bad_epochs = value, state.epoch + 1, 0
             if c.keep_best:
-                session.save_checkpoint(self.run.best_checkpoint, {}, optimizer_state=False)
+                session.save_checkpoint(self.run.best_checkpoint, optimizer_state=False)
         else:
             state.bad_epochs += 1
         stop_early = c.patience is not None and state.bad_epochs >= c.patience

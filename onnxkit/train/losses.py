@@ -1,8 +1,9 @@
 """Losses as small ONNX subgraphs appended after a model output, plus how labels are fed to them.
 
 Each loss is written with ops that have gradients in every backend we target
-(no Abs, no Softplus): binary cross-entropy uses the stable form
-`relu(x) - x*t + log(1 + exp(x - 2*relu(x)))`, L1 uses `|d| = 2*relu(d) - d`.
+(no Abs, no Softplus): cross-entropy is LogSoftmax + GatherElements, binary
+cross-entropy uses the stable form `relu(x) - x*t + log(1 + exp(x - 2*relu(x)))`,
+L1 uses `|d| = 2*relu(d) - d`.
 """
 
 from __future__ import annotations
@@ -96,16 +97,14 @@ class Loss:
             return out
 
         loss = f"{PREFIX}.value"
-        if self.name == "cross-entropy":
-            nodes.append(
-                helper.make_node(
-                    "SoftmaxCrossEntropyLoss",
-                    [output, labels],
-                    [loss, f"{PREFIX}.log_prob"],  # the gradient needs log_prob as an output
-                    name=f"{PREFIX}/softmax_cross_entropy",
-                    reduction="mean",
-                )
-            )
+        if self.name == "cross-entropy":  # -mean(log_softmax(x)[i, label_i])
+            log_prob = node("LogSoftmax", [output], "log_prob", axis=-1)
+            graph.initializer.append(helper.make_tensor(f"{PREFIX}.last_axis", TensorProto.INT64, [1], [-1]))
+            index = node("Unsqueeze", [labels, f"{PREFIX}.last_axis"], "label_index")
+            picked = node("GatherElements", [log_prob, index], "picked", axis=-1)
+            nodes.append(helper.make_node("ReduceMean", [picked], [f"{PREFIX}.mean_picked"], name=f"{PREFIX}/mean",
+                                          keepdims=0))
+            nodes.append(helper.make_node("Neg", [f"{PREFIX}.mean_picked"], [loss], name=f"{PREFIX}/neg"))
         else:
             graph.initializer.append(helper.make_tensor(f"{PREFIX}.one", TensorProto.FLOAT, [], [1.0]))
             if self.name == "bce-with-logits":

@@ -23,6 +23,7 @@ class RunDirectory:
         self.model = self.path / "model.onnx"
         self.plot = self.path / "curves.png"
         self.last_checkpoint = self.checkpoints / "last.ckpt"
+        self.loop_state = self.checkpoints / "last.json"  # where the loop was at the last checkpoint
         self.best_checkpoint = self.checkpoints / "best.ckpt"
 
     @classmethod

@@ -11,15 +11,13 @@ The training form differs from the inference form in these ways:
 
 - Dropout gets `training_mode=True` and its mask output (or becomes Identity
   when dropout is off); its `seed` is fixed from the run's seed.
-- LayerNormalization emits Mean and InvStdDev (ONNX Runtime's gradient needs them).
 - BatchNormalization whose statistics are trained runs in training mode with
-  its running-statistics outputs (the runtime updates them in place); with
-  frozen statistics it becomes `x * scale + shift` computed from the four
-  tensors, so gradients reach gamma and beta and the statistics never change.
-- AveragePool becomes the equivalent depthwise Conv with constant weights: ONNX
-  Runtime 1.19.2's AveragePool gradient crashes (SIGFPE) or returns a wrongly
-  shaped gradient when the batch dimension is symbolic.
+  its running-statistics outputs (`buffer_updates` says which value updates which
+  buffer); with frozen statistics it becomes `x * scale + shift` computed from the
+  four tensors, so gradients reach gamma and beta and the statistics never change.
 - Only the chosen output remains a graph output, with its full inferred type.
+
+Rewrites that only one backend needs live with that backend.
 """
 
 from __future__ import annotations
@@ -34,8 +32,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.graph_walks import ancestors, needed_nodes, opset, used_initializers
 from onnxkit.metadata import metadata
-from onnxkit.graph_walks import ancestors, needed_nodes, opset, used_initializers, value_types
 from onnxkit.nn.build import DROPOUT_KEY
 
 PREFIX = "onnxkit.train"
@@ -52,37 +50,9 @@ _SETTINGS = {
 }
 _BN_STATS = (3, 4)
 
-# Ops on the path from a trained parameter to the loss that ONNX Runtime training
-# 1.19.2 cannot differentiate on CPU (DESIGN.md §3).
-NO_GRADIENT = {
-    "GlobalMaxPool",
-    "InstanceNormalization",
-    "GroupNormalization",
-    "Elu",
-    "Selu",
-    "Softplus",
-    "HardSwish",
-    "Mish",
-    "PRelu",
-    "ReduceMax",
-    "ReduceMin",
-    "Einsum",
-    "ConvTranspose",
-    "Resize",
-    "Attention",
-}
-
-
 def node_label(node: onnx.NodeProto, index: int) -> str:
     """How errors name a node: its name, or its position and first output."""
     return repr(node.name) if node.name else f"#{index} (output {node.output[0]!r})"
-
-
-def no_gradient_error(op: str, node: str) -> OnnxkitError:
-    return OnnxkitError(
-        f"op {op} (node {node}) has no gradient in ONNX Runtime training; freeze the parameters "
-        "before it (--freeze / --train-only) or rebuild the model without that op"
-    )
 
 
 @dataclass(frozen=True)
@@ -176,22 +146,6 @@ def select(
 
 
 
-def check_gradients(model: onnx.ModelProto, trainable: Iterable[str], output: str) -> None:
-    """Raise before any backend work if an op without a gradient lies between a trained
-    parameter and `output`."""
-    needed = ancestors(model, output)
-    live = set(trainable)
-    for index, node in enumerate(model.graph.node):  # nodes are topologically sorted
-        if live & set(node.input):
-            if node.op_type in NO_GRADIENT and node.output[0] in needed:
-                raise no_gradient_error(node.op_type, node_label(node, index))
-            live.update(node.output)
-
-
-
-
-
-
 def output_type(types: dict[str, onnx.ValueInfoProto], model: onnx.ModelProto, output: str) -> onnx.ValueInfoProto:
     """The full type of graph output `output`; errors when unknown or not an output."""
     outputs = [o.name for o in model.graph.output]
@@ -273,9 +227,6 @@ def training_form(
             if len(node.output) < 2:
                 node.output.append(f"{tag}.mask")
             _set_attribute(node, "seed", (seed * 7919 + index) % (2**31))
-        elif node.op_type == "LayerNormalization":
-            while len(node.output) < 3:
-                node.output.append(f"{tag}.{('mean', 'inv_std_dev')[len(node.output) - 1]}")
         elif node.op_type == "BatchNormalization":
             if node.input[3] in updated:
                 _set_attribute(node, "training_mode", 1)
@@ -284,12 +235,19 @@ def training_form(
             else:
                 graph.node.extend(_affine_batchnorm(node, tag, types, graph))
                 continue
-        elif node.op_type == "AveragePool":
-            node = _average_pool_as_conv(node, tag, types, graph, node_label(original, index))
         graph.node.append(node)
     if need_true:
         graph.initializer.append(helper.make_tensor(f"{PREFIX}.training_mode", TensorProto.BOOL, [], [True]))
     return form
+
+
+def buffer_updates(form: onnx.ModelProto) -> dict[str, str]:
+    """Buffer name -> the training-form value holding its update (BatchNorm in training mode)."""
+    updates = {}
+    for node in form.graph.node:
+        if node.op_type == "BatchNormalization" and len(node.output) == 3:
+            updates[node.input[3]], updates[node.input[4]] = node.output[1], node.output[2]
+    return updates
 
 
 def _dropout_ratios(model: onnx.ModelProto) -> dict[str, float]:
@@ -329,35 +287,3 @@ def _affine_batchnorm(
         n("Mul", [x, f"{tag}.scale_c"], "scaled"),
         helper.make_node("Add", [f"{tag}.scaled", f"{tag}.shift_c"], [node.output[0]], name=node.name),
     ]
-
-
-def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == name), default)
-
-
-def _average_pool_as_conv(
-    node: onnx.NodeProto, tag: str, types: dict[str, onnx.ValueInfoProto], graph: onnx.GraphProto, label: str
-) -> onnx.NodeProto:
-    """AveragePool as a depthwise Conv whose weights are all 1/kernel size (same result)."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    kernel = list(attrs["kernel_shape"])
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    padded = any(attrs.get("pads", [0])) or auto_pad not in ("NOTSET", "VALID")
-    vi = types.get(node.input[0])
-    dims = vi.type.tensor_type.shape.dim if vi is not None else []
-    channels = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else 0
-    if (padded and not attrs.get("count_include_pad", 0)) or attrs.get("ceil_mode", 0) or not channels or any(
-        d != 1 for d in attrs.get("dilations", [1])
-    ):
-        raise OnnxkitError(
-            f"AveragePool (node {label}) with padding excluded from the average, ceil_mode, dilations or an "
-            "unknown channel count cannot be trained (ONNX Runtime 1.19.2's AveragePool gradient is broken); "
-            "use count_include_pad=1 and no ceil_mode, or freeze the layers before it"
-        )
-    weight = np.full((channels, 1, *kernel), 1.0 / float(np.prod(kernel)), dtype=np.float32)
-    graph.initializer.append(onnx.numpy_helper.from_array(weight, f"{tag}.average"))
-    conv = {k: v for k, v in attrs.items() if k in ("kernel_shape", "strides", "pads", "auto_pad")}
-    return helper.make_node(
-        "Conv", [node.input[0], f"{tag}.average"], [node.output[0]], name=node.name, group=channels, **conv
-    )

@@ -1,5 +1,6 @@
-"""The ONNX Runtime training backend (onnxruntime-training 1.19.2): the only module that
-touches `onnxruntime.training`.
+"""The `ort-training` backend: ONNX Runtime's training API (onnxruntime-training 1.19.2, the
+last release; its own environment, `make venv-ort`). The only module that touches
+`onnxruntime.training`.
 
 - `import onnxruntime.training` runs a package `__init__` that imports torch; the
   `onnxblock` and `api` submodules do not need it, so we register an empty
@@ -28,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, save_model, write_text
 from onnxkit.train.backend import Backend, TrainingProblem, TrainingSession
-from onnxkit.train.training_form import eval_form, no_gradient_error
+from onnxkit.train.backends._ort_legalize import legalize, unsupported_ops
+from onnxkit.train.optim import Optimizer
+from onnxkit.train.training_form import eval_form
 
 TRAINING_MODEL = "training_model.onnx"
 EVAL_MODEL = "eval_model.onnx"
@@ -55,8 +57,8 @@ def _import_training() -> tuple[types.ModuleType, types.ModuleType]:
         root = Path(spec.origin).parent / "training" if spec and spec.origin else None
         if root is None or not (root / "onnxblock").is_dir():
             raise OnnxkitError(
-                "training needs the onnxruntime-training package (this onnxruntime has no training API); "
-                "install it with: pip install 'onnxkit[train]'"
+                "the ort-training backend needs onnxruntime-training 1.19.2, which this environment lacks; "
+                "run `make venv-ort` and use .venv-ort/bin/onnxkit, or use the default backend (--backend onnx)"
             )
         package = types.ModuleType(name)
         package.__path__ = [str(root)]
@@ -104,60 +106,23 @@ def _cuda_problem() -> str | None:
 
 
 class _TrainingBlock(onnxblock.TrainingBlock):
-    """The loss (scaled for gradient accumulation, plus SGD's L2 term) on top of the model;
-    ONNX Runtime builds the gradient graph from its first output."""
+    """The objective is already in the graph: ORT builds the gradient graph from `total`
+    and also outputs the data loss."""
 
     def __init__(self, problem: TrainingProblem) -> None:
         super().__init__()
-        self.problem = problem
-        self.data_loss_index = 0  # position of the unscaled loss among the training outputs
+        self.objective = problem.objective
 
     def build(self, *graph_outputs: str) -> str | tuple[str, str]:
-        p = self.problem
-        graph = self.base.graph
-        output = next(o for o in graph.output if o.name == p.output)
-        graph.input.append(p.loss.labels_input(p.labels_name, output))
-        data_loss = p.loss.add_to_graph(graph, p.output, p.labels_name)
-        total = data_loss
-        decay = p.optimizer.weight_decay if p.optimizer.name == "sgd" else 0.0
-        if decay:
-            total = _add_l2(graph, total, p.trainable, decay)
-        if p.grad_accumulation > 1:
-            graph.initializer.append(
-                helper.make_tensor("onnxkit.loss.accumulation", TensorProto.FLOAT, [], [1.0 / p.grad_accumulation])
-            )
-            graph.node.append(
-                helper.make_node("Mul", [total, "onnxkit.loss.accumulation"], ["onnxkit.loss.step"], name="loss/step")
-            )
-            total = "onnxkit.loss.step"
-        if total == data_loss:
-            return data_loss
-        self.data_loss_index = 1
-        return total, data_loss
-
-
-def _add_l2(graph: onnx.GraphProto, loss: str, params: list[str], decay: float) -> str:
-    """loss + decay/2 * sum of squares of `params`."""
-    total = ""
-    for i, name in enumerate(params):
-        square, part = f"onnxkit.l2.{i}.square", f"onnxkit.l2.{i}.sum"
-        graph.node.append(helper.make_node("Mul", [name, name], [square], name=f"l2/{i}/square"))
-        graph.node.append(helper.make_node("ReduceSum", [square], [part], name=f"l2/{i}/sum", keepdims=0))
-        if total:
-            graph.node.append(helper.make_node("Add", [total, part], [f"onnxkit.l2.{i}.acc"], name=f"l2/{i}/acc"))
-            part = f"onnxkit.l2.{i}.acc"
-        total = part
-    graph.initializer.append(helper.make_tensor("onnxkit.l2.half_decay", TensorProto.FLOAT, [], [decay / 2]))
-    graph.node.append(helper.make_node("Mul", [total, "onnxkit.l2.half_decay"], ["onnxkit.l2.term"], name="l2/term"))
-    graph.node.append(helper.make_node("Add", [loss, "onnxkit.l2.term"], ["onnxkit.loss.total"], name="loss/total"))
-    return "onnxkit.loss.total"
+        o = self.objective
+        return o.total if o.total == o.loss else (o.total, o.loss)
 
 
 def _optimizer_block(problem: TrainingProblem) -> onnxblock.ForwardBlock:
-    cfg = problem.optimizer
-    clip = onnxblock.optim.ClipGradNorm(cfg.clip_grad_norm) if cfg.clip_grad_norm else None
-    if cfg.name == "adamw":
-        return onnxblock.optim.AdamW(betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, clip_grad=clip)
+    opt = problem.optimizer
+    clip = onnxblock.optim.ClipGradNorm(problem.clip_grad_norm) if problem.clip_grad_norm else None
+    if opt.name == "adamw":
+        return onnxblock.optim.AdamW(betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay, clip_grad=clip)
     return onnxblock.optim.SGD(clip_grad=clip)
 
 
@@ -171,13 +136,19 @@ def _explain(error: RuntimeError) -> OnnxkitError:
     text = str(error).strip()
     match = _UNREGISTERED.search(text)
     if match:
-        return no_gradient_error(match.group(1), repr(match.group(2)))
+        return OnnxkitError(
+            f"op {match.group(1)} (node {match.group(2)!r}) has no gradient in ONNX Runtime training; use the onnx "
+            "backend, or freeze the parameters before it (--freeze / --train-only)"
+        )
     status = _ORT_STATUS.search(text)
     detail = status.group(1) if status else text.rpartition(" was false.")[2].strip() or text[-200:]
     return OnnxkitError(
         f"ONNX Runtime could not build the training graph: {' '.join(detail.split())[:300]}; "
         "run with --debug for the full error, or freeze the part of the model it fails on"
     )
+
+
+STEPS = "onnxkit.steps"  # checkpoint property: optimizer steps taken
 
 
 class OrtSession(TrainingSession):
@@ -202,6 +173,8 @@ class OrtSession(TrainingSession):
         self._train_inputs = self._module.input_names()
         self._eval_inputs = self._module.eval().input_names()
         self._module.train()
+        properties = {k: v for k, v in self._state.properties}
+        self._steps = int(properties.get(STEPS, 0))
 
     def _args(self, names: list[str], feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> list[np.ndarray]:
         return [labels if n == self._labels else feeds[n] for n in names]
@@ -210,12 +183,11 @@ class OrtSession(TrainingSession):
         out = self._module(*self._args(self._train_inputs, feeds, labels))
         return float(out[self._data_loss_index] if isinstance(out, tuple) else out)
 
-    def optimizer_step(self) -> None:
+    def optimizer_step(self, lr: float) -> None:
+        self._optimizer.set_learning_rate(lr)
         self._optimizer.step()
         self._module.lazy_reset_grad()
-
-    def set_learning_rate(self, lr: float) -> None:
-        self._optimizer.set_learning_rate(lr)
+        self._steps += 1
 
     def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         self._module.eval()
@@ -227,19 +199,33 @@ class OrtSession(TrainingSession):
     def parameters(self) -> dict[str, np.ndarray]:
         return {name: p.data for name, p in self._state.parameters}
 
-    def save_checkpoint(self, path: Path, properties: Mapping[str, str], *, optimizer_state: bool = True) -> None:
-        for key, value in properties.items():
-            self._state.properties[key] = value
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    def save_checkpoint(self, path: Path, *, optimizer_state: bool = True) -> None:
+        self._state.properties[STEPS] = self._steps
         with atomic_path(path) as tmp:
             api.CheckpointState.save_checkpoint(self._state, tmp, include_optimizer_state=optimizer_state)
 
-    @property
-    def properties(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self._state.properties}
 
+class OrtTrainingBackend(Backend):
+    name = "ort-training"
 
-class OrtBackend(Backend):
-    name = "ort"
+    def unsupported(self, model: onnx.ModelProto, trainable, loss: str) -> list[tuple[str, str]]:
+        return unsupported_ops(model, trainable, loss)
+
+    def refuse_optimizer(self, optimizer: Optimizer, clip_grad_norm: float | None) -> None:
+        name, options = optimizer.name, optimizer.options()
+        plain_sgd = name == "sgd" and not (options["momentum"] or options["nesterov"])
+        if not (plain_sgd or (name == "adamw" and not options["amsgrad"])):
+            raise OnnxkitError(
+                f"the ort-training backend runs only adamw without amsgrad and sgd without momentum, not {name} "
+                f"with these options; use the default backend (--backend onnx)"
+            )
+
+    def l2_in_objective(self, optimizer: Optimizer) -> float:
+        return optimizer.options()["weight_decay"] if optimizer.name == "sgd" else 0.0  # its SGD cannot decay
 
     def resolve_device(self, device: str) -> str:
         if device == "cpu":
@@ -261,9 +247,9 @@ class OrtBackend(Backend):
         block = _TrainingBlock(problem)
         for name in problem.trainable:
             block.requires_grad(name)
-        for name in problem.frozen:
+        for name in (*problem.buffers, *problem.frozen):
             block.requires_grad(name, False)
-        model = problem.training_model
+        model = legalize(problem.objective.model)
         try:
             with onnxblock.base(model):
                 block(*[o.name for o in model.graph.output])
@@ -280,9 +266,10 @@ class OrtBackend(Backend):
             optimizer_model = optimizer.to_model_proto()
         optimizer_model.ir_version = min(optimizer_model.ir_version, MAX_IR_VERSION)
         save_model(optimizer_model, directory / OPTIMIZER_MODEL)
-        output = problem.training_model.graph.output[0]
-        save_model(eval_form(problem.eval_model, output, [*problem.trainable, *problem.frozen]), directory / EVAL_MODEL)
-        signature = {"labels": problem.labels_name, "data_loss_index": block.data_loss_index}
+        weights = [*problem.trainable, *problem.buffers, *problem.frozen]
+        save_model(eval_form(problem.eval_model, problem.output, weights), directory / EVAL_MODEL)
+        data_loss_index = 0 if problem.objective.total == problem.objective.loss else 1
+        signature = {"labels": problem.labels_name, "data_loss_index": data_loss_index}
         write_text(directory / SIGNATURE, json.dumps(signature))
 
     def open(
@@ -307,3 +294,6 @@ class OrtBackend(Backend):
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(index or 0)}))
         session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         return lambda feeds: session.run(None, dict(feeds))
+
+
+BACKEND = OrtTrainingBackend()

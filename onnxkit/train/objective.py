@@ -1,0 +1,72 @@
+"""The training objective, built once for every backend: the loss on the chosen output, an
+optional L2 term, and the 1/accumulation scale of a micro-batch's share of one step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto, helper
+
+from onnxkit.train.losses import Loss
+
+PREFIX = "onnxkit.objective"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """`model` computes `loss` (the data loss, a batch mean: what is reported) and `total`
+    (what gradients are taken of; the same name when there is nothing to add)."""
+
+    model: onnx.ModelProto
+    loss: str
+    total: str
+
+
+def build_objective(
+    form: onnx.ModelProto,
+    loss: Loss,
+    output: str,
+    labels: str,
+    *,
+    l2: float = 0.0,
+    l2_params: Sequence[str] = (),
+    accumulation: int = 1,
+) -> Objective:
+    """The training form `form` with `loss` on `output` (labels fed as input `labels`),
+    plus `l2/2 * sum |p|^2` over `l2_params` and a 1/`accumulation` scale."""
+    model = onnx.ModelProto()
+    model.CopyFrom(form)
+    graph = model.graph
+    vi = next(o for o in graph.output if o.name == output)
+    graph.input.append(loss.labels_input(labels, vi))
+    data_loss = loss.add_to_graph(graph, output, labels)
+    total = data_loss
+    if l2 and l2_params:
+        total = _add_l2(graph, total, l2_params, l2)
+    if accumulation > 1:
+        graph.initializer.append(helper.make_tensor(f"{PREFIX}.share", TensorProto.FLOAT, [], [1.0 / accumulation]))
+        graph.node.append(helper.make_node("Mul", [total, f"{PREFIX}.share"], [f"{PREFIX}.step"], name="loss/share"))
+        total = f"{PREFIX}.step"
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(data_loss, TensorProto.FLOAT, []))
+    if total != data_loss:
+        graph.output.append(helper.make_tensor_value_info(total, TensorProto.FLOAT, []))
+    return Objective(model, data_loss, total)
+
+
+def _add_l2(graph: onnx.GraphProto, loss: str, params: Sequence[str], decay: float) -> str:
+    """loss + decay/2 * sum of squares of `params`."""
+    parts = []
+    for i, name in enumerate(params):
+        parts.append(f"{PREFIX}.l2.{i}")
+        graph.node.append(helper.make_node("ReduceSumSquare", [name], [parts[-1]], name=f"l2/{i}", keepdims=0))
+    squares = parts[0]
+    if len(parts) > 1:
+        squares = f"{PREFIX}.l2.sum"
+        graph.node.append(helper.make_node("Sum", parts, [squares], name="l2/sum"))
+    graph.initializer.append(helper.make_tensor(f"{PREFIX}.half_decay", TensorProto.FLOAT, [], [decay / 2]))
+    graph.node.append(helper.make_node("Mul", [squares, f"{PREFIX}.half_decay"], [f"{PREFIX}.l2"], name="l2/term"))
+    graph.node.append(helper.make_node("Add", [loss, f"{PREFIX}.l2"], [f"{PREFIX}.total"], name="loss/total"))
+    return f"{PREFIX}.total"
