@@ -34,6 +34,15 @@ def run_cli(capsys):
     return run
 
 
+def has_ort_training() -> bool:
+    """Whether this environment has onnxruntime-training (the ort-training backend's package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("onnxruntime")
+    return bool(spec and spec.origin and (Path(spec.origin).parent / "training" / "onnxblock").is_dir())
+
+
 def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs of `model` in a plain onnxruntime CPU session."""
     import onnxruntime as ort

@@ -10,6 +10,7 @@ import sys
 
 import onnx
 import pytest
+from conftest import has_ort_training
 
 from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
@@ -33,11 +34,12 @@ def refused(result, message: str, run) -> None:
 def test_cuda_without_the_gpu_package_is_a_clear_error(run_cli, cnn, tmp_path):
     run = tmp_path / "run"
     result = run_cli("train", cnn, "--data", "digits-images", "--device", "cuda", "-o", run)
-    refused(result, "cannot train on cuda: this environment has the CPU-only training package", run)
+    refused(result, "cannot train on cuda: ", run)
+    assert "--device cpu" in result.err
     assert "--device cpu" in result.err
     refused(run_cli("train", cnn, "--data", "digits-images", "--device", "cuda:1", "-o", run), "cuda:1", run)
     refused(run_cli("train", cnn, "--data", "digits-images", "--device", "gpu", "-o", run),
-            "unknown device 'gpu'; use auto, cpu, cuda or cuda:N", run)
+            "unknown device 'gpu'; use", run)
     done = fit(cnn, "digits-images", run, device="auto", epochs=1, evaluate_test=False)  # auto falls back to CPU
     assert json.loads((done.run_dir / "run.json").read_text())["device"] == "cpu"
 
@@ -95,13 +97,14 @@ def test_eval_needs_data_for_a_model_that_was_not_trained_here(run_cli, cnn):
     assert run_cli("eval", cnn, "--data", "digits-images", "--split", "tst").code == 1
 
 
+@pytest.mark.skipif(not has_ort_training(), reason="needs onnxruntime-training (make test-ort runs it)")
 def test_training_backend_does_not_import_torch_or_the_training_package_init():
     # `import onnxruntime` itself probes onnxruntime.training (and imports torch when installed);
     # what the backend adds on top must not include torch or the package's torch-importing parts
     code = (
         "import sys, onnxruntime\n"
         "before = set(sys.modules)\n"
-        "import onnxkit.train.ort_backend\n"
+        "import onnxkit.train.backends.ort_training\n"
         "new = set(sys.modules) - before\n"
         "bad = [m for m in new if m.startswith(('torch', 'onnxruntime.tools', 'onnxruntime.training.ortmodule',"
         " 'onnxruntime.training.optim')) or m == 'onnxruntime.training.artifacts']\n"

@@ -18,7 +18,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
 from onnxkit.files import load_model
 from onnxkit.train import fit
-from onnxkit.train.backend import get_backend
+from onnxkit.train.backends import get_backend
 from onnxkit.train.export import with_weights
 
 

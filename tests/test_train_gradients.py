@@ -184,7 +184,8 @@ def test_one_sgd_step_matches_finite_differences(tmp_path, bn_training):
 
 def test_training_form_takes_dropout_ratios_from_dsl_metadata():
     from onnxkit import zoo
-    from onnxkit.train.training_form import output_type, training_form, value_types
+    from onnxkit.graph_walks import value_types
+    from onnxkit.train.training_form import output_type, training_form
 
     model = zoo.build_model("digits-mlp", dropout=0.3)
     types = value_types(model)

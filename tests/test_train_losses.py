@@ -15,6 +15,7 @@ from onnxkit.evaluate import LOSSES
 from onnxkit.files import load_model
 from onnxkit.train import fit
 from onnxkit.train.losses import get_loss
+from onnxkit.train.optim import AdamW
 from onnxkit.train.schedules import Schedule, warmup_steps
 
 N, D, K = 12, 5, 3
@@ -112,7 +113,7 @@ def test_sgd_weight_decay_clipping_and_adamw_first_step(tmp_path):
     np.testing.assert_allclose(clipped, before - 0.5 * grad / 4, rtol=1e-3, atol=1e-5)
 
     # AdamW's first bias-corrected step moves each weight by lr * g / (|g| + eps), decoupled decay on top
-    adam = step(tmp_path / "adam", model, ds, optimizer="adamw", lr=0.01, weight_decay=0.1, eps=1e-8)
+    adam = step(tmp_path / "adam", model, ds, optimizer=AdamW(eps=1e-8), lr=0.01, weight_decay=0.1)
     expected = before - 0.01 * grad / (np.abs(grad) + 1e-8) - 0.01 * 0.1 * before
     np.testing.assert_allclose(adam, expected, rtol=1e-3, atol=2e-5)
 
@@ -148,7 +149,7 @@ def test_schedules():
 
 def test_early_stopping_keeps_the_best_epoch_and_steps_limit(tmp_path):
     from onnxkit import zoo
-    from onnxkit.train.backend import get_backend
+    from onnxkit.train.backends import get_backend
 
     model = zoo.build_model("iris-mlp")
     # a learning rate too small to change any prediction: accuracy never improves after epoch 1

@@ -138,7 +138,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ru
     assert info["status"] == "failed" and "loss became" in info["error"]
     finished = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert all(np.isfinite(r["loss"]) for r in finished if r["event"] == "step")
-    from onnxkit.train.backend import get_backend
+    from onnxkit.train.backends import get_backend
 
     saved = get_backend().checkpoint_parameters(run / "checkpoints" / "last.ckpt")
     assert all(np.isfinite(v).all() for v in saved.values())

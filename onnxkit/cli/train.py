@@ -9,8 +9,12 @@ from typing import Any
 import click
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.train.backends import backend_names
+from onnxkit.train.optim import OPTIMIZERS, get_optimizer
 
 LOSS_NAMES = ("cross-entropy", "bce-with-logits", "mse", "l1")
+OPTIMIZER_OPTIONS = ("momentum", "dampening", "nesterov", "betas", "eps", "amsgrad", "alpha", "centered", "rho",
+                     "lr_decay", "initial_accumulator_value")
 MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 
 
@@ -21,9 +25,21 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--loss", type=click.Choice(LOSS_NAMES), help="Default: from the model's task and the labels.")
-@click.option("--optimizer", type=click.Choice(("adamw", "sgd")), default="adamw", show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
-@click.option("--weight-decay", type=float, help="Default: 0.01 for adamw, 0 for sgd.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True,
+              help="torch.optim's algorithm, option names and defaults.")
+@click.option("--lr", type=float, help="Learning rate (default: torch's for the optimizer, e.g. 1e-3 for adamw).")
+@click.option("--weight-decay", type=float, help="Default: 0.01 for adamw, 0 for the others.")
+@click.option("--momentum", type=float, help="sgd, rmsprop.")
+@click.option("--dampening", type=float, help="sgd.")
+@click.option("--nesterov", is_flag=True, default=None, help="sgd (needs --momentum).")
+@click.option("--betas", type=(float, float), help="adam, adamw: e.g. --betas 0.9 0.98.")
+@click.option("--eps", type=float, help="adam, adamw, adagrad, rmsprop, adadelta.")
+@click.option("--amsgrad", is_flag=True, default=None, help="adam, adamw.")
+@click.option("--alpha", type=float, help="rmsprop's smoothing constant.")
+@click.option("--centered", is_flag=True, default=None, help="rmsprop.")
+@click.option("--rho", type=float, help="adadelta.")
+@click.option("--lr-decay", type=float, help="adagrad.")
+@click.option("--initial-accumulator-value", type=float, help="adagrad.")
 @click.option("--clip-grad-norm", type=float, help="Clip the global gradient norm to this value.")
 @click.option("--schedule", type=click.Choice(("constant", "linear", "cosine")), default="constant", show_default=True)
 @click.option("--warmup", type=float, default=0, show_default=True, help="Warm-up steps (or a fraction < 1).")
@@ -50,6 +66,9 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("--patience", type=int, help="Stop after this many epochs without improvement.")
 @click.option("--last", is_flag=True, help="Write the last epoch's weights, not the best epoch's.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--backend", type=click.Choice(backend_names()),
+              help="onnx (default: onnxkit's own gradient graphs on any ONNX Runtime) or ort-training "
+              "(onnxruntime-training 1.19.2, its own environment: make venv-ort). Default: $ONNXKIT_BACKEND or onnx.")
 @click.option("--threads", type=int, help="CPU threads (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train_cmd(model: str | None, **options: Any) -> None:
@@ -85,9 +104,11 @@ def train_cmd(model: str | None, **options: Any) -> None:
             options["data"],
             options["out_dir"],
             loss=options["loss"],
-            optimizer=options["optimizer"],
+            optimizer=get_optimizer(options["optimizer"], **{
+                k: options[k] for k in OPTIMIZER_OPTIONS if options[k] is not None}),
             lr=options["lr"],
             weight_decay=options["weight_decay"],
+            backend=options["backend"],
             clip_grad_norm=options["clip_grad_norm"],
             schedule=options["schedule"],
             warmup=options["warmup"],

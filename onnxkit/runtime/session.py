@@ -122,3 +122,17 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
             f"{where}: onnxruntime {ort.__version__} cannot load it ({reason}); check that the "
             "file is a complete .onnx model and that its IR version and opset suit this onnxruntime"
         ) from e
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs the CUDA driver reports (0 without a driver)."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value

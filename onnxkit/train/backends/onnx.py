@@ -25,7 +25,7 @@ from onnxkit.autodiff import add_gradients, gradient_name, missing_rules
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, save_model, write_text
 from onnxkit.graph_walks import opset
-from onnxkit.runtime.session import create_session, ort, parse_device, providers_for, session_options
+from onnxkit.runtime.session import create_session, gpu_count, ort, parse_device, providers_for, session_options
 from onnxkit.train.backend import Backend, TrainingProblem, TrainingSession
 from onnxkit.train.optim import initial_state, state_names, update_model
 from onnxkit.train.training_form import eval_form
@@ -83,11 +83,13 @@ class OnnxBackend(Backend):
         return missing_rules(model, list(trainable), loss)
 
     def resolve_device(self, device: str) -> str:
-        kind, index = parse_device(device)
+        kind, _, index = device.lower().partition(":")
         if kind == "cuda":
-            _check_gpu(index)
-            return f"cuda:{index}"
-        return "cpu"
+            problem = _cuda_problem(int(index) if index.isdigit() else 0)
+            if problem:
+                raise OnnxkitError(f"cannot train on {device}: {problem}; or use --device cpu")
+        kind, number = parse_device(device)
+        return f"cuda:{number}" if kind == "cuda" else "cpu"
 
     def build(self, problem: TrainingProblem, directory: Path) -> None:
         graph, values = _training_graph(problem)
@@ -130,10 +132,15 @@ class OnnxBackend(Backend):
         return lambda feeds: session.run(None, dict(feeds))
 
 
-def _check_gpu(index: int) -> None:
-    count = ort.get_device_count() if hasattr(ort, "get_device_count") else None
-    if count is not None and index >= count:
-        raise OnnxkitError(f"cannot train on cuda:{index}: only {count} GPU(s) visible; use --device cuda:0 or cpu")
+def _cuda_problem(index: int) -> str | None:
+    """Why the CUDA execution provider cannot run on GPU `index` here, or None."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return (f"onnxruntime {ort.__version__} here has no CUDA execution provider; install "
+                "onnxkit[gpu] (onnxruntime-gpu) in place of onnxruntime")
+    count = gpu_count()
+    if count <= index:
+        return f"only {count} NVIDIA GPU(s) are visible" if count else "no NVIDIA GPU or driver is visible"
+    return None
 
 
 def _save_state(path: Path, state: Mapping[str, np.ndarray]) -> None:

@@ -16,7 +16,6 @@ last release; its own environment, `make venv-ort`). The only module that touche
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import importlib.util
 import json
@@ -32,6 +31,7 @@ import onnxruntime as ort
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, save_model, write_text
+from onnxkit.runtime.session import gpu_count
 from onnxkit.train.backend import Backend, TrainingProblem, TrainingSession
 from onnxkit.train.backends._ort_legalize import legalize, unsupported_ops
 from onnxkit.train.optim import Optimizer
@@ -81,18 +81,6 @@ onnxblock, api = _import_training()
 MAX_IR_VERSION = 10  # the newest ONNX Runtime 1.19.2 loads
 
 
-def _gpu_count() -> int:
-    """NVIDIA GPUs the CUDA driver reports (0 without a driver)."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-        count = ctypes.c_int(0)
-        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    except OSError:
-        return 0
-
-
 def _cuda_problem() -> str | None:
     """Why CUDA training cannot run here, or None when it can."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -100,7 +88,7 @@ def _cuda_problem() -> str | None:
             "this environment has the CPU-only training package (onnxruntime-training-cpu); "
             "GPU training needs onnxruntime-training (CUDA 11.8, Python 3.11) instead of it"
         )
-    if _gpu_count() == 0:
+    if gpu_count() == 0:
         return "no NVIDIA GPU is visible (no CUDA driver or no device)"
     return None
 
@@ -239,8 +227,8 @@ class OrtTrainingBackend(Backend):
         if problem:
             raise OnnxkitError(f"cannot train on {device}: {problem}; or use --device cpu")
         index = int(match.group(1) or 0)
-        if index >= _gpu_count():
-            raise OnnxkitError(f"cannot train on {device}: only {_gpu_count()} GPU(s) visible (cuda:0..)")
+        if index >= gpu_count():
+            raise OnnxkitError(f"cannot train on {device}: only {gpu_count()} GPU(s) visible (cuda:0..)")
         return device
 
     def build(self, problem: TrainingProblem, directory: Path) -> None:
