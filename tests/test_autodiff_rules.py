@@ -92,7 +92,8 @@ def test_gather_adds_repeated_indices(axis):
 
 
 def test_gather_elements():
-    check("GatherElements", {"x": rand(3, 4)}, ["x"], {"axis": 1}, constants={"i": np.array([[0, 0, 3], [1, 2, 1], [3, 3, 3]])})
+    index = np.array([[0, 0, 3], [1, 2, 1], [3, 3, 3]])
+    check("GatherElements", {"x": rand(3, 4)}, ["x"], {"axis": 1}, constants={"i": index})
 
 
 def test_expand_tile_pad():

@@ -17,11 +17,13 @@ from onnxkit.data.text import tokenizer_options
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
 from onnxkit.files import save_model
+from onnxkit.graph_walks import value_types
 from onnxkit.metadata import read_metadata
 from onnxkit.train import fit
 from onnxkit.train.frozen_features import cut
 from onnxkit.train.lora import LoraAdapter, LoraConfig
-from onnxkit.graph_walks import value_types
+
+pytestmark = pytest.mark.training
 
 TOPICS = "business,entertainment,politics,sports,tech"
 TEXTS = ["The central bank raised interest rates as inflation rose and shares fell.",

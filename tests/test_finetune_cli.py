@@ -14,6 +14,8 @@ from onnx import numpy_helper
 from onnxkit import zoo
 from onnxkit.files import save_model
 
+pytestmark = pytest.mark.training
+
 TOPICS = "business,entertainment,politics,sports,tech"
 COMMON = ("--data", "bbc-news", "--batch-size", "8", "--threads", "2", "--quiet")
 

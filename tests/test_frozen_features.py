@@ -14,9 +14,11 @@ from test_train_resume import mlp_with_batchnorm, weights
 
 from onnxkit import zoo
 from onnxkit.files import load_model
+from onnxkit.graph_walks import value_types
 from onnxkit.train import TrainingInterrupted, fit
 from onnxkit.train.frozen_features import cut
-from onnxkit.graph_walks import value_types
+
+pytestmark = pytest.mark.training
 
 COMMON = dict(epochs=3, batch_size=32, lr=1e-2, seed=3, device="cpu")
 

@@ -12,6 +12,8 @@ from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
 from onnxkit.train.lora import ALL_ATTENTION, LoraConfig, add_adapters, merge_adapters, target_weights
 
+pytestmark = pytest.mark.training
+
 
 @pytest.fixture(scope="module")
 def small_bert() -> onnx.ModelProto:

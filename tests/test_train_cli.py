@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import onnx
+import pytest
 from onnx import numpy_helper
 
 from onnxkit.files import load_model
+
+pytestmark = pytest.mark.training
 
 
 def test_digits_cnn_trains_to_97_percent_through_the_cli(run_cli, tmp_path):

@@ -16,6 +16,8 @@ from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
 from onnxkit.train import TrainingInterrupted, fit
 
+pytestmark = pytest.mark.training
+
 
 @pytest.fixture
 def cnn(tmp_path):

@@ -21,6 +21,8 @@ from onnxkit.train import fit
 from onnxkit.train.backends import get_backend
 from onnxkit.train.export import with_weights
 
+pytestmark = pytest.mark.training
+
 
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

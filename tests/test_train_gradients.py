@@ -15,6 +15,8 @@ from onnxkit.data import Dataset, Split
 from onnxkit.files import load_model
 from onnxkit.train import fit
 
+pytestmark = pytest.mark.training
+
 BATCH, VOCAB, SEQ, DIM = 8, 7, 4, 4
 
 

@@ -18,6 +18,8 @@ from onnxkit.train.losses import get_loss
 from onnxkit.train.optim import AdamW
 from onnxkit.train.schedules import Schedule, warmup_steps
 
+pytestmark = pytest.mark.training
+
 N, D, K = 12, 5, 3
 
 

@@ -19,6 +19,8 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.files import load_model
 from onnxkit.train import TrainingInterrupted, fit
 
+pytestmark = pytest.mark.training
+
 
 def mlp_with_batchnorm() -> onnx.ModelProto:
     """64 -> 32 (BatchNorm, ReLU) -> 10: optimizer state and running statistics both need resuming."""

@@ -34,18 +34,18 @@ from onnxkit.evaluate import evaluate, label_names, score
 from onnxkit.files import load_model, save_model, write_text
 from onnxkit.graph_walks import value_types
 from onnxkit.metadata import metadata, set_metadata
-from onnxkit.train.backend import TrainingProblem, TrainingSession
+from onnxkit.train.backend import TrainingSession
 from onnxkit.train.backends import DEFAULT, default_backend, get_backend
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
 from onnxkit.train.export import with_weights
 from onnxkit.train.frozen_features import cut, features
 from onnxkit.train.losses import Loss, default_loss, get_loss
-from onnxkit.train.objective import build_objective
 from onnxkit.train.optim import Optimizer, get_optimizer
+from onnxkit.train.problem import training_problem
 from onnxkit.train.progress import Progress
 from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule, warmup_steps
-from onnxkit.train.training_form import buffer_updates, find_parameters, output_type, select, training_form
+from onnxkit.train.training_form import find_parameters, output_type, select
 
 MONITORS = {"val_loss": min, "val_accuracy": max, "val_macro_f1": max, "train_loss": min}
 TASK_OF_LOSS = {"cross-entropy": "classification", "bce-with-logits": "binary", "mse": "regression", "l1": "regression"}
@@ -393,37 +393,20 @@ class _Trainer:
     # ---- artifacts and sessions ----------------------------------------------------------
 
     def _build(self) -> None:
-        c, sel = self.config, self.selection
-        form = training_form(
+        c = self.config
+        problem = training_problem(
             self.model,
             self.output_vi,
-            updated_buffers=sel.updated_buffers,
-            types=self.types,
-            dropout=c.dropout,
-            seed=c.seed,
-        )
-        in_form = {t.name for t in form.graph.initializer}
-        labels = self._labels_name()
-        objective = build_objective(
-            form,
             self.loss,
-            self.output,
-            labels,
-            l2=self.backend.l2_in_objective(self.optimizer),
-            l2_params=sel.trainable,
-            accumulation=c.grad_accumulation,
-        )
-        problem = TrainingProblem(
-            objective=objective,
-            eval_model=self.model,
-            output=self.output_vi,
-            trainable=sel.trainable,
-            optimizer=self.optimizer,
-            buffers=buffer_updates(form),
-            frozen=[n for n in sel.frozen if n in in_form],
+            self.selection,
+            self.optimizer,
+            self.backend,
+            types=self.types,
             clip_grad_norm=c.clip_grad_norm,
             grad_accumulation=c.grad_accumulation,
-            labels_name=labels,
+            dropout=c.dropout,
+            seed=c.seed,
+            labels_name=self._labels_name(),
         )
         self.backend.build(problem, self.run.artifacts)
 

@@ -187,6 +187,10 @@ class OrtSession(TrainingSession):
     def parameters(self) -> dict[str, np.ndarray]:
         return {name: p.data for name, p in self._state.parameters}
 
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Read-only here: ORT-training cannot take gradients back (`set_gradients`)."""
+        return {name: p.grad for name, p in self._state.parameters if p.requires_grad}
+
     @property
     def steps(self) -> int:
         return self._steps

@@ -1,0 +1,79 @@
+"""The `onnx` backend's gradients equal ONNX Runtime training's, for every zoo model and a
+PyTorch-exported MiniLM: one batch through each backend, compared per parameter.
+
+Runs where onnxruntime-training is installed (`make test-ort`); the onnx backend's graphs
+then also run on onnxruntime 1.19.2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import has_ort_training
+from test_train_finetune import paraphrase_minilm
+
+from onnxkit import zoo
+from onnxkit.files import load_model
+from onnxkit.train.problem import open_training
+
+pytestmark = [
+    pytest.mark.training,
+    pytest.mark.skipif(not has_ort_training(), reason="needs onnxruntime-training (make test-ort runs it)"),
+]
+BATCH = 6
+SMALL_BERT = {"num_layers": 2, "vocab_size": 2000, "max_positions": 64}
+
+
+def feeds_for(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A batch for `model`'s inputs: normal floats; token ids, all-ones masks and zero type ids."""
+    feeds = {}
+    for vi in model.graph.input:
+        dims = [d.dim_value or (BATCH if i == 0 else 10) for i, d in enumerate(vi.type.tensor_type.shape.dim)]
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            feeds[vi.name] = rng.normal(size=dims).astype(np.float32)
+        elif "mask" in vi.name:
+            feeds[vi.name] = np.ones(dims, np.int64)
+        elif "type" in vi.name:
+            feeds[vi.name] = np.zeros(dims, np.int64)
+        else:
+            feeds[vi.name] = rng.integers(1, 1000, dims).astype(np.int64)
+    return feeds
+
+
+def gradients(model: onnx.ModelProto, backend: str, folder, loss: str, labels: np.ndarray, feeds) -> dict:
+    session = open_training(model, folder / backend, backend=backend, loss=loss, optimizer="sgd", dropout=False)
+    session.train_step(feeds, labels)
+    return session.gradients()
+
+
+def compare(model: onnx.ModelProto, tmp_path, loss: str = "cross-entropy", labels=None) -> None:
+    rng = np.random.default_rng(0)
+    feeds = feeds_for(model, rng)
+    if labels is None:
+        classes = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+        labels = rng.integers(0, max(classes, 1), BATCH)
+    ours = gradients(model, "onnx", tmp_path, loss, labels, feeds)
+    theirs = gradients(model, "ort-training", tmp_path, loss, labels, feeds)
+    assert set(ours) == set(theirs) and ours
+    for name, reference in theirs.items():
+        error = np.linalg.norm(ours[name] - reference) / max(np.linalg.norm(reference), 1e-30)
+        assert error <= 1e-5, f"{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn", "iris-mlp", "text-transformer", "bert-classifier"])
+def test_zoo_model_gradients_equal_ort_training(name, tmp_path):
+    options = SMALL_BERT if name == "bert-classifier" else {}
+    compare(zoo.build_model(name, **options), tmp_path)
+
+
+def test_binary_classifier_gradients_equal_ort_training(tmp_path):
+    labels = (np.arange(BATCH) % 2).astype(np.float32).reshape(BATCH, 1)
+    compare(zoo.build_model("binary-classifier"), tmp_path, loss="bce-with-logits", labels=labels)
+
+
+def test_pytorch_exported_minilm_gradients_equal_ort_training(tmp_path):
+    model = load_model(paraphrase_minilm())
+    del model.graph.output[1:]  # the token embeddings only: the first output
+    labels = np.random.default_rng(1).normal(size=(BATCH, 10, 384)).astype(np.float32)
+    compare(model, tmp_path, loss="mse", labels=labels)

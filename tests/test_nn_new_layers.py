@@ -1,0 +1,308 @@
+"""The DSL layers for ops ONNX Runtime 1.19.2's training build cannot differentiate (ELU ... GroupNorm,
+ConvTranspose2d, Upsample): ONNX Runtime against independent numpy references within 1e-5,
+the opset fallbacks against the ops themselves, parameter names and shapes, and argument errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ort_run
+
+from onnxkit import nn
+from onnxkit.errors import OnnxkitError
+
+RNG = np.random.default_rng(7)
+
+
+def build_one(layer: nn.Module, shape: list, opset: int = 17) -> onnx.ModelProto:
+    model = nn.build(layer, {"x": nn.Input(shape)}, output_names=["y"], opset=opset)
+    onnx.checker.check_model(model, full_check=True)  # weights included
+    return model
+
+
+def run(layer: nn.Module, x: np.ndarray, opset: int = 17, symbolic: tuple[int, ...] = (0,)) -> np.ndarray:
+    """Build `layer` for x's shape (axes in `symbolic` named), check the declared output rank, run it."""
+    shape = [f"d{i}" if i in symbolic else d for i, d in enumerate(x.shape)]
+    model = build_one(layer, shape, opset)
+    (y,) = ort_run(model, {"x": x})
+    assert len(model.graph.output[0].type.tensor_type.shape.dim) == y.ndim
+    return y
+
+
+def randomize(layer: nn.Module) -> None:
+    for _, p in layer.named_arrays():
+        p.value = RNG.normal(0, 0.5, p.shape).astype(np.float32)
+
+
+def params(layer: nn.Module) -> dict[str, tuple[int, ...]]:
+    layer.assign_names()
+    return {n: p.shape for n, p in layer.named_arrays()}
+
+
+def close(a: np.ndarray, b: np.ndarray, tol: float = 1e-5) -> None:
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def images(*shape: int) -> np.ndarray:
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+# -- numpy references (float64) ----------------------------------------------------------
+def softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+ACTIVATIONS = {
+    "elu": (lambda: nn.ELU(0.7), lambda x: np.where(x > 0, x, 0.7 * np.expm1(x))),
+    "selu": (nn.SELU, lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(x))),
+    "celu": (lambda: nn.CELU(0.5), lambda x: np.maximum(x, 0) + np.minimum(0, 0.5 * np.expm1(x / 0.5))),
+    "softplus": (nn.Softplus, softplus),
+    "mish": (nn.Mish, lambda x: x * np.tanh(softplus(x))),
+    "hardsigmoid": (nn.HardSigmoid, lambda x: np.clip(x + 3, 0, 6) / 6),
+    "hardswish": (nn.HardSwish, lambda x: x * np.clip(x + 3, 0, 6) / 6),
+}
+
+
+def ref_norm(x, groups, w=None, b=None, eps=1e-5):
+    """Normalise each group of channels of [N, C, ...] (groups = C: instance norm)."""
+    n, c = x.shape[:2]
+    g = x.astype(np.float64).reshape(n, groups, -1)
+    y = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)).reshape(x.shape)
+    per_channel = (1, c) + (1,) * (x.ndim - 2)
+    return y * (1 if w is None else w.reshape(per_channel)) + (0 if b is None else b.reshape(per_channel))
+
+
+def ref_conv_transpose(x, w, b, stride, pad, out_pad, groups, dilation):
+    """Scatter every input pixel times the kernel into the output, then crop the padding."""
+    n, cin, h, wd = x.shape
+    _, opg, kh, kw = w.shape
+    ipg = cin // groups
+    full = [(size - 1) * s + d * (k - 1) + 1 + op
+            for size, s, d, k, op in zip((h, wd), stride, dilation, (kh, kw), out_pad, strict=True)]
+    y = np.zeros((n, opg * groups, *full))
+    for ic in range(cin):
+        g = ic // ipg
+        for i in range(h):
+            for j in range(wd):
+                for ki in range(kh):
+                    for kj in range(kw):
+                        r, c = i * stride[0] + ki * dilation[0], j * stride[1] + kj * dilation[1]
+                        y[:, g * opg:(g + 1) * opg, r, c] += x[:, ic, i, j, None] * w[ic, :, ki, kj]
+    oh, ow = full[0] - 2 * pad[0], full[1] - 2 * pad[1]
+    y = y[:, :, pad[0]:pad[0] + oh, pad[1]:pad[1] + ow]
+    return y + (b[None, :, None, None] if b is not None else 0)
+
+
+def ref_upsample(x, scales, mode):
+    """PyTorch's Upsample (align_corners=False), one output pixel at a time."""
+    out = tuple(math.floor(d * s) for d, s in zip(x.shape[2:], scales, strict=True))
+    y = np.zeros(x.shape[:2] + out)
+    for idx in np.ndindex(*out):
+        if mode == "nearest":
+            src = tuple(min(math.floor(o / s), d - 1) for o, s, d in zip(idx, scales, x.shape[2:], strict=True))
+            y[(..., *idx)] = x[(..., *src)]
+            continue
+        (oi, oj), (h, w) = idx, x.shape[2:]
+        si, sj = (max((o + 0.5) / s - 0.5, 0.0) for o, s in zip(idx, scales, strict=True))
+        i0, j0 = math.floor(si), math.floor(sj)
+        i1, j1, di, dj = min(i0 + 1, h - 1), min(j0 + 1, w - 1), si - i0, sj - j0
+        y[:, :, oi, oj] = ((1 - di) * ((1 - dj) * x[:, :, i0, j0] + dj * x[:, :, i0, j1])
+                           + di * ((1 - dj) * x[:, :, i1, j0] + dj * x[:, :, i1, j1]))
+    return y
+
+
+# -- activations ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_match_numpy(name):
+    make, ref = ACTIVATIONS[name]
+    x = images(4, 3, 5) * 3
+    x[0, 0, :4] = [-40.0, -6.0, 6.0, 40.0]  # the saturating tails
+    close(run(make(), x), ref(x.astype(np.float64)))
+
+
+@pytest.mark.parametrize("layer, opset, ops", [
+    (nn.Mish(), 17, ["Softplus", "Tanh", "Mul"]), (nn.Mish(), 18, ["Mish"]),
+    (nn.HardSwish(), 13, ["HardSigmoid", "Mul"]), (nn.HardSwish(), 14, ["HardSwish"]),
+])  # fmt: skip
+def test_activation_ops_before_their_opset_are_composed(layer, opset, ops):
+    model = build_one(layer, ["batch", 6], opset)
+    assert [n.op_type for n in model.graph.node] == ops
+    x = images(3, 6) * 3
+    ref = ACTIVATIONS[type(layer).__name__.lower()][1]
+    close(ort_run(model, {"x": x})[0], ref(x.astype(np.float64)))
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (2, 3, 4, 4)])
+def test_prelu_per_channel_broadcasts_over_axis_1(shape):
+    layer = nn.PReLU(3, init=0.1)
+    assert params(layer) == {"weight": (3,)}
+    np.testing.assert_array_equal(layer.weight.value, np.full(3, 0.1, np.float32))
+    randomize(layer)
+    x = images(*shape)
+    slope = layer.weight.value.reshape((1, 3) + (1,) * (len(shape) - 2))
+    close(run(layer, x), np.where(x > 0, x, slope * x))
+
+
+def test_prelu_single_slope_and_functional_form():
+    class Leaky(nn.Module):
+        def forward(self, x):
+            return nn.ops.prelu(x, np.array([0.2], np.float32))
+
+    x = images(2, 5)
+    close(run(nn.PReLU(), x), np.where(x > 0, x, 0.25 * x))
+    close(run(Leaky(), x), np.where(x > 0, x, 0.2 * x))
+
+
+def test_elu_and_celu_alpha_in_repr():
+    assert repr(nn.ELU(0.5)) == "ELU(alpha=0.5)" and repr(nn.CELU(2.0)) == "CELU(alpha=2.0)"
+    assert repr(nn.PReLU(8)) == "PReLU(num_parameters=8)"
+
+
+# -- normalisation -------------------------------------------------------------------------
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm(affine):
+    layer = nn.InstanceNorm2d(3, eps=1e-3, affine=affine)
+    assert params(layer) == ({"weight": (3,), "bias": (3,)} if affine else {})
+    randomize(layer)
+    x = images(2, 3, 4, 5) * 2 + 1
+    w, b = (layer.weight.value, layer.bias.value) if affine else (None, None)
+    close(run(layer, x), ref_norm(x, 3, w, b, 1e-3))
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 4, 5), (3, 6, 7), (4, 6)])
+def test_group_norm_decomposed_at_17_and_the_op_at_21(shape):
+    layer = nn.GroupNorm(3, 6)
+    assert params(layer) == {"weight": (6,), "bias": (6,)}
+    randomize(layer)
+    x = images(*shape) * 2 + 1
+    ref = ref_norm(x, 3, layer.weight.value, layer.bias.value)
+    symbolic = tuple(i for i in range(len(shape)) if i != 1)  # batch and spatial dims named
+    at17, at21 = run(layer, x, 17, symbolic), run(layer, x, 21, symbolic)
+    close(at17, ref)
+    close(at21, ref)
+    close(at17, at21)
+    assert "GroupNormalization" not in {n.op_type for n in build_one(layer, list(shape), 17).graph.node}
+    assert [n.op_type for n in build_one(layer, list(shape), 21).graph.node] == ["GroupNormalization"]
+
+
+def test_group_norm_without_affine_and_functional_form():
+    x = images(2, 4, 3, 3)
+
+    class Functional(nn.Module):
+        def forward(self, x):
+            return nn.ops.group_norm(x, 2, eps=1e-4)
+
+    for opset in (17, 21):
+        close(run(nn.GroupNorm(1, 4, affine=False), x, opset), ref_norm(x, 1))
+        close(run(Functional(), x, opset), ref_norm(x, 2, eps=1e-4))
+    assert repr(nn.GroupNorm(2, 4)) == "GroupNorm(2, 4, eps=1e-05, affine=True)"
+
+
+# -- pooling, transposed convolution, upsampling --------------------------------------------
+def test_global_max_pool():
+    x = images(3, 2, 5, 4)
+    close(run(nn.Sequential([nn.GlobalMaxPool2d(), nn.Flatten()]), x), x.max(axis=(2, 3)))
+
+
+@pytest.mark.parametrize("kwargs, hw", [
+    ({"kernel_size": 3}, (4, 5)),
+    ({"kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}, (4, 4)),
+    ({"kernel_size": (2, 3), "stride": (2, 1), "padding": (0, 1), "groups": 2}, (3, 4)),
+    ({"kernel_size": 3, "stride": 2, "dilation": 2, "output_padding": 1, "bias": False}, (3, 3)),
+])  # fmt: skip
+def test_conv_transpose2d(kwargs, hw):
+    layer = nn.ConvTranspose2d(4, 6, **kwargs)
+    kh, kw = layer.kernel
+    expect = {"weight": (4, 6 // layer.groups, kh, kw)} | ({"bias": (6,)} if layer.bias is not None else {})
+    assert params(layer) == expect
+    randomize(layer)
+    x = images(2, 4, *hw)
+    b = layer.bias.value if layer.bias is not None else None
+    ref = ref_conv_transpose(x, layer.weight.value, b, layer.stride, layer.pads[:2], layer.output_padding,
+                             layer.groups, layer.dilation)
+    y = run(layer, x)
+    assert y.shape == ref.shape
+    close(y, ref)
+
+
+def test_conv_transpose2d_pytorch_init():
+    nn.manual_seed(3)
+    layer = nn.ConvTranspose2d(8, 16, 3, groups=2)
+    bound = 1 / math.sqrt(16 // 2 * 9)
+    for p in (layer.weight.value, layer.bias.value):
+        assert np.abs(p).max() <= bound
+    assert layer.weight.value.std() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+
+
+@pytest.mark.parametrize("scale, mode, shape", [
+    (2, "nearest", (2, 3, 4, 5)),
+    ((2, 3), "nearest", (1, 2, 3, 3)),
+    (1.5, "nearest", (1, 2, 5, 4)),
+    (3, "nearest", (2, 3, 4)),
+    (2, "bilinear", (2, 3, 4, 5)),
+    ((1.5, 2.5), "bilinear", (1, 2, 5, 4)),
+])  # fmt: skip
+def test_upsample(scale, mode, shape):
+    layer = nn.Upsample(scale, mode)
+    x = images(*shape)
+    scales = (scale,) * (len(shape) - 2) if isinstance(scale, int | float) else scale
+    close(run(layer, x), ref_upsample(x.astype(np.float64), scales, mode))
+    model = build_one(layer, ["batch", *shape[1:]])
+    dims = [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", shape[1], *(math.floor(d * s) for d, s in zip(shape[2:], scales, strict=True))]
+
+
+def test_new_layers_get_hierarchical_names_and_layer_docs():
+    net = nn.Sequential([nn.ConvTranspose2d(2, 4, 2, stride=2), nn.GroupNorm(2, 4), nn.PReLU(4),
+                         nn.InstanceNorm2d(4), nn.Upsample(2), nn.Mish()])
+    assert params(net) == {"0.weight": (2, 4, 2, 2), "0.bias": (4,), "1.weight": (4,), "1.bias": (4,),
+                           "2.weight": (4,), "3.weight": (4,), "3.bias": (4,)}
+    model = build_one(net, ["batch", 2, 3, 3])
+    assert {n.name.split("/")[0] for n in model.graph.node} == {str(i) for i in range(6)}
+    (resize,) = [n for n in model.graph.node if n.op_type == "Resize"]
+    assert resize.name == "4/Resize" and resize.doc_string == "Upsample(scale_factor=2, mode='nearest')"
+    assert repr(net[0]).startswith("ConvTranspose2d(2, 4, kernel=(2, 2), stride=(2, 2)")
+
+
+# -- argument and shape errors -------------------------------------------------------------
+@pytest.mark.parametrize("make, match", [
+    (lambda: nn.GroupNorm(4, 6), "num_channels 6 is not divisible by num_groups 4"),
+    (lambda: nn.ConvTranspose2d(4, 6, 3, groups=4), "not divisible by groups=4"),
+    (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, output_padding=2), "output_padding"),
+    (lambda: nn.ConvTranspose2d(4, 6, 3, padding="same"), "padding must be a number"),
+])  # fmt: skip
+def test_bad_arguments(make, match):
+    with pytest.raises(OnnxkitError, match=match):
+        make()
+
+
+class Net(nn.Module):
+    def __init__(self, layer):
+        self.body = nn.Sequential([layer])
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("layer, shape, match", [
+    (nn.GroupNorm(2, 6), [6], r"group_norm expects input of rank >= 2 with 6 channels on axis 1, got shape \[6\]"),
+    (nn.GroupNorm(2, 6), ["batch", 4, 3], "with 6 channels on axis 1"),
+    (nn.InstanceNorm2d(3), ["batch", 3, 5], r"InstanceNorm2d expects input of rank 4 with 3 channels"),
+    (nn.ConvTranspose2d(3, 2, 2), ["batch", 4, 5, 5], r"ConvTranspose2d expects input of rank 4 with 3 channels"),
+    (nn.GlobalMaxPool2d(), ["batch", 3, 5], r"GlobalMaxPool2d expects input of rank 4"),
+    (nn.PReLU(3), ["batch", 4, 5, 5], "prelu with 3 slopes expects input of rank >= 2 with 3 channels"),
+    (nn.Upsample(2, "bilinear"), ["batch", 3, 5], "bilinear upsample expects input of rank 4"),
+    (nn.Upsample(2, "bicubic"), ["batch", 3, 5, 5], "unknown upsample mode 'bicubic'; use one of nearest, bilinear"),
+    (nn.Upsample((2, 2, 2), "nearest"), ["batch", 3, 5, 5], r"scale_factor \(2, 2, 2\) needs one positive number or 2"),
+    (nn.Upsample(0), ["batch", 3, 5, 5], "needs one positive number"),
+    (nn.CELU(0.0), ["batch", 3], "celu alpha must be non-zero"),
+])  # fmt: skip
+def test_bad_inputs_name_the_layer(layer, shape, match):
+    with pytest.raises(OnnxkitError, match=f"^body.0: .*{match}") as e:
+        nn.build(Net(layer), {"x": nn.Input(shape)})
+    assert "\n" not in str(e.value)
