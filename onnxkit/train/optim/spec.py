@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -62,8 +63,8 @@ class Optimizer:
             return value
         values = value if isinstance(default, tuple) else (value,)
         shape_ok = not isinstance(default, tuple) or (isinstance(value, tuple | list) and len(value) == len(default))
-        numbers = shape_ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        if not numbers or not all(math.isfinite(v) and v >= 0 for v in values):
+        are_numbers = shape_ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+        if not are_numbers or not all(math.isfinite(v) and v >= 0 for v in values):
             wanted = f"{len(default)} numbers" if isinstance(default, tuple) else "a number"
             raise OnnxkitError(f"{self.name} option {key} must be {wanted} >= 0, got {value!r}")
         return tuple(float(v) for v in values) if isinstance(default, tuple) else float(value)
