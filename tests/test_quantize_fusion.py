@@ -62,3 +62,14 @@ def test_models_without_attention_are_not_fused():
     result = quantize(mlp, mode="dynamic", measure_latency=False)
     assert not any(n.domain == "com.microsoft" and n.op_type.endswith("Attention") for n in result.model.graph.node)
     assert not any("fused" in note for note in result.report.notes)
+
+
+def test_fusing_without_sympy_is_a_clear_error(bert, monkeypatch):
+    import importlib.util
+
+    from onnxkit.errors import OnnxkitError
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sympy" else find_spec(name, *a))
+    with pytest.raises(OnnxkitError, match=r"needs sympy; install it with: pip install 'onnxkit\[train\]'"):
+        quantize(bert, mode="dynamic", measure_latency=False)

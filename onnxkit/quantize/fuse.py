@@ -11,10 +11,12 @@ on ONNX Runtime only. A model without an attention pattern is left as it is.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import onnx
 
+from onnxkit.errors import OnnxkitError
 from onnxkit.quantize.prepare import quiet_ort
 from onnxkit.runtime.session import create_session, providers_for, session_options
 
@@ -24,6 +26,11 @@ def fuse_attention(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelPro
     `model` itself and {} when no attention block was found."""
     if not any(node.op_type == "Softmax" for node in model.graph.node):
         return model, {}
+    if importlib.util.find_spec("sympy") is None:  # ORT's fusions run its symbolic shape inference
+        raise OnnxkitError(
+            "fusing attention before dynamic int8 needs sympy; install it with: pip install 'onnxkit[train]' "
+            "(or pip install sympy)"
+        )
     from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
