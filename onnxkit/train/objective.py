@@ -59,9 +59,11 @@ def build_objective(
 def _add_l2(graph: onnx.GraphProto, loss: str, params: Sequence[str], decay: float) -> str:
     """loss + decay/2 * sum of squares of `params`."""
     parts = []
-    for i, name in enumerate(params):
+    for i, name in enumerate(params):  # Mul + ReduceSum: ORT-training has no ReduceSumSquare gradient
         parts.append(f"{PREFIX}.l2.{i}")
-        graph.node.append(helper.make_node("ReduceSumSquare", [name], [parts[-1]], name=f"l2/{i}", keepdims=0))
+        graph.node.append(helper.make_node("Mul", [name, name], [f"{parts[-1]}.square"], name=f"l2/{i}/square"))
+        graph.node.append(helper.make_node("ReduceSum", [f"{parts[-1]}.square"], [parts[-1]], name=f"l2/{i}",
+                                           keepdims=0))
     squares = parts[0]
     if len(parts) > 1:
         squares = f"{PREFIX}.l2.sum"
