@@ -59,15 +59,15 @@ def build_objective(
 def _add_l2(graph: onnx.GraphProto, loss: str, params: Sequence[str], decay: float) -> str:
     """loss + decay/2 * sum of squares of `params`."""
     parts = []
-    for i, name in enumerate(params):  # Mul + ReduceSum: ORT-training has no ReduceSumSquare gradient
+    for i, name in enumerate(params):  # Mul + ReduceSum: ORT-training lacks ReduceSumSquare's gradient
         parts.append(f"{PREFIX}.l2.{i}")
         graph.node.append(helper.make_node("Mul", [name, name], [f"{parts[-1]}.square"], name=f"l2/{i}/square"))
         graph.node.append(helper.make_node("ReduceSum", [f"{parts[-1]}.square"], [parts[-1]], name=f"l2/{i}",
                                            keepdims=0))
     squares = parts[0]
-    if len(parts) > 1:
-        squares = f"{PREFIX}.l2.sum"
-        graph.node.append(helper.make_node("Sum", parts, [squares], name="l2/sum"))
+    for i, part in enumerate(parts[1:]):  # a chain of Adds: ORT-training has no Sum gradient either
+        graph.node.append(helper.make_node("Add", [squares, part], [f"{PREFIX}.l2.acc{i}"], name=f"l2/acc{i}"))
+        squares = f"{PREFIX}.l2.acc{i}"
     graph.initializer.append(helper.make_tensor(f"{PREFIX}.half_decay", TensorProto.FLOAT, [], [decay / 2]))
     graph.node.append(helper.make_node("Mul", [squares, f"{PREFIX}.half_decay"], [f"{PREFIX}.l2"], name="l2/term"))
     graph.node.append(helper.make_node("Add", [loss, f"{PREFIX}.l2"], [f"{PREFIX}.total"], name="loss/total"))
