@@ -5,6 +5,8 @@ are in test_quantize_zoo.py)."""
 from __future__ import annotations
 
 import json
+import logging
+import sys
 
 import numpy as np
 import onnx
@@ -208,10 +210,28 @@ def test_int4_runs_matmulnbits_equal_to_numpy_block_quantization(block):
     np.testing.assert_allclose(logits(q, x), expected, rtol=1e-4, atol=1e-4)
     # each column's K weights padded to whole blocks; per block: block/2 bytes of nibbles and a
     # float32 scale; zero points a nibble per block, each column's padded to whole bytes
-    stored = sum(len(t.raw_data) for t in q.graph.initializer if "_Q4_" in t.name)
+    inits = {t.name: t for t in q.graph.initializer}
+    stored = sum(len(inits[i].raw_data) for n in q.graph.node if n.op_type == "MatMulNBits" for i in n.input[1:])
     blocks = {(k, n): -(-k // block) for k, n in [(D_IN, HIDDEN), (HIDDEN, CLASSES)]}
     expected_bytes = sum(n * (b * block // 2 + b * 4 + -(-b // 2)) for (k, n), b in blocks.items())
     assert stored == expected_bytes
+
+
+def test_int4_leaves_the_root_logger_as_it_was(monkeypatch, capfd):
+    """ORT's 4-bit quantizer module calls logging.basicConfig(level=INFO) when imported."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.delitem(sys.modules, "onnxruntime.quantization.matmul_nbits_quantizer", raising=False)
+    level = root.level
+    quantize(mlp(), mode="int4", measure_latency=False)
+    assert root.handlers == [] and root.level == level
+    assert capfd.readouterr() == ("", "")
+
+
+def test_int4_without_orts_quantizer_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization.matmul_nbits_quantizer", None)
+    with pytest.raises(OnnxkitError, match=r"--mode int4 needs ONNX Runtime's 4-bit quantizer .*onnxkit\[train\]"):
+        quantize(mlp(), mode="int4", measure_latency=False)
 
 
 def test_fp16_and_int4_stay_close_to_fp32(mlp_data):

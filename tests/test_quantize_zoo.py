@@ -105,7 +105,7 @@ def test_a_small_bert_through_every_pass(mode):
     bound = 0.01 if mode == "fp16" else 0.25
     assert np.abs(got - ref).max() <= bound * np.abs(ref).max()
     # A tiny model: LayerNorm, bias and position tables stay float and weigh in; int4 keeps the
-    # embedding tables float too (no 4-bit Gather kernel in ORT 1.19.2), and static QDQ's
+    # embedding tables float too (ORT's 4-bit Gather would force opset 21), and static QDQ's
     # per-tensor scales and node names cost nearly as much as its int8 weights save.
     assert result.report.size_ratio < {"dynamic": 0.6, "fp16": 0.7, "int4": 0.8, "static": 1.0}[mode]
 

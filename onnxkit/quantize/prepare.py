@@ -21,19 +21,22 @@ from onnxkit.quantize import rewrite
 
 @contextlib.contextmanager
 def quiet_ort() -> Iterator[None]:
-    """Silence ONNX Runtime's native logger, the quantizers' root-logger chatter and
-    the calibrators' print()s (which would mix into a command's stdout)."""
+    """Silence ONNX Runtime's native logger, the quantizers' logging below ERROR and the
+    calibrators' print()s (which would mix into a command's stdout). The root logger's level
+    and handlers are put back afterwards: some ORT modules call `logging.basicConfig` on import."""
     import onnxruntime as ort
 
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    level, handlers, disabled = root.level, root.handlers[:], root.manager.disable
+    logging.disable(logging.WARNING)
     ort.set_default_logger_severity(3)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
+        logging.disable(disabled)
         root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 @contextlib.contextmanager

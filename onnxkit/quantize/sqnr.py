@@ -58,7 +58,6 @@ def weight_errors(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, wo
     with quiet_ort():
         errors = compute_weight_error(create_weight_matching(str(float_path), str(quant_path)))
     q_inits = {t.name: t for t in quant_model.graph.initializer}
-    f_nodes = {n.name: n for n in float_model.graph.node}
     for tensor in float_model.graph.initializer:
         if tensor.name in errors or tensor.data_type != onnx.TensorProto.FLOAT:
             continue
@@ -70,12 +69,11 @@ def weight_errors(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, wo
         approx = _dequantize_named(tensor.name, q_inits, original.shape)
         if approx is not None:
             errors[tensor.name] = sqnr_db(original, approx)
-    for node in quant_model.graph.node:
-        if node.op_type == "MatMulNBits" and node.name in f_nodes:
-            name = f_nodes[node.name].input[1]
-            original = numpy_helper.to_array(next(t for t in float_model.graph.initializer
-                                                  if t.name == name))  # fmt: skip
-            errors[name] = sqnr_db(original, int4.dequantize(node, q_inits))
+    floats = {t.name: t for t in float_model.graph.initializer}
+    for node in quant_model.graph.node:  # ORT's 4-bit quantizer names the packed weight `W_Q4`
+        weight = floats.get(node.input[1].removesuffix("_Q4")) if node.op_type == "MatMulNBits" else None
+        if weight is not None:
+            errors[weight.name] = sqnr_db(numpy_helper.to_array(weight), int4.dequantize(node, q_inits))
     return errors
 
 
