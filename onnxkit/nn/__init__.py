@@ -12,20 +12,46 @@
 """
 
 from onnxkit.nn import init, ops
-from onnxkit.nn.activation import GELU, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from onnxkit.nn.activation import (
+    CELU,
+    ELU,
+    GELU,
+    SELU,
+    Dropout,
+    HardSigmoid,
+    HardSwish,
+    LeakyReLU,
+    Mish,
+    PReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
 from onnxkit.nn.attention import FeedForward, MeanPool, MultiHeadAttention, TransformerEncoderLayer
 from onnxkit.nn.build import DEFAULT_OPSET, IR_VERSION, Input, build
-from onnxkit.nn.conv import AvgPool2d, Conv2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from onnxkit.nn.conv import (
+    AvgPool2d,
+    Conv2d,
+    ConvTranspose2d,
+    Flatten,
+    GlobalAvgPool2d,
+    GlobalMaxPool2d,
+    MaxPool2d,
+    Upsample,
+)
 from onnxkit.nn.graph import Tensor
 from onnxkit.nn.init import manual_seed
 from onnxkit.nn.linear import Embedding, Linear
 from onnxkit.nn.module import Buffer, Module, ModuleList, Parameter, Sequential
-from onnxkit.nn.norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from onnxkit.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm
 
 __all__ = [
-    "DEFAULT_OPSET", "GELU", "IR_VERSION", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Buffer",
-    "Conv2d", "Dropout", "Embedding", "FeedForward", "Flatten", "GlobalAvgPool2d", "Input",
-    "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "MeanPool", "Module", "ModuleList",
-    "MultiHeadAttention", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
-    "Tensor", "TransformerEncoderLayer", "build", "init", "manual_seed", "ops",
+    "CELU", "DEFAULT_OPSET", "ELU", "GELU", "IR_VERSION", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
+    "Buffer", "Conv2d", "ConvTranspose2d", "Dropout", "Embedding", "FeedForward", "Flatten", "GlobalAvgPool2d",
+    "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "Input", "InstanceNorm2d", "LayerNorm",
+    "LeakyReLU", "Linear", "MaxPool2d", "MeanPool", "Mish", "Module", "ModuleList", "MultiHeadAttention",
+    "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh", "Tensor",
+    "TransformerEncoderLayer", "Upsample", "build", "init", "manual_seed", "ops",
 ]  # fmt: skip

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from onnxkit.errors import OnnxkitError
 from onnxkit.nn import ops
 from onnxkit.nn.graph import Tensor, current_graph
-from onnxkit.nn.module import Module
+from onnxkit.nn.module import Module, Parameter
 
 
 class ReLU(Module):
@@ -50,6 +52,79 @@ class Softmax(Module):
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}"
+
+
+class _WithAlpha(Module):
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class ELU(_WithAlpha):
+    """x if x > 0 else alpha·(exp(x) - 1)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.elu(x, self.alpha)
+
+
+class CELU(_WithAlpha):
+    """max(0, x) + min(0, alpha·(exp(x/alpha) - 1)); float32 only."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.celu(x, self.alpha)
+
+
+class SELU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.selu(x)
+
+
+class Softplus(Module):
+    """log(1 + exp(x)): PyTorch's Softplus with its default beta=1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.softplus(x)
+
+
+class Mish(Module):
+    """x·tanh(softplus(x)); the Mish op from opset 18, its three ops below."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.mish(x)
+
+
+class HardSigmoid(Module):
+    """PyTorch's hardsigmoid: max(0, min(1, x/6 + 1/2))."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.hard_sigmoid(x)
+
+
+class HardSwish(Module):
+    """x·hardsigmoid(x)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.hard_swish(x)
+
+
+class PReLU(Module):
+    """x if x > 0 else weight·x, with one learnt slope or one per channel (axis 1 of [N, C, ...]).
+
+    The weight is [num_parameters], as in PyTorch; the graph unsqueezes it to [C, 1, ...]
+    for inputs of rank 3 and more.
+    """
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25):
+        self.num_parameters = num_parameters
+        self.weight = Parameter(np.full((num_parameters,), init, np.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.prelu(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.num_parameters}"
 
 
 class Dropout(Module):

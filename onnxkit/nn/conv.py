@@ -1,7 +1,9 @@
-"""Convolution and pooling over NCHW images, and `Flatten`."""
+"""Convolution, pooling and upsampling over NCHW images, and `Flatten`."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from onnxkit.errors import OnnxkitError
@@ -28,35 +30,83 @@ def _pads(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int], stri
     return [ph, pw, ph, pw]
 
 
-class Conv2d(Module):
+class _Conv(Module):
+    """What Conv2d and ConvTranspose2d share: channels, geometry, and the node."""
+
+    weight: Parameter  # set by the subclass, which knows the layout
+    bias: Parameter | None
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int], padding: int | tuple[int, int] | str,
+                 dilation: int | tuple[int, int], groups: int):
+        if in_channels % groups or out_channels % groups:
+            raise OnnxkitError(
+                f"{type(self).__name__}: channels {in_channels}->{out_channels} are not divisible by groups={groups}"
+            )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.pads = _pads(padding, self.kernel, self.dilation, self.stride)
+
+    def _node(self, op_type: str, x: Tensor, **attrs: Any) -> Tensor:
+        inputs = [x, ops.as_tensor(self.weight)]
+        if self.bias is not None:
+            inputs.append(ops.as_tensor(self.bias))
+        attrs |= {"kernel_shape": list(self.kernel), "strides": list(self.stride),
+                  "dilations": list(self.dilation), "pads": self.pads, "group": self.groups}
+        return current_graph().op(op_type, inputs, attrs)[0]
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel={self.kernel}, "
+                f"stride={self.stride}, pads={self.pads}, groups={self.groups}")
+
+
+class Conv2d(_Conv):
     """2-D convolution; weight [out, in/groups, kh, kw]."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
                  dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
                  init_fn: str = "kaiming_uniform"):
-        if in_channels % groups or out_channels % groups:
-            raise OnnxkitError(
-                f"Conv2d: channels {in_channels}->{out_channels} are not divisible by groups={groups}"
-            )
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.pads = _pads(padding, self.kernel, self.dilation, self.stride)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         shape = (out_channels, in_channels // groups, *self.kernel)
         self.weight = Parameter(init.get(init_fn)(shape))
         self.bias = Parameter(init.zeros((out_channels,))) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        inputs = [x, ops.as_tensor(self.weight)]
-        if self.bias is not None:
-            inputs.append(ops.as_tensor(self.bias))
-        attrs = {"kernel_shape": list(self.kernel), "strides": list(self.stride),
-                 "dilations": list(self.dilation), "pads": self.pads, "group": self.groups}
-        return current_graph().op("Conv", inputs, attrs)[0]
+        return self._node("Conv", x)
+
+
+class ConvTranspose2d(_Conv):
+    """Transposed 2-D convolution; weight [in, out/groups, kh, kw], as PyTorch's.
+
+    Each output axis has (size - 1)·stride - 2·padding + dilation·(kernel - 1) + output_padding + 1
+    cells. Weight and bias start U(±1/√fan_in), fan_in = out/groups·kh·kw, as in PyTorch.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 output_padding: int | tuple[int, int] = 0, groups: int = 1,
+                 dilation: int | tuple[int, int] = 1, bias: bool = True):
+        if isinstance(padding, str):
+            raise OnnxkitError(f"ConvTranspose2d: padding must be a number or a pair, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        self.output_padding = _pair(output_padding)
+        if any(p >= max(s, d) for p, s, d in zip(self.output_padding, self.stride, self.dilation, strict=True)):
+            raise OnnxkitError(
+                f"ConvTranspose2d: output_padding {self.output_padding} must be smaller than "
+                f"stride {self.stride} or dilation {self.dilation}"
+            )
+        kh, kw = self.kernel
+        bound = 1 / math.sqrt(out_channels // groups * kh * kw)
+        self.weight = Parameter(init.uniform((in_channels, out_channels // groups, kh, kw), bound))
+        self.bias = Parameter(init.uniform((out_channels,), bound)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        ops.check_input(x, "ConvTranspose2d", 4, channels=self.in_channels)
+        return self._node("ConvTranspose", x, output_padding=list(self.output_padding))
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel={self.kernel}, "
-                f"stride={self.stride}, pads={self.pads}, groups={self.groups}")
+        return super().extra_repr() + f", output_padding={self.output_padding}"
 
 
 class _Pool2d(Module):
@@ -86,11 +136,38 @@ class AvgPool2d(_Pool2d):
     op_type = "AveragePool"
 
 
-class GlobalAvgPool2d(Module):
-    """Mean over H×W: [N, C, H, W] -> [N, C, 1, 1]."""
+class _GlobalPool2d(Module):
+    op_type = ""
 
     def forward(self, x: Tensor) -> Tensor:
-        return current_graph().op("GlobalAveragePool", [x])[0]
+        ops.check_input(x, type(self).__name__, 4)
+        return current_graph().op(self.op_type, [x])[0]
+
+
+class GlobalAvgPool2d(_GlobalPool2d):
+    """Mean over H×W: [N, C, H, W] -> [N, C, 1, 1]."""
+
+    op_type = "GlobalAveragePool"
+
+
+class GlobalMaxPool2d(_GlobalPool2d):
+    """Max over H×W: [N, C, H, W] -> [N, C, 1, 1]."""
+
+    op_type = "GlobalMaxPool"
+
+
+class Upsample(Module):
+    """Scale the spatial axes of [N, C, ...] by `scale_factor` with Resize, as PyTorch's Upsample
+    (align_corners=False): "nearest" (any rank >= 3) or "bilinear" ([N, C, H, W])."""
+
+    def __init__(self, scale_factor: float | Sequence[float], mode: str = "nearest"):
+        self.scale_factor, self.mode = scale_factor, mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.upsample(x, self.scale_factor, self.mode)
+
+    def extra_repr(self) -> str:
+        return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
 
 
 class Flatten(Module):

@@ -151,8 +151,9 @@ class Graph:
     ) -> tuple[Tensor, ...]:
         """Append one node and return its outputs, typed and shaped by ONNX shape inference.
 
-        `shapes` fills in dims that ONNX inference leaves unknown (e.g. a Slice
-        whose end is computed at run time). A missing optional input is `None`.
+        `shapes` fills in dims (or the rank) that ONNX inference leaves unknown (e.g. a
+        Slice whose end is computed at run time); with it, an output ONNX cannot type at
+        all takes the first input's dtype. A missing optional input is `None`.
         """
         scope = self.scope
         node_name = self.unique(f"{scope}/{op_type}" if scope else op_type)
@@ -168,11 +169,12 @@ class Graph:
             types = [type_proto(_const.dtype, _const.shape)]
             self.constants[out_names[0]] = node.attribute[0].t
         else:
-            types = self._infer(node, inputs, domain)
+            types = self._infer(node, inputs, domain, typed_by_hint=shapes is not None)
         results = []
         for i, (name, tp) in enumerate(zip(out_names, types, strict=True)):
-            dims = list(_dims_of(tp))
             hint = shapes[i] if shapes else None
+            known_rank = tp.tensor_type.HasField("shape")
+            dims = list(_dims_of(tp)) if known_rank or not hint else [None] * len(hint)
             for j, d in enumerate(dims):
                 if d is None:
                     d = hint[j] if hint and len(hint) == len(dims) else None
@@ -183,7 +185,7 @@ class Graph:
         return tuple(results)
 
     def _infer(
-        self, node: onnx.NodeProto, inputs: Sequence[Tensor | None], domain: str
+        self, node: onnx.NodeProto, inputs: Sequence[Tensor | None], domain: str, typed_by_hint: bool = False
     ) -> list[onnx.TypeProto]:
         schema = onnx.defs.get_schema(node.op_type, self.opset, domain)
         in_types = {t.name: type_proto(t.dtype, t.shape) for t in inputs if t is not None}
@@ -195,6 +197,11 @@ class Graph:
             shapes = ", ".join(_describe(t) for t in inputs if t is not None)
             reason = str(e).split("] ", 1)[-1]
             raise OnnxkitError(f"{where}: {node.op_type}({shapes}): {reason}") from None
+        if typed_by_hint and inputs and inputs[0] is not None:
+            # a schema without inference (GroupNormalization in onnx 1.17): the first input's dtype, hinted shapes
+            elem = helper.np_dtype_to_tensor_dtype(inputs[0].dtype)
+            inferred = {o: inferred[o] if o in inferred else helper.make_tensor_type_proto(elem, None)
+                        for o in node.output}
         missing = [o for o in node.output if o not in inferred]
         if missing:
             raise OnnxkitError(f"{where}: {node.op_type}: could not infer the type of {missing[0]}")

@@ -66,3 +66,51 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
+
+
+class _ChannelNorm(Module):
+    """A per-sample normalisation of [N, C, ...] with an optional per-channel affine (no running stats)."""
+
+    def __init__(self, num_channels: int, eps: float, affine: bool):
+        self.num_channels, self.eps = num_channels, eps
+        self.weight = Parameter(init.ones((num_channels,))) if affine else None
+        self.bias = Parameter(init.zeros((num_channels,))) if affine else None
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
+
+
+class GroupNorm(_ChannelNorm):
+    """Normalise each group of num_channels/num_groups channels of [N, C, ...], then a per-channel affine.
+
+    The GroupNormalization op from opset 21 (opset 18's scales per group, unlike PyTorch);
+    below 21, so at the default opset 17, an equivalent decomposition: Reshape to [N, G, -1],
+    mean and variance by ReduceMean, normalise, Reshape back, per-channel scale and shift.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+        if num_groups < 1 or num_channels % num_groups:
+            raise OnnxkitError(f"GroupNorm: num_channels {num_channels} is not divisible by num_groups {num_groups}")
+        super().__init__(num_channels, eps, affine)
+        self.num_groups = num_groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, " + super().extra_repr()
+
+
+class InstanceNorm2d(_ChannelNorm):
+    """InstanceNormalization over [N, C, H, W]: each sample's channel normalised over H×W on its own.
+
+    Learnable per-channel scale and shift by default; `affine=False` (PyTorch's default) fixes
+    them at 1 and 0. Statistics always come from the input (PyTorch's track_running_stats=False).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__(num_features, eps, affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ops.check_input(x, "InstanceNorm2d", 4, channels=self.num_channels)
+        return ops.instance_norm(x, self.weight, self.bias, self.eps)

@@ -1,8 +1,10 @@
 """Tensor operations: each emits ONNX nodes into the graph being traced.
 
 All of them accept `Tensor`s, `Parameter`s/`Buffer`s and Python or numpy
-constants. Only ops with gradients in ONNX Runtime 1.19.2's training build
-are used (DESIGN.md §3), so every model built from them can be trained.
+constants. Most emit ops with gradients in ONNX Runtime 1.19.2's training build
+(DESIGN.md §3). Those under "ops without an ORT-training gradient" do not: models
+using them train only through `onnxkit.autodiff` (GroupNorm below opset 21 is
+emitted as ops that have one).
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ def as_tensor(x: TensorLike, like: Tensor | None = None) -> Tensor:
 def _default_dtype(x: Any) -> np.dtype:
     a = np.asarray(x)
     return np.dtype(np.float32) if a.dtype == np.float64 else a.dtype
+
+
+def _where() -> str:
+    """The layer being traced, for error messages."""
+    return current_graph().scope or "model"
+
+
+def check_input(x: Tensor, what: str, rank: int, at_least: bool = False, channels: int | None = None) -> None:
+    """Fail, naming the layer, unless `x` has rank `rank` (or more, `at_least`) and, when given,
+    `channels` on axis 1 (a symbolic dim passes)."""
+    c = x.shape[1] if x.ndim > 1 else None
+    rank_ok = x.ndim >= rank if at_least else x.ndim == rank
+    if rank_ok and (channels is None or not isinstance(c, int) or c == channels):
+        return
+    want = f"rank {'>= ' if at_least else ''}{rank}" + (f" with {channels} channels on axis 1" if channels else "")
+    raise OnnxkitError(f"{_where()}: {what} expects input of {want}, got shape {list(x.shape)}")
 
 
 def _op(op_type: str, *inputs: Tensor | None, **attrs: Any) -> Tensor:
@@ -186,7 +204,9 @@ def squeeze(x: TensorLike, axes: Sequence[int]) -> Tensor:
 
 def shape_of(x: TensorLike, start: int = 0, end: int | None = None) -> Tensor:
     """The runtime shape of `x` (or dims start:end) as an int64 vector."""
-    attrs = {"start": start} if end is None else {"start": start, "end": end}
+    attrs = {"start": start} if start else {}  # start and end arrived in opset 15
+    if end is not None:
+        attrs["end"] = end
     return _op("Shape", as_tensor(x), **attrs)
 
 
@@ -210,7 +230,7 @@ def gather(data: TensorLike, indices: TensorLike, axis: int = 0) -> Tensor:
     indices = as_tensor(indices)
     if indices.dtype.kind not in "iu":
         raise OnnxkitError(
-            f"{current_graph().scope or 'model'}: gather indices must be integers, got {indices.dtype}"
+            f"{_where()}: gather indices must be integers, got {indices.dtype}"
         )
     return _op("Gather", as_tensor(data), indices, axis=axis)
 
@@ -235,6 +255,141 @@ def mean(x: TensorLike, axes: Sequence[int], keepdims: bool = False) -> Tensor:
 
 def sum(x: TensorLike, axes: Sequence[int], keepdims: bool = False) -> Tensor:  # noqa: A001
     return _reduce("ReduceSum", x, axes, keepdims)
+
+
+# -- ops without an ORT-training gradient -------------------------------------------------
+def elu(x: TensorLike, alpha: float = 1.0) -> Tensor:
+    """x if x > 0 else alpha·(exp(x) - 1)."""
+    return _op("Elu", as_tensor(x), alpha=float(alpha))
+
+
+def selu(x: TensorLike) -> Tensor:
+    """Scaled ELU with the self-normalising constants (ONNX's defaults, PyTorch's values)."""
+    return _op("Selu", as_tensor(x))
+
+
+def celu(x: TensorLike, alpha: float = 1.0) -> Tensor:
+    """max(0, x) + min(0, alpha·(exp(x/alpha) - 1)); float32 only (the Celu op's one type)."""
+    if alpha == 0:
+        raise OnnxkitError(f"{_where()}: celu alpha must be non-zero")
+    return _op("Celu", as_tensor(x), alpha=float(alpha))
+
+
+def softplus(x: TensorLike) -> Tensor:
+    """log(1 + exp(x))."""
+    return _op("Softplus", as_tensor(x))
+
+
+def mish(x: TensorLike) -> Tensor:
+    """x·tanh(softplus(x)): the Mish op from opset 18, else those three ops."""
+    x = as_tensor(x)
+    if current_graph().opset >= 18:
+        return _op("Mish", x)
+    return mul(x, tanh(softplus(x)))
+
+
+def hard_sigmoid(x: TensorLike, alpha: float = 1 / 6, beta: float = 0.5) -> Tensor:
+    """max(0, min(1, alpha·x + beta)); the defaults are PyTorch's (ONNX's alpha is 0.2)."""
+    return _op("HardSigmoid", as_tensor(x), alpha=float(alpha), beta=float(beta))
+
+
+def hard_swish(x: TensorLike) -> Tensor:
+    """x·hard_sigmoid(x) (PyTorch's hardswish): the HardSwish op from opset 14, those two ops below."""
+    x = as_tensor(x)
+    if current_graph().opset >= 14:
+        return _op("HardSwish", x)
+    return mul(x, hard_sigmoid(x))
+
+
+def _per_channel(t: Tensor, rank: int) -> Tensor:
+    """A [C] vector shaped [C, 1, ...] to broadcast over axis 1 of a rank-`rank` [N, C, ...] input."""
+    return unsqueeze(t, range(1, rank - 1)) if rank > 2 else t
+
+
+def prelu(x: TensorLike, slope: TensorLike) -> Tensor:
+    """x if x > 0 else slope·x, with `slope` [1] or [C] (one per channel, axis 1 of [N, C, ...])."""
+    x, slope = as_tensor(x), as_tensor(slope)
+    if slope.ndim != 1:
+        raise OnnxkitError(f"{_where()}: prelu slope must be a vector [1] or [C], got shape {list(slope.shape)}")
+    if slope.shape[0] == 1:
+        return _op("PRelu", x, slope)
+    check_input(x, f"prelu with {slope.shape[0]} slopes", 2, at_least=True, channels=slope.shape[0])
+    return _op("PRelu", x, _per_channel(slope, x.ndim))
+
+
+def _channel_params(
+    what: str, x: Tensor, min_rank: int, weight: TensorLike | None, bias: TensorLike | None
+) -> tuple[int, Tensor | None, Tensor | None]:
+    """Check `x` is [N, C, ...] against the per-channel weight and bias [C]; return C and them as tensors."""
+    w, b = (None if t is None else as_tensor(t) for t in (weight, bias))
+    c = next((t.shape[0] for t in (w, b) if t is not None), x.shape[1] if x.ndim > 1 else None)
+    check_input(x, what, min_rank, at_least=True, channels=c if isinstance(c, int) else None)
+    if not isinstance(c, int):
+        raise OnnxkitError(f"{_where()}: {what} without weight or bias needs a fixed channel count on axis 1")
+    return c, w, b
+
+
+def _or_full(t: Tensor | None, value: float, channels: int, dtype: np.dtype) -> Tensor:
+    return t if t is not None else as_tensor(np.full(channels, value, dtype))
+
+
+def instance_norm(x: TensorLike, weight: TensorLike | None = None, bias: TensorLike | None = None,
+                  eps: float = 1e-5) -> Tensor:
+    """Normalise each (sample, channel) of [N, C, ...] over its other axes, then scale and shift per channel."""
+    x = as_tensor(x)
+    c, w, b = _channel_params("instance_norm", x, 3, weight, bias)
+    scale, shift = _or_full(w, 1.0, c, x.dtype), _or_full(b, 0.0, c, x.dtype)
+    return _op("InstanceNormalization", x, scale, shift, epsilon=float(eps))
+
+
+def group_norm(x: TensorLike, num_groups: int, weight: TensorLike | None = None, bias: TensorLike | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Normalise [N, C, ...] over each group of C/num_groups channels, then scale and shift per channel.
+
+    From opset 21 this is the GroupNormalization op (opset 18's version scales per group,
+    unlike PyTorch, so it is not used). Below 21 it is emitted as Reshape to [N, G, -1],
+    mean and variance by ReduceMean, normalisation, Reshape back and the per-channel
+    affine, so models build at the default opset 17.
+    """
+    x = as_tensor(x)
+    c, w, b = _channel_params("group_norm", x, 2, weight, bias)
+    if num_groups < 1 or c % num_groups:
+        raise OnnxkitError(f"{_where()}: group_norm: {c} channels are not divisible by {num_groups} groups")
+    if current_graph().opset >= 21:
+        scale, shift = _or_full(w, 1.0, c, x.dtype), _or_full(b, 0.0, c, x.dtype)
+        attrs = {"epsilon": float(eps), "num_groups": num_groups}  # onnx infers no shape for it: hint one
+        return current_graph().op("GroupNormalization", [x, scale, shift], attrs, shapes=[list(x.shape)])[0]
+    groups = reshape(x, [0, num_groups, -1])
+    centred = sub(groups, mean(groups, [2], keepdims=True))
+    normed = div(centred, sqrt(add(mean(mul(centred, centred), [2], keepdims=True), eps)))
+    (normed,) = current_graph().op("Reshape", [normed, shape_of(x)], shapes=[list(x.shape)])
+    if w is not None:
+        normed = mul(normed, _per_channel(w, x.ndim))
+    return add(normed, _per_channel(b, x.ndim)) if b is not None else normed
+
+
+_RESIZE = {  # PyTorch's nn.Upsample modes (align_corners=False) as Resize attributes
+    "nearest": {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+    "bilinear": {"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
+}
+
+
+def upsample(x: TensorLike, scale_factor: float | Sequence[float], mode: str = "nearest") -> Tensor:
+    """Resize the spatial axes (2, 3, ...) of [N, C, ...] by `scale_factor`, as PyTorch's Upsample:
+    "nearest" copies the floored source pixel, "bilinear" (4-D only) interpolates at half-pixel centres."""
+    if mode not in _RESIZE:
+        raise OnnxkitError(f"{_where()}: unknown upsample mode {mode!r}; use one of {', '.join(_RESIZE)}")
+    x = as_tensor(x)
+    check_input(x, f"{mode} upsample", 4 if mode == "bilinear" else 3, at_least=mode == "nearest")
+    spatial = x.ndim - 2
+    scales = [float(scale_factor)] * spatial if np.ndim(scale_factor) == 0 else [float(s) for s in scale_factor]
+    if len(scales) != spatial or min(scales) <= 0:
+        raise OnnxkitError(
+            f"{_where()}: upsample scale_factor {scale_factor} needs one positive number or {spatial} of them"
+        )
+    sizes = [math.floor(d * s) if isinstance(d, int) else None for d, s in zip(x.shape[2:], scales, strict=True)]
+    inputs = [x, None, as_tensor(np.asarray([1.0, 1.0, *scales], np.float32))]
+    return current_graph().op("Resize", inputs, _RESIZE[mode], shapes=[[*x.shape[:2], *sizes]])[0]
 
 
 def _attach_methods() -> None:
