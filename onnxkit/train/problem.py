@@ -71,6 +71,7 @@ def open_training(
     train_only: Sequence[str] = (),
     freeze: Sequence[str] = (),
     dropout: bool = True,
+    grad_accumulation: int = 1,
     device: str = "cpu",
     threads: int | None = None,
 ) -> TrainingSession:
@@ -81,7 +82,8 @@ def open_training(
     output = output_type(types, model, model.graph.output[0].name)
     selection = select(model, find_parameters(model), output.name, freeze=freeze, train_only=train_only)
     spec = get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
-    problem = training_problem(model, output, get_loss(loss), selection, spec, chosen, types=types, dropout=dropout)
+    problem = training_problem(model, output, get_loss(loss), selection, spec, chosen, types=types, dropout=dropout,
+                               grad_accumulation=grad_accumulation)
     directory.mkdir(parents=True)
     chosen.build(problem, directory)
     return chosen.open(directory, device=chosen.resolve_device(device), threads=threads)

@@ -30,6 +30,9 @@ def matmul(b: Backward) -> list[str | None]:
     if ra == 1 or rw == 1:
         raise ValueError("MatMul with a 1-D operand has no gradient rule; reshape it to 2-D")
     da = dw = None
+    if ra == rw == 2:
+        return [b.op("Gemm", dy, w, transB=1) if b.wants(0) else None,
+                b.op("Gemm", a, dy, transA=1) if b.wants(1) else None]
     if rw == 2 and ra > 2:  # a batch of rows times one weight
         if b.wants(0):
             da = b.op("Reshape", b.op("Gemm", _rows(b, dy, b.y()), w, transB=1), b.shape(a))

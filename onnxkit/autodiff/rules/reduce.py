@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from onnxkit.autodiff.builder import Backward
 from onnxkit.autodiff.rules import rule
 
@@ -42,14 +44,17 @@ def reduce_sum(b: Backward) -> list[str | None]:
     return [_spread(b, b.dy()), None]
 
 
+def _count(b: Backward) -> str:
+    """How many inputs each output averages: static when the reduced dims are, else from Size."""
+    x_dims, y_dims = b.dims(b.x()), b.dims(b.y())
+    if x_dims and y_dims is not None and all(isinstance(d, int) for d in x_dims + y_dims):
+        return b.const(float(np.prod(x_dims)) / float(np.prod(y_dims) if y_dims else 1.0))
+    return b.cast_like(b.op("Div", b.op("Size", b.x()), b.op("Size", b.y())), b.x())
+
+
 @rule("ReduceMean")
 def reduce_mean(b: Backward) -> list[str | None]:
-    count = b.op(
-        "Div",
-        b.op("ReduceProd", b.shape(b.x()), keepdims=0),
-        b.op("ReduceProd", b.op("Shape", b.y()), keepdims=0),
-    )
-    return [_spread(b, b.op("Div", b.dy(), b.cast_like(count, b.x()))), None]
+    return [_spread(b, b.op("Div", b.dy(), _count(b))), None]
 
 
 @rule("ReduceSumSquare")

@@ -89,6 +89,9 @@ def gather(b: Backward) -> list[str | None]:
 
 @rule("GatherElements")
 def gather_elements(b: Backward) -> list[str | None]:
+    if b.opset >= 16:  # scatter-add straight back along the axis
+        zeros = b.op("ConstantOfShape", b.shape(b.x()), value=_zero(b))
+        return [b.op("ScatterElements", zeros, b.x(1), b.dy(), axis=b.attr("axis", 0), reduction="add"), None]
     picked = b.op("GatherElements", _positions(b), b.x(1), axis=b.attr("axis", 0))
     return [_scatter_into_zeros(b, picked, b.dy()), None]
 

@@ -1,0 +1,106 @@
+"""The onnx backend's artifacts: the training graph (objective + gradients), the optimizer
+graph, the eval graph and the initial state, all in one folder.
+
+- `training.onnx`: inputs: the batch, the labels, PARAMS (flat) and the buffers; outputs:
+  the loss, each buffer's update and PARAMS.grad (flat). With gradient accumulation it
+  also takes PARAMS.grad.accumulated, the running sum it adds to.
+- `optimizer.onnx`: `onnxkit.train.optim.update_model` over PARAMS as one parameter.
+- `eval.onnx`: the inference form computing the chosen output, fed PARAMS and the buffers.
+- `initial.safetensors` and `signature.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxkit.autodiff import add_gradients, gradient_name
+from onnxkit.files import save_model, write_text
+from onnxkit.graph_walks import opset
+from onnxkit.train.backend import TrainingProblem
+from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, save_state
+from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout, feed_from_flat, gradient_to_flat
+from onnxkit.train.optim import initial_state, update_model
+from onnxkit.train.training_form import eval_form
+
+TRAINING, OPTIMIZER, EVAL, INITIAL, SIGNATURE = (
+    "training.onnx", "optimizer.onnx", "eval.onnx", "initial.safetensors", "signature.json"
+)
+GRADIENT = gradient_name(PARAMS)
+ACCUMULATED = f"{GRADIENT}.accumulated"
+
+
+def _inputs_from_initializers(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+    """Turn the initializers `names` into graph inputs (fed from the state); returns their values."""
+    wanted, values, kept = set(names), {}, []
+    for t in model.graph.initializer:
+        if t.name in wanted:
+            values[t.name] = numpy_helper.to_array(t)
+            model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            kept.append(t)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return values
+
+
+def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str, np.ndarray], FlatLayout]:
+    """The training graph, the initial values of the parameters and buffers, and the flat layout."""
+    model = onnx.ModelProto()
+    model.CopyFrom(problem.objective.model)
+    values = _inputs_from_initializers(model, [*problem.trainable, *problem.buffers])
+    model.graph.output.extend(
+        helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, list(values[name].shape))
+        for name, out in problem.buffers.items()
+    )
+    graph = add_gradients(model, problem.trainable, problem.objective.total)
+    keep = {problem.objective.loss, *problem.buffers.values(), *(gradient_name(p) for p in problem.trainable)}
+    outputs = [o for o in graph.graph.output if o.name in keep]
+    del graph.graph.output[:]
+    graph.graph.output.extend(outputs)
+    layout = FlatLayout.of(values, problem.trainable)
+    feed_from_flat(graph, layout)
+    accumulate = problem.grad_accumulation > 1
+    batch_gradient = f"{GRADIENT}.batch" if accumulate else GRADIENT
+    gradient_to_flat(graph, layout, [gradient_name(p) for p in problem.trainable], batch_gradient)
+    if accumulate:  # the step's gradient so far = this batch's + the running sum fed back in
+        graph.graph.input.append(helper.make_tensor_value_info(ACCUMULATED, onnx.TensorProto.FLOAT, [layout.size]))
+        graph.graph.node.append(helper.make_node("Add", [batch_gradient, ACCUMULATED], [GRADIENT]))
+        graph.graph.output[-1].name = GRADIENT
+    return graph, values, layout
+
+
+def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
+    """Build every artifact for `problem` into `directory`."""
+    graph, values, layout = training_graph(problem)
+    save_model(graph, directory / TRAINING)
+    del graph
+    version = min(max(opset(problem.eval_model), 13), 21)
+    optimizer = update_model(problem.optimizer, [(PARAMS, (layout.size,))], clip_grad_norm=problem.clip_grad_norm,
+                             opset=version)
+    save_model(optimizer, directory / OPTIMIZER)
+    evaluation = eval_form(problem.eval_model, problem.output, [*problem.trainable, *problem.buffers])
+    feed_from_flat(evaluation, layout)
+    save_model(evaluation, directory / EVAL)
+    state = dict(values)
+    for p in problem.trainable:
+        state.update({OPTIMIZER_KEY + k: v for k, v in initial_state(problem.optimizer, p, values[p]).items()})
+    state[STEP] = np.zeros((), np.int64)
+    save_state(directory / INITIAL, state)
+    signature = {
+        "labels": problem.labels_name,
+        "loss": problem.objective.loss,
+        "layout": layout.to_json(),
+        "buffers": problem.buffers,
+        "slots": list(problem.optimizer.slots()),
+        "accumulation": problem.grad_accumulation,
+    }
+    write_text(directory / SIGNATURE, json.dumps(signature, indent=1))
+
+
+def read_signature(directory: Path) -> dict:
+    return json.loads((directory / SIGNATURE).read_text())

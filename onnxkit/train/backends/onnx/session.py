@@ -1,0 +1,186 @@
+"""A training session over the onnx backend's artifacts: three InferenceSessions (training,
+optimizer, eval) with IOBinding.
+
+State lives in OrtValues on the training device between steps: the flat parameters and
+each optimizer slot, in two sets that swap after every optimizer step, and the buffers,
+in two sets that swap after every training step (an OrtValue is never bound as both input
+and output of one run). Bindings are made once per combination of sets; a step binds only
+the batch, and only the loss comes back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.runtime.session import create_session, ort, parse_device, providers_for, session_options
+from onnxkit.train.backend import TrainingSession
+from onnxkit.train.backends.onnx.artifacts import (
+    ACCUMULATED,
+    EVAL,
+    GRADIENT,
+    INITIAL,
+    OPTIMIZER,
+    TRAINING,
+    read_signature,
+)
+from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, load_state, save_state
+from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
+
+
+class OnnxSession(TrainingSession):
+    def __init__(self, directory: Path, device: str, checkpoint: Path | None, threads: int | None) -> None:
+        sig = read_signature(directory)
+        self._labels, self._loss = sig["labels"], sig["loss"]
+        self._layout = FlatLayout.from_json(sig["layout"])
+        self._buffers: dict[str, str] = sig["buffers"]
+        self._slots: list[str] = sig["slots"]
+        self._accumulate = sig["accumulation"] > 1
+        kind, self._device_id = parse_device(device)
+        self._device = kind
+        options, providers = session_options(threads, "all"), providers_for(kind, self._device_id)
+        self._train = create_session(str(directory / TRAINING), options, providers)
+        self._optim = create_session(str(directory / OPTIMIZER), options, providers)
+        self._eval = create_session(str(directory / EVAL), options, providers)
+        self._load(load_state(checkpoint or directory / INITIAL), directory, checkpoint is not None)
+        self._lr = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
+        self._step_value = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.int64))
+        self._loss_value = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
+        self._batches = 0  # micro-batches since the last optimizer step
+        self._current = self._buffers_current = 0  # which set of each kind is current
+        self._train_inputs = [i.name for i in self._train.get_inputs()]
+        self._eval_inputs = [i.name for i in self._eval.get_inputs()]
+        self._bindings: dict[tuple, ort.IOBinding] = {}
+
+    def _load(self, saved: dict[str, np.ndarray], directory: Path, from_checkpoint: bool) -> None:
+        layout = self._layout
+        missing = [n for n in (*layout.names, *self._buffers) if n not in saved]
+        if missing:
+            raise OnnxkitError(f"checkpoint lacks {', '.join(missing[:3])}; it belongs to another run or model")
+        if from_checkpoint and not all(OPTIMIZER_KEY + f"{n}.{s}" in saved for n in layout.names for s in self._slots):
+            saved = {**load_state(directory / INITIAL), **saved}  # no optimizer state kept: start it afresh
+        flat = {PARAMS: layout.join(saved)}
+        for slot in self._slots:
+            flat[f"{PARAMS}.{slot}"] = layout.join({n: saved[OPTIMIZER_KEY + f"{n}.{slot}"] for n in layout.names})
+        self._state = [{k: self._value(v) for k, v in flat.items()}, {k: self._empty(v) for k, v in flat.items()}]
+        self._buffer_set = [{n: self._value(saved[n]) for n in self._buffers},
+                            {n: self._empty(saved[n]) for n in self._buffers}]
+        like = np.zeros(layout.size, np.float32)  # on the CPU, an OrtValue made from an array shares its memory
+        self._grads = [self._empty(like) for _ in range(2 if self._accumulate else 1)]
+        self._zeros = self._value(like) if self._accumulate else None
+        self._steps = int(saved[STEP].reshape(-1)[0]) if STEP in saved else 0
+
+    def _value(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, self._device_id)
+
+    def _empty(self, like: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_shape_and_type(like.shape, like.dtype, self._device, self._device_id)
+
+    def _gradient(self) -> ort.OrtValue:
+        """The gradient summed over the micro-batches so far."""
+        return self._grads[(self._batches - 1) % len(self._grads)]
+
+    def _train_binding(self) -> ort.IOBinding:
+        source = None if not self._accumulate or self._batches == 0 else (self._batches - 1) % 2
+        target = self._batches % len(self._grads)
+        key = ("train", self._current, self._buffers_current, source, target)
+        if key not in self._bindings:
+            b = self._train.io_binding()
+            b.bind_ortvalue_input(PARAMS, self._state[self._current][PARAMS])
+            b.bind_ortvalue_output(GRADIENT, self._grads[target])
+            if self._accumulate:
+                b.bind_ortvalue_input(ACCUMULATED, self._zeros if source is None else self._grads[source])
+            now, then = self._buffer_set[self._buffers_current], self._buffer_set[1 - self._buffers_current]
+            for name, produced in self._buffers.items():
+                b.bind_ortvalue_input(name, now[name])
+                b.bind_ortvalue_output(produced, then[name])
+            b.bind_ortvalue_output(self._loss, self._loss_value)
+            self._bindings[key] = b
+        return self._bindings[key]
+
+    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
+        binding = self._train_binding()
+        for name in self._train_inputs:
+            if name == self._labels:
+                binding.bind_cpu_input(name, labels)
+            elif name in feeds:
+                binding.bind_cpu_input(name, feeds[name])
+        self._train.run_with_iobinding(binding)
+        if self._buffers:
+            self._buffers_current = 1 - self._buffers_current
+        self._batches += 1
+        return float(self._loss_value.numpy())
+
+    def optimizer_step(self, lr: float) -> None:
+        if self._batches == 0:
+            raise OnnxkitError("optimizer_step before any train_step: there are no gradients to apply")
+        self._steps += 1
+        self._lr.update_inplace(np.asarray(lr, np.float32))
+        self._step_value.update_inplace(np.asarray(self._steps, np.int64))
+        key = ("optim", self._current, (self._batches - 1) % len(self._grads))
+        if key not in self._bindings:
+            b = self._optim.io_binding()
+            now, then = self._state[self._current], self._state[1 - self._current]
+            b.bind_ortvalue_input("lr", self._lr)
+            b.bind_ortvalue_input("step", self._step_value)
+            b.bind_ortvalue_input(GRADIENT, self._gradient())
+            for name in now:
+                b.bind_ortvalue_input(name, now[name])
+                b.bind_ortvalue_output(f"{name}.updated", then[name])
+            self._bindings[key] = b
+        self._optim.run_with_iobinding(self._bindings[key])
+        self._current = 1 - self._current
+        self._batches = 0
+
+    def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        b = self._eval.io_binding()
+        b.bind_ortvalue_input(PARAMS, self._state[self._current][PARAMS])
+        buffers = self._buffer_set[self._buffers_current]
+        for name in self._eval_inputs:
+            if name in buffers:
+                b.bind_ortvalue_input(name, buffers[name])
+            elif name != PARAMS:
+                b.bind_cpu_input(name, feeds[name])
+        b.bind_output(self._eval.get_outputs()[0].name, "cpu")
+        self._eval.run_with_iobinding(b)
+        return b.get_outputs()[0].numpy()
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        values = self._layout.split(self._state[self._current][PARAMS].numpy().copy())
+        values.update({n: v.numpy().copy() for n, v in self._buffer_set[self._buffers_current].items()})
+        return values
+
+    def flat_gradient(self) -> np.ndarray:
+        """The accumulated gradient of all parameters as one flat float32 vector (a copy)."""
+        if self._batches == 0:
+            raise OnnxkitError("no gradients yet: run train_step first")
+        return self._gradient().numpy().copy()
+
+    def set_flat_gradient(self, gradient: np.ndarray) -> None:
+        """Replace the accumulated gradient (e.g. by its mean over data-parallel workers)."""
+        if self._batches == 0:
+            raise OnnxkitError("no gradients yet: run train_step first")
+        self._gradient().update_inplace(np.ascontiguousarray(gradient, dtype=np.float32).reshape(-1))
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return self._layout.split(self.flat_gradient())
+
+    def set_gradients(self, gradients: Mapping[str, np.ndarray]) -> None:
+        self.set_flat_gradient(self._layout.join(gradients))
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    def save_checkpoint(self, path: Path, *, optimizer_state: bool = True) -> None:
+        state = self.parameters()
+        if optimizer_state:
+            current = self._state[self._current]
+            for slot in self._slots:
+                values = self._layout.split(current[f"{PARAMS}.{slot}"].numpy(), f".{slot}")
+                state.update({OPTIMIZER_KEY + k: v for k, v in values.items()})
+            state[STEP] = np.asarray(self._steps, np.int64)
+        save_state(path, state)
