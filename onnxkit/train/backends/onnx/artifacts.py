@@ -1,7 +1,8 @@
 """The onnx backend's artifacts: the training graph (objective + gradients), the optimizer
 graph, the eval graph and the initial state, all in one folder.
 
-- `training.onnx`: inputs: the batch, the labels, PARAMS (flat) and the buffers; outputs:
+- `training.onnx`: inputs: the batch, the labels, PARAMS (flat), the buffers and the dropout
+  tables and window starts (see `dropout`); outputs:
   the loss, each buffer's update and PARAMS.grad (flat). With gradient accumulation it
   also takes PARAMS.grad.accumulated, the running sum it adds to.
 - `optimizer.onnx`: `onnxkit.train.optim.update_model` over PARAMS as one parameter.
@@ -23,6 +24,7 @@ from onnxkit.files import save_model, write_text
 from onnxkit.graph_walks import opset
 from onnxkit.train.backend import TrainingProblem
 from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, save_state
+from onnxkit.train.backends.onnx.dropout import STARTS, replace_dropout
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout, feed_from_flat, gradient_to_flat
 from onnxkit.train.optim import initial_state, update_model
 from onnxkit.train.training_form import eval_form
@@ -48,11 +50,13 @@ def _inputs_from_initializers(model: onnx.ModelProto, names: list[str]) -> dict[
     return values
 
 
-def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str, np.ndarray], FlatLayout]:
-    """The training graph, the initial values of the parameters and buffers, and the flat layout."""
+def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str, np.ndarray], FlatLayout, dict]:
+    """The training graph, the initial values of the parameters and buffers, the flat layout
+    and the dropout settings."""
     model = onnx.ModelProto()
     model.CopyFrom(problem.objective.model)
     values = _inputs_from_initializers(model, [*problem.trainable, *problem.buffers])
+    ratios, seed = replace_dropout(model)
     model.graph.output.extend(
         helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, list(values[name].shape))
         for name, out in problem.buffers.items()
@@ -71,12 +75,13 @@ def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str,
         graph.graph.input.append(helper.make_tensor_value_info(ACCUMULATED, onnx.TensorProto.FLOAT, [layout.size]))
         graph.graph.node.append(helper.make_node("Add", [batch_gradient, ACCUMULATED], [GRADIENT]))
         graph.graph.output[-1].name = GRADIENT
-    return graph, values, layout
+    count = next((i.type.tensor_type.shape.dim[0].dim_value for i in graph.graph.input if i.name == STARTS), 0)
+    return graph, values, layout, {"ratios": ratios, "seed": seed, "count": count}
 
 
 def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
     """Build every artifact for `problem` into `directory`."""
-    graph, values, layout = training_graph(problem)
+    graph, values, layout, dropout = training_graph(problem)
     save_model(graph, directory / TRAINING)
     del graph
     version = min(max(opset(problem.eval_model), 13), 21)
@@ -98,6 +103,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
         "buffers": problem.buffers,
         "slots": list(problem.optimizer.slots()),
         "accumulation": problem.grad_accumulation,
+        "dropout": dropout,
     }
     write_text(directory / SIGNATURE, json.dumps(signature, indent=1))
 

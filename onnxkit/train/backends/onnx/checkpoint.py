@@ -1,6 +1,7 @@
 """Checkpoints of the onnx backend: one safetensors file of named tensors. Parameters and
 buffers keep their model names; optimizer state is `optimizer/<param>.<slot>` and the
-step count `optimizer/step`, so any safetensors reader can inspect it."""
+step count `optimizer/step`, the dropout table size `session/...`, so any safetensors
+reader can inspect it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from onnxkit.files import atomic_path
 
 OPTIMIZER_KEY = "optimizer/"
 STEP = OPTIMIZER_KEY + "step"
+DROPOUT_TABLE = "session/dropout_table_size"  # so a resumed run draws the same masks
 
 
 def save_state(path: Path, state: Mapping[str, np.ndarray]) -> None:
@@ -38,4 +40,4 @@ def load_state(path: Path) -> dict[str, np.ndarray]:
 
 def model_tensors(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The parameters and buffers of a checkpoint (no optimizer state)."""
-    return {k: v for k, v in state.items() if not k.startswith(OPTIMIZER_KEY)}
+    return {k: v for k, v in state.items() if not k.startswith((OPTIMIZER_KEY, "session/"))}

@@ -27,7 +27,8 @@ from onnxkit.train.backends.onnx.artifacts import (
     TRAINING,
     read_signature,
 )
-from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, load_state, save_state
+from onnxkit.train.backends.onnx.checkpoint import DROPOUT_TABLE, OPTIMIZER_KEY, STEP, load_state, save_state
+from onnxkit.train.backends.onnx.dropout import STARTS, TABLE, DropoutTables
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
 
 
@@ -39,6 +40,7 @@ class OnnxSession(TrainingSession):
         self._buffers: dict[str, str] = sig["buffers"]
         self._slots: list[str] = sig["slots"]
         self._accumulate = sig["accumulation"] > 1
+        self._dropout_settings = sig["dropout"]
         kind, self._device_id = parse_device(device)
         self._device = kind
         options, providers = session_options(threads, "all"), providers_for(kind, self._device_id)
@@ -72,6 +74,10 @@ class OnnxSession(TrainingSession):
         self._grads = [self._empty(like) for _ in range(2 if self._accumulate else 1)]
         self._zeros = self._value(like) if self._accumulate else None
         self._steps = int(saved[STEP].reshape(-1)[0]) if STEP in saved else 0
+        d = self._dropout_settings
+        size = int(saved[DROPOUT_TABLE].reshape(-1)[0]) if DROPOUT_TABLE in saved else None
+        self._dropout = DropoutTables(d["ratios"], d["seed"], d["count"], size) if d["count"] else None
+        self._tables = [self._value(t) for t in self._dropout.tables] if self._dropout else []
 
     def _value(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, self._device_id)
@@ -98,6 +104,8 @@ class OnnxSession(TrainingSession):
                 b.bind_ortvalue_input(name, now[name])
                 b.bind_ortvalue_output(produced, then[name])
             b.bind_ortvalue_output(self._loss, self._loss_value)
+            for k, table in enumerate(self._tables):
+                b.bind_ortvalue_input(f"{TABLE}.{k}", table)
             self._bindings[key] = b
         return self._bindings[key]
 
@@ -108,7 +116,17 @@ class OnnxSession(TrainingSession):
                 binding.bind_cpu_input(name, labels)
             elif name in feeds:
                 binding.bind_cpu_input(name, feeds[name])
-        self._train.run_with_iobinding(binding)
+        if self._dropout:
+            binding.bind_cpu_input(STARTS, self._dropout.starts(self._steps, self._batches))
+        try:
+            self._train.run_with_iobinding(binding)
+        except Exception:  # noqa: BLE001 - onnxruntime's own types; a dropout table too short is retried
+            if not self._dropout or self._dropout.size >= 1 << 30:
+                raise
+            self._dropout.grow()
+            self._tables = [self._value(t) for t in self._dropout.tables]
+            self._bindings.clear()
+            return self.train_step(feeds, labels)
         if self._buffers:
             self._buffers_current = 1 - self._buffers_current
         self._batches += 1
@@ -183,4 +201,6 @@ class OnnxSession(TrainingSession):
                 values = self._layout.split(current[f"{PARAMS}.{slot}"].numpy(), f".{slot}")
                 state.update({OPTIMIZER_KEY + k: v for k, v in values.items()})
             state[STEP] = np.asarray(self._steps, np.int64)
+            if self._dropout:
+                state[DROPOUT_TABLE] = np.asarray(self._dropout.size, np.int64)
         save_state(path, state)
