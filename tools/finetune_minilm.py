@@ -78,7 +78,7 @@ def head_seeds(name: str, base, data, args: argparse.Namespace) -> dict:  # type
     """Head-only test accuracy over `--seeds` training seeds (shuffling, head dropout): the frozen
     encoder runs once for all of them, then each seed trains the head on the cached features."""
     from onnxkit.data import Dataset
-    from onnxkit.train.backend import get_backend
+    from onnxkit.train.backends import get_backend
     from onnxkit.train.frozen_features import cut, features
     from onnxkit.graph_walks import value_types
 
