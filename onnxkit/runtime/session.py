@@ -54,18 +54,27 @@ def parse_device(device: str) -> tuple[str, int]:
     if kind == "cuda" and (not index or index.isdigit()):
         if _CUDA not in ort.get_available_providers():
             raise OnnxkitError(
-                f"device {device!r}: this onnxruntime build has no CUDA support; install "
-                "onnxruntime-gpu in an environment without the training package, or use device='cpu'"
+                f"device {device!r}: onnxruntime {ort.__version__} here has no CUDA support; install "
+                "onnxkit[gpu] (onnxruntime-gpu) in place of onnxruntime, or use device='cpu'"
             )
         return "cuda", int(index or 0)
     raise OnnxkitError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 def providers_for(kind: str, device_id: int) -> list:
-    """The execution providers, in priority order, for a device kind."""
+    """The execution providers, in priority order, for a device kind. For CUDA, the CUDA and
+    cuDNN libraries installed from pip are loaded first (`onnxruntime.preload_dlls`)."""
     if kind == "cuda":
+        _preload_cuda()
         return [(_CUDA, {"device_id": device_id}), _CPU]
     return [_CPU]
+
+
+def _preload_cuda() -> None:
+    if getattr(_preload_cuda, "done", False) or not hasattr(ort, "preload_dlls"):
+        return
+    ort.preload_dlls()
+    _preload_cuda.done = True  # type: ignore[attr-defined]
 
 
 def session_options(threads: int | None, optimization: str, spin: bool = True) -> ort.SessionOptions:
