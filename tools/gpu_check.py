@@ -38,6 +38,7 @@ from onnxkit import runtime, zoo  # noqa: E402
 from onnxkit.runtime.session import ort  # noqa: E402
 from onnxkit.train.problem import open_training  # noqa: E402
 
+
 def cases(batch: int, rng: np.random.Generator) -> dict[str, tuple]:
     """name -> (model, feeds, labels) for one training batch."""
     cnn = zoo.build_model("digits-cnn")
