@@ -1,57 +1,74 @@
-"""Fine-tuning step time: onnxkit (ONNX Runtime training) against PyTorch on the pretrained MiniLM classifier.
+"""Fine-tuning step time of onnxkit's backends against PyTorch on the pretrained MiniLM classifier.
 
-Both sides start from the same weights (all-MiniLM-L6-v2 in the zoo's
-bert-classifier, read back from its ONNX file), train every parameter on the
-same batches (bbc-news training split, tokenized by the model's own tokenizer,
-`--max-length` tokens), with the same thread count and the same AdamW settings
-as tools/bench_train.py except a fine-tuning learning rate (`--lr`, 5e-5). A step
-is forward + backward + optimizer update. Rounds alternate between the two; each
-side's figure is the median over rounds, and the ratio is onnxkit / PyTorch
-(below 1: onnxkit is faster).
+Every contender starts from the same weights (all-MiniLM-L6-v2 in the zoo's bert-classifier,
+read back from its ONNX file), trains every parameter on the same batches (bbc-news training
+split, tokenized by the model's own tokenizer, `--max-length` tokens), with the same thread
+count and AdamW with torch's defaults at a fine-tuning learning rate (`--lr`, 5e-5; PyTorch:
+`torch.optim.AdamW(fused=True)`, one inter-op thread). A step is forward + backward + optimizer
+update at batch 16 x 128 tokens. Rounds alternate between the contenders (see
+tools/step_timing.py); the tool prints each one's median ms/step, the min/median/max over rounds
+of each backend / PyTorch (and onnx / ort-training when both run), and the achieved GFLOP/s of
+each step (the forward MatMul/Gemm FLOPs counted from the ONNX graph at the batch's static
+shape, training = 3x forward) against ONNX Runtime's fp32 MatMul peak measured in the same run
+(a plain InferenceSession on a `--peak-size` cube MatMul, same threads).
 
-    PYTHONPATH=/tmp/torchlib python tools/bench_finetune.py [--threads 2] [--batch-size 16] [--max-length 128]
+    PYTHONPATH=/tmp/torchlib .venv/bin/python tools/bench_finetune.py [--check] [--rounds 5] [--steps 4]
+    PYTHONPATH=/tmp/torchlib .venv-ort/bin/python tools/bench_finetune.py --backends onnx ort-training
 
-It first trains `--check-steps` steps on both with dropout off and asserts the
-losses agree, so the timing compares the same computation. Needs torch
-(`pip install 'onnxkit[bench]'`, or a separate --target folder on PYTHONPATH).
+`--check` first trains 20 steps (`--check-steps`) on every contender with dropout off and stops
+unless the losses agree with PyTorch's within 1e-3 (relative). `--profile` adds per-op kernel
+times of the onnx backend's training and optimizer graphs.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
-from onnx import numpy_helper
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+from step_timing import (
+    backend_contender,
+    check_same_computation,
+    import_torch,
+    print_summary,
+    profile_onnx_backend,
+    summarise,
+    time_rounds,
+    torch_contender,
+)
 
 from onnxkit import zoo
 from onnxkit.data import load_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import TorchTrainer, import_torch, onnxkit_session, time_side_by_side  # noqa: E402 - a sibling tool, not a package
+from onnxkit.runtime.session import create_session, ort, session_options
 
 HEADS = 12  # all-MiniLM-L6-v2
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def torch_bert(model, dropout: float):  # type: ignore[no-untyped-def]
+def torch_bert(model: onnx.ModelProto, dropout: float):  # type: ignore[no-untyped-def]
     """The bert-classifier graph written in PyTorch over the ONNX model's weights ([in, out] linears);
     called on an (input_ids, attention_mask, token_type_ids) tuple."""
     import torch
     from torch.nn import functional as F  # noqa: N812
 
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    (eps,) = {a.f for n in model.graph.node if n.op_type == "LayerNormalization" for a in n.attribute
-              if a.name == "epsilon"}
+    (eps,) = {
+        a.f for n in model.graph.node if n.op_type == "LayerNormalization" for a in n.attribute if a.name == "epsilon"
+    }
     layers = 1 + max(int(n.split(".")[1]) for n in weights if n.startswith("encoder."))
 
     class Bert(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.p = torch.nn.ParameterDict(
-                {k.replace(".", "__"): torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in weights.items()})
+                {k.replace(".", "__"): torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in weights.items()}
+            )
 
         def w(self, name: str) -> torch.Tensor:
             return self.p[name.replace(".", "__")]
@@ -68,15 +85,19 @@ def torch_bert(model, dropout: float):  # type: ignore[no-untyped-def]
         def forward(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
             ids, mask, types = batch
             b, s = ids.shape
-            x = (F.embedding(ids, self.w("embeddings.word.weight")) + self.w("embeddings.position.weight")[:s]
-                 + F.embedding(types, self.w("embeddings.token_type.weight")))
+            x = (
+                F.embedding(ids, self.w("embeddings.word.weight"))
+                + self.w("embeddings.position.weight")[:s]
+                + F.embedding(types, self.w("embeddings.token_type.weight"))
+            )
             x = self.drop(self.norm(x, "embeddings.norm"))
             dim = x.shape[-1]
             bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * -1.0e4
             for i in range(layers):
                 at = f"encoder.{i}"
-                q, k, v = (self.linear(x, f"{at}.attn.{n}").view(b, s, HEADS, dim // HEADS).transpose(1, 2)
-                           for n in "qkv")
+                q, k, v = (
+                    self.linear(x, f"{at}.attn.{n}").view(b, s, HEADS, dim // HEADS).transpose(1, 2) for n in "qkv"
+                )
                 scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(dim // HEADS)) + bias
                 ctx = (self.drop(scores.softmax(-1)) @ v).transpose(1, 2).reshape(b, s, dim)
                 x = self.norm(x + self.drop(self.linear(ctx, f"{at}.attn.out")), f"{at}.norm1")
@@ -89,61 +110,121 @@ def torch_bert(model, dropout: float):  # type: ignore[no-untyped-def]
     return Bert()
 
 
-def batches(model, batch_size: int, steps: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:  # type: ignore[no-untyped-def]
+def batches(model: onnx.ModelProto, batch_size: int, steps: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
     train = load_dataset("bbc-news", model=model).train
     return list(train.batches(batch_size, shuffle=True, seed=0, drop_last=True))[:steps]
 
 
-def as_torch(feeds: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
-    import torch
+def forward_matmul_flops(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> int:
+    """FLOPs (2 per multiply-add) of the MatMul and Gemm nodes of `model` with its inputs at `shapes`."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name in shapes:
+            value.type.tensor_type.shape.ClearField("dim")
+            value.type.tensor_type.shape.dim.extend(
+                onnx.TensorShapeProto.Dimension(dim_value=d) for d in shapes[value.name]
+            )
+    del fixed.graph.value_info[:]
+    graph = shape_inference.infer_shapes(fixed, strict_mode=True, data_prop=True).graph
+    known = {t.name: list(t.dims) for t in graph.initializer}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            known[value.name] = [d.dim_value for d in dims]
+    total = 0
+    for node in graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        if node.input[0] not in known or node.output[0] not in known:
+            raise SystemExit(f"{node.name}: no static shape after shape inference; cannot count its FLOPs")
+        a, out = known[node.input[0]], known[node.output[0]]
+        trans_a = any(x.name == "transA" and x.i for x in node.attribute)
+        inner = a[-2] if node.op_type == "Gemm" and trans_a else a[-1]
+        total += 2 * math.prod(out) * inner
+    return total
 
-    return tuple(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+
+def matmul_peak(threads: int, n: int, repeats: int = 10) -> float:
+    """GFLOP/s of ONNX Runtime's fp32 MatMul on n x n x n (median of `repeats` runs, after warm-up)."""
+    a, b = (helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [n, n]) for x in "ab")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [a, b],
+        [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    session = create_session(model.SerializeToString(), session_options(threads, "all"), ["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    binding = session.io_binding()
+    for name in "ab":
+        binding.bind_cpu_input(name, rng.standard_normal((n, n), dtype=np.float32))
+    binding.bind_ortvalue_output("c", ort.OrtValue.ortvalue_from_shape_and_type([n, n], np.float32))
+    seconds = []
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)
+        seconds.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(seconds[2:]) / 1e9
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["onnx"], help="onnx, ort-training (both: side by side)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--steps", type=int, default=4, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--check-steps", type=int, default=3, help="steps whose losses must agree (dropout off)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--check", action="store_true", help="first compare losses with dropout off")
+    parser.add_argument("--check-steps", type=int, default=20)
+    parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
+    parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n MatMul measuring the peak")
     args = parser.parse_args()
     torch = import_torch(args.threads)
-    model = zoo.build_model("bert-classifier", pretrained="all-MiniLM-L6-v2", num_classes=5,
-                            max_length=args.max_length)
+    model = zoo.build_model("bert-classifier", pretrained="all-MiniLM-L6-v2", num_classes=5, max_length=args.max_length)
     dropout = float(zoo.options("bert-classifier")["dropout"].default)
-    data = batches(model, args.batch_size, max(args.steps, args.check_steps) + 1)
-    seq = max(f["input_ids"].shape[1] for f, _ in data)
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    print(f"bert-classifier (all-MiniLM-L6-v2, {params:,} parameters, all trained), batch {args.batch_size}, "
-          f"sequence {seq}, {args.threads} threads, AdamW lr {args.lr:g}; PyTorch {torch.__version__}")
+    data = batches(model, args.batch_size, max(args.steps, args.check_steps if args.check else 0))
+    shape = data[0][0]["input_ids"].shape
+    params = sum(math.prod(t.dims) for t in model.graph.initializer)
+    print(
+        f"bert-classifier (all-MiniLM-L6-v2, {params:,} parameters, all trained), batch {shape[0]} x {shape[1]} "
+        f"tokens, {args.threads} threads, AdamW lr {args.lr:g}; PyTorch {torch.__version__} (fused AdamW)"
+    )
+
+    def as_torch(feeds: dict[str, np.ndarray]) -> tuple:
+        return tuple(torch.from_numpy(feeds[k]) for k in INPUTS)
+
+    def contenders(work: Path, batches: list, dropout: float) -> list:
+        out = [
+            backend_contender(b, model, work / b, batches, threads=args.threads, lr=args.lr, dropout=dropout > 0)
+            for b in args.backends
+        ]
+        return [*out, torch_contender(torch_bert(model, dropout), batches, as_torch, lr=args.lr)]
+
     with tempfile.TemporaryDirectory() as tmp:
-        # the same computation: dropout off, the first steps' losses agree
-        session = onnxkit_session(model, Path(tmp) / "check", args.threads, dropout=False, lr=args.lr)
-        trainer = TorchTrainer(torch_bert(model, 0.0), lr=args.lr)
-        worst = 0.0
-        for feeds, labels in data[: args.check_steps]:
-            ours = session.train_step(feeds, labels)
-            session.optimizer_step()
-            theirs = trainer.step(as_torch(feeds), torch.from_numpy(labels))
-            worst = max(worst, abs(ours - theirs) / abs(theirs))
-            print(f"  loss onnxkit {ours:.6f}  pytorch {theirs:.6f}")
-        assert worst < 1e-3, f"losses differ by {worst:.2e}; not the same computation"
-        print(f"same losses for {args.check_steps} steps (max relative difference {worst:.1e})")
-        del session, trainer
-
-        session = onnxkit_session(model, Path(tmp) / "bench", args.threads, dropout=True, lr=args.lr)
-        trainer = TorchTrainer(torch_bert(model, dropout), lr=args.lr)
-        timed = data[1 : args.steps + 1]
-        torch_data = [(as_torch(f), torch.from_numpy(y)) for f, y in timed]
-
-        session.train_step(*data[0]), session.optimizer_step()  # warm up: kernels, allocators
-        trainer.step(as_torch(data[0][0]), torch.from_numpy(data[0][1]))
-        result = time_side_by_side(session, timed, trainer, torch_data, args.rounds)
-    print(f"median ms per step over {args.rounds} rounds x {len(timed)} steps: onnxkit {result['onnxkit']:.0f}  "
-          f"pytorch {result['torch']:.0f}  ratio onnxkit/pytorch {result['onnxkit'] / result['torch']:.2f}")
+        if args.check:
+            check_same_computation(contenders(Path(tmp) / "check", data[: args.check_steps], 0.0), "bert-classifier")
+        timed = data[: args.steps]
+        summary = summarise(time_rounds(contenders(Path(tmp) / "bench", timed, dropout), args.rounds))
+        print_summary("bert-classifier", summary, args.rounds)
+        peak = matmul_peak(args.threads, args.peak_size)
+        flops = 3 * forward_matmul_flops(model, dict.fromkeys(INPUTS, shape))
+        print(
+            f"training step: {flops / 1e9:.1f} GFLOP (3 x forward MatMul); ONNX Runtime {ort.__version__} fp32 "
+            f"MatMul peak {peak:.0f} GFLOP/s ({args.peak_size}^3, {args.threads} threads)"
+        )
+        for name, ms in summary["ms"].items():
+            achieved = flops / ms / 1e6
+            print(f"  {name:<14} {achieved:6.1f} GFLOP/s = {achieved / peak:.2f} x peak")
+        if args.profile:
+            print(
+                profile_onnx_backend(
+                    model, Path(tmp) / "profile", timed, threads=args.threads, lr=args.lr, dropout=True
+                )
+            )
 
 
 if __name__ == "__main__":

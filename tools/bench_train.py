@@ -1,66 +1,50 @@
-"""Training step time: onnxkit (ONNX Runtime training) against PyTorch on digits-mlp and digits-cnn.
+"""Training step time of onnxkit's backends against PyTorch on digits-mlp and digits-cnn.
 
-Both sides get the same architecture and initial weights (read from the zoo's
-ONNX model), the same batches (the digits training split, shuffled by seed),
-the same thread count and the same optimizer (AdamW, lr 1e-3, weight decay
-0.01, eps 1e-8). A step is forward + backward + optimizer update. Rounds
-alternate between the two so both see the same machine load; each side's
-figure is the median over rounds, and the ratio is onnxkit / PyTorch
-(below 1: onnxkit is faster).
+Every contender gets the same architecture and initial weights (read from the zoo's ONNX
+model), the same batches (the digits training split, shuffled by seed), the same thread count
+and AdamW with torch's defaults at lr 1e-3 (PyTorch: `torch.optim.AdamW(fused=True)`, one
+inter-op thread). A step is forward + backward + optimizer update. Rounds alternate between
+the contenders (see tools/step_timing.py); the tool prints each contender's median ms/step and,
+for each backend / PyTorch (and onnx / ort-training when both run), the min/median/max of the
+per-round ratio (below 1: faster than the baseline).
 
-    python tools/bench_train.py [--threads 2] [--steps 200] [--rounds 5] [--batch-size 64]
+    PYTHONPATH=/tmp/torchlib .venv/bin/python tools/bench_train.py [--check] [--rounds 5] [--steps 200]
+    PYTHONPATH=/tmp/torchlib .venv-ort/bin/python tools/bench_train.py --backends onnx ort-training
 
-`--check` first trains 20 steps on both with dropout off and asserts the
-losses agree, so the timing compares the same computation. Needs torch
-(`pip install 'onnxkit[bench]'`); onnxkit itself never imports it.
+`--check` first trains 20 steps on every contender with dropout off and stops unless the
+losses agree with PyTorch's within 1e-3 (relative), so the timing compares the same
+computation. `--profile` adds per-op kernel times of the onnx backend's training and
+optimizer graphs. Needs torch outside the project environment (PYTHONPATH=/tmp/torchlib).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from onnx import numpy_helper
+from step_timing import (
+    backend_contender,
+    check_same_computation,
+    import_torch,
+    print_summary,
+    profile_onnx_backend,
+    summarise,
+    time_rounds,
+    torch_contender,
+)
 
 from onnxkit import zoo
-from onnxkit.data import load_dataset, model_inputs
-from onnxkit.train.backend import OptimizerConfig, TrainingProblem, get_backend
-from onnxkit.train.losses import get_loss
-from onnxkit.train.training_form import find_parameters, output_type, select, training_form, value_types
+from onnxkit.data import load_dataset
 
 MODELS = {"digits-mlp": "digits", "digits-cnn": "digits-images"}
-LR, DECAY, EPS = 1e-3, 0.01, 1e-8
+LR = 1e-3
 
 
-def onnxkit_session(model, directory: Path, threads: int, dropout: bool, lr: float = LR):
-    """A training session on `model` built the way `fit` builds it."""
-    types = value_types(model)
-    output = output_type(types, model, model.graph.output[0].name)
-    params = find_parameters(model)
-    selection = select(model, params, output.name)
-    form = training_form(model, output, updated_buffers=selection.updated_buffers, types=types, dropout=dropout)
-    problem = TrainingProblem(
-        training_model=form,
-        eval_model=model,
-        output=output.name,
-        loss=get_loss("cross-entropy"),
-        trainable=selection.trainable,
-        frozen=selection.updated_buffers,
-        optimizer=OptimizerConfig("adamw", lr, DECAY, eps=EPS),
-    )
-    backend = get_backend()
-    directory.mkdir(parents=True)
-    backend.build(problem, directory)
-    session = backend.open(directory, threads=threads)
-    session.set_learning_rate(lr)
-    return session
-
-
-def torch_module(name: str, weights: dict[str, np.ndarray], dropout: float):
+def torch_module(name: str, weights: dict[str, np.ndarray], dropout: float):  # type: ignore[no-untyped-def]
+    """The zoo model `name` in PyTorch over the ONNX model's `weights`."""
     import torch
 
     def linear(prefix: str) -> torch.nn.Linear:
@@ -86,22 +70,8 @@ def torch_module(name: str, weights: dict[str, np.ndarray], dropout: float):
     )  # fmt: skip
 
 
-class TorchTrainer:
-    def __init__(self, module, lr: float = LR) -> None:  # type: ignore[no-untyped-def]
-        import torch
-
-        self.torch, self.module = torch, module
-        self.optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=DECAY, eps=EPS)
-
-    def step(self, x, y) -> float:  # type: ignore[no-untyped-def]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.torch.nn.functional.cross_entropy(self.module(x), y)
-        loss.backward()
-        self.optimizer.step()
-        return loss.item()
-
-
 def batches(name: str, batch_size: int, steps: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """`steps` training batches of the model's dataset, epoch after epoch (epoch i shuffled by seed i)."""
     train = load_dataset(MODELS[name]).train
     out: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
     epoch = 0
@@ -111,103 +81,49 @@ def batches(name: str, batch_size: int, steps: int) -> list[tuple[dict[str, np.n
     return out[:steps]
 
 
-def check_same_computation(name: str, work: Path, threads: int, batch_size: int) -> float:
-    """Largest relative difference of 20 per-step losses with dropout off."""
-    import torch
-
-    model = zoo.build_model(name)
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    session = onnxkit_session(model, work, threads, dropout=False)
-    trainer = TorchTrainer(torch_module(name, weights, 0.0))
-    worst = 0.0
-    for feeds, labels in batches(name, batch_size, 20):
-        ours = session.train_step(feeds, labels)
-        session.optimizer_step()
-        theirs = trainer.step(torch.from_numpy(next(iter(feeds.values()))), torch.from_numpy(labels))
-        worst = max(worst, abs(ours - theirs) / abs(theirs))
-    return worst
-
-
-def bench(name: str, work: Path, threads: int, batch_size: int, steps: int, rounds: int) -> dict[str, float]:
+def contenders(name: str, backends: list[str], work: Path, data: list, threads: int, dropout: bool) -> list:
+    """The backends and PyTorch, each from the zoo model's initial weights."""
     import torch
 
     model = zoo.build_model(name)
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     options = zoo.options(name)
-    dropout = float(options["dropout"].default) if "dropout" in options else 0.0
-    session = onnxkit_session(model, work, threads, dropout=True)
-    trainer = TorchTrainer(torch_module(name, weights, dropout))
-    (input_name,) = [spec.name for spec in model_inputs(model)]
-    data = batches(name, batch_size, steps)
-    torch_data = [(torch.from_numpy(f[input_name]), torch.from_numpy(y)) for f, y in data]
-
-    result = time_side_by_side(session, data, trainer, torch_data, rounds, warmup_rounds=1)
-    result["params"] = sum(v.size for v in weights.values())
-    return result
-
-
-def time_side_by_side(session, data, trainer, torch_data, rounds: int, warmup_rounds: int = 0) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Median ms per training step of onnxkit and PyTorch over the same batches, rounds alternating
-    (after `warmup_rounds` untimed ones: kernels, allocators)."""
-
-    def ours() -> None:
-        for feeds, labels in data:
-            session.train_step(feeds, labels)
-            session.optimizer_step()
-
-    def theirs() -> None:
-        for x, y in torch_data:
-            trainer.step(x, y)
-
-    for _ in range(warmup_rounds):
-        ours(), theirs()
-    times: dict[str, list[float]] = {"onnxkit": [], "torch": []}
-    for _ in range(rounds):
-        for side, run in (("onnxkit", ours), ("torch", theirs)):
-            start = time.perf_counter()
-            run()
-            times[side].append((time.perf_counter() - start) / len(data) * 1e3)
-    result = {side: statistics.median(values) for side, values in times.items()}
-    result["ratio"] = result["onnxkit"] / result["torch"]
-    return result
-
-
-def import_torch(threads: int):  # type: ignore[no-untyped-def]
-    """PyTorch, set to `threads` intra-op threads (it is a benchmark-only dependency)."""
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit(
-            "this benchmark needs PyTorch, kept outside the project environment (with the training build,\n"
-            "`import onnxruntime` imports torch when it sits beside it): pip install --target /tmp/torchlib\n"
-            "torch==2.13.0, then run with PYTHONPATH=/tmp/torchlib"
-        ) from None
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
-    return torch
+    ratio = float(options["dropout"].default) if dropout and "dropout" in options else 0.0
+    out = [backend_contender(b, model, work / b, data, threads=threads, lr=LR, dropout=dropout) for b in backends]
+    module = torch_module(name, weights, ratio)
+    return [*out, torch_contender(module, data, lambda feeds: torch.from_numpy(next(iter(feeds.values()))), lr=LR)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["onnx"], help="onnx, ort-training (both: side by side)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=200, help="steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--check", action="store_true", help="first compare 20 losses with dropout off")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--check", action="store_true", help="first compare 20 steps' losses with dropout off")
+    parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
     args = parser.parse_args()
     torch = import_torch(args.threads)
-    print(f"AdamW, batch {args.batch_size}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps "
-          f"(median ms per step; ratio = onnxkit / PyTorch {torch.__version__})")
-    print(f"{'model':<12} {'params':>8} {'onnxkit':>9} {'pytorch':>9} {'ratio':>6}")
+    print(
+        f"AdamW lr {LR:g}, batch {args.batch_size}, {args.threads} threads, {args.rounds} rounds x {args.steps} "
+        f"steps; PyTorch {torch.__version__} (fused AdamW)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(args.models):
+        for name in args.models:
+            work = Path(tmp) / name
             if args.check:
-                worst = check_same_computation(name, Path(tmp) / f"check{i}", args.threads, args.batch_size)
-                assert worst < 1e-3, f"{name}: losses differ by {worst:.2e}; not the same computation"
-                print(f"{name:<12} same losses as PyTorch for 20 steps (max relative difference {worst:.1e})")
-            r = bench(name, Path(tmp) / str(i), args.threads, args.batch_size, args.steps, args.rounds)
-            print(f"{name:<12} {r['params']:>8,} {r['onnxkit']:>9.3f} {r['torch']:>9.3f} {r['ratio']:>6.2f}")
+                check = batches(name, args.batch_size, 20)
+                check_same_computation(
+                    contenders(name, args.backends, work / "check", check, args.threads, dropout=False), name
+                )
+            data = batches(name, args.batch_size, args.steps)
+            times = time_rounds(contenders(name, args.backends, work / "bench", data, args.threads, True), args.rounds)
+            print_summary(name, summarise(times), args.rounds)
+            if args.profile:
+                model = zoo.build_model(name)
+                print(profile_onnx_backend(model, work / "profile", data, threads=args.threads, lr=LR, dropout=True))
 
 
 if __name__ == "__main__":

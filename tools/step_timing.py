@@ -1,0 +1,206 @@
+"""Shared parts of the training-step benchmarks (tools/bench_train.py, tools/bench_finetune.py).
+
+Contenders (onnxkit backends through `open_training`, and PyTorch with fused AdamW as the
+baseline) step through the same batches; rounds alternate between them, the starting one
+rotating, so all see the same machine load. Ratios are taken per round and summarised as
+min/median/max over rounds. `compare_losses` checks that the contenders compute the same thing
+(dropout off) and `profile_onnx_backend` gives per-op kernel times of the onnx backend's graphs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import onnx
+
+from onnxkit.train.problem import open_training
+
+TORCH = "torch"
+TOLERANCE = 1e-3  # relative difference of per-step losses allowed by --check
+Batch = tuple[Any, Any]  # (inputs, labels) in a contender's own form
+
+
+def import_torch(threads: int):  # type: ignore[no-untyped-def]
+    """PyTorch, set to `threads` intra-op threads and one inter-op thread (a benchmark-only dependency)."""
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            "this benchmark needs PyTorch, kept outside the project environments (with the training build,\n"
+            "`import onnxruntime` imports torch when it sits beside it): pip install --target /tmp/torchlib\n"
+            "torch==2.13.0, then run with PYTHONPATH=/tmp/torchlib"
+        ) from None
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    return torch
+
+
+@dataclass
+class Contender:
+    """One way to train: `step(inputs, labels)` runs forward, backward and the optimizer update on
+    one batch and returns the loss; `batches` are the benchmark's batches in its own form."""
+
+    name: str
+    step: Callable[[Any, Any], float]
+    batches: list[Batch]
+
+    def run(self) -> list[float]:
+        return [self.step(x, y) for x, y in self.batches]
+
+
+def backend_contender(
+    backend: str,
+    model: onnx.ModelProto,
+    directory: Path,
+    data: list[Batch],
+    *,
+    threads: int,
+    lr: float,
+    dropout: bool,
+) -> Contender:
+    """An onnxkit backend training `model` with AdamW (torch's defaults) at learning rate `lr`."""
+    session = open_training(model, directory, backend=backend, dropout=dropout, threads=threads)
+
+    def step(feeds: dict[str, np.ndarray], labels: np.ndarray) -> float:
+        loss = session.train_step(feeds, labels)
+        session.optimizer_step(lr)
+        return loss
+
+    return Contender(backend, step, data)
+
+
+def torch_contender(module, data: list[Batch], convert: Callable[[Any], Any], *, lr: float) -> Contender:  # type: ignore[no-untyped-def]
+    """PyTorch training `module` with `torch.optim.AdamW(fused=True)` (its defaults otherwise);
+    `convert` turns a batch's inputs into what `module` takes (done once, before timing)."""
+    import torch
+
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, fused=True)
+    module.train()
+
+    def step(x, y) -> float:  # type: ignore[no-untyped-def]
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(module(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return Contender(TORCH, step, [(convert(x), torch.from_numpy(y)) for x, y in data])
+
+
+def compare_losses(contenders: Sequence[Contender], verbose: bool = False) -> dict[str, float]:
+    """Largest relative difference of each contender's per-step losses from PyTorch's."""
+    losses = {c.name: c.run() for c in contenders}
+    reference = np.asarray(losses.pop(TORCH))
+    if verbose:
+        for i, theirs in enumerate(reference):
+            print(f"  step {i:>2}  torch {theirs:.6f}  " + "  ".join(f"{n} {v[i]:.6f}" for n, v in losses.items()))
+    return {name: float(np.max(np.abs(np.asarray(v) - reference) / np.abs(reference))) for name, v in losses.items()}
+
+
+def check_same_computation(contenders: Sequence[Contender], what: str, verbose: bool = False) -> None:
+    """Exit unless every contender's losses match PyTorch's within TOLERANCE; print the differences."""
+    steps = len(contenders[0].batches)
+    for name, worst in compare_losses(contenders, verbose).items():
+        if worst >= TOLERANCE:
+            raise SystemExit(f"{what}: {name} losses differ from PyTorch's by {worst:.2e}; not the same computation")
+        print(f"{what}: {name} has PyTorch's losses for {steps} steps (max relative difference {worst:.1e})")
+
+
+def time_rounds(contenders: Sequence[Contender], rounds: int, warmup_rounds: int = 1) -> dict[str, list[float]]:
+    """Milliseconds per step of each contender in each of `rounds` rounds, after `warmup_rounds` untimed
+    ones (kernels, allocators); within a round every contender runs all its batches once."""
+    for _ in range(warmup_rounds):
+        for c in contenders:
+            c.run()
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for r in range(rounds):
+        for c in (*contenders[r % len(contenders) :], *contenders[: r % len(contenders)]):
+            start = time.perf_counter()
+            c.run()
+            times[c.name].append((time.perf_counter() - start) / len(c.batches) * 1e3)
+    return times
+
+
+def ratio_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Every backend against PyTorch, and onnx against ort-training when both run."""
+    pairs = [(n, TORCH) for n in names if n != TORCH]
+    if "onnx" in names and "ort-training" in names:
+        pairs.append(("onnx", "ort-training"))
+    return pairs
+
+
+def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
+    """Median ms/step per contender, and min/median/max over rounds of each per-round ratio."""
+    ratios = {}
+    for a, b in ratio_pairs(list(times)):
+        per_round = [x / y for x, y in zip(times[a], times[b], strict=True)]
+        ratios[f"{a}/{b}"] = (min(per_round), statistics.median(per_round), max(per_round))
+    return {"ms": {n: statistics.median(v) for n, v in times.items()}, "ratios": ratios}
+
+
+def print_summary(label: str, summary: dict[str, Any], rounds: int) -> None:
+    ms = "  ".join(f"{n} {v:.3f}" for n, v in summary["ms"].items())
+    print(f"{label}: median ms/step over {rounds} rounds: {ms}")
+    for pair, (low, mid, high) in summary["ratios"].items():
+        print(f"{label}:   {pair:<18} min {low:.2f}  median {mid:.2f}  max {high:.2f}")
+
+
+def profile_onnx_backend(
+    model: onnx.ModelProto, directory: Path, data: list[Batch], *, threads: int, lr: float, dropout: bool, top: int = 12
+) -> str:
+    """Per-op kernel times of the onnx backend's training and optimizer graphs over `data` (after one
+    warm-up pass), from ONNX Runtime's profiler: a text table per graph, biggest first."""
+    from onnxkit.train.backends.onnx import session as module
+
+    opened: list[tuple[str, Any]] = []
+    plain_options, plain_create = module.session_options, module.create_session
+
+    def options(*args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        o = plain_options(*args, **kwargs)
+        o.enable_profiling = True
+        return o
+
+    def create(path: str, o, *args: Any):  # type: ignore[no-untyped-def]
+        o.profile_file_prefix = str(directory / f"profile-{Path(path).stem}")
+        opened.append((Path(path).name, plain_create(path, o, *args)))
+        return opened[-1][1]
+
+    with mock.patch.object(module, "session_options", options), mock.patch.object(module, "create_session", create):
+        contender = backend_contender(
+            "onnx", model, directory / "artifacts", data, threads=threads, lr=lr, dropout=dropout
+        )
+    contender.run()  # the warm-up pass is in the profile too; it is dropped below by run count
+    contender.run()
+    lines = []
+    for name, session in opened:
+        if name == "eval.onnx":
+            continue
+        events = json.loads(Path(session.end_profiling()).read_text())
+        lines += _op_table(name, events, runs=len(data), top=top)
+    return "\n".join(lines)
+
+
+def _op_table(graph: str, events: list[dict], runs: int, top: int) -> list[str]:
+    """Kernel microseconds per op type over the last `runs` runs of a profile, as table lines."""
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    since = starts[-runs] if len(starts) >= runs else 0
+    per_op: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
+            per_op[e["args"]["op_name"]] += e["dur"]
+            count[e["args"]["op_name"]] += 1
+    total = sum(per_op.values())
+    lines = [f"{graph}: {total / runs / 1e3:.3f} ms of kernels per run ({runs} runs)"]
+    for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {op:<24} {us / runs / 1e3:9.3f} ms  {100 * us / total:5.1f}%  ({count[op] // runs} nodes)")
+    return lines
