@@ -10,6 +10,9 @@ CPU-heavy: on 2 cores, subsample with --limit and keep --max-length at 128 or le
     .venv/bin/python tools/finetune_minilm.py --datasets bbc-news --modes lora,head --limit bbc-news=600
     .venv/bin/python tools/finetune_minilm.py --modes head --head-hidden 256 --limit 0 --seeds 5 \
         --max-length bbc-news=512,tweets-sentiment=64 --no-int8    # head-only: the README's rows
+    .venv-ort/bin/python tools/finetune_minilm.py --backend ort-training --datasets bbc-news --modes full
+
+`--backend` picks the training backend (onnx, the default, or ort-training in .venv-ort).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from onnxkit import runtime, zoo
 from onnxkit.data import load_dataset
 from onnxkit.metadata import read_metadata
 from onnxkit.train import fit
+from onnxkit.train.backends import backend_names, default_backend, get_backend
 from onnxkit.train.lora import LoraAdapter, LoraConfig
 
 LABELS = {"bbc-news": "business,entertainment,politics,sports,tech", "tweets-sentiment": "negative,positive"}
@@ -59,7 +63,7 @@ def run(name: str, mode: str, base, data, args: argparse.Namespace) -> dict:  # 
     out = Path(args.out) / f"{name}-{mode}"
     start = time.perf_counter()
     result = fit(base, data, out, batch_size=args.batch_size, schedule="linear", warmup=0.1, threads=args.threads,
-                 quiet=False, monitor="val_accuracy", **options)
+                 backend=args.backend, quiet=False, monitor="val_accuracy", **options)
     seconds = [r["seconds"] for r in result.history if "seconds" in r]
     epoch_s = float(np.mean(seconds)) if seconds else (time.perf_counter() - start) / max(len(result.history), 1)
     row = {"dataset": name, "mode": mode, "train/val/test": [len(data.train), len(data.validation), len(data.test)],
@@ -78,19 +82,19 @@ def head_seeds(name: str, base, data, args: argparse.Namespace) -> dict:  # type
     """Head-only test accuracy over `--seeds` training seeds (shuffling, head dropout): the frozen
     encoder runs once for all of them, then each seed trains the head on the cached features."""
     from onnxkit.data import Dataset
-    from onnxkit.train.backends import get_backend
-    from onnxkit.train.frozen_features import cut, features
     from onnxkit.graph_walks import value_types
+    from onnxkit.train.frozen_features import cut, features
 
     head = [t.name for t in base.graph.initializer if t.name.startswith("classifier.")]
     split = cut(base, "logits", head, value_types(base), sum(len(data.split(k)) for k in ("train", "val", "test")))
-    run = get_backend().inference(split.prefix, threads=args.threads)
+    run = get_backend(args.backend).inference(split.prefix, threads=args.threads)
     arrays = {k: features(split.prefix, data.split(k), run, 64) for k in ("train", "validation", "test")}
     cached = Dataset(name, arrays["train"], arrays["validation"], arrays["test"], data.label_names)
     scores = []
     for seed in range(args.seeds):
         result = fit(split.head, cached, Path(args.out) / f"{name}-head-seed{seed}", batch_size=args.batch_size,
-                     schedule="linear", warmup=0.1, threads=args.threads, monitor="val_accuracy", seed=seed,
+                     schedule="linear", warmup=0.1, threads=args.threads, backend=args.backend,
+                     monitor="val_accuracy", seed=seed,
                      **dict(SETTINGS["head"], lr=args.lr["head"], epochs=args.epochs["head"]))
         scores.append((result.metrics["validation"]["accuracy"], result.metrics["test"]["accuracy"]))
     val, test = np.array(scores).T
@@ -156,6 +160,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="head only: train N seeds on one encoder pass")
     parser.add_argument("--no-int8", action="store_true", help="skip quantizing")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", choices=backend_names(), help=f"training backend (default: {default_backend()})")
     args = parser.parse_args()
     args.limit, args.max_length = per_key(args.limit, LABELS, 0), per_key(args.max_length, LABELS, 128)
     args.lr = {m: v or SETTINGS[m]["lr"] for m, v in per_key(args.lr, SETTINGS, 0, float).items()}
