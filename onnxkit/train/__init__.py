@@ -6,6 +6,6 @@ result.model_path, result.metrics["test"]["accuracy"]
 """
 
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
-from onnxkit.train.loop import fit
+from onnxkit.train.fit import fit
 
 __all__ = ["FitResult", "GraphAdapter", "TrainConfig", "TrainingInterrupted", "fit"]

@@ -1,5 +1,5 @@
 """The types around `fit`: its configuration (stored in run.json), its result,
-the graph-adapter hook (e.g. LoRA) and the Ctrl-C exception."""
+the graph-adapter hook (e.g. LoRA) and the exception for Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class FitResult:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: a checkpoint was written to `checkpoint` first."""
+    """Ctrl-C or SIGTERM during training: a checkpoint was written to `checkpoint` first."""
 
     def __init__(self, run_dir: Path, checkpoint: Path, epoch: int, step: int) -> None:
         super().__init__(f"interrupted in epoch {epoch} after step {step}")

@@ -11,10 +11,7 @@ from onnxkit.files import atomic_path
 
 def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     """Loss per step and per epoch (train and validation); accuracy and macro-F1 when present."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
     steps = [r for r in records if r.get("event") == "step"]
     epochs = [r for r in records if r.get("event") == "epoch"]
@@ -47,7 +44,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_yscale("log" if all(r["loss"] > 0 for r in steps) and steps else "linear")
-    ax.legend()
+    ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     if scores:
         bx = fig.add_subplot(1, 2, 2)
@@ -60,8 +57,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
             )
         bx.set_xlabel("epoch")
         bx.set_ylabel("validation score")
-        bx.legend()
+        bx.legend(loc="lower right")
         bx.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09 if scores else 0.14, right=0.98, bottom=0.13, top=0.96, wspace=0.22)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -23,8 +23,11 @@ class Progress:
         self._total = batches
 
     def step(self, done: int, loss: float, lr: float, samples_per_s: float) -> None:
+        """Redraw the bar with `done` of the epoch's batches; at most 10 times a second, and at the end."""
+        if not self.live:
+            return
         now = time.monotonic()
-        if not self.live or (now - self._last_draw < 0.1 and done < self._total):
+        if now - self._last_draw < 0.1 and done < self._total:
             return
         self._last_draw = now
         width = 24

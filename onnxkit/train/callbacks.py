@@ -1,0 +1,216 @@
+"""Callbacks: what happens around the training loop, in small Keras-style hooks.
+
+The trainer calls, in list order, `on_train_begin`, then per epoch `on_epoch_begin`,
+`on_batch_end` after each micro-batch's forward and backward (before the optimizer
+step), `on_step_end` after each optimizer step with its metrics record, `on_epoch_end`
+with the epoch's record (a callback may add keys to it or set `trainer.stop_training`),
+`on_checkpoint` right before the loop state is saved, and `on_train_end` with the
+status (completed, interrupted or failed). A callback whose state must survive a
+resume returns it from `state()` (JSON values; keys unique among callbacks) and
+takes it back in `restore()`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.train.progress import Progress
+from onnxkit.train.run_directory import RunDirectory
+
+if TYPE_CHECKING:
+    from onnxkit.train.trainer import Trainer
+
+MONITORS = {"val_loss": min, "val_accuracy": max, "val_macro_f1": max, "train_loss": min}
+Record = dict[str, Any]
+
+
+class Callback:
+    """Every hook is a no-op; subclasses override the ones they need."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first step (of this process: a resumed run begins here too)."""
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        """Before epoch `epoch` (1-based) starts or resumes."""
+
+    def on_batch_end(self, trainer: Trainer, loss: float) -> None:
+        """After one batch's forward and backward; `loss` is its mean loss."""
+
+    def on_step_end(self, trainer: Trainer, record: Record) -> None:
+        """After an optimizer step; `record` is its metrics.jsonl line."""
+
+    def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
+        """After an epoch and its validation; `record` is its metrics.jsonl line."""
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        """Right before the loop state is checkpointed: persist what must match it."""
+
+    def on_train_end(self, trainer: Trainer, status: str) -> None:
+        """Once, when the loop stops: `completed`, `interrupted` or `failed`."""
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs back (saved with every checkpoint)."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back what `state()` saved."""
+
+
+class NanGuard(Callback):
+    """Stops training with a clear error when a batch's loss is NaN or infinite, before that step is applied."""
+
+    def __init__(self, last_checkpoint: Path) -> None:
+        self.last_checkpoint = last_checkpoint
+
+    def on_batch_end(self, trainer: Trainer, loss: float) -> None:
+        if math.isfinite(loss):
+            return
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint.is_file()
+            else "no epoch finished, so no checkpoint was written"
+        )
+        raise OnnxkitError(
+            f"training stopped: the loss became {loss} in epoch {trainer.state.epoch + 1} at step "
+            f"{trainer.state.step + 1}; {kept}. Lower the learning rate (--lr) or clip gradients (--clip-grad-norm)"
+        )
+
+
+class BestModel(Callback):
+    """Tracks the best epoch by `monitor` and adds `best_epoch` to each epoch record; with a
+    `checkpoint` path, saves the weights of each new best epoch there."""
+
+    def __init__(self, monitor: str, checkpoint: Path | None) -> None:
+        self.monitor, self.checkpoint = monitor, checkpoint
+        self.better = MONITORS[monitor]
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
+        value = record[self.monitor]
+        if self.best is None or (self.better(value, self.best) == value and value != self.best):
+            self.best, self.best_epoch = value, record["epoch"]
+            if self.checkpoint is not None:
+                trainer.session.save_checkpoint(self.checkpoint, optimizer_state=False)
+        record["best_epoch"] = self.best_epoch
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+
+
+class EarlyStopping(Callback):
+    """Stops after `patience` epochs without a new best; reads `best_epoch`, so it follows `BestModel`."""
+
+    def __init__(self, monitor: str, patience: int) -> None:
+        self.monitor, self.patience = monitor, patience
+        self.stopped = False
+
+    def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
+        if record["epoch"] - record["best_epoch"] >= self.patience:
+            record["stopped_early"] = self.stopped = trainer.stop_training = True
+
+    def on_train_end(self, trainer: Trainer, status: str) -> None:
+        if self.stopped:
+            trainer.log(f"stopping early: {self.monitor} has not improved for {self.patience} epochs")
+
+
+class MetricsWriter(Callback):
+    """metrics.jsonl: every record, buffered; written at each epoch end, before each checkpoint (so a
+    resumed run can cut it at the checkpoint's step) and when training stops. `records` holds them all."""
+
+    def __init__(self, run: RunDirectory, records: list[Record]) -> None:
+        self.run, self.records = run, records
+        self._pending: list[Record] = []
+
+    def on_step_end(self, trainer: Trainer, record: Record) -> None:
+        self.records.append(record)
+        self._pending.append(record)
+
+    def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
+        self.on_step_end(trainer, record)
+        self.flush()
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        self.flush()
+
+    def on_train_end(self, trainer: Trainer, status: str) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.run.append_metrics(self._pending)
+            self._pending.clear()
+
+
+class ProgressBar(Callback):
+    """The live bar on a terminal (Progress throttles it) and one line per epoch."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        self.progress.epoch_start(epoch, trainer.epochs, trainer.batches_per_epoch)
+
+    def on_step_end(self, trainer: Trainer, record: Record) -> None:
+        self.progress.step(trainer.state.batch, record["loss"], record["lr"], record["samples_per_s"])
+
+    def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
+        shown = "  ".join(
+            f"{k.replace('_', ' ')} {record[k]:{'.4f' if k == 'val_accuracy' else '.4g'}}"
+            for k in ("train_loss", "val_loss", "val_accuracy")
+            if k in record
+        )
+        self.progress.line(f"epoch {record['epoch']}/{trainer.epochs}  {shown}  ({record['seconds']:.1f}s)")
+
+
+class Plot(Callback):
+    """curves.png from the records, drawn once when training stops, on a thread of its own
+    (matplotlib takes about a second to import and draw); `wait()` for the file."""
+
+    def __init__(self, path: Path, records: list[Record]) -> None:
+        self.path, self.records = path, records
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def on_train_end(self, trainer: Trainer, status: str) -> None:
+        if self.records:
+            self._thread = threading.Thread(target=self._draw, name="onnxkit-plot", daemon=True)
+            self._thread.start()
+
+    def _draw(self) -> None:
+        from onnxkit.train.plot import plot_curves
+
+        try:
+            plot_curves(self.records, self.path)
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that waits
+            self._error = e
+
+    def wait(self) -> None:
+        """Block until curves.png is written; raises what drawing raised."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+class RecordCallback(Callback):
+    """Calls `function(record)` with every metrics record as it is made (fit's `callback`)."""
+
+    def __init__(self, function: Callable[[Record], None]) -> None:
+        self.function = function
+
+    def on_step_end(self, trainer: Trainer, record: Record) -> None:
+        self.function(record)
+
+    def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
+        self.function(record)

@@ -1,0 +1,532 @@
+"""`fit`: train or fine-tune any inference-form ONNX model and write a run directory.
+
+`fit` turns its arguments into a `TrainConfig` (stored in run.json, which `resume` reads
+back), prepares the problem (the loss, the data bound to the model's inputs, what trains,
+the frozen-feature cut, the schedule), has the backend build its artifacts and open a
+session, runs the `Trainer` with its callbacks, and writes the trained weights back into
+the original inference graph, evaluated on the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxkit import __version__
+from onnxkit.data import Dataset, Split, load_dataset, model_inputs
+from onnxkit.errors import OnnxkitError
+from onnxkit.evaluate import evaluate, label_names, score
+from onnxkit.files import load_model, save_model
+from onnxkit.graph_walks import value_types
+from onnxkit.metadata import metadata, set_metadata
+from onnxkit.train.backend import TrainingSession
+from onnxkit.train.backends import DEFAULT, default_backend, get_backend
+from onnxkit.train.callbacks import (
+    MONITORS,
+    BestModel,
+    Callback,
+    EarlyStopping,
+    MetricsWriter,
+    NanGuard,
+    Plot,
+    ProgressBar,
+    Record,
+    RecordCallback,
+)
+from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
+from onnxkit.train.export import with_weights
+from onnxkit.train.frozen_features import cut, features
+from onnxkit.train.losses import Loss, default_loss, get_loss
+from onnxkit.train.optim import Optimizer, get_optimizer
+from onnxkit.train.problem import training_problem
+from onnxkit.train.progress import Progress
+from onnxkit.train.run_directory import RunDirectory
+from onnxkit.train.schedules import Schedule, warmup_steps
+from onnxkit.train.trainer import LoopState, Trainer
+from onnxkit.train.training_form import find_parameters, output_type, select
+
+TASK_OF_LOSS = {"cross-entropy": "classification", "bce-with-logits": "binary", "mse": "regression", "l1": "regression"}
+
+
+def fit(
+    model: str | os.PathLike | onnx.ModelProto | None = None,
+    data: str | os.PathLike | Dataset | None = "digits-images",
+    out_dir: str | os.PathLike | None = None,
+    *,
+    loss: str | None = None,
+    optimizer: str | Optimizer = "adamw",
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    clip_grad_norm: float | None = None,
+    schedule: str = "constant",
+    warmup: float = 0,
+    epochs: int = 10,
+    steps: int | None = None,
+    batch_size: int = 64,
+    grad_accumulation: int = 1,
+    eval_batch_size: int | None = None,
+    seed: int = 0,
+    data_seed: int = 0,
+    shuffle: bool = True,
+    dropout: bool = True,
+    freeze: Sequence[str] = (),
+    train_only: Sequence[str] = (),
+    output: str | None = None,
+    monitor: str | None = None,
+    patience: int | None = None,
+    keep_best: bool = True,
+    evaluate_test: bool = True,
+    device: str = "auto",
+    threads: int | None = None,
+    backend: str | None = None,
+    adapter: GraphAdapter | None = None,
+    cache_features: bool = True,
+    resume: str | os.PathLike | None = None,
+    quiet: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> FitResult:
+    """Train `model` (a path or ModelProto, inference form) on `data`; write the run to `out_dir`.
+
+    - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
+      task metadata, else from its output and the labels).
+    - `optimizer`: a name (sgd, adam, adamw, adagrad, rmsprop, adadelta) or an object from
+      `onnxkit.train.optim` holding its options (torch.optim's names and defaults);
+      `lr` defaults to torch's for that optimizer; `weight_decay` overrides the
+      optimizer's; `clip_grad_norm` clips the global gradient norm; `schedule`:
+      constant, linear or cosine with `warmup` steps (or a fraction of all steps when below 1).
+    - `backend`: onnx (onnxkit's own autodiff, any ONNX Runtime) or ort-training.
+    - `epochs`, or `steps` optimizer steps; `grad_accumulation` batches per step.
+    - `freeze` / `train_only`: globs over parameter names (frozen ones stay bit-identical).
+    - `cache_features`: when only a head after a frozen part trains, run the frozen
+      part once and train the head on its cached output (see `frozen_features`).
+    - `monitor` (val_loss, val_accuracy, val_macro_f1, train_loss) picks the best
+      epoch; `patience` stops after that many epochs without improvement.
+    - `resume`: a run directory; continues from its last checkpoint with its stored
+      settings (`data` may be given again when it was a Dataset object).
+    - `callback(record)` sees every metrics.jsonl record as it is made; `callbacks` are
+      `onnxkit.train.callbacks.Callback` objects, called after the built-in ones.
+
+    Ctrl-C or SIGTERM finishes the optimizer step, writes a checkpoint and raises TrainingInterrupted.
+    """
+    if resume is not None:
+        run = RunDirectory.existing(resume)
+        config = _config_from_json(run.read_json()["config"])
+        proto = _load_checked(config)
+        if config.data_in_memory and not isinstance(data, Dataset):
+            raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")
+        dataset = data if isinstance(data, Dataset) else load_dataset(config.data, seed=config.data_seed, model=proto)
+    else:
+        if model is None:
+            raise OnnxkitError("give a model to train (a .onnx path or an onnx.ModelProto), or resume a run")
+        if out_dir is None:
+            raise OnnxkitError("give an output folder for the run (out_dir / -o)")
+        if data is None:
+            raise OnnxkitError("give training data: a dataset name, a .npz/.csv file or a Dataset")
+        _check_numbers(epochs, steps, batch_size, grad_accumulation, patience)
+        spec = _optimizer(optimizer, weight_decay)
+        if isinstance(model, onnx.ModelProto):
+            proto, model_path = model, None
+        else:
+            model_path = Path(model).resolve()
+            proto = load_model(model_path)
+        dataset = data if isinstance(data, Dataset) else load_dataset(data, seed=data_seed, model=proto)
+        run = RunDirectory.new(out_dir)
+        config = TrainConfig(
+            model=str(model_path or run.path.resolve() / "base_model.onnx"),
+            model_sha256=_sha256(model_path) if model_path else "",
+            data=str(data) if not isinstance(data, Dataset) else dataset.name,
+            data_seed=data_seed,
+            output=output,
+            loss=get_loss(loss).name if loss else None,
+            optimizer=spec.name,
+            optimizer_options=_json_options(spec),
+            lr=spec.default_lr if lr is None else lr,
+            clip_grad_norm=clip_grad_norm,
+            schedule=schedule,
+            warmup=warmup,
+            epochs=epochs,
+            steps=steps,
+            batch_size=batch_size,
+            grad_accumulation=grad_accumulation,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            dropout=dropout,
+            freeze=list(freeze),
+            train_only=list(train_only),
+            monitor=monitor,
+            patience=patience,
+            keep_best=keep_best,
+            evaluate_test=evaluate_test,
+            backend=backend or default_backend(),
+            adapter=type(adapter).__name__ if adapter else None,
+            data_in_memory=isinstance(data, Dataset),
+            cache_features=cache_features,
+        )
+        if not config.lr > 0:
+            raise OnnxkitError(f"learning rate must be positive, got {config.lr}")
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise OnnxkitError(f"gradient clipping norm must be positive, got {clip_grad_norm}")
+    if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
+        raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
+                           "(onnxkit train: the same --lora-* options next to --resume)")
+    setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
+    if resume is None:
+        run.make()
+        if not config.model_sha256:  # given as a ModelProto: the run keeps the starting model
+            save_model(proto, config.model)
+            config.model_sha256 = _sha256(Path(config.model))
+    return _train(setup, resuming=resume is not None, extra=[RecordCallback(callback)] if callback else [],
+                  callbacks=callbacks)
+
+
+def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimizer:
+    """The optimizer spec from a name or object, with `weight_decay` (when given) in place of its own."""
+    if isinstance(optimizer, Optimizer):
+        options = optimizer.options()
+        if weight_decay is not None:
+            options["weight_decay"] = weight_decay
+        return type(optimizer)(**options)
+    return get_optimizer(optimizer, **({} if weight_decay is None else {"weight_decay": weight_decay}))
+
+
+def _json_options(spec: Optimizer) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.options().items()}
+
+
+def _check_numbers(epochs: int, steps: int | None, batch_size: int, accumulation: int, patience: int | None) -> None:
+    for name, value in (("epochs", epochs), ("batch size", batch_size), ("gradient accumulation", accumulation)):
+        if value < 1:
+            raise OnnxkitError(f"{name} must be at least 1, got {value}")
+    if steps is not None and steps < 1:
+        raise OnnxkitError(f"steps must be at least 1, got {steps}")
+    if patience is not None and patience < 1:
+        raise OnnxkitError(f"patience must be at least 1 epoch, got {patience}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _config_from_json(raw: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+def _load_checked(config: TrainConfig) -> onnx.ModelProto:
+    path = Path(config.model)
+    proto = load_model(path)
+    if _sha256(path) != config.model_sha256:
+        raise OnnxkitError(f"{path} changed since this run started; resume needs the model the run began with")
+    return proto
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {
+        "onnxkit": __version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class _Setup:
+    """Everything derived from the config, model and data before training: checked up front,
+    so a bad run is refused before any file is written."""
+
+    def __init__(
+        self,
+        run: RunDirectory,
+        config: TrainConfig,
+        model: onnx.ModelProto,
+        dataset: Dataset,
+        adapter: GraphAdapter | None,
+        device: str,
+        threads: int | None,
+        progress: Progress,
+    ) -> None:
+        self.run, self.config, self.dataset, self.adapter = run, config, dataset, adapter
+        self.threads, self.progress = threads, progress
+        self.backend = get_backend(config.backend)
+        self.device = self.backend.resolve_device(device)
+        self.model = adapter.apply(model) if adapter else model
+        self.target = self.model  # the graph the trained weights go back into
+        self.cached: dict[str, Any] = {}
+        c = config
+        self.output = c.output or self.model.graph.output[0].name
+        self.types = value_types(self.model)
+        self.output_vi = output_type(self.types, self.model, self.output)
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in self.output_vi.type.tensor_type.shape.dim
+        )
+        task = metadata(self.model).get("onnxkit.task")
+        self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(task, shape, dataset.train.labels)
+        self.loss.check_output(self.output_vi)
+        self.task = TASK_OF_LOSS[self.loss.name]
+        specs = model_inputs(self.model)
+        self.splits = {name: self._bind(dataset.split(name), specs, shape) for name in ("train", "validation")}
+        if len(self.splits["train"]) == 0:
+            raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
+        for spec in specs:
+            if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 and spec.shape[0] != c.batch_size:
+                raise OnnxkitError(
+                    f"model input {spec.name!r} has a fixed batch size of {spec.shape[0]}; "
+                    f"use --batch-size {spec.shape[0]} or export the model with a dynamic batch dimension"
+                )
+        self.names = label_names(self.model) or dataset.label_names
+        self.num_classes = shape[-1] if self.task == "classification" and isinstance(shape[-1], int) else None
+        if self.num_classes:
+            top = int(dataset.train.labels.max())
+            if top >= self.num_classes:
+                raise OnnxkitError(
+                    f"labels go up to {top} but output {self.output!r} has {self.num_classes} scores; "
+                    "build the model with as many classes as the data has"
+                )
+        self._select()
+        if c.cache_features and not adapter:
+            self._cache_frozen_features(shape)
+        self.steps_per_epoch = -(-self.splits["train"].num_batches(c.batch_size) // c.grad_accumulation)
+        total_steps = c.steps or self.steps_per_epoch * c.epochs
+        self.epochs = c.epochs if not c.steps else math.ceil(c.steps / self.steps_per_epoch)
+        self.schedule = Schedule(c.schedule, c.lr, total_steps, warmup_steps(c.warmup, total_steps))
+        self._choose_monitor()
+
+    def _select(self) -> None:
+        """What trains; refuses ops without a gradient in the backend and options it cannot run."""
+        c, model = self.config, self.model
+        params = find_parameters(model)
+        default = self.adapter.trainable(model) if self.adapter else None
+        self.selection = select(model, params, self.output, freeze=c.freeze, train_only=c.train_only, default=default)
+        missing = self.backend.unsupported(model, self.selection.trainable, self.output)
+        if missing:
+            op, node = missing[0]
+            other = ", or use the default backend (--backend onnx)" if self.backend.name != DEFAULT else ""
+            raise OnnxkitError(
+                f"op {op} (node {node}) has no gradient in the {self.backend.name} backend; freeze the parameters "
+                f"before it (--freeze / --train-only){other}"
+            )
+        self.optimizer = c.optimizer_spec()
+        self.backend.refuse_optimizer(self.optimizer, c.clip_grad_norm)
+        self.trainable_count = sum(params.sizes[n] for n in self.selection.trainable)
+        self.frozen_count = sum(params.sizes[n] for n in self.selection.frozen)
+
+    def _choose_monitor(self) -> None:
+        has_val = len(self.splits["validation"]) > 0
+        self.monitor = self.config.monitor or ("val_loss" if has_val else "train_loss")
+        if self.monitor not in MONITORS:
+            raise OnnxkitError(f"unknown metric to monitor {self.monitor!r}; choose from {', '.join(MONITORS)}")
+        if self.monitor.startswith("val_") and not has_val:
+            raise OnnxkitError(f"cannot monitor {self.monitor}: the validation split is empty")
+        if self.monitor in ("val_accuracy", "val_macro_f1") and self.task == "regression":
+            raise OnnxkitError(f"{self.monitor} needs a classification loss; monitor val_loss instead")
+
+    def _cache_frozen_features(self, shape: tuple) -> None:
+        """Train only the graph after the frozen part, on that part's output computed once."""
+        trained = [*self.selection.trainable, *self.selection.updated_buffers]
+        rows = sum(len(s) for s in self.splits.values())
+        split = cut(self.model, self.output, trained, self.types, rows)
+        if split is None:
+            return
+        started = time.perf_counter()
+        self.progress.line(f"running the frozen part once over {rows} examples to cache its output")
+        batch = self.config.eval_batch_size or max(self.config.batch_size, 64)
+        run = self.backend.inference(split.prefix, device=self.device, threads=self.threads)
+        cached = {name: features(split.prefix, self.dataset.split(name), run, batch) for name in self.splits}
+        self.model, self.types = split.head, value_types(split.head)
+        self.splits = {name: self._bind(s, model_inputs(split.head), shape) for name, s in cached.items()}
+        self.cached = {"boundary": split.boundary, "seconds": round(time.perf_counter() - started, 2)}
+
+    def _bind(self, split: Split, specs: list, shape: tuple) -> Split:
+        bound = split.feeds_for(specs)  # a new split of the same class (text splits keep padding per batch)
+        bound.labels = self.loss.labels_for(split.labels, shape)
+        return bound
+
+    def _labels_name(self) -> str:
+        taken = {v for node in self.model.graph.node for v in (*node.input, *node.output)}
+        taken |= {i.name for i in self.model.graph.input}
+        return "labels" if "labels" not in taken else "onnxkit.labels"
+
+    def open_session(self, resuming: bool) -> TrainingSession:
+        """A session from the run's last checkpoint, or on newly built artifacts."""
+        c, run = self.config, self.run
+        if resuming:
+            return self.backend.open(run.artifacts, device=self.device, checkpoint=run.last_checkpoint,
+                                     threads=self.threads)
+        problem = training_problem(
+            self.model,
+            self.output_vi,
+            self.loss,
+            self.selection,
+            self.optimizer,
+            self.backend,
+            types=self.types,
+            clip_grad_norm=c.clip_grad_norm,
+            grad_accumulation=c.grad_accumulation,
+            dropout=c.dropout,
+            seed=c.seed,
+            labels_name=self._labels_name(),
+        )
+        self.backend.build(problem, run.artifacts)
+        return self.backend.open(run.artifacts, device=self.device, threads=self.threads)
+
+    def validate(self, session: TrainingSession) -> Record:
+        """The epoch record's validation entries."""
+        c = self.config
+        batches = self.splits["validation"].batches(c.eval_batch_size or c.batch_size)
+        outputs = np.concatenate([session.eval_step(feeds) for feeds, _ in batches])
+        metrics = score(outputs, self.dataset.validation.labels, self.task, loss=self.loss.name,
+                        num_classes=self.num_classes)
+        return {f"val_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "macro_f1")}
+
+
+def _train(setup: _Setup, resuming: bool, extra: list[Callback], callbacks: Sequence[Callback]) -> FitResult:
+    c, run, progress = setup.config, setup.run, setup.progress
+    session = setup.open_session(resuming)
+    records: list[Record] = []
+    best = BestModel(setup.monitor, run.best_checkpoint if c.keep_best else None)
+    plot = Plot(run.plot, records)
+    stack: list[Callback] = [NanGuard(run.last_checkpoint), best]
+    if c.patience is not None:
+        stack.append(EarlyStopping(setup.monitor, c.patience))
+    stack.append(MetricsWriter(run, records))
+    if progress.enabled:
+        stack.append(ProgressBar(progress))
+    stack += [plot, *extra, *callbacks]
+    has_val = len(setup.splits["validation"]) > 0
+    trainer = Trainer(session, setup.splits["train"], c, epochs=setup.epochs, schedule=setup.schedule, run=run,
+                      validate=setup.validate if has_val else None, callbacks=stack, log=progress.line)
+    if resuming:
+        trainer.restore()
+        if trainer.state.done:
+            raise OnnxkitError(f"the run in {run.path} has already finished; start a new run to train more")
+        records += run.truncate_metrics(trainer.state.step)
+        info = run.read_json()
+    else:
+        info = {"config": dataclasses.asdict(c), "versions": _versions()}
+    info.update(
+        status="running",
+        device=setup.device,
+        dataset={k: len(setup.dataset.split(k)) for k in ("train", "validation", "test")},
+        loss=setup.loss.name,
+        task=setup.task,
+        output=setup.output,
+        trainable_parameters=setup.trainable_count,
+        frozen_parameters=setup.frozen_count,
+        trainable=setup.selection.trainable,
+        steps_per_epoch=setup.steps_per_epoch,
+        cached_features=setup.cached or None,
+    )
+    run.write_json(info)
+    progress.line(
+        f"training {setup.trainable_count:,} parameters ({setup.frozen_count:,} frozen) on {setup.device}, "
+        f"{len(setup.splits['train'])} examples, loss {setup.loss.name}, run {run.path}"
+    )
+    try:
+        state = trainer.fit()
+        return _finish(setup, session, state, best.best_epoch, records, info)
+    except TrainingInterrupted:
+        info["status"] = "interrupted"
+        run.write_json(info)
+        raise
+    except Exception as e:
+        info.update(status="failed", error=str(e))
+        run.write_json(info)
+        raise
+    finally:
+        plot.wait()  # drawn while the test split was evaluated
+
+
+def _finish(
+    setup: _Setup,
+    session: TrainingSession,
+    state: LoopState,
+    best_epoch: int | None,
+    records: list[Record],
+    info: dict[str, Any],
+) -> FitResult:
+    """Write the trained model (best or last weights) with its metadata, evaluate it, complete run.json."""
+    c, run = setup.config, setup.run
+    use_best = c.keep_best and run.best_checkpoint.is_file()
+    values = setup.backend.checkpoint_parameters(run.best_checkpoint) if use_best else session.parameters()
+    epochs = [r for r in records if r["event"] == "epoch"]
+    best = next((r for r in epochs if r["epoch"] == best_epoch), epochs[-1] if epochs else {})
+    trained = with_weights(setup.target, values)
+    if setup.adapter:
+        trained = setup.adapter.merge(trained)
+    summary = {
+        "data": c.data,
+        "data_seed": c.data_seed,
+        "loss": setup.loss.name,
+        "optimizer": c.optimizer,
+        "lr": c.lr,
+        "schedule": c.schedule,
+        "batch_size": c.batch_size,
+        "epochs": state.epoch,
+        "steps": state.step,
+        "seed": c.seed,
+        "freeze": c.freeze,
+        "train_only": c.train_only,
+        "trainable_parameters": setup.trainable_count,
+        "best_epoch": best_epoch,
+        "validation": {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_")},
+        "run": str(run.path),
+        "onnxkit": __version__,
+    }
+    extra: dict[str, Any] = {"onnxkit.training": summary}
+    existing = metadata(trained)
+    if "onnxkit.task" not in existing:
+        extra["onnxkit.task"] = setup.task
+    if "onnxkit.labels" not in existing and setup.names and setup.task != "regression":
+        extra["onnxkit.labels"] = setup.names
+    set_metadata(trained, extra)
+    save_model(trained, run.model)
+    metrics: dict[str, Any] = {
+        "epochs": state.epoch,
+        "steps": state.step,
+        "best_epoch": best_epoch,
+        "monitor": setup.monitor,
+        "train_loss": best.get("train_loss"),
+        "validation": summary["validation"],
+    }
+    if c.evaluate_test and len(setup.dataset.test):
+        metrics["test"] = evaluate(
+            trained,
+            setup.dataset.test,
+            batch_size=c.eval_batch_size or max(c.batch_size, 256),
+            output=setup.output,
+            task=setup.task,
+            loss=setup.loss.name,
+        )
+        shown = ", ".join(f"{k} {metrics['test'][k]:.4f}" for k in ("accuracy", "loss") if k in metrics["test"])
+        setup.progress.line(f"test: {shown}")
+    stopped = any(r.get("stopped_early") for r in epochs)
+    info.update(status="completed", result=metrics, stopped_early=stopped)
+    run.write_json(info)
+    return FitResult(
+        run_dir=run.path,
+        model_path=run.model,
+        metrics=metrics,
+        history=epochs,
+        stopped_early=stopped,
+        trainable=setup.selection.trainable,
+        frozen=setup.selection.frozen,
+    )

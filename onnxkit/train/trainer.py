@@ -1,0 +1,216 @@
+"""The training loop over a `TrainingSession`: epochs of shuffled batches, gradient accumulation,
+the learning-rate schedule, validation after every epoch, checkpoints of the loop state, and
+Ctrl-C / SIGTERM. Everything else (metrics, progress, best model, early stopping, NaN guard,
+plot) is a callback; the trainer knows only the session interface and its callbacks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from onnxkit.data import Split
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import write_text
+from onnxkit.train.backend import TrainingSession
+from onnxkit.train.callbacks import Callback, Record
+from onnxkit.train.config import TrainConfig, TrainingInterrupted
+from onnxkit.train.run_directory import RunDirectory
+from onnxkit.train.schedules import Schedule
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved beside every checkpoint (with the callbacks' state)."""
+
+    epoch: int = 0  # current epoch, 0-based
+    batch: int = 0  # batches of it already done
+    step: int = 0  # optimizer steps done
+    loss_sum: float = 0.0  # this epoch's training loss, summed over examples
+    examples: int = 0
+    done: bool = False
+
+
+class _StopSignals:
+    """Turns the first Ctrl-C or SIGTERM into a flag the loop checks between optimizer steps;
+    after it, both signals act as before (a second Ctrl-C stops at once)."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+
+class Trainer:
+    """Trains `session` on `train` for `epochs` (or `config.steps` optimizer steps).
+
+    `validate(session)` returns the epoch record's validation entries (val_loss, ...), or
+    is None without a validation split. Checkpoints go to `run`'s last.ckpt and last.json:
+    after every epoch and when stopped by a signal. Callbacks may read `session`, `state`,
+    `epochs` and `batches_per_epoch`, call `log`, and set `stop_training`.
+    """
+
+    def __init__(
+        self,
+        session: TrainingSession,
+        train: Split,
+        config: TrainConfig,
+        *,
+        epochs: int,
+        schedule: Schedule,
+        run: RunDirectory,
+        validate: Callable[[TrainingSession], Record] | None = None,
+        callbacks: Sequence[Callback] = (),
+        log: Callable[[str], None] = lambda text: None,
+    ) -> None:
+        self.session, self.train, self.config, self.run = session, train, config, run
+        self.epochs, self.schedule, self.validate, self.log = epochs, schedule, validate, log
+        self.callbacks = list(callbacks)
+        self.batches_per_epoch = train.num_batches(config.batch_size)
+        self.state = LoopState()
+        self.stop_training = False
+        self._saved_step: int | None = None  # the step of the last checkpoint written here
+        self._signals = _StopSignals()
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Continue from the run's last checkpoint (the session was opened from it)."""
+        path = self.run.loop_state
+        try:
+            saved = json.loads(path.read_text())
+            fields = {f.name for f in dataclasses.fields(LoopState)}
+            self.state = LoopState(**{k: v for k, v in saved.items() if k in fields})
+        except (OSError, ValueError, TypeError) as e:
+            raise OnnxkitError(f"{path}: the loop state is missing or damaged ({e}); "
+                               "the run cannot be resumed, start a new one") from e
+        if self.state.step != self.session.steps:
+            raise OnnxkitError(f"{path} is at step {self.state.step} but the checkpoint at step "
+                               f"{self.session.steps}; the run was killed while checkpointing, start a new one")
+        for callback in self.callbacks:
+            callback.restore(saved)
+        self._saved_step = self.state.step
+
+    def checkpoint(self) -> None:
+        """The backend's checkpoint, then the loop and callback state beside it (JSON) naming the same step."""
+        self._hook("on_checkpoint")
+        saved = dataclasses.asdict(self.state)
+        for callback in self.callbacks:
+            saved.update(callback.state())
+        self.session.save_checkpoint(self.run.last_checkpoint)
+        write_text(self.run.loop_state, json.dumps(saved))
+        self._saved_step = self.state.step
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def fit(self) -> LoopState:
+        """Train until done; raises TrainingInterrupted (after a checkpoint) on Ctrl-C or SIGTERM."""
+        status = "failed"
+        with self._signals:
+            self._hook("on_train_begin")
+            try:
+                while not self.state.done and not self._signals.received:
+                    self._epoch()
+                if not self.state.done:
+                    status = "interrupted"
+                    if self._saved_step != self.state.step:
+                        self.checkpoint()
+                else:
+                    status = "completed"
+            finally:
+                self._hook("on_train_end", status)
+        if status == "interrupted":
+            raise TrainingInterrupted(self.run.path, self.run.last_checkpoint, self.state.epoch + 1, self.state.step)
+        return self.state
+
+    def _hook(self, name: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, name)(self, *args)
+
+    def _overriding(self, name: str) -> list[Callable[..., None]]:
+        """The bound `name` hooks of callbacks that define it (the per-batch loop skips no-ops)."""
+        return [getattr(c, name) for c in self.callbacks if getattr(type(c), name) is not getattr(Callback, name)]
+
+    def _epoch(self) -> None:
+        c, state, session = self.config, self.state, self.session
+        on_batch_end, on_step_end = self._overriding("on_batch_end"), self._overriding("on_step_end")
+        batches = self.train.batches(c.batch_size, shuffle=c.shuffle, seed=c.seed * 100_003 + state.epoch)
+        last = self.batches_per_epoch - 1
+        self._hook("on_epoch_begin", state.epoch + 1)
+        started = time.perf_counter()
+        step_loss, step_examples, in_step = 0.0, 0, 0
+        for index, (feeds, labels) in enumerate(batches):
+            if index < state.batch:
+                continue  # resumed mid-epoch: these batches were done before the checkpoint
+            loss = session.train_step(feeds, labels)
+            for hook in on_batch_end:
+                hook(self, loss)
+            step_loss += loss * len(labels)
+            step_examples += len(labels)
+            in_step += 1
+            if in_step < c.grad_accumulation and index < last:
+                continue
+            lr = self.schedule.lr(state.step)
+            session.optimizer_step(lr)
+            state.step += 1
+            state.batch = index + 1
+            state.loss_sum += step_loss
+            state.examples += step_examples
+            elapsed = time.perf_counter() - started
+            record = {
+                "event": "step",
+                "epoch": state.epoch + 1,
+                "step": state.step,
+                "loss": step_loss / step_examples,
+                "lr": lr,
+                "samples_per_s": state.examples / elapsed if elapsed > 0 else 0.0,
+            }
+            for hook in on_step_end:
+                hook(self, record)
+            step_loss, step_examples, in_step = 0.0, 0, 0
+            if self._signals.received:
+                return  # mid-epoch: fit checkpoints here
+            if c.steps and state.step >= c.steps:
+                break
+        self._end_epoch(time.perf_counter() - started)
+
+    def _end_epoch(self, seconds: float) -> None:
+        state = self.state
+        record: Record = {
+            "event": "epoch",
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "train_loss": state.loss_sum / max(1, state.examples),
+            "seconds": seconds,
+        }
+        if self.validate is not None:
+            record.update(self.validate(self.session))
+        self._hook("on_epoch_end", record)
+        state.epoch += 1
+        state.batch, state.loss_sum, state.examples = 0, 0.0, 0
+        steps = self.config.steps
+        state.done = self.stop_training or state.epoch >= self.epochs or bool(steps and state.step >= steps)
+        self.checkpoint()
