@@ -1,0 +1,296 @@
+"""Gradient rules for convolution, pooling and resizing: finite differences in float64 on
+onnx.reference, the same gradient graph on ONNX Runtime in float32, ties routed like PyTorch,
+and a model with a symbolic batch run at two batch sizes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from gradcases import check, rand, single_node
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxkit.autodiff import add_gradients, gradient_name
+from onnxkit.autodiff.check import gradcheck, run_gradients, with_projection_loss
+from onnxkit.errors import OnnxkitError
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def same_forward(op: str, inputs: dict, attrs: dict | None = None, constants: dict | None = None) -> None:
+    """ONNX Runtime computes the same forward values as onnx.reference (whose function the
+    finite differences check), so the gradient is the one of what ORT runs."""
+    model, feeds = single_node(op, inputs, attrs, constants=constants, dtype=np.float32)
+    np.testing.assert_allclose(_session(model).run(None, feeds)[0], ReferenceEvaluator(model).run(None, feeds)[0],
+                               rtol=1e-5, atol=1e-5, err_msg=f"{op} forward: onnxruntime vs onnx.reference")
+
+
+def check_both(op: str, inputs: dict, wrt: list[str], attrs: dict | None = None, **kw) -> None:
+    same_forward(op, inputs, attrs, kw.get("constants"))
+    check(op, inputs, wrt, attrs, **kw)
+
+
+# -- Conv --------------------------------------------------------------------------------------
+
+
+def test_conv_strided_padded_dilated_with_bias():
+    # 7 is not a multiple of the stride, so the input gradient needs output_padding
+    check_both("Conv", {"x": rand(2, 3, 7, 6), "w": rand(4, 3, 3, 2, seed=1), "b": rand(4, seed=2)},
+               ["x", "w", "b"], {"strides": [2, 2], "pads": [1, 0, 2, 1], "dilations": [1, 2]})
+
+
+@pytest.mark.parametrize("attrs", [
+    {"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"group": 2, "strides": [1, 2], "pads": [3, 0, 1, 2], "dilations": [2, 1]},  # pads wider than the kernel
+])
+def test_grouped_conv(attrs):
+    check_both("Conv", {"x": rand(1, 4, 5, 6), "w": rand(6, 2, 2, 3, seed=1), "b": rand(6, seed=2)},
+               ["x", "w", "b"], attrs)
+
+
+@pytest.mark.parametrize("attrs", [{"pads": [1, 1, 1, 1]}, {"strides": [2, 2], "dilations": [2, 2]}])
+def test_depthwise_conv(attrs):
+    check_both("Conv", {"x": rand(2, 3, 6, 6), "w": rand(6, 1, 3, 3, seed=1)}, ["x", "w"], {"group": 3, **attrs})
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_conv_auto_pad(auto_pad):
+    check_both("Conv", {"x": rand(1, 2, 5, 5), "w": rand(3, 2, 2, 2, seed=1)}, ["x", "w"],
+               {"auto_pad": auto_pad, "strides": [2, 2]})
+
+
+def test_conv_1d_and_3d():
+    check_both("Conv", {"x": rand(2, 2, 7), "w": rand(3, 2, 3, seed=1)}, ["x", "w"], {"strides": [2], "pads": [1, 1]})
+    check_both("Conv", {"x": rand(1, 2, 4, 3, 3), "w": rand(2, 2, 2, 2, 1, seed=1)}, ["x", "w"],
+               {"strides": [2, 1, 1], "pads": [0, 1, 0, 1, 0, 0]})
+
+
+# -- ConvTranspose -----------------------------------------------------------------------------
+
+
+def test_conv_transpose_strided_with_output_padding_and_bias():
+    check_both("ConvTranspose", {"x": rand(2, 3, 3, 4), "w": rand(3, 2, 3, 3, seed=1), "b": rand(2, seed=2)},
+               ["x", "w", "b"], {"strides": [2, 3], "output_padding": [1, 2], "pads": [1, 0, 0, 1],
+                                 "dilations": [1, 2]})
+
+
+def test_conv_transpose_depthwise_and_1d():
+    # onnx.reference's grouped ConvTranspose is right only for one channel per group and no bias
+    check_both("ConvTranspose", {"x": rand(1, 3, 3, 3), "w": rand(3, 1, 2, 2, seed=1)}, ["x", "w"],
+               {"group": 3, "strides": [2, 2]})
+    check_both("ConvTranspose", {"x": rand(2, 2, 4), "w": rand(2, 3, 3, seed=1)}, ["x", "w"],
+               {"strides": [2], "pads": [1, 0], "output_padding": [1]})
+
+
+def test_grouped_conv_transpose_on_onnxruntime():
+    # ConvTranspose is linear in each input, so float32 central differences with a unit step are exact
+    # up to rounding; onnx.reference cannot be the oracle here (see above).
+    inputs = {"x": rand(2, 4, 3, 3), "w": rand(4, 3, 2, 2, seed=1), "b": rand(6, seed=2)}
+    attrs = {"group": 2, "strides": [2, 1], "pads": [0, 1, 1, 0], "output_padding": [1, 0]}
+    model, feeds = single_node("ConvTranspose", inputs, attrs, dtype=np.float32)
+    projected = with_projection_loss(model)
+    got = run_gradients(projected, feeds, list(feeds))
+    loss = _session(projected).get_outputs()[-1].name
+    session = _session(projected)
+    for name, value in feeds.items():
+        numeric = np.zeros(value.shape)
+        for index in np.ndindex(value.shape):
+            losses = []
+            for step in (1.0, -1.0):
+                moved = value.copy()
+                moved[index] += step
+                losses.append(float(session.run([loss], {**feeds, name: moved})[0]))
+            numeric[index] = (losses[0] - losses[1]) / 2
+        np.testing.assert_allclose(got[name], numeric, atol=1e-3, err_msg=f"d/d{name}")
+
+
+def test_conv_transpose_same_upper():
+    check_both("ConvTranspose", {"x": rand(1, 2, 3, 3), "w": rand(2, 2, 3, 3, seed=1)}, ["x", "w"],
+               {"strides": [2, 2], "auto_pad": "SAME_UPPER"})
+
+
+# -- pooling -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [2, 2], "strides": [2, 2]},  # non-overlapping, 7 leaves a remainder
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},  # overlapping, padded
+    {"kernel_shape": [2, 3], "strides": [1, 1]},
+    {"kernel_shape": [2, 2], "strides": [2, 1], "dilations": [2, 2]},
+    {"kernel_shape": [3, 2], "strides": [2, 2], "ceil_mode": 1},
+    {"kernel_shape": [1, 1], "strides": [2, 3]},  # taps miss some positions
+    {"kernel_shape": [2, 2], "auto_pad": "SAME_UPPER", "strides": [2, 2]},
+])
+def test_max_pool(attrs):
+    check_both("MaxPool", {"x": rand(2, 2, 7, 6)}, ["x"], attrs)
+
+
+def test_max_pool_1d_and_3d():
+    check_both("MaxPool", {"x": rand(2, 2, 9)}, ["x"], {"kernel_shape": [3], "strides": [2], "pads": [1, 1]})
+    check_both("MaxPool", {"x": rand(1, 2, 4, 4, 3)}, ["x"], {"kernel_shape": [2, 2, 2], "strides": [2, 2, 1]})
+
+
+def _first_max_routing(x: np.ndarray, dy: np.ndarray, kernel, strides, pads) -> np.ndarray:
+    """PyTorch's max-pool backward in loops: each window's gradient to its first maximum."""
+    dx = np.zeros_like(x)
+    for n, c, i, j in np.ndindex(dy.shape):
+        best = None
+        for a, b in itertools.product(range(kernel[0]), range(kernel[1])):
+            h, w = i * strides[0] - pads[0] + a, j * strides[1] - pads[1] + b
+            if 0 <= h < x.shape[2] and 0 <= w < x.shape[3] and (best is None or x[n, c, h, w] > x[n, c, best[0], best[1]]):
+                best = (h, w)
+        dx[n, c, best[0], best[1]] += dy[n, c, i, j]
+    return dx
+
+
+@pytest.mark.parametrize("attrs", [{"kernel_shape": [2, 2], "strides": [2, 2]},
+                                   {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}])
+def test_max_pool_ties_go_to_the_first_maximum(attrs):
+    x = np.random.default_rng(3).integers(0, 3, (2, 2, 6, 6)).astype(np.float64)
+    for dtype, runtime in ((np.float64, "reference"), (np.float32, "onnxruntime")):
+        model, feeds = single_node("MaxPool", {"x": x}, attrs, dtype=dtype)
+        projected = with_projection_loss(model)
+        dy = numpy_helper.to_array(next(t for t in projected.graph.initializer if t.name == "y0.projection"))
+        expected = _first_max_routing(x, dy.astype(np.float64), attrs["kernel_shape"], attrs["strides"],
+                                      attrs.get("pads", [0, 0]))
+        got = run_gradients(projected, feeds, ["x"], runtime=runtime)["x"]
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=runtime)
+
+
+@pytest.mark.parametrize("include_pad", [0, 1])
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 2], "strides": [1, 1], "pads": [1, 0, 1, 1]},
+    {"kernel_shape": [2, 2], "strides": [2, 2]},
+])
+def test_average_pool(attrs, include_pad):
+    check_both("AveragePool", {"x": rand(2, 2, 7, 6)}, ["x"], {**attrs, "count_include_pad": include_pad})
+
+
+def test_average_pool_ceil_mode():
+    check_both("AveragePool", {"x": rand(1, 2, 6, 7)}, ["x"], {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                            "ceil_mode": 1})
+
+
+def test_global_pools():
+    check_both("GlobalAveragePool", {"x": rand(2, 3, 4, 5)}, ["x"])
+    check_both("GlobalMaxPool", {"x": rand(2, 3, 4, 5)}, ["x"])
+    tied = np.zeros((1, 2, 3, 3))  # every element is a maximum: the first one gets the gradient
+    model, feeds = single_node("GlobalMaxPool", {"x": tied}, dtype=np.float32)
+    got = run_gradients(with_projection_loss(model), feeds, ["x"])["x"]
+    assert np.count_nonzero(got) == 2 and np.all(got.reshape(2, -1)[:, 0] != 0)
+
+
+# -- Resize ------------------------------------------------------------------------------------
+
+
+def _resize_model(x_shape, dtype, attrs, scales=None, sizes=None) -> onnx.ModelProto:
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = [numpy_helper.from_array(np.array(scales if scales is not None else [], np.float32), "scales")]
+    inputs = ["x", "", "scales"]
+    if sizes is not None:
+        inits.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
+        inputs.append("sizes")
+    node = helper.make_node("Resize", inputs, ["y"], **attrs)
+    graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", elem, list(x_shape))], [], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    inferred = onnx.shape_inference.infer_shapes(model)
+    model.graph.output.extend(v for v in inferred.graph.value_info if v.name == "y")
+    return model
+
+
+@pytest.mark.parametrize("attrs,scales,sizes", [
+    ({"mode": "nearest"}, [1, 1, 2, 2], None),
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, [1, 1, 3, 2], None),
+    ({"mode": "nearest", "nearest_mode": "round_prefer_ceil"}, None, [2, 2, 7, 5]),
+    ({"mode": "linear"}, [1, 1, 2, 2], None),
+    ({"mode": "linear"}, [1, 1, 0.5, 1], None),
+    ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, None, [2, 2, 7, 9]),
+    ({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, [1, 1, 2, 3], None),
+    ({"mode": "linear", "coordinate_transformation_mode": "asymmetric"}, [1, 1, 2, 2], None),
+])
+def test_resize(attrs, scales, sizes):
+    x = rand(2, 2, 4, 3)
+    model = _resize_model(x.shape, np.float64, attrs, scales, sizes)
+    for name, (analytic, numeric) in gradcheck(model, {"x": x}, ["x"]).items():
+        np.testing.assert_allclose(analytic, numeric, atol=1e-6, err_msg=f"d/d{name}")
+    model32, feeds32 = _resize_model(x.shape, np.float32, attrs, scales, sizes), {"x": x.astype(np.float32)}
+    np.testing.assert_allclose(_session(model32).run(None, feeds32)[0], ReferenceEvaluator(model).run(None, {"x": x})[0],
+                               atol=1e-5, err_msg="forward: onnxruntime vs onnx.reference")
+    expected = run_gradients(with_projection_loss(model), {"x": x}, ["x"], runtime="reference")["x"]
+    got = run_gradients(with_projection_loss(model32), feeds32, ["x"])["x"]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+# -- unsupported ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op,inputs,attrs,message", [
+    ("ConvTranspose", {"x": rand(1, 2, 3, 3), "w": rand(2, 2, 2, 2)}, {"output_shape": [6, 6], "strides": [2, 2]},
+     "output_shape"),
+    ("MaxPool", {"x": rand(1, 2, 4, 4)}, {"kernel_shape": [2, 2], "storage_order": 0}, None),
+])
+def test_unsupported_attributes_say_what_to_do(op, inputs, attrs, message):
+    model, feeds = single_node(op, inputs, attrs)
+    free = with_projection_loss(model)
+    if message is None:  # supported: no error
+        add_gradients(free, ["x"], free.graph.output[-1].name) if "x" in feeds else None
+        return
+    with pytest.raises(OnnxkitError, match=message):
+        from onnxkit.autodiff.check import LOSS, _free
+
+        graph, _ = _free(free, feeds, ["w"])
+        add_gradients(graph, ["w"], LOSS)
+
+
+# -- a symbolic batch --------------------------------------------------------------------------
+
+
+def _cnn(dtype) -> tuple[onnx.ModelProto, list[str]]:
+    """x [N, 2, 8, 8] -> Conv(stride 2) -> Relu -> MaxPool -> Resize x2 -> ConvTranspose -> AveragePool
+    -> GlobalAveragePool, loss = sum(out * r)."""
+    rng = np.random.default_rng(5)
+    params = {"w": rng.standard_normal((4, 2, 3, 3)), "b": rng.standard_normal(4),
+              "wt": rng.standard_normal((4, 3, 2, 2)), "r": rng.standard_normal((3, 1, 1))}
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", ["p", "", "scales"], ["u"], mode="linear"),
+        helper.make_node("ConvTranspose", ["u", "wt"], ["t"], strides=[2, 2], output_padding=[1, 1]),
+        helper.make_node("AveragePool", ["t"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["a"], ["g"]),
+        helper.make_node("Mul", ["g", "r"], ["m"]),
+        helper.make_node("ReduceSum", ["m"], ["loss"], keepdims=0),
+    ]
+    inits = [numpy_helper.from_array(v.astype(dtype), k) for k, v in params.items()]
+    inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", elem, ["N", 2, 8, 8])],
+                              [helper.make_tensor_value_info("loss", elem, [])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return add_gradients(model, ["w", "b", "wt"], "loss"), ["w", "b", "wt"]
+
+
+def test_symbolic_batch_runs_at_two_batch_sizes():
+    model32, wrt = _cnn(np.float32)
+    model64, _ = _cnn(np.float64)
+    session, reference = _session(model32), ReferenceEvaluator(model64)
+    names = [gradient_name(p) for p in wrt]
+    for batch in (2, 3):
+        x = rand(batch, 2, 8, 8, seed=batch)
+        got = session.run(names, {"x": x.astype(np.float32)})
+        expected = reference.run(names, {"x": x})
+        for name, g, e in zip(names, got, expected, strict=True):
+            assert g.shape == e.shape
+            np.testing.assert_allclose(g, e, atol=1e-4 * max(1.0, np.abs(e).max()), err_msg=f"{name} at batch {batch}")
