@@ -13,6 +13,7 @@ import numpy as np
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.session import (
+    check_started,
     create_session,
     parse_device,
     providers_for,
@@ -169,11 +170,7 @@ def load(
     kind, device_id = parse_device(device)
     options = session_options(threads, optimization, spin)
     session = create_session(model, options, providers_for(kind, device_id), optimized_model_path)
-    if kind == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise OnnxkitError(
-            f"device {device!r}: onnxruntime could not start CUDA (check the CUDA and cuDNN "
-            "libraries it needs) and fell back to the CPU; fix CUDA or use device='cpu'"
-        )
+    check_started(session, kind, device)
     if name is None:
         name = "model" if isinstance(model, bytes) else Path(model).name.removesuffix(".onnx")
     loaded = Model(session, name, batch_size=batch_size, io_binding=io_binding, device_id=device_id)

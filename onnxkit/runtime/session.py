@@ -61,12 +61,13 @@ def parse_device(device: str) -> tuple[str, int]:
     raise OnnxkitError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
-def providers_for(kind: str, device_id: int) -> list:
+def providers_for(kind: str, device_id: int, *, tf32: bool = True) -> list:
     """The execution providers, in priority order, for a device kind. For CUDA, the CUDA and
-    cuDNN libraries installed from pip are loaded first (`onnxruntime.preload_dlls`)."""
+    cuDNN libraries installed from pip are loaded first (`onnxruntime.preload_dlls`);
+    `tf32=False` keeps float32 matrix products in full float32 (training wants CPU numerics)."""
     if kind == "cuda":
         _preload_cuda()
-        return [(_CUDA, {"device_id": device_id}), _CPU]
+        return [(_CUDA, {"device_id": device_id, "use_tf32": int(tf32)}), _CPU]
     return [_CPU]
 
 
@@ -75,6 +76,15 @@ def _preload_cuda() -> None:
         return
     ort.preload_dlls()
     _preload_cuda.done = True  # type: ignore[attr-defined]
+
+
+def check_started(session: ort.InferenceSession, kind: str, device: str) -> None:
+    """Raise when a session asked for CUDA came up on the CPU alone (a missing CUDA library)."""
+    if kind == "cuda" and session.get_providers()[0] != _CUDA:
+        raise OnnxkitError(
+            f"device {device!r}: onnxruntime could not start CUDA (check the CUDA and cuDNN "
+            "libraries it needs) and fell back to the CPU; fix CUDA or use device='cpu'"
+        )
 
 
 def session_options(threads: int | None, optimization: str, spin: bool = True) -> ort.SessionOptions:

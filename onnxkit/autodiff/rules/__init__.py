@@ -47,6 +47,17 @@ def differentiable_ops() -> list[str]:
     return sorted(RULES)
 
 
+def gradient_table() -> str:
+    """A Markdown table of the ops with gradient rules, by rule module, and the ops that pass none."""
+    groups: dict[str, list[str]] = {}
+    for op, fn in RULES.items():
+        groups.setdefault(fn.__module__.rsplit(".", 1)[-1], []).append(op)
+    rows = ["| group | ops with a gradient rule |", "|---|---|"]
+    rows += [f"| {group} | {', '.join(sorted(ops))} |" for group, ops in sorted(groups.items())]
+    rows.append(f"| no gradient (cut) | {', '.join(sorted(NON_DIFFERENTIABLE))} |")
+    return "\n".join(rows)
+
+
 from onnxkit.autodiff.rules import (  # noqa: E402,F401  (each module registers its rules)
     activation,
     conv,

@@ -49,12 +49,13 @@ def _zero(b: Backward):
 
 def _scatter_into_zeros(b: Backward, selected_positions: str, values: str) -> str:
     """A tensor shaped like input 0, zero except `values` (any shape) at the flat positions
-    `selected_positions` (same shape), which may repeat: repeats add up."""
+    `selected_positions` (same shape), which may repeat: repeats add up. (ScatterElements, not
+    ScatterND: onnxruntime's CPU ScatterND loses updates to repeated indices across threads.)"""
     x = b.x()
     flat = b.op("Reshape", values, b.ints([-1]))
-    zeros = b.op("ConstantOfShape", b.op("ReduceProd", b.shape(x), keepdims=1), value=_zero(b))
-    where = b.op("Reshape", selected_positions, b.ints([-1, 1]))
-    return b.op("Reshape", b.op("ScatterND", zeros, where, flat, reduction="add"), b.shape(x))
+    zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", x), b.ints([1])), value=_zero(b))
+    where = b.op("Reshape", selected_positions, b.ints([-1]))
+    return b.op("Reshape", b.op("ScatterElements", zeros, where, flat, axis=0, reduction="add"), b.shape(x))
 
 
 def _positions(b: Backward) -> str:
@@ -80,9 +81,14 @@ def gather(b: Backward) -> list[str | None]:
         index = b.op("Where", b.op("Less", index, b.ints(0)), b.op("Add", index, rows), index)
         row_shape = b.op("Slice", b.shape(x), b.ints([1]), b.ints([2**62]))
         zeros = b.op("ConstantOfShape", b.shape(x), value=_zero(b))
-        values = b.op("Reshape", b.dy(), b.op("Concat", b.ints([-1]), row_shape, axis=0))
-        where = b.op("Reshape", index, b.ints([-1, 1]))
-        return [b.op("ScatterND", zeros, where, values, reduction="add"), None]
+        rows_shape = b.op("Concat", b.ints([-1]), row_shape, axis=0)
+        values = b.op("Reshape", b.dy(), rows_shape)
+        rank = b.need_rank(x)
+        where = b.op("Reshape", index, b.ints([-1] + [1] * (rank - 1)))
+        where = b.op("Expand", where, b.shape(values))
+        # ScatterElements, not ScatterND: onnxruntime's CPU ScatterND loses updates to
+        # repeated indices when it splits them across threads
+        return [b.op("ScatterElements", zeros, where, values, axis=0, reduction="add"), None]
     picked = b.op("Gather", _positions(b), b.x(1), axis=b.attr("axis", 0))
     return [_scatter_into_zeros(b, picked, b.dy()), None]
 

@@ -1,12 +1,14 @@
 """The onnx backend's artifacts: the training graph (objective + gradients), the optimizer
 graph, the eval graph and the initial state, all in one folder.
 
-- `training.onnx`: inputs: the batch, the labels, PARAMS (flat), the buffers and the dropout
-  tables and window starts (see `dropout`); outputs:
-  the loss, each buffer's update and PARAMS.grad (flat). With gradient accumulation it
-  also takes PARAMS.grad.accumulated, the running sum it adds to.
-- `optimizer.onnx`: `onnxkit.train.optim.update_model` over PARAMS as one parameter.
-- `eval.onnx`: the inference form computing the chosen output, fed PARAMS and the buffers.
+- `training.onnx`: inputs: the batch, the labels, each parameter, the buffers and the
+  dropout tables and window starts (see `dropout`); outputs: the loss, each buffer's update
+  and each parameter's gradient. With gradient accumulation it also takes each gradient's
+  running sum (`<param>.grad.accumulated`) and adds to it.
+- `optimizer.onnx`: `onnxkit.train.optim.update_model` over all parameters as one flat one.
+- `eval.onnx`: the inference form computing the chosen output, fed the parameters and buffers.
+
+The session binds the parameters and gradients to slices of flat buffers (`flat`).
 - `initial.safetensors` and `signature.json`.
 """
 
@@ -25,15 +27,14 @@ from onnxkit.graph_walks import opset
 from onnxkit.train.backend import TrainingProblem
 from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, save_state
 from onnxkit.train.backends.onnx.dropout import STARTS, replace_dropout
-from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout, feed_from_flat, gradient_to_flat
+from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
 from onnxkit.train.optim import initial_state, update_model
 from onnxkit.train.training_form import eval_form
 
 TRAINING, OPTIMIZER, EVAL, INITIAL, SIGNATURE = (
     "training.onnx", "optimizer.onnx", "eval.onnx", "initial.safetensors", "signature.json"
 )
-GRADIENT = gradient_name(PARAMS)
-ACCUMULATED = f"{GRADIENT}.accumulated"
+ACCUMULATED = ".accumulated"  # suffix of a gradient's running-sum input
 
 
 def _inputs_from_initializers(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
@@ -67,14 +68,14 @@ def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str,
     del graph.graph.output[:]
     graph.graph.output.extend(outputs)
     layout = FlatLayout.of(values, problem.trainable)
-    feed_from_flat(graph, layout)
-    accumulate = problem.grad_accumulation > 1
-    batch_gradient = f"{GRADIENT}.batch" if accumulate else GRADIENT
-    gradient_to_flat(graph, layout, [gradient_name(p) for p in problem.trainable], batch_gradient)
-    if accumulate:  # the step's gradient so far = this batch's + the running sum fed back in
-        graph.graph.input.append(helper.make_tensor_value_info(ACCUMULATED, onnx.TensorProto.FLOAT, [layout.size]))
-        graph.graph.node.append(helper.make_node("Add", [batch_gradient, ACCUMULATED], [GRADIENT]))
-        graph.graph.output[-1].name = GRADIENT
+    if problem.grad_accumulation > 1:  # each gradient = this batch's + the running sum fed back in
+        for p in problem.trainable:
+            g = gradient_name(p)
+            for node in graph.graph.node:
+                node.output[:] = [f"{g}.batch" if o == g else o for o in node.output]
+            graph.graph.node.append(helper.make_node("Add", [f"{g}.batch", g + ACCUMULATED], [g]))
+            graph.graph.input.append(helper.make_tensor_value_info(g + ACCUMULATED, onnx.TensorProto.FLOAT,
+                                                                   list(values[p].shape)))
     count = next((i.type.tensor_type.shape.dim[0].dim_value for i in graph.graph.input if i.name == STARTS), 0)
     return graph, values, layout, {"ratios": ratios, "seed": seed, "count": count}
 
@@ -88,9 +89,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
     optimizer = update_model(problem.optimizer, [(PARAMS, (layout.size,))], clip_grad_norm=problem.clip_grad_norm,
                              opset=version)
     save_model(optimizer, directory / OPTIMIZER)
-    evaluation = eval_form(problem.eval_model, problem.output, [*problem.trainable, *problem.buffers])
-    feed_from_flat(evaluation, layout)
-    save_model(evaluation, directory / EVAL)
+    save_model(eval_form(problem.eval_model, problem.output, [*problem.trainable, *problem.buffers]), directory / EVAL)
     state = dict(values)
     for p in problem.trainable:
         state.update({OPTIMIZER_KEY + k: v for k, v in initial_state(problem.optimizer, p, values[p]).items()})

@@ -4,8 +4,9 @@ optimizer, eval) with IOBinding.
 State lives in OrtValues on the training device between steps: the flat parameters and
 each optimizer slot, in two sets that swap after every optimizer step, and the buffers,
 in two sets that swap after every training step (an OrtValue is never bound as both input
-and output of one run). Bindings are made once per combination of sets; a step binds only
-the batch, and only the loss comes back to the host.
+and output of one run). The training and eval graphs see each parameter and gradient as a
+slice of a flat buffer, bound by address. Bindings are made once per combination of sets;
+a step binds only the batch, and only the loss comes back to the host.
 """
 
 from __future__ import annotations
@@ -15,18 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxkit.autodiff import gradient_name
 from onnxkit.errors import OnnxkitError
-from onnxkit.runtime.session import create_session, ort, parse_device, providers_for, session_options
+from onnxkit.runtime.session import check_started, create_session, ort, parse_device, providers_for, session_options
 from onnxkit.train.backend import TrainingSession
-from onnxkit.train.backends.onnx.artifacts import (
-    ACCUMULATED,
-    EVAL,
-    GRADIENT,
-    INITIAL,
-    OPTIMIZER,
-    TRAINING,
-    read_signature,
-)
+from onnxkit.train.backends.onnx.artifacts import ACCUMULATED, EVAL, INITIAL, OPTIMIZER, TRAINING, read_signature
 from onnxkit.train.backends.onnx.checkpoint import DROPOUT_TABLE, OPTIMIZER_KEY, STEP, load_state, save_state
 from onnxkit.train.backends.onnx.dropout import STARTS, TABLE, DropoutTables
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
@@ -43,10 +37,12 @@ class OnnxSession(TrainingSession):
         self._dropout_settings = sig["dropout"]
         kind, self._device_id = parse_device(device)
         self._device = kind
-        options, providers = session_options(threads, "all"), providers_for(kind, self._device_id)
+        options, providers = session_options(threads, "all"), providers_for(kind, self._device_id, tf32=False)
         self._train = create_session(str(directory / TRAINING), options, providers)
         self._optim = create_session(str(directory / OPTIMIZER), options, providers)
         self._eval = create_session(str(directory / EVAL), options, providers)
+        for session in (self._train, self._optim, self._eval):
+            check_started(session, kind, device)
         self._load(load_state(checkpoint or directory / INITIAL), directory, checkpoint is not None)
         self._lr = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
         self._step_value = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.int64))
@@ -56,6 +52,9 @@ class OnnxSession(TrainingSession):
         self._train_inputs = [i.name for i in self._train.get_inputs()]
         self._eval_inputs = [i.name for i in self._eval.get_inputs()]
         self._bindings: dict[tuple, ort.IOBinding] = {}
+        self._async = ort.RunOptions()  # nothing of the optimizer step comes back: no need to wait for it
+        if kind == "cuda":
+            self._async.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
     def _load(self, saved: dict[str, np.ndarray], directory: Path, from_checkpoint: bool) -> None:
         layout = self._layout
@@ -95,10 +94,11 @@ class OnnxSession(TrainingSession):
         key = ("train", self._current, self._buffers_current, source, target)
         if key not in self._bindings:
             b = self._train.io_binding()
-            b.bind_ortvalue_input(PARAMS, self._state[self._current][PARAMS])
-            b.bind_ortvalue_output(GRADIENT, self._grads[target])
+            self._bind_views(b, self._state[self._current][PARAMS], "", output=False)
+            self._bind_views(b, self._grads[target], ".grad", output=True)
             if self._accumulate:
-                b.bind_ortvalue_input(ACCUMULATED, self._zeros if source is None else self._grads[source])
+                summed = self._zeros if source is None else self._grads[source]
+                self._bind_views(b, summed, ".grad" + ACCUMULATED, output=False)
             now, then = self._buffer_set[self._buffers_current], self._buffer_set[1 - self._buffers_current]
             for name, produced in self._buffers.items():
                 b.bind_ortvalue_input(name, now[name])
@@ -108,6 +108,12 @@ class OnnxSession(TrainingSession):
                 b.bind_ortvalue_input(f"{TABLE}.{k}", table)
             self._bindings[key] = b
         return self._bindings[key]
+
+    def _bind_views(self, binding: ort.IOBinding, flat: ort.OrtValue, suffix: str, *, output: bool) -> None:
+        """Bind `<param><suffix>` of every parameter to its slice of the flat buffer `flat`."""
+        base, bind = flat.data_ptr(), binding.bind_output if output else binding.bind_input
+        for name, shape, offset in self._layout.views():
+            bind(name + suffix, self._device, self._device_id, np.float32, list(shape), base + 4 * offset)
 
     def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
         binding = self._train_binding()
@@ -144,23 +150,23 @@ class OnnxSession(TrainingSession):
             now, then = self._state[self._current], self._state[1 - self._current]
             b.bind_ortvalue_input("lr", self._lr)
             b.bind_ortvalue_input("step", self._step_value)
-            b.bind_ortvalue_input(GRADIENT, self._gradient())
+            b.bind_ortvalue_input(gradient_name(PARAMS), self._gradient())
             for name in now:
                 b.bind_ortvalue_input(name, now[name])
                 b.bind_ortvalue_output(f"{name}.updated", then[name])
             self._bindings[key] = b
-        self._optim.run_with_iobinding(self._bindings[key])
+        self._optim.run_with_iobinding(self._bindings[key], self._async)
         self._current = 1 - self._current
         self._batches = 0
 
     def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         b = self._eval.io_binding()
-        b.bind_ortvalue_input(PARAMS, self._state[self._current][PARAMS])
-        buffers = self._buffer_set[self._buffers_current]
+        self._bind_views(b, self._state[self._current][PARAMS], "", output=False)
+        buffers, params = self._buffer_set[self._buffers_current], set(self._layout.names)
         for name in self._eval_inputs:
             if name in buffers:
                 b.bind_ortvalue_input(name, buffers[name])
-            elif name != PARAMS:
+            elif name not in params:
                 b.bind_cpu_input(name, feeds[name])
         b.bind_output(self._eval.get_outputs()[0].name, "cpu")
         self._eval.run_with_iobinding(b)
