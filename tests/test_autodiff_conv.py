@@ -11,11 +11,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from gradcases import check, rand, single_node
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit.autodiff import add_gradients, gradient_name
-from onnxkit.autodiff.check import gradcheck, run_gradients, with_projection_loss
+from onnxkit.autodiff.check import LOSS, gradcheck, run_gradients, with_projection_loss
 from onnxkit.errors import OnnxkitError
 
 
@@ -36,6 +36,25 @@ def same_forward(op: str, inputs: dict, attrs: dict | None = None, constants: di
 def check_both(op: str, inputs: dict, wrt: list[str], attrs: dict | None = None, **kw) -> None:
     same_forward(op, inputs, attrs, kw.get("constants"))
     check(op, inputs, wrt, attrs, **kw)
+
+
+def check_on_onnxruntime(op: str, inputs: dict, attrs: dict, step: float, tol: float) -> None:
+    """Our gradient graph on ONNX Runtime against ORT's own float32 central differences, where
+    onnx.reference computes the op wrongly. The ops are linear in each input (or piecewise linear
+    with values further apart than `step`), so the differences are exact up to rounding."""
+    model, feeds = single_node(op, inputs, attrs, dtype=np.float32)
+    projected = with_projection_loss(model)
+    got = run_gradients(projected, feeds, list(feeds))
+    session = _session(projected)
+    for name, value in feeds.items():
+        numeric = np.zeros(value.shape)
+        for index in np.ndindex(value.shape):
+            up, down = value.copy(), value.copy()
+            up[index] += step
+            down[index] -= step
+            losses = [float(session.run([LOSS], {**feeds, name: moved})[0]) for moved in (up, down)]
+            numeric[index] = (losses[0] - losses[1]) / (2 * step)
+        np.testing.assert_allclose(got[name], numeric, atol=tol, err_msg=f"{op}: d/d{name}")
 
 
 # -- Conv --------------------------------------------------------------------------------------
@@ -91,25 +110,10 @@ def test_conv_transpose_depthwise_and_1d():
 
 
 def test_grouped_conv_transpose_on_onnxruntime():
-    # ConvTranspose is linear in each input, so float32 central differences with a unit step are exact
-    # up to rounding; onnx.reference cannot be the oracle here (see above).
-    inputs = {"x": rand(2, 4, 3, 3), "w": rand(4, 3, 2, 2, seed=1), "b": rand(6, seed=2)}
-    attrs = {"group": 2, "strides": [2, 1], "pads": [0, 1, 1, 0], "output_padding": [1, 0]}
-    model, feeds = single_node("ConvTranspose", inputs, attrs, dtype=np.float32)
-    projected = with_projection_loss(model)
-    got = run_gradients(projected, feeds, list(feeds))
-    loss = _session(projected).get_outputs()[-1].name
-    session = _session(projected)
-    for name, value in feeds.items():
-        numeric = np.zeros(value.shape)
-        for index in np.ndindex(value.shape):
-            losses = []
-            for step in (1.0, -1.0):
-                moved = value.copy()
-                moved[index] += step
-                losses.append(float(session.run([loss], {**feeds, name: moved})[0]))
-            numeric[index] = (losses[0] - losses[1]) / 2
-        np.testing.assert_allclose(got[name], numeric, atol=1e-3, err_msg=f"d/d{name}")
+    # onnx.reference cannot be the oracle here (see above)
+    check_on_onnxruntime("ConvTranspose", {"x": rand(2, 4, 3, 3), "w": rand(4, 3, 2, 2, seed=1), "b": rand(6, seed=2)},
+                         {"group": 2, "strides": [2, 1], "pads": [0, 1, 1, 0], "output_padding": [1, 0]},
+                         step=1.0, tol=1e-3)
 
 
 def test_conv_transpose_same_upper():
@@ -121,7 +125,8 @@ def test_conv_transpose_same_upper():
 
 
 @pytest.mark.parametrize("attrs", [
-    {"kernel_shape": [2, 2], "strides": [2, 2]},  # non-overlapping, 7 leaves a remainder
+    {"kernel_shape": [2, 2], "strides": [2, 2]},  # windows tile the input; 7 leaves a remainder
+    {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [0, 1, 0, 0], "ceil_mode": 1},
     {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},  # overlapping, padded
     {"kernel_shape": [2, 3], "strides": [1, 1]},
     {"kernel_shape": [2, 2], "strides": [2, 1], "dilations": [2, 2]},
@@ -131,6 +136,13 @@ def test_conv_transpose_same_upper():
 ])
 def test_max_pool(attrs):
     check_both("MaxPool", {"x": rand(2, 2, 7, 6)}, ["x"], attrs)
+
+
+def test_max_pool_same_lower_on_onnxruntime():
+    # onnx.reference sizes SAME_LOWER pools wrongly; values 0.01 apart keep each maximum for the step
+    x = np.random.default_rng(4).permutation(2 * 2 * 5 * 6).reshape(2, 2, 5, 6) * 0.01
+    check_on_onnxruntime("MaxPool", {"x": x}, {"kernel_shape": [2, 3], "strides": [2, 2], "auto_pad": "SAME_LOWER"},
+                         step=1e-3, tol=1e-2)
 
 
 def test_max_pool_1d_and_3d():
@@ -145,7 +157,8 @@ def _first_max_routing(x: np.ndarray, dy: np.ndarray, kernel, strides, pads) -> 
         best = None
         for a, b in itertools.product(range(kernel[0]), range(kernel[1])):
             h, w = i * strides[0] - pads[0] + a, j * strides[1] - pads[1] + b
-            if 0 <= h < x.shape[2] and 0 <= w < x.shape[3] and (best is None or x[n, c, h, w] > x[n, c, best[0], best[1]]):
+            inside = 0 <= h < x.shape[2] and 0 <= w < x.shape[3]
+            if inside and (best is None or x[n, c, h, w] > x[n, c, best[0], best[1]]):
                 best = (h, w)
         dx[n, c, best[0], best[1]] += dy[n, c, i, j]
     return dx
@@ -224,8 +237,9 @@ def test_resize(attrs, scales, sizes):
     for name, (analytic, numeric) in gradcheck(model, {"x": x}, ["x"]).items():
         np.testing.assert_allclose(analytic, numeric, atol=1e-6, err_msg=f"d/d{name}")
     model32, feeds32 = _resize_model(x.shape, np.float32, attrs, scales, sizes), {"x": x.astype(np.float32)}
-    np.testing.assert_allclose(_session(model32).run(None, feeds32)[0], ReferenceEvaluator(model).run(None, {"x": x})[0],
-                               atol=1e-5, err_msg="forward: onnxruntime vs onnx.reference")
+    np.testing.assert_allclose(_session(model32).run(None, feeds32)[0],
+                               ReferenceEvaluator(model).run(None, {"x": x})[0], atol=1e-5,
+                               err_msg="forward: onnxruntime vs onnx.reference")
     expected = run_gradients(with_projection_loss(model), {"x": x}, ["x"], runtime="reference")["x"]
     got = run_gradients(with_projection_loss(model32), feeds32, ["x"])["x"]
     np.testing.assert_allclose(got, expected, atol=1e-4)
@@ -234,22 +248,26 @@ def test_resize(attrs, scales, sizes):
 # -- unsupported ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op,inputs,attrs,message", [
-    ("ConvTranspose", {"x": rand(1, 2, 3, 3), "w": rand(2, 2, 2, 2)}, {"output_shape": [6, 6], "strides": [2, 2]},
-     "output_shape"),
-    ("MaxPool", {"x": rand(1, 2, 4, 4)}, {"kernel_shape": [2, 2], "storage_order": 0}, None),
+@pytest.mark.parametrize("op,attrs,message", [
+    ("ConvTranspose", {"output_shape": [7, 7], "strides": [2, 2]}, "output_shape"),
+    ("MaxPool", {"kernel_shape": [2, 2], "dilations": [2, 2], "auto_pad": "SAME_UPPER"}, "with dilations"),
+    ("MaxPool", {"kernel_shape": [1, 1], "strides": [4, 4], "auto_pad": "SAME_UPPER"}, "negative pads"),
+    ("MaxPool", {"kernel_shape": [1, 1], "strides": [2, 2], "ceil_mode": 1}, "starts past the input"),
+    ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1, "count_include_pad": 1},
+     "runs past the padding"),
 ])
-def test_unsupported_attributes_say_what_to_do(op, inputs, attrs, message):
-    model, feeds = single_node(op, inputs, attrs)
-    free = with_projection_loss(model)
-    if message is None:  # supported: no error
-        add_gradients(free, ["x"], free.graph.output[-1].name) if "x" in feeds else None
-        return
+def test_attributes_the_runtimes_disagree_on_are_refused(op, attrs, message):
+    inputs = {"x": rand(1, 2, 4, 4)} | ({"w": rand(2, 2, 2, 2, seed=1)} if op == "ConvTranspose" else {})
+    model, _ = single_node(op, inputs, attrs)
     with pytest.raises(OnnxkitError, match=message):
-        from onnxkit.autodiff.check import LOSS, _free
+        add_gradients(model, ["x"], "y0")
 
-        graph, _ = _free(free, feeds, ["w"])
-        add_gradients(graph, ["w"], LOSS)
+
+@pytest.mark.parametrize("attrs", [{"mode": "cubic"},
+                                   {"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize"}])
+def test_resize_modes_without_a_rule_are_refused(attrs):
+    with pytest.raises(OnnxkitError, match="not supported"):
+        add_gradients(_resize_model((1, 1, 3, 3), np.float64, attrs, [1, 1, 2, 2]), ["x"], "y")
 
 
 # -- a symbolic batch --------------------------------------------------------------------------

@@ -86,14 +86,17 @@ def _explicit_pads(b: Backward, n: int) -> tuple[tuple[int, ...], tuple[int, ...
 
 def _same_pads(b: Backward, total: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """auto_pad SAME_UPPER puts the odd pad at the end, SAME_LOWER at the beginning."""
-    small = tuple(max(t, 0) // 2 for t in total)
-    big = tuple(max(t, 0) - s for t, s in zip(total, small, strict=True))
+    if min(total) < 0:
+        raise ValueError("auto_pad=SAME_* with a stride longer than the kernel needs negative pads, which ONNX "
+                         "Runtime versions treat differently; give explicit pads")
+    small = tuple(t // 2 for t in total)
+    big = tuple(t - s for t, s in zip(total, small, strict=True))
     return (small, big) if b.attr("auto_pad") == "SAME_UPPER" else (big, small)
 
 
 def _window(b: Backward, kernel: list[int]) -> Window:
-    """The window of a Conv or pooling node, input 0 -> output 0. The output size is computed
-    here, as ONNX Runtime does (onnx's shape inference gets some ceil_mode cases wrong)."""
+    """The window of a Conv or pooling node, input 0 -> output 0 (output sizes computed here:
+    onnx's shape inference gets some ceil_mode cases wrong)."""
     size = _spatial(b, b.x())
     n = len(size)
     strides, dilations = _axes_attr(b, "strides", n), _axes_attr(b, "dilations", n)
@@ -107,11 +110,12 @@ def _window(b: Backward, kernel: list[int]) -> Window:
     else:
         begin, end = _explicit_pads(b, n)
         ceil = b.attr("ceil_mode", 0)
-        out = []
-        for i, s, sp, bg, e in zip(size, strides, span, begin, end, strict=True):
-            o = (i + bg + e - sp + (s - 1 if ceil else 0)) // s + 1
-            out.append(o - 1 if ceil and (o - 1) * s >= i + bg else o)  # no window may start in the end padding
-    return Window(size, tuple(out), tuple(kernel), strides, dilations, begin, end)
+        out = tuple((i + bg + e - sp + (s - 1 if ceil else 0)) // s + 1
+                    for i, s, sp, bg, e in zip(size, strides, span, begin, end, strict=True))
+        if ceil and any((o - 1) * s >= i + bg for o, s, i, bg in zip(out, strides, size, begin, strict=True)):
+            raise ValueError("with ceil_mode its last window starts past the input, which ONNX Runtime versions "
+                             "size differently; change the pads or use ceil_mode=0")
+    return Window(size, out, tuple(kernel), strides, dilations, begin, end)
 
 
 def _reframe(b: Backward, t: str, start: list[int], length: list[int], full: list[int], fill: float = 0.0) -> str:
@@ -219,11 +223,7 @@ def conv_transpose(b: Backward) -> list[str | None]:
     full = [s * (i - 1) + p + (k - 1) * d + 1 for i, k, s, d, p in zip(size, kernel, strides, dilations,
                                                                         output_padding, strict=True)]
     if b.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
-        total = [f - i * s for f, i, s in zip(full, size, strides, strict=True)]
-        if min(total) < 0:
-            raise ValueError("auto_pad=SAME_* with a stride longer than the kernel is sized differently by ONNX "
-                             "Runtime and the ONNX spec; give explicit pads")
-        begin, end = _same_pads(b, total)
+        begin, end = _same_pads(b, [f - i * s for f, i, s in zip(full, size, strides, strict=True)])
     else:
         begin, end = _explicit_pads(b, n)
     out = tuple(f - bg - e for f, bg, e in zip(full, begin, end, strict=True))
@@ -379,7 +379,11 @@ def _max_pool_tiled(b: Backward, w: Window) -> str:
 @rule("AveragePool")
 def average_pool(b: Backward) -> list[str | None]:
     w = _pool_window(b)
-    counts = _window_counts(w, bool(b.attr("count_include_pad", 0)))
+    include_pad = bool(b.attr("count_include_pad", 0))
+    if include_pad and any(r > s + bg + e for r, s, bg, e in zip(w.reach, w.size, w.begin, w.end, strict=True)):
+        raise ValueError("with ceil_mode and count_include_pad its last window runs past the padding, which ONNX "
+                         "Runtime versions count differently; change the pads or use ceil_mode=0")
+    counts = _window_counts(w, include_pad)
     share = b.op("Div", b.dy(), b.const(counts, like=b.x()))
     return [_fold(b, [share] * len(w.taps), w)]
 
@@ -469,6 +473,8 @@ def resize(b: Backward) -> list[str | None]:
         raise ValueError("the ranks of its input and output are unknown")
     rank = len(size)
     grad = b.dy()
+    if size == out:  # ONNX Runtime copies the input when no size changes, whatever the scales
+        return [grad] + [None] * (b.num_inputs - 1)
     for axis, scale in enumerate(_resize_scales(b, size, out)):
         if scale == 1.0:
             continue
