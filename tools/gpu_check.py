@@ -10,6 +10,7 @@ It prints one table:
 - losses: 20 training steps (dropout off) on both, worst relative difference;
 - CPU nodes: nodes ONNX Runtime placed on the CPU in the CUDA training, optimizer and eval
   graphs, from a profiled run, by op type (shape arithmetic is placed there on purpose);
+- top ops: the training graph's op types with the most kernel time (ms per step);
 - speed: ms per training step on CUDA and CPU; inference latency at batch 1 and 64 on CUDA.
 
 Run it where onnxruntime-gpu is installed (`pip install 'onnxkit[gpu]'`):
@@ -70,19 +71,24 @@ def time_steps(session, feeds, labels, steps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def cpu_nodes(path: Path, device_id: int, feeds: dict[str, np.ndarray]) -> Counter:
-    """Op types of the nodes that a profiled CUDA run of `path` placed on the CPU."""
+def profile(path: Path, device_id: int, feeds: dict[str, np.ndarray], runs: int = 3) -> tuple[Counter, Counter]:
+    """From profiled CUDA runs of `path`: op types of the nodes placed on the CPU, and the
+    kernel milliseconds per run of each op type."""
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.log_severity_level = 3
     options.profile_file_prefix = str(path.with_suffix(""))
     session = ort.InferenceSession(str(path), options, providers=[("CUDAExecutionProvider", {"device_id": device_id}),
                                                                    "CPUExecutionProvider"])
-    session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+    for _ in range(runs):
+        session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
     events = json.loads(Path(session.end_profiling()).read_text())
-    placed = {e["name"].removesuffix("_kernel_time"): (e["args"].get("provider"), e["args"].get("op_name"))
-              for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
-    return Counter(op for provider, op in placed.values() if provider == "CPUExecutionProvider")
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    placed = {e["name"]: (e["args"].get("provider"), e["args"].get("op_name")) for e in kernels}
+    times: Counter = Counter()
+    for e in kernels:
+        times[e["args"].get("op_name")] += e["dur"] / 1e3 / runs
+    return Counter(op for provider, op in placed.values() if provider == "CPUExecutionProvider"), times
 
 
 def graph_feeds(session, feeds, labels) -> dict[str, np.ndarray]:
@@ -119,9 +125,12 @@ def check(name: str, model, feeds, labels, device: str, steps: int, work: Path) 
             s.optimizer_step(1e-4)
     row["losses"] = max(abs(a - b) / abs(b) for a, b in zip(losses["device"], losses["cpu"], strict=True))
     values = graph_feeds(theirs, feeds, labels)
-    placed = Counter()
+    placed: Counter = Counter()
     for graph in ("training", "optimizer", "eval"):
-        placed += cpu_nodes(work / f"{name}-device" / f"{graph}.onnx", index, values)
+        cpu, times = profile(work / f"{name}-device" / f"{graph}.onnx", index, values)
+        placed += cpu
+        if graph == "training":
+            row["top_ops"] = ", ".join(f"{op} {ms:.2f}" for op, ms in times.most_common(6))
     row["cpu_nodes"] = ", ".join(f"{op}x{n}" for op, n in placed.most_common()) or "none"
     row["step_ms"] = time_steps(ours, feeds, labels, steps)
     row["cpu_step_ms"] = time_steps(theirs, feeds, labels, max(3, steps // 4))
@@ -150,7 +159,7 @@ def main() -> None:
         for name, (model, feeds, labels) in cases(64, rng).items():
             rows.append(check(name, model, feeds, labels, args.device, args.steps, Path(tmp)))
     columns = ["model", "logits", "gradients", "worst_param", "losses", "step_ms", "cpu_step_ms", "infer_b1_ms", "infer_b64_ms",
-               "cpu_nodes"]
+               "cpu_nodes", "top_ops"]
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(f"{row[c]:.2e}" if c in ("logits", "gradients", "worst_param", "losses") else
