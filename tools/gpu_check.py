@@ -158,8 +158,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (model, feeds, labels) in cases(64, rng).items():
             rows.append(check(name, model, feeds, labels, args.device, args.steps, Path(tmp)))
-    columns = ["model", "logits", "gradients", "worst_param", "losses", "step_ms", "cpu_step_ms", "infer_b1_ms", "infer_b64_ms",
-               "cpu_nodes", "top_ops"]
+    columns = ["model", "logits", "gradients", "worst_param", "losses", "step_ms", "cpu_step_ms", "infer_b1_ms",
+               "infer_b64_ms", "cpu_nodes", "top_ops"]
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(f"{row[c]:.2e}" if c in ("logits", "gradients", "worst_param", "losses") else
