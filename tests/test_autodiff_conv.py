@@ -274,17 +274,20 @@ def test_resize_modes_without_a_rule_are_refused(attrs):
 
 
 def _cnn(dtype) -> tuple[onnx.ModelProto, list[str]]:
-    """x [N, 2, 8, 8] -> Conv(stride 2) -> Relu -> MaxPool -> Resize x2 -> ConvTranspose -> AveragePool
-    -> GlobalAveragePool, loss = sum(out * r)."""
+    """x [N, 2, 8, 8] -> Conv(stride 2) -> Relu -> MaxPool(3x3, stride 1) -> grouped Conv -> MaxPool(2x2)
+    -> Resize x2 -> ConvTranspose -> AveragePool -> GlobalAveragePool; loss = sum(out * r)."""
     rng = np.random.default_rng(5)
     params = {"w": rng.standard_normal((4, 2, 3, 3)), "b": rng.standard_normal(4),
-              "wt": rng.standard_normal((4, 3, 2, 2)), "r": rng.standard_normal((3, 1, 1))}
+              "wg": rng.standard_normal((4, 2, 3, 3)), "wt": rng.standard_normal((4, 3, 2, 2)),
+              "r": rng.standard_normal((3, 1, 1))}
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r1"]),
         helper.make_node("MaxPool", ["r1"], ["p"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
-        helper.make_node("Resize", ["p", "", "scales"], ["u"], mode="linear"),
+        helper.make_node("Conv", ["p", "wg"], ["cg"], group=2, pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["cg"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Resize", ["p2", "", "scales"], ["u"], mode="linear"),
         helper.make_node("ConvTranspose", ["u", "wt"], ["t"], strides=[2, 2], output_padding=[1, 1]),
         helper.make_node("AveragePool", ["t"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["a"], ["g"]),
@@ -297,7 +300,8 @@ def _cnn(dtype) -> tuple[onnx.ModelProto, list[str]]:
                               [helper.make_tensor_value_info("loss", elem, [])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10
-    return add_gradients(model, ["w", "b", "wt"], "loss"), ["w", "b", "wt"]
+    wrt = ["w", "b", "wg", "wt"]
+    return add_gradients(model, wrt, "loss"), wrt
 
 
 def test_symbolic_batch_runs_at_two_batch_sizes():

@@ -7,11 +7,13 @@ may be symbolic. Everything is written with standard ops:
   with the flipped, regrouped kernel: onnx.reference's grouped ConvTranspose is wrong); dW
   correlates X with dY with batch and channel axes swapped, stride and dilation trading places.
 - ConvTranspose: the same two with the roles of X and dY swapped.
-- MaxPool: the windows are cut out with strided Slices and stacked on a leading axis; each
-  window's first maximum (in window order, the one ONNX Runtime and PyTorch pick) gets dY; the
-  per-offset pieces are put back by zero-interleaving. No Transpose and no index tensors: ORT's
-  transpose optimizer would turn a transposed layout into slow inner-axis broadcasts, and its
-  MaxPool with Indices is ~30x slower than without.
+- MaxPool: each window's first maximum (in window order, the one ONNX Runtime and PyTorch pick)
+  gets dY. Where windows tile the input (stride = kernel, the common case) this happens at full
+  size: y and dY are repeated over their windows, and a MaxPool of "is a maximum" times the
+  reversed rank in the window finds the first. Otherwise the windows are cut out with strided
+  Slices and stacked on a leading axis, and the per-tap pieces are put back by interleaving.
+  No Transpose and no index tensors: ORT's transpose optimizer turns transposed layouts into
+  slow inner-axis broadcasts, and its MaxPool with Indices is an order of magnitude slower.
 - AveragePool: dY over each window's size (a static table), spread back the same way.
 - Resize (nearest, linear): a linear map per axis, so dX = A_h^T dY A_w with interpolation
   matrices built from the static sizes.
@@ -47,7 +49,7 @@ class Window:
 
     @property
     def span(self) -> list[int]:
-        return [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations, strict=True)]
+        return _spans(self.kernel, self.dilations)
 
     @property
     def reach(self) -> list[int]:
@@ -58,6 +60,11 @@ class Window:
     def taps(self) -> list[tuple[int, ...]]:
         """Kernel offsets in window order (row-major)."""
         return list(itertools.product(*(range(k) for k in self.kernel)))
+
+
+def _spans(kernel: tuple[int, ...], dilations: tuple[int, ...]) -> list[int]:
+    """Extent of each dilated kernel axis."""
+    return [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
 
 
 def _spatial(b: Backward, name: str) -> tuple[int, ...]:
@@ -100,7 +107,7 @@ def _window(b: Backward, kernel: list[int]) -> Window:
     size = _spatial(b, b.x())
     n = len(size)
     strides, dilations = _axes_attr(b, "strides", n), _axes_attr(b, "dilations", n)
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    span = _spans(tuple(kernel), dilations)
     if b.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
         if any(d > 1 for d in dilations):
             raise ValueError("auto_pad=SAME_* with dilations is sized differently by ONNX Runtime and the ONNX "
@@ -220,8 +227,8 @@ def conv_transpose(b: Backward) -> list[str | None]:
     kernel = tuple(weight_dims[2:])
     strides, dilations = _axes_attr(b, "strides", n), _axes_attr(b, "dilations", n)
     output_padding = b.attr("output_padding") or [0] * n
-    full = [s * (i - 1) + p + (k - 1) * d + 1 for i, k, s, d, p in zip(size, kernel, strides, dilations,
-                                                                        output_padding, strict=True)]
+    full = [s * (i - 1) + p + sp for i, s, p, sp in zip(size, strides, output_padding, _spans(kernel, dilations),
+                                                        strict=True)]
     if b.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
         begin, end = _same_pads(b, [f - i * s for f, i, s in zip(full, size, strides, strict=True)])
     else:
