@@ -219,5 +219,10 @@ class Backward:
         """`grad` (shaped like output 0, or of static `dims`) summed to the shape of input `i`."""
         return self.graph.unbroadcast(grad, self.x(i), self.dims(self.y()) if dims is None else dims)
 
+    def keep(self, value: str, condition: str) -> str:
+        """`value` where the boolean `condition` holds, else 0 (a multiply by the cast mask:
+        onnxruntime's Where against a broadcast zero is ~5x slower)."""
+        return self.op("Mul", value, self.op("Cast", condition, to=self.dtype(self.y())))
+
     def cast_like(self, x: str, like: str) -> str:
         return self.op("Cast", x, to=self.dtype(like))

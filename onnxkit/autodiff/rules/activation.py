@@ -17,12 +17,12 @@ def _where_positive(b: Backward, positive: str, other: str, threshold: float = 0
 
 @rule("Relu")
 def relu(b: Backward) -> list[str | None]:
-    return [_where_positive(b, b.dy(), b.const(0.0))]
+    return [b.keep(b.dy(), b.op("Greater", b.y(), b.const(0.0)))]
 
 
 @rule("ThresholdedRelu")
 def thresholded_relu(b: Backward) -> list[str | None]:
-    return [_where_positive(b, b.dy(), b.const(0.0), b.attr("alpha", 1.0))]
+    return [b.keep(b.dy(), b.op("Greater", b.x(), b.const(b.attr("alpha", 1.0))))]
 
 
 @rule("LeakyRelu")
@@ -39,7 +39,7 @@ def prelu(b: Backward) -> list[str | None]:
     dx = b.op("Where", negative, b.op("Mul", dy, slope), dy) if b.wants(0) else None
     dslope = None
     if b.wants(1):
-        dslope = b.unbroadcast(b.op("Where", negative, b.op("Mul", dy, x), b.const(0.0)), 1)
+        dslope = b.unbroadcast(b.keep(b.op("Mul", dy, x), negative), 1)
     return [dx, dslope]
 
 
@@ -93,7 +93,7 @@ def hard_sigmoid(b: Backward) -> list[str | None]:
     # y = clip(alpha x + beta, 0, 1): slope alpha strictly inside the clip range, 0 outside.
     y = b.y()
     inside = b.op("And", b.op("Greater", y, b.const(0.0)), b.op("Less", y, b.const(1.0)))
-    return [b.op("Where", inside, b.op("Mul", b.dy(), b.const(b.attr("alpha", 0.2))), b.const(0.0))]
+    return [b.keep(b.op("Mul", b.dy(), b.const(b.attr("alpha", 0.2))), inside)]
 
 
 @rule("HardSwish")
@@ -102,7 +102,7 @@ def hard_swish(b: Backward) -> list[str | None]:
     x, dy = b.x(), b.dy()
     middle = b.op("Mul", dy, b.op("Add", b.op("Div", x, b.const(3.0)), b.const(0.5)))
     upper = _where_positive(b, dy, middle, 3.0)
-    return [b.op("Where", b.op("Less", x, b.const(-3.0)), b.const(0.0), upper)]
+    return [b.keep(upper, b.op("GreaterOrEqual", x, b.const(-3.0)))]
 
 
 @rule("Mish")

@@ -122,8 +122,7 @@ def erf(b: Backward) -> list[str | None]:
 
 def _pick(b: Backward, i: int, mask: str) -> str:
     """dy where `mask` holds (else 0), reduced to input i's shape."""
-    zero = b.const(0.0, b.y())
-    return b.unbroadcast(b.op("Where", mask, b.dy(), zero), i)
+    return b.unbroadcast(b.keep(b.dy(), mask), i)
 
 
 @rule("Max", "Min")
@@ -134,12 +133,11 @@ def max_min(b: Backward) -> list[str | None]:
 
 @rule("Where")
 def where(b: Backward) -> list[str | None]:
-    zero = b.const(0.0, b.y())
     cond = b.x(0)
     return [
         None,
-        b.unbroadcast(b.op("Where", cond, b.dy(), zero), 1) if b.wants(1) else None,
-        b.unbroadcast(b.op("Where", cond, zero, b.dy()), 2) if b.wants(2) else None,
+        b.unbroadcast(b.keep(b.dy(), cond), 1) if b.wants(1) else None,
+        b.unbroadcast(b.keep(b.dy(), b.op("Not", cond)), 2) if b.wants(2) else None,
     ]
 
 
@@ -160,4 +158,4 @@ def clip(b: Backward) -> list[str | None]:
             inside = test if inside is None else b.op("And", inside, test)
     if inside is None:
         return [b.dy()]
-    return [b.op("Where", inside, b.dy(), b.const(0.0))]
+    return [b.keep(b.dy(), inside)]
