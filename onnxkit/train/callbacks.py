@@ -12,11 +12,11 @@ takes it back in `restore()`.
 
 from __future__ import annotations
 
+import json
 import math
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.train.progress import Progress
@@ -123,12 +123,17 @@ class EarlyStopping(Callback):
 
 
 class MetricsWriter(Callback):
-    """metrics.jsonl: every record, buffered; written at each epoch end, before each checkpoint (so a
-    resumed run can cut it at the checkpoint's step) and when training stops. `records` holds them all."""
+    """metrics.jsonl: every record, one JSON line each, buffered and written at each epoch end,
+    before each checkpoint (so a resumed run can cut the file at the checkpoint's step) and when
+    training stops; a crash loses at most the current epoch's lines. `records` holds them all."""
 
     def __init__(self, run: RunDirectory, records: list[Record]) -> None:
         self.run, self.records = run, records
         self._pending: list[Record] = []
+        self._file: TextIO | None = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self._file = self.run.metrics.open("a")
 
     def on_step_end(self, trainer: Trainer, record: Record) -> None:
         self.records.append(record)
@@ -143,10 +148,14 @@ class MetricsWriter(Callback):
 
     def on_train_end(self, trainer: Trainer, status: str) -> None:
         self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def flush(self) -> None:
-        if self._pending:
-            self.run.append_metrics(self._pending)
+        if self._pending and self._file is not None:
+            self._file.write("".join(json.dumps(r) + "\n" for r in self._pending))
+            self._file.flush()
             self._pending.clear()
 
 
@@ -172,35 +181,16 @@ class ProgressBar(Callback):
 
 
 class Plot(Callback):
-    """curves.png from the records, drawn once when training stops, on a thread of its own
-    (matplotlib takes about a second to import and draw); `wait()` for the file."""
+    """curves.png from the records, drawn once when training stops (after any checkpoint)."""
 
     def __init__(self, path: Path, records: list[Record]) -> None:
         self.path, self.records = path, records
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     def on_train_end(self, trainer: Trainer, status: str) -> None:
         if self.records:
-            self._thread = threading.Thread(target=self._draw, name="onnxkit-plot", daemon=True)
-            self._thread.start()
+            from onnxkit.train.plot import plot_curves
 
-    def _draw(self) -> None:
-        from onnxkit.train.plot import plot_curves
-
-        try:
             plot_curves(self.records, self.path)
-        except BaseException as e:  # noqa: BLE001 - handed to the thread that waits
-            self._error = e
-
-    def wait(self) -> None:
-        """Block until curves.png is written; raises what drawing raised."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 class RecordCallback(Callback):

@@ -403,14 +403,13 @@ def _train(setup: _Setup, resuming: bool, extra: list[Callback], callbacks: Sequ
     session = setup.open_session(resuming)
     records: list[Record] = []
     best = BestModel(setup.monitor, run.best_checkpoint if c.keep_best else None)
-    plot = Plot(run.plot, records)
     stack: list[Callback] = [NanGuard(run.last_checkpoint), best]
     if c.patience is not None:
         stack.append(EarlyStopping(setup.monitor, c.patience))
     stack.append(MetricsWriter(run, records))
     if progress.enabled:
         stack.append(ProgressBar(progress))
-    stack += [plot, *extra, *callbacks]
+    stack += [Plot(run.plot, records), *extra, *callbacks]
     has_val = len(setup.splits["validation"]) > 0
     trainer = Trainer(session, setup.splits["train"], c, epochs=setup.epochs, schedule=setup.schedule, run=run,
                       validate=setup.validate if has_val else None, callbacks=stack, log=progress.line)
@@ -451,8 +450,6 @@ def _train(setup: _Setup, resuming: bool, extra: list[Callback], callbacks: Sequ
         info.update(status="failed", error=str(e))
         run.write_json(info)
         raise
-    finally:
-        plot.wait()  # drawn while the test split was evaluated
 
 
 def _finish(

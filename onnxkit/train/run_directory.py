@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +62,6 @@ class RunDirectory:
 
     def write_json(self, info: dict[str, Any]) -> None:
         write_text(self.run_json, json.dumps(info, indent=2) + "\n")
-
-    def append_metrics(self, records: Sequence[dict[str, Any]]) -> None:
-        """Add `records` to metrics.jsonl, one JSON line each, in one write."""
-        with self.metrics.open("a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.is_file():

@@ -24,6 +24,7 @@ from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+CHECKPOINT_SHARE = 0.01  # epoch-end checkpoints may take at most this share of the training time
 
 
 @dataclass
@@ -69,8 +70,10 @@ class Trainer:
 
     `validate(session)` returns the epoch record's validation entries (val_loss, ...), or
     is None without a validation split. Checkpoints go to `run`'s last.ckpt and last.json:
-    after every epoch and when stopped by a signal. Callbacks may read `session`, `state`,
-    `epochs` and `batches_per_epoch`, call `log`, and set `stop_training`.
+    after the first epoch, then after each epoch that ends at least 1/CHECKPOINT_SHARE times
+    the last checkpoint's duration after it (every epoch unless epochs are short), after the
+    last epoch, and when stopped by a signal. Callbacks may read `session`, `state`, `epochs`
+    and `batches_per_epoch`, call `log`, and set `stop_training`.
     """
 
     def __init__(
@@ -92,7 +95,9 @@ class Trainer:
         self.batches_per_epoch = train.num_batches(config.batch_size)
         self.state = LoopState()
         self.stop_training = False
-        self._saved_step: int | None = None  # the step of the last checkpoint written here
+        self._saved_step: int | None = None  # the step of the last checkpoint
+        self._saved_at: float | None = None  # when this process last wrote one (perf_counter)
+        self._saving_seconds = 0.0  # how long that took
         self._signals = _StopSignals()
 
     # ---- checkpoints ---------------------------------------------------------------------
@@ -116,13 +121,20 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """The backend's checkpoint, then the loop and callback state beside it (JSON) naming the same step."""
+        started = time.perf_counter()
         self._hook("on_checkpoint")
         saved = dataclasses.asdict(self.state)
         for callback in self.callbacks:
             saved.update(callback.state())
         self.session.save_checkpoint(self.run.last_checkpoint)
         write_text(self.run.loop_state, json.dumps(saved))
-        self._saved_step = self.state.step
+        self._saved_step, self._saved_at = self.state.step, time.perf_counter()
+        self._saving_seconds = self._saved_at - started
+
+    def _checkpoint_due(self) -> bool:
+        if self.state.done or self._saved_at is None:
+            return True
+        return time.perf_counter() - self._saved_at >= self._saving_seconds / CHECKPOINT_SHARE
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -213,4 +225,5 @@ class Trainer:
         state.batch, state.loss_sum, state.examples = 0, 0.0, 0
         steps = self.config.steps
         state.done = self.stop_training or state.epoch >= self.epochs or bool(steps and state.step >= steps)
-        self.checkpoint()
+        if self._checkpoint_due():
+            self.checkpoint()
