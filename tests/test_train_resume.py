@@ -1,5 +1,5 @@
-"""Interruption and resume: Ctrl-C writes a checkpoint, a resumed run ends with the same weights as an
-uninterrupted one, a NaN loss stops training and keeps the last good checkpoint."""
+"""Interruption and resume: Ctrl-C or SIGTERM writes a checkpoint, a resumed run ends with the same weights as
+an uninterrupted one, a NaN loss stops training and keeps the last good checkpoint."""
 
 from __future__ import annotations
 
@@ -114,6 +114,36 @@ def test_ctrl_c_on_the_command_line_saves_a_checkpoint(tmp_path):
     assert "checkpoint saved to" in err and f"onnxkit train --resume {run}" in err
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_sigterm_on_the_command_line_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    model, run = tmp_path / "mlp.onnx", tmp_path / "run"
+    onnx.save(mlp_with_batchnorm(), model)
+    command = [sys.executable, "-m", "onnxkit", "train", str(model), "--data", "digits", "--batch-size", "8",
+               "--steps", "4000", "--quiet", "-o", str(run)]  # 135 steps per epoch
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends: handled like Ctrl-C
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "checkpoint saved to" in err and f"onnxkit train --resume {run}" in err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    step = json.loads((run / "checkpoints" / "last.json").read_text())["step"]
+    assert 135 <= step < 4000 and f"after step {step}:" in err
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "step"]
+    assert steps == list(range(1, step + 1))  # every line up to the checkpoint, none after it
+
+    resumed = fit(resume=run)
+    assert resumed.metrics["steps"] == 4000 and resumed.model_path.is_file()
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "step"]
+    assert steps == list(range(1, 4001))
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, run_cli):
