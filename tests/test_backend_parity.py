@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from conftest import has_ort_training
+from onnx import numpy_helper
 from test_train_finetune import paraphrase_minilm
 
 from onnxkit import zoo
@@ -22,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(not has_ort_training(), reason="needs onnxruntime-training (make test-ort runs it)"),
 ]
 BATCH = 6
-SMALL_BERT = {"num_layers": 2, "vocab_size": 2000, "max_positions": 64}
+SMALL_BERT = {"num_layers": 2, "vocab_size": 2000, "max_positions": 64, "max_length": 64}
 
 
 def feeds_for(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -47,7 +49,8 @@ def gradients(model: onnx.ModelProto, backend: str, folder, loss: str, labels: n
     return session.gradients()
 
 
-def compare(model: onnx.ModelProto, tmp_path, loss: str = "cross-entropy", labels=None) -> None:
+def compare(model: onnx.ModelProto, tmp_path, loss: str = "cross-entropy", labels=None, skip=()) -> dict:
+    """Assert the two backends' gradients agree (but for `skip`); returns the onnx backend's."""
     rng = np.random.default_rng(0)
     feeds = feeds_for(model, rng)
     if labels is None:
@@ -56,9 +59,13 @@ def compare(model: onnx.ModelProto, tmp_path, loss: str = "cross-entropy", label
     ours = gradients(model, "onnx", tmp_path, loss, labels, feeds)
     theirs = gradients(model, "ort-training", tmp_path, loss, labels, feeds)
     assert set(ours) == set(theirs) and ours
+    # A gradient that is zero in exact arithmetic (attention's key bias: softmax ignores a shift
+    # shared by a row) is rounding noise in both; it is compared against 1e-3 of the largest.
+    floor = 1e-3 * max(np.linalg.norm(g) for g in theirs.values())
     for name, reference in theirs.items():
-        error = np.linalg.norm(ours[name] - reference) / max(np.linalg.norm(reference), 1e-30)
-        assert error <= 1e-5, f"{name}: relative error {error:.2e}"
+        error = np.linalg.norm(ours[name] - reference) / max(np.linalg.norm(reference), floor)
+        assert error <= 1e-5 or name in skip, f"{name}: relative error {error:.2e}"
+    return ours
 
 
 @pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn", "iris-mlp", "text-transformer", "bert-classifier"])
@@ -72,8 +79,34 @@ def test_binary_classifier_gradients_equal_ort_training(tmp_path):
     compare(zoo.build_model("binary-classifier"), tmp_path, loss="bce-with-logits", labels=labels)
 
 
-def test_pytorch_exported_minilm_gradients_equal_ort_training(tmp_path):
+def sentence_embedding_model() -> onnx.ModelProto:
     model = load_model(paraphrase_minilm())
-    del model.graph.output[1:]  # the token embeddings only: the first output
-    labels = np.random.default_rng(1).normal(size=(BATCH, 10, 384)).astype(np.float32)
-    compare(model, tmp_path, loss="mse", labels=labels)
+    kept = [o for o in model.graph.output if o.name == "461"]  # the sentence embedding
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    return model
+
+
+def test_pytorch_exported_minilm_gradients_equal_ort_training(tmp_path):
+    """All but the position embeddings agree. Their Gather takes [1, seq] position ids (broadcast
+    over the batch afterwards), and ORT-training's gradient is wrong there (its norm a third of
+    the true one): ours matches central differences of the forward pass instead."""
+    labels = np.random.default_rng(1).normal(size=(BATCH, 384)).astype(np.float32)
+    positions = "model.0.auto_model.embeddings.position_embeddings.weight"
+    ours = compare(sentence_embedding_model(), tmp_path, loss="mse", labels=labels, skip={positions})
+    feeds = feeds_for(sentence_embedding_model(), np.random.default_rng(0))
+    table = next(t for t in sentence_embedding_model().graph.initializer if t.name == positions)
+    base = numpy_helper.to_array(table)
+
+    def loss(row: int, step: float) -> float:
+        model = sentence_embedding_model()
+        moved = base.copy()
+        moved[row, 0] += step
+        next(t for t in model.graph.initializer if t.name == positions).CopyFrom(
+            numpy_helper.from_array(moved, positions))
+        out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        return float(((out.astype(np.float64) - labels) ** 2).mean())
+
+    for row in (0, 2, 5):
+        numeric = (loss(row, 1e-2) - loss(row, -1e-2)) / 2e-2
+        assert ours[positions][row, 0] == pytest.approx(numeric, rel=2e-3, abs=1e-5)
