@@ -54,18 +54,42 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
+# Ops whose first output has its first input's type and shape, for the few that onnx's shape
+# inference leaves untyped (GroupNormalization-21 in onnx 1.2x), so inference can go on past them.
+SAME_SHAPE = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization"})
+
+
 def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     """Every value's inferred type and shape, by name (initializers included)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
-        raise OnnxkitError(f"shape inference failed on the model ({e}); is it a valid ONNX model?") from e
+    skeleton = _skeleton(model)
+    for _ in range(8):  # each pass types the outputs of SAME_SHAPE ops inference left untyped
+        try:
+            inferred = onnx.shape_inference.infer_shapes(skeleton)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+            raise OnnxkitError(f"shape inference failed on the model ({e}); is it a valid ONNX model?") from e
+        known = {v.name: v for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)}
+        hints = [_same_type(known[n.input[0]], n.output[0]) for n in inferred.graph.node
+                 if n.op_type in SAME_SHAPE and n.input[0] in known and not _has_shape(known.get(n.output[0]))]
+        if not hints:
+            break
+        skeleton.graph.value_info.extend(hints)
     g = inferred.graph
     types = {
         t.name: onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer
     }
     types.update({v.name: v for v in (*g.input, *g.value_info, *g.output)})
     return types
+
+
+def _has_shape(vi: onnx.ValueInfoProto | None) -> bool:
+    return vi is not None and vi.type.tensor_type.HasField("shape")
+
+
+def _same_type(vi: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(vi)
+    copy.name = name
+    return copy
 
 
 def opset(model: onnx.ModelProto) -> int:

@@ -1,0 +1,144 @@
+"""What only the `onnx` backend (onnxkit's own autodiff and optimizer graphs) can do: ops and
+optimizers ORT-training lacks, dropout that resumes to the same masks, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import onnx
+import pytest
+from conftest import has_ort_training
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit import zoo
+from onnxkit.autodiff.check import gradcheck
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import load_model
+from onnxkit.train import TrainingInterrupted, fit
+from onnxkit.train.optim import OPTIMIZERS, RMSprop, get_optimizer
+
+
+def new_ops_model() -> onnx.ModelProto:
+    """Hand-written, opset 21: ConvTranspose -> GroupNormalization -> Elu -> Conv -> GlobalMaxPool -> head."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "up.weight": rng.normal(0, 0.3, (1, 8, 2, 2)),  # ConvTranspose: [in, out, k, k]
+        "gn.scale": np.ones(8), "gn.bias": np.zeros(8),
+        "conv.weight": rng.normal(0, 0.2, (16, 8, 3, 3)),
+        "head.weight": rng.normal(0, 0.3, (16, 10)), "head.bias": np.zeros(10),
+    }
+    n = helper.make_node
+    graph = helper.make_graph(
+        [
+            n("ConvTranspose", ["image", "up.weight"], ["up"], strides=[2, 2]),  # 8x8 -> 16x16
+            n("GroupNormalization", ["up", "gn.scale", "gn.bias"], ["gn"], num_groups=4),
+            n("Elu", ["gn"], ["elu"], alpha=1.0),
+            n("Conv", ["elu", "conv.weight"], ["conv"], pads=[1, 1, 1, 1], strides=[2, 2]),
+            n("GlobalMaxPool", ["conv"], ["pool"]),
+            n("Flatten", ["pool"], ["flat"]),
+            n("Gemm", ["flat", "head.weight", "head.bias"], ["logits"]),
+        ],
+        "new-ops",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_a_model_of_ops_ort_training_cannot_differentiate_trains(run_cli, tmp_path):
+    model, run = tmp_path / "new-ops.onnx", tmp_path / "run"
+    onnx.save(new_ops_model(), model)
+    result = run_cli("train", model, "--data", "digits-images", "--epochs", "6", "--lr", "0.01", "-o", run)
+    assert result.code == 0, result.err
+    epochs = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "epoch"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] * 0.8
+    assert epochs[-1]["val_accuracy"] > 0.2  # ten classes: chance is 0.1
+    trained = load_model(run / "model.onnx")
+    assert [n.op_type for n in trained.graph.node] == [n.op_type for n in new_ops_model().graph.node]
+
+
+def test_iris_mlp_reaches_93_percent_through_the_cli(run_cli, tmp_path):
+    model, run = tmp_path / "iris.onnx", tmp_path / "run"
+    assert run_cli("build", "iris-mlp", "-o", model).code == 0
+    result = run_cli("train", model, "--data", "iris", "--epochs", "100", "--batch-size", "16", "--lr", "0.01",
+                     "--quiet", "-o", run)
+    assert result.code == 0, result.err
+    accuracy = json.loads((run / "run.json").read_text())["result"]["test"]["accuracy"]
+    assert accuracy >= 0.93, accuracy
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_lowers_the_loss_at_its_default_learning_rate(name, tmp_path):
+    result = fit(zoo.build_model("iris-mlp"), "iris", tmp_path / name, optimizer=name, epochs=20, batch_size=16,
+                 evaluate_test=False, keep_best=False)
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0] * 0.8, losses
+    config = json.loads((tmp_path / name / "run.json").read_text())["config"]
+    assert config["optimizer"] == name and config["lr"] == get_optimizer(name).default_lr
+
+
+def test_optimizer_options_go_through_the_cli_and_wrong_ones_are_one_line_errors(run_cli, tmp_path):
+    model = tmp_path / "iris.onnx"
+    assert run_cli("build", "iris-mlp", "-o", model).code == 0
+    ok = run_cli("train", model, "--data", "iris", "--optimizer", "rmsprop", "--alpha", "0.9", "--momentum", "0.5",
+                 "--centered", "--epochs", "2", "--quiet", "-o", tmp_path / "rms")
+    assert ok.code == 0, ok.err
+    config = json.loads((tmp_path / "rms" / "run.json").read_text())["config"]
+    assert config["optimizer_options"] == RMSprop(alpha=0.9, momentum=0.5, centered=True).options()
+    assert config["lr"] == RMSprop.default_lr
+    wrong = run_cli("train", model, "--data", "iris", "--optimizer", "rmsprop", "--nesterov", "-o", tmp_path / "x")
+    assert wrong.code == 1 and wrong.err.startswith("error: ") and len(wrong.err.strip().splitlines()) == 1
+    assert "rmsprop has no option 'nesterov'" in wrong.err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(has_ort_training(), reason="this environment has onnxruntime-training")
+def test_the_ort_training_backend_without_its_environment_says_how_to_get_it(run_cli, tmp_path):
+    model = tmp_path / "iris.onnx"
+    assert run_cli("build", "iris-mlp", "-o", model).code == 0
+    result = run_cli("train", model, "--data", "iris", "--backend", "ort-training", "-o", tmp_path / "run")
+    assert result.code == 1 and len(result.err.strip().splitlines()) == 1
+    assert "make venv-ort" in result.err and not (tmp_path / "run").exists()
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(OnnxkitError, match="unknown training backend 'onx'.*Did you mean: onnx"):
+        fit(zoo.build_model("iris-mlp"), "iris", "unused", backend="onx")
+
+
+def test_a_run_with_dropout_resumes_to_the_same_weights(tmp_path):
+    """Dropout masks come from (seed, step, micro-batch), not from a generator inside the session."""
+    settings = dict(data="digits", epochs=2, batch_size=64, seed=3, evaluate_test=False, device="cpu")
+    model = zoo.build_model("digits-mlp", dropout=0.3)
+    straight = fit(model, out_dir=tmp_path / "straight", **settings)
+
+    def interrupt(record):
+        if record["event"] == "step" and record["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        fit(model, out_dir=tmp_path / "resumed", callback=interrupt, **settings)
+    resumed = fit(resume=tmp_path / "resumed")
+    a, b = (load_model(r.model_path) for r in (straight, resumed))
+    for x, y in zip(a.graph.initializer, b.graph.initializer, strict=True):
+        np.testing.assert_array_equal(numpy_helper.to_array(x), numpy_helper.to_array(y), err_msg=x.name)
+    dropped = fit(model, out_dir=tmp_path / "other-seed", **{**settings, "seed": 4})
+    assert not np.array_equal(numpy_helper.to_array(load_model(dropped.model_path).graph.initializer[0]),
+                              numpy_helper.to_array(a.graph.initializer[0]))
+
+
+def test_the_new_ops_model_gradients_match_finite_differences():
+    model = new_ops_model()  # in float64, GroupNormalization computing in float64 too
+    for t in model.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+        vi.type.tensor_type.shape.dim[0].dim_value = 2
+    next(n for n in model.graph.node if n.op_type == "GroupNormalization").attribute.append(
+        helper.make_attribute("stash_type", TensorProto.DOUBLE))
+    image = np.random.default_rng(0).normal(size=(2, 1, 8, 8))
+    for name, (analytic, numeric) in gradcheck(model, {"image": image}, ["up.weight", "gn.scale", "conv.weight"]).items():
+        np.testing.assert_allclose(analytic, numeric, atol=1e-6 * np.abs(numeric).max(), err_msg=name)
