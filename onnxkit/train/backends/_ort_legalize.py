@@ -29,6 +29,8 @@ NO_GRADIENT = {
     "Selu",
     "Softplus",
     "HardSwish",
+    "HardSigmoid",
+    "Celu",
     "Mish",
     "PRelu",
     "ReduceMax",
