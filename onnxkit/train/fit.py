@@ -409,7 +409,7 @@ def _train(setup: _Setup, resuming: bool, extra: list[Callback], callbacks: Sequ
     stack.append(MetricsWriter(run, records))
     if progress.enabled:
         stack.append(ProgressBar(progress))
-    stack += [Plot(run.plot, records), *extra, *callbacks]
+    stack += [*extra, *callbacks, Plot(run.plot, records)]  # the plot last: once everything else has ended
     has_val = len(setup.splits["validation"]) > 0
     trainer = Trainer(session, setup.splits["train"], c, epochs=setup.epochs, schedule=setup.schedule, run=run,
                       validate=setup.validate if has_val else None, callbacks=stack, log=progress.line)
