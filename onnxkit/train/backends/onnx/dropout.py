@@ -8,7 +8,8 @@ scaled keep values (0 or 1/(1-p), one table per ratio): a slice and a multiply.
 - The session draws the tables once (from the run's seed) and, each step, one window
   start per Dropout (from seed, step and micro-batch): masks are independent between
   steps, layers and elements of a batch, and a resumed run draws the same ones.
-- A tensor larger than its table makes the session draw a larger table and retry.
+- A window starts in the table's first half; a tensor too long for its window makes the
+  session draw a four times larger table and retry the step.
 - The gradient is the same multiply (the Mul rule), so backward costs no mask either.
 """
 
@@ -19,9 +20,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 TABLE = "onnxkit.dropout.table"  # + ".<k>" for the k-th distinct ratio
-STARTS = "onnxkit.dropout.starts"  # float32 [number of Dropout nodes], uniform in [0, 1)
+STARTS = "onnxkit.dropout.starts"  # int64 [number of Dropout nodes]: each window's first element
 FIRST_SIZE = 1 << 22
-AXIS0, ZERO = "onnxkit.dropout.axis0", "onnxkit.dropout.zero"
+ONE = "onnxkit.dropout.one"
 
 
 def replace_dropout(model: onnx.ModelProto) -> tuple[list[float], int]:
@@ -48,38 +49,29 @@ def replace_dropout(model: onnx.ModelProto) -> tuple[list[float], int]:
     if count:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
-        model.graph.input.append(helper.make_tensor_value_info(STARTS, TensorProto.FLOAT, [count]))
+        model.graph.input.append(helper.make_tensor_value_info(STARTS, TensorProto.INT64, [count]))
         for k in range(len(ratios)):
             model.graph.input.append(helper.make_tensor_value_info(f"{TABLE}.{k}", TensorProto.FLOAT, ["table"]))
         model.graph.initializer.extend([
-            numpy_helper.from_array(np.asarray([0], np.int64), AXIS0),
-            numpy_helper.from_array(np.asarray(0, np.int64), ZERO),
-            *(numpy_helper.from_array(np.asarray(i, np.int64), f"onnxkit.dropout.{i}.index") for i in range(count)),
+            numpy_helper.from_array(np.asarray([1], np.int64), ONE),
+            *(numpy_helper.from_array(np.asarray([i], np.int64), f"onnxkit.dropout.{i}.index") for i in range(count)),
         ])
     return ratios, seed
 
 
 def _window_dropout(x: str, y: str, mask: str | None, index: int, table: int) -> list[onnx.NodeProto]:
-    """y = x * window, the window a slice of table `table` as long as x, starting at
-    STARTS[index] * (table size - its length)."""
+    """y = x * window, the window the slice of table `table` as long as x from STARTS[index]."""
     tag = f"onnxkit.dropout.{index}"
 
     def n(op: str, inputs: list[str], out: str, **attrs: int) -> onnx.NodeProto:
         return helper.make_node(op, inputs, [f"{tag}.{out}"], name=f"{tag}/{out}", **attrs)
 
     nodes = [
-        n("Size", [x], "n"),
-        n("Size", [f"{TABLE}.{table}"], "table_size"),
-        n("Sub", [f"{tag}.table_size", f"{tag}.n"], "room"),
-        n("Max", [f"{tag}.room", ZERO], "free"),
-        n("Cast", [f"{tag}.free"], "free_f", to=TensorProto.FLOAT),
-        n("Gather", [STARTS, f"{tag}.index"], "u"),
-        n("Mul", [f"{tag}.u", f"{tag}.free_f"], "start_f"),
-        n("Cast", [f"{tag}.start_f"], "start", to=TensorProto.INT64),
+        n("Gather", [STARTS, f"{tag}.index"], "start"),
+        n("Size", [x], "size"),
+        n("Reshape", [f"{tag}.size", ONE], "n"),
         n("Add", [f"{tag}.start", f"{tag}.n"], "end"),
-        n("Unsqueeze", [f"{tag}.start", AXIS0], "starts"),
-        n("Unsqueeze", [f"{tag}.end", AXIS0], "ends"),
-        n("Slice", [f"{TABLE}.{table}", f"{tag}.starts", f"{tag}.ends"], "window"),
+        n("Slice", [f"{TABLE}.{table}", f"{tag}.start", f"{tag}.end"], "window"),
         n("Shape", [x], "shape"),
         n("Reshape", [f"{tag}.window", f"{tag}.shape"], "scale"),
         helper.make_node("Mul", [x, f"{tag}.scale"], [y], name=f"{tag}/apply"),
@@ -106,5 +98,6 @@ class DropoutTables:
         self.tables = [self._draw(k) for k in range(len(self.ratios))]
 
     def starts(self, step: int, batch: int) -> np.ndarray:
-        """Uniform [0, 1) positions of each Dropout's window for micro-batch `batch` of step `step`."""
-        return np.random.default_rng([self.seed, step, batch, 1]).random(self.count, dtype=np.float32)
+        """Where each Dropout's window begins for micro-batch `batch` of step `step`: uniform over
+        the table's first half, so a tensor up to half the table's size always fits."""
+        return np.random.default_rng([self.seed, step, batch, 1]).integers(0, self.size // 2, self.count)
