@@ -114,3 +114,14 @@ def test_training_backend_does_not_import_torch_or_the_training_package_init():
         "assert not hasattr(sys.modules['onnxruntime.training'], '__file__')  # our empty package, not its __init__\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not has_ort_training(), reason="needs onnxruntime-training (make test-ort runs it)")
+def test_ort_training_refuses_the_optimizers_it_cannot_run_by_name(run_cli, cnn, tmp_path):
+    for options in (["--optimizer", "rmsprop"], ["--optimizer", "sgd", "--momentum", "0.9"],
+                    ["--optimizer", "adamw", "--amsgrad"]):
+        result = run_cli("train", cnn, "--data", "digits-images", "--backend", "ort-training", *options,
+                         "-o", tmp_path / "run")
+        refused(result, "the ort-training backend runs only adamw without amsgrad and sgd without momentum",
+                tmp_path / "run")
+        assert "--backend onnx" in result.err
