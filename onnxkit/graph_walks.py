@@ -38,6 +38,22 @@ def used_initializers(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto]) -
     return [t for t in model.graph.initializer if t.name in used]
 
 
+def initializers_to_inputs(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """Turn the initializers `names` of `model` into graph inputs (in place); returns their values."""
+    from onnx import numpy_helper
+
+    wanted, values, kept = set(names), {}, []
+    for t in model.graph.initializer:
+        if t.name in wanted:
+            values[t.name] = numpy_helper.to_array(t)
+            model.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            kept.append(t)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return values
+
+
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` without the data of large weights (enough for shape inference)."""
     skeleton = onnx.ModelProto()

@@ -19,7 +19,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from onnxkit.autodiff.reverse import add_gradients, gradient_name
-from onnxkit.graph_walks import value_types
+from onnxkit.graph_walks import initializers_to_inputs, value_types
 
 LOSS = "onnxkit.check.loss"
 
@@ -66,19 +66,9 @@ def with_projection_loss(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelPro
 
 def _free(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], wrt: Sequence[str]) -> tuple[onnx.ModelProto, dict]:
     """`model` with the `wrt` initializers turned into inputs, and the feeds for all inputs."""
-    values = dict(feeds)
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    kept = []
-    for t in result.graph.initializer:
-        if t.name in wrt:
-            values[t.name] = numpy_helper.to_array(t)
-            result.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            kept.append(t)
-    del result.graph.initializer[:]
-    result.graph.initializer.extend(kept)
-    return result, values
+    return result, {**feeds, **initializers_to_inputs(result, wrt)}
 
 
 def gradcheck(

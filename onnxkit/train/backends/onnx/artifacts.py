@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnxkit.autodiff import add_gradients, gradient_name
 from onnxkit.files import save_model, write_text
-from onnxkit.graph_walks import opset
+from onnxkit.graph_walks import initializers_to_inputs, opset
 from onnxkit.train.backend import TrainingProblem
 from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, save_state
 from onnxkit.train.backends.onnx.dropout import STARTS, replace_dropout
@@ -37,26 +37,12 @@ TRAINING, OPTIMIZER, EVAL, INITIAL, SIGNATURE = (
 ACCUMULATED = ".accumulated"  # suffix of a gradient's running-sum input
 
 
-def _inputs_from_initializers(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
-    """Turn the initializers `names` into graph inputs (fed from the state); returns their values."""
-    wanted, values, kept = set(names), {}, []
-    for t in model.graph.initializer:
-        if t.name in wanted:
-            values[t.name] = numpy_helper.to_array(t)
-            model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            kept.append(t)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return values
-
-
 def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str, np.ndarray], FlatLayout, dict]:
     """The training graph, the initial values of the parameters and buffers, the flat layout
     and the dropout settings."""
     model = onnx.ModelProto()
     model.CopyFrom(problem.objective.model)
-    values = _inputs_from_initializers(model, [*problem.trainable, *problem.buffers])
+    values = initializers_to_inputs(model, [*problem.trainable, *problem.buffers])
     ratios, seed = replace_dropout(model)
     model.graph.output.extend(
         helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, list(values[name].shape))
