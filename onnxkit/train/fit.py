@@ -187,8 +187,8 @@ def fit(
         if not config.model_sha256:  # given as a ModelProto: the run keeps the starting model
             save_model(proto, config.model)
             config.model_sha256 = _sha256(Path(config.model))
-    return _train(setup, resuming=resume is not None, extra=[RecordCallback(callback)] if callback else [],
-                  callbacks=callbacks)
+    given = [RecordCallback(callback)] if callback else []
+    return _train(setup, resuming=resume is not None, callbacks=[*given, *callbacks])
 
 
 def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimizer:
@@ -398,7 +398,8 @@ class _Setup:
         return {f"val_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "macro_f1")}
 
 
-def _train(setup: _Setup, resuming: bool, extra: list[Callback], callbacks: Sequence[Callback]) -> FitResult:
+def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResult:
+    """Run the trainer with the built-in callbacks, then `callbacks`; keep run.json's status current."""
     c, run, progress = setup.config, setup.run, setup.progress
     session = setup.open_session(resuming)
     records: list[Record] = []
@@ -409,7 +410,7 @@ def _train(setup: _Setup, resuming: bool, extra: list[Callback], callbacks: Sequ
     stack.append(MetricsWriter(run, records))
     if progress.enabled:
         stack.append(ProgressBar(progress))
-    stack += [*extra, *callbacks, Plot(run.plot, records)]  # the plot last: once everything else has ended
+    stack += [*callbacks, Plot(run.plot, records)]  # the plot last: once everything else has ended
     has_val = len(setup.splits["validation"]) > 0
     trainer = Trainer(session, setup.splits["train"], c, epochs=setup.epochs, schedule=setup.schedule, run=run,
                       validate=setup.validate if has_val else None, callbacks=stack, log=progress.line)

@@ -109,7 +109,7 @@ class Trainer:
             saved = json.loads(path.read_text())
             fields = {f.name for f in dataclasses.fields(LoopState)}
             self.state = LoopState(**{k: v for k, v in saved.items() if k in fields})
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError, AttributeError) as e:
             raise OnnxkitError(f"{path}: the loop state is missing or damaged ({e}); "
                                "the run cannot be resumed, start a new one") from e
         if self.state.step != self.session.steps:
