@@ -1,0 +1,75 @@
+"""The trainer's callback hooks: their order, metrics.jsonl written once per epoch, and a callback
+that stops training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onnxkit import zoo
+from onnxkit.train import fit
+from onnxkit.train.callbacks import Callback
+
+pytestmark = pytest.mark.training
+
+SETTINGS = dict(data="iris", batch_size=30, epochs=3, evaluate_test=False, device="cpu")  # 90 examples: 3 steps
+
+
+class Recorder(Callback):
+    """Notes every hook call, and what metrics.jsonl holds at each optimizer step."""
+
+    def __init__(self, stop_after_epoch: int | None = None) -> None:
+        self.calls: list[str] = []
+        self.lines_at_step: dict[int, int] = {}
+        self.stop_after_epoch = stop_after_epoch
+
+    def on_train_begin(self, trainer) -> None:
+        self.calls.append("train_begin")
+
+    def on_epoch_begin(self, trainer, epoch: int) -> None:
+        self.calls.append(f"epoch_begin {epoch}")
+
+    def on_batch_end(self, trainer, loss: float) -> None:
+        self.calls.append("batch")
+
+    def on_step_end(self, trainer, record) -> None:
+        self.calls.append(f"step {record['step']}")
+        self.lines_at_step[record["step"]] = len(trainer.run.metrics.read_text().splitlines())
+
+    def on_epoch_end(self, trainer, record) -> None:
+        self.calls.append(f"epoch_end {record['epoch']} best {record['best_epoch']}")
+        if record["epoch"] == self.stop_after_epoch:
+            trainer.stop_training = True
+
+    def on_checkpoint(self, trainer) -> None:
+        self.calls.append("checkpoint")
+
+    def on_train_end(self, trainer, status: str) -> None:
+        self.calls.append(f"train_end {status}")
+
+
+def test_hooks_run_in_order_and_metrics_are_written_at_epoch_ends(tmp_path):
+    recorder = Recorder()
+    fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[recorder], **SETTINGS)
+    calls = [c for c in recorder.calls if c != "checkpoint"]
+    bests = [c.split()[-1] for c in calls if c.startswith("epoch_end")]
+    expected = ["train_begin"]
+    for e in range(3):
+        steps = [x for i in range(3) for x in ("batch", f"step {3 * e + i + 1}")]
+        expected += [f"epoch_begin {e + 1}", *steps, f"epoch_end {e + 1} best {bests[e]}"]
+    assert calls == [*expected, "train_end completed"]
+    # checkpoints: after the first epoch and the last; epochs this short skip most others
+    assert recorder.calls[recorder.calls.index("epoch_end 1 best 1") + 1] == "checkpoint"
+    assert recorder.calls[-2:] == ["checkpoint", "train_end completed"]
+    # a step's line reaches the file when its epoch ends: 3 steps + 1 epoch line per epoch
+    assert recorder.lines_at_step == {1: 0, 2: 0, 3: 0, 4: 4, 5: 4, 6: 4, 7: 8, 8: 8, 9: 8}
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
+
+
+def test_a_callback_can_stop_training(tmp_path):
+    recorder = Recorder(stop_after_epoch=1)
+    result = fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[recorder], **SETTINGS)
+    assert result.metrics["epochs"] == 1 and result.metrics["steps"] == 3
+    assert recorder.calls[-2:] == ["checkpoint", "train_end completed"]
+    assert json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())["done"] is True
