@@ -10,6 +10,7 @@ min/median/max over rounds. `compare_losses` checks that the contenders compute 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -26,6 +27,8 @@ from onnxkit.train.problem import open_training
 
 TORCH = "torch"
 TOLERANCE = 1e-3  # relative difference of per-step losses allowed by --check
+PAUSE = 0.05  # seconds before each timed run, so the previous contender's threads stop spinning (without it,
+# PyTorch right after ONNX Runtime on 2 cores ran ~15% slower than right before it)
 Batch = tuple[Any, Any]  # (inputs, labels) in a contender's own form
 
 
@@ -117,13 +120,15 @@ def check_same_computation(contenders: Sequence[Contender], what: str, verbose: 
 
 def time_rounds(contenders: Sequence[Contender], rounds: int, warmup_rounds: int = 1) -> dict[str, list[float]]:
     """Milliseconds per step of each contender in each of `rounds` rounds, after `warmup_rounds` untimed
-    ones (kernels, allocators); within a round every contender runs all its batches once."""
+    ones (kernels, allocators); within a round every contender runs all its batches once, the first
+    one rotating from round to round."""
     for _ in range(warmup_rounds):
         for c in contenders:
             c.run()
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     for r in range(rounds):
         for c in (*contenders[r % len(contenders) :], *contenders[: r % len(contenders)]):
+            time.sleep(PAUSE)
             start = time.perf_counter()
             c.run()
             times[c.name].append((time.perf_counter() - start) / len(c.batches) * 1e3)
@@ -149,7 +154,8 @@ def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
 
 def print_summary(label: str, summary: dict[str, Any], rounds: int) -> None:
     ms = "  ".join(f"{n} {v:.3f}" for n, v in summary["ms"].items())
-    print(f"{label}: median ms/step over {rounds} rounds: {ms}")
+    load = os.getloadavg()[0]  # the machine may be shared: a load above 0 means others took CPU time too
+    print(f"{label}: median ms/step over {rounds} rounds: {ms}  (1-min load average now {load:.2f})")
     for pair, (low, mid, high) in summary["ratios"].items():
         print(f"{label}:   {pair:<18} min {low:.2f}  median {mid:.2f}  max {high:.2f}")
 
