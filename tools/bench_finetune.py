@@ -209,7 +209,7 @@ def main() -> None:
             check_same_computation(contenders(Path(tmp) / "check", data[: args.check_steps], 0.0), "bert-classifier")
         timed = data[: args.steps]
         summary = summarise(time_rounds(contenders(Path(tmp) / "bench", timed, dropout), args.rounds))
-        print_summary("bert-classifier", summary, args.rounds)
+        print_summary("bert-classifier", summary)
         peak = matmul_peak(args.threads, args.peak_size)
         flops = 3 * forward_matmul_flops(model, dict.fromkeys(INPUTS, shape))
         print(

@@ -120,7 +120,7 @@ def main() -> None:
                 )
             data = batches(name, args.batch_size, args.steps)
             times = time_rounds(contenders(name, args.backends, work / "bench", data, args.threads, True), args.rounds)
-            print_summary(name, summarise(times), args.rounds)
+            print_summary(name, summarise(times))
             if args.profile:
                 model = zoo.build_model(name)
                 print(profile_onnx_backend(model, work / "profile", data, threads=args.threads, lr=LR, dropout=True))

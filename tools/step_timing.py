@@ -3,13 +3,15 @@
 Contenders (onnxkit backends through `open_training`, and PyTorch with fused AdamW as the
 baseline) step through the same batches; rounds alternate between them, the starting one
 rotating, so all see the same machine load. Ratios are taken per round and summarised as
-min/median/max over rounds. `compare_losses` checks that the contenders compute the same thing
+min/median/max over rounds; on a shared machine, rounds in which other processes took 10% of
+the CPUs or more (from /proc/stat) are dropped. `compare_losses` checks that the contenders compute the same thing
 (dropout off) and `profile_onnx_backend` gives per-op kernel times of the onnx backend's graphs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -27,6 +29,7 @@ from onnxkit.train.problem import open_training
 
 TORCH = "torch"
 TOLERANCE = 1e-3  # relative difference of per-step losses allowed by --check
+BUSY = 0.1  # rounds in which other processes took this share of all the CPUs or more are dropped
 PAUSE = 0.05  # seconds before each timed run, so the previous contender's threads stop spinning (without it,
 # PyTorch right after ONNX Runtime on 2 cores ran ~15% slower than right before it)
 Batch = tuple[Any, Any]  # (inputs, labels) in a contender's own form
@@ -118,21 +121,45 @@ def check_same_computation(contenders: Sequence[Contender], what: str, verbose: 
         print(f"{what}: {name} has PyTorch's losses for {steps} steps (max relative difference {worst:.1e})")
 
 
-def time_rounds(contenders: Sequence[Contender], rounds: int, warmup_rounds: int = 1) -> dict[str, list[float]]:
-    """Milliseconds per step of each contender in each of `rounds` rounds, after `warmup_rounds` untimed
-    ones (kernels, allocators); within a round every contender runs all its batches once, the first
-    one rotating from round to round."""
+@dataclass
+class Timing:
+    """Per contender, its milliseconds per step in each round; per round, the largest share of all the
+    CPUs that other processes took while one contender ran (NaN where /proc/stat is missing)."""
+
+    ms: dict[str, list[float]]
+    others: list[float]
+
+
+def _busy_seconds() -> tuple[float, float]:
+    """CPU seconds spent since boot by the whole machine (NaN without /proc/stat) and by this process."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return math.nan, time.process_time()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def time_rounds(contenders: Sequence[Contender], rounds: int, warmup_rounds: int = 1) -> Timing:
+    """Each contender's ms/step in each of `rounds` rounds, after `warmup_rounds` untimed ones (kernels,
+    allocators); within a round every contender runs all its batches once, the first one rotating."""
     for _ in range(warmup_rounds):
         for c in contenders:
             c.run()
-    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    timing = Timing({c.name: [] for c in contenders}, [])
     for r in range(rounds):
+        others = 0.0
         for c in (*contenders[r % len(contenders) :], *contenders[: r % len(contenders)]):
             time.sleep(PAUSE)
+            machine, own = _busy_seconds()
             start = time.perf_counter()
             c.run()
-            times[c.name].append((time.perf_counter() - start) / len(c.batches) * 1e3)
-    return times
+            wall = time.perf_counter() - start
+            machine_after, own_after = _busy_seconds()
+            others = max(others, (machine_after - machine - (own_after - own)) / (wall * (os.cpu_count() or 1)))
+            timing.ms[c.name].append(wall / len(c.batches) * 1e3)
+        timing.others.append(others)
+    return timing
 
 
 def ratio_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -143,21 +170,40 @@ def ratio_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
-    """Median ms/step per contender, and min/median/max over rounds of each per-round ratio."""
+def summarise(timing: Timing) -> dict[str, Any]:
+    """Median ms/step per contender, and min/median/max over rounds of each per-round ratio, over the
+    rounds in which other processes took less than BUSY of the CPUs (all rounds when fewer than 3 are)."""
+    quiet = [r for r, share in enumerate(timing.others) if not share >= BUSY]
+    kept = quiet if len(quiet) >= 3 else list(range(len(timing.others)))
+    times = {name: [v[r] for r in kept] for name, v in timing.ms.items()}
     ratios = {}
     for a, b in ratio_pairs(list(times)):
         per_round = [x / y for x, y in zip(times[a], times[b], strict=True)]
         ratios[f"{a}/{b}"] = (min(per_round), statistics.median(per_round), max(per_round))
-    return {"ms": {n: statistics.median(v) for n, v in times.items()}, "ratios": ratios}
+    others = statistics.median(timing.others[r] for r in kept)
+    return {
+        "ms": {n: statistics.median(v) for n, v in times.items()},
+        "ratios": ratios,
+        "rounds": len(kept),
+        "quiet": len(quiet),
+        "of": len(timing.others),
+        "others": others,
+    }
 
 
-def print_summary(label: str, summary: dict[str, Any], rounds: int) -> None:
+def print_summary(label: str, summary: dict[str, Any]) -> None:
     ms = "  ".join(f"{n} {v:.3f}" for n, v in summary["ms"].items())
-    load = os.getloadavg()[0]  # the machine may be shared: a load above 0 means others took CPU time too
-    print(f"{label}: median ms/step over {rounds} rounds: {ms}  (1-min load average now {load:.2f})")
+    rounds, quiet, of = summary["rounds"], summary["quiet"], summary["of"]
+    if quiet == of:
+        note = "all quiet"
+    elif rounds < of:
+        note = f"{of - rounds} dropped: other processes took >= {BUSY:.0%} of the CPUs"
+    else:
+        note = f"only {quiet} quiet, so all kept: DISTURBED by other processes, run again"
+    print(f"{label}: median ms/step over {rounds} of {of} rounds ({note}); {ms}")
     for pair, (low, mid, high) in summary["ratios"].items():
         print(f"{label}:   {pair:<18} min {low:.2f}  median {mid:.2f}  max {high:.2f}")
+    print(f"{label}:   other processes took {summary['others']:.0%} of the CPUs (median over the rounds kept)")
 
 
 def profile_onnx_backend(
