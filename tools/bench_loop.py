@@ -13,11 +13,13 @@ fresh process (so `fit` pays its lazy imports, as a command does):
   creation, the test evaluation and the model export fall outside it) and the session's
   train, optimizer and eval steps inside it.
 
-Sides alternate which goes first. Printed per model: seconds of each part and the min/median/max
-over rounds of the per-round ratios epoch loop / raw steps, epoch loop / (raw steps + validation)
-(what remains is the loop's own overhead: metrics, progress, checkpoints, callbacks, batching)
-and fit / raw steps; then the same ratios against the steps timed inside the fit run itself,
-which a busy machine disturbs less (both sides of each ratio see the same load).
+Sides alternate which goes first; rounds in which other processes took 10% of the CPUs or more
+(/proc/stat, as in tools/step_timing.py) are dropped, unless fewer than 3 would be left. Printed
+per model: seconds of each part and the min/median/max over rounds of the per-round ratios
+epoch loop / raw steps, epoch loop / (raw steps + validation) (what remains is the loop's own
+overhead: metrics, progress, checkpoints, callbacks, batching) and fit / raw steps; then the
+same ratios against the steps timed inside the fit run itself, which a busy machine disturbs
+less (both sides of each ratio see the same load).
 
     .venv/bin/python tools/bench_loop.py [--rounds 5] [--models digits-cnn digits-mlp]
 """
@@ -26,12 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from step_timing import BUSY, _busy_seconds
 
 MODELS = {"digits-cnn": "digits-images", "digits-mlp": "digits"}
 RECIPE = dict(epochs=40, batch_size=128, lr=0.01, schedule="cosine", warmup=0.05)
@@ -60,6 +65,7 @@ def raw_side(name: str, work: Path) -> dict[str, float]:
     session = open_training(model, work / "raw")
     steps = validating = 0.0
     step = 0
+    watch = _OtherProcesses()
     for batches in per_epoch:
         start = time.perf_counter()
         for feeds, y in batches:
@@ -71,7 +77,7 @@ def raw_side(name: str, work: Path) -> dict[str, float]:
             session.eval_step(feeds)
         steps += middle - start
         validating += time.perf_counter() - middle
-    return {"steps": steps, "validation": validating}
+    return {"steps": steps, "validation": validating, "others": watch.share()}
 
 
 def fit_side(name: str, work: Path) -> dict[str, float]:
@@ -104,12 +110,25 @@ def fit_side(name: str, work: Path) -> dict[str, float]:
         def on_train_end(self, trainer, status: str) -> None:  # type: ignore[no-untyped-def]
             self.seconds = time.perf_counter() - self.start
 
-    model, watch = zoo.build_model(name), Stopwatch()
+    model, watch, others = zoo.build_model(name), Stopwatch(), _OtherProcesses()
     start = time.perf_counter()
     fit(model, MODELS[name], work / "run", callbacks=[watch], device="cpu", **RECIPE)
     inside = watch.inside
-    return {"fit": time.perf_counter() - start, "loop": watch.seconds,
+    return {"fit": time.perf_counter() - start, "loop": watch.seconds, "others_fit": others.share(),
             "inside_steps": inside["train_step"] + inside["optimizer_step"], "inside_validation": inside["eval_step"]}
+
+
+class _OtherProcesses:
+    """The share of all the CPUs that other processes take from now until `share()`."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.machine, self.own = _busy_seconds()
+
+    def share(self) -> float:
+        machine, own = _busy_seconds()
+        wall = time.perf_counter() - self.start
+        return (machine - self.machine - (own - self.own)) / (wall * (os.cpu_count() or 1))
 
 
 def run_side(side: str, name: str) -> dict[str, float]:
@@ -124,7 +143,9 @@ def spread(values: list[float], digits: int = 3) -> str:
     return "  ".join(f"{v:>7.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
 
 
-def report(name: str, rounds: list[dict[str, float]]) -> None:
+def report(name: str, measured: list[dict[str, float]]) -> None:
+    quiet = [r for r in measured if not max(r["others"], r["others_fit"]) >= BUSY]
+    rounds = quiet if len(quiet) >= 3 else measured
     seconds = {
         "raw steps (train + optimizer)": "steps",
         "raw validation eval steps": "validation",
@@ -142,7 +163,15 @@ def report(name: str, rounds: list[dict[str, float]]) -> None:
             lambda r: r["loop"] / (r["inside_steps"] + r["inside_validation"]),
         "in one run: whole fit / its steps": lambda r: r["fit"] / r["inside_steps"],
     }
-    print(f"\n{name}, {len(rounds)} rounds{' ' * 27}min   median      max")
+    if len(quiet) == len(measured):
+        note = "all quiet"
+    elif rounds is quiet:
+        note = f"{len(measured) - len(quiet)} dropped: other processes took >= {BUSY:.0%} of the CPUs"
+    else:
+        note = f"only {len(quiet)} quiet, so all kept: DISTURBED by other processes, run again"
+    others = statistics.median(max(r["others"], r["others_fit"]) for r in rounds)
+    print(f"\n{name}: {len(rounds)} of {len(measured)} rounds ({note}); other processes took {others:.0%} of the CPUs")
+    print(f"{' ' * 48}min   median      max")
     for label, key in seconds.items():
         print(f"  {label + ', s':<46}{spread([r[key] for r in rounds], 2)}")
     for label, ratio in ratios.items():
