@@ -242,17 +242,27 @@ def profile_onnx_backend(
 
 
 def _op_table(graph: str, events: list[dict], runs: int, top: int) -> list[str]:
-    """Kernel microseconds per op type over the last `runs` runs of a profile, as table lines."""
+    """Kernel time per op type, then the slowest nodes (with their output shapes), over the last `runs`
+    runs of a profile, as table lines."""
     starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
     since = starts[-runs] if len(starts) >= runs else 0
     per_op: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
+    per_node: dict[str, float] = defaultdict(float)
+    about: dict[str, str] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
-            per_op[e["args"]["op_name"]] += e["dur"]
-            count[e["args"]["op_name"]] += 1
+            op, node = e["args"]["op_name"], e["name"].removesuffix("_kernel_time")
+            per_op[op] += e["dur"]
+            count[op] += 1
+            per_node[node] += e["dur"]
+            shapes = [next(iter(o.values())) for o in e["args"].get("output_type_shape", [])]
+            about[node] = f"{op} -> {', '.join(map(str, shapes))}"
     total = sum(per_op.values())
     lines = [f"{graph}: {total / runs / 1e3:.3f} ms of kernels per run ({runs} runs)"]
     for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"  {op:<24} {us / runs / 1e3:9.3f} ms  {100 * us / total:5.1f}%  ({count[op] // runs} nodes)")
+    lines.append(f"  slowest nodes of {graph}:")
+    for node, us in sorted(per_node.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {us / runs / 1e3:9.3f} ms  {node[-48:]:<48} {about[node]}")
     return lines
