@@ -139,7 +139,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
             f"continue with: onnxkit train --resume {stop.run_dir}",
             err=True,
         )
-        sys.exit(130)
+        sys.exit(128 + stop.signum)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports them
     test = result.metrics.get("test", {})
     shown = "  ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "loss") if k in test)
     click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))

@@ -45,6 +45,7 @@ class _StopSignals:
 
     def __init__(self) -> None:
         self.received = False
+        self.signum = signal.SIGINT
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
@@ -53,7 +54,7 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.received = True
+        self.received, self.signum = True, signum
         self._restore()
 
     def _restore(self) -> None:
@@ -155,7 +156,8 @@ class Trainer:
             finally:
                 self._hook("on_train_end", status)
         if status == "interrupted":
-            raise TrainingInterrupted(self.run.path, self.run.last_checkpoint, self.state.epoch + 1, self.state.step)
+            raise TrainingInterrupted(self.run.path, self.run.last_checkpoint, self.state.epoch + 1, self.state.step,
+                                      int(self._signals.signum))
         return self.state
 
     def _hook(self, name: str, *args: Any) -> None:
