@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from onnxkit.errors import OnnxkitError
 from onnxkit.train.progress import Progress
 from onnxkit.train.run_directory import RunDirectory
+from onnxkit.train.weights import save_tensors
 
 if TYPE_CHECKING:
     from onnxkit.train.trainer import Trainer
@@ -83,21 +84,32 @@ class NanGuard(Callback):
 
 class BestModel(Callback):
     """Tracks the best epoch by `monitor` and adds `best_epoch` to each epoch record; with a
-    `checkpoint` path, saves the weights of each new best epoch there."""
+    `checkpoint` path, keeps the best weights in memory (`values`) and writes them there
+    (safetensors) with each checkpoint and at the end, not at every new best."""
 
     def __init__(self, monitor: str, checkpoint: Path | None) -> None:
         self.monitor, self.checkpoint = monitor, checkpoint
         self.better = MONITORS[monitor]
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self.values: dict[str, Any] | None = None
+        self._unsaved = False
 
     def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
         value = record[self.monitor]
         if self.best is None or (self.better(value, self.best) == value and value != self.best):
             self.best, self.best_epoch = value, record["epoch"]
             if self.checkpoint is not None:
-                trainer.session.save_checkpoint(self.checkpoint, optimizer_state=False)
+                self.values, self._unsaved = trainer.session.parameters(), True
         record["best_epoch"] = self.best_epoch
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        if self._unsaved and self.checkpoint is not None and self.values is not None:
+            save_tensors(self.checkpoint, self.values)
+            self._unsaved = False
+
+    def on_train_end(self, trainer: Trainer, status: str) -> None:
+        self.on_checkpoint(trainer)
 
     def state(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}

@@ -54,6 +54,7 @@ from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule, warmup_steps
 from onnxkit.train.trainer import LoopState, Trainer
 from onnxkit.train.training_form import find_parameters, output_type, select
+from onnxkit.train.weights import load_tensors
 
 TASK_OF_LOSS = {"cross-entropy": "classification", "bce-with-logits": "binary", "mse": "regression", "l1": "regression"}
 
@@ -464,7 +465,7 @@ def _finish(
     """Write the trained model (best or last weights) with its metadata, evaluate it, complete run.json."""
     c, run = setup.config, setup.run
     use_best = c.keep_best and run.best_checkpoint.is_file()
-    values = setup.backend.checkpoint_parameters(run.best_checkpoint) if use_best else session.parameters()
+    values = load_tensors(run.best_checkpoint) if use_best else session.parameters()
     epochs = [r for r in records if r["event"] == "epoch"]
     best = next((r for r in epochs if r["epoch"] == best_epoch), epochs[-1] if epochs else {})
     trained = with_weights(setup.target, values)

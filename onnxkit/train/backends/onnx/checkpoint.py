@@ -6,36 +6,17 @@ reader can inspect it."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from onnxkit.errors import OnnxkitError
-from onnxkit.files import atomic_path
+from onnxkit.train.weights import load_tensors as load_state
+from onnxkit.train.weights import save_tensors as save_state
 
 OPTIMIZER_KEY = "optimizer/"
 STEP = OPTIMIZER_KEY + "step"
 DROPOUT_TABLE = "session/dropout_table_size"  # so a resumed run draws the same masks
 
-
-def save_state(path: Path, state: Mapping[str, np.ndarray]) -> None:
-    """Write `state` to `path` atomically."""
-    from safetensors.numpy import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp), metadata={"format": "onnxkit"})
-
-
-def load_state(path: Path) -> dict[str, np.ndarray]:
-    """The tensors in checkpoint `path`; a clear error when it is missing or damaged."""
-    from safetensors.numpy import load_file
-
-    if not path.is_file():
-        raise OnnxkitError(f"{path}: no such checkpoint; is this a training run directory?")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
-        raise OnnxkitError(f"{path}: not a readable checkpoint ({e}); resume from another run") from e
+__all__ = ["DROPOUT_TABLE", "OPTIMIZER_KEY", "STEP", "load_state", "model_tensors", "save_state"]
 
 
 def model_tensors(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
