@@ -3,7 +3,7 @@
 Contenders (onnxkit backends through `open_training`, and PyTorch with fused AdamW as the
 baseline) step through the same batches; rounds alternate between them, the starting one
 rotating, so all see the same machine load. Ratios are taken per round and summarised as
-min/median/max over rounds; on a shared machine, rounds in which other processes took 10% of
+min/median/max over rounds; on a shared machine, rounds in which other processes took 5% of
 the CPUs or more (from /proc/stat) are dropped. `compare_losses` checks that the contenders compute the same thing
 (dropout off) and `profile_onnx_backend` gives per-op kernel times of the onnx backend's graphs.
 """
@@ -29,7 +29,7 @@ from onnxkit.train.problem import open_training
 
 TORCH = "torch"
 TOLERANCE = 1e-3  # relative difference of per-step losses allowed by --check
-BUSY = 0.1  # rounds in which other processes took this share of all the CPUs or more are dropped
+BUSY = 0.05  # rounds in which other processes took this share of all the CPUs or more are dropped
 PAUSE = 0.05  # seconds before each timed run, so the previous contender's threads stop spinning (without it,
 # PyTorch right after ONNX Runtime on 2 cores ran ~15% slower than right before it)
 Batch = tuple[Any, Any]  # (inputs, labels) in a contender's own form
