@@ -16,8 +16,9 @@ shape, training = 3x forward) against ONNX Runtime's fp32 MatMul peak measured i
     PYTHONPATH=/tmp/torchlib .venv-ort/bin/python tools/bench_finetune.py --backends onnx ort-training
 
 `--check` first trains 20 steps (`--check-steps`) on every contender with dropout off and stops
-unless the losses agree with PyTorch's within 1e-3 (relative). `--profile` adds per-op kernel
-times of the onnx backend's training and optimizer graphs.
+unless the losses agree with PyTorch's within 1e-3 (relative). `--no-dropout` times with dropout
+off everywhere (PyTorch's dropout alone is over a third of its step here). `--profile` adds
+per-op kernel times of the onnx backend's training and optimizer graphs.
 """
 
 from __future__ import annotations
@@ -179,13 +180,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--check", action="store_true", help="first compare losses with dropout off")
+    parser.add_argument("--no-dropout", action="store_true", help="time with dropout off on every contender")
     parser.add_argument("--check-steps", type=int, default=20)
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
     parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n MatMul measuring the peak")
     args = parser.parse_args()
     torch = import_torch(args.threads)
     model = zoo.build_model("bert-classifier", pretrained="all-MiniLM-L6-v2", num_classes=5, max_length=args.max_length)
-    dropout = float(zoo.options("bert-classifier")["dropout"].default)
+    dropout = 0.0 if args.no_dropout else float(zoo.options("bert-classifier")["dropout"].default)
     data = batches(model, args.batch_size, max(args.steps, args.check_steps if args.check else 0))
     shape = data[0][0]["input_ids"].shape
     params = sum(math.prod(t.dims) for t in model.graph.initializer)
@@ -222,7 +224,7 @@ def main() -> None:
         if args.profile:
             print(
                 profile_onnx_backend(
-                    model, Path(tmp) / "profile", timed, threads=args.threads, lr=args.lr, dropout=True
+                    model, Path(tmp) / "profile", timed, threads=args.threads, lr=args.lr, dropout=dropout > 0
                 )
             )
 

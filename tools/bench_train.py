@@ -13,8 +13,10 @@ per-round ratio (below 1: faster than the baseline).
 
 `--check` first trains 20 steps on every contender with dropout off and stops unless the
 losses agree with PyTorch's within 1e-3 (relative), so the timing compares the same
-computation. `--profile` adds per-op kernel times of the onnx backend's training and
-optimizer graphs. Needs torch outside the project environment (PYTHONPATH=/tmp/torchlib).
+computation. `--no-dropout` times with dropout off everywhere (digits-mlp has Dropout: a cost
+of its own, which differs between the contenders). `--profile` adds per-op kernel times of the
+onnx backend's training and optimizer graphs. Needs torch outside the project environment
+(PYTHONPATH=/tmp/torchlib).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--check", action="store_true", help="first compare 20 steps' losses with dropout off")
+    parser.add_argument("--no-dropout", action="store_true", help="time with dropout off on every contender")
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
     args = parser.parse_args()
     torch = import_torch(args.threads)
@@ -119,11 +122,17 @@ def main() -> None:
                     contenders(name, args.backends, work / "check", check, args.threads, dropout=False), name
                 )
             data = batches(name, args.batch_size, args.steps)
-            times = time_rounds(contenders(name, args.backends, work / "bench", data, args.threads, True), args.rounds)
+            times = time_rounds(
+                contenders(name, args.backends, work / "bench", data, args.threads, not args.no_dropout), args.rounds
+            )
             print_summary(name, summarise(times))
             if args.profile:
                 model = zoo.build_model(name)
-                print(profile_onnx_backend(model, work / "profile", data, threads=args.threads, lr=LR, dropout=True))
+                print(
+                    profile_onnx_backend(
+                        model, work / "profile", data, threads=args.threads, lr=LR, dropout=not args.no_dropout
+                    )
+                )
 
 
 if __name__ == "__main__":
