@@ -143,3 +143,15 @@ def test_the_new_ops_model_gradients_match_finite_differences():
     checked = gradcheck(model, {"image": image}, ["up.weight", "gn.scale", "conv.weight"])
     for name, (analytic, numeric) in checked.items():
         np.testing.assert_allclose(analytic, numeric, atol=1e-6 * np.abs(numeric).max(), err_msg=name)
+
+
+def test_a_dropout_table_too_short_for_a_tensor_grows_quietly(tmp_path, monkeypatch, capfd):
+    from onnxkit.train.backends.onnx import dropout
+    from onnxkit.train.problem import open_training
+
+    monkeypatch.setattr(dropout, "FIRST_SIZE", 64)  # the hidden layers' dropout sees 64 x 128 values
+    session = open_training(zoo.build_model("digits-mlp", dropout=0.5), tmp_path / "a")
+    feeds = {"x": np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)}
+    loss = session.train_step(feeds, np.arange(64) % 10)
+    assert np.isfinite(loss) and session._dropout.size >= 2 * 64 * 128
+    assert "Reshape" not in capfd.readouterr().err

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 TABLE = "onnxkit.dropout.table"  # + ".<k>" for the k-th distinct ratio
 STARTS = "onnxkit.dropout.starts"  # int64 [number of Dropout nodes]: each window's first element
-FIRST_SIZE = 1 << 22
+FIRST_SIZE = 1 << 23  # 32 MB of float32: windows up to 4M elements (16 x 12 x 128 x 128 attention is 3.1M)
 ONE = "onnxkit.dropout.one"
 
 

@@ -38,7 +38,9 @@ class OnnxSession(TrainingSession):
         kind, self._device_id = parse_device(device)
         self._device = kind
         options, providers = session_options(threads, "all"), providers_for(kind, self._device_id, tf32=False)
-        self._train = create_session(str(directory / TRAINING), options, providers)
+        quiet = session_options(threads, "all")
+        quiet.log_severity_level = 4  # a too-short dropout table fails a step that is retried: no error line
+        self._train = create_session(str(directory / TRAINING), quiet, providers)
         self._optim = create_session(str(directory / OPTIMIZER), options, providers)
         self._eval = create_session(str(directory / EVAL), options, providers)
         for session in (self._train, self._optim, self._eval):
