@@ -4,8 +4,9 @@ Contenders (onnxkit backends through `open_training`, and PyTorch with fused Ada
 baseline) step through the same batches; rounds alternate between them, the starting one
 rotating, so all see the same machine load. Ratios are taken per round and summarised as
 min/median/max over rounds; on a shared machine, rounds in which other processes took 5% of
-the CPUs or more (from /proc/stat) are dropped. `compare_losses` checks that the contenders compute the same thing
-(dropout off) and `profile_onnx_backend` gives per-op kernel times of the onnx backend's graphs.
+the CPUs or more (from /proc/stat) are dropped. `check_same_computation` compares the
+contenders' losses (dropout off) and `profile_onnx_backend` gives per-op kernel times of the
+onnx backend's graphs.
 """
 
 from __future__ import annotations
@@ -102,20 +103,17 @@ def torch_contender(module, data: list[Batch], convert: Callable[[Any], Any], *,
     return Contender(TORCH, step, [(convert(x), torch.from_numpy(y)) for x, y in data])
 
 
-def compare_losses(contenders: Sequence[Contender], verbose: bool = False) -> dict[str, float]:
+def compare_losses(contenders: Sequence[Contender]) -> dict[str, float]:
     """Largest relative difference of each contender's per-step losses from PyTorch's."""
     losses = {c.name: c.run() for c in contenders}
     reference = np.asarray(losses.pop(TORCH))
-    if verbose:
-        for i, theirs in enumerate(reference):
-            print(f"  step {i:>2}  torch {theirs:.6f}  " + "  ".join(f"{n} {v[i]:.6f}" for n, v in losses.items()))
     return {name: float(np.max(np.abs(np.asarray(v) - reference) / np.abs(reference))) for name, v in losses.items()}
 
 
-def check_same_computation(contenders: Sequence[Contender], what: str, verbose: bool = False) -> None:
+def check_same_computation(contenders: Sequence[Contender], what: str) -> None:
     """Exit unless every contender's losses match PyTorch's within TOLERANCE; print the differences."""
     steps = len(contenders[0].batches)
-    for name, worst in compare_losses(contenders, verbose).items():
+    for name, worst in compare_losses(contenders).items():
         if worst >= TOLERANCE:
             raise SystemExit(f"{what}: {name} losses differ from PyTorch's by {worst:.2e}; not the same computation")
         print(f"{what}: {name} has PyTorch's losses for {steps} steps (max relative difference {worst:.1e})")
