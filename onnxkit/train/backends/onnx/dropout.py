@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxkit.graph_walks import value_types
+
 TABLE = "onnxkit.dropout.table"  # + ".<k>" for the k-th distinct ratio
 STARTS = "onnxkit.dropout.starts"  # int64 [number of Dropout nodes]: each window's first element
 FIRST_SIZE = 1 << 23  # 32 MB of float32: windows up to 4M elements (16 x 12 x 128 x 128 attention is 3.1M)
@@ -29,6 +31,7 @@ def replace_dropout(model: onnx.ModelProto) -> tuple[list[float], int]:
     """Rewrite training-mode Dropout nodes whose ratio is a constant (in place). Returns the
     distinct ratios (table k serves ratios[k]) and the seed of the first Dropout."""
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if not t.dims}
+    types = value_types(model)
     consumed = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     ratios: list[float] = []
     seed, nodes, count = 0, [], 0
@@ -45,6 +48,12 @@ def replace_dropout(model: onnx.ModelProto) -> tuple[list[float], int]:
             seed = next((a.i for a in node.attribute if a.name == "seed"), 0)
         mask = node.output[1] if len(node.output) > 1 and node.output[1] in consumed else None
         nodes.extend(_window_dropout(node.input[0], node.output[0], mask, count, ratios.index(value)))
+        if node.input[0] in types:  # the window's Reshape hides x's shape from inference: restate it
+            for name in (f"onnxkit.dropout.{count}.scale", node.output[0]):
+                typed = onnx.ValueInfoProto()
+                typed.CopyFrom(types[node.input[0]])
+                typed.name = name
+                model.graph.value_info.append(typed)
         count += 1
     if count:
         del model.graph.node[:]

@@ -38,7 +38,10 @@ class OnnxSession(TrainingSession):
         kind, self._device_id = parse_device(device)
         self._device = kind
         options, providers = session_options(threads, "all"), providers_for(kind, self._device_id, tf32=False)
+        # Adam's moments of dead units decay into subnormals, which make the CPU's float ops ~3x slower
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         quiet = session_options(threads, "all")
+        quiet.add_session_config_entry("session.set_denormal_as_zero", "1")
         quiet.log_severity_level = 4  # a too-short dropout table fails a step that is retried: no error line
         self._train = create_session(str(directory / TRAINING), quiet, providers)
         self._optim = create_session(str(directory / OPTIMIZER), options, providers)
