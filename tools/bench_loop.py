@@ -13,7 +13,7 @@ fresh process (so `fit` pays its lazy imports, as a command does):
   creation, the test evaluation and the model export fall outside it) and the session's
   train, optimizer and eval steps inside it.
 
-Sides alternate which goes first; rounds in which other processes took 10% of the CPUs or more
+Sides alternate which goes first; rounds in which other processes took 5% of the CPUs or more
 (/proc/stat, as in tools/step_timing.py) are dropped, unless fewer than 3 would be left. Printed
 per model: seconds of each part and the min/median/max over rounds of the per-round ratios
 epoch loop / raw steps, epoch loop / (raw steps + validation) (what remains is the loop's own
@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from step_timing import BUSY, _busy_seconds
+from step_timing import BUSY, busy_seconds
 
 MODELS = {"digits-cnn": "digits-images", "digits-mlp": "digits"}
 RECIPE = dict(epochs=40, batch_size=128, lr=0.01, schedule="cosine", warmup=0.05)
@@ -123,10 +123,10 @@ class _OtherProcesses:
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.machine, self.own = _busy_seconds()
+        self.machine, self.own = busy_seconds()
 
     def share(self) -> float:
-        machine, own = _busy_seconds()
+        machine, own = busy_seconds()
         wall = time.perf_counter() - self.start
         return (machine - self.machine - (own - self.own)) / (wall * (os.cpu_count() or 1))
 

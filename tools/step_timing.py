@@ -128,7 +128,7 @@ class Timing:
     others: list[float]
 
 
-def _busy_seconds() -> tuple[float, float]:
+def busy_seconds() -> tuple[float, float]:
     """CPU seconds spent since boot by the whole machine (NaN without /proc/stat) and by this process."""
     try:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
@@ -149,11 +149,11 @@ def time_rounds(contenders: Sequence[Contender], rounds: int, warmup_rounds: int
         others = 0.0
         for c in (*contenders[r % len(contenders) :], *contenders[: r % len(contenders)]):
             time.sleep(PAUSE)
-            machine, own = _busy_seconds()
+            machine, own = busy_seconds()
             start = time.perf_counter()
             c.run()
             wall = time.perf_counter() - start
-            machine_after, own_after = _busy_seconds()
+            machine_after, own_after = busy_seconds()
             others = max(others, (machine_after - machine - (own_after - own)) / (wall * (os.cpu_count() or 1)))
             timing.ms[c.name].append(wall / len(c.batches) * 1e3)
         timing.others.append(others)
