@@ -12,6 +12,11 @@ from onnx import TensorProto
 from onnxkit.errors import OnnxkitError
 
 
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """How errors name a node: its name, or its position and first output."""
+    return repr(node.name) if node.name else f"#{index} (output {node.output[0]!r})"
+
+
 def ancestors(model: onnx.ModelProto, *names: str) -> set[str]:
     """Every value name `names` depend on (including themselves)."""
     producer = {o: node for node in model.graph.node for o in node.output}

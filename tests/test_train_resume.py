@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -95,43 +96,36 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
         fit(resume=run)
 
 
-def test_ctrl_c_on_the_command_line_saves_a_checkpoint(tmp_path):
+def interrupted_cli_run(tmp_path, stop: signal.Signals, *options: str) -> tuple[Path, int, str]:
+    """`onnxkit train` in a subprocess, sent `stop` once metrics.jsonl has a line: (run, exit status, stderr)."""
     model, run = tmp_path / "mlp.onnx", tmp_path / "run"
     onnx.save(mlp_with_batchnorm(), model)
-    command = [sys.executable, "-m", "onnxkit", "train", str(model), "--data", "digits", "--batch-size", "4",
-               "--epochs", "1000", "-o", str(run)]
+    command = [sys.executable, "-m", "onnxkit", "train", str(model), "--data", "digits", *options, "-o", str(run)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130, err
+    return run, process.returncode, err
+
+
+def test_ctrl_c_on_the_command_line_saves_a_checkpoint(tmp_path):
+    run, status, err = interrupted_cli_run(tmp_path, signal.SIGINT, "--batch-size", "4", "--epochs", "1000")
+    assert status == 130, err
     assert "checkpoint saved to" in err and f"onnxkit train --resume {run}" in err
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
 
 
 def test_sigterm_on_the_command_line_saves_a_checkpoint_and_the_run_resumes(tmp_path):
-    model, run = tmp_path / "mlp.onnx", tmp_path / "run"
-    onnx.save(mlp_with_batchnorm(), model)
-    command = [sys.executable, "-m", "onnxkit", "train", str(model), "--data", "digits", "--batch-size", "8",
-               "--steps", "4000", "--quiet", "-o", str(run)]  # 135 steps per epoch
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends: handled like Ctrl-C
-        out, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 143, err
+    # what a scheduler or `kill` sends: handled like Ctrl-C; 135 steps per epoch
+    run, status, err = interrupted_cli_run(tmp_path, signal.SIGTERM, "--batch-size", "8", "--steps", "4000", "--quiet")
+    assert status == 143, err
     assert "checkpoint saved to" in err and f"onnxkit train --resume {run}" in err
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     step = json.loads((run / "checkpoints" / "last.json").read_text())["step"]

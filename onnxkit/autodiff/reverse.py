@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit.autodiff.builder import Backward, Graph
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
 from onnxkit.errors import OnnxkitError
-from onnxkit.graph_walks import ancestors, opset, value_types
+from onnxkit.graph_walks import ancestors, node_label, opset, value_types
 
 FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 MIN_OPSET = 13
@@ -32,10 +32,6 @@ def gradient_name(param: str) -> str:
     """The graph output that carries the gradient of `param`."""
     return f"{param}.grad"
 
-
-def node_label(node: onnx.NodeProto, index: int) -> str:
-    """How errors name a node: its name, or its position and first output."""
-    return repr(node.name) if node.name else f"#{index} (output {node.output[0]!r})"
 
 
 def active_nodes(

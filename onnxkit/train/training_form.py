@@ -50,10 +50,6 @@ _SETTINGS = {
 }
 _BN_STATS = (3, 4)
 
-def node_label(node: onnx.NodeProto, index: int) -> str:
-    """How errors name a node: its name, or its position and first output."""
-    return repr(node.name) if node.name else f"#{index} (output {node.output[0]!r})"
-
 
 @dataclass(frozen=True)
 class ModelParameters:

@@ -16,8 +16,7 @@ import onnx
 from onnx import helper
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.graph_walks import ancestors, value_types
-from onnxkit.train.training_form import node_label
+from onnxkit.graph_walks import ancestors, node_label, value_types
 
 # Ops on the path from a trained parameter to the loss that ONNX Runtime training
 # 1.19.2 cannot differentiate on CPU (DESIGN.md §3).
