@@ -114,10 +114,9 @@ def cos(b: Backward) -> list[str | None]:
 
 @rule("Erf")
 def erf(b: Backward) -> list[str | None]:
-    # d erf(x) = 2/sqrt(pi) * exp(-x^2)
+    # d erf(x) = 2/sqrt(pi) * exp(-x^2) = exp(ln(2/sqrt(pi)) - x^2): four passes, not five
     x = b.x()
-    gauss = b.op("Exp", b.op("Neg", b.op("Mul", x, x)))
-    return [b.op("Mul", b.dy(), b.op("Mul", gauss, b.const(1.1283791670955126)))]
+    return [b.op("Mul", b.dy(), b.op("Exp", b.op("Sub", b.const(0.12078223763524522), b.op("Mul", x, x))))]
 
 
 def _pick(b: Backward, i: int, mask: str) -> str:

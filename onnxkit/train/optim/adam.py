@@ -41,8 +41,9 @@ class Adam(Optimizer):
         v = s.exp_avg_sq
         if self.amsgrad:  # torch keeps the max of the raw v and bias-corrects that
             v = s.max_exp_avg_sq = s.max_exp_avg_sq.maximum(v)
-        denom = v.sqrt() / step.bias_correction(b2).sqrt() + self.eps
-        return p - step.lr / step.bias_correction(b1) * s.exp_avg / denom
+        # m̂ / (√v̂ + eps) with the bias corrections folded into scalars: one pass fewer over p
+        root = step.bias_correction(b2).sqrt()
+        return p - step.lr * root / step.bias_correction(b1) * s.exp_avg / (v.sqrt() + self.eps * root)
 
 
 @dataclass(frozen=True, init=False)
