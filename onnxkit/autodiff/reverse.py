@@ -67,24 +67,16 @@ def _rule_key(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
-def add_gradients(
-    model: onnx.ModelProto,
-    wrt: Sequence[str],
-    loss: str,
-    *,
-    seed: str | None = None,
-    types: dict[str, onnx.ValueInfoProto] | None = None,
-) -> onnx.ModelProto:
-    """A copy of `model` that also outputs d`loss`/d`p` for every `p` in `wrt` (named
-    `gradient_name(p)`, shaped like `p`). `loss` should be a scalar; its gradient seed is
-    1, or the graph value `seed` (e.g. 1/accumulation steps)."""
+def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx.ModelProto:
+    """A copy of `model` that also outputs d`loss`/d`p` for every `p` in `wrt` (graph inputs or
+    initializers; named `gradient_name(p)`, shaped like `p`). `loss` should be a scalar."""
     version = opset(model)
     if version < MIN_OPSET:
         raise OnnxkitError(
             f"the model uses opset {version}; gradients need opset {MIN_OPSET} or newer: convert it with "
             "onnx.version_converter.convert_version(model, 17)"
         )
-    types = types or value_types(model)
+    types = value_types(model)
     nodes, active = active_nodes(model, wrt, loss, types)
     if loss not in active:
         raise OnnxkitError(f"the loss {loss!r} does not depend on any of the parameters to train")
@@ -96,7 +88,7 @@ def add_gradients(
             )
     graph = Graph(types, version, constant_values(model))
     one = helper.make_tensor("one", graph.dtype(loss), [1], [1])
-    grads: dict[str, list[str]] = {loss: [seed or graph.op("ConstantOfShape", graph.shape(loss), value=one)]}
+    grads: dict[str, list[str]] = {loss: [graph.op("ConstantOfShape", graph.shape(loss), value=one)]}
     for index, node in reversed(nodes):
         dys = [_total(graph, grads.pop(o, [])) if o in active else None for o in node.output]
         if not any(dys):
