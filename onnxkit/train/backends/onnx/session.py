@@ -25,6 +25,8 @@ from onnxkit.train.backends.onnx.checkpoint import DROPOUT_TABLE, OPTIMIZER_KEY,
 from onnxkit.train.backends.onnx.dropout import STARTS, TABLE, DropoutTables
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
 
+MAX_TABLE = 1 << 28  # dropout table elements (1 GiB of float32): past that, a failed step is an error
+
 
 class OnnxSession(TrainingSession):
     def __init__(self, directory: Path, device: str, checkpoint: Path | None, threads: int | None) -> None:
@@ -54,7 +56,9 @@ class OnnxSession(TrainingSession):
         self._loss_value = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
         self._batches = 0  # micro-batches since the last optimizer step
         self._current = self._buffers_current = 0  # which set of each kind is current
-        self._train_inputs = [i.name for i in self._train.get_inputs()]
+        bound = {*self._layout.names, *self._buffers, STARTS} | {f"{n}.grad{ACCUMULATED}" for n in self._layout.names}
+        self._data_inputs = [i.name for i in self._train.get_inputs()
+                             if i.name not in bound and not i.name.startswith(TABLE)]
         self._eval_inputs = [i.name for i in self._eval.get_inputs()]
         self._bindings: dict[tuple, ort.IOBinding] = {}
         self._async = ort.RunOptions()  # nothing of the optimizer step comes back: no need to wait for it
@@ -122,19 +126,21 @@ class OnnxSession(TrainingSession):
 
     def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
         binding = self._train_binding()
-        for name in self._train_inputs:
+        for name in self._data_inputs:
             if name == self._labels:
                 binding.bind_cpu_input(name, labels)
             elif name in feeds:
                 binding.bind_cpu_input(name, feeds[name])
+            else:
+                raise OnnxkitError(f"the batch has no input {name!r}; the model takes {', '.join(self._data_inputs)}")
         if self._dropout:
             binding.bind_cpu_input(STARTS, self._dropout.starts(self._steps, self._batches))
         try:
             self._train.run_with_iobinding(binding)
-        except Exception:  # noqa: BLE001 - onnxruntime's own types; a dropout table too short is retried
-            if not self._dropout or self._dropout.size >= 1 << 30:
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own types
+            if not self._dropout or "onnxkit.dropout" not in str(e) or self._dropout.size >= MAX_TABLE:
                 raise
-            self._dropout.grow()
+            self._dropout.grow()  # a window ran past its table: draw a longer one and take the step again
             self._tables = [self._value(t) for t in self._dropout.tables]
             self._bindings.clear()
             return self.train_step(feeds, labels)
