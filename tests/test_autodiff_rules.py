@@ -112,3 +112,8 @@ def test_gather_thousands_of_repeats_of_one_row_all_add_up():
     # rule must not use it
     index = np.zeros((2048, 1), np.int64)
     check("Gather", {"x": rand(2, 384)}, ["x"], constants={"i": index}, ort_tol=1e-4)
+
+
+def test_two_parameters_sharing_one_gradient_value_each_get_it():
+    # Add of two same-shaped inputs hands both the same gradient value; each output must get it
+    check("Add", {"a": rand(2, 3), "b": rand(2, 3, seed=3)}, ["a", "b"])

@@ -126,6 +126,8 @@ class Graph:
             if known:
                 if not axes:
                     return grad
+                if axes == list(range(lead)):  # only leading axes: they simply go
+                    return self.reduce("ReduceSum", grad, axes, keepdims=False)
                 summed = self.reduce("ReduceSum", grad, axes, keepdims=True)
                 return self.op("Reshape", summed, self.shape(like)) if lead else summed
         return self._unbroadcast_at_run_time(grad, like, src, dst)

@@ -87,8 +87,12 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
                 "parameters before it (--freeze / --train-only) or rebuild the model without that op"
             )
     graph = Graph(types, version, constant_values(model))
-    one = helper.make_tensor("one", graph.dtype(loss), [1], [1])
-    grads: dict[str, list[str]] = {loss: [graph.op("ConstantOfShape", graph.shape(loss), value=one)]}
+    if graph.dims(loss) == []:
+        start = graph.const(1.0, graph.dtype(loss))
+    else:
+        one = helper.make_tensor("one", graph.dtype(loss), [1], [1])
+        start = graph.op("ConstantOfShape", graph.shape(loss), value=one)
+    grads: dict[str, list[str]] = {loss: [start]}
     for index, node in reversed(nodes):
         dys = [_total(graph, grads.pop(o, [])) if o in active else None for o in node.output]
         if not any(dys):
@@ -101,13 +105,18 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
         for name, grad, want in zip(node.input, results, wants, strict=False):
             if grad is not None and want:
                 grads.setdefault(name, []).append(grad)
-    outputs = []
+    outputs, renamed = [], {}
     for p in wrt:
         total = _total(graph, grads.get(p, []))
         out = gradient_name(p)
         if total is None:  # not on the loss's path: a zero gradient
             zero = helper.make_tensor("zero", graph.dtype(p), [1], [0])
             graph.nodes.append(helper.make_node("ConstantOfShape", [graph.shape(p)], [out], value=zero))
+        elif total in renamed:  # two parameters with one gradient value (e.g. both sides of an Add)
+            graph.nodes.append(helper.make_node("Identity", [renamed[total]], [out]))
+        elif _sole_use(graph, total):  # the node making it writes the graph output directly
+            next(n for n in graph.nodes if n.output and n.output[0] == total).output[0] = out
+            renamed[total] = out
         else:
             graph.nodes.append(helper.make_node("Identity", [total], [out]))
         outputs.append(helper.make_tensor_value_info(out, graph.dtype(p), graph.dims(p)))
@@ -127,6 +136,12 @@ def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return values
+
+
+def _sole_use(graph: Graph, name: str) -> bool:
+    """Whether backward value `name` is the first output of a backward node and read by no other node."""
+    return any(n.output and n.output[0] == name for n in graph.nodes) and not any(
+        name in n.input for n in graph.nodes)
 
 
 def _total(graph: Graph, parts: list[str]) -> str | None:

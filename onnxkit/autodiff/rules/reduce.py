@@ -49,6 +49,8 @@ def _count(b: Backward) -> str:
     x_dims, y_dims = b.dims(b.x()), b.dims(b.y())
     if x_dims and y_dims is not None and all(isinstance(d, int) for d in x_dims + y_dims):
         return b.const(float(np.prod(x_dims)) / float(np.prod(y_dims) if y_dims else 1.0))
+    if y_dims == [] or (y_dims is not None and all(d == 1 for d in y_dims)):  # everything was averaged
+        return b.cast_like(b.op("Size", b.x()), b.x())
     return b.cast_like(b.op("Div", b.op("Size", b.x()), b.op("Size", b.y())), b.x())
 
 
