@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from onnxkit.errors import OnnxkitError
 
@@ -45,8 +45,6 @@ def used_initializers(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto]) -
 
 def initializers_to_inputs(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, np.ndarray]:
     """Turn the initializers `names` of `model` into graph inputs (in place); returns their values."""
-    from onnx import numpy_helper
-
     wanted, values, kept = set(names), {}, []
     for t in model.graph.initializer:
         if t.name in wanted:

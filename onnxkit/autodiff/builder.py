@@ -59,6 +59,10 @@ class Graph:
     def ints(self, values: Sequence[int] | int) -> str:
         return self.const(values, TensorProto.INT64)
 
+    def filled(self, shape: str, value: float, dtype: int) -> str:
+        """A tensor of the run-time shape `shape` (an int64 tensor name), every element `value`."""
+        return self.op("ConstantOfShape", shape, value=helper.make_tensor("value", dtype, [1], [value]))
+
     def shape(self, name: str) -> str:
         if name not in self._shapes:
             self._shapes[name] = self.op("Shape", name)
@@ -188,6 +192,10 @@ class Backward:
 
     def shape(self, name: str) -> str:
         return self.graph.shape(name)
+
+    def zeros(self, shape: str) -> str:
+        """Zeros of the run-time shape `shape`, in the dtype of the node's first input."""
+        return self.graph.filled(shape, 0, self.dtype(self.x()))
 
     def dims(self, name: str) -> list[Dim] | None:
         return self.graph.dims(name)

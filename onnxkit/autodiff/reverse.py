@@ -87,11 +87,8 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
                 "parameters before it (--freeze / --train-only) or rebuild the model without that op"
             )
     graph = Graph(types, version, constant_values(model))
-    if graph.dims(loss) == []:
-        start = graph.const(1.0, graph.dtype(loss))
-    else:
-        one = helper.make_tensor("one", graph.dtype(loss), [1], [1])
-        start = graph.op("ConstantOfShape", graph.shape(loss), value=one)
+    dtype = graph.dtype(loss)
+    start = graph.const(1.0, dtype) if graph.dims(loss) == [] else graph.filled(graph.shape(loss), 1, dtype)
     grads: dict[str, list[str]] = {loss: [start]}
     for index, node in reversed(nodes):
         dys = [_total(graph, grads.pop(o, [])) if o in active else None for o in node.output]
@@ -110,8 +107,7 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
         total = _total(graph, grads.get(p, []))
         out = gradient_name(p)
         if total is None:  # not on the loss's path: a zero gradient
-            zero = helper.make_tensor("zero", graph.dtype(p), [1], [0])
-            graph.nodes.append(helper.make_node("ConstantOfShape", [graph.shape(p)], [out], value=zero))
+            graph.nodes.append(helper.make_node("Identity", [graph.filled(graph.shape(p), 0, graph.dtype(p))], [out]))
         elif total in renamed:  # two parameters with one gradient value (e.g. both sides of an Add)
             graph.nodes.append(helper.make_node("Identity", [renamed[total]], [out]))
         elif _sole_use(graph, total):  # the node making it writes the graph output directly

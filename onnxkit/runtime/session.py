@@ -11,6 +11,7 @@ still imports normally.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from types import ModuleType
@@ -71,11 +72,10 @@ def providers_for(kind: str, device_id: int, *, tf32: bool = True) -> list:
     return [_CPU]
 
 
+@functools.cache
 def _preload_cuda() -> None:
-    if getattr(_preload_cuda, "done", False) or not hasattr(ort, "preload_dlls"):
-        return
-    ort.preload_dlls()
-    _preload_cuda.done = True  # type: ignore[attr-defined]
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
 
 
 def check_started(session: ort.InferenceSession, kind: str, device: str) -> None:

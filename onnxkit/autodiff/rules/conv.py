@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
 
 from onnxkit.autodiff.builder import Backward
 from onnxkit.autodiff.rules import rule
@@ -305,8 +304,7 @@ def _fold(b: Backward, pieces: list[str], w: Window) -> str:
         if members is None:
             if zero is None:
                 some = next(iter(classes.values()))[0]
-                zero = b.op("ConstantOfShape", b.op("Shape", some),
-                            value=helper.make_tensor("zero", b.dtype(b.x()), [1], [0]))
+                zero = b.zeros(b.op("Shape", some))
             parts[residue] = zero
         else:
             parts[residue] = b.op("Sum", *members) if len(members) > 1 else members[0]

@@ -37,14 +37,9 @@ def concat(b: Backward) -> list[str | None]:
 
 @rule("Split")
 def split(b: Backward) -> list[str | None]:
-    dys = [b.dy(i) or b.op("ConstantOfShape", b.shape(y), value=_zero(b)) for i, y in enumerate(b.node.output)]
+    dys = [b.dy(i) or b.zeros(b.shape(y)) for i, y in enumerate(b.node.output)]
     return [b.op("Concat", *dys, axis=b.attr("axis", 0))]
 
-
-def _zero(b: Backward):
-    from onnx import helper
-
-    return helper.make_tensor("zero", b.dtype(b.x()), [1], [0])
 
 
 def _scatter_into_zeros(b: Backward, selected_positions: str, values: str) -> str:
@@ -53,7 +48,7 @@ def _scatter_into_zeros(b: Backward, selected_positions: str, values: str) -> st
     ScatterND: onnxruntime's CPU ScatterND loses updates to repeated indices across threads.)"""
     x = b.x()
     flat = b.op("Reshape", values, b.ints([-1]))
-    zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", x), b.ints([1])), value=_zero(b))
+    zeros = b.zeros(b.op("Reshape", b.op("Size", x), b.ints([1])))
     where = b.op("Reshape", selected_positions, b.ints([-1]))
     return b.op("Reshape", b.op("ScatterElements", zeros, where, flat, axis=0, reduction="add"), b.shape(x))
 
@@ -80,7 +75,7 @@ def gather(b: Backward) -> list[str | None]:
         rows = _dim(b, x, 0)
         index = b.op("Where", b.op("Less", index, b.ints(0)), b.op("Add", index, rows), index)
         row_shape = b.op("Slice", b.shape(x), b.ints([1]), b.ints([2**62]))
-        zeros = b.op("ConstantOfShape", b.shape(x), value=_zero(b))
+        zeros = b.zeros(b.shape(x))
         rows_shape = b.op("Concat", b.ints([-1]), row_shape, axis=0)
         values = b.op("Reshape", b.dy(), rows_shape)
         rank = b.need_rank(x)
@@ -96,7 +91,7 @@ def gather(b: Backward) -> list[str | None]:
 @rule("GatherElements")
 def gather_elements(b: Backward) -> list[str | None]:
     if b.opset >= 16:  # scatter-add straight back along the axis
-        zeros = b.op("ConstantOfShape", b.shape(b.x()), value=_zero(b))
+        zeros = b.zeros(b.shape(b.x()))
         return [b.op("ScatterElements", zeros, b.x(1), b.dy(), axis=b.attr("axis", 0), reduction="add"), None]
     picked = b.op("GatherElements", _positions(b), b.x(1), axis=b.attr("axis", 0))
     return [_scatter_into_zeros(b, picked, b.dy()), None]

@@ -28,6 +28,14 @@ from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
 MAX_TABLE = 1 << 28  # dropout table elements (1 GiB of float32): past that, a failed step is an error
 
 
+def _options(threads: int | None, severity: int = 3) -> ort.SessionOptions:
+    options = session_options(threads, "all")
+    # Adam's moments of dead units decay into subnormals, which make the CPU's float ops ~3x slower
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    options.log_severity_level = severity
+    return options
+
+
 class OnnxSession(TrainingSession):
     def __init__(self, directory: Path, device: str, checkpoint: Path | None, threads: int | None) -> None:
         sig = read_signature(directory)
@@ -39,15 +47,11 @@ class OnnxSession(TrainingSession):
         self._dropout_settings = sig["dropout"]
         kind, self._device_id = parse_device(device)
         self._device = kind
-        options, providers = session_options(threads, "all"), providers_for(kind, self._device_id, tf32=False)
-        # Adam's moments of dead units decay into subnormals, which make the CPU's float ops ~3x slower
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        quiet = session_options(threads, "all")
-        quiet.add_session_config_entry("session.set_denormal_as_zero", "1")
-        quiet.log_severity_level = 4  # a too-short dropout table fails a step that is retried: no error line
-        self._train = create_session(str(directory / TRAINING), quiet, providers)
-        self._optim = create_session(str(directory / OPTIMIZER), options, providers)
-        self._eval = create_session(str(directory / EVAL), options, providers)
+        providers = providers_for(kind, self._device_id, tf32=False)
+        # a too-short dropout table fails a training step that is retried: no error line for it
+        self._train = create_session(str(directory / TRAINING), _options(threads, severity=4), providers)
+        self._optim = create_session(str(directory / OPTIMIZER), _options(threads), providers)
+        self._eval = create_session(str(directory / EVAL), _options(threads), providers)
         for session in (self._train, self._optim, self._eval):
             check_started(session, kind, device)
         self._load(load_state(checkpoint or directory / INITIAL), directory, checkpoint is not None)
