@@ -9,8 +9,13 @@ from collections.abc import Iterable
 class OnnxkitError(Exception):
     """A user-facing error: the message says what was wrong and what to do.
 
-    The CLI prints it on one or two lines and exits with status 1.
+    `params` lists the Python parameter names the message mentions (`max_drop`); the CLI
+    shows them as its flags (`--max-drop`). It prints the error on one line and exits with status 1.
     """
+
+    def __init__(self, message: str = "", *, params: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

@@ -7,6 +7,7 @@ its own: it parses options and calls the Python API.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import click
@@ -52,6 +53,25 @@ class LazyGroup(click.Group):
             raise click.UsageError(f"no command {name!r}.{suggest(name, COMMANDS)}", ctx)
         return super().resolve_command(ctx, args)
 
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except OnnxkitError as e:
+            if e.params and ctx.invoked_subcommand:
+                from onnxkit.cli.options import flag_names
+
+                flags = flag_names(self.get_command(ctx, ctx.invoked_subcommand))  # type: ignore[arg-type]
+                e.args = (as_flags(str(e), e.params, flags),)
+            raise
+
+
+def as_flags(message: str, params: tuple[str, ...], flags: dict[str, str]) -> str:
+    """`message` with each named library parameter written as the command's flag for it."""
+    for name in params:
+        if name in flags:
+            message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", flags[name], message)
+    return message
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxkit")
@@ -84,7 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {click_message(e)}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+
+
+def click_message(e: click.ClickException) -> str:
+    """A click usage error on one line: '--epochs must be at least 1, got 0 (see onnxkit train -h)'."""
+    if type(e) is click.BadParameter and isinstance(e.param, click.Option):
+        text = f"{max(e.param.opts, key=len)} {e.message}"
+    else:
+        text = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    return f"{text} (see {ctx.command_path} -h)" if ctx is not None else text

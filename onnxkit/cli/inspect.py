@@ -6,6 +6,7 @@ import json
 
 import click
 
+from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import load_model
 from onnxkit.summary import format_summary, summarize
@@ -15,7 +16,7 @@ from onnxkit.summary import format_summary, summarize
 @click.argument("model", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--netron", is_flag=True, help="Serve the model in Netron on 127.0.0.1 until Ctrl-C.")
-@click.option("--port", type=int, default=8080, show_default=True, help="Port for --netron.")
+@options.port(8080, "Port for --netron.")
 def inspect_cmd(model: str, as_json: bool, netron: bool, port: int) -> None:
     """Show MODEL's inputs, outputs, opsets, parameters, operators and metadata.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from onnxkit import runtime
+from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.datafiles import (
     check_output_path,
@@ -24,22 +25,11 @@ from onnxkit.runtime.datafiles import (
     help="Inputs: .npy, .npz (by input name), .json or .csv (one example per row).",
 )
 @click.option("-t", "--text", "texts", multiple=True, help="A text to predict on (repeatable; needs a tokenizer).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    help="Save the prediction: .json, .npz, .npy (first output) or .csv.",
-)
-@click.option("-k", "--top-k", type=click.IntRange(min=1), help="Show the K best classes per row.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: one per core).")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=512,
-    show_default=True,
-    help="Run large inputs in batches of this many rows.",
-)
+@options.output_file("Save the prediction: .json, .npz, .npy (first output) or .csv.", required=False)
+@click.option("-k", "--top-k", type=options.COUNT, help="Show the K best classes per row.")
+@options.device()
+@options.threads()
+@options.batch_size(512, "Run large inputs in batches of this many rows.")
 def predict_cmd(
     model: str,
     input_path: str | None,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from onnxkit.cli import options
 from onnxkit.quantize.settings import BLOCK_SIZES, FORMATS, METHODS, MODES
 
 
@@ -16,10 +17,10 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 
 @click.command("quantize")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The quantized .onnx file.")
+@options.output_file("The quantized .onnx file.")
 @click.option("--mode", type=click.Choice(MODES), help="Default: static if Conv does most of the work, else dynamic.")
 @click.option("--calib", metavar="DATA", help="Calibration data (train split): dataset name, .npz or .csv.")
-@click.option("--calib-size", type=int, default=256, show_default=True, help="Calibration examples.")
+@click.option("--calib-size", type=options.COUNT, default=256, show_default=True, help="Calibration examples.")
 @click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration [minmax].")
 @click.option("--per-channel/--per-tensor", default=None, help="int8 weight scales [per channel].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Static: QDQ pairs or QLinear ops [qdq].")
@@ -31,7 +32,8 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
     "--block-size", type=click.Choice([str(b) for b in BLOCK_SIZES]), default="32", help="int4: weights per scale."
 )
 @click.option("--eval", "eval_data", metavar="DATA", help="Evaluate both models on DATA's test split.")
-@click.option("--max-drop", type=float, metavar="POINTS", help="Fail, writing nothing, if accuracy drops more.")
+@click.option("--max-drop", type=options.NON_NEGATIVE, metavar="POINTS",
+              help="Fail, writing nothing, if accuracy drops more.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [OUTPUT.report.json].")
 @click.option("--sqnr", is_flag=True, help="Show the 20 tensors with the worst SQNR (quantization noise).")
 @click.option("--no-latency", is_flag=True, help="Skip timing the models.")

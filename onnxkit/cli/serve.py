@@ -4,42 +4,22 @@ from __future__ import annotations
 
 import click
 
+from onnxkit.cli import options
 from onnxkit.serve import serve
 
 
 @click.command("serve")
 @click.argument("models", nargs=-1, required=True, metavar="MODEL.onnx|NAME=MODEL.onnx...")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8000,
-    show_default=True,
-    help="Port to listen on (0: any free port, printed at start).",
-)
-@click.option(
-    "--max-batch-size",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Most rows merged into one model run.",
-)
-@click.option(
-    "--max-delay-ms",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="Longest wait for more requests to join a batch.",
-)
-@click.option(
-    "--max-body-mb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=32,
-    show_default=True,
-    help="Largest request body accepted.",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads per model.")
+@options.port(8000, "Port to listen on (0: any free port, printed at start).")
+@click.option("--max-batch-size", type=options.COUNT, default=32, show_default=True,
+              help="Most rows merged into one model run.")
+@click.option("--max-delay-ms", type=options.NON_NEGATIVE, default=5.0, show_default=True,
+              help="Longest wait for more requests to join a batch.")
+@click.option("--max-body-mb", type=options.POSITIVE, default=32, show_default=True,
+              help="Largest request body accepted.")
+@options.device()
+@options.threads("Intra-op threads per model.")
 def serve_cmd(
     models: tuple[str, ...],
     host: str,

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from onnxkit.cli import options as opt
 from onnxkit.errors import OnnxkitError
 from onnxkit.train.backends import backend_names
 from onnxkit.train.optim import OPTIMIZERS, get_optimizer
@@ -20,56 +21,59 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 
 @click.command("train")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
-@click.option("--data", help="Dataset: iris, digits, digits-images, bbc-news, tweets-sentiment (text: tokenized "
+@opt.data("Dataset: iris, digits, digits-images, bbc-news, tweets-sentiment (text: tokenized "
               "by the model's tokenizer), or a .npz / .csv file.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--loss", type=click.Choice(LOSS_NAMES), help="Default: from the model's task and the labels.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True,
               help="torch.optim's algorithm, option names and defaults.")
-@click.option("--lr", type=float, help="Learning rate (default: torch's for the optimizer, e.g. 1e-3 for adamw).")
-@click.option("--weight-decay", type=float, help="Default: 0.01 for adamw, 0 for the others.")
-@click.option("--momentum", type=float, help="sgd, rmsprop.")
-@click.option("--dampening", type=float, help="sgd.")
+@click.option("--lr", type=opt.POSITIVE,
+              help="Learning rate (default: torch's for the optimizer, e.g. 1e-3 for adamw).")
+@click.option("--weight-decay", type=opt.NON_NEGATIVE, help="Default: 0.01 for adamw, 0 for the others.")
+@click.option("--momentum", type=opt.NON_NEGATIVE, help="sgd, rmsprop.")
+@click.option("--dampening", type=opt.NON_NEGATIVE, help="sgd.")
 @click.option("--nesterov", is_flag=True, default=None, help="sgd (needs --momentum).")
 @click.option("--betas", type=(float, float), help="adam, adamw: e.g. --betas 0.9 0.98.")
-@click.option("--eps", type=float, help="adam, adamw, adagrad, rmsprop, adadelta.")
+@click.option("--eps", type=opt.NON_NEGATIVE, help="adam, adamw, adagrad, rmsprop, adadelta.")
 @click.option("--amsgrad", is_flag=True, default=None, help="adam, adamw.")
-@click.option("--alpha", type=float, help="rmsprop's smoothing constant.")
+@click.option("--alpha", type=opt.NON_NEGATIVE, help="rmsprop's smoothing constant.")
 @click.option("--centered", is_flag=True, default=None, help="rmsprop.")
-@click.option("--rho", type=float, help="adadelta.")
-@click.option("--lr-decay", type=float, help="adagrad.")
-@click.option("--initial-accumulator-value", type=float, help="adagrad.")
-@click.option("--clip-grad-norm", type=float, help="Clip the global gradient norm to this value.")
+@click.option("--rho", type=opt.NON_NEGATIVE, help="adadelta.")
+@click.option("--lr-decay", type=opt.NON_NEGATIVE, help="adagrad.")
+@click.option("--initial-accumulator-value", type=opt.NON_NEGATIVE, help="adagrad.")
+@click.option("--clip-grad-norm", type=opt.POSITIVE, help="Clip the global gradient norm to this value.")
 @click.option("--schedule", type=click.Choice(("constant", "linear", "cosine")), default="constant", show_default=True)
-@click.option("--warmup", type=float, default=0, show_default=True, help="Warm-up steps (or a fraction < 1).")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--steps", type=int, help="Stop after this many optimizer steps instead.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True, help="Batches per optimizer step.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Shuffling and dropout seed.")
-@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the train/val/test split.")
+@click.option("--warmup", type=opt.NON_NEGATIVE, default=0, show_default=True,
+              help="Warm-up steps (or a fraction < 1).")
+@click.option("--epochs", type=opt.COUNT, default=10, show_default=True)
+@click.option("--steps", type=opt.COUNT, help="Stop after this many optimizer steps instead.")
+@opt.batch_size(64, "Examples per batch.")
+@click.option("--grad-accum", "grad_accumulation", type=opt.COUNT, default=1, show_default=True,
+              help="Batches per optimizer step.")
+@click.option("--seed", type=opt.NON_NEGATIVE_INT, default=0, show_default=True, help="Shuffling and dropout seed.")
+@opt.data_seed(0)
 @click.option("--no-shuffle", is_flag=True, help="Keep the data order.")
 @click.option("--no-dropout", is_flag=True, help="Train with dropout off.")
 @click.option("--freeze", multiple=True, metavar="GLOB", help="Keep matching parameters fixed (repeatable).")
 @click.option("--train-only", multiple=True, metavar="GLOB", help="Train only matching parameters (repeatable).")
-@click.option("--lora-rank", type=int, help="Train LoRA adapters of this rank; the base weights stay frozen.")
-@click.option("--lora-alpha", type=float, help="LoRA scale alpha / rank (default alpha: 2 x rank).")
+@click.option("--lora-rank", type=opt.COUNT, help="Train LoRA adapters of this rank; the base weights stay frozen.")
+@click.option("--lora-alpha", type=opt.POSITIVE, help="LoRA scale alpha / rank (default alpha: 2 x rank).")
 @click.option("--lora-targets", multiple=True, metavar="GLOB",
               help="MatMul weights to adapt (repeatable; default: '*attn.q.weight' '*attn.v.weight').")
 @click.option("--lora-train", multiple=True, metavar="GLOB",
               help="Also train these parameters fully (repeatable; default: a 'classifier.*' head).")
 @click.option("--no-cache-features", is_flag=True,
               help="Run the frozen part every step, even when only a head after it trains.")
-@click.option("--model-output", help="The model output that feeds the loss (default: the first).")
+@opt.model_output("The model output that feeds the loss (default: the first).")
 @click.option("--monitor", type=click.Choice(MONITOR_NAMES), help="Metric that picks the best epoch.")
-@click.option("--patience", type=int, help="Stop after this many epochs without improvement.")
+@click.option("--patience", type=opt.COUNT, help="Stop after this many epochs without improvement.")
 @click.option("--last", is_flag=True, help="Write the last epoch's weights, not the best epoch's.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@opt.device()
 @click.option("--backend", type=click.Choice(backend_names()),
               help="onnx (default: onnxkit's own gradient graphs on any ONNX Runtime) or ort-training "
               "(onnxruntime-training 1.19.2, its own environment: make venv-ort). Default: $ONNXKIT_BACKEND or onnx.")
-@click.option("--threads", type=int, help="CPU threads (default: all cores).")
+@opt.threads("CPU threads (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train_cmd(model: str | None, **options: Any) -> None:
     """Train or fine-tune MODEL.onnx (any inference-form ONNX model) on a dataset.
@@ -115,14 +119,14 @@ def train_cmd(model: str | None, **options: Any) -> None:
             epochs=options["epochs"],
             steps=options["steps"],
             batch_size=options["batch_size"],
-            grad_accumulation=options["grad_accum"],
+            grad_accumulation=options["grad_accumulation"],
             seed=options["seed"],
             data_seed=options["data_seed"],
             shuffle=not options["no_shuffle"],
             dropout=not options["no_dropout"],
             freeze=options["freeze"],
             train_only=options["train_only"],
-            output=options["model_output"],
+            output=options["output"],
             monitor=options["monitor"],
             patience=options["patience"],
             keep_best=not options["last"],
@@ -163,14 +167,14 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 @click.command("eval")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", help="Dataset name or .npz / .csv file (default: the one the model was trained on).")
+@opt.data("Dataset name or .npz / .csv file (default: the one the model was trained on).")
 @click.option("--split", default="test", show_default=True, help="train, validation or test.")
-@click.option("--data-seed", type=int, help="Seed of the split (default: the training run's, else 0).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--model-output", help="The output to score (default: the first).")
+@opt.data_seed(None, "Seed of the split (default: the training run's, else 0).")
+@opt.batch_size(256)
+@opt.model_output("The output to score (default: the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_cmd(
-    model: str, data: str | None, split: str, data_seed: int | None, batch_size: int, model_output: str | None,
+    model: str, data: str | None, split: str, data_seed: int | None, batch_size: int, output: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate MODEL.onnx on a dataset split: loss, accuracy, macro-F1, confusion matrix.
@@ -192,7 +196,7 @@ def eval_cmd(
         raise OnnxkitError(f"{model} does not say what it was trained on; give --data DATASET")
     seed = data_seed if data_seed is not None else int(trained.get("data_seed", 0))
     dataset = load_dataset(data, seed=seed, model=proto)
-    metrics = evaluate(proto, dataset.split(split), batch_size=batch_size, output=model_output)
+    metrics = evaluate(proto, dataset.split(split), batch_size=batch_size, output=output)
     metrics.update(data=str(data), split=split, data_seed=seed)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
