@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxkit.data.checks import checked_labels
 from onnxkit.errors import OnnxkitError, suggest
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -234,7 +235,11 @@ def dataset_from_arrays(
     validation: float = 0.2,
     test: float = 0.2,
 ) -> Dataset:
-    """Split whole arrays into a `Dataset`; integer labels make a stratified classification set."""
+    """Split whole arrays into a `Dataset`; integer labels make a stratified classification set.
+
+    Refuses empty data and feature arrays whose row count differs from the labels'; labels
+    shaped [N, 1] become [N]."""
+    labels = checked_labels(name, inputs, labels)
     classification = labels.dtype.kind in "iub"
     stratify = classification and len(np.unique(labels)) <= max(2, len(labels) // 5)
     parts = split_indices(labels, seed=seed, validation=validation, test=test, stratify=stratify)

@@ -24,6 +24,8 @@ import onnx
 
 from onnxkit import __version__
 from onnxkit.data import Dataset, Split, load_dataset, model_inputs
+from onnxkit.data.checks import check_class_labels, check_finite
+from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate, label_names, score
 from onnxkit.files import load_model, save_model
@@ -284,6 +286,13 @@ class _Setup:
         self.loss.check_output(self.output_vi)
         self.task = TASK_OF_LOSS[self.loss.name]
         specs = model_inputs(self.model)
+        classes = shape[-1] if self.loss.class_labels and isinstance(shape[-1], int) else None
+        for name in SPLIT_NAMES:  # before binding, which casts labels
+            split = dataset.split(name)
+            check_finite(f"{dataset.name}, {name} split", split.inputs)
+            if self.task != "regression":
+                check_class_labels(f"{dataset.name}, {name} split", split.labels, classes, output=self.output,
+                                   binary=self.task == "binary")
         self.splits = {name: self._bind(dataset.split(name), specs, shape) for name in ("train", "validation")}
         if len(self.splits["train"]) == 0:
             raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
@@ -295,13 +304,6 @@ class _Setup:
                 )
         self.names = label_names(self.model) or dataset.label_names
         self.num_classes = shape[-1] if self.task == "classification" and isinstance(shape[-1], int) else None
-        if self.num_classes:
-            top = int(dataset.train.labels.max())
-            if top >= self.num_classes:
-                raise OnnxkitError(
-                    f"labels go up to {top} but output {self.output!r} has {self.num_classes} scores; "
-                    "build the model with as many classes as the data has"
-                )
         self._select()
         if c.cache_features and not adapter:
             self._cache_frozen_features(shape)

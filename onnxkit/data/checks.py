@@ -1,0 +1,80 @@
+"""Checks on data before it is split or trained on: one row per label, no empty data,
+labels of the right shape and range, no NaN or infinity in the features.
+
+Every failed check is an `OnnxkitError` that names the data and says what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+
+
+def checked_labels(name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """`labels` with a trailing axis of 1 squeezed ([N, 1] -> [N]), after checking that the data
+    has rows and that every feature array has one row per label."""
+    labels = np.asarray(labels)
+    if labels.ndim == 0:
+        raise OnnxkitError(f"data {name!r}: the labels are a single value; give one label per row")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    for key, array in inputs.items():
+        rows = len(array) if np.ndim(array) else 0
+        if rows != len(labels):
+            raise OnnxkitError(
+                f"data {name!r}: feature array {key!r} has {rows} rows but there are {len(labels)} labels; "
+                "give exactly one label per row"
+            )
+    if len(labels) == 0:
+        raise OnnxkitError(f"data {name!r} has no rows; give at least one example")
+    return labels
+
+
+def check_finite(name: str, inputs: Mapping[str, np.ndarray]) -> None:
+    """Refuse float feature arrays holding NaN or infinity, counting the bad values and rows."""
+    for key, array in inputs.items():
+        if array.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(array)
+        if bad.any():
+            nan = int(np.isnan(array).sum())
+            inf = int(bad.sum()) - nan
+            rows = int(bad.reshape(len(array), -1).any(axis=1).sum())
+            what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+            raise OnnxkitError(
+                f"data {name!r}: feature array {key!r} holds {what} value{'s' if nan + inf > 1 else ''} "
+                f"in {rows} of {len(array)} rows; fill or drop those rows before training"
+            )
+
+
+def check_class_labels(
+    name: str, labels: np.ndarray, num_classes: int | None, *, output: str = "logits", binary: bool = False
+) -> None:
+    """Class ids must be one per row and lie in [0, num_classes) (0 or 1 for a binary task);
+    `output` names the model output holding the class scores."""
+    if binary:
+        if labels.size and not np.isin(labels, (0, 1)).all():
+            odd = labels[~np.isin(labels, (0, 1))].ravel()[0]
+            raise OnnxkitError(
+                f"data {name!r}: a binary task takes labels 0 and 1, but a label is {odd:g}; "
+                "map the two classes to 0 and 1 (or train with --loss mse for regression)"
+            )
+        return
+    if labels.ndim != 1:
+        raise OnnxkitError(
+            f"data {name!r}: class labels have shape {list(labels.shape)}; give one class id per row (shape [N])"
+        )
+    if labels.dtype.kind not in "iub" or not len(labels):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise OnnxkitError(f"data {name!r}: class labels must be 0 or more, but one is {low}; number the classes "
+                           "from 0")
+    if num_classes is not None and high >= num_classes:
+        raise OnnxkitError(
+            f"data {name!r}: labels go up to {high} but output {output!r} has {num_classes} scores; "
+            "build the model with as many classes as the data has"
+        )

@@ -1,0 +1,95 @@
+"""Data checked before training: row counts, empty data, label shape and range, NaN and infinity."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxkit import zoo
+from onnxkit.data import Dataset, Split, dataset_from_arrays, load_dataset
+from onnxkit.errors import OnnxkitError
+from onnxkit.train import fit
+
+RNG = np.random.default_rng(0)
+
+
+def iris_like(rows: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    return RNG.normal(size=(rows, 4)).astype(np.float32), np.arange(rows) % 3
+
+
+def test_feature_and_label_counts_must_match(tmp_path):
+    x, y = iris_like(200)
+    np.savez(tmp_path / "short.npz", x=x, y=y[:150])
+    with pytest.raises(OnnxkitError, match=r"data 'short': feature array 'x' has 200 rows but there are 150 labels"):
+        load_dataset(tmp_path / "short.npz")
+
+
+def test_zero_rows_is_an_error(tmp_path, run_cli):
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 4), np.float32), y=np.zeros(0, np.int64))
+    model = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), model)
+    result = run_cli("train", model, "--data", tmp_path / "empty.npz", "-o", tmp_path / "run")
+    assert result.code == 1 and result.err == "error: data 'empty' has no rows; give at least one example\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_labels_shaped_n_by_1_are_squeezed(tmp_path):
+    x, y = iris_like()
+    data = dataset_from_arrays("column", {"x": x}, y.reshape(-1, 1))
+    assert data.train.labels.ndim == 1 and len(data.train) + len(data.validation) + len(data.test) == 60
+    flat = dataset_from_arrays("flat", {"x": x}, y)
+    np.testing.assert_array_equal(data.train.labels, flat.train.labels)  # same split as [N] labels
+    result = fit(zoo.build_model("iris-mlp"), data, tmp_path / "run", steps=2, evaluate_test=False)
+    assert result.metrics["steps"] == 2
+
+
+def test_other_label_shapes_for_classes_are_a_clear_error(tmp_path):
+    x, y = iris_like()
+    split = Split("train", {"x": x}, np.stack([y, y], axis=1))
+    with pytest.raises(OnnxkitError, match=r"class labels have shape \[60, 2\]; give one class id per row"):
+        fit(zoo.build_model("iris-mlp"), Dataset("pairs", split, split, split), tmp_path / "run")
+
+
+@pytest.mark.parametrize(("label", "message"), [
+    (-1, "data 'negative, train split': class labels must be 0 or more, but one is -1"),
+    (3, "data 'negative, train split': labels go up to 3 but output 'logits' has 3 scores"),
+])
+def test_class_labels_must_lie_in_range(tmp_path, label, message):
+    x, y = iris_like()
+    y[7] = label
+    split = Split("train", {"x": x}, y)
+    with pytest.raises(OnnxkitError, match=message):
+        fit(zoo.build_model("iris-mlp"), Dataset("negative", split, split, split), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_binary_labels_must_be_0_or_1(tmp_path):
+    x = RNG.normal(size=(40, 1)).astype(np.float32)
+    split = Split("train", {"x": x}, np.where(x[:, 0] > 0, 1, 2))
+    with pytest.raises(OnnxkitError, match="a binary task takes labels 0 and 1, but a label is 2"):
+        fit(zoo.build_model("binary-classifier"), Dataset("toy", split, split, split), tmp_path / "run")
+
+
+def test_nan_in_features_is_a_one_line_error_that_names_the_data(tmp_path, run_cli):
+    x, y = iris_like()
+    x[:, 1] = np.nan  # in every split
+    np.savez(tmp_path / "holes.npz", x=x, y=y)
+    model = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), model)
+    result = run_cli("train", model, "--data", tmp_path / "holes.npz", "-o", tmp_path / "run")
+    rows = len(load_dataset(tmp_path / "holes.npz").train)
+    assert result.code == 1 and result.err == (
+        f"error: data 'holes, train split': feature array 'x' holds {rows} NaN values in {rows} of {rows} rows; "
+        "fill or drop those rows before training\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_message_counts_nan_and_infinite_values(tmp_path):
+    x, y = iris_like()
+    x[0, 0] = x[1, 0] = np.nan
+    x[1, 3] = -np.inf
+    split = Split("train", {"x": x}, y)
+    with pytest.raises(OnnxkitError, match=r"data 'mine, train split': feature array 'x' holds 2 NaN and 1 "
+                                           r"infinite values in 2 of 60 rows; fill or drop"):
+        fit(zoo.build_model("iris-mlp"), Dataset("mine", split, split, split), tmp_path / "run")
