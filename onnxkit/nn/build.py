@@ -20,6 +20,7 @@ IR_VERSION = 10  # the newest ONNX Runtime 1.19.2 loads
 DEFAULT_OPSET = 17
 MAX_OPSET = 21
 DROPOUT_KEY = "onnxkit.dropout"  # metadata: Dropout node name -> training ratio
+BUFFERS_KEY = "onnxkit.buffers"  # metadata: the initializers that are Buffers (never trained)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ def build(
     meta = {"onnxkit.version": __version__, **(metadata or {})}
     if graph.dropout:
         meta[DROPOUT_KEY] = graph.dropout
+    buffers = [t.name for p, t in graph.params.values() if not p.trainable]
+    if buffers:
+        meta[BUFFERS_KEY] = buffers
     helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     if check:  # on the weightless graph: the full checker would copy every weight twice
         try:

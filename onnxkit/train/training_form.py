@@ -3,8 +3,10 @@ train, and the training form of the graph.
 
 Parameters are the float initializers of rank >= 1 that feed a differentiable
 input of some node; BatchNormalization's running mean and variance are
-*buffers*; everything else (shape tensors, scalar constants, dropout ratios)
-is a constant. Selection: all parameters and buffers by default, narrowed by
+*buffers* (updated by the forward pass in training); the initializers the
+model's metadata lists as Buffers (`onnxkit.buffers`, written by the DSL) and
+everything else (shape tensors, scalar constants, dropout ratios) are
+constants, never trained. Selection: all parameters and buffers by default, narrowed by
 `train_only` globs and then `freeze` globs (fnmatch on the initializer name).
 
 The training form differs from the inference form in these ways:
@@ -34,7 +36,7 @@ from onnx import TensorProto, helper
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.graph_walks import ancestors, needed_nodes, opset, used_initializers
 from onnxkit.metadata import metadata
-from onnxkit.nn.build import DROPOUT_KEY
+from onnxkit.nn.build import BUFFERS_KEY, DROPOUT_KEY
 
 PREFIX = "onnxkit.train"
 
@@ -70,6 +72,7 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
     for node in model.graph.node:
         for i, name in enumerate(node.input):
             uses.setdefault(name, []).append((node.op_type, i))
+    declared = set(json.loads(metadata(model).get(BUFFERS_KEY, "[]")))
     parameters, buffers, sizes = [], [], {}
     for t in model.graph.initializer:
         used = uses.get(t.name, [])
@@ -77,7 +80,7 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
             continue
         if all(op == "BatchNormalization" and i in _BN_STATS for op, i in used):
             buffers.append(t.name)
-        elif len(t.dims) == 0 or all(i in _SETTINGS.get(op, ()) for op, i in used):
+        elif t.name in declared or len(t.dims) == 0 or all(i in _SETTINGS.get(op, ()) for op, i in used):
             continue
         else:
             parameters.append(t.name)

@@ -1,0 +1,63 @@
+"""nn.Buffer values are recorded in the model's metadata and never trained, on every backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxkit import nn
+from onnxkit.metadata import metadata, set_metadata
+from onnxkit.nn.build import BUFFERS_KEY
+from onnxkit.train import fit
+from onnxkit.train.training_form import find_parameters
+
+pytestmark = pytest.mark.training
+
+
+class Rescaled(nn.Module):
+    """Fixed feature scaling (Buffers), a BatchNorm (running statistics are Buffers too) and a head."""
+
+    def __init__(self) -> None:
+        self.mean = nn.Buffer(np.array([5.8, 3.0, 3.8, 1.2], np.float32))
+        self.std = nn.Buffer(np.array([0.8, 0.4, 1.8, 0.8], np.float32))
+        self.fc = nn.Linear(4, 8)
+        self.norm = nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(nn.ops.relu(self.norm(self.fc((x - self.mean) / self.std))))
+
+
+def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.fixture
+def model() -> onnx.ModelProto:
+    nn.manual_seed(0)
+    return nn.build(Rescaled(), {"x": nn.Input(["batch", 4])}, output_names=["logits"])
+
+
+def test_the_dsl_records_buffers_in_metadata(model):
+    assert json.loads(metadata(model)[BUFFERS_KEY]) == ["mean", "std", "norm.running_mean", "norm.running_var"]
+    params = find_parameters(model)
+    assert "mean" not in params.names and "std" not in params.names
+    assert params.buffers == ["norm.running_mean", "norm.running_var"]  # updated by BatchNorm, not by gradients
+    set_metadata(model, {BUFFERS_KEY: []})  # without the record, a used float tensor looks like a weight
+    assert {"mean", "std"} <= set(find_parameters(model).parameters)
+
+
+def test_training_leaves_buffers_bit_identical(model, tmp_path):
+    before = weights(model)
+    result = fit(model, "iris", tmp_path / "run", lr=0.05, steps=6, batch_size=16, evaluate_test=False)
+    after = weights(onnx.load(result.model_path))
+    assert "mean" not in result.trainable and "std" not in result.trainable
+    for name in ("mean", "std"):
+        assert after[name].tobytes() == before[name].tobytes()
+    assert not np.array_equal(after["fc.weight"], before["fc.weight"])  # the rest trained
+    assert not np.array_equal(after["norm.running_mean"], before["norm.running_mean"])  # statistics updated
+    assert json.loads(metadata(onnx.load(result.model_path))[BUFFERS_KEY]) == json.loads(metadata(model)[BUFFERS_KEY])
