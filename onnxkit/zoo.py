@@ -2,7 +2,9 @@
 
 A recipe file defines `recipe(**options) -> Recipe`; its keyword arguments,
 with defaults and type hints, are the options `onnxkit build --set k=v` takes.
-The file `models/digits_cnn.py` is the model `digits-cnn`.
+The file `models/digits_cnn.py` is the model `digits-cnn`. The recipes live in the
+repository's top-level `models/`; `onnxkit/models` links to it, so a wheel carries
+them as package data and an installed onnxkit finds them beside this module.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import onnx
 from onnxkit import nn
 from onnxkit.errors import OnnxkitError, suggest
 
-ZOO_DIR = Path(__file__).resolve().parent.parent / "models"
+ZOO_DIR = Path(__file__).resolve().parent / "models"
 TASKS = ("classification", "binary", "regression", "embedding")
 
 
