@@ -16,21 +16,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from onnxkit import __version__
-from onnxkit.errors import suggest
 from onnxkit.runtime import Model
+from onnxkit.serve import inference, protocol
 from onnxkit.serve.batcher import Batcher
+from onnxkit.serve.inference import offload
 from onnxkit.serve.metrics import CONTENT_TYPE, Metrics
 from onnxkit.serve.protocol import (
-    MODEL_VERSION,
+    HEADER_LENGTH,
+    InferRequest,
     RequestError,
     decode_request,
     encode_response,
     model_metadata,
 )
-
-EXTENSIONS = ["classification"]
-OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are decoded and encoded off the event loop
 
 
 def create_app(
@@ -46,13 +44,7 @@ def create_app(
     ready = False
 
     def lookup(request: Request) -> Batcher:
-        name = request.path_params["name"]
-        if name not in batchers:
-            raise RequestError(404, f"no model {name!r}.{suggest(name, batchers)} Served: {', '.join(batchers)}")
-        version = request.path_params.get("version", MODEL_VERSION)
-        if version != MODEL_VERSION:
-            raise RequestError(404, f"model {name!r} has no version {version!r}; it has {MODEL_VERSION!r}")
-        return batchers[name]
+        return inference.find_model(batchers, request.path_params["name"], request.path_params.get("version", ""))
 
     async def live(request: Request) -> Response:
         return _json({"live": True})
@@ -61,7 +53,7 @@ def create_app(
         return _json({"ready": ready}, 200 if ready else 503)
 
     async def server_metadata(request: Request) -> Response:
-        return _json({"name": "onnxkit", "version": __version__, "extensions": EXTENSIONS})
+        return _json(protocol.server_metadata())
 
     async def model_ready(request: Request) -> Response:
         batcher = lookup(request)
@@ -72,16 +64,19 @@ def create_app(
 
     async def infer(request: Request) -> Response:
         batcher = lookup(request)
-        model = batcher.model
-        batcher.receiving()
-        try:
+        size = 0
+
+        async def decode(model: Model) -> InferRequest:
+            nonlocal size
             body = await _read_body(request, max_body_bytes)
-            infer_request = await _offload(len(body), decode_request, body, model)
-        finally:
-            batcher.received()
-        outputs = await batcher.infer(infer_request.feeds)
-        reply = await _offload(len(body), encode_response, model, infer_request, outputs)
-        return Response(reply, media_type="application/json")
+            size = len(body)
+            return await offload(size, decode_request, body, model, request.headers.get(HEADER_LENGTH))
+
+        infer_request, outputs = await inference.infer(batcher, decode)
+        reply, header_length = await offload(size, encode_response, batcher.model, infer_request, outputs)
+        if header_length is None:
+            return Response(reply, media_type="application/json")
+        return Response(reply, headers={HEADER_LENGTH: str(header_length)}, media_type="application/octet-stream")
 
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -171,13 +166,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def _offload(size: int, function: Any, *args: Any) -> Any:
-    """Call `function` inline for small payloads, in a thread for large ones."""
-    if size > OFFLOAD_BYTES:
-        return await asyncio.to_thread(function, *args)
-    return function(*args)
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -1,26 +1,39 @@
-"""The Open Inference Protocol (KServe V2) over JSON: decoding requests, encoding replies.
+"""The Open Inference Protocol (KServe V2): checking infer requests, encoding replies.
 
-Tensors travel as {"name", "shape", "datatype", "data"}, with `data` the
-row-major values (flat or nested). A requested output may ask for the
-classification extension, {"name": "logits", "parameters": {"classification": K}},
-which returns the K best classes per row as BYTES "score:index[:label]".
+Over HTTP, a tensor travels as JSON {"name", "shape", "datatype", "data"}, with `data`
+the row-major values (flat or nested), or with the binary tensor data extension
+(`onnxkit.serve.binary`): `"parameters": {"binary_data_size": N}` and its raw bytes after
+the JSON header. A requested output may ask for raw bytes back (`"binary_data": true`, or
+`"binary_data_output": true` in the request's parameters for every output) and for the
+classification extension, {"classification": K}, which returns the K best classes per
+row as BYTES "score:index[:label]". gRPC (`onnxkit.serve.grpc_service`) builds the same
+`InferRequest` from its messages with `check_input` and `build_request`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from onnxkit import __version__
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.runtime import Model, Prediction, TensorSpec
 from onnxkit.runtime.text import TEXT_INPUT, TEXT_SPEC, carries_tokenizer, text_feeds
+from onnxkit.serve import binary
+from onnxkit.serve.errors import RequestError
 
+__all__ = ["RequestError"]  # re-exported: the batcher and the app raise it from here
+
+SERVER_NAME = "onnxkit"
 PLATFORM = "onnxruntime_onnx"
 MODEL_VERSION = "1"
+EXTENSIONS = ["classification", "binary_tensor_data"]
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _V2_BY_ORT = {
     "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
@@ -30,14 +43,7 @@ _V2_BY_ORT = {
     "tensor(bfloat16)": "BF16", "tensor(string)": "BYTES",
 }  # fmt: skip
 _V2_BY_KIND = {"b": "BOOL", "O": "BYTES", "U": "BYTES", "S": "BYTES"}
-
-
-class RequestError(Exception):
-    """A request the server refuses: an HTTP status and a one-line message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+_INPUT_FIELDS = 'each input must be an object with "name", "shape", "datatype", "data" (or binary_data_size)'
 
 
 @dataclass
@@ -48,6 +54,7 @@ class InferRequest:
     outputs: list[str]
     classification: dict[str, int] = field(default_factory=dict)  # output name -> K
     id: str | None = None
+    binary: set[str] = field(default_factory=set)  # outputs to send as raw bytes (HTTP)
 
     @property
     def rows(self) -> int:
@@ -56,6 +63,11 @@ class InferRequest:
 
 def v2_datatype(spec: TensorSpec) -> str:
     return _V2_BY_ORT.get(spec.type, spec.type)
+
+
+def server_metadata() -> dict[str, Any]:
+    """The V2 server metadata reply."""
+    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
 
 def model_metadata(model: Model) -> dict[str, Any]:
@@ -75,25 +87,43 @@ def model_metadata(model: Model) -> dict[str, Any]:
         "name": model.name,
         "versions": [MODEL_VERSION],
         "platform": PLATFORM,
-        "inputs": tensors(model.inputs + ([TEXT_SPEC] if carries_tokenizer(model) else [])),
+        "inputs": tensors(list(input_specs(model).values())),
         "outputs": tensors(model.outputs),
     }
 
 
-def decode_request(body: bytes, model: Model) -> InferRequest:
-    """Parse and check an infer request body against the model; RequestError(400) if bad."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError(400, f"malformed JSON in the request body: {e}") from e
-    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
-        raise RequestError(400, 'the request body must be a JSON object with an "inputs" list')
-    by_name = {spec.name: spec for spec in model.inputs}
+def input_specs(model: Model) -> dict[str, TensorSpec]:
+    """The inputs a request may give, by name: the model's, plus "text" if it carries a tokenizer."""
+    specs = {spec.name: spec for spec in model.inputs}
     if carries_tokenizer(model):
-        by_name.setdefault(TEXT_INPUT, TEXT_SPEC)
+        specs.setdefault(TEXT_INPUT, TEXT_SPEC)
+    return specs
+
+
+def check_input(name: Any, datatype: Any, shape: Any, specs: Mapping[str, TensorSpec], model: str) -> None:
+    """RequestError(400) unless `name` is an input of the model, with its datatype and a valid shape."""
+    if name not in specs:
+        raise RequestError(
+            400, f"model {model!r} has no input {name!r}.{suggest(str(name), specs)} Its inputs: {', '.join(specs)}"
+        )
+    expected = v2_datatype(specs[name])
+    if datatype != expected:
+        raise RequestError(400, f"input {name!r} of model {model!r} has datatype {expected}, got {datatype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise RequestError(400, f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+
+
+def build_request(
+    model: Model,
+    inputs: list[tuple[str, np.ndarray]],
+    requested: list[tuple[Any, Mapping[str, Any]]] | None = None,
+    *,
+    binary_outputs: bool = False,
+    request_id: Any = None,
+) -> InferRequest:
+    """An `InferRequest` from checked input arrays and the outputs asked for as (name, parameters)."""
     values: dict[str, np.ndarray] = {}
-    for tensor in payload["inputs"]:
-        name, array = _decode_tensor(tensor, by_name, model.name)
+    for name, array in inputs:
         if name in values:
             raise RequestError(400, f"input {name!r} is given twice")
         values[name] = array
@@ -103,15 +133,65 @@ def decode_request(body: bytes, model: Model) -> InferRequest:
                 raise OnnxkitError(f"give either {TEXT_INPUT!r} or the token inputs, not both")
             values = text_feeds(model, values[TEXT_INPUT].reshape(-1).tolist())
         feeds = model.prepare(values)
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"input {TEXT_INPUT!r}: text must be UTF-8 ({e})") from e
     except OnnxkitError as e:
         raise RequestError(400, f"model {model.name!r}: {e}") from e
-    outputs, classification = _requested_outputs(payload.get("outputs"), model)
-    request_id = payload.get("id")
-    return InferRequest(feeds, outputs, classification, None if request_id is None else str(request_id))
+    outputs, classification, raw = _requested_outputs(requested, model, binary_outputs)
+    return InferRequest(feeds, outputs, classification, None if request_id is None else str(request_id), raw)
 
 
-def encode_response(model: Model, request: InferRequest, outputs: dict[str, np.ndarray]) -> bytes:
-    """The V2 infer reply as JSON bytes (non-finite floats are written as NaN/Infinity)."""
+def decode_request(body: bytes, model: Model, header_length: str | None = None) -> InferRequest:
+    """Parse and check an infer request body against the model; RequestError(400) if bad.
+
+    `header_length` is the request's Inference-Header-Content-Length header: the body is
+    then that many bytes of JSON followed by the raw input tensors.
+    """
+    header, raw = _split_body(body, header_length)
+    try:
+        payload = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(400, f"malformed JSON in the request body: {e}") from e
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+        raise RequestError(400, 'the request body must be a JSON object with an "inputs" list')
+    specs = input_specs(model)
+    inputs, offset = [], 0
+    for tensor in payload["inputs"]:
+        if not isinstance(tensor, dict) or not {"name", "shape", "datatype"} <= tensor.keys():
+            raise RequestError(400, _INPUT_FIELDS)
+        name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
+        check_input(name, datatype, shape, specs, model.name)
+        size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(raw):
+                raise RequestError(
+                    400,
+                    f"input {name!r}: binary_data_size {size!r} does not fit the {len(raw) - offset} bytes "
+                    f"left after the {HEADER_LENGTH} ({len(header)}) bytes of JSON",
+                )
+            inputs.append((name, binary.to_array(raw[offset : offset + size], datatype, shape, name)))
+            offset += size
+        elif "data" in tensor:
+            inputs.append((name, _json_array(tensor["data"], datatype, shape, name)))
+        else:
+            raise RequestError(400, _INPUT_FIELDS)
+    if offset != len(raw):
+        raise RequestError(400, f"{len(raw) - offset} bytes after the binary inputs belong to no input")
+    requested = payload.get("outputs")
+    if requested is not None:
+        if not isinstance(requested, list) or not all(isinstance(o, dict) and "name" in o for o in requested):
+            raise RequestError(400, '"outputs" must be a list of objects with a "name"')
+        requested = [(o["name"], _parameters(o, f"output {o['name']!r}")) for o in requested]
+    binary_outputs = _parameters(payload, "the request").get("binary_data_output", False)
+    if not isinstance(binary_outputs, bool):
+        raise RequestError(400, "binary_data_output must be true or false")
+    return build_request(model, inputs, requested, binary_outputs=binary_outputs, request_id=payload.get("id"))
+
+
+def output_tensors(
+    model: Model, request: InferRequest, outputs: dict[str, np.ndarray]
+) -> list[tuple[str, str, np.ndarray]]:
+    """(name, V2 datatype, array) of each output the request asked for, classified where asked."""
     tensors = []
     for name in request.outputs:
         if name in request.classification:
@@ -119,60 +199,87 @@ def encode_response(model: Model, request: InferRequest, outputs: dict[str, np.n
         else:
             array = np.asarray(outputs[name])
         datatype = _V2_BY_KIND.get(array.dtype.kind) or _V2_BY_ORT[f"tensor({_ort_name(array)})"]
-        data = array.reshape(-1).tolist()
-        tensors.append({"name": name, "datatype": datatype, "shape": list(array.shape), "data": data})
+        tensors.append((name, datatype, array))
+    return tensors
+
+
+def encode_response(model: Model, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+    """The V2 infer reply body, and the length of its JSON header when raw outputs follow it.
+
+    Non-finite floats are written as NaN/Infinity in JSON data.
+    """
+    tensors, blobs = [], []
+    for name, datatype, array in output_tensors(model, request, outputs):
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in request.binary:
+            blobs.append(binary.to_bytes(array, datatype))
+            tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        tensors.append(tensor)
     reply: dict[str, Any] = {"model_name": model.name, "model_version": MODEL_VERSION}
     if request.id is not None:
         reply["id"] = request.id
     reply["outputs"] = tensors
-    return json.dumps(reply, separators=(",", ":")).encode()
+    header = json.dumps(reply, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)
 
 
-def _decode_tensor(tensor: Any, by_name: dict[str, TensorSpec], model: str) -> tuple[str, np.ndarray]:
-    if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= tensor.keys():
-        raise RequestError(400, 'each input must be an object with "name", "shape", "datatype", "data"')
-    name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
-    if name not in by_name:
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or int(header_length) > len(body):
         raise RequestError(
-            400,
-            f"model {model!r} has no input {name!r}.{suggest(str(name), by_name)} Its inputs: {', '.join(by_name)}",
+            400, f"{HEADER_LENGTH} {header_length!r} must be a byte count within the {len(body)}-byte body"
         )
-    expected = v2_datatype(by_name[name])
-    if datatype != expected:
-        raise RequestError(400, f"input {name!r} of model {model!r} has datatype {expected}, got {datatype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise RequestError(400, f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    return body[: int(header_length)], body[int(header_length) :]
+
+
+def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = obj.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError(400, f'"parameters" of {what} must be an object')
+    return parameters
+
+
+def _json_array(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
     try:
-        array = np.asarray(tensor["data"], dtype=object if datatype == "BYTES" else None)
-    except (ValueError, TypeError) as e:
+        array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
+    except (ValueError, TypeError, OverflowError) as e:
         raise RequestError(400, f"input {name!r}: data is not a regular array of values ({e})") from e
     if array.size != math.prod(shape):
         raise RequestError(
             400, f"input {name!r}: shape {shape} holds {math.prod(shape)} values, but data has {array.size}"
         )
-    return name, array.reshape(shape)
+    return array.reshape(shape)
 
 
-def _requested_outputs(requested: Any, model: Model) -> tuple[list[str], dict[str, int]]:
+def _requested_outputs(
+    requested: list[tuple[Any, Mapping[str, Any]]] | None, model: Model, binary_outputs: bool
+) -> tuple[list[str], dict[str, int], set[str]]:
     names = [spec.name for spec in model.outputs]
     if requested is None:
-        return names, {}
-    if not isinstance(requested, list) or not all(isinstance(o, dict) and "name" in o for o in requested):
-        raise RequestError(400, '"outputs" must be a list of objects with a "name"')
-    chosen, classification = [], {}
-    for output in requested:
-        name = output["name"]
+        return names, {}, set(names) if binary_outputs else set()
+    chosen, classification, raw = [], {}, set()
+    for name, parameters in requested:
         if name not in names:
             raise RequestError(400, f"model {model.name!r} has no output {name!r}.{suggest(str(name), names)}")
-        k = (output.get("parameters") or {}).get("classification")
+        k = parameters.get("classification")
         if k is not None:
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 raise RequestError(400, f"output {name!r}: classification must be a positive integer")
             if name != names[0]:
                 raise RequestError(400, f"classification is available for the first output, {names[0]!r}")
             classification[name] = k
+        as_binary = parameters.get("binary_data", binary_outputs)
+        if not isinstance(as_binary, bool):
+            raise RequestError(400, f"output {name!r}: binary_data must be true or false")
+        if as_binary:
+            raw.add(name)
         chosen.append(name)
-    return chosen, classification
+    return chosen, classification, raw
 
 
 def _classify(model: Model, outputs: dict[str, np.ndarray], k: int) -> np.ndarray:

@@ -1,0 +1,48 @@
+"""The inference path that HTTP and gRPC share: find the model, decode the request, queue it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from onnxkit.errors import suggest
+from onnxkit.runtime import Model
+from onnxkit.serve.batcher import Batcher
+from onnxkit.serve.errors import RequestError
+from onnxkit.serve.protocol import MODEL_VERSION, InferRequest
+
+OFFLOAD_BYTES = 256 * 1024  # payloads larger than this are decoded and encoded off the event loop
+
+
+def find_model(batchers: Mapping[str, Batcher], name: str, version: str = "") -> Batcher:
+    """The batcher serving model `name` ("" version: the current one); RequestError(404) if none."""
+    if name not in batchers:
+        raise RequestError(404, f"no model {name!r}.{suggest(name, batchers)} Served: {', '.join(batchers)}")
+    if version not in ("", MODEL_VERSION):
+        raise RequestError(404, f"model {name!r} has no version {version!r}; it has {MODEL_VERSION!r}")
+    return batchers[name]
+
+
+async def infer(
+    batcher: Batcher, decode: Callable[[Model], Awaitable[InferRequest]]
+) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """Receive and decode a request for `batcher`'s model, queue it, and wait for its outputs.
+
+    While `decode` runs, the batcher knows a request is on its way and may hold a batch for it.
+    """
+    batcher.receiving()
+    try:
+        request = await decode(batcher.model)
+    finally:
+        batcher.received()
+    return request, await batcher.infer(request.feeds)
+
+
+async def offload(size: int, function: Callable[..., Any], *args: Any) -> Any:
+    """Call `function` inline for small payloads, in a thread for large ones."""
+    if size > OFFLOAD_BYTES:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
