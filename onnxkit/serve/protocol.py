@@ -12,7 +12,6 @@ row as BYTES "score:index[:label]". gRPC (`onnxkit.serve.grpc_service`) builds t
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from onnxkit import __version__
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.runtime import Model, Prediction, TensorSpec
 from onnxkit.runtime.text import TEXT_INPUT, TEXT_SPEC, carries_tokenizer, text_feeds
-from onnxkit.serve import binary
+from onnxkit.serve import binary, jsonio
 from onnxkit.serve.errors import RequestError
 
 __all__ = ["RequestError"]  # re-exported: the batcher and the app raise it from here
@@ -102,7 +101,7 @@ def input_specs(model: Model) -> dict[str, TensorSpec]:
 
 def check_input(name: Any, datatype: Any, shape: Any, specs: Mapping[str, TensorSpec], model: str) -> None:
     """RequestError(400) unless `name` is an input of the model, with its datatype and a valid shape."""
-    if name not in specs:
+    if not isinstance(name, str) or name not in specs:
         raise RequestError(
             400, f"model {model!r} has no input {name!r}.{suggest(str(name), specs)} Its inputs: {', '.join(specs)}"
         )
@@ -149,9 +148,9 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
     """
     header, raw = _split_body(body, header_length)
     try:
-        payload = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError(400, f"malformed JSON in the request body: {e}") from e
+        payload = jsonio.parse(header)
+    except ValueError as e:
+        raise RequestError(400, f"malformed JSON in the request body: {e}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise RequestError(400, 'the request body must be a JSON object with an "inputs" list')
     specs = input_specs(model)
@@ -185,7 +184,10 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
     binary_outputs = _parameters(payload, "the request").get("binary_data_output", False)
     if not isinstance(binary_outputs, bool):
         raise RequestError(400, "binary_data_output must be true or false")
-    return build_request(model, inputs, requested, binary_outputs=binary_outputs, request_id=payload.get("id"))
+    request_id = payload.get("id")
+    if not isinstance(request_id, str | int | float | None):
+        raise RequestError(400, f'"id" must be a string, got {type(request_id).__name__}')
+    return build_request(model, inputs, requested, binary_outputs=binary_outputs, request_id=request_id)
 
 
 def output_tensors(
@@ -206,7 +208,7 @@ def output_tensors(
 def encode_response(model: Model, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
     """The V2 infer reply body, and the length of its JSON header when raw outputs follow it.
 
-    Non-finite floats are written as NaN/Infinity in JSON data.
+    Non-finite floats in JSON data are the strings "NaN", "Infinity" and "-Infinity" (`jsonio`).
     """
     tensors, blobs = [], []
     for name, datatype, array in output_tensors(model, request, outputs):
@@ -215,13 +217,13 @@ def encode_response(model: Model, request: InferRequest, outputs: dict[str, np.n
             blobs.append(binary.to_bytes(array, datatype))
             tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
         else:
-            tensor["data"] = array.reshape(-1).tolist()
+            tensor["data"] = jsonio.tensor_data(array)
         tensors.append(tensor)
     reply: dict[str, Any] = {"model_name": model.name, "model_version": MODEL_VERSION}
     if request.id is not None:
         reply["id"] = request.id
     reply["outputs"] = tensors
-    header = json.dumps(reply, separators=(",", ":")).encode()
+    header = jsonio.dumps(reply)
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
@@ -247,13 +249,18 @@ def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
 def _json_array(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
     try:
         array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
+        if datatype.startswith(("FP", "BF")):
+            array = jsonio.floats_from_strings(array)
     except (ValueError, TypeError, OverflowError) as e:
         raise RequestError(400, f"input {name!r}: data is not a regular array of values ({e})") from e
     if array.size != math.prod(shape):
         raise RequestError(
             400, f"input {name!r}: shape {shape} holds {math.prod(shape)} values, but data has {array.size}"
         )
-    return array.reshape(shape)
+    try:
+        return array.reshape(shape)
+    except ValueError as e:  # a dimension past what numpy can index, with another one 0
+        raise RequestError(400, f"input {name!r}: shape {shape} is too large ({e})") from None
 
 
 def _requested_outputs(

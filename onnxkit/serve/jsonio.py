@@ -1,0 +1,54 @@
+"""JSON in and out of the server: fast (orjson), strict on output, lenient but safe on input.
+
+Replies are always valid JSON: a non-finite float is written as the string "NaN",
+"Infinity" or "-Infinity" (the spellings Python's `float()` and numpy read back), never
+as a bare `NaN` token that strict parsers reject. Requests may carry the same strings
+in floating-point tensors, or the bare tokens Python's `json.dumps` writes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import orjson
+
+_NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+
+
+def parse(body: bytes) -> Any:
+    """The JSON value of a request body; ValueError, with what is wrong, for anything else."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # bare NaN/Infinity, numbers beyond float64: the standard library's parser takes those
+    try:
+        return json.loads(body)  # raises ValueError: JSONDecodeError, UnicodeDecodeError, over 4,300 digits
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON bytes; numpy arrays inside `value` must come from `tensor_data`."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def tensor_data(array: np.ndarray) -> Any:
+    """A tensor's values, flat, in a form `dumps` writes as valid JSON (non-finite floats as strings)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return [v if v - v == 0 else _NON_FINITE.get(v, "NaN") for v in flat.tolist()]
+    if flat.dtype.kind in "biuf":
+        return flat
+    return flat.tolist()
+
+
+def floats_from_strings(array: np.ndarray) -> np.ndarray:
+    """Floating-point data sent as strings ("NaN", "Infinity", "-Infinity", "1.5") as float64; else unchanged."""
+    if array.dtype.kind != "U":
+        return array
+    try:
+        return array.astype(np.float64)
+    except ValueError:
+        return array  # not numbers: the model's input check names the problem
