@@ -6,7 +6,9 @@ Imports only the standard library at module level, so the runtime can use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +20,39 @@ if TYPE_CHECKING:
     import onnx
 
 
+# Failures of a write that say the disk, not the program, is at fault.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+SCRATCH_PREFIX = ".onnxkit-"
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so no other thread sees it change)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full (or read-only, or failing) disk while writing `path` into one clear OnnxkitError."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        raise OnnxkitError(f"cannot write {path}: {e.strerror}; free some space or write somewhere else") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only on success.
 
     A failure (or Ctrl-C) removes the temporary file and leaves any existing
-    `path` untouched.
+    `path` untouched. The file gets the mode a plain `open()` would give it
+    (0644 under umask 022), not mkstemp's 0600.
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -38,10 +67,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with disk_errors(path):
+            yield tmp_path
+            os.chmod(tmp_path, 0o666 & ~current_umask())
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def scratch_folder(beside: str | os.PathLike, purpose: str) -> Iterator[Path]:
+    """A temporary folder in the folder of `beside` (so big intermediate files land on the output's
+    disk, not /tmp), removed afterwards; on Ctrl-C and SIGTERM too. Folders a killed process left
+    (named for a process id that no longer runs) are swept first."""
+    parent = Path(beside).resolve().parent
+    prefix = f"{SCRATCH_PREFIX}{purpose}-"
+    for stale in parent.glob(f"{prefix}*-*"):
+        pid = stale.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    except OSError as e:
+        raise OnnxkitError(f"cannot write in {parent}: {e.strerror}; check the output folder") from None
+    try:
+        with disk_errors(parent):
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import re
+import signal
 import sys
+import threading
 
 import click
 
@@ -90,9 +92,21 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning OnnxkitError into a short message and exit 1."""
+    """Entry point: run the CLI, turning OnnxkitError into a short message and exit 1.
+
+    SIGTERM acts as Ctrl-C (KeyboardInterrupt), so every command cleans up after itself
+    on either; the exit status is then 128 + the signal's number, as the shell reports it.
+    """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    stopped_by: list[int] = []
+
+    def terminate(signum: int, frame: object) -> None:
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
     try:
         cli.main(args=args, prog_name="onnxkit", standalone_mode=False)
     except OnnxkitError as e:
@@ -101,13 +115,17 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        signum = stopped_by[0] if stopped_by else signal.SIGINT
+        click.echo(f"error: stopped by {signal.Signals(signum).name}", err=True)
+        sys.exit(128 + signum)
     except click.ClickException as e:
         click.echo(f"error: {click_message(e)}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def click_message(e: click.ClickException) -> str:

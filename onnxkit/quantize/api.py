@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import atomic_path, load_model
+from onnxkit.files import atomic_path, load_model, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
 from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split
@@ -69,6 +69,7 @@ def quantize(
     say = log or (lambda _msg: None)
     _check_options(mode, method, format, calib_size, eval_data, max_drop)
     source = None if isinstance(model, onnx.ModelProto) else Path(model)
+    _check_outputs(source, output, report_path)
     original = model if source is None else load_model(source)
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
@@ -79,8 +80,8 @@ def quantize(
     already = low_precision_weights(original)
     notes = [f"the model already holds {already} low-precision weight tensors: quantized before?"] if already else []
 
-    with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as tmp:
-        quantizer = Quantizer(original, Path(tmp), exclude)
+    with _scratch(output) as tmp:
+        quantizer = Quantizer(original, tmp, exclude)
         test = bind(load_split(eval_data, "test", original), original) if eval_data is not None else None
         baseline = accuracy.score(original, test) if test is not None else None
         feeds = {
@@ -185,6 +186,34 @@ def _write(model: onnx.ModelProto, output, report: Report, report_path) -> None:
         if report_path is not None:
             report_tmp = stack.enter_context(atomic_path(report_path))
             report_tmp.write_text(report.json())
+
+
+@contextlib.contextmanager
+def _scratch(output: str | os.PathLike | None) -> Iterator[Path]:
+    """Where the passes write their intermediate models: beside the output (removed after Ctrl-C or
+    SIGTERM, swept by the next run after a hard kill), else in the system's temporary folder."""
+    if output is not None:
+        with scratch_folder(output, "quantize") as folder:
+            yield folder
+    else:
+        with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as folder:
+            yield Path(folder)
+
+
+def _check_outputs(source: Path | None, output, report_path) -> None:  # type: ignore[no-untyped-def]
+    """Refuse to write over the model being quantized, or the model and report over each other."""
+    paths = {"output": output, "report_path": report_path}
+    for name, path in paths.items():
+        if path is not None and source is not None and _same(Path(path), source):
+            raise OnnxkitError(f"{name} {path} is the model being quantized; write the result to another file",
+                               params=[name])
+    if output is not None and report_path is not None and _same(Path(output), Path(report_path)):
+        raise OnnxkitError(f"output and report_path are both {output}; give the report another name",
+                           params=["output", "report_path"])
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
 
 
 def _check_options(mode, method, fmt, calib_size, eval_data, max_drop) -> None:  # type: ignore[no-untyped-def]

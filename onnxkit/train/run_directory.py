@@ -1,14 +1,38 @@
-"""The run directory: run.json, metrics.jsonl, checkpoints/, artifacts/, model.onnx, curves.png."""
+"""The run directory: run.json, metrics.jsonl, checkpoints/, artifacts/, model.onnx, curves.png.
+
+A live run holds an exclusive `flock` on `run.lock`, so a second `train -o` or `--resume` on
+it is refused; the kernel drops the lock when the process dies, however it dies. A run whose
+run.json still says "running" while nobody holds the lock was killed: it reads as
+"interrupted", and one killed before its first checkpoint restarts from the beginning.
+The loop state beside each checkpoint (last.json) carries the checkpoint's SHA-256, which
+resuming verifies.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import write_text
+
+CHECKSUM_KEY = "checkpoint_sha256"
+
+
+def sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class RunDirectory:
@@ -22,6 +46,7 @@ class RunDirectory:
         self.artifacts = self.path / "artifacts"
         self.model = self.path / "model.onnx"
         self.plot = self.path / "curves.png"
+        self.lock_file = self.path / "run.lock"
         self.last_checkpoint = self.checkpoints / "last.ckpt"
         self.loop_state = self.checkpoints / "last.json"  # where the loop was at the last checkpoint
         self.best_checkpoint = self.checkpoints / "best.ckpt"
@@ -30,14 +55,21 @@ class RunDirectory:
     def new(cls, path: str | os.PathLike) -> RunDirectory:
         """A run yet to be made in `path`; refuses a folder that already holds a run."""
         run = cls(path)
-        if run.run_json.exists() or run.model.exists():
-            raise OnnxkitError(
-                f"{run.path} already holds a training run; continue it with --resume {run.path}, "
-                "or choose another output folder (-o)"
-            )
         if run.path.exists() and not run.path.is_dir():
             raise OnnxkitError(f"{run.path} is a file; give a folder for the run (-o)")
+        run._refuse_existing()
         return run
+
+    def _refuse_existing(self) -> None:
+        if self.model.exists() or self.run_json.exists():
+            if self._live():
+                raise OnnxkitError(f"{self.path} is in use by a training run that is still going; wait for it to "
+                                   "end or choose another output folder (-o)")
+            again = "restart it" if not self.last_checkpoint.is_file() and not self.model.exists() else "continue it"
+            raise OnnxkitError(
+                f"{self.path} already holds a training run; {again} with --resume {self.path}, "
+                "or choose another output folder (-o)"
+            )
 
     def make(self) -> None:
         """Create the folders (once everything has been checked)."""
@@ -49,27 +81,126 @@ class RunDirectory:
 
     @classmethod
     def existing(cls, path: str | os.PathLike) -> RunDirectory:
-        """A run to resume; it must have run.json and a checkpoint."""
+        """A run to resume: it has a readable run.json, nobody is running it, and its checkpoint (if it
+        got one) matches the checksum written with it. A run killed before its first checkpoint
+        has none; `has_checkpoint` tells, and it restarts from the beginning."""
         run = cls(path)
         if not run.run_json.is_file():
             raise OnnxkitError(f"{run.path} is not a training run (no run.json); pass the folder given to -o")
-        if not run.last_checkpoint.is_file():
-            raise OnnxkitError(f"{run.path} has no checkpoint to resume from ({run.last_checkpoint} is missing)")
+        if run._live():
+            raise OnnxkitError(f"{run.path} is in use by a training run that is still going; wait for it to end")
+        info = run.read_json()
+        if not isinstance(info.get("config"), dict):
+            raise OnnxkitError(f"{run.run_json} holds no run settings ('config'); the run cannot be resumed, "
+                               "start a new one")
+        if info.get("status") == "running":
+            info["status"] = "interrupted"  # killed without a chance to say so
+            run.write_json(info)
+        if run.has_checkpoint():
+            run.verify_checkpoint()
         return run
 
+    def has_checkpoint(self) -> bool:
+        return self.last_checkpoint.is_file() or self.loop_state.is_file()
+
+    def restart(self) -> None:
+        """Forget what a run killed before its first checkpoint had written, to train it again."""
+        self.metrics.unlink(missing_ok=True)
+        self.best_checkpoint.unlink(missing_ok=True)
+
+    # ---- the lock ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, *, new: bool) -> Iterator[None]:
+        """Hold the run's lock while training; refuse when another process holds it (or, for a
+        `new` run, when another run got into the folder first)."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OnnxkitError(f"cannot lock the run folder {self.path}: {e.strerror}") from e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise OnnxkitError(f"cannot lock the run folder {self.path}: {e.strerror}") from e
+                raise OnnxkitError(f"{self.path} is in use by a training run that is still going; wait for it to "
+                                   "end or choose another output folder (-o)") from None
+            if new:
+                self._refuse_existing()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _live(self) -> bool:
+        """Whether another process holds the run's lock now."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    # ---- files --------------------------------------------------------------------------------
+
     def read_json(self) -> dict[str, Any]:
-        return json.loads(self.run_json.read_text())
+        try:
+            info = json.loads(self.run_json.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise OnnxkitError(f"{self.run_json} is damaged ({e}); the run cannot be resumed, start a new one") from e
+        if not isinstance(info, dict):
+            raise OnnxkitError(f"{self.run_json} is damaged (not a JSON object); the run cannot be resumed")
+        return info
 
     def write_json(self, info: dict[str, Any]) -> None:
         write_text(self.run_json, json.dumps(info, indent=2) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl; a last line cut short by a kill is dropped."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = self.metrics.read_text(errors="replace").splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if number == len(lines):
+                    break  # half-written when the run was killed: the resumed run redoes it
+                raise OnnxkitError(f"{self.metrics}: line {number} is damaged; the run cannot be resumed") from None
+        return records
 
     def truncate_metrics(self, step: int) -> list[dict[str, Any]]:
         """Drop the records after optimizer step `step` (those a resumed run redoes); return the rest."""
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
         write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
+
+    # ---- checkpoint checksums ------------------------------------------------------------------
+
+    def save_loop_state(self, saved: dict[str, Any]) -> None:
+        """Write last.json (the loop state) with the SHA-256 of the checkpoint just written beside it."""
+        write_text(self.loop_state, json.dumps({**saved, CHECKSUM_KEY: sha256(self.last_checkpoint)}))
+
+    def verify_checkpoint(self) -> None:
+        """Refuse a checkpoint that is missing or does not match the checksum its loop state records."""
+        for path in (self.last_checkpoint, self.loop_state):
+            if not path.is_file():
+                raise OnnxkitError(f"{self.path} has no complete checkpoint ({path} is missing); the run cannot be "
+                                   "resumed, start a new one")
+        try:
+            expected = json.loads(self.loop_state.read_text()).get(CHECKSUM_KEY)
+        except (OSError, ValueError, AttributeError) as e:
+            raise OnnxkitError(f"{self.loop_state} is damaged ({e}); the run cannot be resumed, start a new one") from e
+        if expected is not None and sha256(self.last_checkpoint) != expected:
+            raise OnnxkitError(
+                f"{self.last_checkpoint} does not match its checksum (damaged, or the run was killed while "
+                "checkpointing); the run cannot be resumed, start a new one"
+            )

@@ -16,7 +16,6 @@ from typing import Any
 
 from onnxkit.data import Split
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import write_text
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.callbacks import Callback, Record
 from onnxkit.train.config import TrainConfig, TrainingInterrupted
@@ -128,7 +127,7 @@ class Trainer:
         for callback in self.callbacks:
             saved.update(callback.state())
         self.session.save_checkpoint(self.run.last_checkpoint)
-        write_text(self.run.loop_state, json.dumps(saved))
+        self.run.save_loop_state(saved)  # with the checkpoint's checksum, verified on resume
         self._saved_step, self._saved_at = self.state.step, time.perf_counter()
         self._saving_seconds = self._saved_at - started
 
