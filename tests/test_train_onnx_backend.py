@@ -155,3 +155,26 @@ def test_a_dropout_table_too_short_for_a_tensor_grows_quietly(tmp_path, monkeypa
     loss = session.train_step(feeds, np.arange(64) % 10)
     assert np.isfinite(loss) and session._dropout.size >= 2 * 64 * 128
     assert "Reshape" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "rmsprop"])
+def test_the_optimizer_run_chunk_by_chunk_gives_the_whole_buffer_run_bit_for_bit(tmp_path, monkeypatch, optimizer):
+    from onnxkit.train.backends.onnx import session as module
+    from onnxkit.train.problem import open_training
+
+    rng = np.random.default_rng(1)
+    batches = [(rng.normal(size=(32, 64)).astype(np.float32), rng.integers(0, 10, 32)) for _ in range(4)]
+
+    def train(chunk: int, folder: str) -> dict[str, np.ndarray]:
+        monkeypatch.setattr(module, "CHUNK", chunk)
+        session = open_training(zoo.build_model("digits-mlp"), tmp_path / folder, optimizer=optimizer, dropout=False)
+        assert len(session._chunks) == -(-session._layout.size // chunk)
+        for x, y in batches:
+            session.train_step({"x": x}, y)
+            session.optimizer_step(1e-2)
+        return session.parameters()
+
+    whole, chunked = train(1 << 30, "whole"), train(1000, "chunked")  # 26,122 parameters: 27 chunks
+    assert whole.keys() == chunked.keys()
+    for name in whole:
+        np.testing.assert_array_equal(chunked[name], whole[name], err_msg=name)

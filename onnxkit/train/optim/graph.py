@@ -5,7 +5,8 @@ Graph contract (the training backends bind these names):
 
 - inputs: `lr` (float32 []), `step` (int64 []: the 1-based number t of the step being taken),
   and per parameter `p` its value `p`, its gradient `p.grad` and each state slot `p.<slot>`;
-- outputs: `p.updated` and `p.<slot>.updated`, with the parameter's shape.
+- outputs: `p.updated` and `p.<slot>.updated`, with the parameter's shape (a dimension may be
+  symbolic, so one graph steps a flat buffer whole or chunk by chunk).
 
 Equal expressions share one node, so scalars that depend only on `lr` and `step` (bias
 corrections, decayed learning rates, the clipping coefficient) are computed once for all
@@ -29,7 +30,7 @@ IR_VERSION = 10
 OPSETS = range(13, 22)  # 21 is the newest onnxruntime-training 1.19.2 loads
 FLOAT, DOUBLE, INT64, BOOL = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
 
-Param = tuple[str, tuple[int, ...]]
+Param = tuple[str, tuple[int | str, ...]]  # a dim may be symbolic: the graph then steps any length
 
 
 class _Nodes:
@@ -161,7 +162,7 @@ def update_model(
     nodes = _Nodes()
     step = Step(Expr(nodes, "lr"), Expr(nodes, "step", INT64))
     inputs = [helper.make_tensor_value_info("lr", FLOAT, []), helper.make_tensor_value_info("step", INT64, [])]
-    outputs: list[tuple[str, Expr, tuple[int, ...]]] = []
+    outputs: list[tuple[str, Expr, tuple[int | str, ...]]] = []
     grads = [Expr(nodes, f"{name}.grad") for name, _ in params]
     if clip_grad_norm is not None:
         grads = clip_by_global_norm(grads, clip_grad_norm)
@@ -191,7 +192,7 @@ def _check(params: Sequence[Param], clip_grad_norm: float | None, opset: int) ->
 
 
 def _graph(
-    nodes: _Nodes, inputs: list[onnx.ValueInfoProto], outputs: list[tuple[str, Expr, tuple[int, ...]]], name: str
+    nodes: _Nodes, inputs: list[onnx.ValueInfoProto], outputs: list[tuple[str, Expr, tuple[int | str, ...]]], name: str
 ) -> onnx.GraphProto:
     """Name each output after the node that makes it; an input passed through unchanged gets an Identity."""
     made = {node.output[0] for node in nodes.nodes}

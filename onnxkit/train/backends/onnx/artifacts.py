@@ -5,7 +5,8 @@ graph, the eval graph and the initial state, all in one folder.
   dropout tables and window starts (see `dropout`); outputs: the loss, each buffer's update
   and each parameter's gradient. With gradient accumulation it also takes each gradient's
   running sum (`<param>.grad.accumulated`) and adds to it.
-- `optimizer.onnx`: `onnxkit.train.optim.update_model` over all parameters as one flat one.
+- `optimizer.onnx`: `onnxkit.train.optim.update_model` over one flat parameter of any length;
+  the session runs it over the flat buffer whole or chunk by chunk (see `session`).
 - `eval.onnx`: the inference form computing the chosen output, fed the parameters and buffers.
 
 The session binds the parameters and gradients to slices of flat buffers (`flat`).
@@ -72,7 +73,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
     save_model(graph, directory / TRAINING)
     del graph
     version = min(max(opset(problem.eval_model), 13), 21)
-    optimizer = update_model(problem.optimizer, [(PARAMS, (layout.size,))], clip_grad_norm=problem.clip_grad_norm,
+    optimizer = update_model(problem.optimizer, [(PARAMS, ("n",))], clip_grad_norm=problem.clip_grad_norm,
                              opset=version)
     save_model(optimizer, directory / OPTIMIZER)
     save_model(eval_form(problem.eval_model, problem.output, [*problem.trainable, *problem.buffers]), directory / EVAL)
@@ -87,6 +88,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
         "layout": layout.to_json(),
         "buffers": problem.buffers,
         "slots": list(problem.optimizer.slots()),
+        "global_norm": problem.clip_grad_norm is not None,  # the optimizer step needs every gradient at once
         "accumulation": problem.grad_accumulation,
         "dropout": dropout,
     }

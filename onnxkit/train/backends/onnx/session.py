@@ -7,6 +7,11 @@ in two sets that swap after every training step (an OrtValue is never bound as b
 and output of one run). The training and eval graphs see each parameter and gradient as a
 slice of a flat buffer, bound by address. Bindings are made once per combination of sets;
 a step binds only the batch, and only the loss comes back to the host.
+
+On the CPU the optimizer graph runs chunk by chunk over the flat buffers (CHUNK elements at a
+time), so its dozen elementwise passes find each chunk's intermediates in cache: 1.7x faster
+over 22.6M parameters than whole-buffer passes (2 threads). On CUDA, and when the step clips
+the global gradient norm (which needs every gradient at once), it runs once over the whole.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from onnxkit.train.backends.onnx.dropout import STARTS, TABLE, DropoutTables
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
 
 MAX_TABLE = 1 << 28  # dropout table elements (1 GiB of float32): past that, a failed step is an error
+CHUNK = 1 << 18  # optimizer elements per run on the CPU (1 MiB of float32 per tensor)
 
 
 def _options(threads: int | None, severity: int = 3) -> ort.SessionOptions:
@@ -43,6 +49,8 @@ class OnnxSession(TrainingSession):
         self._layout = FlatLayout.from_json(sig["layout"])
         self._buffers: dict[str, str] = sig["buffers"]
         self._slots: list[str] = sig["slots"]
+        whole = sig.get("global_norm", True) or device.startswith("cuda")  # artifacts of older runs: whole
+        self._chunks = _chunks(self._layout.size, self._layout.size if whole else CHUNK)
         self._accumulate = sig["accumulation"] > 1
         self._dropout_settings = sig["dropout"]
         kind, self._device_id = parse_device(device)
@@ -161,18 +169,25 @@ class OnnxSession(TrainingSession):
         self._step_value.update_inplace(np.asarray(self._steps, np.int64))
         key = ("optim", self._current, (self._batches - 1) % len(self._grads))
         if key not in self._bindings:
-            b = self._optim.io_binding()
-            now, then = self._state[self._current], self._state[1 - self._current]
-            b.bind_ortvalue_input("lr", self._lr)
-            b.bind_ortvalue_input("step", self._step_value)
-            b.bind_ortvalue_input(gradient_name(PARAMS), self._gradient())
-            for name in now:
-                b.bind_ortvalue_input(name, now[name])
-                b.bind_ortvalue_output(f"{name}.updated", then[name])
-            self._bindings[key] = b
-        self._optim.run_with_iobinding(self._bindings[key], self._async)
+            self._bindings[key] = [self._optimizer_binding(offset, size) for offset, size in self._chunks]
+        for binding in self._bindings[key]:
+            self._optim.run_with_iobinding(binding, self._async)
         self._current = 1 - self._current
         self._batches = 0
+
+    def _optimizer_binding(self, offset: int, size: int) -> ort.IOBinding:
+        """The optimizer graph bound to elements [offset, offset + size) of the current state and
+        gradient, writing the other state set."""
+        b = self._optim.io_binding()
+        b.bind_ortvalue_input("lr", self._lr)
+        b.bind_ortvalue_input("step", self._step_value)
+        now, then = self._state[self._current], self._state[1 - self._current]
+        views = [(gradient_name(PARAMS), self._gradient(), b.bind_input)]
+        views += [(name, now[name], b.bind_input) for name in now]
+        views += [(f"{name}.updated", then[name], b.bind_output) for name in now]
+        for name, flat, bind in views:
+            bind(name, self._device, self._device_id, np.float32, [size], flat.data_ptr() + 4 * offset)
+        return b
 
     def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         b = self._eval.io_binding()
@@ -225,3 +240,8 @@ class OnnxSession(TrainingSession):
             if self._dropout:
                 state[DROPOUT_TABLE] = np.asarray(self._dropout.size, np.int64)
         save_state(path, state)
+
+
+def _chunks(total: int, chunk: int) -> list[tuple[int, int]]:
+    """(offset, size) of consecutive pieces of at most `chunk` elements covering `total`."""
+    return [(offset, min(chunk, total - offset)) for offset in range(0, total, max(chunk, 1))]
