@@ -15,6 +15,7 @@ from pathlib import Path
 
 from onnxkit import nn
 from onnxkit.errors import OnnxkitError
+from onnxkit.training_recipe import TrainingRecipe, training_recipes
 from onnxkit.zoo import Recipe
 
 
@@ -84,6 +85,15 @@ class BertClassifier(BertEncoder):
         return self.classifier(self.dropout(self.pooled(input_ids, attention_mask, token_type_ids)))
 
 
+# fine-tuning a pretrained encoder (AdamW, linear decay after a 10% warm-up): all of it at a small lr,
+# a new head alone on cached features, or LoRA adapters with the head
+FINE_TUNING = training_recipes(
+    full=TrainingRecipe(lr=5e-5, batch_size=16, epochs=2, schedule="linear", warmup=0.1),
+    head=TrainingRecipe(lr=1e-3, batch_size=16, epochs=30, schedule="linear", warmup=0.1, monitor="val_accuracy"),
+    lora=TrainingRecipe(lr=2e-3, batch_size=16, epochs=2, schedule="linear", warmup=0.1),
+)
+
+
 def _check_matches(pretrained: str, config: dict, options: dict) -> None:
     keys = {"vocab_size": "vocab_size", "max_positions": "max_position_embeddings",
             "type_vocab_size": "type_vocab_size", "hidden": "hidden_size", "heads": "num_attention_heads",
@@ -127,7 +137,7 @@ def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: i
         if missing:
             raise OnnxkitError(f"pretrained {pretrained} lacks weight {missing[0]!r}; it does not fit this model")
         metadata = {"onnxkit.pretrained": pretrained, "onnxkit.max_length": max_length,
-                    "onnxkit.tokenizer": weights.tokenizer_json(pretrained, max_length)}
+                    "onnxkit.tokenizer": weights.tokenizer_json(pretrained, max_length), **FINE_TUNING}
     ids = nn.Input(["batch", "seq"], "int64")
     inputs = {"input_ids": ids, "attention_mask": ids, "token_type_ids": ids}
     if embedding:

@@ -1,7 +1,11 @@
 """The 1→10→1 sigmoid MLP: a binary classifier of one feature (outputs a logit)."""
 
 from onnxkit import nn
+from onnxkit.training_recipe import TrainingRecipe, training_recipes
 from onnxkit.zoo import Recipe
+
+# a sigmoid layer trains slowly at torch's SGD default (1e-3); the length follows the data
+TRAINING = TrainingRecipe(lr=0.01, lrs={"sgd": 0.1})
 
 
 class BinaryClassifier(nn.Module):
@@ -16,4 +20,4 @@ class BinaryClassifier(nn.Module):
 def recipe(hidden: int = 10, seed: int = 0) -> Recipe:
     nn.manual_seed(seed)
     return Recipe(BinaryClassifier(hidden), {"x": nn.Input(["batch", 1])}, task="binary",
-                  labels=["negative", "positive"])
+                  labels=["negative", "positive"], metadata=training_recipes(full=TRAINING))

@@ -11,7 +11,7 @@ import click
 from onnxkit.cli import options as opt
 from onnxkit.errors import OnnxkitError
 from onnxkit.train.backends import backend_names
-from onnxkit.train.optim import OPTIMIZERS, get_optimizer
+from onnxkit.train.optim import OPTIMIZERS, Optimizer, get_optimizer
 
 LOSS_NAMES = ("cross-entropy", "bce-with-logits", "mse", "l1")
 OPTIMIZER_OPTIONS = ("momentum", "dampening", "nesterov", "betas", "eps", "amsgrad", "alpha", "centered", "rho",
@@ -26,10 +26,11 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--loss", type=click.Choice(LOSS_NAMES), help="Default: from the model's task and the labels.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True,
-              help="torch.optim's algorithm, option names and defaults.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
+              help="torch.optim's algorithm, option names and defaults (default: the model's recipe's, else adamw).")
 @click.option("--lr", type=opt.POSITIVE,
-              help="Learning rate (default: torch's for the optimizer, e.g. 1e-3 for adamw).")
+              help="Learning rate (default: the model's recipe's, else torch's for the optimizer, e.g. 1e-3 for "
+              "adamw).")
 @click.option("--weight-decay", type=opt.NON_NEGATIVE, help="Default: 0.01 for adamw, 0 for the others.")
 @click.option("--momentum", type=opt.NON_NEGATIVE, help="sgd, rmsprop.")
 @click.option("--dampening", type=opt.NON_NEGATIVE, help="sgd.")
@@ -43,12 +44,14 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("--lr-decay", type=opt.NON_NEGATIVE, help="adagrad.")
 @click.option("--initial-accumulator-value", type=opt.NON_NEGATIVE, help="adagrad.")
 @click.option("--clip-grad-norm", type=opt.POSITIVE, help="Clip the global gradient norm to this value.")
-@click.option("--schedule", type=click.Choice(("constant", "linear", "cosine")), default="constant", show_default=True)
-@click.option("--warmup", type=opt.NON_NEGATIVE, default=0, show_default=True,
-              help="Warm-up steps (or a fraction < 1).")
-@click.option("--epochs", type=opt.COUNT, default=10, show_default=True)
+@click.option("--schedule", type=click.Choice(("constant", "linear", "cosine")),
+              help="Default: the model's recipe's, else constant.")
+@click.option("--warmup", type=opt.NON_NEGATIVE,
+              help="Warm-up steps (or a fraction < 1). Default: the recipe's, else 0.")
+@click.option("--epochs", type=opt.COUNT,
+              help="Default: the model's recipe's, else enough for 2,000 steps (5 to 500 epochs) with early stopping.")
 @click.option("--steps", type=opt.COUNT, help="Stop after this many optimizer steps instead.")
-@opt.batch_size(64, "Examples per batch.")
+@opt.batch_size(None, "Examples per batch (default: the model's recipe's, else 32).")
 @click.option("--grad-accum", "grad_accumulation", type=opt.COUNT, default=1, show_default=True,
               help="Batches per optimizer step.")
 @click.option("--seed", type=opt.NON_NEGATIVE_INT, default=0, show_default=True, help="Shuffling and dropout seed.")
@@ -108,8 +111,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
             options["data"],
             options["out_dir"],
             loss=options["loss"],
-            optimizer=get_optimizer(options["optimizer"], **{
-                k: options[k] for k in OPTIMIZER_OPTIONS if options[k] is not None}),
+            optimizer=_optimizer(options),
             lr=options["lr"],
             weight_decay=options["weight_decay"],
             backend=options["backend"],
@@ -147,6 +149,14 @@ def train_cmd(model: str | None, **options: Any) -> None:
     test = result.metrics.get("test", {})
     shown = "  ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "loss") if k in test)
     click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))
+
+
+def _optimizer(options: dict[str, Any]) -> Optimizer | None:
+    """The optimizer the options name (adamw when only its options are given), or None for the default."""
+    given = {k: options[k] for k in OPTIMIZER_OPTIONS if options[k] is not None}
+    if options["optimizer"] is None and not given:
+        return None
+    return get_optimizer(options["optimizer"] or "adamw", **given)
 
 
 def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]

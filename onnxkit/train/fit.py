@@ -45,6 +45,7 @@ from onnxkit.train.callbacks import (
     RecordCallback,
 )
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
+from onnxkit.train.defaults import Settings, resolve, training_mode
 from onnxkit.train.export import with_weights
 from onnxkit.train.frozen_features import cut, features
 from onnxkit.train.losses import Loss, default_loss, get_loss
@@ -56,6 +57,7 @@ from onnxkit.train.schedules import Schedule, warmup_steps
 from onnxkit.train.trainer import LoopState, Trainer
 from onnxkit.train.training_form import find_parameters, output_type, select
 from onnxkit.train.weights import load_tensors
+from onnxkit.training_recipe import read_training_recipe
 
 TASK_OF_LOSS = {"cross-entropy": "classification", "bce-with-logits": "binary", "mse": "regression", "l1": "regression"}
 
@@ -66,15 +68,15 @@ def fit(
     out_dir: str | os.PathLike | None = None,
     *,
     loss: str | None = None,
-    optimizer: str | Optimizer = "adamw",
+    optimizer: str | Optimizer | None = None,
     lr: float | None = None,
     weight_decay: float | None = None,
     clip_grad_norm: float | None = None,
-    schedule: str = "constant",
-    warmup: float = 0,
-    epochs: int = 10,
+    schedule: str | None = None,
+    warmup: float | None = None,
+    epochs: int | None = None,
     steps: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     grad_accumulation: int = 1,
     eval_batch_size: int | None = None,
     seed: int = 0,
@@ -109,6 +111,10 @@ def fit(
       constant, linear or cosine with `warmup` steps (or a fraction of all steps when below 1).
     - `backend`: onnx (onnxkit's own autodiff, any ONNX Runtime) or ort-training.
     - `epochs`, or `steps` optimizer steps; `grad_accumulation` batches per step.
+    - Settings left None come from the model's training recipe (`onnxkit.training_recipe`
+      metadata, for full training, `train_only` head training or an `adapter`), else from
+      defaults that follow the data (`onnxkit.train.defaults`): adamw at torch's lr, batch 32,
+      at least 2,000 steps with early stopping on the validation loss.
     - `freeze` / `train_only`: globs over parameter names (frozen ones stay bit-identical).
     - `cache_features`: when only a head after a frozen part trains, run the frozen
       part once and train the head on its cached output (see `frozen_features`).
@@ -128,6 +134,7 @@ def fit(
         if config.data_in_memory and not isinstance(data, Dataset):
             raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")
         dataset = data if isinstance(data, Dataset) else load_dataset(config.data, seed=config.data_seed, model=proto)
+        note = None
     else:
         if model is None:
             raise OnnxkitError("give a model to train (a .onnx path or an onnx.ModelProto), or resume a run")
@@ -135,14 +142,18 @@ def fit(
             raise OnnxkitError("give an output folder for the run (out_dir / -o)")
         if data is None:
             raise OnnxkitError("give training data: a dataset name, a .npz/.csv file or a Dataset")
-        _check_numbers(epochs, steps, batch_size, grad_accumulation, patience)
-        spec = _optimizer(optimizer, weight_decay)
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
         else:
             model_path = Path(model).resolve()
             proto = load_model(model_path)
         dataset = data if isinstance(data, Dataset) else load_dataset(data, seed=data_seed, model=proto)
+        given = Settings(optimizer, lr, weight_decay, batch_size, epochs, steps, schedule, warmup, monitor, patience)
+        chosen, note = resolve(given, read_training_recipe(proto, training_mode(train_only, adapter)),
+                               train_rows=len(dataset.train), grad_accumulation=grad_accumulation,
+                               has_validation=len(dataset.validation) > 0)
+        _check_numbers(chosen.epochs, steps, chosen.batch_size, grad_accumulation, chosen.patience)
+        spec = _optimizer(chosen.optimizer, chosen.weight_decay)
         run = RunDirectory.new(out_dir)
         config = TrainConfig(
             model=str(model_path or run.path.resolve() / "base_model.onnx"),
@@ -153,13 +164,13 @@ def fit(
             loss=get_loss(loss).name if loss else None,
             optimizer=spec.name,
             optimizer_options=_json_options(spec),
-            lr=spec.default_lr if lr is None else lr,
+            lr=chosen.lr,
             clip_grad_norm=clip_grad_norm,
-            schedule=schedule,
-            warmup=warmup,
-            epochs=epochs,
+            schedule=str(chosen.schedule),
+            warmup=float(chosen.warmup or 0),
+            epochs=chosen.epochs,
             steps=steps,
-            batch_size=batch_size,
+            batch_size=chosen.batch_size,
             grad_accumulation=grad_accumulation,
             eval_batch_size=eval_batch_size,
             seed=seed,
@@ -167,8 +178,8 @@ def fit(
             dropout=dropout,
             freeze=list(freeze),
             train_only=list(train_only),
-            monitor=monitor,
-            patience=patience,
+            monitor=chosen.monitor,
+            patience=chosen.patience,
             keep_best=keep_best,
             evaluate_test=evaluate_test,
             backend=backend or default_backend(),
@@ -183,7 +194,10 @@ def fit(
     if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
         raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
                            "(onnxkit train: the same --lora-* options next to --resume)")
-    setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
+    progress = Progress(not quiet)
+    if note:
+        progress.line(note)
+    setup = _Setup(run, config, proto, dataset, adapter, device, threads, progress)  # checks everything
     if resume is None:
         run.make()
     with run.lock(new=resume is None):  # one process per run folder

@@ -1,0 +1,105 @@
+"""The settings a run uses where its caller gave none: the model's training recipe first
+(`onnxkit.training_recipe`), then defaults that train well on small data.
+
+Explicit arguments always win. Without a recipe's length, training runs at least
+`MIN_STEPS` optimizer steps (at least `MIN_EPOCHS` epochs, at most `MAX_EPOCHS`) and stops
+early once the validation loss has not improved for a tenth of them; the best epoch is kept.
+So 100 rows train for hundreds of epochs and 100,000 rows for a few.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from onnxkit.train.optim import Optimizer, get_optimizer
+from onnxkit.training_recipe import TrainingRecipe
+
+BATCH_SIZE = 32
+MIN_STEPS = 2000
+MIN_EPOCHS, MAX_EPOCHS = 5, 500
+MIN_PATIENCE = 5
+
+
+@dataclass
+class Settings:
+    """The settings that `fit` takes as None for 'not given', resolved."""
+
+    optimizer: str | Optimizer | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    schedule: str | None = None
+    warmup: float | None = None
+    monitor: str | None = None
+    patience: int | None = None
+
+
+def training_mode(train_only: Any, adapter: Any) -> str:
+    """The recipe mode a run uses: lora with an adapter, head with train_only globs, else full."""
+    return "lora" if adapter is not None else "head" if train_only else "full"
+
+
+def resolve(
+    given: Settings,
+    recipe: TrainingRecipe | None,
+    *,
+    train_rows: int,
+    grad_accumulation: int,
+    has_validation: bool,
+) -> tuple[Settings, str | None]:
+    """Fill what `given` leaves None from `recipe`, then from the automatic defaults. Returns the
+    settings and one line saying where the defaults came from (None when everything was given)."""
+    r = recipe or TrainingRecipe()
+    spec = given.optimizer if isinstance(given.optimizer, Optimizer) else None
+    name = spec.name if spec else (given.optimizer or r.optimizer or "adamw").lower()
+    own = name == (r.optimizer or "adamw")  # the recipe's optimizer: its weight decay applies too
+    out = Settings(
+        optimizer=_first(given.optimizer, name),
+        lr=_first(given.lr, r.lr_for(name), get_optimizer(name).default_lr),
+        weight_decay=given.weight_decay if given.weight_decay is not None or spec or not own else r.weight_decay,
+        batch_size=_first(given.batch_size, r.batch_size, BATCH_SIZE),
+        schedule=_first(given.schedule, r.schedule, "constant"),
+        warmup=_first(given.warmup, r.warmup, 0),
+        monitor=_first(given.monitor, r.monitor),
+        patience=given.patience,
+        steps=given.steps,
+        epochs=given.epochs,
+    )
+    automatic = given.epochs is None and given.steps is None and r.epochs is None
+    if given.epochs is not None or given.steps is not None:
+        out.epochs = _first(given.epochs, 1)  # with steps given, the steps decide
+    elif r.epochs is not None:
+        out.epochs, out.patience = r.epochs, _first(given.patience, r.patience)
+    else:
+        per_epoch = math.ceil(math.ceil(train_rows / max(1, out.batch_size)) / grad_accumulation)
+        out.epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS / per_epoch)))
+        if has_validation and given.patience is None:
+            out.patience = max(MIN_PATIENCE, math.ceil(out.epochs / 10))
+    defaulted = [f for f in ("optimizer", "lr", "batch_size", "schedule", "epochs") if getattr(given, f) is None]
+    if not defaulted or (given.steps is not None and defaulted == ["epochs"]):
+        return out, None
+    used = [f for f in ("optimizer", "lr", "batch_size", "schedule", "warmup", "epochs") if getattr(given, f) is None
+            and getattr(r, f) is not None]
+    return out, _note(out, "the model's training recipe" if used or "lr" in defaulted and r.lr_for(name)
+                      else "defaults for this data", automatic)
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None."""
+    return next((v for v in values if v is not None), None)
+
+
+def _note(s: Settings, source: str, automatic: bool) -> str:
+    name = s.optimizer.name if isinstance(s.optimizer, Optimizer) else s.optimizer
+    parts = [f"{name} lr {s.lr:g}", f"batch {s.batch_size}"]
+    if s.schedule != "constant" or s.warmup:
+        parts.append(f"{s.schedule} schedule" + (f", warm-up {s.warmup:g}" if s.warmup else ""))
+    if s.steps is None:
+        parts.append(f"{'up to ' if automatic and s.patience else ''}{s.epochs} epochs")
+    if automatic and s.patience:
+        parts.append(f"early stopping after {s.patience} epochs without a better validation loss")
+    return f"training with {source}: {', '.join(parts)} (flags override them)"
