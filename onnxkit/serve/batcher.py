@@ -6,11 +6,16 @@ requests queue up; the next run takes every queued request whose non-batch
 shapes match, up to `max_batch_size` rows. After the first request of a batch
 arrives, the worker waits up to `max_delay` for more, but only while other
 requests are still being received: a lone client is never made to wait.
+
+Each request runs on the model it was decoded for: assigning a new `model` (hot reload)
+makes later requests use it while queued ones finish on the old one, and requests of two
+models are never merged. Past `max_queue` waiting requests, new ones are refused (503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ from onnxkit.serve.protocol import RequestError
 
 @dataclass
 class _Pending:
+    model: Model
     feeds: dict[str, np.ndarray]
     rows: int
     key: tuple | None  # requests with equal keys can be concatenated; None: run alone
@@ -34,15 +40,24 @@ class _Pending:
 class Batcher:
     """Queues requests for one model and runs them in merged batches."""
 
-    def __init__(self, model: Model, metrics: Metrics, max_batch_size: int = 32, max_delay_ms: float = 5.0) -> None:
+    def __init__(
+        self,
+        model: Model,
+        metrics: Metrics,
+        max_batch_size: int = 32,
+        max_delay_ms: float = 5.0,
+        max_queue: int = 256,
+    ) -> None:
+        self.name = model.name
         self.model = model
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000
+        self.max_queue = max_queue
         self._queue: deque[_Pending] = deque()
         self._receiving = 0  # requests whose bodies are still being read or decoded
         self._wakeup = asyncio.Event()
-        self._splittable = model.batchable
+        self._unsplittable: weakref.WeakSet[Model] = weakref.WeakSet()  # models whose outputs have no row axis
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnxkit-{model.name}")
         self._task: asyncio.Task | None = None
 
@@ -68,12 +83,22 @@ class Batcher:
         self._receiving -= 1
         self._wakeup.set()
 
-    async def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Queue checked feeds (see `Model.prepare`) and wait for their outputs."""
-        rows = len(next(iter(feeds.values()))) if self.model.batchable else 0
-        key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()) if self._splittable else None
+    async def infer(self, feeds: dict[str, np.ndarray], model: Model | None = None) -> dict[str, np.ndarray]:
+        """Queue feeds checked by `model` (default: the current one; see `Model.prepare`) and wait for its outputs.
+
+        RequestError(503) when `max_queue` requests are already waiting.
+        """
+        if len(self._queue) >= self.max_queue:
+            raise RequestError(
+                503, f"model {self.name!r} has {len(self._queue)} requests waiting (--max-queue); retry in a moment"
+            )
+        model = model or self.model
+        rows = len(next(iter(feeds.values()))) if model.batchable else 0
+        key = None
+        if model.batchable and model not in self._unsplittable:
+            key = (model, *((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()))
         loop = asyncio.get_running_loop()
-        pending = _Pending(feeds, rows, key, loop.create_future(), loop.time())
+        pending = _Pending(model, feeds, rows, key, loop.create_future(), loop.time())
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
@@ -87,7 +112,7 @@ class Batcher:
                 continue
             deadline = self._queue[0].since + self.max_delay
             while (
-                self._splittable
+                self._queue[0].key is not None
                 and self._receiving > 0
                 and sum(p.rows for p in self._queue) < self.max_batch_size
                 and loop.time() < deadline
@@ -106,7 +131,7 @@ class Batcher:
 
     def _take_batch(self) -> list[_Pending]:
         first = self._queue.popleft()
-        if first.key is None or not self._splittable:
+        if first.key is None or first.key[0] in self._unsplittable:
             return [first]
         batch, rows, rest = [first], first.rows, deque()
         while self._queue:
@@ -127,9 +152,10 @@ class Batcher:
             feeds = batch[0].feeds
         else:
             feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
+        model = batch[0].model
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self.model.run, feeds)
+            outputs = await loop.run_in_executor(self._executor, model.run, feeds)
         except Exception as e:  # onnxruntime's errors have no common base class
             if len(batch) > 1:  # find the request that fails, and serve the others
                 for pending in batch:
@@ -137,17 +163,17 @@ class Batcher:
                 return
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             _settle(
-                batch[0].future, error=RequestError(400, f"model {self.model.name!r} failed on this input: {message}")
+                batch[0].future, error=RequestError(400, f"model {self.name!r} failed on this input: {message}")
             )
             return
-        self.metrics.record_batch(self.model.name, sum(p.rows for p in batch) or 1)
+        self.metrics.record_batch(self.name, sum(p.rows for p in batch) or 1)
         if len(batch) == 1:
             _settle(batch[0].future, outputs)
             return
         rows = sum(p.rows for p in batch)
         if any(np.ndim(v) == 0 or len(v) != rows for v in outputs.values()):
             # outputs without a row per input row cannot be split: run each request alone
-            self._splittable = False
+            self._unsplittable.add(model)
             for pending in batch:
                 await self._run([pending])
             return

@@ -32,13 +32,15 @@ async def infer(
     """Receive and decode a request for `batcher`'s model, queue it, and wait for its outputs.
 
     While `decode` runs, the batcher knows a request is on its way and may hold a batch for it.
+    The request runs on the model it is decoded for, even if a new one is loaded meanwhile.
     """
+    model = batcher.model
     batcher.receiving()
     try:
-        request = await decode(batcher.model)
+        request = await decode(model)
     finally:
         batcher.received()
-    return request, await batcher.infer(request.feeds)
+    return request, await batcher.infer(request.feeds, model)
 
 
 async def offload(size: int, function: Callable[..., Any], *args: Any) -> Any:
