@@ -37,8 +37,12 @@ def create_app(
     max_batch_size: int = 32,
     max_delay_ms: float = 5.0,
     max_body_bytes: int = 32 * 1024 * 1024,
+    grpc_address: str | None = None,
 ) -> ASGIApp:
-    """An ASGI app serving `models` by name, with a dynamic batcher for each."""
+    """An ASGI app serving `models` by name, with a dynamic batcher for each.
+
+    With `grpc_address` (host:port), the V2 gRPC service runs beside it on the same batchers.
+    """
     metrics = Metrics([m.name for m in models])
     batchers = {m.name: Batcher(m, metrics, max_batch_size, max_delay_ms) for m in models}
     ready = False
@@ -86,11 +90,19 @@ def create_app(
         nonlocal ready
         for batcher in batchers.values():
             batcher.start()
+        grpc_server = None
+        if grpc_address is not None:
+            from onnxkit.serve import grpc_service
+
+            service = grpc_service.InferenceService(batchers, metrics, lambda: ready)
+            grpc_server = await grpc_service.start_server(grpc_address, service, max_body_bytes)
         ready = True
         try:
             yield
         finally:
             ready = False
+            if grpc_server is not None:
+                await grpc_server.stop(5)
             await asyncio.gather(*(b.stop() for b in batchers.values()))
 
     model_paths = ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]

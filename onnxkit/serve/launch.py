@@ -23,6 +23,7 @@ import numpy as np
 from onnxkit.errors import OnnxkitError
 
 _URL = re.compile(r"serving .* at (http://\S+)/v2")
+_GRPC = re.compile(r"gRPC .* at (\S+)")
 
 
 class ServerProcess:
@@ -33,6 +34,7 @@ class ServerProcess:
         self.command += ["--port", "0", *options]  # a later --port in options wins
         self.timeout = timeout
         self.url = ""
+        self.grpc = ""  # host:port of the gRPC endpoint, when started with --grpc-port
         self.log: list[str] = []  # the server's stderr lines
         self.process: subprocess.Popen | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -60,6 +62,8 @@ class ServerProcess:
             if line is None:
                 self.stop()
                 raise OnnxkitError(f"the server did not start: {' | '.join(self.log[-3:])}")
+            if match := _GRPC.search(line):
+                self.grpc = match.group(1)
             if match := _URL.search(line):
                 self.url = match.group(1)
         while time.monotonic() < deadline:

@@ -171,7 +171,7 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
             inputs.append((name, binary.to_array(raw[offset : offset + size], datatype, shape, name)))
             offset += size
         elif "data" in tensor:
-            inputs.append((name, _json_array(tensor["data"], datatype, shape, name)))
+            inputs.append((name, array_from_values(tensor["data"], datatype, shape, name)))
         else:
             raise RequestError(400, _INPUT_FIELDS)
     if offset != len(raw):
@@ -246,7 +246,8 @@ def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
     return parameters
 
 
-def _json_array(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    """A tensor from its values (JSON data, flat or nested, or gRPC's typed contents); 400 if they do not fit."""
     try:
         array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
         if datatype.startswith(("FP", "BF")):

@@ -30,7 +30,7 @@ def load_models(specs: list[str], device: str = "auto", threads: int | None = No
     return list(models.values())
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, flag: str = "--port") -> socket.socket:
     """A listening socket, or one clear error (port in use, no permission, unknown host)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
@@ -45,7 +45,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         if e.errno == errno.EADDRINUSE:
             raise OnnxkitError(
-                f"port {port} on {host} is already in use; stop the program using it or pick another with --port"
+                f"port {port} on {host} is already in use; stop the program using it or pick another with {flag}"
             ) from e
         if e.errno == errno.EACCES:
             raise OnnxkitError(f"no permission to listen on port {port}; use a port above 1023") from e
@@ -62,26 +62,38 @@ def serve(
     max_body_mb: float = 32,
     device: str = "auto",
     threads: int | None = None,
+    grpc_port: int | None = None,
 ) -> None:
-    """Serve models over HTTP until SIGINT or SIGTERM, then finish open requests and return."""
+    """Serve models over HTTP (and gRPC on `grpc_port`) until SIGINT or SIGTERM, then finish open requests."""
     if max_batch_size < 1 or max_delay_ms < 0 or max_body_mb <= 0:
         raise OnnxkitError("--max-batch-size must be >= 1, --max-delay-ms >= 0, --max-body-mb > 0")
     models = load_models(specs, device, threads)
     sock = bind(host, port)
+    grpc_address = None
+    if grpc_port is not None:  # checked (and a free one chosen for 0) now; the app listens there once started
+        with bind(host, grpc_port, "--grpc-port") as probe:
+            grpc_address = _address(host, probe.getsockname()[1])
     app = create_app(
         models,
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
+        grpc_address=grpc_address,
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
     bound_host, bound_port = sock.getsockname()[:2]
-    url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+    url = f"http://{_address(bound_host, bound_port)}"
     for model in models:
         print(f"model {model.name}: {model.describe()} on {model.device}", file=sys.stderr)
+    if grpc_address is not None:
+        print(f"gRPC (inference.GRPCInferenceService) at {grpc_address}", file=sys.stderr)
     print(f"serving {len(models)} model(s) at {url}/v2 (Ctrl-C to stop)", file=sys.stderr, flush=True)
     _Server(config).run(sockets=[sock])
     print("stopped", file=sys.stderr)
+
+
+def _address(host: str, port: int) -> str:
+    return f"{f'[{host}]' if ':' in host else host}:{port}"
 
 
 class _Server(uvicorn.Server):

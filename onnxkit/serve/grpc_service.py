@@ -1,0 +1,192 @@
+"""The V2 protocol over gRPC: `inference.GRPCInferenceService` on grpc.aio, beside the HTTP app.
+
+It runs on the HTTP server's event loop and shares its batchers, metrics and errors: a
+refusal is the same `RequestError`, sent as the gRPC status that matches its HTTP status.
+Inputs come as typed `contents` or as `raw_input_contents` (the binary extension's layout);
+outputs always go back as `raw_output_contents`, which is what V2 clients read first.
+
+The messages are built from v2_grpc.proto (compiled into `v2_grpc_descriptor`) in a
+descriptor pool of their own, so a process may also import tritonclient.grpc or KServe,
+whose generated modules define the same `inference.*` names in protobuf's global pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.runtime import Model
+from onnxkit.serve import binary, inference, protocol
+from onnxkit.serve.batcher import Batcher
+from onnxkit.serve.errors import RequestError
+from onnxkit.serve.metrics import Metrics
+from onnxkit.serve.protocol import InferRequest
+from onnxkit.serve.v2_grpc_descriptor import FILE_NAME, SERIALIZED
+
+SERVICE = "inference.GRPCInferenceService"
+_pool = descriptor_pool.DescriptorPool()
+_pool.Add(descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(SERIALIZED)))
+MESSAGES: dict[str, Any] = message_factory.GetMessageClassesForFiles([FILE_NAME], _pool)
+
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
+}  # fmt: skip
+_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+    "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}  # fmt: skip
+_log = logging.getLogger("onnxkit.serve")
+
+
+def message(name: str) -> Any:
+    """The message class `inference.<name>` of v2_grpc.proto."""
+    return MESSAGES[f"inference.{name}"]
+
+
+def status_code(http_status: int) -> grpc.StatusCode:
+    """The gRPC status for a refusal with this HTTP status."""
+    return _STATUS.get(http_status, grpc.StatusCode.INTERNAL)
+
+
+def decode_infer(request: Any, model: Model) -> InferRequest:
+    """Check a ModelInferRequest against the model; RequestError(400) if bad."""
+    specs = protocol.input_specs(model)
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise RequestError(
+            400, f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one per input"
+        )
+    inputs = []
+    for i, tensor in enumerate(request.inputs):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        protocol.check_input(name, datatype, shape, specs, model.name)
+        if raw:
+            inputs.append((name, binary.to_array(raw[i], datatype, shape, name)))
+        elif datatype in _CONTENTS:
+            values = list(getattr(tensor.contents, _CONTENTS[datatype]))
+            inputs.append((name, protocol.array_from_values(values, datatype, shape, name)))
+        else:
+            raise RequestError(400, f"input {name!r}: {datatype} has no typed contents; send it in raw_input_contents")
+    requested = [(o.name, _parameters(o.parameters)) for o in request.outputs] or None
+    return protocol.build_request(model, inputs, requested, request_id=request.id or None)
+
+
+def encode_infer(model: Model, request: InferRequest, outputs: dict[str, np.ndarray]) -> Any:
+    """The ModelInferResponse, every output in raw_output_contents."""
+    reply = message("ModelInferResponse")(model_name=model.name, model_version=protocol.MODEL_VERSION)
+    if request.id is not None:
+        reply.id = request.id
+    for name, datatype, array in protocol.output_tensors(model, request, outputs):
+        reply.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        reply.raw_output_contents.append(binary.to_bytes(array, datatype))
+    return reply
+
+
+class InferenceService:
+    """The RPCs, over the HTTP app's batchers (by model name), metrics and readiness."""
+
+    def __init__(self, batchers: Mapping[str, Batcher], metrics: Metrics, ready: Callable[[], bool]) -> None:
+        self.batchers = batchers
+        self.metrics = metrics
+        self.ready = ready
+
+    async def ServerLive(self, request: Any) -> Any:  # noqa: N802 (the RPC names of the protocol)
+        return message("ServerLiveResponse")(live=True)
+
+    async def ServerReady(self, request: Any) -> Any:  # noqa: N802
+        return message("ServerReadyResponse")(ready=self.ready())
+
+    async def ServerMetadata(self, request: Any) -> Any:  # noqa: N802
+        return message("ServerMetadataResponse")(**protocol.server_metadata())
+
+    async def ModelReady(self, request: Any) -> Any:  # noqa: N802
+        inference.find_model(self.batchers, request.name, request.version)
+        return message("ModelReadyResponse")(ready=self.ready())
+
+    async def ModelMetadata(self, request: Any) -> Any:  # noqa: N802
+        batcher = inference.find_model(self.batchers, request.name, request.version)
+        return message("ModelMetadataResponse")(**protocol.model_metadata(batcher.model))
+
+    async def ModelInfer(self, request: Any) -> Any:  # noqa: N802
+        batcher = inference.find_model(self.batchers, request.model_name, request.model_version)
+        size = request.ByteSize()
+
+        async def decode(model: Model) -> InferRequest:
+            return await inference.offload(size, decode_infer, request, model)
+
+        infer_request, outputs = await inference.infer(batcher, decode)
+        return await inference.offload(size, encode_infer, batcher.model, infer_request, outputs)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler for every RPC of v2_grpc.proto, each metered like an HTTP endpoint."""
+        service = _pool.FindServiceByName(SERVICE)
+        methods = {
+            method.name: grpc.unary_unary_rpc_method_handler(
+                self._metered(method.name, getattr(self, method.name)),
+                request_deserializer=MESSAGES[method.input_type.full_name].FromString,
+                response_serializer=MESSAGES[method.output_type.full_name].SerializeToString,
+            )
+            for method in service.methods
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    def _metered(
+        self, name: str, call: Callable[[Any], Awaitable[Any]]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        endpoint = f"grpc.{name}"
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start, status = time.perf_counter(), 500
+            try:
+                reply = await call(request)
+                status = 200
+                return reply
+            except RequestError as e:
+                status = e.status
+                await context.abort(status_code(e.status), str(e))
+            except Exception as e:
+                _log.exception("internal error in %s", endpoint)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"internal server error ({type(e).__name__}); see the server's log"
+                )
+            finally:
+                model = getattr(request, "model_name", "") or getattr(request, "name", "")
+                model = model if model in self.batchers else ""
+                seconds = time.perf_counter() - start if name == "ModelInfer" and model else None
+                self.metrics.record_request(endpoint, model, status, seconds)
+
+        return handle
+
+
+async def start_server(address: str, service: InferenceService, max_message_bytes: int) -> grpc.aio.Server:
+    """A started grpc.aio server for `service` on `address` (host:port), on the running event loop."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message_bytes)])
+    server.add_generic_rpc_handlers([service.handler()])
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise OnnxkitError(f"cannot listen for gRPC on {address} ({e}); pick another --grpc-port") from e
+    await server.start()
+    return server
+
+
+def _parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """InferParameter values as plain Python values (None where none is set)."""
+    values = {}
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        values[key] = None if choice is None else getattr(value, choice)
+    return values
