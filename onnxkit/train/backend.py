@@ -72,6 +72,14 @@ class TrainingSession(ABC):
         """Replace the accumulated gradients (e.g. with their mean over all workers)."""
         raise OnnxkitError(f"the {type(self).__name__} cannot set its gradients; use the onnx backend")
 
+    def buffers(self) -> dict[str, np.ndarray]:
+        """The buffers the forward pass updates (BatchNorm running statistics), by name: copies."""
+        raise OnnxkitError(f"the {type(self).__name__} cannot expose its buffers; use the onnx backend")
+
+    def set_buffers(self, values: Mapping[str, np.ndarray]) -> None:
+        """Replace buffers (e.g. by their mean over all workers)."""
+        raise OnnxkitError(f"the {type(self).__name__} cannot set its buffers; use the onnx backend")
+
     @property
     @abstractmethod
     def steps(self) -> int:
@@ -86,6 +94,7 @@ class Backend(ABC):
     """Builds training artifacts and opens sessions on them."""
 
     name: str
+    sets_gradients: bool = False  # its sessions implement gradients()/set_gradients() (data-parallel training)
 
     def unsupported(self, model: onnx.ModelProto, trainable: Sequence[str], loss: str) -> list[tuple[str, str]]:
         """(op type, node) pairs on the gradient path this backend cannot differentiate."""

@@ -225,6 +225,14 @@ class OnnxSession(TrainingSession):
     def set_gradients(self, gradients: Mapping[str, np.ndarray]) -> None:
         self.set_flat_gradient(self._layout.join(gradients))
 
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {n: v.numpy().copy() for n, v in self._buffer_set[self._buffers_current].items()}
+
+    def set_buffers(self, values: Mapping[str, np.ndarray]) -> None:
+        current = self._buffer_set[self._buffers_current]
+        for name, value in values.items():
+            current[name].update_inplace(np.ascontiguousarray(value, dtype=current[name].numpy().dtype))
+
     @property
     def steps(self) -> int:
         return self._steps
