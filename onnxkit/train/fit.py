@@ -30,6 +30,7 @@ from onnxkit.evaluate import evaluate, label_names, score
 from onnxkit.files import load_model, save_model
 from onnxkit.graph_walks import value_types
 from onnxkit.metadata import metadata, set_metadata
+from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.backends import DEFAULT, default_backend, get_backend
 from onnxkit.train.callbacks import (
@@ -62,6 +63,7 @@ from onnxkit.training_recipe import read_training_recipe
 TASK_OF_LOSS = {"cross-entropy": "classification", "bce-with-logits": "binary", "mse": "regression", "l1": "regression"}
 
 
+@distributed.fails_together
 def fit(
     model: str | os.PathLike | onnx.ModelProto | None = None,
     data: str | os.PathLike | Dataset | None = "digits-images",
@@ -126,7 +128,11 @@ def fit(
       `onnxkit.train.callbacks.Callback` objects, called after the built-in ones.
 
     Ctrl-C or SIGTERM finishes the optimizer step, writes a checkpoint and raises TrainingInterrupted.
+    Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`).
     """
+    world = distributed.current_world()
+    if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks
+        out_dir, resume, threads, quiet = world.enter(out_dir, resume, backend, threads, quiet)
     if resume is not None:
         run = RunDirectory.existing(resume)
         config = _config_from_json(run.read_json()["config"])
@@ -413,7 +419,8 @@ class _Setup:
 def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResult:
     """Run the trainer with the built-in callbacks, then `callbacks`; keep run.json's status current."""
     c, run, progress = setup.config, setup.run, setup.progress
-    session = setup.open_session(resuming)
+    world = distributed.current_world()
+    session = world.open_session(setup, resuming) if world else setup.open_session(resuming)
     records: list[Record] = []
     best = BestModel(setup.monitor, run.best_checkpoint if c.keep_best else None)
     stack: list[Callback] = [NanGuard(run.last_checkpoint), best]
@@ -423,6 +430,8 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
     if progress.enabled:
         stack.append(ProgressBar(progress))
     stack += [*callbacks, Plot(run.plot, records)]  # the plot last: once everything else has ended
+    if world:
+        stack.append(distributed.StopTogether(world))
     has_val = len(setup.splits["validation"]) > 0
     trainer = Trainer(session, setup.splits["train"], c, epochs=setup.epochs, schedule=setup.schedule, run=run,
                       validate=setup.validate if has_val else None, callbacks=stack, log=progress.line)

@@ -100,6 +100,15 @@ class Trainer:
         self._saving_seconds = 0.0  # how long that took
         self._signals = _StopSignals()
 
+    @property
+    def stop_signal(self) -> int:
+        """The Ctrl-C or SIGTERM received (0: none); the loop stops after the current optimizer step."""
+        return int(self._signals.signum) if self._signals.received else 0
+
+    def request_stop(self, signum: int) -> None:
+        """Stop after the current optimizer step as if `signum` had arrived (data-parallel peers stop together)."""
+        self._signals.received, self._signals.signum = True, signum
+
     # ---- checkpoints ---------------------------------------------------------------------
 
     def restore(self) -> None:

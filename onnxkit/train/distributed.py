@@ -1,0 +1,362 @@
+"""Data-parallel training over MPI (extra `distributed`: mpi4py and the mpich wheel's mpiexec).
+
+`fit` run by N processes under `mpiexec` (or `onnxkit train --workers N`, see `launch`) trains
+one model on N workers:
+
+- Rank 0 alone writes the run folder; the others write into a private scratch copy that rank 0
+  fills with the files a session opens from (its artifacts, with the initial weights, and on
+  resume its checkpoint), so every rank starts from rank 0's weights.
+- `DataParallelSession` wraps the backend's session: each rank runs its contiguous share of every
+  global batch (`batch_size` stays the global batch); between backward and the optimizer step
+  the gradients, weighted by each rank's share of the batch, and the BatchNorm buffers go through
+  one all-reduce as one flat buffer, as a mean. Validation batches are split the same way and
+  gathered. So N workers compute what one process computes, up to float rounding.
+- `StopTogether` makes a Ctrl-C or SIGTERM that reached any rank stop every rank after the
+  same optimizer step.
+- A rank that raises aborts the whole job (`MPI_Abort`) after reporting its error; a collective
+  inside the loop that waits longer than $ONNXKIT_WORKER_TIMEOUT seconds (default 30) aborts
+  too, so a dead or hung rank never leaves the others waiting. (mpiexec itself ends the job
+  within about a second when a rank dies.) Checkpoints are atomic files: an abort never leaves
+  one half-written.
+
+mpi4py is imported only when the environment says the process is one of several MPI ranks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.train.backend import TrainingSession
+from onnxkit.train.callbacks import Callback
+from onnxkit.train.config import TrainingInterrupted
+
+if TYPE_CHECKING:
+    from onnxkit.train.trainer import Trainer
+
+SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # set by MPICH's and Open MPI's launchers
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")
+TIMEOUT_VARIABLE = "ONNXKIT_WORKER_TIMEOUT"
+ERRORS_VARIABLE = "ONNXKIT_WORKER_ERRORS"  # a file the first failing rank writes its error to (set by `launch`)
+DEFAULT_TIMEOUT = 30.0
+INSTALL = "pip install 'onnxkit[distributed]' (mpi4py and the mpich wheel, which brings mpiexec)"
+# what a resumed run reads, relative to the run folder
+RESUME_FILES = ("run.json", "metrics.jsonl", "checkpoints/last.ckpt", "checkpoints/last.json", "artifacts")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _environment_int(names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return default
+
+
+def rank() -> int:
+    """This process's MPI rank from the launcher's environment (0 outside MPI); imports nothing."""
+    return _environment_int(RANK_VARIABLES, 0)
+
+
+def check_backend(name: str) -> None:
+    """Refuse a training backend whose sessions cannot set gradients."""
+    from onnxkit.train.backends import get_backend
+
+    if not get_backend(name).sets_gradients:
+        raise OnnxkitError(f"the {name} backend cannot set gradients, which data-parallel training needs; "
+                           "train on several workers with --backend onnx, or on one without --workers")
+
+
+@functools.cache
+def current_world() -> World | None:
+    """The MPI world this process is a rank of, or None when it runs alone."""
+    size = _environment_int(SIZE_VARIABLES, 1)
+    if size <= 1:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise OnnxkitError(f"this process is one of {size} MPI ranks but mpi4py is not installed; {INSTALL}") from None
+    return World(MPI.COMM_WORLD)
+
+
+def fails_together(function: F) -> F:
+    """Run `function` so that an exception on any rank ends every rank (see `World.failing_together`)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        world = current_world()
+        if world is None:
+            return function(*args, **kwargs)
+        with world.failing_together():
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def shard(rows: int, rank: int, size: int) -> tuple[int, int]:
+    """Rows [lo, hi) of a batch of `rows` that `rank` of `size` takes: contiguous, sizes differ by at most 1."""
+    return rank * rows // size, (rank + 1) * rows // size
+
+
+class World:
+    """This rank's view of the MPI job: rank, size, collectives that time out, abort."""
+
+    def __init__(self, comm: Any) -> None:
+        from mpi4py import MPI
+
+        self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
+        self._sum = MPI.SUM
+        self._max = MPI.MAX
+        self.timeout = float(os.environ.get(TIMEOUT_VARIABLE) or DEFAULT_TIMEOUT)
+        self._deadline: float | None = None
+        self._waiting_for = ""
+        self._watchdog: threading.Thread | None = None
+
+    # ---- failing together ----------------------------------------------------------------
+
+    def abort(self, message: str) -> NoReturn:
+        """Report `message` (to the launcher's error file, else stderr) and end every rank."""
+        path = os.environ.get(ERRORS_VARIABLE)
+        text = f"worker {self.rank} of {self.size}: {message}"
+        try:
+            with open(path, "x", encoding="utf-8") if path else contextlib.nullcontext(sys.stderr) as out:
+                out.write(text if path else f"error: {text}\n")
+        except FileExistsError:
+            pass  # another rank reported first
+        sys.stderr.flush()
+        self.comm.Abort(1)
+        os._exit(1)  # Abort does not return; this only guards against an MPI that lets it
+
+    @contextlib.contextmanager
+    def failing_together(self) -> Iterator[None]:
+        """Any exception but an agreed stop (TrainingInterrupted) aborts the job, so no rank waits for it."""
+        try:
+            yield
+        except TrainingInterrupted:
+            raise
+        except BaseException as e:  # noqa: BLE001 - every failure must end all ranks
+            if not isinstance(e, OnnxkitError | KeyboardInterrupt | SystemExit):
+                traceback.print_exc()
+            self.abort(str(e) or type(e).__name__)
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Abort when the collective inside takes longer than the timeout: a peer died or hangs."""
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="onnxkit-worker-watchdog", daemon=True)
+            self._watchdog.start()
+        self._waiting_for, self._deadline = what, time.monotonic() + self.timeout
+        try:
+            yield
+        finally:
+            self._deadline = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.5)
+            deadline = self._deadline
+            if deadline is not None and time.monotonic() > deadline:
+                self.abort(f"waited more than {self.timeout:.0f} s for the other workers ({self._waiting_for}): "
+                           f"one of them died or hangs (set ${TIMEOUT_VARIABLE} to wait longer)")
+
+    # ---- collectives ---------------------------------------------------------------------
+
+    def allreduce(self, values: np.ndarray, what: str, *, op: str = "sum") -> np.ndarray:
+        """`values` summed (or maxed) over all ranks, in place."""
+        with self._guard(what):
+            self.comm.Allreduce(_in_place(), values, op=self._sum if op == "sum" else self._max)
+        return values
+
+    def allgather(self, value: Any, what: str) -> list[Any]:
+        with self._guard(what):
+            return self.comm.allgather(value)
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank; not timed (rank 0 may build artifacts meanwhile)."""
+        return self.comm.bcast(value, root=0)
+
+    # ---- the run folder ------------------------------------------------------------------
+
+    def enter(
+        self, out_dir: Any, resume: Any, backend: str | None, threads: int | None, quiet: bool
+    ) -> tuple[Any, Any, int, bool]:
+        """fit's arguments for this rank: ranks other than 0 train in a private scratch copy of the
+        run (on resume, filled with rank 0's files), quietly; threads default to cores / ranks."""
+        if self.rank == 0:
+            name = backend or (_stored_backend(resume) if resume else None)
+            failure = None
+            try:
+                from onnxkit.train.backends import default_backend
+
+                check_backend(name or default_backend())
+            except OnnxkitError as e:
+                failure = str(e)
+            files = _read_files(Path(resume), RESUME_FILES) if resume and failure is None else {}
+            self.broadcast((failure, files))
+            if failure:
+                raise OnnxkitError(failure)
+        else:
+            failure, files = self.broadcast(None)
+            if failure:
+                raise OnnxkitError(failure)
+            scratch = Path(tempfile.mkdtemp(prefix=f"onnxkit-worker{self.rank}-")) / "run"
+            atexit.register(shutil.rmtree, scratch.parent, ignore_errors=True)
+            _write_files(scratch, files)
+            out_dir = scratch if out_dir is not None else None
+            resume = scratch if resume is not None else None
+            quiet = True
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return out_dir, resume, threads or max(1, cores // self.size), quiet
+
+    def open_session(self, setup: Any, resuming: bool) -> DataParallelSession:
+        """Rank 0 opens (for a new run: builds) fit's session, then sends its artifacts to the others,
+        which open theirs on them: every rank starts from rank 0's initial weights or checkpoint."""
+        if self.rank == 0:
+            try:
+                session = setup.open_session(resuming)
+            except BaseException as e:
+                self.broadcast((str(e), {}))
+                raise
+            self.broadcast((None, {} if resuming else _read_files(setup.run.path, ["artifacts"])))
+        else:
+            failure, files = self.broadcast(None)
+            if failure is not None:
+                raise OnnxkitError(f"worker 0 could not open the training session: {failure}")
+            _write_files(setup.run.path, files)
+            session = setup.open_session(True) if resuming else setup.backend.open(
+                setup.run.artifacts, device=setup.device, threads=setup.threads)
+        return DataParallelSession(session, self)
+
+
+def _in_place() -> Any:
+    from mpi4py import MPI
+
+    return MPI.IN_PLACE
+
+
+def _stored_backend(resume: Any) -> str | None:
+    import json
+
+    try:
+        return json.loads((Path(resume) / "run.json").read_text())["config"]["backend"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # fit reports the damaged run itself
+
+
+def _read_files(root: Path, names: Any) -> dict[str, bytes]:
+    """The bytes of the files `names` (relative to `root`; a folder stands for every file in it)."""
+    files = {}
+    for name in names:
+        path = root / name
+        found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] * path.is_file()
+        files.update({str(p.relative_to(root)): p.read_bytes() for p in found})
+    return files
+
+
+def _write_files(root: Path, files: Mapping[str, bytes]) -> None:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    root.mkdir(parents=True, exist_ok=True)
+
+
+class DataParallelSession(TrainingSession):
+    """A backend session on one rank's share of every batch, gradients and buffers averaged over ranks."""
+
+    def __init__(self, session: TrainingSession, world: World) -> None:
+        self.session, self.world = session, world
+        self._micro_batches = 0  # since the last optimizer step
+
+    def _share(self, rows: int) -> tuple[slice, float]:
+        """This rank's rows of a batch and its gradient weight (size x its share of the rows); an empty
+        share runs one row with weight 0, so every rank takes every step."""
+        lo, hi = shard(rows, self.world.rank, self.world.size)
+        if hi == lo:
+            return slice(0, 1), 0.0
+        return slice(lo, hi), self.world.size * (hi - lo) / rows
+
+    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
+        rows, session = len(labels), self.session
+        part, weight = self._share(rows)
+        before = session.flat_gradient() if weight != 1 and self._micro_batches else None  # type: ignore[attr-defined]
+        loss = session.train_step({k: v[part] for k, v in feeds.items()}, labels[part])
+        self._micro_batches += 1
+        if weight != 1:  # scale this micro-batch's gradient by the weight, leave the earlier ones alone
+            added = session.flat_gradient() - (0 if before is None else before)  # type: ignore[attr-defined]
+            session.set_flat_gradient(added * weight + (0 if before is None else before))  # type: ignore[attr-defined]
+        share = np.array([loss * weight / self.world.size if weight else 0.0])
+        return float(self.world.allreduce(share, "the loss of a batch")[0])
+
+    def optimizer_step(self, lr: float) -> None:
+        session = self.session
+        gradient = session.flat_gradient()  # type: ignore[attr-defined]
+        buffers = session.buffers()
+        flat = np.concatenate([gradient, *(v.reshape(-1).astype(np.float32) for v in buffers.values())])
+        flat = self.world.allreduce(flat, "the gradient all-reduce") / self.world.size
+        session.set_flat_gradient(flat[: gradient.size])  # type: ignore[attr-defined]
+        if buffers:
+            offset, means = gradient.size, {}
+            for name, value in buffers.items():
+                means[name] = flat[offset : offset + value.size].reshape(value.shape)
+                offset += value.size
+            session.set_buffers(means)
+        session.optimizer_step(lr)
+        self._micro_batches = 0
+
+    def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        rows = len(next(iter(feeds.values())))
+        lo, hi = shard(rows, self.world.rank, self.world.size)
+        mine = self.session.eval_step({k: v[lo:hi] for k, v in feeds.items()}) if hi > lo else None
+        parts = self.world.allgather(mine, "a validation batch")
+        return np.concatenate([p for p in parts if p is not None])
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return self.session.parameters()
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return self.session.gradients()
+
+    def set_gradients(self, gradients: Mapping[str, np.ndarray]) -> None:
+        self.session.set_gradients(gradients)
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        return self.session.buffers()
+
+    def set_buffers(self, values: Mapping[str, np.ndarray]) -> None:
+        self.session.set_buffers(values)
+
+    @property
+    def steps(self) -> int:
+        return self.session.steps
+
+    def save_checkpoint(self, path: Path, *, optimizer_state: bool = True) -> None:
+        self.session.save_checkpoint(path, optimizer_state=optimizer_state)
+
+
+class StopTogether(Callback):
+    """After every optimizer step, the ranks agree whether any got Ctrl-C or SIGTERM, so all stop
+    (and rank 0 checkpoints) after the same step."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        signal = self.world.allreduce(np.array([trainer.stop_signal], np.int64), "a stop request", op="max")
+        if signal[0] and not trainer.stop_signal:
+            trainer.request_stop(int(signal[0]))
