@@ -1,8 +1,10 @@
 """Metrics (loss, accuracy, macro-F1, confusion matrix) and evaluation of an inference model.
 
-`evaluate(model, split)` runs any inference-form ONNX model on a data split in
-a plain `onnxruntime.InferenceSession` and scores its first output (or the one
-named). It needs only numpy, onnx and onnxruntime, never the training package.
+`evaluate(model, split)` runs any inference-form ONNX model on a data split (a
+`Split`, or a name: the split of the data the model was trained on) in a plain
+`onnxruntime.InferenceSession` and scores its first output (or the one named).
+It needs only numpy, onnx and onnxruntime, never the training package. A model
+with a fixed batch size runs in batches of that size, the last one padded.
 
 What the output means comes from the model's `onnxkit.task` metadata when
 present, else from its shape and the labels: integer labels with one score
@@ -112,7 +114,17 @@ def score(
         metrics["confusion"] = confusion.tolist()
     else:
         metrics["mae"] = l1(outputs, labels)
+        metrics["r2"] = r2(outputs, labels)
     return metrics
+
+
+def r2(outputs: np.ndarray, targets: np.ndarray) -> float | None:
+    """The coefficient of determination, 1 - SS_res / SS_tot over all target values (scikit-learn's
+    r2_score for one target; the mean over targets' pooled variance for several). None for constant targets."""
+    y = targets.astype(np.float64).reshape(len(targets), -1)
+    residual = float(np.sum((y - outputs.astype(np.float64).reshape(y.shape)) ** 2))
+    total = float(np.sum((y - y.mean(axis=0)) ** 2))
+    return 1.0 - residual / total if total > 0 else None
 
 
 def infer_task(declared: str | None, output_shape: Sequence[Any] | None, labels: np.ndarray) -> str:
@@ -130,16 +142,53 @@ def infer_task(declared: str | None, output_shape: Sequence[Any] | None, labels:
 # ---- evaluation of an ONNX model -------------------------------------------------------------
 
 
+def fixed_batch_size(specs: Sequence[Any]) -> int | None:
+    """The batch size a model's inputs fix (a number as their first dimension), or None."""
+    sizes = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _run(session: Any, name: str, feeds: dict[str, np.ndarray], fixed: int | None) -> np.ndarray:
+    """`name`'s output for one batch; a short batch for a fixed-batch model is padded with copies of
+    its last row, and the padding's outputs dropped."""
+    rows = len(next(iter(feeds.values())))
+    if fixed and rows < fixed:
+        feeds = {k: np.concatenate([v, np.repeat(v[-1:], fixed - rows, axis=0)]) for k, v in feeds.items()}
+    try:
+        return session.run([name], feeds)[0][:rows]
+    except Exception as e:  # onnxruntime raises its own exception types, without a common base
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxkitError(f"onnxruntime could not run the model on this data ({reason}); check that the data "
+                           "fits the model's inputs") from e
+
+
 def label_names(model) -> list[str] | None:  # type: ignore[no-untyped-def]
     """Class names from `onnxkit.labels` metadata, if any."""
     raw = metadata(model).get("onnxkit.labels")
     return json.loads(raw) if raw else None
 
 
+def named_split(model: Any, split: str, data: Any = None, data_seed: int | None = None) -> tuple[Split, str, int]:
+    """The split called `split` of `data` (default: the data `model` was trained on, from its
+    `onnxkit.training` metadata) with `data_seed` (default: the training run's, else 0); also the
+    data's name and the seed used."""
+    from onnxkit.data import load_dataset
+
+    trained = json.loads(metadata(model).get("onnxkit.training", "{}"))
+    data = data if data is not None else trained.get("data")
+    if not data:
+        raise OnnxkitError("the model does not say what it was trained on; give data (a dataset name or file)",
+                           params=["data"])
+    seed = data_seed if data_seed is not None else int(trained.get("data_seed", 0))
+    return load_dataset(data, seed=seed, model=model).split(split), str(data), seed
+
+
 def evaluate(
     model: str | os.PathLike | Any,
-    split: Split,
+    split: Split | str = "test",
     *,
+    data: Any = None,
+    data_seed: int | None = None,
     batch_size: int = 256,
     output: str | None = None,
     task: str | None = None,
@@ -148,24 +197,27 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run `model` (a path or `onnx.ModelProto`) on `split` and return its metrics.
 
+    `split`: a `Split`, or the name of one (train, validation, test) of `data` split with
+    `data_seed` (both default to the model's training run, see `named_split`).
     For classifiers: `loss`, `accuracy`, `macro_f1`, `confusion` (rows = true
-    class) and `labels` (class names, when known); for regression: `loss` (MSE)
-    and `mae`. Always `examples` and `task`.
+    class) and `labels` (class names, when known); for regression: `loss` (MSE),
+    `mae` and `r2`. Always `examples` and `task`.
     """
-    import onnxruntime as ort
-
     from onnxkit.files import load_model
+    from onnxkit.runtime.session import create_session, session_options
 
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
-    bound = split.feeds_for(model_inputs(proto))
+    if isinstance(split, str):
+        split = named_split(proto, split, data, data_seed)[0]
+    specs = model_inputs(proto)
+    bound = split.feeds_for(specs)
     outputs = [o.name for o in proto.graph.output]
     name = output or outputs[0]
     if name not in outputs:
-        raise OnnxkitError(f"model has no output {name!r}; its outputs: {', '.join(outputs)}")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
-    chunks = [session.run([name], feeds)[0] for feeds, _ in bound.batches(batch_size)]
+        raise OnnxkitError(f"model has no output {name!r}; its outputs: {', '.join(outputs)}", params=["output"])
+    session = create_session(proto.SerializeToString(), session_options(None, "all"), list(providers))
+    fixed = fixed_batch_size(specs)
+    chunks = [_run(session, name, feeds, fixed) for feeds, _ in bound.batches(fixed or batch_size)]
     result = np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
     out_vi = next(o for o in proto.graph.output if o.name == name)
     shape = [d.dim_value or d.dim_param for d in out_vi.type.tensor_type.shape.dim]

@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import onnx
+from google.protobuf import message as protobuf
 
 from onnxkit import nn
 from onnxkit.errors import OnnxkitError, suggest
@@ -106,6 +107,11 @@ def parse_option(value: str, annotation: Any, default: Any) -> Any:
     return value
 
 
+def _is_size(default: Any) -> bool:
+    """Whether an option with this default counts something (a width, a class count) and so must be >= 1."""
+    return isinstance(default, int) and not isinstance(default, bool) and default > 0
+
+
 def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -> onnx.ModelProto:
     """Build a zoo model (or a DSL file) with options; strings are converted to option types."""
     name, module = _load(name_or_path)
@@ -123,7 +129,23 @@ def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -
                 value = parse_option(value, p.annotation, p.default)
             except ValueError as e:
                 raise OnnxkitError(f"option {key}={value!r}: {e}") from None
+        if _is_size(p.default) and isinstance(value, int) and value < 1:
+            raise OnnxkitError(f"option {key}={value}: must be a positive integer (default {p.default})")
         kwargs[key] = value
+    shown = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "its default options"
+    try:
+        return _build(name, module, kwargs, opset)
+    except OnnxkitError:
+        raise
+    except MemoryError:
+        raise OnnxkitError(f"{name} with {shown} does not fit in memory; choose smaller sizes") from None
+    except (ValueError, TypeError, ArithmeticError, IndexError, protobuf.Error) as e:
+        big = " (an .onnx file holds at most 2 GB)" if isinstance(e, protobuf.Error) else ""
+        raise OnnxkitError(f"{name} cannot be built with {shown}{big} ({type(e).__name__}: {e}); "
+                           "check the options") from e
+
+
+def _build(name: str, module: ModuleType, kwargs: dict[str, Any], opset: int) -> onnx.ModelProto:
     recipe: Recipe = module.recipe(**kwargs)
     if not isinstance(recipe, Recipe):
         raise OnnxkitError(f"{name}: recipe() must return onnxkit.zoo.Recipe, got {type(recipe).__name__}")

@@ -187,32 +187,25 @@ def eval_cmd(
     model: str, data: str | None, split: str, data_seed: int | None, batch_size: int, output: str | None,
     as_json: bool,
 ) -> None:
-    """Evaluate MODEL.onnx on a dataset split: loss, accuracy, macro-F1, confusion matrix.
+    """Evaluate MODEL.onnx on a dataset split: loss, accuracy, macro-F1, confusion matrix (R² for regression).
 
     \b
     Examples:
       onnxkit eval runs/digits/model.onnx
       onnxkit eval digits.onnx --data digits-images --split validation --json
     """
-    from onnxkit.data import load_dataset
-    from onnxkit.evaluate import evaluate
+    from onnxkit.evaluate import evaluate, named_split
     from onnxkit.files import load_model
-    from onnxkit.metadata import metadata
 
     proto = load_model(model)
-    trained = json.loads(metadata(proto).get("onnxkit.training", "{}"))
-    data = data or trained.get("data")
-    if not data:
-        raise OnnxkitError(f"{model} does not say what it was trained on; give --data DATASET")
-    seed = data_seed if data_seed is not None else int(trained.get("data_seed", 0))
-    dataset = load_dataset(data, seed=seed, model=proto)
-    metrics = evaluate(proto, dataset.split(split), batch_size=batch_size, output=output)
-    metrics.update(data=str(data), split=split, data_seed=seed)
+    chosen, data, seed = named_split(proto, split, data, data_seed)
+    metrics = evaluate(proto, chosen, batch_size=batch_size, output=output)
+    metrics.update(data=data, split=split, data_seed=seed)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
-    shown = "  ".join(f"{k.replace('_', '-')} {metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "loss", "mae")
-                      if k in metrics)
+    shown = "  ".join(f"{k.replace('_', '-')} {metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "loss", "mae", "r2")
+                      if metrics.get(k) is not None)
     click.echo(f"{data} {split} split ({metrics['examples']} examples): {shown}")
     if "confusion" in metrics:
         click.echo(format_confusion(metrics["confusion"], metrics.get("labels")))

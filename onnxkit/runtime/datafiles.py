@@ -48,6 +48,8 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
             data = json.loads(path.read_text(encoding="utf-8"))
             return data if isinstance(data, dict) else _single(model, path, data)
         return _single(model, path, _read_csv(path, model))
+    except RecursionError:
+        raise OnnxkitError(f"{path}: nested too deeply to read; give one list of numbers per example") from None
     except (ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise OnnxkitError(f"{path}: cannot read it as {suffix} ({e}); check the file") from e
 

@@ -26,7 +26,7 @@ from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.data.checks import check_class_labels, check_finite
 from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.errors import OnnxkitError
-from onnxkit.evaluate import evaluate, label_names, score
+from onnxkit.evaluate import evaluate, fixed_batch_size, label_names, score
 from onnxkit.files import load_model, save_model
 from onnxkit.graph_walks import value_types
 from onnxkit.metadata import metadata, set_metadata
@@ -311,12 +311,7 @@ class _Setup:
         self.splits = {name: self._bind(dataset.split(name), specs, shape) for name in ("train", "validation")}
         if len(self.splits["train"]) == 0:
             raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
-        for spec in specs:
-            if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 and spec.shape[0] != c.batch_size:
-                raise OnnxkitError(
-                    f"model input {spec.name!r} has a fixed batch size of {spec.shape[0]}; "
-                    f"use --batch-size {spec.shape[0]} or export the model with a dynamic batch dimension"
-                )
+        self._check_fixed_batch(fixed_batch_size(specs))
         self.names = label_names(self.model) or dataset.label_names
         self.num_classes = shape[-1] if self.task == "classification" and isinstance(shape[-1], int) else None
         self._select()
@@ -327,6 +322,19 @@ class _Setup:
         self.epochs = c.epochs if not c.steps else math.ceil(c.steps / self.steps_per_epoch)
         self.schedule = Schedule(c.schedule, c.lr, total_steps, warmup_steps(c.warmup, total_steps))
         self._choose_monitor()
+
+    def _check_fixed_batch(self, fixed: int | None) -> None:
+        """A model whose inputs fix the batch size trains in batches of exactly that size."""
+        if fixed is None:
+            return
+        dynamic = "export the model with a dynamic batch dimension"
+        if fixed != self.config.batch_size:
+            raise OnnxkitError(f"the model's inputs have a fixed batch size of {fixed}; use batch_size {fixed} "
+                               f"or {dynamic}", params=["batch_size"])
+        for name, split in self.splits.items():
+            if len(split) % fixed:
+                raise OnnxkitError(f"the model's inputs have a fixed batch size of {fixed}, but the {name} split's "
+                                   f"{len(split)} examples leave a last batch of {len(split) % fixed}; {dynamic}")
 
     def _select(self) -> None:
         """What trains; refuses ops without a gradient in the backend and options it cannot run."""
