@@ -76,7 +76,10 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("--backend", type=click.Choice(backend_names()),
               help="onnx (default: onnxkit's own gradient graphs on any ONNX Runtime) or ort-training "
               "(onnxruntime-training 1.19.2, its own environment: make venv-ort). Default: $ONNXKIT_BACKEND or onnx.")
-@opt.threads("CPU threads (default: all cores).")
+@opt.threads("CPU threads (default: all cores; with --workers, cores / workers each).")
+@click.option("--workers", type=opt.COUNT,
+              help="Data-parallel training processes, started with this environment's mpiexec (extra "
+              "`distributed`); --batch-size stays the global batch.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train_cmd(model: str | None, **options: Any) -> None:
     """Train or fine-tune MODEL.onnx (any inference-form ONNX model) on a dataset.
@@ -92,18 +95,25 @@ def train_cmd(model: str | None, **options: Any) -> None:
       onnxkit train model.onnx --data my.npz --train-only 'head.*' -o runs/head
       onnxkit train bert.onnx --data bbc-news --lora-rank 8 --lr 2e-3 --epochs 2 -o runs/lora
       onnxkit train --resume runs/digits
+      onnxkit train digits.onnx --data digits-images --workers 2 -o runs/dp
 
     Head-only fine-tuning of a pretrained model is --train-only 'classifier.*'; the
     frozen encoder then runs once over the data and the head trains on its cached output.
     A LoRA run resumes with the same --lora-* options next to --resume.
     """
     from onnxkit.train import TrainingInterrupted, fit
+    from onnxkit.train.distributed import rank
 
     resume = options.pop("resume")
     if resume and (model or options["data"] or options["out_dir"]):
         raise OnnxkitError("--resume continues a run with its stored settings; give only --resume RUN_DIR")
     if not resume and not (model and options["data"] and options["out_dir"]):
         raise OnnxkitError("give MODEL.onnx, --data and -o RUN_DIR (or --resume RUN_DIR)")
+    workers = options.pop("workers")
+    if workers and workers > 1:
+        from onnxkit.train.launch import launch_training
+
+        sys.exit(launch_training(workers, resume or options["out_dir"], None if resume else options["backend"]))
     adapter = _lora_adapter(options)
     try:
         result = fit(
@@ -140,12 +150,16 @@ def train_cmd(model: str | None, **options: Any) -> None:
             quiet=options["quiet"],
         )
     except TrainingInterrupted as stop:
+        if rank():
+            sys.exit(128 + stop.signum)
         click.echo(
             f"interrupted in epoch {stop.epoch} after step {stop.step}: checkpoint saved to {stop.checkpoint}; "
             f"continue with: onnxkit train --resume {stop.run_dir}",
             err=True,
         )
         sys.exit(128 + stop.signum)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports them
+    if rank():
+        return  # data-parallel: worker 0 reports
     test = result.metrics.get("test", {})
     shown = "  ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "loss") if k in test)
     click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))

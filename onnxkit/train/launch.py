@@ -1,0 +1,136 @@
+"""`onnxkit train --workers N`: the same command as N MPI ranks, started by this environment's
+own mpiexec (the mpich wheel puts it beside the Python executable).
+
+mpiexec runs in a process group of its own, so a Ctrl-C reaches it once, from here: it forwards
+it to every rank, which stop after the same optimizer step (rank 0 checkpoints). The first rank
+that fails writes its error to a file whose path the ranks find in $ONNXKIT_WORKER_ERRORS, and
+that error is raised here; a rank that dies without a word (killed) makes mpiexec end the
+others, and the error says so. mpiexec's own banner about it is left out of the relayed output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.train.distributed import ERRORS_VARIABLE, INSTALL
+
+MPIEXEC_NOISE = re.compile(
+    r"^(=+|=   .*|YOUR APPLICATION TERMINATED.*|This typically refers to a problem.*|Please see the FAQ page.*"
+    r"|\[mpiexec@.*|\[proxy:.*|Abort\(\d+\) on node \d+ .*MPI_Abort.*)$"
+)
+INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def find_mpiexec() -> str:
+    """The mpiexec of this environment (beside sys.executable), else one on PATH."""
+    if importlib.util.find_spec("mpi4py") is None:
+        raise OnnxkitError(f"--workers needs mpi4py; {INSTALL}")
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.is_file() else shutil.which("mpiexec")
+    if not found:
+        raise OnnxkitError(f"no mpiexec beside {sys.executable} or on PATH; {INSTALL}")
+    return found
+
+
+def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike | None = None) -> int:
+    """Run `python ARGUMENTS` as `workers` MPI ranks, relaying their output.
+
+    Returns 0, or 130 / 143 when Ctrl-C or SIGTERM stopped them; raises OnnxkitError with the
+    failing rank's message, or saying a rank died (and where the last checkpoint of `run_dir` is).
+    """
+    if workers < 1:
+        raise OnnxkitError(f"--workers must be at least 1, got {workers}")
+    command = [find_mpiexec(), "-n", str(workers), sys.executable, *arguments]
+    with tempfile.TemporaryDirectory(prefix="onnxkit-workers-") as folder:
+        errors = Path(folder) / "error.txt"
+        process = subprocess.Popen(command, env={**os.environ, ERRORS_VARIABLE: str(errors)}, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        relays = [threading.Thread(target=_relay, args=(source, target), daemon=True)
+                  for source, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
+        for relay in relays:
+            relay.start()
+        code = _wait_forwarding_signals(process)
+        for relay in relays:
+            relay.join(timeout=5)
+        if code == 0:
+            return 0
+        if errors.is_file():
+            raise OnnxkitError(errors.read_text(encoding="utf-8"))
+    if code in INTERRUPTED:
+        return code
+    raise OnnxkitError(f"a worker stopped without reporting an error (mpiexec exit status {code}: killed, or out of "
+                       f"memory); every worker was stopped. {_checkpoint_note(run_dir, workers)}")
+
+
+def launch_training(workers: int, run_dir: str, backend: str | None) -> int:
+    """`onnxkit train ... --workers N`: this command line without --workers, as N ranks (see `launch`);
+    `backend` (a new run's, None on resume: the ranks check the stored one) must set gradients."""
+    from onnxkit.train.backends import default_backend
+    from onnxkit.train.distributed import check_backend, current_world
+
+    if current_world() is not None:
+        raise OnnxkitError("--workers starts mpiexec itself; under mpiexec, leave it out")
+    arguments = _without_workers(sys.argv[1:])
+    if "train" not in arguments:
+        raise OnnxkitError("--workers re-runs the onnxkit command line; from Python, run your script with "
+                           "mpiexec -n N python SCRIPT (fit detects the MPI world)")
+    find_mpiexec()
+    check_backend(backend or default_backend())
+    return launch(workers, ["-m", "onnxkit", *arguments], run_dir=run_dir)
+
+
+def _without_workers(arguments: Sequence[str]) -> list[str]:
+    kept, skip = [], False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--workers":
+            skip = True
+        elif not argument.startswith("--workers="):
+            kept.append(argument)
+    return kept
+
+
+def _checkpoint_note(run_dir: str | os.PathLike | None, workers: int) -> str:
+    if run_dir is None:
+        return "Checkpoints are written atomically, so the last one is intact."
+    checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        return f"No checkpoint had been written in {run_dir} yet; start the run again."
+    return f"The last checkpoint, {checkpoint}, is intact; continue with: onnxkit train --resume {run_dir} " \
+           f"--workers {workers}"
+
+
+def _relay(source: IO[str] | None, target: IO[str]) -> None:
+    """Copy lines from a rank's stream to ours, without mpiexec's banner."""
+    if source is None:
+        return
+    for line in source:
+        if not MPIEXEC_NOISE.match(line.rstrip("\n")):
+            target.write(line)
+            target.flush()
+
+
+def _wait_forwarding_signals(process: subprocess.Popen) -> int:
+    """Wait for mpiexec, passing it each Ctrl-C or SIGTERM this process gets (a second Ctrl-C ends it at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        return process.wait()
+    previous = {s: signal.signal(s, lambda signum, frame: process.send_signal(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return process.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

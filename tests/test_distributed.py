@@ -1,0 +1,162 @@
+"""Data-parallel training over MPI: 2 ranks give 1 process's weights, resume, and a failing or
+killed rank ends the run with a clear error (mpiexec from the mpich wheel, 2 ranks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxkit.errors import OnnxkitError
+
+pytest.importorskip("mpi4py")
+
+from onnxkit.train import distributed  # noqa: E402
+from onnxkit.train.launch import find_mpiexec, launch, launch_training  # noqa: E402
+
+# digits-cnn, dropout off, data in order: 1,079 training rows make 17 batches of 64 per epoch
+SETTINGS = dict(steps=30, epochs=2, batch_size=64, shuffle=False, dropout=False, optimizer="adamw", lr=0.01)
+FLAGS = ["--steps", "30", "--epochs", "2", "--batch-size", "64", "--no-shuffle", "--no-dropout", "--optimizer",
+         "adamw", "--lr", "0.01"]
+SCRIPT = """\
+import os, signal, sys, time
+from onnxkit.errors import OnnxkitError
+from onnxkit.train import fit
+from onnxkit.train.callbacks import Callback
+from onnxkit.train.distributed import rank
+
+ACTION, AT_STEP = sys.argv[3], int(sys.argv[4])
+
+class Fail(Callback):
+    def on_step_end(self, trainer, record):
+        if rank() != 1 or record["step"] != AT_STEP:
+            return
+        with open(sys.argv[5], "w") as f:
+            f.write(str(time.time()))
+        if ACTION == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if ACTION == "raise":
+            raise OnnxkitError("rank 1 failed on purpose")
+        time.sleep(600)  # hang
+
+fit(sys.argv[1], "digits-images", sys.argv[2], callbacks=[Fail()], **SETTINGS)
+"""
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def _assert_same_weights(got: Path, want: Path) -> None:
+    a, b = _weights(got), _weights(want)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-5, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """digits-cnn and the model one process trains from it (the `--workers 1` result)."""
+    from onnxkit.train import fit
+    from onnxkit.zoo import build_model
+
+    folder = tmp_path_factory.mktemp("dp")
+    model = folder / "cnn.onnx"
+    onnx.save(build_model("digits-cnn"), str(model))
+    result = fit(model, "digits-images", folder / "one", **SETTINGS)
+    assert json.loads((folder / "one" / "run.json").read_text())["result"]["steps"] == 30
+    return model, result.model_path
+
+
+def _script(tmp_path: Path, action: str, step: int) -> tuple[list[str], Path]:
+    script = tmp_path / "train_and_fail.py"
+    script.write_text(SCRIPT.replace("**SETTINGS", "**" + repr(SETTINGS)))
+    marker = tmp_path / "failed-at"
+    return [str(script), action, str(step), str(marker)], marker
+
+
+def test_two_workers_train_the_weights_of_one_process(reference: tuple[Path, Path], tmp_path: Path) -> None:
+    model, want = reference
+    run = tmp_path / "two"
+    done = subprocess.run([sys.executable, "-m", "onnxkit", "train", str(model), "--data", "digits-images", "-o",
+                           str(run), "--workers", "2", *FLAGS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    _assert_same_weights(run / "model.onnx", want)
+    assert done.stdout.count("wrote ") == 1 and str(run) in done.stdout  # worker 0 alone reports and writes
+    assert json.loads((run / "run.json").read_text())["result"]["steps"] == 30
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["event"] == "step"] == list(range(1, 31))
+
+
+def test_killed_worker_ends_the_run_and_it_resumes_on_two_workers(reference: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    model, want = reference
+    run = tmp_path / "run"
+    arguments, marker = _script(tmp_path, "kill", 25)  # after the first checkpoint (end of epoch 1, step 17)
+    with pytest.raises(OnnxkitError, match="a worker stopped without reporting an error") as error:
+        launch(2, [*arguments[:1], str(model), str(run), *arguments[1:]], run_dir=run)
+    assert time.time() - float(marker.read_text()) < 30
+    assert "continue with: onnxkit train --resume" in str(error.value)
+    from onnxkit.train.backends import get_backend
+
+    saved = get_backend("onnx").checkpoint_parameters(run / "checkpoints" / "last.ckpt")  # intact, loads
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 17
+    assert saved.keys() == _weights(want).keys()
+    resumed = subprocess.run([sys.executable, "-m", "onnxkit", "train", "--resume", str(run), "--workers", "2"],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_weights(run / "model.onnx", want)
+
+
+@pytest.mark.parametrize("action", ["raise", "hang"])
+def test_failing_or_hung_worker_stops_every_worker_with_its_error(reference: tuple[Path, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   action: str) -> None:
+    model, _ = reference
+    monkeypatch.setenv(distributed.TIMEOUT_VARIABLE, "3")
+    arguments, marker = _script(tmp_path, action, 3)
+    message = "worker 1 of 2: rank 1 failed on purpose" if action == "raise" else \
+        "worker 0 of 2: waited more than 3 s for the other workers"
+    with pytest.raises(OnnxkitError, match=message):
+        launch(2, [*arguments[:1], str(model), str(tmp_path / "run"), *arguments[1:]])
+    assert time.time() - float(marker.read_text()) < 30
+
+
+def test_workers_refuse_a_backend_that_cannot_set_gradients() -> None:
+    from onnxkit.train.backends import get_backend
+
+    assert get_backend("onnx").sets_gradients
+    with pytest.raises(OnnxkitError, match="ort-training"):
+        distributed.check_backend("ort-training")  # here: not installed; in .venv-ort: cannot set gradients
+
+
+def test_bad_worker_options_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(OnnxkitError, match="at least 1"):
+        launch(0, ["-c", "pass"])
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    with pytest.raises(OnnxkitError, match="from Python, run your script with mpiexec"):
+        launch_training(2, "run", None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(OnnxkitError, match=r"onnxkit\[distributed\]"):
+        find_mpiexec()
+
+
+def test_batches_split_into_contiguous_shares() -> None:
+    for rows in (1, 7, 64, 65):
+        for size in (2, 3):
+            shares = [distributed.shard(rows, r, size) for r in range(size)]
+            assert shares[0][0] == 0 and shares[-1][1] == rows
+            assert all(a[1] == b[0] for a, b in zip(shares, shares[1:], strict=False))
+            assert max(hi - lo for lo, hi in shares) - min(hi - lo for lo, hi in shares) <= 1
+
+
+def test_outside_mpi_there_is_no_world() -> None:
+    assert os.environ.get("PMI_SIZE") is None and distributed.current_world() is None
