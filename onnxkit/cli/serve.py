@@ -6,6 +6,8 @@ import click
 
 from onnxkit.cli import options
 from onnxkit.serve import serve
+from onnxkit.serve.auth import API_KEY_ENV
+from onnxkit.serve.limits import DEFAULT_LIMITS, Limits
 
 
 @click.command("serve")
@@ -19,8 +21,22 @@ from onnxkit.serve import serve
               help="Most rows merged into one model run.")
 @click.option("--max-delay-ms", type=options.NON_NEGATIVE, default=5.0, show_default=True,
               help="Longest wait for more requests to join a batch.")
-@click.option("--max-body-mb", type=options.POSITIVE, default=32, show_default=True,
-              help="Largest request body accepted.")
+@click.option("--max-body-mb", type=options.POSITIVE, default=DEFAULT_LIMITS.max_body_bytes / 2**20, show_default=True,
+              help="Largest request body accepted (413 past it).")
+@click.option("--header-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.header_timeout, show_default=True,
+              help="Seconds for a request's head to arrive; the connection is closed after that.")
+@click.option("--body-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.body_timeout, show_default=True,
+              help="Seconds for a request's whole body to arrive after its head (408 past it).")
+@click.option("--keep-alive", type=options.POSITIVE, default=DEFAULT_LIMITS.keep_alive_timeout, show_default=True,
+              help="Seconds an idle connection is kept open between requests.")
+@click.option("--max-connections", type=options.COUNT, default=DEFAULT_LIMITS.max_connections, show_default=True,
+              help="Open connections served at once; requests on more get 503 with Retry-After.")
+@click.option("--max-queue", type=options.COUNT, default=DEFAULT_LIMITS.max_queue, show_default=True,
+              help="Requests waiting for a model; more get 503 with Retry-After.")
+@click.option("--api-key", envvar=API_KEY_ENV, show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /v2/health/*.")
+@click.option("--watch", is_flag=True,
+              help="Reload a model, without dropping requests, when its .onnx file is replaced.")
 @options.device()
 @options.threads("Intra-op threads per model.")
 def serve_cmd(
@@ -31,6 +47,13 @@ def serve_cmd(
     max_batch_size: int,
     max_delay_ms: float,
     max_body_mb: float,
+    header_timeout: float,
+    body_timeout: float,
+    keep_alive: float,
+    max_connections: int,
+    max_queue: int,
+    api_key: str | None,
+    watch: bool,
     device: str,
     threads: int | None,
 ) -> None:
@@ -51,8 +74,17 @@ def serve_cmd(
         port,
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
-        max_body_mb=max_body_mb,
         device=device,
         threads=threads,
         grpc_port=grpc_port,
+        limits=Limits(
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            keep_alive_timeout=keep_alive,
+            max_connections=max_connections,
+            max_queue=max_queue,
+            max_body_bytes=int(max_body_mb * 2**20),
+        ),
+        api_key=api_key,
+        watch=watch,
     )

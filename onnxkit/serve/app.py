@@ -1,14 +1,20 @@
-"""The HTTP application: Open Inference Protocol (KServe V2) endpoints and /metrics."""
+"""The HTTP application: Open Inference Protocol (KServe V2) endpoints, the model repository and /metrics.
+
+An outer raw-ASGI layer (`_Front`) checks the API key, counts every request for
+/metrics, and answers infer requests itself: they skip Starlette's routing, request
+and response objects and middleware, which cost as much as the HTTP parsing on a
+small model. Every other endpoint is a Starlette route.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,37 +24,37 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from onnxkit.runtime import Model
 from onnxkit.serve import inference, protocol
-from onnxkit.serve.batcher import Batcher
+from onnxkit.serve.auth import OPEN_PATHS, authorized
 from onnxkit.serve.inference import offload
+from onnxkit.serve.limits import DEFAULT_LIMITS, ClientGone, Limits, read_body, refusal, send_json
 from onnxkit.serve.metrics import CONTENT_TYPE, Metrics
-from onnxkit.serve.protocol import (
-    HEADER_LENGTH,
-    InferRequest,
-    RequestError,
-    decode_request,
-    encode_response,
-    model_metadata,
-)
+from onnxkit.serve.protocol import HEADER_LENGTH, InferRequest, RequestError, decode_request, encode_response
+from onnxkit.serve.repository import Repository
+
+CLIENT_GONE = 499  # counted in /metrics for a client that left before sending its whole body (nginx's code)
+_log = logging.getLogger("onnxkit.serve")
 
 
 def create_app(
-    models: list[Model],
+    repository: Repository,
+    metrics: Metrics,
     *,
-    max_batch_size: int = 32,
-    max_delay_ms: float = 5.0,
-    max_body_bytes: int = 32 * 1024 * 1024,
+    limits: Limits = DEFAULT_LIMITS,
+    api_key: str | None = None,
+    watch: bool = False,
     grpc_address: str | None = None,
 ) -> ASGIApp:
-    """An ASGI app serving `models` by name, with a dynamic batcher for each.
+    """An ASGI app serving the repository's models by name.
 
-    With `grpc_address` (host:port), the V2 gRPC service runs beside it on the same batchers.
+    `api_key`: required as `Authorization: Bearer KEY` everywhere but /v2/health/*.
+    `watch`: reload a model when its file changes. With `grpc_address` (host:port), the V2
+    gRPC service runs beside it on the same batchers.
     """
-    metrics = Metrics([m.name for m in models])
-    batchers = {m.name: Batcher(m, metrics, max_batch_size, max_delay_ms) for m in models}
     ready = False
 
-    def lookup(request: Request) -> Batcher:
-        return inference.find_model(batchers, request.path_params["name"], request.path_params.get("version", ""))
+    def lookup(request: Request) -> Model:
+        name, version = request.path_params["name"], request.path_params.get("version", "")
+        return inference.find_model(repository.served, name, version).model
 
     async def live(request: Request) -> Response:
         return _json({"live": True})
@@ -60,27 +66,21 @@ def create_app(
         return _json(protocol.server_metadata())
 
     async def model_ready(request: Request) -> Response:
-        batcher = lookup(request)
-        return _json({"name": batcher.model.name, "ready": ready}, 200 if ready else 503)
+        return _json({"name": lookup(request).name, "ready": ready}, 200 if ready else 503)
 
     async def model_info(request: Request) -> Response:
-        return _json(model_metadata(lookup(request).model))
+        return _json(protocol.model_metadata(lookup(request)))
 
-    async def infer(request: Request) -> Response:
-        batcher = lookup(request)
-        size = 0
+    async def repository_index(request: Request) -> Response:
+        return _json(repository.index())
 
-        async def decode(model: Model) -> InferRequest:
-            nonlocal size
-            body = await _read_body(request, max_body_bytes)
-            size = len(body)
-            return await offload(size, decode_request, body, model, request.headers.get(HEADER_LENGTH))
+    async def repository_load(request: Request) -> Response:
+        await repository.load(request.path_params["name"])
+        return _json({})
 
-        infer_request, outputs = await inference.infer(batcher, decode)
-        reply, header_length = await offload(size, encode_response, batcher.model, infer_request, outputs)
-        if header_length is None:
-            return Response(reply, media_type="application/json")
-        return Response(reply, headers={HEADER_LENGTH: str(header_length)}, media_type="application/octet-stream")
+    async def repository_unload(request: Request) -> Response:
+        await repository.unload(request.path_params["name"])
+        return _json({})
 
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -88,14 +88,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal ready
-        for batcher in batchers.values():
-            batcher.start()
+        repository.start(watch)
         grpc_server = None
         if grpc_address is not None:
             from onnxkit.serve import grpc_service
 
-            service = grpc_service.InferenceService(batchers, metrics, lambda: ready)
-            grpc_server = await grpc_service.start_server(grpc_address, service, max_body_bytes)
+            service = grpc_service.InferenceService(repository.served, metrics, lambda: ready)
+            grpc_server = await grpc_service.start_server(grpc_address, service, limits.max_body_bytes)
         ready = True
         try:
             yield
@@ -103,21 +102,19 @@ def create_app(
             ready = False
             if grpc_server is not None:
                 await grpc_server.stop(5)
-            await asyncio.gather(*(b.stop() for b in batchers.values()))
+            await repository.stop()
 
-    model_paths = ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]
     routes = [
         Route("/v2/health/live", live),
         Route("/v2/health/ready", server_ready),
         Route("/v2", server_metadata),
         Route("/metrics", prometheus),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
     ]
-    for path in model_paths:
-        routes += [
-            Route(path, model_info),
-            Route(path + "/ready", model_ready),
-            Route(path + "/infer", infer, methods=["POST"]),
-        ]
+    for path in ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]:
+        routes += [Route(path, model_info), Route(path + "/ready", model_ready)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -127,66 +124,127 @@ def create_app(
             Exception: _internal_error,
         },
     )
-    return _Metered(app, metrics, set(batchers))
+    return _Front(app, repository, metrics, limits, api_key)
 
 
-class _Metered:
-    """Counts every request by endpoint, model and status, and times infer calls."""
+class _Front:
+    """Authentication, metrics, and the short path for infer requests; the rest goes to `app`."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, models: set[str]) -> None:
+    def __init__(self, app: ASGIApp, repository: Repository, metrics: Metrics, limits: Limits, key: str | None):
         self.app = app
+        self.repository = repository
         self.metrics = metrics
-        self.models = models
+        self.limits = limits
+        self.key = key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        path: str = scope["path"]
+        target = _infer_target(path)
+        key = self.key
+        if key is not None and path not in OPEN_PATHS and not authorized(_header(scope, b"authorization"), key):
+            error = RequestError(401, "this server needs an API key: send the header 'Authorization: Bearer KEY'")
+            body, headers = refusal(error)
+            await send_json(send, 401, body, {**headers, "www-authenticate": "Bearer"})
+            status, endpoint = 401, "infer" if target else "unauthorized"
+        elif target is not None:
+            status, endpoint = await self._infer(scope, receive, send, *target), "infer"
+        else:
+            status = 500
 
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+            async def send_with_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_with_status)
+            finally:
+                endpoint = getattr(scope.get("endpoint"), "__name__", "unknown")
+                self._record(endpoint, scope.get("path_params", {}).get("name", ""), status, start)
+            return
+        self._record(endpoint, target[0] if target else "", status, start)
+
+    def _record(self, endpoint: str, model: str, status: int, start: float) -> None:
+        model = model if model in self.repository.served else ""
+        seconds = time.perf_counter() - start if endpoint == "infer" and model else None
+        self.metrics.record_request(endpoint, model, status, seconds)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str) -> int:
+        """Answer one infer request; its status."""
+        used: Model | None = None
+        size = 0
+
+        async def decode(model: Model) -> InferRequest:
+            nonlocal used, size
+            used = model
+            body = await read_body(receive, _header(scope, b"content-length"), self.limits)
+            size = len(body)
+            header_length = _header(scope, HEADER_LENGTH.lower().encode())
+            header = None if header_length is None else header_length.decode("latin-1")
+            return await offload(size, decode_request, body, model, header)
 
         try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            endpoint = getattr(scope.get("endpoint"), "__name__", "unknown")
-            model = scope.get("path_params", {}).get("name", "")
-            model = model if model in self.models else ""
-            seconds = time.perf_counter() - start if endpoint == "infer" and model else None
-            self.metrics.record_request(endpoint, model, status, seconds)
+            if scope["method"] != "POST":
+                raise RequestError(405, f"{scope['method']} is not allowed on {scope['path']}")
+            batcher = inference.find_model(self.repository.served, name, version)
+            request, outputs = await inference.infer(batcher, decode)
+            assert used is not None
+            reply, header_length = await offload(size, encode_response, used, request, outputs)
+        except RequestError as e:
+            body, headers = refusal(e)
+            await send_json(send, e.status, body, headers)
+            return e.status
+        except ClientGone:
+            return CLIENT_GONE
+        except Exception as e:
+            _log.exception("internal error in infer")
+            await send_json(send, 500, _internal_error_body(e))
+            return 500
+        if header_length is None:
+            await send_json(send, 200, reply)
+        else:
+            headers = [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(len(reply)).encode()),
+                (HEADER_LENGTH.lower().encode(), str(header_length).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": reply})
+        return 200
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    too_big = RequestError(
-        413,
-        f"the request body is over the {limit:,}-byte limit; send fewer rows per request "
-        "or start the server with a larger --max-body-mb",
-    )
-    if declared.isdigit() and int(declared) > limit:
-        raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _infer_target(path: str) -> tuple[str, str] | None:
+    """(model, version) of /v2/models/NAME[/versions/V]/infer, else None."""
+    if not (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return None
+    parts = path[len("/v2/models/") : -len("/infer")].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], ""
+    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(content), status, headers, media_type="application/json")
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
-    return _json({"error": str(exc)}, exc.status)
+    body, headers = refusal(exc)
+    return Response(body, exc.status, headers, media_type="application/json")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -199,4 +257,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return _json({"error": f"internal server error ({type(exc).__name__}); see the server's log"}, 500)
+    return Response(_internal_error_body(exc), 500, media_type="application/json")
+
+
+def _internal_error_body(exc: Exception) -> bytes:
+    return orjson.dumps({"error": f"internal server error ({type(exc).__name__}); see the server's log"})

@@ -49,7 +49,7 @@ class Batcher:
         max_queue: int = 256,
     ) -> None:
         self.name = model.name
-        self.model = model
+        self.model: Model | None = model  # None while unloaded (the model repository's unload)
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000

@@ -14,20 +14,38 @@ import uvicorn
 
 from onnxkit import runtime
 from onnxkit.errors import OnnxkitError
+from onnxkit.serve import auth
 from onnxkit.serve.app import create_app
+from onnxkit.serve.batcher import Batcher
+from onnxkit.serve.limits import DEFAULT_LIMITS, Limits, protocol_class
+from onnxkit.serve.metrics import Metrics
+from onnxkit.serve.repository import Repository
 
 
-def load_models(specs: list[str], device: str = "auto", threads: int | None = None) -> list[runtime.Model]:
-    """Load each 'PATH' or 'NAME=PATH'; a model's name defaults to its file's stem."""
-    models: dict[str, runtime.Model] = {}
+def model_files(specs: list[str]) -> dict[str, Path]:
+    """Each 'PATH' or 'NAME=PATH' by name; a model's name defaults to its file's stem."""
+    files: dict[str, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = Path(spec).name.removesuffix(".onnx"), spec
-        if name in models:
+        if not name or "/" in name:
+            raise OnnxkitError(
+                f"model name {name!r} (from {spec!r}) cannot be used in a URL; give one without '/' as NAME=PATH"
+            )
+        if name in files:
             raise OnnxkitError(f"two models are named {name!r}; name them apart with NAME=PATH, e.g. {name}-2={path}")
-        models[name] = runtime.load(path, device=device, threads=threads, batch_size=None, warmup=True, name=name)
-    return list(models.values())
+        files[name] = Path(path)
+    return files
+
+
+def load_models(specs: list[str], device: str = "auto", threads: int | None = None) -> list[runtime.Model]:
+    """Load each 'PATH' or 'NAME=PATH', warmed up, as the server runs them."""
+    return [_load(name, path, device, threads) for name, path in model_files(specs).items()]
+
+
+def _load(name: str, path: Path, device: str, threads: int | None) -> runtime.Model:
+    return runtime.load(path, device=device, threads=threads, batch_size=None, warmup=True, name=name)
 
 
 def bind(host: str, port: int, flag: str = "--port") -> socket.socket:
@@ -59,34 +77,53 @@ def serve(
     *,
     max_batch_size: int = 32,
     max_delay_ms: float = 5.0,
-    max_body_mb: float = 32,
     device: str = "auto",
     threads: int | None = None,
     grpc_port: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    api_key: str | None = None,
+    watch: bool = False,
 ) -> None:
-    """Serve models over HTTP (and gRPC on `grpc_port`) until SIGINT or SIGTERM, then finish open requests."""
-    if max_batch_size < 1 or max_delay_ms < 0 or max_body_mb <= 0:
-        raise OnnxkitError("--max-batch-size must be >= 1, --max-delay-ms >= 0, --max-body-mb > 0")
-    models = load_models(specs, device, threads)
+    """Serve models over HTTP (and gRPC on `grpc_port`) until SIGINT or SIGTERM, then finish open requests.
+
+    `api_key` (else $ONNXKIT_API_KEY) is required from clients; `watch` reloads a model when its file changes.
+    """
+    if max_batch_size < 1 or max_delay_ms < 0:
+        raise OnnxkitError("--max-batch-size must be >= 1, --max-delay-ms >= 0")
+    key = auth.api_key(api_key)
+    files = model_files(specs)
+
+    def load(name: str, path: Path) -> runtime.Model:
+        return _load(name, path, device, threads)
+
+    models = [load(name, path) for name, path in files.items()]
+    metrics = Metrics(list(files))
+    repository = Repository(
+        models, files, load, lambda m: Batcher(m, metrics, max_batch_size, max_delay_ms, limits.max_queue)
+    )
     sock = bind(host, port)
     grpc_address = None
     if grpc_port is not None:  # checked (and a free one chosen for 0) now; the app listens there once started
         with bind(host, grpc_port, "--grpc-port") as probe:
             grpc_address = _address(host, probe.getsockname()[1])
-    app = create_app(
-        models,
-        max_batch_size=max_batch_size,
-        max_delay_ms=max_delay_ms,
-        max_body_bytes=int(max_body_mb * 1024 * 1024),
-        grpc_address=grpc_address,
+    app = create_app(repository, metrics, limits=limits, api_key=key, watch=watch, grpc_address=grpc_address)
+    config = uvicorn.Config(
+        app,
+        http=protocol_class(limits),
+        timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]  (a float works)
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
     )
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{_address(bound_host, bound_port)}"
     for model in models:
         print(f"model {model.name}: {model.describe()} on {model.device}", file=sys.stderr)
     if grpc_address is not None:
         print(f"gRPC (inference.GRPCInferenceService) at {grpc_address}", file=sys.stderr)
+    if warning := auth.exposure_warning(host, key):
+        print(warning, file=sys.stderr)
     print(f"serving {len(models)} model(s) at {url}/v2 (Ctrl-C to stop)", file=sys.stderr, flush=True)
     _Server(config).run(sockets=[sock])
     print("stopped", file=sys.stderr)

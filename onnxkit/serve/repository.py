@@ -1,0 +1,136 @@
+"""The model repository: served models by name, each loaded from its file, reloadable while serving.
+
+Backs the V2 model repository extension (index, load, unload) and `--watch`. A load
+reads the file again in a thread, warms the new session up, and only then hands it to
+the model's batcher: requests decoded before the swap finish on the old session, later
+ones use the new one, so none is dropped or answered by a half-loaded model. If the
+file does not load, the version served before stays served.
+
+`--watch` polls each served model's file (inode, size, mtime) every `WATCH_INTERVAL_S`
+and reloads it once a change has held still for one poll, so a file written in place is
+not read half-written (`onnxkit train` and `onnxkit.files` replace files atomically).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.runtime import Model
+from onnxkit.serve.batcher import Batcher
+from onnxkit.serve.protocol import MODEL_VERSION, RequestError
+
+WATCH_INTERVAL_S = 0.5
+Stamp = tuple[int, int, int] | None  # (inode, size, mtime ns) of a file; None when it is missing
+
+
+@dataclass
+class _Entry:
+    path: Path
+    batcher: Batcher
+    stamp: Stamp  # of the file that was loaded last
+    reason: str = ""  # why the last load failed, or why the model is unavailable
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Repository:
+    """The models a server serves. `served` maps the name of each loaded model to its batcher."""
+
+    def __init__(
+        self,
+        models: list[Model],
+        paths: dict[str, Path],
+        loader: Callable[[str, Path], Model],
+        batcher: Callable[[Model], Batcher],
+    ) -> None:
+        """`loader(name, path)` loads a model; `batcher(model)` makes the batcher that serves it."""
+        self.loader = loader
+        self._entries = {m.name: _Entry(paths[m.name], batcher(m), _stamp(paths[m.name])) for m in models}
+        self.served: dict[str, Batcher] = {name: entry.batcher for name, entry in self._entries.items()}
+        self._watch: asyncio.Task | None = None
+
+    def start(self, watch: bool = False) -> None:
+        """Start the batchers (and the file watch) on the running event loop."""
+        for entry in self._entries.values():
+            entry.batcher.start()
+        if watch:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_files())
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        await asyncio.gather(*(entry.batcher.stop() for entry in self._entries.values()))
+
+    def index(self) -> list[dict[str, Any]]:
+        """The V2 repository index: every model with its state, READY or UNAVAILABLE."""
+        return [
+            {
+                "name": name,
+                "version": MODEL_VERSION,
+                "state": "READY" if name in self.served else "UNAVAILABLE",
+                "reason": entry.reason,
+            }
+            for name, entry in self._entries.items()
+        ]
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) model `name` from its file; RequestError(400) if that fails."""
+        entry = self._entry(name)
+        async with entry.lock:
+            stamp = _stamp(entry.path)
+            try:
+                model = await asyncio.to_thread(self.loader, name, entry.path)
+            except OnnxkitError as e:
+                entry.reason = f"loading {entry.path} failed: {e}"
+                kept = "the version loaded before is still served" if name in self.served else "it is not served"
+                raise RequestError(400, f"model {name!r}: {entry.reason}; {kept}") from None
+            entry.batcher.model = model
+            entry.stamp, entry.reason = stamp, ""
+            self.served[name] = entry.batcher
+
+    async def unload(self, name: str) -> None:
+        """Stop serving model `name`; requests already decoded for it still finish."""
+        entry = self._entry(name)
+        async with entry.lock:
+            self.served.pop(name, None)
+            entry.batcher.model = None  # the session is freed once its last request is answered
+            entry.reason = "unloaded"
+
+    def _entry(self, name: str) -> _Entry:
+        if name not in self._entries:
+            raise RequestError(404, f"no model {name!r} in the repository.{suggest(name, self._entries)}")
+        return self._entries[name]
+
+    async def _watch_files(self) -> None:
+        seen: dict[str, Stamp] = {}
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            for name, entry in self._entries.items():
+                stamp = _stamp(entry.path)
+                changed = name in self.served and stamp is not None and stamp != entry.stamp
+                if changed and seen.get(name) == stamp and not entry.lock.locked():
+                    await self._reload(name)
+                seen[name] = stamp
+
+    async def _reload(self, name: str) -> None:
+        try:
+            await self.load(name)
+            print(f"model {name}: loaded the new version of {self._entries[name].path}", file=sys.stderr, flush=True)
+        except Exception as e:  # a bad file (RequestError) or a failed warm-up: keep serving the old version
+            self._entries[name].stamp = _stamp(self._entries[name].path)  # retry only after the next change
+            print(f"warning: {e}", file=sys.stderr, flush=True)
+
+
+def _stamp(path: Path) -> Stamp:
+    with contextlib.suppress(OSError):
+        info = os.stat(path)
+        return info.st_ino, info.st_size, info.st_mtime_ns
+    return None
