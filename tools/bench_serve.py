@@ -1,19 +1,22 @@
 """Benchmark `onnxkit serve` against the same model called in-process.
 
-Starts the real server on 127.0.0.1 (a free port), sends a bounded number of
-V2 infer requests at concurrency 1, 8 and 32 from a lean keep-alive HTTP/1.1
-client (plain asyncio streams, so the load generator takes little of the CPU it
-shares with the server), and compares requests/s with `runtime.load(...).predict`
-called in a loop on inputs of the same batch size (rows per request).
+Starts the real server on 127.0.0.1 (free ports, HTTP and gRPC), sends a bounded
+number of V2 infer requests at concurrency 1, 8 and 32 in three protocols: HTTP
+with JSON tensors and HTTP with the binary tensor extension, both from a lean
+keep-alive HTTP/1.1 client (plain asyncio streams, so the load generator takes
+little of the CPU it shares with the server), and gRPC ModelInfer with raw
+contents from grpc.aio on one channel. Compares requests/s with
+`runtime.load(...).predict` called in a loop on inputs of the same batch size
+(rows per request).
 
     python tools/bench_serve.py                       # text-transformer, seq 128, 1 row per request
     python tools/bench_serve.py --model digits-mlp --requests 2000
     python tools/bench_serve.py --model path/to/model.onnx --rows 4
 
-Prints, per concurrency: requests/s, p50/p99 latency, the mean merged batch size
-(from /metrics) and the ratio of server to in-process throughput: the median of
-`--rounds` short rounds that alternate the two, since other work on a shared
-machine shifts both.
+Prints, per concurrency and protocol: requests/s, p50/p99 latency, the mean merged
+batch size (from /metrics) and the ratio of server to in-process throughput, as the
+median and the min-max of `--rounds` short rounds that alternate in-process and
+each protocol, since other work on a shared machine shifts them all.
 """
 
 from __future__ import annotations
@@ -26,12 +29,18 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from onnxkit import runtime
+from onnxkit.serve.grpc_service import SERVICE, message
 from onnxkit.serve.launch import ServerProcess
+
+PROTOCOLS = ("HTTP JSON", "HTTP binary", "gRPC")
 
 
 def model_file(name_or_path: str, folder: Path) -> Path:
@@ -69,31 +78,39 @@ def in_process(model: runtime.Model, feeds: dict[str, np.ndarray], seconds: floa
     return len(latencies) / (time.perf_counter() - start), latencies
 
 
-def request_bytes(host: str, model: str, feeds: dict[str, np.ndarray]) -> bytes:
-    datatype = {"f": "FP", "i": "INT", "u": "UINT"}
-    body = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": list(a.shape),
-                    "datatype": f"{datatype[a.dtype.kind]}{a.dtype.itemsize * 8}",
-                    "data": a.ravel().tolist(),
-                }
-                for name, a in feeds.items()
-            ]
-        }
-    ).encode()
+def v2_type(array: np.ndarray) -> str:
+    return f"{ {'f': 'FP', 'i': 'INT', 'u': 'UINT'}[array.dtype.kind] }{array.dtype.itemsize * 8}"
+
+
+def request_bytes(host: str, model: str, feeds: dict[str, np.ndarray], binary: bool = False) -> bytes:
+    """One HTTP/1.1 infer request: JSON tensors, or JSON header + raw tensors both ways (`binary`)."""
+    inputs = [{"name": name, "shape": list(a.shape), "datatype": v2_type(a)} for name, a in feeds.items()]
+    for tensor, a in zip(inputs, feeds.values(), strict=True):
+        tensor["parameters" if binary else "data"] = {"binary_data_size": a.nbytes} if binary else a.ravel().tolist()
+    header = json.dumps({"inputs": inputs, **({"parameters": {"binary_data_output": True}} if binary else {})})
+    body = header.encode() + (b"".join(a.tobytes() for a in feeds.values()) if binary else b"")
+    extra = f"Inference-Header-Content-Length: {len(header)}\r\n" if binary else ""
     head = (
         f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: application/{'octet-stream' if binary else 'json'}\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
 
+def grpc_request(model: str, feeds: dict[str, np.ndarray]) -> bytes:
+    """A serialized ModelInferRequest with raw input contents."""
+    request = message("ModelInferRequest")(model_name=model)
+    for name, a in feeds.items():
+        request.inputs.add(name=name, datatype=v2_type(a), shape=a.shape)
+        request.raw_input_contents.append(a.tobytes())
+    return request.SerializeToString()
+
+
 async def one_connection(host: str, port: int, payload: bytes, count: int, latencies: list[float]) -> bytes:
+    """`count` requests on one keep-alive connection; the last reply's head and body."""
     reader, writer = await asyncio.open_connection(host, port)
-    body = b""
+    head = body = b""
     try:
         for _ in range(count):
             t = time.perf_counter()
@@ -106,10 +123,23 @@ async def one_connection(host: str, port: int, payload: bytes, count: int, laten
             latencies.append(time.perf_counter() - t)
     finally:
         writer.close()
-    return body
+    return head + body
+
+
+async def one_stream(
+    call: grpc.aio.UnaryUnaryMultiCallable, payload: bytes, count: int, latencies: list[float]
+) -> bytes:
+    """`count` ModelInfer calls one after another (a client among many on the channel)."""
+    reply = b""
+    for _ in range(count):
+        t = time.perf_counter()
+        reply = await call(payload)
+        latencies.append(time.perf_counter() - t)
+    return reply
 
 
 def load(url: str, payload: bytes, concurrency: int, requests: int) -> tuple[float, list[float], bytes]:
+    """HTTP: requests/s, latencies and the last reply with `concurrency` connections."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     latencies: list[float] = []
 
@@ -122,6 +152,36 @@ def load(url: str, payload: bytes, concurrency: int, requests: int) -> tuple[flo
     start = time.perf_counter()
     bodies = asyncio.run(run())
     return len(latencies) / (time.perf_counter() - start), latencies, bodies[0]
+
+
+def load_grpc(address: str, payload: bytes, concurrency: int, requests: int) -> tuple[float, list[float], bytes]:
+    """gRPC: the same, with `concurrency` calls in flight on one channel."""
+    latencies: list[float] = []
+
+    async def run() -> list[bytes]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.unary_unary(f"/{SERVICE}/ModelInfer")  # bytes in, bytes out
+            per = max(1, requests // concurrency)
+            return await asyncio.gather(*(one_stream(call, payload, per, latencies) for _ in range(concurrency)))
+
+    start = time.perf_counter()
+    replies = asyncio.run(run())
+    return len(latencies) / (time.perf_counter() - start), latencies, replies[0]
+
+
+def first_output(protocol: str, reply: bytes) -> np.ndarray:
+    """The first output of a reply, decoded as its protocol sends it."""
+    if protocol == "gRPC":
+        decoded = message("ModelInferResponse").FromString(reply)
+        out = decoded.outputs[0]
+        return np.frombuffer(decoded.raw_output_contents[0], np.float32).reshape(list(out.shape))
+    head, body = reply.split(b"\r\n\r\n", 1)
+    if protocol == "HTTP binary":
+        size = int(re.search(rb"(?i)inference-header-content-length:\s*(\d+)", head).group(1))
+        out = json.loads(body[:size])["outputs"][0]
+        return np.frombuffer(body[size:], np.float32).reshape(out["shape"])
+    out = json.loads(body)["outputs"][0]
+    return np.reshape(out["data"], out["shape"])
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -163,33 +223,46 @@ def main() -> None:
         options = ["--max-batch-size", str(args.max_batch_size), "--max-delay-ms", str(args.max_delay_ms)]
         if args.threads:
             options += ["--threads", str(args.threads)]
-        with ServerProcess([str(path)], *options) as server:
-            payload = request_bytes("127.0.0.1", model.name, feeds)
-            load(server.url, payload, 4, 20)  # warm the connections and the batcher
+        with ServerProcess([str(path)], "--grpc-port", "0", *options) as server:
+            clients: dict[str, Callable[[int, int], tuple[float, list[float], bytes]]] = {
+                "HTTP JSON": partial(load, server.url, request_bytes("127.0.0.1", model.name, feeds)),
+                "HTTP binary": partial(load, server.url, request_bytes("127.0.0.1", model.name, feeds, binary=True)),
+                "gRPC": partial(load_grpc, server.grpc, grpc_request(model.name, feeds)),
+            }
+            for send in clients.values():
+                send(4, 20)  # warm the connections and the batcher
             for concurrency in [int(c) for c in args.concurrency.split(",")]:
-                # baseline and server alternate in short rounds: the shared machine's load drifts
-                base_rps, rps, base_lat, lat, ratios = [], [], [], [], []
-                before = batch_stats(server.url, model.name)
+                # baseline and each protocol alternate in short rounds: the shared machine's load drifts
+                base_rps, base_lat = [], []
+                rps, lat, ratios = ({p: [] for p in PROTOCOLS} for _ in range(3))
+                batches = {p: [0.0, 0.0] for p in PROTOCOLS}  # rows, runs
                 for _ in range(args.rounds):
                     calls, calls_lat = in_process(model, feeds, seconds=0.5)
-                    served, served_lat, body = load(server.url, payload, concurrency, args.requests // args.rounds)
                     base_rps.append(calls)
-                    rps.append(served)
-                    ratios.append(served / calls)
                     base_lat += calls_lat
-                    lat += served_lat
-                    out = json.loads(body)["outputs"][0]
-                    np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), expected, rtol=1e-4, atol=1e-4)
-                after = batch_stats(server.url, model.name)
-                mean_batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+                    for protocol, send in clients.items():
+                        before = batch_stats(server.url, model.name)
+                        served, served_lat, reply = send(concurrency, args.requests // args.rounds)
+                        after = batch_stats(server.url, model.name)
+                        batches[protocol] = [batches[protocol][i] + after[i] - before[i] for i in range(2)]
+                        rps[protocol].append(served)
+                        ratios[protocol].append(served / calls)
+                        lat[protocol] += served_lat
+                        got = first_output(protocol, reply)
+                        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
                 print(
                     f"concurrency {concurrency:>2}: in-process {statistics.median(base_rps):7.1f} calls/s "
-                    f"p50 {pct(base_lat, 0.5):6.2f} ms p99 {pct(base_lat, 0.99):6.2f} ms | "
-                    f"server {statistics.median(rps):7.1f} req/s p50 {pct(lat, 0.5):7.2f} ms "
-                    f"p99 {pct(lat, 0.99):7.2f} ms, mean batch {mean_batch:4.1f} | "
-                    f"server/in-process {statistics.median(ratios):4.2f}x "
-                    f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
+                    f"p50 {pct(base_lat, 0.5):6.2f} ms p99 {pct(base_lat, 0.99):6.2f} ms"
                 )
+                for protocol in PROTOCOLS:
+                    mean_batch = batches[protocol][0] / max(1.0, batches[protocol][1])
+                    print(
+                        f"  {protocol:<11} {statistics.median(rps[protocol]):7.1f} req/s "
+                        f"(rounds {min(rps[protocol]):.1f}-{max(rps[protocol]):.1f}) "
+                        f"p50 {pct(lat[protocol], 0.5):7.2f} ms p99 {pct(lat[protocol], 0.99):7.2f} ms, "
+                        f"mean batch {mean_batch:4.1f} | server/in-process {statistics.median(ratios[protocol]):4.2f}x "
+                        f"(rounds {min(ratios[protocol]):.2f}-{max(ratios[protocol]):.2f})"
+                    )
 
 
 if __name__ == "__main__":
