@@ -228,22 +228,24 @@ def profile_onnx_backend(
         contender = backend_contender(
             "onnx", model, directory / "artifacts", data, threads=threads, lr=lr, dropout=dropout
         )
-    contender.run()  # the warm-up pass is in the profile too; it is dropped below by run count
+    contender.run()  # the warm-up pass is in the profile too; only the second pass is counted
     contender.run()
     lines = []
     for name, session in opened:
         if name == "eval.onnx":
             continue
         events = json.loads(Path(session.end_profiling()).read_text())
-        lines += _op_table(name, events, runs=len(data), top=top)
+        lines += _op_table(name, events, steps=len(data), top=top)
     return "\n".join(lines)
 
 
-def _op_table(graph: str, events: list[dict], runs: int, top: int) -> list[str]:
-    """Kernel time per op type, then the slowest nodes (with their output shapes), over the last `runs`
-    runs of a profile, as table lines."""
+def _op_table(graph: str, events: list[dict], steps: int, top: int) -> list[str]:
+    """Kernel time per op type, then the slowest nodes (with their output shapes), per step over the
+    second of two equal passes of `steps` steps in a profile (a graph may run several times a step:
+    the optimizer, chunk by chunk), as table lines."""
     starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
-    since = starts[-runs] if len(starts) >= runs else 0
+    runs = max(len(starts) - len(starts) // 2, 1)
+    since = starts[len(starts) // 2] if starts else 0
     per_op: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     per_node: dict[str, float] = defaultdict(float)
@@ -257,10 +259,10 @@ def _op_table(graph: str, events: list[dict], runs: int, top: int) -> list[str]:
             shapes = [next(iter(o.values())) for o in e["args"].get("output_type_shape", [])]
             about[node] = f"{op} -> {', '.join(map(str, shapes))}"
     total = sum(per_op.values())
-    lines = [f"{graph}: {total / runs / 1e3:.3f} ms of kernels per run ({runs} runs)"]
+    lines = [f"{graph}: {total / steps / 1e3:.3f} ms of kernels per step ({steps} steps, {runs // steps} run(s) each)"]
     for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"  {op:<24} {us / runs / 1e3:9.3f} ms  {100 * us / total:5.1f}%  ({count[op] // runs} nodes)")
+        lines.append(f"  {op:<24} {us / steps / 1e3:9.3f} ms  {100 * us / total:5.1f}%  ({count[op] // runs} nodes)")
     lines.append(f"  slowest nodes of {graph}:")
     for node, us in sorted(per_node.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"  {us / runs / 1e3:9.3f} ms  {node[-48:]:<48} {about[node]}")
+        lines.append(f"  {us / steps / 1e3:9.3f} ms  {node[-48:]:<48} {about[node]}")
     return lines

@@ -4,7 +4,8 @@ one graph that also outputs each parameter's gradient, in default-domain ONNX op
 1. Forward sweep: a value is *active* when it is a floating-point tensor that depends on
    a parameter through differentiable ops (Shape, Equal, Cast to int, ... cut the path).
 2. Only active nodes that the loss depends on are differentiated, in reverse order; each
-   op's rule (`onnxkit.autodiff.rules`) turns its outputs' gradients into its inputs'.
+   op's rule (`onnxkit.autodiff.rules`) turns its outputs' gradients into its inputs'. A
+   decomposed op (`composites`: exact GELU) is differentiated as the op it spells.
 3. Gradients reaching a value along several paths are summed with one `Sum`.
 
 The result keeps every forward node and output, so a training graph can still emit its
@@ -20,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.autodiff.builder import Backward, Graph
+from onnxkit.autodiff.composites import collapse
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import ancestors, node_label, opset, value_types
@@ -86,7 +88,9 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
                 f"op {_rule_key(node)} (node {node_label(node, index)}) has no gradient rule; freeze the "
                 "parameters before it (--freeze / --train-only) or rebuild the model without that op"
             )
-    graph = Graph(types, version, constant_values(model))
+    constants = constant_values(model)
+    nodes = collapse(model, nodes, constants)
+    graph = Graph(types, version, constants)
     dtype = graph.dtype(loss)
     start = graph.const(1.0, dtype) if graph.dims(loss) == [] else graph.filled(graph.shape(loss), 1, dtype)
     grads: dict[str, list[str]] = {loss: [start]}

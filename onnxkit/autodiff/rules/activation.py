@@ -120,12 +120,12 @@ def gelu(b: Backward) -> list[str | None]:
     x = b.x()
     approximate = b.attr("approximate", "none")
     if approximate == "none":
-        # y = x Phi(x): y' = Phi(x) + x phi(x)
-        cdf = b.op("Mul", b.op("Add", b.op("Erf", b.op("Mul", x, b.const(math.sqrt(0.5)))), b.const(1.0)),
-                   b.const(0.5))
-        density = b.op("Mul", b.op("Exp", b.op("Mul", b.op("Mul", x, x), b.const(-0.5))),
-                       b.const(1.0 / math.sqrt(2.0 * math.pi)))
-        return [b.op("Mul", b.dy(), b.op("Add", cdf, b.op("Mul", x, density)))]
+        # y = x Phi(x): y' = Phi(x) + x phi(x) = (1 + erf(u) + x sqrt(2/pi) exp(-u^2)) / 2, u = x/sqrt(2);
+        # the constant folded into the exponent: nine passes over x
+        u = b.op("Mul", x, b.const(math.sqrt(0.5)))
+        bell = b.op("Exp", b.op("Sub", b.const(0.5 * math.log(2.0 / math.pi)), b.op("Mul", u, u)))
+        twice = b.op("Sum", b.op("Erf", u), b.op("Mul", x, bell), b.const(1.0))
+        return [b.op("Mul", b.op("Mul", b.dy(), twice), b.const(0.5))]
     if approximate != "tanh":
         raise ValueError(f"Gelu approximate={approximate!r} is unknown; use 'none' or 'tanh'")
     # y = x/2 (1 + t), t = tanh(k (x + c x^3)): y' = (1 + t)/2 + x/2 (1 - t^2) k (1 + 3 c x^2)
