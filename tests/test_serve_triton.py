@@ -284,3 +284,25 @@ def test_grpc_port_in_use_is_one_clear_error(server, paths):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: port {port} on 127.0.0.1 is already in use; stop the program using it or pick another with --grpc-port"
     )
+
+
+def test_grpc_needs_the_api_key_except_for_health(paths, direct):
+    x = np.random.default_rng(3).normal(size=(1, 64)).astype(np.float32)
+    with ServerProcess([paths["digits"]], "--grpc-port", "0", "--api-key", "s3cret", "--threads", "1") as running:
+        client = triton_grpc.InferenceServerClient(running.grpc)
+        try:
+            assert client.is_server_live() and client.is_server_ready()
+            for headers in (None, {"authorization": "Bearer wrong"}):
+                for call in (
+                    lambda h: client.infer("digits", [tensor(triton_grpc, "x", x, "FP32")], headers=h),
+                    lambda h: client.get_model_metadata("digits", headers=h),
+                ):
+                    with pytest.raises(InferenceServerException) as refused:
+                        call(headers)
+                    assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+                    assert "needs an API key" in refused.value.message()
+            good = {"authorization": "Bearer s3cret"}
+            result = client.infer("digits", [tensor(triton_grpc, "x", x, "FP32")], headers=good)
+            np.testing.assert_allclose(result.as_numpy("logits"), direct["digits"].predict(x)["logits"], rtol=1e-6)
+        finally:
+            client.close()

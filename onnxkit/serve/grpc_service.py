@@ -1,7 +1,9 @@
 """The V2 protocol over gRPC: `inference.GRPCInferenceService` on grpc.aio, beside the HTTP app.
 
-It runs on the HTTP server's event loop and shares its batchers, metrics and errors: a
-refusal is the same `RequestError`, sent as the gRPC status that matches its HTTP status.
+It runs on the HTTP server's event loop and shares its batchers, metrics, API key and
+errors: a refusal is the same `RequestError`, sent as the gRPC status that matches its
+HTTP status. With a key, every RPC but ServerLive and ServerReady needs the metadata
+`authorization: Bearer KEY`.
 Inputs come as typed `contents` or as `raw_input_contents` (the binary extension's layout);
 outputs always go back as `raw_output_contents`, which is what V2 clients read first.
 
@@ -25,6 +27,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime import Model
 from onnxkit.serve import binary, inference, protocol
+from onnxkit.serve.auth import authorized
 from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.errors import RequestError
 from onnxkit.serve.metrics import Metrics
@@ -48,6 +51,7 @@ _CONTENTS = {
     "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
     "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }  # fmt: skip
+_OPEN = frozenset({"ServerLive", "ServerReady"})  # health, open like /v2/health/*
 _log = logging.getLogger("onnxkit.serve")
 
 
@@ -96,12 +100,19 @@ def encode_infer(model: Model, request: InferRequest, outputs: dict[str, np.ndar
 
 
 class InferenceService:
-    """The RPCs, over the HTTP app's batchers (by model name), metrics and readiness."""
+    """The RPCs, over the HTTP app's batchers (by model name), metrics, readiness and API key."""
 
-    def __init__(self, batchers: Mapping[str, Batcher], metrics: Metrics, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        batchers: Mapping[str, Batcher],
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        api_key: str | None = None,
+    ) -> None:
         self.batchers = batchers
         self.metrics = metrics
         self.ready = ready
+        self.api_key = api_key
 
     async def ServerLive(self, request: Any) -> Any:  # noqa: N802 (the RPC names of the protocol)
         return message("ServerLiveResponse")(live=True)
@@ -123,12 +134,15 @@ class InferenceService:
     async def ModelInfer(self, request: Any) -> Any:  # noqa: N802
         batcher = inference.find_model(self.batchers, request.model_name, request.model_version)
         size = request.ByteSize()
+        used: Model | None = None
 
         async def decode(model: Model) -> InferRequest:
+            nonlocal used
+            used = model
             return await inference.offload(size, decode_infer, request, model)
 
         infer_request, outputs = await inference.infer(batcher, decode)
-        return await inference.offload(size, encode_infer, batcher.model, infer_request, outputs)
+        return await inference.offload(size, encode_infer, used, infer_request, outputs)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler for every RPC of v2_grpc.proto, each metered like an HTTP endpoint."""
@@ -151,6 +165,12 @@ class InferenceService:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start, status = time.perf_counter(), 500
             try:
+                if self.api_key is not None and name not in _OPEN:
+                    given = dict(context.invocation_metadata() or ()).get("authorization")
+                    if not authorized(None if given is None else str(given).encode(), self.api_key):
+                        raise RequestError(
+                            401, "this server needs an API key: send the metadata 'authorization: Bearer KEY'"
+                        )
                 reply = await call(request)
                 status = 200
                 return reply
