@@ -16,6 +16,7 @@ import click
 
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
+from onnxkit.files import DISK_ERRORS
 
 # name -> (module, attribute, one-line help). Help is kept here so that
 # `onnxkit --help` lists commands without importing onnxruntime.
@@ -113,6 +114,13 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except OSError as e:  # the disk or the file system, not the program: one line too (--debug shows where)
+        if debug:
+            raise
+        what = f"{e.filename}: " if e.filename else ""
+        hint = "; free some space or write somewhere else" if e.errno in DISK_ERRORS else ""
+        click.echo(f"error: {what}{e.strerror or e}{hint}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         signum = stopped_by[0] if stopped_by else signal.SIGINT

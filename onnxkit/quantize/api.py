@@ -80,7 +80,7 @@ def quantize(
     already = low_precision_weights(original)
     notes = [f"the model already holds {already} low-precision weight tensors: quantized before?"] if already else []
 
-    with _scratch(output) as tmp:
+    with _scratch(output) as tmp, _onnxruntime_errors(str(source or "the model")):
         quantizer = Quantizer(original, tmp, exclude)
         test = bind(load_split(eval_data, "test", original), original) if eval_data is not None else None
         baseline = accuracy.score(original, test) if test is not None else None
@@ -190,14 +190,38 @@ def _write(model: onnx.ModelProto, output, report: Report, report_path) -> None:
 
 @contextlib.contextmanager
 def _scratch(output: str | os.PathLike | None) -> Iterator[Path]:
-    """Where the passes write their intermediate models: beside the output (removed after Ctrl-C or
-    SIGTERM, swept by the next run after a hard kill), else in the system's temporary folder."""
-    if output is not None:
-        with scratch_folder(output, "quantize") as folder:
+    """Where the passes and ONNX Runtime's quantizers (which make temporary folders of their own)
+    write intermediate models: beside the output (removed after Ctrl-C or SIGTERM, swept by the
+    next run after a hard kill), else in the system's temporary folder."""
+    with contextlib.ExitStack() as stack:
+        if output is not None:
+            folder = stack.enter_context(scratch_folder(output, "quantize"))
+        else:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxkit-quantize-")))
+        previous, tempfile.tempdir = tempfile.tempdir, str(folder)
+        try:
             yield folder
-    else:
-        with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as folder:
-            yield Path(folder)
+        finally:
+            tempfile.tempdir = previous
+
+
+@contextlib.contextmanager
+def _onnxruntime_errors(model: str) -> Iterator[None]:
+    """ONNX Runtime failing on the model (an op it lacks, a graph it rejects) as one OnnxkitError."""
+    try:
+        yield
+    except Exception as e:  # onnxruntime raises its own exception types, without a common base
+        if type(e).__module__.partition(".")[0] != "onnxruntime":
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxkitError(f"{model}: onnxruntime {_ort_version()} failed on it while quantizing ({reason}); "
+                           "check that onnxruntime can run the model (onnxkit predict)") from e
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def _check_outputs(source: Path | None, output, report_path) -> None:  # type: ignore[no-untyped-def]

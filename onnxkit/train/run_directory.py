@@ -191,6 +191,9 @@ class RunDirectory:
 
     def verify_checkpoint(self) -> None:
         """Refuse a checkpoint that is missing or does not match the checksum its loop state records."""
+        if not self.artifacts.is_dir() or not any(self.artifacts.iterdir()):
+            raise OnnxkitError(f"{self.path} has lost its training graphs ({self.artifacts} is missing or empty); "
+                               "the run cannot be resumed, start a new one")
         for path in (self.last_checkpoint, self.loop_state):
             if not path.is_file():
                 raise OnnxkitError(f"{self.path} has no complete checkpoint ({path} is missing); the run cannot be "
