@@ -1,0 +1,162 @@
+"""Runs and files that survive: the run-folder lock, a run killed before its first checkpoint,
+checkpoint checksums, SIGTERM as Ctrl-C in every command, quantization's scratch folder,
+and outputs that honour the umask."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import onnx
+import pytest
+
+from onnxkit import zoo
+from onnxkit.errors import OnnxkitError
+from onnxkit.train import TrainingInterrupted, fit
+from onnxkit.train.callbacks import Callback
+from onnxkit.train.run_directory import RunDirectory
+
+
+@pytest.fixture
+def iris(tmp_path):
+    path = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), path)
+    return path
+
+
+class Killed(BaseException):
+    """What SIGKILL looks like from inside: nothing catches it and nothing gets written."""
+
+
+class KillAtStep(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, record) -> None:  # type: ignore[no-untyped-def]
+        if record["step"] == self.step:
+            raise Killed
+
+
+def test_a_live_run_folder_is_locked(iris, tmp_path, run_cli):
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunDirectory(run).lock(new=True):  # another process got here first and is building its graphs
+        result = run_cli("train", iris, "--data", "iris", "--quiet", "-o", run)
+    assert result.code == 1 and "is in use by a training run that is still going" in result.err
+    assert [p.name for p in run.rglob("*") if p.is_file()] == ["run.lock"]  # it wrote nothing
+    assert run_cli("train", iris, "--data", "iris", "--epochs", "1", "--quiet", "-o", run).code == 0  # released
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts(iris, tmp_path, run_cli):
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        fit(iris, "iris", run, epochs=2, batch_size=16, callbacks=[KillAtStep(2)])
+    assert json.loads((run / "run.json").read_text())["status"] == "running"  # as a kill leaves it
+    assert not (run / "checkpoints" / "last.ckpt").exists()
+
+    again = run_cli("train", iris, "--data", "iris", "-o", run)
+    assert again.code == 1 and f"restart it with --resume {run}" in again.err
+    RunDirectory.existing(run)  # what --resume reads first
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+    done = fit(resume=run)
+    assert done.metrics["epochs"] == 2
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["config"]["batch_size"] == 16
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "step"]
+    assert steps == list(range(1, done.metrics["steps"] + 1))  # trained again from the start, once
+
+
+def test_ctrl_c_or_sigterm_before_the_loop_marks_the_run_interrupted(iris, tmp_path):
+    class StopBeforeTheFirstStep(Callback):
+        def on_train_begin(self, trainer) -> None:  # type: ignore[no-untyped-def]
+            raise KeyboardInterrupt  # what the command line's SIGTERM handler raises
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(iris, "iris", run, epochs=1, callbacks=[StopBeforeTheFirstStep()])
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert fit(resume=run).metrics["epochs"] == 1
+
+
+def test_checkpoints_carry_their_checksum(iris, tmp_path, run_cli):
+    def ctrl_c_after_the_first_epoch(record):  # type: ignore[no-untyped-def]
+        if record["event"] == "epoch":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        fit(iris, "iris", run, epochs=3, callback=ctrl_c_after_the_first_epoch)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    state = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert state["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one bit, inside a tensor: still a readable safetensors file
+    checkpoint.write_bytes(bytes(data))
+    result = run_cli("train", "--resume", run)
+    assert result.code == 1
+    assert result.err == f"error: {checkpoint} does not match its checksum (damaged, or the run was killed " \
+                         "while checkpointing); the run cannot be resumed, start a new one\n"
+    with pytest.raises(OnnxkitError, match="does not match its checksum"):
+        fit(resume=run)
+
+
+def test_sigterm_stops_any_command_like_ctrl_c(tmp_path, run_cli):
+    recipe = tmp_path / "slow_net.py"
+    recipe.write_text(
+        "import os, signal\n"
+        "def recipe(width: int = 4):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # as if `kill` arrived while building\n"
+    )
+    result = run_cli("build", recipe, "-o", tmp_path / "net.onnx")
+    assert result.code == 143 and result.err.strip() == "error: stopped by SIGTERM"
+    assert not (tmp_path / "net.onnx").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only
+
+
+def _scratch_folders(folder):  # type: ignore[no-untyped-def]
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".onnxkit-quantize-"))
+
+
+def test_quantize_scratch_lives_beside_the_output_and_goes_away(tmp_path):
+    cnn = tmp_path / "cnn.onnx"
+    onnx.save(zoo.build_model("digits-cnn"), cnn)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".onnxkit-quantize-999999999-left"  # by a process that was killed hard
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"x" * 1000)
+    command = [sys.executable, "-m", "onnxkit", "quantize", str(cnn), "-o", str(out / "q.onnx"), "--mode", "auto",
+               "--eval", "digits-images"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mine = f".onnxkit-quantize-{process.pid}-"
+    try:
+        deadline = time.monotonic() + 60
+        while not any(name.startswith(mine) for name in _scratch_folders(out)):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.01)
+        assert len(_scratch_folders(out)) == 1 and not stale.exists()  # the stale one was swept first
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM"
+    assert sorted(p.name for p in out.iterdir()) == []  # no scratch folder, no half-written output
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_outputs_honour_the_umask(tmp_path, run_cli, umask, mode):
+    previous = os.umask(umask)
+    try:
+        assert run_cli("build", "iris-mlp", "-o", tmp_path / "iris.onnx").code == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "iris.onnx").stat().st_mode) == mode
