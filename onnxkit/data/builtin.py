@@ -26,16 +26,36 @@ def _sklearn_data(filename: str) -> Path:
     return path
 
 
-@register_dataset("iris", "150 iris flowers: 4 measurements (cm) -> 3 species")
-def iris(*, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
-    lines = _sklearn_data("iris.csv").read_text().splitlines()
+def _classes(name: str, filename: str, seed: int, validation: float, test: float) -> Dataset:
+    """A scikit-learn class table: a header 'rows,features,class names...', then features and a class id per row."""
+    lines = _sklearn_data(filename).read_text().splitlines()
     label_names = lines[0].split(",")[2:]
     table = np.array([line.split(",") for line in lines[1:] if line], dtype=np.float64)
-    x = table[:, :4].astype(np.float32)
-    y = table[:, 4].astype(np.int64)
-    return dataset_from_arrays(
-        "iris", {"x": x}, y, label_names=label_names, seed=seed, validation=validation, test=test
-    )
+    return dataset_from_arrays(name, {"x": table[:, :-1].astype(np.float32)}, table[:, -1].astype(np.int64),
+                               label_names=label_names, seed=seed, validation=validation, test=test)
+
+
+@register_dataset("iris", "150 iris flowers: 4 measurements (cm) -> 3 species")
+def iris(*, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
+    return _classes("iris", "iris.csv", seed, validation, test)
+
+
+@register_dataset("wine", "178 wines: 13 raw chemical measurements (scales from 0.1 to 1,000s) -> 3 cultivars")
+def wine(*, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
+    return _classes("wine", "wine_data.csv", seed, validation, test)
+
+
+@register_dataset("breast-cancer", "569 breast masses: 30 raw cell-nucleus features -> malignant / benign")
+def breast_cancer(*, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
+    return _classes("breast-cancer", "breast_cancer.csv", seed, validation, test)
+
+
+@register_dataset("diabetes", "442 patients: 10 raw measurements (age, sex, BMI, ...) -> disease progression "
+                  "after a year (regression, 25-346)")
+def diabetes(*, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
+    x = np.loadtxt(_sklearn_data("diabetes_data_raw.csv.gz"), dtype=np.float32)
+    y = np.loadtxt(_sklearn_data("diabetes_target.csv.gz"), dtype=np.float32)
+    return dataset_from_arrays("diabetes", {"x": x}, y, seed=seed, validation=validation, test=test)
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:

@@ -61,6 +61,7 @@ class TrainConfig:
     adapter: str | None = None
     data_in_memory: bool = False
     cache_features: bool = True
+    standardize: bool = False
 
     def optimizer_spec(self) -> Optimizer:
         """The optimizer with its options (the learning rate comes from the schedule)."""

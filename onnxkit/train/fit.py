@@ -55,6 +55,14 @@ from onnxkit.train.problem import training_problem
 from onnxkit.train.progress import Progress
 from onnxkit.train.run_directory import RunDirectory, sha256
 from onnxkit.train.schedules import Schedule, warmup_steps
+from onnxkit.train.standardize import (
+    input_scales,
+    scaled_targets,
+    standardize_inputs,
+    target_scale,
+    unscale_output,
+    unscaled_warning,
+)
 from onnxkit.train.trainer import LoopState, Trainer
 from onnxkit.train.training_form import find_parameters, output_type, select
 from onnxkit.train.weights import load_tensors
@@ -97,6 +105,7 @@ def fit(
     backend: str | None = None,
     adapter: GraphAdapter | None = None,
     cache_features: bool = True,
+    standardize: bool = False,
     resume: str | os.PathLike | None = None,
     quiet: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
@@ -120,6 +129,9 @@ def fit(
     - `freeze` / `train_only`: globs over parameter names (frozen ones stay bit-identical).
     - `cache_features`: when only a head after a frozen part trains, run the frozen
       part once and train the head on its cached output (see `frozen_features`).
+    - `standardize`: put `(x - mean) / std` of the training split's features in front of the
+      model (and, for regression, standardise the targets and un-scale the output in the graph);
+      see `standardize`. Without it, clearly unscaled features get a one-line warning.
     - `monitor` (val_loss, val_accuracy, val_macro_f1, train_loss) picks the best
       epoch; `patience` stops after that many epochs without improvement.
     - `resume`: a run directory; continues from its last checkpoint with its stored
@@ -192,6 +204,7 @@ def fit(
             adapter=type(adapter).__name__ if adapter else None,
             data_in_memory=isinstance(data, Dataset),
             cache_features=cache_features,
+            standardize=standardize,
         )
         if not config.lr > 0:
             raise OnnxkitError(f"learning rate must be positive, got {config.lr}")
@@ -200,10 +213,9 @@ def fit(
     if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
         raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
                            "(onnxkit train: the same --lora-* options next to --resume)")
-    progress = Progress(not quiet)
+    setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
     if note:
-        progress.line(note)
-    setup = _Setup(run, config, proto, dataset, adapter, device, threads, progress)  # checks everything
+        setup.progress.line(note)
     if resume is None:
         run.make()
     with run.lock(new=resume is None):  # one process per run folder
@@ -286,6 +298,8 @@ class _Setup:
         self.backend = get_backend(config.backend)
         self.device = self.backend.resolve_device(device)
         self.model = adapter.apply(model) if adapter else model
+        if config.standardize:
+            self.model = self._standardized(self.model, dataset)
         self.target = self.model  # the graph the trained weights go back into
         self.cached: dict[str, Any] = {}
         c = config
@@ -301,6 +315,8 @@ class _Setup:
         self.loss.check_output(self.output_vi)
         self.task = TASK_OF_LOSS[self.loss.name]
         specs = model_inputs(self.model)
+        regression = self.task == "regression"
+        self.target_scale = target_scale(dataset.train.labels) if c.standardize and regression else None
         classes = shape[-1] if self.loss.class_labels and isinstance(shape[-1], int) else None
         for name in SPLIT_NAMES:  # before binding, which casts labels
             split = dataset.split(name)
@@ -308,6 +324,9 @@ class _Setup:
             if self.task != "regression":
                 check_class_labels(f"{dataset.name}, {name} split", split.labels, classes, output=self.output,
                                    binary=self.task == "binary")
+        warning = None if c.standardize else unscaled_warning(dataset.train, specs, regression)
+        if warning:
+            progress.line(warning)
         self.splits = {name: self._bind(dataset.split(name), specs, shape) for name in ("train", "validation")}
         if len(self.splits["train"]) == 0:
             raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
@@ -383,8 +402,20 @@ class _Setup:
 
     def _bind(self, split: Split, specs: list, shape: tuple) -> Split:
         bound = split.feeds_for(specs)  # a new split of the same class (text splits keep padding per batch)
-        bound.labels = self.loss.labels_for(split.labels, shape)
+        bound.labels = self.loss.labels_for(self.targets(split.labels), shape)
         return bound
+
+    def targets(self, labels: np.ndarray) -> np.ndarray:
+        """The labels training sees: regression targets standardised with --standardize."""
+        return labels if self.target_scale is None else scaled_targets(labels, self.target_scale)
+
+    @staticmethod
+    def _standardized(model: onnx.ModelProto, dataset: Dataset) -> onnx.ModelProto:
+        scales = input_scales(dataset.train, model_inputs(model))
+        if not scales:
+            raise OnnxkitError("standardize needs a float feature input, but the model's inputs are "
+                               f"{', '.join(s.name for s in model_inputs(model))} (token ids or other integers)")
+        return standardize_inputs(model, scales)
 
     def _labels_name(self) -> str:
         taken = {v for node in self.model.graph.node for v in (*node.input, *node.output)}
@@ -419,7 +450,7 @@ class _Setup:
         c = self.config
         batches = self.splits["validation"].batches(c.eval_batch_size or c.batch_size)
         outputs = np.concatenate([session.eval_step(feeds) for feeds, _ in batches])
-        metrics = score(outputs, self.dataset.validation.labels, self.task, loss=self.loss.name,
+        metrics = score(outputs, self.targets(self.dataset.validation.labels), self.task, loss=self.loss.name,
                         num_classes=self.num_classes)
         return {f"val_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "macro_f1")}
 
@@ -499,6 +530,8 @@ def _finish(
     trained = with_weights(setup.target, values)
     if setup.adapter:
         trained = setup.adapter.merge(trained)
+    if setup.target_scale is not None:
+        trained = unscale_output(trained, setup.output, setup.target_scale)
     summary = {
         "data": c.data,
         "data_seed": c.data_seed,
@@ -512,6 +545,7 @@ def _finish(
         "seed": c.seed,
         "freeze": c.freeze,
         "train_only": c.train_only,
+        "standardize": c.standardize,
         "trainable_parameters": setup.trainable_count,
         "best_epoch": best_epoch,
         "validation": {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_")},

@@ -1,0 +1,142 @@
+"""Standardisation as Keras' `Normalization` layer does it: the mean and standard deviation of
+each feature, taken on the training split, become the model's first nodes, `(x - mean) / std`,
+with the two tensors stored as frozen Buffers. For regression the target is standardised for
+training and un-scaled by the model's last nodes, `y * std + mean`. The trained model takes
+raw features and returns raw targets wherever it runs.
+
+A feature is a column of a `[batch, features]` input, or a channel (axis 1) of a higher-rank
+one (`[batch, channels, ...]`, ONNX's layout). Integer inputs (token ids) are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxkit.data import ModelInput, Split
+from onnxkit.metadata import metadata, set_metadata
+from onnxkit.nn.build import BUFFERS_KEY
+
+PREFIX = "onnxkit.standardize"
+TINY = 1e-7  # below this a feature is constant: it is centred, not scaled (scikit-learn's StandardScaler)
+SPREAD, FAR = 100.0, 10.0  # unscaled: a std this many times the median std, or a mean / std beyond this
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A mean and a standard deviation per feature, shaped to broadcast against the tensor."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def _axes(array: np.ndarray) -> tuple[int, ...]:
+    """The axes a feature's statistics are taken over: all but the columns (rank 2) or channels."""
+    return (0,) if array.ndim <= 2 else (0, *range(2, array.ndim))
+
+
+def _moments(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std in float64, shaped to broadcast against one row."""
+    values = array.astype(np.float64)
+    axes = _axes(values)
+    return values.mean(axis=axes, keepdims=True)[0], values.std(axis=axes, keepdims=True)[0]
+
+
+def scale_of(array: np.ndarray) -> Scale:
+    """Per-feature mean and std (stored float32; 1 for a constant feature) of a [rows, ...] array."""
+    mean, std = _moments(array)
+    std[std < TINY] = 1.0
+    return Scale(mean.astype(np.float32), std.astype(np.float32))
+
+
+def _float_features(train: Split, specs: list[ModelInput]) -> dict[str, np.ndarray]:
+    bound = train.feeds_for(specs).inputs
+    return {s.name: bound[s.name] for s in specs if s.dtype.kind == "f" and bound[s.name].ndim >= 2}
+
+
+def input_scales(train: Split, specs: list[ModelInput]) -> dict[str, Scale]:
+    """The scale of every float model input, from the training split bound to `specs`."""
+    return {name: scale_of(array) for name, array in _float_features(train, specs).items()}
+
+
+def standardize_inputs(model: onnx.ModelProto, scales: dict[str, Scale]) -> onnx.ModelProto:
+    """A copy of `model` whose inputs named in `scales` pass through `(x - mean) / std` first."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph, nodes, buffers = out.graph, [], []
+    for name, scale in scales.items():
+        scaled = f"{PREFIX}.{name}"
+        for node in graph.node:
+            node.input[:] = [scaled if i == name else i for i in node.input]
+        mean, std = f"{scaled}.mean", f"{scaled}.std"
+        graph.initializer.extend([numpy_helper.from_array(scale.mean, mean), numpy_helper.from_array(scale.std, std)])
+        nodes += [helper.make_node("Sub", [name, mean], [f"{scaled}.centred"], name=f"{PREFIX}/{name}/sub"),
+                  helper.make_node("Div", [f"{scaled}.centred", std], [scaled], name=f"{PREFIX}/{name}/div")]
+        buffers += [mean, std]
+    _prepend(graph, nodes)
+    _add_buffers(out, buffers)
+    return out
+
+
+def unscale_output(model: onnx.ModelProto, output: str, scale: Scale) -> onnx.ModelProto:
+    """A copy of `model` whose output `output` is `y * std + mean` of what it computed before."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inner = f"{PREFIX}.{output}.standardized"
+    for node in graph.node:
+        node.output[:] = [inner if o == output else o for o in node.output]
+        node.input[:] = [inner if i == output else i for i in node.input]
+    mean, std = f"{PREFIX}.{output}.mean", f"{PREFIX}.{output}.std"
+    graph.initializer.extend([numpy_helper.from_array(scale.mean, mean), numpy_helper.from_array(scale.std, std)])
+    graph.node.extend([
+        helper.make_node("Mul", [inner, std], [f"{PREFIX}.{output}.scaled"], name=f"{PREFIX}/{output}/mul"),
+        helper.make_node("Add", [f"{PREFIX}.{output}.scaled", mean], [output], name=f"{PREFIX}/{output}/add"),
+    ])
+    _add_buffers(out, [mean, std])
+    return out
+
+
+def scaled_targets(labels: np.ndarray, scale: Scale) -> np.ndarray:
+    """Regression targets standardised with `scale` (float32)."""
+    return ((labels.astype(np.float64) - scale.mean) / scale.std).astype(np.float32)
+
+
+def target_scale(labels: np.ndarray) -> Scale:
+    """The scale of regression targets: one per target column ([N] targets: one)."""
+    return scale_of(labels.reshape(len(labels), -1))
+
+
+def unscaled_warning(train: Split, specs: list[ModelInput], regression: bool) -> str | None:
+    """A one-line warning when the float features (or regression targets) are clearly unscaled:
+    a feature's std over SPREAD times the median one (near-constant features do not count), or a
+    mean beyond FAR and beyond FAR stds; else None."""
+    found = []
+    for name, array in _float_features(train, specs).items():
+        mean, std = (np.abs(m.ravel()) for m in _moments(array))
+        varying = std[std >= TINY] if (std >= TINY).any() else np.ones(1)
+        if varying.max() > SPREAD * np.median(varying) or ((mean > FAR) & (mean > FAR * std)).any():
+            found.append(f"feature {name!r}: stds up to {varying.max():.3g}, median {np.median(varying):.3g}, "
+                         f"means up to {mean.max():.3g}")
+    if regression and train.labels.dtype.kind == "f":
+        scale = target_scale(train.labels)
+        if np.abs(scale.mean).max() > FAR or scale.std.max() > FAR:
+            found.append(f"targets: mean {float(scale.mean.ravel()[0]):.3g}, std {float(scale.std.ravel()[0]):.3g}")
+    if not found:
+        return None
+    return f"warning: the data looks unscaled ({'; '.join(found)}); train with --standardize (standardize=True in fit)"
+
+
+def _prepend(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *existing])
+
+
+def _add_buffers(model: onnx.ModelProto, names: list[str]) -> None:
+    known = json.loads(metadata(model).get(BUFFERS_KEY, "[]"))
+    set_metadata(model, {BUFFERS_KEY: [*known, *(n for n in names if n not in known)]})
