@@ -1,0 +1,109 @@
+"""train --standardize: the train split's statistics in the graph, raw features everywhere after,
+regression targets un-scaled in the graph, and a warning for clearly unscaled data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ort_run
+from onnx import numpy_helper
+
+from onnxkit import nn
+from onnxkit.data import load_dataset
+from onnxkit.metadata import metadata
+from onnxkit.nn.build import BUFFERS_KEY
+from onnxkit.train.standardize import Scale, standardize_inputs, unscale_output
+
+
+def plain_mlp(features: int, outputs: int, task: str = "classification") -> onnx.ModelProto:
+    nn.manual_seed(0)
+    mlp = nn.Sequential([nn.Linear(features, 100), nn.ReLU(), nn.Linear(100, outputs)])
+    return nn.build(mlp, {"x": nn.Input(["batch", features])}, output_names=["logits"],
+                    metadata={"onnxkit.task": task})
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_the_graph_rewrites_match_numpy():
+    model = plain_mlp(4, 2)
+    x = np.random.default_rng(0).normal(5, 3, size=(6, 4)).astype(np.float32)
+    scale = Scale(np.array([1, 2, 3, 4], np.float32), np.array([0.5, 2, 4, 8], np.float32))
+    standardized = standardize_inputs(model, {"x": scale})
+    onnx.checker.check_model(standardized, full_check=True)
+    expected = ort_run(model, {"x": (x - scale.mean) / scale.std})[0]
+    np.testing.assert_allclose(ort_run(standardized, {"x": x})[0], expected, rtol=1e-6, atol=1e-6)
+    target = Scale(np.array([150], np.float32), np.array([75], np.float32))
+    unscaled = unscale_output(standardized, "logits", target)
+    np.testing.assert_allclose(ort_run(unscaled, {"x": x})[0], expected * 75 + 150, rtol=1e-5)
+    assert json.loads(metadata(unscaled)[BUFFERS_KEY]) == [
+        "onnxkit.standardize.x.mean", "onnxkit.standardize.x.std",
+        "onnxkit.standardize.logits.mean", "onnxkit.standardize.logits.std"]
+
+
+@pytest.mark.training
+def test_standardized_classifier_takes_raw_features_everywhere(tmp_path, run_cli):
+    from onnxkit import runtime
+    from onnxkit.evaluate import evaluate
+    from onnxkit.quantize import quantize
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(plain_mlp(13, 3), path)
+    result = run_cli("train", path, "--data", "wine", "--standardize", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert "unscaled" not in result.err
+    trained = onnx.load(tmp_path / "run" / "model.onnx")
+    x = load_dataset("wine").train.inputs["x"].astype(np.float64)
+    stored = initializers(trained)
+    np.testing.assert_allclose(stored["onnxkit.standardize.x.mean"], x.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stored["onnxkit.standardize.x.std"], x.std(0), rtol=1e-6)
+    assert [n.op_type for n in trained.graph.node[:2]] == ["Sub", "Div"] and trained.graph.input[0].name == "x"
+    test = load_dataset("wine").test
+    accuracy = float((ort_run(trained, {"x": test.inputs["x"]})[0].argmax(1) == test.labels).mean())
+    assert accuracy >= 0.95
+    shown = run_cli("eval", tmp_path / "run" / "model.onnx", "--json")  # raw features from the dataset
+    assert json.loads(shown.out)["accuracy"] == pytest.approx(accuracy)
+    assert runtime.load(tmp_path / "run" / "model.onnx").predict(test.inputs["x"][:5]).labels == [
+        ["class_0", "class_1", "class_2"][i] for i in ort_run(trained, {"x": test.inputs["x"][:5]})[0].argmax(1)]
+    quantize(tmp_path / "run" / "model.onnx", tmp_path / "int8.onnx", mode="dynamic")
+    assert evaluate(onnx.load(tmp_path / "int8.onnx"), test)["accuracy"] >= accuracy - 0.03
+
+
+@pytest.mark.training
+def test_standardized_regression_unscales_its_output(tmp_path, run_cli):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(plain_mlp(10, 1, "regression"), path)
+    result = run_cli("train", path, "--data", "diabetes", "--standardize", "--quiet", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    trained = onnx.load(tmp_path / "run" / "model.onnx")
+    data = load_dataset("diabetes")
+    y = data.train.labels.astype(np.float64)
+    stored = initializers(trained)
+    np.testing.assert_allclose(stored["onnxkit.standardize.logits.mean"], [y.mean()], rtol=1e-6)
+    np.testing.assert_allclose(stored["onnxkit.standardize.logits.std"], [y.std()], rtol=1e-6)
+    assert [n.op_type for n in trained.graph.node[-2:]] == ["Mul", "Add"]
+    predicted = ort_run(trained, {"x": data.test.inputs["x"]})[0][:, 0].astype(np.float64)
+    truth = data.test.labels.astype(np.float64)
+    r2 = 1 - ((truth - predicted) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
+    assert r2 >= 0.4
+    summary = json.loads(metadata(trained)["onnxkit.training"])
+    assert summary["standardize"] is True
+
+
+@pytest.mark.training
+def test_unscaled_data_gets_a_one_line_warning(tmp_path, run_cli):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(plain_mlp(13, 3), path)
+    result = run_cli("train", path, "--data", "wine", "--steps", "1", "-o", tmp_path / "run")
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning:")]
+    assert result.code == 0 and len(warnings) == 1
+    assert "feature 'x': stds up to " in warnings[0] and warnings[0].endswith("train with --standardize "
+                                                                               "(standardize=True in fit)")
+    digits = tmp_path / "digits.onnx"
+    onnx.save(plain_mlp(64, 10), digits)
+    scaled = run_cli("train", digits, "--data", "digits", "--steps", "1", "-o", tmp_path / "digits-run")
+    assert scaled.code == 0 and "warning:" not in scaled.err

@@ -1,0 +1,120 @@
+"""Defaults that train well: a model's training recipe, explicit settings over it, a length that
+follows the data, and torch's default learning rates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxkit import zoo
+from onnxkit.metadata import set_metadata
+from onnxkit.train import fit
+from onnxkit.train.defaults import MAX_EPOCHS, MIN_STEPS, Settings, resolve, training_mode
+from onnxkit.train.optim import get_optimizer
+from onnxkit.training_recipe import KEY, TrainingRecipe, read_training_recipe, training_recipes
+
+# torch.optim's signatures (torch 2.x docs): the default lr of each class
+TORCH_DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-3, "adamw": 1e-3, "adagrad": 1e-2, "rmsprop": 1e-2, "adadelta": 1.0}
+
+
+@pytest.mark.parametrize(("name", "lr"), sorted(TORCH_DEFAULT_LR.items()))
+def test_each_optimizer_defaults_to_torchs_learning_rate(name, lr):
+    assert get_optimizer(name).default_lr == lr
+    settings, _ = resolve(Settings(optimizer=name), None, train_rows=100, grad_accumulation=1, has_validation=True)
+    assert settings.lr == lr
+
+
+def test_the_length_follows_the_data():
+    def length(rows: int, batch: int | None = None, accumulation: int = 1) -> tuple[int, int | None]:
+        s, note = resolve(Settings(batch_size=batch), None, train_rows=rows, grad_accumulation=accumulation,
+                          has_validation=True)
+        assert note is not None and note.startswith("training with defaults for this data: adamw lr 0.001, batch ")
+        return s.epochs, s.patience
+
+    assert length(107) == (500, 50)  # 4 steps an epoch: capped at MAX_EPOCHS
+    assert length(1079) == (59, 6)  # 34 steps an epoch: 2,006 steps
+    assert length(1079, batch=64, accumulation=2) == (223, 23)  # 9 optimizer steps an epoch
+    assert length(1_000_000) == (5, 5)
+    for rows in (107, 1079, 50_000):
+        epochs, _ = length(rows)
+        assert epochs == MAX_EPOCHS or epochs == 5 or epochs * -(-rows // 32) >= MIN_STEPS
+    no_validation, _ = resolve(Settings(), None, train_rows=107, grad_accumulation=1, has_validation=False)
+    assert no_validation.patience is None
+
+
+def test_explicit_settings_win_over_the_recipe():
+    recipe = TrainingRecipe(lr=0.01, lrs={"sgd": 0.1}, batch_size=128, epochs=40, schedule="cosine", warmup=0.05,
+                            weight_decay=0.05)
+    kw = dict(train_rows=1079, grad_accumulation=1, has_validation=True)
+    s, note = resolve(Settings(), recipe, **kw)
+    assert (s.optimizer, s.lr, s.batch_size, s.epochs, s.schedule, s.warmup, s.weight_decay, s.patience) == (
+        "adamw", 0.01, 128, 40, "cosine", 0.05, 0.05, None)
+    assert note == ("training with the model's training recipe: adamw lr 0.01, batch 128, cosine schedule, "
+                    "warm-up 0.05, 40 epochs (flags override them)")
+    s, _ = resolve(Settings(lr=0.02, batch_size=8, epochs=3, schedule="linear", warmup=0.0, weight_decay=0.0),
+                   recipe, **kw)
+    assert (s.lr, s.batch_size, s.epochs, s.schedule, s.warmup, s.weight_decay) == (0.02, 8, 3, "linear", 0.0, 0.0)
+    sgd, _ = resolve(Settings(optimizer="sgd"), recipe, **kw)
+    assert (sgd.lr, sgd.weight_decay) == (0.1, None)  # the recipe's sgd rate; its adamw weight decay does not apply
+    rms, _ = resolve(Settings(optimizer=get_optimizer("rmsprop", alpha=0.9)), recipe, **kw)
+    assert rms.lr == 1e-2  # no rate for rmsprop in the recipe: torch's
+    steps, _ = resolve(Settings(steps=7), recipe, **kw)
+    assert steps.steps == 7 and steps.patience is None
+    everything = Settings("adamw", 0.1, None, 8, 2, None, "constant", None, None, None)
+    assert resolve(everything, recipe, **kw)[1] is None  # nothing defaulted, nothing said
+
+
+def test_recipes_travel_in_metadata_per_mode():
+    bert = zoo._load("bert-classifier")[1]
+    model = zoo.build_model("iris-mlp")
+    set_metadata(model, bert.FINE_TUNING)
+    full = read_training_recipe(model, training_mode((), None))
+    head = read_training_recipe(model, training_mode(["classifier.*"], None))
+    lora = read_training_recipe(model, training_mode((), object()))
+    assert (full.lr, full.batch_size, full.schedule, full.warmup) == (5e-5, 16, "linear", 0.1)
+    assert (head.lr, head.monitor) == (1e-3, "val_accuracy") and lora.lr == 2e-3
+    assert read_training_recipe(zoo.build_model("text-transformer"), "full") is None
+    set_metadata(model, {KEY: {"full": {"learning_rate": 1}}})
+    with pytest.raises(Exception, match="not a valid training recipe"):
+        read_training_recipe(model, "full")
+    with pytest.raises(Exception, match="unknown training mode 'partial'"):
+        training_recipes(partial=TrainingRecipe())
+
+
+@pytest.mark.training
+def test_digits_cnn_with_no_flags_uses_its_recipe(tmp_path, run_cli):
+    model = tmp_path / "cnn.onnx"
+    onnx.save(zoo.build_model("digits-cnn"), model)
+    result = run_cli("train", model, "--data", "digits-images", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert result.err.splitlines()[0] == ("training with the model's training recipe: adamw lr 0.01, batch 128, "
+                                          "cosine schedule, warm-up 0.05, 40 epochs (flags override them)")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["result"]["test"]["accuracy"] >= 0.97
+    flags = run_cli("train", model, "--data", "digits-images", "--lr", "0.003", "--epochs", "1", "--quiet",
+                    "-o", tmp_path / "flags")
+    config = json.loads((tmp_path / "flags" / "run.json").read_text())["config"]
+    assert flags.code == 0 and (config["lr"], config["epochs"], config["batch_size"]) == (0.003, 1, 128)
+
+
+@pytest.mark.training
+def test_binary_classifier_trains_with_sgd_and_no_other_flag(tmp_path, run_cli):
+    x = np.random.default_rng(0).uniform(-3, 3, size=(200, 1)).astype(np.float32)
+    np.savez(tmp_path / "toy.npz", x=x, y=(x[:, 0] > 0.5).astype(np.int64))  # separable at 0.5
+    model = tmp_path / "binary.onnx"
+    onnx.save(zoo.build_model("binary-classifier"), model)
+    result = run_cli("train", model, "--data", tmp_path / "toy.npz", "--optimizer", "sgd", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert result.err.startswith("training with the model's training recipe: sgd lr 0.1, batch 32, up to 500 epochs")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["result"]["test"]["accuracy"] >= 0.95
+
+
+@pytest.mark.training
+def test_fit_arguments_win_over_the_recipe(tmp_path):
+    result = fit(zoo.build_model("iris-mlp"), "iris", tmp_path / "run", lr=0.02, steps=3, evaluate_test=False)
+    config = json.loads((result.run_dir / "run.json").read_text())["config"]
+    assert (config["lr"], config["batch_size"], config["steps"]) == (0.02, 16, 3)  # batch from the recipe
+    assert result.metrics["steps"] == 3
