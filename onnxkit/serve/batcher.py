@@ -162,9 +162,7 @@ class Batcher:
                     await self._run([pending])
                 return
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            _settle(
-                batch[0].future, error=RequestError(400, f"model {self.name!r} failed on this input: {message}")
-            )
+            _settle(batch[0].future, error=RequestError(400, f"model {self.name!r} failed on this input: {message}"))
             return
         self.metrics.record_batch(self.name, sum(p.rows for p in batch) or 1)
         if len(batch) == 1:

@@ -1,0 +1,264 @@
+"""`onnxkit serve` exposed: timeouts, connection and queue limits, API keys, hostile bodies, non-finite values."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxkit import zoo
+from onnxkit.files import save_model
+from onnxkit.serve.auth import exposure_warning
+from onnxkit.serve.launch import ServerProcess
+
+KEY = "s3cret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+GOOD = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+
+
+def identity_and_log() -> onnx.ModelProto:
+    """x float [batch, 4] -> (x, log(x)): log(0) = -inf and log(-1) = NaN come out of finite inputs."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["same"]), helper.make_node("Log", ["x"], ["log"])],
+        "nonfinite",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("same", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("log", TensorProto.FLOAT, ["batch", 4]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def slow_mlp(layers: int = 480, width: int = 512) -> onnx.ModelProto:
+    """x float [batch, width] through `layers` MatMuls with one shared weight: milliseconds per row."""
+    weight = numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")
+    names = ["x"] + [f"h{i}" for i in range(layers)]
+    nodes = [helper.make_node("MatMul", [names[i], "w"], [names[i + 1]]) for i in range(layers)]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, ["batch", width])],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("limits")
+    protos = {"digits": zoo.build_model("digits-mlp"), "nonfinite": identity_and_log(), "slow": slow_mlp()}
+    return {name: str(save_model(p, folder / f"{name}.onnx")) for name, p in protos.items()}
+
+
+@pytest.fixture(scope="module")
+def guarded(paths):
+    """A server with short timeouts and an API key."""
+    options = ["--header-timeout", "0.5", "--body-timeout", "1.5", "--keep-alive", "0.5", "--max-body-mb", "64"]
+    with ServerProcess([paths["digits"], paths["nonfinite"]], *options, "--api-key", KEY) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def crowded(paths):
+    """A server with room for few connections and few queued requests, on a slow model."""
+    options = ["--max-queue", "1", "--max-connections", "4", "--max-batch-size", "8", "--threads", "1"]
+    with ServerProcess([paths["slow"]], *options) as running:
+        yield running
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def closed_after(sock: socket.socket, start: float) -> tuple[float, bytes]:
+    """Seconds from `start` until the server closed `sock`, and what it sent before."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return time.monotonic() - start, received
+
+
+def test_an_idle_and_a_trickling_connection_are_closed_after_the_header_timeout(guarded):
+    idle = connect(guarded.url)
+    start = time.monotonic()
+    trickling = connect(guarded.url)
+    trickling.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(3):  # a header line every 0.2 s: never a complete head
+        time.sleep(0.2)
+        try:
+            trickling.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            break
+    for sock in (idle, trickling):
+        seconds, _ = closed_after(sock, start)
+        assert 0.4 < seconds < 2.5
+        sock.close()
+
+
+def test_unfinished_bodies_get_408_within_the_body_timeout_and_their_memory_is_freed(guarded):
+    before = rss_mb(guarded.process.pid)
+    head = (
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Length: {48 * 2**20}\r\n\r\n"
+    ).encode()
+    socks = [connect(guarded.url) for _ in range(4)]
+    start = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:  # 16 MB of the 48 MB announced on each, then nothing
+        list(pool.map(lambda sock: sock.sendall(head + b"[" + b"0," * (8 * 2**20)), socks))
+    peak = rss_mb(guarded.process.pid)
+    assert peak > before + 40  # the partial bodies were held...
+    for sock in socks:
+        seconds, reply = closed_after(sock, start)
+        assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+        assert b"--body-timeout" in reply
+        assert seconds < 4
+        sock.close()
+    time.sleep(0.2)
+    after = rss_mb(guarded.process.pid)
+    assert after < before + 0.25 * (peak - before), (before, peak, after)  # ...and freed after the timeout
+    assert httpx.post(guarded.url + "/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
+
+
+def test_a_wrong_or_missing_api_key_gets_401_and_health_stays_open(guarded):
+    with httpx.Client(base_url=guarded.url, timeout=10) as client:
+        for path in ("/v2/health/live", "/v2/health/ready"):
+            assert client.get(path).status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"X-Api-Key": KEY}):
+            for method, path in [
+                ("POST", "/v2/models/digits/infer"),
+                ("GET", "/v2/models/digits"),
+                ("GET", "/v2"),
+                ("GET", "/metrics"),
+                ("POST", "/v2/repository/index"),
+            ]:
+                reply = client.request(method, path, json=GOOD if method == "POST" else None, headers=headers)
+                assert reply.status_code == 401, (path, headers)
+                assert reply.headers["www-authenticate"] == "Bearer"
+                assert "Authorization: Bearer KEY" in reply.json()["error"]
+        assert client.post("/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
+        assert client.get("/v2/models/digits", headers={"authorization": f"bearer {KEY}"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (json.dumps({"inputs": [{**GOOD["inputs"][0], "shape": [True, 64]}]}).encode(), "non-negative integers"),
+        (b'{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [' + b"7" * 5000 + b"]}]}",
+         "malformed JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (json.dumps({"inputs": [{**GOOD["inputs"][0], "name": {"x": 1}}]}).encode(), "has no input"),
+        (json.dumps({**GOOD, "id": {"a": [1]}}).encode(), '"id" must be a string'),
+        (json.dumps({"inputs": [{**GOOD["inputs"][0], "shape": [2**62, 0], "data": []}]}).encode(), "is too large"),
+    ],
+    ids=["bool-shape", "5000-digits", "nested-100k", "dict-name", "dict-id", "huge-shape"],
+)  # fmt: skip
+def test_former_500_cases_are_400(guarded, body, message):
+    reply = httpx.post(guarded.url + "/v2/models/digits/infer", content=body, headers=AUTH, timeout=10)
+    assert reply.status_code == 400, reply.text
+    assert message in reply.json()["error"]
+
+
+def test_non_finite_values_round_trip_as_strict_json(guarded):
+    def strict(text: str):
+        def refuse(token: str):
+            raise AssertionError(f"bare {token} in the reply")
+
+        return json.loads(text, parse_constant=refuse)
+
+    x = [0.0, -1.0, 2.0, float("inf")]
+    sent = ["NaN", "Infinity", "-Infinity", 1.5]
+    for data in (json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [x, sent]}]}),):
+        reply = httpx.post(guarded.url + "/v2/models/nonfinite/infer", content=data, headers=AUTH)
+        assert reply.status_code == 200, reply.text
+        same, log = strict(reply.text)["outputs"]
+        assert same["data"][4:] == ["NaN", "Infinity", "-Infinity", 1.5]
+        got = np.array(same["data"], dtype=np.float32).reshape(2, 4)  # numpy reads the strings back
+        expected = np.array([x, [math.nan, math.inf, -math.inf, 1.5]], dtype=np.float32)
+        np.testing.assert_array_equal(got, expected)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.testing.assert_array_equal(np.array(log["data"], dtype=np.float32).reshape(2, 4), np.log(expected))
+    # bare NaN/Infinity tokens (what Python's json.dumps writes) are accepted too
+    bare = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [math.nan] * 4}]})
+    reply = httpx.post(guarded.url + "/v2/models/nonfinite/infer", content=bare, headers=AUTH)
+    assert strict(reply.text)["outputs"][0]["data"] == ["NaN"] * 4
+
+
+def test_a_full_queue_gets_503_with_retry_after(crowded):
+    x = np.ones((8, 512), dtype=np.float32)
+    body = {"inputs": [{"name": "x", "shape": [8, 512], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    (expected,) = ReferenceEvaluator(slow_mlp()).run(None, {"x": x})
+
+    def client(_: int) -> list[httpx.Response]:  # one run at a time: the 3rd of 3 concurrent requests waits as 2nd
+        with httpx.Client(base_url=crowded.url, timeout=60) as c:
+            return [c.post("/v2/models/slow/infer", json=body) for _ in range(2)]
+
+    replies: list[httpx.Response] = []
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(5):  # until a request found the queue full (the first round almost always does)
+            replies += [r for rs in pool.map(client, range(3)) for r in rs]
+            if any(r.status_code == 503 for r in replies):
+                break
+    refused = [r for r in replies if r.status_code == 503]
+    served = [r for r in replies if r.status_code == 200]
+    assert len(refused) + len(served) == len(replies)
+    assert served and refused
+    assert all(r.headers["retry-after"] == "1" and "--max-queue" in r.json()["error"] for r in refused)
+    for reply in served:
+        np.testing.assert_allclose(np.reshape(reply.json()["outputs"][0]["data"], (8, 512)), expected)
+
+
+def test_connections_past_the_cap_get_503_and_are_closed(crowded):
+    time.sleep(0.2)  # the other tests' connections are gone
+    clients = [httpx.Client(base_url=crowded.url) for _ in range(4)]
+    assert [c.get("/v2/health/live").status_code for c in clients] == [200] * 4  # 4 open connections
+    extra = connect(crowded.url)
+    extra.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    _, reply = closed_after(extra, time.monotonic())
+    assert reply.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in reply.lower()
+    assert b"too many open connections" in reply
+    for c in clients:
+        c.close()
+    time.sleep(0.2)
+    assert httpx.get(crowded.url + "/v2/health/live").status_code == 200  # room again
+
+
+@pytest.mark.parametrize("spec", ["=MODEL", "a/b=MODEL"])
+def test_model_names_that_no_url_can_reach_are_refused_at_start(paths, spec):
+    spec = spec.replace("MODEL", paths["digits"])
+    result = subprocess.run([sys.executable, "-m", "onnxkit", "serve", spec, "--port", "0"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: model name {spec.partition('=')[0]!r} (from {spec!r}) cannot be used in a URL; "
+        "give one without '/' as NAME=PATH"
+    ]
+
+
+def test_a_non_loopback_host_without_a_key_is_warned_about():
+    assert "without an API key" in exposure_warning("0.0.0.0", None)
+    assert "without an API key" in exposure_warning("example.org", None)
+    for host, key in [("127.0.0.1", None), ("::1", None), ("localhost", None), ("0.0.0.0", KEY)]:
+        assert exposure_warning(host, key) is None
