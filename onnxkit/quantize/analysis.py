@@ -157,7 +157,7 @@ def resolve_exclude(model: onnx.ModelProto, items: Iterable[str]) -> tuple[set[s
             ops.add(item)
         else:
             raise OnnxkitError(
-                f"--exclude {item}: no node or op type of that name in the model."
-                f"{suggest(item, names | op_types)} (`onnxkit inspect` lists them)"
+                f"exclude {item}: no node or op type of that name in the model."
+                f"{suggest(item, names | op_types)} (`onnxkit inspect` lists them)", params=["exclude"]
             )
     return ops, nodes

@@ -152,8 +152,9 @@ def quantize(
             if max_drop is not None and report.accuracy["drop"] > max_drop:
                 raise OnnxkitError(
                     f"{settings.label} loses {report.accuracy['drop']:.2f} {baseline.unit} of "
-                    f"{baseline.metric}, more than --max-drop {max_drop}; nothing written. Try "
-                    "--mode auto, --per-channel, another --method, or --exclude what --sqnr shows worst"
+                    f"{baseline.metric}, more than max_drop {max_drop}; nothing written. Try "
+                    "mode auto, per_channel, another method, or exclude what sqnr_rows shows worst",
+                    params=["max_drop", "mode", "per_channel", "method", "exclude", "sqnr_rows"],
                 )
         if timed is None and measure_latency:
             say("timing both models ...")
@@ -242,18 +243,19 @@ def _same(a: Path, b: Path) -> bool:
 
 def _check_options(mode, method, fmt, calib_size, eval_data, max_drop) -> None:  # type: ignore[no-untyped-def]
     if mode is not None:
-        check_choice("--mode", mode, MODES)
+        check_choice("mode", mode, MODES)
     if method is not None:
-        check_choice("--method", method, METHODS)
+        check_choice("method", method, METHODS)
     if fmt is not None:
-        check_choice("--format", fmt, FORMATS)
+        check_choice("format", fmt, FORMATS)
     if calib_size < 1:
-        raise OnnxkitError(f"--calib-size {calib_size}: must be at least 1")
+        raise OnnxkitError(f"calib_size {calib_size}: must be at least 1", params=["calib_size"])
     if max_drop is not None and eval_data is None:
-        raise OnnxkitError("--max-drop needs --eval DATA to measure the accuracy drop on")
+        raise OnnxkitError("max_drop needs eval_data to measure the accuracy drop on", params=["max_drop", "eval_data"])
     if mode == "auto" and eval_data is None:
         raise OnnxkitError(
-            "--mode auto compares candidates by accuracy: pass --eval DATA (e.g. digits-images)"
+            "mode auto compares candidates by accuracy: pass eval_data (e.g. digits-images)",
+            params=["mode", "eval_data"],
         )
 
 

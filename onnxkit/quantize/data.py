@@ -41,13 +41,13 @@ def calibration_batches(
     """Up to `size` training examples in batches, shuffled with seed 0."""
     if data is None:
         raise OnnxkitError(
-            "static quantization needs calibration data: pass --calib DATA "
+            "static quantization needs calibration data: pass calib "
             "(a dataset name such as digits-images, or an .npz/.csv file of model inputs), "
-            "or use --mode dynamic, which needs none"
+            "or use mode dynamic, which needs none", params=["calib", "mode"]
         )
     split = bind(load_split(data, "train", model), model)
     if len(split) == 0:
-        raise OnnxkitError(f"--calib {data}: its train split is empty; pass a larger dataset")
+        raise OnnxkitError(f"calib {data}: its train split is empty; pass a larger dataset", params=["calib"])
     batches, seen = [], 0
     for feeds, _ in split.batches(batch_size, shuffle=True, seed=0):
         take = min(len(next(iter(feeds.values()))), size - seen)

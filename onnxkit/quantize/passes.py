@@ -62,7 +62,7 @@ class Quantizer:
         model = self.prepared_for(settings)
         ops, nodes = analysis.resolve_exclude(model, self.exclude)
         if not analysis.targets(model, settings.mode, ops, nodes):
-            raise OnnxkitError(self.nothing_message(settings.mode, bool(ops or nodes)))
+            raise OnnxkitError(self.nothing_message(settings.mode, bool(ops or nodes)), params=["mode", "exclude"])
         if settings.mode == "dynamic":
             out = int8.quantize_dynamic(model, settings, self.workdir, ops, nodes)
         elif settings.mode == "static":
@@ -82,13 +82,14 @@ class Quantizer:
         return out
 
     def nothing_message(self, mode: str, excluded: bool = False) -> str:
-        """'nothing to quantize with --mode M: ...' naming the model's ops and what would help."""
+        """'nothing to quantize with mode M: ...' naming the model's ops and what would help (parameters
+        `mode` and `exclude`, which the command line shows as its flags)."""
         ops = ", ".join(sorted({n.op_type for n in self.model.graph.node}))
-        why = " that --exclude leaves" if excluded else ""
+        why = " that exclude leaves" if excluded else ""
         has_float_weights = analysis.profile(self.model).float_params > 0
         hint = (
-            "; drop some --exclude items" if excluded
-            else "; --mode fp16 still halves its float weights" if mode != "fp16" and has_float_weights
+            "; drop some exclude items" if excluded
+            else "; mode fp16 still halves its float weights" if mode != "fp16" and has_float_weights
             else ""
         )  # fmt: skip
-        return f"nothing to quantize with --mode {mode}: no {_WHAT[mode]}{why} (ops: {ops}){hint}"
+        return f"nothing to quantize with mode {mode}: no {_WHAT[mode]}{why} (ops: {ops}){hint}"

@@ -58,7 +58,7 @@ def run(
     """Quantize with every candidate, score and time them all, pick the fastest within `max_drop`."""
     profile = analysis.profile(quantizer.model)
     if not any(profile.weighted.values()):
-        raise OnnxkitError(quantizer.nothing_message("auto"))
+        raise OnnxkitError(quantizer.nothing_message("auto"), params=["mode", "exclude"])
     batches = calibration()
     tried: list[tuple[Candidate, Settings, onnx.ModelProto | None]] = []
     for settings in candidates(profile, per_channel, reduce_range):
@@ -89,9 +89,10 @@ def run(
         log("\n".join(candidate_table([c for c, _, _ in tried], baseline.unit)))
         best = min((c for c, _, _ in good), key=lambda c: c.drop)
         raise OnnxkitError(
-            f"no candidate is within --max-drop {max_drop} (the best, {best.label}, loses "
-            f"{best.drop:.2f} {baseline.unit}); nothing written. Raise --max-drop, give more "
-            "--calib data, or --exclude sensitive nodes (find them with --sqnr)"
+            f"no candidate is within max_drop {max_drop} (the best, {best.label}, loses "
+            f"{best.drop:.2f} {baseline.unit}); nothing written. Raise max_drop, give more "
+            "calib data, or exclude sensitive nodes (sqnr_rows ranks them)",
+            params=["max_drop", "calib", "exclude", "sqnr_rows"],
         )
     chosen, settings, model = min(within, key=lambda t: _speed_key(t[0]))
     chosen.chosen = True

@@ -12,11 +12,11 @@ FORMATS = ("qdq", "qoperator")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
-def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
-    """`value` if it is one of `choices`, else an OnnxkitError naming them."""
+def check_choice(param: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`, else an OnnxkitError naming the parameter and the choices."""
     if value not in choices:
         raise OnnxkitError(
-            f"{option} {value!r}: choose one of {', '.join(choices)}.{suggest(value, choices)}"
+            f"{param} {value!r}: choose one of {', '.join(choices)}.{suggest(value, choices)}", params=[param]
         )
     return value
 
@@ -33,12 +33,12 @@ class Settings:
     block_size: int = 32  # int4: weights per scale
 
     def __post_init__(self) -> None:
-        check_choice("--mode", self.mode, MODES[:-1])
-        check_choice("--method", self.method, METHODS)
-        check_choice("--format", self.format, FORMATS)
+        check_choice("mode", self.mode, MODES[:-1])
+        check_choice("method", self.method, METHODS)
+        check_choice("format", self.format, FORMATS)
         if self.block_size not in BLOCK_SIZES:
             raise OnnxkitError(
-                f"--block-size {self.block_size}: choose one of {', '.join(map(str, BLOCK_SIZES))}"
+                f"block_size {self.block_size}: choose one of {', '.join(map(str, BLOCK_SIZES))}", params=["block_size"]
             )
 
     @property

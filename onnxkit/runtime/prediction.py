@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,8 +14,9 @@ from onnxkit.errors import OnnxkitError
 class Prediction:
     """Every model output by name; for classifiers, the predicted classes and their names.
 
-    The first output holds the scores (logits). A binary classifier's single logit
-    column is read as the scores [0, logit] of classes 0 and 1, so argmax and
+    The first output holds the scores (logits); `probabilities()` turns them into class
+    probabilities (softmax; sigmoid for a binary classifier). A binary classifier's single
+    logit column is read as the scores [0, logit] of classes 0 and 1, so argmax and
     softmax agree with thresholding and sigmoid.
     """
 
@@ -44,6 +45,23 @@ class Prediction:
         if scores.shape[1] == 1 and (self.task == "binary" or len(self.class_names or ()) == 2):
             scores = np.concatenate([np.zeros_like(scores), scores], axis=1)
         return scores
+
+    def probabilities(self) -> np.ndarray:
+        """Class probabilities as [rows, classes] float32: the softmax of the scores, or for a binary
+        classifier's single logit z the sigmoid pair [1 - sigmoid(z), sigmoid(z)]."""
+        scores = np.asarray(self.scores, np.float64)
+        if self.task == "binary" and scores.ndim == 2 and scores.shape[1] == 1:
+            positive = 0.5 * (1.0 + np.tanh(0.5 * scores))  # sigmoid, without overflow for large |z|
+            return np.concatenate([1.0 - positive, positive], axis=1).astype(np.float32)
+        z = self.class_scores().astype(np.float64)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def with_probabilities(self) -> Prediction:
+        """This prediction with the scores replaced by `probabilities()` (output `probabilities`), so
+        top-k, tables and saved files show probabilities instead of logits."""
+        rest = {name: value for name, value in list(self.outputs.items())[1:] if name != "probabilities"}
+        return replace(self, outputs={"probabilities": self.probabilities(), **rest})
 
     @property
     def classes(self) -> np.ndarray:
