@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -27,14 +28,15 @@ class FlatLayout:
     def of(cls, values: Mapping[str, np.ndarray], names: Sequence[str]) -> FlatLayout:
         return cls(tuple(names), tuple(tuple(values[n].shape) for n in names))
 
-    @property
+    @cached_property
     def sizes(self) -> list[int]:
         return [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
 
-    @property
+    @cached_property
     def size(self) -> int:
         return sum(self.sizes)
 
+    @cached_property
     def views(self) -> list[tuple[str, tuple[int, ...], int]]:
         """(name, shape, offset in elements) of each parameter."""
         offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int)
@@ -42,7 +44,7 @@ class FlatLayout:
 
     def split(self, flat: np.ndarray, suffix: str = "") -> dict[str, np.ndarray]:
         """name + suffix -> a view of `flat` shaped like the parameter."""
-        return {n + suffix: flat[o : o + int(np.prod(s, dtype=np.int64))].reshape(s) for n, s, o in self.views()}
+        return {n + suffix: flat[o : o + int(np.prod(s, dtype=np.int64))].reshape(s) for n, s, o in self.views}
 
     def join(self, values: Mapping[str, np.ndarray], suffix: str = "") -> np.ndarray:
         if not self.names:
