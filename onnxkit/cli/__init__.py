@@ -72,7 +72,8 @@ def as_flags(message: str, params: tuple[str, ...], flags: dict[str, str]) -> st
     """`message` with each named library parameter written as the command's flag for it."""
     for name in params:
         if name in flags:
-            message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", flags[name], message)
+            # a whole word: not part of a path (a/name/b), a file name (name.npz) or another name
+            message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/-]|\.\w)", flags[name], message)
     return message
 
 

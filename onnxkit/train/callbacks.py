@@ -78,7 +78,8 @@ class NanGuard(Callback):
         )
         raise OnnxkitError(
             f"training stopped: the loss became {loss} in epoch {trainer.state.epoch + 1} at step "
-            f"{trainer.state.step + 1}; {kept}. Lower the learning rate (--lr) or clip gradients (--clip-grad-norm)"
+            f"{trainer.state.step + 1}; {kept}. Lower the learning rate (lr) or clip gradients (clip_grad_norm)",
+            params=["lr", "clip_grad_norm"],
         )
 
 

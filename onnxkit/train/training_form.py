@@ -95,7 +95,8 @@ def _matching(patterns: Iterable[str], names: Sequence[str], option: str) -> set
         if not hits:
             raise OnnxkitError(
                 f"{option} {pattern!r} matches no parameter.{suggest(pattern, names)} "
-                f"Parameters look like: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+                f"Parameters look like: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}",
+                params=[option],
             )
         chosen.update(hits)
     return chosen
@@ -125,8 +126,8 @@ def select(
     stay frozen when both gamma and beta of their layer are frozen.
     """
     names = params.names
-    chosen = _matching(train_only, names, "--train-only") if train_only else set(default or names)
-    chosen -= _matching(freeze, names, "--freeze")
+    chosen = _matching(train_only, names, "train_only") if train_only else set(default or names)
+    chosen -= _matching(freeze, names, "freeze")
     reachable = ancestors(model, output)
     trainable = [n for n in params.parameters if n in chosen and n in reachable]
     kept = set(trainable)
@@ -136,7 +137,8 @@ def select(
             buffers += [n for n in node.input[3:5] if n in chosen and n in params.buffers]
     if not trainable:
         raise OnnxkitError(
-            f"nothing to train: no parameter is selected that affects output {output!r}; loosen --freeze / --train-only"
+            f"nothing to train: no parameter is selected that affects output {output!r}; loosen freeze / train_only",
+            params=["freeze", "train_only"],
         )
     updated = set(buffers)
     frozen = [n for n in names if n not in kept and n not in updated]

