@@ -50,7 +50,7 @@ class OnnxSession(TrainingSession):
         self._buffers: dict[str, str] = sig["buffers"]
         self._slots: list[str] = sig["slots"]
         whole = sig.get("global_norm", True) or device.startswith("cuda")  # artifacts of older runs: whole
-        self._chunks = _chunks(self._layout.size, self._layout.size if whole else CHUNK)
+        self._chunks = chunks(self._layout.size, self._layout.size if whole else CHUNK)
         self._accumulate = sig["accumulation"] > 1
         self._dropout_settings = sig["dropout"]
         kind, self._device_id = parse_device(device)
@@ -260,6 +260,6 @@ class OnnxSession(TrainingSession):
         save_state(path, state)
 
 
-def _chunks(total: int, chunk: int) -> list[tuple[int, int]]:
+def chunks(total: int, chunk: int) -> list[tuple[int, int]]:
     """(offset, size) of consecutive pieces of at most `chunk` elements covering `total`."""
     return [(offset, min(chunk, total - offset)) for offset in range(0, total, max(chunk, 1))]
