@@ -2,7 +2,7 @@
 
 All of them accept `Tensor`s, `Parameter`s/`Buffer`s and Python or numpy
 constants. Most emit ops with gradients in ONNX Runtime 1.19.2's training build
-(DESIGN.md §3). Those under "ops without an ORT-training gradient" do not: models
+(docs/architecture.md §3). Those under "ops without an ORT-training gradient" do not: models
 using them train only through `onnxkit.autodiff` (GroupNorm below opset 21 is
 emitted as ops that have one).
 """

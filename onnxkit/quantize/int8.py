@@ -11,7 +11,7 @@ from onnxkit.quantize.prepare import quiet_ort
 from onnxkit.quantize.settings import Settings
 
 # Dynamic int8 pays off for weight-heavy matrix products. Conv is left out:
-# ConvInteger runs 5-12x slower than fp32 on CPUs without VNNI (DESIGN.md §3).
+# ConvInteger runs 5-12x slower than fp32 on CPUs without VNNI (docs/architecture.md §3).
 DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
 _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 

@@ -1,4 +1,4 @@
-"""Preprocessing every quantization pass starts from (DESIGN.md §3).
+"""Preprocessing every quantization pass starts from (docs/architecture.md §3).
 
 ONNX Runtime's `quant_pre_process` (shape inference, and for static
 quantization its graph optimizations), plus the fixes the quantizers need.

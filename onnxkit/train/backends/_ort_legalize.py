@@ -19,7 +19,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import ancestors, node_label, value_types
 
 # Ops on the path from a trained parameter to the loss that ONNX Runtime training
-# 1.19.2 cannot differentiate on CPU (DESIGN.md §3).
+# 1.19.2 cannot differentiate on CPU (docs/architecture.md §3).
 NO_GRADIENT = {
     "GlobalMaxPool",
     "InstanceNormalization",
