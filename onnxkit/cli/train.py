@@ -93,12 +93,18 @@ def train_cmd(model: str | None, **options: Any) -> None:
 
     \b
     Examples:
-      onnxkit train digits.onnx --data digits-images --epochs 20 -o runs/digits
+      onnxkit train digits.onnx --data digits-images -o runs/digits      # the model's own recipe
+      onnxkit train digits.onnx --data digits-images --epochs 20 -o runs/digits20
+      onnxkit train mlp.onnx --data wine --standardize -o runs/wine
       onnxkit train iris.onnx --data iris --lr 0.01 --batch-size 16 -o runs/iris
       onnxkit train model.onnx --data my.npz --train-only 'head.*' -o runs/head
       onnxkit train bert.onnx --data bbc-news --lora-rank 8 --lr 2e-3 --epochs 2 -o runs/lora
       onnxkit train --resume runs/digits
       onnxkit train digits.onnx --data digits-images --workers 2 -o runs/dp
+
+    Settings not given come from the model's training recipe (zoo models carry one;
+    pretrained ones their fine-tuning defaults), else from defaults sized to the data;
+    the run says which in one line.
 
     Head-only fine-tuning of a pretrained model is --train-only 'classifier.*'; the
     frozen encoder then runs once over the data and the head trains on its cached output.
