@@ -1,6 +1,6 @@
 """Runs and files that survive: the run-folder lock, a run killed before its first checkpoint,
-checkpoint checksums, SIGTERM as Ctrl-C in every command, quantization's scratch folder,
-and outputs that honour the umask."""
+checkpoint checksums (the `training` ones run on both backends), SIGTERM as Ctrl-C in every
+command, quantization's scratch folder, and outputs that honour the umask."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ class KillAtStep(Callback):
             raise Killed
 
 
+@pytest.mark.training  # on both backends (make test-ort)
 def test_a_live_run_folder_is_locked(iris, tmp_path, run_cli):
     run = tmp_path / "run"
     run.mkdir()
@@ -53,6 +54,7 @@ def test_a_live_run_folder_is_locked(iris, tmp_path, run_cli):
     assert run_cli("train", iris, "--data", "iris", "--epochs", "1", "--quiet", "-o", run).code == 0  # released
 
 
+@pytest.mark.training  # on both backends (make test-ort)
 def test_a_run_killed_before_its_first_checkpoint_restarts(iris, tmp_path, run_cli):
     run = tmp_path / "run"
     with pytest.raises(Killed):
@@ -73,6 +75,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts(iris, tmp_path, run_c
     assert steps == list(range(1, done.metrics["steps"] + 1))  # trained again from the start, once
 
 
+@pytest.mark.training  # on both backends (make test-ort)
 def test_ctrl_c_or_sigterm_before_the_loop_marks_the_run_interrupted(iris, tmp_path):
     class StopBeforeTheFirstStep(Callback):
         def on_train_begin(self, trainer) -> None:  # type: ignore[no-untyped-def]
@@ -85,6 +88,7 @@ def test_ctrl_c_or_sigterm_before_the_loop_marks_the_run_interrupted(iris, tmp_p
     assert fit(resume=run).metrics["epochs"] == 1
 
 
+@pytest.mark.training  # on both backends (make test-ort)
 def test_checkpoints_carry_their_checksum(iris, tmp_path, run_cli):
     def ctrl_c_after_the_first_epoch(record):  # type: ignore[no-untyped-def]
         if record["event"] == "epoch":
