@@ -122,3 +122,13 @@ def test_one_range_check_for_a_shared_option(command, run_cli):
     result = run_cli(*command, "--threads", "0")
     assert result.code == 2
     assert result.err == f"error: --threads must be at least 1, got 0 (see onnxkit {command[0]} -h)\n"
+
+
+def test_the_cli_writes_parameters_as_its_flags():
+    from onnxkit.cli import as_flags
+
+    flags = {"loss": "--loss", "output": "--model-output", "freeze": "--freeze"}
+    message = "output 'y' of runs/loss=1/freeze.onnx: use loss=mse or output=NAME, or loosen freeze."
+    assert as_flags(message, ("freeze",), flags) == (
+        "output 'y' of runs/loss=1/freeze.onnx: use --loss mse or --model-output NAME, or loosen --freeze.")
+

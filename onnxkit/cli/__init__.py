@@ -60,7 +60,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OnnxkitError as e:
-            if e.params and ctx.invoked_subcommand:
+            if ctx.invoked_subcommand:
                 from onnxkit.cli.options import flag_names
 
                 flags = flag_names(self.get_command(ctx, ctx.invoked_subcommand))  # type: ignore[arg-type]
@@ -69,7 +69,10 @@ class LazyGroup(click.Group):
 
 
 def as_flags(message: str, params: tuple[str, ...], flags: dict[str, str]) -> str:
-    """`message` with each named library parameter written as the command's flag for it."""
+    """`message` with library parameters written as the command's flags: every `name=value` whose
+    name the command has a flag for (`loss=mse` -> `--loss mse`), and each word in `params`."""
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w./-]){re.escape(name)}=", f"{flag} ", message)
     for name in params:
         if name in flags:
             # a whole word: not part of a path (a/name/b), a file name (name.npz) or another name

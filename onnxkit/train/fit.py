@@ -364,10 +364,10 @@ class _Setup:
         missing = self.backend.unsupported(model, self.selection.trainable, self.output)
         if missing:
             op, node = missing[0]
-            other = f", or use the default: backend {DEFAULT}" if self.backend.name != DEFAULT else ""
+            other = f", or use the default backend (backend={DEFAULT})" if self.backend.name != DEFAULT else ""
             raise OnnxkitError(
-                f"op {op} (node {node}) has no gradient in {self.backend.name}; freeze the parameters "
-                f"before it (freeze / train_only){other}", params=["freeze", "train_only", "backend"]
+                f"op {op} (node {node}) has no gradient in the {self.backend.name} backend; freeze the parameters "
+                f"before it (freeze / train_only){other}", params=["freeze", "train_only"]
             )
         self.optimizer = c.optimizer_spec()
         self.backend.refuse_optimizer(self.optimizer, c.clip_grad_norm)

@@ -43,13 +43,13 @@ class Loss:
         if tensor.elem_type != TensorProto.FLOAT:
             raise OnnxkitError(
                 f"output {output.name!r} is not float32, so it cannot feed the {self.name} loss; "
-                "pick a float output with --output"
+                "pick a float one with output=NAME"
             )
         rank = len(tensor.shape.dim)
         if self.class_labels and rank != 2:
             raise OnnxkitError(
                 f"cross-entropy needs logits shaped [batch, classes], but output {output.name!r} has "
-                f"rank {rank}; pick another output (--output) or another loss (--loss mse)"
+                f"rank {rank}; pick another output (output=NAME) or another loss (loss=mse)"
             )
 
     def labels_input(self, name: str, output: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
@@ -70,7 +70,7 @@ class Loss:
             if labels.dtype.kind not in "iub":
                 raise OnnxkitError(
                     "cross-entropy needs integer class labels but the data's labels are "
-                    f"{labels.dtype}; use --loss mse for regression targets"
+                    f"{labels.dtype}; use loss=mse for regression targets"
                 )
             return labels.astype(np.int64, copy=False)
         targets = labels.astype(np.float32, copy=False)

@@ -58,7 +58,7 @@ def _import_training() -> tuple[types.ModuleType, types.ModuleType]:
         if root is None or not (root / "onnxblock").is_dir():
             raise OnnxkitError(
                 "the ort-training backend needs onnxruntime-training 1.19.2, which this environment lacks; "
-                "run `make venv-ort` and use .venv-ort/bin/onnxkit, or use the default backend (--backend onnx)"
+                "run `make venv-ort` and use .venv-ort/bin/onnxkit, or use the default backend (backend=onnx)"
             )
         package = types.ModuleType(name)
         package.__path__ = [str(root)]
@@ -126,7 +126,7 @@ def _explain(error: RuntimeError) -> OnnxkitError:
     if match:
         return OnnxkitError(
             f"op {match.group(1)} (node {match.group(2)!r}) has no gradient in ONNX Runtime training; use the onnx "
-            "backend, or freeze the parameters before it (--freeze / --train-only)"
+            "backend, or freeze the parameters before it (freeze / train_only)", params=["freeze", "train_only"]
         )
     status = _ORT_STATUS.search(text)
     detail = status.group(1) if status else text.rpartition(" was false.")[2].strip() or text[-200:]
@@ -213,7 +213,7 @@ class OrtTrainingBackend(Backend):
         if not (plain_sgd or (name == "adamw" and not options["amsgrad"])):
             raise OnnxkitError(
                 f"the ort-training backend runs only adamw without amsgrad and sgd without momentum, not {name} "
-                f"with these options; use the default backend (--backend onnx)"
+                f"with these options; use the default backend (backend=onnx)"
             )
 
     def l2_in_objective(self, optimizer: Optimizer) -> float:
@@ -229,7 +229,7 @@ class OrtTrainingBackend(Backend):
             raise OnnxkitError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
         problem = _cuda_problem()
         if problem:
-            raise OnnxkitError(f"cannot train on {device}: {problem}; or use --device cpu")
+            raise OnnxkitError(f"cannot train on {device}: {problem}; or use device=cpu")
         index = int(match.group(1) or 0)
         if index >= gpu_count():
             raise OnnxkitError(f"cannot train on {device}: only {gpu_count()} GPU(s) visible (cuda:0..)")

@@ -32,7 +32,7 @@ class OnnxBackend(Backend):
         if kind == "cuda":
             problem = _cuda_problem(int(index) if index.isdigit() else 0)
             if problem:
-                raise OnnxkitError(f"cannot train on {device}: {problem}; or use --device cpu")
+                raise OnnxkitError(f"cannot train on {device}: {problem}; or use device=cpu")
         kind, number = parse_device(device)
         return f"cuda:{number}" if kind == "cuda" else "cpu"
 
