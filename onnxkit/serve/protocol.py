@@ -42,6 +42,7 @@ _V2_BY_ORT = {
     "tensor(bfloat16)": "BF16", "tensor(string)": "BYTES",
 }  # fmt: skip
 _V2_BY_KIND = {"b": "BOOL", "O": "BYTES", "U": "BYTES", "S": "BYTES"}
+_V2_BY_DTYPE = {dtype: name for name, dtype in binary.NUMPY_BY_V2.items()}
 _INPUT_FIELDS = 'each input must be an object with "name", "shape", "datatype", "data" (or binary_data_size)'
 
 
@@ -200,7 +201,7 @@ def output_tensors(
             array = _classify(model, outputs, request.classification[name])
         else:
             array = np.asarray(outputs[name])
-        datatype = _V2_BY_KIND.get(array.dtype.kind) or _V2_BY_ORT[f"tensor({_ort_name(array)})"]
+        datatype = _V2_BY_KIND.get(array.dtype.kind) or _V2_BY_DTYPE[array.dtype]
         tensors.append((name, datatype, array))
     return tensors
 
@@ -304,8 +305,3 @@ def _classify(model: Model, outputs: dict[str, np.ndarray], k: int) -> np.ndarra
         ],
         dtype=object,
     ).reshape(len(indices), -1)
-
-
-def _ort_name(array: np.ndarray) -> str:
-    name = array.dtype.name
-    return {"float32": "float", "float64": "double"}.get(name, name)
