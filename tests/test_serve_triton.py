@@ -306,3 +306,16 @@ def test_grpc_needs_the_api_key_except_for_health(paths, direct):
             np.testing.assert_allclose(result.as_numpy("logits"), direct["digits"].predict(x)["logits"], rtol=1e-6)
         finally:
             client.close()
+
+
+def test_text_that_is_not_utf8_gets_400(server):
+    raw = binary.to_bytes(np.array([b"fine", b"\xff\xfe"], dtype=object), "BYTES")
+    header = json.dumps(
+        {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}]}
+    ).encode()
+    reply = httpx.post(
+        f"{server.url}/v2/models/words/infer",
+        content=header + raw,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert reply.status_code == 400 and "text must be UTF-8" in reply.json()["error"], reply.text
