@@ -148,14 +148,19 @@ def fixed_batch_size(specs: Sequence[Any]) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _run(session: Any, name: str, feeds: dict[str, np.ndarray], fixed: int | None) -> np.ndarray:
-    """`name`'s output for one batch; a short batch for a fixed-batch model is padded with copies of
-    its last row, and the padding's outputs dropped."""
+def padded(feeds: dict[str, np.ndarray], size: int | None) -> dict[str, np.ndarray]:
+    """A batch shorter than `size` (a model's fixed batch size) padded with copies of its last row."""
     rows = len(next(iter(feeds.values())))
-    if fixed and rows < fixed:
-        feeds = {k: np.concatenate([v, np.repeat(v[-1:], fixed - rows, axis=0)]) for k, v in feeds.items()}
+    if not size or rows >= size:
+        return feeds
+    return {k: np.concatenate([v, np.repeat(v[-1:], size - rows, axis=0)]) for k, v in feeds.items()}
+
+
+def _run(session: Any, name: str, feeds: dict[str, np.ndarray], fixed: int | None) -> np.ndarray:
+    """`name`'s output for one batch, padded to a fixed batch size if need be; the padding's outputs dropped."""
+    rows = len(next(iter(feeds.values())))
     try:
-        return session.run([name], feeds)[0][:rows]
+        return session.run([name], padded(feeds, fixed))[0][:rows]
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxkitError(f"onnxruntime could not run the model on this data ({reason}); check that the data "

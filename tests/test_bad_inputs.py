@@ -37,10 +37,11 @@ def _models(root: Path) -> None:
     (root / "corrupt.onnx").write_bytes(b"\x08\x07not a model at all")
     (root / "empty.onnx").write_bytes(b"")
     (root / "truncated.onnx").write_bytes(data[: len(data) // 2])
-    fixed = zoo.build_model("iris-mlp")
-    for value in [*fixed.graph.input, *fixed.graph.output]:
-        value.type.tensor_type.shape.dim[0].dim_value = 32  # replaces the symbolic batch
-    onnx.save(fixed, root / "fixed32.onnx")
+    for size in (32, 128):
+        fixed = zoo.build_model("iris-mlp")
+        for value in [*fixed.graph.input, *fixed.graph.output]:
+            value.type.tensor_type.shape.dim[0].dim_value = size  # replaces the symbolic batch
+        onnx.save(fixed, root / f"fixed{size}.onnx")
     weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("FancyOp", ["h"], ["logits"])],
@@ -157,7 +158,7 @@ CASES = [
     ("train NaN feature", "train C/iris.onnx --data C/nan.npz -o OUT/run"),
     ("train corrupt npz", "train C/iris.onnx --data C/corrupt.npz -o OUT/run"),
     ("train truncated npz", "train C/iris.onnx --data C/truncated.npz -o OUT/run"),
-    ("train fixed batch, partial batch", "train C/fixed32.onnx --data iris --batch-size 32 -o OUT/run"),
+    ("train fixed batch over the data", "train C/fixed128.onnx --data iris --batch-size 128 -o OUT/run"),
     ("train fixed batch, other size", "train C/fixed32.onnx --data iris --batch-size 16 -o OUT/run"),
     ("train unknown op", "train C/unknown-op.onnx --data iris -o OUT/run"),
     ("train epochs 0", "train C/iris.onnx --data iris --epochs 0 -o OUT/run"),

@@ -164,3 +164,23 @@ def test_outputs_honour_the_umask(tmp_path, run_cli, umask, mode):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "iris.onnx").stat().st_mode) == mode
+
+
+@pytest.mark.training
+def test_a_fixed_batch_model_trains_on_whole_batches(tmp_path, run_cli):
+    fixed = zoo.build_model("iris-mlp")
+    for value in [*fixed.graph.input, *fixed.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 32  # as exported from PyTorch with a [32, 4] sample
+    onnx.save(fixed, tmp_path / "fixed.onnx")
+    run = tmp_path / "run"
+    result = run_cli("train", tmp_path / "fixed.onnx", "--data", "iris", "--batch-size", "32", "--epochs", "3",
+                     "--lr", "0.01", "--quiet", "-o", run)
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [r["step"] for r in epochs] == [2, 4, 6]  # 90 training rows: two whole batches of 32 an epoch
+    assert all("val_loss" in r for r in epochs)  # 30 validation rows, run as one padded batch
+    assert json.loads((run / "run.json").read_text())["result"]["test"]["examples"] == 30
+    refused = run_cli("train", tmp_path / "fixed.onnx", "--data", "iris", "--batch-size", "16", "-o", tmp_path / "b")
+    assert "fixed batch size of 32; use --batch-size 32 or export" in refused.err
+

@@ -26,7 +26,7 @@ from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.data.checks import check_class_labels, check_finite
 from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.errors import OnnxkitError
-from onnxkit.evaluate import evaluate, fixed_batch_size, label_names, score
+from onnxkit.evaluate import evaluate, fixed_batch_size, label_names, padded, score
 from onnxkit.files import load_model, save_model
 from onnxkit.graph_walks import value_types
 from onnxkit.metadata import metadata, set_metadata
@@ -330,30 +330,33 @@ class _Setup:
         self.splits = {name: self._bind(dataset.split(name), specs, shape) for name in ("train", "validation")}
         if len(self.splits["train"]) == 0:
             raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
-        self._check_fixed_batch(fixed_batch_size(specs))
+        self.fixed = fixed_batch_size(specs)  # such a model runs whole batches only
+        self._check_fixed_batch()
         self.names = label_names(self.model) or dataset.label_names
         self.num_classes = shape[-1] if self.task == "classification" and isinstance(shape[-1], int) else None
         self._select()
-        if c.cache_features and not adapter:
+        if c.cache_features and not adapter and self.fixed is None:
             self._cache_frozen_features(shape)
-        self.steps_per_epoch = -(-self.splits["train"].num_batches(c.batch_size) // c.grad_accumulation)
+        batches = self.splits["train"].num_batches(c.batch_size, drop_last=self.fixed is not None)
+        self.steps_per_epoch = -(-batches // c.grad_accumulation)
         total_steps = c.steps or self.steps_per_epoch * c.epochs
         self.epochs = c.epochs if not c.steps else math.ceil(c.steps / self.steps_per_epoch)
         self.schedule = Schedule(c.schedule, c.lr, total_steps, warmup_steps(c.warmup, total_steps))
         self._choose_monitor()
 
-    def _check_fixed_batch(self, fixed: int | None) -> None:
-        """A model whose inputs fix the batch size trains in batches of exactly that size."""
+    def _check_fixed_batch(self) -> None:
+        """A model whose inputs fix the batch size trains in whole batches of exactly that size (each
+        epoch leaves out its last partial one) and validates in batches of it, the last one padded."""
+        fixed, train = self.fixed, len(self.splits["train"])
         if fixed is None:
             return
         dynamic = "export the model with a dynamic batch dimension"
         if fixed != self.config.batch_size:
-            raise OnnxkitError(f"the model's inputs have a fixed batch size of {fixed}; use batch_size {fixed} "
-                               f"or {dynamic}", params=["batch_size"])
-        for name, split in self.splits.items():
-            if len(split) % fixed:
-                raise OnnxkitError(f"the model's inputs have a fixed batch size of {fixed}, but the {name} split's "
-                                   f"{len(split)} examples leave a last batch of {len(split) % fixed}; {dynamic}")
+            raise OnnxkitError(f"the model's inputs have a fixed batch size of {fixed}; use batch_size={fixed} "
+                               f"or {dynamic}")
+        if train < fixed:
+            raise OnnxkitError(f"the model's inputs have a fixed batch size of {fixed}, but the training split has "
+                               f"only {train} examples; give more data or {dynamic}")
 
     def _select(self) -> None:
         """What trains; refuses ops without a gradient in the backend and options it cannot run."""
@@ -448,8 +451,9 @@ class _Setup:
     def validate(self, session: TrainingSession) -> Record:
         """The epoch record's validation entries."""
         c = self.config
-        batches = self.splits["validation"].batches(c.eval_batch_size or c.batch_size)
-        outputs = np.concatenate([session.eval_step(feeds) for feeds, _ in batches])
+        batches = self.splits["validation"].batches(self.fixed or c.eval_batch_size or c.batch_size)
+        outputs = np.concatenate([session.eval_step(padded(feeds, self.fixed))[:len(labels)]
+                                  for feeds, labels in batches])
         metrics = score(outputs, self.targets(self.dataset.validation.labels), self.task, loss=self.loss.name,
                         num_classes=self.num_classes)
         return {f"val_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "macro_f1")}
@@ -473,7 +477,8 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
         stack.append(distributed.StopTogether(world))
     has_val = len(setup.splits["validation"]) > 0
     trainer = Trainer(session, setup.splits["train"], c, epochs=setup.epochs, schedule=setup.schedule, run=run,
-                      validate=setup.validate if has_val else None, callbacks=stack, log=progress.line)
+                      validate=setup.validate if has_val else None, callbacks=stack, log=progress.line,
+                      drop_last=setup.fixed is not None)
     if resuming:
         trainer.restore()
         if trainer.state.done:

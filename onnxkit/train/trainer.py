@@ -88,11 +88,13 @@ class Trainer:
         validate: Callable[[TrainingSession], Record] | None = None,
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] = lambda text: None,
+        drop_last: bool = False,
     ) -> None:
         self.session, self.train, self.config, self.run = session, train, config, run
         self.epochs, self.schedule, self.validate, self.log = epochs, schedule, validate, log
         self.callbacks = list(callbacks)
-        self.batches_per_epoch = train.num_batches(config.batch_size)
+        self.drop_last = drop_last  # whole batches only (a model with a fixed batch size)
+        self.batches_per_epoch = train.num_batches(config.batch_size, drop_last)
         self.state = LoopState()
         self.stop_training = False
         self._saved_step: int | None = None  # the step of the last checkpoint
@@ -179,7 +181,8 @@ class Trainer:
     def _epoch(self) -> None:
         c, state, session = self.config, self.state, self.session
         on_batch_end, on_step_end = self._overriding("on_batch_end"), self._overriding("on_step_end")
-        batches = self.train.batches(c.batch_size, shuffle=c.shuffle, seed=c.seed * 100_003 + state.epoch)
+        batches = self.train.batches(c.batch_size, shuffle=c.shuffle, seed=c.seed * 100_003 + state.epoch,
+                                     drop_last=self.drop_last)
         last = self.batches_per_epoch - 1
         self._hook("on_epoch_begin", state.epoch + 1)
         started = time.perf_counter()
