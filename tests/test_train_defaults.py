@@ -118,3 +118,14 @@ def test_fit_arguments_win_over_the_recipe(tmp_path):
     config = json.loads((result.run_dir / "run.json").read_text())["config"]
     assert (config["lr"], config["batch_size"], config["steps"]) == (0.02, 16, 3)  # batch from the recipe
     assert result.metrics["steps"] == 3
+
+
+@pytest.mark.training
+def test_a_model_with_a_fixed_batch_size_trains_at_that_size(tmp_path):
+    from onnxkit import nn
+
+    nn.manual_seed(0)
+    mlp = nn.Sequential([nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)])
+    model = nn.build(mlp, {"x": nn.Input([15, 4])}, output_names=["logits"])  # iris: 90 / 30 / 30 rows
+    result = fit(model, "iris", tmp_path / "run", steps=2)
+    assert json.loads((result.run_dir / "run.json").read_text())["config"]["batch_size"] == 15

@@ -166,7 +166,10 @@ def fit(
             model_path = Path(model).resolve()
             proto = load_model(model_path)
         dataset = data if isinstance(data, Dataset) else load_dataset(data, seed=data_seed, model=proto)
-        given = Settings(optimizer, lr, weight_decay, batch_size, epochs, steps, schedule, warmup, monitor, patience)
+        if batch_size is None:  # a model that fixes its batch size trains at that size
+            batch_size = fixed_batch_size(model_inputs(proto))
+        given = Settings(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
+                         steps=steps, schedule=schedule, warmup=warmup, monitor=monitor, patience=patience)
         chosen, note = resolve(given, read_training_recipe(proto, training_mode(train_only, adapter)),
                                train_rows=len(dataset.train), grad_accumulation=grad_accumulation,
                                has_validation=len(dataset.validation) > 0)
