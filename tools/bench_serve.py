@@ -17,6 +17,11 @@ Prints, per concurrency and protocol: requests/s, p50/p99 latency, the mean merg
 batch size (from /metrics) and the ratio of server to in-process throughput, as the
 median and the min-max of `--rounds` short rounds that alternate in-process and
 each protocol, since other work on a shared machine shifts them all.
+
+Each protocol is also compared with a bare endpoint on the same HTTP stack (the
+server's socket, uvicorn settings and h11 protocol with its limits, in a process of
+its own) that reads the request and answers a fixed body as long as the server's JSON
+reply: the floor that the server's own work (decoding, batching, the model) sits on.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncio
 import json
 import re
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
@@ -39,6 +45,8 @@ import numpy as np
 from onnxkit import runtime
 from onnxkit.serve.grpc_service import SERVICE, message
 from onnxkit.serve.launch import ServerProcess
+from onnxkit.serve.limits import DEFAULT_LIMITS
+from onnxkit.serve.server import Server, bind, http_config
 
 PROTOCOLS = ("HTTP JSON", "HTTP binary", "gRPC")
 
@@ -184,6 +192,33 @@ def first_output(protocol: str, reply: bytes) -> np.ndarray:
     return np.reshape(out["data"], out["shape"])
 
 
+def serve_bare(size: int) -> None:
+    """Run the bare endpoint: every request's body is read and answered with `size` fixed bytes of JSON."""
+    reply = b'{"pad":"' + b"x" * max(0, size - 10) + b'"}'
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())],
+    }
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send(start)
+        await send({"type": "http.response.body", "body": reply})
+
+    sock = bind("127.0.0.1", 0)
+    print(f"serving the bare endpoint at http://127.0.0.1:{sock.getsockname()[1]}/v2", file=sys.stderr, flush=True)
+    Server(http_config(app, DEFAULT_LIMITS, lifespan="off")).run(sockets=[sock])
+
+
+def bare_server(size: int) -> ServerProcess:
+    """The bare endpoint in a child process, started like the server."""
+    bare = ServerProcess([])
+    bare.command = [sys.executable, __file__, "--serve-bare", str(size)]
+    return bare
+
+
 def batch_stats(url: str, model: str) -> tuple[float, float]:
     text = urllib.request.urlopen(url + "/metrics").read().decode()
     value = {
@@ -208,7 +243,11 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both sides")
+    parser.add_argument("--serve-bare", type=int, metavar="BYTES", help=argparse.SUPPRESS)  # the bare endpoint's child
     args = parser.parse_args()
+    if args.serve_bare is not None:
+        serve_bare(args.serve_bare)
+        return
 
     with tempfile.TemporaryDirectory() as folder:
         path = model_file(args.model, Path(folder))
@@ -223,46 +262,59 @@ def main() -> None:
         options = ["--max-batch-size", str(args.max_batch_size), "--max-delay-ms", str(args.max_delay_ms)]
         if args.threads:
             options += ["--threads", str(args.threads)]
+        json_request = request_bytes("127.0.0.1", model.name, feeds)
         with ServerProcess([str(path)], "--grpc-port", "0", *options) as server:
-            clients: dict[str, Callable[[int, int], tuple[float, list[float], bytes]]] = {
-                "HTTP JSON": partial(load, server.url, request_bytes("127.0.0.1", model.name, feeds)),
-                "HTTP binary": partial(load, server.url, request_bytes("127.0.0.1", model.name, feeds, binary=True)),
-                "gRPC": partial(load_grpc, server.grpc, grpc_request(model.name, feeds)),
-            }
-            for send in clients.values():
-                send(4, 20)  # warm the connections and the batcher
-            for concurrency in [int(c) for c in args.concurrency.split(",")]:
-                # baseline and each protocol alternate in short rounds: the shared machine's load drifts
-                base_rps, base_lat = [], []
-                rps, lat, ratios = ({p: [] for p in PROTOCOLS} for _ in range(3))
-                batches = {p: [0.0, 0.0] for p in PROTOCOLS}  # rows, runs
-                for _ in range(args.rounds):
-                    calls, calls_lat = in_process(model, feeds, seconds=0.5)
-                    base_rps.append(calls)
-                    base_lat += calls_lat
-                    for protocol, send in clients.items():
-                        before = batch_stats(server.url, model.name)
-                        served, served_lat, reply = send(concurrency, args.requests // args.rounds)
-                        after = batch_stats(server.url, model.name)
-                        batches[protocol] = [batches[protocol][i] + after[i] - before[i] for i in range(2)]
-                        rps[protocol].append(served)
-                        ratios[protocol].append(served / calls)
-                        lat[protocol] += served_lat
-                        got = first_output(protocol, reply)
-                        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-                print(
-                    f"concurrency {concurrency:>2}: in-process {statistics.median(base_rps):7.1f} calls/s "
-                    f"p50 {pct(base_lat, 0.5):6.2f} ms p99 {pct(base_lat, 0.99):6.2f} ms"
-                )
-                for protocol in PROTOCOLS:
-                    mean_batch = batches[protocol][0] / max(1.0, batches[protocol][1])
+            reply_size = len(load(server.url, json_request, 1, 1)[2].split(b"\r\n\r\n", 1)[1])
+            with bare_server(reply_size) as bare:
+                clients: dict[str, Callable[[int, int], tuple[float, list[float], bytes]]] = {
+                    "HTTP JSON": partial(load, server.url, json_request),
+                    "HTTP binary": partial(
+                        load, server.url, request_bytes("127.0.0.1", model.name, feeds, binary=True)
+                    ),
+                    "gRPC": partial(load_grpc, server.grpc, grpc_request(model.name, feeds)),
+                }
+                for send in clients.values():
+                    send(4, 20)  # warm the connections and the batcher
+                load(bare.url, json_request, 4, 20)
+                for concurrency in [int(c) for c in args.concurrency.split(",")]:
+                    # baseline and each protocol alternate in short rounds: the shared machine's load drifts
+                    base_rps, base_lat, bare_rps = [], [], []
+                    rps, lat, ratios, to_bare = ({p: [] for p in PROTOCOLS} for _ in range(4))
+                    batches = {p: [0.0, 0.0] for p in PROTOCOLS}  # rows, runs
+                    for _ in range(args.rounds):
+                        calls, calls_lat = in_process(model, feeds, seconds=0.5)
+                        base_rps.append(calls)
+                        base_lat += calls_lat
+                        for protocol, send in clients.items():
+                            before = batch_stats(server.url, model.name)
+                            served, served_lat, reply = send(concurrency, args.requests // args.rounds)
+                            after = batch_stats(server.url, model.name)
+                            batches[protocol] = [batches[protocol][i] + after[i] - before[i] for i in range(2)]
+                            rps[protocol].append(served)
+                            ratios[protocol].append(served / calls)
+                            lat[protocol] += served_lat
+                            got = first_output(protocol, reply)
+                            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+                        bare_rps.append(load(bare.url, json_request, concurrency, args.requests // args.rounds)[0])
+                        for protocol in PROTOCOLS:
+                            to_bare[protocol].append(rps[protocol][-1] / bare_rps[-1])
                     print(
-                        f"  {protocol:<11} {statistics.median(rps[protocol]):7.1f} req/s "
-                        f"(rounds {min(rps[protocol]):.1f}-{max(rps[protocol]):.1f}) "
-                        f"p50 {pct(lat[protocol], 0.5):7.2f} ms p99 {pct(lat[protocol], 0.99):7.2f} ms, "
-                        f"mean batch {mean_batch:4.1f} | server/in-process {statistics.median(ratios[protocol]):4.2f}x "
-                        f"(rounds {min(ratios[protocol]):.2f}-{max(ratios[protocol]):.2f})"
+                        f"concurrency {concurrency:>2}: in-process {statistics.median(base_rps):7.1f} calls/s "
+                        f"p50 {pct(base_lat, 0.5):6.2f} ms p99 {pct(base_lat, 0.99):6.2f} ms | bare stack "
+                        f"{statistics.median(bare_rps):7.1f} req/s (rounds {min(bare_rps):.1f}-{max(bare_rps):.1f})"
                     )
+                    for protocol in PROTOCOLS:
+                        mean_batch = batches[protocol][0] / max(1.0, batches[protocol][1])
+                        print(
+                            f"  {protocol:<11} {statistics.median(rps[protocol]):7.1f} req/s "
+                            f"(rounds {min(rps[protocol]):.1f}-{max(rps[protocol]):.1f}) "
+                            f"p50 {pct(lat[protocol], 0.5):7.2f} ms p99 {pct(lat[protocol], 0.99):7.2f} ms, "
+                            f"mean batch {mean_batch:4.1f} | "
+                            f"server/in-process {statistics.median(ratios[protocol]):4.2f}x "
+                            f"(rounds {min(ratios[protocol]):.2f}-{max(ratios[protocol]):.2f}) | server/bare "
+                            f"{statistics.median(to_bare[protocol]):4.2f}x "
+                            f"(rounds {min(to_bare[protocol]):.2f}-{max(to_bare[protocol]):.2f})"
+                        )
 
 
 if __name__ == "__main__":

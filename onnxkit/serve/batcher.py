@@ -1,7 +1,9 @@
 """Dynamic batching: concurrent requests for one model merged into one session run.
 
 Each model has a worker task on the event loop and one thread that runs the
-session, so a long run never blocks the loop. While a run is in progress, new
+session, so a long run never blocks the loop. A run expected to take less than
+`INLINE_RUN_S` (from the model's measured time per row) runs on the loop instead:
+handing it to the thread and back would cost more than the run. While a run is in progress, new
 requests queue up; the next run takes every queued request whose non-batch
 shapes match, up to `max_batch_size` rows. After the first request of a batch
 arrives, the worker waits up to `max_delay` for more, but only while other
@@ -15,6 +17,7 @@ models are never merged. Past `max_queue` waiting requests, new ones are refused
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +28,8 @@ import numpy as np
 from onnxkit.runtime import Model
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import RequestError
+
+INLINE_RUN_S = 200e-6
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Batcher:
         self._receiving = 0  # requests whose bodies are still being read or decoded
         self._wakeup = asyncio.Event()
         self._unsplittable: weakref.WeakSet[Model] = weakref.WeakSet()  # models whose outputs have no row axis
+        self._seconds_per_row: weakref.WeakKeyDictionary[Model, float] = weakref.WeakKeyDictionary()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnxkit-{model.name}")
         self._task: asyncio.Task | None = None
 
@@ -81,7 +87,8 @@ class Batcher:
     def received(self) -> None:
         """That request has been queued or refused."""
         self._receiving -= 1
-        self._wakeup.set()
+        if self._receiving == 0:  # a batch held for it need wait no longer
+            self._wakeup.set()
 
     async def infer(self, feeds: dict[str, np.ndarray], model: Model | None = None) -> dict[str, np.ndarray]:
         """Queue feeds checked by `model` (default: the current one; see `Model.prepare`) and wait for its outputs.
@@ -110,24 +117,27 @@ class Batcher:
             if not self._queue:
                 await self._wakeup.wait()
                 continue
-            deadline = self._queue[0].since + self.max_delay
-            while (
-                self._queue[0].key is not None
-                and self._receiving > 0
-                and sum(p.rows for p in self._queue) < self.max_batch_size
-                and loop.time() < deadline
-            ):
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())
-                except TimeoutError:
-                    break
+            if self._worth_waiting():  # one timer per batch: woken by it, by a queued request, or by the last decode
+                deadline = self._queue[0].since + self.max_delay
+                timer = loop.call_at(deadline, self._wakeup.set)
+                while self._worth_waiting() and loop.time() < deadline:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                timer.cancel()
             batch = self._take_batch()
             try:
                 await self._run(batch)
             except Exception as e:  # a bug here must fail these requests, not stop the worker
                 for pending in batch:
                     _settle(pending.future, error=RequestError(500, f"internal error in batching: {e!r}"))
+
+    def _worth_waiting(self) -> bool:
+        """True while the first request can be merged, more are on their way, and the batch is not full."""
+        return (
+            self._queue[0].key is not None
+            and self._receiving > 0
+            and sum(p.rows for p in self._queue) < self.max_batch_size
+        )
 
     def _take_batch(self) -> list[_Pending]:
         first = self._queue.popleft()
@@ -153,9 +163,14 @@ class Batcher:
         else:
             feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
         model = batch[0].model
-        loop = asyncio.get_running_loop()
+        rows = sum(p.rows for p in batch) or 1
+        estimate = self._seconds_per_row.get(model)
         try:
-            outputs = await loop.run_in_executor(self._executor, model.run, feeds)
+            if estimate is not None and estimate * rows < INLINE_RUN_S:
+                outputs, seconds = _timed_run(model, feeds)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs, seconds = await loop.run_in_executor(self._executor, _timed_run, model, feeds)
         except Exception as e:  # onnxruntime's errors have no common base class
             if len(batch) > 1:  # find the request that fails, and serve the others
                 for pending in batch:
@@ -164,11 +179,12 @@ class Batcher:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             _settle(batch[0].future, error=RequestError(400, f"model {self.name!r} failed on this input: {message}"))
             return
-        self.metrics.record_batch(self.name, sum(p.rows for p in batch) or 1)
+        # runs are only ever slowed by other work on the CPUs: follow the fastest, rising 10% a run
+        self._seconds_per_row[model] = min(seconds / rows, (estimate or float("inf")) * 1.1)
+        self.metrics.record_batch(self.name, rows)
         if len(batch) == 1:
             _settle(batch[0].future, outputs)
             return
-        rows = sum(p.rows for p in batch)
         if any(np.ndim(v) == 0 or len(v) != rows for v in outputs.values()):
             # outputs without a row per input row cannot be split: run each request alone
             self._unsplittable.add(model)
@@ -180,6 +196,12 @@ class Batcher:
             part = {name: value[start : start + pending.rows] for name, value in outputs.items()}
             start += pending.rows
             _settle(pending.future, part)
+
+
+def _timed_run(model: Model, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    start = time.perf_counter()
+    outputs = model.run(feeds)
+    return outputs, time.perf_counter() - start
 
 
 def _settle(future: asyncio.Future, result: object = None, error: Exception | None = None) -> None:

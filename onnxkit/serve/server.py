@@ -9,8 +9,10 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from onnxkit import runtime
 from onnxkit.errors import OnnxkitError
@@ -107,15 +109,7 @@ def serve(
         with bind(host, grpc_port, "--grpc-port") as probe:
             grpc_address = _address(host, probe.getsockname()[1])
     app = create_app(repository, metrics, limits=limits, api_key=key, watch=watch, grpc_address=grpc_address)
-    config = uvicorn.Config(
-        app,
-        http=protocol_class(limits),
-        timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]  (a float works)
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    config = http_config(app, limits)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{_address(bound_host, bound_port)}"
     for model in models:
@@ -125,15 +119,28 @@ def serve(
     if warning := auth.exposure_warning(host, key):
         print(warning, file=sys.stderr)
     print(f"serving {len(models)} model(s) at {url}/v2 (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    _Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock])
     print("stopped", file=sys.stderr)
+
+
+def http_config(app: ASGIApp, limits: Limits, lifespan: Literal["on", "off"] = "on") -> uvicorn.Config:
+    """The HTTP stack `serve` runs `app` on: uvicorn with the h11 protocol that enforces `limits`."""
+    return uvicorn.Config(
+        app,
+        http=protocol_class(limits),
+        timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]  (a float works)
+        log_level="warning",
+        access_log=False,
+        lifespan=lifespan,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def _address(host: str, port: int) -> str:
     return f"{f'[{host}]' if ':' in host else host}:{port}"
 
 
-class _Server(uvicorn.Server):
+class Server(uvicorn.Server):
     """uvicorn's server, minus re-raising the stop signal after its graceful shutdown.
 
     uvicorn re-raises SIGINT/SIGTERM once it has shut down, which kills the process
