@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
 def click_message(e: click.ClickException) -> str:
     """A click usage error on one line: '--epochs must be at least 1, got 0 (see onnxkit train -h)'."""
     if type(e) is click.BadParameter and isinstance(e.param, click.Option):
-        text = f"{max(e.param.opts, key=len)} {e.message}"
+        sep = ": " if e.message[:1].isupper() else " "  # click's own messages are sentences
+        text = f"{max(e.param.opts, key=len)}{sep}{e.message}"
     else:
         text = " ".join(e.format_message().split())
     ctx = getattr(e, "ctx", None)
