@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata import metadata
 
 if TYPE_CHECKING:
     import onnx
@@ -63,7 +64,7 @@ def training_recipes(**by_mode: TrainingRecipe) -> dict[str, Any]:
 
 def read_training_recipe(model: onnx.ModelProto, mode: str) -> TrainingRecipe | None:
     """The recipe `model` carries for `mode`, or None."""
-    raw = next((p.value for p in model.metadata_props if p.key == KEY), None)
+    raw = metadata(model).get(KEY)
     if raw is None:
         return None
     try:

@@ -93,3 +93,14 @@ def test_nan_message_counts_nan_and_infinite_values(tmp_path):
     with pytest.raises(OnnxkitError, match=r"data 'mine, train split': feature array 'x' holds 2 NaN and 1 "
                                            r"infinite values in 2 of 60 rows; fill or drop"):
         fit(zoo.build_model("iris-mlp"), Dataset("mine", split, split, split), tmp_path / "run")
+
+
+def test_nan_in_regression_targets_is_an_error(tmp_path):
+    x, _ = iris_like()
+    y = x[:, :3] * 2  # three targets for the model's three outputs
+    y[4, 1] = np.nan
+    split = Split("train", {"x": x}, y)
+    with pytest.raises(OnnxkitError, match=r"data 'sums, train split': target array 'labels' holds 1 NaN value in 1 "
+                                           r"of 60 rows"):
+        fit(zoo.build_model("iris-mlp"), Dataset("sums", split, split, split), tmp_path / "run", loss="mse",
+            output="logits")

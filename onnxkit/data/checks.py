@@ -33,8 +33,9 @@ def checked_labels(name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarr
     return labels
 
 
-def check_finite(name: str, inputs: Mapping[str, np.ndarray]) -> None:
-    """Refuse float feature arrays holding NaN or infinity, counting the bad values and rows."""
+def check_finite(name: str, inputs: Mapping[str, np.ndarray], role: str = "feature array") -> None:
+    """Refuse float arrays (features, or regression targets with `role`) holding NaN or infinity,
+    counting the bad values and rows."""
     for key, array in inputs.items():
         if array.dtype.kind != "f":
             continue
@@ -45,7 +46,7 @@ def check_finite(name: str, inputs: Mapping[str, np.ndarray]) -> None:
             rows = int(bad.reshape(len(array), -1).any(axis=1).sum())
             what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
             raise OnnxkitError(
-                f"data {name!r}: feature array {key!r} holds {what} value{'s' if nan + inf > 1 else ''} "
+                f"data {name!r}: {role} {key!r} holds {what} value{'s' if nan + inf > 1 else ''} "
                 f"in {rows} of {len(array)} rows; fill or drop those rows before training"
             )
 

@@ -324,7 +324,9 @@ class _Setup:
         for name in SPLIT_NAMES:  # before binding, which casts labels
             split = dataset.split(name)
             check_finite(f"{dataset.name}, {name} split", split.inputs)
-            if self.task != "regression":
+            if regression:
+                check_finite(f"{dataset.name}, {name} split", {"labels": split.labels}, role="target array")
+            else:
                 check_class_labels(f"{dataset.name}, {name} split", split.labels, classes, output=self.output,
                                    binary=self.task == "binary")
         warning = None if c.standardize else unscaled_warning(dataset.train, specs, regression)
