@@ -64,7 +64,7 @@ def resolve(
         batch_size=_first(given.batch_size, r.batch_size, BATCH_SIZE),
         schedule=_first(given.schedule, r.schedule, "constant"),
         warmup=_first(given.warmup, r.warmup, 0),
-        monitor=_first(given.monitor, r.monitor),
+        monitor=_first(given.monitor, r.monitor if has_validation else None),  # val_* needs a validation split
         patience=given.patience,
         steps=given.steps,
         epochs=given.epochs,
