@@ -21,8 +21,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 
 @click.command("train")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
-@opt.data("Dataset: iris, digits, digits-images, bbc-news, tweets-sentiment (text: tokenized "
-              "by the model's tokenizer), or a .npz / .csv file.")
+@opt.data("Dataset: iris, digits, digits-images, wine, breast-cancer, diabetes, bbc-news, tweets-sentiment "
+              "(text: tokenized by the model's tokenizer), or a .npz / .csv file.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--loss", type=click.Choice(LOSS_NAMES), help="Default: from the model's task and the labels.")
