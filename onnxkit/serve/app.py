@@ -31,7 +31,6 @@ from onnxkit.serve.metrics import CONTENT_TYPE, Metrics
 from onnxkit.serve.protocol import HEADER_LENGTH, InferRequest, RequestError, decode_request, encode_response
 from onnxkit.serve.repository import Repository
 
-CLIENT_GONE = 499  # counted in /metrics for a client that left before sending its whole body (nginx's code)
 _log = logging.getLogger("onnxkit.serve")
 
 
@@ -182,7 +181,7 @@ class _Front:
         async def decode(model: Model) -> InferRequest:
             nonlocal used, size
             used = model
-            body = await read_body(receive, _header(scope, b"content-length"), self.limits)
+            body = await read_body(scope, receive, _header(scope, b"content-length"), self.limits.max_body_bytes)
             size = len(body)
             header_length = _header(scope, HEADER_LENGTH.lower().encode())
             header = None if header_length is None else header_length.decode("latin-1")
@@ -199,8 +198,8 @@ class _Front:
             body, headers = refusal(e)
             await send_json(send, e.status, body, headers)
             return e.status
-        except ClientGone:
-            return CLIENT_GONE
+        except ClientGone as e:
+            return e.status
         except Exception as e:
             _log.exception("internal error in infer")
             await send_json(send, 500, _internal_error_body(e))

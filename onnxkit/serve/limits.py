@@ -4,18 +4,21 @@ Where each one is enforced, and why there:
 
 - **Keep-alive** (idle time between requests on one connection): uvicorn's own
   `timeout_keep_alive`.
-- **Header timeout** (a request head must be complete this long after the connection
-  opens, or after its first byte on a kept-alive connection): uvicorn has none, and an
-  ASGI app never sees a request whose head is unfinished, so it lives here, in a subclass
-  of uvicorn's h11 protocol (`protocol_class`). The head's size is capped by h11 (16 KiB).
+- **Header and body timeouts** (a request head must be complete `header_timeout` after
+  the connection opens, or after its first byte on a kept-alive connection; its body
+  `body_timeout` after the head): uvicorn has neither, and an ASGI app never sees a
+  request whose head is unfinished, so both live here, in a subclass of uvicorn's h11
+  protocol (`protocol_class`). They cost nothing while requests arrive whole, unlike a
+  timeout around each ASGI `receive`. A late head closes the connection; a late body is
+  answered with a JSON 408 and `Connection: close`, and the app that was reading it sees
+  the client leave (`read_body` raises `ClientGone`, status 408 for /metrics) and drops
+  what it had. The head's size is capped by h11 (16 KiB).
 - **Connections**: uvicorn's `limit_concurrency` counts connections and tasks together
   and answers plain text without `Retry-After`; the protocol subclass instead answers
   every request on a connection past `max_connections` with a JSON 503, `Retry-After`
   and `Connection: close`.
-- **Body timeout and size** (the whole body must arrive within `body_timeout` of the
-  head, and be at most `max_body_bytes`): in the app, which reads the body (`read_body`),
-  so the refusal is an ordinary JSON 408 or 413 that /metrics counts; the partial body
-  is dropped and the connection closed.
+- **Body size**: in the app, which reads the body (`read_body`): a JSON 413, and the
+  connection is closed.
 - **Queued requests** per model: the batcher refuses past `max_queue` with 503 and
   `Retry-After` (`onnxkit.serve.batcher`).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import h11
 import orjson
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -33,6 +37,8 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.serve.protocol import RequestError
 
 RETRY_AFTER_S = 1
+CLIENT_CLOSED = 499  # counted in /metrics for a client that left before sending its whole body (nginx's code)
+BODY_TIMED_OUT = "onnxkit.body_timed_out"  # set in a request's ASGI scope when the protocol answered it with 408
 
 
 @dataclass(frozen=True)
@@ -59,81 +65,94 @@ DEFAULT_LIMITS = Limits()
 
 
 def protocol_class(limits: Limits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a header timeout and a connection cap (see the module docstring)."""
+    """uvicorn's h11 protocol with header and body timeouts and a connection cap (see the module docstring)."""
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._head_timer: asyncio.TimerHandle | None = None
-            self._arm_head_timer()
+            self._body_timer: asyncio.TimerHandle | None = None
+            self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
             if len(self.connections) > limits.max_connections:
                 self.app = _refuse_connection
 
         def data_received(self, data: bytes) -> None:
             cycle = self.cycle
-            if cycle is None or cycle.response_complete:
-                self._arm_head_timer()  # bytes of a new request: its head must follow in time
+            if self._head_timer is None and (cycle is None or cycle.response_complete):
+                # the first bytes of a new request: its head must follow in time
+                self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
             super().data_received(data)
             if self.cycle is not cycle:  # a complete head arrived
-                self._cancel_head_timer()
+                self._cancel_timers()
+                if self.cycle.more_body:
+                    self._body_timer = self.loop.call_later(limits.body_timeout, self._body_timed_out)
+            elif self._body_timer is not None and not self.cycle.more_body:
+                self._cancel_timers()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
+            self._cancel_timers()
             super().connection_lost(exc)
 
-        def _arm_head_timer(self) -> None:
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
-
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+        def _cancel_timers(self) -> None:
+            for timer in (self._head_timer, self._body_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._head_timer = self._body_timer = None
 
         def _head_timed_out(self) -> None:
             self._head_timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
+            self.transport.close()
+
+        def _body_timed_out(self) -> None:
+            self._body_timer = None
+            cycle = self.cycle
+            if not cycle.response_started and self.conn.our_state is h11.SEND_RESPONSE:
+                late = f"the request body did not arrive within {limits.body_timeout:g} s (the server's --body-timeout)"
+                body, headers = refusal(RequestError(408, late))
+                cycle.scope[BODY_TIMED_OUT] = True  # type: ignore[literal-required]
+                raw = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in headers.items())]
+                for event in (h11.Response(status_code=408, headers=raw), h11.Data(data=body), h11.EndOfMessage()):
+                    self.transport.write(self.conn.send(event))
+            self.transport.close()
 
     return GuardedH11Protocol
 
 
 class ClientGone(Exception):
-    """The client closed the connection before sending the whole body."""
+    """The connection closed before the whole body arrived; `status` is what /metrics counts."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
-async def read_body(receive: Receive, declared_length: bytes | None, limits: Limits) -> bytes:
-    """The request body; RequestError 413 past `max_body_bytes`, 408 if it is not all there in `body_timeout`."""
+async def read_body(scope: Scope, receive: Receive, declared_length: bytes | None, max_bytes: int) -> bytes:
+    """The request body; RequestError(413) past `max_bytes`, ClientGone if the connection closes first."""
     too_big = RequestError(
         413,
-        f"the request body is over the {limits.max_body_bytes:,}-byte limit; send fewer rows per request "
+        f"the request body is over the {max_bytes:,}-byte limit; send fewer rows per request "
         "or start the server with a larger --max-body-mb",
     )
-    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limits.max_body_bytes:
+    if declared_length is not None and declared_length.isdigit() and int(declared_length) > max_bytes:
         raise too_big
-    try:
-        async with asyncio.timeout(limits.body_timeout):
+    message = await receive()
+    body = message.get("body", b"")
+    if message.get("more_body"):
+        buffer = bytearray(body)
+        while message.get("more_body"):
             message = await receive()
-            if not message.get("more_body"):  # the whole body in one message: the usual small request
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                body = message.get("body", b"")
-                if len(body) > limits.max_body_bytes:
-                    raise too_big
-                return body
-            buffer = bytearray(message.get("body", b""))
-            while message.get("more_body"):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                buffer += message.get("body", b"")
-                if len(buffer) > limits.max_body_bytes:
-                    raise too_big
-            return bytes(buffer)
-    except TimeoutError:
-        raise RequestError(
-            408, f"the request body did not arrive within {limits.body_timeout:g} s (the server's --body-timeout)"
-        ) from None
+            if message["type"] == "http.disconnect":
+                break
+            buffer += message.get("body", b"")
+            if len(buffer) > max_bytes:
+                raise too_big
+        else:
+            body = bytes(buffer)
+    if message["type"] == "http.disconnect":
+        raise ClientGone(408 if scope.get(BODY_TIMED_OUT) else CLIENT_CLOSED)
+    if len(body) > max_bytes:
+        raise too_big
+    return body
 
 
 def refusal(error: RequestError) -> tuple[bytes, dict[str, str]]:
