@@ -65,6 +65,7 @@ class RunDirectory:
             if self._live():
                 raise OnnxkitError(f"{self.path} is in use by a training run that is still going; wait for it to "
                                    "end or choose another output folder (-o)")
+            self._mark_if_killed()
             again = "restart it" if not self.last_checkpoint.is_file() and not self.model.exists() else "continue it"
             raise OnnxkitError(
                 f"{self.path} already holds a training run; {again} with --resume {self.path}, "
@@ -89,16 +90,24 @@ class RunDirectory:
             raise OnnxkitError(f"{run.path} is not a training run (no run.json); pass the folder given to -o")
         if run._live():
             raise OnnxkitError(f"{run.path} is in use by a training run that is still going; wait for it to end")
-        info = run.read_json()
-        if not isinstance(info.get("config"), dict):
+        if not isinstance(run.read_json().get("config"), dict):
             raise OnnxkitError(f"{run.run_json} holds no run settings ('config'); the run cannot be resumed, "
                                "start a new one")
-        if info.get("status") == "running":
-            info["status"] = "interrupted"  # killed without a chance to say so
-            run.write_json(info)
+        run._mark_if_killed()
         if run.has_checkpoint():
             run.verify_checkpoint()
         return run
+
+    def _mark_if_killed(self) -> None:
+        """Record as interrupted a run that says it is running while nobody holds its lock: it was
+        killed without a chance to say so."""
+        try:
+            info = self.read_json()
+        except OnnxkitError:
+            return
+        if info.get("status") == "running":
+            info["status"] = "interrupted"
+            self.write_json(info)
 
     def has_checkpoint(self) -> bool:
         return self.last_checkpoint.is_file() or self.loop_state.is_file()
