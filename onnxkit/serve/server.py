@@ -47,7 +47,7 @@ def load_models(specs: list[str], device: str = "auto", threads: int | None = No
 
 
 def _load(name: str, path: Path, device: str, threads: int | None) -> runtime.Model:
-    return runtime.load(path, device=device, threads=threads, batch_size=None, warmup=True, name=name)
+    return runtime.load(path, device=device, threads=threads, batch_size=None, warmup=True, spin=False, name=name)
 
 
 def bind(host: str, port: int, flag: str = "--port") -> socket.socket:
