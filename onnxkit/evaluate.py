@@ -220,7 +220,8 @@ def evaluate(
     name = output or outputs[0]
     if name not in outputs:
         raise OnnxkitError(f"model has no output {name!r}; its outputs: {', '.join(outputs)}", params=["output"])
-    session = create_session(proto.SerializeToString(), session_options(None, "all"), list(providers))
+    source = model if isinstance(model, str | os.PathLike) else proto.SerializeToString()  # errors name the file
+    session = create_session(source, session_options(None, "all"), list(providers))
     fixed = fixed_batch_size(specs)
     chunks = [_run(session, name, feeds, fixed) for feeds, _ in bound.batches(fixed or batch_size)]
     result = np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)

@@ -223,7 +223,7 @@ def eval_cmd(
 
     proto = load_model(model)
     chosen, data, seed = named_split(proto, split, data, data_seed)
-    metrics = evaluate(proto, chosen, batch_size=batch_size, output=output)
+    metrics = evaluate(model, chosen, batch_size=batch_size, output=output)  # by path: errors name the file
     metrics.update(data=data, split=split, data_seed=seed)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
