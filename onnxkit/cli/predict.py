@@ -17,6 +17,7 @@ from onnxkit.runtime.datafiles import (
 
 @click.command("predict")
 @click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("data", required=False, type=click.Path())
 @click.option(
     "-i",
     "--input",
@@ -31,8 +32,13 @@ from onnxkit.runtime.datafiles import (
 @options.device()
 @options.threads()
 @options.batch_size(512, "Run large inputs in batches of this many rows.")
+@click.option("--ray", "on_ray", is_flag=True,
+              help="Run on Ray Data (extra `ray`): DATA may be a folder of .npz/.csv/.parquet/.txt files; joins "
+              "$RAY_ADDRESS's cluster, else starts a local one.")
+@click.option("--workers", type=options.COUNT, help="With --ray: actors, each holding a session (default: all CPUs).")
 def predict_cmd(
     model: str,
+    data: str | None,
     input_path: str | None,
     texts: tuple[str, ...],
     output: str | None,
@@ -41,6 +47,8 @@ def predict_cmd(
     device: str,
     threads: int | None,
     batch_size: int,
+    on_ray: bool,
+    workers: int | None,
 ) -> None:
     """Run MODEL on the examples in an input file; print or save the result.
 
@@ -49,11 +57,28 @@ def predict_cmd(
       onnxkit predict digits.onnx --input images.npy --top-k 3 --probs
       onnxkit predict digits.onnx --input rows.csv --output predictions.csv
       onnxkit predict bert.onnx --text "Shares rose sharply." --text "What a match!"
+      onnxkit predict digits.int8.onnx inputs/ --ray --workers 4 --output predictions.npz
+
+    DATA is the same as --input; with --ray it may also be a folder.
     """
+    if data and input_path:
+        raise OnnxkitError("give the input once: as DATA or as --input")
+    input_path = input_path or data
+    if workers and not on_ray:
+        raise OnnxkitError("--workers is for --ray (Ray actors); without --ray, use --threads")
     if bool(input_path) == bool(texts):
         raise OnnxkitError("give --input FILE or --text TEXT (one of the two)")
     if output:
         check_output_path(output)
+    if on_ray:
+        if texts:
+            raise OnnxkitError("--ray reads texts from files: .txt (one per line) or a 'text' column of .csv/.parquet")
+        from onnxkit.runtime.batch import predict_on_ray
+
+        prediction = predict_on_ray(model, input_path, output, workers=workers, batch_size=batch_size, device=device,
+                                    threads=threads, top_k=top_k, probs=probs)
+        click.echo(f"wrote {output} ({len(prediction)} rows)" if output else format_prediction(prediction, top_k))
+        return
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
     prediction = loaded.predict_text(list(texts)) if texts else loaded.predict(read_inputs(input_path, loaded))
     if probs:

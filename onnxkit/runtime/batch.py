@@ -1,0 +1,234 @@
+"""Batch inference on Ray Data (extra `ray`): a model over a large input, one actor per worker
+holding an `onnxkit.runtime` session.
+
+    from onnxkit.runtime.batch import predict_on_ray
+    prediction = predict_on_ray("model.int8.onnx", "inputs/", "predictions.npz", workers=4)
+
+Inputs: a file or a folder of files (sorted by name, read as one sequence of rows): .npz (arrays
+by input name), .csv (one example per row, as `onnxkit predict` reads it), .parquet (a column per
+input, each row a number or a nested list shaped like one example); for a model that carries a
+tokenizer, .txt (one text per line) or a `text` column of .csv / .parquet. The driver reads and
+tokenizes the input (padded to the longest text, as `onnxkit predict` does) and puts it in Ray's
+object store once; the dataset is the list of batch numbers, so each actor runs exactly the
+batches `Model.predict` would run, and the result equals the single-process one bit for bit.
+Results come back in input order and are written in any format `onnxkit predict` writes.
+
+Ray joins the cluster at $RAY_ADDRESS when it is set, else starts a local one (and stops it at
+the end). Ray is imported only here, when used.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.runtime.datafiles import read_inputs, write_prediction
+from onnxkit.runtime.model import Model, load
+from onnxkit.runtime.prediction import Prediction
+
+INPUT_SUFFIXES = (".npz", ".csv", ".parquet", ".txt")
+BATCH_COLUMN = "onnxkit.batch"  # which batch a result row belongs to
+INSTALL = "pip install 'onnxkit[ray]'"
+
+
+def predict_on_ray(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    workers: int | None = None,
+    batch_size: int = 512,
+    device: str = "cpu",
+    threads: int | None = None,
+    top_k: int | None = None,
+    probs: bool = False,
+) -> Prediction:
+    """Run `model` over every row of `data` (a file or a folder of them) on Ray; write the result
+    to `output` when given (.json, .npz, .npy or .csv) and return it, rows in input order.
+
+    `workers`: actors, each with a session (default: the cluster's CPUs); `threads` per session
+    (default: this machine's cores / workers on a local cluster, else 1); `probs`: class
+    probabilities in place of the scores, as `onnxkit predict --probs`.
+    """
+    if workers is not None and workers < 1:
+        raise OnnxkitError(f"workers must be at least 1, got {workers}")
+    if batch_size < 1:
+        raise OnnxkitError(f"batch size must be at least 1, got {batch_size}")
+    ray = _import_ray()
+    model_bytes = Path(model).read_bytes() if Path(model).is_file() else None
+    if model_bytes is None:
+        raise OnnxkitError(f"{model}: no such file; pass the path of an .onnx model")
+    local = load(model_bytes, device="cpu", threads=1, batch_size=None, name=Path(model).stem)
+    feeds = read_rows(data, local)
+    rows = len(next(iter(feeds.values())))
+    batches = -(-rows // batch_size)
+    started = _connect(ray, workers)
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        workers = min(workers or cpus, batches)
+        threads = threads or (max(1, (os.cpu_count() or 1) // workers) if started else 1)
+        outputs = _run(ray, model_bytes, feeds, batches, batch_size, workers, threads, device)
+    finally:
+        if started:
+            ray.shutdown()
+    prediction = Prediction(outputs, local.class_names, local.task)
+    if probs:
+        prediction = prediction.with_probabilities()
+    if output is not None:
+        write_prediction(output, prediction, top_k)
+    return prediction
+
+
+def input_files(data: str | os.PathLike) -> list[Path]:
+    """`data` itself, or the files of the folder `data` with a known suffix, sorted by name."""
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+        if not files:
+            raise OnnxkitError(f"{path}: no {', '.join(INPUT_SUFFIXES)} files in this folder")
+        return files
+    if not path.is_file():
+        raise OnnxkitError(f"{path}: no such file or folder")
+    if path.suffix.lower() not in INPUT_SUFFIXES:
+        raise OnnxkitError(f"{path}: unknown input format for batch inference; use one of {', '.join(INPUT_SUFFIXES)}")
+    return [path]
+
+
+def read_rows(data: str | os.PathLike, model: Model) -> dict[str, np.ndarray]:
+    """Session feeds for every row of `data`, files in order; texts tokenized all together."""
+    from onnxkit.runtime.text import carries_tokenizer, text_feeds
+
+    files = input_files(data)
+    if carries_tokenizer(model):
+        texts = [text for path in files for text in _read_texts(path)]
+        if not texts:
+            raise OnnxkitError(f"{data}: no texts")
+        return text_feeds(model, texts)
+    parts = [model.prepare(_read_tensors(path, model)) for path in files]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        raise OnnxkitError(f"{path}: text needs a model that carries a tokenizer; model {model.name!r} has none")
+    if suffix != ".parquet":
+        return read_inputs(path, model)
+    table = _parquet(path)
+    names = [spec.name for spec in model.inputs]
+    if len(names) == 1 and table.num_columns == 1:
+        return {names[0]: _column(table.column(0))}
+    missing = [name for name in names if name not in table.column_names]
+    if missing:
+        raise OnnxkitError(f"{path}: no column for model input(s) {', '.join(missing)} (columns: "
+                           f"{', '.join(table.column_names)}); name a column after each input")
+    return {name: _column(table.column(name)) for name in names}
+
+
+def _read_texts(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        column = "text" if rows and "text" in rows[0] else None
+        if column is None:
+            raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column")
+        return [row[column] for row in rows]
+    if suffix == ".parquet":
+        table = _parquet(path)
+        if "text" not in table.column_names:
+            raise OnnxkitError(f"{path}: a Parquet file of texts needs a 'text' column")
+        return [str(t) for t in table.column("text").to_pylist()]
+    raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .parquet")
+
+
+def _parquet(path: Path) -> Any:
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        return pyarrow.parquet.read_table(path)
+    except (OSError, pyarrow.ArrowException) as e:
+        raise OnnxkitError(f"{path}: cannot read it as Parquet ({e}); check the file") from e
+
+
+def _column(column: Any) -> np.ndarray:
+    values = column.to_numpy(zero_copy_only=False)
+    return np.array(column.to_pylist()) if values.dtype == object else values
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise OnnxkitError(f"--ray needs Ray Data; {INSTALL}") from None
+    return ray
+
+
+def _connect(ray: Any, workers: int | None) -> bool:
+    """Join $RAY_ADDRESS's cluster, or start a local one; True when this call started Ray here."""
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    local = {} if address else {"num_cpus": max(os.cpu_count() or 1, workers or 1)}
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=True, **local)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        if not address:
+            raise OnnxkitError(f"could not start a local Ray cluster: {e}") from e
+        raise OnnxkitError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({e}); start it (ray start "
+                           "--head) or unset RAY_ADDRESS to run on a local one") from e
+    return True
+
+
+def _run(ray: Any, model: bytes, feeds: dict[str, np.ndarray], batches: int, batch_size: int, workers: int,
+         threads: int, device: str) -> dict[str, np.ndarray]:
+    """Every batch through the actors; the outputs by name, rows in input order."""
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = sys.stderr.isatty()
+    if not context.enable_progress_bars:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    shared = [ray.put(model), ray.put(feeds)]  # once in the object store; each actor fetches them
+    # batch numbers, made here (no read task competes with the actors for CPUs), in blocks the actors share
+    numbers = ray.data.from_numpy(np.array_split(np.arange(batches), min(batches, 4 * workers)))
+    results = numbers.map_batches(
+        _BatchPredictor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1, fn_constructor_kwargs={"shared": shared, "batch_size": batch_size, "threads": threads,
+                                           "device": device})
+    parts = list(results.iter_batches(batch_size=None, batch_format="numpy"))
+    done = np.concatenate([p[BATCH_COLUMN] for p in parts])
+    order = np.argsort(done, kind="stable")  # preserve_order already keeps it; this makes sure
+    if not np.array_equal(np.unique(done), np.arange(batches)):
+        raise OnnxkitError(f"Ray returned {len(np.unique(done))} of {batches} batches; run again")
+    return {name: np.concatenate([p[name] for p in parts])[order] for name in parts[0] if name != BATCH_COLUMN}
+
+
+class _BatchPredictor:
+    """A Ray Data actor: one onnxkit.runtime session, running the batches whose numbers it is given."""
+
+    def __init__(self, shared: Sequence[Any], batch_size: int, threads: int, device: str) -> None:
+        import ray
+
+        model, self.feeds = ray.get(list(shared))
+        self.model = load(model, device=device, threads=threads, batch_size=None)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        number = int(batch["data"][0])
+        lo = number * self.batch_size
+        feeds = {name: value[lo : lo + self.batch_size] for name, value in self.feeds.items()}
+        outputs = self.model.run(feeds)
+        rows = len(next(iter(feeds.values())))
+        return {BATCH_COLUMN: np.full(rows, number), **outputs}

@@ -1,0 +1,74 @@
+"""Batch inference on a local Ray cluster equals single-process `onnxkit predict`, rows in order.
+The only test that starts Ray (a few seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxkit.cli import cli
+from onnxkit.data import load_dataset
+from onnxkit.errors import OnnxkitError
+from onnxkit.zoo import build_model
+
+ray = pytest.importorskip("ray")
+pyarrow = pytest.importorskip("pyarrow")
+
+
+def _predict(*arguments: str) -> str:
+    result = CliRunner().invoke(cli, ["predict", *arguments])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_ray_batch_inference_equals_single_process_predict_in_order(tmp_path: Path) -> None:
+    import pyarrow.parquet
+
+    from onnxkit.quantize import quantize
+    from onnxkit.runtime.batch import predict_on_ray
+
+    model = tmp_path / "cnn.onnx"
+    onnx.save(build_model("digits-cnn"), str(model))
+    quantized = tmp_path / "cnn.int8.onnx"
+    quantize(model, quantized, mode="dynamic", measure_latency=False)
+    images = load_dataset("digits-images").test.inputs["image"][:250].astype(np.float32)
+    np.savez(tmp_path / "all.npz", image=images)
+    folder = tmp_path / "parts"  # one sequence of rows over three formats; batches of 64 span files
+    folder.mkdir()
+    np.savez(folder / "a.npz", image=images[:70])
+    np.savetxt(folder / "b.csv", images[70:150].reshape(80, -1), delimiter=",")
+    pyarrow.parquet.write_table(pyarrow.table({"image": images[150:].tolist()}), folder / "c.parquet")
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        _predict(str(model), "-i", str(tmp_path / "all.npz"), "--batch-size", "64", "-o", str(tmp_path / "one.csv"),
+                 "--top-k", "2")
+        _predict(str(model), str(folder), "--ray", "--workers", "2", "--batch-size", "64", "-o",
+                 str(tmp_path / "ray.csv"), "--top-k", "2")
+        assert (tmp_path / "ray.csv").read_text() == (tmp_path / "one.csv").read_text()  # same bytes
+
+        from onnxkit import runtime
+
+        want = runtime.load(quantized, batch_size=64).predict(images)
+        got = predict_on_ray(quantized, folder, tmp_path / "ray.npz", workers=2, batch_size=64)
+        assert np.array_equal(got.scores, want.scores) and len(got) == 250
+        with np.load(tmp_path / "ray.npz") as saved:
+            assert np.array_equal(saved["logits"], want.scores)
+    finally:
+        ray.shutdown()
+
+
+def test_ray_input_errors_need_no_cluster(tmp_path: Path) -> None:
+    from onnxkit.runtime.batch import input_files, predict_on_ray
+
+    with pytest.raises(OnnxkitError, match="no .npz, .csv, .parquet, .txt files"):
+        input_files(tmp_path)
+    with pytest.raises(OnnxkitError, match="workers must be at least 1"):
+        predict_on_ray(tmp_path / "m.onnx", tmp_path, workers=0)
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "m.onnx"), str(tmp_path), "--workers", "2"])
+    assert isinstance(result.exception, OnnxkitError) and "--workers is for --ray" in str(result.exception)
+    assert not ray.is_initialized()
