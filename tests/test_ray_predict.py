@@ -29,8 +29,6 @@ def test_ray_batch_inference_equals_single_process_predict_in_order(tmp_path: Pa
     import pyarrow.parquet
 
     from onnxkit.quantize import quantize
-    from onnxkit.runtime.batch import predict_on_ray
-
     model = tmp_path / "cnn.onnx"
     onnx.save(build_model("digits-cnn"), str(model))
     quantized = tmp_path / "cnn.int8.onnx"
@@ -43,23 +41,18 @@ def test_ray_batch_inference_equals_single_process_predict_in_order(tmp_path: Pa
     np.savetxt(folder / "b.csv", images[70:150].reshape(80, -1), delimiter=",")
     pyarrow.parquet.write_table(pyarrow.table({"image": images[150:].tolist()}), folder / "c.parquet")
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # predict_on_ray joins it
     try:
-        _predict(str(model), "-i", str(tmp_path / "all.npz"), "--batch-size", "64", "-o", str(tmp_path / "one.csv"),
+        _predict(str(quantized), "-i", str(tmp_path / "all.npz"), "--batch-size", "64", "-o", str(tmp_path / "one.csv"),
                  "--top-k", "2")
-        _predict(str(model), str(folder), "--ray", "--workers", "2", "--batch-size", "64", "-o",
+        _predict(str(quantized), str(folder), "--ray", "--workers", "2", "--batch-size", "64", "-o",
                  str(tmp_path / "ray.csv"), "--top-k", "2")
-        assert (tmp_path / "ray.csv").read_text() == (tmp_path / "one.csv").read_text()  # same bytes
-
-        from onnxkit import runtime
-
-        want = runtime.load(quantized, batch_size=64).predict(images)
-        got = predict_on_ray(quantized, folder, tmp_path / "ray.npz", workers=2, batch_size=64)
-        assert np.array_equal(got.scores, want.scores) and len(got) == 250
-        with np.load(tmp_path / "ray.npz") as saved:
-            assert np.array_equal(saved["logits"], want.scores)
     finally:
         ray.shutdown()
+    one, on_ray = (tmp_path / "one.csv").read_text(), (tmp_path / "ray.csv").read_text()
+    assert on_ray == one and len(one.splitlines()) == 251  # the same bytes: every score, in the same row order
+    want = np.loadtxt(tmp_path / "one.csv", delimiter=",", skiprows=1, usecols=range(1, 11))
+    assert not np.array_equal(want[:-1], want[1:])  # rows differ, so a reordering would show
 
 
 def test_ray_input_errors_need_no_cluster(tmp_path: Path) -> None:
