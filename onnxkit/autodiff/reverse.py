@@ -85,8 +85,8 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     for index, node in nodes:
         if _rule_key(node) not in RULES:
             raise OnnxkitError(
-                f"op {_rule_key(node)} (node {node_label(node, index)}) has no gradient rule; freeze the "
-                "parameters before it (--freeze / --train-only) or rebuild the model without that op"
+                f"op {_rule_key(node)} (node {node_label(node, index)}) has no gradient rule; leave the "
+                "parameters before it out of wrt, or rebuild the model without that op"
             )
     constants = constant_values(model)
     nodes = collapse(model, nodes, constants)
