@@ -76,9 +76,9 @@ def test_merged_model_is_the_original_graph_and_computes_what_the_adapters_did(s
 
 
 def test_bad_lora_settings_are_clear_errors(small_bert):
-    with pytest.raises(OnnxkitError, match=r"--lora-targets '\*attn.query.weight' matches no MatMul weight"):
+    with pytest.raises(OnnxkitError, match=r"LoRA target '\*attn.query.weight' matches no MatMul weight"):
         target_weights(small_bert, ["*attn.query.weight"])
-    with pytest.raises(OnnxkitError, match="--lora-rank must be at least 1"):
+    with pytest.raises(OnnxkitError, match="LoRA rank must be at least 1"):
         LoraConfig(rank=0)
     with pytest.raises(OnnxkitError, match="no LoRA adapters to merge"):
         merge_adapters(small_bert, small_bert)

@@ -61,7 +61,7 @@ def check_class_labels(
             odd = labels[~np.isin(labels, (0, 1))].ravel()[0]
             raise OnnxkitError(
                 f"data {name!r}: a binary task takes labels 0 and 1, but a label is {odd:g}; "
-                "map the two classes to 0 and 1 (or train with --loss mse for regression)"
+                "map the two classes to 0 and 1 (or train with loss=mse for regression)"
             )
         return
     if labels.ndim != 1:

@@ -45,9 +45,9 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise OnnxkitError(f"--lora-rank must be at least 1, got {self.rank}")
+            raise OnnxkitError(f"LoRA rank must be at least 1, got {self.rank}")
         if self.alpha is not None and not self.alpha > 0:
-            raise OnnxkitError(f"--lora-alpha must be positive, got {self.alpha}")
+            raise OnnxkitError(f"LoRA alpha must be positive, got {self.alpha}")
 
     @property
     def scale(self) -> float:
@@ -74,7 +74,7 @@ def target_weights(model: onnx.ModelProto, targets: Sequence[str]) -> list[str]:
         if not hits:
             shown = ", ".join(weights[:4]) + (", ..." if len(weights) > 4 else "")
             raise OnnxkitError(
-                f"--lora-targets {pattern!r} matches no MatMul weight.{suggest(pattern, weights)} "
+                f"LoRA target {pattern!r} matches no MatMul weight.{suggest(pattern, weights)} "
                 f"MatMul weights look like: {shown or 'none (the model has no MatMul with a weight)'}"
             )
         chosen.update(hits)
@@ -172,7 +172,7 @@ class LoraAdapter:
         for pattern in self.train or ():
             hits = fnmatch.filter(names, pattern)
             if not hits:
-                raise OnnxkitError(f"--lora-train {pattern!r} matches no parameter.{suggest(pattern, names)}")
+                raise OnnxkitError(f"LoRA train pattern {pattern!r} matches no parameter.{suggest(pattern, names)}")
             extra += hits
         return self.adapters + [n for n in names if n in set(extra)]
 
