@@ -46,7 +46,7 @@ from onnxkit import runtime
 from onnxkit.serve.grpc_service import SERVICE, message
 from onnxkit.serve.launch import ServerProcess
 from onnxkit.serve.limits import DEFAULT_LIMITS
-from onnxkit.serve.server import Server, bind, http_config
+from onnxkit.serve.server import Server, bind, http_config, intra_op_threads
 
 PROTOCOLS = ("HTTP JSON", "HTTP binary", "gRPC")
 
@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/server rounds per level")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both sides")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both sides (default: serve's)")
     parser.add_argument("--serve-bare", type=int, metavar="BYTES", help=argparse.SUPPRESS)  # the bare endpoint's child
     args = parser.parse_args()
     if args.serve_bare is not None:
@@ -252,7 +252,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = model_file(args.model, Path(folder))
         # the baseline uses the server's session settings, so only HTTP and batching differ
-        model = runtime.load(path, threads=args.threads, batch_size=None, warmup=True, spin=False)
+        model = runtime.load(path, threads=intra_op_threads(args.threads), batch_size=None, warmup=True, spin=False)
         feeds = example(model, args.rows, args.seq, np.random.default_rng(0))
         expected = model.predict(feeds).scores
         big = example(model, args.rows * args.max_batch_size, args.seq, np.random.default_rng(1))

@@ -38,7 +38,7 @@ from onnxkit.serve.limits import DEFAULT_LIMITS, Limits
 @click.option("--watch", is_flag=True,
               help="Reload a model, without dropping requests, when its .onnx file is replaced.")
 @options.device()
-@options.threads("Intra-op threads per model.")
+@options.threads("Intra-op threads per model (default: one per CPU, less one for the event loop).")
 def serve_cmd(
     models: tuple[str, ...],
     host: str,

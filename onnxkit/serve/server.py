@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import socket
 import sys
@@ -47,7 +48,20 @@ def load_models(specs: list[str], device: str = "auto", threads: int | None = No
 
 
 def _load(name: str, path: Path, device: str, threads: int | None) -> runtime.Model:
+    threads = intra_op_threads(threads)
     return runtime.load(path, device=device, threads=threads, batch_size=None, warmup=True, spin=False, name=name)
+
+
+def intra_op_threads(threads: int | None = None) -> int:
+    """`threads`, else one per CPU this process may use less one, which the event loop needs (at least 1).
+
+    On a busy event loop, a session thread pool as wide as the machine waits for cores the
+    loop holds: small runs, which run on the loop itself, stall, and large ones slow down.
+    """
+    if threads:
+        return threads
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus - 1)
 
 
 def bind(host: str, port: int, flag: str = "--port") -> socket.socket:
