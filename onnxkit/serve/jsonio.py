@@ -37,7 +37,7 @@ def dumps(value: Any) -> bytes:
 def tensor_data(array: np.ndarray) -> Any:
     """A tensor's values, flat, in a form `dumps` writes as valid JSON (non-finite floats as strings)."""
     flat = np.ascontiguousarray(array).reshape(-1)
-    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+    if flat.dtype.kind == "f" and not np.logical_and.reduce(np.isfinite(flat)):  # ufuncs: no ndarray.all() wrapper
         return [v if v - v == 0 else _NON_FINITE.get(v, "NaN") for v in flat.tolist()]
     if flat.dtype.kind in "biuf":
         return flat

@@ -78,14 +78,14 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
 
         def data_received(self, data: bytes) -> None:
             cycle = self.cycle
-            if self._head_timer is None and (cycle is None or cycle.response_complete):
-                # the first bytes of a new request: its head must follow in time
-                self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
+            between_requests = cycle is None or cycle.response_complete
             super().data_received(data)
             if self.cycle is not cycle:  # a complete head arrived
                 self._cancel_timers()
                 if self.cycle.more_body:
                     self._body_timer = self.loop.call_later(limits.body_timeout, self._body_timed_out)
+            elif between_requests and self._head_timer is None:  # the start of a head: the rest must follow in time
+                self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
             elif self._body_timer is not None and not self.cycle.more_body:
                 self._cancel_timers()
 
