@@ -200,30 +200,52 @@ def first_output(protocol: str, reply: bytes) -> np.ndarray:
     return np.reshape(out["data"], out["shape"])
 
 
-def serve_bare(size: int) -> None:
-    """Run the bare endpoint: every request's body is read and answered with `size` fixed bytes of JSON."""
+def serve_bare(size: int, grpc_size: int) -> None:
+    """Run the bare endpoints: every HTTP request's body is read and answered with `size` fixed bytes
+    of JSON; every gRPC ModelInfer call, on the same event loop, with `grpc_size` fixed bytes."""
     reply = b'{"pad":"' + b"x" * max(0, size - 10) + b'"}'
     start = {
         "type": "http.response.start",
         "status": 200,
         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())],
     }
+    with bind("127.0.0.1", 0) as probe:
+        grpc_address = f"127.0.0.1:{probe.getsockname()[1]}"
+
+    async def grpc_reply(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"x" * grpc_size
+
+    async def lifespan(receive: Callable, send: Callable) -> None:
+        await receive()  # startup
+        grpc_server = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(grpc_reply)
+        grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": handler})])
+        grpc_server.add_insecure_port(grpc_address)
+        await grpc_server.start()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # shutdown
+        await grpc_server.stop(1)
+        await send({"type": "lifespan.shutdown.complete"})
 
     async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
         while (await receive()).get("more_body"):
             pass
         await send(start)
         await send({"type": "http.response.body", "body": reply})
 
     sock = bind("127.0.0.1", 0)
+    print(f"gRPC (bare) at {grpc_address}", file=sys.stderr)
     print(f"serving the bare endpoint at http://127.0.0.1:{sock.getsockname()[1]}/v2", file=sys.stderr, flush=True)
-    Server(http_config(app, DEFAULT_LIMITS, lifespan="off")).run(sockets=[sock])
+    Server(http_config(app, DEFAULT_LIMITS, lifespan="on")).run(sockets=[sock])
 
 
-def bare_server(size: int) -> ServerProcess:
-    """The bare endpoint in a child process, started like the server."""
+def bare_server(size: int, grpc_size: int) -> ServerProcess:
+    """The bare endpoints in a child process, started like the server."""
     bare = ServerProcess([])
-    bare.command = [sys.executable, __file__, "--serve-bare", str(size)]
+    bare.command = [sys.executable, __file__, "--serve-bare", str(size), str(grpc_size)]
     return bare
 
 
@@ -251,10 +273,10 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both sides (default: serve's)")
-    parser.add_argument("--serve-bare", type=int, metavar="BYTES", help=argparse.SUPPRESS)  # the bare endpoint's child
+    parser.add_argument("--serve-bare", type=int, nargs=2, help=argparse.SUPPRESS)  # the bare endpoints' child
     args = parser.parse_args()
     if args.serve_bare is not None:
-        serve_bare(args.serve_bare)
+        serve_bare(*args.serve_bare)
         return
 
     with tempfile.TemporaryDirectory() as folder:
@@ -271,22 +293,25 @@ def main() -> None:
         if args.threads:
             options += ["--threads", str(args.threads)]
         json_request = request_bytes("127.0.0.1", model.name, feeds)
+        grpc_payload = grpc_request(model.name, feeds)
         with ServerProcess([str(path)], "--grpc-port", "0", *options) as server:
             reply_size = len(load(server.url, json_request, 1, 1)[2].split(b"\r\n\r\n", 1)[1])
-            with bare_server(reply_size) as bare:
+            grpc_size = len(load_grpc(server.grpc, grpc_payload, 1, 1)[2])
+            with bare_server(reply_size, grpc_size) as bare:
                 clients: dict[str, Callable[[int, int], tuple[float, list[float], bytes]]] = {
                     "HTTP JSON": partial(load, server.url, json_request),
                     "HTTP binary": partial(
                         load, server.url, request_bytes("127.0.0.1", model.name, feeds, binary=True)
                     ),
-                    "gRPC": partial(load_grpc, server.grpc, grpc_request(model.name, feeds)),
+                    "gRPC": partial(load_grpc, server.grpc, grpc_payload),
                 }
                 for send in clients.values():
                     send(4, 20)  # warm the connections and the batcher
                 load(bare.url, json_request, 4, 20)
+                load_grpc(bare.grpc, grpc_payload, 4, 20)
                 for concurrency in [int(c) for c in args.concurrency.split(",")]:
                     # baseline and each protocol alternate in short rounds: the shared machine's load drifts
-                    base_rps, base_lat, bare_rps = [], [], []
+                    base_rps, base_lat, bare_rps, bare_grpc_rps = [], [], [], []
                     rps, lat, ratios, to_bare = ({p: [] for p in PROTOCOLS} for _ in range(4))
                     batches = {p: [0.0, 0.0] for p in PROTOCOLS}  # rows, runs
                     for _ in range(args.rounds):
@@ -304,12 +329,18 @@ def main() -> None:
                             got = first_output(protocol, reply)
                             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
                         bare_rps.append(load(bare.url, json_request, concurrency, args.requests // args.rounds)[0])
-                        for protocol in PROTOCOLS:
-                            to_bare[protocol].append(rps[protocol][-1] / bare_rps[-1])
+                        bare_grpc_rps.append(
+                            load_grpc(bare.grpc, grpc_payload, concurrency, args.requests // args.rounds)[0]
+                        )
+                        for protocol in PROTOCOLS:  # each against the bare endpoint of its own stack
+                            bare_of = bare_grpc_rps if protocol == "gRPC" else bare_rps
+                            to_bare[protocol].append(rps[protocol][-1] / bare_of[-1])
                     print(
                         f"concurrency {concurrency:>2}: in-process {statistics.median(base_rps):7.1f} calls/s "
                         f"p50 {pct(base_lat, 0.5):6.2f} ms p99 {pct(base_lat, 0.99):6.2f} ms | bare stack "
-                        f"{statistics.median(bare_rps):7.1f} req/s (rounds {min(bare_rps):.1f}-{max(bare_rps):.1f})"
+                        f"{statistics.median(bare_rps):7.1f} req/s (rounds {min(bare_rps):.1f}-{max(bare_rps):.1f}), "
+                        f"gRPC {statistics.median(bare_grpc_rps):7.1f} req/s "
+                        f"(rounds {min(bare_grpc_rps):.1f}-{max(bare_grpc_rps):.1f})"
                     )
                     for protocol in PROTOCOLS:
                         mean_batch = batches[protocol][0] / max(1.0, batches[protocol][1])
