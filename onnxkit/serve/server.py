@@ -138,7 +138,11 @@ def serve(
 
 
 def http_config(app: ASGIApp, limits: Limits, lifespan: Literal["on", "off"] = "on") -> uvicorn.Config:
-    """The HTTP stack `serve` runs `app` on: uvicorn with the h11 protocol that enforces `limits`."""
+    """The HTTP stack `serve` runs `app` on: uvicorn with the h11 protocol that enforces `limits`.
+
+    uvicorn's event loop is uvloop where it is installed (the `serve` extra, except on
+    Windows): 10-20% more requests/s than asyncio's on small models.
+    """
     return uvicorn.Config(
         app,
         http=protocol_class(limits),
