@@ -4,6 +4,7 @@ The only test that starts Ray (a few seconds)."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def test_ray_batch_inference_equals_single_process_predict_in_order(tmp_path: Pa
     assert not np.array_equal(want[:-1], want[1:])  # rows differ, so a reordering would show
 
 
-def test_ray_input_errors_need_no_cluster(tmp_path: Path) -> None:
+def test_ray_input_errors_need_no_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from onnxkit.runtime.batch import input_files, predict_on_ray
 
     with pytest.raises(OnnxkitError, match="no .npz, .csv, .parquet, .txt files"):
@@ -84,4 +85,13 @@ def test_ray_input_errors_need_no_cluster(tmp_path: Path) -> None:
         predict_on_ray(tmp_path / "m.onnx", tmp_path, workers=0)
     result = CliRunner().invoke(cli, ["predict", str(tmp_path / "m.onnx"), str(tmp_path), "--workers", "2"])
     assert isinstance(result.exception, OnnxkitError) and "--workers is for --ray" in str(result.exception)
+    onnx.save(build_model("digits-mlp"), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "m.npz", x=np.zeros((3, 64), np.float32))
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    with pytest.raises(OnnxkitError, match=r"--ray needs Ray Data; pip install 'onnxkit\[ray\]'"):
+        predict_on_ray(tmp_path / "m.onnx", tmp_path)
+    monkeypatch.undo()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens there: refused before ray.init retries
+    with pytest.raises(OnnxkitError, match="cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:1"):
+        predict_on_ray(tmp_path / "m.onnx", tmp_path / "m.npz")
     assert not ray.is_initialized()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -181,6 +182,10 @@ def _connect(ray: Any, workers: int | None) -> bool:
         return False
     address = os.environ.get("RAY_ADDRESS")
     local = {} if address else {"num_cpus": max(os.cpu_count() or 1, workers or 1)}
+    problem = _unreachable(address) if address else None
+    if problem:  # ray.init would retry for minutes
+        raise OnnxkitError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({problem}); start it (ray start "
+                           "--head) or unset RAY_ADDRESS to run on a local one")
     try:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True, **local)
@@ -190,6 +195,19 @@ def _connect(ray: Any, workers: int | None) -> bool:
         raise OnnxkitError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({e}); start it (ray start "
                            "--head) or unset RAY_ADDRESS to run on a local one") from e
     return True
+
+
+def _unreachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why a TCP connection to a `host:port` (or `ray://host:port`) address fails, or None
+    (also for `auto` and other forms Ray resolves itself)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def _run(ray: Any, model: bytes, feeds: dict[str, np.ndarray], batches: int, batch_size: int, workers: int,
