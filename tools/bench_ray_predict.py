@@ -1,0 +1,60 @@
+"""Ray batch inference against in-process predict: rows/s on bert-classifier (pretrained
+all-MiniLM-L6-v2, 6 layers, hidden 384) over tweets, batch 64.
+
+Each round runs `Model.predict_text` in this process with 2 threads, then `predict_on_ray`
+with 2 actors x 1 thread on a local cluster started once beforehand (so the actors' start
+is counted, the cluster's is not), and checks the two results are equal. Printed: rows/s
+min / median / max of each side and of the ratio Ray / in-process.
+
+    .venv/bin/python tools/bench_ray_predict.py [--rounds 3] [--rows 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from onnxkit import runtime
+from onnxkit.data.text import read_tweets_sentiment
+from onnxkit.files import save_model
+from onnxkit.runtime.batch import predict_on_ray
+from onnxkit.zoo import build_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=1024)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp())
+    model = save_model(build_model("bert-classifier", pretrained="all-MiniLM-L6-v2"), folder / "bert.onnx")
+    texts = [" ".join(t.split()) for t in read_tweets_sentiment()[0]]  # one line each
+    texts = [t for t in texts if t][: args.rows]
+    (folder / "texts.txt").write_text("\n".join(texts) + "\n")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    local, distributed = [], []
+    loaded = runtime.load(model, threads=2, batch_size=64)
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        alone = loaded.predict_text(texts)
+        local.append(len(texts) / (time.perf_counter() - started))
+        started = time.perf_counter()
+        spread = predict_on_ray(model, folder / "texts.txt", workers=2, threads=1, batch_size=64)
+        distributed.append(len(texts) / (time.perf_counter() - started))
+        assert np.array_equal(alone.scores, spread.scores)
+    ray.shutdown()
+    ratios = [b / a for a, b in zip(local, distributed, strict=True)]
+    print(f"bert-classifier, {len(texts)} texts, batch 64, rows/s min / median / max over {args.rounds} rounds:")
+    for name, values in (("in-process, 2 threads", local), ("Ray, 2 actors x 1 thread", distributed),
+                         ("Ray / in-process", ratios)):
+        print(f"  {name:26} {min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}")
+
+
+if __name__ == "__main__":
+    main()
