@@ -182,3 +182,17 @@ def test_the_optimizer_run_chunk_by_chunk_gives_the_whole_buffer_run_bit_for_bit
     assert whole.keys() == chunked.keys()
     for name in whole:
         np.testing.assert_array_equal(chunked[name], whole[name], err_msg=name)
+
+
+def test_dropout_window_starts_are_uniform_fixed_by_seed_step_and_batch_and_in_range():
+    from onnxkit.train.backends.onnx.dropout import DropoutTables
+
+    tables = DropoutTables([0.1, 0.5, 0.1], seed=3, count=3, size=4000)
+    starts = np.stack([tables.starts(step, batch) for step in range(3000) for batch in range(2)])
+    assert starts.min() >= 0 and starts.max() < 2000 and starts.dtype == np.int64
+    np.testing.assert_array_equal(tables.starts(17, 1), DropoutTables([0.1, 0.5, 0.1], 3, 3, 4000).starts(17, 1))
+    assert len({tuple(s) for s in starts}) == len(starts)  # no two (step, micro-batch) share windows
+    counts = np.bincount(starts.ravel() // 200, minlength=10)  # 18,000 draws in 10 bins of 200
+    assert counts.min() > 0.9 * counts.mean() and counts.max() < 1.1 * counts.mean()
+    other_seed = DropoutTables([0.1, 0.5, 0.1], seed=4, count=3, size=4000)
+    assert not np.array_equal(other_seed.starts(17, 1), tables.starts(17, 1))

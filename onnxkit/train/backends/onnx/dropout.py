@@ -108,5 +108,18 @@ class DropoutTables:
 
     def starts(self, step: int, batch: int) -> np.ndarray:
         """Where each Dropout's window begins for micro-batch `batch` of step `step`: uniform over
-        the table's first half, so a tensor up to half the table's size always fits."""
-        return np.random.default_rng([self.seed, step, batch, 1]).integers(0, self.size // 2, self.count)
+        the table's first half, so a tensor up to half the table's size always fits. A hash of
+        (seed, step, batch, k), not a generator: seeding numpy's costs 15 us, a tenth of a small step."""
+        key = _mix(_mix(_mix(self.seed) ^ step) ^ batch)
+        return np.array([_mix(key + k) % (self.size // 2) for k in range(self.count)], np.int64)
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a 64-bit integer hash whose outputs pass as uniform."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+_MASK = (1 << 64) - 1
