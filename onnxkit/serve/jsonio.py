@@ -3,7 +3,7 @@
 Replies are always valid JSON: a non-finite float is written as the string "NaN",
 "Infinity" or "-Infinity" (the spellings Python's `float()` and numpy read back), never
 as a bare `NaN` token that strict parsers reject. Requests may carry the same strings
-in floating-point tensors, or the bare tokens Python's `json.dumps` writes.
+in floating-point tensors (numpy reads them), or the bare tokens Python's `json.dumps` writes.
 """
 
 from __future__ import annotations
@@ -42,13 +42,3 @@ def tensor_data(array: np.ndarray) -> Any:
     if flat.dtype.kind in "biuf":
         return flat
     return flat.tolist()
-
-
-def floats_from_strings(array: np.ndarray) -> np.ndarray:
-    """Floating-point data sent as strings ("NaN", "Infinity", "-Infinity", "1.5") as float64; else unchanged."""
-    if array.dtype.kind != "U":
-        return array
-    try:
-        return array.astype(np.float64)
-    except ValueError:
-        return array  # not numbers: the model's input check names the problem

@@ -41,6 +41,7 @@ _V2_BY_ORT = {
     "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
     "tensor(bfloat16)": "BF16", "tensor(string)": "BYTES",
 }  # fmt: skip
+_FLOATS = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 _V2_BY_KIND = {"b": "BOOL", "O": "BYTES", "U": "BYTES", "S": "BYTES"}
 _V2_BY_DTYPE = {dtype: name for name, dtype in binary.NUMPY_BY_V2.items()}
 _INPUT_FIELDS = 'each input must be an object with "name", "shape", "datatype", "data" (or binary_data_size)'
@@ -250,9 +251,9 @@ def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
 def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
     """A tensor from its values (JSON data, flat or nested, or gRPC's typed contents); 400 if they do not fit."""
     try:
-        array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
-        if datatype.startswith(("FP", "BF")):
-            array = jsonio.floats_from_strings(array)
+        array = _float_array(data, datatype) if datatype in _FLOATS else None
+        if array is None:
+            array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
     except (ValueError, TypeError, OverflowError) as e:
         raise RequestError(400, f"input {name!r}: data is not a regular array of values ({e})") from e
     if array.size != math.prod(shape):
@@ -263,6 +264,14 @@ def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> 
         return array.reshape(shape)
     except ValueError as e:  # a dimension past what numpy can index, with another one 0
         raise RequestError(400, f"input {name!r}: shape {shape} is too large ({e})") from None
+
+
+def _float_array(data: Any, datatype: str) -> np.ndarray | None:
+    """Floating-point data straight in the tensor's type (strings such as "NaN" too); None if not numbers."""
+    try:
+        return np.asarray(data, dtype=_FLOATS[datatype])
+    except (ValueError, TypeError):
+        return None  # not numbers, or ragged: the generic path names the problem
 
 
 def _requested_outputs(
