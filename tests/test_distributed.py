@@ -25,7 +25,7 @@ from onnxkit.train.launch import find_mpiexec, launch, launch_training  # noqa: 
 # digits-cnn, dropout off, data in order: 1,079 training rows make 17 batches of 64 per epoch
 SETTINGS = dict(steps=30, epochs=2, batch_size=64, shuffle=False, dropout=False, optimizer="adamw", lr=0.01)
 FLAGS = ["--steps", "30", "--epochs", "2", "--batch-size", "64", "--no-shuffle", "--no-dropout", "--optimizer",
-         "adamw", "--lr", "0.01"]
+         "adamw", "--lr", "0.01"]  # the same as SETTINGS
 SCRIPT = """\
 import os, signal, sys, time
 from onnxkit.errors import OnnxkitError
@@ -83,17 +83,34 @@ def _script(tmp_path: Path, action: str, step: int) -> tuple[list[str], Path]:
     return [str(script), action, str(step), str(marker)], marker
 
 
+def _onnxkit_train(*arguments: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "onnxkit", "train", *arguments, "--workers", "2"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_two_workers_train_the_weights_of_one_process(reference: tuple[Path, Path], tmp_path: Path) -> None:
     model, want = reference
     run = tmp_path / "two"
-    done = subprocess.run([sys.executable, "-m", "onnxkit", "train", str(model), "--data", "digits-images", "-o",
-                           str(run), "--workers", "2", *FLAGS], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = _onnxkit_train(str(model), "--data", "digits-images", "-o", str(run), *FLAGS)
     _assert_same_weights(run / "model.onnx", want)
     assert done.stdout.count("wrote ") == 1 and str(run) in done.stdout  # worker 0 alone reports and writes
     assert json.loads((run / "run.json").read_text())["result"]["steps"] == 30
     assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
             if r["event"] == "step"] == list(range(1, 31))
+
+
+def test_uneven_shares_with_gradient_accumulation_match_one_process(reference: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    from onnxkit.train import fit
+
+    model, _ = reference
+    settings = dict(SETTINGS, steps=8, batch_size=45, grad_accumulation=3)  # shares of 22 and 23 rows
+    want = fit(model, "digits-images", tmp_path / "one", **settings).model_path
+    flags = ["--steps", "8", "--epochs", "2", "--batch-size", "45", "--grad-accum", "3", *FLAGS[6:]]
+    _onnxkit_train(str(model), "--data", "digits-images", "-o", str(tmp_path / "two"), *flags)
+    _assert_same_weights(tmp_path / "two" / "model.onnx", want)
 
 
 def test_killed_worker_ends_the_run_and_it_resumes_on_two_workers(reference: tuple[Path, Path],
@@ -110,9 +127,7 @@ def test_killed_worker_ends_the_run_and_it_resumes_on_two_workers(reference: tup
     saved = get_backend("onnx").checkpoint_parameters(run / "checkpoints" / "last.ckpt")  # intact, loads
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 17
     assert saved.keys() == _weights(want).keys()
-    resumed = subprocess.run([sys.executable, "-m", "onnxkit", "train", "--resume", str(run), "--workers", "2"],
-                             capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
+    _onnxkit_train("--resume", str(run))
     _assert_same_weights(run / "model.onnx", want)
 
 

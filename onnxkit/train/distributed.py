@@ -36,7 +36,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -276,11 +276,22 @@ def _write_files(root: Path, files: Mapping[str, bytes]) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
 
+@runtime_checkable
+class FlatGradients(Protocol):
+    """What data-parallel training needs beyond `TrainingSession` (the onnx backend's session has it)."""
+
+    def flat_gradient(self) -> np.ndarray: ...
+
+    def set_flat_gradient(self, gradient: np.ndarray) -> None: ...
+
+
 class DataParallelSession(TrainingSession):
     """A backend session on one rank's share of every batch, gradients and buffers averaged over ranks."""
 
     def __init__(self, session: TrainingSession, world: World) -> None:
-        self.session, self.world = session, world
+        if not isinstance(session, FlatGradients):
+            raise OnnxkitError(f"the {type(session).__name__} has no flat gradient to all-reduce; use the onnx backend")
+        self.session, self.flat, self.world = session, session, world
         self._micro_batches = 0  # since the last optimizer step
 
     def _share(self, rows: int) -> tuple[slice, float]:
@@ -292,24 +303,22 @@ class DataParallelSession(TrainingSession):
         return slice(lo, hi), self.world.size * (hi - lo) / rows
 
     def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
-        rows, session = len(labels), self.session
-        part, weight = self._share(rows)
-        before = session.flat_gradient() if weight != 1 and self._micro_batches else None  # type: ignore[attr-defined]
-        loss = session.train_step({k: v[part] for k, v in feeds.items()}, labels[part])
+        part, weight = self._share(len(labels))
+        before = self.flat.flat_gradient() if weight != 1 and self._micro_batches else 0
+        loss = self.session.train_step({k: v[part] for k, v in feeds.items()}, labels[part])
         self._micro_batches += 1
         if weight != 1:  # scale this micro-batch's gradient by the weight, leave the earlier ones alone
-            added = session.flat_gradient() - (0 if before is None else before)  # type: ignore[attr-defined]
-            session.set_flat_gradient(added * weight + (0 if before is None else before))  # type: ignore[attr-defined]
+            self.flat.set_flat_gradient((self.flat.flat_gradient() - before) * weight + before)
         share = np.array([loss * weight / self.world.size if weight else 0.0])
         return float(self.world.allreduce(share, "the loss of a batch")[0])
 
     def optimizer_step(self, lr: float) -> None:
         session = self.session
-        gradient = session.flat_gradient()  # type: ignore[attr-defined]
+        gradient = self.flat.flat_gradient()
         buffers = session.buffers()
         flat = np.concatenate([gradient, *(v.reshape(-1).astype(np.float32) for v in buffers.values())])
         flat = self.world.allreduce(flat, "the gradient all-reduce") / self.world.size
-        session.set_flat_gradient(flat[: gradient.size])  # type: ignore[attr-defined]
+        self.flat.set_flat_gradient(flat[: gradient.size])
         if buffers:
             offset, means = gradient.size, {}
             for name, value in buffers.items():
