@@ -103,7 +103,7 @@ class Batcher:
         rows = len(next(iter(feeds.values()))) if model.batchable else 0
         key = None
         if model.batchable and model not in self._unsplittable:
-            key = (model, *((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()))
+            key = (model, *((name, a.dtype, a.shape[1:]) for name, a in feeds.items()))
         loop = asyncio.get_running_loop()
         pending = _Pending(model, feeds, rows, key, loop.create_future(), loop.time())
         self._queue.append(pending)

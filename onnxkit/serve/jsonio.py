@@ -30,15 +30,19 @@ def parse(body: bytes) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON bytes; numpy arrays inside `value` must come from `tensor_data`."""
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    """Compact JSON bytes; tensors inside `value` must come from `tensor_data`."""
+    return orjson.dumps(value)
 
 
 def tensor_data(array: np.ndarray) -> Any:
-    """A tensor's values, flat, in a form `dumps` writes as valid JSON (non-finite floats as strings)."""
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if flat.dtype.kind == "f" and not np.logical_and.reduce(np.isfinite(flat)):  # ufuncs: no ndarray.all() wrapper
+    """A tensor's values, flat, as `dumps` writes them: valid JSON, non-finite floats as strings."""
+    flat = array.reshape(-1)
+    if flat.dtype.kind not in "biuf":
+        return flat.tolist()
+    try:
+        data = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:  # a strided view: orjson takes contiguous arrays only
+        data = orjson.dumps(np.ascontiguousarray(flat), option=orjson.OPT_SERIALIZE_NUMPY)
+    if flat.dtype.kind == "f" and b"null" in data:  # orjson writes NaN and ±inf as null
         return [v if v - v == 0 else _NON_FINITE.get(v, "NaN") for v in flat.tolist()]
-    if flat.dtype.kind in "biuf":
-        return flat
-    return flat.tolist()
+    return orjson.Fragment(data)
