@@ -119,9 +119,7 @@ class World:
     def __init__(self, comm: Any) -> None:
         from mpi4py import MPI
 
-        self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
-        self._sum = MPI.SUM
-        self._max = MPI.MAX
+        self.comm, self.rank, self.size, self._mpi = comm, comm.Get_rank(), comm.Get_size(), MPI
         self.timeout = float(os.environ.get(TIMEOUT_VARIABLE) or DEFAULT_TIMEOUT)
         self._deadline: float | None = None
         self._waiting_for = ""
@@ -133,6 +131,8 @@ class World:
         """Report `message` (to the launcher's error file, else stderr) and end every rank."""
         path = os.environ.get(ERRORS_VARIABLE)
         text = f"worker {self.rank} of {self.size}: {message}"
+        if self.rank:
+            time.sleep(1)  # an error every rank meets reads best from rank 0, whose paths are the user's
         try:
             with open(path, "x", encoding="utf-8") if path else contextlib.nullcontext(sys.stderr) as out:
                 out.write(text if path else f"error: {text}\n")
@@ -179,7 +179,7 @@ class World:
     def allreduce(self, values: np.ndarray, what: str, *, op: str = "sum") -> np.ndarray:
         """`values` summed (or maxed) over all ranks, in place."""
         with self._guard(what):
-            self.comm.Allreduce(_in_place(), values, op=self._sum if op == "sum" else self._max)
+            self.comm.Allreduce(self._mpi.IN_PLACE, values, op=self._mpi.SUM if op == "sum" else self._mpi.MAX)
         return values
 
     def allgather(self, value: Any, what: str) -> list[Any]:
@@ -241,12 +241,6 @@ class World:
             session = setup.open_session(True) if resuming else setup.backend.open(
                 setup.run.artifacts, device=setup.device, threads=setup.threads)
         return DataParallelSession(session, self)
-
-
-def _in_place() -> Any:
-    from mpi4py import MPI
-
-    return MPI.IN_PLACE
 
 
 def _stored_backend(resume: Any) -> str | None:
