@@ -29,7 +29,7 @@ FLAGS = ["--steps", "30", "--epochs", "2", "--batch-size", "64", "--no-shuffle",
 SCRIPT = """\
 import os, signal, sys, time
 from onnxkit.errors import OnnxkitError
-from onnxkit.train import fit
+from onnxkit.train import TrainingInterrupted, fit
 from onnxkit.train.callbacks import Callback
 from onnxkit.train.distributed import rank
 
@@ -41,13 +41,17 @@ class Fail(Callback):
             return
         with open(sys.argv[5], "w") as f:
             f.write(str(time.time()))
-        if ACTION == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
+        if ACTION in ("kill", "interrupt"):
+            os.kill(os.getpid(), signal.SIGKILL if ACTION == "kill" else signal.SIGINT)
+            return
         if ACTION == "raise":
             raise OnnxkitError("rank 1 failed on purpose")
         time.sleep(600)  # hang
 
-fit(sys.argv[1], "digits-images", sys.argv[2], callbacks=[Fail()], **SETTINGS)
+try:
+    fit(sys.argv[1], "digits-images", sys.argv[2], callbacks=[Fail()], **SETTINGS)
+except TrainingInterrupted:
+    sys.exit(130)
 """
 
 
@@ -129,6 +133,15 @@ def test_killed_worker_ends_the_run_and_it_resumes_on_two_workers(reference: tup
     assert saved.keys() == _weights(want).keys()
     _onnxkit_train("--resume", str(run))
     _assert_same_weights(run / "model.onnx", want)
+
+
+def test_ctrl_c_on_one_worker_stops_all_after_the_same_step(reference: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = reference
+    run = tmp_path / "run"
+    arguments, _ = _script(tmp_path, "interrupt", 20)  # only worker 1 gets SIGINT, in step 20
+    assert launch(2, [*arguments[:1], str(model), str(run), *arguments[1:]], run_dir=run) == 130
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 20  # worker 0 checkpointed it
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
 
 
 @pytest.mark.parametrize("action", ["raise", "hang"])
