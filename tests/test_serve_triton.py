@@ -319,3 +319,32 @@ def test_text_that_is_not_utf8_gets_400(server):
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
     assert reply.status_code == 400 and "text must be UTF-8" in reply.json()["error"], reply.text
+
+
+def test_grpc_repository_index_unload_and_load(server):
+    client = triton_grpc.InferenceServerClient(server.grpc)
+    x = tensor(triton_grpc, "x", np.ones((1, 64), np.float32), "FP32")
+    try:
+        index = as_dict(client.get_model_repository_index())["models"]
+        assert {(m["name"], m["state"]) for m in index} == {("digits", "READY"), ("words", "READY")}
+        client.unload_model("digits")
+        try:
+            state = {m["name"]: m for m in as_dict(client.get_model_repository_index())["models"]}
+            assert state["digits"]["state"] == "UNAVAILABLE" and state["digits"]["reason"] == "unloaded"
+            with pytest.raises(InferenceServerException) as gone:
+                client.infer("digits", [x])
+            assert gone.value.status() == "StatusCode.NOT_FOUND"
+            assert httpx.post(f"{server.url}/v2/models/digits/infer", json={"inputs": []}).status_code == 404
+        finally:
+            client.load_model("digits")
+        assert client.is_model_ready("digits") and client.infer("digits", [x]).as_numpy("logits").shape == (1, 10)
+        with pytest.raises(InferenceServerException) as unknown:
+            client.load_model("digitz")
+        assert unknown.value.status() == "StatusCode.NOT_FOUND" and "no model 'digitz' in the repository" in str(
+            unknown.value
+        )
+        with pytest.raises(InferenceServerException) as configured:
+            client.load_model("digits", config='{"backend": "onnxruntime"}')
+        assert configured.value.status() == "StatusCode.INVALID_ARGUMENT" and "not supported" in str(configured.value)
+    finally:
+        client.close()

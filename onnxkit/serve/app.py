@@ -92,7 +92,7 @@ def create_app(
         if grpc_address is not None:
             from onnxkit.serve import grpc_service
 
-            service = grpc_service.InferenceService(repository.served, metrics, lambda: ready, api_key)
+            service = grpc_service.InferenceService(repository, metrics, lambda: ready, api_key)
             grpc_server = await grpc_service.start_server(grpc_address, service, limits.max_body_bytes)
         ready = True
         try:

@@ -1,7 +1,7 @@
 """The V2 protocol over gRPC: `inference.GRPCInferenceService` on grpc.aio, beside the HTTP app.
 
-It runs on the HTTP server's event loop and shares its batchers, metrics, API key and
-errors: a refusal is the same `RequestError`, sent as the gRPC status that matches its
+It runs on the HTTP server's event loop and shares its model repository (batchers, load,
+unload), metrics, API key and errors: a refusal is the same `RequestError`, sent as the gRPC status that matches its
 HTTP status. With a key, every RPC but ServerLive and ServerReady needs the metadata
 `authorization: Bearer KEY`.
 Inputs come as typed `contents` or as `raw_input_contents` (the binary extension's layout);
@@ -28,10 +28,10 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.runtime import Model
 from onnxkit.serve import binary, inference, protocol
 from onnxkit.serve.auth import authorized
-from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.errors import RequestError
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import InferRequest
+from onnxkit.serve.repository import Repository
 from onnxkit.serve.v2_grpc_descriptor import FILE_NAME, SERIALIZED
 
 SERVICE = "inference.GRPCInferenceService"
@@ -100,16 +100,17 @@ def encode_infer(model: Model, request: InferRequest, outputs: dict[str, np.ndar
 
 
 class InferenceService:
-    """The RPCs, over the HTTP app's batchers (by model name), metrics, readiness and API key."""
+    """The RPCs, over the HTTP app's model repository, metrics, readiness and API key."""
 
     def __init__(
         self,
-        batchers: Mapping[str, Batcher],
+        repository: Repository,
         metrics: Metrics,
         ready: Callable[[], bool],
         api_key: str | None = None,
     ) -> None:
-        self.batchers = batchers
+        self.repository = repository
+        self.batchers = repository.served  # by name, as loads and unloads change it
         self.metrics = metrics
         self.ready = ready
         self.api_key = api_key
@@ -143,6 +144,21 @@ class InferenceService:
 
         infer_request, outputs = await inference.infer(batcher, decode)
         return await inference.offload(size, encode_infer, used, infer_request, outputs)
+
+    async def RepositoryIndex(self, request: Any) -> Any:  # noqa: N802
+        _check_repository(request.repository_name)
+        models = [m for m in self.repository.index() if m["state"] == "READY" or not request.ready]
+        return message("RepositoryIndexResponse")(models=models)
+
+    async def RepositoryModelLoad(self, request: Any) -> Any:  # noqa: N802
+        _check_repository(request.repository_name, request.parameters)
+        await self.repository.load(request.model_name)
+        return message("RepositoryModelLoadResponse")()
+
+    async def RepositoryModelUnload(self, request: Any) -> Any:  # noqa: N802
+        _check_repository(request.repository_name)  # parameters: only unload_dependents, and nothing depends
+        await self.repository.unload(request.model_name)
+        return message("RepositoryModelUnloadResponse")()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler for every RPC of v2_grpc.proto, each metered like an HTTP endpoint."""
@@ -201,6 +217,16 @@ async def start_server(address: str, service: InferenceService, max_message_byte
         raise OnnxkitError(f"cannot listen for gRPC on {address} ({e}); pick another --grpc-port") from e
     await server.start()
     return server
+
+
+def _check_repository(name: str, parameters: Mapping[str, Any] | None = None) -> None:
+    """RequestError(400) for a named repository or load parameters: there is one, loaded from the model files."""
+    if name:
+        raise RequestError(400, f"there is no repository {name!r}: leave repository_name empty")
+    if parameters:
+        raise RequestError(
+            400, f"load parameters ({', '.join(parameters)}) are not supported: a model is reloaded from its file"
+        )
 
 
 def _parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
