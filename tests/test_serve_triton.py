@@ -83,7 +83,8 @@ def test_health_and_metadata(triton):
     _, client = triton
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
     meta = as_dict(client.get_server_metadata())
-    assert meta["name"] == "onnxkit" and {"classification", "binary_tensor_data"} <= set(meta["extensions"])
+    assert meta["name"] == "onnxkit"
+    assert {"classification", "binary_tensor_data", "model_repository"} <= set(meta["extensions"])
     words = as_dict(client.get_model_metadata("words"))
     assert words["name"] == "words" and words["platform"] == "onnxruntime_onnx"
     assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in words["inputs"]] == [
