@@ -1,6 +1,7 @@
-"""An HTTP server for ONNX models speaking the Open Inference Protocol (KServe V2).
+"""An HTTP and gRPC server for ONNX models speaking the Open Inference Protocol (KServe V2).
 
-Built on Starlette and uvicorn; concurrent requests are merged into batches
+Built on Starlette and uvicorn, with grpc.aio on the same event loop (`grpc_service`);
+JSON or binary tensors (`protocol`, `binary`); concurrent requests are merged into batches
 (`onnxkit.serve.batcher`) and counted at /metrics in the Prometheus format.
 """
 
