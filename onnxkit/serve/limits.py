@@ -70,9 +70,10 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._head_timer: asyncio.TimerHandle | None = None
+            self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
+                limits.header_timeout, self._head_timed_out
+            )
             self._body_timer: asyncio.TimerHandle | None = None
-            self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
             if len(self.connections) > limits.max_connections:
                 self.app = _refuse_connection
 
@@ -110,8 +111,8 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
                 late = f"the request body did not arrive within {limits.body_timeout:g} s (the server's --body-timeout)"
                 body, headers = refusal(RequestError(408, late))
                 cycle.scope[BODY_TIMED_OUT] = True  # type: ignore[literal-required]
-                raw = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in headers.items())]
-                for event in (h11.Response(status_code=408, headers=raw), h11.Data(data=body), h11.EndOfMessage()):
+                head = h11.Response(status_code=408, headers=json_headers(body, headers))
+                for event in (head, h11.Data(data=body), h11.EndOfMessage()):
                     self.transport.write(self.conn.send(event))
             self.transport.close()
 
@@ -128,13 +129,8 @@ class ClientGone(Exception):
 
 async def read_body(scope: Scope, receive: Receive, declared_length: bytes | None, max_bytes: int) -> bytes:
     """The request body; RequestError(413) past `max_bytes`, ClientGone if the connection closes first."""
-    too_big = RequestError(
-        413,
-        f"the request body is over the {max_bytes:,}-byte limit; send fewer rows per request "
-        "or start the server with a larger --max-body-mb",
-    )
     if declared_length is not None and declared_length.isdigit() and int(declared_length) > max_bytes:
-        raise too_big
+        raise _too_big(max_bytes)
     message = await receive()
     body = message.get("body", b"")
     if message.get("more_body"):
@@ -145,14 +141,22 @@ async def read_body(scope: Scope, receive: Receive, declared_length: bytes | Non
                 break
             buffer += message.get("body", b"")
             if len(buffer) > max_bytes:
-                raise too_big
+                raise _too_big(max_bytes)
         else:
             body = bytes(buffer)
     if message["type"] == "http.disconnect":
         raise ClientGone(408 if scope.get(BODY_TIMED_OUT) else CLIENT_CLOSED)
     if len(body) > max_bytes:
-        raise too_big
+        raise _too_big(max_bytes)
     return body
+
+
+def _too_big(max_bytes: int) -> RequestError:
+    return RequestError(
+        413,
+        f"the request body is over the {max_bytes:,}-byte limit; send fewer rows per request "
+        "or start the server with a larger --max-body-mb",
+    )
 
 
 def refusal(error: RequestError) -> tuple[bytes, dict[str, str]]:
@@ -163,11 +167,17 @@ def refusal(error: RequestError) -> tuple[bytes, dict[str, str]]:
     return orjson.dumps({"error": str(error)}), headers
 
 
+def json_headers(body: bytes, headers: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    """The raw headers of a JSON response: its type and length, and `headers`."""
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    return raw
+
+
 async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
     """Send a whole JSON response on a raw ASGI `send`."""
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.start", "status": status, "headers": json_headers(body, headers)})
     await send({"type": "http.response.body", "body": body})
 
 
