@@ -290,3 +290,16 @@ def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
         result = subprocess.run([sys.executable, "-m", "onnxkit", "serve", *args, "--port", "0"],
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
         assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_a_small_model_leaves_the_event_loop_a_cpu_and_a_large_one_gets_them_all(models, monkeypatch):
+    from onnxkit.serve import server
+
+    _, paths = models
+    monkeypatch.setattr(server.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+
+    def threads(name: str, given: int | None = None) -> int:
+        return server.load_served(name, paths[name], "cpu", given).session.get_session_options().intra_op_num_threads
+
+    assert (threads("digits"), threads("text")) == (3, 4)  # one row: ~0.01 ms; ~1 ms at 128 tokens
+    assert threads("text", given=2) == 2

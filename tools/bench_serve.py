@@ -47,7 +47,7 @@ from onnxkit import runtime
 from onnxkit.serve.grpc_service import SERVICE, message
 from onnxkit.serve.launch import ServerProcess
 from onnxkit.serve.limits import DEFAULT_LIMITS
-from onnxkit.serve.server import Server, bind, http_config, intra_op_threads
+from onnxkit.serve.server import Server, bind, http_config, load_served
 
 PROTOCOLS = ("HTTP JSON", "HTTP binary", "gRPC")
 
@@ -282,7 +282,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = model_file(args.model, Path(folder))
         # the baseline uses the server's session settings, so only HTTP and batching differ
-        model = runtime.load(path, threads=intra_op_threads(args.threads), batch_size=None, warmup=True, spin=False)
+        model = load_served(path.stem, path, "cpu", args.threads)
         feeds = example(model, args.rows, args.seq, np.random.default_rng(0))
         expected = model.predict(feeds).scores
         big = example(model, args.rows * args.max_batch_size, args.seq, np.random.default_rng(1))
