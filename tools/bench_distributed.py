@@ -12,7 +12,10 @@ median of 30 calls each. A ring all-reduce moves 2(N-1)/N x bytes per rank, so
 t(N, bytes) = latency + 2(N-1)/N x bytes / bandwidth; the smallest buffer gives the latency, the
 larger ones the bandwidth, and with them the all-reduce time per step of any model at any N.
 
-    .venv/bin/python tools/bench_distributed.py [--rounds 3] [--steps 60] [--models digits-cnn digits-mlp]
+    .venv/bin/python tools/bench_distributed.py [--rounds 3] [--steps 60] [--models digits-cnn digits-mlp minilm]
+
+(minilm: the pretrained MiniLM bert-classifier on bbc-news at batch 16 x 128 tokens; give it
+--steps 10 or so, its step takes about a second.)
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"digits-cnn": ("digits-images", 64), "digits-mlp": ("digits", 64)}
+# name -> (onnxkit build arguments, data, batch)
+MODELS = {
+    "digits-cnn": (["digits-cnn"], "digits-images", 64),
+    "digits-mlp": (["digits-mlp"], "digits", 64),
+    "minilm": (["bert-classifier", "--set", "pretrained=all-MiniLM-L6-v2", "--set", "num_classes=5"], "bbc-news", 16),
+}
 ALLREDUCE = """
 import json, time, numpy as np
 from mpi4py import MPI
@@ -58,9 +66,9 @@ def samples_per_second(run: Path, batch: int) -> float:
 
 
 def train_rates(model: str, rounds: int, steps: int, folder: Path) -> dict[str, list[float]]:
-    data, batch = MODELS[model]
+    build, data, batch = MODELS[model]
     path = folder / f"{model}.onnx"
-    onnxkit("build", model, "-o", str(path))
+    onnxkit("build", *build, "-o", str(path))
     common = [str(path), "--data", data, "--steps", str(steps), "--epochs", "1000", "--batch-size", str(batch),
               "--no-shuffle", "--no-dropout", "--quiet"]
     sides = {"1 process x 2 threads": ["--threads", "2"], "2 ranks x 1 thread": ["--workers", "2"]}
@@ -81,8 +89,9 @@ def allreduce_seconds() -> dict[int, float]:
     return {int(k): v for k, v in json.loads(done.stdout).items()}
 
 
-def spread(values: list[float], unit: str = "") -> str:
-    return f"{min(values):,.0f} / {statistics.median(values):,.0f} / {max(values):,.0f}{unit}"
+def spread(values: list[float]) -> str:
+    digits = 1 if min(values) < 100 else 0
+    return " / ".join(f"{v:,.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:
@@ -95,7 +104,7 @@ def main() -> None:
         for model in args.models:
             rates = train_rates(model, args.rounds, args.steps, Path(folder))
             one, two = rates["1 process x 2 threads"], rates["2 ranks x 1 thread"]
-            print(f"{model}, batch {MODELS[model][1]}, {args.steps} steps, samples/s min / median / max:")
+            print(f"{model}, batch {MODELS[model][2]}, {args.steps} steps, samples/s min / median / max:")
             for name, values in rates.items():
                 print(f"  {name:24} {spread(values)}")
             ratios = [b / a for a, b in zip(one, two, strict=True)]

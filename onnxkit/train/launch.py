@@ -55,8 +55,9 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
     command = [find_mpiexec(), "-n", str(workers), sys.executable, *arguments]
     with tempfile.TemporaryDirectory(prefix="onnxkit-workers-") as folder:
         errors = Path(folder) / "error.txt"
-        process = subprocess.Popen(command, env={**os.environ, ERRORS_VARIABLE: str(errors)}, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        process = subprocess.Popen(command, env={**os.environ, ERRORS_VARIABLE: str(errors)}, encoding="utf-8",
+                                   errors="replace", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
         relays = [threading.Thread(target=_relay, args=(source, target), daemon=True)
                   for source, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
         for relay in relays:
