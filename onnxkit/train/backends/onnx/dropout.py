@@ -95,6 +95,7 @@ class DropoutTables:
 
     def __init__(self, ratios: list[float], seed: int, count: int, size: int | None = None) -> None:
         self.ratios, self.seed, self.count = ratios, seed, count
+        self.stream = 0  # data-parallel rank: each draws its own windows from the same tables
         self.size = size or FIRST_SIZE
         self.tables = [self._draw(k) for k in range(len(ratios))]
 
@@ -109,8 +110,8 @@ class DropoutTables:
     def starts(self, step: int, batch: int) -> np.ndarray:
         """Where each Dropout's window begins for micro-batch `batch` of step `step`: uniform over
         the table's first half, so a tensor up to half the table's size always fits. A hash of
-        (seed, step, batch, k), not a generator: seeding numpy's costs 15 us, a tenth of a small step."""
-        key = _mix(_mix(_mix(self.seed) ^ step) ^ batch)
+        (seed, stream, step, batch, k), not a generator: seeding numpy's costs 15 us, a tenth of a small step."""
+        key = _mix(_mix((_mix(self.seed) ^ self.stream) ^ step) ^ batch)
         return np.array([_mix(key + k) % (self.size // 2) for k in range(self.count)], np.int64)
 
 

@@ -243,6 +243,11 @@ class OnnxSession(TrainingSession):
         for name, value in values.items():
             current[name].update_inplace(np.ascontiguousarray(value, dtype=current[name].numpy().dtype))
 
+    def set_dropout_stream(self, stream: int) -> None:
+        """Draw dropout windows from stream `stream` (data-parallel rank; 0 is a lone process's)."""
+        if self._dropout:
+            self._dropout.stream = stream
+
     @property
     def steps(self) -> int:
         return self._steps
