@@ -186,5 +186,15 @@ def test_batches_split_into_contiguous_shares() -> None:
             assert max(hi - lo for lo, hi in shares) - min(hi - lo for lo, hi in shares) <= 1
 
 
+def test_each_worker_draws_its_own_dropout_windows() -> None:
+    from onnxkit.train.backends.onnx.dropout import DropoutTables
+
+    alone, worker = DropoutTables([0.1, 0.2], seed=0, count=3), DropoutTables([0.1, 0.2], seed=0, count=3)
+    assert alone.stream == 0  # a lone process's windows are worker 0's
+    worker.stream = 1
+    assert not np.array_equal(worker.starts(5, 1), alone.starts(5, 1))
+    assert [t.tobytes() for t in worker.tables] == [t.tobytes() for t in alone.tables]  # the same tables
+
+
 def test_outside_mpi_there_is_no_world() -> None:
     assert os.environ.get("PMI_SIZE") is None and distributed.current_world() is None

@@ -271,21 +271,24 @@ def _write_files(root: Path, files: Mapping[str, bytes]) -> None:
 
 
 @runtime_checkable
-class FlatGradients(Protocol):
+class DataParallelHooks(Protocol):
     """What data-parallel training needs beyond `TrainingSession` (the onnx backend's session has it)."""
 
     def flat_gradient(self) -> np.ndarray: ...
 
     def set_flat_gradient(self, gradient: np.ndarray) -> None: ...
 
+    def set_dropout_stream(self, stream: int) -> None: ...
+
 
 class DataParallelSession(TrainingSession):
     """A backend session on one rank's share of every batch, gradients and buffers averaged over ranks."""
 
     def __init__(self, session: TrainingSession, world: World) -> None:
-        if not isinstance(session, FlatGradients):
+        if not isinstance(session, DataParallelHooks):
             raise OnnxkitError(f"the {type(session).__name__} has no flat gradient to all-reduce; use the onnx backend")
         self.session, self.flat, self.world = session, session, world
+        session.set_dropout_stream(world.rank)  # ranks drop different units of their rows, as one process would
         self._micro_batches = 0  # since the last optimizer step
 
     def _share(self, rows: int) -> tuple[slice, float]:
