@@ -9,8 +9,10 @@ one model on N workers:
 - `DataParallelSession` wraps the backend's session: each rank runs its contiguous share of every
   global batch (`batch_size` stays the global batch); between backward and the optimizer step
   the gradients, weighted by each rank's share of the batch, and the BatchNorm buffers go through
-  one all-reduce as one flat buffer, as a mean. Validation batches are split the same way and
-  gathered. So N workers compute what one process computes, up to float rounding.
+  one all-reduce as one flat buffer, as a mean (besides it, each batch's loss and the stop flag
+  are one-number all-reduces). Validation batches are split the same way and gathered. So N
+  workers compute what one process computes, up to float rounding; each rank draws its own
+  dropout masks.
 - `StopTogether` makes a Ctrl-C or SIGTERM that reached any rank stop every rank after the
   same optimizer step.
 - A rank that raises aborts the whole job (`MPI_Abort`) after reporting its error; a collective
