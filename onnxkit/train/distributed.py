@@ -216,7 +216,9 @@ class World:
             failure, files = self.broadcast(None)
             if failure:
                 raise OnnxkitError(failure)
-            scratch = Path(tempfile.mkdtemp(prefix=f"onnxkit-worker{self.rank}-")) / "run"
+            launcher = os.environ.get(ERRORS_VARIABLE)  # in the launcher's folder, gone however this rank ends
+            folder = tempfile.mkdtemp(prefix=f"onnxkit-worker{self.rank}-", dir=launcher and Path(launcher).parent)
+            scratch = Path(folder) / "run"
             atexit.register(shutil.rmtree, scratch.parent, ignore_errors=True)
             _write_files(scratch, files)
             out_dir = scratch if out_dir is not None else None
