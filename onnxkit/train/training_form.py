@@ -239,6 +239,10 @@ def training_form(
         graph.node.append(node)
     if need_true:
         graph.initializer.append(helper.make_tensor(f"{PREFIX}.training_mode", TensorProto.BOOL, [], [True]))
+    # the model's own value shapes (named dims such as 'seq' that inference alone may lose: then the
+    # gradient of a broadcast cannot tell two dims apart before run time)
+    made = {name for node in graph.node for name in node.output}
+    graph.value_info.extend(v for v in model.graph.value_info if v.name in made)
     return form
 
 

@@ -33,6 +33,7 @@ def replace_dropout(model: onnx.ModelProto) -> tuple[list[float], int]:
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if not t.dims}
     types = value_types(model)
     consumed = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    given = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
     ratios: list[float] = []
     seed, nodes, count = 0, [], 0
     for node in model.graph.node:
@@ -48,8 +49,10 @@ def replace_dropout(model: onnx.ModelProto) -> tuple[list[float], int]:
             seed = next((a.i for a in node.attribute if a.name == "seed"), 0)
         mask = node.output[1] if len(node.output) > 1 and node.output[1] in consumed else None
         nodes.extend(_window_dropout(node.input[0], node.output[0], mask, count, ratios.index(value)))
-        if node.input[0] in types:  # the window's Reshape hides x's shape from inference: restate it
-            for name in (f"onnxkit.dropout.{count}.scale", node.output[0]):
+        if node.input[0] in types:  # the window's Reshape hides x's shape from inference: restate it,
+            # x's too, so all three share its symbolic dims in later inference (else unknown dims get
+            # new names, and the Mul's gradient sums over no axes at run time: a copy of x)
+            for name in ({node.input[0]} - given) | {f"onnxkit.dropout.{count}.scale", node.output[0]}:
                 typed = onnx.ValueInfoProto()
                 typed.CopyFrom(types[node.input[0]])
                 typed.name = name
