@@ -9,8 +9,8 @@ slice of a flat buffer, bound by address. Bindings are made once per combination
 a step binds only the batch, and only the loss comes back to the host.
 
 On the CPU the optimizer graph runs chunk by chunk over the flat buffers (CHUNK elements at a
-time), so its dozen elementwise passes find each chunk's intermediates in cache: 1.7x faster
-over 22.6M parameters than whole-buffer passes (2 threads). On CUDA, and when the step clips
+time), so its dozen elementwise passes find each chunk's intermediates in cache: 1.6x faster
+over 22.6M parameters than whole-buffer passes (2 threads, tools/bench_optimizer.py). On CUDA, and when the step clips
 the global gradient norm (which needs every gradient at once), it runs once over the whole.
 """
 
