@@ -1,7 +1,7 @@
 """Every command over a corpus of bad inputs: each fails with exit status != 0, exactly one
 `error:` line and no traceback, and leaves no file half-written or overwritten.
 
-The corpus (CASES, 62 command lines) covers corrupt, empty and truncated files, wrong-shaped,
+The corpus (CASES, 65 command lines) covers corrupt, empty and truncated files, wrong-shaped,
 zero-row and mislabelled data, a model with an op no runtime has, a fixed-batch model, deeply
 nested JSON, bad --set and option values, damaged and live run folders, and a full disk: a
 64 KiB tmpfs where the test may mount one, else ENOSPC simulated in the writes onnxkit makes.
@@ -55,6 +55,8 @@ def _data(root: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.random((60, 4), dtype=np.float32)
     np.savez(root / "zero-rows.npz", x=np.zeros((0, 4), np.float32), y=np.zeros((0,), np.int64))
+    np.save(root / "zero-rows.npy", np.zeros((0, 4), np.float32))
+    (root / "zero-rows.json").write_text("[]")
     np.savez(root / "wrong-shape.npz", x=rng.random((60, 5), dtype=np.float32), y=np.zeros(60, np.int64))
     np.save(root / "wrong-shape.npy", rng.random((6, 5), dtype=np.float32))
     np.save(root / "rows.npy", rng.random((6, 4), dtype=np.float32))
@@ -191,6 +193,9 @@ CASES = [
     ("predict corrupt npz", "predict C/iris.onnx -i C/corrupt.npz"),
     ("predict wrong-shaped", "predict C/iris.onnx -i C/wrong-shape.npy"),
     ("predict empty csv", "predict C/iris.onnx -i C/empty.csv"),
+    ("predict zero-row npz", "predict C/iris.onnx C/zero-rows.npz"),
+    ("predict zero-row npy", "predict C/iris.onnx C/zero-rows.npy -o OUT/p.csv"),
+    ("predict empty JSON list", "predict C/iris.onnx -i C/zero-rows.json"),
     ("predict out of space", "predict C/iris.onnx -i C/rows.npy -o FULL/p.json"),
     ("quantize into a missing folder", "quantize C/iris.onnx -o OUT/nowhere/q.onnx --no-latency"),
     ("serve corrupt model", "serve C/corrupt.onnx --port 0"),

@@ -28,13 +28,22 @@ OUTPUT_SUFFIXES = (".json", ".npz", ".npy", ".csv")
 
 
 def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
-    """The values in an input file, by model input name (checked later by `Model.prepare`)."""
+    """The values in an input file, by model input name (checked later by `Model.prepare`);
+    an input with no rows is an error."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
         raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}")
     if not path.is_file():
         raise OnnxkitError(f"{path}: no such file")
+    values = _read(path, suffix, model)
+    empty = [name for name, value in values.items() if _no_rows(value)]
+    if empty:
+        raise OnnxkitError(f"{path}: input {empty[0]!r} has no rows; give at least one example")
+    return values
+
+
+def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
     try:
         if suffix == ".npy":
             return _single(model, path, np.load(path, allow_pickle=False))
@@ -98,6 +107,12 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     if rows > max_rows:
         lines.append(f"... {rows - max_rows} more rows; save them all with --output FILE")
     return "\n".join(lines)
+
+
+def _no_rows(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.ndim >= 1 and value.shape[0] == 0
+    return isinstance(value, list) and not value
 
 
 def _single(model: Model, path: Path, value: Any) -> dict[str, Any]:
