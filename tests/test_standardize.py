@@ -13,8 +13,10 @@ from onnx import numpy_helper
 
 from onnxkit import nn
 from onnxkit.data import load_dataset
+from onnxkit.graph_walks import value_types
 from onnxkit.metadata import metadata
 from onnxkit.nn.build import BUFFERS_KEY
+from onnxkit.train.frozen_features import cut
 from onnxkit.train.standardize import Scale, standardize_inputs, unscale_output
 
 
@@ -45,6 +47,15 @@ def test_the_graph_rewrites_match_numpy():
         "onnxkit.standardize.logits.mean", "onnxkit.standardize.logits.std"]
 
 
+def test_the_standardisation_alone_is_not_cached_as_a_frozen_part():
+    scale = Scale(np.zeros(4, np.float32), np.full(4, 2, np.float32))
+    model = standardize_inputs(plain_mlp(4, 2), {"x": scale})
+    types = value_types(model)
+    assert cut(model, "logits", ["0.weight", "0.bias", "2.weight", "2.bias"], types, 100) is None
+    frozen_first_layer = cut(model, "logits", ["2.weight", "2.bias"], types, 100)  # real work in front: cached
+    assert [n.op_type for n in frozen_first_layer.prefix.graph.node] == ["Sub", "Div", "MatMul", "Add", "Relu"]
+
+
 @pytest.mark.training
 def test_standardized_classifier_takes_raw_features_everywhere(tmp_path, run_cli):
     from onnxkit import runtime
@@ -56,6 +67,8 @@ def test_standardized_classifier_takes_raw_features_everywhere(tmp_path, run_cli
     result = run_cli("train", path, "--data", "wine", "--standardize", "-o", tmp_path / "run")
     assert result.code == 0, result.err
     assert "unscaled" not in result.err
+    assert "frozen part" not in result.err  # the standardisation is not a frozen part worth caching
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["cached_features"] is None
     trained = onnx.load(tmp_path / "run" / "model.onnx")
     x = load_dataset("wine").train.inputs["x"].astype(np.float64)
     stored = initializers(trained)

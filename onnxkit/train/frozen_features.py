@@ -6,7 +6,9 @@ same frozen layers again. `cut` splits the graph where the trained part
 begins; `features` runs the frozen part once per split, in inference form; the
 loop then trains only the small graph after the cut on those arrays. The cut
 is taken only where the cached arrays have a fixed size per example (e.g. a
-pooled [batch, 384] embedding, not a [batch, seq, 384] sequence).
+pooled [batch, 384] embedding, not a [batch, seq, 384] sequence), and where the
+frozen part does more than elementwise arithmetic (a mere rescaling of the inputs,
+such as the standardisation `--standardize` puts in front, costs less to rerun).
 
 Dropout nodes just before the cut move into the trained part, so the head
 still sees fresh dropout masks; dropout inside the frozen part is off, as it
@@ -26,6 +28,8 @@ from onnxkit.data import Split, model_inputs
 from onnxkit.graph_walks import ancestors, needed_nodes, used_initializers
 
 MAX_BYTES = 2 << 30  # cache at most 2 GiB of features; beyond that, train end to end
+# a frozen part made of these alone (a rescaling such as --standardize's) is not worth caching
+ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Identity"})
 
 
 @dataclass
@@ -43,8 +47,9 @@ def cut(
     examples: int,
 ) -> FrozenCut | None:
     """Split `model` before the first node that depends on a `trained` tensor (parameters
-    and updated buffers); None when nothing is frozen in front of them or the features
-    would not fit in memory (`examples` rows of them)."""
+    and updated buffers); None when nothing is frozen in front of them, the frozen part is
+    only elementwise arithmetic (`ELEMENTWISE`), or the features would not fit in memory
+    (`examples` rows of them)."""
     graph = model.graph
     nodes = [node for _, node in needed_nodes(model, output)]
     live, head = set(trained), []
@@ -67,6 +72,10 @@ def cut(
     graph_inputs = {v.name for v in graph.input}
     if all(name in graph_inputs for name in boundary):
         return None  # nothing frozen in front of the trained part
+    feeding = ancestors(model, *boundary)
+    prefix_nodes = [n for n in graph.node if any(o in feeding for o in n.output)]
+    if all(n.op_type in ELEMENTWISE for n in prefix_nodes):
+        return None  # e.g. --standardize's (x - mean) / std: cheaper to rerun than to cache
     infos = [types.get(name) for name in boundary]
     if any(vi is None or not _fixed_per_example(vi) for vi in infos):
         return None
@@ -75,8 +84,6 @@ def cut(
     cached = [_batched(vi) for vi in infos]
     outputs = {o.name: o for o in graph.output}
     head_model = _model_like(model, cached, head, [outputs.get(output) or types[output]])
-    feeding = ancestors(model, *boundary)
-    prefix_nodes = [n for n in graph.node if any(o in feeding for o in n.output)]
     inputs = [v for v in graph.input if v.name not in initializers and v.name in feeding]
     prefix = _model_like(model, inputs, prefix_nodes, cached)
     return FrozenCut(prefix, head_model, boundary)
