@@ -95,3 +95,29 @@ def test_ray_input_errors_need_no_cluster(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(OnnxkitError, match="cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:1"):
         predict_on_ray(tmp_path / "m.onnx", tmp_path / "m.npz")
     assert not ray.is_initialized()
+
+
+def test_the_device_reaches_each_actors_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU and no cluster here: the actors' keywords are built as `predict_on_ray` builds them, and
+    an actor made from them (ray.get stands in for the object store) opens its session on that device."""
+    from types import SimpleNamespace
+
+    from onnxkit import runtime
+    from onnxkit.runtime.batch import BATCH_COLUMN, _BatchPredictor, actor_arguments
+
+    model = build_model("digits-mlp").SerializeToString()
+    feeds = {"x": np.random.default_rng(0).random((5, 64), dtype=np.float32)}
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(get=list))
+    on_cpu = actor_arguments([model, feeds], 4, 1, "cpu", workers=2, cluster_gpus=0)
+    assert "num_gpus" not in on_cpu and on_cpu["fn_constructor_kwargs"]["device"] == "cpu"
+    second = _BatchPredictor(**on_cpu["fn_constructor_kwargs"])({"data": np.array([1])})  # batch 1: row 4
+    scores = [value for name, value in second.items() if name != BATCH_COLUMN]
+    assert np.array_equal(second[BATCH_COLUMN], [1]) and len(scores) == 1
+    assert np.array_equal(scores[0], runtime.load(model, device="cpu").predict(feeds["x"][4:]).scores)
+    for device, workers, gpus, share in [("cuda", 2, 1, 0.5), ("cuda:1", 3, 2, 0.5), ("CUDA", 2, 4, 1.0)]:
+        on_gpu = actor_arguments([model, feeds], 4, 1, device, workers=workers, cluster_gpus=gpus)
+        assert on_gpu["num_gpus"] == share and on_gpu["num_cpus"] == 1  # Ray places and pins each actor
+        with pytest.raises(OnnxkitError, match="device 'cuda': onnxruntime .* has no CUDA support"):
+            _BatchPredictor(**on_gpu["fn_constructor_kwargs"])  # the session was asked for the GPU Ray assigns
+    with pytest.raises(OnnxkitError, match="the Ray cluster has no GPUs"):
+        actor_arguments([model, feeds], 4, 1, "cuda", workers=2, cluster_gpus=0)

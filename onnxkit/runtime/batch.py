@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import socket
 import sys
@@ -70,13 +71,17 @@ def predict_on_ray(
     local = load(model_bytes, device="cpu", threads=1, batch_size=None, name=Path(model).stem)
     feeds = read_rows(data, local)
     rows = len(next(iter(feeds.values())))
+    if rows == 0:
+        raise OnnxkitError(f"{data}: the input has no rows; give at least one example")
     batches = -(-rows // batch_size)
     started = _connect(ray, workers)
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = min(workers or cpus, batches)
+        resources = ray.cluster_resources()
+        workers = min(workers or int(resources.get("CPU", 1)), batches)
         threads = threads or (max(1, (os.cpu_count() or 1) // workers) if started else 1)
-        outputs = _run(ray, model_bytes, feeds, batches, batch_size, workers, threads, device)
+        shared = [ray.put(model_bytes), ray.put(feeds)]  # once in the object store; each actor fetches them
+        actors = actor_arguments(shared, batch_size, threads, device, workers, resources.get("GPU", 0))
+        outputs = _run(ray, actors, batches, workers)
     finally:
         if started:
             ray.shutdown()
@@ -210,21 +215,36 @@ def _unreachable(address: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def _run(ray: Any, model: bytes, feeds: dict[str, np.ndarray], batches: int, batch_size: int, workers: int,
-         threads: int, device: str) -> dict[str, np.ndarray]:
-    """Every batch through the actors; the outputs by name, rows in input order."""
+def actor_arguments(shared: Sequence[Any], batch_size: int, threads: int, device: str, workers: int,
+                    cluster_gpus: float) -> dict[str, Any]:
+    """`map_batches` keywords for the actors: the resources each asks Ray for, and its constructor's
+    arguments, the session's device among them. With a `cuda` device (any index) each actor asks
+    for a share of a GPU, 1 / ceil(workers / GPUs), so Ray places it on a GPU node, spreads the
+    actors over the GPUs and makes the one it assigns visible to the actor as `cuda` (index 0).
+    Other devices (`cpu`, `auto`) go to the sessions as given."""
+    kind = device.lower().partition(":")[0]
+    resources: dict[str, float] = {"num_cpus": 1}
+    if kind == "cuda":
+        if cluster_gpus < 1:
+            raise OnnxkitError(f"device {device!r}: the Ray cluster has no GPUs; add GPU nodes or use --device cpu")
+        resources["num_gpus"] = 1 / math.ceil(workers / int(cluster_gpus))
+        device = "cuda"
+    return {**resources, "fn_constructor_kwargs": {"shared": shared, "batch_size": batch_size, "threads": threads,
+                                                    "device": device}}
+
+
+def _run(ray: Any, actors: dict[str, Any], batches: int, workers: int) -> dict[str, np.ndarray]:
+    """Every batch through `workers` actors (`actor_arguments`); the outputs by name, rows in input order."""
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = sys.stderr.isatty()
     if not context.enable_progress_bars:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-    shared = [ray.put(model), ray.put(feeds)]  # once in the object store; each actor fetches them
     # batch numbers, made here (no read task competes with the actors for CPUs), in blocks the actors share
     numbers = ray.data.from_numpy(np.array_split(np.arange(batches), min(batches, 4 * workers)))
     results = numbers.map_batches(
         _BatchPredictor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=1, fn_constructor_kwargs={"shared": shared, "batch_size": batch_size, "threads": threads,
-                                           "device": device})
+        **actors)
     parts = list(results.iter_batches(batch_size=None, batch_format="numpy"))
     done = np.concatenate([p[BATCH_COLUMN] for p in parts])
     order = np.argsort(done, kind="stable")  # preserve_order already keeps it; this makes sure
