@@ -118,6 +118,40 @@ def test_uneven_shares_with_gradient_accumulation_match_one_process(reference: t
     _assert_same_weights(tmp_path / "two" / "model.onnx", want)
 
 
+def test_batchnorm_statistics_are_averaged_over_workers(tmp_path: Path) -> None:
+    """BatchNorm normalises each worker's share with the share's statistics (as DDP does), so two
+    workers train what one process trains in micro-batches of one share each (gradient accumulation),
+    and the running statistics are the mean over the shares' (for a BatchNorm on the raw input,
+    numpy gives them from the data alone)."""
+    from onnxkit import nn
+    from onnxkit.data import load_dataset
+    from onnxkit.train import fit
+
+    nn.manual_seed(0)
+    mlp = nn.Sequential([nn.BatchNorm1d(64), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)])
+    model = tmp_path / "bn.onnx"
+    onnx.save(nn.build(mlp, {"x": nn.Input(["batch", 64])}, output_names=["logits"]), str(model))
+    steps, common = 3, dict(epochs=1, shuffle=False, dropout=False, optimizer="adamw", lr=0.01)
+    _onnxkit_train(str(model), "--data", "digits", "-o", str(tmp_path / "two"), "--steps", str(steps), "--epochs", "1",
+                   "--batch-size", "64", "--no-shuffle", "--no-dropout", "--optimizer", "adamw", "--lr", "0.01")
+    one = fit(model, "digits", tmp_path / "one", steps=steps, batch_size=32, grad_accumulation=2, **common)
+    got, want = _weights(tmp_path / "two" / "model.onnx"), _weights(one.model_path)
+    stats = {name for name in got if "running" in name}
+    assert stats == {"0.running_mean", "0.running_var", "2.running_mean", "2.running_var"}
+    for name in got.keys() - stats:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
+    x = load_dataset("digits").train.inputs["x"].astype(np.float64)
+    mean, var, var_of_worker_0 = np.zeros(64), np.ones(64), np.ones(64)
+    for step in range(steps):  # ONNX momentum 0.9 keeps 0.9 of the running value; variances are biased
+        shares = x[64 * step : 64 * step + 64].reshape(2, 32, 64)
+        mean, var = 0.9 * mean + 0.1 * shares.mean(1).mean(0), 0.9 * var + 0.1 * shares.var(1).mean(0)
+        var_of_worker_0 = 0.9 * var_of_worker_0 + 0.1 * shares[0].var(0)
+    np.testing.assert_allclose(got["0.running_mean"], mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["0.running_var"], var, rtol=1e-5, atol=1e-5)
+    assert np.abs(var - var_of_worker_0).max() > 1e-3  # unaveraged statistics would fail the check above
+    assert not np.allclose(got["2.running_var"], 1)  # the hidden BatchNorm's statistics moved too
+
+
 def test_killed_worker_ends_the_run_and_it_resumes_on_two_workers(reference: tuple[Path, Path],
                                                                      tmp_path: Path) -> None:
     model, want = reference
