@@ -213,6 +213,22 @@ def test_bad_worker_options_are_clear_errors(monkeypatch: pytest.MonkeyPatch) ->
         find_mpiexec()
 
 
+def test_each_rank_takes_a_gpu_of_its_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 machines x 4 ranks, 2 GPUs each: local ranks 0..3 on each machine
+    assert [distributed.rank_device("cuda", r % 4, 2) for r in range(8)] == ["cuda:0", "cuda:1"] * 4
+    assert distributed.rank_device("auto", 3, 4) == "cuda:3"  # auto where CUDA is usable means CUDA
+    assert [distributed.rank_device(d, 3, 2) for d in ("cuda:1", "CUDA:0", "cpu")] == ["cuda:1", "CUDA:0", "cpu"]
+    assert [distributed.rank_device(d, 1, 0) for d in ("auto", "cuda")] == ["auto", "cuda"]  # no GPU: the backend says
+    for name in (*distributed.LOCAL_RANK_VARIABLES, *distributed.RANK_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PMI_RANK", "5")
+    assert distributed.local_rank() == 5  # no local rank from the launcher: the world rank
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
+    assert distributed.local_rank() == 1
+    monkeypatch.setenv("MPI_LOCALRANKID", "2")  # MPICH's Hydra
+    assert distributed.local_rank() == 2
+
+
 def test_batches_split_into_contiguous_shares() -> None:
     for rows in (1, 7, 64, 65):
         for size in (2, 3):

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # set by MPICH's and Open MPI's launchers
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")
+# a rank's number among the ranks on its machine: MPICH's Hydra, PMI launchers, Open MPI
+LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "PMI_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK")
 TIMEOUT_VARIABLE = "ONNXKIT_WORKER_TIMEOUT"
 ERRORS_VARIABLE = "ONNXKIT_WORKER_ERRORS"  # a file the first failing rank writes its error to (set by `launch`)
 DEFAULT_TIMEOUT = 30.0
@@ -72,6 +74,27 @@ def _environment_int(names: tuple[str, ...], default: int) -> int:
 def rank() -> int:
     """This process's MPI rank from the launcher's environment (0 outside MPI); imports nothing."""
     return _environment_int(RANK_VARIABLES, 0)
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks on its machine, from the launcher's environment (else its rank)."""
+    return _environment_int(LOCAL_RANK_VARIABLES, rank())
+
+
+def rank_device(device: str, local_rank: int, gpus: int) -> str:
+    """The device a rank trains on. `cuda` without an index (and `auto`, when `gpus` > 0 CUDA GPUs
+    are usable) becomes `cuda:(local_rank % gpus)`, so the ranks on a machine spread over its
+    GPUs; `cpu`, an explicit `cuda:N` and anything else stay as given."""
+    if device.lower() in ("cuda", "auto") and gpus > 0:
+        return f"cuda:{local_rank % gpus}"
+    return device
+
+
+def _usable_gpus() -> int:
+    """The GPUs the driver shows where onnxruntime has CUDA support, else 0."""
+    from onnxkit.runtime.session import gpu_count, ort
+
+    return gpu_count() if "CUDAExecutionProvider" in ort.get_available_providers() else 0
 
 
 def check_backend(name: str) -> None:
@@ -195,10 +218,11 @@ class World:
     # ---- the run folder ------------------------------------------------------------------
 
     def enter(
-        self, out_dir: Any, resume: Any, backend: str | None, threads: int | None, quiet: bool
-    ) -> tuple[Any, Any, int, bool]:
+        self, out_dir: Any, resume: Any, backend: str | None, threads: int | None, quiet: bool, device: str
+    ) -> tuple[Any, Any, int, bool, str]:
         """fit's arguments for this rank: ranks other than 0 train in a private scratch copy of the
-        run (on resume, filled with rank 0's files), quietly; threads default to cores / ranks."""
+        run (on resume, filled with rank 0's files), quietly; threads default to cores / ranks; a
+        `cuda` (or `auto`) device becomes this rank's GPU (`rank_device`)."""
         if self.rank == 0:
             name = backend or (_stored_backend(resume) if resume else None)
             failure = None
@@ -225,7 +249,9 @@ class World:
             resume = scratch if resume is not None else None
             quiet = True
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return out_dir, resume, threads or max(1, cores // self.size), quiet
+        if device.lower() in ("cuda", "auto"):
+            device = rank_device(device, local_rank(), _usable_gpus())
+        return out_dir, resume, threads or max(1, cores // self.size), quiet, device
 
     def open_session(self, setup: Any, resuming: bool) -> DataParallelSession:
         """Rank 0 opens (for a new run: builds) fit's session, then sends its artifacts to the others,

@@ -143,8 +143,8 @@ def fit(
     Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`).
     """
     world = distributed.current_world()
-    if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks
-        out_dir, resume, threads, quiet = world.enter(out_dir, resume, backend, threads, quiet)
+    if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks; a GPU each
+        out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
     if resume is not None:
         run = RunDirectory.existing(resume)
         config = _config_from_json(run.read_json()["config"])
