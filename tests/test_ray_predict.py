@@ -77,6 +77,8 @@ def test_ray_batch_inference_equals_single_process_predict_in_order(tmp_path: Pa
 
 
 def test_ray_input_errors_need_no_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet
+
     from onnxkit.runtime.batch import input_files, predict_on_ray
 
     with pytest.raises(OnnxkitError, match="no .npz, .csv, .parquet, .txt files"):
@@ -87,6 +89,10 @@ def test_ray_input_errors_need_no_cluster(tmp_path: Path, monkeypatch: pytest.Mo
     assert isinstance(result.exception, OnnxkitError) and "--workers is for --ray" in str(result.exception)
     onnx.save(build_model("digits-mlp"), str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "m.npz", x=np.zeros((3, 64), np.float32))
+    pyarrow.parquet.write_table(pyarrow.table({"x": pyarrow.array([], pyarrow.list_(pyarrow.float32(), 64))}),
+                                tmp_path / "empty.parquet")
+    with pytest.raises(OnnxkitError, match="empty.parquet: no rows; give at least one example"):
+        predict_on_ray(tmp_path / "m.onnx", tmp_path / "empty.parquet")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(OnnxkitError, match=r"--ray needs Ray Data; pip install 'onnxkit\[ray\]'"):
         predict_on_ray(tmp_path / "m.onnx", tmp_path)

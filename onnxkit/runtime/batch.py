@@ -71,8 +71,6 @@ def predict_on_ray(
     local = load(model_bytes, device="cpu", threads=1, batch_size=None, name=Path(model).stem)
     feeds = read_rows(data, local)
     rows = len(next(iter(feeds.values())))
-    if rows == 0:
-        raise OnnxkitError(f"{data}: the input has no rows; give at least one example")
     batches = -(-rows // batch_size)
     started = _connect(ray, workers)
     try:
@@ -129,6 +127,8 @@ def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
     if suffix != ".parquet":
         return read_inputs(path, model)
     table = _parquet(path)
+    if table.num_rows == 0:
+        raise OnnxkitError(f"{path}: no rows; give at least one example")
     names = [spec.name for spec in model.inputs]
     if len(names) == 1 and table.num_columns == 1:
         return {names[0]: _column(table.column(0))}
