@@ -4,6 +4,7 @@ The only test that starts Ray (a few seconds)."""
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def test_ray_batch_inference_equals_single_process_predict_in_order(tmp_path: Pa
     from onnxkit import runtime
     from onnxkit.runtime.batch import predict_on_ray
 
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # ray.init replaces them
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # predict_on_ray joins it
     try:
         read = predict_on_ray(tmp_path / "words.onnx", texts, workers=2, batch_size=3)
@@ -70,6 +72,8 @@ def test_ray_batch_inference_equals_single_process_predict_in_order(tmp_path: Pa
                  str(tmp_path / "ray.csv"), "--top-k", "2")
     finally:
         ray.shutdown()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     one, on_ray = (tmp_path / "one.csv").read_text(), (tmp_path / "ray.csv").read_text()
     assert on_ray == one and len(one.splitlines()) == 251  # the same bytes: every score, in the same row order
     want = np.loadtxt(tmp_path / "one.csv", delimiter=",", skiprows=1, usecols=range(1, 11))

@@ -23,8 +23,10 @@ import csv
 import logging
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,7 @@ def predict_on_ray(
     feeds = read_rows(data, local)
     rows = len(next(iter(feeds.values())))
     batches = -(-rows // batch_size)
+    handlers = _stop_handlers()  # ray.init replaces SIGTERM's, and ray.shutdown leaves its own in place
     started = _connect(ray, workers)
     try:
         resources = ray.cluster_resources()
@@ -83,6 +86,7 @@ def predict_on_ray(
     finally:
         if started:
             ray.shutdown()
+            _restore(handlers)
     prediction = Prediction(outputs, local.class_names, local.task)
     if probs:
         prediction = prediction.with_probabilities()
@@ -179,6 +183,19 @@ def _import_ray() -> Any:
     except ImportError:
         raise OnnxkitError(f"--ray needs Ray Data; {INSTALL}") from None
     return ray
+
+
+def _stop_handlers() -> dict[int, Any]:
+    """The current SIGINT and SIGTERM handlers (none off the main thread, where they cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for signum, handler in handlers.items():
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 def _connect(ray: Any, workers: int | None) -> bool:
