@@ -32,6 +32,7 @@ from onnxkit.serve.protocol import HEADER_LENGTH, InferRequest, RequestError, de
 from onnxkit.serve.repository import Repository
 
 _log = logging.getLogger("onnxkit.serve")
+_HEADER_LENGTH = HEADER_LENGTH.lower().encode()  # as ASGI gives header names
 
 
 def create_app(
@@ -177,15 +178,19 @@ class _Front:
         """Answer one infer request; its status."""
         used: Model | None = None
         size = 0
+        length = header_length = None
+        for key, value in scope["headers"]:  # the two headers read here, in one pass
+            if key == b"content-length":
+                length = value
+            elif key == _HEADER_LENGTH:
+                header_length = value.decode("latin-1")
 
         async def decode(model: Model) -> InferRequest:
             nonlocal used, size
             used = model
-            body = await read_body(scope, receive, _header(scope, b"content-length"), self.limits.max_body_bytes)
+            body = await read_body(scope, receive, length, self.limits.max_body_bytes)
             size = len(body)
-            header_length = _header(scope, HEADER_LENGTH.lower().encode())
-            header = None if header_length is None else header_length.decode("latin-1")
-            return await offload(size, decode_request, body, model, header)
+            return await offload(size, decode_request, body, model, header_length)
 
         try:
             if scope["method"] != "POST":
@@ -210,7 +215,7 @@ class _Front:
             headers = [
                 (b"content-type", b"application/octet-stream"),
                 (b"content-length", str(len(reply)).encode()),
-                (HEADER_LENGTH.lower().encode(), str(header_length).encode()),
+                (_HEADER_LENGTH, str(header_length).encode()),
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": reply})

@@ -13,6 +13,7 @@ row as BYTES "score:index[:label]". gRPC (`onnxkit.serve.grpc_service`) builds t
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +154,8 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
         payload = jsonio.parse(header)
     except ValueError as e:
         raise RequestError(400, f"malformed JSON in the request body: {e}") from None
+    if not raw and (plain := _plain_request(payload, model)) is not None:
+        return plain
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise RequestError(400, 'the request body must be a JSON object with an "inputs" list')
     specs = input_specs(model)
@@ -190,6 +193,62 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
     if not isinstance(request_id, str | int | float | None):
         raise RequestError(400, f'"id" must be a string, got {type(request_id).__name__}')
     return build_request(model, inputs, requested, binary_outputs=binary_outputs, request_id=request_id)
+
+
+@dataclass(frozen=True)
+class _PlainInput:
+    """A model's one numeric input, as a plain request must give it."""
+
+    name: str
+    datatype: str
+    dtype: np.dtype
+    dims: tuple[int | None, ...]  # fixed sizes; None for a free dimension
+    outputs: tuple[str, ...]
+
+
+_plain_inputs: weakref.WeakKeyDictionary[Model, _PlainInput | None] = weakref.WeakKeyDictionary()
+
+
+def _plain_input(model: Model) -> _PlainInput | None:
+    """The model's input if the short path can take it: one input, numeric, no free dimension named twice."""
+    plain = _plain_inputs.get(model, False)
+    if plain is not False:
+        return plain
+    plain = None
+    if len(model.inputs) == 1:
+        spec = model.inputs[0]
+        named = [d for d in spec.shape if isinstance(d, str)]
+        if spec.dtype is not None and spec.dtype.kind in "iuf" and len(set(named)) == len(named):
+            dims = tuple(d if isinstance(d, int) else None for d in spec.shape)
+            outputs = tuple(s.name for s in model.outputs)
+            plain = _PlainInput(spec.name, v2_datatype(spec), spec.dtype, dims, outputs)
+    _plain_inputs[model] = plain
+    return plain
+
+
+def _plain_request(payload: Any, model: Model) -> InferRequest | None:
+    """The common request in a few steps: {"inputs": [{"name", "shape", "datatype", "data"}]} for a
+    model's one numeric input, with values of its type and a shape it takes; None for anything else
+    (the general path then decodes it, and names what is wrong). Takes exactly what the general
+    path takes, with the same result: its checks, then `Model.prepare`'s, which hold here."""
+    plain = _plain_input(model)
+    if plain is None or type(payload) is not dict or len(payload) != 1:
+        return None
+    inputs = payload.get("inputs")
+    if type(inputs) is not list or len(inputs) != 1 or type(tensor := inputs[0]) is not dict or len(tensor) != 4:
+        return None
+    shape = tensor.get("shape")
+    if tensor.get("name") != plain.name or tensor.get("datatype") != plain.datatype or "data" not in tensor:
+        return None
+    if type(shape) is not list or len(shape) != len(plain.dims):
+        return None
+    for size, want in zip(shape, plain.dims, strict=True):
+        if type(size) is not int or size < 0 or (want is not None and size != want):
+            return None
+    array = array_from_values(tensor["data"], plain.datatype, shape, plain.name)  # its 400s are the general path's
+    if array.dtype != plain.dtype:  # ints given to a float input are already cast; others need prepare's rules
+        return None
+    return InferRequest({plain.name: array}, list(plain.outputs), {}, None, set())
 
 
 def output_tensors(
