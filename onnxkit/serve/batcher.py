@@ -66,9 +66,12 @@ class Batcher:
         self._seconds_per_row: weakref.WeakKeyDictionary[Model, float] = weakref.WeakKeyDictionary()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnxkit-{model.name}")
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._work())
+        # kept: asyncio.get_running_loop() costs a getpid() system call each time, several µs in some sandboxes
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._work())
 
     async def stop(self) -> None:
         """Stop the worker, fail what is still queued, and let a run in progress finish."""
@@ -104,14 +107,16 @@ class Batcher:
         key = None
         if model.batchable and model not in self._unsplittable:
             key = (model, *((name, a.dtype, a.shape[1:]) for name, a in feeds.items()))
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None, "Batcher.start() first"
         pending = _Pending(model, feeds, rows, key, loop.create_future(), loop.time())
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         while True:
             self._wakeup.clear()
             if not self._queue:
@@ -169,8 +174,7 @@ class Batcher:
             if estimate is not None and estimate * rows < INLINE_RUN_S:
                 outputs, seconds = _timed_run(model, feeds)
             else:
-                loop = asyncio.get_running_loop()
-                outputs, seconds = await loop.run_in_executor(self._executor, _timed_run, model, feeds)
+                outputs, seconds = await self._loop.run_in_executor(self._executor, _timed_run, model, feeds)
         except Exception as e:  # onnxruntime's errors have no common base class
             if len(batch) > 1:  # find the request that fails, and serve the others
                 for pending in batch:
