@@ -263,8 +263,21 @@ def test_port_in_use_is_one_clear_error(server, models):
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: port {port} on 127.0.0.1 is already in use; stop the program using it or pick another with --port"
+        f"error: 127.0.0.1:{port} is already in use; stop the program using it or pass another --port"
     )
+
+
+def test_library_errors_name_parameters_the_cli_shows_as_flags(server):
+    from onnxkit.errors import OnnxkitError
+    from onnxkit.serve.server import bind, serve
+
+    port = int(server.url.rsplit(":", 1)[1])
+    with pytest.raises(OnnxkitError, match=r"127\.0\.0\.1:\d+ is already in use; .* pass another grpc_port$") as e:
+        bind("127.0.0.1", port, "grpc_port")
+    assert e.value.params == ("grpc_port",)
+    with pytest.raises(OnnxkitError, match="^max_batch_size must be >= 1, max_delay_ms >= 0$") as e:
+        serve(["unused.onnx"], max_batch_size=0)
+    assert set(e.value.params) == {"max_batch_size", "max_delay_ms"}
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])

@@ -283,7 +283,7 @@ def test_grpc_port_in_use_is_one_clear_error(server, paths):
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: port {port} on 127.0.0.1 is already in use; stop the program using it or pick another with --grpc-port"
+        f"error: 127.0.0.1:{port} is already in use; stop the program using it or pass another --grpc-port"
     )
 
 

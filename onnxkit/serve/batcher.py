@@ -7,7 +7,9 @@ handing it to the thread and back would cost more than the run. While a run is i
 requests queue up; the next run takes every queued request whose non-batch
 shapes match, up to `max_batch_size` rows. After the first request of a batch
 arrives, the worker waits up to `max_delay` for more, but only while other
-requests are still being received: a lone client is never made to wait.
+requests are still being received: a lone client is never made to wait. Before each run,
+the loop makes one pass, so requests whose bytes have already arrived join it: at 32
+clients on digits-mlp, one batch of 32 instead of two alternating halves of 16.
 
 Each request runs on the model it was decoded for: assigning a new `model` (hot reload)
 makes later requests use it while queued ones finish on the old one, and requests of two
@@ -32,7 +34,7 @@ from onnxkit.serve.protocol import RequestError
 INLINE_RUN_S = 200e-6
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     model: Model
     feeds: dict[str, np.ndarray]
@@ -106,7 +108,7 @@ class Batcher:
         rows = len(next(iter(feeds.values()))) if model.batchable else 0
         key = None
         if model.batchable and model not in self._unsplittable:
-            key = (model, *((name, a.dtype, a.shape[1:]) for name, a in feeds.items()))
+            key = (model, *[(name, a.dtype, a.shape[1:]) for name, a in feeds.items()])
         loop = self._loop
         assert loop is not None, "Batcher.start() first"
         pending = _Pending(model, feeds, rows, key, loop.create_future(), loop.time())
@@ -129,6 +131,7 @@ class Batcher:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 timer.cancel()
+            await asyncio.sleep(0)  # one pass of the loop: requests already on their sockets join this batch
             batch = self._take_batch()
             try:
                 await self._run(batch)

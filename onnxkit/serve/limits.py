@@ -56,9 +56,9 @@ class Limits:
         timeouts = (self.header_timeout, self.body_timeout, self.keep_alive_timeout)
         if min(timeouts) <= 0 or min(self.max_connections, self.max_queue, self.max_body_bytes) < 1:
             raise OnnxkitError(
-                "--header-timeout, --body-timeout and --keep-alive must be > 0 seconds, "
-                "--max-connections, --max-queue and --max-body-mb > 0"
-            )
+                "header_timeout, body_timeout and keep_alive_timeout must be > 0 seconds, "
+                "max_connections, max_queue and max_body_bytes > 0"
+            )  # the CLI's option types refuse such values before they get here
 
 
 DEFAULT_LIMITS = Limits()

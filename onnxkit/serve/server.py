@@ -60,6 +60,7 @@ def load_served(name: str, path: Path, device: str, threads: int | None) -> runt
     for the core the loop holds, and its runs stall. A large model's runs leave the loop in a
     thread, and the loop is idle while they compute: all the cores serve them (text-transformer
     at 32 clients on 2 cores: 1.36x in-process on two threads, 0.72x on one)."""
+
     def load(count: int) -> runtime.Model:
         return runtime.load(path, device=device, threads=count, batch_size=None, warmup=True, spin=False, name=name)
 
@@ -90,8 +91,9 @@ def _row_seconds(model: runtime.Model) -> float:
     return min(times)
 
 
-def bind(host: str, port: int, flag: str = "--port") -> socket.socket:
-    """A listening socket, or one clear error (port in use, no permission, unknown host)."""
+def bind(host: str, port: int, param: str = "port") -> socket.socket:
+    """A listening socket, or one clear error (port in use, no permission, unknown host); `param` names the port's
+    parameter in it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
     # TCP, and without it each reply waits ~40 ms on Nagle's algorithm and delayed ACKs.
@@ -105,11 +107,14 @@ def bind(host: str, port: int, flag: str = "--port") -> socket.socket:
         sock.close()
         if e.errno == errno.EADDRINUSE:
             raise OnnxkitError(
-                f"port {port} on {host} is already in use; stop the program using it or pick another with {flag}"
+                f"{_address(host, port)} is already in use; stop the program using it or pass another {param}",
+                params=[param],
             ) from e
         if e.errno == errno.EACCES:
             raise OnnxkitError(f"no permission to listen on port {port}; use a port above 1023") from e
-        raise OnnxkitError(f"cannot listen on {host}:{port} ({e.strerror or e}); check --host") from e
+        raise OnnxkitError(
+            f"cannot listen on {_address(host, port)} ({e.strerror or e}); check the host", params=["host"]
+        ) from e
 
 
 def serve(
@@ -131,7 +136,7 @@ def serve(
     `api_key` (else $ONNXKIT_API_KEY) is required from clients; `watch` reloads a model when its file changes.
     """
     if max_batch_size < 1 or max_delay_ms < 0:
-        raise OnnxkitError("--max-batch-size must be >= 1, --max-delay-ms >= 0")
+        raise OnnxkitError("max_batch_size must be >= 1, max_delay_ms >= 0", params=["max_batch_size", "max_delay_ms"])
     key = auth.api_key(api_key)
     files = model_files(specs)
 
@@ -146,7 +151,7 @@ def serve(
     sock = bind(host, port)
     grpc_address = None
     if grpc_port is not None:  # checked (and a free one chosen for 0) now; the app listens there once started
-        with bind(host, grpc_port, "--grpc-port") as probe:
+        with bind(host, grpc_port, "grpc_port") as probe:
             grpc_address = _address(host, probe.getsockname()[1])
     app = create_app(repository, metrics, limits=limits, api_key=key, watch=watch, grpc_address=grpc_address)
     config = http_config(app, limits)
