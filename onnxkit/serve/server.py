@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import signal
 import socket
@@ -143,6 +144,9 @@ def serve(
     def load(name: str, path: Path) -> runtime.Model:
         return load_served(name, path, device, threads)
 
+    # the modules loaded so far live as long as the process: out of the cyclic collector's sight (~3% less CPU per
+    # small request); not the models, which a reload replaces
+    gc.freeze()
     models = [load(name, path) for name, path in files.items()]
     metrics = Metrics(list(files))
     repository = Repository(
