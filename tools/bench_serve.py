@@ -14,7 +14,9 @@ contents on one channel (grpc's future API). Compares requests/s with
     python tools/bench_serve.py --model path/to/model.onnx --rows 4
 
 Prints, per concurrency and protocol: requests/s, p50/p99 latency, the mean merged
-batch size (from /metrics) and the ratio of server to in-process throughput, as the
+batch size (from /metrics), the server's CPU time per request (Linux: /proc; the bare
+endpoint's beside it, a ratio that other work on the machine shifts less than requests/s)
+and the ratio of server to in-process throughput, as the
 median and the min-max of `--rounds` short rounds that alternate in-process and
 each protocol, since other work on a shared machine shifts them all.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
 import sys
@@ -258,6 +261,15 @@ def batch_stats(url: str, model: str) -> tuple[float, float]:
     return value["sum"], value["count"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc); NaN where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(latencies: list[float], q: float) -> float:
     return sorted(latencies)[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 
@@ -312,7 +324,9 @@ def main() -> None:
                 for concurrency in [int(c) for c in args.concurrency.split(",")]:
                     # baseline and each protocol alternate in short rounds: the shared machine's load drifts
                     base_rps, base_lat, bare_rps, bare_grpc_rps = [], [], [], []
-                    rps, lat, ratios, to_bare = ({p: [] for p in PROTOCOLS} for _ in range(4))
+                    rps, lat, ratios, to_bare, cpu = ({p: [] for p in PROTOCOLS} for _ in range(5))
+                    bare_cpu: list[float] = []  # µs of the bare endpoint's CPU per HTTP request
+                    per_round = args.requests // args.rounds
                     batches = {p: [0.0, 0.0] for p in PROTOCOLS}  # rows, runs
                     for _ in range(args.rounds):
                         calls, calls_lat = in_process(model, feeds, seconds=0.5)
@@ -320,7 +334,9 @@ def main() -> None:
                         base_lat += calls_lat
                         for protocol, send in clients.items():
                             before = batch_stats(server.url, model.name)
-                            served, served_lat, reply = send(concurrency, args.requests // args.rounds)
+                            used = cpu_seconds(server.process.pid)
+                            served, served_lat, reply = send(concurrency, per_round)
+                            cpu[protocol].append((cpu_seconds(server.process.pid) - used) / per_round * 1e6)
                             after = batch_stats(server.url, model.name)
                             batches[protocol] = [batches[protocol][i] + after[i] - before[i] for i in range(2)]
                             rps[protocol].append(served)
@@ -328,17 +344,18 @@ def main() -> None:
                             lat[protocol] += served_lat
                             got = first_output(protocol, reply)
                             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-                        bare_rps.append(load(bare.url, json_request, concurrency, args.requests // args.rounds)[0])
-                        bare_grpc_rps.append(
-                            load_grpc(bare.grpc, grpc_payload, concurrency, args.requests // args.rounds)[0]
-                        )
+                        used = cpu_seconds(bare.process.pid)
+                        bare_rps.append(load(bare.url, json_request, concurrency, per_round)[0])
+                        bare_cpu.append((cpu_seconds(bare.process.pid) - used) / per_round * 1e6)
+                        bare_grpc_rps.append(load_grpc(bare.grpc, grpc_payload, concurrency, per_round)[0])
                         for protocol in PROTOCOLS:  # each against the bare endpoint of its own stack
                             bare_of = bare_grpc_rps if protocol == "gRPC" else bare_rps
                             to_bare[protocol].append(rps[protocol][-1] / bare_of[-1])
                     print(
                         f"concurrency {concurrency:>2}: in-process {statistics.median(base_rps):7.1f} calls/s "
                         f"p50 {pct(base_lat, 0.5):6.2f} ms p99 {pct(base_lat, 0.99):6.2f} ms | bare stack "
-                        f"{statistics.median(bare_rps):7.1f} req/s (rounds {min(bare_rps):.1f}-{max(bare_rps):.1f}), "
+                        f"{statistics.median(bare_rps):7.1f} req/s (rounds {min(bare_rps):.1f}-{max(bare_rps):.1f}; "
+                        f"{statistics.median(bare_cpu):.0f} µs CPU/request), "
                         f"gRPC {statistics.median(bare_grpc_rps):7.1f} req/s "
                         f"(rounds {min(bare_grpc_rps):.1f}-{max(bare_grpc_rps):.1f})"
                     )
@@ -348,7 +365,7 @@ def main() -> None:
                             f"  {protocol:<11} {statistics.median(rps[protocol]):7.1f} req/s "
                             f"(rounds {min(rps[protocol]):.1f}-{max(rps[protocol]):.1f}) "
                             f"p50 {pct(lat[protocol], 0.5):7.2f} ms p99 {pct(lat[protocol], 0.99):7.2f} ms, "
-                            f"mean batch {mean_batch:4.1f} | "
+                            f"mean batch {mean_batch:4.1f}, {statistics.median(cpu[protocol]):.0f} µs CPU/request | "
                             f"server/in-process {statistics.median(ratios[protocol]):4.2f}x "
                             f"(rounds {min(ratios[protocol]):.2f}-{max(ratios[protocol]):.2f}) | server/bare "
                             f"{statistics.median(to_bare[protocol]):4.2f}x "
