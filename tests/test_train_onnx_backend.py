@@ -196,3 +196,6 @@ def test_dropout_window_starts_are_uniform_fixed_by_seed_step_and_batch_and_in_r
     assert counts.min() > 0.9 * counts.mean() and counts.max() < 1.1 * counts.mean()
     other_seed = DropoutTables([0.1, 0.5, 0.1], seed=4, count=3, size=4000)
     assert not np.array_equal(other_seed.starts(17, 1), tables.starts(17, 1))
+    rank_1 = DropoutTables([0.1, 0.5, 0.1], seed=3, count=3, size=4000)
+    rank_1.stream = 1  # a data-parallel rank: none of its windows is rank 0's at any step
+    assert not {tuple(rank_1.starts(s, b)) for s in range(3000) for b in range(2)} & {tuple(s) for s in starts}

@@ -114,7 +114,7 @@ class DropoutTables:
         """Where each Dropout's window begins for micro-batch `batch` of step `step`: uniform over
         the table's first half, so a tensor up to half the table's size always fits. A hash of
         (seed, stream, step, batch, k), not a generator: seeding numpy's costs 15 us, a tenth of a small step."""
-        key = _mix(_mix((_mix(self.seed) ^ self.stream) ^ step) ^ batch)
+        key = _mix(_mix(_mix(_mix(self.seed) ^ self.stream) ^ step) ^ batch)  # one mix per field: no two collide
         return np.array([_mix(key + k) % (self.size // 2) for k in range(self.count)], np.int64)
 
 
