@@ -59,6 +59,14 @@ class Graph:
     def ints(self, values: Sequence[int] | int) -> str:
         return self.const(values, TensorProto.INT64)
 
+    def add_up(self, parts: Sequence[str]) -> str:
+        """The sum of same-typed `parts` as a chain of Adds (onnxruntime's CPU Sum of n inputs takes
+        twice as long as n - 1 Adds: 0.98 against 0.51 ms for four 3 MB tensors)."""
+        total = parts[0]
+        for part in parts[1:]:
+            total = self.op("Add", total, part)
+        return total
+
     def filled(self, shape: str, value: float, dtype: int) -> str:
         """A tensor of the run-time shape `shape` (an int64 tensor name), every element `value`."""
         return self.op("ConstantOfShape", shape, value=helper.make_tensor("value", dtype, [1], [value]))
@@ -192,6 +200,9 @@ class Backward:
 
     def shape(self, name: str) -> str:
         return self.graph.shape(name)
+
+    def add_up(self, parts: Sequence[str]) -> str:
+        return self.graph.add_up(parts)
 
     def zeros(self, shape: str) -> str:
         """Zeros of the run-time shape `shape`, in the dtype of the node's first input."""

@@ -145,11 +145,4 @@ def _sole_use(graph: Graph, name: str) -> bool:
 
 
 def _total(graph: Graph, parts: list[str]) -> str | None:
-    """The sum of a value's gradient parts, as a chain of Adds (onnxruntime's CPU Sum of n
-    same-shaped inputs takes twice as long as n - 1 Adds)."""
-    if not parts:
-        return None
-    total = parts[0]
-    for part in parts[1:]:
-        total = graph.op("Add", total, part)
-    return total
+    return graph.add_up(parts) if parts else None

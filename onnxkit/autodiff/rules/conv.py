@@ -307,7 +307,7 @@ def _fold(b: Backward, pieces: list[str], w: Window) -> str:
                 zero = b.zeros(b.op("Shape", some))
             parts[residue] = zero
         else:
-            parts[residue] = b.op("Sum", *members) if len(members) > 1 else members[0]
+            parts[residue] = b.add_up(members)
     merged = _interleave(b, parts, grid, list(w.strides))
     frame = [g * s for g, s in zip(grid, w.strides, strict=True)]
     return _reframe(b, merged, list(w.begin), list(w.size), frame)
