@@ -88,11 +88,12 @@ def prepare_inputs(specs: list[TensorSpec], values: Mapping[str, Any]) -> dict[s
     return feeds
 
 
-def example_feeds(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    """Zero-valued feeds with every free dimension set to 1 (for warm-up runs)."""
+def example_feeds(specs: list[TensorSpec], length: int = 1) -> dict[str, np.ndarray]:
+    """Zero-valued feeds of one row: a free first (batch) dimension is 1, every other free
+    dimension (a sequence) `length` (for warm-up and probe runs)."""
     feeds = {}
     for spec in specs:
-        shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape)
+        shape = tuple(d if isinstance(d, int) else 1 if i == 0 else length for i, d in enumerate(spec.shape))
         if spec.type == "tensor(string)":
             feeds[spec.name] = np.full(shape, "", dtype=object)
         elif spec.dtype is not None:

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import uvicorn
 from starlette.types import ASGIApp
 
 from onnxkit import runtime
 from onnxkit.errors import OnnxkitError
+from onnxkit.runtime.signature import example_feeds
 from onnxkit.serve import auth
 from onnxkit.serve.app import create_app
 from onnxkit.serve.batcher import INLINE_RUN_S, Batcher
@@ -77,13 +77,7 @@ def load_served(name: str, path: Path, device: str, threads: int | None) -> runt
 def _row_seconds(model: runtime.Model) -> float:
     """The fastest of a few runs on one row of zeros whose other free dimensions (a sequence) are
     PROBE_LENGTH long."""
-    feeds = {}
-    for spec in model.inputs:
-        shape = [d if isinstance(d, int) else (1 if i == 0 else PROBE_LENGTH) for i, d in enumerate(spec.shape)]
-        if spec.type == "tensor(string)":
-            feeds[spec.name] = np.full(shape, "", dtype=object)
-        elif spec.dtype is not None:
-            feeds[spec.name] = np.zeros(shape, spec.dtype)
+    feeds = example_feeds(model.inputs, length=PROBE_LENGTH)
     times = []
     for _ in range(5):
         start = time.perf_counter()
