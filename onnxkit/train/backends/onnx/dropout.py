@@ -52,7 +52,8 @@ def replace_dropout(model: onnx.ModelProto) -> tuple[list[float], int]:
         if node.input[0] in types:  # the window's Reshape hides x's shape from inference: restate it,
             # x's too, so all three share its symbolic dims in later inference (else unknown dims get
             # new names, and the Mul's gradient sums over no axes at run time: a copy of x)
-            for name in ({node.input[0]} - given) | {f"onnxkit.dropout.{count}.scale", node.output[0]}:
+            restated = (node.input[0], f"onnxkit.dropout.{count}.scale", node.output[0])
+            for name in (n for n in restated if n not in given):  # in order: the same artifacts every build
                 typed = onnx.ValueInfoProto()
                 typed.CopyFrom(types[node.input[0]])
                 typed.name = name
