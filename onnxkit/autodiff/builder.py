@@ -35,6 +35,7 @@ class Graph:
         self._count = 0
         self._constants: dict[tuple, str] = {}
         self._shapes: dict[str, str] = {}
+        self._ones: dict[tuple, str] = {}
 
     def fresh(self, hint: str) -> str:
         self._count += 1
@@ -139,10 +140,42 @@ class Graph:
                 if not axes:
                     return grad
                 if axes == list(range(lead)):  # only leading axes: they simply go
-                    return self.reduce("ReduceSum", grad, axes, keepdims=False)
+                    return self.sum_leading(grad, src, dst, self.dtype(like))
                 summed = self.reduce("ReduceSum", grad, axes, keepdims=True)
                 return self.op("Reshape", summed, self.shape(like)) if lead else summed
         return self._unbroadcast_at_run_time(grad, like, src, dst)
+
+    def sum_leading(self, grad: str, src: list[Dim], dst: list[Dim], dtype: int) -> str:
+        """`grad` (of dims `src`, element type `dtype`) summed over its leading axes down to the
+        trailing dims `dst`.
+
+        A float32/64 grad with static trailing dims is multiplied by a row of ones: onnxruntime's
+        CPU ReduceSum over leading axes is twice as slow as Gemm (103 against 55 us for
+        [2048, 384] -> [384], 5.6 against 2.5 us for [64, 128]). The ones are made once per
+        distinct leading shape, so a network's bias gradients share them.
+        """
+        lead = len(src) - len(dst)
+        static = all(isinstance(d, int) for d in dst) and None not in src[:lead]
+        if dtype not in (TensorProto.FLOAT, TensorProto.DOUBLE) or not static:
+            return self.reduce("ReduceSum", grad, list(range(lead)), keepdims=False)
+        columns = int(np.prod(dst, dtype=np.int64))
+        rows = self._ones_row(grad, tuple(src[:lead]), dtype)
+        summed = self.op("Gemm", rows, self.op("Reshape", grad, self.ints([-1, columns])))
+        return self.op("Reshape", summed, self.ints(list(dst)))
+
+    def _ones_row(self, grad: str, leading: tuple[int | str, ...], dtype: int) -> str:
+        """Ones of shape [1, product of the leading dims], made from `grad`'s shape at run time
+        unless the dims are all static."""
+        key = (leading, dtype)
+        if key not in self._ones:
+            if all(isinstance(d, int) for d in leading):
+                ones = np.ones([1, int(np.prod(leading, dtype=np.int64))], helper.tensor_dtype_to_np_dtype(dtype))
+                self._ones[key] = self.const(ones, dtype)
+            else:
+                dims = self.op("Slice", self.shape(grad), self.ints([0]), self.ints([len(leading)]))
+                rows = self.op("ReduceProd", dims, keepdims=1)
+                self._ones[key] = self.filled(self.op("Concat", self.ints([1]), rows, axis=0), 1, dtype)
+        return self._ones[key]
 
     def _unbroadcast_at_run_time(self, grad: str, like: str, src: list[Dim] | None, dst: list[Dim] | None) -> str:
         target = self.shape(like)
