@@ -161,6 +161,30 @@ def test_a_dropout_table_too_short_for_a_tensor_grows_quietly(tmp_path, monkeypa
     assert "Reshape" not in capfd.readouterr().err
 
 
+def test_bound_dropout_windows_give_the_sliced_windows_masks_bit_for_bit(tmp_path, monkeypatch):
+    """A window bound by address into the table and one sliced out by the graph are the same mask."""
+    from onnxkit.train.backends.onnx import dropout
+    from onnxkit.train.problem import open_training
+
+    rng = np.random.default_rng(2)
+    batches = [(rng.normal(size=(n, 64)).astype(np.float32), rng.integers(0, 10, n)) for n in (32, 32, 17)]
+
+    def train(folder: str) -> dict[str, np.ndarray]:
+        session = open_training(zoo.build_model("digits-mlp", dropout=0.4), tmp_path / folder)
+        for x, y in batches:
+            session.train_step({"x": x}, y)
+            session.optimizer_step(1e-2)
+        return session
+
+    bound = train("bound")
+    monkeypatch.setattr(dropout, "_run_time_dims", lambda typed, named: None)
+    sliced = train("sliced")
+    assert len(bound._windows) == 2 and not sliced._windows
+    assert bound.parameters().keys() == sliced.parameters().keys()
+    for name, value in bound.parameters().items():
+        np.testing.assert_array_equal(value, sliced.parameters()[name], err_msg=name)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "rmsprop"])
 def test_the_optimizer_run_chunk_by_chunk_gives_the_whole_buffer_run_bit_for_bit(tmp_path, monkeypatch, optimizer):
     from onnxkit.train.backends.onnx import session as module

@@ -2,7 +2,7 @@
 graph, the eval graph and the initial state, all in one folder.
 
 - `training.onnx`: inputs: the batch, the labels, each parameter, the buffers and the
-  dropout tables and window starts (see `dropout`); outputs: the loss, each buffer's update
+  dropout tables and windows (see `dropout`); outputs: the loss, each buffer's update
   and each parameter's gradient. With gradient accumulation it also takes each gradient's
   running sum (`<param>.grad.accumulated`) and adds to it.
 - `optimizer.onnx`: `onnxkit.train.optim.update_model` over one flat parameter of any length;
@@ -27,7 +27,7 @@ from onnxkit.files import save_model, write_text
 from onnxkit.graph_walks import initializers_to_inputs, opset
 from onnxkit.train.backend import TrainingProblem
 from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, save_state
-from onnxkit.train.backends.onnx.dropout import STARTS, replace_dropout
+from onnxkit.train.backends.onnx.dropout import replace_dropout
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
 from onnxkit.train.optim import initial_state, update_model
 from onnxkit.train.training_form import eval_form
@@ -44,7 +44,7 @@ def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str,
     model = onnx.ModelProto()
     model.CopyFrom(problem.objective.model)
     values = initializers_to_inputs(model, [*problem.trainable, *problem.buffers])
-    ratios, seed = replace_dropout(model)
+    dropout = replace_dropout(model)
     model.graph.output.extend(
         helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, list(values[name].shape))
         for name, out in problem.buffers.items()
@@ -63,8 +63,7 @@ def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str,
             graph.graph.node.append(helper.make_node("Add", [f"{g}.batch", g + ACCUMULATED], [g]))
             graph.graph.input.append(helper.make_tensor_value_info(g + ACCUMULATED, onnx.TensorProto.FLOAT,
                                                                    list(values[p].shape)))
-    count = next((i.type.tensor_type.shape.dim[0].dim_value for i in graph.graph.input if i.name == STARTS), 0)
-    return graph, values, layout, {"ratios": ratios, "seed": seed, "count": count}
+    return graph, values, layout, dropout
 
 
 def write_artifacts(problem: TrainingProblem, directory: Path) -> None:

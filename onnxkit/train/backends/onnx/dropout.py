@@ -3,11 +3,15 @@
 ONNX Runtime's Dropout (and RandomUniformLike) draw every mask element from a scalar
 generator: on a 2-core CPU that is ~13 ns an element, a quarter of a MiniLM fine-tuning
 step. Here each Dropout reads its mask as a random window of a long pre-drawn table of
-scaled keep values (0 or 1/(1-p), one table per ratio): a slice and a multiply.
+scaled keep values (0 or 1/(1-p), one table per ratio) and multiplies.
 
 - The session draws the tables once (from the run's seed) and, each step, one window
   start per Dropout (from seed, step and micro-batch): masks are independent between
   steps, layers and elements of a batch, and a resumed run draws the same ones.
+- Where every dim of the Dropout's input is static or named by a dim of a graph input, the
+  window is a graph input of that shape, which the session binds by address into the table
+  (no copy). Otherwise the graph slices it out (a copy) from a start fed as
+  `onnxkit.dropout.starts`. Either way the mask is the same.
 - A window starts in the table's first half; a tensor too long for its window makes the
   session draw a four times larger table and retry the step.
 - The gradient is the same multiply (the Mul rule), so backward costs no mask either.
@@ -22,20 +26,24 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit.graph_walks import value_types
 
 TABLE = "onnxkit.dropout.table"  # + ".<k>" for the k-th distinct ratio
-STARTS = "onnxkit.dropout.starts"  # int64 [number of Dropout nodes]: each window's first element
+STARTS = "onnxkit.dropout.starts"  # int64 [number of Dropout nodes]: each sliced window's first element
 FIRST_SIZE = 1 << 23  # 32 MB of float32: windows up to 4M elements (16 x 12 x 128 x 128 attention is 3.1M)
 ONE = "onnxkit.dropout.one"
 
 
-def replace_dropout(model: onnx.ModelProto) -> tuple[list[float], int]:
+def replace_dropout(model: onnx.ModelProto) -> dict:
     """Rewrite training-mode Dropout nodes whose ratio is a constant (in place). Returns the
-    distinct ratios (table k serves ratios[k]) and the seed of the first Dropout."""
+    session's settings: the distinct ratios (table k serves ratios[k]), the seed of the first
+    Dropout, the number of Dropouts and the bound windows ([input name, dropout index, table,
+    dims] each; the others are sliced)."""
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if not t.dims}
     types = value_types(model)
     consumed = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     given = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
+    named = {d.dim_param for v in model.graph.input for d in v.type.tensor_type.shape.dim if d.dim_param}
     ratios: list[float] = []
-    seed, nodes, count = 0, [], 0
+    views: list[list] = []
+    seed, nodes, count, inputs = 0, [], 0, []
     for node in model.graph.node:
         ratio = constants.get(node.input[1]) if node.op_type == "Dropout" and len(node.input) > 2 else None
         training = constants.get(node.input[2]) if ratio is not None else None
@@ -47,39 +55,71 @@ def replace_dropout(model: onnx.ModelProto) -> tuple[list[float], int]:
             ratios.append(value)
         if count == 0:
             seed = next((a.i for a in node.attribute if a.name == "seed"), 0)
+        x, y, tag = node.input[0], node.output[0], f"onnxkit.dropout.{count}"
+        scale = f"{tag}.scale"
+        dims = _run_time_dims(types.get(x), named)
+        if dims is not None:  # a window bound by address
+            window = onnx.ValueInfoProto()
+            window.CopyFrom(types[x])
+            window.name = scale
+            inputs.append(window)
+            views.append([scale, count, ratios.index(value), dims])
+            nodes.append(helper.make_node("Mul", [x, scale], [y], name=f"{tag}/apply"))
+        else:
+            nodes.extend(_sliced_window(x, y, count, ratios.index(value)))
         mask = node.output[1] if len(node.output) > 1 and node.output[1] in consumed else None
-        nodes.extend(_window_dropout(node.input[0], node.output[0], mask, count, ratios.index(value)))
-        if node.input[0] in types:  # the window's Reshape hides x's shape from inference: restate it,
+        if mask:
+            nodes.append(helper.make_node("Cast", [scale], [mask], name=f"{tag}/mask", to=TensorProto.BOOL))
+        if x in types:  # a sliced window's Reshape hides x's shape from inference: restate it,
             # x's too, so all three share its symbolic dims in later inference (else unknown dims get
             # new names, and the Mul's gradient sums over no axes at run time: a copy of x)
-            restated = (node.input[0], f"onnxkit.dropout.{count}.scale", node.output[0])
+            restated = (x, y) if dims is not None else (x, scale, y)
             for name in (n for n in restated if n not in given):  # in order: the same artifacts every build
                 typed = onnx.ValueInfoProto()
-                typed.CopyFrom(types[node.input[0]])
+                typed.CopyFrom(types[x])
                 typed.name = name
                 model.graph.value_info.append(typed)
         count += 1
     if count:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
-        model.graph.input.append(helper.make_tensor_value_info(STARTS, TensorProto.INT64, [count]))
+        model.graph.input.extend(inputs)
+        sliced = [k for k in range(count) if k not in {v[1] for v in views}]
+        if sliced:
+            model.graph.input.append(helper.make_tensor_value_info(STARTS, TensorProto.INT64, [count]))
+            model.graph.initializer.extend([
+                numpy_helper.from_array(np.asarray([1], np.int64), ONE),
+                *(numpy_helper.from_array(np.asarray([i], np.int64), f"onnxkit.dropout.{i}.index") for i in sliced),
+            ])
         for k in range(len(ratios)):
             model.graph.input.append(helper.make_tensor_value_info(f"{TABLE}.{k}", TensorProto.FLOAT, ["table"]))
-        model.graph.initializer.extend([
-            numpy_helper.from_array(np.asarray([1], np.int64), ONE),
-            *(numpy_helper.from_array(np.asarray([i], np.int64), f"onnxkit.dropout.{i}.index") for i in range(count)),
-        ])
-    return ratios, seed
+    return {"ratios": ratios, "seed": seed, "count": count, "views": views}
 
 
-def _window_dropout(x: str, y: str, mask: str | None, index: int, table: int) -> list[onnx.NodeProto]:
+def _run_time_dims(typed: onnx.ValueInfoProto | None, named: set[str]) -> list[int | str] | None:
+    """The dims of a value if each is static or a name the graph's inputs carry (so the session
+    knows them from the batch), else None."""
+    if typed is None or not typed.type.tensor_type.HasField("shape"):
+        return None
+    dims: list[int | str] = []
+    for d in typed.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.dim_param in named:
+            dims.append(d.dim_param)
+        else:
+            return None
+    return dims
+
+
+def _sliced_window(x: str, y: str, index: int, table: int) -> list[onnx.NodeProto]:
     """y = x * window, the window the slice of table `table` as long as x from STARTS[index]."""
     tag = f"onnxkit.dropout.{index}"
 
-    def n(op: str, inputs: list[str], out: str, **attrs: int) -> onnx.NodeProto:
-        return helper.make_node(op, inputs, [f"{tag}.{out}"], name=f"{tag}/{out}", **attrs)
+    def n(op: str, inputs: list[str], out: str) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [f"{tag}.{out}"], name=f"{tag}/{out}")
 
-    nodes = [
+    return [
         n("Gather", [STARTS, f"{tag}.index"], "start"),
         n("Size", [x], "size"),
         n("Reshape", [f"{tag}.size", ONE], "n"),
@@ -89,9 +129,6 @@ def _window_dropout(x: str, y: str, mask: str | None, index: int, table: int) ->
         n("Reshape", [f"{tag}.window", f"{tag}.shape"], "scale"),
         helper.make_node("Mul", [x, f"{tag}.scale"], [y], name=f"{tag}/apply"),
     ]
-    if mask:
-        nodes.append(helper.make_node("Cast", [f"{tag}.scale"], [mask], name=f"{tag}/mask", to=TensorProto.BOOL))
-    return nodes
 
 
 class DropoutTables:

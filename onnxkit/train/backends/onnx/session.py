@@ -6,7 +6,8 @@ each optimizer slot, in two sets that swap after every optimizer step, and the b
 in two sets that swap after every training step (an OrtValue is never bound as both input
 and output of one run). The training and eval graphs see each parameter and gradient as a
 slice of a flat buffer, bound by address. Bindings are made once per combination of sets;
-a step binds only the batch, and only the loss comes back to the host.
+a step binds only the batch and the dropout windows' places in their tables, and only the
+loss comes back to the host.
 
 On the CPU the optimizer graph runs chunk by chunk over the flat buffers (CHUNK elements at a
 time), so its dozen elementwise passes find each chunk's intermediates in cache: 1.6x faster
@@ -16,6 +17,7 @@ the global gradient norm (which needs every gradient at once), it runs once over
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -68,9 +70,14 @@ class OnnxSession(TrainingSession):
         self._loss_value = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
         self._batches = 0  # micro-batches since the last optimizer step
         self._current = self._buffers_current = 0  # which set of each kind is current
-        bound = {*self._layout.names, *self._buffers, STARTS} | {f"{n}.grad{ACCUMULATED}" for n in self._layout.names}
-        self._data_inputs = [i.name for i in self._train.get_inputs()
-                             if i.name not in bound and not i.name.startswith(TABLE)]
+        self._windows = [(name, k, table, dims) for name, k, table, dims in self._dropout_settings.get("views", [])]
+        bound = {*self._layout.names, *self._buffers, STARTS, *(w[0] for w in self._windows)}
+        bound |= {f"{n}.grad{ACCUMULATED}" for n in self._layout.names}
+        data = [i for i in self._train.get_inputs() if i.name not in bound and not i.name.startswith(TABLE)]
+        self._data_inputs = [i.name for i in data]
+        # where each named dim of the batch is read, to shape the bound dropout windows
+        self._dims = {d: (i.name, axis) for i in data for axis, d in enumerate(i.shape) if isinstance(d, str)}
+        self._feeds_starts = any(i.name == STARTS for i in self._train.get_inputs())
         self._eval_inputs = [i.name for i in self._eval.get_inputs()]
         self._eval_data = [n for n in self._eval_inputs if n not in {*self._layout.names, *self._buffers}]
         self._eval_output = self._eval.get_outputs()[0].name
@@ -103,7 +110,7 @@ class OnnxSession(TrainingSession):
         d = self._dropout_settings
         size = int(saved[DROPOUT_TABLE].reshape(-1)[0]) if DROPOUT_TABLE in saved else None
         self._dropout = DropoutTables(d["ratios"], d["seed"], d["count"], size) if d["count"] else None
-        self._tables = [self._value(t) for t in self._dropout.tables] if self._dropout else []
+        self._set_tables()
 
     def _value(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, self._device_id)
@@ -152,20 +159,50 @@ class OnnxSession(TrainingSession):
             else:
                 raise OnnxkitError(f"the batch has no input {name!r}; the model takes {', '.join(self._data_inputs)}")
         if self._dropout:
-            binding.bind_cpu_input(STARTS, self._dropout.starts(self._steps, self._batches))
+            starts = self._dropout.starts(self._steps, self._batches)
+            if self._feeds_starts:
+                binding.bind_cpu_input(STARTS, starts)
+            if not self._bind_windows(binding, starts, feeds, labels):
+                self._grow_dropout()
+                return self.train_step(feeds, labels)
         try:
             self._train.run_with_iobinding(binding)
         except Exception as e:  # noqa: BLE001 - onnxruntime's own types
             if not self._dropout or "onnxkit.dropout" not in str(e) or self._dropout.size >= MAX_TABLE:
                 raise
-            self._dropout.grow()  # a window ran past its table: draw a longer one and take the step again
-            self._tables = [self._value(t) for t in self._dropout.tables]
-            self._bindings.clear()
+            self._grow_dropout()  # a sliced window ran past its table
             return self.train_step(feeds, labels)
         if self._buffers:
             self._buffers_current = 1 - self._buffers_current
         self._batches += 1
         return float(self._loss_value.numpy())
+
+    def _bind_windows(self, binding: ort.IOBinding, starts: np.ndarray, feeds: Mapping[str, np.ndarray],
+                      labels: np.ndarray) -> bool:
+        """Bind each bound dropout window to its place in its table, shaped like this batch's
+        tensor; False when one would run past the table's end."""
+        sizes = {d: np.shape(labels if source == self._labels else feeds[source])[axis]
+                 for d, (source, axis) in self._dims.items()}
+        for name, k, table, dims in self._windows:
+            shape = [sizes.get(d, d) for d in dims]
+            start = int(starts[k])
+            if start + math.prod(shape) > self._dropout.size:
+                return False
+            where = self._table_at[table] + 4 * start
+            binding.bind_input(name, self._device, self._device_id, np.float32, shape, where)
+        return True
+
+    def _grow_dropout(self) -> None:
+        """Draw four times longer tables, so that every window fits (the step is then taken again)."""
+        if self._dropout.size >= MAX_TABLE:
+            raise OnnxkitError(f"a dropout input is too large for a {MAX_TABLE}-element mask table")
+        self._dropout.grow()
+        self._set_tables()
+        self._bindings.clear()
+
+    def _set_tables(self) -> None:
+        self._tables = [self._value(t) for t in self._dropout.tables] if self._dropout else []
+        self._table_at = [t.data_ptr() for t in self._tables]  # where each table starts
 
     def optimizer_step(self, lr: float) -> None:
         if self._batches == 0:
