@@ -5,7 +5,9 @@ one graph that also outputs each parameter's gradient, in default-domain ONNX op
    a parameter through differentiable ops (Shape, Equal, Cast to int, ... cut the path).
 2. Only active nodes that the loss depends on are differentiated, in reverse order; each
    op's rule (`onnxkit.autodiff.rules`) turns its outputs' gradients into its inputs'. A
-   decomposed op (`composites`: exact GELU) is differentiated as the op it spells.
+   decomposed op (`composites`: exact GELU) is differentiated as the op it spells. A
+   LayerNormalization is asked for the Mean and InvStdDev it computes anyway, so its rule
+   does not compute them again.
 3. Gradients reaching a value along several paths are added up.
 
 The result keeps every forward node and output, so a training graph can still emit its
@@ -78,6 +80,9 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
             f"the model uses opset {version}; gradients need opset {MIN_OPSET} or newer: convert it with "
             "onnx.version_converter.convert_version(model, 17)"
         )
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    model = result
     types = value_types(model)
     nodes, active = active_nodes(model, wrt, loss, types)
     if loss not in active:
@@ -90,6 +95,7 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
             )
     constants = constant_values(model)
     nodes = collapse(model, nodes, constants)
+    _save_statistics(nodes, types)
     graph = Graph(types, version, constants)
     dtype = graph.dtype(loss)
     start = graph.const(1.0, dtype) if graph.dims(loss) == [] else graph.filled(graph.shape(loss), 1, dtype)
@@ -120,8 +126,6 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
         else:
             graph.nodes.append(helper.make_node("Identity", [total], [out]))
         outputs.append(helper.make_tensor_value_info(out, graph.dtype(p), graph.dims(p)))
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
     result.graph.node.extend(graph.nodes)
     result.graph.initializer.extend(graph.initializers)
     result.graph.output.extend(outputs)
@@ -136,6 +140,26 @@ def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return values
+
+
+def _save_statistics(nodes: list[tuple[int, onnx.NodeProto]], types: dict[str, onnx.ValueInfoProto]) -> None:
+    """Give each LayerNormalization its optional Mean and InvStdDev outputs (in place; typed in
+    `types`): onnxruntime's kernel computes them anyway, and the rule then skips two passes and
+    two reductions over x to recompute them."""
+    for _, node in nodes:
+        if node.op_type != "LayerNormalization" or len(node.output) > 2 or node.input[0] not in types:
+            continue
+        x = types[node.input[0]].type.tensor_type.shape.dim
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1) % len(x)
+        stash = next((a.i for a in node.attribute if a.name == "stash_type"), TensorProto.FLOAT)
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in x[:axis]]
+        dims += [1] * (len(x) - axis)
+        if len(node.output) < 2:
+            node.output.append(f"{node.output[0]}.mean")
+        node.output.append(f"{node.output[0]}.invstd")
+        for name in node.output[1:]:
+            if name:
+                types.setdefault(name, helper.make_tensor_value_info(name, stash, dims))
 
 
 def _sole_use(graph: Graph, name: str) -> bool:
