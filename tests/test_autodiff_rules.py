@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from gradcases import check, rand
 
+from onnxkit.autodiff.rules.shape import SMALL_TABLE
+
 
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div", "Max", "Min"])
 def test_binary_ops_reduce_broadcasting_back(op):
@@ -107,11 +109,17 @@ def test_dropout_scales_kept_values():
           constants={"r": np.array(0.0), "t": np.array(True)})
 
 
-def test_gather_thousands_of_repeats_of_one_row_all_add_up():
+@pytest.mark.parametrize("rows", [2, SMALL_TABLE + 1])  # a one-hot GEMM up to SMALL_TABLE rows, then a scatter
+def test_gather_thousands_of_repeats_of_one_row_all_add_up(rows):
     # onnxruntime's CPU ScatterND drops some of 2048 updates to one row (threads race), so the
     # rule must not use it
     index = np.zeros((2048, 1), np.int64)
-    check("Gather", {"x": rand(2, 384)}, ["x"], constants={"i": index}, ort_tol=1e-4)
+    check("Gather", {"x": rand(rows, 384 if rows == 2 else 8)}, ["x"], constants={"i": index}, ort_tol=1e-4)
+
+
+def test_gather_from_a_large_table_adds_repeated_indices():
+    index = np.array([[2, 0], [2, -1], [SMALL_TABLE, 2]])
+    check("Gather", {"x": rand(SMALL_TABLE + 1, 3)}, ["x"], constants={"i": index})
 
 
 def test_two_parameters_sharing_one_gradient_value_each_get_it():

@@ -3,8 +3,12 @@ gather, expand, tile, pad) and Dropout. Index, shape and mask inputs get no grad
 
 from __future__ import annotations
 
+from onnx import TensorProto
+
 from onnxkit.autodiff.builder import Backward
 from onnxkit.autodiff.rules import rule
+
+SMALL_TABLE = 256  # rows of a gathered table up to which its gradient is a GEMM, not a scatter
 
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -72,6 +76,14 @@ def slice_(b: Backward) -> list[str | None]:
 def gather(b: Backward) -> list[str | None]:
     if b.attr("axis", 0) == 0:  # rows (an embedding lookup): scatter-add dy's rows back
         x, index = b.x(0), b.x(1)
+        dims = b.dims(x)
+        small = dims is not None and len(dims) == 2 and all(isinstance(d, int) for d in dims) and dims[0] <= SMALL_TABLE
+        if small and b.dtype(x) == TensorProto.FLOAT:
+            # a few rows (token types): dy's rows summed per index by one GEMM against the one-hot
+            # rows, 25x faster than onnxruntime's element-by-element scatter (0.12 against 3.1 ms
+            # for MiniLM's 2 x 384 table at 2048 positions)
+            hot = b.op("OneHot", b.op("Reshape", index, b.ints([-1])), b.ints([dims[0]]), b.const([0.0, 1.0]))
+            return [b.op("Gemm", hot, b.op("Reshape", b.dy(), b.ints([-1, dims[1]])), transA=1), None]
         rows = _dim(b, x, 0)
         index = b.op("Where", b.op("Less", index, b.ints(0)), b.op("Add", index, rows), index)
         row_shape = b.op("Slice", b.shape(x), b.ints([1]), b.ints([2**62]))
