@@ -10,13 +10,13 @@ import importlib
 import re
 import signal
 import sys
-import threading
 
 import click
 
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import DISK_ERRORS
+from onnxkit.signals import handled
 
 # name -> (module, attribute, one-line help). Help is kept here so that
 # `onnxkit --help` lists commands without importing onnxruntime.
@@ -110,34 +110,30 @@ def main(argv: list[str] | None = None) -> None:
         stopped_by.append(signum)
         raise KeyboardInterrupt
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
-    try:
-        cli.main(args=args, prog_name="onnxkit", standalone_mode=False)
-    except OnnxkitError as e:
-        if debug:
-            raise
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    except OSError as e:  # the disk or the file system, not the program: one line too (--debug shows where)
-        if debug:
-            raise
-        what = f"{e.filename}: " if e.filename else ""
-        hint = "; free some space or write somewhere else" if e.errno in DISK_ERRORS else ""
-        click.echo(f"error: {what}{e.strerror or e}{hint}", err=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        signum = stopped_by[0] if stopped_by else signal.SIGINT
-        click.echo(f"error: stopped by {signal.Signals(signum).name}", err=True)
-        sys.exit(128 + signum)
-    except click.ClickException as e:
-        click.echo(f"error: {click_message(e)}", err=True)
-        sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with handled(terminate, (signal.SIGTERM,)):
+        try:
+            cli.main(args=args, prog_name="onnxkit", standalone_mode=False)
+        except OnnxkitError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except OSError as e:  # the disk or the file system, not the program: one line too (--debug shows where)
+            if debug:
+                raise
+            what = f"{e.filename}: " if e.filename else ""
+            hint = "; free some space or write somewhere else" if e.errno in DISK_ERRORS else ""
+            click.echo(f"error: {what}{e.strerror or e}{hint}", err=True)
+            sys.exit(1)
+        except click.exceptions.Abort:
+            signum = stopped_by[0] if stopped_by else signal.SIGINT
+            click.echo(f"error: stopped by {signal.Signals(signum).name}", err=True)
+            sys.exit(128 + signum)
+        except click.ClickException as e:
+            click.echo(f"error: {click_message(e)}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
 
 
 def click_message(e: click.ClickException) -> str:

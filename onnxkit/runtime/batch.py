@@ -23,10 +23,8 @@ import csv
 import logging
 import math
 import os
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.datafiles import read_inputs, write_prediction
 from onnxkit.runtime.model import Model, load
 from onnxkit.runtime.prediction import Prediction
+from onnxkit.signals import handled
 
 INPUT_SUFFIXES = (".npz", ".csv", ".parquet", ".txt")
 BATCH_COLUMN = "onnxkit.batch"  # which batch a result row belongs to
@@ -74,19 +73,18 @@ def predict_on_ray(
     feeds = read_rows(data, local)
     rows = len(next(iter(feeds.values())))
     batches = -(-rows // batch_size)
-    handlers = _stop_handlers()  # ray.init replaces SIGTERM's, and ray.shutdown leaves its own in place
-    started = _connect(ray, workers)
-    try:
-        resources = ray.cluster_resources()
-        workers = min(workers or int(resources.get("CPU", 1)), batches)
-        threads = threads or (max(1, (os.cpu_count() or 1) // workers) if started else 1)
-        shared = [ray.put(model_bytes), ray.put(feeds)]  # once in the object store; each actor fetches them
-        actors = actor_arguments(shared, batch_size, threads, device, workers, resources.get("GPU", 0))
-        outputs = _run(ray, actors, batches, workers)
-    finally:
-        if started:
-            ray.shutdown()
-            _restore(handlers)
+    with handled(None):  # ray.init replaces SIGTERM's handler, and ray.shutdown leaves its own in place
+        started = _connect(ray, workers)
+        try:
+            resources = ray.cluster_resources()
+            workers = min(workers or int(resources.get("CPU", 1)), batches)
+            threads = threads or (max(1, (os.cpu_count() or 1) // workers) if started else 1)
+            shared = [ray.put(model_bytes), ray.put(feeds)]  # once in the object store; each actor fetches them
+            actors = actor_arguments(shared, batch_size, threads, device, workers, resources.get("GPU", 0))
+            outputs = _run(ray, actors, batches, workers)
+        finally:
+            if started:
+                ray.shutdown()
     prediction = Prediction(outputs, local.class_names, local.task)
     if probs:
         prediction = prediction.with_probabilities()
@@ -183,19 +181,6 @@ def _import_ray() -> Any:
     except ImportError:
         raise OnnxkitError(f"--ray needs Ray Data; {INSTALL}") from None
     return ray
-
-
-def _stop_handlers() -> dict[int, Any]:
-    """The current SIGINT and SIGTERM handlers (none off the main thread, where they cannot be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore(handlers: dict[int, Any]) -> None:
-    for signum, handler in handlers.items():
-        if handler is not None:
-            signal.signal(signum, handler)
 
 
 def _connect(ray: Any, workers: int | None) -> bool:

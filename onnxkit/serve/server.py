@@ -6,7 +6,6 @@ import contextlib
 import errno
 import gc
 import os
-import signal
 import socket
 import sys
 import time
@@ -26,6 +25,7 @@ from onnxkit.serve.batcher import INLINE_RUN_S, Batcher
 from onnxkit.serve.limits import DEFAULT_LIMITS, Limits, protocol_class
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.repository import Repository
+from onnxkit.signals import handled
 
 
 def model_files(specs: list[str]) -> dict[str, Path]:
@@ -196,10 +196,5 @@ class Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        stops = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
-        try:
+        with handled(self.handle_exit):
             yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.signals import handled
 from onnxkit.train.distributed import ERRORS_VARIABLE, INSTALL
 
 MPIEXEC_NOISE = re.compile(
@@ -126,12 +127,5 @@ def _relay(source: IO[str] | None, target: IO[str]) -> None:
 
 def _wait_forwarding_signals(process: subprocess.Popen) -> int:
     """Wait for mpiexec, passing it each Ctrl-C or SIGTERM this process gets (a second Ctrl-C ends it at once)."""
-    if threading.current_thread() is not threading.main_thread():
+    with handled(lambda signum, frame: process.send_signal(signum)):
         return process.wait()
-    previous = {s: signal.signal(s, lambda signum, frame: process.send_signal(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return process.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

@@ -5,10 +5,10 @@ plot) is a callback; the trainer knows only the session interface and its callba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,13 +16,13 @@ from typing import Any
 
 from onnxkit.data import Split
 from onnxkit.errors import OnnxkitError
+from onnxkit.signals import handled, restore
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.callbacks import Callback, Record
 from onnxkit.train.config import TrainConfig, TrainingInterrupted
 from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CHECKPOINT_SHARE = 0.01  # epoch-end checkpoints may take at most this share of the training time
 
 
@@ -45,24 +45,19 @@ class _StopSignals:
     def __init__(self) -> None:
         self.received = False
         self.signum = signal.SIGINT
+        self._stack = contextlib.ExitStack()
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        self._previous = self._stack.enter_context(handled(self._handle))
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received, self.signum = True, signum
-        self._restore()
-
-    def _restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
+        restore(self._previous)
 
     def __exit__(self, *exc: object) -> None:
-        self._restore()
+        self._stack.close()
 
 
 class Trainer:
