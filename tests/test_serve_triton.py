@@ -232,6 +232,37 @@ def test_grpc_typed_contents_metrics_and_bad_raw_counts(server, direct):
     assert count(after, "200") - count(before, "200") == 1 and count(after, "400") - count(before, "400") == 1
 
 
+
+def test_tritonclient_streams_answer_each_request_in_order_and_a_refusal_does_not_end_the_stream(server, direct):
+    rng = np.random.default_rng(5)
+    batches = [rng.uniform(0, 16, size=(n, 64)).astype(np.float32) for n in (1, 3, 2, 4)]
+    answers: list[tuple] = []
+    before = httpx.get(server.url + "/metrics").text
+    client = triton_grpc.InferenceServerClient(server.grpc)
+    client.start_stream(callback=lambda result, error: answers.append((result, error)))
+    for i, x in enumerate(batches):
+        client.async_stream_infer("digits", [tensor(triton_grpc, "x", x, "FP32")], request_id=f"r{i}")
+        if i == 1:  # a bad shape between good requests
+            bad = np.zeros((2, 63), np.float32)
+            client.async_stream_infer("digits", [tensor(triton_grpc, "x", bad, "FP32")], request_id="bad")
+    client.stop_stream()  # waits for every answer
+    client.close()
+    assert len(answers) == len(batches) + 1
+    good = [(result, error) for result, error in answers if error is None]
+    refused = [error for _, error in answers if error is not None]
+    assert [r.get_response().id for r, _ in good] == ["r0", "r1", "r2", "r3"]  # in the order asked
+    for (result, _), x in zip(good, batches, strict=True):
+        np.testing.assert_allclose(result.as_numpy("logits"), direct["digits"].predict(x)["logits"], rtol=1e-6,
+                                   atol=1e-6)
+    assert len(refused) == 1 and "x" in str(refused[0]) and "63" in str(refused[0])
+    after = httpx.get(server.url + "/metrics").text
+
+    def count(text: str, code: str) -> float:
+        line = f'onnxkit_requests_total{{endpoint="grpc.ModelStreamInfer",model="digits",code="{code}"}} '
+        return next((float(s.removeprefix(line)) for s in text.splitlines() if s.startswith(line)), 0.0)
+
+    assert count(after, "200") - count(before, "200") == 4 and count(after, "400") - count(before, "400") == 1
+
 def test_bytes_layout_matches_tritonclients(server):
     values = np.array([b"", b"a", "ünï".encode(), b"\0\xff" * 40], dtype=object)
     raw = serialize_byte_tensor(values).item()
@@ -265,10 +296,9 @@ def test_our_proto_matches_tritonclients_and_the_committed_module_is_current():
     reference = theirs.services_by_name["GRPCInferenceService"]
     for method in service.methods:
         other = reference.methods_by_name[method.name]
-        assert (method.input_type.full_name, method.output_type.full_name) == (
-            other.input_type.full_name,
-            other.output_type.full_name,
-        )
+        assert (method.input_type.full_name, method.output_type.full_name, method.client_streaming,
+                method.server_streaming) == (other.input_type.full_name, other.output_type.full_name,
+                                             other.client_streaming, other.server_streaming)
     check = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "gen_grpc_descriptor.py"), "--check"], capture_output=True, text=True
     )
@@ -305,6 +335,15 @@ def test_grpc_needs_the_api_key_except_for_health(paths, direct):
             good = {"authorization": "Bearer s3cret"}
             result = client.infer("digits", [tensor(triton_grpc, "x", x, "FP32")], headers=good)
             np.testing.assert_allclose(result.as_numpy("logits"), direct["digits"].predict(x)["logits"], rtol=1e-6)
+            for headers in ({"authorization": "Bearer wrong"}, good):  # a stream checks the key once, at its start
+                answers: list[tuple] = []
+                client.start_stream(callback=lambda result, error, into=answers: into.append((result, error)),
+                                    headers=headers)
+                client.async_stream_infer("digits", [tensor(triton_grpc, "x", x, "FP32")])
+                client.stop_stream()
+                (result, error), = answers
+                assert (error is None) == (headers is good), error
+                assert error is None or "needs an API key" in error.message()
         finally:
             client.close()
 

@@ -3,7 +3,9 @@
 It runs on the HTTP server's event loop and shares its model repository (batchers, load,
 unload), metrics, API key and errors: a refusal is the same `RequestError`, sent as the gRPC status that matches its
 HTTP status. With a key, every RPC but ServerLive and ServerReady needs the metadata
-`authorization: Bearer KEY`.
+`authorization: Bearer KEY`. ModelStreamInfer runs each request of a stream as it arrives (so the
+batcher sees them together) and answers in the order asked; a refused request gets an answer
+with its `error_message`, and the stream goes on.
 Inputs come as typed `contents` or as `raw_input_contents` (the binary extension's layout);
 outputs always go back as `raw_output_contents`, which is what V2 clients read first.
 
@@ -14,10 +16,11 @@ whose generated modules define the same `inference.*` names in protobuf's global
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -52,6 +55,7 @@ _CONTENTS = {
     "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }  # fmt: skip
 _OPEN = frozenset({"ServerLive", "ServerReady"})  # health, open like /v2/health/*
+NEEDS_KEY = "this server needs an API key: send the metadata 'authorization: Bearer KEY'"
 _log = logging.getLogger("onnxkit.serve")
 
 
@@ -162,16 +166,59 @@ class InferenceService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler for every RPC of v2_grpc.proto, each metered like an HTTP endpoint."""
-        service = _pool.FindServiceByName(SERVICE)
-        methods = {
-            method.name: grpc.unary_unary_rpc_method_handler(
-                self._metered(method.name, getattr(self, method.name)),
+        methods = {}
+        for method in _pool.FindServiceByName(SERVICE).methods:
+            streamed = method.client_streaming
+            make = grpc.stream_stream_rpc_method_handler if streamed else grpc.unary_unary_rpc_method_handler
+            methods[method.name] = make(
+                self._stream if streamed else self._metered(method.name, getattr(self, method.name)),
                 request_deserializer=MESSAGES[method.input_type.full_name].FromString,
                 response_serializer=MESSAGES[method.output_type.full_name].SerializeToString,
             )
-            for method in service.methods
-        }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    async def _stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """ModelStreamInfer: every request runs as soon as it is read; answers go back in request order."""
+        if not self._authorized("ModelStreamInfer", context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, NEEDS_KEY)
+        answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await answers.put(asyncio.ensure_future(self._stream_answer(request)))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield await answer
+        finally:
+            reader.cancel()
+
+    async def _stream_answer(self, request: Any) -> Any:
+        """One request of a stream: its ModelStreamInferResponse, a refusal as its error_message."""
+        start, status, reply = time.perf_counter(), 500, message("ModelStreamInferResponse")()
+        try:
+            reply.infer_response.CopyFrom(await self.ModelInfer(request))
+            status = 200
+        except RequestError as e:
+            status, reply.error_message = e.status, str(e)
+        except Exception as e:
+            _log.exception("internal error in grpc.ModelStreamInfer")
+            reply.error_message = f"internal server error ({type(e).__name__}); see the server's log"
+        finally:
+            model = request.model_name if request.model_name in self.batchers else ""
+            seconds = time.perf_counter() - start if model else None
+            self.metrics.record_request("grpc.ModelStreamInfer", model, status, seconds)
+        return reply
+
+    def _authorized(self, name: str, context: grpc.aio.ServicerContext) -> bool:
+        if self.api_key is None or name in _OPEN:
+            return True
+        given = dict(context.invocation_metadata() or ()).get("authorization")
+        return authorized(None if given is None else str(given).encode(), self.api_key)
 
     def _metered(
         self, name: str, call: Callable[[Any], Awaitable[Any]]
@@ -181,12 +228,8 @@ class InferenceService:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start, status = time.perf_counter(), 500
             try:
-                if self.api_key is not None and name not in _OPEN:
-                    given = dict(context.invocation_metadata() or ()).get("authorization")
-                    if not authorized(None if given is None else str(given).encode(), self.api_key):
-                        raise RequestError(
-                            401, "this server needs an API key: send the metadata 'authorization: Bearer KEY'"
-                        )
+                if not self._authorized(name, context):
+                    raise RequestError(401, NEEDS_KEY)
                 reply = await call(request)
                 status = 200
                 return reply
