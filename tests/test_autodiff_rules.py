@@ -87,9 +87,10 @@ def test_slice(starts, ends, axes, steps):
         "s": np.array(starts), "e": np.array(ends), "a": np.array(axes), "t": np.array(steps)})
 
 
-@pytest.mark.parametrize("axis", [0, 1])
-def test_gather_adds_repeated_indices(axis):
-    check("Gather", {"x": rand(4, 3)}, ["x"], {"axis": axis}, constants={"i": np.array([[2, 0], [2, -1]])})
+@pytest.mark.parametrize("axis,index_type", [(0, np.int64), (0, np.int32), (1, np.int64)])
+def test_gather_adds_repeated_indices(axis, index_type):
+    index = np.array([[2, 0], [2, -1]], index_type)
+    check("Gather", {"x": rand(4, 3)}, ["x"], {"axis": axis}, constants={"i": index})
 
 
 def test_gather_elements():

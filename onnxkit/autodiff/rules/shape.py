@@ -76,6 +76,8 @@ def slice_(b: Backward) -> list[str | None]:
 def gather(b: Backward) -> list[str | None]:
     if b.attr("axis", 0) == 0:  # rows (an embedding lookup): scatter-add dy's rows back
         x, index = b.x(0), b.x(1)
+        if b.dtype(index) != TensorProto.INT64:  # int32 ids: the shape arithmetic below is int64
+            index = b.op("Cast", index, to=TensorProto.INT64)
         dims = b.dims(x)
         small = dims is not None and len(dims) == 2 and all(isinstance(d, int) for d in dims) and dims[0] <= SMALL_TABLE
         if small and b.dtype(x) == TensorProto.FLOAT:
