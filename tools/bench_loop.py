@@ -9,9 +9,10 @@ fresh process (so `fit` pays its lazy imports, as a command does):
   rate of the same schedule (timed: "raw steps"), and `session.eval_step` over the validation
   batches (timed apart: "validation");
 - fit: the whole `fit` call (quiet, test evaluation and curves.png included), with a callback
-  timing the epoch loop from `on_train_begin` to `on_train_end` (artifact building, session
-  creation, the test evaluation and the model export fall outside it) and the session's
-  train, optimizer and eval steps inside it.
+  timing the epoch loop from `on_train_begin` to the end of the last epoch (its metrics,
+  checkpoint and callbacks included; artifact building, session creation, the end of training
+  — curves.png, the best weights — the test evaluation and the model export fall outside it)
+  and the session's train, optimizer and eval steps inside it.
 
 Sides alternate which goes first; rounds in which other processes took 5% of the CPUs or more
 (/proc/stat, as in tools/step_timing.py) are dropped, unless fewer than 3 would be left. Printed
@@ -107,8 +108,8 @@ def fit_side(name: str, work: Path) -> dict[str, float]:
 
             return timed
 
-        def on_train_end(self, trainer, status: str) -> None:  # type: ignore[no-untyped-def]
-            self.seconds = time.perf_counter() - self.start
+        def on_epoch_end(self, trainer, record) -> None:  # type: ignore[no-untyped-def]
+            self.seconds = time.perf_counter() - self.start  # after the built-in callbacks' epoch ends
 
     model, watch, others = zoo.build_model(name), Stopwatch(), _OtherProcesses()
     start = time.perf_counter()
