@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from onnxkit.runtime import Model
 from onnxkit.serve import inference, protocol
 from onnxkit.serve.auth import OPEN_PATHS, authorized
+from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.inference import offload
 from onnxkit.serve.limits import DEFAULT_LIMITS, ClientGone, Limits, read_body, refusal, send_json
 from onnxkit.serve.metrics import CONTENT_TYPE, Metrics
@@ -53,8 +54,11 @@ def create_app(
     ready = False
 
     def lookup(request: Request) -> Model:
+        return served(request).model
+
+    def served(request: Request) -> Batcher:
         name, version = request.path_params["name"], request.path_params.get("version", "")
-        return inference.find_model(repository.served, name, version).model
+        return inference.find_model(repository.served, name, version)
 
     async def live(request: Request) -> Response:
         return _json({"live": True})
@@ -70,6 +74,10 @@ def create_app(
 
     async def model_info(request: Request) -> Response:
         return _json(protocol.model_metadata(lookup(request)))
+
+    async def model_config(request: Request) -> Response:
+        batcher = served(request)
+        return _json(protocol.model_config(batcher.model, batcher.max_batch_size, batcher.max_delay))
 
     async def repository_index(request: Request) -> Response:
         return _json(repository.index())
@@ -114,7 +122,7 @@ def create_app(
         Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
     ]
     for path in ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]:
-        routes += [Route(path, model_info), Route(path + "/ready", model_ready)]
+        routes += [Route(path, model_info), Route(path + "/ready", model_ready), Route(path + "/config", model_config)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

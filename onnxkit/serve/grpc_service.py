@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime import Model
@@ -135,6 +135,11 @@ class InferenceService:
     async def ModelMetadata(self, request: Any) -> Any:  # noqa: N802
         batcher = inference.find_model(self.batchers, request.name, request.version)
         return message("ModelMetadataResponse")(**protocol.model_metadata(batcher.model))
+
+    async def ModelConfig(self, request: Any) -> Any:  # noqa: N802
+        batcher = inference.find_model(self.batchers, request.name, request.version)
+        config = protocol.model_config(batcher.model, batcher.max_batch_size, batcher.max_delay)
+        return message("ModelConfigResponse")(config=json_format.ParseDict(config, message("ModelConfig")()))
 
     async def ModelInfer(self, request: Any) -> Any:  # noqa: N802
         batcher = inference.find_model(self.batchers, request.model_name, request.model_version)

@@ -94,6 +94,39 @@ def model_metadata(model: Model) -> dict[str, Any]:
     }
 
 
+def model_config(model: Model, max_batch_size: int, max_delay_s: float) -> dict[str, Any]:
+    """The model's configuration in Triton's form (what tritonclient's `get_model_config` reads).
+
+    When every input and output has a free first dim, that is the batch dim: `max_batch_size` is
+    the batcher's, dims leave it out and `dynamic_batching` gives the batcher's wait; otherwise
+    `max_batch_size` is 0 and dims are whole. Free dims are -1.
+    """
+    inputs, outputs = list(input_specs(model).values()), model.outputs
+    batched = all(spec.shape and not isinstance(spec.shape[0], int) for spec in (*inputs, *outputs))
+
+    def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": spec.name,
+                "data_type": "TYPE_STRING" if v2_datatype(spec) == "BYTES" else f"TYPE_{v2_datatype(spec)}",
+                "dims": [d if isinstance(d, int) else -1 for d in spec.shape[1 if batched else 0 :]],
+            }
+            for spec in specs
+        ]
+
+    config: dict[str, Any] = {
+        "name": model.name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        "max_batch_size": max_batch_size if batched else 0,
+        "input": tensors(inputs),
+        "output": tensors(outputs),
+    }
+    if batched:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": round(max_delay_s * 1e6)}
+    return config
+
+
 def input_specs(model: Model) -> dict[str, TensorSpec]:
     """The inputs a request may give, by name: the model's, plus "text" if it carries a tokenizer."""
     specs = {spec.name: spec for spec in model.inputs}
