@@ -121,6 +121,35 @@ def test_model_config_in_tritons_form(triton):
     with pytest.raises(InferenceServerException, match="no model 'digit'"):
         client.get_model_config("digit")
 
+
+def test_inference_statistics_count_requests_rows_and_runs(triton):
+    module, client = triton
+
+    def stats(name: str = "") -> list[dict]:
+        reply = as_dict(client.get_inference_statistics(name))
+        return reply["model_stats"]
+
+    assert {entry["name"] for entry in stats()} == {"digits", "words"}
+    (before,) = stats("digits")
+    x = np.random.default_rng(4).uniform(0, 16, size=(3, 64)).astype(np.float32)
+    for _ in range(4):
+        client.infer("digits", [tensor(module, "x", x, "FP32")])
+    (after,) = stats("digits")
+
+    def grew(*path: str) -> int:
+        value_after, value_before = after, before
+        for key in path:
+            value_after, value_before = value_after.get(key, {}), value_before.get(key, {})
+        return int(value_after or 0) - int(value_before or 0)
+
+    assert grew("inference_count") == 12 and 1 <= grew("execution_count") <= 4
+    assert grew("inference_stats", "success", "count") == 4 and grew("inference_stats", "queue", "count") == 4
+    assert grew("inference_stats", "compute_infer", "count") == grew("execution_count")
+    assert grew("inference_stats", "success", "ns") > grew("inference_stats", "compute_infer", "ns") > 0
+    assert int(after["last_inference"]) > 1.7e12  # milliseconds since the epoch
+    with pytest.raises(InferenceServerException, match="no model 'digit'"):
+        stats("digit")
+
 def test_fp32_infer_equals_a_direct_run(triton, direct):
     module, client = triton
     x = np.random.default_rng(0).uniform(0, 16, size=(3, 64)).astype(np.float32)
@@ -313,7 +342,8 @@ def test_our_proto_matches_tritonclients_and_the_committed_module_is_current():
         ]
 
     theirs = service_pb2.DESCRIPTOR
-    subsets = {f"inference.{n}" for n in ("ModelConfig", "ModelInput", "ModelOutput", "ModelDynamicBatching")}
+    subsets = {f"inference.{n}" for n in ("ModelConfig", "ModelInput", "ModelOutput", "ModelDynamicBatching",
+                                           "ModelStatistics", "InferStatistics")}
     for full_name, cls in MESSAGES.items():
         ours, reference = fields(cls.DESCRIPTOR), fields(theirs.pool.FindMessageTypeByName(full_name))
         if full_name in subsets:  # model_config.proto: the fields onnxkit fills, as Triton numbers and types them

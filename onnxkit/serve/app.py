@@ -79,6 +79,10 @@ def create_app(
         batcher = served(request)
         return _json(protocol.model_config(batcher.model, batcher.max_batch_size, batcher.max_delay))
 
+    async def model_statistics(request: Request) -> Response:
+        name, version = request.path_params.get("name", ""), request.path_params.get("version", "")
+        return _json(inference.statistics(repository.served, name, version))
+
     async def repository_index(request: Request) -> Response:
         return _json(repository.index())
 
@@ -120,9 +124,11 @@ def create_app(
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
+        Route("/v2/models/stats", model_statistics),  # before /v2/models/{name}
     ]
     for path in ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]:
-        routes += [Route(path, model_info), Route(path + "/ready", model_ready), Route(path + "/config", model_config)]
+        routes += [Route(path, model_info), Route(path + "/ready", model_ready), Route(path + "/config", model_config),
+                   Route(path + "/stats", model_statistics)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -14,6 +14,7 @@ clients on digits-mlp, one batch of 32 instead of two alternating halves of 16.
 Each request runs on the model it was decoded for: assigning a new `model` (hot reload)
 makes later requests use it while queued ones finish on the old one, and requests of two
 models are never merged. Past `max_queue` waiting requests, new ones are refused (503).
+Each batcher keeps its model's inference statistics (`statistics`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from onnxkit.runtime import Model
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import RequestError
+from onnxkit.serve.statistics import ModelStatistics
 
 INLINE_RUN_S = 200e-6
 
@@ -61,6 +63,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000
         self.max_queue = max_queue
+        self.statistics = ModelStatistics()
         self._queue: deque[_Pending] = deque()
         self._receiving = 0  # requests whose bodies are still being read or decoded
         self._wakeup = asyncio.Event()
@@ -100,7 +103,9 @@ class Batcher:
 
         RequestError(503) when `max_queue` requests are already waiting.
         """
+        start = time.perf_counter_ns()
         if len(self._queue) >= self.max_queue:
+            self.statistics.fail.add(time.perf_counter_ns() - start)
             raise RequestError(
                 503, f"model {self.name!r} has {len(self._queue)} requests waiting (--max-queue); retry in a moment"
             )
@@ -114,7 +119,13 @@ class Batcher:
         pending = _Pending(model, feeds, rows, key, loop.create_future(), loop.time())
         self._queue.append(pending)
         self._wakeup.set()
-        return await pending.future
+        try:
+            outputs = await pending.future
+        except RequestError:
+            self.statistics.fail.add(time.perf_counter_ns() - start)
+            raise
+        self.statistics.success.add(time.perf_counter_ns() - start)
+        return outputs
 
     async def _work(self) -> None:
         loop = self._loop
@@ -133,6 +144,9 @@ class Batcher:
                 timer.cancel()
             await asyncio.sleep(0)  # one pass of the loop: requests already on their sockets join this batch
             batch = self._take_batch()
+            now = loop.time()
+            for pending in batch:
+                self.statistics.queue.add(round((now - pending.since) * 1e9))
             try:
                 await self._run(batch)
             except Exception as e:  # a bug here must fail these requests, not stop the worker
@@ -189,6 +203,7 @@ class Batcher:
         # runs are only ever slowed by other work on the CPUs: follow the fastest, rising 10% a run
         self._seconds_per_row[model] = min(seconds / rows, (estimate or float("inf")) * 1.1)
         self.metrics.record_batch(self.name, rows)
+        self.statistics.ran(sum(p.rows for p in batch) or len(batch), seconds)
         if len(batch) == 1:
             _settle(batch[0].future, outputs)
             return

@@ -141,6 +141,10 @@ class InferenceService:
         config = protocol.model_config(batcher.model, batcher.max_batch_size, batcher.max_delay)
         return message("ModelConfigResponse")(config=json_format.ParseDict(config, message("ModelConfig")()))
 
+    async def ModelStatistics(self, request: Any) -> Any:  # noqa: N802
+        reply = inference.statistics(self.batchers, request.name, request.version)
+        return json_format.ParseDict(reply, message("ModelStatisticsResponse")())
+
     async def ModelInfer(self, request: Any) -> Any:  # noqa: N802
         batcher = inference.find_model(self.batchers, request.model_name, request.model_version)
         size = request.ByteSize()

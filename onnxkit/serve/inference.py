@@ -48,3 +48,9 @@ async def offload(size: int, function: Callable[..., Any], *args: Any) -> Any:
     if size > OFFLOAD_BYTES:
         return await asyncio.to_thread(function, *args)
     return function(*args)
+
+
+def statistics(batchers: Mapping[str, Batcher], name: str = "", version: str = "") -> dict[str, Any]:
+    """The statistics extension's reply: every served model's entry, or `name`'s (RequestError(404) if unknown)."""
+    chosen = [find_model(batchers, name, version)] if name else list(batchers.values())
+    return {"model_stats": [b.statistics.as_dict(b.name, MODEL_VERSION) for b in chosen]}

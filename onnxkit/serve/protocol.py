@@ -32,7 +32,7 @@ __all__ = ["RequestError"]  # re-exported: the batcher and the app raise it from
 SERVER_NAME = "onnxkit"
 PLATFORM = "onnxruntime_onnx"
 MODEL_VERSION = "1"
-EXTENSIONS = ["classification", "binary_tensor_data", "model_repository"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "statistics"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _V2_BY_ORT = {
