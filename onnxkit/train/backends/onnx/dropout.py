@@ -29,6 +29,7 @@ TABLE = "onnxkit.dropout.table"  # + ".<k>" for the k-th distinct ratio
 STARTS = "onnxkit.dropout.starts"  # int64 [number of Dropout nodes]: each sliced window's first element
 FIRST_SIZE = 1 << 23  # 32 MB of float32: windows up to 4M elements (16 x 12 x 128 x 128 attention is 3.1M)
 ONE = "onnxkit.dropout.one"
+FLOAT = TensorProto.FLOAT
 
 
 def replace_dropout(model: onnx.ModelProto) -> dict:
@@ -97,10 +98,10 @@ def replace_dropout(model: onnx.ModelProto) -> dict:
 
 
 def _run_time_dims(typed: onnx.ValueInfoProto | None, named: set[str]) -> list[int | str] | None:
-    """The dims of a value if each is static or a name the graph's inputs carry (so the session
-    knows them from the batch), else None."""
-    if typed is None or not typed.type.tensor_type.HasField("shape"):
-        return None
+    """The dims of a float32 value if each is static or a name the graph's inputs carry (so the
+    session knows them from the batch), else None."""
+    if typed is None or not typed.type.tensor_type.HasField("shape") or typed.type.tensor_type.elem_type != FLOAT:
+        return None  # the tables are float32
     dims: list[int | str] = []
     for d in typed.type.tensor_type.shape.dim:
         if d.HasField("dim_value"):
