@@ -25,7 +25,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from onnxkit.runtime import Model
 from onnxkit.serve import inference, protocol
 from onnxkit.serve.auth import OPEN_PATHS, authorized
-from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.inference import offload
 from onnxkit.serve.limits import DEFAULT_LIMITS, ClientGone, Limits, read_body, refusal, send_json
 from onnxkit.serve.metrics import CONTENT_TYPE, Metrics
@@ -54,11 +53,8 @@ def create_app(
     ready = False
 
     def lookup(request: Request) -> Model:
-        return served(request).model
-
-    def served(request: Request) -> Batcher:
         name, version = request.path_params["name"], request.path_params.get("version", "")
-        return inference.find_model(repository.served, name, version)
+        return inference.find_model(repository.served, name, version).model
 
     async def live(request: Request) -> Response:
         return _json({"live": True})
@@ -76,8 +72,8 @@ def create_app(
         return _json(protocol.model_metadata(lookup(request)))
 
     async def model_config(request: Request) -> Response:
-        batcher = served(request)
-        return _json(protocol.model_config(batcher.model, batcher.max_batch_size, batcher.max_delay))
+        name, version = request.path_params["name"], request.path_params.get("version", "")
+        return _json(inference.model_config(repository.served, name, version))
 
     async def model_statistics(request: Request) -> Response:
         name, version = request.path_params.get("name", ""), request.path_params.get("version", "")

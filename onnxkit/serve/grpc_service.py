@@ -137,8 +137,7 @@ class InferenceService:
         return message("ModelMetadataResponse")(**protocol.model_metadata(batcher.model))
 
     async def ModelConfig(self, request: Any) -> Any:  # noqa: N802
-        batcher = inference.find_model(self.batchers, request.name, request.version)
-        config = protocol.model_config(batcher.model, batcher.max_batch_size, batcher.max_delay)
+        config = inference.model_config(self.batchers, request.name, request.version)
         return message("ModelConfigResponse")(config=json_format.ParseDict(config, message("ModelConfig")()))
 
     async def ModelStatistics(self, request: Any) -> Any:  # noqa: N802

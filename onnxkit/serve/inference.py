@@ -10,6 +10,7 @@ import numpy as np
 
 from onnxkit.errors import suggest
 from onnxkit.runtime import Model
+from onnxkit.serve import protocol
 from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.errors import RequestError
 from onnxkit.serve.protocol import MODEL_VERSION, InferRequest
@@ -48,6 +49,12 @@ async def offload(size: int, function: Callable[..., Any], *args: Any) -> Any:
     if size > OFFLOAD_BYTES:
         return await asyncio.to_thread(function, *args)
     return function(*args)
+
+
+def model_config(batchers: Mapping[str, Batcher], name: str, version: str = "") -> dict[str, Any]:
+    """Model `name`'s configuration in Triton's form, with its batcher's limits (RequestError(404) if unknown)."""
+    batcher = find_model(batchers, name, version)
+    return protocol.model_config(batcher.model, batcher.max_batch_size, batcher.max_delay)
 
 
 def statistics(batchers: Mapping[str, Batcher], name: str = "", version: str = "") -> dict[str, Any]:
