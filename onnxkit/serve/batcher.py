@@ -203,7 +203,7 @@ class Batcher:
         # runs are only ever slowed by other work on the CPUs: follow the fastest, rising 10% a run
         self._seconds_per_row[model] = min(seconds / rows, (estimate or float("inf")) * 1.1)
         self.metrics.record_batch(self.name, rows)
-        self.statistics.ran(sum(p.rows for p in batch) or len(batch), seconds)
+        self.statistics.ran(rows, seconds)
         if len(batch) == 1:
             _settle(batch[0].future, outputs)
             return
