@@ -76,7 +76,7 @@ class OnnxSession(TrainingSession):
         self._loss_value = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
         self._batches = 0  # micro-batches since the last optimizer step
         self._current = self._buffers_current = 0  # which set of each kind is current
-        self._windows = [(name, k, table, dims) for name, k, table, dims in self._dropout_settings.get("views", [])]
+        self._windows: list[list] = self._dropout_settings.get("views", [])  # [input, dropout, table, dims]
         bound = {*self._layout.names, *self._buffers, STARTS, *(w[0] for w in self._windows)}
         bound |= {f"{n}.grad{ACCUMULATED}" for n in self._layout.names}
         data = [i for i in self._train.get_inputs() if i.name not in bound and not i.name.startswith(TABLE)]
@@ -168,7 +168,7 @@ class OnnxSession(TrainingSession):
             starts = self._dropout.starts(self._steps, self._batches)
             if self._feeds_starts:
                 binding.bind_cpu_input(STARTS, starts)
-            if not self._bind_windows(binding, starts, feeds, labels):
+            if self._windows and not self._bind_windows(binding, starts, feeds, labels):
                 self._grow_dropout()
                 return self.train_step(feeds, labels)
         try:
