@@ -95,8 +95,8 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
             )
     constants = constant_values(model)
     nodes = collapse(model, nodes, constants)
-    _save_statistics(nodes, types)
     graph = Graph(types, version, constants)
+    _save_statistics(nodes, graph)
     dtype = graph.dtype(loss)
     start = graph.const(1.0, dtype) if graph.dims(loss) == [] else graph.filled(graph.shape(loss), 1, dtype)
     grads: dict[str, list[str]] = {loss: [start]}
@@ -142,24 +142,23 @@ def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _save_statistics(nodes: list[tuple[int, onnx.NodeProto]], types: dict[str, onnx.ValueInfoProto]) -> None:
+def _save_statistics(nodes: list[tuple[int, onnx.NodeProto]], graph: Graph) -> None:
     """Give each LayerNormalization its optional Mean and InvStdDev outputs (in place; typed in
-    `types`): onnxruntime's kernel computes them anyway, and the rule then skips two passes and
-    two reductions over x to recompute them."""
+    `graph.types`): onnxruntime's kernel computes them anyway, and the rule then skips two passes
+    and two reductions over x to recompute them."""
     for _, node in nodes:
-        if node.op_type != "LayerNormalization" or len(node.output) > 2 or node.input[0] not in types:
+        x = graph.dims(node.input[0])
+        if node.op_type != "LayerNormalization" or len(node.output) > 2 or x is None:
             continue
-        x = types[node.input[0]].type.tensor_type.shape.dim
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1) % len(x)
         stash = next((a.i for a in node.attribute if a.name == "stash_type"), TensorProto.FLOAT)
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in x[:axis]]
-        dims += [1] * (len(x) - axis)
         if len(node.output) < 2:
             node.output.append(f"{node.output[0]}.mean")
         node.output.append(f"{node.output[0]}.invstd")
+        stats = x[:axis] + [1] * (len(x) - axis)
         for name in node.output[1:]:
             if name:
-                types.setdefault(name, helper.make_tensor_value_info(name, stash, dims))
+                graph.types.setdefault(name, helper.make_tensor_value_info(name, stash, stats))
 
 
 def _sole_use(graph: Graph, name: str) -> bool:
