@@ -35,9 +35,9 @@ TASK_LOSS = {"classification": "cross-entropy", "binary": "bce-with-logits", "re
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean softmax cross-entropy of `logits` [N, C] against class ids [N]."""
     z = logits.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    log_probs = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels.astype(np.int64)].mean())
+    z -= z.max(axis=-1, keepdims=True)
+    picked = z[np.arange(len(labels)), labels.astype(np.int64)]
+    return float(np.mean(np.log(np.exp(z).sum(axis=-1)) - picked))
 
 
 def bce_with_logits(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -67,19 +67,15 @@ LOSSES = {"cross-entropy": cross_entropy, "bce-with-logits": bce_with_logits, "m
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """[true class, predicted class] counts."""
-    m = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(m, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
-    return m
+    cells = labels.astype(np.int64) * num_classes + predictions.astype(np.int64)
+    return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def macro_f1(confusion: np.ndarray) -> float:
     """Unweighted mean over classes of F1; classes absent from labels and predictions are skipped."""
-    tp = np.diag(confusion).astype(np.float64)
-    predicted = confusion.sum(axis=0)
-    actual = confusion.sum(axis=1)
-    present = (predicted + actual) > 0
-    f1 = np.divide(2 * tp, predicted + actual, out=np.zeros_like(tp), where=present)
-    return float(f1[present].mean()) if present.any() else 0.0
+    counted = confusion.sum(axis=0) + confusion.sum(axis=1)  # predicted + actual, per class
+    present = np.count_nonzero(counted)
+    return float((2 * np.diag(confusion) / np.maximum(counted, 1)).sum() / present) if present else 0.0
 
 
 def predictions(outputs: np.ndarray, task: str) -> np.ndarray:
