@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from onnxkit.data import Dataset, ModelInput, Split, load_dataset
+from onnxkit.data import split as split_module
 from onnxkit.errors import OnnxkitError
 
 
@@ -59,6 +60,22 @@ def test_batches_cover_every_example_once_in_a_seeded_order():
     for inputs, labels in split.batches(3, shuffle=True, seed=1):
         np.testing.assert_array_equal(inputs["x"][:, 0], labels)  # features stay with their labels
     assert [len(lab) for _, lab in split.batches(4, drop_last=True)] == [4, 4]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 200, 8 << 20])  # a block of one batch, of a few, of the whole epoch
+def test_shuffled_batches_are_the_seeded_permutation_cut_in_order(monkeypatch, block_bytes):
+    monkeypatch.setattr(split_module, "BLOCK_BYTES", block_bytes)
+    x = np.random.default_rng(0).random((23, 2, 3)).astype(np.float32)
+    split = Split("train", {"x": x, "ids": np.arange(23) * 7}, np.arange(23) % 5)
+    order = np.random.default_rng(9).permutation(23)
+    for drop_last, sizes in ((False, [5, 5, 5, 5, 3]), (True, [5, 5, 5, 5])):
+        got = list(split.batches(5, shuffle=True, seed=9, drop_last=drop_last))
+        assert [len(labels) for _, labels in got] == sizes
+        for b, (inputs, labels) in enumerate(got):
+            rows = order[5 * b:5 * b + 5]
+            np.testing.assert_array_equal(inputs["x"], x[rows])
+            np.testing.assert_array_equal(inputs["ids"], rows * 7)
+            np.testing.assert_array_equal(labels, rows % 5)
 
 
 def test_npz_files_with_named_arrays_or_x_y(tmp_path):

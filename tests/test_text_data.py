@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from onnxkit.data import load_dataset
+from onnxkit.data import split as split_module
 from onnxkit.data.text import read_bbc_news, read_tweets_sentiment, tokenizer_options
 from onnxkit.errors import OnnxkitError
 from onnxkit.tokenize import encode, load_tokenizer
@@ -33,15 +34,20 @@ def test_tweets_are_positive_or_negative_without_duplicates():
     assert texts[0].startswith("I just don't trust my life in google's hands") and labels[0] == 0
 
 
-def test_batches_pad_to_the_longest_text_and_truncate_to_max_length():
+@pytest.mark.parametrize("block_bytes", [1, 8 << 20])  # shuffled batches gathered one by one, or all at once
+def test_batches_pad_to_the_longest_text_and_truncate_to_max_length(monkeypatch, block_bytes):
+    monkeypatch.setattr(split_module, "BLOCK_BYTES", block_bytes)
     ds = load_dataset("tweets-sentiment", tokenizer=TOKENIZER, max_length=16, limit=200)
     assert (len(ds.train), len(ds.validation), len(ds.test)) == (120, 40, 40)
     tok = load_tokenizer(TOKENIZER)
-    for inputs, labels in ds.train.batches(32, shuffle=True, seed=1):
+    order = np.random.default_rng(1).permutation(120)
+    for b, (inputs, labels) in enumerate(ds.train.batches(32, shuffle=True, seed=1)):
         mask = inputs["attention_mask"]
         assert inputs["input_ids"].shape == mask.shape == inputs["token_type_ids"].shape
         assert mask.shape[1] == mask.sum(1).max() <= 16  # padded to the longest, no further
-        assert len(labels) == len(mask)
+        rows = order[32 * b:32 * b + 32]
+        np.testing.assert_array_equal(labels, ds.train.labels[rows])
+        np.testing.assert_array_equal(inputs["input_ids"], ds.train.inputs["input_ids"][rows, :mask.shape[1]])
     # the stored split holds exactly what the tokenizer makes of the text, cut at 16 tokens
     text, ids = ds.test.texts[3], ds.test.inputs["input_ids"][3]
     expected = tok.encode(text).ids

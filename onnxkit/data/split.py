@@ -9,7 +9,7 @@ the model's fixed dimensions. Any mismatch is an `OnnxkitError` raised before
 a model runs.
 
 Subclasses that build batches differently (text padded per batch) override
-`_batch` and `_with_inputs`; everything else works unchanged.
+`_batch`, `_rows` and `_with_inputs`; everything else works unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from onnxkit.data.checks import checked_labels
 from onnxkit.errors import OnnxkitError, suggest
 
 SPLIT_NAMES = ("train", "validation", "test")
+BLOCK_BYTES = 8 << 20  # shuffled batches are gathered this many bytes at a time (see Split.batches)
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 
 
@@ -95,11 +96,24 @@ class Split:
         """Yield `(inputs, labels)` batches; with `shuffle`, in an order fixed by `seed`."""
         if batch_size < 1:
             raise OnnxkitError(f"batch size must be at least 1, got {batch_size}")
-        n = len(self)
-        order = np.random.default_rng(seed).permutation(n) if shuffle else None
-        for b in range(self.num_batches(batch_size, drop_last)):
-            lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-            yield self._batch(order[lo:hi] if order is not None else slice(lo, hi))
+        count = self.num_batches(batch_size, drop_last)
+        if not shuffle:
+            for lo in range(0, count * batch_size, batch_size):
+                yield self._batch(slice(lo, lo + batch_size))
+            return
+        # a shuffled epoch is gathered a block of batches at a time (one copy per array, not one
+        # per batch and array) and each batch is a view of its block
+        order = np.random.default_rng(seed).permutation(len(self))
+        row_bytes = sum(v.nbytes for v in (*self.inputs.values(), self.labels)) // max(1, len(self))
+        per_block = max(1, BLOCK_BYTES // max(1, batch_size * row_bytes))
+        for first in range(0, count, per_block):
+            block = self._rows(order[first * batch_size:(first + per_block) * batch_size])
+            for lo in range(0, min(per_block, count - first) * batch_size, batch_size):
+                yield block._batch(slice(lo, lo + batch_size))
+
+    def _rows(self, indices: np.ndarray) -> Split:
+        """The examples at `indices` (a copy), as a split of this kind."""
+        return Split(self.name, *Split._batch(self, indices))
 
     def feeds_for(self, inputs: Sequence[ModelInput]) -> Split:
         """This split with arrays renamed and cast to what `inputs` expect; checks shapes.

@@ -40,6 +40,10 @@ class TextSplit(Split):
         longest = max(int(self.lengths[indices].max(initial=1)), 1)
         return {k: v[:, :longest] if v.ndim == 2 else v for k, v in inputs.items()}, labels
 
+    def _rows(self, indices: np.ndarray) -> TextSplit:
+        inputs, labels = Split._batch(self, indices)
+        return TextSplit(self.name, inputs, labels, self.lengths[indices], [self.texts[i] for i in indices])
+
     def _with_inputs(self, inputs: dict[str, np.ndarray]) -> TextSplit:
         return TextSplit(self.name, inputs, self.labels, self.lengths, self.texts)
 
