@@ -10,6 +10,7 @@ the original inference graph, evaluated on the test split.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -453,14 +454,20 @@ class _Setup:
         self.backend.build(problem, run.artifacts)
         return self.backend.open(run.artifacts, device=self.device, threads=self.threads)
 
+    @functools.cached_property
+    def _validation(self) -> tuple[list[tuple[dict[str, np.ndarray], int]], np.ndarray]:
+        """The validation batches (padded to a fixed batch size, with their real row counts) and
+        targets, made once: every epoch evaluates the same ones."""
+        size = self.fixed or self.config.eval_batch_size or self.config.batch_size
+        split = self.splits["validation"]
+        batches = [(padded(feeds, self.fixed), len(labels)) for feeds, labels in split.batches(size)]
+        return batches, self.targets(self.dataset.validation.labels)
+
     def validate(self, session: TrainingSession) -> Record:
         """The epoch record's validation entries."""
-        c = self.config
-        batches = self.splits["validation"].batches(self.fixed or c.eval_batch_size or c.batch_size)
-        outputs = np.concatenate([session.eval_step(padded(feeds, self.fixed))[:len(labels)]
-                                  for feeds, labels in batches])
-        metrics = score(outputs, self.targets(self.dataset.validation.labels), self.task, loss=self.loss.name,
-                        num_classes=self.num_classes)
+        batches, targets = self._validation
+        outputs = np.concatenate([session.eval_step(feeds)[:rows] for feeds, rows in batches])
+        metrics = score(outputs, targets, self.task, loss=self.loss.name, num_classes=self.num_classes)
         return {f"val_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "macro_f1")}
 
 
