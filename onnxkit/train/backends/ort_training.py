@@ -57,8 +57,9 @@ def _import_training() -> tuple[types.ModuleType, types.ModuleType]:
         root = Path(spec.origin).parent / "training" if spec and spec.origin else None
         if root is None or not (root / "onnxblock").is_dir():
             raise OnnxkitError(
-                "the ort-training backend needs onnxruntime-training 1.19.2, which this environment lacks; "
-                "run `make venv-ort` and use .venv-ort/bin/onnxkit, or use the default backend (backend=onnx)"
+                "the ort-training backend needs onnxruntime-training 1.19.2, which this environment lacks; install "
+                "it in a Python 3.11 environment of its own (pip install 'onnxkit[ort-training]', or `make venv-ort` "
+                "in a checkout: .venv-ort/bin/onnxkit), or use the default backend (backend=onnx)"
             )
         package = types.ModuleType(name)
         package.__path__ = [str(root)]
