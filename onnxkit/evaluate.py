@@ -175,13 +175,20 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
     data's name and the seed used."""
     from onnxkit.data import load_dataset
 
-    trained = json.loads(metadata(model).get("onnxkit.training", "{}"))
-    data = data if data is not None else trained.get("data")
+    recorded, recorded_seed = trained_on(model)
+    data = data if data is not None else recorded
     if not data:
         raise OnnxkitError("the model does not say what it was trained on; give data (a dataset name or file)",
                            params=["data"])
-    seed = data_seed if data_seed is not None else int(trained.get("data_seed", 0))
+    seed = data_seed if data_seed is not None else recorded_seed
     return load_dataset(data, seed=seed, model=model).split(split), str(data), seed
+
+
+def trained_on(model: Any) -> tuple[str | None, int]:
+    """The data `model` was trained on (a dataset name or file) and the seed of its split, from
+    its `onnxkit.training` metadata; (None, 0) when it does not say."""
+    trained = json.loads(metadata(model).get("onnxkit.training", "{}"))
+    return trained.get("data") or None, int(trained.get("data_seed", 0))
 
 
 def evaluate(

@@ -348,6 +348,31 @@ def test_static_without_calibration_data_is_a_clear_error(tmp_path, run_cli):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
+@pytest.mark.training
+def test_a_model_onnxkit_trained_is_evaluated_on_its_own_data_by_default(tmp_path, run_cli):
+    from onnxkit.evaluate import evaluate
+    from onnxkit.metadata import metadata, set_metadata
+    from onnxkit.train import fit
+
+    trained = fit(zoo.build_model("digits-mlp"), "digits", tmp_path / "run", epochs=2, data_seed=3,
+                  evaluate_test=False, quiet=True, device="cpu").model_path
+    report = quantize(trained, measure_latency=False).report
+    assert report.accuracy["data"] == "digits (test split)"
+    assert "evaluated on the test split of digits, the data the model was trained on" in report.notes
+    # the training run's own split (seed 3), so the test examples are ones it never trained on
+    assert report.accuracy["original"] == evaluate(trained, "test")["accuracy"]
+    assert report.accuracy["original"] != evaluate(trained, "test", data_seed=0)["accuracy"]
+    res = run_cli("quantize", trained, "-o", tmp_path / "q.onnx", "--max-drop", "100", "--no-latency")
+    assert res.code == 0 and "accuracy" in res.out  # --max-drop needs no --eval here
+    # a model trained on a file that is gone: no accuracy, and the report says why
+    model = onnx.load(trained)
+    recorded = json.loads(metadata(model)["onnxkit.training"])
+    set_metadata(model, {"onnxkit.training": json.dumps({**recorded, "data": str(tmp_path / "gone.npz")})})
+    report = quantize(model, measure_latency=False).report
+    assert report.accuracy is None
+    assert any("gone.npz, which is not here: give --eval DATA" in note for note in report.notes)
+
+
 def test_cli_option_errors(tmp_path, run_cli, mlp_data):
     src = _save(mlp(), tmp_path)
     res = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--max-drop", "1")

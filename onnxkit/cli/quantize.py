@@ -31,7 +31,8 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @click.option(
     "--block-size", type=click.Choice([str(b) for b in BLOCK_SIZES]), default="32", help="int4: weights per scale."
 )
-@click.option("--eval", "eval_data", metavar="DATA", help="Evaluate both models on DATA's test split.")
+@click.option("--eval", "eval_data", metavar="DATA",
+              help="Evaluate both models on DATA's test split [default: the data a model trained by onnxkit names].")
 @click.option("--max-drop", type=options.NON_NEGATIVE, metavar="POINTS",
               help="Fail, writing nothing, if accuracy drops more.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [OUTPUT.report.json].")
@@ -59,7 +60,8 @@ def quantize_cmd(
     """Quantize MODEL to int8, int4 or fp16 and report size, latency and accuracy.
 
     The report (printed, and written as JSON) compares file size, median
-    latency at batch 1 and 64, and with --eval the accuracy of both models.
+    latency at batch 1 and 64, and with --eval the accuracy of both models
+    (a model onnxkit trained is evaluated on its own training data by default).
     --mode auto tries dynamic and static candidates and keeps the fastest
     within --max-drop (default 1 point). --sqnr is this command's debug view;
     the group's --debug shows tracebacks.

@@ -17,7 +17,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, load_model, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
-from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split
+from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split, recorded_data
 from onnxkit.quantize.inputs import fits_batch, synthetic_inputs
 from onnxkit.quantize.passes import Quantizer, low_precision_weights
 from onnxkit.quantize.report import Report
@@ -62,15 +62,28 @@ def quantize(
     calib / eval_data: a dataset name or file, a Split, or a dict of arrays;
     calibration uses the train split, evaluation the test split (without
     `calib`, static modes calibrate on the train split of a named `eval_data`).
+    Without either, a model trained by onnxkit is evaluated on the data it was trained on
+    (split as in its training run), when that data is here.
     A drop over `max_drop` raises OnnxkitError and writes nothing.
     sqnr_rows: also compare the models tensor by tensor and keep the worst rows.
     `output` and `report_path` are written atomically, only after everything succeeded.
     """
     say = log or (lambda _msg: None)
-    _check_options(mode, method, format, calib_size, eval_data, max_drop)
     source = None if isinstance(model, onnx.ModelProto) else Path(model)
     _check_outputs(source, output, report_path)
     original = model if source is None else load_model(source)
+    recorded, recorded_seed, missing = recorded_data(original)  # a model onnxkit trained says on what
+    notes = []
+
+    def seed(data: Any) -> int:
+        """The split seed of `data`: the training run's for its own data (so its test split is unseen), else 0."""
+        return recorded_seed if recorded is not None and str(data) == recorded else 0
+
+    if calib is None and eval_data is None:
+        eval_data = recorded
+        notes += [missing] if missing else []
+        notes += [f"evaluated on the test split of {recorded}, the data the model was trained on"] if recorded else []
+    _check_options(mode, method, format, calib_size, eval_data, max_drop)
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
     if calib is None and isinstance(eval_data, (str, os.PathLike)):
@@ -78,11 +91,11 @@ def quantize(
     profile = analysis.profile(original)
     requested, mode = mode, mode or profile.default_mode
     already = low_precision_weights(original)
-    notes = [f"the model already holds {already} low-precision weight tensors: quantized before?"] if already else []
+    notes += [f"the model already holds {already} low-precision weight tensors: quantized before?"] if already else []
 
     with _scratch(output) as tmp, _onnxruntime_errors(str(source or "the model")):
         quantizer = Quantizer(original, tmp, exclude)
-        test = bind(load_split(eval_data, "test", original), original) if eval_data is not None else None
+        test = None if eval_data is None else bind(load_split(eval_data, "test", original, seed(eval_data)), original)
         baseline = accuracy.score(original, test) if test is not None else None
         feeds = {
             b: None if not fits_batch(original, b)
@@ -94,7 +107,7 @@ def quantize(
         @functools.cache
         def calibration() -> list[Feeds]:
             say(f"calibrating on up to {calib_size} examples of {calib} ...")
-            return calibration_batches(calib, original, calib_size)
+            return calibration_batches(calib, original, calib_size, seed=seed(calib))
 
         timed = None
         candidates = []

@@ -20,14 +20,28 @@ from onnxkit.errors import OnnxkitError
 Feeds = dict[str, np.ndarray]
 
 
-def load_split(data: Any, split: str, model: onnx.ModelProto) -> Split:
-    """The `split` ("train" / "test") of a dataset name or file (text tokenized for `model`);
-    a Split or dict as given."""
+def load_split(data: Any, split: str, model: onnx.ModelProto, seed: int = 0) -> Split:
+    """The `split` ("train" / "test", split with `seed`) of a dataset name or file (text tokenized
+    for `model`); a Split or dict as given."""
     if isinstance(data, (str, os.PathLike)):
-        return load_dataset(str(data), seed=0, model=model).split(split)
+        return load_dataset(str(data), seed=seed, model=model).split(split)
     if isinstance(data, dict):
         return Split("data", data, np.zeros(len(next(iter(data.values()))), np.int64))
     return data
+
+
+def recorded_data(model: onnx.ModelProto) -> tuple[str | None, int, str | None]:
+    """The data `model` was trained on and its split seed, when it says and that data is here
+    (a built-in dataset, or a file that still exists); else None and why not (or None)."""
+    from onnxkit.data.registry import datasets
+    from onnxkit.evaluate import trained_on
+
+    name, seed = trained_on(model)
+    if name is None:
+        return None, 0, None
+    if name in datasets() or os.path.isfile(name):
+        return name, seed, None
+    return None, 0, f"the model was trained on {name}, which is not here: give --eval DATA for an accuracy report"
 
 
 def bind(split: Split, model: onnx.ModelProto) -> Split:
@@ -36,16 +50,16 @@ def bind(split: Split, model: onnx.ModelProto) -> Split:
 
 
 def calibration_batches(
-    data: Any, model: onnx.ModelProto, size: int, *, batch_size: int = 32
+    data: Any, model: onnx.ModelProto, size: int, *, batch_size: int = 32, seed: int = 0
 ) -> list[Feeds]:
-    """Up to `size` training examples in batches, shuffled with seed 0."""
+    """Up to `size` training examples (of the split made with `seed`) in batches, shuffled with seed 0."""
     if data is None:
         raise OnnxkitError(
             "static quantization needs calibration data: pass calib "
             "(a dataset name such as digits-images, or an .npz/.csv file of model inputs), "
             "or use mode dynamic, which needs none", params=["calib", "mode"]
         )
-    split = bind(load_split(data, "train", model), model)
+    split = bind(load_split(data, "train", model, seed), model)
     if len(split) == 0:
         raise OnnxkitError(f"calib {data}: its train split is empty; pass a larger dataset", params=["calib"])
     batches, seen = [], 0
