@@ -224,3 +224,24 @@ def test_dropout_window_starts_are_uniform_fixed_by_seed_step_and_batch_and_in_r
     rank_1 = DropoutTables([0.1, 0.5, 0.1], seed=3, count=3, size=4000)
     rank_1.stream = 1  # a data-parallel rank: none of its windows is rank 0's at any step
     assert not {tuple(rank_1.starts(s, b)) for s in range(3000) for b in range(2)} & {tuple(s) for s in starts}
+
+
+def test_dropout_window_starts_are_the_splitmix_hash_of_seed_stream_step_batch_and_dropout():
+    """The starts are hashed in numpy for 256 steps at once; a resumed run (and every release)
+    must draw the same windows, so they are checked against the hash written out in Python ints."""
+    from onnxkit.train.backends.onnx.dropout import DropoutTables
+
+    def mix(x: int) -> int:  # splitmix64's finaliser
+        x = (x + 0x9E3779B97F4A7C15) % 2**64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+        return x ^ (x >> 31)
+
+    for seed, stream, size in ((3, 0, 4000), (2**63 + 11, 5, 1 << 23)):
+        tables = DropoutTables([0.1, 0.5], seed=seed, count=3, size=size)
+        tables.stream = stream
+        for step in (0, 1, 255, 256, 257, 1000, 2**40 + 5):
+            for batch in (0, 2):
+                key = mix(mix(mix(mix(seed) ^ stream) ^ step) ^ batch)
+                expected = [mix((key + k) % 2**64) % (size // 2) for k in range(3)]
+                assert tables.starts(step, batch).tolist() == expected, (seed, stream, step, batch)

@@ -27,6 +27,7 @@ from onnxkit.graph_walks import value_types
 
 TABLE = "onnxkit.dropout.table"  # + ".<k>" for the k-th distinct ratio
 STARTS = "onnxkit.dropout.starts"  # int64 [number of Dropout nodes]: each sliced window's first element
+STEPS_AT_ONCE = 256  # window starts are hashed for this many steps at a time (see DropoutTables.starts)
 FIRST_SIZE = 1 << 23  # 32 MB of float32: windows up to 4M elements (16 x 12 x 128 x 128 attention is 3.1M)
 ONE = "onnxkit.dropout.one"
 FLOAT = TensorProto.FLOAT
@@ -140,6 +141,8 @@ class DropoutTables:
         self.stream = 0  # data-parallel rank: each draws its own windows from the same tables
         self.size = size or FIRST_SIZE
         self.tables = [self._draw(k) for k in range(len(ratios))]
+        self._block_key: tuple | None = None  # (stream, batch, step // STEPS_AT_ONCE, size) of _block
+        self._block = np.zeros((0, count), np.int64)
 
     def _draw(self, k: int) -> np.ndarray:
         keep = np.random.default_rng([self.seed, k, self.size]).random(self.size, dtype=np.float32) >= self.ratios[k]
@@ -152,17 +155,25 @@ class DropoutTables:
     def starts(self, step: int, batch: int) -> np.ndarray:
         """Where each Dropout's window begins for micro-batch `batch` of step `step`: uniform over
         the table's first half, so a tensor up to half the table's size always fits. A hash of
-        (seed, stream, step, batch, k), not a generator: seeding numpy's costs 15 us, a tenth of a small step."""
-        key = _mix(_mix(_mix(_mix(self.seed) ^ self.stream) ^ step) ^ batch)  # one mix per field: no two collide
-        return np.array([_mix(key + k) % (self.size // 2) for k in range(self.count)], np.int64)
+        (seed, stream, step, batch, k), not a generator (seeding numpy's costs 15 us, a tenth of a
+        small step), computed for STEPS_AT_ONCE steps in one numpy pass (1.4 us a step in Python)."""
+        first, row = divmod(step, STEPS_AT_ONCE)
+        key = (self.stream, batch, first, self.size)
+        if self._block_key != key:
+            steps = np.arange(first * STEPS_AT_ONCE, (first + 1) * STEPS_AT_ONCE, dtype=np.uint64)
+            seeds = np.full(STEPS_AT_ONCE, self.seed, np.uint64)  # arrays throughout: they wrap silently
+            keys = _mix(_mix(_mix(_mix(seeds) ^ np.uint64(self.stream)) ^ steps) ^ np.uint64(batch))  # a mix per field
+            hashed = _mix(keys[:, None] + np.arange(self.count, dtype=np.uint64))
+            self._block = (hashed % np.uint64(self.size // 2)).astype(np.int64)
+            self._block_key = key
+        return self._block[row]
 
 
-def _mix(x: int) -> int:
-    """splitmix64's finaliser: a 64-bit integer hash whose outputs pass as uniform."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return x ^ (x >> 31)
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 values (wrapping): outputs that pass as uniform."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-_MASK = (1 << 64) - 1
