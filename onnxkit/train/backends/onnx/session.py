@@ -71,9 +71,10 @@ class OnnxSession(TrainingSession):
         for session in (self._train, self._optim, self._eval):
             check_started(session, kind, device)
         self._load(load_state(checkpoint or directory / INITIAL), directory, checkpoint is not None)
-        self._lr = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
-        self._step_value = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.int64))
-        self._loss_value = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
+        # host scalars, each bound as an OrtValue that shares its array's memory: written and read
+        # through the arrays (0.1 us) instead of update_inplace / numpy() (0.6 / 0.3 us)
+        self._host = {"lr": np.zeros((), np.float32), "step": np.zeros((), np.int64), "loss": np.zeros((), np.float32)}
+        self._lr, self._step_value, self._loss_value = map(ort.OrtValue.ortvalue_from_numpy, self._host.values())
         self._batches = 0  # micro-batches since the last optimizer step
         self._current = self._buffers_current = 0  # which set of each kind is current
         self._windows: list[list] = self._dropout_settings.get("views", [])  # [input, dropout, table, dims]
@@ -83,6 +84,7 @@ class OnnxSession(TrainingSession):
         self._data_inputs = [i.name for i in data]
         # where each named dim of the batch is read, to shape the bound dropout windows
         self._dims = {d: (i.name, axis) for i in data for axis, d in enumerate(i.shape) if isinstance(d, str)}
+        self._window_shapes: dict[tuple[int, ...], list[tuple]] = {}  # by the batch's named dims' sizes
         self._feeds_starts = any(i.name == STARTS for i in self._train.get_inputs())
         self._eval_inputs = [i.name for i in self._eval.get_inputs()]
         self._eval_data = [n for n in self._eval_inputs if n not in {*self._layout.names, *self._buffers}]
@@ -181,21 +183,30 @@ class OnnxSession(TrainingSession):
         if self._buffers:
             self._buffers_current = 1 - self._buffers_current
         self._batches += 1
-        return float(self._loss_value.numpy())
+        return float(self._host["loss"])
 
     def _bind_windows(self, binding: ort.IOBinding, starts: np.ndarray, feeds: Mapping[str, np.ndarray],
                       labels: np.ndarray) -> bool:
         """Bind each bound dropout window to its place in its table, shaped like this batch's
         tensor; False when one would run past the table's end."""
-        sizes = {d: np.shape(labels if source == self._labels else feeds[source])[axis]
-                 for d, (source, axis) in self._dims.items()}
-        for name, k, table, dims in self._windows:
-            shape = [sizes.get(d, d) for d in dims]
+        sizes = tuple(np.shape(labels if source == self._labels else feeds[source])[axis]
+                      for source, axis in self._dims.values())
+        windows = self._window_shapes.get(sizes)
+        if windows is None:
+            named = dict(zip(self._dims, sizes, strict=True))
+            shapes = [[named.get(d, d) for d in dims] for _, _, _, dims in self._windows]
+            windows = [(name, k, table, shape, math.prod(shape))
+                       for (name, k, table, _), shape in zip(self._windows, shapes, strict=True)]
+            self._window_shapes[sizes] = windows
+        for name, k, table, shape, count in windows:
             start = int(starts[k])
-            if start + math.prod(shape) > self._dropout.size:
+            if start + count > self._dropout.size:
                 return False
-            where = self._table_at[table] + 4 * start
-            binding.bind_input(name, self._device, self._device_id, np.float32, shape, where)
+            if self._device == "cpu":  # a view of the table's array (whose memory its OrtValue shares): 1.0 us
+                binding.bind_cpu_input(name, self._dropout.tables[table][start:start + count].reshape(shape))
+            else:  # by address, 1.7 us
+                where = self._table_at[table] + 4 * start
+                binding.bind_input(name, self._device, self._device_id, np.float32, shape, where)
         return True
 
     def _grow_dropout(self) -> None:
@@ -214,8 +225,8 @@ class OnnxSession(TrainingSession):
         if self._batches == 0:
             raise OnnxkitError("optimizer_step before any train_step: there are no gradients to apply")
         self._steps += 1
-        self._lr.update_inplace(np.asarray(lr, np.float32))
-        self._step_value.update_inplace(np.asarray(self._steps, np.int64))
+        self._host["lr"][...] = lr
+        self._host["step"][...] = self._steps
         key = ("optim", self._current, (self._batches - 1) % len(self._grads))
         if key not in self._bindings:
             self._bindings[key] = [self._optimizer_binding(offset, size) for offset, size in self._chunks]
