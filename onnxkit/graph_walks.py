@@ -73,17 +73,66 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
+# Ops that compute shapes from small constants in exported models (never a large output from small inputs).
+FOLDABLE = frozenset({
+    "Constant", "Identity", "Cast", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Sqrt", "Pow",
+    "Min", "Max", "Equal", "Less", "Greater", "Not", "And", "Or", "Where", "Concat", "Gather", "Slice", "Squeeze",
+    "Unsqueeze", "Reshape", "ReduceProd", "ReduceSum",
+})
+SMALL = 64  # elements of a constant that counts as shape arithmetic
+
+
+def _fold_constants(model: onnx.ModelProto, skeleton: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Replace the skeleton's nodes computed from small constants alone by their values (made
+    with onnx's reference evaluator); returns the new initializers. A model whose constants the
+    evaluator cannot run is left as it is."""
+    from onnx.reference import ReferenceEvaluator
+
+    graph = skeleton.graph
+    known = {t.name for t in model.graph.initializer if np.prod(t.dims, dtype=np.int64) <= SMALL}
+    ends = {o.name for o in graph.output}
+    at = []  # positions of the foldable nodes
+    for k, node in enumerate(graph.node):
+        large = node.op_type == "Constant" and any(np.prod(a.t.dims, dtype=np.int64) > SMALL for a in node.attribute)
+        if (node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and not large
+                and not ends & set(node.output) and all(i in known for i in node.input if i)):
+            at.append(k)
+            known.update(node.output)
+    if not at:
+        return []
+    foldable = [graph.node[k] for k in at]
+    outputs = [o for node in foldable for o in node.output if o]
+    constants = [t for t in model.graph.initializer if t.name in known]
+    part = onnx.helper.make_model(
+        onnx.helper.make_graph(foldable, "constants", [], [onnx.ValueInfoProto(name=o) for o in outputs], constants),
+        opset_imports=model.opset_import, ir_version=model.ir_version)
+    try:
+        values = ReferenceEvaluator(part).run(None, {})
+    except Exception:  # noqa: BLE001 - an op the evaluator lacks: infer without the folding
+        return []
+    folded = [numpy_helper.from_array(np.asarray(v), o) for o, v in zip(outputs, values, strict=True)]
+    for k in reversed(at):
+        del graph.node[k]
+    graph.initializer.extend(folded)
+    return folded
+
+
 # Ops whose first output has its first input's type and shape, for the few that onnx's shape
 # inference leaves untyped (GroupNormalization-21 in onnx 1.2x), so inference can go on past them.
 SAME_SHAPE = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization"})
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Every value's inferred type and shape, by name (initializers included)."""
+    """Every value's inferred type and shape, by name (initializers included).
+
+    The shape arithmetic of exported models (PyTorch's attention: a Reshape whose target is a
+    Concat of a Slice whose end is a Mod of two constants) is folded first, and inference
+    propagates the values of shape tensors, so such a Reshape gets its rank."""
     skeleton = _skeleton(model)
+    folded = _fold_constants(model, skeleton)
     for _ in range(8):  # each pass types the outputs of SAME_SHAPE ops inference left untyped
         try:
-            inferred = onnx.shape_inference.infer_shapes(skeleton)
+            inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
             raise OnnxkitError(f"shape inference failed on the model ({e}); is it a valid ONNX model?") from e
         known = {v.name: v for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)}
@@ -94,7 +143,8 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         skeleton.graph.value_info.extend(hints)
     g = inferred.graph
     types = {
-        t.name: onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer
+        t.name: onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in (*model.graph.initializer, *folded)
     }
     types.update({v.name: v for v in (*g.input, *g.value_info, *g.output)})
     return types

@@ -1,0 +1,51 @@
+"""value_types on the shape arithmetic exporters write: a Reshape whose target shape is computed
+from constants (PyTorch's nn.MultiheadAttention: the kept dims sliced off Shape(x) up to a Mod
+of two constants) gets its rank, so the nodes after it can be differentiated."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.autodiff.check import gradcheck
+from onnxkit.graph_walks import value_types
+
+
+def exported_split_heads(batch: int | str = "batch") -> onnx.ModelProto:
+    """x [batch, 8] @ w [8, 12] = y -> Reshape to [batch, 3, 4] with the target computed at run
+    time as Concat(Slice(Shape(y), 0, Mod(7, 6)), [3, 4]) -> Gather head 1 -> [batch, 4]."""
+    def const(name: str, value: list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.int64)))
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Shape", ["y"], ["shape"]),
+        const("zero", [0]), const("seven", [7]), const("six", [6]), const("heads", [3, 4]),
+        helper.make_node("Mod", ["seven", "six"], ["kept"]),  # 1: onnx's shape inference cannot see through it
+        helper.make_node("Slice", ["shape", "zero", "kept"], ["batch"]),
+        helper.make_node("Concat", ["batch", "heads"], ["target"], axis=0),
+        helper.make_node("Reshape", ["y", "target"], ["split"]),
+        helper.make_node("Gather", ["split", "one"], ["head"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "split heads",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, 8])],
+        [helper.make_tensor_value_info("head", TensorProto.DOUBLE, None)],
+        [numpy_helper.from_array(np.random.default_rng(0).uniform(-1, 1, (8, 12)), "w"),
+         numpy_helper.from_array(np.array(1, np.int64), "one")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_a_reshape_to_a_shape_computed_from_constants_gets_its_rank():
+    types = value_types(exported_split_heads())
+    dims = [d.dim_value or d.dim_param for d in types["split"].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 4]
+    assert len(types["head"].type.tensor_type.shape.dim) == 2
+
+
+def test_the_gather_after_it_is_differentiated():
+    x = np.random.default_rng(1).uniform(-1, 1, (5, 8))
+    for name, (analytic, numeric) in gradcheck(exported_split_heads(5), {"x": x}, ["w", "x"]).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
