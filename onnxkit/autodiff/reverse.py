@@ -5,9 +5,9 @@ one graph that also outputs each parameter's gradient, in default-domain ONNX op
    a parameter through differentiable ops (Shape, Equal, Cast to int, ... cut the path).
 2. Only active nodes that the loss depends on are differentiated, in reverse order; each
    op's rule (`onnxkit.autodiff.rules`) turns its outputs' gradients into its inputs'. A
-   decomposed op (`composites`: exact GELU) is differentiated as the op it spells. A
-   LayerNormalization is asked for the Mean and InvStdDev it computes anyway, so its rule
-   does not compute them again.
+   decomposed op (`composites`: exact GELU) is differentiated as the op it spells; an LSTM
+   or GRU (`recurrent`) is first replaced by its unrolled form. A LayerNormalization is asked
+   for the Mean and InvStdDev it computes anyway, so its rule does not compute them again.
 3. Gradients reaching a value along several paths are added up.
 
 The result keeps every forward node and output, so a training graph can still emit its
@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.autodiff.builder import Backward, Graph
 from onnxkit.autodiff.composites import collapse
+from onnxkit.autodiff.recurrent import RECURRENT, unroll, unsupported
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import ancestors, node_label, opset, value_types
@@ -63,8 +64,13 @@ def _is_float(types: dict[str, onnx.ValueInfoProto], name: str) -> bool:
 
 def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list[tuple[str, str]]:
     """(op type, node label) of every node on the gradient path that has no rule."""
-    nodes, _ = active_nodes(model, wrt, loss, value_types(model))
-    return [(node.op_type, node_label(node, i)) for i, node in nodes if _rule_key(node) not in RULES]
+    types = value_types(model)
+    nodes, _ = active_nodes(model, wrt, loss, types)
+    missing = [(node.op_type, node_label(node, i)) for i, node in nodes
+               if _rule_key(node) not in RULES and node.op_type not in RECURRENT]
+    missing += [(f"{node.op_type} {reason}", node_label(node, i)) for i, node in nodes
+                if node.op_type in RECURRENT and (reason := unsupported(node, types))]
+    return missing
 
 
 def _rule_key(node: onnx.NodeProto) -> str:
@@ -85,6 +91,16 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     model = result
     types = value_types(model)
     nodes, active = active_nodes(model, wrt, loss, types)
+    recurrent = [(index, node) for index, node in nodes if node.op_type in RECURRENT]
+    for index, node in recurrent:
+        reason = unsupported(node, types)
+        if reason:
+            raise OnnxkitError(f"cannot differentiate {node.op_type} (node {node_label(node, index)}) {reason}; "
+                               "leave the parameters before it out of wrt")
+    if recurrent:  # differentiated through their unrolled form
+        unroll(model, [index for index, _ in recurrent], types)
+        types = value_types(model)
+        nodes, active = active_nodes(model, wrt, loss, types)
     if loss not in active:
         raise OnnxkitError(f"the loss {loss!r} does not depend on any of the parameters to train")
     for index, node in nodes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from onnxkit.autodiff.builder import Backward
+from onnxkit.autodiff.recurrent import RECURRENT
 
 Rule = Callable[[Backward], "list[str | None]"]
 RULES: dict[str, Rule] = {}
@@ -54,6 +55,7 @@ def gradient_table() -> str:
         groups.setdefault(fn.__module__.rsplit(".", 1)[-1], []).append(op)
     rows = ["| group | ops with a gradient rule |", "|---|---|"]
     rows += [f"| {group} | {', '.join(sorted(ops))} |" for group, ops in sorted(groups.items())]
+    rows.append(f"| recurrent (unrolled over a fixed sequence length) | {', '.join(sorted(RECURRENT))} |")
     rows.append(f"| no gradient (cut) | {', '.join(sorted(NON_DIFFERENTIABLE))} |")
     return "\n".join(rows)
 

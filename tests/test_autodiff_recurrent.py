@@ -1,0 +1,143 @@
+"""LSTM and GRU are differentiated through their unrolled form: the unrolled graph computes what
+ONNX Runtime's kernels compute, its gradients match central finite differences (float64, the
+forward in onnx.reference, which agrees with ONNX Runtime's kernels to 1e-7 here), what it
+cannot unroll is refused by name, and a GRU classifier trains through `fit`."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.autodiff import add_gradients, missing_rules
+from onnxkit.autodiff.check import gradcheck
+from onnxkit.autodiff.recurrent import unroll
+from onnxkit.errors import OnnxkitError
+from onnxkit.graph_walks import value_types
+
+CELLS = {"LSTM": ("LSTM", {}), "GRU": ("GRU", {"linear_before_reset": 0}),
+         "GRU linear_before_reset": ("GRU", {"linear_before_reset": 1})}
+DIRECTIONS = ["forward", "reverse", "bidirectional"]
+STEPS, BATCH, SIZE, HIDDEN = 3, 2, 4, 3
+
+
+def recurrent(cell: str, direction: str, dtype: int, *, bias: bool = True, initial: bool = True,
+              steps: int | str = STEPS, sequence_lens: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """One LSTM / GRU node over x [steps, batch, size]; its weights (and initial states) are inputs."""
+    op, attrs = CELLS[cell]
+    directions, gates = (2 if direction == "bidirectional" else 1), (4 if op == "LSTM" else 3)
+    rng = np.random.default_rng(len(cell) + len(direction))
+    feeds = {"x": rng.uniform(-1, 1, (STEPS, BATCH, SIZE)),
+             "w": rng.uniform(-0.6, 0.6, (directions, gates * HIDDEN, SIZE)),
+             "r": rng.uniform(-0.6, 0.6, (directions, gates * HIDDEN, HIDDEN))}
+    names = ["x", "w", "r", "b" if bias else "", "lens" if sequence_lens else "", "h0" if initial else ""]
+    if bias:
+        feeds["b"] = rng.uniform(-0.5, 0.5, (directions, 2 * gates * HIDDEN))
+    if initial:
+        feeds["h0"] = rng.uniform(-0.5, 0.5, (directions, BATCH, HIDDEN))
+    if initial and op == "LSTM":
+        names.append("c0")
+        feeds["c0"] = rng.uniform(-0.5, 0.5, (directions, BATCH, HIDDEN))
+    outputs = ["y", "y_h"] + (["y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, names, outputs, hidden_size=HIDDEN, direction=direction, **attrs)
+    inputs = [helper.make_tensor_value_info(n, dtype, [steps, BATCH, SIZE] if n == "x" else list(feeds[n].shape))
+              for n in names if n and n != "lens"]
+    if sequence_lens:
+        inputs.append(helper.make_tensor_value_info("lens", TensorProto.INT32, [BATCH]))
+        feeds["lens"] = np.full(BATCH, STEPS, np.int32)
+    state = [directions, BATCH, HIDDEN]
+    shapes = {"y": [steps, directions, BATCH, HIDDEN], "y_h": state, "y_c": state}
+    graph = helper.make_graph([node], "rnn", inputs,
+                              [helper.make_tensor_value_info(o, dtype, shapes[o]) for o in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    dt = helper.tensor_dtype_to_np_dtype(dtype)
+    return model, {k: v.astype(dt) if v.dtype.kind == "f" else v for k, v in feeds.items()}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("bias,initial", [(True, True), (False, False)])
+def test_the_unrolled_form_computes_what_onnxruntime_computes(cell, direction, bias, initial):
+    from onnxkit.runtime.session import ort
+
+    model, feeds = recurrent(cell, direction, TensorProto.FLOAT, bias=bias, initial=initial)
+    unrolled = onnx.ModelProto()
+    unrolled.CopyFrom(model)
+    unroll(unrolled, [0], value_types(unrolled))
+    assert {n.op_type for n in unrolled.graph.node}.isdisjoint({"LSTM", "GRU"})
+    kernel, written_out = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                           for m in (model, unrolled))
+    for name, expected, got in zip([o.name for o in model.graph.output], kernel.run(None, feeds),
+                                   written_out.run(None, feeds), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_gradients_through_time_match_finite_differences(cell, direction):
+    _skip_unless_the_reference_agrees_with_onnxruntime(cell, direction)
+    model, feeds = recurrent(cell, direction, TensorProto.DOUBLE)
+    for name, (analytic, numeric) in gradcheck(model, feeds, list(feeds)).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6 * max(1.0, np.abs(numeric).max()),
+                                   err_msg=f"{cell} {direction}: d/d{name}")
+
+
+def _skip_unless_the_reference_agrees_with_onnxruntime(cell: str, direction: str) -> None:
+    """The finite differences run the node in onnx.reference: onnx 1.17's (the ORT-training
+    environment's) GRU runs forward whatever the direction or refuses two, its LSTM makes no Y_c."""
+    from onnx.reference import ReferenceEvaluator
+
+    from onnxkit.runtime.session import ort
+
+    model, feeds = recurrent(cell, direction, TensorProto.FLOAT)
+    kernel = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    try:
+        reference = ReferenceEvaluator(model).run(None, feeds)
+    except (NotImplementedError, RuntimeError) as e:  # 1.17's LSTM has no Y_c either
+        pytest.skip(f"onnx {onnx.__version__}'s reference evaluator: {str(e)[:80]}")
+    if max(float(np.abs(a - b).max()) for a, b in zip(kernel, reference, strict=True)) > 1e-5:
+        pytest.skip(f"onnx {onnx.__version__}'s reference {cell} ({direction}) disagrees with ONNX Runtime's kernel")
+
+
+def test_what_cannot_be_unrolled_is_refused_by_name():
+    model, _ = recurrent("LSTM", "forward", TensorProto.FLOAT, sequence_lens=True)
+    label = "#0 (output 'y')"
+    assert missing_rules(model, ["w"], "y_h") == [("LSTM with sequence_lens (sequences of different lengths)", label)]
+    with pytest.raises(OnnxkitError, match=r"cannot differentiate LSTM \(node #0 \(output 'y'\)\) with sequence_lens"):
+        add_gradients(model, ["w"], "y_h")
+    model, _ = recurrent("GRU", "forward", TensorProto.FLOAT, steps="steps")
+    assert missing_rules(model, ["w"], "y_h") == [("GRU over a sequence length the graph does not fix", label)]
+    model, _ = recurrent("GRU", "forward", TensorProto.FLOAT)
+    assert missing_rules(model, ["w", "r"], "y_h") == []
+
+
+@pytest.mark.training
+def test_a_gru_over_the_rows_of_each_digit_trains(tmp_path):
+    """x [batch, 64] -> 8 steps of 8 pixels -> GRU(16), PyTorch's export shape (linear_before_reset) -> head."""
+    from onnxkit.train import fit
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Reshape", ["x", "rows"], ["seq"]),
+        helper.make_node("Transpose", ["seq"], ["steps"], perm=[1, 0, 2]),
+        helper.make_node("GRU", ["steps", "gru.w", "gru.r", "gru.b"], ["", "last"], hidden_size=16,
+                         linear_before_reset=1),
+        helper.make_node("Squeeze", ["last", "zero"], ["h"]),
+        helper.make_node("Gemm", ["h", "head.w", "head.b"], ["logits"]),
+    ]
+    weights = {"gru.w": rng.uniform(-0.25, 0.25, (1, 48, 8)), "gru.r": rng.uniform(-0.25, 0.25, (1, 48, 16)),
+               "gru.b": np.zeros((1, 96)), "head.w": rng.uniform(-0.25, 0.25, (16, 10)), "head.b": np.zeros(10)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    inits += [numpy_helper.from_array(np.array([-1, 8, 8], np.int64), "rows"),
+              numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    graph = helper.make_graph(nodes, "gru digits",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    result = fit(model, "digits", tmp_path / "run", epochs=6, batch_size=32, lr=0.01, quiet=True, device="cpu",
+                 backend="onnx")
+    losses = [r["val_loss"] for r in result.history if r["event"] == "epoch"]
+    assert losses[-1] < 0.5 * losses[0] and result.metrics["test"]["accuracy"] > 0.8
+    kept = [n.op_type for n in onnx.load(result.model_path).graph.node]
+    assert kept.count("GRU") == 1  # the inference graph keeps the node
