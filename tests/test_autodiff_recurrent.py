@@ -23,8 +23,10 @@ STEPS, BATCH, SIZE, HIDDEN = 3, 2, 4, 3
 
 
 def recurrent(cell: str, direction: str, dtype: int, *, bias: bool = True, initial: bool = True,
-              steps: int | str = STEPS, sequence_lens: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """One LSTM / GRU node over x [steps, batch, size]; its weights (and initial states) are inputs."""
+              steps: int | str = STEPS, sequence_lens: bool = False,
+              layout: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """One LSTM / GRU node over x [steps, batch, size] (layout 1: [batch, steps, size], the states
+    [batch, directions, hidden]); its weights (and initial states) are inputs."""
     op, attrs = CELLS[cell]
     directions, gates = (2 if direction == "bidirectional" else 1), (4 if op == "LSTM" else 3)
     rng = np.random.default_rng(len(cell) + len(direction))
@@ -32,6 +34,8 @@ def recurrent(cell: str, direction: str, dtype: int, *, bias: bool = True, initi
              "w": rng.uniform(-0.6, 0.6, (directions, gates * HIDDEN, SIZE)),
              "r": rng.uniform(-0.6, 0.6, (directions, gates * HIDDEN, HIDDEN))}
     names = ["x", "w", "r", "b" if bias else "", "lens" if sequence_lens else "", "h0" if initial else ""]
+    if layout:
+        feeds["x"] = feeds["x"].transpose(1, 0, 2).copy()
     if bias:
         feeds["b"] = rng.uniform(-0.5, 0.5, (directions, 2 * gates * HIDDEN))
     if initial:
@@ -40,14 +44,18 @@ def recurrent(cell: str, direction: str, dtype: int, *, bias: bool = True, initi
         names.append("c0")
         feeds["c0"] = rng.uniform(-0.5, 0.5, (directions, BATCH, HIDDEN))
     outputs = ["y", "y_h"] + (["y_c"] if op == "LSTM" else [])
-    node = helper.make_node(op, names, outputs, hidden_size=HIDDEN, direction=direction, **attrs)
-    inputs = [helper.make_tensor_value_info(n, dtype, [steps, BATCH, SIZE] if n == "x" else list(feeds[n].shape))
+    if layout:
+        feeds.update({k: feeds[k].transpose(1, 0, 2).copy() for k in ("h0", "c0") if k in feeds})
+    node = helper.make_node(op, names, outputs, hidden_size=HIDDEN, direction=direction, layout=layout, **attrs)
+    x_dims = [BATCH, steps, SIZE] if layout else [steps, BATCH, SIZE]
+    inputs = [helper.make_tensor_value_info(n, dtype, x_dims if n == "x" else list(feeds[n].shape))
               for n in names if n and n != "lens"]
     if sequence_lens:
         inputs.append(helper.make_tensor_value_info("lens", TensorProto.INT32, [BATCH]))
         feeds["lens"] = np.full(BATCH, STEPS, np.int32)
-    state = [directions, BATCH, HIDDEN]
-    shapes = {"y": [steps, directions, BATCH, HIDDEN], "y_h": state, "y_c": state}
+    state = [BATCH, directions, HIDDEN] if layout else [directions, BATCH, HIDDEN]
+    y_dims = [BATCH, steps, directions, HIDDEN] if layout else [steps, directions, BATCH, HIDDEN]
+    shapes = {"y": y_dims, "y_h": state, "y_c": state}
     graph = helper.make_graph([node], "rnn", inputs,
                               [helper.make_tensor_value_info(o, dtype, shapes[o]) for o in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
@@ -71,6 +79,24 @@ def test_the_unrolled_form_computes_what_onnxruntime_computes(cell, direction, b
     for name, expected, got in zip([o.name for o in model.graph.output], kernel.run(None, feeds),
                                    written_out.run(None, feeds), strict=True):
         np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_the_batch_first_layout_matches_the_reference_evaluator(cell, direction):
+    """layout 1, which ONNX Runtime's kernels refuse: checked against onnx.reference (float64)."""
+    from onnx.reference import ReferenceEvaluator
+
+    model, feeds = recurrent(cell, direction, TensorProto.DOUBLE, layout=1)
+    unrolled = onnx.ModelProto()
+    unrolled.CopyFrom(model)
+    unroll(unrolled, [0], value_types(unrolled))
+    try:
+        expected = ReferenceEvaluator(model).run(None, feeds)
+    except (NotImplementedError, RuntimeError) as e:  # onnx 1.17's reference
+        pytest.skip(f"onnx {onnx.__version__}'s reference evaluator: {str(e)[:80]}")
+    for got, want in zip(ReferenceEvaluator(unrolled).run(None, feeds), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("cell", CELLS)

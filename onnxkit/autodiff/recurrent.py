@@ -82,7 +82,10 @@ class _Unrolled:
         self.dtype = types[node.input[0]].type.tensor_type.elem_type
         steps, layout = _steps(node, types), attrs.get("layout", 0)
         inputs = list(node.input) + [""] * 8
-        x = self.op("Transpose", inputs[0], perm=[1, 0, 2]) if layout else inputs[0]  # [steps, batch, in]
+        if layout:  # batch first: x [batch, steps, in] and the states [batch, directions, hidden]
+            inputs[0] = self.op("Transpose", inputs[0], perm=[1, 0, 2])
+            inputs[5:7] = [self.op("Transpose", i, perm=[1, 0, 2]) if i else "" for i in inputs[5:7]]
+        x = inputs[0]  # [steps, batch, in]
         reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
         per_direction = {i: self._directions(inputs[i], len(reverse)) for i in (1, 2, 3, 5, 6) if inputs[i]}
         ys, hs, cs = [], [], []
