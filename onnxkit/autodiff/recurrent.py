@@ -77,7 +77,7 @@ class _Unrolled:
         self.hidden = int(attrs["hidden_size"])
         direction = attrs.get("direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else direction
-        self.lstm = node.op_type == "LSTM"
+        self.lstm, self.gates = node.op_type == "LSTM", GATES[node.op_type]
         self.linear_before_reset = bool(attrs.get("linear_before_reset", 0))
         self.dtype = types[node.input[0]].type.tensor_type.elem_type
         steps, layout = _steps(node, types), attrs.get("layout", 0)
@@ -126,8 +126,8 @@ class _Unrolled:
         return [self.op("Squeeze", p, self.ints([0])) for p in parts]
 
     def _gates(self, value: str) -> list[str]:
-        return self.op("Split", value, self.ints([self.hidden] * GATES["LSTM" if self.lstm else "GRU"]),
-                       outputs=GATES["LSTM" if self.lstm else "GRU"], axis=1)
+        """[batch, gates x hidden] split into one [batch, hidden] per gate."""
+        return self.op("Split", value, self.ints([self.hidden] * self.gates), outputs=self.gates, axis=1)
 
     def _zeros(self, x: str) -> str:
         """Zeros [batch, hidden] in x's type, the batch read from x [steps, batch, in] at run time."""
@@ -138,7 +138,7 @@ class _Unrolled:
 
     def _direction(self, x: str, steps: int, backwards: bool, given: dict[int, str]) -> tuple[str, str, str]:
         """Outputs [steps, batch, hidden], the last hidden state and (LSTM) cell state of one direction."""
-        gates = GATES["LSTM" if self.lstm else "GRU"] * self.hidden
+        gates = self.gates * self.hidden
         projected = self.op("MatMul", x, self.op("Transpose", given[1], perm=[1, 0]))  # [steps, batch, gates]
         bias_w = bias_r = None
         if 3 in given:
