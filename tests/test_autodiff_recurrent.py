@@ -138,6 +138,18 @@ def test_what_cannot_be_unrolled_is_refused_by_name():
     assert missing_rules(model, ["w", "r"], "y_h") == []
 
 
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_the_ort_training_backend_refuses_the_directions_its_kernels_lack(direction):
+    """onnxruntime-training 1.19.2's LSTMGrad / GRUGrad kernels run the forward direction only
+    (otherwise its session fails to start with a C++ traceback): refused before training."""
+    from onnxkit.train.backends._ort_legalize import unsupported_ops
+
+    for cell in ("LSTM", "GRU"):
+        model, _ = recurrent(cell, direction, TensorProto.FLOAT)
+        expected = [] if direction == "forward" else [(f"{cell} ({direction})", "#0 (output 'y')")]
+        assert unsupported_ops(model, ["w"], "y_h") == expected
+
+
 @pytest.mark.training
 def test_a_gru_over_the_rows_of_each_digit_trains(tmp_path):
     """x [batch, 64] -> 8 steps of 8 pixels -> GRU(16), PyTorch's export shape (linear_before_reset) -> head."""

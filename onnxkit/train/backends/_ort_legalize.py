@@ -39,6 +39,7 @@ NO_GRADIENT = {
     "Resize",
     "Attention",
 }
+FORWARD_ONLY = {"LSTM", "GRU"}  # its LSTMGrad / GRUGrad kernels run the forward direction only
 
 
 
@@ -81,8 +82,12 @@ def unsupported_ops(model: onnx.ModelProto, trainable: Iterable[str], loss: str)
     live, found = set(trainable), []
     for index, node in enumerate(model.graph.node):  # nodes are topologically sorted
         if live & set(node.input):
-            if node.op_type in NO_GRADIENT and node.output[0] in needed:
+            direction = next((a.s.decode() for a in node.attribute if a.name == "direction"), "forward")
+            on_path = bool(needed & set(node.output))
+            if on_path and node.op_type in NO_GRADIENT:
                 found.append((node.op_type, node_label(node, index)))
+            elif on_path and node.op_type in FORWARD_ONLY and direction != "forward":
+                found.append((f"{node.op_type} ({direction})", node_label(node, index)))
             live.update(node.output)
     return found
 
