@@ -147,6 +147,10 @@ class _Unrolled:
         parts = self.op("Split", projected, self.ints([1] * steps), outputs=steps, axis=0) if steps > 1 else [projected]
         inputs = [self.op("Squeeze", p, self.ints([0])) for p in parts]
         recurrence = self.op("Transpose", given[2], perm=[1, 0])  # [hidden, gates]
+        if not self.lstm and not self.linear_before_reset:  # R and its bias apart: [z r] and [h]
+            two = 2 * self.hidden
+            recurrence = self.op("Split", recurrence, self.ints([two, self.hidden]), outputs=2, axis=1)
+            bias_r = self.op("Split", bias_r, self.ints([two, self.hidden]), outputs=2, axis=0) if bias_r else None
         h = given.get(5) or self._zeros(x)
         c = (given.get(6) or self._zeros(x)) if self.lstm else ""
         outputs: dict[int, str] = {}
@@ -168,7 +172,8 @@ class _Unrolled:
         c = self.op("Add", self.op("Mul", f, c), self.op("Mul", i, g))
         return self.op("Mul", o, self.op("Tanh", c)), c
 
-    def _gru_step(self, xw: str, h: str, recurrence: str, bias_r: str | None) -> str:
+    def _gru_step(self, xw: str, h: str, recurrence: Any, bias_r: Any) -> str:
+        """One step; without linear_before_reset, `recurrence` and `bias_r` come split as ([z r], [h])."""
         xz, xr, xh = self._gates(xw)  # ONNX's order: update, reset, hidden
         if self.linear_before_reset:
             hr = self.op("MatMul", h, recurrence)
@@ -178,16 +183,12 @@ class _Unrolled:
             z, r = self.op("Sigmoid", self.op("Add", xz, rz)), self.op("Sigmoid", self.op("Add", xr, rr))
             candidate = self.op("Tanh", self.op("Add", xh, self.op("Mul", r, rh)))
         else:
-            two = 2 * self.hidden
-            r_zr, r_h = self.op("Split", recurrence, self.ints([two, self.hidden]), outputs=2, axis=1)
+            (r_zr, r_h), (b_zr, b_h) = recurrence, bias_r or (None, None)
             hr = self.op("MatMul", h, r_zr)
-            b_zr = b_h = None
-            if bias_r:
-                b_zr, b_h = self.op("Split", bias_r, self.ints([two, self.hidden]), outputs=2, axis=0)
+            if b_zr:
                 hr = self.op("Add", hr, b_zr)
             rz, rr = self.op("Split", hr, self.ints([self.hidden, self.hidden]), outputs=2, axis=1)
             z, r = self.op("Sigmoid", self.op("Add", xz, rz)), self.op("Sigmoid", self.op("Add", xr, rr))
             reset = self.op("MatMul", self.op("Mul", r, h), r_h)
-            candidate = self.op("Add", xh, self.op("Add", reset, b_h) if b_h else reset)
-            candidate = self.op("Tanh", candidate)
+            candidate = self.op("Tanh", self.op("Add", xh, self.op("Add", reset, b_h) if b_h else reset))
         return self.op("Add", candidate, self.op("Mul", z, self.op("Sub", h, candidate)))  # (1-z) n + z h
