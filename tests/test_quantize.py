@@ -317,6 +317,18 @@ def test_cli_writes_model_and_json_report(tmp_path, run_cli, mlp_data):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "q.onnx", "q.report.json"]
 
 
+def test_a_report_says_when_the_quantized_model_is_slower_at_every_batch():
+    from onnxkit.quantize.report import Report
+
+    def report(quantized_ms: dict[int, float]) -> Report:
+        latency = {b: {"original": 1.0, "quantized": ms} for b, ms in quantized_ms.items()}
+        return Report("m.onnx", "q.onnx", {"mode": "static"}, "", "", {"original": 2, "quantized": 1}, latency)
+
+    assert report({1: 1.5, 64: 4.5}).slower_everywhere()
+    assert not report({1: 1.5, 64: 0.7}).slower_everywhere()  # faster at batch 64: worth it there
+    assert not report({}).slower_everywhere()  # not timed: nothing to say
+
+
 def test_max_drop_refusal_writes_nothing(tmp_path, run_cli, mlp_data):
     src = _save(mlp(), tmp_path)
     drop = quantize(src, mode="int4", block_size=64, eval_data=mlp_data, measure_latency=False)

@@ -71,6 +71,11 @@ class Report:
         row = self.latency_ms.get(batch, {})
         return _ratio(row.get("original"), row.get("quantized"))
 
+    def slower_everywhere(self) -> bool:
+        """Whether the quantized model ran slower than the original at every batch size timed."""
+        ratios = [self.latency_ratio(b) for b in self.latency_ms]
+        return bool(ratios) and all(r is not None and r > 1 for r in ratios)
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["size_bytes"]["ratio"] = round(self.size_ratio, 4)
