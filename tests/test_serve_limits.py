@@ -139,10 +139,12 @@ def test_unfinished_bodies_get_408_within_the_body_timeout_and_their_memory_is_f
         assert b"--body-timeout" in reply
         assert 1.9 < seconds < 4
         sock.close()
-    freed_by = time.monotonic() + 2  # the server frees them as it closes; on a busy machine that takes a moment
-    while (after := rss_mb(guarded.process.pid)) >= before + 0.25 * (peak - before) and time.monotonic() < freed_by:
+    # ...and freed after the timeout: held bodies would keep all 24 MB; the allocator keeps some
+    # pages of what was freed (after a full `make test` here: 74 -> 101 -> 83 MB), so half must go
+    freed_by = time.monotonic() + 2
+    while (after := rss_mb(guarded.process.pid)) >= before + 0.5 * (peak - before) and time.monotonic() < freed_by:
         time.sleep(0.05)
-    assert after < before + 0.25 * (peak - before), (before, peak, after)  # ...and freed after the timeout
+    assert after < before + 0.5 * (peak - before), (before, peak, after)
     assert httpx.post(guarded.url + "/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
 
 
