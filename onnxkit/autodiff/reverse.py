@@ -163,8 +163,10 @@ def _save_statistics(nodes: list[tuple[int, onnx.NodeProto]], graph: Graph) -> N
     `graph.types`): onnxruntime's kernel computes them anyway, and the rule then skips two passes
     and two reductions over x to recompute them."""
     for _, node in nodes:
+        if node.op_type != "LayerNormalization" or len(node.output) > 2:
+            continue
         x = graph.dims(node.input[0])
-        if node.op_type != "LayerNormalization" or len(node.output) > 2 or x is None:
+        if x is None:
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1) % len(x)
         stash = next((a.i for a in node.attribute if a.name == "stash_type"), TensorProto.FLOAT)

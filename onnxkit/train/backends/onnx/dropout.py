@@ -86,7 +86,8 @@ def replace_dropout(model: onnx.ModelProto) -> dict:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
         model.graph.input.extend(inputs)
-        sliced = [k for k in range(count) if k not in {v[1] for v in views}]
+        bound = {v[1] for v in views}
+        sliced = [k for k in range(count) if k not in bound]
         if sliced:
             model.graph.input.append(helper.make_tensor_value_info(STARTS, TensorProto.INT64, [count]))
             model.graph.initializer.extend([
