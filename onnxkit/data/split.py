@@ -223,10 +223,7 @@ def split_indices(
             "and leave examples for training"
         )
     rng = np.random.default_rng(seed)
-    groups = [np.arange(len(labels))]
-    if stratify:
-        classes, inverse = np.unique(labels, return_inverse=True)
-        groups = [np.flatnonzero(inverse == c) for c in range(len(classes))]
+    groups = class_groups(labels) if stratify else [np.arange(len(labels))]
     parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
     for group in groups:
         idx = rng.permutation(group)
@@ -237,6 +234,14 @@ def split_indices(
         parts[0].append(idx[n_test + n_val :])
     train, val, tst = (np.sort(np.concatenate(p)) for p in parts)
     return train, val, tst
+
+
+def class_groups(labels: np.ndarray) -> list[np.ndarray]:
+    """The indices of each distinct label, in increasing index order, classes in sorted order
+    (np.unique's order, without its import of numpy.ma: 7 ms of every command)."""
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    return np.split(order, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1)
 
 
 def dataset_from_arrays(
@@ -255,7 +260,7 @@ def dataset_from_arrays(
     shaped [N, 1] become [N]."""
     labels = checked_labels(name, inputs, labels)
     classification = labels.dtype.kind in "iub"
-    stratify = classification and len(np.unique(labels)) <= max(2, len(labels) // 5)
+    stratify = classification and len(class_groups(labels)) <= max(2, len(labels) // 5)
     parts = split_indices(labels, seed=seed, validation=validation, test=test, stratify=stratify)
     splits = [
         Split(split_name, {k: v[idx] for k, v in inputs.items()}, labels[idx])

@@ -118,9 +118,10 @@ def unscaled_warning(train: Split, specs: list[ModelInput], regression: bool) ->
     found = []
     for name, array in _float_features(train, specs).items():
         mean, std = (np.abs(m.ravel()) for m in _moments(array))
-        varying = std[std >= TINY] if (std >= TINY).any() else np.ones(1)
-        if varying.max() > SPREAD * np.median(varying) or ((mean > FAR) & (mean > FAR * std)).any():
-            found.append(f"feature {name!r}: stds up to {varying.max():.3g}, median {np.median(varying):.3g}, "
+        varying = np.sort(std[std >= TINY] if (std >= TINY).any() else np.ones(1))
+        median = (varying[(len(varying) - 1) // 2] + varying[len(varying) // 2]) / 2  # np.median imports numpy.ma
+        if varying[-1] > SPREAD * median or ((mean > FAR) & (mean > FAR * std)).any():
+            found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}, median {median:.3g}, "
                          f"means up to {mean.max():.3g}")
     if regression and train.labels.dtype.kind == "f":
         scale = target_scale(train.labels)
