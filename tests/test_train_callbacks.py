@@ -1,5 +1,5 @@
-"""The trainer's callback hooks: their order, metrics.jsonl written once per epoch, and a callback
-that stops training."""
+"""The trainer's callback hooks: their order, when metrics.jsonl is written, and a callback that
+stops training."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from onnxkit import zoo
 from onnxkit.train import fit
-from onnxkit.train.callbacks import Callback
+from onnxkit.train.callbacks import Callback, MetricsWriter
 
 pytestmark = pytest.mark.training
 
@@ -49,7 +49,8 @@ class Recorder(Callback):
         self.calls.append(f"train_end {status}")
 
 
-def test_hooks_run_in_order_and_metrics_are_written_at_epoch_ends(tmp_path):
+def test_hooks_run_in_order_and_metrics_are_written_at_epoch_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(MetricsWriter, "FLUSH_SECONDS", 0.0)  # every epoch end is due a write
     recorder = Recorder()
     fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[recorder], **SETTINGS)
     calls = [c for c in recorder.calls if c != "checkpoint"]
@@ -64,6 +65,15 @@ def test_hooks_run_in_order_and_metrics_are_written_at_epoch_ends(tmp_path):
     assert recorder.calls[-2:] == ["checkpoint", "train_end completed"]
     # a step's line reaches the file when its epoch ends: 3 steps + 1 epoch line per epoch
     assert recorder.lines_at_step == {1: 0, 2: 0, 3: 0, 4: 4, 5: 4, 6: 4, 7: 8, 8: 8, 9: 8}
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
+
+
+def test_metrics_of_short_epochs_wait_for_a_checkpoint_or_the_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(MetricsWriter, "FLUSH_SECONDS", 1e9)  # no epoch end is due a write
+    recorder = Recorder()
+    fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[recorder], **SETTINGS)
+    # the first checkpoint (after epoch 1) writes epoch 1's 4 lines; the rest come when training stops
+    assert recorder.lines_at_step == {1: 0, 2: 0, 3: 0, **{step: 4 for step in range(4, 10)}}
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
 
 
