@@ -78,6 +78,25 @@ def test_shuffled_batches_are_the_seeded_permutation_cut_in_order(monkeypatch, b
             np.testing.assert_array_equal(labels, rows % 5)
 
 
+@pytest.mark.parametrize("block_bytes", [1, 200, 2000, 8 << 20])  # a batch, a few, two epochs, every epoch at once
+def test_epochs_are_each_seeds_shuffled_batches(monkeypatch, block_bytes):
+    x = np.random.default_rng(0).random((23, 2, 3)).astype(np.float32)
+    split = Split("train", {"x": x, "ids": np.arange(23) * 7}, np.arange(23) % 5)
+    seeds = [4, 9, 9, 1, 30]
+    for drop_last in (False, True):
+        expected = [list(split.batches(5, shuffle=True, seed=s, drop_last=drop_last)) for s in seeds]
+        monkeypatch.setattr(split_module, "BLOCK_BYTES", block_bytes)
+        got = [list(epoch) for epoch in split.epochs(5, seeds, drop_last)]
+        monkeypatch.undo()
+        assert len(got) == len(seeds)
+        for mine, theirs in zip(got, expected, strict=True):
+            assert len(mine) == len(theirs)
+            for (inputs, labels), (want, want_labels) in zip(mine, theirs, strict=True):
+                np.testing.assert_array_equal(labels, want_labels)
+                for name in want:
+                    np.testing.assert_array_equal(inputs[name], want[name])
+
+
 def test_npz_files_with_named_arrays_or_x_y(tmp_path):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 100, (40, 6))

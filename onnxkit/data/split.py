@@ -14,7 +14,8 @@ Subclasses that build batches differently (text padded per batch) override
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ from onnxkit.data.checks import checked_labels
 from onnxkit.errors import OnnxkitError, suggest
 
 SPLIT_NAMES = ("train", "validation", "test")
-BLOCK_BYTES = 8 << 20  # shuffled batches are gathered this many bytes at a time (see Split.batches)
+BLOCK_BYTES = 2 << 20  # shuffled batches are gathered this many bytes at a time (see Split.epochs)
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 
 
@@ -94,18 +95,42 @@ class Split:
         self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
     ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         """Yield `(inputs, labels)` batches; with `shuffle`, in an order fixed by `seed`."""
+        return next(self.epochs(batch_size, [seed] if shuffle else None, drop_last))
+
+    def epochs(
+        self, batch_size: int, seeds: Iterable[int] | None, drop_last: bool = False
+    ) -> Iterator[Iterator[tuple[dict[str, np.ndarray], np.ndarray]]]:
+        """One iterator of batches per epoch: in order (forever) when `seeds` is None, else one
+        epoch per seed, shuffled by it (each the same as `batches(..., shuffle=True, seed=s)`).
+
+        Shuffled data is gathered a block at a time, one copy per array, and each batch is a
+        view of its block: a block holds up to BLOCK_BYTES, several whole epochs of a small
+        split (their orders drawn and gathered together: in a training loop, a fresh random
+        generator and gather each epoch cost 10x their warm time) or some batches of a large one.
+        """
         if batch_size < 1:
             raise OnnxkitError(f"batch size must be at least 1, got {batch_size}")
         count = self.num_batches(batch_size, drop_last)
-        if not shuffle:
-            for lo in range(0, count * batch_size, batch_size):
-                yield self._batch(slice(lo, lo + batch_size))
-            return
-        # a shuffled epoch is gathered a block of batches at a time (one copy per array, not one
-        # per batch and array) and each batch is a view of its block
-        order = np.random.default_rng(seed).permutation(len(self))
+        if seeds is None:
+            while True:
+                yield (self._batch(slice(lo, lo + batch_size)) for lo in range(0, count * batch_size, batch_size))
+        seeds = iter(seeds)
+        used = count * batch_size if drop_last else len(self)  # rows an epoch uses
         row_bytes = sum(v.nbytes for v in (*self.inputs.values(), self.labels)) // max(1, len(self))
-        per_block = max(1, BLOCK_BYTES // max(1, batch_size * row_bytes))
+        rows_per_block = max(batch_size, BLOCK_BYTES // max(1, row_bytes))
+        together = max(1, rows_per_block // max(1, used))  # whole epochs per block
+        while chunk := list(itertools.islice(seeds, together)):
+            orders = [np.random.default_rng(s).permutation(len(self))[:used] for s in chunk]
+            if together > 1:
+                block = self._rows(np.concatenate(orders))
+                for k in range(len(chunk)):
+                    yield (block._batch(slice(lo, min(lo + batch_size, (k + 1) * used)))
+                           for lo in range(k * used, k * used + count * batch_size, batch_size))
+            else:
+                yield self._gathered(orders[0], batch_size, count, rows_per_block // batch_size)
+
+    def _gathered(self, order: np.ndarray, batch_size: int, count: int, per_block: int) -> Iterator[tuple]:
+        """The `count` batches of `order`, gathered `per_block` batches at a time."""
         for first in range(0, count, per_block):
             block = self._rows(order[first * batch_size:(first + per_block) * batch_size])
             for lo in range(0, min(per_block, count - first) * batch_size, batch_size):

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,9 +150,13 @@ class Trainer:
         status = "failed"
         with self._signals:
             self._hook("on_train_begin")
+            c = self.config
+            seeds = (c.seed * 100_003 + e for e in itertools.count(self.state.epoch)) if c.shuffle else None
+            epochs = self.train.epochs(c.batch_size, seeds, self.drop_last)  # from a resumed run's epoch too
+            hooks = self._overriding("on_batch_end"), self._overriding("on_step_end")
             try:
                 while not self.state.done and not self._signals.received:
-                    self._epoch()
+                    self._epoch(next(epochs), *hooks)
                 if not self.state.done:
                     status = "interrupted"
                     if self._saved_step != self.state.step:
@@ -173,11 +178,9 @@ class Trainer:
         """The bound `name` hooks of callbacks that define it (the per-batch loop skips no-ops)."""
         return [getattr(c, name) for c in self.callbacks if getattr(type(c), name) is not getattr(Callback, name)]
 
-    def _epoch(self) -> None:
+    def _epoch(self, batches: Iterator[tuple], on_batch_end: list[Callable[..., None]],
+               on_step_end: list[Callable[..., None]]) -> None:
         c, state, session = self.config, self.state, self.session
-        on_batch_end, on_step_end = self._overriding("on_batch_end"), self._overriding("on_step_end")
-        batches = self.train.batches(c.batch_size, shuffle=c.shuffle, seed=c.seed * 100_003 + state.epoch,
-                                     drop_last=self.drop_last)
         last = self.batches_per_epoch - 1
         self._hook("on_epoch_begin", state.epoch + 1)
         started = time.perf_counter()
