@@ -24,7 +24,7 @@ from onnxkit.train.config import TrainConfig, TrainingInterrupted
 from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule
 
-CHECKPOINT_SHARE = 0.01  # epoch-end checkpoints may take at most this share of the training time
+CHECKPOINT_SHARE = 0.005  # epoch-end checkpoints may take at most this share of the training time
 
 
 @dataclass
