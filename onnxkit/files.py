@@ -61,7 +61,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         raise OnnxkitError(f"cannot write {path}: it is a folder; give a file name")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        # ends in the target's own extension, for writers that pick a format by it
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=parent)
     except OSError as e:
         raise OnnxkitError(f"cannot write {path}: folder {parent} is not writable ({e.strerror})") from None
     os.close(fd)

@@ -210,7 +210,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def assert_complete(folder: Path) -> None:
     """No temporary or half-written file: every file left is one a reader can open whole."""
     for path in folder.rglob("*"):
-        assert not path.name.endswith(".tmp") and not path.name.startswith(".onnxkit-"), path
+        assert ".tmp" not in path.suffixes and not path.name.startswith(".onnxkit-"), path
         if path.suffix == ".onnx":
             onnx.load(str(path))
         elif path.suffix == ".json":

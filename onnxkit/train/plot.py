@@ -73,7 +73,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
         _draw_panel(image, ImageDraw.Draw(image), font, panel, i * width * SCALE)
     image = image.reduce(SCALE)  # the mean of each SCALE x SCALE block: 11x faster than a LANCZOS resize
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", compress_level=1)  # 3.6 against 19.6 ms at the default 6, 20% larger
+        # format by the name's .png: a format given by name imports five of Pillow's format plugins (5 ms)
+        image.save(tmp, compress_level=1)  # 3.6 against 19.6 ms at the default 6, 20% larger
 
 
 def _draw_panel(image: Any, draw: Any, font: Any, panel: Panel, left: int) -> None:
