@@ -162,6 +162,20 @@ def test_a_dropout_table_too_short_for_a_tensor_grows_quietly(tmp_path, monkeypa
     assert "Reshape" not in capfd.readouterr().err
 
 
+def test_dropout_tables_grow_to_fit_a_window_at_once():
+    from onnxkit.train.backends.onnx.dropout import DropoutTables
+
+    tables = DropoutTables([0.1, 0.3], seed=0, count=2, size=1024)
+    tables.grow(3000)  # windows start in the first half: 6000 elements, to a power of two
+    assert tables.size == 8192 and [len(t) for t in tables.tables] == [8192, 8192]
+    tables.grow(0)  # a sliced window of unknown size: four times longer
+    assert tables.size == 32768
+    tables.grow(10)  # a window that would fit anyway: at least twice as long
+    assert tables.size == 65536
+    keep = tables.tables[1] > 0
+    assert abs(keep.mean() - 0.7) < 0.01 and np.allclose(tables.tables[1][keep], 1 / 0.7)
+
+
 def test_bound_dropout_windows_give_the_sliced_windows_masks_bit_for_bit(tmp_path, monkeypatch):
     """A window bound by address into the table and one sliced out by the graph are the same mask."""
     from onnxkit.train.backends.onnx import dropout

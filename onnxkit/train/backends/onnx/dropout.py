@@ -13,7 +13,7 @@ scaled keep values (0 or 1/(1-p), one table per ratio) and multiplies.
   (no copy). Otherwise the graph slices it out (a copy) from a start fed as
   `onnxkit.dropout.starts`. Either way the mask is the same.
 - A window starts in the table's first half; a tensor too long for its window makes the
-  session draw a four times larger table and retry the step.
+  session draw a larger table (one that fits it) and retry the step.
 - The gradient is the same multiply (the Mul rule), so backward costs no mask either.
 """
 
@@ -28,7 +28,11 @@ from onnxkit.graph_walks import value_types
 TABLE = "onnxkit.dropout.table"  # + ".<k>" for the k-th distinct ratio
 STARTS = "onnxkit.dropout.starts"  # int64 [number of Dropout nodes]: each sliced window's first element
 STEPS_AT_ONCE = 256  # window starts are hashed for this many steps at a time (see DropoutTables.starts)
-FIRST_SIZE = 1 << 23  # 32 MB of float32: windows up to 4M elements (16 x 12 x 128 x 128 attention is 3.1M)
+# 1 MiB of float32: windows up to 128K elements (digits-mlp's are 8K: 32 of them fit in the table's
+# first half), and the table stays in a core's cache (drawing the 32 MiB table this once was cost
+# 94 ms at every session start, and reading windows out of it 8 us of digits-mlp's 220 us step).
+# A bound window that does not fit grows the table to fit it at once (MiniLM: 8M elements).
+FIRST_SIZE = 1 << 18
 ONE = "onnxkit.dropout.one"
 FLOAT = TensorProto.FLOAT
 
@@ -149,8 +153,12 @@ class DropoutTables:
         keep = np.random.default_rng([self.seed, k, self.size]).random(self.size, dtype=np.float32) >= self.ratios[k]
         return keep.astype(np.float32) * np.float32(1.0 / (1.0 - self.ratios[k]))
 
-    def grow(self) -> None:
-        self.size *= 4
+    def grow(self, window: int = 0) -> None:
+        """Redraw the tables longer: at least twice as long, and long enough for a window of
+        `window` elements (twice that, to a power of two: windows start in the first half);
+        four times as long when the window's size is unknown (0)."""
+        fits = 1 << (2 * window - 1).bit_length() if window else 0
+        self.size = max(fits, self.size * (2 if window else 4))
         self.tables = [self._draw(k) for k in range(len(self.ratios))]
 
     def starts(self, step: int, batch: int) -> np.ndarray:

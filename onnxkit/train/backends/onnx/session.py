@@ -170,8 +170,9 @@ class OnnxSession(TrainingSession):
             starts = self._dropout.starts(self._steps, self._batches)
             if self._feeds_starts:
                 binding.bind_cpu_input(STARTS, starts)
-            if self._windows and not self._bind_windows(binding, starts, feeds, labels):
-                self._grow_dropout()
+            unfit = self._bind_windows(binding, starts, feeds, labels) if self._windows else 0
+            if unfit:
+                self._grow_dropout(unfit)
                 return self.train_step(feeds, labels)
         try:
             self._train.run_with_iobinding(binding)
@@ -186,9 +187,9 @@ class OnnxSession(TrainingSession):
         return float(self._host["loss"])
 
     def _bind_windows(self, binding: ort.IOBinding, starts: np.ndarray, feeds: Mapping[str, np.ndarray],
-                      labels: np.ndarray) -> bool:
+                      labels: np.ndarray) -> int:
         """Bind each bound dropout window to its place in its table, shaped like this batch's
-        tensor; False when one would run past the table's end."""
+        tensor; 0, or the largest window's size when one would run past the table's end."""
         sizes = tuple(np.shape(labels if source == self._labels else feeds[source])[axis]
                       for source, axis in self._dims.values())
         windows = self._window_shapes.get(sizes)
@@ -201,19 +202,20 @@ class OnnxSession(TrainingSession):
         for name, k, table, shape, count in windows:
             start = int(starts[k])
             if start + count > self._dropout.size:
-                return False
+                return max(w[4] for w in windows)
             if self._device == "cpu":  # a view of the table's array (whose memory its OrtValue shares): 1.0 us
                 binding.bind_cpu_input(name, self._dropout.tables[table][start:start + count].reshape(shape))
             else:  # by address, 1.7 us
                 where = self._table_at[table] + 4 * start
                 binding.bind_input(name, self._device, self._device_id, np.float32, shape, where)
-        return True
+        return 0
 
-    def _grow_dropout(self) -> None:
-        """Draw four times longer tables, so that every window fits (the step is then taken again)."""
-        if self._dropout.size >= MAX_TABLE:
+    def _grow_dropout(self, window: int = 0) -> None:
+        """Draw longer tables, long enough for a window of `window` elements (0: unknown, a sliced
+        window: four times longer); the step is then taken again."""
+        if self._dropout.size >= MAX_TABLE or 2 * window > MAX_TABLE:
             raise OnnxkitError(f"a dropout input is too large for a {MAX_TABLE}-element mask table")
-        self._dropout.grow()
+        self._dropout.grow(window)
         self._set_tables()
         self._bindings.clear()
 
