@@ -25,6 +25,7 @@ from onnxkit.errors import OnnxkitError, suggest
 
 SPLIT_NAMES = ("train", "validation", "test")
 BLOCK_BYTES = 2 << 20  # shuffled batches are gathered this many bytes at a time (see Split.epochs)
+EPOCHS_AT_ONCE = 16  # at most this many whole epochs per block (the seeds may never end)
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 
 
@@ -104,9 +105,10 @@ class Split:
         epoch per seed, shuffled by it (each the same as `batches(..., shuffle=True, seed=s)`).
 
         Shuffled data is gathered a block at a time, one copy per array, and each batch is a
-        view of its block: a block holds up to BLOCK_BYTES, several whole epochs of a small
-        split (their orders drawn and gathered together: in a training loop, a fresh random
-        generator and gather each epoch cost 10x their warm time) or some batches of a large one.
+        view of its block: a block holds up to BLOCK_BYTES, up to EPOCHS_AT_ONCE whole epochs
+        of a small split (their orders drawn and gathered together: in a training loop, a fresh
+        random generator and gather each epoch cost 10x their warm time) or some batches of a
+        large one.
         """
         if batch_size < 1:
             raise OnnxkitError(f"batch size must be at least 1, got {batch_size}")
@@ -118,7 +120,7 @@ class Split:
         used = count * batch_size if drop_last else len(self)  # rows an epoch uses
         row_bytes = sum(v.nbytes for v in (*self.inputs.values(), self.labels)) // max(1, len(self))
         rows_per_block = max(batch_size, BLOCK_BYTES // max(1, row_bytes))
-        together = max(1, rows_per_block // max(1, used))  # whole epochs per block
+        together = max(1, min(EPOCHS_AT_ONCE, rows_per_block // max(1, used)))  # whole epochs per block
         while chunk := list(itertools.islice(seeds, together)):
             orders = [np.random.default_rng(s).permutation(len(self))[:used] for s in chunk]
             if together > 1:
