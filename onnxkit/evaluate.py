@@ -74,9 +74,9 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 def macro_f1(confusion: np.ndarray) -> float:
     """Unweighted mean over classes of F1; classes absent from labels and predictions are skipped."""
-    counted = confusion.sum(axis=0) + confusion.sum(axis=1)  # predicted + actual, per class
+    counted = np.add.reduce(confusion, axis=0) + np.add.reduce(confusion, axis=1)  # predicted + actual, per class
     present = np.count_nonzero(counted)
-    return float((2 * np.diag(confusion) / np.maximum(counted, 1)).sum() / present) if present else 0.0
+    return float(np.add.reduce(2 * confusion.diagonal() / np.maximum(counted, 1)) / present) if present else 0.0
 
 
 def predictions(outputs: np.ndarray, task: str) -> np.ndarray:
@@ -106,7 +106,7 @@ def score(
         k = num_classes or (2 if task == "binary" else outputs.reshape(len(outputs), -1).shape[1])
         predicted = predictions(outputs, task)
         confusion = confusion_matrix(labels.reshape(-1), predicted, k)
-        metrics["accuracy"] = float(np.mean(predicted == labels.reshape(-1)))
+        metrics["accuracy"] = float(confusion.trace() / len(predicted))
         metrics["macro_f1"] = macro_f1(confusion)
         metrics["confusion"] = confusion.tolist()
     else:
