@@ -77,8 +77,8 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 FOLDABLE = frozenset({
     "Constant", "Identity", "Cast", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Sqrt", "Pow",
     "Min", "Max", "Equal", "Less", "Greater", "Not", "And", "Or", "Where", "Concat", "Gather", "Slice", "Squeeze",
-    "Unsqueeze", "Reshape", "ReduceProd", "ReduceSum",
-})
+    "Unsqueeze", "Reshape", "ReduceProd", "ReduceSum", "Transpose",
+})  # and ConstantOfShape, when its shape is a constant of few elements
 SMALL = 64  # elements of a constant that counts as shape arithmetic
 
 
@@ -88,11 +88,18 @@ def _fold_constants(model: onnx.ModelProto, skeleton: onnx.ModelProto) -> list[o
     evaluator cannot run is left as it is."""
     graph = skeleton.graph
     known = {t.name for t in model.graph.initializer if np.prod(t.dims, dtype=np.int64) <= SMALL}
+    # shape vectors given as constants, for a ConstantOfShape that makes a small tensor of one
+    shapes = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+              if t.name in known and t.data_type == TensorProto.INT64}
     ends = {o.name for o in graph.output}
     at = []  # positions of the foldable nodes
     for k, node in enumerate(graph.node):
         large = node.op_type == "Constant" and any(np.prod(a.t.dims, dtype=np.int64) > SMALL for a in node.attribute)
-        if (node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and not large
+        if node.op_type == "Constant" and not large and node.attribute[0].t.data_type == TensorProto.INT64:
+            shapes[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        small_fill = (node.op_type == "ConstantOfShape" and node.input[0] in shapes
+                      and np.prod(shapes[node.input[0]], dtype=np.int64) <= SMALL)
+        if ((node.op_type in FOLDABLE or small_fill) and node.domain in ("", "ai.onnx") and not large
                 and not ends & set(node.output) and all(i in known for i in node.input if i)):
             at.append(k)
             known.update(node.output)

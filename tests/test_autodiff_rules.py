@@ -104,6 +104,28 @@ def test_expand_tile_pad():
     check("Pad", {"x": rand(2, 3)}, ["x"], constants={"p": np.array([1, 0, 2, 1]), "v": np.array(0.5)})
 
 
+@pytest.mark.parametrize("mode,opset", [("reflect", 17), ("edge", 17), ("wrap", 19)])
+def test_pad_that_copies_input_elements(mode, opset):
+    # pads as wide as the axis (reflect's widest) on both ends of two axes: corners copy twice over
+    check("Pad", {"x": rand(2, 3, 4)}, ["x"], {"mode": mode}, opset=opset,
+          constants={"p": np.array([0, 2, 3, 0, 1, 2])})
+
+
+@pytest.mark.parametrize("exclusive,reverse,axis", [(0, 0, 1), (1, 0, 0), (0, 1, -1), (1, 1, 1)])
+def test_cumsum(exclusive, reverse, axis):
+    check("CumSum", {"x": rand(3, 5)}, ["x"], {"exclusive": exclusive, "reverse": reverse},
+          constants={"axis": np.array(axis)})
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space(mode):
+    check("DepthToSpace", {"x": rand(2, 8, 3, 2)}, ["x"], {"blocksize": 2, "mode": mode})
+
+
+def test_space_to_depth():
+    check("SpaceToDepth", {"x": rand(2, 3, 4, 6)}, ["x"], {"blocksize": 2})
+
+
 def test_dropout_scales_kept_values():
     # With ratio 0 the mask keeps everything, so the forward is deterministic for the check.
     check("Dropout", {"x": rand(3, 4)}, ["x"], outputs=2,

@@ -1,6 +1,7 @@
 """value_types on the shape arithmetic exporters write: a Reshape whose target shape is computed
 from constants (PyTorch's nn.MultiheadAttention: the kept dims sliced off Shape(x) up to a Mod
-of two constants) gets its rank, so the nodes after it can be differentiated."""
+of two constants) gets its rank, and a reflection Pad whose pads are computed from constants
+(nn.ReflectionPad2d) its sizes, so the nodes after them can be differentiated."""
 
 from __future__ import annotations
 
@@ -48,4 +49,46 @@ def test_a_reshape_to_a_shape_computed_from_constants_gets_its_rank():
 def test_the_gather_after_it_is_differentiated():
     x = np.random.default_rng(1).uniform(-1, 1, (5, 8))
     for name, (analytic, numeric) in gradcheck(exported_split_heads(5), {"x": x}, ["w", "x"]).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
+
+
+def exported_reflection_pad(batch: int | str = "batch") -> onnx.ModelProto:
+    """nn.ReflectionPad2d(1) as PyTorch's TorchScript exporter writes it: the pads made from
+    constants by ConstantOfShape, Concat, Reshape, Slice (reversing), Transpose and Cast, then a
+    3x3 Conv over the padded [batch, 1, 6, 6] image."""
+    def const(name: str, value: list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.int64)))
+
+    nodes = [
+        const("count", [4]), const("given", [1, 1, 1, 1]), const("pairs", [-1, 2]), const("start", [-1]),
+        const("end", [-(2**63)]), const("axis", [0]), const("step", [-1]), const("flat", [-1]),
+        helper.make_node("ConstantOfShape", ["count"], ["zeros"],
+                         value=numpy_helper.from_array(np.array([0], np.int64))),
+        helper.make_node("Concat", ["given", "zeros"], ["all"], axis=0),
+        helper.make_node("Reshape", ["all", "pairs"], ["by_axis"]),
+        helper.make_node("Slice", ["by_axis", "start", "end", "axis", "step"], ["reversed"]),
+        helper.make_node("Transpose", ["reversed"], ["begin_end"], perm=[1, 0]),
+        helper.make_node("Reshape", ["begin_end", "flat"], ["pads64"]),
+        helper.make_node("Cast", ["pads64"], ["pads"], to=TensorProto.INT64),
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Conv", ["padded", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "reflection pad",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        [numpy_helper.from_array(np.random.default_rng(0).uniform(-1, 1, (2, 1, 3, 3)), "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_a_pad_by_pads_computed_from_constants_gets_its_sizes():
+    padded = value_types(exported_reflection_pad())["padded"]
+    dims = [d.dim_value or d.dim_param for d in padded.type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, 8, 8]
+
+
+def test_the_conv_after_it_is_differentiated():
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 1, 6, 6))
+    for name, (analytic, numeric) in gradcheck(exported_reflection_pad(2), {"x": x}, ["w", "x"]).items():
         np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)

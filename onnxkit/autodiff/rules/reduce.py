@@ -1,4 +1,5 @@
-"""Gradient rules: reductions. The output gradient is broadcast back over the reduced axes."""
+"""Gradient rules: reductions (the output gradient is broadcast back over the reduced axes) and
+running sums."""
 
 from __future__ import annotations
 
@@ -83,3 +84,9 @@ def reduce_max_min(b: Backward) -> list[str | None]:
     axes = _axes(b)
     count = b.reduce("ReduceSum", ties, axes, keepdims=True) if axes != [] else ties
     return [b.op("Mul", _spread(b, b.dy()), b.op("Div", ties, count)), None]
+
+
+@rule("CumSum")
+def cumsum(b: Backward) -> list[str | None]:
+    # each x[j] adds to the sums that include it: dy summed the other way along the axis
+    return [b.op("CumSum", b.dy(), b.x(1), exclusive=b.attr("exclusive", 0), reverse=1 - b.attr("reverse", 0)), None]

@@ -1,5 +1,6 @@
 """Gradient rules: ops that move, select or copy elements (reshape, transpose, concat, slice,
-gather, expand, tile, pad) and Dropout. Index, shape and mask inputs get no gradient."""
+gather, expand, tile, pad, depth-to-space) and Dropout. Index, shape and mask inputs get no
+gradient."""
 
 from __future__ import annotations
 
@@ -128,15 +129,38 @@ def tile(b: Backward) -> list[str | None]:
 
 @rule("Pad")
 def pad(b: Backward) -> list[str | None]:
-    if b.attr("mode", "constant") != "constant":
-        raise ValueError(f"only constant padding has a gradient rule, not {b.attr('mode')!r}")
     x = b.x()
     rank = b.need_rank(x)
     if b.num_inputs > 3 and b.x(3):
         raise ValueError("Pad with an axes input has no gradient rule")
     pads = b.x(1) if b.opset >= 11 else b.ints(b.attr("pads"))
+    if b.attr("mode", "constant") != "constant":
+        # reflect, edge, wrap: every output element copies one input element, so the same Pad of
+        # each input element's flat position says which, and dy adds up at those positions
+        attrs = {"mode": b.attr("mode")} if b.opset >= 11 else {"mode": b.attr("mode"), "pads": b.attr("pads")}
+        copied = b.op("Pad", _positions(b), *([pads] if b.opset >= 11 else []), **attrs)
+        return [_scatter_into_zeros(b, copied, b.dy()), None, None]
     begin = b.op("Slice", pads, b.ints([0]), b.ints([rank]))
     return [b.op("Slice", b.dy(), begin, b.op("Add", begin, b.shape(x))), None, None]
+
+
+@rule("SpaceToDepth")
+def space_to_depth(b: Backward) -> list[str | None]:
+    return [b.op("DepthToSpace", b.dy(), blocksize=b.attr("blocksize"), mode="DCR")]  # its inverse
+
+
+@rule("DepthToSpace")
+def depth_to_space(b: Backward) -> list[str | None]:
+    block = b.attr("blocksize")
+    back = b.op("SpaceToDepth", b.dy(), blocksize=block)  # DCR's inverse: channels ordered (row, column, c)
+    if b.attr("mode", "DCR") == "DCR":
+        return [back]
+    # CRD (PyTorch's PixelShuffle) orders the input's channels (c, row, column): regroup
+    dims = b.dims(b.x())
+    if dims is None or len(dims) != 4 or not isinstance(dims[1], int):
+        raise ValueError("DepthToSpace in CRD mode needs a static channel count for its gradient")
+    grouped = b.op("Reshape", back, b.ints([0, block * block, dims[1] // (block * block), -1]))
+    return [b.op("Reshape", b.op("Transpose", grouped, perm=[0, 2, 1, 3]), b.shape(b.x()))]
 
 
 @rule("Dropout")
