@@ -117,6 +117,22 @@ def test_cumsum(exclusive, reverse, axis):
           constants={"axis": np.array(axis)})
 
 
+@pytest.mark.parametrize("axis,largest", [(1, 1), (0, 0), (-1, 1)])
+def test_top_k(axis, largest):
+    check("TopK", {"x": rand(4, 6)}, ["x"], {"axis": axis, "largest": largest}, outputs=2,
+          constants={"k": np.array([3])})
+
+
+@pytest.mark.parametrize("zeros", [[], [(0, 1)], [(0, 1), (0, 4)], [(1, 2), (2, 0)]])
+@pytest.mark.parametrize("axes,keepdims", [([1], 1), (None, 0), ([0, 1], 1)])
+def test_reduce_prod_with_zeros(zeros, axes, keepdims):
+    x = rand(3, 5, low=0.5, high=1.5)  # away from 0, so the finite differences see no sign change
+    for where in zeros:
+        x[where] = 0.0
+    attrs = {"keepdims": keepdims, **({"axes": axes} if axes else {})}
+    check("ReduceProd", {"x": x}, ["x"], attrs, ort_tol=1e-3)
+
+
 @pytest.mark.parametrize("mode", ["DCR", "CRD"])
 def test_depth_to_space(mode):
     check("DepthToSpace", {"x": rand(2, 8, 3, 2)}, ["x"], {"blocksize": 2, "mode": mode})

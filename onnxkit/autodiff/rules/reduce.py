@@ -86,6 +86,21 @@ def reduce_max_min(b: Backward) -> list[str | None]:
     return [b.op("Mul", _spread(b, b.dy()), b.op("Div", ties, count)), None]
 
 
+@rule("ReduceProd")
+def reduce_prod(b: Backward) -> list[str | None]:
+    # d/dx_i = the product of the others: y / x_i without a zero among them; with exactly one
+    # zero, the product of the nonzero ones at the zero and 0 elsewhere; with two or more, 0
+    x, axes = b.x(), _axes(b)
+    zero = b.op("Equal", x, b.const(0.0))
+    nonzero = b.op("Where", zero, b.const(1.0), x)
+    product = b.reduce("ReduceProd", nonzero, axes, keepdims=True) if axes != [] else nonzero
+    zeros = b.reduce("ReduceSum", b.cast_like(zero, x), axes, keepdims=True) if axes != [] else b.cast_like(zero, x)
+    none, one = b.op("Equal", zeros, b.const(0.0)), b.op("Equal", zeros, b.const(1.0))
+    others = b.op("Where", zero, b.op("Where", one, product, b.const(0.0)),
+                  b.op("Where", none, b.op("Div", product, nonzero), b.const(0.0)))
+    return [b.op("Mul", _spread(b, b.dy()), others), None]
+
+
 @rule("CumSum")
 def cumsum(b: Backward) -> list[str | None]:
     # each x[j] adds to the sums that include it: dy summed the other way along the axis

@@ -144,6 +144,15 @@ def pad(b: Backward) -> list[str | None]:
     return [b.op("Slice", b.dy(), begin, b.op("Add", begin, b.shape(x))), None, None]
 
 
+@rule("TopK")
+def top_k(b: Backward) -> list[str | None]:
+    # the values' gradient goes back to where they were taken from (indices are distinct)
+    if b.dy(0) is None:
+        return [None, None]
+    zeros = b.zeros(b.shape(b.x()))
+    return [b.op("ScatterElements", zeros, b.y(1), b.dy(0), axis=b.attr("axis", -1)), None]
+
+
 @rule("SpaceToDepth")
 def space_to_depth(b: Backward) -> list[str | None]:
     return [b.op("DepthToSpace", b.dy(), blocksize=b.attr("blocksize"), mode="DCR")]  # its inverse
