@@ -125,3 +125,70 @@ def test_ort_training_refuses_the_optimizers_it_cannot_run_by_name(run_cli, cnn,
         refused(result, "the ort-training backend runs only adamw without amsgrad and sgd without momentum",
                 tmp_path / "run")
         assert "--backend onnx" in result.err
+
+
+
+def head_over(*middle: onnx.NodeProto, width: int) -> onnx.ModelProto:
+    """x [batch, 64] @ w = h, then `middle` (h to m [batch, width]), then m @ w2 = logits [batch, 10]."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    constants = {"minus_one": [-1], "far": [-(2**63)], "one": [1], "end": [2**62], "rows": [-1, 8, 8], "flat": [-1, 8]}
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), *middle, helper.make_node("MatMul", ["m", "w2"], ["logits"])],
+        "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array((rng.normal(size=(64, 64)) * 0.1).astype(np.float32), "w"),
+         numpy_helper.from_array((rng.normal(size=(width, 10)) * 0.1).astype(np.float32), "w2"),
+         *(numpy_helper.from_array(np.array(v, np.int64), n) for n, v in constants.items())],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def flipped(backwards: bool) -> onnx.ModelProto:
+    """The hidden features reversed as torch.flip exports it (a Slice with step -1), or h[:, 1:]."""
+    from onnx import helper
+
+    if backwards:
+        return head_over(helper.make_node("Slice", ["h", "minus_one", "far", "one", "minus_one"], ["m"]), width=64)
+    return head_over(helper.make_node("Slice", ["h", "one", "end", "one", "one"], ["m"]), width=63)
+
+
+def log_sum_exp(keepdims: int) -> onnx.ModelProto:
+    """h as [batch, 8, 8], its log-sum-exp over the last axis (kept as a 1, then flattened, or not)."""
+    from onnx import helper
+
+    summed = "kept" if keepdims else "m"
+    nodes = [helper.make_node("Reshape", ["h", "rows"], ["h3"]),
+             helper.make_node("ReduceLogSumExp", ["h3"], [summed], axes=[2], keepdims=keepdims)]
+    if keepdims:
+        nodes.append(helper.make_node("Reshape", ["kept", "flat"], ["m"]))
+    return head_over(*nodes, width=8)
+
+
+def test_ort_training_is_told_which_forms_of_an_op_its_gradients_get_wrong():
+    from onnxkit.train.backends._ort_legalize import unsupported_ops
+
+    assert unsupported_ops(flipped(True), ["w"], "logits") == [("Slice with a negative step", "#1 (output 'm')")]
+    assert unsupported_ops(log_sum_exp(0), ["w"], "logits") == [("ReduceLogSumExp without keepdims", "#2 (output 'm')")]
+    assert unsupported_ops(flipped(False), ["w"], "logits") == unsupported_ops(log_sum_exp(1), ["w"], "logits") == []
+
+
+@pytest.mark.skipif(not has_ort_training(), reason="needs onnxruntime-training (make test-ort runs it)")
+def test_ort_training_refuses_them_before_training(run_cli, tmp_path):
+    # a negative-step Slice failed its first step with a C++ traceback (SliceGrad: narrowing_error);
+    # the other forms train on ORT-training, and every one of them on the onnx backend
+    for name, model, trains in (("flip", flipped(True), False), ("lse", log_sum_exp(0), False),
+                                ("slice", flipped(False), True), ("lse-kept", log_sum_exp(1), True)):
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(model, path)
+        result = run_cli("train", path, "--data", "digits", "--epochs", "1", "--backend", "ort-training",
+                         "-o", tmp_path / name)
+        if trains:
+            assert result.code == 0, result.err
+        else:
+            refused(result, "has no gradient in the ort-training backend", tmp_path / name)
+            assert "backend=onnx" in result.err or "--backend onnx" in result.err
+    for name, model in (("flip-onnx", flipped(True)), ("lse-onnx", log_sum_exp(0))):
+        fit(model, "digits", tmp_path / name, epochs=1, quiet=True)

@@ -42,6 +42,19 @@ NO_GRADIENT = {
 FORWARD_ONLY = {"LSTM", "GRU"}  # its LSTMGrad / GRUGrad kernels run the forward direction only
 
 
+def _broken_form(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> str | None:
+    """The name of a form of `node` whose ORT-training 1.19.2 gradient fails, else None: a Slice
+    with a negative step (torch.flip: SliceGrad stops the step with a narrowing_error), a
+    ReduceLogSumExp without keepdims (its gradient graph is invalid at opset 13+)."""
+    if node.op_type == "Slice" and len(node.input) > 4 and node.input[4]:
+        steps = constants.get(node.input[4])
+        if steps is not None and (steps < 0).any():
+            return "Slice with a negative step"
+    if node.op_type == "ReduceLogSumExp" and not next((a.i for a in node.attribute if a.name == "keepdims"), 1):
+        return "ReduceLogSumExp without keepdims"
+    return None
+
+
 
 
 def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
@@ -79,15 +92,21 @@ def _average_pool_as_conv(
 def unsupported_ops(model: onnx.ModelProto, trainable: Iterable[str], loss: str) -> list[tuple[str, str]]:
     """(op, node) of every op without an ORT-training gradient between a trained parameter and `loss`."""
     needed = ancestors(model, loss)
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) <= 1}
+    constants.update((n.output[0], onnx.numpy_helper.to_array(n.attribute[0].t)) for n in model.graph.node
+                     if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value")
     live, found = set(trainable), []
     for index, node in enumerate(model.graph.node):  # nodes are topologically sorted
         if live & set(node.input):
             direction = next((a.s.decode() for a in node.attribute if a.name == "direction"), "forward")
             on_path = bool(needed & set(node.output))
+            broken = _broken_form(node, constants) if on_path and live & {node.input[0]} else None
             if on_path and node.op_type in NO_GRADIENT:
                 found.append((node.op_type, node_label(node, index)))
             elif on_path and node.op_type in FORWARD_ONLY and direction != "forward":
                 found.append((f"{node.op_type} ({direction})", node_label(node, index)))
+            elif broken:
+                found.append((broken, node_label(node, index)))
             live.update(node.output)
     return found
 
