@@ -117,6 +117,24 @@ def test_cumsum(exclusive, reverse, axis):
           constants={"axis": np.array(axis)})
 
 
+@pytest.mark.parametrize("reduction", ["none", "add"])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_scatter_elements(reduction, axis):
+    # distinct targets along the axis (with repeats and no reduction the winner is unspecified);
+    # two rows of indices into three: the rule slices dy to the indices' extent off the axis
+    index = np.array([[0, 3, 1], [2, 0, 3]]) if axis == 1 else np.array([[1, 0, 2, 0], [0, 2, 1, 2]])
+    if reduction == "add":  # a repeated target: both updates add up there
+        index[1, 1 if axis == 1 else 0] = index[1, 0] if axis == 1 else index[0, 0]
+    updates = rand(2, 3, seed=5) if axis == 1 else rand(2, 4, seed=5)
+    check("ScatterElements", {"x": rand(3, 4), "i": index, "u": updates}, ["x", "u"],
+          {"axis": axis, "reduction": reduction}, opset=18)
+
+
+@pytest.mark.parametrize("upper,k", [(1, 0), (0, 1), (1, -2)])
+def test_trilu(upper, k):
+    check("Trilu", {"x": rand(2, 4, 5)}, ["x"], {"upper": upper}, constants={"k": np.array(k)})
+
+
 @pytest.mark.parametrize("axis,largest", [(1, 1), (0, 0), (-1, 1)])
 def test_top_k(axis, largest):
     check("TopK", {"x": rand(4, 6)}, ["x"], {"axis": axis, "largest": largest}, outputs=2,

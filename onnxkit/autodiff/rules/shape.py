@@ -144,6 +144,36 @@ def pad(b: Backward) -> list[str | None]:
     return [b.op("Slice", b.dy(), begin, b.op("Add", begin, b.shape(x))), None, None]
 
 
+@rule("ScatterElements")
+def scatter_elements(b: Backward) -> list[str | None]:
+    # data's elements pass through where no update lands (everywhere, with reduction add); each
+    # update's gradient is dy where it landed (with repeated indices and no reduction, ONNX
+    # leaves which update wins unspecified: each gets dy there, as in PyTorch's scatter)
+    reduction = b.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise ValueError(f"ScatterElements with reduction {reduction!r} has no gradient rule")
+    axis, index = b.attr("axis", 0), b.x(1)
+    d_data = None
+    if b.wants(0):
+        d_data = b.dy() if reduction == "add" else b.op(
+            "ScatterElements", b.dy(), index, b.zeros(b.shape(b.x(2))), axis=axis)
+    d_updates = None
+    if b.wants(2):
+        dy, data, picked, rank = b.dy(), b.dims(b.x()), b.dims(index), b.need_rank(b.x())
+        narrower = [isinstance(p, int) and isinstance(d, int) and p < d and k != axis % rank
+                    for k, (p, d) in enumerate(zip(picked or [], data or [], strict=False))]
+        if any(narrower):  # GatherElements wants the indices' extent off the axis
+            ends = [p if cut else 2**62 for p, cut in zip(picked, narrower, strict=True)]
+            dy = b.op("Slice", dy, b.ints([0] * rank), b.ints(ends))
+        d_updates = b.op("GatherElements", dy, index, axis=axis)
+    return [d_data, None, d_updates]
+
+
+@rule("Trilu")
+def trilu(b: Backward) -> list[str | None]:
+    return [b.op("Trilu", b.dy(), *b.node.input[1:], upper=b.attr("upper", 1)), None]  # the same mask
+
+
 @rule("TopK")
 def top_k(b: Backward) -> list[str | None]:
     # the values' gradient goes back to where they were taken from (indices are distinct)
