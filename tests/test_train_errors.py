@@ -191,4 +191,4 @@ def test_ort_training_refuses_them_before_training(run_cli, tmp_path):
             refused(result, "has no gradient in the ort-training backend", tmp_path / name)
             assert "backend=onnx" in result.err or "--backend onnx" in result.err
     for name, model in (("flip-onnx", flipped(True)), ("lse-onnx", log_sum_exp(0))):
-        fit(model, "digits", tmp_path / name, epochs=1, quiet=True)
+        fit(model, "digits", tmp_path / name, epochs=1, quiet=True, backend="onnx")
