@@ -39,6 +39,8 @@ UNARY = [
     ("HardSigmoid", {"alpha": 0.5, "beta": 0.3}, 3.0, (-0.6, 1.4)),
     ("HardSwish", {}, 5.0, (-3.0, 3.0)),
     ("Mish", {}, 3.0, ()),
+    ("Shrink", {"lambd": 0.5, "bias": 0.5}, 2.0, (-0.5, 0.5)),  # soft shrink
+    ("Shrink", {"lambd": 0.4}, 2.0, (-0.4, 0.4)),  # hard shrink
 ]
 
 

@@ -26,6 +26,13 @@ def test_unary_math(op, low):
     check(op, {"x": rand(3, 4, low=low, high=2.0)}, ["x"])
 
 
+@pytest.mark.parametrize("op,low,high", [("Tan", -1.2, 1.2), ("Sinh", -2, 2), ("Cosh", -2, 2), ("Asin", -0.9, 0.9),
+                                         ("Acos", -0.9, 0.9), ("Atan", -3, 3), ("Asinh", -3, 3), ("Acosh", 1.2, 4),
+                                         ("Atanh", -0.9, 0.9)])
+def test_trigonometric_and_hyperbolic(op, low, high):
+    check(op, {"x": rand(3, 4, low=low, high=high)}, ["x"])
+
+
 def test_erf():
     check("Erf", {"x": rand(3, 4)}, ["x"])
 

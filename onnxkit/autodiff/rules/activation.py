@@ -25,6 +25,14 @@ def thresholded_relu(b: Backward) -> list[str | None]:
     return [b.keep(b.dy(), b.op("Greater", b.x(), b.const(b.attr("alpha", 1.0))))]
 
 
+@rule("Shrink")
+def shrink(b: Backward) -> list[str | None]:
+    # y = x -/+ bias beyond +/- lambd, 0 inside: slope 1 outside the band (soft and hard shrink)
+    lambd = b.const(b.attr("lambd", 0.5))
+    outside = b.op("Or", b.op("Greater", b.x(), lambd), b.op("Less", b.x(), b.op("Neg", lambd)))
+    return [b.keep(b.dy(), outside)]
+
+
 @rule("LeakyRelu")
 def leaky_relu(b: Backward) -> list[str | None]:
     dy = b.dy()

@@ -112,6 +112,56 @@ def cos(b: Backward) -> list[str | None]:
     return [b.op("Neg", b.op("Mul", b.dy(), b.op("Sin", b.x())))]
 
 
+@rule("Tan")
+def tan(b: Backward) -> list[str | None]:
+    return [b.op("Mul", b.dy(), b.op("Add", b.const(1.0), b.op("Mul", b.y(), b.y())))]  # 1 + tan^2
+
+
+@rule("Sinh")
+def sinh(b: Backward) -> list[str | None]:
+    return [b.op("Mul", b.dy(), b.op("Cosh", b.x()))]
+
+
+@rule("Cosh")
+def cosh(b: Backward) -> list[str | None]:
+    return [b.op("Mul", b.dy(), b.op("Sinh", b.x()))]
+
+
+def _over_root(b: Backward, inside: str) -> str:
+    """dy / sqrt(inside)."""
+    return b.op("Div", b.dy(), b.op("Sqrt", inside))
+
+
+@rule("Asin")
+def asin(b: Backward) -> list[str | None]:
+    return [_over_root(b, b.op("Sub", b.const(1.0), b.op("Mul", b.x(), b.x())))]  # 1 / sqrt(1 - x^2)
+
+
+@rule("Acos")
+def acos(b: Backward) -> list[str | None]:
+    return [b.op("Neg", _over_root(b, b.op("Sub", b.const(1.0), b.op("Mul", b.x(), b.x()))))]
+
+
+@rule("Asinh")
+def asinh(b: Backward) -> list[str | None]:
+    return [_over_root(b, b.op("Add", b.op("Mul", b.x(), b.x()), b.const(1.0)))]  # 1 / sqrt(x^2 + 1)
+
+
+@rule("Acosh")
+def acosh(b: Backward) -> list[str | None]:
+    return [_over_root(b, b.op("Sub", b.op("Mul", b.x(), b.x()), b.const(1.0)))]  # 1 / sqrt(x^2 - 1)
+
+
+@rule("Atan")
+def atan(b: Backward) -> list[str | None]:
+    return [b.op("Div", b.dy(), b.op("Add", b.const(1.0), b.op("Mul", b.x(), b.x())))]  # 1 / (1 + x^2)
+
+
+@rule("Atanh")
+def atanh(b: Backward) -> list[str | None]:
+    return [b.op("Div", b.dy(), b.op("Sub", b.const(1.0), b.op("Mul", b.x(), b.x())))]  # 1 / (1 - x^2)
+
+
 @rule("Erf")
 def erf(b: Backward) -> list[str | None]:
     # d erf(x) = 2/sqrt(pi) * exp(-x^2) = exp(ln(2/sqrt(pi)) - x^2): four passes, not five
