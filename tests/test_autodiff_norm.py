@@ -192,3 +192,34 @@ def test_group_norm_21_needs_a_static_channel_count():
     projected = symbolic(with_projection_loss(model), {"x": [2, "c", 3]})
     with pytest.raises(OnnxkitError, match="static channel count"):
         run_gradients(projected, feeds, ["x"], runtime="reference")
+
+
+
+def lrn_by_definition(x: np.ndarray, size: int, alpha: float, beta: float, bias: float) -> np.ndarray:
+    """ONNX's LRN as its specification writes it (ONNX Runtime's kernel matches this to 3e-8;
+    onnx.reference's LRN does not, so the rule is checked against this instead)."""
+    squares = np.zeros_like(x)
+    below, above = (size - 1) // 2, size // 2
+    for c in range(x.shape[1]):
+        squares[:, c] = (x[:, max(0, c - below):c + above + 1] ** 2).sum(axis=1)
+    return x / (bias + alpha / size * squares) ** beta
+
+
+@pytest.mark.parametrize("size,shape", [(3, (2, 5, 3, 2)), (5, (2, 6, 3, 1)), (1, (1, 3, 2, 2))])  # ORT: 4-D only
+def test_lrn_against_finite_differences_of_its_definition(size, shape):
+    attrs = {"size": size, "alpha": 0.3, "beta": 0.75, "bias": 1.5}
+    x = rand(*shape)
+    model, feeds = single_node("LRN", {"x": x}, attrs, dtype=np.float32)
+    projected = with_projection_loss(model)
+    weights = np.random.default_rng(0).standard_normal(shape).astype(np.float32).astype(np.float64)  # its R
+
+    def loss(values: np.ndarray) -> float:
+        return float((lrn_by_definition(values, size, 0.3, 0.75, 1.5) * weights).sum())
+
+    numeric, eps = np.zeros_like(x), 1e-6
+    for i in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[i] = eps
+        numeric[i] = (loss(x + step) - loss(x - step)) / (2 * eps)
+    got = run_gradients(projected, feeds, ["x"])["x"]  # on ONNX Runtime, float32
+    np.testing.assert_allclose(got, numeric, rtol=0, atol=2e-5 * max(1.0, np.abs(numeric).max()))

@@ -1,5 +1,5 @@
 """Gradient rules: normalisation (LayerNormalization, BatchNormalization, InstanceNormalization,
-GroupNormalization).
+GroupNormalization; LRN apart, at the end).
 
 All share one closed form. With d = x - mean and xhat = d * invstd over a normalised set of n
 elements, and dxhat = dy * scale:
@@ -176,3 +176,28 @@ def group_norm(b: Backward) -> list[str | None]:
     x4, dy4 = b.op("Reshape", x, layout), b.op("Reshape", b.dy(0), layout)
     dx, dscale, dbias = _channel_norm(b, x4, dy4, scale, [2, 3], sum_axes)
     return [b.op("Reshape", dx, b.shape(x)) if dx else None, dscale, dbias]
+
+
+def _channel_window_sum(b: Backward, t: str, channels: int, size: int, before: int) -> str:
+    """Per position, the sum of `t` [N, C, ...] over channels c - before .. c - before + size - 1
+    (zeros past the ends), as an AveragePool over a [N, 1, C, rest] view."""
+    view = b.op("Reshape", t, b.ints([0, 1, channels, -1]))
+    mean = b.op("AveragePool", view, kernel_shape=[size, 1], pads=[before, 0, size - 1 - before, 0],
+                count_include_pad=1)
+    return b.op("Reshape", b.op("Mul", mean, b.const(float(size))), b.shape(b.x()))
+
+
+@rule("LRN")
+def lrn(b: Backward) -> list[str | None]:
+    # y = x * d^-beta, d = bias + alpha/size * (sum of x^2 over a window of channels around c):
+    # dx = dy * d^-beta - 2 alpha beta / size * x * (sum of dy * y / d over the windows holding c)
+    size, alpha, beta = b.attr("size"), b.attr("alpha", 1e-4), b.attr("beta", 0.75)
+    dims = b.dims(b.x())
+    if dims is None or len(dims) < 3 or not isinstance(dims[1], int):
+        raise ValueError("LRN needs a static channel count for its gradient")
+    x, dy, lower = b.x(), b.dy(), (size - 1) // 2
+    squares = _channel_window_sum(b, b.op("Mul", x, x), dims[1], size, lower)
+    d = b.op("Add", b.const(b.attr("bias", 1.0)), b.op("Mul", squares, b.const(alpha / size)))
+    direct = b.op("Mul", dy, b.op("Pow", d, b.const(-beta)))
+    windows = _channel_window_sum(b, b.op("Div", b.op("Mul", dy, b.y()), d), dims[1], size, size - 1 - lower)
+    return [b.op("Sub", direct, b.op("Mul", b.op("Mul", x, windows), b.const(2 * alpha * beta / size)))]
