@@ -1,11 +1,13 @@
-"""Gradient rules for elementwise, linear-algebra and shape ops against central finite differences."""
+"""Gradient rules for elementwise, linear-algebra, reduction and shape ops against central finite
+differences."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcases import check, rand
+from gradcases import check, rand, single_node
 
+from onnxkit.autodiff.check import run_gradients, with_projection_loss
 from onnxkit.autodiff.rules.shape import SMALL_TABLE
 
 
@@ -146,6 +148,42 @@ def test_trilu(upper, k):
 def test_top_k(axis, largest):
     check("TopK", {"x": rand(4, 6)}, ["x"], {"axis": axis, "largest": largest}, outputs=2,
           constants={"k": np.array([3])})
+
+
+REDUCTIONS = ["ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum",
+              "ReduceLogSumExp", "ReduceMax", "ReduceMin"]
+
+
+@pytest.mark.parametrize("op", REDUCTIONS)
+@pytest.mark.parametrize("axes,keepdims,opset", [([1], 1, 17), ([0, 2], 0, 17), (None, 0, 17), ([-1], 1, 18),
+                                                 ([], 1, 18)])
+def test_reductions(op, axes, keepdims, opset):
+    # positive inputs away from 0 (L1's kink, LogSum's domain); distinct values (Max / Min ties)
+    x = rand(2, 3, 4, low=0.2, high=1.5) + np.arange(24).reshape(2, 3, 4) * 1e-3
+    attrs: dict = {"keepdims": keepdims}
+    constants = {}
+    if axes == []:  # no axes and noop_with_empty_axes: the identity
+        attrs["noop_with_empty_axes"] = 1
+    elif axes is not None and (opset >= 18 or op == "ReduceSum"):
+        constants["axes"] = np.array(axes)
+    elif axes is not None:
+        attrs["axes"] = axes
+    check(op, {"x": x}, ["x"], attrs, opset=opset, constants=constants)
+
+
+def test_reduce_max_shares_the_gradient_between_ties():
+    # finite differences cannot see how a tie splits (as torch.amax: evenly): checked by value
+    x = np.array([[0.5, 0.9, 0.9, 0.1], [0.3, 0.3, 0.3, 0.3]])
+    model, feeds = single_node("ReduceMax", {"x": x}, {"axes": [1], "keepdims": 0}, dtype=np.float32)
+    got = run_gradients(with_projection_loss(model), feeds, ["x"])["x"]
+    weights = np.random.default_rng(0).standard_normal(2).astype(np.float32)  # the projection of y
+    np.testing.assert_allclose(got, [[0, weights[0] / 2, weights[0] / 2, 0], [weights[1] / 4] * 4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_dims,indices", [(0, [[1, 0], [2, 3], [1, 0]]), (0, [[2], [0]]), (1, [[3], [0]])])
+def test_gather_nd_adds_repeated_indices(batch_dims, indices):
+    check("GatherND", {"x": rand(3, 4) if batch_dims == 0 else rand(2, 4)}, ["x"], {"batch_dims": batch_dims},
+          constants={"i": np.array(indices)})
 
 
 @pytest.mark.parametrize("zeros", [[], [(0, 1)], [(0, 1), (0, 4)], [(1, 2), (2, 0)]])

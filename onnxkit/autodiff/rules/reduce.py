@@ -70,6 +70,16 @@ def reduce_l2(b: Backward) -> list[str | None]:
     return [b.op("Mul", _spread(b, b.op("Div", b.dy(), b.y())), b.x()), None]
 
 
+@rule("ReduceL1")
+def reduce_l1(b: Backward) -> list[str | None]:
+    return [b.op("Mul", _spread(b, b.dy()), b.op("Sign", b.x())), None]
+
+
+@rule("ReduceLogSum")
+def reduce_log_sum(b: Backward) -> list[str | None]:
+    return [_spread(b, b.op("Div", b.dy(), b.op("Exp", b.y()))), None]  # dy / the sum
+
+
 @rule("ReduceLogSumExp")
 def reduce_log_sum_exp(b: Backward) -> list[str | None]:
     softmax = b.op("Exp", b.op("Sub", b.x(), _kept(b, b.y())))

@@ -103,6 +103,12 @@ def gather(b: Backward) -> list[str | None]:
     return [_scatter_into_zeros(b, picked, b.dy()), None]
 
 
+@rule("GatherND")
+def gather_nd(b: Backward) -> list[str | None]:
+    picked = b.op("GatherND", _positions(b), b.x(1), batch_dims=b.attr("batch_dims", 0))
+    return [_scatter_into_zeros(b, picked, b.dy()), None]
+
+
 @rule("GatherElements")
 def gather_elements(b: Backward) -> list[str | None]:
     if b.opset >= 16:  # scatter-add straight back along the axis
