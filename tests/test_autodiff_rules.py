@@ -139,6 +139,14 @@ def test_scatter_elements(reduction, axis):
           {"axis": axis, "reduction": reduction}, opset=18)
 
 
+@pytest.mark.parametrize("reduction", ["none", "add"])
+@pytest.mark.parametrize("index,updates", [([[0], [2]], (2, 4)), ([[1, 3], [0, 0], [2, 1]], (3,))])
+def test_scatter_nd(reduction, index, updates):
+    # rows 0 and 2 replaced (or added to); then three single elements
+    check("ScatterND", {"x": rand(3, 4), "i": np.array(index), "u": rand(*updates, seed=7)}, ["x", "u"],
+          {"reduction": reduction}, opset=18)
+
+
 @pytest.mark.parametrize("upper,k", [(1, 0), (0, 1), (1, -2)])
 def test_trilu(upper, k):
     check("Trilu", {"x": rand(2, 4, 5)}, ["x"], {"upper": upper}, constants={"k": np.array(k)})

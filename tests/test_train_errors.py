@@ -192,3 +192,44 @@ def test_ort_training_refuses_them_before_training(run_cli, tmp_path):
             assert "backend=onnx" in result.err or "--backend onnx" in result.err
     for name, model in (("flip-onnx", flipped(True)), ("lse-onnx", log_sum_exp(0))):
         fit(model, "digits", tmp_path / name, epochs=1, quiet=True, backend="onnx")
+
+
+def test_a_model_that_fails_in_its_first_step_is_one_line_and_leaves_no_run(run_cli, tmp_path):
+    # the batch baked into a Reshape (as exports with a traced batch size have it): runs at 4 rows only
+    import numpy as np
+    from onnx import helper
+
+    model = tmp_path / "fixed.onnx"
+    graph = head_over(helper.make_node("Reshape", ["h", "four_rows"], ["m"]), width=64).graph
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([4, 64], np.int64), "four_rows"))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), model)
+    result = run_cli("train", model, "--data", "digits", "--epochs", "1", "-o", tmp_path / "run")
+    assert result.code == 1 and not (tmp_path / "run").exists()
+    error = result.err.strip().splitlines()[-1]  # after the lines that announce the run
+    assert error.startswith("error: onnxruntime failed in the training step: Got invalid dimensions for input: "
+                            "labels for the following indices index: 0 Got: 32 Expected: 4"), result.err
+    assert "onnxkit predict" in error and "a batch size fixed inside the graph" in error
+    # ids past the end of an embedding table (pixel intensities 0..16 looked up in 10 rows)
+    looked_up = tmp_path / "lookup.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "sixteen"], ["scaled"]),
+         helper.make_node("Cast", ["scaled"], ["ids"], to=onnx.TensorProto.INT64),
+         helper.make_node("Gather", ["table", "ids"], ["rows"]),
+         helper.make_node("ReduceMean", ["rows"], ["pooled"], axes=[1], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["logits"])],
+        "lookup", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 10])],
+        [onnx.numpy_helper.from_array(np.array(16.0, np.float32), "sixteen"),
+         onnx.numpy_helper.from_array(np.ones((10, 8), np.float32), "table"),
+         onnx.numpy_helper.from_array(np.ones((8, 10), np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), looked_up)
+    result = run_cli("train", looked_up, "--data", "digits", "--epochs", "1", "-o", tmp_path / "run")
+    assert result.code == 1 and not (tmp_path / "run").exists()
+    error = result.err.strip().splitlines()[-1]
+    assert error.startswith("error: the model's Gather node failed in the training step: indices element out of"), error
+    assert "out of" in error and "onnxkit predict" in error and "/onnxruntime_src" not in error
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    assert run_cli("train", model, "--data", "digits", "--epochs", "1", "-o", mine).code == 1
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # the run's files went, the user's stayed

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from types import ModuleType
 
@@ -141,6 +142,21 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
             f"{where}: onnxruntime {ort.__version__} cannot load it ({reason}); check that the "
             "file is a complete .onnx model and that its IR version and opset suit this onnxruntime"
         ) from e
+
+
+_FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
+_SOURCE_CHECK = re.compile(r"^/\S+:\d+ .*? was false\.\s*", re.DOTALL)  # where in the C++ a check failed
+
+
+def failed_node(error: Exception) -> tuple[str, str, str] | None:
+    """(op type, node name, what went wrong) from onnxruntime's error for a node that failed
+    while running, without the C++ source location; None for other errors."""
+    found = _FAILED_NODE.search(str(error))
+    if found is None:
+        return None
+    op, name, message = found.groups()
+    message = _SOURCE_CHECK.sub("", message.strip()).strip() or message.strip()
+    return op, name, " ".join(message.split())
 
 
 def gpu_count() -> int:

@@ -178,7 +178,7 @@ def fit(
         spec = _optimizer(chosen.optimizer, chosen.weight_decay)
         run = RunDirectory.new(out_dir)
         config = TrainConfig(
-            model=str(model_path or run.path.resolve() / "base_model.onnx"),
+            model=str(model_path or run.base_model.resolve()),
             model_sha256=sha256(model_path) if model_path else "",
             data=str(data) if not isinstance(data, Dataset) else dataset.name,
             data_seed=data_seed,
@@ -230,7 +230,12 @@ def fit(
             save_model(proto, config.model)
             config.model_sha256 = sha256(Path(config.model))
         given = [RecordCallback(callback)] if callback else []
-        return _train(setup, resuming=resuming, callbacks=[*given, *callbacks])
+        try:
+            return _train(setup, resuming=resuming, callbacks=[*given, *callbacks])
+        except Exception:
+            if resume is None and not run.has_checkpoint():
+                run.discard()  # failed before its first checkpoint: nothing in it to resume
+            raise
 
 
 def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimizer:

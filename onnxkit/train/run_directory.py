@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ class RunDirectory:
         self.checkpoints = self.path / "checkpoints"
         self.artifacts = self.path / "artifacts"
         self.model = self.path / "model.onnx"
+        self.base_model = self.path / "base_model.onnx"  # the starting model, when fit was given a ModelProto
+        self.created = False  # whether `make` made the folder
         self.plot = self.path / "curves.png"
         self.lock_file = self.path / "run.lock"
         self.last_checkpoint = self.checkpoints / "last.ckpt"
@@ -74,6 +77,7 @@ class RunDirectory:
 
     def make(self) -> None:
         """Create the folders (once everything has been checked)."""
+        self.created = not self.path.exists()
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             self.artifacts.mkdir(exist_ok=True)
@@ -111,6 +115,17 @@ class RunDirectory:
 
     def has_checkpoint(self) -> bool:
         return self.last_checkpoint.is_file() or self.loop_state.is_file()
+
+    def discard(self) -> None:
+        """Remove a new run that failed before its first checkpoint: the folder when this process
+        made it, else only the files a run writes (the folder may hold the user's own)."""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for folder in (self.checkpoints, self.artifacts):
+            shutil.rmtree(folder, ignore_errors=True)
+        for path in (self.run_json, self.metrics, self.plot, self.model, self.base_model, self.lock_file):
+            path.unlink(missing_ok=True)
 
     def restart(self) -> None:
         """Forget what a run killed before its first checkpoint had written, to train it again."""

@@ -175,6 +175,19 @@ def scatter_elements(b: Backward) -> list[str | None]:
     return [d_data, None, d_updates]
 
 
+@rule("ScatterND")
+def scatter_nd(b: Backward) -> list[str | None]:
+    # as ScatterElements, by index tuples (PyTorch's slice assignment x[:, 0] = v exports this)
+    reduction = b.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise ValueError(f"ScatterND with reduction {reduction!r} has no gradient rule")
+    index = b.x(1)
+    d_data = None
+    if b.wants(0):
+        d_data = b.dy() if reduction == "add" else b.op("ScatterND", b.dy(), index, b.zeros(b.shape(b.x(2))))
+    return [d_data, None, b.op("GatherND", b.dy(), index) if b.wants(2) else None]
+
+
 @rule("Trilu")
 def trilu(b: Backward) -> list[str | None]:
     return [b.op("Trilu", b.dy(), *b.node.input[1:], upper=b.attr("upper", 1)), None]  # the same mask

@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, save_model, write_text
 from onnxkit.runtime.session import gpu_count
-from onnxkit.train.backend import Backend, TrainingProblem, TrainingSession
+from onnxkit.train.backend import Backend, TrainingProblem, TrainingSession, step_failure
 from onnxkit.train.backends._ort_legalize import legalize, unsupported_ops
 from onnxkit.train.optim import Optimizer
 from onnxkit.train.training_form import eval_form
@@ -169,12 +169,18 @@ class OrtSession(TrainingSession):
         return [labels if n == self._labels else feeds[n] for n in names]
 
     def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
-        out = self._module(*self._args(self._train_inputs, feeds, labels))
+        try:
+            out = self._module(*self._args(self._train_inputs, feeds, labels))
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise step_failure("training step", e) from e
         return float(out[self._data_loss_index] if isinstance(out, tuple) else out)
 
     def optimizer_step(self, lr: float) -> None:
         self._optimizer.set_learning_rate(lr)
-        self._optimizer.step()
+        try:
+            self._optimizer.step()
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise step_failure("optimizer step", e) from e
         self._module.lazy_reset_grad()
         self._steps += 1
 
@@ -182,6 +188,8 @@ class OrtSession(TrainingSession):
         self._module.eval()
         try:
             return self._module(*[feeds[n] for n in self._eval_inputs])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise step_failure("evaluation", e) from e
         finally:
             self._module.train()
 

@@ -26,7 +26,7 @@ import numpy as np
 from onnxkit.autodiff import gradient_name
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.session import check_started, create_session, ort, parse_device, providers_for, session_options
-from onnxkit.train.backend import TrainingSession
+from onnxkit.train.backend import TrainingSession, step_failure
 from onnxkit.train.backends.onnx.artifacts import ACCUMULATED, EVAL, INITIAL, OPTIMIZER, TRAINING, read_signature
 from onnxkit.train.backends.onnx.checkpoint import DROPOUT_TABLE, OPTIMIZER_KEY, STEP, load_state, save_state
 from onnxkit.train.backends.onnx.dropout import STARTS, TABLE, DropoutTables
@@ -178,7 +178,7 @@ class OnnxSession(TrainingSession):
             self._train.run_with_iobinding(binding)
         except Exception as e:  # noqa: BLE001 - onnxruntime's own types
             if not self._dropout or "onnxkit.dropout" not in str(e) or self._dropout.size >= MAX_TABLE:
-                raise
+                raise step_failure("training step", e) from e
             self._grow_dropout()  # a sliced window ran past its table
             return self.train_step(feeds, labels)
         if self._buffers:
@@ -232,8 +232,11 @@ class OnnxSession(TrainingSession):
         key = ("optim", self._current, (self._batches - 1) % len(self._grads))
         if key not in self._bindings:
             self._bindings[key] = [self._optimizer_binding(offset, size) for offset, size in self._chunks]
-        for binding in self._bindings[key]:
-            self._optim.run_with_iobinding(binding, self._async)
+        try:
+            for binding in self._bindings[key]:
+                self._optim.run_with_iobinding(binding, self._async)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own types
+            raise step_failure("optimizer step", e) from e
         self._current = 1 - self._current
         self._batches = 0
 
@@ -265,7 +268,10 @@ class OnnxSession(TrainingSession):
         for name in self._eval_data:
             b.bind_cpu_input(name, feeds[name])
         b.bind_output(self._eval_output, "cpu")  # afresh: the last batch may be shorter
-        self._eval.run_with_iobinding(b)
+        try:
+            self._eval.run_with_iobinding(b)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own types
+            raise step_failure("evaluation", e) from e
         return b.get_outputs()[0].numpy()
 
     def parameters(self) -> dict[str, np.ndarray]:
