@@ -159,9 +159,10 @@ def _run(session: Any, name: str, feeds: dict[str, np.ndarray], fixed: int | Non
     try:
         return session.run([name], padded(feeds, fixed))[0][:rows]
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxkitError(f"onnxruntime could not run the model on this data ({reason}); check that the data "
-                           "fits the model's inputs") from e
+        from onnxkit.runtime.session import error_reason
+
+        raise OnnxkitError(f"onnxruntime could not run the model on this data ({error_reason(e)}); check that the "
+                           "data fits the model's inputs") from e
 
 
 def label_names(model) -> list[str] | None:  # type: ignore[no-untyped-def]

@@ -110,7 +110,7 @@ def session_options(threads: int | None, optimization: str, spin: bool = True) -
         options.inter_op_num_threads = 1
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only
+    options.log_severity_level = 4  # fatal only: its errors come back as exceptions, which onnxkit reports
     return options
 
 
@@ -137,15 +137,15 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
     try:
         return ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxkitError(
-            f"{where}: onnxruntime {ort.__version__} cannot load it ({reason}); check that the "
+            f"{where}: onnxruntime {ort.__version__} cannot load it ({error_reason(e)}); check that the "
             "file is a complete .onnx model and that its IR version and opset suit this onnxruntime"
         ) from e
 
 
 _FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
 _SOURCE_CHECK = re.compile(r"^/\S+:\d+ .*? was false\.\s*", re.DOTALL)  # where in the C++ a check failed
+_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")  # what comes before the reason
 
 
 def failed_node(error: Exception) -> tuple[str, str, str] | None:
@@ -156,7 +156,18 @@ def failed_node(error: Exception) -> tuple[str, str, str] | None:
         return None
     op, name, message = found.groups()
     message = _SOURCE_CHECK.sub("", message.strip()).strip() or message.strip()
-    return op, name, " ".join(message.split())
+    return op, name, " ".join(message.split()).rstrip(".")
+
+
+def error_reason(error: Exception) -> str:
+    """onnxruntime's error as one clause: the failing node and what went wrong, or the reason
+    alone, without C++ source locations and status codes."""
+    found = failed_node(error)
+    if found is not None:
+        op, name, message = found
+        return f"{f'node {name!r} ({op})' if name else f'{op} node'}: {message}"
+    reason = re.sub(r"^Error in execution: ", "", _STATUS.split(" ".join(str(error).split()))[-1])
+    return reason or type(error).__name__
 
 
 def gpu_count() -> int:

@@ -9,7 +9,6 @@ classes; backends register themselves by name (`onnxkit.train.backends`).
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,21 +25,15 @@ from onnxkit.train.optim import Optimizer
 def step_failure(stage: str, error: Exception) -> OnnxkitError:
     """One line for an onnxruntime error in a training `stage` (training step, optimizer step,
     evaluation): the failing node, whether it is the model's or onnxkit's, and what to do."""
-    from onnxkit.runtime.session import failed_node
+    from onnxkit.runtime.session import error_reason, failed_node
 
-    advice = ("check that the model runs on this data by itself (onnxkit predict MODEL --data DATA); a batch "
-              "size fixed inside the graph shows up here")
     found = failed_node(error)
-    if found is None:
-        text = " ".join(str(error).split())  # without the C++ location and status code before the reason
-        reason = re.sub(r"^Error in execution: ", "", re.split(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", text)[-1])
-        return OnnxkitError(f"onnxruntime failed in the {stage}: {reason or type(error).__name__}; {advice}")
-    op, name, message = found
-    if name.startswith("onnxkit."):
-        return OnnxkitError(f"onnxruntime failed in the {stage} at onnxkit's node {name!r} ({op}: {message}); "
-                            "this is a bug in onnxkit: please report it with the model")
-    node = f"node {name!r} ({op})" if name else f"{op} node"
-    return OnnxkitError(f"the model's {node} failed in the {stage}: {message.rstrip('.')}; {advice}")
+    if found is not None and found[1].startswith("onnxkit."):
+        return OnnxkitError(f"onnxruntime failed in the {stage} at onnxkit's {error_reason(error)}; this is a bug "
+                            "in onnxkit: please report it with the model")
+    where = f"the model's {error_reason(error)}" if found is not None else f"onnxruntime: {error_reason(error)}"
+    return OnnxkitError(f"the {stage} failed at {where}; check that the model runs on this data by itself "
+                        "(onnxkit eval MODEL --data DATA); a batch size fixed inside the graph shows up here")
 
 
 @dataclass
