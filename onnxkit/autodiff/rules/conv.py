@@ -415,13 +415,22 @@ def global_max_pool(b: Backward) -> list[str | None]:
 
 # -- resizing ----------------------------------------------------------------------------------
 
-RESIZE_MODES = ("nearest", "linear")
+RESIZE_MODES = ("nearest", "linear", "cubic")
 RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
+def _cubic(distance: np.ndarray, a: float) -> np.ndarray:
+    """The cubic convolution kernel (Keys) with coefficient `a`, for distances up to 2."""
+    d = np.abs(distance)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
 def interpolation_matrix(size: int, out: int, scale: float, mode: str, transform: str,
-                         nearest_mode: str = "round_prefer_floor") -> np.ndarray:
+                         nearest_mode: str = "round_prefer_floor", cubic_a: float = -0.75,
+                         exclude_outside: bool = False) -> np.ndarray:
     """The [out, size] matrix of a 1-D Resize: output = matrix @ input (ONNX semantics)."""
     o = np.arange(out, dtype=np.float64)
     if transform == "align_corners":
@@ -438,6 +447,15 @@ def interpolation_matrix(size: int, out: int, scale: float, mode: str, transform
         rounded = {"round_prefer_floor": np.ceil(x - 0.5), "round_prefer_ceil": np.floor(x + 0.5),
                    "floor": np.floor(x), "ceil": np.ceil(x)}[nearest_mode]
         matrix[rows, np.clip(rounded, 0, size - 1).astype(np.int64)] = 1.0
+        return matrix
+    if mode == "cubic":  # four taps around the pixel left of x (x - 1 when x is whole), edges repeated
+        left = np.ceil(x) - 1
+        taps = left[:, None] + np.arange(-1, 3)
+        weights = _cubic(x[:, None] - taps, cubic_a)
+        if exclude_outside:  # taps past the ends get no weight, the rest share it
+            weights = np.where((taps >= 0) & (taps < size), weights, 0.0)
+            weights /= weights.sum(axis=1, keepdims=True)
+        np.add.at(matrix, (np.repeat(rows, 4), np.clip(taps, 0, size - 1).astype(np.int64).ravel()), weights.ravel())
         return matrix
     x = np.clip(x, 0, size - 1)
     low = np.floor(x).astype(np.int64)
@@ -487,7 +505,8 @@ def resize(b: Backward) -> list[str | None]:
             raise ValueError("only resizing the last two axes, to sizes known before run time, is supported")
         if b.attr("antialias", 0) and scale < 1:
             raise ValueError("antialiased downsampling is not supported")
-        matrix = interpolation_matrix(size[axis], out[axis], scale, mode, transform, nearest_mode)
+        matrix = interpolation_matrix(size[axis], out[axis], scale, mode, transform, nearest_mode,
+                                      b.attr("cubic_coeff_a", -0.75), bool(b.attr("exclude_outside", 0)))
         if axis == rank - 1:
             grad = b.op("MatMul", grad, b.const(matrix, like=b.x()))
         else:
