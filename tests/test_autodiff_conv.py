@@ -323,3 +323,93 @@ def test_symbolic_batch_runs_at_two_batch_sizes():
         for name, g, e in zip(names, got, expected, strict=True):
             assert g.shape == e.shape
             np.testing.assert_allclose(g, e, atol=1e-4 * max(1.0, np.abs(e).max()), err_msg=f"{name} at batch {batch}")
+
+
+
+# -- sampling at computed coordinates ------------------------------------------------------------
+# onnx.reference computes GridSample's pixel coordinates and AffineGrid's output in float32 whatever
+# the input type, too coarse for finite differences: these are checked against numpy readings of the
+# specification in float64 instead, the gradient graphs run on onnxruntime in float32.
+
+
+def grid_sample_by_definition(x, grid, mode, padding, align_corners):
+    """ONNX GridSample (2-D; nearest or linear; zeros or border padding)."""
+    n, c, h, w = x.shape
+    def pixels(g, size):
+        p = (g + 1) * (size - 1) / 2 if align_corners else ((g + 1) * size - 1) / 2
+        return np.clip(p, 0, size - 1) if padding == "border" else p
+    px, py = pixels(grid[..., 0], w), pixels(grid[..., 1], h)
+    out = np.zeros((n, c, *grid.shape[1:3]))
+    def read(rows, cols):  # [N, C, Ho, Wo], zeros outside
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        r, k = np.clip(rows, 0, h - 1).astype(int), np.clip(cols, 0, w - 1).astype(int)
+        return np.stack([x[i][:, r[i], k[i]] * inside[i] for i in range(n)])
+    if mode == "nearest":
+        return read(np.rint(py), np.rint(px))
+    x0, y0 = np.floor(px), np.floor(py)
+    fx, fy = (px - x0)[:, None], (py - y0)[:, None]
+    out = (read(y0, x0) * (1 - fy) * (1 - fx) + read(y0, x0 + 1) * (1 - fy) * fx
+           + read(y0 + 1, x0) * fy * (1 - fx) + read(y0 + 1, x0 + 1) * fy * fx)
+    return out
+
+
+def affine_grid_by_definition(theta, size, align_corners):
+    """ONNX AffineGrid (2-D): theta [N, 2, 3] applied to the normalised pixel centres (or corners)."""
+    _, _, h, w = size
+    def axis(count):
+        return np.linspace(-1, 1, count) if align_corners else (2 * np.arange(count) + 1) / count - 1
+    ys, xs = np.meshgrid(axis(h), axis(w), indexing="ij")
+    base = np.stack([xs, ys, np.ones_like(xs)], axis=-1)  # [H, W, 3]
+    return np.einsum("hwk,njk->nhwj", base, theta)
+
+
+def check_against(forward, model32, feeds, wrt, tol=2e-4):
+    """Our gradients of the projected loss (on onnxruntime, float32) against central finite
+    differences of `forward` (numpy, float64) under the same projection."""
+    projected = with_projection_loss(model32)
+    weights = numpy_helper.to_array(next(t for t in projected.graph.initializer if t.name.endswith(".projection")))
+    got = run_gradients(projected, {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in feeds.items()},
+                        wrt)
+    for name in wrt:
+        numeric, eps = np.zeros_like(feeds[name]), 1e-6
+        for i in np.ndindex(feeds[name].shape):
+            up, down = dict(feeds), dict(feeds)
+            up[name], down[name] = feeds[name].copy(), feeds[name].copy()
+            up[name][i] += eps
+            down[name][i] -= eps
+            numeric[i] = ((forward(**up) - forward(**down)) * weights).sum() / (2 * eps)
+        np.testing.assert_allclose(got[name], numeric, rtol=0, atol=tol * max(1.0, np.abs(numeric).max()),
+                                   err_msg=f"d/d{name}")
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("align_corners", [0, 1])
+def test_grid_sample(mode, padding, align_corners):
+    # points past the edges too (|g| up to 1.3): zeros padding reads 0 there, border the edge
+    feeds = {"x": rand(2, 3, 4, 5), "g": rand(2, 3, 4, 2, seed=3, low=-1.3, high=1.3)}
+    attrs = {"mode": mode, "padding_mode": padding, "align_corners": align_corners}
+    model32, _ = single_node("GridSample", feeds, attrs, opset=20, dtype=np.float32)
+    check_against(lambda x, g: grid_sample_by_definition(x, g, mode, padding, align_corners), model32, feeds,
+                  ["x", "g"])
+
+
+@pytest.mark.parametrize("align_corners", [0, 1])
+def test_affine_grid(align_corners):
+    size = np.array([2, 3, 4, 5])
+    model32, _ = single_node("AffineGrid", {"theta": rand(2, 2, 3)}, {"align_corners": align_corners}, opset=20,
+                             dtype=np.float32, constants={"size": size})
+    check_against(lambda theta: affine_grid_by_definition(theta, size, align_corners), model32,
+                  {"theta": rand(2, 2, 3)}, ["theta"])
+
+
+def test_grid_sample_matches_onnxruntime_forward():
+    """The numpy reading above is onnxruntime's GridSample (so the checks above test the right thing)."""
+    x, g = rand(2, 3, 4, 5), rand(2, 3, 4, 2, seed=3, low=-1.3, high=1.3)
+    for mode in ("linear", "nearest"):
+        for padding in ("zeros", "border"):
+            for align_corners in (0, 1):
+                attrs = {"mode": mode, "padding_mode": padding, "align_corners": align_corners}
+                model, feeds = single_node("GridSample", {"x": x, "g": g}, attrs, opset=20, dtype=np.float32)
+                np.testing.assert_allclose(_session(model).run(None, feeds)[0],
+                                           grid_sample_by_definition(x, g, mode, padding, align_corners), atol=1e-5)

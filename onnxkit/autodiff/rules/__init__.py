@@ -68,5 +68,6 @@ from onnxkit.autodiff.rules import (  # noqa: E402,F401  (each module registers 
     linalg,
     norm,
     reduce,
+    sample,
     shape,
 )
