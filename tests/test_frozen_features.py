@@ -65,6 +65,34 @@ def test_no_cut_when_everything_trains_or_features_have_a_sequence_dimension():
     assert cut(mlp, "logits", ["6.weight", "6.bias"], value_types(mlp), examples=10**9) is None  # too big to keep
 
 
+def test_no_cut_where_the_head_reads_a_shape_computed_from_the_input():
+    # PyTorch's F.affine_grid(theta, [x.shape[0], ...]) hands the trained part Concat(Shape(x)[:1], ...):
+    # a shape vector per batch, not a row per example, so nothing can be cached in front of it
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    frozen = [helper.make_node("MatMul", ["x", "frozen"], ["h"])]
+    shape = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Slice", ["shape", "zero", "one"], ["rows"]),
+             helper.make_node("Concat", ["rows", "classes"], ["target"], axis=0)]
+
+    def model(head: list) -> object:
+        constants = {"zero": [0], "one": [1], "classes": [10]}
+        graph = helper.make_graph(
+            [*frozen, *shape, *head], "shape into the head",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+            [numpy_helper.from_array(rng.normal(size=(64, 32)).astype(np.float32), "frozen"),
+             numpy_helper.from_array(rng.normal(size=(32, 10)).astype(np.float32), "trained"),
+             *(numpy_helper.from_array(np.array(v, np.int64), n) for n, v in constants.items())])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    reads_shape = model([helper.make_node("MatMul", ["h", "trained"], ["y"]),
+                         helper.make_node("Reshape", ["y", "target"], ["logits"])])
+    assert cut(reads_shape, "logits", ["trained"], value_types(reads_shape), examples=1000) is None
+    plain = model([helper.make_node("MatMul", ["h", "trained"], ["logits"])])
+    assert cut(plain, "logits", ["trained"], value_types(plain), examples=1000).boundary == ["h"]
+
+
 def test_a_cached_run_resumes_to_the_same_weights(tmp_path):
     model = mlp_with_batchnorm()
     settings = dict(train_only=["fc2.*"], evaluate_test=False, **COMMON)

@@ -77,8 +77,10 @@ def cut(
     if all(n.op_type in ELEMENTWISE for n in prefix_nodes):
         return None  # e.g. --standardize's (x - mean) / std: cheaper to rerun than to cache
     infos = [types.get(name) for name in boundary]
-    if any(vi is None or not _fixed_per_example(vi) for vi in infos):
-        return None
+    batch = {v.type.tensor_type.shape.dim[0].dim_param for v in graph.input
+             if v.type.tensor_type.HasField("shape") and v.type.tensor_type.shape.dim}
+    if any(vi is None or not _fixed_per_example(vi, batch - {""}) for vi in infos):
+        return None  # e.g. a shape computed from the input (Concat(Shape(x)[0], ...)): not one row per example
     if examples * sum(_bytes_per_example(vi) for vi in infos) > MAX_BYTES:
         return None
     cached = [_batched(vi) for vi in infos]
@@ -114,9 +116,11 @@ def _static_values(nodes: list[onnx.NodeProto], initializers: set[str]) -> set[s
     return static
 
 
-def _fixed_per_example(vi: onnx.ValueInfoProto) -> bool:
+def _fixed_per_example(vi: onnx.ValueInfoProto, batch: set[str]) -> bool:
+    """One row per example (its first dim is the inputs' named batch dim), each of a fixed size."""
     t = vi.type.tensor_type
-    return t.HasField("shape") and len(t.shape.dim) >= 1 and all(d.HasField("dim_value") for d in t.shape.dim[1:])
+    return (t.HasField("shape") and len(t.shape.dim) >= 1 and t.shape.dim[0].dim_param in batch
+            and all(d.HasField("dim_value") for d in t.shape.dim[1:]))
 
 
 def _bytes_per_example(vi: onnx.ValueInfoProto) -> int:
