@@ -126,8 +126,9 @@ def _explain(error: RuntimeError) -> OnnxkitError:
     match = _UNREGISTERED.search(text)
     if match:
         return OnnxkitError(
-            f"op {match.group(1)} (node {match.group(2)!r}) has no gradient in ONNX Runtime training; use the onnx "
-            "backend, or freeze the parameters before it (freeze / train_only)", params=["freeze", "train_only"]
+            f"op {match.group(1)} (node {match.group(2)!r}) has no gradient in the ort-training backend; freeze the "
+            "parameters before it (freeze / train_only), or use the default backend (backend=onnx)",
+            params=["freeze", "train_only"]
         )
     status = _ORT_STATUS.search(text)
     detail = status.group(1) if status else text.rpartition(" was false.")[2].strip() or text[-200:]
