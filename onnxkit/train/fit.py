@@ -380,8 +380,8 @@ class _Setup:
             op, node = missing[0]
             other = f", or use the default backend (backend={DEFAULT})" if self.backend.name != DEFAULT else ""
             raise OnnxkitError(
-                f"op {op} (node {node}) has no gradient in the {self.backend.name} backend; freeze the parameters "
-                f"before it (freeze / train_only){other}", params=["freeze", "train_only"]
+                f"op {op} (node {node}) has no gradient in the {self.backend.name} backend; keep the parameters "
+                f"before it frozen (freeze / train_only){other}", params=["freeze", "train_only"]
             )
         self.optimizer = c.optimizer_spec()
         self.backend.refuse_optimizer(self.optimizer, c.clip_grad_norm)

@@ -126,8 +126,8 @@ def _explain(error: RuntimeError) -> OnnxkitError:
     match = _UNREGISTERED.search(text)
     if match:
         return OnnxkitError(
-            f"op {match.group(1)} (node {match.group(2)!r}) has no gradient in the ort-training backend; freeze the "
-            "parameters before it (freeze / train_only), or use the default backend (backend=onnx)",
+            f"op {match.group(1)} (node {match.group(2)!r}) has no gradient in the ort-training backend; keep the "
+            "parameters before it frozen (freeze / train_only), or use the default backend (backend=onnx)",
             params=["freeze", "train_only"]
         )
     status = _ORT_STATUS.search(text)
