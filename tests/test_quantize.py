@@ -252,6 +252,29 @@ def test_fp16_and_int4_stay_close_to_fp32(mlp_data):
     assert (out4.argmax(1) == ref.argmax(1)).mean() >= 0.9
 
 
+def test_fp16_keeps_affine_grid_float32():
+    # theta [N, 6] -> AffineGrid -> GridSample of the image (after a 1x1 Conv, a weight to convert):
+    # in float16, onnxruntime 1.32's AffineGrid fails at a batch of one ("Split ... axis 1 is not in valid range")
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Reshape", ["theta", "pairs"], ["affine"]),
+             helper.make_node("Shape", ["image"], ["size"]),
+             helper.make_node("AffineGrid", ["affine", "size"], ["grid"]),
+             helper.make_node("Conv", ["image", "w"], ["mixed"]),
+             helper.make_node("GridSample", ["mixed", "grid"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "stn", [helper.make_tensor_value_info("theta", TensorProto.FLOAT, ["n", 6]),
+                       helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 2, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([-1, 2, 3], np.int64), "pairs"),
+         numpy_helper.from_array(rng.normal(size=(2, 2, 1, 1)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    fp16 = quantize(model, mode="fp16", measure_latency=False).model
+    for rows in (1, 3):  # the converted AffineGrid failed at a batch of one
+        feeds = {"theta": (np.array([1, 0, 0, 0, 1, 0]) + rng.normal(0, 0.1, (rows, 6))).astype(np.float32),
+                 "image": rng.random((rows, 2, 5, 6)).astype(np.float32)}
+        np.testing.assert_allclose(ort_run(fp16, feeds)[0], ort_run(model, feeds)[0], atol=5e-3)
+
+
 def test_static_qdq_quantizes_conv_and_keeps_metadata(tmp_path):
     model = cnn()
     helper.set_model_props(model, {"onnxkit.labels": '["a", "b", "c", "d"]'})

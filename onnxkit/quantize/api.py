@@ -230,8 +230,9 @@ def _onnxruntime_errors(model: str) -> Iterator[None]:
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
         if type(e).__module__.partition(".")[0] != "onnxruntime":
             raise
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxkitError(f"{model}: onnxruntime {_ort_version()} failed on it while quantizing ({reason}); "
+        from onnxkit.runtime.session import error_reason
+
+        raise OnnxkitError(f"{model}: onnxruntime {_ort_version()} failed on it while quantizing ({error_reason(e)}); "
                            "check that onnxruntime can run the model (onnxkit predict)") from e
 
 

@@ -11,6 +11,10 @@ import onnx
 
 from onnxkit.quantize.prepare import quiet_ort
 
+# ops kept float32 behind Casts: onnxruntime 1.32's float16 AffineGrid fails at a batch of one
+# ("Split ... axis 1 is not in valid range")
+KEEP_FLOAT32 = frozenset({"AffineGrid"})
+
 
 def quantize_fp16(
     model: onnx.ModelProto, exclude_ops: set[str], exclude_nodes: set[str]
@@ -22,6 +26,6 @@ def quantize_fp16(
         return convert_float_to_float16(
             model,
             keep_io_types=True,
-            op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | exclude_ops),
+            op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | KEEP_FLOAT32 | exclude_ops),
             node_block_list=sorted(exclude_nodes),
         )

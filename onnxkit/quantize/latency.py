@@ -19,7 +19,7 @@ def session_options(threads: int | None = None):  # -> onnxruntime.SessionOption
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # its errors come back as exceptions, reported in one line
     if threads:
         options.intra_op_num_threads = threads
     return options
