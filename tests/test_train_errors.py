@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 from conftest import has_ort_training
@@ -130,7 +131,6 @@ def test_ort_training_refuses_the_optimizers_it_cannot_run_by_name(run_cli, cnn,
 
 def head_over(*middle: onnx.NodeProto, width: int) -> onnx.ModelProto:
     """x [batch, 64] @ w = h, then `middle` (h to m [batch, width]), then m @ w2 = logits [batch, 10]."""
-    import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -196,7 +196,6 @@ def test_ort_training_refuses_them_before_training(run_cli, tmp_path):
 
 def test_a_model_that_fails_in_its_first_step_is_one_line_and_leaves_no_run(run_cli, tmp_path):
     # the batch baked into a Reshape (as exports with a traced batch size have it): runs at 4 rows only
-    import numpy as np
     from onnx import helper
 
     model = tmp_path / "fixed.onnx"
@@ -234,3 +233,20 @@ def test_a_model_that_fails_in_its_first_step_is_one_line_and_leaves_no_run(run_
     (mine / "notes.txt").write_text("kept")
     assert run_cli("train", model, "--data", "digits", "--epochs", "1", "-o", mine).code == 1
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # the run's files went, the user's stayed
+
+
+@pytest.mark.parametrize("mode,kind", [("dynamic", "a quantized model (DynamicQuantizeLinear, MatMulInteger)"),
+                                       ("static", "a quantized model (DequantizeLinear, QuantizeLinear)"),
+                                       ("int4", "a quantized model (MatMulNBits)"), ("fp16", "a float16 model")])
+def test_a_quantized_model_is_refused_with_what_to_train_instead(run_cli, tmp_path, mode, kind):
+    from onnxkit.quantize import quantize
+
+    if mode == "int4":
+        pytest.importorskip("onnxruntime.quantization.matmul_nbits_quantizer", reason="no int4 quantizer in ORT 1.19")
+    calib = {"x": np.random.default_rng(0).random((64, 64), dtype=np.float32)} if mode == "static" else None
+    model = quantize(zoo.build_model("digits-mlp"), mode=mode, calib=calib, measure_latency=False).model
+    path = tmp_path / f"{mode}.onnx"
+    onnx.save(model, path)
+    result = run_cli("train", path, "--data", "digits", "-o", tmp_path / "run")
+    refused(result, f"{path} is {kind}, whose weights training cannot update; train the float32 model",
+            tmp_path / "run")

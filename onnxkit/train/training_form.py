@@ -88,6 +88,22 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
     return ModelParameters(parameters, buffers, sizes)
 
 
+QUANTIZING_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                            "ConvInteger", "MatMulNBits", "DynamicQuantizeMatMul", "QGemm", "QAttention"})
+
+
+def low_precision(model: onnx.ModelProto) -> str | None:
+    """What makes `model` a quantized or float16 model (weights training cannot update), or None."""
+    ops = sorted({n.op_type for n in model.graph.node
+                  if n.op_type in QUANTIZING_OPS or n.op_type.startswith("QLinear")})
+    if ops:
+        return f"a quantized model ({', '.join(ops[:3])})"
+    types = {t.data_type for t in model.graph.initializer if len(t.dims) > 0}
+    if TensorProto.FLOAT16 in types and TensorProto.FLOAT not in types:
+        return "a float16 model"
+    return None
+
+
 def _matching(patterns: Iterable[str], names: Sequence[str], option: str) -> set[str]:
     chosen: set[str] = set()
     for pattern in patterns:
