@@ -93,13 +93,16 @@ def score(
     *,
     loss: str | None = None,
     num_classes: int | None = None,
+    probabilities: bool = False,
 ) -> dict[str, Any]:
     """All metrics for `outputs` against `labels`: loss, and for classifiers accuracy,
-    macro_f1 and confusion (a list of rows); for regression also mae."""
+    macro_f1 and confusion (a list of rows); for regression also mae. `probabilities`:
+    a classifier's outputs are Softmax probabilities, not logits."""
     loss = loss or TASK_LOSS[task]
     metrics: dict[str, Any] = {"examples": int(len(labels))}
-    if task == "classification":
-        metrics["loss"] = LOSSES[loss](outputs, labels)
+    if task == "classification":  # the log of probabilities are logits with the same softmax
+        logits = np.log(np.maximum(outputs, np.finfo(np.float32).tiny)) if probabilities else outputs
+        metrics["loss"] = LOSSES[loss](logits, labels)
     else:
         metrics["loss"] = LOSSES[loss](outputs, labels.reshape(outputs.shape))
     if task in ("classification", "binary"):
@@ -236,6 +239,8 @@ def evaluate(
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
     if resolved == "classification" and split.labels.dtype.kind not in "iub":
         raise OnnxkitError("classification needs integer class labels; these labels are floats")
+    from onnxkit.graph_walks import opset, softmax_logits
+
     names = label_names(proto)
     metrics = score(
         result,
@@ -243,6 +248,7 @@ def evaluate(
         resolved,
         loss=loss,
         num_classes=len(names) if names and resolved == "classification" else None,
+        probabilities=softmax_logits(proto.graph, name, len(shape), opset(proto)) is not None,
     )
     metrics["task"] = resolved
     if names and "confusion" in metrics:

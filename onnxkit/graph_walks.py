@@ -171,3 +171,13 @@ def _same_type(vi: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
 def opset(model: onnx.ModelProto) -> int:
     """The model's default-domain opset version (0 when it imports none)."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def softmax_logits(graph: onnx.GraphProto, output: str, rank: int, version: int) -> str | None:
+    """The input of the Softmax over the last axis that makes `output` (of `rank` dims; opset
+    `version`), i.e. the logits behind class probabilities; None for any other output."""
+    node = next((n for n in graph.node if output in n.output), None)
+    if node is None or node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if version >= 13 else 1)
+    return node.input[0] if axis % max(rank, 1) == rank - 1 else None

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.data import Dataset, Split
-from onnxkit.evaluate import LOSSES
+from onnxkit.evaluate import LOSSES, evaluate
 from onnxkit.files import load_model
 from onnxkit.train import fit
 from onnxkit.train.losses import get_loss
@@ -188,3 +188,22 @@ def test_progress_bar_on_a_terminal():
     quiet = Terminal()
     Progress(False, quiet).line("nothing")
     assert quiet.getvalue() == ""
+
+
+def test_a_softmax_output_trains_on_the_logits_behind_it(tmp_path):
+    """A classifier that outputs Softmax probabilities (as PyTorch and Keras models often end) takes
+    the same SGD step as the one that outputs the logits — cross-entropy reads the logits, not a
+    second softmax of the probabilities — and its reported loss is -mean(log p[label])."""
+    plain = linear(K)
+    probs = linear(K)
+    probs.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], axis=-1))
+    del probs.graph.output[:]
+    probs.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", K]))
+    ds = data(np.arange(N) % K)
+    options = dict(optimizer="sgd", lr=0.1)
+    np.testing.assert_allclose(step(tmp_path / "p", probs, ds, **options), step(tmp_path / "y", plain, ds, **options),
+                               rtol=1e-6)
+    x = ds.train.inputs["x"]
+    p = ort.InferenceSession(probs.SerializeToString()).run(None, {"x": x})[0]
+    expected = -np.mean(np.log(p[np.arange(N), np.arange(N) % K]))
+    assert evaluate(probs, ds.train)["loss"] == pytest.approx(expected, rel=1e-5)

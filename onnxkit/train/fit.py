@@ -29,7 +29,7 @@ from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate, fixed_batch_size, label_names, padded, score
 from onnxkit.files import load_model, save_model
-from onnxkit.graph_walks import value_types
+from onnxkit.graph_walks import opset, softmax_logits, value_types
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
@@ -323,6 +323,9 @@ class _Setup:
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(task, shape, dataset.train.labels)
         self.loss.check_output(self.output_vi)
         self.task = TASK_OF_LOSS[self.loss.name]
+        # a classifier whose output is its Softmax: the loss and its reports read the logits behind it
+        self.probabilities = self.loss.name == "cross-entropy" and softmax_logits(
+            self.model.graph, self.output, len(shape), opset(self.model)) is not None
         specs = model_inputs(self.model)
         regression = self.task == "regression"
         self.target_scale = target_scale(dataset.train.labels) if c.standardize and regression else None
@@ -477,7 +480,8 @@ class _Setup:
         """The epoch record's validation entries."""
         batches, targets = self._validation
         outputs = np.concatenate([session.eval_step(feeds)[:rows] for feeds, rows in batches])
-        metrics = score(outputs, targets, self.task, loss=self.loss.name, num_classes=self.num_classes)
+        metrics = score(outputs, targets, self.task, loss=self.loss.name, num_classes=self.num_classes,
+                        probabilities=self.probabilities)
         return {f"val_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "macro_f1")}
 
 

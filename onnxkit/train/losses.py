@@ -87,8 +87,10 @@ class Loss:
             f"for the {self.name} loss; give one target per output value"
         )
 
-    def add_to_graph(self, graph: onnx.GraphProto, output: str, labels: str) -> str:
-        """Append this loss's nodes (reading `output` and `labels`); return the scalar loss name."""
+    def add_to_graph(self, graph: onnx.GraphProto, output: str, labels: str, logits: str | None = None) -> str:
+        """Append this loss's nodes (reading `output` and `labels`); return the scalar loss name.
+        `logits`: when `output` is their Softmax, cross-entropy reads them instead (the log of
+        probabilities underflows, and a second softmax would squash them)."""
         nodes: list[onnx.NodeProto] = []
 
         def node(op: str, inputs: list[str], tag: str, **attrs: object) -> str:
@@ -98,7 +100,7 @@ class Loss:
 
         loss = f"{PREFIX}.value"
         if self.name == "cross-entropy":  # -mean(log_softmax(x)[i, label_i])
-            log_prob = node("LogSoftmax", [output], "log_prob", axis=-1)
+            log_prob = node("LogSoftmax", [logits or output], "log_prob", axis=-1)
             graph.initializer.append(helper.make_tensor(f"{PREFIX}.last_axis", TensorProto.INT64, [1], [-1]))
             index = node("Unsqueeze", [labels, f"{PREFIX}.last_axis"], "label_index")
             picked = node("GatherElements", [log_prob, index], "picked", axis=-1)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
+from onnxkit.graph_walks import opset, softmax_logits
 from onnxkit.train.losses import Loss
 
 PREFIX = "onnxkit.objective"
@@ -41,7 +42,8 @@ def build_objective(
     graph = model.graph
     vi = next(o for o in graph.output if o.name == output)
     graph.input.append(loss.labels_input(labels, vi))
-    data_loss = loss.add_to_graph(graph, output, labels)
+    logits = softmax_logits(graph, output, len(vi.type.tensor_type.shape.dim), opset(model))
+    data_loss = loss.add_to_graph(graph, output, labels, logits)
     total = data_loss
     if l2 and l2_params:
         total = _add_l2(graph, total, l2_params, l2)
