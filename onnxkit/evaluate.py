@@ -97,12 +97,13 @@ def score(
 ) -> dict[str, Any]:
     """All metrics for `outputs` against `labels`: loss, and for classifiers accuracy,
     macro_f1 and confusion (a list of rows); for regression also mae. `probabilities`:
-    a classifier's outputs are Softmax probabilities, not logits."""
+    a classifier's outputs are Softmax (or, binary, Sigmoid) probabilities, not logits."""
     loss = loss or TASK_LOSS[task]
     metrics: dict[str, Any] = {"examples": int(len(labels))}
-    if task == "classification":  # the log of probabilities are logits with the same softmax
-        logits = np.log(np.maximum(outputs, np.finfo(np.float32).tiny)) if probabilities else outputs
-        metrics["loss"] = LOSSES[loss](logits, labels)
+    if probabilities and task in ("classification", "binary"):
+        outputs = logits_of(outputs, task)
+    if task == "classification":
+        metrics["loss"] = LOSSES[loss](outputs, labels)
     else:
         metrics["loss"] = LOSSES[loss](outputs, labels.reshape(outputs.shape))
     if task in ("classification", "binary"):
@@ -116,6 +117,12 @@ def score(
         metrics["mae"] = l1(outputs, labels)
         metrics["r2"] = r2(outputs, labels)
     return metrics
+
+
+def logits_of(probabilities: np.ndarray, task: str) -> np.ndarray:
+    """Logits with these probabilities: their log (the same softmax) or, binary, their log-odds."""
+    p = np.clip(probabilities.astype(np.float64), np.finfo(np.float32).tiny, 1.0)
+    return np.log(p) if task == "classification" else np.log(p) - np.log1p(-np.minimum(p, 1 - 1e-16))
 
 
 def r2(outputs: np.ndarray, targets: np.ndarray) -> float | None:
@@ -239,7 +246,7 @@ def evaluate(
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
     if resolved == "classification" and split.labels.dtype.kind not in "iub":
         raise OnnxkitError("classification needs integer class labels; these labels are floats")
-    from onnxkit.graph_walks import opset, softmax_logits
+    from onnxkit.graph_walks import opset, probability_logits
 
     names = label_names(proto)
     metrics = score(
@@ -248,7 +255,8 @@ def evaluate(
         resolved,
         loss=loss,
         num_classes=len(names) if names and resolved == "classification" else None,
-        probabilities=softmax_logits(proto.graph, name, len(shape), opset(proto)) is not None,
+        probabilities=(probability_logits(proto.graph, name, len(shape), opset(proto)) or ("",))[0]
+        == {"classification": "Softmax", "binary": "Sigmoid"}.get(resolved),
     )
     metrics["task"] = resolved
     if names and "confusion" in metrics:

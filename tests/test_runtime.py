@@ -170,6 +170,21 @@ def test_binary_classifier_reads_its_single_logit_as_two_classes():
     assert [len(row) for row in result.top_k(5)] == [2] * 11
 
 
+def test_a_binary_classifier_that_outputs_a_probability_thresholds_it_at_one_half():
+    # what fit writes for a model ending in Sigmoid: its column is p(positive), not a logit
+    from onnx import helper
+
+    proto = zoo.build_model("binary-classifier")
+    proto.graph.node.append(helper.make_node("Sigmoid", [proto.graph.output[0].name], ["p"]))
+    proto.graph.output[0].name = "p"
+    helper.set_model_props(proto, {**{m.key: m.value for m in proto.metadata_props}, "onnxkit.scores": "probabilities"})
+    model = runtime.load(proto.SerializeToString())
+    result = model.predict(np.linspace(-3, 3, 11, dtype=np.float32)[:, None])
+    p = result.scores[:, 0]
+    assert result.labels == ["positive" if v > 0.5 else "negative" for v in p]
+    np.testing.assert_allclose(result.probabilities(), np.stack([1 - p, p], axis=1), rtol=1e-6)
+
+
 def test_models_without_labels_give_indices_and_regression_gives_no_classes():
     unnamed = runtime.load(mlp(labels=None).SerializeToString())
     result = unnamed.predict(np.eye(4, dtype=np.float32))

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit.data import Dataset, Split
 from onnxkit.evaluate import LOSSES, evaluate
 from onnxkit.files import load_model
+from onnxkit.metadata import metadata
 from onnxkit.train import fit
 from onnxkit.train.losses import get_loss
 from onnxkit.train.optim import AdamW
@@ -190,20 +191,27 @@ def test_progress_bar_on_a_terminal():
     assert quiet.getvalue() == ""
 
 
-def test_a_softmax_output_trains_on_the_logits_behind_it(tmp_path):
-    """A classifier that outputs Softmax probabilities (as PyTorch and Keras models often end) takes
-    the same SGD step as the one that outputs the logits — cross-entropy reads the logits, not a
-    second softmax of the probabilities — and its reported loss is -mean(log p[label])."""
-    plain = linear(K)
-    probs = linear(K)
-    probs.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], axis=-1))
+@pytest.mark.parametrize("activation,loss", [("Softmax", "cross-entropy"), ("Sigmoid", "bce-with-logits")])
+def test_a_probability_output_trains_on_the_logits_behind_it(tmp_path, activation, loss):
+    """A classifier that outputs Softmax (or, binary, Sigmoid) probabilities, as PyTorch and Keras
+    models often end, takes the same SGD step as the one that outputs the logits — the loss reads
+    the logits, not a second softmax / sigmoid of the probabilities — its reported loss is that of
+    the probabilities, and its model says they are probabilities (so predict thresholds at 0.5)."""
+    outputs, labels = LABELS[loss]
+    plain, probs = linear(outputs), linear(outputs)
+    attrs = {"axis": -1} if activation == "Softmax" else {}
+    probs.graph.node.append(helper.make_node(activation, ["y"], ["p"], **attrs))
     del probs.graph.output[:]
-    probs.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", K]))
-    ds = data(np.arange(N) % K)
-    options = dict(optimizer="sgd", lr=0.1)
+    probs.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", outputs]))
+    ds = data(labels)
+    options = dict(optimizer="sgd", lr=0.1, loss=loss)
     np.testing.assert_allclose(step(tmp_path / "p", probs, ds, **options), step(tmp_path / "y", plain, ds, **options),
                                rtol=1e-6)
-    x = ds.train.inputs["x"]
-    p = ort.InferenceSession(probs.SerializeToString()).run(None, {"x": x})[0]
-    expected = -np.mean(np.log(p[np.arange(N), np.arange(N) % K]))
-    assert evaluate(probs, ds.train)["loss"] == pytest.approx(expected, rel=1e-5)
+    assert metadata(load_model(tmp_path / "p" / "model.onnx"))["onnxkit.scores"] == "probabilities"
+    p = ort.InferenceSession(probs.SerializeToString()).run(None, {"x": ds.train.inputs["x"]})[0].astype(np.float64)
+    if activation == "Softmax":
+        expected = -np.mean(np.log(p[np.arange(N), labels]))
+    else:
+        expected = -np.mean(labels * np.log(p[:, 0]) + (1 - labels) * np.log(1 - p[:, 0]))
+    task = "classification" if activation == "Softmax" else "binary"
+    assert evaluate(probs, ds.train, task=task, loss=loss)["loss"] == pytest.approx(expected, rel=1e-5)

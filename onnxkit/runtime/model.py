@@ -23,6 +23,7 @@ from onnxkit.runtime.signature import TensorSpec, batchable, example_feeds, prep
 
 LABELS_KEY = "onnxkit.labels"
 TASK_KEY = "onnxkit.task"
+SCORES_KEY = "onnxkit.scores"  # "probabilities": the first output is already Softmax / Sigmoid of the logits
 
 
 class Model:
@@ -99,7 +100,7 @@ class Model:
             starts = range(0, rows, self.batch_size)
             parts = [self.run({k: v[i : i + self.batch_size] for k, v in feeds.items()}) for i in starts]
             outputs = self._concat_rows(parts, rows)
-        return Prediction(outputs, self.class_names, self.task)
+        return Prediction(outputs, self.class_names, self.task, self.metadata.get(SCORES_KEY) == "probabilities")
 
     def predict_text(self, texts: str | Sequence[str]) -> Prediction:
         """Tokenize `texts` with the tokenizer the model carries (metadata) and predict."""

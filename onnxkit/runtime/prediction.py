@@ -17,12 +17,15 @@ class Prediction:
     The first output holds the scores (logits); `probabilities()` turns them into class
     probabilities (softmax; sigmoid for a binary classifier). A binary classifier's single
     logit column is read as the scores [0, logit] of classes 0 and 1, so argmax and
-    softmax agree with thresholding and sigmoid.
+    softmax agree with thresholding and sigmoid. A model whose output already is probabilities
+    (metadata onnxkit.scores, written by `fit`) keeps them: a binary one's column p reads as
+    [1 - p, p].
     """
 
     outputs: dict[str, np.ndarray]
     class_names: tuple[str, ...] | None = None
     task: str | None = None  # metadata onnxkit.task: "classification", "binary", "regression", ...
+    given_probabilities: bool = False  # the first output is class probabilities, not logits
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.outputs[name]
@@ -43,13 +46,16 @@ class Prediction:
         if scores.ndim != 2:
             raise OnnxkitError(f"class predictions need a [batch, classes] first output, got shape {scores.shape}")
         if scores.shape[1] == 1 and (self.task == "binary" or len(self.class_names or ()) == 2):
-            scores = np.concatenate([np.zeros_like(scores), scores], axis=1)
+            other = 1.0 - scores if self.given_probabilities else np.zeros_like(scores)
+            scores = np.concatenate([other, scores], axis=1)
         return scores
 
     def probabilities(self) -> np.ndarray:
         """Class probabilities as [rows, classes] float32: the softmax of the scores, or for a binary
         classifier's single logit z the sigmoid pair [1 - sigmoid(z), sigmoid(z)]."""
         scores = np.asarray(self.scores, np.float64)
+        if self.given_probabilities:
+            return self.class_scores().astype(np.float32)
         if self.task == "binary" and scores.ndim == 2 and scores.shape[1] == 1:
             positive = 0.5 * (1.0 + np.tanh(0.5 * scores))  # sigmoid, without overflow for large |z|
             return np.concatenate([1.0 - positive, positive], axis=1).astype(np.float32)

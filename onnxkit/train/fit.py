@@ -29,7 +29,7 @@ from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate, fixed_batch_size, label_names, padded, score
 from onnxkit.files import load_model, save_model
-from onnxkit.graph_walks import opset, softmax_logits, value_types
+from onnxkit.graph_walks import opset, probability_logits, value_types
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
@@ -323,9 +323,9 @@ class _Setup:
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(task, shape, dataset.train.labels)
         self.loss.check_output(self.output_vi)
         self.task = TASK_OF_LOSS[self.loss.name]
-        # a classifier whose output is its Softmax: the loss and its reports read the logits behind it
-        self.probabilities = self.loss.name == "cross-entropy" and softmax_logits(
-            self.model.graph, self.output, len(shape), opset(self.model)) is not None
+        # a classifier whose output is its Softmax or Sigmoid: the loss and its reports read the logits behind it
+        found = probability_logits(self.model.graph, self.output, len(shape), opset(self.model))
+        self.probabilities = bool(found) and found[0] == self.loss.reads_logits_of
         specs = model_inputs(self.model)
         regression = self.task == "regression"
         self.target_scale = target_scale(dataset.train.labels) if c.standardize and regression else None
@@ -589,6 +589,8 @@ def _finish(
         extra["onnxkit.task"] = setup.task
     if "onnxkit.labels" not in existing and setup.names and setup.task != "regression":
         extra["onnxkit.labels"] = setup.names
+    if setup.probabilities:  # so predict neither applies softmax / sigmoid again nor thresholds at 0
+        extra["onnxkit.scores"] = "probabilities"
     set_metadata(trained, extra)
     save_model(trained, run.model)
     metrics: dict[str, Any] = {

@@ -87,10 +87,16 @@ class Loss:
             f"for the {self.name} loss; give one target per output value"
         )
 
+    @property
+    def reads_logits_of(self) -> str | None:
+        """The activation whose input this loss reads when the model's output is that activation."""
+        return {"cross-entropy": "Softmax", "bce-with-logits": "Sigmoid"}.get(self.name)
+
     def add_to_graph(self, graph: onnx.GraphProto, output: str, labels: str, logits: str | None = None) -> str:
         """Append this loss's nodes (reading `output` and `labels`); return the scalar loss name.
-        `logits`: when `output` is their Softmax, cross-entropy reads them instead (the log of
-        probabilities underflows, and a second softmax would squash them)."""
+        `logits`: when `output` is their Softmax (cross-entropy) or Sigmoid (bce-with-logits), the
+        loss reads them instead (the log of probabilities underflows, and a second softmax or
+        sigmoid would squash them)."""
         nodes: list[onnx.NodeProto] = []
 
         def node(op: str, inputs: list[str], tag: str, **attrs: object) -> str:
@@ -110,6 +116,7 @@ class Loss:
         else:
             graph.initializer.append(helper.make_tensor(f"{PREFIX}.one", TensorProto.FLOAT, [], [1.0]))
             if self.name == "bce-with-logits":
+                output = logits or output
                 relu = node("Relu", [output], "relu")
                 minus_abs = node("Sub", [output, node("Add", [relu, relu], "two_relu")], "minus_abs")
                 log1p = node("Log", [node("Add", [node("Exp", [minus_abs], "exp"), f"{PREFIX}.one"], "1p")], "log1p")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
-from onnxkit.graph_walks import opset, softmax_logits
+from onnxkit.graph_walks import opset, probability_logits
 from onnxkit.train.losses import Loss
 
 PREFIX = "onnxkit.objective"
@@ -42,7 +42,8 @@ def build_objective(
     graph = model.graph
     vi = next(o for o in graph.output if o.name == output)
     graph.input.append(loss.labels_input(labels, vi))
-    logits = softmax_logits(graph, output, len(vi.type.tensor_type.shape.dim), opset(model))
+    found = probability_logits(graph, output, len(vi.type.tensor_type.shape.dim), opset(model))
+    logits = found[1] if found and found[0] == loss.reads_logits_of else None
     data_loss = loss.add_to_graph(graph, output, labels, logits)
     total = data_loss
     if l2 and l2_params:
