@@ -176,3 +176,19 @@ def test_dataset_object_repr_and_split_aliases():
     ds = load_dataset("iris")
     assert isinstance(ds, Dataset) and ds.split("val") is ds.validation
     assert "train 90" in repr(ds) and "x[90, 4]" in repr(ds.train)
+
+
+def test_size_one_axes_move_to_fit_the_model_input():
+    # [N, 1, 8, 8] images feed a [batch, 8, 8, 1] input (NHWC): the same values in the same order;
+    # a flat [N, 64] array does not (which 8 x 8 layout it means is a guess)
+    from onnxkit.data.split import ModelInput
+
+    images = np.arange(3 * 64, dtype=np.float32).reshape(3, 1, 8, 8)
+    split = Split("train", {"x": images}, np.arange(3))
+    nhwc = ModelInput("x", np.dtype(np.float32), ("batch", 8, 8, 1))
+    bound = split.feeds_for([nhwc]).inputs["x"]
+    assert bound.shape == (3, 8, 8, 1)
+    np.testing.assert_array_equal(bound[..., 0], images[:, 0])
+    flat = Split("train", {"x": images.reshape(3, 64)}, np.arange(3))
+    with pytest.raises(OnnxkitError, match=r"has shape \[3, 64\] but model input 'x' expects \[batch, 8, 8, 1\]"):
+        flat.feeds_for([nhwc])

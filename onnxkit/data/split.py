@@ -5,8 +5,8 @@ with the same first dimension. `Split.feeds_for(model_inputs)` binds it to a
 model: each model input takes the array of the same name, or — when both have
 exactly one — the only array whatever its name; dtypes are cast within the
 same kind (float64 -> float32, int32 -> int64) and shapes are checked against
-the model's fixed dimensions. Any mismatch is an `OnnxkitError` raised before
-a model runs.
+the model's fixed dimensions (size-1 axes may sit elsewhere: [N, 1, 8, 8] images feed a
+[batch, 8, 8, 1] input). Any other mismatch is an `OnnxkitError` raised before a model runs.
 
 Subclasses that build batches differently (text padded per batch) override
 `_batch`, `_rows` and `_with_inputs`; everything else works unchanged.
@@ -162,10 +162,22 @@ class Split:
         bound: dict[str, np.ndarray] = {}
         dims: dict[str, tuple[int, str]] = {}
         for spec in inputs:
-            array = self.inputs[names[spec.name]]
+            array = _unit_axes_moved(self.inputs[names[spec.name]], spec)
             bound[spec.name] = _cast(array, spec, names[spec.name])
             _check_shape(array.shape, spec, names[spec.name], dims)
         return self._with_inputs(bound)
+
+
+def _unit_axes_moved(array: np.ndarray, spec: ModelInput) -> np.ndarray:
+    """`array` reshaped to the input's fixed per-example dims when they differ from its own only
+    in where size-1 axes sit ([N, 1, 8, 8] images for a [batch, 8, 8, 1] input): the same values
+    in the same order. Anything else is left for `_check_shape` to refuse."""
+    wanted = spec.shape[1:] if spec.shape else None
+    if wanted is None or not all(isinstance(d, int) and d > 0 for d in wanted) or array.ndim < 1:
+        return array
+    if tuple(wanted) == array.shape[1:] or [d for d in wanted if d != 1] != [d for d in array.shape[1:] if d != 1]:
+        return array
+    return array.reshape((len(array), *wanted))
 
 
 def _cast(array: np.ndarray, spec: ModelInput, source: str) -> np.ndarray:
