@@ -333,11 +333,16 @@ def test_symbolic_batch_runs_at_two_batch_sizes():
 
 
 def grid_sample_by_definition(x, grid, mode, padding, align_corners):
-    """ONNX GridSample (2-D; nearest or linear; zeros or border padding)."""
+    """ONNX GridSample (2-D; nearest or linear; zeros, border or reflection padding)."""
     n, c, h, w = x.shape
     def pixels(g, size):
         p = (g + 1) * (size - 1) / 2 if align_corners else ((g + 1) * size - 1) / 2
-        return np.clip(p, 0, size - 1) if padding == "border" else p
+        if padding == "reflection":  # fold back into [0, size - 1], or [-0.5, size - 0.5] then clamp
+            low, span = (0, size - 1) if align_corners else (-0.5, size)
+            distance = np.abs(p - low)
+            folds, extra = np.floor(distance / span), distance % span
+            p = np.where(folds % 2 == 1, low + span - extra, low + extra)
+        return np.clip(p, 0, size - 1) if padding != "zeros" else p
     px, py = pixels(grid[..., 0], w), pixels(grid[..., 1], h)
     out = np.zeros((n, c, *grid.shape[1:3]))
     def read(rows, cols):  # [N, C, Ho, Wo], zeros outside
@@ -383,11 +388,12 @@ def check_against(forward, model32, feeds, wrt, tol=2e-4):
 
 
 @pytest.mark.parametrize("mode", ["linear", "nearest"])
-@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("align_corners", [0, 1])
 def test_grid_sample(mode, padding, align_corners):
-    # points past the edges too (|g| up to 1.3): zeros padding reads 0 there, border the edge
-    feeds = {"x": rand(2, 3, 4, 5), "g": rand(2, 3, 4, 2, seed=3, low=-1.3, high=1.3)}
+    # points past the edges too (|g| up to 2.6, folding reflection more than once): zeros padding
+    # reads 0 there, border the edge, reflection the mirror image
+    feeds = {"x": rand(2, 3, 4, 5), "g": rand(2, 3, 4, 2, seed=3, low=-2.6, high=2.6)}
     attrs = {"mode": mode, "padding_mode": padding, "align_corners": align_corners}
     model32, _ = single_node("GridSample", feeds, attrs, opset=20, dtype=np.float32)
     check_against(lambda x, g: grid_sample_by_definition(x, g, mode, padding, align_corners), model32, feeds,
@@ -405,9 +411,9 @@ def test_affine_grid(align_corners):
 
 def test_grid_sample_matches_onnxruntime_forward():
     """The numpy reading above is onnxruntime's GridSample (so the checks above test the right thing)."""
-    x, g = rand(2, 3, 4, 5), rand(2, 3, 4, 2, seed=3, low=-1.3, high=1.3)
+    x, g = rand(2, 3, 4, 5), rand(2, 3, 4, 2, seed=3, low=-2.6, high=2.6)
     for mode in ("linear", "nearest"):
-        for padding in ("zeros", "border"):
+        for padding in ("zeros", "border", "reflection"):
             for align_corners in (0, 1):
                 attrs = {"mode": mode, "padding_mode": padding, "align_corners": align_corners}
                 model, feeds = single_node("GridSample", {"x": x, "g": g}, attrs, opset=20, dtype=np.float32)

@@ -1,7 +1,7 @@
 """Gradient rules: sampling at computed coordinates (GridSample, AffineGrid), the pair behind
 PyTorch's `F.grid_sample(x, F.affine_grid(theta, size))` (spatial transformers).
 
-GridSample (2-D, nearest or bilinear, zeros or border padding): each output reads up to four
+GridSample (2-D, nearest or bilinear; zeros, border or reflection padding): each output reads up to four
 input pixels with weights from its grid point. The input's gradient adds dy, so weighted, back
 at those pixels (one ScatterElements over the four corners); the grid's is dy times how the
 bilinear blend changes with the point (differences of the corner values), summed over channels
@@ -30,13 +30,36 @@ def _inside(b: Backward, position: str, size: int) -> str:
     return b.op("And", low, high)
 
 
+def _padded(b: Backward, position: str, size: int, padding: str) -> tuple[str, str | None]:
+    """Where a pixel position reads under `padding`, and d(where)/d(position) (None: 1): border
+    clamps to the edge pixels (slope 0 past them); reflection folds the position back into
+    [0, size - 1] (align_corners) or [-0.5, size - 0.5] then clamps (slope +-1 by the fold)."""
+    if padding == "zeros":
+        return position, None
+    clamped = b.op("Clip", position, b.const(0.0), b.const(size - 1.0))
+    if padding == "border":
+        return clamped, b.cast_like(b.op("Equal", position, clamped), position)
+    low, span = (0.0, size - 1.0) if b.attr("align_corners", 0) else (-0.5, float(size))
+    if span == 0:  # one pixel: every position reads it
+        return b.op("Mul", position, b.const(0.0)), b.op("Mul", position, b.const(0.0))
+    offset = b.op("Sub", position, b.const(low))
+    distance = b.op("Abs", offset)
+    folds = b.op("Floor", b.op("Div", distance, b.const(span)))
+    extra = b.op("Sub", distance, b.op("Mul", folds, b.const(span)))
+    odd = b.op("Equal", b.op("Mod", folds, b.const(2.0), fmod=1), b.const(1.0))
+    folded = b.op("Where", odd, b.op("Sub", b.const(low + span), extra), b.op("Add", extra, b.const(low)))
+    slope = b.op("Mul", b.op("Sign", offset), b.op("Where", odd, b.const(-1.0), b.const(1.0)))
+    where = b.op("Clip", folded, b.const(0.0), b.const(size - 1.0))  # align_corners=0 can fold to -0.5
+    return where, b.op("Mul", slope, b.cast_like(b.op("Equal", folded, where), position))
+
+
 @rule("GridSample")
 def grid_sample(b: Backward) -> list[str | None]:
     mode, padding = GRID_MODES.get(b.attr("mode", "bilinear")), b.attr("padding_mode", "zeros")
     dims = b.dims(b.x())
-    if mode is None or padding not in ("zeros", "border"):
+    if mode is None or padding not in ("zeros", "border", "reflection"):
         raise ValueError(f"mode {b.attr('mode', 'bilinear')!r} with padding {padding!r} has no gradient rule "
-                         "(nearest or bilinear, with zeros or border padding)")
+                         "(nearest or bilinear, with zeros, border or reflection padding)")
     if dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims[2:]):
         raise ValueError("only 2-D sampling of an input with static height and width has a gradient rule")
     height, width = dims[2], dims[3]
@@ -46,9 +69,7 @@ def grid_sample(b: Backward) -> list[str | None]:
     points = b.op("Reshape", grid, b.ints([0, 1, -1, 2]))  # [N, 1, Ho*Wo, 2]: one row per output pixel
     (raw_x, sx), (raw_y, sy) = (_pixels(b, b.op("Gather", points, b.ints(k), axis=3), size)
                                 for k, size in ((0, width), (1, height)))
-    px, py = raw_x, raw_y
-    if padding == "border":  # points past the edge read the edge pixel
-        px, py = (b.op("Clip", p, b.const(0.0), b.const(size - 1.0)) for p, size in ((raw_x, width), (raw_y, height)))
+    (px, fold_x), (py, fold_y) = (_padded(b, p, size, padding) for p, size in ((raw_x, width), (raw_y, height)))
     if mode == "nearest":
         corners = [(b.op("Round", py), b.op("Round", px), None)]
     else:
@@ -83,10 +104,10 @@ def grid_sample(b: Backward) -> list[str | None]:
             along_x = b.op("Add", b.op("Mul", gy, b.op("Sub", v01, v00)), b.op("Mul", fy, b.op("Sub", v11, v10)))
             along_y = b.op("Add", b.op("Mul", gx, b.op("Sub", v10, v00)), b.op("Mul", fx, b.op("Sub", v11, v01)))
             parts = []
-            for slope, raw, clipped, change in ((sx, raw_x, px, along_x), (sy, raw_y, py, along_y)):
+            for slope, fold, change in ((sx, fold_x, along_x), (sy, fold_y, along_y)):
                 part = b.op("Mul", b.reduce("ReduceSum", b.op("Mul", flat_dy, change), [1]), b.const(slope))
-                if padding == "border":  # a point clamped to the edge moves nothing
-                    part = b.keep(part, b.op("Equal", raw, clipped))
+                if fold is not None:  # padding's fold: 0 past a clamped edge, -1 where reflected
+                    part = b.op("Mul", part, fold)
                 parts.append(b.op("Unsqueeze", part, b.ints([3])))
             dgrid = b.op("Reshape", b.op("Concat", *parts, axis=3), b.shape(grid))
     return [dx, dgrid]
