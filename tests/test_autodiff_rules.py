@@ -8,6 +8,7 @@ import pytest
 from gradcases import check, rand, single_node
 
 from onnxkit.autodiff.check import run_gradients, with_projection_loss
+from onnxkit.autodiff.rules import shape as shape_rules
 from onnxkit.autodiff.rules.shape import SMALL_TABLE
 
 
@@ -114,8 +115,13 @@ def test_expand_tile_pad():
 
 
 @pytest.mark.parametrize("mode,opset", [("reflect", 17), ("edge", 17), ("wrap", 19)])
-def test_pad_that_copies_input_elements(mode, opset):
-    # pads as wide as the axis (reflect's widest) on both ends of two axes: corners copy twice over
+@pytest.mark.parametrize("folded", [True, False])
+def test_pad_that_copies_input_elements(mode, opset, folded, monkeypatch):
+    # pads as wide as reflect allows on both ends of two axes (corners copy twice over). Known pads
+    # and sizes fold dy back with slices; else (pads computed at run time, a symbolic size) dy is
+    # scattered to the positions the same Pad of each element's position names
+    if not folded:
+        monkeypatch.setattr(shape_rules, "_folded", lambda *args: None)
     check("Pad", {"x": rand(2, 3, 4)}, ["x"], {"mode": mode}, opset=opset,
           constants={"p": np.array([0, 2, 3, 0, 1, 2])})
 

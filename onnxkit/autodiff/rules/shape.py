@@ -4,6 +4,7 @@ gradient."""
 
 from __future__ import annotations
 
+import numpy as np
 from onnx import TensorProto
 
 from onnxkit.autodiff.builder import Backward
@@ -141,13 +142,54 @@ def pad(b: Backward) -> list[str | None]:
         raise ValueError("Pad with an axes input has no gradient rule")
     pads = b.x(1) if b.opset >= 11 else b.ints(b.attr("pads"))
     if b.attr("mode", "constant") != "constant":
-        # reflect, edge, wrap: every output element copies one input element, so the same Pad of
-        # each input element's flat position says which, and dy adds up at those positions
+        known = b.value(b.x(1)) if b.opset >= 11 else np.asarray(b.attr("pads"))
+        folded = _folded(b, [int(p) for p in known.reshape(-1)], b.dims(x)) if known is not None else None
+        if folded is not None:
+            return [folded, None, None]
+        # else every output element copies one input element, so the same Pad of each input
+        # element's flat position says which, and dy adds up at those positions (a scatter)
         attrs = {"mode": b.attr("mode")} if b.opset >= 11 else {"mode": b.attr("mode"), "pads": b.attr("pads")}
         copied = b.op("Pad", _positions(b), *([pads] if b.opset >= 11 else []), **attrs)
         return [_scatter_into_zeros(b, copied, b.dy()), None, None]
     begin = b.op("Slice", pads, b.ints([0]), b.ints([rank]))
     return [b.op("Slice", b.dy(), begin, b.op("Add", begin, b.shape(x))), None, None]
+
+
+def _rows(b: Backward, t: str, axis: int, start: int, stop: int) -> str:
+    return b.op("Slice", t, b.ints([start]), b.ints([stop]), b.ints([axis]))
+
+
+def _reversed(b: Backward, t: str, axis: int) -> str:
+    return b.op("Slice", t, b.ints([-1]), b.ints([-(2**62)]), b.ints([axis]), b.ints([-1]))
+
+
+def _folded(b: Backward, pads: list[int], dims: list | None) -> str | None:
+    """dy of a reflect / edge / wrap Pad folded back onto x one axis at a time (the padded rows
+    added onto the rows they copy: a few slices and adds, not a scatter of every element); None
+    when a padded axis has no static size or a pad reaches past what one fold covers."""
+    mode, rank = b.attr("mode"), len(pads) // 2
+    padded = [(axis, pads[axis], pads[axis + rank]) for axis in range(rank) if pads[axis] or pads[axis + rank]]
+    for axis, before, after in padded:
+        n = dims[axis] if dims else None
+        if not isinstance(n, int) or min(before, after) < 0 or max(before, after) > (n - 1 if mode == "reflect" else n):
+            return None
+    grad = b.dy()
+    for axis, before, after in padded:
+        n = dims[axis]
+        head, tail = _rows(b, grad, axis, 0, before), _rows(b, grad, axis, before + n, before + n + after)
+        places = {  # what lands where on x: (rows, pad before them, pad after them)
+            "reflect": [(_reversed(b, head, axis), 1, n - 1 - before), (_reversed(b, tail, axis), n - 1 - after, 1)],
+            "edge": [(b.reduce("ReduceSum", head, [axis]), 0, n - 1), (b.reduce("ReduceSum", tail, [axis]), n - 1, 0)],
+            "wrap": [(head, n - before, 0), (tail, 0, n - after)],
+        }[mode]
+        total = _rows(b, grad, axis, before, before + n)
+        for (piece, low, high), count in zip(places, (before, after), strict=True):
+            if count:
+                spread = [0] * (2 * rank)
+                spread[axis], spread[axis + rank] = low, high
+                total = b.op("Add", total, b.op("Pad", piece, b.ints(spread)))
+        grad = total
+    return grad
 
 
 @rule("ScatterElements")
