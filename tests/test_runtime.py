@@ -183,6 +183,10 @@ def test_a_binary_classifier_that_outputs_a_probability_thresholds_it_at_one_hal
     p = result.scores[:, 0]
     assert result.labels == ["positive" if v > 0.5 else "negative" for v in p]
     np.testing.assert_allclose(result.probabilities(), np.stack([1 - p, p], axis=1), rtol=1e-6)
+    from onnxkit.serve.protocol import _classify  # the server's classification extension reads it alike
+
+    top = _classify(model, {"p": result.scores}, 1)
+    assert [entry.split(":")[2] for entry in top[:, 0]] == result.labels
 
 
 def test_models_without_labels_give_indices_and_regression_gives_no_classes():

@@ -85,7 +85,7 @@ def predict_on_ray(
         finally:
             if started:
                 ray.shutdown()
-    prediction = Prediction(outputs, local.class_names, local.task)
+    prediction = local.prediction_of(outputs)
     if probs:
         prediction = prediction.with_probabilities()
     if output is not None:

@@ -54,6 +54,7 @@ class Model:
         self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self.task = self.metadata.get(TASK_KEY)
         self.class_names = _class_names(self.metadata, self.outputs, name)
+        self.given_probabilities = self.metadata.get(SCORES_KEY) == "probabilities"
         self.batchable = batchable(self.inputs)
         on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = f"cuda:{device_id}" if on_gpu else "cpu"
@@ -100,7 +101,11 @@ class Model:
             starts = range(0, rows, self.batch_size)
             parts = [self.run({k: v[i : i + self.batch_size] for k, v in feeds.items()}) for i in starts]
             outputs = self._concat_rows(parts, rows)
-        return Prediction(outputs, self.class_names, self.task, self.metadata.get(SCORES_KEY) == "probabilities")
+        return self.prediction_of(outputs)
+
+    def prediction_of(self, outputs: dict[str, np.ndarray]) -> Prediction:
+        """`outputs` of this model (by name) read with its class names, task and kind of scores."""
+        return Prediction(outputs, self.class_names, self.task, self.given_probabilities)
 
     def predict_text(self, texts: str | Sequence[str]) -> Prediction:
         """Tokenize `texts` with the tokenizer the model carries (metadata) and predict."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError, suggest
-from onnxkit.runtime import Model, Prediction, TensorSpec
+from onnxkit.runtime import Model, TensorSpec
 from onnxkit.runtime.text import TEXT_INPUT, TEXT_SPEC, carries_tokenizer, text_feeds
 from onnxkit.serve import binary, jsonio
 from onnxkit.serve.errors import RequestError
@@ -393,7 +393,7 @@ def _requested_outputs(
 
 
 def _classify(model: Model, outputs: dict[str, np.ndarray], k: int) -> np.ndarray:
-    prediction = Prediction(outputs, model.class_names, model.task)
+    prediction = model.prediction_of(outputs)
     try:
         indices, scores = prediction.top_k_indices(k)
     except OnnxkitError as e:
