@@ -89,3 +89,26 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, digits, tmp_path):
         assert result.err.startswith("error: ") and message in result.err, result.err
         assert len(result.err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_probs_of_a_model_that_outputs_probabilities_are_its_outputs(tmp_path, run_cli):
+    # a Softmax at the end and no onnxkit metadata (a PyTorch or Keras export): --probs shows the
+    # model's own probabilities, not a softmax of them
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Softmax", ["z"], ["p"], axis=-1)],
+        "softmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")])
+    model = tmp_path / "softmax.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), model)
+    x = rng.random((5, 4), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("predict", model, "--input", tmp_path / "x.npy", "--probs", "--output", tmp_path / "p.npy")
+    assert result.code == 0, result.err
+    z = x @ numpy_helper.to_array(graph.initializer[0])
+    expected = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected / expected.sum(1, keepdims=True), rtol=1e-5)

@@ -13,6 +13,7 @@ from onnxkit.runtime.datafiles import (
     read_inputs,
     write_prediction,
 )
+from onnxkit.runtime.model import ends_in_probabilities
 
 
 @click.command("predict")
@@ -80,6 +81,8 @@ def predict_cmd(
         click.echo(f"wrote {output} ({len(prediction)} rows)" if output else format_prediction(prediction, top_k))
         return
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
+    if probs and not loaded.given_probabilities:
+        loaded.given_probabilities = ends_in_probabilities(model)
     prediction = loaded.predict_text(list(texts)) if texts else loaded.predict(read_inputs(input_path, loaded))
     if probs:
         prediction = prediction.with_probabilities()

@@ -33,7 +33,7 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.datafiles import read_inputs, write_prediction
-from onnxkit.runtime.model import Model, load
+from onnxkit.runtime.model import Model, ends_in_probabilities, load
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.signals import handled
 
@@ -70,6 +70,8 @@ def predict_on_ray(
     if model_bytes is None:
         raise OnnxkitError(f"{model}: no such file; pass the path of an .onnx model")
     local = load(model_bytes, device="cpu", threads=1, batch_size=None, name=Path(model).stem)
+    if probs and not local.given_probabilities:
+        local.given_probabilities = ends_in_probabilities(model_bytes)
     feeds = read_rows(data, local)
     rows = len(next(iter(feeds.values())))
     batches = -(-rows // batch_size)

@@ -148,6 +148,20 @@ class Model:
         return f"<onnxkit Model {self.name!r} {self.describe()} on {self.device}>"
 
 
+def ends_in_probabilities(model: str | os.PathLike | bytes) -> bool:
+    """Whether the model's first output is a Softmax over its last axis or a Sigmoid, i.e. class
+    probabilities already (for models without onnxkit's metadata saying so; onnx is imported
+    only here, when asked: the runtime otherwise runs without it)."""
+    import onnx
+
+    from onnxkit.graph_walks import opset, probability_logits
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+    first = proto.graph.output[0]
+    rank = len(first.type.tensor_type.shape.dim)
+    return probability_logits(proto.graph, first.name, rank, opset(proto)) is not None
+
+
 def load(
     model: str | os.PathLike | bytes,
     device: str = "auto",
