@@ -250,3 +250,15 @@ def test_a_quantized_model_is_refused_with_what_to_train_instead(run_cli, tmp_pa
     result = run_cli("train", path, "--data", "digits", "-o", tmp_path / "run")
     refused(result, f"{path} is {kind}, whose weights training cannot update; train the float32 model",
             tmp_path / "run")
+
+
+def test_a_float64_model_is_refused_with_how_to_export_it(run_cli, tmp_path):
+    model = zoo.build_model("digits-mlp")
+    for t in model.graph.initializer:
+        t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float64), t.name))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    path = tmp_path / "f64.onnx"
+    onnx.save(model, path)
+    result = run_cli("train", path, "--data", "digits", "-o", tmp_path / "run")
+    refused(result, f"{path} is a float64 model; training runs in float32: export it in float32", tmp_path / "run")

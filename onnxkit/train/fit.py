@@ -65,7 +65,7 @@ from onnxkit.train.standardize import (
     unscaled_warning,
 )
 from onnxkit.train.trainer import LoopState, Trainer
-from onnxkit.train.training_form import find_parameters, low_precision, output_type, select
+from onnxkit.train.training_form import find_parameters, output_type, select, untrainable_weights
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
 
@@ -304,6 +304,10 @@ class _Setup:
     ) -> None:
         self.run, self.config, self.dataset, self.adapter = run, config, dataset, adapter
         self.threads, self.progress = threads, progress
+        why = untrainable_weights(model)
+        if why:
+            named = config.model if config.model_sha256 else "the model"  # a ModelProto has no file yet
+            raise OnnxkitError(f"{named} {why}")
         self.backend = get_backend(config.backend)
         self.device = self.backend.resolve_device(device)
         self.model = adapter.apply(model) if adapter else model
@@ -375,11 +379,6 @@ class _Setup:
     def _select(self) -> None:
         """What trains; refuses ops without a gradient in the backend and options it cannot run."""
         c, model = self.config, self.model
-        kind = low_precision(model)
-        if kind:
-            named = c.model if c.model_sha256 else "the model"  # (a ModelProto has no file of its own yet)
-            raise OnnxkitError(f"{named} is {kind}, whose weights training cannot update; train the float32 model "
-                               "it was made from, then quantize the result (onnxkit quantize)")
         params = find_parameters(model)
         default = self.adapter.trainable(model) if self.adapter else None
         self.selection = select(model, params, self.output, freeze=c.freeze, train_only=c.train_only, default=default)

@@ -92,15 +92,20 @@ QUANTIZING_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuanti
                             "ConvInteger", "MatMulNBits", "DynamicQuantizeMatMul", "QGemm", "QAttention"})
 
 
-def low_precision(model: onnx.ModelProto) -> str | None:
-    """What makes `model` a quantized or float16 model (weights training cannot update), or None."""
+def untrainable_weights(model: onnx.ModelProto) -> str | None:
+    """Why training cannot update `model`'s weights (quantized, float16 or float64 ones), and what
+    to train instead; None for a float32 model."""
     ops = sorted({n.op_type for n in model.graph.node
                   if n.op_type in QUANTIZING_OPS or n.op_type.startswith("QLinear")})
-    if ops:
-        return f"a quantized model ({', '.join(ops[:3])})"
     types = {t.data_type for t in model.graph.initializer if len(t.dims) > 0}
-    if TensorProto.FLOAT16 in types and TensorProto.FLOAT not in types:
-        return "a float16 model"
+    kind = (f"a quantized model ({', '.join(ops[:3])})" if ops else
+            "a float16 model" if TensorProto.FLOAT16 in types and TensorProto.FLOAT not in types else None)
+    if kind:
+        return (f"is {kind}, whose weights training cannot update; train the float32 model it was made from, "
+                "then quantize the result (onnxkit quantize)")
+    if TensorProto.DOUBLE in types and TensorProto.FLOAT not in types:
+        return ("is a float64 model; training runs in float32: export it in float32 (PyTorch: model.float() "
+                "before torch.onnx.export)")
     return None
 
 
