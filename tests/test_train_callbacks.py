@@ -9,6 +9,7 @@ import pytest
 
 from onnxkit import zoo
 from onnxkit.train import fit
+from onnxkit.train import trainer as trainer_module
 from onnxkit.train.callbacks import Callback, MetricsWriter
 
 pytestmark = pytest.mark.training
@@ -70,6 +71,7 @@ def test_hooks_run_in_order_and_metrics_are_written_at_epoch_ends(tmp_path, monk
 
 def test_metrics_of_short_epochs_wait_for_a_checkpoint_or_the_end(tmp_path, monkeypatch):
     monkeypatch.setattr(MetricsWriter, "FLUSH_SECONDS", 1e9)  # no epoch end is due a write
+    monkeypatch.setattr(trainer_module, "CHECKPOINT_SHARE", 1e-9)  # nor a checkpoint, however slow the machine
     recorder = Recorder()
     fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[recorder], **SETTINGS)
     # the first checkpoint (after epoch 1) writes epoch 1's 4 lines; the rest come when training stops
