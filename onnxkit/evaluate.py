@@ -27,6 +27,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import metadata
 
 TASK_LOSS = {"classification": "cross-entropy", "binary": "bce-with-logits", "regression": "mse"}
+PROBABILITIES_OF = {"classification": "Softmax", "binary": "Sigmoid"}  # a classifier's op from logits to probabilities
 
 
 # ---- losses (numpy, float64 accumulation) ---------------------------------------------------
@@ -255,8 +256,8 @@ def evaluate(
         resolved,
         loss=loss,
         num_classes=len(names) if names and resolved == "classification" else None,
-        probabilities=(probability_logits(proto.graph, name, len(shape), opset(proto)) or ("",))[0]
-        == {"classification": "Softmax", "binary": "Sigmoid"}.get(resolved),
+        probabilities=resolved in PROBABILITIES_OF and probability_logits(
+            proto.graph, name, len(shape), opset(proto), PROBABILITIES_OF[resolved]) is not None,
     )
     metrics["task"] = resolved
     if names and "confusion" in metrics:

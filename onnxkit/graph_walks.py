@@ -173,14 +173,17 @@ def opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def probability_logits(graph: onnx.GraphProto, output: str, rank: int, version: int) -> tuple[str, str] | None:
-    """("Softmax" or "Sigmoid", its input) when `output` (of `rank` dims; opset `version`) is the
-    Softmax over the last axis or the Sigmoid of logits, i.e. class probabilities; else None."""
+def probability_logits(graph: onnx.GraphProto, output: str, rank: int, version: int,
+                       activation: str | None = None) -> str | None:
+    """The logits behind `output` (of `rank` dims; opset `version`) when it is their Softmax over
+    the last axis or their Sigmoid, i.e. class probabilities; `activation` ("Softmax" or
+    "Sigmoid") asks for that one only. None for any other output."""
     node = next((n for n in graph.node if output in n.output), None)
-    if node is None or node.op_type not in ("Softmax", "Sigmoid") or node.domain not in ("", "ai.onnx"):
+    kinds = ("Softmax", "Sigmoid") if activation is None else (activation,)
+    if node is None or node.op_type not in kinds or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "Softmax":
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if version >= 13 else 1)
         if axis % max(rank, 1) != rank - 1:
             return None
-    return node.op_type, node.input[0]
+    return node.input[0]

@@ -328,8 +328,9 @@ class _Setup:
         self.loss.check_output(self.output_vi)
         self.task = TASK_OF_LOSS[self.loss.name]
         # a classifier whose output is its Softmax or Sigmoid: the loss and its reports read the logits behind it
-        found = probability_logits(self.model.graph, self.output, len(shape), opset(self.model))
-        self.probabilities = bool(found) and found[0] == self.loss.reads_logits_of
+        activation = self.loss.reads_logits_of
+        self.probabilities = bool(activation) and probability_logits(
+            self.model.graph, self.output, len(shape), opset(self.model), activation) is not None
         specs = model_inputs(self.model)
         regression = self.task == "regression"
         self.target_scale = target_scale(dataset.train.labels) if c.standardize and regression else None

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.evaluate import LOSSES as REFERENCE
+from onnxkit.evaluate import PROBABILITIES_OF, TASK_LOSS
 
 PREFIX = "onnxkit.loss"
 ALIASES = {"ce": "cross-entropy", "bce": "bce-with-logits", "l2": "mse", "mae": "l1"}
@@ -89,8 +90,10 @@ class Loss:
 
     @property
     def reads_logits_of(self) -> str | None:
-        """The activation whose input this loss reads when the model's output is that activation."""
-        return {"cross-entropy": "Softmax", "bce-with-logits": "Sigmoid"}.get(self.name)
+        """The activation whose input this loss reads when the model's output is that activation:
+        its task's op from logits to probabilities (Softmax for cross-entropy, Sigmoid for BCE)."""
+        task = next((t for t, loss in TASK_LOSS.items() if loss == self.name), None)
+        return PROBABILITIES_OF.get(task) if task else None
 
     def add_to_graph(self, graph: onnx.GraphProto, output: str, labels: str, logits: str | None = None) -> str:
         """Append this loss's nodes (reading `output` and `labels`); return the scalar loss name.

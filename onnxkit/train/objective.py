@@ -42,8 +42,8 @@ def build_objective(
     graph = model.graph
     vi = next(o for o in graph.output if o.name == output)
     graph.input.append(loss.labels_input(labels, vi))
-    found = probability_logits(graph, output, len(vi.type.tensor_type.shape.dim), opset(model))
-    logits = found[1] if found and found[0] == loss.reads_logits_of else None
+    rank, activation = len(vi.type.tensor_type.shape.dim), loss.reads_logits_of
+    logits = probability_logits(graph, output, rank, opset(model), activation) if activation else None
     data_loss = loss.add_to_graph(graph, output, labels, logits)
     total = data_loss
     if l2 and l2_params:
