@@ -167,7 +167,7 @@ def error_reason(error: Exception) -> str:
         op, name, message = found
         return f"{f'node {name!r} ({op})' if name else f'{op} node'}: {message}"
     reason = re.sub(r"^Error in execution: ", "", _STATUS.split(" ".join(str(error).split()))[-1])
-    return reason or type(error).__name__
+    return _SOURCE_CHECK.sub("", reason) or reason or type(error).__name__
 
 
 def gpu_count() -> int:

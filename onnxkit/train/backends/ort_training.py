@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, save_model, write_text
-from onnxkit.runtime.session import gpu_count
+from onnxkit.runtime.session import error_reason, gpu_count
 from onnxkit.train.backend import Backend, TrainingProblem, TrainingSession, step_failure
 from onnxkit.train.backends._ort_legalize import legalize, unsupported_ops
 from onnxkit.train.optim import Optimizer
@@ -118,9 +118,6 @@ def _optimizer_block(problem: TrainingProblem) -> onnxblock.ForwardBlock:
 _UNREGISTERED = re.compile(r"gradient builder has not been registered: (\S+) for node (.*?)\s*$", re.M)
 
 
-_ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : (.*)", re.S)
-
-
 def _explain(error: RuntimeError) -> OnnxkitError:
     text = str(error).strip()
     match = _UNREGISTERED.search(text)
@@ -130,10 +127,8 @@ def _explain(error: RuntimeError) -> OnnxkitError:
             "parameters before it frozen (freeze / train_only), or use the default backend (backend=onnx)",
             params=["freeze", "train_only"]
         )
-    status = _ORT_STATUS.search(text)
-    detail = status.group(1) if status else text.rpartition(" was false.")[2].strip() or text[-200:]
     return OnnxkitError(
-        f"ONNX Runtime could not build the training graph: {' '.join(detail.split())[:300]}; "
+        f"ONNX Runtime could not build the training graph: {error_reason(error)[:300]}; "
         "run with --debug for the full error, or freeze the part of the model it fails on"
     )
 
