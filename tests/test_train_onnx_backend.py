@@ -105,7 +105,7 @@ def test_the_ort_training_backend_without_its_environment_says_how_to_get_it(run
     assert run_cli("build", "iris-mlp", "-o", model).code == 0
     result = run_cli("train", model, "--data", "iris", "--backend", "ort-training", "-o", tmp_path / "run")
     assert result.code == 1 and len(result.err.strip().splitlines()) == 1
-    assert "pip install 'onnxkit[ort-training]'" in result.err and "make venv-ort" in result.err
+    assert "pip install onnxruntime-training-cpu==1.19.2 'onnx==1.17.*'" in result.err and "make venv-ort" in result.err
     assert not (tmp_path / "run").exists()
 
 

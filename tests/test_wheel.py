@@ -1,4 +1,5 @@
-"""The built wheel works on its own: it carries the zoo, lists all six models and builds one.
+"""The built wheel works on its own: it carries the zoo, lists all six models, builds one, and
+requires the whole stack its commands use (no extras), so a plain install trains.
 
 The wheel is built from a copy of the sources (no stale build/ folder), installed with
 --no-deps into a fresh venv that sees .venv's site-packages for the dependencies (offline),
@@ -8,10 +9,12 @@ and run from a folder outside the repository, so nothing is imported from the ch
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import onnx
@@ -58,3 +61,15 @@ def test_the_wheel_carries_the_zoo(tmp_path):
     model = onnx.load(str(out))
     assert [i.name for i in model.graph.input] == ["image"]
     onnx.checker.check_model(model)
+
+    # the commands' stack comes with the package itself, not with extras: a plain install trains
+    with zipfile.ZipFile(wheel) as archive:
+        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        required = [line.split(":", 1)[1].strip() for line in archive.read(meta).decode().splitlines()
+                    if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    names = {re.match(r"[A-Za-z0-9._-]+", r).group().lower() for r in required}
+    assert {"onnxruntime", "scikit-learn", "pillow", "tokenizers", "uvicorn", "grpcio", "netron"} <= names, names
+    run(env / "bin" / "onnxkit", "build", "iris-mlp", "-o", tmp_path / "iris.onnx", cwd=tmp_path)
+    trained = run(env / "bin" / "onnxkit", "train", tmp_path / "iris.onnx", "--data", "iris", "--epochs", "3",
+                  "-o", tmp_path / "run", cwd=tmp_path)
+    assert "wrote" in trained and (tmp_path / "run" / "model.onnx").is_file()

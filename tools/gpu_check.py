@@ -13,7 +13,8 @@ It prints one table:
 - top ops: the training graph's op types with the most kernel time (ms per step);
 - speed: ms per training step on CUDA and CPU; inference latency at batch 1 and 64 on CUDA.
 
-Run it where onnxruntime-gpu is installed (`pip install 'onnxkit[gpu]'`):
+Run it where onnxruntime-gpu is installed in place of onnxruntime
+(`pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]>=1.31'`):
 
     python tools/gpu_check.py [--device cuda:0] [--steps 20]
 

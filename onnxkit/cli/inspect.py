@@ -37,7 +37,8 @@ def serve_netron(path: str, port: int) -> None:
     try:
         import netron
     except ImportError:
-        raise OnnxkitError("--netron needs the netron package: pip install 'onnxkit[viz]'") from None
+        raise OnnxkitError("--netron needs the netron package (a dependency of onnxkit that this environment "
+                           "lacks): pip install netron") from None
     import socket
 
     with socket.socket() as s:

@@ -17,8 +17,8 @@ def _sklearn_data(filename: str) -> Path:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
         raise OnnxkitError(
-            "the built-in datasets read scikit-learn's bundled files; "
-            "install it with: pip install 'onnxkit[train]' (or pip install scikit-learn)"
+            "the built-in datasets read scikit-learn's bundled files (a dependency of onnxkit that this "
+            "environment lacks): pip install scikit-learn"
         )
     path = Path(spec.origin).parent / "datasets" / "data" / filename
     if not path.is_file():

@@ -28,8 +28,8 @@ def fuse_attention(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelPro
         return model, {}
     if importlib.util.find_spec("sympy") is None:  # ORT's fusions run its symbolic shape inference
         raise OnnxkitError(
-            "fusing attention before dynamic int8 needs sympy; install it with: pip install 'onnxkit[train]' "
-            "(or pip install sympy)"
+            "fusing attention before dynamic int8 needs sympy (a dependency of onnxkit that this environment "
+            "lacks): pip install sympy"
         )
     from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model

@@ -34,7 +34,7 @@ def quantize_int4(
         except ImportError as e:
             raise OnnxkitError(
                 f"mode int4 needs ONNX Runtime's 4-bit quantizer ({e}); install onnxruntime >= 1.20 and "
-                "onnx-ir with: pip install 'onnxkit[train]'", params=["mode"]
+                "onnx-ir: pip install 'onnxruntime>=1.20' onnx-ir", params=["mode"]
             ) from None
         quantizer = MatMulNBitsQuantizer(
             out, bits=4, block_size=block_size, nodes_to_exclude=sorted(exclude_nodes), op_types_to_quantize=("MatMul",)

@@ -22,6 +22,8 @@ from onnxkit.files import atomic_path
 
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 _CUDA = "CUDAExecutionProvider"
+# onnxruntime-gpu installs the same module as onnxruntime: one replaces the other
+GPU_INSTALL = "pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]>=1.31'"
 _CPU = "CPUExecutionProvider"
 
 
@@ -35,7 +37,7 @@ def import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as e:
-        raise OnnxkitError("onnxruntime is not installed; install onnxkit[runtime] (or onnxruntime-gpu)") from e
+        raise OnnxkitError(f"onnxruntime is not installed: pip install onnxruntime (for CUDA: {GPU_INSTALL})") from e
     finally:
         if blocked and sys.modules.get("onnxruntime.training", 0) is None:
             del sys.modules["onnxruntime.training"]
@@ -57,7 +59,7 @@ def parse_device(device: str) -> tuple[str, int]:
         if _CUDA not in ort.get_available_providers():
             raise OnnxkitError(
                 f"device {device!r}: onnxruntime {ort.__version__} here has no CUDA support; install "
-                "onnxkit[gpu] (onnxruntime-gpu) in place of onnxruntime, or use device='cpu'"
+                f"onnxruntime-gpu in place of onnxruntime ({GPU_INSTALL}), or use device='cpu'"
             )
         return "cuda", int(index or 0)
     raise OnnxkitError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")

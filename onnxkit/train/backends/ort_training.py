@@ -43,6 +43,9 @@ OPTIMIZER_MODEL = "optimizer_model.onnx"
 INITIAL_CHECKPOINT = "checkpoint"
 SIGNATURE = "signature.json"
 QUIET = 3  # ORT severity: errors only
+# onnxkit without its own onnxruntime and onnx, the legacy build and the onnx it loads in their place
+ORT_INSTALL = ("pip install --no-deps onnxkit, then pip install onnxruntime-training-cpu==1.19.2 'onnx==1.17.*' "
+               "and onnxkit's other dependencies")
 
 
 def _import_training() -> tuple[types.ModuleType, types.ModuleType]:
@@ -58,8 +61,8 @@ def _import_training() -> tuple[types.ModuleType, types.ModuleType]:
         if root is None or not (root / "onnxblock").is_dir():
             raise OnnxkitError(
                 "the ort-training backend needs onnxruntime-training 1.19.2, which this environment lacks; install "
-                "it in a Python 3.11 environment of its own (pip install 'onnxkit[ort-training]', or `make venv-ort` "
-                "in a checkout: .venv-ort/bin/onnxkit), or use the default backend (backend=onnx)"
+                f"it in a Python 3.11 environment of its own ({ORT_INSTALL}; or `make venv-ort` in a checkout: "
+                ".venv-ort/bin/onnxkit), or use the default backend (backend=onnx)"
             )
         package = types.ModuleType(name)
         package.__path__ = [str(root)]

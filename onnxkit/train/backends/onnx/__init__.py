@@ -13,7 +13,15 @@ import onnx
 
 from onnxkit.autodiff import missing_rules
 from onnxkit.errors import OnnxkitError
-from onnxkit.runtime.session import create_session, gpu_count, ort, parse_device, providers_for, session_options
+from onnxkit.runtime.session import (
+    GPU_INSTALL,
+    create_session,
+    gpu_count,
+    ort,
+    parse_device,
+    providers_for,
+    session_options,
+)
 from onnxkit.train.backend import Backend, TrainingProblem, TrainingSession
 from onnxkit.train.backends.onnx.artifacts import write_artifacts
 from onnxkit.train.backends.onnx.checkpoint import load_state, model_tensors
@@ -59,7 +67,7 @@ def _cuda_problem(index: int) -> str | None:
     """Why the CUDA execution provider cannot run on GPU `index` here, or None."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return (f"onnxruntime {ort.__version__} here has no CUDA execution provider; install "
-                "onnxkit[gpu] (onnxruntime-gpu) in place of onnxruntime")
+                f"onnxruntime-gpu in place of onnxruntime ({GPU_INSTALL})")
     count = gpu_count()
     if count <= index:
         return f"only {count} NVIDIA GPU(s) are visible" if count else "no NVIDIA GPU or driver is visible"
