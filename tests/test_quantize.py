@@ -230,7 +230,8 @@ def test_int4_leaves_the_root_logger_as_it_was(monkeypatch, capfd):
 
 def test_int4_without_orts_quantizer_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime.quantization.matmul_nbits_quantizer", None)
-    with pytest.raises(OnnxkitError, match=r"mode int4 needs ONNX Runtime's 4-bit quantizer .*pip install 'onnxruntime>=1.20' onnx-ir"):
+    expected = r"mode int4 needs ONNX Runtime's 4-bit quantizer .*pip install 'onnxruntime>=1.20' onnx-ir"
+    with pytest.raises(OnnxkitError, match=expected):
         quantize(mlp(), mode="int4", measure_latency=False)
 
 

@@ -2,16 +2,21 @@
 
 Drawn with Pillow: it imports and draws in a few tens of milliseconds, where matplotlib took
 about 0.6 s of every short run (half of it importing). The chart is drawn at twice its size
-and scaled down, which smooths the lines.
+and scaled down, which smooths the lines. The PNG file is written here (`png_bytes`), not by
+Pillow's PNG plugin, whose import and per-row filter search took 18 of a fresh run's 40 ms.
 """
 
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from onnxkit.files import atomic_path
 
@@ -73,8 +78,26 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
         _draw_panel(image, ImageDraw.Draw(image), font, panel, i * width * SCALE)
     image = image.reduce(SCALE)  # the mean of each SCALE x SCALE block: 11x faster than a LANCZOS resize
     with atomic_path(path) as tmp:
-        # format by the name's .png: a format given by name imports five of Pillow's format plugins (5 ms)
-        image.save(tmp, compress_level=1)  # 3.6 against 19.6 ms at the default 6, 20% larger
+        tmp.write_bytes(png_bytes(np.asarray(image)))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """A PNG file of an [height, width, 3] uint8 image: each row filtered by "Up" (minus the row
+    above, modulo 256: a chart's flat areas and vertical lines become zeros) and deflated at
+    level 1 (4 ms for 1040 x 400, a file the size of Pillow's at its level 1)."""
+    height, width, _ = rgb.shape
+    rows = rgb.reshape(height, width * 3)
+    filtered = np.empty((height, 1 + width * 3), np.uint8)
+    filtered[:, 0] = 2  # the Up filter's type byte
+    filtered[0, 1:] = rows[0]  # the row above the first is zeros
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(filtered.tobytes(), 1))
+            + chunk(b"IEND", b""))
 
 
 def _draw_panel(image: Any, draw: Any, font: Any, panel: Panel, left: int) -> None:
