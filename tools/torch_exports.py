@@ -3,7 +3,10 @@ and trained by `fit`.
 
 For each module (layers whose exports need the rarer gradient rules: reflection and replication
 padding, PixelShuffle, cumsum, topk / sort, prod, triu, scatter_add, slice assignment, bicubic
-interpolation, masked attention, a spatial transformer, ...) and each exporter, it prints:
+interpolation, masked attention, a spatial transformer, ...; then layers as users write them:
+a Transformer encoder layer, attention, LSTM / GRU, BatchNorm, GroupNorm, adaptive pooling,
+upsampling, transposed and depthwise convolutions, a LogSoftmax output, ...) and each exporter,
+it prints:
 
 - `grad`: the largest difference between onnxkit's gradient of sum(output * R) with respect to
   the input (its gradient graph, run on ONNX Runtime) and PyTorch autograd's, relative to the
@@ -94,6 +97,26 @@ def modules():  # type: ignore[no-untyped-def]
             grid = F.affine_grid(theta, [x.shape[0], 4, 8, 8], align_corners=False)
             return F.grid_sample(self.conv(x), grid, align_corners=False)
 
+    class Tokens(nn.Module):
+        """64 values as 8 tokens of 8 -> 16 features each (Linear) -> `middle` -> flatten -> Linear -> 10 logits."""
+
+        def __init__(self, middle, features: int) -> None:  # type: ignore[no-untyped-def]
+            super().__init__()
+            self.embed, self.middle, self.last = nn.Linear(8, 16), middle, nn.Linear(features, 10)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.last(self.middle(self.embed(x.reshape(-1, 8, 8))).flatten(1))
+
+    class First(nn.Module):
+        """The first output of a module that returns a tuple (attention, LSTM, GRU)."""
+
+        def __init__(self, module, *inputs: int) -> None:  # type: ignore[no-untyped-def]
+            super().__init__()
+            self.module, self.copies = module, max(1, len(inputs))
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.module(*[x] * self.copies)[0]
+
     index = torch.arange(32) % 8
     return {
         "ReflectionPad2d": (lambda: Image(nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(1, 8, 3), nn.ReLU()), 512),
@@ -114,6 +137,52 @@ def modules():  # type: ignore[no-untyped-def]
         "slice assignment": (lambda: Flat(SliceAssign()), False),
         "masked attention": (lambda: Flat(MaskedAttention()), False),
         "flip": (lambda: Flat(Lambda(lambda h: torch.flip(h, dims=[1]))), False),
+        # layers as users write them
+        "TransformerEncoderLayer": (lambda: Tokens(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 128),
+                                    False),
+        "MultiheadAttention": (lambda: Tokens(First(nn.MultiheadAttention(16, 4, batch_first=True), 1, 2, 3), 128),
+                               False),
+        "LSTM": (lambda: Tokens(First(nn.LSTM(16, 16, batch_first=True)), 128), False),
+        "bidirectional LSTM": (lambda: Tokens(First(nn.LSTM(16, 16, batch_first=True, bidirectional=True)), 256),
+                               False),
+        "GRU, 2 layers": (lambda: Tokens(First(nn.GRU(16, 16, num_layers=2, batch_first=True)), 128), False),
+        "Conv1d": (lambda: Tokens(nn.Sequential(Lambda(lambda t: t.transpose(1, 2)), nn.Conv1d(16, 16, 3, padding=1),
+                                                nn.ReLU()), 128), False),
+        "AdaptiveAvgPool2d": (lambda: Image(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                                          nn.AdaptiveAvgPool2d(2)), 32), True),
+        "AdaptiveMaxPool2d": (lambda: Image(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                                          nn.AdaptiveMaxPool2d(2)), 32), True),
+        "BatchNorm2d block": (lambda: Image(nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2)), 128), True),
+        "Upsample nearest": (lambda: Image(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Upsample(scale_factor=2),
+                                                         nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU()), 256),
+                             True),
+        "bilinear": (lambda: Image(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Lambda(
+            lambda z: F.interpolate(z, scale_factor=2, mode="bilinear")), nn.MaxPool2d(2)), 256), True),
+        "GroupNorm, SiLU": (lambda: Image(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(),
+                                                        nn.AvgPool2d(2)), 128), True),
+        "depthwise, Hardswish": (lambda: Image(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1),
+                                                             nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Hardswish()),
+                                               512), True),
+        "dilated, ELU": (lambda: Image(nn.Sequential(nn.Conv2d(1, 8, 3, padding=2, dilation=2), nn.ELU()), 512), True),
+        "ConvTranspose2d": (lambda: Image(nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1),
+                                                        nn.ConvTranspose2d(4, 4, 2, stride=2), nn.LeakyReLU()), 256),
+                            True),
+        "LayerNorm, tanh GELU": (lambda: Flat(nn.Sequential(nn.LayerNorm(32), nn.GELU(approximate="tanh"))), False),
+        "F.normalize": (lambda: Flat(Lambda(lambda h: F.normalize(h, dim=-1) * 5)), False),
+        "LogSoftmax output": (lambda: Lambda(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10),
+                                                           nn.LogSoftmax(-1))), False),  # forward(x), as dynamo needs
+        "einsum outer": (lambda: Flat(Lambda(lambda h: torch.einsum("bi,bj->bij", h[:, :4], h[:, :8]).flatten(1))),
+                         False),
+        "masked_fill, clamp": (lambda: Flat(Lambda(lambda h: h.masked_fill(h < -0.5, 0.0).clamp(-2, 2))), False),
+        "Softplus, Mish, PReLU": (lambda: Flat(nn.Sequential(nn.Softplus(), nn.Mish(), nn.PReLU())), False),
+        "std": (lambda: Flat(Lambda(lambda h: (h - h.mean(-1, keepdim=True)) / (h.std(-1, keepdim=True) + 1e-3))),
+                False),
+        "amax, amin": (lambda: Flat(Lambda(lambda h: torch.cat(
+            [h, h.amax(-1, keepdim=True).expand_as(h) - h.amin(-1, keepdim=True)], -1)), width=64), False),
+        "cosine_similarity": (lambda: Flat(Lambda(lambda h: torch.cat(
+            [F.cosine_similarity(h[:, :16], h[:, 16:], dim=-1)[:, None], h[:, 1:]], -1))), False),
     }
 
 
@@ -165,7 +234,7 @@ def main() -> None:
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the dynamo exporter's notes on torchvision
 
-    print(f"{'module':22s} {'exporter':11s} {'grad':>9s}  test")
+    print(f"{'module':24s} {'exporter':11s} {'grad':>9s}  test")
     for name, (make, image) in modules().items():
         if args.only and name not in args.only:
             continue
@@ -177,7 +246,7 @@ def main() -> None:
             try:
                 model = export(module, example, dynamo)
             except Exception as e:  # noqa: BLE001 - the exporter's own failure, reported
-                print(f"{name:22s} {exporter:11s} {'':>9s}  export failed: {str(e).splitlines()[0][:80]}")
+                print(f"{name:24s} {exporter:11s} {'':>9s}  export failed: {str(e).splitlines()[0][:80]}")
                 continue
             grad = f"{gradient_difference(module, example, model):9.1e}" if not dynamo else f"{'':>9s}"
             with tempfile.TemporaryDirectory() as folder:
@@ -187,7 +256,7 @@ def main() -> None:
                     test = f"{result.metrics['test']['accuracy']:.4f}"
                 except OnnxkitError as e:
                     test = f"error: {e}"
-            print(f"{name:22s} {exporter:11s} {grad}  {test}")
+            print(f"{name:24s} {exporter:11s} {grad}  {test}")
 
 
 if __name__ == "__main__":
