@@ -22,9 +22,9 @@ from onnxkit.files import atomic_path
 
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 _CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
 # onnxruntime-gpu installs the same module as onnxruntime: one replaces the other
 GPU_INSTALL = "pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]>=1.31'"
-_CPU = "CPUExecutionProvider"
 
 
 def import_onnxruntime() -> ModuleType:
