@@ -29,9 +29,22 @@ def test_builtin_datasets_match_scikit_learn():
     assert images.train.inputs["image"].shape == (1079, 1, 8, 8)
     np.testing.assert_array_equal(images.test.inputs["image"].reshape(-1, 64), digits.test.inputs["x"])
     all_x = np.concatenate([digits.split(s).inputs["x"] for s in ("train", "val", "test")])
-    assert all_x.min() == 0 and all_x.max() == 1
+    all_y = np.concatenate([digits.split(s).labels for s in ("train", "val", "test")])
+    assert all_x.min() == 0 and all_x.max() == 1 and all_y.dtype == np.int64
     ref_digits = load_digits()
-    assert sorted(map(bytes, (all_x * 16).astype(np.uint8))) == sorted(map(bytes, ref_digits.data.astype(np.uint8)))
+    rows = np.c_[all_x * 16, all_y].astype(np.uint8)
+    assert sorted(map(bytes, rows)) == sorted(map(bytes, np.c_[ref_digits.data, ref_digits.target].astype(np.uint8)))
+
+
+def test_unsigned_csv_reads_whole_numbers_and_refuses_anything_else(tmp_path):
+    from onnxkit.data.builtin import unsigned_csv
+
+    table = unsigned_csv(b"1,23,456\n7890,0,123456789012345678\n", tmp_path)
+    assert table.dtype == np.int64 and table.tolist() == [[1, 23, 456], [7890, 0, 123456789012345678]]
+    assert unsigned_csv(b"5\n6", tmp_path).tolist() == [[5], [6]]  # no newline at the end
+    for bad in (b"1,2\n3\n", b"1,2,3\n4\n5,6\n", b"1,,2\n", b",1\n", b"-1,2\n", b"1.5,2\n", b"1;2\n", b"1,a\n"):
+        with pytest.raises(OnnxkitError, match="not a table of whole numbers"):
+            unsigned_csv(bad, tmp_path)
 
 
 def test_splits_are_deterministic_disjoint_and_stratified():
