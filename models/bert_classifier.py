@@ -149,4 +149,4 @@ def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: i
     inputs = {"input_ids": ids, "attention_mask": ids, "token_type_ids": ids}
     if embedding:
         return Recipe(model, inputs, outputs=("embedding",), task="embedding", metadata=metadata)
-    return Recipe(model, inputs, labels=names, metadata=metadata)
+    return Recipe(model, inputs, task="classification", labels=names, metadata=metadata)

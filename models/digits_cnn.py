@@ -23,4 +23,5 @@ class DigitsCNN(nn.Module):
 def recipe(channels: int = 32, hidden: int = 64, num_classes: int = 10, seed: int = 0) -> Recipe:
     nn.manual_seed(seed)
     return Recipe(DigitsCNN(channels, hidden, num_classes), {"image": nn.Input(["batch", 1, 8, 8])},
-                  labels=[str(d) for d in range(num_classes)], metadata=training_recipes(full=TRAINING))
+                  task="classification", labels=[str(d) for d in range(num_classes)],
+                  metadata=training_recipes(full=TRAINING))

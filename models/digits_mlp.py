@@ -11,4 +11,5 @@ def recipe(hidden: int = 128, dropout: float = 0.1, seed: int = 0) -> Recipe:
         nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
         nn.Linear(hidden, 10),
     ])  # fmt: skip
-    return Recipe(mlp, {"x": nn.Input(["batch", 64])}, labels=[str(d) for d in range(10)])
+    return Recipe(mlp, {"x": nn.Input(["batch", 64])}, task="classification",
+                  labels=[str(d) for d in range(10)])

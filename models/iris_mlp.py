@@ -10,5 +10,5 @@ SPECIES = ["setosa", "versicolor", "virginica"]
 def recipe(hidden: int = 16, seed: int = 0) -> Recipe:
     nn.manual_seed(seed)
     mlp = nn.Sequential([nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3)])
-    return Recipe(mlp, {"x": nn.Input(["batch", 4])}, labels=SPECIES,
+    return Recipe(mlp, {"x": nn.Input(["batch", 4])}, task="classification", labels=SPECIES,
                   metadata=training_recipes(full=TrainingRecipe(lr=0.01, batch_size=16, epochs=100)))

@@ -34,4 +34,4 @@ def recipe(vocab_size: int = 30522, max_len: int = 256, dim: int = 128, heads: i
     model = TextTransformer(vocab_size, max_len, dim, heads, ff_dim, num_layers, num_classes, dropout)
     ids = nn.Input(["batch", "seq"], "int64")
     return Recipe(model, {"input_ids": ids, "attention_mask": ids},
-                  labels=[str(i) for i in range(num_classes)])
+                  task="classification", labels=[str(i) for i in range(num_classes)])

@@ -35,12 +35,12 @@ class Recipe:
     module: nn.Module
     inputs: Mapping[str, nn.Input]
     outputs: Sequence[str] = ("logits",)
-    task: str = "classification"
+    task: str | None = None  # None: training works it out from the output and the labels
     labels: Sequence[str] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
+        if self.task is not None and self.task not in TASKS:
             raise OnnxkitError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
 
 
@@ -149,11 +149,9 @@ def _build(name: str, module: ModuleType, kwargs: dict[str, Any], opset: int) ->
     recipe: Recipe = module.recipe(**kwargs)
     if not isinstance(recipe, Recipe):
         raise OnnxkitError(f"{name}: recipe() must return onnxkit.zoo.Recipe, got {type(recipe).__name__}")
-    metadata: dict[str, Any] = {
-        "onnxkit.recipe": {"name": name, "options": kwargs},
-        "onnxkit.task": recipe.task,
-        **recipe.metadata,
-    }
+    metadata: dict[str, Any] = {"onnxkit.recipe": {"name": name, "options": kwargs}, **recipe.metadata}
+    if recipe.task is not None:
+        metadata["onnxkit.task"] = recipe.task
     if recipe.labels is not None:
         metadata["onnxkit.labels"] = list(recipe.labels)
     return nn.build(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -80,3 +81,97 @@ def test_train_and_eval_help_show_examples(run_cli):
     for command in ("train", "eval"):
         shown = run_cli(command, "--help")
         assert shown.code == 0 and "Example" in shown.out
+
+
+ONE_SCORE_RECIPE = '''
+from onnxkit import nn
+from onnxkit.zoo import Recipe
+
+
+def recipe(features: int = 30, task: str = "") -> Recipe:
+    net = nn.Sequential([nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, 1)])
+    return Recipe(net, {"x": nn.Input(["batch", features])}, task=task or None)
+'''
+
+
+@pytest.mark.parametrize(
+    ("data", "features", "task", "loss", "learned"),
+    [
+        ("breast-cancer", 30, "", None, "binary"),  # no task: one score and 0/1 labels
+        ("diabetes", 10, "", None, "regression"),  # no task: one score and numbers
+        ("breast-cancer", 30, "classification", "bce-with-logits", "binary"),  # the loss given wins
+        ("diabetes", 10, "classification", "mse", "regression"),
+    ],
+)
+def test_a_one_score_model_trains_evaluates_and_predicts_as_its_loss_says(
+    run_cli, tmp_path, data, features, task, loss, learned
+):
+    (tmp_path / "net.py").write_text(ONE_SCORE_RECIPE)
+    model, run = tmp_path / "net.onnx", tmp_path / "run"
+    assert run_cli("build", tmp_path / "net.py", "--set", f"features={features}", "--set", f"task={task}",
+                   "-o", model).code == 0
+    if task:  # declared a classifier: the line says which loss a single score takes
+        refused = run_cli("train", model, "--data", data, "-o", run)
+        assert refused.code == 1 and refused.err.count("\n") == 1 and f"--loss {loss}" in refused.err.replace(
+            "loss bce-with-logits", "--loss bce-with-logits"), refused.err
+    trained = run_cli("train", model, "--data", data, "--standardize", "-o", run,
+                      *(["--loss", loss] if loss else []))
+    assert trained.code == 0, trained.err
+    meta = onnx.load(run / "model.onnx").metadata_props
+    assert {p.key: p.value for p in meta}["onnxkit.task"] == learned
+    evaluated = run_cli("eval", run / "model.onnx", "--json")
+    assert evaluated.code == 0, evaluated.err
+    metrics = json.loads(evaluated.out)
+    if learned == "binary":
+        assert metrics["accuracy"] >= 0.93, metrics
+    else:
+        assert metrics["r2"] >= 0.4 and "accuracy" not in metrics, metrics
+    from onnxkit.data import load_dataset
+
+    test = load_dataset(data).test
+    np.save(tmp_path / "rows.npy", test.inputs["x"])
+    predicted = run_cli("predict", run / "model.onnx", "--input", tmp_path / "rows.npy", "-o", tmp_path / "out.json")
+    assert predicted.code == 0, predicted.err
+    out = json.loads((tmp_path / "out.json").read_text())
+    if learned == "binary":  # a class per row from the logit's sign, right as often as eval says
+        named = np.asarray(load_dataset(data).label_names)[test.labels]
+        assert np.mean(np.asarray(out["labels"]) == named) == pytest.approx(metrics["accuracy"])
+    else:
+        assert "labels" not in out
+
+
+def test_a_data_file_given_relative_is_found_again_from_another_folder(run_cli, tmp_path, monkeypatch):
+    from onnxkit.data import load_dataset
+
+    work = tmp_path / "work"
+    work.mkdir()
+    iris = load_dataset("iris")
+    rows = [iris.split(s) for s in ("train", "validation", "test")]
+    np.savez(work / "flowers.npz", x=np.concatenate([r.inputs["x"] for r in rows]),
+             y=np.concatenate([r.labels for r in rows]))
+    assert run_cli("build", "iris-mlp", "-o", work / "iris.onnx").code == 0
+    monkeypatch.chdir(work)
+    trained = run_cli("train", "iris.onnx", "--data", "flowers.npz", "--epochs", "3", "-o", "run")
+    assert trained.code == 0, trained.err
+    monkeypatch.chdir(tmp_path)  # eval and resume from elsewhere read the same file
+    evaluated = run_cli("eval", "work/run/model.onnx", "--json")
+    assert evaluated.code == 0, evaluated.err
+    assert json.loads(evaluated.out)["data"] == str(work / "flowers.npz")
+    info = json.loads((work / "run" / "run.json").read_text())
+    assert info["config"]["data"] == str(work / "flowers.npz")
+
+
+def test_training_goes_on_when_the_reader_of_its_output_goes_away(tmp_path):
+    """`onnxkit train ... 2>&1 | head -1`: progress stops, the run completes."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "iris.onnx"
+    subprocess.run([sys.executable, "-m", "onnxkit", "build", "iris-mlp", "-o", model], check=True, capture_output=True)
+    command = [sys.executable, "-m", "onnxkit", "train", model, "--data", "iris", "-o", tmp_path / "run"]
+    train = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert train.stdout.readline()  # the first line, then the reader goes away
+    train.stdout.close()
+    assert train.wait(timeout=120) in (0, 1)  # 1: click's exit when the last line meets the closed pipe
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "completed"
+    assert onnx.load(tmp_path / "run" / "model.onnx").graph.node

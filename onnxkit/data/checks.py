@@ -74,6 +74,11 @@ def check_class_labels(
     if low < 0:
         raise OnnxkitError(f"data {name!r}: class labels must be 0 or more, but one is {low}; number the classes "
                            "from 0")
+    if num_classes == 1:
+        raise OnnxkitError(
+            f"data {name!r}: output {output!r} is a single score, which cannot hold {high + 1} classes; train it "
+            "with loss bce-with-logits (labels 0 and 1) or mse (numbers), or build it with one score per class"
+        )
     if num_classes is not None and high >= num_classes:
         raise OnnxkitError(
             f"data {name!r}: labels go up to {high} but output {output!r} has {num_classes} scores; "

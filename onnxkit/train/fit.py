@@ -25,6 +25,7 @@ import onnx
 from onnxkit import __version__
 from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.data.checks import check_class_labels, check_finite
+from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate, fixed_batch_size, label_names, padded, score
@@ -180,7 +181,7 @@ def fit(
         config = TrainConfig(
             model=str(model_path or run.base_model.resolve()),
             model_sha256=sha256(model_path) if model_path else "",
-            data=str(data) if not isinstance(data, Dataset) else dataset.name,
+            data=_data_reference(data, dataset),
             data_seed=data_seed,
             output=output,
             loss=get_loss(loss).name if loss else None,
@@ -246,6 +247,15 @@ def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimi
             options["weight_decay"] = weight_decay
         return type(optimizer)(**options)
     return get_optimizer(optimizer, **({} if weight_decay is None else {"weight_decay": weight_decay}))
+
+
+def _data_reference(data: str | os.PathLike | Dataset, dataset: Dataset) -> str:
+    """How the run and the trained model name their data: a file by its absolute path (so resume,
+    eval and quantize find it from any folder), a built-in dataset by name."""
+    if isinstance(data, Dataset):
+        return dataset.name
+    path = Path(data)
+    return str(path.resolve()) if path.suffix.lower() in READERS and path.is_file() else str(data)
 
 
 def _json_options(spec: Optimizer) -> dict[str, Any]:
@@ -583,15 +593,14 @@ def _finish(
         "run": str(run.path),
         "onnxkit": __version__,
     }
-    extra: dict[str, Any] = {"onnxkit.training": summary}
-    existing = metadata(trained)
-    if "onnxkit.task" not in existing:
-        extra["onnxkit.task"] = setup.task
-    if "onnxkit.labels" not in existing and setup.names and setup.task != "regression":
+    # the task trained for (a loss given in place of the recipe's task changes it), read by eval and predict
+    kept = {k: v for k, v in metadata(trained).items() if not (k == "onnxkit.labels" and setup.task == "regression")}
+    extra: dict[str, Any] = {**kept, "onnxkit.training": summary, "onnxkit.task": setup.task}
+    if "onnxkit.labels" not in kept and setup.names and setup.task != "regression":
         extra["onnxkit.labels"] = setup.names
     if setup.probabilities:  # so predict neither applies softmax / sigmoid again nor thresholds at 0
         extra["onnxkit.scores"] = "probabilities"
-    set_metadata(trained, extra)
+    set_metadata(trained, extra, keep=False)
     save_model(trained, run.model)
     metrics: dict[str, Any] = {
         "epochs": state.epoch,
