@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onnxkit.errors import OnnxkitError
 
@@ -106,6 +107,24 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True  # another user's
     return True
+
+
+def write_safetensors(
+    path: str | os.PathLike, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None
+) -> None:
+    """Write named numpy arrays to a .safetensors file atomically; a full disk is one clear error
+    (safetensors reports it as its own exception type, with the OS error number in the text)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        try:
+            save_file(dict(tensors), str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from e
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -26,6 +26,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import zoo
+from onnxkit.errors import OnnxkitError
 from onnxkit.train import TrainingInterrupted, fit
 from onnxkit.train.run_directory import RunDirectory
 
@@ -250,3 +251,24 @@ def test_inputs_that_look_odd_but_are_fine(corpus, tmp_path, run_cli):
     assert result.code == 0, result.err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "step"] == list(range(1, records[-1]["step"] + 1))
+
+
+def test_safetensors_files_on_a_full_disk_fail_in_one_line_and_leave_nothing(tmp_path):
+    """Checkpoints, artifacts' initial weights and Module.save write safetensors, whose writer
+    raises its own error type for a full disk."""
+    from onnxkit import nn
+    from onnxkit.files import write_safetensors
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if not _mount_tmpfs(small):
+        pytest.skip("needs root to mount a 64 KiB tmpfs")
+    try:
+        big = {"w": np.zeros(1 << 16, np.float32)}  # 256 KiB
+        with pytest.raises(OnnxkitError, match=r"w.safetensors: No space left on device; free some space"):
+            write_safetensors(small / "w.safetensors", big)
+        with pytest.raises(OnnxkitError, match="No space left on device"):
+            nn.Linear(256, 256).save(small / "layer.safetensors")
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

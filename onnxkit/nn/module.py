@@ -120,17 +120,14 @@ class Module:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights as a .safetensors (or .npz) file, atomically."""
-        from onnxkit.files import atomic_path
+        from onnxkit.files import atomic_path, write_safetensors
 
         path = os.fspath(path)
-        with atomic_path(path) as tmp:
-            if path.endswith(".npz"):
-                with open(tmp, "wb") as f:
-                    np.savez(f, **self.state_dict())
-            else:
-                from safetensors.numpy import save_file
-
-                save_file(self.state_dict(), str(tmp))
+        if not path.endswith(".npz"):
+            write_safetensors(path, self.state_dict())
+            return
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **self.state_dict())
 
     def load(self, path: str | os.PathLike, strict: bool = True) -> None:
         """Read weights written by `save` (or any .safetensors / .npz with matching names)."""

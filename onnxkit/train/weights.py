@@ -9,15 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import atomic_path
+from onnxkit.files import write_safetensors
 
 
 def save_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
     """Write `tensors` to `path` atomically."""
-    from safetensors.numpy import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata={"format": "onnxkit"})
+    write_safetensors(path, {k: np.ascontiguousarray(v) for k, v in tensors.items()}, {"format": "onnxkit"})
 
 
 def load_tensors(path: Path) -> dict[str, np.ndarray]:
