@@ -68,9 +68,18 @@ def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):
     broken.write_bytes(b"\x08\x07garbage")
     refused(run_cli("train", broken, "--data", "digits-images", "-o", run), "not a readable ONNX model", run)
     refused(run_cli("train", tmp_path / "none.onnx", "--data", "iris", "-o", run), "no such file", run)
-    refused(run_cli("train", cnn, "-o", run), "give MODEL.onnx, --data and -o RUN_DIR", run)
     refused(run_cli("train", "--resume", tmp_path), "is not a training run (no run.json)", run)
-    refused(run_cli("train", cnn, "--data", "iris", "--resume", tmp_path), "give only --resume RUN_DIR", run)
+    for args, message in (((cnn, "-o", run), "give MODEL.onnx, --data and -o RUN_DIR"),
+                          ((cnn, "--data", "iris", "--resume", tmp_path), "give only --resume RUN_DIR")):
+        malformed = run_cli("train", *args)
+        assert malformed.code == 2 and malformed.err.startswith("error: ") and message in malformed.err
+        assert malformed.err.count("\n") == 1 and "(see onnxkit train -h)" in malformed.err and not run.exists()
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "model.onnx").write_bytes(b"someone's model")
+    refused(run_cli("train", cnn, "--data", "iris", "-o", stray), "holds a model.onnx that no training run wrote",
+            stray / "run.json")
+    assert (stray / "model.onnx").read_bytes() == b"someone's model"
     zero = run_cli("train", cnn, "--data", "digits-images", "--epochs", "0", "-o", run)
     assert zero.code == 2 and zero.err == "error: --epochs must be at least 1, got 0 (see onnxkit train -h)\n"
 

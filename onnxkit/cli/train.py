@@ -115,9 +115,11 @@ def train_cmd(model: str | None, **options: Any) -> None:
 
     resume = options.pop("resume")
     if resume and (model or options["data"] or options["out_dir"]):
-        raise OnnxkitError("--resume continues a run with its stored settings; give only --resume RUN_DIR")
+        raise click.UsageError("--resume continues a run with its stored settings; give only --resume RUN_DIR",
+                               click.get_current_context())
     if not resume and not (model and options["data"] and options["out_dir"]):
-        raise OnnxkitError("give MODEL.onnx, --data and -o RUN_DIR (or --resume RUN_DIR)")
+        raise click.UsageError("give MODEL.onnx, --data and -o RUN_DIR (or --resume RUN_DIR)",
+                               click.get_current_context())
     workers = options.pop("workers")
     if workers and workers > 1:
         from onnxkit.train.launch import launch_training

@@ -33,15 +33,20 @@ class Progress:
         width = 24
         filled = int(width * done / max(1, self._total))
         bar = "#" * filled + "." * (width - filled)
-        self.stream.write(
+        self._write(
             f"\r{self._label} [{bar}] {done}/{self._total} loss {loss:.4f} lr {lr:.2e} {samples_per_s:,.0f} samples/s"
         )
-        self.stream.flush()
 
     def line(self, text: str) -> None:
         if not self.enabled:
             return
-        if self.live:
-            self.stream.write("\r\033[K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(("\r\033[K" if self.live else "") + text + "\n")
+
+    def _write(self, text: str) -> None:
+        """Write and flush; a reader that went away (`onnxkit train ... | head`) silences the
+        progress, and training goes on."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            self.enabled = self.live = False

@@ -64,7 +64,10 @@ class RunDirectory:
         return run
 
     def _refuse_existing(self) -> None:
-        if self.model.exists() or self.run_json.exists():
+        if self.model.exists() and not self.run_json.exists():
+            raise OnnxkitError(f"{self.path} holds a model.onnx that no training run wrote; choose another output "
+                               "folder (-o), so it is not overwritten")
+        if self.run_json.exists():
             if self._live():
                 raise OnnxkitError(f"{self.path} is in use by a training run that is still going; wait for it to "
                                    "end or choose another output folder (-o)")
@@ -82,7 +85,8 @@ class RunDirectory:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             self.artifacts.mkdir(exist_ok=True)
         except OSError as e:
-            raise OnnxkitError(f"cannot create the run folder {self.path}: {e.strerror}") from e
+            what = "write in the run folder" if self.path.is_dir() else "create the run folder"
+            raise OnnxkitError(f"cannot {what} {self.path}: {e.strerror}; choose another output folder (-o)") from e
 
     @classmethod
     def existing(cls, path: str | os.PathLike) -> RunDirectory:
