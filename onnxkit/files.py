@@ -58,7 +58,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OnnxkitError(f"cannot write {path}: folder {parent} does not exist; create it first")
+        why = "is a file, not a folder" if parent.exists() else "does not exist; create it first"
+        raise OnnxkitError(f"cannot write {path}: {parent} {why}")
     if path.is_dir():
         raise OnnxkitError(f"cannot write {path}: it is a folder; give a file name")
     try:
@@ -154,6 +155,16 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def missing_model(path: str | os.PathLike) -> OnnxkitError:
+    """The error for a model file that is not there; a run folder's model.onnx is written when
+    training ends, so for one of an unfinished run it says how to finish it."""
+    path = Path(path)
+    if path.name == "model.onnx" and (path.parent / "run.json").is_file():
+        return OnnxkitError(f"{path}: not written yet, the training run in {path.parent} has not finished; "
+                            f"continue it with onnxkit train --resume {path.parent}")
+    return OnnxkitError(f"{path}: no such file; pass the path of an .onnx model")
+
+
 def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.ModelProto:
     """Load an ONNX file, turning every failure into one clear OnnxkitError."""
     import onnx
@@ -161,7 +172,7 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
 
     path = Path(path)
     if not path.is_file():
-        raise OnnxkitError(f"{path}: no such file; pass the path of an .onnx model")
+        raise missing_model(path)
     try:
         model = onnx.load(str(path), load_external_data=load_weights)
     except (DecodeError, ValueError, RuntimeError, OSError) as e:

@@ -271,3 +271,16 @@ def test_a_float64_model_is_refused_with_how_to_export_it(run_cli, tmp_path):
     onnx.save(model, path)
     result = run_cli("train", path, "--data", "digits", "-o", tmp_path / "run")
     refused(result, f"{path} is a float64 model; training runs in float32: export it in float32", tmp_path / "run")
+
+
+def test_the_model_of_an_unfinished_run_says_how_to_finish_it(run_cli, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"status": "interrupted"}')
+    for command in (("eval", run / "model.onnx"), ("predict", run / "model.onnx", "-i", tmp_path / "x.npy"),
+                    ("quantize", run / "model.onnx", "-o", tmp_path / "q.onnx")):
+        result = run_cli(*command)
+        assert result.code == 1 and result.err.count("\n") == 1, result.err
+        assert f"has not finished; continue it with onnxkit train --resume {run}" in result.err, result.err
+    other = run_cli("eval", tmp_path / "model.onnx")
+    assert other.code == 1 and "no such file; pass the path of an .onnx model" in other.err

@@ -145,6 +145,10 @@ def test_shape_mismatch_in_user_file_names_layer(tmp_path, run_cli):
 def test_unwritable_output_paths(tmp_path, run_cli):
     r = run_cli("build", "iris-mlp", "-o", tmp_path / "no" / "such" / "dir.onnx")
     assert r.code == 1 and "does not exist" in r.err
+    (tmp_path / "afile").write_text("")
+    r = run_cli("build", "iris-mlp", "-o", tmp_path / "afile" / "x.onnx")
+    assert r.code == 1 and "afile is a file, not a folder" in r.err and r.err.count("\n") == 1
+    (tmp_path / "afile").unlink()
     r = run_cli("build", "iris-mlp", "-o", tmp_path)
     assert r.code == 2 and "is a directory" in r.err
     r = run_cli("build", "iris-mlp", "-o", "/proc/onnxkit-test.onnx")  # unwritable even for root

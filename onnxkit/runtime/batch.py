@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.files import missing_model
 from onnxkit.runtime.datafiles import read_inputs, write_prediction
 from onnxkit.runtime.model import Model, ends_in_probabilities, load
 from onnxkit.runtime.prediction import Prediction
@@ -68,7 +69,7 @@ def predict_on_ray(
     ray = _import_ray()
     model_bytes = Path(model).read_bytes() if Path(model).is_file() else None
     if model_bytes is None:
-        raise OnnxkitError(f"{model}: no such file; pass the path of an .onnx model")
+        raise missing_model(model)
     local = load(model_bytes, device="cpu", threads=1, batch_size=None, name=Path(model).stem)
     if probs and not local.given_probabilities:
         local.given_probabilities = ends_in_probabilities(model_bytes)

@@ -18,7 +18,7 @@ import sys
 from types import ModuleType
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import atomic_path
+from onnxkit.files import atomic_path, missing_model
 
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 _CUDA = "CUDAExecutionProvider"
@@ -134,7 +134,7 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
     where = "model bytes" if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes):
         if not os.path.isfile(model):
-            raise OnnxkitError(f"{where}: no such file; pass the path of an .onnx model")
+            raise missing_model(model)
         model = os.fspath(model)
     try:
         return ort.InferenceSession(model, sess_options=options, providers=providers)
