@@ -18,7 +18,10 @@ from onnx.reference import ReferenceEvaluator
 from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
 from onnxkit.quantize import analysis, cpu, quantize, rewrite
+from onnxkit.quantize.data import calibration_batches
 from onnxkit.quantize.int4 import quantize_int4
+from onnxkit.quantize.passes import Quantizer
+from onnxkit.quantize.settings import Settings
 
 D_IN, HIDDEN, CLASSES = 16, 64, 4
 
@@ -320,6 +323,65 @@ def test_nothing_quantizable_says_so_for_every_mode():
         quantize(weightless(), mode="auto", eval_data={"x": np.ones((4, CLASSES), np.float32)})
 
 
+# ---- calibration: any number of examples, every method ----------------------------------------
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile", "minmax"])
+def test_static_calibrates_on_a_set_that_is_not_whole_batches(method, mlp_data):
+    # 100 examples: as batches of 32, a last batch of 4 that ORT's histogram calibrators cannot stack
+    result = quantize(mlp(), mode="static", method=method, calib=mlp_data, calib_size=100, eval_data=mlp_data,
+                      measure_latency=False)  # fmt: skip
+    assert result.report.accuracy["drop"] <= 3.0  # 100 test examples: at most 3 predictions flip
+
+
+def test_auto_calibrates_on_a_set_that_is_not_whole_batches(mlp_data):
+    result = quantize(mlp(), mode="auto", calib=mlp_data, calib_size=100, eval_data=mlp_data, max_drop=3.0)
+    cands = result.report.candidates
+    assert len(cands) == 6 and all(c.error is None and c.drop <= 3.0 for c in cands)
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_one_calibration_batch_gives_the_ranges_equal_batches_give(method, tmp_path):
+    rows = np.random.default_rng(7).standard_normal((96, D_IN)).astype(np.float32)
+    quantizer, settings = Quantizer(mlp(), tmp_path), Settings("static", method=method)
+    one = quantizer.run(settings, [{"x": rows}])
+    three = quantizer.run(settings, [{"x": rows[lo:lo + 32]} for lo in (0, 32, 64)])
+    arrays = [{t.name: numpy_helper.to_array(t) for t in m.graph.initializer} for m in (one, three)]
+    assert arrays[0].keys() == arrays[1].keys()
+    assert all(np.array_equal(arrays[0][k], arrays[1][k]) for k in arrays[0])
+
+
+def test_calibration_batches_share_one_shape_and_use_every_example():
+    rows = np.random.default_rng(7).standard_normal((50, D_IN)).astype(np.float32)
+    [batch] = calibration_batches({"x": rows}, mlp(), 256)
+    assert sorted(map(tuple, batch["x"])) == sorted(map(tuple, rows))  # every example, once
+    [batch] = calibration_batches({"x": rows}, mlp(), 20)
+    assert len(np.unique(batch["x"], axis=0)) == 20
+    fixed = mlp()
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8  # a model that takes exactly 8
+    assert [len(b["x"]) for b in calibration_batches({"x": rows}, fixed, 20)] == [8, 8, 8]
+    assert [len(b["x"]) for b in calibration_batches({"x": rows}, fixed, 256)] == [8] * 6
+    with pytest.raises(OnnxkitError, match="batches of exactly 8 examples and the train split has 5"):
+        calibration_batches({"x": rows[:5]}, fixed, 256)
+
+
+def test_entropy_calibrates_text_of_different_lengths():
+    from onnxkit.data.text import TextSplit
+
+    model = zoo.build_model("bert-classifier", vocab_size=200, max_positions=32, max_length=16, hidden=32, heads=2,
+                            ff_dim=64, num_layers=1)  # fmt: skip
+    rng = np.random.default_rng(8)
+    lengths = np.r_[16, rng.integers(2, 9, 63)]  # one long text: batched by 32, one batch pads to 16, one to 8
+    mask = (np.arange(16) < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(1, 200, (64, 16)) * mask
+    calib = TextSplit("train", {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+                      np.zeros(64, np.int64), lengths, [""] * 64)  # fmt: skip
+    result = quantize(model, mode="static", method="entropy", calib=calib, measure_latency=False)
+    feeds = {"input_ids": ids[:8], "attention_mask": mask[:8], "token_type_ids": np.zeros_like(ids[:8])}
+    ref = ort_run(model, feeds)[0]
+    assert np.abs(ort_run(result.model, feeds)[0] - ref).max() <= 0.25 * np.abs(ref).max()
+
+
 # ---- command line: report, refusal and errors --------------------------------------------------
 
 
@@ -353,6 +415,26 @@ def test_a_report_says_when_the_quantized_model_is_slower_at_every_batch():
     assert not report({}).slower_everywhere()  # not timed: nothing to say
 
 
+def test_the_report_says_which_way_the_metric_moved():
+    from onnxkit.quantize.accuracy import Score, entry
+    from onnxkit.quantize.report import Report
+
+    def reported(before: Score, after: Score) -> tuple[dict, list[str]]:
+        report = Report("m.onnx", "q.onnx", {"mode": "dynamic"}, "", "", {"original": 2, "quantized": 1})
+        report.accuracy = entry(before, after, "data")
+        row = next(line for line in report.text().splitlines() if line.split()[0] == before.metric)
+        return json.loads(report.json())["accuracy"], row.split()[1:]
+
+    # the printed change is quantized - original, as in the JSON; the drop is positive when worse
+    acc, row = reported(Score("loss", 2850.0), Score("loss", 2833.25))  # a regression model's loss fell
+    assert row == ["2850", "2833", "-16.75", "loss", "(better)"]
+    assert acc["change"] == acc["drop"] == pytest.approx(-16.75)
+    acc, row = reported(Score("accuracy", 0.9638), Score("accuracy", 0.9610))
+    assert row == ["96.38%", "96.10%", "-0.28", "points", "(worse)"]
+    assert acc["change"] == pytest.approx(-0.28) and acc["drop"] == pytest.approx(0.28)
+    assert reported(Score("accuracy", 0.9), Score("accuracy", 0.9))[1][2:] == ["+0.00", "points", "(same)"]
+
+
 def test_max_drop_refusal_writes_nothing(tmp_path, run_cli, mlp_data):
     src = _save(mlp(), tmp_path)
     drop = quantize(src, mode="int4", block_size=64, eval_data=mlp_data, measure_latency=False)
@@ -365,6 +447,27 @@ def test_max_drop_refusal_writes_nothing(tmp_path, run_cli, mlp_data):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
     assert run_cli(*args, "--max-drop", f"{drop + 0.01:.4f}", "--no-latency").code == 0
     assert out.is_file()
+
+
+def test_max_drop_and_auto_use_the_data_a_trained_model_names(tmp_path, run_cli, mlp_data):
+    from onnxkit.metadata import set_metadata
+
+    model = mlp()
+    set_metadata(model, {"onnxkit.training": json.dumps({"data": str(mlp_data)})})
+    src, out = _save(model, tmp_path), tmp_path / "q.onnx"
+    # evaluated without --eval, --calib or not: --max-drop and --mode auto work on that evaluation
+    for args in (("--max-drop", "5"), ("--mode", "static", "--calib", mlp_data, "--max-drop", "5"),
+                 ("--mode", "auto", "--calib", mlp_data)):
+        res = run_cli("quantize", src, "-o", out, *args, "--no-latency")
+        assert res.code == 0 and "evaluated on the test split of" in res.out and "accuracy" in res.out, res.err
+    res = run_cli("quantize", src, "-o", out, "--mode", "int4", "--max-drop", "0", "--no-latency")
+    assert res.code == 1 and "int4 block 32 loses" in res.err and "more than --max-drop 0.0" in res.err
+    # the data it names is gone: the error says so, and how to give data
+    set_metadata(model, {"onnxkit.training": json.dumps({"data": str(tmp_path / "gone.npz")})})
+    res = run_cli("quantize", _save(model, tmp_path, "gone.onnx"), "-o", out, "--max-drop", "1")
+    assert res.code == 1 and res.err.count("\n") == 1
+    assert "--max-drop needs --eval to measure the accuracy drop on: a dataset name such as digits" in res.err
+    assert "(the model was trained on " in res.err and "gone.npz, which is not here)" in res.err
 
 
 def test_corrupt_model_is_a_clear_error(tmp_path, run_cli):
@@ -412,9 +515,10 @@ def test_a_model_onnxkit_trained_is_evaluated_on_its_own_data_by_default(tmp_pat
 def test_cli_option_errors(tmp_path, run_cli, mlp_data):
     src = _save(mlp(), tmp_path)
     res = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--max-drop", "1")
-    assert res.code == 1 and "--max-drop needs --eval" in res.err
+    assert res.code == 1 and "--max-drop needs --eval" in res.err and "a dataset name such as digits" in res.err
+    assert "(the model names no training data of its own)" in res.err
     res = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--mode", "auto")
-    assert res.code == 1 and "pass --eval" in res.err
+    assert res.code == 1 and "pass --eval, a dataset name" in res.err
     res = run_cli("quantize", _save(weightless(), tmp_path, "w.onnx"), "-o", tmp_path / "q.onnx")
     assert res.code == 1 and "nothing to quantize" in res.err
     assert not (tmp_path / "q.onnx").exists()

@@ -107,7 +107,9 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, run_cl
         quantize(model, tmp_path / "q.onnx", max_drop=1.0)
     assert "--" not in str(raised.value)
     result = run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--max-drop", "1")
-    assert result.err == "error: --max-drop needs --eval to measure the accuracy drop on\n"
+    assert result.err == ("error: --max-drop needs --eval to measure the accuracy drop on: a dataset name such as "
+                          "digits, or an .npz/.csv file of model inputs and labels (the model names no training data "
+                          "of its own)\n")
     with pytest.raises(OnnxkitError, match="^freeze 'nope' matches no parameter"):
         from onnxkit.train import fit
 

@@ -34,7 +34,7 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @click.option("--eval", "eval_data", metavar="DATA",
               help="Evaluate both models on DATA's test split [default: the data a model trained by onnxkit names].")
 @click.option("--max-drop", type=options.NON_NEGATIVE, metavar="POINTS",
-              help="Fail, writing nothing, if accuracy drops more.")
+              help="Fail, writing nothing, if accuracy drops (or loss rises) more.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [OUTPUT.report.json].")
 @click.option("--sqnr", "sqnr_rows", flag_value=20, default=0,
               help="Show the 20 tensors with the worst SQNR (quantization noise).")

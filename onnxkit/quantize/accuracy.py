@@ -27,11 +27,19 @@ class Score:
     def shown(self) -> str:
         return f"{100 * self.value:.2f}%" if self.metric == "accuracy" else f"{self.value:.4g}"
 
+    def change_to(self, other: Score) -> float:
+        """`other` minus this score, in `unit`."""
+        return (100.0 if self.metric == "accuracy" else 1.0) * (other.value - self.value)
+
     def drop_to(self, other: Score) -> float:
-        """How much worse `other` is than this score (accuracy points, or loss increase)."""
+        """How much worse `other` is than this score, in `unit`: accuracy lost, or loss gained."""
         if self.metric == "accuracy":
             return 100.0 * (self.value - other.value)
         return other.value - self.value
+
+    def worse_by(self, drop: float) -> str:
+        """A drop in words: 'loses 0.28 points of accuracy', 'raises the loss by 16.75'."""
+        return f"loses {drop:.2f} points of accuracy" if self.metric == "accuracy" else f"raises the loss by {drop:.4g}"
 
 
 def score(model: onnx.ModelProto, split: Any, batch_size: int = 256) -> Score:
@@ -44,7 +52,8 @@ def score(model: onnx.ModelProto, split: Any, batch_size: int = 256) -> Score:
 
 
 def entry(before: Score, after: Score, data: Any) -> dict[str, Any]:
-    """The report's accuracy section: both values, the drop and its unit."""
+    """The report's accuracy section: both values, their change (quantized - original) and the drop
+    (how much worse: positive is worse, for accuracy and loss alike), in `unit`."""
     named = isinstance(data, (str, os.PathLike))
     return {
         "metric": before.metric,
@@ -53,6 +62,7 @@ def entry(before: Score, after: Score, data: Any) -> dict[str, Any]:
         "quantized": after.value,
         "original_shown": before.shown(),
         "quantized_shown": after.shown(),
+        "change": before.change_to(after),
         "drop": before.drop_to(after),
         "unit": before.unit,
     }

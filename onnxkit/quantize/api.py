@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +24,7 @@ from onnxkit.quantize.settings import FORMATS, METHODS, MODES, Settings, check_c
 
 LATENCY_BATCHES = (1, 64)
 AUTO_MAX_DROP = 1.0  # accuracy points `--mode auto` may lose when --max-drop is not given
+SQNR_ROWS = 64  # calibration examples the SQNR view runs both models on (it keeps every activation)
 
 
 @dataclass
@@ -62,8 +62,8 @@ def quantize(
     calib / eval_data: a dataset name or file, a Split, or a dict of arrays;
     calibration uses the train split, evaluation the test split (without
     `calib`, static modes calibrate on the train split of a named `eval_data`).
-    Without either, a model trained by onnxkit is evaluated on the data it was trained on
-    (split as in its training run), when that data is here.
+    Without `eval_data`, a model trained by onnxkit is evaluated on the data it was trained on
+    (split as in its training run), when that data is here; `max_drop` and `auto` use it too.
     A drop over `max_drop` raises OnnxkitError and writes nothing.
     sqnr_rows: also compare the models tensor by tensor and keep the worst rows.
     `output` and `report_path` are written atomically, only after everything succeeded.
@@ -79,11 +79,12 @@ def quantize(
         """The split seed of `data`: the training run's for its own data (so its test split is unseen), else 0."""
         return recorded_seed if recorded is not None and str(data) == recorded else 0
 
-    if calib is None and eval_data is None:
+    _check_options(mode, method, format, calib_size)
+    if eval_data is None:
         eval_data = recorded
-        notes += [missing] if missing else []
+        notes += [f"{missing}: give --eval DATA for an accuracy report"] if missing else []
         notes += [f"evaluated on the test split of {recorded}, the data the model was trained on"] if recorded else []
-    _check_options(mode, method, format, calib_size, eval_data, max_drop)
+    _check_evaluation(mode, eval_data, max_drop, missing)
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
     if calib is None and isinstance(eval_data, (str, os.PathLike)):
@@ -104,10 +105,9 @@ def quantize(
             for b in LATENCY_BATCHES
         }  # fmt: skip
 
-        @functools.cache
-        def calibration() -> list[Feeds]:
-            say(f"calibrating on up to {calib_size} examples of {calib} ...")
-            return calibration_batches(calib, original, calib_size, seed=seed(calib))
+        def calibration(size: int = calib_size) -> list[Feeds]:
+            say(f"reading up to {size} calibration examples of {calib} ...")
+            return calibration_batches(calib, original, size, seed=seed(calib))
 
         timed = None
         candidates = []
@@ -164,8 +164,8 @@ def quantize(
             report.accuracy = accuracy.entry(baseline, after, eval_data)
             if max_drop is not None and report.accuracy["drop"] > max_drop:
                 raise OnnxkitError(
-                    f"{settings.label} loses {report.accuracy['drop']:.2f} {baseline.unit} of "
-                    f"{baseline.metric}, more than max_drop {max_drop}; nothing written. Try "
+                    f"{settings.label} {baseline.worse_by(report.accuracy['drop'])}, "
+                    f"more than max_drop {max_drop}; nothing written. Try "
                     "mode auto, per_channel, another method, or exclude what sqnr_rows shows worst",
                     params=["max_drop", "mode", "per_channel", "method", "exclude", "sqnr_rows"],
                 )
@@ -183,7 +183,7 @@ def quantize(
         if sqnr_rows:
             say("comparing tensors (SQNR) ...")
             data = (
-                calibration()[:2] if calib is not None
+                calibration(min(calib_size, SQNR_ROWS)) if calib is not None
                 else [first_batch(test, 16)] if test is not None
                 else [synthetic_inputs(original, 16, seq_len=seq_len)]
             )  # fmt: skip
@@ -258,7 +258,7 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
 
 
-def _check_options(mode, method, fmt, calib_size, eval_data, max_drop) -> None:  # type: ignore[no-untyped-def]
+def _check_options(mode, method, fmt, calib_size) -> None:  # type: ignore[no-untyped-def]
     if mode is not None:
         check_choice("mode", mode, MODES)
     if method is not None:
@@ -267,13 +267,20 @@ def _check_options(mode, method, fmt, calib_size, eval_data, max_drop) -> None: 
         check_choice("format", fmt, FORMATS)
     if calib_size < 1:
         raise OnnxkitError(f"calib_size {calib_size}: must be at least 1", params=["calib_size"])
-    if max_drop is not None and eval_data is None:
-        raise OnnxkitError("max_drop needs eval_data to measure the accuracy drop on", params=["max_drop", "eval_data"])
-    if mode == "auto" and eval_data is None:
-        raise OnnxkitError(
-            "mode auto compares candidates by accuracy: pass eval_data (e.g. digits-images)",
-            params=["mode", "eval_data"],
-        )
+
+
+def _check_evaluation(mode: str | None, eval_data: Any, max_drop: float | None, missing: str | None) -> None:
+    """max_drop and mode auto need data to score the models on: eval_data, or the data a trained model names."""
+    if eval_data is not None:
+        return
+    data = ("a dataset name such as digits, or an .npz/.csv file of model inputs and labels "
+            f"({missing or 'the model names no training data of its own'})")
+    if max_drop is not None:
+        raise OnnxkitError(f"max_drop needs eval_data to measure the accuracy drop on: {data}",
+                           params=["max_drop", "eval_data"])
+    if mode == "auto":
+        raise OnnxkitError(f"mode auto compares candidates by accuracy: pass eval_data, {data}",
+                           params=["mode", "eval_data"])
 
 
 def _ignored_options(settings: Settings, method, fmt, per_channel) -> list[str]:  # type: ignore[no-untyped-def]

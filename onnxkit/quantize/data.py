@@ -16,6 +16,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from onnxkit.data import Split, load_dataset, model_inputs
 from onnxkit.errors import OnnxkitError
+from onnxkit.quantize.inputs import fixed_batch
 
 Feeds = dict[str, np.ndarray]
 
@@ -41,7 +42,7 @@ def recorded_data(model: onnx.ModelProto) -> tuple[str | None, int, str | None]:
         return None, 0, None
     if name in datasets() or os.path.isfile(name):
         return name, seed, None
-    return None, 0, f"the model was trained on {name}, which is not here: give --eval DATA for an accuracy report"
+    return None, 0, f"the model was trained on {name}, which is not here"
 
 
 def bind(split: Split, model: onnx.ModelProto) -> Split:
@@ -49,10 +50,14 @@ def bind(split: Split, model: onnx.ModelProto) -> Split:
     return split.feeds_for(model_inputs(model))
 
 
-def calibration_batches(
-    data: Any, model: onnx.ModelProto, size: int, *, batch_size: int = 32, seed: int = 0
-) -> list[Feeds]:
-    """Up to `size` training examples (of the split made with `seed`) in batches, shuffled with seed 0."""
+def calibration_batches(data: Any, model: onnx.ModelProto, size: int, *, seed: int = 0) -> list[Feeds]:
+    """Up to `size` training examples (of the split made with `seed`), shuffled with seed 0, in batches
+    of one shape: all in one batch, or, for a model with a fixed batch size, the fewest whole batches
+    that hold `size` (as many as the split fills).
+
+    ORT's histogram calibrators (entropy, percentile) stack every batch's activations into one array,
+    which batches of different shapes (a partial last batch, text padded per batch) cannot make.
+    """
     if data is None:
         raise OnnxkitError(
             "static quantization needs calibration data: pass calib "
@@ -62,14 +67,17 @@ def calibration_batches(
     split = bind(load_split(data, "train", model, seed), model)
     if len(split) == 0:
         raise OnnxkitError(f"calib {data}: its train split is empty; pass a larger dataset", params=["calib"])
-    batches, seen = [], 0
-    for feeds, _ in split.batches(batch_size, shuffle=True, seed=0):
-        take = min(len(next(iter(feeds.values()))), size - seen)
-        batches.append({k: v[:take] for k, v in feeds.items()})
-        seen += take
-        if seen >= size:
-            break
-    return batches
+    batch = fixed_batch(model)
+    if batch is None:
+        return [next(split.batches(size, shuffle=True, seed=0))[0]]
+    count = min(-(-size // batch), len(split) // batch)
+    if count == 0:
+        raise OnnxkitError(
+            f"calib {data}: the model takes batches of exactly {batch} examples and the train split has "
+            f"{len(split)}; pass a larger dataset", params=["calib"]
+        )
+    feeds, _ = next(split.batches(count * batch, shuffle=True, seed=0))  # padded alike, then cut
+    return [{k: v[lo:lo + batch] for k, v in feeds.items()} for lo in range(0, count * batch, batch)]
 
 
 def first_batch(split: Split, batch: int) -> Feeds:

@@ -8,12 +8,15 @@ import onnx
 from onnxkit.data import model_inputs
 
 
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The size an input's first dimension is fixed to, if any."""
+    fixed = (spec.shape[0] for spec in model_inputs(model) if spec.shape and isinstance(spec.shape[0], int))
+    return next((size for size in fixed if size > 0), None)
+
+
 def fits_batch(model: onnx.ModelProto, batch: int) -> bool:
     """False when an input's first dimension is fixed to another size."""
-    return all(
-        not (spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] not in (0, batch))
-        for spec in model_inputs(model)
-    )
+    return fixed_batch(model) in (None, batch)
 
 
 def _vocab_sizes(model: onnx.ModelProto) -> dict[str, int]:

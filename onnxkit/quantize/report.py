@@ -32,6 +32,14 @@ def _x(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
 
+def _change(accuracy: dict[str, Any]) -> str:
+    """Quantized minus original, and which way that is: '-0.28 points (worse)', '-16.75 loss (better)'."""
+    change = accuracy["change"]
+    shown = f"{change:+.2f}" if accuracy["unit"] == "points" else f"{change:+.4g}"
+    drop = accuracy["drop"]
+    return f"{shown} {accuracy['unit']} ({'worse' if drop > 0 else 'better' if drop < 0 else 'same'})"
+
+
 @dataclass
 class Candidate:
     """One quantization tried by `--mode auto`."""
@@ -110,10 +118,7 @@ class Report:
             )  # fmt: skip
         if self.accuracy:
             acc = self.accuracy
-            rows.append(
-                (acc["metric"], acc["original_shown"], acc["quantized_shown"],
-                 f"{-acc['drop']:+.2f} {acc['unit']}")
-            )  # fmt: skip
+            rows.append((acc["metric"], acc["original_shown"], acc["quantized_shown"], _change(acc)))
         lines += _table(rows, indent="  ")
         if self.candidates:
             lines.append("  candidates (fastest at the largest batch within the allowed drop wins):")

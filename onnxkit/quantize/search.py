@@ -89,8 +89,8 @@ def run(
         log("\n".join(candidate_table([c for c, _, _ in tried], baseline.unit)))
         best = min((c for c, _, _ in good), key=lambda c: c.drop)
         raise OnnxkitError(
-            f"no candidate is within max_drop {max_drop} (the best, {best.label}, loses "
-            f"{best.drop:.2f} {baseline.unit}); nothing written. Raise max_drop, give more "
+            f"no candidate is within max_drop {max_drop} (the best, {best.label}, "
+            f"{baseline.worse_by(best.drop)}); nothing written. Raise max_drop, give more "
             "calib data, or exclude sensitive nodes (sqnr_rows ranks them)",
             params=["max_drop", "calib", "exclude", "sqnr_rows"],
         )
