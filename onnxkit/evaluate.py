@@ -10,7 +10,10 @@ What the output means comes from the model's `onnxkit.task` metadata when
 present, else from its shape and the labels: integer labels with one score
 per class is classification (cross-entropy on logits), a single score with
 0/1 labels is binary (binary cross-entropy on a logit), anything else is
-regression (mean squared error).
+regression (mean squared error). Data that cannot be scored is refused as training
+refuses it, in one line naming the data: no rows, NaN or infinite features (or
+regression targets), class ids that are negative, fractional or past the model's
+scores, labels shaped unlike the output.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit.data.checks import check_class_labels, check_finite
 from onnxkit.data.split import Split, model_inputs
 from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import metadata
@@ -150,6 +154,35 @@ def infer_task(declared: str | None, output_shape: Sequence[Any] | None, labels:
 # ---- evaluation of an ONNX model -------------------------------------------------------------
 
 
+def check_features(split: Split) -> None:
+    """Refuse a split with no rows, or with NaN or infinity in its features, as training does."""
+    if not len(split):
+        raise OnnxkitError(f"data {split.described!r} has no rows; give more data or evaluate another split")
+    check_finite(split.described, split.inputs)
+
+
+def check_targets(where: str, labels: np.ndarray, outputs: np.ndarray, task: str, output: str) -> None:
+    """Refuse labels that `outputs` (of the model output called `output`) cannot be scored against,
+    as training does: class ids that are negative, fractional or not below the number of scores,
+    a count per row unlike the output's, NaN or infinite regression targets. `where` names the data."""
+    scores = outputs.reshape(len(outputs), -1).shape[1]
+    if task == "classification":
+        if labels.dtype.kind not in "iub":
+            fractional = labels[labels != np.round(labels)]
+            found = f"one is {fractional.flat[0]:g}" if fractional.size else f"they are {labels.dtype}"
+            raise OnnxkitError(f"data {where!r}: class labels must be integers, but {found}; output {output!r} "
+                               f"has {scores} scores, for class ids 0 to {scores - 1}")
+        check_class_labels(where, labels, scores, output=output)
+        return
+    if labels.size != outputs.size:
+        raise OnnxkitError(f"data {where!r}: labels have shape {list(labels.shape)} but output {output!r} has shape "
+                           f"{list(outputs.shape)}; give one target per output value")
+    if task == "binary":
+        check_class_labels(where, labels, 2, output=output, binary=True)
+    else:
+        check_finite(where, {"labels": labels}, role="target array")
+
+
 def fixed_batch_size(specs: Sequence[Any]) -> int | None:
     """The batch size a model's inputs fix (a number as their first dimension), or None."""
     sizes = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
@@ -230,6 +263,7 @@ def evaluate(
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
     if isinstance(split, str):
         split = named_split(proto, split, data, data_seed)[0]
+    check_features(split)
     specs = model_inputs(proto)
     bound = split.feeds_for(specs)
     outputs = [o.name for o in proto.graph.output]
@@ -240,13 +274,12 @@ def evaluate(
     session = create_session(source, session_options(None, "all"), list(providers))
     fixed = fixed_batch_size(specs)
     chunks = [_run(session, name, feeds, fixed) for feeds, _ in bound.batches(fixed or batch_size)]
-    result = np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+    result = np.concatenate(chunks)
     out_vi = next(o for o in proto.graph.output if o.name == name)
     shape = [d.dim_value or d.dim_param for d in out_vi.type.tensor_type.shape.dim]
     meta_task = metadata(proto).get("onnxkit.task")
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
-    if resolved == "classification" and split.labels.dtype.kind not in "iub":
-        raise OnnxkitError("classification needs integer class labels; these labels are floats")
+    check_targets(split.described, split.labels, result, resolved, name)
     from onnxkit.graph_walks import opset, probability_logits
 
     names = label_names(proto)

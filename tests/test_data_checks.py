@@ -81,7 +81,7 @@ def test_nan_in_features_is_a_one_line_error_that_names_the_data(tmp_path, run_c
     rows = len(load_dataset(tmp_path / "holes.npz").train)
     assert result.code == 1 and result.err == (
         f"error: data 'holes, train split': feature array 'x' holds {rows} NaN values in {rows} of {rows} rows; "
-        "fill or drop those rows before training\n")
+        "fill or drop those rows\n")
     assert not (tmp_path / "run").exists()
 
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from sklearn import metrics as skm
 
-from onnxkit.data import Split
+from onnxkit.data import Split, load_dataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import bce_with_logits, confusion_matrix, cross_entropy, evaluate, l1, macro_f1, mse
 
@@ -100,3 +100,90 @@ def test_evaluate_does_not_import_the_training_package():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- data the model cannot be scored on: one line naming the data, as training refuses it ------------------
+
+
+@pytest.fixture(scope="module")
+def iris_model(tmp_path_factory):
+    """An (untrained) iris-mlp: 4 features, 3 classes, task classification in its metadata."""
+    from onnxkit import zoo
+
+    path = tmp_path_factory.mktemp("eval") / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), path)
+    return path
+
+
+def iris_csv(path, x: np.ndarray, labels: list[str]):
+    """`path` with a header, four feature columns and a label column."""
+    lines = ["a,b,c,d,label", *(",".join([*map(str, row), label]) for row, label in zip(x, labels, strict=True))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def iris_rows(rows: int = 150) -> tuple[np.ndarray, list[str]]:
+    """Random features and class ids 0, 1, 2 in turn (as text, for `iris_csv`)."""
+    return np.random.default_rng(0).normal(size=(rows, 4)).round(3), [str(i % 3) for i in range(rows)]
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ("5", "data 'bad, test split': labels go up to 5 but output 'logits' has 3 scores; build the model with as "
+          "many classes as the data has"),
+    ("-1", "data 'bad, test split': class labels must be 0 or more, but one is -1; number the classes from 0"),
+    ("1.5", "data 'bad, test split': class labels must be integers, but one is 1.5; output 'logits' has 3 scores, "
+            "for class ids 0 to 2"),
+])
+def test_eval_refuses_class_labels_the_model_cannot_have(run_cli, iris_model, tmp_path, bad, message):
+    x, labels = iris_rows()
+    labels[::10] = [bad] * 15  # some in every split
+    data = iris_csv(tmp_path / "bad.csv", x, labels)
+    for command in (["eval", iris_model, "--data", data],
+                    ["quantize", iris_model, "-o", tmp_path / "q.onnx", "--mode", "dynamic", "--eval", data]):
+        result = run_cli(*command)
+        assert (result.code, result.err) == (1, f"error: {message}\n"), command
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_eval_refuses_an_empty_label_cell(run_cli, iris_model, tmp_path):
+    x, labels = iris_rows()
+    labels[3] = ""
+    data = iris_csv(tmp_path / "holes.csv", x, labels)
+    result = run_cli("eval", iris_model, "--data", data)
+    assert (result.code, result.err) == (
+        1, f"error: {data}:5: the label cell is empty; give every row a label (or drop the row)\n")
+
+
+def test_eval_refuses_nan_and_infinite_features(run_cli, iris_model, tmp_path):
+    x, labels = iris_rows()
+    x[:, 0] = np.inf
+    x[:, 1] = np.nan
+    result = run_cli("eval", iris_model, "--data", iris_csv(tmp_path / "inf.csv", x, labels))
+    assert result.code == 1 and result.err.startswith(  # the test split: a fifth of 150 rows
+        "error: data 'inf, test split': feature array 'x' holds 30 NaN and 30 infinite values in 30 of 30 rows; ")
+    assert len(result.err.splitlines()) == 1
+
+
+CLASSES, SINGLE = linear_model(np.ones((5, 3)), np.zeros(3)), linear_model(np.ones((5, 1)), np.zeros(1))
+
+
+@pytest.mark.parametrize(("model", "labels", "task", "message"), [
+    (CLASSES, np.zeros((6, 2), np.int64), None, r"class labels have shape \[6, 2\]; give one class id per row"),
+    (SINGLE, np.zeros((6, 2), np.float32), None, r"labels have shape \[6, 2\] but output 'scores' has shape \[6, 1\]; "
+                                                 "give one target per output value"),
+    (SINGLE, np.array([0, 1, 2, 0, 1, 0]), "binary", "a binary task takes labels 0 and 1, but a label is 2"),
+    (SINGLE, np.array([0, 1, np.nan, 0, 1, 0]), None, "target array 'labels' holds 1 NaN value in 1 of 6 rows"),
+    (CLASSES, np.zeros(0, np.int64), None, "has no rows; give more data or evaluate another split"),
+])
+def test_evaluate_refuses_labels_that_do_not_fit_the_output(model, labels, task, message):
+    split = Split("test", {"x": np.ones((len(labels), 5), np.float32)}, labels)
+    with pytest.raises(OnnxkitError, match=f"^data 'test split'(: | ){message}"):
+        evaluate(model, split, task=task)
+
+
+def test_errors_name_the_dataset_a_split_came_from(tmp_path):
+    x, labels = iris_rows()
+    labels[::10] = ["7"] * 15
+    test = load_dataset(iris_csv(tmp_path / "mine.csv", x, labels)).test
+    with pytest.raises(OnnxkitError, match="^data 'mine, test split': labels go up to 7"):
+        evaluate(linear_model(np.ones((4, 3)), np.zeros(3)), test)

@@ -112,3 +112,64 @@ def test_probs_of_a_model_that_outputs_probabilities_are_its_outputs(tmp_path, r
     z = x @ numpy_helper.to_array(graph.initializer[0])
     expected = np.exp(z - z.max(1, keepdims=True))
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected / expected.sum(1, keepdims=True), rtol=1e-5)
+
+
+# ---- a file written for training: what train reads as labels is left out, or named in one line -------------
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory):
+    """iris-mlp, its file, 6 rows of 4 features, their class ids and the reference logits."""
+    proto = zoo.build_model("iris-mlp")
+    path = save_model(proto, tmp_path_factory.mktemp("predict") / "iris.onnx")
+    x = np.random.default_rng(3).uniform(0, 8, size=(6, 4)).astype(np.float32).round(2)
+    (logits,) = ReferenceEvaluator(proto).run(None, {"x": x})
+    return path, x, np.arange(6) % 3, logits
+
+
+def write_csv(path, header: list[str] | None, columns: list[list]) -> None:
+    rows = [",".join(map(str, row)) for row in zip(*columns, strict=True)]
+    path.write_text("\n".join(([",".join(header)] if header else []) + rows) + "\n")
+
+
+@pytest.mark.parametrize("label", ["label", "Target", "y", "class"])
+def test_a_training_csv_predicts_without_its_label_column(run_cli, iris, tmp_path, label):
+    path, x, y, logits = iris
+    names = ["setosa", "versicolor", "virginica"]
+    # the label column first and holding text: train reads it by its header, wherever it is
+    write_csv(tmp_path / "train.csv", [label, "a", "b", "c", "d"], [[names[i] for i in y], *x.T.tolist()])
+    result = run_cli("predict", path, "-i", tmp_path / "train.csv", "-o", tmp_path / "out.npy")
+    assert result.code == 0, result.err
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_training_npz_predicts_without_its_labels(run_cli, iris, tmp_path):
+    path, x, y, logits = iris
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    np.savez(tmp_path / "named.npz", features=x, labels=y, label_names=np.array(["a", "b", "c"]))
+    for data in ("xy.npz", "named.npz"):
+        result = run_cli("predict", path, "-i", tmp_path / data, "-o", tmp_path / "out.npy")
+        assert result.code == 0, result.err
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_label_column_predict_cannot_tell_is_a_one_line_error(run_cli, iris, tmp_path):
+    path, x, y, _ = iris
+    texts = [["setosa", "versicolor", "virginica"][i] for i in y]
+    write_csv(tmp_path / "species.csv", ["a", "b", "c", "d", "species"], [*x.T.tolist(), texts])
+    write_csv(tmp_path / "bare.csv", None, [*x.T.tolist(), texts])
+    write_csv(tmp_path / "ids.csv", None, [*x.T.tolist(), y.tolist()])
+    write_csv(tmp_path / "three.csv", ["a", "b", "c", "target"], [*x.T[:3].tolist(), y.tolist()])
+    heads = "label / labels / target / y / class"
+    cases = [
+        ("species.csv", f"column 5 ('species') holds text ('setosa'); predict reads numbers only: remove that column, "
+                        f"or if it holds the labels head it {heads}"),
+        ("bare.csv", f"column 5 holds text ('setosa'); predict reads numbers only: remove that column, or if it holds "
+                     f"the labels head it {heads}"),
+        ("ids.csv", "rows have 5 values but input x float32 [batch, 4] needs 4 per example; if the last column is the "
+                    "label, remove it or head it 'label'"),
+        ("three.csv", "rows have 3 values but input x float32 [batch, 4] needs 4 per example"),  # never a label as x
+    ]
+    for name, message in cases:
+        result = run_cli("predict", path, "-i", tmp_path / name)
+        assert (result.code, result.err) == (1, f"error: {tmp_path / name}: {message}\n"), name

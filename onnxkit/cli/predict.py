@@ -24,7 +24,8 @@ from onnxkit.runtime.model import ends_in_probabilities
     "--input",
     "input_path",
     type=click.Path(dir_okay=False),
-    help="Inputs: .npy, .npz (by input name), .json or .csv (one example per row).",
+    help="Inputs: .npy, .npz (by input name), .json or .csv (one example per row); a training file's label "
+    "column or array is left out.",
 )
 @click.option("-t", "--text", "texts", multiple=True, help="A text to predict on (repeatable; needs a tokenizer).")
 @options.output_file("Save the prediction: .json, .npz, .npy (first output) or .csv.", required=False)

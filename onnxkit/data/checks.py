@@ -47,7 +47,7 @@ def check_finite(name: str, inputs: Mapping[str, np.ndarray], role: str = "featu
             what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
             raise OnnxkitError(
                 f"data {name!r}: {role} {key!r} holds {what} value{'s' if nan + inf > 1 else ''} "
-                f"in {rows} of {len(array)} rows; fill or drop those rows before training"
+                f"in {rows} of {len(array)} rows; fill or drop those rows"
             )
 
 

@@ -20,8 +20,7 @@ import numpy as np
 from onnxkit.data.split import Dataset, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import is_number
-
-LABEL_COLUMNS = ("label", "labels", "target", "y", "class")
+from onnxkit.label_columns import LABEL_COLUMNS, NPZ_LABEL_NAMES, csv_header, label_column, npz_labels
 
 
 def _require(path: Path) -> None:
@@ -37,8 +36,8 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise OnnxkitError(f"{path}: not a readable .npz file ({e}); write it with numpy.savez") from e
-    label_names = arrays.pop("label_names", None)
-    key = "labels" if "labels" in arrays else "y" if "y" in arrays else None
+    label_names = arrays.pop(NPZ_LABEL_NAMES, None)
+    key = npz_labels(arrays)
     if key is None:
         raise OnnxkitError(
             f"{path}: no labels array (arrays: {', '.join(arrays) or 'none'}); "
@@ -65,16 +64,15 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         rows = [row for row in csv.reader(f) if row]
     if not rows:
         raise OnnxkitError(f"{path}: empty CSV file; it needs feature columns and a label column")
-    header = rows[0] if not all(is_number(c) for c in rows[0][:-1]) else None
+    header = csv_header(rows[0])
     body = rows[1:] if header else rows
     width = len(rows[0])
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
-    label_col = width - 1
-    if header:
-        lowered = [h.strip().lower() for h in header]
-        label_col = next((lowered.index(n) for n in LABEL_COLUMNS if n in lowered), label_col)
-    for i, row in enumerate(body, start=2 if header else 1):
+    named = label_column(header)
+    label_col = width - 1 if named is None else named
+    first = 2 if header else 1  # the file's line number of body[0]
+    for i, row in enumerate(body, start=first):
         if len(row) != width:
             raise OnnxkitError(f"{path}:{i}: {len(row)} columns where the first row has {width}")
     features = [[row[j] for j in range(width) if j != label_col] for row in body]
@@ -86,6 +84,9 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
             f"(head it {' / '.join(LABEL_COLUMNS)}, or make it the last column)"
         ) from e
     raw = [row[label_col].strip() for row in body]
+    if not all(raw):
+        raise OnnxkitError(f"{path}:{raw.index('') + first}: the label cell is empty; give every row a label "
+                           "(or drop the row)")
     label_names = None
     if all(is_number(v) for v in raw):
         values = np.array(raw, dtype=np.float64)

@@ -61,6 +61,8 @@ def model_inputs(model) -> list[ModelInput]:  # type: ignore[no-untyped-def]
 class Split:
     """Named feature arrays and labels with one shared first dimension."""
 
+    data: str | None = None  # the name of the dataset it is a split of (set by `Dataset`), for messages
+
     def __init__(self, name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
         if not inputs:
             raise OnnxkitError(f"split {name!r} has no feature arrays; give at least one")
@@ -81,6 +83,11 @@ class Split:
     def __repr__(self) -> str:
         arrays = ", ".join(f"{k}{list(v.shape)}:{v.dtype}" for k, v in self.inputs.items())
         return f"Split({self.name!r}, {len(self)} examples, {arrays})"
+
+    @property
+    def described(self) -> str:
+        """How messages name it: 'iris, test split' (or 'test split' without a dataset name)."""
+        return f"{self.data}, {self.name} split" if self.data else f"{self.name} split"
 
     def _batch(self, indices: np.ndarray | slice) -> tuple[dict[str, np.ndarray], np.ndarray]:
         return {k: v[indices] for k, v in self.inputs.items()}, self.labels[indices]
@@ -165,7 +172,9 @@ class Split:
             array = _unit_axes_moved(self.inputs[names[spec.name]], spec)
             bound[spec.name] = _cast(array, spec, names[spec.name])
             _check_shape(array.shape, spec, names[spec.name], dims)
-        return self._with_inputs(bound)
+        renamed = self._with_inputs(bound)
+        renamed.data = self.data
+        return renamed
 
 
 def _unit_axes_moved(array: np.ndarray, spec: ModelInput) -> np.ndarray:
@@ -229,6 +238,10 @@ class Dataset:
     test: Split
     label_names: list[str] | None = None
     task: str = "classification"  # or "regression"
+
+    def __post_init__(self) -> None:
+        for split in (self.train, self.validation, self.test):
+            split.data = self.name
 
     def split(self, name: str) -> Split:
         """The split called `name`: train, validation (val) or test."""

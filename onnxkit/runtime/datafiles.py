@@ -2,6 +2,8 @@
 
 Inputs: .npy (one array), .npz (arrays named by input), .json (a nested list, or an
 object of nested lists by input name), .csv (one example per row, optional header).
+A file written for training also reads: what train reads as its labels (an .npz's `labels`
+or `y` and `label_names`, a CSV column headed label, target, y, ...) is left out.
 Outputs: .json (outputs, labels, top-k), .npz (every output), .npy (the first
 output), .csv (one row per example). All written atomically.
 """
@@ -13,6 +15,7 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,10 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import is_number, write_bytes, write_text
+from onnxkit.label_columns import LABEL_COLUMNS, NPZ_LABEL_NAMES, csv_header, label_column, npz_labels
 from onnxkit.runtime.model import Model
 from onnxkit.runtime.prediction import Prediction
+from onnxkit.runtime.signature import TensorSpec
 
 INPUT_SUFFIXES = (".npy", ".npz", ".json", ".csv")
 OUTPUT_SUFFIXES = (".json", ".npz", ".npy", ".csv")
@@ -49,7 +54,7 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
             return _single(model, path, np.load(path, allow_pickle=False))
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
+                arrays = _without_labels({key: archive[key] for key in archive.files}, model)
             if len(arrays) == 1 and len(model.inputs) == 1:
                 return _single(model, path, next(iter(arrays.values())))
             return arrays
@@ -125,6 +130,12 @@ def _single(model: Model, path: Path, value: Any) -> dict[str, Any]:
     return {model.inputs[0].name: value}
 
 
+def _without_labels(arrays: dict[str, np.ndarray], model: Model) -> dict[str, np.ndarray]:
+    """An .npz file's arrays less those train reads as labels and class names (unless inputs of the model)."""
+    inputs = {spec.name for spec in model.inputs}
+    return {k: v for k, v in arrays.items() if k in inputs or k not in (npz_labels(arrays), NPZ_LABEL_NAMES)}
+
+
 def _read_csv(path: Path, model: Model) -> np.ndarray:
     if len(model.inputs) != 1:
         raise OnnxkitError(
@@ -132,26 +143,47 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
         )
     spec = model.inputs[0]
     rows = [row for row in csv.reader(path.read_text(encoding="utf-8").splitlines()) if row]
-    if rows and not is_number(rows[0][0]):
-        rows = rows[1:]  # a header
+    header = csv_header(rows[0]) if rows else None
+    if header:
+        rows = rows[1:]
     if not rows:
         raise OnnxkitError(f"{path}: no data rows")
     widths = {len(row) for row in rows}
     if len(widths) != 1:
         raise OnnxkitError(f"{path}: rows have different lengths {sorted(widths)}; fix the file")
-    try:
-        table = np.array(rows).astype(spec.dtype or np.float32)
-    except ValueError as e:
-        raise OnnxkitError(f"{path}: not all values are {spec.dtype} numbers ({e})") from e
+    label = label_column(header)
+    if label is not None:  # as train reads the file: that column is the label, not a feature
+        rows = [row[:label] + row[label + 1:] for row in rows]
+        header = header[:label] + header[label + 1:]
+    return _shaped(path, _numbers(path, rows, header, spec.dtype or np.float32), spec)
+
+
+def _shaped(path: Path, table: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """`table`'s rows as examples of the input's fixed shape; rows of another length are an error."""
     example = spec.shape[1:]
-    if len(example) > 1 and all(isinstance(d, int) for d in example):
-        width = int(np.prod(example))
-        if table.shape[1] != width:
-            raise OnnxkitError(
-                f"{path}: rows have {table.shape[1]} values but input {spec.describe()} needs {width} per example"
-            )
-        table = table.reshape(len(table), *example)
-    return table
+    if not example or not all(isinstance(d, int) for d in example):
+        return table
+    width = int(np.prod(example))
+    if table.shape[1] != width:
+        label = table.shape[1] == width + 1
+        hint = "; if the last column is the label, remove it or head it 'label'" if label else ""
+        raise OnnxkitError(f"{path}: rows have {table.shape[1]} values but input {spec.describe()} needs "
+                           f"{width} per example{hint}")
+    return table.reshape(len(table), *example)
+
+
+def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dtype: Any) -> np.ndarray:
+    """The CSV's cells as an array of `dtype`; a column holding text is an error that names it."""
+    try:
+        return np.array(rows).astype(dtype)
+    except ValueError as e:
+        text = next(((j, cell) for row in rows for j, cell in enumerate(row) if not is_number(cell)), None)
+        if text is None:
+            raise OnnxkitError(f"{path}: not all values are {np.dtype(dtype)} numbers ({e})") from e
+        j, cell = text
+        column = f"column {j + 1}" + (f" ({header[j]!r})" if header else "")
+        raise OnnxkitError(f"{path}: {column} holds text ({cell!r}); predict reads numbers only: remove that "
+                           f"column, or if it holds the labels head it {' / '.join(LABEL_COLUMNS)}") from e
 
 
 def _csv_text(prediction: Prediction, top_k: int | None) -> str:

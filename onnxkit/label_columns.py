@@ -1,0 +1,34 @@
+"""Where a data file keeps its labels: the rules train's reader (`onnxkit.data.formats`) follows,
+shared with predict's (`onnxkit.runtime.datafiles`), which leaves out what train reads as labels.
+
+Standard library only, so the runtime can import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from onnxkit.files import is_number
+
+LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column, first found wins
+NPZ_LABELS = ("labels", "y")  # .npz arrays read as the labels, first found wins
+NPZ_LABEL_NAMES = "label_names"  # an optional .npz array of class names
+
+
+def csv_header(first_row: Sequence[str]) -> Sequence[str] | None:
+    """`first_row` when it is a header: some cell but the last (which may hold a text label), or
+    its only cell, is not a number."""
+    cells = first_row[:-1] if len(first_row) > 1 else first_row
+    return None if all(is_number(c) for c in cells) else first_row
+
+
+def label_column(header: Sequence[str] | None) -> int | None:
+    """The index of the column headed `label`, `labels`, `target`, `y` or `class` (any case), or None."""
+    lowered = [h.strip().lower() for h in header or ()]
+    return next((lowered.index(n) for n in LABEL_COLUMNS if n in lowered), None)
+
+
+def npz_labels(names: Iterable[str]) -> str | None:
+    """The name of the array an .npz file with these arrays keeps its labels in, or None."""
+    present = set(names)
+    return next((n for n in NPZ_LABELS if n in present), None)
