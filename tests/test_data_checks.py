@@ -64,6 +64,18 @@ def test_class_labels_must_lie_in_range(tmp_path, label, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_too_many_text_classes_are_listed_to_show_a_stray_spelling(tmp_path, run_cli):
+    x, y = iris_like(30)
+    species = np.array(["setosa", "versicolor", "virginica"])[y]
+    species[4] = "Setosa "
+    rows = [",".join([*map(str, r), s]) for r, s in zip(x, species, strict=True)]
+    (tmp_path / "flowers.csv").write_text("a,b,c,d,species\n" + "\n".join(rows) + "\n")
+    onnx.save(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
+    result = run_cli("train", tmp_path / "iris.onnx", "--data", tmp_path / "flowers.csv", "-o", tmp_path / "run")
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert result.err.endswith("(its 4 classes: 'Setosa', 'setosa', 'versicolor', 'virginica')\n"), result.err
+
+
 def test_binary_labels_must_be_0_or_1(tmp_path):
     x = RNG.normal(size=(40, 1)).astype(np.float32)
     split = Split("train", {"x": x}, np.where(x[:, 0] > 0, 1, 2))

@@ -6,7 +6,7 @@ Every failed check is an `OnnxkitError` that names the data and says what to fix
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -52,10 +52,17 @@ def check_finite(name: str, inputs: Mapping[str, np.ndarray], role: str = "featu
 
 
 def check_class_labels(
-    name: str, labels: np.ndarray, num_classes: int | None, *, output: str = "logits", binary: bool = False
+    name: str,
+    labels: np.ndarray,
+    num_classes: int | None,
+    *,
+    output: str = "logits",
+    binary: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Class ids must be one per row and lie in [0, num_classes) (0 or 1 for a binary task);
-    `output` names the model output holding the class scores."""
+    `output` names the model output holding the class scores; `class_names` (the data's text
+    labels, by id) are listed when there are too many, to show a stray spelling."""
     if binary:
         if labels.size and not np.isin(labels, (0, 1)).all():
             odd = labels[~np.isin(labels, (0, 1))].ravel()[0]
@@ -83,4 +90,5 @@ def check_class_labels(
         raise OnnxkitError(
             f"data {name!r}: labels go up to {high} but output {output!r} has {num_classes} scores; "
             "build the model with as many classes as the data has"
+            + (f" (its {len(class_names)} classes: {', '.join(map(repr, class_names))})" if class_names else "")
         )

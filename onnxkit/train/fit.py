@@ -352,7 +352,7 @@ class _Setup:
                 check_finite(f"{dataset.name}, {name} split", {"labels": split.labels}, role="target array")
             else:
                 check_class_labels(f"{dataset.name}, {name} split", split.labels, classes, output=self.output,
-                                   binary=self.task == "binary")
+                                   binary=self.task == "binary", class_names=dataset.label_names)
         warning = None if c.standardize else unscaled_warning(dataset.train, specs, regression)
         if warning:
             progress.line(warning)
