@@ -66,7 +66,13 @@ from onnxkit.train.standardize import (
     unscaled_warning,
 )
 from onnxkit.train.trainer import LoopState, Trainer
-from onnxkit.train.training_form import find_parameters, output_type, select, untrainable_weights
+from onnxkit.train.training_form import (
+    find_parameters,
+    output_type,
+    select,
+    untie_exporter_copies,
+    untrainable_weights,
+)
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
 
@@ -318,6 +324,11 @@ class _Setup:
         if why:
             named = config.model if config.model_sha256 else "the model"  # a ModelProto has no file yet
             raise OnnxkitError(f"{named} {why}")
+        model, untied = untie_exporter_copies(model)
+        if untied:
+            progress.line(f"{len(untied)} weights were Identity copies of equal-valued ones ({', '.join(untied[:3])}"
+                          f"{', ...' if len(untied) > 3 else ''}), as PyTorch's exporter writes them: each trains "
+                          "as a tensor of its own")
         self.backend = get_backend(config.backend)
         self.device = self.backend.resolve_device(device)
         self.model = adapter.apply(model) if adapter else model

@@ -88,6 +88,38 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
     return ModelParameters(parameters, buffers, sizes)
 
 
+def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each float initializer that an Identity node copies (`B = Identity(A)`) made
+    an initializer of its own, `B`; and the names so made (none: `model` itself is returned).
+
+    PyTorch's TorchScript exporter writes distinct parameters whose values happen to be equal as
+    one initializer and Identity copies: the zero biases of a model, the deep-copied layers of
+    `nn.TransformerEncoder`, a fresh BatchNorm's running mean and variance (copies of its beta and
+    gamma). A weight the model really shares is one initializer read by several nodes, with no
+    Identity (which this keeps). Left tied, the copies would train as one tensor, and BatchNorm
+    would normalise with its trained affine weights as statistics."""
+    if not _exporter_copy(model.graph):
+        return model, []
+    untied = onnx.ModelProto()
+    untied.CopyFrom(model)
+    made = []
+    while node := _exporter_copy(untied.graph):  # a copy of a copy is one once its source is made
+        tensor = untied.graph.initializer.add()
+        tensor.CopyFrom(next(t for t in untied.graph.initializer if t.name == node.input[0]))
+        tensor.name = node.output[0]
+        untied.graph.node.remove(node)
+        made.append(tensor.name)
+    return untied, made
+
+
+def _exporter_copy(graph: onnx.GraphProto) -> onnx.NodeProto | None:
+    """The first Identity node copying a float initializer into a value that is not a graph output."""
+    floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and t.dims}
+    outputs = {o.name for o in graph.output}
+    return next((n for n in graph.node if n.op_type == "Identity" and n.input[0] in floats
+                 and n.output[0] not in outputs), None)
+
+
 QUANTIZING_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                             "ConvInteger", "MatMulNBits", "DynamicQuantizeMatMul", "QGemm", "QAttention"})
 

@@ -1,0 +1,81 @@
+"""Weights PyTorch's TorchScript exporter writes as Identity copies of equal-valued ones (zero
+biases, deep-copied layers, a fresh BatchNorm's statistics) train as tensors of their own."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.data import load_dataset
+from onnxkit.train import fit
+from onnxkit.train.training_form import find_parameters, untie_exporter_copies
+
+pytestmark = pytest.mark.training
+
+
+def exported_like_torchscript() -> onnx.ModelProto:
+    """Gemm -> BatchNorm -> Relu -> Gemm -> Relu -> Gemm on 64 features, as the exporter writes a
+    fresh model: BN's running mean / var are Identity copies of its beta / gamma (zeros / ones),
+    and the second hidden layer is an Identity copy of the first (a deep copy before training)."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.1, (32, 64)).astype(np.float32)
+    w_mid = rng.normal(0, 0.2, (32, 32)).astype(np.float32)
+    arrays = {"fc1.weight": w1, "fc1.bias": np.zeros(32, np.float32), "bn.weight": np.ones(32, np.float32),
+              "bn.bias": np.zeros(32, np.float32), "mid.weight": w_mid, "out.weight": rng.normal(0, 0.2, (10, 32)),
+              "out.bias": np.zeros(10, np.float32)}
+    copies = {"bn.running_mean": "bn.bias", "bn.running_var": "bn.weight", "mid2.weight": "mid.weight",
+              "mid.bias": "fc1.bias", "mid2.bias": "mid.bias"}  # the last: a copy of a copy
+    nodes = [helper.make_node("Identity", [src], [dst]) for dst, src in copies.items()] + [
+        helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h1"], transB=1),
+        helper.make_node("BatchNormalization", ["h1", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
+                         ["b1"]),
+        helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node("Gemm", ["r1", "mid.weight", "mid.bias"], ["h2"], transB=1),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("Gemm", ["r2", "mid2.weight", "mid2.bias"], ["h3"], transB=1),
+        helper.make_node("Relu", ["h3"], ["r3"]),
+        helper.make_node("Gemm", ["r3", "out.weight", "out.bias"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "exported",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()],
+    )
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_identity_copies_become_initializers_of_their_own():
+    model = exported_like_torchscript()
+    untied, made = untie_exporter_copies(model)
+    assert sorted(made) == sorted(["bn.running_mean", "bn.running_var", "mid2.weight", "mid.bias", "mid2.bias"])
+    assert not any(n.op_type == "Identity" for n in untied.graph.node)
+    assert any(n.op_type == "Identity" for n in model.graph.node)  # the given model is not changed
+    params = find_parameters(untied)
+    assert params.buffers == ["bn.running_mean", "bn.running_var"]
+    assert len(params.parameters) == 10  # the 7 given + mid2.weight, mid.bias and mid2.bias
+    x = np.random.default_rng(1).normal(size=(5, 64)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_array_equal(run(untied), run(model))  # the same function before training
+    shared = onnx.ModelProto()
+    shared.CopyFrom(model)  # a weight the model really shares: read twice, no Identity, stays one
+    del shared.graph.node[:5]
+    shared.graph.node[3].input[1] = "fc1.weight"
+    assert untie_exporter_copies(shared) == (shared, [])
+
+
+def test_batchnorm_statistics_and_copied_layers_train_apart(tmp_path):
+    result = fit(exported_like_torchscript(), "digits", tmp_path / "run", epochs=15)
+    assert result.metrics["test"]["accuracy"] >= 0.93
+    trained = {t.name: numpy_helper.to_array(t) for t in onnx.load(result.model_path).graph.initializer}
+    assert not np.allclose(trained["mid.weight"], trained["mid2.weight"])
+    assert not np.allclose(trained["bn.running_mean"], trained["bn.bias"])
+    # the running statistics follow the statistics of BatchNorm's input over the training data
+    # (a moving average over batches while the weights before it move: close, not equal)
+    x = load_dataset("digits").train.inputs["x"]
+    h1 = x @ trained["fc1.weight"].T + trained["fc1.bias"]
+    np.testing.assert_allclose(trained["bn.running_mean"], h1.mean(0), atol=0.15 * np.abs(h1.mean(0)).max())
+    np.testing.assert_allclose(trained["bn.running_var"], h1.var(0), rtol=0.3)
