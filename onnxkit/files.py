@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 # Failures of a write that say the disk, not the program, is at fault.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 SCRATCH_PREFIX = ".onnxkit-"
+# atomic_path's temporary files: .bert.onnx.onnxkit-PID-RANDOM.tmp.onnx (the random part is mkstemp's)
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.onnxkit-(?P<pid>\d{1,9})-[a-z0-9_]+\.tmp(?P<suffix>.*)")
 
 
 def current_umask() -> int:
@@ -53,7 +55,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     A failure (or Ctrl-C) removes the temporary file and leaves any existing
     `path` untouched. The file gets the mode a plain `open()` would give it
-    (0644 under umask 022), not mkstemp's 0600.
+    (0644 under umask 022), not mkstemp's 0600. The temporary name holds the
+    writer's process id, so temporary files a killed process left (its id no
+    longer running) are swept from the folder first.
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -62,9 +66,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise OnnxkitError(f"cannot write {path}: {parent} {why}")
     if path.is_dir():
         raise OnnxkitError(f"cannot write {path}: it is a folder; give a file name")
+    _sweep_temporaries(parent)
+    # named for this process, for _sweep_temporaries; ends in the target's own extension, for writers
+    # that pick a format by it
+    prefix, suffix = f".{path.name}.onnxkit-{os.getpid()}-", f".tmp{path.suffix}"
     try:
-        # ends in the target's own extension, for writers that pick a format by it
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
     except OSError as e:
         raise OnnxkitError(f"cannot write {path}: folder {parent} is not writable ({e.strerror})") from None
     os.close(fd)
@@ -76,6 +83,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _sweep_temporaries(folder: Path) -> None:
+    """Remove the temporary files of atomic writes whose process no longer runs (killed hard) from `folder`."""
+    for stale in folder.glob(".*.onnxkit-*.tmp*"):
+        match = _TEMPORARY.fullmatch(stale.name)
+        if match and match["suffix"] == Path(match["name"]).suffix and not _running(int(match["pid"])):
+            with contextlib.suppress(OSError):  # gone already (another writer swept it), or not ours to remove
+                stale.unlink()
 
 
 @contextlib.contextmanager

@@ -406,13 +406,27 @@ def test_cli_writes_model_and_json_report(tmp_path, run_cli, mlp_data):
 def test_a_report_says_when_the_quantized_model_is_slower_at_every_batch():
     from onnxkit.quantize.report import Report
 
-    def report(quantized_ms: dict[int, float]) -> Report:
+    def report(quantized_ms: dict[int, float], size: int = 1) -> Report:
         latency = {b: {"original": 1.0, "quantized": ms} for b, ms in quantized_ms.items()}
-        return Report("m.onnx", "q.onnx", {"mode": "static"}, "", "", {"original": 2, "quantized": 1}, latency)
+        return Report("m.onnx", "q.onnx", {"mode": "static"}, "", "", {"original": 100, "quantized": size}, latency)
 
     assert report({1: 1.5, 64: 4.5}).slower_everywhere()
     assert not report({1: 1.5, 64: 0.7}).slower_everywhere()  # faster at batch 64: worth it there
     assert not report({}).slower_everywhere()  # not timed: nothing to say
+    assert report({1: 1.5, 64: 4.5}, size=30).slower_note().endswith("here it buys only its smaller size")
+    assert report({1: 1.5, 64: 0.7}, size=103).slower_note() is None
+
+
+@pytest.mark.parametrize("size", [100, 103])
+def test_a_quantized_model_neither_smaller_nor_faster_is_said_to_buy_nothing(size):
+    from onnxkit.quantize.report import Report
+
+    latency = {b: {"original": 1.0, "quantized": 1.2} for b in (1, 64)}  # a GRU dynamic int8 leaves float
+    report = Report("m.onnx", "q.onnx", {"mode": "dynamic"}, "", "", {"original": 100, "quantized": size}, latency)
+    note = report.slower_note()
+    assert f"and no smaller ({size / 100:.2f}x the size): it buys nothing here" in note
+    assert "smaller size" not in note and "try another --mode" in note and "--exclude" not in note
+    assert "drop some --exclude items, or try another --mode" in report.slower_note(excluded=True)
 
 
 def test_the_report_says_which_way_the_metric_moved():

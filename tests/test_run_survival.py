@@ -1,6 +1,7 @@
 """Runs and files that survive: the run-folder lock, a run killed before its first checkpoint,
 checkpoint checksums (the `training` ones run on both backends), SIGTERM as Ctrl-C in every
-command, quantization's scratch folder, and outputs that honour the umask."""
+command, quantization's scratch folder, atomic writes' temporary files after a kill -9, and outputs
+that honour the umask."""
 
 from __future__ import annotations
 
@@ -154,6 +155,27 @@ def test_quantize_scratch_lives_beside_the_output_and_goes_away(tmp_path):
     assert process.returncode == 143, err
     assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM"
     assert sorted(p.name for p in out.iterdir()) == []  # no scratch folder, no half-written output
+
+
+def test_a_write_killed_hard_leaves_a_temporary_file_the_next_write_sweeps(tmp_path, run_cli):
+    writer = (
+        "import sys, time\n"
+        "from onnxkit.files import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'x' * 1000)\n"
+        "    print(tmp.name, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / "bert.onnx")], stdout=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    try:
+        left = tmp_path / process.stdout.readline().strip()
+    finally:
+        process.kill()  # SIGKILL, mid-write: no cleanup runs
+        process.communicate()
+    assert left.is_file() and left.name.startswith(f".bert.onnx.onnxkit-{process.pid}-")
+    assert run_cli("build", "iris-mlp", "-o", tmp_path / "iris.onnx").code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iris.onnx"]
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])

@@ -177,9 +177,8 @@ def quantize(
             )
             timed = {b: {k: ms[k][b] for k in ms} for b in feeds}
         report.latency_ms = timed or {}
-        if report.slower_everywhere():
-            report.notes.append("the quantized model is slower than the original at every batch size timed: "
-                                "here it buys only its smaller size")
+        if note := report.slower_note(excluded=bool(quantizer.exclude)):
+            report.notes.append(note)
         if sqnr_rows:
             say("comparing tensors (SQNR) ...")
             data = (

@@ -84,6 +84,18 @@ class Report:
         ratios = [self.latency_ratio(b) for b in self.latency_ms]
         return bool(ratios) and all(r is not None and r > 1 for r in ratios)
 
+    def slower_note(self, excluded: bool = False) -> str | None:
+        """For a quantized model slower at every batch size timed, what it still buys (its smaller size, or
+        nothing, with what to try instead); None otherwise. `excluded`: whether nodes were kept from it."""
+        if not self.slower_everywhere():
+            return None
+        slower = "the quantized model is slower than the original at every batch size timed"
+        if self.size_ratio < 1:
+            return f"{slower}: here it buys only its smaller size"
+        fewer = "drop some --exclude items, or " if excluded else ""
+        return (f"{slower} and no smaller ({_x(self.size_ratio)} the size): it buys nothing here; keep the original, "
+                f"or {fewer}try another --mode (fp16 halves the float weights; auto compares the int8 ones)")
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["size_bytes"]["ratio"] = round(self.size_ratio, 4)
