@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,6 +20,8 @@ from onnx.reference import ReferenceEvaluator
 from onnxkit import zoo
 from onnxkit.files import save_model
 from onnxkit.serve.launch import ServerProcess
+from onnxkit.serve.limits import SHUTDOWN_GRACE_S
+from onnxkit.serve.protocol import RequestError, array_from_values
 
 
 def fixed_relu() -> onnx.ModelProto:
@@ -124,6 +128,41 @@ def test_infer_with_two_int64_inputs_and_a_model_without_batch_axis(client, mode
     x = np.array([[-1, 2, -3], [4, -5, 6]], dtype=np.float32)
     body = client.post("/v2/models/fixed/infer", json={"inputs": [{**tensor("x", x), "data": x.tolist()}]}).json()
     assert body["outputs"][0]["data"] == [0, 2, 0, 4, 0, 6]
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "status", "message"),
+    [
+        ([0, 16], [], 200, ""),
+        ([1, 16], [], 400, "shape [1, 16] holds 16 values, but data has 0"),
+        ([1, 2], [1, 2**63], 400, "9223372036854775808 does not fit INT64 (-9223372036854775808 to 9223"),
+        ([1, 2], [2**64, 1], 400, "18446744073709551616 does not fit INT64"),
+        ([1, 2], [-(2**70), 1], 400, "-1180591620717411303424 does not fit INT64"),
+        ([1, 2], [1.5, 1], 400, "expects int64 values, got float64"),
+    ],
+    ids=["no-rows", "no-data", "past-int64", "past-uint64", "below-int64", "fraction"],
+)
+def test_int64_data_that_is_empty_or_out_of_range_gets_what_is_wrong(client, shape, data, status, message):
+    tensors = [{"name": n, "shape": shape, "datatype": "INT64", "data": data} for n in ("input_ids", "attention_mask")]
+    reply = client.post("/v2/models/words/infer", json={"inputs": tensors})
+    assert reply.status_code == status, reply.text
+    if status == 200:
+        assert reply.json()["outputs"][0]["shape"] == [0, 2]
+    else:
+        assert message in reply.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value", "message"),
+    [
+        ("INT32", 2**40 + 7, "1099511627783 does not fit INT32 (-2147483648 to 2147483647)"),  # cast, it wraps to 7
+        ("UINT8", -1, "-1 does not fit UINT8 (0 to 255)"),
+        ("INT64", int("9" * 400), "a 400-digit number does not fit INT64"),
+    ],
+)
+def test_whole_numbers_past_an_integer_type_are_refused_not_wrapped(datatype, value, message):
+    with pytest.raises(RequestError, match=re.escape(f"input 'x': {message}")):
+        array_from_values([1, value], datatype, [2], "x")
 
 
 GOOD = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
@@ -290,6 +329,23 @@ def test_stops_cleanly_on_sigint_and_sigterm(models, stop):
     assert running.log[-1] == "stopped"
     with pytest.raises(httpx.ConnectError):
         httpx.get(running.url + "/v2/health/live")
+
+
+def test_a_body_still_arriving_at_stop_gets_503_and_the_stop_is_clean(models):
+    _, paths = models
+    running = ServerProcess([paths["digits"]])
+    running.start()
+    host, port = running.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as stalled:
+        stalled.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"{" * 10)
+        time.sleep(0.2)
+        start = time.monotonic()
+        assert running.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - start < SHUTDOWN_GRACE_S + 2  # not uvicorn's 10 s graceful-shutdown timeout
+        reply = stalled.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in reply and b"connection: close" in reply
+    assert b"the server is stopping" in reply
+    assert running.log[-1] == "stopped" and not any("ERROR" in line or "Traceback" in line for line in running.log)
 
 
 def test_bad_model_files_and_names_fail_at_start(models, tmp_path):

@@ -112,7 +112,7 @@ class Batcher:
         model = model or self.model
         rows = len(next(iter(feeds.values()))) if model.batchable else 0
         key = None
-        if model.batchable and model not in self._unsplittable:
+        if rows and model not in self._unsplittable:  # a request of no rows runs alone: its outputs have none to split
             key = (model, *[(name, a.dtype, a.shape[1:]) for name, a in feeds.items()])
         loop = self._loop
         assert loop is not None, "Batcher.start() first"
@@ -135,13 +135,9 @@ class Batcher:
             if not self._queue:
                 await self._wakeup.wait()
                 continue
-            if self._worth_waiting():  # one timer per batch: woken by it, by a queued request, or by the last decode
-                deadline = self._queue[0].since + self.max_delay
-                timer = loop.call_at(deadline, self._wakeup.set)
-                while self._worth_waiting() and loop.time() < deadline:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                timer.cancel()
+            deadline = self._queue[0].since + self.max_delay
+            if loop.time() < deadline and self._worth_waiting():
+                await self._hold(deadline)
             await asyncio.sleep(0)  # one pass of the loop: requests already on their sockets join this batch
             batch = self._take_batch()
             now = loop.time()
@@ -152,6 +148,28 @@ class Batcher:
             except Exception as e:  # a bug here must fail these requests, not stop the worker
                 for pending in batch:
                     _settle(pending.future, error=RequestError(500, f"internal error in batching: {e!r}"))
+
+    async def _hold(self, deadline: float) -> None:
+        """Wait while the batch is worth holding, until `deadline` on the loop's clock.
+
+        One timer per batch; the wait ends when it fires, not when `loop.time()` reaches `deadline`:
+        uvloop's clock and timers count whole milliseconds, so a timer can fire while `loop.time()`
+        still reads just before its time, and a wait that then went on would have no timer left.
+        """
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            self._wakeup.set()
+
+        timer = self._loop.call_at(deadline, expire)
+        try:
+            while not expired and self._worth_waiting():  # woken by the timer, a queued request or the last decode
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        finally:
+            timer.cancel()
 
     def _worth_waiting(self) -> bool:
         """True while the first request can be merged, more are on their way, and the batch is not full."""

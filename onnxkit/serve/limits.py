@@ -13,6 +13,9 @@ Where each one is enforced, and why there:
   answered with a JSON 408 and `Connection: close`, and the app that was reading it sees
   the client leave (`read_body` raises `ClientGone`, status 408 for /metrics) and drops
   what it had. The head's size is capped by h11 (16 KiB).
+- **Stopping** (SIGINT, SIGTERM): a body still arriving gets `SHUTDOWN_GRACE_S` more (at most
+  its body timeout), then a JSON 503 and `Connection: close` in the same way, so the server's
+  graceful shutdown never has to cancel a request that is waiting for its body.
 - **Connections**: uvicorn's `limit_concurrency` counts connections and tasks together
   and answers plain text without `Retry-After`; the protocol subclass instead answers
   every request on a connection past `max_connections` with a JSON 503, `Retry-After`
@@ -38,7 +41,8 @@ from onnxkit.serve.protocol import RequestError
 
 RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499  # counted in /metrics for a client that left before sending its whole body (nginx's code)
-BODY_TIMED_OUT = "onnxkit.body_timed_out"  # set in a request's ASGI scope when the protocol answered it with 408
+SHUTDOWN_GRACE_S = 2.0  # on stopping, how much longer a body still arriving may take
+REFUSED = "onnxkit.refused"  # set in a request's ASGI scope to the status the protocol answered it with
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,15 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             elif self._body_timer is not None and not self.cycle.more_body:
                 self._cancel_timers()
 
+        def shutdown(self) -> None:
+            """Close once the request in progress is answered; a body still arriving has `SHUTDOWN_GRACE_S` more."""
+            super().shutdown()
+            timer = self._body_timer
+            if timer is not None and timer.when() > self.loop.time() + SHUTDOWN_GRACE_S:
+                timer.cancel()
+                stopping = RequestError(503, "the server is stopping and the request body had not all arrived; retry")
+                self._body_timer = self.loop.call_later(SHUTDOWN_GRACE_S, self._refuse_body, stopping)
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timers()
             super().connection_lost(exc)
@@ -105,13 +118,18 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             self.transport.close()
 
         def _body_timed_out(self) -> None:
+            late = f"the request body did not arrive within {limits.body_timeout:g} s (the server's --body-timeout)"
+            self._refuse_body(RequestError(408, late))
+
+        def _refuse_body(self, error: RequestError) -> None:
+            """Answer `error` to a request whose body has not all arrived, and close the connection."""
             self._body_timer = None
             cycle = self.cycle
             if not cycle.response_started and self.conn.our_state is h11.SEND_RESPONSE:
-                late = f"the request body did not arrive within {limits.body_timeout:g} s (the server's --body-timeout)"
-                body, headers = refusal(RequestError(408, late))
-                cycle.scope[BODY_TIMED_OUT] = True  # type: ignore[literal-required]
-                head = h11.Response(status_code=408, headers=json_headers(body, headers))
+                body, extra = refusal(error)
+                cycle.scope[REFUSED] = error.status  # type: ignore[literal-required]
+                raw_headers = json_headers(body, {**extra, "connection": "close"})
+                head = h11.Response(status_code=error.status, headers=raw_headers)
                 for event in (head, h11.Data(data=body), h11.EndOfMessage()):
                     self.transport.write(self.conn.send(event))
             self.transport.close()
@@ -145,7 +163,7 @@ async def read_body(scope: Scope, receive: Receive, declared_length: bytes | Non
         else:
             body = bytes(buffer)
     if message["type"] == "http.disconnect":
-        raise ClientGone(408 if scope.get(BODY_TIMED_OUT) else CLIENT_CLOSED)
+        raise ClientGone(scope.get(REFUSED, CLIENT_CLOSED))
     if len(body) > max_bytes:
         raise _too_big(max_bytes)
     return body

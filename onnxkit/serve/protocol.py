@@ -352,10 +352,40 @@ def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> 
         raise RequestError(
             400, f"input {name!r}: shape {shape} holds {math.prod(shape)} values, but data has {array.size}"
         )
+    want = binary.NUMPY_BY_V2.get(datatype)
+    if want is not None and array.dtype != want:
+        array = _typed(array, want, datatype, name)
     try:
         return array.reshape(shape)
     except ValueError as e:  # a dimension past what numpy can index, with another one 0
         raise RequestError(400, f"input {name!r}: shape {shape} is too large ({e})") from None
+
+
+def _typed(array: np.ndarray, want: np.dtype, datatype: str, name: str) -> np.ndarray:
+    """`array` for a tensor of numpy type `want`: an empty one in that type; RequestError(400) for a whole
+    number that an integer type cannot hold; any other as it is, for `Model.prepare` to cast or refuse."""
+    if array.size == 0:  # [] reads as float64
+        return array.astype(want)
+    limits = np.iinfo(want) if want.kind in "iu" else None
+    if limits is not None and (value := _out_of_range(array, limits)) is not None:
+        digits = str(value)
+        shown = digits if len(digits) <= 30 else f"a {len(digits.lstrip('-'))}-digit number"
+        raise RequestError(400, f"input {name!r}: {shown} does not fit {datatype} ({limits.min} to {limits.max})")
+    return array
+
+
+def _out_of_range(array: np.ndarray, limits: np.iinfo) -> int | None:
+    """The smallest or largest value of `array` if it is a whole number outside `limits`."""
+    if array.dtype.kind in "iuf":
+        ends = [array.min().item(), array.max().item()]
+    elif array.dtype.kind == "O" and all(type(v) is int for v in array.flat):  # past float64's range
+        ends = [min(array.flat), max(array.flat)]
+    else:
+        return None
+    for value in ends:  # Python compares int with int or float exactly
+        if (type(value) is int or value.is_integer()) and not limits.min <= value <= limits.max:
+            return int(value)
+    return None
 
 
 def _float_array(data: Any, datatype: str) -> np.ndarray | None:

@@ -1,0 +1,128 @@
+"""Dynamic batching: a batch held for a request still being received never waits past its deadline,
+and a body that stalls holds back no other request of its model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import uvloop
+from onnx import TensorProto, helper
+
+from onnxkit import runtime, zoo
+from onnxkit.files import save_model
+from onnxkit.serve.batcher import Batcher
+from onnxkit.serve.launch import ServerProcess
+from onnxkit.serve.metrics import Metrics
+
+MAX_DELAY_MS = 5.0  # uvloop (whole-millisecond clock and timers) fires about one such timer in four early
+MARGIN_S = 0.25
+GOOD = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}).encode()
+
+
+@pytest.fixture(scope="module")
+def model() -> runtime.Model:
+    """x float [batch, 4] -> relu(x)."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    return runtime.load(proto.SerializeToString(), device="cpu", threads=1, batch_size=None, name="relu")
+
+
+class EarlyTimersLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop with every timer firing 2 ms before its time, as uvloop's can."""
+
+    def call_at(self, when, callback, *args, context=None):  # type: ignore[override]
+        return super().call_at(when - 0.002, callback, *args, context=context)
+
+
+async def lone_requests_beside_a_stalled_body(model: runtime.Model, count: int) -> list[float]:
+    """Seconds each of `count` lone requests took while another request's body never finishes arriving."""
+    batcher = Batcher(model, Metrics([model.name]), max_batch_size=8, max_delay_ms=MAX_DELAY_MS)
+    batcher.start()
+    batcher.receiving()  # a request whose body stalls: worth waiting for, up to the deadline
+    feeds = {"x": np.ones((1, 4), np.float32)}
+    seconds = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            outputs = await asyncio.wait_for(batcher.infer(feeds), MAX_DELAY_MS / 1000 + MARGIN_S + 1)
+            seconds.append(time.perf_counter() - start)
+            np.testing.assert_array_equal(outputs["y"], feeds["x"])
+    finally:
+        batcher.received()
+        await batcher.stop()
+    return seconds
+
+
+@pytest.mark.parametrize(
+    "loop", [asyncio.SelectorEventLoop, uvloop.Loop, EarlyTimersLoop], ids=["asyncio", "uvloop", "early-timers"]
+)
+def test_a_batch_never_waits_past_its_deadline_for_a_stalled_body(model, loop):
+    with asyncio.Runner(loop_factory=loop) as runner:
+        seconds = runner.run(lone_requests_beside_a_stalled_body(model, 100))
+    assert max(seconds) < MAX_DELAY_MS / 1000 + MARGIN_S, max(seconds)
+
+
+def test_requests_of_no_rows_leave_the_model_batching(model):
+    async def run() -> tuple[list[int], int]:
+        batcher = Batcher(model, Metrics([model.name]), max_batch_size=8, max_delay_ms=MAX_DELAY_MS)
+        batcher.start()
+        try:
+            lengths = []
+            for sizes in ([0, 0], [2, 3]):
+                runs = batcher.statistics.execution_count
+                outputs = await asyncio.gather(*[batcher.infer({"x": np.ones((n, 4), np.float32)}) for n in sizes])
+                lengths += [len(o["y"]) for o in outputs]
+            return lengths, batcher.statistics.execution_count - runs
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(run()) == ([0, 0, 2, 3], 1)  # the last two requests still share one run
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`onnxkit serve` with its default limits and batching (max delay 5 ms, body timeout 60 s)."""
+    path = save_model(zoo.build_model("digits-mlp"), tmp_path_factory.mktemp("batcher") / "digits.onnx")
+    with ServerProcess([str(path)]) as running:
+        yield running
+
+
+def test_a_stalled_body_holds_back_no_request_of_its_model(served):
+    host, port = served.url.removeprefix("http://").rsplit(":", 1)
+    head = (
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(GOOD)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as stalled:
+        stalled.sendall(head + GOOD[:10])  # the head and 10 bytes of the body, then nothing for a while
+        time.sleep(0.2)
+
+        def timed_request(client: httpx.Client) -> float:
+            start = time.monotonic()
+            reply = client.post("/v2/models/digits/infer", content=GOOD)
+            assert reply.status_code == 200, reply.text
+            return time.monotonic() - start
+
+        with httpx.Client(base_url=served.url, timeout=3) as client:
+            lone = [timed_request(client) for _ in range(30)]
+        with ThreadPoolExecutor(20) as pool, httpx.Client(base_url=served.url, timeout=3) as client:
+            together = list(pool.map(lambda _: timed_request(client), range(20)))
+        assert max(lone) < 1 and max(together) < 1, (lone, together)
+        stalled.sendall(GOOD[10:])  # the body completes: it is answered like any other
+        reply = b""
+        while chunk := stalled.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["outputs"][0]["shape"] == [1, 10]
