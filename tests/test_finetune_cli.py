@@ -92,3 +92,20 @@ def test_lora_flag_mistakes_are_clear_errors(bert, run_cli):
         result = run_cli("train", path, "--data", "iris", *flags, "-o", folder / "bad")
         assert result.code in (1, 2) and message in result.err, (flags, result.err)  # 2: a value out of range
         assert not (folder / "bad").exists()
+
+
+def test_a_lora_run_resumes_with_its_own_settings_and_rewrites_a_lost_model(bert, run_cli):
+    path, folder = bert
+    run = folder / "lora-resume"
+    flags = ("--lora-rank", "2", "--lora-targets", "*attn.k.weight", "--steps", "2", "--lr", "1e-2")
+    assert run_cli("train", path, *COMMON, *flags, "-o", run).code == 0
+    written = _weights(run / "model.onnx")
+    (run / "model.onnx").unlink()  # lost (or its export failed): the run had trained to the end
+    other = run_cli("train", "--resume", run, "--lora-rank", "4")
+    assert other.code == 1 and other.err.count("\n") == 1
+    assert "this run was trained with LoraAdapter (rank 2, alpha None, targets ['*attn.k.weight']" in other.err
+    again = run_cli("train", "--resume", run)  # the adapter comes from run.json
+    assert again.code == 0, again.err
+    rewritten = _weights(run / "model.onnx")
+    assert all(np.array_equal(written[n], rewritten[n]) for n in written)
+    assert run_cli("train", "--resume", run).err.startswith(f"error: the run in {run} has already finished")

@@ -103,6 +103,33 @@ def test_resume_needs_the_same_starting_model(tmp_path, cnn):
         fit(resume=tmp_path / "run")
 
 
+def test_resume_needs_the_same_data_file_and_says_where_the_model_was(tmp_path):
+    from onnxkit.data import load_dataset
+
+    iris = load_dataset("iris")
+    rows = [iris.split(s) for s in ("train", "validation", "test")]
+    x, y = np.concatenate([r.inputs["x"] for r in rows]), np.concatenate([r.labels for r in rows])
+    np.savez(tmp_path / "flowers.npz", x=x, y=y)
+    model = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), model)
+
+    def ctrl_c(record):
+        if record["event"] == "epoch":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        fit(model, tmp_path / "flowers.npz", tmp_path / "run", epochs=3, callback=ctrl_c)
+    np.savez(tmp_path / "flowers.npz", x=x[:100], y=y[:100])  # edited between the runs: the splits would shift
+    with pytest.raises(OnnxkitError, match=r"flowers.npz changed since this run started; resume needs the data"):
+        fit(resume=tmp_path / "run")
+    np.savez(tmp_path / "flowers.npz", x=x, y=y)
+    model.rename(tmp_path / "moved.onnx")
+    with pytest.raises(OnnxkitError, match=r"iris.onnx: the model this run started from is gone; put it back"):
+        fit(resume=tmp_path / "run")
+    (tmp_path / "moved.onnx").rename(model)
+    assert fit(resume=tmp_path / "run").metrics["epochs"] == 3  # as it was: it resumes
+
+
 def test_eval_needs_data_for_a_model_that_was_not_trained_here(run_cli, cnn):
     result = run_cli("eval", cnn)
     assert result.code == 1 and "does not say what it was trained on; give --data" in result.err

@@ -108,7 +108,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
 
     Head-only fine-tuning of a pretrained model is --train-only 'classifier.*'; the
     frozen encoder then runs once over the data and the head trains on its cached output.
-    A LoRA run resumes with the same --lora-* options next to --resume.
+    --resume alone continues a LoRA run with its stored --lora-* settings.
     """
     from onnxkit.train import TrainingInterrupted, fit
     from onnxkit.train.distributed import rank

@@ -26,6 +26,10 @@ class GraphAdapter(Protocol):
 
     def merge(self, model: onnx.ModelProto) -> onnx.ModelProto: ...
 
+    def settings(self) -> dict[str, Any]:
+        """What decides the adapted graph, as JSON values: stored in run.json, checked on resume."""
+        ...
+
 
 @dataclass
 class TrainConfig:
@@ -59,7 +63,9 @@ class TrainConfig:
     evaluate_test: bool = True
     backend: str = "onnx"
     adapter: str | None = None
+    adapter_settings: dict[str, Any] | None = None
     data_in_memory: bool = False
+    data_sha256: str = ""  # of a data file, checked on resume
     cache_features: bool = True
     standardize: bool = False
 

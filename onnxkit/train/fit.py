@@ -51,6 +51,7 @@ from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingI
 from onnxkit.train.defaults import Settings, resolve, training_mode
 from onnxkit.train.export import with_weights
 from onnxkit.train.frozen_features import cut, features
+from onnxkit.train.lora import LoraAdapter
 from onnxkit.train.losses import Loss, default_loss, get_loss
 from onnxkit.train.optim import Optimizer, get_optimizer
 from onnxkit.train.problem import training_problem
@@ -159,6 +160,9 @@ def fit(
         proto = _load_checked(config)
         if config.data_in_memory and not isinstance(data, Dataset):
             raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")
+        if config.data_sha256 and sha256(Path(config.data)) != config.data_sha256:
+            raise OnnxkitError(f"{config.data} changed since this run started; resume needs the data the run began "
+                               "with (or start a new run on the new data)")
         dataset = data if isinstance(data, Dataset) else load_dataset(config.data, seed=config.data_seed, model=proto)
         note = None
     else:
@@ -213,6 +217,8 @@ def fit(
             evaluate_test=evaluate_test,
             backend=backend or default_backend(),
             adapter=type(adapter).__name__ if adapter else None,
+            adapter_settings=adapter.settings() if adapter else None,
+            data_sha256=sha256(Path(data)) if _is_data_file(data) else "",
             data_in_memory=isinstance(data, Dataset),
             cache_features=cache_features,
             standardize=standardize,
@@ -221,9 +227,15 @@ def fit(
             raise OnnxkitError(f"learning rate must be positive, got {config.lr}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise OnnxkitError(f"gradient clipping norm must be positive, got {clip_grad_norm}")
+    if adapter is None and config.adapter == LoraAdapter.__name__ and config.adapter_settings:
+        adapter = LoraAdapter.from_settings(config.adapter_settings)  # resume alone continues a LoRA run
     if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
         raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
                            "(onnxkit train: the same --lora-* options next to --resume)")
+    if adapter is not None and config.adapter_settings not in (None, adapter.settings()):
+        shown = ", ".join(f"{k} {v}" for k, v in config.adapter_settings.items())
+        raise OnnxkitError(f"this run was trained with {config.adapter} ({shown}); resume it with the same settings "
+                           "(onnxkit train: --resume RUN_DIR alone takes them from the run)")
     setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
     if note:
         setup.progress.line(note)
@@ -260,8 +272,11 @@ def _data_reference(data: str | os.PathLike | Dataset, dataset: Dataset) -> str:
     eval and quantize find it from any folder), a built-in dataset by name."""
     if isinstance(data, Dataset):
         return dataset.name
-    path = Path(data)
-    return str(path.resolve()) if path.suffix.lower() in READERS and path.is_file() else str(data)
+    return str(Path(data).resolve()) if _is_data_file(data) else str(data)
+
+
+def _is_data_file(data: str | os.PathLike | Dataset) -> bool:
+    return not isinstance(data, Dataset) and Path(data).suffix.lower() in READERS and Path(data).is_file()
 
 
 def _json_options(spec: Optimizer) -> dict[str, Any]:
@@ -285,6 +300,9 @@ def _config_from_json(raw: dict[str, Any]) -> TrainConfig:
 
 def _load_checked(config: TrainConfig) -> onnx.ModelProto:
     path = Path(config.model)
+    if not path.is_file():
+        raise OnnxkitError(f"{path}: the model this run started from is gone; put it back at that path to resume "
+                           "(or start a new run)")
     proto = load_model(path)
     if sha256(path) != config.model_sha256:
         raise OnnxkitError(f"{path} changed since this run started; resume needs the model the run began with")
@@ -528,10 +546,13 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
                       drop_last=setup.fixed is not None)
     if resuming:
         trainer.restore()
-        if trainer.state.done:
+        if trainer.state.done and run.model.is_file():
             raise OnnxkitError(f"the run in {run.path} has already finished; start a new run to train more")
         records += run.truncate_metrics(trainer.state.step)
         info = run.read_json()
+        if trainer.state.done:  # trained to the end, but its model was lost or failed to be written
+            progress.line(f"the run in {run.path} had finished training; writing its model again")
+            return _finish(setup, session, trainer.state, best.best_epoch, records, info)
     else:
         info = {"config": dataclasses.asdict(c), "versions": _versions()}
     info.update(

@@ -19,6 +19,7 @@ import fnmatch
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -160,6 +161,17 @@ class LoraAdapter:
         self.train = list(train) if train is not None else None
         self._original: onnx.ModelProto | None = None
         self.adapters: list[str] = []
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> LoraAdapter:
+        """The adapter a run's stored `settings()` describe (to resume it)."""
+        config = LoraConfig(rank=settings["rank"], alpha=settings["alpha"], targets=settings["targets"],
+                            seed=settings["seed"])
+        return cls(config, train=settings["train"])
+
+    def settings(self) -> dict[str, Any]:
+        c = self.config
+        return {"rank": c.rank, "alpha": c.alpha, "targets": list(c.targets), "seed": c.seed, "train": self.train}
 
     def apply(self, model: onnx.ModelProto) -> onnx.ModelProto:
         self._original = model
