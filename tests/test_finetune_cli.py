@@ -109,3 +109,25 @@ def test_a_lora_run_resumes_with_its_own_settings_and_rewrites_a_lost_model(bert
     rewritten = _weights(run / "model.onnx")
     assert all(np.array_equal(written[n], rewritten[n]) for n in written)
     assert run_cli("train", "--resume", run).err.startswith(f"error: the run in {run} has already finished")
+
+
+def test_a_csv_of_texts_trains_with_the_models_tokenizer(bert, run_cli, tmp_path):
+    path, _ = bert
+    sport = ["The striker scored twice in the final", "A late goal won the cup match", "The coach praised the team"]
+    money = ["Shares fell as the bank cut rates", "The market rallied on profit news", "Investors sold bonds today"]
+    rows = [(t, "sport") for t in sport * 10] + [(t, "business") for t in money * 10]
+    (tmp_path / "texts.csv").write_text("text,label\n" + "\n".join(f'"{t}",{label}' for t, label in rows) + "\n")
+    result = run_cli("train", path, "--data", tmp_path / "texts.csv", "--train-only", "classifier.*", "--steps", "3",
+                     "--quiet", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["dataset"] == {"train": 36, "validation": 12, "test": 12}
+    evaluated = run_cli("eval", tmp_path / "run" / "model.onnx", "--json")
+    assert evaluated.code == 0 and json.loads(evaluated.out)["examples"] == 12, evaluated.err
+
+    (tmp_path / "holes.csv").write_text('text,label\n"fine",a\n"  ",b\n')
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
+    for name, message in (("holes.csv", "holes.csv:3: the text cell is empty"),
+                          ("latin1.csv", "latin1.csv: not UTF-8 text; save the file as UTF-8")):
+        refused = run_cli("train", path, "--data", tmp_path / name, "-o", tmp_path / "bad")
+        assert refused.code == 1 and message in refused.err and refused.err.count("\n") == 1, refused.err

@@ -6,6 +6,8 @@
   `label`, `labels`, `target`, `y` or `class` (any case), else the last one.
   The header row is optional. Text labels become class ids in sorted order.
   The features become one array `x` (it binds to any single-input model).
+  A column headed `text` makes it a text dataset instead, tokenized with the tokenizer
+  the model carries (the other columns but the label are ignored).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from onnxkit.data.split import Dataset, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import is_number
 from onnxkit.label_columns import LABEL_COLUMNS, NPZ_LABEL_NAMES, csv_header, label_column, npz_labels
+
+TEXT_COLUMN = "text"  # a CSV with a column headed so is text, for a model that carries a tokenizer
 
 
 def _require(path: Path) -> None:
@@ -57,11 +61,17 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     )
 
 
-def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
-    """A dataset from a `.csv` file (see the module docstring for the columns)."""
+def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,
+             tokenizer: str | None = None, max_length: int | None = None) -> Dataset:
+    """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
+    column is a text dataset, tokenized with `tokenizer` (the model's)."""
     _require(path)
-    with path.open(newline="") as f:
-        rows = [row for row in csv.reader(f) if row]
+    csv.field_size_limit(1 << 30)  # a long text in one cell (the default limit is 128 KiB)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except UnicodeDecodeError:
+        raise OnnxkitError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     if not rows:
         raise OnnxkitError(f"{path}: empty CSV file; it needs feature columns and a label column")
     header = csv_header(rows[0])
@@ -75,6 +85,10 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     for i, row in enumerate(body, start=first):
         if len(row) != width:
             raise OnnxkitError(f"{path}:{i}: {len(row)} columns where the first row has {width}")
+    labels, label_names = _labels(path, [row[label_col].strip() for row in body], first)
+    if header and TEXT_COLUMN in [h.strip().lower() for h in header]:
+        texts = [row[[h.strip().lower() for h in header].index(TEXT_COLUMN)] for row in body]
+        return _text_dataset(path, texts, labels, label_names, first, tokenizer, max_length, seed, validation, test)
     features = [[row[j] for j in range(width) if j != label_col] for row in body]
     try:
         x = np.array(features, dtype=np.float32)
@@ -83,23 +97,38 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
             f"{path}: a feature column holds non-numbers ({e}); only the label column may hold text "
             f"(head it {' / '.join(LABEL_COLUMNS)}, or make it the last column)"
         ) from e
-    raw = [row[label_col].strip() for row in body]
-    if not all(raw):
-        raise OnnxkitError(f"{path}:{raw.index('') + first}: the label cell is empty; give every row a label "
-                           "(or drop the row)")
-    label_names = None
-    if all(is_number(v) for v in raw):
-        values = np.array(raw, dtype=np.float64)
-        integral = np.all(values == np.round(values))
-        labels = values.astype(np.int64) if integral else values.astype(np.float32)
-    else:
-        label_names = sorted(set(raw))
-        index = {name: i for i, name in enumerate(label_names)}
-        labels = np.array([index[v] for v in raw], dtype=np.int64)
     return dataset_from_arrays(
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
     )
+
+
+def _labels(path: Path, raw: list[str], first: int) -> tuple[np.ndarray, list[str] | None]:
+    """The label cells (the file's line `first` on) as labels, and the class names of text labels."""
+    if not all(raw):
+        raise OnnxkitError(f"{path}:{raw.index('') + first}: the label cell is empty; give every row a label "
+                           "(or drop the row)")
+    if all(is_number(v) for v in raw):
+        values = np.array(raw, dtype=np.float64)
+        integral = np.all(values == np.round(values))
+        return (values.astype(np.int64) if integral else values.astype(np.float32)), None
+    label_names = sorted(set(raw))
+    index = {name: i for i, name in enumerate(label_names)}
+    return np.array([index[v] for v in raw], dtype=np.int64), label_names
+
+
+def _text_dataset(path: Path, texts: list[str], labels: np.ndarray, label_names: list[str] | None, first: int,
+                  tokenizer: str | None, max_length: int | None, seed: int, validation: float, test: float) -> Dataset:
+    """A CSV's `text` column and labels, tokenized with the model's tokenizer."""
+    from onnxkit.data.text import text_dataset
+
+    empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
+    if empty is not None:
+        raise OnnxkitError(f"{path}:{empty + first}: the text cell is empty; give every row a text (or drop the row)")
+    if labels.dtype.kind != "i":
+        raise OnnxkitError(f"{path}: a text dataset's labels are classes (names or whole numbers), not measurements")
+    return text_dataset(path.stem, texts, labels, label_names, tokenizer=tokenizer, max_length=max_length, limit=0,
+                        seed=seed, validation=validation, test=test)
 
 
 READERS: dict[str, Callable[..., Dataset]] = {".npz": read_npz, ".csv": read_csv}

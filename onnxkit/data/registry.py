@@ -86,6 +86,10 @@ def load_dataset(
     split_args = {"seed": seed, "validation": validation, "test": test}
     suffix = Path(text).suffix.lower()
     if suffix in formats.READERS:
+        if suffix == ".csv" and model is not None:  # a CSV of texts is tokenized as the model's inputs are
+            from onnxkit.data.text import tokenizer_options
+
+            options = {**tokenizer_options(model), **options}
         return formats.READERS[suffix](Path(text), **split_args, **options)
     entries = datasets()
     if text not in entries:

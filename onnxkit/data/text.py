@@ -57,7 +57,7 @@ def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return {"tokenizer": meta[TOKENIZER_KEY], "max_length": int(meta.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))}
 
 
-def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_names: list[str], *,
+def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_names: list[str] | None, *,
                  tokenizer: str | Mapping[str, Any] | None, max_length: int | None, limit: int,
                  seed: int, validation: float, test: float) -> Dataset:
     """Tokenize `texts` and split them (stratified, deterministic); `limit` keeps that many examples."""
