@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,9 +71,12 @@ def _load(name_or_path: str) -> tuple[str, ModuleType]:
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
-    except OnnxkitError:
-        raise
     except Exception as e:
+        error = _in_user_code(e, module)
+        if error:
+            raise error from e
+        if isinstance(e, OnnxkitError):
+            raise
         raise OnnxkitError(f"{path}: failed to load: {type(e).__name__}: {e}") from e
     if not callable(getattr(module, "recipe", None)):
         raise OnnxkitError(f"{path}: defines no recipe(**options) function returning onnxkit.zoo.Recipe")
@@ -132,17 +137,77 @@ def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -
         if _is_size(p.default) and isinstance(value, int) and value < 1:
             raise OnnxkitError(f"option {key}={value}: must be a positive integer (default {p.default})")
         kwargs[key] = value
-    shown = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "its default options"
     try:
         return _build(name, module, kwargs, opset)
-    except OnnxkitError:
-        raise
-    except MemoryError:
-        raise OnnxkitError(f"{name} with {shown} does not fit in memory; choose smaller sizes") from None
-    except (ValueError, TypeError, ArithmeticError, IndexError, protobuf.Error) as e:
-        big = " (an .onnx file holds at most 2 GB)" if isinstance(e, protobuf.Error) else ""
-        raise OnnxkitError(f"{name} cannot be built with {shown}{big} ({type(e).__name__}: {e}); "
-                           "check the options") from e
+    except Exception as e:
+        error = _build_error(e, name, module, kwargs)
+        if error is None:
+            raise
+        raise error from e
+
+
+def _build_error(e: Exception, name: str, module: ModuleType, kwargs: dict[str, Any]) -> OnnxkitError | None:
+    """The one-line error for a failed build, or None to let `e` through as it is.
+
+    An exception with a place in a user's recipe file is reported there; any other (a zoo
+    recipe's, or one raised by the call `recipe(**options)` itself) is about the option values.
+    """
+    shown = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "its default options"
+    if isinstance(e, MemoryError):
+        return OnnxkitError(f"{name} with {shown} does not fit in memory; choose smaller sizes")
+    located = _in_user_code(e, module)
+    if located or isinstance(e, OnnxkitError):
+        return located
+    if not isinstance(e, (ValueError, TypeError, ArithmeticError, IndexError, protobuf.Error)):
+        return None
+    big = " (an .onnx file holds at most 2 GB)" if isinstance(e, protobuf.Error) else ""
+    return OnnxkitError(f"{name} cannot be built with {shown}{big} ({type(e).__name__}: {e}); check the options")
+
+
+def _in_user_code(e: Exception, module: ModuleType) -> OnnxkitError | None:
+    """`e` as one line at its place in the user's recipe file (`net.py:12: NameError: ...`),
+    with a hint when one helps; None for a zoo recipe, or when no line of the file is involved."""
+    file = module.__file__ or ""
+    line = None if Path(file).parent == ZOO_DIR else _line_in(e, file)
+    if line is None:
+        return None
+    what = str(e) if isinstance(e, OnnxkitError) else _describe(e)
+    hint = _hint(e)
+    where = os.path.relpath(file) if Path(file).is_relative_to(Path.cwd()) else file
+    message = f"{where}:{line}: {what}{'.' if hint else ''}{hint}"
+    return OnnxkitError(" ".join(message.split()))  # a message of several lines becomes one
+
+
+_MODULE_CALL = nn.Module.__call__.__code__
+
+
+def _line_in(e: BaseException, file: str) -> int | None:
+    """The line of `file` nearest where `e` was raised: its innermost traceback frame there, or
+    where the innermost layer being traced was made there (say, a Sequential's child)."""
+    line = e.lineno if isinstance(e, SyntaxError) and e.filename == file else None
+    for frame, lineno in traceback.walk_tb(e.__traceback__):
+        if frame.f_code is _MODULE_CALL:
+            made_in, made_at = getattr(frame.f_locals["self"], "_created_at", ("", 0))
+            line = made_at if made_in == file else line
+        elif frame.f_code.co_filename == file:
+            line = lineno
+    return line
+
+
+def _describe(e: Exception) -> str:
+    """`NameError: name 'foo' is not defined` (a SyntaxError without its file and line)."""
+    message = e.msg if isinstance(e, SyntaxError) else str(e)
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def _hint(e: Exception) -> str:
+    """' Did you mean: ReLU?' for a misspelt attribute (`nn.Relu`, `self.fcc`) or name, else ''."""
+    if isinstance(e, AttributeError) and e.name and e.obj is not None:
+        return suggest(e.name, [n for n in dir(e.obj) if not n.startswith("_")])
+    if isinstance(e, NameError) and e.name and e.__traceback__:
+        *_, (frame, _) = traceback.walk_tb(e.__traceback__)
+        return suggest(e.name, {**frame.f_builtins, **frame.f_globals, **frame.f_locals})
+    return ""
 
 
 def _build(name: str, module: ModuleType, kwargs: dict[str, Any], opset: int) -> onnx.ModelProto:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import traceback
 import urllib.request
 
 import numpy as np
@@ -19,6 +20,7 @@ from conftest import ort_run
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit import zoo
+from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import read_metadata
 
 ZOO = ["bert-classifier", "binary-classifier", "digits-cnn", "digits-mlp", "iris-mlp", "text-transformer"]
@@ -127,19 +129,100 @@ def test_build_bad_input_is_one_clear_line(args, message, tmp_path, run_cli):
     assert only_files(tmp_path) == []
 
 
-def test_shape_mismatch_in_user_file_names_layer(tmp_path, run_cli):
-    src = tmp_path / "broken.py"
-    src.write_text(textwrap.dedent('''
-        from onnxkit import nn
-        from onnxkit.zoo import Recipe
+USER_MLP = '''
+    class MLP(nn.Module):
+        def __init__(self):
+            self.fc1 = nn.Linear(64, 32)
+            self.fc2 = nn.Linear({fc2_in}, 10){mark_fc2}
 
+        def forward(self, x):
+            return self.{fc2_name}(nn.ops.relu(self.fc1(x))){mark_forward}
+
+    def recipe() -> Recipe:
+        return Recipe(MLP(), {{"x": nn.Input(["batch", 64])}})
+'''
+
+# (the recipe file's body, the error after `file:line: `); `# <-` marks the line named
+USER_CODE_ERRORS = {
+    "layer typo": ('''
         def recipe() -> Recipe:
-            net = nn.Sequential([nn.Linear(4, 8), nn.ReLU(), nn.Linear(3, 2)])
+            net = nn.Sequential([nn.Linear(4, 8), nn.Relu()])  # <-
             return Recipe(net, {"x": nn.Input(["batch", 4])})
-    '''))
+    ''', "AttributeError: module 'onnxkit.nn' has no attribute 'Relu'. Did you mean: ReLU?"),
+    "NameError": ('''
+        def recipe(width: int = 8) -> Recipe:
+            net = nn.Linear(4, widht)  # <-
+            return Recipe(net, {"x": nn.Input(["batch", 4])})
+    ''', "NameError: name 'widht' is not defined. Did you mean: width"),
+    "attribute typo in forward": (USER_MLP.format(fc2_in=32, fc2_name="fcc", mark_fc2="", mark_forward="  # <-"),
+                                  "AttributeError: 'MLP' object has no attribute 'fcc'. Did you mean: fc"),
+    "raise in recipe": ('''
+        def recipe() -> Recipe:
+            raise RuntimeError("x")  # <-
+    ''', "RuntimeError: x"),
+    "TypeError in the user's code": ('''
+        def recipe() -> Recipe:
+            return Recipe(nn.Linear(64), {"x": nn.Input(["batch", 64])})  # <-
+    ''', "TypeError: Linear.__init__() missing 1 required positional argument: 'out_features'"),
+    "error on import": ('''
+        import numpy as np
+        SCALE = np.zeroes(3)  # <-
+    ''', "AttributeError: module 'numpy' has no attribute 'zeroes'. Did you mean: zeros"),
+    "SyntaxError": ("\ndef recipe(:  # <-\n", "SyntaxError: invalid syntax"),
+    "layer sizes": (USER_MLP.format(fc2_in=16, fc2_name="fc2", mark_fc2="  # <-", mark_forward=""),
+                    "fc2: MatMul(float32[batch, 32], float32[16, 10]): Incompatible dimensions"),
+    "layer sizes in a Sequential": ('''
+        def recipe() -> Recipe:
+            net = nn.Sequential([nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 16),
+                                 nn.Linear(3, 2)])  # <-
+            return Recipe(net, {"x": nn.Input(["batch", 4])})
+    ''', "Sequential[3] (Linear): MatMul(float32[batch, 16], float32[3, 2]): Incompatible dimensions"),
+}
+
+
+def write_recipe(folder, body: str):
+    """`folder/my_net.py` with `body` after the DSL imports; returns it and the line marked `# <-`."""
+    text = "from onnxkit import nn\nfrom onnxkit.zoo import Recipe\n" + textwrap.dedent(body)
+    src = folder / "my_net.py"
+    src.write_text(text)
+    return src, next(i for i, line in enumerate(text.splitlines(), 1) if line.endswith("# <-"))
+
+
+@pytest.mark.parametrize("case", USER_CODE_ERRORS)
+def test_error_in_user_recipe_file_is_one_line_at_its_place(case, tmp_path, run_cli, monkeypatch):
+    body, message = USER_CODE_ERRORS[case]
+    src, line = write_recipe(tmp_path, body)
+    monkeypatch.chdir(tmp_path)
     r = run_cli("build", src, "-o", tmp_path / "out.onnx")
-    assert r.code == 1 and "error: 2: MatMul(float32[batch, 8], float32[3, 2])" in r.err
-    assert only_files(tmp_path) == ["broken.py"]
+    assert r.code == 1 and r.err.count("\n") == 1, r.err
+    assert r.err.startswith(f"error: my_net.py:{line}: {message}"), r.err
+    assert "check the options" not in r.err
+    assert only_files(tmp_path) == ["my_net.py"]
+
+
+def test_user_recipe_error_outside_the_working_folder_shows_the_whole_path(tmp_path, run_cli):
+    src, line = write_recipe(tmp_path, USER_CODE_ERRORS["raise in recipe"][0])
+    r = run_cli("build", src, "-o", tmp_path / "out.onnx")
+    assert r.err == f"error: {src}:{line}: RuntimeError: x\n"
+
+
+def test_recipe_that_cannot_take_the_options_is_about_the_options(tmp_path, run_cli):
+    src, _ = write_recipe(tmp_path, '''
+        def recipe(width: int) -> Recipe:  # <-
+            return Recipe(nn.Linear(4, width), {"x": nn.Input(["batch", 4])})
+    ''')
+    r = run_cli("build", src, "-o", tmp_path / "out.onnx")
+    assert r.code == 1 and r.err.count("\n") == 1
+    assert "my-net cannot be built with its default options (TypeError: recipe() missing 1 required" in r.err
+    assert "check the options" in r.err
+
+
+def test_debug_shows_the_user_code_traceback(tmp_path, run_cli):
+    src, line = write_recipe(tmp_path, USER_CODE_ERRORS["NameError"][0])
+    with pytest.raises(OnnxkitError) as e:
+        run_cli("--debug", "build", src, "-o", tmp_path / "out.onnx")
+    trace = "".join(traceback.format_exception(e.value))
+    assert f'File "{src}", line {line}, in recipe' in trace and "NameError: name 'widht'" in trace
 
 
 def test_unwritable_output_paths(tmp_path, run_cli):

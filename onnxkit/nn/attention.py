@@ -45,7 +45,7 @@ class MultiHeadAttention(Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise OnnxkitError(
-                f"{current_graph().scope}: attention expects [batch, seq, {self.dim}], got {list(x.shape)}"
+                f"{current_graph().where}: attention expects [batch, seq, {self.dim}], got {list(x.shape)}"
             )
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
         scores = ops.div(ops.matmul(q, ops.transpose(k, [0, 1, 3, 2])), math.sqrt(self.head_dim))

@@ -78,7 +78,7 @@ class Graph:
         self.constants: dict[str, onnx.TensorProto] = {}  # values shape inference may need
         self.values: dict[str, Tensor] = {}
         self.dropout: dict[str, float] = {}  # Dropout node name -> training ratio
-        self._scope: list[tuple[str, str]] = []  # (layer path, layer description)
+        self._scope: list[tuple[str, str, str]] = []  # (layer path, layer description, layer type)
         self._used: dict[str, int] = {}
 
     # -- naming -------------------------------------------------------------------
@@ -86,10 +86,21 @@ class Graph:
     def scope(self) -> str:
         return self._scope[-1][0] if self._scope else ""
 
+    @property
+    def where(self) -> str:
+        """The layer being traced, for messages: its path (`encoder.0.1`), or `model` for the root;
+        a child of a root list is named by type, `Sequential[3] (Linear)`, not a bare `3`."""
+        path = self.scope
+        index, _, rest = path.partition(".")
+        if not index.isdigit():
+            return path or "model"
+        root, leaf = self._scope[0][2], self._scope[-1][2]
+        return f"{root}[{index}]{'.' + rest if rest else ''} ({leaf})"
+
     @contextlib.contextmanager
-    def scoped(self, path: str, doc: str = "") -> Iterator[None]:
-        """Name the nodes made inside after layer `path`; `doc` becomes their doc_string."""
-        self._scope.append((path, doc))
+    def scoped(self, path: str, doc: str = "", kind: str = "") -> Iterator[None]:
+        """Name the nodes made inside after layer `path` of type `kind`; `doc` becomes their doc_string."""
+        self._scope.append((path, doc, kind))
         try:
             yield
         finally:
@@ -190,7 +201,7 @@ class Graph:
         schema = onnx.defs.get_schema(node.op_type, self.opset, domain)
         in_types = {t.name: type_proto(t.dtype, t.shape) for t in inputs if t is not None}
         data = {t.name: self.constants[t.name] for t in inputs if t is not None and t.name in self.constants}
-        where = self.scope or "model"
+        where = self.where
         try:
             inferred = shape_inference.infer_node_outputs(schema, node, in_types, data)
         except (shape_inference.InferenceError, onnx.checker.ValidationError) as e:

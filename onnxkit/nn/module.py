@@ -5,6 +5,7 @@ the hierarchical names of the ONNX initializers (`encoder.layers.0.attn.q.weight
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -43,12 +44,20 @@ class Module:
     and describe the computation in `forward`, using `onnxkit.nn` ops.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Module:
+        """Remember where the layer was made, `(file, line)`, so errors can point at that code."""
+        module = super().__new__(cls)
+        caller = sys._getframe(1)
+        module._created_at = (caller.f_code.co_filename, caller.f_lineno)
+        return module
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         graph = current_graph()
+        kind = type(self).__name__
         path = getattr(self, "_path", None)
         if path is None:  # a module made inside forward: scope it under its caller
-            path = f"{graph.scope}.{type(self).__name__}".lstrip(".")
-        with graph.scoped(path, f"{type(self).__name__}({self.extra_repr()})"):
+            path = f"{graph.scope}.{kind}".lstrip(".")
+        with graph.scoped(path, f"{kind}({self.extra_repr()})", kind):
             return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

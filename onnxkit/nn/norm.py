@@ -23,7 +23,7 @@ class _BatchNorm(Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim not in self.ranks:
             raise OnnxkitError(
-                f"{current_graph().scope}: {type(self).__name__} expects rank {self.ranks} input, "
+                f"{current_graph().where}: {type(self).__name__} expects rank {self.ranks} input, "
                 f"got shape {list(x.shape)}"
             )
         params = [ops.as_tensor(p) for p in (self.weight, self.bias, self.running_mean, self.running_var)]
@@ -58,7 +58,7 @@ class LayerNorm(Module):
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(x.shape[-1], int) and x.shape[-1] != self.dim:
             raise OnnxkitError(
-                f"{current_graph().scope}: LayerNorm({self.dim}) got input with last dim "
+                f"{current_graph().where}: LayerNorm({self.dim}) got input with last dim "
                 f"{x.shape[-1]} (shape {list(x.shape)})"
             )
         inputs = [x, ops.as_tensor(self.weight), ops.as_tensor(self.bias)]

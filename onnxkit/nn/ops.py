@@ -39,7 +39,7 @@ def _default_dtype(x: Any) -> np.dtype:
 
 def _where() -> str:
     """The layer being traced, for error messages."""
-    return current_graph().scope or "model"
+    return current_graph().where
 
 
 def check_input(x: Tensor, what: str, rank: int, at_least: bool = False, channels: int | None = None) -> None:
