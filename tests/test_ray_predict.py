@@ -131,3 +131,34 @@ def test_the_device_reaches_each_actors_session(monkeypatch: pytest.MonkeyPatch)
             _BatchPredictor(**on_gpu["fn_constructor_kwargs"])  # the session was asked for the GPU Ray assigns
     with pytest.raises(OnnxkitError, match="the Ray cluster has no GPUs"):
         actor_arguments([model, feeds], 4, 1, "cuda", workers=2, cluster_gpus=0)
+
+
+def test_ray_text_files_are_read_whole_or_refused_in_one_line(tmp_path: Path, run_cli) -> None:
+    """All refused while reading, before a cluster starts."""
+    from onnxkit import runtime
+    from onnxkit.runtime.batch import read_rows
+
+    words = build_model("text-transformer")
+    words.metadata_props.add(key=TOKENIZER_KEY, value=(MINILM / "model" / "tokenizer.json").read_text())
+    onnx.save(words, str(tmp_path / "words.onnx"))
+    long = "word " * 330_000  # 1.6 MB in one field, past csv's default limit of 128 KiB
+    (tmp_path / "long.csv").write_text(f'id,text\n1,"{long}"\n2,"two\nlines"\n')
+    feeds = read_rows(tmp_path / "long.csv", runtime.load(tmp_path / "words.onnx"))
+    assert feeds["input_ids"].shape == (2, 128)  # truncated to the tokenizer's max_length, as predict --text does
+    cases = {  # what follows the file's name
+        "latin1.csv": (b"id,text\n1,caf\xe9\n", ": not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"),
+        "utf16.txt": ("one\ntwo\n".encode("utf-16"), ": not UTF-8 text (byte 0xff on line 1, it is UTF-16); save it "
+                                                     "as UTF-8"),
+        "short.csv": (b"id,text\n1,fine\n2\n", ":3: this row ends before its 'text' column"),
+        "header.csv": (b"id,words\n1,fine\n", ": a CSV of texts needs a header with a 'text' column"),
+    }
+    for name, (content, message) in cases.items():
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).write_bytes(content)
+        result = run_cli("predict", tmp_path / "words.onnx", folder, "--ray")
+        assert (result.code, result.err) == (1, f"error: {folder / name}{message}\n"), name
+    result = run_cli("predict", tmp_path / "words.onnx", tmp_path / "long.csv", "--ray", "--device", "cuda:x")
+    assert (result.code, result.err) == (1, "error: unknown device 'cuda:x'; use 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                                            "(N a GPU number)\n")
+    assert not ray.is_initialized()

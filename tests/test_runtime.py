@@ -263,6 +263,22 @@ def test_load_errors(tmp_path, mlp_path):
         runtime.load(bad_json.SerializeToString())
 
 
+def test_a_malformed_device_is_refused_before_any_cuda_check(monkeypatch):
+    from onnxkit.runtime import session
+
+    monkeypatch.setattr(session.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert [session.device_spec(d) for d in ("auto", "CPU", "cuda", "cuda:3")] == [
+        ("auto", 0), ("cpu", 0), ("cuda", 0), ("cuda", 3)]
+    for device in ("cuda:x", "cuda:", "cuda:-1", "cuda:1.5", "cpu:0", "auto:1", "gpu", " cuda"):
+        with pytest.raises(OnnxkitError) as refused:
+            session.parse_device(device)
+        assert str(refused.value) == (f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                                      "(N a GPU number)")
+    with pytest.raises(OnnxkitError, match="'cuda:1': onnxruntime .* here has no CUDA support"):
+        session.parse_device("cuda:1")  # well formed: only now is CUDA looked for
+    assert session.parse_device("auto") == ("cpu", 0)
+
+
 def test_large_inputs_run_in_batches_with_the_same_result(mlp_path):
     x = RNG.normal(size=(103, 4)).astype(np.float32)
     whole = runtime.load(mlp_path, batch_size=None).predict(x)

@@ -88,3 +88,14 @@ def test_text_data_without_a_tokenizer_is_a_clear_error():
         load_dataset("bbc-news", tokenizer="missing/tokenizer.json")
     with pytest.raises(OnnxkitError, match="could not read the tokenizer"):
         load_dataset("bbc-news", tokenizer="{not json")
+
+
+def test_text_that_is_not_utf8_is_a_clear_error():
+    tokenizer = load_tokenizer(TOKENIZER)
+    undecodable = b"ok \xff\xfe bad bytes".decode("utf-8", "surrogateescape")  # as argv that is not UTF-8 arrives
+    with pytest.raises(OnnxkitError) as refused:
+        encode(tokenizer, ["fine", undecodable])
+    assert str(refused.value) == "text 2 is not valid UTF-8 (byte 0xff at character 3); pass UTF-8 text"
+    with pytest.raises(OnnxkitError, match=r"text 1 is not valid UTF-8 \(lone surrogate U\+D800 at character 1\)"):
+        encode(tokenizer, ["a\ud800"])
+    assert encode(tokenizer, ["ünïcode ✓"])["input_ids"].shape[0] == 1

@@ -81,6 +81,9 @@ def predict_cmd(
                                     threads=threads, top_k=top_k, probs=probs)
         click.echo(f"wrote {output} ({len(prediction)} rows)" if output else format_prediction(prediction, top_k))
         return
+    for number, text in enumerate(texts, 1):
+        if not text.strip():  # an unset shell variable, say: predicted all the same, as the model sees it
+            click.echo(f"warning: text {number} is empty; its prediction is the model's answer to no text", err=True)
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
     if probs and not loaded.given_probabilities:
         loaded.given_probabilities = ends_in_probabilities(model)

@@ -20,6 +20,7 @@ the end). Ray is imported only here, when used.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -33,9 +34,10 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import missing_model
-from onnxkit.runtime.datafiles import read_inputs, write_prediction
+from onnxkit.runtime.datafiles import read_inputs, read_text_file, write_prediction
 from onnxkit.runtime.model import Model, ends_in_probabilities, load
 from onnxkit.runtime.prediction import Prediction
+from onnxkit.runtime.session import device_spec
 from onnxkit.signals import handled
 
 INPUT_SUFFIXES = (".npz", ".csv", ".parquet", ".txt")
@@ -66,6 +68,7 @@ def predict_on_ray(
         raise OnnxkitError(f"workers must be at least 1, got {workers}")
     if batch_size < 1:
         raise OnnxkitError(f"batch size must be at least 1, got {batch_size}")
+    device_spec(device)  # its form, here; whether CUDA is there is for the actors' nodes to say
     ray = _import_ray()
     model_bytes = Path(model).read_bytes() if Path(model).is_file() else None
     if model_bytes is None:
@@ -147,20 +150,30 @@ def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
 def _read_texts(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line for line in read_text_file(path).splitlines() if line.strip()]
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        column = "text" if rows and "text" in rows[0] else None
-        if column is None:
-            raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column")
-        return [row[column] for row in rows]
+        return _csv_texts(path)
     if suffix == ".parquet":
         table = _parquet(path)
         if "text" not in table.column_names:
             raise OnnxkitError(f"{path}: a Parquet file of texts needs a 'text' column")
         return [str(t) for t in table.column("text").to_pylist()]
     raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .parquet")
+
+
+def _csv_texts(path: Path) -> list[str]:
+    """The 'text' column of a CSV file with a header; one text may fill the file."""
+    content = read_text_file(path)
+    csv.field_size_limit(max(csv.field_size_limit(), len(content)))  # the default stops a field at 128 KiB
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    if "text" not in (reader.fieldnames or ()):
+        raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column")
+    texts = []
+    for row in reader:
+        if row["text"] is None:
+            raise OnnxkitError(f"{path}:{reader.line_num}: this row ends before its 'text' column")
+        texts.append(row["text"])
+    return texts
 
 
 def _parquet(path: Path) -> Any:
@@ -227,7 +240,7 @@ def actor_arguments(shared: Sequence[Any], batch_size: int, threads: int, device
     for a share of a GPU, 1 / ceil(workers / GPUs), so Ray places it on a GPU node, spreads the
     actors over the GPUs and makes the one it assigns visible to the actor as `cuda` (index 0).
     Other devices (`cpu`, `auto`) go to the sessions as given."""
-    kind = device.lower().partition(":")[0]
+    kind, _ = device_spec(device)
     resources: dict[str, float] = {"num_cpus": 1}
     if kind == "cuda":
         if cluster_gpus < 1:

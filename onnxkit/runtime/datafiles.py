@@ -10,6 +10,7 @@ output), .csv (one row per example). All written atomically.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -59,13 +60,30 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
                 return _single(model, path, next(iter(arrays.values())))
             return arrays
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text_file(path))
             return data if isinstance(data, dict) else _single(model, path, data)
         return _single(model, path, _read_csv(path, model))
     except RecursionError:
         raise OnnxkitError(f"{path}: nested too deeply to read; give one list of numbers per example") from None
-    except (ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except (ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError, csv.Error) as e:
         raise OnnxkitError(f"{path}: cannot read it as {suffix} ({e}); check the file") from e
+
+
+def read_text_file(path: Path) -> str:
+    """A text file's contents, UTF-8 with or without a byte-order mark; a file that cannot be
+    read, or is not UTF-8, is an error that names it."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise OnnxkitError(f"{path}: cannot read it ({e.strerror or e})") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        utf16 = ", it is UTF-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else ""
+        raise OnnxkitError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}{utf16}); "
+                           "save it as UTF-8") from None
 
 
 def check_output_path(path: str | os.PathLike) -> None:
@@ -142,7 +160,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
             f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
         )
     spec = model.inputs[0]
-    rows = [row for row in csv.reader(path.read_text(encoding="utf-8").splitlines()) if row]
+    rows = [row for row in csv.reader(read_text_file(path).splitlines()) if row]
     header = csv_header(rows[0]) if rows else None
     if header:
         rows = rows[1:]

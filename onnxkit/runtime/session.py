@@ -47,22 +47,27 @@ def import_onnxruntime() -> ModuleType:
 ort = import_onnxruntime()
 
 
+def device_spec(device: str) -> tuple[str, int]:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' (any case) -> (kind, device id; 0 unless given), checking
+    the form alone; anything else is an error that lists the accepted forms."""
+    found = re.fullmatch(r"(auto|cpu|cuda)|(cuda):([0-9]+)", device.lower())
+    if found:
+        return found[1] or found[2], int(found[3] or 0)
+    raise OnnxkitError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N' (N a GPU number)")
+
+
 def parse_device(device: str) -> tuple[str, int]:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> (kind, device id); 'auto' resolves to what exists."""
-    kind, _, index = device.lower().partition(":")
-    if kind == "auto" and not index:
-        kind = "cuda" if _CUDA in ort.get_available_providers() else "cpu"
-        return kind, 0
-    if kind == "cpu" and not index:
-        return "cpu", 0
-    if kind == "cuda" and (not index or index.isdigit()):
-        if _CUDA not in ort.get_available_providers():
-            raise OnnxkitError(
-                f"device {device!r}: onnxruntime {ort.__version__} here has no CUDA support; install "
-                f"onnxruntime-gpu in place of onnxruntime ({GPU_INSTALL}), or use device='cpu'"
-            )
-        return "cuda", int(index or 0)
-    raise OnnxkitError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    """`device_spec`, with 'auto' resolved to what exists; 'cuda' without CUDA support is an error."""
+    kind, device_id = device_spec(device)
+    cuda = _CUDA in ort.get_available_providers()
+    if kind == "auto":
+        return ("cuda" if cuda else "cpu"), 0
+    if kind == "cuda" and not cuda:
+        raise OnnxkitError(
+            f"device {device!r}: onnxruntime {ort.__version__} here has no CUDA support; install "
+            f"onnxruntime-gpu in place of onnxruntime ({GPU_INSTALL}), or use device='cpu'"
+        )
+    return kind, device_id
 
 
 def providers_for(kind: str, device_id: int, *, tf32: bool = True) -> list:

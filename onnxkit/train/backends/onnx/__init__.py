@@ -16,6 +16,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.session import (
     GPU_INSTALL,
     create_session,
+    device_spec,
     gpu_count,
     ort,
     parse_device,
@@ -36,9 +37,9 @@ class OnnxBackend(Backend):
         return missing_rules(model, list(trainable), loss)
 
     def resolve_device(self, device: str) -> str:
-        kind, _, index = device.lower().partition(":")
+        kind, index = device_spec(device)  # the form first: 'cuda:x' is not a missing GPU
         if kind == "cuda":
-            problem = _cuda_problem(int(index) if index.isdigit() else 0)
+            problem = _cuda_problem(index)
             if problem:
                 raise OnnxkitError(f"cannot train on {device}: {problem}; or use device=cpu")
         kind, number = parse_device(device)
