@@ -204,6 +204,18 @@ def test_text_that_is_not_utf8_is_one_line_and_an_empty_text_a_warning(run_cli, 
     assert result.err == "warning: text 2 is empty; its prediction is the model's answer to no text\n"
 
 
+def test_texts_in_a_txt_file_or_a_csv_text_column_predict_as_given_texts(run_cli, words, tmp_path):
+    texts = ["Shares rose, sharply", "What a match!", "Rain again"]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n\n")
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(f'"{t}",x' for t in texts) + "\n")
+    given = run_cli("predict", words, *[a for t in texts for a in ("--text", t)], "-o", tmp_path / "given.npy")
+    assert given.code == 0, given.err
+    for name in ("t.txt", "t.csv"):
+        result = run_cli("predict", words, "-i", tmp_path / name, "-o", tmp_path / "out.npy")
+        assert result.code == 0, result.err
+        np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.load(tmp_path / "given.npy"))
+
+
 def test_input_files_that_are_not_utf8_or_not_csv_are_one_line(run_cli, digits, tmp_path):
     path, x, logits = digits
     rows = "\n".join(",".join(map(str, row)) for row in x.tolist()) + "\n"

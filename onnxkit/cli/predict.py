@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from onnxkit import runtime
@@ -10,10 +12,13 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.datafiles import (
     check_output_path,
     format_prediction,
+    holds_texts,
     read_inputs,
+    read_texts,
     write_prediction,
 )
 from onnxkit.runtime.model import ends_in_probabilities
+from onnxkit.runtime.text import carries_tokenizer
 
 
 @click.command("predict")
@@ -25,7 +30,8 @@ from onnxkit.runtime.model import ends_in_probabilities
     "input_path",
     type=click.Path(dir_okay=False),
     help="Inputs: .npy, .npz (by input name), .json or .csv (one example per row); a training file's label "
-    "column or array is left out.",
+    "column or array is left out. For a model with a tokenizer: texts, one per line of a .txt or in a "
+    "CSV's 'text' column.",
 )
 @click.option("-t", "--text", "texts", multiple=True, help="A text to predict on (repeatable; needs a tokenizer).")
 @options.output_file("Save the prediction: .json, .npz, .npy (first output) or .csv.", required=False)
@@ -87,6 +93,8 @@ def predict_cmd(
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
     if probs and not loaded.given_probabilities:
         loaded.given_probabilities = ends_in_probabilities(model)
+    if input_path and carries_tokenizer(loaded) and holds_texts(input_path):  # a .txt, or a CSV with a text column
+        texts = tuple(read_texts(Path(input_path)))
     prediction = loaded.predict_text(list(texts)) if texts else loaded.predict(read_inputs(input_path, loaded))
     if probs:
         prediction = prediction.with_probabilities()

@@ -19,8 +19,6 @@ the end). Ray is imported only here, when used.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -34,7 +32,7 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import missing_model
-from onnxkit.runtime.datafiles import read_inputs, read_text_file, write_prediction
+from onnxkit.runtime.datafiles import read_inputs, read_texts, write_prediction
 from onnxkit.runtime.model import Model, ends_in_probabilities, load
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.session import device_spec
@@ -148,32 +146,12 @@ def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
 
 
 def _read_texts(path: Path) -> list[str]:
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return [line for line in read_text_file(path).splitlines() if line.strip()]
-    if suffix == ".csv":
-        return _csv_texts(path)
-    if suffix == ".parquet":
-        table = _parquet(path)
-        if "text" not in table.column_names:
-            raise OnnxkitError(f"{path}: a Parquet file of texts needs a 'text' column")
-        return [str(t) for t in table.column("text").to_pylist()]
-    raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .parquet")
-
-
-def _csv_texts(path: Path) -> list[str]:
-    """The 'text' column of a CSV file with a header; one text may fill the file."""
-    content = read_text_file(path)
-    csv.field_size_limit(max(csv.field_size_limit(), len(content)))  # the default stops a field at 128 KiB
-    reader = csv.DictReader(io.StringIO(content, newline=""))
-    if "text" not in (reader.fieldnames or ()):
-        raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column")
-    texts = []
-    for row in reader:
-        if row["text"] is None:
-            raise OnnxkitError(f"{path}:{reader.line_num}: this row ends before its 'text' column")
-        texts.append(row["text"])
-    return texts
+    if path.suffix.lower() != ".parquet":
+        return read_texts(path)
+    table = _parquet(path)
+    if "text" not in table.column_names:
+        raise OnnxkitError(f"{path}: a Parquet file of texts needs a 'text' column")
+    return [str(t) for t in table.column("text").to_pylist()]
 
 
 def _parquet(path: Path) -> Any:

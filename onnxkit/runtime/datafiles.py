@@ -86,6 +86,38 @@ def read_text_file(path: Path) -> str:
                            "save it as UTF-8") from None
 
 
+def holds_texts(path: str | os.PathLike) -> bool:
+    """Whether an input file is texts: a .txt, or a .csv whose header has a 'text' column."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        return True
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return False
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        header = next(csv.reader([f.readline()]), [])
+    return "text" in header
+
+
+def read_texts(path: Path) -> list[str]:
+    """The texts in a .txt file (one per non-blank line) or in the 'text' column of a .csv with a
+    header (one text may fill the file)."""
+    if path.suffix.lower() == ".txt":
+        return [line for line in read_text_file(path).splitlines() if line.strip()]
+    if path.suffix.lower() != ".csv":
+        raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .parquet")
+    content = read_text_file(path)
+    csv.field_size_limit(max(csv.field_size_limit(), len(content)))  # the default stops a field at 128 KiB
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    if "text" not in (reader.fieldnames or ()):
+        raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column")
+    texts = []
+    for row in reader:
+        if row["text"] is None:
+            raise OnnxkitError(f"{path}:{reader.line_num}: this row ends before its 'text' column")
+        texts.append(row["text"])
+    return texts
+
+
 def check_output_path(path: str | os.PathLike) -> None:
     """Fail early, before any work, on an output file format we cannot write."""
     if Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
