@@ -192,7 +192,9 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
             f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
         )
     spec = model.inputs[0]
-    rows = [row for row in csv.reader(read_text_file(path).splitlines()) if row]
+    content = read_text_file(path)
+    csv.field_size_limit(max(csv.field_size_limit(), len(content)))  # the default stops a field at 128 KiB
+    rows = [row for row in csv.reader(content.splitlines()) if row]
     header = csv_header(rows[0]) if rows else None
     if header:
         rows = rows[1:]

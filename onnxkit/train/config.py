@@ -17,7 +17,8 @@ class GraphAdapter(Protocol):
 
     `apply` returns the inference-form model to train (it may add parameters);
     `trainable` names the parameters to train by default (None: all);
-    `merge` turns the trained adapted model back into a plain one.
+    `merge` turns the trained adapted model back into a plain one; an optional `settings()`
+    says what decides the adapted graph (see `adapter_settings`).
     """
 
     def apply(self, model: onnx.ModelProto) -> onnx.ModelProto: ...
@@ -26,9 +27,12 @@ class GraphAdapter(Protocol):
 
     def merge(self, model: onnx.ModelProto) -> onnx.ModelProto: ...
 
-    def settings(self) -> dict[str, Any]:
-        """What decides the adapted graph, as JSON values: stored in run.json, checked on resume."""
-        ...
+
+def adapter_settings(adapter: GraphAdapter | None) -> dict[str, Any] | None:
+    """What decides an adapter's graph, from its optional `settings()` (JSON values): stored in
+    run.json and checked on resume; None for an adapter without one."""
+    settings = getattr(adapter, "settings", None)
+    return settings() if settings else None
 
 
 @dataclass

@@ -47,7 +47,7 @@ from onnxkit.train.callbacks import (
     Record,
     RecordCallback,
 )
-from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
+from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted, adapter_settings
 from onnxkit.train.defaults import Settings, resolve, training_mode
 from onnxkit.train.export import with_weights
 from onnxkit.train.frozen_features import cut, features
@@ -217,7 +217,7 @@ def fit(
             evaluate_test=evaluate_test,
             backend=backend or default_backend(),
             adapter=type(adapter).__name__ if adapter else None,
-            adapter_settings=adapter.settings() if adapter else None,
+            adapter_settings=adapter_settings(adapter),
             data_sha256=sha256(Path(data)) if _is_data_file(data) else "",
             data_in_memory=isinstance(data, Dataset),
             cache_features=cache_features,
@@ -232,7 +232,7 @@ def fit(
     if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
         raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
                            "(onnxkit train: the same --lora-* options next to --resume)")
-    if adapter is not None and config.adapter_settings not in (None, adapter.settings()):
+    if adapter is not None and config.adapter_settings not in (None, adapter_settings(adapter)):
         shown = ", ".join(f"{k} {v}" for k, v in config.adapter_settings.items())
         raise OnnxkitError(f"this run was trained with {config.adapter} ({shown}); resume it with the same settings "
                            "(onnxkit train: --resume RUN_DIR alone takes them from the run)")
