@@ -134,3 +134,45 @@ def test_the_cli_writes_parameters_as_its_flags():
     assert as_flags(message, ("freeze",), flags) == (
         "output 'y' of runs/loss=1/freeze.onnx: use --loss mse or --model-output NAME, or loosen --freeze.")
 
+
+
+def test_fit_arguments_of_the_wrong_kind_say_what_to_pass(tmp_path):
+    from onnxkit import nn
+    from onnxkit.train import fit
+    from onnxkit.train.callbacks import Callback
+    from onnxkit.train.optim import Adam
+
+    iris = zoo.build_model("iris-mlp")
+    x, y = np.zeros((10, 4), np.float32), np.zeros(10, np.int64)
+    cases = [
+        (dict(model=nn.Linear(4, 3)), "not Linear (build it first: onnxkit.nn.build(module, inputs))"),
+        (dict(data=(x, y)), "not tuple; make one from arrays with onnxkit.data.dataset_from_arrays"),
+        (dict(optimizer=Adam), "a name or an instance: Adam(), not the class"),
+        (dict(callback=Callback()), "callback must be a function of one metrics record"),
+        (dict(callbacks=[print]), "callbacks must be a list of onnxkit.train.callbacks.Callback objects"),
+        (dict(callbacks=Callback()), "callbacks must be a list"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(TypeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            fit(**{"model": iris, "data": "iris", "out_dir": tmp_path / "run", **kwargs})
+    assert not (tmp_path / "run").exists()
+    one = fit(iris, "iris", tmp_path / "one", epochs=2, freeze="0.*")  # one glob as a string
+    assert one.frozen == ["0.weight", "0.bias"]
+    with pytest.raises(OnnxkitError, match="resume continues a run with its stored settings; leave out lr, epochs"):
+        fit(resume=tmp_path / "one", lr=0.5, epochs=20)
+
+
+def test_class_names_and_float_class_ids_as_labels(tmp_path):
+    from onnxkit.data import dataset_from_arrays
+    from onnxkit.train import fit
+
+    iris = load_dataset("iris")
+    names = np.asarray(iris.label_names)
+    x = np.concatenate([iris.split(s).inputs["x"] for s in ("train", "validation", "test")])
+    y = np.concatenate([iris.split(s).labels for s in ("train", "validation", "test")])
+    named = dataset_from_arrays("flowers", {"x": x}, names[y])  # names, as a CSV's text labels
+    assert named.label_names == sorted(names) and named.train.labels.dtype == np.int64
+    assert fit(zoo.build_model("iris-mlp"), named, tmp_path / "named", epochs=60).metrics["test"]["accuracy"] > 0.8
+    with pytest.raises(OnnxkitError, match=r"pass them as integers \(labels.astype\(int\)\)"):
+        fit(zoo.build_model("iris-mlp"), dataset_from_arrays("f", {"x": x}, y.astype(np.float32)), tmp_path / "f",
+            loss="mse")

@@ -310,6 +310,14 @@ def dataset_from_arrays(
 
     Refuses empty data and feature arrays whose row count differs from the labels'; labels
     shaped [N, 1] become [N]."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "USO":  # class names, as a CSV's text labels: ids in sorted order
+        names = sorted({str(v).strip() for v in labels.reshape(-1)})
+        if label_names is not None and list(label_names) != names:
+            raise OnnxkitError(f"data {name!r}: the labels are names ({', '.join(names[:5])}); leave out "
+                               "label_names, or give class ids with them")
+        label_names = names
+        labels = np.searchsorted(np.asarray(names), np.char.strip(labels.astype(str))).reshape(labels.shape)
     labels = checked_labels(name, inputs, labels)
     classification = labels.dtype.kind in "iub"
     stratify = classification and len(class_groups(labels)) <= max(2, len(labels) // 5)

@@ -102,8 +102,8 @@ def fit(
     data_seed: int = 0,
     shuffle: bool = True,
     dropout: bool = True,
-    freeze: Sequence[str] = (),
-    train_only: Sequence[str] = (),
+    freeze: str | Sequence[str] = (),
+    train_only: str | Sequence[str] = (),
     output: str | None = None,
     monitor: str | None = None,
     patience: int | None = None,
@@ -144,13 +144,23 @@ def fit(
     - `monitor` (val_loss, val_accuracy, val_macro_f1, train_loss) picks the best
       epoch; `patience` stops after that many epochs without improvement.
     - `resume`: a run directory; continues from its last checkpoint with its stored
-      settings (`data` may be given again when it was a Dataset object).
+      settings, so the settings above are left out (`data` may be given again when it was a
+      Dataset object).
     - `callback(record)` sees every metrics.jsonl record as it is made; `callbacks` are
       `onnxkit.train.callbacks.Callback` objects, called after the built-in ones.
 
     Ctrl-C or SIGTERM finishes the optimizer step, writes a checkpoint and raises TrainingInterrupted.
     Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`).
     """
+    _check_arguments(model, data, optimizer, callback, callbacks)
+    freeze, train_only = _patterns(freeze), _patterns(train_only)
+    given = {"model": model, "out_dir": out_dir, "loss": loss, "optimizer": optimizer, "lr": lr,
+             "weight_decay": weight_decay, "clip_grad_norm": clip_grad_norm, "schedule": schedule,
+             "warmup": warmup, "epochs": epochs, "steps": steps, "batch_size": batch_size}
+    if resume is not None and any(value is not None for value in given.values()):
+        ignored = ", ".join(name for name, value in given.items() if value is not None)
+        raise OnnxkitError(f"resume continues a run with its stored settings; leave out {ignored} (or start a new "
+                           "run with them)")
     world = distributed.current_world()
     if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks; a GPU each
         out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
@@ -255,6 +265,28 @@ def fit(
             if resume is None and not run.has_checkpoint():
                 run.discard()  # failed before its first checkpoint: nothing in it to resume
             raise
+
+
+def _check_arguments(model: Any, data: Any, optimizer: Any, callback: Any, callbacks: Any) -> None:
+    """Refuse arguments of the wrong kind with what to pass instead (before anything is read)."""
+    if model is not None and not isinstance(model, str | os.PathLike | onnx.ModelProto):
+        built = " (build it first: onnxkit.nn.build(module, inputs))" if hasattr(model, "forward") else ""
+        raise TypeError(f"model must be a .onnx path or an onnx.ModelProto, not {type(model).__name__}{built}")
+    if data is not None and not isinstance(data, str | os.PathLike | Dataset):
+        raise TypeError(f"data must be a dataset name, a .npz/.csv path or a Dataset, not {type(data).__name__}; "
+                        "make one from arrays with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
+    if isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a name or an instance: {optimizer.__name__}(), not the class")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be a function of one metrics record; pass Callback objects as callbacks=[...]")
+    if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
+        raise TypeError("callbacks must be a list of onnxkit.train.callbacks.Callback objects (a function of one "
+                        "record goes to callback=)")
+
+
+def _patterns(globs: str | Sequence[str]) -> list[str]:
+    """freeze / train_only: one glob or several."""
+    return [globs] if isinstance(globs, str) else list(globs)
 
 
 def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimizer:
