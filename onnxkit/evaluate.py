@@ -219,15 +219,25 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
     """The split called `split` of `data` (default: the data `model` was trained on, from its
     `onnxkit.training` metadata) with `data_seed` (default: the training run's, else 0); also the
     data's name and the seed used."""
-    from onnxkit.data import load_dataset
+    from onnxkit.data import Dataset, load_dataset
 
     recorded, recorded_seed = trained_on(model)
+    if isinstance(data, Dataset):  # already split, in memory
+        return data.split(split), data.name, recorded_seed if data_seed is None else data_seed
     data = data if data is not None else recorded
     if not data:
         raise OnnxkitError("the model does not say what it was trained on; give data (a dataset name or file)",
                            params=["data"])
+    if trained_in_memory(model) and data == recorded:
+        raise OnnxkitError(f"the model was trained on an in-memory Dataset ({data!r}); pass it as data=, or a split",
+                           params=["data"])
     seed = data_seed if data_seed is not None else recorded_seed
     return load_dataset(data, seed=seed, model=model).split(split), str(data), seed
+
+
+def trained_in_memory(model: Any) -> bool:
+    """Whether `model` was trained on a Dataset object (its data name names no file or dataset)."""
+    return bool(json.loads(metadata(model).get("onnxkit.training", "{}")).get("data_in_memory"))
 
 
 def trained_on(model: Any) -> tuple[str | None, int]:
@@ -263,6 +273,9 @@ def evaluate(
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
     if isinstance(split, str):
         split = named_split(proto, split, data, data_seed)[0]
+    if not isinstance(split, Split):
+        raise TypeError(f"split must be a Split or a split name, not {type(split).__name__}; make data from arrays "
+                        "with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
     check_features(split)
     specs = model_inputs(proto)
     bound = split.feeds_for(specs)

@@ -176,3 +176,19 @@ def test_class_names_and_float_class_ids_as_labels(tmp_path):
     with pytest.raises(OnnxkitError, match=r"pass them as integers \(labels.astype\(int\)\)"):
         fit(zoo.build_model("iris-mlp"), dataset_from_arrays("f", {"x": x}, y.astype(np.float32)), tmp_path / "f",
             loss="mse")
+
+
+def test_evaluate_takes_the_dataset_object_a_model_trained_on(tmp_path):
+    from onnxkit.data import dataset_from_arrays
+    from onnxkit.train import fit
+
+    iris = load_dataset("iris")
+    x = np.concatenate([iris.split(s).inputs["x"] for s in ("train", "validation", "test")])
+    y = np.concatenate([iris.split(s).labels for s in ("train", "validation", "test")])
+    data = dataset_from_arrays("flowers", {"x": x}, y)
+    result = fit(zoo.build_model("iris-mlp"), data, tmp_path / "run", epochs=5)
+    assert evaluate(result.model_path, "test", data=data)["accuracy"] == result.metrics["test"]["accuracy"]
+    with pytest.raises(OnnxkitError, match=r"trained on an in-memory Dataset \('flowers'\); pass it as data="):
+        evaluate(result.model_path, "test")
+    with pytest.raises(TypeError, match="split must be a Split or a split name, not ndarray"):
+        evaluate(result.model_path, x)

@@ -640,6 +640,7 @@ def _finish(
     summary = {
         "data": c.data,
         "data_seed": c.data_seed,
+        "data_in_memory": c.data_in_memory,
         "loss": setup.loss.name,
         "optimizer": c.optimizer,
         "lr": c.lr,
