@@ -59,24 +59,22 @@ class RunDirectory:
         """A run yet to be made in `path`; refuses a folder that already holds a run."""
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
-            raise OnnxkitError(f"{run.path} is a file; give a folder for the run (-o)")
+            raise OnnxkitError(f"{run.path} is a file; give a folder for the run as out_dir", params=["out_dir"])
         run._refuse_existing()
         return run
 
     def _refuse_existing(self) -> None:
         if self.model.exists() and not self.run_json.exists():
-            raise OnnxkitError(f"{self.path} holds a model.onnx that no training run wrote; choose another output "
-                               "folder (-o), so it is not overwritten")
+            raise OnnxkitError(f"{self.path} holds a model.onnx that no training run wrote; choose another out_dir, "
+                               "so it is not overwritten", params=["out_dir"])
         if self.run_json.exists():
             if self._live():
                 raise OnnxkitError(f"{self.path} is in use by a training run that is still going; wait for it to "
-                                   "end or choose another output folder (-o)")
+                                   "end or choose another out_dir", params=["out_dir"])
             self._mark_if_killed()
             again = "restart it" if not self.last_checkpoint.is_file() and not self.model.exists() else "continue it"
-            raise OnnxkitError(
-                f"{self.path} already holds a training run; {again} with --resume {self.path}, "
-                "or choose another output folder (-o)"
-            )
+            raise OnnxkitError(f"{self.path} already holds a training run; {again} with resume={self.path}, or "
+                               "choose another out_dir", params=["out_dir"])
 
     def make(self) -> None:
         """Create the folders (once everything has been checked)."""
@@ -153,7 +151,7 @@ class RunDirectory:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise OnnxkitError(f"cannot lock the run folder {self.path}: {e.strerror}") from e
                 raise OnnxkitError(f"{self.path} is in use by a training run that is still going; wait for it to "
-                                   "end or choose another output folder (-o)") from None
+                                   "end or choose another out_dir", params=["out_dir"]) from None
             if new:
                 self._refuse_existing()
             yield
