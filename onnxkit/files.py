@@ -5,7 +5,9 @@ Imports only the standard library at module level, so the runtime can use it.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
 import errno
 import os
 import re
@@ -142,6 +144,31 @@ def write_safetensors(
             if code is None:
                 raise
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from e
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """A text file's contents, UTF-8 with or without a byte-order mark; a file that cannot be
+    read, or is not UTF-8, is an error that names it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise OnnxkitError(f"{path}: cannot read it ({e.strerror or e})") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        utf16 = ", it is UTF-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else ""
+        raise OnnxkitError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}{utf16}); "
+                           "save it as UTF-8") from None
+
+
+def read_csv_text(path: str | os.PathLike) -> str:
+    """A CSV file's text (`read_text_file`), with the csv module's field limit (128 KiB by
+    default) raised to its length, so one cell may fill the file."""
+    content = read_text_file(path)
+    csv.field_size_limit(max(csv.field_size_limit(), len(content)))
+    return content
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Where a data file keeps its labels: the rules train's reader (`onnxkit.data.formats`) follows,
+"""Where a data file keeps its labels (and a CSV its texts): the rules train's reader (`onnxkit.data.formats`) follows,
 shared with predict's (`onnxkit.runtime.datafiles`), which leaves out what train reads as labels.
 
 Standard library only, so the runtime can import it.
@@ -13,6 +13,7 @@ from onnxkit.files import is_number
 LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column, first found wins
 NPZ_LABELS = ("labels", "y")  # .npz arrays read as the labels, first found wins
 NPZ_LABEL_NAMES = "label_names"  # an optional .npz array of class names
+TEXT_COLUMN = "text"  # a CSV column of texts (a Parquet one, by its exact name), for a model with a tokenizer
 
 
 def csv_header(first_row: Sequence[str]) -> Sequence[str] | None:
@@ -26,6 +27,12 @@ def label_column(header: Sequence[str] | None) -> int | None:
     """The index of the column headed `label`, `labels`, `target`, `y` or `class` (any case), or None."""
     lowered = [h.strip().lower() for h in header or ()]
     return next((lowered.index(n) for n in LABEL_COLUMNS if n in lowered), None)
+
+
+def text_column(header: Sequence[str] | None) -> int | None:
+    """The index of the column headed `text` (any case), or None."""
+    lowered = [h.strip().lower() for h in header or ()]
+    return lowered.index(TEXT_COLUMN) if TEXT_COLUMN in lowered else None
 
 
 def npz_labels(names: Iterable[str]) -> str | None:

@@ -128,6 +128,6 @@ def test_a_csv_of_texts_trains_with_the_models_tokenizer(bert, run_cli, tmp_path
     (tmp_path / "holes.csv").write_text('text,label\n"fine",a\n"  ",b\n')
     (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
     for name, message in (("holes.csv", "holes.csv:3: the text cell is empty"),
-                          ("latin1.csv", "latin1.csv: not UTF-8 text; save the file as UTF-8")):
+                          ("latin1.csv", "latin1.csv: not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8")):
         refused = run_cli("train", path, "--data", tmp_path / name, "-o", tmp_path / "bad")
         assert refused.code == 1 and message in refused.err and refused.err.count("\n") == 1, refused.err

@@ -10,8 +10,7 @@ from onnx.reference import ReferenceEvaluator
 
 from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import save_model
-from onnxkit.runtime.datafiles import read_text_file
+from onnxkit.files import read_text_file, save_model
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +22,8 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import is_number
-from onnxkit.label_columns import LABEL_COLUMNS, NPZ_LABEL_NAMES, csv_header, label_column, npz_labels
-
-TEXT_COLUMN = "text"  # a CSV with a column headed so is text, for a model that carries a tokenizer
+from onnxkit.files import is_number, read_csv_text
+from onnxkit.label_columns import LABEL_COLUMNS, NPZ_LABEL_NAMES, csv_header, label_column, npz_labels, text_column
 
 
 def _require(path: Path) -> None:
@@ -66,12 +65,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
     column is a text dataset, tokenized with `tokenizer` (the model's)."""
     _require(path)
-    csv.field_size_limit(1 << 30)  # a long text in one cell (the default limit is 128 KiB)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = [row for row in csv.reader(f) if row]
-    except UnicodeDecodeError:
-        raise OnnxkitError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    rows = [row for row in csv.reader(io.StringIO(read_csv_text(path), newline="")) if row]
     if not rows:
         raise OnnxkitError(f"{path}: empty CSV file; it needs feature columns and a label column")
     header = csv_header(rows[0])
@@ -86,8 +80,9 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         if len(row) != width:
             raise OnnxkitError(f"{path}:{i}: {len(row)} columns where the first row has {width}")
     labels, label_names = _labels(path, [row[label_col].strip() for row in body], first)
-    if header and TEXT_COLUMN in [h.strip().lower() for h in header]:
-        texts = [row[[h.strip().lower() for h in header].index(TEXT_COLUMN)] for row in body]
+    text = text_column(header)
+    if text is not None:
+        texts = [row[text] for row in body]
         return _text_dataset(path, texts, labels, label_names, first, tokenizer, max_length, seed, validation, test)
     features = [[row[j] for j in range(width) if j != label_col] for row in body]
     try:

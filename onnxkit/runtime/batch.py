@@ -32,6 +32,7 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import missing_model
+from onnxkit.label_columns import TEXT_COLUMN
 from onnxkit.runtime.datafiles import read_inputs, read_texts, write_prediction
 from onnxkit.runtime.model import Model, ends_in_probabilities, load
 from onnxkit.runtime.prediction import Prediction
@@ -149,9 +150,9 @@ def _read_texts(path: Path) -> list[str]:
     if path.suffix.lower() != ".parquet":
         return read_texts(path)
     table = _parquet(path)
-    if "text" not in table.column_names:
+    if TEXT_COLUMN not in table.column_names:
         raise OnnxkitError(f"{path}: a Parquet file of texts needs a 'text' column")
-    return [str(t) for t in table.column("text").to_pylist()]
+    return [str(t) for t in table.column(TEXT_COLUMN).to_pylist()]
 
 
 def _parquet(path: Path) -> Any:

@@ -10,7 +10,6 @@ output), .csv (one row per example). All written atomically.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import json
@@ -23,8 +22,15 @@ from typing import Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import is_number, write_bytes, write_text
-from onnxkit.label_columns import LABEL_COLUMNS, NPZ_LABEL_NAMES, csv_header, label_column, npz_labels
+from onnxkit.files import is_number, read_csv_text, read_text_file, write_bytes, write_text
+from onnxkit.label_columns import (
+    LABEL_COLUMNS,
+    NPZ_LABEL_NAMES,
+    csv_header,
+    label_column,
+    npz_labels,
+    text_column,
+)
 from onnxkit.runtime.model import Model
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.signature import TensorSpec
@@ -69,23 +75,6 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
         raise OnnxkitError(f"{path}: cannot read it as {suffix} ({e}); check the file") from e
 
 
-def read_text_file(path: Path) -> str:
-    """A text file's contents, UTF-8 with or without a byte-order mark; a file that cannot be
-    read, or is not UTF-8, is an error that names it."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise OnnxkitError(f"{path}: cannot read it ({e.strerror or e})") from None
-    data = data.removeprefix(codecs.BOM_UTF8)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        utf16 = ", it is UTF-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else ""
-        raise OnnxkitError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}{utf16}); "
-                           "save it as UTF-8") from None
-
-
 def holds_texts(path: str | os.PathLike) -> bool:
     """Whether an input file is texts: a .txt, or a .csv whose header has a 'text' column."""
     path = Path(path)
@@ -95,7 +84,7 @@ def holds_texts(path: str | os.PathLike) -> bool:
         return False
     with path.open(encoding="utf-8-sig", errors="replace") as f:
         header = next(csv.reader([f.readline()]), [])
-    return "text" in header
+    return text_column(header) is not None
 
 
 def read_texts(path: Path) -> list[str]:
@@ -105,16 +94,17 @@ def read_texts(path: Path) -> list[str]:
         return [line for line in read_text_file(path).splitlines() if line.strip()]
     if path.suffix.lower() != ".csv":
         raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .parquet")
-    content = read_text_file(path)
-    csv.field_size_limit(max(csv.field_size_limit(), len(content)))  # the default stops a field at 128 KiB
-    reader = csv.DictReader(io.StringIO(content, newline=""))
-    if "text" not in (reader.fieldnames or ()):
+    reader = csv.reader(io.StringIO(read_csv_text(path), newline=""))
+    column = text_column(next(reader, None))
+    if column is None:
         raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column")
     texts = []
     for row in reader:
-        if row["text"] is None:
+        if not row:
+            continue  # a blank line
+        if len(row) <= column:
             raise OnnxkitError(f"{path}:{reader.line_num}: this row ends before its 'text' column")
-        texts.append(row["text"])
+        texts.append(row[column])
     return texts
 
 
@@ -192,9 +182,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
             f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
         )
     spec = model.inputs[0]
-    content = read_text_file(path)
-    csv.field_size_limit(max(csv.field_size_limit(), len(content)))  # the default stops a field at 128 KiB
-    rows = [row for row in csv.reader(content.splitlines()) if row]
+    rows = [row for row in csv.reader(io.StringIO(read_csv_text(path), newline="")) if row]
     header = csv_header(rows[0]) if rows else None
     if header:
         rows = rows[1:]
