@@ -365,6 +365,42 @@ def test_calibration_batches_share_one_shape_and_use_every_example():
         calibration_batches({"x": rows[:5]}, fixed, 256)
 
 
+def test_calib_takes_one_array_and_eval_data_given_as_a_split_or_dataset_calibrates():
+    from onnxkit.data import Split, dataset_from_arrays
+
+    x = np.random.default_rng(3).standard_normal((200, D_IN)).astype(np.float32)
+    y = logits(mlp(), x).argmax(1).astype(np.int64)
+    static = {"mode": "static", "measure_latency": False}
+    by_name = quantize(mlp(), calib={"x": x}, **static).model.SerializeToString()
+    assert quantize(mlp(), calib=x, **static).model.SerializeToString() == by_name  # one array: the only input
+    given = quantize(mlp(), eval_data=Split("test", {"x": x}, y), **static)  # no calib: the Split itself
+    assert given.model.SerializeToString() == by_name
+    assert given.report.accuracy["data"] == "(given split)" and given.report.accuracy["original"] == 1.0
+    assert "calibrated on the eval_data examples themselves; pass calib to calibrate on other data" in (
+        given.report.notes)
+    data = dataset_from_arrays("mine", {"x": x}, y)
+    report = quantize(mlp(), eval_data=data, **static).report  # no calib: the Dataset's train split
+    assert report.accuracy["data"] == "mine (test split)" and not any("calibrated on" in n for n in report.notes)
+
+
+def test_data_of_the_wrong_kind_is_a_type_error_saying_what_to_pass():
+    x = np.ones((8, D_IN), np.float32)
+    with pytest.raises(TypeError, match=r"^calib must be a dataset name, an .npz/.csv path, a Dataset, a Split "
+                                        r"or a dict of arrays keyed by input name \(or one array\), not list$"):
+        quantize(mlp(), mode="static", calib=[x])
+    with pytest.raises(TypeError, match=r"^eval_data needs labels to score the models: pass a Split or a Dataset, "
+                                        r"e.g. onnxkit.data.dataset_from_arrays\(name, \{'x': X\}, y\)$"):
+        quantize(mlp(), mode="dynamic", eval_data=x)
+    two = mlp()
+    two.graph.node.insert(0, helper.make_node("Add", ["a", "b"], ["x"]))
+    two.graph.input.pop()
+    two.graph.input.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", D_IN]) for n in "ab"])
+    with pytest.raises(TypeError, match=r"^one array feeds a model of one input; this one has 2 \(a, b\): "
+                                        r"pass a dict of arrays keyed by input name$"):
+        quantize(two, mode="static", calib=x, measure_latency=False)
+    assert quantize(two, mode="static", calib={"a": x, "b": x}, measure_latency=False).model
+
+
 def test_entropy_calibrates_text_of_different_lengths():
     from onnxkit.data.text import TextSplit
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import onnx
 
+from onnxkit.data import Dataset
+
 
 @dataclass(frozen=True)
 class Score:
@@ -54,10 +56,10 @@ def score(model: onnx.ModelProto, split: Any, batch_size: int = 256) -> Score:
 def entry(before: Score, after: Score, data: Any) -> dict[str, Any]:
     """The report's accuracy section: both values, their change (quantized - original) and the drop
     (how much worse: positive is worse, for accuracy and loss alike), in `unit`."""
-    named = isinstance(data, (str, os.PathLike))
+    name = data.name if isinstance(data, Dataset) else str(data) if isinstance(data, (str, os.PathLike)) else None
     return {
         "metric": before.metric,
-        "data": f"{data} (test split)" if named else "(given split)",
+        "data": f"{name} (test split)" if name else "(given split)",
         "original": before.value,
         "quantized": after.value,
         "original_shown": before.shown(),

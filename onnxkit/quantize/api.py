@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
+from onnxkit.data import Dataset, Split
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, load_model, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
@@ -59,9 +61,10 @@ def quantize(
     mode: dynamic | static | int4 | fp16 | auto; None picks static when
     convolutions do most of the multiply-adds, else dynamic. `auto` tries the int8 candidates and
     keeps the fastest whose accuracy drop is within `max_drop` (default 1 point).
-    calib / eval_data: a dataset name or file, a Split, or a dict of arrays;
-    calibration uses the train split, evaluation the test split (without
-    `calib`, static modes calibrate on the train split of a named `eval_data`).
+    calib / eval_data: a dataset name or file, a Dataset, a Split, or a dict of arrays keyed by
+    input name (calib also takes one array, for a model of one input); calibration uses the train
+    split, evaluation the test split (without `calib`, static modes calibrate on the train split of
+    a named `eval_data` or Dataset, or on a Split or dict `eval_data` itself).
     Without `eval_data`, a model trained by onnxkit is evaluated on the data it was trained on
     (split as in its training run), when that data is here; `max_drop` and `auto` use it too.
     A drop over `max_drop` raises OnnxkitError and writes nothing.
@@ -71,13 +74,14 @@ def quantize(
     say = log or (lambda _msg: None)
     source = None if isinstance(model, onnx.ModelProto) else Path(model)
     _check_outputs(source, output, report_path)
+    _check_data(calib, eval_data)
     original = model if source is None else load_model(source)
     recorded, recorded_seed, missing = recorded_data(original)  # a model onnxkit trained says on what
     notes = []
 
     def seed(data: Any) -> int:
         """The split seed of `data`: the training run's for its own data (so its test split is unseen), else 0."""
-        return recorded_seed if recorded is not None and str(data) == recorded else 0
+        return recorded_seed if isinstance(data, str | os.PathLike) and str(data) == recorded else 0
 
     _check_options(mode, method, format, calib_size)
     if eval_data is None:
@@ -87,10 +91,12 @@ def quantize(
     _check_evaluation(mode, eval_data, max_drop, missing)
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
-    if calib is None and isinstance(eval_data, (str, os.PathLike)):
-        calib = eval_data  # its train split: no overlap with the test split evaluated on
+    if calib is None:
+        calib = eval_data  # a name's or Dataset's train split: no overlap with the test split evaluated on
     profile = analysis.profile(original)
     requested, mode = mode, mode or profile.default_mode
+    if calib is eval_data and isinstance(calib, Split | dict) and mode in ("static", "auto"):
+        notes.append("calibrated on the eval_data examples themselves; pass calib to calibrate on other data")
     already = low_precision_weights(original)
     notes += [f"the model already holds {already} low-precision weight tensors: quantized before?"] if already else []
 
@@ -266,6 +272,18 @@ def _check_options(mode, method, fmt, calib_size) -> None:  # type: ignore[no-un
         check_choice("format", fmt, FORMATS)
     if calib_size < 1:
         raise OnnxkitError(f"calib_size {calib_size}: must be at least 1", params=["calib_size"])
+
+
+def _check_data(calib: Any, eval_data: Any) -> None:
+    """Refuse data of the wrong kind with what to pass instead (before anything is read)."""
+    kinds = "a dataset name, an .npz/.csv path, a Dataset, a Split or a dict of arrays keyed by input name"
+    if calib is not None and not isinstance(calib, str | os.PathLike | Dataset | Split | dict | np.ndarray):
+        raise TypeError(f"calib must be {kinds} (or one array), not {type(calib).__name__}")
+    if isinstance(eval_data, np.ndarray):
+        raise TypeError("eval_data needs labels to score the models: pass a Split or a Dataset, e.g. "
+                        "onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
+    if eval_data is not None and not isinstance(eval_data, str | os.PathLike | Dataset | Split | dict):
+        raise TypeError(f"eval_data must be {kinds}, not {type(eval_data).__name__}")
 
 
 def _check_evaluation(mode: str | None, eval_data: Any, max_drop: float | None, missing: str | None) -> None:

@@ -1,7 +1,7 @@
 """Data for calibration (train split), evaluation (test split) and timing.
 
 `DATA` is anything `onnxkit.data.load_dataset` reads (a built-in name, .npz,
-.csv), or, from Python, a Split or a dict of input arrays. Binding arrays to
+.csv), or, from Python, a Dataset, a Split, a dict of input arrays or (calibration only) one array. Binding arrays to
 the model's inputs (names, dtypes, shapes) is `Split.feeds_for`'s job.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
-from onnxkit.data import Split, load_dataset, model_inputs
+from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.errors import OnnxkitError
 from onnxkit.quantize.inputs import fixed_batch
 
@@ -23,9 +23,18 @@ Feeds = dict[str, np.ndarray]
 
 def load_split(data: Any, split: str, model: onnx.ModelProto, seed: int = 0) -> Split:
     """The `split` ("train" / "test", split with `seed`) of a dataset name or file (text tokenized
-    for `model`); a Split or dict as given."""
+    for `model`) or of a Dataset; a Split as given; a dict of arrays (or one array, for a model
+    of one input) as a split without labels."""
     if isinstance(data, (str, os.PathLike)):
-        return load_dataset(str(data), seed=seed, model=model).split(split)
+        data = load_dataset(str(data), seed=seed, model=model)
+    if isinstance(data, Dataset):
+        return data.split(split)
+    if isinstance(data, np.ndarray):
+        names = [i.name for i in model_inputs(model)]
+        if len(names) != 1:
+            raise TypeError(f"one array feeds a model of one input; this one has {len(names)} "
+                            f"({', '.join(names)}): pass a dict of arrays keyed by input name")
+        data = {names[0]: data}
     if isinstance(data, dict):
         return Split("data", data, np.zeros(len(next(iter(data.values()))), np.int64))
     return data
