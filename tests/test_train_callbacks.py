@@ -1,14 +1,16 @@
 """The trainer's callback hooks: their order, when metrics.jsonl is written, and a callback that
-stops training."""
+stops training or raises KeyboardInterrupt."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
 from onnxkit import zoo
-from onnxkit.train import fit
+from onnxkit.train import TrainingInterrupted, fit
 from onnxkit.train import trainer as trainer_module
 from onnxkit.train.callbacks import Callback, MetricsWriter
 
@@ -85,3 +87,53 @@ def test_a_callback_can_stop_training(tmp_path):
     assert result.metrics["epochs"] == 1 and result.metrics["steps"] == 3
     assert recorder.calls[-2:] == ["checkpoint", "train_end completed"]
     assert json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())["done"] is True
+
+
+class StopAtBatch(Callback):
+    """At micro-batch `batch` (1-based, counted over the run): raises KeyboardInterrupt or sends the
+    process a real SIGINT; with `again`, raises KeyboardInterrupt once more at the checkpoint after it."""
+
+    def __init__(self, batch: int, how: str, again: bool = False) -> None:
+        self.batch, self.how, self.again = batch, how, again
+        self.seen, self.status = 0, None
+
+    def on_batch_end(self, trainer, loss: float) -> None:
+        self.seen += 1
+        if self.seen == self.batch:
+            if self.how == "raise":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_checkpoint(self, trainer) -> None:
+        if self.again and self.seen >= self.batch:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, trainer, status: str) -> None:
+        self.status = status
+
+
+@pytest.mark.parametrize("how", ["raise", "signal"])
+def test_a_keyboard_interrupt_in_a_callback_stops_as_ctrl_c_does(tmp_path, how):
+    # 3 batches a step: stopped in the middle of epoch 2's only step, it finishes that step, checkpoints
+    # and raises TrainingInterrupted, as a real Ctrl-C there does; a resume trains the rest
+    stop = StopAtBatch(5, how)
+    with pytest.raises(KeyboardInterrupt) as caught:  # a raw one would otherwise end the pytest session
+        fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[stop], grad_accumulation=3, **SETTINGS)
+    assert isinstance(caught.value, TrainingInterrupted)
+    assert (caught.value.epoch, caught.value.step, caught.value.signum) == (2, 2, signal.SIGINT)
+    assert caught.value.checkpoint == tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())["step"] == 2
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+    assert stop.status == "interrupted"
+    done = fit(resume=tmp_path / "run", quiet=True)
+    assert (done.metrics["epochs"], done.metrics["steps"]) == (3, 3)
+
+
+def test_a_second_keyboard_interrupt_in_a_callback_stops_at_once(tmp_path):
+    # after the first stop, another KeyboardInterrupt (a second Ctrl-C) is not held back for a checkpoint
+    stop = StopAtBatch(2, "raise", again=True)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[stop], **SETTINGS)
+    assert type(caught.value) is KeyboardInterrupt
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert stop.status == "interrupted"

@@ -57,6 +57,12 @@ class _StopSignals:
         self.received, self.signum = True, signum
         restore(self._previous)
 
+    def raised(self, error: KeyboardInterrupt) -> None:
+        """A callback raised KeyboardInterrupt: the first acts as Ctrl-C there; after a stop, it propagates."""
+        if self.received:
+            raise error
+        self._handle(signal.SIGINT, None)
+
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
@@ -69,7 +75,8 @@ class Trainer:
     after the first epoch, then after each epoch that ends at least 1/CHECKPOINT_SHARE times
     the last checkpoint's duration after it (every epoch unless epochs are short), after the
     last epoch, and when stopped by a signal. Callbacks may read `session`, `state`, `epochs`
-    and `batches_per_epoch`, call `log`, and set `stop_training`.
+    and `batches_per_epoch`, call `log`, and set `stop_training`; a KeyboardInterrupt one raises
+    (but in `on_train_end`) stops the loop as Ctrl-C at that point does.
     """
 
     def __init__(
@@ -164,7 +171,8 @@ class Trainer:
                 else:
                     status = "completed"
             finally:
-                self._hook("on_train_end", status)
+                for callback in self.callbacks:
+                    callback.on_train_end(self, status)
         if status == "interrupted":
             raise TrainingInterrupted(self.run.path, self.run.last_checkpoint, self.state.epoch + 1, self.state.step,
                                       int(self._signals.signum))
@@ -172,7 +180,10 @@ class Trainer:
 
     def _hook(self, name: str, *args: Any) -> None:
         for callback in self.callbacks:
-            getattr(callback, name)(self, *args)
+            try:
+                getattr(callback, name)(self, *args)
+            except KeyboardInterrupt as e:
+                self._signals.raised(e)
 
     def _overriding(self, name: str) -> list[Callable[..., None]]:
         """The bound `name` hooks of callbacks that define it (the per-batch loop skips no-ops)."""
@@ -193,7 +204,10 @@ class Trainer:
                 continue  # resumed mid-epoch: these batches were done before the checkpoint
             loss = session.train_step(feeds, labels)
             for hook in on_batch_end:
-                hook(self, loss)
+                try:
+                    hook(self, loss)
+                except KeyboardInterrupt as e:
+                    self._signals.raised(e)
             step_loss += loss * len(labels)
             step_examples += len(labels)
             in_step += 1
@@ -215,7 +229,10 @@ class Trainer:
                 "samples_per_s": state.examples / elapsed if elapsed > 0 else 0.0,
             }
             for hook in on_step_end:
-                hook(self, record)
+                try:
+                    hook(self, record)
+                except KeyboardInterrupt as e:
+                    self._signals.raised(e)
             step_loss, step_examples, in_step = 0.0, 0, 0
             if self._signals.received:
                 return  # mid-epoch: fit checkpoints here
