@@ -87,6 +87,12 @@ def test_a_callback_can_stop_training(tmp_path):
     assert result.metrics["epochs"] == 1 and result.metrics["steps"] == 3
     assert recorder.calls[-2:] == ["checkpoint", "train_end completed"]
     assert json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())["done"] is True
+    # it stopped early, as EarlyStopping's stop does: in the result and in run.json
+    assert result.stopped_early is True
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["stopped_early"] is True
+    ran = fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "all", callbacks=[Recorder()], **SETTINGS)
+    assert ran.metrics["epochs"] == 3 and ran.stopped_early is False
+    assert json.loads((tmp_path / "all" / "run.json").read_text())["stopped_early"] is False
 
 
 class StopAtBatch(Callback):

@@ -686,7 +686,7 @@ def _finish(
         )
         shown = ", ".join(f"{k} {metrics['test'][k]:.4f}" for k in ("accuracy", "loss") if k in metrics["test"])
         setup.progress.line(f"test: {shown}")
-    stopped = any(r.get("stopped_early") for r in epochs)
+    stopped = state.stopped_early or any(r.get("stopped_early") for r in epochs)  # records: older runs
     info.update(status="completed", result=metrics, stopped_early=stopped)
     run.write_json(info)
     return FitResult(

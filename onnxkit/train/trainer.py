@@ -37,6 +37,7 @@ class LoopState:
     loss_sum: float = 0.0  # this epoch's training loss, summed over examples
     examples: int = 0
     done: bool = False
+    stopped_early: bool = False  # done because a callback set stop_training (early stopping, or the user's)
 
 
 class _StopSignals:
@@ -255,6 +256,7 @@ class Trainer:
         state.epoch += 1
         state.batch, state.loss_sum, state.examples = 0, 0.0, 0
         steps = self.config.steps
+        state.stopped_early = self.stop_training
         state.done = self.stop_training or state.epoch >= self.epochs or bool(steps and state.step >= steps)
         if self._checkpoint_due():
             self.checkpoint()
