@@ -162,6 +162,26 @@ def test_fit_arguments_of_the_wrong_kind_say_what_to_pass(tmp_path):
         fit(resume=tmp_path / "one", lr=0.5, epochs=20)
 
 
+def test_fit_counts_must_be_integers(tmp_path):
+    from onnxkit.train import fit
+
+    iris = zoo.build_model("iris-mlp")
+    cases = [(dict(epochs=2.5), "epochs must be an integer, got 2.5"),
+             (dict(epochs=3.0), "epochs must be an integer, got 3.0"),  # no silent rounding: an int is asked for
+             (dict(steps=4.5), "steps must be an integer, got 4.5"),
+             (dict(batch_size=16.0), "batch_size must be an integer, got 16.0"),
+             (dict(grad_accumulation=1.5), "grad_accumulation must be an integer, got 1.5"),
+             (dict(eval_batch_size=np.float32(64)), "eval_batch_size must be an integer, got np.float32(64.0)"),
+             (dict(patience=True), "patience must be an integer, got True")]
+    for kwargs, message in cases:
+        with pytest.raises(TypeError, match=f"^{message.replace('(', r'[(]').replace(')', r'[)]')}$"):
+            fit(iris, "iris", tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()
+    done = fit(iris, "iris", tmp_path / "run", epochs=np.int64(2), batch_size=np.int32(30), evaluate_test=False)
+    config = json.loads((done.run_dir / "run.json").read_text())["config"]
+    assert done.metrics["epochs"] == config["epochs"] == 2 and type(config["batch_size"]) is int
+
+
 def test_class_names_and_float_class_ids_as_labels(tmp_path):
     from onnxkit.data import dataset_from_arrays
     from onnxkit.train import fit

@@ -3,6 +3,7 @@ the graph-adapter hook (e.g. LoRA) and the exception for Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -10,6 +11,8 @@ from typing import Any, Protocol
 import onnx
 
 from onnxkit.train.optim import Optimizer, get_optimizer
+
+COUNTS = ("epochs", "steps", "batch_size", "grad_accumulation", "eval_batch_size", "patience")
 
 
 class GraphAdapter(Protocol):
@@ -72,6 +75,14 @@ class TrainConfig:
     data_sha256: str = ""  # of a data file, checked on resume
     cache_features: bool = True
     standardize: bool = False
+
+    def __post_init__(self) -> None:
+        """Counts are integers (2.5 epochs or a batch of 16.0 is refused; numpy integers are kept as int)."""
+        for name in COUNTS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+            setattr(self, name, None if value is None else int(value))
 
     def optimizer_spec(self) -> Optimizer:
         """The optimizer with its options (the learning rate comes from the schedule)."""

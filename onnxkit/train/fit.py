@@ -195,7 +195,6 @@ def fit(
         chosen, note = resolve(given, read_training_recipe(proto, training_mode(train_only, adapter)),
                                train_rows=len(dataset.train), grad_accumulation=grad_accumulation,
                                has_validation=len(dataset.validation) > 0)
-        _check_numbers(chosen.epochs, steps, chosen.batch_size, grad_accumulation, chosen.patience)
         spec = _optimizer(chosen.optimizer, chosen.weight_decay)
         run = RunDirectory.new(out_dir)
         config = TrainConfig(
@@ -233,6 +232,7 @@ def fit(
             cache_features=cache_features,
             standardize=standardize,
         )
+        _check_numbers(config.epochs, config.steps, config.batch_size, config.grad_accumulation, config.patience)
         if not config.lr > 0:
             raise OnnxkitError(f"learning rate must be positive, got {config.lr}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
