@@ -176,10 +176,18 @@ def test_fit_counts_must_be_integers(tmp_path):
     for kwargs, message in cases:
         with pytest.raises(TypeError, match=f"^{message.replace('(', r'[(]').replace(')', r'[)]')}$"):
             fit(iris, "iris", tmp_path / "run", **kwargs)
+    for kwargs, message in [(dict(seed=2.5), "seed must be an integer, got 2.5"),
+                            (dict(data_seed=None), "data_seed must be an integer, got None")]:
+        with pytest.raises(TypeError, match=f"^{message}$"):
+            fit(iris, "iris", tmp_path / "run", **kwargs)
+    with pytest.raises(OnnxkitError, match="^seed must be 0 or more, got -1$"):
+        fit(iris, "iris", tmp_path / "run", seed=-1)
     assert not (tmp_path / "run").exists()
-    done = fit(iris, "iris", tmp_path / "run", epochs=np.int64(2), batch_size=np.int32(30), evaluate_test=False)
+    done = fit(iris, "iris", tmp_path / "run", epochs=np.int64(2), batch_size=np.int32(30), seed=np.int64(3),
+               evaluate_test=False)
     config = json.loads((done.run_dir / "run.json").read_text())["config"]
     assert done.metrics["epochs"] == config["epochs"] == 2 and type(config["batch_size"]) is int
+    assert config["seed"] == 3 and type(config["seed"]) is int
 
 
 def test_class_names_and_float_class_ids_as_labels(tmp_path):

@@ -12,7 +12,7 @@ import onnx
 
 from onnxkit.train.optim import Optimizer, get_optimizer
 
-COUNTS = ("epochs", "steps", "batch_size", "grad_accumulation", "eval_batch_size", "patience")
+INTEGERS = ("epochs", "steps", "batch_size", "grad_accumulation", "eval_batch_size", "patience", "seed", "data_seed")
 
 
 class GraphAdapter(Protocol):
@@ -77,8 +77,8 @@ class TrainConfig:
     standardize: bool = False
 
     def __post_init__(self) -> None:
-        """Counts are integers (2.5 epochs or a batch of 16.0 is refused; numpy integers are kept as int)."""
-        for name in COUNTS:
+        """Counts and seeds are integers (2.5 epochs or a batch of 16.0 is refused; numpy integers are kept as int)."""
+        for name in INTEGERS:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
                 raise TypeError(f"{name} must be an integer, got {value!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import os
 import platform
 import time
@@ -153,6 +154,7 @@ def fit(
     Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`).
     """
     _check_arguments(model, data, optimizer, callback, callbacks)
+    _check_seeds(seed=seed, data_seed=data_seed)
     freeze, train_only = _patterns(freeze), _patterns(train_only)
     given = {"model": model, "out_dir": out_dir, "loss": loss, "optimizer": optimizer, "lr": lr,
              "weight_decay": weight_decay, "clip_grad_norm": clip_grad_norm, "schedule": schedule,
@@ -282,6 +284,15 @@ def _check_arguments(model: Any, data: Any, optimizer: Any, callback: Any, callb
     if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
         raise TypeError("callbacks must be a list of onnxkit.train.callbacks.Callback objects (a function of one "
                         "record goes to callback=)")
+
+
+def _check_seeds(**seeds: Any) -> None:
+    """Seeds are integers from 0 up (numpy's generators take no others), checked before the data is read."""
+    for name, value in seeds.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < 0:
+            raise OnnxkitError(f"{name} must be 0 or more, got {value}")
 
 
 def _patterns(globs: str | Sequence[str]) -> list[str]:
