@@ -95,6 +95,24 @@ def test_a_callback_can_stop_training(tmp_path):
     assert json.loads((tmp_path / "all" / "run.json").read_text())["stopped_early"] is False
 
 
+class StopAtStep(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, record) -> None:
+        if record["step"] == self.step:
+            trainer.stop_training = True
+
+
+def test_a_stop_asked_for_mid_epoch_ends_that_epoch_after_the_step(tmp_path):
+    result = fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[StopAtStep(5)], **SETTINGS)
+    assert result.metrics["steps"] == 5 and result.metrics["epochs"] == 2 and result.stopped_early is True
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["event"] == "epoch"][-1]
+    assert last["epoch"] == 2 and last["step"] == 5 and "val_loss" in last  # the partial epoch is validated
+    assert json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())["done"] is True
+
+
 class StopAtBatch(Callback):
     """At micro-batch `batch` (1-based, counted over the run): raises KeyboardInterrupt or sends the
     process a real SIGINT; with `again`, raises KeyboardInterrupt once more at the checkpoint after it."""

@@ -3,11 +3,12 @@
 The trainer calls, in list order, `on_train_begin`, then per epoch `on_epoch_begin`,
 `on_batch_end` after each micro-batch's forward and backward (before the optimizer
 step), `on_step_end` after each optimizer step with its metrics record, `on_epoch_end`
-with the epoch's record (a callback may add keys to it or set `trainer.stop_training`),
-`on_checkpoint` right before the loop state is saved, and `on_train_end` with the
-status (completed, interrupted or failed). A callback whose state must survive a
-resume returns it from `state()` (JSON values; keys unique among callbacks) and
-takes it back in `restore()`.
+with the epoch's record (a callback may add keys to it), `on_checkpoint` right before
+the loop state is saved, and `on_train_end` with the status (completed, interrupted or
+failed). A callback whose state must survive a resume returns it from `state()` (JSON
+values; keys unique among callbacks) and takes it back in `restore()`. A hook may set
+`trainer.stop_training`: training then ends after the current optimizer step, with that
+epoch's validation, record and checkpoint (Keras's rule).
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ class Trainer:
     after the first epoch, then after each epoch that ends at least 1/CHECKPOINT_SHARE times
     the last checkpoint's duration after it (every epoch unless epochs are short), after the
     last epoch, and when stopped by a signal. Callbacks may read `session`, `state`, `epochs`
-    and `batches_per_epoch`, call `log`, and set `stop_training`; a KeyboardInterrupt one raises
+    and `batches_per_epoch`, call `log`, and set `stop_training` (set during an epoch, it ends
+    that epoch after the current optimizer step); a KeyboardInterrupt one raises
     (but in `on_train_end`) stops the loop as Ctrl-C at that point does.
     """
 
@@ -237,8 +238,8 @@ class Trainer:
             step_loss, step_examples, in_step = 0.0, 0, 0
             if self._signals.received:
                 return  # mid-epoch: fit checkpoints here
-            if c.steps and state.step >= c.steps:
-                break
+            if self.stop_training or (c.steps and state.step >= c.steps):
+                break  # a stop asked for mid-epoch ends the epoch here: validation, its record, a checkpoint
         self._end_epoch(time.perf_counter() - started)
 
     def _end_epoch(self, seconds: float) -> None:
