@@ -47,6 +47,9 @@ class Fail(Callback):
             return
         if ACTION == "raise":
             raise OnnxkitError("rank 1 failed on purpose")
+        if ACTION == "stop":
+            trainer.stop_training = True
+            return
         time.sleep(600)  # hang
 
 try:
@@ -177,6 +180,16 @@ def test_ctrl_c_on_one_worker_stops_all_after_the_same_step(reference: tuple[Pat
     assert launch(2, [*arguments[:1], str(model), str(run), *arguments[1:]], run_dir=run) == 130
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 20  # worker 0 checkpointed it
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_a_callback_stopping_one_worker_stops_all_after_the_same_step(reference: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    model, _ = reference
+    run = tmp_path / "run"
+    arguments, _ = _script(tmp_path, "stop", 5)  # only worker 1's callback asks to stop, in step 5
+    assert launch(2, [*arguments[:1], str(model), str(run), *arguments[1:]], run_dir=run) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["result"]["steps"] == 5 and info["stopped_early"] is True and info["status"] == "completed"
 
 
 @pytest.mark.parametrize("action", ["raise", "hang"])

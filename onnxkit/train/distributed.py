@@ -386,13 +386,20 @@ class DataParallelSession(TrainingSession):
 
 
 class StopTogether(Callback):
-    """After every optimizer step, the ranks agree whether any got Ctrl-C or SIGTERM, so all stop
-    (and rank 0 checkpoints) after the same step."""
+    """After every optimizer step, the ranks agree whether any got Ctrl-C or SIGTERM or had a callback
+    ask to stop, and after every epoch whether any callback did, so all stop (and rank 0 checkpoints)
+    after the same step."""
 
     def __init__(self, world: World) -> None:
         self.world = world
 
     def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        signal = self.world.allreduce(np.array([trainer.stop_signal], np.int64), "a stop request", op="max")
-        if signal[0] and not trainer.stop_signal:
-            trainer.request_stop(int(signal[0]))
+        asked = np.array([trainer.stop_signal, trainer.stop_training], np.int64)
+        signal, stop = self.world.allreduce(asked, "a stop request", op="max")
+        if signal and not trainer.stop_signal:
+            trainer.request_stop(int(signal))
+        trainer.stop_training = bool(stop)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        asked = np.array([trainer.stop_training], np.int64)
+        trainer.stop_training = bool(self.world.allreduce(asked, "a stop request", op="max")[0])
