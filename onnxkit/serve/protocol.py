@@ -162,6 +162,9 @@ def build_request(
         if name in values:
             raise RequestError(400, f"input {name!r} is given twice")
         values[name] = array
+    for spec in model.inputs:
+        if spec.type == "tensor(string)" and spec.name in values:
+            values[spec.name] = _text(values[spec.name], spec.name)
     try:
         if TEXT_INPUT in values and TEXT_INPUT not in {spec.name for spec in model.inputs}:
             if len(values) > 1:
@@ -174,6 +177,19 @@ def build_request(
         raise RequestError(400, f"model {model.name!r}: {e}") from e
     outputs, classification, raw = _requested_outputs(requested, model, binary_outputs)
     return InferRequest(feeds, outputs, classification, None if request_id is None else str(request_id), raw)
+
+
+def _text(array: np.ndarray, name: str) -> np.ndarray:
+    """A BYTES tensor for a string input with its bytes as UTF-8 text: onnxruntime would feed
+    a bytes value's repr ("b'hi'") to the model."""
+    if array.dtype != object or not any(isinstance(v, bytes) for v in array.flat):
+        return array
+    try:
+        return np.array([v.decode() if isinstance(v, bytes) else v for v in array.flat], dtype=object).reshape(
+            array.shape
+        )
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"input {name!r}: BYTES values for a string input must be UTF-8 text ({e})") from None
 
 
 def decode_request(body: bytes, model: Model, header_length: str | None = None) -> InferRequest:

@@ -1,0 +1,79 @@
+"""Edge cases of the serving protocol found by driving `onnxkit serve` with real clients and hostile input.
+
+Most run the decoder and encoder in-process on a real `onnxkit.runtime.Model` (fast); each says what
+a client saw before it was fixed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxkit import runtime
+from onnxkit.files import save_model
+from onnxkit.serve import binary
+from onnxkit.serve.grpc_service import decode_infer, message
+from onnxkit.serve.protocol import RequestError, decode_request, encode_response
+
+
+def _model(nodes: list, inputs: list, outputs: list) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory) -> runtime.Model:
+    """t string [N] -> o: the same strings (a model with a real string input, not a tokenizer's "text")."""
+    proto = _model(
+        [helper.make_node("Identity", ["t"], ["o"])],
+        [helper.make_tensor_value_info("t", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("o", TensorProto.STRING, ["N"])],
+    )
+    path = save_model(proto, tmp_path_factory.mktemp("edges") / "echo.onnx")
+    return runtime.load(path, threads=1, name="echo")
+
+
+def _binary_body(raw: bytes, shape: list[int], model: runtime.Model) -> tuple[bytes, runtime.Model, str]:
+    """`decode_request`'s arguments for an HTTP body sending input "t" as raw BYTES."""
+    tensor = {"name": "t", "shape": shape, "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}
+    header = {"inputs": [tensor]}
+    head = json.dumps(header).encode()
+    return head + raw, model, str(len(head))
+
+
+TEXTS = ["hi", "déjà vu", ""]
+
+
+def test_bytes_sent_raw_reach_a_string_input_as_text_not_as_their_repr(echo):
+    # before: onnxruntime was fed Python bytes, which it turns into their repr: "hi" came back as "b'hi'"
+    values = np.array([t.encode() for t in TEXTS], dtype=object)
+    raw = binary.to_bytes(values, "BYTES")
+    request = decode_request(*_binary_body(raw, [3], echo))  # the HTTP binary extension
+    assert echo.run(request.feeds)["o"].tolist() == TEXTS
+
+    grpc_request = message("ModelInferRequest")(model_name="echo")
+    grpc_request.inputs.add(name="t", datatype="BYTES", shape=[3]).contents.bytes_contents.extend(values)
+    assert echo.run(decode_infer(grpc_request, echo).feeds)["o"].tolist() == TEXTS  # gRPC's typed contents
+    grpc_request.inputs[0].ClearField("contents")
+    grpc_request.raw_input_contents.append(raw)
+    assert echo.run(decode_infer(grpc_request, echo).feeds)["o"].tolist() == TEXTS  # and its raw contents
+
+    as_json = json.dumps({"inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": TEXTS}]}).encode()
+    request = decode_request(as_json, echo)
+    reply, _ = encode_response(echo, request, echo.run(request.feeds))
+    assert json.loads(reply)["outputs"][0]["data"] == TEXTS
+
+
+def test_bytes_for_a_string_input_that_are_not_utf8_get_400(echo):
+    raw = binary.to_bytes(np.array([b"fine", b"\xff\xfe"], dtype=object), "BYTES")
+    with pytest.raises(RequestError) as refused:
+        decode_request(*_binary_body(raw, [2], echo))
+    assert refused.value.status == 400
+    assert str(refused.value) == (
+        "input 't': BYTES values for a string input must be UTF-8 text "
+        "('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"
+    )
