@@ -1,7 +1,7 @@
 """Every command over a corpus of bad inputs: each fails with exit status != 0, exactly one
 `error:` line and no traceback, and leaves no file half-written or overwritten.
 
-The corpus (CASES, 65 command lines) covers corrupt, empty and truncated files, wrong-shaped,
+The corpus (CASES, 66 command lines) covers corrupt, empty and truncated files, wrong-shaped,
 zero-row and mislabelled data, a model with an op no runtime has, a fixed-batch model, deeply
 nested JSON, bad --set and option values, damaged and live run folders, and a full disk: a
 64 KiB tmpfs where the test may mount one, else ENOSPC simulated in the writes onnxkit makes.
@@ -50,6 +50,12 @@ def _models(root: Path) -> None:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], [weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "unknown-op.onnx")
     (root / "broken_recipe.py").write_text("def recipe(:\n")
+    table = numpy_helper.from_array(np.ones((10, 2), np.float32), "table")  # token ids 0..9
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"])], "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", "seq", 2])], [table])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "embedding.onnx")
 
 
 def _data(root: Path) -> None:
@@ -72,6 +78,7 @@ def _data(root: Path) -> None:
     (root / "truncated.npz").write_bytes(good.read_bytes()[:200])
     (root / "empty.csv").write_text("")
     (root / "nested.json").write_text("[" * 100_000 + "]" * 100_000)
+    (root / "ids-past-vocabulary.json").write_text("[[1, 2, 3], [4, 5, 99]]")
 
 
 def _runs(root: Path) -> None:
@@ -197,6 +204,7 @@ CASES = [
     ("predict zero-row npz", "predict C/iris.onnx C/zero-rows.npz"),
     ("predict zero-row npy", "predict C/iris.onnx C/zero-rows.npy -o OUT/p.csv"),
     ("predict empty JSON list", "predict C/iris.onnx -i C/zero-rows.json"),
+    ("predict token id past the vocabulary", "predict C/embedding.onnx -i C/ids-past-vocabulary.json -o OUT/p.json"),
     ("predict out of space", "predict C/iris.onnx -i C/rows.npy -o FULL/p.json"),
     ("quantize into a missing folder", "quantize C/iris.onnx -o OUT/nowhere/q.onnx --no-latency"),
     ("serve corrupt model", "serve C/corrupt.onnx --port 0"),

@@ -331,3 +331,25 @@ def test_warmup_and_description():
     assert model.name == "summer"
     assert model.describe() == "(ids int64 [batch, seq], mask int64 [batch, seq]) -> (total float32 [batch, 1])"
     assert model.batchable and not runtime.load(fixed_relu().SerializeToString()).batchable
+
+
+def test_a_failure_inside_the_model_is_one_clear_error():
+    """A token id past the embedding table fails in onnxruntime's Gather: an OnnxkitError naming the
+    model and the node, not onnxruntime's raw InvalidArgument (the CLI printed a traceback)."""
+    table = np.arange(20, dtype=np.float32).reshape(10, 2)
+    proto = _model(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"], name="embed")],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", "seq", 2])],
+        [("table", table)],
+    )
+    model = runtime.load(proto.SerializeToString(), name="words")
+    np.testing.assert_array_equal(model.predict(np.array([[1, 9]]))["vectors"], table[[[1, 9]]])
+    for batch_size in (512, 1):  # in one run, and in batches
+        model.batch_size = batch_size
+        with pytest.raises(OnnxkitError) as failed:
+            model.predict(np.array([[1, 2], [3, 99]]))
+        assert str(failed.value) == (
+            "model 'words' failed on this input (node 'embed' (Gather): indices element out of data bounds, "
+            "idx=99 must be within the inclusive range [-10,9]); check that the values suit the model "
+            "(token ids within its vocabulary, say)")

@@ -15,6 +15,7 @@ from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.session import (
     check_started,
     create_session,
+    error_reason,
     parse_device,
     providers_for,
     session_options,
@@ -92,16 +93,26 @@ class Model:
         return dict(zip(self._output_names, self.session.run(self._output_names, dict(feeds)), strict=True))
 
     def predict(self, inputs: Any = None, /, **named: Any) -> Prediction:
-        """Run the model; inputs with more rows than `batch_size` run in batches."""
+        """Run the model; inputs with more rows than `batch_size` run in batches. A failure inside the
+        model (a token id past its vocabulary, sizes its nodes cannot combine) is an OnnxkitError."""
         feeds = self.prepare(inputs, **named)
         rows = len(next(iter(feeds.values()))) if self.batchable else 0
         if not self.batchable or self.batch_size is None or rows <= self.batch_size:
-            outputs = self.run(feeds)
+            outputs = self._checked_run(feeds)
         else:
             starts = range(0, rows, self.batch_size)
-            parts = [self.run({k: v[i : i + self.batch_size] for k, v in feeds.items()}) for i in starts]
+            parts = [self._checked_run({k: v[i : i + self.batch_size] for k, v in feeds.items()}) for i in starts]
             outputs = self._concat_rows(parts, rows)
         return self.prediction_of(outputs)
+
+    def _checked_run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self.run(feeds)
+        except Exception as e:  # onnxruntime raises its own exception types, without a common base
+            raise OnnxkitError(
+                f"model {self.name!r} failed on this input ({error_reason(e)}); check that the values suit "
+                "the model (token ids within its vocabulary, say)"
+            ) from e
 
     def prediction_of(self, outputs: dict[str, np.ndarray]) -> Prediction:
         """`outputs` of this model (by name) read with its class names, task and kind of scores."""
