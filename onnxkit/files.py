@@ -217,7 +217,7 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
     if not path.is_file():
         raise missing_model(path)
     try:
-        model = onnx.load(str(path), load_external_data=load_weights)
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
         raise OnnxkitError(
             f"{path}: not a readable ONNX model ({type(e).__name__}); "
@@ -225,4 +225,35 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
         ) from e
     if not model.graph.node and not model.graph.output:
         raise OnnxkitError(f"{path}: not an ONNX model (empty graph); is it the right file?")
+    if load_weights:
+        _load_external_data(model, path)
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read the weights a model keeps in files beside it (`model.onnx.data`, say); a file that is
+    missing or cut short is an error naming it."""
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        _get_all_tensors,
+        load_external_data_for_model,
+        uses_external_data,
+    )
+
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        file = path.parent / info.location
+        if not file.is_file():
+            raise OnnxkitError(f"{path}: its weights are kept in a separate file, {info.location}, which is not "
+                               f"beside it ({file} is missing); copy that file next to the model")
+        end = (info.offset or 0) + (info.length or 0)
+        if file.stat().st_size < end:
+            raise OnnxkitError(f"{path}: its weights file {info.location} is cut short ({file.stat().st_size:,} "
+                               f"bytes; weight {tensor.name!r} needs {end:,}); copy that file again in full")
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as e:  # onnx's checker raises its own ValidationError, besides OSError and ValueError
+        raise OnnxkitError(f"{path}: cannot read the weights it keeps in separate files ({e}); "
+                           "keep them beside the model, as they were saved") from e

@@ -1,10 +1,11 @@
 """Every command over a corpus of bad inputs: each fails with exit status != 0, exactly one
 `error:` line and no traceback, and leaves no file half-written or overwritten.
 
-The corpus (CASES, 66 command lines) covers corrupt, empty and truncated files, wrong-shaped,
-zero-row and mislabelled data, a model with an op no runtime has, a fixed-batch model, deeply
-nested JSON, bad --set and option values, damaged and live run folders, and a full disk: a
-64 KiB tmpfs where the test may mount one, else ENOSPC simulated in the writes onnxkit makes.
+The corpus (CASES, 70 command lines) covers corrupt, empty and truncated files, wrong-shaped,
+zero-row and mislabelled data, a model without its weights file, a model with an op no runtime
+has, a fixed-batch model, deeply nested JSON, bad --set and option values, damaged and live run
+folders, and a full disk: a 64 KiB tmpfs where the test may mount one, else ENOSPC simulated in
+the writes onnxkit makes.
 Commands run in-process (click, no subprocess), so the whole corpus takes a few seconds.
 """
 
@@ -56,6 +57,10 @@ def _models(root: Path) -> None:
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
         [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", "seq", 2])], [table])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "embedding.onnx")
+    (root / "no-weights").mkdir()  # a model whose weights file (torch.onnx.export(external_data=True)) was left behind
+    onnx.save(iris, root / "no-weights" / "iris.onnx", save_as_external_data=True, location="iris.onnx.data",
+              size_threshold=0)
+    (root / "no-weights" / "iris.onnx.data").unlink()
 
 
 def _data(root: Path) -> None:
@@ -159,6 +164,10 @@ CASES = [
     ("inspect empty", "inspect C/empty.onnx"),
     ("inspect truncated", "inspect C/truncated.onnx"),
     ("inspect missing", "inspect C/missing.onnx"),
+    ("inspect without its weights file", "inspect C/no-weights/iris.onnx"),
+    ("eval without its weights file", "eval C/no-weights/iris.onnx --data iris"),
+    ("quantize without its weights file", "quantize C/no-weights/iris.onnx -o OUT/q.onnx"),
+    ("predict without its weights file", "predict C/no-weights/iris.onnx -i C/rows.npy"),
     ("train corrupt model", "train C/corrupt.onnx --data iris -o OUT/run"),
     ("train truncated model", "train C/truncated.onnx --data iris -o OUT/run"),
     ("train zero rows", "train C/iris.onnx --data C/zero-rows.npz -o OUT/run"),

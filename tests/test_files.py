@@ -36,3 +36,45 @@ def test_a_write_sweeps_only_the_temporary_files_of_processes_that_are_gone(tmp_
     kept.append(f".model.onnx.onnxkit-{dead}-folder00.tmp.onnx")
     write_text(tmp_path / "report.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "report.json"])
+
+
+def test_a_model_whose_weights_file_is_missing_or_cut_short_is_one_clear_error(tmp_path):
+    """A model saved with its weights in a separate file (as torch.onnx.export(external_data=True)
+    does), moved without that file or with a truncated copy: onnx's raw ValidationError was a
+    traceback in inspect, eval and quantize; ValueError said only 'not a readable ONNX model'."""
+    import numpy as np
+    import onnx
+    import pytest
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxkit import runtime
+    from onnxkit.errors import OnnxkitError
+    from onnxkit.files import load_model
+
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    assert load_model(path).graph.initializer[0].raw_data == weight.raw_data
+    data = (tmp_path / "m.onnx.data").read_bytes()
+    (tmp_path / "m.onnx.data").write_bytes(data[:20])
+    with pytest.raises(OnnxkitError) as cut:
+        load_model(path)
+    assert str(cut.value) == (f"{path}: its weights file m.onnx.data is cut short (20 bytes; weight 'w' needs 48); "
+                              "copy that file again in full")
+    (tmp_path / "m.onnx.data").unlink()
+    with pytest.raises(OnnxkitError) as missing:
+        load_model(path)
+    assert str(missing.value) == (f"{path}: its weights are kept in a separate file, m.onnx.data, which is not "
+                                  f"beside it ({tmp_path / 'm.onnx.data'} is missing); copy that file next to "
+                                  "the model")
+    assert load_model(path, load_weights=False).graph.input[0].name == "x"  # the graph alone still reads
+    with pytest.raises(OnnxkitError) as unloadable:
+        runtime.load(path)
+    message = str(unloadable.value)
+    assert message.startswith(f"{path}: onnxruntime ") and "External data path does not exist" in message
+    assert message.endswith("); keep the weights file it was saved with beside it, complete")
+    assert ".cc:" not in message  # no C++ source places

@@ -144,15 +144,17 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
     try:
         return ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
-        raise OnnxkitError(
-            f"{where}: onnxruntime {ort.__version__} cannot load it ({error_reason(e)}); check that the "
-            "file is a complete .onnx model and that its IR version and opset suit this onnxruntime"
-        ) from e
+        reason = error_reason(e)
+        hint = ("keep the weights file it was saved with beside it, complete" if "external" in reason.lower()
+                else "check that the file is a complete .onnx model and that its IR version and opset suit "
+                "this onnxruntime")
+        raise OnnxkitError(f"{where}: onnxruntime {ort.__version__} cannot load it ({reason}); {hint}") from e
 
 
 _FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
 _SOURCE_CHECK = re.compile(r"^/\S+:\d+ .*? was false\.\s*", re.DOTALL)  # where in the C++ a check failed
 _STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")  # what comes before the reason
+_SOURCE_PLACE = re.compile(r"\s*\b\w+\.(?:cc|cpp|h):\d+ \w+ ")  # 'tensorprotoutils.cc:619 ValidateExternal...'
 
 
 def failed_node(error: Exception) -> tuple[str, str, str] | None:
@@ -174,7 +176,8 @@ def error_reason(error: Exception) -> str:
         op, name, message = found
         return f"{f'node {name!r} ({op})' if name else f'{op} node'}: {message}"
     reason = re.sub(r"^Error in execution: ", "", _STATUS.split(" ".join(str(error).split()))[-1])
-    return _SOURCE_CHECK.sub("", reason) or reason or type(error).__name__
+    reason = _SOURCE_PLACE.sub(" ", _SOURCE_CHECK.sub("", reason) or reason).strip()
+    return reason or type(error).__name__
 
 
 def gpu_count() -> int:
