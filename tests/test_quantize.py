@@ -383,6 +383,36 @@ def test_calib_takes_one_array_and_eval_data_given_as_a_split_or_dataset_calibra
     assert report.accuracy["data"] == "mine (test split)" and not any("calibrated on" in n for n in report.notes)
 
 
+def test_calib_reads_files_of_model_inputs_without_labels(tmp_path, run_cli):
+    """--calib promised 'an .npz/.csv file of model inputs', but an .npz without a labels array was
+    refused ('no labels array ...; save the targets as labels') and an .npy was 'unknown dataset';
+    both now calibrate on all their rows, as the same arrays given from Python do."""
+    x = np.random.default_rng(3).standard_normal((40, D_IN)).astype(np.float32)
+    src = _save(mlp(), tmp_path)
+    np.savez(tmp_path / "inputs.npz", x=x)
+    np.save(tmp_path / "inputs.npy", x)
+    by_array = quantize(mlp(), mode="static", calib={"x": x}, measure_latency=False).model
+    for name in ("inputs.npz", "inputs.npy"):
+        out = tmp_path / f"q-{name}.onnx"
+        res = run_cli("quantize", src, "-o", out, "--mode", "static", "--calib", tmp_path / name, "--no-latency")
+        assert res.code == 0, res.err
+        assert onnx.load(str(out)).graph.initializer == by_array.graph.initializer  # the same ranges
+    np.savez(tmp_path / "nothing.npz")
+    two = mlp()
+    two.graph.node.insert(0, helper.make_node("Add", ["a", "b"], ["x"]))
+    two.graph.input.pop()
+    two.graph.input.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", D_IN]) for n in "ab"])
+    for model, name, message in [
+        (src, "nothing.npz", "--calib {}: holds no arrays; save the model's inputs in it by name"),
+        (_save(two, tmp_path, "two.onnx"), "inputs.npy", "--calib {}: one array feeds a model of one input, and "
+         "this one has 2 (a, b); save them in an .npz file by input name"),
+    ]:
+        res = run_cli("quantize", model, "-o", tmp_path / "refused.onnx", "--mode", "static",
+                      "--calib", tmp_path / name)
+        assert (res.code, res.err) == (1, f"error: {message.format(tmp_path / name)}\n")
+    assert not (tmp_path / "refused.onnx").exists()
+
+
 def test_data_of_the_wrong_kind_is_a_type_error_saying_what_to_pass():
     x = np.ones((8, D_IN), np.float32)
     with pytest.raises(TypeError, match=r"^calib must be a dataset name, an .npz/.csv path, a Dataset, a Split "

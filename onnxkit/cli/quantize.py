@@ -19,7 +19,8 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @click.argument("model", type=click.Path(dir_okay=False))
 @options.output_file("The quantized .onnx file.")
 @click.option("--mode", type=click.Choice(MODES), help="Default: static if Conv does most of the work, else dynamic.")
-@click.option("--calib", metavar="DATA", help="Calibration data (train split): dataset name, .npz or .csv.")
+@click.option("--calib", metavar="DATA", help="Calibration data: a dataset name or .npz/.csv (its train split), "
+              "or model inputs alone (.npz by input name, .npy).")
 @click.option("--calib-size", type=options.COUNT, default=256, show_default=True, help="Calibration examples.")
 @click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration [minmax].")
 @click.option("--per-channel/--per-tensor", default=None, help="int8 weight scales [per channel].")

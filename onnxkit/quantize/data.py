@@ -70,10 +70,10 @@ def calibration_batches(data: Any, model: onnx.ModelProto, size: int, *, seed: i
     if data is None:
         raise OnnxkitError(
             "static quantization needs calibration data: pass calib "
-            "(a dataset name such as digits-images, or an .npz/.csv file of model inputs), "
+            "(a dataset name such as digits-images, or an .npz/.npy/.csv file of model inputs), "
             "or use mode dynamic, which needs none", params=["calib", "mode"]
         )
-    split = bind(load_split(data, "train", model, seed), model)
+    split = bind(load_split(_inputs_file(data, model), "train", model, seed), model)
     if len(split) == 0:
         raise OnnxkitError(f"calib {data}: its train split is empty; pass a larger dataset", params=["calib"])
     batch = fixed_batch(model)
@@ -87,6 +87,43 @@ def calibration_batches(data: Any, model: onnx.ModelProto, size: int, *, seed: i
         )
     feeds, _ = next(split.batches(count * batch, shuffle=True, seed=0))  # padded alike, then cut
     return [{k: v[lo:lo + batch] for k, v in feeds.items()} for lo in range(0, count * batch, batch)]
+
+
+def _inputs_file(data: Any, model: onnx.ModelProto) -> Any:
+    """A file of model inputs alone, read for calibration, which needs no labels: an .npy file's
+    array (for a model of one input) or an .npz file's arrays when it has no labels array; `data`
+    itself otherwise (a dataset name, a labelled file: its train split is used)."""
+    import zipfile
+
+    from onnxkit.label_columns import NPZ_LABEL_NAMES, npz_labels
+
+    if not isinstance(data, str | os.PathLike) or not os.path.isfile(data):
+        return data
+    suffix = os.path.splitext(data)[1].lower()
+    if suffix not in (".npy", ".npz"):
+        return data
+    try:
+        if suffix == ".npy":
+            array = np.load(data, allow_pickle=False)
+        else:
+            with np.load(data, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise OnnxkitError(f"calib {data}: not a readable {suffix} file ({e}); write it with numpy.save or "
+                           "numpy.savez", params=["calib"]) from e
+    if suffix == ".npz":
+        if npz_labels(arrays) is not None:
+            return data
+        arrays.pop(NPZ_LABEL_NAMES, None)
+        if not arrays:
+            raise OnnxkitError(f"calib {data}: holds no arrays; save the model's inputs in it by name",
+                               params=["calib"])
+        return arrays
+    names = [i.name for i in model_inputs(model)]
+    if len(names) != 1:
+        raise OnnxkitError(f"calib {data}: one array feeds a model of one input, and this one has {len(names)} "
+                           f"({', '.join(names)}); save them in an .npz file by input name", params=["calib"])
+    return {names[0]: array}
 
 
 def first_batch(split: Split, batch: int) -> Feeds:
