@@ -169,6 +169,32 @@ def test_a_wrong_or_missing_api_key_gets_401_and_health_stays_open(guarded):
 
 
 @pytest.mark.parametrize(
+    ("request_", "status", "message"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request: illegal request line: bytearray(b'GARBAGE')"),
+        (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n{}", 400,
+         "malformed HTTP request: bad Content-Length"),
+        (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+         400, "malformed HTTP request: conflicting Content-Length headers"),
+        (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
+         "malformed HTTP request: illegal chunk header: bytearray(b'zz\\r\\n')"),
+    ],
+    ids=["request-line", "negative-length", "two-lengths", "bad-chunk"],
+)  # fmt: skip
+def test_malformed_http_gets_a_json_error_and_the_connection_is_closed(guarded, request_, status, message):
+    # before: uvicorn's plain-text 400 "Invalid HTTP request received." for each (431 too)
+    sock = connect(guarded.url)
+    sock.sendall(request_)
+    _, reply = closed_after(sock, time.monotonic())
+    sock.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), reply[:200]
+    assert b"content-type: application/json" in head.lower() and b"connection: close" in head.lower()
+    assert json.loads(body) == {"error": message}
+    assert httpx.post(guarded.url + "/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize(
     ("body", "message"),
     [
         (json.dumps({"inputs": [{**GOOD["inputs"][0], "shape": [True, 64]}]}).encode(), "non-negative integers"),

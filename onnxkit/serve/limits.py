@@ -29,6 +29,7 @@ Where each one is enforced, and why there:
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass
 
 import h11
@@ -42,6 +43,7 @@ from onnxkit.serve.protocol import RequestError
 RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499  # counted in /metrics for a client that left before sending its whole body (nginx's code)
 SHUTDOWN_GRACE_S = 2.0  # on stopping, how much longer a body still arriving may take
+_HEAD_TOO_LARGE = "the request's head (request line and headers) is over the server's 16 KiB limit"
 REFUSED = "onnxkit.refused"  # set in a request's ASGI scope to the status the protocol answered it with
 
 
@@ -121,13 +123,31 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             late = f"the request body did not arrive within {limits.body_timeout:g} s (the server's --body-timeout)"
             self._refuse_body(RequestError(408, late))
 
+        def send_400_response(self, msg: str) -> None:
+            """A request h11 cannot parse: a JSON error saying what is wrong, and close (uvicorn calls
+            this while handling h11's RemoteProtocolError, and answered in plain text)."""
+            error = sys.exception()
+            if not isinstance(error, h11.RemoteProtocolError):  # not from h11: uvicorn's own answer
+                super().send_400_response(msg)
+                return
+            status = error.error_status_hint
+            if status == 431:
+                refused = RequestError(431, _HEAD_TOO_LARGE)
+            else:
+                refused = RequestError(status, f"malformed HTTP request: {str(error)[:200]}")
+            self._refuse(refused)
+
         def _refuse_body(self, error: RequestError) -> None:
             """Answer `error` to a request whose body has not all arrived, and close the connection."""
             self._body_timer = None
-            cycle = self.cycle
-            if not cycle.response_started and self.conn.our_state is h11.SEND_RESPONSE:
+            self._refuse(error)
+
+        def _refuse(self, error: RequestError) -> None:
+            """Answer `error` as JSON unless a response has begun, and close the connection."""
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no response to this request yet
                 body, extra = refusal(error)
-                cycle.scope[REFUSED] = error.status  # type: ignore[literal-required]
+                if self.cycle is not None:  # the app reading this request's body counts this status
+                    self.cycle.scope[REFUSED] = error.status  # type: ignore[literal-required]
                 raw_headers = json_headers(body, {**extra, "connection": "close"})
                 head = h11.Response(status_code=error.status, headers=raw_headers)
                 for event in (head, h11.Data(data=body), h11.EndOfMessage()):
