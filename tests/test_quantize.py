@@ -413,6 +413,24 @@ def test_calib_reads_files_of_model_inputs_without_labels(tmp_path, run_cli):
     assert not (tmp_path / "refused.onnx").exists()
 
 
+def test_calibration_data_with_nan_or_infinity_is_refused(tmp_path, run_cli):
+    """NaN calibration rows gave NaN ranges: ORT's calibrator crashed ('AssertionError: scale issue',
+    a traceback) or, with a few NaN, a model was written whose every output is 0."""
+    x = np.random.default_rng(3).standard_normal((40, D_IN)).astype(np.float32)
+    x[[2, 5], 3], x[5, 4] = np.nan, np.inf
+    src = _save(mlp(), tmp_path)
+    np.save(tmp_path / "nan.npy", x)
+    res = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--mode", "static", "--calib", tmp_path / "nan.npy")
+    assert (res.code, res.err) == (1, f"error: data '{tmp_path / 'nan.npy'}': feature array 'x' holds 2 NaN and "
+                                      "1 infinite values in 2 of 40 rows; fill or drop those rows\n")
+    np.savez(tmp_path / "nan.npz", x=np.where(np.arange(D_IN) == 0, np.nan, x), labels=np.zeros(40, np.int64))
+    res = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--mode", "static", "--calib", tmp_path / "nan.npz")
+    assert res.code == 1 and res.err.startswith("error: data 'nan, train split': feature array 'x' holds ")
+    with pytest.raises(OnnxkitError, match=r"^data 'calib': feature array 'x' holds 2 NaN and 1 infinite values"):
+        quantize(mlp(), mode="static", calib=x, measure_latency=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "nan.npy", "nan.npz"]
+
+
 def test_data_of_the_wrong_kind_is_a_type_error_saying_what_to_pass():
     x = np.ones((8, D_IN), np.float32)
     with pytest.raises(TypeError, match=r"^calib must be a dataset name, an .npz/.csv path, a Dataset, a Split "

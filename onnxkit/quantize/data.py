@@ -15,6 +15,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from onnxkit.data import Dataset, Split, load_dataset, model_inputs
+from onnxkit.data.checks import check_finite
 from onnxkit.errors import OnnxkitError
 from onnxkit.quantize.inputs import fixed_batch
 
@@ -76,6 +77,9 @@ def calibration_batches(data: Any, model: onnx.ModelProto, size: int, *, seed: i
     split = bind(load_split(_inputs_file(data, model), "train", model, seed), model)
     if len(split) == 0:
         raise OnnxkitError(f"calib {data}: its train split is empty; pass a larger dataset", params=["calib"])
+    # NaN or infinity makes NaN ranges: ORT's calibrator fails ('scale issue') or writes a model that outputs zeros
+    check_finite(split.described if split.data else str(data) if isinstance(data, str | os.PathLike) else "calib",
+                 split.inputs)
     batch = fixed_batch(model)
     if batch is None:
         return [next(split.batches(size, shuffle=True, seed=0))[0]]
