@@ -92,6 +92,36 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, digits, tmp_path):
     assert not out.exists()
 
 
+def test_nan_infinite_or_out_of_range_inputs_are_refused(run_cli, digits, tmp_path):
+    """A row holding NaN got NaN scores and was shown as class 0 (argmax of NaN), with exit 0; a value
+    past float16's range became infinity in the cast, silently. The good output already there stays."""
+    from onnx import TensorProto, helper
+
+    path, x, _ = digits
+    bad = x.copy()
+    bad[1, 3], bad[1, 5], bad[3, 0] = np.nan, np.nan, -np.inf
+    np.save(tmp_path / "nan.npy", bad)
+    (tmp_path / "nan.csv").write_text("\n".join(",".join(["1"] * 63 + [v]) for v in ("2", "nan")))
+    out = tmp_path / "out.json"
+    out.write_text('{"good": 1}')
+    for name, message in [("nan.npy", "holds 2 NaN and 1 infinite values in 2 of 5 rows"),
+                          ("nan.csv", "holds 1 NaN value in 1 of 2 rows")]:
+        result = run_cli("predict", path, "-i", tmp_path / name, "-o", out)
+        assert (result.code, result.err) == (1, f"error: {tmp_path / name}: input 'x' {message}; fill or drop "
+                                                "those rows\n")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "half",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 2])])
+    half = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "half.onnx")
+    np.save(tmp_path / "big.npy", np.array([[1.0, 2.0], [3.0, 1e6]]))
+    result = run_cli("predict", half, "-i", tmp_path / "big.npy", "-o", out)
+    assert (result.code, result.err) == (1, f"error: {tmp_path / 'big.npy'}: input 'x' holds values beyond float16's "
+                                            "range (largest 65504), up to 1e+06; scale them as the model expects\n")
+    assert out.read_text() == '{"good": 1}'
+    np.save(tmp_path / "fine.npy", np.array([[1.0, -2.0]]))
+    assert run_cli("predict", half, "-i", tmp_path / "fine.npy").out.splitlines()[1:] == ["0    [1, 0]"]
+
+
 def test_probs_of_a_model_that_outputs_probabilities_are_its_outputs(tmp_path, run_cli):
     # a Softmax at the end and no onnxkit metadata (a PyTorch or Keras export): --probs shows the
     # model's own probabilities, not a softmax of them

@@ -11,6 +11,7 @@ from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.datafiles import (
     check_output_path,
+    checked_feeds,
     format_prediction,
     holds_texts,
     read_inputs,
@@ -95,7 +96,10 @@ def predict_cmd(
         loaded.given_probabilities = ends_in_probabilities(model)
     if input_path and carries_tokenizer(loaded) and holds_texts(input_path):  # a .txt, or a CSV with a text column
         texts = tuple(read_texts(Path(input_path)))
-    prediction = loaded.predict_text(list(texts)) if texts else loaded.predict(read_inputs(input_path, loaded))
+    if texts:
+        prediction = loaded.predict_text(list(texts))
+    else:
+        prediction = loaded.predict(checked_feeds(input_path, loaded, read_inputs(input_path, loaded)))
     if probs:
         prediction = prediction.with_probabilities()
     if output:

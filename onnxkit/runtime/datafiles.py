@@ -55,6 +55,30 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     return values
 
 
+def checked_feeds(path: str | os.PathLike, model: Model, values: dict[str, Any]) -> dict[str, np.ndarray]:
+    """`values` read from `path` as the model's feeds (`Model.prepare`), refusing NaN and infinity in
+    float inputs, whose rows would get NaN scores and a made-up class (argmax of NaN is class 0), and
+    values past the range of the input's type (1e6 for float16), which the cast turns into infinity."""
+    with np.errstate(over="ignore"):  # a cast past the type's range: refused below, in one line
+        feeds = model.prepare(values)
+    for name, feed in feeds.items():
+        if feed.dtype.kind != "f" or np.isfinite(feed).all():
+            continue
+        given = np.asarray(values[name])
+        if given.dtype.kind in "fiub" and np.isfinite(given).all():
+            limit = np.finfo(feed.dtype).max
+            raise OnnxkitError(f"{path}: input {name!r} holds values beyond {feed.dtype}'s range (largest "
+                               f"{limit:.6g}), up to {np.abs(given).max():.6g}; scale them as the model expects")
+        bad = ~np.isfinite(feed)
+        nan = int(np.isnan(feed).sum())
+        inf = int(bad.sum()) - nan
+        rows = int(bad.reshape(len(feed), -1).any(axis=1).sum()) if feed.ndim else 1
+        what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+        raise OnnxkitError(f"{path}: input {name!r} holds {what} value{'s' if nan + inf > 1 else ''} in {rows} of "
+                           f"{len(feed) if feed.ndim else 1} rows; fill or drop those rows")
+    return feeds
+
+
 def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
     try:
         if suffix == ".npy":
