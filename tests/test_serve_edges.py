@@ -77,3 +77,26 @@ def test_bytes_for_a_string_input_that_are_not_utf8_get_400(echo):
         "input 't': BYTES values for a string input must be UTF-8 text "
         "('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"
     )
+
+
+@pytest.fixture(scope="module")
+def relu(tmp_path_factory) -> runtime.Model:
+    """x float [batch, 2] -> relu."""
+    proto = _model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    return runtime.load(save_model(proto, tmp_path_factory.mktemp("edges") / "relu.onnx"), threads=1, name="relu")
+
+
+@pytest.mark.parametrize("data", [[1.0, None], [[None, 2.0]], [None, "NaN"]])
+def test_null_in_floating_point_data_gets_400_not_nan(relu, data):
+    # before: numpy read JSON null as NaN, and the model ran on it (200 with NaN outputs)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": data}]}).encode()
+    with pytest.raises(RequestError) as refused:
+        decode_request(body, relu)
+    assert refused.value.status == 400
+    assert str(refused.value) == "input 'x': data holds null; send numbers (\"NaN\" for a value that is not one)"
+    nan = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": ["NaN", 1]}]})
+    assert np.isnan(decode_request(nan.encode(), relu).feeds["x"][0, 0])  # NaN itself still goes through

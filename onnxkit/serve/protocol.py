@@ -364,6 +364,8 @@ def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> 
             array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
     except (ValueError, TypeError, OverflowError) as e:
         raise RequestError(400, f"input {name!r}: data is not a regular array of values ({e})") from e
+    if array.dtype.kind == "f" and np.isnan(array).any() and _holds_null(data):  # numpy reads null as NaN
+        raise RequestError(400, f'input {name!r}: data holds null; send numbers ("NaN" for a value that is not one)')
     if array.size != math.prod(shape):
         raise RequestError(
             400, f"input {name!r}: shape {shape} holds {math.prod(shape)} values, but data has {array.size}"
@@ -410,6 +412,13 @@ def _float_array(data: Any, datatype: str) -> np.ndarray | None:
         return np.asarray(data, dtype=_FLOATS[datatype])
     except (ValueError, TypeError):
         return None  # not numbers, or ragged: the generic path names the problem
+
+
+def _holds_null(data: Any) -> bool:
+    """True if JSON `data` (nested lists) holds a null."""
+    if type(data) is list:
+        return any(_holds_null(value) for value in data)
+    return data is None
 
 
 def _requested_outputs(
