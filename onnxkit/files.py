@@ -205,6 +205,8 @@ def missing_model(path: str | os.PathLike) -> OnnxkitError:
     if path.name == "model.onnx" and (path.parent / "run.json").is_file():
         return OnnxkitError(f"{path}: not written yet, the training run in {path.parent} has not finished; "
                             f"continue it with onnxkit train --resume {path.parent}")
+    if path.is_dir():
+        return OnnxkitError(f"{path}: a folder, not a model; pass the path of an .onnx model")
     return OnnxkitError(f"{path}: no such file; pass the path of an .onnx model")
 
 

@@ -242,6 +242,9 @@ def test_inputs_either_positional_or_keywords(mlp_path):
 def test_load_errors(tmp_path, mlp_path):
     with pytest.raises(OnnxkitError, match="no such file"):
         runtime.load(tmp_path / "missing.onnx")
+    (tmp_path / "folder.onnx").mkdir()  # was 'no such file'
+    with pytest.raises(OnnxkitError, match=r"folder.onnx: a folder, not a model; pass the path of an .onnx model$"):
+        runtime.load(tmp_path / "folder.onnx")
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(mlp_path.read_bytes()[:50])
     with pytest.raises(OnnxkitError, match=r"broken.onnx: onnxruntime .* cannot load it"):
