@@ -100,3 +100,13 @@ def test_null_in_floating_point_data_gets_400_not_nan(relu, data):
     assert str(refused.value) == "input 'x': data holds null; send numbers (\"NaN\" for a value that is not one)"
     nan = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": ["NaN", 1]}]})
     assert np.isnan(decode_request(nan.encode(), relu).feeds["x"][0, 0])  # NaN itself still goes through
+
+
+def test_grpc_values_in_another_typed_field_are_named_in_the_refusal(relu):
+    # before: "input 'x': shape [1, 2] holds 2 values, but data has 0", as if none were sent
+    request = message("ModelInferRequest")(model_name="relu")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 2]).contents.int_contents.extend([1, 2])
+    with pytest.raises(RequestError) as refused:
+        decode_infer(request, relu)
+    assert refused.value.status == 400
+    assert str(refused.value) == "input 'x': FP32 values go in contents.fp32_contents, not int_contents"

@@ -85,6 +85,10 @@ def decode_infer(request: Any, model: Model) -> InferRequest:
             inputs.append((name, binary.to_array(raw[i], datatype, shape, name)))
         elif datatype in _CONTENTS:
             values = list(getattr(tensor.contents, _CONTENTS[datatype]))
+            if not values and (given := [f.name for f, _ in tensor.contents.ListFields()]):
+                raise RequestError(
+                    400, f"input {name!r}: {datatype} values go in contents.{_CONTENTS[datatype]}, not {given[0]}"
+                )
             inputs.append((name, protocol.array_from_values(values, datatype, shape, name)))
         else:
             raise RequestError(400, f"input {name!r}: {datatype} has no typed contents; send it in raw_input_contents")
