@@ -161,6 +161,18 @@ def test_unknown_dataset_suggests_close_names():
         load_dataset("iris").split("tst")
 
 
+def test_a_file_or_folder_that_is_no_data_file_says_so(tmp_path):
+    """An existing .npy (or .json) or a folder given as data was 'unknown dataset ...; Built-in datasets: ...'."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 4)))
+    with pytest.raises(OnnxkitError) as npy:
+        load_dataset(str(tmp_path / "x.npy"))
+    assert str(npy.value) == (f"{tmp_path / 'x.npy'}: data files are .npz or .csv, not .npy; save the inputs and "
+                              "labels with numpy.savez(path, x=..., labels=...)")
+    with pytest.raises(OnnxkitError) as folder:
+        load_dataset(str(tmp_path))
+    assert str(folder.value) == f"{tmp_path}: a folder, not a data file; pass a .npz or .csv file or a dataset name"
+
+
 def test_binding_to_model_inputs():
     split = Split("train", {"pixels": np.zeros((5, 64), np.float64)}, np.zeros(5, np.int64))
     bound = split.feeds_for([ModelInput("x", np.dtype(np.float32), ("batch", 64))])

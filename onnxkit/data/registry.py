@@ -92,6 +92,11 @@ def load_dataset(
             options = {**tokenizer_options(model), **options}
         return formats.READERS[suffix](Path(text), **split_args, **options)
     entries = datasets()
+    if text not in entries and Path(text).is_dir():
+        raise OnnxkitError(f"{text}: a folder, not a data file; pass a .npz or .csv file or a dataset name")
+    if text not in entries and Path(text).is_file():  # an .npy, .json, .txt: it was called an unknown dataset
+        raise OnnxkitError(f"{text}: data files are .npz or .csv, not {suffix or 'a file without a suffix'}; "
+                           "save the inputs and labels with numpy.savez(path, x=..., labels=...)")
     if text not in entries:
         raise OnnxkitError(
             f"unknown dataset {text!r}.{suggest(text, entries)} Built-in datasets: "
