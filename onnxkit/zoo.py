@@ -106,10 +106,15 @@ def parse_option(value: str, annotation: Any, default: Any) -> Any:
             return False
         raise ValueError(f"{value!r} is not a boolean")
     if kind.startswith("int"):
-        return int(value)
-    if kind.startswith("float"):
-        return float(value)
-    return value
+        number, what = int, "a whole number"
+    elif kind.startswith("float"):
+        number, what = float, "a number"
+    else:
+        return value
+    try:
+        return number(value)
+    except ValueError:  # int('abc') says "invalid literal for int() with base 10"
+        raise ValueError(f"{value!r} is not {what} (default {default!r})") from None
 
 
 def _is_size(default: Any) -> bool:

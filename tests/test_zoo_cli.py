@@ -117,7 +117,10 @@ def only_files(folder) -> list[str]:
     [
         (["build", "digits-cnm"], "unknown model 'digits-cnm'. Did you mean: digits-cnn"),
         (["build", "digits-cnn", "--set", "chanels=4"], "no option 'chanels'. Did you mean: channels?"),
-        (["build", "digits-cnn", "--set", "channels=four"], "option channels='four'"),
+        (["build", "digits-cnn", "--set", "channels=four"],  # was: invalid literal for int() with base 10: 'four'
+         "error: option channels='four': 'four' is not a whole number (default 32)\n"),
+        (["build", "digits-mlp", "--set", "dropout=lots"], "error: option dropout='lots': 'lots' is not a number "
+         "(default 0.1)\n"),
         (["build", "digits-cnn", "--set", "channels"], "expected key=value"),
         (["build", "missing_file.py"], "no such file"),
     ],
