@@ -110,3 +110,12 @@ def test_grpc_values_in_another_typed_field_are_named_in_the_refusal(relu):
         decode_infer(request, relu)
     assert refused.value.status == 400
     assert str(refused.value) == "input 'x': FP32 values go in contents.fp32_contents, not int_contents"
+
+
+def test_an_unknown_output_is_refused_with_the_models_outputs(relu):
+    # before: "model 'relu' has no output 'nope'." and nothing on what it has (an input's refusal lists them)
+    x = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}
+    body = {"inputs": [x], "outputs": [{"name": "nope"}]}
+    with pytest.raises(RequestError) as refused:
+        decode_request(json.dumps(body).encode(), relu)
+    assert refused.value.status == 400 and str(refused.value) == "model 'relu' has no output 'nope'. Its outputs: y"

@@ -430,7 +430,8 @@ def _requested_outputs(
     chosen, classification, raw = [], {}, set()
     for name, parameters in requested:
         if name not in names:
-            raise RequestError(400, f"model {model.name!r} has no output {name!r}.{suggest(str(name), names)}")
+            hint = f"{suggest(str(name), names)} Its outputs: {', '.join(names)}"
+            raise RequestError(400, f"model {model.name!r} has no output {name!r}.{hint}")
         k = parameters.get("classification")
         if k is not None:
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
