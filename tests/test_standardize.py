@@ -1,5 +1,5 @@
 """train --standardize: the train split's statistics in the graph, raw features everywhere after,
-regression targets un-scaled in the graph, and a warning for clearly unscaled data."""
+regression targets un-scaled in the graph, and standardisation by default for clearly unscaled data."""
 
 from __future__ import annotations
 
@@ -108,15 +108,39 @@ def test_standardized_regression_unscales_its_output(tmp_path, run_cli):
 
 
 @pytest.mark.training
-def test_unscaled_data_gets_a_one_line_warning(tmp_path, run_cli):
+def test_clearly_unscaled_data_is_standardized_unless_asked_not_to(tmp_path, run_cli):
     path = tmp_path / "mlp.onnx"
     onnx.save(plain_mlp(13, 3), path)
-    result = run_cli("train", path, "--data", "wine", "--steps", "1", "-o", tmp_path / "run")
-    warnings = [line for line in result.err.splitlines() if line.startswith("warning:")]
-    assert result.code == 0 and len(warnings) == 1
-    assert "feature 'x': stds up to " in warnings[0] and warnings[0].endswith("train with --standardize "
-                                                                               "(standardize=True in fit)")
+
+    def run(name: str, *flags: str) -> tuple[list[str], bool]:
+        result = run_cli("train", path, "--data", "wine", "--steps", "1", *flags, "-o", tmp_path / name)
+        assert result.code == 0, result.err
+        lines = [line for line in result.err.splitlines() if line.startswith(("standardizing", "warning:"))]
+        return lines, json.loads((tmp_path / name / "run.json").read_text())["config"]["standardize"]
+
+    lines, stored = run("auto")  # wine's proline: std 305 where the median feature's is 0.81
+    assert stored is True and len(lines) == 1 and lines[0].startswith("standardizing the data, which looks unscaled "
+                                                                      "(feature 'x': stds up to 305, median 0.8")
+    assert lines[0].endswith("--no-standardize (standardize=False in fit) trains on the raw values")
+    assert [n.op_type for n in onnx.load(tmp_path / "auto" / "model.onnx").graph.node[:2]] == ["Sub", "Div"]
+    assert run("raw", "--no-standardize") == ([], False)
+    lines, stored = run("head", "--train-only", "2.*")  # a part stays frozen: it would not expect scaled inputs
+    assert stored is False and len(lines) == 1 and lines[0].startswith("warning: the data looks unscaled (feature 'x'")
+    assert lines[0].endswith("train with --standardize (standardize=True in fit)")
     digits = tmp_path / "digits.onnx"
     onnx.save(plain_mlp(64, 10), digits)
     scaled = run_cli("train", digits, "--data", "digits", "--steps", "1", "-o", tmp_path / "digits-run")
-    assert scaled.code == 0 and "warning:" not in scaled.err
+    assert scaled.code == 0 and "looks unscaled" not in scaled.err
+    assert json.loads((tmp_path / "digits-run" / "run.json").read_text())["config"]["standardize"] is False
+
+
+@pytest.mark.training
+def test_unscaled_regression_targets_are_standardized_too(tmp_path):
+    from onnxkit.train import fit
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(plain_mlp(10, 1, "regression"), path)
+    result = fit(path, "diabetes", tmp_path / "run", steps=1, evaluate_test=False)  # targets: mean 152, std 77
+    trained = onnx.load(result.model_path)
+    assert [n.op_type for n in trained.graph.node[-2:]] == ["Mul", "Add"]
+    assert json.loads(metadata(trained)["onnxkit.training"])["standardize"] is True

@@ -66,9 +66,10 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               help="MatMul weights to adapt (repeatable; default: '*attn.q.weight' '*attn.v.weight').")
 @click.option("--lora-train", multiple=True, metavar="GLOB",
               help="Also train these parameters fully (repeatable; default: a 'classifier.*' head).")
-@click.option("--standardize", is_flag=True,
+@click.option("--standardize/--no-standardize", default=None,
               help="Put the training split's feature mean/std in the model as its first node (and, for regression, "
-              "scale the targets and un-scale the output in the graph); the model keeps taking raw features.")
+              "scale the targets and un-scale the output in the graph); the model keeps taking raw features. "
+              "Default: on for clearly unscaled data when the whole model trains.")
 @click.option("--no-cache-features", is_flag=True,
               help="Run the frozen part every step, even when only a head after it trains.")
 @opt.model_output("The model output that feeds the loss (default: the first).")

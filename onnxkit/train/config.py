@@ -74,7 +74,7 @@ class TrainConfig:
     data_in_memory: bool = False
     data_sha256: str = ""  # of a data file, checked on resume
     cache_features: bool = True
-    standardize: bool = False
+    standardize: bool | None = False  # None: decided from the data when training starts (then stored as a bool)
 
     def __post_init__(self) -> None:
         """Counts and seeds are integers (2.5 epochs or a batch of 16.0 is refused; numpy integers are kept as int)."""

@@ -65,7 +65,7 @@ from onnxkit.train.standardize import (
     standardize_inputs,
     target_scale,
     unscale_output,
-    unscaled_warning,
+    unscaled,
 )
 from onnxkit.train.trainer import LoopState, Trainer
 from onnxkit.train.training_form import (
@@ -115,7 +115,7 @@ def fit(
     backend: str | None = None,
     adapter: GraphAdapter | None = None,
     cache_features: bool = True,
-    standardize: bool = False,
+    standardize: bool | None = None,
     resume: str | os.PathLike | None = None,
     quiet: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
@@ -141,7 +141,9 @@ def fit(
       part once and train the head on its cached output (see `frozen_features`).
     - `standardize`: put `(x - mean) / std` of the training split's features in front of the
       model (and, for regression, standardise the targets and un-scale the output in the graph);
-      see `standardize`. Without it, clearly unscaled features get a one-line warning.
+      see `standardize`. None (the default): on when the features or regression targets are
+      clearly unscaled and the whole model trains (no freeze, train_only or adapter), which is
+      said in one line; False trains on the raw values.
     - `monitor` (val_loss, val_accuracy, val_macro_f1, train_loss) picks the best
       epoch; `patience` stops after that many epochs without improvement.
     - `resume`: a run directory; continues from its last checkpoint with its stored
@@ -393,6 +395,10 @@ class _Setup:
         self.backend = get_backend(config.backend)
         self.device = self.backend.resolve_device(device)
         self.model = adapter.apply(model) if adapter else model
+        unscaled_note = None  # said once the data has passed its checks, so that an error is the only line
+        if config.standardize is None:
+            whole = not (config.freeze or config.train_only or adapter)
+            config.standardize, unscaled_note = self._standardize_unscaled(dataset, whole)
         if config.standardize:
             self.model = self._standardized(self.model, dataset)
         self.target = self.model  # the graph the trained weights go back into
@@ -425,9 +431,6 @@ class _Setup:
             else:
                 check_class_labels(f"{dataset.name}, {name} split", split.labels, classes, output=self.output,
                                    binary=self.task == "binary", class_names=dataset.label_names)
-        warning = None if c.standardize else unscaled_warning(dataset.train, specs, regression)
-        if warning:
-            progress.line(warning)
         self.splits = {name: self._bind(dataset.split(name), specs, shape) for name in ("train", "validation")}
         if len(self.splits["train"]) == 0:
             raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
@@ -444,6 +447,8 @@ class _Setup:
         self.epochs = c.epochs if not c.steps else math.ceil(c.steps / self.steps_per_epoch)
         self.schedule = Schedule(c.schedule, c.lr, total_steps, warmup_steps(c.warmup, total_steps))
         self._choose_monitor()
+        if unscaled_note:
+            progress.line(unscaled_note)
 
     def _check_fixed_batch(self) -> None:
         """A model whose inputs fix the batch size trains in whole batches of exactly that size (each
@@ -512,6 +517,17 @@ class _Setup:
     def targets(self, labels: np.ndarray) -> np.ndarray:
         """The labels training sees: regression targets standardised with --standardize."""
         return labels if self.target_scale is None else scaled_targets(labels, self.target_scale)
+
+    def _standardize_unscaled(self, dataset: Dataset, whole: bool) -> tuple[bool, str | None]:
+        """standardize=None: whether to standardise (clearly unscaled data, and the whole model trains:
+        a frozen part would not expect standardised inputs), and the line that says so."""
+        found = unscaled(dataset.train, model_inputs(self.model), regression=dataset.train.labels.dtype.kind == "f")
+        if not found:
+            return False, None
+        if whole:
+            return True, (f"standardizing the data, which looks unscaled ({found}); --no-standardize "
+                          "(standardize=False in fit) trains on the raw values")
+        return False, f"warning: the data looks unscaled ({found}); train with --standardize (standardize=True in fit)"
 
     @staticmethod
     def _standardized(model: onnx.ModelProto, dataset: Dataset) -> onnx.ModelProto:

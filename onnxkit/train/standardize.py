@@ -111,25 +111,25 @@ def target_scale(labels: np.ndarray) -> Scale:
     return scale_of(labels.reshape(len(labels), -1))
 
 
-def unscaled_warning(train: Split, specs: list[ModelInput], regression: bool) -> str | None:
-    """A one-line warning when the float features (or regression targets) are clearly unscaled:
-    a feature's std over SPREAD times the median one (near-constant features do not count), or a
-    mean beyond FAR and beyond FAR stds; else None."""
+def unscaled(train: Split, specs: list[ModelInput], regression: bool) -> str | None:
+    """What is clearly unscaled among the float features (or regression targets): a feature's std
+    over SPREAD times the median one (near-constant features do not count), or a mean beyond FAR
+    and beyond FAR stds; targets beyond FAR. None when nothing is."""
     found = []
     for name, array in _float_features(train, specs).items():
+        if not np.isfinite(array).all():
+            continue  # training refuses it, with the place of the first bad value
         mean, std = (np.abs(m.ravel()) for m in _moments(array))
         varying = np.sort(std[std >= TINY] if (std >= TINY).any() else np.ones(1))
         median = (varying[(len(varying) - 1) // 2] + varying[len(varying) // 2]) / 2  # np.median imports numpy.ma
         if varying[-1] > SPREAD * median or ((mean > FAR) & (mean > FAR * std)).any():
             found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}, median {median:.3g}, "
                          f"means up to {mean.max():.3g}")
-    if regression and train.labels.dtype.kind == "f":
+    if regression and train.labels.dtype.kind == "f" and np.isfinite(train.labels).all():
         scale = target_scale(train.labels)
         if np.abs(scale.mean).max() > FAR or scale.std.max() > FAR:
             found.append(f"targets: mean {float(scale.mean.ravel()[0]):.3g}, std {float(scale.std.ravel()[0]):.3g}")
-    if not found:
-        return None
-    return f"warning: the data looks unscaled ({'; '.join(found)}); train with --standardize (standardize=True in fit)"
+    return "; ".join(found) or None
 
 
 def _prepend(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
