@@ -119,3 +119,33 @@ def test_an_unknown_output_is_refused_with_the_models_outputs(relu):
     with pytest.raises(RequestError) as refused:
         decode_request(json.dumps(body).encode(), relu)
     assert refused.value.status == 400 and str(refused.value) == "model 'relu' has no output 'nope'. Its outputs: y"
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory) -> runtime.Model:
+    """x float16 [batch, 2] -> the same."""
+    proto = _model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 2])],
+    )
+    return runtime.load(save_model(proto, tmp_path_factory.mktemp("edges") / "half.onnx"), threads=1, name="half")
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("FP32", [1e300, 1.0], "input 'x': 1e+300 does not fit FP32 (largest 3.40282e+38); it would be infinite"),
+        ("FP16", [[70000, -1]], "input 'x': 70000 does not fit FP16 (largest 65504); it would be infinite"),
+        ("FP16", ["-1e5", 1], "input 'x': -100000 does not fit FP16 (largest 65504); it would be infinite"),
+    ],
+)
+def test_a_finite_number_past_a_float_datatype_gets_400_not_infinity(relu, halves, datatype, data, message):
+    # before: the cast made it infinite and the model ran on it (onnxkit predict refuses such values)
+    model = halves if datatype == "FP16" else relu
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": data}]}).encode()
+    with pytest.raises(RequestError) as refused:
+        decode_request(body, model)
+    assert refused.value.status == 400 and str(refused.value) == message
+    infinite = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": ["Infinity", 1e400]}]}
+    assert np.isinf(decode_request(json.dumps(infinite).encode(), model).feeds["x"]).all()  # infinity itself passes

@@ -364,8 +364,8 @@ def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> 
             array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
     except (ValueError, TypeError, OverflowError) as e:
         raise RequestError(400, f"input {name!r}: data is not a regular array of values ({e})") from e
-    if array.dtype.kind == "f" and np.isnan(array).any() and _holds_null(data):  # numpy reads null as NaN
-        raise RequestError(400, f'input {name!r}: data holds null; send numbers ("NaN" for a value that is not one)')
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        _check_non_finite(data, array, datatype, name)
     if array.size != math.prod(shape):
         raise RequestError(
             400, f"input {name!r}: shape {shape} holds {math.prod(shape)} values, but data has {array.size}"
@@ -409,9 +409,24 @@ def _out_of_range(array: np.ndarray, limits: np.iinfo) -> int | None:
 def _float_array(data: Any, datatype: str) -> np.ndarray | None:
     """Floating-point data straight in the tensor's type (strings such as "NaN" too); None if not numbers."""
     try:
-        return np.asarray(data, dtype=_FLOATS[datatype])
+        with np.errstate(over="ignore"):  # a number past the type's range: refused by `_check_non_finite`
+            return np.asarray(data, dtype=_FLOATS[datatype])
     except (ValueError, TypeError):
         return None  # not numbers, or ragged: the generic path names the problem
+
+
+def _check_non_finite(data: Any, array: np.ndarray, datatype: str, name: str) -> None:
+    """RequestError(400) if a NaN or infinity in `array` was not in `data`: a null (numpy reads it as NaN),
+    or a finite number past the datatype's range (the cast makes it infinite)."""
+    if np.isnan(array).any() and _holds_null(data):
+        raise RequestError(400, f'input {name!r}: data holds null; send numbers ("NaN" for a value that is not one)')
+    wide = np.asarray(data, dtype=np.float64).reshape(array.shape)  # "Infinity" reads as infinite here too
+    past = wide[np.isinf(array) & np.isfinite(wide)]
+    if past.size:
+        largest = float(np.finfo(array.dtype).max)
+        raise RequestError(
+            400, f"input {name!r}: {past[0]:g} does not fit {datatype} (largest {largest:g}); it would be infinite"
+        )
 
 
 def _holds_null(data: Any) -> bool:
