@@ -62,10 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     longer running) are swept from the folder first.
     """
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        why = "is a file, not a folder" if parent.exists() else "does not exist; create it first"
-        raise OnnxkitError(f"cannot write {path}: {parent} {why}")
+    parent = _folder_of(path)
     if path.is_dir():
         raise OnnxkitError(f"cannot write {path}: it is a folder; give a file name")
     _sweep_temporaries(parent)
@@ -87,6 +84,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _folder_of(path: Path) -> Path:
+    """The folder `path` is to be written in; an error when it is missing or a file."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        why = "is a file, not a folder" if parent.exists() else "does not exist; create it first"
+        raise OnnxkitError(f"cannot write {path}: {parent} {why}")
+    return parent
+
+
 def _sweep_temporaries(folder: Path) -> None:
     """Remove the temporary files of atomic writes whose process no longer runs (killed hard) from `folder`."""
     for stale in folder.glob(".*.onnxkit-*.tmp*"):
@@ -101,7 +107,7 @@ def scratch_folder(beside: str | os.PathLike, purpose: str) -> Iterator[Path]:
     """A temporary folder in the folder of `beside` (so big intermediate files land on the output's
     disk, not /tmp), removed afterwards; on Ctrl-C and SIGTERM too. Folders a killed process left
     (named for a process id that no longer runs) are swept first."""
-    parent = Path(beside).resolve().parent
+    parent = _folder_of(Path(beside)).resolve()
     prefix = f"{SCRATCH_PREFIX}{purpose}-"
     for stale in parent.glob(f"{prefix}*-*"):
         pid = stale.name[len(prefix):].split("-")[0]

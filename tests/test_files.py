@@ -1,4 +1,5 @@
-"""atomic_path's temporary files: named for the process writing them, and swept once it is gone."""
+"""atomic_path's temporary files: named for the process writing them, and swept once it is gone; the
+folder errors every writer shares."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import os
 import subprocess
 import sys
 
-from onnxkit.files import atomic_path, write_text
+import pytest
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import atomic_path, scratch_folder, write_text
 
 
 def _dead_pid() -> int:
@@ -18,6 +22,15 @@ def _dead_pid() -> int:
 def test_the_temporary_file_is_named_for_the_writing_process(tmp_path):
     with atomic_path(tmp_path / "bert.onnx") as tmp:
         assert tmp.name.startswith(f".bert.onnx.onnxkit-{os.getpid()}-") and tmp.name.endswith(".tmp.onnx")
+
+
+@pytest.mark.parametrize("writer", [atomic_path, lambda path: scratch_folder(path, "quantize")])
+def test_a_missing_folder_or_a_file_as_the_folder_is_the_same_error_for_every_writer(tmp_path, writer):
+    (tmp_path / "file").write_text("x")
+    for folder, why in (("nodir", "does not exist; create it first"), ("file", "is a file, not a folder")):
+        with pytest.raises(OnnxkitError, match=f"^cannot write {tmp_path / folder / 'q.onnx'}: "
+                                               f"{tmp_path / folder} {why}$"), writer(tmp_path / folder / "q.onnx"):
+            pass
 
 
 def test_a_write_sweeps_only_the_temporary_files_of_processes_that_are_gone(tmp_path):
