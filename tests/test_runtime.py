@@ -356,3 +356,12 @@ def test_a_failure_inside_the_model_is_one_clear_error():
             "model 'words' failed on this input (node 'embed' (Gather): indices element out of data bounds, "
             "idx=99 must be within the inclusive range [-10,9]); check that the values suit the model "
             "(token ids within its vocabulary, say)")
+
+
+def test_a_scalar_input_stays_a_scalar():
+    scalar = [helper.make_tensor_value_info(name, TensorProto.FLOAT, []) for name in ("t", "y")]
+    doubled = _model([helper.make_node("Add", ["t", "t"], ["y"])], scalar[:1], scalar[1:])
+    model = runtime.load(doubled.SerializeToString())
+    feeds = model.prepare({"t": 1.5})
+    assert feeds["t"].shape == ()  # np.ascontiguousarray made it [1]: answers came back shaped [1]
+    assert model.run(feeds)["y"].shape == () and float(model.run(feeds)["y"]) == 3.0

@@ -84,7 +84,7 @@ def prepare_inputs(specs: list[TensorSpec], values: Mapping[str, Any]) -> dict[s
     for spec in specs:
         array = _as_array(spec, values[spec.name])
         _check_shape(spec, array, sizes)
-        feeds[spec.name] = np.ascontiguousarray(array)
+        feeds[spec.name] = np.require(array, requirements="C")  # contiguous; a scalar stays 0-d
     return feeds
 
 
