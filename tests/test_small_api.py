@@ -126,6 +126,15 @@ def test_one_range_check_for_a_shared_option(command, run_cli):
     assert result.err == f"error: --threads must be at least 1, got 0 (see onnxkit {command[0]} -h)\n"
 
 
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--max-delay-ms", "1e300", "must be at most 1000, got 1e+300"),  # a batch would wait for ever
+    ("--max-body-mb", "0.0000001", "must be at least 0.001, got 1e-07"),  # 0 bytes: no request fits
+])
+def test_serve_limits_out_of_reason_are_refused(flag, value, message, run_cli):
+    result = run_cli("serve", "m.onnx", flag, value)
+    assert result.code == 2 and result.err == f"error: {flag} {message} (see onnxkit serve -h)\n"
+
+
 def test_the_cli_writes_parameters_as_its_flags():
     from onnxkit.cli import as_flags
 

@@ -19,10 +19,11 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 class Number(click.ParamType):
-    """An int or float with an optional lower bound; a bad value reads 'must be at least 1, got 0'."""
+    """An int or float with optional bounds; a bad value reads 'must be at least 1, got 0'."""
 
-    def __init__(self, kind: type, low: float | None = None, *, open_low: bool = False) -> None:
-        self.kind, self.low, self.open_low = kind, low, open_low
+    def __init__(self, kind: type, low: float | None = None, *, open_low: bool = False,
+                 high: float | None = None) -> None:
+        self.kind, self.low, self.open_low, self.high = kind, low, open_low, high
         self.name = kind.__name__
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -35,6 +36,8 @@ class Number(click.ParamType):
         if self.low is not None and (number <= self.low if self.open_low else number < self.low):
             bound = f"greater than {self.low:g}" if self.open_low else f"at least {self.low:g}"
             self.fail(f"must be {bound}, got {number}", param, ctx)
+        if self.high is not None and number > self.high:
+            self.fail(f"must be at most {self.high:g}, got {number:g}", param, ctx)
         return number
 
 

@@ -19,9 +19,10 @@ from onnxkit.serve.limits import DEFAULT_LIMITS, Limits
                    "(0: any free port). Off unless given.")
 @click.option("--max-batch-size", type=options.COUNT, default=32, show_default=True,
               help="Most rows merged into one model run.")
-@click.option("--max-delay-ms", type=options.NON_NEGATIVE, default=5.0, show_default=True,
-              help="Longest wait for more requests to join a batch.")
-@click.option("--max-body-mb", type=options.POSITIVE, default=DEFAULT_LIMITS.max_body_bytes / 2**20, show_default=True,
+@click.option("--max-delay-ms", type=options.Number(float, 0, high=1000), default=5.0, show_default=True,
+              help="Longest wait for more requests to join a batch (up to 1000).")
+@click.option("--max-body-mb", type=options.Number(float, 0.001), default=DEFAULT_LIMITS.max_body_bytes / 2**20,
+              show_default=True,
               help="Largest request body accepted (413 past it).")
 @click.option("--header-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.header_timeout, show_default=True,
               help="Seconds for a request's head to arrive; the connection is closed after that.")
