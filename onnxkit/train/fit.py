@@ -395,13 +395,6 @@ class _Setup:
         self.backend = get_backend(config.backend)
         self.device = self.backend.resolve_device(device)
         self.model = adapter.apply(model) if adapter else model
-        unscaled_note = None  # said once the data has passed its checks, so that an error is the only line
-        if config.standardize is None:
-            whole = not (config.freeze or config.train_only or adapter)
-            config.standardize, unscaled_note = self._standardize_unscaled(dataset, whole)
-        if config.standardize:
-            self.model = self._standardized(self.model, dataset)
-        self.target = self.model  # the graph the trained weights go back into
         self.cached: dict[str, Any] = {}
         c = config
         self.output = c.output or self.model.graph.output[0].name
@@ -415,12 +408,20 @@ class _Setup:
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(task, shape, dataset.train.labels)
         self.loss.check_output(self.output_vi)
         self.task = TASK_OF_LOSS[self.loss.name]
+        regression = self.task == "regression"  # whole-number targets too (a CSV of prices in dollars)
+        unscaled_note = None  # said once the data has passed its checks, so that an error is the only line
+        if config.standardize is None:
+            whole = not (config.freeze or config.train_only or adapter)
+            config.standardize, unscaled_note = self._standardize_unscaled(dataset, whole, regression)
+        if config.standardize:  # (x - mean) / std in front of the inputs: the output and its type stay
+            self.model = self._standardized(self.model, dataset)
+            self.types = value_types(self.model)
+        self.target = self.model  # the graph the trained weights go back into
         # a classifier whose output is its Softmax or Sigmoid: the loss and its reports read the logits behind it
         activation = self.loss.reads_logits_of
         self.probabilities = bool(activation) and probability_logits(
             self.model.graph, self.output, len(shape), opset(self.model), activation) is not None
         specs = model_inputs(self.model)
-        regression = self.task == "regression"
         self.target_scale = target_scale(dataset.train.labels) if c.standardize and regression else None
         classes = shape[-1] if self.loss.class_labels and isinstance(shape[-1], int) else None
         for name in SPLIT_NAMES:  # before binding, which casts labels
@@ -518,10 +519,10 @@ class _Setup:
         """The labels training sees: regression targets standardised with --standardize."""
         return labels if self.target_scale is None else scaled_targets(labels, self.target_scale)
 
-    def _standardize_unscaled(self, dataset: Dataset, whole: bool) -> tuple[bool, str | None]:
-        """standardize=None: whether to standardise (clearly unscaled data, and the whole model trains:
-        a frozen part would not expect standardised inputs), and the line that says so."""
-        found = unscaled(dataset.train, model_inputs(self.model), regression=dataset.train.labels.dtype.kind == "f")
+    def _standardize_unscaled(self, dataset: Dataset, whole: bool, regression: bool) -> tuple[bool, str | None]:
+        """standardize=None: whether to standardise (clearly unscaled data or regression targets, and the
+        whole model trains: a frozen part would not expect standardised inputs), and the line that says so."""
+        found = unscaled(dataset.train, model_inputs(self.model), regression=regression)
         if not found:
             return False, None
         if whole:

@@ -125,7 +125,7 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool) -> str | N
         if varying[-1] > SPREAD * median or ((mean > FAR) & (mean > FAR * std)).any():
             found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}, median {median:.3g}, "
                          f"means up to {mean.max():.3g}")
-    if regression and train.labels.dtype.kind == "f" and np.isfinite(train.labels).all():
+    if regression and train.labels.dtype.kind in "iuf" and np.isfinite(train.labels).all():
         scale = target_scale(train.labels)
         if np.abs(scale.mean).max() > FAR or scale.std.max() > FAR:
             found.append(f"targets: mean {float(scale.mean.ravel()[0]):.3g}, std {float(scale.std.ravel()[0]):.3g}")
