@@ -217,3 +217,18 @@ def test_size_one_axes_move_to_fit_the_model_input():
     flat = Split("train", {"x": images.reshape(3, 64)}, np.arange(3))
     with pytest.raises(OnnxkitError, match=r"has shape \[3, 64\] but model input 'x' expects \[batch, 8, 8, 1\]"):
         flat.feeds_for([nhwc])
+
+
+def test_an_empty_feature_cell_is_a_missing_value_named_by_line_and_column(tmp_path):
+    """pandas writes NaN as an empty cell: that was 'a feature column holds non-numbers (could not convert
+    string to float: '')', which did not say where nor that the value is missing."""
+    (tmp_path / "gaps.csv").write_text("a,b,label\n1,2,0\n3,,1\n,,0\n5,6,1\n")
+    with pytest.raises(OnnxkitError) as gaps:
+        load_dataset(tmp_path / "gaps.csv")
+    assert str(gaps.value) == (f"{tmp_path / 'gaps.csv'}:3: feature column 'b' is empty there (a missing value; "
+                               "3 empty cells in 2 of 4 rows); fill or drop those rows")
+    (tmp_path / "plain.csv").write_text("0,1.5,2\n1, ,3\n")  # no header: columns by number
+    with pytest.raises(OnnxkitError) as plain:
+        load_dataset(tmp_path / "plain.csv")
+    assert str(plain.value) == (f"{tmp_path / 'plain.csv'}:2: feature column 2 is empty there (a missing value; "
+                                "1 empty cell in 1 of 2 rows); fill or drop those rows")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         texts = [row[text] for row in body]
         return _text_dataset(path, texts, labels, label_names, first, tokenizer, max_length, seed, validation, test)
     features = [[row[j] for j in range(width) if j != label_col] for row in body]
+    _refuse_empty_cells(path, features, header, label_col, first)
     try:
         x = np.array(features, dtype=np.float32)
     except ValueError as e:
@@ -96,6 +97,23 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
     )
+
+
+def _refuse_empty_cells(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
+                        first: int) -> None:
+    """One line for feature cells left empty (how pandas and spreadsheets write a missing value),
+    with the first one's line and column: numpy's parser said only "could not convert string to float: ''"."""
+    empty = [i for i, row in enumerate(features) if not all(cell.strip() for cell in row)]
+    if not empty:
+        return
+    row = features[empty[0]]
+    j = next(j for j, cell in enumerate(row) if not cell.strip())
+    j += j >= label_col  # the file's column index
+    column = repr(header[j].strip()) if header else str(j + 1)
+    cells = sum(not cell.strip() for i in empty for cell in features[i])
+    raise OnnxkitError(f"{path}:{empty[0] + first}: feature column {column} is empty there (a missing value; "
+                       f"{cells} empty cell{'s' * (cells > 1)} in {len(empty)} of {len(features)} rows); "
+                       "fill or drop those rows")
 
 
 def _labels(path: Path, raw: list[str], first: int) -> tuple[np.ndarray, list[str] | None]:
