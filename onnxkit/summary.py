@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,8 +58,18 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
         "metadata": read_metadata(model),
     }
     if path is not None:
-        info["file_bytes"] = os.path.getsize(path)
+        info["file_bytes"], info["external_data"] = _file_bytes(Path(path))
     return info
+
+
+def _file_bytes(path: Path) -> tuple[int, list[str]]:
+    """The model file's size plus that of the weight files beside it that its tensors name, and those names."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    named = onnx.load(str(path), load_external_data=False)  # the tensors still say where their data is
+    files = sorted({entry.value for tensor in _get_all_tensors(named) for entry in tensor.external_data
+                    if entry.key == "location"})
+    return os.path.getsize(path) + sum((path.parent / f).stat().st_size for f in files), files
 
 
 def _human(n: float, unit: str = "B") -> str:
@@ -78,7 +89,8 @@ def format_summary(info: dict[str, Any]) -> str:
         + ")",
         f"params    {info['parameters']:,} ({_human(info['parameter_bytes'])}) in "
         f"{info['initializers']} initializers; {info['nodes']} nodes"
-        + (f"; file {_human(info['file_bytes'])}" if "file_bytes" in info else ""),
+        + (f"; file {_human(info['file_bytes'])}" if "file_bytes" in info else "")
+        + (f" with {', '.join(info['external_data'])}" if info.get("external_data") else ""),
         "inputs",
         *(f"  {v['name']:<20} {v['dtype']:<8} {v['shape']}" for v in info["inputs"]),
         "outputs",

@@ -264,6 +264,15 @@ def test_inspect_text_and_json(tmp_path, run_cli):
     assert info["metadata"]["onnxkit.labels"][3] == "3"
 
 
+def test_inspect_counts_the_weights_kept_beside_the_model(tmp_path, run_cli):
+    onnx.save(zoo.build_model("digits-cnn"), tmp_path / "cnn.onnx", save_as_external_data=True,
+              location="cnn.onnx.data", size_threshold=0)
+    info = json.loads(run_cli("inspect", tmp_path / "cnn.onnx", "--json").out)
+    both = (tmp_path / "cnn.onnx").stat().st_size + (tmp_path / "cnn.onnx.data").stat().st_size
+    assert info["file_bytes"] == both > 33_802 * 4 and info["external_data"] == ["cnn.onnx.data"]  # was 2.4 KB
+    assert "; file 137.6 KB with cnn.onnx.data" in run_cli("inspect", tmp_path / "cnn.onnx").out
+
+
 def test_inspect_reads_a_foreign_model(run_cli):
     import importlib.util
 
