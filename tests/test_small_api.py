@@ -169,6 +169,17 @@ def test_fit_arguments_of_the_wrong_kind_say_what_to_pass(tmp_path):
     assert one.frozen == ["0.weight", "0.bias"]
     with pytest.raises(OnnxkitError, match="resume continues a run with its stored settings; leave out lr, epochs"):
         fit(resume=tmp_path / "one", lr=0.5, epochs=20)
+    with pytest.raises(OnnxkitError, match="leave out standardize "):  # was silently ignored
+        fit(resume=tmp_path / "one", standardize=False)
+
+
+def test_resume_names_the_flags_it_would_ignore(tmp_path, run_cli):
+    from onnxkit.train import fit
+
+    fit(zoo.build_model("iris-mlp"), "iris", tmp_path / "run", epochs=1, evaluate_test=False)
+    result = run_cli("train", "--resume", tmp_path / "run", "--lr", "0.1", "--no-standardize")
+    assert result.code == 1 and result.err == ("error: resume continues a run with its stored settings; leave out "
+                                               "--lr, --standardize (or start a new run with them)\n")
 
 
 def test_fit_counts_must_be_integers(tmp_path):

@@ -160,11 +160,11 @@ def fit(
     freeze, train_only = _patterns(freeze), _patterns(train_only)
     given = {"model": model, "out_dir": out_dir, "loss": loss, "optimizer": optimizer, "lr": lr,
              "weight_decay": weight_decay, "clip_grad_norm": clip_grad_norm, "schedule": schedule,
-             "warmup": warmup, "epochs": epochs, "steps": steps, "batch_size": batch_size}
+             "warmup": warmup, "epochs": epochs, "steps": steps, "batch_size": batch_size, "standardize": standardize}
     if resume is not None and any(value is not None for value in given.values()):
-        ignored = ", ".join(name for name, value in given.items() if value is not None)
-        raise OnnxkitError(f"resume continues a run with its stored settings; leave out {ignored} (or start a new "
-                           "run with them)")
+        ignored = [name for name, value in given.items() if value is not None]
+        raise OnnxkitError(f"resume continues a run with its stored settings; leave out {', '.join(ignored)} (or "
+                           "start a new run with them)", params=ignored)
     world = distributed.current_world()
     if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks; a GPU each
         out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
