@@ -175,3 +175,20 @@ def test_training_goes_on_when_the_reader_of_its_output_goes_away(tmp_path):
     assert train.wait(timeout=120) in (0, 1)  # 1: click's exit when the last line meets the closed pipe
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "completed"
     assert onnx.load(tmp_path / "run" / "model.onnx").graph.node
+
+
+def test_a_regression_run_reports_r2_and_mae_on_the_test_split(run_cli, tmp_path):
+    """A regression run's last lines said only 'test: loss 2059.6594', a number in squared target units
+    that says nothing of how good the fit is, where eval shows R² and MAE."""
+    from onnxkit import nn
+
+    nn.manual_seed(0)
+    model, run = tmp_path / "net.onnx", tmp_path / "run"
+    onnx.save(nn.build(nn.Sequential([nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 1)]),
+                       {"x": nn.Input(["batch", 10])}, output_names=["y"]), model)
+    result = run_cli("train", model, "--data", "diabetes", "--steps", "2", "-o", run)
+    assert result.code == 0, result.err
+    test = json.loads((run / "run.json").read_text())["result"]["test"]
+    assert f"test: r2 {test['r2']:.4f}, mae {test['mae']:.4f}, loss {test['loss']:.4f}\n" in result.err
+    assert result.out == (f"wrote {run / 'model.onnx'}  (test: r2 {test['r2']:.4f}  mae {test['mae']:.4f}  "
+                          f"loss {test['loss']:.4f})\n")

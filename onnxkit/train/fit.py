@@ -712,7 +712,8 @@ def _finish(
             task=setup.task,
             loss=setup.loss.name,
         )
-        shown = ", ".join(f"{k} {metrics['test'][k]:.4f}" for k in ("accuracy", "loss") if k in metrics["test"])
+        test = metrics["test"]
+        shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "r2", "mae", "loss") if k in test)
         setup.progress.line(f"test: {shown}")
     stopped = state.stopped_early or any(r.get("stopped_early") for r in epochs)  # records: older runs
     info.update(status="completed", result=metrics, stopped_early=stopped)
