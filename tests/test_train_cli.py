@@ -192,3 +192,7 @@ def test_a_regression_run_reports_r2_and_mae_on_the_test_split(run_cli, tmp_path
     assert f"test: r2 {test['r2']:.4f}, mae {test['mae']:.4f}, loss {test['loss']:.4f}\n" in result.err
     assert result.out == (f"wrote {run / 'model.onnx'}  (test: r2 {test['r2']:.4f}  mae {test['mae']:.4f}  "
                           f"loss {test['loss']:.4f})\n")
+    rows = np.random.default_rng(0).random((60, 10), dtype=np.float32)
+    np.savez(tmp_path / "constant.npz", x=rows, y=np.full(60, 3.0, np.float32))  # R² undefined: None
+    flat = run_cli("train", model, "--data", tmp_path / "constant.npz", "--steps", "2", "-o", tmp_path / "flat")
+    assert flat.code == 0 and flat.out.startswith(f"wrote {tmp_path / 'flat' / 'model.onnx'}  (test: mae "), flat.err

@@ -174,7 +174,8 @@ def train_cmd(model: str | None, **options: Any) -> None:
     if rank():
         return  # data-parallel: worker 0 reports
     test = result.metrics.get("test", {})
-    shown = "  ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "r2", "mae", "loss") if k in test)
+    shown = "  ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "r2", "mae", "loss")
+                      if test.get(k) is not None)  # r2 is None for constant targets
     click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))
 
 
