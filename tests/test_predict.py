@@ -294,3 +294,21 @@ def test_inspect_on_a_folder_names_the_model_in_it(run_cli, digits, tmp_path):
         result = run_cli("inspect", folder)
         assert (result.code, result.err) == (1, f"error: {message}\n"), folder.name
     assert run_cli("inspect", done / "model.onnx").code == 0
+
+
+def test_a_binary_models_table_shows_its_logit(run_cli, tmp_path):
+    """The one logit z reads as the scores [0, z] (argmax and softmax then agree with sigmoid), so
+    every negative row's table line showed 'no (0)'; it shows the logit itself."""
+    model = zoo.build_model("binary-classifier")
+    model.metadata_props.add(key="onnxkit.labels", value='["no", "yes"]')
+    save_model(model, tmp_path / "binary.onnx")
+    x = np.array([[-3.0], [0.5], [3.0]], np.float32)
+    np.save(tmp_path / "x.npy", x)
+    (z,) = ReferenceEvaluator(model).run(None, {"x": x})
+    result = run_cli("predict", tmp_path / "binary.onnx", "--input", tmp_path / "x.npy")
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == ["row  label (logit)"] + [
+        f"{i:<4} {'yes' if v > 0 else 'no'} ({v:.4g})" for i, v in enumerate(z[:, 0])]
+    probs = run_cli("predict", tmp_path / "binary.onnx", "--input", tmp_path / "x.npy", "--probs")
+    assert probs.out.splitlines()[0] == "row  label (score)"  # the predicted class's probability
+

@@ -164,7 +164,12 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     rows = len(prediction)
     classes = top_k or prediction.class_names is not None or prediction.task in ("classification", "binary")
     lines = []
-    if classes:
+    if classes and not top_k and _single_logit(prediction):
+        # a binary model's one logit z is read as the scores [0, z]: every negative row would show "(0)"
+        names, logits = prediction.labels or prediction.classes.tolist(), np.asarray(prediction.scores)[:, 0]
+        lines.append("row  label (logit)")
+        lines += [f"{i:<4} {names[i]} ({logits[i]:.4g})" for i in range(min(rows, max_rows))]
+    elif classes:
         best = prediction.top_k(top_k or 1)
         lines.append(f"row  {'top-' + str(top_k) + ' labels' if top_k else 'label'} (score)")
         for i, row in enumerate(best[:max_rows]):
@@ -176,6 +181,13 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     if rows > max_rows:
         lines.append(f"... {rows - max_rows} more rows; save them all with --output FILE")
     return "\n".join(lines)
+
+
+def _single_logit(prediction: Prediction) -> bool:
+    """Whether the scores are a binary classifier's one logit column (not probabilities)."""
+    scores = np.asarray(prediction.scores)
+    return (prediction.task == "binary" and scores.ndim == 2 and scores.shape[1] == 1
+            and not prediction.given_probabilities)
 
 
 def _no_rows(value: Any) -> bool:
