@@ -97,6 +97,9 @@ def test_ray_input_errors_need_no_cluster(tmp_path: Path, monkeypatch: pytest.Mo
                                 tmp_path / "empty.parquet")
     with pytest.raises(OnnxkitError, match="empty.parquet: no rows; give at least one example"):
         predict_on_ray(tmp_path / "m.onnx", tmp_path / "empty.parquet")
+    np.savez(tmp_path / "nan.npz", x=np.where(np.eye(3, 64) > 0, np.nan, 0).astype(np.float32))
+    with pytest.raises(OnnxkitError, match="nan.npz: input 'x' holds 3 NaN values in 3 of 3 rows; fill or drop"):
+        predict_on_ray(tmp_path / "m.onnx", tmp_path / "nan.npz")  # were NaN scores read as class 0
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(OnnxkitError, match=r"--ray needs Ray Data; pip install 'onnxkit\[ray\]'"):
         predict_on_ray(tmp_path / "m.onnx", tmp_path)

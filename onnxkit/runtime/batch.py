@@ -33,7 +33,7 @@ import numpy as np
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import missing_model
 from onnxkit.label_columns import TEXT_COLUMN
-from onnxkit.runtime.datafiles import read_inputs, read_texts, write_prediction
+from onnxkit.runtime.datafiles import checked_feeds, read_inputs, read_texts, write_prediction
 from onnxkit.runtime.model import Model, ends_in_probabilities, load
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.session import device_spec
@@ -123,7 +123,7 @@ def read_rows(data: str | os.PathLike, model: Model) -> dict[str, np.ndarray]:
         if not texts:
             raise OnnxkitError(f"{data}: no texts")
         return text_feeds(model, texts)
-    parts = [model.prepare(_read_tensors(path, model)) for path in files]
+    parts = [checked_feeds(path, model, _read_tensors(path, model)) for path in files]  # NaN refused, as predict does
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
