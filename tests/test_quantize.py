@@ -665,3 +665,27 @@ def test_sqnr_lists_tensors_worst_first_with_numpy_checked_weights():
     expected = 20 * np.log10(np.linalg.norm(w) / np.linalg.norm(noise))
     assert next(r["sqnr_db"] for r in rows if r["tensor"] == "fc.weight") == pytest.approx(expected, rel=1e-4)
     assert "SQNR, worst first" in result.report.text()
+
+
+def test_exclude_names_the_models_own_nodes_in_static_mode_where_optimization_fuses_them():
+    """Static preprocessing fuses MatMul+Add into a Gemm named 'head.MatMul/MatMulAddFusion'; the
+    name (and op type) the user sees in the model still excludes it."""
+    calib = {"x": np.random.default_rng(0).standard_normal((32, D_IN)).astype(np.float32)}
+    q = quantize(mlp(), mode="static", calib=calib, exclude=["head.MatMul"], measure_latency=False).model
+    gemms = {n.name: n for n in q.graph.node if n.op_type == "Gemm"}
+    assert sorted(gemms) == ["fc.MatMul/MatMulAddFusion", "head.MatMul/MatMulAddFusion"]
+    dequantized = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    assert gemms["fc.MatMul/MatMulAddFusion"].input[1] in dequantized  # int8 weight
+    assert gemms["head.MatMul/MatMulAddFusion"].input[1] == "head.weight"  # float weight, untouched
+    with pytest.raises(OnnxkitError, match="nothing to quantize with mode static: .* that exclude leaves"):
+        quantize(mlp(), mode="static", calib=calib, exclude=["MatMul"], measure_latency=False)
+    with pytest.raises(OnnxkitError, match="^exclude head.Matmul: no node or op type of that name in the model. "
+                                           "Did you mean: head.MatMul"):
+        quantize(mlp(), mode="static", calib=calib, exclude=["head.Matmul"], measure_latency=False)
+    fused = mlp()
+    fused.graph.node[0].name = "Fused_0"  # a node made from fc.MatMul under a name that does not say so
+    with pytest.raises(OnnxkitError, match=r"^exclude fc.MatMul: this mode's preprocessing \(graph optimization, "
+                                           r"attention fusion\) merges that MatMul node into others; exclude an op "
+                                           r"type instead \(MatMul\)$"):
+        analysis.resolve_exclude(fused, ["fc.MatMul"], original=mlp())
+

@@ -145,19 +145,48 @@ def _size(tensor: onnx.TensorProto) -> int:
     return n
 
 
-def resolve_exclude(model: onnx.ModelProto, items: Iterable[str]) -> tuple[set[str], set[str]]:
-    """Split `--exclude` items into (op types, node names); unknown items are an error."""
-    names = set(_node_names(model))
+def resolve_exclude(
+    model: onnx.ModelProto, items: Iterable[str], original: onnx.ModelProto | None = None
+) -> tuple[set[str], set[str]]:
+    """Split `--exclude` items into (op types, node names of `model`); unknown items are an error.
+
+    `original` is the model before preprocessing, whose node names and op types the user sees
+    (`onnxkit inspect`). ONNX Runtime's optimizations fuse nodes into new ones named after them
+    ('fc/MatMul' + its Add -> Gemm 'fc/MatMul/MatMulAddFusion'): an item naming an original node,
+    or an op type, also excludes the nodes made from those nodes.
+    """
+    names = _node_names(model)
     op_types = {n.op_type for n in model.graph.node}
+    before = {} if original is None else dict(zip(_node_names(original), (n.op_type for n in original.graph.node),
+                                                  strict=True))
+    made_from = {name: _origin(name, before) for name in names if name not in before}  # fused node -> source
     ops, nodes = set(), set()
     for item in items:
         if item in names:
             nodes.add(item)
-        elif item in op_types:
-            ops.add(item)
+        elif item in before:
+            made = {name for name, source in made_from.items() if source == item}
+            if not made:
+                weighted = sorted(op_types & set(CONV_OPS + DENSE_OPS + EMBEDDING_OPS))
+                raise OnnxkitError(
+                    f"exclude {item}: this mode's preprocessing (graph optimization, attention fusion) merges that "
+                    f"{before[item]} node into others; exclude an op type instead ({', '.join(weighted)})",
+                    params=["exclude"],
+                )
+            nodes |= made
+        elif item in op_types or item in before.values():
+            ops |= {item} & op_types
+            nodes |= {name for name, source in made_from.items() if before.get(source) == item}
         else:
             raise OnnxkitError(
                 f"exclude {item}: no node or op type of that name in the model."
-                f"{suggest(item, names | op_types)} (`onnxkit inspect` lists them)", params=["exclude"]
+                f"{suggest(item, set(names) | op_types | set(before) | set(before.values()))} "
+                "(`onnxkit inspect` lists them)", params=["exclude"]
             )
     return ops, nodes
+
+
+def _origin(name: str, before: dict[str, str]) -> str | None:
+    """The original node a fused node `name` was made from: the longest original name it extends by '/...'."""
+    cuts = [i for i, c in enumerate(name) if c == "/"]
+    return next((name[:i] for i in reversed(cuts) if name[:i] in before), None)

@@ -60,7 +60,7 @@ class Quantizer:
     def run(self, settings: Settings, calibration: list[Feeds] | None = None) -> onnx.ModelProto:
         """The quantized model; OnnxkitError when there is nothing to quantize."""
         model = self.prepared_for(settings)
-        ops, nodes = analysis.resolve_exclude(model, self.exclude)
+        ops, nodes = analysis.resolve_exclude(model, self.exclude, original=self.model)
         if not analysis.targets(model, settings.mode, ops, nodes):
             raise OnnxkitError(self.nothing_message(settings.mode, bool(ops or nodes)), params=["mode", "exclude"])
         if settings.mode == "dynamic":
