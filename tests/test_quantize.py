@@ -689,3 +689,16 @@ def test_exclude_names_the_models_own_nodes_in_static_mode_where_optimization_fu
                                            r"type instead \(MatMul\)$"):
         analysis.resolve_exclude(fused, ["fc.MatMul"], original=mlp())
 
+
+def test_a_latency_ratio_within_timing_noise_is_not_called_slower():
+    """'1.00x' and '1.03x' at batch 64 and 1 come and go between runs of the same two models: no note."""
+    from onnxkit.quantize.report import Report
+
+    def report(b1: float, b64: float) -> Report:
+        latency = {1: {"original": 1.0, "quantized": b1}, 64: {"original": 1.0, "quantized": b64}}
+        return Report("m.onnx", "q.onnx", {"mode": "fp16"}, "", "", {"original": 100, "quantized": 51}, latency)
+
+    assert report(1.03, 1.0005).slower_note() is None
+    assert report(1.05, 1.05).slower_note() is None
+    assert report(1.06, 1.051).slower_note() == ("the quantized model is slower than the original at every batch "
+                                                 "size timed: here it buys only its smaller size")
