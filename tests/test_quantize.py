@@ -702,3 +702,15 @@ def test_a_latency_ratio_within_timing_noise_is_not_called_slower():
     assert report(1.05, 1.05).slower_note() is None
     assert report(1.06, 1.051).slower_note() == ("the quantized model is slower than the original at every batch "
                                                  "size timed: here it buys only its smaller size")
+
+
+def test_auto_says_it_ignores_method_and_format(mlp_data):
+    """--mode auto picks among its own candidates (every method, QDQ only): a --method or --format given
+    with it changed nothing, silently."""
+    result = quantize(mlp(), mode="auto", eval_data=mlp_data, max_drop=3.0, method="entropy", format="qoperator")
+    assert {c.settings.get("format") for c in result.report.candidates} == {None, "qdq"}
+    assert [n for n in result.report.notes if "does not apply" in n] == [
+        "--method does not apply to --mode auto, which tries minmax, entropy and percentile; ignored",
+        "--format does not apply to --mode auto, which tries qdq only; ignored",
+    ]
+    assert "--method" not in " ".join(quantize(mlp(), mode="auto", eval_data=mlp_data, max_drop=3.0).report.notes)

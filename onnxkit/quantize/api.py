@@ -131,6 +131,9 @@ def quantize(
             )
             settings, quantized, candidates = picked.settings, picked.model, picked.candidates
             reason, timed = picked.reason, picked.latency_ms
+            notes += [f"{opt} does not apply to --mode auto, which tries {tried}; ignored"
+                      for opt, given, tried in (("--method", method, "minmax, entropy and percentile"),
+                                                ("--format", format, "qdq only")) if given is not None]
         else:
             settings = Settings(
                 mode=mode,
