@@ -714,3 +714,22 @@ def test_auto_says_it_ignores_method_and_format(mlp_data):
         "--format does not apply to --mode auto, which tries qdq only; ignored",
     ]
     assert "--method" not in " ".join(quantize(mlp(), mode="auto", eval_data=mlp_data, max_drop=3.0).report.notes)
+
+
+def test_a_drop_over_max_drop_suggests_only_options_that_apply(tmp_path, run_cli, mlp_data):
+    """It suggested '--per-channel' to a run already per channel, and '--method' to int4, which has none."""
+    def advice(**options) -> str:
+        with pytest.raises(OnnxkitError) as e:
+            quantize(mlp(), eval_data=mlp_data, max_drop=-1.0, measure_latency=False, **options)
+        return str(e.value).split("nothing written. ")[1]
+
+    assert advice(mode="dynamic") == "Try mode auto, or exclude what sqnr_rows shows worst"
+    assert advice(mode="dynamic", per_channel=False) == (
+        "Try mode auto, per_channel, or exclude what sqnr_rows shows worst")
+    assert advice(mode="static", calib=mlp_data) == (
+        "Try mode auto, another method, or exclude what sqnr_rows shows worst")
+    assert advice(mode="int4", block_size=16) == "Try another mode, or exclude what sqnr_rows shows worst"
+    res = run_cli("quantize", _save(mlp(), tmp_path), "-o", tmp_path / "q.onnx", "--mode", "int4", "--eval", mlp_data,
+                  "--max-drop", "0", "--block-size", "64", "--no-latency")  # drops (test_max_drop_refusal_...)
+    assert res.code == 1 and res.err.endswith(
+        "nothing written. Try another --mode, a smaller --block-size, or --exclude what --sqnr shows worst\n")

@@ -22,7 +22,7 @@ from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch,
 from onnxkit.quantize.inputs import fits_batch, synthetic_inputs
 from onnxkit.quantize.passes import Quantizer, low_precision_weights
 from onnxkit.quantize.report import Report
-from onnxkit.quantize.settings import FORMATS, METHODS, MODES, Settings, check_choice
+from onnxkit.quantize.settings import BLOCK_SIZES, FORMATS, METHODS, MODES, Settings, check_choice
 
 LATENCY_BATCHES = (1, 64)
 AUTO_MAX_DROP = 1.0  # accuracy points `--mode auto` may lose when --max-drop is not given
@@ -174,9 +174,8 @@ def quantize(
             if max_drop is not None and report.accuracy["drop"] > max_drop:
                 raise OnnxkitError(
                     f"{settings.label} {baseline.worse_by(report.accuracy['drop'])}, "
-                    f"more than max_drop {max_drop}; nothing written. Try "
-                    "mode auto, per_channel, another method, or exclude what sqnr_rows shows worst",
-                    params=["max_drop", "mode", "per_channel", "method", "exclude", "sqnr_rows"],
+                    f"more than max_drop {max_drop}; nothing written. Try {_closer_options(settings)}",
+                    params=["max_drop", "mode", "per_channel", "method", "block_size", "exclude", "sqnr_rows"],
                 )
         if timed is None and measure_latency:
             say("timing both models ...")
@@ -310,6 +309,16 @@ def _ignored_options(settings: Settings, method, fmt, per_channel) -> list[str]:
         "--per-channel": per_channel is not None and settings.mode in ("int4", "fp16"),
     }
     return [f"{opt} does not apply to --mode {settings.mode}; ignored" for opt, on in ignored.items() if on]
+
+
+def _closer_options(settings: Settings) -> str:
+    """What may quantize closer than `settings` did: only options that apply to its mode and are not already set."""
+    tries = ["mode auto"] if settings.mode in ("dynamic", "static") else ["another mode"]
+    tries += ["per_channel"] if settings.mode in ("dynamic", "static") and not settings.per_channel else []
+    tries += ["another method"] if settings.mode == "static" else []
+    tries += ["a smaller block_size"] if settings.mode == "int4" and settings.block_size > min(BLOCK_SIZES) else []
+    tries += ["exclude what sqnr_rows shows worst"]
+    return f"{', '.join(tries[:-1])}, or {tries[-1]}"
 
 
 def _stamp(quantized: onnx.ModelProto, original: onnx.ModelProto, settings: Settings) -> None:
