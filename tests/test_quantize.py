@@ -645,6 +645,22 @@ def test_auto_tries_candidates_and_keeps_the_fastest_within_max_drop(tmp_path, m
     assert "candidates" in text and "* " + chosen[0].label in text.replace("  ", " ")
 
 
+def test_auto_reports_the_chosen_model_timed_alone_with_the_original(tmp_path, mlp_data, monkeypatch):
+    from onnxkit.quantize import latency
+
+    calls, measure = [], latency.measure
+
+    def recorded(models, feeds, **options):
+        calls.append(measure(models, feeds, **options))
+        return calls[-1]
+
+    monkeypatch.setattr(latency, "measure", recorded)
+    result = quantize(mlp(), tmp_path / "q.onnx", mode="auto", eval_data=mlp_data, max_drop=2.0)
+    assert len(calls) == 2 and len(calls[0]) == 7 and set(calls[1]) == {"original", "quantized"}
+    assert result.report.latency_ms == {b: {"original": calls[1]["original"][b], "quantized": calls[1]["quantized"][b]}
+                                        for b in calls[1]["original"]}  # not the figures timed beside six others
+
+
 def test_auto_refuses_when_no_candidate_is_within_max_drop(tmp_path, mlp_data):
     # the fp32 model scores 100% on its own predictions, so no candidate can gain half a point
     with pytest.raises(OnnxkitError, match=r"no candidate is within max_drop -0.5 \(the best, .*nothing written"):
