@@ -681,6 +681,10 @@ def test_sqnr_lists_tensors_worst_first_with_numpy_checked_weights():
     expected = 20 * np.log10(np.linalg.norm(w) / np.linalg.norm(noise))
     assert next(r["sqnr_db"] for r in rows if r["tensor"] == "fc.weight") == pytest.approx(expected, rel=1e-4)
     assert "SQNR, worst first" in result.report.text()
+    nodes = {r["tensor"]: r["node"] for r in rows}  # the names exclude takes (tensor names it refuses)
+    assert nodes["fc.weight"] == "fc.MatMul" and nodes["logits"] == "head.Add"
+    kept = quantize(model, mode="int4", exclude=[nodes["fc.weight"]], measure_latency=False).model
+    assert "fc.weight" in {t.name for t in kept.graph.initializer}  # fc stays float
 
 
 def test_exclude_names_the_models_own_nodes_in_static_mode_where_optimization_fuses_them():

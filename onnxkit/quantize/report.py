@@ -143,8 +143,8 @@ class Report:
         if self.sqnr:
             lines.append("  SQNR, worst first (dB; higher is better, below ~20 dB deserves a look):")
             lines += _table(
-                [("tensor", "kind", "SQNR")]
-                + [(s["tensor"], s["kind"], f"{s['sqnr_db']:.1f}") for s in self.sqnr],
+                [("tensor", "kind", "node (for --exclude)", "SQNR")]
+                + [(s["tensor"], s["kind"], s.get("node") or "-", f"{s['sqnr_db']:.1f}") for s in self.sqnr],
                 indent="  ",
             )
         lines += [f"  note: {n}" for n in self.notes]

@@ -118,13 +118,19 @@ def sqnr_table(
     batches: list[Feeds],
     workdir: Path,
 ) -> list[dict]:
-    """Rows {tensor, kind, sqnr_db}, worst (lowest SQNR) first."""
+    """Rows {tensor, kind, node, sqnr_db}, worst (lowest SQNR) first; `node` is the float model's node
+    that reads the weight or makes the activation: the name `exclude` takes to keep it float."""
+    made = {out: node.name for node in float_model.graph.node for out in node.output}
+    read: dict[str, str] = {}
+    for node in float_model.graph.node:
+        for name in node.input:
+            read.setdefault(name, node.name)
     rows = [
-        {"tensor": name, "kind": "weight", "sqnr_db": db}
+        {"tensor": name, "kind": "weight", "node": read.get(name), "sqnr_db": db}
         for name, db in weight_errors(float_model, quant_model, workdir).items()
     ]
     rows += [
-        {"tensor": name, "kind": "activation", "sqnr_db": db}
+        {"tensor": name, "kind": "activation", "node": made.get(name), "sqnr_db": db}
         for name, db in activation_errors(float_model, quant_model, batches, workdir).items()
     ]
     return sorted((r for r in rows if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])
