@@ -753,3 +753,12 @@ def test_a_drop_over_max_drop_suggests_only_options_that_apply(tmp_path, run_cli
                   "--max-drop", "0", "--block-size", "64", "--no-latency")  # drops (test_max_drop_refusal_...)
     assert res.code == 1 and res.err.endswith(
         "nothing written. Try another --mode, a smaller --block-size, or --exclude what --sqnr shows worst\n")
+
+
+def test_calibrating_on_the_eval_datas_train_split_is_said():
+    from onnxkit import zoo
+
+    result = quantize(zoo.build_model("digits-mlp"), mode="static", eval_data="digits", measure_latency=False)
+    assert ("calibrated on the train split of digits, evaluated on its test split (--calib, calib=, calibrates on "
+            "other data)") in result.report.notes
+

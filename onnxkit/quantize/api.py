@@ -91,12 +91,17 @@ def quantize(
     _check_evaluation(mode, eval_data, max_drop, missing)
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
-    if calib is None:
+    from_eval = calib is None and eval_data is not None
+    if from_eval:
         calib = eval_data  # a name's or Dataset's train split: no overlap with the test split evaluated on
     profile = analysis.profile(original)
     requested, mode = mode, mode or profile.default_mode
-    if calib is eval_data and isinstance(calib, Split | dict) and mode in ("static", "auto"):
-        notes.append("calibrated on the eval_data examples themselves; pass calib to calibrate on other data")
+    if from_eval and mode in ("static", "auto"):
+        if isinstance(calib, Split | dict):
+            notes.append("calibrated on the eval_data examples themselves; pass calib to calibrate on other data")
+        elif isinstance(calib, str | os.PathLike):
+            notes.append(f"calibrated on the train split of {calib}, evaluated on its test split (--calib, calib=, "
+                         "calibrates on other data)")
     already = low_precision_weights(original)
     notes += [f"the model already holds {already} low-precision weight tensors: quantized before?"] if already else []
 
