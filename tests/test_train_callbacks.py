@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -161,3 +162,10 @@ def test_a_second_keyboard_interrupt_in_a_callback_stops_at_once(tmp_path):
     assert type(caught.value) is KeyboardInterrupt
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert stop.status == "interrupted"
+
+
+def test_a_short_epochs_time_is_shown_in_milliseconds(tmp_path, capsys):
+    fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", **{**SETTINGS, "epochs": 1}, quiet=False)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("epoch 1/1")]
+    assert re.search(r"  \(\d+ ms\)$", line), line  # was "(0.0s)", as if nothing had run
+

@@ -199,7 +199,9 @@ class ProgressBar(Callback):
             for k in ("train_loss", "val_loss", "val_accuracy")
             if k in record
         )
-        self.progress.line(f"epoch {record['epoch']}/{trainer.epochs}  {shown}  ({record['seconds']:.1f}s)")
+        seconds = record["seconds"]  # a short epoch in milliseconds: "(0.0s)" read as if nothing ran
+        took = f"{seconds:.1f}s" if seconds >= 1 else f"{1000 * seconds:.0f} ms"
+        self.progress.line(f"epoch {record['epoch']}/{trainer.epochs}  {shown}  ({took})")
 
 
 class Plot(Callback):
