@@ -232,3 +232,42 @@ def test_an_empty_feature_cell_is_a_missing_value_named_by_line_and_column(tmp_p
         load_dataset(tmp_path / "plain.csv")
     assert str(plain.value) == (f"{tmp_path / 'plain.csv'}:2: feature column 2 is empty there (a missing value; "
                                 "1 empty cell in 1 of 2 rows); fill or drop those rows")
+
+
+def _labelled_model(*labels: str):  # type: ignore[no-untyped-def]
+    import onnx
+
+    from onnxkit.metadata import set_metadata
+
+    model = onnx.ModelProto()
+    set_metadata(model, {"onnxkit.labels": list(labels)})
+    return model
+
+
+def test_csv_class_names_are_numbered_as_the_model_labels_them(tmp_path):
+    # numbered by the data's own sorted names, an all-'good' CSV was class 0: a model labelled bad,good
+    # trained on it answered 'bad' for every text, and eval scored that 100%
+    path = tmp_path / "good.csv"
+    path.write_text("x,label\n" + "".join(f"{i},good\n" for i in range(10)))
+    ds = load_dataset(path, model=_labelled_model("bad", "good"))
+    assert ds.label_names == ["bad", "good"]
+    assert {int(v) for s in ("train", "validation", "test") for v in ds.split(s).labels} == {1}
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text("x,label\n" + "".join(f"{i},{'pos' if i % 2 else 'neg'}\n" for i in range(10)))
+    ds = load_dataset(swapped, model=_labelled_model("pos", "neg"))
+    assert ds.label_names == ["pos", "neg"]
+    assert all(label == (0 if x % 2 else 1) for x, label in zip(ds.train.inputs["x"][:, 0], ds.train.labels,
+                                                                 strict=True))
+    # names the model does not know at all (built with the default 0, 1): the data's own order
+    ds = load_dataset(swapped, model=_labelled_model("0", "1"))
+    assert ds.label_names == ["neg", "pos"]
+    assert all(label == x % 2 for x, label in zip(ds.train.inputs["x"][:, 0], ds.train.labels, strict=True))
+
+
+def test_a_csv_class_the_model_does_not_name_is_a_clear_error(tmp_path):
+    path = tmp_path / "three.csv"
+    path.write_text("x,label\n" + "".join(f"{i},{('bad', 'good', 'meh')[i % 3]}\n" for i in range(12)))
+    with pytest.raises(OnnxkitError) as e:
+        load_dataset(path, model=_labelled_model("bad", "good"))
+    assert str(e.value) == ("data 'three': label 'meh' is not among the model's classes (bad, good); correct the "
+                            "data's labels, or build the model with a label for every class (--set labels=...)")

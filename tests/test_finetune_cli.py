@@ -115,7 +115,7 @@ def test_a_csv_of_texts_trains_with_the_models_tokenizer(bert, run_cli, tmp_path
     path, _ = bert
     sport = ["The striker scored twice in the final", "A late goal won the cup match", "The coach praised the team"]
     money = ["Shares fell as the bank cut rates", "The market rallied on profit news", "Investors sold bonds today"]
-    rows = [(t, "sport") for t in sport * 10] + [(t, "business") for t in money * 10]
+    rows = [(t, "sports") for t in sport * 10] + [(t, "business") for t in money * 10]  # two of the model's 5 names
     (tmp_path / "texts.csv").write_text("text,label\n" + "\n".join(f'"{t}",{label}' for t, label in rows) + "\n")
     result = run_cli("train", path, "--data", tmp_path / "texts.csv", "--train-only", "classifier.*", "--steps", "3",
                      "--quiet", "-o", tmp_path / "run")

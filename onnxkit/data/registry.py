@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onnxkit.data.split import Dataset
 from onnxkit.errors import OnnxkitError, suggest
 
@@ -90,7 +92,7 @@ def load_dataset(
             from onnxkit.data.text import tokenizer_options
 
             options = {**tokenizer_options(model), **options}
-        return formats.READERS[suffix](Path(text), **split_args, **options)
+        return _in_model_order(formats.READERS[suffix](Path(text), **split_args, **options), model)
     entries = datasets()
     if text not in entries and Path(text).is_dir():
         raise OnnxkitError(f"{text}: a folder, not a data file; pass a .npz or .csv file or a dataset name")
@@ -107,4 +109,38 @@ def load_dataset(
         from onnxkit.data.text import tokenizer_options
 
         options = {**tokenizer_options(model), **options}
-    return entry.loader(**split_args, **options)
+    return _in_model_order(entry.loader(**split_args, **options), model)
+
+
+def _in_model_order(dataset: Dataset, model: Any) -> Dataset:
+    """`dataset` with its named classes numbered as `model`'s `onnxkit.labels` number them.
+
+    Named labels become ids in sorted order of the names the data holds, so a CSV whose rows are all
+    'good' would train a model labelled bad,good to answer 'bad' (and one labelled pos,neg would learn
+    them swapped). When every class name of the data is one of the model's, the ids
+    are the model's; names the model lacks beside ones it has are an error; data whose names are all
+    unknown to the model (it was built with the default 0, 1, ...) keeps its own order."""
+    import json
+
+    from onnxkit.metadata import metadata
+
+    raw = metadata(model).get("onnxkit.labels") if model is not None else None
+    names = dataset.label_names
+    if not raw or not names:
+        return dataset
+    classes = [str(n) for n in json.loads(raw)]
+    unknown = [n for n in names if n not in classes]
+    if len(unknown) == len(names) or names == classes:
+        return dataset
+    if unknown:
+        shown = ", ".join(repr(n) for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise OnnxkitError(
+            f"data {dataset.name!r}: label{'s' * (len(unknown) > 1)} {shown} "
+            f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes ({', '.join(classes)}); "
+            "correct the data's labels, or build the model with a label for every class (--set labels=...)"
+        )
+    order = np.array([classes.index(n) for n in names], dtype=np.int64)
+    for split in (dataset.train, dataset.validation, dataset.test):
+        split.labels = order[split.labels]
+    dataset.label_names = classes
+    return dataset
