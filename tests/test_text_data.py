@@ -99,3 +99,18 @@ def test_text_that_is_not_utf8_is_a_clear_error():
     with pytest.raises(OnnxkitError, match=r"text 1 is not valid UTF-8 \(lone surrogate U\+D800 at character 1\)"):
         encode(tokenizer, ["a\ud800"])
     assert encode(tokenizer, ["ünïcode ✓"])["input_ids"].shape[0] == 1
+
+
+def test_a_csv_without_a_text_column_names_the_column_a_text_model_reads(tmp_path):
+    # it said "a feature column holds non-numbers (could not convert string to float: ...); only the label
+    # column may hold text", advice for a model of numbers
+    (tmp_path / "reviews.csv").write_text("sentence,label\n" + "".join(f"fine film {i},good\n" for i in range(6)))
+    with pytest.raises(OnnxkitError) as refused:
+        load_dataset(tmp_path / "reviews.csv", tokenizer=TOKENIZER, max_length=16)
+    assert str(refused.value) == (f"{tmp_path / 'reviews.csv'}: the model reads text, but no column is headed 'text' "
+                                  "(its columns: 'sentence', 'label'); head the column of texts 'text' in the first "
+                                  "row (e.g. text,label)")
+    (tmp_path / "numbers.csv").write_text("1,0\n2,1\n")
+    with pytest.raises(OnnxkitError, match=r"numbers.csv: the model reads text, but no column is headed 'text' "
+                                           r"\(it has no header row\)"):
+        load_dataset(tmp_path / "numbers.csv", tokenizer=TOKENIZER, max_length=16)

@@ -23,7 +23,15 @@ import numpy as np
 from onnxkit.data.split import Dataset, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import is_number, read_csv_text
-from onnxkit.label_columns import LABEL_COLUMNS, NPZ_LABEL_NAMES, csv_header, label_column, npz_labels, text_column
+from onnxkit.label_columns import (
+    LABEL_COLUMNS,
+    NPZ_LABEL_NAMES,
+    TEXT_COLUMN,
+    csv_header,
+    label_column,
+    npz_labels,
+    text_column,
+)
 
 
 def _require(path: Path) -> None:
@@ -84,6 +92,10 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     if text is not None:
         texts = [row[text] for row in body]
         return _text_dataset(path, texts, labels, label_names, first, tokenizer, max_length, seed, validation, test)
+    if tokenizer is not None:  # the model reads text: its features would be 'non-numbers' to the reader below
+        columns = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
+        raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r} ({columns}); "
+                           f"head the column of texts {TEXT_COLUMN!r} in the first row (e.g. {TEXT_COLUMN},label)")
     features = [[row[j] for j in range(width) if j != label_col] for row in body]
     _refuse_empty_cells(path, features, header, label_col, first)
     try:
