@@ -168,3 +168,18 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ru
 
     saved = get_backend().checkpoint_parameters(run / "checkpoints" / "last.ckpt")
     assert all(np.isfinite(v).all() for v in saved.values())
+
+
+def test_resuming_a_finished_run_says_so_before_reading_its_data(tmp_path, monkeypatch):
+    # the data was loaded, tokenized and (head-only) run through the frozen encoder before the refusal:
+    # minutes for a pretrained model over bbc-news, to be told there was nothing to do
+    run = tmp_path / "run"
+    fit(mlp_with_batchnorm(), "digits", run, steps=1, batch_size=32, evaluate_test=False, device="cpu")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(sys.modules["onnxkit.train.fit"], "load_dataset", no_data)
+    with pytest.raises(OnnxkitError) as refused:
+        fit(resume=run)
+    assert str(refused.value) == f"the run in {run} has already finished; start a new run to train more"

@@ -170,6 +170,8 @@ def fit(
         out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
     if resume is not None:
         run = RunDirectory.existing(resume)
+        if run.read_json().get("status") == "completed" and run.model.is_file():  # said before the data is read
+            raise OnnxkitError(f"the run in {run.path} has already finished; start a new run to train more")
         config = _config_from_json(run.read_json()["config"])
         proto = _load_checked(config)
         if config.data_in_memory and not isinstance(data, Dataset):
