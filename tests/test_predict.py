@@ -245,6 +245,16 @@ def test_texts_in_a_txt_file_or_a_csv_text_column_predict_as_given_texts(run_cli
         np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.load(tmp_path / "given.npy"))
 
 
+def test_a_csv_whose_texts_are_not_headed_text_is_one_line_about_the_text_column(run_cli, words, tmp_path):
+    # it said "CSV holds one input but model 'words' has 2; use .npz or .json", advice for a model of numbers
+    (tmp_path / "s.csv").write_text("sentence,label\n\"What a match!\",x\n")
+    result = run_cli("predict", words, "-i", tmp_path / "s.csv")
+    assert (result.code, result.out) == (1, "")
+    assert result.err == (f"error: {tmp_path / 's.csv'}: the model reads text, but no column is headed 'text'; head "
+                          "the column of texts 'text' in the first row (e.g. text,label), or give a .txt (one text "
+                          "per line)\n")
+
+
 def test_input_files_that_are_not_utf8_or_not_csv_are_one_line(run_cli, digits, tmp_path):
     path, x, logits = digits
     rows = "\n".join(",".join(map(str, row)) for row in x.tolist()) + "\n"

@@ -26,6 +26,7 @@ from onnxkit.files import is_number, read_csv_text, read_text_file, write_bytes,
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
+    TEXT_COLUMN,
     csv_header,
     label_column,
     npz_labels,
@@ -213,6 +214,12 @@ def _without_labels(arrays: dict[str, np.ndarray], model: Model) -> dict[str, np
 
 
 def _read_csv(path: Path, model: Model) -> np.ndarray:
+    from onnxkit.runtime.text import carries_tokenizer
+
+    if carries_tokenizer(model):  # its texts were read from a 'text' column: this CSV has none
+        raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r}; head the column "
+                           f"of texts {TEXT_COLUMN!r} in the first row (e.g. {TEXT_COLUMN},label), or give a .txt "
+                           "(one text per line)")
     if len(model.inputs) != 1:
         raise OnnxkitError(
             f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
