@@ -167,5 +167,5 @@ def test_a_second_keyboard_interrupt_in_a_callback_stops_at_once(tmp_path):
 def test_a_short_epochs_time_is_shown_in_milliseconds(tmp_path, capsys):
     fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", **{**SETTINGS, "epochs": 1}, quiet=False)
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("epoch 1/1")]
-    assert re.search(r"  \(\d+ ms\)$", line), line  # was "(0.0s)", as if nothing had run
+    assert re.search(r"  \([\d.]+ ms\)$", line) and "(0 ms)" not in line, line  # was "(0.0s)"
 
