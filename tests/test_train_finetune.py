@@ -219,8 +219,11 @@ def test_graph_adapter_hook_trains_only_the_adapter_and_merges_it(tmp_path):
     run = [ort.InferenceSession(m.SerializeToString()).run(None, {"image": image})[0] for m in (merged, adapted)]
     np.testing.assert_allclose(run[0], run[1], rtol=1e-4, atol=1e-5)
     assert result.metrics["test"]["accuracy"] == evaluate(merged, load_dataset("digits-images").test)["accuracy"]
+    with pytest.raises(OnnxkitError, match="has already finished; start a new run"):
+        fit(resume=tmp_path / "run")  # refused before anything is read, adapter or not
+    (tmp_path / "run" / "model.onnx").unlink()  # a finished run whose model was lost is written again ...
     with pytest.raises(OnnxkitError, match="pass the same adapter to resume"):
-        fit(resume=tmp_path / "run")
+        fit(resume=tmp_path / "run")  # ... with its adapter
 
 
 def test_training_on_a_dataset_object_and_label_range_check(tmp_path):
