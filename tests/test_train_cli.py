@@ -196,3 +196,17 @@ def test_a_regression_run_reports_r2_and_mae_on_the_test_split(run_cli, tmp_path
     np.savez(tmp_path / "constant.npz", x=rows, y=np.full(60, 3.0, np.float32))  # R² undefined: None
     flat = run_cli("train", model, "--data", tmp_path / "constant.npz", "--steps", "2", "-o", tmp_path / "flat")
     assert flat.code == 0 and flat.out.startswith(f"wrote {tmp_path / 'flat' / 'model.onnx'}  (test: mae "), flat.err
+
+
+def test_training_data_of_one_class_gets_a_warning(run_cli, tmp_path):
+    rows = np.random.default_rng(0).random((40, 4), dtype=np.float32)
+    np.savez(tmp_path / "one.npz", x=rows, y=np.full(40, 2))
+    model = tmp_path / "iris.onnx"
+    assert run_cli("build", "iris-mlp", "-o", model).code == 0
+    result = run_cli("train", model, "--data", tmp_path / "one.npz", "--steps", "1", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert ("warning: every training example is of class 'virginica'; the model can only learn to answer it (give "
+            "examples of the other classes)") in result.err.splitlines()
+    mixed = run_cli("train", model, "--data", "iris", "--steps", "1", "-o", tmp_path / "mixed")
+    assert "every training example" not in mixed.err
+

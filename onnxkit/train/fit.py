@@ -452,6 +452,8 @@ class _Setup:
         self._choose_monitor()
         if unscaled_note:
             progress.line(unscaled_note)
+        if not regression:
+            self._warn_one_class(dataset)
 
     def _check_fixed_batch(self) -> None:
         """A model whose inputs fix the batch size trains in whole batches of exactly that size (each
@@ -520,6 +522,15 @@ class _Setup:
     def targets(self, labels: np.ndarray) -> np.ndarray:
         """The labels training sees: regression targets standardised with --standardize."""
         return labels if self.target_scale is None else scaled_targets(labels, self.target_scale)
+
+    def _warn_one_class(self, dataset: Dataset) -> None:
+        """One line when the training split holds a single class: the model can only learn to answer it."""
+        present = np.unique(np.asarray(dataset.train.labels).reshape(-1))
+        if len(present) == 1:
+            names, k = self.names, int(present[0])
+            shown = repr(names[k]) if names and k < len(names) else str(k)
+            self.progress.line(f"warning: every training example is of class {shown}; the model can only learn to "
+                               "answer it (give examples of the other classes)")
 
     def _standardize_unscaled(self, dataset: Dataset, whole: bool, regression: bool) -> tuple[bool, str | None]:
         """standardize=None: whether to standardise (clearly unscaled data or regression targets, and the
