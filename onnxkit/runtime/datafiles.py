@@ -165,7 +165,7 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     rows = len(prediction)
     classes = top_k or prediction.class_names is not None or prediction.task in ("classification", "binary")
     lines = []
-    if classes and not top_k and _single_logit(prediction):
+    if classes and not top_k and prediction.one_logit:
         # a binary model's one logit z is read as the scores [0, z]: every negative row would show "(0)"
         names, logits = prediction.labels or prediction.classes.tolist(), np.asarray(prediction.scores)[:, 0]
         lines.append("row  label (logit)")
@@ -182,13 +182,6 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     if rows > max_rows:
         lines.append(f"... {rows - max_rows} more rows; save them all with --output FILE")
     return "\n".join(lines)
-
-
-def _single_logit(prediction: Prediction) -> bool:
-    """Whether the scores are a binary classifier's one logit column (not probabilities)."""
-    scores = np.asarray(prediction.scores)
-    return (prediction.task == "binary" and scores.ndim == 2 and scores.shape[1] == 1
-            and not prediction.given_probabilities)
 
 
 def _no_rows(value: Any) -> bool:

@@ -38,6 +38,12 @@ class Prediction:
         """The first output."""
         return next(iter(self.outputs.values()))
 
+    @property
+    def one_logit(self) -> bool:
+        """Whether the scores are a binary classifier's single logit column (not probabilities)."""
+        scores = np.asarray(self.scores)
+        return self.task == "binary" and scores.ndim == 2 and scores.shape[1] == 1 and not self.given_probabilities
+
     def class_scores(self) -> np.ndarray:
         """Scores as [rows, classes]."""
         if self.task not in (None, "classification", "binary"):
@@ -56,7 +62,7 @@ class Prediction:
         scores = np.asarray(self.scores, np.float64)
         if self.given_probabilities:
             return self.class_scores().astype(np.float32)
-        if self.task == "binary" and scores.ndim == 2 and scores.shape[1] == 1:
+        if self.one_logit:
             positive = 0.5 * (1.0 + np.tanh(0.5 * scores))  # sigmoid, without overflow for large |z|
             return np.concatenate([1.0 - positive, positive], axis=1).astype(np.float32)
         z = self.class_scores().astype(np.float64)
