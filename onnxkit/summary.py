@@ -58,18 +58,23 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
         "metadata": read_metadata(model),
     }
     if path is not None:
-        info["file_bytes"], info["external_data"] = _file_bytes(Path(path))
+        info["file_bytes"], info["external_data"] = _file_bytes(Path(path), nbytes)
     return info
 
 
-def _file_bytes(path: Path) -> tuple[int, list[str]]:
-    """The model file's size plus that of the weight files beside it that its tensors name, and those names."""
+def _file_bytes(path: Path, parameter_bytes: int) -> tuple[int, list[str]]:
+    """The model file's size plus that of the weight files beside it that its tensors name, and those
+    names. Only a file smaller than its parameters keeps some elsewhere: only then is it read again
+    without them (loaded, the tensors no longer say where their data came from)."""
     from onnx.external_data_helper import _get_all_tensors
 
-    named = onnx.load(str(path), load_external_data=False)  # the tensors still say where their data is
+    size = os.path.getsize(path)
+    if size >= parameter_bytes:
+        return size, []
+    named = onnx.load(str(path), load_external_data=False)
     files = sorted({entry.value for tensor in _get_all_tensors(named) for entry in tensor.external_data
                     if entry.key == "location"})
-    return os.path.getsize(path) + sum((path.parent / f).stat().st_size for f in files), files
+    return size + sum((path.parent / f).stat().st_size for f in files), files
 
 
 def _human(n: float, unit: str = "B") -> str:
