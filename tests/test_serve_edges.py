@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -20,21 +19,18 @@ from onnxkit.serve.grpc_service import decode_infer, message
 from onnxkit.serve.protocol import RequestError, decode_request, encode_response
 
 
-def _model(nodes: list, inputs: list, outputs: list) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+def _one_node(folder, name: str, op: str, dtype: int, dims: list, x: str = "x", y: str = "y") -> runtime.Model:
+    """A model of one `op` node from input `x` to output `y`, both of `dtype` and `dims`, loaded as `name`."""
+    graph = helper.make_graph([helper.make_node(op, [x], [y])], "g", [helper.make_tensor_value_info(x, dtype, dims)],
+                              [helper.make_tensor_value_info(y, dtype, dims)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    return runtime.load(save_model(proto, folder / f"{name}.onnx"), threads=1, name=name)
 
 
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory) -> runtime.Model:
     """t string [N] -> o: the same strings (a model with a real string input, not a tokenizer's "text")."""
-    proto = _model(
-        [helper.make_node("Identity", ["t"], ["o"])],
-        [helper.make_tensor_value_info("t", TensorProto.STRING, ["N"])],
-        [helper.make_tensor_value_info("o", TensorProto.STRING, ["N"])],
-    )
-    path = save_model(proto, tmp_path_factory.mktemp("edges") / "echo.onnx")
-    return runtime.load(path, threads=1, name="echo")
+    return _one_node(tmp_path_factory.mktemp("edges"), "echo", "Identity", TensorProto.STRING, ["N"], "t", "o")
 
 
 def _binary_body(raw: bytes, shape: list[int], model: runtime.Model) -> tuple[bytes, runtime.Model, str]:
@@ -82,12 +78,7 @@ def test_bytes_for_a_string_input_that_are_not_utf8_get_400(echo):
 @pytest.fixture(scope="module")
 def relu(tmp_path_factory) -> runtime.Model:
     """x float [batch, 2] -> relu."""
-    proto = _model(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-    )
-    return runtime.load(save_model(proto, tmp_path_factory.mktemp("edges") / "relu.onnx"), threads=1, name="relu")
+    return _one_node(tmp_path_factory.mktemp("edges"), "relu", "Relu", TensorProto.FLOAT, ["batch", 2])
 
 
 @pytest.mark.parametrize("data", [[1.0, None], [[None, 2.0]], [None, "NaN"]])
@@ -124,12 +115,7 @@ def test_an_unknown_output_is_refused_with_the_models_outputs(relu):
 @pytest.fixture(scope="module")
 def halves(tmp_path_factory) -> runtime.Model:
     """x float16 [batch, 2] -> the same."""
-    proto = _model(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 2])],
-    )
-    return runtime.load(save_model(proto, tmp_path_factory.mktemp("edges") / "half.onnx"), threads=1, name="half")
+    return _one_node(tmp_path_factory.mktemp("edges"), "half", "Identity", TensorProto.FLOAT16, ["batch", 2])
 
 
 @pytest.mark.parametrize(
