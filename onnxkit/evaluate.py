@@ -219,11 +219,11 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
     """The split called `split` of `data` (default: the data `model` was trained on, from its
     `onnxkit.training` metadata) with `data_seed` (default: the training run's, else 0); also the
     data's name and the seed used."""
-    from onnxkit.data import Dataset, load_dataset
+    from onnxkit.data import Dataset, in_model_order, load_dataset
 
     recorded, recorded_seed = trained_on(model)
     if isinstance(data, Dataset):  # already split, in memory
-        return data.split(split), data.name, recorded_seed if data_seed is None else data_seed
+        return in_model_order(data, model).split(split), data.name, recorded_seed if data_seed is None else data_seed
     data = data if data is not None else recorded
     if not data:
         raise OnnxkitError("the model does not say what it was trained on; give data (a dataset name or file)",

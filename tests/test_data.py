@@ -264,6 +264,31 @@ def test_csv_class_names_are_numbered_as_the_model_labels_them(tmp_path):
     assert all(label == x % 2 for x, label in zip(ds.train.inputs["x"][:, 0], ds.train.labels, strict=True))
 
 
+def test_an_in_memory_dataset_is_scored_and_trained_in_the_model_s_class_order(tmp_path):
+    # a Dataset whose names run b,a given to a model labelled a,b kept its own ids: every
+    # prediction counted as wrong in evaluate, and fit trained the classes swapped
+    from onnx import TensorProto, helper
+
+    from onnxkit.data import dataset_from_arrays, in_model_order
+    from onnxkit.evaluate import evaluate
+    from onnxkit.metadata import set_metadata
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "echo",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    set_metadata(model, {"onnxkit.labels": ["a", "b"], "onnxkit.task": "classification"})
+    ids = np.arange(40) % 2  # in the data's own names, b (0) and a (1)
+    x = np.eye(2, dtype=np.float32)[1 - ids]  # the model answers each row's class: a is its 0
+    data = dataset_from_arrays("swapped", {"x": x}, ids, label_names=["b", "a"])
+    before = data.train.labels.copy()
+    assert evaluate(model, "test", data=data)["accuracy"] == 1.0
+    ordered = in_model_order(data, model)
+    assert ordered.label_names == ["a", "b"] and data.label_names == ["b", "a"]
+    np.testing.assert_array_equal(data.train.labels, before)  # the caller's Dataset is left as it was
+    np.testing.assert_array_equal(ordered.train.labels, 1 - before)
+
+
 def test_a_csv_class_the_model_does_not_name_is_a_clear_error(tmp_path):
     path = tmp_path / "three.csv"
     path.write_text("x,label\n" + "".join(f"{i},{('bad', 'good', 'meh')[i % 3]}\n" for i in range(12)))

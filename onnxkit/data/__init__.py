@@ -5,7 +5,7 @@
     for inputs, labels in ds.train.batches(64, shuffle=True, seed=0): ...
 """
 
-from onnxkit.data.registry import DatasetEntry, datasets, load_dataset, register_dataset
+from onnxkit.data.registry import DatasetEntry, datasets, in_model_order, load_dataset, register_dataset
 from onnxkit.data.split import (
     Dataset,
     ModelInput,
@@ -22,6 +22,7 @@ __all__ = [
     "Split",
     "dataset_from_arrays",
     "datasets",
+    "in_model_order",
     "load_dataset",
     "model_inputs",
     "register_dataset",

@@ -15,13 +15,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxkit.data.split import Dataset
+from onnxkit.data.split import Dataset, Split
 from onnxkit.errors import OnnxkitError, suggest
 
 Loader = Callable[..., Dataset]
@@ -92,7 +92,7 @@ def load_dataset(
             from onnxkit.data.text import tokenizer_options
 
             options = {**tokenizer_options(model), **options}
-        return _in_model_order(formats.READERS[suffix](Path(text), **split_args, **options), model)
+        return in_model_order(formats.READERS[suffix](Path(text), **split_args, **options), model)
     entries = datasets()
     if text not in entries and Path(text).is_dir():
         raise OnnxkitError(f"{text}: a folder, not a data file; pass a .npz or .csv file or a dataset name")
@@ -109,11 +109,12 @@ def load_dataset(
         from onnxkit.data.text import tokenizer_options
 
         options = {**tokenizer_options(model), **options}
-    return _in_model_order(entry.loader(**split_args, **options), model)
+    return in_model_order(entry.loader(**split_args, **options), model)
 
 
-def _in_model_order(dataset: Dataset, model: Any) -> Dataset:
-    """`dataset` with its named classes numbered as `model`'s `onnxkit.labels` number them.
+def in_model_order(dataset: Dataset, model: Any) -> Dataset:
+    """`dataset` with its named classes numbered as `model`'s `onnxkit.labels` number them (a new
+    Dataset when they differ: the given one, perhaps the caller's own, is left as it is).
 
     Named labels become ids in sorted order of the names the data holds, so a CSV whose rows are all
     'good' would train a model labelled bad,good to answer 'bad' (and one labelled pos,neg would learn
@@ -140,7 +141,6 @@ def _in_model_order(dataset: Dataset, model: Any) -> Dataset:
             "correct the data's labels, or build the model with a label for every class (--set labels=...)"
         )
     order = np.array([classes.index(n) for n in names], dtype=np.int64)
-    for split in (dataset.train, dataset.validation, dataset.test):
-        split.labels = order[split.labels]
-    dataset.label_names = classes
-    return dataset
+    train, validation, test = (Split(s.name, s.inputs, order[s.labels])
+                               for s in (dataset.train, dataset.validation, dataset.test))
+    return replace(dataset, train=train, validation=validation, test=test, label_names=classes)

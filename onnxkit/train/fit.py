@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from onnxkit import __version__
-from onnxkit.data import Dataset, Split, load_dataset, model_inputs
+from onnxkit.data import Dataset, Split, in_model_order, load_dataset, model_inputs
 from onnxkit.data.checks import check_class_labels, check_finite
 from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
@@ -179,7 +179,8 @@ def fit(
         if config.data_sha256 and sha256(Path(config.data)) != config.data_sha256:
             raise OnnxkitError(f"{config.data} changed since this run started; resume needs the data the run began "
                                "with (or start a new run on the new data)")
-        dataset = data if isinstance(data, Dataset) else load_dataset(config.data, seed=config.data_seed, model=proto)
+        dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
+                   else load_dataset(config.data, seed=config.data_seed, model=proto))
         note = None
     else:
         if model is None:
@@ -193,7 +194,8 @@ def fit(
         else:
             model_path = Path(model).resolve()
             proto = load_model(model_path)
-        dataset = data if isinstance(data, Dataset) else load_dataset(data, seed=data_seed, model=proto)
+        dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
+                   else load_dataset(data, seed=data_seed, model=proto))
         if batch_size is None:  # a model that fixes its batch size trains at that size
             batch_size = fixed_batch_size(model_inputs(proto))
         given = Settings(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
