@@ -18,9 +18,10 @@ TEXT_COLUMN = "text"  # a CSV column of texts (a Parquet one, by its exact name)
 
 def csv_header(first_row: Sequence[str]) -> Sequence[str] | None:
     """`first_row` when it is a header: some cell but the last (which may hold a text label), or
-    its only cell, is not a number."""
+    its only cell, is not a number; or it names a label column (pandas heads the columns of an
+    array 0, 1, ..., and the label column it was given a name)."""
     cells = first_row[:-1] if len(first_row) > 1 else first_row
-    return None if all(is_number(c) for c in cells) else first_row
+    return None if all(is_number(c) for c in cells) and label_column(first_row) is None else first_row
 
 
 def label_column(header: Sequence[str] | None) -> int | None:

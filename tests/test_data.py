@@ -296,3 +296,14 @@ def test_a_csv_class_the_model_does_not_name_is_a_clear_error(tmp_path):
         load_dataset(path, model=_labelled_model("bad", "good"))
     assert str(e.value) == ("data 'three': label 'meh' is not among the model's classes (bad, good); correct the "
                             "data's labels, or build the model with a label for every class (--set labels=...)")
+
+
+def test_a_header_of_numbered_columns_and_a_label_name_is_a_header(tmp_path):
+    """pandas writes a DataFrame built from an array (np.c_[X, y]) with columns 0, 1, ..., 'label': a
+    first row whose cells are all numbers but a label column's name. It was read as a data row, its
+    'label' cell a third class name beside '0' and '1': breast-cancer then trained as 3-class regression."""
+    rows = "".join(f"{i * 0.5},{-i},{i % 2}\n" for i in range(20))
+    (tmp_path / "numbered.csv").write_text("0,1,label\n" + rows)
+    ds = load_dataset(tmp_path / "numbered.csv")
+    assert ds.label_names is None and set(ds.train.labels) == {0, 1}
+    assert len(ds.train) + len(ds.validation) + len(ds.test) == 20
