@@ -20,15 +20,23 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
 
 
+def _type_name(t: onnx.TypeProto) -> str:
+    """'float32' for a tensor's elements; 'seq(map(string, float32))' for the sequence of maps a
+    scikit-learn classifier's probabilities come as (skl2onnx's ZipMap)."""
+    kind = t.WhichOneof("value")
+    if kind == "sequence_type":
+        return f"seq({_type_name(t.sequence_type.elem_type)})"
+    if kind == "map_type":
+        key = helper.tensor_dtype_to_string(t.map_type.key_type).removeprefix("TensorProto.").lower()
+        return f"map({key}, {_type_name(t.map_type.value_type)})"
+    elem = getattr(t, kind).elem_type if kind in ("tensor_type", "sparse_tensor_type") else 0
+    if elem == onnx.TensorProto.STRING:
+        return "string"
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name if elem else str(kind or "unknown")
+
+
 def _io(values: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": v.name,
-            "dtype": np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)).name,
-            "shape": _dims(v),
-        }
-        for v in values
-    ]
+    return [{"name": v.name, "dtype": _type_name(v.type), "shape": _dims(v)} for v in values]
 
 
 def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> dict[str, Any]:

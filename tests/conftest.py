@@ -49,3 +49,34 @@ def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
+
+
+def sklearn_style_classifier(classes: list[int] | list[str], *, zipmap: bool = True) -> onnx.ModelProto:
+    """A linear classifier over 2 features laid out as skl2onnx converts scikit-learn's: ai.onnx.ml's
+    LinearClassifier (class `k` scores `x @ coefficients[k]`), an L1 Normalizer to probabilities and,
+    with `zipmap`, a ZipMap to one {class: probability} map per row; outputs the label ([N] int64 or
+    string) and the probabilities. Class 0 wins for x = (1, 0), class 1 for (0, 1), class 2 for (-1, -1)."""
+    from onnx import TensorProto, helper
+
+    named = isinstance(classes[0], str)
+    labels = {"classlabels_strings" if named else "classlabels_ints": classes}
+    key = label_type = TensorProto.STRING if named else TensorProto.INT64
+    nodes = [
+        helper.make_node("LinearClassifier", ["X"], ["label", "scores"], domain="ai.onnx.ml",
+                         coefficients=[4.0, 0.0, 0.0, 4.0, -4.0, -4.0], intercepts=[0.0, 0.0, 0.0],
+                         post_transform="SOFTMAX", **labels),
+        helper.make_node("Normalizer", ["scores"], ["probabilities"], domain="ai.onnx.ml", norm="L1"),
+    ]
+    probabilities = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, len(classes)])
+    if zipmap:
+        nodes.append(helper.make_node("ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml",
+                                      **{"classlabels_strings" if named else "classlabels_int64s": classes}))
+        maps = helper.make_sequence_type_proto(
+            helper.make_map_type_proto(key, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+        probabilities = helper.make_value_info("output_probability", maps)
+    features = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])
+    graph = helper.make_graph(nodes, "sklearn-style", [features],
+                              [helper.make_tensor_value_info("label", label_type, [None]), probabilities])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    return model

@@ -343,3 +343,17 @@ def test_inspect_netron_serves_the_model(tmp_path):
         r = subprocess.run([sys.executable, "-m", "onnxkit", "inspect", str(path), "--netron", "--port", str(busy)],
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and f"port {busy} is in use" in r.stderr
+
+
+def test_inspect_shows_the_maps_and_text_labels_a_scikit_learn_model_outputs(tmp_path, run_cli):
+    """skl2onnx's classifiers output a label tensor and a sequence of {class: probability} maps;
+    inspect crashed on the maps (KeyError: 0, the element type of a tensor they do not have)."""
+    from conftest import sklearn_style_classifier
+
+    onnx.save(sklearn_style_classifier(["a", "b", "c"]), tmp_path / "skl.onnx")
+    info = json.loads(run_cli("inspect", tmp_path / "skl.onnx", "--json").out)
+    assert info["outputs"] == [{"name": "label", "dtype": "string", "shape": ["?"]},
+                               {"name": "output_probability", "dtype": "seq(map(string, float32))", "shape": []}]
+    r = run_cli("inspect", tmp_path / "skl.onnx")
+    assert r.code == 0 and "seq(map(string, float32))" in r.out
+    assert "ai.onnx.ml.LinearClassifier ×1, ai.onnx.ml.Normalizer ×1, ai.onnx.ml.ZipMap ×1" in r.out
