@@ -79,3 +79,16 @@ def test_batchnorm_statistics_and_copied_layers_train_apart(tmp_path):
     h1 = x @ trained["fc1.weight"].T + trained["fc1.bias"]
     np.testing.assert_allclose(trained["bn.running_mean"], h1.mean(0), atol=0.15 * np.abs(h1.mean(0)).max())
     np.testing.assert_allclose(trained["bn.running_var"], h1.var(0), rtol=0.3)
+
+
+def test_initializers_that_are_also_graph_inputs_train(tmp_path):
+    """Old exporters (IR < 4; PyTorch's keep_initializers_as_inputs=True) list every initializer as a
+    graph input too. Training failed in its own graph: "runs/x/artifacts/training.onnx: onnxruntime
+    cannot load it (... Duplicate definition-site for (fc1.weight))"."""
+    model = exported_like_torchscript()
+    weights = model.graph.initializer
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in weights)
+    result = fit(model, "digits", tmp_path / "run", epochs=1, batch_size=256, evaluate_test=False)
+    trained = onnx.load(result.model_path)
+    assert [i.name for i in trained.graph.input] == ["x"]
+    ort.InferenceSession(trained.SerializeToString())  # an inference model still

@@ -74,6 +74,7 @@ from onnxkit.train.training_form import (
     select,
     untie_exporter_copies,
     untrainable_weights,
+    without_initializer_inputs,
 )
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
@@ -387,6 +388,7 @@ class _Setup:
     ) -> None:
         self.run, self.config, self.dataset, self.adapter = run, config, dataset, adapter
         self.threads, self.progress = threads, progress
+        model = without_initializer_inputs(model)
         why = untrainable_weights(model)
         if why:
             named = config.model if config.model_sha256 else "the model"  # a ModelProto has no file yet
