@@ -135,3 +135,12 @@ def test_a_finite_number_past_a_float_datatype_gets_400_not_infinity(relu, halve
     assert refused.value.status == 400 and str(refused.value) == message
     infinite = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": ["Infinity", 1e400]}]}
     assert np.isinf(decode_request(json.dumps(infinite).encode(), model).feeds["x"]).all()  # infinity itself passes
+
+
+@pytest.mark.parametrize("header_length", ["\u00b2", "\u0663", "-1", " 5", ""])
+def test_a_header_length_that_is_no_ascii_count_gets_400(relu, header_length):
+    # before: '²' (the byte 0xB2 read as latin-1) passed str.isdigit() and int() failed on it: a 500
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}).encode()
+    with pytest.raises(RequestError) as refused:
+        decode_request(body, relu, header_length)
+    assert refused.value.status == 400 and "must be a byte count" in str(refused.value)

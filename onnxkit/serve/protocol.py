@@ -342,7 +342,7 @@ def encode_response(model: Model, request: InferRequest, outputs: dict[str, np.n
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):  # not '²'
         raise RequestError(
             400, f"{HEADER_LENGTH} {header_length!r} must be a byte count within the {len(body)}-byte body"
         )
