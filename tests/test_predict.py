@@ -322,3 +322,45 @@ def test_a_binary_models_table_shows_its_logit(run_cli, tmp_path):
     probs = run_cli("predict", tmp_path / "binary.onnx", "--input", tmp_path / "x.npy", "--probs")
     assert probs.out.splitlines()[0] == "row  label (score)"  # the predicted class's probability
 
+
+
+SKLEARN_ROWS = "a,b\n1,0\n0,1\n-1,-1\n0.9,0.2\n"  # classes 0, 1, 2, 0 (conftest.sklearn_style_classifier)
+
+
+@pytest.mark.parametrize("zipmap", [True, False])
+def test_a_scikit_learn_classifier_predicts_its_classes_with_their_probabilities(run_cli, tmp_path, zipmap):
+    """skl2onnx's layout: a label output, then probabilities ([N, C], or with ZipMap a list of
+    {class: probability} maps). --probs crashed ('could not convert string to float: setosa'), --top-k
+    said 'class predictions need a [batch, classes] first output', -o x.json crashed ('list' object has
+    no attribute 'tolist'), and the table printed the maps' raw reprs."""
+    from conftest import sklearn_style_classifier
+
+    from onnxkit import runtime
+
+    save_model(sklearn_style_classifier(["a", "b", "c"], zipmap=zipmap), tmp_path / "skl.onnx")
+    (tmp_path / "rows.csv").write_text(SKLEARN_ROWS)
+    result = run_cli("predict", tmp_path / "skl.onnx", "-i", tmp_path / "rows.csv", "--top-k", "2", "--probs")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    shown = ["a", "b", "c", "a"] if zipmap else ["0", "1", "2", "0"]  # without ZipMap the runtime has no names
+    assert [line.split()[1] for line in lines[1:]] == shown
+    assert "(0.9817)" in lines[1]
+    assert run_cli("predict", tmp_path / "skl.onnx", "-i", tmp_path / "rows.csv", "-o", tmp_path / "p.json").code == 0
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved["outputs"]["label"] == ["a", "b", "c", "a"]
+    probabilities = np.array(saved["outputs"]["output_probability" if zipmap else "probabilities"])
+    assert probabilities.shape == (4, 3) and probabilities.argmax(1).tolist() == [0, 1, 2, 0]
+    prediction = runtime.load(tmp_path / "skl.onnx").predict(np.array([[1, 0], [-1, -1]], np.float32))
+    assert prediction.classes.tolist() == [0, 2]
+    np.testing.assert_allclose(prediction.probabilities(), probabilities[[0, 2]], rtol=1e-6)
+
+
+def test_a_scikit_learn_classifier_with_class_ids_saves_a_csv(run_cli, tmp_path):
+    from conftest import sklearn_style_classifier
+
+    save_model(sklearn_style_classifier([0, 1, 2]), tmp_path / "skl.onnx")
+    (tmp_path / "rows.csv").write_text(SKLEARN_ROWS)
+    assert run_cli("predict", tmp_path / "skl.onnx", "-i", tmp_path / "rows.csv", "-o", tmp_path / "p.csv").code == 0
+    header, *rows = [line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines()]
+    assert header == ["label_0", "output_probability_0", "output_probability_1", "output_probability_2"]
+    assert [row[0] for row in rows] == ["0", "1", "2", "0"]

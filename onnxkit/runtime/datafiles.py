@@ -271,7 +271,7 @@ def _csv_text(prediction: Prediction, top_k: int | None) -> str:
     for name, value in prediction.outputs.items():
         flat = np.asarray(value).reshape(len(value), -1)
         names = prediction.class_names
-        if name == next(iter(prediction.outputs)) and names and flat.shape[1] == len(names):
+        if name == prediction.scores_name and names and flat.shape[1] == len(names):
             columns += list(names)
         else:
             columns += [f"{name}_{j}" for j in range(flat.shape[1])]

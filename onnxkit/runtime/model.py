@@ -56,6 +56,10 @@ class Model:
         self.task = self.metadata.get(TASK_KEY)
         self.class_names = _class_names(self.metadata, self.outputs, name)
         self.given_probabilities = self.metadata.get(SCORES_KEY) == "probabilities"
+        self.scores_output = _label_and_probabilities(self.outputs)
+        if self.scores_output:  # a scikit-learn classifier (skl2onnx): the label, then the class probabilities
+            self.given_probabilities = True
+            self.task = self.task or "classification"
         self.batchable = batchable(self.inputs)
         on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = f"cuda:{device_id}" if on_gpu else "cpu"
@@ -115,8 +119,17 @@ class Model:
             ) from e
 
     def prediction_of(self, outputs: dict[str, np.ndarray]) -> Prediction:
-        """`outputs` of this model (by name) read with its class names, task and kind of scores."""
-        return Prediction(outputs, self.class_names, self.task, self.given_probabilities)
+        """`outputs` of this model (by name) read with its class names, task and kind of scores; a
+        sequence of {class: probability} maps (skl2onnx's ZipMap) becomes a [rows, classes] array."""
+        names = self.class_names
+        outputs = dict(outputs)
+        for name, value in outputs.items():
+            if len(value) and isinstance(value[0], dict):
+                keys = list(value[0])
+                outputs[name] = np.array([[row[k] for k in keys] for row in value], np.float32)
+                if name == self.scores_output and names is None and keys != list(range(len(keys))):
+                    names = tuple(str(k) for k in keys)
+        return Prediction(outputs, names, self.task, self.given_probabilities, self.scores_output)
 
     def predict_text(self, texts: str | Sequence[str]) -> Prediction:
         """Tokenize `texts` with the tokenizer the model carries (metadata) and predict."""
@@ -208,6 +221,18 @@ def load(
     if warmup:
         loaded.warmup()
     return loaded
+
+
+def _label_and_probabilities(outputs: list[TensorSpec]) -> str | None:
+    """The name of the probabilities output of a classifier laid out as skl2onnx converts
+    scikit-learn's: first the predicted label ([N] integers or strings), then the probabilities, a
+    [N, classes] float tensor or a sequence of {class: probability} maps; None for other layouts."""
+    if len(outputs) < 2 or outputs[0].type not in ("tensor(int64)", "tensor(string)") or len(outputs[0].shape) != 1:
+        return None
+    second = outputs[1]
+    if second.type.startswith("seq(map(") or (second.type == "tensor(float)" and len(second.shape) == 2):
+        return second.name
+    return None
 
 
 def _class_names(metadata: dict[str, str], outputs: list[TensorSpec], model_name: str) -> tuple[str, ...] | None:

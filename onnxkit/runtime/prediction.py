@@ -14,7 +14,8 @@ from onnxkit.errors import OnnxkitError
 class Prediction:
     """Every model output by name; for classifiers, the predicted classes and their names.
 
-    The first output holds the scores (logits); `probabilities()` turns them into class
+    The first output holds the scores (logits; for a scikit-learn classifier, whose first output is
+    the label, the probabilities output: `scores_output`); `probabilities()` turns them into class
     probabilities (softmax; sigmoid for a binary classifier). A binary classifier's single
     logit column is read as the scores [0, logit] of classes 0 and 1, so argmax and
     softmax agree with thresholding and sigmoid. A model whose output already is probabilities
@@ -26,6 +27,7 @@ class Prediction:
     class_names: tuple[str, ...] | None = None
     task: str | None = None  # metadata onnxkit.task: "classification", "binary", "regression", ...
     given_probabilities: bool = False  # the first output is class probabilities, not logits
+    scores_output: str | None = None  # the output holding the scores, when not the first (scikit-learn's)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.outputs[name]
@@ -34,9 +36,15 @@ class Prediction:
         return len(self.scores)
 
     @property
+    def scores_name(self) -> str:
+        """The name of the output holding the scores: the first, or a scikit-learn classifier's
+        probabilities (its first output is the label)."""
+        return self.scores_output if self.scores_output in self.outputs else next(iter(self.outputs))
+
+    @property
     def scores(self) -> np.ndarray:
-        """The first output."""
-        return next(iter(self.outputs.values()))
+        """The scores: the first output, or a scikit-learn classifier's probabilities."""
+        return self.outputs[self.scores_name]
 
     @property
     def one_logit(self) -> bool:
@@ -72,8 +80,8 @@ class Prediction:
     def with_probabilities(self) -> Prediction:
         """This prediction with the scores replaced by `probabilities()` (output `probabilities`), so
         top-k, tables and saved files show probabilities instead of logits."""
-        rest = {name: value for name, value in list(self.outputs.items())[1:] if name != "probabilities"}
-        return replace(self, outputs={"probabilities": self.probabilities(), **rest})
+        rest = {name: value for name, value in self.outputs.items() if name not in (self.scores_name, "probabilities")}
+        return replace(self, outputs={"probabilities": self.probabilities(), **rest}, scores_output=None)
 
     @property
     def classes(self) -> np.ndarray:
@@ -106,7 +114,7 @@ class Prediction:
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
         """JSON-ready: {"outputs": nested lists by name, "labels" when named, "top_k" when asked}."""
-        result: dict[str, Any] = {"outputs": {name: value.tolist() for name, value in self.outputs.items()}}
+        result: dict[str, Any] = {"outputs": {name: np.asarray(value).tolist() for name, value in self.outputs.items()}}
         if self.class_names is not None:
             result["labels"] = self.labels
         if top_k:
