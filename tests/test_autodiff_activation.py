@@ -50,6 +50,10 @@ def test_unary_activation(op, attrs, scale, kinks):
     check(op, {"x": x}, ["x"], attrs, opset=18)  # Mish is new in opset 18
 
 
+def test_swish_with_alpha():
+    check("Swish", {"x": rand(3, 8, low=-4.0, high=4.0)}, ["x"], {"alpha": 1.5}, opset=24)
+
+
 def test_relu_gradient_at_zero_is_zero():
     model, feeds = single_node("Relu", {"x": np.array([[-1.0, 0.0, 2.0]])})
     grad = run_gradients(with_projection_loss(model), feeds, ["x"], runtime="reference")["x"]

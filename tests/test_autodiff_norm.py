@@ -95,6 +95,20 @@ def test_layer_norm_training_form_uses_the_emitted_statistics(wrt):
                                                  dtype=dtype)), wrt)
 
 
+# -- RMSNormalization (opset 23) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("axis,scale_shape,wrt", [
+    (-1, (4,), ["x", "s"]),
+    (1, (3, 4), ["x", "s"]),
+    (-2, (3, 4), ["s"]),
+    (1, (4,), ["x", "s"]),  # the scale broadcasts over the first normalised axis
+    (-1, (2, 1, 4), ["x", "s"]),  # and over leading axes too (PyTorch: ones shaped like x)
+])
+def test_rms_norm(axis, scale_shape, wrt):
+    inputs = {"x": LN_X, "s": rand(*scale_shape, seed=1, low=0.5, high=1.5)}
+    check("RMSNormalization", inputs, wrt, {"axis": axis, "epsilon": 1e-3}, opset=23)
+
+
 # -- BatchNormalization -----------------------------------------------------------------------------
 
 def bn_inputs(shape: tuple[int, ...]) -> dict:
@@ -160,6 +174,7 @@ def test_group_norm_scale_per_group_at_18_and_per_channel_at_21(opset, shape, gr
 
 @pytest.mark.parametrize("op,inputs,attrs,opset,x_dims", [
     ("LayerNormalization", {"x": LN_X, "s": rand(4, seed=1), "b": rand(4, seed=2)}, {}, 17, ["batch", "seq", 4]),
+    ("RMSNormalization", {"x": LN_X, "s": rand(3, 4, seed=1)}, {"axis": 1}, 23, ["batch", 3, "d"]),
     ("BatchNormalization", bn_inputs((2, 3, 2, 2)), {"training_mode": 1}, 15, ["batch", 3, "h", "w"]),
     ("GroupNormalization", {"x": rand(2, 4, 3), "s": rand(4, seed=1), "b": rand(4, seed=2)}, {"num_groups": 2}, 21,
      ["batch", 4, "len"]),

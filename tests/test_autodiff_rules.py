@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gradcases import check, rand, single_node
+from onnx import TensorProto, numpy_helper
 
-from onnxkit.autodiff.check import run_gradients, with_projection_loss
+from onnxkit.autodiff.check import gradcheck, run_gradients, with_projection_loss
 from onnxkit.autodiff.rules import shape as shape_rules
 from onnxkit.autodiff.rules.shape import SMALL_TABLE
 
@@ -57,6 +58,15 @@ def test_clip_passes_inside_the_bounds():
 def test_cast_between_floats():
     # float64 -> float32 rounds the output, so the steps are wider
     check("Cast", {"x": rand(2, 3)}, ["x"], {"to": 1}, eps=1e-2, tol=1e-5, ort_dtype=None)
+
+
+def test_cast_like_between_floats():
+    # CastLike to a float32 tensor's type (the exporters' cast of a constant to the input's type)
+    model, feeds = single_node("CastLike", {"x": rand(2, 3)}, constants={"like": np.zeros(1)}, opset=21)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.zeros(1, np.float32), "like"))
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    for analytic, numeric in gradcheck(model, feeds, ["x"], eps=1e-2).values():
+        np.testing.assert_allclose(analytic, numeric, atol=1e-5)
 
 
 @pytest.mark.parametrize("shapes", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5)),

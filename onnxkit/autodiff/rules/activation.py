@@ -57,6 +57,15 @@ def sigmoid(b: Backward) -> list[str | None]:
     return [b.op("Mul", b.dy(), b.op("Mul", y, b.op("Sub", b.const(1.0), y)))]
 
 
+@rule("Swish")
+def swish(b: Backward) -> list[str | None]:
+    # y = x s, s = sigmoid(alpha x): y' = s (1 + alpha x (1 - s))
+    scaled = b.op("Mul", b.x(), b.const(b.attr("alpha", 1.0)))
+    s = b.op("Sigmoid", scaled)
+    slope = b.op("Add", b.const(1.0), b.op("Mul", scaled, b.op("Sub", b.const(1.0), s)))
+    return [b.op("Mul", b.dy(), b.op("Mul", s, slope))]
+
+
 @rule("Tanh")
 def tanh(b: Backward) -> list[str | None]:
     y = b.y()

@@ -11,9 +11,9 @@ def identity(b: Backward) -> list[str | None]:
     return [b.dy()]
 
 
-@rule("Cast")
+@rule("Cast", "CastLike")
 def cast(b: Backward) -> list[str | None]:
-    return [b.cast_like(b.dy(), b.x(0))]
+    return [b.cast_like(b.dy(), b.x(0))]  # CastLike's second input gives only its type: no gradient
 
 
 @rule("Add")

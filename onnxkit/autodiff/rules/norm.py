@@ -1,10 +1,12 @@
-"""Gradient rules: normalisation (LayerNormalization, BatchNormalization, InstanceNormalization,
-GroupNormalization; LRN apart, at the end).
+"""Gradient rules: normalisation (LayerNormalization, RMSNormalization, BatchNormalization,
+InstanceNormalization, GroupNormalization; LRN apart, at the end).
 
 All share one closed form. With d = x - mean and xhat = d * invstd over a normalised set of n
 elements, and dxhat = dy * scale:
 
     dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+
+(RMSNormalization's is the same with no mean taken: d = x, and no mean(dxhat) term.)
 
 Statistics the forward node does not output are recomputed from x. The full-size work is a few
 elementwise passes and one reduction per needed sum; everything else is per-row (or per-channel).
@@ -85,6 +87,27 @@ def layer_norm(b: Backward) -> list[str | None]:
     if b.wants(2) and b.x(2):
         dbias = b.unbroadcast(dy, 2, b.dims(x))
     return [dx, dscale, dbias]
+
+
+@rule("RMSNormalization")
+def rms_norm(b: Backward) -> list[str | None]:
+    # y = xhat scale, xhat = x r, r = 1 / sqrt(mean(x^2) + epsilon) over axes axis..: with
+    # dxhat = dy scale, dx = r (dxhat - xhat mean(dxhat xhat)). Works on x flattened to [rows, D];
+    # the scale may span x's leading axes too (PyTorch's ones for RMSNorm(elementwise_affine=False)).
+    x, scale, dy = b.x(0), b.x(1), b.dy(0)
+    axis = b.attr("axis", -1) % b.need_rank(x)
+    _same_float_type(b, [scale])
+    x2 = b.op("Flatten", x, axis=axis)
+    r = _invstd(b, b.reduce("ReduceMean", b.op("Mul", x2, x2), [1]))
+    xhat = b.op("Mul", x2, r)
+    dx = dscale = None
+    if b.wants(0):
+        dxhat = b.op("Flatten", b.op("Mul", dy, scale), axis=axis)
+        along = b.op("Mul", xhat, b.reduce("ReduceMean", b.op("Mul", dxhat, xhat), [1]))
+        dx = b.op("Reshape", b.op("Mul", b.op("Sub", dxhat, along), r), b.shape(x))
+    if b.wants(1):
+        dscale = b.unbroadcast(b.op("Mul", dy, b.op("Reshape", xhat, b.shape(x))), 1, b.dims(x))
+    return [dx, dscale]
 
 
 def _channel_norm(
