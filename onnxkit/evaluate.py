@@ -2,7 +2,8 @@
 
 `evaluate(model, split)` runs any inference-form ONNX model on a data split (a
 `Split`, or a name: the split of the data the model was trained on) in a plain
-`onnxruntime.InferenceSession` and scores its first output (or the one named).
+`onnxruntime.InferenceSession` and scores its first output (or the one named; a scikit-learn
+classifier's probabilities, not the label skl2onnx puts first).
 It needs only numpy, onnx and onnxruntime, never the training package. A model
 with a fixed batch size runs in batches of that size, the last one padded.
 
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 
 from onnxkit.data.checks import check_class_labels, check_finite
 from onnxkit.data.split import Split, model_inputs
@@ -210,9 +212,34 @@ def _run(session: Any, name: str, feeds: dict[str, np.ndarray], fixed: int | Non
 
 
 def label_names(model) -> list[str] | None:  # type: ignore[no-untyped-def]
-    """Class names from `onnxkit.labels` metadata, if any."""
-    raw = metadata(model).get("onnxkit.labels")
-    return json.loads(raw) if raw else None
+    """Class names from `onnxkit.labels` metadata, else a scikit-learn classifier's text classes, if any."""
+    from onnxkit.data.registry import model_class_names
+
+    return model_class_names(model)
+
+
+def sklearn_probabilities(model: Any) -> str | None:
+    """The probabilities output of a classifier laid out as skl2onnx converts scikit-learn's: first the
+    predicted label ([N] integers or strings), then the probabilities, a [N, classes] float tensor or
+    a sequence of {class: probability} maps (ZipMap); None for other layouts."""
+    outputs = model.graph.output
+    if len(outputs) < 2:
+        return None
+    label, second = outputs[0].type, outputs[1].type
+    if label.tensor_type.elem_type not in (TensorProto.INT64, TensorProto.STRING) or \
+            len(label.tensor_type.shape.dim) != 1:
+        return None
+    if second.sequence_type.elem_type.HasField("map_type") or (
+            second.tensor_type.elem_type == TensorProto.FLOAT and len(second.tensor_type.shape.dim) == 2):
+        return outputs[1].name
+    return None
+
+
+def _rows(result: Any) -> np.ndarray:
+    """An output as an array: a sequence of {class: probability} maps as [rows, classes]."""
+    if len(result) and isinstance(result[0], dict):
+        return np.array([list(row.values()) for row in result], np.float32)
+    return np.asarray(result)
 
 
 def named_split(model: Any, split: str, data: Any = None, data_seed: int | None = None) -> tuple[Split, str, int]:
@@ -280,13 +307,14 @@ def evaluate(
     specs = model_inputs(proto)
     bound = split.feeds_for(specs)
     outputs = [o.name for o in proto.graph.output]
-    name = output or outputs[0]
+    given_probabilities = sklearn_probabilities(proto)
+    name = output or given_probabilities or outputs[0]
     if name not in outputs:
         raise OnnxkitError(f"model has no output {name!r}; its outputs: {', '.join(outputs)}", params=["output"])
     source = model if isinstance(model, str | os.PathLike) else proto.SerializeToString()  # errors name the file
     session = create_session(source, session_options(None, "all"), list(providers))
     fixed = fixed_batch_size(specs)
-    chunks = [_run(session, name, feeds, fixed) for feeds, _ in bound.batches(fixed or batch_size)]
+    chunks = [_rows(_run(session, name, feeds, fixed)) for feeds, _ in bound.batches(fixed or batch_size)]
     result = np.concatenate(chunks)
     out_vi = next(o for o in proto.graph.output if o.name == name)
     shape = [d.dim_value or d.dim_param for d in out_vi.type.tensor_type.shape.dim]
@@ -302,8 +330,8 @@ def evaluate(
         resolved,
         loss=loss,
         num_classes=len(names) if names and resolved == "classification" else None,
-        probabilities=resolved in PROBABILITIES_OF and probability_logits(
-            proto.graph, name, len(shape), opset(proto), PROBABILITIES_OF[resolved]) is not None,
+        probabilities=resolved in PROBABILITIES_OF and (name == given_probabilities or probability_logits(
+            proto.graph, name, len(shape), opset(proto), PROBABILITIES_OF[resolved]) is not None),
     )
     metrics["task"] = resolved
     if names and "confusion" in metrics:

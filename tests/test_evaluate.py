@@ -187,3 +187,33 @@ def test_errors_name_the_dataset_a_split_came_from(tmp_path):
     test = load_dataset(iris_csv(tmp_path / "mine.csv", x, labels)).test
     with pytest.raises(OnnxkitError, match="^data 'mine, test split': labels go up to 7"):
         evaluate(linear_model(np.ones((4, 3)), np.zeros(3)), test)
+
+
+def _sklearn_rows(tmp_path, names):
+    """A CSV of 40 rows near the three directions conftest.sklearn_style_classifier tells apart, the
+    last 10 labelled wrong (the class after the right one)."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[1, 0], [0, 1], [-1, -1]], np.float32)
+    truth = np.arange(40) % 3
+    x = centres[truth] + rng.normal(0, 0.05, (40, 2))
+    given = np.where(np.arange(40) < 30, truth, (truth + 1) % 3)
+    path = tmp_path / "rows.csv"
+    path.write_text("a,b,label\n" + "".join(f"{a},{b},{names[k]}\n" for (a, b), k in zip(x, given, strict=True)))
+    return path
+
+
+@pytest.mark.parametrize("classes", [[0, 1, 2], ["x", "y", "z"]])
+def test_eval_scores_a_scikit_learn_classifier_by_its_probabilities(run_cli, tmp_path, classes):
+    """skl2onnx's classifiers output the label first: eval read it as a regression's value ('loss 0.1
+    mae 0.1 r2 0.85' on iris) or, with text classes, crashed ('could not convert string to float')."""
+    from conftest import sklearn_style_classifier
+
+    onnx.save(sklearn_style_classifier(classes), tmp_path / "skl.onnx")
+    data = _sklearn_rows(tmp_path, classes)
+    test = load_dataset(data).test
+    predicted = (test.inputs["x"] @ np.array([[4, 0], [0, 4], [-4, -4]], np.float32).T).argmax(1)
+    metrics = evaluate(str(tmp_path / "skl.onnx"), "test", data=str(data))
+    assert metrics["task"] == "classification" and metrics["examples"] == len(test.labels) == 9
+    assert metrics["accuracy"] == np.mean(predicted == test.labels) < 1
+    r = run_cli("eval", tmp_path / "skl.onnx", "--data", data)
+    assert r.code == 0 and "accuracy" in r.out and "r2" not in r.out, r.err

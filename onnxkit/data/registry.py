@@ -112,6 +112,23 @@ def load_dataset(
     return in_model_order(entry.loader(**split_args, **options), model)
 
 
+def model_class_names(model: Any) -> list[str] | None:
+    """The names of the classes `model` scores, in its order: its `onnxkit.labels`, else the text
+    classes of a scikit-learn classifier (classlabels_strings of its ai.onnx.ml nodes); None if neither."""
+    import json
+
+    from onnxkit.metadata import metadata
+
+    raw = metadata(model).get("onnxkit.labels")
+    if raw:
+        return [str(n) for n in json.loads(raw)]
+    for node in model.graph.node:
+        texts = [a.strings for a in node.attribute if node.domain == "ai.onnx.ml" and a.name == "classlabels_strings"]
+        if texts:
+            return [t.decode() for t in texts[0]]
+    return None
+
+
 def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     """`dataset` with its named classes numbered as `model`'s `onnxkit.labels` number them (a new
     Dataset when they differ: the given one, perhaps the caller's own, is left as it is).
@@ -121,15 +138,10 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     them swapped). When every class name of the data is one of the model's, the ids
     are the model's; names the model lacks beside ones it has are an error; data whose names are all
     unknown to the model (it was built with the default 0, 1, ...) keeps its own order."""
-    import json
-
-    from onnxkit.metadata import metadata
-
-    raw = metadata(model).get("onnxkit.labels") if model is not None else None
+    classes = model_class_names(model) if model is not None else None
     names = dataset.label_names
-    if not raw or not names:
+    if not classes or not names:
         return dataset
-    classes = [str(n) for n in json.loads(raw)]
     unknown = [n for n in names if n not in classes]
     if len(unknown) == len(names) or names == classes:
         return dataset
