@@ -6,7 +6,8 @@ one graph that also outputs each parameter's gradient, in default-domain ONNX op
 2. Only active nodes that the loss depends on are differentiated, in reverse order; each
    op's rule (`onnxkit.autodiff.rules`) turns its outputs' gradients into its inputs'. A
    decomposed op (`composites`: exact GELU) is differentiated as the op it spells; an LSTM
-   or GRU (`recurrent`) is first replaced by its unrolled form. A LayerNormalization is asked
+   or GRU (`recurrent`) is first replaced by its unrolled form, an Attention (`functions`) by
+   the function body ONNX defines for it. A LayerNormalization is asked
    for the Mean and InvStdDev it computes anyway, so its rule does not compute them again.
 3. Gradients reaching a value along several paths are added up.
 
@@ -22,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxkit.autodiff import functions, recurrent
 from onnxkit.autodiff.builder import Backward, Graph
 from onnxkit.autodiff.composites import collapse
-from onnxkit.autodiff.recurrent import RECURRENT, unroll, unsupported
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import ancestors, node_label, opset, value_types
@@ -66,15 +67,43 @@ def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list
     """(op type, node label) of every node on the gradient path that has no rule."""
     types = value_types(model)
     nodes, _ = active_nodes(model, wrt, loss, types)
+    version = opset(model)
     missing = [(node.op_type, node_label(node, i)) for i, node in nodes
-               if _rule_key(node) not in RULES and node.op_type not in RECURRENT]
+               if _rule_key(node) not in RULES and _rule_key(node) not in REPLACED]
     missing += [(f"{node.op_type} {reason}", node_label(node, i)) for i, node in nodes
-                if node.op_type in RECURRENT and (reason := unsupported(node, types))]
+                if _rule_key(node) in REPLACED and (reason := _unsupported(node, types, version))]
     return missing
+
+
+REPLACED = recurrent.RECURRENT | functions.FUNCTIONS  # ops replaced by standard ops before differentiation
 
 
 def _rule_key(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
+def _unsupported(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto], version: int) -> str | None:
+    """Why an op of REPLACED cannot be replaced (unrolled, or inlined from its function body), or None."""
+    if node.op_type in recurrent.RECURRENT:
+        return recurrent.unsupported(node, types)
+    return functions.unsupported(node, types, version)
+
+
+def _replace(model: onnx.ModelProto, nodes: list[tuple[int, onnx.NodeProto]], types: dict[str, onnx.ValueInfoProto],
+             version: int) -> bool:
+    """Replace the REPLACED ops among `nodes` by standard ops, in place; whether there were any."""
+    replaced = [(index, node) for index, node in nodes if _rule_key(node) in REPLACED]
+    for index, node in replaced:
+        reason = _unsupported(node, types, version)
+        if reason:
+            raise OnnxkitError(f"cannot differentiate {node.op_type} (node {node_label(node, index)}) {reason}; "
+                               "leave the parameters before it out of wrt")
+    for index, node in reversed(replaced):  # from the last: a replacement moves the nodes after it
+        if node.op_type in recurrent.RECURRENT:
+            recurrent.unroll(model, [index], types)
+        else:
+            functions.inline(model, index, types, version)
+    return bool(replaced)
 
 
 def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx.ModelProto:
@@ -91,14 +120,7 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     model = result
     types = value_types(model)
     nodes, active = active_nodes(model, wrt, loss, types)
-    recurrent = [(index, node) for index, node in nodes if node.op_type in RECURRENT]
-    for index, node in recurrent:
-        reason = unsupported(node, types)
-        if reason:
-            raise OnnxkitError(f"cannot differentiate {node.op_type} (node {node_label(node, index)}) {reason}; "
-                               "leave the parameters before it out of wrt")
-    if recurrent:  # differentiated through their unrolled form
-        unroll(model, [index for index, _ in recurrent], types)
+    if _replace(model, nodes, types, version):  # differentiated through their standard-op form
         types = value_types(model)
         nodes, active = active_nodes(model, wrt, loss, types)
     if loss not in active:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from onnxkit.autodiff.builder import Backward
+from onnxkit.autodiff.functions import FUNCTIONS
 from onnxkit.autodiff.recurrent import RECURRENT
 
 Rule = Callable[[Backward], "list[str | None]"]
@@ -56,12 +57,14 @@ def gradient_table() -> str:
     rows = ["| group | ops with a gradient rule |", "|---|---|"]
     rows += [f"| {group} | {', '.join(sorted(ops))} |" for group, ops in sorted(groups.items())]
     rows.append(f"| recurrent (unrolled over a fixed sequence length) | {', '.join(sorted(RECURRENT))} |")
+    rows.append(f"| through ONNX's function body for the node | {', '.join(sorted(FUNCTIONS))} |")
     rows.append(f"| no gradient (cut) | {', '.join(sorted(NON_DIFFERENTIABLE))} |")
     return "\n".join(rows)
 
 
 from onnxkit.autodiff.rules import (  # noqa: E402,F401  (each module registers its rules)
     activation,
+    attention,
     conv,
     einsum,
     elementwise,

@@ -1,0 +1,67 @@
+"""Ops differentiated through the function body that ONNX defines for them: Attention (opset 23's
+scaled dot-product attention, which PyTorch's exporter writes for `F.scaled_dot_product_attention`,
+`nn.MultiheadAttention` and `nn.TransformerEncoderLayer` from opset 23 on).
+
+ONNX's schema builds the body in standard ops for the node's attributes and input types
+(is_causal, scale, softcap, grouped-query heads, 3-D inputs, a boolean or additive mask, past key
+and value, ...). On the gradient path the node is replaced in the training graph by that body,
+whose ops the ordinary rules differentiate; the inference graph keeps the node and ONNX Runtime's
+kernel.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import defs
+
+FUNCTIONS = frozenset({"Attention"})
+
+
+def body(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto], version: int) -> onnx.FunctionProto | str:
+    """`node`'s function body for its attributes and input types at opset `version`, or why there is none."""
+    if any(name and name not in types for name in node.input):
+        return "with inputs of unknown type"
+    inputs = [types[name].type.SerializeToString() if name else onnx.TypeProto().SerializeToString()
+              for name in node.input]
+    try:
+        schema = defs.get_schema(node.op_type, version, "")
+        built = schema.get_context_dependent_function(node.SerializeToString(), inputs)
+    except Exception as e:  # noqa: BLE001 - onnx's builder refuses in its own words
+        return f"whose ONNX function body could not be built ({str(e).strip().splitlines()[0]})"
+    function = onnx.FunctionProto()
+    function.ParseFromString(built)
+    if not function.node or any(a.ref_attr_name or a.g.node or a.graphs for n in function.node for a in n.attribute):
+        return "whose ONNX function body is empty or has attribute references or subgraphs"
+    return function
+
+
+def unsupported(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto], version: int) -> str | None:
+    """Why `node` cannot be replaced by its function body, or None."""
+    found = body(node, types, version)
+    return found if isinstance(found, str) else None
+
+
+def inline(model: onnx.ModelProto, position: int, types: dict[str, onnx.ValueInfoProto], version: int) -> None:
+    """Replace the node at `position` of `model`'s graph by its function body, in place."""
+    node = model.graph.node[position]
+    function = body(node, types, version)
+    if isinstance(function, str):
+        raise ValueError(f"{node.op_type} {function}")
+    del model.graph.node[position]
+    for offset, new in enumerate(_renamed(function, node, f"{node.name or node.output[0]}/body/")):
+        model.graph.node.insert(position + offset, new)
+
+
+def _renamed(function: onnx.FunctionProto, node: onnx.NodeProto, prefix: str) -> list[onnx.NodeProto]:
+    """The body's nodes with its formal inputs and outputs named as `node`'s, the rest under `prefix`."""
+    names = dict(zip(function.input, [*node.input, *[""] * len(function.input)], strict=False))  # absent: ""
+    names.update((formal, actual) for formal, actual in zip(function.output, node.output, strict=False) if actual)
+    nodes = []
+    for index, inner in enumerate(function.node):
+        new = onnx.NodeProto()
+        new.CopyFrom(inner)
+        new.name = f"{prefix}{inner.name or index}"
+        new.input[:] = [names.get(n, f"{prefix}{n}") if n else "" for n in inner.input]
+        new.output[:] = [names.get(n, f"{prefix}{n}") if n else "" for n in inner.output]
+        nodes.append(new)
+    return nodes

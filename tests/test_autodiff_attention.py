@@ -1,0 +1,103 @@
+"""Opset 23's attention ops: Attention differentiated through ONNX's function body for it, and
+RotaryEmbedding's rule, against central finite differences (float64, onnx.reference), then on
+ONNX Runtime in float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from gradcases import check, rand, single_node
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.autodiff import functions
+from onnxkit.errors import OnnxkitError
+from onnxkit.graph_walks import value_types
+
+Q, K, V = rand(2, 4, 3, 4), rand(2, 2, 5, 4, seed=1), rand(2, 2, 5, 4, seed=2)  # 4 query heads, 2 key/value heads
+SQUARE = {"q": rand(2, 2, 4, 4), "k": rand(2, 2, 4, 4, seed=1), "v": rand(2, 2, 4, 4, seed=2)}
+ATTENTION = [  # (name, inputs, constants, attributes, outputs)
+    ("causal", SQUARE, {}, {"is_causal": 1}, 1),
+    ("grouped query heads, scale, softcap", {"q": Q, "k": K, "v": V}, {}, {"scale": 0.7, "softcap": 2.0}, 1),
+    ("boolean mask", {"q": Q, "k": K, "v": V}, {"m": np.array([[1, 1, 0, 1, 0]] * 3, bool)}, {}, 1),
+    ("additive mask, trained", {"q": Q, "k": K, "v": V, "m": rand(3, 5, seed=5)}, {}, {}, 1),
+    ("3-D inputs", {"q": rand(2, 3, 8), "k": rand(2, 5, 4, seed=1), "v": rand(2, 5, 6, seed=2)}, {},
+     {"q_num_heads": 2, "kv_num_heads": 1}, 1),
+    ("past key and value, present outputs", {"q": Q, "k": K, "v": V, "": None, "pk": rand(2, 2, 2, 4, seed=3),
+                                             "pv": rand(2, 2, 2, 4, seed=4)}, {}, {"is_causal": 1}, 3),
+    ("softcapped scores as an output", {"q": Q, "k": K, "v": V}, {}, {"qk_matmul_output_mode": 2, "softcap": 3.0}, 4),
+]
+
+
+@pytest.mark.parametrize("inputs,constants,attrs,outputs", [a[1:] for a in ATTENTION], ids=[a[0] for a in ATTENTION])
+def test_attention_through_its_function_body(inputs, constants, attrs, outputs):
+    check("Attention", inputs, [n for n in inputs if n], attrs, opset=23, constants=constants, outputs=outputs)
+
+
+@pytest.mark.parametrize("attrs,constants", [({"is_causal": 1, "softcap": 2.0}, {}),
+                                             ({}, {"m": np.array([[1, 1, 0, 1, 0]] * 3, bool)})])
+def test_the_function_body_matches_onnxruntimes_kernel(attrs, constants):
+    model, feeds = single_node("Attention", {"q": Q, "k": K, "v": V}, attrs, opset=23, constants=constants,
+                               dtype=np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    functions.inline(model, 0, value_types(model), 23)
+    assert "Attention" not in {n.op_type for n in model.graph.node}
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-6)
+
+
+def test_attention_with_inputs_of_unknown_type_is_refused_by_name():
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"])
+    assert functions.unsupported(node, {}, 23) == "with inputs of unknown type"
+
+
+CACHES = {"cos": rand(5, 4, seed=1), "sin": rand(5, 4, seed=2), "pos": np.array([[0, 1, 2], [2, 3, 4]])}
+
+
+@pytest.mark.parametrize("x,attrs,constants", [
+    (rand(2, 2, 3, 8), {}, CACHES),
+    (rand(2, 3, 16), {"num_heads": 2, "interleaved": 1, "rotary_embedding_dim": 4},
+     {"cos": rand(5, 2, seed=1), "sin": rand(5, 2, seed=2), "pos": CACHES["pos"]}),
+    (rand(2, 2, 3, 8), {}, {"cos": rand(2, 3, 4, seed=1), "sin": rand(2, 3, 4, seed=2)}),  # no position ids
+], ids=["4-D, position ids", "3-D, interleaved, part of each head", "caches per position"])
+def test_rotary_embedding(x, attrs, constants):
+    check("RotaryEmbedding", {"x": x}, ["x"], attrs, opset=23, constants=constants)
+
+
+def test_rotary_embedding_caches_get_no_gradient():
+    with pytest.raises(OnnxkitError, match="cos and sin caches get no gradient"):
+        check("RotaryEmbedding", {"x": rand(2, 2, 3, 8), "cos": CACHES["cos"], "sin": CACHES["sin"]},
+              ["x", "cos"], opset=23, constants={"pos": CACHES["pos"]})
+
+
+@pytest.mark.training
+def test_causal_attention_over_the_rows_of_each_digit_trains(tmp_path):
+    """x [batch, 64] -> 8 rows of 8 pixels -> q, k, v projections -> Attention (3-D, 2 heads,
+    causal) -> RMSNormalization -> head: opset 23's ops as PyTorch's exporter writes them."""
+    from onnxkit.train import fit
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Reshape", ["x", "rows"], ["seq"]),
+        *(helper.make_node("MatMul", ["seq", f"w{p}"], [p]) for p in "qkv"),
+        helper.make_node("Attention", ["q", "k", "v"], ["attended"], q_num_heads=2, kv_num_heads=2, is_causal=1),
+        helper.make_node("Reshape", ["attended", "flat"], ["h"]),
+        helper.make_node("RMSNormalization", ["h", "norm.scale"], ["normed"]),
+        helper.make_node("Gemm", ["normed", "head.w", "head.b"], ["logits"]),
+    ]
+    weights = {**{f"w{p}": rng.uniform(-0.5, 0.5, (8, 8)) for p in "qkv"}, "norm.scale": np.ones(64),
+               "head.w": rng.uniform(-0.1, 0.1, (64, 10)), "head.b": np.zeros(10)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    inits += [numpy_helper.from_array(np.array([-1, 8, 8], np.int64), "rows"),
+              numpy_helper.from_array(np.array([-1, 64], np.int64), "flat")]
+    graph = helper.make_graph(nodes, "attention digits",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    result = fit(model, "digits", tmp_path / "run", epochs=6, batch_size=32, lr=0.01, quiet=True, device="cpu",
+                 backend="onnx")
+    losses = [r["val_loss"] for r in result.history if r["event"] == "epoch"]
+    assert losses[-1] < 0.5 * losses[0] and result.metrics["test"]["accuracy"] > 0.8
+    kept = [n.op_type for n in onnx.load(result.model_path).graph.node]
+    assert kept.count("Attention") == 1  # the inference graph keeps the node
