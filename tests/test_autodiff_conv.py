@@ -252,6 +252,20 @@ def test_resize(attrs, scales, sizes):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+# -- Col2Im (F.fold) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image,block,attrs,columns", [
+    ([4, 4], [2, 2], {"strides": [2, 2]}, 4),  # blocks that tile the image
+    ([3, 4], [2, 2], {}, 6),  # overlapping blocks add up
+    ([4, 5], [2, 2], {"dilations": [1, 2], "pads": [1, 0, 1, 1], "strides": [2, 1]}, 12),
+])
+def test_col2im(image, block, attrs, columns):
+    inputs = {"x": rand(2, 3 * int(np.prod(block)), columns)}
+    check("Col2Im", inputs, ["x"], attrs, opset=18,
+          constants={"image": np.array(image, np.int64), "block": np.array(block, np.int64)})
+
+
 # -- unsupported ---------------------------------------------------------------------------------
 
 

@@ -19,6 +19,12 @@ def test_binary_ops_reduce_broadcasting_back(op):
     check(op, {"a": a, "b": b}, ["a", "b"])
 
 
+def test_float_mod():
+    # torch.fmod: a - trunc(a / b) b, with a / b kept away from the integers where y jumps
+    a = np.array([[2.3, -1.7, 0.4], [-3.1, 1.2, 5.8]])
+    check("Mod", {"a": a, "b": np.array([0.9, 0.7, 1.1])}, ["a", "b"], {"fmod": 1})
+
+
 @pytest.mark.parametrize("op", ["Sum", "Mean"])
 def test_variadic_ops(op):
     check(op, {"a": rand(2, 3), "b": rand(3, seed=2), "c": rand(1, 3, seed=3)}, ["a", "b", "c"])

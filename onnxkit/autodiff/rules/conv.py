@@ -15,6 +15,7 @@ may be symbolic. Everything is written with standard ops:
   No Transpose and no index tensors: ORT's transpose optimizer turns transposed layouts into
   slow inner-axis broadcasts, and its MaxPool with Indices is an order of magnitude slower.
 - AveragePool: dY over each window's size (a static table), spread back the same way.
+- Col2Im: dX cuts dY's blocks back out (im2col), a Conv with one one-hot kernel per block position.
 - Resize (nearest, linear): a linear map per axis, so dX = A_h^T dY A_w with interpolation
   matrices built from the static sizes.
 """
@@ -411,6 +412,22 @@ def global_max_pool(b: Backward) -> list[str | None]:
     taps = math.prod(_spatial(b, x))
     flat = [b.op("Reshape", name, b.ints([0, 0, -1])) for name in (x, b.y(), b.dy())]
     return [b.op("Reshape", _first_max(b, *flat, taps, 0), b.shape(x))]
+
+
+@rule("Col2Im")
+def col2im(b: Backward) -> list[str | None]:
+    # y adds each column's block of values into the image (PyTorch's F.fold); dx reads the blocks
+    # back out of dy (im2col): a Conv of each channel with one one-hot kernel per block position.
+    block = b.value(b.x(2))
+    if block is None:
+        raise ValueError("its block_shape is not a constant")
+    block = [int(v) for v in block.reshape(-1)]
+    taps = math.prod(block)
+    one_hot = b.const(np.eye(taps).reshape([taps, 1, *block]), like=b.dy())
+    image = b.op("Slice", b.shape(b.dy()), b.ints([2]), b.ints([2 + len(block)]))
+    channels = b.op("Reshape", b.dy(), b.op("Concat", b.ints([-1, 1]), image, axis=0))
+    attrs = {name: b.attr(name) for name in ("dilations", "pads", "strides") if b.attr(name) is not None}
+    return [b.op("Reshape", b.op("Conv", channels, one_hot, **attrs), b.shape(b.x()))]
 
 
 # -- resizing ----------------------------------------------------------------------------------

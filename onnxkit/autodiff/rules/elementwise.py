@@ -58,6 +58,16 @@ def div(b: Backward) -> list[str | None]:
     return [da, db]
 
 
+@rule("Mod")
+def mod(b: Backward) -> list[str | None]:
+    # float Mod is fmod: y = a - trunc(a / b) b, so da = dy and db = -dy trunc(a / b) = -dy (a - y) / b
+    da = b.unbroadcast(b.dy(), 0) if b.wants(0) else None
+    db = None
+    if b.wants(1):
+        db = b.unbroadcast(b.op("Neg", b.op("Div", b.op("Mul", b.dy(), b.op("Sub", b.x(0), b.y())), b.x(1))), 1)
+    return [da, db]
+
+
 @rule("Neg")
 def neg(b: Backward) -> list[str | None]:
     return [b.op("Neg", b.dy())]
