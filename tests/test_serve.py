@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import signal
 import socket
@@ -207,6 +209,33 @@ def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(client, meth
     assert reply.headers["content-type"] == "application/json"
     assert message in reply.json()["error"]
     assert client.post("/v2/models/digits/infer", json=GOOD).status_code == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_the_limit_sent_whole_gets_its_413_and_the_connection_serves_on(server, chunked):
+    # before: the 413 closed the connection with the body unread, and the kernel reset it: a client that sends
+    # its whole body before reading (http.client, tritonclient.http) saw 'connection reset by peer', not the 413
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = b"[" + b"0," * (8 * 2**20) + b"0]"  # 16 MB, over the 1 MB limit
+    connection.request("POST", "/v2/models/digits/infer", iter([body]) if chunked else body)
+    reply = connection.getresponse()
+    assert reply.status == 413 and "over the 1,048,576-byte limit" in json.loads(reply.read())["error"]
+    connection.request("POST", "/v2/models/digits/infer", json.dumps(GOOD))  # the same connection
+    assert connection.getresponse().status == 200
+    connection.close()
+
+
+def test_a_413_to_a_client_waiting_for_100_continue_closes_the_connection(server):
+    # the client sends no body after a refusal: kept open, the server would read its next request as that body
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 16000000\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413 ") and b"connection: close" in reply and b"byte limit" in reply
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -93,6 +93,17 @@ def connect(url: str) -> socket.socket:
     return sock
 
 
+def server_holds(sock: socket.socket) -> bool:
+    """True while the server process holds its end of `sock`'s connection: /proc/net/tcp lists a socket whose peer
+    is ours, with an inode (once closed, the kernel may still hold it, with inode 0, to send what is left)."""
+    ours, server = (f"{port:04X}" for port in (sock.getsockname()[1], sock.getpeername()[1]))
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(":" + server) and fields[2].endswith(":" + ours) and fields[9] != "0":
+            return True
+    return False
+
+
 def closed_after(sock: socket.socket, start: float) -> tuple[float, bytes]:
     """Seconds from `start` until the server closed `sock`, and what it sent before."""
     received = b""
@@ -148,6 +159,30 @@ def test_unfinished_bodies_get_408_within_the_body_timeout_and_their_memory_is_f
     assert httpx.post(guarded.url + "/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
 
 
+def test_a_client_that_never_reads_its_answer_is_dropped_after_the_body_timeout(guarded):
+    # before: the 16 MB answer waited in the server's memory for as long as the client kept the connection open
+    rows = 2**19
+    raw = np.ones((rows, 4), np.float32).tobytes()
+    tensor = {"name": "x", "shape": [rows, 4], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    head = (
+        f"POST /v2/models/nonfinite/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(header) + len(raw)}\r\n\r\n"
+    ).encode()
+    host, port = guarded.url.removeprefix("http://").rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        sock.connect((host, int(port)))
+        sock.sendall(head + header + raw)
+        start = time.monotonic()
+        while server_holds(sock) and time.monotonic() < start + 6:  # never reading: the answer fills the buffers
+            time.sleep(0.05)
+        assert 1 < time.monotonic() - start < 4  # the body timeout is 2 s
+        _, received = closed_after(sock, start)  # what the kernel's buffers held, not the whole answer
+        assert received.startswith(b"HTTP/1.1 200 ") and len(received) < 2 * len(raw)
+    assert httpx.post(guarded.url + "/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
+
+
 def test_a_wrong_or_missing_api_key_gets_401_and_health_stays_open(guarded):
     with httpx.Client(base_url=guarded.url, timeout=10) as client:
         for path in ("/v2/health/live", "/v2/health/ready"):
@@ -178,8 +213,11 @@ def test_a_wrong_or_missing_api_key_gets_401_and_health_stays_open(guarded):
          400, "malformed HTTP request: conflicting Content-Length headers"),
         (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
          "malformed HTTP request: illegal chunk header: bytearray(b'zz\\r\\n')"),
+        (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400,
+         "malformed HTTP request: both Content-Length and Transfer-Encoding; send one"),
     ],
-    ids=["request-line", "negative-length", "two-lengths", "bad-chunk"],
+    ids=["request-line", "negative-length", "two-lengths", "bad-chunk", "length-and-chunked"],
 )  # fmt: skip
 def test_malformed_http_gets_a_json_error_and_the_connection_is_closed(guarded, request_, status, message):
     # before: uvicorn's plain-text 400 "Invalid HTTP request received." for each (431 too)

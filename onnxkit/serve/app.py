@@ -155,7 +155,11 @@ class _Front:
         path: str = scope["path"]
         target = _infer_target(path)
         key = self.key
-        if key is not None and path not in OPEN_PATHS and not authorized(_header(scope, b"authorization"), key):
+        if _framed_twice(scope["headers"]):
+            body, headers = refusal(RequestError(400, _FRAMED_TWICE))
+            await send_json(send, 400, body, {**headers, "connection": "close"})
+            status, endpoint = 400, "malformed"
+        elif key is not None and path not in OPEN_PATHS and not authorized(_header(scope, b"authorization"), key):
             error = RequestError(401, "this server needs an API key: send the header 'Authorization: Bearer KEY'")
             body, headers = refusal(error)
             await send_json(send, 401, body, {**headers, "www-authenticate": "Bearer"})
@@ -211,6 +215,8 @@ class _Front:
             reply, header_length = await offload(size, encode_response, used, request, outputs)
         except RequestError as e:
             body, headers = refusal(e)
+            if e.status == 413 and (_header(scope, b"expect") or b"").lower() == b"100-continue":
+                headers["connection"] = "close"  # the client sends no body after a refusal: the rest is not the body
             await send_json(send, e.status, body, headers)
             return e.status
         except ClientGone as e:
@@ -230,6 +236,16 @@ class _Front:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": reply})
         return 200
+
+
+_FRAMED_TWICE = "malformed HTTP request: both Content-Length and Transfer-Encoding; send one"
+
+
+def _framed_twice(headers: list[tuple[bytes, bytes]]) -> bool:
+    """True for a request with both a Content-Length and a Transfer-Encoding (h11 reads it as chunked). A proxy
+    in front that goes by the length would see another request boundary than the server: request smuggling."""
+    names = {name for name, _ in headers}
+    return b"transfer-encoding" in names and b"content-length" in names
 
 
 def _infer_target(path: str) -> tuple[str, str] | None:

@@ -13,6 +13,10 @@ Where each one is enforced, and why there:
   answered with a JSON 408 and `Connection: close`, and the app that was reading it sees
   the client leave (`read_body` raises `ClientGone`, status 408 for /metrics) and drops
   what it had. The head's size is capped by h11 (16 KiB).
+- **Send timeout**: a client that stops reading its answer (the socket's buffers full, uvicorn
+  waiting to send more, or a whole answer queued in memory) has `body_timeout` to start
+  reading again; then the connection is dropped with what was still unsent. Without it, such a
+  client held its answer in the server's memory, and the connection, for as long as it liked.
 - **Stopping** (SIGINT, SIGTERM): a body still arriving gets `SHUTDOWN_GRACE_S` more (at most
   its body timeout), then a JSON 503 and `Connection: close` in the same way, so the server's
   graceful shutdown never has to cancel a request that is waiting for its body.
@@ -20,8 +24,9 @@ Where each one is enforced, and why there:
   and answers plain text without `Retry-After`; the protocol subclass instead answers
   every request on a connection past `max_connections` with a JSON 503, `Retry-After`
   and `Connection: close`.
-- **Body size**: in the app, which reads the body (`read_body`): a JSON 413, and the
-  connection is closed.
+- **Body size**: in the app, which reads the body (`read_body`): a JSON 413. The connection
+  stays open: uvicorn reads and drops the rest of the body (within the body timeout), so a
+  client that sends its whole body before reading gets the 413, not a reset connection.
 - **Queued requests** per model: the batcher refuses past `max_queue` with 503 and
   `Retry-After` (`onnxkit.serve.batcher`).
 """
@@ -80,6 +85,7 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
                 limits.header_timeout, self._head_timed_out
             )
             self._body_timer: asyncio.TimerHandle | None = None
+            self._send_timer: asyncio.TimerHandle | None = None
             if len(self.connections) > limits.max_connections:
                 self.app = _refuse_connection
 
@@ -105,8 +111,23 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
                 stopping = RequestError(503, "the server is stopping and the request body had not all arrived; retry")
                 self._body_timer = self.loop.call_later(SHUTDOWN_GRACE_S, self._refuse_body, stopping)
 
+        def pause_writing(self) -> None:
+            """The client is not reading what was sent: it has `body_timeout` to take it, or the connection is
+            dropped with what is left unsent (an answer waiting in memory for a client that never reads it)."""
+            super().pause_writing()
+            if self._send_timer is None:
+                self._send_timer = self.loop.call_later(limits.body_timeout, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timers()
+            if self._send_timer is not None:
+                self._send_timer.cancel()
             super().connection_lost(exc)
 
         def _cancel_timers(self) -> None:
@@ -200,8 +221,10 @@ def _too_big(max_bytes: int) -> RequestError:
 def refusal(error: RequestError) -> tuple[bytes, dict[str, str]]:
     """The JSON body of a refusal and its extra headers: every 503 says when to retry."""
     headers = {"retry-after": str(RETRY_AFTER_S)} if error.status == 503 else {}
-    if error.status in (408, 413):  # the rest of the body is not read: the connection cannot carry on
+    if error.status == 408:  # the rest of the body is late: the connection cannot carry on
         headers["connection"] = "close"
+    # a 413 keeps the connection: uvicorn reads and drops the rest of the body, so a client that sends the whole
+    # body before reading its answer gets the 413 (closing with the body unread resets the connection instead)
     return orjson.dumps({"error": str(error)}), headers
 
 
