@@ -311,3 +311,19 @@ def test_the_model_of_an_unfinished_run_says_how_to_finish_it(run_cli, tmp_path)
         assert f"has not finished; continue it with onnxkit train --resume {run}" in result.err, result.err
     other = run_cli("eval", tmp_path / "model.onnx")
     assert other.code == 1 and "no such file; pass the path of an .onnx model" in other.err
+
+
+def test_a_scikit_learn_linear_classifier_is_refused_as_what_it_is(run_cli, tmp_path):
+    """skl2onnx's LogisticRegression keeps its weights in LinearClassifier's attributes: train said
+    "output 'label' is not float32 ...; pick a float one with --model-output NAME", and following
+    that advice gave 'nothing to train: ... loosen --freeze / --train-only'."""
+    from conftest import sklearn_style_classifier
+
+    onnx.save(sklearn_style_classifier(["a", "b", "c"]), tmp_path / "skl.onnx")
+    rows = "".join(f"{i % 3},{i % 2},{'abc'[i % 3]}\n" for i in range(30))
+    (tmp_path / "rows.csv").write_text("x1,x2,label\n" + rows)
+    run = tmp_path / "run"
+    for extra in ([], ["--model-output", "output_probability"]):
+        result = run_cli("train", tmp_path / "skl.onnx", "--data", tmp_path / "rows.csv", "-o", run, *extra)
+        refused(result, "ai.onnx.ml.LinearClassifier, ai.onnx.ml.Normalizer", run)
+        assert "weights in attributes" in result.err and "scikit-learn" in result.err

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import zoo
-from onnxkit.data import Dataset, Split, load_dataset
+from onnxkit.data import Dataset, Split, dataset_from_arrays, load_dataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
 from onnxkit.files import load_model
@@ -233,3 +233,38 @@ def test_training_on_a_dataset_object_and_label_range_check(tmp_path):
     data = Dataset("mine", split, split, split)
     with pytest.raises(OnnxkitError, match="labels go up to 4 but output 'logits' has 3 scores"):
         fit(zoo.build_model("iris-mlp"), data, tmp_path / "run")
+
+
+def test_a_scikit_learn_mlp_classifier_trains_through_its_zipmap(tmp_path):
+    """skl2onnx converts MLPClassifier to MatMul/Add/Softmax with the label (ArgMax) first and the
+    probabilities as ZipMap's maps second. Train refused the label ("not float32 ... pick a float one
+    with --model-output") and the maps ("the shape of output 'output_probability' cannot be
+    inferred"); it now fits the probabilities ZipMap reads, and the trained model keeps both outputs."""
+    rng = np.random.default_rng(0)
+    weights = {"coefficient": rng.normal(0, 0.1, (2, 3)), "intercepts": np.zeros(3)}
+    nodes = [
+        helper.make_node("MatMul", ["X", "coefficient"], ["mul"]),
+        helper.make_node("Add", ["mul", "intercepts"], ["add"]),
+        helper.make_node("Softmax", ["add"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+        helper.make_node("ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml",
+                         classlabels_int64s=[0, 1, 2]),
+    ]
+    maps = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+         helper.make_value_info("output_probability", maps)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    centres = np.array([[2, 0], [0, 2], [-2, -2]], np.float32)
+    y = np.arange(150) % 3
+    x = centres[y] + rng.normal(0, 0.3, (150, 2)).astype(np.float32)
+    data = dataset_from_arrays("blobs", {"x": x}, y)
+    result = fit(model, data, tmp_path / "run", epochs=20, lr=0.05)
+    assert result.metrics["test"]["accuracy"] == 1.0 and result.metrics["test"]["task"] == "classification"
+    trained = load_model(result.model_path)
+    assert [o.name for o in trained.graph.output] == ["label", "output_probability"]
+    label, maps = ort.InferenceSession(trained.SerializeToString()).run(None, {"X": centres})
+    assert label.tolist() == [0, 1, 2] and [max(m, key=m.get) for m in maps] == [0, 1, 2]

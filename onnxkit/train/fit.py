@@ -71,7 +71,9 @@ from onnxkit.train.trainer import LoopState, Trainer
 from onnxkit.train.training_form import (
     find_parameters,
     output_type,
+    refuse_weights_in_attributes,
     select,
+    training_output,
     untie_exporter_copies,
     untrainable_weights,
     without_initializer_inputs,
@@ -403,7 +405,8 @@ class _Setup:
         self.model = adapter.apply(model) if adapter else model
         self.cached: dict[str, Any] = {}
         c = config
-        self.output = c.output or self.model.graph.output[0].name
+        self.output = training_output(self.model, c.output)
+        refuse_weights_in_attributes(self.model, self.output)
         self.types = value_types(self.model)
         self.output_vi = output_type(self.types, self.model, self.output)
         shape = tuple(
@@ -725,7 +728,7 @@ def _finish(
             trained,
             setup.dataset.test,
             batch_size=c.eval_batch_size or max(c.batch_size, 256),
-            output=setup.output,
+            output=c.output,  # the output asked for: setup.output may be the tensor a ZipMap reads
             task=setup.task,
             loss=setup.loss.name,
         )

@@ -216,10 +216,35 @@ def select(
 
 
 
+def training_output(model: onnx.ModelProto, requested: str | None) -> str:
+    """The value training fits: the output `requested`, else the first, else for a scikit-learn
+    classifier as skl2onnx converts it (its label first) the probabilities; when that output is
+    ZipMap's sequence of {class: probability} maps, the tensor of probabilities the ZipMap reads."""
+    from onnxkit.evaluate import sklearn_probabilities
+
+    name = requested or sklearn_probabilities(model) or model.graph.output[0].name
+    return next((n.input[0] for n in model.graph.node if n.op_type == "ZipMap" and n.output[0] == name), name)
+
+
+def refuse_weights_in_attributes(model: onnx.ModelProto, output: str) -> None:
+    """Refuse an `output` that no parameter reaches but ops outside the default domain compute: a
+    scikit-learn model's LinearClassifier, TreeEnsemble, SVM... keep their weights in attributes."""
+    foreign = sorted({f"{node.domain}.{node.op_type}" for _, node in needed_nodes(model, output)
+                      if node.domain not in ("", "ai.onnx")})
+    if foreign and not set(find_parameters(model).parameters) & ancestors(model, output):
+        raise OnnxkitError(
+            f"output {output!r} is computed by {', '.join(foreign)}, which keep their weights in attributes, not "
+            "in tensors training could update (a scikit-learn model converted to ONNX): fit the scikit-learn model "
+            "on this data and convert it again, or train a neural network exported to ONNX"
+        )
+
+
 def output_type(types: dict[str, onnx.ValueInfoProto], model: onnx.ModelProto, output: str) -> onnx.ValueInfoProto:
-    """The full type of graph output `output`; errors when unknown or not an output."""
+    """The full type of graph output `output` (or of the probabilities a ZipMap output reads);
+    errors when unknown or not an output."""
     outputs = [o.name for o in model.graph.output]
-    if output not in outputs:
+    zipped = {n.input[0] for n in model.graph.node if n.op_type == "ZipMap" and n.output[0] in outputs}
+    if output not in outputs and output not in zipped:
         raise OnnxkitError(
             f"model has no output {output!r}.{suggest(output, outputs)} Its outputs: {', '.join(outputs)}"
         )
