@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gradcases import check, rand, single_node
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
+from onnxkit.autodiff import missing_rules
 from onnxkit.autodiff.check import gradcheck, run_gradients, with_projection_loss
 from onnxkit.autodiff.rules import shape as shape_rules
 from onnxkit.autodiff.rules.shape import SMALL_TABLE
@@ -257,3 +258,15 @@ def test_gather_from_a_large_table_adds_repeated_indices():
 def test_two_parameters_sharing_one_gradient_value_each_get_it():
     # Add of two same-shaped inputs hands both the same gradient value; each output must get it
     check("Add", {"a": rand(2, 3), "b": rand(2, 3, seed=3)}, ["a", "b"])
+
+
+def test_a_subgraph_reading_an_active_value_is_on_the_gradient_path():
+    # an If whose branches read x from the outer graph: refused by name, not cut from the path
+    branch = helper.make_graph([helper.make_node("Identity", ["x"], ["out"])], "branch", [],
+                               [helper.make_tensor_value_info("out", TensorProto.DOUBLE, [2])])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
+    graph = helper.make_graph([node], "if", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2]),
+                                             helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    assert [op for op, _ in missing_rules(model, ["x"], "y")] == ["If"]

@@ -46,16 +46,26 @@ def active_nodes(
     """The nodes on a differentiable path from `wrt` to `loss`, and the active values."""
     active = set(wrt)
     for node in model.graph.node:
-        if node.op_type in NON_DIFFERENTIABLE or not active.intersection(node.input):
+        if node.op_type in NON_DIFFERENTIABLE or not active.intersection(_reads(node)):
             continue
         active.update(o for o in node.output if o and _is_float(types, o))
     needed = ancestors(model, loss)
     nodes = [
         (i, node)
         for i, node in enumerate(model.graph.node)
-        if active.intersection(node.input) and any(o in active and o in needed for o in node.output)
+        if active.intersection(_reads(node)) and any(o in active and o in needed for o in node.output)
     ]
     return nodes, active & needed
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The values `node` reads: its inputs and those its subgraphs (If, Loop, Scan) read from outside
+    (PyTorch's TorchScript LocalResponseNorm squeezes through an If: missed, its gradient was dropped)."""
+    names = set(node.input)
+    for a in node.attribute:
+        for graph in [a.g] if a.HasField("g") else a.graphs:
+            names.update(name for inner in graph.node for name in _reads(inner))
+    return names
 
 
 def _is_float(types: dict[str, onnx.ValueInfoProto], name: str) -> bool:
