@@ -434,6 +434,15 @@ def test_grpc_repository_index_unload_and_load(server):
         try:
             state = {m["name"]: m for m in as_dict(client.get_model_repository_index())["models"]}
             assert state["digits"]["state"] == "UNAVAILABLE" and state["digits"]["reason"] == "unloaded"
+            # Triton's HTTP index takes {"ready": true} to list only ready models, as gRPC's `ready` field does
+            # (before: the body was ignored and the unloaded model was listed too)
+            index = httpx.post(f"{server.url}/v2/repository/index", json={"ready": True})
+            assert [m["name"] for m in index.json()] == ["words"], index.text
+            assert len(httpx.post(f"{server.url}/v2/repository/index", json={"ready": False}).json()) == 2
+            for body, message in [(b'{"ready": "yes"}', '"ready" must be true or false'),
+                                  (b"{not json", "malformed JSON"), (b"[1]", "must be a JSON object")]:
+                refused = httpx.post(f"{server.url}/v2/repository/index", content=body)
+                assert refused.status_code == 400 and message in refused.json()["error"], refused.text
             with pytest.raises(InferenceServerException) as gone:
                 client.infer("digits", [x])
             assert gone.value.status() == "StatusCode.NOT_FOUND"

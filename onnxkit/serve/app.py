@@ -80,7 +80,10 @@ def create_app(
         return _json(inference.statistics(repository.served, name, version))
 
     async def repository_index(request: Request) -> Response:
-        return _json(repository.index())
+        body = await read_body(request.scope, request.receive, _header(request.scope, b"content-length"),
+                               limits.max_body_bytes)  # fmt: skip
+        models = repository.index()
+        return _json([m for m in models if m["state"] == "READY"] if _ready_only(body) else models)
 
     async def repository_load(request: Request) -> Response:
         await repository.load(request.path_params["name"])
@@ -258,6 +261,23 @@ def _infer_target(path: str) -> tuple[str, str] | None:
     if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
         return parts[0], parts[2]
     return None
+
+
+def _ready_only(body: bytes) -> bool:
+    """The "ready" flag of a repository index request, as Triton reads it: {"ready": true} asks for the ready models
+    only; an empty body or {} for all."""
+    if not body.strip():
+        return False
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise RequestError(400, f"malformed JSON in the request body: {e}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(400, 'the request body must be a JSON object, e.g. {"ready": true}')
+    ready = payload.get("ready", False)
+    if not isinstance(ready, bool):
+        raise RequestError(400, f'"ready" must be true or false, got {ready!r}')
+    return ready
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
