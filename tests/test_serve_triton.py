@@ -460,3 +460,24 @@ def test_grpc_repository_index_unload_and_load(server):
         assert configured.value.status() == "StatusCode.INVALID_ARGUMENT" and "not supported" in str(configured.value)
     finally:
         client.close()
+
+
+def test_bytes_that_are_no_protobuf_message_get_invalid_argument(server):
+    # before: UNKNOWN "Unexpected <class 'google.protobuf.message.DecodeError'>..." (grpc's answer to a failed
+    # deserializer); in a stream the message was dropped without an answer
+    garbage = b"\xff\xfe\xfd not a protobuf message"
+    with grpc.insecure_channel(server.grpc) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(garbage, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details().startswith("the request is not a valid inference.ModelInferRequest message")
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                       response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
+        good = service_pb2.ModelInferRequest(model_name="digits", raw_input_contents=[np.ones(64, "<f4").tobytes()])
+        good.inputs.add(name="x", datatype="FP32", shape=[1, 64])
+        answers = list(stream(iter([garbage, good.SerializeToString()]), timeout=10))
+    assert [a.error_message.split(" message")[0] for a in answers] == [
+        "the request is not a valid inference.ModelInferRequest", ""
+    ]
+    assert answers[1].infer_response.model_name == "digits"

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import DecodeError
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime import Model
@@ -184,7 +185,7 @@ class InferenceService:
             make = grpc.stream_stream_rpc_method_handler if streamed else grpc.unary_unary_rpc_method_handler
             methods[method.name] = make(
                 self._stream if streamed else self._metered(method.name, getattr(self, method.name)),
-                request_deserializer=MESSAGES[method.input_type.full_name].FromString,
+                request_deserializer=_parser(method.input_type.full_name),
                 response_serializer=MESSAGES[method.output_type.full_name].SerializeToString,
             )
         return grpc.method_handlers_generic_handler(SERVICE, methods)
@@ -213,6 +214,7 @@ class InferenceService:
         """One request of a stream: its ModelStreamInferResponse, a refusal as its error_message."""
         start, status, reply = time.perf_counter(), 500, message("ModelStreamInferResponse")()
         try:
+            _check_parsed(request)
             reply.infer_response.CopyFrom(await self.ModelInfer(request))
             status = 200
         except RequestError as e:
@@ -221,7 +223,8 @@ class InferenceService:
             _log.exception("internal error in grpc.ModelStreamInfer")
             reply.error_message = f"internal server error ({type(e).__name__}); see the server's log"
         finally:
-            model = request.model_name if request.model_name in self.batchers else ""
+            model = getattr(request, "model_name", "")
+            model = model if model in self.batchers else ""
             seconds = time.perf_counter() - start if model else None
             self.metrics.record_request("grpc.ModelStreamInfer", model, status, seconds)
         return reply
@@ -242,6 +245,7 @@ class InferenceService:
             try:
                 if not self._authorized(name, context):
                     raise RequestError(401, NEEDS_KEY)
+                _check_parsed(request)
                 reply = await call(request)
                 status = 200
                 return reply
@@ -272,6 +276,32 @@ async def start_server(address: str, service: InferenceService, max_message_byte
         raise OnnxkitError(f"cannot listen for gRPC on {address} ({e}); pick another --grpc-port") from e
     await server.start()
     return server
+
+
+class _Unparsed:
+    """Request bytes that are no message of the RPC's type. grpc answers a deserializer that raises with UNKNOWN
+    (and drops a stream's message unanswered), so the deserializer returns this and the RPC refuses it as 400."""
+
+    def __init__(self, type_name: str) -> None:
+        self.error = f"the request is not a valid {type_name} message; check that the client uses the V2 protocol"
+
+
+def _parser(type_name: str) -> Callable[[bytes], Any]:
+    """The request deserializer for message `type_name`: the message, or `_Unparsed` for bytes that are none."""
+    parse = MESSAGES[type_name].FromString
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return _Unparsed(type_name)
+
+    return deserialize
+
+
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, _Unparsed):
+        raise RequestError(400, request.error)
 
 
 def _check_repository(name: str, parameters: Mapping[str, Any] | None = None) -> None:
