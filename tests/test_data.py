@@ -307,3 +307,41 @@ def test_a_header_of_numbered_columns_and_a_label_name_is_a_header(tmp_path):
     ds = load_dataset(tmp_path / "numbered.csv")
     assert ds.label_names is None and set(ds.train.labels) == {0, 1}
     assert len(ds.train) + len(ds.validation) + len(ds.test) == 20
+
+
+def _one_input_model(dtype: int, shape: list):
+    """Identity of one input shaped `shape` (what the data must bind to)."""
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["v"], ["out"])], "one",
+                              [helper.make_tensor_value_info("v", dtype, shape)],
+                              [helper.make_tensor_value_info("out", dtype, shape)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_csv_feeds_inputs_of_integers_booleans_and_fixed_shapes(tmp_path):
+    """A CSV's cells read as float32, and its rows are flat: an Embedding's int64 ids were refused
+    ('data array x is float32 but model input ids needs int64; convert the data (e.g. token ids must be
+    integers)': they were integers), a bool mask likewise, and a [batch, 2, 2] input was refused as
+    'reshape the data', which a CSV cannot do; predict already read such files for these inputs."""
+    from onnx import TensorProto
+
+    from onnxkit.data.split import model_inputs
+
+    def bound(path, dtype, shape):
+        model = _one_input_model(dtype, shape)
+        return load_dataset(path, model=model).train.feeds_for(model_inputs(model)).inputs["v"]
+
+    (tmp_path / "whole.csv").write_text("a,b,c,d,label\n" + "".join(f"{i % 5},1,0,{i % 2},1\n" for i in range(20)))
+    (tmp_path / "flags.csv").write_text("a,b,c,d,label\n" + "".join(f"{i % 2},1,0,0,{i % 2}\n" for i in range(20)))
+    flat = load_dataset(tmp_path / "whole.csv").train.inputs["x"]
+    ids = bound(tmp_path / "whole.csv", TensorProto.INT64, ["n", 4])
+    assert ids.dtype == np.int64 and np.array_equal(ids, flat)
+    assert bound(tmp_path / "flags.csv", TensorProto.BOOL, ["n", 4]).dtype == np.bool_
+    grid = bound(tmp_path / "whole.csv", TensorProto.FLOAT, ["n", 2, 2])
+    assert grid.shape[1:] == (2, 2) and np.array_equal(grid.reshape(-1, 4), flat)
+    with pytest.raises(OnnxkitError, match="needs bool"):  # 0..4 are no booleans
+        bound(tmp_path / "whole.csv", TensorProto.BOOL, ["n", 4])
+    (tmp_path / "halves.csv").write_text("a,b,c,d,label\n" + "".join(f"{i}.5,1,0,1,{i % 2}\n" for i in range(20)))
+    with pytest.raises(OnnxkitError, match="needs int64"):  # fractions stay floats, refused as before
+        bound(tmp_path / "halves.csv", TensorProto.INT64, ["n", 4])

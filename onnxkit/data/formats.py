@@ -16,11 +16,13 @@ import csv
 import io
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from onnxkit.data.split import Dataset, dataset_from_arrays
+from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import is_number, read_csv_text
 from onnxkit.label_columns import (
@@ -109,6 +111,35 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
     )
+
+
+def csv_for_model(dataset: Dataset, model: Any) -> Dataset:
+    """A CSV's feature table as the model's one input takes it, as predict reads a CSV: each row
+    reshaped to the input's fixed per-example shape (rows of 16 for [batch, 1, 4, 4]), and whole
+    numbers as the integers (0 and 1 as the booleans) that the input holds; a CSV's cells read as float32.
+    Anything else is left for the binding's checks to refuse."""
+    from onnxkit.data.split import model_inputs
+
+    specs = model_inputs(model)
+    if len(specs) != 1 or list(dataset.train.inputs) != ["x"]:
+        return dataset
+    spec = specs[0]
+    example = spec.shape[1:] if spec.shape else ()
+    x = np.concatenate([s.inputs["x"] for s in (dataset.train, dataset.validation, dataset.test)])
+    reshape = len(example) > 1 and all(isinstance(d, int) and d > 0 for d in example) and \
+        x.ndim == 2 and x.shape[1] == int(np.prod(example))
+    whole = spec.dtype.kind in "iu" and bool(np.all(x == np.round(x)))
+    flags = spec.dtype.kind == "b" and bool(np.all((x == 0) | (x == 1)))
+
+    def fitted(split: Split) -> Split:
+        features = split.inputs["x"]
+        features = features.reshape(len(features), *example) if reshape else features
+        return Split(split.name, {"x": features.astype(spec.dtype) if whole or flags else features}, split.labels)
+
+    if not (reshape or whole or flags):
+        return dataset
+    return replace(dataset, train=fitted(dataset.train), validation=fitted(dataset.validation),
+                   test=fitted(dataset.test))
 
 
 def _refuse_empty_cells(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,

@@ -92,7 +92,10 @@ def load_dataset(
             from onnxkit.data.text import tokenizer_options
 
             options = {**tokenizer_options(model), **options}
-        return in_model_order(formats.READERS[suffix](Path(text), **split_args, **options), model)
+        dataset = formats.READERS[suffix](Path(text), **split_args, **options)
+        if suffix == ".csv" and model is not None:
+            dataset = formats.csv_for_model(dataset, model)
+        return in_model_order(dataset, model)
     entries = datasets()
     if text not in entries and Path(text).is_dir():
         raise OnnxkitError(f"{text}: a folder, not a data file; pass a .npz or .csv file or a dataset name")
