@@ -143,6 +143,15 @@ def test_pad_that_copies_input_elements(mode, opset, folded, monkeypatch):
           constants={"p": np.array([0, 2, 3, 0, 1, 2])})
 
 
+@pytest.mark.parametrize("mode,folded", [("constant", True), ("reflect", True), ("reflect", False)])
+def test_pad_of_listed_axes(mode, folded, monkeypatch):
+    # opset 18's axes input (Attention-24's function body pads its mask so): pads for axes -1 and 0
+    if not folded:
+        monkeypatch.setattr(shape_rules, "_folded", lambda *args: None)
+    check("Pad", {"x": rand(3, 2, 4)}, ["x"], {"mode": mode}, opset=18,
+          constants={"p": np.array([2, 1, 1, 0]), "v": np.array(0.5), "axes": np.array([-1, 0])})
+
+
 @pytest.mark.parametrize("exclusive,reverse,axis", [(0, 0, 1), (1, 0, 0), (0, 1, -1), (1, 1, 1)])
 def test_cumsum(exclusive, reverse, axis):
     check("CumSum", {"x": rand(3, 5)}, ["x"], {"exclusive": exclusive, "reverse": reverse},

@@ -138,11 +138,10 @@ def tile(b: Backward) -> list[str | None]:
 def pad(b: Backward) -> list[str | None]:
     x = b.x()
     rank = b.need_rank(x)
-    if b.num_inputs > 3 and b.x(3):
-        raise ValueError("Pad with an axes input has no gradient rule")
-    pads = b.x(1) if b.opset >= 11 else b.ints(b.attr("pads"))
+    pads, known = (b.x(1), b.value(b.x(1))) if b.opset >= 11 else (b.ints(b.attr("pads")), np.asarray(b.attr("pads")))
+    if b.num_inputs > 3 and b.x(3):  # pads for the listed axes only (opset 18)
+        pads, known = _every_axis(b, pads, known, rank)
     if b.attr("mode", "constant") != "constant":
-        known = b.value(b.x(1)) if b.opset >= 11 else np.asarray(b.attr("pads"))
         folded = _folded(b, [int(p) for p in known.reshape(-1)], b.dims(x)) if known is not None else None
         if folded is not None:
             return [folded, None, None]
@@ -153,6 +152,22 @@ def pad(b: Backward) -> list[str | None]:
         return [_scatter_into_zeros(b, copied, b.dy()), None, None]
     begin = b.op("Slice", pads, b.ints([0]), b.ints([rank]))
     return [b.op("Slice", b.dy(), begin, b.op("Add", begin, b.shape(x))), None, None]
+
+
+def _every_axis(b: Backward, pads: str, known: np.ndarray | None, rank: int) -> tuple[str, np.ndarray | None]:
+    """Pad's `pads` for the axes of its axes input (and their value `known`, if constant) spread
+    to every axis, zeros elsewhere."""
+    axes = b.value(b.x(3))
+    if axes is None:
+        raise ValueError("Pad with an axes input that is not a constant has no gradient rule")
+    slots = [int(a) % rank for a in axes.reshape(-1)]
+    slots += [a + rank for a in slots]
+    spread = b.op("ScatterElements", b.ints([0] * (2 * rank)), b.ints(slots), pads, axis=0)
+    if known is None:
+        return spread, None
+    full = np.zeros(2 * rank, np.int64)
+    full[slots] = known.reshape(-1)
+    return spread, full
 
 
 def _rows(b: Backward, t: str, axis: int, start: int, stop: int) -> str:
