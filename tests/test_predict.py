@@ -364,3 +364,27 @@ def test_a_scikit_learn_classifier_with_class_ids_saves_a_csv(run_cli, tmp_path)
     header, *rows = [line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines()]
     assert header == ["label_0", "output_probability_0", "output_probability_1", "output_probability_2"]
     assert [row[0] for row in rows] == ["0", "1", "2", "0"]
+
+
+def test_a_model_with_a_fixed_batch_size_predicts_any_number_of_rows(run_cli, tmp_path):
+    """A PyTorch export traced with one example fixes its batch at 1: eval ran it in batches of that
+    size, but predict on a 5-row CSV said "input 'x': dimension 0 must be 1, got shape (5, 4)"."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxkit import runtime
+
+    weight = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "fixed",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3])],
+                              [numpy_helper.from_array(weight, "w")])
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fixed.onnx")
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    prediction = runtime.load(tmp_path / "fixed.onnx").predict(x)  # batches of 2, the last one padded
+    np.testing.assert_allclose(prediction["logits"], x @ weight, rtol=1e-6)
+    np.savetxt(tmp_path / "rows.csv", x, delimiter=",")
+    result = run_cli("predict", tmp_path / "fixed.onnx", "-i", tmp_path / "rows.csv", "-o", tmp_path / "out.npy")
+    assert result.code == 0, result.err
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), x @ weight, rtol=1e-6)
+    with pytest.raises(OnnxkitError, match="dimension 1 must be 4"):  # other dimensions are still checked
+        runtime.load(tmp_path / "fixed.onnx").predict(np.zeros((3, 5), np.float32))

@@ -225,7 +225,7 @@ def test_two_int64_inputs_and_symbolic_dims():
         ),
         ("sum", {"ids": np.zeros((1, 2), np.int64)}, r"missing model input\(s\): mask int64 \[batch, seq\]"),
         ("sum", np.zeros((1, 2), np.int64), r"has 2 inputs \(ids, mask\); pass a dict or keywords"),
-        ("fixed", np.zeros((3, 3), np.float32), r"dimension 0 must be 2"),
+        ("fixed", np.zeros((3, 4), np.float32), r"dimension 1 must be 3"),  # any rows: run 2 at a time
     ],
 )
 def test_bad_inputs_get_one_clear_error(model, value, message):

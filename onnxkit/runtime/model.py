@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,12 @@ class Model:
             self.given_probabilities = True
             self.task = self.task or "classification"
         self.batchable = batchable(self.inputs)
+        firsts = {spec.shape[0] if len(spec.shape) > 1 else None for spec in self.inputs}
+        # a batch size the inputs fix (each has a first dim of this size, and more dims after it): any
+        # number of rows is fed, and run in batches of that size
+        self.fixed_batch = firsts.pop() if len(firsts) == 1 and isinstance(next(iter(firsts)), int) else None
+        self._feed_specs = self.inputs if self.fixed_batch is None else [
+            replace(spec, shape=(None, *spec.shape[1:])) for spec in self.inputs]
         on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = f"cuda:{device_id}" if on_gpu else "cpu"
         self.io_binding = on_gpu if io_binding is None else io_binding
@@ -88,7 +95,7 @@ class Model:
             values = {self.inputs[0].name: inputs}
         else:
             values = named
-        return prepare_inputs(self.inputs, values)
+        return prepare_inputs(self._feed_specs, values)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session run on prepared feeds (see `prepare`); outputs by name."""
@@ -100,6 +107,8 @@ class Model:
         """Run the model; inputs with more rows than `batch_size` run in batches. A failure inside the
         model (a token id past its vocabulary, sizes its nodes cannot combine) is an OnnxkitError."""
         feeds = self.prepare(inputs, **named)
+        if self.fixed_batch is not None:
+            return self.prediction_of(self._run_fixed_batches(feeds, self.fixed_batch))
         rows = len(next(iter(feeds.values()))) if self.batchable else 0
         if not self.batchable or self.batch_size is None or rows <= self.batch_size:
             outputs = self._checked_run(feeds)
@@ -108,6 +117,24 @@ class Model:
             parts = [self._checked_run({k: v[i : i + self.batch_size] for k, v in feeds.items()}) for i in starts]
             outputs = self._concat_rows(parts, rows)
         return self.prediction_of(outputs)
+
+    def _run_fixed_batches(self, feeds: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+        """Outputs for `feeds` of a model whose inputs fix the batch size (a PyTorch export traced
+        with one example): run in batches of that size, the last one padded with copies of its last
+        row, whose outputs are dropped (as `onnxkit eval` runs such a model)."""
+        rows = len(next(iter(feeds.values())))
+        if rows == size:
+            return self._checked_run(feeds)
+        if rows == 0:
+            raise OnnxkitError(f"model {self.name!r}: the input has no rows; give at least one example")
+        parts = []
+        for start in range(0, rows, size):
+            batch = {name: a[start : start + size] for name, a in feeds.items()}
+            short = size - len(next(iter(batch.values())))
+            if short:
+                batch = {name: np.concatenate([a, np.repeat(a[-1:], short, axis=0)]) for name, a in batch.items()}
+            parts.append(self._checked_run(batch))
+        return {name: value[:rows] for name, value in self._concat_rows(parts, len(parts) * size).items()}
 
     def _checked_run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
