@@ -1,6 +1,6 @@
 """Ops differentiated through the function body that ONNX defines for them: Attention (opset 23's
-scaled dot-product attention, which PyTorch's exporter writes for `F.scaled_dot_product_attention`,
-`nn.MultiheadAttention` and `nn.TransformerEncoderLayer` from opset 23 on).
+scaled dot-product attention, which PyTorch's dynamo exporter writes for
+`F.scaled_dot_product_attention` and `nn.TransformerEncoderLayer` from opset 23 on).
 
 ONNX's schema builds the body in standard ops for the node's attributes and input types
 (is_causal, scale, softcap, grouped-query heads, 3-D inputs, a boolean or additive mask, past key
