@@ -345,3 +345,15 @@ def test_a_csv_feeds_inputs_of_integers_booleans_and_fixed_shapes(tmp_path):
     (tmp_path / "halves.csv").write_text("a,b,c,d,label\n" + "".join(f"{i}.5,1,0,1,{i % 2}\n" for i in range(20)))
     with pytest.raises(OnnxkitError, match="needs int64"):  # fractions stay floats, refused as before
         bound(tmp_path / "halves.csv", TensorProto.INT64, ["n", 4])
+
+
+def test_a_model_input_without_a_batch_dimension_is_named_as_such():
+    """An export of one example with no batch axis (x [4]) was told 'data array x has shape [90, 4]
+    but model input x expects [4]; reshape the data', which no data can follow."""
+    split = Split("train", {"x": np.zeros((90, 4), np.float32)}, np.zeros(90, np.int64))
+    with pytest.raises(OnnxkitError) as refused:
+        split.feeds_for([ModelInput("x", np.dtype("float32"), (4,))])
+    assert str(refused.value) == (
+        "model input 'x' [4] has no batch dimension: it takes one example, and training and evaluation feed "
+        "batches of them; export the model with a batch dimension first (PyTorch: an input of shape [1, ...] "
+        "and dynamic_axes={'x': {0: 'batch'}})")

@@ -210,6 +210,12 @@ def _check_shape(
     wanted = "[" + ", ".join(str(d) if d is not None else "?" for d in spec.shape) + "]"
     # the first dimension is the example dimension: its size is the batch size, not the data's
     per_example = (None, *spec.shape[1:]) if spec.shape else spec.shape
+    if len(shape) == len(spec.shape) + 1 and tuple(spec.shape) == shape[1:]:
+        raise OnnxkitError(
+            f"model input {spec.name!r} {wanted} has no batch dimension: it takes one example, and training and "
+            "evaluation feed batches of them; export the model with a batch dimension first (PyTorch: an input "
+            f"of shape [1, ...] and dynamic_axes={{{spec.name!r}: {{0: 'batch'}}}})"
+        )
     if len(shape) != len(spec.shape) or any(
         isinstance(d, int) and d > 0 and d != s for d, s in zip(per_example, shape, strict=True)
     ):
