@@ -61,3 +61,25 @@ def test_training_leaves_buffers_bit_identical(model, tmp_path):
     assert not np.array_equal(after["fc.weight"], before["fc.weight"])  # the rest trained
     assert not np.array_equal(after["norm.running_mean"], before["norm.running_mean"])  # statistics updated
     assert json.loads(metadata(onnx.load(result.model_path))[BUFFERS_KEY]) == json.loads(metadata(model)[BUFFERS_KEY])
+
+
+def _marked(model: onnx.ModelProto, marks: dict[str, tuple[str, str]]) -> onnx.ModelProto:
+    """`model` with the value_info marks PyTorch's dynamo exporter writes for initializers."""
+    for name, (key, value) in marks.items():
+        info = onnx.helper.make_empty_tensor_value_info(name)
+        info.metadata_props.add(key=key, value=value)
+        model.graph.value_info.append(info)
+    return model
+
+
+def test_buffers_and_folded_constants_of_a_pytorch_export_are_not_trained(model):
+    # a dynamo export's buffers (a scaler's mean) and constants it computed (a causal mask) were
+    # trained as weights, where PyTorch trains neither
+    set_metadata(model, {BUFFERS_KEY: []})
+    kind, folded = "pkg.torch.export.graph_signature.InputSpec.kind", "pkg.onnxscript.optimizer.folded_from"
+    _marked(model, {"mean": (kind, "BUFFER"), "std": (folded, "['full', 'triu']"), "fc.weight": (kind, "PARAMETER"),
+                    "norm.running_mean": (kind, "BUFFER"), "norm.running_var": (kind, "BUFFER")})
+    params = find_parameters(model)
+    assert "mean" not in params.names and "std" not in params.names
+    assert "fc.weight" in params.parameters and "head.bias" in params.parameters  # unmarked: as before
+    assert params.buffers == ["norm.running_mean", "norm.running_var"]  # BatchNorm still updates its statistics

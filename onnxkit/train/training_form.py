@@ -4,7 +4,8 @@ train, and the training form of the graph.
 Parameters are the float initializers of rank >= 1 that feed a differentiable
 input of some node; BatchNormalization's running mean and variance are
 *buffers* (updated by the forward pass in training); the initializers the
-model's metadata lists as Buffers (`onnxkit.buffers`, written by the DSL) and
+model's metadata lists as Buffers (`onnxkit.buffers`, written by the DSL), those
+PyTorch's dynamo exporter marks as buffers or folded constants (`exported_constants`) and
 everything else (shape tensors, scalar constants, dropout ratios) are
 constants, never trained. Selection: all parameters and buffers by default, narrowed by
 `train_only` globs and then `freeze` globs (fnmatch on the initializer name).
@@ -51,6 +52,9 @@ _SETTINGS = {
     "Range": {0, 1, 2},
 }
 _BN_STATS = (3, 4)
+# what PyTorch's dynamo exporter writes in the value_info of each initializer it makes
+_TORCH_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"  # PARAMETER, BUFFER, CONSTANT_TENSOR...
+_FOLDED = "pkg.onnxscript.optimizer.folded_from"  # a constant computed at export (a causal mask, an arange)
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
     for node in model.graph.node:
         for i, name in enumerate(node.input):
             uses.setdefault(name, []).append((node.op_type, i))
-    declared = set(json.loads(metadata(model).get(BUFFERS_KEY, "[]")))
+    declared = set(json.loads(metadata(model).get(BUFFERS_KEY, "[]"))) | exported_constants(model)
     parameters, buffers, sizes = [], [], {}
     for t in model.graph.initializer:
         used = uses.get(t.name, [])
@@ -86,6 +90,18 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
             parameters.append(t.name)
         sizes[t.name] = int(np.prod(t.dims, dtype=np.int64))
     return ModelParameters(parameters, buffers, sizes)
+
+
+def exported_constants(model: onnx.ModelProto) -> set[str]:
+    """The initializers PyTorch's dynamo exporter marks as no parameter: buffers (a BatchNorm's
+    statistics stay buffers, told apart by their use) and tensors it computed at export, such as a
+    causal mask. PyTorch's optimizers train neither; a TorchScript export carries no such marks."""
+    found = set()
+    for info in model.graph.value_info:
+        marks = {p.key: p.value for p in info.metadata_props}
+        if _FOLDED in marks or marks.get(_TORCH_KIND, "PARAMETER") != "PARAMETER":
+            found.add(info.name)
+    return found
 
 
 def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
