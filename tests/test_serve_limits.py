@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from onnxkit import zoo
 from onnxkit.files import save_model
 from onnxkit.serve.auth import exposure_warning
 from onnxkit.serve.launch import ServerProcess
+from onnxkit.serve.limits import SHUTDOWN_GRACE_S
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -159,9 +162,8 @@ def test_unfinished_bodies_get_408_within_the_body_timeout_and_their_memory_is_f
     assert httpx.post(guarded.url + "/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
 
 
-def test_a_client_that_never_reads_its_answer_is_dropped_after_the_body_timeout(guarded):
-    # before: the 16 MB answer waited in the server's memory for as long as the client kept the connection open
-    rows = 2**19
+def never_reading(url: str, rows: int = 2**19) -> socket.socket:
+    """A connection that asks model 'nonfinite' for 32 bytes a row (binary) and will not read them."""
     raw = np.ones((rows, 4), np.float32).tobytes()
     tensor = {"name": "x", "shape": [rows, 4], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}
     header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
@@ -169,17 +171,23 @@ def test_a_client_that_never_reads_its_answer_is_dropped_after_the_body_timeout(
         f"POST /v2/models/nonfinite/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
         f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(header) + len(raw)}\r\n\r\n"
     ).encode()
-    host, port = guarded.url.removeprefix("http://").rsplit(":", 1)
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
-        sock.connect((host, int(port)))
-        sock.sendall(head + header + raw)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.connect((host, int(port)))
+    sock.sendall(head + header + raw)
+    return sock
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped_after_the_body_timeout(guarded):
+    # before: the 16 MB answer waited in the server's memory for as long as the client kept the connection open
+    with never_reading(guarded.url) as sock:
         start = time.monotonic()
         while server_holds(sock) and time.monotonic() < start + 6:  # never reading: the answer fills the buffers
             time.sleep(0.05)
         assert 1 < time.monotonic() - start < 4  # the body timeout is 2 s
         _, received = closed_after(sock, start)  # what the kernel's buffers held, not the whole answer
-        assert received.startswith(b"HTTP/1.1 200 ") and len(received) < 2 * len(raw)
+        assert received.startswith(b"HTTP/1.1 200 ") and len(received) < 16 * 2**20
     assert httpx.post(guarded.url + "/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
 
 
@@ -313,6 +321,35 @@ def test_connections_past_the_cap_get_503_and_are_closed(crowded):
         c.close()
     time.sleep(0.2)
     assert httpx.get(crowded.url + "/v2/health/live").status_code == 200  # room again
+
+
+def test_a_request_in_flight_at_stop_is_answered_with_connection_close(paths):
+    # before: answered without Connection: close, then the connection was closed: a client that sent its next
+    # request on it (as keep-alive allows) was reset
+    x = np.ones((128, 512), dtype=np.float32)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [128, 512], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    with ServerProcess([paths["slow"]], "--threads", "1") as running:
+        sock = connect(running.url)
+        head = f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall((head + body).encode())
+        stats = running.url + "/v2/models/slow/stats"
+        while not httpx.get(stats).json()["model_stats"][0]["inference_stats"]["queue"]["count"]:
+            time.sleep(0.01)  # until its run has begun
+        assert running.stop(signal.SIGTERM) == 0
+        _, reply = closed_after(sock, time.monotonic())
+        sock.close()
+    answer = reply.partition(b"\r\n\r\n")[0].lower()
+    assert answer.startswith(b"http/1.1 200 ") and b"connection: close" in answer
+
+
+def test_a_client_not_reading_its_answer_delays_the_stop_by_the_grace_only(paths):
+    # before: the stop waited for it until uvicorn's 10 s graceful-shutdown timeout, which logged an ERROR
+    with ServerProcess([paths["nonfinite"]], "--api-key", KEY) as running, never_reading(running.url) as sock:
+        select.select([sock], [], [], 10)  # the answer has begun: the server is waiting to send the rest
+        start = time.monotonic()
+        assert running.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - start < SHUTDOWN_GRACE_S + 2
+    assert running.log[-1] == "stopped" and not any("ERROR" in line for line in running.log)
 
 
 @pytest.mark.parametrize("spec", ["=MODEL", "a/b=MODEL"])

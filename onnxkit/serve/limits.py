@@ -19,7 +19,9 @@ Where each one is enforced, and why there:
   client held its answer in the server's memory, and the connection, for as long as it liked.
 - **Stopping** (SIGINT, SIGTERM): a body still arriving gets `SHUTDOWN_GRACE_S` more (at most
   its body timeout), then a JSON 503 and `Connection: close` in the same way, so the server's
-  graceful shutdown never has to cancel a request that is waiting for its body.
+  graceful shutdown never has to cancel a request that is waiting for its body; an answer the
+  client is not reading gets as long, then the connection is dropped. Answers still to come say
+  `Connection: close`.
 - **Connections**: uvicorn's `limit_concurrency` counts connections and tasks together
   and answers plain text without `Retry-After`; the protocol subclass instead answers
   every request on a connection past `max_connections` with a JSON 503, `Retry-After`
@@ -103,13 +105,21 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
                 self._cancel_timers()
 
         def shutdown(self) -> None:
-            """Close once the request in progress is answered; a body still arriving has `SHUTDOWN_GRACE_S` more."""
+            """Close once the request in progress is answered, saying so (Connection: close: the client then opens
+            a new connection rather than sending its next request on this one, to be reset); a body still arriving,
+            or an answer the client is not reading, has `SHUTDOWN_GRACE_S` more."""
             super().shutdown()
+            if self.cycle is not None and not self.cycle.response_started:
+                self.cycle.default_headers = [*self.cycle.default_headers, (b"connection", b"close")]
             timer = self._body_timer
             if timer is not None and timer.when() > self.loop.time() + SHUTDOWN_GRACE_S:
                 timer.cancel()
                 stopping = RequestError(503, "the server is stopping and the request body had not all arrived; retry")
                 self._body_timer = self.loop.call_later(SHUTDOWN_GRACE_S, self._refuse_body, stopping)
+            timer = self._send_timer  # a client not reading its answer: as long, then dropped
+            if timer is not None and timer.when() > self.loop.time() + SHUTDOWN_GRACE_S:
+                timer.cancel()
+                self._send_timer = self.loop.call_later(SHUTDOWN_GRACE_S, self.transport.abort)
 
         def pause_writing(self) -> None:
             """The client is not reading what was sent: it has `body_timeout` to take it, or the connection is
