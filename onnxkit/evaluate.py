@@ -274,6 +274,30 @@ def trained_on(model: Any) -> tuple[str | None, int]:
     return trained.get("data") or None, int(trained.get("data_seed", 0))
 
 
+def model_outputs(
+    proto: Any,
+    split: Split,
+    name: str,
+    *,
+    batch_size: int = 256,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    source: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """Output `name` of `proto` (loaded from `source` when given) for every row of `split`, whose
+    features are checked and bound to the model's inputs; run in batches."""
+    from onnxkit.runtime.session import create_session, session_options
+
+    check_features(split)
+    specs = model_inputs(proto)
+    bound = split.feeds_for(specs)
+    outputs = [o.name for o in proto.graph.output]
+    if name not in outputs:
+        raise OnnxkitError(f"model has no output {name!r}; its outputs: {', '.join(outputs)}", params=["output"])
+    session = create_session(source or proto.SerializeToString(), session_options(None, "all"), list(providers))
+    fixed = fixed_batch_size(specs)
+    return np.concatenate([_rows(_run(session, name, feeds, fixed)) for feeds, _ in bound.batches(fixed or batch_size)])
+
+
 def evaluate(
     model: str | os.PathLike | Any,
     split: Split | str = "test",
@@ -295,7 +319,6 @@ def evaluate(
     `mae` and `r2`. Always `examples` and `task`.
     """
     from onnxkit.files import load_model
-    from onnxkit.runtime.session import create_session, session_options
 
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
     if isinstance(split, str):
@@ -303,19 +326,11 @@ def evaluate(
     if not isinstance(split, Split):
         raise TypeError(f"split must be a Split or a split name, not {type(split).__name__}; make data from arrays "
                         "with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
-    check_features(split)
-    specs = model_inputs(proto)
-    bound = split.feeds_for(specs)
     outputs = [o.name for o in proto.graph.output]
     given_probabilities = sklearn_probabilities(proto)
     name = output or given_probabilities or outputs[0]
-    if name not in outputs:
-        raise OnnxkitError(f"model has no output {name!r}; its outputs: {', '.join(outputs)}", params=["output"])
-    source = model if isinstance(model, str | os.PathLike) else proto.SerializeToString()  # errors name the file
-    session = create_session(source, session_options(None, "all"), list(providers))
-    fixed = fixed_batch_size(specs)
-    chunks = [_rows(_run(session, name, feeds, fixed)) for feeds, _ in bound.batches(fixed or batch_size)]
-    result = np.concatenate(chunks)
+    source = model if isinstance(model, str | os.PathLike) else None  # errors name the file
+    result = model_outputs(proto, split, name, batch_size=batch_size, providers=providers, source=source)
     out_vi = next(o for o in proto.graph.output if o.name == name)
     shape = [d.dim_value or d.dim_param for d in out_vi.type.tensor_type.shape.dim]
     meta_task = metadata(proto).get("onnxkit.task")

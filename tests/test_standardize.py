@@ -165,3 +165,55 @@ def test_whole_number_regression_targets_are_standardized_too(tmp_path):
     assert [n.op_type for n in trained.graph.node[-2:]] == ["Mul", "Add"]
     assert json.loads(metadata(trained)["onnxkit.training"])["standardize"] is True
     assert metadata(trained)["onnxkit.task"] == "regression"
+
+
+def least_squares_regressor(data: str) -> onnx.ModelProto:
+    """A linear model fitted to `data`'s training split by least squares, in raw units: a pretrained regressor."""
+    train = load_dataset(data).train
+    x = train.inputs["x"].astype(np.float64)
+    weights, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], train.labels.astype(np.float64), rcond=None)
+    w = onnx.numpy_helper.from_array(weights[:-1, None].astype(np.float32), "w")
+    b = onnx.numpy_helper.from_array(weights[-1:].astype(np.float32), "b")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["xw"]), onnx.helper.make_node("Add", ["xw", "b"], ["y"])],
+        "linear", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", x.shape[1]])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 1])], [w, b])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+@pytest.mark.training
+def test_a_regressor_that_answers_in_the_targets_units_is_not_standardized(tmp_path, run_cli):
+    """Fitting a pretrained regressor to standardized targets starts it thousands of loss units off (a
+    scikit-learn MLPRegressor went from R² -1.1 to -723); one that already answers in the targets'
+    units trains on the raw values."""
+    path = tmp_path / "pretrained.onnx"
+    onnx.save(least_squares_regressor("diabetes"), path)  # targets: mean 152, std 77
+    again = run_cli("train", path, "--data", "diabetes", "--steps", "5", "-o", tmp_path / "again")
+    assert again.code == 0, again.err
+    assert ("the data looks unscaled (targets: mean 155, std 76.7), but the model already answers in the targets' "
+            "units (R² 0.5") in again.err
+    assert json.loads((tmp_path / "again" / "run.json").read_text())["config"]["standardize"] is False
+    forced = run_cli("train", path, "--data", "diabetes", "--steps", "5", "--standardize", "-o", tmp_path / "forced")
+    assert forced.code == 0, forced.err
+    scores = [json.loads((tmp_path / run / "run.json").read_text())["result"]["test"]["r2"]
+              for run in ("again", "forced")]
+    assert scores[0] > 0.4 and scores[1] < 0, scores
+
+
+@pytest.mark.training
+def test_a_model_with_onnxkit_s_standardization_is_not_standardized_again(tmp_path, run_cli):
+    """Retraining a model trained with standardization put a second one in front (or, asked for,
+    failed inside ONNX Runtime: 'two nodes with same node name (onnxkit.standardize/x/sub)')."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save(plain_mlp(13, 3), path)
+    assert run_cli("train", path, "--data", "wine", "--steps", "2", "-o", tmp_path / "first").code == 0
+    trained = tmp_path / "first" / "model.onnx"
+    again = run_cli("train", trained, "--data", "wine", "--steps", "2", "-o", tmp_path / "again")
+    assert again.code == 0 and "unscaled" not in again.err  # the data it takes is raw, as it should be
+    nodes = [n.op_type for n in onnx.load(tmp_path / "again" / "model.onnx").graph.node]
+    assert nodes == [n.op_type for n in onnx.load(trained).graph.node]
+    asked = run_cli("train", trained, "--data", "wine", "--standardize", "--steps", "2", "-o", tmp_path / "asked")
+    assert asked.code == 1 and asked.err.strip().splitlines()[-1] == (
+        "error: the model already standardizes the data it takes (it was trained with --standardize on), so it "
+        "takes raw values; train it with --standardize off")
+    assert not (tmp_path / "asked").exists()

@@ -29,7 +29,16 @@ from onnxkit.data.checks import check_class_labels, check_finite
 from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.errors import OnnxkitError
-from onnxkit.evaluate import evaluate, fixed_batch_size, label_names, padded, score
+from onnxkit.evaluate import (
+    check_targets,
+    evaluate,
+    fixed_batch_size,
+    label_names,
+    model_outputs,
+    padded,
+    r2,
+    score,
+)
 from onnxkit.files import load_model, save_model
 from onnxkit.graph_walks import opset, probability_logits, value_types
 from onnxkit.metadata import metadata, set_metadata
@@ -63,6 +72,7 @@ from onnxkit.train.standardize import (
     input_scales,
     scaled_targets,
     standardize_inputs,
+    standardizes_itself,
     target_scale,
     unscale_output,
     unscaled,
@@ -81,6 +91,7 @@ from onnxkit.train.training_form import (
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
 
+FIT_SAMPLE = 2048  # training rows run through a regression model to see whether it answers in the targets' units
 TASK_OF_LOSS = {"cross-entropy": "classification", "bce-with-logits": "binary", "mse": "regression", "l1": "regression"}
 
 
@@ -543,15 +554,52 @@ class _Setup:
         """standardize=None: whether to standardise (clearly unscaled data or regression targets, and the
         whole model trains: a frozen part would not expect standardised inputs), and the line that says so."""
         found = unscaled(dataset.train, model_inputs(self.model), regression=regression)
-        if not found:
+        if not found or standardizes_itself(self.model):  # raw data is what such a model takes
             return False, None
-        if whole:
-            return True, (f"standardizing the data, which looks unscaled ({found}); --no-standardize "
-                          "(standardize=False in fit) trains on the raw values")
-        return False, f"warning: the data looks unscaled ({found}); train with --standardize (standardize=True in fit)"
+        if not whole:
+            return False, (f"warning: the data looks unscaled ({found}); train with --standardize "
+                           "(standardize=True in fit)")
+        trained = regression and self._answers_in_target_units(dataset)
+        if trained:
+            return False, (f"the data looks unscaled ({found}), but the model already answers in the targets' "
+                           f"units ({trained}), so it trains on the raw values; --standardize (standardize=True "
+                           "in fit) standardizes them anyway")
+        return True, (f"standardizing the data, which looks unscaled ({found}); --no-standardize "
+                      "(standardize=False in fit) trains on the raw values")
+
+    def _answers_in_target_units(self, dataset: Dataset) -> str | None:
+        """What shows, before any training, that a regression model was trained on targets like these
+        (fitting it to standardized ones would start it thousands of loss units off: a scikit-learn
+        MLPRegressor went from R² -1.1 to -723), or None. A fresh model's outputs are a small fraction
+        of the targets' scale on scaled inputs; on unscaled ones they can be anything, and only its R²
+        counts."""
+        if self.output not in {o.name for o in self.model.graph.output}:
+            return None
+        sample = Split("train", *next(dataset.train.batches(FIT_SAMPLE)))
+        try:
+            outputs = model_outputs(self.model, sample, self.output)
+            check_targets(sample.described, sample.labels, outputs, "regression", self.output)
+        except OnnxkitError:
+            return None  # the data's checks, next, say what is wrong with it
+        y, out = (np.asarray(a, np.float64).reshape(len(sample.labels), -1) for a in (sample.labels, outputs))
+        fit = r2(out, y)
+        if fit is not None and fit > 0.2:
+            return f"R² {fit:.2f} before training"
+        spread, gap = y.std(axis=0), np.abs(out.mean(axis=0) - y.mean(axis=0))
+        y, out = y - y.mean(axis=0), out - out.mean(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            correlation = (y * out).sum(axis=0) / np.sqrt((y * y).sum(axis=0) * (out * out).sum(axis=0))
+        # fresh MLPs' outputs on diabetes' raw features correlated with its targets up to |0.33|
+        near = (out.std(axis=0) > spread / 10) & (gap < 2 * spread) & (correlation >= 0.5)
+        if near.all() and not unscaled(dataset.train, model_inputs(self.model), regression=False):
+            return f"its outputs correlate {float(correlation.min()):.2f} with them before training"
+        return None
 
     @staticmethod
     def _standardized(model: onnx.ModelProto, dataset: Dataset) -> onnx.ModelProto:
+        if standardizes_itself(model):
+            raise OnnxkitError("the model already standardizes the data it takes (it was trained with standardize "
+                               "on), so it takes raw values; train it with standardize off", params=["standardize"])
         scales = input_scales(dataset.train, model_inputs(model))
         if not scales:
             raise OnnxkitError("standardize needs a float feature input, but the model's inputs are "

@@ -63,6 +63,12 @@ def input_scales(train: Split, specs: list[ModelInput]) -> dict[str, Scale]:
     return {name: scale_of(array) for name, array in _float_features(train, specs).items()}
 
 
+def standardizes_itself(model: onnx.ModelProto) -> bool:
+    """Whether `model` holds a standardization `standardize_inputs` or `unscale_output` put there (it
+    was trained with standardize on)."""
+    return any(t.name.startswith(f"{PREFIX}.") for t in model.graph.initializer)
+
+
 def standardize_inputs(model: onnx.ModelProto, scales: dict[str, Scale]) -> onnx.ModelProto:
     """A copy of `model` whose inputs named in `scales` pass through `(x - mean) / std` first."""
     out = onnx.ModelProto()
