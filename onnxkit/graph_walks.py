@@ -126,7 +126,9 @@ def _fold_constants(model: onnx.ModelProto, skeleton: onnx.ModelProto) -> list[o
 
 # Ops whose first output has its first input's type and shape, for the few that onnx's shape
 # inference leaves untyped (GroupNormalization-21 in onnx 1.2x), so inference can go on past them.
-SAME_SHAPE = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization"})
+SAME_SHAPE = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
+                        "Scaler", "Normalizer"})  # the last two: ai.onnx.ml (a scikit-learn pipeline's), float out
+FLOAT_OUT = frozenset({"Scaler", "Normalizer"})
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -143,7 +145,7 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
             raise OnnxkitError(f"shape inference failed on the model ({e}); is it a valid ONNX model?") from e
         known = {v.name: v for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)}
-        hints = [_same_type(known[n.input[0]], n.output[0]) for n in inferred.graph.node
+        hints = [_same_type(known[n.input[0]], n.output[0], n.op_type in FLOAT_OUT) for n in inferred.graph.node
                  if n.op_type in SAME_SHAPE and n.input[0] in known and not _has_shape(known.get(n.output[0]))]
         if not hints:
             break
@@ -161,10 +163,12 @@ def _has_shape(vi: onnx.ValueInfoProto | None) -> bool:
     return vi is not None and vi.type.tensor_type.HasField("shape")
 
 
-def _same_type(vi: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
+def _same_type(vi: onnx.ValueInfoProto, name: str, float_out: bool = False) -> onnx.ValueInfoProto:
     copy = onnx.ValueInfoProto()
     copy.CopyFrom(vi)
     copy.name = name
+    if float_out:
+        copy.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     return copy
 
 

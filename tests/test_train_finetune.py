@@ -235,15 +235,21 @@ def test_training_on_a_dataset_object_and_label_range_check(tmp_path):
         fit(zoo.build_model("iris-mlp"), data, tmp_path / "run")
 
 
-def test_a_scikit_learn_mlp_classifier_trains_through_its_zipmap(tmp_path):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_scikit_learn_mlp_classifier_trains_through_its_zipmap(tmp_path, pipeline):
     """skl2onnx converts MLPClassifier to MatMul/Add/Softmax with the label (ArgMax) first and the
     probabilities as ZipMap's maps second. Train refused the label ("not float32 ... pick a float one
     with --model-output") and the maps ("the shape of output 'output_probability' cannot be
-    inferred"); it now fits the probabilities ZipMap reads, and the trained model keeps both outputs."""
+    inferred"); it now fits the probabilities ZipMap reads, and the trained model keeps both outputs.
+    In a Pipeline a StandardScaler becomes ai.onnx.ml's Scaler, which ONNX's shape inference does
+    not type ("the shape of output 'out_activations_result' cannot be inferred"): it keeps x's shape."""
     rng = np.random.default_rng(0)
     weights = {"coefficient": rng.normal(0, 0.1, (2, 3)), "intercepts": np.zeros(3)}
+    scaler = [helper.make_node("Scaler", ["X"], ["scaled"], domain="ai.onnx.ml", offset=[0.0, 0.0],
+                               scale=[0.5, 0.5])] if pipeline else []
     nodes = [
-        helper.make_node("MatMul", ["X", "coefficient"], ["mul"]),
+        *scaler,
+        helper.make_node("MatMul", ["scaled" if pipeline else "X", "coefficient"], ["mul"]),
         helper.make_node("Add", ["mul", "intercepts"], ["add"]),
         helper.make_node("Softmax", ["add"], ["probabilities"], axis=1),
         helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
