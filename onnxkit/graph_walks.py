@@ -1,5 +1,6 @@
 """Walks over an ONNX graph that several layers share: what a value depends on, which nodes
-and initializers a value needs, and every value's inferred type."""
+and initializers a value needs, and every value's inferred type; and the graph without the
+weight inputs old exporters list."""
 
 from __future__ import annotations
 
@@ -191,3 +192,20 @@ def probability_logits(graph: onnx.GraphProto, output: str, rank: int, version: 
         if axis % max(rank, 1) != rank - 1:
             return None
     return node.input[0]
+
+
+def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` without the graph inputs that name an initializer (a weight the caller could override),
+    which old exporters list beside every initializer (IR < 4 required it; PyTorch's
+    keep_initializers_as_inputs=True still does): training binds each weight itself (a weight that is
+    also an input would be defined twice in its graph), and ORT's quantizers leave such weights
+    alone. `model` itself when it has none."""
+    weights = {t.name for t in model.graph.initializer}
+    if not any(i.name in weights for i in model.graph.input):
+        return model
+    kept = onnx.ModelProto()
+    kept.CopyFrom(model)
+    del kept.graph.input[:]
+    kept.graph.input.extend(i for i in model.graph.input if i.name not in weights)
+    kept.ir_version = max(kept.ir_version, 4)  # below IR 4 every initializer had to be an input
+    return kept

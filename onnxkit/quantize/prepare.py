@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.graph_walks import without_initializer_inputs
 from onnxkit.quantize import rewrite
 
 
@@ -61,9 +62,8 @@ def prepare(model: onnx.ModelProto, workdir: Path, *, optimize: bool) -> onnx.Mo
     from onnxruntime.quantization import quant_pre_process
 
     model_copy = onnx.ModelProto()
-    model_copy.CopyFrom(model)
+    model_copy.CopyFrom(without_initializer_inputs(model))
     rewrite.name_nodes(model_copy)
-    rewrite.drop_initializer_inputs(model_copy)
     if not optimize:
         rewrite.fold_constant_transposes(model_copy)
         rewrite.gemm_to_matmul(model_copy)

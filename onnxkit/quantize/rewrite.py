@@ -24,15 +24,6 @@ def name_nodes(model: onnx.ModelProto) -> None:
             taken.add(name)
 
 
-def drop_initializer_inputs(model: onnx.ModelProto) -> None:
-    """Remove graph inputs that are initializers (old exporters list weights as inputs)."""
-    inits = {t.name for t in model.graph.initializer}
-    keep = [i for i in model.graph.input if i.name not in inits]
-    if len(keep) != len(model.graph.input):
-        del model.graph.input[:]
-        model.graph.input.extend(keep)
-
-
 def strip_initializer_value_info(model: onnx.ModelProto) -> None:
     """Drop value_info entries for initializers; stale ones derail the quantizers."""
     inits = {t.name for t in model.graph.initializer}

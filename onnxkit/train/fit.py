@@ -40,7 +40,7 @@ from onnxkit.evaluate import (
     score,
 )
 from onnxkit.files import load_model, save_model
-from onnxkit.graph_walks import opset, probability_logits, value_types
+from onnxkit.graph_walks import opset, probability_logits, value_types, without_initializer_inputs
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
@@ -86,7 +86,6 @@ from onnxkit.train.training_form import (
     training_output,
     untie_exporter_copies,
     untrainable_weights,
-    without_initializer_inputs,
 )
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe

@@ -104,22 +104,6 @@ def exported_constants(model: onnx.ModelProto) -> set[str]:
     return found
 
 
-def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` without the graph inputs that name an initializer (a weight the caller could override),
-    which old exporters list beside every initializer (IR < 4 required it; PyTorch's
-    keep_initializers_as_inputs=True still does): training binds each weight itself, and a weight that
-    is also an input would be defined twice in the training graph. `model` itself when it has none."""
-    weights = {t.name for t in model.graph.initializer}
-    if not any(i.name in weights for i in model.graph.input):
-        return model
-    kept = onnx.ModelProto()
-    kept.CopyFrom(model)
-    del kept.graph.input[:]
-    kept.graph.input.extend(i for i in model.graph.input if i.name not in weights)
-    kept.ir_version = max(kept.ir_version, 4)  # below IR 4 every initializer had to be an input
-    return kept
-
-
 def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """`model` with each float initializer that an Identity node copies (`B = Identity(A)`) made
     an initializer of its own, `B`; and the names so made (none: `model` itself is returned).
