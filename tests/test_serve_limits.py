@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import select
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,6 +81,7 @@ def guarded(paths):
 def crowded(paths):
     """A server with room for few connections and few queued requests, on a slow model."""
     options = ["--max-queue", "1", "--max-connections", "4", "--max-batch-size", "8", "--threads", "1"]
+    options += ["--grpc-port", "0"]
     with ServerProcess([paths["slow"]], *options) as running:
         yield running
 
@@ -350,6 +353,46 @@ def test_a_client_not_reading_its_answer_delays_the_stop_by_the_grace_only(paths
         assert running.stop(signal.SIGTERM) == 0
         assert time.monotonic() - start < SHUTDOWN_GRACE_S + 2
     assert running.log[-1] == "stopped" and not any("ERROR" in line for line in running.log)
+
+
+def test_grpc_calls_past_the_connection_cap_get_resource_exhausted(crowded):
+    # before: gRPC calls had no cap (HTTP has --max-connections); 100 concurrent 8 MB calls took the server to 2 GB
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    hold = threading.Event()
+
+    def nothing_yet():  # a stream's requests that do not come until the test is done
+        hold.wait(30)
+        yield from ()
+
+    with grpc.insecure_channel(crowded.grpc) as channel:
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        ready = channel.unary_unary("/inference.GRPCInferenceService/ServerReady",
+                                    request_serializer=service_pb2.ServerReadyRequest.SerializeToString)
+        streams = [stream.future(nothing_yet()) if hasattr(stream, "future") else stream(nothing_yet())
+                   for _ in range(4)]  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while True:  # until the 4 streams are in progress: the cap of 4 calls is reached
+                try:
+                    ready(service_pb2.ServerReadyRequest(), timeout=10)
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        finally:
+            hold.set()
+            for call in streams:
+                call.cancel()
+        for _ in range(100):  # room again once they end
+            with contextlib.suppress(grpc.RpcError):
+                ready(service_pb2.ServerReadyRequest(), timeout=10)
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the streams' places were not given back")
 
 
 @pytest.mark.parametrize("spec", ["=MODEL", "a/b=MODEL"])

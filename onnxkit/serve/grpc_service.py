@@ -266,9 +266,16 @@ class InferenceService:
         return handle
 
 
-async def start_server(address: str, service: InferenceService, max_message_bytes: int) -> grpc.aio.Server:
-    """A started grpc.aio server for `service` on `address` (host:port), on the running event loop."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message_bytes)])
+async def start_server(
+    address: str, service: InferenceService, max_message_bytes: int, max_calls: int
+) -> grpc.aio.Server:
+    """A started grpc.aio server for `service` on `address` (host:port), on the running event loop.
+
+    Past `max_calls` RPCs in progress (streams count one each), grpc refuses more with RESOURCE_EXHAUSTED: each
+    may hold a message of `max_message_bytes`, as each HTTP connection a body.
+    """
+    options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message_bytes)]
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_calls)
     server.add_generic_rpc_handlers([service.handler()])
     try:
         server.add_insecure_port(address)
