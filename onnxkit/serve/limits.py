@@ -12,7 +12,8 @@ Where each one is enforced, and why there:
   timeout around each ASGI `receive`. A late head closes the connection; a late body is
   answered with a JSON 408 and `Connection: close`, and the app that was reading it sees
   the client leave (`read_body` raises `ClientGone`, status 408 for /metrics) and drops
-  what it had. The head's size is capped by h11 (16 KiB).
+  what it had. h11 refuses a head still incomplete past 16 KiB (431); one that arrives whole in
+  one read (up to 256 KiB) is parsed.
 - **Send timeout**: a client that stops reading its answer (the socket's buffers full, uvicorn
   waiting to send more, or a whole answer queued in memory) has `body_timeout` to start
   reading again; then the connection is dropped with what was still unsent. Without it, such a
