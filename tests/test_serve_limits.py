@@ -362,16 +362,15 @@ def test_grpc_calls_past_the_connection_cap_get_resource_exhausted(crowded):
 
     hold = threading.Event()
 
-    def nothing_yet():  # a stream's requests that do not come until the test is done
+    def one_then_none():  # a stream's requests: one (grpc may hold a call back until its first message), then none
+        yield service_pb2.ModelInferRequest(model_name="none").SerializeToString()
         hold.wait(30)
-        yield from ()
 
     with grpc.insecure_channel(crowded.grpc) as channel:
         stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
         ready = channel.unary_unary("/inference.GRPCInferenceService/ServerReady",
                                     request_serializer=service_pb2.ServerReadyRequest.SerializeToString)
-        streams = [stream.future(nothing_yet()) if hasattr(stream, "future") else stream(nothing_yet())
-                   for _ in range(4)]  # fmt: skip
+        streams = [stream(one_then_none()) for _ in range(4)]
         try:
             deadline = time.monotonic() + 10
             while True:  # until the 4 streams are in progress: the cap of 4 calls is reached
