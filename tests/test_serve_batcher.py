@@ -126,3 +126,20 @@ def test_a_stalled_body_holds_back_no_request_of_its_model(served):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["outputs"][0]["shape"] == [1, 10]
+
+
+def test_only_a_run_bigger_than_any_batch_gives_back_its_memory():
+    from onnxkit.serve.batcher import _timed_run
+
+    class Recording:
+        def __init__(self) -> None:
+            self.released: list[bool] = []
+
+        def run(self, feeds, *, release_memory=False):  # type: ignore[no-untyped-def]
+            self.released.append(release_memory)
+            return feeds
+
+    model = Recording()
+    for rows in (1, 32, 33, 5000):
+        _timed_run(model, {"x": np.zeros((rows, 2))}, rows, 32)  # type: ignore[arg-type]
+    assert model.released == [False, False, True, True]
