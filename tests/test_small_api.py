@@ -76,6 +76,9 @@ def test_probabilities_are_softmax_or_sigmoid_by_task():
     assert list(shown.outputs) == ["probabilities"] and shown.top_k(1)[1] == [("yes", pytest.approx(0.952574))]
     with pytest.raises(OnnxkitError, match="predicts values, not classes"):
         Prediction({"y": z}, None, "regression").probabilities()
+    # a foreign regressor (no task in its metadata) showed class 0 with its value as score for every row
+    with pytest.raises(OnnxkitError, match="the first output has one value per row, which names no classes"):
+        Prediction({"variable": z}, None, None).top_k(2)
 
 
 def test_predict_probs_on_the_command_line(tmp_path, run_cli):

@@ -62,6 +62,9 @@ class Prediction:
         if scores.shape[1] == 1 and (self.task == "binary" or len(self.class_names or ()) == 2):
             other = 1.0 - scores if self.given_probabilities else np.zeros_like(scores)
             scores = np.concatenate([other, scores], axis=1)
+        elif scores.shape[1] == 1:  # a foreign regressor's [batch, 1]: '0 (74.23)' for every row before
+            raise OnnxkitError("the first output has one value per row, which names no classes (a binary classifier "
+                               "says so in its metadata, as onnxkit train writes it); read it as values")
         return scores
 
     def probabilities(self) -> np.ndarray:
