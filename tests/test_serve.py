@@ -401,3 +401,17 @@ def test_a_small_model_leaves_the_event_loop_a_cpu_and_a_large_one_gets_them_all
 
     assert (threads("digits"), threads("text")) == (3, 4)  # one row: ~0.01 ms; ~1 ms at 128 tokens
     assert threads("text", given=2) == 2
+
+
+def test_the_help_example_request_is_one_the_model_it_builds_accepts(run_cli, tmp_path):
+    # it was `"name":"x","shape":[1,64],...,"data":[0,0,5,13,...]}`: not JSON, and not digits.onnx's input
+    from onnxkit import runtime
+    from onnxkit.serve.protocol import decode_request
+
+    text = run_cli("serve", "--help").out
+    assert "onnxkit build iris-mlp -o iris.onnx && onnxkit serve iris.onnx" in text
+    assert "localhost:8000/v2/models/iris/infer" in text
+    body = re.search(r"'(\{.*\})'", text).group(1)
+    model = runtime.load(save_model(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx"))
+    request = decode_request(body.encode(), model)
+    assert request.rows == 1 and model.run(request.feeds)["logits"].shape == (1, 3)

@@ -65,10 +65,11 @@ def serve_cmd(
     NAME=PATH. Stop with Ctrl-C or SIGTERM: open requests finish first.
 
     \b
-    Example:
-      onnxkit serve digits.onnx --port 8000
-      curl -s localhost:8000/v2/models/digits/infer -d \\
-        '{"inputs":[{"name":"x","shape":[1,64],"datatype":"FP32","data":[0,0,5,13,...]}]}'
+    Examples:
+      onnxkit build iris-mlp -o iris.onnx && onnxkit serve iris.onnx --port 8000
+      curl -s localhost:8000/v2/models/iris/infer -d \\
+        '{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
+      onnxkit serve digits=runs/digits/model.onnx iris.onnx --grpc-port 8001
     """
     serve(
         list(models),
