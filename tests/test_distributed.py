@@ -38,6 +38,8 @@ ACTION, AT_STEP = sys.argv[3], int(sys.argv[4])
 
 class Fail(Callback):
     def on_step_end(self, trainer, record):
+        if ACTION == "slow" and rank() == 1 and record["step"] > AT_STEP:
+            time.sleep(0.2)  # a long run from here on
         if rank() != 1 or record["step"] != AT_STEP:
             return
         with open(sys.argv[5], "w") as f:
@@ -49,6 +51,8 @@ class Fail(Callback):
             raise OnnxkitError("rank 1 failed on purpose")
         if ACTION == "stop":
             trainer.stop_training = True
+            return
+        if ACTION == "slow":
             return
         time.sleep(600)  # hang
 
@@ -190,6 +194,34 @@ def test_a_callback_stopping_one_worker_stops_all_after_the_same_step(reference:
     assert launch(2, [*arguments[:1], str(model), str(run), *arguments[1:]], run_dir=run) == 0
     info = json.loads((run / "run.json").read_text())
     assert info["result"]["steps"] == 5 and info["stopped_early"] is True and info["status"] == "completed"
+
+
+def test_workers_stop_with_a_checkpoint_when_the_launcher_is_killed(reference: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    """kill -9 of `onnxkit train --workers` (or a closed terminal) left mpiexec and the workers training on
+    with nobody to report to, holding the run's lock (or, once they wrote output, killed by the broken
+    pipe before a checkpoint); they now stop as after a SIGTERM."""
+    model, _ = reference
+    run = tmp_path / "run"
+    arguments, marker = _script(tmp_path, "slow", 3)  # 27 more steps of 0.2 s: about 6 s
+    arguments = [*arguments[:1], str(model), str(run), *arguments[1:]]
+    code = f"from onnxkit.train.launch import launch; launch(2, {arguments!r})"
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if marker.is_file():
+                break
+            time.sleep(0.05)
+        launcher.kill()
+    finally:
+        launcher.wait()
+    for _ in range(300):
+        status = json.loads((run / "run.json").read_text())["status"]
+        if status != "running":
+            break
+        time.sleep(0.05)
+    assert status == "interrupted"  # not "completed" by orphaned workers
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] < 30
 
 
 @pytest.mark.parametrize("action", ["raise", "hang"])

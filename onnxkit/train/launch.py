@@ -2,7 +2,10 @@
 own mpiexec (the mpich wheel puts it beside the Python executable).
 
 mpiexec runs in a process group of its own, so a Ctrl-C reaches it once, from here: it forwards
-it to every rank, which stop after the same optimizer step (rank 0 checkpoints). The first rank
+it to every rank, which stop after the same optimizer step (rank 0 checkpoints). On Linux mpiexec
+gets a SIGTERM when this process dies (kill -9, a closed terminal), so the ranks stop the same way
+instead of training on with nobody to report to; it ignores SIGPIPE (as Python does), so their
+output to the dead relay does not end it before rank 0 has checkpointed. The first rank
 that fails writes its error to a file whose path the ranks find in $ONNXKIT_WORKER_ERRORS, and
 that error is raised here; a rank that dies without a word (killed) makes mpiexec end the
 others, and the error says so. mpiexec's own banner about it is left out of the relayed output.
@@ -10,6 +13,7 @@ others, and the error says so. mpiexec's own banner about it is left out of the 
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import re
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -32,6 +36,7 @@ MPIEXEC_NOISE = re.compile(
     r"|\[mpiexec@.*|\[proxy:.*|Abort\(\d+\) on node \d+ .*MPI_Abort.*)$"
 )
 INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def find_mpiexec() -> str:
@@ -58,7 +63,8 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
         errors = Path(folder) / "error.txt"
         process = subprocess.Popen(command, env={**os.environ, ERRORS_VARIABLE: str(errors)}, encoding="utf-8",
                                    errors="replace", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_terminated_with(os.getpid()),
+                                   restore_signals=False)  # SIGPIPE stays ignored
         relays = [threading.Thread(target=_relay, args=(source, target), daemon=True)
                   for source, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
         for relay in relays:
@@ -113,6 +119,19 @@ def _checkpoint_note(run_dir: str | os.PathLike | None, workers: int) -> str:
         return f"No checkpoint had been written in {run_dir} yet; start the run again."
     return f"The last checkpoint, {checkpoint}, is intact; continue with: onnxkit train --resume {run_dir} " \
            f"--workers {workers}"
+
+
+def _terminated_with(launcher: int) -> Callable[[], None] | None:
+    """For Popen's preexec_fn: the child gets a SIGTERM when `launcher` (this process) dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def ask() -> None:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != launcher:  # it died before prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return ask
 
 
 def _relay(source: IO[str] | None, target: IO[str]) -> None:
