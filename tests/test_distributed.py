@@ -250,6 +250,9 @@ def test_workers_refuse_a_backend_that_cannot_set_gradients(monkeypatch: pytest.
 def test_bad_worker_options_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(OnnxkitError, match="at least 1"):
         launch(0, ["-c", "pass"])
+    cores = len(os.sched_getaffinity(0))
+    with pytest.raises(OnnxkitError, match=f"{4 * cores + 1} workers on this machine's {cores} cores"):
+        launch(4 * cores + 1, ["-c", "pass"])  # --workers 1000 on 2 cores froze the machine for 15 minutes
     monkeypatch.setattr(sys, "argv", ["pytest"])
     with pytest.raises(OnnxkitError, match="from Python, run your script with mpiexec"):
         launch_training(2, "run", None)

@@ -37,6 +37,7 @@ MPIEXEC_NOISE = re.compile(
 )
 INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+OVERSUBSCRIPTION = 4  # workers per core past which --workers is refused (8 on 2 cores still train; 1000 did not start)
 
 
 def find_mpiexec() -> str:
@@ -58,6 +59,11 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
     """
     if workers < 1:
         raise OnnxkitError(f"--workers must be at least 1, got {workers}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers > OVERSUBSCRIPTION * cores:  # each is a process with its own session, all on this machine
+        raise OnnxkitError(f"{workers} workers on this machine's {cores} cores would only compete for them (and "
+                           f"for memory); use at most {cores}, or run ranks across machines with mpiexec -n N "
+                           "onnxkit train ... (its own host options)")
     command = [find_mpiexec(), "-n", str(workers), sys.executable, *arguments]
     with tempfile.TemporaryDirectory(prefix="onnxkit-workers-") as folder:
         errors = Path(folder) / "error.txt"
