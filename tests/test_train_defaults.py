@@ -65,6 +65,10 @@ def test_explicit_settings_win_over_the_recipe():
     assert steps.steps == 7 and steps.patience is None
     everything = Settings("adamw", 0.1, None, 8, 2, None, "constant", None, None, None)
     assert resolve(everything, recipe, **kw)[1] is None  # nothing defaulted, nothing said
+    # the README's spelled-out digits-cnn command leaves only the optimizer out: no data-sized setting
+    spelled_out = Settings(lr=0.01, batch_size=128, epochs=40, schedule="cosine", warmup=0.05)
+    assert resolve(spelled_out, recipe, **kw)[1] == ("training with defaults: adamw lr 0.01, batch 128, cosine "
+                                                      "schedule, warm-up 0.05, 40 epochs (flags override them)")
 
 
 def test_recipes_travel_in_metadata_per_mode():

@@ -84,8 +84,9 @@ def resolve(
         return out, None
     used = [f for f in ("optimizer", "lr", "batch_size", "schedule", "warmup", "epochs") if getattr(given, f) is None
             and getattr(r, f) is not None]
-    return out, _note(out, "the model's training recipe" if used or "lr" in defaulted and r.lr_for(name)
-                      else "defaults for this data", automatic)
+    source = ("the model's training recipe" if used or "lr" in defaulted and r.lr_for(name)
+              else "defaults for this data" if automatic else "defaults")  # only the length follows the data
+    return out, _note(out, source, automatic)
 
 
 def _first(*values: Any) -> Any:
