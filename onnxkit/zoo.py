@@ -210,8 +210,8 @@ def _hint(e: Exception) -> str:
     if isinstance(e, AttributeError) and e.name and e.obj is not None:
         return suggest(e.name, [n for n in dir(e.obj) if not n.startswith("_")])
     if isinstance(e, NameError) and e.name and e.__traceback__:
-        *_, (frame, _) = traceback.walk_tb(e.__traceback__)
-        return suggest(e.name, {**frame.f_builtins, **frame.f_globals, **frame.f_locals})
+        *_, (frame, _) = traceback.walk_tb(e.__traceback__)  # the file's own names first, builtins if none is close
+        return suggest(e.name, {**frame.f_globals, **frame.f_locals}) or suggest(e.name, frame.f_builtins)
     return ""
 
 

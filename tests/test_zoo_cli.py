@@ -156,7 +156,7 @@ USER_CODE_ERRORS = {
         def recipe(width: int = 8) -> Recipe:
             net = nn.Linear(4, widht)  # <-
             return Recipe(net, {"x": nn.Input(["batch", 4])})
-    ''', "NameError: name 'widht' is not defined. Did you mean: width"),
+    ''', "NameError: name 'widht' is not defined. Did you mean: width?\n"),  # not "width, id, int?"
     "attribute typo in forward": (USER_MLP.format(fc2_in=32, fc2_name="fcc", mark_fc2="", mark_forward="  # <-"),
                                   "AttributeError: 'MLP' object has no attribute 'fcc'. Did you mean: fc"),
     "raise in recipe": ('''
