@@ -9,6 +9,7 @@ them as package data and an installed onnxkit finds them beside this module.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
 import os
@@ -210,8 +211,10 @@ def _hint(e: Exception) -> str:
     if isinstance(e, AttributeError) and e.name and e.obj is not None:
         return suggest(e.name, [n for n in dir(e.obj) if not n.startswith("_")])
     if isinstance(e, NameError) and e.name and e.__traceback__:
-        *_, (frame, _) = traceback.walk_tb(e.__traceback__)  # the file's own names first, builtins if none is close
-        return suggest(e.name, {**frame.f_globals, **frame.f_locals}) or suggest(e.name, frame.f_builtins)
+        *_, (frame, _) = traceback.walk_tb(e.__traceback__)
+        # builtins only when nearly spelt so ('lenn' -> len), not any short name ('widht' -> id, int)
+        builtins = [n for n in frame.f_builtins if difflib.SequenceMatcher(None, e.name, n).ratio() >= 0.8]
+        return suggest(e.name, [*frame.f_globals, *frame.f_locals, *builtins])
     return ""
 
 

@@ -157,6 +157,10 @@ USER_CODE_ERRORS = {
             net = nn.Linear(4, widht)  # <-
             return Recipe(net, {"x": nn.Input(["batch", 4])})
     ''', "NameError: name 'widht' is not defined. Did you mean: width?\n"),  # not "width, id, int?"
+    "NameError of a builtin": ('''
+        def recipe(width: int = 8) -> Recipe:
+            return Recipe(nn.Linear(4, lenn([1])), {"x": nn.Input(["batch", 4])})  # <-
+    ''', "NameError: name 'lenn' is not defined. Did you mean: len, nn?"),
     "attribute typo in forward": (USER_MLP.format(fc2_in=32, fc2_name="fcc", mark_fc2="", mark_forward="  # <-"),
                                   "AttributeError: 'MLP' object has no attribute 'fcc'. Did you mean: fc"),
     "raise in recipe": ('''
