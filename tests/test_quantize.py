@@ -171,6 +171,13 @@ def test_reduce_range_only_without_vnni():
     assert not cpu.features_from_flags("x86_64", cpu.parse_cpuinfo_flags(vnni)).reduce_range
     assert not cpu.features_from_flags("aarch64", set()).reduce_range
     assert "no VNNI" in cpu.features_from_flags("x86_64", {"avx2"}).describe()
+    # the report's cpu line says what was used: it said "full 8-bit weights" after --reduce-range on VNNI
+    with_vnni = cpu.features_from_flags("x86_64", {"avx2", "avx512_vnni"})
+    assert with_vnni.describe() == with_vnni.describe(False) == "x86_64 AVX2 with VNNI: full 8-bit weights"
+    assert with_vnni.describe(True) == "x86_64 AVX2 with VNNI: 7-bit weights (reduce_range), as asked"
+    avx2_only = cpu.features_from_flags("x86_64", {"avx2"})
+    assert avx2_only.describe(True) == "x86_64 AVX2, no VNNI: 7-bit weights (reduce_range) avoid u8s8 overflow"
+    assert avx2_only.describe(False) == "x86_64 AVX2, no VNNI: full 8-bit weights, as asked"
 
 
 # ---- passes ----------------------------------------------------------------------------------

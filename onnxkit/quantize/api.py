@@ -164,7 +164,7 @@ def quantize(
             output=None,
             settings=settings.as_dict(),
             reason=reason,
-            cpu=features.describe() if mode in ("dynamic", "static", "auto") else features.isa,
+            cpu=features.describe(reduce_range) if mode in ("dynamic", "static", "auto") else features.isa,
             size_bytes={
                 "original": len(original.SerializeToString()),
                 "quantized": len(quantized.SerializeToString()),

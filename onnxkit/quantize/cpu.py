@@ -39,8 +39,10 @@ class CpuFeatures:
         isa = "AVX-512" if self.avx512 else "AVX2" if self.avx2 else "SSE"
         return f"{self.machine} {isa} with VNNI" if self.vnni else f"{self.machine} {isa}, no VNNI"
 
-    def describe(self) -> str:
-        """The ISA and what it means for int8 weights."""
+    def describe(self, reduce_range: bool | None = None) -> str:
+        """The ISA and the int8 weights used: the CPU's default, or `reduce_range` as the caller chose."""
+        if reduce_range is not None and reduce_range != self.reduce_range:
+            return f"{self.isa}: {'7-bit weights (reduce_range)' if reduce_range else 'full 8-bit weights'}, as asked"
         if self.reduce_range:
             return f"{self.isa}: 7-bit weights (reduce_range) avoid u8s8 overflow"
         return f"{self.isa}: full 8-bit weights"
