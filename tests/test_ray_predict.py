@@ -85,7 +85,7 @@ def test_ray_input_errors_need_no_cluster(tmp_path: Path, monkeypatch: pytest.Mo
 
     from onnxkit.runtime.batch import input_files, predict_on_ray
 
-    with pytest.raises(OnnxkitError, match="no .npz, .csv, .parquet, .txt files"):
+    with pytest.raises(OnnxkitError, match="no .npy, .npz, .csv, .parquet, .txt files"):
         input_files(tmp_path)
     with pytest.raises(OnnxkitError, match="workers must be at least 1"):
         predict_on_ray(tmp_path / "m.onnx", tmp_path, workers=0)
@@ -108,6 +108,27 @@ def test_ray_input_errors_need_no_cluster(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(OnnxkitError, match="cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:1"):
         predict_on_ray(tmp_path / "m.onnx", tmp_path / "m.npz")
     assert not ray.is_initialized()
+
+
+def test_ray_folders_read_every_input_file_in_order(tmp_path: Path) -> None:
+    """A folder's .npy files and subfolders were skipped without a word (30 or 20 of 40 rows predicted),
+    and a file of the wrong shape was refused without its name."""
+    from onnxkit import runtime
+    from onnxkit.runtime.batch import read_rows
+
+    onnx.save(build_model("digits-mlp"), str(tmp_path / "m.onnx"))
+    model = runtime.load(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).random((40, 64), dtype=np.float32)
+    folder = tmp_path / "parts"
+    (folder / "b").mkdir(parents=True)
+    np.save(folder / "a.npy", x[:10])
+    np.savez(folder / "b" / "c.npz", x=x[10:25])
+    np.savetxt(folder / "d.csv", x[25:], delimiter=",")
+    (folder / "notes.md").write_text("not data")
+    assert np.array_equal(read_rows(folder, model)["x"], x)  # a.npy, b/c.npz, d.csv
+    np.savez(folder / "e.npz", x=np.zeros((5, 1, 4, 4), np.float32))
+    with pytest.raises(OnnxkitError, match=r"e\.npz: input 'x' needs 2 dimension"):
+        read_rows(folder, model)
 
 
 def test_the_device_reaches_each_actors_session(monkeypatch: pytest.MonkeyPatch) -> None:

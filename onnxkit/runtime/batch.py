@@ -4,7 +4,7 @@ holding an `onnxkit.runtime` session.
     from onnxkit.runtime.batch import predict_on_ray
     prediction = predict_on_ray("model.int8.onnx", "inputs/", "predictions.npz", workers=4)
 
-Inputs: a file or a folder of files (sorted by name, read as one sequence of rows): .npz (arrays
+Inputs: a file or a folder of files (subfolders too, sorted by path, read as one sequence of rows): .npy, .npz (arrays
 by input name), .csv (one example per row, as `onnxkit predict` reads it), .parquet (a column per
 input, each row a number or a nested list shaped like one example); for a model that carries a
 tokenizer, .txt (one text per line) or a `text` column of .csv / .parquet. The driver reads and
@@ -39,7 +39,7 @@ from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.session import device_spec
 from onnxkit.signals import handled
 
-INPUT_SUFFIXES = (".npz", ".csv", ".parquet", ".txt")
+INPUT_SUFFIXES = (".npy", ".npz", ".csv", ".parquet", ".txt")
 BATCH_COLUMN = "onnxkit.batch"  # which batch a result row belongs to
 INSTALL = "pip install 'onnxkit[ray]'"
 
@@ -99,10 +99,11 @@ def predict_on_ray(
 
 
 def input_files(data: str | os.PathLike) -> list[Path]:
-    """`data` itself, or the files of the folder `data` with a known suffix, sorted by name."""
+    """`data` itself, or the files with a known suffix in the folder `data` and its subfolders, sorted
+    by path (a subfolder's files where its name sorts)."""
     path = Path(data)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
         if not files:
             raise OnnxkitError(f"{path}: no {', '.join(INPUT_SUFFIXES)} files in this folder")
         return files
@@ -123,8 +124,18 @@ def read_rows(data: str | os.PathLike, model: Model) -> dict[str, np.ndarray]:
         if not texts:
             raise OnnxkitError(f"{data}: no texts")
         return text_feeds(model, texts)
-    parts = [checked_feeds(path, model, _read_tensors(path, model)) for path in files]  # NaN refused, as predict does
+    parts = [_file_feeds(path, model) for path in files]
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _file_feeds(path: Path, model: Model) -> dict[str, np.ndarray]:
+    """One file's feeds, NaN refused as predict does; an error names the file."""
+    try:
+        return checked_feeds(path, model, _read_tensors(path, model))
+    except OnnxkitError as e:
+        if str(path) in str(e):
+            raise
+        raise OnnxkitError(f"{path}: {e}") from e
 
 
 def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
