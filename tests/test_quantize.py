@@ -743,6 +743,15 @@ def test_auto_says_it_ignores_method_and_format(mlp_data):
     assert "--method" not in " ".join(quantize(mlp(), mode="auto", eval_data=mlp_data, max_drop=3.0).report.notes)
 
 
+def test_calibration_data_for_a_mode_without_calibration_is_said_to_be_ignored(mlp_data):
+    """`quantize digits.onnx --calib digits-images` (its help's example) chose dynamic int8 for the
+    model and dropped --calib without a word."""
+    note = "--calib does not apply to --mode dynamic (--mode static calibrates on it); ignored"
+    assert note in quantize(mlp(), mode="dynamic", calib=mlp_data, measure_latency=False).report.notes
+    static = quantize(mlp(), mode="static", calib=mlp_data, measure_latency=False).report.notes
+    assert not [n for n in static if "--calib" in n]
+
+
 def test_a_drop_over_max_drop_suggests_only_options_that_apply(tmp_path, run_cli, mlp_data):
     """It suggested '--per-channel' to a run already per channel, and '--method' to int4, which has none."""
     def advice(**options) -> str:

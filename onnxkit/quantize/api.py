@@ -149,7 +149,7 @@ def quantize(
                 block_size=block_size,
             )  # per-channel by default: as fast here, and far closer with 7-bit weights (see README)
             reason = f"--mode {mode} as asked" if requested else profile.reason()
-            notes += _ignored_options(settings, method, format, per_channel)
+            notes += _ignored_options(settings, method, format, per_channel, calib)
             if requested == "dynamic" and profile.nodes("conv"):
                 notes.append("Conv stays fp32 in dynamic mode (ConvInteger is slow); --mode static quantizes it")
             say(f"quantizing: {settings.label} ...")
@@ -307,13 +307,16 @@ def _check_evaluation(mode: str | None, eval_data: Any, max_drop: float | None, 
                            params=["mode", "eval_data"])
 
 
-def _ignored_options(settings: Settings, method, fmt, per_channel) -> list[str]:  # type: ignore[no-untyped-def]
+def _ignored_options(settings: Settings, method, fmt, per_channel, calib) -> list[str]:  # type: ignore[no-untyped-def]
     ignored = {
         "--method": method is not None and settings.mode != "static",
         "--format": fmt is not None and settings.mode != "static",
         "--per-channel": per_channel is not None and settings.mode in ("int4", "fp16"),
+        "--calib": calib is not None and settings.mode != "static",
     }
-    return [f"{opt} does not apply to --mode {settings.mode}; ignored" for opt, on in ignored.items() if on]
+    why = {"--calib": " (--mode static calibrates on it)"}
+    return [f"{opt} does not apply to --mode {settings.mode}{why.get(opt, '')}; ignored"
+            for opt, on in ignored.items() if on]
 
 
 def _closer_options(settings: Settings) -> str:
