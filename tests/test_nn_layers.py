@@ -309,7 +309,7 @@ def test_sequential_names_and_state_dict_roundtrip(tmp_path):
     for suffix in (".safetensors", ".npz"):
         mlp.save(tmp_path / f"w{suffix}")
         nn.manual_seed(2)
-        other = nn.Sequential([nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)])
+        other = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))  # as PyTorch writes it
         other.load(tmp_path / f"w{suffix}")
         for (_, a), (_, b) in zip(mlp.named_arrays(), other.named_arrays(), strict=True):
             np.testing.assert_array_equal(a.value, b.value)

@@ -182,7 +182,12 @@ class ModuleList(Module):
 
 
 class Sequential(ModuleList):
-    """Apply modules one after another."""
+    """Apply modules one after another: `Sequential(a, b, c)`, as PyTorch writes it, or `Sequential([a, b, c])`."""
+
+    def __init__(self, *modules: Module | Iterable[Module]) -> None:
+        if len(modules) == 1 and not isinstance(modules[0], Module):
+            modules = tuple(modules[0])
+        super().__init__(modules)  # type: ignore[arg-type]
 
     def forward(self, x: Any) -> Any:
         for m in self:
