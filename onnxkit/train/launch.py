@@ -4,8 +4,9 @@ own mpiexec (the mpich wheel puts it beside the Python executable).
 mpiexec runs in a process group of its own, so a Ctrl-C reaches it once, from here: it forwards
 it to every rank, which stop after the same optimizer step (rank 0 checkpoints). On Linux mpiexec
 gets a SIGTERM when this process dies (kill -9, a closed terminal), so the ranks stop the same way
-instead of training on with nobody to report to; it ignores SIGPIPE (as Python does), so their
-output to the dead relay does not end it before rank 0 has checkpointed. The first rank
+instead of training on with nobody to report to; their output goes to files that this process
+copies to its own as it comes, so its death fails no write (a pipe's would make mpiexec end the
+ranks before rank 0 has checkpointed). The first rank
 that fails writes its error to a file whose path the ranks find in $ONNXKIT_WORKER_ERRORS, and
 that error is raised here; a rank that dies without a word (killed) makes mpiexec end the
 others, and the error says so. mpiexec's own banner about it is left out of the relayed output.
@@ -22,7 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
@@ -37,6 +38,7 @@ MPIEXEC_NOISE = re.compile(
 )
 INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+RELAY_POLL_S = 0.05  # how often the ranks' output is looked for
 OVERSUBSCRIPTION = 4  # workers per core past which --workers is refused (8 on 2 cores still train; 1000 did not start)
 
 
@@ -67,17 +69,14 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
     command = [find_mpiexec(), "-n", str(workers), sys.executable, *arguments]
     with tempfile.TemporaryDirectory(prefix="onnxkit-workers-") as folder:
         errors = Path(folder) / "error.txt"
-        process = subprocess.Popen(command, env={**os.environ, ERRORS_VARIABLE: str(errors)}, encoding="utf-8",
-                                   errors="replace", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   start_new_session=True, preexec_fn=_terminated_with(os.getpid()),
-                                   restore_signals=False)  # SIGPIPE stays ignored
-        relays = [threading.Thread(target=_relay, args=(source, target), daemon=True)
-                  for source, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
-        for relay in relays:
-            relay.start()
-        code = _wait_forwarding_signals(process)
-        for relay in relays:
-            relay.join(timeout=5)
+        # the ranks' output goes to files this process relays: were it killed, writes to a pipe it read would
+        # fail, and mpiexec would end the ranks at once, before rank 0 had checkpointed
+        logs = [Path(folder) / "stdout.txt", Path(folder) / "stderr.txt"]
+        with open(logs[0], "wb") as out, open(logs[1], "wb") as err:
+            process = subprocess.Popen(command, env={**os.environ, ERRORS_VARIABLE: str(errors)}, stdout=out,
+                                       stderr=err, start_new_session=True,
+                                       preexec_fn=_terminated_with(os.getpid()))
+        code = _wait_relaying(process, logs)
         if code == 0:
             return 0
         if errors.is_file():
@@ -140,17 +139,40 @@ def _terminated_with(launcher: int) -> Callable[[], None] | None:
     return ask
 
 
-def _relay(source: IO[str] | None, target: IO[str]) -> None:
-    """Copy lines from a rank's stream to ours, without mpiexec's banner."""
-    if source is None:
-        return
-    for line in source:
-        if not MPIEXEC_NOISE.match(line.rstrip("\n")):
-            target.write(line)
-            target.flush()
+class _Relay:
+    """The lines mpiexec writes to a file, copied to one of our streams as they come, without its banner."""
+
+    def __init__(self, log: Path, target: IO[str]) -> None:
+        self.source, self.target, self.pending = open(log, "rb"), target, b""  # noqa: SIM115 - closed by close()
+
+    def pump(self, ended: bool) -> None:
+        *lines, self.pending = (self.pending + self.source.read()).split(b"\n")
+        if ended and self.pending:  # a last line without its newline
+            lines.append(self.pending)
+        for line in (raw.decode("utf-8", "replace") for raw in lines):
+            if not MPIEXEC_NOISE.match(line):
+                self.target.write(line + "\n")
+                self.target.flush()
+
+    def close(self) -> None:
+        self.source.close()
 
 
-def _wait_forwarding_signals(process: subprocess.Popen) -> int:
-    """Wait for mpiexec, passing it each Ctrl-C or SIGTERM this process gets (a second Ctrl-C ends it at once)."""
-    with handled(lambda signum, frame: process.send_signal(signum)):
-        return process.wait()
+def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> int:
+    """Wait for mpiexec, relaying what it writes to `logs` (stdout, stderr) and passing it each Ctrl-C or
+    SIGTERM this process gets (a second Ctrl-C ends it at once). One thread does it all: were this process
+    killed, mpiexec would get a SIGTERM for each of its threads that ended, as the kernel hands it from
+    thread to thread, and the ranks, stopping after the first, would die of the second."""
+    relays = [_Relay(log, target) for log, target in zip(logs, (sys.stdout, sys.stderr), strict=True)]
+    try:
+        with handled(lambda signum, frame: process.send_signal(signum)):
+            while True:
+                ended = process.poll() is not None  # before reading: all it wrote is then in the files
+                for relay in relays:
+                    relay.pump(ended)
+                if ended:
+                    return int(process.returncode)
+                time.sleep(RELAY_POLL_S)
+    finally:
+        for relay in relays:
+            relay.close()
