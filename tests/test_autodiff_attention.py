@@ -71,7 +71,6 @@ def test_rotary_embedding_caches_get_no_gradient():
               ["x", "cos"], opset=23, constants={"pos": CACHES["pos"]})
 
 
-@pytest.mark.training
 def test_causal_attention_over_the_rows_of_each_digit_trains(tmp_path):
     """x [batch, 64] -> 8 rows of 8 pixels -> q, k, v projections -> Attention (3-D, 2 heads,
     causal) -> RMSNormalization -> head: opset 23's ops as PyTorch's exporter writes them."""
