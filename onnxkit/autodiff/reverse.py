@@ -32,6 +32,7 @@ from onnxkit.graph_walks import ancestors, node_label, opset, value_types
 
 FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 MIN_OPSET = 13
+REPLACED = recurrent.RECURRENT | functions.FUNCTIONS  # ops replaced by standard ops before differentiation
 
 
 def gradient_name(param: str) -> str:
@@ -83,9 +84,6 @@ def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list
     missing += [(f"{node.op_type} {reason}", node_label(node, i)) for i, node in nodes
                 if _rule_key(node) in REPLACED and (reason := _unsupported(node, types, version))]
     return missing
-
-
-REPLACED = recurrent.RECURRENT | functions.FUNCTIONS  # ops replaced by standard ops before differentiation
 
 
 def _rule_key(node: onnx.NodeProto) -> str:
