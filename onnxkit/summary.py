@@ -61,6 +61,8 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
         "parameters": count,
         "parameter_bytes": nbytes,
         "initializers": len(g.initializer),
+        # weights held as float attributes: a scikit-learn model's LinearClassifier, tree ensembles (ai.onnx.ml)
+        "attribute_weights": sum(len(a.floats) for n in g.node if n.domain not in ("", "ai.onnx") for a in n.attribute),
         "nodes": len(g.node),
         "operators": dict(ops.most_common()),
         "metadata": read_metadata(model),
@@ -101,7 +103,9 @@ def format_summary(info: dict[str, Any]) -> str:
         + (f", by {info['producer']}" if info["producer"] else "")
         + ")",
         f"params    {info['parameters']:,} ({_human(info['parameter_bytes'])}) in "
-        f"{info['initializers']} initializers; {info['nodes']} nodes"
+        f"{info['initializers']} initializers"
+        + (f", {info['attribute_weights']:,} more in node attributes" if info.get("attribute_weights") else "")
+        + f"; {info['nodes']} nodes"
         + (f"; file {_human(info['file_bytes'])}" if "file_bytes" in info else "")
         + (f" with {', '.join(info['external_data'])}" if info.get("external_data") else ""),
         "inputs",

@@ -361,3 +361,6 @@ def test_inspect_shows_the_maps_and_text_labels_a_scikit_learn_model_outputs(tmp
     r = run_cli("inspect", tmp_path / "skl.onnx")
     assert r.code == 0 and "seq(map(string, float32))" in r.out
     assert "ai.onnx.ml.LinearClassifier ×1, ai.onnx.ml.Normalizer ×1, ai.onnx.ml.ZipMap ×1" in r.out
+    # its weights are attributes of LinearClassifier (6 coefficients, 3 intercepts), not initializers: 'params 0'
+    assert "params    0 (0 B) in 0 initializers, 9 more in node attributes; " in r.out
+    assert info["attribute_weights"] == 9
