@@ -92,3 +92,24 @@ def test_initializers_that_are_also_graph_inputs_train(tmp_path):
     trained = onnx.load(result.model_path)
     assert [i.name for i in trained.graph.input] == ["x"]
     ort.InferenceSession(trained.SerializeToString())  # an inference model still
+
+
+def test_weights_held_in_constant_nodes_are_named_as_staying_fixed(tmp_path, run_cli):
+    """An old converter wrote a layer's weights as Constant nodes: training updated only the initializers
+    ('training 51 parameters' of a model holding 131) without a word."""
+    rng = np.random.default_rng(0)
+    w1 = helper.make_node("Constant", [], ["W1"], value=numpy_helper.from_array(
+        rng.normal(0, 0.3, (4, 16)).astype(np.float32), "W1"))
+    nodes = [w1, helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "b2"], ["logits"])]
+    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+                              [numpy_helper.from_array(rng.normal(0, 0.3, (16, 3)).astype(np.float32), "W2"),
+                               numpy_helper.from_array(np.zeros(3, np.float32), "b2")])
+    path = tmp_path / "old.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = run_cli("train", path, "--data", "iris", "--steps", "1", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert ("warning: Constant nodes that layers read as weights stay fixed: only initializers train (W1); to train "
+            "them, store them as initializers") in result.err
+    assert "training 51 parameters" in result.err

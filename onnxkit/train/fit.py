@@ -79,6 +79,7 @@ from onnxkit.train.standardize import (
 )
 from onnxkit.train.trainer import LoopState, Trainer
 from onnxkit.train.training_form import (
+    constant_weights,
     find_parameters,
     output_type,
     refuse_weights_in_attributes,
@@ -459,6 +460,11 @@ class _Setup:
         self.names = label_names(self.model) or dataset.label_names
         self.num_classes = shape[-1] if self.task == "classification" and isinstance(shape[-1], int) else None
         self._select()
+        constants = constant_weights(self.model, self.output)
+        if constants:
+            shown = ", ".join(constants[:3]) + (", ..." if len(constants) > 3 else "")
+            progress.line(f"warning: Constant nodes that layers read as weights stay fixed: only initializers train "
+                          f"({shown}); to train them, store them as initializers")
         if c.cache_features and not adapter and self.fixed is None:
             self._cache_frozen_features(shape)
         batches = self.splits["train"].num_batches(c.batch_size, drop_last=self.fixed is not None)

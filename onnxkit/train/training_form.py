@@ -157,6 +157,21 @@ def untrainable_weights(model: onnx.ModelProto) -> str | None:
     return None
 
 
+# (op type, input index) of the inputs that hold a layer's weights (None: any input)
+_WEIGHT_INPUTS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": None}
+
+
+def constant_weights(model: onnx.ModelProto, output: str) -> list[str]:
+    """The outputs of float Constant nodes (rank >= 2) that `output` reads as a layer's weights: an old
+    converter's, which stay fixed in training (only initializers are parameters)."""
+    constants = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and any(
+        a.name == "value" and a.t.data_type == TensorProto.FLOAT and len(a.t.dims) >= 2 for a in n.attribute)}
+    needed = ancestors(model, output)
+    found = [name for n in model.graph.node if n.op_type in _WEIGHT_INPUTS and n.output[0] in needed
+             for i, name in enumerate(n.input) if name in constants and _WEIGHT_INPUTS[n.op_type] in (None, i)]
+    return list(dict.fromkeys(found))
+
+
 def _matching(patterns: Iterable[str], names: Sequence[str], option: str) -> set[str]:
     chosen: set[str] = set()
     for pattern in patterns:
