@@ -69,3 +69,22 @@ def rand(*shape: int, seed: int = 0, low: float = -1.0, high: float = 1.0) -> np
 
 
 __all__ = ["check", "rand", "single_node", "pytest", "TensorProto"]
+
+
+def trains_on_digit_rows(tmp_path, nodes: list, weights: dict, constants: dict, *, opset: int, kept: str) -> None:
+    """A model of `nodes` over digits' x [batch, 64] (`weights` trained, int64 `constants`) trains on the
+    `onnx` backend to a val loss under half its first and > 80% test accuracy, its inference graph
+    keeping the op `kept` (replaced by standard ops only for training)."""
+    from onnxkit.train import fit
+
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in constants.items()]
+    graph = helper.make_graph(nodes, "digit rows",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    result = fit(model, "digits", tmp_path / "run", epochs=6, batch_size=32, lr=0.01, quiet=True, device="cpu",
+                 backend="onnx")
+    losses = [r["val_loss"] for r in result.history if r["event"] == "epoch"]
+    assert losses[-1] < 0.5 * losses[0] and result.metrics["test"]["accuracy"] > 0.8
+    assert [n.op_type for n in onnx.load(result.model_path).graph.node].count(kept) == 1

@@ -5,11 +5,10 @@ ONNX Runtime in float32."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from gradcases import check, rand, single_node
-from onnx import TensorProto, helper, numpy_helper
+from gradcases import check, rand, single_node, trains_on_digit_rows
+from onnx import helper
 
 from onnxkit.autodiff import functions
 from onnxkit.errors import OnnxkitError
@@ -74,8 +73,6 @@ def test_rotary_embedding_caches_get_no_gradient():
 def test_causal_attention_over_the_rows_of_each_digit_trains(tmp_path):
     """x [batch, 64] -> 8 rows of 8 pixels -> q, k, v projections -> Attention (3-D, 2 heads,
     causal) -> RMSNormalization -> head: opset 23's ops as PyTorch's exporter writes them."""
-    from onnxkit.train import fit
-
     rng = np.random.default_rng(0)
     nodes = [
         helper.make_node("Reshape", ["x", "rows"], ["seq"]),
@@ -87,16 +84,4 @@ def test_causal_attention_over_the_rows_of_each_digit_trains(tmp_path):
     ]
     weights = {**{f"w{p}": rng.uniform(-0.5, 0.5, (8, 8)) for p in "qkv"}, "norm.scale": np.ones(64),
                "head.w": rng.uniform(-0.1, 0.1, (64, 10)), "head.b": np.zeros(10)}
-    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
-    inits += [numpy_helper.from_array(np.array([-1, 8, 8], np.int64), "rows"),
-              numpy_helper.from_array(np.array([-1, 64], np.int64), "flat")]
-    graph = helper.make_graph(nodes, "attention digits",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
-    result = fit(model, "digits", tmp_path / "run", epochs=6, batch_size=32, lr=0.01, quiet=True, device="cpu",
-                 backend="onnx")
-    losses = [r["val_loss"] for r in result.history if r["event"] == "epoch"]
-    assert losses[-1] < 0.5 * losses[0] and result.metrics["test"]["accuracy"] > 0.8
-    kept = [n.op_type for n in onnx.load(result.model_path).graph.node]
-    assert kept.count("Attention") == 1  # the inference graph keeps the node
+    trains_on_digit_rows(tmp_path, nodes, weights, {"rows": [-1, 8, 8], "flat": [-1, 64]}, opset=23, kept="Attention")

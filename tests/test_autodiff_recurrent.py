@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from gradcases import trains_on_digit_rows
+from onnx import TensorProto, helper
 
 from onnxkit.autodiff import add_gradients, missing_rules
 from onnxkit.autodiff.check import gradcheck
@@ -153,8 +154,6 @@ def test_the_ort_training_backend_refuses_the_directions_its_kernels_lack(direct
 @pytest.mark.training
 def test_a_gru_over_the_rows_of_each_digit_trains(tmp_path):
     """x [batch, 64] -> 8 steps of 8 pixels -> GRU(16), PyTorch's export shape (linear_before_reset) -> head."""
-    from onnxkit.train import fit
-
     rng = np.random.default_rng(0)
     nodes = [
         helper.make_node("Reshape", ["x", "rows"], ["seq"]),
@@ -166,16 +165,4 @@ def test_a_gru_over_the_rows_of_each_digit_trains(tmp_path):
     ]
     weights = {"gru.w": rng.uniform(-0.25, 0.25, (1, 48, 8)), "gru.r": rng.uniform(-0.25, 0.25, (1, 48, 16)),
                "gru.b": np.zeros((1, 96)), "head.w": rng.uniform(-0.25, 0.25, (16, 10)), "head.b": np.zeros(10)}
-    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
-    inits += [numpy_helper.from_array(np.array([-1, 8, 8], np.int64), "rows"),
-              numpy_helper.from_array(np.array([0], np.int64), "zero")]
-    graph = helper.make_graph(nodes, "gru digits",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    result = fit(model, "digits", tmp_path / "run", epochs=6, batch_size=32, lr=0.01, quiet=True, device="cpu",
-                 backend="onnx")
-    losses = [r["val_loss"] for r in result.history if r["event"] == "epoch"]
-    assert losses[-1] < 0.5 * losses[0] and result.metrics["test"]["accuracy"] > 0.8
-    kept = [n.op_type for n in onnx.load(result.model_path).graph.node]
-    assert kept.count("GRU") == 1  # the inference graph keeps the node
+    trains_on_digit_rows(tmp_path, nodes, weights, {"rows": [-1, 8, 8], "zero": [0]}, opset=17, kept="GRU")
