@@ -24,6 +24,9 @@ from onnxkit.nn.build import BUFFERS_KEY
 PREFIX = "onnxkit.standardize"
 TINY = 1e-7  # below this a feature is constant: it is centred, not scaled (scikit-learn's StandardScaler)
 SPREAD, FAR = 100.0, 10.0  # unscaled: a std this many times the median std, or a mean / std beyond this
+# unscaled whatever the other features: a std this large (make_friedman3's 470 beside 0.29 and 2.9 was
+# under SPREAD times their median and trained raw to R² -2.2; a channel of 0-255 images, std 60-80, stays)
+LARGE = 100.0
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,8 @@ def target_scale(labels: np.ndarray) -> Scale:
 
 def unscaled(train: Split, specs: list[ModelInput], regression: bool) -> str | None:
     """What is clearly unscaled among the float features (or regression targets): a feature's std
-    over SPREAD times the median one (near-constant features do not count), or a mean beyond FAR
-    and beyond FAR stds; targets beyond FAR. None when nothing is."""
+    over LARGE or over SPREAD times the median one (near-constant features do not count), or a mean
+    beyond FAR and beyond FAR stds; targets beyond FAR. None when nothing is."""
     found = []
     for name, array in _float_features(train, specs).items():
         if not np.isfinite(array).all():
@@ -128,7 +131,7 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool) -> str | N
         mean, std = (np.abs(m.ravel()) for m in _moments(array))
         varying = np.sort(std[std >= TINY] if (std >= TINY).any() else np.ones(1))
         median = (varying[(len(varying) - 1) // 2] + varying[len(varying) // 2]) / 2  # np.median imports numpy.ma
-        if varying[-1] > SPREAD * median or ((mean > FAR) & (mean > FAR * std)).any():
+        if varying[-1] > min(LARGE, SPREAD * median) or ((mean > FAR) & (mean > FAR * std)).any():
             found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}, median {median:.3g}, "
                          f"means up to {mean.max():.3g}")
     if regression and train.labels.dtype.kind in "iuf" and np.isfinite(train.labels).all():
