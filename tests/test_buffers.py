@@ -83,3 +83,21 @@ def test_buffers_and_folded_constants_of_a_pytorch_export_are_not_trained(model)
     assert "mean" not in params.names and "std" not in params.names
     assert "fc.weight" in params.parameters and "head.bias" in params.parameters  # unmarked: as before
     assert params.buffers == ["norm.running_mean", "norm.running_var"]  # BatchNorm still updates its statistics
+
+
+def test_a_weight_the_exporter_folded_still_trains(model):
+    # onnxscript's optimizer folds Transpose(weight) of every Linear on 3-D inputs (MatMul(x, W^T)) into a
+    # new initializer, marked folded_from the parameter: such weights were kept fixed, so a PyTorch
+    # transformer fine-tuned only its biases and norms. The graph's signature names the parameters.
+    set_metadata(model, {BUFFERS_KEY: []})
+    kind, folded = "pkg.torch.export.graph_signature.InputSpec.kind", "pkg.onnxscript.optimizer.folded_from"
+    model.graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature", value=(
+        "\n# inputs\np_fc_weight: PARAMETER target='fc.weight'\np_fc_bias: PARAMETER target='fc.bias'\n"
+        "p_head_kernel: PARAMETER target='head.kernel'\nb_mean: BUFFER target='mean' persistent=True\n"
+        "x: USER_INPUT\n\n# outputs\nlogits: USER_OUTPUT\n"))
+    _marked(model, {"head.weight": (folded, "['head.kernel']"),  # the transposed parameter head.kernel
+                    "std": (folded, "['full', 'triu']"),  # computed at export from no parameter
+                    "mean": (kind, "BUFFER"), "head.bias": (folded, "['mean']")})  # folded from a buffer only
+    params = find_parameters(model)
+    assert "head.weight" in params.parameters
+    assert "std" not in params.names and "mean" not in params.names and "head.bias" not in params.names

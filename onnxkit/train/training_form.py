@@ -25,8 +25,10 @@ Rewrites that only one backend needs live with that backend.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +57,8 @@ _BN_STATS = (3, 4)
 # what PyTorch's dynamo exporter writes in the value_info of each initializer it makes
 _TORCH_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"  # PARAMETER, BUFFER, CONSTANT_TENSOR...
 _FOLDED = "pkg.onnxscript.optimizer.folded_from"  # a constant computed at export (a causal mask, an arange)
+_SIGNATURE = "pkg.torch.export.ExportedProgram.graph_signature"  # graph metadata: 'p_fc_weight: PARAMETER target=...'
+_PARAMETER_SPEC = re.compile(r"^\S+: PARAMETER target='([^']*)'", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -95,13 +99,27 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
 def exported_constants(model: onnx.ModelProto) -> set[str]:
     """The initializers PyTorch's dynamo exporter marks as no parameter: buffers (a BatchNorm's
     statistics stay buffers, told apart by their use) and tensors it computed at export, such as a
-    causal mask. PyTorch's optimizers train neither; a TorchScript export carries no such marks."""
+    causal mask. PyTorch's optimizers train neither; a TorchScript export carries no such marks.
+    A tensor folded from a parameter is one, though: the exporter folds Transpose(weight) of each Linear
+    on 3-D inputs into a new initializer, which the graph's signature shows was folded from a parameter."""
+    signature = {p.key: p.value for p in model.graph.metadata_props}.get(_SIGNATURE, "")
+    parameters = set(_PARAMETER_SPEC.findall(signature))
     found = set()
     for info in model.graph.value_info:
         marks = {p.key: p.value for p in info.metadata_props}
-        if _FOLDED in marks or marks.get(_TORCH_KIND, "PARAMETER") != "PARAMETER":
+        if marks.get(_TORCH_KIND, "PARAMETER") != "PARAMETER" or (
+                _FOLDED in marks and not parameters & _folded_sources(marks[_FOLDED])):
             found.add(info.name)
     return found
+
+
+def _folded_sources(mark: str) -> set[str]:
+    """The names a folded_from mark lists (written as a Python list of strings)."""
+    try:
+        names = ast.literal_eval(mark)
+    except (ValueError, SyntaxError):
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list | tuple | set) else set()
 
 
 def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
