@@ -18,10 +18,15 @@ TEXT_COLUMN = "text"  # a CSV column of texts (a Parquet one, by its exact name)
 
 def csv_header(first_row: Sequence[str]) -> Sequence[str] | None:
     """`first_row` when it is a header: some cell but the last (which may hold a text label), or
-    its only cell, is not a number; or it names a label column (pandas heads the columns of an
-    array 0, 1, ..., and the label column it was given a name)."""
+    its only cell, is not a number; or it names a label column beside columns numbered 0, 1, ...
+    (pandas' header for an array's columns and a label column it was given a name; a data row of
+    numbers whose class is named 'y' or 'class' is data)."""
     cells = first_row[:-1] if len(first_row) > 1 else first_row
-    return None if all(is_number(c) for c in cells) and label_column(first_row) is None else first_row
+    if not all(is_number(c) for c in cells):
+        return first_row
+    label = label_column(first_row)
+    numbered = [c.strip() for i, c in enumerate(first_row) if i != label]
+    return first_row if label is not None and numbered == [str(i) for i in range(len(numbered))] else None
 
 
 def label_column(header: Sequence[str] | None) -> int | None:

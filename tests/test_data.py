@@ -309,6 +309,16 @@ def test_a_header_of_numbered_columns_and_a_label_name_is_a_header(tmp_path):
     assert len(ds.train) + len(ds.validation) + len(ds.test) == 20
 
 
+def test_a_first_data_row_whose_class_is_named_y_is_data(tmp_path):
+    """A headerless CSV whose classes are 'y' and 'n' (or 'class', 'label', 'target'): its first row,
+    numbers then 'y', was taken for a header naming its label column and dropped without a word."""
+    rows = "".join(f"{i * 0.5},{-i},{'yn'[i % 2]}\n" for i in range(20))
+    (tmp_path / "votes.csv").write_text(rows)
+    ds = load_dataset(tmp_path / "votes.csv")
+    assert ds.label_names == ["n", "y"]
+    assert len(ds.train) + len(ds.validation) + len(ds.test) == 20
+
+
 def _one_input_model(dtype: int, shape: list):
     """Identity of one input shaped `shape` (what the data must bind to)."""
     from onnx import helper
