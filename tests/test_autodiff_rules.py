@@ -152,6 +152,37 @@ def test_pad_of_listed_axes(mode, folded, monkeypatch):
           constants={"p": np.array([2, 1, 1, 0]), "v": np.array(0.5), "axes": np.array([-1, 0])})
 
 
+def _padded(x: np.ndarray, pads: list[int]) -> np.ndarray:
+    """numpy's Pad in constant mode (zeros), negative pads cropping."""
+    rank = x.ndim
+    x = x[tuple(slice(max(-pads[a], 0), x.shape[a] - max(-pads[a + rank], 0)) for a in range(rank))]
+    return np.pad(x, [(max(pads[a], 0), max(pads[a + rank], 0)) for a in range(rank)])
+
+
+@pytest.mark.parametrize("pads", [[-1, 0, 0, 0], [1, -1, -1, 2], [0, -2, 1, 0]])
+@pytest.mark.parametrize("known", [True, False])
+def test_pad_with_negative_pads_crops(pads, known):
+    # a negative pad crops (torch's F.pad(x, (-1, 0))): dx is dy padded back with zeros; dy was sliced as
+    # for positive pads, starting at -1 (from the end): a [1, 3] gradient for x [4, 3]. onnx.reference's
+    # Pad refuses negative pads, so onnxruntime runs it in float64 against numpy's crop and pad
+    x = rand(4, 3)
+    p = np.array(pads)
+    model, feeds = single_node("Pad", {"x": x}, constants={"p": p})
+    loss = with_projection_loss(model)
+    if not known:  # pads fed at run time
+        del loss.graph.initializer[[t.name for t in loss.graph.initializer].index("p")]
+        loss.graph.input.append(helper.make_tensor_value_info("p", TensorProto.INT64, [4]))
+        feeds["p"] = p
+    projection = next(numpy_helper.to_array(t) for t in loss.graph.initializer if t.name == "y0.projection")
+    got = run_gradients(loss, feeds, ["x"])["x"]
+    expected = np.zeros_like(x)
+    for i in np.ndindex(x.shape):  # the loss is linear in x: its gradient is each one-hot x's loss
+        one = np.zeros_like(x)
+        one[i] = 1.0
+        expected[i] = (_padded(one, pads) * projection).sum()
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
 @pytest.mark.parametrize("exclusive,reverse,axis", [(0, 0, 1), (1, 0, 0), (0, 1, -1), (1, 1, 1)])
 def test_cumsum(exclusive, reverse, axis):
     check("CumSum", {"x": rand(3, 5)}, ["x"], {"exclusive": exclusive, "reverse": reverse},

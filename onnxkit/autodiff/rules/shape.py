@@ -150,6 +150,8 @@ def pad(b: Backward) -> list[str | None]:
         attrs = {"mode": b.attr("mode")} if b.opset >= 11 else {"mode": b.attr("mode"), "pads": b.attr("pads")}
         copied = b.op("Pad", _positions(b), *([pads] if b.opset >= 11 else []), **attrs)
         return [_scatter_into_zeros(b, copied, b.dy()), None, None]
+    if known is None or (known < 0).any():  # a negative pad crops: dx is dy padded back with zeros there
+        return [b.op("Pad", b.dy(), b.op("Neg", pads)), None, None]
     begin = b.op("Slice", pads, b.ints([0]), b.ints([rank]))
     return [b.op("Slice", b.dy(), begin, b.op("Add", begin, b.shape(x))), None, None]
 
