@@ -130,9 +130,10 @@ def _terminated_with(launcher: int) -> Callable[[], None] | None:
     """For Popen's preexec_fn: the child gets a SIGTERM when `launcher` (this process) dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
+    prctl = ctypes.CDLL(None).prctl  # looked up before the fork: dlopen in the child of a threaded process may deadlock
 
     def ask() -> None:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != launcher:  # it died before prctl
             os.kill(os.getpid(), signal.SIGTERM)
 
