@@ -194,6 +194,35 @@ def probability_logits(graph: onnx.GraphProto, output: str, rank: int, version: 
     return node.input[0]
 
 
+def sklearn_classes(model: onnx.ModelProto) -> list[int] | list[str] | None:
+    """The classes of a scikit-learn classifier converted by skl2onnx, in its probabilities' column
+    order: the classlabels_* attribute of its ai.onnx.ml classifier (or ZipMap) node, or the constant
+    its label output is picked from by an ArrayFeatureExtractor (MLPClassifier); None for a model
+    without either."""
+    for node in model.graph.node:
+        for a in node.attribute if node.domain == "ai.onnx.ml" else ():
+            if a.name == "classlabels_strings":
+                return [t.decode() for t in a.strings]
+            if a.name in ("classlabels_ints", "classlabels_int64s"):
+                return list(a.ints)
+    if not model.graph.output or len(model.graph.output[0].type.tensor_type.shape.dim) != 1:
+        return None  # not a label output ([N] class values)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    constants = {t.name: t for t in model.graph.initializer}
+    name = model.graph.output[0].name
+    while name in producer:
+        node = producer[name]
+        if node.op_type == "ArrayFeatureExtractor" and node.input[0] in constants:
+            values = numpy_helper.to_array(constants[node.input[0]]).reshape(-1)
+            if values.dtype == object:
+                return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+            return [int(v) for v in values] if values.dtype.kind in "iu" else None
+        if node.op_type not in ("Cast", "Reshape", "Identity", "Squeeze", "Flatten"):
+            return None
+        name = node.input[0]
+    return None
+
+
 def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` without the graph inputs that name an initializer (a weight the caller could override),
     which old exporters list beside every initializer (IR < 4 required it; PyTorch's

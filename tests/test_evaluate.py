@@ -217,3 +217,23 @@ def test_eval_scores_a_scikit_learn_classifier_by_its_probabilities(run_cli, tmp
     assert metrics["accuracy"] == np.mean(predicted == test.labels) < 1
     r = run_cli("eval", tmp_path / "skl.onnx", "--data", data)
     assert r.code == 0 and "accuracy" in r.out and "r2" not in r.out, r.err
+
+
+def test_a_scikit_learn_classifier_numbered_from_one_takes_its_class_values(run_cli, tmp_path):
+    """scikit-learn's classes are the data's own values: a classifier of 1, 2, 3 answers in columns
+    0, 1, 2. Eval read label 3 as a column ('labels go up to 3 but output 'probabilities' has 3
+    scores'), and train refused the same data; labels are now taken by value, with or without ZipMap."""
+    from conftest import sklearn_style_classifier
+
+    data = _sklearn_rows(tmp_path, [1, 2, 3])
+    for zipmap in (True, False):
+        onnx.save(sklearn_style_classifier([1, 2, 3], zipmap=zipmap), tmp_path / "skl.onnx")
+        metrics = evaluate(str(tmp_path / "skl.onnx"), "test", data=str(data))
+        test = load_dataset(data).test
+        predicted = (test.inputs["x"] @ np.array([[4, 0], [0, 4], [-4, -4]], np.float32).T).argmax(1) + 1
+        assert metrics["accuracy"] == np.mean(predicted == test.labels) > 0.5
+    bad = tmp_path / "bad.csv"
+    bad.write_text(data.read_text().replace(",3\n", ",4\n"))
+    r = run_cli("eval", tmp_path / "skl.onnx", "--data", bad)
+    assert r.code == 1 and r.err.strip() == ("error: data 'bad': label 4 is not among the model's classes "
+                                             "(1, 2, 3); correct the data's labels"), r.err

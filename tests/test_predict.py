@@ -342,8 +342,7 @@ def test_a_scikit_learn_classifier_predicts_its_classes_with_their_probabilities
     result = run_cli("predict", tmp_path / "skl.onnx", "-i", tmp_path / "rows.csv", "--top-k", "2", "--probs")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    shown = ["a", "b", "c", "a"] if zipmap else ["0", "1", "2", "0"]  # without ZipMap the runtime has no names
-    assert [line.split()[1] for line in lines[1:]] == shown
+    assert [line.split()[1] for line in lines[1:]] == ["a", "b", "c", "a"]  # without ZipMap: from its nodes
     assert "(0.9817)" in lines[1]
     assert run_cli("predict", tmp_path / "skl.onnx", "-i", tmp_path / "rows.csv", "-o", tmp_path / "p.json").code == 0
     saved = json.loads((tmp_path / "p.json").read_text())
@@ -364,6 +363,51 @@ def test_a_scikit_learn_classifier_with_class_ids_saves_a_csv(run_cli, tmp_path)
     header, *rows = [line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines()]
     assert header == ["label_0", "output_probability_0", "output_probability_1", "output_probability_2"]
     assert [row[0] for row in rows] == ["0", "1", "2", "0"]
+
+
+def mlp_classifier_layout(classes: list[int] | list[str]):  # noqa: ANN201 - onnx.ModelProto
+    """skl2onnx's MLPClassifier without ZipMap: probabilities from the network (here Softmax of x @ W),
+    the label picked from a constant of the classes by ArrayFeatureExtractor(ArgMax), then reshaped and
+    cast: no node attribute names the classes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    named = isinstance(classes[0], str)
+    values = np.array(classes, dtype=object if named else np.int64)
+    nodes = [
+        helper.make_node("MatMul", ["X", "w"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["argmax_output"], axis=1),
+        helper.make_node("ArrayFeatureExtractor", ["classes", "argmax_output"], ["picked"], domain="ai.onnx.ml"),
+        helper.make_node("Reshape", ["picked", "shape"], ["reshaped"]),
+        helper.make_node("Cast", ["reshaped"], ["label"], to=TensorProto.STRING if named else TensorProto.INT64),
+    ]
+    weights = [numpy_helper.from_array(np.array([[4, 0, -4], [0, 4, -4]], np.float32), "w"),
+               numpy_helper.from_array(values, "classes"), numpy_helper.from_array(np.array([-1], np.int64), "shape")]
+    label = helper.make_tensor_value_info("label", TensorProto.STRING if named else TensorProto.INT64, [None])
+    graph = helper.make_graph(nodes, "mlp-style", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])],
+                              [label, helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+                              weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_scikit_learn_classifier_without_zipmap_shows_its_own_classes(run_cli, tmp_path):
+    """Without ZipMap, predict showed class positions: a classifier of 1, 2, 3 (or of 2, 5, 7, or of
+    text classes, as MLPClassifier keeps them) answered 0, 1, 2. The classes come from the classifier
+    node's classlabels_* attribute, or from the constant the label is picked from."""
+    from conftest import sklearn_style_classifier
+
+    (tmp_path / "rows.csv").write_text(SKLEARN_ROWS)
+    for model, classes in ((sklearn_style_classifier([2, 5, 7], zipmap=False), ["2", "5", "7"]),
+                           (mlp_classifier_layout([1, 2, 3]), ["1", "2", "3"]),
+                           (mlp_classifier_layout(["cat", "dog", "eel"]), ["cat", "dog", "eel"])):
+        save_model(model, tmp_path / "skl.onnx")
+        result = run_cli("predict", tmp_path / "skl.onnx", "-i", tmp_path / "rows.csv", "--top-k", "2")
+        assert result.code == 0, result.err
+        rows = [line.split() for line in result.out.splitlines()[1:]]
+        assert [row[1] for row in rows] == [classes[k] for k in (0, 1, 2, 0)]
+        assert [row[3] for row in rows[:2]] == [classes[1], classes[0]]  # the runners-up of rows 1 and 2
 
 
 def test_a_model_with_a_fixed_batch_size_predicts_any_number_of_rows(run_cli, tmp_path):

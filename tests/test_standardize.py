@@ -192,6 +192,36 @@ def test_friedman_regressions_are_standardized(tmp_path):
         assert json.loads((result.run_dir / "run.json").read_text())["config"]["standardize"] is True, make
 
 
+@pytest.mark.training
+def test_a_scikit_learn_pipeline_that_scales_its_input_is_not_standardized_again(tmp_path, run_cli):
+    """A Pipeline(StandardScaler, classifier) converted by skl2onnx starts with an ai.onnx.ml Scaler:
+    standardizing wine in front of it fed it values it had never seen, and 3 epochs of fine-tuning a
+    pretrained MLPClassifier took its test accuracy from 1.0 to 0.39; it trains on the raw values."""
+    from onnx import TensorProto, helper
+
+    train = load_dataset("wine").train
+    x = train.inputs["x"].astype(np.float64)
+    mean, std = x.mean(0), x.std(0)
+    z = (x - mean) / std
+    weights, *_ = np.linalg.lstsq(np.c_[z, np.ones(len(z))], np.eye(3)[train.labels], rcond=None)
+    graph = helper.make_graph(
+        [helper.make_node("Scaler", ["x"], ["z"], domain="ai.onnx.ml", offset=mean.tolist(), scale=(1 / std).tolist()),
+         helper.make_node("MatMul", ["z", "w"], ["zw"]), helper.make_node("Add", ["zw", "b"], ["logits"])],
+        "pipeline", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 13])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(weights[:-1].astype(np.float32), "w"),
+         numpy_helper.from_array(weights[-1].astype(np.float32), "b")])
+    path = tmp_path / "pipeline.onnx"
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), path)
+    again = run_cli("train", path, "--data", "wine", "--epochs", "3", "-o", tmp_path / "again")
+    assert again.code == 0 and "standardizing" not in again.err, again.err
+    info = json.loads((tmp_path / "again" / "run.json").read_text())
+    assert info["config"]["standardize"] is False and info["result"]["test"]["accuracy"] >= 0.9
+    asked = run_cli("train", path, "--data", "wine", "--standardize", "--steps", "1", "-o", tmp_path / "asked")
+    assert asked.code == 1 and "starts with a scikit-learn scaler" in asked.err
+
+
 def least_squares_regressor(data: str) -> onnx.ModelProto:
     """A linear model fitted to `data`'s training split by least squares, in raw units: a pretrained regressor."""
     train = load_dataset(data).train
@@ -239,6 +269,6 @@ def test_a_model_with_onnxkit_s_standardization_is_not_standardized_again(tmp_pa
     assert nodes == [n.op_type for n in onnx.load(trained).graph.node]
     asked = run_cli("train", trained, "--data", "wine", "--standardize", "--steps", "2", "-o", tmp_path / "asked")
     assert asked.code == 1 and asked.err.strip().splitlines()[-1] == (
-        "error: the model already standardizes the data it takes (it was trained with --standardize on), so it "
-        "takes raw values; train it with --standardize off")
+        "error: the model already standardizes the data it takes (it was trained with --standardize on, or starts "
+        "with a scikit-learn scaler), so it takes raw values; train it with --standardize off")
     assert not (tmp_path / "asked").exists()

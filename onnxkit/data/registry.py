@@ -116,20 +116,18 @@ def load_dataset(
 
 
 def model_class_names(model: Any) -> list[str] | None:
-    """The names of the classes `model` scores, in its order: its `onnxkit.labels`, else the text
-    classes of a scikit-learn classifier (classlabels_strings of its ai.onnx.ml nodes); None if neither."""
+    """The names of the classes `model` scores, in its order: its `onnxkit.labels`, else the classes
+    of a scikit-learn classifier (text, or numbers as text); None if neither."""
     import json
 
+    from onnxkit.graph_walks import sklearn_classes
     from onnxkit.metadata import metadata
 
     raw = metadata(model).get("onnxkit.labels")
     if raw:
         return [str(n) for n in json.loads(raw)]
-    for node in model.graph.node:
-        texts = [a.strings for a in node.attribute if node.domain == "ai.onnx.ml" and a.name == "classlabels_strings"]
-        if texts:
-            return [t.decode() for t in texts[0]]
-    return None
+    classes = sklearn_classes(model)
+    return None if classes is None else [str(c) for c in classes]
 
 
 def in_model_order(dataset: Dataset, model: Any) -> Dataset:
@@ -140,9 +138,13 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     'good' would train a model labelled bad,good to answer 'bad' (and one labelled pos,neg would learn
     them swapped). When every class name of the data is one of the model's, the ids
     are the model's; names the model lacks beside ones it has are an error; data whose names are all
-    unknown to the model (it was built with the default 0, 1, ...) keeps its own order."""
+    unknown to the model (it was built with the default 0, 1, ...) keeps its own order. Numbered
+    labels are a scikit-learn classifier's class values when its classes are numbers other than
+    0, 1, ... (classes 1, 2, 3 answer in columns 0, 1, 2)."""
     classes = model_class_names(model) if model is not None else None
     names = dataset.label_names
+    if classes and names is None:
+        return _by_class_value(dataset, model)
     if not classes or not names:
         return dataset
     unknown = [n for n in names if n not in classes]
@@ -159,3 +161,25 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     train, validation, test = (Split(s.name, s.inputs, order[s.labels])
                                for s in (dataset.train, dataset.validation, dataset.test))
     return replace(dataset, train=train, validation=validation, test=test, label_names=classes)
+
+
+def _by_class_value(dataset: Dataset, model: Any) -> Dataset:
+    """`dataset`'s numbered labels as positions among a scikit-learn classifier's numbered classes."""
+    from onnxkit.graph_walks import sklearn_classes
+
+    values = sklearn_classes(model)
+    splits = (dataset.train, dataset.validation, dataset.test)
+    if not values or isinstance(values[0], str) or values == list(range(len(values))) or \
+            any(s.labels.dtype.kind not in "iu" for s in splits):
+        return dataset
+    seen = np.unique(np.concatenate([s.labels.reshape(-1) for s in splits]))
+    unknown = [int(v) for v in seen if int(v) not in values]
+    if unknown:
+        shown = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        raise OnnxkitError(f"data {dataset.name!r}: label{'s' * (len(unknown) > 1)} {shown} "
+                           f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes "
+                           f"({', '.join(map(str, values))}); correct the data's labels")
+    position = {v: i for i, v in enumerate(values)}
+    train, validation, test = (Split(s.name, s.inputs, np.array([position[int(v)] for v in s.labels.reshape(-1)],
+                                                                np.int64).reshape(s.labels.shape)) for s in splits)
+    return replace(dataset, train=train, validation=validation, test=test, label_names=[str(v) for v in values])

@@ -220,6 +220,18 @@ def ends_in_probabilities(model: str | os.PathLike | bytes) -> bool:
     return probability_logits(proto.graph, first.name, rank, opset(proto)) is not None
 
 
+def sklearn_class_names(model: str | os.PathLike | bytes) -> tuple[str, ...] | None:
+    """The classes of a scikit-learn classifier (skl2onnx), as text, in its probabilities' column
+    order: without a ZipMap, only its nodes name them (onnx is imported only here, when asked)."""
+    import onnx
+
+    from onnxkit.graph_walks import sklearn_classes
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+    classes = sklearn_classes(proto)
+    return None if classes is None else tuple(str(c) for c in classes)
+
+
 def load(
     model: str | os.PathLike | bytes,
     device: str = "auto",
@@ -252,6 +264,9 @@ def load(
     if name is None:
         name = "model" if isinstance(model, bytes) else Path(model).name.removesuffix(".onnx")
     loaded = Model(session, name, batch_size=batch_size, io_binding=io_binding, device_id=device_id)
+    scores = next((spec for spec in loaded.outputs if spec.name == loaded.scores_output), None)
+    if loaded.class_names is None and scores is not None and scores.type == "tensor(float)":  # no ZipMap to name them
+        loaded.class_names = sklearn_class_names(model)
     if warmup:
         loaded.warmup()
     return loaded

@@ -605,7 +605,8 @@ class _Setup:
     def _standardized(model: onnx.ModelProto, dataset: Dataset) -> onnx.ModelProto:
         if standardizes_itself(model):
             raise OnnxkitError("the model already standardizes the data it takes (it was trained with standardize "
-                               "on), so it takes raw values; train it with standardize off", params=["standardize"])
+                               "on, or starts with a scikit-learn scaler), so it takes raw values; train it with "
+                               "standardize off", params=["standardize"])
         scales = input_scales(dataset.train, model_inputs(model))
         if not scales:
             raise OnnxkitError("standardize needs a float feature input, but the model's inputs are "

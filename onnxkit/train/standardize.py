@@ -67,9 +67,13 @@ def input_scales(train: Split, specs: list[ModelInput]) -> dict[str, Scale]:
 
 
 def standardizes_itself(model: onnx.ModelProto) -> bool:
-    """Whether `model` holds a standardization `standardize_inputs` or `unscale_output` put there (it
-    was trained with standardize on)."""
-    return any(t.name.startswith(f"{PREFIX}.") for t in model.graph.initializer)
+    """Whether `model` scales what it takes itself: it holds a standardization `standardize_inputs` or
+    `unscale_output` put there (it was trained with standardize on), or an input of it goes straight
+    into a scikit-learn scaler (an ai.onnx.ml Scaler: a Pipeline's StandardScaler, MinMaxScaler)."""
+    if any(t.name.startswith(f"{PREFIX}.") for t in model.graph.initializer):
+        return True
+    inputs = {i.name for i in model.graph.input}
+    return any(n.op_type == "Scaler" and n.domain == "ai.onnx.ml" and n.input[0] in inputs for n in model.graph.node)
 
 
 def standardize_inputs(model: onnx.ModelProto, scales: dict[str, Scale]) -> onnx.ModelProto:
