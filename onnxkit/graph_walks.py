@@ -194,6 +194,24 @@ def probability_logits(graph: onnx.GraphProto, output: str, rank: int, version: 
     return node.input[0]
 
 
+def sigmoid_pair_logit(graph: onnx.GraphProto, output: str) -> str | None:
+    """The logit z when `output` is [1 - Sigmoid(z), Sigmoid(z)] joined on its last axis (skl2onnx's
+    binary MLPClassifier probabilities: Softmax of the logits [0, z]); None for any other output."""
+    producer = {o: n for n in graph.node for o in n.output}
+    join = producer.get(output)
+    if join is None or join.op_type != "Concat" or len(join.input) != 2:
+        return None
+    rest, sigmoid = (producer.get(name) for name in join.input)
+    if sigmoid is None or sigmoid.op_type != "Sigmoid" or rest is None or rest.op_type != "Sub" or \
+            rest.input[1] != join.input[1]:
+        return None
+    one = next((t for t in graph.initializer if t.name == rest.input[0]), None)
+    if one is None or numpy_helper.to_array(one).size != 1 or float(numpy_helper.to_array(one).reshape(-1)[0]) != 1:
+        return None
+    axis = next(a.i for a in join.attribute if a.name == "axis")
+    return sigmoid.input[0] if axis in (-1, 1) else None
+
+
 def sklearn_classes(model: onnx.ModelProto) -> list[int] | list[str] | None:
     """The classes of a scikit-learn classifier converted by skl2onnx, in its probabilities' column
     order: the classlabels_* attribute of its ai.onnx.ml classifier (or ZipMap) node, or the constant

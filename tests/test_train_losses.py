@@ -215,3 +215,21 @@ def test_a_probability_output_trains_on_the_logits_behind_it(tmp_path, activatio
         expected = -np.mean(labels * np.log(p[:, 0]) + (1 - labels) * np.log(1 - p[:, 0]))
     task = "classification" if activation == "Softmax" else "binary"
     assert evaluate(probs, ds.train, task=task, loss=loss)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_binary_pair_of_probabilities_trains_on_the_logit_behind_it(tmp_path):
+    """skl2onnx's binary MLPClassifier outputs [1 - Sigmoid(z), Sigmoid(z)]: cross-entropy took those
+    probabilities for logits (train loss stuck at 0.32 where eval said 0.009). They are the Softmax of
+    [0, z], so the step is the bce-with-logits step on z."""
+    plain, pair = linear(1), linear(1)
+    pair.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "unity"))  # a scalar, as skl2onnx
+    pair.graph.node.extend([helper.make_node("Sigmoid", ["y"], ["positive"]),
+                            helper.make_node("Sub", ["unity", "positive"], ["negative"]),
+                            helper.make_node("Concat", ["negative", "positive"], ["p"], axis=1)])
+    del pair.graph.output[:]
+    pair.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 2]))
+    labels = np.arange(N) % 2
+    options = dict(optimizer="sgd", lr=0.1)
+    np.testing.assert_allclose(step(tmp_path / "p", pair, data(labels), loss="cross-entropy", **options),
+                               step(tmp_path / "y", plain, data(labels.astype(np.float32)), loss="bce-with-logits",
+                                    **options), rtol=1e-6)

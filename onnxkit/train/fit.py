@@ -40,7 +40,13 @@ from onnxkit.evaluate import (
     score,
 )
 from onnxkit.files import load_model, save_model
-from onnxkit.graph_walks import opset, probability_logits, value_types, without_initializer_inputs
+from onnxkit.graph_walks import (
+    opset,
+    probability_logits,
+    sigmoid_pair_logit,
+    value_types,
+    without_initializer_inputs,
+)
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
@@ -439,8 +445,9 @@ class _Setup:
         self.target = self.model  # the graph the trained weights go back into
         # a classifier whose output is its Softmax or Sigmoid: the loss and its reports read the logits behind it
         activation = self.loss.reads_logits_of
-        self.probabilities = bool(activation) and probability_logits(
-            self.model.graph, self.output, len(shape), opset(self.model), activation) is not None
+        self.probabilities = bool(activation) and (probability_logits(
+            self.model.graph, self.output, len(shape), opset(self.model), activation) is not None or (
+            activation == "Softmax" and sigmoid_pair_logit(self.model.graph, self.output) is not None))
         specs = model_inputs(self.model)
         self.target_scale = target_scale(dataset.train.labels) if c.standardize and regression else None
         classes = shape[-1] if self.loss.class_labels and isinstance(shape[-1], int) else None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
-from onnxkit.graph_walks import opset, probability_logits
+from onnxkit.graph_walks import opset, probability_logits, sigmoid_pair_logit
 from onnxkit.train.losses import Loss
 
 PREFIX = "onnxkit.objective"
@@ -44,6 +44,12 @@ def build_objective(
     graph.input.append(loss.labels_input(labels, vi))
     rank, activation = len(vi.type.tensor_type.shape.dim), loss.reads_logits_of
     logits = probability_logits(graph, output, rank, opset(model), activation) if activation else None
+    pair = sigmoid_pair_logit(graph, output) if activation == "Softmax" and logits is None else None
+    if pair:  # [1 - Sigmoid(z), Sigmoid(z)] is the Softmax of [0, z]
+        graph.node.extend([helper.make_node("Sub", [pair, pair], [f"{PREFIX}.zero"], name="logits/zero"),
+                           helper.make_node("Concat", [f"{PREFIX}.zero", pair], [f"{PREFIX}.logits"], name="logits",
+                                            axis=-1)])
+        logits = f"{PREFIX}.logits"
     data_loss = loss.add_to_graph(graph, output, labels, logits)
     total = data_loss
     if l2 and l2_params:
