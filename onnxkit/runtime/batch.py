@@ -19,11 +19,13 @@ the end). Ray is imported only here, when used.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
 import socket
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,7 +87,7 @@ def predict_on_ray(
             workers = min(workers or int(resources.get("CPU", 1)), batches)
             threads = threads or (max(1, (os.cpu_count() or 1) // workers) if started else 1)
             shared = [ray.put(model_bytes), ray.put(feeds)]  # once in the object store; each actor fetches them
-            actors = actor_arguments(shared, batch_size, threads, device, workers, resources.get("GPU", 0))
+            actors = actor_arguments(shared, batch_size, threads, device, workers, resources.get("GPU", 0), local.name)
             outputs = _run(ray, actors, batches, workers)
         finally:
             if started:
@@ -224,7 +226,7 @@ def _unreachable(address: str, timeout: float = 5.0) -> str | None:
 
 
 def actor_arguments(shared: Sequence[Any], batch_size: int, threads: int, device: str, workers: int,
-                    cluster_gpus: float) -> dict[str, Any]:
+                    cluster_gpus: float, name: str | None = None) -> dict[str, Any]:
     """`map_batches` keywords for the actors: the resources each asks Ray for, and its constructor's
     arguments, the session's device among them. With a `cuda` device (any index) each actor asks
     for a share of a GPU, 1 / ceil(workers / GPUs), so Ray places it on a GPU node, spreads the
@@ -238,22 +240,37 @@ def actor_arguments(shared: Sequence[Any], batch_size: int, threads: int, device
         resources["num_gpus"] = 1 / math.ceil(workers / int(cluster_gpus))
         device = "cuda"
     return {**resources, "fn_constructor_kwargs": {"shared": shared, "batch_size": batch_size, "threads": threads,
-                                                    "device": device}}
+                                                    "device": device, "name": name}}
 
 
 def _run(ray: Any, actors: dict[str, Any], batches: int, workers: int) -> dict[str, np.ndarray]:
-    """Every batch through `workers` actors (`actor_arguments`); the outputs by name, rows in input order."""
+    """Every batch through `workers` actors (`actor_arguments`); the outputs by name, rows in input order.
+
+    The actors are not restarted. Ray Data asks for endless restarts and task retries by default,
+    which made an actor that crashed on a batch (a segfault, the OOM killer) retry it for ever, and made
+    Ray's core worker log an ERROR line on every run, successful ones too: the actors' constructor
+    arguments (Ray Data's own context and UDF) are in the object store, from where a restart cannot
+    count on them (ray-project/ray#53727, #57733). A failure is one OnnxkitError."""
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = sys.stderr.isatty()
-    if not context.enable_progress_bars:
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context.raise_original_map_exception = True  # the actor's OnnxkitError reaches here, not a UserCodeException
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    data_log.setLevel(logging.CRITICAL)  # its INFO lines, and a failure's traceback logged before it is raised
     # batch numbers, made here (no read task competes with the actors for CPUs), in blocks the actors share
     numbers = ray.data.from_numpy(np.array_split(np.arange(batches), min(batches, 4 * workers)))
-    results = numbers.map_batches(
-        _BatchPredictor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-        **actors)
-    parts = list(results.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        with warnings.catch_warnings():  # map_batches' **ray_remote_args, its only way to max_restarts, is deprecated
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
+            results = numbers.map_batches(
+                _BatchPredictor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+                **actors, **_no_restarts(numbers.map_batches))
+            parts = list(results.iter_batches(batch_size=None, batch_format="numpy"))
+    except ray.exceptions.RayError as e:
+        raise _ray_failure(e, ray.exceptions.RayActorError) from e
+    finally:
+        data_log.setLevel(level)
     done = np.concatenate([p[BATCH_COLUMN] for p in parts])
     order = np.argsort(done, kind="stable")  # preserve_order already keeps it; this makes sure
     if not np.array_equal(np.unique(done), np.arange(batches)):
@@ -261,20 +278,46 @@ def _run(ray: Any, actors: dict[str, Any], batches: int, workers: int) -> dict[s
     return {name: np.concatenate([p[name] for p in parts])[order] for name in parts[0] if name != BATCH_COLUMN}
 
 
+def _no_restarts(map_batches: Any) -> dict[str, Any]:
+    """`max_restarts=0` where `map_batches` still takes Ray's remote arguments (Ray Data says they go in 2.64)."""
+    kinds = {p.kind for p in inspect.signature(map_batches).parameters.values()}
+    return {"max_restarts": 0} if inspect.Parameter.VAR_KEYWORD in kinds else {}
+
+
+def _ray_failure(error: Exception, actor_died: type[Exception]) -> OnnxkitError:
+    """A failed Ray run as one line: the actor's own OnnxkitError (a batch the model failed on), or what Ray
+    says went wrong (an actor's process died), without the worker's traceback."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, OnnxkitError):  # less the retry note Ray Data adds to its message
+        return OnnxkitError(str(cause).split("\nFailed to apply UDF transform", 1)[0])
+    if isinstance(cause, Exception) and not isinstance(error, actor_died):
+        return OnnxkitError(f"a Ray actor failed: {type(cause).__name__}: {_first_line(cause)}")
+    reason = _first_line(error).removesuffix(".")
+    return OnnxkitError(f"a Ray actor died while predicting ({reason}); if its process ran out of memory, "
+                        "use a smaller --batch-size or fewer --workers")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 class _BatchPredictor:
     """A Ray Data actor: one onnxkit.runtime session, running the batches whose numbers it is given."""
 
-    def __init__(self, shared: Sequence[Any], batch_size: int, threads: int, device: str) -> None:
+    def __init__(self, shared: Sequence[Any], batch_size: int, threads: int, device: str,
+                 name: str | None = None) -> None:
         import ray
 
         model, self.feeds = ray.get(list(shared))
-        self.model = load(model, device=device, threads=threads, batch_size=None)
+        self.model = load(model, device=device, threads=threads, batch_size=None, name=name)
         self.batch_size = batch_size
+        self.run = self.model._checked_run  # a failure inside the model is an OnnxkitError, as in plain predict
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         number = int(batch["data"][0])
         lo = number * self.batch_size
         feeds = {name: value[lo : lo + self.batch_size] for name, value in self.feeds.items()}
-        outputs = self.model.run(feeds)
+        outputs = self.run(feeds)
         rows = len(next(iter(feeds.values())))
         return {BATCH_COLUMN: np.full(rows, number), **outputs}
