@@ -394,6 +394,55 @@ def test_grpc_calls_past_the_connection_cap_get_resource_exhausted(crowded):
             raise AssertionError("the streams' places were not given back")
 
 
+def _infer_request(rows: int) -> bytes:
+    x = np.ones((rows, 512), dtype=np.float32)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [rows, 512], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    return f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+
+
+def _infer_counts(url: str) -> dict[str, int]:
+    """The slow model's runs, rows run and runs begun, and its infer requests by status."""
+    stats = httpx.get(url + "/v2/models/slow/stats").json()["model_stats"][0]
+    counts = {"runs": stats["execution_count"], "rows": stats["inference_count"],
+              "begun": stats["inference_stats"]["queue"]["count"]}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith('onnxkit_requests_total{endpoint="infer",model="slow",'):
+            counts[line.split('code="')[1][:3]] = int(line.split()[-1])
+    return counts
+
+
+def test_a_client_that_leaves_is_counted_as_499_and_its_queued_request_never_runs(crowded):
+    # before: both were counted as 200 in /metrics, and the queued one ran after its client had gone
+    before = _infer_counts(crowded.url)
+
+    def begun(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while _infer_counts(crowded.url)["begun"] < count:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    running = connect(crowded.url)
+    running.sendall(_infer_request(1024))  # a run of ~1 s (a request past --max-batch-size runs alone)
+    begun(before["begun"] + 1)
+    queued = connect(crowded.url)
+    queued.sendall(_infer_request(1))
+    time.sleep(0.2)  # read and queued behind the run
+    queued.close()
+    assert running.recv(12) == b"HTTP/1.1 200"
+    running.close()
+    begun(before["begun"] + 2)  # the queued request was taken from the queue (and dropped)
+    mid_run = connect(crowded.url)
+    mid_run.sendall(_infer_request(256))  # over 64 KiB: uvicorn stopped reading the connection after such a body
+    begun(before["begun"] + 3)
+    mid_run.close()  # while it runs: counted at once, and the run finishes unanswered (others may share it)
+    deadline = time.monotonic() + 30
+    while (after := _infer_counts(crowded.url))["runs"] < before["runs"] + 2:
+        assert time.monotonic() < deadline, str(after)
+        time.sleep(0.02)
+    assert {code: after.get(code, 0) - before.get(code, 0) for code in ("200", "499")} == {"200": 1, "499": 2}
+    assert after["rows"] - before["rows"] == 1024 + 256  # the queued row never ran
+
+
 @pytest.mark.parametrize("spec", ["=MODEL", "a/b=MODEL"])
 def test_model_names_that_no_url_can_reach_are_refused_at_start(paths, spec):
     spec = spec.replace("MODEL", paths["digits"])

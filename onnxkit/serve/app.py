@@ -26,7 +26,16 @@ from onnxkit.runtime import Model
 from onnxkit.serve import inference, protocol
 from onnxkit.serve.auth import OPEN_PATHS, authorized
 from onnxkit.serve.inference import offload
-from onnxkit.serve.limits import DEFAULT_LIMITS, ClientGone, Limits, read_body, refusal, send_json
+from onnxkit.serve.limits import (
+    CLIENT_CLOSED,
+    CLIENT_LEFT,
+    DEFAULT_LIMITS,
+    ClientGone,
+    Limits,
+    read_body,
+    refusal,
+    send_json,
+)
 from onnxkit.serve.metrics import CONTENT_TYPE, Metrics
 from onnxkit.serve.protocol import HEADER_LENGTH, InferRequest, RequestError, decode_request, encode_response
 from onnxkit.serve.repository import Repository
@@ -215,7 +224,9 @@ class _Front:
             if scope["method"] != "POST":
                 raise RequestError(405, f"{scope['method']} is not allowed on {scope['path']}")
             batcher = inference.find_model(self.repository.served, name, version)
-            request, outputs = await inference.infer(batcher, decode)
+            request, outputs = await inference.infer(batcher, decode, scope)
+            if CLIENT_LEFT in scope:  # during the run: nobody to answer (uvicorn would drop it unsent)
+                return CLIENT_CLOSED
             assert used is not None
             reply, header_length = await offload(size, encode_response, used, request, outputs)
         except RequestError as e:

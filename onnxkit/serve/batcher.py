@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxkit.runtime import Model
+from onnxkit.serve.limits import WAITING, ClientGone
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import RequestError
 from onnxkit.serve.statistics import ModelStatistics
@@ -98,10 +99,13 @@ class Batcher:
         if self._receiving == 0:  # a batch held for it need wait no longer
             self._wakeup.set()
 
-    async def infer(self, feeds: dict[str, np.ndarray], model: Model | None = None) -> dict[str, np.ndarray]:
+    async def infer(self, feeds: dict[str, np.ndarray], model: Model | None = None,
+                    scope: dict | None = None) -> dict[str, np.ndarray]:
         """Queue feeds checked by `model` (default: the current one; see `Model.prepare`) and wait for its outputs.
 
-        RequestError(503) when `max_queue` requests are already waiting.
+        RequestError(503) when `max_queue` requests are already waiting. With an HTTP request's ASGI `scope`,
+        the request's future waits there under `WAITING`, for the protocol to fail with `ClientGone` if the
+        client leaves: the request is then dropped before it runs.
         """
         start = time.perf_counter_ns()
         if len(self._queue) >= self.max_queue:
@@ -119,9 +123,11 @@ class Batcher:
         pending = _Pending(model, feeds, rows, key, loop.create_future(), loop.time())
         self._queue.append(pending)
         self._wakeup.set()
+        if scope is not None:
+            scope[WAITING] = pending.future
         try:
             outputs = await pending.future
-        except RequestError:
+        except (RequestError, ClientGone):
             self.statistics.fail.add(time.perf_counter_ns() - start)
             raise
         self.statistics.success.add(time.perf_counter_ns() - start)

@@ -28,12 +28,13 @@ def find_model(batchers: Mapping[str, Batcher], name: str, version: str = "") ->
 
 
 async def infer(
-    batcher: Batcher, decode: Callable[[Model], Awaitable[InferRequest]]
+    batcher: Batcher, decode: Callable[[Model], Awaitable[InferRequest]], scope: dict | None = None
 ) -> tuple[InferRequest, dict[str, np.ndarray]]:
     """Receive and decode a request for `batcher`'s model, queue it, and wait for its outputs.
 
     While `decode` runs, the batcher knows a request is on its way and may hold a batch for it.
     The request runs on the model it is decoded for, even if a new one is loaded meanwhile.
+    `scope`: an HTTP request's, so that the request is dropped if its client leaves (`Batcher.infer`).
     """
     model = batcher.model
     batcher.receiving()
@@ -41,7 +42,7 @@ async def infer(
         request = await decode(model)
     finally:
         batcher.received()
-    return request, await batcher.infer(request.feeds, model)
+    return request, await batcher.infer(request.feeds, model, scope)
 
 
 async def offload(size: int, function: Callable[..., Any], *args: Any) -> Any:

@@ -30,6 +30,10 @@ Where each one is enforced, and why there:
 - **Body size**: in the app, which reads the body (`read_body`): a JSON 413. The connection
   stays open: uvicorn reads and drops the rest of the body (within the body timeout), so a
   client that sends its whole body before reading gets the 413, not a reset connection.
+- **A client that leaves** (its connection closes) before its answer: the protocol marks the
+  request's scope (`CLIENT_LEFT`), and a request still queued for its model is dropped before it runs
+  (the batcher leaves its future in the scope under `WAITING`); its answer is not sent and /metrics
+  counts it as 499, not 200. A run already under way finishes (other requests share it).
 - **Queued requests** per model: the batcher refuses past `max_queue` with 503 and
   `Retry-After` (`onnxkit.serve.batcher`).
 """
@@ -49,10 +53,12 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.serve.protocol import RequestError
 
 RETRY_AFTER_S = 1
-CLIENT_CLOSED = 499  # counted in /metrics for a client that left before sending its whole body (nginx's code)
+CLIENT_CLOSED = 499  # counted in /metrics for a client that left before its answer was sent (nginx's code)
 SHUTDOWN_GRACE_S = 2.0  # on stopping, how much longer a body still arriving may take
 _HEAD_TOO_LARGE = "the request's head (request line and headers) is over the server's 16 KiB limit"
 REFUSED = "onnxkit.refused"  # set in a request's ASGI scope to the status the protocol answered it with
+CLIENT_LEFT = "onnxkit.client_left"  # set in a request's ASGI scope when its connection closes before the answer
+WAITING = "onnxkit.waiting"  # in a request's ASGI scope while it is queued: the future its answer comes on
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,10 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             cycle = self.cycle
             between_requests = cycle is None or cycle.response_complete
             super().data_received(data)
+            if self.flow.read_paused and self._body_in_unanswered():
+                # uvicorn stops reading a body past 64 KiB until the app takes it, and did not read again
+                # until the answer was sent: a client that left while its request waited or ran went unseen
+                self.flow.resume_reading()
             if self.cycle is not cycle:  # a complete head arrived
                 self._cancel_timers()
                 if self.cycle.more_body:
@@ -104,6 +114,13 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
                 self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
             elif self._body_timer is not None and not self.cycle.more_body:
                 self._cancel_timers()
+
+        def _body_in_unanswered(self) -> bool:
+            """True when the request's whole body has arrived, nothing of a next one is waiting in h11's
+            buffer (pipelined: reading stays paused), and the answer is still to come."""
+            cycle = self.cycle
+            return (cycle is not None and not cycle.more_body and not cycle.response_complete
+                    and not self.conn.trailing_data[0])
 
         def shutdown(self) -> None:
             """Close once the request in progress is answered, saying so (Connection: close: the client then opens
@@ -136,9 +153,18 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
                 self._send_timer = None
 
         def connection_lost(self, exc: Exception | None) -> None:
+            """Also tell the app reading or answering a request that its client left: a queued request is
+            dropped before it runs (`ClientGone`), and the answer is counted as 499, not sent."""
             self._cancel_timers()
             if self._send_timer is not None:
                 self._send_timer.cancel()
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                scope = cycle.scope
+                scope[CLIENT_LEFT] = True  # type: ignore[literal-required]
+                waiting = scope.get(WAITING)
+                if waiting is not None and not waiting.done():
+                    waiting.set_exception(ClientGone(CLIENT_CLOSED))
             super().connection_lost(exc)
 
         def _cancel_timers(self) -> None:
@@ -190,7 +216,7 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
 
 
 class ClientGone(Exception):
-    """The connection closed before the whole body arrived; `status` is what /metrics counts."""
+    """The connection closed before the whole body arrived, or before the answer; `status` is what /metrics counts."""
 
     def __init__(self, status: int) -> None:
         super().__init__(status)
