@@ -78,7 +78,8 @@ class BertClassifier(BertEncoder):
         super().__init__(vocab_size, max_positions, type_vocab_size, dim, heads, ff_dim, num_layers, eps, dropout)
         self.dropout = nn.Dropout(dropout)
         if head_hidden:
-            self.classifier = nn.Sequential([nn.Linear(dim, head_hidden), nn.ReLU(), nn.Dropout(dropout),
+            self.classifier = nn.Sequential([nn.Linear(dim, head_hidden, init_fn="kaiming_uniform"), nn.ReLU(),
+                                             nn.Dropout(dropout),
                                              nn.Linear(head_hidden, num_classes, init_fn="xavier_uniform")])
         else:
             self.classifier = nn.Linear(dim, num_classes, init_fn="xavier_uniform")

@@ -12,8 +12,9 @@ class DigitsCNN(nn.Module):
         self.conv = nn.Conv2d(1, channels, 3, padding="same")
         self.pool = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(channels * 4 * 4, hidden)
-        self.head = nn.Linear(hidden, num_classes)
+        he = "kaiming_uniform"  # the init its recipe was tuned with, before Linear's default became PyTorch's
+        self.fc = nn.Linear(channels * 4 * 4, hidden, init_fn=he)
+        self.head = nn.Linear(hidden, num_classes, init_fn=he)
 
     def forward(self, image):
         x = self.pool(nn.ops.relu(self.conv(image)))

@@ -16,7 +16,7 @@ class TextTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.pool = nn.MeanPool()
-        self.head = nn.Linear(dim, num_classes)
+        self.head = nn.Linear(dim, num_classes, init_fn="kaiming_uniform")  # its init before PyTorch's default
 
     def forward(self, input_ids, attention_mask):
         seq = nn.ops.shape_of(input_ids, 1, 2)

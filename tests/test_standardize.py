@@ -20,9 +20,11 @@ from onnxkit.train.frozen_features import cut
 from onnxkit.train.standardize import Scale, standardize_inputs, unscale_output
 
 
-def plain_mlp(features: int, outputs: int, task: str = "classification") -> onnx.ModelProto:
+def plain_mlp(features: int, outputs: int, task: str = "classification",
+              init_fn: str = "pytorch_uniform") -> onnx.ModelProto:
     nn.manual_seed(0)
-    mlp = nn.Sequential([nn.Linear(features, 100), nn.ReLU(), nn.Linear(100, outputs)])
+    mlp = nn.Sequential([nn.Linear(features, 100, init_fn=init_fn), nn.ReLU(),
+                         nn.Linear(100, outputs, init_fn=init_fn)])
     return nn.build(mlp, {"x": nn.Input(["batch", features])}, output_names=["logits"],
                     metadata={"onnxkit.task": task})
 
@@ -179,7 +181,7 @@ def test_friedman_regressions_are_standardized(tmp_path):
     from onnxkit.data import dataset_from_arrays
     from onnxkit.train import fit
 
-    model = plain_mlp(4, 1, "regression")
+    model = plain_mlp(4, 1, "regression", init_fn="kaiming_uniform")  # Linear's wider default then
     for make in (make_friedman2, make_friedman3):
         x, y = (a.astype(np.float32) for a in make(1000, random_state=0))
         data = dataset_from_arrays(make.__name__, {"x": x}, y)

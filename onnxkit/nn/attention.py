@@ -65,9 +65,10 @@ class FeedForward(Module):
     def __init__(self, dim: int, hidden: int, activation: str = "gelu", dropout: float = 0.0):
         if activation not in ACTIVATIONS:
             raise OnnxkitError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
-        self.fc1, self.act = Linear(dim, hidden), ACTIVATIONS[activation]()
+        he = "kaiming_uniform"  # as before Linear's default became PyTorch's (untested there: kept)
+        self.fc1, self.act = Linear(dim, hidden, init_fn=he), ACTIVATIONS[activation]()
         self.dropout = Dropout(dropout)
-        self.fc2 = Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim, init_fn=he)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))

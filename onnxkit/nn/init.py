@@ -58,6 +58,12 @@ def kaiming_normal(shape: Shape, fan_in: int | None = None, fan_out: int | None 
     return _rng.normal(0.0, math.sqrt(2.0 / fi), shape).astype(np.float32)
 
 
+def pytorch_uniform(shape: Shape, fan_in: int | None = None, fan_out: int | None = None) -> np.ndarray:
+    """PyTorch's default for nn.Linear (kaiming_uniform_ with a=√5): U(±1/√fan_in)."""
+    fi, _ = _fans(shape, fan_in, fan_out)
+    return uniform(shape, 1 / math.sqrt(fi))
+
+
 def xavier_uniform(shape: Shape, fan_in: int | None = None, fan_out: int | None = None) -> np.ndarray:
     """Glorot uniform: U(±√(6 / (fan_in + fan_out)))."""
     fi, fo = _fans(shape, fan_in, fan_out)
@@ -76,6 +82,7 @@ INITIALIZERS: dict[str, Callable[..., np.ndarray]] = {
     "normal": normal,
     "kaiming_uniform": kaiming_uniform,
     "kaiming_normal": kaiming_normal,
+    "pytorch_uniform": pytorch_uniform,
     "xavier_uniform": xavier_uniform,
     "xavier_normal": xavier_normal,
 }

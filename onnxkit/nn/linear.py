@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from onnxkit.nn import init, ops
 from onnxkit.nn.graph import Tensor
 from onnxkit.nn.module import Module, Parameter
@@ -12,13 +14,23 @@ class Linear(Module):
 
     MatMul + Add rather than Gemm: dynamic int8 and 4-bit quantization only
     handle MatMul, and it works on inputs of any rank.
+
+    By default weight and bias start U(±1/√in_features), as torch.nn.Linear's do; with another
+    `init_fn` (a name in `nn.init`) the weight is drawn by it and the bias starts at zero. He's
+    U(±√(6/in)), the default before, is 2.4 times wider, made for layers a ReLU follows; on every
+    layer of a plain MLP it cost 0.05-0.2 R² on scikit-learn's regressions (make_regression with 200
+    rows: 0.80 where the PyTorch start reaches 0.96; tools/sweep_sklearn.py).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 init_fn: str = "kaiming_uniform"):
+                 init_fn: str = "pytorch_uniform"):
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(init.get(init_fn)((in_features, out_features)))
-        self.bias = Parameter(init.zeros((out_features,))) if bias else None
+        self.bias = None
+        if bias:  # PyTorch's bias is drawn after its weight, with the same bound
+            like_pytorch = init_fn == "pytorch_uniform"
+            self.bias = Parameter(init.uniform((out_features,), 1 / math.sqrt(in_features)) if like_pytorch
+                                  else init.zeros((out_features,)))
 
     def forward(self, x: Tensor) -> Tensor:
         y = ops.matmul(x, self.weight)
