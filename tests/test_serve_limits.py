@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import math
+import re
 import select
 import signal
 import socket
@@ -241,6 +244,71 @@ def test_malformed_http_gets_a_json_error_and_the_connection_is_closed(guarded, 
     assert b"content-type: application/json" in head.lower() and b"connection: close" in head.lower()
     assert json.loads(body) == {"error": message}
     assert httpx.post(guarded.url + "/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
+
+
+def test_warnings_a_client_can_cause_are_logged_once_then_summed_up(paths):
+    # before: uvicorn logged "WARNING:  Invalid HTTP request received." for every malformed request, and two lines
+    # for every request with an Upgrade header (one telling to install a WebSocket library): 1 line per request
+    upgrade = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n"
+    with ServerProcess([paths["digits"]]) as running:
+        for request_ in [b"GARBAGE\r\n\r\n"] * 29 + [b"GET / HTTP/1.1\r\nContent-Length: -5\r\n\r\n"] + [upgrade] * 3:
+            sock = connect(running.url)
+            sock.sendall(request_)
+            _, reply = closed_after(sock, time.monotonic())
+            sock.close()
+            assert reply.startswith(b"HTTP/1.1 400 " if request_ != upgrade else b"HTTP/1.1 200 ")
+        assert running.stop(signal.SIGTERM) == 0
+    warnings = [line for line in running.log if line.startswith("WARNING:")]
+    client = r"127\.0\.0\.1:\d+"
+    patterns = [  # the first of each kind at once, with what was wrong; the others counted in one line (at stop here)
+        rf"WARNING:  Invalid HTTP request received from {client}: illegal request line: bytearray\(b'GARBAGE'\) "
+        r"\(answered 400\); the next ones for 60 s are counted in one line",
+        r"WARNING:  Unsupported upgrade request \(served as plain HTTP\); the next ones for 60 s are counted in one "
+        r"line",
+        rf"WARNING:  Invalid HTTP request received: 29 more in [\d.]+ s, the latest from {client}: bad Content-Length "
+        r"\(answered 400\)",
+        r"WARNING:  Unsupported upgrade request \(served as plain HTTP\): 2 more in [\d.]+ s",
+    ]
+    assert len(warnings) == len(patterns), warnings
+    for line, pattern in zip(warnings, patterns, strict=True):
+        assert re.fullmatch(pattern, line), line
+
+
+def test_notices_log_one_line_a_period_while_warnings_go_on():
+    from onnxkit.serve.limits import MALFORMED, Notices
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test_notices")
+    logger.addHandler(Collect())
+    logger.propagate = False
+
+    def logged(step) -> list[str]:
+        lines.clear()
+        step()
+        return list(lines)
+
+    async def periods() -> None:
+        notices = Notices(logger, every=3600)  # periods end when the test says
+        assert logged(lambda: [notices.note(MALFORMED, f" from c{i}") for i in range(3)]) == [
+            "Invalid HTTP request received from c0; the next ones for 3600 s are counted in one line"]
+        assert [re.sub(r"in \S+ s", "in T s", line) for line in logged(notices.end_period)] == [
+            "Invalid HTTP request received: 2 more in T s, the latest from c2"]
+        assert logged(lambda: notices.note(MALFORMED, " from c3")) == []  # still going on: counted
+        assert len(logged(notices.end_period)) == 1
+        assert logged(notices.end_period) == []  # a quiet period: the next one is logged at once
+        assert len(logged(lambda: notices.note(MALFORMED, " from c4"))) == 1
+        assert logged(lambda: notices.warning("Invalid HTTP request received.")) == []  # uvicorn's: noted apart
+        assert logged(lambda: notices.warning("No supported WebSocket library detected. Please use ...")) == []
+        assert logged(lambda: notices.warning("Exceeded concurrency limit.")) == ["Exceeded concurrency limit."]
+        assert notices.level == logger.level  # everything else is the logger's
+        notices.end_period(last=True)
+
+    asyncio.run(periods())
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,12 @@ Where each one is enforced, and why there:
   request's scope (`CLIENT_LEFT`), and a request still queued for its model is dropped before it runs
   (the batcher leaves its future in the scope under `WAITING`); its answer is not sent and /metrics
   counts it as 499, not 200. A run already under way finishes (other requests share it).
+- **Log lines a client can cause**: uvicorn logs a WARNING for each request h11 cannot parse
+  ("Invalid HTTP request received.") and each request with an `Upgrade` header (two lines, one
+  telling the operator to install a WebSocket library this server has no use for), so a client
+  could fill the log. Each kind is logged at once the first time, with the client and what was
+  wrong; the rest in the next `NOTICE_EVERY_S` are counted and summed up in one line when it ends,
+  so a steady stream costs one line a period (`Notices`). The WebSocket advice is not logged.
 - **Queued requests** per model: the batcher refuses past `max_queue` with 503 and
   `Retry-After` (`onnxkit.serve.batcher`).
 """
@@ -41,8 +47,11 @@ Where each one is enforced, and why there:
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 import orjson
@@ -59,6 +68,10 @@ _HEAD_TOO_LARGE = "the request's head (request line and headers) is over the ser
 REFUSED = "onnxkit.refused"  # set in a request's ASGI scope to the status the protocol answered it with
 CLIENT_LEFT = "onnxkit.client_left"  # set in a request's ASGI scope when its connection closes before the answer
 WAITING = "onnxkit.waiting"  # in a request's ASGI scope while it is queued: the future its answer comes on
+NOTICE_EVERY_S = 60.0  # a warning a client can cause: at most one line of each kind a period, after the first
+MALFORMED = "Invalid HTTP request received"  # uvicorn's words, with what was wrong
+_UPGRADE = "Unsupported upgrade request"
+_WEBSOCKET_ADVICE = "No supported WebSocket library detected"  # uvicorn's advice to install one: no use here
 
 
 @dataclass(frozen=True)
@@ -84,12 +97,71 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+class Notices:
+    """Warnings that each request can cause, at most one line of each kind per `every` seconds: the
+    first at once, then a count of the others when the period ends (one line a period while they go on).
+
+    It stands in for uvicorn's "uvicorn.error" logger in the protocol (`warning` is filtered, the rest
+    passes through); timers run on the event loop that calls it."""
+
+    def __init__(self, logger: logging.Logger, every: float = NOTICE_EVERY_S) -> None:
+        self.logger = logger
+        self.every = every
+        self._counted: dict[str, list] = {}  # kind -> [count in this period, the latest one's detail]
+        self._since = 0.0  # when the period began (time.monotonic())
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> Any:  # level, log, error, ...: the logger's
+        return getattr(self.logger, name)
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
+        text = str(msg)
+        if text.startswith(MALFORMED):
+            return  # noted with what was wrong by the protocol's send_400_response, which uvicorn calls next
+        if text.startswith(_UPGRADE):
+            self.note(_UPGRADE + " (served as plain HTTP)")
+        elif not text.startswith(_WEBSOCKET_ADVICE):
+            self.logger.warning(msg, *args, **kwargs)
+
+    def note(self, kind: str, detail: str = "") -> None:
+        """One more warning of `kind`: logged with `detail` if it is the first for a period, else counted."""
+        if kind in self._counted:
+            self._counted[kind][0] += 1
+            self._counted[kind][1] = detail
+            return
+        self.logger.warning("%s%s; the next ones for %g s are counted in one line", kind, detail, self.every)
+        self._counted[kind] = [0, detail]
+        if self._timer is None:
+            self._since = time.monotonic()
+            self._timer = asyncio.get_running_loop().call_later(self.every, self.end_period)
+
+    def end_period(self, last: bool = False) -> None:
+        """Sum up each kind counted in the period that ends; a kind with none starts afresh (its next one is
+        logged at once). `last`: the server stops, and no new period starts."""
+        self._timer = None
+        seconds, self._since = time.monotonic() - self._since, time.monotonic()
+        for kind, (count, detail) in list(self._counted.items()):
+            if count:
+                latest = f", the latest{detail}" if detail else ""
+                self.logger.warning("%s: %d more in %.3g s%s", kind, count, seconds, latest)
+                self._counted[kind][0] = 0
+            else:
+                del self._counted[kind]
+        if last:
+            self._counted.clear()
+        elif self._counted:
+            self._timer = asyncio.get_running_loop().call_later(self.every, self.end_period)
+
+
 def protocol_class(limits: Limits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with header and body timeouts and a connection cap (see the module docstring)."""
+    """uvicorn's h11 protocol with header and body timeouts and a connection cap (see the module docstring);
+    its `notices` sum up the warnings each request could cause (call `notices.end_period(last=True)` after)."""
+    notices = Notices(logging.getLogger("uvicorn.error"))
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.logger = notices  # type: ignore[assignment]
             self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
                 limits.header_timeout, self._head_timed_out
             )
@@ -185,9 +257,12 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             """A request h11 cannot parse: a JSON error saying what is wrong, and close (uvicorn calls
             this while handling h11's RemoteProtocolError, and answered in plain text)."""
             error = sys.exception()
+            client = "%s:%d" % self.client if self.client else "a client"  # noqa: UP031  (uvicorn's own form)
             if not isinstance(error, h11.RemoteProtocolError):  # not from h11: uvicorn's own answer
+                notices.note(MALFORMED, f" from {client}")
                 super().send_400_response(msg)
                 return
+            notices.note(MALFORMED, f" from {client}: {str(error)[:200]} (answered {error.error_status_hint})")
             status = error.error_status_hint
             if status == 431:
                 refused = RequestError(431, _HEAD_TOO_LARGE)
@@ -212,6 +287,7 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
                     self.transport.write(self.conn.send(event))
             self.transport.close()
 
+    GuardedH11Protocol.notices = notices  # type: ignore[attr-defined]
     return GuardedH11Protocol
 
 

@@ -163,6 +163,7 @@ def serve(
         print(warning, file=sys.stderr)
     print(f"serving {len(models)} model(s) at {url}/v2 (Ctrl-C to stop)", file=sys.stderr, flush=True)
     Server(config).run(sockets=[sock])
+    config.http.notices.end_period(last=True)  # type: ignore[union-attr]  (warnings counted but not yet summed up)
     print("stopped", file=sys.stderr)
 
 
