@@ -133,12 +133,14 @@ def logits_of(probabilities: np.ndarray, task: str) -> np.ndarray:
 
 
 def r2(outputs: np.ndarray, targets: np.ndarray) -> float | None:
-    """The coefficient of determination, 1 - SS_res / SS_tot over all target values (scikit-learn's
-    r2_score for one target; the mean over targets' pooled variance for several). None for constant targets."""
+    """The coefficient of determination 1 - SS_res / SS_tot, averaged over the targets that vary
+    (scikit-learn's r2_score, whose default averages several targets' scores alike). None when
+    no target varies."""
     y = targets.astype(np.float64).reshape(len(targets), -1)
-    residual = float(np.sum((y - outputs.astype(np.float64).reshape(y.shape)) ** 2))
-    total = float(np.sum((y - y.mean(axis=0)) ** 2))
-    return 1.0 - residual / total if total > 0 else None
+    residual = np.sum((y - outputs.astype(np.float64).reshape(y.shape)) ** 2, axis=0)
+    total = np.sum((y - y.mean(axis=0)) ** 2, axis=0)
+    varying = total > 0
+    return float(np.mean(1.0 - residual[varying] / total[varying])) if varying.any() else None
 
 
 def infer_task(declared: str | None, output_shape: Sequence[Any] | None, labels: np.ndarray) -> str:

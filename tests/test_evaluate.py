@@ -237,3 +237,19 @@ def test_a_scikit_learn_classifier_numbered_from_one_takes_its_class_values(run_
     r = run_cli("eval", tmp_path / "skl.onnx", "--data", bad)
     assert r.code == 1 and r.err.strip() == ("error: data 'bad': label 4 is not among the model's classes "
                                              "(1, 2, 3); correct the data's labels"), r.err
+
+
+def test_r2_of_several_targets_averages_their_scores_as_scikit_learn_does():
+    """linnerud's 3 targets: the pooled R² was -1.41 where scikit-learn's r2_score says -1.09."""
+    from sklearn.metrics import r2_score
+
+    from onnxkit.evaluate import r2
+
+    rng = np.random.default_rng(0)
+    targets = rng.normal([1, 50, 300], [1, 10, 80], size=(40, 3))
+    outputs = targets + rng.normal(0, [2, 5, 20], size=(40, 3))
+    assert r2(outputs, targets) == pytest.approx(r2_score(targets, outputs), rel=1e-12)
+    assert r2(outputs[:, 1], targets[:, 1]) == pytest.approx(r2_score(targets[:, 1], outputs[:, 1]), rel=1e-12)
+    targets[:, 0] = 3.0  # a constant target: no score of its own
+    assert r2(outputs, targets) == pytest.approx(r2_score(targets[:, 1:], outputs[:, 1:]), rel=1e-12)
+    assert r2(outputs[:, :1], targets[:, :1]) is None
