@@ -752,6 +752,14 @@ def test_calibration_data_for_a_mode_without_calibration_is_said_to_be_ignored(m
     assert not [n for n in static if "--calib" in n]
 
 
+def test_eval_data_alone_is_not_said_to_be_an_ignored_calib(mlp_data):
+    """`quantize m.onnx --mode dynamic --eval digits` said '--calib does not apply to --mode dynamic ...; ignored'
+    though no --calib was given: the eval data, taken as calibration data for static modes, was read as one."""
+    for mode in ("dynamic", "int4", "fp16"):
+        notes = quantize(mlp(), mode=mode, eval_data=mlp_data, measure_latency=False).report.notes
+        assert not [n for n in notes if "--calib" in n], (mode, notes)
+
+
 def test_a_drop_over_max_drop_suggests_only_options_that_apply(tmp_path, run_cli, mlp_data):
     """It suggested '--per-channel' to a run already per channel, and '--method' to int4, which has none."""
     def advice(**options) -> str:

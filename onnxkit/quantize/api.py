@@ -149,7 +149,8 @@ def quantize(
                 block_size=block_size,
             )  # per-channel by default: as fast here, and far closer with 7-bit weights (see README)
             reason = f"--mode {mode} as asked" if requested else profile.reason()
-            notes += _ignored_options(settings, method, format, per_channel, calib)
+            given_calib = None if from_eval else calib  # calib taken from eval_data is not one the user gave
+            notes += _ignored_options(settings, method, format, per_channel, given_calib)
             if requested == "dynamic" and profile.nodes("conv"):
                 notes.append("Conv stays fp32 in dynamic mode (ConvInteger is slow); --mode static quantizes it")
             say(f"quantizing: {settings.label} ...")
