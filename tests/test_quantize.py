@@ -312,6 +312,47 @@ def test_static_qoperator_format_uses_qlinear_ops():
     assert np.abs(logits(q, images[:16], "image") - ref).max() < 0.05 * np.abs(ref).max()
 
 
+def _one_row_biases(model):
+    """`model` with its biases stored as [1, N], as skl2onnx writes an MLPClassifier's intercepts."""
+    for t in model.graph.initializer:
+        if t.name.endswith("bias"):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(1, -1), t.name))
+    return model
+
+
+@pytest.mark.parametrize("bias_shape", [(1, CLASSES), (1, 1), (1,), ()])
+def test_gemm_biases_of_one_row_become_one_value_per_channel(bias_shape):
+    x = np.random.default_rng(4).standard_normal((8, HIDDEN)).astype(np.float32)
+    model = _model([helper.make_node("Gemm", ["h", "w", "b"], ["logits"], transB=1)],
+                   [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", HIDDEN])],
+                   [_init(np.random.default_rng(5), "w", (CLASSES, HIDDEN), 0.3),
+                    numpy_helper.from_array(np.full(bias_shape, 0.5, np.float32), "b")])
+    before = logits(model, x, "h")
+    assert rewrite.flatten_gemm_biases(model) == 1
+    assert [list(t.dims) for t in model.graph.initializer if t.name.startswith("b")] == [[CLASSES]]
+    np.testing.assert_allclose(logits(model, x, "h"), before, rtol=1e-6)
+
+
+def test_static_per_channel_quantizes_a_model_whose_biases_are_one_row(tmp_path, run_cli, mlp_data):
+    """A scikit-learn MLPClassifier converted by skl2onnx (intercepts [1, N]) crashed `--mode static` with a
+    traceback: ORT's optimizer fuses MatMul + Add into Gemm, and its per-channel bias check read the [1, N] bias as
+    one value per channel ('The truth value of an array with more than one element is ambiguous')."""
+    model = _save(_one_row_biases(mlp()), tmp_path)
+    res = run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static", "--eval", mlp_data, "--no-latency")
+    assert res.code == 0, res.err
+    assert json.loads((tmp_path / "q.report.json").read_text())["accuracy"]["drop"] < 5
+
+
+def test_a_failure_inside_onnxruntimes_python_code_is_one_error_line(tmp_path, run_cli, mlp_data, monkeypatch):
+    """Exceptions ORT's quantizers raise as plain Python types (ValueError, AssertionError) were tracebacks."""
+    monkeypatch.setattr(rewrite, "flatten_gemm_biases", lambda model: 0)  # lets ORT's per-channel bias check fail
+    model = _save(_one_row_biases(mlp()), tmp_path)
+    res = run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static", "--calib", mlp_data)
+    assert res.code == 1 and res.out == ""
+    assert res.err.startswith("error: ") and res.err.count("\n") == 1 and "onnxruntime" in res.err, res.err
+    assert "ambiguous" in res.err and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
 def test_exclude_keeps_nodes_float_and_unknown_names_get_suggestions():
     q = quantize(mlp(), mode="dynamic", exclude=["head.MatMul"], measure_latency=False).model
     assert [n.op_type for n in q.graph.node].count("MatMulInteger") == 1

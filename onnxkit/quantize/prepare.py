@@ -90,6 +90,7 @@ def prepare(model: onnx.ModelProto, workdir: Path, *, optimize: bool) -> onnx.Mo
             f"({errors[-1][:200]}); check it with `onnxkit inspect` and onnx.checker"
         )
     prepared = onnx.load(str(dst))
+    rewrite.flatten_gemm_biases(prepared)  # after ORT's optimizer, which fuses MatMul + Add into Gemm
     rewrite.strip_initializer_value_info(prepared)
     rewrite.name_nodes(prepared)
     return prepared

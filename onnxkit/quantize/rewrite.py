@@ -112,3 +112,32 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
                 graph.initializer.remove(inits.pop(old))
         rewritten += 1
     return rewritten
+
+
+def flatten_gemm_biases(model: onnx.ModelProto) -> int:
+    """Give each `Gemm` with a constant bias C of one row (`[1, N]`, `[1, 1]`, `[1]`, a scalar) its `[N]` equivalent;
+    return how many. The same values reach every row of the output either way, but ORT's per-channel QDQ quantizer
+    reads C as one value per output channel and fails on `[1, N]` ("truth value of an array ... is ambiguous"):
+    scikit-learn converters write `[1, N]` intercepts, which ORT's optimizer fuses with their MatMul into a Gemm."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    taken = set(inits) | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    flattened = 0
+    for node in graph.node:
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+            continue
+        weight, bias = inits[node.input[1]], inits[node.input[2]]
+        n = weight.dims[0] if _attrs(node).get("transB", 0) else weight.dims[-1]
+        if len(bias.dims) == 1 and bias.dims[0] == n or len(bias.dims) > 2 or any(d != 1 for d in bias.dims[:-1]):
+            continue  # already [N], or rows that depend on the batch
+        values = numpy_helper.to_array(bias)
+        if values.size not in (1, n):
+            continue
+        name = _unique(f"{bias.name}_flat", taken)
+        flat = np.ascontiguousarray(np.broadcast_to(values.reshape(-1), (n,)))
+        graph.initializer.append(numpy_helper.from_array(flat, name))
+        node.input[2] = name
+        if _uses(model, bias.name) == 0:
+            graph.initializer.remove(inits.pop(bias.name))
+        flattened += 1
+    return flattened
