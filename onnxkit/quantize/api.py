@@ -20,7 +20,7 @@ from onnxkit.metadata import metadata, set_metadata
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
 from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split, recorded_data
 from onnxkit.quantize.inputs import fits_batch, synthetic_inputs
-from onnxkit.quantize.passes import Quantizer, low_precision_weights
+from onnxkit.quantize.passes import Quantizer, quantized_before
 from onnxkit.quantize.report import Report
 from onnxkit.quantize.settings import BLOCK_SIZES, FORMATS, METHODS, MODES, Settings, check_choice
 
@@ -102,8 +102,9 @@ def quantize(
         elif isinstance(calib, str | os.PathLike):
             notes.append(f"calibrated on the train split of {calib}, evaluated on its test split (--calib, calib=, "
                          "calibrates on other data)")
-    already = low_precision_weights(original)
-    notes += [f"the model already holds {already} low-precision weight tensors: quantized before?"] if already else []
+    if already := quantized_before(original):  # quantizing it again gains nothing and loses accuracy
+        raise OnnxkitError(f"{source or 'the model'} is already quantized ({already}); quantize the float32 model it "
+                           "was made from")
 
     with _scratch(output) as tmp, _onnxruntime_errors(str(source or "the model")):
         quantizer = Quantizer(original, tmp, exclude)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,6 +35,45 @@ _WHAT = {
 def low_precision_weights(model: onnx.ModelProto) -> int:
     """How many initializers are int8/uint8/int4/uint4/float16."""
     return sum(t.data_type in _LOW_PRECISION for t in model.graph.initializer)
+
+
+# ops only a quantized model holds: ONNX's (de)quantizers and integer ops, ORT's quantized kernels
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                  "MatMulNBits", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "QGemm",
+                  "DynamicQuantizeLSTM", "GatherBlockQuantized", "MatMulBnb4", "MatMulFpQ4"}
+_TYPE_NAMES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT16: "float16",
+               onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
+
+
+# ops a stored weight may pass through on its way to the node that uses it (int8 weights kept compressed in
+# the file and widened at run time: Cast, then Mul by a scale)
+_WEIGHT_PATH_OPS = {"Cast", "Mul", "Sub", "Add", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "DequantizeLinear"}
+
+
+def quantized_before(model: onnx.ModelProto) -> str | None:
+    """What shows that `model` is already quantized (quantization ops, or weighted nodes whose weights are stored
+    low-precision: an int8 or float16 model), in words; None for a float model."""
+    inits = {t.name: t for t in model.graph.initializer}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    ops = sorted({n.op_type for n in model.graph.node
+                  if n.op_type in _QUANTIZED_OPS or n.op_type.startswith("QLinear")})
+
+    def stored_low(name: str, depth: int = 0) -> bool:
+        if name in inits:
+            return inits[name].data_type in _LOW_PRECISION
+        node = made_by.get(name)
+        return (node is not None and node.op_type in _WEIGHT_PATH_OPS and depth < 6
+                and any(stored_low(i, depth + 1) for i in node.input if i))
+
+    weighted = set(analysis.CONV_OPS + analysis.DENSE_OPS + analysis.EMBEDDING_OPS)
+    low = [n for n in model.graph.node if n.op_type in weighted and len(n.input) > analysis.weight_input(n)
+           and stored_low(n.input[analysis.weight_input(n)])]
+    if not ops and not low:
+        return None
+    held = Counter(_TYPE_NAMES[t.data_type] for t in inits.values() if t.data_type in _LOW_PRECISION)
+    what = [", ".join(f"{n} {kind}" for kind, n in sorted(held.items())) + " weight tensors"] if held else []
+    what += [f"ops {', '.join(ops)}"] if ops else []
+    return "; ".join(what)
 
 
 class Quantizer:
