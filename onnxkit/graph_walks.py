@@ -125,6 +125,12 @@ def _fold_constants(model: onnx.ModelProto, skeleton: onnx.ModelProto) -> list[o
     return folded
 
 
+def folded_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The values of the nodes that compute from small constants alone (shape arithmetic: axes
+    given as Reshape(Constant, Constant) by the dynamo exporter without its optimizer), by name."""
+    return {t.name: numpy_helper.to_array(t) for t in _fold_constants(model, _skeleton(model))}
+
+
 # Ops whose first output has its first input's type and shape, for the few that onnx's shape
 # inference leaves untyped (GroupNormalization-21 in onnx 1.2x), so inference can go on past them.
 SAME_SHAPE = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",

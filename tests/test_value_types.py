@@ -92,3 +92,38 @@ def test_the_conv_after_it_is_differentiated():
     x = np.random.default_rng(1).uniform(-1, 1, (2, 1, 6, 6))
     for name, (analytic, numeric) in gradcheck(exported_reflection_pad(2), {"x": x}, ["w", "x"]).items():
         np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
+
+
+def exported_unoptimized_mean(batch: int | str = "batch") -> onnx.ModelProto:
+    """nn.AdaptiveAvgPool2d(1) as the dynamo exporter writes it with optimize=False (the export that
+    keeps BatchNorm unfolded): ReduceMean over axes Reshape(Constant [-1, -2], Constant [-1]), after
+    a 1x1 Conv of [batch, 2, 3, 3] and before a Linear."""
+    def const(name: str, value: list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.int64)))
+
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        const("dims", [-1, -2]), const("flat", [-1]),
+        helper.make_node("Reshape", ["dims", "flat"], ["axes"]),
+        helper.make_node("ReduceMean", ["c", "axes"], ["mean"], keepdims=1),
+        helper.make_node("Flatten", ["mean"], ["pooled"]),
+        helper.make_node("Gemm", ["pooled", "fc", "bias"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "unoptimized mean",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, 2, 3, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.DOUBLE, [batch, 3])],
+        [numpy_helper.from_array(rng.uniform(-1, 1, (4, 2, 1, 1)), "w"),
+         numpy_helper.from_array(rng.uniform(-1, 1, (3, 4)), "fc"),
+         numpy_helper.from_array(rng.uniform(-1, 1, 3), "bias")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_a_reduction_over_axes_computed_from_constants_is_differentiated():
+    # before: "cannot differentiate ReduceMean (node 'node_mean'): reductions over axes computed at run
+    # time have no gradient rule" for every ResNet exported by the dynamo exporter with optimize=False
+    x = np.random.default_rng(3).uniform(-1, 1, (5, 2, 3, 3))
+    for name, (analytic, numeric) in gradcheck(exported_unoptimized_mean(5), {"x": x}, ["w", "fc", "x"]).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
