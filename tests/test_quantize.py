@@ -788,6 +788,30 @@ def test_sqnr_lists_tensors_worst_first_with_numpy_checked_weights():
     assert "fc.weight" in {t.name for t in kept.graph.initializer}  # fc stays float
 
 
+def test_sqnr_of_static_weights_stored_as_uint8_is_computed_in_float():
+    """A constant an Add reads (a positional table, an attention bias) is quantized as uint8 with a zero point; ORT's
+    weight matching subtracted that zero point in uint8, which wraps around: a PyTorch transformer's in_proj_bias and
+    positional table showed at -14 and -12 dB, worst of the table, where they are at 41 and 44."""
+    rng = np.random.default_rng(7)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+                    helper.make_node("Add", ["h", "pos"], ["logits"], name="add_pos")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, D_IN])],
+                   [_init(rng, "w", (D_IN, CLASSES), 0.3),
+                    numpy_helper.from_array(np.linspace(-0.1, 0.3, 2 * CLASSES, dtype=np.float32).reshape(1, 2, -1),
+                                            "pos")],
+                   out=("logits", [None, 2, CLASSES]))  # 3-D: not fused into a Gemm, whose bias would be int32
+    x = rng.standard_normal((64, 2, D_IN)).astype(np.float32)
+    result = quantize(model, mode="static", calib={"x": x}, sqnr_rows=50, measure_latency=False)
+    inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert inits["pos_quantized"].dtype == np.uint8 and inits["pos_zero_point"] > 0  # the case that wrapped around
+    pos = numpy_helper.to_array(model.graph.initializer[1])
+    q, zp = inits["pos_quantized"].astype(np.float32), inits["pos_zero_point"].astype(np.float32)
+    approx = (q - zp) * inits["pos_scale"]
+    expected = 20 * np.log10(np.linalg.norm(pos) / np.linalg.norm(pos - approx))
+    row = next(r for r in result.report.sqnr if r["tensor"] == "pos")
+    assert row["sqnr_db"] == pytest.approx(expected, rel=1e-4) and expected > 30
+
+
 def test_exclude_names_the_models_own_nodes_in_static_mode_where_optimization_fuses_them():
     """Static preprocessing fuses MatMul+Add into a Gemm named 'head.MatMul/MatMulAddFusion'; the
     name (and op type) the user sees in the model still excludes it."""

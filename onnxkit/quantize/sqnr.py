@@ -48,15 +48,40 @@ def _dequantize_named(name: str, inits: dict[str, onnx.TensorProto], shape: tupl
     return (q - zp) * scale
 
 
-def weight_errors(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, workdir: Path) -> dict:
-    """SQNR per weight initializer of `float_model` that `quant_model` holds in lower precision."""
-    from onnxruntime.quantization.qdq_loss_debug import compute_weight_error, create_weight_matching
+def _dequantized_qdq_weights(quant_model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Float name -> the values each constant `DequantizeLinear` of `quant_model` gives, computed in float32.
 
-    float_path, quant_path = workdir / "sqnr.float.onnx", workdir / "sqnr.quant.onnx"
-    onnx.save(float_model, str(float_path))
-    onnx.save(quant_model, str(quant_path))
-    with quiet_ort():
-        errors = compute_weight_error(create_weight_matching(str(float_path), str(quant_path)))
+    ORT's `create_weight_matching` subtracts the zero point in the stored type: a uint8 weight (the
+    static quantizer stores constants an Add or Mul reads, like a bias or a positional table, as u8
+    with a zero point) wraps around below it, so those weights came out at -14 dB where they are ~41."""
+    inits = {t.name: t for t in quant_model.graph.initializer}
+    out = {}
+    for node in quant_model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or not node.input[0].endswith("_quantized"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("block_size") or node.input[1] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        zp = numpy_helper.to_array(inits[zp_name]).astype(np.float32) if zp_name in inits else np.zeros_like(scale)
+        if scale.size > 1:  # one scale per slice along `axis`
+            view = [1] * q.ndim
+            view[attrs.get("axis", 1)] = scale.size
+            scale, zp = scale.reshape(view), zp.reshape(view)
+        out[node.input[0].removesuffix("_quantized")] = (q - zp) * scale
+    return out
+
+
+def weight_errors(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> dict:
+    """SQNR per weight initializer of `float_model` that `quant_model` holds in lower precision."""
+    floats = {t.name: t for t in float_model.graph.initializer}
+    errors = {
+        name: sqnr_db(numpy_helper.to_array(floats[name]), values)
+        for name, values in _dequantized_qdq_weights(quant_model).items()
+        if name in floats and tuple(floats[name].dims) == values.shape
+    }
     q_inits = {t.name: t for t in quant_model.graph.initializer}
     for tensor in float_model.graph.initializer:
         if tensor.name in errors or tensor.data_type != onnx.TensorProto.FLOAT:
@@ -69,7 +94,6 @@ def weight_errors(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, wo
         approx = _dequantize_named(tensor.name, q_inits, original.shape)
         if approx is not None:
             errors[tensor.name] = sqnr_db(original, approx)
-    floats = {t.name: t for t in float_model.graph.initializer}
     for node in quant_model.graph.node:  # ORT's 4-bit quantizer names the packed weight `W_Q4`
         weight = floats.get(node.input[1].removesuffix("_Q4")) if node.op_type == "MatMulNBits" else None
         if weight is not None:
@@ -127,7 +151,7 @@ def sqnr_table(
             read.setdefault(name, node.name)
     rows = [
         {"tensor": name, "kind": "weight", "node": read.get(name), "sqnr_db": db}
-        for name, db in weight_errors(float_model, quant_model, workdir).items()
+        for name, db in weight_errors(float_model, quant_model).items()
     ]
     rows += [
         {"tensor": name, "kind": "activation", "node": made.get(name), "sqnr_db": db}
