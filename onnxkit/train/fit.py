@@ -88,6 +88,7 @@ from onnxkit.train.trainer import LoopState, Trainer
 from onnxkit.train.training_form import (
     constant_weights,
     find_parameters,
+    folded_batch_norms,
     output_type,
     refuse_weights_in_attributes,
     select,
@@ -473,6 +474,14 @@ class _Setup:
             shown = ", ".join(constants[:3]) + (", ..." if len(constants) > 3 else "")
             progress.line(f"warning: Constant nodes that layers read as weights stay fixed: only initializers train "
                           f"({shown}); to train them, store them as initializers")
+        folded = folded_batch_norms(self.model, self.selection.trainable)
+        if folded:
+            shown = ", ".join(folded[:3]) + (", ..." if len(folded) > 3 else "")
+            progress.line(f"warning: PyTorch's exporter folded BatchNorm into the weights of {len(folded)} "
+                          f"layer{'s' if len(folded) > 1 else ''} ({shown}): the model trains without BatchNorm "
+                          "(a ResNet on digits: 94.7% where PyTorch trains the module to 98.6%); to keep it, "
+                          "export with torch.onnx.export(..., dynamo=True, optimize=False) or, with dynamo=False, "
+                          "training=torch.onnx.TrainingMode.PRESERVE")
         if c.cache_features and not adapter and self.fixed is None:
             self._cache_frozen_features(shape)
         batches = self.splits["train"].num_batches(c.batch_size, drop_last=self.fixed is not None)

@@ -190,6 +190,28 @@ def constant_weights(model: onnx.ModelProto, output: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+_FUSED_BY = "pkg.onnxscript.rewriter.rule_name"  # a node's rewrites: 'FuseBatchNormIntoConv', ...
+
+
+def folded_batch_norms(model: onnx.ModelProto, trainable: Iterable[str]) -> list[str]:
+    """The layers reading a trainable weight that PyTorch's exporter folded a BatchNorm into: the dynamo
+    exporter's optimizer marks them (FuseBatchNormIntoConv, ...IntoGemm, ...); the TorchScript exporter
+    in eval mode folds BatchNorm into the Conv before it and names the weight it computes onnx::Conv_N
+    where the module's own are named after it. Either trains as a network without BatchNorm."""
+    trained = set(trainable)
+    torchscript = model.producer_name == "pytorch" and not any(p.key == _FUSED_BY for n in model.graph.node
+                                                                for p in n.metadata_props)
+    found = []
+    for index, node in enumerate(model.graph.node):
+        if not trained & set(node.input[1:]):
+            continue
+        marks = {p.key: p.value for p in node.metadata_props}
+        if ("FuseBatchNorm" in marks.get(_FUSED_BY, "") or torchscript and node.op_type == "Conv"
+                and node.input[1].startswith("onnx::Conv_")):
+            found.append(node.name or f"#{index}")
+    return found
+
+
 def _matching(patterns: Iterable[str], names: Sequence[str], option: str) -> set[str]:
     chosen: set[str] = set()
     for pattern in patterns:
