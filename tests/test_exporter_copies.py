@@ -153,3 +153,54 @@ def test_batchnorm_folded_into_weights_by_the_exporter_is_named(tmp_path, run_cl
     assert (line in result.err) == warned, result.err
     if warned:
         assert "dynamo=True, optimize=False" in result.err and "TrainingMode.PRESERVE" in result.err
+
+
+def exported_in_training_mode() -> onnx.ModelProto:
+    """Gemm -> BatchNorm -> Relu -> Dropout -> Gemm on 64 features as the TorchScript exporter writes it
+    with training=TrainingMode.TRAINING: BatchNorm with training_mode=1 and its statistics outputs,
+    Dropout reading a Constant ratio and a Constant True."""
+    rng = np.random.default_rng(0)
+    def const(name, value):  # type: ignore[no-untyped-def]
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value), name))
+
+    nodes = [
+        helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h"], transB=1),
+        helper.make_node("BatchNormalization", ["h", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
+                         ["b", "b.mean", "b.var"], training_mode=1, momentum=0.9),
+        helper.make_node("Relu", ["b"], ["r"]),
+        const("ratio", np.float32(0.2)), const("training", True),
+        helper.make_node("Dropout", ["r", "ratio", "training"], ["d", "mask"]),
+        helper.make_node("Gemm", ["d", "out.weight", "out.bias"], ["logits"], transB=1),
+    ]
+    arrays = {"fc1.weight": rng.normal(0, 0.1, (32, 64)), "fc1.bias": np.zeros(32), "bn.weight": np.ones(32),
+              "bn.bias": np.zeros(32), "bn.running_mean": np.zeros(32), "bn.running_var": np.ones(32),
+              "out.weight": rng.normal(0, 0.2, (10, 32)), "out.bias": np.zeros(10)}
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
+
+
+def test_a_model_exported_in_training_mode_is_written_in_inference_mode(tmp_path, run_cli):
+    """The trained model kept BatchNorm's training_mode=1: it normalised each batch by its own statistics,
+    so an example alone got other scores than in a batch of 8 (by up to 5.8 on an MLP with BatchNorm1d),
+    and the running statistics it was trained to were never read."""
+    path = tmp_path / "net.onnx"
+    onnx.save(exported_in_training_mode(), path)
+    result = run_cli("train", path, "--data", "digits", "--steps", "5", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert "the model's 1 BatchNormalization, 1 Dropout nodes were exported in training mode" in result.err
+    trained = onnx.load(tmp_path / "run" / "model.onnx")
+    w = {t.name: numpy_helper.to_array(t) for t in trained.graph.initializer}
+    assert not np.allclose(w["bn.running_mean"], 0)  # updated in training
+    x = load_dataset("digits").test.inputs["x"][:8].astype(np.float32)
+    session = ort.InferenceSession(trained.SerializeToString(), providers=["CPUExecutionProvider"])
+    batch = session.run(None, {"x": x})[0]
+    alone = np.concatenate([session.run(None, {"x": x[i:i + 1]})[0] for i in range(8)])
+    h = x @ w["fc1.weight"].T + w["fc1.bias"]
+    b = (h - w["bn.running_mean"]) / np.sqrt(w["bn.running_var"] + 1e-5) * w["bn.weight"] + w["bn.bias"]
+    expected = np.maximum(b, 0) @ w["out.weight"].T + w["out.bias"]
+    np.testing.assert_allclose(batch, expected, atol=1e-4)
+    np.testing.assert_allclose(alone, expected, atol=1e-4)
+    assert [n.op_type for n in trained.graph.node] == ["Gemm", "BatchNormalization", "Relu", "Constant", "Dropout",
+                                                        "Gemm"]  # the same nodes, but the True

@@ -89,6 +89,7 @@ from onnxkit.train.training_form import (
     constant_weights,
     find_parameters,
     folded_batch_norms,
+    in_inference_mode,
     output_type,
     refuse_weights_in_attributes,
     select,
@@ -415,6 +416,12 @@ class _Setup:
             named = config.model if config.model_sha256 else "the model"  # a ModelProto has no file yet
             raise OnnxkitError(f"{named} {why}")
         model, untied = untie_exporter_copies(model)
+        model, training_mode = in_inference_mode(model)
+        if training_mode:
+            counted = ", ".join(f"{training_mode.count(op)} {op}" for op in dict.fromkeys(training_mode))
+            progress.line(f"the model's {counted} nodes were exported in training mode (PyTorch's "
+                          "training=TrainingMode.TRAINING): they train as such, and the trained model runs them in "
+                          "inference mode, as the module after eval() (running statistics, no dropout)")
         if untied:
             progress.line(f"{len(untied)} weights were Identity copies of equal-valued ones ({', '.join(untied[:3])}"
                           f"{', ...' if len(untied) > 3 else ''}), as PyTorch's exporter writes them: each trains "

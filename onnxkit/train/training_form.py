@@ -190,6 +190,38 @@ def constant_weights(model: onnx.ModelProto, output: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def in_inference_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with BatchNormalization nodes exported in training mode (`training_mode=1`, as PyTorch's
+    TorchScript exporter writes them with `training=TrainingMode.TRAINING`) set to inference mode, their
+    unused statistics outputs dropped, and Dropout nodes whose `training_mode` input is a constant True
+    without it; and the op types changed, one entry a node (none: `model` itself is returned). The
+    training form puts both back in training mode; the trained model then normalises with its running
+    statistics and drops nothing, as the module does after `eval()`."""
+    true = {t.name for t in model.graph.initializer if t.data_type == TensorProto.BOOL and t.dims in ([], [1])
+            and bool(onnx.numpy_helper.to_array(t).reshape(-1)[0])}
+    true |= {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.attribute
+             and n.attribute[0].t.data_type == TensorProto.BOOL and bool(onnx.numpy_helper.to_array(
+                 n.attribute[0].t).reshape(-1)[0])}
+    read = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    changed = []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        if node.op_type == "BatchNormalization" and any(
+                a.name == "training_mode" and a.i for a in node.attribute) and not read & set(node.output[1:]):
+            _set_attribute(node, "training_mode", 0)
+            del node.output[1:]
+            changed.append(node.op_type)
+        elif node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] in true:
+            del node.input[2:]
+            changed.append(node.op_type)
+    read = {name for n in out.graph.node for name in n.input} | {o.name for o in out.graph.output}
+    dead = [n for n in out.graph.node if n.op_type == "Constant" and n.output[0] in true and n.output[0] not in read]
+    for node in dead:  # the True each Dropout read (onnxruntime warns of every unused one)
+        out.graph.node.remove(node)
+    return (out, changed) if changed else (model, [])
+
+
 _FUSED_BY = "pkg.onnxscript.rewriter.rule_name"  # a node's rewrites: 'FuseBatchNormIntoConv', ...
 
 
