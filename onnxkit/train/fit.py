@@ -488,7 +488,7 @@ class _Setup:
                           f"layer{'s' if len(folded) > 1 else ''} ({shown}): the model trains without BatchNorm "
                           "(a ResNet on digits: 94.7% where PyTorch trains the module to 98.6%); to keep it, "
                           "export with torch.onnx.export(..., dynamo=True, optimize=False) or, with dynamo=False, "
-                          "training=torch.onnx.TrainingMode.PRESERVE")
+                          "training=torch.onnx.TrainingMode.TRAINING (which keeps Dropout too)")
         if c.cache_features and not adapter and self.fixed is None:
             self._cache_frozen_features(shape)
         batches = self.splits["train"].num_batches(c.batch_size, drop_last=self.fixed is not None)
