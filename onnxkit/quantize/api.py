@@ -121,7 +121,7 @@ def quantize(
             say(f"reading up to {size} calibration examples of {calib} ...")
             return calibration_batches(calib, original, size, seed=seed(calib))
 
-        timed = None
+        timed, spread = None, {}
         candidates = []
         if mode == "auto":
             picked = search.run(
@@ -136,7 +136,7 @@ def quantize(
                 log=say,
             )
             settings, quantized, candidates = picked.settings, picked.model, picked.candidates
-            reason, timed = picked.reason, picked.latency_ms
+            reason, timed, spread = picked.reason, picked.latency_ms, picked.latency_spread
             notes += [f"{opt} does not apply to --mode auto, which tries {tried}; ignored"
                       for opt, given, tried in (("--method", method, "minmax, entropy and percentile"),
                                                 ("--format", format, "qdq only")) if given is not None]
@@ -189,11 +189,12 @@ def quantize(
             ms = latency.measure(
                 {"original": original.SerializeToString(), "quantized": quantized.SerializeToString()},
                 feeds,
+                spread=spread,
             )
             timed = {b: {k: ms[k][b] for k in ms} for b in feeds}
-        report.latency_ms = timed or {}
-        if note := report.slower_note(excluded=bool(quantizer.exclude)):
-            report.notes.append(note)
+        report.latency_ms, report.latency_spread = timed or {}, spread
+        for note in (report.slower_note(excluded=bool(quantizer.exclude)), report.unsteady_note()):
+            report.notes += [note] if note else []
         if sqnr_rows:
             say("comparing tensors (SQNR) ...")
             data = (

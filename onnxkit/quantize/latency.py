@@ -33,11 +33,14 @@ def measure(
     min_runs: int = 5,
     max_runs: int = 200,
     threads: int | None = None,
+    spread: dict[int, tuple[float, float]] | None = None,
 ) -> dict[str, dict[int, float | None]]:
     """Median milliseconds per run: {model label: {batch size: ms}}.
 
     feeds maps a batch size to its inputs (None: the model cannot take that batch).
     Each batch size gets about `budget_s` seconds for all models together.
+    spread: filled with {batch size: (p25, p75)} of the run-by-run ratios of the second model's time to the
+    first's (each pair run back to back); far apart, the CPU was shared and the medians are not to be trusted.
     """
     import onnxruntime as ort
 
@@ -66,4 +69,8 @@ def measure(
                 break
         for label, samples in times.items():
             result[label][batch] = 1000.0 * statistics.median(samples)
+        if spread is not None and len(times) >= 2:
+            first, second = list(times.values())[:2]
+            ratios = np.asarray(second) / np.asarray(first)
+            spread[batch] = (float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75)))
     return result

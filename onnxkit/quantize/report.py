@@ -12,6 +12,11 @@ from onnxkit.files import write_text
 # A latency ratio above this is "slower"; below it, medians of the same two models vary from run to run
 # (fp16 of the zoo's digits-cnn: 0.96x, 1.00x, 1.03x in three runs on a 2-core machine).
 SLOWER_BEYOND_NOISE = 1.05
+# Quartiles of the run-by-run quantized/original ratios further apart than this factor: the timing was unsteady.
+# On a quiet 2-core machine they lie within ~10% (a PyTorch transformer encoder, dynamic int8: 1.03-1.08 at batch 1);
+# with other processes using both cores, 0.14-10.5 at batch 64, and the medians' ratio read 7.45x, 0.15x, 0.27x in
+# three runs of the same two models (0.95x when the machine is quiet).
+UNSTEADY_SPREAD = 1.5
 
 
 def _bytes(n: int | None) -> str:
@@ -70,6 +75,7 @@ class Report:
     cpu: str
     size_bytes: dict[str, int]
     latency_ms: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    latency_spread: dict[int, tuple[float, float]] = field(default_factory=dict)  # quartiles of run-by-run ratios
     accuracy: dict[str, Any] | None = None
     candidates: list[Candidate] = field(default_factory=list)
     sqnr: list[dict[str, Any]] = field(default_factory=list)
@@ -83,11 +89,28 @@ class Report:
         row = self.latency_ms.get(batch, {})
         return _ratio(row.get("original"), row.get("quantized"))
 
+    def unsteady_batches(self) -> list[int]:
+        """Batch sizes whose timing was unsteady: the run-by-run ratios' quartiles more than UNSTEADY_SPREAD apart."""
+        return [b for b, (lo, hi) in self.latency_spread.items() if lo > 0 and hi / lo > UNSTEADY_SPREAD]
+
+    def unsteady_note(self) -> str | None:
+        """What to make of latency figures timed while the CPU was busy; None when the timing was steady."""
+        unsteady = self.unsteady_batches()
+        if not unsteady:
+            return None
+        ranges = ", ".join(f"{_x(self.latency_spread[b][0])}-{_x(self.latency_spread[b][1])} at batch {b}"
+                           for b in unsteady)
+        return (f"the latency figures are unsteady (run-by-run ratios {ranges} between quartiles, where a quiet CPU "
+                "keeps them within ~10%): other processes were likely using the CPU; rerun on an idle machine, or "
+                "with --no-latency")
+
     def slower_everywhere(self) -> bool:
         """Whether the quantized model ran slower than the original at every batch size timed, by more
-        than timing noise (SLOWER_BEYOND_NOISE: the same two models differ by a few % from run to run)."""
+        than timing noise (SLOWER_BEYOND_NOISE: the same two models differ by a few % from run to run),
+        with steady timings (not said of figures a busy CPU made up)."""
         ratios = [self.latency_ratio(b) for b in self.latency_ms]
-        return bool(ratios) and all(r is not None and r > SLOWER_BEYOND_NOISE for r in ratios)
+        steady = not self.unsteady_batches()
+        return steady and bool(ratios) and all(r is not None and r > SLOWER_BEYOND_NOISE for r in ratios)
 
     def slower_note(self, excluded: bool = False) -> str | None:
         """For a quantized model slower at every batch size timed, what it still buys (its smaller size, or
@@ -104,8 +127,11 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["size_bytes"]["ratio"] = round(self.size_ratio, 4)
+        spread = data.pop("latency_spread")
         data["latency_ms"] = {
-            f"batch_{b}": {**row, "ratio": self.latency_ratio(b)} for b, row in self.latency_ms.items()
+            f"batch_{b}": {**row, "ratio": self.latency_ratio(b),
+                           **({"run_ratio_quartiles": list(spread[b])} if b in spread else {})}
+            for b, row in self.latency_ms.items()
         }
         for cand in data["candidates"]:
             cand["latency_ms"] = {f"batch_{b}": ms for b, ms in cand["latency_ms"].items()}

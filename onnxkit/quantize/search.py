@@ -22,6 +22,7 @@ class Picked:
     model: onnx.ModelProto
     candidates: list[Candidate]
     latency_ms: dict[int, dict[str, float | None]]
+    latency_spread: dict[int, tuple[float, float]]
     reason: str
 
 
@@ -99,11 +100,13 @@ def run(
     # the report's figures: the two models timed on their own, as the other modes time them (beside six
     # other sessions, a PyTorch CNN's static int8 read 0.74x where alone it is 1.01x)
     log("timing the chosen model against the original ...")
-    alone = latency.measure({"original": models["original"], "quantized": models[chosen.label]}, feeds)
+    spread: dict[int, tuple[float, float]] = {}
+    alone = latency.measure({"original": models["original"], "quantized": models[chosen.label]}, feeds, spread=spread)
     return Picked(
         settings=settings,
         model=model,
         candidates=[c for c, _, _ in tried],
         latency_ms={b: {"original": alone["original"][b], "quantized": alone["quantized"][b]} for b in feeds},
+        latency_spread=spread,
         reason=f"--mode auto: fastest of {len(good)} candidates within {max_drop} {baseline.unit}",
     )
