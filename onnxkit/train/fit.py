@@ -94,6 +94,7 @@ from onnxkit.train.training_form import (
     refuse_weights_in_attributes,
     select,
     training_output,
+    untie_deduplicated,
     untie_exporter_copies,
     untrainable_weights,
 )
@@ -426,6 +427,11 @@ class _Setup:
             progress.line(f"{len(untied)} weights were Identity copies of equal-valued ones ({', '.join(untied[:3])}"
                           f"{', ...' if len(untied) > 3 else ''}), as PyTorch's exporter writes them: each trains "
                           "as a tensor of its own")
+        model, merged = untie_deduplicated(model)
+        if merged:
+            progress.line(f"{len(merged)} parameters were merged by PyTorch's exporter into equal-valued ones or "
+                          f"dropped as zero biases ({', '.join(merged[:3])}{', ...' if len(merged) > 3 else ''}: "
+                          "deep-copied layers, LayerNorm ones, zero biases): each trains as a tensor of its own")
         self.backend = get_backend(config.backend)
         self.device = self.backend.resolve_device(device)
         self.model = adapter.apply(model) if adapter else model

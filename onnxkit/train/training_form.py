@@ -146,6 +146,94 @@ def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
     return untied, made
 
 
+_STATE_SPEC = re.compile(r"^(\S+): (?:PARAMETER|BUFFER) target='([^']*)'", re.MULTILINE)
+_SCOPES = "pkg.torch.onnx.name_scopes"  # a node's module paths, outermost first, then its op's name
+_FX_NODE = "pkg.torch.onnx.fx_node"  # the PyTorch op a node came from, its arguments by placeholder (%p_fc_weight)
+_PLACEHOLDER = re.compile(r"%(\w+)")
+
+
+def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each parameter or buffer that PyTorch's dynamo exporter merged into an equal-valued
+    one made an initializer of its own; and the names so made (none: `model` itself is returned).
+
+    The exporter's optimizer keeps one initializer of tensors with equal values: the deep-copied layers
+    of `nn.TransformerEncoder`, every LayerNorm's ones and every zero bias of a fresh model. Its
+    signature still lists each parameter, and each node says which PyTorch op it came from, with the
+    parameters that op read (else which module it runs in: name scopes): a node reading a parameter its
+    op did not, where the op read one missing from the graph, reads that one (a copy of the same value).
+    Weights the module shares are one parameter in the signature, and stay shared."""
+    signature = {p.key: p.value for p in model.graph.metadata_props}.get(_SIGNATURE, "")
+    placeholders = dict(_STATE_SPEC.findall(signature))
+    targets = set(placeholders.values())
+    present = {t.name for t in model.graph.initializer}
+    orphans = targets - present
+    if not orphans:
+        return model, []
+    plan: list[tuple[int, int, str]] = []
+    for k, node in enumerate(model.graph.node):
+        marks = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(marks.get(_SCOPES, "[]"))  # a Python list of strings
+        except (ValueError, SyntaxError):
+            scopes = []
+        if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+            scopes = []
+        # the parameters the PyTorch op read, in order: a node reading another's equal tensor reads its own
+        read = [placeholders[p] for p in _PLACEHOLDER.findall(marks.get(_FX_NODE, "")) if p in placeholders]
+        for i, name in enumerate(node.input):
+            if name not in targets or name not in present or name in read:
+                continue
+            taken = {own for kk, _, own in plan if kk == k}
+            own = next((t for t in read if t in orphans and t not in taken
+                        and t.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1]), None) if read else \
+                _own_parameter(name, scopes, orphans)
+            if own:
+                plan.append((k, i, own))
+        bias = next((t for t in read if t in orphans and t.endswith(".bias")), None)
+        if node.op_type in ("Gemm", "Conv") and (len(node.input) < 3 or not node.input[2]) and bias \
+                and node.input[1] in present and not any(own == bias for kk, _, own in plan if kk == k):
+            plan.append((k, 2, bias))  # a zero bias the optimizer removed (RemoveOptionalBiasFromConv, ...)
+    if not plan:
+        return model, []
+    untied = onnx.ModelProto()
+    untied.CopyFrom(model)
+    values = {t.name: t for t in untied.graph.initializer}
+    made: list[str] = []
+    for k, i, own in plan:
+        node = untied.graph.node[k]
+        if own not in made:
+            tensor = untied.graph.initializer.add()
+            if i < len(node.input) and node.input[i]:
+                tensor.CopyFrom(values[node.input[i]])
+            else:  # the removed bias: zeros, one per output channel
+                w = values[node.input[1]]
+                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+                width = w.dims[0] if node.op_type == "Conv" or trans_b else w.dims[1]
+                tensor.CopyFrom(onnx.numpy_helper.from_array(
+                    np.zeros(width, helper.tensor_dtype_to_np_dtype(w.data_type))))
+            tensor.name = own
+            made.append(own)
+            values[own] = tensor
+        while len(node.input) <= i:
+            node.input.append("")
+        node.input[i] = own
+    return untied, made
+
+
+def _own_parameter(name: str, scopes: Sequence[str], orphans: set[str]) -> str | None:
+    """The parameter missing from the graph that a node in module `scopes` means when it reads `name`,
+    another module's (None: `name` is its own)."""
+    parts = name.split(".")
+    for scope in reversed([s for s in scopes if s]):
+        if name.startswith(scope + "."):
+            return None
+        for j in range(len(parts)):
+            candidate = f"{scope}.{'.'.join(parts[j:])}"
+            if candidate in orphans:
+                return candidate
+    return None
+
+
 def _exporter_copy(graph: onnx.GraphProto) -> onnx.NodeProto | None:
     """The first Identity node copying a float initializer into a value that is not a graph output."""
     floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and t.dims}
