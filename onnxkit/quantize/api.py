@@ -193,6 +193,8 @@ def quantize(
             )
             timed = {b: {k: ms[k][b] for k in ms} for b in feeds}
         report.latency_ms, report.latency_spread = timed or {}, spread
+        if report.latency_ms and test is None:  # a reader reproducing the figures needs the shapes timed
+            report.notes.append(_synthetic_note(original, feeds, seq_len))
         for note in (report.slower_note(excluded=bool(quantizer.exclude)), report.unsteady_note()):
             report.notes += [note] if note else []
         if sqnr_rows:
@@ -207,6 +209,18 @@ def quantize(
         report.output = str(output) if output is not None else None
         _write(quantized, output, report, report_path)
     return QuantizeResult(quantized, report)
+
+
+def _synthetic_note(model: onnx.ModelProto, feeds: dict[int, Feeds | None], seq_len: int) -> str:
+    """Which inputs the latency was timed on when no data was given: random ones, of these shapes."""
+    from onnxkit.data import model_inputs
+
+    sample = next((f for f in feeds.values() if f is not None), {})
+    shapes = ", ".join(f"{k} [{', '.join(map(str, v.shape))}]" for k, v in sample.items())
+    free = any(spec.shape and any(not isinstance(d, int) or d <= 0 for d in spec.shape[1:])
+               for spec in model_inputs(model))
+    length = f"; free dimensions after the batch set to {seq_len}" if free else ""
+    return f"latency timed on random inputs ({shapes}{length}); pass --eval DATA to time real examples"
 
 
 def _write(model: onnx.ModelProto, output, report: Report, report_path) -> None:  # type: ignore[no-untyped-def]
