@@ -44,7 +44,7 @@ class ModelProfile:
     def default_mode(self) -> str:
         """Static QDQ when convolutions do most of the work, else dynamic.
 
-        Dynamic int8 Conv runs slower than fp32 without VNNI, so Conv needs static
+        Dynamic int8 Conv (ONNX Runtime's ConvInteger) runs far slower than fp32, so Conv needs static
         quantization; but where a few small Convs feed large dense layers, int8 Conv
         kernels do not pay (a 1-channel 3x3 Conv runs ~3x slower in QLinearConv) and
         dynamic quantization of the MatMuls is both simpler and faster.
@@ -55,7 +55,7 @@ class ModelProfile:
         """One line saying why `default_mode` was chosen."""
         share = f"Conv does {100 * self.conv_share:.0f}% of the weighted multiply-adds"
         if self.default_mode == "static":
-            return f"{share}: static int8 QDQ (dynamic int8 Conv is slower than fp32 without VNNI)"
+            return f"{share}: static int8 QDQ (dynamic int8 Conv, ConvInteger, runs far slower than fp32)"
         if self.nodes("conv"):
             return f"{share}: dynamic int8 of the MatMul/Gather layers; Conv stays fp32"
         return "MatMul/Gemm/Gather weights: dynamic int8 (weights ahead of time, activations per batch)"
