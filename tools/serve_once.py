@@ -27,15 +27,19 @@ from onnxkit.serve.launch import ServerProcess
 def examples(model: runtime.Model, args: argparse.Namespace) -> tuple[dict[str, np.ndarray], str, list]:
     """`args.rows` rows of inputs for the model, a note on where they came from, and their true labels."""
     if args.dataset:
+        import onnx
+
         from onnxkit.data import load_dataset
 
-        split = load_dataset(args.dataset).split(args.split)
+        # a text dataset is tokenized by the tokenizer the model carries
+        dataset = load_dataset(args.dataset, model=onnx.load(args.model, load_external_data=False))
+        split, names = dataset.split(args.split), dataset.label_names
         arrays = list(split.inputs.values())
         if len(arrays) == 1 and len(model.inputs) == 1:
             values = {model.inputs[0].name: arrays[0]}
         else:
             values = split.inputs
-        truth = [str(t) for t in split.labels[args.index : args.index + args.rows]]
+        truth = [names[t] if names else str(t) for t in split.labels[args.index : args.index + args.rows]]
         note = f"{args.dataset} {args.split} examples {args.index}..{args.index + args.rows - 1}"
     elif args.input:
         values, note, truth = read_inputs(args.input, model), f"{args.input} rows from {args.index}", []
