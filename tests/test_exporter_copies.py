@@ -81,6 +81,14 @@ def test_batchnorm_statistics_and_copied_layers_train_apart(tmp_path):
     np.testing.assert_allclose(trained["bn.running_var"], h1.var(0), rtol=0.3)
 
 
+def test_open_training_unties_them_as_fit_does(tmp_path):
+    """The benchmarks' `open_training` skipped fit's preparation: the copied layer trained tied."""
+    from onnxkit.train.problem import open_training
+
+    session = open_training(exported_like_torchscript(), tmp_path / "session")
+    assert {"mid2.weight", "mid.bias", "mid2.bias"} <= set(session.parameters())
+
+
 def test_initializers_that_are_also_graph_inputs_train(tmp_path):
     """Old exporters (IR < 4; PyTorch's keep_initializers_as_inputs=True) list every initializer as a
     graph input too. Training failed in its own graph: "runs/x/artifacts/training.onnx: onnxruntime

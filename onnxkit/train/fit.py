@@ -45,7 +45,6 @@ from onnxkit.graph_walks import (
     probability_logits,
     sigmoid_pair_logit,
     value_types,
-    without_initializer_inputs,
 )
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.train import distributed
@@ -89,14 +88,11 @@ from onnxkit.train.training_form import (
     constant_weights,
     find_parameters,
     folded_batch_norms,
-    in_inference_mode,
     output_type,
     refuse_weights_in_attributes,
     select,
+    trainable_form,
     training_output,
-    untie_deduplicated,
-    untie_exporter_copies,
-    untrainable_weights,
 )
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
@@ -411,27 +407,9 @@ class _Setup:
     ) -> None:
         self.run, self.config, self.dataset, self.adapter = run, config, dataset, adapter
         self.threads, self.progress = threads, progress
-        model = without_initializer_inputs(model)
-        why = untrainable_weights(model)
-        if why:
-            named = config.model if config.model_sha256 else "the model"  # a ModelProto has no file yet
-            raise OnnxkitError(f"{named} {why}")
-        model, untied = untie_exporter_copies(model)
-        model, training_mode = in_inference_mode(model)
-        if training_mode:
-            counted = ", ".join(f"{training_mode.count(op)} {op}" for op in dict.fromkeys(training_mode))
-            progress.line(f"the model's {counted} nodes were exported in training mode (PyTorch's "
-                          "training=TrainingMode.TRAINING): they train as such, and the trained model runs them in "
-                          "inference mode, as the module after eval() (running statistics, no dropout)")
-        if untied:
-            progress.line(f"{len(untied)} weights were Identity copies of equal-valued ones ({', '.join(untied[:3])}"
-                          f"{', ...' if len(untied) > 3 else ''}), as PyTorch's exporter writes them: each trains "
-                          "as a tensor of its own")
-        model, merged = untie_deduplicated(model)
-        if merged:
-            progress.line(f"{len(merged)} parameters were merged by PyTorch's exporter into equal-valued ones or "
-                          f"dropped as zero biases ({', '.join(merged[:3])}{', ...' if len(merged) > 3 else ''}: "
-                          "deep-copied layers, LayerNorm ones, zero biases): each trains as a tensor of its own")
+        model, notes = trainable_form(model, config.model if config.model_sha256 else "the model")
+        for note in notes:
+            progress.line(note)
         self.backend = get_backend(config.backend)
         self.device = self.backend.resolve_device(device)
         self.model = adapter.apply(model) if adapter else model

@@ -15,7 +15,15 @@ from onnxkit.train.backends import get_backend
 from onnxkit.train.losses import Loss, get_loss
 from onnxkit.train.objective import build_objective
 from onnxkit.train.optim import Optimizer, get_optimizer
-from onnxkit.train.training_form import Selection, buffer_updates, find_parameters, output_type, select, training_form
+from onnxkit.train.training_form import (
+    Selection,
+    buffer_updates,
+    find_parameters,
+    output_type,
+    select,
+    trainable_form,
+    training_form,
+)
 
 
 def training_problem(
@@ -78,6 +86,7 @@ def open_training(
     """A training session on `model`'s first output, built the way `fit` builds it, in the new
     folder `directory` (for benchmarks and tests; `fit` adds data, the loop and checkpoints)."""
     chosen = get_backend(backend)
+    model, _ = trainable_form(model)
     types = value_types(model)
     output = output_type(types, model, model.graph.output[0].name)
     selection = select(model, find_parameters(model), output.name, freeze=freeze, train_only=train_only)

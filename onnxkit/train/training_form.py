@@ -37,7 +37,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError, suggest
-from onnxkit.graph_walks import ancestors, needed_nodes, opset, used_initializers
+from onnxkit.graph_walks import ancestors, needed_nodes, opset, used_initializers, without_initializer_inputs
 from onnxkit.metadata import metadata
 from onnxkit.nn.build import BUFFERS_KEY, DROPOUT_KEY
 
@@ -120,6 +120,36 @@ def _folded_sources(mark: str) -> set[str]:
     except (ValueError, SyntaxError):
         return set()
     return {n for n in names if isinstance(n, str)} if isinstance(names, list | tuple | set) else set()
+
+
+def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[onnx.ModelProto, list[str]]:
+    """`model` as training takes it (`fit` and `open_training` alike): without the initializers old
+    exporters list as inputs, with nodes exported in training mode set to inference mode and the
+    weights PyTorch's exporters tied (Identity copies, merged equal values, dropped zero biases)
+    untied; and a line for each of these it did. Weights training cannot update are an error that
+    begins with `named`."""
+    model = without_initializer_inputs(model)
+    why = untrainable_weights(model)
+    if why:
+        raise OnnxkitError(f"{named} {why}")
+    notes = []
+    model, untied = untie_exporter_copies(model)
+    model, training_mode = in_inference_mode(model)
+    if training_mode:
+        counted = ", ".join(f"{training_mode.count(op)} {op}" for op in dict.fromkeys(training_mode))
+        notes.append(f"the model's {counted} nodes were exported in training mode (PyTorch's "
+                     "training=TrainingMode.TRAINING): they train as such, and the trained model runs them in "
+                     "inference mode, as the module after eval() (running statistics, no dropout)")
+    if untied:
+        notes.append(f"{len(untied)} weights were Identity copies of equal-valued ones ({', '.join(untied[:3])}"
+                     f"{', ...' if len(untied) > 3 else ''}), as PyTorch's exporter writes them: each trains "
+                     "as a tensor of its own")
+    model, merged = untie_deduplicated(model)
+    if merged:
+        notes.append(f"{len(merged)} parameters were merged by PyTorch's exporter into equal-valued ones or "
+                     f"dropped as zero biases ({', '.join(merged[:3])}{', ...' if len(merged) > 3 else ''}: "
+                     "deep-copied layers, LayerNorm ones, zero biases): each trains as a tensor of its own")
+    return model, notes
 
 
 def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
