@@ -432,3 +432,15 @@ def test_a_model_with_a_fixed_batch_size_predicts_any_number_of_rows(run_cli, tm
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), x @ weight, rtol=1e-6)
     with pytest.raises(OnnxkitError, match="dimension 1 must be 4"):  # other dimensions are still checked
         runtime.load(tmp_path / "fixed.onnx").predict(np.zeros((3, 5), np.float32))
+
+
+def test_ray_help_names_every_format_a_ray_folder_reads(run_cli):
+    """`predict --help` said a --ray folder holds .npz/.csv/.parquet/.txt files, leaving out the
+    .npy files (and subfolders) that predict_on_ray reads since .npy stopped being skipped."""
+    from onnxkit.runtime.batch import INPUT_SUFFIXES
+
+    result = run_cli("predict", "--help")
+    assert result.code == 0
+    ray_help = " ".join(result.out.split("Options:", 1)[1].split("--ray", 1)[1].split("--workers", 1)[0].split())
+    for suffix in INPUT_SUFFIXES:
+        assert suffix in ray_help, (suffix, ray_help)
