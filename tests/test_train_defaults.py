@@ -158,3 +158,26 @@ def test_a_model_with_a_fixed_batch_size_trains_at_that_size(tmp_path):
     model = nn.build(mlp, {"x": nn.Input([15, 4])}, output_names=["logits"])  # iris: 90 / 30 / 30 rows
     result = fit(model, "iris", tmp_path / "run", steps=2)
     assert json.loads((result.run_dir / "run.json").read_text())["config"]["batch_size"] == 15
+
+
+@pytest.mark.training
+def test_two_valued_whole_number_targets_are_named_as_trained_by_regression(tmp_path, run_cli):
+    """make_hastie_10_2's labels are -1 and 1: a one-output model without a task trained a regression
+    on them and printed an R² without a word on why; one line now says so and how to get a classifier."""
+    from onnxkit import nn
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    labels = np.where(x[:, 0] > 0, 1, -1)
+    rows = "".join(f"{a},{b},{c},{y}\n" for (a, b, c), y in zip(x, labels, strict=True))
+    (tmp_path / "pm.csv").write_text("a,b,c,label\n" + rows)
+    nn.manual_seed(0)
+    model = nn.build(nn.Sequential([nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)]), {"x": nn.Input(["batch", 3])})
+    onnx.save(model, tmp_path / "m.onnx")
+    result = run_cli("train", tmp_path / "m.onnx", "--data", tmp_path / "pm.csv", "--steps", "1", "-o", tmp_path / "r")
+    assert result.code == 0, result.err
+    assert ("the targets take two values only, -1 and 1: this trains a regression on them (loss mse); for a binary "
+            "classifier, map them to 0 and 1") in result.err
+    (tmp_path / "01.csv").write_text((tmp_path / "pm.csv").read_text().replace(",-1\n", ",0\n"))
+    binary = run_cli("train", tmp_path / "m.onnx", "--data", tmp_path / "01.csv", "--steps", "1", "-o", tmp_path / "b")
+    assert binary.code == 0 and "two values" not in binary.err and "bce-with-logits" in binary.err, binary.err

@@ -485,6 +485,8 @@ class _Setup:
             progress.line(unscaled_note)
         if not regression:
             self._warn_one_class(dataset)
+        elif not (c.loss or task):
+            self._note_two_valued_targets(dataset)
 
     def _check_fixed_batch(self) -> None:
         """A model whose inputs fix the batch size trains in whole batches of exactly that size (each
@@ -562,6 +564,17 @@ class _Setup:
             shown = repr(names[k]) if names and k < len(names) else str(k)
             self.progress.line(f"warning: every training example is of class {shown}; the model can only learn to "
                                "answer it (give examples of the other classes)")
+
+    def _note_two_valued_targets(self, dataset: Dataset) -> None:
+        """One line when whole-number targets a regression was chosen for take two values only (-1
+        and 1, say): a binary classifier's labels, which need to be 0 and 1 to be taken as such."""
+        labels = np.asarray(dataset.train.labels)
+        if labels.dtype.kind not in "iu" or not labels.size:
+            return
+        low, high = labels.min(), labels.max()  # np.unique would import numpy.ma (7-11 ms)
+        if low != high and ((labels == low) | (labels == high)).all():
+            self.progress.line(f"the targets take two values only, {low} and {high}: this trains a regression on "
+                               "them (loss mse); for a binary classifier, map them to 0 and 1")
 
     def _standardize_unscaled(self, dataset: Dataset, whole: bool, regression: bool) -> tuple[bool, str | None]:
         """standardize=None: whether to standardise (clearly unscaled data or regression targets, and the
