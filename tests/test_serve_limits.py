@@ -511,6 +511,37 @@ def test_a_client_that_leaves_is_counted_as_499_and_its_queued_request_never_run
     assert after["rows"] - before["rows"] == 1024 + 256  # the queued row never ran
 
 
+def test_a_grpc_call_its_client_gives_up_on_is_counted_as_499(crowded):
+    # before: a call cancelled by its client (or its deadline) ended the handler with CancelledError,
+    # which /metrics counted as a 500, a server error
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    def grpc_counts() -> dict[str, int]:
+        counts = {}
+        for line in httpx.get(crowded.url + "/metrics").text.splitlines():
+            if line.startswith('onnxkit_requests_total{endpoint="grpc.ModelInfer",model="slow",'):
+                counts[line.split('code="')[1][:3]] = int(line.split()[-1])
+        return counts
+
+    before = grpc_counts()
+    x = np.ones((1024, 512), dtype=np.float32)  # a run of ~1 s (past --max-batch-size: it runs alone)
+    request = service_pb2.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    with grpc.insecure_channel(crowded.grpc) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=service_pb2.ModelInferRequest.SerializeToString)
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(request, timeout=0.2)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 10
+    while (after := grpc_counts()).get("499", 0) == before.get("499", 0):
+        assert time.monotonic() < deadline, after
+        time.sleep(0.05)
+    assert after.get("500", 0) == before.get("500", 0)
+
+
 @pytest.mark.parametrize("spec", ["=MODEL", "a/b=MODEL"])
 def test_model_names_that_no_url_can_reach_are_refused_at_start(paths, spec):
     spec = spec.replace("MODEL", paths["digits"])

@@ -33,6 +33,7 @@ from onnxkit.runtime import Model
 from onnxkit.serve import binary, inference, protocol
 from onnxkit.serve.auth import authorized
 from onnxkit.serve.errors import RequestError
+from onnxkit.serve.limits import CLIENT_CLOSED
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import InferRequest
 from onnxkit.serve.repository import Repository
@@ -219,6 +220,9 @@ class InferenceService:
             status = 200
         except RequestError as e:
             status, reply.error_message = e.status, str(e)
+        except asyncio.CancelledError:  # the stream ended before its answer
+            status = CLIENT_CLOSED
+            raise
         except Exception as e:
             _log.exception("internal error in grpc.ModelStreamInfer")
             reply.error_message = f"internal server error ({type(e).__name__}); see the server's log"
@@ -252,6 +256,9 @@ class InferenceService:
             except RequestError as e:
                 status = e.status
                 await context.abort(status_code(e.status), str(e))
+            except asyncio.CancelledError:  # the client cancelled, or its deadline passed: not a server error
+                status = CLIENT_CLOSED
+                raise
             except Exception as e:
                 _log.exception("internal error in %s", endpoint)
                 await context.abort(
