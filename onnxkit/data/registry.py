@@ -151,16 +151,10 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     if len(unknown) == len(names) or names == classes:
         return dataset
     if unknown:
-        shown = ", ".join(repr(n) for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        raise OnnxkitError(
-            f"data {dataset.name!r}: label{'s' * (len(unknown) > 1)} {shown} "
-            f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes ({', '.join(classes)}); "
-            "correct the data's labels, or build the model with a label for every class (--set labels=...)"
-        )
+        raise _not_among(dataset, [repr(n) for n in unknown], classes, "correct the data's labels, or build "
+                         "the model with a label for every class (--set labels=...)")
     order = np.array([classes.index(n) for n in names], dtype=np.int64)
-    train, validation, test = (Split(s.name, s.inputs, order[s.labels])
-                               for s in (dataset.train, dataset.validation, dataset.test))
-    return replace(dataset, train=train, validation=validation, test=test, label_names=classes)
+    return _relabelled(dataset, lambda labels: order[labels], classes)
 
 
 def _by_class_value(dataset: Dataset, model: Any) -> Dataset:
@@ -172,14 +166,29 @@ def _by_class_value(dataset: Dataset, model: Any) -> Dataset:
     if not values or isinstance(values[0], str) or values == list(range(len(values))) or \
             any(s.labels.dtype.kind not in "iu" for s in splits):
         return dataset
-    seen = np.unique(np.concatenate([s.labels.reshape(-1) for s in splits]))
-    unknown = [int(v) for v in seen if int(v) not in values]
-    if unknown:
-        shown = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
-        raise OnnxkitError(f"data {dataset.name!r}: label{'s' * (len(unknown) > 1)} {shown} "
-                           f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes "
-                           f"({', '.join(map(str, values))}); correct the data's labels")
-    position = {v: i for i, v in enumerate(values)}
-    train, validation, test = (Split(s.name, s.inputs, np.array([position[int(v)] for v in s.labels.reshape(-1)],
-                                                                np.int64).reshape(s.labels.shape)) for s in splits)
-    return replace(dataset, train=train, validation=validation, test=test, label_names=[str(v) for v in values])
+    classes = np.asarray(values)
+    sorter = np.argsort(classes)
+
+    def position(labels: np.ndarray) -> np.ndarray:  # of each label among the classes (the nearest, if absent)
+        found = np.minimum(np.searchsorted(classes, labels, sorter=sorter), len(classes) - 1)
+        return sorter[found]
+
+    absent = sorted({int(v) for s in splits for v in s.labels[classes[position(s.labels)] != s.labels]})
+    if absent:
+        raise _not_among(dataset, [str(v) for v in absent], [str(v) for v in values], "correct the data's labels")
+    return _relabelled(dataset, position, [str(v) for v in values])
+
+
+def _not_among(dataset: Dataset, unknown: list[str], classes: list[str], remedy: str) -> OnnxkitError:
+    """The error for data labels (`unknown`, as shown) that are none of the model's `classes`."""
+    shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    return OnnxkitError(f"data {dataset.name!r}: label{'s' * (len(unknown) > 1)} {shown} "
+                        f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes ({', '.join(classes)}); "
+                        f"{remedy}")
+
+
+def _relabelled(dataset: Dataset, relabel: Callable[[np.ndarray], np.ndarray], names: list[str]) -> Dataset:
+    """A new Dataset whose splits' labels are `relabel(labels)`, its classes named `names`."""
+    train, validation, test = (Split(s.name, s.inputs, relabel(s.labels).astype(np.int64))
+                               for s in (dataset.train, dataset.validation, dataset.test))
+    return replace(dataset, train=train, validation=validation, test=test, label_names=names)
