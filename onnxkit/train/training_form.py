@@ -58,7 +58,7 @@ _BN_STATS = (3, 4)
 _TORCH_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"  # PARAMETER, BUFFER, CONSTANT_TENSOR...
 _FOLDED = "pkg.onnxscript.optimizer.folded_from"  # a constant computed at export (a causal mask, an arange)
 _SIGNATURE = "pkg.torch.export.ExportedProgram.graph_signature"  # graph metadata: 'p_fc_weight: PARAMETER target=...'
-_PARAMETER_SPEC = re.compile(r"^\S+: PARAMETER target='([^']*)'", re.MULTILINE)
+_SIGNATURE_SPEC = re.compile(r"^(\S+): (\w+) target='([^']*)'", re.MULTILINE)  # placeholder, kind, target
 
 
 @dataclass(frozen=True)
@@ -102,15 +102,25 @@ def exported_constants(model: onnx.ModelProto) -> set[str]:
     causal mask. PyTorch's optimizers train neither; a TorchScript export carries no such marks.
     A tensor folded from a parameter is one, though: the exporter folds Transpose(weight) of each Linear
     on 3-D inputs into a new initializer, which the graph's signature shows was folded from a parameter."""
-    signature = {p.key: p.value for p in model.graph.metadata_props}.get(_SIGNATURE, "")
-    parameters = set(_PARAMETER_SPEC.findall(signature))
+    parameters = {target for _, kind, target in _export_signature(model) if kind == "PARAMETER"}
     found = set()
     for info in model.graph.value_info:
-        marks = {p.key: p.value for p in info.metadata_props}
+        marks = _marks(info)
         if marks.get(_TORCH_KIND, "PARAMETER") != "PARAMETER" or (
                 _FOLDED in marks and not parameters & _folded_sources(marks[_FOLDED])):
             found.add(info.name)
     return found
+
+
+def _marks(proto: onnx.GraphProto | onnx.NodeProto | onnx.ValueInfoProto) -> dict[str, str]:
+    """The metadata an exporter wrote on a graph, node or value, by key."""
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _export_signature(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """(placeholder, kind, target) of each parameter, buffer or constant the dynamo exporter's graph
+    signature lists (none for other exports)."""
+    return _SIGNATURE_SPEC.findall(_marks(model.graph).get(_SIGNATURE, ""))
 
 
 def _folded_sources(mark: str) -> set[str]:
@@ -176,7 +186,6 @@ def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
     return untied, made
 
 
-_STATE_SPEC = re.compile(r"^(\S+): (?:PARAMETER|BUFFER) target='([^']*)'", re.MULTILINE)
 _SCOPES = "pkg.torch.onnx.name_scopes"  # a node's module paths, outermost first, then its op's name
 _FX_NODE = "pkg.torch.onnx.fx_node"  # the PyTorch op a node came from, its arguments by placeholder (%p_fc_weight)
 _PLACEHOLDER = re.compile(r"%(\w+)")
@@ -192,8 +201,8 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
     parameters that op read (else which module it runs in: name scopes): a node reading a parameter its
     op did not, where the op read one missing from the graph, reads that one (a copy of the same value).
     Weights the module shares are one parameter in the signature, and stay shared."""
-    signature = {p.key: p.value for p in model.graph.metadata_props}.get(_SIGNATURE, "")
-    placeholders = dict(_STATE_SPEC.findall(signature))
+    placeholders = {placeholder: target for placeholder, kind, target in _export_signature(model)
+                    if kind in ("PARAMETER", "BUFFER")}
     targets = set(placeholders.values())
     present = {t.name for t in model.graph.initializer}
     orphans = targets - present
@@ -201,7 +210,7 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
         return model, []
     plan: list[tuple[int, int, str]] = []
     for k, node in enumerate(model.graph.node):
-        marks = {p.key: p.value for p in node.metadata_props}
+        marks = _marks(node)
         try:
             scopes = ast.literal_eval(marks.get(_SCOPES, "[]"))  # a Python list of strings
         except (ValueError, SyntaxError):
@@ -349,14 +358,12 @@ def folded_batch_norms(model: onnx.ModelProto, trainable: Iterable[str]) -> list
     in eval mode folds BatchNorm into the Conv before it and names the weight it computes onnx::Conv_N
     where the module's own are named after it. Either trains as a network without BatchNorm."""
     trained = set(trainable)
-    torchscript = model.producer_name == "pytorch" and not any(p.key == _FUSED_BY for n in model.graph.node
-                                                                for p in n.metadata_props)
+    torchscript = model.producer_name == "pytorch" and not any(_FUSED_BY in _marks(n) for n in model.graph.node)
     found = []
     for index, node in enumerate(model.graph.node):
         if not trained & set(node.input[1:]):
             continue
-        marks = {p.key: p.value for p in node.metadata_props}
-        if ("FuseBatchNorm" in marks.get(_FUSED_BY, "") or torchscript and node.op_type == "Conv"
+        if ("FuseBatchNorm" in _marks(node).get(_FUSED_BY, "") or torchscript and node.op_type == "Conv"
                 and node.input[1].startswith("onnx::Conv_")):
             found.append(node.name or f"#{index}")
     return found
