@@ -200,6 +200,19 @@ def probability_logits(graph: onnx.GraphProto, output: str, rank: int, version: 
     return node.input[0]
 
 
+# ops only a quantized model holds: ONNX's (de)quantizers and integer ops, ORT's quantized kernels (and QLinear*)
+QUANTIZATION_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "MatMulNBits",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "QGemm", "DynamicQuantizeLSTM",
+    "GatherBlockQuantized", "MatMulBnb4", "MatMulFpQ4"})
+
+
+def quantization_ops(model: onnx.ModelProto) -> list[str]:
+    """The op types of `model` that only a quantized model holds, sorted (none for a float model)."""
+    return sorted({n.op_type for n in model.graph.node
+                   if n.op_type in QUANTIZATION_OPS or n.op_type.startswith("QLinear")})
+
+
 def sigmoid_pair_logit(graph: onnx.GraphProto, output: str) -> str | None:
     """The logit z when `output` is [1 - Sigmoid(z), Sigmoid(z)] joined on its last axis (skl2onnx's
     binary MLPClassifier probabilities: Softmax of the logits [0, z]); None for any other output."""

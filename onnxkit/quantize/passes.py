@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.graph_walks import quantization_ops
 from onnxkit.quantize import analysis, int4, int8
 from onnxkit.quantize.data import Feeds
 from onnxkit.quantize.fp16 import quantize_fp16
@@ -37,10 +38,6 @@ def low_precision_weights(model: onnx.ModelProto) -> int:
     return sum(t.data_type in _LOW_PRECISION for t in model.graph.initializer)
 
 
-# ops only a quantized model holds: ONNX's (de)quantizers and integer ops, ORT's quantized kernels
-_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-                  "MatMulNBits", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "QGemm",
-                  "DynamicQuantizeLSTM", "GatherBlockQuantized", "MatMulBnb4", "MatMulFpQ4"}
 _TYPE_NAMES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
 
@@ -55,8 +52,7 @@ def quantized_before(model: onnx.ModelProto) -> str | None:
     low-precision: an int8 or float16 model), in words; None for a float model."""
     inits = {t.name: t for t in model.graph.initializer}
     made_by = {o: n for n in model.graph.node for o in n.output}
-    ops = sorted({n.op_type for n in model.graph.node
-                  if n.op_type in _QUANTIZED_OPS or n.op_type.startswith("QLinear")})
+    ops = quantization_ops(model)
 
     def stored_low(name: str, depth: int = 0) -> bool:
         if name in inits:

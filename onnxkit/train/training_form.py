@@ -37,7 +37,14 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError, suggest
-from onnxkit.graph_walks import ancestors, needed_nodes, opset, used_initializers, without_initializer_inputs
+from onnxkit.graph_walks import (
+    ancestors,
+    needed_nodes,
+    opset,
+    quantization_ops,
+    used_initializers,
+    without_initializer_inputs,
+)
 from onnxkit.metadata import metadata
 from onnxkit.nn.build import BUFFERS_KEY, DROPOUT_KEY
 
@@ -281,15 +288,10 @@ def _exporter_copy(graph: onnx.GraphProto) -> onnx.NodeProto | None:
                  and n.output[0] not in outputs), None)
 
 
-QUANTIZING_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-                            "ConvInteger", "MatMulNBits", "DynamicQuantizeMatMul", "QGemm", "QAttention"})
-
-
 def untrainable_weights(model: onnx.ModelProto) -> str | None:
     """Why training cannot update `model`'s weights (quantized, float16 or float64 ones), and what
     to train instead; None for a float32 model."""
-    ops = sorted({n.op_type for n in model.graph.node
-                  if n.op_type in QUANTIZING_OPS or n.op_type.startswith("QLinear")})
+    ops = quantization_ops(model)
     types = {t.data_type for t in model.graph.initializer if len(t.dims) > 0}
     kind = (f"a quantized model ({', '.join(ops[:3])})" if ops else
             "a float16 model" if TensorProto.FLOAT16 in types and TensorProto.FLOAT not in types else None)
