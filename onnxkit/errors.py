@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class OnnxkitError(Exception):
@@ -22,3 +22,8 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     """' Did you mean: a, b?' for close matches of `name`, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def first_few(names: Sequence[str], most: int = 3) -> str:
+    """'a, b, c, ...': `names` for a message, the first `most` of them."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.data.split import Dataset, Split
-from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.errors import OnnxkitError, first_few, suggest
 
 Loader = Callable[..., Dataset]
 
@@ -181,8 +181,7 @@ def _by_class_value(dataset: Dataset, model: Any) -> Dataset:
 
 def _not_among(dataset: Dataset, unknown: list[str], classes: list[str], remedy: str) -> OnnxkitError:
     """The error for data labels (`unknown`, as shown) that are none of the model's `classes`."""
-    shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-    return OnnxkitError(f"data {dataset.name!r}: label{'s' * (len(unknown) > 1)} {shown} "
+    return OnnxkitError(f"data {dataset.name!r}: label{'s' * (len(unknown) > 1)} {first_few(unknown, 5)} "
                         f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes ({', '.join(classes)}); "
                         f"{remedy}")
 

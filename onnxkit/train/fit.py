@@ -28,7 +28,7 @@ from onnxkit.data import Dataset, Split, in_model_order, load_dataset, model_inp
 from onnxkit.data.checks import check_class_labels, check_finite
 from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.evaluate import (
     check_targets,
     evaluate,
@@ -462,15 +462,13 @@ class _Setup:
         self._select()
         constants = constant_weights(self.model, self.output)
         if constants:
-            shown = ", ".join(constants[:3]) + (", ..." if len(constants) > 3 else "")
             progress.line(f"warning: Constant nodes that layers read as weights stay fixed: only initializers train "
-                          f"({shown}); to train them, store them as initializers")
+                          f"({first_few(constants)}); to train them, store them as initializers")
         folded = folded_batch_norms(self.model, self.selection.trainable)
         if folded:
-            shown = ", ".join(folded[:3]) + (", ..." if len(folded) > 3 else "")
             progress.line(f"warning: PyTorch's exporter folded BatchNorm into the weights of {len(folded)} "
-                          f"layer{'s' if len(folded) > 1 else ''} ({shown}): the model trains without BatchNorm "
-                          "(a ResNet on digits: 94.7% where PyTorch trains the module to 98.6%); to keep it, "
+                          f"layer{'s' if len(folded) > 1 else ''} ({first_few(folded)}): the model trains without "
+                          "BatchNorm (a ResNet on digits: 94.7% where PyTorch trains the module to 98.6%); to keep it, "
                           "export with torch.onnx.export(..., dynamo=True, optimize=False) or, with dynamo=False, "
                           "training=torch.onnx.TrainingMode.TRAINING (which keeps Dropout too)")
         if c.cache_features and not adapter and self.fixed is None:

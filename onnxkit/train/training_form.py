@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import (
     ancestors,
     needed_nodes,
@@ -158,13 +158,12 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
                      "training=TrainingMode.TRAINING): they train as such, and the trained model runs them in "
                      "inference mode, as the module after eval() (running statistics, no dropout)")
     if untied:
-        notes.append(f"{len(untied)} weights were Identity copies of equal-valued ones ({', '.join(untied[:3])}"
-                     f"{', ...' if len(untied) > 3 else ''}), as PyTorch's exporter writes them: each trains "
-                     "as a tensor of its own")
+        notes.append(f"{len(untied)} weights were Identity copies of equal-valued ones ({first_few(untied)}), as "
+                     "PyTorch's exporter writes them: each trains as a tensor of its own")
     model, merged = untie_deduplicated(model)
     if merged:
         notes.append(f"{len(merged)} parameters were merged by PyTorch's exporter into equal-valued ones or "
-                     f"dropped as zero biases ({', '.join(merged[:3])}{', ...' if len(merged) > 3 else ''}: "
+                     f"dropped as zero biases ({first_few(merged)}: "
                      "deep-copied layers, LayerNorm ones, zero biases): each trains as a tensor of its own")
     return model, notes
 
