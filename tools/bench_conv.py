@@ -1,0 +1,129 @@
+"""Training step time of PyTorch convolutional networks exported to ONNX, onnxkit against PyTorch,
+on CIFAR-sized inputs (3 x 32 x 32, 10 classes).
+
+Two modules, built in PyTorch and exported as users export them (TorchScript exporter, eval
+mode, dynamic batch): a VGG-style stack (3x3 convolutions 3-32-32 / pool / 64-64 / pool / 128,
+global average pool, linear) and a small ResNet (a 3x3 stem to 32 channels, then basic blocks
+of 32, 64 and 128 channels, the last two strided with 1x1 shortcuts, no BatchNorm: eval-mode
+exports fold it away). The onnx backend trains the export through `open_training`; PyTorch
+trains the same module from the same weights, with `torch.optim.AdamW(fused=True)` at lr 1e-3
+(AdamW's defaults otherwise), on the same random batches (seeded), with the same threads.
+Rounds alternate (tools/step_timing.py) and the summary prints each contender's median ms/step
+and the min/median/max of the per-round ratio onnx / torch. `--check` first compares 10 steps'
+losses (relative 1e-3); `--profile` adds per-op kernel times of the onnx backend's graphs.
+
+    PYTHONPATH=/tmp/torchlib .venv/bin/python tools/bench_conv.py [--models vgg resnet] [--batch-size 32]
+        [--rounds 5] [--steps 20] [--check] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from step_timing import (
+    backend_contender,
+    check_same_computation,
+    import_torch,
+    print_summary,
+    profile_onnx_backend,
+    summarise,
+    time_rounds,
+    torch_contender,
+)
+
+LR = 1e-3
+SHAPE = (3, 32, 32)
+CLASSES = 10
+
+
+def module(name: str):  # type: ignore[no-untyped-def]
+    """A fresh PyTorch module `name` (seeded)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride) if stride > 1 or cin != cout else nn.Identity()
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
+
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, CLASSES)]
+    if name == "vgg":
+        return nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), *head,
+        )  # fmt: skip
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), Block(32, 32, 1), Block(32, 64, 2),
+                         Block(64, 128, 2), *head)
+
+
+def exported(net) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
+    """`net` exported in eval mode with a dynamic batch axis (TorchScript exporter)."""
+    import torch
+
+    buffer = io.BytesIO()
+    net.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(2, *SHAPE), buffer, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def batches(batch_size: int, steps: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [({"x": rng.standard_normal((batch_size, *SHAPE), dtype=np.float32)},
+             rng.integers(0, CLASSES, batch_size)) for _ in range(steps)]
+
+
+def contenders(name: str, work: Path, data: list, threads: int) -> list:
+    import torch
+
+    net = module(name)
+    model = exported(net)
+    onnxkit = backend_contender("onnx", model, work, data, threads=threads, lr=LR, dropout=False)
+    return [onnxkit, torch_contender(net, data, lambda feeds: torch.from_numpy(feeds["x"]), lr=LR)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["vgg", "resnet"], choices=["vgg", "resnet"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--check", action="store_true", help="first compare 10 steps' losses")
+    parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
+    args = parser.parse_args()
+    torch = import_torch(args.threads)
+    print(f"AdamW lr {LR:g}, batch {args.batch_size} x {SHAPE}, {args.threads} threads, {args.rounds} rounds x "
+          f"{args.steps} steps; PyTorch {torch.__version__} (fused AdamW)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            work = Path(tmp) / name
+            if args.check:
+                check_same_computation(contenders(name, work / "check", batches(args.batch_size, 10), args.threads),
+                                       name)
+            data = batches(args.batch_size, args.steps)
+            print_summary(name, summarise(time_rounds(contenders(name, work / "bench", data, args.threads),
+                                                      args.rounds)))
+            if args.profile:
+                print(profile_onnx_backend(exported(module(name)), work / "profile", data, threads=args.threads,
+                                           lr=LR, dropout=False))
+
+
+if __name__ == "__main__":
+    main()
