@@ -16,6 +16,7 @@ from onnx.reference import ReferenceEvaluator
 
 from onnxkit.autodiff import add_gradients, gradient_name
 from onnxkit.autodiff.check import LOSS, gradcheck, run_gradients, with_projection_loss
+from onnxkit.autodiff.rules import conv as conv_rules
 from onnxkit.errors import OnnxkitError
 
 
@@ -90,6 +91,13 @@ def test_conv_1d_and_3d():
     check_both("Conv", {"x": rand(2, 2, 7), "w": rand(3, 2, 3, seed=1)}, ["x", "w"], {"strides": [2], "pads": [1, 1]})
     check_both("Conv", {"x": rand(1, 2, 4, 3, 3), "w": rand(2, 2, 2, 2, 1, seed=1)}, ["x", "w"],
                {"strides": [2, 1, 1], "pads": [0, 1, 0, 1, 0, 0]})
+
+
+def test_weight_gradient_in_chunks_of_positions(monkeypatch):
+    # columns of 2 input channels x 9 taps x 8 bytes (float64): 3 positions a chunk, 30 positions
+    monkeypatch.setattr(conv_rules, "COLUMN_BYTES", 2 * 9 * 8 * 3)
+    check_both("Conv", {"x": rand(2, 2, 6, 5), "w": rand(4, 2, 3, 3, seed=1)}, ["x", "w"], {"pads": [1, 1, 1, 1]})
+    check_both("Conv", {"x": rand(2, 4, 5, 6), "w": rand(4, 2, 3, 3, seed=1)}, ["w"], {"group": 2, "strides": [2, 1]})
 
 
 # -- ConvTranspose -----------------------------------------------------------------------------

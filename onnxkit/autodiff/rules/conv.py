@@ -27,11 +27,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import helper
 
 from onnxkit.autodiff.builder import Backward
 from onnxkit.autodiff.rules import rule
 
 SLICE_TO_START = -(2**63)  # Slice `ends` that runs to the beginning with a negative step
+COLUMN_BYTES = 4 << 20  # a Conv weight gradient gathers at most this many bytes of columns per example at once
 
 
 @dataclass(frozen=True)
@@ -186,25 +188,39 @@ def _dilate(b: Backward, t: str, dims: tuple[int, ...], strides: tuple[int, ...]
 def _correlate(b: Backward, a: str, k: str, w: Window, group: int, a_channels: int, k_channels: int) -> str:
     """The weight gradient [k_channels, a_channels / group, kernel...]: every tap of `w`
     correlates the padded input-side `a` with the output-side `k`, summed over the batch and
-    the positions. One GEMM does it (one per group): `a` gathered into columns, a row per
-    channel and tap, against `k`, a row per channel. Both are laid out batch-last, so each
-    gathered piece is one contiguous run of the batch (a Conv over the batch with batch and
-    channels swapped, as before, ran 2-11x slower in ONNX Runtime: a kernel the size of the
-    image)."""
+    the positions. A GEMM does it (one per group): `a` gathered into columns, a row per channel
+    and tap, against `k`, a row per channel. Both are laid out batch-last, so each gathered
+    piece is one contiguous run of the batch (a Conv over the batch with batch and channels
+    swapped, as before, ran 2-11x slower in ONNX Runtime: a kernel the size of the image).
+    The columns are made COLUMN_BYTES an example at a time, the positions in chunks."""
     n = len(w.size)
     batch_last = [1, *range(2, 2 + n), 0]
     rows = b.op("Reshape", b.op("Transpose", a, perm=batch_last), b.ints([a_channels, math.prod(w.size), -1]))
     rows = b.op("Pad", rows, b.ints([0, 0, 0, 0, 1, 0]), b.const(0.0, like=a))  # a zero row for the padding
-    columns = b.op("Gather", rows, b.ints(_tap_positions(w)), axis=1)  # [a_channels, taps, positions, N]
-    k_rows = b.op("Reshape", b.op("Transpose", k, perm=batch_last), b.ints([k_channels, -1]))
-    a_group, k_group, taps = a_channels // group, k_channels // group, len(w.taps)
+    positions = _tap_positions(w)  # [taps, output positions]
+    taps, count = positions.shape
+    k_rows = b.op("Reshape", b.op("Transpose", k, perm=batch_last), b.ints([k_channels, count, -1]))
+    itemsize = helper.tensor_dtype_to_np_dtype(b.dtype(a)).itemsize
+    chunk = max(1, COLUMN_BYTES // (a_channels * taps * itemsize))
+    parts = []
+    for lo in range(0, count, chunk):
+        hi = min(count, lo + chunk)
+        columns = b.op("Gather", rows, b.ints(positions[:, lo:hi]), axis=1)  # [a_channels, taps, hi - lo, N]
+        k_part = k_rows if hi - lo == count else b.op("Slice", k_rows, b.ints([lo]), b.ints([hi]), b.ints([1]))
+        parts.append(_columns_product(b, columns, k_part, group, a_channels * taps, k_channels))
+    return b.op("Reshape", b.add_up(parts), b.ints([k_channels, a_channels // group, *w.kernel]))
+
+
+def _columns_product(b: Backward, columns: str, k_part: str, group: int, rows: int, k_channels: int) -> str:
+    """[k_channels, rows / group] (per group): `k_part` against the gathered `columns`, both
+    flattened to positions x batch."""
     if group == 1:
-        grad = b.op("Gemm", k_rows, b.op("Reshape", columns, b.ints([a_channels * taps, -1])), transB=1)
-    else:  # per group [taps x a_group, positions x N] @ [positions x N, k_group], then turned
-        columns = b.op("Reshape", columns, b.ints([group, a_group * taps, -1]))
-        k_cols = b.op("Transpose", b.op("Reshape", k_rows, b.ints([group, k_group, -1])), perm=[0, 2, 1])
-        grad = b.op("Transpose", b.op("MatMul", columns, k_cols), perm=[0, 2, 1])
-    return b.op("Reshape", grad, b.ints([k_channels, a_group, *w.kernel]))
+        return b.op("Gemm", b.op("Reshape", k_part, b.ints([k_channels, -1])),
+                    b.op("Reshape", columns, b.ints([rows, -1])), transB=1)
+    # per group [rows / group, positions x N] @ [positions x N, k_channels / group], then turned
+    columns = b.op("Reshape", columns, b.ints([group, rows // group, -1]))
+    k_cols = b.op("Transpose", b.op("Reshape", k_part, b.ints([group, k_channels // group, -1])), perm=[0, 2, 1])
+    return b.op("Transpose", b.op("MatMul", columns, k_cols), perm=[0, 2, 1])
 
 
 def _tap_positions(w: Window) -> np.ndarray:
