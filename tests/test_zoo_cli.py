@@ -309,6 +309,9 @@ def test_unknown_command_suggests(run_cli):
 
 def test_version_and_help(run_cli):
     assert "onnxkit, version" in run_cli("--version").out
+    bare = run_cli()  # `onnxkit` alone shows the help laid out, not folded into one error line
+    assert "Commands:" in bare.out + bare.err and "error:" not in bare.err
+    assert len((bare.out + bare.err).splitlines()) > 10
     for cmd in ("build", "inspect", "models"):
         r = run_cli(cmd, "--help")
         assert r.code == 0 and "Example" in r.out

@@ -18,6 +18,9 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.files import DISK_ERRORS
 from onnxkit.signals import handled
 
+# click >= 8.2 raises this for a group called with no arguments (8.1 printed the help and exited 0)
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 # name -> (module, attribute, one-line help). Help is kept here so that
 # `onnxkit --help` lists commands without importing onnxruntime.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -129,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
             signum = stopped_by[0] if stopped_by else signal.SIGINT
             click.echo(f"error: stopped by {signal.Signals(signum).name}", err=True)
             sys.exit(128 + signum)
+        except NO_ARGS_IS_HELP as e:  # a bare `onnxkit`: its help as it is, not flattened into one error line
+            e.show()
+            sys.exit(e.exit_code)
         except click.ClickException as e:
             click.echo(f"error: {click_message(e)}", err=True)
             sys.exit(e.exit_code)
