@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from onnxkit.cli import options
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import load_model, missing_model
 from onnxkit.summary import format_summary, summarize
 
@@ -44,7 +44,7 @@ def folder_given(folder: Path) -> OnnxkitError:
     if (folder / "run.json").is_file():
         return missing_model(inside)
     models = sorted(p.name for p in folder.glob("*.onnx") if p.is_file())
-    held = ", ".join(models[:5]) + (", ..." if len(models) > 5 else "") if models else "no .onnx file"
+    held = first_few(models, 5) if models else "no .onnx file"
     return OnnxkitError(f"{folder}: a folder, not a model (it holds {held}); pass the path of an .onnx model")
 
 

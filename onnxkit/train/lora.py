@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.metadata import metadata, set_metadata
 
 DEFAULT_TARGETS = ("*attn.q.weight", "*attn.v.weight")
@@ -73,7 +73,7 @@ def target_weights(model: onnx.ModelProto, targets: Sequence[str]) -> list[str]:
     for pattern in targets:
         hits = fnmatch.filter(weights, pattern)
         if not hits:
-            shown = ", ".join(weights[:4]) + (", ..." if len(weights) > 4 else "")
+            shown = first_few(weights, 4)
             raise OnnxkitError(
                 f"LoRA target {pattern!r} matches no MatMul weight.{suggest(pattern, weights)} "
                 f"MatMul weights look like: {shown or 'none (the model has no MatMul with a weight)'}"
