@@ -213,6 +213,9 @@ def missing_model(path: str | os.PathLike) -> OnnxkitError:
                             f"continue it with onnxkit train --resume {path.parent}")
     if path.is_dir():
         return OnnxkitError(f"{path}: a folder, not a model; pass the path of an .onnx model")
+    if not path.suffix and (Path(__file__).resolve().parent / "models" / f"{path.name.replace('-', '_')}.py").is_file():
+        return OnnxkitError(f"{path.name} is a zoo model, not a file: build it first (onnxkit build {path.name} "
+                            f"-o {path.name}.onnx), then pass {path.name}.onnx")
     return OnnxkitError(f"{path}: no such file; pass the path of an .onnx model")
 
 

@@ -68,6 +68,8 @@ def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):
     broken.write_bytes(b"\x08\x07garbage")
     refused(run_cli("train", broken, "--data", "digits-images", "-o", run), "not a readable ONNX model", run)
     refused(run_cli("train", tmp_path / "none.onnx", "--data", "iris", "-o", run), "no such file", run)
+    refused(run_cli("train", tmp_path / "digits-cnn", "--data", "digits-images", "-o", run),  # a zoo name, not built
+            "digits-cnn is a zoo model, not a file: build it first (onnxkit build digits-cnn -o digits-cnn.onnx)", run)
     refused(run_cli("train", "--resume", tmp_path), "is not a training run (no run.json)", run)
     for args, message in (((cnn, "-o", run), "give MODEL.onnx, --data and -o RUN_DIR"),
                           ((cnn, "--data", "iris", "--resume", tmp_path), "give only --resume RUN_DIR")):
