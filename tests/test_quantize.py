@@ -919,6 +919,16 @@ def test_calibration_data_for_a_mode_without_calibration_is_said_to_be_ignored(m
     assert not [n for n in static if "--calib" in n]
 
 
+def test_help_examples_give_calib_only_to_the_mode_that_uses_it(run_cli):
+    """The help's first example passed --calib without --mode: digits-cnn's default mode is dynamic,
+    so running it printed '--calib does not apply to --mode dynamic ...; ignored'."""
+    examples = [line.split() for line in run_cli("quantize", "--help").out.splitlines() if "onnxkit quantize" in line]
+    assert [words for words in examples if "--calib" in words]
+    for words in examples:
+        if "--calib" in words:
+            assert "--mode" in words and words[words.index("--mode") + 1] == "static", words
+
+
 def test_eval_data_alone_is_not_said_to_be_an_ignored_calib(mlp_data):
     """`quantize m.onnx --mode dynamic --eval digits` said '--calib does not apply to --mode dynamic ...; ignored'
     though no --calib was given: the eval data, taken as calibration data for static modes, was read as one."""

@@ -69,7 +69,7 @@ def quantize_cmd(
 
     \b
     Examples:
-      onnxkit quantize digits.onnx -o digits.int8.onnx --calib digits-images --eval digits-images
+      onnxkit quantize digits.onnx -o digits.int8.onnx --mode static --calib digits-images --eval digits-images
       onnxkit quantize mlp.onnx -o mlp.int8.onnx --mode dynamic --eval digits --max-drop 0.5
       onnxkit quantize cnn.onnx -o best.onnx --mode auto --eval digits-images --sqnr
       onnxkit quantize bert.onnx -o bert.int4.onnx --mode int4 --exclude classifier/MatMul
