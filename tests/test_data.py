@@ -262,6 +262,15 @@ def test_csv_class_names_are_numbered_as_the_model_labels_them(tmp_path):
     ds = load_dataset(swapped, model=_labelled_model("0", "1"))
     assert ds.label_names == ["neg", "pos"]
     assert all(label == x % 2 for x, label in zip(ds.train.inputs["x"][:, 0], ds.train.labels, strict=True))
+    # or as many as the model names (fine-tuned to new classes); fewer were read in their own order too:
+    # an all-'pos' CSV scored against a model of classes yes,no counted every row as a 'yes'
+    assert load_dataset(swapped, model=_labelled_model("cat", "dog")).label_names == ["neg", "pos"]
+    positive = tmp_path / "positive.csv"
+    positive.write_text("x,label\n" + "".join(f"{i},pos\n" for i in range(10)))
+    assert set(load_dataset(positive, model=_labelled_model("0", "1")).train.labels) == {0}
+    with pytest.raises(OnnxkitError) as e:
+        load_dataset(positive, model=_labelled_model("yes", "no"))
+    assert str(e.value).startswith("data 'positive': label 'pos' is not among the model's classes (yes, no); ")
 
 
 def test_an_in_memory_dataset_is_scored_and_trained_in_the_model_s_class_order(tmp_path):

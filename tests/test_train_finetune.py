@@ -107,6 +107,27 @@ def test_hand_written_foreign_model_fine_tunes_through_the_cli(run_cli, tmp_path
     assert evaluate(trained, load_dataset("iris").test)["accuracy"] >= 0.9
 
 
+def test_a_model_is_labelled_with_the_classes_it_learned(tmp_path):
+    # iris-mlp fine-tuned on a CSV of cat/dog/eel kept 'setosa, versicolor, virginica', so predict
+    # answered 'setosa' for a cat; a 3-output model trained on 2 named classes was labelled with 2
+    # names, which predict refused outright ("names 2 classes but output 'logits' has 3 scores")
+    from onnxkit.runtime import load
+
+    x, y = load_dataset("iris").train.inputs["x"], load_dataset("iris").train.labels
+    rows = "".join(f"{','.join(map(str, r))},{('cat', 'dog', 'eel')[c]}\n" for r, c in zip(x, y, strict=True))
+    (tmp_path / "pets.csv").write_text("a,b,c,d,label\n" + rows)
+    (tmp_path / "two.csv").write_text("a,b,c,d,label\n" + "".join(r for r in rows.splitlines(True) if "eel" not in r))
+    common = dict(epochs=1, evaluate_test=False, device="cpu", quiet=True)
+    pets = fit(zoo.build_model("iris-mlp"), data=tmp_path / "pets.csv", out_dir=tmp_path / "pets", **common)
+    assert load(pets.model_path).class_names == ("cat", "dog", "eel")
+    unnamed = zoo.build_model("iris-mlp")
+    unnamed.metadata_props.pop([p.key for p in unnamed.metadata_props].index("onnxkit.labels"))
+    two = fit(unnamed, data=tmp_path / "two.csv", out_dir=tmp_path / "two", **common)
+    model = load(two.model_path)
+    assert model.class_names == ("cat", "dog", "2")
+    assert model.predict(x[:4]).labels is not None
+
+
 def test_frozen_parameters_are_bit_identical(tmp_path):
     model = zoo.build_model("digits-cnn")
     before = initializers(model)

@@ -138,7 +138,8 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     'good' would train a model labelled bad,good to answer 'bad' (and one labelled pos,neg would learn
     them swapped). When every class name of the data is one of the model's, the ids
     are the model's; names the model lacks beside ones it has are an error; data whose names are all
-    unknown to the model (it was built with the default 0, 1, ...) keeps its own order. Numbered
+    unknown to the model keeps its own order when the model was built with the default 0, 1, ... or
+    the data names as many classes (a model fine-tuned to new classes), and is an error else. Numbered
     labels are a scikit-learn classifier's class values when its classes are numbers other than
     0, 1, ... (classes 1, 2, 3 answer in columns 0, 1, 2)."""
     classes = model_class_names(model) if model is not None else None
@@ -148,7 +149,8 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     if not classes or not names:
         return dataset
     unknown = [n for n in names if n not in classes]
-    if len(unknown) == len(names) or names == classes:
+    placeholders = classes == [str(i) for i in range(len(classes))]
+    if names == classes or (len(unknown) == len(names) and (placeholders or len(names) == len(classes))):
         return dataset
     if unknown:
         raise _not_among(dataset, [repr(n) for n in unknown], classes, "correct the data's labels, or build "

@@ -457,8 +457,8 @@ class _Setup:
             raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
         self.fixed = fixed_batch_size(specs)  # such a model runs whole batches only
         self._check_fixed_batch()
-        self.names = label_names(self.model) or dataset.label_names
         self.num_classes = shape[-1] if self.task == "classification" and isinstance(shape[-1], int) else None
+        self.names = _trained_names(dataset.label_names or label_names(self.model), self.num_classes)
         self._select()
         constants = constant_weights(self.model, self.output)
         if constants:
@@ -742,6 +742,14 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
         raise
 
 
+def _trained_names(names: list[str] | None, classes: int | None) -> list[str] | None:
+    """The class names a trained model is labelled with: `names` (the data's, in the model's order where it
+    names them), a class the data did not name keeping its number, so predict finds a name for every score."""
+    if names and classes and len(names) < classes:
+        return [*names, *(str(i) for i in range(len(names), classes))]
+    return names
+
+
 def _finish(
     setup: _Setup,
     session: TrainingSession,
@@ -783,9 +791,9 @@ def _finish(
         "onnxkit": __version__,
     }
     # the task trained for (a loss given in place of the recipe's task changes it), read by eval and predict
-    kept = {k: v for k, v in metadata(trained).items() if not (k == "onnxkit.labels" and setup.task == "regression")}
+    kept = {k: v for k, v in metadata(trained).items() if k != "onnxkit.labels"}
     extra: dict[str, Any] = {**kept, "onnxkit.training": summary, "onnxkit.task": setup.task}
-    if "onnxkit.labels" not in kept and setup.names and setup.task != "regression":
+    if setup.names and setup.task != "regression":  # the names it learned: the data's own, unless the model's
         extra["onnxkit.labels"] = setup.names
     if setup.probabilities:  # so predict neither applies softmax / sigmoid again nor thresholds at 0
         extra["onnxkit.scores"] = "probabilities"
