@@ -183,3 +183,16 @@ def test_resuming_a_finished_run_says_so_before_reading_its_data(tmp_path, monke
     with pytest.raises(OnnxkitError) as refused:
         fit(resume=run)
     assert str(refused.value) == f"the run in {run} has already finished; start a new run to train more"
+
+
+def test_a_run_killed_after_writing_its_model_is_completed_by_resume(tmp_path):
+    # a kill -9 between model.onnx and run.json's 'completed' left a run that said 'running' forever:
+    # resume refused it as finished, and -o on it said to resume it
+    run = tmp_path / "run"
+    done = fit(mlp_with_batchnorm(), "digits", run, steps=2, batch_size=32, device="cpu")
+    model = (run / "model.onnx").read_bytes()
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "running", "result": None}))
+    resumed = fit(resume=run)
+    assert resumed.metrics == done.metrics and (run / "model.onnx").read_bytes() == model
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"

@@ -702,11 +702,9 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
                       drop_last=setup.fixed is not None)
     if resuming:
         trainer.restore()
-        if trainer.state.done and run.model.is_file():
-            raise OnnxkitError(f"the run in {run.path} has already finished; start a new run to train more")
         records += run.truncate_metrics(trainer.state.step)
         info = run.read_json()
-        if trainer.state.done:  # trained to the end, but its model was lost or failed to be written
+        if trainer.state.done:  # trained to the end, but its model or its completed run.json was not written
             progress.line(f"the run in {run.path} had finished training; writing its model again")
             return _finish(setup, session, trainer.state, best.best_epoch, records, info)
     else:
