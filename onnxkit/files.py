@@ -9,6 +9,7 @@ import codecs
 import contextlib
 import csv
 import errno
+import io
 import os
 import re
 import shutil
@@ -175,6 +176,40 @@ def read_csv_text(path: str | os.PathLike) -> str:
     content = read_text_file(path)
     csv.field_size_limit(max(csv.field_size_limit(), len(content)))
     return content
+
+
+CSV_DELIMITERS = ",;\t|"
+MISSING_CELLS = frozenset({"", "na", "n/a", "#n/a", "<na>", "null", "none", "?"})  # spreadsheets' and pandas' gaps
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+
+
+def csv_delimiter(line: str) -> str:
+    """The one of `CSV_DELIMITERS` that splits a CSV's first line into the most cells: Excel writes ';'
+    where the decimal mark is a comma (so ';' wins a tie with ',': 5,1;3,5), and tab-separated files are common."""
+    cells = {d: len(next(csv.reader([line], delimiter=d), [])) for d in CSV_DELIMITERS}
+    most = max(cells.values())
+    return ";" if cells[";"] == most > 1 else max(cells, key=cells.__getitem__)
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
+    """A CSV file's rows but blank ones (`read_csv_text`), each with its line number, split by
+    `csv_delimiter`; in a ';' file, decimal commas are read as points (1,5 is 1.5), and a last column
+    empty on every line (a delimiter ending each line) is left out."""
+    text = read_csv_text(path)
+    delimiter = csv_delimiter(next((line for line in text.splitlines() if line.strip()), ""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = [(reader.line_num, row) for row in reader if row]
+    if delimiter == ";":
+        rows = [(n, [c.replace(",", ".") if _DECIMAL_COMMA.fullmatch(c.strip()) else c for c in row])
+                for n, row in rows]
+    if rows and all(len(row) > 1 and not row[-1].strip() for _, row in rows):
+        rows = [(n, row[:-1]) for n, row in rows]
+    return rows
+
+
+def is_missing(cell: str) -> bool:
+    """Whether a CSV cell is a missing value as spreadsheets and pandas write one (empty, NA, N/A, ?, ...)."""
+    return cell.strip().lower() in MISSING_CELLS
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

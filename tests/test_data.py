@@ -150,8 +150,39 @@ def test_csv_files_with_header_text_labels_or_no_header(tmp_path):
     with pytest.raises(OnnxkitError, match=r"ragged.csv:2: 2 columns"):
         load_dataset(tmp_path / "ragged.csv")
     (tmp_path / "text.csv").write_text("a,b,label\n1,x,0\n2,y,1\n")
-    with pytest.raises(OnnxkitError, match="feature column holds non-numbers"):
+    with pytest.raises(OnnxkitError, match=r"text.csv:2: feature column 'b' holds text \('x'\); only the label"):
         load_dataset(tmp_path / "text.csv")
+
+
+def test_csv_files_separated_by_semicolons_tabs_or_ending_each_line_in_a_comma(tmp_path):
+    # Excel's ';' (with decimal commas) and tab-separated files were "needs at least one feature column, a label
+    # column and a row"; a comma ending every line made an empty last column: "the label cell is empty"
+    rows = [(i * 0.5, -i * 0.25, "ab"[i % 2]) for i in range(20)]
+    (tmp_path / "plain.csv").write_text("p,q,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    (tmp_path / "excel.csv").write_text("p;q;label\n" + "".join(f"{a};{b};{c}\n".replace(".", ",") for a, b, c in rows))
+    (tmp_path / "tabs.csv").write_text("".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows))
+    (tmp_path / "trailing.csv").write_text("p,q,label,\r\n" + "".join(f"{a},{b},{c},\r\n" for a, b, c in rows))
+    plain = load_dataset(tmp_path / "plain.csv")
+    for name in ("excel.csv", "tabs.csv", "trailing.csv"):
+        ds = load_dataset(tmp_path / name)
+        assert ds.label_names == ["a", "b"], name
+        np.testing.assert_array_equal(ds.train.inputs["x"], plain.train.inputs["x"], err_msg=name)
+        np.testing.assert_array_equal(ds.train.labels, plain.train.labels, err_msg=name)
+
+
+def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
+    # NA and ? were "a feature column holds non-numbers (could not convert string to float: 'NA')", and
+    # a blank line put the line numbers of the rows after it one off
+    (tmp_path / "na.csv").write_text("a,b,label\n\n1,2,0\n3,NA,1\n?,4,0\n")
+    with pytest.raises(OnnxkitError) as na:
+        load_dataset(tmp_path / "na.csv")
+    assert str(na.value) == (f"{tmp_path / 'na.csv'}:4: feature column 'b' holds 'NA' there (a missing value; "
+                             "2 missing cells in 2 of 3 rows); fill or drop those rows")
+    (tmp_path / "money.csv").write_text('a,b,label\n1,"1,200",0\n')
+    with pytest.raises(OnnxkitError) as money:
+        load_dataset(tmp_path / "money.csv")
+    assert str(money.value) == (f"{tmp_path / 'money.csv'}:2: feature column 'b' holds '1,200', a number with "
+                                "thousands separators; write the numbers without them (1200)")
 
 
 def test_unknown_dataset_suggests_close_names():

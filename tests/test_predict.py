@@ -206,6 +206,22 @@ def test_a_label_column_predict_cannot_tell_is_a_one_line_error(run_cli, iris, t
         assert (result.code, result.err) == (1, f"error: {tmp_path / name}: {message}\n"), name
 
 
+def test_a_csv_of_semicolons_or_tabs_predicts_as_train_reads_it(run_cli, iris, tmp_path):
+    # it was "column 1 holds text ('1.5;2.25;...')": train's reader and predict's now split a line alike
+    path, x, _, logits = iris
+    lines = ["a;b;c;d"] + [";".join(str(v).replace(".", ",") for v in row) for row in x.tolist()]
+    (tmp_path / "excel.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "tabs.csv").write_text("".join("\t".join(map(str, row)) + "\n" for row in x.tolist()))
+    for name in ("excel.csv", "tabs.csv"):
+        result = run_cli("predict", path, "-i", tmp_path / name, "-o", tmp_path / "out.npy")
+        assert result.code == 0, result.err
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
+    (tmp_path / "gaps.csv").write_text("a,b,c,d\n1,2,3,4\n5,,NA,8\n")
+    result = run_cli("predict", path, "-i", tmp_path / "gaps.csv")
+    assert result.err == f"error: {tmp_path / 'gaps.csv'}: column 2 ('b') is empty, a missing value; fill or drop " \
+                         "those rows\n"
+
+
 # ---- one line for what a user trial found: bytes that are not UTF-8, a malformed device, a folder -----------
 
 

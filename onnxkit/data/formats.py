@@ -4,6 +4,7 @@
   An optional string array `label_names` names the classes.
 - `.csv`: numeric feature columns and one label column: the column headed
   `label`, `labels`, `target`, `y` or `class` (any case), else the last one.
+  Cells are separated by commas, or semicolons, tabs or bars (`onnxkit.files.read_csv_rows`).
   The header row is optional. Text labels become class ids in sorted order.
   The features become one array `x` (it binds to any single-input model).
   A column headed `text` makes it a text dataset instead, tokenized with the tokenizer
@@ -12,8 +13,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -24,7 +23,7 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import is_number, read_csv_text
+from onnxkit.files import is_missing, is_number, read_csv_rows
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
@@ -75,38 +74,35 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
     column is a text dataset, tokenized with `tokenizer` (the model's)."""
     _require(path)
-    rows = [row for row in csv.reader(io.StringIO(read_csv_text(path), newline="")) if row]
-    if not rows:
+    numbered = read_csv_rows(path)
+    if not numbered:
         raise OnnxkitError(f"{path}: empty CSV file; it needs feature columns and a label column")
+    rows = [row for _, row in numbered]
     header = csv_header(rows[0])
-    body = rows[1:] if header else rows
+    body, lines = (rows[1:], [n for n, _ in numbered[1:]]) if header else (rows, [n for n, _ in numbered])
     width = len(rows[0])
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
     named = label_column(header)
     label_col = width - 1 if named is None else named
-    first = 2 if header else 1  # the file's line number of body[0]
-    for i, row in enumerate(body, start=first):
+    for line, row in zip(lines, body, strict=True):
         if len(row) != width:
-            raise OnnxkitError(f"{path}:{i}: {len(row)} columns where the first row has {width}")
-    labels, label_names = _labels(path, [row[label_col].strip() for row in body], first)
+            raise OnnxkitError(f"{path}:{line}: {len(row)} columns where the first row has {width}")
+    labels, label_names = _labels(path, [row[label_col].strip() for row in body], lines)
     text = text_column(header)
     if text is not None:
         texts = [row[text] for row in body]
-        return _text_dataset(path, texts, labels, label_names, first, tokenizer, max_length, seed, validation, test)
+        return _text_dataset(path, texts, labels, label_names, lines, tokenizer, max_length, seed, validation, test)
     if tokenizer is not None:  # the model reads text: its features would be 'non-numbers' to the reader below
         columns = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
         raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r} ({columns}); "
                            f"head the column of texts {TEXT_COLUMN!r} in the first row (e.g. {TEXT_COLUMN},label)")
     features = [[row[j] for j in range(width) if j != label_col] for row in body]
-    _refuse_empty_cells(path, features, header, label_col, first)
+    _refuse_missing_cells(path, features, header, label_col, lines)
     try:
         x = np.array(features, dtype=np.float32)
-    except ValueError as e:
-        raise OnnxkitError(
-            f"{path}: a feature column holds non-numbers ({e}); only the label column may hold text "
-            f"(head it {' / '.join(LABEL_COLUMNS)}, or make it the last column)"
-        ) from e
+    except ValueError:
+        raise _not_numbers(path, features, header, label_col, lines) from None
     return dataset_from_arrays(
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
@@ -142,27 +138,47 @@ def csv_for_model(dataset: Dataset, model: Any) -> Dataset:
                    test=fitted(dataset.test))
 
 
-def _refuse_empty_cells(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
-                        first: int) -> None:
-    """One line for feature cells left empty (how pandas and spreadsheets write a missing value),
-    with the first one's line and column: numpy's parser said only "could not convert string to float: ''"."""
-    empty = [i for i, row in enumerate(features) if not all(cell.strip() for cell in row)]
-    if not empty:
-        return
-    row = features[empty[0]]
-    j = next(j for j, cell in enumerate(row) if not cell.strip())
+def _column(header: Sequence[str] | None, j: int, label_col: int) -> str:
+    """How messages name feature column `j` (its index among the features): by its header, else its number."""
     j += j >= label_col  # the file's column index
-    column = repr(header[j].strip()) if header else str(j + 1)
-    cells = sum(not cell.strip() for i in empty for cell in features[i])
-    raise OnnxkitError(f"{path}:{empty[0] + first}: feature column {column} is empty there (a missing value; "
-                       f"{cells} empty cell{'s' * (cells > 1)} in {len(empty)} of {len(features)} rows); "
-                       "fill or drop those rows")
+    return repr(header[j].strip()) if header else str(j + 1)
 
 
-def _labels(path: Path, raw: list[str], first: int) -> tuple[np.ndarray, list[str] | None]:
-    """The label cells (the file's line `first` on) as labels, and the class names of text labels."""
+def _refuse_missing_cells(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
+                          lines: list[int]) -> None:
+    """One line for feature cells left empty or written NA, N/A, ? (how pandas and spreadsheets write a missing
+    value), with the first one's line and column: numpy's parser said only "could not convert string to float: ''"."""
+    missing = [i for i, row in enumerate(features) if any(is_missing(cell) for cell in row)]
+    if not missing:
+        return
+    row = features[missing[0]]
+    j = next(j for j, cell in enumerate(row) if is_missing(cell))
+    gaps = [cell for i in missing for cell in features[i] if is_missing(cell)]
+    kind = "empty" if not any(cell.strip() for cell in gaps) else "missing"
+    there = "is empty there" if not row[j].strip() else f"holds {row[j].strip()!r} there"
+    raise OnnxkitError(f"{path}:{lines[missing[0]]}: feature column {_column(header, j, label_col)} {there} (a "
+                       f"missing value; {len(gaps)} {kind} cell{'s' * (len(gaps) > 1)} in {len(missing)} of "
+                       f"{len(features)} rows); fill or drop those rows")
+
+
+def _not_numbers(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
+                 lines: list[int]) -> OnnxkitError:
+    """The error for the first feature cell that is not a number, naming its line and column."""
+    i, j = next(((i, j) for i, row in enumerate(features) for j, cell in enumerate(row) if not is_number(cell)),
+                (0, 0))
+    cell, where = features[i][j].strip(), f"{path}:{lines[i]}: feature column {_column(header, j, label_col)}"
+    if is_number(cell.replace(",", "")):
+        return OnnxkitError(f"{where} holds {cell!r}, a number with thousands separators; write the numbers "
+                            f"without them ({cell.replace(',', '')})")
+    return OnnxkitError(f"{where} holds text ({cell!r}); only the label column may hold text: encode that column "
+                        f"as numbers (one column per category, say) or drop it, or if it holds the labels, head it "
+                        f"{' / '.join(LABEL_COLUMNS)} or make it the last column")
+
+
+def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, list[str] | None]:
+    """The label cells (of the file's `lines`) as labels, and the class names of text labels."""
     if not all(raw):
-        raise OnnxkitError(f"{path}:{raw.index('') + first}: the label cell is empty; give every row a label "
+        raise OnnxkitError(f"{path}:{lines[raw.index('')]}: the label cell is empty; give every row a label "
                            "(or drop the row)")
     if all(is_number(v) for v in raw):
         values = np.array(raw, dtype=np.float64)
@@ -173,14 +189,14 @@ def _labels(path: Path, raw: list[str], first: int) -> tuple[np.ndarray, list[st
     return np.array([index[v] for v in raw], dtype=np.int64), label_names
 
 
-def _text_dataset(path: Path, texts: list[str], labels: np.ndarray, label_names: list[str] | None, first: int,
+def _text_dataset(path: Path, texts: list[str], labels: np.ndarray, label_names: list[str] | None, lines: list[int],
                   tokenizer: str | None, max_length: int | None, seed: int, validation: float, test: float) -> Dataset:
     """A CSV's `text` column and labels, tokenized with the model's tokenizer."""
     from onnxkit.data.text import text_dataset
 
     empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
     if empty is not None:
-        raise OnnxkitError(f"{path}:{empty + first}: the text cell is empty; give every row a text (or drop the row)")
+        raise OnnxkitError(f"{path}:{lines[empty]}: the text cell is empty; give every row a text (or drop the row)")
     if labels.dtype.kind != "i":
         raise OnnxkitError(f"{path}: a text dataset's labels are classes (names or whole numbers), not measurements")
     return text_dataset(path.stem, texts, labels, label_names, tokenizer=tokenizer, max_length=max_length, limit=0,

@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import is_number, read_csv_text, read_text_file, write_bytes, write_text
+from onnxkit.files import (
+    csv_delimiter,
+    is_missing,
+    is_number,
+    read_csv_rows,
+    read_csv_text,
+    read_text_file,
+    write_bytes,
+    write_text,
+)
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
@@ -108,7 +117,8 @@ def holds_texts(path: str | os.PathLike) -> bool:
     if path.suffix.lower() != ".csv" or not path.is_file():
         return False
     with path.open(encoding="utf-8-sig", errors="replace") as f:
-        header = next(csv.reader([f.readline()]), [])
+        line = f.readline()
+    header = next(csv.reader([line], delimiter=csv_delimiter(line)), [])
     return text_column(header) is not None
 
 
@@ -119,7 +129,8 @@ def read_texts(path: Path) -> list[str]:
         return [line for line in read_text_file(path).splitlines() if line.strip()]
     if path.suffix.lower() != ".csv":
         raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .parquet")
-    reader = csv.reader(io.StringIO(read_csv_text(path), newline=""))
+    text = read_csv_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text.partition("\n")[0]))
     column = text_column(next(reader, None))
     if column is None:
         raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column")
@@ -218,7 +229,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
             f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
         )
     spec = model.inputs[0]
-    rows = [row for row in csv.reader(io.StringIO(read_csv_text(path), newline="")) if row]
+    rows = [row for _, row in read_csv_rows(path)]
     header = csv_header(rows[0]) if rows else None
     if header:
         rows = rows[1:]
@@ -258,6 +269,9 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
             raise OnnxkitError(f"{path}: not all values are {np.dtype(dtype)} numbers ({e})") from e
         j, cell = text
         column = f"column {j + 1}" + (f" ({header[j]!r})" if header else "")
+        if is_missing(cell):
+            there = "is empty" if not cell.strip() else f"holds {cell.strip()!r}"
+            raise OnnxkitError(f"{path}: {column} {there}, a missing value; fill or drop those rows") from e
         raise OnnxkitError(f"{path}: {column} holds text ({cell!r}); predict reads numbers only: remove that "
                            f"column, or if it holds the labels head it {' / '.join(LABEL_COLUMNS)}") from e
 
