@@ -161,6 +161,8 @@ def read_text_file(path: str | os.PathLike) -> str:
     except OSError as e:
         raise OnnxkitError(f"{path}: cannot read it ({e.strerror or e})") from None
     data = data.removeprefix(codecs.BOM_UTF8)
+    if data.startswith(b"\x1f\x8b"):
+        raise OnnxkitError(f"{path}: a gzip-compressed file, not text; decompress it first (gunzip)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pytest
 
@@ -202,6 +204,20 @@ def test_a_file_or_folder_that_is_no_data_file_says_so(tmp_path):
     with pytest.raises(OnnxkitError) as folder:
         load_dataset(str(tmp_path))
     assert str(folder.value) == f"{tmp_path}: a folder, not a data file; pass a .npz or .csv file or a dataset name"
+    # a folder named like a file was 'no such data file'; gzip'd CSVs (pandas' to_csv('x.csv.gz')) were 'not .gz;
+    # save ... with numpy.savez' and 'not UTF-8 text (byte 0x8b on line 1)'
+    (tmp_path / "runs.csv").mkdir()
+    with pytest.raises(OnnxkitError, match=r"runs.csv: a folder, not a data file; pass a .npz or .csv file"):
+        load_dataset(tmp_path / "runs.csv")
+    (tmp_path / "x.csv.gz").write_bytes(gzip.compress(b"a,label\n1,0\n"))
+    (tmp_path / "gz.csv").write_bytes(gzip.compress(b"a,label\n1,0\n"))
+    with pytest.raises(OnnxkitError) as gz:
+        load_dataset(str(tmp_path / "x.csv.gz"))
+    assert str(gz.value) == (f"{tmp_path / 'x.csv.gz'}: a compressed file; decompress it first "
+                             f"(gunzip -k {tmp_path / 'x.csv.gz'}), then pass the .csv")
+    with pytest.raises(OnnxkitError) as inner:
+        load_dataset(tmp_path / "gz.csv")
+    assert str(inner.value) == f"{tmp_path / 'gz.csv'}: a gzip-compressed file, not text; decompress it first (gunzip)"
 
 
 def test_binding_to_model_inputs():

@@ -37,7 +37,8 @@ from onnxkit.label_columns import (
 
 def _require(path: Path) -> None:
     if not path.is_file():
-        raise OnnxkitError(f"{path}: no such data file; pass a .npz or .csv file or a dataset name")
+        what = "a folder, not a data file" if path.is_dir() else "no such data file"
+        raise OnnxkitError(f"{path}: {what}; pass a .npz or .csv file or a dataset name")
 
 
 def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:

@@ -99,6 +99,8 @@ def load_dataset(
     entries = datasets()
     if text not in entries and Path(text).is_dir():
         raise OnnxkitError(f"{text}: a folder, not a data file; pass a .npz or .csv file or a dataset name")
+    if text not in entries and Path(text).is_file() and suffix == ".gz":
+        raise OnnxkitError(f"{text}: a compressed file; decompress it first (gunzip -k {text}), then pass the .csv")
     if text not in entries and Path(text).is_file():  # an .npy, .json, .txt: it was called an unknown dataset
         raise OnnxkitError(f"{text}: data files are .npz or .csv, not {suffix or 'a file without a suffix'}; "
                            "save the inputs and labels with numpy.savez(path, x=..., labels=...)")
