@@ -30,6 +30,7 @@ from onnx import TensorProto
 from onnxkit.data.checks import check_class_labels, check_finite
 from onnxkit.data.split import Split, model_inputs
 from onnxkit.errors import OnnxkitError
+from onnxkit.files import sha256
 from onnxkit.metadata import metadata
 
 TASK_LOSS = {"classification": "cross-entropy", "binary": "bce-with-logits", "regression": "mse"}
@@ -253,13 +254,18 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
     recorded, recorded_seed = trained_on(model)
     if isinstance(data, Dataset):  # already split, in memory
         return in_model_order(data, model).split(split), data.name, recorded_seed if data_seed is None else data_seed
-    data = data if data is not None else recorded
+    defaulted, data = data is None, data if data is not None else recorded
     if not data:
         raise OnnxkitError("the model does not say what it was trained on; give data (a dataset name or file)",
                            params=["data"])
     if trained_in_memory(model) and data == recorded:
         raise OnnxkitError(f"the model was trained on an in-memory Dataset ({data!r}); pass it as data=, or a split",
                            params=["data"])
+    trained = json.loads(metadata(model).get("onnxkit.training", "{}")).get("data_sha256")
+    if defaulted and trained and os.path.isfile(data) and sha256(data) != trained:
+        raise OnnxkitError(f"{data} changed since the model was trained on it, so its {split} split is not the one "
+                           "training held out (it may hold rows the model trained on); give data: the file as it "
+                           "was, or this one to score it as it is now", params=["data"])
     seed = data_seed if data_seed is not None else recorded_seed
     return load_dataset(data, seed=seed, model=model).split(split), str(data), seed
 

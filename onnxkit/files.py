@@ -9,6 +9,7 @@ import codecs
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import os
 import re
@@ -212,6 +213,15 @@ def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
 def is_missing(cell: str) -> bool:
     """Whether a CSV cell is a missing value as spreadsheets and pandas write one (empty, NA, N/A, ?, ...)."""
     return cell.strip().lower() in MISSING_CELLS
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -253,3 +253,24 @@ def test_r2_of_several_targets_averages_their_scores_as_scikit_learn_does():
     targets[:, 0] = 3.0  # a constant target: no score of its own
     assert r2(outputs, targets) == pytest.approx(r2_score(targets[:, 1:], outputs[:, 1:]), rel=1e-12)
     assert r2(outputs[:, :1], targets[:, :1]) is None
+
+
+def test_the_default_data_is_refused_when_its_file_changed_after_training(tmp_path):
+    # a row added to the CSV shifted its splits: eval scored rows the model trained on as its test split, silently
+    # (iris: 0.8000 where training's test split gave 0.8667); --resume already refused a changed file
+    import hashlib
+    import json
+
+    path = tmp_path / "data.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i},{-i},{i % 2}\n" for i in range(20)))
+    trained = {"data": str(path), "data_seed": 0, "data_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    model = linear_model(np.eye(2), np.zeros(2), {"onnxkit.training": json.dumps(trained)})
+    assert evaluate(model, "test")["examples"] == 4
+    with path.open("a") as f:
+        f.write("20,-20,0\n")
+    with pytest.raises(OnnxkitError) as changed:
+        evaluate(model, "test")
+    assert str(changed.value) == (f"{path} changed since the model was trained on it, so its test split is not the one "
+                                  "training held out (it may hold rows the model trained on); give data: the file as "
+                                  "it was, or this one to score it as it is now")
+    assert evaluate(model, "test", data=path)["examples"] == 4  # named: scored as it is now (21 rows)

@@ -16,7 +16,7 @@ from onnxkit import zoo
 from onnxkit.data import Dataset, Split, dataset_from_arrays, load_dataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
-from onnxkit.files import load_model
+from onnxkit.files import load_model, sha256
 from onnxkit.train import fit
 from onnxkit.train.backends import default_backend
 from onnxkit.train.export import with_weights
@@ -120,6 +120,8 @@ def test_a_model_is_labelled_with_the_classes_it_learned(tmp_path):
     common = dict(epochs=1, evaluate_test=False, device="cpu", quiet=True)
     pets = fit(zoo.build_model("iris-mlp"), data=tmp_path / "pets.csv", out_dir=tmp_path / "pets", **common)
     assert load(pets.model_path).class_names == ("cat", "dog", "eel")
+    trained = json.loads({p.key: p.value for p in load_model(pets.model_path).metadata_props}["onnxkit.training"])
+    assert trained["data_sha256"] == sha256(tmp_path / "pets.csv")  # eval refuses the file once it changed
     unnamed = zoo.build_model("iris-mlp")
     unnamed.metadata_props.pop([p.key for p in unnamed.metadata_props].index("onnxkit.labels"))
     two = fit(unnamed, data=tmp_path / "two.csv", out_dir=tmp_path / "two", **common)

@@ -39,7 +39,7 @@ from onnxkit.evaluate import (
     r2,
     score,
 )
-from onnxkit.files import load_model, save_model
+from onnxkit.files import load_model, save_model, sha256
 from onnxkit.graph_walks import (
     opset,
     probability_logits,
@@ -71,7 +71,7 @@ from onnxkit.train.losses import Loss, default_loss, get_loss
 from onnxkit.train.optim import Optimizer, get_optimizer
 from onnxkit.train.problem import training_problem
 from onnxkit.train.progress import Progress
-from onnxkit.train.run_directory import RunDirectory, sha256
+from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule, warmup_steps
 from onnxkit.train.standardize import (
     FAR,
@@ -771,6 +771,7 @@ def _finish(
         "data": c.data,
         "data_seed": c.data_seed,
         "data_in_memory": c.data_in_memory,
+        **({"data_sha256": c.data_sha256} if c.data_sha256 else {}),  # eval's default data is to be the same
         "loss": setup.loss.name,
         "optimizer": c.optimizer,
         "lr": c.lr,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -22,18 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import write_text
+from onnxkit.files import sha256, write_text
 
 CHECKSUM_KEY = "checkpoint_sha256"
-
-
-def sha256(path: Path) -> str:
-    """The hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RunDirectory:
