@@ -190,8 +190,9 @@ def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
 def test_unknown_dataset_suggests_close_names():
     with pytest.raises(OnnxkitError, match="Did you mean: digits"):
         load_dataset("digit")
-    with pytest.raises(OnnxkitError, match="unknown split 'tst'"):
+    with pytest.raises(OnnxkitError) as split:  # "...; choose from train, validation, test Did you mean: test?"
         load_dataset("iris").split("tst")
+    assert str(split.value) == "unknown split 'tst'. Did you mean: test? Choose from train, validation, test"
 
 
 def test_a_file_or_folder_that_is_no_data_file_says_so(tmp_path):

@@ -254,8 +254,7 @@ class Dataset:
         key = _SPLIT_ALIASES.get(name, name)
         if key not in SPLIT_NAMES:
             raise OnnxkitError(
-                f"unknown split {name!r}; choose from {', '.join(SPLIT_NAMES)}"
-                f"{suggest(name, SPLIT_NAMES)}"
+                f"unknown split {name!r}.{suggest(name, SPLIT_NAMES)} Choose from {', '.join(SPLIT_NAMES)}"
             )
         return getattr(self, key)
 
