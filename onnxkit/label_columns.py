@@ -29,6 +29,17 @@ def csv_header(first_row: Sequence[str]) -> Sequence[str] | None:
     return first_row if label is not None and numbered == [str(i) for i in range(len(numbered))] else None
 
 
+def without_index(header: Sequence[str] | None, rows: list[list[str]]) -> tuple[Sequence[str] | None, list[list[str]]]:
+    """The header and rows less a first column that is the row index pandas' `to_csv` writes unless told
+    `index=False`: headed '' (or 'Unnamed: 0', as read back and saved again), distinct whole numbers."""
+    if not header or header[0].strip() not in ("", "Unnamed: 0") or not rows:
+        return header, rows
+    index = [row[0].strip() for row in rows]
+    if not all(i.isdigit() for i in index) or len(set(index)) < len(index):
+        return header, rows
+    return header[1:], [row[1:] for row in rows]
+
+
 def label_column(header: Sequence[str] | None) -> int | None:
     """The index of the column headed `label`, `labels`, `target`, `y` or `class` (any case), or None."""
     lowered = [h.strip().lower() for h in header or ()]

@@ -172,6 +172,23 @@ def test_csv_files_separated_by_semicolons_tabs_or_ending_each_line_in_a_comma(t
         np.testing.assert_array_equal(ds.train.labels, plain.train.labels, err_msg=name)
 
 
+def test_a_csv_with_pandas_row_index_trains_on_its_features_alone(tmp_path):
+    # df.to_csv(path) writes the row index as a first column headed '': it was read as one more feature, so a
+    # model of 4 inputs was refused ("shape [90, 5]") and one of 5 trained on the row numbers of sorted data
+    rows = [(i * 0.5, -i * 0.25, "ab"[i % 2]) for i in range(20)]
+    (tmp_path / "plain.csv").write_text("p,q,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    (tmp_path / "index.csv").write_text(",p,q,label\n" + "".join(f"{i},{a},{b},{c}\n" for i, (a, b, c) in
+                                                                  enumerate(rows)))
+    (tmp_path / "again.csv").write_text("Unnamed: 0,p,q,label\n" + "".join(f"{19 - i},{a},{b},{c}\n" for i, (a, b, c)
+                                                                            in enumerate(rows)))
+    plain = load_dataset(tmp_path / "plain.csv")
+    for name in ("index.csv", "again.csv"):
+        np.testing.assert_array_equal(load_dataset(tmp_path / name).train.inputs["x"], plain.train.inputs["x"])
+    (tmp_path / "kept.csv").write_text(",p,label\n" + "".join(f"{i % 3},{a},{c}\n" for i, (a, _, c) in
+                                                               enumerate(rows)))
+    assert load_dataset(tmp_path / "kept.csv").train.inputs["x"].shape[1] == 2  # repeats: no index, a feature
+
+
 def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
     # NA and ? were "a feature column holds non-numbers (could not convert string to float: 'NA')", and
     # a blank line put the line numbers of the rows after it one off

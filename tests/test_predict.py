@@ -216,6 +216,11 @@ def test_a_csv_of_semicolons_or_tabs_predicts_as_train_reads_it(run_cli, iris, t
         result = run_cli("predict", path, "-i", tmp_path / name, "-o", tmp_path / "out.npy")
         assert result.code == 0, result.err
         np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
+    (tmp_path / "pandas.csv").write_text(",a,b,c,d\n" + "".join(f"{i},{','.join(map(str, row))}\n"
+                                                              for i, row in enumerate(x.tolist())))
+    result = run_cli("predict", path, "-i", tmp_path / "pandas.csv", "-o", tmp_path / "out.npy")  # its index left out
+    assert result.code == 0, result.err
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
     (tmp_path / "gaps.csv").write_text("a,b,c,d\n1,2,3,4\n5,,NA,8\n")
     result = run_cli("predict", path, "-i", tmp_path / "gaps.csv")
     assert result.err == f"error: {tmp_path / 'gaps.csv'}: column 2 ('b') is empty, a missing value; fill or drop " \

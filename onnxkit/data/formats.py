@@ -5,7 +5,8 @@
 - `.csv`: numeric feature columns and one label column: the column headed
   `label`, `labels`, `target`, `y` or `class` (any case), else the last one.
   Cells are separated by commas, or semicolons, tabs or bars (`onnxkit.files.read_csv_rows`).
-  The header row is optional. Text labels become class ids in sorted order.
+  The header row is optional. Text labels become class ids in sorted order. A first column
+  headed '' numbering the rows (pandas' index, `to_csv` without `index=False`) is left out.
   The features become one array `x` (it binds to any single-input model).
   A column headed `text` makes it a text dataset instead, tokenized with the tokenizer
   the model carries (the other columns but the label are ignored).
@@ -32,6 +33,7 @@ from onnxkit.label_columns import (
     label_column,
     npz_labels,
     text_column,
+    without_index,
 )
 
 
@@ -81,7 +83,8 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     rows = [row for _, row in numbered]
     header = csv_header(rows[0])
     body, lines = (rows[1:], [n for n, _ in numbered[1:]]) if header else (rows, [n for n, _ in numbered])
-    width = len(rows[0])
+    header, body = without_index(header, body)
+    width = len(header or rows[0])
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
     named = label_column(header)

@@ -40,6 +40,7 @@ from onnxkit.label_columns import (
     label_column,
     npz_labels,
     text_column,
+    without_index,
 )
 from onnxkit.runtime.model import Model
 from onnxkit.runtime.prediction import Prediction
@@ -233,6 +234,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
     header = csv_header(rows[0]) if rows else None
     if header:
         rows = rows[1:]
+    header, rows = without_index(header, rows)
     if not rows:
         raise OnnxkitError(f"{path}: no data rows")
     widths = {len(row) for row in rows}
