@@ -119,3 +119,26 @@ def test_nan_in_regression_targets_is_an_error(tmp_path):
                                            r"of 60 rows"):
         fit(zoo.build_model("iris-mlp"), Dataset("sums", split, split, split), tmp_path / "run", loss="mse",
             output="logits")
+
+
+def test_class_names_are_no_regression_targets(tmp_path):
+    # a one-output model trained on a CSV of cat/dog/eel fit their sorted ids 0, 1, 2 as numbers (test r2 0.66), and
+    # prices written "200,753.40" were 100 class names fit the same way (r2 -0.34), both without a word
+    x, y = iris_like(30)
+    (tmp_path / "pets.csv").write_text("a,b,c,d,label\n" + "".join(
+        f"{','.join(map(str, row))},{('cat', 'dog', 'eel')[k]}\n" for row, k in zip(x, y, strict=True)))
+    (tmp_path / "prices.csv").write_text("a,b,c,d,price\n" + "".join(
+        f'{",".join(map(str, row))},"{200_000 + 1000 * i:,}.50"\n' for i, row in enumerate(x)))
+    model = zoo.build_model("iris-mlp")
+    model.metadata_props.pop([p.key for p in model.metadata_props].index("onnxkit.labels"))
+    with pytest.raises(OnnxkitError) as pets:
+        fit(model, tmp_path / "pets.csv", tmp_path / "run", loss="mse")
+    assert str(pets.value) == ("data 'pets': the labels are class names ('cat', 'dog', 'eel'), which the mse loss "
+                               "cannot fit as numbers; a classifier gives one score per class (an output of "
+                               "[batch, 3])")
+    with pytest.raises(OnnxkitError) as prices:
+        fit(model, tmp_path / "prices.csv", tmp_path / "run", loss="l1")
+    assert str(prices.value) == ("data 'prices': the targets are written with thousands separators ('200,000.50', "
+                                 "'201,000.50', '202,000.50', ...), so they read as class names; write the numbers "
+                                 "without them")
+    assert not (tmp_path / "run").exists()

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few
+from onnxkit.files import is_number
 
 
 def checked_labels(name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
@@ -92,3 +93,16 @@ def check_class_labels(
             "build the model with as many classes as the data has"
             + (f" (its {len(class_names)} classes: {', '.join(map(repr, class_names))})" if class_names else "")
         )
+
+
+def check_numeric_targets(name: str, class_names: Sequence[str] | None, loss: str) -> None:
+    """Refuse class names (a CSV's text labels) as the targets of the regression loss `loss`: their ids
+    in sorted order are no measurements, yet a one-output model was fit to them."""
+    if not class_names:
+        return
+    quoted = first_few([repr(n) for n in class_names])
+    if all(is_number(n.replace(",", "")) for n in class_names):
+        raise OnnxkitError(f"data {name!r}: the targets are written with thousands separators ({quoted}), so they "
+                           "read as class names; write the numbers without them")
+    raise OnnxkitError(f"data {name!r}: the labels are class names ({quoted}), which the {loss} loss cannot fit as "
+                       f"numbers; a classifier gives one score per class (an output of [batch, {len(class_names)}])")

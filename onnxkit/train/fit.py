@@ -25,7 +25,7 @@ import onnx
 
 from onnxkit import __version__
 from onnxkit.data import Dataset, Split, in_model_order, load_dataset, model_inputs
-from onnxkit.data.checks import check_class_labels, check_finite
+from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
 from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.errors import OnnxkitError, first_few
@@ -428,6 +428,8 @@ class _Setup:
         self.loss.check_output(self.output_vi)
         self.task = TASK_OF_LOSS[self.loss.name]
         regression = self.task == "regression"  # whole-number targets too (a CSV of prices in dollars)
+        if regression:
+            check_numeric_targets(dataset.name, dataset.label_names, self.loss.name)
         unscaled_note = None  # said once the data has passed its checks, so that an error is the only line
         if config.standardize is None:
             whole = not (config.freeze or config.train_only or adapter)
