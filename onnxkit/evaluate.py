@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
-from onnxkit.data.checks import check_class_labels, check_finite
+from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
 from onnxkit.data.split import Split, model_inputs
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import sha256
@@ -267,7 +267,10 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
                            "training held out (it may hold rows the model trained on); give data: the file as it "
                            "was, or this one to score it as it is now", params=["data"])
     seed = data_seed if data_seed is not None else recorded_seed
-    return load_dataset(data, seed=seed, model=model).split(split), str(data), seed
+    dataset = load_dataset(data, seed=seed, model=model)
+    if metadata(model).get("onnxkit.task") == "regression":  # its targets are numbers, not class ids
+        check_numeric_targets(dataset.name, dataset.label_names, TASK_LOSS["regression"])
+    return dataset.split(split), str(data), seed
 
 
 def trained_in_memory(model: Any) -> bool:

@@ -274,3 +274,13 @@ def test_the_default_data_is_refused_when_its_file_changed_after_training(tmp_pa
                                   "training held out (it may hold rows the model trained on); give data: the file as "
                                   "it was, or this one to score it as it is now")
     assert evaluate(model, "test", data=path)["examples"] == 4  # named: scored as it is now (21 rows)
+
+
+def test_a_regressor_is_not_scored_against_class_names(tmp_path):
+    # a regressor evaluated on a CSV of cat/dog/eel scored its outputs against their ids 0, 1, 2 (r2 -11.7)
+    path = tmp_path / "pets.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i},{-i},{('cat', 'dog', 'eel')[i % 3]}\n" for i in range(12)))
+    model = linear_model(np.ones((2, 1)), np.zeros(1), {"onnxkit.task": "regression"})
+    with pytest.raises(OnnxkitError) as named:
+        evaluate(model, "test", data=path)
+    assert str(named.value).startswith("data 'pets': the labels are class names ('cat', 'dog', 'eel'), which the mse ")
