@@ -120,6 +120,11 @@ def test_npz_files_with_named_arrays_or_x_y(tmp_path):
     ds = load_dataset(tmp_path / "named.npz")
     assert set(ds.train.inputs) == {"input_ids", "attention_mask"} and ds.label_names == ["neg", "pos"]
     assert len(ds.train) + len(ds.validation) + len(ds.test) == 40
+    np.savez(tmp_path / "few.npz", x=ids, labels=np.arange(40) % 3, label_names=np.array(["neg", "pos"]))
+    with pytest.raises(OnnxkitError) as few:  # class 2 went unnamed: a trained model was labelled neg, pos, '2'
+        load_dataset(tmp_path / "few.npz")
+    assert str(few.value) == ("data 'few': label_names names 2 classes, but the labels go up to 2; give a name for "
+                              "every class")
 
     np.savez(tmp_path / "xy.npz", x=rng.normal(size=(30, 3)), y=rng.normal(size=30))
     reg = load_dataset(str(tmp_path / "xy.npz"))

@@ -325,6 +325,9 @@ def dataset_from_arrays(
         labels = np.searchsorted(np.asarray(names), np.char.strip(labels.astype(str))).reshape(labels.shape)
     labels = checked_labels(name, inputs, labels)
     classification = labels.dtype.kind in "iub"
+    if label_names is not None and classification and int(labels.max()) >= len(label_names):
+        raise OnnxkitError(f"data {name!r}: label_names names {len(label_names)} classes, but the labels go up to "
+                           f"{int(labels.max())}; give a name for every class")
     stratify = classification and len(class_groups(labels)) <= max(2, len(labels) // 5)
     parts = split_indices(labels, seed=seed, validation=validation, test=test, stratify=stratify)
     splits = [
