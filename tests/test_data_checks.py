@@ -129,10 +129,15 @@ def test_class_names_are_no_regression_targets(tmp_path):
         f"{','.join(map(str, row))},{('cat', 'dog', 'eel')[k]}\n" for row, k in zip(x, y, strict=True)))
     (tmp_path / "prices.csv").write_text("a,b,c,d,price\n" + "".join(
         f'{",".join(map(str, row))},"{200_000 + 1000 * i:,}.50"\n' for i, row in enumerate(x)))
-    model = zoo.build_model("iris-mlp")
-    model.metadata_props.pop([p.key for p in model.metadata_props].index("onnxkit.labels"))
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+                              [numpy_helper.from_array(np.ones((4, 1), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(OnnxkitError) as pets:
-        fit(model, tmp_path / "pets.csv", tmp_path / "run", loss="mse")
+        fit(model, tmp_path / "pets.csv", tmp_path / "run")  # the default loss for one output and 3 classes
     assert str(pets.value) == ("data 'pets': the labels are class names ('cat', 'dog', 'eel'), which the mse loss "
                                "cannot fit as numbers; a classifier gives one score per class (an output of "
                                "[batch, 3])")

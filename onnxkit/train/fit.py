@@ -428,8 +428,6 @@ class _Setup:
         self.loss.check_output(self.output_vi)
         self.task = TASK_OF_LOSS[self.loss.name]
         regression = self.task == "regression"  # whole-number targets too (a CSV of prices in dollars)
-        if regression:
-            check_numeric_targets(dataset.name, dataset.label_names, self.loss.name)
         unscaled_note = None  # said once the data has passed its checks, so that an error is the only line
         if config.standardize is None:
             whole = not (config.freeze or config.train_only or adapter)
@@ -455,6 +453,8 @@ class _Setup:
                 check_class_labels(f"{dataset.name}, {name} split", split.labels, classes, output=self.output,
                                    binary=self.task == "binary", class_names=dataset.label_names)
         self.splits = {name: self._bind(dataset.split(name), specs, shape) for name in ("train", "validation")}
+        if regression:  # after binding, whose errors about shapes say more
+            check_numeric_targets(dataset.name, dataset.label_names, self.loss.name)
         if len(self.splits["train"]) == 0:
             raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
         self.fixed = fixed_batch_size(specs)  # such a model runs whole batches only
