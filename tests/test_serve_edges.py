@@ -183,3 +183,19 @@ def test_a_long_data_array_is_read_into_numpy_with_the_same_result_and_a_fractio
     fast = [_outcome(variant, wide) for variant in variants()]
     monkeypatch.setattr(jsonio, "LONG_ARRAY_BYTES", 1 << 40)  # every array read as Python values, as before
     assert fast == [_outcome(variant, wide) for variant in variants()]
+
+
+def test_classification_of_a_scalar_output_gets_400_not_500(tmp_path):
+    # before: Model.prediction_of took len() of the 0-d output: a TypeError, answered as a 500
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])])  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    total = runtime.load(save_model(proto, tmp_path / "total.onnx"), threads=1, name="total")
+    x = {"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}
+    body = {"inputs": [x], "outputs": [{"name": "s", "parameters": {"classification": 2}}]}
+    request = decode_request(json.dumps(body).encode(), total)
+    with pytest.raises(RequestError) as refused:
+        encode_response(total, request, total.run(request.feeds))
+    assert refused.value.status == 400
+    assert str(refused.value) == "model 'total': class predictions need a [batch, classes] first output, got shape ()"

@@ -158,7 +158,7 @@ class Model:
         names = self.class_names
         outputs = dict(outputs)
         for name, value in outputs.items():
-            if len(value) and isinstance(value[0], dict):
+            if getattr(value, "ndim", 1) and len(value) and isinstance(value[0], dict):  # not a 0-d output
                 keys = list(value[0])
                 outputs[name] = np.array([[row[k] for k in keys] for row in value], np.float32)
                 if name == self.scores_output and names is None and keys != list(range(len(keys))):
