@@ -199,3 +199,19 @@ def test_classification_of_a_scalar_output_gets_400_not_500(tmp_path):
         encode_response(total, request, total.run(request.feeds))
     assert refused.value.status == 400
     assert str(refused.value) == "model 'total': class predictions need a [batch, classes] first output, got shape ()"
+
+
+def test_a_model_with_a_fixed_batch_size_refuses_other_row_counts_by_its_shape(tmp_path):
+    # before: Model.prepare let x [1, 4] take 2 rows (predict runs such a model in batches), and onnxruntime's
+    # first line was the 400: "... Got invalid dimensions for input: x for the following indices"
+    traced = _one_node(tmp_path, "traced", "Relu", TensorProto.FLOAT, [1, 4])
+    expected = "model 'traced': input 'x': dimension 0 must be 1, got shape (2, 4); the model expects x float32 [1, 4]"
+    body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1.0] * 8}]}
+    grpc_request = message("ModelInferRequest")(model_name="traced")
+    grpc_request.inputs.add(name="x", datatype="FP32", shape=[2, 4]).contents.fp32_contents.extend([1.0] * 8)
+    for decode, request in ((decode_request, json.dumps(body).encode()), (decode_infer, grpc_request)):
+        with pytest.raises(RequestError) as refused:
+            decode(request, traced)
+        assert refused.value.status == 400 and str(refused.value) == expected
+    body["inputs"][0].update(shape=[1, 4], data=[1.0] * 4)
+    assert decode_request(json.dumps(body).encode(), traced).feeds["x"].shape == (1, 4)

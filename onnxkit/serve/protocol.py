@@ -23,6 +23,7 @@ import numpy as np
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.runtime import Model, TensorSpec
+from onnxkit.runtime.signature import prepare_inputs
 from onnxkit.runtime.text import TEXT_INPUT, TEXT_SPEC, carries_tokenizer, text_feeds
 from onnxkit.serve import binary, jsonio
 from onnxkit.serve.errors import RequestError
@@ -170,7 +171,9 @@ def build_request(
             if len(values) > 1:
                 raise OnnxkitError(f"give either {TEXT_INPUT!r} or the token inputs, not both")
             values = text_feeds(model, values[TEXT_INPUT].reshape(-1).tolist())
-        feeds = model.prepare(values)
+        # the model's own shapes, not Model.prepare's: that lets a fixed batch size (x [1, 4]) take any number of
+        # rows, which `predict` runs in batches of that size, but the server runs a request as one session run
+        feeds = prepare_inputs(model.inputs, values)
     except UnicodeDecodeError as e:
         raise RequestError(400, f"input {TEXT_INPUT!r}: text must be UTF-8 ({e})") from e
     except OnnxkitError as e:
