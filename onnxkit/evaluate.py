@@ -2,8 +2,8 @@
 
 `evaluate(model, split)` runs any inference-form ONNX model on a data split (a
 `Split`, or a name: the split of the data the model was trained on) in a plain
-`onnxruntime.InferenceSession` and scores its first output (or the one named; a scikit-learn
-classifier's probabilities, not the label skl2onnx puts first).
+`onnxruntime.InferenceSession` and scores the output training fit (or the one named; else the first,
+or a scikit-learn classifier's probabilities, not the label skl2onnx puts first).
 It needs only numpy, onnx and onnxruntime, never the training package. A model
 with a fixed batch size runs in batches of that size, the last one padded.
 
@@ -238,6 +238,12 @@ def sklearn_probabilities(model: Any) -> str | None:
     return None
 
 
+def scored_output(model: Any) -> str:
+    """The output that holds a model's scores: the one training fit (metadata `onnxkit.output`), else
+    a scikit-learn classifier's probabilities, else the first."""
+    return metadata(model).get("onnxkit.output") or sklearn_probabilities(model) or model.graph.output[0].name
+
+
 def _rows(result: Any) -> np.ndarray:
     """An output as an array: a sequence of {class: probability} maps as [rows, classes]."""
     if len(result) and isinstance(result[0], dict):
@@ -337,9 +343,8 @@ def evaluate(
     if not isinstance(split, Split):
         raise TypeError(f"split must be a Split or a split name, not {type(split).__name__}; make data from arrays "
                         "with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
-    outputs = [o.name for o in proto.graph.output]
     given_probabilities = sklearn_probabilities(proto)
-    name = output or given_probabilities or outputs[0]
+    name = output or scored_output(proto)
     source = model if isinstance(model, str | os.PathLike) else None  # errors name the file
     result = model_outputs(proto, split, name, batch_size=batch_size, providers=providers, source=source)
     out_vi = next(o for o in proto.graph.output if o.name == name)

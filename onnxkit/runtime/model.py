@@ -26,7 +26,8 @@ from onnxkit.runtime.signature import TensorSpec, batchable, example_feeds, prep
 
 LABELS_KEY = "onnxkit.labels"
 TASK_KEY = "onnxkit.task"
-SCORES_KEY = "onnxkit.scores"  # "probabilities": the first output is already Softmax / Sigmoid of the logits
+SCORES_KEY = "onnxkit.scores"  # "probabilities": the scores output is already Softmax / Sigmoid of the logits
+OUTPUT_KEY = "onnxkit.output"  # the output training fit, when not the first: it holds the scores
 
 
 class Model:
@@ -56,12 +57,12 @@ class Model:
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in session.get_outputs()]
         self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self.task = self.metadata.get(TASK_KEY)
-        self.class_names = _class_names(self.metadata, self.outputs, name)
         self.given_probabilities = self.metadata.get(SCORES_KEY) == "probabilities"
-        self.scores_output = _label_and_probabilities(self.outputs)
-        if self.scores_output:  # a scikit-learn classifier (skl2onnx): the label, then the class probabilities
-            self.given_probabilities = True
+        self.scores_output = self.metadata.get(OUTPUT_KEY) or _label_and_probabilities(self.outputs)
+        if self.scores_output and OUTPUT_KEY not in self.metadata:  # a scikit-learn classifier (skl2onnx): the
+            self.given_probabilities = True  # label, then the class probabilities
             self.task = self.task or "classification"
+        self.class_names = _class_names(self.metadata, self.outputs, name, self.scores_output)
         self.batchable = batchable(self.inputs)
         firsts = {spec.shape[0] if len(spec.shape) > 1 else None for spec in self.inputs}
         # a batch size the inputs fix (each has a first dim of this size, and more dims after it): any
@@ -284,7 +285,9 @@ def _label_and_probabilities(outputs: list[TensorSpec]) -> str | None:
     return None
 
 
-def _class_names(metadata: dict[str, str], outputs: list[TensorSpec], model_name: str) -> tuple[str, ...] | None:
+def _class_names(
+    metadata: dict[str, str], outputs: list[TensorSpec], model_name: str, scores_output: str | None
+) -> tuple[str, ...] | None:
     raw = metadata.get(LABELS_KEY)
     if raw is None:
         return None
@@ -297,10 +300,11 @@ def _class_names(metadata: dict[str, str], outputs: list[TensorSpec], model_name
             f"model {model_name!r}: metadata {LABELS_KEY!r} must be a JSON list of class names, "
             f"got {raw[:60]!r}; rewrite that metadata entry"
         )
-    width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    scores = next((o for o in outputs if o.name == scores_output), outputs[0] if outputs else None)
+    width = scores.shape[-1] if scores and scores.shape else None
     if isinstance(width, int) and width != len(names) and not (width == 1 and len(names) == 2):
         raise OnnxkitError(
             f"model {model_name!r}: metadata {LABELS_KEY!r} names {len(names)} classes but output "
-            f"{outputs[0].name!r} has {width} scores per row; rewrite that metadata entry"
+            f"{scores.name!r} has {width} scores per row; rewrite that metadata entry"
         )
     return tuple(names)

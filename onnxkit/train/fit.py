@@ -390,6 +390,14 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _on_output(setup: _Setup) -> str:
+    """' on output NAME (of A, B, ...)' for a model with several outputs: which one the loss reads."""
+    outputs = [o.name for o in setup.target.graph.output]
+    if len(outputs) < 2:
+        return ""
+    return f" on output {setup.output!r} (of {', '.join(outputs)})"
+
+
 class _Setup:
     """Everything derived from the config, model and data before training: checked up front,
     so a bad run is refused before any file is written."""
@@ -727,7 +735,7 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
     run.write_json(info)
     progress.line(
         f"training {setup.trainable_count:,} parameters ({setup.frozen_count:,} frozen) on {setup.device}, "
-        f"{len(setup.splits['train'])} examples, loss {setup.loss.name}, run {run.path}"
+        f"{len(setup.splits['train'])} examples, loss {setup.loss.name}{_on_output(setup)}, run {run.path}"
     )
     try:
         state = trainer.fit()
@@ -798,6 +806,8 @@ def _finish(
         extra["onnxkit.labels"] = setup.names
     if setup.probabilities:  # so predict neither applies softmax / sigmoid again nor thresholds at 0
         extra["onnxkit.scores"] = "probabilities"
+    if c.output:  # eval and predict score it, and training again fits it
+        extra["onnxkit.output"] = c.output
     set_metadata(trained, extra, keep=False)
     save_model(trained, run.model)
     metrics: dict[str, Any] = {

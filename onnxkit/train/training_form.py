@@ -430,12 +430,13 @@ def select(
 
 
 def training_output(model: onnx.ModelProto, requested: str | None) -> str:
-    """The value training fits: the output `requested`, else the first, else for a scikit-learn
-    classifier as skl2onnx converts it (its label first) the probabilities; when that output is
-    ZipMap's sequence of {class: probability} maps, the tensor of probabilities the ZipMap reads."""
-    from onnxkit.evaluate import sklearn_probabilities
+    """The value training fits: the output `requested`, else the one an earlier run fit, else for a
+    scikit-learn classifier as skl2onnx converts it (its label first) the probabilities, else the first;
+    when that output is ZipMap's sequence of {class: probability} maps, the tensor of probabilities the
+    ZipMap reads."""
+    from onnxkit.evaluate import scored_output
 
-    name = requested or sklearn_probabilities(model) or model.graph.output[0].name
+    name = requested or scored_output(model)
     return next((n.input[0] for n in model.graph.node if n.op_type == "ZipMap" and n.output[0] == name), name)
 
 
