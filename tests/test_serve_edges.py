@@ -215,3 +215,19 @@ def test_a_model_with_a_fixed_batch_size_refuses_other_row_counts_by_its_shape(t
         assert refused.value.status == 400 and str(refused.value) == expected
     body["inputs"][0].update(shape=[1, 4], data=[1.0] * 4)
     assert decode_request(json.dumps(body).encode(), traced).feeds["x"].shape == (1, 4)
+
+
+def test_uint64_values_past_int64_arrive_exact(tmp_path):
+    # before: numpy read 2**64 - 1 beside 0 as float64, 18446744073709551616: "does not fit UINT64" (400), in
+    # JSON (short or long data) and in gRPC's typed uint64_contents
+    wide = _one_node(tmp_path, "wide", "Identity", TensorProto.UINT64, ["n"])
+    values = [2**64 - 1, 0, 2**63 + 1, 5] * 5000  # over LONG_ARRAY_BYTES: read into numpy
+    for data in (values[:4], values):
+        body = {"inputs": [{"name": "x", "shape": [len(data)], "datatype": "UINT64", "data": data}]}
+        assert decode_request(json.dumps(body).encode(), wide).feeds["x"].tolist() == data
+    grpc_request = message("ModelInferRequest")(model_name="wide")
+    grpc_request.inputs.add(name="x", datatype="UINT64", shape=[4]).contents.uint64_contents.extend(values[:4])
+    assert decode_infer(grpc_request, wide).feeds["x"].tolist() == values[:4]
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "UINT64", "data": [2**64, 0]}]}
+    with pytest.raises(RequestError, match="18446744073709551616 does not fit UINT64"):
+        decode_request(json.dumps(body).encode(), wide)

@@ -75,7 +75,7 @@ def _parse_long_arrays(body: bytes) -> Any:
 
 def _numbers(body: bytes, start: int, end: int) -> np.ndarray | None:
     """The values of the JSON array whose text, without brackets, is body[start:end]: int64 or float64; None
-    unless they are all numbers that fit one of those (not true, false, null, or a 20-digit number)."""
+    unless they are all numbers that fit one of those (not true, false, null, or a 20-digit number) exactly."""
     pieces = []
     while True:
         cut = body.find(b",", min(start + _PIECE_BYTES, end), end)
@@ -86,6 +86,8 @@ def _numbers(body: bytes, start: int, end: int) -> np.ndarray | None:
             return None
         if piece.dtype not in _NUMERIC or piece.size == 0:  # empty: a trailing comma
             return None
+        if piece.dtype.kind == "f" and np.abs(piece).max() >= 2.0**63:  # perhaps whole numbers past INT64 beside
+            return None  # smaller ones, which numpy rounds to float64: the whole parse keeps them exact
         pieces.append(piece)
         if cut == end:
             return np.concatenate(pieces)

@@ -374,6 +374,11 @@ def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> 
             400, f"input {name!r}: shape {shape} holds {math.prod(shape)} values, but data has {array.size}"
         )
     want = binary.NUMPY_BY_V2.get(datatype)
+    if want is not None and want.kind in "iu" and array.dtype.kind == "f" and array.size:
+        # numpy reads whole numbers past INT64 beside smaller ones (UINT64's upper half) as float64: keep them exact
+        exact = np.asarray(data, dtype=object)
+        if all(type(v) is int for v in exact.flat):
+            array = exact
     if want is not None and array.dtype != want:
         array = _typed(array, want, datatype, name)
     try:
@@ -392,6 +397,8 @@ def _typed(array: np.ndarray, want: np.dtype, datatype: str, name: str) -> np.nd
         digits = str(value)
         shown = digits if len(digits) <= 30 else f"a {len(digits.lstrip('-'))}-digit number"
         raise RequestError(400, f"input {name!r}: {shown} does not fit {datatype} ({limits.min} to {limits.max})")
+    if limits is not None and array.dtype.kind == "O" and all(type(v) is int for v in array.flat):
+        return array.astype(want)  # whole numbers held exactly, and they fit
     return array
 
 
