@@ -231,3 +231,14 @@ def test_uint64_values_past_int64_arrive_exact(tmp_path):
     body = {"inputs": [{"name": "x", "shape": [2], "datatype": "UINT64", "data": [2**64, 0]}]}
     with pytest.raises(RequestError, match="18446744073709551616 does not fit UINT64"):
         decode_request(json.dumps(body).encode(), wide)
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e999", b"9" * 400 + b".5"])
+def test_a_json_number_past_float64_gets_400_not_infinity(relu, number):
+    # before: the standard library's parser (the fallback for what orjson refuses) read it as infinite, and the model
+    # ran on it (200 with NaN outputs), where 4e39 for an FP32 input was a 400
+    body = b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, %s]}]}' % number
+    with pytest.raises(RequestError) as refused:
+        decode_request(body, relu)
+    assert refused.value.status == 400 and "past float64's range" in str(refused.value)
+    assert np.isinf(decode_request(body.replace(number, b"Infinity"), relu).feeds["x"][0, 1])  # the token passes

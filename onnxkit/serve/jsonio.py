@@ -13,6 +13,7 @@ Python numbers it took 32 bytes a value, and orjson's parse of a whole 30 MB arr
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -37,11 +38,21 @@ def parse(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        pass  # bare NaN/Infinity, numbers beyond float64: the standard library's parser takes those
-    try:
-        return json.loads(body)  # raises ValueError: JSONDecodeError, UnicodeDecodeError, over 4,300 digits
+        pass  # bare NaN/Infinity, integers past 64 bits: the standard library's parser takes those
+    try:  # raises ValueError: JSONDecodeError, UnicodeDecodeError, over 4,300 digits, a number past float64
+        return json.loads(body, parse_float=_finite)
     except RecursionError:
         raise ValueError("it is nested too deeply") from None
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent as a float; ValueError for one past float64's range (1e400),
+    which would be infinite (a float datatype's refusal of a finite number past its range, as for 4e39 in FP32)."""
+    value = float(text)
+    if math.isinf(value):
+        shown = text if len(text) <= 30 else f"{text[:20]}... ({len(text)} characters)"
+        raise ValueError(f"the number {shown} is past float64's range; send \"Infinity\" or \"-Infinity\" for infinity")
+    return value
 
 
 def _parse_long_arrays(body: bytes) -> Any:
