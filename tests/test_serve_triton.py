@@ -6,6 +6,7 @@ Answers are compared with the same model run directly through `onnxkit.runtime`.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import importlib.util
 import json
 import subprocess
@@ -219,6 +220,36 @@ def test_http_mixes_json_and_binary_per_tensor(server, direct):
         np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-6, atol=1e-6)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_a_compressed_request_body_is_decompressed(server, direct, algorithm):
+    # before: tritonclient's request_compression_algorithm got a 400 ("Inference-Header-Content-Length '135' must be
+    # a byte count within the 124-byte body"): the compressed bytes were read as they came
+    x = np.random.default_rng(3).normal(size=(2, 64)).astype(np.float32)
+    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        for binary_data in (True, False):
+            value = triton_http.InferInput("x", [2, 64], "FP32")
+            value.set_data_from_numpy(x, binary_data=binary_data)
+            result = client.infer("digits", [value], request_compression_algorithm=algorithm)
+            np.testing.assert_allclose(result.as_numpy("logits"), direct["digits"].predict(x)["logits"], atol=1e-6)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "status", "message"),
+    [
+        (gzip.compress(bytes(33 * 2**20)), "gzip", 413, "over the 33,554,432-byte limit"),  # 33 MB in 33 KB
+        (gzip.compress(b"{}")[:-4], "gzip", 400, "the request body is not one whole gzip stream"),
+        (b"{}", "deflate", 400, "the request body is not deflate data"),
+        (b"{}", "br", 415, "Content-Encoding 'br' is not supported; send gzip, deflate or none"),
+    ],
+)
+def test_a_compressed_body_that_is_too_big_broken_or_unknown_is_refused(server, body, encoding, status, message):
+    reply = httpx.post(f"{server.url}/v2/models/digits/infer", content=body, headers={"Content-Encoding": encoding})
+    assert reply.status_code == status and message in reply.json()["error"], reply.text
 
 
 def _raw_request(x_bytes: bytes, size: int, header_length: int | None, extra: bytes) -> tuple[bytes, dict]:

@@ -8,6 +8,7 @@ small model. Every other endpoint is a Starlette route.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -32,6 +33,7 @@ from onnxkit.serve.limits import (
     DEFAULT_LIMITS,
     ClientGone,
     Limits,
+    decompressed,
     read_body,
     refusal,
     send_json,
@@ -206,17 +208,21 @@ class _Front:
         """Answer one infer request; its status."""
         used: Model | None = None
         size = 0
-        length = header_length = None
-        for key, value in scope["headers"]:  # the two headers read here, in one pass
+        length = header_length = encoding = None
+        for key, value in scope["headers"]:  # the three headers read here, in one pass
             if key == b"content-length":
                 length = value
             elif key == _HEADER_LENGTH:
                 header_length = value.decode("latin-1")
+            elif key == b"content-encoding":
+                encoding = value
 
         async def decode(model: Model) -> InferRequest:
             nonlocal used, size
             used = model
             body = await read_body(scope, receive, length, self.limits.max_body_bytes)
+            if encoding is not None:
+                body = await asyncio.to_thread(decompressed, body, encoding, self.limits.max_body_bytes)
             size = len(body)
             return await offload(size, decode_request, body, model, header_length)
 

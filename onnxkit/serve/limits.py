@@ -30,6 +30,7 @@ Where each one is enforced, and why there:
 - **Body size**: in the app, which reads the body (`read_body`): a JSON 413. The connection
   stays open: uvicorn reads and drops the rest of the body (within the body timeout), so a
   client that sends its whole body before reading gets the 413, not a reset connection.
+  A compressed body (`Content-Encoding` gzip or deflate) is held to it once decompressed too (`decompressed`).
 - **A client that leaves** (its connection closes) before its answer: the protocol marks the
   request's scope (`CLIENT_LEFT`), and a request still queued for its model is dropped before it runs
   (the batcher leaves its future in the scope under `WAITING`); its answer is not sent and /metrics
@@ -50,6 +51,7 @@ import asyncio
 import logging
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,6 +323,27 @@ async def read_body(scope: Scope, receive: Receive, declared_length: bytes | Non
     if len(body) > max_bytes:
         raise _too_big(max_bytes)
     return body
+
+
+def decompressed(body: bytes, encoding: bytes, max_bytes: int) -> bytes:
+    """A body sent with `Content-Encoding` gzip or deflate (tritonclient.http's request_compression_algorithm),
+    decompressed: RequestError(413) past `max_bytes` so decompressed, 400 for data that is not one whole stream,
+    415 for another encoding."""
+    name = encoding.decode("latin-1").strip().lower()
+    if name == "identity":
+        return body
+    if name not in ("gzip", "deflate"):
+        raise RequestError(415, f"Content-Encoding {name!r} is not supported; send gzip, deflate or none")
+    stream = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib (HTTP's deflate), told apart by their headers
+    try:
+        data = stream.decompress(body, max_bytes + 1)
+    except zlib.error as e:
+        raise RequestError(400, f"the request body is not {name} data ({e})") from None
+    if len(data) > max_bytes:
+        raise _too_big(max_bytes)
+    if not stream.eof or stream.unused_data:
+        raise RequestError(400, f"the request body is not one whole {name} stream")
+    return data
 
 
 def _too_big(max_bytes: int) -> RequestError:
