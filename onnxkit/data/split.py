@@ -328,7 +328,8 @@ def dataset_from_arrays(
     if label_names is not None and classification and int(labels.max()) >= len(label_names):
         raise OnnxkitError(f"data {name!r}: label_names names {len(label_names)} classes, but the labels go up to "
                            f"{int(labels.max())}; give a name for every class")
-    stratify = classification and len(class_groups(labels)) <= max(2, len(labels) // 5)
+    # one class id per row: a [N, H, W] mask or [N, K] multi-label matrix has no class to stratify by
+    stratify = classification and labels.ndim == 1 and len(class_groups(labels)) <= max(2, len(labels) // 5)
     parts = split_indices(labels, seed=seed, validation=validation, test=test, stratify=stratify)
     splits = [
         Split(split_name, {k: v[idx] for k, v in inputs.items()}, labels[idx])
