@@ -88,9 +88,10 @@ def macro_f1(confusion: np.ndarray) -> float:
 
 
 def predictions(outputs: np.ndarray, task: str) -> np.ndarray:
-    """Class ids from classifier outputs (argmax of scores; a logit > 0 for binary)."""
+    """Class ids from classifier outputs (argmax of scores; for binary, each logit > 0: a multi-label
+    model's [N, K] logits give N * K predictions)."""
     if task == "binary":
-        return (outputs.reshape(len(outputs), -1)[:, 0] > 0).astype(np.int64)
+        return (outputs.reshape(-1) > 0).astype(np.int64)
     return outputs.reshape(len(outputs), -1).argmax(axis=1)
 
 
@@ -104,7 +105,8 @@ def score(
     probabilities: bool = False,
 ) -> dict[str, Any]:
     """All metrics for `outputs` against `labels`: loss, and for classifiers accuracy,
-    macro_f1 and confusion (a list of rows); for regression also mae. `probabilities`:
+    macro_f1 and confusion (a list of rows; binary ones count every 0/1 label of a row, so
+    multi-label accuracy is the share of labels right); for regression also mae. `probabilities`:
     a classifier's outputs are Softmax (or, binary, Sigmoid) probabilities, not logits."""
     loss = loss or TASK_LOSS[task]
     metrics: dict[str, Any] = {"examples": int(len(labels))}
@@ -145,15 +147,24 @@ def r2(outputs: np.ndarray, targets: np.ndarray) -> float | None:
 
 
 def infer_task(declared: str | None, output_shape: Sequence[Any] | None, labels: np.ndarray) -> str:
-    """The task from metadata when given, else from the output's last dimension and the labels."""
+    """The task from metadata when given, else from the output's shape and the labels: integer labels
+    with one value per output value (size-1 axes aside) are 0/1 targets (binary, also multi-label) or
+    numbers, with one fewer axis class ids; other labels are regression targets."""
     if declared in TASK_LOSS:
         return declared  # type: ignore[return-value]
     if labels.dtype.kind in "iub":
-        last = output_shape[-1] if output_shape else None
-        if last == 1 or (output_shape is not None and len(output_shape) == 1):
+        if output_shape is not None and one_per_value(output_shape, labels.shape):
             return "binary" if set(np.unique(labels)) <= {0, 1} else "regression"
         return "classification"
     return "regression"
+
+
+def one_per_value(output_shape: Sequence[Any], label_shape: Sequence[int]) -> bool:
+    """Whether labels shaped `label_shape` are shaped as an output shaped `output_shape` after the batch,
+    size-1 axes left out and named sizes taking any ([N] for [batch, 1], [N, K] for [batch, K])."""
+    output, labels = ([d for d in shape[1:] if d != 1] for shape in (output_shape, label_shape))
+    fits = (not isinstance(o, int) or o == n for o, n in zip(output, labels, strict=False))
+    return len(output) == len(labels) and all(fits)
 
 
 # ---- evaluation of an ONNX model -------------------------------------------------------------

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import runtime
 from onnxkit.data import Dataset, Split
+from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
 from onnxkit.files import load_model
 from onnxkit.metadata import metadata
@@ -56,3 +57,30 @@ def test_a_second_output_trained_is_the_one_eval_and_predict_score(tmp_path):
     again = fit(trained, dataset(x, labels), tmp_path / "again", epochs=1, device="cpu")  # no output= now
     assert metadata(load_model(again.model_path))["onnxkit.output"] == "logits"
     assert again.metrics["test"]["accuracy"] > 0.8
+
+
+def linear(outputs: int, x_shape: list | None = None) -> onnx.ModelProto:
+    rng = np.random.default_rng(1)
+    return model_of([helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", outputs])],
+                    {"w": rng.normal(size=(D, outputs)) * 0.1, "b": np.zeros(outputs)}, x_shape or ["batch", D])
+
+
+def test_a_multi_label_matrix_trains_with_bce_by_default_and_scores_every_label(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, D)).astype(np.float32)
+    labels = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0, x[:, 3] < 0.5, x[:, 4] - x[:, 0] > 0], 1).astype(np.int64)
+    # was: "class labels have shape [100, 4]; give one class id per row"; with loss= bce-with-logits a traceback
+    result = fit(linear(4), dataset(x, labels), tmp_path / "run", epochs=40, lr=0.05, device="cpu")
+    trained = load_model(result.model_path)
+    assert metadata(trained)["onnxkit.task"] == "binary" and result.history[-1]["train_loss"] < 0.3
+    logits = runtime.load(str(result.model_path)).predict(x[200:])
+    z, t = logits.scores.astype(np.float64), labels[200:]
+    test = result.metrics["test"]
+    assert test["loss"] == pytest.approx(np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))), rel=1e-6)
+    assert test["accuracy"] == pytest.approx(np.mean((z > 0) == t)) and test["accuracy"] > 0.9
+    assert np.array(test["confusion"]).sum() == t.size
+    assert logits.multi_label and logits.labels is None
+    np.testing.assert_allclose(logits.probabilities(), 1 / (1 + np.exp(-z)), rtol=1e-6)
+    with pytest.raises(OnnxkitError, match="multi-label model"):
+        logits.top_k(1)

@@ -175,7 +175,8 @@ def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int
 def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows: int = 20) -> str:
     """A short table for a terminal: the best class (or top k) per row, else the outputs."""
     rows = len(prediction)
-    classes = top_k or prediction.class_names is not None or prediction.task in ("classification", "binary")
+    classes = top_k or not prediction.multi_label and (
+        prediction.class_names is not None or prediction.task in ("classification", "binary"))
     lines = []
     if classes and not top_k and prediction.one_logit:
         # a binary model's one logit z is read as the scores [0, z]: every negative row would show "(0)"

@@ -164,7 +164,9 @@ class Model:
                 outputs[name] = np.array([[row[k] for k in keys] for row in value], np.float32)
                 if name == self.scores_output and names is None and keys != list(range(len(keys))):
                     names = tuple(str(k) for k in keys)
-        return Prediction(outputs, names, self.task, self.given_probabilities, self.scores_output)
+        scores = np.asarray(outputs.get(self.scores_output, next(iter(outputs.values()), ())))
+        multi_label = self.task == "binary" and scores.size > len(scores)
+        return Prediction(outputs, names, self.task, self.given_probabilities, self.scores_output, multi_label)
 
     def predict_text(self, texts: str | Sequence[str]) -> Prediction:
         """Tokenize `texts` with the tokenizer the model carries (metadata) and predict."""

@@ -28,6 +28,7 @@ class Prediction:
     task: str | None = None  # metadata onnxkit.task: "classification", "binary", "regression", ...
     given_probabilities: bool = False  # the first output is class probabilities, not logits
     scores_output: str | None = None  # the output holding the scores, when not the first (scikit-learn's)
+    multi_label: bool = False  # a binary task's several scores per row, each one 0/1 label's logit (or probability)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.outputs[name]
@@ -56,6 +57,9 @@ class Prediction:
         """Scores as [rows, classes]."""
         if self.task not in (None, "classification", "binary"):
             raise OnnxkitError(f"this is a {self.task} model: it predicts values, not classes")
+        if self.multi_label:
+            raise OnnxkitError("this is a multi-label model: each score is one 0/1 label's logit, not a class's "
+                               "score; read them as values (--probs: each label's sigmoid)")
         scores = np.asarray(self.scores)
         if scores.ndim != 2:
             raise OnnxkitError(f"class predictions need a [batch, classes] first output, got shape {scores.shape}")
@@ -69,8 +73,11 @@ class Prediction:
 
     def probabilities(self) -> np.ndarray:
         """Class probabilities as [rows, classes] float32: the softmax of the scores, or for a binary
-        classifier's single logit z the sigmoid pair [1 - sigmoid(z), sigmoid(z)]."""
+        classifier's single logit z the sigmoid pair [1 - sigmoid(z), sigmoid(z)] (for a multi-label
+        one's logits, each one's sigmoid, shaped as they are)."""
         scores = np.asarray(self.scores, np.float64)
+        if self.multi_label:  # each label's sigmoid
+            return (scores if self.given_probabilities else 0.5 * (1.0 + np.tanh(0.5 * scores))).astype(np.float32)
         if self.given_probabilities:
             return self.class_scores().astype(np.float32)
         if self.one_logit:
@@ -93,8 +100,8 @@ class Prediction:
 
     @property
     def labels(self) -> list[str] | None:
-        """The name of the best class for each row, or None when the model names no classes."""
-        if self.class_names is None:
+        """The name of the best class for each row, or None when the model names no classes (or is multi-label)."""
+        if self.class_names is None or self.multi_label:
             return None
         return [self.class_names[i] for i in self.classes]
 
