@@ -242,3 +242,22 @@ def test_a_json_number_past_float64_gets_400_not_infinity(relu, number):
         decode_request(body, relu)
     assert refused.value.status == 400 and "past float64's range" in str(refused.value)
     assert np.isinf(decode_request(body.replace(number, b"Infinity"), relu).feeds["x"][0, 1])  # the token passes
+
+
+@pytest.mark.parametrize("datatype", ["UINT8", "UINT16", "UINT32", "INT8", "INT16"])
+def test_json_and_grpc_typed_integers_reach_a_narrow_or_unsigned_input(tmp_path, datatype):
+    # before: JSON's int64 (and gRPC's uint_contents) for an unsigned input was refused by Model.prepare as another
+    # kind: "input 'x' expects uint8 values, got int64" (400), so no JSON client could call such a model
+    dtype = binary.NUMPY_BY_V2[datatype]
+    model = _one_node(tmp_path, "narrow", "Identity", helper.np_dtype_to_tensor_dtype(dtype), ["n"])
+    data = [0, int(np.iinfo(dtype).max), 7]
+    body = {"inputs": [{"name": "x", "shape": [3], "datatype": datatype, "data": data}]}
+    feeds = decode_request(json.dumps(body).encode(), model).feeds
+    assert feeds["x"].dtype == dtype and feeds["x"].tolist() == data
+    grpc_request = message("ModelInferRequest")(model_name="narrow")
+    field = "uint_contents" if datatype.startswith("U") else "int_contents"
+    getattr(grpc_request.inputs.add(name="x", datatype=datatype, shape=[3]).contents, field).extend(data)
+    assert decode_infer(grpc_request, model).feeds["x"].tolist() == data
+    body["inputs"][0]["data"] = [int(np.iinfo(dtype).min) - 1, 0, 0]
+    with pytest.raises(RequestError, match=f"does not fit {datatype}"):
+        decode_request(json.dumps(body).encode(), model)

@@ -377,7 +377,7 @@ def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> 
     if want is not None and want.kind in "iu" and array.dtype.kind == "f" and array.size:
         # numpy reads whole numbers past INT64 beside smaller ones (UINT64's upper half) as float64: keep them exact
         exact = np.asarray(data, dtype=object)
-        if all(type(v) is int for v in exact.flat):
+        if _integers(exact):
             array = exact
     if want is not None and array.dtype != want:
         array = _typed(array, want, datatype, name)
@@ -388,8 +388,9 @@ def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> 
 
 
 def _typed(array: np.ndarray, want: np.dtype, datatype: str, name: str) -> np.ndarray:
-    """`array` for a tensor of numpy type `want`: an empty one in that type; RequestError(400) for a whole
-    number that an integer type cannot hold; any other as it is, for `Model.prepare` to cast or refuse."""
+    """`array` for a tensor of numpy type `want`: an empty one in that type; integers in an integer type (JSON's
+    int64 for UINT8, which `Model.prepare` refuses as another kind), RequestError(400) for a whole number that
+    type cannot hold; any other as it is, for `Model.prepare` to cast or refuse."""
     if array.size == 0:  # [] reads as float64
         return array.astype(want)
     limits = np.iinfo(want) if want.kind in "iu" else None
@@ -397,8 +398,8 @@ def _typed(array: np.ndarray, want: np.dtype, datatype: str, name: str) -> np.nd
         digits = str(value)
         shown = digits if len(digits) <= 30 else f"a {len(digits.lstrip('-'))}-digit number"
         raise RequestError(400, f"input {name!r}: {shown} does not fit {datatype} ({limits.min} to {limits.max})")
-    if limits is not None and array.dtype.kind == "O" and all(type(v) is int for v in array.flat):
-        return array.astype(want)  # whole numbers held exactly, and they fit
+    if limits is not None and (array.dtype.kind in "iu" or array.dtype.kind == "O" and _integers(array)):
+        return array.astype(want)  # integers that fit: exact in the datatype
     return array
 
 
@@ -406,7 +407,7 @@ def _out_of_range(array: np.ndarray, limits: np.iinfo) -> int | None:
     """The smallest or largest value of `array` if it is a whole number outside `limits`."""
     if array.dtype.kind in "iuf":
         ends = [array.min().item(), array.max().item()]
-    elif array.dtype.kind == "O" and all(type(v) is int for v in array.flat):  # past float64's range
+    elif array.dtype.kind == "O" and _integers(array):  # past float64's range
         ends = [min(array.flat), max(array.flat)]
     else:
         return None
@@ -414,6 +415,11 @@ def _out_of_range(array: np.ndarray, limits: np.iinfo) -> int | None:
         if (type(value) is int or value.is_integer()) and not limits.min <= value <= limits.max:
             return int(value)
     return None
+
+
+def _integers(array: np.ndarray) -> bool:
+    """True if an object array holds Python ints only (whole numbers past int64, held exactly)."""
+    return all(type(v) is int for v in array.flat)
 
 
 def _float_array(data: Any, datatype: str) -> np.ndarray | None:
