@@ -493,6 +493,27 @@ def test_grpc_repository_index_unload_and_load(server):
         client.close()
 
 
+def test_http_load_refuses_parameters_as_grpc_does(server):
+    # before: tritonclient.http's load_model("digits", config=...) got 200 and {}, its config silently ignored
+    # (gRPC refused it); the model is reloaded from its file either way
+    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        with pytest.raises(InferenceServerException) as configured:
+            client.load_model("digits", config='{"backend": "onnxruntime"}')
+        assert configured.value.status() == "400" and configured.value.message() == (
+            "load parameters (config) are not supported: a model is reloaded from its file"
+        )
+        client.load_model("digits")  # tritonclient sends {}
+        assert client.is_model_ready("digits")
+    finally:
+        client.close()
+    for body, message in [(b'{"parameters": 5}', '"parameters" must be an object, got int'),
+                          (b"[1]", "must be a JSON object")]:  # fmt: skip
+        refused = httpx.post(f"{server.url}/v2/repository/models/digits/load", content=body)
+        assert refused.status_code == 400 and message in refused.json()["error"], refused.text
+    assert httpx.post(f"{server.url}/v2/repository/models/digits/load").status_code == 200  # no body at all
+
+
 def test_bytes_that_are_no_protobuf_message_get_invalid_argument(server):
     # before: UNKNOWN "Unexpected <class 'google.protobuf.message.DecodeError'>..." (grpc's answer to a failed
     # deserializer); in a stream the message was dropped without an answer

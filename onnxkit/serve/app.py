@@ -97,7 +97,12 @@ def create_app(
         return _json([m for m in models if m["state"] == "READY"] if _ready_only(body) else models)
 
     async def repository_load(request: Request) -> Response:
-        await repository.load(request.path_params["name"])
+        body = await read_body(request.scope, request.receive, _header(request.scope, b"content-length"),
+                               limits.max_body_bytes)  # fmt: skip
+        parameters = _body_object(body, '{"parameters": {}}').get("parameters")
+        if not isinstance(parameters, dict | None):
+            raise RequestError(400, f'"parameters" must be an object, got {type(parameters).__name__}')
+        await repository.load(request.path_params["name"], parameters)
         return _json({})
 
     async def repository_unload(request: Request) -> Response:
@@ -285,18 +290,23 @@ def _infer_target(path: str) -> tuple[str, str] | None:
 def _ready_only(body: bytes) -> bool:
     """The "ready" flag of a repository index request, as Triton reads it: {"ready": true} asks for the ready models
     only; an empty body or {} for all."""
+    ready = _body_object(body, '{"ready": true}').get("ready", False)
+    if not isinstance(ready, bool):
+        raise RequestError(400, f'"ready" must be true or false, got {ready!r}')
+    return ready
+
+
+def _body_object(body: bytes, example: str) -> dict[str, Any]:
+    """The JSON object of a repository request's body ({} if empty); RequestError(400) for anything else."""
     if not body.strip():
-        return False
+        return {}
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise RequestError(400, f"malformed JSON in the request body: {e}") from None
     if not isinstance(payload, dict):
-        raise RequestError(400, 'the request body must be a JSON object, e.g. {"ready": true}')
-    ready = payload.get("ready", False)
-    if not isinstance(ready, bool):
-        raise RequestError(400, f'"ready" must be true or false, got {ready!r}')
-    return ready
+        raise RequestError(400, f"the request body must be a JSON object, e.g. {example}")
+    return payload
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -169,8 +169,8 @@ class InferenceService:
         return message("RepositoryIndexResponse")(models=models)
 
     async def RepositoryModelLoad(self, request: Any) -> Any:  # noqa: N802
-        _check_repository(request.repository_name, request.parameters)
-        await self.repository.load(request.model_name)
+        _check_repository(request.repository_name)
+        await self.repository.load(request.model_name, request.parameters)
         return message("RepositoryModelLoadResponse")()
 
     async def RepositoryModelUnload(self, request: Any) -> Any:  # noqa: N802
@@ -318,14 +318,10 @@ def _check_parsed(request: Any) -> None:
         raise RequestError(400, request.error)
 
 
-def _check_repository(name: str, parameters: Mapping[str, Any] | None = None) -> None:
-    """RequestError(400) for a named repository or load parameters: there is one, loaded from the model files."""
+def _check_repository(name: str) -> None:
+    """RequestError(400) for a named repository: there is one, loaded from the model files."""
     if name:
         raise RequestError(400, f"there is no repository {name!r}: leave repository_name empty")
-    if parameters:
-        raise RequestError(
-            400, f"load parameters ({', '.join(parameters)}) are not supported: a model is reloaded from its file"
-        )
 
 
 def _parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,9 +81,14 @@ class Repository:
             for name, entry in self._entries.items()
         ]
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) model `name` from its file; RequestError(400) if that fails."""
+    async def load(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Load (or reload) model `name` from its file; RequestError(400) if that fails, or for load `parameters`
+        (Triton's new config or files): a model is reloaded from its own file."""
         entry = self._entry(name)
+        if parameters:
+            raise RequestError(
+                400, f"load parameters ({', '.join(parameters)}) are not supported: a model is reloaded from its file"
+            )
         async with entry.lock:
             stamp = _stamp(entry.path)
             try:
