@@ -108,3 +108,19 @@ def test_repository_index_load_and_unload(served):
         assert c.post("/v2/repository/models/digits/load").status_code == 200
         np.testing.assert_allclose(answer(c.post("/v2/models/digits/infer", json=BODY)), new, atol=1e-4)
         assert c.post("/v2/repository/models/digitz/load").status_code == 404
+
+
+def test_metrics_keep_an_unloaded_models_name(served):
+    # before: a request was counted under model "" once its model was not served, the unload itself and answers
+    # (200s, and their latency) to requests decoded before an unload or reload included; names never served still are
+    server = served[0]
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert c.post("/v2/repository/models/digits/unload").status_code == 200
+        assert c.post("/v2/models/digits/infer", json=BODY).status_code == 404
+        assert c.post("/v2/models/digitz/infer", json=BODY).status_code == 404
+        assert c.post("/v2/repository/models/digits/load").status_code == 200
+        metrics = c.get("/metrics").text
+    assert 'onnxkit_requests_total{endpoint="repository_unload",model="digits",code="200"} 1' in metrics
+    assert 'onnxkit_requests_total{endpoint="infer",model="digits",code="404"} 1' in metrics
+    assert 'onnxkit_requests_total{endpoint="infer",model="",code="404"} 1' in metrics
+    assert 'onnxkit_infer_duration_seconds_count{model="digits"} 1' in metrics

@@ -205,8 +205,7 @@ class _Front:
         self._record(endpoint, target[0] if target else "", status, start)
 
     def _record(self, endpoint: str, model: str, status: int, start: float) -> None:
-        model = model if model in self.repository.served else ""
-        seconds = time.perf_counter() - start if endpoint == "infer" and model else None
+        seconds = time.perf_counter() - start if endpoint == "infer" else None
         self.metrics.record_request(endpoint, model, status, seconds)
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str) -> int:

@@ -228,9 +228,7 @@ class InferenceService:
             reply.error_message = f"internal server error ({type(e).__name__}); see the server's log"
         finally:
             model = getattr(request, "model_name", "")
-            model = model if model in self.batchers else ""
-            seconds = time.perf_counter() - start if model else None
-            self.metrics.record_request("grpc.ModelStreamInfer", model, status, seconds)
+            self.metrics.record_request("grpc.ModelStreamInfer", model, status, time.perf_counter() - start)
         return reply
 
     def _authorized(self, name: str, context: grpc.aio.ServicerContext) -> bool:
@@ -266,8 +264,7 @@ class InferenceService:
                 )
             finally:
                 model = getattr(request, "model_name", "") or getattr(request, "name", "")
-                model = model if model in self.batchers else ""
-                seconds = time.perf_counter() - start if name == "ModelInfer" and model else None
+                seconds = time.perf_counter() - start if name == "ModelInfer" else None
                 self.metrics.record_request(endpoint, model, status, seconds)
 
         return handle

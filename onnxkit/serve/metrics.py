@@ -47,9 +47,11 @@ class Metrics:
         self.batch_size = {name: Histogram(BATCH_BUCKETS) for name in models}
 
     def record_request(self, endpoint: str, model: str, status: int, seconds: float | None) -> None:
-        """One finished HTTP request; `seconds` is given for infer calls on a known model."""
-        self.requests[(endpoint, model, status)] += 1
-        if seconds is not None and model in self.latency:
+        """One finished HTTP or gRPC request for `model`, counted under "" unless the server was started with it
+        (served now or unloaded: a request a reload or unload overtook keeps its model); `seconds` for infer calls."""
+        known = model in self.latency
+        self.requests[(endpoint, model if known else "", status)] += 1
+        if seconds is not None and known:
             self.latency[model].observe(seconds)
 
     def record_batch(self, model: str, rows: int) -> None:
