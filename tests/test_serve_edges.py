@@ -261,3 +261,18 @@ def test_json_and_grpc_typed_integers_reach_a_narrow_or_unsigned_input(tmp_path,
     body["inputs"][0]["data"] = [int(np.iinfo(dtype).min) - 1, 0, 0]
     with pytest.raises(RequestError, match=f"does not fit {datatype}"):
         decode_request(json.dumps(body).encode(), model)
+
+
+def test_an_output_requested_twice_gets_400_not_a_copy_each(relu):
+    # before: each copy was encoded: a 100 KB request asking for one output 3,000 times got a 192 MB answer, and
+    # 32 MB of such requests could ask for gigabytes (HTTP and gRPC alike)
+    x = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}
+    body = {"inputs": [x], "outputs": [{"name": "y"}] * 3000}
+    grpc_request = message("ModelInferRequest")(model_name="relu")
+    grpc_request.inputs.add(name="x", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([1, 2])
+    grpc_request.outputs.add(name="y")
+    grpc_request.outputs.add(name="y")
+    for decode, request in ((decode_request, json.dumps(body).encode()), (decode_infer, grpc_request)):
+        with pytest.raises(RequestError) as refused:
+            decode(request, relu)
+        assert refused.value.status == 400 and str(refused.value) == "output 'y' is requested twice"

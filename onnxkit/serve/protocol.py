@@ -463,6 +463,8 @@ def _requested_outputs(
         if name not in names:
             hint = f"{suggest(str(name), names)} Its outputs: {', '.join(names)}"
             raise RequestError(400, f"model {model.name!r} has no output {name!r}.{hint}")
+        if name in chosen:  # each copy would be encoded again: 100 KB asking for 3,000 copies got a 192 MB answer
+            raise RequestError(400, f"output {name!r} is requested twice")
         k = parameters.get("classification")
         if k is not None:
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
