@@ -40,8 +40,11 @@ PROBABILITIES_OF = {"classification": "Softmax", "binary": "Sigmoid"}  # a class
 # ---- losses (numpy, float64 accumulation) ---------------------------------------------------
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean softmax cross-entropy of `logits` [N, C] against class ids [N]."""
+def cross_entropy(logits: np.ndarray, labels: np.ndarray, axis: int = -1) -> float:
+    """Mean softmax cross-entropy of `logits` [N, C] against class ids [N]; with the classes on
+    `axis` of more dims ([N, C, H, W] against [N, H, W]), the mean over every position, as PyTorch's."""
+    if logits.ndim > 2:
+        logits, labels = np.moveaxis(logits, axis, -1).reshape(-1, logits.shape[axis]), labels.reshape(-1)
     z = logits.astype(np.float64)
     top = np.maximum.reduce(z, axis=-1)  # ufunc reductions, not ndarray.max / np.mean, whose Python
     # wrappers ran ~60 us each in a training loop's validation, between ONNX Runtime runs (205 -> 161 us)
@@ -103,15 +106,19 @@ def score(
     loss: str | None = None,
     num_classes: int | None = None,
     probabilities: bool = False,
+    axis: int = -1,
 ) -> dict[str, Any]:
     """All metrics for `outputs` against `labels`: loss, and for classifiers accuracy,
     macro_f1 and confusion (a list of rows; binary ones count every 0/1 label of a row, so
     multi-label accuracy is the share of labels right); for regression also mae. `probabilities`:
-    a classifier's outputs are Softmax (or, binary, Sigmoid) probabilities, not logits."""
+    a classifier's outputs are Softmax (or, binary, Sigmoid) probabilities, not logits. `axis`: a
+    classifier's class axis, every position of the others scored ([N, C, H, W] against [N, H, W])."""
     loss = loss or TASK_LOSS[task]
     metrics: dict[str, Any] = {"examples": int(len(labels))}
     if probabilities and task in ("classification", "binary"):
         outputs = logits_of(outputs, task)
+    if task == "classification" and outputs.ndim > 2:  # one class id per position: each a row
+        outputs, labels = np.moveaxis(outputs, axis, -1).reshape(-1, outputs.shape[axis]), labels.reshape(-1)
     if task == "classification":
         metrics["loss"] = LOSSES[loss](outputs, labels)
     else:
@@ -159,12 +166,34 @@ def infer_task(declared: str | None, output_shape: Sequence[Any] | None, labels:
     return "regression"
 
 
+def class_axis(output_shape: Sequence[Any], label_shape: Sequence[int]) -> int:
+    """The axis of an output shaped `output_shape` that holds the class scores for class ids shaped
+    `label_shape`: the one of a fixed size whose removal leaves the labels' shape (1 for [batch, C, H, W]
+    scores of [N, H, W] masks, as PyTorch lays them out; 2 for [batch, T, C] of [N, T] tags), given as
+    -1 when last or when none fits (the checks of labels then say why); an error when several fit."""
+    rank = len(output_shape)
+    if rank < 3 or len(label_shape) != rank - 1:
+        return -1
+    fits = [a for a in range(1, rank) if isinstance(output_shape[a], int) and output_shape[a] > 0
+            and sizes_fit([*output_shape[1:a], *output_shape[a + 1:]], label_shape[1:])]
+    if len(fits) > 1:
+        shown = ", ".join(str(d) if d else "?" for d in output_shape)
+        raise OnnxkitError(f"class ids of shape {list(label_shape)} fit output shape [{shown}] with the classes on "
+                           f"axis {' or '.join(map(str, fits))}; export the model with its other axes dynamic "
+                           "(torch.onnx.export(..., dynamic_axes=...)) so that only the classes' axis has a fixed size")
+    return fits[0] if fits and fits[0] != rank - 1 else -1
+
+
 def one_per_value(output_shape: Sequence[Any], label_shape: Sequence[int]) -> bool:
     """Whether labels shaped `label_shape` are shaped as an output shaped `output_shape` after the batch,
     size-1 axes left out and named sizes taking any ([N] for [batch, 1], [N, K] for [batch, K])."""
-    output, labels = ([d for d in shape[1:] if d != 1] for shape in (output_shape, label_shape))
-    fits = (not isinstance(o, int) or o == n for o, n in zip(output, labels, strict=False))
-    return len(output) == len(labels) and all(fits)
+    return sizes_fit(*([d for d in shape[1:] if d != 1] for shape in (output_shape, label_shape)))
+
+
+def sizes_fit(output: Sequence[Any], labels: Sequence[int]) -> bool:
+    """Whether an output's sizes are the labels', a named (dynamic) size taking any."""
+    return len(output) == len(labels) and all(not isinstance(o, int) or not o or o == n
+                                              for o, n in zip(output, labels, strict=True))
 
 
 # ---- evaluation of an ONNX model -------------------------------------------------------------
@@ -177,11 +206,20 @@ def check_features(split: Split) -> None:
     check_finite(split.described, split.inputs)
 
 
-def check_targets(where: str, labels: np.ndarray, outputs: np.ndarray, task: str, output: str) -> None:
+def check_targets(where: str, labels: np.ndarray, outputs: np.ndarray, task: str, output: str,
+                  axis: int = -1) -> None:
     """Refuse labels that `outputs` (of the model output called `output`) cannot be scored against,
-    as training does: class ids that are negative, fractional or not below the number of scores,
-    a count per row unlike the output's, NaN or infinite regression targets. `where` names the data."""
+    as training does: class ids that are negative, fractional or not below the number of scores
+    (on `axis`, for one id per position), a count per row unlike the output's, NaN or infinite
+    regression targets. `where` names the data."""
     scores = outputs.reshape(len(outputs), -1).shape[1]
+    if task == "classification" and outputs.ndim > 2:  # one class id per position
+        rest = [d for i, d in enumerate(outputs.shape) if i not in (0, axis % outputs.ndim)]
+        if list(labels.shape[1:]) != rest:
+            raise OnnxkitError(f"data {where!r}: class ids have shape {list(labels.shape)} but output {output!r} has "
+                               f"shape {list(outputs.shape)}, its classes on axis {axis % outputs.ndim}; give one "
+                               f"class id per position (shape [N, {', '.join(map(str, rest))}])")
+        scores, labels = outputs.shape[axis], labels.reshape(-1)
     if task == "classification":
         if labels.dtype.kind not in "iub":
             fractional = labels[labels != np.round(labels)]
@@ -362,7 +400,8 @@ def evaluate(
     shape = [d.dim_value or d.dim_param for d in out_vi.type.tensor_type.shape.dim]
     meta_task = metadata(proto).get("onnxkit.task")
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
-    check_targets(split.described, split.labels, result, resolved, name)
+    axis = class_axis(shape or list(result.shape), split.labels.shape) if resolved == "classification" else -1
+    check_targets(split.described, split.labels, result, resolved, name, axis)
     from onnxkit.graph_walks import opset, probability_logits
 
     names = label_names(proto)
@@ -373,7 +412,8 @@ def evaluate(
         loss=loss,
         num_classes=len(names) if names and resolved == "classification" else None,
         probabilities=resolved in PROBABILITIES_OF and (name == given_probabilities or probability_logits(
-            proto.graph, name, len(shape), opset(proto), PROBABILITIES_OF[resolved]) is not None),
+            proto.graph, name, len(shape), opset(proto), PROBABILITIES_OF[resolved], axis) is not None),
+        axis=axis,
     )
     metrics["task"] = resolved
     if names and "confusion" in metrics:

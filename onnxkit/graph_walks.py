@@ -185,18 +185,18 @@ def opset(model: onnx.ModelProto) -> int:
 
 
 def probability_logits(graph: onnx.GraphProto, output: str, rank: int, version: int,
-                       activation: str | None = None) -> str | None:
+                       activation: str | None = None, axis: int = -1) -> str | None:
     """The logits behind `output` (of `rank` dims; opset `version`) when it is their Softmax over
-    the last axis or their Sigmoid, i.e. class probabilities; `activation` ("Softmax" or
-    "Sigmoid") asks for that one only. None for any other output."""
+    the class axis `axis` (the last) or their Sigmoid, i.e. class probabilities; `activation`
+    ("Softmax" or "Sigmoid") asks for that one only. None for any other output."""
     node = next((n for n in graph.node if output in n.output), None)
     kinds = ("Softmax", "Sigmoid") if activation is None else (activation,)
     if node is None or node.op_type not in kinds or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "Softmax":
-        axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if version >= 13 else 1)
-        if axis % max(rank, 1) != rank - 1:
-            return None
+        over = next((a.i for a in node.attribute if a.name == "axis"), -1 if version >= 13 else 1)
+        if over % max(rank, 1) != axis % max(rank, 1) or (version < 13 and over % max(rank, 1) != rank - 1):
+            return None  # before opset 13 Softmax flattened the axes from `over` on
     return node.input[0]
 
 

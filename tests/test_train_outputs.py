@@ -14,6 +14,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
 from onnxkit.files import load_model
 from onnxkit.metadata import metadata
+from onnxkit.runtime.datafiles import format_prediction
 from onnxkit.train import fit
 
 pytestmark = pytest.mark.training
@@ -84,3 +85,97 @@ def test_a_multi_label_matrix_trains_with_bce_by_default_and_scores_every_label(
     np.testing.assert_allclose(logits.probabilities(), 1 / (1 + np.exp(-z)), rtol=1e-6)
     with pytest.raises(OnnxkitError, match="multi-label model"):
         logits.top_k(1)
+
+
+def torch_cross_entropy(z: np.ndarray, labels: np.ndarray, axis: int) -> float:
+    """torch.nn.CrossEntropyLoss()(z, labels) with the classes on `axis` (1 in PyTorch's own layout)."""
+    z = z.astype(np.float64)
+    top = z.max(axis=axis, keepdims=True)
+    log_prob = z - top - np.log(np.exp(z - top).sum(axis=axis, keepdims=True))
+    return -float(np.take_along_axis(log_prob, np.expand_dims(labels, axis), axis).mean())
+
+
+def per_position(layout: str) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray, int]:
+    """A pixel classifier ([batch, 2, 4, 4] scores, a 1x1 Conv, of [N, 4, 4] ids) or a token tagger
+    ([batch, 5, 3] scores of [N, 5] ids); its data and class axis."""
+    rng = np.random.default_rng(3)
+    if layout == "pixels":
+        x = rng.normal(size=(150, 1, 4, 4)).astype(np.float32)
+        model = model_of([helper.make_node("Conv", ["x", "w", "b"], ["y"])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 4, 4])],
+                         {"w": rng.normal(size=(2, 1, 1, 1)) * 0.1, "b": np.zeros(2)}, ["batch", 1, 4, 4])
+        return model, x, (x[:, 0] > 0.3).astype(np.int64), 1
+    x = rng.normal(size=(150, 5, D)).astype(np.float32)
+    model = model_of([helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", 3])],
+                     {"w": rng.normal(size=(D, 3)) * 0.1, "b": np.zeros(3)}, ["batch", "tokens", D])
+    return model, x, np.digitize(x[..., 0] + x[..., 1], [-0.5, 0.5]), 2
+
+
+def scores(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`per_position`'s model in numpy."""
+    if x.ndim == 4:  # a 1x1 Conv
+        return w.reshape(1, -1, 1, 1) * x + b.reshape(1, -1, 1, 1)
+    return x @ w + b
+
+
+@pytest.mark.parametrize("layout", ["pixels", "tokens"])
+def test_one_class_id_per_position_trains_cross_entropy_over_the_class_axis(tmp_path, layout):
+    """[N, C, H, W] scores of [N, H, W] masks and [N, T, C] of [N, T] tags: refused before ('cross-entropy
+    needs logits shaped [batch, classes], but output 'y' has rank 4'); now PyTorch's loss and its step."""
+    model, x, labels, axis = per_position(layout)
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    x64, first = x[:50].astype(np.float64), labels[:50]
+    step = fit(model, dataset(x, labels), tmp_path / "step", epochs=1, batch_size=50, optimizer="sgd", lr=0.5,
+               weight_decay=0.0, shuffle=False, keep_best=False, evaluate_test=False, device="cpu")
+    loss = torch_cross_entropy(scores(x64, **init), first, axis)
+    assert step.history[0]["train_loss"] == pytest.approx(loss, rel=1e-5)
+    after = {t.name: numpy_helper.to_array(t) for t in load_model(step.model_path).graph.initializer}
+    for name, value in init.items():  # the step follows the central-difference gradient of PyTorch's loss
+        grad = np.zeros_like(value)
+        for i in np.ndindex(value.shape):
+            up, down = ({**init, name: value.copy()} for _ in range(2))
+            up[name][i] += 1e-6
+            down[name][i] -= 1e-6
+            grad[i] = (torch_cross_entropy(scores(x64, **up), first, axis) -
+                       torch_cross_entropy(scores(x64, **down), first, axis)) / 2e-6
+        np.testing.assert_allclose(after[name], value - 0.5 * grad, rtol=1e-4, atol=1e-6)
+
+    result = fit(model, dataset(x, labels), tmp_path / "run", epochs=30, lr=0.05, device="cpu")
+    test = result.metrics["test"]
+    predicted = runtime.load(str(result.model_path)).predict(x[100:])
+    z = predicted.scores
+    assert format_prediction(predicted).startswith("row  y\n0    [")  # the scores, not an error
+    assert test["loss"] == pytest.approx(torch_cross_entropy(z, labels[100:], axis), rel=1e-5)
+    assert test["accuracy"] == pytest.approx(np.mean(z.argmax(axis=axis) == labels[100:])) and test["accuracy"] > 0.85
+    assert np.array(test["confusion"]).sum() == labels[100:].size and test["examples"] == 50
+    assert evaluate(load_model(result.model_path), Split("test", {"x": x[100:]}, labels[100:])) == test
+
+
+def test_a_softmax_over_the_class_axis_trains_on_the_logits_behind_it(tmp_path):
+    model, x, labels, _ = per_position("pixels")
+    model.graph.node[0].output[0] = "logits"
+    model.graph.node.append(helper.make_node("Softmax", ["logits"], ["y"], axis=1))
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    result = fit(model, dataset(x, labels), tmp_path / "run", epochs=1, batch_size=50, shuffle=False, device="cpu")
+    assert result.history[0]["train_loss"] == pytest.approx(  # 0.7661; the probabilities read as logits: 0.7283
+        torch_cross_entropy(scores(x[:50].astype(np.float64), **init), labels[:50], 1), rel=1e-5)
+    assert metadata(load_model(result.model_path))["onnxkit.scores"] == "probabilities"
+
+
+def test_class_ids_that_fit_two_axes_or_none_are_one_error_line(tmp_path):
+    model, x, labels, _ = per_position("tokens")
+    square = model_of(list(model.graph.node), [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 3])],
+                      {"w": np.ones((D, 3)), "b": np.zeros(3)}, ["batch", 3, D])
+    with pytest.raises(OnnxkitError, match=r"class ids of shape \[50, 3\] fit output shape \[batch, 3, 3\] with the "
+                                           r"classes on axis 1 or 2; export the model with its other axes dynamic"):
+        fit(square, dataset(x[:, :3], labels[:, :3] % 3), tmp_path / "square", epochs=1, device="cpu")
+    with pytest.raises(OnnxkitError, match=r"cross-entropy takes one class id per position of output 'y' \(shape "
+                                           r"\[batch, tokens, 3\]\), shaped as the output without its class axis, but "
+                                           r"the labels have shape \[50, 5, 2\]"):
+        fit(model, dataset(x, np.stack([labels, labels], -1)), tmp_path / "bad", loss="cross-entropy", epochs=1,
+            device="cpu")
+    with pytest.raises(OnnxkitError, match=r"^data 'test split': class ids have shape \[50, 4\] but output 'y' has "
+                                           r"shape \[50, 5, 3\], its classes on axis 2; give one class id per "
+                                           r"position \(shape \[N, 5\]\)$"):
+        evaluate(model, Split("test", {"x": x[:50]}, labels[:50, :4]), task="classification")

@@ -175,7 +175,8 @@ def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int
 def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows: int = 20) -> str:
     """A short table for a terminal: the best class (or top k) per row, else the outputs."""
     rows = len(prediction)
-    classes = top_k or not prediction.multi_label and (
+    per_row = prediction.multi_label or np.ndim(prediction.scores) > 2  # a class per label or position: values
+    classes = top_k or not per_row and (
         prediction.class_names is not None or prediction.task in ("classification", "binary"))
     lines = []
     if classes and not top_k and prediction.one_logit:

@@ -434,6 +434,7 @@ class _Setup:
         task = metadata(self.model).get("onnxkit.task")
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(task, shape, dataset.train.labels)
         self.loss.check_output(self.output_vi)
+        self.loss = self.loss.along(self.output_vi, dataset.train.labels)  # the class axis of one id per position
         self.task = TASK_OF_LOSS[self.loss.name]
         regression = self.task == "regression"  # whole-number targets too (a CSV of prices in dollars)
         unscaled_note = None  # said once the data has passed its checks, so that an error is the only line
@@ -447,18 +448,19 @@ class _Setup:
         # a classifier whose output is its Softmax or Sigmoid: the loss and its reports read the logits behind it
         activation = self.loss.reads_logits_of
         self.probabilities = bool(activation) and (probability_logits(
-            self.model.graph, self.output, len(shape), opset(self.model), activation) is not None or (
+            self.model.graph, self.output, len(shape), opset(self.model), activation, self.loss.axis) is not None or (
             activation == "Softmax" and sigmoid_pair_logit(self.model.graph, self.output) is not None))
         specs = model_inputs(self.model)
         self.target_scale = target_scale(dataset.train.labels) if c.standardize and regression else None
-        classes = shape[-1] if self.loss.class_labels and isinstance(shape[-1], int) else None
+        classes = shape[self.loss.axis] if self.loss.class_labels and isinstance(shape[self.loss.axis], int) else None
         for name in SPLIT_NAMES:  # before binding, which casts labels
             split = dataset.split(name)
             check_finite(f"{dataset.name}, {name} split", split.inputs)
             if regression:
                 check_finite(f"{dataset.name}, {name} split", {"labels": split.labels}, role="target array")
             else:
-                check_class_labels(f"{dataset.name}, {name} split", split.labels, classes, output=self.output,
+                ids = split.labels.reshape(-1) if self.loss.class_labels and len(shape) > 2 else split.labels
+                check_class_labels(f"{dataset.name}, {name} split", ids, classes, output=self.output,
                                    binary=self.task == "binary", class_names=dataset.label_names)
         self.splits = {name: self._bind(dataset.split(name), specs, shape) for name in ("train", "validation")}
         if regression:  # after binding, whose errors about shapes say more
@@ -467,7 +469,7 @@ class _Setup:
             raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
         self.fixed = fixed_batch_size(specs)  # such a model runs whole batches only
         self._check_fixed_batch()
-        self.num_classes = shape[-1] if self.task == "classification" and isinstance(shape[-1], int) else None
+        self.num_classes = classes  # cross-entropy's, on its class axis
         self.names = _trained_names(dataset.label_names or label_names(self.model), self.num_classes)
         self._select()
         constants = constant_weights(self.model, self.output)
@@ -686,7 +688,7 @@ class _Setup:
         batches, targets = self._validation
         outputs = np.concatenate([session.eval_step(feeds)[:rows] for feeds, rows in batches])
         metrics = score(outputs, targets, self.task, loss=self.loss.name, num_classes=self.num_classes,
-                        probabilities=self.probabilities)
+                        probabilities=self.probabilities, axis=self.loss.axis)
         return {f"val_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "macro_f1")}
 
 

@@ -8,7 +8,7 @@ L1 uses `|d| = 2*relu(d) - d`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.evaluate import LOSSES as REFERENCE
-from onnxkit.evaluate import PROBABILITIES_OF, TASK_LOSS
+from onnxkit.evaluate import PROBABILITIES_OF, TASK_LOSS, class_axis, cross_entropy, sizes_fit
 
 PREFIX = "onnxkit.loss"
 ALIASES = {"ce": "cross-entropy", "bce": "bce-with-logits", "l2": "mse", "mae": "l1"}
@@ -28,6 +28,7 @@ class Loss:
     """A named loss: which labels it takes and the nodes that compute it (a scalar mean)."""
 
     name: str
+    axis: int = -1  # cross-entropy's class axis: 1 for [batch, C, H, W] scores of [N, H, W] ids (see `along`)
 
     @property
     def class_labels(self) -> bool:
@@ -36,7 +37,24 @@ class Loss:
 
     def reference(self, outputs: np.ndarray, labels: np.ndarray) -> float:
         """The same loss in numpy (float64)."""
-        return REFERENCE[self.name](outputs, labels)
+        return cross_entropy(outputs, labels, self.axis) if self.class_labels else REFERENCE[self.name](outputs, labels)
+
+    def along(self, output: onnx.ValueInfoProto, labels: np.ndarray) -> Loss:
+        """This loss on `output` for `labels`: cross-entropy with one class id per position ([N, H, W]
+        or [N, T]) takes the classes on the output's axis that the labels' shape leaves out."""
+        if not self.class_labels:
+            return self
+        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
+        axis = class_axis(shape, labels.shape)
+        rest = [d for i, d in enumerate(shape) if i not in (0, axis % len(shape))]
+        if len(shape) > 2 and not sizes_fit(rest, labels.shape[1:]):
+            shown = ", ".join(str(d) if d else "?" for d in shape)
+            raise OnnxkitError(
+                f"cross-entropy takes one class id per position of output {output.name!r} (shape [{shown}]), shaped "
+                f"as the output without its class axis, but the labels have shape {list(labels.shape)}; pick "
+                "another output (output=NAME) or another loss (loss=mse for one target per output value)"
+            )
+        return replace(self, axis=axis)
 
     def check_output(self, output: onnx.ValueInfoProto) -> None:
         """Fail early when the output's type or rank cannot feed this loss."""
@@ -47,18 +65,20 @@ class Loss:
                 "pick a float one with output=NAME"
             )
         rank = len(tensor.shape.dim)
-        if self.class_labels and rank != 2:
+        if self.class_labels and rank < 2:
             raise OnnxkitError(
-                f"cross-entropy needs logits shaped [batch, classes], but output {output.name!r} has "
-                f"rank {rank}; pick another output (output=NAME) or another loss (loss=mse)"
+                f"cross-entropy needs logits shaped [batch, classes] (or [batch, classes, ...] for one class id per "
+                f"position), but output {output.name!r} has rank {rank}; pick another output (output=NAME) or "
+                "another loss (loss=mse)"
             )
 
     def labels_input(self, name: str, output: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
         """The graph input the labels are fed through."""
-        if self.class_labels:
-            batch = output.type.tensor_type.shape.dim[0]
-            dim = batch.dim_param or (batch.dim_value if batch.HasField("dim_value") else "batch")
-            return helper.make_tensor_value_info(name, TensorProto.INT64, [dim])
+        if self.class_labels:  # the output's shape without its class axis
+            dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+                    for d in output.type.tensor_type.shape.dim]
+            del dims[self.axis]
+            return helper.make_tensor_value_info(name, TensorProto.INT64, [dims[0] or "batch", *dims[1:]])
         target = onnx.ValueInfoProto()
         target.CopyFrom(output)
         target.name = name
@@ -110,11 +130,11 @@ class Loss:
             return out
 
         loss = f"{PREFIX}.value"
-        if self.name == "cross-entropy":  # -mean(log_softmax(x)[i, label_i])
-            log_prob = node("LogSoftmax", [logits or output], "log_prob", axis=-1)
-            graph.initializer.append(helper.make_tensor(f"{PREFIX}.last_axis", TensorProto.INT64, [1], [-1]))
-            index = node("Unsqueeze", [labels, f"{PREFIX}.last_axis"], "label_index")
-            picked = node("GatherElements", [log_prob, index], "picked", axis=-1)
+        if self.name == "cross-entropy":  # -mean(log_softmax(x)[i, label_i]), over every position i
+            log_prob = node("LogSoftmax", [logits or output], "log_prob", axis=self.axis)
+            graph.initializer.append(helper.make_tensor(f"{PREFIX}.class_axis", TensorProto.INT64, [1], [self.axis]))
+            index = node("Unsqueeze", [labels, f"{PREFIX}.class_axis"], "label_index")
+            picked = node("GatherElements", [log_prob, index], "picked", axis=self.axis)
             nodes.append(helper.make_node("ReduceMean", [picked], [f"{PREFIX}.mean_picked"], name=f"{PREFIX}/mean",
                                           keepdims=0))
             nodes.append(helper.make_node("Neg", [f"{PREFIX}.mean_picked"], [loss], name=f"{PREFIX}/neg"))

@@ -43,7 +43,7 @@ def build_objective(
     vi = next(o for o in graph.output if o.name == output)
     graph.input.append(loss.labels_input(labels, vi))
     rank, activation = len(vi.type.tensor_type.shape.dim), loss.reads_logits_of
-    logits = probability_logits(graph, output, rank, opset(model), activation) if activation else None
+    logits = probability_logits(graph, output, rank, opset(model), activation, loss.axis) if activation else None
     pair = sigmoid_pair_logit(graph, output) if activation == "Softmax" and logits is None else None
     if pair:  # [1 - Sigmoid(z), Sigmoid(z)] is the Softmax of [0, z]
         graph.node.extend([helper.make_node("Sub", [pair, pair], [f"{PREFIX}.zero"], name="logits/zero"),
