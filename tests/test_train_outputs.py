@@ -179,3 +179,18 @@ def test_class_ids_that_fit_two_axes_or_none_are_one_error_line(tmp_path):
                                            r"shape \[50, 5, 3\], its classes on axis 2; give one class id per "
                                            r"position \(shape \[N, 5\]\)$"):
         evaluate(model, Split("test", {"x": x[:50]}, labels[:50, :4]), task="classification")
+
+
+def test_float_zero_one_targets_trained_by_regression_say_so(tmp_path, run_cli):
+    """A float 0/1 label matrix (as PyTorch's BCEWithLogitsLoss takes it) trained mse without a word."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(90, D)).astype(np.float32)
+    np.savez(tmp_path / "multi.npz", x=x, labels=np.stack([x[:, 0] > 0, x[:, 1] > 0], 1).astype(np.float32))
+    onnx.save(linear(2), tmp_path / "m.onnx")
+    args = ("train", tmp_path / "m.onnx", "--data", tmp_path / "multi.npz", "--steps", "1")
+    result = run_cli(*args, "-o", tmp_path / "r")
+    assert result.code == 0 and "loss mse" in result.err, result.err
+    assert ("the targets are 0.0 and 1.0 only: this trains a regression on them (loss mse); for 0/1 labels (binary "
+            "or multi-label), give them as integers or use loss bce-with-logits") in result.err
+    bce = run_cli(*args, "--loss", "bce-with-logits", "-o", tmp_path / "b")
+    assert bce.code == 0 and "0.0 and 1.0" not in bce.err and "accuracy" in bce.err, bce.err

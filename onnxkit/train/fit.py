@@ -577,12 +577,18 @@ class _Setup:
 
     def _note_two_valued_targets(self, dataset: Dataset) -> None:
         """One line when whole-number targets a regression was chosen for take two values only (-1
-        and 1, say): a binary classifier's labels, which need to be 0 and 1 to be taken as such."""
+        and 1, say): a binary classifier's labels, which need to be 0 and 1 to be taken as such; or
+        when float targets are 0.0 and 1.0 only (PyTorch's BCEWithLogitsLoss takes its labels so)."""
         labels = np.asarray(dataset.train.labels)
-        if labels.dtype.kind not in "iu" or not labels.size:
+        if labels.dtype.kind not in "iuf" or not labels.size:
             return
         low, high = labels.min(), labels.max()  # np.unique would import numpy.ma (7-11 ms)
-        if low != high and ((labels == low) | (labels == high)).all():
+        if low == high or not ((labels == low) | (labels == high)).all():
+            return
+        if labels.dtype.kind == "f" and (low, high) == (0, 1):
+            self.progress.line("the targets are 0.0 and 1.0 only: this trains a regression on them (loss mse); for "
+                               "0/1 labels (binary or multi-label), give them as integers or use loss bce-with-logits")
+        elif labels.dtype.kind in "iu":
             self.progress.line(f"the targets take two values only, {low} and {high}: this trains a regression on "
                                "them (loss mse); for a binary classifier, map them to 0 and 1")
 
