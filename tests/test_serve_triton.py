@@ -5,6 +5,7 @@ Answers are compared with the same model run directly through `onnxkit.runtime`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import importlib.util
@@ -27,7 +28,11 @@ from onnxkit import runtime, zoo
 from onnxkit.files import save_model
 from onnxkit.serve import binary
 from onnxkit.serve.errors import RequestError
+from onnxkit.serve.grpc_service import STREAM_AHEAD, InferenceService
+from onnxkit.serve.grpc_service import message as grpc_message
 from onnxkit.serve.launch import ServerProcess
+from onnxkit.serve.metrics import Metrics
+from onnxkit.serve.repository import Repository
 from onnxkit.tokenize import MAX_LENGTH_KEY, TOKENIZER_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,6 +351,29 @@ def test_tritonclient_streams_answer_each_request_in_order_and_a_refusal_does_no
         return next((float(s.removeprefix(line)) for s in text.splitlines() if s.startswith(line)), 0.0)
 
     assert count(after, "200") - count(before, "200") == 4 and count(after, "400") - count(before, "400") == 1
+
+def test_a_stream_reads_no_further_ahead_of_its_client_than_stream_ahead():
+    # before: every request was read and answered while the client took no answer, each answer held in memory
+    # (30,000 requests of 4 KB on a stream never read: +90 MB, for as long as the stream lasted)
+    service = InferenceService(Repository([], {}, None, None), Metrics([]), lambda: True)
+    read = 0
+
+    async def requests():
+        nonlocal read
+        for _ in range(STREAM_AHEAD * 3):
+            read += 1
+            yield grpc_message("ModelInferRequest")(model_name="nope")
+
+    async def main() -> list:
+        stream = service._stream(requests(), None)
+        first = await anext(stream)
+        await asyncio.sleep(0.05)  # the client takes no more answers: reading stops
+        assert read == STREAM_AHEAD + 1
+        return [first] + [answer async for answer in stream]
+
+    answers = asyncio.run(main())
+    assert read == len(answers) == STREAM_AHEAD * 3 and "no model 'nope'" in answers[-1].error_message
+
 
 def test_bytes_layout_matches_tritonclients(server):
     values = np.array([b"", b"a", "ünï".encode(), b"\0\xff" * 40], dtype=object)

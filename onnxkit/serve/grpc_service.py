@@ -58,6 +58,9 @@ _CONTENTS = {
 }  # fmt: skip
 _OPEN = frozenset({"ServerLive", "ServerReady"})  # health, open like /v2/health/*
 NEEDS_KEY = "this server needs an API key: send the metadata 'authorization: Bearer KEY'"
+# a stream's requests read ahead of the answers its client has taken: past it, reading waits (and HTTP/2's flow
+# control holds the client), as HTTP stops reading a connection until its answer is sent
+STREAM_AHEAD = 64
 _log = logging.getLogger("onnxkit.serve")
 
 
@@ -192,15 +195,18 @@ class InferenceService:
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     async def _stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        """ModelStreamInfer: every request runs as soon as it is read; answers go back in request order."""
+        """ModelStreamInfer: every request runs as soon as it is read, up to STREAM_AHEAD before the client takes
+        their answers; answers go back in request order."""
         if not self._authorized("ModelStreamInfer", context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, NEEDS_KEY)
         answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+        room = asyncio.Semaphore(STREAM_AHEAD)  # for requests whose answers the client has not taken
 
         async def read() -> None:
             try:
                 async for request in requests:
                     await answers.put(asyncio.ensure_future(self._stream_answer(request)))
+                    await room.acquire()
             finally:
                 await answers.put(None)
 
@@ -208,6 +214,7 @@ class InferenceService:
         try:
             while (answer := await answers.get()) is not None:
                 yield await answer
+                room.release()
         finally:
             reader.cancel()
 
