@@ -57,6 +57,7 @@ def test_explicit_settings_win_over_the_recipe():
     s, _ = resolve(Settings(lr=0.02, batch_size=8, epochs=3, schedule="linear", warmup=0.0, weight_decay=0.0),
                    recipe, **kw)
     assert (s.lr, s.batch_size, s.epochs, s.schedule, s.warmup, s.weight_decay) == (0.02, 8, 3, "linear", 0.0, 0.0)
+    assert resolve(Settings(epochs=1), recipe, **kw)[1].endswith(", 1 epoch (flags override them)")  # was '1 epochs'
     sgd, _ = resolve(Settings(optimizer="sgd"), recipe, **kw)
     assert (sgd.lr, sgd.weight_decay) == (0.1, None)  # the recipe's sgd rate; its adamw weight decay does not apply
     rms, _ = resolve(Settings(optimizer=get_optimizer("rmsprop", alpha=0.9)), recipe, **kw)

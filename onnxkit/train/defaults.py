@@ -100,7 +100,7 @@ def _note(s: Settings, source: str, automatic: bool) -> str:
     if s.schedule != "constant" or s.warmup:
         parts.append(f"{s.schedule} schedule" + (f", warm-up {s.warmup:g}" if s.warmup else ""))
     if s.steps is None:
-        parts.append(f"{'up to ' if automatic and s.patience else ''}{s.epochs} epochs")
+        parts.append(f"{'up to ' if automatic and s.patience else ''}{s.epochs} epoch{'s' if s.epochs != 1 else ''}")
     if automatic and s.patience:
         parts.append(f"early stopping after {s.patience} epochs without a better validation loss")
     return f"training with {source}: {', '.join(parts)} (flags override them)"
