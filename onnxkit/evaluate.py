@@ -273,9 +273,11 @@ def label_names(model) -> list[str] | None:  # type: ignore[no-untyped-def]
 def sklearn_probabilities(model: Any) -> str | None:
     """The probabilities output of a classifier laid out as skl2onnx converts scikit-learn's: first the
     predicted label ([N] integers or strings), then the probabilities, a [N, classes] float tensor or
-    a sequence of {class: probability} maps (ZipMap); None for other layouts."""
+    a sequence of {class: probability} maps (ZipMap), in a graph that uses ai.onnx.ml (as skl2onnx's do:
+    ZipMap, ArrayFeatureExtractor, LinearClassifier); None for other layouts, such as a PyTorch model
+    returning (logits.argmax(1), logits)."""
     outputs = model.graph.output
-    if len(outputs) < 2:
+    if len(outputs) < 2 or not any(o.domain == "ai.onnx.ml" for o in model.opset_import):
         return None
     label, second = outputs[0].type, outputs[1].type
     if label.tensor_type.elem_type not in (TensorProto.INT64, TensorProto.STRING) or \

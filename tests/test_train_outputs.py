@@ -194,3 +194,22 @@ def test_float_zero_one_targets_trained_by_regression_say_so(tmp_path, run_cli):
             "or multi-label), give them as integers or use loss bce-with-logits") in result.err
     bce = run_cli(*args, "--loss", "bce-with-logits", "-o", tmp_path / "b")
     assert bce.code == 0 and "0.0 and 1.0" not in bce.err and "accuracy" in bce.err, bce.err
+
+
+def test_a_pytorch_model_returning_argmax_and_logits_is_no_scikit_learn_classifier(tmp_path):
+    """(logits.argmax(1), logits) looked like skl2onnx's (label, probabilities): the logits trained
+    by default, but eval took them for probabilities (digits: loss 4.82 and accuracy 0.844 for 1.156
+    and 0.850). Now the first output is the default, and the logits are scored as logits."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, D)).astype(np.float32)
+    labels = np.digitize(x[:, 0] + x[:, 1], [-0.5, 0.5])
+    model = linear(3)
+    model.graph.node.append(helper.make_node("ArgMax", ["y"], ["pred"], axis=1, keepdims=0))
+    model.graph.output.insert(0, helper.make_tensor_value_info("pred", TensorProto.INT64, ["batch"]))
+    with pytest.raises(OnnxkitError, match="output 'pred' is not float32"):
+        fit(model, dataset(x, labels), tmp_path / "first", epochs=1, loss="cross-entropy", device="cpu")
+    result = fit(model, dataset(x, labels), tmp_path / "run", output="y", epochs=20, lr=0.05, device="cpu")
+    z = runtime.load(str(result.model_path)).predict(x[200:])["y"]
+    test = result.metrics["test"]
+    assert test["loss"] == pytest.approx(torch_cross_entropy(z, labels[200:], 1), rel=1e-6)
+    assert test["accuracy"] == np.mean(z.argmax(1) == labels[200:]) > 0.8
