@@ -213,3 +213,13 @@ def test_a_pytorch_model_returning_argmax_and_logits_is_no_scikit_learn_classifi
     test = result.metrics["test"]
     assert test["loss"] == pytest.approx(torch_cross_entropy(z, labels[200:], 1), rel=1e-6)
     assert test["accuracy"] == np.mean(z.argmax(1) == labels[200:]) > 0.8
+
+
+def test_float_class_ids_per_position_are_told_to_be_integers(tmp_path):
+    """A float32 [N, 4, 4] mask for [batch, 2, 4, 4] scores: the error said only 'give one target per
+    output value' (the integer hint was for [N] labels)."""
+    model, x, labels, _ = per_position("pixels")
+    with pytest.raises(OnnxkitError, match=r"labels of shape \[50, 4, 4\] do not match the output's shape \[batch, 2, "
+                                           r"4, 4\] for the mse loss; give one target per output value; if they are "
+                                           r"class ids, pass them as integers"):
+        fit(model, dataset(x, labels.astype(np.float32)), tmp_path / "run", epochs=1, device="cpu")

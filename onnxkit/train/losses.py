@@ -103,7 +103,7 @@ class Loss:
             if int(np.prod(targets.shape[1:], dtype=np.int64)) == size:
                 return targets.reshape(len(targets), *fixed)
         shown = ", ".join("?" if d is None else str(d) for d in output_shape)
-        ids = labels.ndim == 1 and labels.dtype.kind == "f" and bool(np.all(labels == np.round(labels)))
+        ids = labels.dtype.kind == "f" and bool(np.all(labels == np.round(labels)))  # [N] or per position
         raise OnnxkitError(
             f"labels of shape {list(labels.shape)} do not match the output's shape [{shown}] "
             f"for the {self.name} loss; give one target per output value"
