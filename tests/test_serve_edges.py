@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from onnxkit import runtime
 from onnxkit.files import save_model
-from onnxkit.serve import binary, jsonio
+from onnxkit.serve import binary, jsonio, protocol
 from onnxkit.serve.grpc_service import decode_infer, message
 from onnxkit.serve.protocol import RequestError, decode_request, encode_response
 
@@ -276,3 +276,28 @@ def test_an_output_requested_twice_gets_400_not_a_copy_each(relu):
         with pytest.raises(RequestError) as refused:
             decode(request, relu)
         assert refused.value.status == 400 and str(refused.value) == "output 'y' is requested twice"
+
+
+def test_a_scikit_learn_classifiers_probability_maps_are_served_as_fp32_rows(tmp_path):
+    # before: skl2onnx's ZipMap output (a {class: probability} map per row) was a 500 in JSON (orjson cannot write
+    # int keys), the maps' repr as "BYTES" in binary, and its metadata datatype "seq(map(int64,tensor(float)))"
+    classify = helper.make_node("LinearClassifier", ["x"], ["label", "probs"], domain="ai.onnx.ml",
+                                classlabels_ints=[0, 1, 2], coefficients=[1.0, 0, 0, 1, -1, -1],
+                                intercepts=[0.0, 0, 0], post_transform="SOFTMAX")  # fmt: skip
+    zipmap = helper.make_node("ZipMap", ["probs"], ["maps"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2])
+    probabilities = helper.make_tensor_type_proto(TensorProto.FLOAT, None)
+    maps = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, probabilities))
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+    label_info = helper.make_tensor_value_info("label", TensorProto.INT64, [None])
+    graph = helper.make_graph([classify, zipmap], "g", [x_info], [label_info, helper.make_value_info("maps", maps)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    proto = helper.make_model(graph, opset_imports=opsets, ir_version=10)
+    model = runtime.load(save_model(proto, tmp_path / "skl.onnx"), threads=1, name="skl")
+    assert protocol.model_metadata(model)["outputs"][1] == {"name": "maps", "datatype": "FP32", "shape": [-1, -1]}
+    x = {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, -4]}
+    request = decode_request(json.dumps({"inputs": [x]}).encode(), model)
+    outputs = model.run(request.feeds)
+    expected = np.array([[row[k] for k in range(3)] for row in outputs["maps"]], np.float32)
+    reply = json.loads(encode_response(model, request, outputs)[0])["outputs"][1]
+    assert reply["datatype"] == "FP32" and reply["shape"] == [2, 3]
+    np.testing.assert_allclose(reply["data"], expected.ravel(), rtol=1e-6)

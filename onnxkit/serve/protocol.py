@@ -43,6 +43,8 @@ _V2_BY_ORT = {
     "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
     "tensor(bfloat16)": "BF16", "tensor(string)": "BYTES",
 }  # fmt: skip
+# scikit-learn classifiers' {class: probability} per row (skl2onnx's ZipMap), served as [rows, classes] FP32
+_MAPS = frozenset({"seq(map(int64,tensor(float)))", "seq(map(string,tensor(float)))"})
 _FLOATS = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 _V2_BY_KIND = {"b": "BOOL", "O": "BYTES", "U": "BYTES", "S": "BYTES"}
 _V2_BY_DTYPE = {dtype: name for name, dtype in binary.NUMPY_BY_V2.items()}
@@ -65,7 +67,12 @@ class InferRequest:
 
 
 def v2_datatype(spec: TensorSpec) -> str:
-    return _V2_BY_ORT.get(spec.type, spec.type)
+    return "FP32" if spec.type in _MAPS else _V2_BY_ORT.get(spec.type, spec.type)
+
+
+def v2_shape(spec: TensorSpec) -> list[int]:
+    """The tensor's shape as V2 gives it: free dimensions -1."""
+    return [-1, -1] if spec.type in _MAPS else [d if isinstance(d, int) else -1 for d in spec.shape]
 
 
 def server_metadata() -> dict[str, Any]:
@@ -81,7 +88,7 @@ def model_metadata(model: Model) -> dict[str, Any]:
             {
                 "name": spec.name,
                 "datatype": v2_datatype(spec),
-                "shape": [d if isinstance(d, int) else -1 for d in spec.shape],
+                "shape": v2_shape(spec),
             }
             for spec in specs
         ]
@@ -103,14 +110,14 @@ def model_config(model: Model, max_batch_size: int, max_delay_s: float) -> dict[
     `max_batch_size` is 0 and dims are whole. Free dims are -1.
     """
     inputs, outputs = list(input_specs(model).values()), model.outputs
-    batched = all(spec.shape and not isinstance(spec.shape[0], int) for spec in (*inputs, *outputs))
+    batched = all(v2_shape(spec)[:1] == [-1] for spec in (*inputs, *outputs))
 
     def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
         return [
             {
                 "name": spec.name,
                 "data_type": "TYPE_STRING" if v2_datatype(spec) == "BYTES" else f"TYPE_{v2_datatype(spec)}",
-                "dims": [d if isinstance(d, int) else -1 for d in spec.shape[1 if batched else 0 :]],
+                "dims": v2_shape(spec)[1 if batched else 0 :],
             }
             for spec in specs
         ]
@@ -311,6 +318,8 @@ def output_tensors(
     for name in request.outputs:
         if name in request.classification:
             array = _classify(model, outputs, request.classification[name])
+        elif isinstance(outputs[name], list):  # a sequence of {class: probability} maps: [rows, classes]
+            array = np.asarray(model.prediction_of({name: outputs[name]})[name], np.float32)
         else:
             array = np.asarray(outputs[name])
         datatype = _V2_BY_KIND.get(array.dtype.kind) or _V2_BY_DTYPE[array.dtype]
