@@ -155,13 +155,20 @@ def r2(outputs: np.ndarray, targets: np.ndarray) -> float | None:
 
 def infer_task(declared: str | None, output_shape: Sequence[Any] | None, labels: np.ndarray) -> str:
     """The task from metadata when given, else from the output's shape and the labels: integer labels
-    with one value per output value (size-1 axes aside) are 0/1 targets (binary, also multi-label) or
-    numbers, with one fewer axis class ids; other labels are regression targets."""
+    with one value per output value (size-1 axes aside) are 0/1 targets (binary, also multi-label; one-hot
+    rows are refused as ambiguous) or numbers, with one fewer axis class ids; other labels are regression
+    targets."""
     if declared in TASK_LOSS:
         return declared  # type: ignore[return-value]
     if labels.dtype.kind in "iub":
         if output_shape is not None and one_per_value(output_shape, labels.shape):
-            return "binary" if set(np.unique(labels)) <= {0, 1} else "regression"
+            if not set(np.unique(labels)) <= {0, 1}:
+                return "regression"
+            if labels.ndim == 2 and labels.shape[1] > 1 and (labels.sum(axis=1) == 1).all():
+                raise OnnxkitError(f"the labels are one-hot rows of {labels.shape[1]}: give each row's class id "
+                                   "(labels.argmax(1)) to train a classifier (cross-entropy), or loss=bce-with-logits "
+                                   f"to train them as {labels.shape[1]} separate 0/1 labels", params=["loss"])
+            return "binary"
         return "classification"
     return "regression"
 

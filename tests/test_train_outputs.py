@@ -87,6 +87,20 @@ def test_a_multi_label_matrix_trains_with_bce_by_default_and_scores_every_label(
         logits.top_k(1)
 
 
+def test_one_hot_rows_are_refused_by_default_not_trained_as_separate_labels(tmp_path):
+    """One-hot class rows would otherwise default to multi-label training (before the multi-label default
+    they were 'class labels have shape [100, 3]; give one class id per row')."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(300, D)).astype(np.float32)
+    one_hot = np.eye(3, dtype=np.int64)[np.digitize(x[:, 0], [-0.5, 0.5])]
+    with pytest.raises(OnnxkitError, match=r"^the labels are one-hot rows of 3: give each row's class id "
+                                           r"\(labels.argmax\(1\)\) to train a classifier \(cross-entropy\), or "
+                                           r"loss=bce-with-logits to train them as 3 separate 0/1 labels$"):
+        fit(linear(3), dataset(x, one_hot), tmp_path / "run", epochs=1, device="cpu")
+    chosen = fit(linear(3), dataset(x, one_hot), tmp_path / "bce", loss="bce-with-logits", epochs=1, device="cpu")
+    assert metadata(load_model(chosen.model_path))["onnxkit.task"] == "binary"
+
+
 def torch_cross_entropy(z: np.ndarray, labels: np.ndarray, axis: int) -> float:
     """torch.nn.CrossEntropyLoss()(z, labels) with the classes on `axis` (1 in PyTorch's own layout)."""
     z = z.astype(np.float64)
