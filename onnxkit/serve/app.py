@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from onnxkit.runtime import Model
+from onnxkit.runtime.text import carries_tokenizer
 from onnxkit.serve import inference, protocol
 from onnxkit.serve.auth import OPEN_PATHS, authorized
 from onnxkit.serve.inference import offload
@@ -228,7 +229,7 @@ class _Front:
             if encoding is not None:
                 body = await asyncio.to_thread(decompressed, body, encoding, self.limits.max_body_bytes)
             size = len(body)
-            return await offload(size, decode_request, body, model, header_length)
+            return await offload(size, decode_request, body, model, header_length, heavy=carries_tokenizer(model))
 
         try:
             if scope["method"] != "POST":

@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime import Model
+from onnxkit.runtime.text import carries_tokenizer
 from onnxkit.serve import binary, inference, protocol
 from onnxkit.serve.auth import authorized
 from onnxkit.serve.errors import RequestError
@@ -161,7 +162,7 @@ class InferenceService:
         async def decode(model: Model) -> InferRequest:
             nonlocal used
             used = model
-            return await inference.offload(size, decode_infer, request, model)
+            return await inference.offload(size, decode_infer, request, model, heavy=carries_tokenizer(model))
 
         infer_request, outputs = await inference.infer(batcher, decode)
         return await inference.offload(size, encode_infer, used, infer_request, outputs)
