@@ -34,6 +34,7 @@ from onnxkit.serve.grpc_service import STREAM_AHEAD, InferenceService
 from onnxkit.serve.grpc_service import message as grpc_message
 from onnxkit.serve.launch import ServerProcess
 from onnxkit.serve.metrics import Metrics
+from onnxkit.serve.protocol import decode_request
 from onnxkit.serve.repository import Repository
 from onnxkit.tokenize import MAX_LENGTH_KEY, TOKENIZER_KEY
 
@@ -191,6 +192,17 @@ def test_text_in_bytes_equals_a_direct_run(triton, direct):
         outputs=[module.InferRequestedOutput("logits", class_count=1)],
     ).as_numpy("logits")
     assert [entry.decode().split(":")[1:] for entry in label[:, 0]] == [[str(i), str(i)] for i in expected.argmax(1)]
+
+
+@pytest.mark.parametrize("shape", [[2, 2], []])
+def test_text_of_another_shape_than_one_text_a_row_gets_400(direct, shape):
+    # before: [2, 2] texts were read as 4 rows (4 answers to a [2, 2] input), a [] one as 1; the metadata says [-1]
+    data = ["a", "b", "c", "d"] if shape else "a"
+    body = {"inputs": [{"name": "text", "shape": shape, "datatype": "BYTES", "data": data}]}
+    with pytest.raises(RequestError) as refused:
+        decode_request(json.dumps(body).encode(), direct["words"])
+    assert refused.value.status == 400
+    assert str(refused.value) == f"model 'words': input 'text' must have shape [texts], one text a row, got {shape}"
 
 
 def test_bad_shape_and_unknown_model_are_refused_and_the_server_keeps_serving(triton):

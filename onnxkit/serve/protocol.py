@@ -177,7 +177,10 @@ def build_request(
         if TEXT_INPUT in values and TEXT_INPUT not in {spec.name for spec in model.inputs}:
             if len(values) > 1:
                 raise OnnxkitError(f"give either {TEXT_INPUT!r} or the token inputs, not both")
-            values = text_feeds(model, values[TEXT_INPUT].reshape(-1).tolist())
+            if values[TEXT_INPUT].ndim != 1:  # one row of outputs per text
+                shape = list(values[TEXT_INPUT].shape)
+                raise OnnxkitError(f"input {TEXT_INPUT!r} must have shape [texts], one text a row, got {shape}")
+            values = text_feeds(model, values[TEXT_INPUT].tolist())
         # the model's own shapes, not Model.prepare's: that lets a fixed batch size (x [1, 4]) take any number of
         # rows, which `predict` runs in batches of that size, but the server runs a request as one session run
         feeds = prepare_inputs(model.inputs, values)
