@@ -301,3 +301,14 @@ def test_a_scikit_learn_classifiers_probability_maps_are_served_as_fp32_rows(tmp
     reply = json.loads(encode_response(model, request, outputs)[0])["outputs"][1]
     assert reply["datatype"] == "FP32" and reply["shape"] == [2, 3]
     np.testing.assert_allclose(reply["data"], expected.ravel(), rtol=1e-6)
+
+
+def test_grpc_values_in_both_contents_and_raw_contents_get_400(relu):
+    # before: the typed contents were dropped without a word and the raw ones used (Triton refuses both)
+    request = message("ModelInferRequest")(model_name="relu")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([5, 6])
+    request.raw_input_contents.append(np.array([1, 2], np.float32).tobytes())
+    with pytest.raises(RequestError) as refused:
+        decode_infer(request, relu)
+    assert refused.value.status == 400
+    assert str(refused.value) == "input 'x': give its values in contents or raw_input_contents, not both"

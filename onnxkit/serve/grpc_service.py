@@ -88,6 +88,8 @@ def decode_infer(request: Any, model: Model) -> InferRequest:
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
         protocol.check_input(name, datatype, shape, specs, model.name)
         if raw:
+            if tensor.contents.ListFields():  # one would be dropped without a word
+                raise RequestError(400, f"input {name!r}: give its values in contents or raw_input_contents, not both")
             inputs.append((name, binary.to_array(raw[i], datatype, shape, name)))
         elif datatype in _CONTENTS:
             values = list(getattr(tensor.contents, _CONTENTS[datatype]))
