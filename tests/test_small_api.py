@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.metrics import r2_score
 
+import onnxkit
 from onnxkit import zoo
 from onnxkit.data import load_dataset
 from onnxkit.data.split import Split
@@ -243,3 +245,17 @@ def test_evaluate_takes_the_dataset_object_a_model_trained_on(tmp_path):
         evaluate(result.model_path, "test")
     with pytest.raises(TypeError, match="split must be a Split or a split name, not ndarray"):
         evaluate(result.model_path, x)
+
+
+def test_the_package_help_names_entry_points_that_exist():
+    """`help(onnxkit)` showed only a one-line description: it now names where to start, and each name imports."""
+    named = re.findall(r"^    (onnxkit(?:\.\w+)+)", onnxkit.__doc__, re.M)
+    assert len(named) >= 6
+    for name in named:
+        module, _, attr = name.rpartition(".")
+        try:
+            target = importlib.import_module(name)
+        except ImportError:
+            target = getattr(importlib.import_module(module), attr)
+        assert target is not None, name
+
