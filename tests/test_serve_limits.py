@@ -230,8 +230,13 @@ def test_a_wrong_or_missing_api_key_gets_401_and_health_stays_open(guarded):
         (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
          b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400,
          "malformed HTTP request: both Content-Length and Transfer-Encoding; send one"),
+        # before: each 1-byte chunk cost the event loop ~1 us (a 32 MB body: half a minute of the server's time)
+        (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() +
+         b"\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\n \r\n" * 1025, 400,
+         "malformed HTTP request: the body came in 1025 chunks of 1 bytes on average; send chunks of 256 bytes or "
+         "more, or a Content-Length"),
     ],
-    ids=["request-line", "negative-length", "two-lengths", "bad-chunk", "length-and-chunked"],
+    ids=["request-line", "negative-length", "two-lengths", "bad-chunk", "length-and-chunked", "tiny-chunks"],
 )  # fmt: skip
 def test_malformed_http_gets_a_json_error_and_the_connection_is_closed(guarded, request_, status, message):
     # before: uvicorn's plain-text 400 "Invalid HTTP request received." for each (431 too)

@@ -35,6 +35,9 @@ Where each one is enforced, and why there:
   request's scope (`CLIENT_LEFT`), and a request still queued for its model is dropped before it runs
   (the batcher leaves its future in the scope under `WAITING`); its answer is not sent and /metrics
   counts it as 499, not 200. A run already under way finishes (other requests share it).
+- **Chunked bodies**: h11 parses each chunk in Python (~1 µs), so a body sent in 1-byte chunks cost the
+  event loop ~1 s a megabyte (a 32 MB body, half a minute). Past `CHUNKS_FREE` chunks, a body whose chunks
+  average under `MIN_CHUNK_BYTES` is refused with a JSON 400 and the connection closed (`_ChunkCounting`).
 - **Log lines a client can cause**: uvicorn logs a WARNING for each request h11 cannot parse
   ("Invalid HTTP request received.") and each request with an `Upgrade` header (two lines, one
   telling the operator to install a WebSocket library this server has no use for), so a client
@@ -74,6 +77,8 @@ NOTICE_EVERY_S = 60.0  # a warning a client can cause: at most one line of each 
 MALFORMED = "Invalid HTTP request received"  # uvicorn's words, with what was wrong
 _UPGRADE = "Unsupported upgrade request"
 _WEBSOCKET_ADVICE = "No supported WebSocket library detected"  # uvicorn's advice to install one: no use here
+CHUNKS_FREE = 1024  # a chunked body's chunks taken at any size; past them, they must average MIN_CHUNK_BYTES
+MIN_CHUNK_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,8 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            size = self.config.h11_max_incomplete_event_size
+            self.conn = _ChunkCounting(h11.SERVER) if size is None else _ChunkCounting(h11.SERVER, size)
             self.logger = notices  # type: ignore[assignment]
             self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
                 limits.header_timeout, self._head_timed_out
@@ -291,6 +298,28 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
 
     GuardedH11Protocol.notices = notices  # type: ignore[attr-defined]
     return GuardedH11Protocol
+
+
+class _ChunkCounting(h11.Connection):
+    """h11's server connection, refusing a chunked body (RemoteProtocolError, answered 400) whose chunks average
+    under MIN_CHUNK_BYTES once it has more than CHUNKS_FREE of them."""
+
+    chunks = size = 0  # of the body being read
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if type(event) is h11.Data:
+            self.chunks += event.chunk_start
+            self.size += len(event.data)
+            if self.chunks > CHUNKS_FREE and self.size < self.chunks * MIN_CHUNK_BYTES:
+                raise h11.RemoteProtocolError(
+                    f"the body came in {self.chunks} chunks of {self.size // self.chunks} bytes on average; "
+                    f"send chunks of {MIN_CHUNK_BYTES} bytes or more, or a Content-Length",
+                    error_status_hint=400,
+                )
+        elif type(event) is h11.Request:
+            self.chunks = self.size = 0
+        return event
 
 
 class ClientGone(Exception):
