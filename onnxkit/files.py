@@ -258,8 +258,12 @@ def missing_model(path: str | os.PathLike) -> OnnxkitError:
     if path.name == "model.onnx" and (path.parent / "run.json").is_file():
         return OnnxkitError(f"{path}: not written yet, the training run in {path.parent} has not finished; "
                             f"continue it with onnxkit train --resume {path.parent}")
-    if path.is_dir():
-        return OnnxkitError(f"{path}: a folder, not a model; pass the path of an .onnx model")
+    if path.is_dir():  # a run folder: its model.onnx, or how to finish the run that writes it
+        inside = path / "model.onnx"
+        if (path / "run.json").is_file() and not inside.exists():
+            return missing_model(inside)
+        pointer = f"pass the model in it: {inside}" if inside.is_file() else "pass the path of an .onnx model"
+        return OnnxkitError(f"{path}: a folder, not a model; {pointer}")
     if not path.suffix and (Path(__file__).resolve().parent / "models" / f"{path.name.replace('-', '_')}.py").is_file():
         return OnnxkitError(f"{path.name} is a zoo model, not a file: build it first (onnxkit build {path.name} "
                             f"-o {path.name}.onnx), then pass {path.name}.onnx")

@@ -313,6 +313,27 @@ def test_the_model_of_an_unfinished_run_says_how_to_finish_it(run_cli, tmp_path)
         assert f"has not finished; continue it with onnxkit train --resume {run}" in result.err, result.err
     other = run_cli("eval", tmp_path / "model.onnx")
     assert other.code == 1 and "no such file; pass the path of an .onnx model" in other.err
+    for command in (("eval", run), ("predict", run, "-i", tmp_path / "x.npy"),  # the folder itself
+                    ("quantize", run, "-o", tmp_path / "q.onnx"),
+                    ("train", run, "--data", "iris", "-o", tmp_path / "b")):
+        result = run_cli(*command)
+        assert result.code == 1 and f"has not finished; continue it with onnxkit train --resume {run}" in result.err
+
+
+def test_a_run_folder_given_as_the_model_names_the_model_in_it(run_cli, tmp_path):
+    """`onnxkit eval runs/digits` was click's 'Invalid value for MODEL: ... is a directory' (exit 2), serve's
+    'a folder, not a model'; every command now points at the run's model.onnx and writes nothing."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"status": "completed"}')
+    onnx.save(zoo.build_model("iris-mlp"), run / "model.onnx")
+    message = f"error: {run}: a folder, not a model; pass the model in it: {run / 'model.onnx'}\n"
+    for command in (("eval", run), ("predict", run, "-i", tmp_path / "x.npy"),
+                    ("quantize", run, "-o", tmp_path / "q.onnx"),
+                    ("train", run, "--data", "iris", "-o", tmp_path / "b"), ("serve", run, "--port", "0")):
+        result = run_cli(*command)
+        assert (result.code, result.err) == (1, message), command
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_a_scikit_learn_linear_classifier_is_refused_as_what_it_is(run_cli, tmp_path):

@@ -23,7 +23,7 @@ from onnxkit.runtime.text import carries_tokenizer
 
 
 @click.command("predict")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.argument("data", required=False, type=click.Path())
 @click.option(
     "-i",

@@ -16,7 +16,7 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 
 
 @click.command("quantize")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @options.output_file("The quantized .onnx file.")
 @click.option("--mode", type=click.Choice(MODES), help="Default: static if Conv does most of the work, else dynamic.")
 @click.option("--calib", metavar="DATA", help="Calibration data: a dataset name or .npz/.csv (its train split), "

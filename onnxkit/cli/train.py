@@ -20,7 +20,7 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 
 
 @click.command("train")
-@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.argument("model", required=False, type=click.Path())
 @opt.data("Dataset: iris, digits, digits-images, wine, breast-cancer, diabetes, bbc-news, tweets-sentiment "
               "(text: tokenized by the model's tokenizer), or a .npz / .csv file.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
@@ -204,7 +204,7 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 
 @click.command("eval")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @opt.data("Dataset name or .npz / .csv file (default: the one the model was trained on).")
 @click.option("--split", default="test", show_default=True, help="train, validation or test.")
 @opt.data_seed(None, "Seed of the split (default: the training run's, else 0).")
