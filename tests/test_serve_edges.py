@@ -312,3 +312,19 @@ def test_grpc_values_in_both_contents_and_raw_contents_get_400(relu):
         decode_infer(request, relu)
     assert refused.value.status == 400
     assert str(refused.value) == "input 'x': give its values in contents or raw_input_contents, not both"
+
+
+def test_an_input_given_twice_is_refused_before_the_rest_is_decoded(relu, monkeypatch):
+    # before: every copy was decoded, then the second refused: 300,000 copies of one input (22 MB) took 2.6 s
+    decode, decoded = protocol.array_from_values, []
+    monkeypatch.setattr(protocol, "array_from_values", lambda *args: decoded.append(args) or decode(*args))
+    x = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}
+    grpc_request = message("ModelInferRequest")(model_name="relu")
+    for _ in range(1000):
+        grpc_request.inputs.add(name="x", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([1, 2])
+    body = json.dumps({"inputs": [x] * 1000}).encode()
+    for decoder, request in ((decode_request, body), (decode_infer, grpc_request)):
+        decoded.clear()
+        with pytest.raises(RequestError) as refused:
+            decoder(request, relu)
+        assert refused.value.status == 400 and str(refused.value) == "input 'x' is given twice" and len(decoded) == 1

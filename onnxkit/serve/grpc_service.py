@@ -86,7 +86,7 @@ def decode_infer(request: Any, model: Model) -> InferRequest:
     inputs = []
     for i, tensor in enumerate(request.inputs):
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
-        protocol.check_input(name, datatype, shape, specs, model.name)
+        protocol.check_input(name, datatype, shape, specs, model.name, inputs)
         if raw:
             if tensor.contents.ListFields():  # one would be dropped without a word
                 raise RequestError(400, f"input {name!r}: give its values in contents or raw_input_contents, not both")

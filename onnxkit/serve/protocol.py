@@ -143,12 +143,18 @@ def input_specs(model: Model) -> dict[str, TensorSpec]:
     return specs
 
 
-def check_input(name: Any, datatype: Any, shape: Any, specs: Mapping[str, TensorSpec], model: str) -> None:
-    """RequestError(400) unless `name` is an input of the model, with its datatype and a valid shape."""
+def check_input(
+    name: Any, datatype: Any, shape: Any, specs: Mapping[str, TensorSpec], model: str, given: list[tuple[str, Any]]
+) -> None:
+    """RequestError(400) unless `name` is an input of the model not among the (name, value) pairs `given` before it
+    (checked as each comes: 300,000 copies of one input took 2.6 s to decode before), with its datatype and a valid
+    shape."""
     if not isinstance(name, str) or name not in specs:
         raise RequestError(
             400, f"model {model!r} has no input {name!r}.{suggest(str(name), specs)} Its inputs: {', '.join(specs)}"
         )
+    if any(name == before for before, _ in given):
+        raise RequestError(400, f"input {name!r} is given twice")
     expected = v2_datatype(specs[name])
     if datatype != expected:
         raise RequestError(400, f"input {name!r} of model {model!r} has datatype {expected}, got {datatype!r}")
@@ -164,12 +170,8 @@ def build_request(
     binary_outputs: bool = False,
     request_id: Any = None,
 ) -> InferRequest:
-    """An `InferRequest` from checked input arrays and the outputs asked for as (name, parameters)."""
-    values: dict[str, np.ndarray] = {}
-    for name, array in inputs:
-        if name in values:
-            raise RequestError(400, f"input {name!r} is given twice")
-        values[name] = array
+    """An `InferRequest` from input arrays (`check_input`ed) and the outputs asked for as (name, parameters)."""
+    values = dict(inputs)
     for spec in model.inputs:
         if spec.type == "tensor(string)" and spec.name in values:
             values[spec.name] = _text(values[spec.name], spec.name)
@@ -226,7 +228,7 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
         if not isinstance(tensor, dict) or not {"name", "shape", "datatype"} <= tensor.keys():
             raise RequestError(400, _INPUT_FIELDS)
         name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
-        check_input(name, datatype, shape, specs, model.name)
+        check_input(name, datatype, shape, specs, model.name, inputs)
         size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(raw):
