@@ -789,7 +789,9 @@ def test_auto_tries_candidates_and_keeps_the_fastest_within_max_drop(tmp_path, m
     within = [c for c in cands if c.within]
     assert all(c.drop <= 2.0 for c in within) and all(c.drop > 2.0 for c in cands if not c.within)
     chosen = [c for c in cands if c.chosen]
-    assert len(chosen) == 1 and chosen[0].latency_ms[64] == min(c.latency_ms[64] for c in within)
+    fastest = min(c.latency_ms[64] for c in within)
+    ties = [c for c in within if c.latency_ms[64] <= fastest * 1.05]  # within timing noise of the fastest
+    assert len(chosen) == 1 and chosen[0] in ties and chosen[0].drop == min(c.drop for c in ties)
     assert result.report.settings == chosen[0].settings
     text = result.report.text()
     assert "candidates" in text and "* " + chosen[0].label in text.replace("  ", " ")

@@ -164,7 +164,8 @@ class Report:
             rows.append((acc["metric"], acc["original_shown"], acc["quantized_shown"], _change(acc)))
         lines += _table(rows, indent="  ")
         if self.candidates:
-            lines.append("  candidates (fastest at the largest batch within the allowed drop wins):")
+            lines.append("  candidates (fastest at the largest batch within the allowed drop wins; within 5%, "
+                         "the smallest drop):")
             lines += candidate_table(self.candidates, self.accuracy["unit"] if self.accuracy else "points")
         if self.sqnr:
             lines.append("  SQNR, worst first (dB; higher is better, below ~20 dB deserves a look):")
