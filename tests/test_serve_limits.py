@@ -516,6 +516,35 @@ def test_a_client_that_leaves_is_counted_as_499_and_its_queued_request_never_run
     assert after["rows"] - before["rows"] == 1024 + 256  # the queued row never ran
 
 
+def test_grpc_connections_past_the_cap_are_closed(crowded):
+    # before: gRPC capped calls, not connections: 5,000 idle connections held 5,000 file descriptors (of the
+    # process's 20,000; past them HTTP could accept no connection either) and 72 MB
+    host, port = crowded.grpc.rsplit(":", 1)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # and empty SETTINGS
+    socks = [socket.create_connection((host, int(port))) for _ in range(7)]
+    try:
+        for sock in socks:
+            sock.sendall(preface)
+        time.sleep(0.5)
+        assert sum(not closed_by_server(sock) for sock in socks) <= 4  # --max-connections 4
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True if the server has closed `sock` (what it sent first is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 def test_a_grpc_call_its_client_gives_up_on_is_counted_as_499(crowded):
     # before: a call cancelled by its client (or its deadline) ended the handler with CancelledError,
     # which /metrics counted as a 500, a server error

@@ -122,9 +122,7 @@ def create_app(
             from onnxkit.serve import grpc_service
 
             service = grpc_service.InferenceService(repository, metrics, lambda: ready, api_key)
-            grpc_server = await grpc_service.start_server(
-                grpc_address, service, limits.max_body_bytes, limits.max_connections
-            )
+            grpc_server = await grpc_service.start_server(grpc_address, service, limits)
         ready = True
         try:
             yield
