@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxkit.runtime import Model
-from onnxkit.serve.limits import WAITING, ClientGone
+from onnxkit.serve.limits import CLIENT_CLOSED, CLIENT_LEFT, WAITING, ClientGone
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import RequestError
 from onnxkit.serve.statistics import ModelStatistics
@@ -105,7 +105,7 @@ class Batcher:
 
         RequestError(503) when `max_queue` requests are already waiting. With an HTTP request's ASGI `scope`,
         the request's future waits there under `WAITING`, for the protocol to fail with `ClientGone` if the
-        client leaves: the request is then dropped before it runs.
+        client leaves (or has left, while the request was decoded): the request is then dropped before it runs.
         """
         start = time.perf_counter_ns()
         if len(self._queue) >= self.max_queue:
@@ -125,6 +125,8 @@ class Batcher:
         self._wakeup.set()
         if scope is not None:
             scope[WAITING] = pending.future
+            if CLIENT_LEFT in scope:  # while its body was decoded: dropped as if it had left now
+                pending.future.set_exception(ClientGone(CLIENT_CLOSED))
         try:
             outputs = await pending.future
         except (RequestError, ClientGone):
