@@ -11,6 +11,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 from onnx import TensorProto, helper
 
 from onnxkit import runtime
@@ -328,3 +329,20 @@ def test_an_input_given_twice_is_refused_before_the_rest_is_decoded(relu, monkey
         with pytest.raises(RequestError) as refused:
             decoder(request, relu)
         assert refused.value.status == 400 and str(refused.value) == "input 'x' is given twice" and len(decoded) == 1
+
+
+def test_a_sequence_of_tensors_output_keeps_its_type_and_grpc_model_config_answers(tmp_path):
+    # before: gRPC's ModelConfig failed on its datatype "TYPE_seq(tensor(int64))" (a 500, ParseError)
+    x_info = helper.make_tensor_value_info("x", TensorProto.INT64, ["n", 2])
+    pair = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.INT64, ["n", 2]))
+    graph = helper.make_graph([helper.make_node("SequenceConstruct", ["x", "x"], ["pair"])], "g", [x_info],
+                              [helper.make_value_info("pair", pair)])  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    model = runtime.load(save_model(proto, tmp_path / "pair.onnx"), threads=1, name="pair")
+    config = protocol.model_config(model, 8, 0.005)
+    assert config["output"] == [{"name": "pair", "data_type": "TYPE_INVALID", "dims": []}]
+    assert json_format.ParseDict(config, message("ModelConfig")()).output[0].data_type == 0
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64", "data": [3, 4]}]}
+    request = decode_request(json.dumps(body).encode(), model)
+    reply = json.loads(encode_response(model, request, model.run(request.feeds))[0])["outputs"][0]
+    assert reply == {"name": "pair", "datatype": "INT64", "shape": [2, 1, 2], "data": [3, 4, 3, 4]}  # as numpy has it

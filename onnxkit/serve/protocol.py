@@ -116,7 +116,7 @@ def model_config(model: Model, max_batch_size: int, max_delay_s: float) -> dict[
         return [
             {
                 "name": spec.name,
-                "data_type": "TYPE_STRING" if v2_datatype(spec) == "BYTES" else f"TYPE_{v2_datatype(spec)}",
+                "data_type": _config_type(v2_datatype(spec)),
                 "dims": v2_shape(spec)[1 if batched else 0 :],
             }
             for spec in specs
@@ -133,6 +133,14 @@ def model_config(model: Model, max_batch_size: int, max_delay_s: float) -> dict[
     if batched:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": round(max_delay_s * 1e6)}
     return config
+
+
+def _config_type(datatype: str) -> str:
+    """Triton's config name for a V2 datatype; TYPE_INVALID for a type V2 has none for (a sequence of tensors),
+    which gRPC's ModelConfig could not hold (a 500)."""
+    if datatype == "BYTES":
+        return "TYPE_STRING"
+    return f"TYPE_{datatype}" if datatype in _V2_BY_ORT.values() else "TYPE_INVALID"
 
 
 def input_specs(model: Model) -> dict[str, TensorSpec]:
@@ -319,11 +327,11 @@ def output_tensors(
     model: Model, request: InferRequest, outputs: dict[str, np.ndarray]
 ) -> list[tuple[str, str, np.ndarray]]:
     """(name, V2 datatype, array) of each output the request asked for, classified where asked."""
-    tensors = []
+    tensors, types = [], {spec.name: spec.type for spec in model.outputs}
     for name in request.outputs:
         if name in request.classification:
             array = _classify(model, outputs, request.classification[name])
-        elif isinstance(outputs[name], list):  # a sequence of {class: probability} maps: [rows, classes]
+        elif types[name] in _MAPS:  # a sequence of {class: probability} maps: [rows, classes]
             array = np.asarray(model.prediction_of({name: outputs[name]})[name], np.float32)
         else:
             array = np.asarray(outputs[name])
