@@ -377,6 +377,23 @@ def test_a_body_still_arriving_at_stop_gets_503_and_the_stop_is_clean(models):
     assert running.log[-1] == "stopped" and not any("ERROR" in line or "Traceback" in line for line in running.log)
 
 
+def test_a_model_that_fails_on_one_row_of_zeros_is_served_with_a_warning(tmp_path):
+    # before: the start's warm-up on one row of zeros raised onnxruntime's error, a traceback, for a model that
+    # runs on the inputs it is made for (x [n, 3] reshaped to [2, 3] takes 2 rows)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2, 3])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "pairs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [shape])  # fmt: skip
+    path = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+                      tmp_path / "pairs.onnx")  # fmt: skip
+    with ServerProcess([str(path)], "--threads", "1") as running:
+        reply = running.infer("pairs", {"x": np.ones((2, 3), np.float32)})
+        assert reply["outputs"][0]["shape"] == [2, 3]
+    warning = "warning: model pairs: served without a warm-up, as it fails on one row of zeros (Reshape node: The "
+    assert any(line.startswith(warning) for line in running.log), running.log
+    assert running.process.returncode == 0 and not any("Traceback" in line for line in running.log)
+
+
 def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
     _, paths = models
     broken = tmp_path / "broken.onnx"

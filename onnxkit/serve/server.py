@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import math
 import os
 import socket
 import sys
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp
 
 from onnxkit import runtime
 from onnxkit.errors import OnnxkitError
+from onnxkit.runtime.session import error_reason
 from onnxkit.runtime.signature import example_feeds
 from onnxkit.serve import auth
 from onnxkit.serve.app import create_app
@@ -60,28 +62,34 @@ def load_served(name: str, path: Path, device: str, threads: int | None) -> runt
     A small model's runs share the loop's core: a thread pool as wide as the machine then waits
     for the core the loop holds, and its runs stall. A large model's runs leave the loop in a
     thread, and the loop is idle while they compute: all the cores serve them (text-transformer
-    at 32 clients on 2 cores: 1.36x in-process on two threads, 0.72x on one)."""
+    at 32 clients on 2 cores: 1.36x in-process on two threads, 0.72x on one).
 
-    def load(count: int) -> runtime.Model:
-        return runtime.load(path, device=device, threads=count, batch_size=None, warmup=True, spin=False, name=name)
+    A model that fails on that row (its inputs need other sizes or values) is served unwarmed, with a warning."""
 
-    if threads:
-        return load(threads)
+    def load(count: int) -> tuple[runtime.Model, float]:
+        model = runtime.load(path, device=device, threads=count, batch_size=None, spin=False, name=name)
+        return model, _row_seconds(model)  # its warm-up too
+
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    model = load(cpus)
-    if cpus > 1 and _row_seconds(model) < INLINE_RUN_S:
-        model = load(cpus - 1)
+    model, seconds = load(threads or cpus)
+    if not threads and cpus > 1 and seconds < INLINE_RUN_S:
+        model, _ = load(cpus - 1)
     return model
 
 
 def _row_seconds(model: runtime.Model) -> float:
     """The fastest of a few runs on one row of zeros whose other free dimensions (a sequence) are
-    PROBE_LENGTH long."""
+    PROBE_LENGTH long; infinite, with a warning, if the model fails on it."""
     feeds = example_feeds(model.inputs, length=PROBE_LENGTH)
     times = []
     for _ in range(5):
         start = time.perf_counter()
-        model.run(feeds)
+        try:
+            model.run(feeds)
+        except Exception as e:  # onnxruntime's errors have no common base class
+            print(f"warning: model {model.name}: served without a warm-up, as it fails on one row of zeros "
+                  f"({error_reason(e)}); a request's first run takes longer", file=sys.stderr)  # fmt: skip
+            return math.inf
         times.append(time.perf_counter() - start)
     return min(times)
 
