@@ -21,6 +21,7 @@ from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.launch import ServerProcess
 from onnxkit.serve.limits import CLIENT_LEFT, ClientGone
 from onnxkit.serve.metrics import Metrics
+from onnxkit.serve.protocol import RequestError
 
 MAX_DELAY_MS = 5.0  # uvloop (whole-millisecond clock and timers) fires about one such timer in four early
 MARGIN_S = 0.25
@@ -107,6 +108,32 @@ def test_a_request_whose_client_left_while_it_was_decoded_never_runs(model):
             await batcher.stop()
 
     assert asyncio.run(run()) == (1, 1)
+
+
+def test_a_run_that_fails_is_refused_with_onnxruntimes_reason_in_one_clause():
+    # before: the first line of onnxruntime's message: "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned
+    # while running Reshape node. Name:'' Status Message: /onnxruntime_src/.../reshape_helper.h:91 onnxruntime::..."
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2, 3])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "pairs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [shape])  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    pairs = runtime.load(proto.SerializeToString(), device="cpu", threads=1, batch_size=None, name="pairs")
+
+    async def run() -> str:
+        batcher = Batcher(pairs, Metrics([pairs.name]))
+        batcher.start()
+        try:
+            with pytest.raises(RequestError) as refused:
+                await batcher.infer({"x": np.ones((1, 3), np.float32)})
+            return str(refused.value)
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(run()) == (
+        "model 'pairs' failed on this input: Reshape node: The input tensor cannot be reshaped to the requested "
+        "shape. Input shape:{1,3}, requested shape:{2,3}"
+    )
 
 
 @pytest.fixture(scope="module")

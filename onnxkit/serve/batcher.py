@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxkit.runtime import Model
+from onnxkit.runtime.session import error_reason
 from onnxkit.serve.limits import CLIENT_CLOSED, CLIENT_LEFT, WAITING, ClientGone
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import RequestError
@@ -224,8 +225,8 @@ class Batcher:
                 for pending in batch:
                     await self._run([pending])
                 return
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            _settle(batch[0].future, error=RequestError(400, f"model {self.name!r} failed on this input: {message}"))
+            reason = error_reason(e)  # all of it in one line: the first could end mid-sentence ("for the following")
+            _settle(batch[0].future, error=RequestError(400, f"model {self.name!r} failed on this input: {reason}"))
             return
         # runs are only ever slowed by other work on the CPUs: follow the fastest, rising 10% a run
         self._seconds_per_row[model] = min(seconds / rows, (estimate or float("inf")) * 1.1)
