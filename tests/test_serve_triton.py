@@ -92,6 +92,9 @@ def tensor(module, name: str, array: np.ndarray, datatype: str):
 def test_health_and_metadata(triton):
     _, client = triton
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+    # a model or version not served is not ready, over gRPC too (before: NOT_FOUND, which tritonclient.grpc's
+    # is_model_ready raised; Triton answers not ready, and tritonclient.http reads the 404 so)
+    assert not client.is_model_ready("digitz") and not client.is_model_ready("digits", "2")
     meta = as_dict(client.get_server_metadata())
     assert meta["name"] == "onnxkit"
     assert {"classification", "binary_tensor_data", "model_repository"} <= set(meta["extensions"])
