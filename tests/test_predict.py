@@ -465,3 +465,22 @@ def test_ray_help_names_every_format_a_ray_folder_reads(run_cli):
     ray_help = " ".join(result.out.split("Options:", 1)[1].split("--ray", 1)[1].split("--workers", 1)[0].split())
     for suffix in INPUT_SUFFIXES:
         assert suffix in ray_help, (suffix, ray_help)
+
+
+@pytest.mark.parametrize("task", ["classification", "binary"])
+def test_class_predictions_of_a_scalar_output_are_one_error_line(tmp_path, task):
+    # a binary model's 0-d output crashed Model.prediction_of (len() of unsized object) once multi-label came
+    from onnx import TensorProto, helper
+
+    from onnxkit import runtime
+
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])])  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    proto.metadata_props.add(key="onnxkit.task", value=task)
+    model = runtime.load(save_model(proto, tmp_path / "total.onnx"), threads=1)
+    prediction = model.predict(np.ones((2, 3), np.float32))
+    assert not prediction.multi_label
+    with pytest.raises(OnnxkitError, match=r"\[batch, classes\].*got shape \(\)"):
+        _ = prediction.classes

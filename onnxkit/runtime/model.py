@@ -165,7 +165,7 @@ class Model:
                 if name == self.scores_output and names is None and keys != list(range(len(keys))):
                     names = tuple(str(k) for k in keys)
         scores = np.asarray(outputs.get(self.scores_output, next(iter(outputs.values()), ())))
-        multi_label = self.task == "binary" and scores.size > len(scores)
+        multi_label = self.task == "binary" and scores.ndim > 1 and scores.size > len(scores)  # len(): not 0-d
         return Prediction(outputs, names, self.task, self.given_probabilities, self.scores_output, multi_label)
 
     def predict_text(self, texts: str | Sequence[str]) -> Prediction:
