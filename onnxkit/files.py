@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few
 
 if TYPE_CHECKING:
     import onnx
@@ -258,16 +258,25 @@ def missing_model(path: str | os.PathLike) -> OnnxkitError:
     if path.name == "model.onnx" and (path.parent / "run.json").is_file():
         return OnnxkitError(f"{path}: not written yet, the training run in {path.parent} has not finished; "
                             f"continue it with onnxkit train --resume {path.parent}")
-    if path.is_dir():  # a run folder: its model.onnx, or how to finish the run that writes it
-        inside = path / "model.onnx"
-        if (path / "run.json").is_file() and not inside.exists():
-            return missing_model(inside)
-        pointer = f"pass the model in it: {inside}" if inside.is_file() else "pass the path of an .onnx model"
-        return OnnxkitError(f"{path}: a folder, not a model; {pointer}")
+    if path.is_dir():
+        return _folder_given(path)
     if not path.suffix and (Path(__file__).resolve().parent / "models" / f"{path.name.replace('-', '_')}.py").is_file():
         return OnnxkitError(f"{path.name} is a zoo model, not a file: build it first (onnxkit build {path.name} "
                             f"-o {path.name}.onnx), then pass {path.name}.onnx")
     return OnnxkitError(f"{path}: no such file; pass the path of an .onnx model")
+
+
+def _folder_given(folder: Path) -> OnnxkitError:
+    """The error for a folder given as the model: it names the model in it (a run folder's
+    model.onnx, else its .onnx files) or says how to finish the run that will write it."""
+    inside = folder / "model.onnx"
+    if inside.is_file():
+        return OnnxkitError(f"{folder}: a folder, not a model; pass the model in it: {inside}")
+    if (folder / "run.json").is_file():
+        return missing_model(inside)
+    models = sorted(p.name for p in folder.glob("*.onnx") if p.is_file())
+    held = first_few(models, 5) if models else "no .onnx file"
+    return OnnxkitError(f"{folder}: a folder, not a model (it holds {held}); pass the path of an .onnx model")
 
 
 def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.ModelProto:

@@ -315,7 +315,7 @@ def test_inspect_on_a_folder_names_the_model_in_it(run_cli, digits, tmp_path):
     (models / "b.onnx").write_bytes(path.read_bytes())
     (models / "a.onnx").write_bytes(path.read_bytes())
     cases = [
-        (done, f"{done}: a folder, not a model; inspect the model in it: onnxkit inspect {done / 'model.onnx'}"),
+        (done, f"{done}: a folder, not a model; pass the model in it: {done / 'model.onnx'}"),
         (running, f"{running / 'model.onnx'}: not written yet, the training run in {running} has not finished; "
                   f"continue it with onnxkit train --resume {running}"),
         (models, f"{models}: a folder, not a model (it holds a.onnx, b.onnx); pass the path of an .onnx model"),

@@ -243,7 +243,8 @@ def test_load_errors(tmp_path, mlp_path):
     with pytest.raises(OnnxkitError, match="no such file"):
         runtime.load(tmp_path / "missing.onnx")
     (tmp_path / "folder.onnx").mkdir()  # was 'no such file'
-    with pytest.raises(OnnxkitError, match=r"folder.onnx: a folder, not a model; pass the path of an .onnx model$"):
+    with pytest.raises(OnnxkitError, match=r"folder.onnx: a folder, not a model \(it holds no .onnx file\); pass the "
+                                           r"path of an .onnx model$"):
         runtime.load(tmp_path / "folder.onnx")
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(mlp_path.read_bytes()[:50])

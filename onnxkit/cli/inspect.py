@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
 from onnxkit.cli import options
-from onnxkit.errors import OnnxkitError, first_few
-from onnxkit.files import load_model, missing_model
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import load_model
 from onnxkit.summary import format_summary, summarize
 
 
@@ -27,25 +26,10 @@ def inspect_cmd(model: str, as_json: bool, netron: bool, port: int) -> None:
       onnxkit inspect digits.onnx --json
       onnxkit inspect digits.onnx --netron --port 8081
     """
-    if Path(model).is_dir():
-        raise folder_given(Path(model))
     info = summarize(load_model(model), model)
     click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
     if netron:
         serve_netron(model, port)
-
-
-def folder_given(folder: Path) -> OnnxkitError:
-    """The error for a folder given as the model: it names the model in it (a run folder's
-    model.onnx, else its .onnx files) or says how to finish the run that will write it."""
-    inside = folder / "model.onnx"
-    if inside.is_file():
-        return OnnxkitError(f"{folder}: a folder, not a model; inspect the model in it: onnxkit inspect {inside}")
-    if (folder / "run.json").is_file():
-        return missing_model(inside)
-    models = sorted(p.name for p in folder.glob("*.onnx") if p.is_file())
-    held = first_few(models, 5) if models else "no .onnx file"
-    return OnnxkitError(f"{folder}: a folder, not a model (it holds {held}); pass the path of an .onnx model")
 
 
 def serve_netron(path: str, port: int) -> None:
