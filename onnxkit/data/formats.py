@@ -37,7 +37,8 @@ from onnxkit.label_columns import (
 )
 
 
-def _require(path: Path) -> None:
+def require_data_file(path: Path) -> None:
+    """One error line unless `path` is a file: a folder (runs.csv/, say) or nothing there."""
     if not path.is_file():
         what = "a folder, not a data file" if path.is_dir() else "no such data file"
         raise OnnxkitError(f"{path}: {what}; pass a .npz or .csv file or a dataset name")
@@ -45,7 +46,7 @@ def _require(path: Path) -> None:
 
 def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
     """A dataset from an `.npz` file (see the module docstring for the array names)."""
-    _require(path)
+    require_data_file(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -76,7 +77,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
              tokenizer: str | None = None, max_length: int | None = None) -> Dataset:
     """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
     column is a text dataset, tokenized with `tokenizer` (the model's)."""
-    _require(path)
+    require_data_file(path)
     numbered = read_csv_rows(path)
     if not numbered:
         raise OnnxkitError(f"{path}: empty CSV file; it needs feature columns and a label column")

@@ -98,7 +98,7 @@ def load_dataset(
         return in_model_order(dataset, model)
     entries = datasets()
     if text not in entries and Path(text).is_dir():
-        raise OnnxkitError(f"{text}: a folder, not a data file; pass a .npz or .csv file or a dataset name")
+        formats.require_data_file(Path(text))  # raises: a folder, not a data file
     if text not in entries and Path(text).is_file() and suffix == ".gz":
         raise OnnxkitError(f"{text}: a compressed file; decompress it first (gunzip -k {text}), then pass the .csv")
     if text not in entries and Path(text).is_file():  # an .npy, .json, .txt: it was called an unknown dataset
