@@ -244,6 +244,16 @@ def is_number(text: str) -> bool:
     return True
 
 
+def thousands_separated(cell: str) -> str | None:
+    """What an error line says of a CSV cell holding a number written with thousands separators ('1,000'),
+    which reads as text; None for any other cell."""
+    cell = cell.strip()
+    plain = cell.replace(",", "")
+    if plain == cell or not is_number(plain):
+        return None
+    return f"holds {cell!r}, a number with thousands separators; write the numbers without them ({plain})"
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Serialise `model` to `path` atomically and return the path."""
     data = model.SerializeToString()

@@ -225,6 +225,11 @@ def test_a_csv_of_semicolons_or_tabs_predicts_as_train_reads_it(run_cli, iris, t
     result = run_cli("predict", path, "-i", tmp_path / "gaps.csv")
     assert result.err == f"error: {tmp_path / 'gaps.csv'}: column 2 ('b') is empty, a missing value; fill or drop " \
                          "those rows\n"
+    # it was "holds text ('1,200'); predict reads numbers only: remove that column", where train names the separators
+    (tmp_path / "thousands.csv").write_text('a,b,c,d\n1,2,3,4\n"1,200",6,7,8\n')
+    result = run_cli("predict", path, "-i", tmp_path / "thousands.csv")
+    assert result.err == f"error: {tmp_path / 'thousands.csv'}: column 1 ('a') holds '1,200', a number with " \
+                         "thousands separators; write the numbers without them (1200)\n"
 
 
 # ---- one line for what a user trial found: bytes that are not UTF-8, a malformed device, a folder -----------

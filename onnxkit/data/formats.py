@@ -24,7 +24,7 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import is_missing, is_number, read_csv_rows
+from onnxkit.files import is_missing, is_number, read_csv_rows, thousands_separated
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
@@ -172,9 +172,9 @@ def _not_numbers(path: Path, features: list[list[str]], header: Sequence[str] | 
     i, j = next(((i, j) for i, row in enumerate(features) for j, cell in enumerate(row) if not is_number(cell)),
                 (0, 0))
     cell, where = features[i][j].strip(), f"{path}:{lines[i]}: feature column {_column(header, j, label_col)}"
-    if is_number(cell.replace(",", "")):
-        return OnnxkitError(f"{where} holds {cell!r}, a number with thousands separators; write the numbers "
-                            f"without them ({cell.replace(',', '')})")
+    separated = thousands_separated(cell)
+    if separated:
+        return OnnxkitError(f"{where} {separated}")
     return OnnxkitError(f"{where} holds text ({cell!r}); only the label column may hold text: encode that column "
                         f"as numbers (one column per category, say) or drop it, or if it holds the labels, head it "
                         f"{' / '.join(LABEL_COLUMNS)} or make it the last column")

@@ -29,6 +29,7 @@ from onnxkit.files import (
     read_csv_rows,
     read_csv_text,
     read_text_file,
+    thousands_separated,
     write_bytes,
     write_text,
 )
@@ -276,6 +277,8 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
         if is_missing(cell):
             there = "is empty" if not cell.strip() else f"holds {cell.strip()!r}"
             raise OnnxkitError(f"{path}: {column} {there}, a missing value; fill or drop those rows") from e
+        if thousands_separated(cell):
+            raise OnnxkitError(f"{path}: {column} {thousands_separated(cell)}") from e
         raise OnnxkitError(f"{path}: {column} holds text ({cell!r}); predict reads numbers only: remove that "
                            f"column, or if it holds the labels head it {' / '.join(LABEL_COLUMNS)}") from e
 
