@@ -223,6 +223,18 @@ def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
                                 "thousands separators; write the numbers without them (1200)")
 
 
+def test_a_missing_label_among_numbers_is_named_by_line_and_a_class_named_none_is_kept(tmp_path):
+    # an NA target made the whole column class names: "the labels are class names ('100.0', '101.0', ...)"
+    (tmp_path / "na.csv").write_text("a,target\n1,2.5\n2,NA\n3,1.5\n")
+    with pytest.raises(OnnxkitError) as na:
+        load_dataset(tmp_path / "na.csv")
+    assert str(na.value) == (f"{tmp_path / 'na.csv'}:3: the label cell holds 'NA', a missing value; give every row "
+                             "a label (or drop the row)")
+    rows = "".join(f"{i},{['none', 'some'][i % 2]}\n" for i in range(10))
+    (tmp_path / "named.csv").write_text("a,label\n" + rows)
+    assert load_dataset(tmp_path / "named.csv").label_names == ["none", "some"]
+
+
 def test_unknown_dataset_suggests_close_names():
     with pytest.raises(OnnxkitError, match="Did you mean: digits"):
         load_dataset("digit")

@@ -182,10 +182,14 @@ def _not_numbers(path: Path, features: list[list[str]], header: Sequence[str] | 
 
 def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, list[str] | None]:
     """The label cells (of the file's `lines`) as labels, and the class names of text labels."""
-    if not all(raw):
-        raise OnnxkitError(f"{path}:{lines[raw.index('')]}: the label cell is empty; give every row a label "
-                           "(or drop the row)")
-    if all(is_number(v) for v in raw):
+    numeric = [is_number(v) for v in raw]
+    # an empty cell; or NA, N/A, ? among numbers (among class names, 'none' may be a class)
+    among_numbers = all(n or is_missing(v) for n, v in zip(numeric, raw, strict=True))
+    gap = next((i for i, v in enumerate(raw) if not v or among_numbers and not numeric[i]), None)
+    if gap is not None:
+        there = f"holds {raw[gap]!r}, a missing value" if raw[gap] else "is empty"
+        raise OnnxkitError(f"{path}:{lines[gap]}: the label cell {there}; give every row a label (or drop the row)")
+    if all(numeric):
         values = np.array(raw, dtype=np.float64)
         integral = np.all(values == np.round(values))
         return (values.astype(np.int64) if integral else values.astype(np.float32)), None
