@@ -425,6 +425,6 @@ def evaluate(
         axis=axis,
     )
     metrics["task"] = resolved
-    if names and "confusion" in metrics:
+    if names and len(names) == len(metrics.get("confusion", ())):  # not a multi-label model's K names of 0/1 rows
         metrics["labels"] = names
     return metrics

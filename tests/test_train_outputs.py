@@ -87,6 +87,22 @@ def test_a_multi_label_matrix_trains_with_bce_by_default_and_scores_every_label(
         logits.top_k(1)
 
 
+def test_a_multi_label_model_with_class_names_evaluates_without_naming_its_0_1_rows(tmp_path, run_cli):
+    # its 3 names were put on the [2, 2] confusion of 0/1 labels: onnxkit eval crashed in format_confusion
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, D)).astype(np.float32)
+    labels = (x[:, :3] > 0).astype(np.int64)
+    model = linear(3)
+    model.metadata_props.add(key="onnxkit.labels", value='["a", "b", "c"]')
+    result = fit(model, dataset(x, labels), tmp_path / "run", epochs=2, device="cpu")
+    scored = evaluate(load_model(result.model_path), Split("test", {"x": x[200:]}, labels[200:]))
+    assert len(scored["confusion"]) == 2 and "labels" not in scored
+    np.savez(tmp_path / "ml.npz", x=x, labels=labels)
+    shown = run_cli("eval", result.model_path, "--data", tmp_path / "ml.npz")
+    assert shown.code == 0, shown.err
+    assert [line.split()[0] for line in shown.out.splitlines()[-2:]] == ["0", "1"]  # the rows: true 0 and 1
+
+
 def test_one_hot_rows_are_refused_by_default_not_trained_as_separate_labels(tmp_path):
     """One-hot class rows would otherwise default to multi-label training (before the multi-label default
     they were 'class labels have shape [100, 3]; give one class id per row')."""
