@@ -164,7 +164,8 @@ class Report:
             rows.append((acc["metric"], acc["original_shown"], acc["quantized_shown"], _change(acc)))
         lines += _table(rows, indent="  ")
         if self.candidates:
-            lines.append("  candidates (fastest at the largest batch within the allowed drop wins; within 5%, "
+            noise = f"{SLOWER_BEYOND_NOISE - 1:.0%}"  # timed as fast as the fastest
+            lines.append(f"  candidates (fastest at the largest batch within the allowed drop wins; within {noise}, "
                          "the smallest drop):")
             lines += candidate_table(self.candidates, self.accuracy["unit"] if self.accuracy else "points")
         if self.sqnr:
