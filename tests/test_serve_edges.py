@@ -346,3 +346,25 @@ def test_a_sequence_of_tensors_output_keeps_its_type_and_grpc_model_config_answe
     request = decode_request(json.dumps(body).encode(), model)
     reply = json.loads(encode_response(model, request, model.run(request.feeds))[0])["outputs"][0]
     assert reply == {"name": "pair", "datatype": "INT64", "shape": [2, 1, 2], "data": [3, 4, 3, 4]}  # as numpy has it
+
+
+def test_classification_is_of_the_output_training_fit(tmp_path):
+    # a model trained on its second output (onnxkit.output, 716204a) was classified only on its first: 'logits'
+    # was refused, and 'features' answered the top classes of the logits
+    nodes = [helper.make_node("Relu", ["x"], ["features"]), helper.make_node("Neg", ["x"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 3]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])])  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    proto.metadata_props.add(key="onnxkit.output", value="logits")
+    model = runtime.load(save_model(proto, tmp_path / "two.onnx"), threads=1, name="two")
+    x = {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 3, 2]}
+
+    def classified(output: str) -> dict:
+        body = {"inputs": [x], "outputs": [{"name": output, "parameters": {"classification": 1}}]}
+        request = decode_request(json.dumps(body).encode(), model)
+        return json.loads(encode_response(model, request, model.run(request.feeds))[0])["outputs"][0]
+
+    assert classified("logits")["data"] == ["-1:0"]  # the largest of -x
+    with pytest.raises(RequestError, match="classification is available for the scores output, 'logits'"):
+        classified("features")

@@ -491,8 +491,9 @@ def _requested_outputs(
         if k is not None:
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 raise RequestError(400, f"output {name!r}: classification must be a positive integer")
-            if name != names[0]:
-                raise RequestError(400, f"classification is available for the first output, {names[0]!r}")
+            scores = model.scores_output or names[0]  # the output training fit, a scikit-learn classifier's, the first
+            if name != scores:
+                raise RequestError(400, f"classification is available for the scores output, {scores!r}")
             classification[name] = k
         as_binary = parameters.get("binary_data", binary_outputs)
         if not isinstance(as_binary, bool):
