@@ -199,7 +199,8 @@ def test_classification_of_a_scalar_output_gets_400_not_500(tmp_path):
     with pytest.raises(RequestError) as refused:
         encode_response(total, request, total.run(request.feeds))
     assert refused.value.status == 400
-    assert str(refused.value) == "model 'total': class predictions need a [batch, classes] first output, got shape ()"
+    assert str(refused.value) == ("model 'total': class predictions need [batch, classes] scores, got shape () "
+                                  "(output 's')")
 
 
 def test_a_model_with_a_fixed_batch_size_refuses_other_row_counts_by_its_shape(tmp_path):

@@ -79,7 +79,7 @@ def test_probabilities_are_softmax_or_sigmoid_by_task():
     with pytest.raises(OnnxkitError, match="predicts values, not classes"):
         Prediction({"y": z}, None, "regression").probabilities()
     # a foreign regressor (no task in its metadata) showed class 0 with its value as score for every row
-    with pytest.raises(OnnxkitError, match="the first output has one value per row, which names no classes"):
+    with pytest.raises(OnnxkitError, match="output 'variable' has one value per row, which names no classes"):
         Prediction({"variable": z}, None, None).top_k(2)
 
 

@@ -14,8 +14,9 @@ from onnxkit.errors import OnnxkitError
 class Prediction:
     """Every model output by name; for classifiers, the predicted classes and their names.
 
-    The first output holds the scores (logits; for a scikit-learn classifier, whose first output is
-    the label, the probabilities output: `scores_output`); `probabilities()` turns them into class
+    The scores output holds the scores (logits): the first, or `scores_output` (the output training fit,
+    metadata onnxkit.output; a scikit-learn classifier's probabilities, its first output being the label);
+    `probabilities()` turns them into class
     probabilities (softmax; sigmoid for a binary classifier). A binary classifier's single
     logit column is read as the scores [0, logit] of classes 0 and 1, so argmax and
     softmax agree with thresholding and sigmoid. A model whose output already is probabilities
@@ -26,8 +27,8 @@ class Prediction:
     outputs: dict[str, np.ndarray]
     class_names: tuple[str, ...] | None = None
     task: str | None = None  # metadata onnxkit.task: "classification", "binary", "regression", ...
-    given_probabilities: bool = False  # the first output is class probabilities, not logits
-    scores_output: str | None = None  # the output holding the scores, when not the first (scikit-learn's)
+    given_probabilities: bool = False  # the scores output is class probabilities, not logits
+    scores_output: str | None = None  # the output holding the scores, when not the first (trained, scikit-learn's)
     multi_label: bool = False  # a binary task's several scores per row, each one 0/1 label's logit (or probability)
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -38,13 +39,12 @@ class Prediction:
 
     @property
     def scores_name(self) -> str:
-        """The name of the output holding the scores: the first, or a scikit-learn classifier's
-        probabilities (its first output is the label)."""
+        """The name of the output holding the scores: `scores_output` when given, else the first."""
         return self.scores_output if self.scores_output in self.outputs else next(iter(self.outputs))
 
     @property
     def scores(self) -> np.ndarray:
-        """The scores: the first output, or a scikit-learn classifier's probabilities."""
+        """The scores: the output `scores_name`."""
         return self.outputs[self.scores_name]
 
     @property
@@ -62,13 +62,14 @@ class Prediction:
                                "score; read them as values (--probs: each label's sigmoid)")
         scores = np.asarray(self.scores)
         if scores.ndim != 2:
-            raise OnnxkitError(f"class predictions need a [batch, classes] first output, got shape {scores.shape}")
+            raise OnnxkitError(f"class predictions need [batch, classes] scores, got shape {scores.shape} "
+                               f"(output {self.scores_name!r})")
         if scores.shape[1] == 1 and (self.task == "binary" or len(self.class_names or ()) == 2):
             other = 1.0 - scores if self.given_probabilities else np.zeros_like(scores)
             scores = np.concatenate([other, scores], axis=1)
         elif scores.shape[1] == 1:  # a foreign regressor's [batch, 1]: '0 (74.23)' for every row before
-            raise OnnxkitError("the first output has one value per row, which names no classes (a binary classifier "
-                               "says so in its metadata, as onnxkit train writes it); read it as values")
+            raise OnnxkitError(f"output {self.scores_name!r} has one value per row, which names no classes (a binary "
+                               "classifier says so in its metadata, as onnxkit train writes it); read it as values")
         return scores
 
     def probabilities(self) -> np.ndarray:
