@@ -35,7 +35,7 @@ from onnxkit.runtime.text import carries_tokenizer
     "CSV's 'text' column.",
 )
 @click.option("-t", "--text", "texts", multiple=True, help="A text to predict on (repeatable; needs a tokenizer).")
-@options.output_file("Save the prediction: .json, .npz, .npy (first output) or .csv.", required=False)
+@options.output_file("Save the prediction: .json, .npz, .npy (the scores output) or .csv.", required=False)
 @click.option("-k", "--top-k", type=options.COUNT, help="Show the K best classes per row.")
 @click.option("--probs", is_flag=True, help="Class probabilities (softmax; sigmoid for binary) instead of logits.")
 @options.device()

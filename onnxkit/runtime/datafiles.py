@@ -4,8 +4,8 @@ Inputs: .npy (one array), .npz (arrays named by input), .json (a nested list, or
 object of nested lists by input name), .csv (one example per row, optional header).
 A file written for training also reads: what train reads as its labels (an .npz's `labels`
 or `y` and `label_names`, a CSV column headed label, target, y, ...) is left out.
-Outputs: .json (outputs, labels, top-k), .npz (every output), .npy (the first
-output), .csv (one row per example). All written atomically.
+Outputs: .json (outputs, labels, top-k), .npz (every output), .npy (the scores output:
+`Prediction.scores`), .csv (one row per example). All written atomically.
 """
 
 from __future__ import annotations
