@@ -143,8 +143,11 @@ class InferenceService:
     async def ModelReady(self, request: Any) -> Any:  # noqa: N802
         """Not ready, rather than NOT_FOUND, for a model or version not served (as Triton: tritonclient's
         is_model_ready is then False, not an exception)."""
-        served = request.name in self.batchers and request.version in ("", protocol.MODEL_VERSION)
-        return message("ModelReadyResponse")(ready=served and self.ready())
+        try:
+            inference.find_model(self.batchers, request.name, request.version)
+        except RequestError:
+            return message("ModelReadyResponse")(ready=False)
+        return message("ModelReadyResponse")(ready=self.ready())
 
     async def ModelMetadata(self, request: Any) -> Any:  # noqa: N802
         batcher = inference.find_model(self.batchers, request.name, request.version)
