@@ -47,8 +47,14 @@ def test_labels_shaped_n_by_1_are_squeezed(tmp_path):
 def test_other_label_shapes_for_classes_are_a_clear_error(tmp_path):
     x, y = iris_like()
     split = Split("train", {"x": x}, np.stack([y, y], axis=1))
-    with pytest.raises(OnnxkitError, match=r"class labels have shape \[60, 2\]; give one class id per row"):
+    with pytest.raises(OnnxkitError, match=r"class labels have shape \[60, 2\]; give one class id per row "
+                                           r"\(shape \[N\]\)$"):
         fit(zoo.build_model("iris-mlp"), Dataset("pairs", split, split, split), tmp_path / "run")
+    # a 0/1 matrix for a model said to classify (iris-mlp) does not default to multi-label: the error names how
+    split = Split("train", {"x": x}, (np.stack([y, y, y], axis=1) == [0, 1, 2]).astype(np.int64))
+    with pytest.raises(OnnxkitError, match=r"give one class id per row \(shape \[N\]\), or train 3 separate 0/1 "
+                                           r"labels \(multi-label\) with loss bce-with-logits$"):
+        fit(zoo.build_model("iris-mlp"), Dataset("labels", split, split, split), tmp_path / "run")
 
 
 @pytest.mark.parametrize(("label", "message"), [

@@ -72,9 +72,12 @@ def check_class_labels(
                 "map the two classes to 0 and 1 (or train with loss=mse for regression)"
             )
         return
-    if labels.ndim != 1:
+    if labels.ndim != 1:  # a 0/1 matrix is K labels a row, which a model said to classify does not default to
+        multi = labels.ndim == 2 and labels.dtype.kind in "iub" and bool(np.isin(labels, (0, 1)).all())
         raise OnnxkitError(
             f"data {name!r}: class labels have shape {list(labels.shape)}; give one class id per row (shape [N])"
+            + (f", or train {labels.shape[1]} separate 0/1 labels (multi-label) with loss bce-with-logits" if multi
+               else "")
         )
     if labels.dtype.kind not in "iub" or not len(labels):
         return
