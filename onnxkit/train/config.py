@@ -72,7 +72,7 @@ class TrainConfig:
     adapter: str | None = None
     adapter_settings: dict[str, Any] | None = None
     data_in_memory: bool = False
-    data_sha256: str = ""  # of a data file, checked on resume
+    data_sha256: str = ""  # of a data file, checked on resume and recorded in the model for eval (its default data)
     cache_features: bool = True
     standardize: bool | None = False  # None: decided from the data when training starts (then stored as a bool)
 
