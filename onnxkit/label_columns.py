@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from onnxkit.files import is_number
+from onnxkit.files import is_missing, is_number
 
 LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column, first found wins
 NPZ_LABELS = ("labels", "y")  # .npz arrays read as the labels, first found wins
@@ -18,11 +18,11 @@ TEXT_COLUMN = "text"  # a CSV column of texts (a Parquet one, by its exact name)
 
 def csv_header(first_row: Sequence[str]) -> Sequence[str] | None:
     """`first_row` when it is a header: some cell but the last (which may hold a text label), or
-    its only cell, is not a number; or it names a label column beside columns numbered 0, 1, ...
-    (pandas' header for an array's columns and a label column it was given a name; a data row of
-    numbers whose class is named 'y' or 'class' is data)."""
+    its only cell, is neither a number nor a missing value (NA, ?: a data row's gap); or it names a
+    label column beside columns numbered 0, 1, ... (pandas' header for an array's columns and a label
+    column it was given a name; a data row of numbers whose class is named 'y' or 'class' is data)."""
     cells = first_row[:-1] if len(first_row) > 1 else first_row
-    if not all(is_number(c) for c in cells):
+    if not all(is_number(c) or is_missing(c) for c in cells):
         return first_row
     label = label_column(first_row)
     numbered = [c.strip() for i, c in enumerate(first_row) if i != label]

@@ -223,6 +223,14 @@ def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
                                 "thousands separators; write the numbers without them (1200)")
 
 
+def test_a_first_row_with_a_missing_cell_is_data_not_a_header(tmp_path):
+    # '5.1,NA,1.4,0' was taken for a header row: dropped without a word, the other rows trained
+    (tmp_path / "gap.csv").write_text("5.1,NA,1.4,0\n4.9,3.0,1.4,1\n4.7,3.2,1.3,0\n")
+    with pytest.raises(OnnxkitError) as gap:
+        load_dataset(tmp_path / "gap.csv")
+    assert str(gap.value).startswith(f"{tmp_path / 'gap.csv'}:1: feature column 2 holds 'NA' there (a missing value")
+
+
 def test_a_missing_label_among_numbers_is_named_by_line_and_a_class_named_none_is_kept(tmp_path):
     # an NA target made the whole column class names: "the labels are class names ('100.0', '101.0', ...)"
     (tmp_path / "na.csv").write_text("a,target\n1,2.5\n2,NA\n3,1.5\n")
