@@ -182,6 +182,16 @@ def test_one_class_id_per_position_trains_cross_entropy_over_the_class_axis(tmp_
     assert evaluate(load_model(result.model_path), Split("test", {"x": x[100:]}, labels[100:])) == test
 
 
+def test_a_pixel_classifier_of_named_classes_loads_with_its_names(tmp_path):
+    # runtime.load checked the names against the last axis ([batch, 2, 4, 4]: '2 classes but output 'y' has
+    # 4 scores per row'), so predict and serve refused the model training had just labelled
+    model, x, labels, _ = per_position("pixels")
+    data = dataset(x, labels)
+    named = Dataset("toy", data.train, data.validation, data.test, label_names=["background", "object"])
+    result = fit(model, named, tmp_path / "run", epochs=1, device="cpu")
+    assert runtime.load(str(result.model_path)).class_names == ("background", "object")
+
+
 def test_a_softmax_over_the_class_axis_trains_on_the_logits_behind_it(tmp_path):
     model, x, labels, _ = per_position("pixels")
     model.graph.node[0].output[0] = "logits"

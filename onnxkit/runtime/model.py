@@ -304,6 +304,8 @@ def _class_names(
         )
     scores = next((o for o in outputs if o.name == scores_output), outputs[0] if outputs else None)
     width = scores.shape[-1] if scores and scores.shape else None
+    if scores and len(scores.shape) > 2 and len(names) in scores.shape[1:]:
+        width = len(names)  # scores per position ([batch, C, H, W] or [batch, T, C]): the classes on that axis
     if isinstance(width, int) and width != len(names) and not (width == 1 and len(names) == 2):
         raise OnnxkitError(
             f"model {model_name!r}: metadata {LABELS_KEY!r} names {len(names)} classes but output "
