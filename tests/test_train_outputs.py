@@ -16,6 +16,7 @@ from onnxkit.files import load_model
 from onnxkit.metadata import metadata
 from onnxkit.runtime.datafiles import format_prediction
 from onnxkit.train import fit
+from onnxkit.train.backends import default_backend
 
 pytestmark = pytest.mark.training
 
@@ -263,3 +264,45 @@ def test_float_class_ids_per_position_are_told_to_be_integers(tmp_path):
                                            r"4, 4\] for the mse loss; give one target per output value; if they are "
                                            r"class ids, pass them as integers"):
         fit(model, dataset(x, labels.astype(np.float32)), tmp_path / "run", epochs=1, device="cpu")
+
+
+def _dims(model: onnx.ModelProto) -> list:
+    return [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+
+
+ORT_LSTM_GRAD = "onnxruntime-training 1.19.2's gradient builder gives LSTMGrad an input of a type it refuses"
+
+
+@pytest.mark.parametrize("kind", [pytest.param("lstm", marks=pytest.mark.skipif(
+    default_backend() == "ort-training", reason=ORT_LSTM_GRAD)), "conv"])
+def test_dynamic_sequence_length_and_image_size_train_at_the_datas(tmp_path, kind):
+    # as PyTorch exports them with dynamic_axes: LSTM over [batch, 'seq', 4], Conv over [batch, 1, 'h', 'w'];
+    # both gradients need static sizes, so training refused them ('over a sequence length the graph does not fix',
+    # 'its gradient needs static spatial sizes'); the training graphs take the data's, the model keeps its own
+    rng = np.random.default_rng(0)
+    hidden = 8
+    if kind == "lstm":
+        x = rng.normal(size=(300, 5, 4)).astype(np.float32)
+        labels = (x[:, :, 0].sum(axis=1) > 0).astype(np.int64)
+        nodes = [helper.make_node("Transpose", ["x"], ["steps"], perm=[1, 0, 2]),  # batch_first, as PyTorch exports it
+                 helper.make_node("LSTM", ["steps", "W", "R"], ["y", "h"], hidden_size=hidden),
+                 helper.make_node("Transpose", ["h"], ["rows"], perm=[1, 0, 2]),
+                 helper.make_node("Flatten", ["rows"], ["flat"])]
+        weights = {"W": rng.normal(size=(1, 4 * hidden, 4)) * 0.3, "R": rng.normal(size=(1, 4 * hidden, hidden)) * 0.3}
+        x_shape = ["batch", "seq", 4]
+    else:
+        x = rng.normal(size=(300, 1, 6, 6)).astype(np.float32)
+        labels = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int64)
+        nodes = [helper.make_node("Conv", ["x", "K"], ["c"], pads=[1, 1, 1, 1]),
+                 helper.make_node("GlobalAveragePool", ["c"], ["p"]), helper.make_node("Flatten", ["p"], ["flat"])]
+        weights = {"K": rng.normal(size=(hidden, 1, 3, 3)) * 0.3}
+        x_shape = ["batch", 1, "h", "w"]
+    model = model_of(nodes + [helper.make_node("MatMul", ["flat", "head"], ["logits"])],
+                     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+                     {**weights, "head": rng.normal(size=(hidden, 2)) * 0.3}, x_shape)
+    result = fit(model, dataset(x, labels), tmp_path / "run", epochs=30, lr=0.01, device="cpu")
+    assert result.metrics["test"]["accuracy"] > 0.85
+    trained = load_model(result.model_path)
+    assert _dims(trained) == x_shape  # still takes any sequence length / image size
+    other = x[:4, :3] if kind == "lstm" else np.zeros((4, 1, 9, 12), np.float32)
+    assert runtime.load(str(result.model_path)).predict(other)["logits"].shape == (4, 2)

@@ -62,6 +62,7 @@ class Split:
     """Named feature arrays and labels with one shared first dimension."""
 
     data: str | None = None  # the name of the dataset it is a split of (set by `Dataset`), for messages
+    fixed_shapes = True  # every batch has the arrays' sizes past the batch axis (text splits cut each to its longest)
 
     def __init__(self, name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
         if not inputs:

@@ -29,6 +29,8 @@ from onnxkit.tokenize import DEFAULT_MAX_LENGTH, MAX_LENGTH_KEY, TOKENIZER_KEY, 
 class TextSplit(Split):
     """Token arrays padded to `max_length`, cut to the longest text of each batch when batched."""
 
+    fixed_shapes = False
+
     def __init__(self, name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarray,
                  lengths: np.ndarray, texts: Sequence[str]) -> None:
         super().__init__(name, inputs, labels)

@@ -91,6 +91,7 @@ from onnxkit.train.training_form import (
     output_type,
     refuse_weights_in_attributes,
     select,
+    sized_by_data,
     trainable_form,
     training_output,
 )
@@ -469,6 +470,9 @@ class _Setup:
             raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
         self.fixed = fixed_batch_size(specs)  # such a model runs whole batches only
         self._check_fixed_batch()
+        sized = sized_by_data(self.model, self.splits.values())  # the data's sequence length, image size
+        if sized is not self.model:
+            self.model, self.types = sized, value_types(sized)
         self.num_classes = classes  # cross-entropy's, on its class axis
         self.names = _trained_names(dataset.label_names or label_names(self.model), self.num_classes)
         self._select()

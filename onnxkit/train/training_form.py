@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxkit.data.split import Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import (
     ancestors,
@@ -427,6 +428,35 @@ def select(
     return Selection(trainable, buffers, frozen)
 
 
+
+
+def sized_by_data(model: onnx.ModelProto, splits: Iterable[Split]) -> onnx.ModelProto:
+    """`model` with its inputs' dynamic axes past the batch fixed to the sizes the data's arrays
+    have (a PyTorch export's dynamic sequence length or image size), for the training graphs:
+    the gradients of LSTM, GRU, Conv and pooling need static sizes. Splits whose batches vary in
+    size past the batch axis (text, cut to each batch's longest) leave it as it is; so does the
+    model written after training, which keeps the graph it was given."""
+    splits = list(splits)
+    if not all(s.fixed_shapes for s in splits):
+        return model
+    sizes = {}
+    for graph_input in model.graph.input:
+        shapes = {s.inputs[graph_input.name].shape[1:] for s in splits if graph_input.name in s.inputs}
+        dims = graph_input.type.tensor_type.shape.dim
+        if len(shapes) != 1 or len(dims) != 1 + len(shape := next(iter(shapes))):
+            continue
+        for axis, size in enumerate(shape, start=1):
+            if not dims[axis].HasField("dim_value"):
+                sizes[graph_input.name, axis] = size
+    if not sizes:
+        return model
+    sized = onnx.ModelProto()
+    sized.CopyFrom(model)
+    for graph_input in sized.graph.input:
+        for axis, dim in enumerate(graph_input.type.tensor_type.shape.dim):
+            if (graph_input.name, axis) in sizes:
+                dim.dim_value = sizes[graph_input.name, axis]  # replaces dim_param (one field of a oneof)
+    return sized
 
 
 def training_output(model: onnx.ModelProto, requested: str | None) -> str:
