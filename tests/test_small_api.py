@@ -215,6 +215,28 @@ def test_fit_counts_must_be_integers(tmp_path):
     assert config["seed"] == 3 and type(config["seed"]) is int
 
 
+def test_fit_numbers_and_names_of_the_wrong_kind_are_refused_up_front(tmp_path):
+    from onnxkit.train import fit
+
+    iris = zoo.build_model("iris-mlp")
+    cases = [(dict(lr="0.01"), TypeError, "lr must be a number, got '0.01'"),  # was: Unknown format code 'g'
+             (dict(warmup="0.1"), TypeError, "warmup must be a number, got '0.1'"),
+             (dict(clip_grad_norm="1"), TypeError, "clip_grad_norm must be a number, got '1'"),  # '>' not supported
+             (dict(weight_decay=True), TypeError, "weight_decay must be a number, got True"),
+             (dict(lr=math.inf), OnnxkitError, "lr must be a finite number, got inf"),  # was: the loss became nan
+             (dict(eval_batch_size=0), OnnxkitError, "eval batch size must be at least 1, got 0"),  # was accepted
+             (dict(optimizer=3), TypeError, "optimizer must be a name .* not int"),  # 'int' has no attribute 'lower'
+             (dict(freeze=3), TypeError, "freeze must be a glob .* not 3"),  # 'int' object is not iterable
+             (dict(train_only=["0.*", 1]), TypeError, r"train_only must be a glob .* not \['0.\*', 1\]")]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=f"^{message}$"):
+            fit(iris, "iris", tmp_path / "run", epochs=1, **kwargs)
+    assert not (tmp_path / "run").exists()
+    done = fit(iris, "iris", tmp_path / "run", epochs=1, lr=np.float32(0.01), warmup=1, eval_batch_size=np.int64(7),
+               freeze=("0.*",), evaluate_test=False)
+    assert done.frozen == ["0.weight", "0.bias"]
+
+
 def test_class_names_and_float_class_ids_as_labels(tmp_path):
     from onnxkit.data import dataset_from_arrays
     from onnxkit.train import fit

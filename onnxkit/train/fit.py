@@ -176,8 +176,10 @@ def fit(
     Ctrl-C or SIGTERM finishes the optimizer step, writes a checkpoint and raises TrainingInterrupted.
     Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`).
     """
-    _check_arguments(model, data, optimizer, callback, callbacks)
+    _check_arguments(model, data, optimizer, callback, callbacks, freeze, train_only)
     _check_seeds(seed=seed, data_seed=data_seed)
+    lr, weight_decay, clip_grad_norm, warmup = _reals(lr=lr, weight_decay=weight_decay,
+                                                      clip_grad_norm=clip_grad_norm, warmup=warmup)
     freeze, train_only = _patterns(freeze), _patterns(train_only)
     given = {"model": model, "out_dir": out_dir, "loss": loss, "optimizer": optimizer, "lr": lr,
              "weight_decay": weight_decay, "clip_grad_norm": clip_grad_norm, "schedule": schedule,
@@ -261,7 +263,8 @@ def fit(
             cache_features=cache_features,
             standardize=standardize,
         )
-        _check_numbers(config.epochs, config.steps, config.batch_size, config.grad_accumulation, config.patience)
+        _check_numbers(config.epochs, config.steps, config.batch_size, config.grad_accumulation, config.patience,
+                       config.eval_batch_size)
         if not config.lr > 0:
             raise OnnxkitError(f"learning rate must be positive, got {config.lr}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
@@ -296,7 +299,7 @@ def fit(
             raise
 
 
-def _check_arguments(model: Any, data: Any, optimizer: Any, callback: Any, callbacks: Any) -> None:
+def _check_arguments(model: Any, data: Any, optimizer: Any, callback: Any, callbacks: Any, *globs: Any) -> None:
     """Refuse arguments of the wrong kind with what to pass instead (before anything is read)."""
     if model is not None and not isinstance(model, str | os.PathLike | onnx.ModelProto):
         built = " (build it first: onnxkit.nn.build(module, inputs))" if hasattr(model, "forward") else ""
@@ -306,6 +309,12 @@ def _check_arguments(model: Any, data: Any, optimizer: Any, callback: Any, callb
                         "make one from arrays with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
     if isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a name or an instance: {optimizer.__name__}(), not the class")
+    if optimizer is not None and not isinstance(optimizer, str | Optimizer):
+        raise TypeError(f"optimizer must be a name (adamw, sgd, ...) or an onnxkit.train.optim object such as "
+                        f"SGD(momentum=0.9), not {type(optimizer).__name__}")
+    for name, value in zip(("freeze", "train_only"), globs, strict=True):
+        if not isinstance(value, str) and not (isinstance(value, Sequence) and all(isinstance(g, str) for g in value)):
+            raise TypeError(f"{name} must be a glob over parameter names or a list of them, not {value!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be a function of one metrics record; pass Callback objects as callbacks=[...]")
     if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
@@ -320,6 +329,17 @@ def _check_seeds(**seeds: Any) -> None:
             raise TypeError(f"{name} must be an integer, got {value!r}")
         if value < 0:
             raise OnnxkitError(f"{name} must be 0 or more, got {value}")
+
+
+def _reals(**values: Any) -> list[float | None]:
+    """lr, weight_decay, clip_grad_norm and warmup as floats (numpy's too, for run.json); a string such as
+    '0.01' is refused here, not failed on later, and so is infinity or NaN."""
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if value is not None and not math.isfinite(value):
+            raise OnnxkitError(f"{name} must be a finite number, got {value}", params=[name])
+    return [None if value is None else float(value) for value in values.values()]
 
 
 def _patterns(globs: str | Sequence[str]) -> list[str]:
@@ -353,9 +373,11 @@ def _json_options(spec: Optimizer) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.options().items()}
 
 
-def _check_numbers(epochs: int, steps: int | None, batch_size: int, accumulation: int, patience: int | None) -> None:
-    for name, value in (("epochs", epochs), ("batch size", batch_size), ("gradient accumulation", accumulation)):
-        if value < 1:
+def _check_numbers(epochs: int, steps: int | None, batch_size: int, accumulation: int, patience: int | None,
+                   eval_batch_size: int | None) -> None:
+    for name, value in (("epochs", epochs), ("batch size", batch_size), ("gradient accumulation", accumulation),
+                        ("eval batch size", eval_batch_size)):
+        if value is not None and value < 1:
             raise OnnxkitError(f"{name} must be at least 1, got {value}")
     if steps is not None and steps < 1:
         raise OnnxkitError(f"steps must be at least 1, got {steps}")
