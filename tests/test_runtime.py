@@ -259,6 +259,10 @@ def test_load_errors(tmp_path, mlp_path):
         runtime.load(mlp_path, optimization="max")
     with pytest.raises(OnnxkitError, match="threads must be 1 or more"):
         runtime.load(mlp_path, threads=0)
+    for threads in ("2", 2.0, True):  # were "'<' not supported" and onnxruntime's "incompatible function arguments"
+        with pytest.raises(TypeError, match=f"^threads must be an integer, got {threads!r}$"):
+            runtime.load(mlp_path, threads=threads)
+    assert runtime.load(mlp_path, threads=np.int64(1)).predict(np.ones((1, 4), np.float32)).classes.shape == (1,)
     with pytest.raises(OnnxkitError, match=r"names 2 classes but output 'logits' has 3"):
         runtime.load(mlp(labels=["a", "b"]).SerializeToString())
     bad_json = mlp()

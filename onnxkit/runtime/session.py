@@ -12,6 +12,7 @@ still imports normally.
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import re
 import sys
@@ -103,6 +104,8 @@ def session_options(threads: int | None, optimization: str, spin: bool = True) -
     """
     if optimization not in OPTIMIZATION_LEVELS:
         raise OnnxkitError(f"unknown optimization level {optimization!r}; use one of {', '.join(OPTIMIZATION_LEVELS)}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)):
+        raise TypeError(f"threads must be an integer, got {threads!r}")  # not onnxruntime's 'incompatible arguments'
     if threads is not None and threads < 1:
         raise OnnxkitError(f"threads must be 1 or more, got {threads}")
     options = ort.SessionOptions()
@@ -113,7 +116,7 @@ def session_options(threads: int | None, optimization: str, spin: bool = True) -
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
     if threads is not None:
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
