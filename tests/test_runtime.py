@@ -271,6 +271,15 @@ def test_load_errors(tmp_path, mlp_path):
         runtime.load(bad_json.SerializeToString())
 
 
+def test_load_takes_a_model_proto_as_built():
+    model = runtime.load(mlp())  # was 'stat: path should be string, ... not ModelProto'
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x)["logits"], mlp_numpy(x), rtol=1e-5, atol=1e-5)
+    assert model.name == "g" and model.class_names == ("a", "b", "c")
+    with pytest.raises(TypeError, match="^model must be a .onnx path, its bytes or an onnx.ModelProto, not dict$"):
+        runtime.load({"x": 1})
+
+
 def test_a_malformed_device_is_refused_before_any_cuda_check(monkeypatch):
     from onnxkit.runtime import session
 

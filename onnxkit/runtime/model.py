@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from onnxkit.runtime.session import (
     session_options,
 )
 from onnxkit.runtime.signature import TensorSpec, batchable, example_feeds, prepare_inputs
+
+if TYPE_CHECKING:
+    import onnx  # for the type hint only: the runtime never imports onnx
 
 LABELS_KEY = "onnxkit.labels"
 TASK_KEY = "onnxkit.task"
@@ -236,7 +239,7 @@ def sklearn_class_names(model: str | os.PathLike | bytes) -> tuple[str, ...] | N
 
 
 def load(
-    model: str | os.PathLike | bytes,
+    model: str | os.PathLike | bytes | onnx.ModelProto,
     device: str = "auto",
     threads: int | None = None,
     *,
@@ -248,7 +251,7 @@ def load(
     spin: bool = True,
     name: str | None = None,
 ) -> Model:
-    """Load an ONNX model (a path or its bytes) for prediction.
+    """Load an ONNX model (a path, its bytes or an onnx.ModelProto, e.g. from `onnxkit.nn.build`) for prediction.
 
     device: "auto" (CUDA when this onnxruntime has it, else CPU), "cpu", "cuda" or "cuda:N".
     threads: intra-op threads (default: onnxruntime's choice, one per core).
@@ -258,8 +261,13 @@ def load(
     optimized_model_path: also save the optimised graph there (written atomically).
     io_binding: bind inputs and outputs to the device (default: on for CUDA).
     spin: let idle intra-op threads spin-wait (fastest alone; off when sharing cores).
-    name: the model's name (default: the file's stem).
+    name: the model's name (default: the file's stem; a ModelProto's graph name).
     """
+    if not isinstance(model, str | os.PathLike | bytes):
+        if not hasattr(model, "SerializeToString"):  # an onnx.ModelProto, told apart without importing onnx
+            raise TypeError(f"model must be a .onnx path, its bytes or an onnx.ModelProto, not {type(model).__name__}")
+        name = name or getattr(model.graph, "name", "") or None
+        model = model.SerializeToString()
     kind, device_id = parse_device(device)
     options = session_options(threads, optimization, spin)
     session = create_session(model, options, providers_for(kind, device_id), optimized_model_path)
