@@ -631,6 +631,18 @@ def test_the_report_says_which_way_the_metric_moved():
     assert reported(Score("accuracy", 0.9), Score("accuracy", 0.9))[1][2:] == ["+0.00", "points", "(same)"]
 
 
+def test_one_exclude_name_as_a_string_and_max_drop_of_the_wrong_kind(mlp_data):
+    model = mlp()
+    node = next(n.name for n in model.graph.node if n.op_type == "MatMul")
+    # a string was read as its letters ("exclude f: no node or op type of that name")
+    kept = quantize(model, mode="dynamic", exclude=node, measure_latency=False).model
+    assert [n.name for n in kept.graph.node if n.op_type == "MatMul"] == [node]
+    with pytest.raises(TypeError, match="^max_drop must be a number of points, got '0.5'$"):  # was "'>' not supported"
+        quantize(model, mode="dynamic", eval_data=mlp_data, max_drop="0.5")
+    with pytest.raises(OnnxkitError, match="^max_drop nan: must be a finite number of points$"):
+        quantize(model, mode="dynamic", eval_data=mlp_data, max_drop=float("nan"))  # was: never more than it
+
+
 def test_max_drop_refusal_writes_nothing(tmp_path, run_cli, mlp_data):
     src = _save(mlp(), tmp_path)
     drop = quantize(src, mode="int4", block_size=64, eval_data=mlp_data, measure_latency=False)

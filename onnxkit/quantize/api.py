@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +47,7 @@ def quantize(
     method: str | None = None,
     per_channel: bool | None = None,
     format: str | None = None,  # noqa: A002 - mirrors --format
-    exclude: Iterable[str] = (),
+    exclude: str | Iterable[str] = (),
     reduce_range: bool | None = None,
     block_size: int = 32,
     eval_data: Any = None,
@@ -72,6 +74,7 @@ def quantize(
     `output` and `report_path` are written atomically, only after everything succeeded.
     """
     say = log or (lambda _msg: None)
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)  # one name, not its letters
     source = None if isinstance(model, onnx.ModelProto) else Path(model)
     _check_outputs(source, output, report_path)
     _check_data(calib, eval_data)
@@ -83,7 +86,7 @@ def quantize(
         """The split seed of `data`: the training run's for its own data (so its test split is unseen), else 0."""
         return recorded_seed if isinstance(data, str | os.PathLike) and str(data) == recorded else 0
 
-    _check_options(mode, method, format, calib_size)
+    _check_options(mode, method, format, calib_size, max_drop)
     if eval_data is None:
         eval_data = recorded
         notes += [f"{missing}: give --eval DATA for an accuracy report"] if missing else []
@@ -299,7 +302,7 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
 
 
-def _check_options(mode, method, fmt, calib_size) -> None:  # type: ignore[no-untyped-def]
+def _check_options(mode, method, fmt, calib_size, max_drop) -> None:  # type: ignore[no-untyped-def]
     if mode is not None:
         check_choice("mode", mode, MODES)
     if method is not None:
@@ -308,6 +311,10 @@ def _check_options(mode, method, fmt, calib_size) -> None:  # type: ignore[no-un
         check_choice("format", fmt, FORMATS)
     if calib_size < 1:
         raise OnnxkitError(f"calib_size {calib_size}: must be at least 1", params=["calib_size"])
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real)):
+        raise TypeError(f"max_drop must be a number of points, got {max_drop!r}")
+    if max_drop is not None and not math.isfinite(max_drop):  # below 0 asks for a gain (the tests use it)
+        raise OnnxkitError(f"max_drop {max_drop}: must be a finite number of points", params=["max_drop"])
 
 
 def _check_data(calib: Any, eval_data: Any) -> None:
