@@ -237,6 +237,24 @@ def test_fit_numbers_and_names_of_the_wrong_kind_are_refused_up_front(tmp_path):
     assert done.frozen == ["0.weight", "0.bias"]
 
 
+def test_a_fit_result_shows_as_one_line_and_documents_its_fields():
+    from onnxkit.train import FitResult
+
+    history = [{"event": "epoch", "epoch": e, "train_loss": 1.0, "val_loss": 1.0} for e in range(1, 201)]
+    metrics = {"epochs": 200, "steps": 6800, "best_epoch": 150, "monitor": "val_loss", "train_loss": 0.1,
+               "validation": {"loss": 0.2, "accuracy": 0.95, "macro_f1": 0.94},
+               "test": {"examples": 359, "loss": 0.25, "accuracy": 0.9721, "macro_f1": 0.97, "task": "classification",
+                        "confusion": [[36] * 10] * 10, "labels": [str(i) for i in range(10)]}}
+    result = FitResult(Path("runs/d"), Path("runs/d/model.onnx"), metrics, history, True, ["fc.weight", "fc.bias"], [])
+    # was the dataclass's repr: every epoch's record and the confusion matrix, ~20,000 characters here
+    assert repr(result) == ("FitResult(model_path='runs/d/model.onnx', epochs=200, steps=6800, best_epoch=150, test: "
+                            "accuracy=0.9721, macro_f1=0.97, loss=0.25, stopped_early=True, 2 trainable / 0 frozen "
+                            "parameters)")
+    del metrics["test"]
+    assert "validation: accuracy=0.95, macro_f1=0.94, loss=0.2," in repr(result)
+    assert all(f"`{name}`" in FitResult.__doc__ for name in ("metrics", "history", "stopped_early", "trainable"))
+
+
 def test_class_names_and_float_class_ids_as_labels(tmp_path):
     from onnxkit.data import dataset_from_arrays
     from onnxkit.train import fit

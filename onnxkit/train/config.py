@@ -91,7 +91,16 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    """What `fit` returns: where things are and how training went."""
+    """What `fit` returns: where things are and how training went.
+
+    - `run_dir`: the run folder (`out_dir`); `model_path`: the trained inference model in it (model.onnx).
+    - `metrics`: `epochs` and `steps` run, `best_epoch` and the `monitor` that chose it, that epoch's
+      `train_loss` and `validation` metrics, and `test`: `onnxkit.evaluate.evaluate`'s metrics on the
+      test split (absent with `evaluate_test=False` or no test split).
+    - `history`: one metrics.jsonl record per epoch (`epoch`, `train_loss`, `val_loss`, `val_accuracy`, ...).
+    - `stopped_early`: early stopping or a callback ended training before its last epoch.
+    - `trainable` / `frozen`: the parameter names that trained and those that stayed fixed.
+    """
 
     run_dir: Path
     model_path: Path
@@ -100,6 +109,18 @@ class FitResult:
     stopped_early: bool
     trainable: list[str]
     frozen: list[str]
+
+    def __repr__(self) -> str:
+        """One line: the model, how long it trained and its test (else validation) scores, not every record."""
+        m = self.metrics
+        scores = m.get("test") or m.get("validation") or {}
+        shown = ", ".join(f"{k}={scores[k]:.4g}" for k in ("accuracy", "macro_f1", "r2", "mae", "loss")
+                          if isinstance(scores.get(k), int | float))
+        where = "test" if m.get("test") else "validation"
+        return (f"FitResult(model_path={str(self.model_path)!r}, epochs={m.get('epochs')}, steps={m.get('steps')}, "
+                f"best_epoch={m.get('best_epoch')}, {where}: {shown or 'no scores'}, "
+                f"stopped_early={self.stopped_early}, {len(self.trainable)} trainable / {len(self.frozen)} frozen "
+                "parameters)")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
