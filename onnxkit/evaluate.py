@@ -392,6 +392,9 @@ def evaluate(
     For classifiers: `loss`, `accuracy`, `macro_f1`, `confusion` (rows = true
     class) and `labels` (class names, when known); for regression: `loss` (MSE),
     `mae` and `r2`. Always `examples` and `task`.
+    `batch_size`: rows per run; `output`: the output to score (default: the one training fit, else the
+    first); `task` overrides the model's metadata; `loss`: the loss to report (default: the task's);
+    `providers`: onnxruntime's execution providers.
     """
     from onnxkit.files import load_model
 

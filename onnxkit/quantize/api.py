@@ -69,9 +69,18 @@ def quantize(
     a named `eval_data` or Dataset, or on a Split or dict `eval_data` itself).
     Without `eval_data`, a model trained by onnxkit is evaluated on the data it was trained on
     (split as in its training run), when that data is here; `max_drop` and `auto` use it too.
-    A drop over `max_drop` raises OnnxkitError and writes nothing.
+    A drop over `max_drop` (points of accuracy, or of loss for regression) raises OnnxkitError and
+    writes nothing. `calib_size`: calibration examples.
+    int8 settings (None: chosen for the model and this CPU): `method` minmax | entropy | percentile
+    (static activation ranges); `per_channel` weight scales (else per tensor); `format` qdq | qoperator
+    (static); `reduce_range` 7-bit weights (on for x86 CPUs without VNNI). int4: `block_size` weights per scale.
+    exclude: node names or op types to leave float (one name, or several).
     sqnr_rows: also compare the models tensor by tensor and keep the worst rows.
+    measure_latency: time both models at batch 1 and 64 (`seq_len` fills free dimensions past the batch of
+    the synthetic inputs used without eval_data). log: a function given each progress line.
     `output` and `report_path` are written atomically, only after everything succeeded.
+    Returns a `QuantizeResult`: the quantized `model` (a ModelProto) and its `report` (`report.text()`
+    prints it; `size_ratio`, `latency_ratio(batch)`, `accuracy`).
     """
     say = log or (lambda _msg: None)
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)  # one name, not its letters

@@ -144,6 +144,10 @@ def fit(
 ) -> FitResult:
     """Train `model` (a path or ModelProto, inference form) on `data`; write the run to `out_dir`.
 
+    Returns a `FitResult`: the run folder, the trained model's path (model.onnx), its metrics and history.
+
+    - `data`: a built-in dataset name, an .npz/.csv file, or a `Dataset` (`onnxkit.data.dataset_from_arrays`
+      makes one from arrays); split into train / validation / test by `data_seed`.
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
       task metadata, else from its output and the labels).
     - `optimizer`: a name (sgd, adam, adamw, adagrad, rmsprop, adadelta) or an object from
@@ -152,7 +156,10 @@ def fit(
       optimizer's; `clip_grad_norm` clips the global gradient norm; `schedule`:
       constant, linear or cosine with `warmup` steps (or a fraction of all steps when below 1).
     - `backend`: onnx (onnxkit's own autodiff, any ONNX Runtime) or ort-training.
-    - `epochs`, or `steps` optimizer steps; `grad_accumulation` batches per step.
+    - `epochs`, or `steps` optimizer steps; `grad_accumulation` batches per step of `batch_size` examples;
+      `eval_batch_size`: the batch size of validation and test (default: batch_size; 256 at least for test).
+    - `seed`: the shuffling and dropout seed; `shuffle=False` keeps the training split's order;
+      `dropout=False` trains with Dropout off.
     - Settings left None come from the model's training recipe (`onnxkit.training_recipe`
       metadata, for full training, `train_only` head training or an `adapter`), else from
       defaults that follow the data (`onnxkit.train.defaults`): adamw at torch's lr, batch 32,
@@ -165,13 +172,19 @@ def fit(
       see `standardize`. None (the default): on when the features or regression targets are
       clearly unscaled and the whole model trains (no freeze, train_only or adapter), which is
       said in one line; False trains on the raw values.
+    - `output`: the output the loss reads, for a model with several (default: the one an earlier run fit, else
+      the first; a scikit-learn classifier's probabilities).
     - `monitor` (val_loss, val_accuracy, val_macro_f1, train_loss) picks the best
-      epoch; `patience` stops after that many epochs without improvement.
+      epoch; `patience` stops after that many epochs without improvement; `keep_best` writes the
+      best epoch's weights into model.onnx (False: the last epoch's); `evaluate_test=False` skips the test split.
+    - `device`: auto, cpu, cuda or cuda:N; `threads`: intra-op CPU threads (default: one per core).
+    - `adapter`: a `GraphAdapter` such as `onnxkit.train.lora.LoraAdapter`, which trains in place of the weights.
     - `resume`: a run directory; continues from its last checkpoint with its stored
       settings, so the settings above are left out (`data` may be given again when it was a
       Dataset object).
     - `callback(record)` sees every metrics.jsonl record as it is made; `callbacks` are
       `onnxkit.train.callbacks.Callback` objects, called after the built-in ones.
+    - `quiet` (the default): print nothing; False shows progress and the settings chosen on stderr.
 
     Ctrl-C or SIGTERM finishes the optimizer step, writes a checkpoint and raises TrainingInterrupted.
     Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`).
