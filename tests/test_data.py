@@ -480,3 +480,20 @@ def test_a_model_input_without_a_batch_dimension_is_named_as_such():
         "model input 'x' [4] has no batch dimension: it takes one example, and training and evaluation feed "
         "batches of them; export the model with a batch dimension first (PyTorch: an input of shape [1, ...] "
         "and dynamic_axes={'x': {0: 'batch'}})")
+
+
+def test_dataset_from_arrays_takes_lists_and_data_frames_and_names_a_bare_array():
+    from onnxkit.data import dataset_from_arrays
+
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    y = np.arange(20) % 2
+    with pytest.raises(TypeError, match=r"^inputs must be a dict of arrays keyed by model input name, such as "
+                                        r"\{'x': X\}, not ndarray$"):  # was: 'numpy.ndarray' object has no 'items'
+        dataset_from_arrays("bare", x, y)
+    listed = dataset_from_arrays("listed", {"x": x.tolist()}, y.tolist())  # was: only integer scalar arrays ...
+    np.testing.assert_array_equal(listed.train.inputs["x"], dataset_from_arrays("a", {"x": x}, y).train.inputs["x"])
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(x, index=np.arange(100, 120))  # pandas indexed rows by these labels: a KeyError
+    framed = dataset_from_arrays("framed", {"x": frame}, pd.Series(y, index=frame.index))
+    np.testing.assert_array_equal(framed.test.inputs["x"], listed.test.inputs["x"])
+    np.testing.assert_array_equal(framed.test.labels, listed.test.labels)

@@ -314,8 +314,13 @@ def dataset_from_arrays(
 ) -> Dataset:
     """Split whole arrays into a `Dataset`; integer labels make a stratified classification set.
 
-    Refuses empty data and feature arrays whose row count differs from the labels'; labels
-    shaped [N, 1] become [N]."""
+    `inputs` maps each model input's name to its array ({'x': X}); arrays, nested lists and pandas
+    DataFrames / Series are taken. Refuses empty data and feature arrays whose row count differs
+    from the labels'; labels shaped [N, 1] become [N]."""
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs must be a dict of arrays keyed by model input name, such as {{'x': X}}, not "
+                        f"{type(inputs).__name__}")
+    inputs = {k: np.asarray(v) for k, v in inputs.items()}  # a DataFrame is indexed by row position, not its labels
     labels = np.asarray(labels)
     if labels.dtype.kind in "USO":  # class names, as a CSV's text labels: ids in sorted order
         names = sorted({str(v).strip() for v in labels.reshape(-1)})
