@@ -89,7 +89,7 @@ def test_lora_flag_mistakes_are_clear_errors(bert, run_cli):
         (("--lora-rank", "2", "--lora-targets", "*attn.qq.weight"), "matches no MatMul weight"),
     ]
     for flags, message in cases:
-        result = run_cli("train", path, "--data", "iris", *flags, "-o", folder / "bad")
+        result = run_cli("train", path, "--data", "bbc-news", *flags, "-o", folder / "bad")
         assert result.code in (1, 2) and message in result.err, (flags, result.err)  # 2: a value out of range
         assert not (folder / "bad").exists()
 
