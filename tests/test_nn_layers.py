@@ -383,6 +383,31 @@ def test_ops_outside_build_are_a_clear_error():
         nn.ops.relu(np.zeros(3))
 
 
+def test_build_refuses_a_class_or_inputs_of_the_wrong_kind_in_one_line():
+    class Net(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    x = nn.Input(["batch", 4])
+    cases = [  # were: assign_names() missing 'self', 'list' object has no attribute 'items', ... 'dtype'
+        (lambda: nn.build(Net, {"x": x}), r"^build takes a Module: an instance such as Net\(\), not "),
+        (lambda: nn.build(Net(), [x]), r"^inputs must be a dict of input name -> nn.Input\(shape, dtype\)"),
+        (lambda: nn.build(Net(), {"x": ("batch", 4)}), r"^inputs must be a dict of input name -> nn.Input"),
+        # a string shape was read as one symbolic dim per letter and built a rank-5 input
+        (lambda: nn.Input("batch"), r"^Input shape must be a list of dims, each a size or a name .* got 'batch'$"),
+        (lambda: nn.Input(["batch", 4.5]), r"^Input shape must be a list of dims"),
+        (lambda: nn.Input(["batch", 4], dtype="floot"), r"^Input dtype 'floot' is not a numpy dtype"),
+    ]
+    for make, message in cases:
+        with pytest.raises(TypeError, match=message):
+            make()
+    model = nn.build(Net(), {"x": nn.Input(("batch", np.int64(4)), np.float32)})
+    assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 4]
+
+
 def test_model_level_properties():
     model = nn.build(nn.Sequential([nn.Linear(3, 2), nn.Tanh()]), {"x": nn.Input(["batch", 3])},
                      output_names=["y"], metadata={"k": [1, 2]})

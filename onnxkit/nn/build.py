@@ -30,6 +30,20 @@ class Input:
     shape: Sequence[Dim]
     dtype: str = "float32"
 
+    def __post_init__(self) -> None:
+        """A list of dims (a string would be read as one dim per letter) and a dtype numpy knows."""
+        dims = self.shape
+        if isinstance(dims, str) or not isinstance(dims, Sequence) or not all(
+            isinstance(d, str) or (isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0) for d in dims
+        ):
+            raise TypeError(f"Input shape must be a list of dims, each a size or a name such as 'batch' "
+                            f"(e.g. ['batch', 64]), got {dims!r}")
+        try:
+            np.dtype(self.dtype)
+        except TypeError:
+            raise TypeError(f"Input dtype {self.dtype!r} is not a numpy dtype; use e.g. 'float32' or 'int64'") from None
+        object.__setattr__(self, "shape", [d if isinstance(d, str) else int(d) for d in dims])  # numpy ints too
+
 
 def build(
     module: Module,
@@ -44,9 +58,19 @@ def build(
 ) -> onnx.ModelProto:
     """Trace `module(*inputs)` and return an ONNX model (IR 10).
 
+    `inputs`: input name -> `Input(shape, dtype)`, passed to `forward` in this order.
     `forward` may return a tensor, a tuple, or a dict (its keys name the
-    outputs). Metadata values that are not strings are stored as JSON.
+    outputs); `output_names` names a tensor's or tuple's (default: output_0, ...).
+    `name` and `doc`: the graph's (default: the module's class name and docstring).
+    Metadata values that are not strings are stored as JSON. `opset`: 13 to 21.
+    `check`: run the full ONNX checker on the result.
     """
+    if not isinstance(module, Module):
+        hint = f": an instance such as {module.__name__}()" if isinstance(module, type) else ""
+        raise TypeError(f"build takes a Module{hint}, not {module!r}")
+    if not isinstance(inputs, Mapping) or not all(isinstance(v, Input) for v in inputs.values()):
+        raise TypeError("inputs must be a dict of input name -> nn.Input(shape, dtype), such as "
+                        "{'x': nn.Input(['batch', 64])}, in forward's argument order")
     if not 13 <= opset <= MAX_OPSET:
         raise OnnxkitError(f"opset {opset} is not supported; use 13..{MAX_OPSET} (default {DEFAULT_OPSET})")
     module.assign_names()
