@@ -28,7 +28,7 @@ import numpy as np
 from onnx import TensorProto
 
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
-from onnxkit.data.split import Split, model_inputs
+from onnxkit.data.split import Dataset, Split, model_inputs
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import sha256
 from onnxkit.metadata import metadata
@@ -401,6 +401,9 @@ def evaluate(
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
     if isinstance(split, str):
         split = named_split(proto, split, data, data_seed)[0]
+    if isinstance(split, Dataset):  # the error below told a Dataset's owner to make one from arrays
+        raise TypeError(f"split must be a Split or a split name, not the Dataset {split.name!r}: pass one of its "
+                        "splits (dataset.test), or the split's name with data=dataset")
     if not isinstance(split, Split):
         raise TypeError(f"split must be a Split or a split name, not {type(split).__name__}; make data from arrays "
                         "with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")

@@ -297,6 +297,9 @@ def test_evaluate_takes_the_dataset_object_a_model_trained_on(tmp_path):
         evaluate(result.model_path, "test")
     with pytest.raises(TypeError, match="split must be a Split or a split name, not ndarray"):
         evaluate(result.model_path, x)
+    with pytest.raises(TypeError, match=r"^split must be a Split or a split name, not the Dataset 'flowers': pass one "
+                                        r"of its splits \(dataset.test\), or the split's name with data=dataset$"):
+        evaluate(result.model_path, data)  # was told to make a Dataset from arrays with dataset_from_arrays
 
 
 def test_the_package_help_names_entry_points_that_exist():
