@@ -159,6 +159,9 @@ def test_labels_classes_and_top_k(mlp_path):
     as_json = json.loads(json.dumps(result.to_dict(top_k=1)))
     assert as_json["labels"] == result.labels
     assert [row[0]["label"] for row in as_json["top_k"]] == result.labels
+    assert "logits" in result and "probs" not in result  # was KeyError: 0, from Python's fallback to result[0]
+    with pytest.raises(TypeError, match=r"^a Prediction is not iterable: iterate over .outputs \(by name\)"):
+        list(result)
 
 
 def test_binary_classifier_reads_its_single_logit_as_two_classes():

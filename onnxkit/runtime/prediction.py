@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -33,6 +33,13 @@ class Prediction:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.outputs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.outputs
+
+    def __iter__(self) -> NoReturn:  # Python's fallback would call self[0], self[1], ...: KeyError 0
+        raise TypeError("a Prediction is not iterable: iterate over .outputs (by name), or .classes or .scores "
+                        "(by row)")
 
     def __len__(self) -> int:
         return len(self.scores)
