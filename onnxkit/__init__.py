@@ -16,6 +16,20 @@ usable with only numpy and onnxruntime installed.
 
 __version__ = "0.1.0"
 
+import importlib  # noqa: E402
+
 from onnxkit.errors import OnnxkitError  # noqa: E402
 
 __all__ = ["OnnxkitError", "__version__"]
+SUBMODULES = ("autodiff", "data", "evaluate", "nn", "quantize", "runtime", "train", "zoo")
+
+
+def __getattr__(name: str) -> object:
+    """`onnxkit.zoo.build_model(...)` after a bare `import onnxkit`: each subpackage is imported on first use."""
+    if name in SUBMODULES:
+        return importlib.import_module(f"onnxkit.{name}")
+    raise AttributeError(f"module 'onnxkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *SUBMODULES})

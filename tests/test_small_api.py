@@ -314,3 +314,18 @@ def test_the_package_help_names_entry_points_that_exist():
             target = getattr(importlib.import_module(module), attr)
         assert target is not None, name
 
+
+def test_the_entry_points_work_after_a_bare_import_onnxkit():
+    """The docstring's names, and README's `onnxkit.zoo.build_model(...)`, failed after `import onnxkit` with
+    "module 'onnxkit' has no attribute 'zoo'"; each subpackage now imports on first use, and only then."""
+    import subprocess
+    import sys
+
+    code = ("import sys, onnxkit; assert 'onnx' not in sys.modules and 'onnxkit.zoo' not in sys.modules; "
+            "print(type(onnxkit.zoo.build_model('iris-mlp')).__name__, onnxkit.train.fit.__name__, "
+            "onnxkit.runtime.load.__name__, onnxkit.evaluate.evaluate.__name__, 'nn' in dir(onnxkit)); "
+            "onnxkit.nope")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout == "ModelProto fit load evaluate True\n", run.stderr
+    assert run.stderr.strip().endswith("AttributeError: module 'onnxkit' has no attribute 'nope'")
+
