@@ -298,3 +298,37 @@ def test_a_model_with_onnxkit_s_standardization_is_not_standardized_again(tmp_pa
         "error: the model already standardizes the data it takes (it was trained with --standardize on, or starts "
         "with a scikit-learn scaler), so it takes raw values; train it with --standardize off")
     assert not (tmp_path / "asked").exists()
+
+
+@pytest.mark.training
+def test_a_dynamic_sequence_length_is_standardized_per_feature_not_per_step(tmp_path):
+    # a PyTorch export over [batch, 'seq', features]: the statistics were taken per sequence position
+    # (axis 1, ONNX's channels), a [seq, 1] mean, so the trained model refused any other length
+    # ('onnxkit.standardize/x/sub: Attempting to broadcast an axis by a dimension other than 1. 5 by 8')
+    from onnx import TensorProto, helper
+
+    from onnxkit import runtime
+    from onnxkit.data import Dataset, Split
+    from onnxkit.train import fit
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 6, 4)) * [1, 2, 300, 5] + [0, 1, 1000, 10]).astype(np.float32)
+    labels = (x[:, :, 2].mean(axis=1) > 1000).astype(np.int64)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("ReduceMean", ["r"], ["pooled"], axes=[1], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "head"], ["logits"])], "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array((rng.normal(size=s) * 0.3).astype(np.float32), n)
+         for n, s in (("w", (4, 8)), ("head", (8, 2)))])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    data = Dataset("toy", *(Split(s, {"x": x[i * 100:(i + 1) * 100]}, labels[i * 100:(i + 1) * 100])
+                            for i, s in enumerate(("train", "validation", "test"))))
+    result = fit(model, data, tmp_path / "run", standardize=True, epochs=20, lr=0.01, device="cpu")
+    stored = initializers(onnx.load(result.model_path))
+    train = x[:100].reshape(-1, 4).astype(np.float64)
+    np.testing.assert_allclose(stored["onnxkit.standardize.x.mean"], train.mean(0, keepdims=True), rtol=1e-5)
+    np.testing.assert_allclose(stored["onnxkit.standardize.x.std"], train.std(0, keepdims=True), rtol=1e-5)
+    assert result.metrics["test"]["accuracy"] > 0.8
+    assert runtime.load(result.model_path).predict(x[:4, :3])["logits"].shape == (4, 2)  # another length

@@ -5,7 +5,8 @@ training and un-scaled by the model's last nodes, `y * std + mean`. The trained 
 raw features and returns raw targets wherever it runs.
 
 A feature is a column of a `[batch, features]` input, or a channel (axis 1) of a higher-rank
-one (`[batch, channels, ...]`, ONNX's layout). Integer inputs (token ids) are left alone.
+one (`[batch, channels, ...]`, ONNX's layout); where the input leaves axis 1 free (`[batch, 'seq',
+features]`), a position on its fixed axes. Integer inputs (token ids) are left alone.
 """
 
 from __future__ import annotations
@@ -40,21 +41,26 @@ class Scale:
     std: np.ndarray
 
 
-def _axes(array: np.ndarray) -> tuple[int, ...]:
-    """The axes a feature's statistics are taken over: all but the columns (rank 2) or channels."""
+def _axes(array: np.ndarray, shape: tuple | None = None) -> tuple[int, ...]:
+    """The axes a feature's statistics are taken over: all but the columns (rank 2) or channels. Where
+    the model's input `shape` leaves that axis free (a PyTorch export's [batch, 'seq', features]), all
+    but its fixed axes past the batch: statistics per sequence position would not fit another length."""
+    if shape and len(shape) == array.ndim > 1 and not isinstance(shape[1], int):
+        return tuple(a for a in range(array.ndim) if a == 0 or not isinstance(shape[a], int))
     return (0,) if array.ndim <= 2 else (0, *range(2, array.ndim))
 
 
-def _moments(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _moments(array: np.ndarray, shape: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std in float64, shaped to broadcast against one row."""
     values = array.astype(np.float64)
-    axes = _axes(values)
+    axes = _axes(values, shape)
     return values.mean(axis=axes, keepdims=True)[0], values.std(axis=axes, keepdims=True)[0]
 
 
-def scale_of(array: np.ndarray) -> Scale:
-    """Per-feature mean and std (stored float32; 1 for a constant feature) of a [rows, ...] array."""
-    mean, std = _moments(array)
+def scale_of(array: np.ndarray, shape: tuple | None = None) -> Scale:
+    """Per-feature mean and std (stored float32; 1 for a constant feature) of a [rows, ...] array
+    that a model input of `shape` takes."""
+    mean, std = _moments(array, shape)
     std[std < TINY] = 1.0
     return Scale(mean.astype(np.float32), std.astype(np.float32))
 
@@ -66,7 +72,8 @@ def _float_features(train: Split, specs: list[ModelInput]) -> dict[str, np.ndarr
 
 def input_scales(train: Split, specs: list[ModelInput]) -> dict[str, Scale]:
     """The scale of every float model input, from the training split bound to `specs`."""
-    return {name: scale_of(array) for name, array in _float_features(train, specs).items()}
+    shapes = {s.name: s.shape for s in specs}
+    return {name: scale_of(array, shapes[name]) for name, array in _float_features(train, specs).items()}
 
 
 def standardizes_itself(model: onnx.ModelProto) -> bool:
@@ -131,11 +138,11 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: fl
     """What is clearly unscaled among the float features (or regression targets): a feature's std
     over LARGE or over SPREAD times the median one (near-constant features do not count), or a mean
     beyond FAR and beyond `offset` stds; targets beyond FAR. None when nothing is."""
-    found = []
+    found, shapes = [], {s.name: s.shape for s in specs}
     for name, array in _float_features(train, specs).items():
         if not np.isfinite(array).all():
             continue  # training refuses it, with the place of the first bad value
-        mean, std = (np.abs(m.ravel()) for m in _moments(array))
+        mean, std = (np.abs(m.ravel()) for m in _moments(array, shapes[name]))
         varying = np.sort(std[std >= TINY] if (std >= TINY).any() else np.ones(1))
         median = (varying[(len(varying) - 1) // 2] + varying[len(varying) // 2]) / 2  # np.median imports numpy.ma
         if varying[-1] > min(LARGE, SPREAD * median) or ((mean > FAR) & (mean > offset * std)).any():
