@@ -425,3 +425,16 @@ def test_unassigned_slots_and_unchanged_values_pass_through():
     got = session(model).run(None, feeds)
     np.testing.assert_array_equal(got[0], w)
     np.testing.assert_array_equal(got[1], kept)
+
+
+def test_help_on_an_optimizer_shows_its_options_and_defaults():
+    import inspect
+
+    from onnxkit.train import optim
+
+    for cls in (optim.SGD, optim.Adam, optim.AdamW, optim.Adagrad, optim.RMSprop, optim.Adadelta):
+        # was the dataclass's 'SGD(**options: Any) -> None', twice, and no option named
+        assert list(inspect.signature(cls).parameters) == list(cls.defaults())
+        assert cls.__doc__.startswith(f"{cls.name}(") and "pass it to fit(optimizer=...)" in cls.__doc__
+    assert str(inspect.signature(optim.SGD)) == "(*, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)"
+    assert optim.SGD(momentum=0.9).momentum == 0.9

@@ -10,6 +10,7 @@ an `Optimizer` subclass, imported below.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from onnxkit.errors import OnnxkitError, suggest
@@ -22,6 +23,20 @@ from onnxkit.train.optim.sgd import SGD
 from onnxkit.train.optim.spec import REGISTRY, Optimizer
 
 OPTIMIZERS = tuple(REGISTRY)
+
+
+def _document(cls: type[Optimizer]) -> None:
+    """help(SGD) and a notebook's signature hints show the options and their defaults, in place of
+    the dataclass's generated 'SGD(**options: Any) -> None'."""
+    options = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in cls.defaults().items()]
+    cls.__signature__ = inspect.Signature(options)  # type: ignore[attr-defined]
+    if not cls.__doc__ or cls.__doc__.startswith(f"{cls.__name__}("):
+        cls.__doc__ = (f"{cls.describe()}.\n\ntorch.optim.{cls.__name__}'s options and defaults; pass it to "
+                       f"fit(optimizer=...), and the learning rate as fit's lr.")
+
+
+for _cls in REGISTRY.values():
+    _document(_cls)
 
 __all__ = [
     "OPTIMIZERS",
