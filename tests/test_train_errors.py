@@ -89,7 +89,9 @@ def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):
     assert done.code == 0, done.err
     model_bytes = (run / "model.onnx").read_bytes()
     again = run_cli("train", cnn, "--data", "digits-images", "-o", run)
-    assert again.code == 1 and "already holds a training run; continue it with --resume" in again.err
+    # was 'continue it with --resume', which then said the run had already finished
+    assert again.code == 1
+    assert again.err == f"error: {run} already holds a finished training run; choose another --out\n"
     assert (run / "model.onnx").read_bytes() == model_bytes  # the good result is untouched
 
 

@@ -62,6 +62,9 @@ class RunDirectory:
                 raise OnnxkitError(f"{self.path} is in use by a training run that is still going; wait for it to "
                                    "end or choose another out_dir", params=["out_dir"])
             self._mark_if_killed()
+            if self.model.exists() and self._status() == "completed":  # resume would refuse it: nothing to continue
+                raise OnnxkitError(f"{self.path} already holds a finished training run; choose another out_dir",
+                                   params=["out_dir"])
             again = "restart it" if not self.last_checkpoint.is_file() and not self.model.exists() else "continue it"
             raise OnnxkitError(f"{self.path} already holds a training run; {again} with resume={self.path}, or "
                                "choose another out_dir", params=["out_dir"])
@@ -93,6 +96,13 @@ class RunDirectory:
         if run.has_checkpoint():
             run.verify_checkpoint()
         return run
+
+    def _status(self) -> str | None:
+        """run.json's status (None when it cannot be read)."""
+        try:
+            return self.read_json().get("status")
+        except OnnxkitError:
+            return None
 
     def _mark_if_killed(self) -> None:
         """Record as interrupted a run that says it is running while nobody holds its lock: it was
