@@ -631,6 +631,15 @@ def test_the_report_says_which_way_the_metric_moved():
     assert reported(Score("accuracy", 0.9), Score("accuracy", 0.9))[1][2:] == ["+0.00", "points", "(same)"]
 
 
+def test_printing_a_report_shows_its_table():
+    from onnxkit.quantize.report import Report
+
+    report = Report("m.onnx", "q.onnx", {"mode": "dynamic"}, "asked", "cpu", {"original": 2048, "quantized": 512})
+    assert str(report) == report.text() and str(report).startswith("quantized m.onnx -> q.onnx\n")  # was the repr
+    assert repr(report).startswith("Report(model='m.onnx'")
+    assert report.size_ratio == 0.25 and report.latency_ratio(64) is None
+
+
 def test_one_exclude_name_as_a_string_and_max_drop_of_the_wrong_kind(mlp_data):
     model = mlp()
     node = next(n.name for n in model.graph.node if n.op_type == "MatMul")

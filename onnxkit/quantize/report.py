@@ -83,9 +83,14 @@ class Report:
 
     @property
     def size_ratio(self) -> float:
+        """Quantized over original file size."""
         return self.size_bytes["quantized"] / self.size_bytes["original"]
 
+    def __str__(self) -> str:  # print(result.report) shows the table, as the command prints it
+        return self.text()
+
     def latency_ratio(self, batch: int) -> float | None:
+        """Quantized over original median latency at `batch` rows (below 1: faster); None where not timed."""
         row = self.latency_ms.get(batch, {})
         return _ratio(row.get("original"), row.get("quantized"))
 
