@@ -227,7 +227,10 @@ def test_fit_numbers_and_names_of_the_wrong_kind_are_refused_up_front(tmp_path):
              (dict(eval_batch_size=0), OnnxkitError, "eval batch size must be at least 1, got 0"),  # was accepted
              (dict(optimizer=3), TypeError, "optimizer must be a name .* not int"),  # 'int' has no attribute 'lower'
              (dict(freeze=3), TypeError, "freeze must be a glob .* not 3"),  # 'int' object is not iterable
-             (dict(train_only=["0.*", 1]), TypeError, r"train_only must be a glob .* not \['0.\*', 1\]")]
+             (dict(train_only=["0.*", 1]), TypeError, r"train_only must be a glob .* not \['0.\*', 1\]"),
+             (dict(loss=3), TypeError, r"loss must be a name \(a string\), got 3"),  # 'int' object is not iterable
+             (dict(device=0), TypeError, r"device must be a name \(a string\), got 0"),  # 'int' has no 'lower'
+             (dict(output=0), TypeError, r"output must be a name \(a string\), got 0")]  # was ignored
     for kwargs, error, message in cases:
         with pytest.raises(error, match=f"^{message}$"):
             fit(iris, "iris", tmp_path / "run", epochs=1, **kwargs)

@@ -191,6 +191,7 @@ def fit(
     """
     _check_arguments(model, data, optimizer, callback, callbacks, freeze, train_only)
     _check_seeds(seed=seed, data_seed=data_seed)
+    _check_names(loss=loss, schedule=schedule, output=output, monitor=monitor, device=device, backend=backend)
     lr, weight_decay, clip_grad_norm, warmup = _reals(lr=lr, weight_decay=weight_decay,
                                                       clip_grad_norm=clip_grad_norm, warmup=warmup)
     freeze, train_only = _patterns(freeze), _patterns(train_only)
@@ -342,6 +343,13 @@ def _check_seeds(**seeds: Any) -> None:
             raise TypeError(f"{name} must be an integer, got {value!r}")
         if value < 0:
             raise OnnxkitError(f"{name} must be 0 or more, got {value}")
+
+
+def _check_names(**names: Any) -> None:
+    """Options chosen by name are strings (loss=3 failed with "'int' object is not iterable", output=0 was ignored)."""
+    for name, value in names.items():
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a name (a string), got {value!r}")
 
 
 def _reals(**values: Any) -> list[float | None]:
