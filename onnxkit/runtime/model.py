@@ -115,7 +115,13 @@ class Model:
         return dict(zip(self._output_names, self.session.run(self._output_names, dict(feeds), options), strict=True))
 
     def predict(self, inputs: Any = None, /, **named: Any) -> Prediction:
-        """Run the model; inputs with more rows than `batch_size` run in batches. A failure inside the
+        """Run the model and return a `Prediction` (outputs by name; classes, labels, top_k, probabilities).
+
+        `inputs`: one array (or nested lists, a pandas DataFrame) for a model of one input, or a dict of
+        them by input name; or pass them as keywords (`named`), `predict(x=...)`. The first axis is the rows: one
+        example needs one (`x[None]`). Values are cast where none is lost in kind (float64 -> float32,
+        int -> float), never float -> int; wrong names, dtypes or shapes are one OnnxkitError each.
+        Inputs with more rows than `batch_size` run in batches. A failure inside the
         model (a token id past its vocabulary, sizes its nodes cannot combine) is an OnnxkitError."""
         feeds = self.prepare(inputs, **named)
         if self.fixed_batch is not None:
