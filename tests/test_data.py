@@ -497,3 +497,12 @@ def test_dataset_from_arrays_takes_lists_and_data_frames_and_names_a_bare_array(
     framed = dataset_from_arrays("framed", {"x": frame}, pd.Series(y, index=frame.index))
     np.testing.assert_array_equal(framed.test.inputs["x"], listed.test.inputs["x"])
     np.testing.assert_array_equal(framed.test.labels, listed.test.labels)
+
+
+def test_a_split_made_by_hand_takes_lists_and_names_a_bare_array():
+    x, y = np.arange(12, dtype=np.float32).reshape(6, 2), np.arange(6) % 2
+    with pytest.raises(TypeError, match=r"^split 'test': inputs must be a dict of arrays keyed by model input name"):
+        Split("test", x, y)  # was: The truth value of an array with more than one element is ambiguous
+    listed = Split("test", {"x": x.tolist()}, y.tolist())  # its repr failed: 'list' object has no attribute 'shape'
+    assert repr(listed) == "Split('test', 6 examples, x[6, 2]:float64)"
+    assert listed.labels.dtype.kind == "i"

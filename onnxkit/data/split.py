@@ -65,8 +65,12 @@ class Split:
     fixed_shapes = True  # every batch has the arrays' sizes past the batch axis (text splits cut each to its longest)
 
     def __init__(self, name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
+        if not isinstance(inputs, Mapping):  # was numpy's "truth value of an array ... is ambiguous"
+            raise TypeError(f"split {name!r}: inputs must be a dict of arrays keyed by model input name, such as "
+                            f"{{'x': X}}, not {type(inputs).__name__}")
         if not inputs:
             raise OnnxkitError(f"split {name!r} has no feature arrays; give at least one")
+        inputs, labels = {k: np.asarray(v) for k, v in inputs.items()}, np.asarray(labels)  # lists, DataFrames
         sizes = {k: len(v) for k, v in inputs.items()}
         if any(n != len(labels) for n in sizes.values()):
             raise OnnxkitError(
