@@ -120,3 +120,24 @@ def test_the_command_line_caches_unless_told_not_to(tmp_path, run_cli, flags, ca
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (info["cached_features"] is not None) == cached
     assert info["trainable_parameters"] == 128 * 10 + 10
+
+
+def test_no_cut_where_the_frozen_part_only_moves_the_input():
+    # PyTorch's Conv1d over [batch, seq, features] starts with a Transpose; with a dynamic sequence length
+    # training since 2f36ab4, every such model 'ran the frozen part once to cache its output' with 0 frozen
+    # parameters (the Transpose); a frozen convolution behind it is still worth caching
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["channels"], perm=[0, 2, 1]),
+         helper.make_node("Conv", ["channels", "conv"], ["c"], pads=[1, 1]),
+         helper.make_node("GlobalAveragePool", ["c"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "head"], ["logits"])], "conv1d over rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 4])],  # as training sizes 'seq'
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(rng.normal(size=(8, 4, 3)).astype(np.float32), "conv"),
+         numpy_helper.from_array(rng.normal(size=(8, 2)).astype(np.float32), "head")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert cut(model, "logits", ["conv", "head"], value_types(model), examples=1000) is None
+    assert cut(model, "logits", ["head"], value_types(model), examples=1000).boundary == ["flat"]

@@ -30,6 +30,9 @@ from onnxkit.graph_walks import ancestors, needed_nodes, used_initializers
 MAX_BYTES = 2 << 30  # cache at most 2 GiB of features; beyond that, train end to end
 # a frozen part made of these alone (a rescaling such as --standardize's) is not worth caching
 ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Identity"})
+# nor one that only moves the input's values (PyTorch's Conv1d over [batch, seq, features] starts with a
+# Transpose, with nothing frozen in front of it) and the shape arithmetic that goes with it
+LAYOUT = frozenset({"Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Shape", "Constant", "Concat"})
 
 
 @dataclass
@@ -48,8 +51,8 @@ def cut(
 ) -> FrozenCut | None:
     """Split `model` before the first node that depends on a `trained` tensor (parameters
     and updated buffers); None when nothing is frozen in front of them, the frozen part is
-    only elementwise arithmetic (`ELEMENTWISE`), or the features would not fit in memory
-    (`examples` rows of them)."""
+    only elementwise arithmetic or layout (`ELEMENTWISE`, `LAYOUT`), or the features would not
+    fit in memory (`examples` rows of them)."""
     graph = model.graph
     nodes = [node for _, node in needed_nodes(model, output)]
     live, head = set(trained), []
@@ -74,8 +77,8 @@ def cut(
         return None  # nothing frozen in front of the trained part
     feeding = ancestors(model, *boundary)
     prefix_nodes = [n for n in graph.node if any(o in feeding for o in n.output)]
-    if all(n.op_type in ELEMENTWISE for n in prefix_nodes):
-        return None  # e.g. --standardize's (x - mean) / std: cheaper to rerun than to cache
+    if all(n.op_type in ELEMENTWISE | LAYOUT for n in prefix_nodes):
+        return None  # e.g. --standardize's (x - mean) / std, a Transpose: cheaper to rerun than to cache
     infos = [types.get(name) for name in boundary]
     batch = {v.type.tensor_type.shape.dim[0].dim_param for v in graph.input
              if v.type.tensor_type.HasField("shape") and v.type.tensor_type.shape.dim}
