@@ -192,7 +192,7 @@ def _correlate(b: Backward, a: str, k: str, w: Window, group: int, a_channels: i
     and tap, against `k`, a row per channel. Both are laid out batch-last, so each gathered
     piece is one contiguous run of the batch (a Conv over the batch with batch and channels
     swapped, as before, ran 2-11x slower in ONNX Runtime: a kernel the size of the image).
-    The columns are made COLUMN_BYTES an example at a time, the positions in chunks."""
+    The columns are made at most COLUMN_BYTES an example at a time, the positions in chunks."""
     n = len(w.size)
     batch_last = [1, *range(2, 2 + n), 0]
     rows = b.op("Reshape", b.op("Transpose", a, perm=batch_last), b.ints([a_channels, math.prod(w.size), -1]))
