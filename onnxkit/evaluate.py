@@ -264,10 +264,10 @@ def _run(session: Any, name: str, feeds: dict[str, np.ndarray], fixed: int | Non
     try:
         return session.run([name], padded(feeds, fixed))[0][:rows]
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
-        from onnxkit.runtime.session import error_reason
+        from onnxkit.runtime.session import error_reason, run_failure_hint
 
-        raise OnnxkitError(f"onnxruntime could not run the model on this data ({error_reason(e)}); check that the "
-                           "data fits the model's inputs") from e
+        hint = run_failure_hint(e, otherwise="check that the data fits the model's inputs")
+        raise OnnxkitError(f"onnxruntime could not run the model on this data ({error_reason(e)}); {hint}") from e
 
 
 def label_names(model) -> list[str] | None:  # type: ignore[no-untyped-def]

@@ -375,6 +375,64 @@ def test_a_failure_inside_the_model_is_one_clear_error():
             "(token ids within its vocabulary, say)")
 
 
+SHAPE_HINT = ("a size fixed inside the model does not fit this input's shape (an export can bake in the example's "
+              "sizes: re-export with those axes dynamic, or give inputs shaped as at export)")
+
+
+def _seq_fixed_by_export(op: str) -> onnx.ModelProto:
+    """x [batch, seq, 4] through one node with the sequence length 3 fixed inside it, as a PyTorch
+    TorchScript export (dynamic_axes on seq) bakes the example's length into an attention Reshape."""
+    if op == "Reshape":  # heads split with the traced length as a constant: [0, 3, 2, 2]
+        nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"], name="attn/Reshape_4")]
+        init, shape = np.array([0, 3, 2, 2]), ["batch", 3, 2, 2]
+    elif op == "MatMul":  # a [2, 3] pooling matrix over the sequence axis
+        nodes = [helper.make_node("MatMul", ["shape", "x"], ["y"], name="attn/MatMul")]
+        init, shape = np.ones((2, 3), np.float32), ["batch", 2, 4]
+    else:  # a [3, 4] position table added to every row
+        nodes, init = [helper.make_node("Add", ["x", "shape"], ["y"], name="pos/Add")], np.ones((3, 4), np.float32)
+        shape = ["batch", 3, 4]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [("shape", init)])
+
+
+@pytest.mark.parametrize(("op", "reason"), [
+    ("Reshape", "node 'attn/Reshape_4' (Reshape): The input tensor cannot be reshaped to the requested shape. "
+                "Input shape:{2,5,4}, requested shape:{2,3,2,2}"),
+    ("MatMul", "node 'attn/MatMul' (MatMul): MatMul dimension mismatch"),  # no 'matmul_helper.h:59 Compute'
+    ("Add", "node 'pos/Add' (Add): Attempting to broadcast an axis by a dimension other than 1. 3 by 5"),
+])
+def test_a_size_fixed_inside_the_model_is_not_blamed_on_the_values(op, reason):
+    """A sequence length the export fixed failed in a Reshape, MatMul or Add, and the error said to check
+    that the token ids are within the vocabulary: it says the model fixes a size, and what to do."""
+    model = runtime.load(_seq_fixed_by_export(op).SerializeToString(), name="encoder")
+    assert model.predict(np.ones((2, 3, 4), np.float32))["y"].shape[0] == 2  # the exported length runs
+    with pytest.raises(OnnxkitError) as failed:
+        model.predict(np.ones((2, 5, 4), np.float32))
+    assert str(failed.value) == f"model 'encoder' failed on this input ({reason}); {SHAPE_HINT}"
+
+
+def test_the_hint_for_a_failure_inside_the_model_follows_its_message():
+    from onnxkit.evaluate import _run
+    from onnxkit.runtime.session import run_failure_hint
+
+    def failed(op: str, message: str) -> Exception:
+        return RuntimeError(f"[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running {op} node. "
+                            f"Name:'n' Status Message: {message}")
+
+    assert run_failure_hint(failed("Gather", "indices element out of data bounds, idx=9")).endswith("vocabulary, say)")
+    assert run_failure_hint(failed("Concat", "concatbase.h:135 PrepareForComputeImpl Non concat axis dimensions "
+                                             "must match: Axis 1 has mismatched dimensions of 4 and 3")) == SHAPE_HINT
+    neutral = failed("Loop", "the loop's body returned no condition")
+    assert run_failure_hint(neutral) == "check that the input suits the model"
+    assert run_failure_hint(neutral, otherwise="check the data") == "check the data"
+    # onnxkit eval gives the same hint, after its own opening
+    session = runtime.load(_seq_fixed_by_export("Reshape").SerializeToString()).session
+    with pytest.raises(OnnxkitError) as e:
+        _run(session, "y", {"x": np.ones((2, 5, 4), np.float32)}, None)
+    assert str(e.value).startswith("onnxruntime could not run the model on this data (node 'attn/Reshape_4' (Reshape)")
+    assert str(e.value).endswith(f"); {SHAPE_HINT}") and "\n" not in str(e.value)
+
+
 def test_a_scalar_input_stays_a_scalar():
     scalar = [helper.make_tensor_value_info(name, TensorProto.FLOAT, []) for name in ("t", "y")]
     doubled = _model([helper.make_node("Add", ["t", "t"], ["y"])], scalar[:1], scalar[1:])

@@ -20,6 +20,7 @@ from onnxkit.runtime.session import (
     ort,
     parse_device,
     providers_for,
+    run_failure_hint,
     session_options,
 )
 from onnxkit.runtime.signature import TensorSpec, batchable, example_feeds, prepare_inputs
@@ -157,10 +158,8 @@ class Model:
         try:
             return self.run(feeds)
         except Exception as e:  # onnxruntime raises its own exception types, without a common base
-            raise OnnxkitError(
-                f"model {self.name!r} failed on this input ({error_reason(e)}); check that the values suit "
-                "the model (token ids within its vocabulary, say)"
-            ) from e
+            hint = run_failure_hint(e)  # an id past a vocabulary, a size an export fixed, or neither
+            raise OnnxkitError(f"model {self.name!r} failed on this input ({error_reason(e)}); {hint}") from e
 
     def prediction_of(self, outputs: dict[str, np.ndarray]) -> Prediction:
         """`outputs` of this model (by name) read with its class names, task and kind of scores; a

@@ -158,6 +158,20 @@ _FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: 
 _SOURCE_CHECK = re.compile(r"^/\S+:\d+ .*? was false\.\s*", re.DOTALL)  # where in the C++ a check failed
 _STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")  # what comes before the reason
 _SOURCE_PLACE = re.compile(r"\s*\b\w+\.(?:cc|cpp|h):\d+ \w+ ")  # 'tensorprotoutils.cc:619 ValidateExternal...'
+# a message's leading C++ place: 'matmul_helper.h:59 Compute ', or a path and the function's
+# signature ('/onnxruntime_src/.../gather_elements.cc:150 void onnxruntime::core_impl(...) [with ...] ')
+_LEADING_SOURCE = re.compile(
+    r"^(?:\w+\.(?:cc|cpp|h):\d+ \w+ |/\S+:\d+ [^(]*\([^)]*\)(?: const)?(?: \[with [^\]]*\])? )"
+)
+_INDEXING_OP = re.compile(r"(?:Gather|Scatter)\w*$")
+_OUT_OF_RANGE = re.compile(r"out of (?:data )?bounds|out of range|invalid indice", re.IGNORECASE)
+_SHAPE_FAILURE = re.compile(  # what onnxruntime says when sizes do not combine (Reshape, MatMul, Add, Concat, ...)
+    r"reshape|broadcast|dimension|shape|mismatch|must match|does not match|not equal to|channels|\brank\b",
+    re.IGNORECASE,
+)
+INDEX_HINT = "check that the values suit the model (token ids within its vocabulary, say)"
+SHAPE_HINT = ("a size fixed inside the model does not fit this input's shape (an export can bake in the example's "
+              "sizes: re-export with those axes dynamic, or give inputs shaped as at export)")
 
 
 def failed_node(error: Exception) -> tuple[str, str, str] | None:
@@ -168,6 +182,7 @@ def failed_node(error: Exception) -> tuple[str, str, str] | None:
         return None
     op, name, message = found.groups()
     message = _SOURCE_CHECK.sub("", message.strip()).strip() or message.strip()
+    message = _LEADING_SOURCE.sub("", message).strip() or message
     return op, name, " ".join(message.split()).rstrip(".")
 
 
@@ -181,6 +196,20 @@ def error_reason(error: Exception) -> str:
     reason = re.sub(r"^Error in execution: ", "", _STATUS.split(" ".join(str(error).split()))[-1])
     reason = _SOURCE_PLACE.sub(" ", _SOURCE_CHECK.sub("", reason) or reason).strip()
     return reason or type(error).__name__
+
+
+def run_failure_hint(error: Exception, otherwise: str = "check that the input suits the model") -> str:
+    """What to do about onnxruntime's `error` from running a model, as one clause: an index out of
+    range in a Gather (a token id past the vocabulary) asks for other values; sizes that do not
+    combine (a Reshape, MatMul or Add on a size an export fixed) for a re-export or inputs shaped as
+    at export; anything else gets `otherwise`."""
+    found = failed_node(error)
+    op, message = (found[0], found[2]) if found is not None else ("", error_reason(error))
+    if _INDEXING_OP.match(op) and _OUT_OF_RANGE.search(message):
+        return INDEX_HINT
+    if _SHAPE_FAILURE.search(message):
+        return SHAPE_HINT
+    return otherwise
 
 
 def gpu_count() -> int:
