@@ -281,6 +281,110 @@ def test_bad_arguments(make, match):
         make()
 
 
+# Each was an error from deep inside (Linear(0, 3): ZeroDivisionError in the initialiser; Linear(4.0, 3):
+# numpy's "'float' object cannot be interpreted as an integer"; Conv2d(3, 8, 3, padding="full"): "too many
+# values to unpack"; Dropout("0.1"): "'<=' not supported"), or none until the build or ONNX Runtime
+# (Conv2d(3, 8, (3, 3, 3)), LayerNorm(0), MaxPool2d(2, padding=2), GroupNorm(2.0, 4), Upsample(0)).
+@pytest.mark.parametrize("make, message", [
+    (lambda: nn.Linear(0, 3), "Linear: in_features must be a positive integer, got 0"),
+    (lambda: nn.Linear(4, -1), "Linear: out_features must be a positive integer, got -1"),
+    (lambda: nn.Embedding(0, 8), "Embedding: num_embeddings must be a positive integer, got 0"),
+    (lambda: nn.Embedding(10, 8, std=-1.0), r"Embedding: std must be >= 0, got -1.0"),
+    (lambda: nn.Conv2d(0, 8, 3), "Conv2d: in_channels must be a positive integer, got 0"),
+    (lambda: nn.Conv2d(3, 8, 0), r"Conv2d: kernel_size must be a positive integer or a pair of them, got 0"),
+    (lambda: nn.Conv2d(3, 8, (3, 3, 3)), r"Conv2d: kernel_size must be .* a pair of them, got \(3, 3, 3\)"),
+    (lambda: nn.Conv2d(3, 8, 3, stride=0), "Conv2d: stride must be a positive integer or a pair"),
+    (lambda: nn.Conv2d(3, 8, 3, dilation=(1, 0)), "Conv2d: dilation must be a positive integer or a pair"),
+    (lambda: nn.Conv2d(3, 8, 3, padding=-1), "Conv2d: padding must be a non-negative integer or a pair"),
+    (lambda: nn.Conv2d(3, 8, 3, padding="full"), "Conv2d: padding must be 'same', 'valid', a non-negative"),
+    (lambda: nn.Conv2d(4, 8, 3, groups=0), "Conv2d: groups must be a positive integer, got 0"),
+    (lambda: nn.ConvTranspose2d(4, 6, 3, output_padding=-1), "ConvTranspose2d: output_padding must be a non-neg"),
+    (lambda: nn.MaxPool2d(0), "MaxPool2d: kernel_size must be a positive integer"),
+    (lambda: nn.AvgPool2d(2, stride=0), "AvgPool2d: stride must be a positive integer"),
+    (lambda: nn.MaxPool2d(2, padding=2), r"MaxPool2d: padding 2 must be smaller than kernel_size \(2, 2\)"),
+    (lambda: nn.BatchNorm2d(0), "BatchNorm2d: num_features must be a positive integer, got 0"),
+    (lambda: nn.BatchNorm1d(4, momentum=1.5), r"BatchNorm1d: momentum must be in \[0, 1\], got 1.5"),
+    (lambda: nn.LayerNorm(8, eps=-1e-5), "LayerNorm: eps must be >= 0"),
+    (lambda: nn.LayerNorm(0), "LayerNorm: dim must be a positive integer, got 0"),
+    (lambda: nn.InstanceNorm2d(-3), "InstanceNorm2d: num_features must be a positive integer, got -3"),
+    (lambda: nn.GroupNorm(0, 4), "GroupNorm: num_groups must be a positive integer, got 0"),
+    (lambda: nn.GroupNorm(3, 4), "GroupNorm: num_channels 4 is not divisible by num_groups 3"),
+    (lambda: nn.Dropout(1.0), r"Dropout: p must be in \[0, 1\), got 1.0"),
+    (lambda: nn.Dropout(-0.1), r"Dropout: p must be in \[0, 1\), got -0.1"),
+    (lambda: nn.Dropout(float("nan")), r"Dropout: p must be in \[0, 1\), got nan"),
+    (lambda: nn.MultiHeadAttention(0, 2), "MultiHeadAttention: dim must be a positive integer, got 0"),
+    (lambda: nn.MultiHeadAttention(8, 3), "MultiHeadAttention: dim 8 is not divisible by num_heads 3"),
+    (lambda: nn.MultiHeadAttention(8, 2, dropout=1.0), r"MultiHeadAttention: dropout must be in \[0, 1\)"),
+    (lambda: nn.FeedForward(8, 0), "FeedForward: hidden must be a positive integer, got 0"),
+    (lambda: nn.TransformerEncoderLayer(8, 2, 0), "TransformerEncoderLayer: ff_dim must be a positive integer"),
+    (lambda: nn.TransformerEncoderLayer(8, 3, 16), "TransformerEncoderLayer: dim 8 is not divisible by num_heads 3"),
+    (lambda: nn.TransformerEncoderLayer(8, 2, 16, dropout=2), r"TransformerEncoderLayer: dropout must be in"),
+    (lambda: nn.PReLU(0), "PReLU: num_parameters must be a positive integer, got 0"),
+    (lambda: nn.CELU(0.0), "CELU: alpha must be non-zero"),
+    (lambda: nn.Upsample(0), "Upsample: scale_factor must be a positive number or a list of them, got 0"),
+    (lambda: nn.Upsample((2, -1)), r"Upsample: scale_factor must be a positive number .* got \(2, -1\)"),
+    (lambda: nn.Upsample(2, "bicubic"), "Upsample: mode must be one of nearest, bilinear, got 'bicubic'"),
+])  # fmt: skip
+def test_bad_layer_arguments_name_the_layer_and_the_argument(make, message):
+    with pytest.raises(OnnxkitError, match=f"^{message}") as e:
+        make()
+    assert not isinstance(e.value, TypeError)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: nn.Linear(4.0, 3), "Linear: in_features must be a positive integer, got 4.0"),
+    (lambda: nn.Linear("4", 3), "Linear: in_features must be a positive integer, got '4'"),
+    (lambda: nn.Linear(True, 3), "Linear: in_features must be a positive integer, got True"),
+    (lambda: nn.Embedding(10, None), "Embedding: embedding_dim must be a positive integer, got None"),
+    (lambda: nn.Conv2d(3, 8, 3.0), "Conv2d: kernel_size must be a positive integer or a pair of them, got 3.0"),
+    (lambda: nn.Conv2d(3, 8, (3, 2.5)), r"Conv2d: kernel_size .* got \(3, 2.5\)"),
+    (lambda: nn.Conv2d(3, 8, 3, stride="2"), "Conv2d: stride must be a positive integer or a pair of them, got '2'"),
+    (lambda: nn.MaxPool2d(2, padding=0.5), "MaxPool2d: padding must be a non-negative integer or a pair .* 0.5"),
+    (lambda: nn.BatchNorm2d(16, eps="1e-5"), "BatchNorm2d: eps must be a number, got '1e-5'"),
+    (lambda: nn.BatchNorm1d(16, momentum=None), "BatchNorm1d: momentum must be a number, got None"),
+    (lambda: nn.GroupNorm(2.0, 4), "GroupNorm: num_groups must be a positive integer, got 2.0"),
+    (lambda: nn.Dropout("0.1"), "Dropout: p must be a number, got '0.1'"),
+    (lambda: nn.Dropout(True), "Dropout: p must be a number, got True"),
+    (lambda: nn.LeakyReLU("0.2"), "LeakyReLU: negative_slope must be a number, got '0.2'"),
+    (lambda: nn.ELU(None), "ELU: alpha must be a number, got None"),
+    (lambda: nn.Softmax(1.0), "Softmax: axis must be an integer, got 1.0"),
+    (lambda: nn.Flatten("1"), "Flatten: axis must be an integer, got '1'"),
+    (lambda: nn.MultiHeadAttention(8.0, 2), "MultiHeadAttention: dim must be a positive integer, got 8.0"),
+    (lambda: nn.Upsample("2"), "Upsample: scale_factor must be a number, got '2'"),
+])  # fmt: skip
+def test_layer_arguments_of_the_wrong_type_are_a_type_error_the_cli_prints_on_one_line(make, message):
+    with pytest.raises(TypeError, match=f"^{message}$") as e:
+        make()
+    assert isinstance(e.value, OnnxkitError)
+
+
+def test_numpy_sizes_and_valid_arguments_still_build_the_same_layers():
+    i4, i3 = np.int64(4), np.int32(3)
+    assert nn.Linear(i4, i3).weight.shape == (4, 3) and type(nn.Linear(i4, i3).in_features) is int
+    conv = nn.Conv2d(i3, 8, (i3, np.int64(1)), stride=[1, 2], padding=(np.int64(1), 0), groups=np.int64(1))
+    assert (conv.kernel, conv.stride, conv.pads, conv.weight.shape) == ((3, 1), (1, 2), [1, 0, 1, 0], (8, 3, 3, 1))
+    assert nn.Conv2d(3, 8, 3, padding="same").pads == [1, 1, 1, 1]
+    assert nn.Conv2d(3, 8, 3, padding="valid").pads == [0, 0, 0, 0]
+    assert nn.MaxPool2d(3, stride=1, padding=1).pads == [1, 1, 1, 1]
+    assert nn.Embedding(np.int64(10), 4).weight.shape == (10, 4)
+    assert nn.GroupNorm(np.int64(2), 4).num_groups == 2 and nn.PReLU(np.int64(3)).weight.shape == (3,)
+    assert nn.Dropout(0).p == 0 and nn.Dropout(np.float32(0.5)).p == 0.5
+    assert nn.Upsample([2, 1.5]).scale_factor == [2, 1.5]
+    assert nn.Upsample(np.float64(2.0), "bilinear").mode == "bilinear"
+    assert nn.LeakyReLU(-0.5).negative_slope == -0.5 and nn.Softmax(np.int64(1)).axis == 1
+    assert nn.TransformerEncoderLayer(8, 2, 16, dropout=0, eps=0.0).norm1.eps == 0.0
+
+
+class Call(nn.Module):
+    """A functional op as a layer: fn(x, *args)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def forward(self, x):
+        return self.fn(x, *self.args)
+
+
 class Net(nn.Module):
     def __init__(self, layer):
         self.body = nn.Sequential([layer])
@@ -297,10 +401,11 @@ class Net(nn.Module):
     (nn.GlobalMaxPool2d(), ["batch", 3, 5], r"GlobalMaxPool2d expects input of rank 4"),
     (nn.PReLU(3), ["batch", 4, 5, 5], "prelu with 3 slopes expects input of rank >= 2 with 3 channels"),
     (nn.Upsample(2, "bilinear"), ["batch", 3, 5], "bilinear upsample expects input of rank 4"),
-    (nn.Upsample(2, "bicubic"), ["batch", 3, 5, 5], "unknown upsample mode 'bicubic'; use one of nearest, bilinear"),
+    # the layers refuse these when made (above); the functional ops at the call
+    (Call(nn.ops.upsample, 2, "bicubic"), ["batch", 3, 5, 5], "unknown upsample mode 'bicubic'; use one of nearest, b"),
     (nn.Upsample((2, 2, 2), "nearest"), ["batch", 3, 5, 5], r"scale_factor \(2, 2, 2\) needs one positive number or 2"),
-    (nn.Upsample(0), ["batch", 3, 5, 5], "needs one positive number"),
-    (nn.CELU(0.0), ["batch", 3], "celu alpha must be non-zero"),
+    (Call(nn.ops.upsample, 0), ["batch", 3, 5, 5], "needs one positive number"),
+    (Call(nn.ops.celu, 0.0), ["batch", 3], "celu alpha must be non-zero"),
 ])  # fmt: skip
 def test_bad_inputs_name_the_layer(layer, shape, match):
     with pytest.raises(OnnxkitError, match=f"^body.0: .*{match}") as e:

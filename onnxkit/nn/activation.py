@@ -7,7 +7,7 @@ import numpy as np
 from onnxkit.errors import OnnxkitError
 from onnxkit.nn import ops
 from onnxkit.nn.graph import Tensor, current_graph
-from onnxkit.nn.module import Module, Parameter
+from onnxkit.nn.module import Module, Parameter, check_int, check_number, check_probability
 
 
 class ReLU(Module):
@@ -34,7 +34,7 @@ class Tanh(Module):
 
 class LeakyReLU(Module):
     def __init__(self, negative_slope: float = 0.01):
-        self.negative_slope = negative_slope
+        self.negative_slope = check_number(self, "negative_slope", negative_slope)
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.leaky_relu(x, self.negative_slope)
@@ -45,7 +45,7 @@ class LeakyReLU(Module):
 
 class Softmax(Module):
     def __init__(self, axis: int = -1):
-        self.axis = axis
+        self.axis = check_int(self, "axis", axis, None)
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.softmax(x, self.axis)
@@ -56,7 +56,7 @@ class Softmax(Module):
 
 class _WithAlpha(Module):
     def __init__(self, alpha: float = 1.0):
-        self.alpha = alpha
+        self.alpha = check_number(self, "alpha", alpha)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
@@ -71,6 +71,11 @@ class ELU(_WithAlpha):
 
 class CELU(_WithAlpha):
     """max(0, x) + min(0, alpha·(exp(x/alpha) - 1)); float32 only."""
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__(alpha)
+        if alpha == 0:
+            raise OnnxkitError("CELU: alpha must be non-zero, got 0")
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.celu(x, self.alpha)
@@ -117,7 +122,8 @@ class PReLU(Module):
     """
 
     def __init__(self, num_parameters: int = 1, init: float = 0.25):
-        self.num_parameters = num_parameters
+        self.num_parameters = num_parameters = check_int(self, "num_parameters", num_parameters)
+        check_number(self, "init", init)
         self.weight = Parameter(np.full((num_parameters,), init, np.float32))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -137,9 +143,7 @@ class Dropout(Module):
     """
 
     def __init__(self, p: float = 0.1):
-        if not 0.0 <= p < 1.0:
-            raise OnnxkitError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
+        self.p = check_probability(self, "p", p)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.p == 0.0:

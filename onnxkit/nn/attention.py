@@ -11,7 +11,7 @@ from onnxkit.nn import ops
 from onnxkit.nn.activation import ACTIVATIONS, Dropout
 from onnxkit.nn.graph import Tensor, current_graph
 from onnxkit.nn.linear import Linear
-from onnxkit.nn.module import Module
+from onnxkit.nn.module import Module, check_int, check_number, check_probability
 from onnxkit.nn.norm import LayerNorm
 
 MASKED = -1.0e4  # added to masked scores; finite so fp16 conversion stays finite
@@ -30,6 +30,8 @@ class MultiHeadAttention(Module):
     """Scaled dot-product self-attention over [batch, seq, dim] with an optional key-padding mask."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+        dim, num_heads = check_int(self, "dim", dim), check_int(self, "num_heads", num_heads)
+        check_probability(self, "dropout", dropout)
         if dim % num_heads:
             raise OnnxkitError(f"MultiHeadAttention: dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
@@ -63,6 +65,8 @@ class FeedForward(Module):
     """Linear -> activation -> dropout -> Linear."""
 
     def __init__(self, dim: int, hidden: int, activation: str = "gelu", dropout: float = 0.0):
+        dim, hidden = check_int(self, "dim", dim), check_int(self, "hidden", hidden)
+        check_probability(self, "dropout", dropout)
         if activation not in ACTIVATIONS:
             raise OnnxkitError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
         he = "kaiming_uniform"  # as before Linear's default became PyTorch's (untested there: kept)
@@ -79,6 +83,11 @@ class TransformerEncoderLayer(Module):
 
     def __init__(self, dim: int, num_heads: int, ff_dim: int, dropout: float = 0.1,
                  activation: str = "gelu", norm_first: bool = False, eps: float = 1e-5):
+        dim, num_heads = check_int(self, "dim", dim), check_int(self, "num_heads", num_heads)
+        ff_dim, eps = check_int(self, "ff_dim", ff_dim), check_number(self, "eps", eps, 0)
+        check_probability(self, "dropout", dropout)
+        if dim % num_heads:
+            raise OnnxkitError(f"TransformerEncoderLayer: dim {dim} is not divisible by num_heads {num_heads}")
         self.norm_first = norm_first
         self.attn = MultiHeadAttention(dim, num_heads, dropout)
         self.norm1 = LayerNorm(dim, eps)

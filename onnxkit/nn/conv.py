@@ -9,14 +9,21 @@ from typing import Any
 from onnxkit.errors import OnnxkitError
 from onnxkit.nn import init, ops
 from onnxkit.nn.graph import Tensor, current_graph
-from onnxkit.nn.module import Module, Parameter
+from onnxkit.nn.module import Module, Parameter, check_int, check_ints, check_number
 
 
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+def _padding(layer: Module, padding: Any) -> str | tuple[int, int]:
+    """"same", "valid", or a non-negative integer or a pair of them."""
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise OnnxkitError(f"{type(layer).__name__}: padding must be 'same', 'valid', a non-negative integer "
+                               f"or a pair of them, got {padding!r}")
+        return padding
+    return check_ints(layer, "padding", padding, minimum=0)  # type: ignore[return-value]
 
 
-def _pads(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]) -> list[int]:
+def _pads(padding: str | tuple[int, int], kernel: tuple[int, int], dilation: tuple[int, int],
+          stride: tuple[int, int]) -> list[int]:
     """ONNX pads [top, left, bottom, right]; "same" keeps H×W at stride 1."""
     if padding == "valid":
         return [0, 0, 0, 0]
@@ -26,7 +33,7 @@ def _pads(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int], stri
         total = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
         begin = [t // 2 for t in total]
         return begin + [t - b for t, b in zip(total, begin, strict=True)]
-    ph, pw = _pair(padding)
+    ph, pw = padding
     return [ph, pw, ph, pw]
 
 
@@ -39,13 +46,17 @@ class _Conv(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int], padding: int | tuple[int, int] | str,
                  dilation: int | tuple[int, int], groups: int):
+        in_channels = check_int(self, "in_channels", in_channels)
+        out_channels = check_int(self, "out_channels", out_channels)
+        groups = check_int(self, "groups", groups)
         if in_channels % groups or out_channels % groups:
             raise OnnxkitError(
                 f"{type(self).__name__}: channels {in_channels}->{out_channels} are not divisible by groups={groups}"
             )
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.pads = _pads(padding, self.kernel, self.dilation, self.stride)
+        self.kernel, self.stride = check_ints(self, "kernel_size", kernel_size), check_ints(self, "stride", stride)
+        self.dilation = check_ints(self, "dilation", dilation)
+        self.pads = _pads(_padding(self, padding), self.kernel, self.dilation, self.stride)
 
     def _node(self, op_type: str, x: Tensor, **attrs: Any) -> Tensor:
         inputs = [x, ops.as_tensor(self.weight)]
@@ -90,7 +101,7 @@ class ConvTranspose2d(_Conv):
         if isinstance(padding, str):
             raise OnnxkitError(f"ConvTranspose2d: padding must be a number or a pair, got {padding!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
-        self.output_padding = _pair(output_padding)
+        self.output_padding = check_ints(self, "output_padding", output_padding, minimum=0)
         if any(p >= max(s, d) for p, s, d in zip(self.output_padding, self.stride, self.dilation, strict=True)):
             raise OnnxkitError(
                 f"ConvTranspose2d: output_padding {self.output_padding} must be smaller than "
@@ -114,9 +125,12 @@ class _Pool2d(Module):
 
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
                  padding: int | tuple[int, int] = 0):
-        self.kernel = _pair(kernel_size)
-        self.stride = _pair(stride) if stride is not None else self.kernel
-        self.pads = _pads(padding, self.kernel, (1, 1), self.stride)
+        self.kernel = check_ints(self, "kernel_size", kernel_size)
+        self.stride = check_ints(self, "stride", stride) if stride is not None else self.kernel
+        self.pads = _pads(_padding(self, padding), self.kernel, (1, 1), self.stride)
+        if any(p >= k for p, k in zip(self.pads, self.kernel * 2, strict=True)):  # ONNX Runtime refuses these
+            raise OnnxkitError(f"{type(self).__name__}: padding {padding!r} must be smaller than "
+                               f"kernel_size {self.kernel}")
 
     def forward(self, x: Tensor) -> Tensor:
         attrs = {"kernel_shape": list(self.kernel), "strides": list(self.stride), "pads": self.pads}
@@ -161,6 +175,12 @@ class Upsample(Module):
     (align_corners=False): "nearest" (any rank >= 3) or "bilinear" ([N, C, H, W])."""
 
     def __init__(self, scale_factor: float | Sequence[float], mode: str = "nearest"):
+        scales = list(scale_factor) if isinstance(scale_factor, tuple | list) else [scale_factor]
+        if not scales or not all(check_number(self, "scale_factor", s) > 0 for s in scales):
+            raise OnnxkitError(f"Upsample: scale_factor must be a positive number or a list of them, "
+                               f"got {scale_factor!r}")
+        if mode not in ops._RESIZE:
+            raise OnnxkitError(f"Upsample: mode must be one of {', '.join(ops._RESIZE)}, got {mode!r}")
         self.scale_factor, self.mode = scale_factor, mode
 
     def forward(self, x: Tensor) -> Tensor:
@@ -174,7 +194,7 @@ class Flatten(Module):
     """[N, d1, d2, ...] -> [N, d1·d2·...]."""
 
     def __init__(self, axis: int = 1):
-        self.axis = axis
+        self.axis = check_int(self, "axis", axis, None)
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.flatten(x, self.axis)

@@ -6,7 +6,7 @@ import math
 
 from onnxkit.nn import init, ops
 from onnxkit.nn.graph import Tensor
-from onnxkit.nn.module import Module, Parameter
+from onnxkit.nn.module import Module, Parameter, check_int, check_number
 
 
 class Linear(Module):
@@ -24,6 +24,8 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init_fn: str = "pytorch_uniform"):
+        in_features = check_int(self, "in_features", in_features)
+        out_features = check_int(self, "out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(init.get(init_fn)((in_features, out_features)))
         self.bias = None
@@ -44,6 +46,8 @@ class Embedding(Module):
     """Look up rows of a [num_embeddings, dim] table by integer ids."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, std: float = 0.02):
+        num_embeddings = check_int(self, "num_embeddings", num_embeddings)
+        embedding_dim, std = check_int(self, "embedding_dim", embedding_dim), check_number(self, "std", std, 0)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = Parameter(init.normal((num_embeddings, embedding_dim), std=std))
 

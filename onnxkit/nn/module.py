@@ -15,6 +15,73 @@ from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.nn.graph import current_graph
 
 
+class ArgumentTypeError(OnnxkitError, TypeError):
+    """A layer argument of the wrong type (`Linear(4.0, 3)`): a TypeError, as Python's own are, and an
+    OnnxkitError, so the CLI prints it on one line."""
+
+
+def _layer(layer: object) -> str:
+    return layer if isinstance(layer, str) else type(layer).__name__
+
+
+def _shown(value: Any) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def check_int(layer: object, name: str, value: Any, minimum: int | None = 1) -> int:
+    """A layer's size argument as an int (numpy ints too) of at least `minimum` (None: any integer),
+    or one error that names the layer and the argument: "Linear: in_features must be a positive
+    integer, got 0" (OnnxkitError; ArgumentTypeError for a float, a string or a bool)."""
+    what = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer >= {minimum}")
+    if not _is_int(value) or (minimum is not None and value < minimum):
+        error = OnnxkitError if _is_int(value) else ArgumentTypeError
+        raise error(f"{_layer(layer)}: {name} must be {what}, got {_shown(value)}")
+    return int(value)
+
+
+def check_ints(layer: object, name: str, value: Any, n: int = 2, minimum: int = 1) -> tuple[int, ...]:
+    """An int or `n` of them (a tuple or a list), each checked as `check_int` does: a kernel size,
+    a stride, a padding."""
+    what = "a positive integer" if minimum == 1 else "a non-negative integer"
+    message = f"{_layer(layer)}: {name} must be {what} or {'a pair' if n == 2 else n} of them, got {_shown(value)}"
+    if _is_int(value):
+        values = (value,) * n
+    elif isinstance(value, tuple | list) and all(_is_int(v) for v in value):
+        values = tuple(value)
+    else:
+        raise ArgumentTypeError(message)
+    if len(values) != n or any(v < minimum for v in values):
+        raise OnnxkitError(message)
+    return tuple(int(v) for v in values)
+
+
+def check_number(layer: object, name: str, value: Any, low: float | None = None, high: float | None = None,
+                 high_open: bool = False) -> Any:
+    """A real number (not a bool) in [low, high] (or [low, high) with `high_open`); returned as given."""
+    if not _is_real(value):
+        raise ArgumentTypeError(f"{_layer(layer)}: {name} must be a number, got {_shown(value)}")
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if (low is not None and value < low) or too_high or value != value:  # NaN too
+        bounds = f"[{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
+        raise OnnxkitError(f"{_layer(layer)}: {name} must be {'in ' if high is not None else ''}{bounds}, "
+                           f"got {_shown(value)}")
+    return value
+
+
+def check_probability(layer: object, name: str, value: Any) -> Any:
+    """A dropout probability: a number in [0, 1)."""
+    return check_number(layer, name, value, 0, 1, high_open=True)
+
+
 class Parameter:
     """A trainable array. Its name is its attribute path in the module tree."""
 

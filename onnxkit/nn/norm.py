@@ -5,7 +5,7 @@ from __future__ import annotations
 from onnxkit.errors import OnnxkitError
 from onnxkit.nn import init, ops
 from onnxkit.nn.graph import Tensor, current_graph
-from onnxkit.nn.module import Buffer, Module, Parameter
+from onnxkit.nn.module import Buffer, Module, Parameter, check_int, check_number
 
 
 class _BatchNorm(Module):
@@ -14,6 +14,8 @@ class _BatchNorm(Module):
     ranks: tuple[int, ...] = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        num_features, eps = check_int(self, "num_features", num_features), check_number(self, "eps", eps, 0)
+        momentum = check_number(self, "momentum", momentum, 0, 1)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = Parameter(init.ones((num_features,)))
         self.bias = Parameter(init.zeros((num_features,)))
@@ -51,7 +53,7 @@ class LayerNorm(Module):
     """LayerNormalization over the last axis."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
-        self.dim, self.eps = dim, eps
+        self.dim, self.eps = check_int(self, "dim", dim), check_number(self, "eps", eps, 0)
         self.weight = Parameter(init.ones((dim,)))
         self.bias = Parameter(init.zeros((dim,)))
 
@@ -71,8 +73,9 @@ class LayerNorm(Module):
 class _ChannelNorm(Module):
     """A per-sample normalisation of [N, C, ...] with an optional per-channel affine (no running stats)."""
 
-    def __init__(self, num_channels: int, eps: float, affine: bool):
-        self.num_channels, self.eps = num_channels, eps
+    def __init__(self, num_channels: int, eps: float, affine: bool, arg: str = "num_channels"):
+        num_channels = check_int(self, arg, num_channels)
+        self.num_channels, self.eps = num_channels, check_number(self, "eps", eps, 0)
         self.weight = Parameter(init.ones((num_channels,))) if affine else None
         self.bias = Parameter(init.zeros((num_channels,))) if affine else None
 
@@ -89,7 +92,9 @@ class GroupNorm(_ChannelNorm):
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
-        if num_groups < 1 or num_channels % num_groups:
+        num_groups = check_int(self, "num_groups", num_groups)
+        num_channels = check_int(self, "num_channels", num_channels)
+        if num_channels % num_groups:
             raise OnnxkitError(f"GroupNorm: num_channels {num_channels} is not divisible by num_groups {num_groups}")
         super().__init__(num_channels, eps, affine)
         self.num_groups = num_groups
@@ -109,7 +114,7 @@ class InstanceNorm2d(_ChannelNorm):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
-        super().__init__(num_features, eps, affine)
+        super().__init__(num_features, eps, affine, "num_features")
 
     def forward(self, x: Tensor) -> Tensor:
         ops.check_input(x, "InstanceNorm2d", 4, channels=self.num_channels)
