@@ -210,3 +210,12 @@ def test_training_data_of_one_class_gets_a_warning(run_cli, tmp_path):
     mixed = run_cli("train", model, "--data", "iris", "--steps", "1", "-o", tmp_path / "mixed")
     assert "every training example" not in mixed.err
 
+
+
+def test_loss_takes_the_short_names_fit_takes(run_cli, tmp_path):
+    # fit(loss="ce") worked where --loss ce was click's 'invalid choice'
+    model, run = tmp_path / "iris.onnx", tmp_path / "run"
+    assert run_cli("build", "iris-mlp", "-o", model).code == 0
+    result = run_cli("train", model, "--data", "iris", "--loss", "ce", "--epochs", "2", "-o", run)
+    assert result.code == 0, result.err
+    assert json.loads((run / "run.json").read_text())["loss"] == "cross-entropy"

@@ -11,9 +11,10 @@ import click
 from onnxkit.cli import options as opt
 from onnxkit.errors import OnnxkitError
 from onnxkit.train.backends import backend_names
+from onnxkit.train.losses import ALIASES as LOSS_ALIASES
+from onnxkit.train.losses import NAMES as LOSSES
 from onnxkit.train.optim import OPTIMIZERS, Optimizer, get_optimizer
 
-LOSS_NAMES = ("cross-entropy", "bce-with-logits", "mse", "l1")
 OPTIMIZER_OPTIONS = ("momentum", "dampening", "nesterov", "betas", "eps", "amsgrad", "alpha", "centered", "rho",
                      "lr_decay", "initial_accumulator_value")
 MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
@@ -25,7 +26,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               "(text: tokenized by the model's tokenizer), or a .npz / .csv file.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
-@click.option("--loss", type=click.Choice(LOSS_NAMES), help="Default: from the model's task and the labels.")
+@click.option("--loss", type=click.Choice([*LOSSES, *LOSS_ALIASES]),
+              help="Default: from the model's task and the labels (ce, bce, l2, mae: short names).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS),
               help="torch.optim's algorithm, option names and defaults (default: the model's recipe's, else adamw).")
 @click.option("--lr", type=opt.POSITIVE,
