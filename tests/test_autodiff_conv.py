@@ -98,6 +98,10 @@ def test_weight_gradient_in_chunks_of_positions(monkeypatch):
     monkeypatch.setattr(conv_rules, "COLUMN_BYTES", 2 * 9 * 8 * 3)
     check_both("Conv", {"x": rand(2, 2, 6, 5), "w": rand(4, 2, 3, 3, seed=1)}, ["x", "w"], {"pads": [1, 1, 1, 1]})
     check_both("Conv", {"x": rand(2, 4, 5, 6), "w": rand(4, 2, 3, 3, seed=1)}, ["w"], {"group": 2, "strides": [2, 1]})
+    model, _ = single_node("Conv", {"x": rand(2, 2, 6, 5), "w": rand(4, 2, 3, 3, seed=1)}, {"pads": [1, 1, 1, 1]})
+    graph = with_projection_loss(model)
+    ops = [n.op_type for n in add_gradients(graph, ["w"], LOSS).graph.node]
+    assert ops.count("Gather") == ops.count("Gemm") == 10  # 30 positions, 3 a chunk
 
 
 # -- ConvTranspose -----------------------------------------------------------------------------
