@@ -819,6 +819,19 @@ def test_auto_tries_candidates_and_keeps_the_fastest_within_max_drop(tmp_path, m
     assert "candidates" in text and "* " + chosen[0].label in text.replace("  ", " ")
 
 
+def test_auto_picks_the_smallest_drop_among_the_equally_fast():
+    from onnxkit.quantize.report import Candidate
+    from onnxkit.quantize.search import pick
+
+    def timed(label, ms, drop):
+        return Candidate(label, {}, size_bytes=100, latency_ms={1: 0.1, 64: ms}, drop=drop, within=True)
+
+    per_tensor, per_channel, static = timed("per-tensor", 0.397, 0.28), timed("per-channel", 0.405, 0.0), \
+        timed("static", 0.58, -0.5)
+    assert pick([per_tensor, per_channel, static]) is per_channel  # 2% slower: timing noise, and no drop
+    assert pick([per_tensor, timed("slow", 0.45, 0.0)]).label == "per-tensor"  # 13% slower: not a tie
+
+
 def test_auto_reports_the_chosen_model_timed_alone_with_the_original(tmp_path, mlp_data, monkeypatch):
     from onnxkit.quantize import latency
 
