@@ -325,8 +325,7 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
     if trained_in_memory(model) and data == recorded:
         raise OnnxkitError(f"the model was trained on an in-memory Dataset ({data!r}); pass it as data=, or a split",
                            params=["data"])
-    trained = json.loads(metadata(model).get("onnxkit.training", "{}")).get("data_sha256")
-    if defaulted and trained and os.path.isfile(data) and sha256(data) != trained:
+    if defaulted and changed_since_training(model, data):
         raise OnnxkitError(f"{data} changed since the model was trained on it, so its {split} split is not the one "
                            "training held out (it may hold rows the model trained on); give data: the file as it "
                            "was, or this one to score it as it is now", params=["data"])
@@ -335,6 +334,13 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
     if metadata(model).get("onnxkit.task") == "regression":  # its targets are numbers, not class ids
         check_numeric_targets(dataset.name, dataset.label_names, TASK_LOSS["regression"])
     return dataset.split(split), str(data), seed
+
+
+def changed_since_training(model: Any, data: str) -> bool:
+    """Whether the data file `data` differs from the one `model` was trained on (its SHA-256, which
+    onnxkit's training records): its splits then need not be the ones training made."""
+    trained = json.loads(metadata(model).get("onnxkit.training", "{}")).get("data_sha256")
+    return bool(trained) and os.path.isfile(data) and sha256(data) != trained
 
 
 def trained_in_memory(model: Any) -> bool:

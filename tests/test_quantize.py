@@ -679,6 +679,10 @@ def test_max_drop_and_auto_use_the_data_a_trained_model_names(tmp_path, run_cli,
         assert res.code == 0 and "evaluated on the test split of" in res.out and "accuracy" in res.out, res.err
     res = run_cli("quantize", src, "-o", out, "--mode", "int4", "--max-drop", "0", "--no-latency")
     assert res.code == 1 and "int4 block 32 loses" in res.err and "more than --max-drop 0.0" in res.err
+    # a data file changed since training (its SHA-256 recorded): still evaluated on, with a note saying so
+    set_metadata(model, {"onnxkit.training": json.dumps({"data": str(mlp_data), "data_sha256": "0" * 64})})
+    res = run_cli("quantize", _save(model, tmp_path, "changed.onnx"), "-o", out, "--no-latency")
+    assert res.code == 0 and f"{mlp_data} changed since training, so that split may hold rows" in res.out, res.err
     # the data it names is gone: the error says so, and how to give data
     set_metadata(model, {"onnxkit.training": json.dumps({"data": str(tmp_path / "gone.npz")})})
     res = run_cli("quantize", _save(model, tmp_path, "gone.onnx"), "-o", out, "--max-drop", "1")

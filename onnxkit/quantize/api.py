@@ -17,6 +17,7 @@ import onnx
 
 from onnxkit.data import Dataset, Split
 from onnxkit.errors import OnnxkitError
+from onnxkit.evaluate import changed_since_training
 from onnxkit.files import atomic_path, load_model, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
@@ -100,6 +101,9 @@ def quantize(
         eval_data = recorded
         notes += [f"{missing}: give --eval DATA for an accuracy report"] if missing else []
         notes += [f"evaluated on the test split of {recorded}, the data the model was trained on"] if recorded else []
+        if recorded and changed_since_training(original, recorded):
+            notes += [f"{recorded} changed since training, so that split may hold rows the model trained on (both "
+                      "models are scored on the same rows); give --eval DATA for unseen data"]
     _check_evaluation(mode, eval_data, max_drop, missing)
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
