@@ -16,7 +16,14 @@ from onnx import TensorProto, helper
 
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.evaluate import LOSSES as REFERENCE
-from onnxkit.evaluate import PROBABILITIES_OF, TASK_LOSS, class_axis, cross_entropy, sizes_fit
+from onnxkit.evaluate import (
+    PROBABILITIES_OF,
+    TASK_LOSS,
+    class_axis,
+    cross_entropy,
+    sizes_fit,
+    without_class_axis,
+)
 
 PREFIX = "onnxkit.loss"
 ALIASES = {"ce": "cross-entropy", "bce": "bce-with-logits", "l2": "mse", "mae": "l1"}
@@ -46,8 +53,7 @@ class Loss:
             return self
         shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
         axis = class_axis(shape, labels.shape)
-        rest = [d for i, d in enumerate(shape) if i not in (0, axis % len(shape))]
-        if len(shape) > 2 and not sizes_fit(rest, labels.shape[1:]):
+        if len(shape) > 2 and not sizes_fit(without_class_axis(shape, axis), labels.shape[1:]):
             shown = ", ".join(str(d) if d else "?" for d in shape)
             raise OnnxkitError(
                 f"cross-entropy takes one class id per position of output {output.name!r} (shape [{shown}]), shaped "
