@@ -445,6 +445,8 @@ def test_grpc_calls_past_the_connection_cap_get_resource_exhausted(crowded):
                                     request_serializer=service_pb2.ServerReadyRequest.SerializeToString)
         streams = [stream(one_then_none()) for _ in range(4)]
         try:
+            for call in streams:  # each in progress (its first answer back) before a probe could take its place
+                next(call)
             deadline = time.monotonic() + 10
             while True:  # until the 4 streams are in progress: the cap of 4 calls is reached
                 try:
