@@ -17,6 +17,7 @@ from pathlib import Path
 
 from onnxkit import nn
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata_keys import MAX_LENGTH_KEY, PRETRAINED_KEY, TOKENIZER_KEY
 from onnxkit.training_recipe import TrainingRecipe, training_recipes
 from onnxkit.zoo import Recipe
 
@@ -144,8 +145,8 @@ def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: i
         missing = [n for n, _ in model.named_arrays() if n not in state and not n.startswith("classifier.")]
         if missing:
             raise OnnxkitError(f"pretrained {pretrained} lacks weight {missing[0]!r}; it does not fit this model")
-        metadata = {"onnxkit.pretrained": pretrained, "onnxkit.max_length": max_length,
-                    "onnxkit.tokenizer": weights.tokenizer_json(pretrained, max_length), **FINE_TUNING}
+        metadata = {PRETRAINED_KEY: pretrained, MAX_LENGTH_KEY: max_length,
+                    TOKENIZER_KEY: weights.tokenizer_json(pretrained, max_length), **FINE_TUNING}
     ids = nn.Input(["batch", "seq"], "int64")
     inputs = {"input_ids": ids, "attention_mask": ids, "token_type_ids": ids}
     if embedding:

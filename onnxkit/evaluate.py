@@ -32,6 +32,7 @@ from onnxkit.data.split import Dataset, Split, model_inputs
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import sha256
 from onnxkit.metadata import metadata
+from onnxkit.metadata_keys import OUTPUT_KEY, TASK_KEY, TRAINING_KEY
 
 TASK_LOSS = {"classification": "cross-entropy", "binary": "bce-with-logits", "regression": "mse"}
 PROBABILITIES_OF = {"classification": "Softmax", "binary": "Sigmoid"}  # a classifier's op from logits to probabilities
@@ -310,7 +311,7 @@ def sklearn_probabilities(model: Any) -> str | None:
 def scored_output(model: Any) -> str:
     """The output that holds a model's scores: the one training fit (metadata `onnxkit.output`), else
     a scikit-learn classifier's probabilities, else the first."""
-    return metadata(model).get("onnxkit.output") or sklearn_probabilities(model) or model.graph.output[0].name
+    return metadata(model).get(OUTPUT_KEY) or sklearn_probabilities(model) or model.graph.output[0].name
 
 
 def _rows(result: Any) -> np.ndarray:
@@ -342,7 +343,7 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
                            "was, or this one to score it as it is now", params=["data"])
     seed = data_seed if data_seed is not None else recorded_seed
     dataset = load_dataset(data, seed=seed, model=model)
-    if metadata(model).get("onnxkit.task") == "regression":  # its targets are numbers, not class ids
+    if metadata(model).get(TASK_KEY) == "regression":  # its targets are numbers, not class ids
         check_numeric_targets(dataset.name, dataset.label_names, TASK_LOSS["regression"])
     return dataset.split(split), str(data), seed
 
@@ -350,19 +351,19 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
 def changed_since_training(model: Any, data: str) -> bool:
     """Whether the data file `data` differs from the one `model` was trained on (its SHA-256, which
     onnxkit's training records): its splits then need not be the ones training made."""
-    trained = json.loads(metadata(model).get("onnxkit.training", "{}")).get("data_sha256")
+    trained = json.loads(metadata(model).get(TRAINING_KEY, "{}")).get("data_sha256")
     return bool(trained) and os.path.isfile(data) and sha256(data) != trained
 
 
 def trained_in_memory(model: Any) -> bool:
     """Whether `model` was trained on a Dataset object (its data name names no file or dataset)."""
-    return bool(json.loads(metadata(model).get("onnxkit.training", "{}")).get("data_in_memory"))
+    return bool(json.loads(metadata(model).get(TRAINING_KEY, "{}")).get("data_in_memory"))
 
 
 def trained_on(model: Any) -> tuple[str | None, int]:
     """The data `model` was trained on (a dataset name or file) and the seed of its split, from
     its `onnxkit.training` metadata; (None, 0) when it does not say."""
-    trained = json.loads(metadata(model).get("onnxkit.training", "{}"))
+    trained = json.loads(metadata(model).get(TRAINING_KEY, "{}"))
     return trained.get("data") or None, int(trained.get("data_seed", 0))
 
 
@@ -430,7 +431,7 @@ def evaluate(
     result = model_outputs(proto, split, name, batch_size=batch_size, providers=providers, source=source)
     out_vi = next(o for o in proto.graph.output if o.name == name)
     shape = [d.dim_value or d.dim_param for d in out_vi.type.tensor_type.shape.dim]
-    meta_task = metadata(proto).get("onnxkit.task")
+    meta_task = metadata(proto).get(TASK_KEY)
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
     axis = class_axis(shape or list(result.shape), split.labels.shape) if resolved == "classification" else -1
     check_targets(split.described, split.labels, result, resolved, name, axis)

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata_keys import MAX_LENGTH_KEY, TOKENIZER_KEY
 
-TOKENIZER_KEY = "onnxkit.tokenizer"
-MAX_LENGTH_KEY = "onnxkit.max_length"
 DEFAULT_MAX_LENGTH = 128
 
 

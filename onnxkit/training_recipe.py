@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import metadata
+from onnxkit.metadata_keys import TRAINING_RECIPE_KEY
 
 if TYPE_CHECKING:
     import onnx
 
-KEY = "onnxkit.training_recipe"
+KEY = TRAINING_RECIPE_KEY  # the name tests import
 MODES = ("full", "head", "lora")
 
 
@@ -59,17 +60,17 @@ def training_recipes(**by_mode: TrainingRecipe) -> dict[str, Any]:
     unknown = set(by_mode) - set(MODES)
     if unknown:
         raise OnnxkitError(f"unknown training mode {sorted(unknown)[0]!r}; choose from {', '.join(MODES)}")
-    return {KEY: {mode: recipe.as_json() for mode, recipe in by_mode.items()}}
+    return {TRAINING_RECIPE_KEY: {mode: recipe.as_json() for mode, recipe in by_mode.items()}}
 
 
 def read_training_recipe(model: onnx.ModelProto, mode: str) -> TrainingRecipe | None:
     """The recipe `model` carries for `mode`, or None."""
-    raw = metadata(model).get(KEY)
+    raw = metadata(model).get(TRAINING_RECIPE_KEY)
     if raw is None:
         return None
     try:
         entry = json.loads(raw).get(mode)
         return None if entry is None else TrainingRecipe(**entry)
     except (ValueError, TypeError, AttributeError) as e:
-        raise OnnxkitError(f"the model's {KEY} metadata is not a valid training recipe ({e}); rebuild the model "
-                           "or remove that entry") from None
+        raise OnnxkitError(f"the model's {TRAINING_RECIPE_KEY} metadata is not a valid training recipe ({e}); "
+                           "rebuild the model or remove that entry") from None

@@ -26,6 +26,7 @@ from google.protobuf import message as protobuf
 
 from onnxkit import nn
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.metadata_keys import LABELS_KEY, RECIPE_KEY, TASK_KEY
 
 ZOO_DIR = Path(__file__).resolve().parent / "models"
 TASKS = ("classification", "binary", "regression", "embedding")
@@ -222,11 +223,11 @@ def _build(name: str, module: ModuleType, kwargs: dict[str, Any], opset: int) ->
     recipe: Recipe = module.recipe(**kwargs)
     if not isinstance(recipe, Recipe):
         raise OnnxkitError(f"{name}: recipe() must return onnxkit.zoo.Recipe, got {type(recipe).__name__}")
-    metadata: dict[str, Any] = {"onnxkit.recipe": {"name": name, "options": kwargs}, **recipe.metadata}
+    metadata: dict[str, Any] = {RECIPE_KEY: {"name": name, "options": kwargs}, **recipe.metadata}
     if recipe.task is not None:
-        metadata["onnxkit.task"] = recipe.task
+        metadata[TASK_KEY] = recipe.task
     if recipe.labels is not None:
-        metadata["onnxkit.labels"] = list(recipe.labels)
+        metadata[LABELS_KEY] = list(recipe.labels)
     return nn.build(
         recipe.module,
         recipe.inputs,

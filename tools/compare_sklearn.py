@@ -29,6 +29,7 @@ from sklearn.preprocessing import StandardScaler
 
 from onnxkit import nn
 from onnxkit.data import load_dataset
+from onnxkit.metadata_keys import TASK_KEY
 from onnxkit.train import fit
 
 DATASETS = {"wine": 3, "breast-cancer": 2, "diabetes": 0}  # classes; 0: regression
@@ -40,7 +41,7 @@ def plain_mlp(features: int, outputs: int, task: str, seed: int):  # noqa: ANN20
     nn.manual_seed(seed)
     mlp = nn.Sequential([nn.Linear(features, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, outputs)])
     return nn.build(mlp, {"x": nn.Input(["batch", features])}, output_names=["logits"],
-                    metadata={"onnxkit.task": task})
+                    metadata={TASK_KEY: task})
 
 
 def score(classes: int, truth: np.ndarray, outputs: np.ndarray) -> float:

@@ -27,6 +27,7 @@ import numpy as np
 from onnxkit import runtime, zoo
 from onnxkit.data import load_dataset
 from onnxkit.metadata import read_metadata
+from onnxkit.metadata_keys import TRAINING_KEY
 from onnxkit.train import fit
 from onnxkit.train.backends import backend_names, default_backend, get_backend
 from onnxkit.train.lora import LoraAdapter, LoraConfig
@@ -109,7 +110,7 @@ def _training_summary(path: Path) -> dict:
     import onnx
 
     meta = read_metadata(onnx.load(str(path), load_external_data=False))
-    return meta["onnxkit.training"]
+    return meta[TRAINING_KEY]
 
 
 def report(row: dict, args: argparse.Namespace) -> None:

@@ -124,8 +124,9 @@ def model_class_names(model: Any) -> list[str] | None:
 
     from onnxkit.graph_walks import sklearn_classes
     from onnxkit.metadata import metadata
+    from onnxkit.metadata_keys import LABELS_KEY
 
-    raw = metadata(model).get("onnxkit.labels")
+    raw = metadata(model).get(LABELS_KEY)
     if raw:
         return [str(n) for n in json.loads(raw)]
     classes = sklearn_classes(model)

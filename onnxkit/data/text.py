@@ -23,7 +23,8 @@ from onnxkit.data.registry import register_dataset
 from onnxkit.data.split import SPLIT_NAMES, Dataset, Split, split_indices
 from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import metadata
-from onnxkit.tokenize import DEFAULT_MAX_LENGTH, MAX_LENGTH_KEY, TOKENIZER_KEY, encode, load_tokenizer
+from onnxkit.metadata_keys import MAX_LENGTH_KEY, TOKENIZER_KEY
+from onnxkit.tokenize import DEFAULT_MAX_LENGTH, encode, load_tokenizer
 
 
 class TextSplit(Split):

@@ -13,14 +13,13 @@ from onnx import helper
 
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata_keys import BUFFERS_KEY, DROPOUT_KEY, VERSION_KEY
 from onnxkit.nn.graph import Dim, Graph, Tensor, tracing, type_proto
 from onnxkit.nn.module import Module
 
 IR_VERSION = 10  # the newest ONNX Runtime 1.19.2 loads
 DEFAULT_OPSET = 17
 MAX_OPSET = 21
-DROPOUT_KEY = "onnxkit.dropout"  # metadata: Dropout node name -> training ratio
-BUFFERS_KEY = "onnxkit.buffers"  # metadata: the initializers that are Buffers (never trained)
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ def build(
         producer_name="onnxkit",
         producer_version=__version__,
     )
-    meta = {"onnxkit.version": __version__, **(metadata or {})}
+    meta = {VERSION_KEY: __version__, **(metadata or {})}
     if graph.dropout:
         meta[DROPOUT_KEY] = graph.dropout
     buffers = [t.name for p, t in graph.params.values() if not p.trainable]

@@ -20,6 +20,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import changed_since_training
 from onnxkit.files import atomic_path, load_model, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
+from onnxkit.metadata_keys import QUANTIZATION_KEY
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
 from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split, recorded_data
 from onnxkit.quantize.inputs import fits_batch, synthetic_inputs
@@ -380,4 +381,4 @@ def _closer_options(settings: Settings) -> str:
 
 def _stamp(quantized: onnx.ModelProto, original: onnx.ModelProto, settings: Settings) -> None:
     """Carry the original's metadata over and record how the model was quantized."""
-    set_metadata(quantized, {**metadata(original), **metadata(quantized), "onnxkit.quantization": settings.as_dict()})
+    set_metadata(quantized, {**metadata(original), **metadata(quantized), QUANTIZATION_KEY: settings.as_dict()})

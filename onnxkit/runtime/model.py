@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, SCORES_KEY, TASK_KEY
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.session import (
     check_started,
@@ -27,11 +28,6 @@ from onnxkit.runtime.signature import TensorSpec, batchable, example_feeds, prep
 
 if TYPE_CHECKING:
     import onnx  # for the type hint only: the runtime never imports onnx
-
-LABELS_KEY = "onnxkit.labels"
-TASK_KEY = "onnxkit.task"
-SCORES_KEY = "onnxkit.scores"  # "probabilities": the scores output is already Softmax / Sigmoid of the logits
-OUTPUT_KEY = "onnxkit.output"  # the output training fit, when not the first: it holds the scores
 
 
 class Model:

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata_keys import TOKENIZER_KEY
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.signature import TensorSpec
-from onnxkit.tokenize import TOKENIZER_KEY, encode, tokenizer_from_metadata
+from onnxkit.tokenize import encode, tokenizer_from_metadata
 
 TEXT_INPUT = "text"  # the name under which the server accepts raw text (BYTES [batch])
 TEXT_SPEC = TensorSpec(TEXT_INPUT, "tensor(string)", ("batch",))

@@ -47,6 +47,7 @@ from onnxkit.graph_walks import (
     value_types,
 )
 from onnxkit.metadata import metadata, set_metadata
+from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, SCORES_KEY, TASK_KEY, TRAINING_KEY
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.backends import DEFAULT, default_backend, get_backend
@@ -475,7 +476,7 @@ class _Setup:
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
             for d in self.output_vi.type.tensor_type.shape.dim
         )
-        task = metadata(self.model).get("onnxkit.task")
+        task = metadata(self.model).get(TASK_KEY)
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(task, shape, dataset.train.labels)
         self.loss.check_output(self.output_vi)
         self.loss = self.loss.along(self.output_vi, dataset.train.labels)  # the class axis of one id per position
@@ -855,14 +856,14 @@ def _finish(
         "onnxkit": __version__,
     }
     # the task trained for (a loss given in place of the recipe's task changes it), read by eval and predict
-    kept = {k: v for k, v in metadata(trained).items() if k != "onnxkit.labels"}
-    extra: dict[str, Any] = {**kept, "onnxkit.training": summary, "onnxkit.task": setup.task}
+    kept = {k: v for k, v in metadata(trained).items() if k != LABELS_KEY}
+    extra: dict[str, Any] = {**kept, TRAINING_KEY: summary, TASK_KEY: setup.task}
     if setup.names and setup.task != "regression":  # the names it learned: the data's own, unless the model's
-        extra["onnxkit.labels"] = setup.names
+        extra[LABELS_KEY] = setup.names
     if setup.probabilities:  # so predict neither applies softmax / sigmoid again nor thresholds at 0
-        extra["onnxkit.scores"] = "probabilities"
+        extra[SCORES_KEY] = "probabilities"
     if c.output:  # eval and predict score it, and training again fits it
-        extra["onnxkit.output"] = c.output
+        extra[OUTPUT_KEY] = c.output
     set_metadata(trained, extra, keep=False)
     save_model(trained, run.model)
     metrics: dict[str, Any] = {

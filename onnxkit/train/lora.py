@@ -27,11 +27,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.metadata import metadata, set_metadata
+from onnxkit.metadata_keys import LORA_KEY
 
 DEFAULT_TARGETS = ("*attn.q.weight", "*attn.v.weight")
 ALL_ATTENTION = ("*attn.q.weight", "*attn.k.weight", "*attn.v.weight", "*attn.out.weight")
 DEFAULT_HEAD = "classifier.*"  # a new task head, trained fully next to the adapters
-METADATA_KEY = "onnxkit.lora"
 _A, _B = ".lora_A", ".lora_B"
 
 
@@ -119,7 +119,7 @@ def add_adapters(model: onnx.ModelProto, config: LoraConfig) -> tuple[onnx.Model
             helper.make_node("Add", [base, scaled], [out]),
         ])
     info = {"rank": config.rank, "scale": config.scale, "weights": targets}
-    set_metadata(adapted, {METADATA_KEY: info})
+    set_metadata(adapted, {LORA_KEY: info})
     return adapted, names
 
 
@@ -132,9 +132,9 @@ def merge_adapters(original: onnx.ModelProto, adapted: onnx.ModelProto) -> onnx.
     each adapted weight replaced by `W + A @ B * scale`. Metadata comes from `adapted`, minus
     the adapter record."""
     meta = metadata(adapted)
-    if METADATA_KEY not in meta:
-        raise OnnxkitError("this model has no LoRA adapters to merge (no onnxkit.lora metadata)")
-    scale = float(json.loads(meta.pop(METADATA_KEY))["scale"])
+    if LORA_KEY not in meta:
+        raise OnnxkitError(f"this model has no LoRA adapters to merge (no {LORA_KEY} metadata)")
+    scale = float(json.loads(meta.pop(LORA_KEY))["scale"])
     trained = {t.name: t for t in adapted.graph.initializer}
     merged = onnx.ModelProto()
     merged.CopyFrom(original)

@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from onnxkit.data import ModelInput, Split
 from onnxkit.metadata import metadata, set_metadata
-from onnxkit.nn.build import BUFFERS_KEY
+from onnxkit.metadata_keys import BUFFERS_KEY
 
 PREFIX = "onnxkit.standardize"
 TINY = 1e-7  # below this a feature is constant: it is centred, not scaled (scikit-learn's StandardScaler)

@@ -47,7 +47,7 @@ from onnxkit.graph_walks import (
     without_initializer_inputs,
 )
 from onnxkit.metadata import metadata
-from onnxkit.nn.build import BUFFERS_KEY, DROPOUT_KEY
+from onnxkit.metadata_keys import BUFFERS_KEY, DROPOUT_KEY
 
 PREFIX = "onnxkit.train"
 

@@ -1,0 +1,51 @@
+"""The `metadata_props` keys onnxkit writes into .onnx files, in one place.
+
+Importless, so the runtime (numpy + onnxruntime only) can use it. Values that are
+not strings are stored as JSON (see `onnxkit.metadata`). The spellings are the
+on-disk format: models already written carry them, so never rename one.
+"""
+
+VERSION_KEY = "onnxkit.version"
+"""The onnxkit version that built the model (`nn.build`)."""
+
+RECIPE_KEY = "onnxkit.recipe"
+"""JSON {"name", "options"}: the zoo recipe the model was built from, and its keyword options."""
+
+PRETRAINED_KEY = "onnxkit.pretrained"
+"""The name of the pretrained checkpoint whose weights the model was built with (e.g. "all-MiniLM-L6-v2")."""
+
+TASK_KEY = "onnxkit.task"
+"""What the model predicts: "classification", "binary", "regression" or "embedding"."""
+
+LABELS_KEY = "onnxkit.labels"
+"""JSON list of class names, the i-th naming class id i."""
+
+SCORES_KEY = "onnxkit.scores"
+""""probabilities" when the scores output is already Softmax / Sigmoid of the logits (absent: logits)."""
+
+OUTPUT_KEY = "onnxkit.output"
+"""The output training fit, when not the first: it holds the scores that eval and predict read."""
+
+TRAINING_KEY = "onnxkit.training"
+"""JSON summary of the fit that made the model: its data (name or path, seed, sha256), settings, epochs, scores."""
+
+TRAINING_RECIPE_KEY = "onnxkit.training_recipe"
+"""JSON {mode: TrainingRecipe}: a recipe's default training settings per mode ("full", "head", "lora")."""
+
+DROPOUT_KEY = "onnxkit.dropout"
+"""JSON {Dropout node name: ratio}: the ratio each Dropout node drops at while training."""
+
+BUFFERS_KEY = "onnxkit.buffers"
+"""JSON list of the initializers that are Buffers (never trained)."""
+
+TOKENIZER_KEY = "onnxkit.tokenizer"
+"""The Hugging Face tokenizers JSON (tokenizer.json) that turns text into the model's token ids."""
+
+MAX_LENGTH_KEY = "onnxkit.max_length"
+"""The most tokens one text is encoded to (truncated beyond)."""
+
+LORA_KEY = "onnxkit.lora"
+"""JSON {"rank", "scale", "weights"}: the LoRA adapters in the graph; merging them drops it."""
+
+QUANTIZATION_KEY = "onnxkit.quantization"
+"""JSON {"mode", ...}: the settings the model was quantized with, those that apply to its mode."""
