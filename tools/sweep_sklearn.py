@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -238,6 +239,9 @@ def main() -> None:
     parser.add_argument("--torch", action="store_true", help="Add PyTorch exports of the same MLP (needs torch).")
     parser.add_argument("--verbose", action="store_true", help="A line per seed, with epochs and time.")
     args = parser.parse_args()
+    if args.torch and importlib.util.find_spec("torch") is None:
+        raise SystemExit("--torch needs PyTorch, kept outside the project environment: pip install --target "
+                         "/tmp/torchlib torch==2.13.0, then run with PYTHONPATH=/tmp/torchlib")
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     cases = {**CASES, **(TORCH_CASES if args.torch else {})}
     chosen = {k: c for k, c in cases.items() if not args.only or any(w in k for w in args.only)}
