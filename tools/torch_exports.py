@@ -230,7 +230,13 @@ def main() -> None:
     args = parser.parse_args()
     import logging
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            "this tool needs PyTorch (and onnxscript for the dynamo exporter), kept outside the project environment:\n"
+            "pip install --target /tmp/torchlib torch==2.13.0, then run with PYTHONPATH=/tmp/torchlib:/tmp/osl"
+        ) from None
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the dynamo exporter's notes on torchvision
 
