@@ -4,7 +4,7 @@ Each measurement runs in a fresh subprocess so peak RSS belongs to that build
 alone. The baseline, side by side, is the floor any builder must pay: turning
 the same weight arrays into ONNX initializers with onnx.numpy_helper.
 
-    python tools/bench_build.py [--check]
+    python tools/bench_build.py [--no-check]
 """
 
 from __future__ import annotations
