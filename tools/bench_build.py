@@ -2,15 +2,18 @@
 
 Each measurement runs in a fresh subprocess so peak RSS belongs to that build
 alone. The baseline, side by side, is the floor any builder must pay: turning
-the same weight arrays into ONNX initializers with onnx.numpy_helper.
+the same weight arrays into ONNX initializers with onnx.numpy_helper. Rounds
+alternate which side runs first; printed: each side's median seconds and peak
+extra memory, and the min/median/max over rounds of the per-round ratios.
 
-    python tools/bench_build.py [--no-check]
+    python tools/bench_build.py [--rounds 3] [--no-check]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 
@@ -65,19 +68,31 @@ def run(mode: str, check: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def spread(values: list[float]) -> str:
+    return f"min {min(values):.2f}  median {statistics.median(values):.2f}  max {max(values):.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="rounds, alternating which side runs first")
     ap.add_argument("--no-check", action="store_true", help="skip the full ONNX checker inside build()")
     args = ap.parse_args()
-    base = run("baseline", False)
-    ours = run("build", not args.no_check)
+    sides = {"baseline": ("baseline", False), "build": ("build", not args.no_check)}
+    runs: dict[str, list[dict]] = {k: [] for k in sides}
+    for r in range(args.rounds):
+        for key in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            runs[key].append(run(*sides[key]))
+    base = {k: statistics.median(r[k] for r in runs["baseline"]) for k in runs["baseline"][0]}
+    ours = {k: statistics.median(r[k] for r in runs["build"]) for k in runs["build"][0]}
     print(f"BERT-base-sized bert-classifier: {ours['param_mb'] / 4 * 2**20 / 1e6:.1f}M parameters, "
-          f"{ours['param_mb']:.0f} MiB of weights")
+          f"{ours['param_mb']:.0f} MiB of weights; medians of {args.rounds} rounds")
     print(f"{'':<32}{'seconds':>10}{'peak extra MiB':>16}{'× param bytes':>15}")
     for name, r in (("baseline: numpy_helper.from_array", base), ("onnxkit nn.build()", ours)):
         print(f"{name:<32}{r['seconds']:>10.2f}{r['peak_extra_mb']:>16.0f}{r['peak_extra_mb'] / r['param_mb']:>15.2f}")
-    print(f"ratio build/baseline: time {ours['seconds'] / base['seconds']:.2f}×, "
-          f"peak memory {ours['peak_extra_mb'] / max(base['peak_extra_mb'], 1):.2f}×")
+    pairs = list(zip(runs["build"], runs["baseline"], strict=True))
+    print(f"ratio build/baseline, time:        {spread([a['seconds'] / b['seconds'] for a, b in pairs])}")
+    print(f"ratio build/baseline, peak memory: "
+          f"{spread([a['peak_extra_mb'] / max(b['peak_extra_mb'], 1) for a, b in pairs])}")
     print("targets: build < 5 s, peak extra memory < 3× parameter bytes")
 
 
