@@ -31,8 +31,13 @@ from onnxkit.serve.limits import DEFAULT_LIMITS, Limits
                    "client to go on reading its answer (dropped past it).")
 @click.option("--keep-alive", type=options.POSITIVE, default=DEFAULT_LIMITS.keep_alive_timeout, show_default=True,
               help="Seconds an idle connection is kept open between requests.")
+@click.option("--stream-idle-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.stream_idle_timeout,
+              show_default=True,
+              help="Seconds a gRPC stream may stay open with no request in progress; then the server ends it "
+                   "(UNAVAILABLE). At the --max-connections cap, a stream idle for 1 s gives way to a new call.")
 @click.option("--max-connections", type=options.COUNT, default=DEFAULT_LIMITS.max_connections, show_default=True,
-              help="Open connections served at once; requests on more get 503 with Retry-After.")
+              help="Open connections served at once; requests on more get 503 with Retry-After. Also the cap "
+                   "on gRPC calls in progress (a stream counts one).")
 @click.option("--max-queue", type=options.COUNT, default=DEFAULT_LIMITS.max_queue, show_default=True,
               help="Requests waiting for a model; more get 503 with Retry-After.")
 @click.option("--api-key", envvar=API_KEY_ENV, show_envvar=True,
@@ -52,6 +57,7 @@ def serve_cmd(
     header_timeout: float,
     body_timeout: float,
     keep_alive: float,
+    stream_idle_timeout: float,
     max_connections: int,
     max_queue: int,
     api_key: str | None,
@@ -87,6 +93,7 @@ def serve_cmd(
             max_connections=max_connections,
             max_queue=max_queue,
             max_body_bytes=int(max_body_mb * 2**20),
+            stream_idle_timeout=stream_idle_timeout,
         ),
         api_key=api_key,
         watch=watch,

@@ -6,6 +6,7 @@ HTTP status. With a key, every RPC but ServerLive and ServerReady needs the meta
 `authorization: Bearer KEY`. ModelStreamInfer runs each request of a stream as it arrives (so the
 batcher sees them together) and answers in the order asked; a refused request gets an answer
 with its `error_message`, and the stream goes on.
+Calls in progress are capped, and idle streams give way to new calls (`CallRoom`).
 Inputs come as typed `contents` or as `raw_input_contents` (the binary extension's layout);
 outputs always go back as `raw_output_contents`, which is what V2 clients read first.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -207,24 +209,37 @@ class InferenceService:
         their answers; answers go back in request order."""
         if not self._authorized("ModelStreamInfer", context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, NEEDS_KEY)
-        answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+        answers: asyncio.Queue[asyncio.Future | _Ended | None] = asyncio.Queue()
         room = asyncio.Semaphore(STREAM_AHEAD)  # for requests whose answers the client has not taken
+        call = _CALL.get()  # None when called without CallRoom (in tests)
+        stream = None if call is None else call.room.open_stream(call, answers.put_nowait)
 
         async def read() -> None:
             try:
                 async for request in requests:
-                    await answers.put(asyncio.ensure_future(self._stream_answer(request)))
+                    if stream is not None:
+                        stream.received()
+                    answers.put_nowait(asyncio.ensure_future(self._stream_answer(request)))
                     await room.acquire()
             finally:
-                await answers.put(None)
+                answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
             while (answer := await answers.get()) is not None:
+                if isinstance(answer, _Ended):  # idle, and ended by the server (CallRoom)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, answer.reason)
                 yield await answer
                 room.release()
+                if stream is not None:
+                    stream.answered()
         finally:
             reader.cancel()
+            if stream is not None:
+                stream.close()
+            while not answers.empty():  # requests read after the stream ended: they need not run
+                if isinstance(left := answers.get_nowait(), asyncio.Future):
+                    left.cancel()
 
     async def _stream_answer(self, request: Any) -> Any:
         """One request of a stream: its ModelStreamInferResponse, a refusal as its error_message."""
@@ -285,13 +300,158 @@ class InferenceService:
         return handle
 
 
+class _Call:
+    """One gRPC call that CallRoom let in: it holds a place until its RPC ends, or until it gives it up."""
+
+    __slots__ = ("room", "held")
+
+    def __init__(self, room: CallRoom) -> None:
+        self.room = room
+        self.held = True
+
+    def release(self, *_: object) -> None:
+        if self.held:
+            self.held = False
+            self.room.calls -= 1
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("onnxkit_grpc_call", default=None)
+
+
+class _Ended:
+    """Put in a stream's answer queue to end the stream: UNAVAILABLE, with `reason`."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _Stream:
+    """A ModelStreamInfer stream as CallRoom sees it: busy from each request read until its answer is written
+    (grpc resumes the handler once the client has taken it, under HTTP/2's flow control), idle otherwise."""
+
+    __slots__ = ("room", "call", "end_with", "pending", "idle_since", "timer")
+
+    def __init__(self, room: CallRoom, call: _Call, end_with: Callable[[_Ended], None]) -> None:
+        self.room = room
+        self.call = call
+        self.end_with = end_with
+        self.pending = 0  # requests read whose answers are not yet written
+        self.idle_since: float | None = None  # loop.time() since when it has been idle; None while busy or ended
+        self.timer: asyncio.TimerHandle | None = None
+        self._idle()
+
+    def received(self) -> None:
+        self.pending += 1
+        if self.idle_since is not None:
+            self.idle_since = None
+            self.timer.cancel()  # type: ignore[union-attr]
+
+    def answered(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and self.call.held:
+            self._idle()
+
+    def end(self, reason: str) -> None:
+        """End the stream (idle, so no request is cut short) and give up its place at once."""
+        self.close()
+        self.call.release()
+        self.end_with(_Ended(reason))
+
+    def close(self) -> None:
+        self.idle_since = None
+        if self.timer is not None:
+            self.timer.cancel()
+        self.room.streams.pop(self, None)
+
+    def _idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.idle_since = loop.time()
+        self.timer = loop.call_later(self.room.idle_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self.end(f"the stream was idle for {self.room.idle_timeout:g} s (no request in progress and none received), "
+                 "so the server ended it; open a new one")  # fmt: skip
+
+
+class CallRoom(grpc.aio.ServerInterceptor):
+    """The cap on gRPC calls in progress (`max_connections`, a stream counting one), where idle streams give way.
+
+    A call holds its place from its admission here until its RPC task ends (its answer written), as it did under
+    grpc's own cap (`maximum_concurrent_rpcs`), which this replaces: that one refuses a call before any of
+    onnxkit's code sees it, so a client that opened as many streams and sent nothing locked every other gRPC
+    caller out (RESOURCE_EXHAUSTED) for as long as it liked. Now:
+
+    - a stream with no request in progress (every request read has its answer written) and none received for
+      `stream_idle_timeout` is ended with UNAVAILABLE: what gRPC clients read as "reconnect and retry"
+      (tritonclient's stream callback gets it as an InferenceServerException, and the stream must be restarted);
+      not DEADLINE_EXCEEDED, which reads as the client's own deadline, nor CANCELLED, which tritonclient reports
+      as the client's own cancellation;
+    - at the cap, a new call ends the stream idle longest (UNAVAILABLE, saying why) if it has been idle for at
+      least `stream_grace`, and takes its place; only when no stream is idle that long is it refused, with
+      RESOURCE_EXHAUSTED and before its request is read. Calls in use are never ended.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.cap = limits.max_connections
+        self.idle_timeout = limits.stream_idle_timeout
+        self.grace = limits.stream_grace
+        self.calls = 0  # calls holding a place
+        self.streams: dict[_Stream, None] = {}  # open streams, oldest first
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None  # no such method: grpc answers UNIMPLEMENTED at once
+        if self.calls >= self.cap and not self._make_room():
+            return _REFUSED
+        self.calls += 1
+        call = _Call(self)
+        # grpc.aio runs interceptors in the RPC's own task, which then runs the handler and sends the answer
+        asyncio.current_task().add_done_callback(call.release)  # type: ignore[union-attr]
+        _CALL.set(call)
+        return handler
+
+    def open_stream(self, call: _Call, end_with: Callable[[_Ended], None]) -> _Stream:
+        stream = _Stream(self, call, end_with)
+        self.streams[stream] = None
+        return stream
+
+    def _make_room(self) -> bool:
+        """End the stream idle longest, if it has been idle for `grace`; whether one was ended."""
+        now = asyncio.get_running_loop().time()
+        idle = [s for s in self.streams if s.idle_since is not None and now - s.idle_since >= self.grace]
+        if not idle:
+            return False
+        stream = min(idle, key=lambda s: s.idle_since)  # type: ignore[arg-type, return-value]
+        stream.end(f"the stream was idle for {now - stream.idle_since:.1f} s and the server was at its cap of "  # type: ignore[operator]
+                   f"{self.cap} calls, so it ended the stream to make room for a new call; open a new one")  # fmt: skip
+        return True
+
+
+async def _refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+    await context.abort(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "the server is at its cap of calls in progress (--max-connections), none of them a stream idle for long "
+        "enough to give way; retry in a moment",
+    )
+
+
+_REFUSED = grpc.stream_stream_rpc_method_handler(_refuse)  # a streaming request: refused before it is read
+
+
 async def start_server(address: str, service: InferenceService, limits: Limits) -> grpc.aio.Server:
     """A started grpc.aio server for `service` on `address` (host:port), on the running event loop.
 
-    Past `max_connections` RPCs in progress (streams count one each), grpc refuses more with RESOURCE_EXHAUSTED:
-    each may hold a message of `max_body_bytes`, as each HTTP connection a body. Connections past as many are
-    closed at once, and one that has not begun HTTP/2 in `header_timeout` (5,000 idle connections held 5,000 file
-    descriptors, of the process's 20,000, and 72 MB before).
+    Past `max_connections` calls in progress (streams count one each), a new call ends an idle stream or is refused
+    with RESOURCE_EXHAUSTED (`CallRoom`): each may hold a message of `max_body_bytes`, as each HTTP connection a
+    body. Connections past as many are closed at once, and one that has not begun HTTP/2 in `header_timeout`
+    (5,000 idle connections held 5,000 file descriptors, of the process's 20,000, and 72 MB before).
     """
     options = [
         ("grpc.so_reuseport", 0),
@@ -299,7 +459,7 @@ async def start_server(address: str, service: InferenceService, limits: Limits) 
         ("grpc.max_allowed_incoming_connections", limits.max_connections),
         ("grpc.server_handshake_timeout_ms", round(limits.header_timeout * 1000)),
     ]
-    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits.max_connections)
+    server = grpc.aio.server(options=options, interceptors=[CallRoom(limits)])
     server.add_generic_rpc_handlers([service.handler()])
     try:
         server.add_insecure_port(address)

@@ -46,6 +46,8 @@ Where each one is enforced, and why there:
   so a steady stream costs one line a period (`Notices`). The WebSocket advice is not logged.
 - **Queued requests** per model: the batcher refuses past `max_queue` with 503 and
   `Retry-After` (`onnxkit.serve.batcher`).
+- **gRPC** calls in progress (`max_connections`, a stream counting one) and idle streams
+  (`stream_idle_timeout`, `stream_grace`): `onnxkit.serve.grpc_service.CallRoom`.
 """
 
 from __future__ import annotations
@@ -83,7 +85,15 @@ MIN_CHUNK_BYTES = 256
 
 @dataclass(frozen=True)
 class Limits:
-    """Every limit of the HTTP server, with the defaults of `onnxkit serve`."""
+    """Every limit of the HTTP and gRPC servers, with the defaults of `onnxkit serve`.
+
+    `stream_idle_timeout`: a gRPC stream (ModelStreamInfer) with no request in progress and none received for as
+    long is ended by the server (UNAVAILABLE). 300 s is Envoy's default `stream_idle_timeout`, so a client that
+    works through an Envoy or Istio proxy works here too (NGINX ends such streams sooner: 60 s). It is not what
+    keeps idle streams from locking out other callers: at the cap of `max_connections` calls, a new call ends the
+    stream idle longest, once it has been idle for `stream_grace` seconds (1 s: room for a client to send its
+    next request after an answer), rather than being refused. See `onnxkit.serve.grpc_service.CallRoom`.
+    """
 
     header_timeout: float = 10.0
     body_timeout: float = 60.0
@@ -91,13 +101,19 @@ class Limits:
     max_connections: int = 512
     max_queue: int = 256
     max_body_bytes: int = 32 * 1024 * 1024
+    stream_idle_timeout: float = 300.0
+    stream_grace: float = 1.0
 
     def __post_init__(self) -> None:
-        timeouts = (self.header_timeout, self.body_timeout, self.keep_alive_timeout)
-        if min(timeouts) <= 0 or min(self.max_connections, self.max_queue, self.max_body_bytes) < 1:
+        timeouts = (self.header_timeout, self.body_timeout, self.keep_alive_timeout, self.stream_idle_timeout)
+        if (
+            min(timeouts) <= 0
+            or self.stream_grace < 0
+            or min(self.max_connections, self.max_queue, self.max_body_bytes) < 1
+        ):
             raise OnnxkitError(
-                "header_timeout, body_timeout and keep_alive_timeout must be > 0 seconds, "
-                "max_connections, max_queue and max_body_bytes > 0"
+                "header_timeout, body_timeout, keep_alive_timeout and stream_idle_timeout must be > 0 seconds, "
+                "stream_grace >= 0, max_connections, max_queue and max_body_bytes > 0"
             )  # the CLI's option types refuse such values before they get here
 
 
