@@ -39,7 +39,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnxkit import runtime, zoo  # noqa: E402
+from onnxkit.errors import OnnxkitError  # noqa: E402
 from onnxkit.runtime.session import ort  # noqa: E402
+from onnxkit.train.backends import get_backend  # noqa: E402
 from onnxkit.train.problem import open_training  # noqa: E402
 
 
@@ -154,6 +156,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}")
+    try:  # no usable GPU: one line saying why and what to install, not a traceback from the first case
+        get_backend("onnx").resolve_device(args.device)
+    except OnnxkitError as e:
+        raise SystemExit(f"gpu_check: {e}") from None
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
