@@ -56,7 +56,9 @@ if comm.rank == 0:
 
 
 def onnxkit(*arguments: str) -> None:
-    subprocess.run([sys.executable, "-m", "onnxkit", *arguments], check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "onnxkit", *arguments], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"onnxkit {' '.join(arguments)} failed:\n{done.stderr.strip()}")
 
 
 def samples_per_second(run: Path, batch: int) -> float:
@@ -84,8 +86,13 @@ def train_rates(model: str, rounds: int, steps: int, folder: Path) -> dict[str, 
 
 def allreduce_seconds() -> dict[int, float]:
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
-    done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", ALLREDUCE], check=True, capture_output=True,
-                          text=True)
+    try:
+        done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", ALLREDUCE], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SystemExit(f"{mpiexec} not found: install the distributed extra (pip install -e '.[distributed]')") \
+            from None
+    if done.returncode:
+        raise SystemExit(f"the 2-rank Allreduce under {mpiexec} failed:\n{done.stderr.strip()}")
     return {int(k): v for k, v in json.loads(done.stdout).items()}
 
 
