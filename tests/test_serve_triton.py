@@ -497,6 +497,70 @@ def test_grpc_port_in_use_is_one_clear_error(server, paths):
     )
 
 
+@pytest.mark.parametrize("failure", ["taken", "grpc_bind_fails", "grpc_binds_port_0", "grpc_start_fails"])
+def test_a_grpc_port_that_fails_after_the_check_is_one_clear_error(paths, run_cli, monkeypatch, failure):
+    # before: a port taken between serve's check and grpc's bind printed "serving ... (Ctrl-C to stop)", then
+    # uvicorn's lifespan traceback (RuntimeError, then the OnnxkitError made of it), "Application startup failed.
+    # Exiting." and exit status 3; now the one line of the CLI, status 1, and HTTP never listened
+    from onnxkit.serve import server
+
+    real_bind, checked, kept = server.bind, [], []
+
+    class Kept:  # the checked port stays taken, as if another program had taken it since
+        def __init__(self, sock):
+            self.sock = sock
+
+        def __enter__(self):
+            return self.sock
+
+        def __exit__(self, *exc):
+            kept.append(self.sock)
+
+    def bind(host, port, param="port"):
+        if param != "grpc_port":
+            return real_bind(host, port, param)
+        if not checked:  # serve's check
+            sock = real_bind(host, port, param)
+            checked.append(sock.getsockname()[1])
+            return Kept(sock) if failure in ("taken", "grpc_bind_fails") else sock
+        # the check right before grpc binds: it finds the port taken, or (a narrower race) passes
+        return real_bind(host, port, param) if failure == "taken" else contextlib.nullcontext()
+
+    monkeypatch.setattr(server, "bind", bind)
+    monkeypatch.setattr(server.gc, "freeze", lambda: None)  # (serve's, for its own process)
+    if failure == "grpc_binds_port_0":
+        monkeypatch.setattr(grpc.aio._server.Server, "add_insecure_port", lambda self, address: 0)
+    if failure == "grpc_start_fails":
+
+        async def start(self):
+            raise RuntimeError("it broke")
+
+        monkeypatch.setattr(grpc.aio._server.Server, "start", start)
+    with real_bind("127.0.0.1", 0) as probe:
+        http_port = probe.getsockname()[1]
+    try:
+        result = run_cli("serve", paths["digits"], "--port", http_port, "--grpc-port", "0", "--threads", "1")
+    finally:
+        for sock in kept:
+            sock.close()
+    address = f"127.0.0.1:{checked[0]}"
+    error = {
+        "taken": f"{address} is already in use; stop the program using it or pass another --grpc-port",
+        "grpc_bind_fails": f"cannot listen for gRPC on {address} (Failed to bind to address {address}; set "
+                           "GRPC_VERBOSITY=debug environment variable to see detailed error message.); "
+                           "pick another --grpc-port",
+        "grpc_binds_port_0": f"cannot listen for gRPC on {address} (no port bound); pick another --grpc-port",
+        "grpc_start_fails": f"cannot listen for gRPC on {address} (it broke); pick another --grpc-port",
+    }[failure]  # fmt: skip
+    assert result.code == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("model digits: ") and lines[1] == f"error: {error}", lines
+    # nothing left listening: HTTP never did, and gRPC let go (but for a grpc.aio server that never started: its
+    # stop() does nothing, and its port goes with the process, which the CLI ends at once)
+    for port in (http_port,) if failure == "grpc_start_fails" else (http_port, checked[0]):
+        real_bind("127.0.0.1", port).close()
+
+
 def test_grpc_needs_the_api_key_except_for_health(paths, direct):
     x = np.random.default_rng(3).normal(size=(1, 64)).astype(np.float32)
     with ServerProcess([paths["digits"]], "--grpc-port", "0", "--api-key", "s3cret", "--threads", "1") as running:

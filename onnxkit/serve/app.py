@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -113,24 +113,37 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nonlocal ready
+    grpc_server = None
+
+    async def start() -> None:
+        """Start the batchers, then the gRPC server; OnnxkitError, with nothing left running, if it cannot listen."""
+        nonlocal ready, grpc_server
         repository.start(watch)
-        grpc_server = None
         if grpc_address is not None:
             from onnxkit.serve import grpc_service
 
             service = grpc_service.InferenceService(repository, metrics, lambda: ready, api_key)
-            grpc_server = await grpc_service.start_server(grpc_address, service, limits)
+            try:
+                grpc_server = await grpc_service.start_server(grpc_address, service, limits)
+            except BaseException:
+                await repository.stop()
+                raise
         ready = True
+
+    async def stop() -> None:
+        nonlocal ready
+        ready = False
+        if grpc_server is not None:
+            await grpc_server.stop(5)
+        await repository.stop()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await start()
         try:
             yield
         finally:
-            ready = False
-            if grpc_server is not None:
-                await grpc_server.stop(5)
-            await repository.stop()
+            await stop()
 
     routes = [
         Route("/v2/health/live", live),
@@ -154,18 +167,34 @@ def create_app(
             Exception: _internal_error,
         },
     )
-    return _Front(app, repository, metrics, limits, api_key)
+    return _Front(app, repository, metrics, limits, api_key, start, stop)
 
 
 class _Front:
-    """Authentication, metrics, and the short path for infer requests; the rest goes to `app`."""
+    """Authentication, metrics, and the short path for infer requests; the rest goes to `app`.
 
-    def __init__(self, app: ASGIApp, repository: Repository, metrics: Metrics, limits: Limits, key: str | None):
+    `start` and `stop` are the app's startup and shutdown, which its ASGI lifespan runs; `onnxkit serve` runs them
+    itself instead (`server.Server`), before HTTP listens, so that a gRPC port taken since it was checked is one
+    error line (uvicorn logs a failed lifespan with its traceback, then "Application startup failed").
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        repository: Repository,
+        metrics: Metrics,
+        limits: Limits,
+        key: str | None,
+        start: Callable[[], Awaitable[None]],
+        stop: Callable[[], Awaitable[None]],
+    ):
         self.app = app
         self.repository = repository
         self.metrics = metrics
         self.limits = limits
         self.key = key
+        self.start = start
+        self.stop = stop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -446,13 +446,19 @@ _REFUSED = grpc.stream_stream_rpc_method_handler(_refuse)  # a streaming request
 
 
 async def start_server(address: str, service: InferenceService, limits: Limits) -> grpc.aio.Server:
-    """A started grpc.aio server for `service` on `address` (host:port), on the running event loop.
+    """A started grpc.aio server for `service` on `address` (host:port), on the running event loop; OnnxkitError,
+    with nothing left listening, if it cannot listen there (the port taken since `serve` checked it).
 
     Past `max_connections` calls in progress (streams count one each), a new call ends an idle stream or is refused
     with RESOURCE_EXHAUSTED (`CallRoom`): each may hold a message of `max_body_bytes`, as each HTTP connection a
     body. Connections past as many are closed at once, and one that has not begun HTTP/2 in `header_timeout`
     (5,000 idle connections held 5,000 file descriptors, of the process's 20,000, and 72 MB before).
     """
+    from onnxkit.serve.server import bind  # the check `serve` made before loading the models, and its error
+
+    host, _, port = address.rpartition(":")
+    with bind(host.strip("[]"), int(port), "grpc_port"):  # first: grpc also logs its own failure, a line from C
+        pass
     options = [
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", limits.max_body_bytes),
@@ -462,10 +468,12 @@ async def start_server(address: str, service: InferenceService, limits: Limits) 
     server = grpc.aio.server(options=options, interceptors=[CallRoom(limits)])
     server.add_generic_rpc_handlers([service.handler()])
     try:
-        server.add_insecure_port(address)
-    except RuntimeError as e:
+        if server.add_insecure_port(address) == 0:  # grpc before 1.50 said so rather than raising RuntimeError
+            raise RuntimeError("no port bound")
+        await server.start()
+    except Exception as e:
+        await server.stop(None)
         raise OnnxkitError(f"cannot listen for gRPC on {address} ({e}); pick another --grpc-port") from e
-    await server.start()
     return server
 
 

@@ -10,9 +10,9 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -160,18 +160,27 @@ def serve(
         with bind(host, grpc_port, "grpc_port") as probe:
             grpc_address = _address(host, probe.getsockname()[1])
     app = create_app(repository, metrics, limits=limits, api_key=key, watch=watch, grpc_address=grpc_address)
-    config = http_config(app, limits)
+    config = http_config(app, limits, lifespan="off")  # the Server below starts and stops the app itself
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{_address(bound_host, bound_port)}"
     for model in models:
         print(f"model {model.name}: {model.describe()} on {model.device}", file=sys.stderr)
-    if grpc_address is not None:
-        print(f"gRPC (inference.GRPCInferenceService) at {grpc_address}", file=sys.stderr)
-    if warning := auth.exposure_warning(host, key):
-        print(warning, file=sys.stderr)
-    print(f"serving {len(models)} model(s) at {url}/v2 (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    Server(config).run(sockets=[sock])
+
+    def started() -> None:
+        if grpc_address is not None:
+            print(f"gRPC (inference.GRPCInferenceService) at {grpc_address}", file=sys.stderr)
+        if warning := auth.exposure_warning(host, key):
+            print(warning, file=sys.stderr)
+        print(f"serving {len(models)} model(s) at {url}/v2 (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    server = Server(config, app, started)  # type: ignore[arg-type]  (create_app's app has start and stop)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     config.http.notices.end_period(last=True)  # type: ignore[union-attr]  (warnings counted but not yet summed up)
+    if server.failure is not None:
+        raise server.failure
     print("stopped", file=sys.stderr)
 
 
@@ -196,12 +205,54 @@ def _address(host: str, port: int) -> str:
     return f"{f'[{host}]' if ':' in host else host}:{port}"
 
 
+class Startable(Protocol):
+    """An app with a startup and a shutdown of its own (create_app's), run by `Server`."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class Server(uvicorn.Server):
-    """uvicorn's server, minus re-raising the stop signal after its graceful shutdown.
+    """uvicorn's server, minus re-raising the stop signal after its graceful shutdown; with `app`, it runs the app's
+    startup before HTTP listens (uvicorn's lifespan off), and `started` once it does.
 
     uvicorn re-raises SIGINT/SIGTERM once it has shut down, which kills the process
     with that signal; a server that stopped cleanly on request exits normally instead.
+    A startup that fails with OnnxkitError (the gRPC port taken since `serve` checked it) stops it before HTTP
+    listens, the error kept in `failure` for `serve` to raise: one line from the CLI. In uvicorn's lifespan it was
+    a traceback, "Application startup failed. Exiting." and exit status 3.
     """
+
+    def __init__(
+        self, config: uvicorn.Config, app: Startable | None = None, started: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(config)
+        self.app = app
+        self.on_started = started
+        self.failure: OnnxkitError | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.app is not None:
+            try:
+                await self.app.start()
+            except OnnxkitError as e:
+                self.failure, self.should_exit = e, True
+                return
+            try:
+                await super().startup(sockets=sockets)
+            except BaseException:
+                await self.app.stop()
+                raise
+        else:
+            await super().startup(sockets=sockets)
+        if self.on_started is not None:
+            self.on_started()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets=sockets)
+        if self.app is not None:
+            await self.app.stop()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
