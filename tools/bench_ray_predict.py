@@ -1,9 +1,10 @@
 """Ray batch inference against in-process predict: rows/s on bert-classifier (pretrained
 all-MiniLM-L6-v2, 6 layers, hidden 384) over tweets, batch 64.
 
-Each round runs `Model.predict_text` in this process with 2 threads, then `predict_on_ray`
+Each round runs `Model.predict_text` in this process with 2 threads and `predict_on_ray`
 with 2 actors x 1 thread on a local cluster started once beforehand (so the actors' start
-is counted, the cluster's is not), and checks the two results are equal. Printed: rows/s
+is counted, the cluster's is not), alternating which goes first, and checks the two results
+are equal. Printed: rows/s
 min / median / max of each side and of the ratio Ray / in-process.
 
     .venv/bin/python tools/bench_ray_predict.py [--rounds 3] [--rows 1024]
@@ -40,14 +41,18 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     local, distributed = [], []
     loaded = runtime.load(model, threads=2, batch_size=64)
-    for _ in range(args.rounds):
-        started = time.perf_counter()
-        alone = loaded.predict_text(texts)
-        local.append(len(texts) / (time.perf_counter() - started))
-        started = time.perf_counter()
-        spread = predict_on_ray(model, folder / "texts.txt", workers=2, threads=1, batch_size=64)
-        distributed.append(len(texts) / (time.perf_counter() - started))
-        assert np.array_equal(alone.scores, spread.scores)
+    sides = {
+        "local": (local, lambda: loaded.predict_text(texts)),
+        "ray": (distributed, lambda: predict_on_ray(model, folder / "texts.txt", workers=2, threads=1, batch_size=64)),
+    }
+    for r in range(args.rounds):
+        results = {}
+        for key in list(sides) if r % 2 == 0 else list(sides)[::-1]:  # alternate which side goes first
+            rates, call = sides[key]
+            started = time.perf_counter()
+            results[key] = call()
+            rates.append(len(texts) / (time.perf_counter() - started))
+        assert np.array_equal(results["local"].scores, results["ray"].scores)
     ray.shutdown()
     ratios = [b / a for a, b in zip(local, distributed, strict=True)]
     print(f"bert-classifier, {len(texts)} texts, batch 64, rows/s min / median / max over {args.rounds} rounds:")
