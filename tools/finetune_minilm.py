@@ -2,7 +2,8 @@
 
 Prints test accuracy, trainable parameters and seconds per epoch for each run,
 then quantizes each dataset's most accurate model to dynamic int8 and reports the
-accuracy change and the batch-32 speed-up (fp32 vs int8, same threads, same batch).
+accuracy change and the batch-32 speed-up (fp32 vs int8, same threads, same batch;
+7 alternating rounds: the ratio of the medians, and min/median/max of the per-round ratio).
 Every row is also appended to OUT/results.jsonl.
 CPU-heavy: on 2 cores, subsample with --limit and keep --max-length at 128 or less.
 
@@ -130,16 +131,19 @@ def quantized(row: dict, data, args: argparse.Namespace) -> dict:  # type: ignor
     inputs, _ = next(data.test.batches(32))
     models = {p: runtime.load(p, threads=args.threads) for p in (fp32, int8)}
     times: dict[str, list[float]] = {p: [] for p in models}
-    for _ in range(8):  # alternate the two models so load from other processes hits both alike
-        for path, model in models.items():
+    for r in range(8):  # alternate the two models (and which goes first) so other processes' load hits both alike
+        for path, model in list(models.items())[:: 1 if r % 2 == 0 else -1]:
             t = time.perf_counter()
             model.predict(inputs)
             times[path].append(time.perf_counter() - t)
+    pairs = [f / i for f, i in zip(times[fp32][1:], times[int8][1:], strict=True)]  # per round, after the warm-up
     times = {p: float(np.median(v[1:])) for p, v in times.items()}  # the first call warms up
     out = {"dataset": row["dataset"], "mode": row["mode"], "fp32_accuracy": acc[fp32], "int8_accuracy": acc[int8],
            "accuracy_change_points": round(100 * (acc[int8] - acc[fp32]), 2),
            "batch32_ms_fp32": round(1000 * times[fp32], 1), "batch32_ms_int8": round(1000 * times[int8], 1),
-           "speedup": round(times[fp32] / times[int8], 2), "seq_len": int(inputs["input_ids"].shape[1]),
+           "speedup": round(times[fp32] / times[int8], 2),
+           "speedup_rounds_min_median_max": [round(float(f(pairs)), 2) for f in (np.min, np.median, np.max)],
+           "seq_len": int(inputs["input_ids"].shape[1]),
            "threads": args.threads}
     report(out, args)
     return out
