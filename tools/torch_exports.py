@@ -235,7 +235,8 @@ def main() -> None:
     except ImportError:
         raise SystemExit(
             "this tool needs PyTorch (and onnxscript for the dynamo exporter), kept outside the project environment:\n"
-            "pip install --target /tmp/torchlib torch==2.13.0, then run with PYTHONPATH=/tmp/torchlib:/tmp/osl"
+            "pip install --target /tmp/torchlib torch==2.13.0, pip install --no-deps --target /tmp/osl onnxscript,\n"
+            "then run with PYTHONPATH=/tmp/torchlib:/tmp/osl"
         ) from None
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the dynamo exporter's notes on torchvision

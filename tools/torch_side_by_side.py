@@ -291,7 +291,8 @@ def main() -> None:
     except ImportError:
         raise SystemExit(
             "this tool needs PyTorch (and onnxscript for the dynamo exporter), kept outside the project environment:\n"
-            "pip install --target /tmp/torchlib torch==2.13.0, then run with PYTHONPATH=/tmp/torchlib:/tmp/osl"
+            "pip install --target /tmp/torchlib torch==2.13.0, pip install --no-deps --target /tmp/osl onnxscript,\n"
+            "then run with PYTHONPATH=/tmp/torchlib:/tmp/osl"
         ) from None
 
     torch.set_num_threads(args.torch_threads)  # 2 OpenMP threads on a busy 2-core machine: 300 ms an MLP step
