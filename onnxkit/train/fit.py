@@ -207,18 +207,7 @@ def fit(
     if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks; a GPU each
         out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
     if resume is not None:
-        run = RunDirectory.existing(resume)
-        if run.read_json().get("status") == "completed" and run.model.is_file():  # said before the data is read
-            raise OnnxkitError(f"the run in {run.path} has already finished; start a new run to train more")
-        config = _config_from_json(run.read_json()["config"])
-        proto = _load_checked(config)
-        if config.data_in_memory and not isinstance(data, Dataset):
-            raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")
-        if config.data_sha256 and sha256(Path(config.data)) != config.data_sha256:
-            raise OnnxkitError(f"{config.data} changed since this run started; resume needs the data the run began "
-                               "with (or start a new run on the new data)")
-        dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
-                   else load_dataset(config.data, seed=config.data_seed, model=proto))
+        run, config, proto, dataset = _resumed(resume, data)
         note = None
     else:
         if model is None:
@@ -284,15 +273,7 @@ def fit(
             raise OnnxkitError(f"learning rate must be positive, got {config.lr}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise OnnxkitError(f"gradient clipping norm must be positive, got {clip_grad_norm}")
-    if adapter is None and config.adapter == LoraAdapter.__name__ and config.adapter_settings:
-        adapter = LoraAdapter.from_settings(config.adapter_settings)  # resume alone continues a LoRA run
-    if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
-        raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
-                           "(onnxkit train: the same --lora-* options next to --resume)")
-    if adapter is not None and config.adapter_settings not in (None, adapter_settings(adapter)):
-        shown = ", ".join(f"{k} {v}" for k, v in config.adapter_settings.items())
-        raise OnnxkitError(f"this run was trained with {config.adapter} ({shown}); resume it with the same settings "
-                           "(onnxkit train: --resume RUN_DIR alone takes them from the run)")
+    adapter = _run_adapter(config, adapter)
     setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
     if note:
         setup.progress.line(note)
@@ -312,6 +293,40 @@ def fit(
             if resume is None and not run.has_checkpoint():
                 run.discard()  # failed before its first checkpoint: nothing in it to resume
             raise
+
+
+def _resumed(
+    resume: str | os.PathLike, data: str | os.PathLike | Dataset | None
+) -> tuple[RunDirectory, TrainConfig, onnx.ModelProto, Dataset]:
+    """The run to resume, its stored config, and the model and data it began with (each checked unchanged)."""
+    run = RunDirectory.existing(resume)
+    if run.read_json().get("status") == "completed" and run.model.is_file():  # said before the data is read
+        raise OnnxkitError(f"the run in {run.path} has already finished; start a new run to train more")
+    config = _config_from_json(run.read_json()["config"])
+    proto = _load_checked(config)
+    if config.data_in_memory and not isinstance(data, Dataset):
+        raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")
+    if config.data_sha256 and sha256(Path(config.data)) != config.data_sha256:
+        raise OnnxkitError(f"{config.data} changed since this run started; resume needs the data the run began "
+                           "with (or start a new run on the new data)")
+    dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
+               else load_dataset(config.data, seed=config.data_seed, model=proto))
+    return run, config, proto, dataset
+
+
+def _run_adapter(config: TrainConfig, adapter: GraphAdapter | None) -> GraphAdapter | None:
+    """The adapter the run trains with: the one given, or on resume the LoRA adapter its settings describe;
+    refused when it is not the one the run was trained with."""
+    if adapter is None and config.adapter == LoraAdapter.__name__ and config.adapter_settings:
+        adapter = LoraAdapter.from_settings(config.adapter_settings)  # resume alone continues a LoRA run
+    if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
+        raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
+                           "(onnxkit train: the same --lora-* options next to --resume)")
+    if adapter is not None and config.adapter_settings not in (None, adapter_settings(adapter)):
+        shown = ", ".join(f"{k} {v}" for k, v in config.adapter_settings.items())
+        raise OnnxkitError(f"this run was trained with {config.adapter} ({shown}); resume it with the same settings "
+                           "(onnxkit train: --resume RUN_DIR alone takes them from the run)")
+    return adapter
 
 
 def _check_arguments(model: Any, data: Any, optimizer: Any, callback: Any, callbacks: Any, *globs: Any) -> None:
@@ -445,7 +460,8 @@ def _on_output(setup: _Setup) -> str:
 
 class _Setup:
     """Everything derived from the config, model and data before training: checked up front,
-    so a bad run is refused before any file is written."""
+    so a bad run is refused before any file is written. `__init__` runs the steps in the order
+    they depend on each other; the notes on the data come last, once it has passed its checks."""
 
     def __init__(
         self,
@@ -460,95 +476,100 @@ class _Setup:
     ) -> None:
         self.run, self.config, self.dataset, self.adapter = run, config, dataset, adapter
         self.threads, self.progress = threads, progress
-        model, notes = trainable_form(model, config.model if config.model_sha256 else "the model")
+        self.cached: dict[str, Any] = {}  # the frozen-feature cut's boundary and seconds, when one is made
+        self._prepare_model_and_backend(model, device)
+        self._choose_output_and_loss()
+        unscaled_note = self._choose_standardization()  # said last, so that an error is the only line
+        self._detect_probabilities()
+        specs = model_inputs(self.model)  # the inputs the data is bound to
+        self._check_splits()
+        self._bind_splits(specs)
+        self._check_fixed_batch(specs)
+        self._size_by_data()
+        self._name_classes()
+        self._select()
+        self._warn_about_weights()
+        self._cache_frozen_features()
+        self._plan_steps()
+        self._choose_monitor()
+        self._say_notes(unscaled_note)
+
+    def _prepare_model_and_backend(self, model: onnx.ModelProto, device: str) -> None:
+        """The model in trainable form (each change said in a line), the backend and its device, the adapter applied."""
+        model, notes = trainable_form(model, self.config.model if self.config.model_sha256 else "the model")
         for note in notes:
-            progress.line(note)
-        self.backend = get_backend(config.backend)
+            self.progress.line(note)
+        self.backend = get_backend(self.config.backend)
         self.device = self.backend.resolve_device(device)
-        self.model = adapter.apply(model) if adapter else model
-        self.cached: dict[str, Any] = {}
-        c = config
+        self.model = self.adapter.apply(model) if self.adapter else model
+
+    def _choose_output_and_loss(self) -> None:
+        """The output the loss reads (its type and shape), the loss, and the task it trains for."""
+        c, labels = self.config, self.dataset.train.labels
         self.output = training_output(self.model, c.output)
         refuse_weights_in_attributes(self.model, self.output)
         self.types = value_types(self.model)
         self.output_vi = output_type(self.types, self.model, self.output)
-        shape = tuple(
+        self.shape = tuple(  # the output's: a number, a name or None per axis
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
             for d in self.output_vi.type.tensor_type.shape.dim
         )
-        task = metadata(self.model).get(TASK_KEY)
-        self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(task, shape, dataset.train.labels)
+        self.named_task = metadata(self.model).get(TASK_KEY)  # the task the model's metadata names, if any
+        self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(self.named_task, self.shape, labels)
         self.loss.check_output(self.output_vi)
-        self.loss = self.loss.along(self.output_vi, dataset.train.labels)  # the class axis of one id per position
+        self.loss = self.loss.along(self.output_vi, labels)  # the class axis of one id per position
         self.task = TASK_OF_LOSS[self.loss.name]
-        regression = self.task == "regression"  # whole-number targets too (a CSV of prices in dollars)
-        unscaled_note = None  # said once the data has passed its checks, so that an error is the only line
-        if config.standardize is None:
-            whole = not (config.freeze or config.train_only or adapter)
-            config.standardize, unscaled_note = self._standardize_unscaled(dataset, whole, regression)
-        if config.standardize:  # (x - mean) / std in front of the inputs: the output and its type stay
-            self.model = self._standardized(self.model, dataset)
+        self.regression = self.task == "regression"  # whole-number targets too (a CSV of prices in dollars)
+
+    def _choose_standardization(self) -> str | None:
+        """Standardise the inputs (and regression targets) when asked, or for standardize=None when the data
+        looks unscaled; the line that says what standardize=None found, if anything."""
+        c, note = self.config, None
+        if c.standardize is None:
+            whole = not (c.freeze or c.train_only or self.adapter)
+            c.standardize, note = self._standardize_unscaled(self.dataset, whole, self.regression)
+        if c.standardize:  # (x - mean) / std in front of the inputs: the output and its type stay
+            self.model = self._standardized(self.model, self.dataset)
             self.types = value_types(self.model)
         self.target = self.model  # the graph the trained weights go back into
-        # a classifier whose output is its Softmax or Sigmoid: the loss and its reports read the logits behind it
-        activation = self.loss.reads_logits_of
-        self.probabilities = bool(activation) and (probability_logits(
-            self.model.graph, self.output, len(shape), opset(self.model), activation, self.loss.axis) is not None or (
-            activation == "Softmax" and sigmoid_pair_logit(self.model.graph, self.output) is not None))
-        specs = model_inputs(self.model)
-        self.target_scale = target_scale(dataset.train.labels) if c.standardize and regression else None
-        classes = shape[self.loss.axis] if self.loss.class_labels and isinstance(shape[self.loss.axis], int) else None
-        for name in SPLIT_NAMES:  # before binding, which casts labels
+        self.target_scale = target_scale(self.dataset.train.labels) if c.standardize and self.regression else None
+        return note
+
+    def _detect_probabilities(self) -> None:
+        """Whether the output is a classifier's Softmax or Sigmoid, whose logits the loss and its reports read."""
+        activation, graph = self.loss.reads_logits_of, self.model.graph
+        self.probabilities = bool(activation) and (
+            probability_logits(graph, self.output, len(self.shape), opset(self.model), activation, self.loss.axis)
+            is not None or (activation == "Softmax" and sigmoid_pair_logit(graph, self.output) is not None))
+
+    def _check_splits(self) -> None:
+        """Refuse non-finite features or targets, and class labels the output cannot score, in every split
+        (before binding, which casts labels)."""
+        dataset, loss, shape = self.dataset, self.loss, self.shape
+        classes = shape[loss.axis] if loss.class_labels and isinstance(shape[loss.axis], int) else None
+        self.num_classes = classes  # cross-entropy's, on its class axis
+        for name in SPLIT_NAMES:
             split = dataset.split(name)
             check_finite(f"{dataset.name}, {name} split", split.inputs)
-            if regression:
+            if self.regression:
                 check_finite(f"{dataset.name}, {name} split", {"labels": split.labels}, role="target array")
             else:
-                ids = split.labels.reshape(-1) if self.loss.class_labels and len(shape) > 2 else split.labels
+                ids = split.labels.reshape(-1) if loss.class_labels and len(shape) > 2 else split.labels
                 check_class_labels(f"{dataset.name}, {name} split", ids, classes, output=self.output,
                                    binary=self.task == "binary", class_names=dataset.label_names)
-        self.splits = {name: self._bind(dataset.split(name), specs, shape) for name in ("train", "validation")}
-        if regression:  # after binding, whose errors about shapes say more
-            check_numeric_targets(dataset.name, dataset.label_names, self.loss.name)
-        if len(self.splits["train"]) == 0:
-            raise OnnxkitError(f"the training split of {dataset.name!r} is empty; give more data")
-        self.fixed = fixed_batch_size(specs)  # such a model runs whole batches only
-        self._check_fixed_batch()
-        sized = sized_by_data(self.model, self.splits.values())  # the data's sequence length, image size
-        if sized is not self.model:
-            self.model, self.types = sized, value_types(sized)
-        self.num_classes = classes  # cross-entropy's, on its class axis
-        self.names = _trained_names(dataset.label_names or label_names(self.model), self.num_classes)
-        self._select()
-        constants = constant_weights(self.model, self.output)
-        if constants:
-            progress.line(f"warning: Constant nodes that layers read as weights stay fixed: only initializers train "
-                          f"({first_few(constants)}); to train them, store them as initializers")
-        folded = folded_batch_norms(self.model, self.selection.trainable)
-        if folded:
-            progress.line(f"warning: PyTorch's exporter folded BatchNorm into the weights of {len(folded)} "
-                          f"layer{'s' if len(folded) > 1 else ''} ({first_few(folded)}): the model trains without "
-                          "BatchNorm (a ResNet on digits: 94.7% where PyTorch trains the module to 98.6%); to keep it, "
-                          "export with torch.onnx.export(..., dynamo=True, optimize=False) or, with dynamo=False, "
-                          "training=torch.onnx.TrainingMode.TRAINING (which keeps Dropout too)")
-        if c.cache_features and not adapter and self.fixed is None:
-            self._cache_frozen_features(shape)
-        batches = self.splits["train"].num_batches(c.batch_size, drop_last=self.fixed is not None)
-        self.steps_per_epoch = -(-batches // c.grad_accumulation)
-        total_steps = c.steps or self.steps_per_epoch * c.epochs
-        self.epochs = c.epochs if not c.steps else math.ceil(c.steps / self.steps_per_epoch)
-        self.schedule = Schedule(c.schedule, c.lr, total_steps, warmup_steps(c.warmup, total_steps))
-        self._choose_monitor()
-        if unscaled_note:
-            progress.line(unscaled_note)
-        if not regression:
-            self._warn_one_class(dataset)
-        elif not (c.loss or task):
-            self._note_two_valued_targets(dataset)
 
-    def _check_fixed_batch(self) -> None:
+    def _bind_splits(self, specs: list) -> None:
+        """The training and validation splits bound to the model's inputs, with the labels the loss takes."""
+        self.splits = {name: self._bind(self.dataset.split(name), specs) for name in ("train", "validation")}
+        if self.regression:  # after binding, whose errors about shapes say more
+            check_numeric_targets(self.dataset.name, self.dataset.label_names, self.loss.name)
+        if len(self.splits["train"]) == 0:
+            raise OnnxkitError(f"the training split of {self.dataset.name!r} is empty; give more data")
+
+    def _check_fixed_batch(self, specs: list) -> None:
         """A model whose inputs fix the batch size trains in whole batches of exactly that size (each
         epoch leaves out its last partial one) and validates in batches of it, the last one padded."""
+        self.fixed = fixed_batch_size(specs)  # such a model runs whole batches only
         fixed, train = self.fixed, len(self.splits["train"])
         if fixed is None:
             return
@@ -559,6 +580,16 @@ class _Setup:
         if train < fixed:
             raise OnnxkitError(f"the model's inputs have a fixed batch size of {fixed}, but the training split has "
                                f"only {train} examples; give more data or {dynamic}")
+
+    def _size_by_data(self) -> None:
+        """The inputs' dynamic sizes past the batch fixed to the data's (its sequence length, image size)."""
+        sized = sized_by_data(self.model, self.splits.values())
+        if sized is not self.model:
+            self.model, self.types = sized, value_types(sized)
+
+    def _name_classes(self) -> None:
+        """The class names the trained model is labelled with: the data's, else the model's."""
+        self.names = _trained_names(self.dataset.label_names or label_names(self.model), self.num_classes)
 
     def _select(self) -> None:
         """What trains; refuses ops without a gradient in the backend and options it cannot run."""
@@ -579,18 +610,26 @@ class _Setup:
         self.trainable_count = sum(params.sizes[n] for n in self.selection.trainable)
         self.frozen_count = sum(params.sizes[n] for n in self.selection.frozen)
 
-    def _choose_monitor(self) -> None:
-        has_val = len(self.splits["validation"]) > 0
-        self.monitor = self.config.monitor or ("val_loss" if has_val else "train_loss")
-        if self.monitor not in MONITORS:
-            raise OnnxkitError(f"unknown metric to monitor {self.monitor!r}; choose from {', '.join(MONITORS)}")
-        if self.monitor.startswith("val_") and not has_val:
-            raise OnnxkitError(f"cannot monitor {self.monitor}: the validation split is empty")
-        if self.monitor in ("val_accuracy", "val_macro_f1") and self.task == "regression":
-            raise OnnxkitError(f"{self.monitor} needs a classification loss; monitor val_loss instead")
+    def _warn_about_weights(self) -> None:
+        """A warning for weights that cannot train as the model was exported: Constant nodes, folded BatchNorms."""
+        progress = self.progress
+        constants = constant_weights(self.model, self.output)
+        if constants:
+            progress.line(f"warning: Constant nodes that layers read as weights stay fixed: only initializers train "
+                          f"({first_few(constants)}); to train them, store them as initializers")
+        folded = folded_batch_norms(self.model, self.selection.trainable)
+        if folded:
+            progress.line(f"warning: PyTorch's exporter folded BatchNorm into the weights of {len(folded)} "
+                          f"layer{'s' if len(folded) > 1 else ''} ({first_few(folded)}): the model trains without "
+                          "BatchNorm (a ResNet on digits: 94.7% where PyTorch trains the module to 98.6%); to keep it, "
+                          "export with torch.onnx.export(..., dynamo=True, optimize=False) or, with dynamo=False, "
+                          "training=torch.onnx.TrainingMode.TRAINING (which keeps Dropout too)")
 
-    def _cache_frozen_features(self, shape: tuple) -> None:
-        """Train only the graph after the frozen part, on that part's output computed once."""
+    def _cache_frozen_features(self) -> None:
+        """With cache_features (no adapter, no fixed batch size): train only the graph after the frozen part,
+        on that part's output computed once."""
+        if not self.config.cache_features or self.adapter or self.fixed is not None:
+            return
         trained = [*self.selection.trainable, *self.selection.updated_buffers]
         rows = sum(len(s) for s in self.splits.values())
         split = cut(self.model, self.output, trained, self.types, rows)
@@ -602,12 +641,42 @@ class _Setup:
         run = self.backend.inference(split.prefix, device=self.device, threads=self.threads)
         cached = {name: features(split.prefix, self.dataset.split(name), run, batch) for name in self.splits}
         self.model, self.types = split.head, value_types(split.head)
-        self.splits = {name: self._bind(s, model_inputs(split.head), shape) for name, s in cached.items()}
+        self.splits = {name: self._bind(s, model_inputs(split.head)) for name, s in cached.items()}
         self.cached = {"boundary": split.boundary, "seconds": round(time.perf_counter() - started, 2)}
 
-    def _bind(self, split: Split, specs: list, shape: tuple) -> Split:
+    def _plan_steps(self) -> None:
+        """Optimizer steps per epoch, the number of epochs, and the learning-rate schedule over all steps."""
+        c = self.config
+        batches = self.splits["train"].num_batches(c.batch_size, drop_last=self.fixed is not None)
+        self.steps_per_epoch = -(-batches // c.grad_accumulation)
+        total_steps = c.steps or self.steps_per_epoch * c.epochs
+        self.epochs = c.epochs if not c.steps else math.ceil(c.steps / self.steps_per_epoch)
+        self.schedule = Schedule(c.schedule, c.lr, total_steps, warmup_steps(c.warmup, total_steps))
+
+    def _choose_monitor(self) -> None:
+        """The metric that picks the best epoch (and stops early): refused when the run cannot report it."""
+        has_val = len(self.splits["validation"]) > 0
+        self.monitor = self.config.monitor or ("val_loss" if has_val else "train_loss")
+        if self.monitor not in MONITORS:
+            raise OnnxkitError(f"unknown metric to monitor {self.monitor!r}; choose from {', '.join(MONITORS)}")
+        if self.monitor.startswith("val_") and not has_val:
+            raise OnnxkitError(f"cannot monitor {self.monitor}: the validation split is empty")
+        if self.monitor in ("val_accuracy", "val_macro_f1") and self.task == "regression":
+            raise OnnxkitError(f"{self.monitor} needs a classification loss; monitor val_loss instead")
+
+    def _say_notes(self, unscaled_note: str | None) -> None:
+        """The lines about the data (unscaled, one class, two-valued targets), once it has passed every check."""
+        if unscaled_note:
+            self.progress.line(unscaled_note)
+        if not self.regression:
+            self._warn_one_class(self.dataset)
+        elif not (self.config.loss or self.named_task):
+            self._note_two_valued_targets(self.dataset)
+
+    def _bind(self, split: Split, specs: list) -> Split:
+        """`split` fed as the inputs `specs` take, with the labels the loss takes."""
         bound = split.feeds_for(specs)  # a new split of the same class (text splits keep padding per batch)
-        bound.labels = self.loss.labels_for(self.targets(split.labels), shape)
+        bound.labels = self.loss.labels_for(self.targets(split.labels), self.shape)
         return bound
 
     def targets(self, labels: np.ndarray) -> np.ndarray:
