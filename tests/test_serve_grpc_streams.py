@@ -1,7 +1,9 @@
-"""gRPC streams against the call cap: idle streams end, and give way to new calls; busy ones never do.
+"""gRPC calls against the call cap: idle streams end, and give way to new calls; busy ones never do; a unary call
+whose request message does not arrive within the body timeout is ended, and its place freed.
 
 The gRPC service runs in-process here (on an event loop in a thread, as `onnxkit serve` runs it beside HTTP), with
-sub-second `Limits`, and real clients call it: tritonclient.grpc and grpc's own channels.
+sub-second `Limits`, and real clients call it: tritonclient.grpc, grpc's own channels, and raw HTTP/2 (h2) for
+what no gRPC library sends.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from onnxkit import runtime, zoo
@@ -31,6 +37,7 @@ from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.repository import Repository
 
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+SERVED: dict[str, dict] = {}  # host:port -> what `serving` started there (its service, for the metrics)
 UNLIMITED = [("grpc.max_receive_message_length", -1)]
 
 
@@ -66,8 +73,9 @@ def serving(model: runtime.Model, **limits: float) -> Iterator[str]:
             probe.bind(("127.0.0.1", 0))
             address = f"127.0.0.1:{probe.getsockname()[1]}"
         service = Sleepy(repository, metrics, lambda: True)
-        parts.update(repository=repository, address=address,
+        parts.update(repository=repository, address=address, service=service,
                      server=await grpc_service.start_server(address, service, Limits(**limits)))  # fmt: skip
+        SERVED[address] = parts
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -87,6 +95,7 @@ def serving(model: runtime.Model, **limits: float) -> Iterator[str]:
     try:
         yield parts["address"]
     finally:
+        SERVED.pop(parts["address"], None)
         asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
@@ -273,3 +282,253 @@ def test_cli_flag_sets_the_stream_idle_timeout(run_cli, monkeypatch, tmp_path):
     assert seen["limits"].stream_idle_timeout == 300
     result = run_cli("serve", tmp_path / "m.onnx", "--stream-idle-timeout", "0")
     assert result.code == 2 and "--stream-idle-timeout" in result.err
+
+
+class RawCalls:
+    """gRPC calls made by hand on one raw HTTP/2 connection (h2): what a slowloris client sends, which no gRPC
+    library will (HEADERS and then no message, or one a byte at a time). `ended` maps each call that the server
+    ended to (its status and message, when the end came)."""
+
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self._flush()
+        self.headers: dict[int, dict[str, str]] = {}
+        self.data: dict[int, bytes] = {}
+        self.ended: dict[int, tuple[str, str, float]] = {}
+
+    def start(self, method: str, end: bool = False) -> int:
+        """Open a call of `method` (its HEADERS only; `end`: and the end of the client's side, no message)."""
+        call = self.conn.get_next_available_stream_id()
+        path = f"/inference.GRPCInferenceService/{method}"
+        self.conn.send_headers(call, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                                      (":authority", "onnxkit"), ("content-type", "application/grpc"),
+                                      ("te", "trailers")], end_stream=end)  # fmt: skip
+        self.headers[call], self.data[call] = {}, b""
+        self._flush()
+        return call
+
+    def send(self, call: int, data: bytes, end: bool = False) -> bool:
+        """Send bytes of the call's request (framed by `framed`); False once the server has ended the call."""
+        if call in self.ended:
+            return False
+        try:
+            self.conn.send_data(call, data, end_stream=end)
+        except h2.exceptions.StreamClosedError:
+            return False
+        self._flush()
+        return True
+
+    def wait(self, calls: list[int], seconds: float) -> None:
+        """Read what the server sends until it has ended every one of `calls`, or for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while not all(call in self.ended for call in calls) and time.monotonic() < deadline:
+            self.poll(deadline - time.monotonic())
+
+    def poll(self, seconds: float) -> None:
+        """Read what the server sends for up to `seconds` (less once something came)."""
+        self.sock.settimeout(max(seconds, 0.001))
+        try:
+            received = self.sock.recv(1 << 16)
+        except TimeoutError:
+            return
+        assert received, "the server closed the connection"
+        for event in self.conn.receive_data(received):
+            call = getattr(event, "stream_id", 0)
+            if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                self.headers[call].update(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                self.data[call] += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, call)
+            if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)) and call not in self.ended:
+                headers = self.headers[call]
+                self.ended[call] = (headers.get("grpc-status", "reset"), headers.get("grpc-message", ""),
+                                    time.monotonic())  # fmt: skip
+        self._flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+
+def framed(request) -> bytes:
+    """A gRPC message on the wire: not compressed, its length, its bytes."""
+    data = request.SerializeToString()
+    return b"\0" + len(data).to_bytes(4, "big") + data
+
+
+def digits_request(rows: int = 1) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="x", datatype="FP32", shape=[rows, 64])
+    request.raw_input_contents.append(np.full((rows, 64), 0.5, np.float32).tobytes())
+    return request
+
+
+def grpc_counts(address: str, endpoint: str = "grpc.ModelInfer") -> dict[tuple[str, int], int]:
+    """The calls the server counted for its metrics: (model, status) -> how many."""
+    requests = SERVED[address]["service"].metrics.requests
+    return {(model, status): n for (name, model, status), n in requests.items() if name == endpoint}
+
+
+DEADLINE_EXCEEDED = str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+LATE = "the request message did not arrive within {:g} s (the server's --body-timeout)"
+
+
+@pytest.mark.parametrize("sending", ["nothing", "part of it", "a byte at a time"])
+def test_a_unary_call_whose_request_does_not_arrive_in_the_body_timeout_is_ended(digits, sending):
+    # before: grpc read a unary call's request before any of onnxkit's code ran, for as long as the client liked, so
+    # such a call was never ended and held its place under the call cap until the client left
+    timeout = 0.4
+    with serving(digits, body_timeout=timeout) as address:
+        raw = RawCalls(address)
+        try:
+            start = time.monotonic()
+            call = raw.start("ModelInfer")
+            message = framed(digits_request())
+            if sending == "part of it":
+                raw.send(call, message[:100])
+            while sending == "a byte at a time" and raw.send(call, message[:1]):  # 10 bytes a second: 80 s in all
+                message = message[1:]
+                raw.wait([call], 0.1)
+            raw.wait([call], 5)
+            assert call in raw.ended, "the server did not end the call"
+            status, details, ended = raw.ended[call]
+            assert (status, details) == (DEADLINE_EXCEEDED, LATE.format(timeout))
+            assert timeout * 0.9 <= ended - start < timeout + 2
+        finally:
+            raw.close()
+        wait_for(lambda: grpc_counts(address) == {("", 408): 1}, 3)  # counted once the status is sent
+
+
+def test_unary_calls_without_their_request_fill_the_cap_only_until_the_body_timeout(digits):
+    # before: 4 such calls held the 4 places for as long as their client stayed, and every other gRPC call got
+    # RESOURCE_EXHAUSTED: a slowloris on the gRPC port
+    timeout = 1.0
+    with serving(digits, max_connections=4, body_timeout=timeout) as address:
+        raw = RawCalls(address)
+        caller = triton_grpc.InferenceServerClient(address)
+        try:
+            start = time.monotonic()
+            calls = [raw.start(method) for method in ("ModelInfer", "ModelInfer", "ServerReady", "ModelMetadata")]
+            refused = None
+            while refused is None and time.monotonic() - start < timeout * 0.8:  # once grpc has handed all 4 over
+                try:
+                    caller.infer("digits", digits_input())
+                except InferenceServerException as e:
+                    refused = e
+            assert refused is not None and refused.status() == "StatusCode.RESOURCE_EXHAUSTED", refused
+            assert "--max-connections" in refused.message()
+            while True:  # served as soon as the body timeout ends the 4 calls and frees their places
+                try:
+                    result = caller.infer("digits", digits_input(2))
+                    break
+                except InferenceServerException as e:
+                    assert e.status() == "StatusCode.RESOURCE_EXHAUSTED" and time.monotonic() - start < timeout + 3
+                    time.sleep(0.02)
+            served = time.monotonic()
+            assert served - start >= timeout * 0.9
+            np.testing.assert_allclose(result.as_numpy("logits"), digits.predict(np.full((2, 64), 0.5, np.float32))
+                                       ["logits"], rtol=1e-6, atol=1e-6)  # fmt: skip
+            raw.wait(calls, 5)
+            assert [raw.ended[call][:2] for call in calls] == [(DEADLINE_EXCEEDED, LATE.format(timeout))] * 4
+            assert max(raw.ended[call][2] for call in calls) < served + 0.5
+            assert caller.is_server_ready()
+        finally:
+            raw.close()
+            caller.close()
+
+
+def test_a_request_sent_slowly_but_whole_within_the_body_timeout_is_served(digits):
+    timeout = 1.0
+    with serving(digits, body_timeout=timeout) as address:
+        raw = RawCalls(address)
+        try:
+            start = time.monotonic()
+            call = raw.start("ModelInfer")
+            message = framed(digits_request(2))
+            pieces = [message[i : i + len(message) // 7 + 1] for i in range(0, len(message), len(message) // 7 + 1)]
+            for i, piece in enumerate(pieces):  # 8 pieces 0.08 s apart
+                time.sleep(0.08)
+                assert raw.send(call, piece, end=i == len(pieces) - 1)
+            raw.wait([call], 5)
+            assert time.monotonic() - start > 0.5
+            assert raw.ended[call][:2] == ("0", "")
+            data = raw.data[call]
+            assert int.from_bytes(data[1:5], "big") == len(data) - 5
+            reply = service_pb2.ModelInferResponse.FromString(data[5:])
+            logits = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(2, 10)
+            np.testing.assert_allclose(logits, digits.predict(np.full((2, 64), 0.5, np.float32))["logits"],
+                                       rtol=1e-6, atol=1e-6)  # fmt: skip
+        finally:
+            raw.close()
+        assert grpc_counts(address) == {("digits", 200): 1}
+
+
+def test_real_clients_see_no_change_and_only_the_request_is_timed(digits):
+    # every unary RPC is registered as stream-unary now: the same frames on the wire, as grpc's unary calls and
+    # tritonclient make them; a call whose answer takes 3 body timeouts is served (the timeout is the request's)
+    timeout = 0.3
+    with serving(digits, body_timeout=timeout) as address:
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+            assert not client.is_model_ready("digitz")
+            assert client.get_server_metadata().name == "onnxkit"
+            assert client.get_model_metadata("digits").inputs[0].name == "x"
+            assert client.get_model_config("digits").config.name == "digits"
+            assert client.get_model_repository_index().models[0].name == "digits"
+            result = client.infer("digits", digits_input(3))
+            np.testing.assert_allclose(result.as_numpy("logits"), digits.predict(np.full((3, 64), 0.5, np.float32))
+                                       ["logits"], rtol=1e-6, atol=1e-6)  # fmt: skip
+            statistics = client.get_inference_statistics("digits").model_stats[0]
+            assert statistics.inference_stats.success.count == 1
+            with pytest.raises(InferenceServerException) as missing:
+                client.infer("digitz", digits_input())
+            assert missing.value.status() == "StatusCode.NOT_FOUND"
+            slow = client.infer("sleep", [], request_id=f"{3 * timeout:g}")
+            assert slow.get_response().id == f"{3 * timeout:g}"
+        finally:
+            client.close()
+        with grpc.insecure_channel(address) as channel:  # the stub generated from the V2 proto, and a plain call
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=5).live
+            reply = stub.ModelInfer(digits_request(), timeout=5)
+            assert reply.model_name == "digits" and list(reply.outputs[0].shape) == [1, 10]
+            with pytest.raises(grpc.RpcError) as bad:
+                channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff", timeout=5)
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid inference.ModelInferRequest" in bad.value.details()
+            ready = channel.unary_unary("/inference.GRPCInferenceService/ServerReady",
+                                        response_deserializer=service_pb2.ServerReadyResponse.FromString)  # fmt: skip
+            assert ready(b"", timeout=5).ready  # an empty message is a message
+        counted = {("digits", 200): 2, ("", 404): 1, ("", 200): 1, ("", 400): 1}  # 'sleep' counts under ""
+        wait_for(lambda: grpc_counts(address) == counted, 3)
+
+
+def test_a_call_that_ends_with_no_request_message(digits):
+    # a client that ends its side with no message gets INVALID_ARGUMENT at once (before: no answer at all); one
+    # whose message is over max_body_bytes gets grpc's own RESOURCE_EXHAUSTED, as before, counted as 499
+    with serving(digits, max_body_bytes=1000, body_timeout=5) as address:
+        raw = RawCalls(address)
+        try:
+            start = time.monotonic()
+            call = raw.start("ServerReady", end=True)
+            raw.wait([call], 3)
+            status, details, ended = raw.ended[call]
+            assert status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]) and "no request message" in details
+            assert ended - start < 2
+        finally:
+            raw.close()
+        with grpc.insecure_channel(address) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as big:
+                stub.ModelInfer(digits_request(4), timeout=5)  # 1 KB of input
+            assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "larger than max" in big.value.details()
+            assert stub.ModelInfer(digits_request(2), timeout=5).model_name == "digits"
+        wait_for(lambda: grpc_counts(address) == {("", 499): 1, ("digits", 200): 1}, 3)
+        wait_for(lambda: grpc_counts(address, "grpc.ServerReady") == {("", 400): 1}, 3)

@@ -27,8 +27,9 @@ from onnxkit.serve.limits import DEFAULT_LIMITS, Limits
 @click.option("--header-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.header_timeout, show_default=True,
               help="Seconds for a request's head to arrive; the connection is closed after that.")
 @click.option("--body-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.body_timeout, show_default=True,
-              help="Seconds for a request's whole body to arrive after its head (408 past it), and for a "
-                   "client to go on reading its answer (dropped past it).")
+              help="Seconds for a request's whole body to arrive after its head (408 past it; a gRPC call's "
+                   "request message: DEADLINE_EXCEEDED), and for a client to go on reading its answer (dropped "
+                   "past it).")
 @click.option("--keep-alive", type=options.POSITIVE, default=DEFAULT_LIMITS.keep_alive_timeout, show_default=True,
               help="Seconds an idle connection is kept open between requests.")
 @click.option("--stream-idle-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.stream_idle_timeout,

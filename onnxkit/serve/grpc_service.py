@@ -6,7 +6,8 @@ HTTP status. With a key, every RPC but ServerLive and ServerReady needs the meta
 `authorization: Bearer KEY`. ModelStreamInfer runs each request of a stream as it arrives (so the
 batcher sees them together) and answers in the order asked; a refused request gets an answer
 with its `error_message`, and the stream goes on.
-Calls in progress are capped, and idle streams give way to new calls (`CallRoom`).
+Calls in progress are capped, and idle streams give way to new calls (`CallRoom`); a unary call whose
+request message has not arrived within the body timeout is ended (`_one_request`).
 Inputs come as typed `contents` or as `raw_input_contents` (the binary extension's layout);
 outputs always go back as `raw_output_contents`, which is what V2 clients read first.
 
@@ -36,7 +37,7 @@ from onnxkit.runtime.text import carries_tokenizer
 from onnxkit.serve import binary, inference, protocol
 from onnxkit.serve.auth import authorized
 from onnxkit.serve.errors import RequestError
-from onnxkit.serve.limits import CLIENT_CLOSED, Limits
+from onnxkit.serve.limits import CLIENT_CLOSED, DEFAULT_LIMITS, Limits
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import InferRequest
 from onnxkit.serve.repository import Repository
@@ -191,17 +192,18 @@ class InferenceService:
         await self.repository.unload(request.model_name)
         return message("RepositoryModelUnloadResponse")()
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler for every RPC of v2_grpc.proto, each metered like an HTTP endpoint."""
+    def handler(self, body_timeout: float = DEFAULT_LIMITS.body_timeout) -> grpc.GenericRpcHandler:
+        """The generic handler for every RPC of v2_grpc.proto, each metered like an HTTP endpoint; the request
+        message of a unary RPC must arrive within `body_timeout` seconds of the call (`_one_request`)."""
         methods = {}
         for method in _pool.FindServiceByName(SERVICE).methods:
-            streamed = method.client_streaming
-            make = grpc.stream_stream_rpc_method_handler if streamed else grpc.unary_unary_rpc_method_handler
-            methods[method.name] = make(
-                self._stream if streamed else self._metered(method.name, getattr(self, method.name)),
-                request_deserializer=_parser(method.input_type.full_name),
-                response_serializer=MESSAGES[method.output_type.full_name].SerializeToString,
-            )
+            parse = _parser(method.input_type.full_name)
+            serialize = MESSAGES[method.output_type.full_name].SerializeToString
+            if method.client_streaming:
+                methods[method.name] = grpc.stream_stream_rpc_method_handler(self._stream, parse, serialize)
+            else:  # read by onnxkit, not grpc: see _one_request
+                handle = self._metered(method.name, getattr(self, method.name), body_timeout)
+                methods[method.name] = grpc.stream_unary_rpc_method_handler(handle, parse, serialize)
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     async def _stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -268,15 +270,21 @@ class InferenceService:
         return authorized(None if given is None else str(given).encode(), self.api_key)
 
     def _metered(
-        self, name: str, call: Callable[[Any], Awaitable[Any]]
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        self, name: str, call: Callable[[Any], Awaitable[Any]], body_timeout: float
+    ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[Any]]:
+        """Unary RPC `name` as grpc calls it (stream-unary: `_one_request`): the key checked before the request is
+        read (a call without it is refused at once), the request read within `body_timeout`, a refusal sent as its
+        gRPC status, the call counted in the metrics."""
         endpoint = f"grpc.{name}"
 
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start, status = time.perf_counter(), 500
+        async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            request, status = None, 500
+            start = time.perf_counter()
             try:
                 if not self._authorized(name, context):
                     raise RequestError(401, NEEDS_KEY)
+                request = await _one_request(context, body_timeout)
+                start = time.perf_counter()  # infer latency counts from the request received, as before
                 _check_parsed(request)
                 reply = await call(request)
                 status = 200
@@ -284,6 +292,13 @@ class InferenceService:
             except RequestError as e:
                 status = e.status
                 await context.abort(status_code(e.status), str(e))
+            except _NoRequest:
+                status = 400
+                try:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NoRequest.reason)
+                except grpc.aio.InternalError:  # grpc had ended the call: nobody to answer
+                    status = CLIENT_CLOSED
+                    raise asyncio.CancelledError from None
             except asyncio.CancelledError:  # the client cancelled, or its deadline passed: not a server error
                 status = CLIENT_CLOSED
                 raise
@@ -298,6 +313,47 @@ class InferenceService:
                 self.metrics.record_request(endpoint, model, status, seconds)
 
         return handle
+
+
+class _NoRequest(Exception):
+    """A unary call that ended before its request message came: its client ended its side with none (answered
+    INVALID_ARGUMENT), or grpc ended the call (the client cancelled, its deadline passed, or its message was over
+    max_receive_message_length, which grpc answers itself with RESOURCE_EXHAUSTED; counted as 499, as a client
+    that left). Registered as unary, such a call got no answer at all, and was not counted."""
+
+    reason = "the call ended with no request message; send one"
+
+
+async def _one_request(context: grpc.aio.ServicerContext, body_timeout: float) -> Any:
+    """The request message of a unary call, which must arrive whole within `body_timeout` seconds of the call;
+    RequestError(408) if it does not.
+
+    Registered as unary, the call's message was read by grpc before any of onnxkit's code ran, for as long as the
+    client liked: a client that sent a call's HEADERS and then no message (or a byte a minute) held a place under
+    CallRoom's cap until it left, and `max_connections` such calls locked every other gRPC caller out, as a
+    slowloris; the HTTP side has had `body_timeout` for the same. So every unary RPC is registered as stream-unary
+    and reads its one message here. On the wire the two are the same (HEADERS, one length-prefixed message,
+    END_STREAM; one answer and the status), so clients that call them as unary see no difference, and grpc still
+    holds the message to max_receive_message_length. As with grpc's own unary handling, what follows the message
+    is not waited for: reading on to the end of the client's side, to refuse a second message, cost a round trip
+    through grpc's completion queue on every call (+11% on a digits-mlp ModelInfer, +25% on ServerReady), for
+    clients that do not exist.
+
+    A late message is answered with DEADLINE_EXCEEDED, saying it was the server's --body-timeout: the HTTP side
+    answers a late body with 408 Request Timeout, which `_STATUS` maps to it, and a deadline is what expired; not
+    UNAVAILABLE (a retry would be as slow, and is what gRPC's retry policies retry), CANCELLED (read as the client's
+    own cancellation) or RESOURCE_EXHAUSTED (read as the cap, which the call was under).
+    """
+    try:
+        async with asyncio.timeout(body_timeout):
+            request = await context.read()
+    except TimeoutError:
+        raise RequestError(
+            408, f"the request message did not arrive within {body_timeout:g} s (the server's --body-timeout)"
+        ) from None
+    if request is grpc.aio.EOF:
+        raise _NoRequest
+    return request
 
 
 class _Call:
@@ -390,7 +446,9 @@ class CallRoom(grpc.aio.ServerInterceptor):
       as the client's own cancellation;
     - at the cap, a new call ends the stream idle longest (UNAVAILABLE, saying why) if it has been idle for at
       least `stream_grace`, and takes its place; only when no stream is idle that long is it refused, with
-      RESOURCE_EXHAUSTED and before its request is read. Calls in use are never ended.
+      RESOURCE_EXHAUSTED and before its request is read. Calls in use are never ended;
+    - a unary call whose request message has not arrived whole within `body_timeout` of its admission is ended
+      with DEADLINE_EXCEEDED (`_one_request`), so calls that never send theirs hold places no longer than that.
     """
 
     def __init__(self, limits: Limits) -> None:
@@ -466,7 +524,7 @@ async def start_server(address: str, service: InferenceService, limits: Limits) 
         ("grpc.server_handshake_timeout_ms", round(limits.header_timeout * 1000)),
     ]
     server = grpc.aio.server(options=options, interceptors=[CallRoom(limits)])
-    server.add_generic_rpc_handlers([service.handler()])
+    server.add_generic_rpc_handlers([service.handler(limits.body_timeout)])
     try:
         if server.add_insecure_port(address) == 0:  # grpc before 1.50 said so rather than raising RuntimeError
             raise RuntimeError("no port bound")

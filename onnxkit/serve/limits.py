@@ -47,7 +47,10 @@ Where each one is enforced, and why there:
 - **Queued requests** per model: the batcher refuses past `max_queue` with 503 and
   `Retry-After` (`onnxkit.serve.batcher`).
 - **gRPC** calls in progress (`max_connections`, a stream counting one) and idle streams
-  (`stream_idle_timeout`, `stream_grace`): `onnxkit.serve.grpc_service.CallRoom`.
+  (`stream_idle_timeout`, `stream_grace`): `onnxkit.serve.grpc_service.CallRoom`. A unary call's
+  request message must arrive whole `body_timeout` after the call's HEADERS, or the call is ended
+  with DEADLINE_EXCEEDED and its place freed (`grpc_service._one_request`): grpc itself would wait
+  for it for as long as the client liked, before any of onnxkit's code ran.
 """
 
 from __future__ import annotations
