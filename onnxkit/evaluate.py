@@ -46,11 +46,13 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray, axis: int = -1) -> flo
     `axis` of more dims ([N, C, H, W] against [N, H, W]), the mean over every position, as PyTorch's."""
     if logits.ndim > 2:
         logits, labels = positions_as_rows(logits, labels, axis)
-    z = logits.astype(np.float64)
-    top = np.maximum.reduce(z, axis=-1)  # ufunc reductions, not ndarray.max / np.mean, whose Python
+    # class-major [C, N]: numpy reduces a few classes of many rows in whole vectors, but runs a short loop per row
+    # over the classes of [N, C] (359 x 10: 42 -> 21 us); ufunc reductions, not ndarray.max / np.mean, whose Python
     # wrappers ran ~60 us each in a training loop's validation, between ONNX Runtime runs (205 -> 161 us)
-    log_sum = np.log(np.add.reduce(np.exp(z - top[:, None]), axis=-1)) + top
-    return float(np.add.reduce(log_sum - z[np.arange(len(labels)), labels.astype(np.int64)]) / len(labels))
+    z = logits.T.astype(np.float64, order="C")
+    top = np.maximum.reduce(z, axis=0)
+    log_sum = np.log(np.add.reduce(np.exp(z - top), axis=0)) + top
+    return float(np.add.reduce(log_sum - z[labels.astype(np.int64), np.arange(len(labels))]) / len(labels))
 
 
 def positions_as_rows(scores: np.ndarray, labels: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,8 @@ On the README recipe (40 epochs, batch 128, AdamW at lr 0.01, cosine schedule, 5
 for digits-cnn (digits-images) and digits-mlp (digits), each round runs two sides, each in a
 fresh process (so `fit` pays its lazy imports, as a command does):
 
-- raw: a session from `open_training` (built the way `fit` builds it), then per epoch the
+- raw: a session from `open_training` (built the way `fit` builds it; its calls wrapped by the
+  same timers as the fit side's, so both walls carry their cost), then per epoch the
   batches `fit` draws, `session.train_step` + `session.optimizer_step(lr)` with the learning
   rate of the same schedule (timed: "raw steps"), and `session.eval_step` over the validation
   batches (timed apart: "validation");
@@ -65,6 +66,7 @@ def raw_side(name: str, work: Path) -> dict[str, float]:
     total = epochs * len(per_epoch[0])
     schedule = Schedule(RECIPE["schedule"], RECIPE["lr"], total, warmup_steps(RECIPE["warmup"], total))
     session = open_training(model, work / "raw")
+    timed_calls(session, {"train_step": 0.0, "optimizer_step": 0.0, "eval_step": 0.0})  # as the fit side's are
     steps = validating = 0.0
     step = 0
     watch = _OtherProcesses()
@@ -95,19 +97,8 @@ def fit_side(name: str, work: Path) -> dict[str, float]:
             self.inside = {"train_step": 0.0, "optimizer_step": 0.0, "eval_step": 0.0}
 
         def on_train_begin(self, trainer) -> None:  # type: ignore[no-untyped-def]
-            for method in self.inside:
-                setattr(trainer.session, method, self._timed(method, getattr(trainer.session, method)))
+            timed_calls(trainer.session, self.inside)
             self.start = time.perf_counter()
-
-        def _timed(self, method, call):  # type: ignore[no-untyped-def]
-            def timed(*args):  # type: ignore[no-untyped-def]
-                start = time.perf_counter()
-                try:
-                    return call(*args)
-                finally:
-                    self.inside[method] += time.perf_counter() - start
-
-            return timed
 
         def on_epoch_end(self, trainer, record) -> None:  # type: ignore[no-untyped-def]
             self.seconds = time.perf_counter() - self.start  # after the built-in callbacks' epoch ends
@@ -118,6 +109,24 @@ def fit_side(name: str, work: Path) -> dict[str, float]:
     inside = watch.inside
     return {"fit": time.perf_counter() - start, "loop": watch.seconds, "others_fit": others.share(),
             "inside_steps": inside["train_step"] + inside["optimizer_step"], "inside_validation": inside["eval_step"]}
+
+
+def timed_calls(session, inside: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    """Wrap each of the session's methods named in `inside` so that its calls add their seconds there. Both sides
+    wrap theirs, so each side's wall time carries the wrappers' cost alike (~1 us a call, 800 calls a fit)."""
+
+    def timed(method, call):  # type: ignore[no-untyped-def]
+        def timed_call(*args):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            try:
+                return call(*args)
+            finally:
+                inside[method] += time.perf_counter() - start
+
+        return timed_call
+
+    for method in inside:
+        setattr(session, method, timed(method, getattr(session, method)))
 
 
 class _OtherProcesses:
