@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto
 
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
 from onnxkit.data.split import Dataset, Split, model_inputs
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import sha256
+from onnxkit.graph_walks import label_then_scores
 from onnxkit.metadata import metadata
 from onnxkit.metadata_keys import OUTPUT_KEY, TASK_KEY, TRAINING_KEY
 
@@ -291,29 +291,11 @@ def label_names(model) -> list[str] | None:  # type: ignore[no-untyped-def]
     return model_class_names(model)
 
 
-def sklearn_probabilities(model: Any) -> str | None:
-    """The probabilities output of a classifier laid out as skl2onnx converts scikit-learn's: first the
-    predicted label ([N] integers or strings), then the probabilities, a [N, classes] float tensor or
-    a sequence of {class: probability} maps (ZipMap), in a graph that uses ai.onnx.ml (as skl2onnx's do:
-    ZipMap, ArrayFeatureExtractor, LinearClassifier); None for other layouts, such as a PyTorch model
-    returning (logits.argmax(1), logits)."""
-    outputs = model.graph.output
-    if len(outputs) < 2 or not any(o.domain == "ai.onnx.ml" for o in model.opset_import):
-        return None
-    label, second = outputs[0].type, outputs[1].type
-    if label.tensor_type.elem_type not in (TensorProto.INT64, TensorProto.STRING) or \
-            len(label.tensor_type.shape.dim) != 1:
-        return None
-    if second.sequence_type.elem_type.HasField("map_type") or (
-            second.tensor_type.elem_type == TensorProto.FLOAT and len(second.tensor_type.shape.dim) == 2):
-        return outputs[1].name
-    return None
-
-
 def scored_output(model: Any) -> str:
     """The output that holds a model's scores: the one training fit (metadata `onnxkit.output`), else
-    a scikit-learn classifier's probabilities, else the first."""
-    return metadata(model).get(OUTPUT_KEY) or sklearn_probabilities(model) or model.graph.output[0].name
+    for a classifier whose first output is its label the scores beside it (`label_then_scores`), else the first."""
+    layout = label_then_scores(model)
+    return metadata(model).get(OUTPUT_KEY) or (layout[0] if layout else model.graph.output[0].name)
 
 
 def _rows(result: Any) -> np.ndarray:
@@ -427,7 +409,8 @@ def evaluate(
     if not isinstance(split, Split):
         raise TypeError(f"split must be a Split or a split name, not {type(split).__name__}; make data from arrays "
                         "with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
-    given_probabilities = sklearn_probabilities(proto)
+    layout = label_then_scores(proto)
+    given_probabilities = layout[0] if layout and layout[1] else None
     name = output or scored_output(proto)
     source = model if isinstance(model, str | os.PathLike) else None  # errors name the file
     result = model_outputs(proto, split, name, batch_size=batch_size, providers=providers, source=source)

@@ -231,6 +231,51 @@ def sigmoid_pair_logit(graph: onnx.GraphProto, output: str) -> str | None:
     return sigmoid.input[0] if axis in (-1, 1) else None
 
 
+def sklearn_probabilities(model: onnx.ModelProto) -> str | None:
+    """The probabilities output of a classifier laid out as skl2onnx converts scikit-learn's: first the
+    predicted label ([N] integers or strings), then the probabilities, a [N, classes] float tensor or
+    a sequence of {class: probability} maps (ZipMap), in a graph that uses ai.onnx.ml (as skl2onnx's do:
+    ZipMap, ArrayFeatureExtractor, LinearClassifier); None for other layouts, such as a PyTorch model
+    returning (logits.argmax(1), logits)."""
+    outputs = model.graph.output
+    if len(outputs) < 2 or not any(o.domain == "ai.onnx.ml" for o in model.opset_import):
+        return None
+    label, second = outputs[0].type, outputs[1].type
+    if label.tensor_type.elem_type not in (TensorProto.INT64, TensorProto.STRING) or \
+            len(label.tensor_type.shape.dim) != 1:
+        return None
+    if second.sequence_type.elem_type.HasField("map_type") or (
+            second.tensor_type.elem_type == TensorProto.FLOAT and len(second.tensor_type.shape.dim) == 2):
+        return outputs[1].name
+    return None
+
+
+def argmax_of(model: onnx.ModelProto, name: str) -> str | None:
+    """The graph output whose ArgMax over its last axis output `name` is (through Cast and Identity), as a
+    PyTorch classifier returning (logits.argmax(1), logits) exports; None otherwise."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    outputs = {o.name: o for o in model.graph.output}
+    node = producer.get(name)
+    while node is not None and node.op_type in ("Cast", "Identity"):
+        node = producer.get(node.input[0])
+    if node is None or node.op_type != "ArgMax" or node.input[0] not in outputs:
+        return None
+    rank = len(outputs[node.input[0]].type.tensor_type.shape.dim)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return node.input[0] if rank and axis % rank == rank - 1 else None
+
+
+def label_then_scores(model: onnx.ModelProto) -> tuple[str, bool] | None:
+    """For a classifier whose first output is its predicted label: the output with the class scores, and whether
+    they are probabilities. A scikit-learn classifier as skl2onnx converts it: (its probabilities, True); one that
+    returns (logits.argmax(1), logits), as PyTorch exports it: (its logits, False). None for other models."""
+    probabilities = sklearn_probabilities(model)
+    if probabilities is not None:
+        return probabilities, True
+    logits = argmax_of(model, model.graph.output[0].name) if model.graph.output else None
+    return None if logits is None else (logits, False)
+
+
 def sklearn_classes(model: onnx.ModelProto) -> list[int] | list[str] | None:
     """The classes of a scikit-learn classifier converted by skl2onnx, in its probabilities' column
     order: the classlabels_* attribute of its ai.onnx.ml classifier (or ZipMap) node, or the constant

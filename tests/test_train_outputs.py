@@ -237,23 +237,44 @@ def test_float_zero_one_targets_trained_by_regression_say_so(tmp_path, run_cli):
     assert bce.code == 0 and "0.0 and 1.0" not in bce.err and "accuracy" in bce.err, bce.err
 
 
-def test_a_pytorch_model_returning_argmax_and_logits_is_no_scikit_learn_classifier(tmp_path):
-    """(logits.argmax(1), logits) looked like skl2onnx's (label, probabilities): the logits trained
-    by default, but eval took them for probabilities (digits: loss 4.82 and accuracy 0.844 for 1.156
-    and 0.850). Now the first output is the default, and the logits are scored as logits."""
+def test_a_pytorch_model_returning_argmax_and_logits_trains_and_scores_its_logits(tmp_path):
+    """(logits.argmax(1), logits) looked like skl2onnx's (label, probabilities): eval took the logits for
+    probabilities (digits: loss 4.82 and accuracy 0.844 for 1.156 and 0.850), and so did predict (its
+    `probabilities()` were the raw logits, negative ones too); then eval scored the label as a regression's
+    value and training refused it ('output 'pred' is not float32'). The first output is the ArgMax of the
+    second: the logits are the scores, read as logits, by train, eval and predict alike."""
     rng = np.random.default_rng(5)
     x = rng.normal(size=(300, D)).astype(np.float32)
     labels = np.digitize(x[:, 0] + x[:, 1], [-0.5, 0.5])
     model = linear(3)
     model.graph.node.append(helper.make_node("ArgMax", ["y"], ["pred"], axis=1, keepdims=0))
     model.graph.output.insert(0, helper.make_tensor_value_info("pred", TensorProto.INT64, ["batch"]))
-    with pytest.raises(OnnxkitError, match="output 'pred' is not float32"):
-        fit(model, dataset(x, labels), tmp_path / "first", epochs=1, loss="cross-entropy", device="cpu")
-    result = fit(model, dataset(x, labels), tmp_path / "run", output="y", epochs=20, lr=0.05, device="cpu")
-    z = runtime.load(str(result.model_path)).predict(x[200:])["y"]
-    test = result.metrics["test"]
-    assert test["loss"] == pytest.approx(torch_cross_entropy(z, labels[200:], 1), rel=1e-6)
-    assert test["accuracy"] == np.mean(z.argmax(1) == labels[200:]) > 0.8
+    test = Split("test", {"x": x[200:]}, labels[200:])
+    untrained = runtime.load(model).predict(x[200:])
+    z = untrained["y"]
+    assert untrained.scores_name == "y" and not untrained.given_probabilities
+    e = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(untrained.probabilities(), e / e.sum(1, keepdims=True), rtol=1e-6)
+    scored = evaluate(model, test)
+    assert scored["loss"] == pytest.approx(torch_cross_entropy(z, labels[200:], 1), rel=1e-6)
+    assert scored["accuracy"] == np.mean(z.argmax(1) == labels[200:])
+    result = fit(model, dataset(x, labels), tmp_path / "run", epochs=20, lr=0.05, device="cpu")  # no output=
+    trained = runtime.load(str(result.model_path)).predict(x[200:])
+    assert trained.scores_name == "y" and not trained.given_probabilities
+    z = trained["y"]
+    assert result.metrics["test"]["loss"] == pytest.approx(torch_cross_entropy(z, labels[200:], 1), rel=1e-6)
+    assert result.metrics["test"]["accuracy"] == np.mean(z.argmax(1) == labels[200:]) > 0.8
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_an_argmax_over_another_axis_or_of_no_output_is_no_label(axis):
+    """Only a label that is the ArgMax of an output's class axis makes that output the scores: the first output
+    stays the default otherwise."""
+    model = linear(3)
+    source = "y" if axis == 0 else "xw"
+    model.graph.node.append(helper.make_node("ArgMax", [source], ["pred"], axis=axis, keepdims=0))
+    model.graph.output.insert(0, helper.make_tensor_value_info("pred", TensorProto.INT64, ["batch"]))
+    assert runtime.load(model).scores_output is None
 
 
 def test_float_class_ids_per_position_are_told_to_be_integers(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -47,7 +48,10 @@ class Model:
         batch_size: int | None = 512,
         io_binding: bool | None = None,
         device_id: int = 0,
+        source: str | os.PathLike | bytes | None = None,
     ) -> None:
+        """`source`: the model's file or bytes, parsed (with onnx) only where its outputs alone cannot say which
+        holds the class scores, or name the classes."""
         if batch_size is not None and batch_size < 1:
             raise OnnxkitError(f"batch_size must be 1 or more (or None for no splitting), got {batch_size}")
         self.session = session
@@ -58,11 +62,16 @@ class Model:
         self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self.task = self.metadata.get(TASK_KEY)
         self.given_probabilities = self.metadata.get(SCORES_KEY) == "probabilities"
-        self.scores_output = self.metadata.get(OUTPUT_KEY) or _label_and_probabilities(self.outputs)
-        if self.scores_output and OUTPUT_KEY not in self.metadata:  # a scikit-learn classifier (skl2onnx): the
-            self.given_probabilities = True  # label, then the class probabilities
+        graph = _Graph(source)
+        self.scores_output = self.metadata.get(OUTPUT_KEY)
+        layout = None if self.scores_output else _label_then_scores(self.outputs, graph)
+        if layout:  # a classifier whose first output is its label (skl2onnx's, or PyTorch's (argmax, logits))
+            self.scores_output, self.given_probabilities = layout
             self.task = self.task or "classification"
         self.class_names = _class_names(self.metadata, self.outputs, name, self.scores_output)
+        scores = next((spec for spec in self.outputs if spec.name == self.scores_output), None)
+        if self.class_names is None and scores is not None and scores.type == "tensor(float)":  # no ZipMap names them
+            self.class_names = graph.sklearn_classes()
         self.batchable = batchable(self.inputs)
         firsts = {spec.shape[0] if len(spec.shape) > 1 else None for spec in self.inputs}
         # a batch size the inputs fix (each has a first dim of this size, and more dims after it): any
@@ -227,16 +236,35 @@ def ends_in_probabilities(model: str | os.PathLike | bytes) -> bool:
     return probability_logits(proto.graph, first.name, rank, opset(proto)) is not None
 
 
-def sklearn_class_names(model: str | os.PathLike | bytes) -> tuple[str, ...] | None:
-    """The classes of a scikit-learn classifier (skl2onnx), as text, in its probabilities' column
-    order: without a ZipMap, only its nodes name them (onnx is imported only here, when asked)."""
-    import onnx
+class _Graph:
+    """A model's graph, parsed with onnx on first use: the runtime imports onnx only for what its session cannot
+    tell, about classifiers whose first output is their label."""
 
-    from onnxkit.graph_walks import sklearn_classes
+    def __init__(self, source: str | os.PathLike | bytes | None) -> None:
+        self.source = source
 
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
-    classes = sklearn_classes(proto)
-    return None if classes is None else tuple(str(c) for c in classes)
+    @functools.cached_property
+    def proto(self) -> onnx.ModelProto | None:
+        if self.source is None:
+            return None
+        import onnx
+
+        if isinstance(self.source, bytes):
+            return onnx.load_from_string(self.source)
+        return onnx.load(self.source, load_external_data=False)
+
+    def label_then_scores(self) -> tuple[str, bool] | None:
+        """`graph_walks.label_then_scores`; None without a graph."""
+        from onnxkit.graph_walks import label_then_scores
+
+        return None if self.proto is None else label_then_scores(self.proto)
+
+    def sklearn_classes(self) -> tuple[str, ...] | None:
+        """A scikit-learn classifier's classes, as text, in its probabilities' column order (its nodes name them)."""
+        from onnxkit.graph_walks import sklearn_classes
+
+        classes = None if self.proto is None else sklearn_classes(self.proto)
+        return None if classes is None else tuple(str(c) for c in classes)
 
 
 def load(
@@ -275,25 +303,21 @@ def load(
     check_started(session, kind, device)
     if name is None:
         name = "model" if isinstance(model, bytes) else Path(model).name.removesuffix(".onnx")
-    loaded = Model(session, name, batch_size=batch_size, io_binding=io_binding, device_id=device_id)
-    scores = next((spec for spec in loaded.outputs if spec.name == loaded.scores_output), None)
-    if loaded.class_names is None and scores is not None and scores.type == "tensor(float)":  # no ZipMap to name them
-        loaded.class_names = sklearn_class_names(model)
+    loaded = Model(session, name, batch_size=batch_size, io_binding=io_binding, device_id=device_id, source=model)
     if warmup:
         loaded.warmup()
     return loaded
 
 
-def _label_and_probabilities(outputs: list[TensorSpec]) -> str | None:
-    """The name of the probabilities output of a classifier laid out as skl2onnx converts
-    scikit-learn's: first the predicted label ([N] integers or strings), then the probabilities, a
-    [N, classes] float tensor or a sequence of {class: probability} maps; None for other layouts."""
+def _label_then_scores(outputs: list[TensorSpec], graph: _Graph) -> tuple[str, bool] | None:
+    """`graph_walks.label_then_scores`, as `onnxkit eval` reads it, asking the graph only when the outputs could be
+    such a layout: first an [N] label (integers or strings), then [N, classes] float scores. A sequence of
+    {class: probability} maps in their place is ZipMap's (scikit-learn's probabilities) by its type alone."""
     if len(outputs) < 2 or outputs[0].type not in ("tensor(int64)", "tensor(string)") or len(outputs[0].shape) != 1:
         return None
-    second = outputs[1]
-    if second.type.startswith("seq(map(") or (second.type == "tensor(float)" and len(second.shape) == 2):
-        return second.name
-    return None
+    if outputs[1].type.startswith("seq(map("):
+        return outputs[1].name, True
+    return graph.label_then_scores() if any(s.type == "tensor(float)" and len(s.shape) == 2 for s in outputs) else None
 
 
 def _class_names(
