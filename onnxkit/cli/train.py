@@ -74,7 +74,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               "Default: on for clearly unscaled data when the whole model trains.")
 @click.option("--no-cache-features", is_flag=True,
               help="Run the frozen part every step, even when only a head after it trains.")
-@opt.model_output("The model output that feeds the loss (default: the first).")
+@opt.model_output("The model output that feeds the loss (default: the one trained before, else the scores beside a "
+                  "first output that is the predicted label, else the first).")
 @click.option("--monitor", type=click.Choice(MONITOR_NAMES), help="Metric that picks the best epoch.")
 @click.option("--patience", type=opt.COUNT, help="Stop after this many epochs without improvement.")
 @click.option("--last", is_flag=True, help="Write the last epoch's weights, not the best epoch's.")
@@ -211,7 +212,8 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 @click.option("--split", default="test", show_default=True, help="train, validation or test.")
 @opt.data_seed(None, "Seed of the split (default: the training run's, else 0).")
 @opt.batch_size(256)
-@opt.model_output("The output to score (default: the first).")
+@opt.model_output("The output to score (default: the one trained, else the scores beside a first output that is "
+                  "the predicted label, else the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_cmd(
     model: str, data: str | None, split: str, data_seed: int | None, batch_size: int, output: str | None,

@@ -174,7 +174,8 @@ def fit(
       clearly unscaled and the whole model trains (no freeze, train_only or adapter), which is
       said in one line; False trains on the raw values.
     - `output`: the output the loss reads, for a model with several (default: the one an earlier run fit, else
-      the first; a scikit-learn classifier's probabilities).
+      the scores beside a first output that is the predicted label: a scikit-learn classifier's probabilities, a
+      PyTorch export's logits when it returns (logits.argmax(1), logits); else the first).
     - `monitor` (val_loss, val_accuracy, val_macro_f1, train_loss) picks the best
       epoch; `patience` stops after that many epochs without improvement; `keep_best` writes the
       best epoch's weights into model.onnx (False: the last epoch's); `evaluate_test=False` skips the test split.
