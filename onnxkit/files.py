@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxkit.errors import OnnxkitError, first_few
+from onnxkit.signals import check_stop, held_back
 
 if TYPE_CHECKING:
     import onnx
@@ -62,13 +63,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if parent not in _SWEPT:
         _sweep_temporaries(parent)
         _SWEPT.add(parent)
-    tmp_path = _new_temporary(parent, path)
+    tmp_path = None
     try:
+        with held_back():  # a stop lands once `tmp_path` names the file: then the finally removes it
+            tmp_path = _new_temporary(parent, path)
         with disk_errors(path):
             yield tmp_path
+            check_stop()  # a command asked to stop, whose KeyboardInterrupt was lost: not written
             os.replace(tmp_path, path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def _new_temporary(parent: Path, path: Path) -> Path:
@@ -116,15 +121,18 @@ def scratch_folder(beside: str | os.PathLike, purpose: str) -> Iterator[Path]:
         pid = stale.name[len(prefix):].split("-")[0]
         if pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
+    folder = None
     try:
-        folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
-    except OSError as e:
-        raise OnnxkitError(f"cannot write in {parent}: {e.strerror}; check the output folder") from None
-    try:
+        with held_back():  # a stop lands once `folder` names it: then the finally removes it
+            try:
+                folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+            except OSError as e:
+                raise OnnxkitError(f"cannot write in {parent}: {e.strerror}; check the output folder") from None
         with disk_errors(parent):
             yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:

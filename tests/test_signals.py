@@ -1,12 +1,20 @@
-"""Stop-signal handlers installed for a block and put back after it."""
+"""Stop-signal handlers installed for a block and put back after it; a stop whose KeyboardInterrupt was lost still
+stops the next write; stops held back while a scratch file or folder is made, so its cleanup always sees it."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 
-from onnxkit.signals import STOP_SIGNALS, handled, restore
+import pytest
+
+from onnxkit import files
+from onnxkit.files import atomic_path, scratch_folder, write_text
+from onnxkit.signals import STOP_SIGNALS, handled, held_back, restore, stop, stops_recorded
 
 
 def test_a_handler_answers_inside_the_block_and_the_previous_ones_come_back():
@@ -33,3 +41,72 @@ def test_the_block_restores_after_an_exception_and_changes_nothing_off_the_main_
     worker.start()
     worker.join()
     assert found == [{}] and signal.getsignal(signal.SIGINT) == before
+
+
+def test_a_stop_whose_keyboard_interrupt_was_lost_stops_the_next_write(tmp_path):
+    # the KeyboardInterrupt of `stop` can land in C code that clears it (a Cython module's init calling
+    # collections.abc's register, while numpy.random was imported): 2 of 60 quantize runs sent SIGTERM then wrote
+    # their output and exited 0. A write checks for a recorded stop before it commits.
+    write_text(tmp_path / "kept.json", "old")
+    with stops_recorded() as stops:
+        try:
+            stop(signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass  # lost, as C code that clears errors loses it
+        assert stops == [signal.SIGTERM]
+        for name in ("kept.json", "new.json"):
+            with pytest.raises(KeyboardInterrupt):
+                write_text(tmp_path / name, "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json"]  # no temporary file, the old one untouched
+    assert (tmp_path / "kept.json").read_text() == "old"
+    assert stops == []  # cleared once the block (the command) ends
+    write_text(tmp_path / "new.json", "new")  # and writes go on after it
+    assert (tmp_path / "new.json").read_text() == "new"
+
+
+def test_a_stop_held_back_interrupts_as_the_block_ends():
+    reached = []
+    with stops_recorded() as stops, handled(stop), pytest.raises(KeyboardInterrupt):
+        with held_back():
+            os.kill(os.getpid(), signal.SIGTERM)
+            reached.append("the rest of the block")
+        reached.append("past the block")
+    assert reached == ["the rest of the block"] and stops == []  # cleared as the command's block ended
+
+
+@pytest.mark.parametrize("made", ["scratch folder", "temporary file"])
+def test_a_stop_just_after_a_scratch_folder_or_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch, made):
+    # SIGTERM sent as the scratch folder appeared landed, 1 time in 60, before its cleanup was armed: the folder
+    # stayed. Here the signal comes the moment the folder (or atomic_path's temporary file) exists.
+    def signalled(make):  # type: ignore[no-untyped-def]
+        def make_then_signal(*args, **kwargs):  # type: ignore[no-untyped-def]
+            result = make(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return result
+
+        return make_then_signal
+
+    if made == "scratch folder":
+        monkeypatch.setattr(tempfile, "mkdtemp", signalled(tempfile.mkdtemp))
+        writer = scratch_folder(tmp_path / "q.onnx", "quantize")
+    else:
+        monkeypatch.setattr(files, "_new_temporary", signalled(files._new_temporary))
+        writer = atomic_path(tmp_path / "q.onnx")
+    with stops_recorded(), handled(stop), pytest.raises(KeyboardInterrupt), writer:
+        pytest.fail("the stop came after the block began")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_m_onnxkit_exits_with_the_commands_status_after_an_interrupt_it_handled(tmp_path):
+    # under `python -m`, a KeyboardInterrupt that ended code run from a string (dataclasses make their methods so,
+    # at import) made the interpreter exit by SIGINT whatever status the command chose: `python -m onnxkit
+    # quantize` stopped by SIGTERM exited -2 rather than 143, 1 run in 60. Here the mark is made on purpose first.
+    # (any later string exec clears it: so here it comes as the command ends, through its main()).
+    (tmp_path / "interrupted_last.py").write_text(
+        "import runpy\nimport onnxkit.cli\n\ncommand = onnxkit.cli.main\n\n\n"
+        "def main():\n    try:\n        command()\n    finally:\n        try:\n"
+        "            exec('raise KeyboardInterrupt')\n        except KeyboardInterrupt:\n            pass\n\n\n"
+        "onnxkit.cli.main = main\nrunpy.run_module('onnxkit', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-m", "interrupted_last", "inspect", str(tmp_path / "missing.onnx")],
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith("error: "), (done.returncode, done.stderr)

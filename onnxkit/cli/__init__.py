@@ -16,7 +16,7 @@ import click
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import DISK_ERRORS
-from onnxkit.signals import handled
+from onnxkit.signals import handled, stop, stops_recorded
 
 # click >= 8.2 raises this for a group called with no arguments (8.1 printed the help and exited 0)
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -103,17 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning OnnxkitError into a short message and exit 1.
 
     SIGTERM acts as Ctrl-C (KeyboardInterrupt), so every command cleans up after itself
-    on either; the exit status is then 128 + the signal's number, as the shell reports it.
+    on either; the exit status is then 128 + the signal's number, as the shell reports it. A stop whose
+    KeyboardInterrupt C code dropped still stops the command at its next write (`signals.check_stop`).
     """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
-    stopped_by: list[int] = []
-
-    def terminate(signum: int, frame: object) -> None:
-        stopped_by.append(signum)
-        raise KeyboardInterrupt
-
-    with handled(terminate, (signal.SIGTERM,)):
+    with stops_recorded() as stopped_by, handled(stop):  # Ctrl-C (SIGINT) and SIGTERM
         try:
             cli.main(args=args, prog_name="onnxkit", standalone_mode=False)
         except OnnxkitError as e:
