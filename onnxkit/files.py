@@ -203,14 +203,20 @@ def csv_delimiter(line: str) -> str:
     return ";" if cells[";"] == most > 1 else max(cells, key=cells.__getitem__)
 
 
-def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
-    """A CSV file's rows but blank ones (`read_csv_text`), each with its line number, split by
-    `csv_delimiter`; in a ';' file, decimal commas are read as points (1,5 is 1.5), and a last column
-    empty on every line (a delimiter ending each line) is left out."""
+def csv_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, list[str]]]]:
+    """A CSV file's delimiter (`csv_delimiter` of its first line that is not blank) and its rows but blank
+    ones (`read_csv_text`), each with its line number, the cells as written."""
     text = read_csv_text(path)
     delimiter = csv_delimiter(next((line for line in text.splitlines() if line.strip()), ""))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    rows = [(reader.line_num, row) for row in reader if row]
+    return delimiter, [(reader.line_num, row) for row in reader if row]
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
+    """A CSV file's rows (`csv_rows`) as tables of numbers read them: in a ';' file, decimal commas are
+    read as points (1,5 is 1.5), and a last column empty on every line (a delimiter ending each line) is
+    left out."""
+    delimiter, rows = csv_rows(path)
     if delimiter == ";":
         rows = [(n, [c.replace(",", ".") if _DECIMAL_COMMA.fullmatch(c.strip()) else c for c in row])
                 for n, row in rows]

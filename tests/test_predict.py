@@ -271,6 +271,18 @@ def test_texts_in_a_txt_file_or_a_csv_text_column_predict_as_given_texts(run_cli
         np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.load(tmp_path / "given.npy"))
 
 
+def test_texts_in_a_csv_are_read_as_written_whatever_the_delimiter(tmp_path):
+    # one CSV reader for numbers and texts (files.csv_rows): a ';' file's decimal commas are read as points in
+    # numbers only, so the text '1,5 stars' stays as written; a blank line before the header is skipped
+    from onnxkit.runtime.datafiles import read_texts
+
+    (tmp_path / "t.csv").write_text("\nid;text\n1;1,5 stars\n\n2;\"Shares rose; sharply\"\n")
+    assert read_texts(tmp_path / "t.csv") == ["1,5 stars", "Shares rose; sharply"]
+    (tmp_path / "short.csv").write_text("id;text\n1;fine\n\n2\n")
+    with pytest.raises(OnnxkitError, match=r"short\.csv:4: this row ends before its 'text' column$"):
+        read_texts(tmp_path / "short.csv")
+
+
 def test_a_csv_whose_texts_are_not_headed_text_is_one_line_about_the_text_column(run_cli, words, tmp_path):
     # it said "CSV holds one input but model 'words' has 2; use .npz or .json", advice for a model of numbers
     (tmp_path / "s.csv").write_text("sentence,label\n\"What a match!\",x\n")

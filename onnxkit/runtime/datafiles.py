@@ -24,10 +24,10 @@ import numpy as np
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import (
     csv_delimiter,
+    csv_rows,
     is_missing,
     is_number,
     read_csv_rows,
-    read_csv_text,
     read_text_file,
     thousands_separated,
     write_bytes,
@@ -131,17 +131,14 @@ def read_texts(path: Path) -> list[str]:
         return [line for line in read_text_file(path).splitlines() if line.strip()]
     if path.suffix.lower() != ".csv":
         raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .parquet")
-    text = read_csv_text(path)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text.partition("\n")[0]))
-    column = text_column(next(reader, None))
+    _, rows = csv_rows(path)  # the cells as written: no decimal commas read as points in a text
+    column = text_column(rows[0][1] if rows else None)
     if column is None:
         raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column")
     texts = []
-    for row in reader:
-        if not row:
-            continue  # a blank line
+    for line, row in rows[1:]:
         if len(row) <= column:
-            raise OnnxkitError(f"{path}:{reader.line_num}: this row ends before its 'text' column")
+            raise OnnxkitError(f"{path}:{line}: this row ends before its 'text' column")
         texts.append(row[column])
     return texts
 
