@@ -92,6 +92,7 @@ def serving(model: runtime.Model, **limits: float) -> Iterator[str]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     started.wait(30)
+    parts["stop"] = lambda grace: asyncio.run_coroutine_threadsafe(parts["server"].stop(grace), loop).result(30)
     try:
         yield parts["address"]
     finally:
@@ -269,6 +270,29 @@ def test_busy_streams_are_never_ended_and_a_new_call_past_them_is_refused(digits
             hold.set()
             slow.close()
             channel.close()
+
+
+def test_stopping_ends_idle_streams_at_once_and_busy_ones_once_answered(digits):
+    # before: grpc counted an idle stream as a call in progress, so one held the server's graceful stop for its
+    # whole grace (5 s in `onnxkit serve`); a stream with a request running still gets its answer first
+    with serving(digits) as address:
+        idle, busy = Stream(address), Stream(address)
+        try:
+            idle.ask()
+            busy.client.async_stream_infer("sleep", [], request_id="1")  # answered after 1 s
+            time.sleep(0.3)
+            start = time.monotonic()
+            SERVED[address]["stop"](5)
+            took = time.monotonic() - start
+            assert 0.5 < took < 3, took  # the sleep's answer, not the 5 s grace
+            wait_for(lambda: idle.errors and busy.errors)
+            assert [s.answers[-1].get_response().id for s in (idle, busy)] == ["", "1"]
+            for stream in (idle, busy):
+                error = stream.errors[0]
+                assert error.status() == "StatusCode.UNAVAILABLE" and "the server is stopping" in error.message()
+        finally:
+            idle.close()
+            busy.close()
 
 
 def test_cli_flag_sets_the_stream_idle_timeout(run_cli, monkeypatch, tmp_path):

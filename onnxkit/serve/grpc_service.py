@@ -396,7 +396,6 @@ class _Stream:
         self.pending = 0  # requests read whose answers are not yet written
         self.idle_since: float | None = None  # loop.time() since when it has been idle; None while busy or ended
         self.timer: asyncio.TimerHandle | None = None
-        self._idle()
 
     def received(self) -> None:
         self.pending += 1
@@ -407,7 +406,7 @@ class _Stream:
     def answered(self) -> None:
         self.pending -= 1
         if self.pending == 0 and self.call.held:
-            self._idle()
+            self.idle()
 
     def end(self, reason: str) -> None:
         """End the stream (idle, so no request is cut short) and give up its place at once."""
@@ -421,7 +420,10 @@ class _Stream:
             self.timer.cancel()
         self.room.streams.pop(self, None)
 
-    def _idle(self) -> None:
+    def idle(self) -> None:
+        if self.room.stopping:
+            self.end("the server is stopping; open a new stream (to another server, or to this one once it is back)")
+            return
         loop = asyncio.get_running_loop()
         self.idle_since = loop.time()
         self.timer = loop.call_later(self.room.idle_timeout, self._expire)
@@ -457,6 +459,7 @@ class CallRoom(grpc.aio.ServerInterceptor):
         self.grace = limits.stream_grace
         self.calls = 0  # calls holding a place
         self.streams: dict[_Stream, None] = {}  # open streams, oldest first
+        self.stopping = False  # the server is stopping: streams end as soon as they are idle
 
     async def intercept_service(
         self,
@@ -478,7 +481,15 @@ class CallRoom(grpc.aio.ServerInterceptor):
     def open_stream(self, call: _Call, end_with: Callable[[_Ended], None]) -> _Stream:
         stream = _Stream(self, call, end_with)
         self.streams[stream] = None
+        stream.idle()
         return stream
+
+    def stop_streams(self) -> None:
+        """The server is stopping: end the idle streams now, and each of the others once it has answered what it
+        read, rather than hold the server's graceful stop for its whole grace (UNAVAILABLE, saying why)."""
+        self.stopping = True
+        for stream in [s for s in self.streams if s.idle_since is not None]:
+            stream.idle()
 
     def _make_room(self) -> bool:
         """End the stream idle longest, if it has been idle for `grace`; whether one was ended."""
@@ -503,7 +514,20 @@ async def _refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContex
 _REFUSED = grpc.stream_stream_rpc_method_handler(_refuse)  # a streaming request: refused before it is read
 
 
-async def start_server(address: str, service: InferenceService, limits: Limits) -> grpc.aio.Server:
+class GrpcServer:
+    """A started grpc.aio server and its CallRoom."""
+
+    def __init__(self, server: grpc.aio.Server, room: CallRoom) -> None:
+        self.server, self.room = server, room
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop, giving calls in progress `grace` seconds; streams end as soon as they are idle (grpc counted an
+        idle stream as a call in progress, so one held every stop for the whole grace)."""
+        self.room.stop_streams()
+        await self.server.stop(grace)
+
+
+async def start_server(address: str, service: InferenceService, limits: Limits) -> GrpcServer:
     """A started grpc.aio server for `service` on `address` (host:port), on the running event loop; OnnxkitError,
     with nothing left listening, if it cannot listen there (the port taken since `serve` checked it).
 
@@ -523,7 +547,8 @@ async def start_server(address: str, service: InferenceService, limits: Limits) 
         ("grpc.max_allowed_incoming_connections", limits.max_connections),
         ("grpc.server_handshake_timeout_ms", round(limits.header_timeout * 1000)),
     ]
-    server = grpc.aio.server(options=options, interceptors=[CallRoom(limits)])
+    room = CallRoom(limits)
+    server = grpc.aio.server(options=options, interceptors=[room])
     server.add_generic_rpc_handlers([service.handler(limits.body_timeout)])
     try:
         if server.add_insecure_port(address) == 0:  # grpc before 1.50 said so rather than raising RuntimeError
@@ -532,7 +557,7 @@ async def start_server(address: str, service: InferenceService, limits: Limits) 
     except Exception as e:
         await server.stop(None)
         raise OnnxkitError(f"cannot listen for gRPC on {address} ({e}); pick another --grpc-port") from e
-    return server
+    return GrpcServer(server, room)
 
 
 class _Unparsed:
