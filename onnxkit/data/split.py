@@ -100,6 +100,10 @@ class Split:
     def _with_inputs(self, inputs: dict[str, np.ndarray]) -> Split:
         return Split(self.name, inputs, self.labels)
 
+    def with_fixed_shapes(self) -> Split:
+        """This split with every batch at the arrays' own sizes past the batch axis (`fixed_shapes`)."""
+        return self
+
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         """How many batches `batches(batch_size, drop_last=...)` yields."""
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)

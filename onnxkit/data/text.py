@@ -50,6 +50,12 @@ class TextSplit(Split):
     def _with_inputs(self, inputs: dict[str, np.ndarray]) -> TextSplit:
         return TextSplit(self.name, inputs, self.labels, self.lengths, self.texts)
 
+    def with_fixed_shapes(self) -> Split:
+        """This split with every batch at the full `max_length`, not cut to its longest text."""
+        whole = Split(self.name, self.inputs, self.labels)
+        whole.data = self.data
+        return whole
+
 
 def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """`tokenizer` and `max_length` options for a text dataset from an `onnx.ModelProto`'s

@@ -95,6 +95,7 @@ from onnxkit.train.training_form import (
     sized_by_data,
     trainable_form,
     training_output,
+    unrolled_over_time,
 )
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
@@ -583,7 +584,10 @@ class _Setup:
                                f"only {train} examples; give more data or {dynamic}")
 
     def _size_by_data(self) -> None:
-        """The inputs' dynamic sizes past the batch fixed to the data's (its sequence length, image size)."""
+        """The inputs' dynamic sizes past the batch fixed to the data's (its sequence length, image size); text
+        at its full length for a recurrent model (`unrolled_over_time`)."""
+        if unrolled_over_time(self.model):
+            self.splits = {name: split.with_fixed_shapes() for name, split in self.splits.items()}
         sized = sized_by_data(self.model, self.splits.values())
         if sized is not self.model:
             self.model, self.types = sized, value_types(sized)

@@ -430,6 +430,12 @@ def select(
 
 
 
+def unrolled_over_time(model: onnx.ModelProto) -> bool:
+    """Whether `model` has recurrent ops, whose gradients unroll them over a fixed number of steps: text then
+    trains padded to its full length (`Split.with_fixed_shapes`), not to each batch's longest."""
+    return any(node.op_type in ("LSTM", "GRU", "RNN") for node in model.graph.node)
+
+
 def sized_by_data(model: onnx.ModelProto, splits: Iterable[Split]) -> onnx.ModelProto:
     """`model` with its inputs' dynamic axes past the batch fixed to the sizes the data's arrays
     have (a PyTorch export's dynamic sequence length or image size), for the training graphs:
