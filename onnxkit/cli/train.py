@@ -58,6 +58,10 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               help="Batches per optimizer step.")
 @click.option("--seed", type=opt.NON_NEGATIVE_INT, default=0, show_default=True, help="Shuffling and dropout seed.")
 @opt.data_seed(0)
+@click.option("--tokenizer", type=click.Path(dir_okay=False),
+              help="A tokenizer.json for text data (bbc-news, tweets-sentiment) when the model carries none; the "
+                   "trained model carries it, for eval and predict --text.")
+@click.option("--max-length", type=opt.COUNT, help="Tokens kept per text, with --tokenizer (default: 128).")
 @click.option("--no-shuffle", is_flag=True, help="Keep the data order.")
 @click.option("--no-dropout", is_flag=True, help="Train with dropout off.")
 @click.option("--freeze", multiple=True, metavar="GLOB", help="Keep matching parameters fixed (repeatable).")
@@ -130,6 +134,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
 
         sys.exit(launch_training(workers, resume or options["out_dir"], None if resume else options["backend"]))
     adapter = _lora_adapter(options)
+    model = _with_tokenizer(model, options.pop("tokenizer"), options.pop("max_length"), bool(resume))
     try:
         result = fit(
             model,
@@ -188,6 +193,22 @@ def _optimizer(options: dict[str, Any]) -> Optimizer | None:
     if options["optimizer"] is None and not given:
         return None
     return get_optimizer(options["optimizer"] or "adamw", **given)
+
+
+def _with_tokenizer(model: str | None, tokenizer: str | None, max_length: int | None, resume: bool) -> Any:
+    """The model to train: the path given, or with --tokenizer the model carrying it (the run keeps that copy)."""
+    if tokenizer is None and max_length is None:
+        return model
+    if resume:
+        raise click.UsageError("--resume continues a run with its stored settings; give only --resume RUN_DIR",
+                               click.get_current_context())
+    if tokenizer is None:
+        raise click.UsageError("--max-length goes with --tokenizer (a model that carries a tokenizer keeps its own "
+                               "max length)", click.get_current_context())
+    from onnxkit.data.text import carry_tokenizer
+    from onnxkit.files import load_model
+
+    return carry_tokenizer(load_model(model), tokenizer, max_length)  # type: ignore[arg-type]
 
 
 def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]

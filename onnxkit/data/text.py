@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from onnxkit.data.registry import register_dataset
 from onnxkit.data.split import SPLIT_NAMES, Dataset, Split, split_indices
 from onnxkit.errors import OnnxkitError
-from onnxkit.metadata import metadata
+from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import MAX_LENGTH_KEY, TOKENIZER_KEY
 from onnxkit.tokenize import DEFAULT_MAX_LENGTH, encode, load_tokenizer
 
@@ -66,6 +67,17 @@ def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return {"tokenizer": meta[TOKENIZER_KEY], "max_length": int(meta.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))}
 
 
+def carry_tokenizer(model: onnx.ModelProto, tokenizer: str, max_length: int | None) -> onnx.ModelProto:
+    """A copy of `model` that carries `tokenizer` (a tokenizer.json path or its JSON) and `max_length` in its
+    metadata, as a pretrained zoo model does: text datasets are tokenized by it, and the model trained from it
+    reads text (`predict --text`) with it."""
+    text = load_tokenizer(tokenizer, max_length).to_str()  # one clear error for a file that is no tokenizer
+    carried = onnx.ModelProto()
+    carried.CopyFrom(model)
+    set_metadata(carried, {TOKENIZER_KEY: text, MAX_LENGTH_KEY: max_length or DEFAULT_MAX_LENGTH})
+    return carried
+
+
 def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_names: list[str] | None, *,
                  tokenizer: str | Mapping[str, Any] | None, max_length: int | None, limit: int,
                  seed: int, validation: float, test: float) -> Dataset:
@@ -73,7 +85,8 @@ def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_name
     if tokenizer is None:
         raise OnnxkitError(
             f"{name} is text and needs a tokenizer: train a model that carries one (e.g. onnxkit build "
-            "bert-classifier --set pretrained=all-MiniLM-L6-v2) or pass tokenizer=PATH/tokenizer.json"
+            "bert-classifier --set pretrained=all-MiniLM-L6-v2), or give one: onnxkit train --tokenizer "
+            "PATH/tokenizer.json (in Python, tokenizer=PATH)"
         )
     max_length = max_length or DEFAULT_MAX_LENGTH
     keep = np.arange(len(labels))
