@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.metadata_keys import MAX_LENGTH_KEY, TOKENIZER_KEY
+from onnxkit.metadata_keys import MAX_LENGTH_KEY, PADDING_KEY, TOKENIZER_KEY
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -53,7 +53,9 @@ def tokenizer_from_metadata(metadata: Mapping[str, str]):  # type: ignore[no-unt
     """The tokenizer stored in a model's metadata_props (as a dict), or None."""
     if TOKENIZER_KEY not in metadata:
         return None
-    return load_tokenizer(metadata[TOKENIZER_KEY], int(metadata.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH)))
+    max_length = int(metadata.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))
+    return load_tokenizer(metadata[TOKENIZER_KEY], max_length,
+                          pad_to=max_length if metadata.get(PADDING_KEY) == "max_length" else None)
 
 
 def encode(tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]

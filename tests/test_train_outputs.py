@@ -4,6 +4,7 @@ one eval and predict score), multi-label 0/1 matrices, per-pixel and per-token c
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from onnxkit.evaluate import evaluate
 from onnxkit.files import load_model
 from onnxkit.metadata import metadata
 from onnxkit.runtime.datafiles import format_prediction
+from onnxkit.tokenize import encode, tokenizer_from_metadata
 from onnxkit.train import fit
 from onnxkit.train.backends import default_backend
 
@@ -391,6 +393,13 @@ def test_a_model_without_a_tokenizer_trains_on_text_with_one_given(tmp_path, run
     assert result.code == 0, result.err
     trained = metadata(load_model(tmp_path / "run" / "model.onnx"))
     assert trained["onnxkit.max_length"] == "16" and "onnxkit.tokenizer" in trained
+    # it trained on texts padded to 16 tokens (its LSTM reads the last step), so it reads them so everywhere
+    assert trained["onnxkit.padding"] == "max_length"
+    assert encode(tokenizer_from_metadata(trained), ["awful"])["input_ids"].shape == (1, 16)
     said = run_cli("predict", tmp_path / "run" / "model.onnx", "--text", "what a great day", "--text", "awful")
     assert said.code == 0 and len(said.out.splitlines()) == 3, said.err
-    assert run_cli("eval", tmp_path / "run" / "model.onnx").code == 0  # its data and tokenizer from the model
+    scored = run_cli("eval", tmp_path / "run" / "model.onnx", "--json")  # its data and tokenizer from the model
+    assert scored.code == 0, scored.err
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert {k: json.loads(scored.out)[k] for k in ("accuracy", "loss")} == {k: run["result"]["test"][k]
+                                                                            for k in ("accuracy", "loss")}

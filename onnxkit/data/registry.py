@@ -23,6 +23,8 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
+from onnxkit.metadata import metadata
+from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
 
 Loader = Callable[..., Dataset]
 
@@ -95,7 +97,7 @@ def load_dataset(
         dataset = formats.READERS[suffix](Path(text), **split_args, **options)
         if suffix == ".csv" and model is not None:
             dataset = formats.csv_for_model(dataset, model)
-        return in_model_order(dataset, model)
+        return in_model_order(_padded_as_trained(dataset, model), model)
     entries = datasets()
     if text not in entries and Path(text).is_dir():
         formats.require_data_file(Path(text))  # raises: a folder, not a data file
@@ -114,7 +116,14 @@ def load_dataset(
         from onnxkit.data.text import tokenizer_options
 
         options = {**tokenizer_options(model), **options}
-    return in_model_order(entry.loader(**split_args, **options), model)
+    return in_model_order(_padded_as_trained(entry.loader(**split_args, **options), model), model)
+
+
+def _padded_as_trained(dataset: Dataset, model: Any) -> Dataset:
+    """Text at its full length for a model trained so (metadata `onnxkit.padding`: a recurrent one)."""
+    if model is None or metadata(model).get(PADDING_KEY) != "max_length":
+        return dataset
+    return dataset.with_fixed_shapes()
 
 
 def model_class_names(model: Any) -> list[str] | None:
@@ -123,8 +132,6 @@ def model_class_names(model: Any) -> list[str] | None:
     import json
 
     from onnxkit.graph_walks import sklearn_classes
-    from onnxkit.metadata import metadata
-    from onnxkit.metadata_keys import LABELS_KEY
 
     raw = metadata(model).get(LABELS_KEY)
     if raw:

@@ -267,6 +267,11 @@ class Dataset:
             )
         return getattr(self, key)
 
+    def with_fixed_shapes(self) -> Dataset:
+        """This dataset with each split's batches at the arrays' own sizes (`Split.with_fixed_shapes`)."""
+        splits = (self.train.with_fixed_shapes(), self.validation.with_fixed_shapes(), self.test.with_fixed_shapes())
+        return Dataset(self.name, *splits, label_names=self.label_names, task=self.task)
+
     def __repr__(self) -> str:
         return (
             f"Dataset({self.name!r}: train {len(self.train)}, validation {len(self.validation)}, "

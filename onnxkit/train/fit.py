@@ -47,7 +47,7 @@ from onnxkit.graph_walks import (
     value_types,
 )
 from onnxkit.metadata import metadata, set_metadata
-from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, SCORES_KEY, TASK_KEY, TRAINING_KEY
+from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, PADDING_KEY, SCORES_KEY, TASK_KEY, TRAINING_KEY
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.backends import DEFAULT, default_backend, get_backend
@@ -586,7 +586,8 @@ class _Setup:
     def _size_by_data(self) -> None:
         """The inputs' dynamic sizes past the batch fixed to the data's (its sequence length, image size); text
         at its full length for a recurrent model (`unrolled_over_time`)."""
-        if unrolled_over_time(self.model):
+        self.padded_text = unrolled_over_time(self.model) and not all(s.fixed_shapes for s in self.splits.values())
+        if self.padded_text:  # and the model trained says so, for eval and predict to pad alike (PADDING_KEY)
             self.splits = {name: split.with_fixed_shapes() for name, split in self.splits.items()}
         sized = sized_by_data(self.model, self.splits.values())
         if sized is not self.model:
@@ -936,6 +937,8 @@ def _finish(
         extra[LABELS_KEY] = setup.names
     if setup.probabilities:  # so predict neither applies softmax / sigmoid again nor thresholds at 0
         extra[SCORES_KEY] = "probabilities"
+    if setup.padded_text:  # a recurrent model reads text as it trained on it: padded to its full length
+        extra[PADDING_KEY] = "max_length"
     if c.output:  # eval and predict score it, and training again fits it
         extra[OUTPUT_KEY] = c.output
     set_metadata(trained, extra, keep=False)
@@ -951,7 +954,7 @@ def _finish(
     if c.evaluate_test and len(setup.dataset.test):
         metrics["test"] = evaluate(
             trained,
-            setup.dataset.test,
+            setup.dataset.test.with_fixed_shapes() if setup.padded_text else setup.dataset.test,
             batch_size=c.eval_batch_size or max(c.batch_size, 256),
             output=c.output,  # the output asked for: setup.output may be the tensor a ZipMap reads
             task=setup.task,
