@@ -80,7 +80,11 @@ def held_back() -> Iterator[None]:
     making something that needs cleaning up and naming it to the `finally` that does: a stop landing just after a
     scratch folder was made and before its cleanup was armed left the folder behind (1 of 60 `quantize` runs sent
     SIGTERM as the folder appeared). Blocking the signal instead would not do: Python runs its handler on the main
-    thread whichever thread the OS gives the signal to, and ONNX Runtime's threads take it."""
+    thread whichever thread the OS gives the signal to, and ONNX Runtime's threads take it. Off the main thread,
+    where no handler runs, it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _HELD["depth"] += 1
     try:
         yield
