@@ -272,7 +272,9 @@ def label_then_scores(model: onnx.ModelProto) -> tuple[str, bool] | None:
     probabilities = sklearn_probabilities(model)
     if probabilities is not None:
         return probabilities, True
-    logits = argmax_of(model, model.graph.output[0].name) if model.graph.output else None
+    first = model.graph.output[0] if model.graph.output else None
+    is_label = first is not None and len(first.type.tensor_type.shape.dim) == 1  # [N]: one class id a row
+    logits = argmax_of(model, first.name) if is_label else None
     return None if logits is None else (logits, False)
 
 
