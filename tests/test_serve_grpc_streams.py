@@ -103,9 +103,19 @@ def serving(model: runtime.Model, **limits: float) -> Iterator[str]:
         loop.close()
 
 
+def digits_rows(rows: int) -> np.ndarray:
+    """What these tests send the digits model: `rows` rows of 0.5."""
+    return np.full((rows, 64), 0.5, np.float32)
+
+
+def assert_digits_answer(logits: np.ndarray, digits: runtime.Model, rows: int) -> None:
+    """`logits` are the digits model's for `digits_rows(rows)`."""
+    np.testing.assert_allclose(logits, digits.predict(digits_rows(rows))["logits"], rtol=1e-6, atol=1e-6)
+
+
 def digits_input(rows: int = 1) -> list:
     x = triton_grpc.InferInput("x", [rows, 64], "FP32")
-    x.set_data_from_numpy(np.full((rows, 64), 0.5, np.float32))
+    x.set_data_from_numpy(digits_rows(rows))
     return [x]
 
 
@@ -169,8 +179,7 @@ def test_idle_streams_at_the_cap_give_way_to_a_new_call(digits):
                 assert not any(stream.errors for stream in streams)
                 time.sleep(grace)
             result = caller.infer("digits", digits_input(2))  # takes the place of the stream idle longest
-            np.testing.assert_allclose(result.as_numpy("logits"), digits.predict(np.full((2, 64), 0.5, np.float32))
-                                       ["logits"], rtol=1e-6, atol=1e-6)  # fmt: skip
+            assert_digits_answer(result.as_numpy("logits"), digits, 2)
             assert caller.is_server_ready()
             wait_for(lambda: streams[0].errors)
             error = streams[0].errors[0]
@@ -388,7 +397,7 @@ def framed(request) -> bytes:
 def digits_request(rows: int = 1) -> service_pb2.ModelInferRequest:
     request = service_pb2.ModelInferRequest(model_name="digits")
     request.inputs.add(name="x", datatype="FP32", shape=[rows, 64])
-    request.raw_input_contents.append(np.full((rows, 64), 0.5, np.float32).tobytes())
+    request.raw_input_contents.append(digits_rows(rows).tobytes())
     return request
 
 
@@ -455,8 +464,7 @@ def test_unary_calls_without_their_request_fill_the_cap_only_until_the_body_time
                     time.sleep(0.02)
             served = time.monotonic()
             assert served - start >= timeout * 0.9
-            np.testing.assert_allclose(result.as_numpy("logits"), digits.predict(np.full((2, 64), 0.5, np.float32))
-                                       ["logits"], rtol=1e-6, atol=1e-6)  # fmt: skip
+            assert_digits_answer(result.as_numpy("logits"), digits, 2)
             raw.wait(calls, 5)
             assert [raw.ended[call][:2] for call in calls] == [(DEADLINE_EXCEEDED, LATE.format(timeout))] * 4
             assert max(raw.ended[call][2] for call in calls) < served + 0.5
@@ -485,8 +493,7 @@ def test_a_request_sent_slowly_but_whole_within_the_body_timeout_is_served(digit
             assert int.from_bytes(data[1:5], "big") == len(data) - 5
             reply = service_pb2.ModelInferResponse.FromString(data[5:])
             logits = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(2, 10)
-            np.testing.assert_allclose(logits, digits.predict(np.full((2, 64), 0.5, np.float32))["logits"],
-                                       rtol=1e-6, atol=1e-6)  # fmt: skip
+            assert_digits_answer(logits, digits, 2)
         finally:
             raw.close()
         assert grpc_counts(address) == {("digits", 200): 1}
@@ -506,8 +513,7 @@ def test_real_clients_see_no_change_and_only_the_request_is_timed(digits):
             assert client.get_model_config("digits").config.name == "digits"
             assert client.get_model_repository_index().models[0].name == "digits"
             result = client.infer("digits", digits_input(3))
-            np.testing.assert_allclose(result.as_numpy("logits"), digits.predict(np.full((3, 64), 0.5, np.float32))
-                                       ["logits"], rtol=1e-6, atol=1e-6)  # fmt: skip
+            assert_digits_answer(result.as_numpy("logits"), digits, 3)
             statistics = client.get_inference_statistics("digits").model_stats[0]
             assert statistics.inference_stats.success.count == 1
             with pytest.raises(InferenceServerException) as missing:
