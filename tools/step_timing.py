@@ -12,6 +12,7 @@ onnx backend's graphs.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import statistics
@@ -48,6 +49,21 @@ def import_torch(threads: int):  # type: ignore[no-untyped-def]
         ) from None
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
+    return torch
+
+
+def import_torch_exporter():  # type: ignore[no-untyped-def]
+    """PyTorch to export modules to ONNX (its dynamo exporter also needs onnxscript), its exporter's notes on
+    torchvision quiet (a tool-only dependency)."""
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            "this tool needs PyTorch (and onnxscript for the dynamo exporter), kept outside the project environment:\n"
+            "pip install --target /tmp/torchlib torch==2.13.0, pip install --no-deps --target /tmp/osl onnxscript,\n"
+            "then run with PYTHONPATH=/tmp/torchlib:/tmp/osl"
+        ) from None
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     return torch
 
 

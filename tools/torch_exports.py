@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from step_timing import import_torch_exporter
 
 from onnxkit.autodiff.check import run_gradients, with_projection_loss
 from onnxkit.errors import OnnxkitError
@@ -228,18 +229,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--only", nargs="*", help="module names (default: all)")
     args = parser.parse_args()
-    import logging
-
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit(
-            "this tool needs PyTorch (and onnxscript for the dynamo exporter), kept outside the project environment:\n"
-            "pip install --target /tmp/torchlib torch==2.13.0, pip install --no-deps --target /tmp/osl onnxscript,\n"
-            "then run with PYTHONPATH=/tmp/torchlib:/tmp/osl"
-        ) from None
-
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the dynamo exporter's notes on torchvision
+    torch = import_torch_exporter()
 
     print(f"{'module':24s} {'exporter':11s} {'grad':>9s}  test")
     for name, (make, image) in modules().items():

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from step_timing import import_torch_exporter
 
 from onnxkit.data import load_dataset
 from onnxkit.train.schedules import Schedule, warmup_steps
@@ -284,19 +285,8 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--keep", type=Path, help="keep the exports and runs under this folder")
     args = parser.parse_args()
-    import logging
-
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit(
-            "this tool needs PyTorch (and onnxscript for the dynamo exporter), kept outside the project environment:\n"
-            "pip install --target /tmp/torchlib torch==2.13.0, pip install --no-deps --target /tmp/osl onnxscript,\n"
-            "then run with PYTHONPATH=/tmp/torchlib:/tmp/osl"
-        ) from None
-
+    torch = import_torch_exporter()
     torch.set_num_threads(args.torch_threads)  # 2 OpenMP threads on a busy 2-core machine: 300 ms an MLP step
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     root = args.keep or Path(tempfile.mkdtemp(prefix="side-by-side-"))
     print(f"{'module':15s} {'exporter':11s} seed  {'onnxkit':>7s} {'torch':>7s}  {'s/ep ok':>7s} {'s/ep pt':>7s}"
           f"  epochs (ok/pt)  load  eval")
