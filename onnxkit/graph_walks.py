@@ -131,6 +131,16 @@ def folded_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in _fold_constants(model, _skeleton(model))}
 
 
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Small values fixed before run time, by name: initializers, Constant nodes and what shape
+    arithmetic computes from them alone (axes, shapes, ratios)."""
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if np.prod(t.dims) <= 64}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return {**folded_values(model), **values}
+
+
 # Ops whose first output has its first input's type and shape, for the few that onnx's shape
 # inference leaves untyped (GroupNormalization-21 in onnx 1.2x), so inference can go on past them.
 SAME_SHAPE = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",

@@ -164,10 +164,11 @@ def test_batchnorm_folded_into_weights_by_the_exporter_is_named(tmp_path, run_cl
         assert "dynamo=True, optimize=False" in result.err and "TrainingMode.TRAINING" in result.err
 
 
-def exported_in_training_mode() -> onnx.ModelProto:
+def exported_in_training_mode(true_initializer: bool = False) -> onnx.ModelProto:
     """Gemm -> BatchNorm -> Relu -> Dropout -> Gemm on 64 features as the TorchScript exporter writes it
     with training=TrainingMode.TRAINING: BatchNorm with training_mode=1 and its statistics outputs,
-    Dropout reading a Constant ratio and a Constant True."""
+    Dropout reading a Constant ratio and a Constant True (`true_initializer`: the True an initializer,
+    as the dynamo exporter writes it)."""
     rng = np.random.default_rng(0)
     def const(name, value):  # type: ignore[no-untyped-def]
         return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value), name))
@@ -177,7 +178,7 @@ def exported_in_training_mode() -> onnx.ModelProto:
         helper.make_node("BatchNormalization", ["h", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
                          ["b", "b.mean", "b.var"], training_mode=1, momentum=0.9),
         helper.make_node("Relu", ["b"], ["r"]),
-        const("ratio", np.float32(0.2)), const("training", True),
+        const("ratio", np.float32(0.2)), *([] if true_initializer else [const("training", True)]),
         helper.make_node("Dropout", ["r", "ratio", "training"], ["d", "mask"]),
         helper.make_node("Gemm", ["d", "out.weight", "out.bias"], ["logits"], transB=1),
     ]
@@ -187,15 +188,19 @@ def exported_in_training_mode() -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
                               [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()])
+    if true_initializer:
+        graph.initializer.append(numpy_helper.from_array(np.array(True), "training"))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
 
 
-def test_a_model_exported_in_training_mode_is_written_in_inference_mode(tmp_path, run_cli):
+@pytest.mark.parametrize("true_initializer", [False, True], ids=["true-node", "true-initializer"])
+def test_a_model_exported_in_training_mode_is_written_in_inference_mode(tmp_path, run_cli, true_initializer):
     """The trained model kept BatchNorm's training_mode=1: it normalised each batch by its own statistics,
     so an example alone got other scores than in a batch of 8 (by up to 5.8 on an MLP with BatchNorm1d),
-    and the running statistics it was trained to were never read."""
+    and the running statistics it was trained to were never read. The True each Dropout read goes
+    (onnxruntime warned of the unused initializer at every load)."""
     path = tmp_path / "net.onnx"
-    onnx.save(exported_in_training_mode(), path)
+    onnx.save(exported_in_training_mode(true_initializer), path)
     result = run_cli("train", path, "--data", "digits", "--steps", "5", "-o", tmp_path / "run")
     assert result.code == 0, result.err
     assert "the model's 1 BatchNormalization, 1 Dropout nodes were exported in training mode" in result.err
@@ -213,6 +218,8 @@ def test_a_model_exported_in_training_mode_is_written_in_inference_mode(tmp_path
     np.testing.assert_allclose(alone, expected, atol=1e-4)
     assert [n.op_type for n in trained.graph.node] == ["Gemm", "BatchNormalization", "Relu", "Constant", "Dropout",
                                                         "Gemm"]  # the same nodes, but the True
+    read = {name for node in trained.graph.node for name in node.input}
+    assert [t.name for t in trained.graph.initializer if t.name not in read] == []
 
 
 def exported_like_dynamo(merged: bool) -> onnx.ModelProto:

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from conftest import has_ort_training
 from onnx import TensorProto, helper, numpy_helper
+from test_exporter_copies import exported_in_training_mode
 
 from onnxkit import training_recipe, zoo
 from onnxkit.autodiff.check import gradcheck
@@ -114,10 +115,22 @@ def test_unknown_backend_is_a_clear_error():
         fit(zoo.build_model("iris-mlp"), "iris", "unused", backend="onx")
 
 
-def test_a_run_with_dropout_resumes_to_the_same_weights(tmp_path):
+def test_an_exporters_constant_dropout_ratio_reads_its_mask_from_the_tables(tmp_path):
+    """ORT's own Dropout kernel draws from a generator that starts over in every session."""
+    from onnxkit.train.problem import open_training
+
+    open_training(exported_in_training_mode(), tmp_path / "a")  # its ratio and True are Constant nodes
+    training = load_model(tmp_path / "a" / "training.onnx")
+    assert "Dropout" not in {node.op_type for node in training.graph.node}
+    assert json.loads((tmp_path / "a" / "signature.json").read_text())["dropout"]["ratios"] == [pytest.approx(0.2)]
+
+
+@pytest.mark.parametrize("model", [lambda: zoo.build_model("digits-mlp", dropout=0.3), exported_in_training_mode],
+                         ids=["zoo", "exported-in-training-mode"])
+def test_a_run_with_dropout_resumes_to_the_same_weights(tmp_path, model):
     """Dropout masks come from (seed, step, micro-batch), not from a generator inside the session."""
     settings = dict(data="digits", epochs=2, batch_size=64, seed=3, evaluate_test=False, device="cpu")
-    model = zoo.build_model("digits-mlp", dropout=0.3)
+    model = model()
     straight = fit(model, out_dir=tmp_path / "straight", **settings)
 
     def interrupt(record):

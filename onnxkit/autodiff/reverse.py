@@ -19,16 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from onnxkit.autodiff import functions, recurrent
 from onnxkit.autodiff.builder import Backward, Graph
 from onnxkit.autodiff.composites import collapse
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
 from onnxkit.errors import OnnxkitError
-from onnxkit.graph_walks import ancestors, folded_values, node_label, opset, value_types
+from onnxkit.graph_walks import ancestors, constant_values, node_label, opset, value_types
 
 FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 MIN_OPSET = 13
@@ -176,16 +175,6 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     result.graph.initializer.extend(graph.initializers)
     result.graph.output.extend(outputs)
     return result
-
-
-def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Small integer and scalar values fixed before run time: initializers, Constant nodes and what
-    shape arithmetic computes from them alone (axes, shapes, ratios), which some rules read."""
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if np.prod(t.dims) <= 64}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return {**folded_values(model), **values}
 
 
 def _save_statistics(nodes: list[tuple[int, onnx.NodeProto]], graph: Graph) -> None:

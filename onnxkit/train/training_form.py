@@ -345,9 +345,11 @@ def in_inference_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
             del node.input[2:]
             changed.append(node.op_type)
     read = {name for n in out.graph.node for name in n.input} | {o.name for o in out.graph.output}
-    dead = [n for n in out.graph.node if n.op_type == "Constant" and n.output[0] in true and n.output[0] not in read]
-    for node in dead:  # the True each Dropout read (onnxruntime warns of every unused one)
+    dead = true - read  # the True each Dropout read, a Constant node or an initializer (onnxruntime warns of each)
+    for node in [n for n in out.graph.node if n.op_type == "Constant" and n.output[0] in dead]:
         out.graph.node.remove(node)
+    for tensor in [t for t in out.graph.initializer if t.name in dead]:
+        out.graph.initializer.remove(tensor)
     return (out, changed) if changed else (model, [])
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit.graph_walks import value_types
+from onnxkit.graph_walks import constant_values, value_types
 
 TABLE = "onnxkit.dropout.table"  # + ".<k>" for the k-th distinct ratio
 STARTS = "onnxkit.dropout.starts"  # int64 [number of Dropout nodes]: each sliced window's first element
@@ -42,7 +42,7 @@ def replace_dropout(model: onnx.ModelProto) -> dict:
     session's settings: the distinct ratios (table k serves ratios[k]), the seed of the first
     Dropout, the number of Dropouts and the bound windows ([input name, dropout index, table,
     dims] each; the others are sliced)."""
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if not t.dims}
+    constants = {k: v for k, v in constant_values(model).items() if v.size == 1}  # an exporter's Constant node too
     types = value_types(model)
     consumed = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     given = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
@@ -53,10 +53,10 @@ def replace_dropout(model: onnx.ModelProto) -> dict:
     for node in model.graph.node:
         ratio = constants.get(node.input[1]) if node.op_type == "Dropout" and len(node.input) > 2 else None
         training = constants.get(node.input[2]) if ratio is not None else None
-        if ratio is None or training is None or not bool(training):
+        if ratio is None or training is None or not bool(training.reshape(-1)[0]):
             nodes.append(node)
             continue
-        value = float(ratio)
+        value = float(ratio.reshape(-1)[0])
         if value not in ratios:
             ratios.append(value)
         if count == 0:
