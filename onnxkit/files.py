@@ -154,8 +154,10 @@ def write_safetensors(
     from safetensors.numpy import save_file
 
     with atomic_path(path) as tmp:
+        mode = os.stat(tmp).st_mode  # what a plain open() gives: safetensors 0.8 writes its files 0600
         try:
             save_file(dict(tensors), str(tmp), metadata=metadata)
+            os.chmod(tmp, mode)
         except SafetensorError as e:
             code = re.search(r"os error (\d+)", str(e))
             if code is None:

@@ -180,12 +180,18 @@ def test_a_write_killed_hard_leaves_a_temporary_file_the_next_write_sweeps(tmp_p
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_outputs_honour_the_umask(tmp_path, run_cli, umask, mode):
+    """Every file a run writes too: safetensors 0.8 writes its files 0600 (checkpoints, initial state)."""
     previous = os.umask(umask)
     try:
         assert run_cli("build", "iris-mlp", "-o", tmp_path / "iris.onnx").code == 0
+        result = run_cli("train", tmp_path / "iris.onnx", "--data", "iris", "--steps", "2", "-o", tmp_path / "run")
+        assert result.code == 0, result.err
     finally:
         os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "iris.onnx").stat().st_mode) == mode
+    files = [tmp_path / "iris.onnx", *(p for p in (tmp_path / "run").rglob("*") if p.is_file())]
+    assert any(p.suffix in (".ckpt", ".safetensors") for p in files)
+    assert {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files if
+            stat.S_IMODE(p.stat().st_mode) != mode} == {}
 
 
 @pytest.mark.training
