@@ -60,6 +60,16 @@ def test_data_that_does_not_fit_the_model(run_cli, cnn, tmp_path):
             "labels of shape [90] do not match the output's shape [batch, 3] for the mse loss", run)
     refused(run_cli("train", iris, "--data", "iris", "--model-output", "probs", "-o", run),
             "model has no output 'probs'", run)
+    rows = ["a,b,c,d,label", *(f"{k % 7},1,2,3,{k % 3}" for k in range(30)), "1,1,2,3,1.5"]
+    (tmp_path / "stray.csv").write_text("\n".join(rows) + "\n")  # class ids and one typo: read as regression targets
+    refused(run_cli("train", iris, "--data", tmp_path / "stray.csv", "-o", run),
+            "cross-entropy needs integer class labels but one is 1.5", run)
+    untold = zoo.build_model("iris-mlp")
+    del untold.metadata_props[:]  # no task: float labels pick mse
+    onnx.save(untold, tmp_path / "untold.onnx")
+    refused(run_cli("train", tmp_path / "untold.onnx", "--data", tmp_path / "stray.csv", "-o", run),
+            "for the mse loss; give one target per output value; if they are class ids, each must be a whole "
+            "number, but one is 1.5", run)
 
 
 def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):

@@ -93,11 +93,12 @@ class Loss:
     def labels_for(self, labels: np.ndarray, output_shape: tuple[int | str | None, ...]) -> np.ndarray:
         """Labels converted to what the loss input takes: int64 class ids, or float32 targets
         reshaped like the output (e.g. [N] -> [N, 1])."""
+        stray = _not_whole(labels)
         if self.class_labels:
             if labels.dtype.kind not in "iub":
+                found = f"one is {stray:g}" if stray is not None else f"the data's labels are {labels.dtype}"
                 raise OnnxkitError(
-                    "cross-entropy needs integer class labels but the data's labels are "
-                    f"{labels.dtype}; use loss=mse for regression targets"
+                    f"cross-entropy needs integer class labels but {found}; use loss=mse for regression targets"
                 )
             return labels.astype(np.int64, copy=False)
         targets = labels.astype(np.float32, copy=False)
@@ -109,11 +110,16 @@ class Loss:
             if int(np.prod(targets.shape[1:], dtype=np.int64)) == size:
                 return targets.reshape(len(targets), *fixed)
         shown = ", ".join("?" if d is None else str(d) for d in output_shape)
-        ids = labels.dtype.kind == "f" and bool(np.all(labels == np.round(labels)))  # [N] or per position
+        whole = labels.dtype.kind == "f" and labels == np.round(labels)
+        if not np.any(whole):
+            hint = ""
+        elif stray is not None:  # class ids and a stray value: the whole column was read as regression targets
+            hint = f"; if they are class ids, each must be a whole number, but one is {stray:g}"
+        else:
+            hint = "; if they are class ids, pass them as integers (labels.astype(int))"
         raise OnnxkitError(
             f"labels of shape {list(labels.shape)} do not match the output's shape [{shown}] "
-            f"for the {self.name} loss; give one target per output value"
-            + ("; if they are class ids, pass them as integers (labels.astype(int))" if ids else "")
+            f"for the {self.name} loss; give one target per output value{hint}"
         )
 
     @property
@@ -177,3 +183,11 @@ def default_loss(task: str | None, output_shape: tuple[int | str | None, ...], l
     from onnxkit.evaluate import TASK_LOSS, infer_task
 
     return Loss(TASK_LOSS[infer_task(task, output_shape, labels)])
+
+
+def _not_whole(labels: np.ndarray) -> float | None:
+    """The first label that is not a whole number (NaN included), if any."""
+    if labels.dtype.kind != "f":
+        return None
+    stray = labels[labels != np.round(labels)]
+    return float(stray.flat[0]) if stray.size else None
