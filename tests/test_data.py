@@ -223,6 +223,19 @@ def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
                                 "thousands separators; write the numbers without them (1200)")
 
 
+def test_csv_numbers_past_float32s_range_are_named_not_called_infinite(tmp_path, recwarn):
+    # 1e39 became inf in the float32 cast (numpy warned of an overflow) and was reported as an infinite value
+    (tmp_path / "big.csv").write_text("a,b,label\n1,2,0\n3,-1e39,1\n")
+    with pytest.raises(OnnxkitError) as big:
+        load_dataset(tmp_path / "big.csv")
+    assert str(big.value) == (f"{tmp_path / 'big.csv'}:3: feature column 'b' holds -1e39, beyond float32's range "
+                              "(±3.4e+38); rescale that column")
+    (tmp_path / "target.csv").write_text("a,target\n1,2.5\n2,1e39\n")
+    with pytest.raises(OnnxkitError, match=r"target.csv:3: the label 1e39 is beyond float32's range"):
+        load_dataset(tmp_path / "target.csv")
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_a_first_row_with_a_missing_cell_is_data_not_a_header(tmp_path):
     # '5.1,NA,1.4,0' was taken for a header row: dropped without a word, the other rows trained
     (tmp_path / "gap.csv").write_text("5.1,NA,1.4,0\n4.9,3.0,1.4,1\n4.7,3.2,1.3,0\n")

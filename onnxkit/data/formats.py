@@ -36,6 +36,8 @@ from onnxkit.label_columns import (
     without_index,
 )
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a CSV's numbers past it would be read as infinities
+
 
 def require_data_file(path: Path) -> None:
     """One error line unless `path` is a file: a folder (runs.csv/, say) or nothing there."""
@@ -105,9 +107,16 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     features = [[row[j] for j in range(width) if j != label_col] for row in body]
     _refuse_missing_cells(path, features, header, label_col, lines)
     try:
-        x = np.array(features, dtype=np.float32)
+        x = np.array(features, dtype=np.float64)
     except ValueError:
         raise _not_numbers(path, features, header, label_col, lines) from None
+    big = _beyond_float32(x)
+    if big.any():
+        i, j = (int(k) for k in np.argwhere(big)[0])
+        raise OnnxkitError(f"{path}:{lines[i]}: feature column {_column(header, j, label_col)} holds "
+                           f"{features[i][j].strip()}, beyond float32's range (±{FLOAT32_MAX:.1e}); "
+                           "rescale that column")
+    x = x.astype(np.float32)
     return dataset_from_arrays(
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
@@ -141,6 +150,11 @@ def csv_for_model(dataset: Dataset, model: Any) -> Dataset:
         return dataset
     return replace(dataset, train=fitted(dataset.train), validation=fitted(dataset.validation),
                    test=fitted(dataset.test))
+
+
+def _beyond_float32(values: np.ndarray) -> np.ndarray:
+    """Where finite float64 values would overflow to infinity as float32."""
+    return np.isfinite(values) & (np.abs(values) > FLOAT32_MAX)
 
 
 def _column(header: Sequence[str] | None, j: int, label_col: int) -> str:
@@ -191,7 +205,12 @@ def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, l
         raise OnnxkitError(f"{path}:{lines[gap]}: the label cell {there}; give every row a label (or drop the row)")
     if all(numeric):
         values = np.array(raw, dtype=np.float64)
-        integral = np.all(values == np.round(values))
+        big = _beyond_float32(values)
+        if big.any():
+            i = int(np.argmax(big))
+            raise OnnxkitError(f"{path}:{lines[i]}: the label {raw[i]} is beyond float32's range "
+                               f"(±{FLOAT32_MAX:.1e}); rescale the labels")
+        integral = np.all(values == np.round(values)) and np.all(np.abs(values) < 2**53)  # class ids
         return (values.astype(np.int64) if integral else values.astype(np.float32)), None
     label_names = sorted(set(raw))
     index = {name: i for i, name in enumerate(label_names)}
