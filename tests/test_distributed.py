@@ -24,9 +24,9 @@ from onnxkit.train import distributed  # noqa: E402
 from onnxkit.train.launch import find_mpiexec, launch, launch_training  # noqa: E402
 
 # digits-cnn, dropout off, data in order: 1,079 training rows make 17 batches of 64 per epoch
-SETTINGS = dict(steps=30, epochs=2, batch_size=64, shuffle=False, dropout=False, optimizer="adamw", lr=0.01)
-FLAGS = ["--steps", "30", "--epochs", "2", "--batch-size", "64", "--no-shuffle", "--no-dropout", "--optimizer",
-         "adamw", "--lr", "0.01"]  # the same as SETTINGS
+SETTINGS = dict(steps=30, batch_size=64, shuffle=False, dropout=False, optimizer="adamw", lr=0.01)
+FLAGS = ["--steps", "30", "--batch-size", "64", "--no-shuffle", "--no-dropout", "--optimizer", "adamw", "--lr",
+         "0.01"]  # the same as SETTINGS
 SCRIPT = """\
 import os, signal, sys, time
 from onnxkit.errors import OnnxkitError
@@ -120,7 +120,7 @@ def test_uneven_shares_with_gradient_accumulation_match_one_process(reference: t
     model, _ = reference
     settings = dict(SETTINGS, steps=8, batch_size=45, grad_accumulation=3)  # shares of 22 and 23 rows
     want = fit(model, "digits-images", tmp_path / "one", **settings).model_path
-    flags = ["--steps", "8", "--epochs", "2", "--batch-size", "45", "--grad-accum", "3", *FLAGS[6:]]
+    flags = ["--steps", "8", "--batch-size", "45", "--grad-accum", "3", *FLAGS[4:]]
     _onnxkit_train(str(model), "--data", "digits-images", "-o", str(tmp_path / "two"), *flags)
     _assert_same_weights(tmp_path / "two" / "model.onnx", want)
 
@@ -138,8 +138,8 @@ def test_batchnorm_statistics_are_averaged_over_workers(tmp_path: Path) -> None:
     mlp = nn.Sequential([nn.BatchNorm1d(64), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)])
     model = tmp_path / "bn.onnx"
     onnx.save(nn.build(mlp, {"x": nn.Input(["batch", 64])}, output_names=["logits"]), str(model))
-    steps, common = 3, dict(epochs=1, shuffle=False, dropout=False, optimizer="adamw", lr=0.01)
-    _onnxkit_train(str(model), "--data", "digits", "-o", str(tmp_path / "two"), "--steps", str(steps), "--epochs", "1",
+    steps, common = 3, dict(shuffle=False, dropout=False, optimizer="adamw", lr=0.01)
+    _onnxkit_train(str(model), "--data", "digits", "-o", str(tmp_path / "two"), "--steps", str(steps),
                    "--batch-size", "64", "--no-shuffle", "--no-dropout", "--optimizer", "adamw", "--lr", "0.01")
     one = fit(model, "digits", tmp_path / "one", steps=steps, batch_size=32, grad_accumulation=2, **common)
     got, want = _weights(tmp_path / "two" / "model.onnx"), _weights(one.model_path)

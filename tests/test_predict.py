@@ -318,8 +318,8 @@ def test_input_files_that_are_not_utf8_or_not_csv_are_one_line(run_cli, digits, 
 
 def test_a_malformed_device_is_one_line_listing_the_forms(run_cli, words):
     result = run_cli("predict", words, "--text", "x", "--device", "cuda:x")
-    assert (result.code, result.err) == (1, "error: unknown device 'cuda:x'; use 'auto', 'cpu', 'cuda' or 'cuda:N' "
-                                            "(N a GPU number)\n")
+    assert (result.code, result.err) == (2, "error: --device must be auto, cpu, cuda or cuda:N (N a GPU number), got "
+                                            "'cuda:x' (see onnxkit predict -h)\n")
 
 
 def test_inspect_on_a_folder_names_the_model_in_it(run_cli, digits, tmp_path):

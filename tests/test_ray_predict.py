@@ -207,6 +207,6 @@ def test_ray_text_files_are_read_whole_or_refused_in_one_line(tmp_path: Path, ru
         result = run_cli("predict", tmp_path / "words.onnx", folder, "--ray")
         assert (result.code, result.err) == (1, f"error: {folder / name}{message}\n"), name
     result = run_cli("predict", tmp_path / "words.onnx", tmp_path / "long.csv", "--ray", "--device", "cuda:x")
-    assert (result.code, result.err) == (1, "error: unknown device 'cuda:x'; use 'auto', 'cpu', 'cuda' or 'cuda:N' "
-                                            "(N a GPU number)\n")
+    assert (result.code, result.err) == (2, "error: --device must be auto, cpu, cuda or cuda:N (N a GPU number), got "
+                                            "'cuda:x' (see onnxkit predict -h)\n")
     assert not ray.is_initialized()

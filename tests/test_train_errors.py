@@ -41,8 +41,10 @@ def test_cuda_without_the_gpu_package_is_a_clear_error(run_cli, cnn, tmp_path):
     assert "--device cpu" in result.err
     refused(run_cli("train", cnn, "--data", "digits-images", "--device", "cuda:1", "-o", run), "cuda:1", run)
     for malformed in ("gpu", "cuda:x", "cuda:"):  # the form is checked before any GPU is looked for
-        refused(run_cli("train", cnn, "--data", "digits-images", "--device", malformed, "-o", run),
-                f"unknown device '{malformed}'; use", run)
+        result = run_cli("train", cnn, "--data", "digits-images", "--device", malformed, "-o", run)
+        assert result.code == 2 and not run.exists()  # a malformed command line
+        assert result.err == (f"error: --device must be auto, cpu, cuda or cuda:N (N a GPU number), got "
+                              f"'{malformed}' (see onnxkit train -h)\n")
     done = fit(cnn, "digits-images", run, device="auto", epochs=1, evaluate_test=False)  # auto falls back to CPU
     assert json.loads((done.run_dir / "run.json").read_text())["device"] == "cpu"
 

@@ -95,9 +95,18 @@ def test_optimizer_options_go_through_the_cli_and_wrong_ones_are_one_line_errors
     config = json.loads((tmp_path / "rms" / "run.json").read_text())["config"]
     assert config["optimizer_options"] == RMSprop(alpha=0.9, momentum=0.5, centered=True).options()
     assert config["lr"] == RMSprop.default_lr
-    wrong = run_cli("train", model, "--data", "iris", "--optimizer", "rmsprop", "--nesterov", "-o", tmp_path / "x")
-    assert wrong.code == 1 and wrong.err.startswith("error: ") and len(wrong.err.strip().splitlines()) == 1
-    assert "rmsprop has no option 'nesterov'" in wrong.err and not (tmp_path / "x").exists()
+    malformed = {  # a malformed command line: exit 2, as click's own checks
+        ("--optimizer", "rmsprop", "--nesterov"): "rmsprop has no option '--nesterov'; its options: --alpha, --eps, ",
+        ("--betas", "2", "0.9"): "adamw: --betas must lie in [0, 1) (got --betas (2, 0.9), --eps 1e-08, ",
+        ("--device", "tpu"): "--device must be auto, cpu, cuda or cuda:N (N a GPU number), got 'tpu'",
+        ("--epochs", "2", "--steps", "3"): "give --epochs or --steps, not both",
+    }
+    for flags, message in malformed.items():
+        wrong = run_cli("train", model, "--data", "iris", *flags, "-o", tmp_path / "x")
+        assert wrong.code == 2 and wrong.err.startswith("error: ") and len(wrong.err.strip().splitlines()) == 1
+        assert message in wrong.err and not (tmp_path / "x").exists(), wrong.err
+    with pytest.raises(OnnxkitError, match="give epochs or steps, not both"):
+        fit(model, "iris", tmp_path / "x", epochs=2, steps=3)
 
 
 @pytest.mark.skipif(has_ort_training(), reason="this environment has onnxruntime-training")

@@ -71,7 +71,7 @@ def train_rates(model: str, rounds: int, steps: int, folder: Path) -> dict[str, 
     build, data, batch = MODELS[model]
     path = folder / f"{model}.onnx"
     onnxkit("build", *build, "-o", str(path))
-    common = [str(path), "--data", data, "--steps", str(steps), "--epochs", "1000", "--batch-size", str(batch),
+    common = [str(path), "--data", data, "--steps", str(steps), "--batch-size", str(batch),
               "--no-shuffle", "--no-dropout", "--quiet"]
     sides = {"1 process x 2 threads": ["--threads", "2"], "2 ranks x 1 thread": ["--workers", "2"]}
     rates: dict[str, list[float]] = {name: [] for name in sides}

@@ -48,8 +48,24 @@ NON_NEGATIVE = Number(float, 0)  # weight decay, momentum, warm-up, delays
 FLOAT = Number(float)
 
 
+class Device(click.ParamType):
+    """auto, cpu, cuda or cuda:N, checked in form only (whether CUDA is there is the command's to say)."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from onnxkit.errors import OnnxkitError
+        from onnxkit.runtime.session import device_spec
+
+        try:
+            device_spec(str(value))
+        except OnnxkitError:
+            self.fail(f"must be auto, cpu, cuda or cuda:N (N a GPU number), got {value!r}", param, ctx)
+        return value
+
+
 def device() -> Decorator:
-    return click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+    return click.option("--device", type=Device(), default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 
 
 def threads(help: str = "Intra-op CPU threads (default: one per core).") -> Decorator:

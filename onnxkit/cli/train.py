@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
+from onnxkit.cli import as_flags
 from onnxkit.cli import options as opt
+from onnxkit.cli.options import flag_names
 from onnxkit.errors import OnnxkitError
 from onnxkit.train.backends import backend_names
 from onnxkit.train.losses import ALIASES as LOSS_ALIASES
@@ -128,6 +130,9 @@ def train_cmd(model: str | None, **options: Any) -> None:
     if not resume and not (model and options["data"] and options["out_dir"]):
         raise click.UsageError("give MODEL.onnx, --data and -o RUN_DIR (or --resume RUN_DIR)",
                                click.get_current_context())
+    if options["epochs"] is not None and options["steps"] is not None:
+        raise click.UsageError("give --epochs or --steps, not both: --steps ends the run wherever it is in its epochs",
+                               click.get_current_context())
     workers = options.pop("workers")
     if workers and workers > 1:
         from onnxkit.train.launch import launch_training
@@ -192,7 +197,12 @@ def _optimizer(options: dict[str, Any]) -> Optimizer | None:
     given = {k: options[k] for k in OPTIMIZER_OPTIONS if options[k] is not None}
     if options["optimizer"] is None and not given:
         return None
-    return get_optimizer(options["optimizer"] or "adamw", **given)
+    try:
+        return get_optimizer(options["optimizer"] or "adamw", **given)
+    except OnnxkitError as e:  # an option that algorithm lacks, or values out of its range: a malformed command
+        ctx = click.get_current_context()
+        message = as_flags(str(e), (*OPTIMIZER_OPTIONS, "weight_decay"), flag_names(ctx.command))
+        raise click.UsageError(message, ctx) from None
 
 
 def _with_tokenizer(model: str | None, tokenizer: str | None, max_length: int | None, resume: bool) -> Any:

@@ -218,6 +218,9 @@ def fit(
             raise OnnxkitError("give an output folder for the run (out_dir / -o)")
         if data is None:
             raise OnnxkitError("give training data: a dataset name, a .npz/.csv file or a Dataset")
+        if epochs is not None and steps is not None:
+            raise OnnxkitError("give epochs or steps, not both: steps end the run wherever it is in its epochs",
+                               params=["epochs", "steps"])
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
         else:
