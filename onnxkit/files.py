@@ -37,13 +37,17 @@ _SWEPT: set[Path] = set()  # folders this process has swept of killed writers' t
 
 @contextlib.contextmanager
 def disk_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Turn a full (or read-only, or failing) disk while writing `path` into one clear OnnxkitError."""
+    """Turn a full (or read-only, or failing) disk while writing `path` into one clear DiskError."""
     try:
         yield
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise
-        raise OnnxkitError(f"cannot write {path}: {e.strerror}; free some space or write somewhere else") from None
+        raise DiskError(f"cannot write {path}: {e.strerror}; free some space or write somewhere else") from None
+
+
+class DiskError(OnnxkitError):
+    """A write that failed because of the disk (full, read-only, failing), not the program."""
 
 
 @contextlib.contextmanager

@@ -212,3 +212,49 @@ def test_a_fixed_batch_model_trains_on_whole_batches(tmp_path, run_cli):
     refused = run_cli("train", tmp_path / "fixed.onnx", "--data", "iris", "--batch-size", "16", "-o", tmp_path / "b")
     assert "fixed batch size of 32; use --batch-size 32 or export" in refused.err
 
+
+
+def test_a_disk_that_fills_mid_run_says_how_to_go_on_and_cuts_no_metrics_line(tmp_path, iris, monkeypatch):
+    """The error named the full disk but not that the run could go on; a metrics flush cut short left half a
+    JSON line in metrics.jsonl."""
+    import errno
+
+    from onnxkit.files import DiskError
+    from onnxkit.train.callbacks import MetricsWriter
+
+    def no_space(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class DiskFills(Callback):
+        def on_epoch_end(self, trainer, record):  # type: ignore[no-untyped-def]
+            if record["epoch"] == 2:  # after the first epoch's checkpoint: every later file fails to land
+                monkeypatch.setattr(os, "replace", no_space)
+
+    run = tmp_path / "run"
+    with pytest.raises(DiskError, match=r"No space left on device; free some space or write somewhere else; then "
+                                        rf"continue the run from its last checkpoint with resume={run}$"):
+        fit(iris, "iris", run, epochs=10, callbacks=[DiskFills()])
+    monkeypatch.undo()
+    assert fit(resume=run).metrics["epochs"] == 10
+
+    class HalfWritten:  # a disk that takes 10 bytes of the next write, then is full
+        def __init__(self, file):  # type: ignore[no-untyped-def]
+            self.file, self.room = file, 10
+
+        def write(self, data):  # type: ignore[no-untyped-def]
+            if not self.room:
+                no_space()
+            self.room = 0
+            return self.file.write(data[:10])
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self.file, name)
+
+    before = (run / "metrics.jsonl").read_bytes()
+    writer = MetricsWriter(RunDirectory(run), [])
+    writer.on_train_begin(None)  # type: ignore[arg-type]
+    writer._file = HalfWritten(writer._file)
+    writer.on_step_end(None, {"event": "step", "step": 99, "loss": 0.5})  # type: ignore[arg-type]
+    with pytest.raises(DiskError, match="metrics.jsonl: No space left on device"):
+        writer.flush()
+    assert (run / "metrics.jsonl").read_bytes() == before

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.files import disk_errors
 from onnxkit.train.progress import Progress
 from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.weights import save_tensors
@@ -149,11 +151,11 @@ class MetricsWriter(Callback):
     def __init__(self, run: RunDirectory, records: list[Record]) -> None:
         self.run, self.records = run, records
         self._pending: list[Record] = []
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._written = 0.0  # time.monotonic() of the last write
 
     def on_train_begin(self, trainer: Trainer) -> None:
-        self._file = self.run.metrics.open("a")
+        self._file = self.run.metrics.open("ab", buffering=0)
 
     def on_step_end(self, trainer: Trainer, record: Record) -> None:
         self.records.append(record)
@@ -174,9 +176,18 @@ class MetricsWriter(Callback):
             self._file = None
 
     def flush(self) -> None:
+        """Append the pending lines; a failed write (a full disk) leaves the file as it was, no line cut short."""
         if self._pending and self._file is not None:
-            self._file.write("".join(json.dumps(r) + "\n" for r in self._pending))
-            self._file.flush()
+            data = "".join(json.dumps(r) + "\n" for r in self._pending).encode()
+            end = self._file.seek(0, os.SEEK_END)
+            with disk_errors(self.run.metrics):
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[self._file.write(view):]
+                except OSError:
+                    self._file.truncate(end)
+                    raise
             self._pending.clear()
             self._written = time.monotonic()
 

@@ -9,6 +9,7 @@ the original inference graph, evaluated on the test split.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -39,7 +40,7 @@ from onnxkit.evaluate import (
     r2,
     score,
 )
-from onnxkit.files import load_model, save_model, sha256
+from onnxkit.files import DiskError, load_model, save_model, sha256
 from onnxkit.graph_walks import (
     opset,
     probability_logits,
@@ -880,7 +881,11 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
         raise
     except Exception as e:
         info.update(status="failed", error=str(e))
-        run.write_json(info)
+        with contextlib.suppress(DiskError):  # the disk that failed the run may refuse this too
+            run.write_json(info)
+        if isinstance(e, DiskError) and run.has_checkpoint():
+            raise DiskError(f"{e}; then continue the run from its last checkpoint with resume={run.path}",
+                            params=["resume"]) from e
         raise
 
 
