@@ -140,7 +140,7 @@ def test_infer_with_two_int64_inputs_and_a_model_without_batch_axis(client, mode
         ([1, 2], [1, 2**63], 400, "9223372036854775808 does not fit INT64 (-9223372036854775808 to 9223"),
         ([1, 2], [2**64, 1], 400, "18446744073709551616 does not fit INT64"),
         ([1, 2], [-(2**70), 1], 400, "-1180591620717411303424 does not fit INT64"),
-        ([1, 2], [1.5, 1], 400, "expects int64 values, got float64"),
+        ([1, 2], [1.5, 1], 400, "data holds 1.5; INT64 takes integers"),
     ],
     ids=["no-rows", "no-data", "past-int64", "past-uint64", "below-int64", "fraction"],
 )
@@ -182,7 +182,7 @@ BAD_REQUESTS = [
     ("POST", "/v2/models/digits/infer", _with(datatype="INT64"), 400, "has datatype FP32, got 'INT64'"),
     ("POST", "/v2/models/digits/infer", _with(shape=[2, 32]), 400, "dimension 1 must be 64"),
     ("POST", "/v2/models/digits/infer", _with(shape=[2, 64]), 400, "holds 128 values, but data has 64"),
-    ("POST", "/v2/models/digits/infer", _with(data=["a"] * 64), 400, "expects float32 values"),
+    ("POST", "/v2/models/digits/infer", _with(data=["a"] * 64), 400, "input 'x': data holds \"a\"; FP32 takes numbers"),
     ("POST", "/v2/models/digits/infer", _with(data=[[1, 2], [3]]), 400, "not a regular array"),
     ("POST", "/v2/models/digits/infer", b"{not json", 400, "malformed JSON"),
     ("POST", "/v2/models/digits/infer", [1, 2], 400, 'a JSON object with an "inputs" list'),

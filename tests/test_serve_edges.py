@@ -125,7 +125,7 @@ def halves(tmp_path_factory) -> runtime.Model:
     [
         ("FP32", [1e300, 1.0], "input 'x': 1e+300 does not fit FP32 (largest 3.40282e+38); it would be infinite"),
         ("FP16", [[70000, -1]], "input 'x': 70000 does not fit FP16 (largest 65504); it would be infinite"),
-        ("FP16", ["-1e5", 1], "input 'x': -100000 does not fit FP16 (largest 65504); it would be infinite"),
+        ("FP16", [-1e5, 1], "input 'x': -100000 does not fit FP16 (largest 65504); it would be infinite"),
     ],
 )
 def test_a_finite_number_past_a_float_datatype_gets_400_not_infinity(relu, halves, datatype, data, message):
@@ -369,3 +369,38 @@ def test_classification_is_of_the_output_training_fit(tmp_path):
     assert classified("logits")["data"] == ["-1:0"]  # the largest of -x
     with pytest.raises(RequestError, match="classification is available for the scores output, 'logits'"):
         classified("features")
+
+
+@pytest.mark.parametrize(("datatype", "data", "message"), [
+    ("FP32", [False, False], "data holds false; FP32 takes numbers"),  # were zeros
+    ("FP32", [True, 2.5], "data holds true; FP32 takes numbers"),  # was 1.0
+    ("FP32", ["5.1", 3.5], 'data holds "5.1"; FP32 takes numbers ("NaN", "Infinity", "-Infinity" for those)'),
+    ("FP32", [{"a": 1}, 2], 'data holds {"a":1}; FP32 takes numbers'),  # said 'expects float32 values, got object'
+    ("INT32", ["NaN", 1], 'data holds "NaN"; INT32 takes integers'),  # said 'got <U21'
+    ("INT32", [True, 1], "data holds true; INT32 takes integers"),
+    ("UINT8", [0.5, 1], "data holds 0.5; UINT8 takes integers"),  # told an HTTP client to use .astype(np.uint8)
+    ("BOOL", ["true", False], 'data holds "true"; BOOL takes true or false'),  # said 'got <U5'
+    ("BOOL", [1, 0], "data holds 1; BOOL takes true or false"),
+])
+def test_json_values_of_another_kind_than_the_datatype_are_named(tmp_path_factory, datatype, data, message):
+    """numpy read true as 1, "5.1" as 5.1 and a JSON object as an object array; Triton refuses each."""
+    types = {"FP32": TensorProto.FLOAT, "INT32": TensorProto.INT32, "UINT8": TensorProto.UINT8, "BOOL": TensorProto.BOOL}
+    model = _one_node(tmp_path_factory.mktemp("kinds"), "m", "Identity", types[datatype], ["batch", 2])
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": data}]}).encode()
+    with pytest.raises(RequestError) as refused:
+        decode_request(body, model)
+    assert refused.value.status == 400 and str(refused.value).startswith(f"input 'x': {message}")
+    good = {"FP32": ["NaN", 2], "INT32": [3, 2.0], "UINT8": [255, 0], "BOOL": [True, False]}[datatype]
+    ok = json.dumps({"id": "true", "inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": good}]})
+    np.testing.assert_array_equal(decode_request(ok.encode(), model).feeds["x"], np.array([good], dtype=object).astype(
+        model.inputs[0].dtype))  # "true" in the body, as an id: the numbers are still numbers
+
+
+def test_true_in_a_long_run_of_numbers_is_named_too(relu):
+    # a "data" array over 64 KiB is read into numpy a piece at a time, which read true as 1.0
+    data = [0.123456] * 20000 + [True, 1.5]
+    body = json.dumps({"inputs": [{"name": "x", "shape": [10001, 2], "datatype": "FP32", "data": data}]}).encode()
+    with pytest.raises(RequestError, match=r"^input 'x': data holds true; FP32 takes numbers"):
+        decode_request(body, relu)
+    good = json.dumps({"inputs": [{"name": "x", "shape": [10001, 2], "datatype": "FP32", "data": data[:-2] + [2, 1.5]}]})
+    assert decode_request(good.encode(), relu).feeds["x"][-1].tolist() == [2.0, 1.5]

@@ -67,8 +67,8 @@ def _parse_long_arrays(body: bytes) -> Any:
         if end < 0:
             return None
         at = end + 1
-        if end - start < LONG_ARRAY_BYTES or any(body.find(c, start, end) >= 0 for c in (b'"', b"[", b"{")):
-            continue  # short, or not a flat array of numbers, true, false or null
+        if end - start < LONG_ARRAY_BYTES or any(body.find(c, start, end) >= 0 for c in (b'"', b"[", b"{", b"t", b"f")):
+            continue  # short, or not a flat array of numbers (or null): numpy would read true and false as numbers
         array = _numbers(body, start, end)
         if array is None:
             return None
