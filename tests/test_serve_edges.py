@@ -384,7 +384,8 @@ def test_classification_is_of_the_output_training_fit(tmp_path):
 ])
 def test_json_values_of_another_kind_than_the_datatype_are_named(tmp_path_factory, datatype, data, message):
     """numpy read true as 1, "5.1" as 5.1 and a JSON object as an object array; Triton refuses each."""
-    types = {"FP32": TensorProto.FLOAT, "INT32": TensorProto.INT32, "UINT8": TensorProto.UINT8, "BOOL": TensorProto.BOOL}
+    types = {"FP32": TensorProto.FLOAT, "INT32": TensorProto.INT32, "UINT8": TensorProto.UINT8,
+             "BOOL": TensorProto.BOOL}
     model = _one_node(tmp_path_factory.mktemp("kinds"), "m", "Identity", types[datatype], ["batch", 2])
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": data}]}).encode()
     with pytest.raises(RequestError) as refused:
@@ -402,5 +403,6 @@ def test_true_in_a_long_run_of_numbers_is_named_too(relu):
     body = json.dumps({"inputs": [{"name": "x", "shape": [10001, 2], "datatype": "FP32", "data": data}]}).encode()
     with pytest.raises(RequestError, match=r"^input 'x': data holds true; FP32 takes numbers"):
         decode_request(body, relu)
-    good = json.dumps({"inputs": [{"name": "x", "shape": [10001, 2], "datatype": "FP32", "data": data[:-2] + [2, 1.5]}]})
+    good = json.dumps({"inputs": [{"name": "x", "shape": [10001, 2], "datatype": "FP32",
+                                   "data": [*data[:-2], 2, 1.5]}]})
     assert decode_request(good.encode(), relu).feeds["x"][-1].tolist() == [2.0, 1.5]

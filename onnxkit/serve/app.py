@@ -167,6 +167,7 @@ def create_app(
             Exception: _internal_error,
         },
     )
+    app.router.redirect_slashes = False  # a 307 to a URL built from the client's Host header: a JSON 404 instead
     return _Front(app, repository, metrics, limits, api_key, start, stop)
 
 

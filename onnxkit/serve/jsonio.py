@@ -25,6 +25,7 @@ LONG_ARRAY_BYTES = 64 * 1024  # a "data" array of numbers this long or longer is
 _PIECE_BYTES = 256 * 1024  # of such an array, parsed at a time
 _DATA = re.compile(rb'"data"\s*:\s*\[')
 _NUMERIC = (np.dtype(np.int64), np.dtype(np.float64))
+_MAX_DIGITS = 4300  # Python's own limit on converting text to int (sys.get_int_max_str_digits)
 
 
 def parse(body: bytes) -> Any:
@@ -39,10 +40,18 @@ def parse(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         pass  # bare NaN/Infinity, integers past 64 bits: the standard library's parser takes those
-    try:  # raises ValueError: JSONDecodeError, UnicodeDecodeError, over 4,300 digits, a number past float64
-        return json.loads(body, parse_float=_finite)
+    try:  # raises ValueError: JSONDecodeError, UnicodeDecodeError, a number past float64 or with too many digits
+        return json.loads(body, parse_float=_finite, parse_int=_whole)
     except RecursionError:
         raise ValueError("it is nested too deeply") from None
+
+
+def _whole(text: str) -> int:
+    """A JSON integer; ValueError for one longer than Python converts (4,300 digits), which no datatype holds."""
+    digits = len(text.lstrip("-"))
+    if digits > _MAX_DIGITS:
+        raise ValueError(f"a number has {digits} digits; no datatype holds one longer than 20")
+    return int(text)
 
 
 def _finite(text: str) -> float:

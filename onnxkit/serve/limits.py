@@ -61,6 +61,7 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -310,7 +311,8 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
                 if self.cycle is not None:  # the app reading this request's body counts this status
                     self.cycle.scope[REFUSED] = error.status  # type: ignore[literal-required]
                 raw_headers = json_headers(body, {**extra, "connection": "close"})
-                head = h11.Response(status_code=error.status, headers=raw_headers)
+                reason = HTTPStatus(error.status).phrase.encode()  # as uvicorn's own answers: "400 Bad Request"
+                head = h11.Response(status_code=error.status, headers=raw_headers, reason=reason)
                 for event in (head, h11.Data(data=body), h11.EndOfMessage()):
                     self.transport.write(self.conn.send(event))
             self.transport.close()

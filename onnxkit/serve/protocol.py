@@ -240,7 +240,10 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
         check_input(name, datatype, shape, specs, model.name, inputs)
         size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(raw):
+            if type(size) is not int or size < 0:
+                raise RequestError(400, f"input {name!r}: binary_data_size must be a whole number of bytes, "
+                                        f"got {size!r}")
+            if offset + size > len(raw):
                 raise RequestError(
                     400,
                     f"input {name!r}: binary_data_size {size!r} does not fit the {len(raw) - offset} bytes "
