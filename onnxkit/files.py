@@ -96,6 +96,12 @@ def _new_temporary(parent: Path, path: Path) -> Path:
             raise OnnxkitError(f"cannot write {path}: folder {parent} is not writable ({e.strerror})") from None
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same path, or two names (links) of it."""
+    a, b = Path(a), Path(b)
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+
+
 def _folder_of(path: Path) -> Path:
     """The folder `path` is to be written in; an error when it is missing or a file."""
     parent = path.parent if str(path.parent) else Path(".")

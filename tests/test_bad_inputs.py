@@ -51,6 +51,10 @@ def _models(root: Path) -> None:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], [weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "unknown-op.onnx")
     (root / "broken_recipe.py").write_text("def recipe(:\n")
+    (root / "recipe.py").write_text(
+        "from onnxkit import nn\nfrom onnxkit.zoo import Recipe\n\n\nclass M(nn.Module):\n"
+        "    def __init__(self):\n        self.fc = nn.Linear(4, 3)\n\n    def forward(self, x):\n"
+        "        return self.fc(x)\n\n\ndef recipe():\n    return Recipe(M(), {'x': nn.Input(['batch', 4])}, ['out'])\n")
     table = numpy_helper.from_array(np.ones((10, 2), np.float32), "table")  # token ids 0..9
     graph = helper.make_graph(
         [helper.make_node("Gather", ["table", "ids"], ["vectors"])], "embedding",
@@ -160,6 +164,7 @@ CASES = [
     ("build into a missing folder", "build digits-mlp -o OUT/nowhere/m.onnx"),
     ("build over the good model", "build digits-cnn --set channels=0 -o C/iris.onnx"),
     ("build out of space", "build digits-cnn -o FULL/m.onnx"),
+    ("build onto its own DSL file", "build C/recipe.py -o C/recipe.py"),  # wrote the model over the code
     ("inspect corrupt", "inspect C/corrupt.onnx"),
     ("inspect empty", "inspect C/empty.onnx"),
     ("inspect truncated", "inspect C/truncated.onnx"),
@@ -168,6 +173,7 @@ CASES = [
     ("eval without its weights file", "eval C/no-weights/iris.onnx --data iris"),
     ("quantize without its weights file", "quantize C/no-weights/iris.onnx -o OUT/q.onnx"),
     ("predict without its weights file", "predict C/no-weights/iris.onnx -i C/rows.npy"),
+    ("predict onto its input", "predict C/iris.onnx -i C/rows.npy -o C/rows.npy"),  # wrote the scores over the rows
     ("train corrupt model", "train C/corrupt.onnx --data iris -o OUT/run"),
     ("train truncated model", "train C/truncated.onnx --data iris -o OUT/run"),
     ("train zero rows", "train C/iris.onnx --data C/zero-rows.npz -o OUT/run"),

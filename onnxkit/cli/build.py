@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import numpy as np
 
 from onnxkit import zoo
 from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import save_model
+from onnxkit.files import same_file, save_model
 
 
 @click.command("models")
@@ -50,6 +52,8 @@ def build_cmd(model: str, sets: tuple[str, ...], opset: int, output: str) -> Non
       onnxkit build bert-classifier --set num_layers=2 --set num_classes=5 -o bert.onnx
       onnxkit build my_model.py -o mine.onnx
     """
+    if Path(model).is_file() and same_file(output, model):
+        raise OnnxkitError(f"--output {output} is the DSL file being built; write the model to another file")
     proto = zoo.build_model(model, opset=opset, **parse_sets(sets))
     path = save_model(proto, output)
     params = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)

@@ -9,6 +9,7 @@ import click
 from onnxkit import runtime
 from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError
+from onnxkit.files import same_file
 from onnxkit.runtime.datafiles import (
     check_output_path,
     checked_feeds,
@@ -80,6 +81,9 @@ def predict_cmd(
         raise OnnxkitError("give --input FILE or --text TEXT (one of the two)")
     if output:
         check_output_path(output)
+        for what, path in (("the model", model), ("the input", input_path)):
+            if path and same_file(output, path):
+                raise OnnxkitError(f"--output {output} is {what}; write the predictions to another file")
     if on_ray:
         if texts:
             raise OnnxkitError("--ray reads texts from files: .txt (one per line) or a 'text' column of .csv/.parquet")

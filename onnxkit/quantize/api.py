@@ -18,7 +18,7 @@ import onnx
 from onnxkit.data import Dataset, Split
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import changed_since_training
-from onnxkit.files import atomic_path, load_model, scratch_folder
+from onnxkit.files import atomic_path, load_model, same_file, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import QUANTIZATION_KEY
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
@@ -304,16 +304,12 @@ def _check_outputs(source: Path | None, output, report_path) -> None:  # type: i
     """Refuse to write over the model being quantized, or the model and report over each other."""
     paths = {"output": output, "report_path": report_path}
     for name, path in paths.items():
-        if path is not None and source is not None and _same(Path(path), source):
+        if path is not None and source is not None and same_file(path, source):
             raise OnnxkitError(f"{name} {path} is the model being quantized; write the result to another file",
                                params=[name])
-    if output is not None and report_path is not None and _same(Path(output), Path(report_path)):
+    if output is not None and report_path is not None and same_file(output, report_path):
         raise OnnxkitError(f"output and report_path are both {output}; give the report another name",
                            params=["output", "report_path"])
-
-
-def _same(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
 
 
 def _check_options(mode, method, fmt, calib_size, max_drop) -> None:  # type: ignore[no-untyped-def]
