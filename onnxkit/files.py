@@ -96,6 +96,14 @@ def _new_temporary(parent: Path, path: Path) -> Path:
             raise OnnxkitError(f"cannot write {path}: folder {parent} is not writable ({e.strerror})") from None
 
 
+def out_of_space(folder: str | os.PathLike, needed: int) -> bool:
+    """Whether the disk holding `folder` has fewer than `needed` bytes free."""
+    try:
+        return shutil.disk_usage(folder).free < needed
+    except OSError:
+        return False
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name one file: the same path, or two names (links) of it."""
     a, b = Path(a), Path(b)

@@ -54,7 +54,8 @@ def _models(root: Path) -> None:
     (root / "recipe.py").write_text(
         "from onnxkit import nn\nfrom onnxkit.zoo import Recipe\n\n\nclass M(nn.Module):\n"
         "    def __init__(self):\n        self.fc = nn.Linear(4, 3)\n\n    def forward(self, x):\n"
-        "        return self.fc(x)\n\n\ndef recipe():\n    return Recipe(M(), {'x': nn.Input(['batch', 4])}, ['out'])\n")
+        "        return self.fc(x)\n\n\ndef recipe():\n"
+        "    return Recipe(M(), {'x': nn.Input(['batch', 4])}, ['out'])\n")
     table = numpy_helper.from_array(np.ones((10, 2), np.float32), "table")  # token ids 0..9
     graph = helper.make_graph(
         [helper.make_node("Gather", ["table", "ids"], ["vectors"])], "embedding",
@@ -119,10 +120,10 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def _mount_tmpfs(folder: Path) -> bool:
+def _mount_tmpfs(folder: Path, size: str = "64k") -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
     return done.returncode == 0
 
 
@@ -292,6 +293,24 @@ def test_safetensors_files_on_a_full_disk_fail_in_one_line_and_leave_nothing(tmp
             write_safetensors(small / "w.safetensors", big)
         with pytest.raises(OnnxkitError, match="No space left on device"):
             nn.Linear(256, 256).save(small / "layer.safetensors")
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.parametrize("size", ["250k", "400k"])
+def test_quantize_on_a_disk_with_room_for_less_than_its_work_blames_the_disk(tmp_path, run_cli, size):
+    """ONNX Runtime's quantizers wrote a model cut short without an error and failed to read it back: the error
+    blamed the model ('could not preprocess', 'Error parsing message'); digits-mlp is 106 KB."""
+    model, small = tmp_path / "mlp.onnx", tmp_path / "small"
+    onnx.save(zoo.build_model("digits-mlp"), model)
+    small.mkdir()
+    if not _mount_tmpfs(small, size):
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        result = run_cli("quantize", model, "-o", small / "q.onnx", "--no-latency")
+        assert result.code == 1 and result.err.count("\n") == 1, result.err
+        assert result.err.startswith(f"error: cannot write in {small}: too little space left on its disk"), result.err
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)

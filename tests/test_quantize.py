@@ -1004,3 +1004,23 @@ def test_calibrating_on_the_eval_datas_train_split_is_said():
     assert ("calibrated on the train split of digits, evaluated on its test split (--calib, calib=, calibrates on "
             "other data)") in result.report.notes
 
+
+
+def test_a_model_onnxruntimes_optimizer_rejects_is_one_line_without_its_traceback(tmp_path):
+    """quant_pre_process logs the traceback of its optimizer's failure as an ERROR before it raises; the message
+    quoted the scratch folder's augmented_model.onnx."""
+    import subprocess
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Foo", ["h"], ["y"], domain="my.ops")],
+        "custom", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(np.ones((64, 10), np.float32), "w")])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.ops", 1)],
+                                ir_version=8), path)
+    done = subprocess.run([sys.executable, "-m", "onnxkit", "quantize", str(path), "-o", str(tmp_path / "q.onnx"),
+                           "--mode", "static", "--calib", "digits", "--no-latency"], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "my.ops:Foo" in done.stderr and ".onnxkit-" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.onnx"]

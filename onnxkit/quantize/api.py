@@ -18,7 +18,7 @@ import onnx
 from onnxkit.data import Dataset, Split
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import changed_since_training
-from onnxkit.files import atomic_path, load_model, same_file, scratch_folder
+from onnxkit.files import DiskError, atomic_path, load_model, out_of_space, same_file, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import QUANTIZATION_KEY
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
@@ -123,7 +123,8 @@ def quantize(
         raise OnnxkitError(f"{source or 'the model'} is already quantized ({already}); quantize the float32 model it "
                            "was made from")
 
-    with _scratch(output) as tmp, _onnxruntime_errors(str(source or "the model")):
+    name = str(source or "the model")
+    with _scratch(output) as tmp, _disk_full_errors(tmp, original.ByteSize()), _onnxruntime_errors(name):
         quantizer = Quantizer(original, tmp, exclude)
         test = None if eval_data is None else bind(load_split(eval_data, "test", original, seed(eval_data)), original)
         baseline = accuracy.score(original, test) if test is not None else None
@@ -266,6 +267,20 @@ def _scratch(output: str | os.PathLike | None) -> Iterator[Path]:
             yield folder
         finally:
             tempfile.tempdir = previous
+
+
+@contextlib.contextmanager
+def _disk_full_errors(scratch: Path, model_bytes: int) -> Iterator[None]:
+    """A failure while the scratch folder's disk has less room than the copies of the model a quantization writes
+    (input, preprocessed, ONNX Runtime's own, output: 4), as the disk's: ONNX Runtime's quantizers write a model cut
+    short without an error, then fail to read it back."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, DiskError) or not out_of_space(scratch, 4 * model_bytes):
+            raise
+        raise DiskError(f"cannot write in {scratch.parent}: too little space left on its disk to quantize this "
+                        f"{model_bytes / 1e6:.1f} MB model; free some space or write somewhere else") from e
 
 
 @contextlib.contextmanager

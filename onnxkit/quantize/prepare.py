@@ -22,14 +22,14 @@ from onnxkit.quantize import rewrite
 
 @contextlib.contextmanager
 def quiet_ort() -> Iterator[None]:
-    """Silence ONNX Runtime's native logger, the quantizers' logging below ERROR and the
-    calibrators' print()s (which would mix into a command's stdout). The root logger's level
-    and handlers are put back afterwards: some ORT modules call `logging.basicConfig` on import."""
+    """Silence ONNX Runtime's native logger, the quantizers' logging (quant_pre_process logs a traceback as an
+    ERROR before it raises) and the calibrators' print()s (which would mix into a command's stdout). The root
+    logger's level and handlers are put back afterwards: some ORT modules call `logging.basicConfig` on import."""
     import onnxruntime as ort
 
     root = logging.getLogger()
     level, handlers, disabled = root.level, root.handlers[:], root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(logging.CRITICAL)
     ort.set_default_logger_severity(3)
     try:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -193,7 +193,8 @@ def error_reason(error: Exception) -> str:
     if found is not None:
         op, name, message = found
         return f"{f'node {name!r} ({op})' if name else f'{op} node'}: {message}"
-    reason = re.sub(r"^Error in execution: ", "", _STATUS.split(" ".join(str(error).split()))[-1])
+    reason = re.sub(r"^Error in execution: |^Load model from \S+ failed: ?", "",
+                    _STATUS.split(" ".join(str(error).split()))[-1])  # the path: the caller's to name
     reason = _SOURCE_PLACE.sub(" ", _SOURCE_CHECK.sub("", reason) or reason).strip()
     return reason or type(error).__name__
 
