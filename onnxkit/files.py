@@ -349,12 +349,20 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Read the weights a model keeps in files beside it (`model.onnx.data`, say); a file that is
     missing or cut short is an error naming it."""
-    from onnx.external_data_helper import (
-        ExternalDataInfo,
-        _get_all_tensors,
-        load_external_data_for_model,
-        uses_external_data,
-    )
+    from onnx.external_data_helper import load_external_data_for_model
+
+    check_external_data(model, path)
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as e:  # onnx's checker raises its own ValidationError, besides OSError and ValueError
+        raise OnnxkitError(f"{path}: cannot read the weights it keeps in separate files ({e}); "
+                           "keep them beside the model, as they were saved") from e
+
+
+def check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """An error naming the file, unless every weight file that `model` (loaded from `path` without its
+    weights) names is beside it and long enough."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
@@ -368,8 +376,3 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         if file.stat().st_size < end:
             raise OnnxkitError(f"{path}: its weights file {info.location} is cut short ({file.stat().st_size:,} "
                                f"bytes; weight {tensor.name!r} needs {end:,}); copy that file again in full")
-    try:
-        load_external_data_for_model(model, str(path.parent))
-    except Exception as e:  # onnx's checker raises its own ValidationError, besides OSError and ValueError
-        raise OnnxkitError(f"{path}: cannot read the weights it keeps in separate files ({e}); "
-                           "keep them beside the model, as they were saved") from e

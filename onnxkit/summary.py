@@ -43,7 +43,7 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
     """A JSON-ready description of `model` (file size too when `path` is given)."""
     g = model.graph
     initializer_names = {i.name for i in g.initializer}
-    count = sum(int(np.prod(i.dims)) for i in g.initializer)
+    count = _parameter_count(model)
     nbytes = sum(
         int(np.prod(i.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(i.data_type)).itemsize
         for i in g.initializer
@@ -68,31 +68,49 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
         "metadata": read_metadata(model),
     }
     if path is not None:
-        info["file_bytes"], info["external_data"] = _file_bytes(Path(path), nbytes)
+        info["file_bytes"], info["external_data"] = _file_bytes(Path(path), model, nbytes)
     return info
 
 
-def _file_bytes(path: Path, parameter_bytes: int) -> tuple[int, list[str]]:
+def _parameter_count(model: onnx.ModelProto) -> int:
+    """The number of weights the model computes with: a 4-bit MatMulNBits weight packs two in a byte and
+    counts as its K x N (not its bytes), and its block scales and zero points, quantization's own, not at all."""
+    packed, side = {}, set()
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
+            sizes = {a.name: a.i for a in node.attribute}
+            packed[node.input[1]] = sizes.get("K", 0) * sizes.get("N", 0)
+            side.update(node.input[2:4])
+    return sum(packed.get(t.name, int(np.prod(t.dims))) for t in model.graph.initializer if t.name not in side)
+
+
+def _file_bytes(path: Path, model: onnx.ModelProto, parameter_bytes: int) -> tuple[int, list[str]]:
     """The model file's size plus that of the weight files beside it that its tensors name, and those
-    names. Only a file smaller than its parameters keeps some elsewhere: only then is it read again
-    without them (loaded, the tensors no longer say where their data came from)."""
-    from onnx.external_data_helper import _get_all_tensors
+    names: read from `model` as loaded without its weights (`load_model(..., load_weights=False)`); loaded
+    with them, its tensors no longer say where their data came from, so a file smaller than its
+    parameters is read again without them."""
 
     size = os.path.getsize(path)
-    if size >= parameter_bytes:
-        return size, []
-    named = onnx.load(str(path), load_external_data=False)
-    files = sorted({entry.value for tensor in _get_all_tensors(named) for entry in tensor.external_data
-                    if entry.key == "location"})
+    files = _weight_files(model)
+    if not files and size < parameter_bytes:
+        files = _weight_files(onnx.load(str(path), load_external_data=False))
     return size + sum((path.parent / f).stat().st_size for f in files), files
 
 
-def _human(n: float, unit: str = "B") -> str:
+def _weight_files(model: onnx.ModelProto) -> list[str]:
+    from onnx.external_data_helper import _get_all_tensors
+
+    return sorted({entry.value for tensor in _get_all_tensors(model) for entry in tensor.external_data
+                   if entry.key == "location"})
+
+
+def human_bytes(n: float) -> str:
+    """A size in decimal units, as `ls -h --si` and file managers show it: 106.2 KB is 106,200 bytes."""
     for prefix in ("", "K", "M", "G"):
         if abs(n) < 1000 or prefix == "G":
-            return f"{n:.0f} {prefix}{unit}" if prefix == "" else f"{n:.1f} {prefix}{unit}"
+            return f"{n:.0f} B" if prefix == "" else f"{n:.1f} {prefix}B"
         n /= 1000
-    return f"{n} {unit}"
+    return f"{n} B"
 
 
 def format_summary(info: dict[str, Any]) -> str:
@@ -102,11 +120,11 @@ def format_summary(info: dict[str, Any]) -> str:
         + ", ".join(f"{d} opset {v}" for d, v in info["opsets"].items())
         + (f", by {info['producer']}" if info["producer"] else "")
         + ")",
-        f"params    {info['parameters']:,} ({_human(info['parameter_bytes'])}) in "
+        f"params    {info['parameters']:,} ({human_bytes(info['parameter_bytes'])}) in "
         f"{info['initializers']} initializers"
         + (f", {info['attribute_weights']:,} more in node attributes" if info.get("attribute_weights") else "")
         + f"; {info['nodes']} nodes"
-        + (f"; file {_human(info['file_bytes'])}" if "file_bytes" in info else "")
+        + (f"; file {human_bytes(info['file_bytes'])}" if "file_bytes" in info else "")
         + (f" with {', '.join(info['external_data'])}" if info.get("external_data") else ""),
         "inputs",
         *(f"  {v['name']:<20} {v['dtype']:<8} {v['shape']}" for v in info["inputs"]),

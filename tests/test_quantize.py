@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 
 import numpy as np
@@ -24,6 +25,7 @@ from onnxkit.quantize.int4 import quantize_int4
 from onnxkit.quantize.passes import Quantizer
 from onnxkit.quantize.report import SLOWER_BEYOND_NOISE
 from onnxkit.quantize.settings import Settings
+from onnxkit.summary import human_bytes, summarize
 
 D_IN, HIDDEN, CLASSES = 16, 64, 4
 
@@ -262,6 +264,18 @@ def test_fp16_and_int4_stay_close_to_fp32(mlp_data):
     out4 = logits(int4, x)
     assert np.abs(out4 - ref).max() < 0.15 * scale
     assert (out4.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    # inspect counts its weights, not the bytes they are packed in (two a byte) and their block scales
+    assert summarize(int4)["parameters"] == summarize(fp16)["parameters"] == summarize(model)["parameters"]
+
+
+def test_the_report_gives_sizes_in_the_units_inspect_does(tmp_path, run_cli):
+    # quantize divided by 1024 and inspect by 1000, both saying KB: 38.1 KB and 39.0 KB for one file
+    onnx.save(mlp(), tmp_path / "m.onnx")
+    done = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--no-latency")
+    assert done.code == 0, done.err
+    sizes = [(tmp_path / name).stat().st_size for name in ("m.onnx", "q.onnx")]
+    assert re.search(r"^ *size +(\S+ \S+) +(\S+ \S+) ", done.out, re.M).groups() == tuple(map(human_bytes, sizes))
+    assert f"file {human_bytes(sizes[1])}" in run_cli("inspect", tmp_path / "q.onnx").out
 
 
 def test_fp16_keeps_affine_grid_float32():

@@ -275,6 +275,15 @@ def test_inspect_counts_the_weights_kept_beside_the_model(tmp_path, run_cli):
     both = (tmp_path / "cnn.onnx").stat().st_size + (tmp_path / "cnn.onnx.data").stat().st_size
     assert info["file_bytes"] == both > 33_802 * 4 and info["external_data"] == ["cnn.onnx.data"]  # was 2.4 KB
     assert "; file 137.6 KB with cnn.onnx.data" in run_cli("inspect", tmp_path / "cnn.onnx").out
+    # a graph that outweighs the weights it keeps beside it (a dynamo export keeps its small ones in the file)
+    big = zoo.build_model("digits-cnn")
+    big.graph.node.extend(onnx.helper.make_node("Identity", ["logits"], [f"copy.{i}"], doc_string="x" * 1000)
+                          for i in range(200))
+    onnx.save(big, tmp_path / "big.onnx", save_as_external_data=True, location="big.onnx.data", size_threshold=40_000)
+    info = json.loads(run_cli("inspect", tmp_path / "big.onnx", "--json").out)
+    assert (tmp_path / "big.onnx").stat().st_size > info["parameter_bytes"]
+    assert info["external_data"] == ["big.onnx.data"]
+    assert info["file_bytes"] == sum((tmp_path / name).stat().st_size for name in ("big.onnx", "big.onnx.data"))
 
 
 def test_inspect_reads_a_foreign_model(run_cli):

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from onnxkit.files import write_text
+from onnxkit.summary import human_bytes
 
 # A latency ratio above this is "slower"; below it, medians of the same two models vary from run to run
 # (fp16 of the zoo's digits-cnn: 0.96x, 1.00x, 1.03x in three runs on a 2-core machine).
@@ -20,13 +21,7 @@ UNSTEADY_SPREAD = 1.5
 
 
 def _bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
+    return "-" if n is None else human_bytes(n)  # the units of `onnxkit inspect`
 
 
 def _ms(value: float | None) -> str:
