@@ -349,8 +349,10 @@ def test_inspect_netron_serves_the_model(tmp_path):
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200 and b"netron" in response.read().lower()
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=15)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err  # stopped as `serve` is: its server stopped once (it said so twice)
+    assert (out + err).count("Stopping http://") == 1, out + err
     # the port is now taken by nothing; a busy port is a clear error
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

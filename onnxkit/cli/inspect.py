@@ -36,7 +36,7 @@ def inspect_cmd(model: str, as_json: bool, netron: bool, port: int) -> None:
 
 
 def serve_netron(path: str, port: int) -> None:
-    """Serve `path` with the netron package on loopback and block until Ctrl-C."""
+    """Serve `path` with the netron package on loopback until Ctrl-C or SIGTERM; then exit 0, as `serve` does."""
     try:
         import netron
     except ImportError:
@@ -49,9 +49,4 @@ def serve_netron(path: str, port: int) -> None:
             raise OnnxkitError(f"port {port} is in use; pick another with --port")
     host, bound = netron.start(path, address=("127.0.0.1", port), browse=False)
     click.echo(f"Netron: http://{host}:{bound}  (Ctrl-C to stop)")
-    try:
-        netron.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        netron.stop()
+    netron.wait()  # until Ctrl-C or SIGTERM (a KeyboardInterrupt, see onnxkit.signals), which it stops the server on
