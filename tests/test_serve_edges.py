@@ -378,6 +378,7 @@ def test_classification_is_of_the_output_training_fit(tmp_path):
     ("FP32", [{"a": 1}, 2], 'data holds {"a":1}; FP32 takes numbers'),  # said 'expects float32 values, got object'
     ("INT32", ["NaN", 1], 'data holds "NaN"; INT32 takes integers'),  # said 'got <U21'
     ("INT32", [True, 1], "data holds true; INT32 takes integers"),
+    ("INT32", [None, 1], "data holds null; INT32 takes integers"),  # said 'expects int32 values, got object'
     ("UINT8", [0.5, 1], "data holds 0.5; UINT8 takes integers"),  # told an HTTP client to use .astype(np.uint8)
     ("BOOL", ["true", False], 'data holds "true"; BOOL takes true or false'),  # said 'got <U5'
     ("BOOL", [1, 0], "data holds 1; BOOL takes true or false"),

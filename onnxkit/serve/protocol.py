@@ -463,12 +463,13 @@ _NUMBER_TEXT = b"0123456789+-.eE,[] \t\r\n"  # what JSON numbers, the lists hold
 
 
 def _fits(value: Any, datatype: str) -> bool:
-    """Whether one JSON value is of the datatype's kind: true / false for BOOL, else a number (or one of
-    the strings for NaN and the infinities, for a floating-point type). null is for `_check_non_finite`."""
+    """Whether one JSON value is of the datatype's kind: true / false for BOOL, else a number; for a
+    floating-point type also the strings for NaN and the infinities, and null (`_check_non_finite`'s)."""
     if datatype == "BOOL":
         return type(value) is bool
-    return type(value) in (int, float) or value is None or datatype in _FLOATS and type(value) is str and \
-        value in _NON_FINITE
+    if datatype not in _FLOATS:
+        return type(value) in (int, float)
+    return type(value) in (int, float) or value is None or type(value) is str and value in _NON_FINITE
 
 
 def _float_array(data: Any, datatype: str) -> np.ndarray | None:
