@@ -505,6 +505,10 @@ def test_dataset_from_arrays_takes_lists_and_data_frames_and_names_a_bare_array(
         dataset_from_arrays("bare", x, y)
     listed = dataset_from_arrays("listed", {"x": x.tolist()}, y.tolist())  # was: only integer scalar arrays ...
     np.testing.assert_array_equal(listed.train.inputs["x"], dataset_from_arrays("a", {"x": x}, y).train.inputs["x"])
+    ids = np.array([0, 1, 10, 11] * 5)  # in an object array (a pandas object column) they were sorted as text
+    numbered = dataset_from_arrays("numbered", {"x": x}, ids.astype(object))
+    assert numbered.label_names is None and numbered.train.labels.dtype == np.int64
+    np.testing.assert_array_equal(numbered.test.labels, dataset_from_arrays("n", {"x": x}, ids).test.labels)
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame(x, index=np.arange(100, 120))  # pandas indexed rows by these labels: a KeyError
     framed = dataset_from_arrays("framed", {"x": frame}, pd.Series(y, index=frame.index))

@@ -128,6 +128,9 @@ def test_a_model_is_labelled_with_the_classes_it_learned(tmp_path):
     model = load(two.model_path)
     assert model.class_names == ("cat", "dog", "2")
     assert model.predict(x[:4]).labels is not None
+    named = dataset_from_arrays("named", {"x": x}, np.array(["1", "2"])[y % 2])  # the third class was named '2' too
+    assert load(fit(unnamed, data=named, out_dir=tmp_path / "named", **common).model_path).class_names == (
+        "1", "2", "class 2")
 
 
 def test_frozen_parameters_are_bit_identical(tmp_path):

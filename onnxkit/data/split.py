@@ -15,6 +15,7 @@ Subclasses that build batches differently (text padded per batch) override
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -335,6 +336,10 @@ def dataset_from_arrays(
                         f"{type(inputs).__name__}")
     inputs = {k: np.asarray(v) for k, v in inputs.items()}  # a DataFrame is indexed by row position, not its labels
     labels = np.asarray(labels)
+    if labels.dtype.kind == "O" and labels.size and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                                         for v in labels.flat):
+        labels = labels.astype(np.float64)  # numbers in an object array (a pandas object column): not names
+        labels = labels.astype(np.int64) if np.all(labels == np.round(labels)) else labels
     if labels.dtype.kind in "USO":  # class names, as a CSV's text labels: ids in sorted order
         names = sorted({str(v).strip() for v in labels.reshape(-1)})
         if label_names is not None and list(label_names) != names:

@@ -891,9 +891,10 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
 
 def _trained_names(names: list[str] | None, classes: int | None) -> list[str] | None:
     """The class names a trained model is labelled with: `names` (the data's, in the model's order where it
-    names them), a class the data did not name keeping its number, so predict finds a name for every score."""
+    names them), a class the data did not name keeping its number ("class 2" where the data calls another
+    class "2"), so predict finds a name for every score, and no two scores share one."""
     if names and classes and len(names) < classes:
-        return [*names, *(str(i) for i in range(len(names), classes))]
+        return [*names, *(str(i) if str(i) not in names else f"class {i}" for i in range(len(names), classes))]
     return names
 
 
