@@ -310,3 +310,28 @@ def test_a_subgraph_reading_an_active_value_is_on_the_gradient_path():
                               [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     assert [op for op, _ in missing_rules(model, ["x"], "y")] == ["If"]
+
+
+def test_what_to_differentiate_is_checked_and_a_name_given_twice_gets_one_gradient():
+    """A misspelt parameter got a zero gradient reading a value no graph holds (onnxruntime refused the model), a
+    string wrt was read letter by letter, a name given twice made two outputs of one name, and a misspelt loss was
+    'does not depend on any of the parameters'."""
+    from onnxkit.autodiff import add_gradients
+    from onnxkit.errors import OnnxkitError
+
+    model, feeds = single_node("Mul", {"a": rand(2, 3), "b": rand(2, 3, seed=1)})
+    with pytest.raises(OnnxkitError, match=r"^no graph input or initializer 'bb' to differentiate with respect to\. "
+                                           r"Did you mean: b\?"):
+        add_gradients(model, ["a", "bb"], "y0")
+    with pytest.raises(OnnxkitError, match=r"^no value 'y' in the graph to take as the loss\. Did you mean: y0\?"):
+        add_gradients(model, ["a"], "y")
+    with pytest.raises(TypeError, match=r"^wrt must be a list of parameter names, such as \['a'\], not str"):
+        add_gradients(model, "a", "y0")
+    with pytest.raises(TypeError, match=r"^model must be an onnx.ModelProto \(onnx.load it first\), not str"):
+        add_gradients("model.onnx", ["a"], "y0")  # type: ignore[arg-type]
+    twice = add_gradients(model, ["a", "a"], "y0")
+    assert [o.name for o in twice.graph.output] == ["y0", "a.grad"]
+    from onnx.reference import ReferenceEvaluator
+
+    (grad,) = ReferenceEvaluator(twice).run(["a.grad"], feeds)
+    np.testing.assert_array_equal(grad, feeds["b"])  # d sum(a * b) / da: a loss of 6 values, differentiated as a sum

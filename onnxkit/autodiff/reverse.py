@@ -26,7 +26,7 @@ from onnxkit.autodiff import functions, recurrent
 from onnxkit.autodiff.builder import Backward, Graph
 from onnxkit.autodiff.composites import collapse
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.graph_walks import ancestors, constant_values, node_label, opset, value_types
 
 FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
@@ -115,7 +115,10 @@ def _replace(model: onnx.ModelProto, nodes: list[tuple[int, onnx.NodeProto]], ty
 
 def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx.ModelProto:
     """A copy of `model` that also outputs d`loss`/d`p` for every `p` in `wrt` (graph inputs or
-    initializers; named `gradient_name(p)`, shaped like `p`). `loss` should be a scalar."""
+    initializers; named `gradient_name(p)`, shaped like `p`; a name given twice gets one). A `loss` of
+    several values is differentiated as their sum (the backward pass starts from ones, as torch's
+    `loss.backward(torch.ones_like(loss))`)."""
+    wrt = _checked_arguments(model, wrt, loss)
     version = opset(model)
     if version < MIN_OPSET:
         raise OnnxkitError(
@@ -175,6 +178,23 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     result.graph.initializer.extend(graph.initializers)
     result.graph.output.extend(outputs)
     return result
+
+
+def _checked_arguments(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list[str]:
+    """`wrt` without repeats; TypeError or OnnxkitError for a model, parameter or loss that is not there."""
+    if not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"model must be an onnx.ModelProto (onnx.load it first), not {type(model).__name__}")
+    if isinstance(wrt, str | bytes) or not all(isinstance(p, str) for p in wrt):
+        raise TypeError(f"wrt must be a list of parameter names, such as [{wrt!r}], not {type(wrt).__name__}")
+    given = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
+    unknown = [p for p in wrt if p not in given]
+    if unknown:
+        raise OnnxkitError(f"no graph input or initializer {unknown[0]!r} to differentiate with respect to."
+                           f"{suggest(unknown[0], given)}")
+    made = given | {o for node in model.graph.node for o in node.output}
+    if loss not in made:
+        raise OnnxkitError(f"no value {loss!r} in the graph to take as the loss.{suggest(loss, made)}")
+    return list(dict.fromkeys(wrt))
 
 
 def _save_statistics(nodes: list[tuple[int, onnx.NodeProto]], graph: Graph) -> None:
