@@ -28,7 +28,7 @@ import numpy as np
 
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
 from onnxkit.data.split import Dataset, Split, model_inputs
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.files import sha256
 from onnxkit.graph_walks import label_then_scores
 from onnxkit.metadata import metadata
@@ -249,6 +249,8 @@ def check_targets(where: str, labels: np.ndarray, outputs: np.ndarray, task: str
                                f"has {scores} scores, for class ids 0 to {scores - 1}")
         check_class_labels(where, labels, scores, output=output)
         return
+    if labels.dtype.kind == "f" and labels.size != outputs.size:  # NaN among them is what is wrong, if any
+        check_finite(where, {"labels": labels}, role="target array")
     if labels.size != outputs.size:
         raise OnnxkitError(f"data {where!r}: labels have shape {list(labels.shape)} but output {output!r} has shape "
                            f"{list(outputs.shape)}; give one target per output value")
@@ -375,6 +377,19 @@ def model_outputs(
     return np.concatenate([_rows(_run(session, name, feeds, fixed)) for feeds, _ in bound.batches(fixed or batch_size)])
 
 
+def _check_options(data: Any, batch_size: Any, task: str | None, loss: str | None) -> None:
+    """TypeError or OnnxkitError for `evaluate`'s options of a kind or value it cannot take."""
+    if data is not None and not isinstance(data, str | os.PathLike | Dataset):
+        raise TypeError(f"data must be a dataset name, a .npz/.csv file or a Dataset, not {type(data).__name__}; "
+                        "make one from arrays with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise OnnxkitError(f"batch_size must be a whole number, 1 or more, got {batch_size!r}", params=["batch_size"])
+    for name, value, choices in (("task", task, TASK_LOSS), ("loss", loss, LOSSES)):
+        if value is not None and value not in choices:
+            hint = suggest(str(value), choices)
+            raise OnnxkitError(f"unknown {name} {value!r}; choose from {', '.join(choices)}.{hint}", params=[name])
+
+
 def evaluate(
     model: str | os.PathLike | Any,
     split: Split | str = "test",
@@ -400,6 +415,7 @@ def evaluate(
     """
     from onnxkit.files import load_model
 
+    _check_options(data, batch_size, task, loss)
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
     if isinstance(split, str):
         split = named_split(proto, split, data, data_seed)[0]

@@ -258,3 +258,14 @@ def test_a_disk_that_fills_mid_run_says_how_to_go_on_and_cuts_no_metrics_line(tm
     with pytest.raises(DiskError, match="metrics.jsonl: No space left on device"):
         writer.flush()
     assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_callback_that_exits_leaves_the_run_marked_interrupted(tmp_path, iris):
+    class Exit(Callback):
+        def on_epoch_end(self, trainer, record):  # type: ignore[no-untyped-def]
+            sys.exit(3)
+
+    with pytest.raises(SystemExit):
+        fit(iris, "iris", tmp_path / "run", epochs=4, callbacks=[Exit()])
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"  # was "running"
+    assert fit(resume=tmp_path / "run").metrics["epochs"] == 4

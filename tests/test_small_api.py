@@ -333,3 +333,29 @@ def test_the_entry_points_work_after_a_bare_import_onnxkit():
     assert run.stdout == "ModelProto fit load evaluate True\n", run.stderr
     assert run.stderr.strip().endswith("AttributeError: module 'onnxkit' has no attribute 'nope'")
 
+
+
+def test_evaluate_quantize_and_load_options_of_the_wrong_kind_are_named():
+    """Each was silent (a misspelt task), or failed deep inside: KeyError 'ce2', numpy's 'truth value of an array
+    is ambiguous', range() on 2.5, difflib on mode=8, and per_channel='yes' was taken as true."""
+    from onnxkit import runtime
+
+    model, test = zoo.build_model("iris-mlp"), load_dataset("iris").test
+    refusals = [
+        (lambda: evaluate(model, test, task="classifcation"), OnnxkitError,
+         "unknown task 'classifcation'; choose from classification, binary, regression. Did you mean: classification?"),
+        (lambda: evaluate(model, test, loss="ce2"), OnnxkitError, "unknown loss 'ce2'; choose from cross-entropy"),
+        (lambda: evaluate(model, "test", data=np.zeros((3, 4))), TypeError,
+         "data must be a dataset name, a .npz/.csv file or a Dataset, not ndarray"),
+        (lambda: evaluate(model, test, batch_size=2.5), OnnxkitError, "batch_size must be a whole number, 1 or more"),
+        (lambda: quantize(model, mode=8, measure_latency=False), OnnxkitError, "mode 8: choose one of dynamic"),
+        (lambda: quantize(model, per_channel="yes", measure_latency=False), TypeError,
+         "per_channel must be True, False or None"),
+        (lambda: runtime.load(model, batch_size=2.5), OnnxkitError, "batch_size must be a whole number"),
+        (lambda: runtime.load(model).predict(test.inputs["x"])["probs"], KeyError,
+         "no output 'probs'; the model's outputs: logits"),
+    ]
+    for call, kind, message in refusals:
+        with pytest.raises(kind) as refused:
+            call()
+        assert message in str(refused.value), refused.value

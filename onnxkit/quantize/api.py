@@ -98,6 +98,9 @@ def quantize(
         return recorded_seed if isinstance(data, str | os.PathLike) and str(data) == recorded else 0
 
     _check_options(mode, method, format, calib_size, max_drop)
+    for name, flag in (("per_channel", per_channel), ("reduce_range", reduce_range)):
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True, False or None (for the default), not {flag!r}")
     if eval_data is None:
         eval_data = recorded
         notes += [f"{missing}: give --eval DATA for an accuracy report"] if missing else []

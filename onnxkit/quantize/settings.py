@@ -14,9 +14,9 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 def check_choice(param: str, value: str, choices: tuple[str, ...]) -> str:
     """`value` if it is one of `choices`, else an OnnxkitError naming the parameter and the choices."""
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise OnnxkitError(
-            f"{param} {value!r}: choose one of {', '.join(choices)}.{suggest(value, choices)}", params=[param]
+            f"{param} {value!r}: choose one of {', '.join(choices)}.{suggest(str(value), choices)}", params=[param]
         )
     return value
 

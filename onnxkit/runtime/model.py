@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -52,8 +53,10 @@ class Model:
     ) -> None:
         """`source`: the model's file or bytes, parsed (with onnx) only where its outputs alone cannot say which
         holds the class scores, or name the classes."""
-        if batch_size is not None and batch_size < 1:
-            raise OnnxkitError(f"batch_size must be 1 or more (or None for no splitting), got {batch_size}")
+        if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool)
+                                       or batch_size < 1):
+            raise OnnxkitError(f"batch_size must be a whole number, 1 or more (or None for no splitting), got "
+                               f"{batch_size!r}")
         self.session = session
         self.name = name
         self.batch_size = batch_size

@@ -32,6 +32,8 @@ class Prediction:
     multi_label: bool = False  # a binary task's several scores per row, each one 0/1 label's logit (or probability)
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.outputs:
+            raise KeyError(f"no output {name!r}; the model's outputs: {', '.join(self.outputs)}")
         return self.outputs[name]
 
     def __contains__(self, name: object) -> bool:

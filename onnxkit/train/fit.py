@@ -875,7 +875,8 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
     try:
         state = trainer.fit()
         return _finish(setup, session, state, best.best_epoch, records, info)
-    except (TrainingInterrupted, KeyboardInterrupt):  # KeyboardInterrupt: Ctrl-C or SIGTERM before the loop began
+    except (TrainingInterrupted, KeyboardInterrupt, SystemExit):  # KeyboardInterrupt: a stop before the loop began;
+        # SystemExit: a callback's sys.exit (the run left saying "running")
         info["status"] = "interrupted"
         run.write_json(info)
         raise
