@@ -341,6 +341,8 @@ def test_evaluate_quantize_and_load_options_of_the_wrong_kind_are_named():
     from onnxkit import runtime
 
     model, test = zoo.build_model("iris-mlp"), load_dataset("iris").test
+    untold = zoo.build_model("iris-mlp")
+    del untold.metadata_props[:]  # no task: float labels are read as regression targets
     refusals = [
         (lambda: evaluate(model, test, task="classifcation"), OnnxkitError,
          "unknown task 'classifcation'; choose from classification, binary, regression. Did you mean: classification?"),
@@ -354,6 +356,8 @@ def test_evaluate_quantize_and_load_options_of_the_wrong_kind_are_named():
         (lambda: runtime.load(model, batch_size=2.5), OnnxkitError, "batch_size must be a whole number"),
         (lambda: runtime.load(model).predict(test.inputs["x"])["probs"], KeyError,
          "no output 'probs'; the model's outputs: logits"),
+        (lambda: evaluate(untold, Split("nan", test.inputs, np.where(np.arange(len(test)) == 3, np.nan, 1.0))),
+         OnnxkitError, "data 'nan split': target array 'labels' holds 1 NaN value"),  # was: a shape mismatch
     ]
     for call, kind, message in refusals:
         with pytest.raises(kind) as refused:
