@@ -99,15 +99,15 @@ def _runs(root: Path) -> None:
 
     with pytest.raises(TrainingInterrupted):
         fit(root / "iris.onnx", "iris", root / "run", epochs=3, batch_size=16, callback=stop_after_the_first_epoch)
-    for name in ("run-bad-json", "run-flipped", "run-no-artifacts", "run-no-loop-state", "run-live"):
+    for name in ("run-bad-json", "run-flipped", "run-no-artifacts", "run-bad-loop-state", "run-live"):
         shutil.copytree(root / "run", root / name)
     (root / "run-bad-json" / "run.json").write_text('{"config": {"model": ')
-    checkpoint = root / "run-flipped" / "checkpoints" / "last.ckpt"
+    checkpoint = RunDirectory(root / "run-flipped").last_checkpoint
     flipped = bytearray(checkpoint.read_bytes())
     flipped[-5] ^= 0x01
     checkpoint.write_bytes(bytes(flipped))
     shutil.rmtree(root / "run-no-artifacts" / "artifacts")
-    (root / "run-no-loop-state" / "checkpoints" / "last.json").unlink()
+    (root / "run-bad-loop-state" / "checkpoints" / "last.json").write_text('{"step": ')
     (root / "run-live" / "run.lock").touch()  # the test holds its lock, as a live run would
 
 
@@ -193,7 +193,7 @@ CASES = [
     ("resume damaged run.json", "train --resume C/run-bad-json"),
     ("resume flipped checkpoint", "train --resume C/run-flipped"),
     ("resume without artifacts", "train --resume C/run-no-artifacts"),
-    ("resume without loop state", "train --resume C/run-no-loop-state"),
+    ("resume with a damaged loop state", "train --resume C/run-bad-loop-state"),
     ("resume a live run", "train --resume C/run-live"),
     ("train -o a live run", "train C/iris.onnx --data iris -o C/run-live"),
     ("train out of space", "train C/iris.onnx --data iris -o FULL/run"),

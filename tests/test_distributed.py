@@ -22,6 +22,7 @@ pytest.importorskip("mpi4py")
 
 from onnxkit.train import distributed  # noqa: E402
 from onnxkit.train.launch import find_mpiexec, launch, launch_training  # noqa: E402
+from onnxkit.train.run_directory import RunDirectory  # noqa: E402
 
 # digits-cnn, dropout off, data in order: 1,079 training rows make 17 batches of 64 per epoch
 SETTINGS = dict(steps=30, batch_size=64, shuffle=False, dropout=False, optimizer="adamw", lr=0.01)
@@ -170,7 +171,7 @@ def test_killed_worker_ends_the_run_and_it_resumes_on_two_workers(reference: tup
     assert "continue with: onnxkit train --resume" in str(error.value)
     from onnxkit.train.backends import get_backend
 
-    saved = get_backend("onnx").checkpoint_parameters(run / "checkpoints" / "last.ckpt")  # intact, loads
+    saved = get_backend("onnx").checkpoint_parameters(RunDirectory(run).last_checkpoint)  # intact, loads
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 17
     assert saved.keys() == _weights(want).keys()
     _onnxkit_train("--resume", str(run))

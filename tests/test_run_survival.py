@@ -19,6 +19,7 @@ import pytest
 
 from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
+from onnxkit.files import load_model
 from onnxkit.train import TrainingInterrupted, fit
 from onnxkit.train.callbacks import Callback
 from onnxkit.train.run_directory import RunDirectory
@@ -61,7 +62,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts(iris, tmp_path, run_c
     with pytest.raises(Killed):
         fit(iris, "iris", run, epochs=2, batch_size=16, callbacks=[KillAtStep(2)])
     assert json.loads((run / "run.json").read_text())["status"] == "running"  # as a kill leaves it
-    assert not (run / "checkpoints" / "last.ckpt").exists()
+    assert not RunDirectory(run).has_checkpoint()
 
     again = run_cli("train", iris, "--data", "iris", "-o", run)
     assert again.code == 1 and f"restart it with --resume {run}" in again.err
@@ -97,7 +98,7 @@ def test_checkpoints_carry_their_checksum(iris, tmp_path, run_cli):
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
         fit(iris, "iris", run, epochs=3, callback=ctrl_c_after_the_first_epoch)
-    checkpoint = run / "checkpoints" / "last.ckpt"
+    checkpoint = RunDirectory(run).last_checkpoint
     state = json.loads((run / "checkpoints" / "last.json").read_text())
     assert state["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
 
@@ -269,3 +270,32 @@ def test_a_callback_that_exits_leaves_the_run_marked_interrupted(tmp_path, iris)
         fit(iris, "iris", tmp_path / "run", epochs=4, callbacks=[Exit()])
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"  # was "running"
     assert fit(resume=tmp_path / "run").metrics["epochs"] == 4
+
+
+@pytest.mark.training  # on both backends (make test-ort)
+@pytest.mark.parametrize("killed_at", [1, 2], ids=["first-checkpoint", "second-checkpoint"])
+def test_a_kill_between_a_checkpoints_two_files_leaves_the_one_before_whole(iris, tmp_path, monkeypatch, killed_at):
+    """The backend's file was renamed over the last checkpoint's, then the loop state written: a kill -9 between the
+    two left a checkpoint that did not match its checksum, and nothing to resume (or, at the first, a run that
+    --resume called incomplete and -o called a run to resume)."""
+    settings = dict(data="iris", epochs=6, batch_size=16, seed=1, evaluate_test=False)
+    straight = fit(iris, out_dir=tmp_path / "straight", **settings)
+    completed = RunDirectory.save_loop_state
+    calls = []
+
+    def killed(self, saved, checkpoint):  # type: ignore[no-untyped-def]
+        calls.append(checkpoint.name)
+        if len(calls) == killed_at:
+            raise Killed  # the backend's file is written, its loop state is not
+        completed(self, saved, checkpoint)
+
+    monkeypatch.setattr(RunDirectory, "save_loop_state", killed)
+    with pytest.raises(Killed):
+        fit(iris, out_dir=tmp_path / "run", **settings)
+    monkeypatch.undo()
+    assert RunDirectory(tmp_path / "run").has_checkpoint() == (killed_at > 1)
+    resumed = fit(resume=tmp_path / "run")
+    for a, b in zip(load_model(straight.model_path).graph.initializer, load_model(resumed.model_path).graph.initializer,
+                    strict=True):
+        assert a.raw_data == b.raw_data, a.name
+    assert len(list((tmp_path / "run" / "checkpoints").glob("last*.ckpt"))) == 1  # the other slot went

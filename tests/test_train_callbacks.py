@@ -14,6 +14,7 @@ from onnxkit import zoo
 from onnxkit.train import TrainingInterrupted, fit
 from onnxkit.train import trainer as trainer_module
 from onnxkit.train.callbacks import Callback, MetricsWriter
+from onnxkit.train.run_directory import RunDirectory
 
 pytestmark = pytest.mark.training
 
@@ -146,7 +147,7 @@ def test_a_keyboard_interrupt_in_a_callback_stops_as_ctrl_c_does(tmp_path, how):
         fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[stop], grad_accumulation=3, **SETTINGS)
     assert isinstance(caught.value, TrainingInterrupted)
     assert (caught.value.epoch, caught.value.step, caught.value.signum) == (2, 2, signal.SIGINT)
-    assert caught.value.checkpoint == tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert caught.value.checkpoint == RunDirectory(tmp_path / "run").last_checkpoint
     assert json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())["step"] == 2
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
     assert stop.status == "interrupted"
@@ -160,7 +161,7 @@ def test_a_second_keyboard_interrupt_in_a_callback_stops_at_once(tmp_path):
     with pytest.raises(KeyboardInterrupt) as caught:
         fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[stop], **SETTINGS)
     assert type(caught.value) is KeyboardInterrupt
-    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert not RunDirectory(tmp_path / "run").has_checkpoint()
     assert stop.status == "interrupted"
 
 

@@ -10,6 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxkit.files import load_model
+from onnxkit.train.run_directory import RunDirectory
 
 pytestmark = pytest.mark.training
 
@@ -48,7 +49,7 @@ def test_digits_cnn_trains_to_97_percent_through_the_cli(run_cli, tmp_path):
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 10
     assert {"val_loss", "val_accuracy", "val_macro_f1", "best_epoch"} <= set(epochs[-1])
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert RunDirectory(run).last_checkpoint.is_file() and (run / "checkpoints" / "best.ckpt").is_file()
 
     trained = load_model(run / "model.onnx")
     onnx.checker.check_model(trained, full_check=True)

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import load_model
 from onnxkit.train import TrainingInterrupted, fit
+from onnxkit.train.run_directory import RunDirectory
 
 pytestmark = pytest.mark.training
 
@@ -118,7 +119,7 @@ def test_ctrl_c_on_the_command_line_saves_a_checkpoint(tmp_path):
     run, status, err = interrupted_cli_run(tmp_path, signal.SIGINT, "--batch-size", "4", "--epochs", "1000")
     assert status == 130, err
     assert "checkpoint saved to" in err and f"onnxkit train --resume {run}" in err
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert RunDirectory(run).last_checkpoint.is_file()
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
 
 
@@ -166,7 +167,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ru
     assert all(np.isfinite(r["loss"]) for r in finished if r["event"] == "step")
     from onnxkit.train.backends import get_backend
 
-    saved = get_backend().checkpoint_parameters(run / "checkpoints" / "last.ckpt")
+    saved = get_backend().checkpoint_parameters(RunDirectory(run).last_checkpoint)
     assert all(np.isfinite(v).all() for v in saved.values())
 
 

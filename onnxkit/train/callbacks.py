@@ -69,15 +69,12 @@ class Callback:
 class NanGuard(Callback):
     """Stops training with a clear error when a batch's loss is NaN or infinite, before that step is applied."""
 
-    def __init__(self, last_checkpoint: Path) -> None:
-        self.last_checkpoint = last_checkpoint
-
     def on_batch_end(self, trainer: Trainer, loss: float) -> None:
         if math.isfinite(loss):
             return
         kept = (
-            f"the last good checkpoint is {self.last_checkpoint}"
-            if self.last_checkpoint.is_file()
+            f"the last good checkpoint is {trainer.run.last_checkpoint}"
+            if trainer.run.has_checkpoint()
             else "no epoch finished, so no checkpoint was written"
         )
         raise OnnxkitError(

@@ -46,6 +46,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.callbacks import Callback
 from onnxkit.train.config import TrainingInterrupted
+from onnxkit.train.run_directory import RunDirectory
 
 if TYPE_CHECKING:
     from onnxkit.train.trainer import Trainer
@@ -58,8 +59,6 @@ TIMEOUT_VARIABLE = "ONNXKIT_WORKER_TIMEOUT"
 ERRORS_VARIABLE = "ONNXKIT_WORKER_ERRORS"  # a file the first failing rank writes its error to (set by `launch`)
 DEFAULT_TIMEOUT = 30.0
 INSTALL = "pip install 'onnxkit[distributed]' (mpi4py and the mpich wheel, which brings mpiexec)"
-# what a resumed run reads, relative to the run folder
-RESUME_FILES = ("run.json", "metrics.jsonl", "checkpoints/last.ckpt", "checkpoints/last.json", "artifacts")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -232,7 +231,7 @@ class World:
                 check_backend(name or default_backend())
             except OnnxkitError as e:
                 failure = str(e)
-            files = _read_files(Path(resume), RESUME_FILES) if resume and failure is None else {}
+            files = _read_files(Path(resume), RunDirectory(resume).resume_files()) if resume and failure is None else {}
             self.broadcast((failure, files))
             if failure:
                 raise OnnxkitError(failure)

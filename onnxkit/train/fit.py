@@ -832,7 +832,7 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
     session = world.open_session(setup, resuming) if world else setup.open_session(resuming)
     records: list[Record] = []
     best = BestModel(setup.monitor, run.best_checkpoint if c.keep_best else None)
-    stack: list[Callback] = [NanGuard(run.last_checkpoint), best]
+    stack: list[Callback] = [NanGuard(), best]
     if c.patience is not None:
         stack.append(EarlyStopping(setup.monitor, c.patience))
     stack.append(MetricsWriter(run, records))

@@ -31,6 +31,7 @@ from typing import IO
 from onnxkit.errors import OnnxkitError
 from onnxkit.signals import handled
 from onnxkit.train.distributed import ERRORS_VARIABLE, INSTALL
+from onnxkit.train.run_directory import RunDirectory
 
 MPIEXEC_NOISE = re.compile(
     r"^(=+|=   .*|YOUR APPLICATION TERMINATED.*|This typically refers to a problem.*|Please see the FAQ page.*"
@@ -119,9 +120,10 @@ def _without_workers(arguments: Sequence[str]) -> list[str]:
 def _checkpoint_note(run_dir: str | os.PathLike | None, workers: int) -> str:
     if run_dir is None:
         return "Checkpoints are written atomically, so the last one is intact."
-    checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt"
-    if not checkpoint.is_file():
+    run = RunDirectory(run_dir)
+    if not run.has_checkpoint():
         return f"No checkpoint had been written in {run_dir} yet; start the run again."
+    checkpoint = run.last_checkpoint
     return f"The last checkpoint, {checkpoint}, is intact; continue with: onnxkit train --resume {run_dir} " \
            f"--workers {workers}"
 

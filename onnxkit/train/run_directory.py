@@ -4,8 +4,8 @@ A live run holds an exclusive `flock` on `run.lock`, so a second `train -o` or `
 it is refused; the kernel drops the lock when the process dies, however it dies. A run whose
 run.json still says "running" while nobody holds the lock was killed: it reads as
 "interrupted", and one killed before its first checkpoint restarts from the beginning.
-The loop state beside each checkpoint (last.json) carries the checkpoint's SHA-256, which
-resuming verifies.
+The loop state beside each checkpoint (last.json) names the checkpoint's file and carries its
+SHA-256, which resuming verifies; a kill -9 while checkpointing leaves the checkpoint before whole.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.files import sha256, write_text
 
 CHECKSUM_KEY = "checkpoint_sha256"
+CHECKPOINT_KEY = "checkpoint"  # the backend's file of the checkpoint, in last.json
 
 
 class RunDirectory:
@@ -40,8 +41,7 @@ class RunDirectory:
         self.created = False  # whether `make` made the folder
         self.plot = self.path / "curves.png"
         self.lock_file = self.path / "run.lock"
-        self.last_checkpoint = self.checkpoints / "last.ckpt"
-        self.loop_state = self.checkpoints / "last.json"  # where the loop was at the last checkpoint
+        self.loop_state = self.checkpoints / "last.json"  # where the loop was at the last checkpoint, and its file
         self.best_checkpoint = self.checkpoints / "best.ckpt"
 
     @classmethod
@@ -65,7 +65,7 @@ class RunDirectory:
             if self.model.exists() and self._status() == "completed":  # resume would refuse it: nothing to continue
                 raise OnnxkitError(f"{self.path} already holds a finished training run; choose another out_dir",
                                    params=["out_dir"])
-            again = "restart it" if not self.last_checkpoint.is_file() and not self.model.exists() else "continue it"
+            again = "restart it" if not self.has_checkpoint() and not self.model.exists() else "continue it"
             raise OnnxkitError(f"{self.path} already holds a training run; {again} with resume={self.path}, or "
                                "choose another out_dir", params=["out_dir"])
 
@@ -116,7 +116,8 @@ class RunDirectory:
             self.write_json(info)
 
     def has_checkpoint(self) -> bool:
-        return self.last_checkpoint.is_file() or self.loop_state.is_file()
+        """Whether a checkpoint was completed: its loop state, written last, names it."""
+        return self.loop_state.is_file()
 
     def discard(self) -> None:
         """Remove a new run that failed before its first checkpoint: the folder when this process
@@ -130,9 +131,10 @@ class RunDirectory:
             path.unlink(missing_ok=True)
 
     def restart(self) -> None:
-        """Forget what a run killed before its first checkpoint had written, to train it again."""
+        """Forget what a run killed before its first checkpoint had completed, to train it again."""
         self.metrics.unlink(missing_ok=True)
-        self.best_checkpoint.unlink(missing_ok=True)
+        for path in (self.best_checkpoint, *self._checkpoint_files()):
+            path.unlink(missing_ok=True)
 
     # ---- the lock ---------------------------------------------------------------------------
 
@@ -209,18 +211,54 @@ class RunDirectory:
         write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
-    # ---- checkpoint checksums ------------------------------------------------------------------
+    # ---- checkpoints -------------------------------------------------------------------------
+    # A checkpoint is two files: the backend's (weights and optimizer state) and the loop state, last.json,
+    # which names it and holds its SHA-256. The backend's file goes to whichever of two slots last.json does
+    # not name, and last.json is written after it, so a kill -9 at any moment leaves the previous checkpoint
+    # whole: last.json names it until the new one is complete.
 
-    def save_loop_state(self, saved: dict[str, Any]) -> None:
-        """Write last.json (the loop state) with the SHA-256 of the checkpoint just written beside it."""
-        write_text(self.loop_state, json.dumps({**saved, CHECKSUM_KEY: sha256(self.last_checkpoint)}))
+    SLOTS = ("last-a.ckpt", "last-b.ckpt")
+    LEGACY = "last.ckpt"  # the one file of runs checkpointed before the slots
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """The backend's file of the last completed checkpoint (where the next goes, while there is none)."""
+        try:
+            named = json.loads(self.loop_state.read_text()).get(CHECKPOINT_KEY, self.LEGACY)
+        except (OSError, ValueError, AttributeError):
+            named = self.SLOTS[0]
+        return self.checkpoints / str(named)
+
+    def next_checkpoint(self) -> Path:
+        """Where the backend writes the next checkpoint: the slot the last one is not in."""
+        last = self.last_checkpoint.name if self.has_checkpoint() else None
+        return self.checkpoints / (self.SLOTS[1] if last == self.SLOTS[0] else self.SLOTS[0])
+
+    def save_loop_state(self, saved: dict[str, Any], checkpoint: Path) -> None:
+        """Complete the checkpoint whose backend file `checkpoint` was just written: last.json (the loop
+        state) naming it, with its SHA-256; then the file of the checkpoint before goes."""
+        write_text(self.loop_state, json.dumps({**saved, CHECKPOINT_KEY: checkpoint.name,
+                                                CHECKSUM_KEY: sha256(checkpoint)}))
+        for path in self._checkpoint_files():
+            if path != checkpoint:
+                path.unlink(missing_ok=True)
+
+    def resume_files(self) -> list[str]:
+        """What resuming the run reads, relative to its folder (data-parallel workers are sent a copy)."""
+        files = [self.run_json, self.metrics, self.artifacts]
+        if self.has_checkpoint():
+            files += [self.loop_state, self.last_checkpoint]
+        return [str(path.relative_to(self.path)) for path in files]
+
+    def _checkpoint_files(self) -> list[Path]:
+        return [self.checkpoints / name for name in (*self.SLOTS, self.LEGACY)]
 
     def verify_checkpoint(self) -> None:
         """Refuse a checkpoint that is missing or does not match the checksum its loop state records."""
         if not self.artifacts.is_dir() or not any(self.artifacts.iterdir()):
             raise OnnxkitError(f"{self.path} has lost its training graphs ({self.artifacts} is missing or empty); "
                                "the run cannot be resumed, start a new one")
-        for path in (self.last_checkpoint, self.loop_state):
+        for path in (self.loop_state, self.last_checkpoint):
             if not path.is_file():
                 raise OnnxkitError(f"{self.path} has no complete checkpoint ({path} is missing); the run cannot be "
                                    "resumed, start a new one")

@@ -72,7 +72,7 @@ class Trainer:
     """Trains `session` on `train` for `epochs` (or `config.steps` optimizer steps).
 
     `validate(session)` returns the epoch record's validation entries (val_loss, ...), or
-    is None without a validation split. Checkpoints go to `run`'s last.ckpt and last.json:
+    is None without a validation split. Checkpoints go to `run`'s checkpoints folder (`RunDirectory`):
     after the first epoch, then after each epoch that ends at least 1/CHECKPOINT_SHARE times
     the last checkpoint's duration after it (every epoch unless epochs are short), after the
     last epoch, and when stopped by a signal. Callbacks may read `session`, `state`, `epochs`
@@ -142,8 +142,9 @@ class Trainer:
         saved = dataclasses.asdict(self.state)
         for callback in self.callbacks:
             saved.update(callback.state())
-        self.session.save_checkpoint(self.run.last_checkpoint)
-        self.run.save_loop_state(saved)  # with the checkpoint's checksum, verified on resume
+        path = self.run.next_checkpoint()
+        self.session.save_checkpoint(path)
+        self.run.save_loop_state(saved, path)  # completes it: names it, with its checksum (verified on resume)
         self._saved_step, self._saved_at = self.state.step, time.perf_counter()
         self._saving_seconds = self._saved_at - started
 
