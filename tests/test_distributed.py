@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,9 +37,25 @@ from onnxkit.train.callbacks import Callback
 from onnxkit.train.distributed import rank
 
 ACTION, AT_STEP = sys.argv[3], int(sys.argv[4])
+STEP = [0]
+
+if ACTION == "late-interrupt":  # SIGINT to rank 1 just after the ranks agreed not to stop at step AT_STEP
+    from onnxkit.train import distributed
+    agree = distributed.World.allreduce
+
+    def allreduce(self, values, what, **options):
+        agreed = agree(self, values, what, **options)
+        if what == "a stop request" and self.rank == 1 and STEP[0] == AT_STEP:
+            os.kill(os.getpid(), signal.SIGINT)
+        return agreed
+
+    distributed.World.allreduce = allreduce
 
 class Fail(Callback):
     def on_step_end(self, trainer, record):
+        STEP[0] = record["step"]
+        if ACTION == "late-interrupt":
+            return
         if ACTION == "slow" and rank() == 1 and record["step"] > AT_STEP:
             time.sleep(0.2)  # a long run from here on
         if rank() != 1 or record["step"] != AT_STEP:
@@ -187,6 +204,18 @@ def test_ctrl_c_on_one_worker_stops_all_after_the_same_step(reference: tuple[Pat
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
 
 
+def test_ctrl_c_reaching_one_worker_just_after_the_ranks_agreed_waits_for_the_next_agreement(
+        reference: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank stopped on its own flag: worker 1, signalled after the step's agreement, stopped while worker 0
+    went on to the next step's all-reduce and waited for it until the timeout (exit 1, no checkpoint)."""
+    model, _ = reference
+    run = tmp_path / "run"
+    monkeypatch.setenv("ONNXKIT_WORKER_TIMEOUT", "10")
+    arguments, _ = _script(tmp_path, "late-interrupt", 20)
+    assert launch(2, [*arguments[:1], str(model), str(run), *arguments[1:]], run_dir=run) == 130
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 21  # both stopped after step 21
+
+
 def test_a_callback_stopping_one_worker_stops_all_after_the_same_step(reference: tuple[Path, Path],
                                                                      tmp_path: Path) -> None:
     model, _ = reference
@@ -299,3 +328,25 @@ def test_each_worker_draws_its_own_dropout_windows() -> None:
 
 def test_outside_mpi_there_is_no_world() -> None:
     assert os.environ.get("PMI_SIZE") is None and distributed.current_world() is None
+
+
+@pytest.mark.parametrize("after", [0.0, 0.3, 0.8])
+def test_ctrl_c_to_the_launcher_at_any_moment_stops_with_130(reference: tuple[Path, Path], tmp_path: Path,
+                                                              after: float) -> None:
+    """Early on, rank 0 could stop (Ctrl-C reached it before fit) while rank 1, in MPI's blocking broadcast, could not
+    run its handler and spun forever; a stop inside fit before training began exited 1 ('worker 0 of 2:
+    KeyboardInterrupt'); one during onnxruntime's import said onnxruntime was not installed."""
+    model, _ = reference
+    command = [sys.executable, "-m", "onnxkit", "train", str(model), "--data", "digits-images", "--epochs", "300",
+               "--workers", "2", "-o", str(tmp_path / "run")]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    while process.poll() is None and not children.read_text().split():  # mpiexec has started: `after` from then
+        time.sleep(0.01)
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    last = (out + err).strip().splitlines()[-1]
+    assert last == "error: stopped by SIGINT" or last.startswith("interrupted in epoch"), out + err

@@ -20,6 +20,7 @@ from types import ModuleType
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, missing_model
+from onnxkit.signals import check_stop
 
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 _CUDA = "CUDAExecutionProvider"
@@ -38,6 +39,7 @@ def import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as e:
+        check_stop()  # a Ctrl-C or SIGTERM during the import surfaces as an ImportError of the module it broke
         raise OnnxkitError(f"onnxruntime is not installed: pip install onnxruntime (for CUDA: {GPU_INSTALL})") from e
     finally:
         if blocked and sys.modules.get("onnxruntime.training", 0) is None:

@@ -58,6 +58,7 @@ LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "PMI_LOCAL_RANK", "OMPI_COMM_WORLD_LO
 TIMEOUT_VARIABLE = "ONNXKIT_WORKER_TIMEOUT"
 ERRORS_VARIABLE = "ONNXKIT_WORKER_ERRORS"  # a file the first failing rank writes its error to (set by `launch`)
 DEFAULT_TIMEOUT = 30.0
+BROADCAST_POLL_S = 0.01  # how often a rank waiting for rank 0's broadcast looks
 INSTALL = "pip install 'onnxkit[distributed]' (mpi4py and the mpich wheel, which brings mpiexec)"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -211,7 +212,12 @@ class World:
             return self.comm.allgather(value)
 
     def broadcast(self, value: Any) -> Any:
-        """Rank 0's `value` on every rank; not timed (rank 0 may build artifacts meanwhile)."""
+        """Rank 0's `value` on every rank; not timed (rank 0 may build artifacts meanwhile). The others wait for
+        rank 0 in a loop, not in MPI's blocking call, which kept a Ctrl-C from their Python handlers: stopped by
+        it before it got here, rank 0 ended, and a rank waiting for it spun forever."""
+        arrived = self.comm.Ibarrier()
+        while not arrived.Test():
+            time.sleep(BROADCAST_POLL_S)
         return self.comm.bcast(value, root=0)
 
     # ---- the run folder ------------------------------------------------------------------
@@ -385,20 +391,25 @@ class DataParallelSession(TrainingSession):
 
 
 class StopTogether(Callback):
-    """After every optimizer step, the ranks agree whether any got Ctrl-C or SIGTERM or had a callback
-    ask to stop, and after every epoch whether any callback did, so all stop (and rank 0 checkpoints)
-    after the same step."""
+    """After every optimizer step and every epoch, the ranks agree whether any got Ctrl-C or SIGTERM or had
+    a callback ask to stop, so all stop (and rank 0 checkpoints) after the same step: the loop stops on
+    the agreement (`Trainer.agreed_stop`), not on a signal that reached one rank after it."""
 
     def __init__(self, world: World) -> None:
         self.world = world
 
+    def on_train_begin(self, trainer: Trainer) -> None:
+        trainer.agreed_stop = False
+
     def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self._agree(trainer)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self._agree(trainer)
+
+    def _agree(self, trainer: Trainer) -> None:
         asked = np.array([trainer.stop_signal, trainer.stop_training], np.int64)
         signal, stop = self.world.allreduce(asked, "a stop request", op="max")
         if signal and not trainer.stop_signal:
             trainer.request_stop(int(signal))
-        trainer.stop_training = bool(stop)
-
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        asked = np.array([trainer.stop_training], np.int64)
-        trainer.stop_training = bool(self.world.allreduce(asked, "a stop request", op="max")[0])
+        trainer.agreed_stop, trainer.stop_training = bool(signal), bool(stop)

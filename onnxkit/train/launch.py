@@ -33,11 +33,12 @@ from onnxkit.signals import handled
 from onnxkit.train.distributed import ERRORS_VARIABLE, INSTALL
 from onnxkit.train.run_directory import RunDirectory
 
-MPIEXEC_NOISE = re.compile(
-    r"^(=+|=   .*|YOUR APPLICATION TERMINATED.*|This typically refers to a problem.*|Please see the FAQ page.*"
-    r"|\[mpiexec@.*|\[proxy:.*|Abort\(\d+\) on node \d+ .*MPI_Abort.*)$"
-)
 INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+MPIEXEC_NOISE = re.compile(  # mpiexec's banners, and MPI's error stack of a rank whose peer died
+    r"^(=+|=   .*|YOUR APPLICATION TERMINATED.*|This typically refers to a problem.*|Please see the FAQ page.*"
+    r"|\[mpiexec@.*|\[proxy:.*|Ctrl-C caught\.\.\. cleaning up processes"
+    r"|Abort\(\d+\) on node \d+ .*|\w+\(\d+\)\.*: .*)$"
+)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 RELAY_POLL_S = 0.05  # how often the ranks' output is looked for
 OVERSUBSCRIPTION = 4  # workers per core past which --workers is refused (8 on 2 cores still train; 1000 did not start)
@@ -77,12 +78,16 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
             process = subprocess.Popen(command, env={**os.environ, ERRORS_VARIABLE: str(errors)}, stdout=out,
                                        stderr=err, start_new_session=True,
                                        preexec_fn=_terminated_with(os.getpid()))
-        code = _wait_relaying(process, logs)
+        code, stopped_by = _wait_relaying(process, logs)
         if code == 0:
             return 0
+        if stopped_by is not None:  # the ranks stopped as asked; rank 0 said where it checkpointed, if it had begun
+            if not _recorded_a_stop(run_dir) or run_dir is None:
+                sys.stderr.write(f"error: stopped by {signal.Signals(stopped_by).name}\n")
+            return 128 + stopped_by
         if errors.is_file():
             raise OnnxkitError(errors.read_text(encoding="utf-8"))
-    if code in INTERRUPTED:
+    if code in INTERRUPTED and _recorded_a_stop(run_dir):  # a signal sent to the ranks themselves
         return code
     raise OnnxkitError(f"a worker stopped without reporting an error (mpiexec exit status {code}: killed, or out of "
                        f"memory); every worker was stopped. {_checkpoint_note(run_dir, workers)}")
@@ -115,6 +120,17 @@ def _without_workers(arguments: Sequence[str]) -> list[str]:
         elif not argument.startswith("--workers="):
             kept.append(argument)
     return kept
+
+
+def _recorded_a_stop(run_dir: str | os.PathLike | None) -> bool:
+    """Whether the run stopped as asked (rank 0 recorded it as interrupted): mpiexec also exits 143 when a rank
+    died and MPI ended the others."""
+    if run_dir is None:
+        return True
+    try:
+        return RunDirectory(run_dir).read_json().get("status") == "interrupted"
+    except OnnxkitError:
+        return False
 
 
 def _checkpoint_note(run_dir: str | os.PathLike | None, workers: int) -> str:
@@ -161,21 +177,29 @@ class _Relay:
         self.source.close()
 
 
-def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> int:
+def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int, int | None]:
     """Wait for mpiexec, relaying what it writes to `logs` (stdout, stderr) and passing it each Ctrl-C or
-    SIGTERM this process gets (a second Ctrl-C ends it at once). One thread does it all: were this process
-    killed, mpiexec would get a SIGTERM for each of its threads that ended, as the kernel hands it from
-    thread to thread, and the ranks, stopping after the first, would die of the second."""
-    relays = [_Relay(log, target) for log, target in zip(logs, (sys.stdout, sys.stderr), strict=True)]
+    SIGTERM this process gets (a second Ctrl-C ends it at once); return its exit status and the first signal
+    passed on, if any (mpiexec's status alone does not tell a stop from a rank's death: it exits 143 for both).
+    One thread does it all: were this process killed, mpiexec would get a SIGTERM for each of its threads that
+    ended, as the kernel hands it from thread to thread, and the ranks, stopping after the first, would die of
+    the second."""
+    pumps = [_Relay(log, target) for log, target in zip(logs, (sys.stdout, sys.stderr), strict=True)]
+    relayed: list[int] = []
+
+    def relay(signum: int, frame: object) -> None:
+        relayed.append(signum)
+        process.send_signal(signum)
+
     try:
-        with handled(lambda signum, frame: process.send_signal(signum)):
+        with handled(relay):
             while True:
                 ended = process.poll() is not None  # before reading: all it wrote is then in the files
-                for relay in relays:
-                    relay.pump(ended)
+                for pump in pumps:
+                    pump.pump(ended)
                 if ended:
-                    return int(process.returncode)
+                    return int(process.returncode), relayed[0] if relayed else None
                 time.sleep(RELAY_POLL_S)
     finally:
-        for relay in relays:
-            relay.close()
+        for pump in pumps:
+            pump.close()

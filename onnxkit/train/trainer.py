@@ -102,6 +102,7 @@ class Trainer:
         self.batches_per_epoch = train.num_batches(config.batch_size, drop_last)
         self.state = LoopState()
         self.stop_training = False
+        self.agreed_stop: bool | None = None  # data-parallel: whether the ranks agreed to stop (see `_stopping`)
         self._saved_step: int | None = None  # the step of the last checkpoint
         self._saved_at: float | None = None  # when this process last wrote one (perf_counter)
         self._saving_seconds = 0.0  # how long that took
@@ -111,6 +112,11 @@ class Trainer:
     def stop_signal(self) -> int:
         """The Ctrl-C or SIGTERM received (0: none); the loop stops after the current optimizer step."""
         return int(self._signals.signum) if self._signals.received else 0
+
+    def _stopping(self) -> bool:
+        """Whether to stop now for a Ctrl-C or SIGTERM: received, or, data-parallel, agreed on by the ranks after
+        the last optimizer step (`agreed_stop`; one received since waits for the next agreement, which all see)."""
+        return self._signals.received if self.agreed_stop is None else self.agreed_stop
 
     def request_stop(self, signum: int) -> None:
         """Stop after the current optimizer step as if `signum` had arrived (data-parallel peers stop together)."""
@@ -165,7 +171,7 @@ class Trainer:
             epochs = self.train.epochs(c.batch_size, seeds, self.drop_last)  # from a resumed run's epoch too
             hooks = self._overriding("on_batch_end"), self._overriding("on_step_end")
             try:
-                while not self.state.done and not self._signals.received:
+                while not self.state.done and not self._stopping():
                     self._epoch(next(epochs), *hooks)
                 if not self.state.done:
                     status = "interrupted"
@@ -237,7 +243,7 @@ class Trainer:
                 except KeyboardInterrupt as e:
                     self._signals.raised(e)
             step_loss, step_examples, in_step = 0.0, 0, 0
-            if self._signals.received:
+            if self._stopping():
                 return  # mid-epoch: fit checkpoints here
             if self.stop_training or (c.steps and state.step >= c.steps):
                 break  # a stop asked for mid-epoch ends the epoch here: validation, its record, a checkpoint
