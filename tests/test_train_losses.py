@@ -165,6 +165,13 @@ def test_early_stopping_keeps_the_best_epoch_and_steps_limit(tmp_path):
     for name, value in best.items():
         np.testing.assert_array_equal(written[name], value)
 
+    # the metrics kept with a run describe model.onnx: with keep_best=False the last epoch's, not the best's
+    last = fit(model, "iris", tmp_path / "last", lr=1.0, epochs=6, monitor="val_loss", keep_best=False,
+               evaluate_test=False)  # too high a rate: the best validation loss comes early
+    assert last.metrics["best_epoch"] < 6
+    assert last.metrics["validation"]["loss"] == last.history[-1]["val_loss"]  # was the best epoch's
+    assert last.metrics["validation"]["loss"] == pytest.approx(evaluate(last.model_path, "validation")["loss"])
+
     limited = fit(model, "iris", tmp_path / "steps", steps=8, batch_size=16, evaluate_test=False)
     assert limited.metrics["steps"] == 8 and limited.metrics["epochs"] == 2  # 6 steps per epoch
 

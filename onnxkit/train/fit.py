@@ -912,7 +912,8 @@ def _finish(
     use_best = c.keep_best and run.best_checkpoint.is_file()
     values = load_tensors(run.best_checkpoint) if use_best else session.parameters()
     epochs = [r for r in records if r["event"] == "epoch"]
-    best = next((r for r in epochs if r["epoch"] == best_epoch), epochs[-1] if epochs else {})
+    last = epochs[-1] if epochs else {}
+    written = next((r for r in epochs if r["epoch"] == best_epoch), last) if use_best else last  # model.onnx's epoch
     trained = with_weights(setup.target, values)
     if setup.adapter:
         trained = setup.adapter.merge(trained)
@@ -936,7 +937,7 @@ def _finish(
         "standardize": c.standardize,
         "trainable_parameters": setup.trainable_count,
         "best_epoch": best_epoch,
-        "validation": {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_")},
+        "validation": {k.removeprefix("val_"): v for k, v in written.items() if k.startswith("val_")},
         "run": str(run.path),
         "onnxkit": __version__,
     }
@@ -958,7 +959,7 @@ def _finish(
         "steps": state.step,
         "best_epoch": best_epoch,
         "monitor": setup.monitor,
-        "train_loss": best.get("train_loss"),
+        "train_loss": written.get("train_loss"),
         "validation": summary["validation"],
     }
     if c.evaluate_test and len(setup.dataset.test):
