@@ -46,7 +46,7 @@ MAX_LENGTH_KEY = "onnxkit.max_length"
 
 PADDING_KEY = "onnxkit.padding"
 """'max_length': texts are padded to MAX_LENGTH_KEY's length, as a recurrent model trained on them was (see
-`training_form.unrolled_over_time`); without it, each batch is padded to its longest text."""
+`training_form.needs_full_length`); without it, each batch is padded to its longest text."""
 
 LORA_KEY = "onnxkit.lora"
 """JSON {"rank", "scale", "weights"}: the LoRA adapters in the graph; merging them drops it."""

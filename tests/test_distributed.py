@@ -330,7 +330,7 @@ def test_outside_mpi_there_is_no_world() -> None:
     assert os.environ.get("PMI_SIZE") is None and distributed.current_world() is None
 
 
-@pytest.mark.parametrize("after", [0.0, 0.3, 0.8])
+@pytest.mark.parametrize("after", [0.2, 0.5, 1.0])
 def test_ctrl_c_to_the_launcher_at_any_moment_stops_with_130(reference: tuple[Path, Path], tmp_path: Path,
                                                               after: float) -> None:
     """Early on, rank 0 could stop (Ctrl-C reached it before fit) while rank 1, in MPI's blocking broadcast, could not

@@ -360,15 +360,42 @@ def text_lstm(hidden: int = 8) -> onnx.ModelProto:
     return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.skipif(default_backend() == "ort-training", reason=ORT_LSTM_GRAD)
-def test_a_recurrent_text_model_trains_on_text_padded_to_its_full_length(tmp_path):
+def text_cnn(channels: int = 8) -> onnx.ModelProto:
+    """An embedding + Conv1d (kernel 3) + max over time classifier of token ids ([batch, 'seq']) into 2 classes."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["embedding", "input_ids"], ["vectors"]),
+         helper.make_node("Transpose", ["vectors"], ["channels"], perm=[0, 2, 1]),
+         helper.make_node("Conv", ["channels", "conv.weight", "conv.bias"], ["conv"], kernel_shape=[3]),
+         helper.make_node("Relu", ["conv"], ["relu"]),
+         helper.make_node("ReduceMax", ["relu", "time"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "head"], ["logits"])],
+        "text-cnn", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in {
+            "embedding": rng.normal(size=(30522, channels)) * 0.3,
+            "conv.weight": rng.normal(size=(channels, channels, 3)) * 0.3, "conv.bias": np.zeros(channels),
+            "head": rng.normal(size=(channels, 2)) * 0.3}.items()]
+        + [numpy_helper.from_array(np.array([2]), "time")])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(text_lstm, marks=pytest.mark.skipif(default_backend() == "ort-training", reason=ORT_LSTM_GRAD)),
+    text_cnn,
+], ids=["lstm", "conv1d"])
+def test_a_text_model_whose_gradients_need_fixed_sizes_trains_on_text_padded_to_its_full_length(tmp_path, make):
     # text batches are cut to their longest text, so a text LSTM's sequence length was never fixed and training
-    # refused it ('op LSTM ... over a sequence length the graph does not fix'); it now trains on texts padded to
-    # the dataset's max_length, and the model written keeps its dynamic sequence length
+    # refused it ('op LSTM ... over a sequence length the graph does not fix'), as a Conv1d text CNN's ('its
+    # gradient needs static spatial sizes'); they now train on texts padded to the dataset's max_length, and the
+    # model written keeps its dynamic sequence length
     from onnxkit.data import load_dataset
 
     data = load_dataset("tweets-sentiment", tokenizer=str(TOKENIZER), max_length=16, limit=600)
-    result = fit(text_lstm(), data, tmp_path / "run", epochs=4, lr=0.01, batch_size=32, device="cpu")
+    model = make()  # with a shape as PyTorch's dynamo exporter stores it: the example's length (5) baked in, which
+    model.graph.value_info.append(  # clashed with the fixed length in the training graph ('Incompatible dimensions')
+        helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", 5, 8]))
+    result = fit(model, data, tmp_path / "run", epochs=4, lr=0.01, batch_size=32, device="cpu")
     losses = [r["train_loss"] for r in result.history if r["event"] == "epoch"]
     assert len(losses) == 4 and losses[-1] < losses[0] * 0.85, losses
     assert _dims(load_model(result.model_path)) == ["batch", "seq"]

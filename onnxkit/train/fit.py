@@ -90,13 +90,13 @@ from onnxkit.train.training_form import (
     constant_weights,
     find_parameters,
     folded_batch_norms,
+    needs_full_length,
     output_type,
     refuse_weights_in_attributes,
     select,
     sized_by_data,
     trainable_form,
     training_output,
-    unrolled_over_time,
 )
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
@@ -589,8 +589,8 @@ class _Setup:
 
     def _size_by_data(self) -> None:
         """The inputs' dynamic sizes past the batch fixed to the data's (its sequence length, image size); text
-        at its full length for a recurrent model (`unrolled_over_time`)."""
-        self.padded_text = unrolled_over_time(self.model) and not all(s.fixed_shapes for s in self.splits.values())
+        at its full length for a model whose gradients need fixed sizes (`needs_full_length`)."""
+        self.padded_text = needs_full_length(self.model) and not all(s.fixed_shapes for s in self.splits.values())
         if self.padded_text:  # and the model trained says so, for eval and predict to pad alike (PADDING_KEY)
             self.splits = {name: split.with_fixed_shapes() for name, split in self.splits.items()}
         sized = sized_by_data(self.model, self.splits.values())

@@ -432,10 +432,15 @@ def select(
 
 
 
-def unrolled_over_time(model: onnx.ModelProto) -> bool:
-    """Whether `model` has recurrent ops, whose gradients unroll them over a fixed number of steps: text then
-    trains padded to its full length (`Split.with_fixed_shapes`), not to each batch's longest."""
-    return any(node.op_type in ("LSTM", "GRU", "RNN") for node in model.graph.node)
+# ops whose gradients need the sizes of the axes they run along fixed: recurrent ones unroll over a fixed number of
+# steps, convolutions and pooling windows gather a fixed grid (`autodiff.rules.conv`)
+FIXED_SIZE_OPS = frozenset({"LSTM", "GRU", "RNN", "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalMaxPool"})
+
+
+def needs_full_length(model: onnx.ModelProto) -> bool:
+    """Whether `model` has ops whose gradients need fixed sizes (`FIXED_SIZE_OPS`): text then trains padded to its
+    full length (`Split.with_fixed_shapes`), not to each batch's longest (an LSTM, or a Conv1d text CNN)."""
+    return any(node.op_type in FIXED_SIZE_OPS for node in model.graph.node)
 
 
 def sized_by_data(model: onnx.ModelProto, splits: Iterable[Split]) -> onnx.ModelProto:
@@ -464,6 +469,9 @@ def sized_by_data(model: onnx.ModelProto, splits: Iterable[Split]) -> onnx.Model
         for axis, dim in enumerate(graph_input.type.tensor_type.shape.dim):
             if (graph_input.name, axis) in sizes:
                 dim.dim_value = sizes[graph_input.name, axis]  # replaces dim_param (one field of a oneof)
+    for value in sized.graph.value_info:  # shapes inferred again from the fixed inputs: a dynamo export's
+        if value.type.HasField("tensor_type"):  # stored ones keep the example's length where it baked it in
+            value.type.tensor_type.ClearField("shape")
     return sized
 
 
