@@ -222,33 +222,35 @@ def test_a_model_exported_in_training_mode_is_written_in_inference_mode(tmp_path
     assert [t.name for t in trained.graph.initializer if t.name not in read] == []
 
 
-def exported_like_dynamo(merged: bool) -> onnx.ModelProto:
+def exported_like_dynamo(merged: bool, out_bias: str = "out.bias") -> onnx.ModelProto:
     """x [n, 64] -> Gemm (in) -> Relu -> Gemm (blocks.0) -> Relu -> Gemm (blocks.1, a deep copy of
     blocks.0) -> Relu -> Gemm (out), as the dynamo exporter writes it: each node's module in its name
     scopes, every parameter in the graph's signature, and, `merged`, blocks.1's weight and bias left
-    out for blocks.0's equal ones and the zero bias of out removed, as its optimizer does."""
+    out for blocks.0's equal ones and the zero bias of out removed, as its optimizer does (`out_bias`: its name,
+    as the module calls it: F.linear(h, w, self.dec_bias) reads one named otherwise)."""
     rng = np.random.default_rng(0)
     block = {"weight": rng.normal(0, 0.3, (16, 16)), "bias": np.zeros(16)}
     arrays = {"in.weight": rng.normal(0, 0.2, (16, 64)), "in.bias": rng.normal(0, 0.1, 16),
               **{f"blocks.{i}.{k}": v for i in (0, 1) for k, v in block.items()},
-              "out.weight": rng.normal(0, 0.3, (10, 16)), "out.bias": np.zeros(10)}
+              "out.weight": rng.normal(0, 0.3, (10, 16)), out_bias: np.zeros(10)}
     nodes, h = [], "x"
     for layer, scopes in [("in", "'in'"), ("blocks.0", "'blocks', 'blocks.0'"), ("blocks.1", "'blocks', 'blocks.1'"),
                           ("out", "'out'")]:
         source = "blocks.0" if merged and layer == "blocks.1" else layer
-        reads = [h, f"{source}.weight"] + ([] if merged and layer == "out" else [f"{source}.bias"])
+        bias = out_bias if layer == "out" else f"{source}.bias"
+        reads = [h, f"{source}.weight"] + ([] if merged and layer == "out" else [bias])
         nodes.append(helper.make_node("Gemm", reads, [f"{layer}.y"], transB=1))
         nodes[-1].metadata_props.add(key="pkg.torch.onnx.name_scopes", value=f"['', {scopes}, 'linear']")
         if layer != "blocks.1":  # the op it came from (blocks.1 is told by its name scopes alone)
             p = layer.replace(".", "_")
             nodes[-1].metadata_props.add(key="pkg.torch.onnx.fx_node", value=(
                 f"%linear : [num_users=1] = call_function[target=torch.ops.aten.linear.default](args = (%{h}, "
-                f"%p_{p}_weight, %p_{p}_bias), kwargs = {{}})"))
+                f"%p_{p}_weight, %p_{bias.replace('.', '_')}), kwargs = {{}})"))
         if layer != "out":
             nodes.append(helper.make_node("Relu", [f"{layer}.y"], [f"{layer}.r"]))
             h = f"{layer}.r"
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()
-             if not (merged and (k.startswith("blocks.1") or k == "out.bias"))]
+             if not (merged and (k.startswith("blocks.1") or k == out_bias))]
     graph = helper.make_graph(nodes, "main_graph", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
                               [helper.make_tensor_value_info("out.y", TensorProto.FLOAT, ["n", 10])], inits)
     signature = "\n# inputs\n" + "".join(f"p_{k.replace('.', '_')}: PARAMETER target='{k}'\n" for k in arrays)
@@ -257,7 +259,8 @@ def exported_like_dynamo(merged: bool) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="pytorch")
 
 
-def test_parameters_the_dynamo_exporter_merged_train_as_their_own(tmp_path, run_cli):
+@pytest.mark.parametrize("out_bias", ["out.bias", "dec_bias"])
+def test_parameters_the_dynamo_exporter_merged_train_as_their_own(tmp_path, run_cli, out_bias):
     """The dynamo exporter keeps one initializer of equal-valued tensors: a fresh 2-layer TransformerEncoder
     (deep-copied layers), its LayerNorms' ones and zero biases trained as one tensor each, 12 of a tiny
     ViT's parameters tied to others (its gradients 0.7-1.9 of the largest element off autograd's; test
@@ -266,14 +269,15 @@ def test_parameters_the_dynamo_exporter_merged_train_as_their_own(tmp_path, run_
     runs = {}
     for merged in (True, False):
         path = tmp_path / f"{merged}.onnx"
-        onnx.save(exported_like_dynamo(merged), path)
+        onnx.save(exported_like_dynamo(merged, out_bias), path)
         result = run_cli("train", path, "--data", "digits", "--steps", "4", "--lr", "0.01",
                          "-o", tmp_path / f"{merged}")
         assert result.code == 0, result.err
         runs[merged] = {t.name: numpy_helper.to_array(t)
                         for t in onnx.load(tmp_path / f"{merged}" / "model.onnx").graph.initializer}
-        assert ("3 parameters were merged by PyTorch's exporter into equal-valued ones or dropped as zero biases "
-                "(blocks.1.weight, blocks.1.bias, out.bias: ") in result.err if merged else "merged" not in result.err
+        said = ("3 parameters were merged by PyTorch's exporter into equal-valued ones or dropped as zero biases "
+                f"(blocks.1.weight, blocks.1.bias, {out_bias}: ")
+        assert said in result.err if merged else "merged" not in result.err
     assert runs[True].keys() == runs[False].keys()
     for name, value in runs[False].items():
         np.testing.assert_allclose(runs[True][name], value, rtol=0, atol=1e-6, err_msg=name)

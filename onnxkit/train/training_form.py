@@ -235,7 +235,8 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
                 _own_parameter(name, scopes, orphans)
             if own:
                 plan.append((k, i, own))
-        bias = next((t for t in read if t in orphans and t.endswith(".bias")), None)
+        taken = {own for kk, _, own in plan if kk == k}  # a removed bias: the op read a parameter no input holds
+        bias = next((t for t in read if t in orphans and t not in taken), None)
         if node.op_type in ("Gemm", "Conv") and (len(node.input) < 3 or not node.input[2]) and bias \
                 and node.input[1] in present and not any(own == bias for kk, _, own in plan if kk == k):
             plan.append((k, 2, bias))  # a zero bias the optimizer removed (RemoveOptionalBiasFromConv, ...)
