@@ -44,6 +44,7 @@ from onnxkit.graph_walks import (
     opset,
     quantization_ops,
     used_initializers,
+    value_types,
     without_initializer_inputs,
 )
 from onnxkit.metadata import metadata
@@ -470,9 +471,19 @@ def sized_by_data(model: onnx.ModelProto, splits: Iterable[Split]) -> onnx.Model
         for axis, dim in enumerate(graph_input.type.tensor_type.shape.dim):
             if (graph_input.name, axis) in sizes:
                 dim.dim_value = sizes[graph_input.name, axis]  # replaces dim_param (one field of a oneof)
-    for value in sized.graph.value_info:  # shapes inferred again from the fixed inputs: a dynamo export's
-        if value.type.HasField("tensor_type"):  # stored ones keep the example's length where it baked it in
-            value.type.tensor_type.ClearField("shape")
+    # the shapes stored with the graph, inferred again from the fixed inputs where inference can: a dynamo export's
+    # keep the example's length where it baked it in, which then clashes with the fixed size
+    bare = onnx.ModelProto()
+    bare.CopyFrom(sized)
+    del bare.graph.value_info[:]
+    try:
+        fresh = value_types(bare)
+    except OnnxkitError:  # inference needs the stored shapes: keep them
+        return sized
+    for value in sized.graph.value_info:
+        inferred = fresh.get(value.name)
+        if inferred is not None and inferred.type.tensor_type.HasField("shape"):
+            value.type.CopyFrom(inferred.type)
     return sized
 
 
