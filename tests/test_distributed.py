@@ -342,11 +342,16 @@ def test_ctrl_c_to_the_launcher_at_any_moment_stops_with_130(reference: tuple[Pa
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                start_new_session=True)
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-    while process.poll() is None and not children.read_text().split():  # mpiexec has started: `after` from then
-        time.sleep(0.01)
-    time.sleep(after)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    try:
+        while process.poll() is None and not children.read_text().split():  # mpiexec has started: `after` from then
+            time.sleep(0.01)
+        time.sleep(after)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)  # a rank stuck starting up is killed after STOP_GRACE_S
+    finally:
+        if process.poll() is None:  # leave no job behind (its mpiexec dies with it)
+            process.kill()
+            process.wait()
     assert process.returncode == 130, out + err
     last = (out + err).strip().splitlines()[-1]
     assert last == "error: stopped by SIGINT" or last.startswith("interrupted in epoch"), out + err

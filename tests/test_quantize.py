@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit import zoo
+from onnxkit.data import load_dataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import without_initializer_inputs
 from onnxkit.quantize import analysis, cpu, quantize, rewrite
@@ -194,6 +195,50 @@ def test_dynamic_reaches_weights_hidden_behind_gemm_and_transpose():
     ref = ReferenceEvaluator(foreign()).run(None, {"x": x})[0]
     # 7-bit weights and 8-bit activations: about 1% of the output scale
     assert np.abs(logits(result.model, x) - ref).max() < 0.03 * np.abs(ref).max()
+
+
+def shared_through_identity():
+    """Two layers reading one weight through Identity, as a TorchScript export of nn.TransformerEncoder writes its
+    deep-copied layers (equal at export): x -> MatMul(w) -> Relu -> MatMul(Identity(w)) -> MatMul(head)."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Identity", ["w"], ["w.copy"]), helper.make_node("MatMul", ["b", "w.copy"], ["c"]),
+             helper.make_node("MatMul", ["c", "head"], ["logits"])]
+    inits = [_init(rng, "w", (D_IN, D_IN), 0.3), _init(rng, "head", (D_IN, CLASSES), 0.3)]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", D_IN])], inits)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "int4"])
+def test_a_weight_read_through_identity_is_quantized(mode):
+    # the MatMul reading Identity(w) stayed float, and beside its quantized copies the fp32 weight stayed in the file:
+    # a TorchScript transformer encoder came out 1.22x (int4) and 1.33x (dynamic) the size of the original
+    model = shared_through_identity()
+    result = quantize(model, mode=mode, block_size=16, measure_latency=False)
+    assert [n.op_type for n in result.model.graph.node].count("MatMul") == 0
+    left = [t.name for t in result.model.graph.initializer if t.data_type == TensorProto.FLOAT
+            and np.prod(t.dims) >= D_IN * CLASSES]  # no fp32 weight beside its quantized copies
+    assert left == [], left
+    x = np.random.default_rng(0).standard_normal((32, D_IN)).astype(np.float32)
+    ref = logits(model, x)
+    assert np.abs(logits(result.model, x) - ref).max() < 0.15 * np.abs(ref).max()
+
+
+def test_entropy_calibration_is_not_minmax_under_another_name(mlp_data):
+    # with ORT's 128 histogram bins the KL search had one threshold to pick, the whole range: minmax's scales
+    scales = {}
+    for method in ("minmax", "entropy"):
+        model = quantize(mlp(), mode="static", method=method, calib=mlp_data, measure_latency=False).model
+        scales[method] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("scale")}
+    assert scales["minmax"].keys() == scales["entropy"].keys()
+    assert any(not np.array_equal(scales["minmax"][k], scales["entropy"][k]) for k in scales["minmax"])
+
+
+def test_a_model_of_fixed_batch_size_is_timed_at_it():
+    # timed at batches 1 and 64 only, both refused by a model exported with batch 8: no latency, and no word why
+    fixed = mlp()
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8
+    report = quantize(fixed, mode="dynamic").report
+    assert list(report.latency_ms) == [8] and all(v is not None for v in report.latency_ms[8].values())
 
 
 def _int4_reference(weight, block):
@@ -1038,3 +1083,20 @@ def test_a_model_onnxruntimes_optimizer_rejects_is_one_line_without_its_tracebac
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: ") and "my.ops:Foo" in done.stderr and ".onnxkit-" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.onnx"]
+
+
+@pytest.mark.training
+def test_the_training_data_named_by_a_relative_path_is_split_as_training_split_it(tmp_path, monkeypatch):
+    # --eval bc.csv from the run's folder scored seed 0's test split, 65 of whose 113 rows the model had trained on
+    # (seed 3), because the run records the file by its absolute path and only that spelling found its seed
+    from onnxkit.train import fit
+
+    iris = load_dataset("iris")
+    rows = [(*x, y) for s in (iris.train, iris.validation, iris.test) for x, y in zip(s.inputs["x"], s.labels,
+                                                                                        strict=True)]
+    (tmp_path / "iris.csv").write_text("a,b,c,d,label\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    run = fit(zoo.build_model("iris-mlp"), "iris.csv", "run", epochs=3, data_seed=3)
+    relative = quantize(run.model_path, eval_data="iris.csv", measure_latency=False).report.accuracy
+    absolute = quantize(run.model_path, eval_data=tmp_path / "iris.csv", measure_latency=False).report.accuracy
+    assert relative["original"] == absolute["original"] == run.metrics["test"]["accuracy"]

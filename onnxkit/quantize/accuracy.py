@@ -30,14 +30,15 @@ class Score:
         return f"{100 * self.value:.2f}%" if self.metric == "accuracy" else f"{self.value:.4g}"
 
     def change_to(self, other: Score) -> float:
-        """`other` minus this score, in `unit`."""
-        return (100.0 if self.metric == "accuracy" else 1.0) * (other.value - self.value)
+        """`other` minus this score, in `unit` (points of accuracy rounded past float noise: 3 of 100 predictions
+        lost is 3 points, not 3.0000000000000027, which a max_drop of 3 refused)."""
+        if self.metric == "accuracy":
+            return round(100.0 * (other.value - self.value), 9)
+        return other.value - self.value
 
     def drop_to(self, other: Score) -> float:
         """How much worse `other` is than this score, in `unit`: accuracy lost, or loss gained."""
-        if self.metric == "accuracy":
-            return 100.0 * (self.value - other.value)
-        return other.value - self.value
+        return -self.change_to(other) if self.metric == "accuracy" else other.value - self.value
 
     def worse_by(self, drop: float) -> str:
         """A drop in words: 'loses 0.28 points of accuracy', 'raises the loss by 16.75'."""

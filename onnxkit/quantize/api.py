@@ -23,7 +23,7 @@ from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import QUANTIZATION_KEY
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
 from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split, recorded_data
-from onnxkit.quantize.inputs import fits_batch, synthetic_inputs
+from onnxkit.quantize.inputs import fixed_batch, synthetic_inputs
 from onnxkit.quantize.passes import Quantizer, quantized_before
 from onnxkit.quantize.report import Report
 from onnxkit.quantize.settings import BLOCK_SIZES, FORMATS, METHODS, MODES, Settings, check_choice
@@ -94,8 +94,12 @@ def quantize(
     notes = []
 
     def seed(data: Any) -> int:
-        """The split seed of `data`: the training run's for its own data (so its test split is unseen), else 0."""
-        return recorded_seed if isinstance(data, str | os.PathLike) and str(data) == recorded else 0
+        """The split seed of `data`: the training run's for its own data (so its test split is unseen), else 0.
+        The data is the run's however it is named: the run records a file by its absolute path."""
+        if not isinstance(data, str | os.PathLike) or recorded is None:
+            return 0
+        same = str(data) == recorded or Path(data).is_file() and Path(recorded).is_file() and same_file(data, recorded)
+        return recorded_seed if same else 0
 
     _check_options(mode, method, format, calib_size, max_drop)
     for name, flag in (("per_channel", per_channel), ("reduce_range", reduce_range)):
@@ -131,12 +135,11 @@ def quantize(
         quantizer = Quantizer(original, tmp, exclude)
         test = None if eval_data is None else bind(load_split(eval_data, "test", original, seed(eval_data)), original)
         baseline = accuracy.score(original, test) if test is not None else None
+        batches = (fixed,) if (fixed := fixed_batch(original)) else LATENCY_BATCHES  # a fixed batch: timed at it
         feeds = {
-            b: None if not fits_batch(original, b)
-            else first_batch(test, b) if test is not None
-            else synthetic_inputs(original, b, seq_len=seq_len)
-            for b in LATENCY_BATCHES
-        }  # fmt: skip
+            b: first_batch(test, b) if test is not None else synthetic_inputs(original, b, seq_len=seq_len)
+            for b in batches
+        }
 
         def calibration(size: int = calib_size) -> list[Feeds]:
             say(f"reading up to {size} calibration examples of {calib} ...")
@@ -232,11 +235,11 @@ def quantize(
     return QuantizeResult(quantized, report)
 
 
-def _synthetic_note(model: onnx.ModelProto, feeds: dict[int, Feeds | None], seq_len: int) -> str:
+def _synthetic_note(model: onnx.ModelProto, feeds: dict[int, Feeds], seq_len: int) -> str:
     """Which inputs the latency was timed on when no data was given: random ones, of these shapes."""
     from onnxkit.data import model_inputs
 
-    sample = next((f for f in feeds.values() if f is not None), {})
+    sample = next(iter(feeds.values()), {})
     shapes = ", ".join(f"{k} [{', '.join(map(str, v.shape))}]" for k, v in sample.items())
     free = any(spec.shape and any(not isinstance(d, int) or d <= 0 for d in spec.shape[1:])
                for spec in model_inputs(model))

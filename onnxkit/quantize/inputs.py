@@ -14,11 +14,6 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     return next((size for size in fixed if size > 0), None)
 
 
-def fits_batch(model: onnx.ModelProto, batch: int) -> bool:
-    """False when an input's first dimension is fixed to another size."""
-    return fixed_batch(model) in (None, batch)
-
-
 def _vocab_sizes(model: onnx.ModelProto) -> dict[str, int]:
     """Input name -> rows of the embedding table a Gather looks it up in."""
     inits = {t.name: t for t in model.graph.initializer}

@@ -37,7 +37,7 @@ def measure(
 ) -> dict[str, dict[int, float | None]]:
     """Median milliseconds per run: {model label: {batch size: ms}}.
 
-    feeds maps a batch size to its inputs (None: the model cannot take that batch).
+    feeds maps a batch size to its inputs.
     Each batch size gets about `budget_s` seconds for all models together.
     spread: filled with {batch size: (p25, p75)} of the run-by-run ratios of the second model's time to the
     first's (each pair run back to back); far apart, the CPU was shared and the medians are not to be trusted.
@@ -51,10 +51,6 @@ def measure(
     }
     result: dict[str, dict[int, float | None]] = {label: {} for label in models}
     for batch, feed in feeds.items():
-        if feed is None:
-            for label in models:
-                result[label][batch] = None
-            continue
         times: dict[str, list[float]] = {label: [] for label in models}
         for sess in sessions.values():  # warm-up: allocations, kernel selection
             sess.run(None, feed)

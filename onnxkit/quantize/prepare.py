@@ -65,6 +65,7 @@ def prepare(model: onnx.ModelProto, workdir: Path, *, optimize: bool) -> onnx.Mo
     model_copy.CopyFrom(without_initializer_inputs(model))
     rewrite.name_nodes(model_copy)
     if not optimize:
+        rewrite.fold_constant_identities(model_copy)
         rewrite.fold_constant_transposes(model_copy)
         rewrite.gemm_to_matmul(model_copy)
     src, dst = workdir / "input.onnx", workdir / "preprocessed.onnx"

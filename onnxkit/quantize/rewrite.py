@@ -50,6 +50,26 @@ def _uses(model: onnx.ModelProto, name: str) -> int:
     )
 
 
+def fold_constant_identities(model: onnx.ModelProto) -> int:
+    """Make the readers of `Identity(initializer)` read the initializer; return how many Identities went. A
+    TorchScript export reads a weight that two layers share (nn.TransformerEncoder's deep copies, equal at
+    export) through Identity, where the dynamic and int4 quantizers, which look for a MatMul's initializer, did
+    not see it: those MatMuls stayed float, and the model grew by the quantized copies of the rest."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer} - {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    renamed = {node.output[0]: node.input[0] for node in graph.node
+               if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs}
+    if not renamed:
+        return 0
+    kept = [node for node in graph.node if not (node.op_type == "Identity" and node.output[0] in renamed)]
+    for node in kept:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(renamed)
+
+
 def fold_constant_transposes(model: onnx.ModelProto) -> int:
     """Replace `Transpose(initializer)` by a transposed initializer; return how many."""
     graph = model.graph

@@ -62,7 +62,7 @@ def run(
     score: Callable[[onnx.ModelProto], Score],
     baseline: Score,
     max_drop: float,
-    feeds: Mapping[int, Feeds | None],
+    feeds: Mapping[int, Feeds],
     log: Callable[[str], None],
 ) -> Picked:
     """Quantize with every candidate, score and time them all, pick the fastest within `max_drop`."""

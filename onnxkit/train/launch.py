@@ -14,6 +14,7 @@ others, and the error says so. mpiexec's own banner about it is left out of the 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -41,6 +42,7 @@ MPIEXEC_NOISE = re.compile(  # mpiexec's banners, and MPI's error stack of a ran
 )
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 RELAY_POLL_S = 0.05  # how often the ranks' output is looked for
+STOP_GRACE_S = 20.0  # after a Ctrl-C or SIGTERM, how long the ranks get to checkpoint and stop before they are killed
 OVERSUBSCRIPTION = 4  # workers per core past which --workers is refused (8 on 2 cores still train; 1000 did not start)
 
 
@@ -158,6 +160,14 @@ def _terminated_with(launcher: int) -> Callable[[], None] | None:
     return ask
 
 
+def _kill_job(process: subprocess.Popen) -> None:
+    """End mpiexec and its ranks (its own session) at once."""
+    sys.stderr.write(f"warning: the workers had not stopped {STOP_GRACE_S:.0f} s after the stop; killing them\n")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 class _Relay:
     """The lines mpiexec writes to a file, copied to one of our streams as they come, without its banner."""
 
@@ -186,9 +196,11 @@ def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int
     the second."""
     pumps = [_Relay(log, target) for log, target in zip(logs, (sys.stdout, sys.stderr), strict=True)]
     relayed: list[int] = []
+    stopping_since: list[float] = []
 
     def relay(signum: int, frame: object) -> None:
         relayed.append(signum)
+        stopping_since.append(time.monotonic())
         process.send_signal(signum)
 
     try:
@@ -199,6 +211,8 @@ def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int
                     pump.pump(ended)
                 if ended:
                     return int(process.returncode), relayed[0] if relayed else None
+                if stopping_since and time.monotonic() - stopping_since[0] > STOP_GRACE_S:
+                    _kill_job(process)  # a rank the stop caught starting up left another waiting in MPI_Init
                 time.sleep(RELAY_POLL_S)
     finally:
         for pump in pumps:
