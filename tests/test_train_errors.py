@@ -103,7 +103,7 @@ def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):
     again = run_cli("train", cnn, "--data", "digits-images", "-o", run)
     # was 'continue it with --resume', which then said the run had already finished
     assert again.code == 1
-    assert again.err == f"error: {run} already holds a finished training run; choose another --out\n"
+    assert again.err == f"error: {run} already holds a finished training run; choose another --output\n"
     assert (run / "model.onnx").read_bytes() == model_bytes  # the good result is untouched
 
 
@@ -149,7 +149,10 @@ def test_resume_needs_the_same_data_file_and_says_where_the_model_was(tmp_path):
 def test_eval_needs_data_for_a_model_that_was_not_trained_here(run_cli, cnn):
     result = run_cli("eval", cnn)
     assert result.code == 1 and "does not say what it was trained on; give --data" in result.err
-    assert run_cli("eval", cnn, "--data", "digits-images", "--split", "tst").code == 1
+    misspelt = run_cli("eval", cnn, "--data", "digits-images", "--split", "tst")  # a malformed command line: 2
+    assert misspelt.code == 2 and "--split 'tst' is not one of 'train', 'validation', 'test'" in misspelt.err
+    assert run_cli("build", "iris-mlp", "--opset", "99", "-o", cnn.parent / "x.onnx").code == 2  # 13..21
+    assert run_cli("predict", cnn).code == 2  # no input
 
 
 @pytest.mark.skipif(not has_ort_training(), reason="needs onnxruntime-training (make test-ort runs it)")

@@ -119,9 +119,13 @@ def test_the_ort_training_backend_without_its_environment_says_how_to_get_it(run
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_backend_is_a_clear_error():
+def test_unknown_backend_is_a_clear_error(monkeypatch):
     with pytest.raises(OnnxkitError, match="unknown training backend 'onx'.*Did you mean: onnx"):
         fit(zoo.build_model("iris-mlp"), "iris", "unused", backend="onx")
+    monkeypatch.setenv("ONNXKIT_BACKEND", "foo")  # named by no flag: the message says where it came from
+    with pytest.raises(OnnxkitError, match=r"unknown training backend 'foo' \(from \$ONNXKIT_BACKEND; unset it for "
+                                           r"the default, onnx\); choose from onnx, ort-training"):
+        fit(zoo.build_model("iris-mlp"), "iris", "unused")
 
 
 def test_an_exporters_constant_dropout_ratio_reads_its_mask_from_the_tables(tmp_path):

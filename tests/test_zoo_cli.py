@@ -337,11 +337,11 @@ def test_inspect_netron_serves_the_model(tmp_path):
     onnx.save(zoo.build_model("iris-mlp"), str(path))
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "onnxkit", "inspect", str(path), "--netron", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "onnxkit", "inspect", str(path), "--json", "--netron", "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = None
-        for line in proc.stdout:
+        for line in proc.stderr:  # stdout is the summary alone: with --json, JSON (the URL made it invalid)
             if line.startswith("Netron: "):
                 url = line.split()[1]
                 break
@@ -353,6 +353,8 @@ def test_inspect_netron_serves_the_model(tmp_path):
         out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err  # stopped as `serve` is: its server stopped once (it said so twice)
     assert (out + err).count("Stopping http://") == 1, out + err
+    weights = zoo.build_model("iris-mlp").graph.initializer
+    assert json.loads(out)["parameters"] == sum(int(np.prod(t.dims)) for t in weights)
     # the port is now taken by nothing; a busy port is a clear error
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

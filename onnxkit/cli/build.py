@@ -41,7 +41,8 @@ def parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.command("build")
 @click.argument("model")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A recipe option (repeatable).")
-@click.option("--opset", type=options.COUNT, default=17, show_default=True, help="Default-domain opset (13-21).")
+@click.option("--opset", type=options.Number(int, 13, high=21), default=17, show_default=True,
+              help="Default-domain opset (13-21).")
 @options.output_file("Where to write the .onnx file.")
 def build_cmd(model: str, sets: tuple[str, ...], opset: int, output: str) -> None:
     """Build MODEL (a zoo name or a DSL .py file) into an .onnx file.

@@ -48,5 +48,5 @@ def serve_netron(path: str, port: int) -> None:
         if s.connect_ex(("127.0.0.1", port)) == 0:
             raise OnnxkitError(f"port {port} is in use; pick another with --port")
     host, bound = netron.start(path, address=("127.0.0.1", port), browse=False)
-    click.echo(f"Netron: http://{host}:{bound}  (Ctrl-C to stop)")
+    click.echo(f"Netron: http://{host}:{bound}  (Ctrl-C to stop)", err=True)  # stdout holds the summary (--json)
     netron.wait()  # until Ctrl-C or SIGTERM (a KeyboardInterrupt, see onnxkit.signals), which it stops the server on

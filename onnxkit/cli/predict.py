@@ -73,12 +73,12 @@ def predict_cmd(
     DATA is the same as --input; with --ray it may also be a folder.
     """
     if data and input_path:
-        raise OnnxkitError("give the input once: as DATA or as --input")
+        raise click.UsageError("give the input once: as DATA or as --input")
     input_path = input_path or data
     if workers and not on_ray:
-        raise OnnxkitError("--workers is for --ray (Ray actors); without --ray, use --threads")
+        raise click.UsageError("--workers is for --ray (Ray actors); without --ray, use --threads")
     if bool(input_path) == bool(texts):
-        raise OnnxkitError("give --input FILE or --text TEXT (one of the two)")
+        raise click.UsageError("give --input FILE or --text TEXT (one of the two)")
     if output:
         check_output_path(output)
         for what, path in (("the model", model), ("the input", input_path)):

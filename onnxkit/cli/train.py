@@ -26,7 +26,7 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.argument("model", required=False, type=click.Path())
 @opt.data("Dataset: iris, digits, digits-images, wine, breast-cancer, diabetes, bbc-news, tweets-sentiment "
               "(text: tokenized by the model's tokenizer), or a .npz / .csv file.")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
+@click.option("-o", "--out", "--output", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--loss", type=click.Choice([*LOSSES, *LOSS_ALIASES]),
               help="Default: from the model's task and the labels (ce, bce, l2, mae: short names).")
@@ -82,8 +82,12 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               help="Run the frozen part every step, even when only a head after it trains.")
 @opt.model_output("The model output that feeds the loss (default: the one trained before, else the scores beside a "
                   "first output that is the predicted label, else the first).")
-@click.option("--monitor", type=click.Choice(MONITOR_NAMES), help="Metric that picks the best epoch.")
-@click.option("--patience", type=opt.COUNT, help="Stop after this many epochs without improvement.")
+@click.option("--monitor", type=click.Choice(MONITOR_NAMES),
+              help="Metric that picks the best epoch (default: the recipe's, else val_loss; train_loss without a "
+              "validation split).")
+@click.option("--patience", type=opt.COUNT,
+              help="Stop after this many epochs without improvement (default: the recipe's; with no epochs given, a "
+              "tenth of the epochs, 5 at least; else never).")
 @click.option("--last", is_flag=True, help="Write the last epoch's weights, not the best epoch's.")
 @opt.device()
 @click.option("--backend", type=click.Choice(backend_names()),
@@ -240,7 +244,7 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 @click.command("eval")
 @click.argument("model", type=click.Path())
 @opt.data("Dataset name or .npz / .csv file (default: the one the model was trained on).")
-@click.option("--split", default="test", show_default=True, help="train, validation or test.")
+@click.option("--split", type=click.Choice(("train", "validation", "test")), default="test", show_default=True)
 @opt.data_seed(None, "Seed of the split (default: the training run's, else 0).")
 @opt.batch_size(256)
 @opt.model_output("The output to score (default: the one trained, else the scores beside a first output that is "

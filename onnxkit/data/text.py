@@ -86,7 +86,7 @@ def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_name
         raise OnnxkitError(
             f"{name} is text and needs a tokenizer: train a model that carries one (e.g. onnxkit build "
             "bert-classifier --set pretrained=all-MiniLM-L6-v2), or give one: onnxkit train --tokenizer "
-            "PATH/tokenizer.json (in Python, tokenizer=PATH)"
+            "PATH/tokenizer.json (in Python, load_dataset's tokenizer argument)"
         )
     max_length = max_length or DEFAULT_MAX_LENGTH
     keep = np.arange(len(labels))

@@ -21,7 +21,11 @@ ENVIRONMENT = "ONNXKIT_BACKEND"  # overrides the default backend (e.g. in the OR
 
 def default_backend() -> str:
     """The backend used when none is named: $ONNXKIT_BACKEND, else `onnx`."""
-    return os.environ.get(ENVIRONMENT) or DEFAULT
+    name = os.environ.get(ENVIRONMENT) or DEFAULT
+    if name not in (names := backend_names()):
+        raise OnnxkitError(f"unknown training backend {name!r} (from ${ENVIRONMENT}; unset it for the default, "
+                           f"{DEFAULT}); choose from {', '.join(names)}.{suggest(name, names)}")
+    return name
 
 
 def backend_names() -> list[str]:
