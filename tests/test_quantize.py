@@ -1100,3 +1100,11 @@ def test_the_training_data_named_by_a_relative_path_is_split_as_training_split_i
     relative = quantize(run.model_path, eval_data="iris.csv", measure_latency=False).report.accuracy
     absolute = quantize(run.model_path, eval_data=tmp_path / "iris.csv", measure_latency=False).report.accuracy
     assert relative["original"] == absolute["original"] == run.metrics["test"]["accuracy"]
+
+
+def test_a_block_size_given_outside_int4_is_said_to_be_ignored():
+    # --block-size defaulted to 32 in the CLI and the API, so a given one could not be told from the default
+    notes = quantize(mlp(), mode="dynamic", block_size=64, measure_latency=False).report.notes
+    assert "--block-size does not apply to --mode dynamic; ignored" in notes
+    int4 = quantize(mlp(), mode="int4", block_size=16, measure_latency=False)
+    assert not any("block" in n for n in int4.report.notes)

@@ -30,7 +30,7 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
     "--reduce-range/--full-range", default=None, help="7-bit int8 weights [on for x86 CPUs without VNNI]."
 )
 @click.option(
-    "--block-size", type=click.Choice([str(b) for b in BLOCK_SIZES]), default="32", help="int4: weights per scale."
+    "--block-size", type=click.Choice([str(b) for b in BLOCK_SIZES]), help="int4: weights per scale [default: 32]."
 )
 @click.option("--eval", "eval_data", metavar="DATA",
               help="Evaluate both models on DATA's test split [default: the data a model trained by onnxkit names].")
@@ -51,7 +51,7 @@ def quantize_cmd(
     format: str | None,  # noqa: A002 - the library's parameter name
     exclude: tuple[str, ...],
     reduce_range: bool | None,
-    block_size: str,
+    block_size: str | None,
     eval_data: str | None,
     max_drop: float | None,
     report_path: str | None,
@@ -87,7 +87,7 @@ def quantize_cmd(
         format=format,
         exclude=_split_items(exclude),
         reduce_range=reduce_range,
-        block_size=int(block_size),
+        block_size=int(block_size) if block_size else None,
         eval_data=eval_data,
         max_drop=max_drop,
         report_path=report_path or Path(output).with_suffix(".report.json"),

@@ -29,6 +29,7 @@ from onnxkit.quantize.report import Report
 from onnxkit.quantize.settings import BLOCK_SIZES, FORMATS, METHODS, MODES, Settings, check_choice
 
 LATENCY_BATCHES = (1, 64)
+DEFAULT_BLOCK_SIZE = 32  # int4: weights per scale
 AUTO_MAX_DROP = 1.0  # accuracy points `--mode auto` may lose when --max-drop is not given
 SQNR_ROWS = 64  # calibration examples the SQNR view runs both models on (it keeps every activation)
 
@@ -51,7 +52,7 @@ def quantize(
     format: str | None = None,  # noqa: A002 - mirrors --format
     exclude: str | Iterable[str] = (),
     reduce_range: bool | None = None,
-    block_size: int = 32,
+    block_size: int | None = None,
     eval_data: Any = None,
     max_drop: float | None = None,
     report_path: str | os.PathLike | None = None,
@@ -75,7 +76,8 @@ def quantize(
     writes nothing. `calib_size`: calibration examples.
     int8 settings (None: chosen for the model and this CPU): `method` minmax | entropy | percentile
     (static activation ranges); `per_channel` weight scales (else per tensor); `format` qdq | qoperator
-    (static); `reduce_range` 7-bit weights (on for x86 CPUs without VNNI). int4: `block_size` weights per scale.
+    (static); `reduce_range` 7-bit weights (on for x86 CPUs without VNNI). int4: `block_size` weights per scale
+    (default 32).
     exclude: node names or op types to leave float (one name, or several).
     sqnr_rows: also compare the models tensor by tensor and keep the worst rows.
     measure_latency: time both models at batch 1 and 64 (`seq_len` fills free dimensions past the batch of
@@ -171,11 +173,11 @@ def quantize(
                 method=method or "minmax",
                 format=format or "qdq",
                 reduce_range=reduce_range,
-                block_size=block_size,
+                block_size=block_size or DEFAULT_BLOCK_SIZE,
             )  # per-channel by default: as fast here, and far closer with 7-bit weights (see README)
             reason = f"--mode {mode} as asked" if requested else profile.reason()
             given_calib = None if from_eval else calib  # calib taken from eval_data is not one the user gave
-            notes += _ignored_options(settings, method, format, per_channel, given_calib)
+            notes += _ignored_options(settings, method, format, per_channel, given_calib, block_size)
             if requested == "dynamic" and profile.nodes("conv"):
                 notes.append("Conv stays fp32 in dynamic mode (ConvInteger is slow); --mode static quantizes it")
             say(f"quantizing: {settings.label} ...")
@@ -374,8 +376,9 @@ def _check_evaluation(mode: str | None, eval_data: Any, max_drop: float | None, 
                            params=["mode", "eval_data"])
 
 
-def _ignored_options(settings: Settings, method, fmt, per_channel, calib) -> list[str]:  # type: ignore[no-untyped-def]
+def _ignored_options(settings: Settings, method, fmt, per_channel, calib, block_size) -> list[str]:  # type: ignore[no-untyped-def]
     ignored = {
+        "--block-size": block_size is not None and settings.mode != "int4",
         "--method": method is not None and settings.mode != "static",
         "--format": fmt is not None and settings.mode != "static",
         "--per-channel": per_channel is not None and settings.mode in ("int4", "fp16"),
