@@ -183,7 +183,7 @@ def test_resume_names_the_flags_it_would_ignore(tmp_path, run_cli):
 
     fit(zoo.build_model("iris-mlp"), "iris", tmp_path / "run", epochs=1, evaluate_test=False)
     result = run_cli("train", "--resume", tmp_path / "run", "--lr", "0.1", "--no-standardize")
-    assert result.code == 1 and result.err == ("error: resume continues a run with its stored settings; leave out "
+    assert result.code == 1 and result.err == ("error: --resume continues a run with its stored settings; leave out "
                                                "--lr, --standardize (or start a new run with them)\n")
 
 

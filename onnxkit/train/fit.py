@@ -205,7 +205,7 @@ def fit(
     if resume is not None and any(value is not None for value in given.values()):
         ignored = [name for name, value in given.items() if value is not None]
         raise OnnxkitError(f"resume continues a run with its stored settings; leave out {', '.join(ignored)} (or "
-                           "start a new run with them)", params=ignored)
+                           "start a new run with them)", params=["resume", *ignored])
     world = distributed.current_world()
     if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks; a GPU each
         out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
