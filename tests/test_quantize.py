@@ -973,8 +973,8 @@ def test_exclude_names_the_models_own_nodes_in_static_mode_where_optimization_fu
     assert gemms["head.MatMul/MatMulAddFusion"].input[1] == "head.weight"  # float weight, untouched
     with pytest.raises(OnnxkitError, match="nothing to quantize with mode static: .* that exclude leaves"):
         quantize(mlp(), mode="static", calib=calib, exclude=["MatMul"], measure_latency=False)
-    with pytest.raises(OnnxkitError, match="^exclude head.Matmul: no node or op type of that name in the model. "
-                                           "Did you mean: head.MatMul"):
+    with pytest.raises(OnnxkitError, match=r"^exclude head.Matmul: no node or op type of that name in the model. "
+                                           r"Did you mean: head.MatMul.*node names: `onnxkit inspect --netron`\)$"):
         quantize(mlp(), mode="static", calib=calib, exclude=["head.Matmul"], measure_latency=False)
     fused = mlp()
     fused.graph.node[0].name = "Fused_0"  # a node made from fc.MatMul under a name that does not say so

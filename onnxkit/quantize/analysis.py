@@ -181,7 +181,7 @@ def resolve_exclude(
             raise OnnxkitError(
                 f"exclude {item}: no node or op type of that name in the model."
                 f"{suggest(item, set(names) | op_types | set(before) | set(before.values()))} "
-                "(`onnxkit inspect` lists them)", params=["exclude"]
+                "(op types: `onnxkit inspect`; node names: `onnxkit inspect --netron`)", params=["exclude"]
             )
     return ops, nodes
 
