@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
+from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets, not_whole
 from onnxkit.data.split import Dataset, Split, model_inputs
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.files import sha256
@@ -243,8 +243,8 @@ def check_targets(where: str, labels: np.ndarray, outputs: np.ndarray, task: str
         scores, labels = outputs.shape[axis], labels.reshape(-1)
     if task == "classification":
         if labels.dtype.kind not in "iub":
-            fractional = labels[labels != np.round(labels)]
-            found = f"one is {fractional.flat[0]:g}" if fractional.size else f"they are {labels.dtype}"
+            stray = not_whole(labels)
+            found = f"one is {stray:g}" if stray is not None else f"they are {labels.dtype}"
             raise OnnxkitError(f"data {where!r}: class labels must be integers, but {found}; output {output!r} "
                                f"has {scores} scores, for class ids 0 to {scores - 1}")
         check_class_labels(where, labels, scores, output=output)

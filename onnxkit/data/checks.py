@@ -34,6 +34,14 @@ def checked_labels(name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarr
     return labels
 
 
+def not_whole(labels: np.ndarray) -> float | None:
+    """The first of float `labels` that is not a whole number (NaN included), if any: a stray value among class ids."""
+    if labels.dtype.kind != "f":
+        return None
+    stray = labels[labels != np.round(labels)]
+    return float(stray.flat[0]) if stray.size else None
+
+
 def check_finite(name: str, inputs: Mapping[str, np.ndarray], role: str = "feature array") -> None:
     """Refuse float arrays (features, or regression targets with `role`) holding NaN or infinity,
     counting the bad values and rows."""

@@ -98,9 +98,7 @@ def quantize(
     def seed(data: Any) -> int:
         """The split seed of `data`: the training run's for its own data (so its test split is unseen), else 0.
         The data is the run's however it is named: the run records a file by its absolute path."""
-        if not isinstance(data, str | os.PathLike) or recorded is None:
-            return 0
-        same = str(data) == recorded or Path(data).is_file() and Path(recorded).is_file() and same_file(data, recorded)
+        same = isinstance(data, str | os.PathLike) and recorded is not None and same_file(data, recorded)
         return recorded_seed if same else 0
 
     _check_options(mode, method, format, calib_size, max_drop)

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 _NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+NON_FINITE_TEXT = frozenset({"NaN", *_NON_FINITE.values()})  # how JSON data spells NaN and the infinities
 LONG_ARRAY_BYTES = 64 * 1024  # a "data" array of numbers this long or longer is read into numpy
 _PIECE_BYTES = 256 * 1024  # of such an array, parsed at a time
 _DATA = re.compile(rb'"data"\s*:\s*\[')

@@ -458,7 +458,6 @@ def _integers(array: np.ndarray) -> bool:
     return all(type(v) is int for v in array.flat)
 
 
-_NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})  # how JSON data spells these floats (`jsonio`)
 _NUMBER_TEXT = b"0123456789+-.eE,[] \t\r\n"  # what JSON numbers, the lists holding them and blanks are written with
 
 
@@ -469,7 +468,7 @@ def _fits(value: Any, datatype: str) -> bool:
         return type(value) is bool
     if datatype not in _FLOATS:
         return type(value) in (int, float)
-    return type(value) in (int, float) or value is None or type(value) is str and value in _NON_FINITE
+    return type(value) in (int, float) or value is None or type(value) is str and value in jsonio.NON_FINITE_TEXT
 
 
 def _float_array(data: Any, datatype: str) -> np.ndarray | None:
@@ -482,10 +481,25 @@ def _float_array(data: Any, datatype: str) -> np.ndarray | None:
 
 
 def refuse_other_kinds(data: Any, datatype: str, name: str) -> None:
-    """RequestError(400) naming the first value of JSON `data` that is not of the datatype's kind. A walk over
-    every value: run where numpy's conversion may have hidden one (`_may_hide_other_kinds`). BYTES takes any."""
-    if datatype != "BYTES":
-        _refuse_values(data, datatype, name, lambda v: not _fits(v, datatype))
+    """RequestError(400) naming the first value of JSON `data` (nested lists) that is not of the datatype's kind.
+    A walk over every value: run where numpy's conversion may have hidden one (`_may_hide_other_kinds`). BYTES
+    takes any."""
+    if datatype == "BYTES":
+        return
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            stack.extend(reversed(value))
+        elif type(value) is not np.ndarray and not _fits(value, datatype):  # an array: a long run of numbers
+            try:
+                shown = jsonio.dumps(value).decode()
+            except TypeError:  # not a JSON value: gRPC contents
+                shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            kind = ("true or false" if datatype == "BOOL" else
+                    'numbers ("NaN", "Infinity", "-Infinity" for those)' if datatype in _FLOATS else "integers")
+            raise RequestError(400, f"input {name!r}: data holds {shown}; {datatype} takes {kind}")
 
 
 def _may_hide_other_kinds(header: bytes, payload: Any) -> bool:
@@ -502,24 +516,6 @@ def _may_hide_other_kinds(header: bytes, payload: Any) -> bool:
     except TypeError:  # a whole number past 64 bits outside the data: look at every value
         return True
     return header.translate(None, _NUMBER_TEXT) != skeleton.translate(None, _NUMBER_TEXT)
-
-
-def _refuse_values(data: Any, datatype: str, name: str, wrong: Any) -> None:
-    """RequestError(400) naming the first value of `data` (nested lists) for which `wrong` is true, if any."""
-    stack = [data]
-    while stack:
-        value = stack.pop()
-        if type(value) is list:
-            stack.extend(reversed(value))
-        elif type(value) is not np.ndarray and wrong(value):  # an array: a long run of numbers (`jsonio`)
-            try:
-                shown = jsonio.dumps(value).decode()
-            except TypeError:  # not a JSON value: gRPC contents
-                shown = repr(value)
-            shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            kind = ("true or false" if datatype == "BOOL" else
-                    'numbers ("NaN", "Infinity", "-Infinity" for those)' if datatype in _FLOATS else "integers")
-            raise RequestError(400, f"input {name!r}: data holds {shown}; {datatype} takes {kind}")
 
 
 def _check_non_finite(data: Any, array: np.ndarray, datatype: str, name: str) -> None:

@@ -84,7 +84,7 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
         if code == 0:
             return 0
         if stopped_by is not None:  # the ranks stopped as asked; rank 0 said where it checkpointed, if it had begun
-            if not _recorded_a_stop(run_dir) or run_dir is None:
+            if run_dir is None or not _recorded_a_stop(run_dir):
                 sys.stderr.write(f"error: stopped by {signal.Signals(stopped_by).name}\n")
             return 128 + stopped_by
         if errors.is_file():
@@ -195,12 +195,10 @@ def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int
     ended, as the kernel hands it from thread to thread, and the ranks, stopping after the first, would die of
     the second."""
     pumps = [_Relay(log, target) for log, target in zip(logs, (sys.stdout, sys.stderr), strict=True)]
-    relayed: list[int] = []
-    stopping_since: list[float] = []
+    relayed: list[tuple[int, float]] = []  # each signal passed on, and when
 
     def relay(signum: int, frame: object) -> None:
-        relayed.append(signum)
-        stopping_since.append(time.monotonic())
+        relayed.append((signum, time.monotonic()))
         process.send_signal(signum)
 
     try:
@@ -210,8 +208,8 @@ def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int
                 for pump in pumps:
                     pump.pump(ended)
                 if ended:
-                    return int(process.returncode), relayed[0] if relayed else None
-                if stopping_since and time.monotonic() - stopping_since[0] > STOP_GRACE_S:
+                    return int(process.returncode), relayed[0][0] if relayed else None
+                if relayed and time.monotonic() - relayed[0][1] > STOP_GRACE_S:
                     _kill_job(process)  # a rank the stop caught starting up left another waiting in MPI_Init
                 time.sleep(RELAY_POLL_S)
     finally:

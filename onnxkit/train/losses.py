@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxkit.data.checks import not_whole
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.evaluate import LOSSES as REFERENCE
 from onnxkit.evaluate import (
@@ -93,7 +94,7 @@ class Loss:
     def labels_for(self, labels: np.ndarray, output_shape: tuple[int | str | None, ...]) -> np.ndarray:
         """Labels converted to what the loss input takes: int64 class ids, or float32 targets
         reshaped like the output (e.g. [N] -> [N, 1])."""
-        stray = _not_whole(labels)
+        stray = not_whole(labels)
         if self.class_labels:
             if labels.dtype.kind not in "iub":
                 found = f"one is {stray:g}" if stray is not None else f"the data's labels are {labels.dtype}"
@@ -184,10 +185,3 @@ def default_loss(task: str | None, output_shape: tuple[int | str | None, ...], l
 
     return Loss(TASK_LOSS[infer_task(task, output_shape, labels)])
 
-
-def _not_whole(labels: np.ndarray) -> float | None:
-    """The first label that is not a whole number (NaN included), if any."""
-    if labels.dtype.kind != "f":
-        return None
-    stray = labels[labels != np.round(labels)]
-    return float(stray.flat[0]) if stray.size else None
