@@ -53,3 +53,7 @@ LORA_KEY = "onnxkit.lora"
 
 QUANTIZATION_KEY = "onnxkit.quantization"
 """JSON {"mode", ...}: the settings the model was quantized with, those that apply to its mode."""
+
+PADDING_ROW_KEY = "onnxkit.padding_idx"
+"""On a Gather node, not the model: the table row its lookups send no gradient, as PyTorch's
+nn.Embedding(padding_idx=...) (written by the DSL's Embedding, and from a dynamo export's record of it)."""

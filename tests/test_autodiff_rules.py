@@ -335,3 +335,31 @@ def test_what_to_differentiate_is_checked_and_a_name_given_twice_gets_one_gradie
 
     (grad,) = ReferenceEvaluator(twice).run(["a.grad"], feeds)
     np.testing.assert_array_equal(grad, feeds["b"])  # d sum(a * b) / da: a loss of 6 values, differentiated as a sum
+
+
+@pytest.mark.parametrize("rows", [6, SMALL_TABLE + 1])
+@pytest.mark.parametrize("runtime", ["reference", "onnxruntime"])
+def test_padding_row_lookups_send_no_gradient_other_reads_of_the_table_do(rows, runtime):
+    # nn.Embedding(padding_idx=0) tied to an output projection: the lookups of row 0 add nothing to
+    # its gradient, the MatMul reading the whole table still does (PyTorch's semantics)
+    from onnxkit.metadata_keys import PADDING_ROW_KEY
+
+    dtype, elem = (np.float64, TensorProto.DOUBLE) if runtime == "reference" else (np.float32, TensorProto.FLOAT)
+    table, z = rand(rows, 3), rand(2, rows, seed=1)
+    index = np.array([[1, 0, 3], [0, 2, -rows]], np.int32)  # -rows is row 0 too
+    lookup = helper.make_node("Gather", ["x", "i"], ["y0"])
+    lookup.metadata_props.add(key=PADDING_ROW_KEY, value="0")
+    graph = helper.make_graph(
+        [lookup, helper.make_node("MatMul", ["z", "x"], ["y1"])], "tied",
+        [helper.make_tensor_value_info("x", elem, [rows, 3])],
+        [helper.make_tensor_value_info("y0", elem, [2, 3, 3]), helper.make_tensor_value_info("y1", elem, [2, 3])],
+        [numpy_helper.from_array(index, "i"), numpy_helper.from_array(z.astype(dtype), "z")])
+    model = with_projection_loss(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    projections = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    got = run_gradients(model, {"x": table.astype(dtype)}, ["x"], runtime=runtime)["x"]
+    expected = z.T @ projections["y1.projection"]
+    for position, row in np.ndenumerate(index % rows):
+        if row != 0:
+            expected[row] += projections["y0.projection"][position]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert np.abs(expected[0]).min() > 0  # row 0 still trains, through the MatMul

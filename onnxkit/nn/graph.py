@@ -195,6 +195,11 @@ class Graph:
         self.nodes.append(node)
         return tuple(results)
 
+    def mark(self, tensor: Tensor, key: str, value: str) -> None:
+        """Note `key` = `value` in the metadata of the node that made `tensor` (read by training)."""
+        node = next(n for n in reversed(self.nodes) if tensor.name in n.output)
+        node.metadata_props.add(key=key, value=value)
+
     def _infer(
         self, node: onnx.NodeProto, inputs: Sequence[Tensor | None], domain: str, typed_by_hint: bool = False
     ) -> list[onnx.TypeProto]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+from onnxkit.errors import OnnxkitError
+from onnxkit.metadata_keys import PADDING_ROW_KEY
 from onnxkit.nn import init, ops
-from onnxkit.nn.graph import Tensor
+from onnxkit.nn.graph import Tensor, current_graph
 from onnxkit.nn.module import Module, Parameter, check_int, check_number
 
 
@@ -43,16 +45,32 @@ class Linear(Module):
 
 
 class Embedding(Module):
-    """Look up rows of a [num_embeddings, dim] table by integer ids."""
+    """Look up rows of a [num_embeddings, dim] table by integer ids.
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, std: float = 0.02):
+    With `padding_idx`, as torch.nn.Embedding's: that row starts at zero and its lookups send it
+    no gradient (a padding token's row stays as it is; other reads of the table, a tied output
+    layer, still train it)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, std: float = 0.02, padding_idx: int | None = None):
         num_embeddings = check_int(self, "num_embeddings", num_embeddings)
         embedding_dim, std = check_int(self, "embedding_dim", embedding_dim), check_number(self, "std", std, 0)
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        if padding_idx is not None:
+            padding_idx = check_int(self, "padding_idx", padding_idx, minimum=None)
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise OnnxkitError(f"Embedding: padding_idx must be in [-{num_embeddings}, {num_embeddings}), "
+                                   f"got {padding_idx}")
+            padding_idx %= num_embeddings
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.weight = Parameter(init.normal((num_embeddings, embedding_dim), std=std))
+        if padding_idx is not None:
+            self.weight.value[padding_idx] = 0
 
     def forward(self, ids: Tensor) -> Tensor:
-        return ops.gather(self.weight, ids)
+        rows = ops.gather(self.weight, ids)
+        if self.padding_idx is not None:
+            current_graph().mark(rows, PADDING_ROW_KEY, str(self.padding_idx))
+        return rows
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        padding = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{padding}"

@@ -109,6 +109,7 @@ class Backend(ABC):
 
     name: str
     sets_gradients: bool = False  # its sessions implement gradients()/set_gradients() (data-parallel training)
+    keeps_padding_rows: bool = False  # its gradients honour Gather nodes' padding rows (nn.Embedding(padding_idx))
 
     def unsupported(self, model: onnx.ModelProto, trainable: Sequence[str], loss: str) -> list[tuple[str, str]]:
         """(op type, node) pairs on the gradient path this backend cannot differentiate."""

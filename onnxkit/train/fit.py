@@ -92,6 +92,7 @@ from onnxkit.train.training_form import (
     folded_batch_norms,
     needs_full_length,
     output_type,
+    padding_rows,
     refuse_weights_in_attributes,
     select,
     sized_by_data,
@@ -627,6 +628,10 @@ class _Setup:
         if constants:
             progress.line(f"warning: Constant nodes that layers read as weights stay fixed: only initializers train "
                           f"({first_few(constants)}); to train them, store them as initializers")
+        padded = padding_rows(self.model, self.selection.trainable) if not self.backend.keeps_padding_rows else []
+        if padded:
+            progress.line(f"warning: the {self.backend.name} backend trains the padding rows that PyTorch's "
+                          f"nn.Embedding(padding_idx) keeps ({first_few(padded)}); the default backend keeps them")
         folded = folded_batch_norms(self.model, self.selection.trainable)
         if folded:
             progress.line(f"warning: PyTorch's exporter folded BatchNorm into the weights of {len(folded)} "

@@ -48,7 +48,7 @@ from onnxkit.graph_walks import (
     without_initializer_inputs,
 )
 from onnxkit.metadata import metadata
-from onnxkit.metadata_keys import BUFFERS_KEY, DROPOUT_KEY
+from onnxkit.metadata_keys import BUFFERS_KEY, DROPOUT_KEY, PADDING_ROW_KEY
 
 PREFIX = "onnxkit.train"
 
@@ -162,6 +162,7 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
     if untied:
         notes.append(f"{len(untied)} weights were Identity copies of equal-valued ones ({first_few(untied)}), as "
                      "PyTorch's exporter writes them: each trains as a tensor of its own")
+    model = with_padding_rows(model)
     model, merged = untie_deduplicated(model)
     if merged:
         notes.append(f"{len(merged)} parameters were merged by PyTorch's exporter into equal-valued ones or "
@@ -197,6 +198,34 @@ def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
 _SCOPES = "pkg.torch.onnx.name_scopes"  # a node's module paths, outermost first, then its op's name
 _FX_NODE = "pkg.torch.onnx.fx_node"  # the PyTorch op a node came from, its arguments by placeholder (%p_fc_weight)
 _PLACEHOLDER = re.compile(r"%(\w+)")
+_EMBEDDING_ARGS = re.compile(r"target=torch\.ops\.aten\.embedding\.default\]\(args = \(([^)]*)\)")
+
+
+def with_padding_rows(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each lookup a PyTorch dynamo export made of `nn.Embedding(padding_idx=k)` marked
+    (`PADDING_ROW_KEY`), so that, as in PyTorch, it sends row k no gradient. The exporter records
+    aten.embedding's arguments on the Gather node (weight, ids, padding_idx; -1 or none: no padding
+    row); a TorchScript export keeps no record, and its padding row trains."""
+    weights = {t.name for t in model.graph.initializer}
+    marks = {}
+    for k, node in enumerate(model.graph.node):
+        found = _EMBEDDING_ARGS.search(_marks(node).get(_FX_NODE, "")) if node.op_type == "Gather" else None
+        args = found.group(1).split(", ") if found else []
+        if len(args) > 2 and args[2].isdigit() and node.input[0] in weights and PADDING_ROW_KEY not in _marks(node):
+            marks[k] = args[2]
+    if not marks:
+        return model
+    marked = onnx.ModelProto()
+    marked.CopyFrom(model)
+    for k, row in marks.items():
+        marked.graph.node[k].metadata_props.add(key=PADDING_ROW_KEY, value=row)
+    return marked
+
+
+def padding_rows(model: onnx.ModelProto, trainable: Sequence[str]) -> list[str]:
+    """'table row k' for each trainable table a Gather node marked with a padding row reads."""
+    return [f"{node.input[0]} row {row}" for node in model.graph.node if node.op_type == "Gather"
+            and node.input[0] in trainable and (row := _marks(node).get(PADDING_ROW_KEY)) is not None]
 
 
 def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:

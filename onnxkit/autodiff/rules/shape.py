@@ -5,10 +5,12 @@ gradient."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from onnxkit.autodiff.builder import Backward
 from onnxkit.autodiff.rules import rule
+from onnxkit.metadata_keys import PADDING_ROW_KEY
 
 SMALL_TABLE = 256  # rows of a gathered table up to which its gradient is a GEMM, not a scatter
 
@@ -76,32 +78,38 @@ def slice_(b: Backward) -> list[str | None]:
 
 @rule("Gather")
 def gather(b: Backward) -> list[str | None]:
-    if b.attr("axis", 0) == 0:  # rows (an embedding lookup): scatter-add dy's rows back
-        x, index = b.x(0), b.x(1)
-        if b.dtype(index) != TensorProto.INT64:  # int32 ids: the shape arithmetic below is int64
-            index = b.op("Cast", index, to=TensorProto.INT64)
-        dims = b.dims(x)
-        small = dims is not None and len(dims) == 2 and all(isinstance(d, int) for d in dims) and dims[0] <= SMALL_TABLE
-        if small and b.dtype(x) == TensorProto.FLOAT:
-            # a few rows (token types): dy's rows summed per index by one GEMM against the one-hot
-            # rows, 25x faster than onnxruntime's element-by-element scatter (0.12 against 3.1 ms
-            # for MiniLM's 2 x 384 table at 2048 positions)
-            hot = b.op("OneHot", b.op("Reshape", index, b.ints([-1])), b.ints([dims[0]]), b.const([0.0, 1.0]))
-            return [b.op("Gemm", hot, b.op("Reshape", b.dy(), b.ints([-1, dims[1]])), transA=1), None]
-        rows = _dim(b, x, 0)
-        index = b.op("Where", b.op("Less", index, b.ints(0)), b.op("Add", index, rows), index)
-        row_shape = b.op("Slice", b.shape(x), b.ints([1]), b.ints([2**62]))
-        zeros = b.zeros(b.shape(x))
-        rows_shape = b.op("Concat", b.ints([-1]), row_shape, axis=0)
-        values = b.op("Reshape", b.dy(), rows_shape)
-        rank = b.need_rank(x)
-        where = b.op("Reshape", index, b.ints([-1] + [1] * (rank - 1)))
-        where = b.op("Expand", where, b.shape(values))
-        # ScatterElements, not ScatterND: onnxruntime's CPU ScatterND loses updates to
-        # repeated indices when it splits them across threads
-        return [b.op("ScatterElements", zeros, where, values, axis=0, reduction="add"), None]
-    picked = b.op("Gather", _positions(b), b.x(1), axis=b.attr("axis", 0))
-    return [_scatter_into_zeros(b, picked, b.dy()), None]
+    if b.attr("axis", 0) != 0:
+        picked = b.op("Gather", _positions(b), b.x(1), axis=b.attr("axis", 0))
+        return [_scatter_into_zeros(b, picked, b.dy()), None]
+    # rows (an embedding lookup): dy's rows added back into the rows they were read from
+    x, index = b.x(0), b.x(1)
+    if b.dtype(index) != TensorProto.INT64:  # int32 ids: the shape arithmetic below is int64
+        index = b.op("Cast", index, to=TensorProto.INT64)
+    dims, rank = b.dims(x), b.need_rank(x)
+    index = b.op("Where", b.op("Less", index, b.ints(0)), b.op("Add", index, _dim(b, x, 0)), index)
+    dy, padding = b.dy(), padding_row(b.node)
+    if padding is not None:  # nn.Embedding(padding_idx): its lookups send that row no gradient
+        other = b.op("Not", b.op("Equal", index, b.ints(padding)))
+        dy = b.keep(dy, b.unsqueeze(other, list(range(1 - rank, 0))) if rank > 1 else other)
+    small = dims is not None and len(dims) == 2 and all(isinstance(d, int) for d in dims) and dims[0] <= SMALL_TABLE
+    if small and b.dtype(x) == TensorProto.FLOAT:
+        # a few rows (token types): dy's rows summed per index by one GEMM against the one-hot
+        # rows, 25x faster than onnxruntime's element-by-element scatter (0.12 against 3.1 ms
+        # for MiniLM's 2 x 384 table at 2048 positions)
+        hot = b.op("OneHot", b.op("Reshape", index, b.ints([-1])), b.ints([dims[0]]), b.const([0.0, 1.0]))
+        return [b.op("Gemm", hot, b.op("Reshape", dy, b.ints([-1, dims[1]])), transA=1), None]
+    row_shape = b.op("Slice", b.shape(x), b.ints([1]), b.ints([2**62]))
+    values = b.op("Reshape", dy, b.op("Concat", b.ints([-1]), row_shape, axis=0))
+    where = b.op("Expand", b.op("Reshape", index, b.ints([-1] + [1] * (rank - 1))), b.shape(values))
+    # ScatterElements, not ScatterND: onnxruntime's CPU ScatterND loses updates to
+    # repeated indices when it splits them across threads
+    return [b.op("ScatterElements", b.zeros(b.shape(x)), where, values, axis=0, reduction="add"), None]
+
+
+def padding_row(node: onnx.NodeProto) -> int | None:
+    """The table row a Gather node's lookups leave untrained (`PADDING_ROW_KEY` in its metadata), or None."""
+    marked = next((p.value for p in node.metadata_props if p.key == PADDING_ROW_KEY), None)
+    return int(marked) if marked is not None and marked.isdigit() else None
 
 
 @rule("GatherND")

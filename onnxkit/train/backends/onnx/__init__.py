@@ -32,6 +32,7 @@ from onnxkit.train.backends.onnx.session import OnnxSession
 class OnnxBackend(Backend):
     name = "onnx"
     sets_gradients = True
+    keeps_padding_rows = True
 
     def unsupported(self, model: onnx.ModelProto, trainable: Sequence[str], loss: str) -> list[tuple[str, str]]:
         return missing_rules(model, list(trainable), loss)
