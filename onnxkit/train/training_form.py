@@ -163,6 +163,11 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
         notes.append(f"{len(untied)} weights were Identity copies of equal-valued ones ({first_few(untied)}), as "
                      "PyTorch's exporter writes them: each trains as a tensor of its own")
     model = with_padding_rows(model)
+    model, retied = retie_folded_transposes(model)
+    if retied:
+        notes.append(f"{len(retied)} weights PyTorch's exporter stored as transposed copies of weights the model "
+                     f"also reads itself ({first_few(retied)}) are transposed from them again: each tied weight "
+                     "trains as one tensor, as in PyTorch")
     model, merged = untie_deduplicated(model)
     if merged:
         notes.append(f"{len(merged)} parameters were merged by PyTorch's exporter into equal-valued ones or "
@@ -226,6 +231,43 @@ def padding_rows(model: onnx.ModelProto, trainable: Sequence[str]) -> list[str]:
     """'table row k' for each trainable table a Gather node marked with a padding row reads."""
     return [f"{node.input[0]} row {row}" for node in model.graph.node if node.op_type == "Gather"
             and node.input[0] in trainable and (row := _marks(node).get(PADDING_ROW_KEY)) is not None]
+
+
+def retie_folded_transposes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each initializer PyTorch's dynamo exporter folded from the transpose of a weight the
+    graph also reads directly (a Linear tied to an Embedding: the lookup reads the table, the Linear a
+    transposed copy) computed by a Transpose of that weight again; and 'copy of weight' for each (none:
+    `model` itself is returned). Left as two initializers, the tied weight trained as two tensors."""
+    values = {t.name: t for t in model.graph.initializer}
+    read = {name for node in model.graph.node for name in node.input}
+    pairs = []
+    for info in model.graph.value_info:
+        sources = _folded_sources(_marks(info).get(_FOLDED, ""))
+        source = next(iter(sources)) if len(sources) == 1 else None
+        if info.name in values and source in values and source in read and _is_transpose(
+                values[info.name], values[source]):
+            pairs.append((info.name, source))
+    if not pairs:
+        return model, []
+    retied = onnx.ModelProto()
+    retied.CopyFrom(model)
+    copies = {copy for copy, _ in pairs}
+    kept = [t for t in retied.graph.initializer if t.name not in copies]
+    del retied.graph.initializer[:]
+    retied.graph.initializer.extend(kept)
+    for k, (copy, source) in enumerate(pairs):
+        retied.graph.node.insert(k, helper.make_node("Transpose", [source], [copy], name=f"{PREFIX}.retied/{copy}"))
+    return retied, [f"{copy} of {source}" for copy, source in pairs]
+
+
+def _is_transpose(copy: onnx.TensorProto, source: onnx.TensorProto) -> bool:
+    """Whether 2-D `copy` holds `source` transposed."""
+    if len(source.dims) != 2 or list(copy.dims) != list(reversed(source.dims)) or copy.data_type != source.data_type:
+        return False
+    try:
+        return bool(np.array_equal(onnx.numpy_helper.to_array(copy), onnx.numpy_helper.to_array(source).T))
+    except (ValueError, TypeError, OSError):  # weights stored outside the file and not loaded
+        return False
 
 
 def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
