@@ -49,6 +49,7 @@ def test_zoo_lists_every_recipe(run_cli):
     assert r.code == 0
     for name in ZOO:
         assert name in r.out
+    assert "pretrained=(none)" in r.out and "=," not in r.out  # an empty default is named, not left blank
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -324,6 +325,10 @@ def test_version_and_help(run_cli):
     for cmd in ("build", "inspect", "models"):
         r = run_cli(cmd, "--help")
         assert r.code == 0 and "Example" in r.out
+        assert run_cli("help", cmd).out == r.out  # `onnxkit help CMD`, as git and pip take it
+    assert run_cli("help").out == run_cli("--help").out
+    unknown = run_cli("help", "trian")
+    assert unknown.code == 2 and "no command 'trian'. Did you mean: train" in unknown.err
 
 
 def free_port() -> int:

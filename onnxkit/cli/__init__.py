@@ -53,11 +53,26 @@ class LazyGroup(click.Group):
 
     def resolve_command(self, ctx, args):  # type: ignore[no-untyped-def]
         name = args[0] if args else ""
+        if name == "help":  # `onnxkit help [COMMAND]`, as git and pip take it
+            self._help(ctx, args[1:])
         if name and not name.startswith("-") and name not in COMMANDS:
             from onnxkit.errors import suggest
 
             raise click.UsageError(f"no command {name!r}.{suggest(name, COMMANDS)}", ctx)
         return super().resolve_command(ctx, args)
+
+    def _help(self, ctx: click.Context, args: list[str]) -> None:
+        """Print the group's help, or COMMAND's, and exit 0."""
+        if not args:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        if args[0] not in COMMANDS:
+            from onnxkit.errors import suggest
+
+            raise click.UsageError(f"no command {args[0]!r}.{suggest(args[0], COMMANDS)}", ctx)
+        command = self.get_command(ctx, args[0])
+        click.echo(command.get_help(click.Context(command, info_name=args[0], parent=ctx)))  # type: ignore[union-attr]
+        ctx.exit(0)
 
     def invoke(self, ctx: click.Context) -> object:
         try:

@@ -22,7 +22,7 @@ def models_cmd() -> None:
       onnxkit models
     """
     for name in zoo.names():
-        opts = ", ".join(f"{k}={p.default}" for k, p in zoo.options(name).items())
+        opts = ", ".join(f"{k}={p.default if p.default != '' else '(none)'}" for k, p in zoo.options(name).items())
         click.echo(f"{name:<18} {zoo.describe(name)}")
         click.echo(f"{'':<18} options: {opts}")
 

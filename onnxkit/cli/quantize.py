@@ -18,25 +18,28 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @click.command("quantize")
 @click.argument("model", type=click.Path())
 @options.output_file("The quantized .onnx file.")
-@click.option("--mode", type=click.Choice(MODES), help="Default: static if Conv does most of the work, else dynamic.")
+@click.option("--mode", type=click.Choice(MODES),
+              help="How to quantize  [default: static if Conv does most of the work, else dynamic]")
 @click.option("--calib", metavar="DATA", help="Calibration data: a dataset name or .npz/.csv (its train split), "
               "or model inputs alone (.npz by input name, .npy).")
 @click.option("--calib-size", type=options.COUNT, default=256, show_default=True, help="Calibration examples.")
-@click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration [minmax].")
-@click.option("--per-channel/--per-tensor", default=None, help="int8 weight scales [per channel].")
-@click.option("--format", "format", type=click.Choice(FORMATS), help="Static: QDQ pairs or QLinear ops [qdq].")
+@click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration  [default: minmax]")
+@click.option("--per-channel/--per-tensor", default=None, help="int8 weight scales  [default: per channel]")
+@click.option("--format", "format", type=click.Choice(FORMATS), help="Static: QDQ pairs or QLinear ops  [default: qdq]")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="Leave nodes/op types float (repeatable).")
 @click.option(
-    "--reduce-range/--full-range", default=None, help="7-bit int8 weights [on for x86 CPUs without VNNI]."
+    "--reduce-range/--full-range", default=None, help="7-bit int8 weights  [default: on for x86 CPUs without VNNI]"
 )
 @click.option(
-    "--block-size", type=click.Choice([str(b) for b in BLOCK_SIZES]), help="int4: weights per scale [default: 32]."
+    "--block-size", type=click.Choice([str(b) for b in BLOCK_SIZES]), help="int4: weights per scale  [default: 32]"
 )
 @click.option("--eval", "eval_data", metavar="DATA",
-              help="Evaluate both models on DATA's test split [default: the data a model trained by onnxkit names].")
+              help="Evaluate both models on DATA's test split  [default: the data a model trained by onnxkit names]")
 @click.option("--max-drop", type=options.NON_NEGATIVE, metavar="POINTS",
-              help="Fail, writing nothing, if accuracy drops (or loss rises) more.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [OUTPUT.report.json].")
+              help="Fail, writing nothing, if accuracy drops (or loss rises) more  "
+                   "[default: 1 with --mode auto, else no limit]")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="JSON report  [default: OUTPUT.report.json]")
 @click.option("--sqnr", "sqnr_rows", flag_value=20, default=0,
               help="Show the 20 tensors with the worst SQNR (quantization noise).")
 @click.option("--no-latency", is_flag=True, help="Skip timing the models.")

@@ -271,7 +271,7 @@ def eval_cmd(
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
-    shown = "  ".join(f"{k.replace('_', '-')} {metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "loss", "mae", "r2")
+    shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "loss", "mae", "r2")
                       if metrics.get(k) is not None)
     click.echo(f"{data} {split} split ({metrics['examples']} examples): {shown}")
     if "confusion" in metrics:
