@@ -16,7 +16,7 @@ import onnx
 from onnx import helper
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.graph_walks import ancestors, node_label, value_types
+from onnxkit.graph_walks import ancestors, constant_values, node_label, value_types
 
 # Ops on the path from a trained parameter to the loss that ONNX Runtime training
 # 1.19.2 cannot differentiate on CPU (docs/architecture.md §3).
@@ -92,9 +92,7 @@ def _average_pool_as_conv(
 def unsupported_ops(model: onnx.ModelProto, trainable: Iterable[str], loss: str) -> list[tuple[str, str]]:
     """(op, node) of every op without an ORT-training gradient between a trained parameter and `loss`."""
     needed = ancestors(model, loss)
-    constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) <= 1}
-    constants.update((n.output[0], onnx.numpy_helper.to_array(n.attribute[0].t)) for n in model.graph.node
-                     if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value")
+    constants = constant_values(model)
     live, found = set(trainable), []
     for index, node in enumerate(model.graph.node):  # nodes are topologically sorted
         if live & set(node.input):
