@@ -20,6 +20,16 @@ def test_binary_ops_reduce_broadcasting_back(op):
     check(op, {"a": a, "b": b}, ["a", "b"])
 
 
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_and_min_share_the_gradient_between_tied_inputs(op):
+    # central differences at a two-way tie see half of dy on each side, as torch.maximum's autograd gives
+    a = rand(2, 3)
+    b = a[1].copy()
+    b[0] += 0.5  # row 1 ties b except in column 0; row 0 ties it nowhere
+    check(op, {"a": a, "b": b}, ["a", "b"])
+    check(op, {"a": a, "b": a.copy(), "c": a - 1 if op == "Max" else a + 1}, ["a", "b", "c"])
+
+
 def test_float_mod():
     # torch.fmod: a - trunc(a / b) b, with a / b kept away from the integers where y jumps
     a = np.array([[2.3, -1.7, 0.4], [-3.1, 1.2, 5.8]])

@@ -179,15 +179,15 @@ def erf(b: Backward) -> list[str | None]:
     return [b.op("Mul", b.dy(), b.op("Exp", b.op("Sub", b.const(0.12078223763524522), b.op("Mul", x, x))))]
 
 
-def _pick(b: Backward, i: int, mask: str) -> str:
-    """dy where `mask` holds (else 0), reduced to input i's shape."""
-    return b.unbroadcast(b.keep(b.dy(), mask), i)
-
-
 @rule("Max", "Min")
 def max_min(b: Backward) -> list[str | None]:
-    # The gradient goes to every input equal to the result (ties each get it, as in ONNX Runtime).
-    return [_pick(b, i, b.op("Equal", b.x(i), b.y())) if b.wants(i) else None for i in range(b.num_inputs)]
+    # The gradient goes to the inputs equal to the result, shared evenly among ties (torch.maximum's
+    # subgradient: max(x, x) passes dy once, not twice).
+    if b.num_inputs == 1:
+        return [b.dy()]
+    hits = [b.cast_like(b.op("Equal", b.x(i), b.y()), b.y()) for i in range(b.num_inputs)]
+    share = b.op("Div", b.dy(), b.add_up(hits))
+    return [b.unbroadcast(b.op("Mul", share, hit), i) if b.wants(i) else None for i, hit in enumerate(hits)]
 
 
 @rule("Where")
