@@ -18,8 +18,18 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
     return repr(node.name) if node.name else f"#{index} (output {node.output[0]!r})"
 
 
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """The values `node` reads: its inputs and those its subgraphs (If, Loop, Scan) read from outside
+    (PyTorch's TorchScript LocalResponseNorm squeezes through an If, nn.EmbeddingBag loops over a Loop)."""
+    names = set(node.input)
+    for a in node.attribute:
+        for graph in [a.g] if a.HasField("g") else a.graphs:
+            names.update(name for inner in graph.node for name in node_reads(inner))
+    return names
+
+
 def ancestors(model: onnx.ModelProto, *names: str) -> set[str]:
-    """Every value name `names` depend on (including themselves)."""
+    """Every value name `names` depend on (including themselves), through subgraphs' reads too."""
     producer = {o: node for node in model.graph.node for o in node.output}
     seen, stack = set(), list(names)
     while stack:
@@ -28,7 +38,7 @@ def ancestors(model: onnx.ModelProto, *names: str) -> set[str]:
             continue
         seen.add(name)
         if name in producer:
-            stack.extend(i for i in producer[name].input if i)
+            stack.extend(i for i in node_reads(producer[name]) if i)
     return seen
 
 
@@ -39,8 +49,8 @@ def needed_nodes(model: onnx.ModelProto, *outputs: str) -> list[tuple[int, onnx.
 
 
 def used_initializers(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto]) -> list[onnx.TensorProto]:
-    """The initializers that `nodes` read, in the model's order."""
-    used = {name for node in nodes for name in node.input}
+    """The initializers that `nodes` read (their subgraphs too), in the model's order."""
+    used = {name for node in nodes for name in node_reads(node)}
     return [t for t in model.graph.initializer if t.name in used]
 
 

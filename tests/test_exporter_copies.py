@@ -318,3 +318,17 @@ def test_a_tied_weight_the_dynamo_exporter_stored_transposed_trains_as_one():
     untouched.graph.initializer[1].raw_data = np.zeros((16, 50), np.float32).tobytes()  # no longer the transpose
     kept, notes = trainable_form(untouched)
     assert notes == [] and len(kept.graph.initializer) == 2
+
+
+def test_a_value_the_dynamo_exporter_typed_without_marks_is_a_constant():
+    # nn.EmbeddingBag's translation divides by a float count the exporter stores as an initializer with
+    # a bare value_info: no parameter of the module, so no weight to train
+    model = exported_like_dynamo(merged=False)
+    count = numpy_helper.from_array(np.array([2.0], np.float32), "val_9")
+    model.graph.initializer.append(count)
+    model.graph.value_info.append(helper.make_tensor_value_info("val_9", TensorProto.FLOAT, [1]))
+    model.graph.node.append(helper.make_node("Div", ["out.y", "val_9"], ["halved"]))
+    model.graph.output[0].name = "halved"
+    assert "val_9" not in find_parameters(model).parameters
+    del model.graph.metadata_props[:]  # no signature (TorchScript, a hand-made model): a weight like any other
+    assert "val_9" in find_parameters(model).parameters

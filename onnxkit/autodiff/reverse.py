@@ -27,7 +27,7 @@ from onnxkit.autodiff.builder import Backward, Graph
 from onnxkit.autodiff.composites import collapse
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
 from onnxkit.errors import OnnxkitError, suggest
-from onnxkit.graph_walks import ancestors, constant_values, node_label, opset, value_types
+from onnxkit.graph_walks import ancestors, constant_values, node_label, node_reads, opset, value_types
 
 FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 MIN_OPSET = 13
@@ -39,38 +39,34 @@ def gradient_name(param: str) -> str:
     return f"{param}.grad"
 
 
-
 def active_nodes(
     model: onnx.ModelProto, wrt: Sequence[str], loss: str, types: dict[str, onnx.ValueInfoProto]
 ) -> tuple[list[tuple[int, onnx.NodeProto]], set[str]]:
     """The nodes on a differentiable path from `wrt` to `loss`, and the active values."""
     active = set(wrt)
     for node in model.graph.node:
-        if node.op_type in NON_DIFFERENTIABLE or not active.intersection(_reads(node)):
+        if node.op_type in NON_DIFFERENTIABLE or not active.intersection(node_reads(node)):
             continue
         active.update(o for o in node.output if o and _is_float(types, o))
     needed = ancestors(model, loss)
     nodes = [
         (i, node)
         for i, node in enumerate(model.graph.node)
-        if active.intersection(_reads(node)) and any(o in active and o in needed for o in node.output)
+        if active.intersection(node_reads(node)) and any(o in active and o in needed for o in node.output)
     ]
     return nodes, active & needed
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """The values `node` reads: its inputs and those its subgraphs (If, Loop, Scan) read from outside
-    (PyTorch's TorchScript LocalResponseNorm squeezes through an If: missed, its gradient was dropped)."""
-    names = set(node.input)
-    for a in node.attribute:
-        for graph in [a.g] if a.HasField("g") else a.graphs:
-            names.update(name for inner in graph.node for name in _reads(inner))
-    return names
-
-
 def _is_float(types: dict[str, onnx.ValueInfoProto], name: str) -> bool:
+    """Whether value `name` holds floats: a float tensor, or a sequence or optional of them (a Loop's
+    scan output); unknown types are assumed float."""
     vi = types.get(name)
-    return vi is None or vi.type.tensor_type.elem_type in FLOATS  # unknown types are assumed float
+    if vi is None:
+        return True
+    kind = vi.type
+    while kind.HasField("sequence_type") or kind.HasField("optional_type"):
+        kind = kind.sequence_type.elem_type if kind.HasField("sequence_type") else kind.optional_type.elem_type
+    return kind.tensor_type.elem_type in FLOATS if kind.HasField("tensor_type") else kind.WhichOneof("value") is None
 
 
 def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list[tuple[str, str]]:

@@ -41,6 +41,7 @@ from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import (
     ancestors,
     needed_nodes,
+    node_reads,
     opset,
     quantization_ops,
     used_initializers,
@@ -89,6 +90,8 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
     for node in model.graph.node:
         for i, name in enumerate(node.input):
             uses.setdefault(name, []).append((node.op_type, i))
+        for name in node_reads(node).difference(node.input):  # read inside a Loop or If: never a setting
+            uses.setdefault(name, []).append((node.op_type, -1))
     declared = set(json.loads(metadata(model).get(BUFFERS_KEY, "[]"))) | exported_constants(model)
     parameters, buffers, sizes = [], [], {}
     for t in model.graph.initializer:
@@ -110,13 +113,17 @@ def exported_constants(model: onnx.ModelProto) -> set[str]:
     statistics stay buffers, told apart by their use) and tensors it computed at export, such as a
     causal mask. PyTorch's optimizers train neither; a TorchScript export carries no such marks.
     A tensor folded from a parameter is one, though: the exporter folds Transpose(weight) of each Linear
-    on 3-D inputs into a new initializer, which the graph's signature shows was folded from a parameter."""
+    on 3-D inputs into a new initializer, which the graph's signature shows was folded from a parameter.
+    A value the exporter typed with no mark at all, neither a parameter nor folded from one, is a constant
+    its translation made (the float count an nn.EmbeddingBag's Loop divides by)."""
     parameters = {target for _, kind, target in _export_signature(model) if kind == "PARAMETER"}
     found = set()
     for info in model.graph.value_info:
         marks = _marks(info)
-        if marks.get(_TORCH_KIND, "PARAMETER") != "PARAMETER" or (
-                _FOLDED in marks and not parameters & _folded_sources(marks[_FOLDED])):
+        kind, folded = marks.get(_TORCH_KIND), _FOLDED in marks
+        from_parameter = folded and parameters & _folded_sources(marks[_FOLDED])
+        if kind not in (None, "PARAMETER") or (folded and not from_parameter) or (
+                parameters and kind is None and not folded and info.name not in parameters):
             found.add(info.name)
     return found
 
