@@ -88,7 +88,7 @@ class Parameter:
     trainable = True
 
     def __init__(self, value: np.ndarray):
-        self.value = np.ascontiguousarray(value)
+        self.value = np.require(value, requirements="C")  # a scalar stays 0-d
         self.name = ""
 
     @property
@@ -186,7 +186,7 @@ class Module:
                     f"weight {name!r} has shape {list(value.shape)}, the model expects "
                     f"{list(p.value.shape)}; check that the checkpoint matches the model options"
                 )
-            p.value = np.ascontiguousarray(value, dtype=p.value.dtype)
+            p.value = np.require(value, p.value.dtype, "C")
         missing = [n for n in arrays if n not in state]
         if strict and missing:
             raise OnnxkitError(

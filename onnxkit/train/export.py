@@ -15,7 +15,7 @@ def with_weights(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> on
     out.CopyFrom(model)
     for t in out.graph.initializer:
         if t.name in values:
-            array = np.ascontiguousarray(values[t.name], dtype=helper.tensor_dtype_to_np_dtype(t.data_type))
+            array = np.require(values[t.name], helper.tensor_dtype_to_np_dtype(t.data_type), "C")
             if tuple(array.shape) != tuple(t.dims):
                 raise ValueError(f"{t.name}: trained shape {array.shape} differs from the model's {tuple(t.dims)}")
             for field in ("float_data", "double_data", "int32_data", "int64_data", "external_data"):

@@ -41,12 +41,7 @@ from onnxkit.evaluate import (
     score,
 )
 from onnxkit.files import DiskError, load_model, save_model, sha256
-from onnxkit.graph_walks import (
-    opset,
-    probability_logits,
-    sigmoid_pair_logit,
-    value_types,
-)
+from onnxkit.graph_walks import ancestors, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, PADDING_KEY, SCORES_KEY, TASK_KEY, TRAINING_KEY
 from onnxkit.train import distributed
@@ -618,6 +613,7 @@ class _Setup:
             )
         self.optimizer = c.optimizer_spec()
         self.backend.refuse_optimizer(self.optimizer, c.clip_grad_norm)
+        self.other_floats = [n for n in params.other_floats if n in ancestors(model, self.output)]
         self.trainable_count = sum(params.sizes[n] for n in self.selection.trainable)
         self.frozen_count = sum(params.sizes[n] for n in self.selection.frozen)
 
@@ -628,6 +624,10 @@ class _Setup:
         if constants:
             progress.line(f"warning: Constant nodes that layers read as weights stay fixed: only initializers train "
                           f"({first_few(constants)}); to train them, store them as initializers")
+        if self.other_floats:
+            progress.line(f"warning: weights in float64 or float16 stay fixed: training runs in float32 "
+                          f"({first_few(self.other_floats)}); to train them, store them as float32 (PyTorch: "
+                          "keep the parameter float32 and cast inside forward)")
         padded = padding_rows(self.model, self.selection.trainable) if not self.backend.keeps_padding_rows else []
         if padded:
             progress.line(f"warning: the {self.backend.name} backend trains the padding rows that PyTorch's "

@@ -1,8 +1,9 @@
 """From an inference-form ONNX model to what training needs: its parameters, the ones to
 train, and the training form of the graph.
 
-Parameters are the float initializers of rank >= 1 that feed a differentiable
-input of some node; BatchNormalization's running mean and variance are
+Parameters are the float32 initializers of rank >= 1 that feed a differentiable
+input of some node, and the scalars a PyTorch module holds as its own (`_scalar_weights`);
+float64 and float16 ones stay as they are (training runs in float32); BatchNormalization's running mean and variance are
 *buffers* (updated by the forward pass in training); the initializers the
 model's metadata lists as Buffers (`onnxkit.buffers`, written by the DSL), those
 PyTorch's dynamo exporter marks as buffers or folded constants (`exported_constants`) and
@@ -30,7 +31,7 @@ import fnmatch
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -78,6 +79,7 @@ class ModelParameters:
     parameters: list[str]
     buffers: list[str]
     sizes: dict[str, int]
+    other_floats: list[str] = field(default_factory=list)  # float64/float16 ones, which stay as they are
 
     @property
     def names(self) -> list[str]:
@@ -93,19 +95,41 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
         for name in node_reads(node).difference(node.input):  # read inside a Loop or If: never a setting
             uses.setdefault(name, []).append((node.op_type, -1))
     declared = set(json.loads(metadata(model).get(BUFFERS_KEY, "[]"))) | exported_constants(model)
-    parameters, buffers, sizes = [], [], {}
+    scalars = _scalar_weights(model)
+    parameters, buffers, sizes, other_floats = [], [], {}, []
     for t in model.graph.initializer:
         used = uses.get(t.name, [])
-        if t.data_type != TensorProto.FLOAT or not used:
+        if t.data_type not in _FLOATS or not used:
             continue
         if all(op == "BatchNormalization" and i in _BN_STATS for op, i in used):
-            buffers.append(t.name)
-        elif t.name in declared or len(t.dims) == 0 or all(i in _SETTINGS.get(op, ()) for op, i in used):
+            kind = buffers
+        elif t.name in declared or (len(t.dims) == 0 and t.name not in scalars) or all(
+                i in _SETTINGS.get(op, ()) for op, i in used):
             continue
         else:
-            parameters.append(t.name)
+            kind = parameters
+        if t.data_type != TensorProto.FLOAT:  # training runs in float32
+            other_floats.append(t.name)
+            continue
+        kind.append(t.name)
         sizes[t.name] = int(np.prod(t.dims, dtype=np.int64))
-    return ModelParameters(parameters, buffers, sizes)
+    return ModelParameters(parameters, buffers, sizes, other_floats)
+
+
+_FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+_STATE_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)*")  # a state_dict key (gate, blocks.0.scale), not onnx::Mul_7
+
+
+def _scalar_weights(model: onnx.ModelProto) -> set[str]:
+    """The rank-0 initializers that are a PyTorch module's own: those a dynamo export's signature lists as
+    parameters, or, in a TorchScript export (which writes constants as Constant nodes or onnx:: names),
+    those named as state_dict keys (a learnable temperature or gate, nn.Parameter(torch.tensor(0.1)))."""
+    signature = _export_signature(model)
+    if signature:
+        return {target for _, kind, target in signature if kind == "PARAMETER"}
+    if model.producer_name != "pytorch":
+        return set()
+    return {t.name for t in model.graph.initializer if not t.dims and _STATE_NAME.fullmatch(t.name)}
 
 
 def exported_constants(model: onnx.ModelProto) -> set[str]:

@@ -14,7 +14,7 @@ from onnxkit.files import write_safetensors
 
 def save_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
     """Write `tensors` to `path` atomically."""
-    write_safetensors(path, {k: np.ascontiguousarray(v) for k, v in tensors.items()}, {"format": "onnxkit"})
+    write_safetensors(path, {k: np.require(v, requirements="C") for k, v in tensors.items()}, {"format": "onnxkit"})
 
 
 def load_tensors(path: Path) -> dict[str, np.ndarray]:

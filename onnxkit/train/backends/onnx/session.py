@@ -125,7 +125,7 @@ class OnnxSession(TrainingSession):
         self._set_tables()
 
     def _value(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, self._device_id)
+        return ort.OrtValue.ortvalue_from_numpy(np.require(array, requirements="C"), self._device, self._device_id)
 
     def _empty(self, like: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_shape_and_type(like.shape, like.dtype, self._device, self._device_id)
@@ -307,7 +307,7 @@ class OnnxSession(TrainingSession):
     def set_buffers(self, values: Mapping[str, np.ndarray]) -> None:
         current = self._buffer_set[self._buffers_current]
         for name, value in values.items():
-            current[name].update_inplace(np.ascontiguousarray(value, dtype=current[name].numpy().dtype))
+            current[name].update_inplace(np.require(value, current[name].numpy().dtype, "C"))
 
     def set_dropout_stream(self, stream: int) -> None:
         """Draw dropout windows from stream `stream` (data-parallel rank; 0 is a lone process's)."""

@@ -1,0 +1,65 @@
+"""Weights of PyTorch exports that are not float32 tensors of rank >= 1: a module's own scalars train
+(a learnable temperature or gate), and float64 weights are named as staying fixed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.train import fit
+from onnxkit.train.training_form import find_parameters
+
+pytestmark = pytest.mark.training
+
+
+def gated(signature: bool) -> onnx.ModelProto:
+    """logits = (x @ fc.weight.T + fc.bias) * gate * onnx::Mul_3, as PyTorch exports a module with
+    `gate = nn.Parameter(torch.tensor(0.5))` times a constant; `signature`: as the dynamo exporter
+    writes it (the constant then named val_0 and the graph's signature listing the parameters)."""
+    rng = np.random.default_rng(0)
+    constant = "val_0" if signature else "onnx::Mul_3"
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["h"], transB=1),
+         helper.make_node("Mul", ["h", "gate"], ["g"]), helper.make_node("Mul", ["g", constant], ["logits"])],
+        "gated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])],
+        [numpy_helper.from_array((rng.normal(size=(10, 64)) * 0.05).astype(np.float32), "fc.weight"),
+         numpy_helper.from_array(np.zeros(10, np.float32), "fc.bias"),
+         numpy_helper.from_array(np.array(0.5, np.float32), "gate"),
+         numpy_helper.from_array(np.array(2.0, np.float32), constant)])
+    if signature:
+        graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature", value="".join(
+            f"p_{k.replace('.', '_')}: PARAMETER target='{k}'\n" for k in ("fc.weight", "fc.bias", "gate")))
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)],
+                             producer_name="pytorch")
+
+
+@pytest.mark.parametrize("signature", [False, True])
+def test_a_modules_own_scalar_trains_and_keeps_its_shape(tmp_path, signature):
+    model = gated(signature)
+    assert find_parameters(model).parameters == ["fc.weight", "fc.bias", "gate"]
+    result = fit(model, "digits", tmp_path / "run", epochs=2, lr=0.01)
+    trained = {t.name: numpy_helper.to_array(t) for t in onnx.load(result.model_path).graph.initializer}
+    assert trained["gate"].shape == () and abs(float(trained["gate"]) - 0.5) > 1e-3
+    assert float(trained["val_0" if signature else "onnx::Mul_3"]) == 2.0  # the constant stays
+    plain = gated(signature)
+    plain.producer_name = "onnxkit"
+    if not signature:  # not PyTorch's: a scalar initializer is a constant, as before
+        assert "gate" not in find_parameters(plain).parameters
+
+
+def test_float64_weights_are_named_as_staying_fixed(tmp_path, capsys):
+    model = gated(signature=False)
+    rng = np.random.default_rng(1)
+    model.graph.initializer.append(numpy_helper.from_array(rng.normal(size=(10, 10)) * 0.3, "w2"))
+    model.graph.node[-1].output[0] = "scaled"
+    model.graph.node.extend([helper.make_node("Cast", ["scaled"], ["wide"], to=TensorProto.DOUBLE),
+                             helper.make_node("MatMul", ["wide", "w2"], ["mixed"]),
+                             helper.make_node("Cast", ["mixed"], ["logits"], to=TensorProto.FLOAT)])
+    result = fit(model, "digits", tmp_path / "run", epochs=1, quiet=False)
+    assert ("warning: weights in float64 or float16 stay fixed: training runs in float32 (w2); to train them, "
+            "store them as float32") in capsys.readouterr().err
+    trained = {t.name: numpy_helper.to_array(t) for t in onnx.load(result.model_path).graph.initializer}
+    np.testing.assert_array_equal(trained["w2"], numpy_helper.to_array(model.graph.initializer[-1]))
