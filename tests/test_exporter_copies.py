@@ -284,40 +284,48 @@ def test_parameters_the_dynamo_exporter_merged_train_as_their_own(tmp_path, run_
     assert not np.allclose(runs[True]["blocks.0.weight"], runs[True]["blocks.1.weight"])
 
 
-def tied_like_dynamo() -> onnx.ModelProto:
-    """An Embedding tied to the Linear after it, as the dynamo exporter writes it: the lookup reads
-    `head.weight` [50, 16], the Linear reads `val_2`, the transposed copy it folded at export."""
+def tied_export(dynamo: bool) -> onnx.ModelProto:
+    """An Embedding tied to the Linear after it, as PyTorch's exporters write it: the lookup reads
+    `head.weight` [50, 16], the Linear the transposed copy folded at export (dynamo: `val_2`, marked as
+    folded from head.weight; TorchScript: `onnx::MatMul_11`, unmarked)."""
     table = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
-    folded = helper.make_tensor_value_info("val_2", TensorProto.FLOAT, [16, 50])
-    folded.metadata_props.add(key="pkg.onnxscript.optimizer.folded_from", value="['head.weight']")
+    copy = "val_2" if dynamo else "onnx::MatMul_11"
+    folded = helper.make_tensor_value_info(copy, TensorProto.FLOAT, [16, 50])
+    if dynamo:
+        folded.metadata_props.add(key="pkg.onnxscript.optimizer.folded_from", value="['head.weight']")
     graph = helper.make_graph(
         [helper.make_node("Gather", ["head.weight", "ids"], ["rows"]), helper.make_node("Tanh", ["rows"], ["h"]),
-         helper.make_node("MatMul", ["h", "val_2"], ["logits"])], "tied",
+         helper.make_node("MatMul", ["h", copy], ["logits"])], "tied",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, [4])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [4, 50])],
-        [numpy_helper.from_array(table, "head.weight"), numpy_helper.from_array(table.T.copy(), "val_2")],
-        value_info=[folded])
-    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)])
+        [numpy_helper.from_array(table, "head.weight"), numpy_helper.from_array(table.T.copy(), copy)],
+        value_info=[folded] if dynamo else [])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)],
+                             producer_name="pytorch")
 
 
-def test_a_tied_weight_the_dynamo_exporter_stored_transposed_trains_as_one():
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_a_tied_weight_the_exporter_stored_transposed_trains_as_one(dynamo):
     from onnxkit.autodiff.check import run_gradients, with_projection_loss
     from onnxkit.train.training_form import trainable_form
 
-    model = tied_like_dynamo()
+    model, copy = tied_export(dynamo), "val_2" if dynamo else "onnx::MatMul_11"
     retied, notes = trainable_form(model)
     assert [t.name for t in retied.graph.initializer] == ["head.weight"]
-    assert "(val_2 of head.weight) are transposed from them again" in notes[0]
+    assert f"({copy} of head.weight) are transposed from them again" in notes[0]
     assert find_parameters(retied).parameters == ["head.weight"]
     ids = {"ids": np.array([3, 7, 3, 49], np.int64)}
-    apart = run_gradients(with_projection_loss(model), ids, ["head.weight", "val_2"])  # the copies' gradients
+    apart = run_gradients(with_projection_loss(model), ids, ["head.weight", copy])  # the copies' gradients
     tied = run_gradients(with_projection_loss(retied), ids, ["head.weight"])["head.weight"]
-    np.testing.assert_allclose(tied, apart["head.weight"] + apart["val_2"].T, rtol=0, atol=1e-6)
-    assert np.abs(apart["val_2"]).max() > 0.1  # the Linear's part, lost to the table before
-    untouched = tied_like_dynamo()
-    untouched.graph.initializer[1].raw_data = np.zeros((16, 50), np.float32).tobytes()  # no longer the transpose
-    kept, notes = trainable_form(untouched)
-    assert notes == [] and len(kept.graph.initializer) == 2
+    np.testing.assert_allclose(tied, apart["head.weight"] + apart[copy].T, rtol=0, atol=1e-6)
+    assert np.abs(apart[copy]).max() > 0.1  # the Linear's part, lost to the table before
+    for value in (np.zeros((16, 50), np.float32), np.ones((16, 50), np.float32)):  # no transpose, or one by chance
+        untouched = tied_export(dynamo)
+        untouched.graph.initializer[0].raw_data = value.T.copy().tobytes() if value.any() else \
+            untouched.graph.initializer[0].raw_data
+        untouched.graph.initializer[1].raw_data = value.tobytes()
+        kept, notes = trainable_form(untouched)
+        assert notes == [] and len(kept.graph.initializer) == 2
 
 
 def test_a_value_the_dynamo_exporter_typed_without_marks_is_a_constant():

@@ -265,19 +265,14 @@ def padding_rows(model: onnx.ModelProto, trainable: Sequence[str]) -> list[str]:
 
 
 def retie_folded_transposes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """`model` with each initializer PyTorch's dynamo exporter folded from the transpose of a weight the
-    graph also reads directly (a Linear tied to an Embedding: the lookup reads the table, the Linear a
+    """`model` with each initializer PyTorch's exporters folded from the transpose of a weight the graph
+    also reads directly (a Linear tied to an Embedding: the lookup reads the table, the Linear a
     transposed copy) computed by a Transpose of that weight again; and 'copy of weight' for each (none:
     `model` itself is returned). Left as two initializers, the tied weight trained as two tensors."""
     values = {t.name: t for t in model.graph.initializer}
     read = {name for node in model.graph.node for name in node.input}
-    pairs = []
-    for info in model.graph.value_info:
-        sources = _folded_sources(_marks(info).get(_FOLDED, ""))
-        source = next(iter(sources)) if len(sources) == 1 else None
-        if info.name in values and source in values and source in read and _is_transpose(
-                values[info.name], values[source]):
-            pairs.append((info.name, source))
+    pairs = [(copy, source) for copy, source in _folded_copies(model, values)
+             if source in read and _is_transpose(values[copy], values[source])]
     if not pairs:
         return model, []
     retied = onnx.ModelProto()
@@ -291,14 +286,29 @@ def retie_folded_transposes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
     return retied, [f"{copy} of {source}" for copy, source in pairs]
 
 
+def _folded_copies(model: onnx.ModelProto, values: dict[str, onnx.TensorProto]) -> list[tuple[str, str]]:
+    """(initializer, the one weight it may have been folded from) pairs: as a dynamo export's folded_from
+    marks say; in a TorchScript export, each folded constant (onnx::MatMul_11) of 2-D shape paired with each
+    module weight of the transposed shape."""
+    marked = [(info.name, next(iter(sources))) for info in model.graph.value_info
+              if len(sources := _folded_sources(_marks(info).get(_FOLDED, ""))) == 1]
+    if marked or model.producer_name != "pytorch" or _export_signature(model):
+        return [(copy, source) for copy, source in marked if copy in values and source in values]
+    flat = [t for t in values.values() if len(t.dims) == 2]
+    return [(copy.name, source.name) for copy in flat if copy.name.startswith("onnx::") for source in flat
+            if not source.name.startswith("onnx::") and list(copy.dims) == list(reversed(source.dims))]
+
+
 def _is_transpose(copy: onnx.TensorProto, source: onnx.TensorProto) -> bool:
-    """Whether 2-D `copy` holds `source` transposed."""
+    """Whether 2-D `copy` holds `source` transposed, and `source` is no matrix its transpose equals (a
+    constant or symmetric one: equal by chance, not by folding)."""
     if len(source.dims) != 2 or list(copy.dims) != list(reversed(source.dims)) or copy.data_type != source.data_type:
         return False
     try:
-        return bool(np.array_equal(onnx.numpy_helper.to_array(copy), onnx.numpy_helper.to_array(source).T))
+        a, b = onnx.numpy_helper.to_array(copy), onnx.numpy_helper.to_array(source)
     except (ValueError, TypeError, OSError):  # weights stored outside the file and not loaded
         return False
+    return bool(np.array_equal(a, b.T)) and b.min() != b.max() and not (a.shape == b.shape and np.array_equal(a, b))
 
 
 def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
