@@ -88,6 +88,7 @@ from onnxkit.train.training_form import (
     needs_full_length,
     output_type,
     padding_rows,
+    random_nodes,
     refuse_weights_in_attributes,
     select,
     sized_by_data,
@@ -628,6 +629,11 @@ class _Setup:
             progress.line(f"warning: weights in float64 or float16 stay fixed: training runs in float32 "
                           f"({first_few(self.other_floats)}); to train them, store them as float32 (PyTorch: "
                           "keep the parameter float32 and cast inside forward)")
+        drawn = random_nodes(self.model, self.output)
+        if drawn:
+            progress.line(f"warning: the model draws random numbers ({first_few(drawn)}; PyTorch's dynamo exporter "
+                          "writes nn.Dropout2d/3d in training mode so): they stay random in training whatever "
+                          "--no-dropout says, and in the trained model; export the module after eval()")
         padded = padding_rows(self.model, self.selection.trainable) if not self.backend.keeps_padding_rows else []
         if padded:
             progress.line(f"warning: the {self.backend.name} backend trains the padding rows that PyTorch's "

@@ -258,6 +258,17 @@ def with_padding_rows(model: onnx.ModelProto) -> onnx.ModelProto:
     return marked
 
 
+RANDOM_OPS = frozenset({"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli",
+                        "Multinomial"})
+
+
+def random_nodes(model: onnx.ModelProto, output: str) -> list[str]:
+    """'count op' for each random op `output` depends on (Dropout aside, which training controls)."""
+    needed = ancestors(model, output)
+    ops = [n.op_type for n in model.graph.node if n.op_type in RANDOM_OPS and needed & set(n.output)]
+    return [f"{ops.count(op)} {op}" for op in dict.fromkeys(ops)]
+
+
 def padding_rows(model: onnx.ModelProto, trainable: Sequence[str]) -> list[str]:
     """'table row k' for each trainable table a Gather node marked with a padding row reads."""
     return [f"{node.input[0]} row {row}" for node in model.graph.node if node.op_type == "Gather"

@@ -1,5 +1,5 @@
-"""Weights of PyTorch exports that are not float32 tensors of rank >= 1: a module's own scalars train
-(a learnable temperature or gate), and float64 weights are named as staying fixed."""
+"""What PyTorch exports hold beside float32 weights of rank >= 1: a module's own scalars train (a
+learnable temperature or gate), float64 weights and random ops are named in a warning."""
 
 from __future__ import annotations
 
@@ -63,3 +63,16 @@ def test_float64_weights_are_named_as_staying_fixed(tmp_path, capsys):
             "store them as float32") in capsys.readouterr().err
     trained = {t.name: numpy_helper.to_array(t) for t in onnx.load(result.model_path).graph.initializer}
     np.testing.assert_array_equal(trained["w2"], numpy_helper.to_array(model.graph.initializer[-1]))
+
+
+def test_random_ops_on_the_output_path_are_named(tmp_path, capsys):
+    # the dynamo exporter writes nn.Dropout2d in training mode as RandomUniformLike -> Less -> Mul
+    model = gated(signature=False)
+    model.graph.node[-1].output[0] = "scaled"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.1, np.float32), "p"))
+    model.graph.node.extend([helper.make_node("RandomUniformLike", ["scaled"], ["u"]),
+                             helper.make_node("Less", ["u", "p"], ["dropped"]),
+                             helper.make_node("Where", ["dropped", "p", "scaled"], ["logits"])])
+    fit(model, "digits", tmp_path / "run", epochs=1, quiet=False, dropout=False)
+    assert ("warning: the model draws random numbers (1 RandomUniformLike; PyTorch's dynamo exporter writes "
+            "nn.Dropout2d/3d in training mode so)") in capsys.readouterr().err
