@@ -332,3 +332,33 @@ def test_a_dynamic_sequence_length_is_standardized_per_feature_not_per_step(tmp_
     np.testing.assert_allclose(stored["onnxkit.standardize.x.std"], train.std(0, keepdims=True), rtol=1e-5)
     assert result.metrics["test"]["accuracy"] > 0.8
     assert runtime.load(result.model_path).predict(x[:4, :3])["logits"].shape == (4, 2)  # another length
+
+
+@pytest.mark.training
+def test_features_or_targets_on_a_tiny_scale_are_standardized(tmp_path):
+    """make_classification's features x 1e-4 trained raw to 52% where standardised they reach 85%; make_regression's
+    targets x 1e-4 (std 0.014) to R² -0.02 where standardised they reach 0.99 (a user audit, 2026-12-05). Every
+    std under 0.05 is unscaled now; pixels in [0, 1] and targets in (0, 1) are still left alone."""
+    from sklearn.datasets import make_classification, make_regression
+
+    from onnxkit.data import Split, dataset_from_arrays
+    from onnxkit.data.split import ModelInput
+    from onnxkit.train import fit
+    from onnxkit.train.standardize import unscaled
+
+    x, y = make_classification(n_samples=2000, n_features=20, random_state=3)
+    tiny = fit(plain_mlp(20, 2), dataset_from_arrays("tiny", {"x": (x * 1e-4).astype(np.float32)}, y),
+               tmp_path / "features", quiet=True)
+    assert json.loads((tiny.run_dir / "run.json").read_text())["config"]["standardize"] is True
+    assert tiny.metrics["test"]["accuracy"] > 0.8
+    x, y = make_regression(n_samples=1000, n_features=10, noise=5, random_state=0)
+    data = dataset_from_arrays("small", {"x": x.astype(np.float32)}, (y * 1e-4).astype(np.float32))
+    small = fit(plain_mlp(10, 1, "regression"), data, tmp_path / "targets", quiet=True)
+    assert small.metrics["test"]["r2"] > 0.95
+    spec = ModelInput("x", np.dtype(np.float32), ("batch", 64))
+    pixels = load_dataset("digits").train  # digits' pixels in [0, 1]: stds up to 0.41
+    assert unscaled(Split("train", {"x": pixels.inputs["x"]}, pixels.labels), [spec], regression=False) is None
+    fractions = np.random.default_rng(0).uniform(0.1, 0.9, 500).astype(np.float32)  # std 0.23
+    spec4 = ModelInput("x", np.dtype(np.float32), ("batch", 4))
+    assert unscaled(Split("train", {"x": np.ones((500, 4), np.float32) + np.arange(4)}, fractions), [spec4],
+                    regression=True) is None
