@@ -220,3 +220,9 @@ def test_loss_takes_the_short_names_fit_takes(run_cli, tmp_path):
     result = run_cli("train", model, "--data", "iris", "--loss", "ce", "--epochs", "2", "-o", run)
     assert result.code == 0, result.err
     assert json.loads((run / "run.json").read_text())["loss"] == "cross-entropy"
+
+
+def test_scores_too_small_for_four_decimals_keep_four_digits():
+    from onnxkit.cli.train import metric
+
+    assert [metric(v) for v in (0.98765, 3.2e-6, 0.0, -2.5)] == ["0.9877", "3.2e-06", "0.0000", "-2.5000"]

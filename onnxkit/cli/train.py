@@ -191,9 +191,14 @@ def train_cmd(model: str | None, **options: Any) -> None:
     if rank():
         return  # data-parallel: worker 0 reports
     test = result.metrics.get("test", {})
-    shown = "  ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "r2", "mae", "loss")
+    shown = "  ".join(f"{k} {metric(test[k])}" for k in ("accuracy", "macro_f1", "r2", "mae", "loss")
                       if test.get(k) is not None)  # r2 is None for constant targets
     click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))
+
+
+def metric(value: float) -> str:
+    """A score in four decimals, or four significant digits where those would read 0.0000 (a loss of 3e-6)."""
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.4g}"
 
 
 def _optimizer(options: dict[str, Any]) -> Optimizer | None:
@@ -271,7 +276,7 @@ def eval_cmd(
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
-    shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "loss", "mae", "r2")
+    shown = "  ".join(f"{k} {metric(metrics[k])}" for k in ("accuracy", "macro_f1", "loss", "mae", "r2")
                       if metrics.get(k) is not None)
     click.echo(f"{data} {split} split ({metrics['examples']} examples): {shown}")
     if "confusion" in metrics:
