@@ -313,6 +313,22 @@ def test_fp16_and_int4_stay_close_to_fp32(mlp_data):
     assert summarize(int4)["parameters"] == summarize(fp16)["parameters"] == summarize(model)["parameters"]
 
 
+def test_fp16_keeps_standardisation_and_constants_past_its_range_in_float32():
+    # a regression model trained on house-price-like targets un-scales by a mean of 474,875: float16's
+    # largest value is 65,504, and the clipped constant made every prediction ~5x off (R² 0.94 -> -2.4)
+    from onnxkit.train.standardize import Scale, standardize_inputs, unscale_output
+
+    x = np.random.default_rng(5).normal(3e5, 2e4, (64, D_IN)).astype(np.float32)  # raw features past float16 too
+    scaled = standardize_inputs(mlp(), {"x": Scale(x.mean(0, keepdims=True)[0], x.std(0, keepdims=True)[0])})
+    model = unscale_output(scaled, "logits", Scale(np.array([474875.0], np.float32), np.array([235401.0], np.float32)))
+    ref = logits(model, x)
+    fp16 = quantize(model, mode="fp16", measure_latency=False).model
+    assert np.abs(logits(fp16, x) - ref).max() < 1e-2 * np.abs(ref - 474875.0).max()
+    kept = {t.name for t in fp16.graph.initializer if t.data_type == TensorProto.FLOAT}
+    assert kept == {"onnxkit.standardize.x.mean", "onnxkit.standardize.x.std", "onnxkit.standardize.logits.mean",
+                    "onnxkit.standardize.logits.std"}
+
+
 def test_the_report_gives_sizes_in_the_units_inspect_does(tmp_path, run_cli):
     # quantize divided by 1024 and inspect by 1000, both saying KB: 38.1 KB and 39.0 KB for one file
     onnx.save(mlp(), tmp_path / "m.onnx")

@@ -7,25 +7,63 @@ kernel in float32 behind Casts.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
+from onnxkit.graph_walks import node_reads
 from onnxkit.quantize.prepare import quiet_ort
 
 # ops kept float32 behind Casts: onnxruntime 1.32's float16 AffineGrid fails at a batch of one
 # ("Split ... axis 1 is not in valid range")
 KEEP_FLOAT32 = frozenset({"AffineGrid"})
+FLOAT16_MAX = 65504.0
+STANDARDIZE = "onnxkit.standardize"  # the names of training's standardisation nodes (train.standardize.PREFIX)
 
 
 def quantize_fp16(
     model: onnx.ModelProto, exclude_ops: set[str], exclude_nodes: set[str]
 ) -> onnx.ModelProto:
-    """Convert float32 tensors to float16, keeping float32 I/O and the excluded nodes."""
+    """Convert float32 tensors to float16, keeping float32 I/O, the excluded nodes and those `beyond_float16`."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     with quiet_ort():
-        return convert_float_to_float16(
+        converted = convert_float_to_float16(
             model,
             keep_io_types=True,
             op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | KEEP_FLOAT32 | exclude_ops),
-            node_block_list=sorted(exclude_nodes),
+            node_block_list=sorted(exclude_nodes | beyond_float16(model)),
         )
+    return without_round_trips(converted)
+
+
+def without_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` (in place) with each float32 value that the converter casts to float16 and straight back
+    read as it was: between two float32 nodes, and from a float32 input to one, it passed through float16
+    (an input of 300,000 became inf before the float32 node that standardises it), and its Casts went."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        before = producer.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+        if _cast_to(node) == onnx.TensorProto.FLOAT and before is not None and \
+                _cast_to(before) == onnx.TensorProto.FLOAT16:
+            node.input[0] = before.input[0]
+    read = {name for node in model.graph.node for name in node_reads(node)} | {o.name for o in model.graph.output}
+    while dead := [n for n in model.graph.node if n.op_type == "Cast" and not read.intersection(n.output)]:
+        for node in dead:
+            model.graph.node.remove(node)
+        read = {name for node in model.graph.node for name in node_reads(node)} | {o.name for o in model.graph.output}
+    return model
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def beyond_float16(model: onnx.ModelProto) -> set[str]:
+    """Nodes kept float32: onnxkit's standardisation, which works on the data's raw scale, and every node
+    reading a float constant past float16's range (65,504), which the converter would clip. A regression
+    model's un-scaling by a target mean of 474,875 became 65,504: R² 0.94 fell to -2.4, silently."""
+    large = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+             and np.abs(numpy_helper.to_array(t)).max(initial=0) > FLOAT16_MAX}
+    return {n.name for n in model.graph.node if n.name and (
+        n.name.startswith(f"{STANDARDIZE}/") or large.intersection(n.input))}
