@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from onnxkit.errors import OnnxkitError
 from onnxkit.files import is_missing, is_number
 
-LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column, first found wins
+LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column (only one may be)
 NPZ_LABELS = ("labels", "y")  # .npz arrays read as the labels, first found wins
 NPZ_LABEL_NAMES = "label_names"  # an optional .npz array of class names
 TEXT_COLUMN = "text"  # a CSV column of texts (a Parquet one, by its exact name), for a model with a tokenizer
@@ -40,10 +41,17 @@ def without_index(header: Sequence[str] | None, rows: list[list[str]]) -> tuple[
     return header[1:], [row[1:] for row in rows]
 
 
-def label_column(header: Sequence[str] | None) -> int | None:
-    """The index of the column headed `label`, `labels`, `target`, `y` or `class` (any case), or None."""
+def label_column(header: Sequence[str] | None, source: str = "the file") -> int | None:
+    """The index of the column headed `label`, `labels`, `target`, `y` or `class` (any case), or None; two
+    such columns are an error that begins with `source` (one would be read as a feature: a copy of the
+    labels under another name trained a model to 100%, on every file but the user's)."""
     lowered = [h.strip().lower() for h in header or ()]
-    return next((lowered.index(n) for n in LABEL_COLUMNS if n in lowered), None)
+    found = [i for i, h in enumerate(lowered) if h in LABEL_COLUMNS]
+    if len(found) > 1:
+        named = ", ".join(f"{header[i].strip()!r} (column {i + 1})" for i in found)  # type: ignore[index]
+        raise OnnxkitError(f"{source}: {len(found)} columns are headed as labels: {named}; keep one label column "
+                           f"and rename or drop the others")
+    return found[0] if found else None
 
 
 def text_column(header: Sequence[str] | None) -> int | None:

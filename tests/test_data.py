@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import re
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxkit.data import Dataset, ModelInput, Split, load_dataset
@@ -206,6 +208,22 @@ def test_a_csv_with_pandas_row_index_trains_on_its_features_alone(tmp_path):
     (tmp_path / "kept.csv").write_text(",p,label\n" + "".join(f"{i % 3},{a},{c}\n" for i, (a, _, c) in
                                                                enumerate(rows)))
     assert load_dataset(tmp_path / "kept.csv").train.inputs["x"].shape[1] == 2  # repeats: no index, a feature
+
+
+def test_a_csv_with_two_label_columns_is_refused_by_train_and_predict(tmp_path, run_cli):
+    # 'label' was the labels and 'target', a copy of them, a feature: the model scored 100% on its own file
+    rows = "".join(f"{i * 0.5},{-i * 0.25},{i % 2},{i % 2}\n" for i in range(20))
+    path = tmp_path / "two.csv"
+    path.write_text("p,q,label,Target\n" + rows)
+    expected = (f"{path}: 2 columns are headed as labels: 'label' (column 3), 'Target' (column 4); keep one label "
+                "column and rename or drop the others")
+    with pytest.raises(OnnxkitError, match=f"^{re.escape(expected)}$"):
+        load_dataset(path)
+    from onnxkit import zoo
+
+    onnx.save(zoo.build_model("binary-classifier"), tmp_path / "m.onnx")
+    refused = run_cli("predict", tmp_path / "m.onnx", "-i", path)
+    assert refused.code == 1 and expected in refused.err
 
 
 def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):

@@ -57,13 +57,18 @@ def test_other_label_shapes_for_classes_are_a_clear_error(tmp_path):
         fit(zoo.build_model("iris-mlp"), Dataset("labels", split, split, split), tmp_path / "run")
 
 
-@pytest.mark.parametrize(("label", "message"), [
-    (-1, "data 'negative, train split': class labels must be 0 or more, but one is -1"),
-    (3, "data 'negative, train split': labels go up to 3 but output 'logits' has 3 scores"),
+@pytest.mark.parametrize(("label", "shift", "message"), [
+    (-1, 0, "data 'negative, train split': class labels must be 0 or more, but one is -1"),
+    (3, 0, "data 'negative, train split': labels go up to 3 but output 'logits' has 3 scores"),
+    # UCI's wine and iris number their classes 1..3: the model is right, the numbering is not
+    (None, 1, r"data 'negative, train split': class labels run from 1 to 3, but class ids count from 0 \(0 to 2 for "
+              r"output 'logits''s 3 scores\); renumber them from 0 \(subtract 1\)$"),
 ])
-def test_class_labels_must_lie_in_range(tmp_path, label, message):
+def test_class_labels_must_lie_in_range(tmp_path, label, shift, message):
     x, y = iris_like()
-    y[7] = label
+    y += shift
+    if label is not None:
+        y[7] = label
     split = Split("train", {"x": x}, y)
     with pytest.raises(OnnxkitError, match=message):
         fit(zoo.build_model("iris-mlp"), Dataset("negative", split, split, split), tmp_path / "run")

@@ -90,7 +90,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     width = len(header or rows[0])
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
-    named = label_column(header)
+    named = label_column(header, str(path))
     label_col = width - 1 if named is None else named
     for line, row in zip(lines, body, strict=True):
         if len(row) != width:

@@ -240,7 +240,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
     widths = {len(row) for row in rows}
     if len(widths) != 1:
         raise OnnxkitError(f"{path}: rows have different lengths {sorted(widths)}; fix the file")
-    label = label_column(header)
+    label = label_column(header, str(path))
     if label is not None:  # as train reads the file: that column is the label, not a feature
         rows = [row[:label] + row[label + 1:] for row in rows]
         header = header[:label] + header[label + 1:]
