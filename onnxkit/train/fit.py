@@ -686,9 +686,13 @@ class _Setup:
             raise OnnxkitError(f"{self.monitor} needs a classification loss; monitor val_loss instead")
 
     def _say_notes(self, unscaled_note: str | None) -> None:
-        """The lines about the data (unscaled, one class, two-valued targets), once it has passed every check."""
+        """The lines about the data (unscaled, nothing held out, one class, two-valued targets), once it has
+        passed every check."""
         if unscaled_note:
             self.progress.line(unscaled_note)
+        if not len(self.dataset.validation) and not len(self.dataset.test):
+            self.progress.line(f"warning: the validation and test splits are empty ({len(self.dataset.train)} "
+                               "examples in all): nothing scores the model on data it did not train on")
         if not self.regression:
             self._warn_one_class(self.dataset)
         elif not (self.config.loss or self.named_task):
