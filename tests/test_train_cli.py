@@ -210,8 +210,9 @@ def test_training_data_of_one_class_gets_a_warning(run_cli, tmp_path):
             "examples of the other classes)") in result.err.splitlines()
     mixed = run_cli("train", model, "--data", "iris", "--steps", "1", "-o", tmp_path / "mixed")
     assert "every training example" not in mixed.err and "splits are empty" not in mixed.err
-    np.savez(tmp_path / "three.npz", x=rows[:3], y=np.array([0, 1, 2]))  # too few rows to hold any out
-    tiny = run_cli("train", model, "--data", tmp_path / "three.npz", "--steps", "1", "-o", tmp_path / "tiny")
+    (tmp_path / "three.csv").write_text("a,b,c,d,label\n" + "".join(  # too few rows to hold any out
+        ",".join(map(str, r)) + f",{k % 2}\n" for k, r in enumerate(rows[:3])))
+    tiny = run_cli("train", model, "--data", tmp_path / "three.csv", "--steps", "1", "-o", tmp_path / "tiny")
     assert ("warning: the validation and test splits are empty (3 examples in all): nothing scores the model on "
             "data it did not train on") in tiny.err.splitlines()
 
