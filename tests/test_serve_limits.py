@@ -549,6 +549,25 @@ def test_grpc_connections_past_the_cap_are_closed(crowded):
             sock.close()
 
 
+def test_grpc_connections_without_a_call_are_closed_after_the_keep_alive(paths):
+    # 512 connections that sent the HTTP/2 preface and nothing more kept every gRPC client out for the 55-60 s
+    # gRPC took to drop them by itself; now each goes after --keep-alive seconds without a call, as HTTP's do
+    with ServerProcess([paths["slow"]], "--grpc-port", "0", "--keep-alive", "1") as running:
+        host, port = running.grpc.rsplit(":", 1)
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        socks = [socket.create_connection((host, int(port))) for _ in range(3)]
+        try:
+            for sock in socks:
+                sock.sendall(preface)
+            time.sleep(0.3)
+            assert not any(closed_by_server(sock) for sock in socks)
+            time.sleep(2.5)
+            assert all(closed_by_server(sock) for sock in socks)
+        finally:
+            for sock in socks:
+                sock.close()
+
+
 def closed_by_server(sock: socket.socket) -> bool:
     """True if the server has closed `sock` (what it sent first is read and dropped)."""
     sock.setblocking(False)

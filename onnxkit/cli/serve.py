@@ -31,7 +31,7 @@ from onnxkit.serve.limits import DEFAULT_LIMITS, Limits
                    "request message: DEADLINE_EXCEEDED), and for a client to go on reading its answer (dropped "
                    "past it).")
 @click.option("--keep-alive", type=options.POSITIVE, default=DEFAULT_LIMITS.keep_alive_timeout, show_default=True,
-              help="Seconds an idle connection is kept open between requests.")
+              help="Seconds an idle connection (HTTP, or gRPC with no call in progress) is kept open between requests.")
 @click.option("--stream-idle-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.stream_idle_timeout,
               show_default=True,
               help="Seconds a gRPC stream may stay open with no request in progress; then the server ends it "

@@ -546,6 +546,10 @@ async def start_server(address: str, service: InferenceService, limits: Limits) 
         ("grpc.max_receive_message_length", limits.max_body_bytes),
         ("grpc.max_allowed_incoming_connections", limits.max_connections),
         ("grpc.server_handshake_timeout_ms", round(limits.header_timeout * 1000)),
+        # a connection with no call in progress for as long as HTTP keeps one alive is closed (GOAWAY; clients
+        # reconnect on their next call): 512 held open with an HTTP/2 preface and nothing more kept every gRPC
+        # client out for the 55-60 s gRPC took to drop them by itself
+        ("grpc.max_connection_idle_ms", round(limits.keep_alive_timeout * 1000)),
     ]
     room = CallRoom(limits)
     server = grpc.aio.server(options=options, interceptors=[room])
