@@ -52,13 +52,30 @@ def split(b: Backward) -> list[str | None]:
 
 def _scatter_into_zeros(b: Backward, selected_positions: str, values: str) -> str:
     """A tensor shaped like input 0, zero except `values` (any shape) at the flat positions
-    `selected_positions` (same shape), which may repeat: repeats add up. (ScatterElements, not
-    ScatterND: onnxruntime's CPU ScatterND loses updates to repeated indices across threads.)"""
+    `selected_positions` (same shape), which may repeat: repeats add up."""
     x = b.x()
     flat = b.op("Reshape", values, b.ints([-1]))
     zeros = b.zeros(b.op("Reshape", b.op("Size", x), b.ints([1])))
     where = b.op("Reshape", selected_positions, b.ints([-1]))
-    return b.op("Reshape", b.op("ScatterElements", zeros, where, flat, axis=0, reduction="add"), b.shape(x))
+    return b.op("Reshape", _add_rows(b, zeros, where, flat), b.shape(x))
+
+
+def _add_rows(b: Backward, zeros: str, index: str, values: str, rank: int = 1) -> str:
+    """`zeros` with each row `values[i]` (of rank `rank` in all) added to its row `index[i]` (int64 [M]; rows may
+    repeat).
+
+    ScatterElements adds up repeats from opset 16 (ScatterND loses some across onnxruntime's CPU threads). Before,
+    repeats are summed first: Unique's rows, and a GEMM of the one-hot of each value's unique row ([M, U], at most
+    M x M) against the values; then ScatterND writes each unique row once."""
+    if b.opset >= 16:
+        where = b.op("Expand", b.op("Reshape", index, b.ints([-1] + [1] * (rank - 1))), b.shape(values))
+        return b.op("ScatterElements", zeros, where, values, axis=0, reduction="add")
+    rows, _, inverse, _ = b.op("Unique", index, outputs=4, sorted=1)
+    hot = b.op("OneHot", inverse, b.op("Size", rows), b.const([0.0, 1.0]))
+    sums = b.op("Gemm", hot, b.op("Reshape", values, b.ints([-1, 1] if rank == 1 else [0, -1])), transA=1)
+    row_shape = b.op("Slice", b.shape(values), b.ints([1]), b.ints([2**62]))
+    sums = b.op("Reshape", sums, b.op("Concat", b.ints([-1]), row_shape, axis=0))
+    return b.op("ScatterND", zeros, b.unsqueeze(rows, [1]), sums)
 
 
 def _positions(b: Backward) -> str:
@@ -100,10 +117,7 @@ def gather(b: Backward) -> list[str | None]:
         return [b.op("Gemm", hot, b.op("Reshape", dy, b.ints([-1, dims[1]])), transA=1), None]
     row_shape = b.op("Slice", b.shape(x), b.ints([1]), b.ints([2**62]))
     values = b.op("Reshape", dy, b.op("Concat", b.ints([-1]), row_shape, axis=0))
-    where = b.op("Expand", b.op("Reshape", index, b.ints([-1] + [1] * (rank - 1))), b.shape(values))
-    # ScatterElements, not ScatterND: onnxruntime's CPU ScatterND loses updates to
-    # repeated indices when it splits them across threads
-    return [b.op("ScatterElements", b.zeros(b.shape(x)), where, values, axis=0, reduction="add"), None]
+    return [_add_rows(b, b.zeros(b.shape(x)), b.op("Reshape", index, b.ints([-1])), values, rank), None]
 
 
 def padding_row(node: onnx.NodeProto) -> int | None:
