@@ -9,6 +9,7 @@ import signal
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from conftest import has_ort_training
 from onnx import TensorProto, helper, numpy_helper
@@ -297,3 +298,17 @@ def test_a_model_of_opset_13_trains_as_one_of_opset_17(tmp_path):
         trained[version] = {t.name: numpy_helper.to_array(t) for t in load_model(result.model_path).graph.initializer}
     for name, value in trained[17].items():
         np.testing.assert_allclose(trained[13][name], value, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_a_training_graph_onnxruntime_refuses_is_reported_as_onnxkits_bug(tmp_path):
+    from onnxkit.train.backends.onnx.session import _own_session
+
+    path = tmp_path / "training.onnx"
+    graph = helper.make_graph([helper.make_node("ScatterElements", ["x", "i", "x"], ["y"], reduction="add")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+                               helper.make_tensor_value_info("i", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)  # reduction: opset 16
+    with pytest.raises(OnnxkitError, match=r"cannot load it \(.*reduction.*\); this is a bug in onnxkit's graph "
+                                           r"for this model: please report it with the model$"):
+        _own_session(path, ort.SessionOptions(), ["CPUExecutionProvider"])
