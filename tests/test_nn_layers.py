@@ -418,3 +418,27 @@ def test_model_level_properties():
     typed = {v.name for v in model.graph.value_info}
     assert typed == {"0/MatMul_output_0", "0/Add_output_0"}  # every intermediate is typed
     assert {p.key: p.value for p in model.metadata_props}["k"] == "[1, 2]"
+
+
+class Norm(nn.Module):
+    def __init__(self):
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+def test_ops_newer_than_the_opset_are_one_line_naming_the_opset_they_need():
+    # LayerNormalization at opset 15 was a traceback (onnx's SchemaError); Shape's end at 13 said only
+    # "Unrecognized attribute: end"
+    with pytest.raises(OnnxkitError, match=r"^norm: LayerNormalization needs opset 17; build with that opset or "
+                                           r"later \(this one is 15\)$"):
+        nn.build(Norm(), {"x": nn.Input(["batch", 4])}, opset=15)
+
+    class Tail(nn.Module):
+        def forward(self, x):
+            return nn.ops.shape_of(x, 1)  # Shape's start: Shape + Slice before opset 15
+
+    for opset in (13, 15):
+        model = nn.build(Tail(), {"x": nn.Input(["batch", 3, 5])}, opset=opset)
+        assert ort_run(model, {"x": np.zeros((2, 3, 5), np.float32)})[0].tolist() == [3, 5]

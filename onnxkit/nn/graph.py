@@ -203,10 +203,19 @@ class Graph:
     def _infer(
         self, node: onnx.NodeProto, inputs: Sequence[Tensor | None], domain: str, typed_by_hint: bool = False
     ) -> list[onnx.TypeProto]:
-        schema = onnx.defs.get_schema(node.op_type, self.opset, domain)
+        where = self.where
+        try:
+            schema = onnx.defs.get_schema(node.op_type, self.opset, domain)
+        except onnx.defs.SchemaError:
+            raise OnnxkitError(f"{where}: {node.op_type} {_since(node.op_type, domain)}; build with that opset or "
+                               f"later (this one is {self.opset})") from None
+        unknown = sorted({a.name for a in node.attribute} - set(schema.attributes))
+        if unknown:
+            raise OnnxkitError(f"{where}: {node.op_type}'s attribute {unknown[0]!r} "
+                               f"{_since(node.op_type, domain, unknown[0])}; build with that opset or later "
+                               f"(this one is {self.opset})")
         in_types = {t.name: type_proto(t.dtype, t.shape) for t in inputs if t is not None}
         data = {t.name: self.constants[t.name] for t in inputs if t is not None and t.name in self.constants}
-        where = self.where
         try:
             inferred = shape_inference.infer_node_outputs(schema, node, in_types, data)
         except (shape_inference.InferenceError, onnx.checker.ValidationError) as e:
@@ -238,3 +247,15 @@ def tracing(graph: Graph) -> Iterator[Graph]:
 
 
 __all__ = ["Dim", "Graph", "Tensor", "TensorProto", "current_graph", "tracing", "type_proto"]
+
+
+def _since(op_type: str, domain: str, attribute: str | None = None) -> str:
+    """'needs opset N': the first opset whose schema of `op_type` has `attribute` (or exists at all)."""
+    for version in range(1, onnx.defs.onnx_opset_version() + 1):
+        try:
+            schema = onnx.defs.get_schema(op_type, version, domain)
+        except onnx.defs.SchemaError:
+            continue
+        if attribute is None or attribute in schema.attributes:
+            return f"needs opset {max(version, schema.since_version)}"
+    return "is not in this onnx"

@@ -204,7 +204,9 @@ def squeeze(x: TensorLike, axes: Sequence[int]) -> Tensor:
 
 def shape_of(x: TensorLike, start: int = 0, end: int | None = None) -> Tensor:
     """The runtime shape of `x` (or dims start:end) as an int64 vector."""
-    attrs = {"start": start} if start else {}  # start and end arrived in opset 15
+    if current_graph().opset < 15 and (start or end is not None):  # Shape's start and end arrived in opset 15
+        return slice(_op("Shape", as_tensor(x)), [start], [2**62 if end is None else end], [0])
+    attrs = {"start": start} if start else {}
     if end is not None:
         attrs["end"] = end
     return _op("Shape", as_tensor(x), **attrs)
