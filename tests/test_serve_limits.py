@@ -419,6 +419,37 @@ def test_a_request_in_flight_at_stop_is_answered_with_connection_close(paths):
     assert answer.startswith(b"http/1.1 200 ") and b"connection: close" in answer
 
 
+@pytest.mark.parametrize("second_ctrl_c", [False, True])
+def test_requests_still_running_after_the_drain_timeout_get_a_503(paths, second_ctrl_c):
+    # before: uvicorn cancelled them after its fixed 10 s: a 500 and a CancelledError traceback each (and a
+    # second Ctrl-C did so at once)
+    x = np.ones((128, 512), dtype=np.float32)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [128, 512], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    request = f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n" + body
+    options = ["--threads", "1", "--max-batch-size", "128", "--drain-timeout", "60" if second_ctrl_c else "0.5"]
+    with ServerProcess([paths["slow"]], *options) as running:
+        socks = [connect(running.url) for _ in range(4)]
+        for sock in socks:
+            sock.sendall(request.encode())
+        stats = running.url + "/v2/models/slow/stats"
+        while not httpx.get(stats).json()["model_stats"][0]["inference_stats"]["queue"]["count"]:
+            time.sleep(0.01)  # until the first run has begun; the other three wait behind it
+        if second_ctrl_c:
+            running.process.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        start = time.monotonic()
+        assert running.stop(signal.SIGINT if second_ctrl_c else signal.SIGTERM) == 0
+        assert time.monotonic() - start < 20
+        replies = [closed_after(sock, start)[1] for sock in socks]
+        for sock in socks:
+            sock.close()
+    heads = [reply.partition(b"\r\n\r\n")[0].lower() for reply in replies]
+    assert all(h.startswith((b"http/1.1 200 ", b"http/1.1 503 ")) for h in heads), heads
+    refused = [r for r, h in zip(replies, heads, strict=True) if h.startswith(b"http/1.1 503 ")]
+    assert refused and all(b"retry-after:" in r.lower() and b"the server is stopping" in r for r in refused)
+    assert running.log[-1] == "stopped" and not any("Traceback" in line or "ERROR" in line for line in running.log)
+
+
 def test_a_client_not_reading_its_answer_delays_the_stop_by_the_grace_only(paths):
     # before: the stop waited for it until uvicorn's 10 s graceful-shutdown timeout, which logged an ERROR
     with ServerProcess([paths["nonfinite"]], "--api-key", KEY) as running, never_reading(running.url) as sock:

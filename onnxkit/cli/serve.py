@@ -30,6 +30,9 @@ from onnxkit.serve.limits import DEFAULT_LIMITS, Limits
               help="Seconds for a request's whole body to arrive after its head (408 past it; a gRPC call's "
                    "request message: DEADLINE_EXCEEDED), and for a client to go on reading its answer (dropped "
                    "past it).")
+@click.option("--drain-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.drain_timeout, show_default=True,
+              help="Seconds the requests in progress at a stop (SIGINT, SIGTERM) may take to finish; those "
+                   "still running then get a 503 (so does every one at a second Ctrl-C).")
 @click.option("--keep-alive", type=options.POSITIVE, default=DEFAULT_LIMITS.keep_alive_timeout, show_default=True,
               help="Seconds an idle connection (HTTP, or gRPC with no call in progress) is kept open between requests.")
 @click.option("--stream-idle-timeout", type=options.POSITIVE, default=DEFAULT_LIMITS.stream_idle_timeout,
@@ -57,6 +60,7 @@ def serve_cmd(
     max_body_mb: float,
     header_timeout: float,
     body_timeout: float,
+    drain_timeout: float,
     keep_alive: float,
     stream_idle_timeout: float,
     max_connections: int,
@@ -95,6 +99,7 @@ def serve_cmd(
             max_queue=max_queue,
             max_body_bytes=int(max_body_mb * 2**20),
             stream_idle_timeout=stream_idle_timeout,
+            drain_timeout=drain_timeout,
         ),
         api_key=api_key,
         watch=watch,

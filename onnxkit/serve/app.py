@@ -197,6 +197,10 @@ class _Front:
         self.start = start
         self.stop = stop
 
+    def abandon(self) -> None:
+        """Stop waiting for the requests in progress: each gets a 503 now."""
+        self.repository.abandon()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)

@@ -74,6 +74,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnxkit-{model.name}")
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: list[_Pending] = []  # the batch onnxruntime is running
 
     def start(self) -> None:
         # kept: asyncio.get_running_loop() costs a getpid() system call each time, several µs in some sandboxes
@@ -89,6 +90,15 @@ class Batcher:
             pending = self._queue.popleft()
             _settle(pending.future, error=RequestError(503, "the server is shutting down"))
         self._executor.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """The server stops without waiting any longer: answer what is queued or running with a 503 now (a run in
+        progress finishes unseen)."""
+        stopping = RequestError(503, "the server is stopping; retry (on another server, or on this one once it is "
+                                     "back)")
+        for pending in [*self._running, *self._queue]:
+            _settle(pending.future, error=stopping)
+        self._queue.clear()
 
     def receiving(self) -> None:
         """A request for this model has arrived and is being read: worth waiting for."""
@@ -157,6 +167,8 @@ class Batcher:
             except Exception as e:  # a bug here must fail these requests, not stop the worker
                 for pending in batch:
                     _settle(pending.future, error=RequestError(500, f"internal error in batching: {e!r}"))
+            finally:
+                self._running = []
 
     async def _hold(self, deadline: float) -> None:
         """Wait while the batch is worth holding, until `deadline` on the loop's clock.
@@ -214,6 +226,7 @@ class Batcher:
         model = batch[0].model
         rows = sum(p.rows for p in batch) or 1
         estimate = self._seconds_per_row.get(model)
+        self._running = batch
         try:
             run = (model, feeds, rows, self.max_batch_size)
             if estimate is not None and estimate * rows < INLINE_RUN_S:

@@ -107,16 +107,19 @@ class Limits:
     max_body_bytes: int = 32 * 1024 * 1024
     stream_idle_timeout: float = 300.0
     stream_grace: float = 1.0
+    drain_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        timeouts = (self.header_timeout, self.body_timeout, self.keep_alive_timeout, self.stream_idle_timeout)
+        timeouts = (self.header_timeout, self.body_timeout, self.keep_alive_timeout, self.stream_idle_timeout,
+                    self.drain_timeout)
         if (
             min(timeouts) <= 0
             or self.stream_grace < 0
             or min(self.max_connections, self.max_queue, self.max_body_bytes) < 1
         ):
             raise OnnxkitError(
-                "header_timeout, body_timeout, keep_alive_timeout and stream_idle_timeout must be > 0 seconds, "
+                "header_timeout, body_timeout, keep_alive_timeout, stream_idle_timeout and drain_timeout must be > 0 "
+                "seconds, "
                 "stream_grace >= 0, max_connections, max_queue and max_body_bytes > 0"
             )  # the CLI's option types refuse such values before they get here
 

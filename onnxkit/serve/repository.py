@@ -63,6 +63,11 @@ class Repository:
         if watch:
             self._watch = asyncio.get_running_loop().create_task(self._watch_files())
 
+    def abandon(self) -> None:
+        """Answer every queued or running request with a 503 now (`Batcher.abandon`)."""
+        for entry in self._entries.values():
+            entry.batcher.abandon()
+
     async def stop(self) -> None:
         if self._watch is not None:
             self._watch.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import gc
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Literal, Protocol
 
 import uvicorn
@@ -184,6 +186,9 @@ def serve(
     print("stopped", file=sys.stderr)
 
 
+DRAIN_BACKSTOP_S = 5.0  # uvicorn cancels what still runs this long after the requests were answered 503
+
+
 def http_config(app: ASGIApp, limits: Limits, lifespan: Literal["on", "off"] = "on") -> uvicorn.Config:
     """The HTTP stack `serve` runs `app` on: uvicorn with the h11 protocol that enforces `limits`.
 
@@ -197,7 +202,7 @@ def http_config(app: ASGIApp, limits: Limits, lifespan: Literal["on", "off"] = "
         log_level="warning",
         access_log=False,
         lifespan=lifespan,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=limits.drain_timeout + DRAIN_BACKSTOP_S,  # Server answers them 503 before
     )
 
 
@@ -211,6 +216,8 @@ class Startable(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    def abandon(self) -> None: ...
 
 
 class Server(uvicorn.Server):
@@ -231,8 +238,10 @@ class Server(uvicorn.Server):
         self.app = app
         self.on_started = started
         self.failure: OnnxkitError | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         if self.app is not None:
             try:
                 await self.app.start()
@@ -250,9 +259,25 @@ class Server(uvicorn.Server):
             self.on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().shutdown(sockets=sockets)
+        """uvicorn's graceful shutdown; the requests still running `drain_timeout` seconds into it (or at a
+        second Ctrl-C) are answered with a 503, where uvicorn cancelled them: a 500 and a traceback each."""
+        drain = (self.config.timeout_graceful_shutdown or DRAIN_BACKSTOP_S) - DRAIN_BACKSTOP_S
+        drained = asyncio.get_running_loop().call_later(drain, self._abandon)
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            drained.cancel()
         if self.app is not None:
             await self.app.stop()
+
+    def _abandon(self) -> None:
+        if self.app is not None:
+            self.app.abandon()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and self._loop is not None:  # the second signal: stop waiting for anything
+            self._loop.call_soon_threadsafe(self._abandon)
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
