@@ -203,6 +203,14 @@ BAD_REQUESTS = [
      + b"0" * 5000 + b"]}]}", 400, "a number has 5001 digits; no datatype holds one longer than 20"),
     ("POST", "/v2/models/digits/infer", _with(data=None, parameters={"binary_data_size": "16"}), 400,
      "binary_data_size must be a whole number of bytes, got '16'"),
+    # shared memory (tritonclient's set_shared_memory): an output asked for in a region came back inline, unsaid
+    ("POST", "/v2/models/digits/infer", _with(data=None, parameters={"shared_memory_region": "in"}), 400,
+     "input 'x': shared memory is not supported (region 'in'); send the data in the request"),
+    ("POST", "/v2/models/digits/infer", {**GOOD, "outputs": [{"name": "logits", "parameters": {
+        "shared_memory_region": "out", "shared_memory_byte_size": 40}}]}, 400,
+     "output 'logits': shared memory is not supported (region 'out')"),
+    ("GET", "/v2/systemsharedmemory/status", None, 404,
+     "no such endpoint: /v2/systemsharedmemory/status (system shared memory is not supported by this server)"),
 ]
 
 

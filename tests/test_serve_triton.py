@@ -208,6 +208,24 @@ def test_text_of_another_shape_than_one_text_a_row_gets_400(direct, shape):
     assert str(refused.value) == f"model 'words': input 'text' must have shape [texts], one text a row, got {shape}"
 
 
+def test_shared_memory_tensors_are_refused_not_answered_inline(triton):
+    # tritonclient's set_shared_memory on an output came back in the answer instead: a client reading its
+    # region read stale bytes; on an input, the error was about a missing "data"
+    module, client = triton
+    x = tensor(module, "x", np.zeros((1, 64), np.float32), "FP32")
+    out = module.InferRequestedOutput("logits")
+    out.set_shared_memory("output_region", 40)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("digits", [x], outputs=[out])
+    assert "output 'logits': shared memory is not supported (region 'output_region')" in refused.value.message()
+    shared = module.InferInput("x", [1, 64], "FP32")
+    shared.set_shared_memory("input_region", 256)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("digits", [shared])
+    assert "input 'x': shared memory is not supported (region 'input_region')" in refused.value.message()
+    assert client.infer("digits", [x]).as_numpy("logits").shape == (1, 10)
+
+
 def test_bad_shape_and_unknown_model_are_refused_and_the_server_keeps_serving(triton):
     module, client = triton
     wrong = tensor(module, "x", np.zeros((2, 32), np.float32), "FP32")

@@ -89,6 +89,7 @@ def decode_infer(request: Any, model: Model) -> InferRequest:
     inputs = []
     for i, tensor in enumerate(request.inputs):
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        protocol.refuse_shared_memory(_parameters(tensor.parameters), f"input {name!r}")
         protocol.check_input(name, datatype, shape, specs, model.name, inputs)
         if raw:
             if tensor.contents.ListFields():  # one would be dropped without a word

@@ -386,7 +386,17 @@ def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
     parameters = obj.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise RequestError(400, f'"parameters" of {what} must be an object')
+    refuse_shared_memory(parameters, what)
     return parameters
+
+
+def refuse_shared_memory(parameters: Mapping[str, Any], what: str) -> None:
+    """RequestError(400) for a tensor in a shared-memory region (tritonclient's set_shared_memory): an output
+    asked for there came back in the answer instead, and a client reading the region read stale bytes."""
+    if "shared_memory_region" in parameters:
+        raise RequestError(400, f"{what}: shared memory is not supported (region "
+                                f"{parameters['shared_memory_region']!r}); send the data in the request, as binary "
+                                "data for speed")
 
 
 def array_from_values(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
@@ -547,6 +557,7 @@ def _requested_outputs(
         return names, {}, set(names) if binary_outputs else set()
     chosen, classification, raw = [], {}, set()
     for name, parameters in requested:
+        refuse_shared_memory(parameters, f"output {name!r}")
         if name not in names:
             hint = f"{suggest(str(name), names)} Its outputs: {', '.join(names)}"
             raise RequestError(400, f"model {model.name!r} has no output {name!r}.{hint}")
