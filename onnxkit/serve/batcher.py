@@ -224,7 +224,9 @@ class Batcher:
         else:
             feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
         model = batch[0].model
-        rows = sum(p.rows for p in batch) or 1
+        rows = sum(p.rows for p in batch)
+        counted = rows if model.batchable else len(batch)  # inferences the statistics count: no rows, none
+        rows = rows or 1
         estimate = self._seconds_per_row.get(model)
         self._running = batch
         try:
@@ -243,8 +245,8 @@ class Batcher:
             return
         # runs are only ever slowed by other work on the CPUs: follow the fastest, rising 10% a run
         self._seconds_per_row[model] = min(seconds / rows, (estimate or float("inf")) * 1.1)
-        self.metrics.record_batch(self.name, rows)
-        self.statistics.ran(rows, seconds)
+        self.metrics.record_batch(self.name, counted)
+        self.statistics.ran(counted, seconds)
         if len(batch) == 1:
             _settle(batch[0].future, outputs)
             return
