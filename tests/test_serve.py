@@ -407,6 +407,18 @@ def test_a_model_that_fails_on_one_row_of_zeros_is_served_with_a_warning(tmp_pat
     assert running.process.returncode == 0 and not any("Traceback" in line for line in running.log)
 
 
+def test_a_text_model_of_fewer_positions_than_the_probe_is_warmed_up_on_a_shorter_one(tmp_path, capsys):
+    # a text-transformer built with max_len=64 failed the 128-token probe: served unwarmed, with a warning
+    from onnxkit.serve.server import load_served
+
+    path = save_model(zoo.build_model("text-transformer", max_len=64, num_layers=1, vocab_size=1000, dim=32,
+                                      heads=2, ff_dim=64), tmp_path / "short.onnx")
+    model = load_served("short", path, "cpu", 1)
+    assert "warm-up" not in capsys.readouterr().err
+    ids = np.ones((1, 64), np.int64)
+    assert model.run({"input_ids": ids, "attention_mask": ids})["logits"].shape == (1, 2)
+
+
 def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
     _, paths = models
     broken = tmp_path / "broken.onnx"
