@@ -346,6 +346,10 @@ def test_port_in_use_is_one_clear_error(server, models):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: 127.0.0.1:{port} is already in use; stop the program using it or pass another --port"
     )
+    same = subprocess.run([sys.executable, "-m", "onnxkit", "serve", paths["fixed"], "--port", "18999", "--grpc-port",
+                           "18999"], capture_output=True, text=True, timeout=60)  # said 18999 was in use
+    assert same.returncode == 1 and same.stderr.strip().splitlines()[-1] == (
+        "error: --grpc-port 18999 is also the HTTP port; give gRPC a port of its own")
 
 
 def test_library_errors_name_parameters_the_cli_shows_as_flags(server):

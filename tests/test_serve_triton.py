@@ -387,6 +387,17 @@ def test_tritonclient_streams_answer_each_request_in_order_and_a_refusal_does_no
 
     assert count(after, "200") - count(before, "200") == 4 and count(after, "400") - count(before, "400") == 1
 
+def test_a_refused_stream_request_names_its_id(server):
+    # an error answer carried an empty id: a client could match it to its request by order alone
+    request = grpc_message("ModelInferRequest")(model_name="nope", id="mine")
+    with grpc.insecure_channel(server.grpc) as channel:
+        call = channel.stream_stream(f"/{grpc_service.SERVICE}/ModelStreamInfer",
+                                     request_serializer=lambda m: m.SerializeToString(),
+                                     response_deserializer=grpc_message("ModelStreamInferResponse").FromString)
+        (reply,) = list(call(iter([request]), timeout=30))
+    assert reply.infer_response.id == "mine" and "no model 'nope'" in reply.error_message
+
+
 def test_a_stream_reads_no_further_ahead_of_its_client_than_stream_ahead():
     # before: every request was read and answered while the client took no answer, each answer held in memory
     # (30,000 requests of 4 KB on a stream never read: +90 MB, for as long as the stream lasted)

@@ -148,6 +148,9 @@ def serve(
     if max_batch_size < 1 or max_delay_ms < 0:
         raise OnnxkitError("max_batch_size must be >= 1, max_delay_ms >= 0", params=["max_batch_size", "max_delay_ms"])
     key = auth.api_key(api_key)
+    if grpc_port is not None and grpc_port == port != 0:
+        raise OnnxkitError(f"grpc_port {grpc_port} is also the HTTP port; give gRPC a port of its own",
+                           params=["grpc_port"])
     files = model_files(specs)
 
     def load(name: str, path: Path) -> runtime.Model:
