@@ -182,8 +182,11 @@ def quantize(
             quantized = quantizer.run(settings, calibration() if mode == "static" else None)
 
         if settings.mode == "dynamic" and quantizer.fused:
-            notes.append(f"fused {quantizer.fused['Attention']} attention blocks into ONNX Runtime's Attention op "
-                         "(QAttention in int8; the model now needs ONNX Runtime to run)")
+            fused, blocks = quantizer.fused["Attention"], _attention_blocks(original)
+            left = (f" ({blocks - fused} left as they were: a pattern ONNX Runtime's fusion does not match, such as "
+                    "a pre-norm encoder's first block)") if blocks > fused else ""
+            notes.append(f"fused {fused} of {max(blocks, fused)} attention blocks into ONNX Runtime's Attention op "
+                         f"(QAttention in int8; the model now needs ONNX Runtime to run){left}")
         _stamp(quantized, original, settings)
         report = Report(
             model=str(source) if source else "(model)",
@@ -400,3 +403,9 @@ def _closer_options(settings: Settings) -> str:
 def _stamp(quantized: onnx.ModelProto, original: onnx.ModelProto, settings: Settings) -> None:
     """Carry the original's metadata over and record how the model was quantized."""
     set_metadata(quantized, {**metadata(original), **metadata(quantized), QUANTIZATION_KEY: settings.as_dict()})
+
+
+def _attention_blocks(model: onnx.ModelProto) -> int:
+    """Softmaxes inside the graph: one per attention block (a classifier's output Softmax is none)."""
+    outputs = {o.name for o in model.graph.output}
+    return sum(n.op_type == "Softmax" and n.output[0] not in outputs for n in model.graph.node)
