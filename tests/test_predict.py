@@ -33,6 +33,8 @@ def test_npy_in_table_out_with_top_k(run_cli, digits, tmp_path):
     for row, line in zip(logits, lines[1:], strict=True):
         best = np.argsort(-row)[:3]
         assert [part.split(" (")[0] for part in line[5:].split("  ")] == [str(i) for i in best]
+    every = run_cli("predict", path, "--input", tmp_path / "x.npy", "--top-k", "11")  # past the 10 classes
+    assert every.out.splitlines()[0] == "row  top-10 labels (score)"
 
 
 @pytest.mark.parametrize("suffix", [".json", ".csv", ".npz", ".npy"])

@@ -1124,3 +1124,10 @@ def test_a_block_size_given_outside_int4_is_said_to_be_ignored():
     assert "--block-size does not apply to --mode dynamic; ignored" in notes
     int4 = quantize(mlp(), mode="int4", block_size=16, measure_latency=False)
     assert not any("block" in n for n in int4.report.notes)
+
+
+def test_no_change_in_accuracy_is_a_drop_of_zero_not_minus_zero():
+    from onnxkit.quantize.accuracy import Score
+
+    same = Score("accuracy", 0.9721).drop_to(Score("accuracy", 0.9721))
+    assert same == 0.0 and str(same) == "0.0"  # the auto table showed -0.00 and the report "drop": -0.0

@@ -184,7 +184,8 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
         lines += [f"{i:<4} {names[i]} ({logits[i]:.4g})" for i in range(min(rows, max_rows))]
     elif classes:
         best = prediction.top_k(top_k or 1)
-        lines.append(f"row  {'top-' + str(top_k) + ' labels' if top_k else 'label'} (score)")
+        shown = min(top_k, len(best[0])) if top_k and len(best) else top_k  # k past the classes: all of them
+        lines.append(f"row  {'top-' + str(shown) + ' labels' if top_k else 'label'} (score)")
         for i, row in enumerate(best[:max_rows]):
             lines.append(f"{i:<4} " + "  ".join(f"{label} ({score:.4g})" for label, score in row))
     else:
