@@ -83,6 +83,10 @@ def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):
     refused(run_cli("train", tmp_path / "digits-cnn", "--data", "digits-images", "-o", run),  # a zoo name, not built
             "digits-cnn is a zoo model, not a file: build it first (onnxkit build digits-cnn -o digits-cnn.onnx)", run)
     refused(run_cli("train", "--resume", tmp_path), "is not a training run (no run.json)", run)
+    early = tmp_path / "early"  # killed after its artifacts, before run.json: was told to pass the folder given to -o
+    (early / "artifacts").mkdir(parents=True)
+    refused(run_cli("train", "--resume", early), f"{early} holds a run stopped before it began (no run.json): "
+                                                 f"start it again with the same command and -o {early}", run)
     for args, message in (((cnn, "-o", run), "give MODEL.onnx, --data and -o RUN_DIR"),
                           ((cnn, "--data", "iris", "--resume", tmp_path), "give only --resume RUN_DIR")):
         malformed = run_cli("train", *args)

@@ -86,6 +86,9 @@ class RunDirectory:
         has none; `has_checkpoint` tells, and it restarts from the beginning."""
         run = cls(path)
         if not run.run_json.is_file():
+            if (run.path / "artifacts").is_dir() or run.checkpoints.is_dir():  # killed before run.json was written
+                raise OnnxkitError(f"{run.path} holds a run stopped before it began (no run.json): start it again "
+                                   f"with the same command and -o {run.path}")
             raise OnnxkitError(f"{run.path} is not a training run (no run.json); pass the folder given to -o")
         if run._live():
             raise OnnxkitError(f"{run.path} is in use by a training run that is still going; wait for it to end")
