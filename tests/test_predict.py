@@ -193,8 +193,13 @@ def test_a_label_column_predict_cannot_tell_is_a_one_line_error(run_cli, iris, t
     write_csv(tmp_path / "bare.csv", None, [*x.T.tolist(), texts])
     write_csv(tmp_path / "ids.csv", None, [*x.T.tolist(), y.tolist()])
     write_csv(tmp_path / "three.csv", ["a", "b", "c", "target"], [*x.T[:3].tolist(), y.tolist()])
+    # pandas' index and a label column before the text one: the text is the file's column 7 (was said to be 5)
+    write_csv(tmp_path / "indexed.csv", ["", "label", "a", "b", "c", "d", "species"],
+              [list(range(len(y))), y.tolist(), *x.T.tolist(), texts])
     heads = "label / labels / target / y / class"
     cases = [
+        ("indexed.csv", f"column 7 ('species') holds text ('setosa'); predict reads numbers only: remove that "
+                        f"column, or if it holds the labels head it {heads}"),
         ("species.csv", f"column 5 ('species') holds text ('setosa'); predict reads numbers only: remove that column, "
                         f"or if it holds the labels head it {heads}"),
         ("bare.csv", f"column 5 holds text ('setosa'); predict reads numbers only: remove that column, or if it holds "

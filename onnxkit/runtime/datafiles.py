@@ -235,7 +235,10 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
     header = csv_header(rows[0]) if rows else None
     if header:
         rows = rows[1:]
+    width = len(header or (rows[0] if rows else ()))
     header, rows = without_index(header, rows)
+    kept = len(header or (rows[0] if rows else ()))
+    columns = list(range(width - kept + 1, width + 1))  # each column's number in the file (past pandas' index)
     if not rows:
         raise OnnxkitError(f"{path}: no data rows")
     widths = {len(row) for row in rows}
@@ -245,7 +248,8 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
     if label is not None:  # as train reads the file: that column is the label, not a feature
         rows = [row[:label] + row[label + 1:] for row in rows]
         header = header[:label] + header[label + 1:]
-    return _shaped(path, _numbers(path, rows, header, spec.dtype or np.float32), spec)
+        del columns[label]
+    return _shaped(path, _numbers(path, rows, header, spec.dtype or np.float32, columns), spec)
 
 
 def _shaped(path: Path, table: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -262,8 +266,10 @@ def _shaped(path: Path, table: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return table.reshape(len(table), *example)
 
 
-def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dtype: Any) -> np.ndarray:
-    """The CSV's cells as an array of `dtype`; a column holding text is an error that names it."""
+def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dtype: Any,
+             columns: Sequence[int]) -> np.ndarray:
+    """The CSV's cells as an array of `dtype`; a column holding text is an error that names it by its number
+    in the file (`columns`: each one's)."""
     try:
         return np.array(rows).astype(dtype)
     except ValueError as e:
@@ -271,7 +277,7 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
         if text is None:
             raise OnnxkitError(f"{path}: not all values are {np.dtype(dtype)} numbers ({e})") from e
         j, cell = text
-        column = f"column {j + 1}" + (f" ({header[j]!r})" if header else "")
+        column = f"column {columns[j] if j < len(columns) else j + 1}" + (f" ({header[j]!r})" if header else "")
         if is_missing(cell):
             there = "is empty" if not cell.strip() else f"holds {cell.strip()!r}"
             raise OnnxkitError(f"{path}: {column} {there}, a missing value; fill or drop those rows") from e
