@@ -623,6 +623,10 @@ def test_a_report_says_when_the_quantized_model_is_slower_at_every_batch():
     assert not report({}).slower_everywhere()  # not timed: nothing to say
     assert report({1: 1.5, 64: 4.5}, size=30).slower_note().endswith("here it buys only its smaller size")
     assert report({1: 1.5, 64: 0.7}, size=103).slower_note() is None
+    # larger, not slower everywhere (iris-mlp static: 2.38x, exit 0, no word): said; slower too: the slower note says it
+    assert report({1: 1.5, 64: 0.7}, size=238).bigger_note().startswith(
+        "the quantized model is larger than the original (2.38x the size)")
+    assert report({1: 1.5, 64: 4.5}, size=238).bigger_note() is None and report({}, size=30).bigger_note() is None
 
 
 def test_latency_figures_timed_on_a_busy_cpu_are_said_to_be_unsteady(monkeypatch):

@@ -124,6 +124,14 @@ class Report:
         return (f"{slower} and no smaller ({_x(self.size_ratio)} the size): it buys nothing here; keep the original, "
                 f"or {fewer}try another --mode (fp16 halves the float weights; auto compares the int8 ones)")
 
+    def bigger_note(self) -> str | None:
+        """For a quantized model larger than the original (a tiny model: the scales, zero points and quantize
+        nodes outweigh what int8 saves), a line saying so; None otherwise, or when `slower_note` says it."""
+        if self.size_ratio <= 1 or self.slower_everywhere():
+            return None
+        return (f"the quantized model is larger than the original ({_x(self.size_ratio)} the size): the model is "
+                "too small for int8's scales and quantize nodes to pay off in size")
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["size_bytes"]["ratio"] = round(self.size_ratio, 4)
