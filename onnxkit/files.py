@@ -11,6 +11,7 @@ import csv
 import errno
 import hashlib
 import io
+import json
 import os
 import re
 import secrets
@@ -301,8 +302,13 @@ def missing_model(path: str | os.PathLike) -> OnnxkitError:
     training ends, so for one of an unfinished run it says how to finish it."""
     path = Path(path)
     if path.name == "model.onnx" and (path.parent / "run.json").is_file():
-        return OnnxkitError(f"{path}: not written yet, the training run in {path.parent} has not finished; "
-                            f"continue it with onnxkit train --resume {path.parent}")
+        try:
+            resumable = isinstance(json.loads((path.parent / "run.json").read_text()).get("config"), dict)
+        except (ValueError, OSError, AttributeError):  # damaged: resume refuses it too
+            resumable = False
+        then = (f"continue it with onnxkit train --resume {path.parent}" if resumable else
+                "its run.json is damaged, so it cannot be resumed: train again")
+        return OnnxkitError(f"{path}: not written yet, the training run in {path.parent} has not finished; {then}")
     if path.is_dir():
         return _folder_given(path)
     if not path.suffix and (Path(__file__).resolve().parent / "models" / f"{path.name.replace('-', '_')}.py").is_file():

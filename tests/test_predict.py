@@ -331,11 +331,13 @@ def test_a_malformed_device_is_one_line_listing_the_forms(run_cli, words):
 
 def test_inspect_on_a_folder_names_the_model_in_it(run_cli, digits, tmp_path):
     path, _, _ = digits
-    done, running, models, empty = (tmp_path / name for name in ("done", "running", "models", "empty"))
-    for folder in (done, running, models, empty):
+    done, running, models, empty, damaged = (tmp_path / name for name in ("done", "running", "models", "empty",
+                                                                           "damaged"))
+    for folder in (done, running, models, empty, damaged):
         folder.mkdir()
     (done / "model.onnx").write_bytes(path.read_bytes())
-    (running / "run.json").write_text("{}")
+    (running / "run.json").write_text('{"config": {}}')
+    (damaged / "run.json").write_text("{garbage")  # resume refuses it: the advice was to resume it
     (models / "b.onnx").write_bytes(path.read_bytes())
     (models / "a.onnx").write_bytes(path.read_bytes())
     cases = [
@@ -344,6 +346,8 @@ def test_inspect_on_a_folder_names_the_model_in_it(run_cli, digits, tmp_path):
                   f"continue it with onnxkit train --resume {running}"),
         (models, f"{models}: a folder, not a model (it holds a.onnx, b.onnx); pass the path of an .onnx model"),
         (empty, f"{empty}: a folder, not a model (it holds no .onnx file); pass the path of an .onnx model"),
+        (damaged, f"{damaged / 'model.onnx'}: not written yet, the training run in {damaged} has not finished; its "
+                  "run.json is damaged, so it cannot be resumed: train again"),
     ]
     for folder, message in cases:
         result = run_cli("inspect", folder)
