@@ -371,3 +371,15 @@ def test_a_scikit_learn_linear_classifier_is_refused_as_what_it_is(run_cli, tmp_
         result = run_cli("train", tmp_path / "skl.onnx", "--data", tmp_path / "rows.csv", "-o", run, *extra)
         refused(result, "ai.onnx.ml.LinearClassifier, ai.onnx.ml.Normalizer", run)
         assert "weights in attributes" in result.err and "scikit-learn" in result.err
+
+
+def test_a_label_error_on_a_csv_without_a_label_column_names_the_column_taken(run_cli, tmp_path):
+    # a CSV headed a,b,c: 'c' was read as the labels, and the error spoke of an mse loss the user never asked for
+    rows = np.random.default_rng(0).random((120, 3))
+    (tmp_path / "nolabel.csv").write_text("a,b,c\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    model = tmp_path / "iris.onnx"
+    assert run_cli("build", "iris-mlp", "-o", model).code == 0
+    result = run_cli("train", model, "--data", tmp_path / "nolabel.csv", "-o", tmp_path / "run")
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert result.err.rstrip().endswith("(the labels: the last column, 'c', as no column is headed label / labels / "
+                                        "target / y / class)")

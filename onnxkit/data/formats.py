@@ -117,10 +117,14 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
                            f"{features[i][j].strip()}, beyond float32's range (±{FLOAT32_MAX:.1e}); "
                            "rescale that column")
     x = x.astype(np.float32)
-    return dataset_from_arrays(
+    dataset = dataset_from_arrays(
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
     )
+    if header and named is None:  # said with any error about the labels: they may be a feature
+        return replace(dataset, labels_from=f"the last column, {header[-1].strip()!r}, as no column is headed "
+                                            f"{' / '.join(LABEL_COLUMNS)}")
+    return dataset
 
 
 def csv_for_model(dataset: Dataset, model: Any) -> Dataset:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -254,6 +254,7 @@ class Dataset:
     test: Split
     label_names: list[str] | None = None
     task: str = "classification"  # or "regression"
+    labels_from: str | None = None  # where a file's labels were taken from, when no column was headed as labels
 
     def __post_init__(self) -> None:
         for split in (self.train, self.validation, self.test):
@@ -271,7 +272,7 @@ class Dataset:
     def with_fixed_shapes(self) -> Dataset:
         """This dataset with each split's batches at the arrays' own sizes (`Split.with_fixed_shapes`)."""
         splits = (self.train.with_fixed_shapes(), self.validation.with_fixed_shapes(), self.test.with_fixed_shapes())
-        return Dataset(self.name, *splits, label_names=self.label_names, task=self.task)
+        return replace(self, train=splits[0], validation=splits[1], test=splits[2])
 
     def __repr__(self) -> str:
         return (

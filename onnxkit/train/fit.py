@@ -277,7 +277,12 @@ def fit(
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise OnnxkitError(f"gradient clipping norm must be positive, got {clip_grad_norm}")
     adapter = _run_adapter(config, adapter)
-    setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
+    try:
+        setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
+    except OnnxkitError as e:
+        if dataset.labels_from and ("label" in str(e) or "shape" in str(e)):  # that column may be a feature
+            raise OnnxkitError(f"{e} (the labels: {dataset.labels_from})", params=e.params) from e
+        raise
     if note:
         setup.progress.line(note)
     if resume is None:
