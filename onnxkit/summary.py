@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,9 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
         int(np.prod(i.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(i.data_type)).itemsize
         for i in g.initializer
     )
+    nodes = list(_every_node(g))
     ops = collections.Counter(
-        f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in g.node
+        f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in nodes
     )
     info: dict[str, Any] = {
         "name": g.name,
@@ -63,13 +65,22 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
         "initializers": len(g.initializer),
         # weights held as float attributes: a scikit-learn model's LinearClassifier, tree ensembles (ai.onnx.ml)
         "attribute_weights": sum(len(a.floats) for n in g.node if n.domain not in ("", "ai.onnx") for a in n.attribute),
-        "nodes": len(g.node),
+        "nodes": len(nodes),  # those inside If, Loop and Scan bodies too
         "operators": dict(ops.most_common()),
         "metadata": read_metadata(model),
     }
     if path is not None:
         info["file_bytes"], info["external_data"] = _file_bytes(Path(path), model, nbytes)
     return info
+
+
+def _every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of `graph` and of the subgraphs they hold, depth first."""
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            for sub in [a.g] if a.HasField("g") else a.graphs:
+                yield from _every_node(sub)
 
 
 def _parameter_count(model: onnx.ModelProto) -> int:

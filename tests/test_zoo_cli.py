@@ -299,6 +299,25 @@ def test_inspect_reads_a_foreign_model(run_cli):
     assert info["producer"].startswith("pytorch")
 
 
+def test_inspect_counts_the_nodes_inside_subgraphs(tmp_path, run_cli):
+    # an If whose branches hold the MatMuls read as "1 nodes, If x1"
+    from onnx import TensorProto, helper
+
+    def branch(name: str) -> onnx.GraphProto:
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], [name])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 2])])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["out"], then_branch=branch("a"), else_branch=branch("b"))], "g",
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in (("c", TensorProto.BOOL, []),
+                                                                 ("x", TensorProto.FLOAT, [1, 2]))],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2])],
+        [onnx.numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "if.onnx")
+    info = json.loads(run_cli("inspect", tmp_path / "if.onnx", "--json").out)
+    assert info["nodes"] == 5 and info["operators"] == {"MatMul": 2, "Relu": 2, "If": 1}
+
+
 @pytest.mark.parametrize("content", [b"not an onnx file at all", b"\x08\x07\x12\x04abc"])
 def test_inspect_corrupt_file(content, tmp_path, run_cli):
     bad = tmp_path / "bad.onnx"
