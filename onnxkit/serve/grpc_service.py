@@ -247,7 +247,7 @@ class InferenceService:
     async def _stream_answer(self, request: Any) -> Any:
         """One request of a stream: its ModelStreamInferResponse, a refusal as its error_message."""
         start, status, reply = time.perf_counter(), 500, message("ModelStreamInferResponse")()
-        reply.infer_response.id = request.id  # so an error too says which request it answers
+        reply.infer_response.id = getattr(request, "id", "")  # an error too says which request it answers
         try:
             _check_parsed(request)
             reply.infer_response.CopyFrom(await self.ModelInfer(request))
