@@ -326,7 +326,7 @@ def test_a_float64_model_is_refused_with_how_to_export_it(run_cli, tmp_path):
 def test_the_model_of_an_unfinished_run_says_how_to_finish_it(run_cli, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "run.json").write_text('{"status": "interrupted"}')
+    (run / "run.json").write_text('{"status": "interrupted", "config": {}}')
     for command in (("eval", run / "model.onnx"), ("predict", run / "model.onnx", "-i", tmp_path / "x.npy"),
                     ("quantize", run / "model.onnx", "-o", tmp_path / "q.onnx")):
         result = run_cli(*command)
