@@ -49,7 +49,8 @@ def looped(carried_sequence: bool) -> onnx.ModelProto:
          numpy_helper.from_array((rng.normal(size=(16, 10)) * 0.3).astype(np.float32), "fc.weight"),
          numpy_helper.from_array(np.zeros(10, np.float32), "fc.bias"),
          numpy_helper.from_array(np.array(2, np.int64), "trips"), numpy_helper.from_array(np.array(True), "go"),
-         numpy_helper.from_array(np.array([0], np.int64), "zero")])
+         numpy_helper.from_array(np.array([0], np.int64), "zero")],
+        value_info=[helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 16])])  # onnx 1.17 infers none
     return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)])
 
 
