@@ -301,7 +301,7 @@ def test_a_model_of_opset_13_trains_as_one_of_opset_17(tmp_path):
 
 
 def test_a_training_graph_onnxruntime_refuses_is_reported_as_onnxkits_bug(tmp_path):
-    from onnxkit.train.backends.onnx.session import _own_session
+    from onnxkit.runtime.session import create_session
 
     path = tmp_path / "training.onnx"
     graph = helper.make_graph([helper.make_node("ScatterElements", ["x", "i", "x"], ["y"], reduction="add")], "g",
@@ -311,4 +311,4 @@ def test_a_training_graph_onnxruntime_refuses_is_reported_as_onnxkits_bug(tmp_pa
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)  # reduction: opset 16
     with pytest.raises(OnnxkitError, match=r"cannot load it \(.*reduction.*\); this is a bug in onnxkit's graph "
                                            r"for this model: please report it with the model$"):
-        _own_session(path, ort.SessionOptions(), ["CPUExecutionProvider"])
+        create_session(path, ort.SessionOptions(), ["CPUExecutionProvider"], own=True)

@@ -131,16 +131,18 @@ def create_session(
     options: ort.SessionOptions,
     providers: list,
     optimized_model_path: str | os.PathLike | None = None,
+    own: bool = False,
 ) -> ort.InferenceSession:
-    """An InferenceSession; its optimised graph is saved atomically when a path is given."""
+    """An InferenceSession; its optimised graph is saved atomically when a path is given. `own`: the graph is one
+    onnxkit wrote (a training graph), which onnxruntime refusing is onnxkit's bug, not the user's file."""
     if optimized_model_path is None:
-        return _open(model, options, providers)
+        return _open(model, options, providers, own)
     with atomic_path(optimized_model_path) as tmp:
         options.optimized_model_filepath = str(tmp)
-        return _open(model, options, providers)
+        return _open(model, options, providers, own)
 
 
-def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, providers: list):
+def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, providers: list, own: bool = False):
     where = "model bytes" if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes):
         if not os.path.isfile(model):
@@ -150,7 +152,8 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
         return ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
         reason = error_reason(e)
-        hint = ("keep the weights file it was saved with beside it, complete" if "external" in reason.lower()
+        hint = ("this is a bug in onnxkit's graph for this model: please report it with the model" if own
+                else "keep the weights file it was saved with beside it, complete" if "external" in reason.lower()
                 else "check that the file is a complete .onnx model and that its IR version and opset suit "
                 "this onnxruntime")
         raise OnnxkitError(f"{where}: onnxruntime {ort.__version__} cannot load it ({reason}); {hint}") from e

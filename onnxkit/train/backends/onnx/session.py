@@ -62,11 +62,11 @@ class OnnxSession(TrainingSession):
         self._device = kind
         providers = providers_for(kind, self._device_id, tf32=False)
         # a too-short dropout table fails a training step that is retried: no error line for it
-        self._train = _own_session(directory / TRAINING, _options(threads, severity=4), providers)
+        self._train = create_session(str(directory / TRAINING), _options(threads, severity=4), providers, own=True)
         # a second thread gains nothing on passes over 64K floats (0.146 vs 0.149 ms), and its idle
         # spin-wait took a core from the next training run (digits-cnn recipe: train steps -3.4%)
         few = self._layout.size <= ONE_THREAD and kind == "cpu"
-        self._optim = _own_session(directory / OPTIMIZER, _options(1 if few else threads), providers)
+        self._optim = create_session(str(directory / OPTIMIZER), _options(1 if few else threads), providers, own=True)
         # the eval session runs once an epoch: its intra-op threads spinning after a run took a core
         # from the training steps that follow (digits-cnn recipe: the whole fit 1.04 -> 0.80 s without);
         # not spinning at all made each of its parallel sections wake a sleeping thread (validation
@@ -329,17 +329,6 @@ class OnnxSession(TrainingSession):
             if self._dropout:
                 state[DROPOUT_TABLE] = np.asarray(self._dropout.size, np.int64)
         save_state(path, state)
-
-
-def _own_session(path: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
-    """A session on a graph onnxkit wrote (the model itself loaded): a failure to load it is onnxkit's bug."""
-    try:
-        return create_session(str(path), options, providers)
-    except OnnxkitError as e:
-        if not path.is_file():
-            raise
-        raise OnnxkitError(str(e).rsplit("; ", 1)[0] + "; this is a bug in onnxkit's graph for this model: please "
-                           "report it with the model") from e
 
 
 def chunks(total: int, chunk: int) -> list[tuple[int, int]]:
