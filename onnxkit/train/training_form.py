@@ -321,7 +321,7 @@ def _is_transpose(copy: onnx.TensorProto, source: onnx.TensorProto) -> bool:
                 if t.raw_data else onnx.numpy_helper.to_array(t) for t in (copy, source))
     except (ValueError, TypeError, OSError):  # weights stored outside the file and not loaded
         return False
-    if not np.array_equal(a[0], b[:, 0]):  # most pairs differ at once
+    if not a.size or not np.array_equal(a[0], b[:, 0]):  # most pairs differ at once
         return False
     return bool(np.array_equal(a, b.T)) and b.min() != b.max() and not (a.shape == b.shape and np.array_equal(a, b))
 
