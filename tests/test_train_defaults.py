@@ -68,8 +68,9 @@ def test_explicit_settings_win_over_the_recipe():
     assert resolve(everything, recipe, **kw)[1] is None  # nothing defaulted, nothing said
     # the README's spelled-out digits-cnn command leaves only the optimizer out: no data-sized setting
     spelled_out = Settings(lr=0.01, batch_size=128, epochs=40, schedule="cosine", warmup=0.05)
-    assert resolve(spelled_out, recipe, **kw)[1] == ("training with defaults: adamw lr 0.01, batch 128, cosine "
-                                                      "schedule, warm-up 0.05, 40 epochs (flags override them)")
+    assert resolve(spelled_out, recipe, **kw)[1] == ("training with defaults for the optimizer: adamw lr 0.01, batch "
+                                                      "128, cosine schedule, warm-up 0.05, 40 epochs (flags override "
+                                                      "them)")  # 'defaults' alone read as if the flags were not taken
 
 
 def test_recipes_travel_in_metadata_per_mode():

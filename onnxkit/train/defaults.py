@@ -86,7 +86,13 @@ def resolve(
             and getattr(r, f) is not None]
     source = ("the model's training recipe" if used or "lr" in defaulted and r.lr_for(name)
               else "defaults for this data" if automatic else "defaults")  # only the length follows the data
+    if len(defaulted) == 1:  # the flags set all but one: say which ('defaults' read as if no flag had been taken)
+        source += f" for {_WORDS[defaulted[0]]}"
     return out, _note(out, source, automatic)
+
+
+_WORDS = {"optimizer": "the optimizer", "lr": "the learning rate", "batch_size": "the batch size",
+          "schedule": "the schedule", "epochs": "the length"}
 
 
 def _first(*values: Any) -> Any:
