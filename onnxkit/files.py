@@ -44,7 +44,16 @@ def disk_errors(path: str | os.PathLike) -> Iterator[None]:
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise
-        raise DiskError(f"cannot write {path}: {e.strerror}; free some space or write somewhere else") from None
+        raise DiskError(f"cannot write {path}: {e.strerror}{disk_hint(e.errno)}") from None
+
+
+def disk_hint(code: int | None) -> str:
+    """What to do about a write that failed with the DISK_ERRORS errno `code` ('' for another)."""
+    if code == errno.EFBIG:  # a file-size limit (ulimit -f), not a full disk
+        return "; the file outgrew the largest file this process may write (ulimit -f): raise it or write elsewhere"
+    if code == errno.EROFS:
+        return "; that file system is read-only: write somewhere else"
+    return "; free some space or write somewhere else" if code in DISK_ERRORS else ""
 
 
 class DiskError(OnnxkitError):

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -314,3 +315,17 @@ def test_quantize_on_a_disk_with_room_for_less_than_its_work_blames_the_disk(tmp
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_file_size_limit_is_named_as_such_not_as_a_full_disk(tmp_path):
+    # under `ulimit -f` the error said 'File too large; free some space', which frees nothing
+    import resource
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))  # Python ignores SIGXFSZ: writes fail with EFBIG
+
+    result = subprocess.run([sys.executable, "-m", "onnxkit", "build", "digits-mlp", "-o", tmp_path / "m.onnx"],
+                            capture_output=True, text=True, timeout=120, preexec_fn=limited)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "File too large; the file outgrew the largest file this process may write (ulimit -f)" in result.stderr
+    assert list(tmp_path.iterdir()) == []

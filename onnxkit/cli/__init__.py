@@ -15,7 +15,7 @@ import click
 
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import DISK_ERRORS
+from onnxkit.files import disk_hint
 from onnxkit.signals import handled, stop, stops_recorded
 
 # click >= 8.2 raises this for a group called with no arguments (8.1 printed the help and exited 0)
@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             if debug:
                 raise
             what = f"{e.filename}: " if e.filename else ""
-            hint = "; free some space or write somewhere else" if e.errno in DISK_ERRORS else ""
-            click.echo(f"error: {what}{e.strerror or e}{hint}", err=True)
+            click.echo(f"error: {what}{e.strerror or e}{disk_hint(e.errno)}", err=True)
             sys.exit(1)
         except click.exceptions.Abort:
             signum = stopped_by[0] if stopped_by else signal.SIGINT
