@@ -3,8 +3,8 @@ train, and the training form of the graph.
 
 Parameters are the float32 initializers of rank >= 1 that feed a differentiable
 input of some node, and the scalars a PyTorch module holds as its own (`_scalar_weights`);
-float64 and float16 ones stay as they are (training runs in float32); BatchNormalization's running mean and variance are
-*buffers* (updated by the forward pass in training); the initializers the
+float64 and float16 ones stay as they are (training runs in float32). BatchNormalization's
+running mean and variance are *buffers* (updated by the forward pass in training); the initializers the
 model's metadata lists as Buffers (`onnxkit.buffers`, written by the DSL), those
 PyTorch's dynamo exporter marks as buffers or folded constants (`exported_constants`) and
 everything else (shape tensors, scalar constants, dropout ratios) are
@@ -282,8 +282,11 @@ def retie_folded_transposes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
     `model` itself is returned). Left as two initializers, the tied weight trained as two tensors."""
     values = {t.name: t for t in model.graph.initializer}
     read = {name for node in model.graph.node for name in node.input}
-    pairs = [(copy, source) for copy, source in _folded_copies(model, values)
-             if source in read and _is_transpose(values[copy], values[source])]
+    found: dict[str, str] = {}  # copy -> its source (the first, should two weights be equal)
+    for copy, source in _folded_copies(model, values):
+        if copy not in found and source in read and _is_transpose(values[copy], values[source]):
+            found[copy] = source
+    pairs = list(found.items())
     if not pairs:
         return model, []
     retied = onnx.ModelProto()
