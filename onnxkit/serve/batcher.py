@@ -97,8 +97,7 @@ class Batcher:
         stopping = RequestError(503, "the server is stopping; retry (on another server, or on this one once it is "
                                      "back)")
         for pending in [*self._running, *self._queue]:
-            _settle(pending.future, error=stopping)
-        self._queue.clear()
+            _settle(pending.future, error=stopping)  # the worker drops them unrun (a batch skips settled requests)
 
     def receiving(self) -> None:
         """A request for this model has arrived and is being read: worth waiting for."""
