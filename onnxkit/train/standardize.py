@@ -138,10 +138,11 @@ def target_scale(labels: np.ndarray) -> Scale:
     return scale_of(labels.reshape(len(labels), -1))
 
 
-def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: float = OFFSET) -> str | None:
+def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: float = OFFSET,
+             small: float = SMALL) -> str | None:
     """What is clearly unscaled among the float features (or regression targets): a feature's std
     over LARGE or over SPREAD times the median one (near-constant features do not count), every one
-    under SMALL, or a mean beyond FAR and beyond `offset` stds; targets beyond FAR or all under SMALL.
+    under `small`, or a mean beyond FAR and beyond `offset` stds; targets beyond FAR or all under SMALL.
     None when nothing is."""
     found, shapes = [], {s.name: s.shape for s in specs}
     for name, array in _float_features(train, specs).items():
@@ -150,7 +151,7 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: fl
         mean, std = (np.abs(m.ravel()) for m in _moments(array, shapes[name]))
         varying = np.sort(std[std >= TINY] if (std >= TINY).any() else np.ones(1))
         median = (varying[(len(varying) - 1) // 2] + varying[len(varying) // 2]) / 2  # np.median imports numpy.ma
-        if not SMALL <= varying[-1] <= min(LARGE, SPREAD * median) or ((mean > FAR) & (mean > offset * std)).any():
+        if not small <= varying[-1] <= min(LARGE, SPREAD * median) or ((mean > FAR) & (mean > offset * std)).any():
             found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}, median {median:.3g}, "
                          f"means up to {mean.max():.3g}")
     if regression and train.labels.dtype.kind in "iuf" and np.isfinite(train.labels).all():
