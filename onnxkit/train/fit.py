@@ -94,6 +94,7 @@ from onnxkit.train.training_form import (
     sized_by_data,
     trainable_form,
     training_output,
+    unmarked_scalars,
 )
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
@@ -634,6 +635,11 @@ class _Setup:
             progress.line(f"warning: weights in float64 or float16 stay fixed: training runs in float32 "
                           f"({first_few(self.other_floats)}); to train them, store them as float32 (PyTorch: "
                           "keep the parameter float32 and cast inside forward)")
+        scalars = unmarked_scalars(self.model, self.selection.trainable)
+        if scalars:
+            progress.line(f"the export's scalar weights train ({first_few(scalars)}): a TorchScript export does not "
+                          "say which are nn.Parameters and which buffers; freeze the buffers (--freeze NAME, "
+                          "freeze= in fit)")
         drawn = random_nodes(self.model, self.output)
         if drawn:
             progress.line(f"warning: the model draws random numbers ({first_few(drawn)}; PyTorch's dynamo exporter "

@@ -269,6 +269,15 @@ def random_nodes(model: onnx.ModelProto, output: str) -> list[str]:
     return [f"{ops.count(op)} {op}" for op in dict.fromkeys(ops)]
 
 
+def unmarked_scalars(model: onnx.ModelProto, trainable: Sequence[str]) -> list[str]:
+    """The trainable scalars of an export that does not say which of its tensors are parameters (TorchScript's):
+    a module's own nn.Parameter and a register_buffer'd scalar look alike there, and both train."""
+    if _export_signature(model):
+        return []
+    scalars = _scalar_weights(model)
+    return [name for name in trainable if name in scalars]
+
+
 def padding_rows(model: onnx.ModelProto, trainable: Sequence[str]) -> list[str]:
     """'table row k' for each trainable table a Gather node marked with a padding row reads."""
     return [f"{node.input[0]} row {row}" for node in model.graph.node if node.op_type == "Gather"
