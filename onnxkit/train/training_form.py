@@ -234,6 +234,7 @@ def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
 _SCOPES = "pkg.torch.onnx.name_scopes"  # a node's module paths, outermost first, then its op's name
 _FX_NODE = "pkg.torch.onnx.fx_node"  # the PyTorch op a node came from, its arguments by placeholder (%p_fc_weight)
 _PLACEHOLDER = re.compile(r"%(\w+)")
+TRANSPOSED = ".T"  # suffix of the copy made for a layer that read another's folded (transposed) weight
 _EMBEDDING_ARGS = re.compile(r"target=torch\.ops\.aten\.embedding\.default\]\(args = \(([^)]*)\)")
 
 
@@ -347,7 +348,10 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
     signature still lists each parameter, and each node says which PyTorch op it came from, with the
     parameters that op read (else which module it runs in: name scopes): a node reading a parameter its
     op did not, where the op read one missing from the graph, reads that one (a copy of the same value).
-    Weights the module shares are one parameter in the signature, and stay shared."""
+    Weights the module shares are one parameter in the signature, and stay shared. A weight the exporter folded
+    (a Linear's transpose) is merged the same way: a layer reading another's gets a copy, `<its weight>.T`
+    (a fresh 2-layer TransformerEncoder trained its second layer's in_proj, linear1 and linear2 tied to the first's).
+    """
     placeholders = {placeholder: target for placeholder, kind, target in _export_signature(model)
                     if kind in ("PARAMETER", "BUFFER")}
     targets = set(placeholders.values())
@@ -355,6 +359,8 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
     orphans = targets - present
     if not orphans:
         return model, []
+    folded = {info.name: _folded_sources(_marks(info)[_FOLDED]) for info in model.graph.value_info
+              if _FOLDED in _marks(info) and info.name in present}  # copies the exporter folded (Linear's W.T)
     plan: list[tuple[int, int, str]] = []
     for k, node in enumerate(model.graph.node):
         marks = _marks(node)
@@ -375,7 +381,16 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
                 _own_parameter(name, scopes, orphans)
             if own:
                 plan.append((k, i, own))
-        taken = {own for kk, _, own in plan if kk == k}  # a removed bias: the op read a parameter no input holds
+        for i, name in enumerate(node.input):  # a folded copy of another layer's weight: a copy of its own
+            sources = folded.get(name, set())
+            if read and sources and not sources & set(read):
+                taken = {own.removesuffix(TRANSPOSED) for kk, _, own in plan if kk == k}
+                own = next((t for t in read if t in orphans and t not in taken and any(
+                    t.rsplit(".", 1)[-1] == source.rsplit(".", 1)[-1] for source in sources)), None)
+                if own:
+                    plan.append((k, i, own + TRANSPOSED))
+        taken = {own.removesuffix(TRANSPOSED) for kk, _, own in plan if kk == k}  # a removed bias: the op read
+        # a parameter no input holds
         bias = next((t for t in read if t in orphans and t not in taken), None)
         if node.op_type in ("Gemm", "Conv") and (len(node.input) < 3 or not node.input[2]) and bias \
                 and node.input[1] in present and not any(own == bias for kk, _, own in plan if kk == k):
