@@ -41,7 +41,7 @@ def restore(handlers: Mapping[int, Any]) -> None:
 
 
 _STOPS: list[int] = []  # the stop signals a command received (`stop`), until it has ended (`stops_recorded`)
-_HELD = {"depth": 0, "pending": False}  # held_back blocks open; whether a stop came during them
+_HELD = {"depth": 0, "pending": False, "commits": 0}  # held_back blocks open; a stop during them; those that commit
 
 
 @contextlib.contextmanager
@@ -70,26 +70,29 @@ def check_stop() -> None:
     `quantize` runs sent SIGTERM while importing numpy.random went on to write their output and exit 0: the
     interrupt landed in collections.abc's register, called by a Cython module's init, which dropped it). Checked
     before a write commits (`files.atomic_path`), so a stopped command never leaves its output."""
-    if _STOPS:
+    if _STOPS and not _HELD["commits"]:
         raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def held_back() -> Iterator[None]:
+def held_back(commit: bool = False) -> Iterator[None]:
     """A short block that `stop` does not interrupt: a stop during it raises its KeyboardInterrupt as it ends. For
     making something that needs cleaning up and naming it to the `finally` that does: a stop landing just after a
     scratch folder was made and before its cleanup was armed left the folder behind (1 of 60 `quantize` runs sent
     SIGTERM as the folder appeared). Blocking the signal instead would not do: Python runs its handler on the main
     thread whichever thread the OS gives the signal to, and ONNX Runtime's threads take it. Off the main thread,
-    where no handler runs, it changes nothing."""
+    where no handler runs, it changes nothing. `commit`: the writes inside complete though a stop was asked for
+    (a stopped run recording that it stopped)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _HELD["depth"] += 1
+    _HELD["commits"] += commit
     try:
         yield
     finally:
         _HELD["depth"] -= 1
+        _HELD["commits"] -= commit
     if not _HELD["depth"] and _HELD["pending"]:
         _HELD["pending"] = False
         raise KeyboardInterrupt

@@ -170,3 +170,21 @@ def test_a_short_epochs_time_is_shown_in_milliseconds(tmp_path, capsys):
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("epoch 1/1")]
     assert re.search(r"  \([\d.]+ ms\)$", line) and "(0 ms)" not in line, line  # was "(0.0s)"
 
+
+
+def test_a_second_ctrl_c_during_the_interrupted_status_write_lands_after_it(tmp_path, monkeypatch):
+    # a second Ctrl-C within ~50 ms of the first cut run.json's write short: the run said "running" (a user audit)
+    from onnxkit import signals
+
+    write = RunDirectory.write_json
+
+    def interrupted_while_writing(run, info):
+        if info.get("status") == "interrupted":
+            signals.stop(signal.SIGINT)  # the second Ctrl-C's handler, as it lands
+        write(run, info)
+
+    monkeypatch.setattr(RunDirectory, "write_json", interrupted_while_writing)
+    with signals.stops_recorded(), pytest.raises(KeyboardInterrupt) as caught:
+        fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[StopAtBatch(2, "raise")], **SETTINGS)
+    assert type(caught.value) is KeyboardInterrupt  # the second stop, once the status is written
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"

@@ -44,6 +44,7 @@ from onnxkit.files import DiskError, load_model, save_model, sha256
 from onnxkit.graph_walks import ancestors, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, PADDING_KEY, SCORES_KEY, TASK_KEY, TRAINING_KEY
+from onnxkit.signals import held_back
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.backends import DEFAULT, default_backend, get_backend
@@ -905,8 +906,9 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
         return _finish(setup, session, state, best.best_epoch, records, info)
     except (TrainingInterrupted, KeyboardInterrupt, SystemExit):  # KeyboardInterrupt: a stop before the loop began;
         # SystemExit: a callback's sys.exit (the run left saying "running")
-        info["status"] = "interrupted"
-        run.write_json(info)
+        with held_back(commit=True):  # a second Ctrl-C lands once the status is written (it cut the write short)
+            info["status"] = "interrupted"
+            run.write_json(info)
         raise
     except Exception as e:
         info.update(status="failed", error=str(e))
