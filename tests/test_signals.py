@@ -110,3 +110,26 @@ def test_python_m_onnxkit_exits_with_the_commands_status_after_an_interrupt_it_h
     done = subprocess.run([sys.executable, "-m", "interrupted_last", "inspect", str(tmp_path / "missing.onnx")],
                           cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 1 and done.stderr.startswith("error: "), (done.returncode, done.stderr)
+
+
+@pytest.mark.parametrize("code,ignored", [(130, True), (143, True), (1, False), (0, False)])
+def test_the_command_ignores_further_stops_once_a_stop_ended_it(monkeypatch, code, ignored):
+    # a second Ctrl-C while the interpreter shut down (waiting for threads) printed a KeyboardInterrupt traceback
+    # or killed the process by the signal, not 130
+    import signal
+
+    from onnxkit import cli
+
+    def ends(argv=None):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "main", ends)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit):
+            cli.entry()
+        now = {s: signal.getsignal(s) for s in before}
+        assert (now == dict.fromkeys(before, signal.SIG_IGN)) is ignored
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
