@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -465,3 +466,34 @@ def test_a_run_can_give_back_the_memory_its_arena_grew_by(tmp_path):
 
     kept, released = grown(False), grown(True)
     assert kept > 150 and released < kept / 3, (kept, released)  # MB: 250 and 0 when written
+
+
+def identity_of(elem: int) -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node("Identity", ["ids"], ["out"])], "ids",
+                              [helper.make_tensor_value_info("ids", elem, ["n", 2])],
+                              [helper.make_tensor_value_info("out", elem, ["n", 2])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("value,message", [
+    (np.array([[2**40, 3]]), "1099511627776 is outside [-2147483648, 2147483647]"),  # int64 -> int32 wrapped to 0
+    ([[2**40, 3]], "1099511627776 is outside"),
+    (np.array([[4294967295, 1]], np.uint32), "4294967295 is outside"),  # became -1
+])
+def test_integers_an_input_type_cannot_hold_are_refused_not_wrapped(value, message):
+    model = runtime.load(identity_of(TensorProto.INT32).SerializeToString(), name="ids")
+    with pytest.raises(OnnxkitError, match=f"^input 'ids': a value does not fit int32 \\({re.escape(message)}"):
+        model.predict(value)
+    assert model.predict(np.array([[2**31 - 1, -2**31]]))["out"].tolist() == [[2**31 - 1, -2**31]]
+    wide = runtime.load(identity_of(TensorProto.INT64).SerializeToString(), name="ids")
+    for huge in ([[2**63, 3]], [[99999999999999999999, 3]]):  # float64 and object arrays: was 'got float64'
+        with pytest.raises(OnnxkitError, match="^input 'ids': a value does not fit int64"):
+            wide.predict(huge)
+
+
+def test_a_csv_integer_an_input_type_cannot_hold_is_one_line(run_cli, tmp_path):
+    onnx.save(identity_of(TensorProto.INT32), tmp_path / "ids.onnx")
+    (tmp_path / "big.csv").write_text("5,3\n1099511627776,3\n")  # was an OverflowError traceback
+    result = run_cli("predict", tmp_path / "ids.onnx", "--input", tmp_path / "big.csv")
+    assert (result.code, result.err) == (1, f"error: {tmp_path / 'big.csv'}: column 1 of data row 2 holds "
+                                            "1099511627776, which int32 cannot hold ([-2147483648, 2147483647])\n")

@@ -272,6 +272,13 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
     in the file (`columns`: each one's)."""
     try:
         return np.array(rows).astype(dtype)
+    except OverflowError as e:  # a whole number past the input's integer type
+        limits = np.iinfo(dtype)
+        i, j, cell = next((i, j, cell) for i, row in enumerate(rows) for j, cell in enumerate(row)
+                          if cell.strip().lstrip("+-").isdigit() and not limits.min <= int(cell) <= limits.max)
+        column = f"column {columns[j] if j < len(columns) else j + 1}" + (f" ({header[j]!r})" if header else "")
+        raise OnnxkitError(f"{path}: {column} of data row {i + 1} holds {cell.strip()}, which {np.dtype(dtype)} "
+                           f"cannot hold ([{limits.min}, {limits.max}])") from e
     except ValueError as e:
         text = next(((j, cell) for row in rows for j, cell in enumerate(row) if not is_number(cell)), None)
         if text is None:
