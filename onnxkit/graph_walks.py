@@ -4,7 +4,7 @@ weight inputs old exporters list."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -18,13 +18,26 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
     return repr(node.name) if node.name else f"#{index} (output {node.output[0]!r})"
 
 
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs `node` holds as attributes (If's branches, Loop's and Scan's bodies)."""
+    for a in node.attribute:
+        yield from [a.g] if a.HasField("g") else a.graphs
+
+
+def every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of `graph` and of the subgraphs they hold, depth first."""
+    for node in graph.node:
+        yield node
+        for sub in subgraphs(node):
+            yield from every_node(sub)
+
+
 def node_reads(node: onnx.NodeProto) -> set[str]:
     """The values `node` reads: its inputs and those its subgraphs (If, Loop, Scan) read from outside
     (PyTorch's TorchScript LocalResponseNorm squeezes through an If, nn.EmbeddingBag loops over a Loop)."""
     names = set(node.input)
-    for a in node.attribute:
-        for graph in [a.g] if a.HasField("g") else a.graphs:
-            names.update(name for inner in graph.node for name in node_reads(inner))
+    for sub in subgraphs(node):
+        names.update(name for inner in every_node(sub) for name in inner.input)
     return names
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxkit.graph_walks import every_node
 from onnxkit.metadata import read_metadata
 
 
@@ -49,7 +49,7 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
         int(np.prod(i.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(i.data_type)).itemsize
         for i in g.initializer
     )
-    nodes = list(_every_node(g))
+    nodes = list(every_node(g))
     ops = collections.Counter(
         f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in nodes
     )
@@ -72,15 +72,6 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
     if path is not None:
         info["file_bytes"], info["external_data"] = _file_bytes(Path(path), model, nbytes)
     return info
-
-
-def _every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """The nodes of `graph` and of the subgraphs they hold, depth first."""
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            for sub in [a.g] if a.HasField("g") else a.graphs:
-                yield from _every_node(sub)
 
 
 def _parameter_count(model: onnx.ModelProto) -> int:

@@ -56,9 +56,7 @@ class LazyGroup(click.Group):
         if name == "help":  # `onnxkit help [COMMAND]`, as git and pip take it
             self._help(ctx, args[1:])
         if name and not name.startswith("-") and name not in COMMANDS:
-            from onnxkit.errors import suggest
-
-            raise click.UsageError(f"no command {name!r}.{suggest(name, COMMANDS)}", ctx)
+            raise _no_command(name, ctx)
         return super().resolve_command(ctx, args)
 
     def _help(self, ctx: click.Context, args: list[str]) -> None:
@@ -67,9 +65,7 @@ class LazyGroup(click.Group):
             click.echo(ctx.get_help())
             ctx.exit(0)
         if args[0] not in COMMANDS:
-            from onnxkit.errors import suggest
-
-            raise click.UsageError(f"no command {args[0]!r}.{suggest(args[0], COMMANDS)}", ctx)
+            raise _no_command(args[0], ctx)
         command = self.get_command(ctx, args[0])
         click.echo(command.get_help(click.Context(command, info_name=args[0], parent=ctx)))  # type: ignore[union-attr]
         ctx.exit(0)
@@ -84,6 +80,12 @@ class LazyGroup(click.Group):
                 flags = flag_names(self.get_command(ctx, ctx.invoked_subcommand))  # type: ignore[arg-type]
                 e.args = (as_flags(str(e), e.params, flags),)
             raise
+
+
+def _no_command(name: str, ctx: click.Context) -> click.UsageError:
+    from onnxkit.errors import suggest
+
+    return click.UsageError(f"no command {name!r}.{suggest(name, COMMANDS)}", ctx)
 
 
 def as_flags(message: str, params: tuple[str, ...], flags: dict[str, str]) -> str:

@@ -38,7 +38,8 @@ class Score:
 
     def drop_to(self, other: Score) -> float:
         """How much worse `other` is than this score, in `unit`: accuracy lost, or loss gained."""
-        return (-self.change_to(other) if self.metric == "accuracy" else other.value - self.value) + 0.0  # not -0.0
+        change = self.change_to(other)
+        return (-change if self.metric == "accuracy" else change) + 0.0  # + 0.0: no change is 0.0, not -0.0
 
     def worse_by(self, drop: float) -> str:
         """A drop in words: 'loses 0.28 points of accuracy', 'raises the loss by 16.75'."""

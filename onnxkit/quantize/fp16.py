@@ -47,12 +47,13 @@ def without_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
         if _cast_to(node) == onnx.TensorProto.FLOAT and before is not None and \
                 _cast_to(before) == onnx.TensorProto.FLOAT16:
             node.input[0] = before.input[0]
-    read = {name for node in model.graph.node for name in node_reads(node)} | {o.name for o in model.graph.output}
-    while dead := [n for n in model.graph.node if n.op_type == "Cast" and not read.intersection(n.output)]:
+    while True:  # each pass drops the Casts nothing reads, which may leave the ones they read unread
+        read = {name for node in model.graph.node for name in node_reads(node)} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if n.op_type == "Cast" and not read.intersection(n.output)]
+        if not dead:
+            return model
         for node in dead:
             model.graph.node.remove(node)
-        read = {name for node in model.graph.node for name in node_reads(node)} | {o.name for o in model.graph.output}
-    return model
 
 
 def _cast_to(node: onnx.NodeProto) -> int | None:

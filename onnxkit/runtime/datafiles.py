@@ -270,27 +270,29 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
              columns: Sequence[int]) -> np.ndarray:
     """The CSV's cells as an array of `dtype`; a column holding text is an error that names it by its number
     in the file (`columns`: each one's)."""
+
+    def column(j: int) -> str:
+        return f"column {columns[j] if j < len(columns) else j + 1}" + (f" ({header[j]!r})" if header else "")
+
     try:
         return np.array(rows).astype(dtype)
     except OverflowError as e:  # a whole number past the input's integer type
         limits = np.iinfo(dtype)
         i, j, cell = next((i, j, cell) for i, row in enumerate(rows) for j, cell in enumerate(row)
                           if cell.strip().lstrip("+-").isdigit() and not limits.min <= int(cell) <= limits.max)
-        column = f"column {columns[j] if j < len(columns) else j + 1}" + (f" ({header[j]!r})" if header else "")
-        raise OnnxkitError(f"{path}: {column} of data row {i + 1} holds {cell.strip()}, which {np.dtype(dtype)} "
+        raise OnnxkitError(f"{path}: {column(j)} of data row {i + 1} holds {cell.strip()}, which {np.dtype(dtype)} "
                            f"cannot hold ([{limits.min}, {limits.max}])") from e
     except ValueError as e:
         text = next(((j, cell) for row in rows for j, cell in enumerate(row) if not is_number(cell)), None)
         if text is None:
             raise OnnxkitError(f"{path}: not all values are {np.dtype(dtype)} numbers ({e})") from e
         j, cell = text
-        column = f"column {columns[j] if j < len(columns) else j + 1}" + (f" ({header[j]!r})" if header else "")
         if is_missing(cell):
             there = "is empty" if not cell.strip() else f"holds {cell.strip()!r}"
-            raise OnnxkitError(f"{path}: {column} {there}, a missing value; fill or drop those rows") from e
+            raise OnnxkitError(f"{path}: {column(j)} {there}, a missing value; fill or drop those rows") from e
         if thousands_separated(cell):
-            raise OnnxkitError(f"{path}: {column} {thousands_separated(cell)}") from e
-        raise OnnxkitError(f"{path}: {column} holds text ({cell!r}); predict reads numbers only: remove that "
+            raise OnnxkitError(f"{path}: {column(j)} {thousands_separated(cell)}") from e
+        raise OnnxkitError(f"{path}: {column(j)} holds text ({cell!r}); predict reads numbers only: remove that "
                            f"column, or if it holds the labels head it {' / '.join(LABEL_COLUMNS)}") from e
 
 

@@ -122,11 +122,11 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
     if array.dtype == want:
         return array
     if array.dtype.kind == "O" and want.kind in "iu" and all(isinstance(v, int) for v in array.flat):
-        raise OnnxkitError(f"input {spec.name!r}: a value does not fit {want} ({_first_outside(array, want)})")
+        raise _does_not_fit(spec.name, array, want)
     if array.dtype.kind == "f" and want.kind in "iu" and array.size and np.isfinite(array).all() and \
             (array == np.round(array)).all() and not _fits(array, want):
         # whole numbers past the type's range (Python's 2**63 made numpy choose float64)
-        raise OnnxkitError(f"input {spec.name!r}: a value does not fit {want} ({_first_outside(array, want)})")
+        raise _does_not_fit(spec.name, array, want)
     if array.dtype.kind in "USO" or not np.can_cast(array.dtype, want, "same_kind"):
         hint = (
             f"; convert with .astype(np.{want}) if the values are whole numbers"
@@ -136,7 +136,7 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
         raise OnnxkitError(f"input {spec.name!r} expects {want} values, got {array.dtype}{hint}")
     if want.kind in "iu" and not np.can_cast(array.dtype, want, "safe") and array.size:
         if not _fits(array, want):  # int64 -> int32, uint -> int: a value past the range wrapped around silently
-            raise OnnxkitError(f"input {spec.name!r}: a value does not fit {want} ({_first_outside(array, want)})")
+            raise _does_not_fit(spec.name, array, want)
     return array.astype(want)
 
 
@@ -147,11 +147,12 @@ def _fits(array: np.ndarray, want: np.dtype) -> bool:
     return float(limits.min) <= array.min() and array.max() < float(limits.max) + 1
 
 
-def _first_outside(array: np.ndarray, want: np.dtype) -> str:
-    """'V is outside [MIN, MAX]' for the first value of `array` that integer type `want` cannot hold."""
+def _does_not_fit(name: str, array: np.ndarray, want: np.dtype) -> OnnxkitError:
+    """The error for input `name`, naming the first value of `array` that integer type `want` cannot hold."""
     limits = np.iinfo(want)
     value = next(v for v in array.flat if not limits.min <= int(v) <= limits.max)
-    return f"{int(value)} is outside [{limits.min}, {limits.max}]"
+    return OnnxkitError(f"input {name!r}: a value does not fit {want} ({int(value)} is outside "
+                        f"[{limits.min}, {limits.max}])")
 
 
 def _check_shape(spec: TensorSpec, array: np.ndarray, sizes: dict[str, tuple[int, str]]) -> None:
