@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.data import load_dataset
 from onnxkit.train import fit
-from onnxkit.train.training_form import find_parameters, untie_exporter_copies
+from onnxkit.train.exporter_marks import untie_exporter_copies
+from onnxkit.train.training_form import find_parameters
 
 pytestmark = pytest.mark.training
 

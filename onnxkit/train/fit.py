@@ -63,6 +63,7 @@ from onnxkit.train.callbacks import (
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted, adapter_settings
 from onnxkit.train.defaults import Settings, resolve, training_mode
 from onnxkit.train.export import with_weights
+from onnxkit.train.exporter_marks import folded_batch_norms, padding_rows, unmarked_scalars
 from onnxkit.train.frozen_features import cut, features
 from onnxkit.train.lora import LoraAdapter
 from onnxkit.train.losses import Loss, default_loss, get_loss
@@ -85,17 +86,14 @@ from onnxkit.train.trainer import LoopState, Trainer
 from onnxkit.train.training_form import (
     constant_weights,
     find_parameters,
-    folded_batch_norms,
     needs_full_length,
     output_type,
-    padding_rows,
     random_nodes,
     refuse_weights_in_attributes,
     select,
     sized_by_data,
     trainable_form,
     training_output,
-    unmarked_scalars,
 )
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe

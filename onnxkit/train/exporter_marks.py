@@ -1,0 +1,357 @@
+"""What PyTorch's ONNX exporters write into a model, read for training.
+
+The dynamo exporter marks each initializer it makes (parameter, buffer, folded constant), lists the
+module's parameters in a graph signature and records on each node the PyTorch op it came from; the
+TorchScript exporter marks nothing, but names a module's own weights as state_dict keys. Both tie
+or merge weights PyTorch trains apart (Identity copies, equal values, folded transposes) and may export
+nodes in training mode. The functions here read those marks and undo those ties, so that an export
+trains as its module does in PyTorch.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxkit.metadata_keys import PADDING_ROW_KEY
+
+# what PyTorch's dynamo exporter writes in the value_info of each initializer it makes
+_TORCH_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"  # PARAMETER, BUFFER, CONSTANT_TENSOR...
+_FOLDED = "pkg.onnxscript.optimizer.folded_from"  # a constant computed at export (a causal mask, an arange)
+_SIGNATURE = "pkg.torch.export.ExportedProgram.graph_signature"  # graph metadata: 'p_fc_weight: PARAMETER target=...'
+_SIGNATURE_SPEC = re.compile(r"^(\S+): (\w+) target='([^']*)'", re.MULTILINE)  # placeholder, kind, target
+_STATE_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)*")  # a state_dict key (gate, blocks.0.scale), not onnx::Mul_7
+_SCOPES = "pkg.torch.onnx.name_scopes"  # a node's module paths, outermost first, then its op's name
+_FX_NODE = "pkg.torch.onnx.fx_node"  # the PyTorch op a node came from, its arguments by placeholder (%p_fc_weight)
+_PLACEHOLDER = re.compile(r"%(\w+)")
+TRANSPOSED = ".T"  # suffix of the copy made for a layer that read another's folded (transposed) weight
+_EMBEDDING_ARGS = re.compile(r"target=torch\.ops\.aten\.embedding\.default\]\(args = \(([^)]*)\)")
+_FUSED_BY = "pkg.onnxscript.rewriter.rule_name"  # a node's rewrites: 'FuseBatchNormIntoConv', ...
+
+
+def scalar_weights(model: onnx.ModelProto) -> set[str]:
+    """The rank-0 initializers that are a PyTorch module's own: those a dynamo export's signature lists as
+    parameters, or, in a TorchScript export (which writes constants as Constant nodes or onnx:: names),
+    those named as state_dict keys (a learnable temperature or gate, nn.Parameter(torch.tensor(0.1)))."""
+    signature = _export_signature(model)
+    if signature:
+        return {target for _, kind, target in signature if kind == "PARAMETER"}
+    if model.producer_name != "pytorch":
+        return set()
+    return {t.name for t in model.graph.initializer if not t.dims and _STATE_NAME.fullmatch(t.name)}
+
+
+def exported_constants(model: onnx.ModelProto) -> set[str]:
+    """The initializers PyTorch's dynamo exporter marks as no parameter: buffers (a BatchNorm's
+    statistics stay buffers, told apart by their use) and tensors it computed at export, such as a
+    causal mask. PyTorch's optimizers train neither; a TorchScript export carries no such marks.
+    A tensor folded from a parameter is one, though: the exporter folds Transpose(weight) of each Linear
+    on 3-D inputs into a new initializer, which the graph's signature shows was folded from a parameter.
+    A value the exporter typed with no mark at all, neither a parameter nor folded from one, is a constant
+    its translation made (the float count an nn.EmbeddingBag's Loop divides by)."""
+    parameters = {target for _, kind, target in _export_signature(model) if kind == "PARAMETER"}
+    found = set()
+    for info in model.graph.value_info:
+        marks = _marks(info)
+        kind, folded = marks.get(_TORCH_KIND), _FOLDED in marks
+        from_parameter = folded and parameters & _folded_sources(marks[_FOLDED])
+        if kind not in (None, "PARAMETER") or (folded and not from_parameter) or (
+                parameters and kind is None and not folded and info.name not in parameters):
+            found.add(info.name)
+    return found
+
+
+def _marks(proto: onnx.GraphProto | onnx.NodeProto | onnx.ValueInfoProto) -> dict[str, str]:
+    """The metadata an exporter wrote on a graph, node or value, by key."""
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _export_signature(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """(placeholder, kind, target) of each parameter, buffer or constant the dynamo exporter's graph
+    signature lists (none for other exports)."""
+    return _SIGNATURE_SPEC.findall(_marks(model.graph).get(_SIGNATURE, ""))
+
+
+def _folded_sources(mark: str) -> set[str]:
+    """The names a folded_from mark lists (written as a Python list of strings)."""
+    try:
+        names = ast.literal_eval(mark)
+    except (ValueError, SyntaxError):
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list | tuple | set) else set()
+
+
+def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each float initializer that an Identity node copies (`B = Identity(A)`) made
+    an initializer of its own, `B`; and the names so made (none: `model` itself is returned).
+
+    PyTorch's TorchScript exporter writes distinct parameters whose values happen to be equal as
+    one initializer and Identity copies: the zero biases of a model, the deep-copied layers of
+    `nn.TransformerEncoder`, a fresh BatchNorm's running mean and variance (copies of its beta and
+    gamma). A weight the model really shares is one initializer read by several nodes, with no
+    Identity (which this keeps). Left tied, the copies would train as one tensor, and BatchNorm
+    would normalise with its trained affine weights as statistics."""
+    if not _exporter_copy(model.graph):
+        return model, []
+    untied = onnx.ModelProto()
+    untied.CopyFrom(model)
+    made = []
+    while node := _exporter_copy(untied.graph):  # a copy of a copy is one once its source is made
+        tensor = untied.graph.initializer.add()
+        tensor.CopyFrom(next(t for t in untied.graph.initializer if t.name == node.input[0]))
+        tensor.name = node.output[0]
+        untied.graph.node.remove(node)
+        made.append(tensor.name)
+    return untied, made
+
+
+def with_padding_rows(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each lookup a PyTorch dynamo export made of `nn.Embedding(padding_idx=k)` marked
+    (`PADDING_ROW_KEY`), so that, as in PyTorch, it sends row k no gradient. The exporter records
+    aten.embedding's arguments on the Gather node (weight, ids, padding_idx; -1 or none: no padding
+    row); a TorchScript export keeps no record, and its padding row trains."""
+    weights = {t.name for t in model.graph.initializer}
+    marks = {}
+    for k, node in enumerate(model.graph.node):
+        found = _EMBEDDING_ARGS.search(_marks(node).get(_FX_NODE, "")) if node.op_type == "Gather" else None
+        args = found.group(1).split(", ") if found else []
+        if len(args) > 2 and args[2].isdigit() and node.input[0] in weights and PADDING_ROW_KEY not in _marks(node):
+            marks[k] = args[2]
+    if not marks:
+        return model
+    marked = onnx.ModelProto()
+    marked.CopyFrom(model)
+    for k, row in marks.items():
+        marked.graph.node[k].metadata_props.add(key=PADDING_ROW_KEY, value=row)
+    return marked
+
+
+def unmarked_scalars(model: onnx.ModelProto, trainable: Sequence[str]) -> list[str]:
+    """The trainable scalars of an export that does not say which of its tensors are parameters (TorchScript's):
+    a module's own nn.Parameter and a register_buffer'd scalar look alike there, and both train."""
+    if _export_signature(model):
+        return []
+    scalars = scalar_weights(model)
+    return [name for name in trainable if name in scalars]
+
+
+def padding_rows(model: onnx.ModelProto, trainable: Sequence[str]) -> list[str]:
+    """'table row k' for each trainable table a Gather node marked with a padding row reads."""
+    return [f"{node.input[0]} row {row}" for node in model.graph.node if node.op_type == "Gather"
+            and node.input[0] in trainable and (row := _marks(node).get(PADDING_ROW_KEY)) is not None]
+
+
+def retie_folded_transposes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each initializer PyTorch's exporters folded from the transpose of a weight the graph
+    also reads directly (a Linear tied to an Embedding: the lookup reads the table, the Linear a
+    transposed copy) computed by a Transpose of that weight again; and 'copy of weight' for each (none:
+    `model` itself is returned). Left as two initializers, the tied weight trained as two tensors."""
+    values = {t.name: t for t in model.graph.initializer}
+    read = {name for node in model.graph.node for name in node.input}
+    found: dict[str, str] = {}  # copy -> its source (the first, should two weights be equal)
+    for copy, source in _folded_copies(model, values):
+        if copy not in found and source in read and _is_transpose(values[copy], values[source]):
+            found[copy] = source
+    pairs = list(found.items())
+    if not pairs:
+        return model, []
+    retied = onnx.ModelProto()
+    retied.CopyFrom(model)
+    copies = {copy for copy, _ in pairs}
+    kept = [t for t in retied.graph.initializer if t.name not in copies]
+    del retied.graph.initializer[:]
+    retied.graph.initializer.extend(kept)
+    for k, (copy, source) in enumerate(pairs):
+        transpose = helper.make_node("Transpose", [source], [copy], name=f"onnxkit.train.retied/{copy}")
+        retied.graph.node.insert(k, transpose)
+    return retied, [f"{copy} of {source}" for copy, source in pairs]
+
+
+def _folded_copies(model: onnx.ModelProto, values: dict[str, onnx.TensorProto]) -> list[tuple[str, str]]:
+    """(initializer, the one weight it may have been folded from) pairs: as a dynamo export's folded_from
+    marks say; in a TorchScript export, each folded constant (onnx::MatMul_11) of 2-D shape paired with each
+    module weight of the transposed shape."""
+    marked = [(info.name, next(iter(sources))) for info in model.graph.value_info
+              if len(sources := _folded_sources(_marks(info).get(_FOLDED, ""))) == 1]
+    if marked or model.producer_name != "pytorch" or _export_signature(model):
+        return [(copy, source) for copy, source in marked if copy in values and source in values]
+    flat = [t for t in values.values() if len(t.dims) == 2]
+    return [(copy.name, source.name) for copy in flat if copy.name.startswith("onnx::") for source in flat
+            if not source.name.startswith("onnx::") and list(copy.dims) == list(reversed(source.dims))]
+
+
+def _is_transpose(copy: onnx.TensorProto, source: onnx.TensorProto) -> bool:
+    """Whether 2-D `copy` holds `source` transposed, and `source` is no matrix its transpose equals (a
+    constant or symmetric one: equal by chance, not by folding)."""
+    if len(source.dims) != 2 or list(copy.dims) != list(reversed(source.dims)) or copy.data_type != source.data_type:
+        return False
+    try:  # views of the bytes where they are in the model (a TorchScript export pairs every folded copy with
+        # every weight of the transposed shape: no copies of the weights for each pair)
+        a, b = (np.frombuffer(t.raw_data, helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(t.dims)
+                if t.raw_data else onnx.numpy_helper.to_array(t) for t in (copy, source))
+    except (ValueError, TypeError, OSError):  # weights stored outside the file and not loaded
+        return False
+    if not a.size or not np.array_equal(a[0], b[:, 0]):  # most pairs differ at once
+        return False
+    return bool(np.array_equal(a, b.T)) and b.min() != b.max() and not (a.shape == b.shape and np.array_equal(a, b))
+
+
+def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each parameter or buffer that PyTorch's dynamo exporter merged into an equal-valued
+    one made an initializer of its own; and the names so made (none: `model` itself is returned).
+
+    The exporter's optimizer keeps one initializer of tensors with equal values: the deep-copied layers
+    of `nn.TransformerEncoder`, every LayerNorm's ones and every zero bias of a fresh model. Its
+    signature still lists each parameter, and each node says which PyTorch op it came from, with the
+    parameters that op read (else which module it runs in: name scopes): a node reading a parameter its
+    op did not, where the op read one missing from the graph, reads that one (a copy of the same value).
+    Weights the module shares are one parameter in the signature, and stay shared. A weight the exporter folded
+    (a Linear's transpose) is merged the same way: a layer reading another's gets a copy, `<its weight>.T`
+    (a fresh 2-layer TransformerEncoder trained its second layer's in_proj, linear1 and linear2 tied to the first's).
+    """
+    placeholders = {placeholder: target for placeholder, kind, target in _export_signature(model)
+                    if kind in ("PARAMETER", "BUFFER")}
+    targets = set(placeholders.values())
+    present = {t.name for t in model.graph.initializer}
+    orphans = targets - present
+    if not orphans:
+        return model, []
+    folded = {info.name: _folded_sources(_marks(info)[_FOLDED]) for info in model.graph.value_info
+              if _FOLDED in _marks(info) and info.name in present}  # copies the exporter folded (Linear's W.T)
+    plan: list[tuple[int, int, str]] = []
+    for k, node in enumerate(model.graph.node):
+        marks = _marks(node)
+        try:
+            scopes = ast.literal_eval(marks.get(_SCOPES, "[]"))  # a Python list of strings
+        except (ValueError, SyntaxError):
+            scopes = []
+        if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+            scopes = []
+        # the parameters the PyTorch op read, in order: a node reading another's equal tensor reads its own
+        read = [placeholders[p] for p in _PLACEHOLDER.findall(marks.get(_FX_NODE, "")) if p in placeholders]
+        for i, name in enumerate(node.input):
+            if name not in targets or name not in present or name in read:
+                continue
+            taken = {own for kk, _, own in plan if kk == k}
+            own = next((t for t in read if t in orphans and t not in taken
+                        and t.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1]), None) if read else \
+                _own_parameter(name, scopes, orphans)
+            if own:
+                plan.append((k, i, own))
+        for i, name in enumerate(node.input):  # a folded copy of another layer's weight: a copy of its own
+            sources = folded.get(name, set())
+            if read and sources and not sources & set(read):
+                taken = {own.removesuffix(TRANSPOSED) for kk, _, own in plan if kk == k}
+                own = next((t for t in read if t in orphans and t not in taken and any(
+                    t.rsplit(".", 1)[-1] == source.rsplit(".", 1)[-1] for source in sources)), None)
+                if own:
+                    plan.append((k, i, own + TRANSPOSED))
+        taken = {own.removesuffix(TRANSPOSED) for kk, _, own in plan if kk == k}  # a removed bias: the op read
+        # a parameter no input holds
+        bias = next((t for t in read if t in orphans and t not in taken), None)
+        if node.op_type in ("Gemm", "Conv") and (len(node.input) < 3 or not node.input[2]) and bias \
+                and node.input[1] in present and not any(own == bias for kk, _, own in plan if kk == k):
+            plan.append((k, 2, bias))  # a zero bias the optimizer removed (RemoveOptionalBiasFromConv, ...)
+    if not plan:
+        return model, []
+    untied = onnx.ModelProto()
+    untied.CopyFrom(model)
+    values = {t.name: t for t in untied.graph.initializer}
+    made: list[str] = []
+    for k, i, own in plan:
+        node = untied.graph.node[k]
+        if own not in made:
+            tensor = untied.graph.initializer.add()
+            if i < len(node.input) and node.input[i]:
+                tensor.CopyFrom(values[node.input[i]])
+            else:  # the removed bias: zeros, one per output channel
+                w = values[node.input[1]]
+                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+                width = w.dims[0] if node.op_type == "Conv" or trans_b else w.dims[1]
+                tensor.CopyFrom(onnx.numpy_helper.from_array(
+                    np.zeros(width, helper.tensor_dtype_to_np_dtype(w.data_type))))
+            tensor.name = own
+            made.append(own)
+            values[own] = tensor
+        while len(node.input) <= i:
+            node.input.append("")
+        node.input[i] = own
+    return untied, made
+
+
+def _own_parameter(name: str, scopes: Sequence[str], orphans: set[str]) -> str | None:
+    """The parameter missing from the graph that a node in module `scopes` means when it reads `name`,
+    another module's (None: `name` is its own)."""
+    parts = name.split(".")
+    for scope in reversed([s for s in scopes if s]):
+        if name.startswith(scope + "."):
+            return None
+        for j in range(len(parts)):
+            candidate = f"{scope}.{'.'.join(parts[j:])}"
+            if candidate in orphans:
+                return candidate
+    return None
+
+
+def _exporter_copy(graph: onnx.GraphProto) -> onnx.NodeProto | None:
+    """The first Identity node copying a float initializer into a value that is not a graph output."""
+    floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and t.dims}
+    outputs = {o.name for o in graph.output}
+    return next((n for n in graph.node if n.op_type == "Identity" and n.input[0] in floats
+                 and n.output[0] not in outputs), None)
+
+
+def in_inference_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with BatchNormalization nodes exported in training mode (`training_mode=1`, as PyTorch's
+    TorchScript exporter writes them with `training=TrainingMode.TRAINING`) set to inference mode, their
+    unused statistics outputs dropped, and Dropout nodes whose `training_mode` input is a constant True
+    without it; and the op types changed, one entry a node (none: `model` itself is returned). The
+    training form puts both back in training mode; the trained model then normalises with its running
+    statistics and drops nothing, as the module does after `eval()`."""
+    true = {t.name for t in model.graph.initializer if t.data_type == TensorProto.BOOL and t.dims in ([], [1])
+            and bool(onnx.numpy_helper.to_array(t).reshape(-1)[0])}
+    true |= {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.attribute
+             and n.attribute[0].t.data_type == TensorProto.BOOL and bool(onnx.numpy_helper.to_array(
+                 n.attribute[0].t).reshape(-1)[0])}
+    read = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    changed = []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        if node.op_type == "BatchNormalization" and any(
+                a.name == "training_mode" and a.i for a in node.attribute) and not read & set(node.output[1:]):
+            next(a for a in node.attribute if a.name == "training_mode").i = 0
+            del node.output[1:]
+            changed.append(node.op_type)
+        elif node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] in true:
+            del node.input[2:]
+            changed.append(node.op_type)
+    read = {name for n in out.graph.node for name in n.input} | {o.name for o in out.graph.output}
+    dead = true - read  # the True each Dropout read, a Constant node or an initializer (onnxruntime warns of each)
+    for node in [n for n in out.graph.node if n.op_type == "Constant" and n.output[0] in dead]:
+        out.graph.node.remove(node)
+    for tensor in [t for t in out.graph.initializer if t.name in dead]:
+        out.graph.initializer.remove(tensor)
+    return (out, changed) if changed else (model, [])
+
+
+def folded_batch_norms(model: onnx.ModelProto, trainable: Iterable[str]) -> list[str]:
+    """The layers reading a trainable weight that PyTorch's exporter folded a BatchNorm into: the dynamo
+    exporter's optimizer marks them (FuseBatchNormIntoConv, ...IntoGemm, ...); the TorchScript exporter
+    in eval mode folds BatchNorm into the Conv before it and names the weight it computes onnx::Conv_N
+    where the module's own are named after it. Either trains as a network without BatchNorm."""
+    trained = set(trainable)
+    torchscript = model.producer_name == "pytorch" and not any(_FUSED_BY in _marks(n) for n in model.graph.node)
+    found = []
+    for index, node in enumerate(model.graph.node):
+        if not trained & set(node.input[1:]):
+            continue
+        if ("FuseBatchNorm" in _marks(node).get(_FUSED_BY, "") or torchscript and node.op_type == "Conv"
+                and node.input[1].startswith("onnx::Conv_")):
+            found.append(node.name or f"#{index}")
+    return found
