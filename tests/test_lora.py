@@ -82,3 +82,16 @@ def test_bad_lora_settings_are_clear_errors(small_bert):
         LoraConfig(rank=0)
     with pytest.raises(OnnxkitError, match="no LoRA adapters to merge"):
         merge_adapters(small_bert, small_bert)
+
+
+def test_a_rank_not_below_the_weights_smaller_side_is_warned_of(small_bert):
+    from onnxkit.train.lora import LoraAdapter
+
+    small = LoraAdapter(LoraConfig(rank=31))
+    small.apply(small_bert)
+    assert small.notes() == []
+    full = LoraAdapter(LoraConfig(rank=32))  # q and v are 32 x 32 in both layers
+    full.apply(small_bert)
+    (note,) = full.notes()
+    assert note.startswith("warning: LoRA rank 32 is not below the smaller side of 4 adapted weights (")
+    assert "encoder.0.attn.q.weight 32x32" in note and "--lora-rank" in note

@@ -21,7 +21,8 @@ class GraphAdapter(Protocol):
     `apply` returns the inference-form model to train (it may add parameters);
     `trainable` names the parameters to train by default (None: all);
     `merge` turns the trained adapted model back into a plain one; an optional `settings()`
-    says what decides the adapted graph (see `adapter_settings`).
+    says what decides the adapted graph (see `adapter_settings`), an optional `notes()` lists
+    warnings about it for the user (after `apply`).
     """
 
     def apply(self, model: onnx.ModelProto) -> onnx.ModelProto: ...

@@ -626,6 +626,8 @@ class _Setup:
     def _warn_about_weights(self) -> None:
         """A warning for weights that cannot train as the model was exported: Constant nodes, folded BatchNorms."""
         progress = self.progress
+        for note in getattr(self.adapter, "notes", list)():
+            progress.line(note)
         constants = constant_weights(self.model, self.output)
         if constants:
             progress.line(f"warning: Constant nodes that layers read as weights stay fixed: only initializers train "

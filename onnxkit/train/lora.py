@@ -178,6 +178,20 @@ class LoraAdapter:
         adapted, self.adapters = add_adapters(model, self.config)
         return adapted
 
+    def notes(self) -> list[str]:
+        """Warnings about the adapted graph: adapters no smaller than the weight they adapt."""
+        if self._original is None:
+            return []
+        weights = _matmul_weights(self._original)
+        rank = self.config.rank
+        targets = target_weights(self._original, self.config.targets)
+        full = [f"{w} {'x'.join(map(str, weights[w].dims))}" for w in targets if rank >= min(weights[w].dims)]
+        if not full:
+            return []
+        return [f"warning: LoRA rank {rank} is not below the smaller side of {len(full)} adapted weight"
+                f"{'s' if len(full) > 1 else ''} ({first_few(full)}): each such adapter holds more parameters than "
+                "the weight it adapts, and saves nothing over training it; use a smaller rank (--lora-rank)"]
+
     def trainable(self, model: onnx.ModelProto) -> list[str]:
         names = [t.name for t in model.graph.initializer if not is_adapter(t.name)]
         extra: list[str] = fnmatch.filter(names, DEFAULT_HEAD) if self.train is None else []
