@@ -111,6 +111,11 @@ def test_nan_infinite_or_out_of_range_inputs_are_refused(run_cli, digits, tmp_pa
         result = run_cli("predict", path, "-i", tmp_path / name, "-o", out)
         assert (result.code, result.err) == (1, f"error: {tmp_path / name}: input 'x' {message}; fill or drop "
                                                 "those rows\n")
+    (tmp_path / "huge.csv").write_text(",".join(["1"] * 63 + ["1e300"]))  # past float32: was numpy's warning first
+    result = run_cli("predict", path, "-i", tmp_path / "huge.csv", "-o", out)
+    assert (result.code, result.err) == (1, f"error: {tmp_path / 'huge.csv'}: input 'x' holds values beyond "
+                                            "float32's range (largest 3.40282e+38), up to 1e+300; scale them as the "
+                                            "model expects\n")
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "half",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 2])])

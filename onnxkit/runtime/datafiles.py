@@ -274,8 +274,8 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
     def column(j: int) -> str:
         return f"column {columns[j] if j < len(columns) else j + 1}" + (f" ({header[j]!r})" if header else "")
 
-    try:
-        return np.array(rows).astype(dtype)
+    try:  # floats as float64: a value past the input's float type is refused by `checked_feeds`, by name
+        return np.array(rows).astype(np.float64 if np.dtype(dtype).kind == "f" else dtype)
     except OverflowError as e:  # a whole number past the input's integer type
         limits = np.iinfo(dtype)
         i, j, cell = next((i, j, cell) for i, row in enumerate(rows) for j, cell in enumerate(row)
