@@ -17,7 +17,7 @@ import numbers
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -277,12 +277,7 @@ def fit(
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise OnnxkitError(f"gradient clipping norm must be positive, got {clip_grad_norm}")
     adapter = _run_adapter(config, adapter)
-    try:
-        setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
-    except OnnxkitError as e:
-        if dataset.labels_from and ("label" in str(e) or "shape" in str(e)):  # that column may be a feature
-            raise OnnxkitError(f"{e} (the labels: {dataset.labels_from})", params=e.params) from e
-        raise
+    setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
     if note:
         setup.progress.line(note)
     if resume is None:
@@ -486,21 +481,33 @@ class _Setup:
         self.threads, self.progress = threads, progress
         self.cached: dict[str, Any] = {}  # the frozen-feature cut's boundary and seconds, when one is made
         self._prepare_model_and_backend(model, device)
-        self._choose_output_and_loss()
-        unscaled_note = self._choose_standardization()  # said last, so that an error is the only line
-        self._detect_probabilities()
-        specs = model_inputs(self.model)  # the inputs the data is bound to
-        self._check_splits()
-        self._bind_splits(specs)
-        self._check_fixed_batch(specs)
-        self._size_by_data()
-        self._name_classes()
+        with self._naming_the_labels():  # the data against the model
+            self._choose_output_and_loss()
+            unscaled_note = self._choose_standardization()  # said last, so that an error is the only line
+            self._detect_probabilities()
+            specs = model_inputs(self.model)  # the inputs the data is bound to
+            self._check_splits()
+            self._bind_splits(specs)
+            self._check_fixed_batch(specs)
+            self._size_by_data()
+            self._name_classes()
         self._select()
         self._warn_about_weights()
         self._cache_frozen_features()
         self._plan_steps()
         self._choose_monitor()
         self._say_notes(unscaled_note)
+
+    @contextlib.contextmanager
+    def _naming_the_labels(self) -> Iterator[None]:
+        """Errors about the data against the model end by saying which column was taken as the labels, when
+        the file headed none so (a feature taken as the labels reads as a wrong loss or shape)."""
+        try:
+            yield
+        except OnnxkitError as e:
+            if not self.dataset.labels_from:
+                raise
+            raise OnnxkitError(f"{e} (the labels: {self.dataset.labels_from})", params=e.params) from e
 
     def _prepare_model_and_backend(self, model: onnx.ModelProto, device: str) -> None:
         """The model in trainable form (each change said in a line), the backend and its device, the adapter applied."""
