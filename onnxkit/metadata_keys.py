@@ -57,3 +57,7 @@ QUANTIZATION_KEY = "onnxkit.quantization"
 PADDING_ROW_KEY = "onnxkit.padding_idx"
 """On a Gather node, not the model: the table row its lookups send no gradient, as PyTorch's
 nn.Embedding(padding_idx=...) (written by the DSL's Embedding, and from a dynamo export's record of it)."""
+
+STANDARDIZE_PREFIX = "onnxkit.standardize"
+"""Not a key: the prefix of the names training gives the nodes and constants that standardise a model's
+inputs and un-scale its output inside the graph (`train.standardize`; fp16 keeps them float32)."""

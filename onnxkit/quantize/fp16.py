@@ -12,13 +12,13 @@ import onnx
 from onnx import numpy_helper
 
 from onnxkit.graph_walks import node_reads
+from onnxkit.metadata_keys import STANDARDIZE_PREFIX
 from onnxkit.quantize.prepare import quiet_ort
 
 # ops kept float32 behind Casts: onnxruntime 1.32's float16 AffineGrid fails at a batch of one
 # ("Split ... axis 1 is not in valid range")
 KEEP_FLOAT32 = frozenset({"AffineGrid"})
 FLOAT16_MAX = 65504.0
-STANDARDIZE = "onnxkit.standardize"  # the names of training's standardisation nodes (train.standardize.PREFIX)
 
 
 def quantize_fp16(
@@ -67,4 +67,4 @@ def beyond_float16(model: onnx.ModelProto) -> set[str]:
     large = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
              and np.abs(numpy_helper.to_array(t)).max(initial=0) > FLOAT16_MAX}
     return {n.name for n in model.graph.node if n.name and (
-        n.name.startswith(f"{STANDARDIZE}/") or large.intersection(n.input))}
+        n.name.startswith(f"{STANDARDIZE_PREFIX}/") or large.intersection(n.input))}

@@ -21,8 +21,8 @@ from onnx import helper, numpy_helper
 from onnxkit.data import ModelInput, Split
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import BUFFERS_KEY
+from onnxkit.metadata_keys import STANDARDIZE_PREFIX as PREFIX
 
-PREFIX = "onnxkit.standardize"
 TINY = 1e-7  # below this a feature is constant: it is centred, not scaled (scikit-learn's StandardScaler)
 SPREAD, FAR = 100.0, 10.0  # unscaled: a std this many times the median std, or a mean / std beyond this
 # unscaled whatever the other features: a std this large (make_friedman3's 470 beside 0.29 and 2.9 was
