@@ -156,5 +156,6 @@ def test_class_names_are_no_regression_targets(tmp_path):
         fit(model, tmp_path / "prices.csv", tmp_path / "run", loss="l1")
     assert str(prices.value) == ("data 'prices': the targets are written with thousands separators ('200,000.50', "
                                  "'201,000.50', '202,000.50', ...), so they read as class names; write the numbers "
-                                 "without them")
+                                 "without them (the labels: the last column, 'price', as no column is headed label / "
+                                 "labels / target / y / class)")
     assert not (tmp_path / "run").exists()

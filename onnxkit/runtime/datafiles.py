@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -231,6 +232,9 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
             f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
         )
     spec = model.inputs[0]
+    table = _plain_table(path, spec.dtype or np.float32)
+    if table is not None:
+        return _shaped(path, table, spec)
     rows = [row for _, row in read_csv_rows(path)]
     header = csv_header(rows[0]) if rows else None
     if header:
@@ -250,6 +254,43 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
         header = header[:label] + header[label + 1:]
         del columns[label]
     return _shaped(path, _numbers(path, rows, header, spec.dtype or np.float32, columns), spec)
+
+
+def _plain_table(path: Path, dtype: Any) -> np.ndarray | None:
+    """A CSV of plain numbers for a float input, as float64, less a column headed as the labels: read by
+    numpy's parser a block at a time (the cells as a list of strings took ~17x the file's size). None for
+    any other file, which `_read_csv` then reads cell by cell, naming what is wrong: no rows, rows of other
+    lengths, a cell that is not a number, ';' (decimal commas), a pandas index, a blank first line."""
+    if np.dtype(dtype).kind != "f":
+        return None
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            first = f.readline()
+    except (OSError, ValueError):
+        return None
+    csv.field_size_limit(max(csv.field_size_limit(), len(first)))  # one cell may fill the line
+    delimiter = csv_delimiter(first)
+    cells = next(csv.reader([first], delimiter=delimiter), [])
+    header = csv_header(cells) if cells else None
+    if delimiter == ";" or not cells or header and header[0].strip() in ("", "Unnamed: 0"):
+        return None
+    label = label_column(header, str(path))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's "input contained no data"
+            table = np.loadtxt(path, np.float64, comments=None, delimiter=delimiter, skiprows=1 if header else 0,
+                               ndmin=2, encoding="utf-8-sig", quotechar='"',
+                               converters=None if label is None else {label: _not_read})
+    except (ValueError, OSError, UserWarning):
+        return None
+    if header and len(header) != table.shape[1]:
+        return None
+    return table if label is None else np.delete(table, label, axis=1)
+
+
+def _not_read(cell: str) -> float:
+    """A label cell's stand-in: the labels are not the model's input."""
+    return 0.0
 
 
 def _shaped(path: Path, table: np.ndarray, spec: TensorSpec) -> np.ndarray:
