@@ -131,3 +131,25 @@ def test_gelu_unknown_approximation_raises():
     model, _ = single_node("Relu", {"x": rand(2)})
     with pytest.raises(ValueError, match="approximate"):
         RULES["Gelu"](Backward(Graph(value_types(model), 20), node, ["dy"], [True]))
+
+
+def _summed_gradient(op: str, inputs: dict, wrt: str) -> np.ndarray:
+    """d sum(op(inputs)) / d wrt, on onnxruntime in float32 (it has no float64 HardSwish)."""
+    import onnxruntime as ort
+
+    from onnxkit.autodiff import add_gradients
+
+    model, feeds = single_node(op, inputs, dtype=np.float32)
+    model.graph.node.append(helper.make_node("ReduceSum", ["y0"], ["loss"], keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("loss", 1, []))
+    grads = add_gradients(model, [wrt], "loss")
+    session = ort.InferenceSession(grads.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([f"{wrt}.grad"], feeds)[0]
+
+
+def test_prelu_and_hardswish_kinks_take_pytorchs_side():
+    # torch.nn.functional.prelu: slope at 0; hardswish: 0 at -3, 1 at 3 (were 1, -0.5 and 1.5)
+    prelu = _summed_gradient("PRelu", {"x": np.array([-1.0, 0.0, 1.0]), "slope": np.array([0.25])}, "x")
+    np.testing.assert_array_equal(prelu, [0.25, 0.25, 1.0])
+    hardswish = _summed_gradient("HardSwish", {"x": np.array([-4.0, -3.0, 0.0, 3.0, 4.0])}, "x")
+    np.testing.assert_array_equal(hardswish, [0.0, 0.0, 0.5, 1.0, 1.0])

@@ -62,3 +62,12 @@ def test_decomposed_gelu_backward_reads_only_its_input(spelling):
 def test_a_chain_whose_intermediate_is_read_elsewhere_goes_through_the_chain_rule():
     spelling = next(iter(SPELLINGS))
     assert backward_reads(model(spelling, extra_output="e"), {"a"}) == {"a"}  # Mul(x, a)'s rule reads a
+
+
+def test_a_constant_of_higher_rank_than_x_is_no_gelu():
+    # [[[0.5]]] broadcasts y up to rank 3: as one Gelu of x, w's gradient came out of the wrong rank
+    spelling = next(iter(SPELLINGS))
+    m = model(spelling)
+    half = next(t for t in m.graph.initializer if t.name == "half")
+    half.CopyFrom(numpy_helper.from_array(np.full((1, 1, 1), 0.5), "half"))
+    assert backward_reads(m, {"a"}) == {"a"}  # the chain rule, node by node (as one Gelu: only x)

@@ -238,3 +238,15 @@ def test_lrn_against_finite_differences_of_its_definition(size, shape):
         numeric[i] = (loss(x + step) - loss(x - step)) / (2 * eps)
     got = run_gradients(projected, feeds, ["x"])["x"]  # on ONNX Runtime, float32
     np.testing.assert_allclose(got, numeric, rtol=0, atol=2e-5 * max(1.0, np.abs(numeric).max()))
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 2, 2)])
+def test_batch_norm_inference_differentiates_its_mean_and_var_too(shape):
+    check("BatchNormalization", bn_inputs(shape), ["mean", "var"], {"epsilon": 1e-3}, opset=15)
+
+
+def test_a_value_named_as_a_gradient_output_is_refused():
+    model, _ = single_node("Relu", {"x": rand(2, 3)})
+    model.graph.node.append(helper.make_node("Identity", ["y0"], ["x.grad"]))
+    with pytest.raises(OnnxkitError, match=r"already has a value named 'x.grad', the name of 'x''s gradient output"):
+        add_gradients(model, ["x"], "y0")

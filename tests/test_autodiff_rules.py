@@ -376,3 +376,61 @@ def test_padding_row_lookups_send_no_gradient_other_reads_of_the_table_do(rows, 
             expected[row] += projections["y0.projection"][position]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     assert np.abs(expected[0]).min() > 0  # row 0 still trains, through the MatMul
+
+
+def test_pow_at_a_zero_base_or_exponent_is_pytorchs_zero_not_nan():
+    # PyTorch: de = 0 where a = 0 and e >= 0, da = 0 where e = 0 (0 * log 0 and 0 * 0^-1 were NaN)
+    model, feeds = single_node("Pow", {"a": np.array([0.0, 1.5, 0.0, 2.0]), "e": np.array([2.0, 2.0, 0.0, 0.0])})
+    grads = run_gradients(with_projection_loss(model), feeds, ["a", "e"])
+    assert np.isfinite(grads["a"]).all() and np.isfinite(grads["e"]).all()
+    assert grads["e"][0] == 0.0 and grads["a"][2] == 0.0 and grads["a"][3] == 0.0 and grads["e"][1] != 0.0
+
+
+def test_pow_with_an_exponent_of_another_float_type_gets_its_gradient_in_that_type():
+    base, exponent = rand(2, 3, low=0.5, high=2.0), rand(3, seed=4, low=1.0, high=3.0).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Pow", ["a", "e"], ["y"])], "pow",
+                              [helper.make_tensor_value_info("a", TensorProto.DOUBLE, [2, 3]),
+                               helper.make_tensor_value_info("e", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    feeds = {"a": base, "e": exponent}
+    got = run_gradients(with_projection_loss(model), feeds, ["e"])["e"]  # the graph failed to load
+    analytic, numeric = gradcheck(model, feeds, ["e"], eps=1e-3)["e"]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, numeric, rtol=1e-4)
+
+
+def test_clip_bounds_get_the_gradient_of_the_values_they_clip():
+    x = np.array([[-2.0, -0.5, 0.3], [0.9, 1.7, -1.4]])
+    check("Clip", {"x": x, "lo": np.array(-1.0), "hi": np.array(1.0)}, ["x", "lo", "hi"])
+
+
+def test_pads_constant_value_gets_the_gradient_of_the_places_it_fills():
+    for pads in ([1, 0, 2, 1], [0, 2, 1, 0]):
+        check("Pad", {"x": rand(3, 4)}, ["x", "value"],
+              constants={"pads": np.array(pads, np.int64), "value": np.array(0.5)})
+
+
+def test_reduce_l2_of_a_slice_of_zeros_sends_zero_not_nan():
+    model, feeds = single_node("ReduceL2", {"x": np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]])}, {"axes": [1]},
+                               opset=17)
+    grad = run_gradients(with_projection_loss(model), feeds, ["x"])["x"]
+    assert (grad[0] == 0).all() and np.isfinite(grad).all() and (grad[1] != 0).all()
+
+
+def test_float64_gather_at_opset_13_runs_on_onnxruntime():
+    # before opset 16 repeats add up through a one-hot GEMM: onnxruntime has no float64 OneHot
+    index = np.array([[2, 0], [2, -1], [SMALL_TABLE, 2]])
+    check("Gather", {"x": rand(SMALL_TABLE + 1, 3)}, ["x"], constants={"i": index}, opset=13,
+          ort_dtype=np.float64, ort_tol=1e-10)
+
+
+def test_hardmax_is_cut_like_argmax():
+    model, feeds = single_node("Hardmax", {"x": rand(2, 3)}, {"axis": -1}, dtype=np.float32)  # no float64 kernel
+    graph = model.graph
+    graph.node.append(helper.make_node("Mul", ["y0", "x"], ["z"]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]))
+    grad = run_gradients(with_projection_loss(model), feeds, ["x"])["x"]  # the one-hot times the projection
+    assert grad.shape == (2, 3) and ((grad != 0).sum(axis=1) == 1).all()

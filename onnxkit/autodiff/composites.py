@@ -43,9 +43,9 @@ class _Graph:
         return readers[0]
 
     def scalar(self, name: str, value: float) -> bool:
-        known = self.constants.get(name)
-        return known is not None and known.size == 1 and math.isclose(float(known.reshape(-1)[0]), value,
-                                                                     rel_tol=1e-6)
+        known = self.constants.get(name)  # rank 0 or 1: one of higher rank would broadcast x up
+        return (known is not None and known.size == 1 and known.ndim <= 1
+                and math.isclose(float(known.reshape(-1)[0]), value, rel_tol=1e-6))
 
     def other(self, node: onnx.NodeProto, name: str) -> str | None:
         """The input of binary `node` that is not `name` (None if both are)."""

@@ -190,6 +190,11 @@ def _checked_arguments(model: onnx.ModelProto, wrt: Sequence[str], loss: str) ->
     made = given | {o for node in model.graph.node for o in node.output}
     if loss not in made:
         raise OnnxkitError(f"no value {loss!r} in the graph to take as the loss.{suggest(loss, made)}")
+    taken = next((p for p in wrt if gradient_name(p) in made), None)
+    if taken is not None:
+        raise OnnxkitError(f"the model already has a value named {gradient_name(taken)!r}, the name of {taken!r}'s "
+                           "gradient output; rename that value (a model with gradients is differentiated from the "
+                           "model without them)")
     return list(dict.fromkeys(wrt))
 
 

@@ -26,7 +26,7 @@ RULES: dict[str, Rule] = {}
 NON_DIFFERENTIABLE = frozenset({
     "Shape", "Size", "ConstantOfShape", "Constant", "EyeLike", "RandomUniformLike", "RandomNormalLike",
     "RandomUniform", "RandomNormal", "Multinomial", "Bernoulli", "Range",
-    "Floor", "Ceil", "Round", "Sign", "ArgMax", "ArgMin", "NonZero",
+    "Floor", "Ceil", "Round", "Sign", "ArgMax", "ArgMin", "Hardmax", "NonZero",
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
 })
 

@@ -41,10 +41,11 @@ def leaky_relu(b: Backward) -> list[str | None]:
 
 @rule("PRelu")
 def prelu(b: Backward) -> list[str | None]:
-    # y = x for x >= 0, slope * x below; the slope broadcasts to x, so its gradient is summed back.
+    # y = x for x > 0, slope * x at and below (PyTorch's slope at 0); the slope broadcasts to x, so its
+    # gradient is summed back.
     x, slope, dy = b.x(0), b.x(1), b.dy()
     negative = b.op("Less", x, b.const(0.0))
-    dx = b.op("Where", negative, b.op("Mul", dy, slope), dy) if b.wants(0) else None
+    dx = _where_positive(b, dy, b.op("Mul", dy, slope)) if b.wants(0) else None
     dslope = None
     if b.wants(1):
         dslope = b.unbroadcast(b.keep(b.op("Mul", dy, x), negative), 1)
@@ -115,11 +116,12 @@ def hard_sigmoid(b: Backward) -> list[str | None]:
 
 @rule("HardSwish")
 def hard_swish(b: Backward) -> list[str | None]:
-    # y = x clip(x / 6 + 1/2, 0, 1): y' = x / 3 + 1/2 on [-3, 3], 0 below, 1 above (as PyTorch).
+    # y = x clip(x / 6 + 1/2, 0, 1): y' = x / 3 + 1/2 inside (-3, 3), 0 at -3 and below, 1 at 3 and above
+    # (as PyTorch).
     x, dy = b.x(), b.dy()
     middle = b.op("Mul", dy, b.op("Add", b.op("Div", x, b.const(3.0)), b.const(0.5)))
-    upper = _where_positive(b, dy, middle, 3.0)
-    return [b.keep(upper, b.op("GreaterOrEqual", x, b.const(-3.0)))]
+    upper = b.op("Where", b.op("GreaterOrEqual", x, b.const(3.0)), dy, middle)
+    return [b.keep(upper, b.op("Greater", x, b.const(-3.0)))]
 
 
 @rule("Mish")

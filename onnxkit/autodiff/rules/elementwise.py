@@ -100,15 +100,23 @@ def sqrt(b: Backward) -> list[str | None]:
 
 @rule("Pow")
 def pow_(b: Backward) -> list[str | None]:
-    # y = a^e: da = dy * e * a^(e-1), de = dy * y * log(a)
+    # y = a^e: da = dy * e * a^(e-1), de = dy * y * log(a); as PyTorch, da is 0 where e = 0 and de is 0
+    # where a = 0 and e >= 0 (not 0 * inf = NaN). de is computed in a's type, then cast to e's.
     a, e = b.x(0), b.x(1)
+    e_cast = e if b.dtype(e) == b.dtype(a) else b.cast_like(e, a)
     da = de = None
     if b.wants(0):
-        e_cast = e if b.dtype(e) == b.dtype(a) else b.cast_like(e, a)
         power = b.op("Pow", a, b.op("Sub", e_cast, b.const(1.0)))
-        da = b.unbroadcast(b.op("Mul", b.dy(), b.op("Mul", e_cast, power)), 0)
+        slope = b.op("Mul", e_cast, power)
+        known = b.value(e)
+        if known is None or not known.all():
+            slope = b.op("Where", b.op("Equal", e_cast, b.const(0.0)), b.const(0.0), slope)
+        da = b.unbroadcast(b.op("Mul", b.dy(), slope), 0)
     if b.wants(1):
-        de = b.unbroadcast(b.op("Mul", b.dy(), b.op("Mul", b.y(), b.op("Log", a))), 1)
+        at_zero = b.op("And", b.op("Equal", a, b.const(0.0)), b.op("GreaterOrEqual", e_cast, b.const(0.0)))
+        slope = b.op("Where", at_zero, b.const(0.0), b.op("Mul", b.y(), b.op("Log", a)))
+        de = b.op("Mul", b.dy(), slope)
+        de = b.unbroadcast(de if b.dtype(e) == b.dtype(a) else b.cast_like(de, e), 1)
     return [da, de]
 
 
@@ -202,7 +210,7 @@ def where(b: Backward) -> list[str | None]:
 
 @rule("Clip")
 def clip(b: Backward) -> list[str | None]:
-    # Gradient passes where min <= x <= max (as torch.clamp); the bounds get none.
+    # Gradient passes to x where min <= x <= max (as torch.clamp), to min where x < min, to max where x > max.
     x = b.x()
     if b.opset < 11:
         low, high = b.attr("min"), b.attr("max")
@@ -215,6 +223,10 @@ def clip(b: Backward) -> list[str | None]:
         if bound:
             test = b.op(op, x, bound)
             inside = test if inside is None else b.op("And", inside, test)
-    if inside is None:
-        return [b.dy()]
-    return [b.keep(b.dy(), inside)]
+    dx = b.dy() if inside is None else b.keep(b.dy(), inside)
+    dlow = dhigh = None
+    if b.opset >= 11 and b.wants(1):
+        dlow = b.unbroadcast(b.keep(b.dy(), b.op("Less", x, low)), 1)
+    if b.opset >= 11 and b.wants(2):
+        dhigh = b.unbroadcast(b.keep(b.dy(), b.op("Greater", x, high)), 2)
+    return [dx, dlow, dhigh]

@@ -147,8 +147,9 @@ def _per_channel(b: Backward, name: str, rank: int) -> str:
 
 @rule("BatchNormalization")
 def batch_norm(b: Backward) -> list[str | None]:
-    # Inference mode: the input mean and var are constants and get no gradient. Training mode:
-    # the batch statistics are recomputed from x; the running statistics are not differentiated.
+    # Inference mode: y = scale (x - mean) invstd + bias, invstd = 1 / sqrt(var + eps), each input
+    # differentiated. Training mode: the batch statistics are recomputed from x; the running statistics
+    # are not differentiated.
     x, scale, dy = b.x(0), b.x(1), b.dy(0)
     _same_float_type(b, [scale, b.x(2), b.x(3), b.x(4)])
     rank = b.need_rank(x)
@@ -160,14 +161,21 @@ def batch_norm(b: Backward) -> list[str | None]:
             raise ValueError("its running mean and variance have no gradient; keep them out of the loss")
         return [*_channel_norm(b, x, dy, _per_channel(b, scale, rank), axes, axes), None, None]
     invstd = _invstd(b, b.x(4))
-    dx = b.op("Mul", dy, _per_channel(b, b.op("Mul", scale, invstd), rank)) if b.wants(0) else None
-    dscale = dbias = None
-    if b.wants(1):
+    gain = b.op("Mul", scale, invstd)
+    dx = b.op("Mul", dy, _per_channel(b, gain, rank)) if b.wants(0) else None
+    dscale = dbias = dmean = dvar = None
+    if b.wants(1) or b.wants(4):
         d = b.op("Sub", x, _per_channel(b, b.x(3), rank))
-        dscale = b.op("Mul", invstd, b.reduce("ReduceSum", b.op("Mul", dy, d), axes, keepdims=False))
-    if b.wants(2):
-        dbias = b.reduce("ReduceSum", dy, axes, keepdims=False)
-    return [dx, dscale, dbias, None, None]
+        centred = b.reduce("ReduceSum", b.op("Mul", dy, d), axes, keepdims=False)  # sum of dy (x - mean)
+        dscale = b.op("Mul", invstd, centred) if b.wants(1) else None
+        if b.wants(4):  # d invstd / d var = -invstd^3 / 2
+            cubed = b.op("Mul", invstd, b.op("Mul", invstd, invstd))
+            dvar = b.op("Mul", centred, b.op("Mul", scale, b.op("Mul", cubed, b.const(-0.5))))
+    if b.wants(2) or b.wants(3):
+        total = b.reduce("ReduceSum", dy, axes, keepdims=False)
+        dbias = total if b.wants(2) else None
+        dmean = b.op("Neg", b.op("Mul", total, gain)) if b.wants(3) else None
+    return [dx, dscale, dbias, dmean, dvar]
 
 
 @rule("InstanceNormalization")

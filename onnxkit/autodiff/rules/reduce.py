@@ -67,7 +67,10 @@ def reduce_sum_square(b: Backward) -> list[str | None]:
 
 @rule("ReduceL2")
 def reduce_l2(b: Backward) -> list[str | None]:
-    return [b.op("Mul", _spread(b, b.op("Div", b.dy(), b.y())), b.x()), None]
+    # dx = dy x / y; 0 for a slice of zeros (y = 0: PyTorch's norm gives 0 there, not 0 / 0)
+    y = b.y()
+    divisor = b.op("Where", b.op("Equal", y, b.const(0.0, like=y)), b.const(1.0, like=y), y)
+    return [b.op("Mul", _spread(b, b.op("Div", b.dy(), divisor)), b.x()), None]
 
 
 @rule("ReduceL1")

@@ -71,7 +71,9 @@ def _add_rows(b: Backward, zeros: str, index: str, values: str, rank: int = 1) -
         where = b.op("Expand", b.op("Reshape", index, b.ints([-1] + [1] * (rank - 1))), b.shape(values))
         return b.op("ScatterElements", zeros, where, values, axis=0, reduction="add")
     rows, _, inverse, _ = b.op("Unique", index, outputs=4, sorted=1)
-    hot = b.op("OneHot", inverse, b.op("Size", rows), b.const([0.0, 1.0]))
+    hot = b.op("OneHot", inverse, b.op("Size", rows), b.graph.const([0.0, 1.0], TensorProto.FLOAT))
+    if b.dtype(b.x()) != TensorProto.FLOAT:  # the values' type (onnxruntime's OneHot has no float64 kernel)
+        hot = b.op("Cast", hot, to=b.dtype(b.x()))
     sums = b.op("Gemm", hot, b.op("Reshape", values, b.ints([-1, 1] if rank == 1 else [0, -1])), transA=1)
     row_shape = b.op("Slice", b.shape(values), b.ints([1]), b.ints([2**62]))
     sums = b.op("Reshape", sums, b.op("Concat", b.ints([-1]), row_shape, axis=0))
@@ -173,9 +175,16 @@ def pad(b: Backward) -> list[str | None]:
         copied = b.op("Pad", _positions(b), *([pads] if b.opset >= 11 else []), **attrs)
         return [_scatter_into_zeros(b, copied, b.dy()), None, None]
     if known is None or (known < 0).any():  # a negative pad crops: dx is dy padded back with zeros there
-        return [b.op("Pad", b.dy(), b.op("Neg", pads)), None, None]
-    begin = b.op("Slice", pads, b.ints([0]), b.ints([rank]))
-    return [b.op("Slice", b.dy(), begin, b.op("Add", begin, b.shape(x))), None, None]
+        dx = b.op("Pad", b.dy(), b.op("Neg", pads))
+    else:
+        begin = b.op("Slice", pads, b.ints([0]), b.ints([rank]))
+        dx = b.op("Slice", b.dy(), begin, b.op("Add", begin, b.shape(x)))
+    dvalue = None
+    if b.opset >= 11 and b.wants(2):  # the padding value fills every place dy has that dx took not from x
+        filled = b.op("Sub", b.reduce("ReduceSum", b.dy(), None, keepdims=False),
+                      b.reduce("ReduceSum", dx, None, keepdims=False))
+        dvalue = b.op("Reshape", filled, b.shape(b.x(2)))
+    return [dx, None, dvalue]
 
 
 def _every_axis(b: Backward, pads: str, known: np.ndarray | None, rank: int) -> tuple[str, np.ndarray | None]:
