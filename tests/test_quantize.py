@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit import zoo
-from onnxkit.data import load_dataset
+from onnxkit.data import Split, load_dataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import without_initializer_inputs
 from onnxkit.quantize import analysis, cpu, quantize, rewrite
@@ -444,7 +444,8 @@ def test_nothing_quantizable_says_so_for_every_mode():
         with pytest.raises(OnnxkitError, match=f"nothing to quantize with mode {mode}"):
             quantize(weightless(), mode=mode, calib={"x": np.ones((4, CLASSES), np.float32)})
     with pytest.raises(OnnxkitError, match="nothing to quantize with mode auto"):
-        quantize(weightless(), mode="auto", eval_data={"x": np.ones((4, CLASSES), np.float32)})
+        quantize(weightless(), mode="auto", eval_data=Split("test", {"x": np.ones((4, CLASSES), np.float32)},
+                                                            np.zeros(4, np.int64)))
 
 
 # ---- calibration: any number of examples, every method ----------------------------------------
@@ -563,6 +564,8 @@ def test_data_of_the_wrong_kind_is_a_type_error_saying_what_to_pass():
     with pytest.raises(TypeError, match=r"^eval_data needs labels to score the models: pass a Split or a Dataset, "
                                         r"e.g. onnxkit.data.dataset_from_arrays\(name, \{'x': X\}, y\)$"):
         quantize(mlp(), mode="dynamic", eval_data=x)
+    with pytest.raises(TypeError, match=r"^eval_data needs labels to score the models"):  # was scored against zeros
+        quantize(mlp(), mode="dynamic", eval_data={"x": x})
     two = mlp()
     two.graph.node.insert(0, helper.make_node("Add", ["a", "b"], ["x"]))
     two.graph.input.pop()
@@ -1135,3 +1138,26 @@ def test_no_change_in_accuracy_is_a_drop_of_zero_not_minus_zero():
 
     same = Score("accuracy", 0.9721).drop_to(Score("accuracy", 0.9721))
     assert same == 0.0 and str(same) == "0.0"  # the auto table showed -0.00 and the report "drop": -0.0
+
+
+def test_arguments_of_the_wrong_type_or_a_zero_block_size_are_clear_errors():
+    for kwargs, error, message in [
+        ({"exclude": 5}, TypeError, r"^exclude must be a node name or op type, or a list of them, not 5$"),
+        ({"calib_size": 1.5}, TypeError, r"^calib_size must be a whole number of examples, not 1.5$"),
+        ({"mode": "int4", "block_size": 0}, OnnxkitError, r"block"),  # was the default 32, silently
+    ]:
+        with pytest.raises(error, match=message):
+            quantize(mlp(), measure_latency=False, **kwargs)
+    with pytest.raises(TypeError, match=r"^model must be a path to an .onnx file or an onnx.ModelProto, not int$"):
+        quantize(5)
+
+
+def test_onnx_runtimes_warnings_print_again_after_quantize(capfd):
+    import onnxruntime as ort
+
+    unused = mlp()  # onnxruntime warns of an initializer no node reads, at its default severity
+    unused.graph.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "unused"))
+    quantize(mlp(), mode="dynamic", measure_latency=False)
+    capfd.readouterr()
+    ort.InferenceSession(unused.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert "Removing initializer 'unused'" in capfd.readouterr().err  # was silent for the rest of the process

@@ -66,10 +66,10 @@ def quantize(
     mode: dynamic | static | int4 | fp16 | auto; None picks static when
     convolutions do most of the multiply-adds, else dynamic. `auto` tries the int8 candidates and
     keeps the fastest whose accuracy drop is within `max_drop` (default 1 point).
-    calib / eval_data: a dataset name or file, a Dataset, a Split, or a dict of arrays keyed by
-    input name (calib also takes one array, for a model of one input); calibration uses the train
-    split, evaluation the test split (without `calib`, static modes calibrate on the train split of
-    a named `eval_data` or Dataset, or on a Split or dict `eval_data` itself).
+    calib / eval_data: a dataset name or file, a Dataset or a Split (calib also takes a dict of arrays
+    keyed by input name, or one array for a model of one input: inputs without labels, which cannot
+    score a model); calibration uses the train split, evaluation the test split (without `calib`, static
+    modes calibrate on the train split of a named `eval_data` or Dataset, or on a Split `eval_data` itself).
     Without `eval_data`, a model trained by onnxkit is evaluated on the data it was trained on
     (split as in its training run), when that data is here; `max_drop` and `auto` use it too.
     A drop over `max_drop` (points of accuracy, or of loss for regression) raises OnnxkitError and
@@ -82,12 +82,19 @@ def quantize(
     sqnr_rows: also compare the models tensor by tensor and keep the worst rows.
     measure_latency: time both models at batch 1 and 64 (`seq_len` fills free dimensions past the batch of
     the synthetic inputs used without eval_data). log: a function given each progress line.
+    While it runs, it silences sys.stdout and logging and works in a scratch folder, as ONNX Runtime's
+    quantizers need: process-wide, so other threads' prints and relative paths are affected meanwhile.
     `output` and `report_path` are written atomically, only after everything succeeded.
     Returns a `QuantizeResult`: the quantized `model` (a ModelProto) and its `report` (`report.text()`
     prints it; `size_ratio`, `latency_ratio(batch)`, `accuracy`).
     """
     say = log or (lambda _msg: None)
-    exclude = [exclude] if isinstance(exclude, str) else list(exclude)  # one name, not its letters
+    if not isinstance(model, str | os.PathLike | onnx.ModelProto):
+        raise TypeError(f"model must be a path to an .onnx file or an onnx.ModelProto, not {type(model).__name__}")
+    given = exclude
+    exclude = [given] if isinstance(given, str) else list(given) if isinstance(given, Iterable) else []  # not letters
+    if not isinstance(given, Iterable) or not all(isinstance(e, str) for e in exclude):
+        raise TypeError(f"exclude must be a node name or op type, or a list of them, not {given!r}")
     source = None if isinstance(model, onnx.ModelProto) else Path(model)
     _check_outputs(source, output, report_path)
     _check_data(calib, eval_data)
@@ -171,7 +178,7 @@ def quantize(
                 method=method or "minmax",
                 format=format or "qdq",
                 reduce_range=reduce_range,
-                block_size=block_size or DEFAULT_BLOCK_SIZE,
+                block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
             )  # per-channel by default: as fast here, and far closer with 7-bit weights (see README)
             reason = f"--mode {mode} as asked" if requested else profile.reason()
             given_calib = None if from_eval else calib  # calib taken from eval_data is not one the user gave
@@ -344,6 +351,8 @@ def _check_options(mode, method, fmt, calib_size, max_drop) -> None:  # type: ig
         check_choice("method", method, METHODS)
     if fmt is not None:
         check_choice("format", fmt, FORMATS)
+    if isinstance(calib_size, bool) or not isinstance(calib_size, numbers.Integral):
+        raise TypeError(f"calib_size must be a whole number of examples, not {calib_size!r}")
     if calib_size < 1:
         raise OnnxkitError(f"calib_size {calib_size}: must be at least 1", params=["calib_size"])
     if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real)):
@@ -357,11 +366,12 @@ def _check_data(calib: Any, eval_data: Any) -> None:
     kinds = "a dataset name, an .npz/.csv path, a Dataset, a Split or a dict of arrays keyed by input name"
     if calib is not None and not isinstance(calib, str | os.PathLike | Dataset | Split | dict | np.ndarray):
         raise TypeError(f"calib must be {kinds} (or one array), not {type(calib).__name__}")
-    if isinstance(eval_data, np.ndarray):
+    if isinstance(eval_data, np.ndarray | dict):  # inputs without labels: an accuracy of zeros as labels before
         raise TypeError("eval_data needs labels to score the models: pass a Split or a Dataset, e.g. "
                         "onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
-    if eval_data is not None and not isinstance(eval_data, str | os.PathLike | Dataset | Split | dict):
-        raise TypeError(f"eval_data must be {kinds}, not {type(eval_data).__name__}")
+    if eval_data is not None and not isinstance(eval_data, str | os.PathLike | Dataset | Split):
+        raise TypeError("eval_data must be a dataset name, an .npz/.csv path, a Dataset or a Split, not "
+                        f"{type(eval_data).__name__}")
 
 
 def _check_evaluation(mode: str | None, eval_data: Any, max_drop: float | None, missing: str | None) -> None:

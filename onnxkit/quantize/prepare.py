@@ -19,12 +19,15 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import without_initializer_inputs
 from onnxkit.quantize import rewrite
 
+ORT_DEFAULT_SEVERITY = 2  # onnxruntime's default logger prints warnings and above
+
 
 @contextlib.contextmanager
 def quiet_ort() -> Iterator[None]:
     """Silence ONNX Runtime's native logger, the quantizers' logging (quant_pre_process logs a traceback as an
     ERROR before it raises) and the calibrators' print()s (which would mix into a command's stdout). The root
-    logger's level and handlers are put back afterwards: some ORT modules call `logging.basicConfig` on import."""
+    logger's level and handlers are put back afterwards (some ORT modules call `logging.basicConfig` on import),
+    and ORT's logger is set back to its default severity, warnings (it has no getter for the one it had)."""
     import onnxruntime as ort
 
     root = logging.getLogger()
@@ -35,6 +38,7 @@ def quiet_ort() -> Iterator[None]:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
+        ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
         logging.disable(disabled)
         root.setLevel(level)
         root.handlers[:] = handlers
