@@ -167,10 +167,10 @@ def test_batchnorm_statistics_are_averaged_over_workers(tmp_path: Path) -> None:
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
     x = load_dataset("digits").train.inputs["x"].astype(np.float64)
     mean, var, var_of_worker_0 = np.zeros(64), np.ones(64), np.ones(64)
-    for step in range(steps):  # ONNX momentum 0.9 keeps 0.9 of the running value; variances are biased
+    for step in range(steps):  # ONNX momentum 0.9 keeps 0.9 of the running value; variances are unbiased (PyTorch)
         shares = x[64 * step : 64 * step + 64].reshape(2, 32, 64)
-        mean, var = 0.9 * mean + 0.1 * shares.mean(1).mean(0), 0.9 * var + 0.1 * shares.var(1).mean(0)
-        var_of_worker_0 = 0.9 * var_of_worker_0 + 0.1 * shares[0].var(0)
+        mean, var = 0.9 * mean + 0.1 * shares.mean(1).mean(0), 0.9 * var + 0.1 * shares.var(1, ddof=1).mean(0)
+        var_of_worker_0 = 0.9 * var_of_worker_0 + 0.1 * shares[0].var(0, ddof=1)
     np.testing.assert_allclose(got["0.running_mean"], mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["0.running_var"], var, rtol=1e-5, atol=1e-5)
     assert np.abs(var - var_of_worker_0).max() > 1e-3  # unaveraged statistics would fail the check above

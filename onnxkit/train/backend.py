@@ -110,6 +110,9 @@ class Backend(ABC):
     name: str
     sets_gradients: bool = False  # its sessions implement gradients()/set_gradients() (data-parallel training)
     keeps_padding_rows: bool = False  # its gradients honour Gather nodes' padding rows (nn.Embedding(padding_idx))
+    # it updates BatchNorm's running variance from the training form's outputs (as PyTorch, with the unbiased batch
+    # variance), not in place inside the BatchNormalization kernel (the population variance)
+    unbiased_running_var: bool = False
 
     def unsupported(self, model: onnx.ModelProto, trainable: Sequence[str], loss: str) -> list[tuple[str, str]]:
         """(op type, node) pairs on the gradient path this backend cannot differentiate."""

@@ -657,6 +657,10 @@ class _Setup:
         if padded:
             progress.line(f"warning: the {self.backend.name} backend trains the padding rows that PyTorch's "
                           f"nn.Embedding(padding_idx) keeps ({first_few(padded)}); the default backend keeps them")
+        if self.selection.updated_buffers and not self.backend.unbiased_running_var:
+            progress.line(f"warning: the {self.backend.name} backend updates BatchNorm's running variance with the "
+                          "batch's population variance, as ONNX defines it (PyTorch and the default backend: the "
+                          "unbiased one; at a batch of 8 values per channel, 12.5% apart)")
         folded = folded_batch_norms(self.model, self.selection.trainable)
         if folded:
             progress.line(f"warning: PyTorch's exporter folded BatchNorm into the weights of {len(folded)} "

@@ -43,7 +43,8 @@ def training_problem(
 ) -> TrainingProblem:
     """The problem `backend` builds its artifacts from."""
     form = training_form(
-        model, output, updated_buffers=selection.updated_buffers, types=types, dropout=dropout, seed=seed
+        model, output, updated_buffers=selection.updated_buffers, types=types, dropout=dropout, seed=seed,
+        unbiased_running_var=backend.unbiased_running_var,
     )
     objective = build_objective(
         form,

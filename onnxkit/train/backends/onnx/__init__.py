@@ -33,6 +33,7 @@ class OnnxBackend(Backend):
     name = "onnx"
     sets_gradients = True
     keeps_padding_rows = True
+    unbiased_running_var = True
 
     def unsupported(self, model: onnx.ModelProto, trainable: Sequence[str], loss: str) -> list[tuple[str, str]]:
         return missing_rules(model, list(trainable), loss)
