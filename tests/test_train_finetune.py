@@ -156,9 +156,9 @@ def test_frozen_parameters_are_bit_identical(tmp_path):
 def test_bad_freeze_globs_and_nothing_to_train(tmp_path):
     model = zoo.build_model("digits-cnn")
     with pytest.raises(OnnxkitError, match="freeze 'conv.weights' matches no parameter. Did you mean: conv.weight"):
-        fit(model, out_dir=tmp_path / "a", freeze=["conv.weights"])
+        fit(model, "digits-images", tmp_path / "a", freeze=["conv.weights"])
     with pytest.raises(OnnxkitError, match="nothing to train"):
-        fit(model, out_dir=tmp_path / "b", freeze=["*"])
+        fit(model, "digits-images", tmp_path / "b", freeze=["*"])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any file
 
 

@@ -197,3 +197,30 @@ def test_a_run_killed_after_writing_its_model_is_completed_by_resume(tmp_path):
     resumed = fit(resume=run)
     assert resumed.metrics == done.metrics and (run / "model.onnx").read_bytes() == model
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def test_resume_refuses_data_other_than_the_runs(tmp_path):
+    # a run on an in-memory Dataset resumed on other arrays, or a named one on any data= given, trained on it silently
+    from onnxkit import zoo
+    from onnxkit.data import dataset_from_arrays, load_dataset
+
+    def stop_after_the_first_epoch(record):
+        if record.get("event") == "epoch":
+            raise KeyboardInterrupt
+
+    iris = load_dataset("iris")
+    x = np.concatenate([iris.split(s).inputs["x"] for s in ("train", "validation", "test")])
+    y = np.concatenate([iris.split(s).labels for s in ("train", "validation", "test")])
+    flowers = dataset_from_arrays("flowers", {"x": x}, y)
+    for data, run in ((flowers, tmp_path / "memory"), ("iris", tmp_path / "named")):
+        with pytest.raises(TrainingInterrupted):
+            fit(zoo.build_model("iris-mlp"), data, run, epochs=3, callback=stop_after_the_first_epoch)
+    scaled = dataset_from_arrays("flowers", {"x": x * 100}, y)
+    with pytest.raises(OnnxkitError, match=r"^data is not the Dataset this run trained on \('flowers'\): its arrays "
+                                           r"differ; resume with the same Dataset"):
+        fit(resume=tmp_path / "memory", data=scaled)
+    for other in ("digits", flowers):
+        with pytest.raises(OnnxkitError, match=r"^this run trained on iris; resume it without data="):
+            fit(resume=tmp_path / "named", data=other)
+    assert fit(resume=tmp_path / "memory", data=dataset_from_arrays("flowers", {"x": x}, y)).metrics["epochs"] == 3
+    assert fit(resume=tmp_path / "named", data="iris").metrics["epochs"] == 3

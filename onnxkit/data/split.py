@@ -14,6 +14,7 @@ Subclasses that build batches differently (text padded per batch) override
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -268,6 +269,17 @@ class Dataset:
                 f"unknown split {name!r}.{suggest(name, SPLIT_NAMES)} Choose from {', '.join(SPLIT_NAMES)}"
             )
         return getattr(self, key)
+
+    def fingerprint(self) -> str:
+        """The SHA-256 of every split's arrays and labels (names, types, shapes and values): how a run that
+        trained on this Dataset in memory tells it from another on resume."""
+        digest = hashlib.sha256()
+        for split in (self.train, self.validation, self.test):
+            for name, array in [*sorted(split.inputs.items()), ("labels", split.labels)]:
+                array = np.ascontiguousarray(array)
+                digest.update(f"{split.name}/{name}:{array.dtype.str}:{array.shape};".encode())
+                digest.update(repr(array.tolist()).encode() if array.dtype.hasobject else array.tobytes())
+        return digest.hexdigest()
 
     def with_fixed_shapes(self) -> Dataset:
         """This dataset with each split's batches at the arrays' own sizes (`Split.with_fixed_shapes`)."""

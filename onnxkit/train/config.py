@@ -74,6 +74,7 @@ class TrainConfig:
     adapter_settings: dict[str, Any] | None = None
     data_in_memory: bool = False
     data_sha256: str = ""  # of a data file, checked on resume and recorded in the model for eval (its default data)
+    data_fingerprint: str = ""  # of an in-memory Dataset (`Dataset.fingerprint`), checked on resume
     cache_features: bool = True
     standardize: bool | None = False  # None: decided from the data when training starts (then stored as a bool)
 

@@ -105,7 +105,7 @@ TASK_OF_LOSS = {"cross-entropy": "classification", "bce-with-logits": "binary", 
 @distributed.fails_together
 def fit(
     model: str | os.PathLike | onnx.ModelProto | None = None,
-    data: str | os.PathLike | Dataset | None = "digits-images",
+    data: str | os.PathLike | Dataset | None = None,
     out_dir: str | os.PathLike | None = None,
     *,
     loss: str | None = None,
@@ -181,8 +181,8 @@ def fit(
     - `device`: auto, cpu, cuda or cuda:N; `threads`: intra-op CPU threads (default: one per core).
     - `adapter`: a `GraphAdapter` such as `onnxkit.train.lora.LoraAdapter`, which trains in place of the weights.
     - `resume`: a run directory; continues from its last checkpoint with its stored
-      settings, so the settings above are left out (`data` may be given again when it was a
-      Dataset object).
+      settings, so the settings above are left out; `data` too, unless the run trained on a Dataset
+      object: then that same Dataset again (checked by `Dataset.fingerprint`).
     - `callback(record)` sees every metrics.jsonl record as it is made; `callbacks` are
       `onnxkit.train.callbacks.Callback` objects, called after the built-in ones.
     - `quiet` (the default): print nothing; False shows progress and the settings chosen on stderr.
@@ -238,7 +238,7 @@ def fit(
         config = TrainConfig(
             model=str(model_path or run.base_model.resolve()),
             model_sha256=sha256(model_path) if model_path else "",
-            data=_data_reference(data, dataset),
+            data=_data_reference(data),
             data_seed=data_seed,
             output=output,
             loss=get_loss(loss).name if loss else None,
@@ -267,6 +267,7 @@ def fit(
             adapter_settings=adapter_settings(adapter),
             data_sha256=sha256(Path(data)) if _is_data_file(data) else "",
             data_in_memory=isinstance(data, Dataset),
+            data_fingerprint=dataset.fingerprint() if isinstance(data, Dataset) else "",
             cache_features=cache_features,
             standardize=standardize,
         )
@@ -309,11 +310,20 @@ def _resumed(
     proto = _load_checked(config)
     if config.data_in_memory and not isinstance(data, Dataset):
         raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")
+    if not config.data_in_memory and data is not None and (
+            isinstance(data, Dataset) or _data_reference(data) != config.data):
+        raise OnnxkitError(f"this run trained on {config.data}; resume it without data= (it reads that again), or "
+                           "start a new run on other data")
     if config.data_sha256 and sha256(Path(config.data)) != config.data_sha256:
         raise OnnxkitError(f"{config.data} changed since this run started; resume needs the data the run began "
                            "with (or start a new run on the new data)")
-    dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
-               else load_dataset(config.data, seed=config.data_seed, model=proto))
+    if isinstance(data, Dataset):
+        dataset = in_model_order(data, proto)
+        if config.data_fingerprint and dataset.fingerprint() != config.data_fingerprint:
+            raise OnnxkitError(f"data is not the Dataset this run trained on ({config.data!r}): its arrays differ; "
+                               "resume with the same Dataset, or start a new run on this one")
+    else:
+        dataset = load_dataset(config.data, seed=config.data_seed, model=proto)
     return run, config, proto, dataset
 
 
@@ -397,11 +407,11 @@ def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimi
     return get_optimizer(optimizer, **({} if weight_decay is None else {"weight_decay": weight_decay}))
 
 
-def _data_reference(data: str | os.PathLike | Dataset, dataset: Dataset) -> str:
+def _data_reference(data: str | os.PathLike | Dataset) -> str:
     """How the run and the trained model name their data: a file by its absolute path (so resume,
-    eval and quantize find it from any folder), a built-in dataset by name."""
+    eval and quantize find it from any folder), a built-in dataset or a Dataset by name."""
     if isinstance(data, Dataset):
-        return dataset.name
+        return data.name
     return str(Path(data).resolve()) if _is_data_file(data) else str(data)
 
 
