@@ -442,3 +442,29 @@ def test_ops_newer_than_the_opset_are_one_line_naming_the_opset_they_need():
     for opset in (13, 15):
         model = nn.build(Tail(), {"x": nn.Input(["batch", 3, 5])}, opset=opset)
         assert ort_run(model, {"x": np.zeros((2, 3, 5), np.float32)})[0].tolist() == [3, 5]
+
+
+def test_a_conv_or_pool_the_input_cannot_feed_is_refused_when_built():
+    # each built and passed onnx.checker, to fail only in onnxruntime ("Input channels C is not equal to ...")
+    cases = [
+        (nn.Conv2d(3, 2, 3), [1, 1, 8, 8], r"Conv2d expects input of rank 4 with 3 channels on axis 1, got shape "
+                                           r"\[1, 1, 8, 8\]"),
+        (nn.Conv2d(4, 4, 3, groups=2), [1, 6, 8, 8], r"with 4 channels on axis 1"),
+        (nn.Conv2d(1, 2, 5), [1, 1, 3, 3], r"Conv2d's window spans 5 cells on axis 2, more than the input's 3 with "
+                                           r"padding 0 \(shape \[1, 1, 3, 3\]\): the output would be empty"),
+        (nn.Conv2d(1, 2, 3, dilation=3), [1, 1, 6, 6], r"window spans 7 cells"),
+        (nn.MaxPool2d(4), [1, 1, 3, 3], r"MaxPool2d's window spans 4 cells"),
+    ]
+    for layer, shape, message in cases:
+        with pytest.raises(OnnxkitError, match=message):
+            nn.build(layer, {"x": nn.Input(shape)})
+    assert nn.build(nn.Conv2d(1, 2, 3, padding=1), {"x": nn.Input(["n", 1, 1, 1])}).graph.node  # padding makes room
+
+
+def test_sequential_and_module_list_refuse_items_that_are_not_modules():
+    with pytest.raises(OnnxkitError, match=r"^Sequential: item 1 is 3, not a Module$"):
+        nn.Sequential(nn.Linear(4, 2), 3, "relu")  # was a one-layer model
+    with pytest.raises(OnnxkitError, match=r"item 1 is <class .*ReLU'>, not a Module \(a layer class: instantiate"):
+        nn.Sequential([nn.Linear(4, 2), nn.ReLU])
+    with pytest.raises(OnnxkitError, match=r"^ModuleList: item 1 is 1, not a Module$"):
+        nn.ModuleList([nn.ReLU(), 1])

@@ -37,6 +37,20 @@ def _pads(padding: str | tuple[int, int], kernel: tuple[int, int], dilation: tup
     return [ph, pw, ph, pw]
 
 
+def _check_window(layer: Module, x: Tensor, kernel: tuple[int, int], dilation: tuple[int, int],
+                  pads: list[int]) -> None:
+    """Fail, naming the layer, unless `x` is [N, C, H, W] and the window (kernel and dilation) fits
+    each static spatial axis with its padding: else the output would have no cells."""
+    name = type(layer).__name__
+    ops.check_input(x, name, 4, channels=getattr(layer, "in_channels", None))
+    for axis, size in enumerate(x.shape[2:]):
+        span = dilation[axis] * (kernel[axis] - 1) + 1
+        if isinstance(size, int) and size + pads[axis] + pads[axis + 2] < span:
+            raise OnnxkitError(f"{ops._where()}: {name}'s window spans {span} cells on axis {axis + 2}, more than "
+                               f"the input's {size} with padding {pads[axis] + pads[axis + 2]} (shape "
+                               f"{list(x.shape)}): the output would be empty; use a smaller kernel or more padding")
+
+
 class _Conv(Module):
     """What Conv2d and ConvTranspose2d share: channels, geometry, and the node."""
 
@@ -84,6 +98,7 @@ class Conv2d(_Conv):
         self.bias = Parameter(init.zeros((out_channels,))) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_window(self, x, self.kernel, self.dilation, self.pads)
         return self._node("Conv", x)
 
 
@@ -133,6 +148,7 @@ class _Pool2d(Module):
                                f"kernel_size {self.kernel}")
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_window(self, x, self.kernel, (1, 1), self.pads)
         attrs = {"kernel_shape": list(self.kernel), "strides": list(self.stride), "pads": self.pads}
         return current_graph().op(self.op_type, [x], attrs)[0]
 

@@ -233,6 +233,9 @@ class ModuleList(Module):
 
     def __init__(self, modules: Iterable[Module] = ()):
         for i, m in enumerate(modules):
+            if not isinstance(m, Module):  # was left out of the model silently (a list's other attribute)
+                hint = " (a layer class: instantiate it, e.g. nn.ReLU())" if isinstance(m, type) else ""
+                raise OnnxkitError(f"{type(self).__name__}: item {i} is {m!r}, not a Module{hint}")
             setattr(self, str(i), m)
 
     def __len__(self) -> int:
