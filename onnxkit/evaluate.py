@@ -20,6 +20,7 @@ scores, labels shaped unlike the output.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -416,6 +417,9 @@ def evaluate(
     from onnxkit.files import load_model
 
     _check_options(data, batch_size, task, loss)
+    if data_seed is not None and (isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral)
+                                  or data_seed < 0):
+        raise TypeError(f"data_seed must be an integer from 0 up, not {data_seed!r}")
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
     if isinstance(split, str):
         split = named_split(proto, split, data, data_seed)[0]

@@ -363,3 +363,31 @@ def test_evaluate_quantize_and_load_options_of_the_wrong_kind_are_named():
         with pytest.raises(kind) as refused:
             call()
         assert message in str(refused.value), refused.value
+
+
+def test_options_of_the_wrong_type_are_refused_by_name(tmp_path):
+    # shuffle="no" read as True; evaluate's numpy error for a negative seed; build's "'<=' not supported"
+    from onnxkit import nn
+    from onnxkit.train import fit
+
+    for flag in ("shuffle", "keep_best", "evaluate_test"):
+        with pytest.raises(TypeError, match=rf"^{flag} must be True or False, not 'no'$"):
+            fit(zoo.build_model("iris-mlp"), "iris", tmp_path / "run", **{flag: "no"})
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(TypeError, match=r"^data_seed must be an integer from 0 up, not -1$"):
+        evaluate(zoo.build_model("iris-mlp"), "test", data="iris", data_seed=-1)
+    with pytest.raises(TypeError, match=r"^opset must be an integer, 13\.\.\d+, not '17'$"):
+        nn.build(nn.Linear(2, 2), {"x": nn.Input(["n", 2])}, opset="17")
+
+
+def test_a_refused_state_dict_leaves_the_module_as_it_was():
+    from onnxkit import nn
+
+    nn.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    state = {k: np.zeros_like(v) for k, v in before.items()}
+    state["1.weight"] = np.zeros((4, 1), np.float32)  # the wrong shape, after 0.weight and 0.bias
+    with pytest.raises(OnnxkitError, match=r"weight '1.weight' has shape \[4, 1\]"):
+        net.load_state_dict(state)
+    assert all(np.array_equal(net.state_dict()[k], v) for k, v in before.items())  # 0.* were overwritten

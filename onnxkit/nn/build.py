@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,8 @@ def build(
     if not isinstance(inputs, Mapping) or not all(isinstance(v, Input) for v in inputs.values()):
         raise TypeError("inputs must be a dict of input name -> nn.Input(shape, dtype), such as "
                         "{'x': nn.Input(['batch', 64])}, in forward's argument order")
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral):
+        raise TypeError(f"opset must be an integer, 13..{MAX_OPSET}, not {opset!r}")
     if not 13 <= opset <= MAX_OPSET:
         raise OnnxkitError(f"opset {opset} is not supported; use 13..{MAX_OPSET} (default {DEFAULT_OPSET})")
     module.assign_names()

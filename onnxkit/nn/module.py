@@ -172,27 +172,30 @@ class Module:
         return {name: p.value for name, p in self.named_arrays()}
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy arrays in by name; shapes must match, and with `strict` every name too."""
+        """Copy arrays in by name; shapes must match, and with `strict` every name too. All are checked
+        before any is copied: a refused state dict leaves the module as it was."""
         arrays = dict(self.named_arrays())
+        accepted = {}
         for name, value in state.items():
             if name not in arrays:
                 if strict:
                     raise OnnxkitError(f"unknown weight {name!r}.{suggest(name, arrays)}")
                 continue
-            p = arrays[name]
             value = np.asarray(value)
-            if value.shape != p.value.shape:
+            if value.shape != arrays[name].value.shape:
                 raise OnnxkitError(
                     f"weight {name!r} has shape {list(value.shape)}, the model expects "
-                    f"{list(p.value.shape)}; check that the checkpoint matches the model options"
+                    f"{list(arrays[name].value.shape)}; check that the checkpoint matches the model options"
                 )
-            p.value = np.require(value, p.value.dtype, "C")
+            accepted[name] = value
         missing = [n for n in arrays if n not in state]
         if strict and missing:
             raise OnnxkitError(
                 f"{len(missing)} weights missing from the state dict, e.g. {missing[0]!r}; "
                 "pass strict=False to keep their initial values"
             )
+        for name, value in accepted.items():
+            arrays[name].value = np.require(value, arrays[name].value.dtype, "C")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights as a .safetensors (or .npz) file, atomically."""

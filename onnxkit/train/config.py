@@ -122,7 +122,7 @@ class FitResult:
         return (f"FitResult(model_path={str(self.model_path)!r}, epochs={m.get('epochs')}, steps={m.get('steps')}, "
                 f"best_epoch={m.get('best_epoch')}, {where}: {shown or 'no scores'}, "
                 f"stopped_early={self.stopped_early}, {len(self.trainable)} trainable / {len(self.frozen)} frozen "
-                "parameters)")
+                "parameter tensors)")
 
 
 class TrainingInterrupted(KeyboardInterrupt):

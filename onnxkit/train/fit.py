@@ -192,6 +192,8 @@ def fit(
     """
     _check_arguments(model, data, optimizer, callback, callbacks, freeze, train_only)
     _check_seeds(seed=seed, data_seed=data_seed)
+    _check_flags(shuffle=shuffle, dropout=dropout, keep_best=keep_best, evaluate_test=evaluate_test,
+                 cache_features=cache_features, quiet=quiet, standardize=standardize)
     _check_names(loss=loss, schedule=schedule, output=output, monitor=monitor, device=device, backend=backend)
     lr, weight_decay, clip_grad_norm, warmup = _reals(lr=lr, weight_decay=weight_decay,
                                                       clip_grad_norm=clip_grad_norm, warmup=warmup)
@@ -363,6 +365,13 @@ def _check_arguments(model: Any, data: Any, optimizer: Any, callback: Any, callb
     if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
         raise TypeError("callbacks must be a list of onnxkit.train.callbacks.Callback objects (a function of one "
                         "record goes to callback=)")
+
+
+def _check_flags(**flags: Any) -> None:
+    """True/False options are bools (numpy's too; standardize may be None): shuffle="no" read as True."""
+    for name, value in flags.items():
+        if not isinstance(value, bool | np.bool_) and not (name == "standardize" and value is None):
+            raise TypeError(f"{name} must be True or False, not {value!r}")
 
 
 def _check_seeds(**seeds: Any) -> None:
