@@ -241,6 +241,9 @@ def test_bad_inputs_get_one_clear_error(model, value, message):
 def test_inputs_either_positional_or_keywords(mlp_path):
     with pytest.raises(OnnxkitError, match="not both"):
         runtime.load(mlp_path).predict(np.zeros((1, 4)), x=np.zeros((1, 4)))
+    with pytest.raises(OnnxkitError, match=r"has no input 'batch_size' \(its inputs: x\); options such as batch_size "
+                                           r"are load\(\)'s$"):
+        runtime.load(mlp_path).predict(np.zeros((1, 4)), batch_size=0)  # was told "not both"
 
 
 def test_load_errors(tmp_path, mlp_path):

@@ -100,6 +100,11 @@ class Model:
     def prepare(self, inputs: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
         """Checked, contiguous session feeds from an array, a dict of arrays, lists or keywords."""
         if inputs is not None and named:
+            names = {spec.name for spec in self.inputs}
+            unknown = [k for k in named if k not in names]
+            if unknown:  # predict(x, batch_size=0): an option of load(), not of predict
+                raise OnnxkitError(f"model {self.name!r} has no input {unknown[0]!r} (its inputs: "
+                                   f"{', '.join(sorted(names))}); options such as batch_size are load()'s")
             raise OnnxkitError("pass inputs either as one value/dict or as keywords, not both")
         if isinstance(inputs, Mapping):
             values = dict(inputs)
