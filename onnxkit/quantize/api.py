@@ -180,7 +180,7 @@ def quantize(
                 reduce_range=reduce_range,
                 block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
             )  # per-channel by default: as fast here, and far closer with 7-bit weights (see README)
-            reason = f"--mode {mode} as asked" if requested else profile.reason()
+            reason = f"mode {mode}, as asked" if requested else profile.reason()
             given_calib = None if from_eval else calib  # calib taken from eval_data is not one the user gave
             notes += _ignored_options(settings, method, format, per_channel, given_calib, block_size)
             if requested == "dynamic" and profile.nodes("conv"):
