@@ -217,12 +217,34 @@ def opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+_FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
+
+
+def value_source(graph: onnx.GraphProto, name: str) -> str:
+    """The value `name` holds, traced back through what quantization wraps values in without changing what they
+    mean: float-to-float Casts and Identity (fp16's casts at the outputs), QuantizeLinear -> DequantizeLinear pairs
+    (static int8's QDQ)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    while (node := producer.get(name)) is not None:
+        if node.op_type == "Identity" or node.op_type == "Cast" and any(
+                a.name == "to" and a.i in _FLOAT_TYPES for a in node.attribute):
+            name = node.input[0]
+        elif node.op_type == "DequantizeLinear" and getattr(producer.get(node.input[0]), "op_type", "") == \
+                "QuantizeLinear":
+            name = producer[node.input[0]].input[0]
+        else:
+            break
+    return name
+
+
 def probability_logits(graph: onnx.GraphProto, output: str, rank: int, version: int,
                        activation: str | None = None, axis: int = -1) -> str | None:
     """The logits behind `output` (of `rank` dims; opset `version`) when it is their Softmax over
-    the class axis `axis` (the last) or their Sigmoid, i.e. class probabilities; `activation`
-    ("Softmax" or "Sigmoid") asks for that one only. None for any other output."""
-    node = next((n for n in graph.node if output in n.output), None)
+    the class axis `axis` (the last) or their Sigmoid, i.e. class probabilities (seen through
+    `value_source`'s wrappers: a quantized model's); `activation` ("Softmax" or "Sigmoid") asks for
+    that one only. None for any other output."""
+    source = value_source(graph, output)
+    node = next((n for n in graph.node if source in n.output), None)
     kinds = ("Softmax", "Sigmoid") if activation is None else (activation,)
     if node is None or node.op_type not in kinds or node.domain not in ("", "ai.onnx"):
         return None
@@ -271,7 +293,8 @@ def sklearn_probabilities(model: onnx.ModelProto) -> str | None:
     ZipMap, ArrayFeatureExtractor, LinearClassifier); None for other layouts, such as a PyTorch model
     returning (logits.argmax(1), logits)."""
     outputs = model.graph.output
-    if len(outputs) < 2 or not any(o.domain == "ai.onnx.ml" for o in model.opset_import):
+    # ai.onnx.ml nodes, not only the opset import: onnxruntime's quantization preprocessing imports it in any model
+    if len(outputs) < 2 or not any(n.domain == "ai.onnx.ml" for n in model.graph.node):
         return None
     label, second = outputs[0].type, outputs[1].type
     if label.tensor_type.elem_type not in (TensorProto.INT64, TensorProto.STRING) or \
@@ -284,18 +307,23 @@ def sklearn_probabilities(model: onnx.ModelProto) -> str | None:
 
 
 def argmax_of(model: onnx.ModelProto, name: str) -> str | None:
-    """The graph output whose ArgMax over its last axis output `name` is (through Cast and Identity), as a
-    PyTorch classifier returning (logits.argmax(1), logits) exports; None otherwise."""
+    """The graph output whose ArgMax over its last axis output `name` is (through Cast and Identity; the output
+    seen through `value_source`'s wrappers, as fp16 casts it), as a PyTorch classifier returning
+    (logits.argmax(1), logits) exports; None otherwise."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    outputs = {o.name: o for o in model.graph.output}
     node = producer.get(name)
     while node is not None and node.op_type in ("Cast", "Identity"):
         node = producer.get(node.input[0])
-    if node is None or node.op_type != "ArgMax" or node.input[0] not in outputs:
+    if node is None or node.op_type != "ArgMax":
         return None
-    rank = len(outputs[node.input[0]].type.tensor_type.shape.dim)
+    read = value_source(model.graph, node.input[0])
+    output = next((o for o in model.graph.output if o.name == node.input[0] or
+                   o.name != name and value_source(model.graph, o.name) == read), None)
+    if output is None:
+        return None
+    rank = len(output.type.tensor_type.shape.dim)
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-    return node.input[0] if rank and axis % rank == rank - 1 else None
+    return output.name if rank and axis % rank == rank - 1 else None
 
 
 def label_then_scores(model: onnx.ModelProto) -> tuple[str, bool] | None:

@@ -1161,3 +1161,50 @@ def test_onnx_runtimes_warnings_print_again_after_quantize(capfd):
     capfd.readouterr()
     ort.InferenceSession(unused.SerializeToString(), providers=["CPUExecutionProvider"])
     assert "Removing initializer 'unused'" in capfd.readouterr().err  # was silent for the rest of the process
+
+
+def _foreign_classifiers() -> dict[str, tuple[onnx.ModelProto, str, str]]:
+    """Two classifiers as PyTorch exports them, without onnxkit's metadata, fitted by scikit-learn: (label =
+    ArgMax(logits), logits) on digits, and Sigmoid(Gemm(x)) on breast-cancer; each with its data and scored output."""
+    from sklearn.linear_model import LogisticRegression
+
+    models = {}
+    for name, data, output in (("argmax", "digits", "logits"), ("sigmoid", "breast-cancer", "prob")):
+        train = load_dataset(data).train
+        x = train.inputs["x"]
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        fitted = LogisticRegression(max_iter=2000).fit((x - mu) / sd, train.labels)
+        last = ([helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)] if name == "argmax"
+                else [helper.make_node("Sigmoid", ["logits"], ["prob"])])
+        outputs = ([helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+                    helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])] if name == "argmax"
+                   else [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch", 1])])
+        graph = helper.make_graph(
+            [helper.make_node("Sub", ["x", "mu"], ["c"]), helper.make_node("Div", ["c", "sd"], ["z"]),
+             helper.make_node("Gemm", ["z", "W", "b"], ["logits"], transB=1), *last], name,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", x.shape[1]])], outputs,
+            [numpy_helper.from_array(v.astype(np.float32), k) for k, v in
+             (("mu", mu), ("sd", sd), ("W", fitted.coef_), ("b", fitted.intercept_))])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
+        model.ir_version = 8
+        models[name] = (model, data, output)
+    return models
+
+
+def test_a_quantized_model_is_scored_as_its_original_reads():
+    # static int8 gained an ai.onnx.ml opset import (read as scikit-learn's probabilities: 94% -> 43%), fp16 cut
+    # ArgMax from the output it reads (scored as regression: "94.15% -> 1.68, better") and Sigmoid from its output
+    # (thresholded at 0: 98% -> 66%), each with the model itself unchanged
+    import onnxruntime as ort
+
+    for name, (model, data, output) in _foreign_classifiers().items():
+        test = load_dataset(data).test
+        for mode in ("static", "fp16"):
+            result = quantize(model, mode=mode, calib=data, eval_data=data, measure_latency=False)
+            session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+            scores = session.run([output], {"x": test.inputs["x"]})[0]
+            predicted = scores.argmax(1) if name == "argmax" else (scores[:, 0] > 0.5).astype(int)
+            entry = result.report.accuracy
+            assert entry["metric"] == "accuracy", (name, mode)
+            assert entry["quantized"] == pytest.approx(float((predicted == test.labels).mean())), (name, mode)
+            assert abs(entry["drop"]) < 2, (name, mode, entry["drop"])

@@ -21,6 +21,8 @@ class Score:
 
     metric: str
     value: float
+    output: str | None = None  # the output scored, and as what (a quantized model is read as the original was)
+    task: str | None = None
 
     @property
     def unit(self) -> str:
@@ -46,13 +48,17 @@ class Score:
         return f"loses {drop:.2f} points of accuracy" if self.metric == "accuracy" else f"raises the loss by {drop:.4g}"
 
 
-def score(model: onnx.ModelProto, split: Any, batch_size: int = 256) -> Score:
-    """Evaluate `model` on `split` and keep its headline metric."""
-    from onnxkit.evaluate import evaluate
+def score(model: onnx.ModelProto, split: Any, batch_size: int = 256, like: Score | None = None) -> Score:
+    """Evaluate `model` on `split` and keep its headline metric; `like`: the original model's score, whose
+    output and task the quantized model is scored on (its rewritten graph may read otherwise)."""
+    from onnxkit.evaluate import evaluate, scored_output
 
-    metrics = evaluate(model, split, batch_size=batch_size)
+    output = like.output if like is not None else scored_output(model)
+    metrics = evaluate(model, split, batch_size=batch_size, output=output, task=like.task if like else None)
     metric = "accuracy" if "accuracy" in metrics else "loss"
-    return Score(metric, float(metrics[metric]))
+    if like is not None and metric != like.metric:
+        raise AssertionError(f"the quantized model was scored by {metric}, the original by {like.metric}")
+    return Score(metric, float(metrics[metric]), output, metrics["task"])
 
 
 def entry(before: Score, after: Score, data: Any) -> dict[str, Any]:

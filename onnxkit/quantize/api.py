@@ -160,7 +160,7 @@ def quantize(
                 per_channel=per_channel,
                 reduce_range=reduce_range,
                 calibration=calibration,
-                score=lambda m: accuracy.score(m, test),
+                score=lambda m: accuracy.score(m, test, like=baseline),
                 baseline=baseline,
                 max_drop=AUTO_MAX_DROP if max_drop is None else max_drop,
                 feeds=feeds,
@@ -210,7 +210,8 @@ def quantize(
         )
         if baseline is not None:
             chosen = next((c.metric for c in candidates if c.chosen), None)
-            after = accuracy.Score(baseline.metric, chosen) if chosen is not None else accuracy.score(quantized, test)
+            after = (accuracy.Score(baseline.metric, chosen) if chosen is not None
+                     else accuracy.score(quantized, test, like=baseline))
             report.accuracy = accuracy.entry(baseline, after, eval_data)
             if max_drop is not None and report.accuracy["drop"] > max_drop:
                 raise OnnxkitError(
