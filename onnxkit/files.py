@@ -176,21 +176,14 @@ def _running(pid: int) -> bool:
 def write_safetensors(
     path: str | os.PathLike, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None
 ) -> None:
-    """Write named numpy arrays to a .safetensors file atomically; a full disk is one clear error
-    (safetensors reports it as its own exception type, with the OS error number in the text)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import save_file
+    """Write named numpy arrays to a .safetensors file atomically. The bytes are made in memory and written
+    through `atomic_path`: safetensors' own save_file writes a temporary file of its own beside the target
+    (.tmpXXXXXX), which a kill -9 left behind for good, and gives it mode 0600."""
+    from safetensors.numpy import save
 
+    data = save(dict(tensors), metadata=metadata)
     with atomic_path(path) as tmp:
-        mode = os.stat(tmp).st_mode  # what a plain open() gives: safetensors 0.8 writes its files 0600
-        try:
-            save_file(dict(tensors), str(tmp), metadata=metadata)
-            os.chmod(tmp, mode)
-        except SafetensorError as e:
-            code = re.search(r"os error (\d+)", str(e))
-            if code is None:
-                raise
-            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from e
+        tmp.write_bytes(data)
 
 
 def read_text_file(path: str | os.PathLike) -> str:

@@ -179,6 +179,29 @@ def test_a_write_killed_hard_leaves_a_temporary_file_the_next_write_sweeps(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iris.onnx"]
 
 
+def test_a_checkpoint_write_killed_hard_leaves_nothing_the_next_write_does_not_sweep(tmp_path, run_cli):
+    # safetensors' save_file wrote a .tmpXXXXXX of its own beside the checkpoint, which no sweep removed
+    writer = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from onnxkit.files import write_safetensors\n"
+        "state = {f'w{i}': np.ones(2_000_000, np.float32) for i in range(8)}\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    write_safetensors(sys.argv[1], state)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / "last.ckpt")], stdout=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # a few 64 MB writes: most of the time is spent writing
+    finally:
+        process.kill()
+        process.communicate()
+    assert run_cli("build", "iris-mlp", "-o", tmp_path / "iris.onnx").code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["iris.onnx"], ["iris.onnx", "last.ckpt"])
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_outputs_honour_the_umask(tmp_path, run_cli, umask, mode):
     """Every file a run writes too: safetensors 0.8 writes its files 0600 (checkpoints, initial state)."""
