@@ -183,8 +183,13 @@ def test_resume_names_the_flags_it_would_ignore(tmp_path, run_cli):
 
     fit(zoo.build_model("iris-mlp"), "iris", tmp_path / "run", epochs=1, evaluate_test=False)
     result = run_cli("train", "--resume", tmp_path / "run", "--lr", "0.1", "--no-standardize")
-    assert result.code == 1 and result.err == ("error: --resume continues a run with its stored settings; leave out "
-                                               "--lr, --standardize (or start a new run with them)\n")
+    assert result.code == 2 and result.err == ("error: --resume continues a run with its stored settings; leave out "
+                                               "--lr, --no-standardize (or start a new run with them) (see onnxkit "
+                                               "train -h)\n")
+    # these were ignored, the run going on with its stored ones (--freeze '0.*' left layer 0 training)
+    result = run_cli("train", "--resume", tmp_path / "run", "--seed", "3", "--freeze", "0.*", "--no-shuffle",
+                     "--grad-accum", "2", "--last", "--quiet", "--threads", "1")
+    assert result.code == 2 and "leave out --grad-accum, --seed, --no-shuffle, --freeze, --last (or" in result.err
 
 
 def test_fit_counts_must_be_integers(tmp_path):

@@ -137,20 +137,26 @@ def train_cmd(model: str | None, **options: Any) -> None:
     if options["epochs"] is not None and options["steps"] is not None:
         raise click.UsageError("give --epochs or --steps, not both: --steps ends the run wherever it is in its epochs",
                                click.get_current_context())
+    if resume:
+        _refuse_settings_on_resume()
+    optimizer, adapter = _optimizer(options), _lora_adapter(options)  # checked before any worker starts
+    tokenizer, max_length = options.pop("tokenizer"), options.pop("max_length")
+    if max_length is not None and tokenizer is None:
+        raise click.UsageError("--max-length goes with --tokenizer (a model that carries a tokenizer keeps its own "
+                               "max length)", click.get_current_context())
     workers = options.pop("workers")
     if workers and workers > 1:
         from onnxkit.train.launch import launch_training
 
         sys.exit(launch_training(workers, resume or options["out_dir"], None if resume else options["backend"]))
-    adapter = _lora_adapter(options)
-    model = _with_tokenizer(model, options.pop("tokenizer"), options.pop("max_length"), bool(resume))
+    model = _with_tokenizer(model, tokenizer, max_length)
     try:
         result = fit(
             model,
             options["data"],
             options["out_dir"],
             loss=options["loss"],
-            optimizer=_optimizer(options),
+            optimizer=optimizer,
             lr=options["lr"],
             weight_decay=options["weight_decay"],
             backend=options["backend"],
@@ -214,16 +220,26 @@ def _optimizer(options: dict[str, Any]) -> Optimizer | None:
         raise click.UsageError(message, ctx) from None
 
 
-def _with_tokenizer(model: str | None, tokenizer: str | None, max_length: int | None, resume: bool) -> Any:
+# what --resume may be given beside it: how and where the run goes on, not what it trains
+KEPT_ON_RESUME = frozenset({"resume", "quiet", "device", "threads", "workers"})
+
+
+def _refuse_settings_on_resume() -> None:
+    """A usage error naming the options given beside --resume that would change the run (--seed, --freeze, ...:
+    they were ignored, and the run went on with its stored ones)."""
+    ctx = click.get_current_context()
+    given = [p.secondary_opts[0] if getattr(p, "secondary_opts", None) and not ctx.params[p.name] else p.opts[0]
+             for p in ctx.command.params if p.name not in KEPT_ON_RESUME
+             and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--resume continues a run with its stored settings; leave out {', '.join(given)} "
+                               "(or start a new run with them)", ctx)
+
+
+def _with_tokenizer(model: str | None, tokenizer: str | None, max_length: int | None) -> Any:
     """The model to train: the path given, or with --tokenizer the model carrying it (the run keeps that copy)."""
-    if tokenizer is None and max_length is None:
-        return model
-    if resume:
-        raise click.UsageError("--resume continues a run with its stored settings; give only --resume RUN_DIR",
-                               click.get_current_context())
     if tokenizer is None:
-        raise click.UsageError("--max-length goes with --tokenizer (a model that carries a tokenizer keeps its own "
-                               "max length)", click.get_current_context())
+        return model
     from onnxkit.data.text import carry_tokenizer
     from onnxkit.files import load_model
 
@@ -235,11 +251,12 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
     rank, alpha, targets, train = (options[k] for k in ("lora_rank", "lora_alpha", "lora_targets", "lora_train"))
     if rank is None:
         if alpha is not None or targets or train:
-            raise OnnxkitError("--lora-alpha, --lora-targets and --lora-train need --lora-rank R (e.g. --lora-rank 8)")
+            raise click.UsageError("--lora-alpha, --lora-targets and --lora-train need --lora-rank R (e.g. "
+                                   "--lora-rank 8)", click.get_current_context())
         return None
     if options["train_only"]:
-        raise OnnxkitError("--train-only would leave the LoRA adapters frozen; with --lora-rank, name what else "
-                           "trains with --lora-train GLOB")
+        raise click.UsageError("--train-only would leave the LoRA adapters frozen; with --lora-rank, name what else "
+                               "trains with --lora-train GLOB", click.get_current_context())
     from onnxkit.train.lora import DEFAULT_TARGETS, LoraAdapter, LoraConfig
 
     config = LoraConfig(rank=rank, alpha=alpha, targets=list(targets) or list(DEFAULT_TARGETS))
