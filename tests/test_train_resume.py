@@ -194,9 +194,11 @@ def test_a_run_killed_after_writing_its_model_is_completed_by_resume(tmp_path):
     model = (run / "model.onnx").read_bytes()
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "status": "running", "result": None}))
+    (run / "curves.png").unlink()  # a kill before the plot too: the resumed run completed without one
     resumed = fit(resume=run)
     assert resumed.metrics == done.metrics and (run / "model.onnx").read_bytes() == model
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_resume_refuses_data_other_than_the_runs(tmp_path):
@@ -224,3 +226,24 @@ def test_resume_refuses_data_other_than_the_runs(tmp_path):
             fit(resume=tmp_path / "named", data=other)
     assert fit(resume=tmp_path / "memory", data=dataset_from_arrays("flowers", {"x": x}, y)).metrics["epochs"] == 3
     assert fit(resume=tmp_path / "named", data="iris").metrics["epochs"] == 3
+
+
+def test_a_run_that_lost_its_checkpoints_is_refused_in_one_line(tmp_path):
+    # it restarted at epoch 1, trained an epoch, then failed: "cannot write .../checkpoints/best.ckpt"
+    import shutil
+
+    from onnxkit import zoo
+
+    def stop_after_the_first_epoch(record):
+        if record.get("event") == "epoch":
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        fit(zoo.build_model("iris-mlp"), "iris", run, epochs=3, callback=stop_after_the_first_epoch)
+    shutil.rmtree(run / "checkpoints")
+    metrics = (run / "metrics.jsonl").read_bytes()
+    with pytest.raises(OnnxkitError, match=rf"^{run} has lost its checkpoints \({run / 'checkpoints'} is missing\); "
+                                           r"the run cannot be resumed, start a new one$"):
+        fit(resume=run)
+    assert (run / "metrics.jsonl").read_bytes() == metrics and not (run / "checkpoints").exists()

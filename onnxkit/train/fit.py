@@ -910,6 +910,8 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
         info = run.read_json()
         if trainer.state.done:  # trained to the end, but its model or its completed run.json was not written
             progress.line(f"the run in {run.path} had finished training; writing its model again")
+            if records and not run.plot.is_file():  # killed before its plot was drawn
+                Plot(run.plot, records).on_train_end(trainer, "completed")
             return _finish(setup, session, trainer.state, best.best_epoch, records, info)
     else:
         info = {"config": dataclasses.asdict(c), "versions": _versions()}

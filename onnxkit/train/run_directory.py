@@ -96,9 +96,26 @@ class RunDirectory:
             raise OnnxkitError(f"{run.run_json} holds no run settings ('config'); the run cannot be resumed, "
                                "start a new one")
         run._mark_if_killed()
+        if not run.checkpoints.is_dir():
+            if run._ended_an_epoch():  # each epoch ends with a checkpoint: it restarted, then failed to write one
+                raise OnnxkitError(f"{run.path} has lost its checkpoints ({run.checkpoints} is missing); the run "
+                                   "cannot be resumed, start a new one")
+            run.checkpoints.mkdir()  # a data-parallel worker's copy of a run stopped before its first checkpoint
         if run.has_checkpoint():
             run.verify_checkpoint()
         return run
+
+    def _ended_an_epoch(self) -> bool:
+        """Whether metrics.jsonl records an epoch's end."""
+        try:
+            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return False
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                if isinstance(record := json.loads(line), dict) and record.get("event") == "epoch":
+                    return True
+        return False
 
     def _status(self) -> str | None:
         """run.json's status (None when it cannot be read)."""
