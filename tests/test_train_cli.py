@@ -231,3 +231,14 @@ def test_scores_too_small_for_four_decimals_keep_four_digits():
     from onnxkit.cli.train import metric
 
     assert [metric(v) for v in (0.98765, 3.2e-6, 0.0, -2.5)] == ["0.9877", "3.2e-06", "0.0000", "-2.5000"]
+
+
+def test_a_warmup_longer_than_the_run_or_an_accumulation_past_the_epoch_is_warned_of(run_cli, tmp_path):
+    # --warmup 5000 on a run of 12 steps left the learning rate at 2.4e-4 of the one asked for, unsaid
+    assert run_cli("build", "iris-mlp", "-o", tmp_path / "iris.onnx").code == 0
+    result = run_cli("train", tmp_path / "iris.onnx", "--data", "iris", "--epochs", "2", "--warmup", "5000",
+                     "--grad-accum", "100", "--lr", "0.01", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert ("warning: the warm-up (5000 steps) is longer than the run (2 steps): the learning rate ends at 4e-06 of "
+            "0.01") in result.err
+    assert "warning: --grad-accum 100 is more than an epoch's 6 batches" in result.err

@@ -715,6 +715,14 @@ class _Setup:
         total_steps = c.steps or self.steps_per_epoch * c.epochs
         self.epochs = c.epochs if not c.steps else math.ceil(c.steps / self.steps_per_epoch)
         self.schedule = Schedule(c.schedule, c.lr, total_steps, warmup_steps(c.warmup, total_steps))
+        say, warmup = self.progress.line, self.schedule.warmup_steps
+        if warmup > total_steps:
+            say(f"warning: the warm-up ({warmup} steps) is longer than the run ({total_steps} steps): the learning "
+                f"rate ends at {self.schedule.lr(total_steps - 1):.3g} of {c.lr:g}; give a shorter --warmup, or a "
+                "fraction of the run (0.1)")
+        if c.grad_accumulation > batches:
+            say(f"warning: --grad-accum {c.grad_accumulation} is more than an epoch's {batches} batches: each step "
+                f"adds up {batches} and scales them by 1/{c.grad_accumulation}; use --grad-accum {batches} or less")
 
     def _choose_monitor(self) -> None:
         """The metric that picks the best epoch (and stops early): refused when the run cannot report it."""

@@ -208,6 +208,7 @@ class Trainer:
         first, steps = state.step, -(-(self.batches_per_epoch - state.batch) // c.grad_accumulation)
         rates = [self.schedule.lr(s) for s in range(first, first + steps)]
         step_loss, step_examples, in_step = 0.0, 0, 0
+        examples_before = state.examples  # a resumed epoch's examples before the stop took time not counted here
         for index, (feeds, labels) in enumerate(batches):
             if index < state.batch:
                 continue  # resumed mid-epoch: these batches were done before the checkpoint
@@ -235,7 +236,7 @@ class Trainer:
                 "step": state.step,
                 "loss": step_loss / step_examples,
                 "lr": lr,
-                "samples_per_s": state.examples / elapsed if elapsed > 0 else 0.0,
+                "samples_per_s": (state.examples - examples_before) / elapsed if elapsed > 0 else 0.0,
             }
             for hook in on_step_end:
                 try:
