@@ -19,15 +19,21 @@ TEXT_COLUMN = "text"  # a CSV column of texts (a Parquet one, by its exact name)
 
 def csv_header(first_row: Sequence[str]) -> Sequence[str] | None:
     """`first_row` when it is a header: some cell but the last (which may hold a text label), or
-    its only cell, is neither a number nor a missing value (NA, ?: a data row's gap); or it names a
-    label column beside columns numbered 0, 1, ... (pandas' header for an array's columns and a label
-    column it was given a name; a data row of numbers whose class is named 'y' or 'class' is data)."""
+    its only cell, is neither a number nor a missing value (NA, ?: a data row's gap), and none is a
+    number with a fraction (5.1: a data row with a typo, '0.3x', not a header); or it numbers its columns
+    0, 1, ... as pandas' to_csv heads an array's, after the index's empty cell (index=True) and beside a
+    label column it was given a name (a data row of numbers whose class is named 'y' or 'class' is data; with
+    neither an index nor a label, at least 5 columns: a data row reading 0, 1, 2 is data)."""
     cells = first_row[:-1] if len(first_row) > 1 else first_row
     if not all(is_number(c) or is_missing(c) for c in cells):
-        return first_row
+        fractions = any(is_number(c) and not c.strip().lstrip("+-").isdigit() for c in first_row)
+        return None if fractions else first_row
     label = label_column(first_row)
     numbered = [c.strip() for i, c in enumerate(first_row) if i != label]
-    return first_row if label is not None and numbered == [str(i) for i in range(len(numbered))] else None
+    indexed = bool(numbered) and numbered[0] == ""  # pandas' index column
+    numbered = numbered[indexed:]
+    enough = 1 if indexed or label is not None else 5
+    return first_row if len(numbered) >= enough and numbered == [str(i) for i in range(len(numbered))] else None
 
 
 def without_index(header: Sequence[str] | None, rows: list[list[str]]) -> tuple[Sequence[str] | None, list[list[str]]]:

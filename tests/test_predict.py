@@ -563,3 +563,41 @@ def test_class_predictions_of_a_scalar_output_are_one_error_line(tmp_path, task)
     assert not prediction.multi_label
     with pytest.raises(OnnxkitError, match=r"\[batch, classes\].*got shape \(\)"):
         _ = prediction.classes
+
+
+def test_a_bool_input_reads_0_1_or_false_true_from_a_csv(run_cli, tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Not", ["x"], ["y"])], "flags",
+                              [helper.make_tensor_value_info("x", TensorProto.BOOL, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.BOOL, ["n", 3])])
+    model = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "not.onnx")
+    (tmp_path / "flags.csv").write_text("0,0,1\nFalse,true,1.0\n")
+    result = run_cli("predict", model, "-i", tmp_path / "flags.csv", "-o", tmp_path / "out.npy")
+    assert result.code == 0, result.err  # every cell read as True before: '0' is a non-empty string
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[True, True, False], [True, False, False]])
+    (tmp_path / "bad.csv").write_text("0,0,1\n0,2,1\n")
+    result = run_cli("predict", model, "-i", tmp_path / "bad.csv")
+    assert result.err == (f"error: {tmp_path / 'bad.csv'}: column 2 of data row 2 holds '2'; a bool input takes 0 or "
+                          "1 (or false / true)\n")
+
+
+@pytest.mark.parametrize("layout", ["typo in the first row", "pandas index=False", "pandas index=True"])
+def test_first_rows_that_are_data_or_pandas_headers_are_read_as_such(run_cli, digits, tmp_path, layout):
+    # a typo made the first row a header (4 rows predicted of 5); pandas' numbered header was data (6 of 5);
+    # with its index column, 'column 1 is empty'
+    path, x, logits = digits
+    rows = [",".join(f"{v:.4f}" for v in row) for row in x]
+    if layout == "typo in the first row":
+        rows[0] = rows[0].replace(",", ",0.3x,", 1).rsplit(",", 1)[0]
+    elif layout == "pandas index=False":
+        rows = [",".join(map(str, range(64))), *rows]
+    else:
+        rows = ["," + ",".join(map(str, range(64))), *(f"{i},{row}" for i, row in enumerate(rows))]
+    (tmp_path / "rows.csv").write_text("\n".join(rows) + "\n")
+    result = run_cli("predict", path, "-i", tmp_path / "rows.csv", "-o", tmp_path / "out.npy")
+    if layout == "typo in the first row":
+        assert result.code == 1 and "column 2 holds text ('0.3x')" in result.err
+    else:
+        assert result.code == 0, result.err
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-3, atol=1e-3)

@@ -16,7 +16,7 @@ import json
 import os
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +293,20 @@ def _not_read(cell: str) -> float:
     return 0.0
 
 
+_FLAGS = {"0": False, "1": True, "false": False, "true": True, "0.0": False, "1.0": True}
+
+
+def _flags(path: Path, rows: list[list[str]], column: Callable[[int], str]) -> np.ndarray:
+    """The CSV's cells as booleans: 0 / 1 or false / true (pandas writes False / True)."""
+    try:
+        return np.array([[_FLAGS[cell.strip().lower()] for cell in row] for row in rows], np.bool_)
+    except KeyError:
+        i, j, cell = next((i, j, c) for i, row in enumerate(rows) for j, c in enumerate(row)
+                          if c.strip().lower() not in _FLAGS)
+        raise OnnxkitError(f"{path}: {column(j)} of data row {i + 1} holds {cell.strip()!r}; a bool input takes 0 or 1 "
+                           "(or false / true)") from None
+
+
 def _shaped(path: Path, table: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """`table`'s rows as examples of the input's fixed shape; rows of another length are an error."""
     example = spec.shape[1:]
@@ -315,6 +329,8 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
     def column(j: int) -> str:
         return f"column {columns[j] if j < len(columns) else j + 1}" + (f" ({header[j]!r})" if header else "")
 
+    if np.dtype(dtype) == np.bool_:  # numpy reads any text but '' as True ('0' too)
+        return _flags(path, rows, column)
     try:  # floats as float64: a value past the input's float type is refused by `checked_feeds`, by name
         return np.array(rows).astype(np.float64 if np.dtype(dtype).kind == "f" else dtype)
     except OverflowError as e:  # a whole number past the input's integer type
