@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -12,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxkit.graph_walks import every_node
-from onnxkit.metadata import read_metadata
+from onnxkit.graph_walks import every_node, subgraphs
+from onnxkit.metadata import metadata
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
@@ -44,12 +45,13 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
     """A JSON-ready description of `model` (file size too when `path` is given)."""
     g = model.graph
     initializer_names = {i.name for i in g.initializer}
-    count = _parameter_count(model)
+    nodes = list(every_node(g))
+    tensors = [*g.initializer, *(t for n in nodes for sub in subgraphs(n) for t in sub.initializer)]  # If's too
+    count = _parameter_count(nodes, tensors)
     nbytes = sum(
         int(np.prod(i.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(i.data_type)).itemsize
-        for i in g.initializer
+        for i in tensors
     )
-    nodes = list(every_node(g))
     ops = collections.Counter(
         f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in nodes
     )
@@ -62,28 +64,41 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
         "outputs": _io(g.output),
         "parameters": count,
         "parameter_bytes": nbytes,
-        "initializers": len(g.initializer),
+        "initializers": len(tensors),
         # weights held as float attributes: a scikit-learn model's LinearClassifier, tree ensembles (ai.onnx.ml)
-        "attribute_weights": sum(len(a.floats) for n in g.node if n.domain not in ("", "ai.onnx") for a in n.attribute),
+        "attribute_weights": sum(len(a.floats) for n in nodes if n.domain not in ("", "ai.onnx") for a in n.attribute),
         "nodes": len(nodes),  # those inside If, Loop and Scan bodies too
         "operators": dict(ops.most_common()),
-        "metadata": read_metadata(model),
+        "metadata": _shown_metadata(model),
     }
     if path is not None:
         info["file_bytes"], info["external_data"] = _file_bytes(Path(path), model, nbytes)
     return info
 
 
-def _parameter_count(model: onnx.ModelProto) -> int:
+def _parameter_count(nodes: list[onnx.NodeProto], tensors: list[onnx.TensorProto]) -> int:
     """The number of weights the model computes with: a 4-bit MatMulNBits weight packs two in a byte and
     counts as its K x N (not its bytes), and its block scales and zero points, quantization's own, not at all."""
     packed, side = {}, set()
-    for node in model.graph.node:
+    for node in nodes:
         if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
             sizes = {a.name: a.i for a in node.attribute}
             packed[node.input[1]] = sizes.get("K", 0) * sizes.get("N", 0)
             side.update(node.input[2:4])
-    return sum(packed.get(t.name, int(np.prod(t.dims))) for t in model.graph.initializer if t.name not in side)
+    return sum(packed.get(t.name, int(np.prod(t.dims))) for t in tensors if t.name not in side)
+
+
+def _shown_metadata(model: onnx.ModelProto) -> dict[str, Any]:
+    """metadata_props by key, a JSON object or list decoded and every other value the string stored ('1.10'
+    stays '1.10', 'NaN' a string: decoded, they read 1.1 and a bare NaN that is no JSON)."""
+    shown: dict[str, Any] = {}
+    for key, value in metadata(model).items():
+        decoded = None
+        if value.lstrip()[:1] in ("{", "["):
+            with contextlib.suppress(ValueError):
+                decoded = json.loads(value, parse_constant=str)
+        shown[key] = value if decoded is None else decoded
+    return shown
 
 
 def _file_bytes(path: Path, model: onnx.ModelProto, parameter_bytes: int) -> tuple[int, list[str]]:

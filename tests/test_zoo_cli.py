@@ -299,23 +299,31 @@ def test_inspect_reads_a_foreign_model(run_cli):
     assert info["producer"].startswith("pytorch")
 
 
-def test_inspect_counts_the_nodes_inside_subgraphs(tmp_path, run_cli):
-    # an If whose branches hold the MatMuls read as "1 nodes, If x1"
+def test_inspect_counts_what_subgraphs_hold_and_shows_metadata_as_stored(tmp_path, run_cli):
+    # an If whose branches hold the MatMuls read as "1 nodes, If x1", and their weights were not counted
     from onnx import TensorProto, helper
 
-    def branch(name: str) -> onnx.GraphProto:
-        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], [name])]
-        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 2])])
+    def branch(name: str) -> onnx.GraphProto:  # each with a weight of its own (12 values) beside the shared w
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("MatMul", ["y", f"{name}.w"], ["z"]),
+                 helper.make_node("Relu", ["z"], [name])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 6])],
+                                 [onnx.numpy_helper.from_array(np.ones((2, 6), np.float32), f"{name}.w")])
 
     graph = helper.make_graph(
         [helper.make_node("If", ["c"], ["out"], then_branch=branch("a"), else_branch=branch("b"))], "g",
         [helper.make_tensor_value_info(n, t, s) for n, t, s in (("c", TensorProto.BOOL, []),
                                                                  ("x", TensorProto.FLOAT, [1, 2]))],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6])],
         [onnx.numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "if.onnx")
-    info = json.loads(run_cli("inspect", tmp_path / "if.onnx", "--json").out)
-    assert info["nodes"] == 5 and info["operators"] == {"MatMul": 2, "Relu": 2, "If": 1}
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in (("version", "1.10"), ("threshold", "NaN"), ("classes", '{"a": 1}')):
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, tmp_path / "if.onnx")
+    info = json.loads(run_cli("inspect", tmp_path / "if.onnx", "--json").out, parse_constant=pytest.fail)
+    assert info["nodes"] == 7 and info["operators"] == {"MatMul": 4, "Relu": 2, "If": 1}
+    assert info["parameters"] == 4 + 2 * 12 and info["initializers"] == 3  # the branches' weights were left out
+    # stored strings shown as stored: '1.10' read 1.1, 'NaN' a bare NaN that strict JSON parsers refuse
+    assert info["metadata"] == {"version": "1.10", "threshold": "NaN", "classes": {"a": 1}}
 
 
 @pytest.mark.parametrize("content", [b"not an onnx file at all", b"\x08\x07\x12\x04abc"])
