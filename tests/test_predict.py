@@ -601,3 +601,17 @@ def test_first_rows_that_are_data_or_pandas_headers_are_read_as_such(run_cli, di
     else:
         assert result.code == 0, result.err
         np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-3, atol=1e-3)
+
+
+def test_non_finite_outputs_are_json_strings_as_serve_writes_them(run_cli, tmp_path):
+    # a finite input the model overflows: predict -o out.json wrote a bare Infinity that strict parsers refuse
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "square",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])])
+    model = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "sq.onnx")
+    np.save(tmp_path / "x.npy", np.array([[3e38, -2.0]], np.float32))
+    assert run_cli("predict", model, "-i", tmp_path / "x.npy", "-o", tmp_path / "out.json").code == 0
+    written = json.loads((tmp_path / "out.json").read_text(), parse_constant=pytest.fail)
+    assert written["outputs"]["y"] == [["Infinity", 4.0]]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import warnings
 import zipfile
@@ -155,7 +156,12 @@ def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        write_text(path, json.dumps(prediction.to_dict(top_k)) + "\n")
+        result = prediction.to_dict(top_k)
+        try:
+            text = json.dumps(result, allow_nan=False)
+        except ValueError:  # NaN or an infinity: strings, as serve writes them (a bare NaN is no JSON)
+            text = json.dumps(_finite(result))
+        write_text(path, text + "\n")
     elif suffix in (".npy", ".npz"):
         buffer = io.BytesIO()
         if suffix == ".npy":
@@ -169,6 +175,17 @@ def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int
     else:
         check_output_path(path)
         write_text(path, _csv_text(prediction, top_k))
+
+
+def _finite(value: Any) -> Any:
+    """`value` (nested dicts and lists) with each non-finite float as the string "NaN", "Infinity" or "-Infinity"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows: int = 20) -> str:
