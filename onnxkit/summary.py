@@ -114,6 +114,13 @@ def _file_bytes(path: Path, model: onnx.ModelProto, parameter_bytes: int) -> tup
     return size + sum((path.parent / f).stat().st_size for f in files), files
 
 
+def file_bytes(path: str | os.PathLike) -> int:
+    """The size on disk of the model file at `path` and of the weight files beside it that its tensors name."""
+    path = Path(path)
+    return os.path.getsize(path) + sum((path.parent / f).stat().st_size for f in
+                                       _weight_files(onnx.load(str(path), load_external_data=False)))
+
+
 def _weight_files(model: onnx.ModelProto) -> list[str]:
     from onnx.external_data_helper import _get_all_tensors
 
