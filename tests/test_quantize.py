@@ -1218,3 +1218,18 @@ def test_the_reported_original_size_is_the_files_on_disk(tmp_path):
     on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
     result = quantize(tmp_path / "mlp.onnx", mode="dynamic", measure_latency=False)
     assert result.report.size_bytes["original"] == on_disk != len(model.SerializeToString())
+
+
+def test_model_output_picks_the_output_eval_data_scores():
+    # a model returning (embedding, logits) was judged on its embedding (0.84% "accuracy"), with no way to say
+    model, data, _ = _foreign_classifiers()["argmax"]
+    graph = model.graph
+    graph.node.append(helper.make_node("Identity", ["z"], ["embedding"]))
+    first = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 64])
+    kept = [o for o in graph.output if o.name == "logits"]
+    del graph.output[:]
+    graph.output.extend([first, *kept])
+    result = quantize(model, mode="dynamic", eval_data=data, model_output="logits", measure_latency=False)
+    assert result.report.accuracy["metric"] == "accuracy" and result.report.accuracy["original"] > 0.9
+    with pytest.raises(OnnxkitError, match=r"^the model has no output 'logit'. Did you mean: logits\?"):
+        quantize(model, mode="dynamic", eval_data=data, model_output="logit", measure_latency=False)

@@ -35,6 +35,9 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 )
 @click.option("--eval", "eval_data", metavar="DATA",
               help="Evaluate both models on DATA's test split  [default: the data a model trained by onnxkit names]")
+@click.option("--model-output", "model_output", metavar="NAME",
+              help="The output --eval scores  [default: the one trained, else the scores beside a first output that "
+                   "is the predicted label, else the first]")
 @click.option("--max-drop", type=options.NON_NEGATIVE, metavar="POINTS",
               help="Fail, writing nothing, if accuracy drops (or loss rises) more  "
                    "[default: 1 with --mode auto, else no limit]")
@@ -56,6 +59,7 @@ def quantize_cmd(
     reduce_range: bool | None,
     block_size: str | None,
     eval_data: str | None,
+    model_output: str | None,
     max_drop: float | None,
     report_path: str | None,
     sqnr_rows: int,
@@ -92,6 +96,7 @@ def quantize_cmd(
         reduce_range=reduce_range,
         block_size=int(block_size) if block_size else None,
         eval_data=eval_data,
+        model_output=model_output,
         max_drop=max_drop,
         report_path=report_path or Path(output).with_suffix(".report.json"),
         sqnr_rows=sqnr_rows,

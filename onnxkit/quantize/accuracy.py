@@ -48,12 +48,14 @@ class Score:
         return f"loses {drop:.2f} points of accuracy" if self.metric == "accuracy" else f"raises the loss by {drop:.4g}"
 
 
-def score(model: onnx.ModelProto, split: Any, batch_size: int = 256, like: Score | None = None) -> Score:
-    """Evaluate `model` on `split` and keep its headline metric; `like`: the original model's score, whose
-    output and task the quantized model is scored on (its rewritten graph may read otherwise)."""
+def score(model: onnx.ModelProto, split: Any, batch_size: int = 256, like: Score | None = None,
+          output: str | None = None) -> Score:
+    """Evaluate `model`'s `output` (default: `evaluate.scored_output`) on `split` and keep its headline metric;
+    `like`: the original model's score, whose output and task the quantized model is scored on (its rewritten
+    graph may read otherwise)."""
     from onnxkit.evaluate import evaluate, scored_output
 
-    output = like.output if like is not None else scored_output(model)
+    output = like.output if like is not None else output or scored_output(model)
     metrics = evaluate(model, split, batch_size=batch_size, output=output, task=like.task if like else None)
     metric = "accuracy" if "accuracy" in metrics else "loss"
     if like is not None and metric != like.metric:

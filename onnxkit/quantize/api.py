@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from onnxkit.data import Dataset, Split
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.evaluate import changed_since_training
 from onnxkit.files import DiskError, atomic_path, load_model, out_of_space, same_file, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
@@ -55,6 +55,7 @@ def quantize(
     reduce_range: bool | None = None,
     block_size: int | None = None,
     eval_data: Any = None,
+    model_output: str | None = None,
     max_drop: float | None = None,
     report_path: str | os.PathLike | None = None,
     sqnr_rows: int = 0,
@@ -73,6 +74,8 @@ def quantize(
     modes calibrate on the train split of a named `eval_data` or Dataset, or on a Split `eval_data` itself).
     Without `eval_data`, a model trained by onnxkit is evaluated on the data it was trained on
     (split as in its training run), when that data is here; `max_drop` and `auto` use it too.
+    `model_output`: the output scored (default: the one training fit, else the scores beside a first
+    output that is the predicted label, else the first).
     A drop over `max_drop` (points of accuracy, or of loss for regression) raises OnnxkitError and
     writes nothing. `calib_size`: calibration examples.
     int8 settings (None: chosen for the model and this CPU): `method` minmax | entropy | percentile
@@ -100,6 +103,10 @@ def quantize(
     _check_outputs(source, output, report_path)
     _check_data(calib, eval_data)
     original = model if source is None else load_model(source)
+    outputs = [o.name for o in original.graph.output]
+    if model_output is not None and model_output not in outputs:
+        raise OnnxkitError(f"the model has no output {model_output!r}.{suggest(model_output, outputs)} Its outputs: "
+                           f"{', '.join(outputs)}", params=["model_output"])
     recorded, recorded_seed, missing = recorded_data(original)  # a model onnxkit trained says on what
     notes = []
 
@@ -142,7 +149,7 @@ def quantize(
     with _scratch(output) as tmp, _disk_full_errors(tmp, original.ByteSize()), _onnxruntime_errors(name):
         quantizer = Quantizer(original, tmp, exclude)
         test = None if eval_data is None else bind(load_split(eval_data, "test", original, seed(eval_data)), original)
-        baseline = accuracy.score(original, test) if test is not None else None
+        baseline = accuracy.score(original, test, output=model_output) if test is not None else None
         batches = (fixed,) if (fixed := fixed_batch(original)) else LATENCY_BATCHES  # a fixed batch: timed at it
         feeds = {
             b: first_batch(test, b) if test is not None else synthetic_inputs(original, b, seq_len=seq_len)
