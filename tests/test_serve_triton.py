@@ -226,6 +226,22 @@ def test_shared_memory_tensors_are_refused_not_answered_inline(triton):
     assert client.infer("digits", [x]).as_numpy("logits").shape == (1, 10)
 
 
+def test_the_extensions_left_out_say_so_on_both_protocols(triton):
+    # gRPC answered tritonclient's shared-memory calls "Method not found!"
+    module, client = triton
+    calls = [(client.get_system_shared_memory_status, "system shared memory"),
+             (client.get_cuda_shared_memory_status, "CUDA shared memory"),
+             (lambda: client.register_system_shared_memory("region", "/region", 64), "system shared memory"),
+             (client.get_trace_settings, "tracing")]
+    for call, what in calls:
+        with pytest.raises(InferenceServerException) as refused:
+            call()
+        assert f"{what} is not supported by this server" in refused.value.message(), refused.value.message()
+        if module is triton_grpc:
+            assert refused.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert client.is_server_live()
+
+
 def test_bad_shape_and_unknown_model_are_refused_and_the_server_keeps_serving(triton):
     module, client = triton
     wrong = tensor(module, "x", np.zeros((2, 32), np.float32), "FP32")

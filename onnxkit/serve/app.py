@@ -352,11 +352,6 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-# Triton's extensions this server leaves out, by their endpoints (tritonclient calls them by name)
-UNSUPPORTED = {"/v2/systemsharedmemory": "system shared memory", "/v2/cudasharedmemory": "CUDA shared memory",
-               "/v2/trace": "tracing", "/v2/logging": "logging control"}
-
-
 async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
     body, headers = refusal(exc)
@@ -366,7 +361,7 @@ async def _request_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     path = request.url.path
-    unsupported = next((what for prefix, what in UNSUPPORTED.items() if path.startswith(prefix)), None)
+    unsupported = protocol.unsupported_extension(path.removeprefix("/v2/")) if path.startswith("/v2/") else None
     message = {
         404: f"no such endpoint: {path}" + (f" ({unsupported} is not supported by this server)" if unsupported
                                              else ""),

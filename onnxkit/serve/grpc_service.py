@@ -469,8 +469,8 @@ class CallRoom(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
-        if handler is None:
-            return None  # no such method: grpc answers UNIMPLEMENTED at once
+        if handler is None:  # no such method: grpc answers UNIMPLEMENTED at once, saying which extension it is
+            return _unsupported(details.method)
         if self.calls >= self.cap and not self._make_room():
             return _REFUSED
         self.calls += 1
@@ -514,6 +514,21 @@ async def _refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContex
 
 
 _REFUSED = grpc.stream_stream_rpc_method_handler(_refuse)  # a streaming request: refused before it is read
+
+
+def _unsupported(method: str) -> grpc.RpcMethodHandler | None:
+    """A handler answering UNIMPLEMENTED with what is unsupported, for an RPC of an extension this server leaves
+    out (tritonclient's get_system_shared_memory_status read "Method not found!"); None for any other."""
+    service, _, name = method.strip("/").rpartition("/")
+    what = protocol.unsupported_extension(name) if service == SERVICE else None
+    if what is None:
+        return None
+    hint = "; send the tensors in the request" if "shared memory" in what else ""
+
+    async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name}: {what} is not supported by this server{hint}")
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 class GrpcServer:

@@ -34,6 +34,17 @@ SERVER_NAME = "onnxkit"
 PLATFORM = "onnxruntime_onnx"
 MODEL_VERSION = "1"
 EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "statistics"]
+# Triton's extensions this server leaves out, by how their HTTP endpoints (/v2/<key>...) and gRPC methods (named
+# <Key>...) begin: tritonclient calls them by name, and is told which is unsupported
+UNSUPPORTED_EXTENSIONS = {"systemsharedmemory": "system shared memory", "cudasharedmemory": "CUDA shared memory",
+                          "trace": "tracing", "log": "logging control"}
+
+
+def unsupported_extension(name: str) -> str | None:
+    """What `name` (an endpoint's path after /v2/, or a gRPC method's name) asks of an extension this server
+    leaves out ('system shared memory'), else None."""
+    lowered = name.lower()
+    return next((what for key, what in UNSUPPORTED_EXTENSIONS.items() if lowered.startswith(key)), None)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _V2_BY_ORT = {
