@@ -368,3 +368,16 @@ def test_a_malformed_command_line_is_one_usage_error_before_any_worker_starts(tm
                               timeout=120)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
         assert not (tmp_path / "run").exists()
+
+
+def test_a_workers_error_names_the_commands_flags(tmp_path: Path) -> None:
+    # an error a rank met named the library's parameter: "train_only 'nothing*' matches no parameter"
+    from onnxkit import zoo
+
+    model = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), str(model))
+    done = subprocess.run([sys.executable, "-m", "onnxkit", "train", str(model), "--data", "iris", "-o",
+                           str(tmp_path / "run"), "--train-only", "nothing*", "--workers", "2"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "--train-only 'nothing*' matches no parameter" in done.stderr

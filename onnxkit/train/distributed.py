@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import os
 import shutil
 import sys
@@ -36,7 +37,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_checkable
 
@@ -152,15 +153,16 @@ class World:
 
     # ---- failing together ----------------------------------------------------------------
 
-    def abort(self, message: str) -> NoReturn:
-        """Report `message` (to the launcher's error file, else stderr) and end every rank."""
+    def abort(self, message: str, params: Sequence[str] = ()) -> NoReturn:
+        """Report `message` (to the launcher's error file, with the library parameters it names, `params`, which
+        the command writes as its flags; else to stderr) and end every rank."""
         path = os.environ.get(ERRORS_VARIABLE)
         text = f"worker {self.rank} of {self.size}: {message}"
         if self.rank:
             time.sleep(1)  # an error every rank meets reads best from rank 0, whose paths are the user's
         try:
             with open(path, "x", encoding="utf-8") if path else contextlib.nullcontext(sys.stderr) as out:
-                out.write(text if path else f"error: {text}\n")
+                out.write(json.dumps({"error": text, "params": list(params)}) if path else f"error: {text}\n")
         except FileExistsError:
             pass  # another rank reported first
         sys.stderr.flush()
@@ -177,7 +179,7 @@ class World:
         except BaseException as e:  # noqa: BLE001 - every failure must end all ranks
             if not isinstance(e, OnnxkitError | KeyboardInterrupt | SystemExit):
                 traceback.print_exc()
-            self.abort(str(e) or type(e).__name__)
+            self.abort(str(e) or type(e).__name__, e.params if isinstance(e, OnnxkitError) else ())
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:

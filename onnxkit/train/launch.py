@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -88,7 +89,8 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
                 sys.stderr.write(f"error: stopped by {signal.Signals(stopped_by).name}\n")
             return 128 + stopped_by
         if errors.is_file():
-            raise OnnxkitError(errors.read_text(encoding="utf-8"))
+            report = json.loads(errors.read_text(encoding="utf-8"))
+            raise OnnxkitError(report["error"], params=report["params"])
     if code in INTERRUPTED and _recorded_a_stop(run_dir):  # a signal sent to the ranks themselves
         return code
     raise OnnxkitError(f"a worker stopped without reporting an error (mpiexec exit status {code}: killed, or out of "
