@@ -17,13 +17,14 @@ NPZ_LABEL_NAMES = "label_names"  # an optional .npz array of class names
 TEXT_COLUMN = "text"  # a CSV column of texts (a Parquet one, by its exact name), for a model with a tokenizer
 
 
-def csv_header(first_row: Sequence[str]) -> Sequence[str] | None:
+def csv_header(first_row: Sequence[str], second_row: Sequence[str] = ()) -> Sequence[str] | None:
     """`first_row` when it is a header: some cell but the last (which may hold a text label), or
     its only cell, is neither a number nor a missing value (NA, ?: a data row's gap), and none is a
     number with a fraction (5.1: a data row with a typo, '0.3x', not a header); or it numbers its columns
     0, 1, ... as pandas' to_csv heads an array's, after the index's empty cell (index=True) and beside a
     label column it was given a name (a data row of numbers whose class is named 'y' or 'class' is data; with
-    neither an index nor a label, at least 5 columns: a data row reading 0, 1, 2 is data)."""
+    neither an index nor a label, 5 columns or more, or fewer above a `second_row` holding a fraction: iris'
+    0,1,2,3 above 5.1,3.5,1.4,0.2; a row reading 0,1,2 above whole numbers is data)."""
     cells = first_row[:-1] if len(first_row) > 1 else first_row
     if not all(is_number(c) or is_missing(c) for c in cells):
         fractions = any(is_number(c) and not c.strip().lstrip("+-").isdigit() for c in first_row)
@@ -32,7 +33,8 @@ def csv_header(first_row: Sequence[str]) -> Sequence[str] | None:
     numbered = [c.strip() for i, c in enumerate(first_row) if i != label]
     indexed = bool(numbered) and numbered[0] == ""  # pandas' index column
     numbered = numbered[indexed:]
-    enough = 1 if indexed or label is not None else 5
+    fractions = any(is_number(c) and not c.strip().lstrip("+-").isdigit() for c in second_row)
+    enough = 1 if indexed or label is not None else 2 if fractions else 5
     return first_row if len(numbered) >= enough and numbered == [str(i) for i in range(len(numbered))] else None
 
 

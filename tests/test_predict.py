@@ -615,3 +615,17 @@ def test_non_finite_outputs_are_json_strings_as_serve_writes_them(run_cli, tmp_p
     assert run_cli("predict", model, "-i", tmp_path / "x.npy", "-o", tmp_path / "out.json").code == 0
     written = json.loads((tmp_path / "out.json").read_text(), parse_constant=pytest.fail)
     assert written["outputs"]["y"] == [["Infinity", 4.0]]
+
+
+def test_pandas_numbered_header_of_few_columns_heads_fractions_not_whole_numbers(run_cli, tmp_path):
+    # iris' features written by pandas (index=False): '0,1,2,3' was read as a data row, 151 rows for 150
+    from onnxkit.data import load_dataset
+
+    model = save_model(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
+    x = load_dataset("iris").test.inputs["x"]
+    (tmp_path / "x.csv").write_text("0,1,2,3\n" + "".join(",".join(f"{v:.1f}" for v in row) + "\n" for row in x))
+    result = run_cli("predict", model, "-i", tmp_path / "x.csv", "-o", tmp_path / "out.npy")
+    assert result.code == 0 and len(np.load(tmp_path / "out.npy")) == len(x), result.err
+    (tmp_path / "counts.csv").write_text("0,1,2,3\n4,0,2,1\n")  # whole numbers below: a data row like any other
+    assert run_cli("predict", model, "-i", tmp_path / "counts.csv", "-o", tmp_path / "counts.npy").code == 0
+    assert len(np.load(tmp_path / "counts.npy")) == 2

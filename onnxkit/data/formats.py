@@ -84,7 +84,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     if not numbered:
         raise OnnxkitError(f"{path}: empty CSV file; it needs feature columns and a label column")
     rows = [row for _, row in numbered]
-    header = csv_header(rows[0])
+    header = csv_header(rows[0], rows[1] if len(rows) > 1 else ())
     body, lines = (rows[1:], [n for n, _ in numbered[1:]]) if header else (rows, [n for n, _ in numbered])
     header, body = without_index(header, body)
     width = len(header or rows[0])

@@ -253,7 +253,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
     if table is not None:
         return _shaped(path, table, spec)
     rows = [row for _, row in read_csv_rows(path)]
-    header = csv_header(rows[0]) if rows else None
+    header = csv_header(rows[0], rows[1] if len(rows) > 1 else ()) if rows else None
     if header:
         rows = rows[1:]
     width = len(header or (rows[0] if rows else ()))
@@ -282,13 +282,13 @@ def _plain_table(path: Path, dtype: Any) -> np.ndarray | None:
         return None
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            first = f.readline()
+            first, second = f.readline(), f.readline()
     except (OSError, ValueError):
         return None
-    csv.field_size_limit(max(csv.field_size_limit(), len(first)))  # one cell may fill the line
+    csv.field_size_limit(max(csv.field_size_limit(), len(first), len(second)))  # one cell may fill the line
     delimiter = csv_delimiter(first)
-    cells = next(csv.reader([first], delimiter=delimiter), [])
-    header = csv_header(cells) if cells else None
+    cells, below = (next(csv.reader([line], delimiter=delimiter), []) for line in (first, second))
+    header = csv_header(cells, below) if cells else None
     if delimiter == ";" or not cells or header and header[0].strip() in ("", "Unnamed: 0"):
         return None
     label = label_column(header, str(path))
