@@ -247,3 +247,18 @@ def test_a_run_that_lost_its_checkpoints_is_refused_in_one_line(tmp_path):
                                            r"the run cannot be resumed, start a new one$"):
         fit(resume=run)
     assert (run / "metrics.jsonl").read_bytes() == metrics and not (run / "checkpoints").exists()
+
+
+def test_a_new_run_stopped_before_its_first_checkpoint_leaves_nothing(tmp_path, monkeypatch):
+    # a Ctrl-C while the training graphs were built left artifacts/, checkpoints/ and run.lock, and no run.json
+    from onnxkit import zoo
+
+    fit_module = sys.modules["onnxkit.train.fit"]  # the module: the package's `fit` is the function
+
+    def stopped(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_train", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        fit(zoo.build_model("iris-mlp"), "iris", tmp_path / "run", epochs=1)
+    assert not (tmp_path / "run").exists()

@@ -289,15 +289,15 @@ def fit(
         resuming = resume is not None and run.has_checkpoint()
         if resume is not None and not resuming:
             run.restart()  # killed before its first checkpoint: train again from the start
-        if not config.model_sha256:  # given as a ModelProto: the run keeps the starting model
-            save_model(proto, config.model)
-            config.model_sha256 = sha256(Path(config.model))
-        given = [RecordCallback(callback)] if callback else []
         try:
+            if not config.model_sha256:  # given as a ModelProto: the run keeps the starting model
+                save_model(proto, config.model)
+                config.model_sha256 = sha256(Path(config.model))
+            given = [RecordCallback(callback)] if callback else []
             return _train(setup, resuming=resuming, callbacks=[*given, *callbacks])
-        except Exception:
+        except BaseException:  # a Ctrl-C too: one before the loop's first checkpoint left artifacts and a lock
             if resume is None and not run.has_checkpoint():
-                run.discard()  # failed before its first checkpoint: nothing in it to resume
+                run.discard()  # failed or stopped before its first checkpoint: nothing in it to resume
             raise
 
 
