@@ -383,3 +383,14 @@ def test_a_label_error_on_a_csv_without_a_label_column_names_the_column_taken(ru
     assert result.code == 1 and result.err.count("\n") == 1
     assert result.err.rstrip().endswith("(the labels: the last column, 'c', as no column is headed label / labels / "
                                         "target / y / class)")
+
+
+def test_a_shape_error_on_a_csv_without_a_header_says_the_last_column_was_taken_as_the_labels(run_cli, tmp_path):
+    # np.savetxt's file of 64 features: "data array 'x' has shape [120, 63] ..." without saying why 63
+    np.savetxt(tmp_path / "nolabel.csv", np.random.default_rng(0).random((200, 64)), delimiter=",")
+    model = tmp_path / "mlp.onnx"
+    assert run_cli("build", "digits-mlp", "-o", model).code == 0
+    result = run_cli("train", model, "--data", tmp_path / "nolabel.csv", "-o", tmp_path / "run")
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert result.err.rstrip().endswith("(the labels: the last column, as the file has no header naming a label "
+                                        "column)"), result.err
