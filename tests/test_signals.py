@@ -64,6 +64,28 @@ def test_a_stop_whose_keyboard_interrupt_was_lost_stops_the_next_write(tmp_path)
     assert (tmp_path / "new.json").read_text() == "new"
 
 
+def test_a_stop_lost_while_serve_loaded_its_models_stops_it_before_it_listens(tmp_path, monkeypatch):
+    # 1 of 64 Ctrl-Cs ~1 s into serve landed in a weakref callback ("Exception ignored") and the server served on
+    from onnxkit import zoo
+    from onnxkit.files import save_model
+    from onnxkit.serve import server
+    from onnxkit.serve.server import serve
+
+    def served(*_args, **_kwargs):
+        raise AssertionError("the server started serving")
+
+    monkeypatch.setattr(server.Server, "run", served)
+
+    model = save_model(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
+    with stops_recorded():
+        try:
+            stop(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # lost
+        with pytest.raises(KeyboardInterrupt):
+            serve([str(model)], port=0)
+
+
 def test_a_stop_held_back_interrupts_as_the_block_ends():
     reached = []
     with stops_recorded() as stops, handled(stop), pytest.raises(KeyboardInterrupt):

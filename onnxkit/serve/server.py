@@ -29,7 +29,7 @@ from onnxkit.serve.batcher import INLINE_RUN_S, Batcher
 from onnxkit.serve.limits import DEFAULT_LIMITS, Limits, protocol_class
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.repository import Repository
-from onnxkit.signals import handled
+from onnxkit.signals import check_stop, handled
 
 
 def model_files(specs: list[str]) -> dict[str, Path]:
@@ -185,6 +185,9 @@ def serve(
 
     server = Server(config, app, started)  # type: ignore[arg-type]  (create_app's app has start and stop)
     try:
+        # a Ctrl-C while the models loaded can be lost in C code (a weakref callback printed it as "Exception
+        # ignored") and the server went on to serve: asked for, it stops here
+        check_stop()
         server.run(sockets=[sock])
     finally:
         sock.close()
