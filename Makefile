@@ -14,7 +14,15 @@ ORT_BIN   := $(ORT_VENV)/bin
 ORT_STAMP := $(ORT_VENV)/.installed
 DEMO   := demo-run
 
-.PHONY: venv venv-ort test test-ort lint demo bench clean
+.PHONY: help venv venv-ort test test-ort lint demo clean
+
+help:
+	@echo "make demo      build, train, eval, quantize and serve digits-cnn on built-in data (creates .venv)"
+	@echo "make test      the whole test suite, then the training tests on ORT-training (creates .venv, .venv-ort)"
+	@echo "make test-ort  the training tests on the ORT-training backend alone"
+	@echo "make venv      .venv on the current stack;  make venv-ort  .venv-ort (onnxruntime-training 1.19.2)"
+	@echo "make lint      ruff over the code, tests and tools;  make clean  remove the environments and demo-run/"
+	@echo "benchmarks: .venv/bin/python tools/bench_NAME.py (README, Benchmarks)"
 
 venv: $(STAMP)
 
