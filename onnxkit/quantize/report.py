@@ -174,7 +174,7 @@ class Report:
         if self.candidates:
             noise = f"{SLOWER_BEYOND_NOISE - 1:.0%}"  # timed as fast as the fastest
             lines.append(f"  candidates (fastest at the largest batch within the allowed drop wins; within {noise}, "
-                         "the smallest drop):")
+                         "the smallest drop; timed against each other, not against the fp32 model as above):")
             lines += candidate_table(self.candidates, self.accuracy["unit"] if self.accuracy else "points")
         if self.sqnr:
             lines.append("  SQNR, worst first (dB; higher is better, below ~20 dB deserves a look):")
