@@ -249,8 +249,9 @@ def test_a_run_that_lost_its_checkpoints_is_refused_in_one_line(tmp_path):
     assert (run / "metrics.jsonl").read_bytes() == metrics and not (run / "checkpoints").exists()
 
 
-def test_a_new_run_stopped_before_its_first_checkpoint_leaves_nothing(tmp_path, monkeypatch):
+def test_a_new_run_stopped_before_it_began_leaves_nothing(tmp_path, monkeypatch):
     # a Ctrl-C while the training graphs were built left artifacts/, checkpoints/ and run.lock, and no run.json
+    # (resume said to start it again); one stopped once it began stays, to resume (test_run_survival)
     from onnxkit import zoo
 
     fit_module = sys.modules["onnxkit.train.fit"]  # the module: the package's `fit` is the function

@@ -295,9 +295,13 @@ def fit(
                 config.model_sha256 = sha256(Path(config.model))
             given = [RecordCallback(callback)] if callback else []
             return _train(setup, resuming=resuming, callbacks=[*given, *callbacks])
-        except BaseException:  # a Ctrl-C too: one before the loop's first checkpoint left artifacts and a lock
+        except Exception:
             if resume is None and not run.has_checkpoint():
-                run.discard()  # failed or stopped before its first checkpoint: nothing in it to resume
+                run.discard()  # failed before its first checkpoint: nothing in it to resume
+            raise
+        except BaseException:  # a stop: a run that began (run.json) stays, to resume; one stopped while its graphs
+            if resume is None and not run.run_json.is_file():  # were built left artifacts/ and a lock, unresumable
+                run.discard()
             raise
 
 
