@@ -27,15 +27,18 @@ def csv_header(first_row: Sequence[str], second_row: Sequence[str] = ()) -> Sequ
     0,1,2,3 above 5.1,3.5,1.4,0.2; a row reading 0,1,2 above whole numbers is data)."""
     cells = first_row[:-1] if len(first_row) > 1 else first_row
     if not all(is_number(c) or is_missing(c) for c in cells):
-        fractions = any(is_number(c) and not c.strip().lstrip("+-").isdigit() for c in first_row)
-        return None if fractions else first_row
+        return None if _holds_fraction(first_row) else first_row
     label = label_column(first_row)
     numbered = [c.strip() for i, c in enumerate(first_row) if i != label]
     indexed = bool(numbered) and numbered[0] == ""  # pandas' index column
     numbered = numbered[indexed:]
-    fractions = any(is_number(c) and not c.strip().lstrip("+-").isdigit() for c in second_row)
-    enough = 1 if indexed or label is not None else 2 if fractions else 5
+    enough = 1 if indexed or label is not None else 2 if _holds_fraction(second_row) else 5
     return first_row if len(numbered) >= enough and numbered == [str(i) for i in range(len(numbered))] else None
+
+
+def _holds_fraction(row: Sequence[str]) -> bool:
+    """Whether a cell of `row` is a number that is not a whole one (5.1, 1e3, nan): data, never a column's name."""
+    return any(is_number(c) and not c.strip().lstrip("+-").isdigit() for c in row)
 
 
 def without_index(header: Sequence[str] | None, rows: list[list[str]]) -> tuple[Sequence[str] | None, list[list[str]]]:

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import onnx
 import pytest
@@ -158,6 +159,19 @@ def test_quantize_scratch_lives_beside_the_output_and_goes_away(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == []  # no scratch folder, no half-written output
 
 
+def _killed_hard(script: str, target: Path, after: float = 0.0) -> tuple[str, int]:
+    """Run `script` (given `target` as argv[1]) until it prints a line, `after` seconds more, then SIGKILL it (no
+    cleanup runs); the line and its process id."""
+    process = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline().strip()
+        time.sleep(after)
+    finally:
+        process.kill()
+        process.communicate()
+    return line, process.pid
+
+
 def test_a_write_killed_hard_leaves_a_temporary_file_the_next_write_sweeps(tmp_path, run_cli):
     writer = (
         "import sys, time\n"
@@ -167,14 +181,9 @@ def test_a_write_killed_hard_leaves_a_temporary_file_the_next_write_sweeps(tmp_p
         "    print(tmp.name, flush=True)\n"
         "    time.sleep(60)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / "bert.onnx")], stdout=subprocess.PIPE,
-                               text=True)  # fmt: skip
-    try:
-        left = tmp_path / process.stdout.readline().strip()
-    finally:
-        process.kill()  # SIGKILL, mid-write: no cleanup runs
-        process.communicate()
-    assert left.is_file() and left.name.startswith(f".bert.onnx.onnxkit-{process.pid}-")
+    name, pid = _killed_hard(writer, tmp_path / "bert.onnx")  # mid-write
+    left = tmp_path / name
+    assert left.is_file() and left.name.startswith(f".bert.onnx.onnxkit-{pid}-")
     assert run_cli("build", "iris-mlp", "-o", tmp_path / "iris.onnx").code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iris.onnx"]
 
@@ -190,14 +199,8 @@ def test_a_checkpoint_write_killed_hard_leaves_nothing_the_next_write_does_not_s
         "while True:\n"
         "    write_safetensors(sys.argv[1], state)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / "last.ckpt")], stdout=subprocess.PIPE,
-                               text=True)  # fmt: skip
-    try:
-        assert process.stdout.readline().strip() == "ready"
-        time.sleep(1.5)  # a few 64 MB writes: most of the time is spent writing
-    finally:
-        process.kill()
-        process.communicate()
+    ready, _ = _killed_hard(writer, tmp_path / "last.ckpt", after=1.5)  # a few 64 MB writes: mostly writing
+    assert ready == "ready"
     assert run_cli("build", "iris-mlp", "-o", tmp_path / "iris.onnx").code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) in (["iris.onnx"], ["iris.onnx", "last.ckpt"])
 
