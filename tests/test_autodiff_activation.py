@@ -8,10 +8,10 @@ import pytest
 from gradcases import check, rand, single_node
 from onnx import helper
 
+from onnxkit.autodiff import add_gradients
 from onnxkit.autodiff.builder import Backward, Graph
-from onnxkit.autodiff.check import run_gradients, with_projection_loss
+from onnxkit.autodiff.check import LOSS, run_gradients, with_projection_loss
 from onnxkit.autodiff.rules import RULES
-from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import value_types
 
 
@@ -121,9 +121,21 @@ def test_einsum_diagonal_of_another_operand():
     check("Einsum", {"a": rand(3, 3), "v": rand(4, seed=1)}, ["v"], {"equation": "ii,j->j"})
 
 
-def test_einsum_diagonal_of_the_differentiated_operand_raises():
-    with pytest.raises(OnnxkitError, match="repeats an index"):
-        check("Einsum", {"a": rand(3, 3)}, ["a"], {"equation": "ii->i"}, ort_dtype=None)
+DIAGONALS = [  # the differentiated operand repeats an index
+    ("ii->i", [(3, 3)]),
+    ("ii", [(3, 3)]),  # the trace
+    ("bii->bi", [(2, 3, 3)]),
+    ("iji->j", [(3, 2, 3)]),
+    ("iij->i", [(3, 3, 2)]),  # j is summed away, carried only by the repeating operand
+    ("iii->i", [(2, 2, 2)]),
+    ("ii,ij->j", [(3, 3), (3, 2)]),
+]
+
+
+@pytest.mark.parametrize("equation,shapes", DIAGONALS, ids=[e for e, _ in DIAGONALS])
+def test_einsum_diagonal_of_the_differentiated_operand(equation, shapes):
+    inputs = {f"x{i}": rand(*shape, seed=i) for i, shape in enumerate(shapes)}
+    check("Einsum", inputs, list(inputs), {"equation": equation})
 
 
 def test_gelu_unknown_approximation_raises():
@@ -153,3 +165,16 @@ def test_prelu_and_hardswish_kinks_take_pytorchs_side():
     np.testing.assert_array_equal(prelu, [0.25, 0.25, 1.0])
     hardswish = _summed_gradient("HardSwish", {"x": np.array([-4.0, -3.0, 0.0, 3.0, 4.0])}, "x")
     np.testing.assert_array_equal(hardswish, [0.0, 0.0, 0.5, 1.0, 1.0])
+
+
+def test_einsum_diagonal_of_symbolic_size():
+    # the identity pattern is made at run time (EyeLike) when the repeated axis has no static size
+    inputs = {"x0": rand(2, 3, 3)}
+    model, feeds = single_node("Einsum", inputs, {"equation": "bii->b"})
+    expected = run_gradients(with_projection_loss(model), feeds, ["x0"], runtime="reference")
+    for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim, ["batch", "n", "n"], strict=True):
+        dim.dim_param = name
+    got = run_gradients(with_projection_loss(model), feeds, ["x0"])
+    assert any(n.op_type == "EyeLike" for n in add_gradients(with_projection_loss(model), ["x0"], LOSS).graph.node)
+    np.testing.assert_allclose(got["x0"], expected["x0"], atol=1e-12)
+    np.testing.assert_array_equal(got["x0"][:, 0, 1], 0)

@@ -87,7 +87,10 @@ def test_cast_like_between_floats():
 
 
 @pytest.mark.parametrize("shapes", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5)),
-                                    ((2, 1, 3, 4), (3, 4, 2))])
+                                    ((2, 1, 3, 4), (3, 4, 2)),
+                                    # a 1-D operand: a row or a column the result drops, and the dot product
+                                    ((4,), (4, 5)), ((4,), (2, 3, 4, 5)), ((3, 4), (4,)), ((2, 3, 4), (4,)),
+                                    ((4,), (4,))])
 def test_matmul(shapes):
     check("MatMul", {"a": rand(*shapes[0]), "b": rand(*shapes[1], seed=7)}, ["a", "b"])
 

@@ -235,9 +235,9 @@ def profile_onnx_backend(
         o.enable_profiling = True
         return o
 
-    def create(path: str, o, *args: Any):  # type: ignore[no-untyped-def]
+    def create(path: str, o, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         o.profile_file_prefix = str(directory / f"profile-{Path(path).stem}")
-        opened.append((Path(path).name, plain_create(path, o, *args)))
+        opened.append((Path(path).name, plain_create(path, o, *args, **kwargs)))
         return opened[-1][1]
 
     with mock.patch.object(module, "session_options", options), mock.patch.object(module, "create_session", create):

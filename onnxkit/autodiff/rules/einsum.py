@@ -4,7 +4,8 @@ gradient with the other operands, written to the operand's subscripts:
     "ij,jk->ik":  dA = einsum("ik,jk->ij", dY, B),  dB = einsum("ik,ij->jk", dY, A)
 
 An index summed away that only the differentiated operand carries ("ij->i": j) cannot come
-out of that Einsum; it is left out and the result expanded back along it. An ellipsis is
+out of that Einsum; it is left out and the result expanded back along it. An index that the
+operand repeats (a diagonal, "ii->i") comes out once and is spread back onto the diagonal. An ellipsis is
 spelled out as letters from the operands' static ranks; an ellipsis axis of size 1 that
 broadcasts against a larger one gets a letter of its own, so that it is summed back.
 """
@@ -12,6 +13,8 @@ broadcasts against a larger one gets a letter of its own, so that it is summed b
 from __future__ import annotations
 
 import string
+
+import numpy as np
 
 from onnxkit.autodiff.builder import Backward
 from onnxkit.autodiff.rules import rule
@@ -65,20 +68,39 @@ def _spell_out(b: Backward, terms: list[str], rhs: str) -> tuple[list[list[str]]
 
 def _operand_gradient(b: Backward, k: int, subscripts: list[list[str]], out: list[str]) -> str:
     target = subscripts[k]
-    if len(set(target)) != len(target):
-        raise ValueError(f"Einsum operand {k} repeats an index (a diagonal), which has no gradient rule")
+    unique = list(dict.fromkeys(target))  # a repeated index (a diagonal) once, where it first appears
     others = [j for j in range(len(subscripts)) if j != k]
     reachable = set(out).union(*(subscripts[j] for j in others))
-    kept = [c for c in target if c in reachable]
+    kept = [c for c in unique if c in reachable]
     if others:
         equation = ",".join("".join(s) for s in [out] + [subscripts[j] for j in others]) + "->" + "".join(kept)
         grad = b.op("Einsum", b.dy(), *[b.x(j) for j in others], equation=equation)
     else:  # only the output gradient: a permutation of it
         perm = [out.index(c) for c in kept]
         grad = b.dy() if perm == list(range(len(perm))) else b.op("Transpose", b.dy(), perm=perm)
-    lone = [i for i, c in enumerate(target) if c not in reachable]
+    lone = [i for i, c in enumerate(unique) if c not in reachable]
     if lone:
-        grad = b.op("Expand", b.unsqueeze(grad, lone), b.shape(b.x(k)))
+        shape = b.shape(b.x(k))
+        if len(unique) < len(target):
+            shape = b.op("Gather", shape, b.ints([target.index(c) for c in unique]))
+        grad = b.op("Expand", b.unsqueeze(grad, lone), shape)
+    return _on_diagonals(b, grad, target, k) if len(unique) < len(target) else grad
+
+
+def _on_diagonals(b: Backward, grad: str, target: list[str], k: int) -> str:
+    """`grad`, over operand k's distinct indices, spread to its axes: zero off the diagonals
+    that its repeated indices take (d einsum("ii->i", A) / dA is the identity's pattern)."""
+    repeats = [p for p, c in enumerate(target) if target.index(c) != p]
+    grad = b.unsqueeze(grad, repeats)
+    dims = b.dims(b.x(k))
+    for p in repeats:
+        q, n = target.index(target[p]), dims[p] if dims else None
+        if isinstance(n, int):
+            eye = b.const(np.eye(n), like=b.x(k))
+        else:
+            size = b.op("Gather", b.shape(b.x(k)), b.ints([q]))
+            eye = b.op("EyeLike", b.graph.filled(b.op("Concat", size, size, axis=0), 0, b.dtype(b.x(k))))
+        grad = b.op("Mul", grad, b.unsqueeze(eye, [a for a in range(len(target)) if a not in (q, p)]))
     return grad
 
 

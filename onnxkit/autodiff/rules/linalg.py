@@ -28,7 +28,7 @@ def matmul(b: Backward) -> list[str | None]:
     a, w, dy = b.x(0), b.x(1), b.dy()
     ra, rw = b.need_rank(a), b.need_rank(w)
     if ra == 1 or rw == 1:
-        raise ValueError("MatMul with a 1-D operand has no gradient rule; reshape it to 2-D")
+        return _vector_matmul(b, ra, rw)
     da = dw = None
     if ra == rw == 2:
         return [b.op("Gemm", dy, w, transB=1) if b.wants(0) else None,
@@ -44,6 +44,28 @@ def matmul(b: Backward) -> list[str | None]:
         da = b.unbroadcast(b.op("MatMul", dy, _swap_last(b, w, rw)), 0, batch + b.dims(a)[-2:])
     if b.wants(1):
         dw = b.unbroadcast(b.op("MatMul", _swap_last(b, a, ra), dy), 1, batch + b.dims(w)[-2:])
+    return [da, dw]
+
+
+def _vector_matmul(b: Backward, ra: int, rw: int) -> list[str | None]:
+    """MatMul with a 1-D operand, which numpy semantics treat as a row (first) or a column
+    (second) that the result drops: [K] @ [..., K, N] -> [..., N], [..., M, K] @ [K] -> [..., M]."""
+    a, w, dy = b.x(0), b.x(1), b.dy()
+    if ra == rw == 1:  # a dot product: y is a scalar
+        return [b.op("Mul", dy, w) if b.wants(0) else None, b.op("Mul", dy, a) if b.wants(1) else None]
+    da = dw = None
+    if ra == 1:  # da[k] = sum over the batch and n of w[..., k, n] dy[..., n]; dw = a outer dy
+        if b.wants(0):
+            da = b.op("MatMul", w, b.unsqueeze(dy, [-1]))
+            da = b.op("Reshape", da, b.ints([-1]) if rw == 2 else b.op("Concat", b.ints([-1]), b.shape(a), axis=0))
+            da = da if rw == 2 else b.reduce("ReduceSum", da, [0], keepdims=False)
+        if b.wants(1):
+            dw = b.op("Mul", b.unsqueeze(a, [-1]), b.unsqueeze(dy, [-2]))
+        return [da, dw]
+    if b.wants(0):  # da = dy outer w; dw[k] = sum over the batch and m of a[..., m, k] dy[..., m]
+        da = b.op("Mul", b.unsqueeze(dy, [-1]), w)
+    if b.wants(1):
+        dw = b.op("MatMul", dy, a) if ra == 2 else b.op("MatMul", b.op("Reshape", dy, b.ints([-1])), _rows(b, a, a))
     return [da, dw]
 
 
