@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from onnxkit.graph_walks import every_node, subgraphs
 from onnxkit.metadata import metadata
@@ -76,15 +76,31 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> 
     return info
 
 
+_SCALES_AT = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "MatMulInteger": (2, 3), "ConvInteger": (2, 3),
+              "MatMulNBits": (2, 3)}
+_EIGHT_BITS = frozenset({TensorProto.INT8, TensorProto.UINT8})
+_FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
+
+
 def _parameter_count(nodes: list[onnx.NodeProto], tensors: list[onnx.TensorProto]) -> int:
     """The number of weights the model computes with: a 4-bit MatMulNBits weight packs two in a byte and
-    counts as its K x N (not its bytes), and its block scales and zero points, quantization's own, not at all."""
-    packed, side = {}, set()
+    counts as its K x N (not its bytes); quantization's scales and zero points do not count (so a model and
+    its int8 or int4 form count alike): those at the inputs `_SCALES_AT` names; past the data input of QGemm and
+    QLinear* ops, the float tensors and the 8-bit ones of rank <= 1; a dynamic int8 weight's scale, multiplied
+    with a DynamicQuantizeLinear's."""
+    by_name = {t.name: t for t in tensors}
+    packed, side, input_scales = {}, set(), set()
     for node in nodes:
+        side.update(node.input[i] for i in _SCALES_AT.get(node.op_type, ()) if i < len(node.input))
         if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
             sizes = {a.name: a.i for a in node.attribute}
             packed[node.input[1]] = sizes.get("K", 0) * sizes.get("N", 0)
-            side.update(node.input[2:4])
+        elif node.op_type == "QGemm" or node.op_type.startswith("QLinear"):
+            side.update(name for name in node.input[1:] if (t := by_name.get(name)) is not None and (
+                t.data_type in _FLOATS or t.data_type in _EIGHT_BITS and len(t.dims) <= 1))
+        elif node.op_type == "DynamicQuantizeLinear" and len(node.output) > 1:
+            input_scales.add(node.output[1])
+    side.update(i for n in nodes if n.op_type == "Mul" and input_scales.intersection(n.input) for i in n.input)
     return sum(packed.get(t.name, int(np.prod(t.dims))) for t in tensors if t.name not in side)
 
 

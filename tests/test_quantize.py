@@ -195,6 +195,7 @@ def test_dynamic_reaches_weights_hidden_behind_gemm_and_transpose():
     ref = ReferenceEvaluator(foreign()).run(None, {"x": x})[0]
     # 7-bit weights and 8-bit activations: about 1% of the output scale
     assert np.abs(logits(result.model, x) - ref).max() < 0.03 * np.abs(ref).max()
+    assert summarize(result.model)["parameters"] == summarize(foreign())["parameters"]  # scales: not weights
 
 
 def shared_through_identity():
@@ -376,6 +377,7 @@ def test_static_qdq_quantizes_conv_and_keeps_metadata(tmp_path):
     assert json.loads(props["onnxkit.quantization"])["mode"] == "static"
     ref = logits(model, images[:32], "image")
     assert np.abs(logits(result.model, images[:32], "image") - ref).max() < 0.05 * np.abs(ref).max()
+    assert summarize(result.model)["parameters"] == summarize(model)["parameters"]  # scales, zero points: not weights
 
 
 def test_static_qoperator_format_uses_qlinear_ops():
@@ -386,6 +388,7 @@ def test_static_qoperator_format_uses_qlinear_ops():
     assert "QLinearConv" in ops and "Conv" not in ops
     ref = logits(cnn(), images[:16], "image")
     assert np.abs(logits(q, images[:16], "image") - ref).max() < 0.05 * np.abs(ref).max()
+    assert summarize(q)["parameters"] == summarize(cnn())["parameters"]
 
 
 def _one_row_biases(model):
