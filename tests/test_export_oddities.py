@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.train import fit
+from onnxkit.train.exporter_marks import folded_parameters
 from onnxkit.train.training_form import find_parameters
 
 pytestmark = pytest.mark.training
@@ -79,3 +80,48 @@ def test_random_ops_on_the_output_path_are_named(tmp_path, capsys):
     fit(model, "digits", tmp_path / "run", epochs=1, quiet=False, dropout=False)
     assert ("warning: the model draws random numbers (1 RandomUniformLike; PyTorch's dynamo exporter writes "
             "nn.Dropout2d/3d in training mode so)") in capsys.readouterr().err
+
+
+def folded_by_dynamo() -> onnx.ModelProto:
+    """logits = (x @ val_0 + fc.bias) * exp * matmul, as the dynamo exporter's optimizer writes
+    `(fc(x) * torch.exp(ls)) * (v @ u)`: it folds fc.weight's transpose into val_0 (read by the Linear's own op),
+    exp(ls) into exp and v @ u into matmul, each marked with what it was folded from."""
+    rng = np.random.default_rng(0)
+
+    def op(op_type, inputs, output, torch_op, args):
+        node = helper.make_node(op_type, inputs, [output])
+        node.metadata_props.add(key="pkg.torch.onnx.fx_node", value=f"%{output} : [num_users=1] = call_function["
+                                f"target=torch.ops.aten.{torch_op}.default](args = ({', '.join(args)}), kwargs = {{}})")
+        return node
+
+    graph = helper.make_graph(
+        [op("MatMul", ["x", "val_0"], "h", "linear", ["%x", "%p_fc_weight", "%p_fc_bias"]),
+         op("Add", ["h", "fc.bias"], "linear", "linear", ["%x", "%p_fc_weight", "%p_fc_bias"]),
+         op("Mul", ["linear", "exp"], "mul", "mul", ["%linear", "%exp"]),
+         op("Mul", ["mul", "matmul"], "logits", "mul", ["%mul", "%matmul"])],
+        "folded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])],
+        [numpy_helper.from_array((rng.normal(size=(64, 10)) * 0.05).astype(np.float32), "val_0"),
+         numpy_helper.from_array(np.zeros(10, np.float32), "fc.bias"),
+         numpy_helper.from_array(np.ones(10, np.float32), "exp"),
+         numpy_helper.from_array(np.array(1.5, np.float32), "matmul")])
+    for name, sources in [("val_0", ["fc.weight"]), ("exp", ["ls"]), ("matmul", ["u", "v"])]:
+        info = graph.value_info.add()
+        info.name = name
+        info.metadata_props.add(key="pkg.onnxscript.optimizer.folded_from", value=repr(sources))
+    graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature", value="".join(
+        f"p_{k.replace('.', '_')}: PARAMETER target='{k}'\n" for k in ("ls", "v", "u", "fc.weight", "fc.bias")))
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)],
+                             producer_name="pytorch")
+
+
+def test_parameters_the_exporter_computed_values_from_are_named(tmp_path, capsys):
+    # ls, v and u are not in the graph: exp(ls) trained as a free tensor and v @ u stayed fixed, unsaid (a
+    # Linear's transposed weight is the Linear's own, read by its op: it trains as fc.weight did)
+    model = folded_by_dynamo()
+    assert folded_parameters(model) == {"ls": ["exp"], "v": ["matmul"], "u": ["matmul"]}
+    fit(model, "digits", tmp_path / "run", epochs=1, quiet=False)
+    assert ("warning: PyTorch's exporter computed exp, matmul from the parameters ls, v, u at export, so they do "
+            "not train as in PyTorch (exp trains as a tensor of its own; matmul stays fixed); to train them, export "
+            "with torch.onnx.export(..., dynamo=True, optimize=False)") in capsys.readouterr().err
+    assert folded_parameters(gated(signature=True)) == {}

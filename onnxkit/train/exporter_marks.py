@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxkit.errors import first_few
 from onnxkit.metadata_keys import PADDING_ROW_KEY
 
 # what PyTorch's dynamo exporter writes in the value_info of each initializer it makes
@@ -355,3 +356,45 @@ def folded_batch_norms(model: onnx.ModelProto, trainable: Iterable[str]) -> list
                 and node.input[1].startswith("onnx::Conv_")):
             found.append(node.name or f"#{index}")
     return found
+
+
+def folded_parameters(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Each parameter of a dynamo export that the exporter's optimizer computed values from at export (it folds
+    what needs no input: exp(log_scale), a grid expanded to a static batch, v @ u), with those values' initializers.
+    A weight folded only into a new layout for the layer that reads it (a Linear's transposed weight) is not one:
+    that layer's PyTorch op names the parameter itself, and the copy trains as it."""
+    placeholders = {target: ph for ph, kind, target in _export_signature(model) if kind == "PARAMETER"}
+    held = {t.name for t in model.graph.initializer}
+    named: dict[str, set[str]] = {}  # initializer -> the placeholders the PyTorch ops of the nodes reading it name
+    for node in model.graph.node:
+        for name in node.input:
+            named.setdefault(name, set()).update(_PLACEHOLDER.findall(_marks(node).get(_FX_NODE, "")))
+    found: dict[str, list[str]] = {}
+    for info in model.graph.value_info:
+        sources = _folded_sources(_marks(info).get(_FOLDED, ""))
+        params = [p for p in placeholders if p in sources]
+        if info.name not in held or not params or (len(sources) == 1 and placeholders[params[0]] in named.get(
+                info.name, ())):
+            continue
+        for param in params:
+            found.setdefault(param, []).append(info.name)
+    return found
+
+
+def computed_at_export(model: onnx.ModelProto, trainable: Sequence[str]) -> str | None:
+    """What `folded_parameters` found, as a sentence for a warning with the fix; None when nothing."""
+    computed = folded_parameters(model)
+    if not computed:
+        return None
+    made = list(dict.fromkeys(v for values in computed.values() for v in values))
+    trained = [v for v in made if v in trainable]
+    fixed = [v for v in made if v not in trained]
+    parts = [f"{first_few(trained)} train{'s' * (len(trained) == 1)} as "
+             f"{'a tensor of its' if len(trained) == 1 else 'tensors of their'} own"] * bool(trained)
+    parts += [f"{first_few(fixed)} stay{'s' * (len(fixed) == 1)} fixed"] * bool(fixed)
+    one = len(computed) == 1
+    return (f"PyTorch's exporter computed {first_few(made)} from the parameter{'s' * (not one)} "
+            f"{first_few(list(computed))} at export, so {'it does' if one else 'they do'} not train as in PyTorch "
+            f"({'; '.join(parts)}); to train {'it' if one else 'them'}, export with "
+            "torch.onnx.export(..., dynamo=True, optimize=False)")
+

@@ -63,7 +63,7 @@ from onnxkit.train.callbacks import (
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted, adapter_settings
 from onnxkit.train.defaults import Settings, resolve, training_mode
 from onnxkit.train.export import with_weights
-from onnxkit.train.exporter_marks import folded_batch_norms, padding_rows, unmarked_scalars
+from onnxkit.train.exporter_marks import computed_at_export, folded_batch_norms, padding_rows, unmarked_scalars
 from onnxkit.train.frozen_features import cut, features
 from onnxkit.train.lora import LoraAdapter
 from onnxkit.train.losses import Loss, default_loss, get_loss
@@ -684,6 +684,9 @@ class _Setup:
             progress.line(f"warning: the {self.backend.name} backend updates BatchNorm's running variance with the "
                           "batch's population variance, as ONNX defines it (PyTorch and the default backend: the "
                           "unbiased one; at a batch of 8 values per channel, 12.5% apart)")
+        computed = computed_at_export(self.model, self.selection.trainable)
+        if computed:
+            progress.line(f"warning: {computed}")
         folded = folded_batch_norms(self.model, self.selection.trainable)
         if folded:
             progress.line(f"warning: PyTorch's exporter folded BatchNorm into the weights of {len(folded)} "
