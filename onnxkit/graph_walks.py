@@ -187,6 +187,7 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         known = {v.name: v for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)}
         hints = [_same_type(known[n.input[0]], n.output[0], n.op_type in FLOAT_OUT) for n in inferred.graph.node
                  if n.op_type in SAME_SHAPE and n.input[0] in known and not _has_shape(known.get(n.output[0]))]
+        hints += _resize_hints(inferred.graph, known)
         if not hints:
             break
         skeleton.graph.value_info.extend(hints)
@@ -197,6 +198,56 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     }
     types.update({v.name: v for v in (*g.input, *g.value_info, *g.output)})
     return types
+
+
+def _resize_hints(graph: onnx.GraphProto, known: dict[str, onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto]:
+    """Types for the outputs of Resize nodes whose `sizes` are made from a shape (TorchScript's F.interpolate(size=):
+    Concat(Slice(Shape(x), 0, 2), [h, w])) where onnx's inference leaves an axis unnamed: the batch keeps its name."""
+    producers = {o: n for n in graph.node for o in n.output}
+    constants = {t.name: t for t in graph.initializer if t.data_type == TensorProto.INT64}
+    hints = []
+    for node in graph.node:
+        if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3] or node.output[0] not in known:
+            continue
+        dims = _shape_elements(node.input[3], producers, constants, known)
+        now = known[node.output[0]].type.tensor_type
+        if dims is None or not now.HasField("shape") or len(dims) != len(now.shape.dim):
+            continue
+        old = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in now.shape.dim]
+        new = [d if d is not None and (not o or str(o).startswith("unk__")) else o
+               for d, o in zip(dims, old, strict=True)]
+        if new != old:
+            hints.append(onnx.helper.make_tensor_value_info(node.output[0], now.elem_type, new))
+    return hints
+
+
+def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
+                    known: dict[str, onnx.ValueInfoProto]) -> list[int | str | None] | None:
+    """The elements of 1-D int64 shape tensor `name` (an int, a dim's name, or None where unknown), traced through
+    Shape, Slice and Gather with constant arguments, Concat, Cast and Unsqueeze; None when it cannot be."""
+    if name in constants:
+        return [int(v) for v in numpy_helper.to_array(constants[name]).reshape(-1)]
+    node = producers.get(name)
+    if node is None:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Shape" and _has_shape(known.get(node.input[0])):
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None
+                for d in known[node.input[0]].type.tensor_type.shape.dim]
+        return dims[attrs.get("start", 0):attrs.get("end", len(dims))]
+    parts = [_shape_elements(i, producers, constants, known) if i else None for i in node.input]
+    if node.op_type in ("Cast", "Unsqueeze", "Identity"):
+        return parts[0]
+    if node.op_type == "Concat" and all(p is not None for p in parts):
+        return [e for p in parts for e in p]
+    numbers = [p if p is not None and all(isinstance(e, int) for e in p) else None for p in parts]
+    if node.op_type == "Slice" and parts[0] is not None and numbers[1] and numbers[2] and len(numbers[1]) == 1 and \
+            (len(parts) < 4 or numbers[3] == [0]) and (len(parts) < 5 or numbers[4] == [1]):
+        return parts[0][numbers[1][0]:numbers[2][0]]
+    if node.op_type == "Gather" and parts[0] is not None and numbers[1] is not None and not attrs.get("axis", 0):
+        return [parts[0][i] for i in numbers[1] if -len(parts[0]) <= i < len(parts[0])] if all(
+            -len(parts[0]) <= i < len(parts[0]) for i in numbers[1]) else None
+    return None
 
 
 def _has_shape(vi: onnx.ValueInfoProto | None) -> bool:

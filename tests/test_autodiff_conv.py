@@ -18,6 +18,7 @@ from onnxkit.autodiff import add_gradients, gradient_name
 from onnxkit.autodiff.check import LOSS, gradcheck, run_gradients, with_projection_loss
 from onnxkit.autodiff.rules import conv as conv_rules
 from onnxkit.errors import OnnxkitError
+from onnxkit.graph_walks import value_types
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -262,6 +263,37 @@ def test_resize(attrs, scales, sizes):
     expected = run_gradients(with_projection_loss(model), {"x": x}, ["x"], runtime="reference")["x"]
     got = run_gradients(with_projection_loss(model32), feeds32, ["x"])["x"]
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_to_sizes_made_from_the_batchs_shape(mode):
+    # TorchScript's F.interpolate(size=(6, 5)) with a dynamic batch: sizes = Concat(Slice(Shape(x), 0, 2), [6, 5]);
+    # onnx's inference left the output's batch unnamed, and the rule refused a batch it could not tell unchanged
+    x = rand(2, 2, 4, 3).astype(np.float32)
+    ints = {"zero": [0], "two": [2], "hw": [6, 5]}
+    projection = numpy_helper.from_array(rand(1, 2, 6, 5, seed=3).astype(np.float32), "r")
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["shape"]),
+         helper.make_node("Slice", ["shape", "zero", "two", "zero"], ["nc"]),
+         helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+         helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode=mode),
+         helper.make_node("Mul", ["y", "r"], ["projected"]),
+         helper.make_node("ReduceSum", ["projected"], [LOSS], keepdims=0)],
+        "resize", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 2, 4, 3])],
+        [helper.make_tensor_value_info(LOSS, onnx.TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()] + [projection])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    assert value_types(model)["y"].type.tensor_type.shape.dim[0].dim_param == "batch"
+    got = run_gradients(model, {"x": x}, ["x"])["x"]
+    fixed = _resize_model(x.shape, np.float64, {"mode": mode}, None, [2, 2, 6, 5])  # checked by test_resize
+    fixed.graph.node.extend([helper.make_node("Mul", ["y", "r"], ["projected"]),
+                             helper.make_node("ReduceSum", ["projected"], [LOSS], keepdims=0)])
+    fixed.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(projection).astype(np.float64), "r"))
+    del fixed.graph.output[:]
+    fixed.graph.output.append(helper.make_tensor_value_info(LOSS, onnx.TensorProto.DOUBLE, []))
+    expected = run_gradients(fixed, {"x": x.astype(np.float64)}, ["x"], runtime="reference")["x"]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(expected).max() > 0.1
 
 
 # -- Col2Im (F.fold) ---------------------------------------------------------------------------
