@@ -394,3 +394,31 @@ def test_a_shape_error_on_a_csv_without_a_header_says_the_last_column_was_taken_
     assert result.code == 1 and result.err.count("\n") == 1
     assert result.err.rstrip().endswith("(the labels: the last column, as the file has no header naming a label "
                                         "column)"), result.err
+
+
+def test_a_rule_refusing_a_node_says_which_flags_train_the_rest(run_cli, tmp_path):
+    # the ConvTranspose rule refuses output_shape: the error named the node and why, but not how to train past it
+    # as a missing rule's does
+    rng = np.random.default_rng(0)
+    init = onnx.numpy_helper.from_array
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Reshape", ["x", "square"], ["image"]),
+         onnx.helper.make_node("ConvTranspose", ["image", "conv.weight"], ["c"], name="up", output_shape=[10, 10]),
+         onnx.helper.make_node("Flatten", ["c"], ["flat"]),
+         onnx.helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"])],
+        "dilated", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 10])],
+        [init(np.array([-1, 1, 8, 8], np.int64), "square"),
+         init((rng.normal(size=(1, 2, 3, 3)) * 0.3).astype(np.float32), "conv.weight"),
+         init((rng.normal(size=(200, 10)) * 0.1).astype(np.float32), "fc.weight"),
+         init(np.zeros(10, np.float32), "fc.bias")],
+        value_info=[onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, ["batch", 2, 10, 10])])
+    path, run = tmp_path / "up.onnx", tmp_path / "run"
+    onnx.save(onnx.helper.make_model(graph, ir_version=10, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    result = run_cli("train", path, "--data", "digits", "-o", run, "--epochs", "1")
+    assert result.code == 1 and not run.exists()
+    assert result.err.splitlines()[-1].startswith(
+        "error: cannot differentiate ConvTranspose (node 'up'): ConvTranspose with output_shape has no gradient rule"
+    ), result.err
+    assert result.err.endswith("; keep the parameters before it frozen (--freeze / --train-only)\n")
+    assert fit(path, "digits", run, freeze="conv.*", epochs=1).metrics["test"]["accuracy"] > 0.3

@@ -34,6 +34,15 @@ MIN_OPSET = 13
 REPLACED = recurrent.RECURRENT | functions.FUNCTIONS  # ops replaced by standard ops before differentiation
 
 
+class NoGradient(OnnxkitError):
+    """add_gradients' refusal of a node on the gradient path; `what` names the node and why, the message adds
+    what to do (the training loop says it in its own terms: freeze the parameters before it)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}; leave the parameters before it out of wrt")
+        self.what = what
+
+
 def gradient_name(param: str) -> str:
     """The graph output that carries the gradient of `param`."""
     return f"{param}.grad"
@@ -99,8 +108,7 @@ def _replace(model: onnx.ModelProto, nodes: list[tuple[int, onnx.NodeProto]], ty
     for index, node in replaced:
         reason = _unsupported(node, types, version)
         if reason:
-            raise OnnxkitError(f"cannot differentiate {node.op_type} (node {node_label(node, index)}) {reason}; "
-                               "leave the parameters before it out of wrt")
+            raise NoGradient(f"cannot differentiate {node.op_type} (node {node_label(node, index)}) {reason}")
     for index, node in reversed(replaced):  # from the last: a replacement moves the nodes after it
         if node.op_type in recurrent.RECURRENT:
             recurrent.unroll(model, [index], types)
@@ -133,10 +141,7 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
         raise OnnxkitError(f"the loss {loss!r} does not depend on any of the parameters to train")
     for index, node in nodes:
         if _rule_key(node) not in RULES:
-            raise OnnxkitError(
-                f"op {_rule_key(node)} (node {node_label(node, index)}) has no gradient rule; leave the "
-                "parameters before it out of wrt, or rebuild the model without that op"
-            )
+            raise NoGradient(f"op {_rule_key(node)} (node {node_label(node, index)}) has no gradient rule")
     constants = constant_values(model)
     nodes = collapse(model, nodes, constants)
     graph = Graph(types, version, constants)
@@ -152,7 +157,7 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
         try:
             results = RULES[_rule_key(node)](Backward(graph, node, dys, wants))
         except ValueError as e:
-            raise OnnxkitError(f"cannot differentiate {node.op_type} (node {node_label(node, index)}): {e}") from e
+            raise NoGradient(f"cannot differentiate {node.op_type} (node {node_label(node, index)}): {e}") from e
         for name, grad, want in zip(node.input, results, wants, strict=False):
             if grad is not None and want:
                 grads.setdefault(name, []).append(grad)

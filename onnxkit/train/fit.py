@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from onnxkit import __version__
+from onnxkit.autodiff.reverse import NoGradient
 from onnxkit.data import Dataset, Split, in_model_order, load_dataset, model_inputs
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
 from onnxkit.data.formats import READERS
@@ -878,7 +879,11 @@ class _Setup:
             seed=c.seed,
             labels_name=self._labels_name(),
         )
-        self.backend.build(problem, run.artifacts)
+        try:
+            self.backend.build(problem, run.artifacts)
+        except NoGradient as e:  # a rule refusing this node's attributes or shapes (no rule at all: _select says)
+            raise OnnxkitError(f"{e.what}; keep the parameters before it frozen (freeze / train_only)",
+                               params=["freeze", "train_only"]) from e
         return self.backend.open(run.artifacts, device=self.device, threads=self.threads)
 
     @functools.cached_property
