@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -70,10 +71,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     name holds the writer's process id, so temporary files a killed process left
     (its id no longer running) are swept from the folder, at the first write there.
     """
-    path = Path(path)
+    path = _file_to_write(Path(path))
     parent = _folder_of(path)
-    if path.is_dir():
-        raise OnnxkitError(f"cannot write {path}: it is a folder; give a file name")
     if parent not in _SWEPT:
         _sweep_temporaries(parent)
         _SWEPT.add(parent)
@@ -88,6 +87,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
+
+
+def _file_to_write(path: Path) -> Path:
+    """`path`, or the file its symbolic links lead to (written there, as a shell's `>` does); an error for a folder,
+    a device, a FIFO or a link loop, which an atomic write would replace with a file."""
+    target = resolved(path) if path.is_symlink() else path
+    try:
+        mode = target.stat().st_mode
+    except OSError:  # not there yet (or unreadable): the write says what is wrong
+        return target
+    if stat.S_ISDIR(mode):
+        raise OnnxkitError(f"cannot write {path}: it is a folder; give a file name")
+    if not stat.S_ISREG(mode):
+        raise OnnxkitError(f"cannot write {path}: it is a device, FIFO or socket, not a file; give a file name")
+    return target
+
+
+def resolved(path: str | os.PathLike) -> Path:
+    """`path` made absolute with its symbolic links followed; a link loop is an error naming it."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError as e:  # Python 3.11, 3.12: "Symlink loop from ..." (3.13: OSError ELOOP)
+        raise OnnxkitError(f"{path}: a loop of symbolic links; give the path of a file") from e
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise OnnxkitError(f"{path}: a loop of symbolic links; give the path of a file") from e
+
+
+def not_a_file(path: Path) -> str:
+    """Why `path`, which is no regular file, cannot be read as one: 'no such file', 'a folder', ..."""
+    if path.is_dir():
+        return "a folder"
+    if path.is_symlink() and not path.exists():
+        resolved(path)  # a loop is its own error
+        return "a symbolic link to a file that does not exist"
+    return "not a regular file (a device, FIFO or socket)" if path.exists() else "no such file"
 
 
 def _new_temporary(parent: Path, path: Path) -> Path:
@@ -117,7 +153,7 @@ def out_of_space(folder: str | os.PathLike, needed: int) -> bool:
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name one file: the same path, or two names (links) of it."""
     a, b = Path(a), Path(b)
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    return resolved(a) == resolved(b) or (a.exists() and b.exists() and a.samefile(b))
 
 
 def _folder_of(path: Path) -> Path:
@@ -313,6 +349,8 @@ def missing_model(path: str | os.PathLike) -> OnnxkitError:
         return OnnxkitError(f"{path}: not written yet, the training run in {path.parent} has not finished; {then}")
     if path.is_dir():
         return _folder_given(path)
+    if path.exists() or path.is_symlink():
+        return OnnxkitError(f"{path}: {not_a_file(path)}; pass the path of an .onnx model")
     if not path.suffix and (Path(__file__).resolve().parent / "models" / f"{path.name.replace('-', '_')}.py").is_file():
         return OnnxkitError(f"{path.name} is a zoo model, not a file: build it first (onnxkit build {path.name} "
                             f"-o {path.name}.onnx), then pass {path.name}.onnx")

@@ -33,6 +33,37 @@ def test_a_missing_folder_or_a_file_as_the_folder_is_the_same_error_for_every_wr
             pass
 
 
+def test_a_device_fifo_or_link_loop_is_refused_and_a_link_written_through(tmp_path, run_cli):
+    # the temporary file was renamed over whatever the path named: as root, `-o /dev/null` made /dev/null a model
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    for name, why in [("fifo", "it is a device, FIFO or socket, not a file"), ("l1", "a loop of symbolic links")]:
+        with pytest.raises(OnnxkitError, match=why):
+            write_text(tmp_path / name, "x")
+    assert (tmp_path / "fifo").is_fifo() and (tmp_path / "l1").is_symlink()
+    with pytest.raises(OnnxkitError, match="it is a device, FIFO or socket"):
+        write_text("/dev/null", "x")
+    (tmp_path / "real.onnx").write_text("old")
+    (tmp_path / "link.onnx").symlink_to("real.onnx")
+    (tmp_path / "dangling.onnx").symlink_to("new.onnx")
+    for name in ("link.onnx", "dangling.onnx"):
+        write_text(tmp_path / name, "x")
+        assert (tmp_path / name).is_symlink() and (tmp_path / name).read_text() == "x"
+    assert (tmp_path / "real.onnx").read_text() == (tmp_path / "new.onnx").read_text() == "x"
+    result = run_cli("build", "digits-mlp", "-o", tmp_path / "fifo")
+    assert result.code == 1 and result.err == (f"error: cannot write {tmp_path / 'fifo'}: it is a device, FIFO or "
+                                               "socket, not a file; give a file name\n")
+    for model, why in [("fifo", "not a regular file (a device, FIFO or socket)"), ("l1", "a loop of symbolic links"),
+                       ("gone.onnx", "nowhere.onnx")]:
+        if model == "gone.onnx":
+            (tmp_path / model).symlink_to("nowhere.onnx")
+        for command in (["inspect"], ["quantize", "-o", tmp_path / "q.onnx"], ["train", "--data", "digits", "-o",
+                                                                               tmp_path / "run"]):
+            result = run_cli(command[0], tmp_path / model, *command[1:])
+            assert result.code == 1 and why in result.err and len(result.err.splitlines()) == 1, result.err
+
+
 def test_a_write_sweeps_only_the_temporary_files_of_processes_that_are_gone(tmp_path):
     dead = _dead_pid()
     stale = [f".bert.onnx.onnxkit-{dead}-hf04jvxr.tmp.onnx", f".notes.onnxkit-{dead}-noq__k3y.tmp"]

@@ -315,6 +315,14 @@ def test_sequential_names_and_state_dict_roundtrip(tmp_path):
             np.testing.assert_array_equal(a.value, b.value)
 
 
+@pytest.mark.parametrize("name,data", [("w.npz", b""), ("w.npz", b"PK\x03\x04 cut"), ("w.safetensors", b"garbage")])
+def test_a_damaged_weights_file_is_one_error(tmp_path, name, data):
+    # an empty .npz raised EOFError, which the CLI took for a Ctrl-C; the others their libraries' own errors
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(OnnxkitError, match=f"w.{name.split('.')[1]}: not a readable weights file"):
+        nn.Linear(2, 3).load(tmp_path / name)
+
+
 def test_load_state_dict_errors():
     mlp = nn.Sequential([nn.Linear(4, 5)])
     with pytest.raises(OnnxkitError, match="Did you mean: 0.weight"):

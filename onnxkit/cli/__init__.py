@@ -139,7 +139,12 @@ def main(argv: list[str] | None = None) -> None:
             what = f"{e.filename}: " if e.filename else ""
             click.echo(f"error: {what}{e.strerror or e}{disk_hint(e.errno)}", err=True)
             sys.exit(1)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as e:
+            if not stopped_by and isinstance(e.__context__, EOFError):  # click makes an EOFError an Abort too
+                if debug:
+                    raise e.__context__ from None
+                click.echo(f"error: a file or input ended early ({e.__context__}); check it", err=True)
+                sys.exit(1)
             signum = stopped_by[0] if stopped_by else signal.SIGINT
             click.echo(f"error: stopped by {signal.Signals(signum).name}", err=True)
             sys.exit(128 + signum)

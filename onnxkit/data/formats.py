@@ -24,7 +24,7 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import is_missing, is_number, read_csv_rows, thousands_separated
+from onnxkit.files import is_missing, is_number, not_a_file, read_csv_rows, thousands_separated
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
@@ -42,7 +42,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # a CSV's numbers past it would b
 def require_data_file(path: Path) -> None:
     """One error line unless `path` is a file: a folder (runs.csv/, say) or nothing there."""
     if not path.is_file():
-        what = "a folder, not a data file" if path.is_dir() else "no such data file"
+        what = {"a folder": "a folder, not a data file", "no such file": "no such data file"}.get(
+            why := not_a_file(path), why)
         raise OnnxkitError(f"{path}: {what}; pass a .npz or .csv file or a dataset name")
 
 
@@ -52,7 +53,7 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file
         raise OnnxkitError(f"{path}: not a readable .npz file ({e}); write it with numpy.savez") from e
     label_names = arrays.pop(NPZ_LABEL_NAMES, None)
     key = npz_labels(arrays)

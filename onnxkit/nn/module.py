@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -213,13 +214,17 @@ class Module:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise OnnxkitError(f"{path}: no such weights file")
-        if path.endswith(".npz"):
-            with np.load(path) as data:
-                state = {k: data[k] for k in data.files}
-        else:
-            from safetensors.numpy import load_file
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
 
-            state = load_file(path)
+        try:
+            if path.endswith(".npz"):
+                with np.load(path, allow_pickle=False) as data:
+                    state = {k: data[k] for k in data.files}
+            else:
+                state = load_file(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, SafetensorError) as e:
+            raise OnnxkitError(f"{path}: not a readable weights file ({e}); write it with Module.save") from e
         self.load_state_dict(state, strict=strict)
 
     def extra_repr(self) -> str:

@@ -112,7 +112,7 @@ def _inputs_file(data: Any, model: onnx.ModelProto) -> Any:
         else:
             with np.load(data, allow_pickle=False) as archive:
                 arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file
         raise OnnxkitError(f"calib {data}: not a readable {suffix} file ({e}); write it with numpy.save or "
                            "numpy.savez", params=["calib"]) from e
     if suffix == ".npz":

@@ -29,6 +29,7 @@ from onnxkit.files import (
     csv_rows,
     is_missing,
     is_number,
+    not_a_file,
     read_csv_rows,
     read_text_file,
     thousands_separated,
@@ -61,7 +62,7 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     if suffix not in INPUT_SUFFIXES:
         raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}")
     if not path.is_file():
-        raise OnnxkitError(f"{path}: no such file")
+        raise OnnxkitError(f"{path}: {not_a_file(path)}")
     values = _read(path, suffix, model)
     empty = [name for name, value in values.items() if _no_rows(value)]
     if empty:
@@ -109,7 +110,7 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
         return _single(model, path, _read_csv(path, model))
     except RecursionError:
         raise OnnxkitError(f"{path}: nested too deeply to read; give one list of numbers per example") from None
-    except (ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError, csv.Error) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, csv.Error) as e:
         raise OnnxkitError(f"{path}: cannot read it as {suffix} ({e}); check the file") from e
 
 

@@ -41,7 +41,7 @@ from onnxkit.evaluate import (
     r2,
     score,
 )
-from onnxkit.files import DiskError, load_model, save_model, sha256
+from onnxkit.files import DiskError, load_model, resolved, save_model, sha256
 from onnxkit.graph_walks import ancestors, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, PADDING_KEY, SCORES_KEY, TASK_KEY, TRAINING_KEY
@@ -225,7 +225,7 @@ def fit(
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
         else:
-            model_path = Path(model).resolve()
+            model_path = resolved(model)
             proto = load_model(model_path)
         dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
                    else load_dataset(data, seed=data_seed, model=proto))
@@ -426,7 +426,7 @@ def _data_reference(data: str | os.PathLike | Dataset) -> str:
     eval and quantize find it from any folder), a built-in dataset or a Dataset by name."""
     if isinstance(data, Dataset):
         return data.name
-    return str(Path(data).resolve()) if _is_data_file(data) else str(data)
+    return str(resolved(data)) if _is_data_file(data) else str(data)
 
 
 def _is_data_file(data: str | os.PathLike | Dataset) -> bool:
