@@ -121,8 +121,7 @@ def not_a_file(path: Path) -> str:
     if path.is_dir():
         return "a folder"
     if path.is_symlink() and not path.exists():
-        resolved(path)  # a loop is its own error
-        return "a symbolic link to a file that does not exist"
+        return f"a symbolic link to {resolved(path)}, which does not exist"  # (a loop is its own error)
     return "not a regular file (a device, FIFO or socket)" if path.exists() else "no such file"
 
 
