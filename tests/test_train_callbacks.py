@@ -188,3 +188,32 @@ def test_a_second_ctrl_c_during_the_interrupted_status_write_lands_after_it(tmp_
         fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[StopAtBatch(2, "raise")], **SETTINGS)
     assert type(caught.value) is KeyboardInterrupt  # the second stop, once the status is written
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+
+
+class FailAt(Callback):
+    """Raises OSError(ENOSPC) at the end of epoch 2 (the training's failure) or in on_train_end (a second one)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def on_epoch_end(self, trainer, record) -> None:
+        if self.where == "epoch" and record["epoch"] == 2:
+            raise OSError(28, "No space left on device", "checkpoints/last-a.ckpt")
+
+    def on_train_end(self, trainer, status: str) -> None:
+        raise OSError(28, "No space left on device", f"on_train_end {status}")
+
+
+def test_an_error_at_the_end_does_not_hide_the_failure_that_ended_training(tmp_path):
+    # the disk full again when the callbacks closed the run: their error replaced the one that failed the step,
+    # and the callbacks after it (the metrics file's close) were skipped
+    recorder = Recorder()
+    with pytest.raises(OSError, match="last-a.ckpt"):
+        fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[FailAt("epoch"), FailAt("end"),
+                                                                              recorder], **SETTINGS)
+    assert recorder.calls[-1] == "train_end failed"
+    assert not (tmp_path / "run" / "curves.png").exists()  # a failed run draws when resumed
+    recorder = Recorder()
+    with pytest.raises(OSError, match="on_train_end completed"):  # with nothing else wrong, its own error shows
+        fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "ok", callbacks=[FailAt("end"), recorder], **SETTINGS)
+    assert recorder.calls[-1] == "train_end completed"

@@ -219,7 +219,7 @@ class Plot(Callback):
         self.path, self.records = path, records
 
     def on_train_end(self, trainer: Trainer, status: str) -> None:
-        if self.records:
+        if self.records and status != "failed":  # a failed run is resumed or discarded, and draws then
             from onnxkit.train.plot import plot_curves
 
             plot_curves(self.records, self.path)

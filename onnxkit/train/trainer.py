@@ -179,13 +179,26 @@ class Trainer:
                         self.checkpoint()
                 else:
                     status = "completed"
-            finally:
-                for callback in self.callbacks:
-                    callback.on_train_end(self, status)
+            except BaseException:
+                self._end(status, failing=True)  # "interrupted" when its checkpoint failed
+                raise
+            self._end(status)
         if status == "interrupted":
             raise TrainingInterrupted(self.run.path, self.run.last_checkpoint, self.state.epoch + 1, self.state.step,
                                       int(self._signals.signum))
         return self.state
+
+    def _end(self, status: str, *, failing: bool = False) -> None:
+        """Each callback's on_train_end. While a failure propagates (`failing`), an error in one of them (the disk
+        still full) neither hides that failure nor skips the callbacks after it; else the first is raised after all."""
+        first: Exception | None = None
+        for callback in self.callbacks:
+            try:
+                callback.on_train_end(self, status)
+            except Exception as e:  # noqa: BLE001 - kept, raised below unless another error is on its way
+                first = first or e
+        if first is not None and not failing:
+            raise first
 
     def _hook(self, name: str, *args: Any) -> None:
         for callback in self.callbacks:
