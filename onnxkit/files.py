@@ -125,6 +125,20 @@ def not_a_file(path: Path) -> str:
     return "not a regular file (a device, FIFO or socket)" if path.exists() else "no such file"
 
 
+@contextlib.contextmanager
+def folder_locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (flock on it, waiting for another holder): writers of files that belong
+    together (a quantized model and its report) take it, so two of them into one folder do not mix their files."""
+    import fcntl  # Unix only, as the run folders' locks
+
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
 def _new_temporary(parent: Path, path: Path) -> Path:
     """A new empty file in `parent` for a write of `path`, named as _TEMPORARY reads it. Made by os.open with
     mode 0666, which the umask trims as it does a plain open()'s: mkstemp's 0600 needed a chmod after, and the

@@ -617,6 +617,33 @@ def test_cli_writes_model_and_json_report(tmp_path, run_cli, mlp_data):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "q.onnx", "q.report.json"]
 
 
+def test_a_quantize_writing_into_the_same_folder_waits_for_the_one_writing_there(tmp_path):
+    # two quantize runs into one output renamed their models and reports in turns: one's model beside the other's
+    # report, both saying they wrote them
+    import threading
+    import time
+
+    from onnxkit.files import folder_locked
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with folder_locked(tmp_path):
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    threading.Timer(0.5, release.set).start()
+    started = time.perf_counter()
+    result = quantize(mlp(), tmp_path / "q.onnx", report_path=tmp_path / "q.report.json", measure_latency=False)
+    assert time.perf_counter() - started >= 0.45  # its write waited for the lock
+    holder.join()
+    assert json.loads((tmp_path / "q.report.json").read_text())["size_bytes"]["quantized"] == (
+        tmp_path / "q.onnx").stat().st_size == len(result.model.SerializeToString())
+
+
 def test_a_report_says_when_the_quantized_model_is_slower_at_every_batch():
     from onnxkit.quantize.report import Report
 

@@ -18,7 +18,7 @@ import onnx
 from onnxkit.data import Dataset, Split
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.evaluate import changed_since_training
-from onnxkit.files import DiskError, atomic_path, load_model, out_of_space, same_file, scratch_folder
+from onnxkit.files import DiskError, atomic_path, folder_locked, load_model, out_of_space, same_file, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import QUANTIZATION_KEY
 from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
@@ -269,8 +269,10 @@ def _synthetic_note(model: onnx.ModelProto, feeds: dict[int, Feeds], seq_len: in
 
 
 def _write(model: onnx.ModelProto, output, report: Report, report_path) -> None:  # type: ignore[no-untyped-def]
-    """Write the model and the report together: both land, or neither does."""
+    """Write the model and the report together: both land, or neither does (short of a kill -9 in the microseconds
+    between their renames), and another quantize writing into the model's folder meanwhile waits."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(folder_locked(Path(output if output is not None else report_path).parent))
         if output is not None:
             model_tmp = stack.enter_context(atomic_path(output))
             model_tmp.write_bytes(model.SerializeToString())
