@@ -272,7 +272,9 @@ def _write(model: onnx.ModelProto, output, report: Report, report_path) -> None:
     """Write the model and the report together: both land, or neither does (short of a kill -9 in the microseconds
     between their renames), and another quantize writing into the model's folder meanwhile waits."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(folder_locked(Path(output if output is not None else report_path).parent))
+        written = output if output is not None else report_path
+        if written is not None:
+            stack.enter_context(folder_locked(Path(written).parent))
         if output is not None:
             model_tmp = stack.enter_context(atomic_path(output))
             model_tmp.write_bytes(model.SerializeToString())
