@@ -660,3 +660,17 @@ def test_a_non_loopback_host_without_a_key_is_warned_about():
     assert "without an API key" in exposure_warning("example.org", None)
     for host, key in [("127.0.0.1", None), ("::1", None), ("localhost", None), ("0.0.0.0", KEY)]:
         assert exposure_warning(host, key) is None
+
+
+def test_limits_past_a_c_int_start_grpc_as_unlimited(paths):
+    # grpc takes its limits as C ints: --max-body-mb 2048 (2**31 bytes) or a keep-alive of 35 days raised
+    # OverflowError at start, a traceback, where HTTP took them
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    options = ["--grpc-port", "0", "--max-body-mb", "4096", "--keep-alive", "3000000", "--header-timeout", "3000000"]
+    with ServerProcess([paths["digits"]], *options) as running, grpc.insecure_channel(running.grpc) as channel:
+        ready = channel.unary_unary("/inference.GRPCInferenceService/ServerReady",
+                                    request_serializer=service_pb2.ServerReadyRequest.SerializeToString,
+                                    response_deserializer=service_pb2.ServerReadyResponse.FromString)
+        assert ready(service_pb2.ServerReadyRequest(), timeout=10).ready

@@ -544,6 +544,12 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+def _c_int(value: float) -> int:
+    """`value` as a gRPC channel argument, a C int: larger limits (--max-body-mb 2048, a keep-alive of weeks) are
+    as good as unlimited at its largest (they raised OverflowError at start)."""
+    return min(round(value), 2**31 - 1)
+
+
 async def start_server(address: str, service: InferenceService, limits: Limits) -> GrpcServer:
     """A started grpc.aio server for `service` on `address` (host:port), on the running event loop; OnnxkitError,
     with nothing left listening, if it cannot listen there (the port taken since `serve` checked it).
@@ -560,13 +566,13 @@ async def start_server(address: str, service: InferenceService, limits: Limits) 
         pass
     options = [
         ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", limits.max_body_bytes),
-        ("grpc.max_allowed_incoming_connections", limits.max_connections),
-        ("grpc.server_handshake_timeout_ms", round(limits.header_timeout * 1000)),
+        ("grpc.max_receive_message_length", _c_int(limits.max_body_bytes)),
+        ("grpc.max_allowed_incoming_connections", _c_int(limits.max_connections)),
+        ("grpc.server_handshake_timeout_ms", _c_int(limits.header_timeout * 1000)),
         # a connection with no call in progress for as long as HTTP keeps one alive is closed (GOAWAY; clients
         # reconnect on their next call): 512 held open with an HTTP/2 preface and nothing more kept every gRPC
         # client out for the 55-60 s gRPC took to drop them by itself
-        ("grpc.max_connection_idle_ms", round(limits.keep_alive_timeout * 1000)),
+        ("grpc.max_connection_idle_ms", _c_int(limits.keep_alive_timeout * 1000)),
     ]
     room = CallRoom(limits)
     server = grpc.aio.server(options=options, interceptors=[room])
