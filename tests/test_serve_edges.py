@@ -77,6 +77,17 @@ def test_bytes_for_a_string_input_that_are_not_utf8_get_400(echo):
     )
 
 
+@pytest.mark.parametrize("value,shown", [(5, "5"), (None, "null"), (True, "true"), ({"a": 1}, '{"a":1}'),
+                                          ([1], "1"), (1.5, "1.5")])
+def test_json_values_of_a_bytes_input_must_be_strings(echo, value, shown):
+    # the model was fed Python's str() of each: "5", "None", "True", "{'a': 1}", "[1]", "1.5"
+    body = json.dumps({"inputs": [{"name": "t", "shape": [2], "datatype": "BYTES", "data": ["fine", value]}]})
+    with pytest.raises(RequestError) as refused:
+        decode_request(body.encode(), echo)
+    assert refused.value.status == 400
+    assert str(refused.value) == f"input 't': data holds {shown}; BYTES takes strings"
+
+
 @pytest.fixture(scope="module")
 def relu(tmp_path_factory) -> runtime.Model:
     """x float [batch, 2] -> relu."""

@@ -483,8 +483,11 @@ _NUMBER_TEXT = b"0123456789+-.eE,[] \t\r\n"  # what JSON numbers, the lists hold
 
 
 def _fits(value: Any, datatype: str) -> bool:
-    """Whether one JSON value is of the datatype's kind: true / false for BOOL, else a number; for a
-    floating-point type also the strings for NaN and the infinities, and null (`_check_non_finite`'s)."""
+    """Whether one JSON value is of the datatype's kind: a string for BYTES (bytes from gRPC), true / false for
+    BOOL, else a number; for a floating-point type also the strings for NaN and the infinities, and null
+    (`_check_non_finite`'s)."""
+    if datatype == "BYTES":
+        return type(value) in (str, bytes)
     if datatype == "BOOL":
         return type(value) is bool
     if datatype not in _FLOATS:
@@ -503,10 +506,8 @@ def _float_array(data: Any, datatype: str) -> np.ndarray | None:
 
 def refuse_other_kinds(data: Any, datatype: str, name: str) -> None:
     """RequestError(400) naming the first value of JSON `data` (nested lists) that is not of the datatype's kind.
-    A walk over every value: run where numpy's conversion may have hidden one (`_may_hide_other_kinds`). BYTES
-    takes any."""
-    if datatype == "BYTES":
-        return
+    A walk over every value: run where numpy's conversion may have hidden one (`_may_hide_other_kinds`), and on
+    BYTES data (whose numbers, nulls and objects the model was fed as Python's str() of them)."""
     stack = [data]
     while stack:
         value = stack.pop()
@@ -518,7 +519,7 @@ def refuse_other_kinds(data: Any, datatype: str, name: str) -> None:
             except TypeError:  # not a JSON value: gRPC contents
                 shown = repr(value)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            kind = ("true or false" if datatype == "BOOL" else
+            kind = ("strings" if datatype == "BYTES" else "true or false" if datatype == "BOOL" else
                     'numbers ("NaN", "Infinity", "-Infinity" for those)' if datatype in _FLOATS else "integers")
             raise RequestError(400, f"input {name!r}: data holds {shown}; {datatype} takes {kind}")
 
