@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 
 from onnxkit import runtime, zoo
 from onnxkit.files import save_model
+from onnxkit.runtime.text import text_feeds
 from onnxkit.serve import app, binary, grpc_service
 from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.errors import RequestError
@@ -34,7 +35,7 @@ from onnxkit.serve.grpc_service import STREAM_AHEAD, InferenceService
 from onnxkit.serve.grpc_service import message as grpc_message
 from onnxkit.serve.launch import ServerProcess
 from onnxkit.serve.metrics import Metrics
-from onnxkit.serve.protocol import decode_request
+from onnxkit.serve.protocol import MAX_TEXTS, decode_request
 from onnxkit.serve.repository import Repository
 from onnxkit.tokenize import MAX_LENGTH_KEY, TOKENIZER_KEY
 
@@ -206,6 +207,37 @@ def test_text_of_another_shape_than_one_text_a_row_gets_400(direct, shape):
         decode_request(json.dumps(body).encode(), direct["words"])
     assert refused.value.status == 400
     assert str(refused.value) == f"model 'words': input 'text' must have shape [texts], one text a row, got {shape}"
+
+
+def test_a_request_of_more_texts_than_the_cap_gets_413(direct):
+    # 2,000,000 empty texts (a 6 MB body) took the tokenizer and one run 32 s and 2.3 GB, and stalled every text request
+    texts = [""] * (MAX_TEXTS + 1)
+    body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    with pytest.raises(RequestError) as refused:
+        decode_request(json.dumps(body).encode(), direct["words"])
+    assert refused.value.status == 413
+    assert str(refused.value) == (f"model 'words': a request takes at most {MAX_TEXTS} texts, this one has "
+                                  f"{MAX_TEXTS + 1}; send them in several requests")
+    body["inputs"][0].update(shape=[MAX_TEXTS], data=texts[1:])
+    assert len(decode_request(json.dumps(body).encode(), direct["words"]).feeds["input_ids"]) == MAX_TEXTS
+
+
+def test_a_request_bigger_than_a_batch_runs_in_pieces_that_give_a_whole_runs_outputs(direct, monkeypatch):
+    # one run of all its rows: memory grew with them (a transformer's activations); pieces of at least a batch
+    from onnxkit.serve import batcher
+
+    runs = []
+    model = direct["words"]
+    real = model.run
+    monkeypatch.setattr(model, "run", lambda feeds, **kw: runs.append(len(feeds["input_ids"])) or real(feeds, **kw))
+    feeds = text_feeds(model, [f"text number {i} " * (i % 7) for i in range(300)])
+    monkeypatch.setattr(batcher, "PIECE_VALUES", 64 * feeds["input_ids"].shape[1])  # 64 rows a piece
+    outputs, _ = batcher._timed_run(model, feeds, 300, 32)
+    assert runs == [64, 64, 64, 64, 44]
+    np.testing.assert_allclose(outputs["logits"], real(feeds)["logits"], rtol=1e-5, atol=1e-6)
+    runs.clear()
+    batcher._timed_run(model, {k: v[:20] for k, v in feeds.items()}, 20, 32)  # a batch's worth: one run
+    assert runs == [20]
 
 
 def test_shared_memory_tensors_are_refused_not_answered_inline(triton):

@@ -46,6 +46,7 @@ def unsupported_extension(name: str) -> str | None:
     lowered = name.lower()
     return next((what for key, what in UNSUPPORTED_EXTENSIONS.items() if lowered.startswith(key)), None)
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_TEXTS = 8192  # texts a request may carry: the tokenizer keeps ~1 KB a text, even an empty one (413 past it)
 
 _V2_BY_ORT = {
     "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
@@ -201,6 +202,9 @@ def build_request(
             if values[TEXT_INPUT].ndim != 1:  # one row of outputs per text
                 shape = list(values[TEXT_INPUT].shape)
                 raise OnnxkitError(f"input {TEXT_INPUT!r} must have shape [texts], one text a row, got {shape}")
+            if len(values[TEXT_INPUT]) > MAX_TEXTS:  # each costs the tokenizer ~1 KB, however short
+                raise RequestError(413, f"model {model.name!r}: a request takes at most {MAX_TEXTS} texts, this one "
+                                        f"has {len(values[TEXT_INPUT])}; send them in several requests")
             values = text_feeds(model, values[TEXT_INPUT].tolist())
         # the model's own shapes, not Model.prepare's: that lets a fixed batch size (x [1, 4]) take any number of
         # rows, which `predict` runs in batches of that size, but the server runs a request as one session run
