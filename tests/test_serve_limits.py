@@ -674,3 +674,20 @@ def test_limits_past_a_c_int_start_grpc_as_unlimited(paths):
                                     request_serializer=service_pb2.ServerReadyRequest.SerializeToString,
                                     response_deserializer=service_pb2.ServerReadyResponse.FromString)
         assert ready(service_pb2.ServerReadyRequest(), timeout=10).ready
+
+
+def test_the_memory_of_concurrent_large_requests_goes_back_to_the_system(paths):
+    # glibc raises its mmap threshold after the first large free: later large buffers (bodies, decoded tensors) came
+    # from the heap and stayed (8 concurrent 29 MB requests: 75 -> 439 MB, for good); the server now keeps them apart
+    body = (b'{"inputs":[{"name":"x","shape":[20000,64],"datatype":"FP32","data":['
+            + b",".join([b"0.123456"] * (20000 * 64)) + b"]}]}")
+    with ServerProcess([paths["digits"]]) as running:
+        assert httpx.post(running.url + "/v2/models/digits/infer", json=GOOD).status_code == 200
+        before = rss_mb(running.process.pid)
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: httpx.post(running.url + "/v2/models/digits/infer", content=body,
+                                                         timeout=60).status_code, range(6)))
+        assert answers == [200] * 6
+        time.sleep(0.5)
+        after = rss_mb(running.process.pid)
+        assert after < before + 60, (before, after)  # kept in the heap, they held 100 MB here (75 -> 175)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import gc
 import math
@@ -127,6 +128,18 @@ def bind(host: str, port: int, param: str = "port") -> socket.socket:
         ) from e
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _return_large_frees() -> None:
+    """Buffers of 1 MiB and more (request bodies, decoded tensors) from their own mappings, given back to the system
+    when freed: glibc raises its threshold for that after the first large free, and later ones stayed in the heap
+    (8 concurrent 29 MB requests left a server at 450 MB, 75 MB before; it stayed so). Process-wide, as serving is;
+    nothing where the C library is not glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
 def serve(
     specs: list[str],
     host: str = "127.0.0.1",
@@ -156,6 +169,7 @@ def serve(
     def load(name: str, path: Path) -> runtime.Model:
         return load_served(name, path, device, threads)
 
+    _return_large_frees()
     # the modules loaded so far live as long as the process: out of the cyclic collector's sight (~3% less CPU per
     # small request); not the models, which a reload replaces
     gc.freeze()
