@@ -400,6 +400,27 @@ def test_connections_past_the_cap_get_503_and_are_closed(crowded):
     assert httpx.get(crowded.url + "/v2/health/live").status_code == 200  # room again
 
 
+def test_at_the_cap_a_connection_stalled_for_a_second_gives_way_to_a_new_one(crowded):
+    # 512 clients each sending one byte of a body held every place for the body timeout (60 s), renewably: every
+    # other client got 503. Now the one stalled longest, once it has sent nothing for 1 s, gets a 408 and goes
+    time.sleep(0.2)  # the other tests' connections are gone
+    head = b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+    stalled = []
+    for _ in range(4):
+        stalled.append(connect(crowded.url))
+        stalled[-1].sendall(head)
+        time.sleep(0.05)
+    fresh = connect(crowded.url)  # within the second: no room made
+    fresh.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert closed_after(fresh, time.monotonic())[1].startswith(b"HTTP/1.1 503 ")
+    time.sleep(1.2)
+    assert httpx.get(crowded.url + "/v2/health/live").status_code == 200
+    _, reply = closed_after(stalled[0], time.monotonic())  # the first stalled, the longest
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"its place went to a new connection" in reply
+    for sock in stalled:
+        sock.close()
+
+
 def test_a_request_in_flight_at_stop_is_answered_with_connection_close(paths):
     # before: answered without Connection: close, then the connection was closed: a client that sent its next
     # request on it (as keep-alive allows) was reset

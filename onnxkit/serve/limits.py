@@ -199,10 +199,38 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             )
             self._body_timer: asyncio.TimerHandle | None = None
             self._send_timer: asyncio.TimerHandle | None = None
-            if len(self.connections) > limits.max_connections:
+            self._heard = self.loop.time()  # when the client last sent something
+            if len(self.connections) > limits.max_connections and not self._make_room():
                 self.app = _refuse_connection
 
+        def _make_room(self) -> bool:
+            """At the cap, end the connection that has waited longest on its client (a head or body stalled, or idle
+            between requests) if it has sent nothing for `stream_grace` s, as gRPC's idle streams give way: 512
+            clients each sending one byte of a body held every place for the body timeout, renewably. False when
+            none has."""
+            now = self.loop.time()
+            waiting = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol)
+                       and c._waiting_on_client() and now - c._heard >= limits.stream_grace]
+            if not waiting:
+                return False
+            longest = min(waiting, key=lambda c: c._heard)
+            if longest._body_timer is not None:
+                longest._body_timer.cancel()
+                stalled = f"the request body stalled (nothing for {now - longest._heard:.0f} s)"
+                longest._refuse_body(RequestError(408, f"{stalled} and its place went to a new connection (the "
+                                                       "server's --max-connections); send a body at once"))
+            else:
+                longest.transport.close()
+            return True
+
+        def _waiting_on_client(self) -> bool:
+            """True while the request's head or body is awaited, or between requests."""
+            cycle = self.cycle
+            return (self._head_timer is not None or self._body_timer is not None or cycle is None
+                    or cycle.response_complete)
+
         def data_received(self, data: bytes) -> None:
+            self._heard = self.loop.time()
             cycle = self.cycle
             between_requests = cycle is None or cycle.response_complete
             super().data_received(data)
