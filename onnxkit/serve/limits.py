@@ -24,9 +24,10 @@ Where each one is enforced, and why there:
   client is not reading gets as long, then the connection is dropped. Answers still to come say
   `Connection: close`.
 - **Connections**: uvicorn's `limit_concurrency` counts connections and tasks together
-  and answers plain text without `Retry-After`; the protocol subclass instead answers
-  every request on a connection past `max_connections` with a JSON 503, `Retry-After`
-  and `Connection: close`.
+  and answers plain text without `Retry-After`; the protocol subclass instead first ends the
+  connection waiting longest on its client, once silent for `stream_grace` (a stalled body gets
+  a JSON 408), else answers every request on a connection past `max_connections` with a JSON
+  503, `Retry-After` and `Connection: close`.
 - **Body size**: in the app, which reads the body (`read_body`): a JSON 413. The connection
   stays open: uvicorn reads and drops the rest of the body (within the body timeout), so a
   client that sends its whole body before reading gets the 413, not a reset connection.
