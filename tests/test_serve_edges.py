@@ -316,6 +316,30 @@ def test_a_scikit_learn_classifiers_probability_maps_are_served_as_fp32_rows(tmp
     np.testing.assert_allclose(reply["data"], expected.ravel(), rtol=1e-6)
 
 
+def test_classification_of_probability_maps_names_their_string_classes(tmp_path):
+    # the maps' keys name the classes: the answer said "0.98:0", not "0.98:0:setosa"
+    names = ["setosa", "versicolor", "virginica"]
+    classify = helper.make_node("LinearClassifier", ["x"], ["label", "probs"], domain="ai.onnx.ml",
+                                classlabels_strings=names, coefficients=[1.0, 0, 0, 1, -1, -1],
+                                intercepts=[0.0, 0, 0], post_transform="SOFTMAX")  # fmt: skip
+    zipmap = helper.make_node("ZipMap", ["probs"], ["maps"], domain="ai.onnx.ml", classlabels_strings=names)
+    maps = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, None)))
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+    graph = helper.make_graph([classify, zipmap], "g", [x_info], [
+        helper.make_tensor_value_info("label", TensorProto.STRING, [None]), helper.make_value_info("maps", maps)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    model = runtime.load(save_model(helper.make_model(graph, opset_imports=opsets, ir_version=10),
+                                    tmp_path / "skl.onnx"), threads=1, name="skl")
+    body = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, -4]}],
+            "outputs": [{"name": "maps", "parameters": {"classification": 1}}]}
+    request = decode_request(json.dumps(body).encode(), model)
+    outputs = model.run(request.feeds)
+    reply = json.loads(encode_response(model, request, outputs)[0])["outputs"][0]
+    best = [max(row, key=row.get) for row in outputs["maps"]]
+    assert [entry.split(":")[1:] for entry in reply["data"]] == [[str(names.index(b)), b] for b in best]
+
+
 def test_grpc_values_in_both_contents_and_raw_contents_get_400(relu):
     # before: the typed contents were dropped without a word and the raw ones used (Triton refuses both)
     request = message("ModelInferRequest")(model_name="relu")

@@ -602,7 +602,7 @@ def _classify(model: Model, outputs: dict[str, np.ndarray], k: int) -> np.ndarra
         indices, scores = prediction.top_k_indices(k)
     except OnnxkitError as e:
         raise RequestError(400, f"model {model.name!r}: {e}") from e
-    names = model.class_names
+    names = prediction.class_names  # the model's, or a ZipMap's keys
     return np.array(
         [
             [f"{s:g}:{i}" + (f":{names[i]}" if names else "") for i, s in zip(row_i, row_s, strict=True)]
