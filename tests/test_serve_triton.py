@@ -258,6 +258,16 @@ def test_shared_memory_tensors_are_refused_not_answered_inline(triton):
     assert client.infer("digits", [x]).as_numpy("logits").shape == (1, 10)
 
 
+def test_a_request_of_a_sequence_is_refused_on_both_protocols(triton):
+    # tritonclient's sequence_id (a stateful model's requests) was ignored: each answered alone, without a word
+    module, client = triton
+    x = tensor(module, "x", np.zeros((1, 64), np.float32), "FP32")
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("digits", [x], sequence_id=7, sequence_start=True)
+    assert "keeps no state between requests (no sequence batching)" in refused.value.message()
+    assert client.infer("digits", [x], sequence_id=0).as_numpy("logits").shape == (1, 10)
+
+
 def test_the_extensions_left_out_say_so_on_both_protocols(triton):
     # gRPC answered tritonclient's shared-memory calls "Method not found!"
     module, client = triton

@@ -104,6 +104,7 @@ def decode_infer(request: Any, model: Model) -> InferRequest:
             inputs.append((name, protocol.array_from_values(values, datatype, shape, name)))
         else:
             raise RequestError(400, f"input {name!r}: {datatype} has no typed contents; send it in raw_input_contents")
+    protocol.refuse_sequences(_parameters(request.parameters))
     requested = [(o.name, _parameters(o.parameters)) for o in request.outputs] or None
     return protocol.build_request(model, inputs, requested, request_id=request.id or None)
 

@@ -279,7 +279,9 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
         if not isinstance(requested, list) or not all(isinstance(o, dict) and "name" in o for o in requested):
             raise RequestError(400, '"outputs" must be a list of objects with a "name"')
         requested = [(o["name"], _parameters(o, f"output {o['name']!r}")) for o in requested]
-    binary_outputs = _parameters(payload, "the request").get("binary_data_output", False)
+    parameters = _parameters(payload, "the request")
+    refuse_sequences(parameters)
+    binary_outputs = parameters.get("binary_data_output", False)
     if not isinstance(binary_outputs, bool):
         raise RequestError(400, "binary_data_output must be true or false")
     request_id = payload.get("id")
@@ -403,6 +405,15 @@ def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
         raise RequestError(400, f'"parameters" of {what} must be an object')
     refuse_shared_memory(parameters, what)
     return parameters
+
+
+def refuse_sequences(parameters: Mapping[str, Any]) -> None:
+    """RequestError(400) for a request of a sequence (a sequence_id, sequence_start or sequence_end, as
+    tritonclient sends for a stateful model): Triton keeps state between such requests; this server keeps none, and
+    answered each alone without a word (Triton refuses them too, for a model without sequence batching)."""
+    if any(parameters.get(key) for key in ("sequence_id", "sequence_start", "sequence_end")):
+        raise RequestError(400, "this server keeps no state between requests (no sequence batching); send them "
+                                "without sequence_id, sequence_start and sequence_end")
 
 
 def refuse_shared_memory(parameters: Mapping[str, Any], what: str) -> None:
