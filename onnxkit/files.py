@@ -265,6 +265,7 @@ def read_csv_text(path: str | os.PathLike) -> str:
 CSV_DELIMITERS = ",;\t|"
 MISSING_CELLS = frozenset({"", "na", "n/a", "#n/a", "<na>", "null", "none", "?"})  # spreadsheets' and pandas' gaps
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+_DOT_GROUPED = re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?")  # 1.065 or 524.900,50 where commas mark decimals
 
 
 def csv_delimiter(line: str) -> str:
@@ -286,15 +287,26 @@ def csv_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, list[str]]]]
 
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
     """A CSV file's rows (`csv_rows`) as tables of numbers read them: in a ';' file, decimal commas are
-    read as points (1,5 is 1.5), and a last column empty on every line (a delimiter ending each line) is
-    left out."""
+    read as points (1,5 is 1.5), and where the file writes decimals so, points between groups of three digits
+    as thousands separators (German Excel's 1.065 and 524.900,50: they were read as 1.065 and 524.9); and a last
+    column empty on every line (a delimiter ending each line) is left out."""
     delimiter, rows = csv_rows(path)
     if delimiter == ";":
-        rows = [(n, [c.replace(",", ".") if _DECIMAL_COMMA.fullmatch(c.strip()) else c for c in row])
-                for n, row in rows]
+        commas = any(_DECIMAL_COMMA.fullmatch(c.strip()) for _, row in rows for c in row)
+        rows = [(n, [_decimal_comma_number(c) if commas else c for c in row]) for n, row in rows]
     if rows and all(len(row) > 1 and not row[-1].strip() for _, row in rows):
         rows = [(n, row[:-1]) for n, row in rows]
     return rows
+
+
+def _decimal_comma_number(cell: str) -> str:
+    """A cell of a file that writes decimal commas, as a number reads: '1.065,5' -> '1065.5', '6,21' -> '6.21'."""
+    text = cell.strip()
+    if _DOT_GROUPED.fullmatch(text):
+        text = text.replace(".", "")
+    elif not _DECIMAL_COMMA.fullmatch(text):
+        return cell
+    return text.replace(",", ".")
 
 
 def is_missing(cell: str) -> bool:
