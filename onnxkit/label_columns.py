@@ -55,9 +55,11 @@ def without_index(header: Sequence[str] | None, rows: list[list[str]]) -> tuple[
 def label_column(header: Sequence[str] | None, source: str = "the file") -> int | None:
     """The index of the column headed `label`, `labels`, `target`, `y` or `class` (any case), or None; two
     such columns are an error that begins with `source` (one would be read as a feature: a copy of the
-    labels under another name trained a model to 100%, on every file but the user's)."""
+    labels under another name trained a model to 100%, on every file but the user's). A `y` beside an `x` is a
+    coordinate, not the labels (x, y, elevation, temperature: a model learnt y from the rest)."""
     lowered = [h.strip().lower() for h in header or ()]
-    found = [i for i, h in enumerate(lowered) if h in LABEL_COLUMNS]
+    coordinates = "x" in lowered
+    found = [i for i, h in enumerate(lowered) if h in LABEL_COLUMNS and not (h == "y" and coordinates)]
     if len(found) > 1:
         named = ", ".join(f"{header[i].strip()!r} (column {i + 1})" for i in found)  # type: ignore[index]
         raise OnnxkitError(f"{source}: {len(found)} columns are headed as labels: {named}; keep one label column "

@@ -247,6 +247,26 @@ def test_a_csv_with_two_label_columns_is_refused_by_train_and_predict(tmp_path, 
     assert refused.code == 1 and expected in refused.err
 
 
+def test_a_y_beside_an_x_is_a_coordinate_and_the_label_column_is_said(tmp_path, run_cli):
+    # x,y,elevation,temperature: 'y' was taken for the labels and the model learnt the y coordinate, with no word
+    # of which column it had taken (the temperature, the last column, was a feature)
+    rows = "".join(f"{i % 7},{i % 5},{100 + i},{20 - (i % 7) * 0.5 + (i % 5) * 0.25}\n" for i in range(60))
+    (tmp_path / "stations.csv").write_text("x,y,elevation,temperature\n" + rows)
+    ds = load_dataset(tmp_path / "stations.csv")
+    assert ds.label_column == "'temperature' (column 4)" and ds.task == "regression"
+    assert load_dataset(tmp_path / "stations.csv", validation=0, test=0).train.inputs["x"][:2].tolist() == [
+        [0, 0, 100], [1, 1, 101]]
+    (tmp_path / "xy.csv").write_text("a,b,y\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(20)))
+    assert load_dataset(tmp_path / "xy.csv").label_column == "'y' (column 3)"  # no x: y is the labels, as before
+    from onnxkit import nn
+
+    regressor = nn.Sequential([nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)])
+    onnx.save(nn.build(regressor, {"x": nn.Input(["batch", 3])}), tmp_path / "m.onnx")
+    done = run_cli("train", tmp_path / "m.onnx", "--data", tmp_path / "stations.csv", "-o", tmp_path / "run",
+                   "--epochs", "1")
+    assert done.code == 0 and ", labels from 'temperature' (column 4), loss mse" in done.err, done.err
+
+
 def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
     # NA and ? were "a feature column holds non-numbers (could not convert string to float: 'NA')", and
     # a blank line put the line numbers of the rows after it one off

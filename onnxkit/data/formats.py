@@ -122,6 +122,8 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
     )
+    column = f"{header[label_col].strip()!r} (column {label_col + 1})" if header else f"column {label_col + 1}"
+    dataset = replace(dataset, label_column=column)
     if named is None:  # said with any error about the labels: they may be a feature
         why = (f"the last column, {header[-1].strip()!r}, as no column is headed {' / '.join(LABEL_COLUMNS)}"
                if header else f"the last column, as the file has no header naming a {LABEL_COLUMNS[0]} column")

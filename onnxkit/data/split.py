@@ -256,6 +256,7 @@ class Dataset:
     label_names: list[str] | None = None
     task: str = "classification"  # or "regression"
     labels_from: str | None = None  # where a file's labels were taken from, when no column was headed as labels
+    label_column: str | None = None  # a CSV's label column, as the training line names it ("'price' (column 5)")
 
     def __post_init__(self) -> None:
         for split in (self.train, self.validation, self.test):

@@ -477,6 +477,12 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _labels_column(setup: _Setup) -> str:
+    """', labels from 'price' (column 5)' for a CSV's data: a feature column taken for the labels shows here."""
+    column = setup.dataset.label_column
+    return f", labels from {column}" if column else ""
+
+
 def _on_output(setup: _Setup) -> str:
     """' on output NAME (of A, B, ...)' for a model with several outputs: which one the loss reads."""
     outputs = [o.name for o in setup.target.graph.output]
@@ -939,6 +945,7 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
         status="running",
         device=setup.device,
         dataset={k: len(setup.dataset.split(k)) for k in ("train", "validation", "test")},
+        label_column=setup.dataset.label_column,
         loss=setup.loss.name,
         task=setup.task,
         output=setup.output,
@@ -951,7 +958,8 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
     run.write_json(info)
     progress.line(
         f"training {setup.trainable_count:,} parameters ({setup.frozen_count:,} frozen) on {setup.device}, "
-        f"{len(setup.splits['train'])} examples, loss {setup.loss.name}{_on_output(setup)}, run {run.path}"
+        f"{len(setup.splits['train'])} examples{_labels_column(setup)}, loss {setup.loss.name}{_on_output(setup)}, "
+        f"run {run.path}"
     )
     try:
         state = trainer.fit()
