@@ -28,12 +28,27 @@ def csv_header(first_row: Sequence[str], second_row: Sequence[str] = ()) -> Sequ
     cells = first_row[:-1] if len(first_row) > 1 else first_row
     if not all(is_number(c) or is_missing(c) for c in cells):
         return None if _holds_fraction(first_row) else first_row
+    if not _holds_fraction(first_row) and _names_above_labels(first_row, second_row):
+        return first_row
     label = label_column(first_row)
     numbered = [c.strip() for i, c in enumerate(first_row) if i != label]
     indexed = bool(numbered) and numbered[0] == ""  # pandas' index column
     numbered = numbered[indexed:]
     enough = 1 if indexed or label is not None else 2 if _holds_fraction(second_row) else 5
     return first_row if len(numbered) >= enough and numbered == [str(i) for i in range(len(numbered))] else None
+
+
+def _names_above_labels(first_row: Sequence[str], second_row: Sequence[str]) -> bool:
+    """Whether a first row of whole numbers (wavelengths, years) heads its columns by what it says of the labels:
+    it heads one 'label', 'labels' or 'target' (no class is so named) above another value, or its last cell is a
+    name above a number (400,450,label and 2019,2020,price above data were read as data rows)."""
+    if len(first_row) < 2 or len(second_row) != len(first_row):
+        return False
+    label = label_column(first_row)
+    if label is not None and first_row[label].strip().lower() in LABEL_COLUMNS[:3]:
+        return second_row[label].strip().lower() != first_row[label].strip().lower()
+    last = first_row[-1]
+    return not (is_number(last) or is_missing(last)) and is_number(second_row[-1])
 
 
 def _holds_fraction(row: Sequence[str]) -> bool:

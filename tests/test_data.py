@@ -494,6 +494,18 @@ def test_a_header_of_numbered_columns_and_a_label_name_is_a_header(tmp_path):
     assert len(ds.train) + len(ds.validation) + len(ds.test) == 20
 
 
+def test_a_header_of_whole_numbers_that_heads_the_labels_is_a_header(tmp_path):
+    # wavelengths or years as column names: '400,450,label' was read as a data row ('label' a fourth class of
+    # iris), '2019,2020,price' as one whose target was the word 'price'
+    rows = "".join(f"{i * 0.5},{-i},{'ab'[i % 2]}\n" for i in range(20))
+    (tmp_path / "spectra.csv").write_text("400,450,label\n" + rows)
+    ds = load_dataset(tmp_path / "spectra.csv")
+    assert ds.label_names == ["a", "b"] and len(ds.train) + len(ds.validation) + len(ds.test) == 20
+    (tmp_path / "years.csv").write_text("2019,2020,price\n" + "".join(f"{i},{i + 1},{1000.5 * i}\n" for i in range(20)))
+    ds = load_dataset(tmp_path / "years.csv")
+    assert ds.task == "regression" and len(ds.train) + len(ds.validation) + len(ds.test) == 20
+
+
 def test_a_first_data_row_whose_class_is_named_y_is_data(tmp_path):
     """A headerless CSV whose classes are 'y' and 'n' (or 'class', 'label', 'target'): its first row,
     numbers then 'y', was taken for a header naming its label column and dropped without a word."""
