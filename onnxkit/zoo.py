@@ -81,7 +81,14 @@ def _load(name_or_path: str) -> tuple[str, ModuleType]:
             raise
         raise OnnxkitError(f"{path}: failed to load: {type(e).__name__}: {e}") from e
     if not callable(getattr(module, "recipe", None)):
-        raise OnnxkitError(f"{path}: defines no recipe(**options) function returning onnxkit.zoo.Recipe")
+        import onnx
+
+        built = next((k for k, v in vars(module).items() if isinstance(v, onnx.ModelProto)), None)
+        also = (f" (it builds {built!r}, an onnx.ModelProto, on import: save that with onnx.save, or return its "
+                "module from recipe())") if built else ""
+        raise OnnxkitError(f"{path}: defines no recipe(**options) function returning onnxkit.zoo.Recipe{also}; "
+                           "end it with: def recipe(): return Recipe(MyModel(), {'x': nn.Input(['batch', 64])}) "
+                           "(from onnxkit.zoo import Recipe)")
     return name, module
 
 

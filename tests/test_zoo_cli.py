@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import traceback
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,6 +25,7 @@ from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import read_metadata
 
+ROOT = Path(__file__).resolve().parents[1]
 ZOO = ["bert-classifier", "binary-classifier", "digits-cnn", "digits-mlp", "iris-mlp", "text-transformer"]
 
 
@@ -107,6 +110,20 @@ def test_user_dsl_file_builds(tmp_path, run_cli):
     model = onnx.load(str(out))
     assert model.graph.name == "tiny-net" and model.doc_string == "" and model.graph.doc_string == "A user's own model."
     assert ort_run(model, {"x": np.ones((4, 2), np.float32)})[0].shape == (4, 1)
+
+
+def test_the_readme_dsl_example_builds_as_its_file_form_and_its_python_form_says_how(tmp_path, run_cli):
+    # the README's nn.build example saved as a file was "defines no recipe(...)" with no word of what one is
+    readme = (ROOT / "README.md").read_text()
+    python_form, file_form = re.findall(r"```python\n(.*?)```", readme.split("## The DSL")[1], re.S)[:2]
+    (tmp_path / "as_python.py").write_text(python_form)
+    refused = run_cli("build", tmp_path / "as_python.py", "-o", tmp_path / "m.onnx")
+    assert refused.code == 1 and "it builds 'model', an onnx.ModelProto, on import" in refused.err
+    assert "def recipe(): return Recipe(" in refused.err and not (tmp_path / "m.onnx").exists()
+    python_form = python_form.split("nn.manual_seed(0)")[0]
+    (tmp_path / "mlp.py").write_text(python_form + file_form)
+    assert run_cli("build", tmp_path / "mlp.py", "--set", "hidden=8", "-o", tmp_path / "m.onnx").code == 0
+    assert sum(np.prod(t.dims) for t in onnx.load(tmp_path / "m.onnx").graph.initializer) == 64 * 8 + 8 + 8 * 10 + 10
 
 
 def only_files(folder) -> list[str]:
