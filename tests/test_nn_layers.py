@@ -391,6 +391,41 @@ def test_ops_outside_build_are_a_clear_error():
         nn.ops.relu(np.zeros(3))
 
 
+def test_tensor_methods_take_pytorchs_arguments():
+    # x.transpose(0, 1) was numpy's permutation: a matrix came back as it was (PyTorch swaps the two dims); an int
+    # dim for sum, mean, squeeze or unsqueeze built a model ONNX Runtime refused ('axes must be a vector')
+    class Methods(nn.Module):
+        def forward(self, x, y):
+            return (x.transpose(0, 1), y.transpose(1, -1), y.permute(2, 0, 1), y.transpose(0, 2, 1),
+                    x.sum(-1), y.mean(1, keepdims=True), y.unsqueeze(0).squeeze(0), x.unsqueeze(1))
+
+    x, y = RNG.normal(size=(3, 4)).astype(np.float32), RNG.normal(size=(2, 3, 5)).astype(np.float32)
+    for opset in (17, 18):
+        model = nn.build(Methods(), {"x": nn.Input(["batch", 4]), "y": nn.Input([2, 3, 5])},
+                         output_names=[f"o{i}" for i in range(8)], opset=opset)
+        got = ort_run(model, {"x": x, "y": y})
+        want = [x.T, y.transpose(0, 2, 1), y.transpose(2, 0, 1), y.transpose(0, 2, 1), x.sum(-1),
+                y.mean(1, keepdims=True), y, x[:, None]]
+        for a, b in zip(got, want, strict=True):
+            close(a, b)
+    with pytest.raises(OnnxkitError, match=r"transpose\(0, 2\): a 2-d tensor has dims 0\.\.1"):
+        nn.build(type("Bad", (nn.Module,), {"forward": lambda self, x: x.transpose(0, 2)})(),
+                 {"x": nn.Input(["batch", 4])})
+
+
+def test_an_input_forward_never_uses_is_refused():
+    # a numpy array given to a layer became a constant: the model ignored its input and answered alike for all
+    class Ignores(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(np.ones((3, 4), np.float32))
+
+    with pytest.raises(OnnxkitError, match=r"^input 'x' feeds nothing: forward never computes with it \(a numpy "):
+        nn.build(Ignores(), {"x": nn.Input(["batch", 4])})
+
+
 def test_build_refuses_a_class_or_inputs_of_the_wrong_kind_in_one_line():
     class Net(nn.Module):
         def __init__(self):
@@ -405,7 +440,8 @@ def test_build_refuses_a_class_or_inputs_of_the_wrong_kind_in_one_line():
         (lambda: nn.build(Net(), [x]), r"^inputs must be a dict of input name -> nn.Input\(shape, dtype\)"),
         (lambda: nn.build(Net(), {"x": ("batch", 4)}), r"^inputs must be a dict of input name -> nn.Input"),
         # a string shape was read as one symbolic dim per letter and built a rank-5 input
-        (lambda: nn.Input("batch"), r"^Input shape must be a list of dims, each a size or a name .* got 'batch'$"),
+        (lambda: nn.Input("batch"), r"^Input shape must be a list of dims, each a size >= 1 or a name .* got 'batch'$"),
+        (lambda: nn.Input(["batch", 0]), r"^Input shape must be .* got \['batch', 0\]$"),  # was built, outputs empty
         (lambda: nn.Input(["batch", 4.5]), r"^Input shape must be a list of dims"),
         (lambda: nn.Input(["batch", 4], dtype="floot"), r"^Input dtype 'floot' is not a numpy dtype"),
     ]

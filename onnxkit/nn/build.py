@@ -34,9 +34,9 @@ class Input:
         """A list of dims (a string would be read as one dim per letter) and a dtype numpy knows."""
         dims = self.shape
         if isinstance(dims, str) or not isinstance(dims, Sequence) or not all(
-            isinstance(d, str) or (isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0) for d in dims
+            isinstance(d, str) or (isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 1) for d in dims
         ):
-            raise TypeError(f"Input shape must be a list of dims, each a size or a name such as 'batch' "
+            raise TypeError(f"Input shape must be a list of dims, each a size >= 1 or a name such as 'batch' "
                             f"(e.g. ['batch', 64]), got {dims!r}")
         try:
             np.dtype(self.dtype)
@@ -81,6 +81,11 @@ def build(
         args = [graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()]
         result = module(*args)
     outputs = _name_outputs(graph, result, output_names)
+    read = {name for node in graph.nodes for name in node.input}
+    unused = [t.name for t in graph.inputs if t.name not in read]
+    if unused:
+        raise OnnxkitError(f"input {unused[0]!r} feeds nothing: forward never computes with it (a numpy array given "
+                           "to a layer is a constant, not the input); compute with the tensors forward receives")
 
     params = [t for _, t in graph.params.values()]
     boundary = {t.name for t in (*graph.inputs, *outputs, *params)}

@@ -194,12 +194,18 @@ def concat(xs: Sequence[TensorLike], axis: int) -> Tensor:
     return current_graph().op("Concat", [as_tensor(x) for x in xs], {"axis": axis})[0]
 
 
-def unsqueeze(x: TensorLike, axes: Sequence[int]) -> Tensor:
-    return _op("Unsqueeze", as_tensor(x), as_tensor(np.asarray(axes, np.int64)))
+def _axes(axes: int | Sequence[int]) -> np.ndarray:
+    """Axes as the 1-D int64 tensor ONNX takes: one int is one axis (as a 0-d tensor, the checker passed it and
+    ONNX Runtime refused the model: 'An axes tensor must be a vector tensor')."""
+    return np.atleast_1d(np.asarray(axes, np.int64))
 
 
-def squeeze(x: TensorLike, axes: Sequence[int]) -> Tensor:
-    return _op("Squeeze", as_tensor(x), as_tensor(np.asarray(axes, np.int64)))
+def unsqueeze(x: TensorLike, axes: int | Sequence[int]) -> Tensor:
+    return _op("Unsqueeze", as_tensor(x), as_tensor(_axes(axes)))
+
+
+def squeeze(x: TensorLike, axes: int | Sequence[int]) -> Tensor:
+    return _op("Squeeze", as_tensor(x), as_tensor(_axes(axes)))
 
 
 def shape_of(x: TensorLike, start: int = 0, end: int | None = None) -> Tensor:
@@ -243,19 +249,19 @@ def where(cond: TensorLike, a: TensorLike, b: TensorLike) -> Tensor:
 
 
 # -- reductions --------------------------------------------------------------------------
-def _reduce(op_type: str, x: TensorLike, axes: Sequence[int], keepdims: bool) -> Tensor:
+def _reduce(op_type: str, x: TensorLike, axes: int | Sequence[int], keepdims: bool) -> Tensor:
     x = as_tensor(x)
     keep = int(keepdims)
     if op_type == "ReduceSum" or current_graph().opset >= 18:  # axes became an input
-        return _op(op_type, x, as_tensor(np.asarray(axes, np.int64)), keepdims=keep)
-    return _op(op_type, x, axes=list(axes), keepdims=keep)
+        return _op(op_type, x, as_tensor(_axes(axes)), keepdims=keep)
+    return _op(op_type, x, axes=_axes(axes).tolist(), keepdims=keep)
 
 
-def mean(x: TensorLike, axes: Sequence[int], keepdims: bool = False) -> Tensor:
+def mean(x: TensorLike, axes: int | Sequence[int], keepdims: bool = False) -> Tensor:
     return _reduce("ReduceMean", x, axes, keepdims)
 
 
-def sum(x: TensorLike, axes: Sequence[int], keepdims: bool = False) -> Tensor:  # noqa: A001
+def sum(x: TensorLike, axes: int | Sequence[int], keepdims: bool = False) -> Tensor:  # noqa: A001
     return _reduce("ReduceSum", x, axes, keepdims)
 
 
@@ -394,6 +400,25 @@ def upsample(x: TensorLike, scale_factor: float | Sequence[float], mode: str = "
     return current_graph().op("Resize", inputs, _RESIZE[mode], shapes=[[*x.shape[:2], *sizes]])[0]
 
 
+def _dims(dims: tuple) -> Sequence[int]:
+    """A method's dims, given one by one or as one sequence."""
+    return dims[0] if len(dims) == 1 and not isinstance(dims[0], int) else dims
+
+
+def _swap_or_permute(x: Tensor, *dims: int) -> Tensor:
+    """`x.transpose(d0, d1)` swaps two dims, as PyTorch's (it was a permutation, numpy's, so `transpose(0, 1)` of a
+    matrix did nothing); a whole permutation (`x.transpose(0, 2, 1, 3)`) is `x.permute(...)`, taken here too."""
+    if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
+        return transpose(x, _dims(dims))
+    rank = len(x.shape)
+    perm = list(range(rank))
+    a, b = (d + rank if d < 0 else d for d in dims)
+    if not (0 <= a < rank and 0 <= b < rank):
+        raise OnnxkitError(f"transpose({dims[0]}, {dims[1]}): a {rank}-d tensor has dims 0..{rank - 1}")
+    perm[a], perm[b] = perm[b], perm[a]
+    return transpose(x, perm)
+
+
 def _attach_methods() -> None:
     """Give Tensor the Python operators and the common methods."""
 
@@ -405,7 +430,7 @@ def _attach_methods() -> None:
         "__mul__": mul, "__rmul__": rev(mul), "__truediv__": div, "__rtruediv__": rev(div),
         "__matmul__": matmul, "__rmatmul__": rev(matmul), "__neg__": neg, "__pow__": pow,
         "reshape": lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 else shape),
-        "transpose": lambda self, *perm: transpose(self, perm[0] if len(perm) == 1 else perm),
+        "transpose": _swap_or_permute, "permute": lambda self, *dims: transpose(self, _dims(dims)),
         "mean": mean, "sum": sum, "cast": cast, "flatten": flatten,
         "unsqueeze": unsqueeze, "squeeze": squeeze,
     }  # fmt: skip
