@@ -153,6 +153,12 @@ def test_pools_and_flatten():
         k = layer.kernel[0]
         assert out_shape(model) == ["batch", 2, 6 // k, 6 // k]
         close(ort_run(model, {"x": x})[0], ref_pool(x, k, layer.stride[0], reduce))
+    # padded: cells of the padding count as zeros unless count_include_pad=False, as in PyTorch (they never did)
+    ones = np.ones((1, 1, 4, 4), np.float32)
+    for include, corner in ((True, 4 / 9), (False, 1.0)):
+        model = build_one(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=include), x=nn.Input([1, 1, 4, 4]))
+        out = ort_run(model, {"x": ones})[0]
+        close(out[0, 0, [0, 1, 1], [0, 0, 1]], np.array([corner, 6 / 9 if include else 1.0, 1.0], np.float32))
     model = build_one(nn.Sequential([nn.GlobalAvgPool2d(), nn.Flatten()]), x=nn.Input(["batch", 2, 6, 6]))
     assert out_shape(model) == ["batch", 2]
     close(ort_run(model, {"x": x})[0], x.mean(axis=(2, 3)))
