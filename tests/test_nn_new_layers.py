@@ -406,6 +406,9 @@ class Net(nn.Module):
     (nn.Upsample((2, 2, 2), "nearest"), ["batch", 3, 5, 5], r"scale_factor \(2, 2, 2\) needs one positive number or 2"),
     (Call(nn.ops.upsample, 0), ["batch", 3, 5, 5], "needs one positive number"),
     (Call(nn.ops.celu, 0.0), ["batch", 3], "celu alpha must be non-zero"),
+    # built, then refused by ONNX Runtime (a negative size) or run to an empty output
+    (nn.ConvTranspose2d(1, 1, 3, padding=5), ["batch", 1, 2, 2], r"its output would be \['batch', 1, -6, -6\]"),
+    (nn.Upsample(0.1), ["batch", 1, 8, 8], r"upsample by 0.1 of \['batch', 1, 8, 8\] would be empty"),
 ])  # fmt: skip
 def test_bad_inputs_name_the_layer(layer, shape, match):
     with pytest.raises(OnnxkitError, match=f"^body.0: .*{match}") as e:

@@ -230,6 +230,12 @@ class Graph:
         missing = [o for o in node.output if o not in inferred]
         if missing:
             raise OnnxkitError(f"{where}: {node.op_type}: could not infer the type of {missing[0]}")
+        negative = next((list(_dims_of(inferred[o])) for o in node.output if any(
+            isinstance(d, int) and d < 0 for d in _dims_of(inferred[o]))), None)
+        if negative is not None:  # ONNX's inference passes these; ONNX Runtime refuses the model when it runs
+            shapes = ", ".join(_describe(t) for t in inputs if t is not None)
+            raise OnnxkitError(f"{where}: {node.op_type}({shapes}): its output would be {negative}; check the "
+                               "layer's sizes (padding, kernel, stride)")
         return [inferred[o] for o in node.output]
 
 

@@ -396,6 +396,9 @@ def upsample(x: TensorLike, scale_factor: float | Sequence[float], mode: str = "
             f"{_where()}: upsample scale_factor {scale_factor} needs one positive number or {spatial} of them"
         )
     sizes = [math.floor(d * s) if isinstance(d, int) else None for d, s in zip(x.shape[2:], scales, strict=True)]
+    if 0 in sizes:  # ONNX Runtime runs it, to an empty output
+        raise OnnxkitError(f"{_where()}: upsample by {scale_factor} of {list(x.shape)} would be empty "
+                           f"({[*x.shape[:2], *sizes]}); use a larger scale_factor")
     inputs = [x, None, as_tensor(np.asarray([1.0, 1.0, *scales], np.float32))]
     return current_graph().op("Resize", inputs, _RESIZE[mode], shapes=[[*x.shape[:2], *sizes]])[0]
 
