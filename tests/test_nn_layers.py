@@ -419,6 +419,23 @@ def test_tensor_methods_take_pytorchs_arguments():
                  {"x": nn.Input(["batch", 4])})
 
 
+@pytest.mark.parametrize("returns, names, message", [
+    (lambda x: None, None, r"^Returns.forward \(test_nn_layers.py:\d+\) must return Tensors .*, got None$"),
+    (lambda x: 3.0, None, r"must return Tensors \(or a tuple/dict of them\), got float 3.0$"),
+    (lambda x: (x + 1, x * 2), ["logits"], r"returns 2 outputs, and 1 output names are given \(logits\); name each"),
+    (lambda x: x + 1, ["x"], r"^output name 'x' is already an input's or a weight's name; choose another$"),
+])  # fmt: skip
+def test_what_forward_returns_is_refused_saying_where_and_what(returns, names, message):
+    # "forward must return Tensors" named neither the forward nor what it returned; an output named as the input
+    # failed the ONNX checker ("not in single static assignment (SSA) form")
+    class Returns(nn.Module):
+        def forward(self, x):
+            return returns(x)
+
+    with pytest.raises(OnnxkitError, match=message):
+        nn.build(Returns(), {"x": nn.Input(["batch", 4])}, output_names=names)
+
+
 def test_an_input_forward_never_uses_is_refused():
     # a numpy array given to a layer became a constant: the model ignored its input and answered alike for all
     class Ignores(nn.Module):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import numbers
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +82,7 @@ def build(
     with tracing(graph):
         args = [graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()]
         result = module(*args)
-    outputs = _name_outputs(graph, result, output_names)
+    outputs = _name_outputs(graph, result, output_names, _forward_of(module))
     read = {name for node in graph.nodes for name in node.input}
     unused = [t.name for t in graph.inputs if t.name not in read]
     if unused:
@@ -125,17 +127,35 @@ def build(
     return model
 
 
-def _name_outputs(graph: Graph, result: Any, names: Sequence[str] | None) -> list[Tensor]:
+def _forward_of(module: Module) -> str:
+    """'MLP.forward (net.py:12)': where the module's forward is, for an error about what it returned."""
+    forward = type(module).forward
+    try:
+        place = f" ({os.path.basename(inspect.getsourcefile(forward) or '?')}:{inspect.getsourcelines(forward)[1]})"
+    except (OSError, TypeError):
+        place = ""
+    return f"{type(module).__name__}.forward{place}"
+
+
+def _name_outputs(graph: Graph, result: Any, names: Sequence[str] | None, forward: str) -> list[Tensor]:
     """Rename the result tensors to the requested output names (Identity if one is an input)."""
     if isinstance(result, Mapping):
         names, tensors = list(result), list(result.values())
     else:
         tensors = list(result) if isinstance(result, tuple | list) else [result]
         names = list(names) if names else [f"output_{i}" for i in range(len(tensors))]
+    wrong = [t for t in tensors if not isinstance(t, Tensor)]
+    if wrong or not tensors:
+        got = "nothing" if not tensors else "None" if wrong[0] is None else f"{type(wrong[0]).__name__} {wrong[0]!r}"
+        raise OnnxkitError(f"{forward} must return Tensors (or a tuple/dict of them), got {got[:80]}")
     if len(names) != len(tensors):
-        raise OnnxkitError(f"{len(names)} output names given for {len(tensors)} outputs")
-    if not all(isinstance(t, Tensor) for t in tensors):
-        raise OnnxkitError("forward must return Tensors (or a tuple/dict of them)")
+        raise OnnxkitError(f"{forward} returns {len(tensors)} outputs, and {len(names)} output names are given "
+                           f"({', '.join(map(str, names))}); name each: Recipe(outputs=[...]), "
+                           "build(output_names=[...])")
+    taken = {t.name for t in graph.inputs} | {t.name for _, t in graph.params.values()}
+    clash = next((n for n in names if n in taken), None)
+    if clash is not None:
+        raise OnnxkitError(f"output name {clash!r} is already an input's or a weight's name; choose another")
     producer = {out: node for node in graph.nodes for out in node.output}
     renamed: dict[str, str] = {}
     outputs = []
