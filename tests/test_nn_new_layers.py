@@ -259,9 +259,10 @@ def test_upsample(scale, mode, shape):
 
 def test_new_layers_get_hierarchical_names_and_layer_docs():
     net = nn.Sequential([nn.ConvTranspose2d(2, 4, 2, stride=2), nn.GroupNorm(2, 4), nn.PReLU(4),
-                         nn.InstanceNorm2d(4), nn.Upsample(2), nn.Mish()])
+                         nn.InstanceNorm2d(4, affine=True), nn.Upsample(2), nn.Mish()])
     assert params(net) == {"0.weight": (2, 4, 2, 2), "0.bias": (4,), "1.weight": (4,), "1.bias": (4,),
                            "2.weight": (4,), "3.weight": (4,), "3.bias": (4,)}
+    assert params(nn.InstanceNorm2d(4)) == {}  # PyTorch's default: no affine weights
     model = build_one(net, ["batch", 2, 3, 3])
     assert {n.name.split("/")[0] for n in model.graph.node} == {str(i) for i in range(6)}
     (resize,) = [n for n in model.graph.node if n.op_type == "Resize"]

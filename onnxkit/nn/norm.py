@@ -109,11 +109,12 @@ class GroupNorm(_ChannelNorm):
 class InstanceNorm2d(_ChannelNorm):
     """InstanceNormalization over [N, C, H, W]: each sample's channel normalised over H×W on its own.
 
-    Learnable per-channel scale and shift by default; `affine=False` (PyTorch's default) fixes
-    them at 1 and 0. Statistics always come from the input (PyTorch's track_running_stats=False).
+    Per-channel scale and shift fixed at 1 and 0 unless `affine=True`, as PyTorch's (the default was True, so a
+    PyTorch recipe's layer came with 2 x C weights its original lacks). Statistics always come from the input
+    (PyTorch's track_running_stats=False).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False):
         super().__init__(num_features, eps, affine, "num_features")
 
     def forward(self, x: Tensor) -> Tensor:
