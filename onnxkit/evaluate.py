@@ -29,7 +29,7 @@ import numpy as np
 
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets, not_whole
 from onnxkit.data.split import Dataset, Split, model_inputs
-from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import sha256
 from onnxkit.graph_walks import label_then_scores
 from onnxkit.metadata import metadata
@@ -308,6 +308,20 @@ def _rows(result: Any) -> np.ndarray:
     return np.asarray(result)
 
 
+def _of_the_models_classes(dataset: Any, model: Any) -> Any:
+    """`dataset`, unless it names none of the classes the model names: training takes such data as new classes
+    (fine-tuning), but scoring it would pair classes by their order alone (a model of no/yes scored on B/M
+    data: 2.65%, without a word)."""
+    from onnxkit.data.registry import model_class_names
+
+    classes, names = model_class_names(model), dataset.label_names
+    if classes and names and classes != [str(i) for i in range(len(classes))] and not set(names) & set(classes):
+        raise OnnxkitError(f"data {dataset.name!r} names classes {first_few([repr(n) for n in names])}, none of the "
+                           f"model's ({first_few([repr(c) for c in classes])}); give data labelled with the model's "
+                           "classes")
+    return dataset
+
+
 def named_split(model: Any, split: str, data: Any = None, data_seed: int | None = None) -> tuple[Split, str, int]:
     """The split called `split` of `data` (default: the data `model` was trained on, from its
     `onnxkit.training` metadata) with `data_seed` (default: the training run's, else 0); also the
@@ -316,7 +330,8 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
 
     recorded, recorded_seed = trained_on(model)
     if isinstance(data, Dataset):  # already split, in memory
-        return in_model_order(data, model).split(split), data.name, recorded_seed if data_seed is None else data_seed
+        ordered = _of_the_models_classes(in_model_order(data, model), model)
+        return ordered.split(split), data.name, recorded_seed if data_seed is None else data_seed
     defaulted, data = data is None, data if data is not None else recorded
     if not data:
         raise OnnxkitError("the model does not say what it was trained on; give data (a dataset name or file)",
@@ -329,7 +344,7 @@ def named_split(model: Any, split: str, data: Any = None, data_seed: int | None 
                            "training held out (it may hold rows the model trained on); give data: the file as it "
                            "was, or this one to score it as it is now", params=["data"])
     seed = data_seed if data_seed is not None else recorded_seed
-    dataset = load_dataset(data, seed=seed, model=model)
+    dataset = _of_the_models_classes(load_dataset(data, seed=seed, model=model), model)
     if metadata(model).get(TASK_KEY) == "regression":  # its targets are numbers, not class ids
         check_numeric_targets(dataset.name, dataset.label_names, TASK_LOSS["regression"])
     return dataset.split(split), str(data), seed

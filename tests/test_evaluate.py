@@ -145,6 +145,26 @@ def test_eval_refuses_class_labels_the_model_cannot_have(run_cli, iris_model, tm
     assert not (tmp_path / "q.onnx").exists()
 
 
+def test_eval_refuses_data_naming_none_of_the_models_classes(run_cli, tmp_path):
+    # a model of no/yes scored on B/M data paired the classes by their sorted order alone: 2.65%, without a word
+    from onnxkit import zoo
+
+    model = tmp_path / "named.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), model)
+    named = onnx.load(model)
+    onnx.helper.set_model_props(named, {"onnxkit.labels": '["setosa", "versicolor", "virginica"]'})
+    onnx.save(named, model)
+    x, labels = iris_rows()
+    other = iris_csv(tmp_path / "other.csv", x, ["abc"[int(i)] for i in labels])
+    result = run_cli("eval", model, "--data", other)
+    assert (result.code, result.err) == (1, "error: data 'other' names classes 'a', 'b', 'c', none of the model's "
+                                            "('setosa', 'versicolor', 'virginica'); give data labelled with the "
+                                            "model's classes\n")
+    own = iris_csv(tmp_path / "own.csv", x, [["setosa", "versicolor", "virginica"][int(i)] for i in labels])
+    assert run_cli("eval", model, "--data", own).code == 0
+    assert run_cli("eval", model, "--data", iris_csv(tmp_path / "ids.csv", x, labels)).code == 0  # ids: no names
+
+
 def test_eval_refuses_an_empty_label_cell(run_cli, iris_model, tmp_path):
     x, labels = iris_rows()
     labels[3] = ""
