@@ -267,6 +267,32 @@ def test_a_y_beside_an_x_is_a_coordinate_and_the_label_column_is_said(tmp_path, 
     assert done.code == 0 and ", labels from 'temperature' (column 4), loss mse" in done.err, done.err
 
 
+def test_a_row_id_column_and_a_class_no_training_row_holds_are_warned_of(tmp_path, run_cli):
+    # Kaggle's iris with its Id (rows sorted by class): 100% on the test split, the Id giving the class away; and
+    # 5 rows whose test class never trained: 0%, with the untrained first epoch kept as the best; both unsaid
+    from onnxkit import nn
+
+    rows = "".join(f"{i + 1},{i % 7 * 0.5},{-(i % 5) * 0.25},{'abc'[i * 3 // 60]}\n" for i in range(60))
+    (tmp_path / "kaggle.csv").write_text("Id,p,q,Species\n" + rows)
+    assert load_dataset(tmp_path / "kaggle.csv").notes == (
+        "column 'Id' holds distinct whole numbers, a row id by its name: it is read as a feature (in a file sorted "
+        "by class it gives the class away); drop the column if it is an id",)
+    (tmp_path / "plain.csv").write_text("p,q,Species\n" + "".join(r.split(",", 1)[1] for r in rows.splitlines(True)))
+    assert load_dataset(tmp_path / "plain.csv").notes == ()
+    onnx.save(nn.build(nn.Sequential([nn.Linear(3, 3)]), {"x": nn.Input(["batch", 3])},
+                       output_names=["logits"]), tmp_path / "m.onnx")
+    done = run_cli("train", tmp_path / "m.onnx", "--data", tmp_path / "kaggle.csv", "-o", tmp_path / "r1",
+                   "--epochs", "1")
+    assert done.code == 0 and "warning: column 'Id' holds distinct whole numbers" in done.err, done.err
+    (tmp_path / "few.csv").write_text("p,q,r,label\n1,2,3,a\n2,3,4,a\n3,4,5,b\n4,5,6,c\n5,6,7,b\n")
+    done = run_cli("train", tmp_path / "m.onnx", "--data", tmp_path / "few.csv", "-o", tmp_path / "r2", "--epochs", "1")
+    split = load_dataset(tmp_path / "few.csv")
+    unseen = sorted({"abc"[k] for s in (split.validation, split.test) for k in s.labels} - {"abc"[k] for k in
+                                                                                           split.train.labels})
+    assert unseen and done.code == 0
+    assert f"of the validation or test split {'is' if len(unseen) == 1 else 'are'} in no training example" in done.err
+
+
 def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
     # NA and ? were "a feature column holds non-numbers (could not convert string to float: 'NA')", and
     # a blank line put the line numbers of the rows after it one off

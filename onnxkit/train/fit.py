@@ -757,8 +757,11 @@ class _Setup:
         if not len(self.dataset.validation) and not len(self.dataset.test):
             self.progress.line(f"warning: the validation and test splits are empty ({len(self.dataset.train)} "
                                "examples in all): nothing scores the model on data it did not train on")
+        for note in self.dataset.notes:
+            self.progress.line(f"warning: {note}")
         if not self.regression:
             self._warn_one_class(self.dataset)
+            self._warn_unseen_classes(self.dataset)
         elif not (self.config.loss or self.named_task):
             self._note_two_valued_targets(self.dataset)
 
@@ -780,6 +783,23 @@ class _Setup:
             shown = repr(names[k]) if names and k < len(names) else str(k)
             self.progress.line(f"warning: every training example is of class {shown}; the model can only learn to "
                                "answer it (give examples of the other classes)")
+
+    def _warn_unseen_classes(self, dataset: Dataset) -> None:
+        """One line when classes of the validation or test split are in no training example (5 rows of iris: the
+        test's class never trained, 0% with the best epoch the untrained one)."""
+        train = np.asarray(dataset.train.labels).ravel()
+        held = np.concatenate([np.asarray(s.labels).ravel() for s in (dataset.validation, dataset.test)])
+        if train.dtype.kind not in "iu" or held.dtype.kind not in "iu" or not train.size or not held.size:
+            return
+        train, held = train[train >= 0], held[held >= 0]  # (an ignore index, -100, counts as no class)
+        top = int(max(train.max(initial=0), held.max(initial=0))) + 1
+        unseen = np.flatnonzero((np.bincount(held, minlength=top) > 0) & (np.bincount(train, minlength=top) == 0))
+        if unseen.size:
+            names = [repr(self.names[k]) if self.names and k < len(self.names) else str(k) for k in unseen.tolist()]
+            self.progress.line(f"warning: class{'es' * (len(names) > 1)} {first_few(names)} of the validation or "
+                               f"test split {'are' if len(names) > 1 else 'is'} in no training example "
+                               f"({len(train)} in the training split): the model cannot learn "
+                               f"{'them' if len(names) > 1 else 'it'}; give more examples of each class")
 
     def _note_two_valued_targets(self, dataset: Dataset) -> None:
         """One line when whole-number targets a regression was chosen for take two values only (-1
