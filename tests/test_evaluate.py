@@ -138,10 +138,11 @@ def test_eval_refuses_class_labels_the_model_cannot_have(run_cli, iris_model, tm
     x, labels = iris_rows()
     labels[::10] = [bad] * 15  # some in every split
     data = iris_csv(tmp_path / "bad.csv", x, labels)
-    for command in (["eval", iris_model, "--data", data],
-                    ["quantize", iris_model, "-o", tmp_path / "q.onnx", "--mode", "dynamic", "--eval", data]):
+    for command, split in ((["eval", iris_model, "--data", data], "all"),  # data it did not train on: all of it
+                           (["quantize", iris_model, "-o", tmp_path / "q.onnx", "--mode", "dynamic", "--eval", data],
+                            "test")):
         result = run_cli(*command)
-        assert (result.code, result.err) == (1, f"error: {message}\n"), command
+        assert (result.code, result.err) == (1, f"error: {message.replace('test split', f'{split} split')}\n")
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -165,6 +166,19 @@ def test_eval_refuses_data_naming_none_of_the_models_classes(run_cli, tmp_path):
     assert run_cli("eval", model, "--data", iris_csv(tmp_path / "ids.csv", x, labels)).code == 0  # ids: no names
 
 
+def test_eval_scores_a_file_held_out_whole_and_the_training_data_by_its_test_split(run_cli, iris_model, tmp_path):
+    # eval --data NEW.csv scored its test split: 8 of the 40 rows held out
+    x, labels = iris_rows()
+    trained = iris_csv(tmp_path / "trained.csv", x[:110], labels[:110])
+    held_out = iris_csv(tmp_path / "held_out.csv", x[110:], labels[110:])
+    assert run_cli("train", iris_model, "--data", trained, "-o", tmp_path / "run", "--epochs", "1").code == 0
+    model = tmp_path / "run" / "model.onnx"
+    assert run_cli("eval", model, "--data", held_out).out.startswith(f"{held_out} all split (40 examples)")
+    assert run_cli("eval", model).out.startswith(f"{trained} test split (21 examples)")
+    assert run_cli("eval", model, "--data", trained).out.startswith(f"{trained} test split (21 examples)")
+    assert run_cli("eval", model, "--data", trained, "--split", "all").out.startswith(f"{trained} all split (110 ")
+
+
 def test_eval_refuses_an_empty_label_cell(run_cli, iris_model, tmp_path):
     x, labels = iris_rows()
     labels[3] = ""
@@ -179,8 +193,8 @@ def test_eval_refuses_nan_and_infinite_features(run_cli, iris_model, tmp_path):
     x[:, 0] = np.inf
     x[:, 1] = np.nan
     result = run_cli("eval", iris_model, "--data", iris_csv(tmp_path / "inf.csv", x, labels))
-    assert result.code == 1 and result.err.startswith(  # the test split: a fifth of 150 rows
-        "error: data 'inf, test split': feature array 'x' holds 30 NaN and 30 infinite values in 30 of 30 rows; ")
+    assert result.code == 1 and result.err.startswith(  # all of data the model did not train on
+        "error: data 'inf, all split': feature array 'x' holds 150 NaN and 150 infinite values in 150 of 150 rows; ")
     assert len(result.err.splitlines()) == 1
 
 

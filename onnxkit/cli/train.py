@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -266,14 +267,15 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 @click.command("eval")
 @click.argument("model", type=click.Path())
 @opt.data("Dataset name or .npz / .csv file (default: the one the model was trained on).")
-@click.option("--split", type=click.Choice(("train", "validation", "test")), default="test", show_default=True)
+@click.option("--split", type=click.Choice(("train", "validation", "test", "all")), default=None,
+              help="The split to score (default: test, of the data the model trained on; all of other data).")
 @opt.data_seed(None, "Seed of the split (default: the training run's, else 0).")
 @opt.batch_size(256)
 @opt.model_output("The output to score (default: the one trained, else the scores beside a first output that is "
                   "the predicted label, else the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_cmd(
-    model: str, data: str | None, split: str, data_seed: int | None, batch_size: int, output: str | None,
+    model: str, data: str | None, split: str | None, data_seed: int | None, batch_size: int, output: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate MODEL.onnx on a dataset split: loss, accuracy, macro-F1, confusion matrix (R² for regression).
@@ -283,10 +285,13 @@ def eval_cmd(
       onnxkit eval runs/digits/model.onnx
       onnxkit eval digits.onnx --data digits-images --split validation --json
     """
-    from onnxkit.evaluate import evaluate, named_split
+    from onnxkit.evaluate import evaluate, named_split, trained_on
     from onnxkit.files import load_model
 
     proto = load_model(model)
+    if split is None:  # data held out whole (another file) is scored whole, not a fifth of it
+        recorded = trained_on(proto)[0]
+        split = "test" if data is None or data == recorded or os.path.realpath(data) == recorded else "all"
     chosen, data, seed = named_split(proto, split, data, data_seed)
     metrics = evaluate(model, chosen, batch_size=batch_size, output=output)  # by path: errors name the file
     metrics.update(data=data, split=split, data_seed=seed)

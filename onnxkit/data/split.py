@@ -26,6 +26,7 @@ from onnxkit.data.checks import checked_labels
 from onnxkit.errors import OnnxkitError, suggest
 
 SPLIT_NAMES = ("train", "validation", "test")
+ALL = "all"  # the name of every example of a dataset as one split (Dataset.split)
 BLOCK_BYTES = 2 << 20  # shuffled batches are gathered this many bytes at a time (see Split.epochs)
 EPOCHS_AT_ONCE = 16  # at most this many whole epochs per block (the seeds may never end)
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
@@ -160,6 +161,12 @@ class Split:
         """The examples at `indices` (a copy), as a split of this kind."""
         return Split(self.name, *Split._batch(self, indices))
 
+    def joined(self, others: Sequence[Split], name: str) -> Split:
+        """This split's examples, then those of `others` (a copy), as a split of this kind called `name`."""
+        splits = [self, *others]
+        inputs = {k: np.concatenate([s.inputs[k] for s in splits]) for k in self.inputs}
+        return Split(name, inputs, np.concatenate([s.labels for s in splits]))
+
     def feeds_for(self, inputs: Sequence[ModelInput]) -> Split:
         """This split with arrays renamed and cast to what `inputs` expect; checks shapes.
 
@@ -264,12 +271,16 @@ class Dataset:
             split.data = self.name
 
     def split(self, name: str) -> Split:
-        """The split called `name`: train, validation (val) or test."""
+        """The split called `name`: train, validation (val), test, or all (every example: a file held out whole)."""
         key = _SPLIT_ALIASES.get(name, name)
+        if key == ALL:
+            parts = [s for s in (self.train, self.validation, self.test) if len(s)]
+            whole = parts[0].joined(parts[1:], ALL)
+            whole.data = self.name
+            return whole
         if key not in SPLIT_NAMES:
-            raise OnnxkitError(
-                f"unknown split {name!r}.{suggest(name, SPLIT_NAMES)} Choose from {', '.join(SPLIT_NAMES)}"
-            )
+            raise OnnxkitError(f"unknown split {name!r}.{suggest(name, [*SPLIT_NAMES, ALL])} Choose from "
+                               f"{', '.join(SPLIT_NAMES)} or {ALL}")
         return getattr(self, key)
 
     def fingerprint(self) -> str:

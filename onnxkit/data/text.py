@@ -48,6 +48,12 @@ class TextSplit(Split):
         inputs, labels = Split._batch(self, indices)
         return TextSplit(self.name, inputs, labels, self.lengths[indices], [self.texts[i] for i in indices])
 
+    def joined(self, others: Sequence[Split], name: str) -> TextSplit:
+        splits = [self, *others]
+        whole = Split.joined(self, others, name)
+        return TextSplit(name, whole.inputs, whole.labels, np.concatenate([s.lengths for s in splits]),
+                         [t for s in splits for t in s.texts])
+
     def _with_inputs(self, inputs: dict[str, np.ndarray]) -> TextSplit:
         return TextSplit(self.name, inputs, self.labels, self.lengths, self.texts)
 
