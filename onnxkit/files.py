@@ -286,11 +286,13 @@ def csv_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, list[str]]]]
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
-    """A CSV file's rows (`csv_rows`) as tables of numbers read them: in a ';' file, decimal commas are
-    read as points (1,5 is 1.5), and where the file writes decimals so, points between groups of three digits
-    as thousands separators (German Excel's 1.065 and 524.900,50: they were read as 1.065 and 524.9); and a last
-    column empty on every line (a delimiter ending each line) is left out."""
+    """A CSV file's rows (`csv_rows`) as tables of numbers read them, rows of empty cells left out (Excel's ';;;;'
+    under a table): in a ';' file, decimal commas are read as points (1,5 is 1.5), and where the file writes
+    decimals so, points between groups of three digits as thousands separators (German Excel's 1.065 and
+    524.900,50: they were read as 1.065 and 524.9); and a last column empty on every line (a delimiter ending
+    each line) is left out."""
     delimiter, rows = csv_rows(path)
+    rows = [(n, row) for n, row in rows if any(c.strip() for c in row)]
     if delimiter == ";":
         commas = any(_DECIMAL_COMMA.fullmatch(c.strip()) for _, row in rows for c in row)
         rows = [(n, [_decimal_comma_number(c) if commas else c for c in row]) for n, row in rows]

@@ -185,6 +185,8 @@ def test_csv_files_separated_by_semicolons_tabs_or_ending_each_line_in_a_comma(t
     (tmp_path / "excel.csv").write_text("p;q;label\n" + "".join(f"{a};{b};{c}\n".replace(".", ",") for a, b, c in rows))
     (tmp_path / "tabs.csv").write_text("".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows))
     (tmp_path / "trailing.csv").write_text("p,q,label,\r\n" + "".join(f"{a},{b},{c},\r\n" for a, b, c in rows))
+    with (tmp_path / "excel.csv").open("a") as f:  # rows of empty cells under a table: "the label cell is empty"
+        f.write(";;\n;;\n")
     plain = load_dataset(tmp_path / "plain.csv")
     for name in ("excel.csv", "tabs.csv", "trailing.csv"):
         ds = load_dataset(tmp_path / name)
@@ -346,7 +348,7 @@ def test_unknown_dataset_suggests_close_names():
         load_dataset("digit")
     with pytest.raises(OnnxkitError) as split:  # "...; choose from train, validation, test Did you mean: test?"
         load_dataset("iris").split("tst")
-    assert str(split.value) == "unknown split 'tst'. Did you mean: test? Choose from train, validation, test"
+    assert str(split.value) == "unknown split 'tst'. Did you mean: test? Choose from train, validation, test or all"
 
 
 def test_a_file_or_folder_that_is_no_data_file_says_so(tmp_path):
