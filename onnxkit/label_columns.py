@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import is_missing, is_number
 
 LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column (only one may be)
@@ -92,3 +92,25 @@ def npz_labels(names: Iterable[str]) -> str | None:
     """The name of the array an .npz file with these arrays keeps its labels in, or None."""
     present = set(names)
     return next((n for n in NPZ_LABELS if n in present), None)
+
+
+def feature_names(header: Sequence[str] | None, label: int | None) -> list[str] | None:
+    """A CSV's feature columns by name (the label column left out); None without names to go by: no header, or
+    pandas' numbered 0, 1, ..."""
+    names = [h.strip() for j, h in enumerate(header or ()) if j != label]
+    return names if names and not all(n.isdigit() for n in names) else None
+
+
+def in_trained_order(names: Sequence[str] | None, trained: Sequence[str] | None, source: str) -> list[int] | None:
+    """Where each column the model trained on is among a CSV's columns `names` (its labels' left out where headed
+    so), to read the table in that order, leaving out any others (a label column headed otherwise); None when it
+    is that order already (or either side has no names). A column the model trained on that the file lacks is an
+    error: columns were matched by position, and iris' columns in reverse order answered virginica for every row."""
+    if not names or not trained or list(names) == list(trained):
+        return None
+    missing = [n for n in trained if n not in names]
+    if missing or len(set(names)) != len(names):
+        raise OnnxkitError(f"{source}: the model trained on columns {first_few(list(trained), 6)}; this file's are "
+                           f"{first_few(list(names), 6)}, without {first_few(missing)}; give those columns, by name")
+    return [list(names).index(n) for n in trained]
+

@@ -26,6 +26,9 @@ SCORES_KEY = "onnxkit.scores"
 OUTPUT_KEY = "onnxkit.output"
 """The output training fit, when not the first: it holds the scores that eval and predict read."""
 
+COLUMNS_KEY = "onnxkit.columns"
+"""JSON list of the feature columns of the CSV the model trained on, by header name, in the order it read them."""
+
 TRAINING_KEY = "onnxkit.training"
 """JSON summary of the fit that made the model: its data (name or path, seed, sha256), settings, epochs, scores."""
 

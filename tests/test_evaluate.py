@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -177,6 +178,27 @@ def test_eval_scores_a_file_held_out_whole_and_the_training_data_by_its_test_spl
     assert run_cli("eval", model).out.startswith(f"{trained} test split (21 examples)")
     assert run_cli("eval", model, "--data", trained).out.startswith(f"{trained} test split (21 examples)")
     assert run_cli("eval", model, "--data", trained, "--split", "all").out.startswith(f"{trained} all split (110 ")
+
+
+def test_predict_and_eval_read_a_csvs_columns_by_the_names_the_model_trained_on(run_cli, iris_model, tmp_path):
+    # columns were matched by position: iris' columns in reverse order answered virginica for every row
+    x, labels = iris_rows(60)
+    trained = iris_csv(tmp_path / "trained.csv", x, labels)
+    assert run_cli("train", iris_model, "--data", trained, "-o", tmp_path / "run", "--epochs", "1").code == 0
+    model = tmp_path / "run" / "model.onnx"
+    stored = {p.key: p.value for p in onnx.load(model).metadata_props}
+    assert json.loads(stored["onnxkit.columns"]) == ["a", "b", "c", "d"]
+    lines = trained.read_text().splitlines()
+    reverse = tmp_path / "reverse.csv"  # d,c,b,a,label: the same rows, the features in reverse order
+    reverse.write_text("\n".join(",".join([*line.split(",")[3::-1], line.split(",")[4]]) for line in lines) + "\n")
+    for command in (["predict", model, "-i"], ["eval", model, "--split", "all", "--data"]):
+        same, turned = run_cli(*command, trained), run_cli(*command, reverse)
+        assert same.code == turned.code == 0 and same.out.split("\n", 1)[1] == turned.out.split("\n", 1)[1]
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("\n".join(["p,q,r,s,label", *lines[1:]]) + "\n")
+    for command in (["predict", model, "-i", renamed], ["eval", model, "--data", renamed]):
+        result = run_cli(*command)
+        assert result.code == 1 and "the model trained on columns a, b, c, d; this file's are p, q, r, s" in result.err
 
 
 def test_eval_refuses_an_empty_label_cell(run_cli, iris_model, tmp_path):

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 from collections.abc import Callable, Sequence
@@ -31,11 +32,15 @@ from onnxkit.label_columns import (
     NPZ_LABEL_NAMES,
     TEXT_COLUMN,
     csv_header,
+    feature_names,
+    in_trained_order,
     label_column,
     npz_labels,
     text_column,
     without_index,
 )
+from onnxkit.metadata import metadata
+from onnxkit.metadata_keys import COLUMNS_KEY
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a CSV's numbers past it would be read as infinities
 
@@ -124,7 +129,9 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         seed=seed, validation=validation, test=test,
     )
     column = f"{header[label_col].strip()!r} (column {label_col + 1})" if header else f"column {label_col + 1}"
-    dataset = replace(dataset, label_column=column, notes=_row_ids(header, x, label_col))
+    names = feature_names(header, label_col)
+    dataset = replace(dataset, label_column=column, notes=_row_ids(header, x, label_col),
+                      columns=tuple(names) if names else None)
     if named is None:  # said with any error about the labels: they may be a feature
         why = (f"the last column, {header[-1].strip()!r}, as no column is headed {' / '.join(LABEL_COLUMNS)}"
                if header else f"the last column, as the file has no header naming a {LABEL_COLUMNS[0]} column")
@@ -156,6 +163,7 @@ def csv_for_model(dataset: Dataset, model: Any) -> Dataset:
     specs = model_inputs(model)
     if len(specs) != 1 or list(dataset.train.inputs) != ["x"]:
         return dataset
+    dataset = _in_trained_order(dataset, model)
     spec = specs[0]
     example = spec.shape[1:] if spec.shape else ()
     x = np.concatenate([s.inputs["x"] for s in (dataset.train, dataset.validation, dataset.test)])
@@ -173,6 +181,24 @@ def csv_for_model(dataset: Dataset, model: Any) -> Dataset:
         return dataset
     return replace(dataset, train=fitted(dataset.train), validation=fitted(dataset.validation),
                    test=fitted(dataset.test))
+
+
+def _in_trained_order(dataset: Dataset, model: Any) -> Dataset:
+    """`dataset` with its feature columns in the order the model trained on them, by name, when it holds them all
+    (eval refuses other columns, `evaluate`; training takes them as given, as it takes new class names)."""
+    trained = json.loads(metadata(model).get(COLUMNS_KEY, "null"))
+    names = dataset.columns
+    if not trained or not names or not set(trained) <= set(names):
+        return dataset
+    order = in_trained_order(names, trained, dataset.name)
+    if order is None:
+        return dataset
+
+    def picked(split: Split) -> Split:
+        return Split(split.name, {"x": split.inputs["x"][:, order]}, split.labels)
+
+    return replace(dataset, train=picked(dataset.train), validation=picked(dataset.validation),
+                   test=picked(dataset.test), columns=tuple(trained))
 
 
 def _beyond_float32(values: np.ndarray) -> np.ndarray:

@@ -265,6 +265,7 @@ class Dataset:
     labels_from: str | None = None  # where a file's labels were taken from, when no column was headed as labels
     label_column: str | None = None  # a CSV's label column, as the training line names it ("'price' (column 5)")
     notes: tuple[str, ...] = ()  # what a reader noticed that training should warn of (a row-id column, say)
+    columns: tuple[str, ...] | None = None  # a CSV's feature columns by header name, in the order of the features
 
     def __post_init__(self) -> None:
         for split in (self.train, self.validation, self.test):

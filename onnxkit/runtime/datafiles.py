@@ -41,11 +41,14 @@ from onnxkit.label_columns import (
     NPZ_LABEL_NAMES,
     TEXT_COLUMN,
     csv_header,
+    feature_names,
+    in_trained_order,
     label_column,
     npz_labels,
     text_column,
     without_index,
 )
+from onnxkit.metadata_keys import COLUMNS_KEY
 from onnxkit.runtime.model import Model
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.signature import TensorSpec
@@ -250,9 +253,12 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
             f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
         )
     spec = model.inputs[0]
-    table = _plain_table(path, spec.dtype or np.float32)
-    if table is not None:
-        return _shaped(path, table, spec)
+    trained = json.loads(model.metadata.get(COLUMNS_KEY, "null"))  # the columns the model trained on, by name
+    plain = _plain_table(path, spec.dtype or np.float32)
+    if plain is not None:
+        table, names = plain
+        order = in_trained_order(names, trained, str(path))
+        return _shaped(path, table if order is None else table[:, order], spec)
     rows = [row for _, row in read_csv_rows(path)]
     header = csv_header(rows[0], rows[1] if len(rows) > 1 else ()) if rows else None
     if header:
@@ -267,15 +273,20 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
     if len(widths) != 1:
         raise OnnxkitError(f"{path}: rows have different lengths {sorted(widths)}; fix the file")
     label = label_column(header, str(path))
+    order = in_trained_order(feature_names(header, label), trained, str(path))
     if label is not None:  # as train reads the file: that column is the label, not a feature
         rows = [row[:label] + row[label + 1:] for row in rows]
         header = header[:label] + header[label + 1:]
         del columns[label]
+    if order is not None:  # in the order the model trained on them
+        rows, header = [[row[i] for i in order] for row in rows], [header[i] for i in order]
+        columns = [columns[i] for i in order]
     return _shaped(path, _numbers(path, rows, header, spec.dtype or np.float32, columns), spec)
 
 
-def _plain_table(path: Path, dtype: Any) -> np.ndarray | None:
-    """A CSV of plain numbers for a float input, as float64, less a column headed as the labels: read by
+def _plain_table(path: Path, dtype: Any) -> tuple[np.ndarray, list[str] | None] | None:
+    """A CSV of plain numbers for a float input, as float64, less a column headed as the labels (and the feature
+    columns' names, `feature_names`): read by
     numpy's parser a block at a time (the cells as a list of strings took ~17x the file's size). None for
     any other file, which `_read_csv` then reads cell by cell, naming what is wrong: no rows, rows of other
     lengths, a cell that is not a number, ';' (decimal commas), a pandas index, a blank first line."""
@@ -303,7 +314,7 @@ def _plain_table(path: Path, dtype: Any) -> np.ndarray | None:
         return None
     if header and len(header) != table.shape[1]:
         return None
-    return table if label is None else np.delete(table, label, axis=1)
+    return (table if label is None else np.delete(table, label, axis=1)), feature_names(header, label)
 
 
 def _not_read(cell: str) -> float:

@@ -44,7 +44,15 @@ from onnxkit.evaluate import (
 from onnxkit.files import DiskError, load_model, resolved, save_model, sha256
 from onnxkit.graph_walks import ancestors, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
-from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, PADDING_KEY, SCORES_KEY, TASK_KEY, TRAINING_KEY
+from onnxkit.metadata_keys import (
+    COLUMNS_KEY,
+    LABELS_KEY,
+    OUTPUT_KEY,
+    PADDING_KEY,
+    SCORES_KEY,
+    TASK_KEY,
+    TRAINING_KEY,
+)
 from onnxkit.signals import held_back
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
@@ -1052,8 +1060,10 @@ def _finish(
         "onnxkit": __version__,
     }
     # the task trained for (a loss given in place of the recipe's task changes it), read by eval and predict
-    kept = {k: v for k, v in metadata(trained).items() if k != LABELS_KEY}
+    kept = {k: v for k, v in metadata(trained).items() if k not in (LABELS_KEY, COLUMNS_KEY)}
     extra: dict[str, Any] = {**kept, TRAINING_KEY: summary, TASK_KEY: setup.task}
+    if setup.dataset.columns:  # predict and eval read a CSV's columns by these names, in this order
+        extra[COLUMNS_KEY] = list(setup.dataset.columns)
     if setup.names and setup.task != "regression":  # the names it learned: the data's own, unless the model's
         extra[LABELS_KEY] = setup.names
     if setup.probabilities:  # so predict neither applies softmax / sigmoid again nor thresholds at 0
