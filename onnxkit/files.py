@@ -270,10 +270,13 @@ _DOT_GROUPED = re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?")  # 1.065 or 524.900,
 
 def csv_delimiter(line: str) -> str:
     """The one of `CSV_DELIMITERS` that splits a CSV's first line into the most cells: Excel writes ';'
-    where the decimal mark is a comma (so ';' wins a tie with ',': 5,1;3,5), and tab-separated files are common."""
-    cells = {d: len(next(csv.reader([line], delimiter=d), [])) for d in CSV_DELIMITERS}
-    most = max(cells.values())
-    return ";" if cells[";"] == most > 1 else max(cells, key=cells.__getitem__)
+    where the decimal mark is a comma, so ';' wins a tie with ',' (5,1;3,5), and any line whose ';' cells all read
+    as numbers with decimal commas (59,0;2,0;21,57: more cells by ','); tab-separated files are common."""
+    cells = {d: next(csv.reader([line], delimiter=d), []) for d in CSV_DELIMITERS}
+    counts = {d: len(c) for d, c in cells.items()}
+    most = max(counts.values())
+    decimal_commas = counts[";"] > 1 and all(_decimal_comma_number(c) != c or is_number(c) for c in cells[";"])
+    return ";" if counts[";"] == most > 1 or decimal_commas else max(counts, key=counts.__getitem__)
 
 
 def csv_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, list[str]]]]:

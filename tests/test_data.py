@@ -216,6 +216,17 @@ def test_a_german_excel_files_thousands_points_are_not_read_as_decimals(tmp_path
         pytest.approx([1.065, 2.5])
 
 
+def test_a_headerless_semicolon_file_of_decimal_commas_is_read_by_its_semicolons(tmp_path):
+    # '59,0;2,0;32,1;21,57' (a comma in every cell) has more cells by ',' than by ';': "feature column '0;2' holds
+    # text"
+    rows = [(50 + i, i % 3, 1900 + i / 8, 20 + i / 4) for i in range(30)]
+    (tmp_path / "plain.csv").write_text("".join(f"{a},{b},{c},{d}\n" for a, b, c, d in rows))
+    (tmp_path / "de.csv").write_text("".join(f"{a},0;{b},0;{c:.3f};{d:.2f}\n".replace(".", ",") for a, b, c, d in rows))
+    plain, de = load_dataset(tmp_path / "plain.csv"), load_dataset(tmp_path / "de.csv")
+    np.testing.assert_array_equal(de.train.inputs["x"], plain.train.inputs["x"])
+    np.testing.assert_array_equal(de.train.labels, plain.train.labels)
+
+
 def test_a_csv_with_pandas_row_index_trains_on_its_features_alone(tmp_path):
     # df.to_csv(path) writes the row index as a first column headed '': it was read as one more feature, so a
     # model of 4 inputs was refused ("shape [90, 5]") and one of 5 trained on the row numbers of sorted data
