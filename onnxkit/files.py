@@ -314,6 +314,22 @@ def _decimal_comma_number(cell: str) -> str:
     return text.replace(",", ".")
 
 
+_FLAG_WORDS = {"true": "1", "false": "0"}
+
+
+def flags_as_numbers(features: list[list[str]]) -> list[list[str]]:
+    """A CSV's `features` with each column of true / false words (pandas writes bool columns True / False) as 1 / 0,
+    as a bool input's cells are read (they were refused as text); changed in place."""
+    if not features:
+        return features
+    flags = [j for j, cell in enumerate(features[0]) if cell.strip().lower() in _FLAG_WORDS
+             and all(row[j].strip().lower() in _FLAG_WORDS for row in features)]
+    for row in features if flags else ():
+        for j in flags:
+            row[j] = _FLAG_WORDS[row[j].strip().lower()]
+    return features
+
+
 def is_missing(cell: str) -> bool:
     """Whether a CSV cell is a missing value as spreadsheets and pandas write one (empty, NA, N/A, ?, ...)."""
     return cell.strip().lower() in MISSING_CELLS

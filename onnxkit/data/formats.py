@@ -26,7 +26,7 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import is_missing, is_number, not_a_file, read_csv_rows, thousands_separated
+from onnxkit.files import flags_as_numbers, is_missing, is_number, not_a_file, read_csv_rows, thousands_separated
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
@@ -111,7 +111,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         columns = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
         raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r} ({columns}); "
                            f"head the column of texts {TEXT_COLUMN!r} in the first row (e.g. {TEXT_COLUMN},label)")
-    features = [[row[j] for j in range(width) if j != label_col] for row in body]
+    features = flags_as_numbers([[row[j] for j in range(width) if j != label_col] for row in body])
     _refuse_missing_cells(path, features, header, label_col, lines)
     try:
         x = np.array(features, dtype=np.float64)

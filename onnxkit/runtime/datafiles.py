@@ -27,6 +27,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.files import (
     csv_delimiter,
     csv_rows,
+    flags_as_numbers,
     is_missing,
     is_number,
     not_a_file,
@@ -360,6 +361,7 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
 
     if np.dtype(dtype) == np.bool_:  # numpy reads any text but '' as True ('0' too)
         return _flags(path, rows, column)
+    rows = flags_as_numbers(rows)  # pandas' True / False columns, as training reads them
     try:  # floats as float64: a value past the input's float type is refused by `checked_feeds`, by name
         return np.array(rows).astype(np.float64 if np.dtype(dtype).kind == "f" else dtype)
     except OverflowError as e:  # a whole number past the input's integer type
