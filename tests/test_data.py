@@ -330,6 +330,9 @@ def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
         load_dataset(tmp_path / "na.csv")
     assert str(na.value) == (f"{tmp_path / 'na.csv'}:4: feature column 'b' holds 'NA' there (a missing value; "
                              "2 missing cells in 2 of 3 rows); fill or drop those rows")
+    (tmp_path / "nan.csv").write_text("a,b,label\n1,2,0\n3,4,1\nnan,4,0\n")  # was: "holds 1 NaN value", no line
+    with pytest.raises(OnnxkitError, match=r"nan.csv:4: feature column 'a' holds 'nan' there \(a missing value; 1 "):
+        load_dataset(tmp_path / "nan.csv")
     (tmp_path / "money.csv").write_text('a,b,label\n1,"1,200",0\n')
     with pytest.raises(OnnxkitError) as money:
         load_dataset(tmp_path / "money.csv")

@@ -214,14 +214,19 @@ def _column(header: Sequence[str] | None, j: int, label_col: int) -> str:
 
 def _refuse_missing_cells(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
                           lines: list[int]) -> None:
-    """One line for feature cells left empty or written NA, N/A, ? (how pandas and spreadsheets write a missing
-    value), with the first one's line and column: numpy's parser said only "could not convert string to float: ''"."""
-    missing = [i for i, row in enumerate(features) if any(is_missing(cell) for cell in row)]
+    """One line for feature cells left empty or written NA, N/A, ?, NaN (how pandas and spreadsheets write a missing
+    value), with the first one's line and column: numpy's parser said only "could not convert string to float: ''",
+    and a NaN was found later, by count alone. (`predict` passes NaN on: a scikit-learn pipeline may impute it.)"""
+
+    def gap(cell: str) -> bool:
+        return is_missing(cell) or cell.strip().lower() == "nan"
+
+    missing = [i for i, row in enumerate(features) if any(gap(cell) for cell in row)]
     if not missing:
         return
     row = features[missing[0]]
-    j = next(j for j, cell in enumerate(row) if is_missing(cell))
-    gaps = [cell for i in missing for cell in features[i] if is_missing(cell)]
+    j = next(j for j, cell in enumerate(row) if gap(cell))
+    gaps = [cell for i in missing for cell in features[i] if gap(cell)]
     kind = "empty" if not any(cell.strip() for cell in gaps) else "missing"
     there = "is empty there" if not row[j].strip() else f"holds {row[j].strip()!r} there"
     raise OnnxkitError(f"{path}:{lines[missing[0]]}: feature column {_column(header, j, label_col)} {there} (a "
