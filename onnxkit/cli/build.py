@@ -32,8 +32,8 @@ def parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise OnnxkitError(f"--set {pair!r}: expected key=value, e.g. --set num_classes=5")
+        if not sep or not key:  # a malformed command line: exit 2, as click's own
+            raise click.BadParameter(f"{pair!r}: expected key=value, e.g. --set num_classes=5", param_hint="--set")
         out[key.strip()] = value.strip()
     return out
 
