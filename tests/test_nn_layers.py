@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import onnx
@@ -434,6 +435,13 @@ def test_what_forward_returns_is_refused_saying_where_and_what(returns, names, m
 
     with pytest.raises(OnnxkitError, match=message):
         nn.build(Returns(), {"x": nn.Input(["batch", 4])}, output_names=names)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_manual_seed_refuses_what_is_not_a_seed(seed):
+    # -1 was numpy's "expected non-negative integer", naming no seed (a recipe's --set seed=-1)
+    with pytest.raises(OnnxkitError, match=f"^manual_seed takes a whole number >= 0, got {re.escape(repr(seed))}$"):
+        nn.manual_seed(seed)
 
 
 def test_an_input_forward_never_uses_is_refused():

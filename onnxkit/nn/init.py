@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -15,9 +16,12 @@ Shape = tuple[int, ...]
 
 
 def manual_seed(seed: int) -> None:
-    """Reset the generator that all initialisers draw from."""
+    """Reset the generator that all initialisers draw from; `seed` a whole number >= 0 (numpy's message for -1
+    named no seed: "expected non-negative integer")."""
     global _rng
-    _rng = np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise OnnxkitError(f"manual_seed takes a whole number >= 0, got {seed!r}")
+    _rng = np.random.default_rng(int(seed))
 
 
 def _fans(shape: Shape, fan_in: int | None, fan_out: int | None) -> tuple[int, int]:
