@@ -303,6 +303,7 @@ def test_bad_arguments(make, match):
     (lambda: nn.MaxPool2d(0), "MaxPool2d: kernel_size must be a positive integer"),
     (lambda: nn.AvgPool2d(2, stride=0), "AvgPool2d: stride must be a positive integer"),
     (lambda: nn.MaxPool2d(2, padding=2), r"MaxPool2d: padding 2 must be smaller than kernel_size \(2, 2\)"),
+    (lambda: nn.MaxPool2d(2, padding="same"), r'MaxPool2d: padding="same" needs stride 1, got stride \(2, 2\)'),
     (lambda: nn.BatchNorm2d(0), "BatchNorm2d: num_features must be a positive integer, got 0"),
     (lambda: nn.BatchNorm1d(4, momentum=1.5), r"BatchNorm1d: momentum must be in \[0, 1\], got 1.5"),
     (lambda: nn.LayerNorm(8, eps=-1e-5), "LayerNorm: eps must be >= 0"),

@@ -22,14 +22,15 @@ def _padding(layer: Module, padding: Any) -> str | tuple[int, int]:
     return check_ints(layer, "padding", padding, minimum=0)  # type: ignore[return-value]
 
 
-def _pads(padding: str | tuple[int, int], kernel: tuple[int, int], dilation: tuple[int, int],
+def _pads(layer: Module, padding: str | tuple[int, int], kernel: tuple[int, int], dilation: tuple[int, int],
           stride: tuple[int, int]) -> list[int]:
     """ONNX pads [top, left, bottom, right]; "same" keeps H×W at stride 1."""
     if padding == "valid":
         return [0, 0, 0, 0]
     if padding == "same":
         if stride != (1, 1):
-            raise OnnxkitError('padding="same" needs stride 1; give explicit padding for strided convs')
+            raise OnnxkitError(f'{type(layer).__name__}: padding="same" needs stride 1, got stride {stride}; give '
+                               "explicit padding")
         total = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
         begin = [t // 2 for t in total]
         return begin + [t - b for t, b in zip(total, begin, strict=True)]
@@ -70,7 +71,7 @@ class _Conv(Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel, self.stride = check_ints(self, "kernel_size", kernel_size), check_ints(self, "stride", stride)
         self.dilation = check_ints(self, "dilation", dilation)
-        self.pads = _pads(_padding(self, padding), self.kernel, self.dilation, self.stride)
+        self.pads = _pads(self, _padding(self, padding), self.kernel, self.dilation, self.stride)
 
     def _node(self, op_type: str, x: Tensor, **attrs: Any) -> Tensor:
         inputs = [x, ops.as_tensor(self.weight)]
@@ -142,7 +143,7 @@ class _Pool2d(Module):
                  padding: int | tuple[int, int] = 0):
         self.kernel = check_ints(self, "kernel_size", kernel_size)
         self.stride = check_ints(self, "stride", stride) if stride is not None else self.kernel
-        self.pads = _pads(_padding(self, padding), self.kernel, (1, 1), self.stride)
+        self.pads = _pads(self, _padding(self, padding), self.kernel, (1, 1), self.stride)
         if any(p >= k for p, k in zip(self.pads, self.kernel * 2, strict=True)):  # ONNX Runtime refuses these
             raise OnnxkitError(f"{type(self).__name__}: padding {padding!r} must be smaller than "
                                f"kernel_size {self.kernel}")
