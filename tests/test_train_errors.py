@@ -415,10 +415,10 @@ def test_a_rule_refusing_a_node_says_which_flags_train_the_rest(run_cli, tmp_pat
         value_info=[onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, ["batch", 2, 10, 10])])
     path, run = tmp_path / "up.onnx", tmp_path / "run"
     onnx.save(onnx.helper.make_model(graph, ir_version=10, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
-    result = run_cli("train", path, "--data", "digits", "-o", run, "--epochs", "1")
+    result = run_cli("train", path, "--data", "digits", "-o", run, "--epochs", "1", "--backend", "onnx")
     assert result.code == 1 and not run.exists()
     assert result.err.splitlines()[-1].startswith(
         "error: cannot differentiate ConvTranspose (node 'up'): ConvTranspose with output_shape has no gradient rule"
     ), result.err
     assert result.err.endswith("; keep the parameters before it frozen (--freeze / --train-only)\n")
-    assert fit(path, "digits", run, freeze="conv.*", epochs=1).metrics["test"]["accuracy"] > 0.3
+    assert fit(path, "digits", run, freeze="conv.*", epochs=1, backend="onnx").metrics["test"]["accuracy"] > 0.3
