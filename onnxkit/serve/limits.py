@@ -211,6 +211,7 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             none has."""
             now = self.loop.time()
             waiting = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol)
+                       and not c.transport.is_closing()  # ended for an earlier newcomer, not yet gone
                        and c._waiting_on_client() and now - c._heard >= limits.stream_grace]
             if not waiting:
                 return False
