@@ -444,6 +444,32 @@ def test_manual_seed_refuses_what_is_not_a_seed(seed):
         nn.manual_seed(seed)
 
 
+def test_layers_forward_never_calls_are_warned_of(tmp_path, run_cli):
+    # a layer made in __init__ and left out of forward: its weights vanished from the model without a word
+    from onnxkit.nn.build import UnusedLayers
+
+    class Partly(nn.Module):
+        def __init__(self):
+            self.fc, self.extra, self.bn = nn.Linear(4, 2), nn.Linear(4, 100), nn.BatchNorm1d(2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    with pytest.warns(UnusedLayers, match=r"^layers that forward never calls are left out of the model: extra, bn "
+                                          r"\(508 weights\)$"):
+        model = nn.build(Partly(), {"x": nn.Input(["batch", 4])})
+    assert {t.name for t in model.graph.initializer} == {"fc.weight", "fc.bias"}
+    (tmp_path / "partly.py").write_text(
+        "from onnxkit import nn\nfrom onnxkit.zoo import Recipe\n\n"
+        "class Partly(nn.Module):\n    def __init__(self):\n"
+        "        self.fc, self.extra = nn.Linear(4, 2), nn.Linear(4, 3)\n"
+        "\n    def forward(self, x):\n        return self.fc(x)\n\n"
+        "def recipe():\n    return Recipe(Partly(), {'x': nn.Input(['batch', 4])})\n")
+    built = run_cli("build", tmp_path / "partly.py", "-o", tmp_path / "m.onnx")
+    assert built.code == 0 and built.err == ("warning: layers that forward never calls are left out of the model: "
+                                             "extra (15 weights)\n")
+
+
 def test_an_input_forward_never_uses_is_refused():
     # a numpy array given to a layer became a constant: the model ignored its input and answered alike for all
     class Ignores(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from onnxkit import zoo
 from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import same_file, save_model
+from onnxkit.nn.build import UnusedLayers
 
 
 @click.command("models")
@@ -55,7 +57,14 @@ def build_cmd(model: str, sets: tuple[str, ...], opset: int, output: str) -> Non
     """
     if Path(model).is_file() and same_file(output, model):
         raise OnnxkitError(f"--output {output} is the DSL file being built; write the model to another file")
-    proto = zoo.build_model(model, opset=opset, **parse_sets(sets))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnusedLayers)
+        proto = zoo.build_model(model, opset=opset, **parse_sets(sets))
+    for warning in caught:  # ours as the CLI's warning lines; any other as Python shows it
+        if issubclass(warning.category, UnusedLayers):
+            click.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     path = save_model(proto, output)
     params = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)
     click.echo(f"wrote {path} ({params:,} parameters, {len(proto.graph.node)} nodes)")

@@ -6,6 +6,7 @@ import inspect
 import json
 import numbers
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import onnx
 from onnx import helper
 
 from onnxkit import __version__
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.metadata_keys import BUFFERS_KEY, DROPOUT_KEY, VERSION_KEY
 from onnxkit.nn.graph import Dim, Graph, Tensor, tracing, type_proto
 from onnxkit.nn.module import Module
@@ -83,6 +84,7 @@ def build(
         args = [graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()]
         result = module(*args)
     outputs = _name_outputs(graph, result, output_names, _forward_of(module))
+    _warn_of_unused_layers(module, graph)
     read = {name for node in graph.nodes for name in node.input}
     unused = [t.name for t in graph.inputs if t.name not in read]
     if unused:
@@ -125,6 +127,21 @@ def build(
         init.dims.extend(p.value.shape)
         init.raw_data = p.value.tobytes()
     return model
+
+
+class UnusedLayers(UserWarning):
+    """Layers a module made that its forward never called: their weights are not in the model."""
+
+
+def _warn_of_unused_layers(module: Module, graph: Graph) -> None:
+    """An `UnusedLayers` warning naming the layers whose weights no node reads (a layer defined in __init__ and
+    left out of forward: its weights vanished without a word; PyTorch's exporters drop them too)."""
+    unused = [(name, p) for name, p in module.named_arrays() if id(p) not in graph.params]
+    if unused:
+        layers = list(dict.fromkeys(name.rpartition(".")[0] or name for name, _ in unused))
+        weights = sum(p.value.size for _, p in unused)
+        warnings.warn(f"layers that forward never calls are left out of the model: {first_few(layers)} "
+                      f"({weights:,} weights)", UnusedLayers, stacklevel=3)
 
 
 def _forward_of(module: Module) -> str:
