@@ -446,8 +446,6 @@ def test_manual_seed_refuses_what_is_not_a_seed(seed):
 
 def test_layers_forward_never_calls_are_warned_of(tmp_path, run_cli):
     # a layer made in __init__ and left out of forward: its weights vanished from the model without a word
-    from onnxkit.nn.build import UnusedLayers
-
     class Partly(nn.Module):
         def __init__(self):
             self.fc, self.extra, self.bn = nn.Linear(4, 2), nn.Linear(4, 100), nn.BatchNorm1d(2)
@@ -455,7 +453,7 @@ def test_layers_forward_never_calls_are_warned_of(tmp_path, run_cli):
         def forward(self, x):
             return self.fc(x)
 
-    with pytest.warns(UnusedLayers, match=r"^layers that forward never calls are left out of the model: extra, bn "
+    with pytest.warns(nn.UnusedLayers, match=r"^layers that forward never calls are left out of the model: extra, bn "
                                           r"\(508 weights\)$"):
         model = nn.build(Partly(), {"x": nn.Input(["batch", 4])})
     assert {t.name for t in model.graph.initializer} == {"fc.weight", "fc.bias"}

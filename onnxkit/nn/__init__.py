@@ -30,7 +30,7 @@ from onnxkit.nn.activation import (
     Tanh,
 )
 from onnxkit.nn.attention import FeedForward, MeanPool, MultiHeadAttention, TransformerEncoderLayer
-from onnxkit.nn.build import DEFAULT_OPSET, IR_VERSION, Input, build
+from onnxkit.nn.build import DEFAULT_OPSET, IR_VERSION, Input, UnusedLayers, build
 from onnxkit.nn.conv import (
     AvgPool2d,
     Conv2d,
@@ -53,5 +53,5 @@ __all__ = [
     "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "Input", "InstanceNorm2d", "LayerNorm",
     "LeakyReLU", "Linear", "MaxPool2d", "MeanPool", "Mish", "Module", "ModuleList", "MultiHeadAttention",
     "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh", "Tensor",
-    "TransformerEncoderLayer", "Upsample", "build", "init", "manual_seed", "ops",
+    "TransformerEncoderLayer", "UnusedLayers", "Upsample", "build", "init", "manual_seed", "ops",
 ]  # fmt: skip
