@@ -221,6 +221,9 @@ def _resize_hints(graph: onnx.GraphProto, known: dict[str, onnx.ValueInfoProto])
     return hints
 
 
+_SHAPE_OPS = frozenset({"Cast", "Unsqueeze", "Identity", "Concat", "Slice", "Gather"})  # traced by _shape_elements
+
+
 def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
                     known: dict[str, onnx.ValueInfoProto]) -> list[int | str | None] | None:
     """The elements of 1-D int64 shape tensor `name` (an int, a dim's name, or None where unknown), traced through
@@ -235,6 +238,8 @@ def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: 
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None
                 for d in known[node.input[0]].type.tensor_type.shape.dim]
         return dims[attrs.get("start", 0):attrs.get("end", len(dims))]
+    if node.op_type not in _SHAPE_OPS:  # (before walking its inputs: they may lead through the whole network)
+        return None
     parts = [_shape_elements(i, producers, constants, known) if i else None for i in node.input]
     if node.op_type in ("Cast", "Unsqueeze", "Identity"):
         return parts[0]

@@ -127,3 +127,21 @@ def test_a_reduction_over_axes_computed_from_constants_is_differentiated():
     x = np.random.default_rng(3).uniform(-1, 1, (5, 2, 3, 3))
     for name, (analytic, numeric) in gradcheck(exported_unoptimized_mean(5), {"x": x}, ["w", "fc", "x"]).items():
         np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_resize_sizes_computed_from_data_deep_in_the_network_are_not_walked_through_it():
+    # the trace of Resize's sizes walked the inputs of every node it met before asking what it was: sizes read from
+    # the end of 1,500 Relus (a ReduceMax of data) took it to Python's recursion limit (RecursionError)
+    nodes, prev = [], "x"
+    for i in range(1500):
+        nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+        prev = f"r{i}"
+    nodes += [helper.make_node("ReduceMax", [prev], ["most"], keepdims=0),
+              helper.make_node("Cast", ["most"], ["size"], to=TensorProto.INT64),
+              helper.make_node("Concat", ["nc", "size", "size"], ["sizes"], axis=0),
+              helper.make_node("Resize", ["x", "", "", "sizes"], ["y"])]
+    graph = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array([1, 1], np.int64), "nc")])
+    types = value_types(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+    assert types["y"].type.tensor_type.elem_type == TensorProto.FLOAT  # typed, its sizes left to run time
