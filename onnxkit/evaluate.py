@@ -32,9 +32,9 @@ from onnxkit.data.split import Dataset, Split, model_inputs
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import sha256
 from onnxkit.graph_walks import label_then_scores
-from onnxkit.label_columns import in_trained_order
+from onnxkit.label_columns import in_trained_order, trained_columns
 from onnxkit.metadata import metadata
-from onnxkit.metadata_keys import COLUMNS_KEY, OUTPUT_KEY, TASK_KEY, TRAINING_KEY
+from onnxkit.metadata_keys import OUTPUT_KEY, TASK_KEY, TRAINING_KEY
 
 TASK_LOSS = {"classification": "cross-entropy", "binary": "bce-with-logits", "regression": "mse"}
 PROBABILITIES_OF = {"classification": "Softmax", "binary": "Sigmoid"}  # a classifier's op from logits to probabilities
@@ -320,8 +320,7 @@ def _of_the_models_classes(dataset: Any, model: Any) -> Any:
         raise OnnxkitError(f"data {dataset.name!r} names classes {first_few([repr(n) for n in names])}, none of the "
                            f"model's ({first_few([repr(c) for c in classes])}); give data labelled with the model's "
                            "classes")
-    trained = json.loads(metadata(model).get(COLUMNS_KEY, "null"))
-    in_trained_order(dataset.columns, trained, dataset.name)  # a column the model trained on is missing: refused
+    in_trained_order(dataset.columns, trained_columns(metadata(model)), dataset.name)  # refuses a missing column
     return dataset
 
 

@@ -6,10 +6,12 @@ Standard library only, so the runtime can import it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 
 from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import is_missing, is_number
+from onnxkit.metadata_keys import COLUMNS_KEY
 
 LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column (only one may be)
 NPZ_LABELS = ("labels", "y")  # .npz arrays read as the labels, first found wins
@@ -101,6 +103,11 @@ def feature_names(header: Sequence[str] | None, label: int | None) -> list[str] 
     return names if names and not all(n.isdigit() for n in names) else None
 
 
+def trained_columns(metadata: Mapping[str, str]) -> list[str] | None:
+    """The CSV feature columns a model trained on, by name, from its metadata (`onnxkit.columns`); None if unsaid."""
+    return json.loads(metadata.get(COLUMNS_KEY, "null"))
+
+
 def in_trained_order(names: Sequence[str] | None, trained: Sequence[str] | None, source: str) -> list[int] | None:
     """Where each column the model trained on is among a CSV's columns `names` (its labels' left out where headed
     so), to read the table in that order, leaving out any others (a label column headed otherwise); None when it
@@ -109,8 +116,10 @@ def in_trained_order(names: Sequence[str] | None, trained: Sequence[str] | None,
     if not names or not trained or list(names) == list(trained):
         return None
     missing = [n for n in trained if n not in names]
-    if missing or len(set(names)) != len(names):
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if missing or twice:
+        lacking = f"without {first_few(missing)}" if missing else f"with {first_few(twice)} twice"
         raise OnnxkitError(f"{source}: the model trained on columns {first_few(list(trained), 6)}; this file's are "
-                           f"{first_few(list(names), 6)}, without {first_few(missing)}; give those columns, by name")
+                           f"{first_few(list(names), 6)}, {lacking}; give those columns, once each, by name")
     return [list(names).index(n) for n in trained]
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from collections.abc import Callable, Sequence
@@ -45,10 +44,10 @@ from onnxkit.label_columns import (
     label_column,
     npz_labels,
     text_column,
+    trained_columns,
     without_index,
 )
 from onnxkit.metadata import metadata
-from onnxkit.metadata_keys import COLUMNS_KEY
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a CSV's numbers past it would be read as infinities
 
@@ -196,7 +195,7 @@ def csv_for_model(dataset: Dataset, model: Any) -> Dataset:
 def _in_trained_order(dataset: Dataset, model: Any) -> Dataset:
     """`dataset` with its feature columns in the order the model trained on them, by name, when it holds them all
     (eval refuses other columns, `evaluate`; training takes them as given, as it takes new class names)."""
-    trained = json.loads(metadata(model).get(COLUMNS_KEY, "null"))
+    trained = trained_columns(metadata(model))
     names = dataset.columns
     if not trained or not names or not set(trained) <= set(names):
         return dataset

@@ -47,9 +47,9 @@ from onnxkit.label_columns import (
     label_column,
     npz_labels,
     text_column,
+    trained_columns,
     without_index,
 )
-from onnxkit.metadata_keys import COLUMNS_KEY
 from onnxkit.runtime.model import Model
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.signature import TensorSpec
@@ -254,7 +254,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
             f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
         )
     spec = model.inputs[0]
-    trained = json.loads(model.metadata.get(COLUMNS_KEY, "null"))  # the columns the model trained on, by name
+    trained = trained_columns(model.metadata)
     plain = _plain_table(path, spec.dtype or np.float32)
     if plain is not None:
         table, names = plain
