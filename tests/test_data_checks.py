@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from onnxkit import zoo
 from onnxkit.data import Dataset, Split, dataset_from_arrays, load_dataset
 from onnxkit.errors import OnnxkitError
+from onnxkit.metadata import metadata
+from onnxkit.metadata_keys import LABELS_KEY
 from onnxkit.train import fit
 
 RNG = np.random.default_rng(0)
@@ -73,6 +77,46 @@ def test_class_labels_must_lie_in_range(tmp_path, label, shift, message):
     with pytest.raises(OnnxkitError, match=message):
         fit(zoo.build_model("iris-mlp"), Dataset("negative", split, split, split), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _unnamed_classifier(classes: int) -> onnx.ModelProto:
+    """A 4-feature linear classifier whose classes are 0, 1, ... (no names in its metadata)."""
+    from onnxkit import nn
+
+    nn.manual_seed(0)
+    return nn.build(nn.Linear(4, classes), {"x": nn.Input(["batch", 4])}, output_names=["logits"])
+
+
+@pytest.mark.parametrize("first", [1, -1])
+def test_numbered_classes_that_are_no_ids_train_as_class_names(tmp_path, run_cli, first):
+    x, y = iris_like(90)
+    x[:, 0] += y * 3  # separable by the first feature
+    labels = y + first  # UCI's 1, 2, 3, or -1, 0, 1
+    rows = [",".join([*map(str, r), str(label)]) for r, label in zip(x, labels, strict=True)]
+    (tmp_path / "flowers.csv").write_text("a,b,c,d,class\n" + "\n".join(rows) + "\n")
+    onnx.save(_unnamed_classifier(3), tmp_path / "m.onnx")
+    names = [str(first + k) for k in range(3)]
+    result = run_cli("train", tmp_path / "m.onnx", "--data", tmp_path / "flowers.csv", "-o", tmp_path / "run",
+                     "--epochs", "60", "--lr", "0.05")
+    assert result.code == 0, result.err
+    assert (f"warning: the labels {', '.join(names)} are not class ids (0 to 2): read as class names, numbered in "
+            "ascending order; the trained model answers with them") in result.out + result.err
+    trained = tmp_path / "run" / "model.onnx"
+    assert json.loads(metadata(onnx.load(trained))[LABELS_KEY]) == names
+    result = run_cli("eval", trained, "--data", tmp_path / "flowers.csv", "--split", "all", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["accuracy"] > 0.9  # the data's numbers scored as the classes they name
+    result = run_cli("predict", trained, "-i", tmp_path / "flowers.csv", "-o", tmp_path / "answers.csv")
+    assert result.code == 0, result.err
+    answered = [line.split(",")[0] for line in (tmp_path / "answers.csv").read_text().splitlines()[1:]]
+    assert np.mean(np.array(answered) == labels.astype(str)) > 0.9
+
+
+def test_numbers_a_named_model_lacks_are_refused_not_renamed(tmp_path):
+    x, y = iris_like()
+    split = Split("train", {"x": x}, y + 5)  # 5, 6, 7 for a model named 0, 1, 2 is read as ids, and refused
+    with pytest.raises(OnnxkitError, match=r"class labels run from 5 to 7"):
+        fit(zoo.build_model("iris-mlp"), Dataset("shifted", split, split, split), tmp_path / "run")
 
 
 def test_too_many_text_classes_are_listed_to_show_a_stray_spelling(tmp_path, run_cli):

@@ -5,7 +5,14 @@
     for inputs, labels in ds.train.batches(64, shuffle=True, seed=0): ...
 """
 
-from onnxkit.data.registry import DatasetEntry, datasets, in_model_order, load_dataset, register_dataset
+from onnxkit.data.registry import (
+    DatasetEntry,
+    datasets,
+    in_model_order,
+    load_dataset,
+    numbered_classes,
+    register_dataset,
+)
 from onnxkit.data.split import (
     Dataset,
     ModelInput,
@@ -23,6 +30,7 @@ __all__ = [
     "dataset_from_arrays",
     "datasets",
     "in_model_order",
+    "numbered_classes",
     "load_dataset",
     "model_inputs",
     "register_dataset",

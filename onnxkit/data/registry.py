@@ -170,13 +170,11 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
 
 
 def _by_class_value(dataset: Dataset, model: Any) -> Dataset:
-    """`dataset`'s numbered labels as positions among a scikit-learn classifier's numbered classes."""
-    from onnxkit.graph_walks import sklearn_classes
-
-    values = sklearn_classes(model)
+    """`dataset`'s numbered labels as positions among the model's classes when they are whole numbers other than
+    0, 1, ...: a scikit-learn classifier's, or the labels a model trained on (`numbered_classes`)."""
+    values = _whole_numbers(model_class_names(model) or [])
     splits = (dataset.train, dataset.validation, dataset.test)
-    if not values or isinstance(values[0], str) or values == list(range(len(values))) or \
-            any(s.labels.dtype.kind not in "iu" for s in splits):
+    if not values or values == list(range(len(values))) or any(s.labels.dtype.kind not in "iu" for s in splits):
         return dataset
     classes = np.asarray(values)
     sorter = np.argsort(classes)
@@ -189,6 +187,35 @@ def _by_class_value(dataset: Dataset, model: Any) -> Dataset:
     if absent:
         raise _not_among(dataset, [str(v) for v in absent], [str(v) for v in values], "correct the data's labels")
     return _relabelled(dataset, position, [str(v) for v in values])
+
+
+def _whole_numbers(names: list[str]) -> list[int] | None:
+    """`names` as the whole numbers they spell, if they all do."""
+    try:
+        return [int(n) for n in names]
+    except ValueError:
+        return None
+
+
+def numbered_classes(dataset: Dataset, num_classes: int) -> Dataset:
+    """`dataset` with whole-number labels that cannot be the ids 0..num_classes-1 of a model's class scores (UCI's
+    wine numbers its classes 1, 2, 3; others -1, 0, 1) read as class names: their values in ascending order
+    are the ids, each named by its value, so that predict answers with them. Ids, and more values than
+    classes, stay as they are (the checks say why they cannot train)."""
+    splits = (dataset.train, dataset.validation, dataset.test)
+    if dataset.label_names is not None or any(s.labels.dtype.kind not in "iu" or s.labels.ndim != 1 for s in splits):
+        return dataset
+    labels = np.concatenate([s.labels for s in splits])
+    if not labels.size or (labels.min() >= 0 and labels.max() < num_classes):
+        return dataset
+    values = np.unique(labels)
+    if len(values) > num_classes:
+        return dataset
+    names = [str(v) for v in values]
+    read = (f"the labels {first_few(names, 5)} are not class ids (0 to {num_classes - 1}): read as class names, "
+            "numbered in ascending order; the trained model answers with them")
+    relabelled = _relabelled(dataset, lambda found: np.searchsorted(values, found), names)
+    return replace(relabelled, notes=(*dataset.notes, read))
 
 
 def _not_among(dataset: Dataset, unknown: list[str], classes: list[str], remedy: str) -> OnnxkitError:

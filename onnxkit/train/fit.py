@@ -26,7 +26,7 @@ import onnx
 
 from onnxkit import __version__
 from onnxkit.autodiff.reverse import NoGradient
-from onnxkit.data import Dataset, Split, in_model_order, load_dataset, model_inputs
+from onnxkit.data import Dataset, Split, in_model_order, load_dataset, model_inputs, numbered_classes
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
 from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
@@ -598,9 +598,12 @@ class _Setup:
     def _check_splits(self) -> None:
         """Refuse non-finite features or targets, and class labels the output cannot score, in every split
         (before binding, which casts labels)."""
-        dataset, loss, shape = self.dataset, self.loss, self.shape
+        loss, shape = self.loss, self.shape
         classes = shape[loss.axis] if loss.class_labels and isinstance(shape[loss.axis], int) else None
         self.num_classes = classes  # cross-entropy's, on its class axis
+        if classes and len(shape) == 2 and not _named_classes(self.model):
+            self.dataset = numbered_classes(self.dataset, classes)
+        dataset = self.dataset
         for name in SPLIT_NAMES:
             split = dataset.split(name)
             check_finite(f"{dataset.name}, {name} split", split.inputs)
@@ -1006,6 +1009,12 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
             raise DiskError(f"{e}; then continue the run from its last checkpoint with resume={run.path}",
                             params=["resume"]) from e
         raise
+
+
+def _named_classes(model: onnx.ModelProto) -> bool:
+    """Whether `model` names its classes other than 0, 1, ... (so the data's numbers must be its classes)."""
+    names = label_names(model)
+    return bool(names) and names != [str(i) for i in range(len(names))]
 
 
 def _trained_names(names: list[str] | None, classes: int | None) -> list[str] | None:
