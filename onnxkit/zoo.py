@@ -131,6 +131,10 @@ def _is_size(default: Any) -> bool:
     return isinstance(default, int) and not isinstance(default, bool) and default > 0
 
 
+class OptionError(OnnxkitError):
+    """A recipe option that the recipe lacks, or a value that does not fit it (for the CLI, a malformed command)."""
+
+
 def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -> onnx.ModelProto:
     """Build a zoo model (or a DSL file) with options; strings are converted to option types."""
     name, module = _load(name_or_path)
@@ -138,7 +142,7 @@ def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -
     kwargs = {}
     for key, value in opts.items():
         if key not in params:
-            raise OnnxkitError(
+            raise OptionError(
                 f"model {name!r} has no option {key!r}.{suggest(key, params)} "
                 f"Options: {', '.join(params) or 'none'}"
             )
@@ -147,9 +151,9 @@ def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -
             try:
                 value = parse_option(value, p.annotation, p.default)
             except ValueError as e:
-                raise OnnxkitError(f"option {key}={value!r}: {e}") from None
+                raise OptionError(f"option {key}={value!r}: {e}") from None
         if _is_size(p.default) and isinstance(value, int) and value < 1:
-            raise OnnxkitError(f"option {key}={value}: must be a positive integer (default {p.default})")
+            raise OptionError(f"option {key}={value}: must be a positive integer (default {p.default})")
         kwargs[key] = value
     try:
         return _build(name, module, kwargs, opset)

@@ -59,7 +59,10 @@ def build_cmd(model: str, sets: tuple[str, ...], opset: int, output: str) -> Non
         raise OnnxkitError(f"--output {output} is the DSL file being built; write the model to another file")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnusedLayers)
-        proto = zoo.build_model(model, opset=opset, **parse_sets(sets))
+        try:
+            proto = zoo.build_model(model, opset=opset, **parse_sets(sets))
+        except zoo.OptionError as e:
+            raise click.BadParameter(str(e), param_hint="--set") from None
     for warning in caught:  # ours as the CLI's warning lines; any other as Python shows it
         if issubclass(warning.category, UnusedLayers):
             click.echo(f"warning: {warning.message}", err=True)
