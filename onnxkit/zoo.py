@@ -13,6 +13,7 @@ import difflib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -227,7 +228,21 @@ def _hint(e: Exception) -> str:
         # builtins only when nearly spelt so ('lenn' -> len), not any short name ('widht' -> id, int)
         builtins = [n for n in frame.f_builtins if difflib.SequenceMatcher(None, e.name, n).ratio() >= 0.8]
         return suggest(e.name, [*frame.f_globals, *frame.f_locals, *builtins])
+    unexpected = _UNEXPECTED_KEYWORD.match(str(e)) if isinstance(e, TypeError) and e.__traceback__ else None
+    if unexpected:  # nn.Linear(4, 3, bais=False): the callable's own keywords, found where it was called
+        *_, (frame, _) = traceback.walk_tb(e.__traceback__)
+        owner, _, method = unexpected["callable"].partition(".")
+        found = (frame.f_locals.get(owner) or frame.f_globals.get(owner) or getattr(nn, owner, None)
+                 or getattr(nn.ops, owner, None))
+        try:
+            keywords = inspect.signature(getattr(found, method) if method else found).parameters
+        except (AttributeError, TypeError, ValueError):
+            return ""
+        return suggest(unexpected["keyword"], [k for k in keywords if k != "self"])
     return ""
+
+
+_UNEXPECTED_KEYWORD = re.compile(r"(?P<callable>[\w.]+)\(\) got an unexpected keyword argument '(?P<keyword>\w+)'")
 
 
 def _build(name: str, module: ModuleType, kwargs: dict[str, Any], opset: int) -> onnx.ModelProto:

@@ -190,6 +190,15 @@ USER_CODE_ERRORS = {
         def recipe() -> Recipe:
             return Recipe(nn.Linear(64), {"x": nn.Input(["batch", 64])})  # <-
     ''', "TypeError: Linear.__init__() missing 1 required positional argument: 'out_features'"),
+    "keyword typo": ('''
+        def recipe() -> Recipe:
+            return Recipe(nn.Linear(64, 8, bais=False), {"x": nn.Input(["batch", 64])})  # <-
+    ''', "TypeError: Linear.__init__() got an unexpected keyword argument 'bais'. Did you mean: bias?\n"),
+    "keyword typo in an op": ('''
+        def recipe() -> Recipe:
+            probabilities = nn.ops.softmax(nn.Input(["batch", 4]), axs=1)  # <-
+            return Recipe(nn.Linear(4, 8), {"x": nn.Input(["batch", 4])}, outputs=[probabilities])
+    ''', "TypeError: softmax() got an unexpected keyword argument 'axs'. Did you mean: axis"),
     "error on import": ('''
         import numpy as np
         SCALE = np.zeroes(3)  # <-
