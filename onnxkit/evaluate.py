@@ -324,13 +324,19 @@ def _of_the_models_classes(dataset: Any, model: Any) -> Any:
     return dataset
 
 
-def named_split(model: Any, split: str, data: Any = None, data_seed: int | None = None) -> tuple[Split, str, int]:
+def named_split(model: Any, split: str | None, data: Any = None,
+                data_seed: int | None = None) -> tuple[Split, str, int]:
     """The split called `split` of `data` (default: the data `model` was trained on, from its
     `onnxkit.training` metadata) with `data_seed` (default: the training run's, else 0); also the
-    data's name and the seed used."""
+    data's name and the seed used. `split` None: the test split of the data the model trained on (or of a
+    Dataset), all of other data, which training held out whole (not a fifth of it)."""
     from onnxkit.data import Dataset, in_model_order, load_dataset
 
     recorded, recorded_seed = trained_on(model)
+    if split is None:
+        other = data is not None and not isinstance(data, Dataset) and data != recorded and \
+            os.path.realpath(data) != recorded
+        split = "all" if other else "test"
     if isinstance(data, Dataset):  # already split, in memory
         ordered = _of_the_models_classes(in_model_order(data, model), model)
         return ordered.split(split), data.name, recorded_seed if data_seed is None else data_seed
@@ -410,7 +416,7 @@ def _check_options(data: Any, batch_size: Any, task: str | None, loss: str | Non
 
 def evaluate(
     model: str | os.PathLike | Any,
-    split: Split | str = "test",
+    split: Split | str | None = None,
     *,
     data: Any = None,
     data_seed: int | None = None,
@@ -422,8 +428,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run `model` (a path or `onnx.ModelProto`) on `split` and return its metrics.
 
-    `split`: a `Split`, or the name of one (train, validation, test) of `data` split with
-    `data_seed` (both default to the model's training run, see `named_split`).
+    `split`: a `Split`, or the name of one (train, validation, test, all) of `data` split with
+    `data_seed` (both default to the model's training run, see `named_split`); by default the test split
+    of the data the model trained on, all of other data.
     For classifiers: `loss`, `accuracy`, `macro_f1`, `confusion` (rows = true
     class) and `labels` (class names, when known); for regression: `loss` (MSE),
     `mae` and `r2`. Always `examples` and `task`.
@@ -438,7 +445,7 @@ def evaluate(
                                   or data_seed < 0):
         raise TypeError(f"data_seed must be an integer from 0 up, not {data_seed!r}")
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
-    if isinstance(split, str):
+    if split is None or isinstance(split, str):
         split = named_split(proto, split, data, data_seed)[0]
     if isinstance(split, Dataset):  # the error below told a Dataset's owner to make one from arrays
         raise TypeError(f"split must be a Split or a split name, not the Dataset {split.name!r}: pass one of its "

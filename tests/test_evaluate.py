@@ -178,6 +178,9 @@ def test_eval_scores_a_file_held_out_whole_and_the_training_data_by_its_test_spl
     assert run_cli("eval", model).out.startswith(f"{trained} test split (21 examples)")
     assert run_cli("eval", model, "--data", trained).out.startswith(f"{trained} test split (21 examples)")
     assert run_cli("eval", model, "--data", trained, "--split", "all").out.startswith(f"{trained} all split (110 ")
+    # the Python API chooses alike
+    assert evaluate(model, data=str(held_out))["examples"] == 40 and evaluate(model)["examples"] == 21
+    assert evaluate(model, data=str(trained))["examples"] == 21
 
 
 def test_predict_and_eval_read_a_csvs_columns_by_the_names_the_model_trained_on(run_cli, iris_model, tmp_path):

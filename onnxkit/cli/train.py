@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -285,22 +284,18 @@ def eval_cmd(
       onnxkit eval runs/digits/model.onnx
       onnxkit eval digits.onnx --data digits-images --split validation --json
     """
-    from onnxkit.evaluate import evaluate, named_split, trained_on
+    from onnxkit.evaluate import evaluate, named_split
     from onnxkit.files import load_model
 
-    proto = load_model(model)
-    if split is None:  # data held out whole (another file) is scored whole, not a fifth of it
-        recorded = trained_on(proto)[0]
-        split = "test" if data is None or data == recorded or os.path.realpath(data) == recorded else "all"
-    chosen, data, seed = named_split(proto, split, data, data_seed)
+    chosen, data, seed = named_split(load_model(model), split, data, data_seed)
     metrics = evaluate(model, chosen, batch_size=batch_size, output=output)  # by path: errors name the file
-    metrics.update(data=data, split=split, data_seed=seed)
+    metrics.update(data=data, split=chosen.name, data_seed=seed)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
     shown = "  ".join(f"{k} {metric(metrics[k])}" for k in ("accuracy", "macro_f1", "loss", "mae", "r2")
                       if metrics.get(k) is not None)
-    click.echo(f"{data} {split} split ({metrics['examples']} examples): {shown}")
+    click.echo(f"{data} {metrics['split']} split ({metrics['examples']} examples): {shown}")
     if "confusion" in metrics:
         click.echo(format_confusion(metrics["confusion"], metrics.get("labels")))
 
