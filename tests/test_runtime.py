@@ -165,6 +165,23 @@ def test_labels_classes_and_top_k(mlp_path):
         list(result)
 
 
+def test_an_unknown_output_and_nan_scores_are_onnxkit_errors(mlp_path):
+    model = runtime.load(mlp_path)
+    x = RNG.normal(size=(4, 4)).astype(np.float32)
+    x[[1, 3], 2] = np.nan
+    result = model.predict(x)
+    with pytest.raises(KeyError) as raised:  # a mapping's KeyError, unquoted, and the documented error type
+        result["nope"]
+    assert isinstance(raised.value, runtime.OnnxkitError)
+    assert str(raised.value) == "no output 'nope'; the model's outputs: logits"
+    # argmax of NaN scores answered class 0 ('a') for those rows
+    message = r"^2 rows \(1, 3\) scored NaN, so no class is best; check those rows' inputs for NaN, or read the scores$"
+    for read in (lambda: result.labels, lambda: result.classes, lambda: result.top_k(1)):
+        with pytest.raises(runtime.OnnxkitError, match=message):
+            read()
+    assert np.isnan(result.scores[[1, 3]]).all() and np.isfinite(result.scores[[0, 2]]).all()
+
+
 def test_binary_classifier_reads_its_single_logit_as_two_classes():
     model = runtime.load(zoo.build_model("binary-classifier").SerializeToString())
     x = np.linspace(-3, 3, 11, dtype=np.float32)[:, None]

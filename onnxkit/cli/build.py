@@ -52,7 +52,8 @@ def build_cmd(model: str, sets: tuple[str, ...], opset: int, output: str) -> Non
     \b
     Examples:
       onnxkit build digits-cnn -o digits.onnx
-      onnxkit build bert-classifier --set num_layers=2 --set num_classes=5 -o bert.onnx
+      onnxkit build bert-classifier --set num_layers=2 --set num_classes=5 -o small-bert.onnx
+      onnxkit build bert-classifier --set pretrained=all-MiniLM-L6-v2 --set num_classes=5 -o bert.onnx
       onnxkit build my_model.py -o mine.onnx
     """
     if Path(model).is_file() and same_file(output, model):

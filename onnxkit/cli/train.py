@@ -113,7 +113,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
       onnxkit train iris.onnx --data iris --lr 0.01 --batch-size 16 -o runs/iris
       onnxkit train model.onnx --data my.npz --train-only 'head.*' -o runs/head
       onnxkit train bert.onnx --data bbc-news --lora-rank 8 --lr 2e-3 --epochs 2 -o runs/lora
-      onnxkit train --resume runs/digits
+      onnxkit train --resume runs/digits                                 # after Ctrl-C or a crash
       onnxkit train digits.onnx --data digits-images --workers 2 -o runs/dp
 
     Settings not given come from the model's training recipe (zoo models carry one;

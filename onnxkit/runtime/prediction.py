@@ -10,6 +10,12 @@ import numpy as np
 from onnxkit.errors import OnnxkitError
 
 
+class UnknownOutput(OnnxkitError, KeyError):
+    """An output name the model lacks: an OnnxkitError, and the KeyError a mapping raises (unquoted message)."""
+
+    __str__ = Exception.__str__
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Every model output by name; for classifiers, the predicted classes and their names.
@@ -33,7 +39,7 @@ class Prediction:
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.outputs:
-            raise KeyError(f"no output {name!r}; the model's outputs: {', '.join(self.outputs)}")
+            raise UnknownOutput(f"no output {name!r}; the model's outputs: {', '.join(self.outputs)}")
         return self.outputs[name]
 
     def __contains__(self, name: object) -> bool:
@@ -105,8 +111,18 @@ class Prediction:
 
     @property
     def classes(self) -> np.ndarray:
-        """The index of the best class for each row."""
-        return self.class_scores().argmax(axis=1)
+        """The index of the best class for each row; a row of NaN scores (a NaN input's) has none: an error."""
+        return self._finite_class_scores().argmax(axis=1)
+
+    def _finite_class_scores(self) -> np.ndarray:
+        """`class_scores()`, refused when a row holds NaN, for which no class is best (argmax answered 0)."""
+        scores = self.class_scores()
+        unscored = np.flatnonzero(np.isnan(scores).any(axis=1))
+        if len(unscored):
+            rows = ", ".join(map(str, unscored[:5])) + (", ..." if len(unscored) > 5 else "")
+            raise OnnxkitError(f"{len(unscored)} row{'s' * (len(unscored) > 1)} ({rows}) scored NaN, so no class is "
+                               "best; check those rows' inputs for NaN, or read the scores")
+        return scores
 
     @property
     def labels(self) -> list[str] | None:
@@ -117,7 +133,7 @@ class Prediction:
 
     def top_k_indices(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best class indices per row, best first, and their scores: two [rows, k] arrays."""
-        scores = self.class_scores()
+        scores = self._finite_class_scores()
         if k < 1:
             raise OnnxkitError(f"top-k needs k >= 1, got {k}")
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
