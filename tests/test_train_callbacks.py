@@ -73,6 +73,22 @@ def test_hooks_run_in_order_and_metrics_are_written_at_epoch_ends(tmp_path, monk
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
 
 
+@pytest.mark.parametrize("flush_seconds", [0.0, 1e9])
+def test_keys_a_callback_adds_to_an_epochs_record_reach_its_line(tmp_path, monkeypatch, flush_seconds):
+    # the writer wrote an epoch's line in its own on_epoch_end, before later callbacks had added theirs
+    monkeypatch.setattr(MetricsWriter, "FLUSH_SECONDS", flush_seconds)
+
+    class Doubled(Callback):
+        def on_epoch_end(self, trainer, record) -> None:
+            record["double_loss"] = 2 * record["train_loss"]
+
+    result = fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[Doubled()], **SETTINGS)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    epochs = [r for r in lines if r["event"] == "epoch"]
+    assert len(epochs) == 3 and all(r["double_loss"] == 2 * r["train_loss"] for r in epochs)
+    assert epochs == json.loads(json.dumps(result.history))
+
+
 def test_metrics_of_short_epochs_wait_for_a_checkpoint_or_the_end(tmp_path, monkeypatch):
     monkeypatch.setattr(MetricsWriter, "FLUSH_SECONDS", 1e9)  # no epoch end is due a write
     monkeypatch.setattr(trainer_module, "CHECKPOINT_SHARE", 1e-9)  # nor a checkpoint, however slow the machine

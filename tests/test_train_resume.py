@@ -97,6 +97,38 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
         fit(resume=run)
 
 
+def test_a_stop_on_an_epochs_last_step_leaves_one_record_of_that_epoch_through_a_second_crash(tmp_path):
+    # Ctrl-C on epoch 2's last step, then a crash while the resumed run checkpointed (after its metrics were
+    # written): the next resume kept the ended epoch 2's record and wrote it again
+    from onnxkit import zoo
+    from onnxkit.train.callbacks import Callback
+
+    settings = dict(data="iris", epochs=4, batch_size=16)  # 90 training rows: 6 steps an epoch
+
+    class CrashInCheckpoint(Callback):
+        def on_checkpoint(self, trainer):
+            raise RuntimeError("the machine went down")
+
+    def ctrl_c_at_step_12(record):
+        if record["event"] == "step" and record["step"] == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    straight = fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "straight", **settings)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        fit(zoo.build_model("iris-mlp"), out_dir=run, callback=ctrl_c_at_step_12, **settings)
+    with pytest.raises(RuntimeError, match="went down"):
+        fit(resume=run, callbacks=[CrashInCheckpoint()])
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "epoch"] == [1, 2]
+    resumed = fit(resume=run)
+    assert [r["epoch"] for r in resumed.history if r["event"] == "epoch"] == [1, 2, 3, 4]
+    epochs = [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "epoch"]
+    assert epochs == [1, 2, 3, 4]
+    a, b = weights(straight.model_path), weights(resumed.model_path)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def interrupted_cli_run(tmp_path, stop: signal.Signals, *options: str) -> tuple[Path, int, str]:
     """`onnxkit train` in a subprocess, sent `stop` once metrics.jsonl has a line: (run, exit status, stderr)."""
     model, run = tmp_path / "mlp.onnx", tmp_path / "run"

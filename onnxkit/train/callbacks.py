@@ -137,9 +137,10 @@ class EarlyStopping(Callback):
 
 
 class MetricsWriter(Callback):
-    """metrics.jsonl: every record, one JSON line each, buffered and written at the end of an
-    epoch that ends FLUSH_SECONDS or more after the last write, before each checkpoint (so a
-    resumed run can cut the file at the checkpoint's step) and when training stops. A crash
+    """metrics.jsonl: every record, one JSON line each, buffered and written at the start of an
+    epoch FLUSH_SECONDS or more after the last write, before each checkpoint (so a
+    resumed run can cut the file at the checkpoint's step) and when training stops: after every
+    callback's on_epoch_end, so the keys they add to an epoch's record are in its line. A crash
     loses only lines after the last checkpoint, which a resumed run redoes anyway. `records`
     holds them all."""
 
@@ -158,10 +159,12 @@ class MetricsWriter(Callback):
         self.records.append(record)
         self._pending.append(record)
 
-    def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
-        self.on_step_end(trainer, record)
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
         if time.monotonic() - self._written >= self.FLUSH_SECONDS:
             self.flush()
+
+    def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
+        self.on_step_end(trainer, record)
 
     def on_checkpoint(self, trainer: Trainer) -> None:
         self.flush()

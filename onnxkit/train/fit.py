@@ -963,7 +963,7 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
                       drop_last=setup.fixed is not None)
     if resuming:
         trainer.restore()
-        records += run.truncate_metrics(trainer.state.step)
+        records += run.truncate_metrics(trainer.state.step, trainer.state.epoch)
         info = run.read_json()
         if trainer.state.done:  # trained to the end, but its model or its completed run.json was not written
             progress.line(f"the run in {run.path} had finished training; writing its model again")

@@ -225,9 +225,12 @@ class RunDirectory:
                 raise OnnxkitError(f"{self.metrics}: line {number} is damaged; the run cannot be resumed") from None
         return records
 
-    def truncate_metrics(self, step: int) -> list[dict[str, Any]]:
-        """Drop the records after optimizer step `step` (those a resumed run redoes); return the rest."""
-        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+    def truncate_metrics(self, step: int, epochs: int) -> list[dict[str, Any]]:
+        """Drop the records a run resumed from a checkpoint at optimizer step `step` after `epochs` whole epochs
+        redoes: those after that step, and the record of an epoch whose last step it is but that had not ended
+        (a stop on its last step: the resumed run ends it again); return the rest."""
+        kept = [r for r in self.read_metrics()
+                if r.get("step", 0) <= step and not (r.get("event") == "epoch" and r.get("epoch", 0) > epochs)]
         write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
