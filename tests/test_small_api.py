@@ -176,6 +176,12 @@ def test_fit_arguments_of_the_wrong_kind_say_what_to_pass(tmp_path):
         fit(resume=tmp_path / "one", lr=0.5, epochs=20)
     with pytest.raises(OnnxkitError, match="leave out standardize "):  # was silently ignored
         fit(resume=tmp_path / "one", standardize=False)
+    # these too were ignored (freeze= left layer 0 training), as were the rest of fit's settings
+    with pytest.raises(OnnxkitError, match="leave out grad_accumulation, seed, dropout, freeze, keep_best, backend "):
+        fit(resume=tmp_path / "one", freeze="0.*", seed=5, grad_accumulation=4, dropout=False, keep_best=False,
+            backend="onnx")
+    with pytest.raises(OnnxkitError, match="has already finished"):  # how it goes on may be given: past the check
+        fit(resume=tmp_path / "one", quiet=True, threads=1, device="cpu", callbacks=[Callback()])
 
 
 def test_resume_names_the_flags_it_would_ignore(tmp_path, run_cli):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import math
 import numbers
 import os
@@ -199,6 +200,8 @@ def fit(
     Ctrl-C or SIGTERM finishes the optimizer step, writes a checkpoint and raises TrainingInterrupted.
     Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`).
     """
+    if resume is not None:
+        _refuse_settings_on_resume(locals())
     _check_arguments(model, data, optimizer, callback, callbacks, freeze, train_only)
     _check_seeds(seed=seed, data_seed=data_seed)
     _check_flags(shuffle=shuffle, dropout=dropout, keep_best=keep_best, evaluate_test=evaluate_test,
@@ -207,13 +210,6 @@ def fit(
     lr, weight_decay, clip_grad_norm, warmup = _reals(lr=lr, weight_decay=weight_decay,
                                                       clip_grad_norm=clip_grad_norm, warmup=warmup)
     freeze, train_only = _patterns(freeze), _patterns(train_only)
-    given = {"model": model, "out_dir": out_dir, "loss": loss, "optimizer": optimizer, "lr": lr,
-             "weight_decay": weight_decay, "clip_grad_norm": clip_grad_norm, "schedule": schedule,
-             "warmup": warmup, "epochs": epochs, "steps": steps, "batch_size": batch_size, "standardize": standardize}
-    if resume is not None and any(value is not None for value in given.values()):
-        ignored = [name for name, value in given.items() if value is not None]
-        raise OnnxkitError(f"resume continues a run with its stored settings; leave out {', '.join(ignored)} (or "
-                           "start a new run with them)", params=["resume", *ignored])
     world = distributed.current_world()
     if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks; a GPU each
         out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
@@ -1009,6 +1005,20 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
             raise DiskError(f"{e}; then continue the run from its last checkpoint with resume={run.path}",
                             params=["resume"]) from e
         raise
+
+
+# what fit(resume=...) may be given: where and how the run goes on, and the Dataset it trained on; not what it trains
+KEPT_ON_RESUME = frozenset({"resume", "data", "device", "threads", "quiet", "callback", "callbacks"})
+
+
+def _refuse_settings_on_resume(arguments: dict[str, Any]) -> None:
+    """Refuse settings given beside `resume` (any argument of `fit` but KEPT_ON_RESUME that is not its default):
+    the run goes on with its stored ones (seed=5 or freeze=... went unheeded without a word)."""
+    defaults = {name: p.default for name, p in inspect.signature(fit).parameters.items()}
+    given = [name for name, value in arguments.items() if name not in KEPT_ON_RESUME and value != defaults[name]]
+    if given:
+        raise OnnxkitError(f"resume continues a run with its stored settings; leave out {', '.join(given)} (or "
+                           "start a new run with them)", params=["resume", *given])
 
 
 def _named_classes(model: onnx.ModelProto) -> bool:
