@@ -37,6 +37,7 @@ from onnxkit.metadata import metadata
 from onnxkit.metadata_keys import OUTPUT_KEY, TASK_KEY, TRAINING_KEY
 
 TASK_LOSS = {"classification": "cross-entropy", "binary": "bce-with-logits", "regression": "mse"}
+LOSS_TASK = {**{loss: task for task, loss in TASK_LOSS.items()}, "l1": "regression"}
 PROBABILITIES_OF = {"classification": "Softmax", "binary": "Sigmoid"}  # a classifier's op from logits to probabilities
 
 
@@ -159,14 +160,18 @@ def logits_of(probabilities: np.ndarray, task: str) -> np.ndarray:
 
 
 def r2(outputs: np.ndarray, targets: np.ndarray) -> float | None:
-    """The coefficient of determination 1 - SS_res / SS_tot, averaged over the targets that vary
-    (scikit-learn's r2_score, whose default averages several targets' scores alike). None when
-    no target varies."""
+    """The coefficient of determination 1 - SS_res / SS_tot, averaged over the targets alike, a constant
+    target scoring 1 when predicted exactly and 0 else: scikit-learn's r2_score (its defaults). None for
+    fewer than two rows, where it is not defined."""
+    if len(targets) < 2:
+        return None
     y = targets.astype(np.float64).reshape(len(targets), -1)
     residual = np.sum((y - outputs.astype(np.float64).reshape(y.shape)) ** 2, axis=0)
     total = np.sum((y - y.mean(axis=0)) ** 2, axis=0)
     varying = total > 0
-    return float(np.mean(1.0 - residual[varying] / total[varying])) if varying.any() else None
+    scores = np.where(residual == 0, 1.0, 0.0)
+    scores[varying] = 1.0 - residual[varying] / total[varying]
+    return float(np.mean(scores))
 
 
 def infer_task(declared: str | None, output_shape: Sequence[Any] | None, labels: np.ndarray) -> str:
@@ -365,6 +370,13 @@ def changed_since_training(model: Any, data: str) -> bool:
     return bool(trained) and os.path.isfile(data) and sha256(data) != trained
 
 
+def trained_loss(model: Any, task: str) -> str | None:
+    """The loss `model` was trained with (its `onnxkit.training` metadata) when it is one for `task`: eval reports
+    the loss training did (the l1 of a model fit to it, not the task's mse)."""
+    trained = json.loads(metadata(model).get(TRAINING_KEY, "{}")).get("loss")
+    return trained if LOSS_TASK.get(trained) == task else None
+
+
 def trained_in_memory(model: Any) -> bool:
     """Whether `model` was trained on a Dataset object (its data name names no file or dataset)."""
     return bool(json.loads(metadata(model).get(TRAINING_KEY, "{}")).get("data_in_memory"))
@@ -435,7 +447,8 @@ def evaluate(
     class) and `labels` (class names, when known); for regression: `loss` (MSE),
     `mae` and `r2`. Always `examples` and `task`.
     `batch_size`: rows per run; `output`: the output to score (default: the one training fit, else the
-    first); `task` overrides the model's metadata; `loss`: the loss to report (default: the task's);
+    first); `task` overrides the model's metadata; `loss`: the loss to report (default: the one the model was
+    trained with, else the task's);
     `providers`: onnxruntime's execution providers.
     """
     from onnxkit.files import load_model
@@ -464,6 +477,7 @@ def evaluate(
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
     axis = class_axis(shape or list(result.shape), split.labels.shape) if resolved == "classification" else -1
     check_targets(split.described, split.labels, result, resolved, name, axis)
+    loss = loss or trained_loss(proto, resolved)
     from onnxkit.graph_walks import opset, probability_logits
 
     names = label_names(proto)

@@ -83,6 +83,12 @@ def test_evaluate_classifier_binary_and_regression(tmp_path):
     assert reg["task"] == "regression" and "accuracy" not in reg
     assert reg["loss"] == pytest.approx(mse(logit, y), rel=1e-4)
     assert reg["mae"] == pytest.approx(l1(logit, y), rel=1e-4)
+    # a model trained with l1 reports l1 as its loss, as training did (eval said its mse)
+    trained_l1 = linear_model(wb, bb, {"onnxkit.task": "regression", "onnxkit.training": '{"loss": "l1"}'})
+    reg = evaluate(trained_l1, Split("test", {"x": x}, y.astype(np.float32)))
+    assert reg["loss"] == reg["mae"] == pytest.approx(l1(logit, y), rel=1e-4)
+    assert evaluate(trained_l1, Split("test", {"x": x}, y.astype(np.float32)), loss="mse")["loss"] == \
+        pytest.approx(mse(logit, y), rel=1e-4)
 
 
 def test_evaluate_rejects_mismatched_data_and_unknown_outputs():
@@ -312,9 +318,12 @@ def test_r2_of_several_targets_averages_their_scores_as_scikit_learn_does():
     outputs = targets + rng.normal(0, [2, 5, 20], size=(40, 3))
     assert r2(outputs, targets) == pytest.approx(r2_score(targets, outputs), rel=1e-12)
     assert r2(outputs[:, 1], targets[:, 1]) == pytest.approx(r2_score(targets[:, 1], outputs[:, 1]), rel=1e-12)
-    targets[:, 0] = 3.0  # a constant target: no score of its own
-    assert r2(outputs, targets) == pytest.approx(r2_score(targets[:, 1:], outputs[:, 1:]), rel=1e-12)
-    assert r2(outputs[:, :1], targets[:, :1]) is None
+    targets[:, 0] = 3.0  # a constant target scores 0 (1 when predicted exactly), averaged in alike
+    assert r2(outputs, targets) == pytest.approx(r2_score(targets, outputs), rel=1e-12)
+    assert r2(outputs[:, :1], targets[:, :1]) == r2_score(targets[:, :1], outputs[:, :1]) == 0.0
+    outputs[:, 0] = 3.0
+    assert r2(outputs, targets) == pytest.approx(r2_score(targets, outputs), rel=1e-12)
+    assert r2(outputs[:1], targets[:1]) is None  # one row: not defined (scikit-learn warns and gives NaN)
 
 
 def test_the_default_data_is_refused_when_its_file_changed_after_training(tmp_path):
