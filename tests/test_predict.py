@@ -329,6 +329,23 @@ def test_texts_in_a_txt_file_or_a_csv_text_column_predict_as_given_texts(run_cli
         np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.load(tmp_path / "given.npy"))
 
 
+def test_a_txt_file_gives_one_row_per_line(run_cli, words, tmp_path):
+    # str.splitlines broke lines at U+2028, form feeds and U+0085 inside a text (3 lines -> 6 rows) and blank lines
+    # were dropped without a word: every row after one answered another line's text
+    from onnxkit.runtime.datafiles import read_texts
+
+    (tmp_path / "t.txt").write_bytes("first\u2028still first\nsecond\x0cstill\n\nfourth\x85x\r\n\n \n".encode())
+    assert read_texts(tmp_path / "t.txt") == ["first\u2028still first", "second\x0cstill", "", "fourth\x85x"]
+    result = run_cli("predict", words, "-i", tmp_path / "t.txt")
+    assert result.code == 0 and len(result.out.splitlines()) == 5  # the header and four rows
+    assert result.err == f"warning: {tmp_path / 't.txt'}: row 2 is empty; its prediction is the model's answer to no " \
+                         "text\n"
+    (tmp_path / "t.csv").write_text("text,label\nfine,1\n,0\n  ,1\n")
+    result = run_cli("predict", words, "-i", tmp_path / "t.csv")
+    assert result.code == 0 and result.err == (f"warning: {tmp_path / 't.csv'}: rows 1, 2 are empty; their "
+                                               "predictions are the model's answer to no text\n")
+
+
 def test_texts_in_a_csv_are_read_as_written_whatever_the_delimiter(tmp_path):
     # one CSV reader for numbers and texts (files.csv_rows): a ';' file's decimal commas are read as points in
     # numbers only, so the text '1,5 stars' stays as written; a blank line before the header is skipped

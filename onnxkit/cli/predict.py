@@ -8,7 +8,7 @@ import click
 
 from onnxkit import runtime
 from onnxkit.cli import options
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import same_file
 from onnxkit.runtime.datafiles import (
     check_output_path,
@@ -93,14 +93,13 @@ def predict_cmd(
                                     threads=threads, top_k=top_k, probs=probs)
         click.echo(f"wrote {output} ({len(prediction)} rows)" if output else format_prediction(prediction, top_k))
         return
-    for number, text in enumerate(texts, 1):
-        if not text.strip():  # an unset shell variable, say: predicted all the same, as the model sees it
-            click.echo(f"warning: text {number} is empty; its prediction is the model's answer to no text", err=True)
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
     if probs and not loaded.given_probabilities:
         loaded.given_probabilities = ends_in_probabilities(model)
-    if input_path and carries_tokenizer(loaded) and holds_texts(input_path):  # a .txt, or a CSV with a text column
+    from_file = bool(input_path and carries_tokenizer(loaded) and holds_texts(input_path))  # .txt, CSV's text column
+    if from_file:
         texts = tuple(read_texts(Path(input_path)))
+    _warn_of_empty_texts(texts, input_path if from_file else None)
     if texts:
         prediction = loaded.predict_text(list(texts))
     else:
@@ -112,3 +111,17 @@ def predict_cmd(
         click.echo(f"wrote {output} ({len(prediction)} rows)")
     else:
         click.echo(format_prediction(prediction, top_k))
+
+
+def _warn_of_empty_texts(texts: tuple[str, ...], path: str | None) -> None:
+    """One line for the empty texts (an unset shell variable, a blank line): each is predicted all the same, as the
+    model answers no text."""
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if not empty:
+        return
+    which = (f"text {empty[0] + 1} is empty" if path is None and len(empty) == 1 else
+             f"texts {first_few([str(i + 1) for i in empty], 5)} are empty" if path is None else
+             f"{path}: row{'s' * (len(empty) > 1)} {first_few([str(i) for i in empty], 5)} "
+             f"{'are' if len(empty) > 1 else 'is'} empty")
+    answer = "its prediction is" if len(empty) == 1 else "their predictions are"
+    click.echo(f"warning: {which}; {answer} the model's answer to no text", err=True)

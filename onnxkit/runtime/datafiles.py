@@ -132,10 +132,15 @@ def holds_texts(path: str | os.PathLike) -> bool:
 
 
 def read_texts(path: Path) -> list[str]:
-    """The texts in a .txt file (one per non-blank line) or in the 'text' column of a .csv with a
-    header (one text may fill the file)."""
+    """The texts in a .txt file (one per line, a blank one an empty text, so that row N is line N + 1; blank lines
+    at the end left out) or in the 'text' column of a .csv with a header (one text may fill the file). Lines end
+    at '\n' alone (with any '\r' before it): str.splitlines also broke them at form feeds, U+2028 and U+0085
+    inside a text, and blank lines were dropped, shifting the rows after them."""
     if path.suffix.lower() == ".txt":
-        return [line for line in read_text_file(path).splitlines() if line.strip()]
+        lines = [line.removesuffix("\r") for line in read_text_file(path).split("\n")]
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return lines
     if path.suffix.lower() != ".csv":
         raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .parquet")
     _, rows = csv_rows(path)  # the cells as written: no decimal commas read as points in a text
