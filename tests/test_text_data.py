@@ -114,3 +114,23 @@ def test_a_csv_without_a_text_column_names_the_column_a_text_model_reads(tmp_pat
     with pytest.raises(OnnxkitError, match=r"numbers.csv: the model reads text, but no column is headed 'text' "
                                            r"\(it has no header row\)"):
         load_dataset(tmp_path / "numbers.csv", tokenizer=TOKENIZER, max_length=16)
+
+
+def test_the_labels_of_a_text_csv_are_the_column_beside_the_text_and_are_named(tmp_path):
+    # with no column headed as labels the last one was taken: 'sentiment,text' trained on the texts as 40 classes,
+    # and 'text,sentiment,source' on a constant source column; the label column was never named
+    rows = [(f"loved it {i}", "pos") if i % 2 else (f"disliked it {i}", "neg") for i in range(40)]
+    (tmp_path / "first.csv").write_text("sentiment,text\n" + "".join(f"{label},{text}\n" for text, label in rows))
+    data = load_dataset(tmp_path / "first.csv", tokenizer=TOKENIZER, max_length=16)
+    assert data.label_names == ["neg", "pos"] and data.label_column == "'sentiment' (column 1)"
+    assert sorted(data.train.texts + data.validation.texts + data.test.texts) == sorted(t for t, _ in rows)
+    (tmp_path / "named.csv").write_text("id,text,label\n" + "".join(f"{i},{t},{label}\n" for i, (t, label) in
+                                                                      enumerate(rows)))
+    assert load_dataset(tmp_path / "named.csv", tokenizer=TOKENIZER, max_length=16).label_column == \
+        "'label' (column 3)"
+    (tmp_path / "three.csv").write_text("text,sentiment,source\n" + "".join(f"{t},{label},web\n" for t, label in rows))
+    with pytest.raises(OnnxkitError) as refused:
+        load_dataset(tmp_path / "three.csv", tokenizer=TOKENIZER, max_length=16)
+    assert str(refused.value) == (f"{tmp_path / 'three.csv'}: which column holds the labels of the texts? None is "
+                                  "headed label / labels / target / y / class (the other columns: 'sentiment', "
+                                  "'source'); head it label")

@@ -105,15 +105,20 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
     named = label_column(header, str(path))
+    text = text_column(header)
+    if named is None and text is not None:
+        named = _beside_the_text(path, header, text)  # type: ignore[arg-type]
     label_col = width - 1 if named is None else named
     for line, row in zip(lines, body, strict=True):
         if len(row) != width:
-            raise OnnxkitError(f"{path}:{line}: {len(row)} columns where the first row has {width}")
+            raise OnnxkitError(f"{path}:{line}: {len(row)} column{'s' * (len(row) != 1)} where the first row has "
+                               f"{width}")
     labels, label_names = _labels(path, [row[label_col].strip() for row in body], lines)
-    text = text_column(header)
+    column = f"{header[label_col].strip()!r} (column {label_col + 1})" if header else f"column {label_col + 1}"
     if text is not None:
         texts = [row[text] for row in body]
-        return _text_dataset(path, texts, labels, label_names, lines, tokenizer, max_length, seed, validation, test)
+        dataset = _text_dataset(path, texts, labels, label_names, lines, tokenizer, max_length, seed, validation, test)
+        return replace(dataset, label_column=column)
     if tokenizer is not None:  # the model reads text: its features would be 'non-numbers' to the reader below
         columns = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
         raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r} ({columns}); "
@@ -137,7 +142,6 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
     )
-    column = f"{header[label_col].strip()!r} (column {label_col + 1})" if header else f"column {label_col + 1}"
     names = feature_names(header, label_col)
     dataset = replace(dataset, label_column=column, notes=_row_ids(header, x, label_col),
                       columns=tuple(names) if names else None)
@@ -281,6 +285,18 @@ def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, l
     label_names = sorted(set(raw))
     index = {name: i for i, name in enumerate(label_names)}
     return np.array([index[v] for v in raw], dtype=np.int64), label_names
+
+
+def _beside_the_text(path: Path, header: list[str], text: int) -> int:
+    """The labels of a text CSV none of whose columns is headed as them: the one column beside `text`; with more,
+    which is not for guessing (the last column took `text,sentiment,source`'s constant source as the labels, and
+    `sentiment,text`'s texts)."""
+    others = [i for i in range(len(header)) if i != text]
+    if len(others) == 1:
+        return others[0]
+    named = ", ".join(repr(header[i].strip()) for i in others)
+    raise OnnxkitError(f"{path}: which column holds the labels of the texts? None is headed "
+                       f"{' / '.join(LABEL_COLUMNS)} (the other columns: {named}); head it label")
 
 
 def _text_dataset(path: Path, texts: list[str], labels: np.ndarray, label_names: list[str] | None, lines: list[int],
