@@ -203,3 +203,13 @@ def test_class_names_are_no_regression_targets(tmp_path):
                                  "without them (the labels: the last column, 'price', as no column is headed label / "
                                  "labels / target / y / class)")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_classes_listed_in_a_labels_error_are_the_first_ten():
+    # a 1,000-class file for a 2-class model printed all 1,000 names on one 12 KB line
+    from onnxkit.data.checks import check_class_labels
+
+    names = [f"class{i}" for i in range(1000)]
+    with pytest.raises(OnnxkitError) as refused:
+        check_class_labels("many", np.arange(1000), 2, class_names=names)
+    assert str(refused.value).endswith("(its 1000 classes: " + ", ".join(map(repr, names[:10])) + ", ...)")

@@ -109,7 +109,8 @@ def check_class_labels(
         raise OnnxkitError(
             f"data {name!r}: labels go up to {high} but output {output!r} has {num_classes} scores; "
             "build the model with as many classes as the data has"
-            + (f" (its {len(class_names)} classes: {', '.join(map(repr, class_names))})" if class_names else "")
+            + (f" (its {len(class_names)} classes: {first_few([repr(n) for n in class_names], 10)})" if class_names
+               else "")
         )
 
 
