@@ -263,6 +263,7 @@ def read_csv_text(path: str | os.PathLike) -> str:
 
 
 CSV_DELIMITERS = ",;\t|"
+TABLE_SUFFIXES = (".csv", ".tsv")  # files of rows and delimited cells: a .tsv's are tabs
 MISSING_CELLS = frozenset({"", "na", "n/a", "#n/a", "<na>", "null", "none", "?"})  # spreadsheets' and pandas' gaps
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
 _DOT_GROUPED = re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?")  # 1.065 or 524.900,50 where commas mark decimals
@@ -279,11 +280,16 @@ def csv_delimiter(line: str) -> str:
     return ";" if counts[";"] == most > 1 or decimal_commas else max(counts, key=counts.__getitem__)
 
 
+def table_delimiter(path: str | os.PathLike, first_line: str) -> str:
+    """The delimiter of a table file: a .tsv's a tab, a .csv's `csv_delimiter` of its first line."""
+    return "\t" if Path(path).suffix.lower() == ".tsv" else csv_delimiter(first_line)
+
+
 def csv_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, list[str]]]]:
-    """A CSV file's delimiter (`csv_delimiter` of its first line that is not blank) and its rows but blank
-    ones (`read_csv_text`), each with its line number, the cells as written."""
+    """A CSV file's delimiter (a .tsv's a tab, else `csv_delimiter` of its first line that is not blank) and its
+    rows but blank ones (`read_csv_text`), each with its line number, the cells as written."""
     text = read_csv_text(path)
-    delimiter = csv_delimiter(next((line for line in text.splitlines() if line.strip()), ""))
+    delimiter = table_delimiter(path, next((line for line in text.splitlines() if line.strip()), ""))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     return delimiter, [(reader.line_num, row) for row in reader if row]
 

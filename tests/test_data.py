@@ -386,8 +386,8 @@ def test_a_file_or_folder_that_is_no_data_file_says_so(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((3, 4)))
     with pytest.raises(OnnxkitError) as npy:
         load_dataset(str(tmp_path / "x.npy"))
-    assert str(npy.value) == (f"{tmp_path / 'x.npy'}: data files are .npz or .csv, not .npy; save the inputs and "
-                              "labels with numpy.savez(path, x=..., labels=...)")
+    assert str(npy.value) == (f"{tmp_path / 'x.npy'}: data files are .npz, .csv or .tsv, not .npy; save the inputs "
+                              "and labels with numpy.savez(path, x=..., labels=...), or as a CSV")
     with pytest.raises(OnnxkitError) as folder:
         load_dataset(str(tmp_path))
     assert str(folder.value) == f"{tmp_path}: a folder, not a data file; pass a .npz or .csv file or a dataset name"

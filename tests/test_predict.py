@@ -646,3 +646,26 @@ def test_pandas_numbered_header_of_few_columns_heads_fractions_not_whole_numbers
     (tmp_path / "counts.csv").write_text("0,1,2,3\n4,0,2,1\n")  # whole numbers below: a data row like any other
     assert run_cli("predict", model, "-i", tmp_path / "counts.csv", "-o", tmp_path / "counts.npy").code == 0
     assert len(np.load(tmp_path / "counts.npy")) == 2
+
+
+def test_a_tsv_file_reads_as_its_csv_twin(run_cli, iris, words, tmp_path):
+    # .tsv was refused ('data files are .npz or .csv'; predict listed neither .tsv nor, for text, .txt)
+    from onnxkit.data import load_dataset
+    from onnxkit.runtime.datafiles import read_texts
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 4)).round(3), np.arange(30) % 3
+    for suffix, delimiter in ((".csv", ","), (".tsv", "\t")):
+        lines = [delimiter.join(["a", "b", "c", "d", "label"])]
+        lines += [delimiter.join([*map(str, row), str(label)]) for row, label in zip(x, y, strict=True)]
+        (tmp_path / f"rows{suffix}").write_text("\n".join(lines) + "\n")
+    csv_data, tsv_data = load_dataset(tmp_path / "rows.csv"), load_dataset(tmp_path / "rows.tsv")
+    np.testing.assert_array_equal(csv_data.train.inputs["x"], tsv_data.train.inputs["x"])
+    assert tsv_data.columns == ("a", "b", "c", "d")
+    as_csv, as_tsv = (run_cli("predict", iris[0], "-i", tmp_path / f"rows{s}") for s in (".csv", ".tsv"))
+    assert as_csv.code == as_tsv.code == 0 and as_csv.out == as_tsv.out
+    (tmp_path / "t.tsv").write_text("text\tlabel\nShares rose, sharply\t1\n")  # a comma in a tab-separated text
+    assert read_texts(tmp_path / "t.tsv") == ["Shares rose, sharply"]
+    refused = run_cli("predict", words, "-i", tmp_path / "t.docx")
+    assert refused.err.endswith("unknown input format; use one of .npy, .npz, .json, .csv, .tsv, or .txt for "
+                                "texts\n")

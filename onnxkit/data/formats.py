@@ -313,4 +313,4 @@ def _text_dataset(path: Path, texts: list[str], labels: np.ndarray, label_names:
                         seed=seed, validation=validation, test=test)
 
 
-READERS: dict[str, Callable[..., Dataset]] = {".npz": read_npz, ".csv": read_csv}
+READERS: dict[str, Callable[..., Dataset]] = {".npz": read_npz, ".csv": read_csv, ".tsv": read_csv}

@@ -23,6 +23,7 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
+from onnxkit.files import TABLE_SUFFIXES
 from onnxkit.metadata import metadata
 from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
 
@@ -90,12 +91,12 @@ def load_dataset(
     split_args = {"seed": seed, "validation": validation, "test": test}
     suffix = Path(text).suffix.lower()
     if suffix in formats.READERS:
-        if suffix == ".csv" and model is not None:  # a CSV of texts is tokenized as the model's inputs are
+        if suffix in TABLE_SUFFIXES and model is not None:  # a CSV of texts is tokenized as the model's inputs are
             from onnxkit.data.text import tokenizer_options
 
             options = {**tokenizer_options(model), **options}
         dataset = formats.READERS[suffix](Path(text), **split_args, **options)
-        if suffix == ".csv" and model is not None:
+        if suffix in TABLE_SUFFIXES and model is not None:
             dataset = formats.csv_for_model(dataset, model)
         return in_model_order(_padded_as_trained(dataset, model), model)
     entries = datasets()
@@ -104,8 +105,8 @@ def load_dataset(
     if text not in entries and Path(text).is_file() and suffix == ".gz":
         raise OnnxkitError(f"{text}: a compressed file; decompress it first (gunzip -k {text}), then pass the .csv")
     if text not in entries and Path(text).is_file():  # an .npy, .json, .txt: it was called an unknown dataset
-        raise OnnxkitError(f"{text}: data files are .npz or .csv, not {suffix or 'a file without a suffix'}; "
-                           "save the inputs and labels with numpy.savez(path, x=..., labels=...)")
+        raise OnnxkitError(f"{text}: data files are .npz, .csv or .tsv, not {suffix or 'a file without a suffix'}; "
+                           "save the inputs and labels with numpy.savez(path, x=..., labels=...), or as a CSV")
     if text not in entries:
         raise OnnxkitError(
             f"unknown dataset {text!r}.{suggest(text, entries)} Built-in datasets: "

@@ -41,7 +41,7 @@ from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.session import device_spec
 from onnxkit.signals import handled
 
-INPUT_SUFFIXES = (".npy", ".npz", ".csv", ".parquet", ".txt")
+INPUT_SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".parquet", ".txt")
 BATCH_COLUMN = "onnxkit.batch"  # which batch a result row belongs to
 INSTALL = "pip install 'onnxkit[ray]'"
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import (
-    csv_delimiter,
+    TABLE_SUFFIXES,
     csv_rows,
     flags_as_numbers,
     is_missing,
@@ -33,6 +33,7 @@ from onnxkit.files import (
     not_a_file,
     read_csv_rows,
     read_text_file,
+    table_delimiter,
     thousands_separated,
     write_bytes,
     write_text,
@@ -53,8 +54,9 @@ from onnxkit.label_columns import (
 from onnxkit.runtime.model import Model
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.signature import TensorSpec
+from onnxkit.runtime.text import carries_tokenizer
 
-INPUT_SUFFIXES = (".npy", ".npz", ".json", ".csv")
+INPUT_SUFFIXES = (".npy", ".npz", ".json", ".csv", ".tsv")
 OUTPUT_SUFFIXES = (".json", ".npz", ".npy", ".csv")
 
 
@@ -64,7 +66,8 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
-        raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}")
+        texts = ", or .txt for texts" if carries_tokenizer(model) else ""
+        raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}{texts}")
     if not path.is_file():
         raise OnnxkitError(f"{path}: {not_a_file(path)}")
     values = _read(path, suffix, model)
@@ -123,11 +126,11 @@ def holds_texts(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.suffix.lower() == ".txt":
         return True
-    if path.suffix.lower() != ".csv" or not path.is_file():
+    if path.suffix.lower() not in TABLE_SUFFIXES or not path.is_file():
         return False
     with path.open(encoding="utf-8-sig", errors="replace") as f:
         line = f.readline()
-    header = next(csv.reader([line], delimiter=csv_delimiter(line)), [])
+    header = next(csv.reader([line], delimiter=table_delimiter(path, line)), [])
     return text_column(header) is not None
 
 
@@ -141,8 +144,8 @@ def read_texts(path: Path) -> list[str]:
         while lines and not lines[-1].strip():
             lines.pop()
         return lines
-    if path.suffix.lower() != ".csv":
-        raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .parquet")
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .tsv / .parquet")
     _, rows = csv_rows(path)  # the cells as written: no decimal commas read as points in a text
     column = text_column(rows[0][1] if rows else None)
     if column is None:
@@ -304,7 +307,7 @@ def _plain_table(path: Path, dtype: Any) -> tuple[np.ndarray, list[str] | None] 
     except (OSError, ValueError):
         return None
     csv.field_size_limit(max(csv.field_size_limit(), len(first), len(second)))  # one cell may fill the line
-    delimiter = csv_delimiter(first)
+    delimiter = table_delimiter(path, first)
     cells, below = (next(csv.reader([line], delimiter=delimiter), []) for line in (first, second))
     header = csv_header(cells, below) if cells else None
     if delimiter == ";" or not cells or header and header[0].strip() in ("", "Unnamed: 0"):
