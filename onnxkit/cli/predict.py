@@ -43,7 +43,7 @@ from onnxkit.runtime.text import carries_tokenizer
 @options.threads()
 @options.batch_size(512, "Run large inputs in batches of this many rows.")
 @click.option("--ray", "on_ray", is_flag=True,
-              help="Run on Ray Data (extra `ray`): DATA may be a folder of .npy/.npz/.csv/.parquet/.txt files "
+              help="Run on Ray Data (extra `ray`): DATA may be a folder of .npy/.npz/.csv/.tsv/.parquet/.txt files "
               "(subfolders too); joins "
               "$RAY_ADDRESS's cluster, else starts a local one.")
 @click.option("--workers", type=options.COUNT, help="With --ray: actors, each holding a session (default: all CPUs).")
@@ -86,7 +86,8 @@ def predict_cmd(
                 raise OnnxkitError(f"--output {output} is {what}; write the predictions to another file")
     if on_ray:
         if texts:
-            raise OnnxkitError("--ray reads texts from files: .txt (one per line) or a 'text' column of .csv/.parquet")
+            raise OnnxkitError("--ray reads texts from files: .txt (one per line) or a 'text' column of "
+                               ".csv/.tsv/.parquet")
         from onnxkit.runtime.batch import predict_on_ray
 
         prediction = predict_on_ray(model, input_path, output, workers=workers, batch_size=batch_size, device=device,
