@@ -669,3 +669,23 @@ def test_a_tsv_file_reads_as_its_csv_twin(run_cli, iris, words, tmp_path):
     refused = run_cli("predict", words, "-i", tmp_path / "t.docx")
     assert refused.err.endswith("unknown input format; use one of .npy, .npz, .json, .csv, .tsv, or .txt for "
                                 "texts\n")
+
+
+def test_outputs_of_other_row_counts_are_refused_as_a_csv_in_one_line(run_cli, tmp_path):
+    # a sequence output or a Scan's per-step one beside per-example outputs was a numpy traceback
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("ReduceSum", ["x"], ["total"], keepdims=1)],
+        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, [1, 1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two.onnx")
+    np.save(tmp_path / "x.npy", np.ones((3, 4), np.float32))
+    result = run_cli("predict", tmp_path / "two.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "out.csv")
+    assert (result.code, result.err) == (1, "error: a CSV holds one row per example, but the outputs differ in rows "
+                                            "('y' has 3 rows, 'total' has 1 row); save the prediction as .json or "
+                                            ".npz\n")
+    assert not (tmp_path / "out.csv").exists()
+    assert run_cli("predict", tmp_path / "two.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "out.json").code == 0

@@ -393,6 +393,12 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
 
 
 def _csv_text(prediction: Prediction, top_k: int | None) -> str:
+    rows = {name: np.shape(value)[0] if np.ndim(value) else None for name, value in prediction.outputs.items()}
+    if len(set(rows.values())) > 1 or None in rows.values():  # a sequence output, a Scan's per-step one, a scalar
+        shown = ", ".join(f"{name!r} " + ("is a scalar" if n is None else f"has {n} row{'s' * (n != 1)}")
+                          for name, n in rows.items())
+        raise OnnxkitError(f"a CSV holds one row per example, but the outputs differ in rows ({shown}); save the "
+                           "prediction as .json or .npz")
     columns: list[str] = []
     blocks: list[np.ndarray] = []
     if prediction.labels is not None:
