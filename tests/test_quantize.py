@@ -1263,3 +1263,21 @@ def test_model_output_picks_the_output_eval_data_scores():
     assert result.report.accuracy["metric"] == "accuracy" and result.report.accuracy["original"] > 0.9
     with pytest.raises(OnnxkitError, match=r"^the model has no output 'logit'. Did you mean: logits\?"):
         quantize(model, mode="dynamic", eval_data=data, model_output="logit", measure_latency=False)
+
+
+def test_a_scalar_input_is_one_line_for_static_calibration(tmp_path, run_cli):
+    # a Loop's trip count or a scale given as a 0-d input: `len() of unsized object`, a traceback
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Mul", ["h", "scale"], ["y"])],
+        "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+                   helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.ones((16, 4), np.float32), scale=np.float32(2.0))
+    result = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--mode", "static", "--calib",
+                     tmp_path / "calib.npz")
+    assert (result.code, result.err) == (1, "error: input 'scale' is a single value, not one row per example, so no "
+                                            "batches can be drawn from the data to calibrate on; quantize with "
+                                            "--mode dynamic (no calibration)\n")
+    assert not (tmp_path / "q.onnx").exists()

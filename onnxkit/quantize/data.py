@@ -37,6 +37,11 @@ def load_split(data: Any, split: str, model: onnx.ModelProto, seed: int = 0) -> 
                             f"({', '.join(names)}): pass a dict of arrays keyed by input name")
         data = {names[0]: data}
     if isinstance(data, dict):
+        scalars = [name for name, value in data.items() if np.ndim(value) == 0]
+        if scalars:  # a Loop's trip count, say: no rows to draw calibration batches from
+            raise OnnxkitError(f"input {scalars[0]!r} is a single value, not one row per example, so no batches can "
+                               "be drawn from the data to calibrate on; quantize with --mode dynamic (no calibration)",
+                               params=["mode"])
         return Split("data", data, np.zeros(len(next(iter(data.values()))), np.int64))
     return data
 
