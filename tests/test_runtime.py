@@ -517,3 +517,17 @@ def test_a_csv_integer_an_input_type_cannot_hold_is_one_line(run_cli, tmp_path):
     result = run_cli("predict", tmp_path / "ids.onnx", "--input", tmp_path / "big.csv")
     assert (result.code, result.err) == (1, f"error: {tmp_path / 'big.csv'}: column 1 of data row 2 holds "
                                             "1099511627776, which int32 cannot hold ([-2147483648, 2147483647])\n")
+
+
+def test_an_input_declared_without_a_shape_takes_any_and_warmup_failures_are_onnxkit_errors():
+    # onnxruntime shows a shapeless input as [] (a scalar's shape): every array was refused as 'needs 0 dimension(s)'
+    weight = RNG.normal(size=(4, 3)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "shapeless",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = RNG.normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_allclose(runtime.load(proto).predict(x)["y"], x @ weight, rtol=1e-5, atol=1e-6)
+    with pytest.raises(runtime.OnnxkitError, match=r"^model 'shapeless' failed on this input \(MatMul"):
+        runtime.load(proto, warmup=True)  # its example is a scalar, which MatMul refuses: was onnxruntime's Fail

@@ -196,8 +196,9 @@ class Model:
         return predict_text(self, texts)
 
     def warmup(self) -> None:
-        """Run once on zeros, so the first real call does not pay for allocation."""
-        self.run(example_feeds(self.inputs))
+        """Run once on zeros, so the first real call does not pay for allocation (a failure is an OnnxkitError:
+        an input declared without a shape gets a zero-dimensional example)."""
+        self._checked_run(example_feeds(self.inputs))
 
     def _run_bound(self, feeds: Mapping[str, np.ndarray], options: Any = None) -> dict[str, np.ndarray]:
         binding = self.session.io_binding()

@@ -156,6 +156,8 @@ def _does_not_fit(name: str, array: np.ndarray, want: np.dtype) -> OnnxkitError:
 
 
 def _check_shape(spec: TensorSpec, array: np.ndarray, sizes: dict[str, tuple[int, str]]) -> None:
+    if not spec.shape:  # a scalar, or an input declared without a shape (onnxruntime shows both so): it says which
+        return
     if array.ndim != len(spec.shape):
         one = "; for one example pass x[None] or [x]" if array.ndim + 1 == len(spec.shape) else ""
         raise OnnxkitError(
