@@ -531,3 +531,19 @@ def test_an_input_declared_without_a_shape_takes_any_and_warmup_failures_are_onn
     np.testing.assert_allclose(runtime.load(proto).predict(x)["y"], x @ weight, rtol=1e-5, atol=1e-6)
     with pytest.raises(runtime.OnnxkitError, match=r"^model 'shapeless' failed on this input \(MatMul"):
         runtime.load(proto, warmup=True)  # its example is a scalar, which MatMul refuses: was onnxruntime's Fail
+
+
+def test_probabilities_of_a_foreign_softmax_output_are_its_own():
+    # no metadata says a foreign model ends in Softmax: probabilities() took them for logits (0.44 for its 0.64)
+    weight = RNG.normal(size=(4, 3)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["z"]),
+                               helper.make_node("Softmax", ["z"], ["probs"], axis=-1)], "soft",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3])],
+                              [numpy_helper.from_array(weight, "w")])
+    result = runtime.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])).predict(
+        RNG.normal(size=(6, 4)).astype(np.float32))
+    np.testing.assert_array_equal(result.probabilities(), result["probs"])
+    logits = runtime.load(mlp()).predict(RNG.normal(size=(6, 4)).astype(np.float32))  # logits: softmaxed, as before
+    z = logits.scores.astype(np.float64)
+    np.testing.assert_allclose(logits.probabilities(), np.exp(z) / np.exp(z).sum(1, keepdims=True), rtol=1e-5)

@@ -94,7 +94,7 @@ class Prediction:
         scores = np.asarray(self.scores, np.float64)
         if self.multi_label:  # each label's sigmoid
             return (scores if self.given_probabilities else 0.5 * (1.0 + np.tanh(0.5 * scores))).astype(np.float32)
-        if self.given_probabilities:
+        if self.given_probabilities or self._reads_as_probabilities():
             return self.class_scores().astype(np.float32)
         if self.one_logit:
             positive = 0.5 * (1.0 + np.tanh(0.5 * scores))  # sigmoid, without overflow for large |z|
@@ -102,6 +102,15 @@ class Prediction:
         z = self.class_scores().astype(np.float64)
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def _reads_as_probabilities(self) -> bool:
+        """Whether the scores already are class probabilities, which no metadata said (a foreign model ending in
+        Softmax, whose graph the runtime does not read): every row in [0, 1] summing to 1, which logits of two or
+        more classes hardly ever do (a softmax of them was 0.44 where the model said 0.64)."""
+        scores = np.asarray(self.scores)
+        if scores.ndim != 2 or scores.shape[1] < 2 or not len(scores) or scores.dtype.kind != "f":
+            return False
+        return bool(((scores >= 0) & (scores <= 1)).all() and np.allclose(scores.sum(axis=1), 1.0, atol=1e-4))
 
     def with_probabilities(self) -> Prediction:
         """This prediction with the scores replaced by `probabilities()` (output `probabilities`), so
