@@ -355,3 +355,24 @@ def test_a_regressor_is_not_scored_against_class_names(tmp_path):
     with pytest.raises(OnnxkitError) as named:
         evaluate(model, "test", data=path)
     assert str(named.value).startswith("data 'pets': the labels are class names ('cat', 'dog', 'eel'), which the mse ")
+
+
+def test_text_features_saved_by_numpy_feed_a_string_input(tmp_path):
+    # an .npz keeps text as <U (it holds no object arrays): eval refused it for a string input ('needs object')
+    encode = helper.make_node("LabelEncoder", ["color"], ["code"], domain="ai.onnx.ml",
+                              keys_strings=["red", "green"], values_floats=[1.0, -1.0])
+    graph = helper.make_graph(
+        [encode, helper.make_node("Concat", ["a", "code"], ["both"], axis=1),
+         helper.make_node("MatMul", ["both", "w"], ["logits"])], "colors",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info("color", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(np.array([[0.0, 0.0], [-1.0, 1.0]], np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    colors = np.array([["red"], ["green"]] * 10)  # class 1 for red, 0 for green
+    labels = (colors[:, 0] == "red").astype(np.int64)
+    labels[0] = 0  # one wrong
+    np.savez(tmp_path / "colors.npz", a=np.zeros((20, 1), np.float32), color=colors, labels=labels)
+    assert np.load(tmp_path / "colors.npz")["color"].dtype.kind == "U"
+    metrics = evaluate(model, "all", data=str(tmp_path / "colors.npz"))
+    assert metrics["examples"] == 20 and metrics["accuracy"] == 0.95

@@ -212,6 +212,8 @@ def _cast(array: np.ndarray, spec: ModelInput, source: str) -> np.ndarray:
     if array.dtype == want:
         return array
     kind = array.dtype.kind
+    if kind in "US" and want.kind == "O":  # text for a string input (numpy saves it as <U: .npz holds no objects)
+        return array.astype(object)
     if not ((kind == "f" and want.kind == "f") or (kind in "iub" and want.kind in "iuf")):
         raise OnnxkitError(
             f"data array {source!r} is {array.dtype} but model input {spec.name!r} needs {want}; "
