@@ -547,3 +547,19 @@ def test_probabilities_of_a_foreign_softmax_output_are_its_own():
     logits = runtime.load(mlp()).predict(RNG.normal(size=(6, 4)).astype(np.float32))  # logits: softmaxed, as before
     z = logits.scores.astype(np.float64)
     np.testing.assert_allclose(logits.probabilities(), np.exp(z) / np.exp(z).sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_an_output_without_a_row_per_input_row_asks_for_a_batch_size_the_cli_takes(run_cli, tmp_path):
+    # 'load it with batch_size=None' became '--batch-size None', which the command line refuses
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1)], "total",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(runtime.OnnxkitError, match=r"cannot be split into batches; run its 10 rows at once: "
+                                                   r"batch_size=10$"):
+        runtime.load(proto, batch_size=4).predict(np.ones((10, 3), np.float32))
+    onnx.save(proto, tmp_path / "total.onnx")
+    np.save(tmp_path / "x.npy", np.ones((600, 3), np.float32))
+    refused = run_cli("predict", tmp_path / "total.onnx", "-i", tmp_path / "x.npy")
+    assert refused.err.endswith("run its 600 rows at once: --batch-size 600\n"), refused.err
+    assert run_cli("predict", tmp_path / "total.onnx", "-i", tmp_path / "x.npy", "--batch-size", "600").code == 0

@@ -216,7 +216,8 @@ class Model:
             if sum(len(np.atleast_1d(p)) for p in pieces) != rows:
                 raise OnnxkitError(
                     f"output {name!r} of model {self.name!r} does not have one row per input row, "
-                    "so the input cannot be split into batches; load it with batch_size=None"
+                    f"so the input cannot be split into batches; run its {rows} rows at once: batch_size={rows}",
+                    params=["batch_size"],
                 )
             outputs[name] = np.concatenate(pieces)
         return outputs
