@@ -60,11 +60,14 @@ def _holds_fraction(row: Sequence[str]) -> bool:
 
 def without_index(header: Sequence[str] | None, rows: list[list[str]]) -> tuple[Sequence[str] | None, list[list[str]]]:
     """The header and rows less a first column that is the row index pandas' `to_csv` writes unless told
-    `index=False`: headed '' (or 'Unnamed: 0', as read back and saved again), distinct whole numbers."""
+    `index=False`: headed '' (or 'Unnamed: 0', as read back and saved again), distinct whole numbers or distinct
+    names (R's datasets name their rows: mtcars' 'Mazda RX4' was refused as a text feature)."""
     if not header or header[0].strip() not in ("", "Unnamed: 0") or not rows:
         return header, rows
-    index = [row[0].strip() for row in rows]
-    if not all(i.isdigit() for i in index) or len(set(index)) < len(index):
+    index = [row[0].strip() for row in rows if row]
+    numbered = all(i.isdigit() for i in index)
+    named = all(i and not is_number(i) for i in index)
+    if not (numbered or named) or len(set(index)) < len(index):
         return header, rows
     return header[1:], [row[1:] for row in rows]
 

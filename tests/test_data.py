@@ -258,6 +258,11 @@ def test_a_csv_with_pandas_row_index_trains_on_its_features_alone(tmp_path):
     (tmp_path / "kept.csv").write_text(",p,label\n" + "".join(f"{i % 3},{a},{c}\n" for i, (a, _, c) in
                                                                enumerate(rows)))
     assert load_dataset(tmp_path / "kept.csv").train.inputs["x"].shape[1] == 2  # repeats: no index, a feature
+    # R's datasets name their rows (mtcars' 'Mazda RX4'): refused as a text feature column ''
+    (tmp_path / "named.csv").write_text(",p,q,label\n" + "".join(f"car {i},{a},{b},{c}\n" for i, (a, b, c) in
+                                                                   enumerate(rows)))
+    np.testing.assert_array_equal(load_dataset(tmp_path / "named.csv").train.inputs["x"], plain.train.inputs["x"])
+    assert load_dataset(tmp_path / "named.csv").columns == ("p", "q")
 
 
 def test_a_csv_with_two_label_columns_is_refused_by_train_and_predict(tmp_path, run_cli):
