@@ -213,3 +213,17 @@ def test_the_classes_listed_in_a_labels_error_are_the_first_ten():
     with pytest.raises(OnnxkitError) as refused:
         check_class_labels("many", np.arange(1000), 2, class_names=names)
     assert str(refused.value).endswith("(its 1000 classes: " + ", ".join(map(repr, names[:10])) + ", ...)")
+
+
+def test_a_csv_of_other_width_than_the_model_is_said_in_columns(tmp_path, run_cli):
+    # it was numpy's view: "data array 'x' has shape [18, 5] but model input 'x' expects [batch, 4]; reshape the
+    # data (or pick the matching dataset, e.g. digits-images for image models and digits for flat ones)"
+    x, y = iris_like(30)
+    rows = [",".join([*map(str, r), "1.5", str(label)]) for r, label in zip(x, y, strict=True)]
+    (tmp_path / "wide.csv").write_text("a,b,c,d,e,label\n" + "\n".join(rows) + "\n")
+    onnx.save(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
+    result = run_cli("train", tmp_path / "iris.onnx", "--data", tmp_path / "wide.csv", "-o", tmp_path / "run")
+    assert (result.code, result.err) == (1, "error: data 'wide' has 5 feature columns (a, b, c, d, ...) but model "
+                                            "input 'x' takes 4 values a row; build the model with 5 inputs, or "
+                                            "leave columns out of the file\n")
+    assert not (tmp_path / "run").exists()

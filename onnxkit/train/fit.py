@@ -516,6 +516,7 @@ class _Setup:
         self.cached: dict[str, Any] = {}  # the frozen-feature cut's boundary and seconds, when one is made
         self._prepare_model_and_backend(model, device)
         with self._naming_the_labels():  # the data against the model
+            _check_column_count(self.dataset, model_inputs(self.model))
             self._choose_output_and_loss()
             unscaled_note = self._choose_standardization()  # said last, so that an error is the only line
             self._detect_probabilities()
@@ -1019,6 +1020,17 @@ def _refuse_settings_on_resume(arguments: dict[str, Any]) -> None:
     if given:
         raise OnnxkitError(f"resume continues a run with its stored settings; leave out {', '.join(given)} (or "
                            "start a new run with them)", params=["resume", *given])
+
+
+def _check_column_count(dataset: Dataset, specs: list) -> None:
+    """A CSV's feature columns against a model of one [batch, N] input, said in columns (the shape error's
+    '[304, 13] but [batch, 8]; reshape the data (or pick the matching dataset, ...)' told a CSV's user little)."""
+    columns, shape = dataset.columns, specs[0].shape if len(specs) == 1 else None
+    if not columns or not shape or len(shape) != 2 or not isinstance(shape[1], int) or shape[1] == len(columns):
+        return
+    raise OnnxkitError(f"data {dataset.name!r} has {len(columns)} feature columns ({first_few(list(columns), 4)}) "
+                       f"but model input {specs[0].name!r} takes {shape[1]} values a row; build the model with "
+                       f"{len(columns)} inputs, or leave columns out of the file")
 
 
 def _named_classes(model: onnx.ModelProto) -> bool:
