@@ -329,12 +329,13 @@ def _of_the_models_classes(dataset: Any, model: Any) -> Any:
     return dataset
 
 
-def named_split(model: Any, split: str | None, data: Any = None,
-                data_seed: int | None = None) -> tuple[Split, str, int]:
+def named_split(model: Any, split: str | None, data: Any = None, data_seed: int | None = None, *,
+                label: str | None = None) -> tuple[Split, str, int]:
     """The split called `split` of `data` (default: the data `model` was trained on, from its
     `onnxkit.training` metadata) with `data_seed` (default: the training run's, else 0); also the
-    data's name and the seed used. `split` None: the test split of the data the model trained on (or of a
-    Dataset), all of other data, which training held out whole (not a fifth of it)."""
+    data's name and the seed used; `label`: a CSV's label column (default: the one the model trained on).
+    `split` None: the test split of the data the model trained on (or of a Dataset), all of other data, which
+    training held out whole (not a fifth of it)."""
     from onnxkit.data import Dataset, in_model_order, load_dataset
 
     recorded, recorded_seed = trained_on(model)
@@ -357,7 +358,7 @@ def named_split(model: Any, split: str | None, data: Any = None,
                            "training held out (it may hold rows the model trained on); give data: the file as it "
                            "was, or this one to score it as it is now", params=["data"])
     seed = data_seed if data_seed is not None else recorded_seed
-    dataset = _of_the_models_classes(load_dataset(data, seed=seed, model=model), model)
+    dataset = _of_the_models_classes(load_dataset(data, seed=seed, model=model, label=label), model)
     if metadata(model).get(TASK_KEY) == "regression":  # its targets are numbers, not class ids
         check_numeric_targets(dataset.name, dataset.label_names, TASK_LOSS["regression"])
     return dataset.split(split), str(data), seed

@@ -201,7 +201,7 @@ def test_class_names_are_no_regression_targets(tmp_path):
     assert str(prices.value) == ("data 'prices': the targets are written with thousands separators ('200,000.50', "
                                  "'201,000.50', '202,000.50', ...), so they read as class names; write the numbers "
                                  "without them (the labels: the last column, 'price', as no column is headed label / "
-                                 "labels / target / y / class)")
+                                 "labels / target / y / class; label=COLUMN names another)")
     assert not (tmp_path / "run").exists()
 
 

@@ -243,3 +243,35 @@ def test_a_warmup_longer_than_the_run_or_an_accumulation_past_the_epoch_is_warne
     assert ("warning: the warm-up (5000 steps) is longer than the run (2 steps): the learning rate ends at 4e-06 of "
             "0.01") in result.err
     assert "warning: --grad-accum 100 is more than an epoch's 6 batches" in result.err
+
+
+def test_label_names_the_csv_column_to_train_on_and_eval_reads_it_back(run_cli, tmp_path):
+    # a target first or in the middle (mtcars' mpg, diamonds' price) could only be trained on by editing the file:
+    # with a 1-output model the last column was fit without a word but the training line
+    from onnxkit import nn
+
+    rng = np.random.default_rng(0)
+    x = rng.random((150, 3)).round(3)
+    price = (3 * x[:, 0] + 2 * x[:, 1]).round(3)
+    (tmp_path / "mid.csv").write_text("a,price,b,c\n" + "".join(f"{r[0]},{p},{r[1]},{r[2]}\n" for r, p in
+                                                                zip(x, price, strict=True)))
+    nn.manual_seed(0)
+    onnx.save(nn.build(nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 1)), {"x": nn.Input(["batch", 3])},
+                       output_names=["y"]), tmp_path / "reg.onnx")
+    run = tmp_path / "run"
+    result = run_cli("train", tmp_path / "reg.onnx", "--data", tmp_path / "mid.csv", "--label", "Price", "-o", run)
+    assert result.code == 0, result.err
+    assert "labels from 'price' (column 2)" in result.err
+    stored = {p.key: p.value for p in onnx.load(run / "model.onnx").metadata_props}
+    assert json.loads(stored["onnxkit.training"])["label"] == "Price"
+    assert json.loads(stored["onnxkit.columns"]) == ["a", "b", "c"]
+    scored = run_cli("eval", run / "model.onnx", "--data", tmp_path / "mid.csv", "--json")  # price, by default
+    assert scored.code == 0 and json.loads(scored.out)["r2"] > 0.9, scored.err
+    typo = run_cli("train", tmp_path / "reg.onnx", "--data", tmp_path / "mid.csv", "--label", "prise", "-o",
+                   tmp_path / "typo")
+    assert (typo.code, typo.err) == (1, f"error: {tmp_path / 'mid.csv'}: no column is headed 'prise'. Did you mean: "
+                                        "price? Its columns: 'a', 'price', 'b', 'c'\n")
+    named = run_cli("train", tmp_path / "reg.onnx", "--data", "diabetes", "--label", "price", "-o", tmp_path / "d")
+    assert named.code == 1 and named.err.startswith("error: --label 'price' names a column of a CSV; diabetes is no "
+                                                    "CSV")
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "d").exists()

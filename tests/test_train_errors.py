@@ -382,7 +382,7 @@ def test_a_label_error_on_a_csv_without_a_label_column_names_the_column_taken(ru
     result = run_cli("train", model, "--data", tmp_path / "nolabel.csv", "-o", tmp_path / "run")
     assert result.code == 1 and result.err.count("\n") == 1
     assert result.err.rstrip().endswith("(the labels: the last column, 'c', as no column is headed label / labels / "
-                                        "target / y / class)")
+                                        "target / y / class; --label COLUMN names another)")
 
 
 def test_a_shape_error_on_a_csv_without_a_header_says_the_last_column_was_taken_as_the_labels(run_cli, tmp_path):

@@ -60,6 +60,9 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               help="Batches per optimizer step.")
 @click.option("--seed", type=opt.NON_NEGATIVE_INT, default=0, show_default=True, help="Shuffling and dropout seed.")
 @opt.data_seed(0)
+@click.option("--label", metavar="COLUMN",
+              help="The CSV column holding the labels, by its header (default: the one headed label, labels, "
+                   "target, y or class, else the last).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False),
               help="A tokenizer.json for text data (bbc-news, tweets-sentiment) when the model carries none; the "
                    "trained model carries it, for eval and predict --text.")
@@ -169,6 +172,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
             grad_accumulation=options["grad_accumulation"],
             seed=options["seed"],
             data_seed=options["data_seed"],
+            label=options["label"],
             shuffle=not options["no_shuffle"],
             dropout=not options["no_dropout"],
             freeze=options["freeze"],
@@ -269,13 +273,16 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 @click.option("--split", type=click.Choice(("train", "validation", "test", "all")), default=None,
               help="The split to score (default: test, of the data the model trained on; all of other data).")
 @opt.data_seed(None, "Seed of the split (default: the training run's, else 0).")
+@click.option("--label", metavar="COLUMN",
+              help="The CSV column holding the labels, by its header (default: the one the model trained on, else "
+                   "as train chooses).")
 @opt.batch_size(256)
 @opt.model_output("The output to score (default: the one trained, else the scores beside a first output that is "
                   "the predicted label, else the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_cmd(
-    model: str, data: str | None, split: str | None, data_seed: int | None, batch_size: int, output: str | None,
-    as_json: bool,
+    model: str, data: str | None, split: str | None, data_seed: int | None, label: str | None, batch_size: int,
+    output: str | None, as_json: bool,
 ) -> None:
     """Evaluate MODEL.onnx on a dataset split: loss, accuracy, macro-F1, confusion matrix (R² for regression).
 
@@ -287,7 +294,7 @@ def eval_cmd(
     from onnxkit.evaluate import evaluate, named_split
     from onnxkit.files import load_model
 
-    chosen, data, seed = named_split(load_model(model), split, data, data_seed)
+    chosen, data, seed = named_split(load_model(model), split, data, data_seed, label=label)
     metrics = evaluate(model, chosen, batch_size=batch_size, output=output)  # by path: errors name the file
     metrics.update(data=data, split=chosen.name, data_seed=seed)
     if as_json:

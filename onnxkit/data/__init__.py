@@ -12,6 +12,7 @@ from onnxkit.data.registry import (
     load_dataset,
     numbered_classes,
     register_dataset,
+    trained_label,
 )
 from onnxkit.data.split import (
     Dataset,
@@ -35,4 +36,5 @@ __all__ = [
     "model_inputs",
     "register_dataset",
     "split_indices",
+    "trained_label",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import (
     MISSING_CELLS,
     flags_as_numbers,
@@ -90,9 +90,10 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
 
 
 def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,
-             tokenizer: str | None = None, max_length: int | None = None) -> Dataset:
+             tokenizer: str | None = None, max_length: int | None = None, label: str | None = None) -> Dataset:
     """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
-    column is a text dataset, tokenized with `tokenizer` (the model's)."""
+    column is a text dataset, tokenized with `tokenizer` (the model's). `label`: the header of the label column
+    (default: the one headed label / labels / target / y / class, else the last)."""
     require_data_file(path)
     numbered = read_csv_rows(path)
     if not numbered:
@@ -104,7 +105,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     width = len(header or rows[0])
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
-    named = label_column(header, str(path))
+    named = label_column(header, str(path)) if label is None else _column_headed(path, header, label)
     text = text_column(header)
     if named is None and text is not None:
         named = _beside_the_text(path, header, text)  # type: ignore[arg-type]
@@ -146,8 +147,9 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     dataset = replace(dataset, label_column=column, notes=_row_ids(header, x, label_col),
                       columns=tuple(names) if names else None)
     if named is None:  # said with any error about the labels: they may be a feature
-        why = (f"the last column, {header[-1].strip()!r}, as no column is headed {' / '.join(LABEL_COLUMNS)}"
-               if header else f"the last column, as the file has no header naming a {LABEL_COLUMNS[0]} column")
+        why = (f"the last column, {header[-1].strip()!r}, as no column is headed {' / '.join(LABEL_COLUMNS)}; "
+               "label=COLUMN names another" if header else
+               f"the last column, as the file has no header naming a {LABEL_COLUMNS[0]} column")
         return replace(dataset, labels_from=why)
     return dataset
 
@@ -285,6 +287,20 @@ def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, l
     label_names = sorted(set(raw))
     index = {name: i for i, name in enumerate(label_names)}
     return np.array([index[v] for v in raw], dtype=np.int64), label_names
+
+
+def _column_headed(path: Path, header: Sequence[str] | None, label: str) -> int:
+    """The index of the column headed `label` (spaces and case aside when no header is exactly it)."""
+    if not header:
+        raise OnnxkitError(f"{path}: the labels are to be column {label!r}, but the file has no header row naming "
+                           "its columns; add one")
+    names = [h.strip() for h in header]
+    for found in (names, [n.lower() for n in names]):
+        wanted = label.strip() if found is names else label.strip().lower()
+        if wanted in found:
+            return found.index(wanted)
+    raise OnnxkitError(f"{path}: no column is headed {label!r}.{suggest(label, names)} Its columns: "
+                       f"{first_few([repr(n) for n in names], 12)}")
 
 
 def _beside_the_text(path: Path, header: list[str], text: int) -> int:

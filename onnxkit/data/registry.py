@@ -25,7 +25,7 @@ from onnxkit.data.split import Dataset, Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import TABLE_SUFFIXES
 from onnxkit.metadata import metadata
-from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
+from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY, TRAINING_KEY
 
 Loader = Callable[..., Dataset]
 
@@ -83,18 +83,25 @@ def load_dataset(
     The split into train/validation/test is deterministic for a given `seed` and
     fractions, so training and a later `onnxkit eval` see the same test split.
     `model`: the `onnx.ModelProto` the data is for; a text dataset is tokenized
-    with the tokenizer (and max length) it carries, unless `options` name one.
+    with the tokenizer (and max length) it carries, unless `options` name one. A CSV's `label` option (its label
+    column's header) defaults to the one `model` was trained with (`trained_label`).
     """
     from onnxkit.data import formats
 
     text = str(name_or_path)
     split_args = {"seed": seed, "validation": validation, "test": test}
     suffix = Path(text).suffix.lower()
+    label = options.pop("label", None)
+    if label is not None and suffix not in TABLE_SUFFIXES:
+        raise OnnxkitError(f"label={label!r} names a column of a CSV; {text} is no CSV (an .npz keeps its labels in "
+                           "its labels or y array, a named dataset its own)")
     if suffix in formats.READERS:
         if suffix in TABLE_SUFFIXES and model is not None:  # a CSV of texts is tokenized as the model's inputs are
             from onnxkit.data.text import tokenizer_options
 
             options = {**tokenizer_options(model), **options}
+        if suffix in TABLE_SUFFIXES:
+            options["label"] = label if label is not None else trained_label(model)
         dataset = formats.READERS[suffix](Path(text), **split_args, **options)
         if suffix in TABLE_SUFFIXES and model is not None:
             dataset = formats.csv_for_model(dataset, model)
@@ -125,6 +132,15 @@ def _padded_as_trained(dataset: Dataset, model: Any) -> Dataset:
     if model is None or metadata(model).get(PADDING_KEY) != "max_length":
         return dataset
     return dataset.with_fixed_shapes()
+
+
+def trained_label(model: Any) -> str | None:
+    """The CSV label column `model` was trained on when it was named (`label` in its `onnxkit.training` metadata)."""
+    import json
+
+    if model is None:
+        return None
+    return json.loads(metadata(model).get(TRAINING_KEY, "{}")).get("label")
 
 
 def model_class_names(model: Any) -> list[str] | None:

@@ -47,6 +47,7 @@ class TrainConfig:
     model_sha256: str
     data: str
     data_seed: int = 0
+    label: str | None = None  # a CSV's label column by its header (None: the one headed as labels, else the last)
     output: str | None = None
     loss: str | None = None
     optimizer: str = "adamw"

@@ -27,7 +27,15 @@ import onnx
 
 from onnxkit import __version__
 from onnxkit.autodiff.reverse import NoGradient
-from onnxkit.data import Dataset, Split, in_model_order, load_dataset, model_inputs, numbered_classes
+from onnxkit.data import (
+    Dataset,
+    Split,
+    in_model_order,
+    load_dataset,
+    model_inputs,
+    numbered_classes,
+    trained_label,
+)
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
 from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
@@ -132,6 +140,7 @@ def fit(
     eval_batch_size: int | None = None,
     seed: int = 0,
     data_seed: int = 0,
+    label: str | None = None,
     shuffle: bool = True,
     dropout: bool = True,
     freeze: str | Sequence[str] = (),
@@ -157,7 +166,8 @@ def fit(
     Returns a `FitResult`: the run folder, the trained model's path (model.onnx), its metrics and history.
 
     - `data`: a built-in dataset name, an .npz/.csv file, or a `Dataset` (`onnxkit.data.dataset_from_arrays`
-      makes one from arrays); split into train / validation / test by `data_seed`.
+      makes one from arrays); split into train / validation / test by `data_seed`. `label`: a CSV's label column
+      by its header (default: the one headed label, labels, target, y or class, else the last).
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
       task metadata, else from its output and the labels).
     - `optimizer`: a name (sgd, adam, adamw, adagrad, rmsprop, adadelta) or an object from
@@ -206,7 +216,8 @@ def fit(
     _check_seeds(seed=seed, data_seed=data_seed)
     _check_flags(shuffle=shuffle, dropout=dropout, keep_best=keep_best, evaluate_test=evaluate_test,
                  cache_features=cache_features, quiet=quiet, standardize=standardize)
-    _check_names(loss=loss, schedule=schedule, output=output, monitor=monitor, device=device, backend=backend)
+    _check_names(loss=loss, schedule=schedule, output=output, monitor=monitor, device=device, backend=backend,
+                 label=label)
     lr, weight_decay, clip_grad_norm, warmup = _reals(lr=lr, weight_decay=weight_decay,
                                                       clip_grad_norm=clip_grad_norm, warmup=warmup)
     freeze, train_only = _patterns(freeze), _patterns(train_only)
@@ -231,8 +242,12 @@ def fit(
         else:
             model_path = resolved(model)
             proto = load_model(model_path)
+        if isinstance(data, Dataset) and label is not None:
+            raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
+        if label is None and not isinstance(data, Dataset):  # a model trained on a named column, fine-tuned further
+            label = trained_label(proto)
         dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
-                   else load_dataset(data, seed=data_seed, model=proto))
+                   else load_dataset(data, seed=data_seed, model=proto, label=label))
         if batch_size is None:  # a model that fixes its batch size trains at that size
             batch_size = fixed_batch_size(model_inputs(proto))
         given = Settings(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
@@ -247,6 +262,7 @@ def fit(
             model_sha256=sha256(model_path) if model_path else "",
             data=_data_reference(data),
             data_seed=data_seed,
+            label=label,
             output=output,
             loss=get_loss(loss).name if loss else None,
             optimizer=spec.name,
@@ -334,7 +350,7 @@ def _resumed(
             raise OnnxkitError(f"data is not the Dataset this run trained on ({config.data!r}): its arrays differ; "
                                "resume with the same Dataset, or start a new run on this one")
     else:
-        dataset = load_dataset(config.data, seed=config.data_seed, model=proto)
+        dataset = load_dataset(config.data, seed=config.data_seed, model=proto, label=config.label)
     return run, config, proto, dataset
 
 
@@ -1073,6 +1089,7 @@ def _finish(
         "data_seed": c.data_seed,
         "data_in_memory": c.data_in_memory,
         **({"data_sha256": c.data_sha256} if c.data_sha256 else {}),  # eval's default data is to be the same
+        **({"label": c.label} if c.label is not None else {}),  # eval's CSV label column, by default
         "loss": setup.loss.name,
         "optimizer": c.optimizer,
         "lr": c.lr,
