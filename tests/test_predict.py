@@ -689,3 +689,29 @@ def test_outputs_of_other_row_counts_are_refused_as_a_csv_in_one_line(run_cli, t
                                             ".npz\n")
     assert not (tmp_path / "out.csv").exists()
     assert run_cli("predict", tmp_path / "two.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "out.json").code == 0
+
+
+def test_a_model_of_one_string_input_takes_texts_as_they_are(run_cli, tmp_path):
+    # a scikit-learn TF-IDF pipeline tokenizes itself: --text and a .txt were refused ('carries no tokenizer')
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxkit import runtime
+
+    graph = helper.make_graph(
+        [helper.make_node("LabelEncoder", ["text"], ["score"], domain="ai.onnx.ml", keys_strings=["good", "bad"],
+                          values_floats=[1.0, -1.0], default_float=0.0),
+         helper.make_node("Neg", ["score"], ["against"]),
+         helper.make_node("Concat", ["against", "score"], ["logits"], axis=1)], "words",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    onnx.save(model, tmp_path / "words.onnx")
+    assert runtime.load(tmp_path / "words.onnx").predict_text(["good", "bad", "meh"]).classes.tolist() == [1, 0, 0]
+    given = run_cli("predict", tmp_path / "words.onnx", "--text", "good", "--text", "bad", "-o", tmp_path / "a.npy")
+    assert given.code == 0, given.err
+    (tmp_path / "t.txt").write_text("good\nbad\n")
+    from_file = run_cli("predict", tmp_path / "words.onnx", "-i", tmp_path / "t.txt", "-o", tmp_path / "b.npy")
+    assert from_file.code == 0, from_file.err
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), [[-1.0, 1.0], [1.0, -1.0]])
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), np.load(tmp_path / "a.npy"))

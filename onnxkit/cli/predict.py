@@ -20,7 +20,7 @@ from onnxkit.runtime.datafiles import (
     write_prediction,
 )
 from onnxkit.runtime.model import ends_in_probabilities
-from onnxkit.runtime.text import carries_tokenizer
+from onnxkit.runtime.text import reads_text
 
 
 @click.command("predict")
@@ -97,7 +97,7 @@ def predict_cmd(
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
     if probs and not loaded.given_probabilities:
         loaded.given_probabilities = ends_in_probabilities(model)
-    from_file = bool(input_path and carries_tokenizer(loaded) and holds_texts(input_path))  # .txt, CSV's text column
+    from_file = bool(input_path and reads_text(loaded) and holds_texts(input_path))  # .txt, CSV's text column
     if from_file:
         texts = tuple(read_texts(Path(input_path)))
     _warn_of_empty_texts(texts, input_path if from_file else None)

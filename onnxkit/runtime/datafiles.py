@@ -54,7 +54,7 @@ from onnxkit.label_columns import (
 from onnxkit.runtime.model import Model
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.signature import TensorSpec
-from onnxkit.runtime.text import carries_tokenizer
+from onnxkit.runtime.text import carries_tokenizer, reads_text
 
 INPUT_SUFFIXES = (".npy", ".npz", ".json", ".csv", ".tsv")
 OUTPUT_SUFFIXES = (".json", ".npz", ".npy", ".csv")
@@ -66,7 +66,7 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
-        texts = ", or .txt for texts" if carries_tokenizer(model) else ""
+        texts = ", or .txt for texts" if reads_text(model) else ""
         raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}{texts}")
     if not path.is_file():
         raise OnnxkitError(f"{path}: {not_a_file(path)}")
@@ -251,8 +251,6 @@ def _without_labels(arrays: dict[str, np.ndarray], model: Model) -> dict[str, np
 
 
 def _read_csv(path: Path, model: Model) -> np.ndarray:
-    from onnxkit.runtime.text import carries_tokenizer
-
     if carries_tokenizer(model):  # its texts were read from a 'text' column: this CSV has none
         raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r}; head the column "
                            f"of texts {TEXT_COLUMN!r} in the first row (e.g. {TEXT_COLUMN},label), or give a .txt "

@@ -34,6 +34,21 @@ def carries_tokenizer(model: Any) -> bool:
     return TOKENIZER_KEY in model.metadata
 
 
+def raw_text_input(model: Any) -> TensorSpec | None:
+    """The one input of a model that takes text itself, a string per row ([batch] or [batch, 1]: a scikit-learn
+    TF-IDF pipeline's), when it carries no tokenizer; else None."""
+    if carries_tokenizer(model) or len(model.inputs) != 1:
+        return None
+    spec = model.inputs[0]
+    rows_of_one = len(spec.shape) == 1 or (len(spec.shape) == 2 and spec.shape[1] in (1, None))
+    return spec if spec.type == "tensor(string)" and rows_of_one else None
+
+
+def reads_text(model: Any) -> bool:
+    """Whether `model` takes texts: it carries a tokenizer, or its one input is a string per row."""
+    return carries_tokenizer(model) or raw_text_input(model) is not None
+
+
 def _tokenizer(model: Any) -> Any:
     with _lock:
         if model not in _tokenizers:
@@ -51,10 +66,14 @@ def text_feeds(model: Any, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
     texts = [texts] if isinstance(texts, str) else [t.decode() if isinstance(t, bytes) else t for t in texts]
     if not texts:
         raise OnnxkitError("no text given; pass at least one string")
+    raw = raw_text_input(model)
+    if raw is not None:  # the model tokenizes (a TF-IDF pipeline): the strings themselves, one per row
+        return {raw.name: np.array(texts, dtype=object).reshape((len(texts), 1)[:len(raw.shape)])}
     arrays = encode(_tokenizer(model), texts)
     return {spec.name: arrays[spec.name] for spec in model.inputs if spec.name in arrays}
 
 
 def predict_text(model: Any, texts: str | Sequence[str]) -> Prediction:
-    """Tokenize `texts` with the model's tokenizer and predict (batched like `Model.predict`)."""
+    """Tokenize `texts` with the model's tokenizer (or, for a model of one string input, feed them as they are)
+    and predict (batched like `Model.predict`)."""
     return model.predict(text_feeds(model, texts))
