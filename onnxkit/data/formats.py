@@ -155,17 +155,20 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
 
 
 def _row_ids(header: Sequence[str] | None, x: np.ndarray, label_col: int) -> tuple[str, ...]:
-    """A warning for each feature column headed as a row id (id, ID, index, *_id) that holds distinct whole
-    numbers: it is read as a feature, and in a file sorted by class it gives the class away (Kaggle's iris with
-    its Id: 100% on the test split, 93% without)."""
+    """A warning for each feature column headed as a row id that holds whole numbers: it is read as a feature, and
+    in a file sorted by class it gives the class away (Kaggle's iris with its Id: 100% on the test split, 93%
+    without). Headed id, idx, index or row, whatever its numbers (MASS' biopsy repeats a sample's ID); *_id only
+    when they are distinct (a store_id may be a feature)."""
     names = [h for j, h in enumerate(header or ()) if j != label_col]
-    found = [name.strip() for j, name in enumerate(names) if _ID_HEADER.fullmatch(name.strip())
-             and np.array_equal(x[:, j], np.round(x[:, j])) and len(np.unique(x[:, j])) == len(x)]
-    return tuple(f"column {name!r} holds distinct whole numbers, a row id by its name: it is read as a feature (in a "
-                 "file sorted by class it gives the class away); drop the column if it is an id" for name in found)
+    found = [name.strip() for j, name in enumerate(names) if np.array_equal(x[:, j], np.round(x[:, j]))
+             and (_ID_HEADER.fullmatch(name.strip()) or _SOME_ID_HEADER.fullmatch(name.strip())
+                  and len(np.unique(x[:, j])) == len(x))]
+    return tuple(f"column {name!r} holds whole numbers, a row id by its name: it is read as a feature (in a file "
+                 "sorted by class it gives the class away); drop the column if it is an id" for name in found)
 
 
-_ID_HEADER = re.compile(r"(?i)(id|idx|index|row|.+[_ ]id)")
+_ID_HEADER = re.compile(r"(?i)(id|idx|index|row)")
+_SOME_ID_HEADER = re.compile(r"(?i).+[_ ]id")
 
 
 def csv_for_model(dataset: Dataset, model: Any) -> Dataset:
