@@ -377,6 +377,11 @@ def test_a_missing_label_among_numbers_is_named_by_line_and_a_class_named_none_i
         load_dataset(tmp_path / "na.csv")
     assert str(na.value) == (f"{tmp_path / 'na.csv'}:3: the label cell holds 'NA', a missing value; give every row "
                              "a label (or drop the row)")
+    (tmp_path / "gaps.csv").write_text("a,target\n1,2.5\n2,\n3,1.5\n4,?\n5,\n")  # each one was a fix and a rerun
+    with pytest.raises(OnnxkitError) as gaps:
+        load_dataset(tmp_path / "gaps.csv")
+    assert str(gaps.value) == (f"{tmp_path / 'gaps.csv'}:3: the label cell is empty (and 2 more: 3 of 5 rows have no "
+                               "label); give every row a label (or drop the rows)")
     rows = "".join(f"{i},{['none', 'some'][i % 2]}\n" for i in range(10))
     (tmp_path / "named.csv").write_text("a,label\n" + rows)
     assert load_dataset(tmp_path / "named.csv").label_names == ["none", "some"]

@@ -274,10 +274,13 @@ def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, l
     numeric = [is_number(v) for v in raw]
     # an empty cell; or NA, N/A, ? among numbers (among class names, 'none' may be a class)
     among_numbers = all(n or is_missing(v) for n, v in zip(numeric, raw, strict=True))
-    gap = next((i for i, v in enumerate(raw) if not v or among_numbers and not numeric[i]), None)
-    if gap is not None:
+    gaps = [i for i, v in enumerate(raw) if not v or among_numbers and not numeric[i]]
+    if gaps:
+        gap = gaps[0]
         there = f"holds {raw[gap]!r}, a missing value" if raw[gap] else "is empty"
-        raise OnnxkitError(f"{path}:{lines[gap]}: the label cell {there}; give every row a label (or drop the row)")
+        more = f" (and {len(gaps) - 1} more: {len(gaps)} of {len(raw)} rows have no label)" if len(gaps) > 1 else ""
+        raise OnnxkitError(f"{path}:{lines[gap]}: the label cell {there}{more}; give every row a label (or drop "
+                           f"the row{'s' * (len(gaps) > 1)})")
     if all(numeric):
         values = np.array(raw, dtype=np.float64)
         big = _beyond_float32(values)
