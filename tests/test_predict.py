@@ -29,12 +29,12 @@ def test_npy_in_table_out_with_top_k(run_cli, digits, tmp_path):
     result = run_cli("predict", path, "--input", tmp_path / "x.npy", "--top-k", "3")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    assert lines[0] == "row  top-3 labels (score)"
+    assert lines[0] == "row  top-3 labels (logit)"
     for row, line in zip(logits, lines[1:], strict=True):
         best = np.argsort(-row)[:3]
         assert [part.split(" (")[0] for part in line[5:].split("  ")] == [str(i) for i in best]
     every = run_cli("predict", path, "--input", tmp_path / "x.npy", "--top-k", "11")  # past the 10 classes
-    assert every.out.splitlines()[0] == "row  top-10 labels (score)"
+    assert every.out.splitlines()[0] == "row  top-10 labels (logit)"
 
 
 @pytest.mark.parametrize("suffix", [".json", ".csv", ".npz", ".npy"])
@@ -437,7 +437,7 @@ def test_a_binary_models_table_shows_its_logit(run_cli, tmp_path):
     assert result.out.splitlines() == ["row  label (logit)"] + [
         f"{i:<4} {'yes' if v > 0 else 'no'} ({v:.4g})" for i, v in enumerate(z[:, 0])]
     probs = run_cli("predict", tmp_path / "binary.onnx", "--input", tmp_path / "x.npy", "--probs")
-    assert probs.out.splitlines()[0] == "row  label (score)"  # the predicted class's probability
+    assert probs.out.splitlines()[0] == "row  label (probability)"  # the predicted class's
 
 
 

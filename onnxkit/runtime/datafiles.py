@@ -216,7 +216,8 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     elif classes:
         best = prediction.top_k(top_k or 1)
         shown = min(top_k, len(best[0])) if top_k and len(best) else top_k  # k past the classes: all of them
-        lines.append(f"row  {'top-' + str(shown) + ' labels' if top_k else 'label'} (score)")
+        kind = "probability" if prediction.given_probabilities or prediction.reads_as_probabilities() else "logit"
+        lines.append(f"row  {'top-' + str(shown) + ' labels' if top_k else 'label'} ({kind})")
         for i, row in enumerate(best[:max_rows]):
             lines.append(f"{i:<4} " + "  ".join(f"{label} ({score:.4g})" for label, score in row))
     else:

@@ -94,7 +94,7 @@ class Prediction:
         scores = np.asarray(self.scores, np.float64)
         if self.multi_label:  # each label's sigmoid
             return (scores if self.given_probabilities else 0.5 * (1.0 + np.tanh(0.5 * scores))).astype(np.float32)
-        if self.given_probabilities or self._reads_as_probabilities():
+        if self.given_probabilities or self.reads_as_probabilities():
             return self.class_scores().astype(np.float32)
         if self.one_logit:
             positive = 0.5 * (1.0 + np.tanh(0.5 * scores))  # sigmoid, without overflow for large |z|
@@ -103,7 +103,7 @@ class Prediction:
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    def _reads_as_probabilities(self) -> bool:
+    def reads_as_probabilities(self) -> bool:
         """Whether the scores already are class probabilities, which no metadata said (a foreign model ending in
         Softmax, whose graph the runtime does not read): every row in [0, 1] summing to 1, which logits of two or
         more classes hardly ever do (a softmax of them was 0.44 where the model said 0.64)."""
@@ -116,7 +116,8 @@ class Prediction:
         """This prediction with the scores replaced by `probabilities()` (output `probabilities`), so
         top-k, tables and saved files show probabilities instead of logits."""
         rest = {name: value for name, value in self.outputs.items() if name not in (self.scores_name, "probabilities")}
-        return replace(self, outputs={"probabilities": self.probabilities(), **rest}, scores_output=None)
+        return replace(self, outputs={"probabilities": self.probabilities(), **rest}, scores_output=None,
+                       given_probabilities=True)
 
     @property
     def classes(self) -> np.ndarray:
