@@ -82,8 +82,12 @@ _EIGHT_BITS = frozenset({TensorProto.INT8, TensorProto.UINT8})
 _FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
 
 
+_NO_WEIGHTS = (onnx.TensorProto.INT64, onnx.TensorProto.BOOL)  # shapes, axes, indices, masks: a graph's constants
+
+
 def _parameter_count(nodes: list[onnx.NodeProto], tensors: list[onnx.TensorProto]) -> int:
-    """The number of weights the model computes with: a 4-bit MatMulNBits weight packs two in a byte and
+    """The number of weights the model computes with (int64 and bool tensors are the graph's constants, shapes and
+    indices, as a dynamo export keeps them): a 4-bit MatMulNBits weight packs two in a byte and
     counts as its K x N (not its bytes); quantization's scales and zero points do not count (so a model and
     its int8 or int4 form count alike): those at the inputs `_SCALES_AT` names; past the data input of QGemm and
     QLinear* ops, the float tensors and the 8-bit ones of rank <= 1; a dynamic int8 weight's scale, multiplied
@@ -101,7 +105,8 @@ def _parameter_count(nodes: list[onnx.NodeProto], tensors: list[onnx.TensorProto
         elif node.op_type == "DynamicQuantizeLinear" and len(node.output) > 1:
             input_scales.add(node.output[1])
     side.update(i for n in nodes if n.op_type == "Mul" and input_scales.intersection(n.input) for i in n.input)
-    return sum(packed.get(t.name, int(np.prod(t.dims))) for t in tensors if t.name not in side)
+    return sum(packed.get(t.name, int(np.prod(t.dims))) for t in tensors
+               if t.name not in side and t.data_type not in _NO_WEIGHTS)
 
 
 def _shown_metadata(model: onnx.ModelProto) -> dict[str, Any]:

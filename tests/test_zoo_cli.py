@@ -439,3 +439,19 @@ def test_inspect_shows_the_maps_and_text_labels_a_scikit_learn_model_outputs(tmp
     # its weights are attributes of LinearClassifier (6 coefficients, 3 intercepts), not initializers: 'params 0'
     assert "params    0 (0 B) in 0 initializers, 9 more in node attributes; " in r.out
     assert info["attribute_weights"] == 9
+
+
+def test_inspect_counts_no_int64_shapes_as_parameters(tmp_path, run_cli):
+    # a dynamo export keeps a Reshape's shape as an int64 initializer: 879 parameters where the legacy export of the
+    # same module showed 878
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(np.ones((4, 3), np.float32), "w"),
+         numpy_helper.from_array(np.array([-1, 3], np.int64), "shape")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    info = json.loads(run_cli("inspect", tmp_path / "m.onnx", "--json").out)
+    assert info["parameters"] == 12 and info["initializers"] == 2
