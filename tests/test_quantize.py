@@ -1281,3 +1281,25 @@ def test_a_scalar_input_is_one_line_for_static_calibration(tmp_path, run_cli):
                                             "batches can be drawn from the data to calibrate on; quantize with "
                                             "--mode dynamic (no calibration)\n")
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_model_below_opset_13_is_converted_for_static_quantization(tmp_path, run_cli):
+    # an opset-9 export: onnxruntime refused the QDQ model ('Unrecognized attribute: axis for operator
+    # DequantizeLinear'), blamed on the model
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(64, 32)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "old",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=7), tmp_path / "m.onnx")
+    x = rng.normal(size=(64, 64)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    result = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--mode", "static", "--calib",
+                     tmp_path / "calib.npy")
+    assert result.code == 0, result.err
+    quantized = onnx.load(tmp_path / "q.onnx")
+    assert next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    (reference,) = ort_run(onnx.load(tmp_path / "m.onnx"), {"x": x[:8]})
+    (got,) = ort_run(quantized, {"x": x[:8]})
+    assert np.abs(got - reference).max() < 0.05 * np.abs(reference).max()

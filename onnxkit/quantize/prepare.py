@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import without_initializer_inputs
@@ -56,6 +57,26 @@ def inside(folder: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+QUANTIZE_OPSET = 13  # QuantizeLinear / DequantizeLinear take a per-channel axis from here on
+
+
+def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """A copy of `model` at ONNX opset `version` or later: an older one is converted by onnx's version converter
+    (an opset-9 export's static quantization failed in onnxruntime: 'Unrecognized attribute: axis for operator
+    DequantizeLinear')."""
+    found = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), version)
+    if found >= version:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    try:
+        return onnx.version_converter.convert_version(model, version)
+    except Exception as e:  # noqa: BLE001 - the converter raises its own kinds
+        raise OnnxkitError(f"the model is at opset {found}, and quantizing takes opset {version} or later, which "
+                           f"onnx's version converter could not make of it ({type(e).__name__}: {str(e)[:160]}); "
+                           f"export it at opset {version} or later") from e
+
+
 def prepare(model: onnx.ModelProto, workdir: Path, *, optimize: bool) -> onnx.ModelProto:
     """Return a copy of `model` ready for a quantizer.
 
@@ -65,8 +86,7 @@ def prepare(model: onnx.ModelProto, workdir: Path, *, optimize: bool) -> onnx.Mo
     """
     from onnxruntime.quantization import quant_pre_process
 
-    model_copy = onnx.ModelProto()
-    model_copy.CopyFrom(without_initializer_inputs(model))
+    model_copy = _at_least_opset(without_initializer_inputs(model), QUANTIZE_OPSET)
     rewrite.name_nodes(model_copy)
     if not optimize:
         rewrite.fold_constant_identities(model_copy)
