@@ -44,6 +44,7 @@ class TrainingRecipe:
     weight_decay: float | None = None
     monitor: str | None = None
     patience: int | None = None
+    standardize: bool | None = None  # False: the recipe was tuned on the raw values, whatever the data looks like
 
     def lr_for(self, optimizer: str) -> float | None:
         """This recipe's learning rate for `optimizer`, or None when it has none."""

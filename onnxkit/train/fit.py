@@ -252,9 +252,11 @@ def fit(
             batch_size = fixed_batch_size(model_inputs(proto))
         given = Settings(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
                          steps=steps, schedule=schedule, warmup=warmup, monitor=monitor, patience=patience)
-        chosen, note = resolve(given, read_training_recipe(proto, training_mode(train_only, adapter)),
-                               train_rows=len(dataset.train), grad_accumulation=grad_accumulation,
+        recipe = read_training_recipe(proto, training_mode(train_only, adapter))
+        chosen, note = resolve(given, recipe, train_rows=len(dataset.train), grad_accumulation=grad_accumulation,
                                has_validation=len(dataset.validation) > 0)
+        if standardize is None and recipe is not None:  # a recipe tuned on the raw values says so
+            standardize = recipe.standardize
         spec = _optimizer(chosen.optimizer, chosen.weight_decay)
         run = RunDirectory.new(out_dir)
         config = TrainConfig(
