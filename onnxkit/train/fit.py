@@ -47,6 +47,7 @@ from onnxkit.evaluate import (
     label_names,
     model_outputs,
     padded,
+    predictions,
     r2,
     score,
 )
@@ -794,7 +795,7 @@ class _Setup:
     def _bind(self, split: Split, specs: list) -> Split:
         """`split` fed as the inputs `specs` take, with the labels the loss takes."""
         bound = split.feeds_for(specs)  # a new split of the same class (text splits keep padding per batch)
-        bound.labels = self.loss.labels_for(self.targets(split.labels), self.shape)
+        bound.labels = self.targets(self.loss.labels_for(split.labels, self.shape))  # its errors name raw values
         return bound
 
     def targets(self, labels: np.ndarray) -> np.ndarray:
@@ -853,13 +854,34 @@ class _Setup:
         if not whole:
             return False, (f"warning: the data looks unscaled ({found}); train with --standardize "
                            "(standardize=True in fit)")
-        trained = regression and self._answers_in_target_units(dataset)
+        trained = self._answers_in_target_units(dataset) if regression else self._classifies_already(dataset)
         if trained:
-            return False, (f"the data looks unscaled ({found}), but the model already answers in the targets' "
-                           f"units ({trained}), so it trains on the raw values; --standardize (standardize=True "
-                           "in fit) standardizes them anyway")
+            already = "answers in the targets' units" if regression else "classifies it"
+            return False, (f"the data looks unscaled ({found}), but the model already {already} ({trained}), so it "
+                           "trains on the raw values; --standardize (standardize=True in fit) standardizes them "
+                           "anyway")
         return True, (f"standardizing the data, which looks unscaled ({found}); --no-standardize "
                       "(standardize=False in fit) trains on the raw values")
+
+    def _classifies_already(self, dataset: Dataset) -> str | None:
+        """What shows, before any training, that a classifier was trained on features like these (standardised, a
+        model fit to the raw values lost what it knew: iris 97% -> 92% in one epoch at lr 1e-5), or None: its
+        accuracy on a sample of the training split 80% or more of the way from the majority class's share to 100%
+        (fresh MLPs score about chance on iris' raw features, 69% at most in 120, or the majority's share by
+        answering it)."""
+        if self.output not in {o.name for o in self.model.graph.output}:
+            return None
+        sample = Split("train", *next(dataset.train.batches(FIT_SAMPLE)))
+        try:
+            outputs = model_outputs(self.model, sample, self.output)
+        except OnnxkitError:
+            return None  # the data's checks, next, say what is wrong with it
+        labels = np.asarray(sample.labels).reshape(-1)
+        if outputs.ndim != 2 or labels.dtype.kind not in "iu" or len(outputs) != len(labels) or not len(labels):
+            return None
+        guessed = predictions(outputs, "binary" if outputs.shape[1] == 1 else "classification")
+        accuracy, majority = float(np.mean(guessed == labels)), float(np.bincount(labels).max() / len(labels))
+        return f"{accuracy:.0%} accuracy before training" if accuracy >= majority + 0.8 * (1 - majority) else None
 
     def _answers_in_target_units(self, dataset: Dataset) -> str | None:
         """What shows, before any training, that a regression model was trained on targets like these
@@ -880,7 +902,8 @@ class _Setup:
         # diabetes' raw features (means 5.6 stds out) scored R² -2 at best, and a pretrained one 0.3-0.4. Features
         # on a tiny scale do not count: they make a fresh model's outputs small, not anything (scikit-learn's
         # diabetes, stds 0.048: counted, a pretrained MLPRegressor at R² 0.47 was standardised to R² -5,500)
-        raw_features = unscaled(dataset.train, model_inputs(self.model), regression=False, offset=FAR, small=0)
+        raw_features = unscaled(dataset.train, model_inputs(self.model), regression=False, offset=FAR, small=0,
+                                off_centre=FAR)
         fit = r2(out, y)
         if fit is not None and fit > (0.5 if raw_features else 0.2):
             return f"R² {fit:.2f} before training"

@@ -144,11 +144,11 @@ def target_scale(labels: np.ndarray) -> Scale:
 
 
 def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: float = OFFSET,
-             small: float = SMALL) -> str | None:
+             small: float = SMALL, off_centre: float = OFF_CENTRE) -> str | None:
     """What is clearly unscaled among the float features (or regression targets): a feature's std
     over LARGE or over SPREAD times the median one (near-constant features do not count), every one
     under `small`, a mean beyond FAR and beyond `offset` stds, or a table (not all in [0, 1]) whose median feature's
-    mean lies beyond OFF_CENTRE stds from 0; targets beyond FAR or all under SMALL. None when nothing is."""
+    mean lies beyond `off_centre` stds from 0; targets beyond FAR or all under SMALL. None when nothing is."""
     found, shapes = [], {s.name: s.shape for s in specs}
     for name, array in _float_features(train, specs).items():
         if not np.isfinite(array).all():
@@ -158,12 +158,12 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: fl
         median = (varying[(len(varying) - 1) // 2] + varying[len(varying) // 2]) / 2  # np.median imports numpy.ma
         off = np.sort(mean[std >= TINY] / std[std >= TINY]) if (std >= TINY).any() else np.zeros(1)
         in_unit = array.min() >= 0 and array.max() <= 1  # pixels, shares, flags: scaled as they are
-        off_centre = (off[(len(off) - 1) // 2] + off[len(off) // 2]) / 2 if array.ndim == 2 and not in_unit else 0.0
+        centre = (off[(len(off) - 1) // 2] + off[len(off) // 2]) / 2 if array.ndim == 2 and not in_unit else 0.0
         if not small <= varying[-1] <= min(LARGE, SPREAD * median) or ((mean > FAR) & (mean > offset * std)).any() \
-                or off_centre > OFF_CENTRE:
+                or centre > off_centre:
             found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}, median {median:.3g}, "
                          f"means up to {mean.max():.3g}"
-                         + (f", the median one {off_centre:.2g} stds from 0" if off_centre > OFF_CENTRE else ""))
+                         + (f", the median one {centre:.2g} stds from 0" if centre > off_centre else ""))
     if regression and train.labels.dtype.kind in "iuf" and np.isfinite(train.labels).all():
         scale = target_scale(train.labels)
         if np.abs(scale.mean).max() > FAR or not SMALL <= scale.std.max() <= FAR:
