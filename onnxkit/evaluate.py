@@ -433,6 +433,7 @@ def evaluate(
     *,
     data: Any = None,
     data_seed: int | None = None,
+    label: str | None = None,
     batch_size: int = 256,
     output: str | None = None,
     task: str | None = None,
@@ -443,9 +444,10 @@ def evaluate(
 
     `split`: a `Split`, or the name of one (train, validation, test, all) of `data` split with
     `data_seed` (both default to the model's training run, see `named_split`); by default the test split
-    of the data the model trained on, all of other data.
+    of the data the model trained on, all of other data. `label`: a CSV's label column (default: the one the model
+    trained on, else as training chooses).
     For classifiers: `loss`, `accuracy`, `macro_f1`, `confusion` (rows = true
-    class) and `labels` (class names, when known); for regression: `loss` (MSE),
+    class) and `labels` (class names, when known); for regression: `loss` (MSE, or the l1 a model was trained with),
     `mae` and `r2`. Always `examples` and `task`.
     `batch_size`: rows per run; `output`: the output to score (default: the one training fit, else the
     first); `task` overrides the model's metadata; `loss`: the loss to report (default: the one the model was
@@ -460,7 +462,7 @@ def evaluate(
         raise TypeError(f"data_seed must be an integer from 0 up, not {data_seed!r}")
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
     if split is None or isinstance(split, str):
-        split = named_split(proto, split, data, data_seed)[0]
+        split = named_split(proto, split, data, data_seed, label=label)[0]
     if isinstance(split, Dataset):  # the error below told a Dataset's owner to make one from arrays
         raise TypeError(f"split must be a Split or a split name, not the Dataset {split.name!r}: pass one of its "
                         "splits (dataset.test), or the split's name with data=dataset")

@@ -90,7 +90,7 @@ def _unnamed_classifier(classes: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("first", [1, -1])
 def test_numbered_classes_that_are_no_ids_train_as_class_names(tmp_path, run_cli, first):
     x, y = iris_like(90)
-    x[:, 0] += y * 3  # separable by the first feature
+    x[:, 0] += y * 6  # separable by the first feature
     labels = y + first  # UCI's 1, 2, 3, or -1, 0, 1
     rows = [",".join([*map(str, r), str(label)]) for r, label in zip(x, labels, strict=True)]
     (tmp_path / "flowers.csv").write_text("a,b,c,d,class\n" + "\n".join(rows) + "\n")
@@ -227,3 +227,20 @@ def test_a_csv_of_other_width_than_the_model_is_said_in_columns(tmp_path, run_cl
                                             "input 'x' takes 4 values a row; build the model with 5 inputs, or "
                                             "leave columns out of the file\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_numbered_classes_fewer_than_the_scores_evaluate_on_their_own_data(tmp_path, run_cli):
+    # labels 2 and 3 for a 3-score model: named 2, 3 and 'class 2' (the score no label trained), which eval could not
+    # map back ('class labels run from 2 to 3 ... renumber them from 0')
+    x, y = iris_like(90)
+    labels = y % 2 + 2
+    x[:, 0] += labels * 6
+    rows = [",".join([*map(str, r), str(label)]) for r, label in zip(x, labels, strict=True)]
+    (tmp_path / "two.csv").write_text("a,b,c,d,label\n" + "\n".join(rows) + "\n")
+    onnx.save(_unnamed_classifier(3), tmp_path / "m.onnx")
+    assert run_cli("train", tmp_path / "m.onnx", "--data", tmp_path / "two.csv", "--epochs", "30", "--lr", "0.05",
+                   "-o", tmp_path / "run").code == 0
+    stored = json.loads(metadata(onnx.load(tmp_path / "run" / "model.onnx"))[LABELS_KEY])
+    assert stored == ["2", "3", "class 2"]
+    scored = run_cli("eval", tmp_path / "run" / "model.onnx", "--json")
+    assert scored.code == 0 and json.loads(scored.out)["accuracy"] > 0.9, scored.err

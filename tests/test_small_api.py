@@ -402,3 +402,11 @@ def test_a_refused_state_dict_leaves_the_module_as_it_was():
     with pytest.raises(OnnxkitError, match=r"weight '1.weight' has shape \[4, 1\]"):
         net.load_state_dict(state)
     assert all(np.array_equal(net.state_dict()[k], v) for k, v in before.items())  # 0.* were overwritten
+
+
+def test_resume_takes_an_empty_freeze_as_the_default(tmp_path):
+    from onnxkit.train import fit
+
+    fit(zoo.build_model("iris-mlp"), "iris", tmp_path / "run", epochs=1, evaluate_test=False)
+    with pytest.raises(OnnxkitError, match="has already finished"):  # past the settings check: freeze=[] is ()
+        fit(resume=tmp_path / "run", freeze=[], train_only=[])

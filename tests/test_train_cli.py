@@ -275,3 +275,34 @@ def test_label_names_the_csv_column_to_train_on_and_eval_reads_it_back(run_cli, 
     assert named.code == 1 and named.err.startswith("error: --label 'price' names a column of a CSV; diabetes is no "
                                                     "CSV")
     assert not (tmp_path / "typo").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_model_trained_on_a_named_column_fine_tunes_on_other_data_and_says_where_a_column_is_missing(
+        run_cli, tmp_path):
+    # the recorded --label was forced onto an .npz ('--label names a column of a CSV', never given) and onto a CSV
+    # without that column, with no word of where 'price' came from
+    from onnxkit import nn
+    from onnxkit.evaluate import evaluate
+
+    rng = np.random.default_rng(1)
+    x = rng.random((90, 3)).round(3)
+    y = (x[:, 0] - x[:, 1]).round(3)
+    (tmp_path / "mid.csv").write_text("a,price,b,c\n" + "".join(f"{r[0]},{v},{r[1]},{r[2]}\n" for r, v in
+                                                                zip(x, y, strict=True)))
+    (tmp_path / "other.csv").write_text("a,b,c,label\n" + "".join(f"{r[0]},{r[1]},{r[2]},{v}\n" for r, v in
+                                                                  zip(x, y, strict=True)))
+    np.savez(tmp_path / "rows.npz", x=x.astype(np.float32), y=y.astype(np.float32))
+    nn.manual_seed(0)
+    onnx.save(nn.build(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)), {"x": nn.Input(["batch", 3])},
+                       output_names=["y"]), tmp_path / "reg.onnx")
+    assert run_cli("train", tmp_path / "reg.onnx", "--data", tmp_path / "mid.csv", "--label", "price", "--epochs", "2",
+                   "-o", tmp_path / "run").code == 0
+    trained = tmp_path / "run" / "model.onnx"
+    tuned = run_cli("train", trained, "--data", tmp_path / "rows.npz", "--epochs", "1", "-o", tmp_path / "npz")
+    assert tuned.code == 0, tuned.err
+    missing = run_cli("eval", trained, "--data", tmp_path / "other.csv")
+    assert missing.err == (f"error: {tmp_path / 'other.csv'}: no column is headed 'price'. Its columns: 'a', 'b', "
+                           "'c', 'label'; the model was trained on a column 'price': name this file's label column "
+                           "with --label COLUMN\n")
+    assert run_cli("eval", trained, "--data", tmp_path / "other.csv", "--label", "label").code == 0
+    assert evaluate(trained, data=str(tmp_path / "other.csv"), label="label")["examples"] == 90

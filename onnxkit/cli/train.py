@@ -62,7 +62,7 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @opt.data_seed(0)
 @click.option("--label", metavar="COLUMN",
               help="The CSV column holding the labels, by its header (default: the one headed label, labels, "
-                   "target, y or class, else the last).")
+                   "target, y or class, else the last; a text CSV's, the one beside text).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False),
               help="A tokenizer.json for text data (bbc-news, tweets-sentiment) when the model carries none; the "
                    "trained model carries it, for eval and predict --text.")

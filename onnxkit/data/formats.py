@@ -2,14 +2,15 @@
 
 - `.npz`: arrays named after the model's inputs plus `labels`, or `x` and `y`.
   An optional string array `label_names` names the classes.
-- `.csv`: numeric feature columns and one label column: the column headed
-  `label`, `labels`, `target`, `y` or `class` (any case), else the last one.
+- `.csv` (and `.tsv`, by tabs): numeric feature columns and one label column: the one `label=` names by its
+  header, else the column headed `label`, `labels`, `target`, `y` or `class` (any case), else the last one.
   Cells are separated by commas, or semicolons, tabs or bars (`onnxkit.files.read_csv_rows`).
   The header row is optional. Text labels become class ids in sorted order. A first column
-  headed '' numbering the rows (pandas' index, `to_csv` without `index=False`) is left out.
+  headed '' numbering or naming the rows (pandas' index, `to_csv` without `index=False`) is left out.
   The features become one array `x` (it binds to any single-input model).
   A column headed `text` makes it a text dataset instead, tokenized with the tokenizer
-  the model carries (the other columns but the label are ignored).
+  the model carries (the other columns but the label are ignored; with none headed as the labels, they are
+  the one column beside `text`).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
              tokenizer: str | None = None, max_length: int | None = None, label: str | None = None) -> Dataset:
     """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
     column is a text dataset, tokenized with `tokenizer` (the model's). `label`: the header of the label column
-    (default: the one headed label / labels / target / y / class, else the last)."""
+    (default: the one headed label / labels / target / y / class, else the last, or a text CSV's one beside text)."""
     require_data_file(path)
     numbered = read_csv_rows(path)
     if not numbered:
@@ -295,17 +296,21 @@ def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, l
     return np.array([index[v] for v in raw], dtype=np.int64), label_names
 
 
+class NoSuchColumn(OnnxkitError):
+    """The label column asked for by name is not in the file."""
+
+
 def _column_headed(path: Path, header: Sequence[str] | None, label: str) -> int:
     """The index of the column headed `label` (spaces and case aside when no header is exactly it)."""
     if not header:
-        raise OnnxkitError(f"{path}: the labels are to be column {label!r}, but the file has no header row naming "
+        raise NoSuchColumn(f"{path}: the labels are to be column {label!r}, but the file has no header row naming "
                            "its columns; add one")
     names = [h.strip() for h in header]
     for found in (names, [n.lower() for n in names]):
         wanted = label.strip() if found is names else label.strip().lower()
         if wanted in found:
             return found.index(wanted)
-    raise OnnxkitError(f"{path}: no column is headed {label!r}.{suggest(label, names)} Its columns: "
+    raise NoSuchColumn(f"{path}: no column is headed {label!r}.{suggest(label, names)} Its columns: "
                        f"{first_few([repr(n) for n in names], 12)}")
 
 

@@ -100,9 +100,16 @@ def load_dataset(
             from onnxkit.data.text import tokenizer_options
 
             options = {**tokenizer_options(model), **options}
+        trained = trained_label(model) if label is None and suffix in TABLE_SUFFIXES else None
         if suffix in TABLE_SUFFIXES:
-            options["label"] = label if label is not None else trained_label(model)
-        dataset = formats.READERS[suffix](Path(text), **split_args, **options)
+            options["label"] = label if label is not None else trained
+        try:
+            dataset = formats.READERS[suffix](Path(text), **split_args, **options)
+        except formats.NoSuchColumn as e:
+            if trained is None:
+                raise
+            raise OnnxkitError(f"{e}; the model was trained on a column {trained!r}: name this file's label column "
+                               "with label=COLUMN") from e
         if suffix in TABLE_SUFFIXES and model is not None:
             dataset = formats.csv_for_model(dataset, model)
         return in_model_order(_padded_as_trained(dataset, model), model)
@@ -187,31 +194,24 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
 
 
 def _by_class_value(dataset: Dataset, model: Any) -> Dataset:
-    """`dataset`'s numbered labels as positions among the model's classes when they are whole numbers other than
-    0, 1, ...: a scikit-learn classifier's, or the labels a model trained on (`numbered_classes`)."""
-    values = _whole_numbers(model_class_names(model) or [])
+    """`dataset`'s numbered labels as positions among the model's classes named by whole numbers other than 0, 1,
+    ...: a scikit-learn classifier's, or the labels a model trained on (`numbered_classes`; a score no label
+    trained keeps a name such as 'class 2')."""
+    names = model_class_names(model) or []
+    numbered = {int(n): i for i, n in enumerate(names) if n.strip().lstrip("-").isdigit()}
     splits = (dataset.train, dataset.validation, dataset.test)
-    if not values or values == list(range(len(values))) or any(s.labels.dtype.kind not in "iu" for s in splits):
+    if not numbered or all(v == i for v, i in numbered.items()) or any(s.labels.dtype.kind not in "iu" for s in splits):
         return dataset
-    classes = np.asarray(values)
-    sorter = np.argsort(classes)
+    values = np.array(sorted(numbered))
+    positions = np.array([numbered[v] for v in values])
 
-    def position(labels: np.ndarray) -> np.ndarray:  # of each label among the classes (the nearest, if absent)
-        found = np.minimum(np.searchsorted(classes, labels, sorter=sorter), len(classes) - 1)
-        return sorter[found]
+    def nearest(labels: np.ndarray) -> np.ndarray:  # the index among `values` of each label (the nearest, if absent)
+        return np.minimum(np.searchsorted(values, labels), len(values) - 1)
 
-    absent = sorted({int(v) for s in splits for v in s.labels[classes[position(s.labels)] != s.labels]})
+    absent = sorted({int(v) for s in splits for v in s.labels[values[nearest(s.labels)] != s.labels]})
     if absent:
-        raise _not_among(dataset, [str(v) for v in absent], [str(v) for v in values], "correct the data's labels")
-    return _relabelled(dataset, position, [str(v) for v in values])
-
-
-def _whole_numbers(names: list[str]) -> list[int] | None:
-    """`names` as the whole numbers they spell, if they all do."""
-    try:
-        return [int(n) for n in names]
-    except ValueError:
-        return None
+        raise _not_among(dataset, [str(v) for v in absent], names, "correct the data's labels")
+    return _relabelled(dataset, lambda labels: positions[nearest(labels)], names)
 
 
 def numbered_classes(dataset: Dataset, num_classes: int) -> Dataset:

@@ -118,10 +118,10 @@ def input_files(data: str | os.PathLike) -> list[Path]:
 
 def read_rows(data: str | os.PathLike, model: Model) -> dict[str, np.ndarray]:
     """Session feeds for every row of `data`, files in order; texts tokenized all together."""
-    from onnxkit.runtime.text import carries_tokenizer, text_feeds
+    from onnxkit.runtime.text import reads_text, text_feeds
 
     files = input_files(data)
-    if carries_tokenizer(model):
+    if reads_text(model):
         texts = [text for path in files for text in _read_texts(path)]
         if not texts:
             raise OnnxkitError(f"{data}: no texts")

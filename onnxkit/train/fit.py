@@ -51,7 +51,7 @@ from onnxkit.evaluate import (
     r2,
     score,
 )
-from onnxkit.files import DiskError, load_model, resolved, save_model, sha256
+from onnxkit.files import TABLE_SUFFIXES, DiskError, load_model, resolved, save_model, sha256
 from onnxkit.graph_walks import ancestors, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import (
@@ -168,7 +168,8 @@ def fit(
 
     - `data`: a built-in dataset name, an .npz/.csv file, or a `Dataset` (`onnxkit.data.dataset_from_arrays`
       makes one from arrays); split into train / validation / test by `data_seed`. `label`: a CSV's label column
-      by its header (default: the one headed label, labels, target, y or class, else the last).
+      by its header (default: the one the model was trained on, else the one headed label, labels, target, y or
+      class, else the last; a text CSV's, the one beside `text`).
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
       task metadata, else from its output and the labels).
     - `optimizer`: a name (sgd, adam, adamw, adagrad, rmsprop, adadelta) or an object from
@@ -245,8 +246,8 @@ def fit(
             proto = load_model(model_path)
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
-        if label is None and not isinstance(data, Dataset):  # a model trained on a named column, fine-tuned further
-            label = trained_label(proto)
+        if label is None and Path(str(data)).suffix.lower() in TABLE_SUFFIXES:  # a model fit to a named column
+            label = trained_label(proto)  # goes on reading it (as load_dataset does), recorded for eval
         dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
                    else load_dataset(data, seed=data_seed, model=proto, label=label))
         if batch_size is None:  # a model that fixes its batch size trains at that size
@@ -1057,7 +1058,8 @@ def _refuse_settings_on_resume(arguments: dict[str, Any]) -> None:
     """Refuse settings given beside `resume` (any argument of `fit` but KEPT_ON_RESUME that is not its default):
     the run goes on with its stored ones (seed=5 or freeze=... went unheeded without a word)."""
     defaults = {name: p.default for name, p in inspect.signature(fit).parameters.items()}
-    given = [name for name, value in arguments.items() if name not in KEPT_ON_RESUME and value != defaults[name]]
+    given = [name for name, value in arguments.items() if name not in KEPT_ON_RESUME and value != defaults[name]
+             and not (defaults[name] == () and not value)]  # freeze=[] is freeze=()
     if given:
         raise OnnxkitError(f"resume continues a run with its stored settings; leave out {', '.join(given)} (or "
                            "start a new run with them)", params=["resume", *given])
