@@ -174,8 +174,8 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     are the model's; names the model lacks beside ones it has are an error; data whose names are all
     unknown to the model keeps its own order when the model was built with the default 0, 1, ... or
     the data names as many classes (a model fine-tuned to new classes), and is an error else. Numbered
-    labels are a scikit-learn classifier's class values when its classes are numbers other than
-    0, 1, ... (classes 1, 2, 3 answer in columns 0, 1, 2)."""
+    labels are class values when the model names its classes by numbers other than 0, 1, ... (a scikit-learn
+    classifier's, or numbers trained as names, `numbered_classes`: classes 1, 2, 3 answer in columns 0, 1, 2)."""
     classes = model_class_names(model) if model is not None else None
     names = dataset.label_names
     if classes and names is None:
