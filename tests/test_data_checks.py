@@ -244,3 +244,20 @@ def test_numbered_classes_fewer_than_the_scores_evaluate_on_their_own_data(tmp_p
     assert stored == ["2", "3", "class 2"]
     scored = run_cli("eval", tmp_path / "run" / "model.onnx", "--json")
     assert scored.code == 0 and json.loads(scored.out)["accuracy"] > 0.9, scored.err
+
+
+def test_two_numbers_for_a_one_logit_binary_model_train_as_its_two_classes(tmp_path, run_cli):
+    # -1/1 (an SVM's habit) or 1/2 for a binary model: 'a binary task takes labels 0 and 1, but a label is -1'
+    model = zoo.build_model("binary-classifier")
+    kept = [p for p in model.metadata_props if p.key != LABELS_KEY]  # a binary model that names no classes
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, tmp_path / "binary.onnx")
+    x = RNG.normal(size=200)
+    (tmp_path / "signs.csv").write_text("x,label\n" + "".join(f"{v:.4f},{1 if v > 0 else -1}\n" for v in x))
+    result = run_cli("train", tmp_path / "binary.onnx", "--data", tmp_path / "signs.csv", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert "warning: the labels -1, 1 are not class ids (0 to 1)" in result.err
+    assert json.loads(metadata(onnx.load(tmp_path / "run" / "model.onnx"))[LABELS_KEY]) == ["-1", "1"]
+    scored = run_cli("eval", tmp_path / "run" / "model.onnx", "--json")
+    assert scored.code == 0 and json.loads(scored.out)["accuracy"] > 0.9, scored.err

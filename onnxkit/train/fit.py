@@ -618,8 +618,9 @@ class _Setup:
         loss, shape = self.loss, self.shape
         classes = shape[loss.axis] if loss.class_labels and isinstance(shape[loss.axis], int) else None
         self.num_classes = classes  # cross-entropy's, on its class axis
-        if classes and len(shape) == 2 and not _named_classes(self.model):
-            self.dataset = numbered_classes(self.dataset, classes)
+        binary = self.task == "binary" and len(shape) == 2 and shape[1] == 1  # one logit: classes 0 and 1
+        if (classes or binary) and len(shape) == 2 and not _named_classes(self.model):
+            self.dataset = numbered_classes(self.dataset, classes or 2)
         dataset = self.dataset
         for name in SPLIT_NAMES:
             split = dataset.split(name)
