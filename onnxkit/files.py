@@ -266,6 +266,7 @@ CSV_DELIMITERS = ",;\t|"
 TABLE_SUFFIXES = (".csv", ".tsv")  # files of rows and delimited cells: a .tsv's are tabs
 MISSING_CELLS = frozenset({"", "na", "n/a", "#n/a", "<na>", "null", "none", "?"})  # spreadsheets' and pandas' gaps
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+_UNGROUPED_COMMA = re.compile(r"[+-]?(0,\d+|\d+,(\d{1,2}|\d{4,}))")  # a decimal comma, no thousands one: 0,5 2,75
 _DOT_GROUPED = re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?")  # 1.065 or 524.900,50 where commas mark decimals
 
 
@@ -296,13 +297,14 @@ def csv_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, list[str]]]]
 
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
     """A CSV file's rows (`csv_rows`) as tables of numbers read them, rows of empty cells left out (Excel's ';;;;'
-    under a table): in a ';' file, decimal commas are read as points (1,5 is 1.5), and where the file writes
+    under a table): in a ';' file (or a tab one with a comma no thousands separator has: 0,1257 or 2,5), decimal
+    commas are read as points (1,5 is 1.5), and where the file writes
     decimals so, points between groups of three digits as thousands separators (German Excel's 1.065 and
     524.900,50: they were read as 1.065 and 524.9); and a last column empty on every line (a delimiter ending
     each line) is left out."""
     delimiter, rows = csv_rows(path)
     rows = [(n, row) for n, row in rows if any(c.strip() for c in row)]
-    if delimiter == ";":
+    if delimiter == ";" or delimiter == "\t" and any(_UNGROUPED_COMMA.fullmatch(c.strip()) for _, r in rows for c in r):
         commas = any(_DECIMAL_COMMA.fullmatch(c.strip()) for _, row in rows for c in row)
         rows = [(n, [_decimal_comma_number(c) if commas else c for c in row]) for n, row in rows]
     if rows and all(len(row) > 1 and not row[-1].strip() for _, row in rows):

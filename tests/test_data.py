@@ -666,3 +666,14 @@ def test_a_split_made_by_hand_takes_lists_and_names_a_bare_array():
     listed = Split("test", {"x": x.tolist()}, y.tolist())  # its repr failed: 'list' object has no attribute 'shape'
     assert repr(listed) == "Split('test', 6 examples, x[6, 2]:float64)"
     assert listed.labels.dtype.kind == "i"
+
+
+def test_a_tab_separated_file_with_decimal_commas_reads_them_as_points(tmp_path):
+    # European exports by tabs: '0,1257' was 'a number with thousands separators; write it without them (01257)'
+    (tmp_path / "eu.tsv").write_text("a\tb\tlabel\n" + "".join(f"{i},25\t0,{i}5\t{i % 2}\n" for i in range(20)))
+    data = load_dataset(tmp_path / "eu.tsv")
+    values = np.concatenate([s.inputs["x"] for s in (data.train, data.validation, data.test)])
+    assert sorted(values[:, 0].tolist()) == [i + 0.25 for i in range(20)]
+    (tmp_path / "us.tsv").write_text("a\tb\tlabel\n" + "".join(f"1,234\t{i}\t{i % 2}\n" for i in range(20)))
+    with pytest.raises(OnnxkitError, match="thousands separators"):  # 1,234 could be either: said, not guessed
+        load_dataset(tmp_path / "us.tsv")
