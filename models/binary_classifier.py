@@ -1,4 +1,4 @@
-"""The 1→10→1 sigmoid MLP: a binary classifier of one feature (outputs a logit)."""
+"""The 1→10→1 sigmoid MLP: a binary classifier of one feature, or `features` (outputs a logit)."""
 
 from onnxkit import nn
 from onnxkit.training_recipe import TrainingRecipe, training_recipes
@@ -9,15 +9,15 @@ TRAINING = TrainingRecipe(lr=0.01, lrs={"sgd": 0.1})
 
 
 class BinaryClassifier(nn.Module):
-    def __init__(self, hidden: int):
-        self.hidden = nn.Linear(1, hidden, init_fn="xavier_uniform")
+    def __init__(self, hidden: int, features: int = 1):
+        self.hidden = nn.Linear(features, hidden, init_fn="xavier_uniform")
         self.out = nn.Linear(hidden, 1, init_fn="xavier_uniform")
 
     def forward(self, x):
         return self.out(nn.ops.sigmoid(self.hidden(x)))
 
 
-def recipe(hidden: int = 10, seed: int = 0) -> Recipe:
+def recipe(hidden: int = 10, features: int = 1, seed: int = 0) -> Recipe:
     nn.manual_seed(seed)
-    return Recipe(BinaryClassifier(hidden), {"x": nn.Input(["batch", 1])}, task="binary",
+    return Recipe(BinaryClassifier(hidden, features), {"x": nn.Input(["batch", features])}, task="binary",
                   labels=["negative", "positive"], metadata=training_recipes(full=TRAINING))

@@ -455,3 +455,11 @@ def test_inspect_counts_no_int64_shapes_as_parameters(tmp_path, run_cli):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
     info = json.loads(run_cli("inspect", tmp_path / "m.onnx", "--json").out)
     assert info["parameters"] == 12 and info["initializers"] == 2
+
+
+def test_the_binary_classifier_takes_a_feature_count_for_a_built_in_dataset(tmp_path, run_cli):
+    # it took one feature only, which no built-in dataset has: breast-cancer was 'shape [343, 30] but [batch, 1]'
+    assert run_cli("build", "binary-classifier", "--set", "features=30", "-o", tmp_path / "bc.onnx").code == 0
+    result = run_cli("train", tmp_path / "bc.onnx", "--data", "breast-cancer", "--epochs", "20", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["result"]["test"]["accuracy"] > 0.9
