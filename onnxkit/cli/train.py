@@ -113,6 +113,7 @@ def train_cmd(model: str | None, **options: Any) -> None:
       onnxkit train digits.onnx --data digits-images -o runs/digits      # the model's own recipe
       onnxkit train digits.onnx --data digits-images --epochs 20 -o runs/digits20
       onnxkit train mlp.onnx --data wine --standardize -o runs/wine
+      onnxkit train reg.onnx --data cars.csv --label mpg -o runs/cars    # the CSV column to predict
       onnxkit train iris.onnx --data iris --lr 0.01 --batch-size 16 -o runs/iris
       onnxkit train model.onnx --data my.npz --train-only 'head.*' -o runs/head
       onnxkit train bert.onnx --data bbc-news --lora-rank 8 --lr 2e-3 --epochs 2 -o runs/lora
