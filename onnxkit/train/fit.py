@@ -1051,15 +1051,16 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
         raise
 
 
-# what fit(resume=...) may be given: where and how the run goes on, and the Dataset it trained on; not what it trains
-KEPT_ON_RESUME = frozenset({"resume", "data", "device", "threads", "quiet", "callback", "callbacks"})
+# the arguments fit(resume=...) takes: where and how the run goes on, and the Dataset it trained on (the CLI's flags:
+# cli/train.KEPT_ON_RESUME)
+RESUME_ARGUMENTS = frozenset({"resume", "data", "device", "threads", "quiet", "callback", "callbacks"})
 
 
 def _refuse_settings_on_resume(arguments: dict[str, Any]) -> None:
-    """Refuse settings given beside `resume` (any argument of `fit` but KEPT_ON_RESUME that is not its default):
+    """Refuse settings given beside `resume` (any argument of `fit` but RESUME_ARGUMENTS that is not its default):
     the run goes on with its stored ones (seed=5 or freeze=... went unheeded without a word)."""
     defaults = {name: p.default for name, p in inspect.signature(fit).parameters.items()}
-    given = [name for name, value in arguments.items() if name not in KEPT_ON_RESUME and value != defaults[name]
+    given = [name for name, value in arguments.items() if name not in RESUME_ARGUMENTS and value != defaults[name]
              and not (defaults[name] == () and not value)]  # freeze=[] is freeze=()
     if given:
         raise OnnxkitError(f"resume continues a run with its stored settings; leave out {', '.join(given)} (or "
