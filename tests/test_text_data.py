@@ -128,6 +128,9 @@ def test_the_labels_of_a_text_csv_are_the_column_beside_the_text_and_are_named(t
                                                                       enumerate(rows)))
     assert load_dataset(tmp_path / "named.csv", tokenizer=TOKENIZER, max_length=16).label_column == \
         "'label' (column 3)"
+    with pytest.raises(OnnxkitError, match="the labels are to be column 'text', which holds the texts; name the "
+                                           "column of their labels$"):
+        load_dataset(tmp_path / "first.csv", tokenizer=TOKENIZER, max_length=16, label="text")
     (tmp_path / "three.csv").write_text("text,sentiment,source\n" + "".join(f"{t},{label},web\n" for t, label in rows))
     with pytest.raises(OnnxkitError) as refused:
         load_dataset(tmp_path / "three.csv", tokenizer=TOKENIZER, max_length=16)

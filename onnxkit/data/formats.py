@@ -110,6 +110,9 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     text = text_column(header)
     if named is None and text is not None:
         named = _beside_the_text(path, header, text)  # type: ignore[arg-type]
+    if named is not None and named == text:
+        raise OnnxkitError(f"{path}: the labels are to be column {label!r}, which holds the texts; name the column "
+                           "of their labels")
     label_col = width - 1 if named is None else named
     for line, row in zip(lines, body, strict=True):
         if len(row) != width:
