@@ -19,7 +19,6 @@ scores, labels shaped unlike the output.
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 from collections.abc import Sequence
@@ -33,8 +32,8 @@ from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import sha256
 from onnxkit.graph_walks import label_then_scores
 from onnxkit.label_columns import in_trained_order, trained_columns
-from onnxkit.metadata import metadata
-from onnxkit.metadata_keys import OUTPUT_KEY, TASK_KEY, TRAINING_KEY
+from onnxkit.metadata import metadata, training_summary
+from onnxkit.metadata_keys import OUTPUT_KEY, TASK_KEY
 
 TASK_LOSS = {"classification": "cross-entropy", "binary": "bce-with-logits", "regression": "mse"}
 LOSS_TASK = {**{loss: task for task, loss in TASK_LOSS.items()}, "l1": "regression"}
@@ -367,26 +366,26 @@ def named_split(model: Any, split: str | None, data: Any = None, data_seed: int 
 def changed_since_training(model: Any, data: str) -> bool:
     """Whether the data file `data` differs from the one `model` was trained on (its SHA-256, which
     onnxkit's training records): its splits then need not be the ones training made."""
-    trained = json.loads(metadata(model).get(TRAINING_KEY, "{}")).get("data_sha256")
+    trained = training_summary(model).get("data_sha256")
     return bool(trained) and os.path.isfile(data) and sha256(data) != trained
 
 
 def trained_loss(model: Any, task: str) -> str | None:
     """The loss `model` was trained with (its `onnxkit.training` metadata) when it is one for `task`: eval reports
     the loss training did (the l1 of a model fit to it, not the task's mse)."""
-    trained = json.loads(metadata(model).get(TRAINING_KEY, "{}")).get("loss")
+    trained = training_summary(model).get("loss")
     return trained if LOSS_TASK.get(trained) == task else None
 
 
 def trained_in_memory(model: Any) -> bool:
     """Whether `model` was trained on a Dataset object (its data name names no file or dataset)."""
-    return bool(json.loads(metadata(model).get(TRAINING_KEY, "{}")).get("data_in_memory"))
+    return bool(training_summary(model).get("data_in_memory"))
 
 
 def trained_on(model: Any) -> tuple[str | None, int]:
     """The data `model` was trained on (a dataset name or file) and the seed of its split, from
     its `onnxkit.training` metadata; (None, 0) when it does not say."""
-    trained = json.loads(metadata(model).get(TRAINING_KEY, "{}"))
+    trained = training_summary(model)
     return trained.get("data") or None, int(trained.get("data_seed", 0))
 
 

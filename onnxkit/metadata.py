@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from onnxkit.metadata_keys import TRAINING_KEY
+
 if TYPE_CHECKING:
     import onnx
 
@@ -25,6 +27,12 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
         except ValueError:
             out[key] = value
     return out
+
+
+def training_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """What onnxkit's training recorded of the run that made `model` (`onnxkit.training`: its data, split seed,
+    loss, label column, ...); empty for a model it did not train."""
+    return json.loads(metadata(model).get(TRAINING_KEY, "{}"))
 
 
 def set_metadata(model: onnx.ModelProto, entries: Mapping[str, Any], *, keep: bool = True) -> None:

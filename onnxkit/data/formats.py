@@ -308,11 +308,12 @@ def _column_headed(path: Path, header: Sequence[str] | None, label: str) -> int:
     if not header:
         raise NoSuchColumn(f"{path}: the labels are to be column {label!r}, but the file has no header row naming "
                            "its columns; add one")
-    names = [h.strip() for h in header]
-    for found in (names, [n.lower() for n in names]):
-        wanted = label.strip() if found is names else label.strip().lower()
-        if wanted in found:
-            return found.index(wanted)
+    names, wanted = [h.strip() for h in header], label.strip()
+    if wanted in names:
+        return names.index(wanted)
+    lowered = [n.lower() for n in names]
+    if wanted.lower() in lowered:
+        return lowered.index(wanted.lower())
     raise NoSuchColumn(f"{path}: no column is headed {label!r}.{suggest(label, names)} Its columns: "
                        f"{first_few([repr(n) for n in names], 12)}")
 

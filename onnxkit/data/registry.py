@@ -24,8 +24,8 @@ import numpy as np
 from onnxkit.data.split import Dataset, Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import TABLE_SUFFIXES
-from onnxkit.metadata import metadata
-from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY, TRAINING_KEY
+from onnxkit.metadata import metadata, training_summary
+from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
 
 Loader = Callable[..., Dataset]
 
@@ -143,11 +143,7 @@ def _padded_as_trained(dataset: Dataset, model: Any) -> Dataset:
 
 def trained_label(model: Any) -> str | None:
     """The CSV label column `model` was trained on when it was named (`label` in its `onnxkit.training` metadata)."""
-    import json
-
-    if model is None:
-        return None
-    return json.loads(metadata(model).get(TRAINING_KEY, "{}")).get("label")
+    return None if model is None else training_summary(model).get("label")
 
 
 def model_class_names(model: Any) -> list[str] | None:

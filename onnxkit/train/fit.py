@@ -246,10 +246,10 @@ def fit(
             proto = load_model(model_path)
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
-        if label is None and Path(str(data)).suffix.lower() in TABLE_SUFFIXES:  # a model fit to a named column
-            label = trained_label(proto)  # goes on reading it (as load_dataset does), recorded for eval
         dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
                    else load_dataset(data, seed=data_seed, model=proto, label=label))
+        if label is None and Path(str(data)).suffix.lower() in TABLE_SUFFIXES:  # a model fit to a named column
+            label = trained_label(proto)  # went on reading it (load_dataset's default): recorded for eval
         if batch_size is None:  # a model that fixes its batch size trains at that size
             batch_size = fixed_batch_size(model_inputs(proto))
         given = Settings(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
@@ -865,19 +865,31 @@ class _Setup:
         return True, (f"standardizing the data, which looks unscaled ({found}); --no-standardize "
                       "(standardize=False in fit) trains on the raw values")
 
+    def _outputs_before_training(self, dataset: Dataset, task: str | None = None) -> tuple[Split, np.ndarray] | None:
+        """A sample of the training split and the model's outputs on it before any training (the targets checked
+        against them for `task`), or None: an output read inside the graph, or data whose checks, next, say what
+        is wrong with it."""
+        if self.output not in {o.name for o in self.model.graph.output}:
+            return None
+        sample = Split("train", *next(dataset.train.batches(FIT_SAMPLE)))
+        try:
+            outputs = model_outputs(self.model, sample, self.output)
+            if task is not None:
+                check_targets(sample.described, sample.labels, outputs, task, self.output)
+        except OnnxkitError:
+            return None
+        return sample, outputs
+
     def _classifies_already(self, dataset: Dataset) -> str | None:
         """What shows, before any training, that a classifier was trained on features like these (standardised, a
         model fit to the raw values lost what it knew: iris 97% -> 92% in one epoch at lr 1e-5), or None: its
         accuracy on a sample of the training split 80% or more of the way from the majority class's share to 100%
         (fresh MLPs score about chance on iris' raw features, 69% at most in 120, or the majority's share by
         answering it)."""
-        if self.output not in {o.name for o in self.model.graph.output}:
+        before = self._outputs_before_training(dataset)
+        if before is None:
             return None
-        sample = Split("train", *next(dataset.train.batches(FIT_SAMPLE)))
-        try:
-            outputs = model_outputs(self.model, sample, self.output)
-        except OnnxkitError:
-            return None  # the data's checks, next, say what is wrong with it
+        sample, outputs = before
         labels = np.asarray(sample.labels).reshape(-1)
         if outputs.ndim != 2 or labels.dtype.kind not in "iu" or len(outputs) != len(labels) or not len(labels):
             return None
@@ -891,14 +903,10 @@ class _Setup:
         MLPRegressor went from R² -1.1 to -723), or None. A fresh model's outputs are a small fraction
         of the targets' scale on scaled inputs; on unscaled ones they can be anything, and only its R²
         counts, over a higher bar (fresh MLPs on make_friedman2's raw features reached up to 0.36)."""
-        if self.output not in {o.name for o in self.model.graph.output}:
+        before = self._outputs_before_training(dataset, "regression")
+        if before is None:
             return None
-        sample = Split("train", *next(dataset.train.batches(FIT_SAMPLE)))
-        try:
-            outputs = model_outputs(self.model, sample, self.output)
-            check_targets(sample.described, sample.labels, outputs, "regression", self.output)
-        except OnnxkitError:
-            return None  # the data's checks, next, say what is wrong with it
+        sample, outputs = before
         y, out = (np.asarray(a, np.float64).reshape(len(sample.labels), -1) for a in (sample.labels, outputs))
         # the bars below were measured with a mean counting beyond 10 stds: a fresh MLP's outputs on
         # diabetes' raw features (means 5.6 stds out) scored R² -2 at best, and a pretrained one 0.3-0.4. Features

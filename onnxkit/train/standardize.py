@@ -155,10 +155,10 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: fl
             continue  # training refuses it, with the place of the first bad value
         mean, std = (np.abs(m.ravel()) for m in _moments(array, shapes[name]))
         varying = np.sort(std[std >= TINY] if (std >= TINY).any() else np.ones(1))
-        median = (varying[(len(varying) - 1) // 2] + varying[len(varying) // 2]) / 2  # np.median imports numpy.ma
+        median = _middle(varying)
         off = np.sort(mean[std >= TINY] / std[std >= TINY]) if (std >= TINY).any() else np.zeros(1)
         in_unit = array.min() >= 0 and array.max() <= 1  # pixels, shares, flags: scaled as they are
-        centre = (off[(len(off) - 1) // 2] + off[len(off) // 2]) / 2 if array.ndim == 2 and not in_unit else 0.0
+        centre = _middle(off) if array.ndim == 2 and not in_unit else 0.0
         if not small <= varying[-1] <= min(LARGE, SPREAD * median) or ((mean > FAR) & (mean > offset * std)).any() \
                 or centre > off_centre:
             found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}, median {median:.3g}, "
@@ -169,6 +169,11 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: fl
         if np.abs(scale.mean).max() > FAR or not SMALL <= scale.std.max() <= FAR:
             found.append(f"targets: mean {float(scale.mean.ravel()[0]):.3g}, std {float(scale.std.ravel()[0]):.3g}")
     return "; ".join(found) or None
+
+
+def _middle(ordered: np.ndarray) -> float:
+    """The median of values sorted ascending (np.median imports numpy.ma, ~10 ms)."""
+    return float(ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
 
 
 def _prepend(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
