@@ -689,6 +689,28 @@ def test_outputs_of_other_row_counts_are_refused_as_a_csv_in_one_line(run_cli, t
                                             ".npz\n")
     assert not (tmp_path / "out.csv").exists()
     assert run_cli("predict", tmp_path / "two.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "out.json").code == 0
+    # the table shows the outputs of a value a row by row, the others apart (it indexed them by row: a traceback)
+    shown = run_cli("predict", tmp_path / "two.onnx", "-i", tmp_path / "x.npy")
+    assert (shown.code, shown.out) == (0, "total: [12]\nrow  y\n0    [1, 1, 1, 1]\n1    [1, 1, 1, 1]\n2    [1, 1, 1, 1]\n")
+
+
+def test_a_scalar_first_output_is_shown_and_saved_beside_the_rows(run_cli, tmp_path):
+    # len(prediction) took the first output's rows: a scalar one was 'len() of unsized object' when saving or showing
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0), helper.make_node("Relu", ["x"], ["y"])],
+        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.array([[1, -2], [3, 4], [0.5, 0]], np.float32))
+    shown = run_cli("predict", tmp_path / "m.onnx", "-i", tmp_path / "x.npy")
+    assert (shown.code, shown.out) == (0, "total: 6.5\nrow  y\n0    [1, 0]\n1    [3, 4]\n2    [0.5, 0]\n")
+    saved = run_cli("predict", tmp_path / "m.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "out.npz")
+    assert (saved.code, saved.out) == (0, f"wrote {tmp_path / 'out.npz'} (3 rows)\n")
+    assert float(np.load(tmp_path / "out.npz")["total"]) == 6.5
 
 
 def test_a_model_of_one_string_input_takes_texts_as_they_are(run_cli, tmp_path):

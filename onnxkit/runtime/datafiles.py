@@ -220,13 +220,20 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
         lines.append(f"row  {'top-' + str(shown) + ' labels' if top_k else 'label'} ({kind})")
         for i, row in enumerate(best[:max_rows]):
             lines.append(f"{i:<4} " + "  ".join(f"{label} ({score:.4g})" for label, score in row))
-    else:
-        lines.append("row  " + "  ".join(prediction.outputs))
-        for i in range(min(rows, max_rows)):
-            lines.append(f"{i:<4} " + "  ".join(_short(v[i]) for v in prediction.outputs.values()))
+    else:  # the outputs of a value a row in the table; the others (a scalar, a batch statistic) each on a line
+        by_row = {k: v for k, v in prediction.outputs.items() if _rows(v) == rows}
+        lines += [f"{k}: {_short(v)}" for k, v in prediction.outputs.items() if k not in by_row]
+        if by_row:
+            lines.append("row  " + "  ".join(by_row))
+            lines += [f"{i:<4} " + "  ".join(_short(v[i]) for v in by_row.values()) for i in range(min(rows, max_rows))]
     if rows > max_rows:
         lines.append(f"... {rows - max_rows} more rows; save them all with --output FILE")
     return "\n".join(lines)
+
+
+def _rows(value: Any) -> int | None:
+    """An output's rows (None for a scalar)."""
+    return len(value) if isinstance(value, list) or np.ndim(value) else None
 
 
 def _no_rows(value: Any) -> bool:
@@ -425,6 +432,7 @@ def _csv_text(prediction: Prediction, top_k: int | None) -> str:
 
 
 def _short(value: Any) -> str:
+    """A value for the table: a number, or the first six of a list of them."""
     flat = np.asarray(value).reshape(-1)
     shown = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in flat[:6].tolist())
-    return f"[{shown}{', ...' if flat.size > 6 else ''}]"
+    return shown if np.ndim(value) == 0 else f"[{shown}{', ...' if flat.size > 6 else ''}]"

@@ -50,7 +50,10 @@ class Prediction:
                         "(by row)")
 
     def __len__(self) -> int:
-        return len(self.scores)
+        """The rows: the scores output's, else (a scalar scores output) the most any output has, else 1."""
+        if np.ndim(self.scores) or isinstance(self.scores, list):
+            return len(self.scores)
+        return max((len(v) for v in self.outputs.values() if np.ndim(v) or isinstance(v, list)), default=1)
 
     @property
     def scores_name(self) -> str:
