@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit import runtime
+from onnxkit import runtime, zoo
 from onnxkit.data import Dataset, Split
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
@@ -431,3 +431,17 @@ def test_a_model_without_a_tokenizer_trains_on_text_with_one_given(tmp_path, run
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert {k: json.loads(scored.out)[k] for k in ("accuracy", "loss")} == {k: run["result"]["test"][k]
                                                                             for k in ("accuracy", "loss")}
+
+
+def test_texts_longer_than_the_models_position_table_are_one_line_naming_the_length_it_takes(tmp_path, run_cli):
+    # --max-length past a BERT's 24 positions failed inside the first step ("broadcast an axis ... 24 by 32")
+    model = zoo.build_model("bert-classifier", vocab_size=30522, max_positions=24, max_length=16, hidden=16, heads=2,
+                            ff_dim=32, num_layers=1, num_classes=2)
+    onnx.save(model, tmp_path / "bert.onnx")
+    common = ("train", tmp_path / "bert.onnx", "--data", "tweets-sentiment", "--tokenizer", TOKENIZER, "--steps", "2",
+              "--quiet")
+    refused = run_cli(*common, "--max-length", "32", "-o", tmp_path / "long")
+    assert (refused.code, refused.err) == (1, "error: the model runs texts of at most 24 tokens (its position table, "
+                                              "likely), but these are cut at 32; give --max-length 24\n")
+    assert not (tmp_path / "long").exists()
+    assert run_cli(*common, "--max-length", "24", "-o", tmp_path / "fits").code == 0

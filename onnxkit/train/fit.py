@@ -39,6 +39,7 @@ from onnxkit.data import (
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
 from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
+from onnxkit.data.text import TextSplit
 from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.evaluate import (
     check_targets,
@@ -54,6 +55,7 @@ from onnxkit.evaluate import (
 from onnxkit.files import TABLE_SUFFIXES, DiskError, load_model, resolved, save_model, sha256
 from onnxkit.graph_walks import ancestors, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
+from onnxkit.runtime.session import create_session, session_options
 from onnxkit.metadata_keys import (
     COLUMNS_KEY,
     LABELS_KEY,
@@ -544,6 +546,7 @@ class _Setup:
             self._check_splits()
             self._bind_splits(specs)
             self._check_fixed_batch(specs)
+            self._check_text_length()
             self._size_by_data()
             self._name_classes()
         self._select()
@@ -654,6 +657,33 @@ class _Setup:
         if train < fixed:
             raise OnnxkitError(f"the model's inputs have a fixed batch size of {fixed}, but the training split has "
                                f"only {train} examples; give more data or {dynamic}")
+
+    def _check_text_length(self) -> None:
+        """Refuse, in one line, texts longer than the model runs (its position table: an error in the first
+        step, inside the graph), with the longest it does run; one row at the longest length is tried first."""
+        train = self.splits["train"]
+        if not isinstance(train, TextSplit) or self.output not in {o.name for o in self.model.graph.output}:
+            return
+        row = int(np.argmax(train.lengths))
+        tokens = {k: v[row:row + 1] for k, v in train.inputs.items()}
+        session = create_session(self.model.SerializeToString(), session_options(1, "disabled"), ["CPUExecutionProvider"])
+
+        def runs(length: int) -> bool:
+            try:
+                session.run([self.output], {k: v[:, :length] if v.ndim == 2 else v for k, v in tokens.items()})
+            except Exception:  # noqa: BLE001 - any failure: a length it cannot take
+                return False
+            return True
+
+        longest = int(train.lengths[row])
+        if runs(longest) or not runs(1):  # one that fails at any length fails on its own later, saying why
+            return
+        low, high = 1, longest  # runs(low), not runs(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if runs(middle) else (low, middle)
+        raise OnnxkitError(f"the model runs texts of at most {low} tokens (its position table, likely), but these "
+                           f"are cut at {longest}; give max_length={low}", params=["max_length"])
 
     def _size_by_data(self) -> None:
         """The inputs' dynamic sizes past the batch fixed to the data's (its sequence length, image size); text
