@@ -136,4 +136,6 @@ def test_the_labels_of_a_text_csv_are_the_column_beside_the_text_and_are_named(t
         load_dataset(tmp_path / "three.csv", tokenizer=TOKENIZER, max_length=16)
     assert str(refused.value) == (f"{tmp_path / 'three.csv'}: which column holds the labels of the texts? None is "
                                   "headed label / labels / target / y / class (the other columns: 'sentiment', "
-                                  "'source'); head it label")
+                                  "'source'); name it with label=COLUMN, or head it label")
+    named = load_dataset(tmp_path / "three.csv", tokenizer=TOKENIZER, max_length=16, label="sentiment")
+    assert named.label_names == ["neg", "pos"] and named.label_column == "'sentiment' (column 2)"

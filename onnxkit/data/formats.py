@@ -327,7 +327,8 @@ def _beside_the_text(path: Path, header: list[str], text: int) -> int:
         return others[0]
     named = ", ".join(repr(header[i].strip()) for i in others)
     raise OnnxkitError(f"{path}: which column holds the labels of the texts? None is headed "
-                       f"{' / '.join(LABEL_COLUMNS)} (the other columns: {named}); head it label")
+                       f"{' / '.join(LABEL_COLUMNS)} (the other columns: {named}); name it with label=COLUMN, "
+                       "or head it label")
 
 
 def _text_dataset(path: Path, texts: list[str], labels: np.ndarray, label_names: list[str] | None, lines: list[int],
