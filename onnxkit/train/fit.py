@@ -55,7 +55,6 @@ from onnxkit.evaluate import (
 from onnxkit.files import TABLE_SUFFIXES, DiskError, load_model, resolved, save_model, sha256
 from onnxkit.graph_walks import ancestors, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
-from onnxkit.runtime.session import create_session, session_options
 from onnxkit.metadata_keys import (
     COLUMNS_KEY,
     LABELS_KEY,
@@ -65,6 +64,7 @@ from onnxkit.metadata_keys import (
     TASK_KEY,
     TRAINING_KEY,
 )
+from onnxkit.runtime.session import create_session, session_options
 from onnxkit.signals import held_back
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
@@ -666,7 +666,8 @@ class _Setup:
             return
         row = int(np.argmax(train.lengths))
         tokens = {k: v[row:row + 1] for k, v in train.inputs.items()}
-        session = create_session(self.model.SerializeToString(), session_options(1, "disabled"), ["CPUExecutionProvider"])
+        session = create_session(self.model.SerializeToString(), session_options(1, "disabled"),
+                                 ["CPUExecutionProvider"])
 
         def runs(length: int) -> bool:
             try:
