@@ -206,7 +206,7 @@ def test_a_binary_classifier_that_outputs_a_probability_thresholds_it_at_one_hal
     np.testing.assert_allclose(result.probabilities(), np.stack([1 - p, p], axis=1), rtol=1e-6)
     from onnxkit.serve.protocol import _classify  # the server's classification extension reads it alike
 
-    top = _classify(model, {"p": result.scores}, 1)
+    top = _classify(model, {"p": result.scores}, 1, {})
     assert [entry.split(":")[2] for entry in top[:, 0]] == result.labels
 
 
@@ -549,17 +549,39 @@ def test_probabilities_of_a_foreign_softmax_output_are_its_own():
     np.testing.assert_allclose(logits.probabilities(), np.exp(z) / np.exp(z).sum(1, keepdims=True), rtol=1e-5)
 
 
-def test_an_output_without_a_row_per_input_row_asks_for_a_batch_size_the_cli_takes(run_cli, tmp_path):
-    # 'load it with batch_size=None' became '--batch-size None', which the command line refuses
-    graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1)], "total",
+def _one_op(op: str, out_shape: list, **attributes) -> onnx.ModelProto:
+    """x float [batch, 3] -> op(x), its output declared `out_shape`."""
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], **attributes)], op.lower(),
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1])])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(runtime.OnnxkitError, match=r"cannot be split into batches; run its 10 rows at once: "
-                                                   r"batch_size=10$"):
-        runtime.load(proto, batch_size=4).predict(np.ones((10, 3), np.float32))
-    onnx.save(proto, tmp_path / "total.onnx")
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _batch_centred() -> onnx.ModelProto:
+    """x - mean(x over the batch): an output of a row per input row that depends on the other rows."""
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
+                               helper.make_node("Sub", ["x", "m"], ["y"])], "centred",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize(("proto", "independent"), [
+    (_one_op("Relu", ["batch", 3]), True),
+    (_one_op("ReduceSum", [1, 1], keepdims=1), False),  # one value for all the rows
+    (_one_op("Transpose", [3, "batch"]), False),  # rows on its second axis
+    (_one_op("ReduceSum", ["batch", 1], keepdims=1), False),  # declared per row, but not: probed
+    (_batch_centred(), False),  # a row per row, each depending on the others
+], ids=["relu", "total", "transpose", "mislabelled-total", "batch-centred"])
+def test_rows_run_in_batches_only_where_each_output_row_is_its_own_input_rows_alone(proto, independent, run_cli,
+                                                                                    tmp_path):
+    # a model whose outputs did not follow the rows was split into batches anyway, or refused (run it whole:
+    # batch_size=N); a column sum's [3] or a transpose's [3, N] of 3 rows passed for rows, their pieces concatenated
+    x = RNG.normal(size=(10, 3)).astype(np.float32)
+    model = runtime.load(proto, batch_size=4)
+    assert model.rows_out is independent
+    whole = runtime.load(proto, batch_size=None).predict(x)["y"]
+    np.testing.assert_allclose(model.predict(x)["y"], whole, rtol=1e-6)
+    onnx.save(proto, tmp_path / "m.onnx")
     np.save(tmp_path / "x.npy", np.ones((600, 3), np.float32))
-    refused = run_cli("predict", tmp_path / "total.onnx", "-i", tmp_path / "x.npy")
-    assert refused.err.endswith("run its 600 rows at once: --batch-size 600\n"), refused.err
-    assert run_cli("predict", tmp_path / "total.onnx", "-i", tmp_path / "x.npy", "--batch-size", "600").code == 0
+    assert run_cli("predict", tmp_path / "m.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npz").code == 0

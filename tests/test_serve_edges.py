@@ -376,12 +376,87 @@ def test_a_sequence_of_tensors_output_keeps_its_type_and_grpc_model_config_answe
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     model = runtime.load(save_model(proto, tmp_path / "pair.onnx"), threads=1, name="pair")
     config = protocol.model_config(model, 8, 0.005)
-    assert config["output"] == [{"name": "pair", "data_type": "TYPE_INVALID", "dims": []}]
-    assert json_format.ParseDict(config, message("ModelConfig")()).output[0].data_type == 0
-    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64", "data": [3, 4]}]}
-    request = decode_request(json.dumps(body).encode(), model)
+    assert config["max_batch_size"] == 0 and config["output"] == [{"name": "pair", "data_type": "TYPE_INT64",
+                                                                   "dims": [-1]}]
+    assert json_format.ParseDict(config, message("ModelConfig")()).output[0].data_type == 9  # TYPE_INT64
+    # served as its tensors stacked, as the metadata says (it said "seq(tensor(int64))", not a V2 datatype)
+    assert protocol.model_metadata(model)["outputs"] == [{"name": "pair", "datatype": "INT64", "shape": [-1]}]
+    request = decode_request(json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64",
+                                                     "data": [3, 4]}]}).encode(), model)
     reply = json.loads(encode_response(model, request, model.run(request.feeds))[0])["outputs"][0]
-    assert reply == {"name": "pair", "datatype": "INT64", "shape": [2, 1, 2], "data": [3, 4, 3, 4]}  # as numpy has it
+    assert reply == {"name": "pair", "datatype": "INT64", "shape": [2, 1, 2], "data": [3, 4, 3, 4]}
+
+
+def test_a_sequence_of_tensors_of_different_shapes_is_a_500_naming_the_output(tmp_path):
+    # before: numpy's ValueError, answered 'internal server error (ValueError)'
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
+    parts = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, None))
+    split = helper.make_tensor("split", TensorProto.INT64, [2], [1, 2])
+    graph = helper.make_graph([helper.make_node("SplitToSequence", ["x", "split"], ["parts"], axis=1)], "g", [x_info],
+                              [helper.make_value_info("parts", parts)], [split])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    model = runtime.load(save_model(proto, tmp_path / "ragged.onnx"), threads=1, name="ragged")
+    request = decode_request(json.dumps({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32",
+                                                     "data": [1, 2, 3, 4, 5, 6]}]}).encode(), model)
+    with pytest.raises(RequestError) as refused:
+        encode_response(model, request, model.run(request.feeds))
+    assert refused.value.status == 500 and str(refused.value) == (
+        "output 'parts' is a sequence of tensors of different shapes ((2, 1), (2, 2)), which one V2 tensor cannot "
+        "hold")
+
+
+def _iris_like(tmp_path, zipmap: bool) -> runtime.Model:
+    """A scikit-learn-style linear classifier of 3 classes over 4 features, with or without skl2onnx's ZipMap."""
+    classify = helper.make_node("LinearClassifier", ["x"], ["label", "probs"], domain="ai.onnx.ml",
+                                classlabels_ints=[0, 1, 2], coefficients=[1.0, 0, 0, 0] * 3,
+                                intercepts=[0.0, 0, 0], post_transform="SOFTMAX")  # fmt: skip
+    nodes, probabilities = [classify], helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 3])
+    if zipmap:
+        nodes.append(helper.make_node("ZipMap", ["probs"], ["maps"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]))
+        probabilities = helper.make_value_info("maps", helper.make_sequence_type_proto(helper.make_map_type_proto(
+            TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, None))))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, [None]), probabilities])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    name = "zipmap" if zipmap else "nozip"
+    return runtime.load(save_model(helper.make_model(graph, opset_imports=opsets, ir_version=10),
+                                   tmp_path / f"{name}.onnx"), threads=1, name=name)
+
+
+@pytest.mark.parametrize("zipmap", [True, False], ids=["zipmap", "no-zipmap"])
+def test_a_request_of_no_rows_gets_no_rows_of_classes_and_probabilities(tmp_path, zipmap):
+    # before: classification of 0 rows was a 500 (numpy could not reshape an empty array), and a ZipMap's
+    # probabilities of 0 rows came back shaped [0], not [0, 3]
+    model = _iris_like(tmp_path, zipmap)
+    scores = "maps" if zipmap else "probs"
+    x = {"name": "x", "shape": [0, 4], "datatype": "FP32", "data": []}
+    for asked, shape in (({}, [0, 3]), ({"classification": 2}, [0, 2])):
+        body = {"inputs": [x], "outputs": [{"name": scores, "parameters": asked}]}
+        request = decode_request(json.dumps(body).encode(), model)
+        reply = json.loads(encode_response(model, request, model.run(request.feeds))[0])["outputs"][0]
+        assert (reply["shape"], reply["data"]) == (shape, []), reply
+
+
+def test_nan_scored_from_finite_inputs_is_the_models_fault_and_from_nan_the_requests(tmp_path):
+    # before: both were 400s saying 'check those rows' inputs for NaN', though the input held none
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    model = runtime.load(save_model(proto, tmp_path / "log.onnx"), threads=1, name="log")
+    statuses = []
+    for data in ([-1, 1, 2], ["NaN", 1, 2]):
+        body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": data}],
+                "outputs": [{"name": "y", "parameters": {"classification": 1}}]}
+        request = decode_request(json.dumps(body).encode(), model)
+        with pytest.raises(RequestError) as refused:
+            encode_response(model, request, model.run(request.feeds))
+        statuses.append((refused.value.status, str(refused.value)))
+    assert statuses == [
+        (500, "model 'log' scored NaN on finite inputs, so no class is best; ask for the output without "
+              "classification to read its scores"),
+        (400, "model 'log': 1 row (0) scored NaN, so no class is best; check those rows' inputs for NaN, or read "
+              "the scores")]
 
 
 def test_classification_is_of_the_output_training_fit(tmp_path):

@@ -228,6 +228,7 @@ def test_a_request_bigger_than_a_batch_runs_in_pieces_that_give_a_whole_runs_out
 
     runs = []
     model = direct["words"]
+    assert model.rows_out  # each output row its input row's alone (probed by runs, as serve does at load)
     real = model.run
     monkeypatch.setattr(model, "run", lambda feeds, **kw: runs.append(len(feeds["input_ids"])) or real(feeds, **kw))
     feeds = text_feeds(model, [f"text number {i} " * (i % 7) for i in range(300)])

@@ -320,24 +320,13 @@ def _onnxruntime_errors(model: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
-        if isinstance(e, OnnxkitError) or not (type(e).__module__.partition(".")[0] == "onnxruntime"
-                                                or _raised_in_onnxruntime(e)):
+        from onnxkit.runtime.session import error_reason, raised_by_onnxruntime
+
+        if isinstance(e, OnnxkitError) or not raised_by_onnxruntime(e):
             raise
-        from onnxkit.runtime.session import error_reason
 
         raise OnnxkitError(f"{model}: onnxruntime {_ort_version()} failed on it while quantizing ({error_reason(e)}); "
                            "check that onnxruntime can run the model (onnxkit predict)") from e
-
-
-def _raised_in_onnxruntime(e: BaseException) -> bool:
-    """Whether `e` came out of onnxruntime's Python code (its quantizers' own bugs raise ValueError, AssertionError,
-    IndexError ... on models they do not expect), rather than from onnxkit's."""
-    import traceback
-
-    import onnxruntime
-
-    package = os.path.dirname(os.path.abspath(onnxruntime.__file__)) + os.sep
-    return any(os.path.abspath(frame.filename).startswith(package) for frame in traceback.extract_tb(e.__traceback__))
 
 
 def _ort_version() -> str:

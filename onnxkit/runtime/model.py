@@ -16,6 +16,7 @@ import numpy as np
 from onnxkit.errors import OnnxkitError
 from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, SCORES_KEY, TASK_KEY
 from onnxkit.runtime.prediction import Prediction
+from onnxkit.runtime.rows import rows_independent
 from onnxkit.runtime.session import (
     check_started,
     create_session,
@@ -65,7 +66,7 @@ class Model:
         self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self.task = self.metadata.get(TASK_KEY)
         self.given_probabilities = self.metadata.get(SCORES_KEY) == "probabilities"
-        graph = _Graph(source)
+        graph = self._graph = _Graph(source)
         self.scores_output = self.metadata.get(OUTPUT_KEY)
         layout = None if self.scores_output else _label_then_scores(self.outputs, graph)
         if layout:  # a classifier whose first output is its label (skl2onnx's, or PyTorch's (argmax, logits))
@@ -88,9 +89,17 @@ class Model:
         self._device_kind = "cuda" if on_gpu else "cpu"
         self._device_id = device_id if on_gpu else 0
         self._output_names = [spec.name for spec in self.outputs]
+        self._map_outputs = {spec.name for spec in self.outputs if spec.type.startswith("seq(map(")}  # ZipMap's
         self._releasing = ort.RunOptions()
         arenas = "cpu:0" + (f";gpu:{device_id}" if on_gpu else "")
         self._releasing.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
+
+    @functools.cached_property
+    def rows_out(self) -> bool:
+        """Whether each output has a row per input row that depends on that row alone (`rows.rows_independent`,
+        which runs the model twice the first time it is asked), so that rows may run in batches, and requests be
+        merged into one run (serve)."""
+        return rows_independent(self.inputs, self.outputs, self.run)
 
     @property
     def providers(self) -> list[str]:
@@ -141,7 +150,7 @@ class Model:
         if self.fixed_batch is not None:
             return self.prediction_of(self._run_fixed_batches(feeds, self.fixed_batch))
         rows = len(next(iter(feeds.values()))) if self.batchable else 0
-        if not self.batchable or self.batch_size is None or rows <= self.batch_size:
+        if self.batch_size is None or rows <= self.batch_size or not self.rows_out:
             outputs = self._checked_run(feeds)
         else:
             starts = range(0, rows, self.batch_size)
@@ -185,6 +194,8 @@ class Model:
                 outputs[name] = np.array([[row[k] for k in keys] for row in value], np.float32)
                 if name == self.scores_output and names is None and keys != list(range(len(keys))):
                     names = tuple(str(k) for k in keys)
+            elif isinstance(value, list) and not value and name in self._map_outputs:  # no rows: [0, classes]
+                outputs[name] = np.empty((0, len(self.class_names or self._graph.sklearn_classes() or ())), np.float32)
         scores = np.asarray(outputs.get(self.scores_output, next(iter(outputs.values()), ())))
         multi_label = self.task == "binary" and scores.ndim > 1 and scores.size > len(scores)  # len(): not 0-d
         return Prediction(outputs, names, self.task, self.given_probabilities, self.scores_output, multi_label)
@@ -294,7 +305,8 @@ def load(
 
     device: "auto" (CUDA when this onnxruntime has it, else CPU), "cpu", "cuda" or "cuda:N".
     threads: intra-op threads (default: onnxruntime's choice, one per core).
-    batch_size: inputs with more rows run in batches of this size (None: never split).
+    batch_size: inputs with more rows run in batches of this size (None: never split; nor are the rows of a model
+        whose outputs are not one a row, each of its own row alone: `Model.rows_out`).
     warmup: run once on zeros before returning.
     optimization: graph optimisation level, "disabled" | "basic" | "extended" | "all".
     optimized_model_path: also save the optimised graph there (written atomically).

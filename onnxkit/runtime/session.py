@@ -191,6 +191,17 @@ def failed_node(error: Exception) -> tuple[str, str, str] | None:
     return op, name, " ".join(message.split()).rstrip(".")
 
 
+def raised_by_onnxruntime(error: BaseException) -> bool:
+    """Whether `error` is onnxruntime's: one of its exception types (they share no base class), or raised in its
+    Python code (a quantizer's ValueError, the session's missing-input one), rather than onnxkit's own."""
+    if type(error).__module__.partition(".")[0] == "onnxruntime":
+        return True
+    import traceback
+
+    package = os.path.dirname(os.path.abspath(ort.__file__)) + os.sep
+    return any(os.path.abspath(f.filename).startswith(package) for f in traceback.extract_tb(error.__traceback__))
+
+
 def error_reason(error: Exception) -> str:
     """onnxruntime's error as one clause: the failing node and what went wrong, or the reason
     alone, without C++ source locations and status codes."""

@@ -5,7 +5,8 @@ session, so a long run never blocks the loop. A run expected to take less than
 `INLINE_RUN_S` (from the model's measured time per row) runs on the loop instead:
 handing it to the thread and back would cost more than the run. While a run is in progress, new
 requests queue up; the next run takes every queued request whose non-batch
-shapes match, up to `max_batch_size` rows. After the first request of a batch
+shapes match, up to `max_batch_size` rows, if the model answers each row on its own
+(`Model.rows_out`: the outputs are split back by row); else each request runs alone. After the first request of a batch
 arrives, the worker waits up to `max_delay` for more, but only while other
 requests are still being received: a lone client is never made to wait. Before each run,
 the loop makes one pass, so requests whose bytes have already arrived join it: at 32
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxkit.runtime import Model
-from onnxkit.runtime.session import error_reason
+from onnxkit.runtime.session import error_reason, raised_by_onnxruntime
 from onnxkit.serve.limits import CLIENT_CLOSED, CLIENT_LEFT, WAITING, ClientGone
 from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import RequestError
@@ -70,7 +71,6 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._receiving = 0  # requests whose bodies are still being read or decoded
         self._wakeup = asyncio.Event()
-        self._unsplittable: weakref.WeakSet[Model] = weakref.WeakSet()  # models whose outputs have no row axis
         self._seconds_per_row: weakref.WeakKeyDictionary[Model, float] = weakref.WeakKeyDictionary()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnxkit-{model.name}")
         self._task: asyncio.Task | None = None
@@ -127,7 +127,7 @@ class Batcher:
         model = model or self.model
         rows = len(next(iter(feeds.values()))) if model.batchable else 0
         key = None
-        if rows and model not in self._unsplittable:  # a request of no rows runs alone: its outputs have none to split
+        if rows and model.rows_out:  # a request of no rows runs alone: its outputs have none to split
             key = (model, *[(name, a.dtype, a.shape[1:]) for name, a in feeds.items()])
         loop = self._loop
         assert loop is not None, "Batcher.start() first"
@@ -140,7 +140,7 @@ class Batcher:
                 pending.future.set_exception(ClientGone(CLIENT_CLOSED))
         try:
             outputs = await pending.future
-        except (RequestError, ClientGone):
+        except Exception:  # a refusal, a client gone, or onnxkit's own bug
             self.statistics.fail.add(time.perf_counter_ns() - start)
             raise
         self.statistics.success.add(time.perf_counter_ns() - start)
@@ -164,9 +164,9 @@ class Batcher:
                 self.statistics.queue.add(round((now - pending.since) * 1e9))
             try:
                 await self._run(batch)
-            except Exception as e:  # a bug here must fail these requests, not stop the worker
+            except Exception as e:  # onnxkit's bug: these requests fail (500, logged by the protocol), not the worker
                 for pending in batch:
-                    _settle(pending.future, error=RequestError(500, f"internal error in batching: {e!r}"))
+                    _settle(pending.future, error=e)
             finally:
                 self._running = []
 
@@ -202,7 +202,7 @@ class Batcher:
 
     def _take_batch(self) -> list[_Pending]:
         first = self._queue.popleft()
-        if first.key is None or first.key[0] in self._unsplittable:
+        if first.key is None:
             return [first]
         batch, rows, rest = [first], first.rows, deque()
         while self._queue:
@@ -235,7 +235,9 @@ class Batcher:
                 outputs, seconds = _timed_run(*run)
             else:
                 outputs, seconds = await self._loop.run_in_executor(self._executor, _timed_run, *run)
-        except Exception as e:  # onnxruntime's errors have no common base class
+        except Exception as e:
+            if not raised_by_onnxruntime(e):
+                raise  # not the input's fault
             if len(batch) > 1:  # find the request that fails, and serve the others
                 for pending in batch:
                     await self._run([pending])
@@ -251,8 +253,7 @@ class Batcher:
             _settle(batch[0].future, outputs)
             return
         if any(np.ndim(v) == 0 or len(v) != rows for v in outputs.values()):
-            # outputs without a row per input row cannot be split: run each request alone
-            self._unsplittable.add(model)
+            # outputs whose rows follow the data, not the input rows (as NonZero's), cannot be split: run each alone
             for pending in batch:
                 await self._run([pending])
             return
@@ -271,7 +272,7 @@ def _timed_run(model: Model, feeds: dict[str, np.ndarray], rows: int,
     ONNX Runtime's arena by, which would stay otherwise."""
     start = time.perf_counter()
     size = _piece_rows(feeds, largest)
-    if rows <= size or not model.batchable:
+    if rows <= size or not model.rows_out:
         return model.run(feeds, release_memory=rows > largest), time.perf_counter() - start
     parts = []
     for first in range(0, rows, size):
@@ -286,7 +287,7 @@ def _timed_run(model: Model, feeds: dict[str, np.ndarray], rows: int,
 def _piece_rows(feeds: dict[str, np.ndarray], largest: int) -> int:
     """Rows a run of a big request takes at a time: `largest` (the batch size), or as many as hold PIECE_VALUES
     input values when that is more (a run each 32 rows would slow a tiny model's large requests)."""
-    per_row = max((v[0].size for v in feeds.values() if np.ndim(v) and len(v)), default=1)
+    per_row = max((v.size // len(v) for v in feeds.values() if np.ndim(v) and len(v)), default=1)
     return max(largest, PIECE_VALUES // max(per_row, 1))
 
 

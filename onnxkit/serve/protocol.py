@@ -79,12 +79,18 @@ class InferRequest:
 
 
 def v2_datatype(spec: TensorSpec) -> str:
-    return "FP32" if spec.type in _MAPS else _V2_BY_ORT.get(spec.type, spec.type)
+    """The V2 datatype; a sequence of tensors (served stacked) has its tensors' own."""
+    if spec.type in _MAPS:
+        return "FP32"
+    element = spec.type[len("seq("):-1] if spec.type.startswith("seq(") else spec.type
+    return _V2_BY_ORT.get(element, spec.type)
 
 
 def v2_shape(spec: TensorSpec) -> list[int]:
-    """The tensor's shape as V2 gives it: free dimensions -1."""
-    return [-1, -1] if spec.type in _MAPS else [d if isinstance(d, int) else -1 for d in spec.shape]
+    """The tensor's shape as V2 gives it: free dimensions -1 (a sequence of tensors: [-1], its count)."""
+    if spec.type in _MAPS:
+        return [-1, -1]
+    return [-1] if spec.type.startswith("seq(") else [d if isinstance(d, int) else -1 for d in spec.shape]
 
 
 def server_metadata() -> dict[str, Any]:
@@ -117,12 +123,12 @@ def model_metadata(model: Model) -> dict[str, Any]:
 def model_config(model: Model, max_batch_size: int, max_delay_s: float) -> dict[str, Any]:
     """The model's configuration in Triton's form (what tritonclient's `get_model_config` reads).
 
-    When every input and output has a free first dim, that is the batch dim: `max_batch_size` is
-    the batcher's, dims leave it out and `dynamic_batching` gives the batcher's wait; otherwise
-    `max_batch_size` is 0 and dims are whole. Free dims are -1.
+    When the batcher merges the model's requests (each output row its own input row's: `Model.rows_out`), the
+    first dim is the batch dim: `max_batch_size` is the batcher's, dims leave it out and `dynamic_batching` gives
+    the batcher's wait; otherwise `max_batch_size` is 0 and dims are whole. Free dims are -1.
     """
     inputs, outputs = list(input_specs(model).values()), model.outputs
-    batched = all(v2_shape(spec)[:1] == [-1] for spec in (*inputs, *outputs))
+    batched = model.rows_out and all(v2_shape(spec)[:1] == [-1] for spec in (*inputs, *outputs))
 
     def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
         return [
@@ -352,17 +358,29 @@ def output_tensors(
     model: Model, request: InferRequest, outputs: dict[str, np.ndarray]
 ) -> list[tuple[str, str, np.ndarray]]:
     """(name, V2 datatype, array) of each output the request asked for, classified where asked."""
-    tensors, types = [], {spec.name: spec.type for spec in model.outputs}
+    tensors, spec_of = [], {spec.name: spec for spec in model.outputs}
     for name in request.outputs:
         if name in request.classification:
-            array = _classify(model, outputs, request.classification[name])
-        elif types[name] in _MAPS:  # a sequence of {class: probability} maps: [rows, classes]
+            array = _classify(model, outputs, request.classification[name], request.feeds)
+        elif spec_of[name].type in _MAPS:  # a sequence of {class: probability} maps: [rows, classes]
             array = np.asarray(model.prediction_of({name: outputs[name]})[name], np.float32)
+        elif spec_of[name].type.startswith("seq(tensor("):
+            array = _stacked(name, outputs[name], binary.NUMPY_BY_V2.get(v2_datatype(spec_of[name]), object))
         else:
             array = np.asarray(outputs[name])
         datatype = _V2_BY_KIND.get(array.dtype.kind) or _V2_BY_DTYPE[array.dtype]
         tensors.append((name, datatype, array))
     return tensors
+
+
+def _stacked(name: str, tensors: list[np.ndarray], dtype: Any) -> np.ndarray:
+    """A sequence of tensors as one tensor of `dtype`, stacked on a new first axis; a 500 when their shapes
+    differ."""
+    shapes = {np.shape(t) for t in tensors}
+    if len(shapes) > 1:
+        raise RequestError(500, f"output {name!r} is a sequence of tensors of different shapes "
+                                f"({', '.join(map(str, sorted(shapes)))}), which one V2 tensor cannot hold")
+    return np.stack(tensors) if tensors else np.empty(0, dtype)
 
 
 def encode_response(model: Model, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
@@ -607,9 +625,15 @@ def _requested_outputs(
     return chosen, classification, raw
 
 
-def _classify(model: Model, outputs: dict[str, np.ndarray], k: int) -> np.ndarray:
+def _classify(model: Model, outputs: dict[str, np.ndarray], k: int, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The k best classes of each row as Triton writes them ("score:index:name"); a row the model scored NaN
+    from finite inputs is the model's fault (500), from NaN or infinite ones the request's (400)."""
     prediction = model.prediction_of(outputs)
     try:
+        if np.isnan(prediction.class_scores()).any() and all(
+                np.isfinite(v).all() for v in feeds.values() if v.dtype.kind == "f"):
+            raise RequestError(500, f"model {model.name!r} scored NaN on finite inputs, so no class is best; ask "
+                                    "for the output without classification to read its scores")
         indices, scores = prediction.top_k_indices(k)
     except OnnxkitError as e:
         raise RequestError(400, f"model {model.name!r}: {e}") from e
@@ -620,4 +644,4 @@ def _classify(model: Model, outputs: dict[str, np.ndarray], k: int) -> np.ndarra
             for row_i, row_s in zip(indices.tolist(), scores.tolist(), strict=True)
         ],
         dtype=object,
-    ).reshape(len(indices), -1)
+    ).reshape(indices.shape)

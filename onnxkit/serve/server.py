@@ -78,6 +78,9 @@ def load_served(name: str, path: Path, device: str, threads: int | None) -> runt
     model, seconds = load(threads or cpus)
     if not threads and cpus > 1 and seconds < INLINE_RUN_S:
         model, _ = load(cpus - 1)
+    if model.batchable and not model.rows_out:  # probed now, not on the first request
+        print(f"model {name}: its outputs are not one a row, each of its own input row alone, so its requests run "
+              "one at a time, never merged into a batch", file=sys.stderr)
     return model
 
 

@@ -1,0 +1,76 @@
+"""Whether a model answers each input row on its own: the condition for running rows in batches and for
+merging requests into one run (serve), whose outputs are then split back by row.
+
+An output's declared shape settles it when its first dimension is a fixed size (a column sum's [3], a
+transpose's [3, batch]: never per row) or a scalar or a sequence of tensors; otherwise a probe decides,
+since a first dimension named as the inputs' batch can still mix rows (a [batch, batch] similarity, a
+normalisation over the batch): the model runs on three rows of varied values and on the first alone, and
+every output must have one row per input row, the lone row's the same as in company.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from onnxkit.runtime.signature import TensorSpec, batchable
+
+PROBE_ROWS = 3
+PROBE_LENGTH = 8  # each free size past the batch (a sequence): long enough for a convolution over it
+_CLOSE = dict(rtol=1e-3, atol=1e-5, equal_nan=True)  # kernels differ in summation order between batch sizes
+
+
+def rows_independent(inputs: list[TensorSpec], outputs: list[TensorSpec], run: Any) -> bool:
+    """True when every output has a row per input row that depends on that row alone; `run(feeds)` runs the model
+    (its outputs by name). False for a model whose inputs fix their batch size, and when a probe run fails."""
+    if not batchable(inputs) or any(spec.dtype is None for spec in inputs) or \
+            not all(_may_be_per_row(spec) for spec in outputs):
+        return False
+    feeds = _probe_feeds(inputs)
+    try:
+        together = run(feeds)
+        alone = run({name: value[:1] for name, value in feeds.items()})
+    except Exception:  # noqa: BLE001 - onnxruntime's errors have no common base: a model not to merge rows of
+        return False
+    return all(_per_row(together[spec.name], PROBE_ROWS) and _per_row(alone[spec.name], 1)
+               and _same_row(alone[spec.name][0], together[spec.name][0]) for spec in outputs)
+
+
+def _may_be_per_row(spec: TensorSpec) -> bool:
+    if spec.type.startswith("seq(map("):  # scikit-learn's ZipMap: a map of class probabilities a row
+        return True
+    return spec.type.startswith("tensor(") and not (spec.shape and isinstance(spec.shape[0], int))
+
+
+def _probe_feeds(inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """PROBE_ROWS rows of varied values, each free size past the batch PROBE_LENGTH: small numbers (token ids,
+    class ids and indices stay in range), distinct strings."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in inputs:
+        shape = tuple(d if isinstance(d, int) else PROBE_LENGTH for d in spec.shape[1:])
+        if spec.type == "tensor(string)":
+            feeds[spec.name] = np.array([f"row {i}" for i in range(PROBE_ROWS * int(np.prod(shape)))],
+                                        dtype=object).reshape(PROBE_ROWS, *shape)
+        else:
+            values = rng.integers(0, 2, (PROBE_ROWS, *shape)) if spec.dtype.kind in "iub" else \
+                rng.standard_normal((PROBE_ROWS, *shape))
+            feeds[spec.name] = values.astype(spec.dtype)
+    return feeds
+
+
+def _per_row(value: Any, rows: int) -> bool:
+    return (isinstance(value, list) or np.ndim(value) > 0) and len(value) == rows
+
+
+def _same_row(alone: Any, together: Any) -> bool:
+    if isinstance(alone, dict):  # ZipMap's
+        return alone.keys() == together.keys() and np.allclose(list(alone.values()), list(together.values()),
+                                                               **_CLOSE)
+    alone, together = np.asarray(alone), np.asarray(together)
+    if alone.shape != together.shape:
+        return False
+    if alone.dtype.kind in "fc":
+        return bool(np.allclose(alone, together, **_CLOSE))
+    return bool(np.array_equal(alone, together))
