@@ -301,3 +301,28 @@ def test_a_scikit_learn_mlp_classifier_trains_through_its_zipmap(tmp_path, pipel
     assert [o.name for o in trained.graph.output] == ["label", "output_probability"]
     label, maps = ort.InferenceSession(trained.SerializeToString()).run(None, {"X": centres})
     assert label.tolist() == [0, 1, 2] and [max(m, key=m.get) for m in maps] == [0, 1, 2]
+
+
+def test_batches_of_one_row_are_refused_where_batch_norm_would_zero_every_value(tmp_path, run_cli):
+    # a PyTorch export traced with one example (x [1, 13]) trained its BatchNorm1d on one value a channel: every
+    # value normalised to 0, the loss stayed at ln(3), the running variance decayed to 1e-5, test accuracy 28%
+    from test_train_resume import mlp_with_batchnorm
+
+    dynamic = mlp_with_batchnorm()
+    onnx.save(dynamic, tmp_path / "dynamic.onnx")
+    fixed = mlp_with_batchnorm()
+    for value in (*fixed.graph.input, *fixed.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, tmp_path / "fixed.onnx")
+    common = ("--data", "digits", "--steps", "20", "--quiet")
+    by_row = run_cli("train", tmp_path / "dynamic.onnx", *common, "--batch-size", "1", "-o", tmp_path / "r1")
+    assert (by_row.code, by_row.err) == (1, "error: BatchNormalization 'h2' would normalise each channel "
+                                            "over one value in batches of one row, which makes every value 0; use "
+                                            "--batch-size 2 or more, or keep its running statistics as they are "
+                                            "(--freeze 'bn.running_mean': it then normalises with them)\n")
+    traced = run_cli("train", tmp_path / "fixed.onnx", *common, "--batch-size", "1", "-o", tmp_path / "r2")
+    assert traced.code == 1 and "re-export the model with a dynamic batch dimension" in traced.err, traced.err
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    kept = run_cli("train", tmp_path / "fixed.onnx", *common, "--batch-size", "1", "--freeze", "bn.running_*",
+                   "-o", tmp_path / "r3")
+    assert kept.code == 0, kept.err

@@ -550,6 +550,7 @@ class _Setup:
             self._size_by_data()
             self._name_classes()
         self._select()
+        self._check_batch_statistics()
         self._warn_about_weights()
         self._cache_frozen_features()
         self._plan_steps()
@@ -780,6 +781,25 @@ class _Setup:
         self.model, self.types = split.head, value_types(split.head)
         self.splits = {name: self._bind(s, model_inputs(split.head)) for name, s in cached.items()}
         self.cached = {"boundary": split.boundary, "seconds": round(time.perf_counter() - started, 2)}
+
+    def _check_batch_statistics(self) -> None:
+        """Refuse batches of one row where a BatchNormalization trains on its batch's statistics over one value a
+        channel (an [N, C] input, or one whose sizes past the channels are all 1): every value normalises to 0 and
+        the model learns nothing (PyTorch refuses it alike: 'Expected more than 1 value per channel')."""
+        if (self.fixed or self.config.batch_size) != 1:
+            return
+        for node in self.model.graph.node:
+            value = self.types.get(node.input[0]) if node.op_type == "BatchNormalization" else None
+            if value is None or node.input[3] not in self.selection.updated_buffers:
+                continue
+            past_channels = value.type.tensor_type.shape.dim[2:]
+            if all(d.HasField("dim_value") and d.dim_value == 1 for d in past_channels):
+                fix = ("re-export the model with a dynamic batch dimension (PyTorch: dynamic_axes or dynamic_shapes)"
+                       if self.fixed else "use batch_size=2 or more")
+                raise OnnxkitError(f"BatchNormalization {node.name or node.output[0]!r} would normalise each channel "
+                                   f"over one value in batches of one row, which makes every value 0; {fix}, or "
+                                   f"keep its running statistics as they are (freeze={node.input[3]!r}: it then "
+                                   "normalises with them)", params=["batch_size"])
 
     def _plan_steps(self) -> None:
         """Optimizer steps per epoch, the number of epochs, and the learning-rate schedule over all steps."""
