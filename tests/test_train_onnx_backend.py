@@ -300,6 +300,23 @@ def test_a_model_of_opset_13_trains_as_one_of_opset_17(tmp_path):
         np.testing.assert_allclose(trained[13][name], value, rtol=0, atol=1e-6, err_msg=name)
 
 
+def test_a_batch_norm_of_opset_13_trains_on_its_batch_statistics_as_one_of_opset_17(tmp_path):
+    # training_mode came with BatchNormalization-14: an opset-13 export with BatchNorm (TorchScript's
+    # opset_version=13) was refused ('needs opset 14 or newer'), its parameters all before the BatchNorm
+    from test_train_resume import mlp_with_batchnorm
+
+    trained = {}
+    for version in (13, 17):
+        model = mlp_with_batchnorm()
+        model.opset_import[0].version = version
+        result = fit(model, "digits", tmp_path / str(version), steps=5, dropout=False, backend="onnx", device="cpu")
+        trained[version] = {t.name: numpy_helper.to_array(t) for t in load_model(result.model_path).graph.initializer}
+        assert load_model(result.model_path).opset_import[0].version == version  # the trained model keeps its own
+    assert not np.array_equal(trained[17]["bn.running_mean"], 0)
+    for name, value in trained[17].items():
+        np.testing.assert_allclose(trained[13][name], value, rtol=0, atol=1e-6, err_msg=name)
+
+
 def test_a_training_graph_onnxruntime_refuses_is_reported_as_onnxkits_bug(tmp_path):
     from onnxkit.runtime.session import create_session
 

@@ -393,7 +393,7 @@ def training_form(
     needed = needed_nodes(model, output.name)
     graph.initializer.extend(used_initializers(model, (node for _, node in needed)))
     dropout_ratios = _dropout_ratios(model)
-    need_true = False
+    need_true = batch_statistics = False
     for index, original in needed:
         node = onnx.NodeProto()
         node.CopyFrom(original)
@@ -416,6 +416,7 @@ def training_form(
         elif node.op_type == "BatchNormalization":
             if node.input[3] in updated:
                 _set_attribute(node, "training_mode", 1)
+                batch_statistics = True
                 del node.output[1:]
                 node.output.extend([f"{tag}.running_mean", f"{tag}.running_var"])
                 before, after = _unbiased_running_var(node, tag, graph) if unbiased_running_var else ([], [])
@@ -426,6 +427,10 @@ def training_form(
         graph.node.append(node)
     if need_true:
         graph.initializer.append(helper.make_tensor(f"{PREFIX}.training_mode", TensorProto.BOOL, [], [True]))
+    if batch_statistics and opset(model) < 14:  # training_mode came with BatchNormalization-14; every op that
+        for entry in form.opset_import:  # changed from 13 to 14 kept its meaning (new attributes default to it)
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = 14
     # the model's own value shapes (named dims such as 'seq' that inference alone may lose: then the
     # gradient of a broadcast cannot tell two dims apart before run time)
     made = {name for node in graph.node for name in node.output}
