@@ -27,6 +27,8 @@ _FOLDED = "pkg.onnxscript.optimizer.folded_from"  # a constant computed at expor
 _SIGNATURE = "pkg.torch.export.ExportedProgram.graph_signature"  # graph metadata: 'p_fc_weight: PARAMETER target=...'
 _SIGNATURE_SPEC = re.compile(r"^(\S+): (\w+) target='([^']*)'", re.MULTILINE)  # placeholder, kind, target
 _STATE_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)*")  # a state_dict key (gate, blocks.0.scale), not onnx::Mul_7
+_DYNAMO_VALUE = re.compile(r"val_\d+")  # a constant the dynamo exporter made (GELU's sqrt(2)), no module's state
+_DYNAMO_NODE = "node_"  # how the dynamo exporter names its nodes (node_linear, node_Div_1)
 _SCOPES = "pkg.torch.onnx.name_scopes"  # a node's module paths, outermost first, then its op's name
 _FX_NODE = "pkg.torch.onnx.fx_node"  # the PyTorch op a node came from, its arguments by placeholder (%p_fc_weight)
 _PLACEHOLDER = re.compile(r"%(\w+)")
@@ -44,7 +46,17 @@ def scalar_weights(model: onnx.ModelProto) -> set[str]:
         return {target for _, kind, target in signature if kind == "PARAMETER"}
     if model.producer_name != "pytorch":
         return set()
-    return {t.name for t in model.graph.initializer if not t.dims and _STATE_NAME.fullmatch(t.name)}
+    return {t.name for t in model.graph.initializer
+            if not t.dims and _STATE_NAME.fullmatch(t.name) and not _DYNAMO_VALUE.fullmatch(t.name)}
+
+
+def lost_dynamo_marks(model: onnx.ModelProto) -> bool:
+    """Whether `model` is a dynamo export without the marks it wrote (onnx's version converter, which
+    `torch.onnx.export(dynamo=True, opset_version=17)` runs, drops them): the parameters it merged cannot be
+    told apart again."""
+    nodes = model.graph.node
+    return (model.producer_name == "pytorch" and not _export_signature(model) and bool(nodes)
+            and all(node.name.startswith(_DYNAMO_NODE) for node in nodes))
 
 
 def exported_constants(model: onnx.ModelProto) -> set[str]:

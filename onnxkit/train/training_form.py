@@ -54,6 +54,7 @@ from onnxkit.metadata_keys import BUFFERS_KEY, DROPOUT_KEY
 from onnxkit.train.exporter_marks import (
     exported_constants,
     in_inference_mode,
+    lost_dynamo_marks,
     retie_folded_transposes,
     scalar_weights,
     untie_deduplicated,
@@ -151,6 +152,10 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
                      f"also reads itself ({first_few(retied)}) are transposed from them again: each tied weight "
                      "trains as one tensor, as in PyTorch")
     model, merged = untie_deduplicated(model)
+    if lost_dynamo_marks(model):
+        notes.append("warning: the model is a PyTorch dynamo export without the marks that say which weights the "
+                     "exporter merged into one (every LayerNorm's ones, zero biases), which then train tied; "
+                     "converting it to another opset drops them: export it at opset 18 or newer")
     if merged:
         notes.append(f"{len(merged)} parameters were merged by PyTorch's exporter into equal-valued ones or "
                      f"dropped as zero biases ({first_few(merged)}: "
