@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit.data import load_dataset
 from onnxkit.train import fit
 from onnxkit.train.exporter_marks import untie_exporter_copies
-from onnxkit.train.training_form import find_parameters
+from onnxkit.train.training_form import find_parameters, trainable_form
 
 pytestmark = pytest.mark.training
 
@@ -165,6 +165,23 @@ def test_batchnorm_folded_into_weights_by_the_exporter_is_named(tmp_path, run_cl
         assert "dynamo=True, optimize=False" in result.err and "TrainingMode.TRAINING" in result.err
 
 
+def test_a_layer_a_batchnorm_was_folded_into_keeps_its_own_weight(tmp_path):
+    # the fused Conv carries the folded BatchNorm's marks (its op read bn.weight, missing from the graph): it was
+    # 'untied' to a copy of its weight named bn.weight, so --freeze 'conv.*' matched nothing and the trained model
+    # kept the unread conv.weight (onnxruntime warned of it at every load)
+    model = conv_net("conv.weight", fused_by="FuseBatchNormIntoConv")
+    model.graph.node[0].metadata_props.add(key="pkg.torch.onnx.fx_node", value=(
+        "%bn : [num_users=1] = call_function[target=torch.ops.aten._native_batch_norm_legit_no_training.default]"
+        "(args = (%conv2d, %p_bn_weight, %p_bn_bias, %b_bn_running_mean, %b_bn_running_var, 0.1, 1e-05), "
+        "kwargs = {})"))
+    model.graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature", value="".join(
+        f"p_{k.replace('.', '_')}: PARAMETER target='{k}'\n"
+        for k in ("conv.weight", "conv.bias", "bn.weight", "bn.bias", "fc.weight", "fc.bias")))
+    form, notes = trainable_form(model)
+    assert [n.input[1] for n in form.graph.node if n.op_type == "Conv"] == ["conv.weight"]
+    assert {t.name for t in form.graph.initializer} == {"conv.weight", "conv.bias", "fc.weight", "fc.bias"}, notes
+
+
 def exported_in_training_mode(true_initializer: bool = False) -> onnx.ModelProto:
     """Gemm -> BatchNorm -> Relu -> Dropout -> Gemm on 64 features as the TorchScript exporter writes it
     with training=TrainingMode.TRAINING: BatchNorm with training_mode=1 and its statistics outputs,
@@ -308,7 +325,6 @@ def tied_export(dynamo: bool) -> onnx.ModelProto:
 @pytest.mark.parametrize("dynamo", [True, False])
 def test_a_tied_weight_the_exporter_stored_transposed_trains_as_one(dynamo):
     from onnxkit.autodiff.check import run_gradients, with_projection_loss
-    from onnxkit.train.training_form import trainable_form
 
     model, copy = tied_export(dynamo), "val_2" if dynamo else "onnx::MatMul_11"
     retied, notes = trainable_form(model)

@@ -239,6 +239,8 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
     plan: list[tuple[int, int, str]] = []
     for k, node in enumerate(model.graph.node):
         marks = _marks(node)
+        if _FUSED_BY in marks:  # a node the optimizer fused ops into: its marks are one of theirs (a folded
+            continue  # BatchNorm's, whose weight it does not read), not its own inputs'
         try:
             scopes = ast.literal_eval(marks.get(_SCOPES, "[]"))  # a Python list of strings
         except (ValueError, SyntaxError):
