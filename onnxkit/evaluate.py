@@ -333,14 +333,14 @@ def named_split(model: Any, split: str | None, data: Any = None, data_seed: int 
     """The split called `split` of `data` (default: the data `model` was trained on, from its
     `onnxkit.training` metadata) with `data_seed` (default: the training run's, else 0); also the
     data's name and the seed used; `label`: a CSV's label column (default: the one the model trained on).
-    `split` None: the test split of the data the model trained on (or of a Dataset), all of other data, which
-    training held out whole (not a fifth of it)."""
+    `split` None: the test split of the data the model trained on (or of a Dataset; or of a copy of its file), all
+    of other data, which training held out whole (not a fifth of it)."""
     from onnxkit.data import Dataset, in_model_order, load_dataset
 
     recorded, recorded_seed = trained_on(model)
     if split is None:
         other = data is not None and not isinstance(data, Dataset) and data != recorded and \
-            os.path.realpath(data) != recorded
+            os.path.realpath(data) != recorded and not _trained_file_copy(model, data)
         split = "all" if other else "test"
     if isinstance(data, Dataset):  # already split, in memory
         ordered = _of_the_models_classes(in_model_order(data, model), model)
@@ -361,6 +361,12 @@ def named_split(model: Any, split: str | None, data: Any = None, data_seed: int 
     if metadata(model).get(TASK_KEY) == "regression":  # its targets are numbers, not class ids
         check_numeric_targets(dataset.name, dataset.label_names, TASK_LOSS["regression"])
     return dataset.split(split), str(data), seed
+
+
+def _trained_file_copy(model: Any, data: str) -> bool:
+    """Whether the file `data` holds the bytes `model` was trained on (a copy of its training file, elsewhere)."""
+    trained = training_summary(model).get("data_sha256")
+    return bool(trained) and os.path.isfile(data) and sha256(data) == trained
 
 
 def changed_since_training(model: Any, data: str) -> bool:

@@ -184,6 +184,9 @@ def test_eval_scores_a_file_held_out_whole_and_the_training_data_by_its_test_spl
     assert run_cli("eval", model).out.startswith(f"{trained} test split (21 examples)")
     assert run_cli("eval", model, "--data", trained).out.startswith(f"{trained} test split (21 examples)")
     assert run_cli("eval", model, "--data", trained, "--split", "all").out.startswith(f"{trained} all split (110 ")
+    copy = tmp_path / "copy of trained.csv"  # the same bytes: the training data, whose rows it trained on
+    copy.write_bytes(trained.read_bytes())
+    assert run_cli("eval", model, "--data", copy).out.startswith(f"{copy} test split (21 examples)")
     # the Python API chooses alike
     assert evaluate(model, data=str(held_out))["examples"] == 40 and evaluate(model)["examples"] == 21
     assert evaluate(model, data=str(trained))["examples"] == 21
