@@ -113,19 +113,20 @@ def _script(tmp_path: Path, action: str, step: int) -> tuple[list[str], Path]:
     return [str(script), action, str(step), str(marker)], marker
 
 
-def _onnxkit_train(*arguments: str) -> subprocess.CompletedProcess:
+def _onnxkit_train(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "onnxkit", "train", *arguments, "--workers", "2"], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return done
 
 
 def test_two_workers_train_the_weights_of_one_process(reference: tuple[Path, Path], tmp_path: Path) -> None:
     model, want = reference
-    run = tmp_path / "two"
-    done = _onnxkit_train(str(model), "--data", "digits-images", "-o", str(run), *FLAGS)
+    run = tmp_path / "runs" / "cnn"  # with no -o, in runs/MODEL: chosen once, for every rank
+    done = _onnxkit_train(str(model), "digits-images", *FLAGS, cwd=tmp_path)
     _assert_same_weights(run / "model.onnx", want)
-    assert done.stdout.count("wrote ") == 1 and str(run) in done.stdout  # worker 0 alone reports and writes
+    assert done.stdout.count("wrote ") == 1 and "runs/cnn/model.onnx" in done.stdout  # worker 0 alone reports
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["cnn"]
     assert json.loads((run / "run.json").read_text())["result"]["steps"] == 30
     assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
             if r["event"] == "step"] == list(range(1, 31))

@@ -78,6 +78,19 @@ def test_iris_mlp_trains_to_93_percent_through_the_cli(run_cli, tmp_path):
     assert metrics["labels"] == ["setosa", "versicolor", "virginica"]
 
 
+def test_a_model_trains_with_no_flag_beyond_the_data_into_a_run_folder_named_after_it(run_cli, tmp_path,
+                                                                                       monkeypatch):
+    # -o was required ('give MODEL.onnx, --data and -o RUN_DIR'), and the data as an argument was 'Got unexpected
+    # extra argument' (predict takes its data so)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("build", "iris-mlp", "-o", "iris.onnx").code == 0
+    first, second = run_cli("train", "iris.onnx", "iris", "--quiet"), run_cli("train", "iris.onnx", "iris", "--quiet")
+    assert first.code == 0 and first.out.startswith("wrote runs/iris/model.onnx  (test: "), first.err
+    assert second.out.startswith("wrote runs/iris-2/model.onnx  (test: "), second.err  # a new run, not over the first
+    scored = json.loads(run_cli("eval", "runs/iris/model.onnx", "iris", "--json").out)
+    assert scored["examples"] == 30 and scored["accuracy"] >= 0.93, scored
+
+
 def test_train_and_eval_help_show_examples(run_cli):
     for command in ("train", "eval"):
         shown = run_cli(command, "--help")

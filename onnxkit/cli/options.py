@@ -81,7 +81,20 @@ def model_output(help: str) -> Decorator:
 
 
 def data(help: str) -> Decorator:
-    return click.option("--data", help=help)
+    """DATA, given as the argument after the model or as --data."""
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option("--data", help=help)(command)
+        return click.argument("data_argument", metavar="[DATA]", required=False)(command)
+
+    return decorate
+
+
+def given_data(data_argument: str | None, data: str | None) -> str | None:
+    """The data given as the argument or as --data; a usage error for both."""
+    if data_argument is not None and data is not None:
+        raise click.UsageError(f"give the data once: {data_argument} or --data {data}", click.get_current_context())
+    return data if data is not None else data_argument
 
 
 def data_seed(default: int | None, help: str = "Seed of the train/validation/test split.") -> Decorator:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -26,7 +28,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.argument("model", required=False, type=click.Path())
 @opt.data("Dataset: iris, digits, digits-images, wine, breast-cancer, diabetes, bbc-news, tweets-sentiment "
               "(text: tokenized by the model's tokenizer), or a .npz / .csv file.")
-@click.option("-o", "--out", "--output", "out_dir", type=click.Path(file_okay=False), help="Run folder to create.")
+@click.option("-o", "--out", "--output", "out_dir", type=click.Path(file_okay=False),
+              help="Run folder to create (default: runs/MODEL, the model file's name, or runs/MODEL-2, -3, ...).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--loss", type=click.Choice([*LOSSES, *LOSS_ALIASES]),
               help="Default: from the model's task and the labels (ce, bce, l2, mae: short names).")
@@ -101,7 +104,7 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               help="Data-parallel training processes, started with this environment's mpiexec (extra "
               "`distributed`); --batch-size stays the global batch.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def train_cmd(model: str | None, **options: Any) -> None:
+def train_cmd(model: str | None, data_argument: str | None, **options: Any) -> None:
     """Train or fine-tune MODEL.onnx (any inference-form ONNX model) on a dataset.
 
     Writes a run folder: run.json, metrics.jsonl, checkpoints/, curves.png and
@@ -110,7 +113,8 @@ def train_cmd(model: str | None, **options: Any) -> None:
 
     \b
     Examples:
-      onnxkit train digits.onnx --data digits-images -o runs/digits      # the model's own recipe
+      onnxkit train digits.onnx digits-images                            # into runs/digits (then runs/digits-2, ...)
+      onnxkit train digits.onnx --data digits-images -o runs/digits      # the same, spelled out
       onnxkit train digits.onnx --data digits-images --epochs 20 -o runs/digits20
       onnxkit train mlp.onnx --data wine --standardize -o runs/wine
       onnxkit train reg.onnx --data cars.csv --label mpg -o runs/cars    # the CSV column to predict
@@ -132,12 +136,14 @@ def train_cmd(model: str | None, **options: Any) -> None:
     from onnxkit.train.distributed import rank
 
     resume = options.pop("resume")
+    options["data"] = opt.given_data(data_argument, options["data"])
     if resume and (model or options["data"] or options["out_dir"]):
         raise click.UsageError("--resume continues a run with its stored settings; give only --resume RUN_DIR",
                                click.get_current_context())
-    if not resume and not (model and options["data"] and options["out_dir"]):
-        raise click.UsageError("give MODEL.onnx, --data and -o RUN_DIR (or --resume RUN_DIR)",
-                               click.get_current_context())
+    if not resume and not (model and options["data"]):
+        raise click.UsageError("give MODEL.onnx and DATA (or --resume RUN_DIR)", click.get_current_context())
+    if not resume and not options["out_dir"]:
+        options["out_dir"] = _new_run_folder(model)
     if options["epochs"] is not None and options["steps"] is not None:
         raise click.UsageError("give --epochs or --steps, not both: --steps ends the run wherever it is in its epochs",
                                click.get_current_context())
@@ -152,7 +158,8 @@ def train_cmd(model: str | None, **options: Any) -> None:
     if workers and workers > 1:
         from onnxkit.train.launch import launch_training
 
-        sys.exit(launch_training(workers, resume or options["out_dir"], None if resume else options["backend"]))
+        sys.exit(launch_training(workers, resume or options["out_dir"], None if resume else options["backend"],
+                                 resume=bool(resume)))
     model = _with_tokenizer(model, tokenizer, max_length)
     try:
         result = fit(
@@ -205,6 +212,14 @@ def train_cmd(model: str | None, **options: Any) -> None:
     shown = "  ".join(f"{k} {metric(test[k])}" for k in ("accuracy", "macro_f1", "r2", "mae", "loss")
                       if test.get(k) is not None)  # r2 is None for constant targets
     click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))
+
+
+def _new_run_folder(model: str) -> str:
+    """The run folder when none is given: runs/<the model file's stem>, else the first of runs/<stem>-2, -3, ...
+    that does not exist yet."""
+    stem = Path(model).name.removesuffix(".onnx") or "run"
+    folders = (Path("runs") / (stem if k == 1 else f"{stem}-{k}") for k in itertools.count(1))
+    return str(next(folder for folder in folders if not folder.exists()))
 
 
 def metric(value: float) -> str:
@@ -282,8 +297,8 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
                   "the predicted label, else the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_cmd(
-    model: str, data: str | None, split: str | None, data_seed: int | None, label: str | None, batch_size: int,
-    output: str | None, as_json: bool,
+    model: str, data_argument: str | None, data: str | None, split: str | None, data_seed: int | None,
+    label: str | None, batch_size: int, output: str | None, as_json: bool,
 ) -> None:
     """Evaluate MODEL.onnx on a dataset split: loss, accuracy, macro-F1, confusion matrix (R² for regression).
 
@@ -295,6 +310,7 @@ def eval_cmd(
     from onnxkit.evaluate import evaluate, named_split
     from onnxkit.files import load_model
 
+    data = opt.given_data(data_argument, data)
     chosen, data, seed = named_split(load_model(model), split, data, data_seed, label=label)
     metrics = evaluate(model, chosen, batch_size=batch_size, output=output)  # by path: errors name the file
     metrics.update(data=data, split=chosen.name, data_seed=seed)

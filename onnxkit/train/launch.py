@@ -97,15 +97,18 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
                        f"memory); every worker was stopped. {_checkpoint_note(run_dir, workers)}")
 
 
-def launch_training(workers: int, run_dir: str, backend: str | None) -> int:
-    """`onnxkit train ... --workers N`: this command line without --workers, as N ranks (see `launch`);
-    `backend` (a new run's, None on resume: the ranks check the stored one) must set gradients."""
+def launch_training(workers: int, run_dir: str, backend: str | None, resume: bool = False) -> int:
+    """`onnxkit train ... --workers N`: this command line without --workers, as N ranks (see `launch`), a new run
+    in `run_dir`; `backend` (None: the default, or on `resume` the stored one, which the ranks check) must set
+    gradients."""
     from onnxkit.train.backends import default_backend
     from onnxkit.train.distributed import check_backend, current_world
 
     if current_world() is not None:
         raise OnnxkitError("--workers starts mpiexec itself; under mpiexec, leave it out")
     arguments = _without_workers(sys.argv[1:])
+    if not resume:  # in the folder train chose (with no -o, each rank would choose one of its own)
+        arguments += ["-o", run_dir]
     if "train" not in arguments:
         raise OnnxkitError("--workers re-runs the onnxkit command line; from Python, run your script with "
                            "mpiexec -n N python SCRIPT (fit detects the MPI world)")
