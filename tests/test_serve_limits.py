@@ -425,6 +425,32 @@ def test_at_the_cap_a_connection_stalled_for_a_second_gives_way_to_a_new_one(cro
         sock.close()
 
 
+def test_at_the_cap_a_connection_dripping_its_body_gives_way_to_a_new_one(crowded):
+    # a byte every half second is never silent for a second: 520 such clients kept every other client out (503)
+    # for the body timeout, renewably. Now a request coming at under 1 KiB/s for a second or more gives way
+    time.sleep(0.2)  # the other tests' connections are gone
+    head = b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+    dripping = [connect(crowded.url) for _ in range(4)]
+    for sock in dripping:
+        sock.sendall(head)
+    for _ in range(5):  # 1.5 s, a byte each 0.3 s
+        time.sleep(0.3)
+        for sock in dripping:
+            sock.sendall(b" ")
+    fresh = connect(crowded.url)
+    fresh.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert closed_after(fresh, time.monotonic())[1].startswith(b"HTTP/1.1 200 ")
+    refused = []
+    for sock in dripping:  # the one ended has its answer waiting; the others, nothing yet
+        sock.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            refused.append(closed_after(sock, time.monotonic())[1])
+    assert len(refused) == 1 and refused[0].startswith(b"HTTP/1.1 408 "), refused
+    assert b"bytes a second and its place went to a new connection" in refused[0]
+    for sock in [*dripping, fresh]:
+        sock.close()
+
+
 def test_a_request_in_flight_at_stop_is_answered_with_connection_close(paths):
     # before: answered without Connection: close, then the connection was closed: a client that sent its next
     # request on it (as keep-alive allows) was reset

@@ -25,8 +25,9 @@ Where each one is enforced, and why there:
   `Connection: close`.
 - **Connections**: uvicorn's `limit_concurrency` counts connections and tasks together
   and answers plain text without `Retry-After`; the protocol subclass instead first ends the
-  connection waiting longest on its client, once silent for `stream_grace` (a stalled body gets
-  a JSON 408), else answers every request on a connection past `max_connections` with a JSON
+  connection waiting longest on its client, once silent for `stream_grace`, else the slowest whose
+  request has come at under `MIN_RECEIVE_RATE` for `stream_grace` or more (a stalled or dripping body
+  gets a JSON 408), else answers every request on a connection past `max_connections` with a JSON
   503, `Retry-After` and `Connection: close`.
 - **Body size**: in the app, which reads the body (`read_body`): a JSON 413. The connection
   stays open: uvicorn reads and drops the rest of the body (within the body timeout), so a
@@ -86,6 +87,9 @@ _UPGRADE = "Unsupported upgrade request"
 _WEBSOCKET_ADVICE = "No supported WebSocket library detected"  # uvicorn's advice to install one: no use here
 CHUNKS_FREE = 1024  # a chunked body's chunks taken at any size; past them, they must average MIN_CHUNK_BYTES
 MIN_CHUNK_BYTES = 256
+# at the connection cap, a connection whose request has come slower than this since it began gives way (a client
+# dripping a byte every half second was never silent for `stream_grace`: 520 of them held every place)
+MIN_RECEIVE_RATE = 1024  # bytes a second
 
 
 @dataclass(frozen=True)
@@ -200,29 +204,35 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             )
             self._body_timer: asyncio.TimerHandle | None = None
             self._send_timer: asyncio.TimerHandle | None = None
-            self._heard = self.loop.time()  # when the client last sent something
+            self._heard = self._began = self.loop.time()  # when the client last sent something; when its request
+            self._received = 0  # began (its first byte, or the connection's opening), and the bytes since
             if len(self.connections) > limits.max_connections and not self._make_room():
                 self.app = _refuse_connection
 
         def _make_room(self) -> bool:
-            """At the cap, end the connection that has waited longest on its client (a head or body stalled, or idle
-            between requests) if it has sent nothing for `stream_grace` s, as gRPC's idle streams give way: 512
-            clients each sending one byte of a body held every place for the body timeout, renewably. False when
-            none has."""
+            """At the cap, end a connection waiting on its client (a head or body stalled, or idle between requests),
+            as gRPC's idle streams give way: the one silent longest, once for `stream_grace` s, else the slowest of
+            those whose request has come at under MIN_RECEIVE_RATE since it began `stream_grace` s ago or more: 512
+            clients each sending one byte of a body, or a byte every half second, held every place for the body
+            timeout, renewably. False when none is either."""
             now = self.loop.time()
             waiting = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol)
                        and not c.transport.is_closing()  # ended for an earlier newcomer, not yet gone
-                       and c._waiting_on_client() and now - c._heard >= limits.stream_grace]
-            if not waiting:
+                       and c._waiting_on_client() and now - c._began >= limits.stream_grace]
+            silent = [c for c in waiting if now - c._heard >= limits.stream_grace]
+            slow = [c for c in waiting if c._received < MIN_RECEIVE_RATE * (now - c._began)]
+            if not silent and not slow:
                 return False
-            longest = min(waiting, key=lambda c: c._heard)
-            if longest._body_timer is not None:
-                longest._body_timer.cancel()
-                stalled = f"the request body stalled (nothing for {now - longest._heard:.0f} s)"
-                longest._refuse_body(RequestError(408, f"{stalled} and its place went to a new connection (the "
-                                                       "server's --max-connections); send a body at once"))
+            ended = min(silent, key=lambda c: c._heard) if silent else \
+                min(slow, key=lambda c: c._received / (now - c._began))
+            if ended._body_timer is not None:
+                ended._body_timer.cancel()
+                stalled = (f"the request body stalled (nothing for {now - ended._heard:.0f} s)" if silent else
+                           f"the request came at {ended._received / (now - ended._began):.0f} bytes a second")
+                ended._refuse_body(RequestError(408, f"{stalled} and its place went to a new connection (the "
+                                                     "server's --max-connections); send a body at once"))
             else:
-                longest.transport.close()
+                ended.transport.close()
             return True
 
         def _waiting_on_client(self) -> bool:
@@ -235,6 +245,9 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             self._heard = self.loop.time()
             cycle = self.cycle
             between_requests = cycle is None or cycle.response_complete
+            if between_requests and self._head_timer is None:  # a new request begins
+                self._began, self._received = self._heard, 0
+            self._received += len(data)
             super().data_received(data)
             if self.flow.read_paused and self._body_in_unanswered():
                 # uvicorn stops reading a body past 64 KiB until the app takes it, and did not read again
