@@ -114,6 +114,10 @@ def test_grpc_values_in_another_typed_field_are_named_in_the_refusal(relu):
         decode_infer(request, relu)
     assert refused.value.status == 400
     assert str(refused.value) == "input 'x': FP32 values go in contents.fp32_contents, not int_contents"
+    request.inputs[0].contents.fp32_contents.extend([3, 4])  # beside the right ones: they were dropped unsaid
+    with pytest.raises(RequestError) as refused:
+        decode_infer(request, relu)
+    assert str(refused.value) == "input 'x': FP32 values go in contents.fp32_contents, not int_contents"
 
 
 def test_an_unknown_output_is_refused_with_the_models_outputs(relu):

@@ -97,9 +97,10 @@ def decode_infer(request: Any, model: Model) -> InferRequest:
             inputs.append((name, binary.to_array(raw[i], datatype, shape, name)))
         elif datatype in _CONTENTS:
             values = list(getattr(tensor.contents, _CONTENTS[datatype]))
-            if not values and (given := [f.name for f, _ in tensor.contents.ListFields()]):
+            others = [f.name for f, _ in tensor.contents.ListFields() if f.name != _CONTENTS[datatype]]
+            if others:  # values of another type: the only ones, or beside the right ones (dropped without a word)
                 raise RequestError(
-                    400, f"input {name!r}: {datatype} values go in contents.{_CONTENTS[datatype]}, not {given[0]}"
+                    400, f"input {name!r}: {datatype} values go in contents.{_CONTENTS[datatype]}, not {others[0]}"
                 )
             inputs.append((name, protocol.array_from_values(values, datatype, shape, name)))
         else:
