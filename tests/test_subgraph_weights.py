@@ -59,7 +59,9 @@ def test_a_table_read_inside_a_loop_is_a_parameter_and_its_loop_is_refused_by_na
     model = looped(carried_sequence)
     assert find_parameters(model).parameters == ["bag.weight", "fc.weight", "fc.bias"]
     with pytest.raises(OnnxkitError, match=r"op Loop \(node 'bag'\) has no gradient in the onnx backend; keep the "
-                                           r"parameters before it frozen"):
+                                           r"parameters before it frozen \(freeze / train_only\); its body reads "
+                                           r"bag.weight: PyTorch's nn.EmbeddingBag exports so, which nn.Embedding "
+                                           r"and a mean over the tokens train as$"):  # freezing before it misses it
         fit(model, "digits", tmp_path / "run", epochs=1, backend="onnx")
     assert not (tmp_path / "run").exists()
 

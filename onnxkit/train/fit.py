@@ -53,7 +53,7 @@ from onnxkit.evaluate import (
     score,
 )
 from onnxkit.files import TABLE_SUFFIXES, DiskError, load_model, resolved, save_model, sha256
-from onnxkit.graph_walks import ancestors, opset, probability_logits, sigmoid_pair_logit, value_types
+from onnxkit.graph_walks import ancestors, node_reads, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import (
     COLUMNS_KEY,
@@ -711,6 +711,11 @@ class _Setup:
         if missing:
             op, node = missing[0]
             other = f", or use the default backend (backend={DEFAULT})" if self.backend.name != DEFAULT else ""
+            looped = [n for node in model.graph.node if node.op_type in ("Loop", "Scan")
+                      for n in sorted((node_reads(node) - set(node.input)) & set(self.selection.trainable))]
+            if op in ("Loop", "Scan") and looped:  # the weight itself is read in the loop: freezing before it misses
+                other += (f"; its body reads {first_few(looped)}: PyTorch's nn.EmbeddingBag exports so, which "
+                          "nn.Embedding and a mean over the tokens train as")
             raise OnnxkitError(
                 f"op {op} (node {node}) has no gradient in the {self.backend.name} backend; keep the parameters "
                 f"before it frozen (freeze / train_only){other}", params=["freeze", "train_only"]
