@@ -123,25 +123,40 @@ def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
     return untied, made
 
 
-def with_padding_rows(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with each lookup a PyTorch dynamo export made of `nn.Embedding(padding_idx=k)` marked
-    (`PADDING_ROW_KEY`), so that, as in PyTorch, it sends row k no gradient. The exporter records
-    aten.embedding's arguments on the Gather node (weight, ids, padding_idx; -1 or none: no padding
-    row); a TorchScript export keeps no record, and its padding row trains."""
-    weights = {t.name for t in model.graph.initializer}
-    marks = {}
+def with_padding_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each lookup PyTorch's exporters made of `nn.Embedding(padding_idx=k)` marked
+    (`PADDING_ROW_KEY`), so that, as in PyTorch, it sends row k no gradient; and 'table row k' for each found
+    by its values alone. The dynamo exporter records aten.embedding's arguments on the Gather node (weight,
+    ids, padding_idx; -1 or none: no padding row); a TorchScript export keeps no record, so there a table's one
+    all-zero row, as padding_idx makes it (a fresh table's others drawn from N(0, 1)), is taken for it."""
+    weights = {t.name: t for t in model.graph.initializer}
+    torchscript = model.producer_name == "pytorch" and not _export_signature(model)
+    marks, guessed = {}, []
     for k, node in enumerate(model.graph.node):
-        found = _EMBEDDING_ARGS.search(_marks(node).get(_FX_NODE, "")) if node.op_type == "Gather" else None
+        if node.op_type != "Gather" or node.input[0] not in weights or PADDING_ROW_KEY in _marks(node):
+            continue
+        found = _EMBEDDING_ARGS.search(_marks(node).get(_FX_NODE, ""))
         args = found.group(1).split(", ") if found else []
-        if len(args) > 2 and args[2].isdigit() and node.input[0] in weights and PADDING_ROW_KEY not in _marks(node):
+        if len(args) > 2 and args[2].isdigit():
             marks[k] = args[2]
+        elif torchscript and (row := _one_zero_row(weights[node.input[0]])) is not None:
+            marks[k] = str(row)
+            guessed.append(f"{node.input[0]} row {row}")
     if not marks:
-        return model
+        return model, []
     marked = onnx.ModelProto()
     marked.CopyFrom(model)
     for k, row in marks.items():
         marked.graph.node[k].metadata_props.add(key=PADDING_ROW_KEY, value=row)
-    return marked
+    return marked, guessed
+
+
+def _one_zero_row(table: onnx.TensorProto) -> int | None:
+    """The index of a float table's only all-zero row (None: none, or several)."""
+    if len(table.dims) != 2 or table.data_type != TensorProto.FLOAT or table.dims[0] < 2:
+        return None
+    zero = np.flatnonzero(~np.any(onnx.numpy_helper.to_array(table), axis=1))
+    return int(zero[0]) if len(zero) == 1 else None
 
 
 def unmarked_scalars(model: onnx.ModelProto, trainable: Sequence[str]) -> list[str]:

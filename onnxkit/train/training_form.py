@@ -145,7 +145,11 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
     if untied:
         notes.append(f"{len(untied)} weights were Identity copies of equal-valued ones ({first_few(untied)}), as "
                      "PyTorch's exporter writes them: each trains as a tensor of its own")
-    model = with_padding_rows(model)
+    model, guessed = with_padding_rows(model)
+    if guessed:
+        notes.append(f"the TorchScript export does not mark nn.Embedding(padding_idx): {first_few(guessed)}, all "
+                     "zeros as padding_idx makes a row, is kept as its padding row (no gradient from its lookups), "
+                     "as in PyTorch")
     model, retied = retie_folded_transposes(model)
     if retied:
         notes.append(f"{len(retied)} weights PyTorch's exporter stored as transposed copies of weights the model "
