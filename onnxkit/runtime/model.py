@@ -99,7 +99,7 @@ class Model:
         """Whether each output has a row per input row that depends on that row alone (`rows.rows_independent`,
         which runs the model twice the first time it is asked), so that rows may run in batches, and requests be
         merged into one run (serve)."""
-        return rows_independent(self.inputs, self.outputs, self.run)
+        return rows_independent(self.inputs, self.outputs, self.run, self._graph.quantizes_per_run)
 
     @property
     def providers(self) -> list[str]:
@@ -257,6 +257,10 @@ def ends_in_probabilities(model: str | os.PathLike | bytes) -> bool:
     return probability_logits(proto.graph, first.name, rank, opset(proto)) is not None
 
 
+_PER_RUN_QUANTIZATION = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
+                                   "QAttention"})
+
+
 class _Graph:
     """A model's graph, parsed with onnx on first use: the runtime imports onnx only for what its session cannot
     tell, about classifiers whose first output is their label."""
@@ -279,6 +283,11 @@ class _Graph:
         from onnxkit.graph_walks import label_then_scores
 
         return None if self.proto is None else label_then_scores(self.proto)
+
+    def quantizes_per_run(self) -> bool:
+        """Whether the model quantizes activations with each run's range (dynamic int8: DynamicQuantizeLinear,
+        QAttention, ...); False without a graph."""
+        return self.proto is not None and any(node.op_type in _PER_RUN_QUANTIZATION for node in self.proto.graph.node)
 
     def sklearn_classes(self) -> tuple[str, ...] | None:
         """A scikit-learn classifier's classes, as text, in its probabilities' column order (its nodes name them)."""

@@ -10,6 +10,7 @@ every output must have one row per input row, the lone row's the same as in comp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,13 @@ PROBE_LENGTH = 8  # each free size past the batch (a sequence): long enough for 
 _CLOSE = dict(rtol=1e-3, atol=1e-5, equal_nan=True)  # kernels differ in summation order between batch sizes
 
 
-def rows_independent(inputs: list[TensorSpec], outputs: list[TensorSpec], run: Any) -> bool:
+def rows_independent(inputs: list[TensorSpec], outputs: list[TensorSpec], run: Any,
+                     quantized_per_run: Callable[[], bool] = lambda: False) -> bool:
     """True when every output has a row per input row that depends on that row alone; `run(feeds)` runs the model
-    (its outputs by name). False for a model whose inputs fix their batch size, and when a probe run fails."""
+    (its outputs by name). False for a model whose inputs fix their batch size, and when a probe run fails.
+    `quantized_per_run()`: whether the model quantizes its activations with each run's range (dynamic int8), so
+    that a row moves with its company by design (a MiniLM logit by up to 19% of the logits' range): its rows
+    then count as its own when their shapes say so (serve's README states the trade)."""
     if not batchable(inputs) or any(spec.dtype is None for spec in inputs) or \
             not all(_may_be_per_row(spec) for spec in outputs):
         return False
@@ -33,8 +38,9 @@ def rows_independent(inputs: list[TensorSpec], outputs: list[TensorSpec], run: A
         alone = run({name: value[:1] for name, value in feeds.items()})
     except Exception:  # noqa: BLE001 - onnxruntime's errors have no common base: a model not to merge rows of
         return False
-    return all(_per_row(together[spec.name], PROBE_ROWS) and _per_row(alone[spec.name], 1)
-               and _same_row(alone[spec.name][0], together[spec.name][0]) for spec in outputs)
+    if not all(_per_row(together[spec.name], PROBE_ROWS) and _per_row(alone[spec.name], 1) for spec in outputs):
+        return False
+    return all(_same_row(alone[spec.name][0], together[spec.name][0]) for spec in outputs) or quantized_per_run()
 
 
 def _may_be_per_row(spec: TensorSpec) -> bool:
