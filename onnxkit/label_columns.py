@@ -122,7 +122,7 @@ def in_trained_order(names: Sequence[str] | None, trained: Sequence[str] | None,
     twice = sorted({n for n in names if list(names).count(n) > 1})
     if missing or twice:
         lacking = f"without {first_few(missing)}" if missing else f"with {first_few(twice)} twice"
-        raise OnnxkitError(f"{source}: the model trained on columns {first_few(list(trained), 6)}; this file's are "
+        raise OnnxkitError(f"{source}: the model trained on columns {first_few(list(trained), 6)}; its columns are "
                            f"{first_few(list(names), 6)}, {lacking}; give those columns, once each, by name")
     return [list(names).index(n) for n in trained]
 

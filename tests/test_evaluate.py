@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from sklearn import metrics as skm
 
+from onnxkit import runtime
 from onnxkit.data import Split, load_dataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import bce_with_logits, confusion_matrix, cross_entropy, evaluate, l1, macro_f1, mse
@@ -210,7 +211,24 @@ def test_predict_and_eval_read_a_csvs_columns_by_the_names_the_model_trained_on(
     renamed.write_text("\n".join(["p,q,r,s,label", *lines[1:]]) + "\n")
     for command in (["predict", model, "-i", renamed], ["eval", model, "--data", renamed]):
         result = run_cli(*command)
-        assert result.code == 1 and "the model trained on columns a, b, c, d; this file's are p, q, r, s" in result.err
+        assert result.code == 1 and "the model trained on columns a, b, c, d; its columns are p, q, r, s" in result.err
+
+
+def test_a_dataframe_predicts_by_its_columns_names_as_a_csv_does(run_cli, iris_model, tmp_path):
+    # Model.predict(DataFrame) matched columns by position where predict on the same CSV matched them by name:
+    # reversed columns answered versicolor for setosa, and a DataFrame holding its label column was refused
+    pd = pytest.importorskip("pandas")
+    x, labels = iris_rows(60)
+    trained = iris_csv(tmp_path / "trained.csv", x, labels)
+    assert run_cli("train", iris_model, trained, "-o", tmp_path / "run", "--epochs", "1").code == 0
+    model = runtime.load(tmp_path / "run" / "model.onnx")
+    frame = pd.read_csv(trained)
+    expected = model.predict(frame[["a", "b", "c", "d"]].to_numpy()).labels
+    assert model.predict(frame[["d", "c", "b", "a"]]).labels == expected
+    assert model.predict(frame).labels == expected  # its label column left out
+    with pytest.raises(OnnxkitError, match="^the DataFrame: the model trained on columns a, b, c, d; its columns are "
+                                           "a, b, c, without d; give those columns, once each, by name$"):
+        model.predict(frame[["a", "b", "c"]])
 
 
 def test_eval_refuses_an_empty_label_cell(run_cli, iris_model, tmp_path):

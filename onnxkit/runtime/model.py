@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.label_columns import feature_names, in_trained_order, label_column, trained_columns
 from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, SCORES_KEY, TASK_KEY
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.rows import rows_independent
@@ -123,10 +124,23 @@ class Model:
                 raise OnnxkitError(
                     f"model {self.name!r} has {len(self.inputs)} inputs ({names}); pass a dict or keywords naming each"
                 )
-            values = {self.inputs[0].name: inputs}
+            values = {self.inputs[0].name: self._in_trained_columns(inputs) if hasattr(inputs, "columns") else inputs}
         else:
             values = named
         return prepare_inputs(self._feed_specs, values)
+
+    def _in_trained_columns(self, frame: Any) -> Any:
+        """A pandas DataFrame's columns as the model trained on them (`onnxkit.columns`): by name, its label column
+        left out, as predict reads a CSV (matched by position, reversed columns answered wrongly: versicolor for
+        setosa)."""
+        trained = trained_columns(self.metadata)
+        names = [str(c) for c in frame.columns]
+        label = label_column(names, "the DataFrame")
+        order = in_trained_order(feature_names(names, label), trained, "the DataFrame")
+        if order is None and (label is None or trained is None):
+            return frame
+        kept = [c for j, c in enumerate(frame.columns) if j != label]
+        return frame[kept if order is None else [kept[i] for i in order]]
 
     def run(self, feeds: Mapping[str, np.ndarray], *, release_memory: bool = False) -> dict[str, np.ndarray]:
         """One session run on prepared feeds (see `prepare`); outputs by name. `release_memory`: give
