@@ -443,7 +443,7 @@ def evaluate(
     output: str | None = None,
     task: str | None = None,
     loss: str | None = None,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
+    providers: str | Sequence[str] = ("CPUExecutionProvider",),
 ) -> dict[str, Any]:
     """Run `model` (a path or `onnx.ModelProto`) on `split` and return its metrics.
 
@@ -457,11 +457,21 @@ def evaluate(
     `batch_size`: rows per run; `output`: the output to score (default: the one training fit, else the
     first); `task` overrides the model's metadata; `loss`: the loss to report (default: the one the model was
     trained with, else the task's);
-    `providers`: onnxruntime's execution providers.
+    `providers`: onnxruntime's execution providers (one, or several in priority order).
     """
     from onnxkit.files import load_model
+    from onnxkit.runtime.session import ort
 
     _check_options(data, batch_size, task, loss)
+    if not isinstance(model, str | os.PathLike) and not hasattr(model, "graph"):
+        raise TypeError(f"model must be a .onnx path or an onnx.ModelProto, not {type(model).__name__}")
+    if isinstance(split, Split) and (data is not None or data_seed is not None or label is not None):
+        raise TypeError("data, data_seed and label choose a split by its name; a Split holds its rows already")
+    providers = [providers] if isinstance(providers, str) else list(providers)
+    unknown = [p for p in providers if p not in ort.get_available_providers()]
+    if unknown:
+        raise OnnxkitError(f"provider {unknown[0]!r} is not in this onnxruntime; its providers: "
+                           f"{', '.join(ort.get_available_providers())}", params=["providers"])
     if data_seed is not None and (isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral)
                                   or data_seed < 0):
         raise TypeError(f"data_seed must be an integer from 0 up, not {data_seed!r}")
@@ -485,6 +495,9 @@ def evaluate(
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
     axis = class_axis(shape or list(result.shape), split.labels.shape) if resolved == "classification" else -1
     check_targets(split.described, split.labels, result, resolved, name, axis)
+    if loss is not None and LOSS_TASK[loss] != resolved:
+        raise OnnxkitError(f"loss {loss} scores a {LOSS_TASK[loss]} model, and this one is a {resolved} model; use "
+                           f"loss={TASK_LOSS[resolved]}", params=["loss"])
     loss = loss or trained_loss(proto, resolved)
     from onnxkit.graph_walks import opset, probability_logits
 

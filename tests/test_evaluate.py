@@ -397,3 +397,21 @@ def test_text_features_saved_by_numpy_feed_a_string_input(tmp_path):
     assert np.load(tmp_path / "colors.npz")["color"].dtype.kind == "U"
     metrics = evaluate(model, "all", data=str(tmp_path / "colors.npz"))
     assert metrics["examples"] == 20 and metrics["accuracy"] == 0.95
+
+
+def test_evaluates_arguments_that_cannot_apply_are_refused_not_ignored():
+    # loss='mse' on a classifier was numpy's broadcast ValueError (bce-with-logits on a regressor: -25917 unsaid);
+    # data= beside a Split, and providers='CPUExecutionProvider' read letter by letter, were ignored with warnings
+    from onnxkit import zoo
+
+    model, iris = zoo.build_model("iris-mlp"), load_dataset("iris")
+    with pytest.raises(OnnxkitError, match="^loss mse scores a regression model, and this one is a classification "
+                                           "model; use loss=cross-entropy$"):
+        evaluate(model, iris.test, loss="mse")
+    with pytest.raises(TypeError, match="a Split holds its rows already"):
+        evaluate(model, iris.test, data="wine")
+    with pytest.raises(OnnxkitError, match="^provider 'NopeProvider' is not in this onnxruntime; its providers: "):
+        evaluate(model, iris.test, providers=["NopeProvider"])
+    with pytest.raises(TypeError, match="^model must be a .onnx path or an onnx.ModelProto, not bytes$"):
+        evaluate(model.SerializeToString(), iris.test)
+    assert evaluate(model, iris.test, providers="CPUExecutionProvider") == evaluate(model, iris.test)

@@ -42,6 +42,7 @@ from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.data.text import TextSplit
 from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.evaluate import (
+    LOSS_TASK,
     check_targets,
     evaluate,
     fixed_batch_size,
@@ -120,7 +121,6 @@ from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
 
 FIT_SAMPLE = 2048  # training rows run through a regression model to see whether it answers in the targets' units
-TASK_OF_LOSS = {"cross-entropy": "classification", "bce-with-logits": "binary", "mse": "regression", "l1": "regression"}
 
 
 @distributed.fails_together
@@ -592,7 +592,7 @@ class _Setup:
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(self.named_task, self.shape, labels)
         self.loss.check_output(self.output_vi)
         self.loss = self.loss.along(self.output_vi, labels)  # the class axis of one id per position
-        self.task = TASK_OF_LOSS[self.loss.name]
+        self.task = LOSS_TASK[self.loss.name]
         self.regression = self.task == "regression"  # whole-number targets too (a CSV of prices in dollars)
 
     def _choose_standardization(self) -> str | None:
