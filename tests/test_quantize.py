@@ -1175,6 +1175,8 @@ def test_arguments_of_the_wrong_type_or_a_zero_block_size_are_clear_errors():
         ({"exclude": 5}, TypeError, r"^exclude must be a node name or op type, or a list of them, not 5$"),
         ({"calib_size": 1.5}, TypeError, r"^calib_size must be a whole number of examples, not 1.5$"),
         ({"mode": "int4", "block_size": 0}, OnnxkitError, r"block"),  # was the default 32, silently
+        ({"sqnr_rows": -1}, OnnxkitError, r"^sqnr_rows must be a whole number, 0 or more, got -1$"),  # kept all but
+        ({"seq_len": 0}, OnnxkitError, r"^seq_len must be a whole number, 1 or more, got 0$"),  # one; accepted
     ]:
         with pytest.raises(error, match=message):
             quantize(mlp(), measure_latency=False, **kwargs)

@@ -117,6 +117,9 @@ def quantize(
         return recorded_seed if same else 0
 
     _check_options(mode, method, format, calib_size, max_drop)
+    for name, count, least in (("sqnr_rows", sqnr_rows, 0), ("seq_len", seq_len, 1)):
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < least:
+            raise OnnxkitError(f"{name} must be a whole number, {least} or more, got {count!r}", params=[name])
     for name, flag in (("per_channel", per_channel), ("reduce_range", reduce_range)):
         if flag is not None and not isinstance(flag, bool):
             raise TypeError(f"{name} must be True, False or None (for the default), not {flag!r}")
