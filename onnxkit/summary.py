@@ -41,8 +41,14 @@ def _io(values: Any) -> list[dict[str, Any]]:
     return [{"name": v.name, "dtype": _type_name(v.type), "shape": _dims(v)} for v in values]
 
 
-def summarize(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """A JSON-ready description of `model` (file size too when `path` is given)."""
+def summarize(model: str | os.PathLike | onnx.ModelProto, path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A JSON-ready description of `model`, a path or a ModelProto (file size too when `path` is given, or
+    `model` is one): what `onnxkit inspect --json` prints."""
+    if isinstance(model, str | os.PathLike):
+        from onnxkit.files import check_external_data, load_model
+
+        model, path = load_model(model, load_weights=False), model  # its tensors name the weight files beside it
+        check_external_data(model, Path(path))
     g = model.graph
     initializer_names = {i.name for i in g.initializer}
     nodes = list(every_node(g))

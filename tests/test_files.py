@@ -122,3 +122,15 @@ def test_a_model_whose_weights_file_is_missing_or_cut_short_is_one_clear_error(t
     assert message.startswith(f"{path}: onnxruntime ") and "External data path does not exist" in message
     assert message.endswith("); keep the weights file it was saved with beside it, complete")
     assert ".cc:" not in message  # no C++ source places
+
+
+def test_summarize_takes_a_path_as_inspect_does(tmp_path, run_cli):
+    # it took only a ModelProto: summarize("m.onnx") was "'str' object has no attribute 'graph'"
+    import json
+
+    from onnxkit import zoo
+    from onnxkit.files import save_model
+    from onnxkit.summary import summarize
+
+    path = save_model(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
+    assert summarize(path) == json.loads(run_cli("inspect", path, "--json").out)

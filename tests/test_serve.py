@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -434,6 +435,15 @@ def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
         result = subprocess.run([sys.executable, "-m", "onnxkit", "serve", *args, "--port", "0"],
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
         assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_serve_takes_one_model_as_a_string_or_a_path():
+    # serve("m.onnx") read the string letter by letter: "model name '' (from '/') cannot be used in a URL"
+    from onnxkit.serve.server import model_files
+
+    assert model_files("runs/a/model.onnx") == {"model": Path("runs/a/model.onnx")}
+    assert model_files(Path("digits.onnx")) == model_files(["digits.onnx"]) == {"digits": Path("digits.onnx")}
+    assert model_files("d=x.onnx") == {"d": Path("x.onnx")}
 
 
 def test_a_small_model_leaves_the_event_loop_a_cpu_and_a_large_one_gets_them_all(models, monkeypatch):

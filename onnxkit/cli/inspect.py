@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
 from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import check_external_data, load_model
 from onnxkit.summary import format_summary, summarize
 
 
@@ -27,9 +25,7 @@ def inspect_cmd(model: str, as_json: bool, netron: bool, port: int) -> None:
       onnxkit inspect digits.onnx --json
       onnxkit inspect digits.onnx --netron --port 8081
     """
-    proto = load_model(model, load_weights=False)  # its tensors then name the weight files beside it
-    check_external_data(proto, Path(model))
-    info = summarize(proto, model)
+    info = summarize(model)
     click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
     if netron:
         serve_netron(model, port)

@@ -33,10 +33,10 @@ from onnxkit.serve.repository import Repository
 from onnxkit.signals import check_stop, handled
 
 
-def model_files(specs: list[str]) -> dict[str, Path]:
-    """Each 'PATH' or 'NAME=PATH' by name; a model's name defaults to its file's stem."""
+def model_files(specs: str | os.PathLike | list[str]) -> dict[str, Path]:
+    """Each 'PATH' or 'NAME=PATH' (one, or a list) by name; a model's name defaults to its file's stem."""
     files: dict[str, Path] = {}
-    for spec in specs:
+    for spec in [os.fspath(specs)] if isinstance(specs, str | os.PathLike) else map(os.fspath, specs):
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = Path(spec).name.removesuffix(".onnx"), spec
@@ -144,7 +144,7 @@ def _return_large_frees() -> None:
 
 
 def serve(
-    specs: list[str],
+    specs: str | os.PathLike | list[str],
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
@@ -157,7 +157,8 @@ def serve(
     api_key: str | None = None,
     watch: bool = False,
 ) -> None:
-    """Serve models over HTTP (and gRPC on `grpc_port`) until SIGINT or SIGTERM, then finish open requests.
+    """Serve models over HTTP (and gRPC on `grpc_port`) until SIGINT or SIGTERM, then finish open requests:
+    `onnxkit serve`. `specs`: a model's 'PATH' or 'NAME=PATH', or a list of them.
 
     `api_key` (else $ONNXKIT_API_KEY) is required from clients; `watch` reloads a model when its file changes.
     """
