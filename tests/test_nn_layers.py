@@ -437,6 +437,12 @@ def test_what_forward_returns_is_refused_saying_where_and_what(returns, names, m
         nn.build(Returns(), {"x": nn.Input(["batch", 4])}, output_names=names)
 
 
+def test_one_output_name_may_be_a_string():
+    # output_names="logits" was read letter by letter: "6 output names are given (l, o, g, i, t, s)"
+    model = nn.build(nn.Linear(4, 2), {"x": nn.Input(["batch", 4])}, output_names="logits")
+    assert [o.name for o in model.graph.output] == ["logits"]
+
+
 @pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
 def test_manual_seed_refuses_what_is_not_a_seed(seed):
     # -1 was numpy's "expected non-negative integer", naming no seed (a recipe's --set seed=-1)

@@ -52,7 +52,7 @@ def build(
     module: Module,
     inputs: Mapping[str, Input],
     *,
-    output_names: Sequence[str] | None = None,
+    output_names: str | Sequence[str] | None = None,
     name: str | None = None,
     doc: str | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -63,7 +63,7 @@ def build(
 
     `inputs`: input name -> `Input(shape, dtype)`, passed to `forward` in this order.
     `forward` may return a tensor, a tuple, or a dict (its keys name the
-    outputs); `output_names` names a tensor's or tuple's (default: output_0, ...).
+    outputs); `output_names` names a tensor's or tuple's (one name, or a list; default: output_0, ...).
     `name` and `doc`: the graph's (default: the module's class name and docstring).
     Metadata values that are not strings are stored as JSON. `opset`: 13 to 21.
     `check`: run the full ONNX checker on the result.
@@ -78,6 +78,7 @@ def build(
         raise TypeError(f"opset must be an integer, 13..{MAX_OPSET}, not {opset!r}")
     if not 13 <= opset <= MAX_OPSET:
         raise OnnxkitError(f"opset {opset} is not supported; use 13..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    output_names = [output_names] if isinstance(output_names, str) else output_names  # not its letters
     module.assign_names()
     graph = Graph(opset)
     with tracing(graph):
