@@ -437,6 +437,23 @@ def test_what_forward_returns_is_refused_saying_where_and_what(returns, names, m
         nn.build(Returns(), {"x": nn.Input(["batch", 4])}, output_names=names)
 
 
+def test_layers_kept_in_a_plain_list_are_named_in_the_error_with_what_to_use():
+    # "a Parameter used in forward is not an attribute of any module" named no layer and no fix
+    class Net(nn.Module):
+        def __init__(self):
+            self.layers = [nn.Linear(4, 8), nn.Linear(8, 2)]
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    with pytest.raises(OnnxkitError, match=r"^a Parameter\[4, 8\] of Linear\(4 -> 8, bias=True\), used in forward, is "
+                                           r"not an attribute of any module; .* keep layers in nn.ModuleList or "
+                                           r"nn.Sequential, not a plain list or dict, so it gets a name$"):
+        nn.build(Net(), {"x": nn.Input(["batch", 4])})
+
+
 def test_one_output_name_may_be_a_string():
     # output_names="logits" was read letter by letter: "6 output names are given (l, o, g, i, t, s)"
     model = nn.build(nn.Linear(4, 2), {"x": nn.Input(["batch", 4])}, output_names="logits")

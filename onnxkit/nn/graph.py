@@ -130,9 +130,12 @@ class Graph:
         entry = self.params.get(id(p))
         if entry is None:
             if not p.name:
+                layer = self._scope[-1][1] if self._scope else ""
                 raise OnnxkitError(
-                    "a Parameter used in forward is not an attribute of any module; "
-                    "assign it to a module attribute so it gets a name"
+                    f"a Parameter{list(p.shape)}{f' of {layer}' if layer else ''}, used in forward, is not an "
+                    "attribute of any module; assign the layer (or the Parameter) to an attribute in __init__ "
+                    "(self.fc = nn.Linear(...)), and keep layers in nn.ModuleList or nn.Sequential, not a plain "
+                    "list or dict, so it gets a name"
                 )
             if p.name in self.values:
                 raise OnnxkitError(f"parameter name {p.name!r} clashes with another value")
