@@ -180,6 +180,9 @@ def test_an_unknown_output_and_nan_scores_are_onnxkit_errors(mlp_path):
         with pytest.raises(runtime.OnnxkitError, match=message):
             read()
     assert np.isnan(result.scores[[1, 3]]).all() and np.isfinite(result.scores[[0, 2]]).all()
+    for k in (0, 1.5, "2", True):  # 1.5 was 'slice indices must be integers', "2" "'<' not supported"
+        with pytest.raises(runtime.OnnxkitError, match=rf"^top-k needs a whole number k >= 1, got {k!r}$"):
+            model.predict(x[[0, 2]]).top_k(k)
 
 
 def test_binary_classifier_reads_its_single_logit_as_two_classes():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
@@ -146,9 +147,9 @@ class Prediction:
 
     def top_k_indices(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best class indices per row, best first, and their scores: two [rows, k] arrays."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise OnnxkitError(f"top-k needs a whole number k >= 1, got {k!r}")
         scores = self._finite_class_scores()
-        if k < 1:
-            raise OnnxkitError(f"top-k needs k >= 1, got {k}")
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return best, np.take_along_axis(scores, best, axis=1)
 
