@@ -305,6 +305,12 @@ def test_load_takes_a_model_proto_as_built():
     assert model.name == "g" and model.class_names == ("a", "b", "c")
     with pytest.raises(TypeError, match="^model must be a .onnx path, its bytes or an onnx.ModelProto, not dict$"):
         runtime.load({"x": 1})
+    assert runtime.load(bytearray(mlp().SerializeToString())).class_names == ("a", "b", "c")  # was a TypeError
+    for option, message in ((dict(spin="no"), "^spin must be True or False, not 'no'$"),  # read as true
+                            (dict(warmup="no"), "^warmup must be True or False, not 'no'$"),
+                            (dict(name=3), "^name must be a string, not 3$")):
+        with pytest.raises(TypeError, match=message):
+            runtime.load(mlp(), **option)
 
 
 def test_a_malformed_device_is_refused_before_any_cuda_check(monkeypatch):

@@ -312,7 +312,7 @@ class _Graph:
 
 
 def load(
-    model: str | os.PathLike | bytes | onnx.ModelProto,
+    model: str | os.PathLike | bytes | bytearray | onnx.ModelProto,
     device: str = "auto",
     threads: int | None = None,
     *,
@@ -337,11 +337,18 @@ def load(
     spin: let idle intra-op threads spin-wait (fastest alone; off when sharing cores).
     name: the model's name (default: the file's stem; a ModelProto's graph name).
     """
+    if isinstance(model, bytearray | memoryview):
+        model = bytes(model)
     if not isinstance(model, str | os.PathLike | bytes):
         if not hasattr(model, "SerializeToString"):  # an onnx.ModelProto, told apart without importing onnx
             raise TypeError(f"model must be a .onnx path, its bytes or an onnx.ModelProto, not {type(model).__name__}")
         name = name or getattr(model.graph, "name", "") or None
         model = model.SerializeToString()
+    for option, value in (("warmup", warmup), ("spin", spin)):
+        if not isinstance(value, bool):  # spin="no" was read as true
+            raise TypeError(f"{option} must be True or False, not {value!r}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string, not {name!r}")
     kind, device_id = parse_device(device)
     options = session_options(threads, optimization, spin)
     session = create_session(model, options, providers_for(kind, device_id), optimized_model_path)
