@@ -235,7 +235,9 @@ def test_fit_numbers_and_names_of_the_wrong_kind_are_refused_up_front(tmp_path):
              (dict(clip_grad_norm="1"), TypeError, "clip_grad_norm must be a number, got '1'"),  # '>' not supported
              (dict(weight_decay=True), TypeError, "weight_decay must be a number, got True"),
              (dict(lr=math.inf), OnnxkitError, "lr must be a finite number, got inf"),  # was: the loss became nan
-             (dict(eval_batch_size=0), OnnxkitError, "eval batch size must be at least 1, got 0"),  # was accepted
+             (dict(eval_batch_size=0), OnnxkitError, "eval_batch_size must be at least 1, got 0"),  # was accepted
+             (dict(lr=-1), OnnxkitError, r"lr must be positive, got -1.0"),  # 'learning rate must ...': no such name
+             (dict(callbacks=lambda r: None), TypeError, "callbacks must be a list .*"),  # 'function' not iterable
              (dict(optimizer=3), TypeError, "optimizer must be a name .* not int"),  # 'int' has no attribute 'lower'
              (dict(freeze=3), TypeError, "freeze must be a glob .* not 3"),  # 'int' object is not iterable
              (dict(train_only=["0.*", 1]), TypeError, r"train_only must be a glob .* not \['0.\*', 1\]"),
@@ -245,6 +247,8 @@ def test_fit_numbers_and_names_of_the_wrong_kind_are_refused_up_front(tmp_path):
     for kwargs, error, message in cases:
         with pytest.raises(error, match=f"^{message}$"):
             fit(iris, "iris", tmp_path / "run", epochs=1, **kwargs)
+    with pytest.raises(TypeError, match="^out_dir must be a folder's path, not 5$"):  # 'expected str, bytes or ...'
+        fit(iris, "iris", 5, epochs=1)
     assert not (tmp_path / "run").exists()
     done = fit(iris, "iris", tmp_path / "run", epochs=1, lr=np.float32(0.01), warmup=1, eval_batch_size=np.int64(7),
                freeze=("0.*",), evaluate_test=False)

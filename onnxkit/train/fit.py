@@ -216,7 +216,7 @@ def fit(
     """
     if resume is not None:
         _refuse_settings_on_resume(locals())
-    _check_arguments(model, data, optimizer, callback, callbacks, freeze, train_only)
+    _check_arguments(model, data, out_dir, optimizer, callback, callbacks, freeze, train_only)
     _check_seeds(seed=seed, data_seed=data_seed)
     _check_flags(shuffle=shuffle, dropout=dropout, keep_best=keep_best, evaluate_test=evaluate_test,
                  cache_features=cache_features, quiet=quiet, standardize=standardize)
@@ -303,9 +303,9 @@ def fit(
         _check_numbers(config.epochs, config.steps, config.batch_size, config.grad_accumulation, config.patience,
                        config.eval_batch_size)
         if not config.lr > 0:
-            raise OnnxkitError(f"learning rate must be positive, got {config.lr}")
+            raise OnnxkitError(f"lr must be positive, got {config.lr}", params=["lr"])
         if clip_grad_norm is not None and not clip_grad_norm > 0:
-            raise OnnxkitError(f"gradient clipping norm must be positive, got {clip_grad_norm}")
+            raise OnnxkitError(f"clip_grad_norm must be positive, got {clip_grad_norm}", params=["clip_grad_norm"])
     adapter = _run_adapter(config, adapter)
     setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
     if note:
@@ -375,8 +375,11 @@ def _run_adapter(config: TrainConfig, adapter: GraphAdapter | None) -> GraphAdap
     return adapter
 
 
-def _check_arguments(model: Any, data: Any, optimizer: Any, callback: Any, callbacks: Any, *globs: Any) -> None:
+def _check_arguments(model: Any, data: Any, out_dir: Any, optimizer: Any, callback: Any, callbacks: Any,
+                     *globs: Any) -> None:
     """Refuse arguments of the wrong kind with what to pass instead (before anything is read)."""
+    if out_dir is not None and not isinstance(out_dir, str | os.PathLike):
+        raise TypeError(f"out_dir must be a folder's path, not {out_dir!r}")
     if model is not None and not isinstance(model, str | os.PathLike | onnx.ModelProto):
         built = " (build it first: onnxkit.nn.build(module, inputs))" if hasattr(model, "forward") else ""
         raise TypeError(f"model must be a .onnx path or an onnx.ModelProto, not {type(model).__name__}{built}")
@@ -393,7 +396,7 @@ def _check_arguments(model: Any, data: Any, optimizer: Any, callback: Any, callb
             raise TypeError(f"{name} must be a glob over parameter names or a list of them, not {value!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be a function of one metrics record; pass Callback objects as callbacks=[...]")
-    if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
+    if not isinstance(callbacks, list | tuple) or not all(isinstance(c, Callback) for c in callbacks):
         raise TypeError("callbacks must be a list of onnxkit.train.callbacks.Callback objects (a function of one "
                         "record goes to callback=)")
 
@@ -465,14 +468,12 @@ def _json_options(spec: Optimizer) -> dict[str, Any]:
 
 def _check_numbers(epochs: int, steps: int | None, batch_size: int, accumulation: int, patience: int | None,
                    eval_batch_size: int | None) -> None:
-    for name, value in (("epochs", epochs), ("batch size", batch_size), ("gradient accumulation", accumulation),
-                        ("eval batch size", eval_batch_size)):
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accumulation", accumulation),
+                        ("eval_batch_size", eval_batch_size), ("steps", steps)):
         if value is not None and value < 1:
-            raise OnnxkitError(f"{name} must be at least 1, got {value}")
-    if steps is not None and steps < 1:
-        raise OnnxkitError(f"steps must be at least 1, got {steps}")
+            raise OnnxkitError(f"{name} must be at least 1, got {value}", params=[name])
     if patience is not None and patience < 1:
-        raise OnnxkitError(f"patience must be at least 1 epoch, got {patience}")
+        raise OnnxkitError(f"patience must be at least 1 epoch, got {patience}", params=["patience"])
 
 
 def _config_from_json(raw: dict[str, Any]) -> TrainConfig:
