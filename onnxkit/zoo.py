@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
+import numbers
 import os
 import re
 import sys
@@ -28,6 +29,7 @@ from google.protobuf import message as protobuf
 from onnxkit import nn
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.metadata_keys import LABELS_KEY, RECIPE_KEY, TASK_KEY
+from onnxkit.nn.build import MAX_OPSET
 
 ZOO_DIR = Path(__file__).resolve().parent / "models"
 TASKS = ("classification", "binary", "regression", "embedding")
@@ -138,6 +140,8 @@ class OptionError(OnnxkitError):
 
 def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -> onnx.ModelProto:
     """Build a zoo model (or a DSL file) with options; strings are converted to option types."""
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral):  # else blamed on the recipe's options
+        raise TypeError(f"opset must be an integer, 13..{MAX_OPSET}, not {opset!r}")
     name, module = _load(name_or_path)
     params = inspect.signature(module.recipe).parameters
     kwargs = {}

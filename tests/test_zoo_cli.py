@@ -463,3 +463,9 @@ def test_the_binary_classifier_takes_a_feature_count_for_a_built_in_dataset(tmp_
     result = run_cli("train", tmp_path / "bc.onnx", "--data", "breast-cancer", "--epochs", "20", "-o", tmp_path / "run")
     assert result.code == 0, result.err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["result"]["test"]["accuracy"] > 0.9
+
+
+def test_build_model_refuses_an_opset_that_is_not_a_number_itself():
+    # opset="17" was blamed on the recipe: "iris-mlp cannot be built with its default options (TypeError: ...)"
+    with pytest.raises(TypeError, match=r"^opset must be an integer, 13..21, not '17'$"):
+        zoo.build_model("iris-mlp", opset="17")
