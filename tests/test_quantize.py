@@ -1305,3 +1305,23 @@ def test_a_model_below_opset_13_is_converted_for_static_quantization(tmp_path, r
     (reference,) = ort_run(onnx.load(tmp_path / "m.onnx"), {"x": x[:8]})
     (got,) = ort_run(quantized, {"x": x[:8]})
     assert np.abs(got - reference).max() < 0.05 * np.abs(reference).max()
+
+
+def test_a_float64_model_is_refused_and_no_model_onnxruntime_cannot_load_is_written(tmp_path, monkeypatch, run_cli):
+    # int4 of a float64 MatMul wrote a MatMulNBits of doubles and exited 0; onnxruntime refused to load the file
+    doubled = mlp()
+    for tensor in doubled.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name))
+    onnx.save(doubled, tmp_path / "f64.onnx")
+    refused = run_cli("quantize", tmp_path / "f64.onnx", "--mode", "int4", "--no-latency", "-o", tmp_path / "q.onnx")
+    assert (refused.code, refused.err) == (1, f"error: {tmp_path / 'f64.onnx'} computes in float64 (fc.weight, "
+                                              "head.weight); quantization takes a float32 model: export it in float32 "
+                                              "(PyTorch: model.float())\n")
+    broken = mlp()
+    broken.graph.node[0].op_type = "NoSuchOp"  # a pass's output onnxruntime rejects
+    monkeypatch.setattr(Quantizer, "run", lambda self, settings, calibration: broken)
+    onnx.save(mlp(), tmp_path / "m.onnx")
+    failed = run_cli("quantize", tmp_path / "m.onnx", "--mode", "dynamic", "--no-latency", "-o", tmp_path / "q.onnx")
+    assert failed.code == 1 and failed.err.startswith("error: the quantized model does not load in onnxruntime ")
+    assert "nothing written: try another --mode, or --exclude the nodes it names" in failed.err
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q.report.json").exists()

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 
 from onnxkit.data import Dataset, Split
-from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.evaluate import changed_since_training
 from onnxkit.files import DiskError, atomic_path, folder_locked, load_model, out_of_space, same_file, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
@@ -147,6 +148,9 @@ def quantize(
     if already := quantized_before(original):  # quantizing it again gains nothing and loses accuracy
         raise OnnxkitError(f"{source or 'the model'} is already quantized ({already}); quantize the float32 model it "
                            "was made from")
+    if doubles := _float64_values(original):  # int4 wrote a float64 MatMulNBits, which no onnxruntime loads
+        raise OnnxkitError(f"{source or 'the model'} computes in float64 ({first_few(doubles)}); quantization "
+                           "takes a float32 model: export it in float32 (PyTorch: model.float())")
 
     name = str(source or "the model")
     with _scratch(output) as tmp, _disk_full_errors(tmp, original.ByteSize()), _onnxruntime_errors(name):
@@ -206,6 +210,7 @@ def quantize(
             notes.append(f"fused {fused} of {max(blocks, fused)} attention blocks into ONNX Runtime's Attention op "
                          f"(QAttention in int8; the model now needs ONNX Runtime to run){left}")
         _stamp(quantized, original, settings)
+        _check_loads(quantized)
         report = Report(
             model=str(source) if source else "(model)",
             output=None,
@@ -330,6 +335,24 @@ def _onnxruntime_errors(model: str) -> Iterator[None]:
 
         raise OnnxkitError(f"{model}: onnxruntime {_ort_version()} failed on it while quantizing ({error_reason(e)}); "
                            "check that onnxruntime can run the model (onnxkit predict)") from e
+
+
+def _float64_values(model: onnx.ModelProto) -> list[str]:
+    """The model's float64 weight matrices (a scalar may stay float64 where the weights are float32)."""
+    return [t.name for t in model.graph.initializer if t.data_type == TensorProto.DOUBLE and len(t.dims) >= 2]
+
+
+def _check_loads(quantized: onnx.ModelProto) -> None:
+    """Refuse to write a quantized model onnxruntime cannot load (a pass's output it rejects), whether or not
+    the report times or scores it."""
+    from onnxkit.runtime.session import create_session, error_reason, session_options
+
+    try:
+        create_session(quantized.SerializeToString(), session_options(1, "disabled"), ["CPUExecutionProvider"])
+    except OnnxkitError as e:
+        raise OnnxkitError(f"the quantized model does not load in onnxruntime {_ort_version()} "
+                           f"({error_reason(e.__cause__ or e)}); nothing written: try another --mode, or --exclude "
+                           "the nodes it names", params=["mode", "exclude"]) from e
 
 
 def _ort_version() -> str:
