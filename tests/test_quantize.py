@@ -1117,6 +1117,27 @@ def test_calibrating_on_the_eval_datas_train_split_is_said():
             "other data)") in result.report.notes
 
 
+def test_auto_keeps_the_candidates_onnxruntime_can_make_when_others_fail(monkeypatch):
+    # a static candidate onnxruntime's quantizer failed on (skl2onnx's Scaler left activations untyped: 'Only an
+    # existing tensor can be modified') ended the whole search, though the dynamic ones worked
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    real = Quantizer.run
+
+    def failing_static(self, settings, calibration):  # type: ignore[no-untyped-def]
+        if settings.mode == "static":
+            raise Fail("Only an existing tensor can be modified")
+        return real(self, settings, calibration)
+
+    monkeypatch.setattr(Quantizer, "run", failing_static)
+    result = quantize(zoo.build_model("digits-mlp"), mode="auto", eval_data="digits", measure_latency=False)
+    assert result.report.settings["mode"] == "dynamic"
+    assert not any("calibrated on" in n for n in result.report.notes)  # no calibration made the one kept
+    failed = [c for c in result.report.candidates if c.error]
+    assert len(failed) == 4 and all(c.error == "onnxruntime failed on it (Only an existing tensor can be modified)"
+                                    for c in failed)
+
+
 
 def test_a_model_onnxruntimes_optimizer_rejects_is_one_line_without_its_traceback(tmp_path):
     """quant_pre_process logs the traceback of its optimizer's failure as an ERROR before it raises; the message

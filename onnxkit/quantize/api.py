@@ -139,12 +139,12 @@ def quantize(
         calib = eval_data  # a name's or Dataset's train split: no overlap with the test split evaluated on
     profile = analysis.profile(original)
     requested, mode = mode, mode or profile.default_mode
-    if from_eval and mode in ("static", "auto"):
-        if isinstance(calib, Split | dict):
-            notes.append("calibrated on the eval_data examples themselves; pass calib to calibrate on other data")
-        elif isinstance(calib, str | os.PathLike):
-            notes.append(f"calibrated on the train split of {calib}, evaluated on its test split (--calib, calib=, "
-                         "calibrates on other data)")
+    calibrated = None  # said once the mode that calibrated is known (auto may keep a dynamic candidate)
+    if from_eval and isinstance(calib, Split | dict):
+        calibrated = "calibrated on the eval_data examples themselves; pass calib to calibrate on other data"
+    elif from_eval and isinstance(calib, str | os.PathLike):
+        calibrated = (f"calibrated on the train split of {calib}, evaluated on its test split (--calib, calib=, "
+                      "calibrates on other data)")
     if already := quantized_before(original):  # quantizing it again gains nothing and loses accuracy
         raise OnnxkitError(f"{source or 'the model'} is already quantized ({already}); quantize the float32 model it "
                            "was made from")
@@ -203,6 +203,8 @@ def quantize(
             say(f"quantizing: {settings.label} ...")
             quantized = quantizer.run(settings, calibration() if mode == "static" else None)
 
+        if calibrated and settings.mode == "static":
+            notes.append(calibrated)
         if settings.mode == "dynamic" and quantizer.fused:
             fused, blocks = quantizer.fused["Attention"], _attention_blocks(original)
             left = (f" ({blocks - fused} left as they were: a pattern ONNX Runtime's fusion does not match, such as "
@@ -334,7 +336,8 @@ def _onnxruntime_errors(model: str) -> Iterator[None]:
             raise
 
         raise OnnxkitError(f"{model}: onnxruntime {_ort_version()} failed on it while quantizing ({error_reason(e)}); "
-                           "check that onnxruntime can run the model (onnxkit predict)") from e
+                           "if the model runs (onnxkit predict), try another --mode or --exclude the node it names",
+                           params=["mode", "exclude"]) from e
 
 
 def _float64_values(model: onnx.ModelProto) -> list[str]:

@@ -15,6 +15,7 @@ from onnxkit.quantize.data import Feeds
 from onnxkit.quantize.passes import Quantizer
 from onnxkit.quantize.report import SLOWER_BEYOND_NOISE, Candidate, candidate_table
 from onnxkit.quantize.settings import Settings
+from onnxkit.runtime.session import error_reason, raised_by_onnxruntime
 
 
 @dataclass
@@ -79,6 +80,10 @@ def run(
             model = quantizer.run(settings, batches)
         except OnnxkitError as e:
             cand.error = str(e)
+        except Exception as e:  # onnxruntime's quantizer failing on this one (its errors share no base class)
+            if not raised_by_onnxruntime(e):
+                raise
+            cand.error = f"onnxruntime failed on it ({error_reason(e)})"  # the others may still do
         if model is not None:
             cand.size_bytes = len(model.SerializeToString())
             result = score(model)
