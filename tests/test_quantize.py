@@ -1346,3 +1346,22 @@ def test_a_float64_model_is_refused_and_no_model_onnxruntime_cannot_load_is_writ
     assert failed.code == 1 and failed.err.startswith("error: the quantized model does not load in onnxruntime ")
     assert "nothing written: try another --mode, or --exclude the nodes it names" in failed.err
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q.report.json").exists()
+
+
+def test_weights_held_in_constant_nodes_are_quantized(tmp_path):
+    # a MatMul reading a Constant node's weight was 'nothing to quantize ... (ops: Constant, MatMul)' for dynamic,
+    # int4 and fp16 (static's optimizer folded it, and quantized it)
+    held = mlp()
+    weights = {t.name: t for t in held.graph.initializer}
+    for k, name in enumerate(("fc.weight", "head.weight")):
+        held.graph.node.insert(k, helper.make_node("Constant", [], [name], value=weights[name]))
+    kept = [t for t in held.graph.initializer if t.name not in ("fc.weight", "head.weight")]
+    del held.graph.initializer[:]
+    held.graph.initializer.extend(kept)
+    before = held.SerializeToString()
+    x = np.random.default_rng(0).standard_normal((8, D_IN)).astype(np.float32)
+    for mode, op in (("dynamic", "MatMulInteger"), ("int4", "MatMulNBits"), ("fp16", None)):
+        result = quantize(held, mode=mode, measure_latency=False)
+        assert result.report.size_ratio < 0.8 and (op is None or op in {n.op_type for n in result.model.graph.node})
+        assert np.abs(logits(result.model, x) - logits(mlp(), x)).max() < 0.1 * np.abs(logits(mlp(), x)).max()
+    assert held.SerializeToString() == before  # the caller's model is left as it was

@@ -22,7 +22,7 @@ from onnxkit.evaluate import changed_since_training
 from onnxkit.files import DiskError, atomic_path, folder_locked, load_model, out_of_space, same_file, scratch_folder
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import QUANTIZATION_KEY
-from onnxkit.quantize import accuracy, analysis, cpu, latency, search, sqnr
+from onnxkit.quantize import accuracy, analysis, cpu, latency, rewrite, search, sqnr
 from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split, recorded_data
 from onnxkit.quantize.inputs import fixed_batch, synthetic_inputs
 from onnxkit.quantize.passes import Quantizer, quantized_before
@@ -104,6 +104,10 @@ def quantize(
     _check_outputs(source, output, report_path)
     _check_data(calib, eval_data)
     original = model if source is None else load_model(source)
+    if any(node.op_type == "Constant" for node in original.graph.node):  # weights held in Constant nodes: as
+        copy = onnx.ModelProto()  # initializers, which the quantizers look for (the caller's model stays)
+        copy.CopyFrom(original)
+        original = copy if rewrite.constants_as_initializers(copy) else original
     outputs = [o.name for o in original.graph.output]
     if model_output is not None and model_output not in outputs:
         raise OnnxkitError(f"the model has no output {model_output!r}.{suggest(model_output, outputs)} Its outputs: "

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
+
+_FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -48,6 +50,29 @@ def _uses(model: onnx.ModelProto, name: str) -> int:
     return sum(name == i for n in model.graph.node for i in n.input) + sum(
         name == o.name for o in model.graph.output
     )
+
+
+def constants_as_initializers(model: onnx.ModelProto) -> int:
+    """Turn each Constant node holding a float tensor of rank 1 or more (a weight, as some exporters keep it)
+    into an initializer of its output's name; return how many. The quantizers quantize initializers only: a
+    MatMul reading a Constant's weight was 'nothing to quantize' (static's optimizer folded it, and did)."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    found = {}
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None and value.dims and value.data_type in _FLOATS and node.output[0] not in outputs:
+            found[node.output[0]] = value
+    if not found:
+        return 0
+    kept = [node for node in graph.node if not (node.op_type == "Constant" and node.output[0] in found)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    for name, value in found.items():
+        tensor = graph.initializer.add()
+        tensor.CopyFrom(value)
+        tensor.name = name
+    return len(found)
 
 
 def fold_constant_identities(model: onnx.ModelProto) -> int:
