@@ -660,6 +660,11 @@ def test_a_report_says_when_the_quantized_model_is_slower_at_every_batch():
     assert report({1: 1.5, 64: 0.7}, size=238).bigger_note().startswith(
         "the quantized model is larger than the original (2.38x the size)")
     assert report({1: 1.5, 64: 4.5}, size=238).bigger_note() is None and report({}, size=30).bigger_note() is None
+    fp16 = report({1: 1.5, 64: 0.7}, size=112)  # each says what its mode adds ('int8's scales' for fp16 before)
+    fp16.settings = {"mode": "fp16"}
+    assert fp16.bigger_note().endswith("too small for fp16's Cast nodes to pay off in size")
+    fp16.latency_ms[64]["quantized"] = 4.5  # nor does an fp16 model's note advise fp16
+    assert fp16.slower_note().endswith("try another --mode (auto compares the int8 ones)")
 
 
 def test_latency_figures_timed_on_a_busy_cpu_are_said_to_be_unsteady(monkeypatch):
@@ -1365,3 +1370,25 @@ def test_weights_held_in_constant_nodes_are_quantized(tmp_path):
         assert result.report.size_ratio < 0.8 and (op is None or op in {n.op_type for n in result.model.graph.node})
         assert np.abs(logits(result.model, x) - logits(mlp(), x)).max() < 0.1 * np.abs(logits(mlp(), x)).max()
     assert held.SerializeToString() == before  # the caller's model is left as it was
+
+
+def test_static_mode_says_an_lstm_stays_float_and_dynamic_quantizes_it():
+    # a static LSTM model came out 1.05x its size, the note blaming a model 'too small for int8's scales'
+    rng = np.random.default_rng(0)
+    hidden, features = 8, 4
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h"], hidden_size=hidden),
+         helper.make_node("Squeeze", ["h", "axes"], ["last"]),
+         helper.make_node("MatMul", ["last", "head.weight"], ["logits"])], "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(rng.normal(0, 0.3, (1, 4 * hidden, features)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.normal(0, 0.3, (1, 4 * hidden, hidden)).astype(np.float32), "R"),
+         numpy_helper.from_array(np.zeros((1, 8 * hidden), np.float32), "B"),
+         numpy_helper.from_array(np.array([0], np.int64), "axes"),
+         numpy_helper.from_array(rng.normal(0, 0.3, (hidden, 3)).astype(np.float32), "head.weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = {"x": rng.normal(size=(5, 16, features)).astype(np.float32)}
+    note = "LSTM stays fp32 in static mode (ONNX Runtime's static quantizer has no LSTM); --mode dynamic quantizes it"
+    assert note in quantize(model, mode="static", calib=calib, measure_latency=False).report.notes
+    assert note not in quantize(model, mode="dynamic", measure_latency=False).report.notes

@@ -209,6 +209,9 @@ def quantize(
 
         if calibrated and settings.mode == "static":
             notes.append(calibrated)
+        if settings.mode == "static" and any(node.op_type == "LSTM" for node in original.graph.node):
+            notes.append("LSTM stays fp32 in static mode (ONNX Runtime's static quantizer has no LSTM); --mode "
+                         "dynamic quantizes it")
         if settings.mode == "dynamic" and quantizer.fused:
             fused, blocks = quantizer.fused["Attention"], _attention_blocks(original)
             left = (f" ({blocks - fused} left as they were: a pattern ONNX Runtime's fusion does not match, such as "

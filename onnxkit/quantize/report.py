@@ -121,16 +121,19 @@ class Report:
         if self.size_ratio < 1:
             return f"{slower}: here it buys only its smaller size"
         fewer = "drop some --exclude items, or " if excluded else ""
+        fp16 = "" if self.settings["mode"] == "fp16" else "fp16 halves the float weights; "
         return (f"{slower} and no smaller ({_x(self.size_ratio)} the size): it buys nothing here; keep the original, "
-                f"or {fewer}try another --mode (fp16 halves the float weights; auto compares the int8 ones)")
+                f"or {fewer}try another --mode ({fp16}auto compares the int8 ones)")
 
     def bigger_note(self) -> str | None:
-        """For a quantized model larger than the original (a tiny model: the scales, zero points and quantize
-        nodes outweigh what int8 saves), a line saying so; None otherwise, or when `slower_note` says it."""
+        """For a quantized model larger than the original (a tiny model: what the mode adds, scales and quantize
+        nodes or casts, outweighs what it saves), a line saying so; None otherwise, or when `slower_note` says it."""
         if self.size_ratio <= 1 or self.slower_everywhere():
             return None
+        added = {"fp16": "fp16's Cast nodes", "int4": "int4's block scales"}.get(self.settings["mode"],
+                                                                                 "int8's scales and quantize nodes")
         return (f"the quantized model is larger than the original ({_x(self.size_ratio)} the size): the model is "
-                "too small for int8's scales and quantize nodes to pay off in size")
+                f"too small for {added} to pay off in size")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
