@@ -521,3 +521,19 @@ def test_true_in_a_long_run_of_numbers_is_named_too(relu):
     good = json.dumps({"inputs": [{"name": "x", "shape": [10001, 2], "datatype": "FP32",
                                    "data": [*data[:-2], 2, 1.5]}]})
     assert decode_request(good.encode(), relu).feeds["x"][-1].tolist() == [2.0, 1.5]
+
+
+def test_a_request_id_comes_back_as_sent_or_is_refused(relu):
+    # 123456789012345678901234567890 came back as "1.2345678901234568e+29": changed, unsaid
+    def given(request_id):  # type: ignore[no-untyped-def]
+        body = {"id": request_id, "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+        try:
+            return decode_request(json.dumps(body).encode(), relu).id
+        except RequestError as e:
+            return e.status, str(e)
+
+    assert [given(i) for i in ("req-1", 7, 7.0)] == ["req-1", "7", "7"]
+    assert given(123456789012345678901234567890) == (400, '"id" is a number past 2**53, which JSON numbers do not '
+                                                          'keep exactly; send it as a string')
+    assert given(1.5) == (400, '"id" must be a string (or a whole number), got 1.5')
+    assert given(True) == (400, '"id" must be a string (or a whole number), got True')

@@ -291,8 +291,14 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
     if not isinstance(binary_outputs, bool):
         raise RequestError(400, "binary_data_output must be true or false")
     request_id = payload.get("id")
-    if not isinstance(request_id, str | int | float | None):
-        raise RequestError(400, f'"id" must be a string, got {type(request_id).__name__}')
+    if isinstance(request_id, float) and request_id.is_integer():
+        request_id = int(request_id)  # 7.0 echoes as "7"
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int | None):
+        shown = request_id if isinstance(request_id, int | float) else type(request_id).__name__
+        raise RequestError(400, f'"id" must be a string (or a whole number), got {shown}')
+    if isinstance(request_id, int) and abs(request_id) >= 2**53:  # read as a float: it came back changed
+        raise RequestError(400, '"id" is a number past 2**53, which JSON numbers do not keep exactly; send it as '
+                                'a string')
     return build_request(model, inputs, requested, binary_outputs=binary_outputs, request_id=request_id)
 
 
