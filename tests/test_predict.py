@@ -317,6 +317,23 @@ def test_text_that_is_not_utf8_is_one_line_and_an_empty_text_a_warning(run_cli, 
     assert result.err == "warning: text 2 is empty; its prediction is the model's answer to no text\n"
 
 
+def test_no_texts_give_no_rows_in_python_and_an_empty_text_file_is_refused(run_cli, words, tmp_path):
+    # predict_text([]) was 'no text given', where any other input of no rows gives no rows (serve: a 400 for a
+    # [0] text where others answered 200); an empty .txt was 'unknown input format'
+    from onnxkit import runtime
+    from onnxkit.serve.protocol import decode_request, encode_response
+
+    model = runtime.load(words)
+    assert model.predict_text([]).scores.shape == (0, 2)
+    request = decode_request(json.dumps({"inputs": [{"name": "text", "shape": [0], "datatype": "BYTES",
+                                                     "data": []}]}).encode(), model)
+    assert json.loads(encode_response(model, request, model.run(request.feeds))[0])["outputs"][0]["shape"] == [0, 2]
+    (tmp_path / "empty.txt").write_text("")
+    refused = run_cli("predict", words, "-i", tmp_path / "empty.txt")
+    assert (refused.code, refused.err) == (1, f"error: {tmp_path / 'empty.txt'}: holds no text; give one text a line "
+                                              "(a .txt) or a row\n")
+
+
 def test_texts_in_a_txt_file_or_a_csv_text_column_predict_as_given_texts(run_cli, words, tmp_path):
     texts = ["Shares rose, sharply", "What a match!", "Rain again"]
     (tmp_path / "t.txt").write_text("\n".join(texts) + "\n\n")

@@ -100,6 +100,8 @@ def predict_cmd(
     from_file = bool(input_path and reads_text(loaded) and holds_texts(input_path))  # .txt, CSV's text column
     if from_file:
         texts = tuple(read_texts(Path(input_path)))
+        if not texts:  # an input file of no rows is refused, as read_inputs refuses one
+            raise OnnxkitError(f"{input_path}: holds no text; give one text a line (a .txt) or a row")
     _warn_of_empty_texts(texts, input_path if from_file else None)
     if texts:
         prediction = loaded.predict_text(list(texts))

@@ -62,15 +62,14 @@ def _tokenizer(model: Any) -> Any:
 
 
 def text_feeds(model: Any, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
-    """Session feeds (ids, mask, type ids the model takes) for `texts`, padded to the longest."""
+    """Session feeds (ids, mask, type ids the model takes) for `texts`, padded to the longest; no texts give
+    feeds of no rows, as any input of no rows does."""
     texts = [texts] if isinstance(texts, str) else [t.decode() if isinstance(t, bytes) else t for t in texts]
-    if not texts:
-        raise OnnxkitError("no text given; pass at least one string")
     raw = raw_text_input(model)
     if raw is not None:  # the model tokenizes (a TF-IDF pipeline): the strings themselves, one per row
         return {raw.name: np.array(texts, dtype=object).reshape((len(texts), 1)[:len(raw.shape)])}
-    arrays = encode(_tokenizer(model), texts)
-    return {spec.name: arrays[spec.name] for spec in model.inputs if spec.name in arrays}
+    arrays = encode(_tokenizer(model), texts or [""])  # an empty text's arrays, of no rows, for none
+    return {spec.name: arrays[spec.name][:len(texts)] for spec in model.inputs if spec.name in arrays}
 
 
 def predict_text(model: Any, texts: str | Sequence[str]) -> Prediction:
