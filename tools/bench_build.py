@@ -17,6 +17,8 @@ import statistics
 import subprocess
 import sys
 
+import machine
+
 BERT_BASE = {"hidden": 768, "heads": 12, "ff_dim": 3072, "num_layers": 12}
 
 CHILD = r"""
@@ -77,6 +79,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds, alternating which side runs first")
     ap.add_argument("--no-check", action="store_true", help="skip the full ONNX checker inside build()")
     args = ap.parse_args()
+    print(machine.machine_line(), flush=True)
     sides = {"baseline": ("baseline", False), "build": ("build", not args.no_check)}
     runs: dict[str, list[dict]] = {k: [] for k in sides}
     for r in range(args.rounds):
@@ -97,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

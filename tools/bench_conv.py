@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import machine
 import numpy as np
 import onnx
 from step_timing import (
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="first compare 10 steps' losses")
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
     args = parser.parse_args()
+    print(machine.machine_line(), flush=True)
     torch = import_torch(args.threads)
     print(f"AdamW lr {LR:g}, batch {args.batch_size} x {SHAPE}, {args.threads} threads, {args.rounds} rounds x "
           f"{args.steps} steps; PyTorch {torch.__version__} (fused AdamW)")
@@ -126,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

@@ -28,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import machine
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--models", nargs="+", default=["digits-cnn"], choices=sorted(MODELS))
     args = parser.parse_args()
+    print(machine.machine_line(), flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for model in args.models:
             rates = train_rates(model, args.rounds, args.steps, Path(folder))
@@ -131,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

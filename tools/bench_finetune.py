@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
@@ -46,6 +47,7 @@ from step_timing import (
 from onnxkit import zoo
 from onnxkit.data import load_dataset
 from onnxkit.runtime.session import create_session, ort, session_options
+from onnxkit.train.backends import backend_names
 
 HEADS = 12  # all-MiniLM-L6-v2
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -172,7 +174,8 @@ def matmul_peak(threads: int, n: int, repeats: int = 20) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", nargs="+", default=["onnx"], help="onnx, ort-training (both: side by side)")
+    parser.add_argument("--backends", nargs="+", default=["onnx"], choices=backend_names(),
+                        help="onnx, ort-training (both: side by side)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
@@ -185,6 +188,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
     parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n MatMul measuring the peak")
     args = parser.parse_args()
+    print(machine.machine_line(), flush=True)
     torch = import_torch(args.threads)
     model = zoo.build_model("bert-classifier", pretrained="all-MiniLM-L6-v2", num_classes=5, max_length=args.max_length)
     dropout = 0.0 if args.no_dropout else float(zoo.options("bert-classifier")["dropout"].default)
@@ -230,4 +234,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 from step_timing import BUSY, busy_seconds
 
 MODELS = {"digits-cnn": "digits-images", "digits-mlp": "digits"}
@@ -192,7 +193,7 @@ def report(name: str, measured: list[dict[str, float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, 3 or more (default: 5)")
     parser.add_argument("--side", choices=("raw", "fit"), help=argparse.SUPPRESS)  # one side, in a worker process
     parser.add_argument("model", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -203,6 +204,7 @@ def main() -> None:
         return
     if args.rounds < 3:
         parser.error("--rounds must be at least 3")
+    print(machine.machine_line(), flush=True)
     # an installed wheel comes with its modules compiled (pip compiles them); so does this checkout
     # here, lest the fit side pay for compiling the modules it imports lazily
     compileall.compile_dir(Path(__file__).resolve().parents[1] / "onnxkit", quiet=1)
@@ -217,4 +219,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

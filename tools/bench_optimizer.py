@@ -14,11 +14,12 @@ import argparse
 import statistics
 import time
 
+import machine
 import numpy as np
 
 from onnxkit.runtime.session import create_session, session_options
 from onnxkit.train.backends.onnx.session import CHUNK, chunks
-from onnxkit.train.optim import get_optimizer, update_model
+from onnxkit.train.optim import OPTIMIZERS, get_optimizer, update_model
 
 
 def onnx_side(name: str, size: int, chunk: int, threads: int):  # type: ignore[no-untyped-def]
@@ -65,11 +66,12 @@ def torch_side(size: int, threads: int):  # type: ignore[no-untyped-def]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=22_567_301, help="parameters (default: the MiniLM classifier's)")
-    parser.add_argument("--optimizer", default="adamw")
+    parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
     args = parser.parse_args()
+    print(machine.machine_line(), flush=True)
     sides = {
         "whole": onnx_side(args.optimizer, args.size, args.size, args.threads),
         f"chunks of {CHUNK}": onnx_side(args.optimizer, args.size, CHUNK, args.threads),
@@ -97,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

@@ -17,6 +17,8 @@ import argparse
 import os
 import statistics
 
+import machine
+
 from onnxkit import zoo
 from onnxkit.quantize import quantize
 from onnxkit.quantize.inputs import synthetic_inputs
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per batch size per round")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's)")
     args = parser.parse_args()
+    print(machine.machine_line(), flush=True)
 
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"{'model':<16} {'pass':<17}" + "".join(f"{f'b{b} fp32':>11}{'quant':>11}{'ratio':>17}" for b in BATCHES))
@@ -70,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

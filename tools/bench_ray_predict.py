@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 import ray
 
@@ -33,10 +34,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1024)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp())
+    print(machine.machine_line(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-ray-") as folder:  # its 90 MB model goes with it
+        compare(Path(folder), args.rounds, args.rows)
+
+
+def compare(folder: Path, rounds: int, rows: int) -> None:
+    """In-process against Ray over `rows` tweets, `rounds` alternating rounds, printed (files under `folder`)."""
     model = save_model(build_model("bert-classifier", pretrained="all-MiniLM-L6-v2"), folder / "bert.onnx")
     texts = [" ".join(t.split()) for t in read_tweets_sentiment()[0]]  # one line each
-    texts = [t for t in texts if t][: args.rows]
+    texts = [t for t in texts if t][:rows]
     (folder / "texts.txt").write_text("\n".join(texts) + "\n")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     local, distributed = [], []
@@ -45,7 +52,7 @@ def main() -> None:
         "local": (local, lambda: loaded.predict_text(texts)),
         "ray": (distributed, lambda: predict_on_ray(model, folder / "texts.txt", workers=2, threads=1, batch_size=64)),
     }
-    for r in range(args.rounds):
+    for r in range(rounds):
         results = {}
         for key in list(sides) if r % 2 == 0 else list(sides)[::-1]:  # alternate which side goes first
             rates, call = sides[key]
@@ -55,11 +62,11 @@ def main() -> None:
         assert np.array_equal(results["local"].scores, results["ray"].scores)
     ray.shutdown()
     ratios = [b / a for a, b in zip(local, distributed, strict=True)]
-    print(f"bert-classifier, {len(texts)} texts, batch 64, rows/s min / median / max over {args.rounds} rounds:")
+    print(f"bert-classifier, {len(texts)} texts, batch 64, rows/s min / median / max over {rounds} rounds:")
     for name, values in (("in-process, 2 threads", local), ("Ray, 2 actors x 1 thread", distributed),
                          ("Ray / in-process", ratios)):
         print(f"  {name:26} {min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

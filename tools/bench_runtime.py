@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+import machine
 import numpy as np
 import onnxruntime as ort
 
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    print(machine.machine_line(), flush=True)
     print(f"onnxruntime {ort.__version__}, {args.threads} threads; ratios to raw: min/median/max over "
           f"{args.rounds} rounds of {args.calls} calls")
     for name, options in MODELS.items():
@@ -90,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

@@ -44,6 +44,7 @@ from functools import partial
 from pathlib import Path
 
 import grpc
+import machine
 import numpy as np
 
 from onnxkit import runtime
@@ -287,9 +288,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both sides (default: serve's)")
     parser.add_argument("--serve-bare", type=int, nargs=2, help=argparse.SUPPRESS)  # the bare endpoints' child
     args = parser.parse_args()
+    if args.requests < args.rounds:
+        parser.error(f"--requests {args.requests} is fewer than --rounds {args.rounds}: each round needs one")
     if args.serve_bare is not None:
         serve_bare(*args.serve_bare)
         return
+    print(machine.machine_line(), flush=True)
 
     with tempfile.TemporaryDirectory() as folder:
         path = model_file(args.model, Path(folder))
@@ -374,4 +378,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

@@ -25,6 +25,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import machine
 import numpy as np
 from onnx import numpy_helper
 from step_timing import (
@@ -40,6 +41,7 @@ from step_timing import (
 
 from onnxkit import zoo
 from onnxkit.data import load_dataset
+from onnxkit.train.backends import backend_names
 
 MODELS = {"digits-mlp": "digits", "digits-cnn": "digits-images"}
 LR = 1e-3
@@ -98,7 +100,8 @@ def contenders(name: str, backends: list[str], work: Path, data: list, threads: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", nargs="+", default=["onnx"], help="onnx, ort-training (both: side by side)")
+    parser.add_argument("--backends", nargs="+", default=["onnx"], choices=backend_names(),
+                        help="onnx, ort-training (both: side by side)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=200, help="steps per round")
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--no-dropout", action="store_true", help="time with dropout off on every contender")
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
     args = parser.parse_args()
+    print(machine.machine_line(), flush=True)
     torch = import_torch(args.threads)
     print(
         f"AdamW lr {LR:g}, batch {args.batch_size}, {args.threads} threads, {args.rounds} rounds x {args.steps} "
@@ -136,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

@@ -51,12 +51,20 @@ def main() -> None:
     parser.add_argument("--bert", action="store_true", help="Also fine-tune the pretrained bert-classifier (slow).")
     parser.add_argument("--out", type=Path, help="Folder for models and runs (default: a temporary one).")
     args = parser.parse_args()
-    folder = args.out or Path(tempfile.mkdtemp(prefix="onnxkit-defaults-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        check(args.out, args.bert)
+        return
+    with tempfile.TemporaryDirectory(prefix="onnxkit-defaults-") as folder:
+        check(Path(folder), args.bert)
+
+
+def check(folder: Path, bert: bool) -> None:
+    """Build and train each case with its defaults under `folder`, a table row each."""
     print("| model | data | flags | recipe line | test accuracy | target | minutes |")
     print("|---|---|---|---|---|---|---|")
     for name, (options, data, flags, target) in CASES.items():
-        if name == "bert-classifier" and not args.bert:
+        if name == "bert-classifier" and not bert:
             continue
         data = toy_data(folder) if data == "TOY" else data
         model, run = folder / f"{name}.onnx", folder / f"run-{name}"

@@ -167,6 +167,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", choices=backend_names(), help=f"training backend (default: {default_backend()})")
     args = parser.parse_args()
+    for option, given, known in (("--datasets", args.datasets, LABELS), ("--modes", args.modes, SETTINGS)):
+        unknown = sorted(set(given.split(",")) - set(known))
+        if unknown:
+            parser.error(f"{option}: no {', '.join(unknown)}; choose from {', '.join(known)}")
     args.limit, args.max_length = per_key(args.limit, LABELS, 0), per_key(args.max_length, LABELS, 128)
     args.lr = {m: v or SETTINGS[m]["lr"] for m, v in per_key(args.lr, SETTINGS, 0, float).items()}
     args.epochs = {m: v or SETTINGS[m]["epochs"] for m, v in per_key(args.epochs, SETTINGS, 0).items()}

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import machine
 import numpy as np
 
 from onnxkit.files import save_model
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    print(machine.machine_line(), flush=True)
     onnxkit = str(Path(sys.executable).with_name("onnxkit"))
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -50,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)

@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="optional-dependency groups to add")
     args = parser.parse_args()
     project = tomllib.loads(PYPROJECT.read_text())["project"]
+    unknown = sorted(set(args.extra) - set(project["optional-dependencies"]))
+    if unknown:
+        parser.error(f"no extra {', '.join(unknown)}; the extras: {', '.join(project['optional-dependencies'])}")
     wanted = list(project["dependencies"])
     for extra in args.extra:
         wanted += project["optional-dependencies"][extra]

@@ -44,6 +44,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
@@ -54,7 +55,8 @@ from onnxkit.data import load_dataset
 from onnxkit.train.schedules import Schedule, warmup_steps
 
 ROOT = Path(__file__).resolve().parents[1]
-ONNXKIT = [str(ROOT / ".venv/bin/onnxkit")]
+ONNXKIT = [sys.executable, "-m", "onnxkit"]  # this checkout's, run without the torch paths (as a user runs it)
+CLEAN_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 RECIPE = ["--epochs", "40", "--batch-size", "128", "--lr", "0.01", "--schedule", "cosine", "--warmup", "0.05"]
 
 
@@ -275,19 +277,8 @@ def load_back(module, model: onnx.ModelProto) -> list[str]:  # type: ignore[no-u
     return missing
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*")
-    parser.add_argument("--exporters", nargs="*", default=["torchscript", "dynamo"])
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
-    parser.add_argument("--recipe", action="store_true", help="the README's digits-cnn flags")
-    parser.add_argument("--keep-bn", action="store_true", help="export keeping BatchNorm unfolded")
-    parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument("--keep", type=Path, help="keep the exports and runs under this folder")
-    args = parser.parse_args()
-    torch = import_torch_exporter()
-    torch.set_num_threads(args.torch_threads)  # 2 OpenMP threads on a busy 2-core machine: 300 ms an MLP step
-    root = args.keep or Path(tempfile.mkdtemp(prefix="side-by-side-"))
+def compare(args: argparse.Namespace, torch: ModuleType, root: Path) -> None:
+    """Export each module, train it with onnxkit and with PyTorch, and print a row each (exports under `root`)."""
     print(f"{'module':15s} {'exporter':11s} seed  {'onnxkit':>7s} {'torch':>7s}  {'s/ep ok':>7s} {'s/ep pt':>7s}"
           f"  epochs (ok/pt)  load  eval")
     for name, (make, data, final) in modules().items():
@@ -312,7 +303,7 @@ def main() -> None:
                 shutil.rmtree(run, ignore_errors=True)
                 cmd = [*ONNXKIT, "train", str(path), "--data", "digits-images" if data == "rows" else data,
                        "-o", str(run), *(RECIPE if args.recipe else []), *(["--seed", str(seed)] if seed else [])]
-                done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+                done = subprocess.run(cmd, capture_output=True, text=True, env=CLEAN_ENV)
                 if done.returncode:
                     print(f"{name:15s} {exporter:11s} {seed:4d}  onnxkit failed: {done.stderr.strip()[-400:]}")
                     continue
@@ -344,7 +335,7 @@ def main() -> None:
                     load += " NONDETERMINISTIC"
                 mine = float((got.argmax(1) == ds.test.labels).mean())
                 ev = subprocess.run([*ONNXKIT, "eval", str(run / "model.onnx"), "--json"], capture_output=True,
-                                    text=True, env={**os.environ, "PYTHONPATH": ""})
+                                    text=True, env=CLEAN_ENV)
                 try:
                     reported = json.loads(ev.stdout)["accuracy"]
                     agree = "ok" if abs(reported - mine) < 1e-9 and abs(reported - ok_test) < 1e-9 else \
@@ -355,8 +346,29 @@ def main() -> None:
                       f"{ok_s:7.3f} {theirs['s_per_epoch']:7.3f}  {len(epochs_run):3d}/{theirs['epochs']:3d}"
                       f"        {load}  {agree}",
                       flush=True)
-    if args.keep is None:
-        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*")
+    parser.add_argument("--exporters", nargs="*", default=["torchscript", "dynamo"])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--recipe", action="store_true", help="the README's digits-cnn flags")
+    parser.add_argument("--keep-bn", action="store_true", help="export keeping BatchNorm unfolded")
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="keep the exports and runs under this folder")
+    args = parser.parse_args()
+    torch = import_torch_exporter()
+    torch.set_num_threads(args.torch_threads)  # 2 OpenMP threads on a busy 2-core machine: 300 ms an MLP step
+    unknown = sorted(set(args.only or ()) - set(modules()))
+    if unknown:
+        parser.error(f"no module {', '.join(unknown)}; choose from {', '.join(modules())}")
+    root = args.keep or Path(tempfile.mkdtemp(prefix="side-by-side-"))
+    try:
+        compare(args, torch, root)
+    finally:  # a failure too leaves no exports behind
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
