@@ -235,6 +235,20 @@ def write_safetensors(
         tmp.write_bytes(data)
 
 
+def npz_arrays(path: str | os.PathLike) -> dict[str, Any]:
+    """The named arrays of an .npz file; one holding a single array (numpy.save's .npy format under an .npz
+    name) is an OnnxkitError saying so (it was "'numpy.ndarray' object does not support the context manager
+    protocol"). numpy's own errors (a corrupt or empty file) pass through."""
+    import numpy as np
+
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise OnnxkitError(f"{path}: holds one array (.npy format), not an .npz archive of named arrays; name it "
+                           ".npy, or save it with numpy.savez")
+    with loaded:
+        return {key: loaded[key] for key in loaded.files}
+
+
 def read_text_file(path: str | os.PathLike) -> str:
     """A text file's contents, UTF-8 with or without a byte-order mark; a file that cannot be
     read, or is not UTF-8, is an error that names it."""

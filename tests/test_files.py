@@ -134,3 +134,22 @@ def test_summarize_takes_a_path_as_inspect_does(tmp_path, run_cli):
 
     path = save_model(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
     assert summarize(path) == json.loads(run_cli("inspect", path, "--json").out)
+
+
+def test_an_npy_named_npz_is_one_line_everywhere_an_npz_is_read(tmp_path, run_cli):
+    # np.load gives one array for it: "'numpy.ndarray' object does not support the context manager protocol", a
+    # traceback in predict, eval, train and quantize
+    import numpy as np
+
+    from onnxkit import zoo
+    from onnxkit.files import save_model
+
+    model = save_model(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
+    np.save(tmp_path / "rows.npy", np.ones((3, 4), np.float32))
+    (tmp_path / "rows.npy").rename(tmp_path / "rows.npz")
+    line = (f"error: {tmp_path / 'rows.npz'}: holds one array (.npy format), not an .npz archive of named arrays; "
+            "name it .npy, or save it with numpy.savez\n")
+    for command in (["predict", model, "-i"], ["eval", model], ["train", model, "-o", tmp_path / "run"],
+                    ["quantize", model, "--mode", "static", "-o", tmp_path / "q.onnx", "--calib"]):
+        result = run_cli(*command, tmp_path / "rows.npz")
+        assert (result.code, result.err) == (1, line), command

@@ -32,6 +32,7 @@ from onnxkit.files import (
     is_missing,
     is_number,
     not_a_file,
+    npz_arrays,
     read_csv_rows,
     thousands_separated,
 )
@@ -65,8 +66,7 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     """A dataset from an `.npz` file (see the module docstring for the array names)."""
     require_data_file(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = npz_arrays(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file
         raise OnnxkitError(f"{path}: not a readable .npz file ({e}); write it with numpy.savez") from e
     label_names = arrays.pop(NPZ_LABEL_NAMES, None)

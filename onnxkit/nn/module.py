@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.files import npz_arrays
 from onnxkit.nn.graph import current_graph
 
 
@@ -219,8 +220,7 @@ class Module:
 
         try:
             if path.endswith(".npz"):
-                with np.load(path, allow_pickle=False) as data:
-                    state = {k: data[k] for k in data.files}
+                state = npz_arrays(path)
             else:
                 state = load_file(path)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, SafetensorError) as e:

@@ -17,6 +17,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.data.checks import check_finite
 from onnxkit.errors import OnnxkitError
+from onnxkit.files import npz_arrays
 from onnxkit.quantize.inputs import fixed_batch
 
 Feeds = dict[str, np.ndarray]
@@ -115,8 +116,7 @@ def _inputs_file(data: Any, model: onnx.ModelProto) -> Any:
         if suffix == ".npy":
             array = np.load(data, allow_pickle=False)
         else:
-            with np.load(data, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
+            arrays = npz_arrays(data)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file
         raise OnnxkitError(f"calib {data}: not a readable {suffix} file ({e}); write it with numpy.save or "
                            "numpy.savez", params=["calib"]) from e

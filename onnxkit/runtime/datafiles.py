@@ -31,6 +31,7 @@ from onnxkit.files import (
     is_missing,
     is_number,
     not_a_file,
+    npz_arrays,
     read_csv_rows,
     read_text_file,
     table_delimiter,
@@ -106,8 +107,7 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
         if suffix == ".npy":
             return _single(model, path, np.load(path, allow_pickle=False))
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = _without_labels({key: archive[key] for key in archive.files}, model)
+            arrays = _without_labels(npz_arrays(path), model)
             if len(arrays) == 1 and len(model.inputs) == 1:
                 return _single(model, path, next(iter(arrays.values())))
             return arrays
