@@ -43,9 +43,8 @@ from onnxkit.runtime.text import reads_text
 @options.threads()
 @options.batch_size(512, "Run large inputs in batches of this many rows.")
 @click.option("--ray", "on_ray", is_flag=True,
-              help="Run on Ray Data (extra `ray`): DATA may be a folder of .npy/.npz/.csv/.tsv/.parquet/.txt files "
-              "(subfolders too); joins "
-              "$RAY_ADDRESS's cluster, else starts a local one.")
+              help="Run on Ray Data (extra `ray`): DATA may be a folder of .npy/.npz/.json/.csv/.tsv/.parquet/.txt "
+              "files (subfolders too); joins $RAY_ADDRESS's cluster, else starts a local one.")
 @click.option("--workers", type=options.COUNT, help="With --ray: actors, each holding a session (default: all CPUs).")
 def predict_cmd(
     model: str,

@@ -5,7 +5,7 @@ holding an `onnxkit.runtime` session.
     prediction = predict_on_ray("model.int8.onnx", "inputs/", "predictions.npz", workers=4)
 
 Inputs: a file or a folder of files (subfolders too, sorted by path, read as one sequence of rows): .npy, .npz (arrays
-by input name), .csv (one example per row, as `onnxkit predict` reads it), .parquet (a column per
+by input name), .json, .csv / .tsv (one example per row, as `onnxkit predict` reads them), .parquet (a column per
 input, each row a number or a nested list shaped like one example); for a model that carries a
 tokenizer, .txt (one text per line) or a `text` column of .csv / .parquet. The driver reads and
 tokenizes the input (padded to the longest text, as `onnxkit predict` does) and puts it in Ray's
@@ -35,13 +35,14 @@ import numpy as np
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import missing_model
 from onnxkit.label_columns import TEXT_COLUMN
+from onnxkit.runtime.datafiles import INPUT_SUFFIXES as FILE_SUFFIXES
 from onnxkit.runtime.datafiles import checked_feeds, read_inputs, read_texts, write_prediction
 from onnxkit.runtime.model import Model, ends_in_probabilities, load
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.session import device_spec
 from onnxkit.signals import handled
 
-INPUT_SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".parquet", ".txt")
+INPUT_SUFFIXES = (*FILE_SUFFIXES, ".parquet", ".txt")  # predict's, and Ray's own (a .json was left out unsaid)
 BATCH_COLUMN = "onnxkit.batch"  # which batch a result row belongs to
 INSTALL = "pip install 'onnxkit[ray]'"
 
