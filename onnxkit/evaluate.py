@@ -457,7 +457,8 @@ def evaluate(
     `batch_size`: rows per run; `output`: the output to score (default: the one training fit, else the
     first); `task` overrides the model's metadata; `loss`: the loss to report (default: the one the model was
     trained with, else the task's);
-    `providers`: onnxruntime's execution providers (one, or several in priority order).
+    `providers`: onnxruntime's execution providers (one, or several in priority order; a name or a (name,
+    options) pair each, as InferenceSession takes them).
     """
     from onnxkit.files import load_model
     from onnxkit.runtime.session import ort
@@ -468,7 +469,7 @@ def evaluate(
     if isinstance(split, Split) and (data is not None or data_seed is not None or label is not None):
         raise TypeError("data, data_seed and label choose a split by its name; a Split holds its rows already")
     providers = [providers] if isinstance(providers, str) else list(providers)
-    unknown = [p for p in providers if p not in ort.get_available_providers()]
+    unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in ort.get_available_providers()]
     if unknown:
         raise OnnxkitError(f"provider {unknown[0]!r} is not in this onnxruntime; its providers: "
                            f"{', '.join(ort.get_available_providers())}", params=["providers"])

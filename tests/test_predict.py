@@ -768,3 +768,11 @@ def test_ray_reads_every_file_predict_reads_in_a_folder(iris, tmp_path):
     (folder / "b.json").write_text(json.dumps(rows[3:].tolist()))
     assert [p.name for p in input_files(folder)] == ["a.npy", "b.json"]
     np.testing.assert_array_equal(read_rows(folder, runtime.load(iris[0]))["x"], rows)
+
+
+def test_a_folder_given_to_predict_says_to_use_ray(run_cli, iris, tmp_path):
+    # 'parts: unknown input format; use one of .npy, ...', for a folder of files predict --ray reads
+    (tmp_path / "parts").mkdir()
+    result = run_cli("predict", iris[0], tmp_path / "parts")
+    assert (result.code, result.err) == (1, f"error: {tmp_path / 'parts'}: a folder, where one input file goes; give "
+                                            "a file, or run over a folder's files with --ray (Ray Data)\n")

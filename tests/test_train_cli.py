@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
@@ -89,6 +90,10 @@ def test_a_model_trains_with_no_flag_beyond_the_data_into_a_run_folder_named_aft
     assert second.out.startswith("wrote runs/iris-2/model.onnx  (test: "), second.err  # a new run, not over the first
     scored = json.loads(run_cli("eval", "runs/iris/model.onnx", "iris", "--json").out)
     assert scored["examples"] == 30 and scored["accuracy"] >= 0.93, scored
+    # eval takes --device as train, predict and serve do ('No such option' before)
+    assert json.loads(run_cli("eval", "runs/iris/model.onnx", "--device", "cpu", "--json").out) == scored
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "has no CUDA support" in run_cli("eval", "runs/iris/model.onnx", "--device", "cuda").err
 
 
 def test_train_and_eval_help_show_examples(run_cli):

@@ -423,3 +423,22 @@ def test_a_rule_refusing_a_node_says_which_flags_train_the_rest(run_cli, tmp_pat
     ), result.err
     assert result.err.endswith("; keep the parameters before it frozen (--freeze / --train-only)\n")
     assert fit(path, "digits", run, freeze="conv.*", epochs=1, backend="onnx").metrics["test"]["accuracy"] > 0.3
+
+
+def test_resuming_a_run_whose_backend_is_missing_says_where_to_resume_it(run_cli, tmp_path):
+    # it ended '..., or use the default backend (--backend onnx)', which --resume then refused: a run keeps its backend
+    if has_ort_training():
+        pytest.skip("needs an environment without onnxruntime-training")
+    cnn = tmp_path / "cnn.onnx"
+    assert run_cli("build", "digits-mlp", "-o", cnn).code == 0
+    run = tmp_path / "run"
+    assert run_cli("train", cnn, "digits", "--steps", "3", "--quiet", "-o", run).code == 0
+    info = json.loads((run / "run.json").read_text())
+    info["config"]["backend"], info["status"] = "ort-training", "interrupted"
+    (run / "run.json").write_text(json.dumps(info))
+    result = run_cli("train", "--resume", run)
+    assert result.code == 1 and result.err.startswith(f"error: the run in {run} trained on the ort-training backend, "
+                                                      "which this environment cannot run (the ort-training backend "
+                                                      "needs onnxruntime-training 1.19.2")
+    assert result.err.endswith("resume it where that backend is installed (make venv-ort: .venv-ort/bin/onnxkit "
+                               "train --resume ...)\n") and "default backend" not in result.err

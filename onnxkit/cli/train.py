@@ -295,10 +295,11 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 @opt.batch_size(256)
 @opt.model_output("The output to score (default: the one trained, else the scores beside a first output that is "
                   "the predicted label, else the first).")
+@opt.device()
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_cmd(
     model: str, data_argument: str | None, data: str | None, split: str | None, data_seed: int | None,
-    label: str | None, batch_size: int, output: str | None, as_json: bool,
+    label: str | None, batch_size: int, output: str | None, device: str, as_json: bool,
 ) -> None:
     """Evaluate MODEL.onnx on a dataset split: loss, accuracy, macro-F1, confusion matrix (R² for regression).
 
@@ -309,10 +310,12 @@ def eval_cmd(
     """
     from onnxkit.evaluate import evaluate, named_split
     from onnxkit.files import load_model
+    from onnxkit.runtime.session import parse_device, providers_for
 
     data = opt.given_data(data_argument, data)
     chosen, data, seed = named_split(load_model(model), split, data, data_seed, label=label)
-    metrics = evaluate(model, chosen, batch_size=batch_size, output=output)  # by path: errors name the file
+    providers = providers_for(*parse_device(device))  # model by path: errors name the file
+    metrics = evaluate(model, chosen, batch_size=batch_size, output=output, providers=providers)
     metrics.update(data=data, split=chosen.name, data_seed=seed)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))

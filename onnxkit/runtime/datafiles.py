@@ -66,6 +66,9 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     an input with no rows is an error."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():  # was 'unknown input format'
+        raise OnnxkitError(f"{path}: a folder, where one input file goes; give a file, or run over a folder's files "
+                           "with --ray (Ray Data)")
     if suffix not in INPUT_SUFFIXES:
         texts = ", or .txt for texts" if reads_text(model) else ""
         raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}{texts}")

@@ -340,6 +340,12 @@ def _resumed(
     if run.read_json().get("status") == "completed" and run.model.is_file():  # said before the data is read
         raise OnnxkitError(f"the run in {run.path} has already finished; start a new run to train more")
     config = _config_from_json(run.read_json()["config"])
+    try:
+        get_backend(config.backend)  # a run keeps its backend: the default one's advice would be refused
+    except OnnxkitError as e:
+        raise OnnxkitError(f"the run in {run.path} trained on the {config.backend} backend, which this environment "
+                           f"cannot run ({str(e).split(';')[0]}); resume it where that backend is installed (make "
+                           "venv-ort: .venv-ort/bin/onnxkit train --resume ...)") from e
     proto = _load_checked(config)
     if config.data_in_memory and not isinstance(data, Dataset):
         raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")

@@ -69,7 +69,8 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if workers > OVERSUBSCRIPTION * cores:  # each is a process with its own session, all on this machine
         raise OnnxkitError(f"{workers} workers on this machine's {cores} cores would only compete for them (and "
-                           f"for memory); use at most {cores}, or run ranks across machines with mpiexec -n N "
+                           f"for memory); use {cores}, one a core ({OVERSUBSCRIPTION * cores} at most), or run ranks "
+                           "across machines with mpiexec -n N "
                            "onnxkit train ... (its own host options)")
     command = [find_mpiexec(), "-n", str(workers), sys.executable, *arguments]
     with tempfile.TemporaryDirectory(prefix="onnxkit-workers-") as folder:
@@ -112,8 +113,8 @@ def launch_training(workers: int, run_dir: str, backend: str | None, resume: boo
     if "train" not in arguments:
         raise OnnxkitError("--workers re-runs the onnxkit command line; from Python, run your script with "
                            "mpiexec -n N python SCRIPT (fit detects the MPI world)")
+    check_backend(backend or default_backend())  # a backend that cannot take part says so before mpi4py is asked for
     find_mpiexec()
-    check_backend(backend or default_backend())
     return launch(workers, ["-m", "onnxkit", *arguments], run_dir=run_dir)
 
 
