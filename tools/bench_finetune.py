@@ -75,8 +75,8 @@ def torch_bert(model: onnx.ModelProto, dropout: float):  # type: ignore[no-untyp
         def w(self, name: str) -> torch.Tensor:
             return self.p[name.replace(".", "__")]
 
-        def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-            return x @ self.w(f"{name}.weight") + self.w(f"{name}.bias")
+        def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:  # nn.Linear's kernel (one addmm)
+            return F.linear(x, self.w(f"{name}.weight").t(), self.w(f"{name}.bias"))
 
         def norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
             return F.layer_norm(x, x.shape[-1:], self.w(f"{name}.weight"), self.w(f"{name}.bias"), eps)
@@ -100,8 +100,9 @@ def torch_bert(model: onnx.ModelProto, dropout: float):  # type: ignore[no-untyp
                 q, k, v = (
                     self.linear(x, f"{at}.attn.{n}").view(b, s, HEADS, dim // HEADS).transpose(1, 2) for n in "qkv"
                 )
-                scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(dim // HEADS)) + bias
-                ctx = (self.drop(scores.softmax(-1)) @ v).transpose(1, 2).reshape(b, s, dim)
+                # PyTorch's fused attention, as Hugging Face's BERT runs it (attn_implementation="sdpa")
+                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout if self.training
+                                                     else 0.0).transpose(1, 2).reshape(b, s, dim)
                 x = self.norm(x + self.drop(self.linear(ctx, f"{at}.attn.out")), f"{at}.norm1")
                 ff = self.linear(self.drop(F.gelu(self.linear(x, f"{at}.ff.fc1"))), f"{at}.ff.fc2")
                 x = self.norm(x + self.drop(ff), f"{at}.norm2")
