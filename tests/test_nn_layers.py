@@ -216,6 +216,12 @@ def test_embedding_rejects_float_ids():
         (nn.LeakyReLU(0.2), lambda x: np.where(x > 0, x, 0.2 * x)),
         (nn.Softmax(), ref_softmax),
         (nn.Dropout(0.5), lambda x: x),  # inference form: identity
+        (nn.ReLU(inplace=True), lambda x: np.maximum(x, 0)),  # PyTorch's memory option: nothing to do
+        # these options were dropped without a word: the exact GELU, beta 1 and threshold 20 were built
+        (nn.GELU(approximate="tanh"),
+         lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))),
+        (nn.Softplus(beta=2), lambda x: np.where(2 * x > 20, x, np.log1p(np.exp(2 * x)) / 2)),
+        (nn.Softplus(threshold=1), lambda x: np.where(x > 1, x, np.log1p(np.exp(x)))),
     ],
 )
 def test_activations_and_dropout(layer, ref):
@@ -239,11 +245,21 @@ def test_dropout_is_ratio_less_with_its_ratio_in_metadata(tmp_path):
     assert "Dropout" not in {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
 
 
+def test_a_layer_of_no_options_refuses_one():
+    # nn.Tanh(3) and nn.Sigmoid(inplace=True) were accepted, the argument dropped (Module overrides __new__)
+    with pytest.raises(TypeError, match=r"^Tanh\(\) takes no arguments, got 3$"):
+        nn.Tanh(3)
+    with pytest.raises(TypeError, match=r"^Sigmoid\(\) takes no arguments, got inplace=True$"):
+        nn.Sigmoid(inplace=True)
+
+
 def test_gelu_uses_gelu_op_from_opset_20():
     model = nn.build(nn.GELU(), {"x": nn.Input(["batch", 3])}, opset=20)
     assert [n.op_type for n in model.graph.node] == ["Gelu"]
     x = RNG.normal(size=(2, 3)).astype(np.float32)
     close(ort_run(model, {"x": x})[0], ref_gelu(x))
+    tanh = nn.build(nn.GELU(approximate="tanh"), {"x": nn.Input(["batch", 3])}, opset=20)
+    assert [(n.op_type, [a.s for a in n.attribute]) for n in tanh.graph.node] == [("Gelu", [b"tanh"])]
 
 
 class MaskedAttention(nn.Module):

@@ -11,15 +11,26 @@ from onnxkit.nn.module import Module, Parameter, check_int, check_number, check_
 
 
 class ReLU(Module):
+    def __init__(self, inplace: bool = False):  # PyTorch's memory option: nothing to do in a graph
+        del inplace
+
     def forward(self, x: Tensor) -> Tensor:
         return ops.relu(x)
 
 
 class GELU(Module):
-    """Exact (erf) GELU."""
+    """GELU: exact (erf), or PyTorch's tanh approximation with approximate="tanh"."""
+
+    def __init__(self, approximate: str = "none"):
+        if approximate not in ("none", "tanh"):
+            raise OnnxkitError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.gelu(x)
+        return ops.gelu(x, self.approximate)
+
+    def extra_repr(self) -> str:
+        return "" if self.approximate == "none" else f"approximate={self.approximate!r}"
 
 
 class Sigmoid(Module):
@@ -87,10 +98,17 @@ class SELU(Module):
 
 
 class Softplus(Module):
-    """log(1 + exp(x)): PyTorch's Softplus with its default beta=1."""
+    """log(1 + exp(beta·x)) / beta, and x itself where beta·x > threshold: PyTorch's Softplus."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        self.beta = check_number(self, "beta", beta)
+        self.threshold = check_number(self, "threshold", threshold)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.softplus(x)
+        return ops.softplus(x, self.beta, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
 
 
 class Mish(Module):

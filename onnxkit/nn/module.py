@@ -120,6 +120,13 @@ class Module:
         module._created_at = (caller.f_code.co_filename, caller.f_lineno)
         return module
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """A layer of no options: one given is a TypeError (with `__new__` overridden, Python's own check is
+        skipped, and nn.Tanh(3) or an option a layer lacked was dropped without a word)."""
+        if args or kwargs:
+            given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+            raise TypeError(f"{type(self).__name__}() takes no arguments, got {given}")
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         graph = current_graph()
         kind = type(self).__name__

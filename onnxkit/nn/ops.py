@@ -142,12 +142,15 @@ def leaky_relu(x: TensorLike, alpha: float = 0.01) -> Tensor:
     return _op("LeakyRelu", as_tensor(x), alpha=float(alpha))
 
 
-def gelu(x: TensorLike) -> Tensor:
-    """Exact GELU: the Gelu op from opset 20, else x·(1 + erf(x/√2))·0.5, in the node order
-    ONNX Runtime fuses into one Gelu (BiasGelu after a Linear) kernel."""
+def gelu(x: TensorLike, approximate: str = "none") -> Tensor:
+    """GELU: the Gelu op from opset 20, else exact x·(1 + erf(x/√2))·0.5, in the node order ONNX Runtime fuses
+    into one Gelu (BiasGelu after a Linear) kernel; approximate="tanh": x·(1 + tanh(√(2/π)(x + 0.044715x³)))·0.5."""
     x = as_tensor(x)
     if current_graph().opset >= 20:
-        return _op("Gelu", x)
+        return _op("Gelu", x, **({"approximate": "tanh"} if approximate == "tanh" else {}))
+    if approximate == "tanh":
+        inner = mul(add(x, mul(mul(mul(x, x), x), 0.044715)), math.sqrt(2 / math.pi))
+        return mul(mul(x, add(tanh(inner), 1.0)), 0.5)
     return mul(mul(x, add(erf(div(x, math.sqrt(2))), 1.0)), 0.5)
 
 
@@ -283,9 +286,15 @@ def celu(x: TensorLike, alpha: float = 1.0) -> Tensor:
     return _op("Celu", as_tensor(x), alpha=float(alpha))
 
 
-def softplus(x: TensorLike) -> Tensor:
-    """log(1 + exp(x))."""
-    return _op("Softplus", as_tensor(x))
+def softplus(x: TensorLike, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta·x)) / beta where beta·x <= threshold, else x (PyTorch's: the exp would overflow); the one
+    Softplus op at PyTorch's defaults, whose threshold changes nothing in float32."""
+    x = as_tensor(x)
+    if beta == 1.0 and threshold >= 20.0:
+        return _op("Softplus", x)
+    scaled = mul(x, float(beta))
+    curve = div(_op("Softplus", scaled), float(beta))
+    return where(_binary("Greater", scaled, float(threshold)), x, curve)
 
 
 def mish(x: TensorLike) -> Tensor:
