@@ -245,6 +245,21 @@ def test_dropout_is_ratio_less_with_its_ratio_in_metadata(tmp_path):
     assert "Dropout" not in {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
 
 
+def test_attention_refuses_a_second_tensor_in_the_masks_place():
+    # attn(x, x), PyTorch's query/key habit, built (the mask's bias added to the scores) and failed when run
+    class Attend(nn.Module):
+        def __init__(self):
+            self.attn = nn.MultiHeadAttention(32, 4)
+
+        def forward(self, x):
+            return self.attn(x, x)
+
+    with pytest.raises(OnnxkitError, match=r"^attn: self-attention takes attn\(x, mask\) with a mask \[batch, seq\], "
+                                           r"1 = token, 0 = padding \(PyTorch's key_padding_mask is the reverse\); "
+                                           r"got \['batch', 4, 32\] beside x \['batch', 4, 32\]$"):
+        nn.build(Attend(), {"x": nn.Input(["batch", 4, 32])})
+
+
 def test_a_layer_of_no_options_refuses_one():
     # nn.Tanh(3) and nn.Sigmoid(inplace=True) were accepted, the argument dropped (Module overrides __new__)
     with pytest.raises(TypeError, match=r"^Tanh\(\) takes no arguments, got 3$"):

@@ -49,6 +49,8 @@ class MultiHeadAttention(Module):
             raise OnnxkitError(
                 f"{current_graph().where}: attention expects [batch, seq, {self.dim}], got {list(x.shape)}"
             )
+        if mask is not None:
+            self._check_mask(x, mask)
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
         scores = ops.div(ops.matmul(q, ops.transpose(k, [0, 1, 3, 2])), math.sqrt(self.head_dim))
         if mask is not None:
@@ -56,6 +58,19 @@ class MultiHeadAttention(Module):
         weights = self.dropout(ops.softmax(scores, axis=-1))
         ctx = ops.transpose(ops.matmul(weights, v), [0, 2, 1, 3])
         return self.out(ops.reshape(ctx, [0, 0, self.dim]))
+
+    @staticmethod
+    def _check_mask(x: Tensor, mask: Tensor) -> None:
+        """A keep-mask [batch, seq], 1 = token, 0 = padding (PyTorch's key_padding_mask is the other way round:
+        True = ignore). A second tensor like x (PyTorch's attn(query, key) habit) built, and failed at run time."""
+        shape = list(mask.shape) if isinstance(mask, Tensor) else None
+        if shape is None or len(shape) != 2 or (isinstance(shape[1], int) and isinstance(x.shape[1], int)
+                                                and shape[1] != x.shape[1]):
+            raise OnnxkitError(
+                f"{current_graph().where}: self-attention takes attn(x, mask) with a mask [batch, seq], 1 = token, "
+                f"0 = padding (PyTorch's key_padding_mask is the reverse); got {shape or type(mask).__name__} beside "
+                f"x {list(x.shape)}"
+            )
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.num_heads}"
