@@ -260,6 +260,19 @@ def test_attention_refuses_a_second_tensor_in_the_masks_place():
         nn.build(Attend(), {"x": nn.Input(["batch", 4, 32])})
 
 
+def test_inputs_named_as_forwards_parameters_reach_them_by_name():
+    # by position, {"scale": ..., "x": ...} fed the scale to forward(self, x, scale) and x to scale, unsaid
+    class Scaled(nn.Module):
+        def forward(self, x, scale):
+            return nn.ops.div(x, scale)
+
+    model = nn.build(Scaled(), {"scale": nn.Input(["batch", 1]), "x": nn.Input(["batch", 3])})
+    assert [i.name for i in model.graph.input] == ["scale", "x"]  # the graph keeps the order given
+    x, scale = RNG.normal(size=(2, 3)).astype(np.float32), np.array([[2.0], [3.0]], np.float32)
+    close(ort_run(model, {"x": x, "scale": scale})[0], x / scale)
+    assert out_shape(model) == ["batch", 3]
+
+
 def test_a_layer_of_no_options_refuses_one():
     # nn.Tanh(3) and nn.Sigmoid(inplace=True) were accepted, the argument dropped (Module overrides __new__)
     with pytest.raises(TypeError, match=r"^Tanh\(\) takes no arguments, got 3$"):

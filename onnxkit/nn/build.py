@@ -61,7 +61,8 @@ def build(
 ) -> onnx.ModelProto:
     """Trace `module(*inputs)` and return an ONNX model (IR 10).
 
-    `inputs`: input name -> `Input(shape, dtype)`, passed to `forward` in this order.
+    `inputs`: input name -> `Input(shape, dtype)`, passed to `forward` by name when each is named as one of its
+    parameters, else in this order.
     `forward` may return a tensor, a tuple, or a dict (its keys name the
     outputs); `output_names` names a tensor's or tuple's (one name, or a list; default: output_0, ...).
     `name` and `doc`: the graph's (default: the module's class name and docstring).
@@ -82,8 +83,8 @@ def build(
     module.assign_names()
     graph = Graph(opset)
     with tracing(graph):
-        args = [graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()]
-        result = module(*args)
+        args = {n: graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()}
+        result = module(**args) if _named_in_forward(module, args) else module(*args.values())
     outputs = _name_outputs(graph, result, output_names, _forward_of(module))
     _warn_of_unused_layers(module, graph)
     read = {name for node in graph.nodes for name in node.input}
@@ -143,6 +144,17 @@ def _warn_of_unused_layers(module: Module, graph: Graph) -> None:
         weights = sum(p.value.size for _, p in unused)
         warnings.warn(f"layers that forward never calls are left out of the model: {first_few(layers)} "
                       f"({weights:,} weights)", UnusedLayers, stacklevel=3)
+
+
+def _named_in_forward(module: Module, inputs: Mapping[str, Any]) -> bool:
+    """Whether every input is named as one of `forward`'s parameters, so it is passed by that name: by position,
+    {"attention_mask": ..., "input_ids": ...} fed the mask to forward(self, input_ids, attention_mask)."""
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(name in parameters and parameters[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                                 inspect.Parameter.KEYWORD_ONLY) for name in inputs)
 
 
 def _forward_of(module: Module) -> str:
