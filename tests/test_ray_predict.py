@@ -109,7 +109,7 @@ def test_ray_input_errors_need_no_cluster(tmp_path: Path, monkeypatch: pytest.Mo
 
     from onnxkit.runtime.batch import input_files, predict_on_ray
 
-    with pytest.raises(OnnxkitError, match="no .npy, .npz, .csv, .tsv, .parquet, .txt files"):
+    with pytest.raises(OnnxkitError, match="no .npy, .npz, .json, .csv, .tsv, .parquet, .txt files"):
         input_files(tmp_path)
     with pytest.raises(OnnxkitError, match="workers must be at least 1"):
         predict_on_ray(tmp_path / "m.onnx", tmp_path, workers=0)
