@@ -53,7 +53,7 @@ def summarize(model: str | os.PathLike | onnx.ModelProto, path: str | os.PathLik
     initializer_names = {i.name for i in g.initializer}
     nodes = list(every_node(g))
     tensors = [*g.initializer, *(t for n in nodes for sub in subgraphs(n) for t in sub.initializer)]  # If's too
-    count = _parameter_count(nodes, tensors)
+    count = parameter_count(model)
     nbytes = sum(
         int(np.prod(i.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(i.data_type)).itemsize
         for i in tensors
@@ -91,13 +91,21 @@ _FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT1
 _NO_WEIGHTS = (onnx.TensorProto.INT64, onnx.TensorProto.BOOL)  # shapes, axes, indices, masks: a graph's constants
 
 
+def parameter_count(model: onnx.ModelProto) -> int:
+    """The model's parameters, as `summarize` counts them (`_parameter_count`)."""
+    nodes = list(every_node(model.graph))
+    return _parameter_count(nodes, [*model.graph.initializer, *(t for n in nodes for sub in subgraphs(n)
+                                                                 for t in sub.initializer)])
+
+
 def _parameter_count(nodes: list[onnx.NodeProto], tensors: list[onnx.TensorProto]) -> int:
     """The number of weights the model computes with (int64 and bool tensors are the graph's constants, shapes and
     indices, as a dynamo export keeps them): a 4-bit MatMulNBits weight packs two in a byte and
     counts as its K x N (not its bytes); quantization's scales and zero points do not count (so a model and
     its int8 or int4 form count alike): those at the inputs `_SCALES_AT` names; past the data input of QGemm and
     QLinear* ops, the float tensors and the 8-bit ones of rank <= 1; a dynamic int8 weight's scale, multiplied
-    with a DynamicQuantizeLinear's."""
+    with a DynamicQuantizeLinear's. BatchNorm's running statistics are buffers, not parameters (PyTorch's
+    sum(p.numel()) leaves them out too)."""
     by_name = {t.name: t for t in tensors}
     packed, side, input_scales = {}, set(), set()
     for node in nodes:
@@ -110,6 +118,8 @@ def _parameter_count(nodes: list[onnx.NodeProto], tensors: list[onnx.TensorProto
                 t.data_type in _FLOATS or t.data_type in _EIGHT_BITS and len(t.dims) <= 1))
         elif node.op_type == "DynamicQuantizeLinear" and len(node.output) > 1:
             input_scales.add(node.output[1])
+        elif node.op_type == "BatchNormalization":  # running mean and variance: buffers, as PyTorch counts them
+            side.update(node.input[3:5])
     side.update(i for n in nodes if n.op_type == "Mul" and input_scales.intersection(n.input) for i in n.input)
     return sum(packed.get(t.name, int(np.prod(t.dims))) for t in tensors
                if t.name not in side and t.data_type not in _NO_WEIGHTS)

@@ -153,3 +153,20 @@ def test_an_npy_named_npz_is_one_line_everywhere_an_npz_is_read(tmp_path, run_cl
                     ["quantize", model, "--mode", "static", "-o", tmp_path / "q.onnx", "--calib"]):
         result = run_cli(*command, tmp_path / "rows.npz")
         assert (result.code, result.err) == (1, line), command
+
+
+def test_batch_norm_running_statistics_are_no_parameters_in_inspect_or_build(tmp_path, run_cli):
+    # an MLP with BatchNorm1d counted 9,482 where PyTorch's sum(p.numel()) is 9,226: its running statistics
+    from onnxkit import nn
+    from onnxkit.summary import parameter_count, summarize
+
+    model = nn.build(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)),
+                     {"x": nn.Input(["batch", 4])})
+    expected = (4 * 8 + 8) + (8 + 8) + (8 * 3 + 3)  # weights, biases, gamma and beta; not the 16 statistics
+    assert parameter_count(model) == summarize(model)["parameters"] == expected
+    (tmp_path / "net.py").write_text(
+        "from onnxkit import nn\nfrom onnxkit.zoo import Recipe\n\n\ndef recipe():\n"
+        "    return Recipe(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)), "
+        "{'x': nn.Input(['batch', 4])})\n")
+    built = run_cli("build", tmp_path / "net.py", "-o", tmp_path / "net.onnx")
+    assert built.code == 0 and f"({expected:,} parameters," in built.out, built.out + built.err

@@ -6,13 +6,13 @@ import warnings
 from pathlib import Path
 
 import click
-import numpy as np
 
 from onnxkit import zoo
 from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import same_file, save_model
 from onnxkit.nn.build import UnusedLayers
+from onnxkit.summary import parameter_count
 
 
 @click.command("models")
@@ -70,5 +70,4 @@ def build_cmd(model: str, sets: tuple[str, ...], opset: int, output: str) -> Non
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     path = save_model(proto, output)
-    params = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)
-    click.echo(f"wrote {path} ({params:,} parameters, {len(proto.graph.node)} nodes)")
+    click.echo(f"wrote {path} ({parameter_count(proto):,} parameters, {len(proto.graph.node)} nodes)")
