@@ -273,6 +273,17 @@ def test_inputs_named_as_forwards_parameters_reach_them_by_name():
     assert out_shape(model) == ["batch", 3]
 
 
+def test_reshape_by_a_symbolic_dim_says_to_copy_it_with_zero():
+    # x.reshape(x.shape[0], -1), as in PyTorch, was "TypeError: '>' not supported between 'str' and 'int'"
+    class Flat(nn.Module):
+        def forward(self, x):
+            return x.reshape(x.shape[0], -1)
+
+    with pytest.raises(OnnxkitError, match=r"reshape takes whole numbers, got 'batch' \(a symbolic dim of \['batch', "
+                                           r"3, 4\], known only at run time\); give 0 to copy the input's dim there"):
+        nn.build(Flat(), {"x": nn.Input(["batch", 3, 4])})
+
+
 def test_a_layer_of_no_options_refuses_one():
     # nn.Tanh(3) and nn.Sigmoid(inplace=True) were accepted, the argument dropped (Module overrides __new__)
     with pytest.raises(TypeError, match=r"^Tanh\(\) takes no arguments, got 3$"):

@@ -10,6 +10,7 @@ emitted as ops that have one).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -166,6 +167,11 @@ def log_softmax(x: TensorLike, axis: int = -1) -> Tensor:
 def reshape(x: TensorLike, shape: Sequence[int]) -> Tensor:
     """Reshape; 0 copies the input's dim at that position, -1 is inferred (ONNX semantics)."""
     x = as_tensor(x)
+    named = [d for d in shape if not isinstance(d, numbers.Integral)]
+    if named:  # x.reshape(x.shape[0], -1), as in PyTorch: a symbolic dim has no size to give yet
+        raise OnnxkitError(f"{current_graph().where}: reshape takes whole numbers, got {named[0]!r} (a symbolic dim "
+                           f"of {list(x.shape)}, known only at run time); give 0 to copy the input's dim there "
+                           "(x.reshape([0, -1])), or use flatten")
     hint = _reshape_hint(x.shape, list(shape))
     target = current_graph().constant(np.asarray(shape, np.int64))
     return current_graph().op("Reshape", [x, target], shapes=[hint])[0]
