@@ -239,13 +239,18 @@ def _hint(e: Exception) -> str:
         found = (frame.f_locals.get(owner) or frame.f_globals.get(owner) or getattr(nn, owner, None)
                  or getattr(nn.ops, owner, None))
         try:
-            keywords = inspect.signature(getattr(found, method) if method else found).parameters
+            keywords = [k for k in inspect.signature(getattr(found, method) if method else found).parameters
+                        if k != "self"]
         except (AttributeError, TypeError, ValueError):
             return ""
-        return suggest(unexpected["keyword"], [k for k in keywords if k != "self"])
+        ours = [k for k in _TORCH_KEYWORDS.get(unexpected["keyword"], ()) if k in keywords]
+        return f" Did you mean: {ours[0]}? (PyTorch's {unexpected['keyword']})" if ours else \
+            suggest(unexpected["keyword"], keywords)
     return ""
 
 
+# PyTorch's keyword names and the DSL's for them (dim= to mean() was 'Did you mean: keepdims?')
+_TORCH_KEYWORDS = {"dim": ("axis", "axes"), "keepdim": ("keepdims",), "start_dim": ("axis",)}
 _UNEXPECTED_KEYWORD = re.compile(r"(?P<callable>[\w.]+)\(\) got an unexpected keyword argument '(?P<keyword>\w+)'")
 
 

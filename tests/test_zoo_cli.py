@@ -199,6 +199,11 @@ USER_CODE_ERRORS = {
             probabilities = nn.ops.softmax(nn.Input(["batch", 4]), axs=1)  # <-
             return Recipe(nn.Linear(4, 8), {"x": nn.Input(["batch", 4])}, outputs=[probabilities])
     ''', "TypeError: softmax() got an unexpected keyword argument 'axs'. Did you mean: axis"),
+    "PyTorch's keyword in an op": ('''
+        def recipe() -> Recipe:
+            probabilities = nn.ops.softmax(nn.Input(["batch", 4]), dim=1)  # <-
+            return Recipe(nn.Linear(4, 8), {"x": nn.Input(["batch", 4])}, outputs=[probabilities])
+    ''', "TypeError: softmax() got an unexpected keyword argument 'dim'. Did you mean: axis? (PyTorch's dim)\n"),
     "error on import": ('''
         import numpy as np
         SCALE = np.zeroes(3)  # <-
