@@ -222,6 +222,8 @@ def test_embedding_rejects_float_ids():
          lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))),
         (nn.Softplus(beta=2), lambda x: np.where(2 * x > 20, x, np.log1p(np.exp(2 * x)) / 2)),
         (nn.Softplus(threshold=1), lambda x: np.where(x > 1, x, np.log1p(np.exp(x)))),
+        (nn.SiLU(), lambda x: x / (1 + np.exp(-x))),  # PyTorch's names, for a port of a module
+        (nn.Identity(54, unused=True), lambda x: x),
     ],
 )
 def test_activations_and_dropout(layer, ref):
@@ -282,6 +284,14 @@ def test_reshape_by_a_symbolic_dim_says_to_copy_it_with_zero():
     with pytest.raises(OnnxkitError, match=r"reshape takes whole numbers, got 'batch' \(a symbolic dim of \['batch', "
                                            r"3, 4\], known only at run time\); give 0 to copy the input's dim there"):
         nn.build(Flat(), {"x": nn.Input(["batch", 3, 4])})
+
+
+def test_adaptive_average_pooling_to_one_is_the_global_average():
+    model = build_one(nn.AdaptiveAvgPool2d(1), x=nn.Input(["batch", 3, 5, 7]))
+    x = RNG.normal(size=(2, 3, 5, 7)).astype(np.float32)
+    close(ort_run(model, {"x": x})[0], x.mean(axis=(2, 3), keepdims=True))
+    with pytest.raises(OnnxkitError, match=r"^AdaptiveAvgPool2d: output_size \(2, 2\) is not supported, only 1"):
+        nn.AdaptiveAvgPool2d((2, 2))
 
 
 def test_a_layer_of_no_options_refuses_one():

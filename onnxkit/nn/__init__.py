@@ -20,11 +20,13 @@ from onnxkit.nn.activation import (
     Dropout,
     HardSigmoid,
     HardSwish,
+    Identity,
     LeakyReLU,
     Mish,
     PReLU,
     ReLU,
     Sigmoid,
+    SiLU,
     Softmax,
     Softplus,
     Tanh,
@@ -32,6 +34,7 @@ from onnxkit.nn.activation import (
 from onnxkit.nn.attention import FeedForward, MeanPool, MultiHeadAttention, TransformerEncoderLayer
 from onnxkit.nn.build import DEFAULT_OPSET, IR_VERSION, Input, UnusedLayers, build
 from onnxkit.nn.conv import (
+    AdaptiveAvgPool2d,
     AvgPool2d,
     Conv2d,
     ConvTranspose2d,
@@ -48,10 +51,11 @@ from onnxkit.nn.module import Buffer, Module, ModuleList, Parameter, Sequential
 from onnxkit.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm
 
 __all__ = [
-    "CELU", "DEFAULT_OPSET", "ELU", "GELU", "IR_VERSION", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
-    "Buffer", "Conv2d", "ConvTranspose2d", "Dropout", "Embedding", "FeedForward", "Flatten", "GlobalAvgPool2d",
-    "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "Input", "InstanceNorm2d", "LayerNorm",
-    "LeakyReLU", "Linear", "MaxPool2d", "MeanPool", "Mish", "Module", "ModuleList", "MultiHeadAttention",
-    "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh", "Tensor",
-    "TransformerEncoderLayer", "UnusedLayers", "Upsample", "build", "init", "manual_seed", "ops",
+    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Buffer", "CELU", "Conv2d", "ConvTranspose2d",
+    "DEFAULT_OPSET", "Dropout", "ELU", "Embedding", "FeedForward", "Flatten", "GELU", "GlobalAvgPool2d",
+    "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "IR_VERSION", "Identity", "Input", "InstanceNorm2d",
+    "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "MeanPool", "Mish", "Module", "ModuleList",
+    "MultiHeadAttention", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "SiLU", "Sigmoid", "Softmax",
+    "Softplus", "Tanh", "Tensor", "TransformerEncoderLayer", "UnusedLayers", "Upsample", "build", "init",
+    "manual_seed", "ops",
 ]  # fmt: skip

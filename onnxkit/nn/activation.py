@@ -38,6 +38,26 @@ class Sigmoid(Module):
         return ops.sigmoid(x)
 
 
+class SiLU(Module):
+    """x·sigmoid(x) (swish), as PyTorch's."""
+
+    def __init__(self, inplace: bool = False):  # PyTorch's memory option: nothing to do in a graph
+        del inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.mul(x, ops.sigmoid(x))
+
+
+class Identity(Module):
+    """Its input, as PyTorch's (a placeholder in a Sequential); options given are ignored, as there."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        del args, kwargs
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
 class Tanh(Module):
     def forward(self, x: Tensor) -> Tensor:
         return ops.tanh(x)
@@ -176,5 +196,5 @@ class Dropout(Module):
 
 
 ACTIVATIONS: dict[str, type[Module]] = {
-    "relu": ReLU, "gelu": GELU, "sigmoid": Sigmoid, "tanh": Tanh, "leaky_relu": LeakyReLU,
+    "relu": ReLU, "gelu": GELU, "sigmoid": Sigmoid, "tanh": Tanh, "leaky_relu": LeakyReLU, "silu": SiLU,
 }  # fmt: skip

@@ -193,6 +193,19 @@ class GlobalAvgPool2d(_GlobalPool2d):
     op_type = "GlobalAveragePool"
 
 
+class AdaptiveAvgPool2d(GlobalAvgPool2d):
+    """PyTorch's AdaptiveAvgPool2d for output_size 1 (what a classifier head uses): GlobalAvgPool2d."""
+
+    def __init__(self, output_size: int | tuple[int, int]):
+        if output_size not in (1, (1, 1)):
+            raise OnnxkitError(f"AdaptiveAvgPool2d: output_size {output_size!r} is not supported, only 1 (a "
+                               "global average); for another size use AvgPool2d with the kernel and stride it means")
+        self.output_size = output_size
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size!r}"
+
+
 class GlobalMaxPool2d(_GlobalPool2d):
     """Max over H×W: [N, C, H, W] -> [N, C, 1, 1]."""
 
