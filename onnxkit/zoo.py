@@ -179,8 +179,10 @@ def _build_error(e: Exception, name: str, module: ModuleType, kwargs: dict[str, 
     if isinstance(e, MemoryError):
         return OnnxkitError(f"{name} with {shown} does not fit in memory; choose smaller sizes")
     located = _in_user_code(e, module)
-    if located or isinstance(e, OnnxkitError):
+    if located:
         return located
+    if isinstance(e, OnnxkitError):  # a layer refusing a value: one of the options given, if any was
+        return OptionError(f"{name} with {shown}: {e}") if kwargs else None
     if not isinstance(e, (ValueError, TypeError, ArithmeticError, IndexError, protobuf.Error)):
         return None
     big = " (an .onnx file holds at most 2 GB)" if isinstance(e, protobuf.Error) else ""

@@ -141,6 +141,8 @@ def only_files(folder) -> list[str]:
          "'lots' is not a number (default 0.1) "),
         (["build", "digits-cnn", "--set", "channels=0"], "option channels=0: must be a positive integer (default 32)"),
         (["build", "digits-cnn", "--set", "channels"], "expected key=value"),
+        (["build", "digits-mlp", "--set", "dropout=1.5"],  # a layer refusing the value: exit 1, naming no option
+         "error: Invalid value for --set: digits-mlp with dropout=1.5: Dropout: p must be in [0, 1), got 1.5 "),
         (["build", "missing_file.py"], "no such file"),
     ],
 )
