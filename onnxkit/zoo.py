@@ -193,30 +193,34 @@ def _in_user_code(e: Exception, module: ModuleType) -> OnnxkitError | None:
     """`e` as one line at its place in the user's recipe file (`net.py:12: NameError: ...`),
     with a hint when one helps; None for a zoo recipe, or when no line of the file is involved."""
     file = module.__file__ or ""
-    line = None if Path(file).parent == ZOO_DIR else _line_in(e, file)
+    line, made = (None, "") if Path(file).parent == ZOO_DIR else _line_in(e, file)
     if line is None:
         return None
     what = str(e) if isinstance(e, OnnxkitError) else _describe(e)
     hint = _hint(e)
     where = os.path.relpath(file) if Path(file).is_relative_to(Path.cwd()) else file
-    message = f"{where}:{line}: {what}{'.' if hint else ''}{hint}"
+    message = f"{where}:{line}: {what}{'.' if hint else ''}{hint}{made}"
     return OnnxkitError(" ".join(message.split()))  # a message of several lines becomes one
 
 
 _MODULE_CALL = nn.Module.__call__.__code__
 
 
-def _line_in(e: BaseException, file: str) -> int | None:
-    """The line of `file` nearest where `e` was raised: its innermost traceback frame there, or
-    where the innermost layer being traced was made there (say, a Sequential's child)."""
+def _line_in(e: BaseException, file: str) -> tuple[int | None, str]:
+    """The line of `file` nearest where `e` was raised: its innermost traceback frame there, or where the
+    innermost layer being traced was made there (say, a Sequential's child, or a layer of the wrong sizes); and
+    then ' (called at line N)', the line that called that layer (a wrong argument is fixed there)."""
     line = e.lineno if isinstance(e, SyntaxError) and e.filename == file else None
+    called = in_file = None  # the line calling the layer; the innermost line of the file so far
     for frame, lineno in traceback.walk_tb(e.__traceback__):
         if frame.f_code is _MODULE_CALL:
             made_in, made_at = getattr(frame.f_locals["self"], "_created_at", ("", 0))
-            line = made_at if made_in == file else line
+            if made_in == file:
+                line, called = made_at, in_file
         elif frame.f_code.co_filename == file:
-            line = lineno
-    return line
+            line = in_file = lineno
+            called = None
+    return line, f" (called at line {called})" if called is not None and called != line else ""
 
 
 def _describe(e: Exception) -> str:

@@ -213,6 +213,18 @@ USER_CODE_ERRORS = {
     "SyntaxError": ("\ndef recipe(:  # <-\n", "SyntaxError: invalid syntax"),
     "layer sizes": (USER_MLP.format(fc2_in=16, fc2_name="fc2", mark_fc2="  # <-", mark_forward=""),
                     "fc2: MatMul(float32[batch, 32], float32[16, 10]): Incompatible dimensions"),
+    "a layer called with a wrong argument": ('''
+        class Scaled(nn.Module):
+            def __init__(self):
+                self.fc = nn.Linear(4, 3)  # <-
+
+            def forward(self, x):
+                return self.fc(1)
+
+        def recipe() -> Recipe:
+            return Recipe(Scaled(), {"x": nn.Input(["batch", 4])})
+    ''', "fc: MatMul(float32[], float32[4, 3]): Input tensors of wrong rank (0). (called at line 9)"),  # the
+    # call, where the fix goes, was not named
     "layer sizes in a Sequential": ('''
         def recipe() -> Recipe:
             net = nn.Sequential([nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 16),
