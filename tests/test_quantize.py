@@ -1392,3 +1392,27 @@ def test_static_mode_says_an_lstm_stays_float_and_dynamic_quantizes_it():
     note = "LSTM stays fp32 in static mode (ONNX Runtime's static quantizer has no LSTM); --mode dynamic quantizes it"
     assert note in quantize(model, mode="static", calib=calib, measure_latency=False).report.notes
     assert note not in quantize(model, mode="dynamic", measure_latency=False).report.notes
+
+
+def test_latency_runs_each_model_first_in_turn(monkeypatch):
+    # the fp32 model always ran first in each pair, the quantized one on the caches and clock it left
+    import onnxruntime as ort
+
+    from onnxkit.quantize import latency
+
+    order = []
+
+    class Recording(ort.InferenceSession):
+        def run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            order.append(self.get_modelmeta().graph_name)
+            return super().run(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Recording)
+    models = {}
+    for name in ("a", "b"):
+        model = mlp()
+        model.graph.name = name
+        models[name] = model.SerializeToString()
+    feeds = {1: {"x": np.ones((1, D_IN), np.float32)}}
+    latency.measure(models, feeds, budget_s=0, min_runs=4, max_runs=4)
+    assert order == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then alternating leads

@@ -38,7 +38,8 @@ def measure(
     """Median milliseconds per run: {model label: {batch size: ms}}.
 
     feeds maps a batch size to its inputs.
-    Each batch size gets about `budget_s` seconds for all models together.
+    Each batch size gets about `budget_s` seconds for all models together; the models run in turn, each going
+    first in turn (a model right after another can find the CPU's caches and clock as that one left them).
     spread: filled with {batch size: (p25, p75)} of the run-by-run ratios of the second model's time to the
     first's (each pair run back to back); far apart, the CPU was shared and the medians are not to be trusted.
     """
@@ -55,12 +56,14 @@ def measure(
         for sess in sessions.values():  # warm-up: allocations, kernel selection
             sess.run(None, feed)
         start = time.perf_counter()
+        order = list(sessions.items())
         while True:
-            for label, sess in sessions.items():
+            runs = len(times[next(iter(times))])
+            for label, sess in order[runs % len(order):] + order[:runs % len(order)]:  # each goes first in turn
                 t0 = time.perf_counter()
                 sess.run(None, feed)
                 times[label].append(time.perf_counter() - t0)
-            runs = len(times[next(iter(times))])
+            runs += 1
             if runs >= max_runs or (runs >= min_runs and time.perf_counter() - start > budget_s):
                 break
         for label, samples in times.items():
