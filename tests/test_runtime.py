@@ -587,13 +587,33 @@ def _batch_centred() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def _running_total() -> onnx.ModelProto:
+    """A cumulative sum over the batch: row k depends on the rows before it."""
+    axis = numpy_helper.from_array(np.array(0, np.int64), "axis")
+    graph = helper.make_graph([helper.make_node("CumSum", ["x", "axis"], ["y"])], "running",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [axis])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def _symbolic_features() -> onnx.ModelProto:
+    """x [batch, f] @ w [3, 3]: a feature size named, not given, as an export with dynamic axes may leave it."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "f"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+                              [numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 @pytest.mark.parametrize(("proto", "independent"), [
     (_one_op("Relu", ["batch", 3]), True),
     (_one_op("ReduceSum", [1, 1], keepdims=1), False),  # one value for all the rows
     (_one_op("Transpose", [3, "batch"]), False),  # rows on its second axis
     (_one_op("ReduceSum", ["batch", 1], keepdims=1), False),  # declared per row, but not: probed
     (_batch_centred(), False),  # a row per row, each depending on the others
-], ids=["relu", "total", "transpose", "mislabelled-total", "batch-centred"])
+    (_running_total(), False),  # the first row as alone, the others not
+    (_symbolic_features(), True),  # the probe cannot run it (8 features for 3): judged by its shapes, as before
+], ids=["relu", "total", "transpose", "mislabelled-total", "batch-centred", "running-total", "symbolic-features"])
 def test_rows_run_in_batches_only_where_each_output_row_is_its_own_input_rows_alone(proto, independent, run_cli,
                                                                                     tmp_path):
     # a model whose outputs did not follow the rows was split into batches anyway, or refused (run it whole:

@@ -15,7 +15,7 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.label_columns import feature_names, in_trained_order, label_column, trained_columns
-from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, SCORES_KEY, TASK_KEY
+from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, QUANTIZATION_KEY, SCORES_KEY, TASK_KEY
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.rows import rows_independent
 from onnxkit.runtime.session import (
@@ -67,7 +67,7 @@ class Model:
         self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self.task = self.metadata.get(TASK_KEY)
         self.given_probabilities = self.metadata.get(SCORES_KEY) == "probabilities"
-        graph = self._graph = _Graph(source)
+        graph = _Graph(source)
         self.scores_output = self.metadata.get(OUTPUT_KEY)
         layout = None if self.scores_output else _label_then_scores(self.outputs, graph)
         if layout:  # a classifier whose first output is its label (skl2onnx's, or PyTorch's (argmax, logits))
@@ -94,13 +94,23 @@ class Model:
         self._releasing = ort.RunOptions()
         arenas = "cpu:0" + (f";gpu:{device_id}" if on_gpu else "")
         self._releasing.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
+        # a parsed graph, or the bytes it is parsed from, is as large as the model: neither is kept for its life
+        graph.forget()
+        self._graph = graph if not isinstance(source, bytes) else None
 
     @functools.cached_property
     def rows_out(self) -> bool:
         """Whether each output has a row per input row that depends on that row alone (`rows.rows_independent`,
         which runs the model twice the first time it is asked), so that rows may run in batches, and requests be
         merged into one run (serve)."""
-        return rows_independent(self.inputs, self.outputs, self.run, self._graph.quantizes_per_run)
+        return rows_independent(self.inputs, self.outputs, self.run, self._quantizes_per_run)
+
+    def _quantizes_per_run(self) -> bool:
+        """Whether the model quantizes its activations with each run's range: onnxkit's dynamic int8 (its metadata
+        says so), or a graph of such ops (read from the model's file; a model given as bytes is not kept)."""
+        if json.loads(self.metadata.get(QUANTIZATION_KEY, "{}")).get("mode") == "dynamic":
+            return True
+        return self._graph is not None and self._graph.quantizes_per_run()
 
     @property
     def providers(self) -> list[str]:
@@ -301,7 +311,13 @@ class _Graph:
     def quantizes_per_run(self) -> bool:
         """Whether the model quantizes activations with each run's range (dynamic int8: DynamicQuantizeLinear,
         QAttention, ...); False without a graph."""
-        return self.proto is not None and any(node.op_type in _PER_RUN_QUANTIZATION for node in self.proto.graph.node)
+        found = self.proto is not None and any(node.op_type in _PER_RUN_QUANTIZATION for node in self.proto.graph.node)
+        self.forget()
+        return found
+
+    def forget(self) -> None:
+        """Drop the parsed graph; it is parsed again if asked for."""
+        self.__dict__.pop("proto", None)
 
     def sklearn_classes(self) -> tuple[str, ...] | None:
         """A scikit-learn classifier's classes, as text, in its probabilities' column order (its nodes name them)."""

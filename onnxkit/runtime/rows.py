@@ -4,8 +4,8 @@ merging requests into one run (serve), whose outputs are then split back by row.
 An output's declared shape settles it when its first dimension is a fixed size (a column sum's [3], a
 transpose's [3, batch]: never per row) or a scalar or a sequence of tensors; otherwise a probe decides,
 since a first dimension named as the inputs' batch can still mix rows (a [batch, batch] similarity, a
-normalisation over the batch): the model runs on three rows of varied values and on the first alone, and
-every output must have one row per input row, the lone row's the same as in company.
+normalisation over the batch): the model runs on three rows of varied values and on the first and the last
+alone, and every output must have one row per input row, a lone row's the same as in company.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ _CLOSE = dict(rtol=1e-3, atol=1e-5, equal_nan=True)  # kernels differ in summati
 def rows_independent(inputs: list[TensorSpec], outputs: list[TensorSpec], run: Any,
                      quantized_per_run: Callable[[], bool] = lambda: False) -> bool:
     """True when every output has a row per input row that depends on that row alone; `run(feeds)` runs the model
-    (its outputs by name). False for a model whose inputs fix their batch size, and when a probe run fails.
+    (its outputs by name). False for a model whose inputs fix their batch size. A model the probe cannot run (its
+    inputs need other sizes or values) is judged by its outputs' shapes alone, as before there was a probe (a
+    symbolic feature size, 8 here, must not stop a big input from running in batches).
     `quantized_per_run()`: whether the model quantizes its activations with each run's range (dynamic int8), so
     that a row moves with its company by design (a MiniLM logit by up to 19% of the logits' range): its rows
     then count as its own when their shapes say so (serve's README states the trade)."""
@@ -35,12 +37,16 @@ def rows_independent(inputs: list[TensorSpec], outputs: list[TensorSpec], run: A
     feeds = _probe_feeds(inputs)
     try:
         together = run(feeds)
-        alone = run({name: value[:1] for name, value in feeds.items()})
-    except Exception:  # noqa: BLE001 - onnxruntime's errors have no common base: a model not to merge rows of
+        first, last = (run({name: value[row] for name, value in feeds.items()}) for row in (slice(1), slice(-1, None)))
+    except Exception:  # noqa: BLE001 - onnxruntime's errors have no common base
+        return True
+    if not all(_per_row(together[spec.name], PROBE_ROWS) and _per_row(first[spec.name], 1) for spec in outputs):
         return False
-    if not all(_per_row(together[spec.name], PROBE_ROWS) and _per_row(alone[spec.name], 1) for spec in outputs):
-        return False
-    return all(_same_row(alone[spec.name][0], together[spec.name][0]) for spec in outputs) or quantized_per_run()
+    # the first row and the last alone: a row depending on those before it (a cumulative sum over the batch) keeps
+    # the first one as it is
+    same = all(_same_row(first[spec.name][0], together[spec.name][0]) and
+               _same_row(last[spec.name][0], together[spec.name][-1]) for spec in outputs)
+    return same or quantized_per_run()
 
 
 def _may_be_per_row(spec: TensorSpec) -> bool:
