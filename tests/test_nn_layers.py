@@ -300,6 +300,22 @@ def test_a_layer_of_no_options_refuses_one():
         nn.Tanh(3)
     with pytest.raises(TypeError, match=r"^Sigmoid\(\) takes no arguments, got inplace=True$"):
         nn.Sigmoid(inplace=True)
+    # every layer PyTorch gives inplace= takes it (a memory option), as ReLU(inplace=True) ports verbatim
+    for layer in (nn.ReLU, nn.SiLU, nn.SELU, nn.Mish, nn.HardSigmoid, nn.HardSwish, nn.LeakyReLU, nn.ELU, nn.CELU,
+                  nn.Dropout):
+        layer(inplace=True)
+
+    class Counted:  # a mixin of the user's: super().__init__() reaches it through Module (it did not)
+        def __init__(self) -> None:
+            self.counted = True
+            super().__init__()
+
+    class Net(nn.Module, Counted):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+    assert Net().counted
 
 
 def test_gelu_uses_gelu_op_from_opset_20():

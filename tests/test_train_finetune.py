@@ -326,3 +326,17 @@ def test_batches_of_one_row_are_refused_where_batch_norm_would_zero_every_value(
     kept = run_cli("train", tmp_path / "fixed.onnx", *common, "--batch-size", "1", "--freeze", "bn.running_*",
                    "-o", tmp_path / "r3")
     assert kept.code == 0, kept.err
+
+
+def test_a_workers_share_of_one_row_is_refused_where_batch_norm_trains(tmp_path, monkeypatch):
+    # --batch-size 2 on 2 workers gives each one row (distributed.shard): BatchNorm then normalised one value a channel
+    from test_train_resume import mlp_with_batchnorm
+
+    from onnxkit.train import distributed
+
+    monkeypatch.setattr(distributed, "SIZE_VARIABLES", ("ONNXKIT_TEST_SIZE",))
+    monkeypatch.setenv("ONNXKIT_TEST_SIZE", "2")
+    assert distributed.smallest_share(2) == 1 and distributed.smallest_share(5) == 2
+    monkeypatch.setattr(distributed, "current_world", lambda: None)  # the run itself stays one process
+    with pytest.raises(OnnxkitError, match="would normalise each channel over one value in batches of one row"):
+        fit(mlp_with_batchnorm(), "digits", tmp_path / "run", steps=2, batch_size=2, device="cpu")

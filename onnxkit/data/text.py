@@ -41,8 +41,16 @@ class TextSplit(Split):
 
     def _batch(self, indices: np.ndarray | slice) -> tuple[dict[str, np.ndarray], np.ndarray]:
         inputs, labels = super()._batch(indices)
-        longest = max(int(self.lengths[indices].max(initial=1)), 1)
-        return {k: v[:, :longest] if v.ndim == 2 else v for k, v in inputs.items()}, labels
+        return _cut(inputs, max(int(self.lengths[indices].max(initial=1)), 1)), labels
+
+    @property
+    def width(self) -> int:
+        """The tokens a row is padded to: the max_length its texts were cut at."""
+        return next((v.shape[1] for v in self.inputs.values() if v.ndim == 2), 0)
+
+    def first_row(self, length: int) -> dict[str, np.ndarray]:
+        """The first row's token arrays, `length` tokens long (padding past its text)."""
+        return _cut({k: v[:1] for k, v in self.inputs.items()}, length)
 
     def _rows(self, indices: np.ndarray) -> TextSplit:
         inputs, labels = Split._batch(self, indices)
@@ -62,6 +70,11 @@ class TextSplit(Split):
         whole = Split(self.name, self.inputs, self.labels)
         whole.data = self.data
         return whole
+
+
+def _cut(inputs: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """Token arrays ([rows, tokens]) cut to `length` tokens; others as they are."""
+    return {k: v[:, :length] if v.ndim == 2 else v for k, v in inputs.items()}
 
 
 def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]

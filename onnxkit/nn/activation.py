@@ -10,10 +10,14 @@ from onnxkit.nn.graph import Tensor, current_graph
 from onnxkit.nn.module import Module, Parameter, check_int, check_number, check_probability
 
 
-class ReLU(Module):
-    def __init__(self, inplace: bool = False):  # PyTorch's memory option: nothing to do in a graph
+class _InPlace(Module):
+    """A layer PyTorch gives `inplace=` (a memory option: nothing to do in a graph), taken and left unused."""
+
+    def __init__(self, inplace: bool = False):
         del inplace
 
+
+class ReLU(_InPlace):
     def forward(self, x: Tensor) -> Tensor:
         return ops.relu(x)
 
@@ -38,11 +42,8 @@ class Sigmoid(Module):
         return ops.sigmoid(x)
 
 
-class SiLU(Module):
+class SiLU(_InPlace):
     """x·sigmoid(x) (swish), as PyTorch's."""
-
-    def __init__(self, inplace: bool = False):  # PyTorch's memory option: nothing to do in a graph
-        del inplace
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.mul(x, ops.sigmoid(x))
@@ -64,7 +65,7 @@ class Tanh(Module):
 
 
 class LeakyReLU(Module):
-    def __init__(self, negative_slope: float = 0.01):
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):  # inplace: as _InPlace's
         self.negative_slope = check_number(self, "negative_slope", negative_slope)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -86,7 +87,7 @@ class Softmax(Module):
 
 
 class _WithAlpha(Module):
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):  # inplace: as _InPlace's
         self.alpha = check_number(self, "alpha", alpha)
 
     def extra_repr(self) -> str:
@@ -103,8 +104,8 @@ class ELU(_WithAlpha):
 class CELU(_WithAlpha):
     """max(0, x) + min(0, alpha·(exp(x/alpha) - 1)); float32 only."""
 
-    def __init__(self, alpha: float = 1.0):
-        super().__init__(alpha)
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):
+        super().__init__(alpha, inplace)
         if alpha == 0:
             raise OnnxkitError("CELU: alpha must be non-zero, got 0")
 
@@ -112,7 +113,7 @@ class CELU(_WithAlpha):
         return ops.celu(x, self.alpha)
 
 
-class SELU(Module):
+class SELU(_InPlace):
     def forward(self, x: Tensor) -> Tensor:
         return ops.selu(x)
 
@@ -131,21 +132,21 @@ class Softplus(Module):
         return f"beta={self.beta}, threshold={self.threshold}"
 
 
-class Mish(Module):
+class Mish(_InPlace):
     """x·tanh(softplus(x)); the Mish op from opset 18, its three ops below."""
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.mish(x)
 
 
-class HardSigmoid(Module):
+class HardSigmoid(_InPlace):
     """PyTorch's hardsigmoid: max(0, min(1, x/6 + 1/2))."""
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.hard_sigmoid(x)
 
 
-class HardSwish(Module):
+class HardSwish(_InPlace):
     """x·hardsigmoid(x)."""
 
     def forward(self, x: Tensor) -> Tensor:
@@ -180,7 +181,7 @@ class Dropout(Module):
     derives the training form.
     """
 
-    def __init__(self, p: float = 0.1):
+    def __init__(self, p: float = 0.1, inplace: bool = False):  # inplace: as _InPlace's
         self.p = check_probability(self, "p", p)
 
     def forward(self, x: Tensor) -> Tensor:

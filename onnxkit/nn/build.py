@@ -74,7 +74,7 @@ def build(
         raise TypeError(f"build takes a Module{hint}, not {module!r}")
     if not isinstance(inputs, Mapping) or not all(isinstance(v, Input) for v in inputs.values()):
         raise TypeError("inputs must be a dict of input name -> nn.Input(shape, dtype), such as "
-                        "{'x': nn.Input(['batch', 64])}, in forward's argument order")
+                        "{'x': nn.Input(['batch', 64])}, named as forward's parameters (else in their order)")
     if isinstance(opset, bool) or not isinstance(opset, numbers.Integral):
         raise TypeError(f"opset must be an integer, 13..{MAX_OPSET}, not {opset!r}")
     if not 13 <= opset <= MAX_OPSET:

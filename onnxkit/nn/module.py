@@ -114,18 +114,16 @@ class Module:
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Module:
-        """Remember where the layer was made, `(file, line)`, so errors can point at that code."""
+        """Remember where the layer was made, `(file, line)`, so errors can point at that code. A layer of no
+        options given one is a TypeError (with `__new__` overridden, Python skips its own check: nn.Tanh(3) and
+        nn.GELU(approximate='tanh') were taken and the argument dropped)."""
+        if (args or kwargs) and cls.__init__ is object.__init__:
+            given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+            raise TypeError(f"{cls.__name__}() takes no arguments, got {given}")
         module = super().__new__(cls)
         caller = sys._getframe(1)
         module._created_at = (caller.f_code.co_filename, caller.f_lineno)
         return module
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """A layer of no options: one given is a TypeError (with `__new__` overridden, Python's own check is
-        skipped, and nn.Tanh(3) or an option a layer lacked was dropped without a word)."""
-        if args or kwargs:
-            given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
-            raise TypeError(f"{type(self).__name__}() takes no arguments, got {given}")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         graph = current_graph()

@@ -348,17 +348,20 @@ def _onnxruntime_errors(model: str) -> Iterator[None]:
 
 
 def _float64_values(model: onnx.ModelProto) -> list[str]:
-    """The model's float64 weight matrices (a scalar may stay float64 where the weights are float32)."""
-    return [t.name for t in model.graph.initializer if t.data_type == TensorProto.DOUBLE and len(t.dims) >= 2]
+    """The float64 weights the quantizers would take: those a MatMul, Gemm or Conv multiplies by, or a Gather
+    looks up (a float64 table elsewhere, on a side path, is left as it is)."""
+    weights = {node.input[0] if node.op_type == "Gather" else node.input[1] for node in model.graph.node
+               if node.op_type in ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather") and len(node.input) > 1}
+    return [t.name for t in model.graph.initializer if t.data_type == TensorProto.DOUBLE and t.name in weights]
 
 
 def _check_loads(quantized: onnx.ModelProto) -> None:
     """Refuse to write a quantized model onnxruntime cannot load (a pass's output it rejects), whether or not
     the report times or scores it."""
-    from onnxkit.runtime.session import create_session, error_reason, session_options
+    from onnxkit.runtime.session import error_reason, plain_session
 
     try:
-        create_session(quantized.SerializeToString(), session_options(1, "disabled"), ["CPUExecutionProvider"])
+        plain_session(quantized.SerializeToString())
     except OnnxkitError as e:
         raise OnnxkitError(f"the quantized model does not load in onnxruntime {_ort_version()} "
                            f"({error_reason(e.__cause__ or e)}); nothing written: try another --mode, or --exclude "

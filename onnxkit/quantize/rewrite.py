@@ -72,6 +72,8 @@ def constants_as_initializers(model: onnx.ModelProto) -> int:
         tensor = graph.initializer.add()
         tensor.CopyFrom(value)
         tensor.name = name
+        if model.ir_version < 4:  # where an initializer must also be a graph input
+            graph.input.append(helper.make_tensor_value_info(name, value.data_type, list(value.dims)))
     return len(found)
 
 

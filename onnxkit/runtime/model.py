@@ -144,10 +144,12 @@ class Model:
         left out, as predict reads a CSV (matched by position, reversed columns answered wrongly: versicolor for
         setosa)."""
         trained = trained_columns(self.metadata)
+        if trained is None:  # a model that names no columns: the frame is its values, as before
+            return frame
         names = [str(c) for c in frame.columns]
         label = label_column(names, "the DataFrame")
         order = in_trained_order(feature_names(names, label), trained, "the DataFrame")
-        if order is None and (label is None or trained is None):
+        if order is None and label is None:
             return frame
         kept = [c for j, c in enumerate(frame.columns) if j != label]
         return frame[kept if order is None else [kept[i] for i in order]]

@@ -89,6 +89,12 @@ def _preload_cuda() -> None:
         ort.preload_dlls()
 
 
+def plain_session(model: bytes) -> ort.InferenceSession:
+    """A session on one CPU thread without graph optimisation: for a check run or two (does the model load, does
+    it run this input), not for speed."""
+    return create_session(model, session_options(1, "disabled"), [_CPU])
+
+
 def check_started(session: ort.InferenceSession, kind: str, device: str) -> None:
     """Raise when a session asked for CUDA came up on the CPU alone (a missing CUDA library)."""
     if kind == "cuda" and session.get_providers()[0] != _CUDA:

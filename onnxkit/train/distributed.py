@@ -72,6 +72,11 @@ def _environment_int(names: tuple[str, ...], default: int) -> int:
     return default
 
 
+def smallest_share(rows: int) -> int:
+    """The fewest rows of a batch of `rows` a rank takes (`shard`): all of them when this process runs alone."""
+    return rows // _environment_int(SIZE_VARIABLES, 1)
+
+
 def rank() -> int:
     """This process's MPI rank from the launcher's environment (0 outside MPI); imports nothing."""
     return _environment_int(RANK_VARIABLES, 0)

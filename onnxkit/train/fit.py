@@ -65,7 +65,7 @@ from onnxkit.metadata_keys import (
     TASK_KEY,
     TRAINING_KEY,
 )
-from onnxkit.runtime.session import create_session, session_options
+from onnxkit.runtime.session import plain_session
 from onnxkit.signals import held_back
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
@@ -667,24 +667,22 @@ class _Setup:
                                f"only {train} examples; give more data or {dynamic}")
 
     def _check_text_length(self) -> None:
-        """Refuse, in one line, texts longer than the model runs (its position table: an error in the first
-        step, inside the graph), with the longest it does run; one row at the longest length is tried first."""
+        """Refuse, in one line, a text length the model cannot run (past its position table: an error in a step,
+        inside the graph), with the longest it does run: one row at the data's full length (max_length, what a
+        split's longest text may reach) is tried first."""
         train = self.splits["train"]
         if not isinstance(train, TextSplit) or self.output not in {o.name for o in self.model.graph.output}:
             return
-        row = int(np.argmax(train.lengths))
-        tokens = {k: v[row:row + 1] for k, v in train.inputs.items()}
-        session = create_session(self.model.SerializeToString(), session_options(1, "disabled"),
-                                 ["CPUExecutionProvider"])
+        session = plain_session(self.model.SerializeToString())
 
         def runs(length: int) -> bool:
             try:
-                session.run([self.output], {k: v[:, :length] if v.ndim == 2 else v for k, v in tokens.items()})
+                session.run([self.output], train.first_row(length))
             except Exception:  # noqa: BLE001 - any failure: a length it cannot take
                 return False
             return True
 
-        longest = int(train.lengths[row])
+        longest = train.width
         if runs(longest) or not runs(1):  # one that fails at any length fails on its own later, saying why
             return
         low, high = 1, longest  # runs(low), not runs(high)
@@ -795,10 +793,11 @@ class _Setup:
         self.cached = {"boundary": split.boundary, "seconds": round(time.perf_counter() - started, 2)}
 
     def _check_batch_statistics(self) -> None:
-        """Refuse batches of one row where a BatchNormalization trains on its batch's statistics over one value a
-        channel (an [N, C] input, or one whose sizes past the channels are all 1): every value normalises to 0 and
-        the model learns nothing (PyTorch refuses it alike: 'Expected more than 1 value per channel')."""
-        if (self.fixed or self.config.batch_size) != 1:
+        """Refuse batches of one row (a data-parallel worker's share of one) where a BatchNormalization trains on its
+        batch's statistics over one value a channel (an [N, C] input, or one whose sizes past the channels are all
+        1): every value normalises to 0 and the model learns nothing (PyTorch refuses it alike: 'Expected more than
+        1 value per channel')."""
+        if distributed.smallest_share(self.fixed or self.config.batch_size) > 1:  # a data-parallel worker's share
             return
         for node in self.model.graph.node:
             value = self.types.get(node.input[0]) if node.op_type == "BatchNormalization" else None

@@ -436,7 +436,7 @@ def training_form(
         graph.node.append(node)
     if need_true:
         graph.initializer.append(helper.make_tensor(f"{PREFIX}.training_mode", TensorProto.BOOL, [], [True]))
-    if batch_statistics and opset(model) < 14:  # training_mode came with BatchNormalization-14; every op that
+    if batch_statistics and opset(model) == 13:  # training_mode came with BatchNormalization-14; every op that
         for entry in form.opset_import:  # changed from 13 to 14 kept its meaning (new attributes default to it)
             if entry.domain in ("", "ai.onnx"):
                 entry.version = 14

@@ -264,10 +264,11 @@ class OrtTrainingBackend(Backend):
             optimizer = _optimizer_block(problem)
             optimizer(block.parameters())
             optimizer_model = optimizer.to_model_proto()
-        for node in optimizer_model.graph.node:  # onnxblock writes Hugging Face's AdamW (adam_mode 1: eps before the
-            for attribute in node.attribute:  # bias correction, decay after the step); torch.optim.AdamW's is mode 0
-                if node.op_type == "AdamWOptimizer" and attribute.name == "adam_mode":
-                    attribute.i = 0
+        # onnxblock writes Hugging Face's AdamW (adam_mode 1: eps before the bias correction, decay after the step);
+        # torch.optim.AdamW's is mode 0
+        for node in (n for n in optimizer_model.graph.node if n.op_type == "AdamWOptimizer"):
+            for attribute in (a for a in node.attribute if a.name == "adam_mode"):
+                attribute.i = 0
         optimizer_model.ir_version = min(optimizer_model.ir_version, MAX_IR_VERSION)
         save_model(optimizer_model, directory / OPTIMIZER_MODEL)
         weights = [*problem.trainable, *problem.buffers, *problem.frozen]
