@@ -101,7 +101,7 @@ class Model:
     @functools.cached_property
     def rows_out(self) -> bool:
         """Whether each output has a row per input row that depends on that row alone (`rows.rows_independent`,
-        which runs the model twice the first time it is asked), so that rows may run in batches, and requests be
+        which runs the model three times the first time it is asked), so that rows may run in batches, and requests be
         merged into one run (serve)."""
         return rows_independent(self.inputs, self.outputs, self.run, self._quantizes_per_run)
 
