@@ -191,11 +191,11 @@ USER_CODE_ERRORS = {
     "TypeError in the user's code": ('''
         def recipe() -> Recipe:
             return Recipe(nn.Linear(64), {"x": nn.Input(["batch", 64])})  # <-
-    ''', "TypeError: Linear.__init__() missing 1 required positional argument: 'out_features'"),
+    ''', "TypeError: Linear() missing a required argument: 'out_features'"),
     "keyword typo": ('''
         def recipe() -> Recipe:
             return Recipe(nn.Linear(64, 8, bais=False), {"x": nn.Input(["batch", 64])})  # <-
-    ''', "TypeError: Linear.__init__() got an unexpected keyword argument 'bais'. Did you mean: bias?\n"),
+    ''', "TypeError: Linear() got an unexpected keyword argument 'bais'. Did you mean: bias?\n"),
     "keyword typo in an op": ('''
         def recipe() -> Recipe:
             probabilities = nn.ops.softmax(nn.Input(["batch", 4]), axs=1)  # <-
@@ -206,6 +206,10 @@ USER_CODE_ERRORS = {
             probabilities = nn.ops.softmax(nn.Input(["batch", 4]), dim=1)  # <-
             return Recipe(nn.Linear(4, 8), {"x": nn.Input(["batch", 4])}, outputs=[probabilities])
     ''', "TypeError: softmax() got an unexpected keyword argument 'dim'. Did you mean: axis? (PyTorch's dim)\n"),
+    "an option the DSL's layer lacks": ('''
+        def recipe() -> Recipe:
+            return Recipe(nn.MaxPool2d(2, ceil_mode=True), {"x": nn.Input(["batch", 1, 8, 8])})  # <-
+    ''', "TypeError: MaxPool2d() got an unexpected keyword argument 'ceil_mode'\n"),  # was _Pool2d.__init__()
     "error on import": ('''
         import numpy as np
         SCALE = np.zeroes(3)  # <-

@@ -4,6 +4,7 @@ the hierarchical names of the ONNX initializers (`encoder.layers.0.attn.q.weight
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import zipfile
@@ -120,6 +121,11 @@ class Module:
         if (args or kwargs) and cls.__init__ is object.__init__:
             given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
             raise TypeError(f"{cls.__name__}() takes no arguments, got {given}")
+        if args or kwargs:  # the layer's own name in the error, not a private base's (_Pool2d.__init__())
+            try:
+                inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{cls.__name__}() {e}") from None
         module = super().__new__(cls)
         caller = sys._getframe(1)
         module._created_at = (caller.f_code.co_filename, caller.f_lineno)
