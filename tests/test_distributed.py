@@ -231,12 +231,15 @@ def test_workers_stop_with_a_checkpoint_when_the_launcher_is_killed(reference: t
                                                                     tmp_path: Path) -> None:
     """kill -9 of `onnxkit train --workers` (or a closed terminal) left mpiexec and the workers training on
     with nobody to report to, holding the run's lock (or, once they wrote output, killed by the broken
-    pipe before a checkpoint); they now stop as after a SIGTERM."""
+    pipe before a checkpoint); they now stop as after a SIGTERM. A launcher with threads sent mpiexec a
+    parent-death SIGTERM for each, and the second killed rank 0 before its checkpoint (2 runs in 3)."""
     model, _ = reference
     run = tmp_path / "run"
     arguments, marker = _script(tmp_path, "slow", 3)  # 27 more steps of 0.2 s: about 6 s
     arguments = [*arguments[:1], str(model), str(run), *arguments[1:]]
-    code = f"from onnxkit.train.launch import launch; launch(2, {arguments!r})"
+    threads = "import threading, time; [threading.Thread(target=time.sleep, args=(60,), daemon=True).start() " \
+              "for _ in range(4)]; "  # as onnxruntime's and OpenBLAS's imports start them
+    code = f"{threads}from onnxkit.train.launch import launch; launch(2, {arguments!r})"
     launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):

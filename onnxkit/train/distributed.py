@@ -20,6 +20,8 @@ one model on N workers:
   too, so a dead or hung rank never leaves the others waiting. (mpiexec itself ends the job
   within about a second when a rank dies.) Checkpoints are atomic files: an abort never leaves
   one half-written.
+- Started by `launch`, each rank watches the launcher and stops as after a SIGTERM when it dies
+  (kill -9, a closed terminal), so no rank trains on with nobody to report to.
 
 mpi4py is imported only when the environment says the process is one of several MPI ranks.
 """
@@ -31,7 +33,9 @@ import contextlib
 import functools
 import json
 import os
+import select
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -58,6 +62,7 @@ RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")
 LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "PMI_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK")
 TIMEOUT_VARIABLE = "ONNXKIT_WORKER_TIMEOUT"
 ERRORS_VARIABLE = "ONNXKIT_WORKER_ERRORS"  # a file the first failing rank writes its error to (set by `launch`)
+LAUNCHER_VARIABLE = "ONNXKIT_LAUNCHER_PID"  # the process whose death stops the ranks (set by `launch`)
 DEFAULT_TIMEOUT = 30.0
 BROADCAST_POLL_S = 0.01  # how often a rank waiting for rank 0's broadcast looks
 INSTALL = "pip install 'onnxkit[distributed]' (mpi4py and the mpich wheel, which brings mpiexec)"
@@ -139,6 +144,21 @@ def fails_together(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _process_handle(pid: str) -> int | None:
+    """A pidfd of process `pid`, readable once it has ended (a closed pipe's when it had already; None: no pid,
+    or no pidfds here)."""
+    if not pid.isdigit() or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(int(pid))
+    except ProcessLookupError:
+        ended, write = os.pipe()
+        os.close(write)
+        return ended
+    except OSError:  # a kernel before 5.3
+        return None
+
+
 def shard(rows: int, rank: int, size: int) -> tuple[int, int]:
     """Rows [lo, hi) of a batch of `rows` that `rank` of `size` takes: contiguous, sizes differ by at most 1."""
     return rank * rows // size, (rank + 1) * rows // size
@@ -155,6 +175,9 @@ class World:
         self._deadline: float | None = None
         self._waiting_for = ""
         self._watchdog: threading.Thread | None = None
+        self._launcher = _process_handle(os.environ.get(LAUNCHER_VARIABLE, ""))
+        if self._launcher is not None:
+            self._start_watchdog()
 
     # ---- failing together ----------------------------------------------------------------
 
@@ -189,18 +212,27 @@ class World:
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         """Abort when the collective inside takes longer than the timeout: a peer died or hangs."""
-        if self._watchdog is None:
-            self._watchdog = threading.Thread(target=self._watch, name="onnxkit-worker-watchdog", daemon=True)
-            self._watchdog.start()
+        self._start_watchdog()
         self._waiting_for, self._deadline = what, time.monotonic() + self.timeout
         try:
             yield
         finally:
             self._deadline = None
 
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="onnxkit-worker-watchdog", daemon=True)
+            self._watchdog.start()
+
     def _watch(self) -> None:
+        """Every half second: a SIGTERM to this rank once the launcher has died; an abort once a collective
+        has waited past its deadline."""
         while True:
             time.sleep(0.5)
+            if self._launcher is not None and select.select([self._launcher], [], [], 0)[0]:
+                os.close(self._launcher)
+                self._launcher = None
+                os.kill(os.getpid(), signal.SIGTERM)
             deadline = self._deadline
             if deadline is not None and time.monotonic() > deadline:
                 self.abort(f"waited more than {self.timeout:.0f} s for the other workers ({self._waiting_for}): "
@@ -416,7 +448,7 @@ class StopTogether(Callback):
 
     def _agree(self, trainer: Trainer) -> None:
         asked = np.array([trainer.stop_signal, trainer.stop_training], np.int64)
-        signal, stop = self.world.allreduce(asked, "a stop request", op="max")
-        if signal and not trainer.stop_signal:
-            trainer.request_stop(int(signal))
-        trainer.agreed_stop, trainer.stop_training = bool(signal), bool(stop)
+        signum, stop = self.world.allreduce(asked, "a stop request", op="max")
+        if signum and not trainer.stop_signal:
+            trainer.request_stop(int(signum))
+        trainer.agreed_stop, trainer.stop_training = bool(signum), bool(stop)

@@ -2,11 +2,13 @@
 own mpiexec (the mpich wheel puts it beside the Python executable).
 
 mpiexec runs in a process group of its own, so a Ctrl-C reaches it once, from here: it forwards
-it to every rank, which stop after the same optimizer step (rank 0 checkpoints). On Linux mpiexec
-gets a SIGTERM when this process dies (kill -9, a closed terminal), so the ranks stop the same way
-instead of training on with nobody to report to; their output goes to files that this process
-copies to its own as it comes, so its death fails no write (a pipe's would make mpiexec end the
-ranks before rank 0 has checkpointed). The first rank
+it to every rank, which stop after the same optimizer step (rank 0 checkpoints). The ranks watch
+this process (its pid in $ONNXKIT_LAUNCHER_PID) and stop the same way when it dies (kill -9, a
+closed terminal; Linux), instead of training on with nobody to report to. (A parent-death signal
+to mpiexec came once for each thread of the dying process, and the ranks, stopping after the
+first SIGTERM, died of the second before rank 0 had checkpointed.) Their output goes to files
+that this process copies to its own as it comes, so its death fails no write (a pipe's would
+make mpiexec end the ranks before rank 0 has checkpointed). The first rank
 that fails writes its error to a file whose path the ranks find in $ONNXKIT_WORKER_ERRORS, and
 that error is raised here; a rank that dies without a word (killed) makes mpiexec end the
 others, and the error says so. mpiexec's own banner about it is left out of the relayed output.
@@ -15,7 +17,6 @@ others, and the error says so. mpiexec's own banner about it is left out of the 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import json
 import os
@@ -26,13 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.signals import handled
-from onnxkit.train.distributed import ERRORS_VARIABLE, INSTALL
+from onnxkit.train.distributed import ERRORS_VARIABLE, INSTALL, LAUNCHER_VARIABLE
 from onnxkit.train.run_directory import RunDirectory
 
 INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
@@ -41,7 +42,6 @@ MPIEXEC_NOISE = re.compile(  # mpiexec's banners, and MPI's error stack of a ran
     r"|\[mpiexec@.*|\[proxy:.*|Ctrl-C caught\.\.\. cleaning up processes"
     r"|Abort\(\d+\) on node \d+ .*|\w+\(\d+\)\.*: .*)$"
 )
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 RELAY_POLL_S = 0.05  # how often the ranks' output is looked for
 STOP_GRACE_S = 20.0  # after a Ctrl-C or SIGTERM, how long the ranks get to checkpoint and stop before they are killed
 OVERSUBSCRIPTION = 4  # workers per core past which --workers is refused (8 on 2 cores still train; 1000 did not start)
@@ -79,9 +79,8 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
         # fail, and mpiexec would end the ranks at once, before rank 0 had checkpointed
         logs = [Path(folder) / "stdout.txt", Path(folder) / "stderr.txt"]
         with open(logs[0], "wb") as out, open(logs[1], "wb") as err:
-            process = subprocess.Popen(command, env={**os.environ, ERRORS_VARIABLE: str(errors)}, stdout=out,
-                                       stderr=err, start_new_session=True,
-                                       preexec_fn=_terminated_with(os.getpid()))
+            environment = {**os.environ, ERRORS_VARIABLE: str(errors), LAUNCHER_VARIABLE: str(os.getpid())}
+            process = subprocess.Popen(command, env=environment, stdout=out, stderr=err, start_new_session=True)
         code, stopped_by = _wait_relaying(process, logs)
         if code == 0:
             return 0
@@ -152,20 +151,6 @@ def _checkpoint_note(run_dir: str | os.PathLike | None, workers: int) -> str:
            f"--workers {workers}"
 
 
-def _terminated_with(launcher: int) -> Callable[[], None] | None:
-    """For Popen's preexec_fn: the child gets a SIGTERM when `launcher` (this process) dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None).prctl  # looked up before the fork: dlopen in the child of a threaded process may deadlock
-
-    def ask() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != launcher:  # it died before prctl
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return ask
-
-
 def _kill_job(process: subprocess.Popen) -> None:
     """End mpiexec and its ranks (its own session) at once."""
     sys.stderr.write(f"warning: the workers had not stopped {STOP_GRACE_S:.0f} s after the stop; killing them\n")
@@ -196,10 +181,7 @@ class _Relay:
 def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int, int | None]:
     """Wait for mpiexec, relaying what it writes to `logs` (stdout, stderr) and passing it each Ctrl-C or
     SIGTERM this process gets (a second Ctrl-C ends it at once); return its exit status and the first signal
-    passed on, if any (mpiexec's status alone does not tell a stop from a rank's death: it exits 143 for both).
-    One thread does it all: were this process killed, mpiexec would get a SIGTERM for each of its threads that
-    ended, as the kernel hands it from thread to thread, and the ranks, stopping after the first, would die of
-    the second."""
+    passed on, if any (mpiexec's status alone does not tell a stop from a rank's death: it exits 143 for both)."""
     pumps = [_Relay(log, target) for log, target in zip(logs, (sys.stdout, sys.stderr), strict=True)]
     relayed: list[tuple[int, float]] = []  # each signal passed on, and when
 
