@@ -49,12 +49,13 @@ from onnxkit.nn.init import manual_seed
 from onnxkit.nn.linear import Embedding, Linear
 from onnxkit.nn.module import Buffer, Module, ModuleList, Parameter, Sequential
 from onnxkit.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm
+from onnxkit.nn.recurrent import GRU, LSTM
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Buffer", "CELU", "Conv2d", "ConvTranspose2d",
-    "DEFAULT_OPSET", "Dropout", "ELU", "Embedding", "FeedForward", "Flatten", "GELU", "GlobalAvgPool2d",
+    "DEFAULT_OPSET", "Dropout", "ELU", "Embedding", "FeedForward", "Flatten", "GELU", "GRU", "GlobalAvgPool2d",
     "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "IR_VERSION", "Identity", "Input", "InstanceNorm2d",
-    "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "MeanPool", "Mish", "Module", "ModuleList",
+    "LSTM", "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "MeanPool", "Mish", "Module", "ModuleList",
     "MultiHeadAttention", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "SiLU", "Sigmoid", "Softmax",
     "Softplus", "Tanh", "Tensor", "TransformerEncoderLayer", "UnusedLayers", "Upsample", "build", "init",
     "manual_seed", "ops",

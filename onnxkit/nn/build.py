@@ -86,6 +86,7 @@ def build(
         args = {n: graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()}
         result = module(**args) if _named_in_forward(module, args) else module(*args.values())
     outputs = _name_outputs(graph, result, output_names, _forward_of(module))
+    _leave_out_dead_nodes(graph, outputs)
     _warn_of_unused_layers(module, graph)
     read = {name for node in graph.nodes for name in node.input}
     unused = [t.name for t in graph.inputs if t.name not in read]
@@ -135,9 +136,28 @@ class UnusedLayers(UserWarning):
     """Layers a module made that its forward never called: their weights are not in the model."""
 
 
+def _leave_out_dead_nodes(graph: Graph, outputs: Sequence[Tensor]) -> None:
+    """Drop the nodes no output depends on (what forward computed and did not return: an LSTM's final states
+    beside its output), with the weights only they read."""
+    live = {t.name for t in outputs}
+    kept = []
+    for node in reversed(graph.nodes):
+        if live.intersection(node.output):
+            kept.append(node)
+            live.update(node.input)
+    graph.nodes[:] = kept[::-1]
+    names = {node.name for node in kept}
+    graph.dropout = {name: p for name, p in graph.dropout.items() if name in names}
+    graph.params = {key: (p, t) for key, (p, t) in graph.params.items() if t.name in live}
+    known = {name for node in kept for name in node.output} | {t.name for t in graph.inputs} | \
+        {t.name for _, t in graph.params.values()}
+    graph.values = {name: t for name, t in graph.values.items() if name in known}
+
+
 def _warn_of_unused_layers(module: Module, graph: Graph) -> None:
     """An `UnusedLayers` warning naming the layers whose weights no node reads (a layer defined in __init__ and
-    left out of forward: its weights vanished without a word; PyTorch's exporters drop them too)."""
+    left out of forward, or whose result forward drops: its weights vanished without a word; PyTorch's exporters
+    drop them too)."""
     unused = [(name, p) for name, p in module.named_arrays() if id(p) not in graph.params]
     if unused:
         layers = list(dict.fromkeys(name.rpartition(".")[0] or name for name, _ in unused))
