@@ -147,6 +147,78 @@ def test_conv2d(kwargs, hw, expect_hw):
     close(ort_run(model, {"image": x})[0], ref)
 
 
+def _torch_pool(x: np.ndarray, k: int, s: int, p: int, d: int, reduce, include_pad: bool = True) -> np.ndarray:
+    """Pooling by PyTorch's documented rules, one window at a time: ceil_mode's output size, less a last window
+    that would start past the input; an average over the window clipped to the padded input (include_pad) or
+    to the input; padding never wins a max."""
+    size = x.shape[-1]
+    out = -(-(size + 2 * p - d * (k - 1) - 1) // s) + 1
+    if (out - 1) * s >= size + p:
+        out -= 1
+    result = np.zeros(x.shape[:2] + (out, out), np.float64)
+    for i in range(out):
+        for j in range(out):
+            rows = [i * s - p + a * d for a in range(k)]
+            cols = [j * s - p + b * d for b in range(k)]
+            inside = [(r, c) for r in rows for c in cols if 0 <= r < size and 0 <= c < size]
+            values = np.stack([x[:, :, r, c] for r, c in inside], axis=-1)
+            if reduce == "max":
+                result[:, :, i, j] = values.max(-1)
+            else:
+                clipped = [min(axis[-1] + 1, size + p) - max(axis[0], -p) for axis in (rows, cols)]
+                span = clipped[0] * clipped[1]
+                result[:, :, i, j] = values.sum(-1) / (span if include_pad else len(inside))
+    return result
+
+
+@pytest.mark.parametrize(("layer", "size", "reference"), [
+    (nn.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True), 10, (3, 2, 1, 2, "max")),
+    (nn.MaxPool2d(2, ceil_mode=True), 7, (2, 2, 0, 1, "max")),
+    (nn.MaxPool2d(3, 2, 1, ceil_mode=True), 8, (3, 2, 1, 1, "max")),
+    (nn.AvgPool2d(3, 2, 1, ceil_mode=True), 8, (3, 2, 1, 1, "mean")),
+    (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), 8, (3, 2, 1, 1, "mean", False)),
+    (nn.AvgPool2d(2, ceil_mode=True), 7, (2, 2, 0, 1, "mean")),
+])
+def test_pools_take_pytorchs_dilation_and_ceil_mode(layer: nn.Module, size: int, reference: tuple) -> None:
+    x = RNG.normal(size=(2, 3, size, size)).astype(np.float32)
+    want = _torch_pool(x, *reference)
+    model = build_one(layer, x=nn.Input(["batch", 3, size, size]))
+    assert out_shape(model) == ["batch", 3, *want.shape[2:]]
+    close(ort_run(model, {"x": x})[0], want.astype(np.float32))
+
+
+def test_pool_options_onnx_cannot_keep_are_refused() -> None:
+    with pytest.raises(OnnxkitError, match="MaxPool2d with ceil_mode on 5 cells .* would start its last window past "
+                                           "the input"):
+        build_one(nn.MaxPool2d(3, 3, 1, ceil_mode=True), x=nn.Input(["batch", 1, 5, 5]))
+    with pytest.raises(OnnxkitError, match="MaxPool2d: return_indices=True is not supported"):
+        nn.MaxPool2d(2, return_indices=True)
+
+
+def test_batchnorm_without_affine_normalises_and_updates_its_statistics(tmp_path) -> None:
+    """affine=False, as PyTorch's: scale 1 and shift 0 stay fixed (buffers), the running statistics still train
+    (they stayed at 0 and 1: the layer counted as frozen, so it normalised nothing)."""
+    from onnxkit.train import fit
+
+    class Net(nn.Module):
+        def __init__(self):
+            self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, affine=False), \
+                nn.Linear(4 * 8 * 8, 10)
+
+        def forward(self, image):
+            return self.fc(nn.ops.flatten(nn.ops.relu(self.bn(self.conv(image)))))
+
+    nn.manual_seed(0)
+    model = nn.build(Net(), {"image": nn.Input(["batch", 1, 8, 8])}, output_names="logits")
+    result = fit(model, "digits-images", tmp_path / "run", epochs=2, quiet=True, backend="onnx")
+    trained = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(result.model_path).graph.initializer}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["trainable"] == \
+        ["conv.weight", "conv.bias", "fc.weight", "fc.bias"]
+    np.testing.assert_array_equal(trained["bn.weight"], np.ones(4, np.float32))
+    np.testing.assert_array_equal(trained["bn.bias"], np.zeros(4, np.float32))
+    assert np.abs(trained["bn.running_mean"]).min() > 1e-3 and np.abs(trained["bn.running_var"] - 1).min() > 1e-3
+
+
 def test_pools_and_flatten():
     x = RNG.normal(size=(3, 2, 6, 6)).astype(np.float32)
     for layer, reduce in ((nn.MaxPool2d(2), np.max), (nn.AvgPool2d(3, stride=3), np.mean)):

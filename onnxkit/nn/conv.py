@@ -140,28 +140,60 @@ class _Pool2d(Module):
     op_type = ""
 
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0):
+                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, ceil_mode: bool = False):
         self.kernel = check_ints(self, "kernel_size", kernel_size)
         self.stride = check_ints(self, "stride", stride) if stride is not None else self.kernel
-        self.pads = _pads(self, _padding(self, padding), self.kernel, (1, 1), self.stride)
+        self.dilation = check_ints(self, "dilation", dilation)
+        self.pads = _pads(self, _padding(self, padding), self.kernel, self.dilation, self.stride)
+        self.ceil_mode = bool(ceil_mode)
         if any(p >= k for p, k in zip(self.pads, self.kernel * 2, strict=True)):  # ONNX Runtime refuses these
             raise OnnxkitError(f"{type(self).__name__}: padding {padding!r} must be smaller than "
                                f"kernel_size {self.kernel}")
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_window(self, x, self.kernel, (1, 1), self.pads)
+        _check_window(self, x, self.kernel, self.dilation, self.pads)
         attrs = {"kernel_shape": list(self.kernel), "strides": list(self.stride), "pads": self.pads, **self._attrs()}
+        if self.dilation != (1, 1):
+            attrs["dilations"] = list(self.dilation)
+        if self.ceil_mode:
+            self._check_last_window(x)
+            attrs["ceil_mode"] = 1
         return current_graph().op(self.op_type, [x], attrs)[0]
+
+    def _check_last_window(self, x: Tensor) -> None:
+        """Refuse a ceil_mode window that would start past the input: PyTorch drops it, ONNX Runtime versions differ."""
+        for axis, size in enumerate(x.shape[2:]):
+            if not isinstance(size, int):
+                continue
+            begin, end, stride = self.pads[axis], self.pads[axis + 2], self.stride[axis]
+            span = self.dilation[axis] * (self.kernel[axis] - 1) + 1
+            last = -(-(size + begin + end - span) // stride)  # the ceil_mode output's last index
+            if last * stride >= size + begin:
+                raise OnnxkitError(f"{ops._where()}: {type(self).__name__} with ceil_mode on {size} cells (axis "
+                                   f"{axis + 2}) would start its last window past the input, which PyTorch drops and "
+                                   "ONNX Runtime versions size differently; change the padding or the stride")
 
     def _attrs(self) -> dict[str, int]:
         return {}
 
     def extra_repr(self) -> str:
-        return f"kernel={self.kernel}, stride={self.stride}"
+        extras = (f", dilation={self.dilation}" if self.dilation != (1, 1) else "") + \
+            (", ceil_mode=True" if self.ceil_mode else "")
+        return f"kernel={self.kernel}, stride={self.stride}{extras}"
 
 
 class MaxPool2d(_Pool2d):
+    """Max pooling, with PyTorch's arguments (`return_indices` only False: the indices are no value in a graph)."""
+
     op_type = "MaxPool"
+
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+                 return_indices: bool = False, ceil_mode: bool = False):
+        if return_indices:
+            raise OnnxkitError("MaxPool2d: return_indices=True is not supported (MaxUnpool has no DSL layer); "
+                               "leave it out")
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
 
 
 class AvgPool2d(_Pool2d):
@@ -171,8 +203,8 @@ class AvgPool2d(_Pool2d):
     op_type = "AveragePool"
 
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0, count_include_pad: bool = True):
-        super().__init__(kernel_size, stride, padding)
+                 padding: int | tuple[int, int] = 0, ceil_mode: bool = False, count_include_pad: bool = True):
+        super().__init__(kernel_size, stride, padding, ceil_mode=ceil_mode)
         self.count_include_pad = bool(count_include_pad)
 
     def _attrs(self) -> dict[str, int]:

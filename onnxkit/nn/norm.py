@@ -13,12 +13,13 @@ class _BatchNorm(Module):
 
     ranks: tuple[int, ...] = ()
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
         num_features, eps = check_int(self, "num_features", num_features), check_number(self, "eps", eps, 0)
         momentum = check_number(self, "momentum", momentum, 0, 1)
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.weight = Parameter(init.ones((num_features,)))
-        self.bias = Parameter(init.zeros((num_features,)))
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, bool(affine)
+        kind = Parameter if affine else Buffer  # affine=False: scale 1 and shift 0, fixed (ONNX's node takes both)
+        self.weight = kind(init.ones((num_features,)))
+        self.bias = kind(init.zeros((num_features,)))
         self.running_mean = Buffer(init.zeros((num_features,)))
         self.running_var = Buffer(init.ones((num_features,)))
 
@@ -34,7 +35,7 @@ class _BatchNorm(Module):
         return current_graph().op("BatchNormalization", [x, *params], attrs)[0]
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
+        return f"{self.num_features}, eps={self.eps}" + ("" if self.affine else ", affine=False")
 
 
 class BatchNorm1d(_BatchNorm):

@@ -244,7 +244,8 @@ def select(
     """Apply `train_only` then `freeze` globs to `default` (all parameters and buffers).
 
     Parameters that cannot reach `output` are left frozen. BatchNorm statistics
-    stay frozen when both gamma and beta of their layer are frozen.
+    stay frozen when both gamma and beta of their layer are frozen; a layer whose gamma and beta are
+    not parameters (fixed: PyTorch's affine=False) updates its statistics unless they are frozen.
     """
     names = params.names
     chosen = _matching(train_only, names, "train_only") if train_only else set(default or names)
@@ -254,7 +255,10 @@ def select(
     kept = set(trainable)
     buffers = []
     for node in model.graph.node:
-        if node.op_type == "BatchNormalization" and (kept & set(node.input[1:3])):
+        if node.op_type != "BatchNormalization":
+            continue
+        affine = set(node.input[1:3])
+        if kept & affine or (not affine & set(params.parameters) and node.input[3] in reachable):
             buffers += [n for n in node.input[3:5] if n in chosen and n in params.buffers]
     if not trainable:
         raise OnnxkitError(
