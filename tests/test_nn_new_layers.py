@@ -98,9 +98,10 @@ def ref_conv_transpose(x, w, b, stride, pad, out_pad, groups, dilation):
     return y + (b[None, :, None, None] if b is not None else 0)
 
 
-def ref_upsample(x, scales, mode):
-    """PyTorch's Upsample (align_corners=False), one output pixel at a time."""
-    out = tuple(math.floor(d * s) for d, s in zip(x.shape[2:], scales, strict=True))
+def ref_upsample(x, scales, mode, size=None, align_corners=False):
+    """PyTorch's Upsample, one output pixel at a time: by `scales`, or to `size` (the scales then out / in)."""
+    out = tuple(size) if size else tuple(math.floor(d * s) for d, s in zip(x.shape[2:], scales, strict=True))
+    scales = [o / d for o, d in zip(out, x.shape[2:], strict=True)] if size else scales
     y = np.zeros(x.shape[:2] + out)
     for idx in np.ndindex(*out):
         if mode == "nearest":
@@ -108,7 +109,10 @@ def ref_upsample(x, scales, mode):
             y[(..., *idx)] = x[(..., *src)]
             continue
         (oi, oj), (h, w) = idx, x.shape[2:]
-        si, sj = (max((o + 0.5) / s - 0.5, 0.0) for o, s in zip(idx, scales, strict=True))
+        if align_corners:  # corner pixels map onto corner pixels
+            si, sj = (o * (d - 1) / (n - 1) if n > 1 else 0.0 for o, d, n in zip(idx, (h, w), out, strict=True))
+        else:
+            si, sj = (max((o + 0.5) / s - 0.5, 0.0) for o, s in zip(idx, scales, strict=True))
         i0, j0 = math.floor(si), math.floor(sj)
         i1, j1, di, dj = min(i0 + 1, h - 1), min(j0 + 1, w - 1), si - i0, sj - j0
         y[:, :, oi, oj] = ((1 - di) * ((1 - dj) * x[:, :, i0, j0] + dj * x[:, :, i0, j1])
@@ -257,6 +261,45 @@ def test_upsample(scale, mode, shape):
     assert dims == ["batch", shape[1], *(math.floor(d * s) for d, s in zip(shape[2:], scales, strict=True))]
 
 
+@pytest.mark.parametrize("options, shape", [
+    (dict(size=(5, 7)), (2, 3, 4, 6)),
+    (dict(size=9, mode="bilinear"), (2, 3, 4, 6)),
+    (dict(size=(5, 13), mode="bilinear", align_corners=True), (1, 2, 4, 6)),
+    (dict(scale_factor=2, mode="bilinear", align_corners=True), (1, 2, 4, 5)),
+    (dict(size=(3, 2)), (1, 2, 4, 6)),
+])  # fmt: skip
+def test_upsample_to_a_size_and_with_aligned_corners(options, shape):
+    layer = nn.Upsample(**options)
+    x = images(*shape)
+    size = options.get("size")
+    size = (size, size) if isinstance(size, int) else size
+    scale = options.get("scale_factor")
+    want = ref_upsample(x.astype(np.float64), (scale, scale), options.get("mode", "nearest"), size,
+                        options.get("align_corners", False))
+    close(run(layer, x), want)
+    model = build_one(layer, ["batch", *shape[1:]])
+    assert [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim] == \
+        ["batch", shape[1], *want.shape[2:]]
+
+
+def test_a_model_upsampled_to_a_size_trains(tmp_path):
+    from onnxkit.train import fit
+
+    class Net(nn.Module):
+        def __init__(self):
+            self.conv, self.up = nn.Conv2d(1, 4, 3, padding=1), nn.Upsample(size=(12, 12), mode="bilinear",
+                                                                            align_corners=True)
+            self.pool, self.fc = nn.MaxPool2d(3), nn.Linear(4 * 4 * 4, 10)
+
+        def forward(self, image):
+            return self.fc(nn.ops.flatten(self.pool(nn.ops.relu(self.up(self.conv(image))))))
+
+    nn.manual_seed(0)
+    model = nn.build(Net(), {"image": nn.Input(["batch", 1, 8, 8])}, output_names="logits")
+    result = fit(model, "digits-images", tmp_path / "run", epochs=3, quiet=True, backend="onnx")
+    assert result.metrics["test"]["accuracy"] > 0.6  # 72% (chance: 10%): the gradient passes the Resize to sizes
+
+
 def test_new_layers_get_hierarchical_names_and_layer_docs():
     net = nn.Sequential([nn.ConvTranspose2d(2, 4, 2, stride=2), nn.GroupNorm(2, 4), nn.PReLU(4),
                          nn.InstanceNorm2d(4, affine=True), nn.Upsample(2), nn.Mish()])
@@ -326,6 +369,10 @@ def test_bad_arguments(make, match):
     (lambda: nn.Upsample(0), "Upsample: scale_factor must be a positive number or a list of them, got 0"),
     (lambda: nn.Upsample((2, -1)), r"Upsample: scale_factor must be a positive number .* got \(2, -1\)"),
     (lambda: nn.Upsample(2, "bicubic"), "Upsample: mode must be one of nearest, bilinear, got 'bicubic'"),
+    (lambda: nn.Upsample(), "Upsample: give either size or scale_factor"),
+    (lambda: nn.Upsample(2, size=4), "Upsample: give either size or scale_factor, not both"),
+    (lambda: nn.Upsample(size=(4, 0)), "Upsample: size must be a positive integer, got 0"),
+    (lambda: nn.Upsample(2, align_corners=True), "Upsample: align_corners is for mode='bilinear'"),
 ])  # fmt: skip
 def test_bad_layer_arguments_name_the_layer_and_the_argument(make, message):
     with pytest.raises(OnnxkitError, match=f"^{message}") as e:

@@ -245,23 +245,36 @@ class GlobalMaxPool2d(_GlobalPool2d):
 
 
 class Upsample(Module):
-    """Scale the spatial axes of [N, C, ...] by `scale_factor` with Resize, as PyTorch's Upsample
-    (align_corners=False): "nearest" (any rank >= 3) or "bilinear" ([N, C, H, W])."""
+    """Scale the spatial axes of [N, C, ...] by `scale_factor`, or resize them to `size`, with Resize, as PyTorch's
+    Upsample: "nearest" (any rank >= 3) or "bilinear" ([N, C, H, W]; `align_corners` as PyTorch's). The first
+    positional argument is the scale factor (PyTorch's is the size: name it, `size=`)."""
 
-    def __init__(self, scale_factor: float | Sequence[float], mode: str = "nearest"):
-        scales = list(scale_factor) if isinstance(scale_factor, tuple | list) else [scale_factor]
-        if not scales or not all(check_number(self, "scale_factor", s) > 0 for s in scales):
-            raise OnnxkitError(f"Upsample: scale_factor must be a positive number or a list of them, "
-                               f"got {scale_factor!r}")
+    def __init__(self, scale_factor: float | Sequence[float] | None = None, mode: str = "nearest", *,
+                 size: int | Sequence[int] | None = None, align_corners: bool | None = None):
+        if (size is None) == (scale_factor is None):
+            both = ", not both" if size is not None else ""
+            raise OnnxkitError(f"Upsample: give either size or scale_factor{both}")
+        if size is not None:
+            sizes = list(size) if isinstance(size, tuple | list) else [size]
+            if not sizes or not all(check_int(self, "size", s) for s in sizes):
+                raise OnnxkitError(f"Upsample: size must be a positive whole number or a list of them, got {size!r}")
+        else:
+            scales = list(scale_factor) if isinstance(scale_factor, tuple | list) else [scale_factor]
+            if not scales or not all(check_number(self, "scale_factor", s) > 0 for s in scales):
+                raise OnnxkitError(f"Upsample: scale_factor must be a positive number or a list of them, "
+                                   f"got {scale_factor!r}")
         if mode not in ops._RESIZE:
             raise OnnxkitError(f"Upsample: mode must be one of {', '.join(ops._RESIZE)}, got {mode!r}")
-        self.scale_factor, self.mode = scale_factor, mode
+        if align_corners is not None and mode == "nearest":  # PyTorch refuses it too
+            raise OnnxkitError("Upsample: align_corners is for mode='bilinear'; leave it out for 'nearest'")
+        self.scale_factor, self.size, self.mode, self.align_corners = scale_factor, size, mode, bool(align_corners)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.upsample(x, self.scale_factor, self.mode)
+        return ops.upsample(x, self.scale_factor, self.mode, size=self.size, align_corners=self.align_corners)
 
     def extra_repr(self) -> str:
-        return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
+        target = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        return f"{target}, mode={self.mode!r}" + (", align_corners=True" if self.align_corners else "")
 
 
 class Flatten(Module):

@@ -397,14 +397,25 @@ _RESIZE = {  # PyTorch's nn.Upsample modes (align_corners=False) as Resize attri
 }
 
 
-def upsample(x: TensorLike, scale_factor: float | Sequence[float], mode: str = "nearest") -> Tensor:
-    """Resize the spatial axes (2, 3, ...) of [N, C, ...] by `scale_factor`, as PyTorch's Upsample:
-    "nearest" copies the floored source pixel, "bilinear" (4-D only) interpolates at half-pixel centres."""
+def upsample(x: TensorLike, scale_factor: float | Sequence[float] | None = None, mode: str = "nearest", *,
+             size: int | Sequence[int] | None = None, align_corners: bool = False) -> Tensor:
+    """Resize the spatial axes (2, 3, ...) of [N, C, ...] by `scale_factor`, or to `size`, as PyTorch's Upsample:
+    "nearest" copies the floored source pixel, "bilinear" (4-D only) interpolates at half-pixel centres, or with
+    `align_corners` maps the corner pixels onto each other."""
     if mode not in _RESIZE:
         raise OnnxkitError(f"{_where()}: unknown upsample mode {mode!r}; use one of {', '.join(_RESIZE)}")
     x = as_tensor(x)
     check_input(x, f"{mode} upsample", 4 if mode == "bilinear" else 3, at_least=mode == "nearest")
     spatial = x.ndim - 2
+    attrs = dict(_RESIZE[mode], **({"coordinate_transformation_mode": "align_corners"} if align_corners else {}))
+    if size is not None:
+        sizes = [int(size)] * spatial if np.ndim(size) == 0 else [int(s) for s in size]
+        if len(sizes) != spatial or min(sizes) <= 0:
+            raise OnnxkitError(f"{_where()}: upsample size {size} needs one positive whole number or {spatial} of them")
+        target = as_tensor(np.asarray([1, 1, *sizes], np.int64))
+        full = shape_of(x, 0, 2)
+        inputs = [x, None, None, concat([full, slice(target, [2], [2 + spatial], [0])], axis=0)]
+        return current_graph().op("Resize", inputs, attrs, shapes=[[*x.shape[:2], *sizes]])[0]
     scales = [float(scale_factor)] * spatial if np.ndim(scale_factor) == 0 else [float(s) for s in scale_factor]
     if len(scales) != spatial or min(scales) <= 0:
         raise OnnxkitError(
@@ -415,7 +426,7 @@ def upsample(x: TensorLike, scale_factor: float | Sequence[float], mode: str = "
         raise OnnxkitError(f"{_where()}: upsample by {scale_factor} of {list(x.shape)} would be empty "
                            f"({[*x.shape[:2], *sizes]}); use a larger scale_factor")
     inputs = [x, None, as_tensor(np.asarray([1.0, 1.0, *scales], np.float32))]
-    return current_graph().op("Resize", inputs, _RESIZE[mode], shapes=[[*x.shape[:2], *sizes]])[0]
+    return current_graph().op("Resize", inputs, attrs, shapes=[[*x.shape[:2], *sizes]])[0]
 
 
 def _dims(dims: tuple) -> Sequence[int]:
