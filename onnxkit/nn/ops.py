@@ -9,6 +9,7 @@ emitted as ops that have one).
 
 from __future__ import annotations
 
+import builtins
 import math
 import numbers
 from collections.abc import Sequence
@@ -448,6 +449,58 @@ def _swap_or_permute(x: Tensor, *dims: int) -> Tensor:
     return transpose(x, perm)
 
 
+def index(x: TensorLike, key: Any) -> Tensor:
+    """`x[key]` with numpy's basic indexing, as PyTorch's: whole numbers (the axis dropped), slices with steps,
+    `...` and None (a new axis of 1). One Slice over the axes that change, then Squeeze and Unsqueeze."""
+    x = as_tensor(x)
+    items = list(key) if isinstance(key, tuple) else [key]
+    bad = [i for i in items if not (i is None or i is Ellipsis or isinstance(i, builtins.slice | numbers.Integral))]
+    if bad:
+        raise OnnxkitError(f"{_where()}: indexing takes whole numbers, slices, ... and None, got "
+                           f"{type(bad[0]).__name__}; to pick rows by a tensor of ids, use ops.gather")
+    if items.count(Ellipsis) > 1:
+        raise OnnxkitError(f"{_where()}: an index can have only one ...")
+    indexed = len([i for i in items if i is not None and i is not Ellipsis])
+    if indexed > x.ndim:
+        raise OnnxkitError(f"{_where()}: too many indices ({indexed}) for a {x.ndim}-d tensor {list(x.shape)}")
+    at = items.index(Ellipsis) if Ellipsis in items else len(items)
+    items = [*items[:at], *[builtins.slice(None)] * (x.ndim - indexed), *items[at + 1:]]
+    cuts: list[tuple[int, int, int, int]] = []  # (start, end, axis, step) of each axis that changes
+    sliced, dropped, added, out_rank = list(x.shape), [], [], 0
+    axis = 0
+    for item in items:
+        if item is None:
+            added.append(out_rank)
+            out_rank += 1
+            continue
+        dim = x.shape[axis]
+        if isinstance(item, numbers.Integral):
+            item = int(item)
+            if isinstance(dim, int) and not -dim <= item < dim:
+                raise OnnxkitError(f"{_where()}: index {item} is out of range for axis {axis} of size {dim}")
+            cuts.append((item, item + 1 if item != -1 else 2**62, axis, 1))
+            sliced[axis] = 1
+            dropped.append(axis)
+        else:
+            out_rank += 1
+            if item != builtins.slice(None):
+                step = 1 if item.step is None else int(item.step)
+                if step == 0:
+                    raise OnnxkitError(f"{_where()}: a slice step cannot be zero")
+                low, high = (0, 2**62) if step > 0 else (-1, -(2**62))
+                cuts.append((low if item.start is None else int(item.start),
+                             high if item.stop is None else int(item.stop), axis, step))
+                sliced[axis] = len(range(*item.indices(dim))) if isinstance(dim, int) else None
+        axis += 1
+    y = x
+    if cuts:
+        columns = [as_tensor(np.asarray(column, np.int64)) for column in zip(*cuts, strict=True)]
+        y = current_graph().op("Slice", [x, *columns], shapes=[sliced])[0]
+    if dropped:
+        y = squeeze(y, dropped)
+    return unsqueeze(y, added) if added else y
+
+
 def _attach_methods() -> None:
     """Give Tensor the Python operators and the common methods."""
 
@@ -461,7 +514,8 @@ def _attach_methods() -> None:
         "reshape": lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 else shape),
         "transpose": _swap_or_permute, "permute": lambda self, *dims: transpose(self, _dims(dims)),
         "mean": mean, "sum": sum, "cast": cast, "flatten": flatten,
-        "unsqueeze": unsqueeze, "squeeze": squeeze,
+        "unsqueeze": unsqueeze, "squeeze": squeeze, "__getitem__": index,
+        "view": lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 else shape),
     }  # fmt: skip
     for name, fn in methods.items():
         setattr(Tensor, name, fn)

@@ -1,0 +1,84 @@
+"""`tensor[key]` in the DSL is numpy's basic indexing (checked against numpy on ONNX Runtime's run, shapes
+included, symbolic dims kept), `.view` is reshape, gradients pass it, and what it cannot take is one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from onnxkit import nn
+from onnxkit.errors import OnnxkitError
+
+X = np.arange(2 * 5 * 6 * 4, dtype=np.float32).reshape(2, 5, 6, 4)
+KEYS = [
+    (slice(None), -1), (0,), (Ellipsis, 1), (slice(None), slice(1, None, 2), None, 3),
+    (slice(None), slice(None, None, -1)), (slice(None), slice(-3, -1), Ellipsis, slice(None, 2)), (None, Ellipsis),
+    (slice(None), 2, slice(4, 1, -2)), (1, 4, 5, 3), (slice(None), slice(2, 99)),
+]  # fmt: skip
+
+
+def _indexed(key, shape=("batch", 5, 6, 4)):  # noqa: ANN001, ANN202
+    class Net(nn.Module):
+        def forward(self, x):
+            return x[key] * 1.0
+
+    return nn.build(Net(), {"x": nn.Input(list(shape))})
+
+
+@pytest.mark.parametrize("key", KEYS, ids=str)
+def test_indexing_is_numpys(key: tuple) -> None:
+    model = _indexed(key)
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": X})[0]
+    want = X[key]
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    dims = [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
+    first = key[0]  # where the symbolic batch axis goes: dropped, after a new axis, or first
+    if isinstance(first, int):
+        assert dims == list(want.shape)
+    elif first is None:
+        assert dims == [1, "batch", *want.shape[2:]]
+    else:
+        assert dims == ["batch", *want.shape[1:]]
+
+
+def test_view_is_reshape() -> None:
+    class Net(nn.Module):
+        def forward(self, x):
+            return x.view(0, -1) * 1.0
+
+    model = nn.build(Net(), {"x": nn.Input(["batch", 5, 6, 4])})
+    np.testing.assert_array_equal(ort.InferenceSession(model.SerializeToString()).run(None, {"x": X})[0],
+                                  X.reshape(2, -1))
+
+
+def test_the_last_step_of_an_lstm_trains(tmp_path) -> None:
+    """out[:, -1], as a PyTorch port writes it: the gradient reaches the LSTM through the Slice and Squeeze."""
+    from onnxkit.train import fit
+
+    class RowReader(nn.Module):
+        def __init__(self):
+            self.rnn, self.fc = nn.LSTM(8, 32, batch_first=True), nn.Linear(32, 10)
+
+        def forward(self, image):
+            out, _ = self.rnn(image.view(0, 8, 8))
+            return self.fc(out[:, -1])
+
+    nn.manual_seed(0)
+    model = nn.build(RowReader(), {"image": nn.Input(["batch", 1, 8, 8])}, output_names="logits")
+    result = fit(model, "digits-images", tmp_path / "run", epochs=10, quiet=True, backend="onnx")
+    assert result.metrics["test"]["accuracy"] > 0.7
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ((slice(None), np.array([0, 1])), r"indexing takes whole numbers, slices, \.\.\. and None, got ndarray; to "
+                                      "pick rows by a tensor of ids, use ops.gather"),
+    ((0, 0, 0, 0, 0), r"too many indices \(5\) for a 4-d tensor"),
+    ((slice(None), 5), "index 5 is out of range for axis 1 of size 5"),
+    ((slice(None, None, 0),), "a slice step cannot be zero"),
+    ((Ellipsis, 0, Ellipsis), r"an index can have only one \.\.\."),
+])  # fmt: skip
+def test_what_indexing_cannot_take_is_one_line(key: tuple, message: str) -> None:
+    with pytest.raises(OnnxkitError, match=message):
+        _indexed(key)
