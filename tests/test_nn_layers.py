@@ -89,17 +89,18 @@ def ref_softmax(x, axis=-1):
     return e / e.sum(axis, keepdims=True)
 
 
-def ref_attention(x, mask, layer: nn.MultiHeadAttention):
+def ref_attention(x, mask, layer: nn.MultiHeadAttention, context=None):
     b, s, d = x.shape
     h, hd = layer.num_heads, layer.head_dim
+    source = x if context is None else context
 
     def lin(m, t):
         return t @ m.weight.value + m.bias.value
 
     def heads(t):
-        return t.reshape(b, s, h, hd).transpose(0, 2, 1, 3)
+        return t.reshape(b, t.shape[1], h, hd).transpose(0, 2, 1, 3)
 
-    q, k, v = heads(lin(layer.q, x)), heads(lin(layer.k, x)), heads(lin(layer.v, x))
+    q, k, v = heads(lin(layer.q, x)), heads(lin(layer.k, source)), heads(lin(layer.v, source))
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)
     if mask is not None:
         scores = scores + (1 - mask[:, None, None, :]) * -1e4
@@ -328,10 +329,33 @@ def test_attention_refuses_a_second_tensor_in_the_masks_place():
         def forward(self, x):
             return self.attn(x, x)
 
-    with pytest.raises(OnnxkitError, match=r"^attn: self-attention takes attn\(x, mask\) with a mask \[batch, seq\], "
+    with pytest.raises(OnnxkitError, match=r"^attn: attention takes attn\(x, mask\) or attn\(x, mask, context=\.\.\.\) "
+                                           r"with a mask \[batch, seq\] over the keys \(x's, or the context's\), "
                                            r"1 = token, 0 = padding \(PyTorch's key_padding_mask is the reverse\); "
-                                           r"got \['batch', 4, 32\] beside x \['batch', 4, 32\]$"):
+                                           r"got \['batch', 4, 32\] beside keys \['batch', 4, 32\]$"):
         nn.build(Attend(), {"x": nn.Input(["batch", 4, 32])})
+
+
+def test_cross_attention_reads_keys_and_values_from_the_context():
+    class Cross(nn.Module):
+        def __init__(self):
+            self.attn = nn.MultiHeadAttention(8, 2)
+
+        def forward(self, x, memory, memory_mask):
+            return self.attn(x, memory_mask, context=memory)
+
+    net = Cross()
+    randomize(net.attn)
+    model = nn.build(net, {"x": nn.Input(["batch", "seq", 8]), "memory": nn.Input(["batch", "memory_seq", 8]),
+                           "memory_mask": nn.Input(["batch", "memory_seq"], "int64")})
+    assert out_shape(model) == ["batch", "seq", 8]
+    x, memory = RNG.normal(size=(2, 3, 8)).astype(np.float32), RNG.normal(size=(2, 5, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], np.int64)
+    feeds = {"x": x, "memory": memory, "memory_mask": mask}
+    close(ort_run(model, feeds)[0], ref_attention(x, mask, net.attn, memory))
+    with pytest.raises(OnnxkitError, match=r"attention expects context \[batch, seq, 8\], got \['batch', 5, 4\]"):
+        nn.build(net, {"x": nn.Input(["batch", 3, 8]), "memory": nn.Input(["batch", 5, 4]),
+                       "memory_mask": nn.Input(["batch", 5], "int64")})
 
 
 def test_inputs_named_as_forwards_parameters_reach_them_by_name():

@@ -27,7 +27,9 @@ def mask_bias(mask: Tensor, dtype: np.dtype) -> Tensor:
 
 
 class MultiHeadAttention(Module):
-    """Scaled dot-product self-attention over [batch, seq, dim] with an optional key-padding mask."""
+    """Scaled dot-product attention over [batch, seq, dim] with an optional key-padding mask: self-attention, or
+    with `context` [batch, context_seq, dim] cross-attention (queries from x, keys and values from the context,
+    the mask then over the context's positions)."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
         dim, num_heads = check_int(self, "dim", dim), check_int(self, "num_heads", num_heads)
@@ -44,14 +46,16 @@ class MultiHeadAttention(Module):
         """[b, s, dim] -> [b, heads, s, head_dim]."""
         return ops.transpose(ops.reshape(x, [0, 0, self.num_heads, self.head_dim]), [0, 2, 1, 3])
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        if x.ndim != 3 or x.shape[-1] != self.dim:
-            raise OnnxkitError(
-                f"{current_graph().where}: attention expects [batch, seq, {self.dim}], got {list(x.shape)}"
-            )
+    def forward(self, x: Tensor, mask: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        for name, t in (("x", x), ("context", context)):
+            if t is not None and (not isinstance(t, Tensor) or t.ndim != 3 or t.shape[-1] != self.dim):
+                got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise OnnxkitError(f"{current_graph().where}: attention expects {name} [batch, seq, {self.dim}], "
+                                   f"got {got}")
+        source = x if context is None else context
         if mask is not None:
-            self._check_mask(x, mask)
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+            self._check_mask(source, mask)
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(source)), self._heads(self.v(source))
         scores = ops.div(ops.matmul(q, ops.transpose(k, [0, 1, 3, 2])), math.sqrt(self.head_dim))
         if mask is not None:
             scores = ops.add(scores, mask_bias(mask, x.dtype))
@@ -60,16 +64,18 @@ class MultiHeadAttention(Module):
         return self.out(ops.reshape(ctx, [0, 0, self.dim]))
 
     @staticmethod
-    def _check_mask(x: Tensor, mask: Tensor) -> None:
-        """A keep-mask [batch, seq], 1 = token, 0 = padding (PyTorch's key_padding_mask is the other way round:
-        True = ignore). A second tensor like x (PyTorch's attn(query, key) habit) built, and failed at run time."""
+    def _check_mask(keys: Tensor, mask: Tensor) -> None:
+        """A keep-mask [batch, seq] over the keys' positions, 1 = token, 0 = padding (PyTorch's key_padding_mask
+        is the other way round: True = ignore). A second tensor like x (PyTorch's attn(query, key) habit) built,
+        and failed at run time."""
         shape = list(mask.shape) if isinstance(mask, Tensor) else None
-        if shape is None or len(shape) != 2 or (isinstance(shape[1], int) and isinstance(x.shape[1], int)
-                                                and shape[1] != x.shape[1]):
+        if shape is None or len(shape) != 2 or (isinstance(shape[1], int) and isinstance(keys.shape[1], int)
+                                                and shape[1] != keys.shape[1]):
             raise OnnxkitError(
-                f"{current_graph().where}: self-attention takes attn(x, mask) with a mask [batch, seq], 1 = token, "
-                f"0 = padding (PyTorch's key_padding_mask is the reverse); got {shape or type(mask).__name__} beside "
-                f"x {list(x.shape)}"
+                f"{current_graph().where}: attention takes attn(x, mask) or attn(x, mask, context=...) with a mask "
+                f"[batch, seq] over the keys (x's, or the context's), 1 = token, 0 = padding (PyTorch's "
+                f"key_padding_mask is the reverse); got {shape or type(mask).__name__} beside keys "
+                f"{list(keys.shape)}"
             )
 
     def extra_repr(self) -> str:
