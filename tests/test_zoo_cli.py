@@ -208,8 +208,8 @@ USER_CODE_ERRORS = {
     ''', "TypeError: softmax() got an unexpected keyword argument 'dim'. Did you mean: axis? (PyTorch's dim)\n"),
     "an option the DSL's layer lacks": ('''
         def recipe() -> Recipe:
-            return Recipe(nn.MaxPool2d(2, ceil_mode=True), {"x": nn.Input(["batch", 1, 8, 8])})  # <-
-    ''', "TypeError: MaxPool2d() got an unexpected keyword argument 'ceil_mode'\n"),  # was _Pool2d.__init__()
+            return Recipe(nn.BatchNorm2d(1, track_running_stats=False), {"x": nn.Input(["batch", 1, 8, 8])})  # <-
+    ''', "TypeError: BatchNorm2d() got an unexpected keyword argument 'track_running_stats'\n"),  # was _BatchNorm
     "error on import": ('''
         import numpy as np
         SCALE = np.zeroes(3)  # <-
