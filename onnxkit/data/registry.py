@@ -1,4 +1,4 @@
-"""Named datasets and `load_dataset`, which also reads .npz and .csv files.
+"""Named datasets and `load_dataset`, which also reads .npz and .csv files and folders of images.
 
 A module in `onnxkit/data/` adds a dataset by decorating its loader with
 `@register_dataset("name", "one-line description")`; the loader takes keyword
@@ -78,7 +78,7 @@ def load_dataset(
     model: Any = None,
     **options: Any,
 ) -> Dataset:
-    """A named dataset (`iris`, `digits`, `digits-images`, ...) or a `.npz` / `.csv` file.
+    """A named dataset (`iris`, `digits`, `digits-images`, ...), a `.npz` / `.csv` file or a folder of images.
 
     The split into train/validation/test is deterministic for a given `seed` and
     fractions, so training and a later `onnxkit eval` see the same test split.
@@ -114,17 +114,20 @@ def load_dataset(
             dataset = formats.csv_for_model(dataset, model)
         return in_model_order(_padded_as_trained(dataset, model), model)
     entries = datasets()
-    if text not in entries and Path(text).is_dir():
-        formats.require_data_file(Path(text))  # raises: a folder, not a data file
+    if text not in entries and Path(text).is_dir():  # a folder of class folders of images
+        from onnxkit.data.images import read_image_folder
+
+        return in_model_order(read_image_folder(Path(text), **split_args, model=model), model)
     if text not in entries and Path(text).is_file() and suffix == ".gz":
         raise OnnxkitError(f"{text}: a compressed file; decompress it first (gunzip -k {text}), then pass the .csv")
     if text not in entries and Path(text).is_file():  # an .npy, .json, .txt: it was called an unknown dataset
         raise OnnxkitError(f"{text}: data files are .npz, .csv or .tsv, not {suffix or 'a file without a suffix'}; "
-                           "save the inputs and labels with numpy.savez(path, x=..., labels=...), or as a CSV")
+                           "save the inputs and labels with numpy.savez(path, x=..., labels=...), or as a CSV (images "
+                           "go in a folder of class folders)")
     if text not in entries:
         raise OnnxkitError(
             f"unknown dataset {text!r}.{suggest(text, entries)} Built-in datasets: "
-            f"{', '.join(entries)}; or pass a .npz or .csv file"
+            f"{', '.join(entries)}; or pass a .npz or .csv file, or a folder of class folders of images"
         )
     entry = entries[text]
     if entry.text and model is not None:

@@ -29,7 +29,7 @@ SPLIT_NAMES = ("train", "validation", "test")
 ALL = "all"  # the name of every example of a dataset as one split (Dataset.split)
 BLOCK_BYTES = 2 << 20  # shuffled batches are gathered this many bytes at a time (see Split.epochs)
 EPOCHS_AT_ONCE = 16  # at most this many whole epochs per block (the seeds may never end)
-_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         """The split called `name`: train, validation (val), test, or all (every example: a file held out whole)."""
-        key = _SPLIT_ALIASES.get(name, name)
+        key = SPLIT_ALIASES.get(name, name)
         if key == ALL:
             parts = [s for s in (self.train, self.validation, self.test) if len(s)]
             whole = parts[0].joined(parts[1:], ALL)

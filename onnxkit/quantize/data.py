@@ -49,14 +49,14 @@ def load_split(data: Any, split: str, model: onnx.ModelProto, seed: int = 0) -> 
 
 def recorded_data(model: onnx.ModelProto) -> tuple[str | None, int, str | None]:
     """The data `model` was trained on and its split seed, when it says and that data is here
-    (a built-in dataset, or a file that still exists); else None and why not (or None)."""
+    (a built-in dataset, or a file or folder of images that still exists); else None and why not (or None)."""
     from onnxkit.data.registry import datasets
     from onnxkit.evaluate import trained_on
 
     name, seed = trained_on(model)
     if name is None:
         return None, 0, None
-    if name in datasets() or os.path.isfile(name):
+    if name in datasets() or os.path.exists(name):
         return name, seed, None
     return None, 0, f"the model was trained on {name}, which is not here"
 

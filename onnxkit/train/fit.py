@@ -30,6 +30,7 @@ from onnxkit.autodiff.reverse import NoGradient
 from onnxkit.data import (
     Dataset,
     Split,
+    datasets,
     in_model_order,
     load_dataset,
     model_inputs,
@@ -457,11 +458,12 @@ def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimi
 
 
 def _data_reference(data: str | os.PathLike | Dataset) -> str:
-    """How the run and the trained model name their data: a file by its absolute path (so resume,
-    eval and quantize find it from any folder), a built-in dataset or a Dataset by name."""
+    """How the run and the trained model name their data: a file or a folder of images by its absolute path (so
+    resume, eval and quantize find it from any folder), a built-in dataset or a Dataset by name."""
     if isinstance(data, Dataset):
         return data.name
-    return str(resolved(data)) if _is_data_file(data) else str(data)
+    folder = str(data) not in datasets() and Path(data).is_dir()
+    return str(resolved(data)) if _is_data_file(data) or folder else str(data)
 
 
 def _is_data_file(data: str | os.PathLike | Dataset) -> bool:

@@ -1,0 +1,232 @@
+"""Folders of images as datasets (torchvision's ImageFolder layout), and image files as a model's input.
+
+- `DIR/<class>/...`: one subfolder per class holding its images (.png .jpg .jpeg .bmp .gif .webp .tif .tiff, any
+  case; subfolders of a class folder included); the classes are the subfolders' names in sorted order. Split by
+  seed, as the other data files are.
+- `DIR/train/<class>/...` with `val/` (or `validation/`) and/or `test/` beside it: those are the splits; one
+  without a folder is carved out of `train/` by seed, at its usual fraction.
+
+Each image is decoded with Pillow, converted to the channels of the model's image input (1: "L", 3: "RGB",
+4: "RGBA"), resized (bilinear) to the input's fixed height and width, laid out as the input is (NCHW when axis 1 is
+1, 3 or 4, else NHWC when the last axis is) and scaled to [0, 1] for a float input (a uint8 input takes the bytes).
+Every image is decoded once, into one array. Names starting with '.' (.DS_Store) are left out.
+Pillow is imported when an image is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxkit.data.split import SPLIT_ALIASES, SPLIT_NAMES, Dataset, Split, dataset_from_arrays, model_inputs
+from onnxkit.errors import OnnxkitError, first_few
+from onnxkit.files import IMAGE_SUFFIXES
+
+MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for each channel count of an image input
+_GRAY = ("1", "L", "LA", "I", "I;16", "F")  # modes read as one channel when no model says how many
+_SPLIT_FOLDERS = {**{name: name for name in SPLIT_NAMES}, **SPLIT_ALIASES}  # val/ or valid/ for validation/
+_LAYOUT = ("[batch, channels, height, width] or [batch, height, width, channels], with 1, 3 or 4 channels")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """How a model input holds images: its name, channels, fixed height and width (None: the images' own), the
+    order of its axes and its type. Channels None: those of the first image (gray: 1, else 3)."""
+
+    name: str = "image"
+    channels: int | None = None
+    height: int | None = None
+    width: int | None = None
+    channels_last: bool = False
+    dtype: np.dtype = np.dtype(np.float32)
+
+    @classmethod
+    def of(cls, spec: Any) -> ImageInput:
+        """From a model input (`ModelInput` or the runtime's `TensorSpec`: name, dtype, shape)."""
+        shape = tuple(spec.shape) if spec.shape is not None else ()
+        shown = "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+        if len(shape) != 4:
+            raise OnnxkitError(f"model input {spec.name!r} {shown} is no image input ({_LAYOUT}), so a folder or "
+                               "file of images cannot feed it; give this model .npz or .csv data")
+        fixed = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        if fixed[1] in MODES:
+            channels, height, width, last = fixed[1], fixed[2], fixed[3], False
+        elif fixed[3] in MODES:
+            channels, height, width, last = fixed[3], fixed[1], fixed[2], True
+        else:
+            raise OnnxkitError(f"model input {spec.name!r} {shown} has no channel axis of 1, 3 or 4 ({_LAYOUT}); "
+                               "give the images as .npy or .npz arrays shaped as the input")
+        dtype = np.dtype(spec.dtype) if spec.dtype is not None else None
+        if dtype is None or not (dtype.kind == "f" or dtype == np.uint8):
+            raise OnnxkitError(f"model input {spec.name!r} holds {dtype or 'values numpy cannot hold'}; an image "
+                               "input is float (pixels in [0, 1]) or uint8 (0-255): give the images as .npy arrays")
+        return cls(spec.name, channels, height, width, last, dtype)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) to resize each image to, when the input fixes both."""
+        return (self.width, self.height) if self.height and self.width else None
+
+
+def image_input(specs: Sequence[Any]) -> ImageInput:
+    """The one image input of a model (its `model_inputs`, or the runtime's `Model.inputs`)."""
+    if len(specs) != 1:
+        raise OnnxkitError(f"images feed a model of one image input; this one has {len(specs)} "
+                           f"({first_few([s.name for s in specs], 5)}): give its data as an .npz file by input name")
+    return ImageInput.of(specs[0])
+
+
+def is_image(path: Path) -> bool:
+    """Whether `path`'s suffix is an image's."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images in `folder` and its subfolders, sorted by path (none: []); another file beside them is an error
+    naming it."""
+    files = _files(folder)
+    others = [p for p in files if not is_image(p)]
+    if others and len(others) < len(files):
+        raise OnnxkitError(f"{others[0]}: not an image, in the image folder {folder} ({len(others)} such "
+                           f"file{'s' * (len(others) > 1)}: {first_few([p.name for p in others])}); move the other "
+                           f"files out (images are {' '.join(IMAGE_SUFFIXES)})")
+    return [] if others else files
+
+
+def no_images(folder: Path) -> str:
+    """'FOLDER: no images (...) in it or its subfolders (it holds a.npy, ...)', for an error about `folder`."""
+    others = _files(folder)
+    held = f" (it holds {first_few([str(p.relative_to(folder)) for p in others])})" if others else ""
+    return f"{folder}: no images ({' '.join(IMAGE_SUFFIXES)}) in it or its subfolders{held}"
+
+
+def read_images(paths: Sequence[Path], layout: ImageInput) -> np.ndarray:
+    """The images at `paths` as one array of `layout`'s shape and type ([N, C, H, W] or [N, H, W, C]). Without a
+    fixed height and width, every image must have the first one's size."""
+    first = _pixels(paths[0], layout.channels or None, layout.size)
+    height, width, channels = first.shape
+    example = (height, width, channels) if layout.channels_last else (channels, height, width)
+    array = np.empty((len(paths), *example), layout.dtype)
+    for i, path in enumerate(paths):
+        pixels = first if i == 0 else _pixels(path, channels, layout.size)
+        if pixels.shape != first.shape:
+            raise OnnxkitError(f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels where {paths[0]} has "
+                               f"{width}x{height}; model input {layout.name!r} takes any size but one array holds "
+                               "one: resize the images to one size, or export the model with a fixed height and width")
+        array[i] = pixels if layout.channels_last else pixels.transpose(2, 0, 1)
+    if array.dtype.kind == "f":
+        array /= 255
+    return array
+
+
+def _pixels(path: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
+    """One image's pixels as uint8 [H, W, C], converted to `channels` (None: gray 1, else 3) and resized to `size`."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            mode = MODES[channels] if channels else "L" if image.mode in _GRAY else "RGB"
+            image = image.convert(mode)
+            if size and image.size != size:
+                image = image.resize(size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # SyntaxError: a broken header
+        raise OnnxkitError(f"{path}: not a readable image ({e}); replace the file or remove it") from e
+    return pixels.reshape(*pixels.shape[:2], -1)
+
+
+def read_image_folder(root: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,
+                      model: Any = None) -> Dataset:
+    """A dataset from a folder of class folders of images, or of train/val/test folders of them (module docstring);
+    the images as the image input of `model` (an `onnx.ModelProto`) takes them."""
+    layout = image_input(model_inputs(model)) if model is not None else ImageInput()
+    name = root.resolve().name or str(root)  # '.': the folder's own name
+    folders = _split_folders(root)
+    found = {split: _class_folders(folder) for split, folder in folders.items()}
+    classes = sorted({name for by_class in found.values() for name in by_class})
+    _check_classes(root, classes, model)
+    listed = {split: [(path, classes.index(label)) for label, paths in by_class.items() for path in paths]
+              for split, by_class in found.items()}
+    train = listed["train"]
+    rows = np.arange(len(train))  # split as rows of train/: each split's rows say which of its images it takes
+    labels = np.array([label for _, label in train], np.int64)
+    carved = dataset_from_arrays(name, {layout.name: rows}, labels, label_names=classes, seed=seed,
+                                 validation=0.0 if "validation" in listed else validation,
+                                 test=0.0 if "test" in listed else test)
+    parts = [listed[split] if split != "train" and split in listed else
+             [train[i] for i in getattr(carved, split).inputs[layout.name]] for split in SPLIT_NAMES]
+    images = read_images([path for part in parts for path, _ in part], layout)
+    ends = np.cumsum([0, *(len(part) for part in parts)])
+    splits = [Split(split, {layout.name: images[lo:hi]}, np.array([label for _, label in part], np.int64))
+              for split, part, lo, hi in zip(SPLIT_NAMES, parts, ends[:-1], ends[1:], strict=True)]
+    return Dataset(name, *splits, label_names=classes)
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The split folders (train/ and val/, validation/ or test/) of `root` by split name, when it holds only those;
+    else `root` as the one folder of the train split (split by seed)."""
+    folders = _folders(root)
+    splits = [p for p in folders if p.name in _SPLIT_FOLDERS]
+    layout = "give it train/ with val/ (or validation/) and/or test/ alone, each with a subfolder of images per class"
+    if splits and len(splits) < len(folders) and any(_folders(p) for p in splits):  # a class 'train' holds images
+        others = [f"{p.name}/" for p in folders if p not in splits]
+        raise OnnxkitError(f"{root}: holds the split folder{'s' * (len(splits) > 1)} "
+                           f"{', '.join(f'{p.name}/' for p in splits)} beside {first_few(others)}; {layout}")
+    if not splits or len(splits) < len(folders):
+        return {"train": root}
+    named = {_SPLIT_FOLDERS[p.name]: p for p in splits}
+    if "train" not in named or len(named) < len(splits):
+        raise OnnxkitError(f"{root}: holds the split folders {', '.join(f'{p.name}/' for p in splits)}; {layout}")
+    return named
+
+
+def _folders(folder: Path) -> list[Path]:
+    """The subfolders of `folder` (not those whose names start with '.'), sorted."""
+    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    """The images of each class folder of `folder`, by class name (sorted)."""
+    classes = _folders(folder)
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    if not classes and any(is_image(p) for p in files):
+        raise OnnxkitError(f"{folder}: holds images but no class folders; put each class's images in a subfolder "
+                           f"named after the class ({folder}/cat/1.png, {folder}/dog/1.png)")
+    if files:
+        raise OnnxkitError(f"{files[0]}: a file beside the class folders of {folder} ({len(files)} such "
+                           f"file{'s' * (len(files) > 1)}: {first_few([p.name for p in files])}); an image folder "
+                           "holds one subfolder of images per class: move the files out")
+    images = {p.name: image_files(p) for p in classes}
+    if not any(images.values()):
+        raise OnnxkitError(f"{no_images(folder)}; an image dataset holds a subfolder of images per class "
+                           f"({folder}/cat/1.png), other data go in a .npz or .csv file")
+    empty = [name for name, paths in images.items() if not paths]
+    if empty:
+        raise OnnxkitError(f"{no_images(folder / empty[0])}: a class folder needs its images; add them or remove "
+                           "the folder")
+    return images
+
+
+def _check_classes(root: Path, classes: list[str], model: Any) -> None:
+    """Refuse fewer than 2 classes, unless they are among the 2 or more a model names (a held-out folder of one)."""
+    from onnxkit.data.registry import model_class_names
+
+    named = (model_class_names(model) or []) if model is not None else []
+    if len(classes) >= 2 or len(named) >= 2 and set(classes) <= set(named):
+        return
+    inner = root / classes[0] if (root / classes[0]).is_dir() else None
+    deeper = inner is not None and bool(_folders(inner))
+    hint = f" ({inner} holds folders: is it the folder of class folders? pass it)" if deeper else ""
+    raise OnnxkitError(f"{root}: one class folder, {classes[0]!r}; a classifier trains on 2 or more classes: put "
+                       f"each class's images in a subfolder named after it{hint}")
+
+
+def _files(folder: Path) -> list[Path]:
+    """The files in `folder` and its subfolders, sorted by path, less those with a part of their path (below
+    `folder`) starting with '.': .DS_Store, .ipynb_checkpoints/."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
