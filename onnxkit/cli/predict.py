@@ -15,6 +15,7 @@ from onnxkit.runtime.datafiles import (
     checked_feeds,
     format_prediction,
     holds_texts,
+    image_rows,
     read_inputs,
     read_texts,
     write_prediction,
@@ -30,10 +31,10 @@ from onnxkit.runtime.text import reads_text
     "-i",
     "--input",
     "input_path",
-    type=click.Path(dir_okay=False),
-    help="Inputs: .npy, .npz (by input name), .json or .csv (one example per row); a training file's label "
-    "column or array is left out. For a model with a tokenizer: texts, one per line of a .txt or in a "
-    "CSV's 'text' column.",
+    type=click.Path(),
+    help="Inputs: .npy, .npz (by input name), .json or .csv (one example per row), an image or a folder of images "
+    "(each a row); a training file's label column or array is left out. For a model with a tokenizer: texts, one "
+    "per line of a .txt or in a CSV's 'text' column.",
 )
 @click.option("-t", "--text", "texts", multiple=True, help="A text to predict on (repeatable; needs a tokenizer).")
 @options.output_file("Save the prediction: .json, .npz, .npy (the scores output) or .csv.", required=False)
@@ -69,7 +70,7 @@ def predict_cmd(
       onnxkit predict bert.onnx --text "Shares rose sharply." --text "What a match!"
       onnxkit predict digits.int8.onnx inputs/ --ray --workers 4 --output predictions.npz
 
-    DATA is the same as --input; with --ray it may also be a folder.
+    DATA is the same as --input; a folder of images, or with --ray a folder of files.
     """
     if data and input_path:
         raise click.UsageError("give the input once: as DATA or as --input")
@@ -108,11 +109,12 @@ def predict_cmd(
         prediction = loaded.predict(checked_feeds(input_path, loaded, read_inputs(input_path, loaded)))
     if probs:
         prediction = prediction.with_probabilities()
+    names = image_rows(input_path) if input_path and not from_file else None  # the files of a folder of images
     if output:
-        write_prediction(output, prediction, top_k)
+        write_prediction(output, prediction, top_k, names)
         click.echo(f"wrote {output} ({len(prediction)} rows)")
     else:
-        click.echo(format_prediction(prediction, top_k))
+        click.echo(format_prediction(prediction, top_k, names=names))
 
 
 def _warn_of_empty_texts(texts: tuple[str, ...], path: str | None) -> None:

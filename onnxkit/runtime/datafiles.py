@@ -1,7 +1,8 @@
 """Inputs from files and predictions to files or a terminal, for `onnxkit predict`.
 
 Inputs: .npy (one array), .npz (arrays named by input), .json (a nested list, or an
-object of nested lists by input name), .csv (one example per row, optional header).
+object of nested lists by input name), .csv (one example per row, optional header), an image or a folder of
+images (each a row; `onnxkit.data.images` decodes them as the model's image input takes them).
 A file written for training also reads: what train reads as its labels (an .npz's `labels`
 or `y` and `label_names`, a CSV column headed label, target, y, ...) is left out.
 Outputs: .json (outputs, labels, top-k), .npz (every output), .npy (the scores output:
@@ -25,6 +26,7 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import (
+    IMAGE_SUFFIXES,
     TABLE_SUFFIXES,
     csv_rows,
     flags_as_numbers,
@@ -66,12 +68,18 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     an input with no rows is an error."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if path.is_dir():  # was 'unknown input format'
-        raise OnnxkitError(f"{path}: a folder, where one input file goes; give a file, or run over a folder's files "
-                           "with --ray (Ray Data)")
+    rows = image_rows(path)
+    if rows is not None:  # an image, or a folder of them: decoded as the model's image input takes them
+        from onnxkit.data.images import image_input, read_images
+
+        if not rows and not path.is_file():
+            raise OnnxkitError(f"{path}: {not_a_file(path)}")
+        layout = image_input(model.inputs)
+        return {layout.name: read_images([path / row for row in rows] or [path], layout)}
     if suffix not in INPUT_SUFFIXES:
         texts = ", or .txt for texts" if reads_text(model) else ""
-        raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}{texts}")
+        raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}, an image "
+                           f"or a folder of images{texts}")
     if not path.is_file():
         raise OnnxkitError(f"{path}: {not_a_file(path)}")
     values = _read(path, suffix, model)
@@ -79,6 +87,21 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     if empty:
         raise OnnxkitError(f"{path}: input {empty[0]!r} has no rows; give at least one example")
     return values
+
+
+def image_rows(path: str | os.PathLike) -> list[str] | None:
+    """The images of a folder, each a row, by their paths below it (sorted); [] for an image file (one row); None for
+    other input files. A folder holding no image, or images beside other files, is an error."""
+    path = Path(path)
+    if not path.is_dir():
+        return [] if path.suffix.lower() in IMAGE_SUFFIXES else None
+    from onnxkit.data.images import image_files, no_images
+
+    images = image_files(path)
+    if not images:  # was 'unknown input format'
+        raise OnnxkitError(f"{no_images(path)}: a folder, where one input file goes; give a file or a folder of "
+                           "images, or run over a folder's files with --ray (Ray Data)")
+    return [str(p.relative_to(path)) for p in images]
 
 
 def checked_feeds(path: str | os.PathLike, model: Model, values: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -167,12 +190,14 @@ def check_output_path(path: str | os.PathLike) -> None:
         raise OnnxkitError(f"{path}: unknown output format; use one of {', '.join(OUTPUT_SUFFIXES)}")
 
 
-def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int | None = None) -> None:
-    """Save a prediction; the format follows the file's suffix."""
+def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int | None = None,
+                     names: Sequence[str] | None = None) -> None:
+    """Save a prediction; the format follows the file's suffix. `names`: what each row is (the files of a folder of
+    images), saved beside the outputs (not in an .npy, which holds the scores alone)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        result = prediction.to_dict(top_k)
+        result = {**({"files": list(names)} if names else {}), **prediction.to_dict(top_k)}
         try:
             text = json.dumps(result, allow_nan=False)
         except ValueError:  # NaN or an infinity: strings, as serve writes them (a bare NaN is no JSON)
@@ -186,11 +211,13 @@ def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int
             arrays = dict(prediction.outputs)
             if prediction.labels is not None:
                 arrays.setdefault("labels", np.asarray(prediction.labels))
+            if names:
+                arrays.setdefault("files", np.asarray(names))
             np.savez(buffer, **arrays)
         write_bytes(path, buffer.getvalue())
     else:
         check_output_path(path)
-        write_text(path, _csv_text(prediction, top_k))
+        write_text(path, _csv_text(prediction, top_k, names))
 
 
 def _finite(value: Any) -> Any:
@@ -204,31 +231,39 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows: int = 20) -> str:
-    """A short table for a terminal: the best class (or top k) per row, else the outputs."""
+def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows: int = 20,
+                      names: Sequence[str] | None = None) -> str:
+    """A short table for a terminal: the best class (or top k) per row, else the outputs; each row named by its
+    number, or by `names` (the files of a folder of images)."""
     rows = len(prediction)
+    width = max(4, *(len(name) for name in names[:max_rows])) if names else 4
+    head = f"{'file' if names else 'row':<{width}} "
+
+    def row(i: int) -> str:
+        return f"{names[i] if names else i:<{width}} "
+
     per_row = prediction.multi_label or np.ndim(prediction.scores) > 2  # a class per label or position: values
     classes = top_k or not per_row and (
         prediction.class_names is not None or prediction.task in ("classification", "binary"))
     lines = []
     if classes and not top_k and prediction.one_logit:
         # a binary model's one logit z is read as the scores [0, z]: every negative row would show "(0)"
-        names, logits = prediction.labels or prediction.classes.tolist(), np.asarray(prediction.scores)[:, 0]
-        lines.append("row  label (logit)")
-        lines += [f"{i:<4} {names[i]} ({logits[i]:.4g})" for i in range(min(rows, max_rows))]
+        labels, logits = prediction.labels or prediction.classes.tolist(), np.asarray(prediction.scores)[:, 0]
+        lines.append(f"{head}label (logit)")
+        lines += [f"{row(i)}{labels[i]} ({logits[i]:.4g})" for i in range(min(rows, max_rows))]
     elif classes:
         best = prediction.top_k(top_k or 1)
         shown = min(top_k, len(best[0])) if top_k and len(best) else top_k  # k past the classes: all of them
         kind = "probability" if prediction.given_probabilities or prediction.reads_as_probabilities() else "logit"
-        lines.append(f"row  {'top-' + str(shown) + ' labels' if top_k else 'label'} ({kind})")
-        for i, row in enumerate(best[:max_rows]):
-            lines.append(f"{i:<4} " + "  ".join(f"{label} ({score:.4g})" for label, score in row))
+        lines.append(f"{head}{'top-' + str(shown) + ' labels' if top_k else 'label'} ({kind})")
+        for i, pairs in enumerate(best[:max_rows]):
+            lines.append(row(i) + "  ".join(f"{label} ({score:.4g})" for label, score in pairs))
     else:  # the outputs of a value a row in the table; the others (a scalar, a batch statistic) each on a line
         by_row = {k: v for k, v in prediction.outputs.items() if _rows(v) == rows}
         lines += [f"{k}: {_short(v)}" for k, v in prediction.outputs.items() if k not in by_row]
         if by_row:
-            lines.append("row  " + "  ".join(by_row))
-            lines += [f"{i:<4} " + "  ".join(_short(v[i]) for v in by_row.values()) for i in range(min(rows, max_rows))]
+            lines.append(head + "  ".join(by_row))
+            lines += [row(i) + "  ".join(_short(v[i]) for v in by_row.values()) for i in range(min(rows, max_rows))]
     if rows > max_rows:
         lines.append(f"... {rows - max_rows} more rows; save them all with --output FILE")
     return "\n".join(lines)
@@ -401,7 +436,7 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
                            f"column, or if it holds the labels head it {' / '.join(LABEL_COLUMNS)}") from e
 
 
-def _csv_text(prediction: Prediction, top_k: int | None) -> str:
+def _csv_text(prediction: Prediction, top_k: int | None, names: Sequence[str] | None = None) -> str:
     rows = {name: np.shape(value)[0] if np.ndim(value) else None for name, value in prediction.outputs.items()}
     if len(set(rows.values())) > 1 or None in rows.values():  # a sequence output, a Scan's per-step one, a scalar
         shown = ", ".join(f"{name!r} " + ("is a scalar" if n is None else f"has {n} row{'s' * (n != 1)}")
@@ -410,6 +445,9 @@ def _csv_text(prediction: Prediction, top_k: int | None) -> str:
                            "prediction as .json or .npz")
     columns: list[str] = []
     blocks: list[np.ndarray] = []
+    if names:
+        columns.append("file")
+        blocks.append(np.asarray(names, dtype=object)[:, None])
     if prediction.labels is not None:
         columns.append("label")
         blocks.append(np.asarray(prediction.labels, dtype=object)[:, None])
