@@ -401,10 +401,13 @@ def test_a_file_or_folder_that_is_no_data_file_says_so(tmp_path):
     with pytest.raises(OnnxkitError) as npy:
         load_dataset(str(tmp_path / "x.npy"))
     assert str(npy.value) == (f"{tmp_path / 'x.npy'}: data files are .npz, .csv or .tsv, not .npy; save the inputs "
-                              "and labels with numpy.savez(path, x=..., labels=...), or as a CSV")
-    with pytest.raises(OnnxkitError) as folder:
+                              "and labels with numpy.savez(path, x=..., labels=...), or as a CSV (images go in a "
+                              "folder of class folders)")
+    with pytest.raises(OnnxkitError) as folder:  # a folder is a dataset of images (tests/test_image_folders.py)
         load_dataset(str(tmp_path))
-    assert str(folder.value) == f"{tmp_path}: a folder, not a data file; pass a .npz or .csv file or a dataset name"
+    assert str(folder.value) == (f"{tmp_path}: no images (.png .jpg .jpeg .bmp .gif .webp .tif .tiff) in it or its "
+                                 f"subfolders (it holds x.npy); an image dataset holds a subfolder of images per class "
+                                 f"({tmp_path}/cat/1.png), other data go in a .npz or .csv file")
     # a folder named like a file was 'no such data file'; gzip'd CSVs (pandas' to_csv('x.csv.gz')) were 'not .gz;
     # save ... with numpy.savez' and 'not UTF-8 text (byte 0x8b on line 1)'
     (tmp_path / "runs.csv").mkdir()

@@ -684,8 +684,8 @@ def test_a_tsv_file_reads_as_its_csv_twin(run_cli, iris, words, tmp_path):
     (tmp_path / "t.tsv").write_text("text\tlabel\nShares rose, sharply\t1\n")  # a comma in a tab-separated text
     assert read_texts(tmp_path / "t.tsv") == ["Shares rose, sharply"]
     refused = run_cli("predict", words, "-i", tmp_path / "t.docx")
-    assert refused.err.endswith("unknown input format; use one of .npy, .npz, .json, .csv, .tsv, or .txt for "
-                                "texts\n")
+    assert refused.err.endswith("unknown input format; use one of .npy, .npz, .json, .csv, .tsv, an image or a "
+                                "folder of images, or .txt for texts\n")
 
 
 def test_outputs_of_other_row_counts_are_refused_as_a_csv_in_one_line(run_cli, tmp_path):
@@ -771,8 +771,11 @@ def test_ray_reads_every_file_predict_reads_in_a_folder(iris, tmp_path):
 
 
 def test_a_folder_given_to_predict_says_to_use_ray(run_cli, iris, tmp_path):
-    # 'parts: unknown input format; use one of .npy, ...', for a folder of files predict --ray reads
+    # 'parts: unknown input format; use one of .npy, ...', for a folder of files predict --ray reads (a folder of
+    # images is an input: tests/test_image_folders.py)
     (tmp_path / "parts").mkdir()
     result = run_cli("predict", iris[0], tmp_path / "parts")
-    assert (result.code, result.err) == (1, f"error: {tmp_path / 'parts'}: a folder, where one input file goes; give "
-                                            "a file, or run over a folder's files with --ray (Ray Data)\n")
+    assert (result.code, result.err) == (1, f"error: {tmp_path / 'parts'}: no images (.png .jpg .jpeg .bmp .gif .webp "
+                                            ".tif .tiff) in it or its subfolders: a folder, where one input file goes; "
+                                            "give a file or a folder of images, or run over a folder's files with "
+                                            "--ray (Ray Data)\n")

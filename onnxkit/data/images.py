@@ -196,14 +196,14 @@ def _class_folders(folder: Path) -> dict[str, list[Path]]:
     if not classes and any(is_image(p) for p in files):
         raise OnnxkitError(f"{folder}: holds images but no class folders; put each class's images in a subfolder "
                            f"named after the class ({folder}/cat/1.png, {folder}/dog/1.png)")
-    if files:
-        raise OnnxkitError(f"{files[0]}: a file beside the class folders of {folder} ({len(files)} such "
-                           f"file{'s' * (len(files) > 1)}: {first_few([p.name for p in files])}); an image folder "
-                           "holds one subfolder of images per class: move the files out")
     images = {p.name: image_files(p) for p in classes}
     if not any(images.values()):
         raise OnnxkitError(f"{no_images(folder)}; an image dataset holds a subfolder of images per class "
                            f"({folder}/cat/1.png), other data go in a .npz or .csv file")
+    if files:
+        raise OnnxkitError(f"{files[0]}: a file beside the class folders of {folder} ({len(files)} such "
+                           f"file{'s' * (len(files) > 1)}: {first_few([p.name for p in files])}); an image folder "
+                           "holds one subfolder of images per class: move the files out")
     empty = [name for name, paths in images.items() if not paths]
     if empty:
         raise OnnxkitError(f"{no_images(folder / empty[0])}: a class folder needs its images; add them or remove "

@@ -1,0 +1,282 @@
+"""Folders of images (torchvision's ImageFolder layout) as data for train, eval and predict.
+
+The reference is the built-in digits-images ([N, 1, 8, 8] in [0, 1]) written as 8x8 grayscale PNGs in class
+folders, pixels round(v * 255): read back, they equal those values to 1/255. Layouts and channels are checked
+against numpy and Pillow conversions computed here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from onnxkit import zoo
+from onnxkit.data import load_dataset
+from onnxkit.errors import OnnxkitError
+from onnxkit.metadata import set_metadata
+from onnxkit.metadata_keys import LABELS_KEY
+from onnxkit.train import fit
+
+RNG = np.random.default_rng(0)
+
+
+def flat_model(shape: list, elem: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """A model of one input of `shape` whose output is the input flattened: enough to read data for."""
+    graph = helper.make_graph([helper.make_node("Flatten", ["image"], ["out"])], "flat",
+                              [helper.make_tensor_value_info("image", elem, shape)],
+                              [helper.make_tensor_value_info("out", elem, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def write_pngs(root, images: np.ndarray, labels: np.ndarray, names=None) -> list:
+    """`images` ([N, H, W] or [N, H, W, C] uint8) as PNGs in class folders under `root`; their paths, in order."""
+    paths = []
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / (names[label] if names else str(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+        paths.append(folder / f"{i:04d}.png")
+    return paths
+
+
+def in_sorted_rows(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's pixels and label, rows in lexicographic order: the same examples compare equal in any order."""
+    rows = np.concatenate([x.reshape(len(x), -1), labels[:, None]], axis=1)
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """digits-images as a whole: images [N, 1, 8, 8] in [0, 1], labels."""
+    ds = load_dataset("digits-images")
+    splits = (ds.train, ds.validation, ds.test)
+    return np.concatenate([s.inputs["image"] for s in splits]), np.concatenate([s.labels for s in splits])
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("digits") / "digits_png"
+    images, labels = digits
+    write_pngs(root, np.round(images[:, 0] * 255).astype(np.uint8), labels)
+    return root
+
+
+@pytest.fixture
+def gray_folder(tmp_path):
+    """Two classes of 4 random 8x8 grayscale PNGs: the folder, and the pixels in the order of the sorted files."""
+    pixels = RNG.integers(0, 256, (8, 8, 8), dtype=np.uint8)
+    write_pngs(tmp_path / "gray", pixels, np.array([0, 1] * 4), names=["cat", "dog"])
+    order = [0, 2, 4, 6, 1, 3, 5, 7]  # cat's files, then dog's
+    return tmp_path / "gray", pixels[order]
+
+
+def all_of(folder, model=None):
+    """Every example of the folder, in file order (no split), as the model takes it."""
+    ds = load_dataset(folder, model=model, validation=0.0, test=0.0)
+    return next(iter(ds.train.inputs.values())), ds.train.labels
+
+
+def test_the_folder_reads_back_the_pixels_split_as_the_arrays_are(digits_folder, digits):
+    ds = load_dataset(digits_folder, model=zoo.build_model("digits-cnn"))
+    ref = load_dataset("digits-images")
+    assert ds.label_names == [str(i) for i in range(10)]
+    for split, theirs in zip((ds.train, ds.validation, ds.test), (ref.train, ref.validation, ref.test), strict=True):
+        x = split.inputs["image"]
+        assert (x.shape[1:], x.dtype) == ((1, 8, 8), np.float32)
+        np.testing.assert_array_equal(np.bincount(split.labels, minlength=10),  # stratified alike
+                                      np.bincount(theirs.labels, minlength=10))
+    x = np.concatenate([s.inputs["image"] for s in (ds.train, ds.validation, ds.test)])
+    y = np.concatenate([s.labels for s in (ds.train, ds.validation, ds.test)])
+    images, labels = digits
+    np.testing.assert_allclose(in_sorted_rows(x, y), in_sorted_rows(np.round(images * 255) / 255, labels), atol=1e-6)
+    assert np.abs(in_sorted_rows(x, y) - in_sorted_rows(images, labels)).max() <= 0.5 / 255 + 1e-6
+
+
+def test_training_on_the_folder_scores_as_training_on_the_arrays(digits_folder, tmp_path):
+    scores = [fit(zoo.build_model("digits-cnn"), data=data, out_dir=tmp_path / str(i), epochs=10)
+              .metrics["test"]["accuracy"] for i, data in enumerate((digits_folder, "digits-images"))]
+    assert min(scores) > 0.93 and abs(scores[0] - scores[1]) < 0.03, scores
+
+
+def test_eval_from_another_folder_finds_the_training_folder(digits_folder, tmp_path, run_cli, monkeypatch):
+    model = tmp_path / "digits.onnx"
+    onnx.save(zoo.build_model("digits-cnn"), model)
+    assert run_cli("train", model, "--data", digits_folder, "--epochs", "2", "-o", tmp_path / "run").code == 0
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("eval", "run/model.onnx")
+    assert result.code == 0 and result.out.startswith(f"{digits_folder} test split (359 examples)"), result
+
+
+@pytest.mark.parametrize("shape", [["batch", 8, 8, 1], ["batch", 1, 8, 8]])
+def test_layout_follows_the_input(gray_folder, shape):
+    folder, pixels = gray_folder
+    x, labels = all_of(folder, flat_model(shape))
+    expected = pixels[..., None] if shape[-1] == 1 else pixels[:, None]
+    np.testing.assert_allclose(x, expected / 255, atol=1e-7)
+    assert labels.tolist() == [0] * 4 + [1] * 4
+
+
+def test_gray_images_feed_an_rgb_model_and_colour_ones_a_gray_model(gray_folder, tmp_path):
+    folder, pixels = gray_folder
+    x, _ = all_of(folder, flat_model(["batch", 3, 8, 8]))
+    np.testing.assert_allclose(x, np.repeat(pixels[:, None], 3, axis=1) / 255, atol=1e-7)
+    colour = RNG.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    paths = write_pngs(tmp_path / "colour", colour, np.array([0, 1, 0, 1]), names=["a", "b"])
+    order = [paths[i] for i in (0, 2, 1, 3)]
+    gray, _ = all_of(tmp_path / "colour", flat_model(["batch", 8, 8, 1]))
+    expected = np.stack([np.asarray(Image.open(p).convert("L")) for p in order])[..., None]
+    np.testing.assert_allclose(gray, expected / 255, atol=1e-7)
+    rgba, _ = all_of(tmp_path / "colour", flat_model(["batch", 8, 8, 4]))
+    np.testing.assert_allclose(rgba[..., :3], colour[[0, 2, 1, 3]] / 255, atol=1e-7)
+    np.testing.assert_array_equal(rgba[..., 3], 1)
+
+
+def test_uint8_inputs_take_the_bytes_and_a_fixed_size_resizes(gray_folder):
+    folder, pixels = gray_folder
+    x, _ = all_of(folder, flat_model(["batch", 1, 8, 8], TensorProto.UINT8))
+    assert x.dtype == np.uint8
+    np.testing.assert_array_equal(x[:, 0], pixels)
+    small, _ = all_of(folder, flat_model(["batch", 1, 4, 4]))
+    expected = [np.asarray(Image.fromarray(p).resize((4, 4), Image.Resampling.BILINEAR)) for p in pixels]
+    np.testing.assert_allclose(small[:, 0], np.stack(expected) / 255, atol=1e-7)
+
+
+def test_a_dynamic_size_takes_images_of_one_size_and_refuses_two(gray_folder):
+    folder, pixels = gray_folder
+    x, _ = all_of(folder, flat_model(["batch", 1, "height", "width"]))
+    np.testing.assert_allclose(x[:, 0], pixels / 255, atol=1e-7)
+    Image.fromarray(np.zeros((6, 5), np.uint8)).save(folder / "dog" / "odd.png")
+    with pytest.raises(OnnxkitError) as e:
+        all_of(folder, flat_model(["batch", 1, "height", "width"]))
+    assert str(e.value) == (f"{folder / 'dog' / 'odd.png'}: 5x6 pixels where {folder / 'cat' / '0000.png'} has 8x8; "
+                            "model input 'image' takes any size but one array holds one: resize the images to one "
+                            "size, or export the model with a fixed height and width")
+
+
+def test_train_val_test_folders_are_the_splits(tmp_path):
+    pixels = RNG.integers(0, 256, (30, 8, 8), dtype=np.uint8)
+    labels = np.arange(30) % 2
+    for split, rows in (("train", slice(0, 20)), ("val", slice(20, 25)), ("test", slice(25, 30))):
+        write_pngs(tmp_path / "data" / split, pixels[rows], labels[rows], names=["cat", "dog"])
+    ds = load_dataset(tmp_path / "data", model=flat_model(["batch", 1, 8, 8]))
+    assert [len(s) for s in (ds.train, ds.validation, ds.test)] == [20, 5, 5]
+    assert ds.label_names == ["cat", "dog"]
+    np.testing.assert_allclose(in_sorted_rows(ds.validation.inputs["image"], ds.validation.labels),
+                               in_sorted_rows(pixels[20:25, None] / 255, labels[20:25]), atol=1e-7)
+    (tmp_path / "data" / "val").rename(tmp_path / "data" / "other")  # not read as the classes other, test, train
+    with pytest.raises(OnnxkitError) as e:
+        load_dataset(tmp_path / "data", model=flat_model(["batch", 1, 8, 8]))
+    assert str(e.value) == (f"{tmp_path / 'data'}: holds the split folders test/, train/ beside other/; give it train/ "
+                            "with val/ (or validation/) and/or test/ alone, each with a subfolder of images per class")
+    shutil.rmtree(tmp_path / "data" / "other")  # train/ and test/: validation carved out of train/ by seed
+    ds = load_dataset(tmp_path / "data", model=flat_model(["batch", 1, 8, 8]))
+    assert [len(s) for s in (ds.train, ds.validation, ds.test)] == [16, 4, 5]
+
+
+def test_folder_names_take_the_model_class_ids(gray_folder):
+    folder, _ = gray_folder
+    model = flat_model(["batch", 1, 8, 8])
+    set_metadata(model, {LABELS_KEY: json.dumps(["dog", "cat"])})
+    ds = load_dataset(folder, model=model, validation=0.0, test=0.0)
+    assert ds.label_names == ["dog", "cat"] and ds.train.labels.tolist() == [1] * 4 + [0] * 4
+    set_metadata(model, {LABELS_KEY: json.dumps(["dog", "bird"])})
+    with pytest.raises(OnnxkitError, match=r"label 'cat' is not among the model's classes \(dog, bird\)"):
+        load_dataset(folder, model=model)
+
+
+def test_predict_on_a_png_or_a_folder_equals_predict_on_the_npy(digits_folder, digits, tmp_path, run_cli):
+    model = tmp_path / "digits.onnx"
+    onnx.save(zoo.build_model("digits-cnn"), model)
+    files = sorted((digits_folder / "3").glob("*.png"))[:3]
+    pixels = np.stack([np.asarray(Image.open(p), np.float32)[None] / 255 for p in files])
+    np.save(tmp_path / "x.npy", pixels)
+    np.save(tmp_path / "one.npy", pixels[:1])
+    assert run_cli("predict", model, "-i", files[0]).out == run_cli("predict", model, "-i", tmp_path / "one.npy").out
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for p in files:
+        (folder / p.name).write_bytes(p.read_bytes())
+    table = run_cli("predict", model, folder, "--top-k", "2")
+    plain = run_cli("predict", model, tmp_path / "x.npy", "--top-k", "2")
+    assert table.code == 0 and table.out.splitlines()[0].startswith("file")
+    named = [line.split(maxsplit=1) for line in table.out.splitlines()[1:]]
+    assert [name for name, _ in named] == [p.name for p in files]
+    assert [rest for _, rest in named] == [line.split(maxsplit=1)[1] for line in plain.out.splitlines()[1:]]
+    assert run_cli("predict", model, folder, "-o", tmp_path / "p.csv").code == 0
+    assert run_cli("predict", model, tmp_path / "x.npy", "-o", tmp_path / "q.csv").code == 0
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "file," + (tmp_path / "q.csv").read_text().splitlines()[0]
+    assert [r.split(",", 1) for r in rows[1:]] == [[p.name, r] for p, r in
+                                                    zip(files, (tmp_path / "q.csv").read_text().splitlines()[1:],
+                                                        strict=True)]
+
+
+def test_a_jpeg_is_read_within_its_compression(tmp_path, gray_folder):
+    _, pixels = gray_folder
+    smooth = np.add.outer(np.arange(16), np.arange(16)).astype(np.uint8) * 8  # JPEG keeps gradients well
+    for name in ("a", "b"):
+        (tmp_path / "jpg" / name).mkdir(parents=True)
+        Image.fromarray(smooth).save(tmp_path / "jpg" / name / "x.JPG", quality=95)
+    x, _ = all_of(tmp_path / "jpg", flat_model(["batch", 1, 16, 16]))
+    assert np.abs(x[:, 0] - smooth / 255).max() < 4 / 255
+
+
+def test_without_a_model_the_first_image_sets_channels_and_size(gray_folder):
+    folder, pixels = gray_folder
+    x, _ = all_of(folder)
+    assert x.shape == (8, 1, 8, 8)
+    np.testing.assert_allclose(x[:, 0], pixels / 255, atol=1e-7)
+
+
+def one_line_error(run_cli, *args) -> str:
+    result = run_cli(*args)
+    assert result.code == 1 and result.err.count("\n") == 1 and result.err.startswith("error: "), result
+    return result.err[len("error: "):-1]
+
+
+def test_each_mistake_is_one_line(gray_folder, tmp_path, run_cli):
+    folder, _ = gray_folder
+    model = tmp_path / "m.onnx"
+    onnx.save(flat_model(["batch", 1, 8, 8]), model)
+    (folder / "cat" / "0000.png").write_bytes(b"not a png")
+    assert one_line_error(run_cli, "eval", model, "--data", folder).startswith(
+        f"{folder / 'cat' / '0000.png'}: not a readable image (cannot identify image file")
+    (folder / "cat" / "0000.png").unlink()
+    (folder / "cat" / "notes.csv").write_text("a,label\n1,0\n")
+    assert one_line_error(run_cli, "eval", model, "--data", folder) == (
+        f"{folder / 'cat' / 'notes.csv'}: not an image, in the image folder {folder / 'cat'} (1 such file: "
+        "notes.csv); move the other files out (images are .png .jpg .jpeg .bmp .gif .webp .tif .tiff)")
+    (folder / "cat" / "notes.csv").unlink()
+    (folder / "bird").mkdir()
+    assert one_line_error(run_cli, "eval", model, "--data", folder).startswith(
+        f"{folder / 'bird'}: no images (.png .jpg .jpeg .bmp .gif .webp .tif .tiff) in it or its subfolders: a "
+        "class folder needs its images")
+    (tmp_path / "empty" / "x").mkdir(parents=True)
+    np.save(tmp_path / "empty" / "x" / "a.npy", np.zeros(3))
+    assert one_line_error(run_cli, "eval", model, "--data", tmp_path / "empty") == (
+        f"{tmp_path / 'empty'}: no images (.png .jpg .jpeg .bmp .gif .webp .tif .tiff) in it or its subfolders (it "
+        f"holds x/a.npy); an image dataset holds a subfolder of images per class ({tmp_path / 'empty'}/cat/1.png), "
+        "other data go in a .npz or .csv file")
+    (folder / "bird").rmdir()
+    (folder / "labels.txt").write_text("cat\ndog\n")
+    assert one_line_error(run_cli, "eval", model, "--data", folder) == (
+        f"{folder / 'labels.txt'}: a file beside the class folders of {folder} (1 such file: labels.txt); an image "
+        "folder holds one subfolder of images per class: move the files out")
+    (folder / "labels.txt").unlink()
+    assert one_line_error(run_cli, "eval", model, "--data", folder / "dog").startswith(
+        f"{folder / 'dog'}: holds images but no class folders; put each class's images in a subfolder")
+    (folder / "cat").rename(tmp_path / "cat")
+    assert one_line_error(run_cli, "train", model, "--data", folder, "-o", tmp_path / "run") == (
+        f"{folder}: one class folder, 'dog'; a classifier trains on 2 or more classes: put each class's images in a "
+        "subfolder named after it")
+    onnx.save(flat_model(["batch", 64]), model)
+    assert one_line_error(run_cli, "eval", model, "--data", tmp_path / "gray") == (
+        "model input 'image' [batch, 64] is no image input ([batch, channels, height, width] or [batch, height, "
+        "width, channels], with 1, 3 or 4 channels), so a folder or file of images cannot feed it; give this model "
+        ".npz or .csv data")
