@@ -29,7 +29,7 @@ from onnxkit.files import IMAGE_SUFFIXES
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for each channel count of an image input
 _GRAY = ("1", "L", "LA", "I", "I;16", "F")  # modes read as one channel when no model says how many
 _SPLIT_FOLDERS = {**{name: name for name in SPLIT_NAMES}, **SPLIT_ALIASES}  # val/ or valid/ for validation/
-_LAYOUT = ("[batch, channels, height, width] or [batch, height, width, channels], with 1, 3 or 4 channels")
+_LAYOUT = "[batch, channels, height, width] or [batch, height, width, channels], with 1, 3 or 4 channels"
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def no_images(folder: Path) -> str:
 def read_images(paths: Sequence[Path], layout: ImageInput) -> np.ndarray:
     """The images at `paths` as one array of `layout`'s shape and type ([N, C, H, W] or [N, H, W, C]). Without a
     fixed height and width, every image must have the first one's size."""
-    first = _pixels(paths[0], layout.channels or None, layout.size)
+    first = _pixels(paths[0], layout.channels, layout.size)
     height, width, channels = first.shape
     example = (height, width, channels) if layout.channels_last else (channels, height, width)
     array = np.empty((len(paths), *example), layout.dtype)
