@@ -8,7 +8,7 @@ Where to start (the `onnxkit` command wraps the same functions; `onnxkit --help`
     onnxkit.evaluate.evaluate       score a model on a dataset split
     onnxkit.quantize.quantize       int8 / int4 / fp16, with a size, speed and accuracy report
     onnxkit.runtime.load            run a model (numpy + onnxruntime only)
-    onnxkit.data.load_dataset       built-in datasets and .npz / .csv files, split
+    onnxkit.data.load_dataset       built-in datasets, .npz / .csv files and image folders, split
 
 The package root stays import-light: the runtime (`onnxkit.runtime`) must be
 usable with only numpy and onnxruntime installed.
