@@ -17,6 +17,7 @@ from onnx import helper
 
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError, first_few
+from onnxkit.graph_walks import node_reads
 from onnxkit.metadata_keys import BUFFERS_KEY, DROPOUT_KEY, VERSION_KEY
 from onnxkit.nn.graph import Dim, Graph, Tensor, tracing, type_proto
 from onnxkit.nn.module import Module
@@ -144,7 +145,7 @@ def _leave_out_dead_nodes(graph: Graph, outputs: Sequence[Tensor]) -> None:
     for node in reversed(graph.nodes):
         if live.intersection(node.output):
             kept.append(node)
-            live.update(node.input)
+            live.update(node_reads(node))
     graph.nodes[:] = kept[::-1]
     names = {node.name for node in kept}
     graph.dropout = {name: p for name, p in graph.dropout.items() if name in names}
