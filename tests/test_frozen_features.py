@@ -47,6 +47,20 @@ def test_a_cached_head_trains_exactly_like_the_whole_model(tmp_path):
     assert [n.op_type for n in load_model(cached.model_path).graph.node] == [n.op_type for n in model.graph.node]
 
 
+def test_a_cached_head_trains_on_data_without_validation_rows(tmp_path):
+    """A dataset whose validation split is empty: its cached features are no rows of the boundary's width (the
+    concatenation of no batches raised ValueError)."""
+    from onnxkit.data import Dataset, Split, load_dataset
+
+    digits = load_dataset("digits")
+    x = digits.validation.inputs["x"]
+    empty = Split("validation", {"x": x[:0]}, digits.validation.labels[:0])
+    data = Dataset("digits-no-validation", digits.train, empty, digits.test, label_names=digits.label_names)
+    result = fit(mlp_with_batchnorm(), data, tmp_path / "run", train_only=["fc2.*"], **COMMON)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["cached_features"]["boundary"] == ["h3"]
+    assert result.metrics["test"]["accuracy"] > 0.5
+
+
 def test_dropout_in_front_of_the_head_trains_with_the_head():
     model = zoo.build_model("digits-mlp")  # Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
     split = cut(model, "logits", ["6.weight", "6.bias"], value_types(model), examples=1000)

@@ -176,7 +176,9 @@ def _torch_pool(x: np.ndarray, k: int, s: int, p: int, d: int, reduce, include_p
     (nn.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True), 10, (3, 2, 1, 2, "max")),
     (nn.MaxPool2d(2, ceil_mode=True), 7, (2, 2, 0, 1, "max")),
     (nn.MaxPool2d(3, 2, 1, ceil_mode=True), 8, (3, 2, 1, 1, "max")),
-    (nn.AvgPool2d(3, 2, 1, ceil_mode=True), 8, (3, 2, 1, 1, "mean")),
+    (nn.AvgPool2d(3, 2, 1, ceil_mode=True), 7, (3, 2, 1, 1, "mean")),
+    (nn.MaxPool2d(3, 2, ceil_mode=True), 2, (3, 2, 0, 1, "max")),  # one window, larger than the input
+    (nn.AvgPool2d(3, 2, ceil_mode=True), 2, (3, 2, 0, 1, "mean")),
     (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), 8, (3, 2, 1, 1, "mean", False)),
     (nn.AvgPool2d(2, ceil_mode=True), 7, (2, 2, 0, 1, "mean")),
 ])
@@ -192,6 +194,10 @@ def test_pool_options_onnx_cannot_keep_are_refused() -> None:
     with pytest.raises(OnnxkitError, match="MaxPool2d with ceil_mode on 5 cells .* would start its last window past "
                                            "the input"):
         build_one(nn.MaxPool2d(3, 3, 1, ceil_mode=True), x=nn.Input(["batch", 1, 5, 5]))
+    with pytest.raises(OnnxkitError, match="AvgPool2d with ceil_mode on 8 cells .* would reach past the padding with "
+                                           "its last window, whose cells ONNX Runtime 1.20 counts and later ones do "
+                                           "not; .* or use count_include_pad=False"):
+        build_one(nn.AvgPool2d(3, 2, 1, ceil_mode=True), x=nn.Input(["batch", 1, 8, 8]))
     with pytest.raises(OnnxkitError, match="MaxPool2d: return_indices=True is not supported"):
         nn.MaxPool2d(2, return_indices=True)
 
@@ -353,6 +359,9 @@ def test_cross_attention_reads_keys_and_values_from_the_context():
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], np.int64)
     feeds = {"x": x, "memory": memory, "memory_mask": mask}
     close(ort_run(model, feeds)[0], ref_attention(x, mask, net.attn, memory))
+    with pytest.raises(OnnxkitError, match="attention's context has batch 1, x has 2; give one context per row of x"):
+        nn.build(net, {"x": nn.Input([2, 3, 8]), "memory": nn.Input([1, 5, 8]),
+                       "memory_mask": nn.Input([1, 5], "int64")})
     with pytest.raises(OnnxkitError, match=r"attention expects context \[batch, seq, 8\], got \['batch', 5, 4\]"):
         nn.build(net, {"x": nn.Input(["batch", 3, 8]), "memory": nn.Input(["batch", 5, 4]),
                        "memory_mask": nn.Input(["batch", 5], "int64")})

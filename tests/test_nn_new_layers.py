@@ -267,14 +267,20 @@ def test_upsample(scale, mode, shape):
     (dict(size=(5, 13), mode="bilinear", align_corners=True), (1, 2, 4, 6)),
     (dict(scale_factor=2, mode="bilinear", align_corners=True), (1, 2, 4, 5)),
     (dict(size=(3, 2)), (1, 2, 4, 6)),
+    (dict(scale_factor=1.3, mode="bilinear"), (1, 2, 3, 7)),  # 3 x 1.3 -> 3: PyTorch copies that axis
+    (dict(scale_factor=(1.3, 2)), (1, 2, 2, 3)),
 ])  # fmt: skip
 def test_upsample_to_a_size_and_with_aligned_corners(options, shape):
     layer = nn.Upsample(**options)
     x = images(*shape)
-    size = options.get("size")
+    size, scale = options.get("size"), options.get("scale_factor")
     size = (size, size) if isinstance(size, int) else size
-    scale = options.get("scale_factor")
-    want = ref_upsample(x.astype(np.float64), (scale, scale), options.get("mode", "nearest"), size,
+    scales = scale if isinstance(scale, tuple) else (scale, scale)
+    if scale is not None:  # PyTorch copies an axis whose size the scale keeps, and samples the others at 1 / scale
+        size = tuple(math.floor(d * f) for d, f in zip(shape[2:], scales, strict=True))
+        scales = tuple(1.0 if n == d else f for n, d, f in zip(size, shape[2:], scales, strict=True))
+        size = None
+    want = ref_upsample(x.astype(np.float64), scales, options.get("mode", "nearest"), size,
                         options.get("align_corners", False))
     close(run(layer, x), want)
     model = build_one(layer, ["batch", *shape[1:]])
@@ -345,7 +351,9 @@ def test_bad_arguments(make, match):
     (lambda: nn.ConvTranspose2d(4, 6, 3, output_padding=-1), "ConvTranspose2d: output_padding must be a non-neg"),
     (lambda: nn.MaxPool2d(0), "MaxPool2d: kernel_size must be a positive integer"),
     (lambda: nn.AvgPool2d(2, stride=0), "AvgPool2d: stride must be a positive integer"),
-    (lambda: nn.MaxPool2d(2, padding=2), r"MaxPool2d: padding 2 must be smaller than kernel_size \(2, 2\)"),
+    (lambda: nn.MaxPool2d(2, padding=2), r"MaxPool2d: padding 2 must be at most half the window \(kernel_size "
+                                         r"\(2, 2\)\), as PyTorch requires"),
+    (lambda: nn.AvgPool2d(3, 1, padding=2), r"AvgPool2d: padding 2 must be at most half the window"),
     (lambda: nn.MaxPool2d(2, padding="same"), r'MaxPool2d: padding="same" needs stride 1, got stride \(2, 2\)'),
     (lambda: nn.BatchNorm2d(0), "BatchNorm2d: num_features must be a positive integer, got 0"),
     (lambda: nn.BatchNorm1d(4, momentum=1.5), r"BatchNorm1d: momentum must be in \[0, 1\], got 1.5"),
@@ -458,6 +466,8 @@ class Net(nn.Module):
     # built, then refused by ONNX Runtime (a negative size) or run to an empty output
     (nn.ConvTranspose2d(1, 1, 3, padding=5), ["batch", 1, 2, 2], r"its output would be \['batch', 1, -6, -6\]"),
     (nn.Upsample(0.1), ["batch", 1, 8, 8], r"upsample by 0.1 of \['batch', 1, 8, 8\] would be empty"),
+    (nn.Upsample(1.5), ["batch", 1, "h", 8], r"upsample by 1.5 over a size known only at run time: PyTorch keeps the "
+                                             r"sizes this scale leaves unchanged"),
 ])  # fmt: skip
 def test_bad_inputs_name_the_layer(layer, shape, match):
     with pytest.raises(OnnxkitError, match=f"^body.0: .*{match}") as e:

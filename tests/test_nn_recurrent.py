@@ -123,10 +123,20 @@ def test_a_dropped_layer_result_leaves_its_weights_out() -> None:
             self.unused(x)
             return self.used(x)
 
-    with pytest.warns(nn.UnusedLayers, match="unused"):
+    with pytest.warns(nn.UnusedLayers, match=r"^layers whose results forward drops are left out of the model: "
+                                             r"unused \(15 weights\)$"):
         model = nn.build(Dropped(), {"x": nn.Input(["batch", 4])})
     assert sorted(t.name for t in model.graph.initializer) == ["used.bias", "used.weight"]
     onnx.checker.check_model(model, full_check=True)
+
+    class DroppedInput(nn.Module):
+        def forward(self, x, y):
+            nn.ops.relu(y)
+            return nn.ops.relu(x)
+
+    with pytest.raises(OnnxkitError, match="input 'y' feeds no output: forward computes with it but returns nothing "
+                                           "that depends on it"):
+        nn.build(DroppedInput(), {"x": nn.Input(["batch", 4]), "y": nn.Input(["batch", 4])})
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
@@ -168,3 +178,14 @@ def test_wrong_inputs_are_one_line_errors() -> None:
         nn.LSTM(8, 4, proj_size=2)
     with pytest.raises(OnnxkitError, match="GRU: hidden_size must be a positive integer, got 0"):
         nn.GRU(8, 0)
+    for states, wrong in ((1, 4), (2, 5)):  # one layer's states for two; another hidden size
+        class Stacked(nn.Module):
+            def __init__(self):
+                self.rnn = nn.GRU(8, 4, num_layers=2)
+
+            def forward(self, x, h0):
+                return self.rnn(x, h0)[0]
+
+        with pytest.raises(OnnxkitError, match=r"GRU's h0 is \[num_layers \* num_directions, batch, hidden_size\] = "
+                                               rf"\[2, 3, 4\], got \[{states}, 3, {wrong}\]"):
+            nn.build(Stacked(), {"x": nn.Input([5, 3, 8]), "h0": nn.Input([states, 3, wrong])})

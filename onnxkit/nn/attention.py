@@ -53,6 +53,9 @@ class MultiHeadAttention(Module):
                 raise OnnxkitError(f"{current_graph().where}: attention expects {name} [batch, seq, {self.dim}], "
                                    f"got {got}")
         source = x if context is None else context
+        if all(isinstance(d, int) for d in (x.shape[0], source.shape[0])) and x.shape[0] != source.shape[0]:
+            raise OnnxkitError(f"{current_graph().where}: attention's context has batch {source.shape[0]}, x has "
+                               f"{x.shape[0]}; give one context per row of x")
         if mask is not None:
             self._check_mask(source, mask)
         q, k, v = self._heads(self.q(x)), self._heads(self.k(source)), self._heads(self.v(source))

@@ -87,10 +87,15 @@ def build(
         args = {n: graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()}
         result = module(**args) if _named_in_forward(module, args) else module(*args.values())
     outputs = _name_outputs(graph, result, output_names, _forward_of(module))
+    called = set(graph.params)
+    computed_with = {name for node in graph.nodes for name in node.input}
     _leave_out_dead_nodes(graph, outputs)
-    _warn_of_unused_layers(module, graph)
+    _warn_of_unused_layers(module, graph, called)
     read = {name for node in graph.nodes for name in node.input}
     unused = [t.name for t in graph.inputs if t.name not in read]
+    if unused and unused[0] in computed_with:
+        raise OnnxkitError(f"input {unused[0]!r} feeds no output: forward computes with it but returns nothing that "
+                           "depends on it; return what it computes, or leave the input out")
     if unused:
         raise OnnxkitError(f"input {unused[0]!r} feeds nothing: forward never computes with it (a numpy array given "
                            "to a layer is a constant, not the input); compute with the tensors forward receives")
@@ -155,16 +160,19 @@ def _leave_out_dead_nodes(graph: Graph, outputs: Sequence[Tensor]) -> None:
     graph.values = {name: t for name, t in graph.values.items() if name in known}
 
 
-def _warn_of_unused_layers(module: Module, graph: Graph) -> None:
-    """An `UnusedLayers` warning naming the layers whose weights no node reads (a layer defined in __init__ and
-    left out of forward, or whose result forward drops: its weights vanished without a word; PyTorch's exporters
-    drop them too)."""
+def _warn_of_unused_layers(module: Module, graph: Graph, called: set[int]) -> None:
+    """An `UnusedLayers` warning naming the layers whose weights no node reads: a layer defined in __init__ and
+    left out of forward, or one whose result forward drops (`called`: the weights forward read; a dropped
+    BatchNorm's statistics then stay as they are). Their weights vanished without a word; PyTorch's exporters drop
+    them too."""
     unused = [(name, p) for name, p in module.named_arrays() if id(p) not in graph.params]
-    if unused:
-        layers = list(dict.fromkeys(name.rpartition(".")[0] or name for name, _ in unused))
-        weights = sum(p.value.size for _, p in unused)
-        warnings.warn(f"layers that forward never calls are left out of the model: {first_few(layers)} "
-                      f"({weights:,} weights)", UnusedLayers, stacklevel=3)
+    for dropped, what in ((False, "that forward never calls"), (True, "whose results forward drops")):
+        these = [(name, p) for name, p in unused if (id(p) in called) == dropped]
+        if these:
+            layers = list(dict.fromkeys(name.rpartition(".")[0] or name for name, _ in these))
+            weights = sum(p.value.size for _, p in these)
+            warnings.warn(f"layers {what} are left out of the model: {first_few(layers)} ({weights:,} weights)",
+                          UnusedLayers, stacklevel=3)
 
 
 def _named_in_forward(module: Module, inputs: Mapping[str, Any]) -> bool:

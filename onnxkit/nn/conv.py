@@ -39,14 +39,15 @@ def _pads(layer: Module, padding: str | tuple[int, int], kernel: tuple[int, int]
 
 
 def _check_window(layer: Module, x: Tensor, kernel: tuple[int, int], dilation: tuple[int, int],
-                  pads: list[int]) -> None:
+                  pads: list[int], partial: bool = False) -> None:
     """Fail, naming the layer, unless `x` is [N, C, H, W] and the window (kernel and dilation) fits
-    each static spatial axis with its padding: else the output would have no cells."""
+    each static spatial axis with its padding: else the output would have no cells (with ceil_mode, `partial`,
+    the first window is kept however far it reaches, as in PyTorch)."""
     name = type(layer).__name__
     ops.check_input(x, name, 4, channels=getattr(layer, "in_channels", None))
     for axis, size in enumerate(x.shape[2:]):
         span = dilation[axis] * (kernel[axis] - 1) + 1
-        if isinstance(size, int) and size + pads[axis] + pads[axis + 2] < span:
+        if isinstance(size, int) and not partial and size + pads[axis] + pads[axis + 2] < span:
             raise OnnxkitError(f"{ops._where()}: {name}'s window spans {span} cells on axis {axis + 2}, more than "
                                f"the input's {size} with padding {pads[axis] + pads[axis + 2]} (shape "
                                f"{list(x.shape)}): the output would be empty; use a smaller kernel or more padding")
@@ -146,12 +147,14 @@ class _Pool2d(Module):
         self.dilation = check_ints(self, "dilation", dilation)
         self.pads = _pads(self, _padding(self, padding), self.kernel, self.dilation, self.stride)
         self.ceil_mode = bool(ceil_mode)
-        if any(p >= k for p, k in zip(self.pads, self.kernel * 2, strict=True)):  # ONNX Runtime refuses these
-            raise OnnxkitError(f"{type(self).__name__}: padding {padding!r} must be smaller than "
-                               f"kernel_size {self.kernel}")
+        spans = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation, strict=True)]
+        if any(p > span // 2 for p, span in zip(self.pads, spans * 2, strict=True)):  # PyTorch refuses these too
+            raise OnnxkitError(f"{type(self).__name__}: padding {padding!r} must be at most half the window "
+                               f"(kernel_size {self.kernel}" + (f", dilation {self.dilation}" if dilation != 1 else "")
+                               + "), as PyTorch requires")
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_window(self, x, self.kernel, self.dilation, self.pads)
+        _check_window(self, x, self.kernel, self.dilation, self.pads, partial=self.ceil_mode)
         attrs = {"kernel_shape": list(self.kernel), "strides": list(self.stride), "pads": self.pads, **self._attrs()}
         if self.dilation != (1, 1):
             attrs["dilations"] = list(self.dilation)
@@ -161,17 +164,21 @@ class _Pool2d(Module):
         return current_graph().op(self.op_type, [x], attrs)[0]
 
     def _check_last_window(self, x: Tensor) -> None:
-        """Refuse a ceil_mode window that would start past the input: PyTorch drops it, ONNX Runtime versions differ."""
+        """Refuse a ceil_mode window that would start past the input (PyTorch drops it) or, averaging with the
+        padding counted, reach past the padding: ONNX Runtime versions size and divide those differently."""
         for axis, size in enumerate(x.shape[2:]):
             if not isinstance(size, int):
                 continue
             begin, end, stride = self.pads[axis], self.pads[axis + 2], self.stride[axis]
             span = self.dilation[axis] * (self.kernel[axis] - 1) + 1
             last = -(-(size + begin + end - span) // stride)  # the ceil_mode output's last index
-            if last * stride >= size + begin:
+            why = "start its last window past the input, which PyTorch drops" if last * stride >= size + begin else \
+                "reach past the padding with its last window, whose cells ONNX Runtime 1.20 counts and later ones " \
+                "do not" if self._attrs().get("count_include_pad") and last * stride + span > size + begin + end else ""
+            if why:
                 raise OnnxkitError(f"{ops._where()}: {type(self).__name__} with ceil_mode on {size} cells (axis "
-                                   f"{axis + 2}) would start its last window past the input, which PyTorch drops and "
-                                   "ONNX Runtime versions size differently; change the padding or the stride")
+                                   f"{axis + 2}) would {why}; change the padding or the stride"
+                                   + (", or use count_include_pad=False" if "padding" in why else ""))
 
     def _attrs(self) -> dict[str, int]:
         return {}

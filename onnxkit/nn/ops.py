@@ -426,6 +426,12 @@ def upsample(x: TensorLike, scale_factor: float | Sequence[float] | None = None,
     if 0 in sizes:  # ONNX Runtime runs it, to an empty output
         raise OnnxkitError(f"{_where()}: upsample by {scale_factor} of {list(x.shape)} would be empty "
                            f"({[*x.shape[:2], *sizes]}); use a larger scale_factor")
+    # an axis whose size the scale keeps (3 x 1.3 -> 3) PyTorch copies; ONNX would still sample it at 1 / scale
+    scales = [1.0 if n == d else s for n, d, s in zip(sizes, x.shape[2:], scales, strict=True)]
+    if any(n is None and 1 < s < 2 and not s.is_integer() for n, s in zip(sizes, scales, strict=True)):
+        raise OnnxkitError(f"{_where()}: upsample by {scale_factor} over a size known only at run time: PyTorch keeps "
+                           "the sizes this scale leaves unchanged and ONNX's Resize does not; give size=, or a scale "
+                           "of 2 or more, or fixed sizes")
     inputs = [x, None, as_tensor(np.asarray([1.0, 1.0, *scales], np.float32))]
     return current_graph().op("Resize", inputs, attrs, shapes=[[*x.shape[:2], *sizes]])[0]
 
@@ -433,6 +439,11 @@ def upsample(x: TensorLike, scale_factor: float | Sequence[float] | None = None,
 def _dims(dims: tuple) -> Sequence[int]:
     """A method's dims, given one by one or as one sequence."""
     return dims[0] if len(dims) == 1 and not isinstance(dims[0], int) else dims
+
+
+def _reshape_method(x: Tensor, *shape: int | Sequence[int]) -> Tensor:
+    """`x.reshape(2, -1)`, `x.reshape([2, -1])`, `x.view(-1)`."""
+    return reshape(x, _dims(shape))
 
 
 def _swap_or_permute(x: Tensor, *dims: int) -> Tensor:
@@ -454,7 +465,8 @@ def index(x: TensorLike, key: Any) -> Tensor:
     `...` and None (a new axis of 1). One Slice over the axes that change, then Squeeze and Unsqueeze."""
     x = as_tensor(x)
     items = list(key) if isinstance(key, tuple) else [key]
-    bad = [i for i in items if not (i is None or i is Ellipsis or isinstance(i, builtins.slice | numbers.Integral))]
+    bad = [i for i in items if isinstance(i, bool) or not (
+        i is None or i is Ellipsis or isinstance(i, builtins.slice | numbers.Integral))]
     if bad:
         raise OnnxkitError(f"{_where()}: indexing takes whole numbers, slices, ... and None, got "
                            f"{type(bad[0]).__name__}; to pick rows by a tensor of ids, use ops.gather")
@@ -484,12 +496,7 @@ def index(x: TensorLike, key: Any) -> Tensor:
         else:
             out_rank += 1
             if item != builtins.slice(None):
-                step = 1 if item.step is None else int(item.step)
-                if step == 0:
-                    raise OnnxkitError(f"{_where()}: a slice step cannot be zero")
-                low, high = (0, 2**62) if step > 0 else (-1, -(2**62))
-                cuts.append((low if item.start is None else int(item.start),
-                             high if item.stop is None else int(item.stop), axis, step))
+                cuts.append((*_slice_bounds(item, dim, axis), axis, item.step or 1))
                 sliced[axis] = len(range(*item.indices(dim))) if isinstance(dim, int) else None
         axis += 1
     y = x
@@ -499,6 +506,23 @@ def index(x: TensorLike, key: Any) -> Tensor:
     if dropped:
         y = squeeze(y, dropped)
     return unsqueeze(y, added) if added else y
+
+
+def _slice_bounds(item: builtins.slice, dim: Dim, axis: int) -> tuple[int, int]:
+    """Slice's start and end for `item` over an axis of `dim` cells: numpy's exact bounds where the size is known;
+    else the slice's own, which ONNX clamps as numpy does for a positive step (a negative one is refused there)."""
+    step = 1 if item.step is None else int(item.step)
+    if step == 0:
+        raise OnnxkitError(f"{_where()}: a slice step cannot be zero")
+    if isinstance(dim, int):
+        start, stop, step = item.indices(dim)
+        if len(range(start, stop, step)) == 0:
+            return 0, 0
+        return start, stop if stop >= 0 else -(2**62)  # a negative step's end before the first cell
+    if step < 0:
+        raise OnnxkitError(f"{_where()}: a negative step over axis {axis}, whose size is known only at run time "
+                           "(PyTorch refuses negative steps)")
+    return (0 if item.start is None else int(item.start)), (2**62 if item.stop is None else int(item.stop))
 
 
 def _attach_methods() -> None:
@@ -511,11 +535,11 @@ def _attach_methods() -> None:
         "__add__": add, "__radd__": rev(add), "__sub__": sub, "__rsub__": rev(sub),
         "__mul__": mul, "__rmul__": rev(mul), "__truediv__": div, "__rtruediv__": rev(div),
         "__matmul__": matmul, "__rmatmul__": rev(matmul), "__neg__": neg, "__pow__": pow,
-        "reshape": lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 else shape),
+        "reshape": _reshape_method,
         "transpose": _swap_or_permute, "permute": lambda self, *dims: transpose(self, _dims(dims)),
         "mean": mean, "sum": sum, "cast": cast, "flatten": flatten,
         "unsqueeze": unsqueeze, "squeeze": squeeze, "__getitem__": index,
-        "view": lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 else shape),
+        "view": _reshape_method,
     }  # fmt: skip
     for name, fn in methods.items():
         setattr(Tensor, name, fn)

@@ -71,12 +71,20 @@ class _Recurrent(Module):
         output = ops.transpose(x, [1, 0, 2]) if self.batch_first else x
         return output, tuple(s[0] if len(s) == 1 else ops.concat(s, axis=0) for s in finals)
 
-    def _check_state(self, state: object, what: str) -> Tensor | None:
-        if state is None or (isinstance(state, Tensor) and state.ndim == 3):
-            return state
+    def _check_state(self, state: object, what: str, x: Tensor) -> Tensor | None:
+        """An initial state [num_layers * num_directions, batch, hidden_size] (sizes known before run time checked,
+        the batch against x's), or None."""
+        if state is None:
+            return None
+        batch = x.shape[0 if self.batch_first else 1] if x.ndim == 3 else None
+        want = (self.num_layers * self.directions, batch, self.hidden_size)
+        fits = isinstance(state, Tensor) and state.ndim == 3 and all(
+            d == w for d, w in zip(state.shape, want, strict=True) if isinstance(d, int) and isinstance(w, int))
+        if fits:
+            return state  # type: ignore[return-value]
         shape = list(state.shape) if isinstance(state, Tensor) else type(state).__name__
         raise OnnxkitError(f"{current_graph().where}: {type(self).__name__}'s {what} is "
-                           f"[num_layers * num_directions, batch, hidden_size], got {shape}")
+                           f"[num_layers * num_directions, batch, hidden_size] = {list(want)}, got {shape}")
 
     def extra_repr(self) -> str:
         extras = "".join(f", {name}={getattr(self, name)}" for name, default in
@@ -94,7 +102,7 @@ class LSTM(_Recurrent):
         if hx is not None and not (isinstance(hx, tuple | list) and len(hx) == 2):
             raise OnnxkitError(f"{current_graph().where}: LSTM takes its initial states as a pair (h0, c0), got "
                                f"{type(hx).__name__}")
-        h0, c0 = (None, None) if hx is None else (self._check_state(hx[0], "h0"), self._check_state(hx[1], "c0"))
+        h0, c0 = (None, None) if hx is None else (self._check_state(hx[0], "h0", x), self._check_state(hx[1], "c0", x))
         output, (h, c) = self._run(x, (h0, c0))
         return output, (h, c)
 
@@ -105,5 +113,5 @@ class GRU(_Recurrent):
     op, gates, states = "GRU", 3, 1
 
     def forward(self, x: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        output, (h,) = self._run(x, (self._check_state(hx, "h0"),))
+        output, (h,) = self._run(x, (self._check_state(hx, "h0", x),))
         return output, h

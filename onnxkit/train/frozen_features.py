@@ -101,8 +101,16 @@ def features(prefix: onnx.ModelProto, split: Split, run: Callable[[Mapping[str, 
     names = [o.name for o in prefix.graph.output]
     bound = split.feeds_for(model_inputs(prefix))
     chunks = [run(feeds) for feeds, _ in bound.batches(batch_size)]
+    if not chunks:  # an empty split (no validation rows): no rows of each output's per-example shape
+        return Split(split.name, {o.name: _no_rows(o) for o in prefix.graph.output}, split.labels)
     return Split(split.name, {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)},
                  split.labels)
+
+
+def _no_rows(vi: onnx.ValueInfoProto) -> np.ndarray:
+    """An empty array of `vi`'s type and per-example shape (fixed: `_fixed_per_example`)."""
+    t = vi.type.tensor_type
+    return np.zeros((0, *(d.dim_value for d in t.shape.dim[1:])), helper.tensor_dtype_to_np_dtype(t.elem_type))
 
 
 def _only_feeds(node: onnx.NodeProto, nodes: list[onnx.NodeProto], head_ids: set[int]) -> bool:
