@@ -198,6 +198,9 @@ def test_pool_options_onnx_cannot_keep_are_refused() -> None:
                                            "its last window, whose cells ONNX Runtime 1.20 counts and later ones do "
                                            "not; .* or use count_include_pad=False"):
         build_one(nn.AvgPool2d(3, 2, 1, ceil_mode=True), x=nn.Input(["batch", 1, 8, 8]))
+    with pytest.raises(OnnxkitError, match="MaxPool2d's window spans 5 cells on axis 2, more than the input's 1 .* "
+                                           "the output would be empty"):  # a whole stride past it: PyTorch raises too
+        build_one(nn.MaxPool2d(3, 2, dilation=2, ceil_mode=True), x=nn.Input(["batch", 1, 1, 8]))
     with pytest.raises(OnnxkitError, match="MaxPool2d: return_indices=True is not supported"):
         nn.MaxPool2d(2, return_indices=True)
 

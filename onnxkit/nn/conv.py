@@ -42,12 +42,13 @@ def _check_window(layer: Module, x: Tensor, kernel: tuple[int, int], dilation: t
                   pads: list[int], partial: bool = False) -> None:
     """Fail, naming the layer, unless `x` is [N, C, H, W] and the window (kernel and dilation) fits
     each static spatial axis with its padding: else the output would have no cells (with ceil_mode, `partial`,
-    the first window is kept however far it reaches, as in PyTorch)."""
+    a first window reaching past the end is kept, as in PyTorch, unless a whole stride past it)."""
     name = type(layer).__name__
     ops.check_input(x, name, 4, channels=getattr(layer, "in_channels", None))
     for axis, size in enumerate(x.shape[2:]):
         span = dilation[axis] * (kernel[axis] - 1) + 1
-        if isinstance(size, int) and not partial and size + pads[axis] + pads[axis + 2] < span:
+        room = size + pads[axis] + pads[axis + 2] - span if isinstance(size, int) else 0
+        if room < 0 and (not partial or -(-room // getattr(layer, "stride", (1, 1))[axis]) < 0):
             raise OnnxkitError(f"{ops._where()}: {name}'s window spans {span} cells on axis {axis + 2}, more than "
                                f"the input's {size} with padding {pads[axis] + pads[axis + 2]} (shape "
                                f"{list(x.shape)}): the output would be empty; use a smaller kernel or more padding")
@@ -147,11 +148,9 @@ class _Pool2d(Module):
         self.dilation = check_ints(self, "dilation", dilation)
         self.pads = _pads(self, _padding(self, padding), self.kernel, self.dilation, self.stride)
         self.ceil_mode = bool(ceil_mode)
-        spans = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation, strict=True)]
-        if any(p > span // 2 for p, span in zip(self.pads, spans * 2, strict=True)):  # PyTorch refuses these too
+        if any(p > k // 2 for p, k in zip(self.pads, self.kernel * 2, strict=True)):  # PyTorch refuses these too
             raise OnnxkitError(f"{type(self).__name__}: padding {padding!r} must be at most half the window "
-                               f"(kernel_size {self.kernel}" + (f", dilation {self.dilation}" if dilation != 1 else "")
-                               + "), as PyTorch requires")
+                               f"(kernel_size {self.kernel}), as PyTorch requires")
 
     def forward(self, x: Tensor) -> Tensor:
         _check_window(self, x, self.kernel, self.dilation, self.pads, partial=self.ceil_mode)
