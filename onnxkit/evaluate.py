@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -280,11 +280,11 @@ def padded(feeds: dict[str, np.ndarray], size: int | None) -> dict[str, np.ndarr
     return {k: np.concatenate([v, np.repeat(v[-1:], size - rows, axis=0)]) for k, v in feeds.items()}
 
 
-def _run(session: Any, name: str, feeds: dict[str, np.ndarray], fixed: int | None) -> np.ndarray:
-    """`name`'s output for one batch, padded to a fixed batch size if need be; the padding's outputs dropped."""
+def _run(session: Any, names: list[str], feeds: dict[str, np.ndarray], fixed: int | None) -> list[np.ndarray]:
+    """Outputs `names` for one batch, padded to a fixed batch size if need be; the padding's outputs dropped."""
     rows = len(next(iter(feeds.values())))
     try:
-        return session.run([name], padded(feeds, fixed))[0][:rows]
+        return [value[:rows] for value in session.run(names, padded(feeds, fixed))]
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
         from onnxkit.runtime.session import error_reason, run_failure_hint
 
@@ -406,17 +406,32 @@ def model_outputs(
 ) -> np.ndarray:
     """Output `name` of `proto` (loaded from `source` when given) for every row of `split`, whose
     features are checked and bound to the model's inputs; run in batches."""
+    outputs = [o.name for o in proto.graph.output]
+    if name not in outputs:
+        raise OnnxkitError(f"model has no output {name!r}; its outputs: {', '.join(outputs)}", params=["output"])
+    batches = batch_outputs(proto, split, [name], batch_size=batch_size, providers=providers, source=source)
+    return np.concatenate([_rows(values[0]) for values in batches])
+
+
+def batch_outputs(
+    proto: Any,
+    split: Split,
+    names: list[str],
+    *,
+    batch_size: int = 256,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    source: str | os.PathLike | None = None,
+) -> Iterator[list[Any]]:
+    """Outputs `names` of `proto` (graph outputs) for each batch of `split`'s rows, checked and bound to its inputs."""
     from onnxkit.runtime.session import create_session, session_options
 
     check_features(split)
     specs = model_inputs(proto)
     bound = split.feeds_for(specs)
-    outputs = [o.name for o in proto.graph.output]
-    if name not in outputs:
-        raise OnnxkitError(f"model has no output {name!r}; its outputs: {', '.join(outputs)}", params=["output"])
     session = create_session(source or proto.SerializeToString(), session_options(None, "all"), list(providers))
     fixed = fixed_batch_size(specs)
-    return np.concatenate([_rows(_run(session, name, feeds, fixed)) for feeds, _ in bound.batches(fixed or batch_size)])
+    for feeds, _ in bound.batches(fixed or batch_size):
+        yield _run(session, names, feeds, fixed)
 
 
 def _check_options(data: Any, batch_size: Any, task: str | None, loss: str | None) -> None:

@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit.data import load_dataset
+from onnxkit.data import Split, load_dataset
+from onnxkit.files import load_model
 from onnxkit.train import fit
 from onnxkit.train.exporter_marks import untie_exporter_copies
 from onnxkit.train.training_form import find_parameters, trainable_form
@@ -143,26 +144,51 @@ def conv_net(weight: str, producer: str = "pytorch", fused_by: str | None = None
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=producer)
 
 
-@pytest.mark.parametrize("model, warned", [
+@pytest.mark.parametrize("model, folded", [
     (conv_net("conv.weight", fused_by="RemoveOptionalBiasFromConv, FuseBatchNormIntoConv"), True),  # dynamo
     (conv_net("onnx::Conv_7"), True),  # TorchScript names the weight it computed by folding
     (conv_net("conv.weight"), False),  # the module's own weight
     (conv_net("onnx::Conv_7", producer="onnxkit"), False),
 ], ids=["dynamo", "torchscript", "unfolded", "other-producer"])
-def test_batchnorm_folded_into_weights_by_the_exporter_is_named(tmp_path, run_cli, model, warned):
-    """Both exporters fold a BatchNorm into the layer before it in eval mode, so a ResNet export trained
-    as a network without BatchNorm, without a word: 94.7% on digits where PyTorch trains the module to
-    98.6% (tools/torch_side_by_side.py); exported keeping it, 98.3% (dynamo, optimize=False) and 98.6%
-    (TorchScript, TrainingMode.TRAINING)."""
+def test_batchnorm_folded_into_weights_by_the_exporter_trains_again(tmp_path, run_cli, model, folded):
+    """Both exporters fold a BatchNorm into the layer before it in eval mode, so an export trained as a network
+    without BatchNorm (a CNN on three drawn shapes: 27.5% where PyTorch trains the module to 100%). The layer gets
+    a BatchNorm again, in inference form the identity at the start (the data's statistics), and model.onnx
+    keeps it, trained."""
     path = tmp_path / "net.onnx"
     onnx.save(model, path)
-    result = run_cli("train", path, "--data", "digits-images", "--steps", "1", "-o", tmp_path / "run")
+    result = run_cli("train", path, "--data", "digits-images", "--steps", "3", "-o", tmp_path / "run")
     assert result.code == 0, result.err
-    line = ("warning: PyTorch's exporter folded BatchNorm into the weights of 1 layer (/conv/Conv): the model "
-            "trains without BatchNorm")
-    assert (line in result.err) == warned, result.err
-    if warned:
-        assert "dynamo=True, optimize=False" in result.err and "TrainingMode.TRAINING" in result.err
+    line = ("PyTorch's exporter folded BatchNorm into 1 layer (/conv/Conv): each trains with a BatchNorm after it "
+            "again, started from the training data's statistics so that the model computes what it did")
+    assert (line in result.err) == folded, result.err
+    trained = load_model(tmp_path / "run" / "model.onnx")
+    assert [n.op_type for n in trained.graph.node][:2] == ["Conv", "BatchNormalization" if folded else "Relu"]
+    if folded:
+        values = {t.name: numpy_helper.to_array(t) for t in trained.graph.initializer}
+        assert trained.graph.node[1].output == ["c"] and trained.graph.node[2].input == ["c"]
+        assert not np.allclose(values["/conv/Conv.batchnorm.running_mean"], 0)  # trained: its statistics move
+
+
+def test_a_restored_batchnorm_starts_as_the_identity():
+    """Before training, the model with its BatchNorm put back computes what the export did (to float rounding),
+    and its running statistics are the layer's per-channel mean and variance over the sample, by numpy."""
+    from onnxkit.evaluate import model_outputs
+    from onnxkit.train.batchnorm_restore import channel_statistics, with_batch_norms
+
+    model = conv_net("onnx::Conv_7")
+    sample = load_dataset("digits-images").train
+    stats = channel_statistics(model, sample, ["c"])
+    restored = with_batch_norms(model, stats)
+    np.testing.assert_allclose(model_outputs(restored, sample, "logits"), model_outputs(model, sample, "logits"),
+                               rtol=1e-4, atol=1e-4)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+    images = next(iter(sample.inputs.values()))[:256]
+    conv = model_outputs(probe, Split("first", {"x": images}, sample.labels[:256]), "c")
+    np.testing.assert_allclose(stats["c"][0], conv.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["c"][1], conv.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
 
 
 def test_a_layer_a_batchnorm_was_folded_into_keeps_its_own_weight(tmp_path):

@@ -370,21 +370,17 @@ def in_inference_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
     return (out, changed) if changed else (model, [])
 
 
-def folded_batch_norms(model: onnx.ModelProto, trainable: Iterable[str]) -> list[str]:
+def folded_batch_norms(model: onnx.ModelProto, trainable: Iterable[str]) -> list[onnx.NodeProto]:
     """The layers reading a trainable weight that PyTorch's exporter folded a BatchNorm into: the dynamo
     exporter's optimizer marks them (FuseBatchNormIntoConv, ...IntoGemm, ...); the TorchScript exporter
     in eval mode folds BatchNorm into the Conv before it and names the weight it computes onnx::Conv_N
-    where the module's own are named after it. Either trains as a network without BatchNorm."""
+    where the module's own are named after it. Either would train as a network without BatchNorm
+    (`batchnorm_restore` puts it back)."""
     trained = set(trainable)
     torchscript = model.producer_name == "pytorch" and not any(_FUSED_BY in _marks(n) for n in model.graph.node)
-    found = []
-    for index, node in enumerate(model.graph.node):
-        if not trained & set(node.input[1:]):
-            continue
-        if ("FuseBatchNorm" in _marks(node).get(_FUSED_BY, "") or torchscript and node.op_type == "Conv"
-                and node.input[1].startswith("onnx::Conv_")):
-            found.append(node.name or f"#{index}")
-    return found
+    return [node for node in model.graph.node if trained & set(node.input[1:]) and (
+        "FuseBatchNorm" in _marks(node).get(_FUSED_BY, "")
+        or torchscript and node.op_type == "Conv" and node.input[1].startswith("onnx::Conv_"))]
 
 
 def folded_parameters(model: onnx.ModelProto) -> dict[str, list[str]]:

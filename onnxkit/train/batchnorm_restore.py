@@ -1,0 +1,85 @@
+"""BatchNorm put back where PyTorch's exporter folded it into the layer before it.
+
+An eval-mode export (TorchScript's default; the dynamo exporter's optimizer) multiplies each BatchNorm into
+the Conv or Gemm before it (`exporter_marks.folded_batch_norms` finds those layers), and trained so the
+network has no normalisation: a small CNN on three drawn shapes reached 27.5% where PyTorch trains the
+module to 100%. Each such layer gets a BatchNormalization after it again, started so that the model
+computes what it did: its running mean and variance are the per-channel mean and variance of the layer's
+output over a sample of the training rows, its shift that mean and its scale the standard deviation, so in
+inference form it is the identity (a pretrained export keeps its function). Training normalises with each
+batch's statistics, as the module did, and the trained model keeps the new nodes (ONNX Runtime fuses each
+into its Conv when it loads the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxkit.data import Split
+
+SAMPLE_ROWS = 256  # training rows the statistics are taken over
+EPSILON = 1e-5  # PyTorch's BatchNorm default
+MOMENTUM = 0.9  # ONNX's: the running statistics' share kept at each step (PyTorch's momentum=0.1)
+SUFFIX = ".batchnorm"  # the new node's name, and its tensors' prefix, after the layer's
+
+
+def channel_statistics(model: onnx.ModelProto, split: Split, values: Sequence[str]) -> dict[str, tuple]:
+    """Per channel (axis 1) mean and variance of each of `values` (computed inside `model`) over the first
+    `SAMPLE_ROWS` rows of `split`, accumulated batch by batch."""
+    from onnxkit.evaluate import batch_outputs
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_value_info(name, onnx.TypeProto()) for name in values if name not in outputs)
+    sums: dict[str, list] = {}
+    seen = 0
+    for outputs in batch_outputs(probe, split, list(values), batch_size=64):
+        for name, value in zip(values, outputs, strict=True):
+            axes = (0, *range(2, value.ndim))
+            v = value.astype(np.float64)
+            counted = value.size // value.shape[1]
+            total = sums.setdefault(name, [0.0, 0.0, 0])
+            total[0] += v.sum(axis=axes)
+            total[1] += (v * v).sum(axis=axes)
+            total[2] += counted
+        seen += len(outputs[0])
+        if seen >= SAMPLE_ROWS:
+            break
+    stats = {}
+    for name, (total, squares, count) in sums.items():
+        mean = total / count
+        stats[name] = (mean, np.maximum(squares / count - mean * mean, 0.0))
+    return stats
+
+
+def with_batch_norms(model: onnx.ModelProto, stats: dict[str, tuple]) -> onnx.ModelProto:
+    """`model` with a BatchNormalization after each node whose first output is a key of `stats` (its per-channel
+    mean and variance), started as the identity (module docstring). The node takes the output's name, so what
+    read it reads the normalised values."""
+    restored = onnx.ModelProto()
+    restored.CopyFrom(model)
+    graph = restored.graph
+    dtypes = {t.name: t.data_type for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        if not node.output or node.output[0] not in stats:
+            continue
+        out = node.output[0]
+        mean, var = stats[out]
+        prefix = f"{node.name or out}{SUFFIX}"
+        dtype = helper.tensor_dtype_to_np_dtype(dtypes.get(node.input[1], onnx.TensorProto.FLOAT))
+        tensors = {"weight": np.sqrt(var + EPSILON), "bias": mean, "running_mean": mean, "running_var": var}
+        graph.initializer.extend(numpy_helper.from_array(value.astype(dtype), f"{prefix}.{key}")
+                                 for key, value in tensors.items())
+        node.output[0] = f"{out}{SUFFIX}.input"
+        nodes.append(helper.make_node("BatchNormalization", [node.output[0], *(f"{prefix}.{k}" for k in tensors)],
+                                      [out], name=prefix, epsilon=EPSILON, momentum=MOMENTUM))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return restored
