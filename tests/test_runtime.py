@@ -458,7 +458,7 @@ def test_the_hint_for_a_failure_inside_the_model_follows_its_message():
     # onnxkit eval gives the same hint, after its own opening
     session = runtime.load(_seq_fixed_by_export("Reshape").SerializeToString()).session
     with pytest.raises(OnnxkitError) as e:
-        _run(session, "y", {"x": np.ones((2, 5, 4), np.float32)}, None)
+        _run(session, ["y"], {"x": np.ones((2, 5, 4), np.float32)}, None)
     assert str(e.value).startswith("onnxruntime could not run the model on this data (node 'attn/Reshape_4' (Reshape)")
     assert str(e.value).endswith(f"); {SHAPE_HINT}") and "\n" not in str(e.value)
 
