@@ -280,3 +280,12 @@ def test_each_mistake_is_one_line(gray_folder, tmp_path, run_cli):
         "model input 'image' [batch, 64] is no image input ([batch, channels, height, width] or [batch, height, "
         "width, channels], with 1, 3 or 4 channels), so a folder or file of images cannot feed it; give this model "
         ".npz or .csv data")
+
+
+def test_windows_thumbs_db_and_desktop_ini_are_left_out(gray_folder):
+    folder, pixels = gray_folder
+    for path in (folder / "cat" / "Thumbs.db", folder / "dog" / "desktop.ini", folder / "desktop.ini"):
+        path.write_bytes(b"\0explorer")
+    x, labels = all_of(folder)
+    np.testing.assert_allclose(x[:, 0], pixels / 255, atol=1e-7)
+    assert labels.tolist() == [0] * 4 + [1] * 4

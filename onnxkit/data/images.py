@@ -9,7 +9,8 @@
 Each image is decoded with Pillow, converted to the channels of the model's image input (1: "L", 3: "RGB",
 4: "RGBA"), resized (bilinear) to the input's fixed height and width, laid out as the input is (NCHW when axis 1 is
 1, 3 or 4, else NHWC when the last axis is) and scaled to [0, 1] for a float input (a uint8 input takes the bytes).
-Every image is decoded once, into one array. Names starting with '.' (.DS_Store) are left out.
+Every image is decoded once, into one array. Names starting with '.' (.DS_Store), and Windows' Thumbs.db and
+desktop.ini, are left out.
 Pillow is imported when an image is read.
 """
 
@@ -30,6 +31,7 @@ MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for each channel count of
 _GRAY = ("1", "L", "LA", "I", "I;16", "F")  # modes read as one channel when no model says how many
 _SPLIT_FOLDERS = {**{name: name for name in SPLIT_NAMES}, **SPLIT_ALIASES}  # val/ or valid/ for validation/
 _LAYOUT = "[batch, channels, height, width] or [batch, height, width, channels], with 1, 3 or 4 channels"
+_SYSTEM_FILES = ("thumbs.db", "desktop.ini")  # Windows' Explorer writes them into folders of images
 
 
 @dataclass(frozen=True)
@@ -184,15 +186,20 @@ def _split_folders(root: Path) -> dict[str, Path]:
     return named
 
 
+def _hidden(name: str) -> bool:
+    """Whether a file or folder of this name is left out: a dot-file (.DS_Store), or Thumbs.db or desktop.ini."""
+    return name.startswith(".") or name.lower() in _SYSTEM_FILES
+
+
 def _folders(folder: Path) -> list[Path]:
-    """The subfolders of `folder` (not those whose names start with '.'), sorted."""
-    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    """The subfolders of `folder` (not hidden ones, `_hidden`), sorted."""
+    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not _hidden(p.name)]
 
 
 def _class_folders(folder: Path) -> dict[str, list[Path]]:
     """The images of each class folder of `folder`, by class name (sorted)."""
     classes = _folders(folder)
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not _hidden(p.name)]
     if not classes and any(is_image(p) for p in files):
         raise OnnxkitError(f"{folder}: holds images but no class folders; put each class's images in a subfolder "
                            f"named after the class ({folder}/cat/1.png, {folder}/dog/1.png)")
@@ -227,6 +234,6 @@ def _check_classes(root: Path, classes: list[str], model: Any) -> None:
 
 def _files(folder: Path) -> list[Path]:
     """The files in `folder` and its subfolders, sorted by path, less those with a part of their path (below
-    `folder`) starting with '.': .DS_Store, .ipynb_checkpoints/."""
+    `folder`) hidden (`_hidden`): .DS_Store, .ipynb_checkpoints/, Thumbs.db."""
     return sorted(p for p in folder.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+                  and not any(_hidden(part) for part in p.relative_to(folder).parts))
