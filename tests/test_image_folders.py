@@ -289,3 +289,16 @@ def test_windows_thumbs_db_and_desktop_ini_are_left_out(gray_folder):
     x, labels = all_of(folder)
     np.testing.assert_allclose(x[:, 0], pixels / 255, atol=1e-7)
     assert labels.tolist() == [0] * 4 + [1] * 4
+
+
+@pytest.mark.parametrize("held_out", ["val", "test"])
+def test_a_held_out_class_folder_that_train_lacks_is_refused(tmp_path, held_out):
+    pixels = RNG.integers(0, 256, (9, 8, 8), dtype=np.uint8)
+    names = ["circle", "square", "triangle"]
+    write_pngs(tmp_path / "shapes" / "train", pixels[:6], np.arange(6) % 3, names=names)
+    write_pngs(tmp_path / "shapes" / held_out, pixels[6:], np.arange(3), names=["Circle", "square", "triangle"])
+    with pytest.raises(OnnxkitError) as e:
+        load_dataset(tmp_path / "shapes", model=flat_model(["batch", 1, 8, 8]))
+    assert str(e.value) == (f"{tmp_path / 'shapes' / held_out / 'Circle'} has no folder in train/ (its classes: "
+                            "circle, square, triangle); rename it to one of them, or add train/Circle with its "
+                            "training images")

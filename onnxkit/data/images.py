@@ -149,7 +149,8 @@ def read_image_folder(root: Path, *, seed: int = 0, validation: float = 0.2, tes
     name = root.resolve().name or str(root)  # '.': the folder's own name
     folders = _split_folders(root)
     found = {split: _class_folders(folder) for split, folder in folders.items()}
-    classes = sorted({name for by_class in found.values() for name in by_class})
+    classes = list(found["train"])
+    _check_held_out_classes(folders, found)
     _check_classes(root, classes, model)
     listed = {split: [(path, classes.index(label)) for label, paths in by_class.items() for path in paths]
               for split, by_class in found.items()}
@@ -216,6 +217,17 @@ def _class_folders(folder: Path) -> dict[str, list[Path]]:
         raise OnnxkitError(f"{no_images(folder / empty[0])}: a class folder needs its images; add them or remove "
                            "the folder")
     return images
+
+
+def _check_held_out_classes(folders: dict[str, Path], found: dict[str, dict[str, list[Path]]]) -> None:
+    """Refuse a class folder of val/ or test/ that train/ lacks: its class would have no training example."""
+    train = found["train"]
+    for split, by_class in found.items():
+        extra = next((name for name in by_class if name not in train), None)
+        if extra is not None:
+            raise OnnxkitError(f"{folders[split] / extra} has no folder in train/ (its classes: "
+                               f"{first_few(list(train), 10)}); rename it to one of them, or add train/{extra} with "
+                               "its training images")
 
 
 def _check_classes(root: Path, classes: list[str], model: Any) -> None:
