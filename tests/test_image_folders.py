@@ -302,3 +302,21 @@ def test_a_held_out_class_folder_that_train_lacks_is_refused(tmp_path, held_out)
     assert str(e.value) == (f"{tmp_path / 'shapes' / held_out / 'Circle'} has no folder in train/ (its classes: "
                             "circle, square, triangle); rename it to one of them, or add train/Circle with its "
                             "training images")
+
+
+def test_16_bit_gray_pngs_are_scaled_to_8_bits(tmp_path):
+    deep = RNG.integers(0, 65536, (4, 8, 8), dtype=np.uint16)
+    deep[0, 0, :3] = 0, 257, 65535
+    write_pngs(tmp_path / "deep", deep, np.array([0, 1, 0, 1]), names=["a", "b"])
+    assert Image.open(tmp_path / "deep" / "a" / "0000.png").mode == "I;16"
+    expected = np.rint(deep[[0, 2, 1, 3]] / 257) / 255  # was 1.0 but for 0 (Pillow's convert saturates)
+    x, _ = all_of(tmp_path / "deep", flat_model(["batch", 1, 8, 8]))
+    np.testing.assert_allclose(x[:, 0], expected, atol=1e-7)
+    assert (x[0, 0, 0, :3] * 255).round().tolist() == [0, 1, 255]
+    rgb, _ = all_of(tmp_path / "deep", flat_model(["batch", 3, 8, 8]))
+    np.testing.assert_allclose(rgb, np.repeat(expected[:, None], 3, axis=1), atol=1e-7)
+    Image.fromarray(deep[0].astype(np.float32)).save(tmp_path / "deep" / "a" / "float.tif")
+    with pytest.raises(OnnxkitError) as e:
+        all_of(tmp_path / "deep")
+    assert str(e.value) == (f"{tmp_path / 'deep' / 'a' / 'float.tif'}: 32-bit float pixels (Pillow mode F), which "
+                            "have no one scale to 8 bits; save the image with 8 or 16 bits per channel")

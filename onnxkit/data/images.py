@@ -4,11 +4,12 @@
   case; subfolders of a class folder included); the classes are the subfolders' names in sorted order. Split by
   seed, as the other data files are.
 - `DIR/train/<class>/...` with `val/` (or `validation/`) and/or `test/` beside it: those are the splits; one
-  without a folder is carved out of `train/` by seed, at its usual fraction.
+  without a folder is carved out of `train/` by seed, at its usual fraction; the classes are train/'s.
 
-Each image is decoded with Pillow, converted to the channels of the model's image input (1: "L", 3: "RGB",
-4: "RGBA"), resized (bilinear) to the input's fixed height and width, laid out as the input is (NCHW when axis 1 is
-1, 3 or 4, else NHWC when the last axis is) and scaled to [0, 1] for a float input (a uint8 input takes the bytes).
+Each image is decoded with Pillow (16-bit gray: each value / 257), converted to the channels of the model's image
+input (1: "L", 3: "RGB", 4: "RGBA"), resized (bilinear) to the input's fixed height and width, laid out as the input
+is (NCHW when axis 1 is 1, 3 or 4, else NHWC when the last axis is) and scaled to [0, 1] for a float input (a uint8
+input takes the bytes).
 Every image is decoded once, into one array. Names starting with '.' (.DS_Store), and Windows' Thumbs.db and
 desktop.ini, are left out.
 Pillow is imported when an image is read.
@@ -132,13 +133,31 @@ def _pixels(path: Path, channels: int | None, size: tuple[int, int] | None) -> n
     try:
         with Image.open(path) as image:
             mode = MODES[channels] if channels else "L" if image.mode in _GRAY else "RGB"
-            image = image.convert(mode)
+            image = _eight_bit(image, path).convert(mode)
             if size and image.size != size:
                 image = image.resize(size, Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # SyntaxError: a broken header
         raise OnnxkitError(f"{path}: not a readable image ({e}); replace the file or remove it") from e
     return pixels.reshape(*pixels.shape[:2], -1)
+
+
+def _eight_bit(image: Any, path: Path) -> Any:
+    """A 16-bit grayscale image (Pillow's I;16 modes, and I, as which other readers give 16-bit PNGs) as 8 bits,
+    each value / 257 rounded (65535: 255), where Pillow's convert saturates all but the darkest at 255. An I image
+    past 0-65535, and a float one (F), are refused: no scale to 8 bits is theirs alone."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise OnnxkitError(f"{path}: 32-bit float pixels (Pillow mode F), which have no one scale to 8 bits; save "
+                           "the image with 8 or 16 bits per channel")
+    if not image.mode.startswith("I"):
+        return image
+    values = np.asarray(image)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise OnnxkitError(f"{path}: 32-bit pixels from {values.min()} to {values.max()}, past 16 bits' 0-65535; "
+                           "save the image with 8 or 16 bits per channel")
+    return Image.fromarray(np.rint(values / 257).astype(np.uint8))
 
 
 def read_image_folder(root: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,
