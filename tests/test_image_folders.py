@@ -197,7 +197,11 @@ def test_predict_on_a_png_or_a_folder_equals_predict_on_the_npy(digits_folder, d
     pixels = np.stack([np.asarray(Image.open(p), np.float32)[None] / 255 for p in files])
     np.save(tmp_path / "x.npy", pixels)
     np.save(tmp_path / "one.npy", pixels[:1])
-    assert run_cli("predict", model, "-i", files[0]).out == run_cli("predict", model, "-i", tmp_path / "one.npy").out
+    one, npy = (run_cli("predict", model, "-i", path).out.splitlines() for path in (files[0], tmp_path / "one.npy"))
+    assert [line.split(maxsplit=1) for line in one] == [["file", npy[0].split(maxsplit=1)[1]],
+                                                        [files[0].name, npy[1].split(maxsplit=1)[1]]]
+    assert run_cli("predict", model, files[0], "-o", tmp_path / "one.csv").code == 0
+    assert (tmp_path / "one.csv").read_text().splitlines()[1].startswith(f"{files[0].name},")
     folder = tmp_path / "three"
     folder.mkdir()
     for p in files:

@@ -109,7 +109,7 @@ def predict_cmd(
         prediction = loaded.predict(checked_feeds(input_path, loaded, read_inputs(input_path, loaded)))
     if probs:
         prediction = prediction.with_probabilities()
-    names = image_rows(input_path) if input_path and not from_file else None  # the files of a folder of images
+    names = image_rows(input_path) if input_path and not from_file else None  # an image file or a folder's files
     if output:
         write_prediction(output, prediction, top_k, names)
         click.echo(f"wrote {output} ({len(prediction)} rows)")

@@ -72,10 +72,10 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     if rows is not None:  # an image, or a folder of them: decoded as the model's image input takes them
         from onnxkit.data.images import image_input, read_images
 
-        if not rows and not path.is_file():
+        if not path.is_dir() and not path.is_file():
             raise OnnxkitError(f"{path}: {not_a_file(path)}")
         layout = image_input(model.inputs)
-        return {layout.name: read_images([path / row for row in rows] or [path], layout)}
+        return {layout.name: read_images([path / row for row in rows] if path.is_dir() else [path], layout)}
     if suffix not in INPUT_SUFFIXES:
         texts = ", or .txt for texts" if reads_text(model) else ""
         raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}, an image "
@@ -90,11 +90,11 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
 
 
 def image_rows(path: str | os.PathLike) -> list[str] | None:
-    """The images of a folder, each a row, by their paths below it (sorted); [] for an image file (one row); None for
-    other input files. A folder holding no image, or images beside other files, is an error."""
+    """The images of a folder, each a row, by their paths below it (sorted); an image file's name (its one row); None
+    for other input files. A folder holding no image, or images beside other files, is an error."""
     path = Path(path)
     if not path.is_dir():
-        return [] if path.suffix.lower() in IMAGE_SUFFIXES else None
+        return [path.name] if path.suffix.lower() in IMAGE_SUFFIXES else None
     from onnxkit.data.images import image_files, no_images
 
     images = image_files(path)
