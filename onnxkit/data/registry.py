@@ -28,6 +28,8 @@ from onnxkit.metadata import metadata, training_summary
 from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
 
 Loader = Callable[..., Dataset]
+_RELABEL = "correct the data's labels, or build the model with a label for every class (--set labels=...)"
+_RENAME_FOLDER = "rename the class folder to one of the model's classes (an image folder's labels are its names)"
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def load_dataset(
     if text not in entries and Path(text).is_dir():  # a folder of class folders of images
         from onnxkit.data.images import read_image_folder
 
-        return in_model_order(read_image_folder(Path(text), **split_args, model=model), model)
+        return in_model_order(read_image_folder(Path(text), **split_args, model=model), model, _RENAME_FOLDER)
     if text not in entries and Path(text).is_file() and suffix == ".gz":
         raise OnnxkitError(f"{text}: a compressed file; decompress it first (gunzip -k {text}), then pass the .csv")
     if text not in entries and Path(text).is_file():  # an .npy, .json, .txt: it was called an unknown dataset
@@ -163,7 +165,7 @@ def model_class_names(model: Any) -> list[str] | None:
     return None if classes is None else [str(c) for c in classes]
 
 
-def in_model_order(dataset: Dataset, model: Any) -> Dataset:
+def in_model_order(dataset: Dataset, model: Any, remedy: str = _RELABEL) -> Dataset:
     """`dataset` with its named classes numbered as `model`'s `onnxkit.labels` number them (a new
     Dataset when they differ: the given one, perhaps the caller's own, is left as it is).
 
@@ -174,7 +176,8 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     unknown to the model keeps its own order when the model was built with the default 0, 1, ... or
     the data names as many classes (a model fine-tuned to new classes), and is an error else. Numbered
     labels are class values when the model names its classes by numbers other than 0, 1, ... (a scikit-learn
-    classifier's, or numbers trained as names, `numbered_classes`: classes 1, 2, 3 answer in columns 0, 1, 2)."""
+    classifier's, or numbers trained as names, `numbered_classes`: classes 1, 2, 3 answer in columns 0, 1, 2).
+    `remedy`: what the error for names the model lacks says to do (an image folder's: rename its folder)."""
     classes = model_class_names(model) if model is not None else None
     names = dataset.label_names
     if classes and names is None:
@@ -186,8 +189,7 @@ def in_model_order(dataset: Dataset, model: Any) -> Dataset:
     if names == classes or (len(unknown) == len(names) and (placeholders or len(names) == len(classes))):
         return dataset
     if unknown:
-        raise _not_among(dataset, [repr(n) for n in unknown], classes, "correct the data's labels, or build "
-                         "the model with a label for every class (--set labels=...)")
+        raise _not_among(dataset, [repr(n) for n in unknown], classes, remedy)
     order = np.array([classes.index(n) for n in names], dtype=np.int64)
     return _relabelled(dataset, lambda labels: order[labels], classes)
 
