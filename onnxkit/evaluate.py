@@ -29,7 +29,6 @@ import numpy as np
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets, not_whole
 from onnxkit.data.split import Dataset, Split, model_inputs
 from onnxkit.errors import OnnxkitError, first_few, suggest
-from onnxkit.files import sha256
 from onnxkit.graph_walks import label_then_scores
 from onnxkit.label_columns import in_trained_order, trained_columns
 from onnxkit.metadata import metadata, training_summary
@@ -363,17 +362,24 @@ def named_split(model: Any, split: str | None, data: Any = None, data_seed: int 
     return dataset.split(split), str(data), seed
 
 
-def _trained_file_copy(model: Any, data: str) -> bool:
-    """Whether the file `data` holds the bytes `model` was trained on (a copy of its training file, elsewhere)."""
+def _as_trained(model: Any, data: str) -> bool | None:
+    """Whether the data file or image folder `data` holds what `model` was trained on, by the SHA-256 (`data_sha256`)
+    onnxkit's training records; None when the model records none or `data` is no file or folder."""
+    from onnxkit.data.registry import data_sha256
+
     trained = training_summary(model).get("data_sha256")
-    return bool(trained) and os.path.isfile(data) and sha256(data) == trained
+    return data_sha256(data) == trained if trained and os.path.exists(data) else None
+
+
+def _trained_file_copy(model: Any, data: str) -> bool:
+    """Whether `data` holds what `model` was trained on (a copy of its training file or folder, elsewhere)."""
+    return _as_trained(model, data) is True
 
 
 def changed_since_training(model: Any, data: str) -> bool:
-    """Whether the data file `data` differs from the one `model` was trained on (its SHA-256, which
-    onnxkit's training records): its splits then need not be the ones training made."""
-    trained = training_summary(model).get("data_sha256")
-    return bool(trained) and os.path.isfile(data) and sha256(data) != trained
+    """Whether the data file or image folder `data` differs from the one `model` was trained on: its splits then
+    need not be the ones training made."""
+    return _as_trained(model, data) is False
 
 
 def trained_loss(model: Any, task: str) -> str | None:

@@ -8,7 +8,9 @@ against numpy and Pillow conversions computed here.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import onnx
@@ -21,7 +23,7 @@ from onnxkit.data import load_dataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import set_metadata
 from onnxkit.metadata_keys import LABELS_KEY
-from onnxkit.train import fit
+from onnxkit.train import TrainingInterrupted, fit
 
 RNG = np.random.default_rng(0)
 
@@ -326,3 +328,26 @@ def test_16_bit_gray_pngs_are_scaled_to_8_bits(tmp_path):
         all_of(tmp_path / "deep")
     assert str(e.value) == (f"{tmp_path / 'deep' / 'a' / 'float.tif'}: 32-bit float pixels (Pillow mode F), which "
                             "have no one scale to 8 bits; save the image with 8 or 16 bits per channel")
+
+
+def test_an_edited_image_folder_is_noticed_by_eval_and_resume(digits_folder, tmp_path, run_cli):
+    folder = tmp_path / "digits_png"
+    shutil.copytree(digits_folder, folder)
+    model = tmp_path / "digits.onnx"
+    onnx.save(zoo.build_model("digits-cnn"), model)
+    assert run_cli("train", model, "--data", folder, "--epochs", "1", "-o", tmp_path / "done").code == 0
+
+    def ctrl_c_after_the_first_epoch(record):
+        if record["event"] == "epoch":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        fit(model, folder, tmp_path / "stopped", epochs=2, callback=ctrl_c_after_the_first_epoch)
+    shutil.copytree(folder, tmp_path / "copy")  # a copy of the same images is the same data
+    assert run_cli("eval", tmp_path / "done/model.onnx", "--data", tmp_path / "copy").out.startswith(
+        f"{tmp_path / 'copy'} test split (359 examples)")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(sorted((folder / "3").iterdir())[0])  # one image edited
+    result = run_cli("eval", tmp_path / "done/model.onnx")
+    assert result.code != 0 and f"{folder} changed since the model was trained on it" in result.err, result
+    with pytest.raises(OnnxkitError, match=f"{folder} changed since this run started"):
+        fit(resume=tmp_path / "stopped")

@@ -7,6 +7,7 @@
 
 from onnxkit.data.registry import (
     DatasetEntry,
+    data_sha256,
     datasets,
     in_model_order,
     load_dataset,
@@ -28,6 +29,7 @@ __all__ = [
     "DatasetEntry",
     "ModelInput",
     "Split",
+    "data_sha256",
     "dataset_from_arrays",
     "datasets",
     "in_model_order",

@@ -17,6 +17,7 @@ Pillow is imported when an image is read.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,16 @@ def _eight_bit(image: Any, path: Path) -> Any:
         raise OnnxkitError(f"{path}: 32-bit pixels from {values.min()} to {values.max()}, past 16 bits' 0-65535; "
                            "save the image with 8 or 16 bits per channel")
     return Image.fromarray(np.rint(values / 257).astype(np.uint8))
+
+
+def folder_sha256(folder: Path) -> str:
+    """The SHA-256 of an image folder's files (those read, `_files`): each one's path below it and its bytes' SHA-256,
+    in sorted order. An image added, removed, renamed or edited changes it; a copy of the folder keeps it."""
+    digest = hashlib.sha256()
+    for path in _files(folder):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def read_image_folder(root: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,

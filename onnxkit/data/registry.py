@@ -23,7 +23,7 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
-from onnxkit.files import TABLE_SUFFIXES
+from onnxkit.files import TABLE_SUFFIXES, sha256
 from onnxkit.metadata import metadata, training_summary
 from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
 
@@ -144,6 +144,16 @@ def _padded_as_trained(dataset: Dataset, model: Any) -> Dataset:
     if model is None or metadata(model).get(PADDING_KEY) != "max_length":
         return dataset
     return dataset.with_fixed_shapes()
+
+
+def data_sha256(path: str | Path) -> str:
+    """The SHA-256 that tells a data file (of its bytes) or a folder of images (`images.folder_sha256`) from a
+    changed one: training records it, resume, eval and quantize compare."""
+    if Path(path).is_dir():
+        from onnxkit.data.images import folder_sha256
+
+        return folder_sha256(Path(path))
+    return sha256(path)
 
 
 def trained_label(model: Any) -> str | None:

@@ -30,6 +30,7 @@ from onnxkit.autodiff.reverse import NoGradient
 from onnxkit.data import (
     Dataset,
     Split,
+    data_sha256,
     datasets,
     in_model_order,
     load_dataset,
@@ -296,7 +297,7 @@ def fit(
             backend=backend or default_backend(),
             adapter=type(adapter).__name__ if adapter else None,
             adapter_settings=adapter_settings(adapter),
-            data_sha256=sha256(Path(data)) if _is_data_file(data) else "",
+            data_sha256=data_sha256(data) if _on_disk(data) else "",
             data_in_memory=isinstance(data, Dataset),
             data_fingerprint=dataset.fingerprint() if isinstance(data, Dataset) else "",
             cache_features=cache_features,
@@ -355,7 +356,7 @@ def _resumed(
             isinstance(data, Dataset) or _data_reference(data) != config.data):
         raise OnnxkitError(f"this run trained on {config.data}; resume it without data= (it reads that again), or "
                            "start a new run on other data")
-    if config.data_sha256 and sha256(Path(config.data)) != config.data_sha256:
+    if config.data_sha256 and data_sha256(config.data) != config.data_sha256:
         raise OnnxkitError(f"{config.data} changed since this run started; resume needs the data the run began "
                            "with (or start a new run on the new data)")
     if isinstance(data, Dataset):
@@ -463,12 +464,15 @@ def _data_reference(data: str | os.PathLike | Dataset) -> str:
     resume, eval and quantize find it from any folder), a built-in dataset or a Dataset by name."""
     if isinstance(data, Dataset):
         return data.name
-    folder = str(data) not in datasets() and Path(data).is_dir()
-    return str(resolved(data)) if _is_data_file(data) or folder else str(data)
+    return str(resolved(data)) if _on_disk(data) else str(data)
 
 
-def _is_data_file(data: str | os.PathLike | Dataset) -> bool:
-    return not isinstance(data, Dataset) and Path(data).suffix.lower() in READERS and Path(data).is_file()
+def _on_disk(data: str | os.PathLike | Dataset) -> bool:
+    """Whether `data` is a data file or a folder of images (not a dataset name or a Dataset)."""
+    if isinstance(data, Dataset):
+        return False
+    path = Path(data)
+    return path.suffix.lower() in READERS and path.is_file() or str(data) not in datasets() and path.is_dir()
 
 
 def _json_options(spec: Optimizer) -> dict[str, Any]:
