@@ -351,3 +351,14 @@ def test_an_edited_image_folder_is_noticed_by_eval_and_resume(digits_folder, tmp
     assert result.code != 0 and f"{folder} changed since the model was trained on it" in result.err, result
     with pytest.raises(OnnxkitError, match=f"{folder} changed since this run started"):
         fit(resume=tmp_path / "stopped")
+
+
+def test_fewer_class_folders_than_the_model_scores_is_warned_of(gray_folder, tmp_path, run_cli):
+    model = tmp_path / "digits.onnx"
+    onnx.save(zoo.build_model("digits-cnn"), model)  # 10 class scores, named 0-9
+    result = run_cli("train", model, "--data", gray_folder[0], "--epochs", "1", "-o", tmp_path / "run")
+    assert result.code == 0 and ("warning: the data has 2 classes (cat, dog) and the model 10 class scores: "
+                                 "scores 2-9 are of no class") in result.err, result
+    onnx.save(zoo.build_model("digits-cnn", num_classes=2), model)
+    result = run_cli("train", model, "--data", gray_folder[0], "--epochs", "1", "-o", tmp_path / "two")
+    assert result.code == 0 and "class scores" not in result.err, result

@@ -870,6 +870,7 @@ class _Setup:
         if not self.regression:
             self._warn_one_class(self.dataset)
             self._warn_unseen_classes(self.dataset)
+            self._warn_unused_outputs(self.dataset)
         elif not (self.config.loss or self.named_task):
             self._note_two_valued_targets(self.dataset)
 
@@ -908,6 +909,16 @@ class _Setup:
                                f"test split {'are' if len(names) > 1 else 'is'} in no training example "
                                f"({len(train)} in the training split): the model cannot learn "
                                f"{'them' if len(names) > 1 else 'it'}; give more examples of each class")
+
+    def _warn_unused_outputs(self, dataset: Dataset) -> None:
+        """One line when the data names fewer classes than the model has scores and the model names none (a
+        1000-class ImageNet export trained on 3 class folders): the extra scores only learn to be low."""
+        named, classes = dataset.label_names, self.num_classes
+        if named and classes and len(named) < classes and not _named_classes(self.model):
+            self.progress.line(f"warning: the data has {len(named)} classes ({first_few(named)}) and the model "
+                               f"{classes} class scores: scores {len(named)}-{classes - 1} are of no class and "
+                               f"only learn to be low; give the model a {len(named)}-way output (re-export it "
+                               f"with {len(named)} classes) to train one of the data's size")
 
     def _note_two_valued_targets(self, dataset: Dataset) -> None:
         """One line when whole-number targets a regression was chosen for take two values only (-1
