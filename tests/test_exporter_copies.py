@@ -170,6 +170,34 @@ def test_batchnorm_folded_into_weights_by_the_exporter_trains_again(tmp_path, ru
         assert not np.allclose(values["/conv/Conv.batchnorm.running_mean"], 0)  # trained: its statistics move
 
 
+def test_a_folded_batchnorm_that_would_see_one_value_a_channel_stays_folded(tmp_path, run_cli):
+    """A Gemm the dynamo exporter folded BatchNorm1d into, trained in batches of one row: a BatchNorm put back
+    would normalise each channel over one value (every value 0), so the layer trains as exported, said in a line;
+    in batches of 2 it is put back."""
+    rng = np.random.default_rng(0)
+    fc1 = helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h"], name="/fc1/Gemm", transB=1)
+    fc1.metadata_props.add(key="pkg.onnxscript.rewriter.rule_name", value="FuseBatchNormIntoGemm")
+    graph = helper.make_graph(
+        [fc1, helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "fc2.weight", "fc2.bias"], ["logits"], transB=1)], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(rng.normal(0, 0.5, (16, 4)).astype(np.float32), "fc1.weight"),
+         numpy_helper.from_array(np.zeros(16, np.float32), "fc1.bias"),
+         numpy_helper.from_array(rng.normal(0, 0.3, (3, 16)).astype(np.float32), "fc2.weight"),
+         numpy_helper.from_array(np.zeros(3, np.float32), "fc2.bias")])
+    path = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch"), path)
+    for batch, restored in (("1", False), ("2", True)):
+        result = run_cli("train", path, "--data", "iris", "--steps", "3", "--batch-size", batch, "-o",
+                         tmp_path / batch)
+        assert result.code == 0, result.err
+        assert ("warning: BatchNorm stays folded into /fc1/Gemm: in batches of one row it would normalise each "
+                "channel over one value" in result.err) != restored, result.err
+        ops = [n.op_type for n in load_model(tmp_path / batch / "model.onnx").graph.node]
+        assert ops[ops.index("Gemm") + 1] == ("BatchNormalization" if restored else "Relu"), ops
+
+
 def test_a_restored_batchnorm_starts_as_the_identity():
     """Before training, the model with its BatchNorm put back computes what the export did (to float rounding),
     and its running statistics are the layer's per-channel mean and variance over the sample, by numpy."""

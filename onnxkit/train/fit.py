@@ -743,6 +743,14 @@ class _Setup:
         """A BatchNorm again after each trained layer PyTorch's exporter folded one into (`batchnorm_restore`),
         said in a line; then what trains is chosen again."""
         folded = folded_batch_norms(self.model, self.selection.trainable)
+        lone = [node for node in folded if self._one_value_a_channel(node.output[0])]
+        if lone:
+            layers = first_few([node.name or node.output[0] for node in lone])
+            self.progress.line(f"warning: BatchNorm stays folded into {layers}"
+                               ": in batches of one row it would normalise each channel over one value (every value"
+                               " 0); train with batch_size=2 or more (a fixed batch of 1: re-export it dynamic) to"
+                               " have it back")
+            folded = [node for node in folded if node not in lone]
         if not folded:
             return
         stats = channel_statistics(self.model, self.dataset.train, [node.output[0] for node in folded])
@@ -814,20 +822,24 @@ class _Setup:
         batch's statistics over one value a channel (an [N, C] input, or one whose sizes past the channels are all
         1): every value normalises to 0 and the model learns nothing (PyTorch refuses it alike: 'Expected more than
         1 value per channel')."""
-        if distributed.smallest_share(self.fixed or self.config.batch_size) > 1:  # a data-parallel worker's share
-            return
         for node in self.model.graph.node:
-            value = self.types.get(node.input[0]) if node.op_type == "BatchNormalization" else None
-            if value is None or node.input[3] not in self.selection.updated_buffers:
+            if node.op_type != "BatchNormalization" or node.input[3] not in self.selection.updated_buffers:
                 continue
-            past_channels = value.type.tensor_type.shape.dim[2:]
-            if all(d.HasField("dim_value") and d.dim_value == 1 for d in past_channels):
+            if self._one_value_a_channel(node.input[0]):
                 fix = ("re-export the model with a dynamic batch dimension (PyTorch: dynamic_axes or dynamic_shapes)"
                        if self.fixed else "use batch_size=2 or more")
                 raise OnnxkitError(f"BatchNormalization {node.name or node.output[0]!r} would normalise each channel "
                                    f"over one value in batches of one row, which makes every value 0; {fix}, or "
                                    f"keep its running statistics as they are (freeze={node.input[3]!r}: it then "
                                    "normalises with them)", params=["batch_size"])
+
+    def _one_value_a_channel(self, name: str) -> bool:
+        """Whether the value `name` holds one number a channel in each batch: batches (or a data-parallel worker's
+        share) of one row, and its sizes past the channels all 1 ([N, C], or a 1 x 1 image)."""
+        value = self.types.get(name)
+        if value is None or distributed.smallest_share(self.fixed or self.config.batch_size) > 1:
+            return False
+        return all(d.HasField("dim_value") and d.dim_value == 1 for d in value.type.tensor_type.shape.dim[2:])
 
     def _plan_steps(self) -> None:
         """Optimizer steps per epoch, the number of epochs, and the learning-rate schedule over all steps."""
