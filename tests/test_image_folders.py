@@ -362,3 +362,13 @@ def test_fewer_class_folders_than_the_model_scores_is_warned_of(gray_folder, tmp
     onnx.save(zoo.build_model("digits-cnn", num_classes=2), model)
     result = run_cli("train", model, "--data", gray_folder[0], "--epochs", "1", "-o", tmp_path / "two")
     assert result.code == 0 and "class scores" not in result.err, result
+
+
+def test_a_file_name_that_is_not_utf8_is_hashed_by_its_bytes(gray_folder, tmp_path, run_cli):
+    folder, _ = gray_folder
+    (folder / "cat" / "0000.png").rename(folder / "cat" / os.fsdecode(b"caf\xe9.png"))  # Latin-1, from an old camera
+    model = tmp_path / "m.onnx"
+    onnx.save(zoo.build_model("digits-cnn", num_classes=2), model)
+    result = run_cli("train", model, "--data", folder, "--epochs", "1", "-o", tmp_path / "run")
+    assert result.code == 0 and (tmp_path / "run" / "model.onnx").exists(), result  # was a UnicodeEncodeError
+    assert run_cli("eval", tmp_path / "run" / "model.onnx").out.startswith(f"{folder} test split"), result

@@ -18,6 +18,7 @@ Pillow is imported when an image is read.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +167,7 @@ def folder_sha256(folder: Path) -> str:
     in sorted order. An image added, removed, renamed or edited changes it; a copy of the folder keeps it."""
     digest = hashlib.sha256()
     for path in _files(folder):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0".encode())
+        digest.update(os.fsencode(path.relative_to(folder).as_posix()) + b"\0")  # a name's bytes, UTF-8 or not
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
