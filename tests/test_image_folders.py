@@ -372,3 +372,14 @@ def test_a_file_name_that_is_not_utf8_is_hashed_by_its_bytes(gray_folder, tmp_pa
     result = run_cli("train", model, "--data", folder, "--epochs", "1", "-o", tmp_path / "run")
     assert result.code == 0 and (tmp_path / "run" / "model.onnx").exists(), result  # was a UnicodeEncodeError
     assert run_cli("eval", tmp_path / "run" / "model.onnx").out.startswith(f"{folder} test split"), result
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_refused(gray_folder, tmp_path, run_cli):
+    folder, _ = gray_folder
+    (folder / "dog").rename(folder / os.fsdecode(b"d\xe9g"))
+    model = tmp_path / "m.onnx"
+    onnx.save(zoo.build_model("digits-cnn", num_classes=2), model)
+    assert one_line_error(run_cli, "train", model, "--data", folder, "-o", tmp_path / "run") == (
+        f"{folder}/d\\xe9g: a class folder whose name is not UTF-8; its name is the class's label in the model: "
+        "rename it in UTF-8")  # was trained, with a label that no .csv of predictions could be written with
+    assert not (tmp_path / "run").exists()

@@ -102,6 +102,12 @@ def image_files(folder: Path) -> list[Path]:
     return [] if others else files
 
 
+def shown_name(name: str) -> str:
+    """A file name as UTF-8 text: a byte that is not UTF-8 (a Latin-1 'é', which Python holds as a lone surrogate)
+    written as \\xe9, as `ls -b` shows it."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def no_images(folder: Path) -> str:
     """'FOLDER: no images (...) in it or its subfolders (it holds a.npy, ...)', for an error about `folder`."""
     others = _files(folder)
@@ -231,6 +237,10 @@ def _folders(folder: Path) -> list[Path]:
 def _class_folders(folder: Path) -> dict[str, list[Path]]:
     """The images of each class folder of `folder`, by class name (sorted)."""
     classes = _folders(folder)
+    undecodable = next((p for p in classes if shown_name(p.name) != p.name), None)
+    if undecodable is not None:  # its name would be the class's label in the model, served as JSON
+        raise OnnxkitError(f"{shown_name(str(undecodable))}: a class folder whose name is not UTF-8; its name is the "
+                           "class's label in the model: rename it in UTF-8")
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not _hidden(p.name)]
     if not classes and any(is_image(p) for p in files):
         raise OnnxkitError(f"{folder}: holds images but no class folders; put each class's images in a subfolder "
