@@ -383,3 +383,16 @@ def test_a_class_folder_whose_name_is_not_utf8_is_refused(gray_folder, tmp_path,
         f"{folder}/d\\xe9g: a class folder whose name is not UTF-8; its name is the class's label in the model: "
         "rename it in UTF-8")  # was trained, with a label that no .csv of predictions could be written with
     assert not (tmp_path / "run").exists()
+
+
+def test_predict_names_a_file_whose_name_is_not_utf8_by_its_bytes(gray_folder, tmp_path, run_cli):
+    folder, _ = gray_folder
+    (folder / "cat" / "0000.png").rename(folder / "cat" / os.fsdecode(b"caf\xe9.png"))
+    model = tmp_path / "m.onnx"
+    onnx.save(flat_model(["batch", 1, 8, 8]), model)
+    for suffix in (".csv", ".json"):  # the .csv was a UnicodeEncodeError traceback
+        assert run_cli("predict", model, folder / "cat", "-o", tmp_path / f"p{suffix}").code == 0
+    assert (tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()[-1].startswith("caf\\xe9.png,")
+    assert json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["files"][-1] == "caf\\xe9.png"
+    assert run_cli("predict", model, folder / "cat" / os.fsdecode(b"caf\xe9.png"), "-o", tmp_path / "one.csv").code == 0
+    assert (tmp_path / "one.csv").read_text(encoding="utf-8").splitlines()[1].startswith("caf\\xe9.png,")

@@ -68,14 +68,14 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     an input with no rows is an error."""
     path = Path(path)
     suffix = path.suffix.lower()
-    rows = image_rows(path)
-    if rows is not None:  # an image, or a folder of them: decoded as the model's image input takes them
+    images = _image_paths(path)
+    if images is not None:  # an image, or a folder of them: decoded as the model's image input takes them
         from onnxkit.data.images import image_input, read_images
 
         if not path.is_dir() and not path.is_file():
             raise OnnxkitError(f"{path}: {not_a_file(path)}")
         layout = image_input(model.inputs)
-        return {layout.name: read_images([path / row for row in rows] if path.is_dir() else [path], layout)}
+        return {layout.name: read_images(images, layout)}
     if suffix not in INPUT_SUFFIXES:
         texts = ", or .txt for texts" if reads_text(model) else ""
         raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}, an image "
@@ -91,17 +91,28 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
 
 def image_rows(path: str | os.PathLike) -> list[str] | None:
     """The images of a folder, each a row, by their paths below it (sorted); an image file's name (its one row); None
-    for other input files. A folder holding no image, or images beside other files, is an error."""
-    path = Path(path)
+    for other input files. A folder holding no image, or images beside other files, is an error. A name's bytes that
+    are not UTF-8 are written \\xe9 (`images.shown_name`), which a .csv or .json of the rows can hold."""
+    paths = _image_paths(Path(path))
+    if paths is None:
+        return None
+    from onnxkit.data.images import shown_name
+
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    return [shown_name(str(p.relative_to(folder))) for p in paths]
+
+
+def _image_paths(path: Path) -> list[Path] | None:
+    """The images `image_rows` names: a folder's (sorted), or the image file itself; None for other input files."""
     if not path.is_dir():
-        return [path.name] if path.suffix.lower() in IMAGE_SUFFIXES else None
+        return [path] if path.suffix.lower() in IMAGE_SUFFIXES else None
     from onnxkit.data.images import image_files, no_images
 
     images = image_files(path)
     if not images:  # was 'unknown input format'
         raise OnnxkitError(f"{no_images(path)}: a folder, where one input file goes; give a file or a folder of "
                            "images, or run over a folder's files with --ray (Ray Data)")
-    return [str(p.relative_to(path)) for p in images]
+    return images
 
 
 def checked_feeds(path: str | os.PathLike, model: Model, values: dict[str, Any]) -> dict[str, np.ndarray]:
