@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 
@@ -396,3 +397,21 @@ def test_predict_names_a_file_whose_name_is_not_utf8_by_its_bytes(gray_folder, t
     assert json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["files"][-1] == "caf\\xe9.png"
     assert run_cli("predict", model, folder / "cat" / os.fsdecode(b"caf\xe9.png"), "-o", tmp_path / "one.csv").code == 0
     assert (tmp_path / "one.csv").read_text(encoding="utf-8").splitlines()[1].startswith("caf\\xe9.png,")
+
+
+def test_links_to_folders_are_followed_and_a_broken_link_or_a_loop_is_refused(gray_folder, tmp_path):
+    folder, pixels = gray_folder
+    (tmp_path / "more").mkdir()
+    shutil.copy(folder / "cat" / "0000.png", tmp_path / "more" / "extra.png")
+    (folder / "cat" / "more").symlink_to(tmp_path / "more")  # was left out, where a linked class folder was read
+    x, labels = all_of(folder)
+    assert labels.tolist() == [0] * 5 + [1] * 4
+    np.testing.assert_allclose(x[4, 0], pixels[0] / 255, atol=1e-7)
+    (folder / "cat" / "more").unlink()
+    for link, to, error in ((folder / "cat" / "gone.png", tmp_path / "gone.png", "a symbolic link to "),
+                            (folder / "bird", tmp_path / "gone", "a symbolic link to "),
+                            (folder / "dog" / "up", folder, "a folder that holds it (a loop)")):
+        link.symlink_to(to)  # the broken links were left out, the loop too
+        with pytest.raises(OnnxkitError, match=re.escape(f"{link}: ") + ".*" + re.escape(error)):
+            all_of(folder)
+        link.unlink()

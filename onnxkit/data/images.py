@@ -1,8 +1,8 @@
 """Folders of images as datasets (torchvision's ImageFolder layout), and image files as a model's input.
 
 - `DIR/<class>/...`: one subfolder per class holding its images (.png .jpg .jpeg .bmp .gif .webp .tif .tiff, any
-  case; subfolders of a class folder included); the classes are the subfolders' names in sorted order. Split by
-  seed, as the other data files are.
+  case; subfolders of a class folder, and links to folders, included); the classes are the subfolders' names in
+  sorted order. Split by seed, as the other data files are.
 - `DIR/train/<class>/...` with `val/` (or `validation/`) and/or `test/` beside it: those are the splits; one
   without a folder is carved out of `train/` by seed, at its usual fraction; the classes are train/'s.
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from onnxkit.data.split import SPLIT_ALIASES, SPLIT_NAMES, Dataset, Split, dataset_from_arrays, model_inputs
 from onnxkit.errors import OnnxkitError, first_few
-from onnxkit.files import IMAGE_SUFFIXES
+from onnxkit.files import IMAGE_SUFFIXES, not_a_file
 
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for each channel count of an image input
 _GRAY = ("1", "L", "LA", "I", "I;16", "F")  # modes read as one channel when no model says how many
@@ -230,8 +230,12 @@ def _hidden(name: str) -> bool:
 
 
 def _folders(folder: Path) -> list[Path]:
-    """The subfolders of `folder` (not hidden ones, `_hidden`), sorted."""
-    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not _hidden(p.name)]
+    """The subfolders of `folder` (not hidden ones, `_hidden`), sorted; a broken link among them is an error."""
+    entries = [p for p in sorted(folder.iterdir()) if not _hidden(p.name)]
+    broken = next((p for p in entries if p.is_symlink() and not p.exists()), None)
+    if broken is not None:
+        raise OnnxkitError(f"{broken}: {not_a_file(broken)}; remove the link or restore what it links to")
+    return [p for p in entries if p.is_dir()]
 
 
 def _class_folders(folder: Path) -> dict[str, list[Path]]:
@@ -287,6 +291,29 @@ def _check_classes(root: Path, classes: list[str], model: Any) -> None:
 
 def _files(folder: Path) -> list[Path]:
     """The files in `folder` and its subfolders, sorted by path, less those with a part of their path (below
-    `folder`) hidden (`_hidden`): .DS_Store, .ipynb_checkpoints/, Thumbs.db."""
-    return sorted(p for p in folder.rglob("*") if p.is_file()
-                  and not any(_hidden(part) for part in p.relative_to(folder).parts))
+    `folder`) hidden (`_hidden`): .DS_Store, .ipynb_checkpoints/, Thumbs.db. Links to folders are followed, as
+    torchvision's ImageFolder follows them (rglob left their images out); a broken link, or a link to a folder
+    that holds it (a loop), is an error naming it."""
+    return sorted(_walk(folder, ()))
+
+
+def _walk(folder: Path, above: tuple[tuple[int, int], ...]) -> list[Path]:
+    """The files below `folder` (`_files`); `above`: the (device, inode) of the folders holding it, to tell a loop."""
+    stat = folder.stat()
+    key = (stat.st_dev, stat.st_ino)
+    if key in above:  # links that lead to one another (a/x -> b, b/y -> a)
+        raise OnnxkitError(f"{folder}: {folder.resolve()} again, inside itself through links (a loop); remove them")
+    files: list[Path] = []
+    for entry in os.scandir(folder):
+        path = Path(entry.path)
+        if _hidden(entry.name):
+            continue
+        if entry.is_dir():
+            if entry.is_symlink() and folder.resolve().is_relative_to(path.resolve()):
+                raise OnnxkitError(f"{path}: a link to {path.resolve()}, a folder that holds it (a loop); remove it")
+            files += _walk(path, (*above, key))
+        elif entry.is_file():
+            files.append(path)
+        elif entry.is_symlink():  # to nothing
+            raise OnnxkitError(f"{path}: {not_a_file(path)}; remove the link or restore what it links to")
+    return files
