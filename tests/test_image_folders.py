@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import warnings
 
 import numpy as np
 import onnx
@@ -415,3 +416,19 @@ def test_links_to_folders_are_followed_and_a_broken_link_or_a_loop_is_refused(gr
         with pytest.raises(OnnxkitError, match=re.escape(f"{link}: ") + ".*" + re.escape(error)):
             all_of(folder)
         link.unlink()
+
+
+def test_a_large_image_is_read_without_pillows_warning_and_a_bomb_refused(gray_folder, tmp_path, run_cli, monkeypatch):
+    folder, pixels = gray_folder
+    model = tmp_path / "m.onnx"
+    onnx.save(flat_model(["batch", 1, 8, 8]), model)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # an 8x8 image (64 pixels) is then past it, and not twice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the DecompressionBombWarning was printed as Python's two lines
+        x, _ = all_of(folder)
+    np.testing.assert_allclose(x[:, 0], pixels / 255, atol=1e-7)
+    result = run_cli("predict", model, folder / "cat" / "0000.png")
+    assert result.code == 0 and result.err == "", result
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30)  # twice 30 is under 64: a decompression bomb
+    assert one_line_error(run_cli, "predict", model, folder / "cat" / "0000.png").startswith(
+        f"{folder / 'cat' / '0000.png'}: not a readable image (Image size (64 pixels) exceeds limit of 60 pixels")

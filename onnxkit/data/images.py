@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,9 @@ def _pixels(path: Path, channels: int | None, size: tuple[int, int] | None) -> n
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        # Pillow warns of an image past MAX_IMAGE_PIXELS (a 10000x10000 scan) and refuses one twice as large: read it
+        large = warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning)
+        with large, Image.open(path) as image:
             mode = MODES[channels] if channels else "L" if image.mode in _GRAY else "RGB"
             image = _eight_bit(image, path).convert(mode)
             if size and image.size != size:
