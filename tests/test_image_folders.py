@@ -432,3 +432,10 @@ def test_a_large_image_is_read_without_pillows_warning_and_a_bomb_refused(gray_f
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30)  # twice 30 is under 64: a decompression bomb
     assert one_line_error(run_cli, "predict", model, folder / "cat" / "0000.png").startswith(
         f"{folder / 'cat' / '0000.png'}: not a readable image (Image size (64 pixels) exceeds limit of 60 pixels")
+
+
+def test_predict_on_a_folder_that_does_not_exist_says_so(tmp_path, run_cli):
+    model = tmp_path / "m.onnx"
+    onnx.save(flat_model(["batch", 1, 8, 8]), model)
+    assert one_line_error(run_cli, "predict", model, tmp_path / "photoz") == (  # was 'unknown input format'
+        f"{tmp_path / 'photoz'}: no such file or folder")

@@ -76,6 +76,8 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
             raise OnnxkitError(f"{path}: {not_a_file(path)}")
         layout = image_input(model.inputs)
         return {layout.name: read_images(images, layout)}
+    if not suffix and not path.exists():  # a mistyped folder of images: was 'unknown input format'
+        raise OnnxkitError(f"{path}: no such file or folder")
     if suffix not in INPUT_SUFFIXES:
         texts = ", or .txt for texts" if reads_text(model) else ""
         raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}, an image "
