@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -225,6 +226,28 @@ def test_predict_on_a_png_or_a_folder_equals_predict_on_the_npy(digits_folder, d
     assert [r.split(",", 1) for r in rows[1:]] == [[p.name, r] for p, r in
                                                     zip(files, (tmp_path / "q.csv").read_text().splitlines()[1:],
                                                         strict=True)]
+
+
+def test_several_image_files_are_one_input_named_as_given(digits_folder, tmp_path, run_cli, monkeypatch):
+    """A shell glob (`predict model.onnx 3/*.png`) gives predict several image files: one row each, in the order
+    given, named by the path given; anything but image files among several is one line."""
+    model = tmp_path / "digits.onnx"
+    onnx.save(zoo.build_model("digits-cnn"), model)
+    monkeypatch.chdir(digits_folder)
+    files = [str(p.relative_to(digits_folder)) for p in sorted((digits_folder / "3").glob("*.png"))[:2]]
+    files += [str(next((digits_folder / "7").glob("*.png")).relative_to(digits_folder))]
+    several = run_cli("predict", model, *files, "-o", tmp_path / "several.csv")
+    assert several.code == 0, several
+    assert run_cli("predict", model, "3", "-o", tmp_path / "folder.csv").code == 0
+    by_file = dict(row.split(",", 1) for row in (tmp_path / "folder.csv").read_text().splitlines()[1:])
+    rows = (tmp_path / "several.csv").read_text().splitlines()[1:]
+    assert [row.split(",", 1)[0] for row in rows] == files
+    assert [row.split(",", 1)[1] for row in rows[:2]] == [by_file[Path(f).name] for f in files[:2]]
+    for others in ([files[0], str(tmp_path / "x.npy")], [files[0], "3/missing.png"]):
+        result = run_cli("predict", model, *others)
+        assert result.code != 0 and result.err.count("\n") == 1, result
+    assert "several inputs are image files only" in run_cli("predict", model, files[0], "x.npy").err
+    assert "--ray reads one file or folder" in run_cli("predict", model, *files, "--ray").err
 
 
 def test_a_jpeg_is_read_within_its_compression(tmp_path, gray_folder):

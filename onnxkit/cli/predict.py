@@ -26,7 +26,7 @@ from onnxkit.runtime.text import reads_text
 
 @click.command("predict")
 @click.argument("model", type=click.Path())
-@click.argument("data", required=False, type=click.Path())
+@click.argument("data", nargs=-1, type=click.Path())
 @click.option(
     "-i",
     "--input",
@@ -49,8 +49,8 @@ from onnxkit.runtime.text import reads_text
 @click.option("--workers", type=options.COUNT, help="With --ray: actors, each holding a session (default: all CPUs).")
 def predict_cmd(
     model: str,
-    data: str | None,
-    input_path: str | None,
+    data: tuple[str, ...],
+    input_path: str | list[str] | None,
     texts: tuple[str, ...],
     output: str | None,
     top_k: int | None,
@@ -70,19 +70,23 @@ def predict_cmd(
       onnxkit predict bert.onnx --text "Shares rose sharply." --text "What a match!"
       onnxkit predict digits.int8.onnx inputs/ --ray --workers 4 --output predictions.npz
 
-    DATA is the same as --input; a folder of images, or with --ray a folder of files.
+    DATA is the same as --input; a folder of images or several image files (photos/*.jpg), or with --ray a
+    folder of files.
     """
     if data and input_path:
         raise click.UsageError("give the input once: as DATA or as --input")
-    input_path = input_path or data
+    input_path = input_path or (data[0] if len(data) == 1 else list(data) or None)
+    if isinstance(input_path, list) and on_ray:
+        raise click.UsageError("--ray reads one file or folder: give the folder of the images")
     if workers and not on_ray:
         raise click.UsageError("--workers is for --ray (Ray actors); without --ray, use --threads")
     if bool(input_path) == bool(texts):
         raise click.UsageError("give --input FILE or --text TEXT (one of the two)")
     if output:
         check_output_path(output)
-        for what, path in (("the model", model), ("the input", input_path)):
-            if path and same_file(output, path):
+        given = input_path if isinstance(input_path, list) else [input_path] if input_path else []
+        for what, path in (("the model", model), *(("the input", p) for p in given)):
+            if same_file(output, path):
                 raise OnnxkitError(f"--output {output} is {what}; write the predictions to another file")
     if on_ray:
         if texts:
@@ -97,7 +101,7 @@ def predict_cmd(
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
     if probs and not loaded.given_probabilities:
         loaded.given_probabilities = ends_in_probabilities(model)
-    from_file = bool(input_path and reads_text(loaded) and holds_texts(input_path))  # .txt, CSV's text column
+    from_file = isinstance(input_path, str) and reads_text(loaded) and holds_texts(input_path)  # .txt, a CSV's texts
     if from_file:
         texts = tuple(read_texts(Path(input_path)))
         if not texts:  # an input file of no rows is refused, as read_inputs refuses one

@@ -63,19 +63,20 @@ INPUT_SUFFIXES = (".npy", ".npz", ".json", ".csv", ".tsv")
 OUTPUT_SUFFIXES = (".json", ".npz", ".npy", ".csv")
 
 
-def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
+InputPath = str | os.PathLike | Sequence[str]  # an input file or folder, or image files one by one (a shell glob)
+
+
+def read_inputs(path: InputPath, model: Model) -> dict[str, Any]:
     """The values in an input file, by model input name (checked later by `Model.prepare`);
     an input with no rows is an error."""
-    path = Path(path)
-    suffix = path.suffix.lower()
     images = _image_paths(path)
-    if images is not None:  # an image, or a folder of them: decoded as the model's image input takes them
+    if images is not None:  # an image, a folder of them, or several: decoded as the model's image input takes them
         from onnxkit.data.images import image_input, read_images
 
-        if not path.is_dir() and not path.is_file():
-            raise OnnxkitError(f"{path}: {not_a_file(path)}")
         layout = image_input(model.inputs)
         return {layout.name: read_images(images, layout)}
+    path = Path(path)  # type: ignore[arg-type]  # (several paths are images, above)
+    suffix = path.suffix.lower()
     if not suffix and not path.exists():  # a mistyped folder of images: was 'unknown input format'
         raise OnnxkitError(f"{path}: no such file or folder")
     if suffix not in INPUT_SUFFIXES:
@@ -91,23 +92,30 @@ def read_inputs(path: str | os.PathLike, model: Model) -> dict[str, Any]:
     return values
 
 
-def image_rows(path: str | os.PathLike) -> list[str] | None:
-    """The images of a folder, each a row, by their paths below it (sorted); an image file's name (its one row); None
-    for other input files. A folder holding no image, or images beside other files, is an error. A name's bytes that
-    are not UTF-8 are written \\xe9 (`images.shown_name`), which a .csv or .json of the rows can hold."""
-    paths = _image_paths(Path(path))
+def image_rows(path: InputPath) -> list[str] | None:
+    """The images of a folder, each a row, by their paths below it (sorted); an image file's name (its one row);
+    image files given one by one, by their paths as given; None for other input files. A folder holding no image, or
+    images beside other files, is an error. A name's bytes that are not UTF-8 are written \\xe9
+    (`images.shown_name`), which a .csv or .json of the rows can hold."""
+    paths = _image_paths(path)
     if paths is None:
         return None
     from onnxkit.data.images import shown_name
 
+    if not isinstance(path, (str, os.PathLike)):
+        return [shown_name(str(p)) for p in paths]
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     return [shown_name(str(p.relative_to(folder))) for p in paths]
 
 
-def _image_paths(path: Path) -> list[Path] | None:
-    """The images `image_rows` names: a folder's (sorted), or the image file itself; None for other input files."""
+def _image_paths(path: InputPath) -> list[Path] | None:
+    """The images `image_rows` names: a folder's (sorted), the image file itself, or the image files given; None for
+    another input file."""
+    if not isinstance(path, (str, os.PathLike)):
+        return [_image_file(Path(p), several=True) for p in path]
+    path = Path(path)
     if not path.is_dir():
-        return [path] if path.suffix.lower() in IMAGE_SUFFIXES else None
+        return [_image_file(path)] if path.suffix.lower() in IMAGE_SUFFIXES else None
     from onnxkit.data.images import image_files, no_images
 
     images = image_files(path)
@@ -117,7 +125,17 @@ def _image_paths(path: Path) -> list[Path] | None:
     return images
 
 
-def checked_feeds(path: str | os.PathLike, model: Model, values: dict[str, Any]) -> dict[str, np.ndarray]:
+def _image_file(path: Path, several: bool = False) -> Path:
+    """`path`, an image file that exists; `several`: one of several inputs, which are image files only."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise OnnxkitError(f"{path}: not an image ({' '.join(IMAGE_SUFFIXES)}); several inputs are image files "
+                           "only (a shell glob of them): give one input file, or a folder of images")
+    if not path.is_file():
+        raise OnnxkitError(f"{path}: {not_a_file(path)}")
+    return path
+
+
+def checked_feeds(path: InputPath, model: Model, values: dict[str, Any]) -> dict[str, np.ndarray]:
     """`values` read from `path` as the model's feeds (`Model.prepare`), refusing NaN and infinity in
     float inputs, whose rows would get NaN scores and a made-up class (argmax of NaN is class 0), and
     values past the range of the input's type (1e6 for float16), which the cast turns into infinity."""
