@@ -210,13 +210,33 @@ def test_a_restored_batchnorm_starts_as_the_identity():
     restored = with_batch_norms(model, stats)
     np.testing.assert_allclose(model_outputs(restored, sample, "logits"), model_outputs(model, sample, "logits"),
                                rtol=1e-4, atol=1e-4)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
-    images = next(iter(sample.inputs.values()))[:256]
-    conv = model_outputs(probe, Split("first", {"x": images}, sample.labels[:256]), "c")
+    conv = model_outputs(with_output(model, "c"), sample.spread(256), "c")
     np.testing.assert_allclose(stats["c"][0], conv.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["c"][1], conv.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+
+
+def test_restored_batchnorm_statistics_are_taken_over_the_whole_split():
+    """A split keeps its source's order, an image folder's class after class: the statistics were taken over
+    its first 256 rows (a 32 x 32 digits folder: 3 classes of 10), here all blank images. They are taken over
+    rows spread across the split, whose mean and variance they then match."""
+    from onnxkit.evaluate import model_outputs
+    from onnxkit.train.batchnorm_restore import channel_statistics
+
+    model = conv_net("onnx::Conv_7")
+    images = next(iter(load_dataset("digits-images").train.inputs.values()))[:500]
+    ordered = Split("train", {"x": np.concatenate([np.zeros_like(images), images])}, np.repeat([0, 1], 500))
+    mean, var = channel_statistics(model, ordered, ["c"])["c"]
+    conv = model_outputs(with_output(model, "c"), ordered, "c")
+    np.testing.assert_allclose(mean, conv.mean(axis=(0, 2, 3)), rtol=0.05)
+    np.testing.assert_allclose(var, conv.var(axis=(0, 2, 3)), rtol=0.05)
+
+
+def with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """`model` with its value `name` an output too."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return probe
 
 
 def test_a_layer_a_batchnorm_was_folded_into_keeps_its_own_weight(tmp_path):

@@ -161,6 +161,14 @@ class Split:
         """The examples at `indices` (a copy), as a split of this kind."""
         return Split(self.name, *Split._batch(self, indices))
 
+    def spread(self, count: int) -> Split:
+        """At most `count` examples spaced evenly over the split (a copy, of this kind): a sample of all of a split
+        kept in its source's order, whose first rows may be one class (an image folder's, class after class)."""
+        rows = np.unique(np.linspace(0, len(self) - 1, min(count, len(self))).round().astype(np.int64))
+        sample = self._rows(rows)
+        sample.data = self.data
+        return sample
+
     def joined(self, others: Sequence[Split], name: str) -> Split:
         """This split's examples, then those of `others` (a copy), as a split of this kind called `name`."""
         splits = [self, *others]

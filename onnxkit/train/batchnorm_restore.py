@@ -28,8 +28,8 @@ SUFFIX = ".batchnorm"  # the new node's name, and its tensors' prefix, after the
 
 
 def channel_statistics(model: onnx.ModelProto, split: Split, values: Sequence[str]) -> dict[str, tuple]:
-    """Per channel (axis 1) mean and variance of each of `values` (computed inside `model`) over the first
-    `SAMPLE_ROWS` rows of `split`, accumulated batch by batch."""
+    """Per channel (axis 1) mean and variance of each of `values` (computed inside `model`) over `SAMPLE_ROWS`
+    rows spread over `split` (its first ones were an image folder's first classes), accumulated batch by batch."""
     from onnxkit.evaluate import batch_outputs
 
     probe = onnx.ModelProto()
@@ -37,8 +37,7 @@ def channel_statistics(model: onnx.ModelProto, split: Split, values: Sequence[st
     outputs = {o.name for o in probe.graph.output}
     probe.graph.output.extend(helper.make_value_info(name, onnx.TypeProto()) for name in values if name not in outputs)
     sums: dict[str, list] = {}
-    seen = 0
-    for outputs in batch_outputs(probe, split, list(values), batch_size=64):
+    for outputs in batch_outputs(probe, split.spread(SAMPLE_ROWS), list(values), batch_size=64):
         for name, value in zip(values, outputs, strict=True):
             axes = (0, *range(2, value.ndim))
             v = value.astype(np.float64)
@@ -47,9 +46,6 @@ def channel_statistics(model: onnx.ModelProto, split: Split, values: Sequence[st
             total[0] += v.sum(axis=axes)
             total[1] += (v * v).sum(axis=axes)
             total[2] += counted
-        seen += len(outputs[0])
-        if seen >= SAMPLE_ROWS:
-            break
     stats = {}
     for name, (total, squares, count) in sums.items():
         mean = total / count
