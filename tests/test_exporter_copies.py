@@ -170,6 +170,20 @@ def test_batchnorm_folded_into_weights_by_the_exporter_trains_again(tmp_path, ru
         assert not np.allclose(values["/conv/Conv.batchnorm.running_mean"], 0)  # trained: its statistics move
 
 
+def test_a_restored_batchnorm_trains_with_the_layer_train_only_names(tmp_path, run_cli):
+    """--train-only naming the folded layer's weight left the BatchNorm put back after it frozen, with its running
+    statistics (both affine weights frozen): the identity, which the line said trained. It trains with its layer."""
+    path = tmp_path / "net.onnx"
+    onnx.save(conv_net("onnx::Conv_7"), path)
+    result = run_cli("train", path, "--data", "digits-images", "--steps", "3", "--train-only", "onnx::Conv_7", "-o",
+                     tmp_path / "run")
+    assert result.code == 0, result.err
+    assert "training 44 parameters" in result.err, result.err  # the Conv's 36 weights, the BatchNorm's 4 + 4
+    values = {t.name: numpy_helper.to_array(t) for t in load_model(tmp_path / "run" / "model.onnx").graph.initializer}
+    weight, var = values["/conv/Conv.batchnorm.weight"], values["/conv/Conv.batchnorm.running_var"]
+    assert not np.allclose(weight, np.sqrt(var + 1e-5)), (weight, var)  # no longer the identity
+
+
 def test_a_folded_batchnorm_that_would_see_one_value_a_channel_stays_folded(tmp_path, run_cli):
     """A Gemm the dynamo exporter folded BatchNorm1d into, trained in batches of one row: a BatchNorm put back
     would normalise each channel over one value (every value 0), so the layer trains as exported, said in a line;

@@ -25,6 +25,7 @@ SAMPLE_ROWS = 256  # training rows the statistics are taken over
 EPSILON = 1e-5  # PyTorch's BatchNorm default
 MOMENTUM = 0.9  # ONNX's: the running statistics' share kept at each step (PyTorch's momentum=0.1)
 SUFFIX = ".batchnorm"  # the new node's name, and its tensors' prefix, after the layer's
+TENSORS = ("weight", "bias", "running_mean", "running_var")  # the new node's inputs past the first, by their suffix
 
 
 def channel_statistics(model: onnx.ModelProto, split: Split, values: Sequence[str]) -> dict[str, tuple]:
@@ -68,9 +69,9 @@ def with_batch_norms(model: onnx.ModelProto, stats: dict[str, tuple]) -> onnx.Mo
             continue
         out = node.output[0]
         mean, var = stats[out]
-        prefix = f"{node.name or out}{SUFFIX}"
+        prefix = _prefix(node)
         dtype = helper.tensor_dtype_to_np_dtype(dtypes.get(node.input[1], onnx.TensorProto.FLOAT))
-        tensors = {"weight": np.sqrt(var + EPSILON), "bias": mean, "running_mean": mean, "running_var": var}
+        tensors = dict(zip(TENSORS, (np.sqrt(var + EPSILON), mean, mean, var), strict=True))
         graph.initializer.extend(numpy_helper.from_array(value.astype(dtype), f"{prefix}.{key}")
                                  for key, value in tensors.items())
         node.output[0] = f"{out}{SUFFIX}.input"
@@ -79,3 +80,13 @@ def with_batch_norms(model: onnx.ModelProto, stats: dict[str, tuple]) -> onnx.Mo
     del graph.node[:]
     graph.node.extend(nodes)
     return restored
+
+
+def batch_norm_tensors(nodes: Sequence[onnx.NodeProto]) -> list[str]:
+    """The initializers `with_batch_norms` makes for a BatchNorm after each of `nodes`."""
+    return [f"{_prefix(node)}.{key}" for node in nodes for key in TENSORS]
+
+
+def _prefix(node: onnx.NodeProto) -> str:
+    """The name of the BatchNorm put back after `node`, and its tensors' prefix."""
+    return f"{node.name or node.output[0]}{SUFFIX}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import glob
 import inspect
 import math
 import numbers
@@ -72,7 +73,7 @@ from onnxkit.signals import held_back
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.backends import DEFAULT, default_backend, get_backend
-from onnxkit.train.batchnorm_restore import channel_statistics, with_batch_norms
+from onnxkit.train.batchnorm_restore import batch_norm_tensors, channel_statistics, with_batch_norms
 from onnxkit.train.callbacks import (
     MONITORS,
     BestModel,
@@ -550,6 +551,7 @@ class _Setup:
         self.run, self.config, self.dataset, self.adapter = run, config, dataset, adapter
         self.threads, self.progress = threads, progress
         self.cached: dict[str, Any] = {}  # the frozen-feature cut's boundary and seconds, when one is made
+        self.restored: list[str] = []  # the tensors of the BatchNorms put back (`_restore_batch_norms`)
         self._prepare_model_and_backend(model, device)
         with self._naming_the_labels():  # the data against the model
             _check_column_count(self.dataset, model_inputs(self.model))
@@ -718,8 +720,10 @@ class _Setup:
         """What trains; refuses ops without a gradient in the backend and options it cannot run."""
         c, model = self.config, self.model
         params = find_parameters(model)
-        default = self.adapter.trainable(model) if self.adapter else None
-        self.selection = select(model, params, self.output, freeze=c.freeze, train_only=c.train_only, default=default)
+        # a BatchNorm put back trains with its layer (only a trained one gets one) whatever train_only names
+        default = [*self.adapter.trainable(model), *self.restored] if self.adapter else None
+        train_only = [*c.train_only, *map(glob.escape, self.restored)] if c.train_only else ()
+        self.selection = select(model, params, self.output, freeze=c.freeze, train_only=train_only, default=default)
         missing = self.backend.unsupported(model, self.selection.trainable, self.output)
         if missing:
             op, node = missing[0]
@@ -755,6 +759,7 @@ class _Setup:
             return
         stats = channel_statistics(self.model, self.dataset.train, [node.output[0] for node in folded])
         self.model, self.target = with_batch_norms(self.model, stats), with_batch_norms(self.target, stats)
+        self.restored = batch_norm_tensors(folded)
         self.types = value_types(self.model)
         self._select()
         names = first_few([node.name or node.output[0] for node in folded])
