@@ -184,6 +184,22 @@ def test_a_restored_batchnorm_trains_with_the_layer_train_only_names(tmp_path, r
     assert not np.allclose(weight, np.sqrt(var + 1e-5)), (weight, var)  # no longer the identity
 
 
+def test_a_model_trained_with_its_batchnorm_put_back_trains_again(tmp_path, run_cli):
+    """model.onnx trained again (more epochs, new data): its Conv still read a weight named onnx::Conv_N, so a second
+    BatchNorm was put back under the first one's names, and training failed in onnxruntime ('Duplicate
+    definition-site for (/conv/Conv.batchnorm.weight)', said to be a bug). A layer a BatchNorm reads keeps it."""
+    path = tmp_path / "net.onnx"
+    onnx.save(conv_net("onnx::Conv_7"), path)
+    first = run_cli("train", path, "--data", "digits-images", "--steps", "2", "-o", tmp_path / "first")
+    assert first.code == 0 and "folded BatchNorm into 1 layer" in first.err, first.err
+    again = run_cli("train", tmp_path / "first" / "model.onnx", "--data", "digits-images", "--steps", "2", "-o",
+                    tmp_path / "again")
+    assert again.code == 0, again.err
+    assert "folded BatchNorm" not in again.err, again.err
+    ops = [n.op_type for n in load_model(tmp_path / "again" / "model.onnx").graph.node]
+    assert ops[:3] == ["Conv", "BatchNormalization", "Relu"], ops
+
+
 def test_a_folded_batchnorm_that_would_see_one_value_a_channel_stays_folded(tmp_path, run_cli):
     """A Gemm the dynamo exporter folded BatchNorm1d into, trained in batches of one row: a BatchNorm put back
     would normalise each channel over one value (every value 0), so the layer trains as exported, said in a line;

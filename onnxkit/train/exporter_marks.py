@@ -375,12 +375,14 @@ def folded_batch_norms(model: onnx.ModelProto, trainable: Iterable[str]) -> list
     exporter's optimizer marks them (FuseBatchNormIntoConv, ...IntoGemm, ...); the TorchScript exporter
     in eval mode folds BatchNorm into the Conv before it and names the weight it computes onnx::Conv_N
     where the module's own are named after it. Either would train as a network without BatchNorm
-    (`batchnorm_restore` puts it back)."""
+    (`batchnorm_restore` puts it back). A layer a BatchNormalization reads already is none: its BatchNorm was
+    put back by an earlier run (model.onnx trained again), or never folded."""
     trained = set(trainable)
     torchscript = model.producer_name == "pytorch" and not any(_FUSED_BY in _marks(n) for n in model.graph.node)
-    return [node for node in model.graph.node if trained & set(node.input[1:]) and (
-        "FuseBatchNorm" in _marks(node).get(_FUSED_BY, "")
-        or torchscript and node.op_type == "Conv" and node.input[1].startswith("onnx::Conv_"))]
+    normalised = {n.input[0] for n in model.graph.node if n.op_type == "BatchNormalization"}
+    return [node for node in model.graph.node if trained & set(node.input[1:]) and node.output[0] not in normalised
+            and ("FuseBatchNorm" in _marks(node).get(_FUSED_BY, "")
+                 or torchscript and node.op_type == "Conv" and node.input[1].startswith("onnx::Conv_"))]
 
 
 def folded_parameters(model: onnx.ModelProto) -> dict[str, list[str]]:
