@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 from onnxkit.data import Split
 
 SAMPLE_ROWS = 256  # training rows the statistics are taken over
+BATCH = 16  # rows a run: every folded layer's output for them is held at once (a ResNet's, at 224 x 224)
 EPSILON = 1e-5  # PyTorch's BatchNorm default
 MOMENTUM = 0.9  # ONNX's: the running statistics' share kept at each step (PyTorch's momentum=0.1)
 SUFFIX = ".batchnorm"  # the new node's name, and its tensors' prefix, after the layer's
@@ -38,15 +39,13 @@ def channel_statistics(model: onnx.ModelProto, split: Split, values: Sequence[st
     outputs = {o.name for o in probe.graph.output}
     probe.graph.output.extend(helper.make_value_info(name, onnx.TypeProto()) for name in values if name not in outputs)
     sums: dict[str, list] = {}
-    for outputs in batch_outputs(probe, split.spread(SAMPLE_ROWS), list(values), batch_size=64):
+    for outputs in batch_outputs(probe, split.spread(SAMPLE_ROWS), list(values), batch_size=BATCH):
         for name, value in zip(values, outputs, strict=True):
             axes = (0, *range(2, value.ndim))
-            v = value.astype(np.float64)
-            counted = value.size // value.shape[1]
             total = sums.setdefault(name, [0.0, 0.0, 0])
-            total[0] += v.sum(axis=axes)
-            total[1] += (v * v).sum(axis=axes)
-            total[2] += counted
+            total[0] += value.sum(axis=axes, dtype=np.float64)
+            total[1] += np.square(value).sum(axis=axes, dtype=np.float64)
+            total[2] += value.size // value.shape[1]
     stats = {}
     for name, (total, squares, count) in sums.items():
         mean = total / count
