@@ -152,8 +152,12 @@ def test_npz_files_with_named_arrays_or_x_y(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(OnnxkitError, match="not a readable .npz"):
         load_dataset(tmp_path / "broken.npz")
-    with pytest.raises(OnnxkitError, match="no such data file"):
+    with pytest.raises(OnnxkitError, match=r"no such data file; pass a .npz, .csv or .tsv file, a folder of images"):
         load_dataset(tmp_path / "missing.npz")
+    # a folder of images mistyped was 'unknown dataset': a path is told from a dataset name
+    with pytest.raises(OnnxkitError, match=f"^{tmp_path / 'photos'}/: no such file or folder; pass .* a folder of "
+                                           "class folders of images, or a dataset name \\(bbc-news, "):
+        load_dataset(f"{tmp_path / 'photos'}/")
 
 
 def test_csv_files_with_header_text_labels_or_no_header(tmp_path):
@@ -411,7 +415,7 @@ def test_a_file_or_folder_that_is_no_data_file_says_so(tmp_path):
     # a folder named like a file was 'no such data file'; gzip'd CSVs (pandas' to_csv('x.csv.gz')) were 'not .gz;
     # save ... with numpy.savez' and 'not UTF-8 text (byte 0x8b on line 1)'
     (tmp_path / "runs.csv").mkdir()
-    with pytest.raises(OnnxkitError, match=r"runs.csv: a folder, not a data file; pass a .npz or .csv file"):
+    with pytest.raises(OnnxkitError, match=r"runs.csv: a folder, not a data file; pass a .npz, .csv or .tsv file"):
         load_dataset(tmp_path / "runs.csv")
     (tmp_path / "x.csv.gz").write_bytes(gzip.compress(b"a,label\n1,0\n"))
     (tmp_path / "gz.csv").write_bytes(gzip.compress(b"a,label\n1,0\n"))

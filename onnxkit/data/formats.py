@@ -59,7 +59,7 @@ def require_data_file(path: Path) -> None:
     if not path.is_file():
         what = {"a folder": "a folder, not a data file", "no such file": "no such data file"}.get(
             why := not_a_file(path), why)
-        raise OnnxkitError(f"{path}: {what}; pass a .npz or .csv file or a dataset name")
+        raise OnnxkitError(f"{path}: {what}; pass a .npz, .csv or .tsv file, a folder of images or a dataset name")
 
 
 def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:

@@ -13,6 +13,7 @@ packages (tokenizers) must be imported inside the loader, not at module level.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -126,6 +127,9 @@ def load_dataset(
         raise OnnxkitError(f"{text}: data files are .npz, .csv or .tsv, not {suffix or 'a file without a suffix'}; "
                            "save the inputs and labels with numpy.savez(path, x=..., labels=...), or as a CSV (images "
                            "go in a folder of class folders)")
+    if text not in entries and ("/" in text or os.sep in text):  # a path to nothing: a mistyped folder, say
+        raise OnnxkitError(f"{text}: no such file or folder; pass a .npz, .csv or .tsv file, a folder of class "
+                           f"folders of images, or a dataset name ({', '.join(entries)})")
     if text not in entries:
         raise OnnxkitError(
             f"unknown dataset {text!r}.{suggest(text, entries)} Built-in datasets: "
