@@ -172,7 +172,8 @@ def test_the_new_ops_model_gradients_match_finite_differences():
     next(n for n in model.graph.node if n.op_type == "GroupNormalization").attribute.append(
         helper.make_attribute("stash_type", TensorProto.DOUBLE))
     image = np.random.default_rng(0).normal(size=(2, 1, 8, 8))
-    checked = gradcheck(model, {"image": image}, ["up.weight", "gn.scale", "conv.weight"])
+    # every entry of the layers before the Conv (their gradients pass through each rule), 128 of its 1,152
+    checked = gradcheck(model, {"image": image}, ["up.weight", "gn.scale", "conv.weight"], entries=128)
     for name, (analytic, numeric) in checked.items():
         np.testing.assert_allclose(analytic, numeric, atol=1e-6 * np.abs(numeric).max(), err_msg=name)
 
