@@ -14,6 +14,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
+from PIL import Image
 
 from onnxkit.cli import cli
 from onnxkit.data import load_dataset
@@ -79,6 +80,15 @@ def test_ray_batch_inference_equals_single_process_predict_in_order(tmp_path: Pa
                  "--top-k", "2")
         _predict(str(quantized), str(folder), "--ray", "--workers", "2", "--batch-size", "64", "-o",
                  str(tmp_path / "ray.csv"), "--top-k", "2")
+        pngs = tmp_path / "pngs"  # a folder of images: a row each, named by its file, as predict reads it
+        for i, image in enumerate(images[:20]):
+            (pngs / str(i % 3)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.round(image[0] * 255).astype(np.uint8)).save(pngs / str(i % 3) / f"{i:02d}.png")
+        _predict(str(quantized), str(pngs), "--batch-size", "8", "-o", str(tmp_path / "pngs.csv"))
+        _predict(str(quantized), str(pngs), "--ray", "--workers", "2", "--batch-size", "8", "-o",
+                 str(tmp_path / "pngs-ray.csv"))
+        assert (tmp_path / "pngs-ray.csv").read_text() == (tmp_path / "pngs.csv").read_text()
+        assert (tmp_path / "pngs.csv").read_text().splitlines()[1].startswith("0/00.png,")
         # Ray's core worker logged, once a process, 'Actor ... has constructor arguments in the object store and
         # max_restarts > 0' as an ERROR (Ray Data's actors asked for endless restarts): not on a successful run
         assert _noise(capfd.readouterr().err) == []

@@ -14,6 +14,7 @@ from onnxkit.runtime.datafiles import (
     check_output_path,
     checked_feeds,
     format_prediction,
+    holds_images,
     holds_texts,
     image_rows,
     read_inputs,
@@ -45,7 +46,7 @@ from onnxkit.runtime.text import reads_text
 @options.batch_size(512, "Run large inputs in batches of this many rows.")
 @click.option("--ray", "on_ray", is_flag=True,
               help="Run on Ray Data (extra `ray`): DATA may be a folder of .npy/.npz/.json/.csv/.tsv/.parquet/.txt "
-              "files (subfolders too); joins $RAY_ADDRESS's cluster, else starts a local one.")
+              "files or of images (subfolders too); joins $RAY_ADDRESS's cluster, else starts a local one.")
 @click.option("--workers", type=options.COUNT, help="With --ray: actors, each holding a session (default: all CPUs).")
 def predict_cmd(
     model: str,
@@ -96,7 +97,9 @@ def predict_cmd(
 
         prediction = predict_on_ray(model, input_path, output, workers=workers, batch_size=batch_size, device=device,
                                     threads=threads, top_k=top_k, probs=probs)
-        click.echo(f"wrote {output} ({len(prediction)} rows)" if output else format_prediction(prediction, top_k))
+        names = image_rows(input_path) if holds_images(input_path) else None
+        click.echo(f"wrote {output} ({len(prediction)} rows)" if output else
+                   format_prediction(prediction, top_k, names=names))
         return
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
     if probs and not loaded.given_probabilities:

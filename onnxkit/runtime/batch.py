@@ -7,7 +7,8 @@ holding an `onnxkit.runtime` session.
 Inputs: a file or a folder of files (subfolders too, sorted by path, read as one sequence of rows): .npy, .npz (arrays
 by input name), .json, .csv / .tsv (one example per row, as `onnxkit predict` reads them), .parquet (a column per
 input, each row a number or a nested list shaped like one example); for a model that carries a
-tokenizer, .txt (one text per line) or a `text` column of .csv / .parquet. The driver reads and
+tokenizer, .txt (one text per line) or a `text` column of .csv / .parquet; a folder of images (a row each, named
+by its file, decoded as `onnxkit predict` decodes them). The driver reads and
 tokenizes the input (padded to the longest text, as `onnxkit predict` does) and puts it in Ray's
 object store once; the dataset is the list of batch numbers, so each actor runs exactly the
 batches `Model.predict` would run, and the result equals the single-process one bit for bit.
@@ -36,7 +37,14 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.files import missing_model
 from onnxkit.label_columns import TEXT_COLUMN
 from onnxkit.runtime.datafiles import INPUT_SUFFIXES as FILE_SUFFIXES
-from onnxkit.runtime.datafiles import checked_feeds, read_inputs, read_texts, write_prediction
+from onnxkit.runtime.datafiles import (
+    checked_feeds,
+    holds_images,
+    image_rows,
+    read_inputs,
+    read_texts,
+    write_prediction,
+)
 from onnxkit.runtime.model import Model, ends_in_probabilities, load
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.session import device_spec
@@ -97,7 +105,7 @@ def predict_on_ray(
     if probs:
         prediction = prediction.with_probabilities()
     if output is not None:
-        write_prediction(output, prediction, top_k)
+        write_prediction(output, prediction, top_k, image_rows(data) if holds_images(data) else None)
     return prediction
 
 
@@ -121,6 +129,8 @@ def read_rows(data: str | os.PathLike, model: Model) -> dict[str, np.ndarray]:
     """Session feeds for every row of `data`, files in order; texts tokenized all together."""
     from onnxkit.runtime.text import reads_text, text_feeds
 
+    if holds_images(data):  # decoded here, as predict decodes them
+        return read_inputs(data, model)
     files = input_files(data)
     if reads_text(model):
         texts = [text for path in files for text in _read_texts(path)]

@@ -108,6 +108,16 @@ def image_rows(path: InputPath) -> list[str] | None:
     return [shown_name(str(p.relative_to(folder))) for p in paths]
 
 
+def holds_images(path: str | os.PathLike) -> bool:
+    """Whether `path` is an image, or a folder of images with no other input file (.npy, .csv, ...) below it."""
+    path = Path(path)
+    if not path.is_dir():
+        return path.suffix.lower() in IMAGE_SUFFIXES
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in files) and not any(
+        p.suffix.lower() in (*INPUT_SUFFIXES, ".parquet", ".txt") for p in files)
+
+
 def _image_paths(path: InputPath) -> list[Path] | None:
     """The images `image_rows` names: a folder's (sorted), the image file itself, or the image files given; None for
     another input file."""
