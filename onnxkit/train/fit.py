@@ -723,7 +723,9 @@ class _Setup:
         # a BatchNorm put back trains with its layer (only a trained one gets one) whatever train_only names
         default = [*self.adapter.trainable(model), *self.restored] if self.adapter else None
         train_only = [*c.train_only, *map(glob.escape, self.restored)] if c.train_only else ()
-        self.selection = select(model, params, self.output, freeze=c.freeze, train_only=train_only, default=default)
+        to_come = () if self.restored else batch_norm_tensors(folded_batch_norms(model, params.names))
+        self.selection = select(model, params, self.output, freeze=c.freeze, train_only=train_only, default=default,
+                                to_come=to_come)
         missing = self.backend.unsupported(model, self.selection.trainable, self.output)
         if missing:
             op, node = missing[0]

@@ -240,16 +240,19 @@ def select(
     freeze: Sequence[str] = (),
     train_only: Sequence[str] = (),
     default: Sequence[str] | None = None,
+    to_come: Sequence[str] = (),
 ) -> Selection:
-    """Apply `train_only` then `freeze` globs to `default` (all parameters and buffers).
+    """Apply `train_only` then `freeze` globs to `default` (all parameters and buffers); a glob may also match only
+    `to_come`, tensors training will add (a BatchNorm put back), not an error before they exist.
 
     Parameters that cannot reach `output` are left frozen. BatchNorm statistics
     stay frozen when both gamma and beta of their layer are frozen; a layer whose gamma and beta are
     not parameters (fixed: PyTorch's affine=False) updates its statistics unless they are frozen.
     """
     names = params.names
-    chosen = _matching(train_only, names, "train_only") if train_only else set(default or names)
-    chosen -= _matching(freeze, names, "freeze")
+    known = [*names, *to_come]
+    chosen = _matching(train_only, known, "train_only") if train_only else set(default or names)
+    chosen -= _matching(freeze, known, "freeze")
     reachable = ancestors(model, output)
     trainable = [n for n in params.parameters if n in chosen and n in reachable]
     kept = set(trainable)
