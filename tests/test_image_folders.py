@@ -462,3 +462,17 @@ def test_predict_on_a_folder_that_does_not_exist_says_so(tmp_path, run_cli):
     onnx.save(flat_model(["batch", 1, 8, 8]), model)
     assert one_line_error(run_cli, "predict", model, tmp_path / "photoz") == (  # was 'unknown input format'
         f"{tmp_path / 'photoz'}: no such file or folder")
+
+
+def test_a_folder_too_large_for_memory_is_refused_before_decoding(gray_folder, tmp_path, run_cli, monkeypatch):
+    from onnxkit.data import images
+
+    assert images.available_memory() > 2**20  # read from /proc/meminfo here
+    monkeypatch.setattr(images, "available_memory", lambda: 1000)  # 8 images of 1 x 8 x 8 float32: 2,048 bytes
+    model = tmp_path / "digits.onnx"
+    onnx.save(zoo.build_model("digits-cnn"), model)
+    result = run_cli("train", model, "--data", gray_folder[0], "-o", tmp_path / "run")
+    assert result.code == 1 and result.err == (
+        "error: 8 images of 1 x 8 x 8 float32 take 2.0 KB, more than the 1.0 KB of memory free; resize them "
+        "smaller, use fewer, or export the model with a uint8 image input (a quarter of float32's)\n"), result
+    assert not (tmp_path / "run").exists()

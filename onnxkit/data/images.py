@@ -122,6 +122,7 @@ def read_images(paths: Sequence[Path], layout: ImageInput) -> np.ndarray:
     first = _pixels(paths[0], layout.channels, layout.size)
     height, width, channels = first.shape
     example = (height, width, channels) if layout.channels_last else (channels, height, width)
+    _check_memory(len(paths), example, np.dtype(layout.dtype))
     array = np.empty((len(paths), *example), layout.dtype)
     for i, path in enumerate(paths):
         pixels = first if i == 0 else _pixels(path, channels, layout.size)
@@ -133,6 +134,32 @@ def read_images(paths: Sequence[Path], layout: ImageInput) -> np.ndarray:
     if array.dtype.kind == "f":
         array /= 255
     return array
+
+
+def _check_memory(count: int, example: tuple[int, ...], dtype: np.dtype) -> None:
+    """One error line, before decoding, when `count` images of `example`'s shape would not fit in the memory free
+    now (the kernel would kill the process partway, with no word)."""
+    from onnxkit.summary import human_bytes
+
+    needed = count * int(np.prod(example)) * dtype.itemsize
+    free = available_memory()
+    if free is not None and needed > free:
+        raise OnnxkitError(f"{count:,} images of {' x '.join(map(str, example))} {dtype} take {human_bytes(needed)}, "
+                           f"more than the {human_bytes(free)} of memory free; resize them smaller, use fewer, or "
+                           "export the model with a uint8 image input (a quarter of float32's)")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux's MemAvailable, else free pages); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _pixels(path: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
