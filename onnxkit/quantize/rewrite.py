@@ -119,11 +119,14 @@ def fold_constant_transposes(model: onnx.ModelProto) -> int:
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
     """Rewrite `Gemm(A, B_const, C)` as `MatMul(A, B') + Add(C')`; return how many.
 
-    Only plain Gemms are rewritten (transA=0, constant B, constant or absent C).
+    Only plain Gemms are rewritten (transA=0, constant B, constant or absent C). Gemms that share a weight (an
+    unrolled LSTM's cell, run once per time step) share its rewritten copy too: one copy per Gemm had made the
+    model grow by the weight times its uses.
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     taken = set(inits) | {o for n in graph.node for o in n.output}
+    made: dict[tuple, str] = {}  # (weight or bias, transB, alpha or beta) -> its rewritten initializer
     rewritten = 0
     for node in list(graph.node):
         if node.op_type != "Gemm" or node.input[1] not in inits:
@@ -132,18 +135,24 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
         has_bias = len(node.input) > 2 and bool(node.input[2])
         if attrs.get("transA", 0) or (has_bias and node.input[2] not in inits):
             continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = weight.T
-        weight = (weight * attrs.get("alpha", 1.0)).astype(weight.dtype)
-        w_name = _unique(f"{node.input[1]}_matmul", taken)
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+        w_key = ("B", node.input[1], bool(attrs.get("transB", 0)), float(attrs.get("alpha", 1.0)))
+        if w_key not in made:
+            weight = numpy_helper.to_array(inits[node.input[1]])
+            if attrs.get("transB", 0):
+                weight = weight.T
+            weight = (weight * attrs.get("alpha", 1.0)).astype(weight.dtype)
+            made[w_key] = _unique(f"{node.input[1]}_matmul", taken)
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), made[w_key]))
+        w_name = made[w_key]
         at = list(graph.node).index(node)
         if has_bias:
-            bias = numpy_helper.to_array(inits[node.input[2]])
-            bias = (bias * attrs.get("beta", 1.0)).astype(bias.dtype)
-            b_name = _unique(f"{node.input[2]}_bias", taken)
-            graph.initializer.append(numpy_helper.from_array(bias, b_name))
+            b_key = ("C", node.input[2], float(attrs.get("beta", 1.0)))
+            if b_key not in made:
+                bias = numpy_helper.to_array(inits[node.input[2]])
+                bias = (bias * attrs.get("beta", 1.0)).astype(bias.dtype)
+                made[b_key] = _unique(f"{node.input[2]}_bias", taken)
+                graph.initializer.append(numpy_helper.from_array(bias, made[b_key]))
+            b_name = made[b_key]
             product = _unique(f"{node.output[0]}_matmul", taken)
             new = [
                 helper.make_node("MatMul", [node.input[0], w_name], [product], name=node.name),
