@@ -1447,3 +1447,31 @@ def test_latency_runs_each_model_first_in_turn(monkeypatch):
     feeds = {1: {"x": np.ones((1, D_IN), np.float32)}}
     latency.measure(models, feeds, budget_s=0, min_runs=4, max_runs=4)
     assert order == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then alternating leads
+
+
+def test_a_quantized_model_that_answers_nan_where_the_original_does_not_is_said_to_be_broken(monkeypatch):
+    """Dynamic int8 turned every output of a third-party transformer (chython-rxnmap) into NaN, and quantize said
+    nothing without evaluation data. A quantizer pass breaking the model so is stood in for here by one that
+    divides the output by zero."""
+    from onnxkit.quantize.passes import Quantizer
+
+    model = mlp()
+    plain_run = Quantizer.run
+
+    def breaking(self, settings, calibration=None):  # type: ignore[no-untyped-def]
+        broken = plain_run(self, settings, calibration)
+        out = broken.graph.output[0].name
+        broken.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "zero"))
+        for node in broken.graph.node:
+            node.output[:] = [f"{o}.before" if o == out else o for o in node.output]
+        broken.graph.node.append(helper.make_node("Div", [f"{out}.before", "zero"], [out]))
+        return broken
+
+    clean = quantize(model, mode="dynamic", measure_latency=False)
+    assert not any("broken" in note for note in clean.report.notes)
+    monkeypatch.setattr(Quantizer, "run", breaking)
+    result = quantize(model, mode="dynamic", measure_latency=False)
+    out = model.graph.output[0].name
+    said = (f"the quantized model is broken: it answers NaN or infinity in {out} where the original answers finite "
+            "numbers (on random inputs); try another --mode, or --exclude the nodes that overflow")
+    assert said in result.report.notes

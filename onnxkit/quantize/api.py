@@ -219,7 +219,8 @@ def quantize(
             notes.append(f"fused {fused} of {max(blocks, fused)} attention blocks into ONNX Runtime's Attention op "
                          f"(QAttention in int8; the model now needs ONNX Runtime to run){left}")
         _stamp(quantized, original, settings)
-        _check_loads(quantized)
+        notes += _non_finite(original, _check_loads(quantized), feeds[min(feeds)],
+                             "random inputs" if test is None else "evaluation rows")
         report = Report(
             model=str(source) if source else "(model)",
             output=None,
@@ -355,17 +356,40 @@ def _float64_values(model: onnx.ModelProto) -> list[str]:
     return [t.name for t in model.graph.initializer if t.data_type == TensorProto.DOUBLE and t.name in weights]
 
 
-def _check_loads(quantized: onnx.ModelProto) -> None:
-    """Refuse to write a quantized model onnxruntime cannot load (a pass's output it rejects), whether or not
-    the report times or scores it."""
+def _check_loads(quantized: onnx.ModelProto) -> Any:
+    """A check session of the quantized model; refuse to write one onnxruntime cannot load (a pass's output it
+    rejects), whether or not the report times or scores it."""
     from onnxkit.runtime.session import error_reason, plain_session
 
     try:
-        plain_session(quantized.SerializeToString())
+        return plain_session(quantized.SerializeToString())
     except OnnxkitError as e:
         raise OnnxkitError(f"the quantized model does not load in onnxruntime {_ort_version()} "
                            f"({error_reason(e.__cause__ or e)}); nothing written: try another --mode, or --exclude "
                            "the nodes it names", params=["mode", "exclude"]) from e
+
+
+def _non_finite(original: onnx.ModelProto, quantized: Any, feeds: Feeds, where: str) -> list[str]:
+    """A warning when the quantized model (a session) answers NaN or infinity on `feeds` (`where` they come from) in
+    an output where the original answers finite numbers: a broken model, which only an accuracy figure would show,
+    and none is taken without evaluation data."""
+    from onnxkit.runtime.session import plain_session
+
+    names = [o.name for o in quantized.get_outputs()]
+    try:
+        before = dict(zip(names, plain_session(original.SerializeToString()).run(names, feeds), strict=True))
+        after = dict(zip(names, quantized.run(names, feeds), strict=True))
+    except Exception:  # noqa: BLE001 - random inputs a model does not take (ids past a short position table): no check
+        return []
+    broken = [name for name in names if _floats(after[name]) and not np.isfinite(after[name]).all()
+              and _floats(before[name]) and np.isfinite(before[name]).all()]
+    return [f"the quantized model is broken: it answers NaN or infinity in {first_few(broken)} where the original "
+            f"answers finite numbers (on {where}); try another --mode, or --exclude the nodes that overflow"
+            ] if broken else []
+
+
+def _floats(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype.kind == "f"
 
 
 def _ort_version() -> str:
