@@ -146,6 +146,9 @@ def test_npz_files_with_named_arrays_or_x_y(tmp_path):
     reg = load_dataset(str(tmp_path / "xy.npz"))
     assert reg.task == "regression" and list(reg.train.inputs) == ["x"]
 
+    # an array named 'label', as a CSV's label column may be, was 'no labels array'
+    np.savez(tmp_path / "label.npz", x=rng.normal(size=(30, 3)), label=np.arange(30) % 2)
+    assert load_dataset(str(tmp_path / "label.npz")).train.labels.dtype.kind == "i"
     np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 2)))
     with pytest.raises(OnnxkitError, match="no labels array"):
         load_dataset(tmp_path / "nolabels.npz")
