@@ -86,7 +86,8 @@ def predict_on_ray(
     local = load(model_bytes, device="cpu", threads=1, batch_size=None, name=Path(model).stem)
     if probs and not local.given_probabilities:
         local.given_probabilities = ends_in_probabilities(model_bytes)
-    feeds = read_rows(data, local)
+    images = holds_images(data)  # a folder of images: decoded here, as predict decodes them
+    feeds = read_inputs(data, local) if images else read_rows(data, local)
     rows = len(next(iter(feeds.values())))
     batches = -(-rows // batch_size)
     with handled(None):  # ray.init replaces SIGTERM's handler, and ray.shutdown leaves its own in place
@@ -105,7 +106,7 @@ def predict_on_ray(
     if probs:
         prediction = prediction.with_probabilities()
     if output is not None:
-        write_prediction(output, prediction, top_k, image_rows(data) if holds_images(data) else None)
+        write_prediction(output, prediction, top_k, image_rows(data) if images else None)
     return prediction
 
 
@@ -129,8 +130,6 @@ def read_rows(data: str | os.PathLike, model: Model) -> dict[str, np.ndarray]:
     """Session feeds for every row of `data`, files in order; texts tokenized all together."""
     from onnxkit.runtime.text import reads_text, text_feeds
 
-    if holds_images(data):  # decoded here, as predict decodes them
-        return read_inputs(data, model)
     files = input_files(data)
     if reads_text(model):
         texts = [text for path in files for text in _read_texts(path)]

@@ -36,8 +36,8 @@ def channel_statistics(model: onnx.ModelProto, split: Split, values: Sequence[st
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_value_info(name, onnx.TypeProto()) for name in values if name not in outputs)
+    declared = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_value_info(name, onnx.TypeProto()) for name in values if name not in declared)
     sums: dict[str, list] = {}
     for outputs in batch_outputs(probe, split.spread(SAMPLE_ROWS), list(values), batch_size=BATCH):
         for name, value in zip(values, outputs, strict=True):
