@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -233,3 +235,11 @@ def test_an_error_at_the_end_does_not_hide_the_failure_that_ended_training(tmp_p
     with pytest.raises(OSError, match="on_train_end completed"):  # with nothing else wrong, its own error shows
         fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "ok", callbacks=[FailAt("end"), recorder], **SETTINGS)
     assert recorder.calls[-1] == "train_end completed"
+
+
+def test_a_fit_does_not_import_numpy_ma(tmp_path):
+    # np.unique imports numpy.ma, 7 ms of every short fit (a tenth of its fixed costs); the label checks avoid it
+    code = ("import sys\nfrom onnxkit import zoo\nfrom onnxkit.train import fit\n"
+            f"fit(zoo.build_model('iris-mlp'), 'iris', {str(tmp_path / 'run')!r}, epochs=1, device='cpu')\n"
+            "assert 'numpy.ma' not in sys.modules, 'numpy.ma imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
