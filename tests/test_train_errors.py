@@ -88,7 +88,11 @@ def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):
     refused(run_cli("train", "--resume", early), f"{early} holds a run stopped before it began (no run.json): "
                                                  f"start it again with the same command and -o {early}", run)
     for args, message in (((cnn, "-o", run), "give MODEL.onnx and DATA (or --resume RUN_DIR)"),
-                          ((cnn, "iris", "--data", "wine", "-o", run), "give the data once: iris or --data wine"),
+                          ((cnn, "iris", "--data", "wine", "-o", run), "give the data once (one file or folder, "
+                                                                       "as DATA or --data), not 2: wine, iris"),
+                          ((cnn, "a.png", "b.png", "c.png", "d.png", "-o", run),  # photos/*.png
+                           "not 4: a.png, b.png, c.png, ...; a shell pattern (*.png) passes each file: give their "
+                           "folder"),
                           ((cnn, "--data", "iris", "--resume", tmp_path), "give only --resume RUN_DIR")):
         malformed = run_cli("train", *args)
         assert malformed.code == 2 and malformed.err.startswith("error: ") and message in malformed.err

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from onnxkit.errors import first_few
+
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
@@ -85,16 +87,20 @@ def data(help: str) -> Decorator:
 
     def decorate(command: Callable) -> Callable:
         command = click.option("--data", help=help)(command)
-        return click.argument("data_argument", metavar="[DATA]", required=False)(command)
+        return click.argument("data_argument", metavar="[DATA]", nargs=-1)(command)
 
     return decorate
 
 
-def given_data(data_argument: str | None, data: str | None) -> str | None:
-    """The data given as the argument or as --data; a usage error for both."""
-    if data_argument is not None and data is not None:
-        raise click.UsageError(f"give the data once: {data_argument} or --data {data}", click.get_current_context())
-    return data if data is not None else data_argument
+def given_data(data_argument: tuple[str, ...], data: str | None) -> str | None:
+    """The data given as the argument or as --data; a usage error for more than one (both, or several files: a shell
+    pattern such as photos/*.png gives each, which click would call unexpected extra arguments)."""
+    given = [*([data] if data is not None else []), *data_argument]
+    if len(given) > 1:
+        raise click.UsageError(f"give the data once (one file or folder, as DATA or --data), not {len(given)}: "
+                               f"{first_few(given)}; a shell pattern (*.png) passes each file: give their folder, or "
+                               "put them in one file", click.get_current_context())
+    return given[0] if given else None
 
 
 def data_seed(default: int | None, help: str = "Seed of the train/validation/test split.") -> Decorator:

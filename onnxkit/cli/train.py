@@ -104,7 +104,7 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               help="Data-parallel training processes, started with this environment's mpiexec (extra "
               "`distributed`); --batch-size stays the global batch.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def train_cmd(model: str | None, data_argument: str | None, **options: Any) -> None:
+def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any) -> None:
     """Train or fine-tune MODEL.onnx (any inference-form ONNX model) on a dataset.
 
     Writes a run folder: run.json, metrics.jsonl, checkpoints/, curves.png and
@@ -298,7 +298,7 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 @opt.device()
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_cmd(
-    model: str, data_argument: str | None, data: str | None, split: str | None, data_seed: int | None,
+    model: str, data_argument: tuple[str, ...], data: str | None, split: str | None, data_seed: int | None,
     label: str | None, batch_size: int, output: str | None, device: str, as_json: bool,
 ) -> None:
     """Evaluate MODEL.onnx on a dataset split: loss, accuracy, macro-F1, confusion matrix (R² for regression).
