@@ -444,7 +444,8 @@ def test_inspect_netron_serves_the_model(tmp_path):
         busy = s.getsockname()[1]
         r = subprocess.run([sys.executable, "-m", "onnxkit", "inspect", str(path), "--netron", "--port", str(busy)],
                            capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and f"port {busy} is in use" in r.stderr
+    assert r.returncode == 1 and f"127.0.0.1:{busy} is already in use; stop the program using it" in r.stderr
+    assert r.stdout == ""  # refused before the summary, not after a screen of it
 
 
 def test_inspect_shows_the_maps_and_text_labels_a_scikit_learn_model_outputs(tmp_path, run_cli):

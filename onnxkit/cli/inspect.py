@@ -26,9 +26,20 @@ def inspect_cmd(model: str, as_json: bool, netron: bool, port: int) -> None:
       onnxkit inspect digits.onnx --netron --port 8081
     """
     info = summarize(model)
+    if netron:
+        _check_free(port)  # before the summary: an error after a screen of it was easy to miss
     click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
     if netron:
         serve_netron(model, port)
+
+
+def _check_free(port: int) -> None:
+    """An error when a program already listens on 127.0.0.1:`port`."""
+    import socket
+
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise OnnxkitError(f"127.0.0.1:{port} is already in use; stop the program using it or pass another --port")
 
 
 def serve_netron(path: str, port: int) -> None:
@@ -38,11 +49,7 @@ def serve_netron(path: str, port: int) -> None:
     except ImportError:
         raise OnnxkitError("--netron needs the netron package (a dependency of onnxkit that this environment "
                            "lacks): pip install netron") from None
-    import socket
-
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", port)) == 0:
-            raise OnnxkitError(f"port {port} is in use; pick another with --port")
+    _check_free(port)
     host, bound = netron.start(path, address=("127.0.0.1", port), browse=False)
     click.echo(f"Netron: http://{host}:{bound}  (Ctrl-C to stop)", err=True)  # stdout holds the summary (--json)
     netron.wait()  # until Ctrl-C or SIGTERM (a KeyboardInterrupt, see onnxkit.signals), which it stops the server on
