@@ -626,3 +626,18 @@ def test_rows_run_in_batches_only_where_each_output_row_is_its_own_input_rows_al
     onnx.save(proto, tmp_path / "m.onnx")
     np.save(tmp_path / "x.npy", np.ones((600, 3), np.float32))
     assert run_cli("predict", tmp_path / "m.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npz").code == 0
+
+
+def test_a_string_normalizer_whose_locale_is_missing_runs_in_c_utf8(tmp_path):
+    """skl2onnx's TfidfVectorizer lowercases in a StringNormalizer of locale en_US.UTF-8, which most container
+    images lack: onnxruntime refused to load the model ('Failed to construct locale'), and so did every command.
+    A locale no system has stands in for it here."""
+    lower = helper.make_node("StringNormalizer", ["text"], ["lower"], case_change_action="LOWER",
+                             locale="xx_XX.UTF-8")
+    proto = _model([lower], [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+                   [helper.make_tensor_value_info("lower", TensorProto.STRING, ["batch"])])
+    onnx.save(proto, tmp_path / "lower.onnx")
+    with pytest.raises(Exception, match="locale"):
+        ort.InferenceSession(str(tmp_path / "lower.onnx"), providers=["CPUExecutionProvider"])
+    out = runtime.load(tmp_path / "lower.onnx").run({"text": np.array(["Good FUN", "ÉCOLE"], dtype=object)})
+    assert out["lower"].tolist() == ["good fun", "école"]

@@ -20,6 +20,7 @@ from types import ModuleType
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import atomic_path, missing_model
+from onnxkit.runtime.string_locale import FALLBACK_LOCALE, missing_locale, with_fallback_locale
 from onnxkit.signals import check_stop
 
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
@@ -158,11 +159,29 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
         return ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
         reason = error_reason(e)
+        locale = missing_locale(reason)
+        if locale is not None:
+            return _in_fallback_locale(model, options, providers, where, locale)
         hint = ("this is a bug in onnxkit's graph for this model: please report it with the model" if own
                 else "keep the weights file it was saved with beside it, complete" if "external" in reason.lower()
                 else "check that the file is a complete .onnx model and that its IR version and opset suit "
                 "this onnxruntime")
         raise OnnxkitError(f"{where}: onnxruntime {ort.__version__} cannot load it ({reason}); {hint}") from e
+
+
+def _in_fallback_locale(model: str | bytes, options: ort.SessionOptions, providers: list, where: str,
+                        locale: str) -> ort.InferenceSession:
+    """A session on `model` with its StringNormalizers in C.UTF-8, for a locale this system lacks
+    (`string_locale`); an error that names the locale to install if that fails too."""
+    patched = with_fallback_locale(model)
+    try:
+        if patched is None:
+            raise RuntimeError(f"locale {FALLBACK_LOCALE} is missing too")
+        return ort.InferenceSession(patched, sess_options=options, providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors have no common base
+        raise OnnxkitError(f"{where}: its StringNormalizer needs locale {locale!r}, which this system lacks, and "
+                           f"{FALLBACK_LOCALE} failed too ({error_reason(e)}); generate the locale (Debian, Ubuntu: "
+                           f"apt-get install locales && locale-gen {locale})") from e
 
 
 _FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
