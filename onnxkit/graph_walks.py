@@ -4,7 +4,7 @@ weight inputs old exporters list."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -41,8 +41,9 @@ def node_reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def ancestors(model: onnx.ModelProto, *names: str) -> set[str]:
-    """Every value name `names` depend on (including themselves), through subgraphs' reads too."""
+def ancestors(model: onnx.ModelProto, *names: str, stop: Callable[[onnx.NodeProto], bool] | None = None) -> set[str]:
+    """Every value name `names` depend on (including themselves), through subgraphs' reads too; `stop(node)`: a
+    node whose inputs are not followed (its outputs still count)."""
     producer = {o: node for node in model.graph.node for o in node.output}
     seen, stack = set(), list(names)
     while stack:
@@ -50,7 +51,7 @@ def ancestors(model: onnx.ModelProto, *names: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        if name in producer:
+        if name in producer and not (stop and stop(producer[name])):
             stack.extend(i for i in node_reads(producer[name]) if i)
     return seen
 

@@ -378,6 +378,26 @@ def test_a_scikit_learn_linear_classifier_is_refused_as_what_it_is(run_cli, tmp_
         assert "weights in attributes" in result.err and "scikit-learn" in result.err
 
 
+def test_a_float_tensor_before_ai_onnx_ml_ops_is_no_reason_to_try_training(run_cli, tmp_path):
+    """A TF-IDF pipeline multiplies by its idf weights, a k-nearest-neighbours model keeps its training rows, in
+    float tensors before ai.onnx.ml ops: train said "op LinearClassifier has no gradient ...; keep the parameters
+    before it frozen", and freezing them left nothing to train. Now the scikit-learn refusal, as for a plain one."""
+    from conftest import sklearn_style_classifier
+    from onnx import helper, numpy_helper
+
+    model = sklearn_style_classifier([0, 1, 2])
+    model.graph.node[0].input[0] = "weighted"
+    model.graph.node.insert(0, helper.make_node("Mul", ["X", "idf"], ["weighted"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1.5, 0.5], np.float32), "idf"))
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "idf.onnx")
+    (tmp_path / "rows.csv").write_text("x1,x2,label\n" + "".join(f"{i % 3},{i % 2},{i % 3}\n" for i in range(30)))
+    run = tmp_path / "run"
+    result = run_cli("train", tmp_path / "idf.onnx", "--data", tmp_path / "rows.csv", "-o", run)
+    refused(result, "ai.onnx.ml.LinearClassifier, ai.onnx.ml.Normalizer", run)
+    assert "weights in attributes" in result.err and "no gradient" in result.err and "frozen" not in result.err
+
+
 def test_a_label_error_on_a_csv_without_a_label_column_names_the_column_taken(run_cli, tmp_path):
     # a CSV headed a,b,c: 'c' was read as the labels, and the error spoke of an mse loss the user never asked for
     rows = np.random.default_rng(0).random((120, 3))

@@ -338,15 +338,18 @@ def training_output(model: onnx.ModelProto, requested: str | None) -> str:
 
 
 def refuse_weights_in_attributes(model: onnx.ModelProto, output: str) -> None:
-    """Refuse an `output` that no parameter reaches but ops outside the default domain compute: a
-    scikit-learn model's LinearClassifier, TreeEnsemble, SVM... keep their weights in attributes."""
+    """Refuse an `output` computed by ops outside the default domain that no parameter reaches, but through
+    ai.onnx.ml ops: a scikit-learn model's LinearClassifier, TreeEnsemble, SVM... keep their weights in attributes,
+    and none has a gradient (a TF-IDF pipeline's idf weights, a k-nearest-neighbours' training rows lie before)."""
     foreign = sorted({f"{node.domain}.{node.op_type}" for _, node in needed_nodes(model, output)
                       if node.domain not in ("", "ai.onnx")})
-    if foreign and not set(find_parameters(model).parameters) & ancestors(model, output):
+    reach = ancestors(model, output, stop=lambda node: node.domain == "ai.onnx.ml")
+    if foreign and not set(find_parameters(model).parameters) & reach:
         raise OnnxkitError(
-            f"output {output!r} is computed by {', '.join(foreign)}, which keep their weights in attributes, not "
-            "in tensors training could update (a scikit-learn model converted to ONNX): fit the scikit-learn model "
-            "on this data and convert it again, or train a neural network exported to ONNX"
+            f"output {output!r} is computed by {', '.join(foreign)} (a scikit-learn model converted to ONNX keeps "
+            "its weights in attributes of such ops), and no tensor training could update reaches it but through "
+            "those, which have no gradient: fit the scikit-learn model on this data and convert it again, or train "
+            "a neural network exported to ONNX"
         )
 
 
