@@ -378,18 +378,25 @@ def test_a_regressor_is_not_scored_against_class_names(tmp_path):
     assert str(named.value).startswith("data 'pets': the labels are class names ('cat', 'dog', 'eel'), which the mse ")
 
 
-def test_text_features_saved_by_numpy_feed_a_string_input(tmp_path):
-    # an .npz keeps text as <U (it holds no object arrays): eval refused it for a string input ('needs object')
-    encode = helper.make_node("LabelEncoder", ["color"], ["code"], domain="ai.onnx.ml",
+def colors_model(inputs: tuple[str, str] = ("a", "color")) -> onnx.ModelProto:
+    """Inputs `a` (float) and `color` (string), each [batch, 1], as skl2onnx converts a ColumnTransformer's
+    columns; logits [a-independent]: class 1 for 'red', class 0 for 'green'. `inputs`: their names."""
+    a, color = inputs
+    encode = helper.make_node("LabelEncoder", [color], ["code"], domain="ai.onnx.ml",
                               keys_strings=["red", "green"], values_floats=[1.0, -1.0])
     graph = helper.make_graph(
-        [encode, helper.make_node("Concat", ["a", "code"], ["both"], axis=1),
+        [encode, helper.make_node("Concat", [a, "code"], ["both"], axis=1),
          helper.make_node("MatMul", ["both", "w"], ["logits"])], "colors",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 1]),
-         helper.make_tensor_value_info("color", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info(a, TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info(color, TensorProto.STRING, ["batch", 1])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
         [numpy_helper.from_array(np.array([[0.0, 0.0], [-1.0, 1.0]], np.float32), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+
+
+def test_text_features_saved_by_numpy_feed_a_string_input(tmp_path):
+    # an .npz keeps text as <U (it holds no object arrays): eval refused it for a string input ('needs object')
+    model = colors_model()
     colors = np.array([["red"], ["green"]] * 10)  # class 1 for red, 0 for green
     labels = (colors[:, 0] == "red").astype(np.int64)
     labels[0] = 0  # one wrong
@@ -397,6 +404,47 @@ def test_text_features_saved_by_numpy_feed_a_string_input(tmp_path):
     assert np.load(tmp_path / "colors.npz")["color"].dtype.kind == "U"
     metrics = evaluate(model, "all", data=str(tmp_path / "colors.npz"))
     assert metrics["examples"] == 20 and metrics["accuracy"] == 0.95
+
+
+def test_a_csvs_columns_named_as_the_models_inputs_feed_them(run_cli, tmp_path):
+    """skl2onnx converts a ColumnTransformer to an input per column (strings among them): eval said "feature column
+    'color' holds text; ... encode that column as numbers" and predict "CSV holds one input but model has 2; use
+    .npz or .json". Columns headed by the inputs' names are read as them, in any order, strings as strings."""
+    onnx.save(colors_model(), tmp_path / "colors.onnx")
+    rows = [("red", 0.5, 1), ("green", -2.0, 0)] * 10
+    (tmp_path / "colors.csv").write_text("color,extra,a,label\n" + "".join(f"{c},9,{a},{y}\n" for c, a, y in rows))
+    metrics = evaluate(tmp_path / "colors.onnx", "all", data=str(tmp_path / "colors.csv"))
+    assert metrics["examples"] == 20 and metrics["accuracy"] == 1.0
+    result = run_cli("predict", tmp_path / "colors.onnx", tmp_path / "colors.csv", "-o", tmp_path / "out.json")
+    assert result.code == 0, result.err
+    logits = np.array(json.loads((tmp_path / "out.json").read_text())["outputs"]["logits"])
+    assert logits.argmax(1).tolist() == [1, 0] * 10
+    (tmp_path / "bad.csv").write_text("color,a,label\nred,x,1\n")
+    result = run_cli("predict", tmp_path / "colors.onnx", tmp_path / "bad.csv")
+    assert result.err == (f"error: {tmp_path / 'bad.csv'}:2: column 'a' holds 'x', but the model's input 'a' takes "
+                          "float32 numbers; fix that cell\n")
+    (tmp_path / "short.csv").write_text("color,label\nred,1\n")
+    result = run_cli("predict", tmp_path / "colors.onnx", tmp_path / "short.csv")
+    assert result.err == (f"error: {tmp_path / 'short.csv'}: no column is headed 'a'; the model reads a column "
+                          "per input, by name (a, color)\n")
+
+
+def test_a_model_that_takes_text_itself_evaluates_a_csvs_text_column(tmp_path):
+    """A TF-IDF pipeline's one string input takes a CSV's 'text' column whatever its name: eval said '... is text
+    and needs a tokenizer' (predict read the same file)."""
+    encode = helper.make_node("LabelEncoder", ["doc"], ["code"], domain="ai.onnx.ml",
+                              keys_strings=["good film", "bad film"], values_floats=[1.0, -1.0])
+    graph = helper.make_graph(
+        [encode, helper.make_node("Concat", ["code", "code"], ["both"], axis=1),
+         helper.make_node("Mul", ["both", "w"], ["logits"])], "texts",
+        [helper.make_tensor_value_info("doc", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(np.array([-1.0, 1.0], np.float32), "w")])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), tmp_path / "texts.onnx")
+    (tmp_path / "texts.csv").write_text("text,label\n" + "good film,1\nbad film,0\n" * 6)
+    metrics = evaluate(tmp_path / "texts.onnx", "all", data=str(tmp_path / "texts.csv"))
+    assert metrics["examples"] == 12 and metrics["accuracy"] == 1.0
 
 
 def test_evaluates_arguments_that_cannot_apply_are_refused_not_ignored():

@@ -36,6 +36,7 @@ from onnxkit.files import (
     read_csv_rows,
     thousands_separated,
 )
+from onnxkit.input_columns import input_arrays, input_columns
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
@@ -91,10 +92,12 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
 
 
 def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,
-             tokenizer: str | None = None, max_length: int | None = None, label: str | None = None) -> Dataset:
+             tokenizer: str | None = None, max_length: int | None = None, label: str | None = None,
+             inputs: Sequence[Any] = ()) -> Dataset:
     """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
     column is a text dataset, tokenized with `tokenizer` (the model's). `label`: the header of the label column
-    (default: the one headed label / labels / target / y / class, else the last, or a text CSV's one beside text)."""
+    (default: the one headed label / labels / target / y / class, else the last, or a text CSV's one beside text).
+    `inputs`: the model's (`model_inputs`); columns headed by their names are read as them (`input_columns`)."""
     require_data_file(path)
     numbered = read_csv_rows(path)
     if not numbered:
@@ -120,6 +123,12 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
                                f"{width}")
     labels, label_names = _labels(path, [row[label_col].strip() for row in body], lines)
     column = f"{header[label_col].strip()!r} (column {label_col + 1})" if header else f"column {label_col + 1}"
+    by_name = None if tokenizer is not None else input_columns(path, header, inputs, label_col)
+    if by_name is not None:
+        arrays = input_arrays(path, body, by_name, inputs, header, lines)  # type: ignore[arg-type]
+        dataset = dataset_from_arrays(path.stem, arrays, labels, label_names=label_names, seed=seed,
+                                      validation=validation, test=test)
+        return replace(dataset, label_column=column)
     if text is not None:
         texts = [row[text] for row in body]
         dataset = _text_dataset(path, texts, labels, label_names, lines, tokenizer, max_length, seed, validation, test)

@@ -106,6 +106,10 @@ def load_dataset(
         trained = trained_label(model) if label is None and suffix in TABLE_SUFFIXES else None
         if suffix in TABLE_SUFFIXES:
             options["label"] = label if label is not None else trained
+            if model is not None:  # columns named as its inputs are read as them
+                from onnxkit.data.split import model_inputs
+
+                options.setdefault("inputs", model_inputs(model))
         try:
             dataset = formats.READERS[suffix](Path(text), **split_args, **options)
         except formats.NoSuchColumn as e:

@@ -41,6 +41,7 @@ from onnxkit.files import (
     write_bytes,
     write_text,
 )
+from onnxkit.input_columns import input_arrays, input_columns
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
@@ -181,7 +182,7 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
         if suffix == ".json":
             data = json.loads(read_text_file(path))
             return data if isinstance(data, dict) else _single(model, path, data)
-        return _single(model, path, _read_csv(path, model))
+        return _csv_inputs(path, model) or _single(model, path, _read_csv(path, model))
     except RecursionError:
         raise OnnxkitError(f"{path}: nested too deeply to read; give one list of numbers per example") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, csv.Error) as e:
@@ -335,6 +336,27 @@ def _without_labels(arrays: dict[str, np.ndarray], model: Model) -> dict[str, np
     """An .npz file's arrays less those train reads as labels and class names (unless inputs of the model)."""
     inputs = {spec.name for spec in model.inputs}
     return {k: v for k, v in arrays.items() if k in inputs or k not in (npz_labels(arrays), NPZ_LABEL_NAMES)}
+
+
+def _csv_inputs(path: Path, model: Model) -> dict[str, np.ndarray] | None:
+    """A CSV's columns headed by the model's input names, as those inputs (`input_columns`); None for another
+    CSV (or a model that carries a tokenizer: its texts are read from the 'text' column)."""
+    if carries_tokenizer(model):
+        return None
+    numbered = read_csv_rows(path)
+    rows = [row for _, row in numbered]
+    header = csv_header(rows[0], rows[1] if len(rows) > 1 else ()) if rows else None
+    if not header:
+        return None
+    lines, body = [n for n, _ in numbered[1:]], rows[1:]
+    header, body = without_index(header, body)
+    columns = input_columns(path, header, model.inputs, label_column(header, str(path)))
+    if columns is None:
+        return None
+    short = next((i for i, row in enumerate(body) if len(row) != len(header)), None)
+    if short is not None:
+        raise OnnxkitError(f"{path}:{lines[short]}: {len(body[short])} columns where the header has {len(header)}")
+    return input_arrays(path, body, columns, model.inputs, header, lines)
 
 
 def _read_csv(path: Path, model: Model) -> np.ndarray:
