@@ -479,6 +479,16 @@ def test_nothing_quantizable_says_so_for_every_mode():
                                                             np.zeros(4, np.int64)))
 
 
+def test_a_model_with_no_weight_tensor_is_told_so_before_it_is_asked_for_data():
+    """A tree ensemble (weights in node attributes): static asked for --calib and auto for --eval, then, given them,
+    said there was nothing to quantize."""
+    from conftest import sklearn_style_classifier
+
+    for mode in ("static", "auto"):
+        with pytest.raises(OnnxkitError, match=f"^nothing to quantize with mode {mode}: .*LinearClassifier"):
+            quantize(sklearn_style_classifier([0, 1, 2]), mode=mode, measure_latency=False)
+
+
 # ---- calibration: any number of examples, every method ----------------------------------------
 
 

@@ -25,7 +25,7 @@ from onnxkit.metadata_keys import QUANTIZATION_KEY
 from onnxkit.quantize import accuracy, analysis, cpu, latency, rewrite, search, sqnr
 from onnxkit.quantize.data import Feeds, bind, calibration_batches, first_batch, load_split, recorded_data
 from onnxkit.quantize.inputs import fixed_batch, synthetic_inputs
-from onnxkit.quantize.passes import Quantizer, quantized_before
+from onnxkit.quantize.passes import Quantizer, nothing_message, quantized_before
 from onnxkit.quantize.report import Report
 from onnxkit.quantize.settings import BLOCK_SIZES, FORMATS, METHODS, MODES, Settings, check_choice
 from onnxkit.summary import file_bytes
@@ -135,13 +135,15 @@ def quantize(
         if recorded and changed_since_training(original, recorded):
             notes += [f"{recorded} changed since training, so that split may hold rows the model trained on (both "
                       "models are scored on the same rows); give --eval DATA for unseen data"]
+    profile = analysis.profile(original)
+    if mode in ("static", "auto") and not any(profile.weighted.values()):  # before asking for data it would not use
+        raise OnnxkitError(nothing_message(original, mode), params=["mode", "exclude"])
     _check_evaluation(mode, eval_data, max_drop, missing)
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
     from_eval = calib is None and eval_data is not None
     if from_eval:
         calib = eval_data  # a name's or Dataset's train split: no overlap with the test split evaluated on
-    profile = analysis.profile(original)
     requested, mode = mode, mode or profile.default_mode
     calibrated = None  # said once the mode that calibrated is known (auto may keep a dynamic candidate)
     if from_eval and isinstance(calib, Split | dict):

@@ -118,14 +118,19 @@ class Quantizer:
         return out
 
     def nothing_message(self, mode: str, excluded: bool = False) -> str:
-        """'nothing to quantize with mode M: ...' naming the model's ops and what would help (parameters
-        `mode` and `exclude`, which the command line shows as its flags)."""
-        ops = ", ".join(sorted({n.op_type for n in self.model.graph.node}))
-        why = " that exclude leaves" if excluded else ""
-        has_float_weights = analysis.profile(self.model).float_params > 0
-        hint = (
-            "; drop some exclude items" if excluded
-            else "; mode fp16 still halves its float weights" if mode != "fp16" and has_float_weights
-            else ""
-        )  # fmt: skip
-        return f"nothing to quantize with mode {mode}: no {_WHAT[mode]}{why} (ops: {ops}){hint}"
+        """`nothing_message` for this quantizer's model."""
+        return nothing_message(self.model, mode, excluded)
+
+
+def nothing_message(model: onnx.ModelProto, mode: str, excluded: bool = False) -> str:
+    """'nothing to quantize with mode M: ...' naming the model's ops and what would help (parameters
+    `mode` and `exclude`, which the command line shows as its flags)."""
+    ops = ", ".join(sorted({n.op_type for n in model.graph.node}))
+    why = " that exclude leaves" if excluded else ""
+    has_float_weights = analysis.profile(model).float_params > 0
+    hint = (
+        "; drop some exclude items" if excluded
+        else "; mode fp16 still halves its float weights" if mode != "fp16" and has_float_weights
+        else ""
+    )  # fmt: skip
+    return f"nothing to quantize with mode {mode}: no {_WHAT[mode]}{why} (ops: {ops}){hint}"
