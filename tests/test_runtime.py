@@ -613,7 +613,9 @@ def _symbolic_features() -> onnx.ModelProto:
     (_batch_centred(), False),  # a row per row, each depending on the others
     (_running_total(), False),  # the first row as alone, the others not
     (_symbolic_features(), True),  # the probe cannot run it (8 features for 3): judged by its shapes, as before
-], ids=["relu", "total", "transpose", "mislabelled-total", "batch-centred", "running-total", "symbolic-features"])
+    (_one_op("Relu", [1, 3]), True),  # a row each, declared [1] as onnxmltools declares a LightGBM label: probed
+], ids=["relu", "total", "transpose", "mislabelled-total", "batch-centred", "running-total", "symbolic-features",
+        "declared-1"])
 def test_rows_run_in_batches_only_where_each_output_row_is_its_own_input_rows_alone(proto, independent, run_cli,
                                                                                     tmp_path):
     # a model whose outputs did not follow the rows was split into batches anyway, or refused (run it whole:
@@ -626,6 +628,19 @@ def test_rows_run_in_batches_only_where_each_output_row_is_its_own_input_rows_al
     onnx.save(proto, tmp_path / "m.onnx")
     np.save(tmp_path / "x.npy", np.ones((600, 3), np.float32))
     assert run_cli("predict", tmp_path / "m.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npz").code == 0
+
+
+def test_an_output_declared_with_one_row_that_answers_a_row_each_is_a_batch():
+    """onnxmltools declares a LightGBM classifier's label [1]: serve said "its outputs are not one a row ... never
+    merged into a batch" and its V2 metadata said shape [1] for an output of a row per input row."""
+    from onnxkit.serve.protocol import model_metadata
+
+    model = runtime.load(_one_op("Relu", [1, 3]))
+    assert model.rows_out and model.outputs[0].shape == (None, 3)
+    assert model_metadata(model)["outputs"][0]["shape"] == [-1, 3]
+    unprobed = _symbolic_features()
+    unprobed.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    assert not runtime.load(unprobed).rows_out  # the probe cannot run it: a declared 1 is no batch then
 
 
 def test_a_string_normalizer_whose_locale_is_missing_runs_in_c_utf8(tmp_path):

@@ -103,7 +103,11 @@ class Model:
         """Whether each output has a row per input row that depends on that row alone (`rows.rows_independent`,
         which runs the model three times the first time it is asked), so that rows may run in batches, and requests be
         merged into one run (serve)."""
-        return rows_independent(self.inputs, self.outputs, self.run, self._quantizes_per_run)
+        independent = rows_independent(self.inputs, self.outputs, self.run, self._quantizes_per_run)
+        if independent:  # a first dimension declared 1 (the probe saw a row each) is the batch: V2 metadata says -1
+            self.outputs = [replace(spec, shape=(None, *spec.shape[1:])) if spec.shape[:1] == (1,) else spec
+                            for spec in self.outputs]
+        return independent
 
     def _quantizes_per_run(self) -> bool:
         """Whether the model quantizes its activations with each run's range: onnxkit's dynamic int8 (its metadata

@@ -1,8 +1,9 @@
 """Whether a model answers each input row on its own: the condition for running rows in batches and for
 merging requests into one run (serve), whose outputs are then split back by row.
 
-An output's declared shape settles it when its first dimension is a fixed size (a column sum's [3], a
-transpose's [3, batch]: never per row) or a scalar or a sequence of tensors; otherwise a probe decides,
+An output's declared shape settles it when its first dimension is a fixed size other than 1 (a column sum's [3], a
+transpose's [3, batch]: never per row) or a scalar or a sequence of tensors; otherwise a probe decides (a declared
+1 may be the batch: onnxmltools declares a LightGBM classifier's label [1], and answers a row each),
 since a first dimension named as the inputs' batch can still mix rows (a [batch, batch] similarity, a
 normalisation over the batch): the model runs on three rows of varied values and on the first and the last
 alone, and every output must have one row per input row, a lone row's the same as in company.
@@ -39,7 +40,7 @@ def rows_independent(inputs: list[TensorSpec], outputs: list[TensorSpec], run: A
         together = run(feeds)
         first, last = (run({name: value[row] for name, value in feeds.items()}) for row in (slice(1), slice(-1, None)))
     except Exception:  # noqa: BLE001 - onnxruntime's errors have no common base
-        return True
+        return not any(_declared_one(spec) for spec in outputs)
     if not all(_per_row(together[spec.name], PROBE_ROWS) and _per_row(first[spec.name], 1) for spec in outputs):
         return False
     # the first row and the last alone: a row depending on those before it (a cumulative sum over the batch) keeps
@@ -52,7 +53,13 @@ def rows_independent(inputs: list[TensorSpec], outputs: list[TensorSpec], run: A
 def _may_be_per_row(spec: TensorSpec) -> bool:
     if spec.type.startswith("seq(map("):  # scikit-learn's ZipMap: a map of class probabilities a row
         return True
-    return spec.type.startswith("tensor(") and not (spec.shape and isinstance(spec.shape[0], int))
+    return spec.type.startswith("tensor(") and not (spec.shape and isinstance(spec.shape[0], int)
+                                                    and not _declared_one(spec))
+
+
+def _declared_one(spec: TensorSpec) -> bool:
+    """Whether an output declares its first dimension 1: a batch statistic, or a batch an exporter misdeclared."""
+    return bool(spec.shape) and spec.shape[0] == 1
 
 
 def _probe_feeds(inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
