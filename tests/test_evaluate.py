@@ -447,6 +447,22 @@ def test_a_model_that_takes_text_itself_evaluates_a_csvs_text_column(tmp_path):
     assert metrics["examples"] == 12 and metrics["accuracy"] == 1.0
 
 
+def test_a_scikit_learn_model_on_a_builtin_scaled_otherwise_than_sklearns_loader_is_warned_of(run_cli, tmp_path):
+    """Built-in digits are in [0, 1] and diabetes raw, where load_digits() gives 0-16 and load_diabetes() scaled
+    values: a KNN fit on load_digits() scored 9.9% on digits, a Ridge R² -140,000 on diabetes, without a word."""
+    ridge = helper.make_node("LinearRegressor", ["X"], ["variable"], domain="ai.onnx.ml", coefficients=[1.0] * 10,
+                             intercepts=[150.0])
+    graph = helper.make_graph([ridge], "ridge", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 10])],
+                              [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets, producer_name="skl2onnx"), tmp_path / "ridge.onnx")
+    result = run_cli("eval", tmp_path / "ridge.onnx", "--data", "diabetes")
+    assert result.code == 0 and result.err.startswith("warning: built-in 'diabetes': its measurements are raw")
+    assert run_cli("eval", tmp_path / "ridge.onnx", "--data", "diabetes").out == result.out
+    result = run_cli("eval", tmp_path / "ridge.onnx", "--data", "iris")  # as scikit-learn loads it: no warning
+    assert "warning" not in result.err
+
+
 def test_evaluates_arguments_that_cannot_apply_are_refused_not_ignored():
     # loss='mse' on a classifier was numpy's broadcast ValueError (bce-with-logits on a regressor: -25917 unsaid);
     # data= beside a Split, and providers='CPUExecutionProvider' read letter by letter, were ignored with warnings

@@ -308,12 +308,16 @@ def eval_cmd(
       onnxkit eval runs/digits/model.onnx
       onnxkit eval digits.onnx --data digits-images --split validation --json
     """
+    from onnxkit.data.builtin import sklearn_scale_warning
     from onnxkit.evaluate import evaluate, named_split
     from onnxkit.files import load_model
     from onnxkit.runtime.session import parse_device, providers_for
 
     data = opt.given_data(data_argument, data)
-    chosen, data, seed = named_split(load_model(model), split, data, data_seed, label=label)
+    proto = load_model(model)
+    chosen, data, seed = named_split(proto, split, data, data_seed, label=label)
+    if warning := sklearn_scale_warning(data, proto):
+        click.echo(warning, err=True)
     providers = providers_for(*parse_device(device))  # model by path: errors name the file
     metrics = evaluate(model, chosen, batch_size=batch_size, output=output, providers=providers)
     metrics.update(data=data, split=chosen.name, data_seed=seed)
