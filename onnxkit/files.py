@@ -462,28 +462,48 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Read the weights a model keeps in files beside it (`model.onnx.data`, say); a file that is
-    missing or cut short is an error naming it."""
-    from onnx.external_data_helper import load_external_data_for_model
+    """Read the weights a model keeps in files beside it (`model.onnx.data`, say) into its tensors; a file that is
+    missing or cut short is an error naming it. Weight files that are symbolic links are read (onnx refuses them,
+    and Hugging Face's cache is made of them); a location outside the model's folder is refused."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     check_external_data(model, path)
-    try:
-        load_external_data_for_model(model, str(path.parent))
-    except Exception as e:  # onnx's checker raises its own ValidationError, besides OSError and ValueError
-        raise OnnxkitError(f"{path}: cannot read the weights it keeps in separate files ({e}); "
-                           "keep them beside the model, as they were saved") from e
+    folder = path.parent
+    with contextlib.ExitStack() as stack:
+        opened: dict[str, Any] = {}
+        for tensor in _get_all_tensors(model):
+            if not uses_external_data(tensor):
+                continue
+            info = ExternalDataInfo(tensor)
+            try:
+                if info.location not in opened:
+                    opened[info.location] = stack.enter_context(open(folder / info.location, "rb"))  # noqa: SIM115
+                f = opened[info.location]
+                f.seek(info.offset or 0)
+                tensor.raw_data = f.read() if info.length is None else f.read(info.length)
+            except OSError as e:
+                raise OnnxkitError(f"{path}: cannot read its weights file {info.location} ({e.strerror}); "
+                                   "check that it is readable") from e
+            tensor.data_location = TensorProto.DEFAULT
+            del tensor.external_data[:]
 
 
 def check_external_data(model: onnx.ModelProto, path: Path) -> None:
     """An error naming the file, unless every weight file that `model` (loaded from `path` without its
-    weights) names is beside it and long enough."""
+    weights) names is inside the model's folder, beside it and long enough."""
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
+    folder = path.parent
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue
         info = ExternalDataInfo(tensor)
-        file = path.parent / info.location
+        location = Path(info.location)
+        if not info.location or location.is_absolute() or ".." in location.parts:
+            raise OnnxkitError(f"{path}: weight {tensor.name!r} names a file outside the model's folder "
+                               f"({info.location!r}); a model's weight files must be beside it or below it")
+        file = folder / location
         if not file.is_file():
             raise OnnxkitError(f"{path}: its weights are kept in a separate file, {info.location}, which is not "
                                f"beside it ({file} is missing); copy that file next to the model")

@@ -248,7 +248,7 @@ def fit(
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
         else:
-            model_path = resolved(model)
+            model_path = Path(os.path.abspath(model))  # a link kept: its weight files may be links beside it
             proto = load_model(model_path)
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])

@@ -1,0 +1,60 @@
+"""Models whose weights live in separate files (`onnx.save(..., save_as_external_data=True)`, as Hugging Face Optimum
+and large PyTorch exports write them), reached through symbolic links too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxkit import zoo
+from onnxkit.files import load_model
+
+
+def _save(folder: Path, name: str = "model.onnx", **options) -> Path:
+    """digits-cnn saved into `folder` with its weights in `name`.data (or as `options` say)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = {"location": f"{name}.data", "size_threshold": 0, **options}
+    onnx.save(zoo.build_model("digits-cnn"), folder / name, save_as_external_data=True, **options)
+    return folder / name
+
+
+def _images(path: Path) -> Path:
+    np.save(path, np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32))
+    return path
+
+
+def test_weight_files_that_are_symbolic_links_are_read(tmp_path, run_cli, monkeypatch):
+    """Hugging Face's cache: snapshots/REV/model.onnx and model.onnx.data are links to blobs named by hash. onnx's
+    loader refuses a linked weights file, so eval, train and quantize said 'cannot read the weights it keeps in
+    separate files (... but it is a symbolic link)' of a model that inspect and predict ran."""
+    saved = _save(tmp_path / "export")
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "rev"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for name, blob in (("model.onnx", "a1"), ("model.onnx.data", "b2")):
+        (saved.parent / name).rename(blobs / blob)
+        (snapshot / name).symlink_to(f"../../blobs/{blob}")
+    model = snapshot / "model.onnx"
+    expected = zoo.build_model("digits-cnn")
+    assert [t.raw_data for t in load_model(model).graph.initializer] == [t.raw_data for t in expected.graph.initializer]
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("eval", model, "--data", "digits-images").code == 0
+    quantized = run_cli("quantize", model, "--mode", "dynamic", "-o", tmp_path / "q.onnx")
+    assert quantized.code == 0, quantized.err
+    assert run_cli("train", model, "--data", "digits-images", "--epochs", "1", "-o", tmp_path / "run").code == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["model"] == str(model)
+
+
+def test_a_weights_location_outside_the_model_folder_is_refused(tmp_path, run_cli):
+    """onnx refused '../' locations itself; the reader that follows links must too."""
+    path = _save(tmp_path / "m")
+    model = onnx.load(path, load_external_data=False)
+    for tensor in model.graph.initializer:
+        next(e for e in tensor.external_data if e.key == "location").value = "../secret.data"
+    (tmp_path / "secret.data").write_bytes((tmp_path / "m" / "model.onnx.data").read_bytes())
+    onnx.save(model, path)
+    result = run_cli("eval", path, "--data", "digits-images")
+    assert result.code == 1 and "names a file outside the model's folder ('../secret.data')" in result.err
