@@ -440,7 +440,8 @@ def _folder_given(folder: Path) -> OnnxkitError:
 
 
 def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file, turning every failure into one clear OnnxkitError."""
+    """Load an ONNX file, turning every failure into one clear OnnxkitError. A path through a symbolic link is
+    read where the model's weight files are (`model_location`)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -461,6 +462,37 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
     return model
 
 
+def weight_files(model: onnx.ModelProto) -> list[str]:
+    """The weight files (paths relative to the model's folder) that the tensors of `model`, loaded without its
+    weights, keep their data in, sorted."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+
+
+def model_location(path: str | os.PathLike, model: onnx.ModelProto | None = None) -> Path:
+    """Where to read the model at `path` from, with its weight files: `path` itself, unless it is a symbolic link
+    whose weight files are not beside it but beside the file it leads to (`ln -s /models/bert/model.onnx`); a link
+    with its weight files beside it (Hugging Face's cache links each file to a blob of another name) stays as it is.
+    `model`: the model as loaded without its weights (else read here)."""
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    if model is None:
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - not readable: the caller's load says why
+            return path
+    files = weight_files(model)
+    target = resolved(path)
+    beside_link, beside_target = ([(folder / f).exists() for f in files] for folder in (path.parent, target.parent))
+    if files and not all(beside_link) and all(beside_target):
+        return target
+    return path
+
+
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Read the weights a model keeps in files beside it (`model.onnx.data`, say) into its tensors; a file that is
     missing or cut short is an error naming it. Weight files that are symbolic links are read (onnx refuses them,
@@ -469,7 +501,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     check_external_data(model, path)
-    folder = path.parent
+    folder = model_location(path, model).parent
     with contextlib.ExitStack() as stack:
         opened: dict[str, Any] = {}
         for tensor in _get_all_tensors(model):
@@ -494,7 +526,7 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
     weights) names is inside the model's folder, beside it and long enough."""
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-    folder = path.parent
+    folder = model_location(path, model).parent
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue

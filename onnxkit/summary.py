@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxkit.files import model_location, weight_files
 from onnxkit.graph_walks import every_node, subgraphs
 from onnxkit.metadata import metadata
 
@@ -143,26 +144,18 @@ def _file_bytes(path: Path, model: onnx.ModelProto, parameter_bytes: int) -> tup
     names: read from `model` as loaded without its weights (`load_model(..., load_weights=False)`); loaded
     with them, its tensors no longer say where their data came from, so a file smaller than its
     parameters is read again without them."""
-
-    size = os.path.getsize(path)
-    files = _weight_files(model)
-    if not files and size < parameter_bytes:
-        files = _weight_files(onnx.load(str(path), load_external_data=False))
-    return size + sum((path.parent / f).stat().st_size for f in files), files
+    files = weight_files(model)
+    if not files and os.path.getsize(path) < parameter_bytes:
+        return file_bytes(path), weight_files(onnx.load(str(path), load_external_data=False))
+    folder = model_location(path, model).parent
+    return os.path.getsize(path) + sum((folder / f).stat().st_size for f in files), files
 
 
 def file_bytes(path: str | os.PathLike) -> int:
     """The size on disk of the model file at `path` and of the weight files beside it that its tensors name."""
-    path = Path(path)
-    return os.path.getsize(path) + sum((path.parent / f).stat().st_size for f in
-                                       _weight_files(onnx.load(str(path), load_external_data=False)))
-
-
-def _weight_files(model: onnx.ModelProto) -> list[str]:
-    from onnx.external_data_helper import _get_all_tensors
-
-    return sorted({entry.value for tensor in _get_all_tensors(model) for entry in tensor.external_data
-                   if entry.key == "location"})
+    model = onnx.load(str(path), load_external_data=False)
+    folder = model_location(path, model).parent
+    return os.path.getsize(path) + sum((folder / f).stat().st_size for f in weight_files(model))
 
 
 def human_bytes(n: float) -> str:

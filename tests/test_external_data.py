@@ -4,12 +4,13 @@ and large PyTorch exports write them), reached through symbolic links too."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from onnxkit import zoo
+from onnxkit import runtime, zoo
 from onnxkit.files import load_model
 
 
@@ -58,3 +59,27 @@ def test_a_weights_location_outside_the_model_folder_is_refused(tmp_path, run_cl
     onnx.save(model, path)
     result = run_cli("eval", path, "--data", "digits-images")
     assert result.code == 1 and "names a file outside the model's folder ('../secret.data')" in result.err
+
+
+def test_a_model_linked_from_another_folder_is_read_with_the_weights_beside_its_target(tmp_path, run_cli,
+                                                                                        monkeypatch):
+    """`ln -s /models/cnn/model.onnx cnn.onnx`: onnx looked for model.onnx.data beside the link (inspect, eval: 'not
+    beside it') and onnxruntime refused it ('External data path escapes model directory'), in every command."""
+    from onnxkit.summary import summarize
+
+    target = _save(tmp_path / "models" / "cnn")
+    (tmp_path / "work").mkdir()
+    link = tmp_path / "work" / "cnn.onnx"
+    link.symlink_to(os.path.relpath(target, link.parent))
+    monkeypatch.chdir(tmp_path / "work")
+    both = target.stat().st_size + (target.parent / "model.onnx.data").stat().st_size
+    assert summarize("cnn.onnx")["file_bytes"] == both
+    images = _images(tmp_path / "x.npy")
+    assert runtime.load("cnn.onnx").predict(np.load(images)).scores.shape == (3, 10)
+    for command in (("inspect", "cnn.onnx"), ("predict", "cnn.onnx", images),
+                    ("eval", "cnn.onnx", "--data", "digits-images"),
+                    ("quantize", "cnn.onnx", "--mode", "dynamic", "-o", "q.onnx"),
+                    ("train", "cnn.onnx", "--data", "digits-images", "--epochs", "1", "-o", "run")):
+        result = run_cli(*command)
+        assert result.code == 0, (command, result.err)
+    assert json.loads(Path("run/run.json").read_text())["config"]["model"] == str(target)

@@ -19,7 +19,7 @@ import sys
 from types import ModuleType
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import atomic_path, missing_model
+from onnxkit.files import atomic_path, missing_model, model_location
 from onnxkit.runtime.string_locale import FALLBACK_LOCALE, missing_locale, with_fallback_locale
 from onnxkit.signals import check_stop
 
@@ -154,7 +154,7 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
     if not isinstance(model, bytes):
         if not os.path.isfile(model):
             raise missing_model(model)
-        model = os.fspath(model)
+        model = os.fspath(model_location(model))  # a link's target, where its weight files are beside that
     try:
         return ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types, without a common base

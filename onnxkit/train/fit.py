@@ -56,7 +56,7 @@ from onnxkit.evaluate import (
     r2,
     score,
 )
-from onnxkit.files import TABLE_SUFFIXES, DiskError, load_model, resolved, save_model, sha256
+from onnxkit.files import TABLE_SUFFIXES, DiskError, load_model, model_location, resolved, save_model, sha256
 from onnxkit.graph_walks import ancestors, node_reads, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import (
@@ -248,7 +248,7 @@ def fit(
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
         else:
-            model_path = Path(os.path.abspath(model))  # a link kept: its weight files may be links beside it
+            model_path = model_location(Path(os.path.abspath(model)))  # a link kept where its weights are beside it
             proto = load_model(model_path)
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
