@@ -367,6 +367,23 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def model_sha256(path: str | os.PathLike, model: onnx.ModelProto) -> str:
+    """The SHA-256 fingerprint of the model at `path` (`model`: as loaded from it without its weights): of its file,
+    then, for a model that keeps its weights in separate files, of each file's name and bytes, in name order; an
+    edited weights file changes it as an edited .onnx does. A model without weight files: `sha256(path)`."""
+    files = weight_files(model)
+    if not files:
+        return sha256(path)
+    folder = model_location(path, model).parent
+    digest = hashlib.sha256()
+    for name, file in ((None, Path(path)), *((f, folder / f) for f in files)):
+        digest.update(b"" if name is None else b"\0" + name.encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically."""
     with atomic_path(path) as tmp:
@@ -458,7 +475,7 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
     if not model.graph.node and not model.graph.output:
         raise OnnxkitError(f"{path}: not an ONNX model (empty graph); is it the right file?")
     if load_weights:
-        _load_external_data(model, path)
+        read_weights(model, path)
     return model
 
 
@@ -493,7 +510,7 @@ def model_location(path: str | os.PathLike, model: onnx.ModelProto | None = None
     return path
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+def read_weights(model: onnx.ModelProto, path: Path) -> None:
     """Read the weights a model keeps in files beside it (`model.onnx.data`, say) into its tensors; a file that is
     missing or cut short is an error naming it. Weight files that are symbolic links are read (onnx refuses them,
     and Hugging Face's cache is made of them); a location outside the model's folder is refused."""

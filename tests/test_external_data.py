@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 
 from onnxkit import runtime, zoo
 from onnxkit.files import load_model
@@ -83,3 +84,20 @@ def test_a_model_linked_from_another_folder_is_read_with_the_weights_beside_its_
         result = run_cli(*command)
         assert result.code == 0, (command, result.err)
     assert json.loads(Path("run/run.json").read_text())["config"]["model"] == str(target)
+
+
+def test_resume_notices_a_changed_weights_file_as_it_does_a_changed_model(tmp_path):
+    """The run's fingerprint of its starting model covered the .onnx alone: a model.onnx.data rewritten since (other
+    weights, zeros) was resumed from without a word."""
+    from onnxkit.errors import OnnxkitError
+    from onnxkit.train import fit
+
+    path = _save(tmp_path / "m")
+    fit(path, "digits-images", tmp_path / "run", epochs=1, quiet=True)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    run["status"] = "interrupted"  # as a Ctrl-C leaves it, with its checkpoint
+    (tmp_path / "run" / "run.json").write_text(json.dumps(run))
+    data = tmp_path / "m" / "model.onnx.data"
+    data.write_bytes(bytes(data.stat().st_size))
+    with pytest.raises(OnnxkitError, match=r"model\.onnx or the weights it keeps in model\.onnx\.data changed since"):
+        fit(resume=tmp_path / "run", quiet=True)

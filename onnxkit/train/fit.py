@@ -56,7 +56,18 @@ from onnxkit.evaluate import (
     r2,
     score,
 )
-from onnxkit.files import TABLE_SUFFIXES, DiskError, load_model, model_location, resolved, save_model, sha256
+from onnxkit.files import (
+    TABLE_SUFFIXES,
+    DiskError,
+    load_model,
+    model_location,
+    model_sha256,
+    read_weights,
+    resolved,
+    save_model,
+    sha256,
+    weight_files,
+)
 from onnxkit.graph_walks import ancestors, node_reads, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import (
@@ -249,7 +260,7 @@ def fit(
             proto, model_path = model, None
         else:
             model_path = model_location(Path(os.path.abspath(model)))  # a link kept where its weights are beside it
-            proto = load_model(model_path)
+            proto, fingerprint, _ = _load_fingerprinted(model_path)
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
         dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
@@ -269,7 +280,7 @@ def fit(
         run = RunDirectory.new(out_dir)
         config = TrainConfig(
             model=str(model_path or run.base_model.resolve()),
-            model_sha256=sha256(model_path) if model_path else "",
+            model_sha256=fingerprint if model_path else "",
             data=_data_reference(data),
             data_seed=data_seed,
             label=label,
@@ -500,10 +511,21 @@ def _load_checked(config: TrainConfig) -> onnx.ModelProto:
     if not path.is_file():
         raise OnnxkitError(f"{path}: the model this run started from is gone; put it back at that path to resume "
                            "(or start a new run)")
-    proto = load_model(path)
-    if sha256(path) != config.model_sha256:
-        raise OnnxkitError(f"{path} changed since this run started; resume needs the model the run began with")
+    proto, fingerprint, files = _load_fingerprinted(path)
+    legacy = sha256(path) if files else None  # a run begun before weight files were fingerprinted: the .onnx's own
+    if config.model_sha256 not in (fingerprint, legacy):
+        kept = f" or the weights it keeps in {first_few(files)}" if files else ""
+        raise OnnxkitError(f"{path}{kept} changed since this run started; resume needs the model the run began with")
     return proto
+
+
+def _load_fingerprinted(path: Path) -> tuple[onnx.ModelProto, str, list[str]]:
+    """The model at `path` with its weights, its fingerprint (`files.model_sha256`: over its weight files too) and
+    the weight files it keeps its tensors in."""
+    proto = load_model(path, load_weights=False)
+    fingerprint, files = model_sha256(path, proto), weight_files(proto)
+    read_weights(proto, path)
+    return proto, fingerprint, files
 
 
 def _versions() -> dict[str, str]:
