@@ -12,6 +12,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -477,6 +478,39 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
     if load_weights:
         read_weights(model, path)
     return model
+
+
+PROTOBUF_LIMIT = 2**31  # bytes: the most one serialized protobuf holds (an .onnx file, less its weight files)
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """The bytes of the tensors of `model` (initializers, subgraphs' and Constant nodes'), from their shapes and
+    types: the same loaded with its weights or without them."""
+    import numpy as np
+    from onnx import helper
+    from onnx.external_data_helper import _get_all_tensors
+
+    total = 0
+    for tensor in _get_all_tensors(model):
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):  # strings, undefined: their bytes are not counted
+            continue
+        total += math.prod(tensor.dims) * itemsize
+    return total
+
+
+def check_fits_protobuf(model: onnx.ModelProto, source: str | os.PathLike, command: str, hint: str = "") -> None:
+    """An error saying that `command` cannot take `model` (read from `source`, with or without its weights), whose
+    tensors are past the 2 GB one protobuf holds, as `command` holds the whole model (checked before its weights
+    are read, it replaces protobuf's 'Failed to serialize proto' traceback, seconds and gigabytes later)."""
+    size = tensor_bytes(model)
+    if size >= PROTOBUF_LIMIT:
+        from onnxkit.summary import human_bytes
+
+        raise OnnxkitError(f"{source}: its weights take {human_bytes(size)}, past the {human_bytes(PROTOBUF_LIMIT)} "
+                           f"one ONNX protobuf holds, and {command} holds the whole model as one: it cannot take a "
+                           f"model this large{hint}")
 
 
 def weight_files(model: onnx.ModelProto) -> list[str]:

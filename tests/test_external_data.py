@@ -101,3 +101,21 @@ def test_resume_notices_a_changed_weights_file_as_it_does_a_changed_model(tmp_pa
     data.write_bytes(bytes(data.stat().st_size))
     with pytest.raises(OnnxkitError, match=r"model\.onnx or the weights it keeps in model\.onnx\.data changed since"):
         fit(resume=tmp_path / "run", quiet=True)
+
+
+@pytest.mark.parametrize("command", [("train", "--data", "digits-images", "-o", "run"),
+                                     ("quantize", "--mode", "dynamic", "-o", "q.onnx")])
+def test_train_and_quantize_refuse_a_model_past_protobufs_2_gb_in_one_line(tmp_path, run_cli, monkeypatch, command):
+    """A 2.2 GB MatMul weight kept in model.onnx.data was a traceback ('EncodeError: Failed to serialize proto') after
+    reading it all in; the limit is lowered here to digits-cnn's 135 KB of weights."""
+    from onnxkit import files
+
+    monkeypatch.setattr(files, "PROTOBUF_LIMIT", 100_000)
+    monkeypatch.chdir(tmp_path)
+    path = _save(tmp_path / "m")
+    result = run_cli(command[0], path, *command[1:])
+    assert result.code == 1 and "Traceback" not in result.err
+    assert result.err.startswith(f"error: {path}: its weights take 135.2 KB, past the 100.0 KB one ONNX protobuf "
+                                 f"holds, and {command[0]} holds the whole model as one: it cannot take a model "
+                                 "this large")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -19,7 +19,17 @@ from onnx import TensorProto
 from onnxkit.data import Dataset, Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.evaluate import changed_since_training
-from onnxkit.files import DiskError, atomic_path, folder_locked, load_model, out_of_space, same_file, scratch_folder
+from onnxkit.files import (
+    DiskError,
+    atomic_path,
+    check_fits_protobuf,
+    folder_locked,
+    load_model,
+    out_of_space,
+    read_weights,
+    same_file,
+    scratch_folder,
+)
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import QUANTIZATION_KEY
 from onnxkit.quantize import accuracy, analysis, cpu, latency, rewrite, search, sqnr
@@ -103,7 +113,11 @@ def quantize(
     source = None if isinstance(model, onnx.ModelProto) else Path(model)
     _check_outputs(source, output, report_path)
     _check_data(calib, eval_data)
-    original = model if source is None else load_model(source)
+    original = model if source is None else load_model(source, load_weights=False)
+    check_fits_protobuf(original, source or "the model", "quantize",
+                        " (ONNX Runtime's quantize_dynamic(..., use_external_data_format=True) can)")
+    if source is not None:
+        read_weights(original, source)
     if any(node.op_type == "Constant" for node in original.graph.node):  # weights held in Constant nodes: as
         copy = onnx.ModelProto()  # initializers, which the quantizers look for (the caller's model stays)
         copy.CopyFrom(original)

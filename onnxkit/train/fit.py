@@ -59,6 +59,7 @@ from onnxkit.evaluate import (
 from onnxkit.files import (
     TABLE_SUFFIXES,
     DiskError,
+    check_fits_protobuf,
     load_model,
     model_location,
     model_sha256,
@@ -258,6 +259,7 @@ def fit(
                                params=["epochs", "steps"])
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
+            check_fits_protobuf(proto, "the model", "train")
         else:
             model_path = model_location(Path(os.path.abspath(model)))  # a link kept where its weights are beside it
             proto, fingerprint, _ = _load_fingerprinted(model_path)
@@ -523,6 +525,7 @@ def _load_fingerprinted(path: Path) -> tuple[onnx.ModelProto, str, list[str]]:
     """The model at `path` with its weights, its fingerprint (`files.model_sha256`: over its weight files too) and
     the weight files it keeps its tensors in."""
     proto = load_model(path, load_weights=False)
+    check_fits_protobuf(proto, path, "train")
     fingerprint, files = model_sha256(path, proto), weight_files(proto)
     read_weights(proto, path)
     return proto, fingerprint, files
