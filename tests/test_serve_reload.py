@@ -124,3 +124,22 @@ def test_metrics_keep_an_unloaded_models_name(served):
     assert 'onnxkit_requests_total{endpoint="infer",model="digits",code="404"} 1' in metrics
     assert 'onnxkit_requests_total{endpoint="infer",model="",code="404"} 1' in metrics
     assert 'onnxkit_infer_duration_seconds_count{model="digits"} 1' in metrics
+
+
+def test_watch_reloads_a_model_whose_weights_file_was_replaced(tmp_path):
+    """--watch polled the .onnx alone: a new model.onnx.data (new weights for the same graph) was never loaded,
+    and the old weights went on answering."""
+    old, new = version(1.0), version(-2.0)
+    path, expected = tmp_path / "digits.onnx", {"old": logits(old), "new": logits(new)}
+    for model, folder in ((old, tmp_path), (new, tmp_path / "new")):  # onnx.save moves their weights out
+        folder.mkdir(exist_ok=True)
+        onnx.save(model, folder / "digits.onnx", save_as_external_data=True, location="digits.onnx.data",
+                  size_threshold=0)
+    assert (tmp_path / "digits.onnx").read_bytes() == (tmp_path / "new" / "digits.onnx").read_bytes()
+    with ServerProcess([str(path)], "--watch", "--threads", "1") as server, httpx.Client(base_url=server.url) as c:
+        assert np.allclose(answer(c.post("/v2/models/digits/infer", json=BODY)), expected["old"], atol=1e-4)
+        write_bytes(tmp_path / "digits.onnx.data", (tmp_path / "new" / "digits.onnx.data").read_bytes())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("loaded the new version" in line for line in server.log):
+            time.sleep(0.1)
+        assert np.allclose(answer(c.post("/v2/models/digits/infer", json=BODY)), expected["new"], atol=1e-4)

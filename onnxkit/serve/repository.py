@@ -6,7 +6,7 @@ the model's batcher: requests decoded before the swap finish on the old session,
 ones use the new one, so none is dropped or answered by a half-loaded model. If the
 file does not load, the version served before stays served.
 
-`--watch` polls each served model's file (inode, size, mtime) every `WATCH_INTERVAL_S`
+`--watch` polls each served model's file and the weight files it names (inode, size, mtime) every `WATCH_INTERVAL_S`
 and reloads it once a change has held still for one poll, so a file written in place is
 not read half-written (`onnxkit train` and `onnxkit.files` replace files atomically).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.files import model_location, weight_files
 from onnxkit.runtime import Model
 from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.protocol import MODEL_VERSION, RequestError
 
 WATCH_INTERVAL_S = 0.5
-Stamp = tuple[int, int, int] | None  # (inode, size, mtime ns) of a file; None when it is missing
+Stamp = tuple[tuple[int, int, int] | None, ...] | None  # (inode, size, mtime ns) of the model's files
 
 
 @dataclass
@@ -140,7 +142,30 @@ class Repository:
 
 
 def _stamp(path: Path) -> Stamp:
+    """The (inode, size, mtime ns) of the model file and of each weight file it names (a replaced model.onnx.data
+    is a new version too); None when the model file is missing."""
+    model = _file_stamp(path)
+    if model is None:
+        return None
+    folder, names = _weight_files(path, model)
+    return (model, *(_file_stamp(folder / name) for name in names))
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     with contextlib.suppress(OSError):
         info = os.stat(path)
         return info.st_ino, info.st_size, info.st_mtime_ns
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _weight_files(path: Path, stamp: tuple[int, int, int]) -> tuple[Path, tuple[str, ...]]:
+    """The folder of the weight files that the model at `path` names, and their names: read once per version of
+    the model file (`stamp`), not at every poll."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable (half-written, say): its own stamp alone; its load says why
+        return path.parent, ()
+    return model_location(path, model).parent, tuple(weight_files(model))
