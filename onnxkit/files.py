@@ -239,15 +239,43 @@ def write_safetensors(
 def npz_arrays(path: str | os.PathLike) -> dict[str, Any]:
     """The named arrays of an .npz file; one holding a single array (numpy.save's .npy format under an .npz
     name) is an OnnxkitError saying so (it was "'numpy.ndarray' object does not support the context manager
-    protocol"). numpy's own errors (a corrupt or empty file) pass through."""
+    protocol"), and so is an array of Python objects (`_no_objects`). numpy's own errors (a corrupt or empty
+    file) pass through."""
     import numpy as np
 
     loaded = np.load(path, allow_pickle=False)
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise OnnxkitError(f"{path}: holds one array (.npy format), not an .npz archive of named arrays; name it "
                            ".npy, or save it with numpy.savez")
+    arrays = {}
     with loaded:
-        return {key: loaded[key] for key in loaded.files}
+        for key in loaded.files:
+            with _no_objects(path, key):
+                arrays[key] = loaded[key]
+    return arrays
+
+
+def npy_array(path: str | os.PathLike) -> Any:
+    """The array of an .npy file; one of Python objects is an OnnxkitError (`_no_objects`)."""
+    import numpy as np
+
+    with _no_objects(path):
+        return np.load(path, allow_pickle=False)
+
+
+@contextlib.contextmanager
+def _no_objects(path: str | os.PathLike, name: str | None = None) -> Iterator[None]:
+    """numpy's refusal to unpickle an array of dtype object (pandas' `.values` of a text or mixed column gives one)
+    as an error naming the array and the cast that saves it plainly (it was 'write it with numpy.savez', which
+    had written it)."""
+    try:
+        yield
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise
+        what, cast = (f"array {name!r}", name if name.isidentifier() else "array") if name else ("its array", "array")
+        raise OnnxkitError(f"{path}: {what} holds Python objects (dtype object), which onnxkit does not unpickle; "
+                           f"save it as numbers or text: {cast}.astype(np.float32) or .astype(str)") from None
 
 
 def read_text_file(path: str | os.PathLike) -> str:

@@ -152,6 +152,14 @@ def test_npz_files_with_named_arrays_or_x_y(tmp_path):
     np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 2)))
     with pytest.raises(OnnxkitError, match="no labels array"):
         load_dataset(tmp_path / "nolabels.npz")
+    # pandas' .values of a text column is an object array: it was 'not a readable .npz file (Object arrays cannot
+    # be loaded when allow_pickle=False); write it with numpy.savez', as it had been
+    np.savez(tmp_path / "objects.npz", x=rng.normal(size=(30, 3)), labels=np.array(["a", "b"] * 15, dtype=object))
+    with pytest.raises(OnnxkitError) as objects:
+        load_dataset(tmp_path / "objects.npz")
+    assert str(objects.value) == (f"{tmp_path / 'objects.npz'}: array 'labels' holds Python objects (dtype object), "
+                                  "which onnxkit does not unpickle; save it as numbers or text: "
+                                  "labels.astype(np.float32) or .astype(str)")
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(OnnxkitError, match="not a readable .npz"):
         load_dataset(tmp_path / "broken.npz")

@@ -237,6 +237,16 @@ def test_a_training_npz_predicts_without_its_labels(run_cli, iris, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
 
 
+def test_arrays_of_python_objects_are_one_line_naming_the_array(run_cli, iris, tmp_path):
+    path, x, y, _ = iris
+    np.save(tmp_path / "x.npy", x.astype(object))
+    np.savez(tmp_path / "xy.npz", x=x, labels=np.array(["a", "b", "c"], dtype=object)[y])
+    for data, said in (("x.npy", "its array"), ("xy.npz", "array 'labels'")):
+        result = run_cli("predict", path, "-i", tmp_path / data)
+        assert result.code == 1 and "Traceback" not in result.err
+        assert f"{data}: {said} holds Python objects (dtype object), which onnxkit does not unpickle" in result.err
+
+
 def test_a_label_column_predict_cannot_tell_is_a_one_line_error(run_cli, iris, tmp_path):
     path, x, y, _ = iris
     texts = [["setosa", "versicolor", "virginica"][i] for i in y]

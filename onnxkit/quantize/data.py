@@ -17,7 +17,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.data.checks import check_finite
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import npz_arrays
+from onnxkit.files import npy_array, npz_arrays
 from onnxkit.quantize.inputs import fixed_batch
 
 Feeds = dict[str, np.ndarray]
@@ -114,7 +114,7 @@ def _inputs_file(data: Any, model: onnx.ModelProto) -> Any:
         return data
     try:
         if suffix == ".npy":
-            array = np.load(data, allow_pickle=False)
+            array = npy_array(data)
         else:
             arrays = npz_arrays(data)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file

@@ -33,6 +33,7 @@ from onnxkit.files import (
     is_missing,
     is_number,
     not_a_file,
+    npy_array,
     npz_arrays,
     read_csv_rows,
     read_text_file,
@@ -173,7 +174,7 @@ def checked_feeds(path: InputPath, model: Model, values: dict[str, Any]) -> dict
 def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
     try:
         if suffix == ".npy":
-            return _single(model, path, np.load(path, allow_pickle=False))
+            return _single(model, path, npy_array(path))
         if suffix == ".npz":
             arrays = _without_labels(npz_arrays(path), model)
             if len(arrays) == 1 and len(model.inputs) == 1:
