@@ -323,7 +323,13 @@ def _of_the_models_classes(dataset: Any, model: Any) -> Any:
         raise OnnxkitError(f"data {dataset.name!r} names classes {first_few([repr(n) for n in names])}, none of the "
                            f"model's ({first_few([repr(c) for c in classes])}); give data labelled with the model's "
                            "classes")
-    in_trained_order(dataset.columns, trained_columns(metadata(model)), dataset.name)  # refuses a missing column
+    try:
+        in_trained_order(dataset.columns, trained_columns(metadata(model)), dataset.name)  # refuses a missing column
+    except OnnxkitError as e:  # a file of the features alone: its last feature was taken as the labels
+        if not dataset.labels_from:
+            raise
+        raise OnnxkitError(f"{e} (the labels: {dataset.labels_from}); scoring needs the labels: add their column, or "
+                           "run predict on a file without them", params=e.params) from e
     return dataset
 
 

@@ -212,6 +212,15 @@ def test_predict_and_eval_read_a_csvs_columns_by_the_names_the_model_trained_on(
     for command in (["predict", model, "-i", renamed], ["eval", model, "--data", renamed]):
         result = run_cli(*command)
         assert result.code == 1 and "the model trained on columns a, b, c, d; its columns are p, q, r, s" in result.err
+    # the features alone: eval took the last, d, as the labels and said only that d was missing
+    features = tmp_path / "features.csv"
+    features.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    assert run_cli("predict", model, "-i", features).code == 0
+    result = run_cli("eval", model, "--data", features)
+    assert result.code == 1 and result.err.strip().endswith(
+        "without d; give those columns, once each, by name (the labels: the last column, 'd', as no column is headed "
+        "label / labels / target / y / class; --label COLUMN names another); scoring needs the labels: add their "
+        "column, or run predict on a file without them")
 
 
 def test_a_dataframe_predicts_by_its_columns_names_as_a_csv_does(run_cli, iris_model, tmp_path):
