@@ -14,7 +14,8 @@ from onnxkit.files import is_missing, is_number
 from onnxkit.metadata_keys import COLUMNS_KEY
 
 LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column (only one may be)
-NPZ_LABELS = ("labels", "y", "label")  # .npz arrays read as the labels, first found wins ("label": as a CSV's)
+NPZ_LABELS = ("labels", "y", "label", "target")  # .npz arrays read as the labels, first found wins ("label", "target":
+# as a CSV's; "target" beside "data": a scikit-learn Bunch saved as np.savez(f, data=..., target=...))
 NPZ_LABEL_NAMES = "label_names"  # an optional .npz array of class names
 TEXT_COLUMN = "text"  # a CSV column of texts (a Parquet one, by its exact name), for a model with a tokenizer
 

@@ -149,6 +149,11 @@ def test_npz_files_with_named_arrays_or_x_y(tmp_path):
     # an array named 'label', as a CSV's label column may be, was 'no labels array'
     np.savez(tmp_path / "label.npz", x=rng.normal(size=(30, 3)), label=np.arange(30) % 2)
     assert load_dataset(str(tmp_path / "label.npz")).train.labels.dtype.kind == "i"
+    # a scikit-learn Bunch saved as it is (np.savez(f, data=b.data, target=b.target)) was 'no labels array' too
+    np.savez(tmp_path / "bunch.npz", data=rng.normal(size=(30, 4)), target=np.arange(30) % 3)
+    bunch = load_dataset(str(tmp_path / "bunch.npz"))
+    assert list(bunch.train.inputs) == ["data"] and bunch.task == "classification"
+    assert sorted(set(bunch.train.labels) | set(bunch.validation.labels) | set(bunch.test.labels)) == [0, 1, 2]
     np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 2)))
     with pytest.raises(OnnxkitError, match="no labels array"):
         load_dataset(tmp_path / "nolabels.npz")

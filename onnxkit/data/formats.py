@@ -75,7 +75,7 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     if key is None:
         raise OnnxkitError(
             f"{path}: no labels array (arrays: {', '.join(arrays) or 'none'}); "
-            "save the targets as 'labels' (or 'label', or 'y' with features 'x')"
+            "save the targets as 'labels' (or 'label', 'target', or 'y' with features 'x')"
         )
     labels = arrays.pop(key)
     if not arrays:
