@@ -43,6 +43,24 @@ def test_the_length_follows_the_data():
         assert epochs == MAX_EPOCHS or epochs == 5 or epochs * -(-rows // 32) >= MIN_STEPS
     no_validation, _ = resolve(Settings(), None, train_rows=107, grad_accumulation=1, has_validation=False)
     assert no_validation.patience is None
+    automatic, note = resolve(Settings(), None, train_rows=107, grad_accumulation=1, has_validation=True)
+    assert automatic.patience_from_step == MIN_STEPS // 2 and note.endswith(", from step 1000 (flags override them)")
+    given, _ = resolve(Settings(patience=3), None, train_rows=107, grad_accumulation=1, has_validation=True)
+    assert (given.patience, given.patience_from_step) == (3, 0)  # a patience asked for counts from the start
+
+
+@pytest.mark.training
+def test_a_plateau_at_the_start_does_not_end_training(tmp_path, run_cli):
+    # the sigmoid binary-classifier sits at chance on make_circles for ~600 steps before it learns; stopped after
+    # 20 epochs without progress, it ended at 32% test accuracy (below chance)
+    from sklearn.datasets import make_circles
+
+    x, y = make_circles(500, noise=0.1, factor=0.5, random_state=0)
+    np.savez(tmp_path / "circles.npz", x=x.astype(np.float32), y=y)
+    onnx.save(zoo.build_model("binary-classifier", features=2), tmp_path / "binary.onnx")
+    result = run_cli("train", tmp_path / "binary.onnx", tmp_path / "circles.npz", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["result"]["test"]["accuracy"] >= 0.9
 
 
 def test_explicit_settings_win_over_the_recipe():

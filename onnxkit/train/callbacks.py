@@ -121,14 +121,15 @@ class BestModel(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stops after `patience` epochs without a new best; reads `best_epoch`, so it follows `BestModel`."""
+    """Stops after `patience` epochs without a new best, once `from_step` optimizer steps have run (Keras's
+    start_from_epoch, in steps); reads `best_epoch`, so it follows `BestModel`."""
 
-    def __init__(self, monitor: str, patience: int) -> None:
-        self.monitor, self.patience = monitor, patience
+    def __init__(self, monitor: str, patience: int, from_step: int = 0) -> None:
+        self.monitor, self.patience, self.from_step = monitor, patience, from_step
         self.stopped = False
 
     def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
-        if record["epoch"] - record["best_epoch"] >= self.patience:
+        if record["epoch"] - record["best_epoch"] >= self.patience and record["step"] >= self.from_step:
             record["stopped_early"] = self.stopped = trainer.stop_training = True
 
     def on_train_end(self, trainer: Trainer, status: str) -> None:

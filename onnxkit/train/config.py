@@ -68,6 +68,7 @@ class TrainConfig:
     train_only: list[str] = field(default_factory=list)
     monitor: str | None = None
     patience: int | None = None
+    patience_from_step: int = 0  # early stopping stops no run before this optimizer step (the automatic defaults')
     keep_best: bool = True
     evaluate_test: bool = True
     backend: str = "onnx"

@@ -3,7 +3,9 @@
 
 Explicit arguments always win. Without a recipe's length, training runs at least
 `MIN_STEPS` optimizer steps (at least `MIN_EPOCHS` epochs, at most `MAX_EPOCHS`) and stops
-early once the validation loss has not improved for a tenth of them; the best epoch is kept.
+early once the validation loss has not improved for a tenth of them, but not before half of
+`MIN_STEPS` (a network may sit on a plateau for hundreds of steps first: a sigmoid MLP on
+scikit-learn's circles did for 600, and stopped at chance); the best epoch is kept.
 So 100 rows train for hundreds of epochs and 100,000 rows for a few.
 """
 
@@ -36,6 +38,7 @@ class Settings:
     warmup: float | None = None
     monitor: str | None = None
     patience: int | None = None
+    patience_from_step: int = 0  # early stopping waits for this many optimizer steps
 
 
 def training_mode(train_only: Any, adapter: Any) -> str:
@@ -79,6 +82,7 @@ def resolve(
         out.epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS / per_epoch)))
         if has_validation and given.patience is None:
             out.patience = max(MIN_PATIENCE, math.ceil(out.epochs / 10))
+            out.patience_from_step = MIN_STEPS // 2
     defaulted = [f for f in ("optimizer", "lr", "batch_size", "schedule", "epochs") if getattr(given, f) is None]
     if not defaulted or (given.steps is not None and defaulted == ["epochs"]):
         return out, None
@@ -108,5 +112,6 @@ def _note(s: Settings, source: str, automatic: bool) -> str:
     if s.steps is None:
         parts.append(f"{'up to ' if automatic and s.patience else ''}{s.epochs} epoch{'s' if s.epochs != 1 else ''}")
     if automatic and s.patience:
-        parts.append(f"early stopping after {s.patience} epochs without a better validation loss")
+        parts.append(f"early stopping after {s.patience} epochs without a better validation loss"
+                     + (f", from step {s.patience_from_step}" if s.patience_from_step else ""))
     return f"training with {source}: {', '.join(parts)} (flags override them)"

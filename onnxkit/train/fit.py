@@ -306,6 +306,7 @@ def fit(
             train_only=list(train_only),
             monitor=chosen.monitor,
             patience=chosen.patience,
+            patience_from_step=chosen.patience_from_step,
             keep_best=keep_best,
             evaluate_test=evaluate_test,
             backend=backend or default_backend(),
@@ -1132,7 +1133,7 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
     best = BestModel(setup.monitor, run.best_checkpoint if c.keep_best else None)
     stack: list[Callback] = [NanGuard(), best]
     if c.patience is not None:
-        stack.append(EarlyStopping(setup.monitor, c.patience))
+        stack.append(EarlyStopping(setup.monitor, c.patience, c.patience_from_step))
     stack.append(MetricsWriter(run, records))
     if progress.enabled:
         stack.append(ProgressBar(progress))
