@@ -180,7 +180,7 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     propagates the values of shape tensors, so such a Reshape gets its rank."""
     skeleton = _skeleton(model)
     folded = _fold_constants(model, skeleton)
-    for _ in range(8):  # each pass types the outputs of SAME_SHAPE ops inference left untyped
+    for _ in range(64):  # each pass types what the one before left untyped (a ShuffleNet: a pass per block)
         try:
             inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
@@ -189,7 +189,7 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         hints = [_same_type(known[n.input[0]], n.output[0], n.op_type in FLOAT_OUT) for n in inferred.graph.node
                  if n.op_type in SAME_SHAPE and n.input[0] in known and not _has_shape(known.get(n.output[0]))]
         hints += _resize_hints(inferred.graph, known)
-        if not hints:
+        if not hints and not _fold_static_sizes(skeleton.graph, inferred.graph, known):
             break
         skeleton.graph.value_info.extend(hints)
     g = inferred.graph
@@ -222,7 +222,33 @@ def _resize_hints(graph: onnx.GraphProto, known: dict[str, onnx.ValueInfoProto])
     return hints
 
 
-_SHAPE_OPS = frozenset({"Cast", "Unsqueeze", "Identity", "Concat", "Slice", "Gather"})  # traced by _shape_elements
+def _fold_static_sizes(skeleton: onnx.GraphProto, graph: onnx.GraphProto,
+                       known: dict[str, onnx.ValueInfoProto]) -> bool:
+    """Replace the skeleton's integer shape arithmetic whose values inference has made known (sizes other than
+    the batch) by Constants; whether there were any.
+
+    onnx's data propagation has no Div, and Slice reads only constant bounds, so TorchScript's
+    `channels // groups` and `x.chunk(2, dim=1)` (ShuffleNet's channel shuffle and split) left those axes,
+    and every shape after them, unknown."""
+    producers = {o: n for n in graph.node for o in n.output}
+    constants = {t.name: t for t in graph.initializer if t.data_type == TensorProto.INT64}
+    folded = False
+    for k, node in enumerate(graph.node):
+        out = known.get(node.output[0]) if node.op_type in _SHAPE_OPS or node.op_type == "Shape" else None
+        if out is None or out.type.tensor_type.elem_type != TensorProto.INT64 or not _has_shape(out):
+            continue
+        value = _shape_elements(node.output[0], producers, constants, known)
+        if value is None or not all(isinstance(v, int) for v in value):
+            continue
+        rank = len(out.type.tensor_type.shape.dim)
+        tensor = onnx.helper.make_tensor(node.output[0], TensorProto.INT64, [len(value)] if rank else [], value)
+        skeleton.node[k].CopyFrom(onnx.helper.make_node("Constant", [], [node.output[0]], value=tensor))
+        folded = True
+    return folded
+
+
+_SHAPE_OPS = frozenset({"Cast", "Unsqueeze", "Identity", "Concat", "Slice", "Gather", "Add", "Sub", "Mul", "Div"})
+# (traced by _shape_elements)
 
 
 def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
@@ -239,11 +265,16 @@ def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: 
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None
                 for d in known[node.input[0]].type.tensor_type.shape.dim]
         return dims[attrs.get("start", 0):attrs.get("end", len(dims))]
-    if node.op_type not in _SHAPE_OPS:  # (before walking its inputs: they may lead through the whole network)
-        return None
+    if node.op_type == "Constant" and node.attribute[0].name == "value" and \
+            node.attribute[0].t.data_type == TensorProto.INT64:  # (folded by _fold_static_sizes)
+        return [int(v) for v in numpy_helper.to_array(node.attribute[0].t).reshape(-1)]
+    if node.op_type not in _SHAPE_OPS or _elem_type(known.get(name)) not in (TensorProto.INT64, TensorProto.INT32):
+        return None  # (before walking its inputs: they may lead through the whole network, a float Add's do)
     parts = [_shape_elements(i, producers, constants, known) if i else None for i in node.input]
     if node.op_type in ("Cast", "Unsqueeze", "Identity"):
         return parts[0]
+    if node.op_type in ("Add", "Sub", "Mul", "Div"):
+        return _integer_arithmetic(node.op_type, parts[0], parts[1])
     if node.op_type == "Concat" and all(p is not None for p in parts):
         return [e for p in parts for e in p]
     numbers = [p if p is not None and all(isinstance(e, int) for e in p) else None for p in parts]
@@ -254,6 +285,23 @@ def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: 
         return [parts[0][i] for i in numbers[1] if -len(parts[0]) <= i < len(parts[0])] if all(
             -len(parts[0]) <= i < len(parts[0]) for i in numbers[1]) else None
     return None
+
+
+def _integer_arithmetic(op: str, a: list | None, b: list | None) -> list[int] | None:
+    """Elements of an integer Add, Sub, Mul or Div (truncating, as ONNX's) of two traced shape tensors of
+    known numbers, one of them a single element or both of one length; None otherwise."""
+    if a is None or b is None or not all(isinstance(v, int) for v in (*a, *b)) or \
+            not (len(a) == 1 or len(b) == 1 or len(a) == len(b)) or (op == "Div" and 0 in b):
+        return None
+    n = max(len(a), len(b))
+    pairs = zip(a * n if len(a) == 1 else a, b * n if len(b) == 1 else b, strict=True)
+    if op == "Div":
+        return [abs(x) // abs(y) * (1 if (x < 0) == (y < 0) else -1) for x, y in pairs]
+    return [x + y if op == "Add" else x - y if op == "Sub" else x * y for x, y in pairs]
+
+
+def _elem_type(vi: onnx.ValueInfoProto | None) -> int:
+    return vi.type.tensor_type.elem_type if vi is not None else TensorProto.UNDEFINED
 
 
 def _has_shape(vi: onnx.ValueInfoProto | None) -> bool:

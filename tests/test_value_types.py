@@ -145,3 +145,54 @@ def test_resize_sizes_computed_from_data_deep_in_the_network_are_not_walked_thro
                               [numpy_helper.from_array(np.array([1, 1], np.int64), "nc")])
     types = value_types(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
     assert types["y"].type.tensor_type.elem_type == TensorProto.FLOAT  # typed, its sizes left to run time
+
+
+def exported_channel_shuffle(batch: int | str = "batch") -> onnx.ModelProto:
+    """torchvision's ShuffleNetV2 block as the TorchScript exporter writes it: x [batch, 4, 3, 3] -> 1x1 Conv ->
+    x.chunk(2, dim=1) (Slice bounds (C + 1) // 2 * k from Shape) -> Concat back -> channel shuffle, a Reshape to
+    [batch, 2, C // 2, H, W] made of Gathers of Shape and a Div -> Transpose -> Reshape back -> 1x1 Conv."""
+    def const(name: str, value: int | list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.int64)))
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"]), helper.make_node("Shape", ["c"], ["s0"]),
+             const("i1", [1]), const("one", [1]), const("two", [2]), const("zero", [0]),
+             helper.make_node("Gather", ["s0", "i1"], ["ch"], axis=0),
+             helper.make_node("Add", ["ch", "one"], ["ch1"]),
+             helper.make_node("Div", ["ch1", "two"], ["half"]),
+             helper.make_node("Mul", ["half", "two"], ["end"]),
+             helper.make_node("Slice", ["c", "zero", "half", "i1"], ["a"]),
+             helper.make_node("Slice", ["c", "half", "end", "i1"], ["b"]),
+             helper.make_node("Concat", ["b", "a"], ["cat"], axis=1), helper.make_node("Shape", ["cat"], ["s"])]
+    for i in range(4):
+        nodes += [const(f"k{i}", i), helper.make_node("Gather", ["s", f"k{i}"], [f"d{i}"], axis=0)]
+    nodes += [const("groups", 2), helper.make_node("Div", ["d1", "groups"], ["per"]), const("axis0", [0])]
+    for name in ("d0", "groups", "per", "d2", "d3", "d1"):
+        nodes.append(helper.make_node("Unsqueeze", [name, "axis0"], [f"u_{name}"]))
+    nodes += [helper.make_node("Concat", ["u_d0", "u_groups", "u_per", "u_d2", "u_d3"], ["five"], axis=0),
+              helper.make_node("Reshape", ["cat", "five"], ["r"]),
+              helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3, 4]),
+              helper.make_node("Concat", ["u_d0", "u_d1", "u_d2", "u_d3"], ["four"], axis=0),
+              helper.make_node("Reshape", ["t", "four"], ["shuffled"]),
+              helper.make_node("Conv", ["shuffled", "w2"], ["y"])]
+    rng = np.random.default_rng(4)
+    graph = helper.make_graph(
+        nodes, "channel shuffle", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [batch, 3, 3, 3])],
+        [numpy_helper.from_array(rng.uniform(-1, 1, (4, 4, 1, 1)), "w1"),
+         numpy_helper.from_array(rng.uniform(-1, 1, (3, 4, 1, 1)), "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_a_channel_shuffle_keeps_its_sizes():
+    # before: onnx's inference has no Div and reads Slice bounds only from constants, so the shuffle's
+    # Reshape and chunk's Slices left every axis after them unknown, and training a TorchScript export of
+    # shufflenet_v2 stopped with "cannot differentiate Conv ...: its gradient needs static spatial sizes"
+    types = value_types(exported_channel_shuffle())
+    for name, want in (("a", ["batch", 2, 3, 3]), ("r", ["batch", 2, 2, 3, 3]), ("shuffled", ["batch", 4, 3, 3])):
+        assert [d.dim_value or d.dim_param for d in types[name].type.tensor_type.shape.dim] == want, name
+
+
+def test_the_conv_before_a_channel_shuffle_is_differentiated():
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 4, 3, 3))
+    for name, (analytic, numeric) in gradcheck(exported_channel_shuffle(2), {"x": x}, ["w1", "w2"]).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
