@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit.data import Split, load_dataset
 from onnxkit.files import load_model
 from onnxkit.train import fit
-from onnxkit.train.exporter_marks import untie_exporter_copies
+from onnxkit.train.exporter_marks import untie_deduplicated, untie_exporter_copies
 from onnxkit.train.training_form import find_parameters, trainable_form
 
 pytestmark = pytest.mark.training
@@ -379,6 +379,8 @@ def exported_like_dynamo(merged: bool, out_bias: str = "out.bias") -> onnx.Model
         reads = [h, f"{source}.weight"] + ([] if merged and layer == "out" else [bias])
         nodes.append(helper.make_node("Gemm", reads, [f"{layer}.y"], transB=1))
         nodes[-1].metadata_props.add(key="pkg.torch.onnx.name_scopes", value=f"['', {scopes}, 'linear']")
+        if merged and layer == "out":  # as the optimizer marks the node whose zero bias it removed
+            nodes[-1].metadata_props.add(key="pkg.onnxscript.rewriter.rule_name", value="RemoveOptionalBiasFromGemm")
         if layer != "blocks.1":  # the op it came from (blocks.1 is told by its name scopes alone)
             p = layer.replace(".", "_")
             nodes[-1].metadata_props.add(key="pkg.torch.onnx.fx_node", value=(
@@ -420,6 +422,27 @@ def test_parameters_the_dynamo_exporter_merged_train_as_their_own(tmp_path, run_
     for name, value in runs[False].items():
         np.testing.assert_allclose(runs[True][name], value, rtol=0, atol=1e-6, err_msg=name)
     assert not np.allclose(runs[True]["blocks.0.weight"], runs[True]["blocks.1.weight"])
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_a_transposed_convs_removed_bias_comes_back_one_per_output_channel(group):
+    """The optimizer removes a ConvTranspose's zero bias as it does a Gemm's and a Conv's; its weight is
+    [in, out / group, kH, kW]."""
+    node = helper.make_node("ConvTranspose", ["x", "up.weight"], ["y"], group=group, strides=[2, 2])
+    node.metadata_props.add(key="pkg.onnxscript.rewriter.rule_name", value="RemoveOptionalBiasFromConvTranspose")
+    node.metadata_props.add(key="pkg.torch.onnx.fx_node", value=(
+        "%conv_transpose2d : [num_users=1] = call_function[target=torch.ops.aten.conv_transpose2d.input]"
+        "(args = (%x, %p_up_weight, %p_up_bias, [2, 2]), kwargs = {})"))
+    graph = helper.make_graph(
+        [node], "main_graph", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3 * group, 6, 6])],
+        [numpy_helper.from_array(np.ones((4, 3, 2, 2), np.float32), "up.weight")])
+    graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature", value=(
+        "p_up_weight: PARAMETER target='up.weight'\np_up_bias: PARAMETER target='up.bias'\nx: USER_INPUT\n"))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="pytorch")
+    untied, made = untie_deduplicated(model)
+    assert made == ["up.bias"] and list(untied.graph.node[0].input) == ["x", "up.weight", "up.bias"]
+    assert numpy_helper.to_array(untied.graph.initializer[-1]).tolist() == [0.0] * 3 * group
 
 
 def tied_export(dynamo: bool) -> onnx.ModelProto:

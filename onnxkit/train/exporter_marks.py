@@ -254,8 +254,8 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
     plan: list[tuple[int, int, str]] = []
     for k, node in enumerate(model.graph.node):
         marks = _marks(node)
-        if _FUSED_BY in marks:  # a node the optimizer fused ops into: its marks are one of theirs (a folded
-            continue  # BatchNorm's, whose weight it does not read), not its own inputs'
+        if not _removed_bias_only(marks):  # a node the optimizer fused ops into: its marks are one of theirs (a
+            continue  # folded BatchNorm's, whose weight it does not read), not its own inputs'
         try:
             scopes = ast.literal_eval(marks.get(_SCOPES, "[]"))  # a Python list of strings
         except (ValueError, SyntaxError):
@@ -284,7 +284,7 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
         taken = {own.removesuffix(TRANSPOSED) for kk, _, own in plan if kk == k}  # a removed bias: the op read
         # a parameter no input holds
         bias = next((t for t in read if t in orphans and t not in taken), None)
-        if node.op_type in ("Gemm", "Conv") and (len(node.input) < 3 or not node.input[2]) and bias \
+        if node.op_type in ("Gemm", "Conv", "ConvTranspose") and (len(node.input) < 3 or not node.input[2]) and bias \
                 and node.input[1] in present and not any(own == bias for kk, _, own in plan if kk == k):
             plan.append((k, 2, bias))  # a zero bias the optimizer removed (RemoveOptionalBiasFromConv, ...)
     if not plan:
@@ -301,8 +301,9 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
                 tensor.CopyFrom(values[node.input[i]])
             else:  # the removed bias: zeros, one per output channel
                 w = values[node.input[1]]
-                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-                width = w.dims[0] if node.op_type == "Conv" or trans_b else w.dims[1]
+                attrs = {a.name: a.i for a in node.attribute}
+                width = w.dims[0] if node.op_type == "Conv" or attrs.get("transB") else \
+                    w.dims[1] * attrs.get("group", 1)  # (a ConvTranspose's weight: [in, out / group, ...])
                 tensor.CopyFrom(onnx.numpy_helper.from_array(
                     np.zeros(width, helper.tensor_dtype_to_np_dtype(w.data_type))))
             tensor.name = own
@@ -312,6 +313,14 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
             node.input.append("")
         node.input[i] = own
     return untied, made
+
+
+def _removed_bias_only(marks: dict[str, str]) -> bool:
+    """Whether the dynamo exporter's optimizer rewrote a node only by removing its zero bias (or not at all):
+    its marks are then its own op's (torchvision zero-initialises the biases of its Linear layers, and
+    squeezenet's and the squeeze-excitation Convs', which the rewrite, marked RemoveOptionalBiasFromGemm, drops)."""
+    rules = {r.strip() for r in marks.get(_FUSED_BY, "").split(",") if r.strip()}
+    return all(r.startswith("RemoveOptionalBias") for r in rules)
 
 
 def _own_parameter(name: str, scopes: Sequence[str], orphans: set[str]) -> str | None:
