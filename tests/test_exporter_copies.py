@@ -536,3 +536,28 @@ def test_a_folded_weight_two_deep_copied_layers_read_trains_as_two(tmp_path):
     result = fit(model, "digits", tmp_path / "run", steps=4, lr=0.01, quiet=True)
     trained = {t.name: numpy_helper.to_array(t) for t in onnx.load(result.model_path).graph.initializer}
     assert np.abs(trained["val_9"] - trained["blocks.1.weight.T"]).max() > 1e-4  # two layers, trained apart
+
+
+def test_a_batchnorms_statistics_merged_into_its_own_weights_are_its_own_again():
+    """The dynamo exporter merges a fresh BatchNorm's running mean (zeros) into its bias and its running variance
+    (ones) into its weight: BatchNormalization(x, w, b, b, w), where its op read four tensors."""
+    node = helper.make_node("BatchNormalization", ["x", "bn.weight", "bn.bias", "bn.bias", "bn.weight"], ["y"])
+    node.metadata_props.add(key="pkg.torch.onnx.fx_node", value=(
+        "%_native_batch_norm_legit_no_training : [num_users=1] = call_function[target=torch.ops.aten."
+        "_native_batch_norm_legit_no_training.default](args = (%cat, %p_bn_weight, %p_bn_bias, "
+        "%b_bn_running_mean, %b_bn_running_var, 0.1, 1e-05), kwargs = {})"))
+    graph = helper.make_graph(
+        [node], "main_graph", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 2, 2])],
+        [numpy_helper.from_array(np.ones(3, np.float32), "bn.weight"),
+         numpy_helper.from_array(np.zeros(3, np.float32), "bn.bias")])
+    graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature", value=(
+        "p_bn_weight: PARAMETER target='bn.weight'\np_bn_bias: PARAMETER target='bn.bias'\n"
+        "b_bn_running_mean: BUFFER target='bn.running_mean'\nb_bn_running_var: BUFFER target='bn.running_var'\n"
+        "cat: USER_INPUT\n"))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="pytorch")
+    untied, made = untie_deduplicated(model)
+    assert made == ["bn.running_mean", "bn.running_var"]
+    assert list(untied.graph.node[0].input) == ["x", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]
+    values = {t.name: numpy_helper.to_array(t).tolist() for t in untied.graph.initializer}
+    assert values["bn.running_mean"] == [0.0] * 3 and values["bn.running_var"] == [1.0] * 3
