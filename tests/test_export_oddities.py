@@ -127,6 +127,35 @@ def test_parameters_the_exporter_computed_values_from_are_named(tmp_path, capsys
     assert folded_parameters(gated(signature=True)) == {}
 
 
+def test_a_recurrent_layers_weights_laid_out_at_export_are_its_own():
+    # nn.GRU's export: W, R (gates reordered) and B (bias_ih and bias_hh concatenated) folded from its four
+    # parameters, read by the GRU node whose op, aten.gru, names them all; training them trains what PyTorch
+    # trains (the same test loss to 7 digits), but train warned "they do not train as in PyTorch"
+    h = 4
+    node = helper.make_node("GRU", ["x", "val_29", "val_30", "val_46"], ["", "state"], hidden_size=h,
+                            linear_before_reset=1)
+    node.metadata_props.add(key="pkg.torch.onnx.fx_node", value=(
+        "%gru : [num_users=1] = call_function[target=torch.ops.aten.gru.input](args = (%x, %zeros, "
+        "[%p_rnn_weight_ih_l0, %p_rnn_weight_hh_l0, %p_rnn_bias_ih_l0, %p_rnn_bias_hh_l0], True, 1, 0.0, False, "
+        "False, True), kwargs = {})"))
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [node], "gru", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "n", 3])],
+        [helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, "n", h])],
+        [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name) for name, shape in
+         (("val_29", (1, 3 * h, 3)), ("val_30", (1, 3 * h, h)), ("val_46", (1, 6 * h)))])
+    for name, sources in (("val_29", ["rnn.weight_ih_l0", "val_10"]), ("val_30", ["rnn.weight_hh_l0", "val_10"]),
+                          ("val_46", ["rnn.bias_hh_l0", "rnn.bias_ih_l0", "val_10"])):
+        graph.value_info.add(name=name).metadata_props.add(key="pkg.onnxscript.optimizer.folded_from",
+                                                           value=repr(sources))
+    weights = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature", value="".join(
+        f"p_rnn_{k}: PARAMETER target='rnn.{k}'\n" for k in weights))
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)],
+                              producer_name="pytorch")
+    assert folded_parameters(model) == {}
+
+
 def test_a_dynamo_export_converted_to_another_opset_keeps_its_constants_and_says_what_it_lost(tmp_path, capsys):
     # torch.onnx.export(dynamo=True, opset_version=17) runs onnx's version converter, which drops the graph's
     # signature: GELU's sqrt(2), 1 and 0.5 (val_2, val_5, val_7) then trained as a module's scalars (1.398, 0.961,

@@ -413,8 +413,9 @@ def folded_batch_norms(model: onnx.ModelProto, trainable: Iterable[str]) -> list
 def folded_parameters(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Each parameter of a dynamo export that the exporter's optimizer computed values from at export (it folds
     what needs no input: exp(log_scale), a grid expanded to a static batch, v @ u), with those values' initializers.
-    A weight folded only into a new layout for the layer that reads it (a Linear's transposed weight) is not one:
-    that layer's PyTorch op names the parameter itself, and the copy trains as it."""
+    A weight folded only into a new layout for the layer that reads it is not one: that layer's PyTorch op names
+    the parameter itself, and the copy trains as it (a Linear's transposed weight; an nn.GRU's or nn.LSTM's
+    weights, gates reordered, and its two biases concatenated, which aten.gru names all four of)."""
     placeholders = {target: ph for ph, kind, target in _export_signature(model) if kind == "PARAMETER"}
     held = {t.name for t in model.graph.initializer}
     named: dict[str, set[str]] = {}  # initializer -> the placeholders the PyTorch ops of the nodes reading it name
@@ -425,8 +426,7 @@ def folded_parameters(model: onnx.ModelProto) -> dict[str, list[str]]:
     for info in model.graph.value_info:
         sources = _folded_sources(_marks(info).get(_FOLDED, ""))
         params = [p for p in placeholders if p in sources]
-        if info.name not in held or not params or (len(sources) == 1 and placeholders[params[0]] in named.get(
-                info.name, ())):
+        if info.name not in held or not params or all(placeholders[p] in named.get(info.name, ()) for p in params):
             continue
         for param in params:
             found.setdefault(param, []).append(info.name)
