@@ -6,9 +6,13 @@ network has no normalisation: a small CNN on three drawn shapes reached 27.5% wh
 module to 100%. Each such layer gets a BatchNormalization after it again, started so that the model
 computes what it did: its running mean and variance are the per-channel mean and variance of the layer's
 output over a sample of the training rows, its shift that mean and its scale the standard deviation, so in
-inference form it is the identity (a pretrained export keeps its function). Training normalises with each
-batch's statistics, as the module did, and the trained model keeps the new nodes (ONNX Runtime fuses each
-into its Conv when it loads the model).
+inference form it is the identity (a pretrained export keeps its function). A layer whose folded shift is
+zero had a fresh BatchNorm folded into it (running mean 0, variance 1, weight 1, bias 0: a module exported
+before training) and gets one again, as the module trains it: weight 1, bias 0, the identity in inference
+form too. (Started from the data's statistics instead, a fresh EfficientNet-B0 trained in train mode as it
+computes in eval mode, its logits 1e-15 for every image, and stayed at chance where PyTorch reaches 94%.)
+Training normalises with each batch's statistics, as the module did, and the trained model keeps the new
+nodes (ONNX Runtime fuses each into its Conv when it loads the model).
 """
 
 from __future__ import annotations
@@ -53,10 +57,22 @@ def channel_statistics(model: onnx.ModelProto, split: Split, values: Sequence[st
     return stats
 
 
-def with_batch_norms(model: onnx.ModelProto, stats: dict[str, tuple]) -> onnx.ModelProto:
+def fresh_batch_norms(model: onnx.ModelProto, layers: Sequence[onnx.NodeProto]) -> set[str]:
+    """The first outputs of those `layers` whose folded BatchNorm was fresh: their bias is all zeros, or gone (the
+    dynamo exporter drops a zero bias), where a BatchNorm with statistics leaves its shift."""
+    values = {t.name: t for t in model.graph.initializer}
+    fresh = set()
+    for node in layers:
+        bias = node.input[2] if len(node.input) > 2 else ""
+        if node.input[1] in values and not bias or bias in values and not np.any(numpy_helper.to_array(values[bias])):
+            fresh.add(node.output[0])
+    return fresh
+
+
+def with_batch_norms(model: onnx.ModelProto, stats: dict[str, tuple], fresh: set[str] = frozenset()) -> onnx.ModelProto:
     """`model` with a BatchNormalization after each node whose first output is a key of `stats` (its per-channel
-    mean and variance), started as the identity (module docstring). The node takes the output's name, so what
-    read it reads the normalised values."""
+    mean and variance) or in `fresh`, started as the identity (module docstring). The node takes the output's
+    name, so what read it reads the normalised values."""
     restored = onnx.ModelProto()
     restored.CopyFrom(model)
     graph = restored.graph
@@ -64,13 +80,17 @@ def with_batch_norms(model: onnx.ModelProto, stats: dict[str, tuple]) -> onnx.Mo
     nodes = []
     for node in graph.node:
         nodes.append(node)
-        if not node.output or node.output[0] not in stats:
+        if not node.output or node.output[0] not in stats and node.output[0] not in fresh:
             continue
         out = node.output[0]
-        mean, var = stats[out]
         prefix = _prefix(node)
         dtype = helper.tensor_dtype_to_np_dtype(dtypes.get(node.input[1], onnx.TensorProto.FLOAT))
-        tensors = dict(zip(TENSORS, (np.sqrt(var + EPSILON), mean, mean, var), strict=True))
+        if out in stats:
+            mean, var = stats[out]
+            tensors = dict(zip(TENSORS, (np.sqrt(var + EPSILON), mean, mean, var), strict=True))
+        else:  # PyTorch's fresh BatchNorm; variance 1 - eps: (y - 0) / sqrt(var + eps) is y
+            ones = np.ones(_channels(model, node))
+            tensors = dict(zip(TENSORS, (ones, 0 * ones, 0 * ones, ones - EPSILON), strict=True))
         graph.initializer.extend(numpy_helper.from_array(value.astype(dtype), f"{prefix}.{key}")
                                  for key, value in tensors.items())
         node.output[0] = f"{out}{SUFFIX}.input"
@@ -84,6 +104,15 @@ def with_batch_norms(model: onnx.ModelProto, stats: dict[str, tuple]) -> onnx.Mo
 def batch_norm_tensors(nodes: Sequence[onnx.NodeProto]) -> list[str]:
     """The initializers `with_batch_norms` makes for a BatchNorm after each of `nodes`."""
     return [f"{_prefix(node)}.{key}" for node in nodes for key in TENSORS]
+
+
+def _channels(model: onnx.ModelProto, node: onnx.NodeProto) -> int:
+    """The output channels of a Conv, ConvTranspose or Gemm layer, from its weight."""
+    w = next(t for t in model.graph.initializer if t.name == node.input[1])
+    attrs = {a.name: a.i for a in node.attribute}
+    if node.op_type == "ConvTranspose":
+        return w.dims[1] * attrs.get("group", 1)
+    return w.dims[0] if node.op_type == "Conv" or attrs.get("transB") else w.dims[1]
 
 
 def _prefix(node: onnx.NodeProto) -> str:

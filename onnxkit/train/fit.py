@@ -85,7 +85,12 @@ from onnxkit.signals import held_back
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.backends import DEFAULT, default_backend, get_backend
-from onnxkit.train.batchnorm_restore import batch_norm_tensors, channel_statistics, with_batch_norms
+from onnxkit.train.batchnorm_restore import (
+    batch_norm_tensors,
+    channel_statistics,
+    fresh_batch_norms,
+    with_batch_norms,
+)
 from onnxkit.train.callbacks import (
     MONITORS,
     BestModel,
@@ -785,16 +790,21 @@ class _Setup:
             folded = [node for node in folded if node not in lone]
         if not folded:
             return
-        stats = channel_statistics(self.model, self.dataset.train, [node.output[0] for node in folded])
-        self.model, self.target = with_batch_norms(self.model, stats), with_batch_norms(self.target, stats)
+        fresh = fresh_batch_norms(self.model, folded)
+        measured = [node.output[0] for node in folded if node.output[0] not in fresh]
+        stats = channel_statistics(self.model, self.dataset.train, measured) if measured else {}
+        self.model, self.target = (with_batch_norms(m, stats, fresh) for m in (self.model, self.target))
         self.restored = batch_norm_tensors(folded)
         self.types = value_types(self.model)
         self._select()
         names = first_few([node.name or node.output[0] for node in folded])
+        started = ("from the training data's statistics" if not fresh else "as the fresh BatchNorm the export's was "
+                   "(weight 1, bias 0)" if not measured else f"as a fresh BatchNorm (weight 1, bias 0) where the "
+                   f"export's was ({len(fresh)} of them: a zero shift), else from the training data's statistics")
         self.progress.line(f"PyTorch's exporter folded BatchNorm into {len(folded)} layer{'s' * (len(folded) > 1)} "
-                           f"({names}): each trains with a BatchNorm after it again, started from the training data's "
-                           "statistics so that the model computes what it did, and model.onnx keeps them (a CNN on "
-                           "drawn shapes: 27.5% without, 100% with, as PyTorch trains the module)")
+                           f"({names}): each trains with a BatchNorm after it again, started {started} so that the "
+                           "model computes what it did, and model.onnx keeps them (a CNN on drawn shapes: 27.5% "
+                           "without, 100% with, as PyTorch trains the module)")
 
     def _warn_about_weights(self) -> None:
         """A warning for weights that cannot train as the model was exported: Constant nodes, folded BatchNorms."""
