@@ -787,6 +787,8 @@ def test_the_report_says_which_way_the_metric_moved():
     assert row == ["96.38%", "96.10%", "-0.28", "points", "(worse)"]
     assert acc["change"] == pytest.approx(-0.28) and acc["drop"] == pytest.approx(0.28)
     assert reported(Score("accuracy", 0.9), Score("accuracy", 0.9))[1][2:] == ["+0.00", "points", "(same)"]
+    # a segmenter's pixel accuracy moving by 0.001 points read '+0.00 points (better)'
+    assert reported(Score("accuracy", 0.99998), Score("accuracy", 0.99999))[1][2:] == ["+0.001", "points", "(better)"]
 
 
 def test_printing_a_report_shows_its_table():

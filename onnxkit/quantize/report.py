@@ -39,7 +39,12 @@ def _x(r: float | None) -> str:
 def _change(accuracy: dict[str, Any]) -> str:
     """Quantized minus original, and which way that is: '-0.28 points (worse)', '-16.75 loss (better)'."""
     change = accuracy["change"]
-    shown = f"{change:+.2f}" if accuracy["unit"] == "points" else f"{change:+.4g}"
+    if accuracy["unit"] != "points":
+        shown = f"{change:+.4g}"
+    elif round(change, 2) or not change:
+        shown = f"{change:+.2f}"
+    else:  # under 0.005 points: '+0.00 points (better)' said nothing
+        shown = f"{change:+.2g}"
     drop = accuracy["drop"]
     return f"{shown} {accuracy['unit']} ({'worse' if drop > 0 else 'better' if drop < 0 else 'same'})"
 
