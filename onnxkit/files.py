@@ -336,7 +336,29 @@ def csv_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, list[str]]]]
     text = read_csv_text(path)
     delimiter = table_delimiter(path, next((line for line in text.splitlines() if line.strip()), ""))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    return delimiter, [(reader.line_num, row) for row in reader if row]
+    rows, start = [], 1
+    for row in reader:
+        if row:
+            rows.append((reader.line_num, row))
+            last_start = start
+        start = reader.line_num + 1
+    if rows and rows[-1][0] > last_start:  # the last row spans lines: a quote it opens may never close
+        _refuse_an_unclosed_quote(path, text, delimiter, last_start)
+    return delimiter, rows
+
+
+def _refuse_an_unclosed_quote(path: str | os.PathLike, text: str, delimiter: str, start: int) -> None:
+    """One error line when the row starting on line `start` opens a cell with a quote that no quote closes: the csv
+    module read the rest of the file into that cell (a TSV's '"Wow, what a match' made 300 rows 4, unsaid)."""
+    tail = "".join(text.splitlines(keepends=True)[start - 1:])
+    try:
+        for _ in csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise OnnxkitError(f"{path}:{start}: a cell there opens with a quote (\") that no quote closes, so the "
+                               "rest of the file would be read as that one cell; close the quote, or write the "
+                               "quote mark as two (\"\")") from None
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:

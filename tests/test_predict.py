@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
 
@@ -789,3 +790,22 @@ def test_a_folder_given_to_predict_says_to_use_ray(run_cli, iris, tmp_path):
                                             ".tif .tiff) in it or its subfolders: a folder, where one input file goes; "
                                             "give a file or a folder of images, or run over a folder's files with "
                                             "--ray (Ray Data)\n")
+
+
+def test_a_quote_that_never_closes_is_one_line_not_the_rest_of_the_file_as_one_cell(run_cli, words, tmp_path):
+    # a TSV text opening with a stray quote made predict answer 4 rows of 300, unsaid; train said the last line had
+    # 1 column; a quoted multi-line text that closes still reads
+    rows = "".join(f"text {i}\tpos\n" for i in range(20))
+    (tmp_path / "stray.tsv").write_text(f"text\tlabel\nfine\tneg\n\"Wow, what a match\tpos\n{rows}")
+    (tmp_path / "closed.csv").write_text('text,label\nfine,neg\n"two\nlines, and ""quotes""",pos\n')
+    expected = (1, f"error: {tmp_path / 'stray.tsv'}:3: a cell there opens with a quote (\") that no quote closes, "
+                   "so the rest of the file would be read as that one cell; close the quote, or write the quote mark "
+                   "as two (\"\")\n")
+    refused = run_cli("predict", words, "-i", tmp_path / "stray.tsv")
+    assert (refused.code, refused.err) == expected
+    from onnxkit.data import load_dataset
+
+    with pytest.raises(OnnxkitError, match=r"stray.tsv:3: a cell there opens with a quote"):
+        load_dataset(str(tmp_path / "stray.tsv"), model=onnx.load(words))
+    result = run_cli("predict", words, "-i", tmp_path / "closed.csv")
+    assert result.code == 0 and len(result.out.splitlines()) == 3
