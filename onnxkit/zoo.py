@@ -49,6 +49,20 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:
             raise OnnxkitError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        _check_class_names(self.labels)
+
+
+def _check_class_names(labels: Sequence[str] | None) -> None:
+    """One error for class names that are empty or given twice (`labels=a,a,b`): data labelled `a` trained one of
+    the two outputs, and `eval` and `predict` answered a class no name told apart."""
+    names = [str(n) for n in labels or ()]
+    if any(not n.strip() for n in names):
+        raise OnnxkitError(f"class {names.index(next(n for n in names if not n.strip()))} has no name among the "
+                           "labels; give each class a name")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise OnnxkitError(f"the labels name more than one class {' and '.join(map(repr, twice))}; give each class "
+                           "its own name")
 
 
 def names() -> list[str]:

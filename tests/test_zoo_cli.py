@@ -144,6 +144,12 @@ def only_files(folder) -> list[str]:
         (["build", "digits-mlp", "--set", "dropout=1.5"],  # a layer refusing the value: exit 1, naming no option
          "error: Invalid value for --set: digits-mlp with dropout=1.5: Dropout: p must be in [0, 1), got 1.5 "),
         (["build", "missing_file.py"], "no such file"),
+        # a typo's twice-given or empty class name built: data labelled 'biz' trained one of its two outputs
+        (["build", "bert-classifier", "--set", "num_layers=1", "--set", "num_classes=3", "--set",
+          "labels=biz,biz,tech"],
+         "labels=biz,biz,tech: the labels name more than one class 'biz'; give each class its own name"),
+        (["build", "bert-classifier", "--set", "num_layers=1", "--set", "num_classes=3", "--set", "labels=a,,b"],
+         "class 1 has no name among the labels; give each class a name"),
     ],
 )
 def test_build_bad_input_is_one_clear_line(args, message, tmp_path, run_cli):
