@@ -809,3 +809,11 @@ def test_a_quote_that_never_closes_is_one_line_not_the_rest_of_the_file_as_one_c
         load_dataset(str(tmp_path / "stray.tsv"), model=onnx.load(words))
     result = run_cli("predict", words, "-i", tmp_path / "closed.csv")
     assert result.code == 0 and len(result.out.splitlines()) == 3
+
+
+def test_a_utf16_csv_of_texts_is_said_to_be_utf16(run_cli, words, tmp_path):
+    # Excel's 'Unicode text' is UTF-16: predict said 'no column is headed text', where train named the encoding
+    (tmp_path / "texts.csv").write_text("text,label\nfine,pos\n", encoding="utf-16")
+    result = run_cli("predict", words, "-i", tmp_path / "texts.csv")
+    assert (result.code, result.err) == (1, f"error: {tmp_path / 'texts.csv'}: not UTF-8 text (byte 0xff on line 1, "
+                                            "it is UTF-16); save it as UTF-8\n")

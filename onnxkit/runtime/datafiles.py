@@ -191,14 +191,20 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
 
 
 def holds_texts(path: str | os.PathLike) -> bool:
-    """Whether an input file is texts: a .txt, or a .csv whose header has a 'text' column."""
+    """Whether an input file is texts: a .txt, or a .csv whose header has a 'text' column. A first line that is not
+    UTF-8 is the error reading the file gives (a UTF-16 CSV was 'no column is headed text')."""
     path = Path(path)
     if path.suffix.lower() == ".txt":
         return True
     if path.suffix.lower() not in TABLE_SUFFIXES or not path.is_file():
         return False
-    with path.open(encoding="utf-8-sig", errors="replace") as f:
-        line = f.readline()
+    with path.open("rb") as f:
+        first = f.readline()
+    try:
+        line = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        read_text_file(path)  # raises, naming the byte, its line and UTF-16
+        raise
     header = next(csv.reader([line], delimiter=table_delimiter(path, line)), [])
     return text_column(header) is not None
 
