@@ -95,3 +95,31 @@ def test_a_rank_not_below_the_weights_smaller_side_is_warned_of(small_bert):
     (note,) = full.notes()
     assert note.startswith("warning: LoRA rank 32 is not below the smaller side of 4 adapted weights (")
     assert "encoder.0.attn.q.weight 32x32" in note and "--lora-rank" in note
+
+
+def test_the_text_transformers_head_trains_beside_the_adapters_and_a_model_without_one_is_warned_of(small_bert):
+    # the zoo's text-transformer names its new head 'head.*': --lora-rank trained the adapters alone beside the
+    # random head it was built with, unsaid (a 3-class text CSV, 30 epochs: 80.0% test accuracy; 81.7% with the head)
+    from onnxkit.train.lora import LoraAdapter
+
+    text = zoo.build_model("text-transformer", vocab_size=50, max_len=16, dim=16, heads=2, ff_dim=32, num_layers=1,
+                           num_classes=3)
+    adapter = LoraAdapter(LoraConfig(rank=2))
+    adapted = adapter.apply(text)
+    assert [n for n in adapter.trainable(adapted) if not n.endswith((".lora_A", ".lora_B"))] == \
+        ["head.weight", "head.bias"]
+    assert adapter.notes() == []
+    bert = LoraAdapter(LoraConfig(rank=2))
+    assert "classifier.weight" in bert.trainable(bert.apply(small_bert)) and bert.notes() == []
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(text)
+    for t in renamed.graph.initializer:
+        t.name = t.name.replace("head.", "out.")
+    for node in renamed.graph.node:
+        node.input[:] = [n.replace("head.", "out.") for n in node.input]
+    headless = LoraAdapter(LoraConfig(rank=2))
+    headless.apply(renamed)
+    (note,) = headless.notes()
+    assert note.startswith("warning: LoRA trains the adapters alone: no parameter matches classifier.* or head.*")
+    named = LoraAdapter(LoraConfig(rank=2), train=["out.*"])
+    assert "out.weight" in named.trainable(named.apply(renamed)) and named.notes() == []

@@ -79,7 +79,7 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("--lora-targets", multiple=True, metavar="GLOB",
               help="MatMul weights to adapt (repeatable; default: '*attn.q.weight' '*attn.v.weight').")
 @click.option("--lora-train", multiple=True, metavar="GLOB",
-              help="Also train these parameters fully (repeatable; default: a 'classifier.*' head).")
+              help="Also train these parameters fully (repeatable; default: a 'classifier.*' or 'head.*' head).")
 @click.option("--standardize/--no-standardize", default=None,
               help="Put the training split's feature mean/std in the model as its first node (and, for regression, "
               "scale the targets and un-scale the output in the graph); the model keeps taking raw features. "

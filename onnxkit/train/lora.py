@@ -31,7 +31,7 @@ from onnxkit.metadata_keys import LORA_KEY
 
 DEFAULT_TARGETS = ("*attn.q.weight", "*attn.v.weight")
 ALL_ATTENTION = ("*attn.q.weight", "*attn.k.weight", "*attn.v.weight", "*attn.out.weight")
-DEFAULT_HEAD = "classifier.*"  # a new task head, trained fully next to the adapters
+DEFAULT_HEADS = ("classifier.*", "head.*")  # a new task head (bert-classifier's, text-transformer's), trained fully
 _A, _B = ".lora_A", ".lora_B"
 
 
@@ -153,7 +153,7 @@ def merge_adapters(original: onnx.ModelProto, adapted: onnx.ModelProto) -> onnx.
 
 class LoraAdapter:
     """LoRA as a `fit(adapter=...)` graph adapter: adds the adapters before training, trains them
-    (plus the parameters matching `train` globs, by default a `classifier.*` head when there is one),
+    (plus the parameters matching `train` globs, by default a `classifier.*` or `head.*` head when there is one),
     and merges them into the original graph when the trained model is written."""
 
     def __init__(self, config: LoraConfig, train: Sequence[str] | None = None) -> None:
@@ -179,12 +179,25 @@ class LoraAdapter:
         return adapted
 
     def notes(self) -> list[str]:
-        """Warnings about the adapted graph: adapters no smaller than the weight they adapt."""
+        """Warnings about the adapted graph: adapters no smaller than the weight they adapt; no head to train."""
         if self._original is None:
             return []
-        weights = _matmul_weights(self._original)
+        return self._no_head(self._original) + self._rank_notes(self._original)
+
+    def _no_head(self, original: onnx.ModelProto) -> list[str]:
+        """A warning when no head trains beside the adapters by default: a new head would stay as built (random)."""
+        names = [t.name for t in original.graph.initializer]
+        if self.train is not None or _default_head(names):
+            return []
+        return [f"warning: LoRA trains the adapters alone: no parameter matches {' or '.join(DEFAULT_HEADS)}, the "
+                "task head trained beside them by default; a new head would stay as built (random): name its "
+                "parameters with --lora-train 'NAME.*'"]
+
+    def _rank_notes(self, original: onnx.ModelProto) -> list[str]:
+        """A warning for adapters no smaller than the weight they adapt."""
+        weights = _matmul_weights(original)
         rank = self.config.rank
-        targets = target_weights(self._original, self.config.targets)
+        targets = target_weights(original, self.config.targets)
         full = [f"{w} {'x'.join(map(str, weights[w].dims))}" for w in targets if rank >= min(weights[w].dims)]
         if not full:
             return []
@@ -194,7 +207,7 @@ class LoraAdapter:
 
     def trainable(self, model: onnx.ModelProto) -> list[str]:
         names = [t.name for t in model.graph.initializer if not is_adapter(t.name)]
-        extra: list[str] = fnmatch.filter(names, DEFAULT_HEAD) if self.train is None else []
+        extra: list[str] = _default_head(names) if self.train is None else []
         for pattern in self.train or ():
             hits = fnmatch.filter(names, pattern)
             if not hits:
@@ -206,3 +219,8 @@ class LoraAdapter:
         if self._original is None:
             raise OnnxkitError("LoraAdapter.merge called before apply")
         return merge_adapters(self._original, model)
+
+
+def _default_head(names: Sequence[str]) -> list[str]:
+    """The parameters of a task head among `names`, trained beside the adapters unless `train` globs are given."""
+    return [n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in DEFAULT_HEADS)]
