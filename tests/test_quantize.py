@@ -743,6 +743,15 @@ def test_latency_figures_timed_on_a_busy_cpu_are_said_to_be_unsteady(monkeypatch
     assert slow.slower_note() is None and "0.14x-10.50x at batch 64" in slow.unsteady_note()
 
 
+def test_the_timed_models_threads_stop_spinning_when_a_run_returns():
+    # the models run in turn: one's idle threads spinning on took cores from the next one's run, so a quiet CPU's
+    # figures were inflated (a small transformer's fp32 at batch 64: 104 ms timed beside its int8, 76 ms now) and
+    # called unsteady; a copy of a model timed 66 against 51 ms beside itself
+    from onnxkit.quantize import latency
+
+    assert latency.session_options(2).get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_latency_timed_on_random_inputs_says_their_shapes():
     """Without --eval the third-party paraphrase-MiniLM was timed on random 128-token inputs, and its report said
     nothing of it (fp32 b1 71.4 ms there, 32 ms on its 64-token texts): the figures could not be reproduced."""
