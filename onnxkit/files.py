@@ -412,10 +412,15 @@ def is_missing(cell: str) -> bool:
 def sha256(path: str | os.PathLike) -> str:
     """The hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
+    _digest_file(digest, path)
+    return digest.hexdigest()
+
+
+def _digest_file(digest: Any, path: str | os.PathLike) -> None:
+    """Feed a file's bytes to `digest`, a megabyte at a time."""
     with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
 
 
 def model_sha256(path: str | os.PathLike, model: onnx.ModelProto) -> str:
@@ -427,11 +432,10 @@ def model_sha256(path: str | os.PathLike, model: onnx.ModelProto) -> str:
         return sha256(path)
     folder = model_location(path, model).parent
     digest = hashlib.sha256()
-    for name, file in ((None, Path(path)), *((f, folder / f) for f in files)):
-        digest.update(b"" if name is None else b"\0" + name.encode() + b"\0")
-        with file.open("rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                digest.update(block)
+    _digest_file(digest, path)
+    for name in files:
+        digest.update(b"\0" + name.encode() + b"\0")
+        _digest_file(digest, folder / name)
     return digest.hexdigest()
 
 

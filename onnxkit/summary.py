@@ -144,16 +144,18 @@ def _file_bytes(path: Path, model: onnx.ModelProto, parameter_bytes: int) -> tup
     names: read from `model` as loaded without its weights (`load_model(..., load_weights=False)`); loaded
     with them, its tensors no longer say where their data came from, so a file smaller than its
     parameters is read again without them."""
-    files = weight_files(model)
-    if not files and os.path.getsize(path) < parameter_bytes:
-        return file_bytes(path), weight_files(onnx.load(str(path), load_external_data=False))
-    folder = model_location(path, model).parent
-    return os.path.getsize(path) + sum((folder / f).stat().st_size for f in files), files
+    if not weight_files(model) and os.path.getsize(path) < parameter_bytes:
+        model = onnx.load(str(path), load_external_data=False)
+    return _with_weight_files(path, model), weight_files(model)
 
 
 def file_bytes(path: str | os.PathLike) -> int:
     """The size on disk of the model file at `path` and of the weight files beside it that its tensors name."""
-    model = onnx.load(str(path), load_external_data=False)
+    return _with_weight_files(path, onnx.load(str(path), load_external_data=False))
+
+
+def _with_weight_files(path: str | os.PathLike, model: onnx.ModelProto) -> int:
+    """The bytes of the model file at `path` and of the weight files `model` (as loaded from it) names."""
     folder = model_location(path, model).parent
     return os.path.getsize(path) + sum((folder / f).stat().st_size for f in weight_files(model))
 
