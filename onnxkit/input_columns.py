@@ -28,16 +28,20 @@ def one_value_a_row(spec: Any) -> bool:
         len(shape) == 1 or len(shape) == 2 and shape[1] in (1, None))
 
 
+def reads_by_column(inputs: Sequence[Any]) -> bool:
+    """Whether a model with these inputs may read a CSV a column per input: a value a row in each, and several
+    inputs or a string one (a lone numeric input takes the feature columns in one array)."""
+    return bool(inputs) and all(one_value_a_row(s) for s in inputs) and (
+        len(inputs) > 1 or inputs[0].dtype.kind in "OSU")
+
+
 def input_columns(path: Path, header: Sequence[str] | None, inputs: Sequence[Any],
                   label: int | None = None) -> dict[str, int] | None:
-    """Each input's column (its index in `header`, the label column `label` aside) when the model takes a value a
-    row in each input and has several, or a string one; a lone string input not named by a column takes the
-    `text` column. None when no column is named so (the caller reads the file as before); an error naming the
-    inputs no column is headed by when only some are."""
-    if not header or not inputs or not all(one_value_a_row(s) for s in inputs):
-        return None
-    strings = [s for s in inputs if s.dtype.kind in "OSU"]
-    if len(inputs) == 1 and not strings:
+    """Each input's column (its index in `header`, the label column `label` aside) when the model reads a CSV a
+    column per input (`reads_by_column`); a lone string input not named by a column takes the `text` column. None
+    when no column is named so (the caller reads the file as before); an error naming the inputs no column is
+    headed by when only some are."""
+    if not header or not reads_by_column(inputs):
         return None
     names = [h.strip() for h in header]
     found = {s.name: names.index(s.name) for s in inputs if s.name in names and names.index(s.name) != label}

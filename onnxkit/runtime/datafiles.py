@@ -42,7 +42,7 @@ from onnxkit.files import (
     write_bytes,
     write_text,
 )
-from onnxkit.input_columns import input_arrays, input_columns
+from onnxkit.input_columns import input_arrays, input_columns, reads_by_column
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
@@ -347,8 +347,9 @@ def _without_labels(arrays: dict[str, np.ndarray], model: Model) -> dict[str, np
 
 def _csv_inputs(path: Path, model: Model) -> dict[str, np.ndarray] | None:
     """A CSV's columns headed by the model's input names, as those inputs (`input_columns`); None for another
-    CSV (or a model that carries a tokenizer: its texts are read from the 'text' column)."""
-    if carries_tokenizer(model):
+    CSV (or a model that carries a tokenizer: its texts are read from the 'text' column). A model that does not read
+    a CSV by column returns at once: the file is then read once, by `_read_csv`."""
+    if carries_tokenizer(model) or not reads_by_column(model.inputs):
         return None
     numbered = read_csv_rows(path)
     rows = [row for _, row in numbered]
