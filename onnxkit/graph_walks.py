@@ -41,6 +41,15 @@ def node_reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def output_channels(node: onnx.NodeProto, weight: onnx.TensorProto) -> int:
+    """The output channels of a Conv, ConvTranspose or Gemm layer, from its weight: Conv's [out, in / group, ...],
+    ConvTranspose's [in, out / group, ...], Gemm's [in, out] ([out, in] with transB)."""
+    attrs = {a.name: a.i for a in node.attribute}
+    if node.op_type == "ConvTranspose":
+        return weight.dims[1] * attrs.get("group", 1)
+    return weight.dims[0] if node.op_type == "Conv" or attrs.get("transB") else weight.dims[1]
+
+
 def ancestors(model: onnx.ModelProto, *names: str, stop: Callable[[onnx.NodeProto], bool] | None = None) -> set[str]:
     """Every value name `names` depend on (including themselves), through subgraphs' reads too; `stop(node)`: a
     node whose inputs are not followed (its outputs still count)."""

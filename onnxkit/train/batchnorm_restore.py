@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxkit.data import Split
+from onnxkit.graph_walks import output_channels
 
 SAMPLE_ROWS = 256  # training rows the statistics are taken over
 BATCH = 16  # rows a run: every folded layer's output for them is held at once (a ResNet's, at 224 x 224)
@@ -89,7 +90,7 @@ def with_batch_norms(model: onnx.ModelProto, stats: dict[str, tuple], fresh: set
             mean, var = stats[out]
             tensors = dict(zip(TENSORS, (np.sqrt(var + EPSILON), mean, mean, var), strict=True))
         else:  # PyTorch's fresh BatchNorm; variance 1 - eps: (y - 0) / sqrt(var + eps) is y
-            ones = np.ones(_channels(model, node))
+            ones = np.ones(output_channels(node, next(t for t in model.graph.initializer if t.name == node.input[1])))
             tensors = dict(zip(TENSORS, (ones, 0 * ones, 0 * ones, ones - EPSILON), strict=True))
         graph.initializer.extend(numpy_helper.from_array(value.astype(dtype), f"{prefix}.{key}")
                                  for key, value in tensors.items())
@@ -104,15 +105,6 @@ def with_batch_norms(model: onnx.ModelProto, stats: dict[str, tuple], fresh: set
 def batch_norm_tensors(nodes: Sequence[onnx.NodeProto]) -> list[str]:
     """The initializers `with_batch_norms` makes for a BatchNorm after each of `nodes`."""
     return [f"{_prefix(node)}.{key}" for node in nodes for key in TENSORS]
-
-
-def _channels(model: onnx.ModelProto, node: onnx.NodeProto) -> int:
-    """The output channels of a Conv, ConvTranspose or Gemm layer, from its weight."""
-    w = next(t for t in model.graph.initializer if t.name == node.input[1])
-    attrs = {a.name: a.i for a in node.attribute}
-    if node.op_type == "ConvTranspose":
-        return w.dims[1] * attrs.get("group", 1)
-    return w.dims[0] if node.op_type == "Conv" or attrs.get("transB") else w.dims[1]
 
 
 def _prefix(node: onnx.NodeProto) -> str:

@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxkit.errors import first_few
+from onnxkit.graph_walks import output_channels
 from onnxkit.metadata_keys import PADDING_ROW_KEY
 
 # what PyTorch's dynamo exporter writes in the value_info of each initializer it makes
@@ -303,11 +304,8 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
                 tensor.CopyFrom(values[node.input[i]])
             else:  # the removed bias: zeros, one per output channel
                 w = values[node.input[1]]
-                attrs = {a.name: a.i for a in node.attribute}
-                width = w.dims[0] if node.op_type == "Conv" or attrs.get("transB") else \
-                    w.dims[1] * attrs.get("group", 1)  # (a ConvTranspose's weight: [in, out / group, ...])
                 tensor.CopyFrom(onnx.numpy_helper.from_array(
-                    np.zeros(width, helper.tensor_dtype_to_np_dtype(w.data_type))))
+                    np.zeros(output_channels(node, w), helper.tensor_dtype_to_np_dtype(w.data_type))))
             tensor.name = own
             made.append(own)
             values[own] = tensor
