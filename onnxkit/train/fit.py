@@ -46,6 +46,7 @@ from onnxkit.data.text import TextSplit
 from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.evaluate import (
     LOSS_TASK,
+    Scorer,
     check_targets,
     evaluate,
     fixed_batch_size,
@@ -54,7 +55,6 @@ from onnxkit.evaluate import (
     padded,
     predictions,
     r2,
-    score,
 )
 from onnxkit.files import (
     TABLE_SUFFIXES,
@@ -1117,21 +1117,21 @@ class _Setup:
         return self.backend.open(run.artifacts, device=self.device, threads=self.threads)
 
     @functools.cached_property
-    def _validation(self) -> tuple[list[tuple[dict[str, np.ndarray], int]], np.ndarray]:
+    def _validation(self) -> tuple[list[tuple[dict[str, np.ndarray], int]], Scorer]:
         """The validation batches (padded to a fixed batch size, with their real row counts) and
-        targets, made once: every epoch evaluates the same ones."""
+        the scorer of their targets, made once: every epoch evaluates the same ones."""
         size = self.fixed or self.config.eval_batch_size or self.config.batch_size
         split = self.splits["validation"]
         batches = [(padded(feeds, self.fixed), len(labels)) for feeds, labels in split.batches(size)]
-        return batches, self.targets(self.dataset.validation.labels)
+        return batches, Scorer(self.targets(self.dataset.validation.labels), self.task, loss=self.loss.name,
+                               num_classes=self.num_classes, probabilities=self.probabilities, axis=self.loss.axis)
 
     def validate(self, session: TrainingSession) -> Record:
         """The epoch record's validation entries."""
-        batches, targets = self._validation
-        outputs = np.concatenate([session.eval_step(feeds)[:rows] for feeds, rows in batches])
-        metrics = score(outputs, targets, self.task, loss=self.loss.name, num_classes=self.num_classes,
-                        probabilities=self.probabilities, axis=self.loss.axis)
-        return {f"val_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "macro_f1")}
+        batches, scorer = self._validation
+        outputs = [session.eval_step(feeds)[:rows] for feeds, rows in batches]
+        metrics = scorer(np.concatenate(outputs) if len(outputs) > 1 else outputs[0])
+        return {f"val_{k}": metrics[k] for k in ("loss", "accuracy", "macro_f1") if k in metrics}
 
 
 def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResult:
