@@ -39,6 +39,10 @@ from onnxkit.train.distributed import rank
 ACTION, AT_STEP = sys.argv[3], int(sys.argv[4])
 STEP = [0]
 
+if ACTION == "kill":  # the first checkpoint after epoch 1, as in a run longer than a second
+    from onnxkit.train import trainer
+    trainer.FIRST_CHECKPOINT_SECONDS = 0.0
+
 if ACTION == "late-interrupt":  # SIGINT to rank 1 just after the ranks agreed not to stop at step AT_STEP
     from onnxkit.train import distributed
     agree = distributed.World.allreduce

@@ -21,7 +21,7 @@ import pytest
 from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import load_model
-from onnxkit.train import TrainingInterrupted, fit
+from onnxkit.train import TrainingInterrupted, fit, trainer
 from onnxkit.train.callbacks import Callback
 from onnxkit.train.run_directory import RunDirectory
 
@@ -257,6 +257,7 @@ def test_a_disk_that_fills_mid_run_says_how_to_go_on_and_cuts_no_metrics_line(tm
             if record["epoch"] == 2:  # after the first epoch's checkpoint: every later file fails to land
                 monkeypatch.setattr(os, "replace", no_space)
 
+    monkeypatch.setattr(trainer, "FIRST_CHECKPOINT_SECONDS", 0.0)  # a checkpoint after the first epoch
     run = tmp_path / "run"
     with pytest.raises(DiskError, match=r"No space left on device; free some space or write somewhere else; then "
                                         rf"continue the run from its last checkpoint with resume={run}$"):
@@ -316,6 +317,7 @@ def test_a_kill_between_a_checkpoints_two_files_leaves_the_one_before_whole(iris
         completed(self, saved, checkpoint)
 
     monkeypatch.setattr(RunDirectory, "save_loop_state", killed)
+    monkeypatch.setattr(trainer, "FIRST_CHECKPOINT_SECONDS", 0.0)  # checkpoints after the first epoch and the last
     with pytest.raises(Killed):
         fit(iris, out_dir=tmp_path / "run", **settings)
     monkeypatch.undo()

@@ -58,6 +58,7 @@ class Recorder(Callback):
 
 def test_hooks_run_in_order_and_metrics_are_written_at_epoch_ends(tmp_path, monkeypatch):
     monkeypatch.setattr(MetricsWriter, "FLUSH_SECONDS", 0.0)  # every epoch end is due a write
+    monkeypatch.setattr(trainer_module, "FIRST_CHECKPOINT_SECONDS", 0.0)  # a checkpoint after the first epoch
     recorder = Recorder()
     fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[recorder], **SETTINGS)
     calls = [c for c in recorder.calls if c != "checkpoint"]
@@ -91,9 +92,37 @@ def test_keys_a_callback_adds_to_an_epochs_record_reach_its_line(tmp_path, monke
     assert epochs == json.loads(json.dumps(result.history))
 
 
+def test_a_run_shorter_than_a_second_checkpoints_and_writes_metrics_only_at_its_end(tmp_path, monkeypatch):
+    # a checkpoint costs ~1% of a 0.3 s run (a fresh process's first one, ~3 ms): none comes before 1 s of training,
+    # nor metrics.jsonl lines (recorded epochs mean a checkpoint was written); a run killed sooner starts again
+    monkeypatch.setattr(MetricsWriter, "FLUSH_SECONDS", 0.0)  # every epoch start after a checkpoint is due a write
+    recorder = Recorder()
+    fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[recorder], **SETTINGS)
+    assert recorder.calls.count("checkpoint") == 1 and recorder.calls[-2:] == ["checkpoint", "train_end completed"]
+    assert set(recorder.lines_at_step.values()) == {0}
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
+
+
+def test_the_first_checkpoint_comes_after_the_first_epoch_that_ends_a_second_into_training(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: clock[0])
+
+    class Ticking(Recorder):
+        def on_step_end(self, trainer, record) -> None:
+            super().on_step_end(trainer, record)
+            clock[0] += 0.2  # 0.6 s an epoch
+
+    recorder = Ticking()
+    fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[recorder], **SETTINGS)
+    # 0.6 s at epoch 1's end: none; 1.2 s at epoch 2's: the first; then one after the last
+    events = [c.split(" best")[0] for c in recorder.calls if c.startswith("epoch_end") or c == "checkpoint"]
+    assert events == ["epoch_end 1", "epoch_end 2", "checkpoint", "epoch_end 3", "checkpoint"]
+
+
 def test_metrics_of_short_epochs_wait_for_a_checkpoint_or_the_end(tmp_path, monkeypatch):
     monkeypatch.setattr(MetricsWriter, "FLUSH_SECONDS", 1e9)  # no epoch end is due a write
     monkeypatch.setattr(trainer_module, "CHECKPOINT_SHARE", 1e-9)  # nor a checkpoint, however slow the machine
+    monkeypatch.setattr(trainer_module, "FIRST_CHECKPOINT_SECONDS", 0.0)  # but the first, after epoch 1
     recorder = Recorder()
     fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[recorder], **SETTINGS)
     # the first checkpoint (after epoch 1) writes epoch 1's 4 lines; the rest come when training stops

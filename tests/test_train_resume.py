@@ -97,11 +97,14 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
         fit(resume=run)
 
 
-def test_a_stop_on_an_epochs_last_step_leaves_one_record_of_that_epoch_through_a_second_crash(tmp_path):
-    # Ctrl-C on epoch 2's last step, then a crash while the resumed run checkpointed (after its metrics were
-    # written): the next resume kept the ended epoch 2's record and wrote it again
+def test_a_stop_on_an_epochs_last_step_leaves_one_record_of_that_epoch_through_a_second_crash(tmp_path, monkeypatch):
+    # Ctrl-C on epoch 2's last step, then a crash while the resumed run checkpointed after epoch 3 (after its metrics
+    # were written): the next resume kept the ended epoch 2's record and wrote it again
     from onnxkit import zoo
+    from onnxkit.train import trainer
     from onnxkit.train.callbacks import Callback
+
+    monkeypatch.setattr(trainer, "FIRST_CHECKPOINT_SECONDS", 0.0)  # a checkpoint after epoch 3
 
     settings = dict(data="iris", epochs=4, batch_size=16)  # 90 training rows: 6 steps an epoch
 
@@ -156,24 +159,31 @@ def test_ctrl_c_on_the_command_line_saves_a_checkpoint(tmp_path):
 
 
 def test_sigterm_on_the_command_line_saves_a_checkpoint_and_the_run_resumes(tmp_path):
-    # what a scheduler or `kill` sends: handled like Ctrl-C; 135 steps per epoch
-    run, status, err = interrupted_cli_run(tmp_path, signal.SIGTERM, "--batch-size", "8", "--steps", "4000", "--quiet")
+    # what a scheduler or `kill` sends: handled like Ctrl-C; 135 steps per epoch, the signal sent once the first
+    # checkpoint (after 1 s of training) wrote metrics.jsonl's first lines
+    run, status, err = interrupted_cli_run(tmp_path, signal.SIGTERM, "--batch-size", "8", "--steps", "40000",
+                                           "--quiet")
     assert status == 143, err
     assert "checkpoint saved to" in err and f"onnxkit train --resume {run}" in err
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     step = json.loads((run / "checkpoints" / "last.json").read_text())["step"]
-    assert 135 <= step < 4000 and f"after step {step}:" in err
+    assert 135 <= step < 40000 and f"after step {step}:" in err
     steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "step"]
     assert steps == list(range(1, step + 1))  # every line up to the checkpoint, none after it
 
     resumed = fit(resume=run)
-    assert resumed.metrics["steps"] == 4000 and resumed.model_path.is_file()
+    assert resumed.metrics["steps"] == 40000 and resumed.model_path.is_file()
     steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "step"]
-    assert steps == list(range(1, 4001))
+    assert steps == list(range(1, 40001))
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
 
 
-def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, run_cli):
+@pytest.mark.parametrize("first_checkpoint_seconds", [0.0, 1.0])
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, run_cli, monkeypatch,
+                                                                    first_checkpoint_seconds):
+    from onnxkit.train import trainer
+
+    monkeypatch.setattr(trainer, "FIRST_CHECKPOINT_SECONDS", first_checkpoint_seconds)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y"])],
         "linear",
@@ -191,7 +201,12 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ru
                      "--lr", "1e9", "--batch-size", "100", "--epochs", "20", "-o", run)
     assert result.code == 1
     assert "error: training stopped: the loss became" in result.err, result.err
-    assert "the last good checkpoint is" in result.err and "--lr" in result.err
+    assert "--lr" in result.err
+    if first_checkpoint_seconds:  # it diverged in its first second: no checkpoint, and the failed run is not kept
+        assert "; it had not yet written a checkpoint. Lower the learning rate" in result.err, result.err
+        assert not run.exists()
+        return
+    assert "the last good checkpoint is" in result.err
     assert not (run / "model.onnx").exists()
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "failed" and "loss became" in info["error"]

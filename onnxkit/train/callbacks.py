@@ -75,7 +75,7 @@ class NanGuard(Callback):
         kept = (
             f"the last good checkpoint is {trainer.run.last_checkpoint}"
             if trainer.run.has_checkpoint()
-            else "no epoch finished, so no checkpoint was written"
+            else "it had not yet written a checkpoint"
         )
         raise OnnxkitError(
             f"training stopped: the loss became {loss} in epoch {trainer.state.epoch + 1} at step "
@@ -138,12 +138,12 @@ class EarlyStopping(Callback):
 
 
 class MetricsWriter(Callback):
-    """metrics.jsonl: every record, one JSON line each, buffered and written at the start of an
-    epoch FLUSH_SECONDS or more after the last write, before each checkpoint (so a
-    resumed run can cut the file at the checkpoint's step) and when training stops: after every
-    callback's on_epoch_end, so the keys they add to an epoch's record are in its line. A crash
-    loses only lines after the last checkpoint, which a resumed run redoes anyway. `records`
-    holds them all."""
+    """metrics.jsonl: every record, one JSON line each, buffered and written before each checkpoint
+    (so a resumed run can cut the file at the checkpoint's step), at the start of an epoch
+    FLUSH_SECONDS or more after the last write once the run has a checkpoint (so recorded epochs
+    mean a checkpoint was written), and when training stops: after every callback's on_epoch_end,
+    so the keys they add to an epoch's record are in its line. A crash loses only lines after the
+    last checkpoint, which a resumed run redoes anyway. `records` holds them all."""
 
     FLUSH_SECONDS = 1.0  # short epochs: one write a second, not one each (~160 us an epoch here)
 
@@ -152,16 +152,18 @@ class MetricsWriter(Callback):
         self._pending: list[Record] = []
         self._file: BinaryIO | None = None
         self._written = 0.0  # time.monotonic() of the last write
+        self._checkpointed = False  # whether the run has a checkpoint
 
     def on_train_begin(self, trainer: Trainer) -> None:
         self._file = self.run.metrics.open("ab", buffering=0)
+        self._checkpointed = self.run.has_checkpoint()
 
     def on_step_end(self, trainer: Trainer, record: Record) -> None:
         self.records.append(record)
         self._pending.append(record)
 
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
-        if time.monotonic() - self._written >= self.FLUSH_SECONDS:
+        if self._checkpointed and time.monotonic() - self._written >= self.FLUSH_SECONDS:
             self.flush()
 
     def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
@@ -169,6 +171,7 @@ class MetricsWriter(Callback):
 
     def on_checkpoint(self, trainer: Trainer) -> None:
         self.flush()
+        self._checkpointed = True
 
     def on_train_end(self, trainer: Trainer, status: str) -> None:
         self.flush()

@@ -97,7 +97,7 @@ class RunDirectory:
                                "start a new one")
         run._mark_if_killed()
         if not run.checkpoints.is_dir():
-            if run._ended_an_epoch():  # each epoch ends with a checkpoint: it restarted, then failed to write one
+            if run._ended_an_epoch():  # epochs are recorded once a checkpoint is: it had one, and lost it
                 raise OnnxkitError(f"{run.path} has lost its checkpoints ({run.checkpoints} is missing); the run "
                                    "cannot be resumed, start a new one")
             run.checkpoints.mkdir()  # a data-parallel worker's copy of a run stopped before its first checkpoint

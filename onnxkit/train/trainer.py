@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import signal
 import time
@@ -25,6 +24,7 @@ from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule
 
 CHECKPOINT_SHARE = 0.005  # epoch-end checkpoints may take at most this share of the training time
+FIRST_CHECKPOINT_SECONDS = 1.0  # none before this much training: a run killed sooner restarts, losing less
 
 
 @dataclass
@@ -73,9 +73,10 @@ class Trainer:
 
     `validate(session)` returns the epoch record's validation entries (val_loss, ...), or
     is None without a validation split. Checkpoints go to `run`'s checkpoints folder (`RunDirectory`):
-    after the first epoch, then after each epoch that ends at least 1/CHECKPOINT_SHARE times
-    the last checkpoint's duration after it (every epoch unless epochs are short), after the
-    last epoch, and when stopped by a signal. Callbacks may read `session`, `state`, `epochs`
+    after the first epoch that ends FIRST_CHECKPOINT_SECONDS or more into this process's training,
+    then after each epoch that ends at least 1/CHECKPOINT_SHARE times the last checkpoint's duration
+    after it (every epoch unless epochs are short), after the last epoch, and when stopped by a
+    signal. Callbacks may read `session`, `state`, `epochs`
     and `batches_per_epoch`, call `log`, and set `stop_training` (set during an epoch, it ends
     that epoch after the current optimizer step); a KeyboardInterrupt one raises
     (but in `on_train_end`) stops the loop as Ctrl-C at that point does.
@@ -98,6 +99,7 @@ class Trainer:
         self.session, self.train, self.config, self.run = session, train, config, run
         self.epochs, self.schedule, self.validate, self.log = epochs, schedule, validate, log
         self.callbacks = list(callbacks)
+        self._hooks: dict[str, list[Callable[..., None]]] = {}  # by hook name: see _overriding
         self.drop_last = drop_last  # whole batches only (a model with a fixed batch size)
         self.batches_per_epoch = train.num_batches(config.batch_size, drop_last)
         self.state = LoopState()
@@ -105,6 +107,7 @@ class Trainer:
         self.agreed_stop: bool | None = None  # data-parallel: whether the ranks agreed to stop (see `_stopping`)
         self._saved_step: int | None = None  # the step of the last checkpoint
         self._saved_at: float | None = None  # when this process last wrote one (perf_counter)
+        self._began = 0.0  # when this process's training began (perf_counter)
         self._saving_seconds = 0.0  # how long that took
         self._signals = _StopSignals()
 
@@ -155,8 +158,10 @@ class Trainer:
         self._saving_seconds = self._saved_at - started
 
     def _checkpoint_due(self) -> bool:
-        if self.state.done or self._saved_at is None:
+        if self.state.done:
             return True
+        if self._saved_at is None:
+            return time.perf_counter() - self._began >= FIRST_CHECKPOINT_SECONDS
         return time.perf_counter() - self._saved_at >= self._saving_seconds / CHECKPOINT_SHARE
 
     # ---- the loop ------------------------------------------------------------------------
@@ -166,8 +171,9 @@ class Trainer:
         status = "failed"
         with self._signals:
             self._hook("on_train_begin")
+            self._began = time.perf_counter()
             c = self.config
-            seeds = (c.seed * 100_003 + e for e in itertools.count(self.state.epoch)) if c.shuffle else None
+            seeds = (c.seed * 100_003 + e for e in range(self.state.epoch, self.epochs)) if c.shuffle else None
             epochs = self.train.epochs(c.batch_size, seeds, self.drop_last)  # from a resumed run's epoch too
             hooks = self._overriding("on_batch_end"), self._overriding("on_step_end")
             try:
@@ -201,15 +207,19 @@ class Trainer:
             raise first
 
     def _hook(self, name: str, *args: Any) -> None:
-        for callback in self.callbacks:
+        for hook in self._overriding(name):
             try:
-                getattr(callback, name)(self, *args)
+                hook(self, *args)
             except KeyboardInterrupt as e:
                 self._signals.raised(e)
 
     def _overriding(self, name: str) -> list[Callable[..., None]]:
-        """The bound `name` hooks of callbacks that define it (the per-batch loop skips no-ops)."""
-        return [getattr(c, name) for c in self.callbacks if getattr(type(c), name) is not getattr(Callback, name)]
+        """The bound `name` hooks of the callbacks that define it, in order (the loop skips no-ops)."""
+        hooks = self._hooks.get(name)
+        if hooks is None:
+            hooks = self._hooks[name] = [getattr(c, name) for c in self.callbacks
+                                         if getattr(type(c), name) is not getattr(Callback, name)]
+        return hooks
 
     def _epoch(self, batches: Iterator[tuple], on_batch_end: list[Callable[..., None]],
                on_step_end: list[Callable[..., None]]) -> None:

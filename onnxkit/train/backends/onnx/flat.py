@@ -44,7 +44,7 @@ class FlatLayout:
 
     def split(self, flat: np.ndarray, suffix: str = "") -> dict[str, np.ndarray]:
         """name + suffix -> a view of `flat` shaped like the parameter."""
-        return {n + suffix: flat[o : o + int(np.prod(s, dtype=np.int64))].reshape(s) for n, s, o in self.views}
+        return {n + suffix: flat[o:o + size].reshape(s) for (n, s, o), size in zip(self.views, self.sizes, strict=True)}
 
     def join(self, values: Mapping[str, np.ndarray], suffix: str = "") -> np.ndarray:
         if not self.names:
