@@ -11,6 +11,9 @@ TRAINING = TrainingRecipe(lr=0.01, lrs={"sgd": 0.1})
 class BinaryClassifier(nn.Module):
     def __init__(self, hidden: int, features: int = 1):
         self.hidden = nn.Linear(features, hidden, init_fn="xavier_uniform")
+        # Glorot & Bengio (2010): sigmoid units want 4x tanh's Xavier range (sigmoid's slope at 0 is 1/4); at 1x
+        # the layer stayed in its near-linear range for thousands of steps (make_moons: 75-90% -> 91-98%)
+        self.hidden.weight.value = self.hidden.weight.value * 4
         self.out = nn.Linear(hidden, 1, init_fn="xavier_uniform")
 
     def forward(self, x):
