@@ -7,7 +7,8 @@ metadata (`onnxkit.tokenizer`, `onnxkit.max_length`). `--set embedding=true`
 builds the encoder without a head: it outputs the L2-normalised mean-pooled
 sentence embedding. `max_length` (tokens kept per text) defaults to 256 for the embedding
 model, sentence-transformers' length for all-MiniLM-L6-v2, and to 128 for a classifier (faster
-fine-tuning). `--set labels=a,b,c` names the classes; `--set head_hidden=256`
+fine-tuning). `--set labels=a,b,c` names the classes (and, without `num_classes`, counts them:
+else 2); `--set head_hidden=256`
 puts a one-hidden-layer MLP head on the encoder instead of a single Linear layer.
 """
 
@@ -116,7 +117,7 @@ CLASSIFIER_MAX_LENGTH = 128
 
 def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: int = 2,
            hidden: int = 384, heads: int = 12, ff_dim: int = 1536, num_layers: int = 6,
-           num_classes: int = 2, eps: float = 1e-12, dropout: float = 0.1, seed: int = 0,
+           num_classes: int | None = None, eps: float = 1e-12, dropout: float = 0.1, seed: int = 0,
            pretrained: str = "", max_length: int = 0, embedding: bool = False, labels: str = "",
            head_hidden: int = 0) -> Recipe:
     arch = dict(vocab_size=vocab_size, max_positions=max_positions, type_vocab_size=type_vocab_size,
@@ -129,7 +130,10 @@ def recipe(vocab_size: int = 30522, max_positions: int = 512, type_vocab_size: i
     weights = _sibling("_pretrained") if pretrained else None
     if weights:
         _check_matches(pretrained, weights.bert_config(pretrained), arch)
-    names = [n.strip() for n in labels.split(",")] if labels else [str(i) for i in range(num_classes)]
+    if num_classes is not None and num_classes < 1:
+        raise OnnxkitError(f"num_classes={num_classes}: give a positive number of classes")
+    names = [n.strip() for n in labels.split(",")] if labels else [str(i) for i in range(num_classes or 2)]
+    num_classes = num_classes or len(names)  # as many as the labels name, else 2
     if len(names) != num_classes:
         raise OnnxkitError(f"labels names {len(names)} classes but num_classes={num_classes}; give one name per class")
     nn.manual_seed(seed)

@@ -122,9 +122,12 @@ def describe(name_or_path: str) -> str:
 
 
 def parse_option(value: str, annotation: Any, default: Any) -> Any:
-    """Convert a `--set` string to the option's type (from its annotation or default)."""
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    kind = kind or type(default).__name__
+    """Convert a `--set` string to the option's type (from its annotation, `int | None` read as int, or else from its
+    default)."""
+    if annotation is inspect.Parameter.empty:
+        kind = type(default).__name__
+    else:
+        kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None) or str(annotation)
     if "bool" in kind:
         if value.lower() in ("1", "true", "yes", "on"):
             return True

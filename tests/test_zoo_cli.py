@@ -94,6 +94,37 @@ def test_build_options_are_typed_and_recorded(tmp_path, run_cli):
     assert meta["onnxkit.recipe"] == {"name": "digits-cnn", "options": {"channels": 8, "hidden": 16}}
 
 
+def test_options_without_annotations_take_their_defaults_type(tmp_path, run_cli):
+    # `def recipe(width=3)`: --set width=5 reached the recipe as the string '5' ("in_features must be a positive
+    # integer, got '5'"); an `int | None` option was read as a string too
+    src = tmp_path / "plain.py"
+    src.write_text(textwrap.dedent("""
+        from onnxkit import nn
+        from onnxkit.zoo import Recipe
+
+        def recipe(width=3, scale=1.0, extra: int | None = None):
+            assert isinstance(width, int) and isinstance(scale, float) and isinstance(extra, (int, type(None)))
+            net = nn.Sequential([nn.Linear(2, width + (extra or 0)), nn.Tanh(), nn.Linear(width + (extra or 0), 1)])
+            return Recipe(net, {"x": nn.Input(["batch", 2])}, task="regression")
+    """))
+    result = run_cli("build", src, "--set", "width=5", "--set", "scale=2", "--set", "extra=1",
+                     "-o", tmp_path / "m.onnx")
+    assert result.code == 0, result.err
+    assert list(onnx.load(str(tmp_path / "m.onnx")).graph.initializer[0].dims) == [2, 6]
+
+
+def test_a_bert_classifiers_labels_count_its_classes(tmp_path, run_cli):
+    # --set labels=a,b,c alone said "labels names 3 classes but num_classes=2"
+    r = run_cli("build", "bert-classifier", "--set", "num_layers=1", "--set", "labels=a,b,c", "-o", tmp_path / "b.onnx")
+    assert r.code == 0, r.err
+    model = onnx.load(str(tmp_path / "b.onnx"))
+    assert model.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 3
+    assert read_metadata(model)["onnxkit.labels"] == ["a", "b", "c"]
+    r = run_cli("build", "bert-classifier", "--set", "num_layers=1", "--set", "labels=a,b,c", "--set", "num_classes=2",
+                "-o", tmp_path / "c.onnx")
+    assert r.code == 2 and "labels names 3 classes but num_classes=2; give one name per class" in r.err
+
+
 def test_user_dsl_file_builds(tmp_path, run_cli):
     src = tmp_path / "tiny_net.py"
     src.write_text(textwrap.dedent('''
