@@ -94,6 +94,23 @@ def text_column(header: Sequence[str] | None) -> int | None:
     return lowered.index(TEXT_COLUMN) if TEXT_COLUMN in lowered else None
 
 
+def texts_column(header: Sequence[str] | None, rows: Sequence[Sequence[str]] = (), label: int | None = None,
+                 source: str = "") -> int | None:
+    """The column of a CSV that holds the texts, for a model that reads text: the one headed `text`; else a lone
+    column; else of two (review,sentiment), the one not holding the labels (`label`, or the one headed as them), or
+    the one of longer cells in `rows`; else None."""
+    found = text_column(header)
+    if found is not None or not header or len(header) > 2:
+        return found
+    if len(header) == 1:
+        return 0
+    label = label_column(header, source) if label is None else label
+    if label is not None:
+        return 1 - label
+    lengths = [sum(len(row[j]) for row in rows if len(row) == 2) for j in (0, 1)]
+    return int(lengths[1] > lengths[0])
+
+
 def npz_labels(names: Iterable[str]) -> str | None:
     """The name of the array an .npz file with these arrays keeps its labels in, or None."""
     present = set(names)

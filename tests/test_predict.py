@@ -388,12 +388,27 @@ def test_texts_in_a_csv_are_read_as_written_whatever_the_delimiter(tmp_path):
 
 def test_a_csv_whose_texts_are_not_headed_text_is_one_line_about_the_text_column(run_cli, words, tmp_path):
     # it said "CSV holds one input but model 'words' has 2; use .npz or .json", advice for a model of numbers
-    (tmp_path / "s.csv").write_text("sentence,label\n\"What a match!\",x\n")
+    (tmp_path / "s.csv").write_text("id,sentence,source\n1,\"What a match!\",x\n")
     result = run_cli("predict", words, "-i", tmp_path / "s.csv")
     assert (result.code, result.out) == (1, "")
     assert result.err == (f"error: {tmp_path / 's.csv'}: the model reads text, but no column is headed 'text'; head "
                           "the column of texts 'text' in the first row (e.g. text,label), or give a .txt (one text "
                           "per line)\n")
+
+
+def test_texts_in_a_csv_of_one_or_two_columns_need_no_text_header(run_cli, words, tmp_path):
+    # review,sentiment and a lone column of sentences were refused for lacking a column headed 'text'
+    texts = ["What a match!", "A dull, slow film.", "Not bad at all"]
+    (tmp_path / "one.csv").write_text("sentence\n" + "".join(f'"{t}"\n' for t in texts))
+    (tmp_path / "two.csv").write_text("sentiment,review\n" + "".join(f'x,"{t}"\n' for t in texts))
+    (tmp_path / "labelled.csv").write_text("review,label\n" + "".join(f'"{t}",x\n' for t in texts))
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    want = run_cli("predict", words, "-i", tmp_path / "texts.txt", "-o", tmp_path / "want.npy")
+    assert want.code == 0, want.err
+    for name in ("one.csv", "two.csv", "labelled.csv"):
+        result = run_cli("predict", words, "-i", tmp_path / name, "-o", tmp_path / f"{name}.npy")
+        assert result.code == 0, (name, result.err)
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), np.load(tmp_path / "want.npy"), err_msg=name)
 
 
 def test_input_files_that_are_not_utf8_or_not_csv_are_one_line(run_cli, digits, tmp_path):

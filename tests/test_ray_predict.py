@@ -208,7 +208,8 @@ def test_ray_text_files_are_read_whole_or_refused_in_one_line(tmp_path: Path, ru
         "utf16.txt": ("one\ntwo\n".encode("utf-16"), ": not UTF-8 text (byte 0xff on line 1, it is UTF-16); save it "
                                                      "as UTF-8"),
         "short.csv": (b"id,text\n1,fine\n2\n", ":3: this row ends before its 'text' column"),
-        "header.csv": (b"id,words\n1,fine\n", ": a CSV of texts needs a header with a 'text' column"),
+        "header.csv": (b"id,words,source\n1,fine,x\n", ": a CSV of texts needs a header with a 'text' column (or just "
+                                                       "one or two columns)"),
     }
     for name, (content, message) in cases.items():
         folder = tmp_path / name.replace(".", "_")

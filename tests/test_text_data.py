@@ -104,16 +104,30 @@ def test_text_that_is_not_utf8_is_a_clear_error():
 def test_a_csv_without_a_text_column_names_the_column_a_text_model_reads(tmp_path):
     # it said "a feature column holds non-numbers (could not convert string to float: ...); only the label
     # column may hold text", advice for a model of numbers
-    (tmp_path / "reviews.csv").write_text("sentence,label\n" + "".join(f"fine film {i},good\n" for i in range(6)))
+    rows = "".join(f"{i},fine film {i},good\n" for i in range(6))
+    (tmp_path / "reviews.csv").write_text("id,sentence,label\n" + rows)
     with pytest.raises(OnnxkitError) as refused:
         load_dataset(tmp_path / "reviews.csv", tokenizer=TOKENIZER, max_length=16)
     assert str(refused.value) == (f"{tmp_path / 'reviews.csv'}: the model reads text, but no column is headed 'text' "
-                                  "(its columns: 'sentence', 'label'); head the column of texts 'text' in the first "
-                                  "row (e.g. text,label)")
+                                  "(its columns: 'id', 'sentence', 'label'); head the column of texts 'text' in the "
+                                  "first row (e.g. text,label)")
     (tmp_path / "numbers.csv").write_text("1,0\n2,1\n")
     with pytest.raises(OnnxkitError, match=r"numbers.csv: the model reads text, but no column is headed 'text' "
                                            r"\(it has no header row\)"):
         load_dataset(tmp_path / "numbers.csv", tokenizer=TOKENIZER, max_length=16)
+
+
+@pytest.mark.parametrize("header", ["review,sentiment", "sentiment,review", "review,label", "label,review"])
+def test_the_texts_of_a_two_column_csv_need_no_text_header(tmp_path, header):
+    # review,sentiment was refused: "no column is headed 'text'"; the texts are the column not headed as the labels,
+    # else the one of longer cells
+    rows = [(f"loved every minute of it {i}", "pos") if i % 2 else (f"disliked it {i}", "neg") for i in range(40)]
+    first = header.split(",")[0]
+    lines = [f"{t},{lab}" if first == "review" else f"{lab},{t}" for t, lab in rows]
+    (tmp_path / "r.csv").write_text(header + "\n" + "\n".join(lines) + "\n")
+    data = load_dataset(tmp_path / "r.csv", tokenizer=TOKENIZER, max_length=16)
+    assert data.label_names == ["neg", "pos"]
+    assert sorted(data.train.texts + data.validation.texts + data.test.texts) == sorted(t for t, _ in rows)
 
 
 def test_the_labels_of_a_text_csv_are_the_column_beside_the_text_and_are_named(tmp_path):

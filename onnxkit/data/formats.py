@@ -47,6 +47,7 @@ from onnxkit.label_columns import (
     label_column,
     npz_labels,
     text_column,
+    texts_column,
     trained_columns,
     without_index,
 )
@@ -95,8 +96,10 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
              tokenizer: str | None = None, max_length: int | None = None, label: str | None = None,
              inputs: Sequence[Any] = ()) -> Dataset:
     """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
-    column is a text dataset, tokenized with `tokenizer` (the model's). `label`: the header of the label column
-    (default: the one headed label / labels / target / y / class, else the last, or a text CSV's one beside text).
+    column is a text dataset, tokenized with `tokenizer` (the model's), as is, for a model with one, a CSV of two
+    columns (the one not headed as the labels, or the one of longer cells, holds the texts). `label`: the header of
+    the label column (default: the one headed label / labels / target / y / class, else the last, or a text CSV's
+    one beside text).
     `inputs`: the model's (`model_inputs`); columns headed by their names are read as them (`input_columns`)."""
     require_data_file(path)
     numbered = read_csv_rows(path)
@@ -110,7 +113,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
     named = label_column(header, str(path)) if label is None else _column_headed(path, header, label)
-    text = text_column(header)
+    text = texts_column(header, body, named, str(path)) if tokenizer is not None and width == 2 else text_column(header)
     if named is None and text is not None:
         named = _beside_the_text(path, header, text)  # type: ignore[arg-type]
     if named is not None and named == text:

@@ -52,7 +52,7 @@ from onnxkit.label_columns import (
     in_trained_order,
     label_column,
     npz_labels,
-    text_column,
+    texts_column,
     trained_columns,
     without_index,
 )
@@ -191,7 +191,8 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
 
 
 def holds_texts(path: str | os.PathLike) -> bool:
-    """Whether an input file is texts: a .txt, or a .csv whose header has a 'text' column. A first line that is not
+    """Whether an input file is texts: a .txt, or a .csv whose header has a 'text' column, or one or two columns
+    (`texts_column`). A first line that is not
     UTF-8 is the error reading the file gives (a UTF-16 CSV was 'no column is headed text')."""
     path = Path(path)
     if path.suffix.lower() == ".txt":
@@ -206,14 +207,14 @@ def holds_texts(path: str | os.PathLike) -> bool:
         read_text_file(path)  # raises, naming the byte, its line and UTF-16
         raise
     header = next(csv.reader([line], delimiter=table_delimiter(path, line)), [])
-    return text_column(header) is not None
+    return texts_column(header, source=str(path)) is not None
 
 
 def read_texts(path: Path) -> list[str]:
     """The texts in a .txt file (one per line, a blank one an empty text, so that row N is line N + 1; blank lines
-    at the end left out) or in the 'text' column of a .csv with a header (one text may fill the file). Lines end
-    at '\n' alone (with any '\r' before it): str.splitlines also broke them at form feeds, U+2028 and U+0085
-    inside a text, and blank lines were dropped, shifting the rows after them."""
+    at the end left out) or in the texts column of a .csv with a header (`texts_column`; one text may fill the
+    file). Lines end at '\n' alone (with any '\r' before it): str.splitlines also broke them at form feeds, U+2028
+    and U+0085 inside a text, and blank lines were dropped, shifting the rows after them."""
     if path.suffix.lower() == ".txt":
         lines = [line.removesuffix("\r") for line in read_text_file(path).split("\n")]
         while lines and not lines[-1].strip():
@@ -222,13 +223,13 @@ def read_texts(path: Path) -> list[str]:
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .tsv / .parquet")
     _, rows = csv_rows(path)  # the cells as written: no decimal commas read as points in a text
-    column = text_column(rows[0][1] if rows else None)
+    column = texts_column(rows[0][1] if rows else None, [row for _, row in rows[1:]], source=str(path))
     if column is None:
-        raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column")
+        raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column (or just one or two columns)")
     texts = []
     for line, row in rows[1:]:
         if len(row) <= column:
-            raise OnnxkitError(f"{path}:{line}: this row ends before its 'text' column")
+            raise OnnxkitError(f"{path}:{line}: this row ends before its {rows[0][1][column].strip()!r} column")
         texts.append(row[column])
     return texts
 
