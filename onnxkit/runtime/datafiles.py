@@ -192,8 +192,8 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
 
 def holds_texts(path: str | os.PathLike) -> bool:
     """Whether an input file is texts: a .txt, or a .csv whose header has a 'text' column, or one or two columns
-    (`texts_column`). A first line that is not
-    UTF-8 is the error reading the file gives (a UTF-16 CSV was 'no column is headed text')."""
+    (`texts_column`). A first line that is not UTF-8 is the error reading the file gives (a UTF-16 CSV was 'no
+    column is headed text')."""
     path = Path(path)
     if path.suffix.lower() == ".txt":
         return True
