@@ -37,8 +37,9 @@ CHUNK = 1 << 18  # optimizer elements per run on the CPU (1 MiB of float32 per t
 ONE_THREAD = 1 << 16  # up to this many parameters the optimizer runs on one thread (see OnnxSession)
 
 
-def _options(threads: int | None, severity: int = 3, *, spin_between_runs: bool = True) -> ort.SessionOptions:
-    options = session_options(threads, "all")
+def _options(threads: int | None, severity: int = 3, *, spin_between_runs: bool = True,
+             optimization: str = "all") -> ort.SessionOptions:
+    options = session_options(threads, optimization)
     if not spin_between_runs:  # idle threads spin within a run (fast) and stop when it returns
         options.add_session_config_entry("session.force_spinning_stop", "1")
     # Adam's moments of dead units decay into subnormals, which make the CPU's float ops ~3x slower
@@ -70,8 +71,10 @@ class OnnxSession(TrainingSession):
         # a too-short dropout table fails a training step that is retried: no error line for it
         self._train = create_session(str(directory / TRAINING), _options(threads, 4, spin_between_runs=spin),
                                      providers, own=True)
-        self._optim = create_session(str(directory / OPTIMIZER), _options(1 if few else threads,
-                                                                          spin_between_runs=spin), providers, own=True)
+        # an update graph of elementwise nodes: the higher optimisation levels find nothing in it (every optimizer's
+        # graph, clipped or not, comes out node for node the same) and only take longer to build it (~0.3 ms)
+        self._optim = create_session(str(directory / OPTIMIZER), _options(1 if few else threads, spin_between_runs=spin,
+                                                                          optimization="basic"), providers, own=True)
         # the eval session runs once an epoch: its intra-op threads spinning after a run took a core
         # from the training steps that follow (digits-cnn recipe: the whole fit 1.04 -> 0.80 s without);
         # not spinning at all made each of its parallel sections wake a sleeping thread (validation
