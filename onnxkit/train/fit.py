@@ -59,6 +59,7 @@ from onnxkit.evaluate import (
 from onnxkit.files import (
     TABLE_SUFFIXES,
     DiskError,
+    check_external_data,
     check_fits_protobuf,
     load_model,
     model_location,
@@ -532,6 +533,7 @@ def _load_fingerprinted(path: Path) -> tuple[onnx.ModelProto, str, list[str]]:
     the weight files it keeps its tensors in."""
     proto = load_model(path, load_weights=False)
     check_fits_protobuf(proto, path, "train")
+    check_external_data(proto, path)  # a missing or short weights file is named before fingerprinting reads it
     fingerprint, files = model_sha256(path, proto), weight_files(proto)
     read_weights(proto, path)
     return proto, fingerprint, files
