@@ -235,7 +235,7 @@ def quantize(
             notes.append(f"fused {fused} of {max(blocks, fused)} attention blocks into ONNX Runtime's Attention op "
                          f"(QAttention in int8; the model now needs ONNX Runtime to run){left}")
         _stamp(quantized, original, settings)
-        notes += _non_finite(original, _check_loads(quantized), feeds[min(feeds)],
+        notes += _non_finite(original, _check_loads(quantized, original, name), feeds[min(feeds)],
                              "random inputs" if test is None else "evaluation rows")
         report = Report(
             model=str(source) if source else "(model)",
@@ -372,14 +372,16 @@ def _float64_values(model: onnx.ModelProto) -> list[str]:
     return [t.name for t in model.graph.initializer if t.data_type == TensorProto.DOUBLE and t.name in weights]
 
 
-def _check_loads(quantized: onnx.ModelProto) -> Any:
+def _check_loads(quantized: onnx.ModelProto, original: onnx.ModelProto, name: str) -> Any:
     """A check session of the quantized model; refuse to write one onnxruntime cannot load (a pass's output it
-    rejects), whether or not the report times or scores it."""
+    rejects), whether or not the report times or scores it. When the `original` (called `name`) does not load
+    either (an opset newer than onnxruntime runs, an op it lacks), that is the error: no --mode would help."""
     from onnxkit.runtime.session import error_reason, plain_session
 
     try:
         return plain_session(quantized.SerializeToString())
     except OnnxkitError as e:
+        plain_session(original.SerializeToString(), name=name)  # the original's own refusal, when it has one
         raise OnnxkitError(f"the quantized model does not load in onnxruntime {_ort_version()} "
                            f"({error_reason(e.__cause__ or e)}); nothing written: try another --mode, or --exclude "
                            "the nodes it names", params=["mode", "exclude"]) from e

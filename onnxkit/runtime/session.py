@@ -90,10 +90,10 @@ def _preload_cuda() -> None:
         ort.preload_dlls()
 
 
-def plain_session(model: bytes) -> ort.InferenceSession:
+def plain_session(model: bytes, name: str | None = None) -> ort.InferenceSession:
     """A session on one CPU thread without graph optimisation: for a check run or two (does the model load, does
-    it run this input), not for speed."""
-    return create_session(model, session_options(1, "disabled"), [_CPU])
+    it run this input), not for speed. `name`: what an error calls the model (default: 'model bytes')."""
+    return create_session(model, session_options(1, "disabled"), [_CPU], name=name)
 
 
 def check_started(session: ort.InferenceSession, kind: str, device: str) -> None:
@@ -139,18 +139,22 @@ def create_session(
     providers: list,
     optimized_model_path: str | os.PathLike | None = None,
     own: bool = False,
+    name: str | None = None,
 ) -> ort.InferenceSession:
     """An InferenceSession; its optimised graph is saved atomically when a path is given. `own`: the graph is one
-    onnxkit wrote (a training graph), which onnxruntime refusing is onnxkit's bug, not the user's file."""
+    onnxkit wrote (a training graph), which onnxruntime refusing is onnxkit's bug, not the user's file (unless it
+    refuses the IR version or opset, which the graph keeps from the user's). `name`: what an error calls the model
+    (default: its path, or 'model bytes')."""
     if optimized_model_path is None:
-        return _open(model, options, providers, own)
+        return _open(model, options, providers, own, name)
     with atomic_path(optimized_model_path) as tmp:
         options.optimized_model_filepath = str(tmp)
-        return _open(model, options, providers, own)
+        return _open(model, options, providers, own, name)
 
 
-def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, providers: list, own: bool = False):
-    where = "model bytes" if isinstance(model, bytes) else str(model)
+def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, providers: list, own: bool = False,
+          name: str | None = None):
+    where = name or ("model bytes" if isinstance(model, bytes) else str(model))
     if not isinstance(model, bytes):
         if not os.path.isfile(model):
             raise missing_model(model)
@@ -162,10 +166,12 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
         locale = missing_locale(reason)
         if locale is not None:
             return _in_fallback_locale(model, options, providers, where, locale)
-        hint = ("this is a bug in onnxkit's graph for this model: please report it with the model" if own
-                else "keep the weights file it was saved with beside it, complete" if "external" in reason.lower()
-                else "check that the file is a complete .onnx model and that its IR version and opset suit "
-                "this onnxruntime")
+        refused = refusal_hint(e) if not own or _newer_than_runtime(e) else None  # an own graph keeps the opset
+        hint = refused or (
+            "this is a bug in onnxkit's graph for this model: please report it with the model" if own
+            else "keep the weights file it was saved with beside it, complete" if "external" in reason.lower()
+            else "check that the file is a complete .onnx model and that its IR version and opset suit this "
+            "onnxruntime")
         raise OnnxkitError(f"{where}: onnxruntime {ort.__version__} cannot load it ({reason}); {hint}") from e
 
 
@@ -193,6 +199,15 @@ _SOURCE_PLACE = re.compile(r"\s*\b\w+\.(?:cc|cpp|h):\d+ \w+ ")  # 'tensorprotout
 _LEADING_SOURCE = re.compile(
     r"^(?:\w+\.(?:cc|cpp|h):\d+ \w+ |/\S+:\d+ [^(]*\([^)]*\)(?: const)?(?: \[with [^\]]*\])? )"
 )
+# a model stamped newer than this onnxruntime reads: 'Opset 40 is under development ... Current official support
+# for domain ai.onnx is till opset 28.', 'Unsupported model IR version: 99, max supported IR version: 14'
+_NEWER_OPSET = re.compile(r"Opset (?P<version>\d+) is under development.*?support for domain (?P<domain>\S+) is "
+                          r"till opset (?P<most>\d+)")
+_NEWER_IR = re.compile(r"Unsupported model IR version: (?P<version>\d+), max supported IR version: (?P<most>\d+)")
+# an op onnxruntime has no kernel or schema for: 'com.example:Foo(-1) is not a registered function/op',
+# 'In Node, ("", FancyOp, "", -1) : ... No Op registered for FancyOp with domain_version of 17'
+_UNKNOWN_OP = re.compile(r"(?:(?P<domain>[\w.]+):)?(?P<op>\w+)\(-?\d+\) is not a registered function/op"
+                         r"|No Op registered for (?P<op2>\w+) with domain_version")
 _INDEXING_OP = re.compile(r"(?:Gather|Scatter)\w*$")
 _OUT_OF_RANGE = re.compile(r"out of (?:data )?bounds|out of range|invalid indice", re.IGNORECASE)
 _SHAPE_FAILURE = re.compile(  # what onnxruntime says when sizes do not combine (Reshape, MatMul, Add, Concat, ...)
@@ -227,9 +242,42 @@ def raised_by_onnxruntime(error: BaseException) -> bool:
     return any(os.path.abspath(f.filename).startswith(package) for f in traceback.extract_tb(error.__traceback__))
 
 
+def _newer_than_runtime(error: Exception) -> re.Match | None:
+    """onnxruntime's refusal of a model's IR version or opset as newer than it reads, or None."""
+    text = " ".join(str(error).split())
+    return _NEWER_OPSET.search(text) or _NEWER_IR.search(text)
+
+
+def refusal_hint(error: Exception) -> str | None:
+    """What to do about a model onnxruntime refuses for what it is, not for a damaged file: an op it does not have,
+    an IR version or opset newer than it reads; None for another error."""
+    unknown = _UNKNOWN_OP.search(" ".join(str(error).split()))
+    if unknown is not None:
+        return ("replace it with standard ONNX ops (onnxkit runs those and onnxruntime's own), or export the model "
+                "without it")
+    found = _newer_than_runtime(error)
+    if found is None:
+        return None
+    if found.re is _NEWER_IR:
+        return (f"save it with IR version {found['most']} or lower (onnx.save after setting model.ir_version, "
+                "or export it with an older onnx), or use a newer onnxruntime")
+    return (f"convert it to opset {found['most']} or lower (onnx.version_converter.convert_version, or export it "
+            "so), or use a newer onnxruntime")
+
+
 def error_reason(error: Exception) -> str:
     """onnxruntime's error as one clause: the failing node and what went wrong, or the reason
     alone, without C++ source locations and status codes."""
+    unknown = _UNKNOWN_OP.search(" ".join(str(error).split()))
+    if unknown is not None:
+        domain = f" of domain {unknown['domain']}" if unknown["domain"] else ""
+        return f"it uses op {unknown['op'] or unknown['op2']}{domain}, which this onnxruntime does not have"
+    newer = _newer_than_runtime(error)
+    if newer is not None and newer.re is _NEWER_IR:
+        return f"its IR version {newer['version']} is newer than the {newer['most']} this onnxruntime reads"
+    if newer is not None:
+        return (f"its {newer['domain']} opset {newer['version']} is newer than the {newer['most']} this "
+                "onnxruntime runs")
     found = failed_node(error)
     if found is not None:
         op, name, message = found

@@ -768,6 +768,7 @@ class _Setup:
             if op in ("Loop", "Scan") and looped:  # the weight itself is read in the loop: freezing before it misses
                 other += (f"; its body reads {first_few(looped)}: PyTorch's nn.EmbeddingBag exports so, which "
                           "nn.Embedding and a mean over the tokens train as")
+            self._check_loads()  # an op onnxruntime lacks altogether: the model's fault, which freezing cannot fix
             raise OnnxkitError(
                 f"op {op} (node {node}) has no gradient in the {self.backend.name} backend; keep the parameters "
                 f"before it frozen (freeze / train_only){other}", params=["freeze", "train_only"]
@@ -1116,7 +1117,17 @@ class _Setup:
         except NoGradient as e:  # a rule refusing this node's attributes or shapes (no rule at all: _select says)
             raise OnnxkitError(f"{e.what}; keep the parameters before it frozen (freeze / train_only)",
                                params=["freeze", "train_only"]) from e
-        return self.backend.open(run.artifacts, device=self.device, threads=self.threads)
+        try:
+            return self.backend.open(run.artifacts, device=self.device, threads=self.threads)
+        except OnnxkitError:
+            self._check_loads()  # the training graphs keep the model's opset: one too new is the model's fault
+            raise
+
+    def _check_loads(self) -> None:
+        """Raise onnxruntime's refusal of the model itself, named as the user's file (an opset or IR version newer
+        than it reads, an op of a domain it lacks); asked only once something built from the model failed, so a
+        model that loads costs no session here."""
+        plain_session(self.model.SerializeToString(), name=self.config.model)
 
     @functools.cached_property
     def _validation(self) -> tuple[list[tuple[dict[str, np.ndarray], int]], Scorer]:

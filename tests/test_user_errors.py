@@ -1,0 +1,124 @@
+"""Bad inputs whose one `error:` line must say exactly what was wrong and what to do (exact text, exit status 1),
+for models onnxruntime refuses for what they are (an op it lacks, an opset or IR version newer than it reads), a
+model whose weights file is missing, and data a model cannot be scored on. Each wrote a misleading line before:
+a bug in onnxkit, a quantized model to re-quantize, a bare 'No such file or directory'. Nothing may be written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit import zoo
+from onnxkit.errors import OnnxkitError
+
+ORT = onnxruntime.__version__
+OPSET_HINT = ("convert it to opset {most} or lower (onnx.version_converter.convert_version, or export it so), or use a "
+              "newer onnxruntime")
+OP_HINT = "replace it with standard ONNX ops (onnxkit runs those and onnxruntime's own), or export the model without it"
+
+
+def _runtime_limits() -> tuple[int, int]:
+    """The newest IR version and default-domain opset this onnxruntime loads, read from its refusal of a newer one."""
+    import re
+
+    model = zoo.build_model("iris-mlp")
+    model.ir_version, model.opset_import[0].version = 10, 99
+    try:
+        onnxruntime.InferenceSession(model.SerializeToString())
+    except Exception as e:  # noqa: BLE001
+        opset = int(re.search(r"till opset (\d+)", str(e))[1])
+    model.ir_version, model.opset_import[0].version = 99, 17
+    try:
+        onnxruntime.InferenceSession(model.SerializeToString())
+    except Exception as e:  # noqa: BLE001
+        ir = int(re.search(r"max supported IR version: (\d+)", str(e))[1])
+    return ir, opset
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("user-errors")
+    iris = zoo.build_model("iris-mlp")
+    onnx.save(iris, root / "iris.onnx")
+    newer = zoo.build_model("iris-mlp")
+    newer.opset_import[0].version = 40
+    onnx.save(newer, root / "opset40.onnx")
+    newer = zoo.build_model("iris-mlp")
+    newer.ir_version = 99
+    onnx.save(newer, root / "ir99.onnx")
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Foo", ["h"], ["logits"], domain="com.example")],
+        "custom", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], [weight])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), root / "custom-op.onnx")
+    (root / "no-weights").mkdir()
+    onnx.save(iris, root / "no-weights" / "iris.onnx", save_as_external_data=True, location="iris.onnx.data",
+              size_threshold=0)
+    (root / "no-weights" / "iris.onnx.data").unlink()
+    np.save(root / "rows.npy", np.random.default_rng(0).random((6, 4), dtype=np.float32))
+    return root
+
+
+def _messages(root: Path) -> dict[str, str]:
+    ir, opset = _runtime_limits()
+    return {
+        "opset40": (f"error: {root}/opset40.onnx: onnxruntime {ORT} cannot load it (its ai.onnx opset 40 is newer than "
+                    f"the {opset} this onnxruntime runs); " + OPSET_HINT.format(most=opset)),
+        "ir99": (f"error: {root}/ir99.onnx: onnxruntime {ORT} cannot load it (its IR version 99 is newer than the {ir} "
+                 f"this onnxruntime reads); save it with IR version {ir} or lower (onnx.save after setting "
+                 "model.ir_version, or export it with an older onnx), or use a newer onnxruntime"),
+        "custom-op": (f"error: {root}/custom-op.onnx: onnxruntime {ORT} cannot load it (it uses op Foo of domain "
+                      f"com.example, which this onnxruntime does not have); {OP_HINT}"),
+    }
+
+
+@pytest.mark.parametrize("model", ["opset40", "ir99", "custom-op"])
+@pytest.mark.parametrize("command", ["train", "quantize", "eval", "predict"])
+def test_a_model_onnxruntime_refuses_is_named_with_what_to_do(corpus, tmp_path, run_cli, command, model):
+    # train said 'OUT/artifacts/training.onnx ... this is a bug in onnxkit's graph' (opset, IR) or 'no gradient; keep
+    # the parameters before it frozen' (an op no runtime has); quantize 'the quantized model does not load ... try
+    # another --mode'; all quoted onnxruntime's C++ signature for an opset or IR version
+    path, out = corpus / f"{model}.onnx", tmp_path / "out"
+    out.mkdir()
+    args = {
+        "train": ["train", path, "--data", "iris", "--epochs", "1", "-o", out / "run"],
+        "quantize": ["quantize", path, "-o", out / "q.onnx", "--no-latency"],
+        "eval": ["eval", path, "--data", "iris"],
+        "predict": ["predict", path, "-i", corpus / "rows.npy", "-o", out / "p.json"],
+    }[command]
+    result = run_cli(*args)
+    assert result.code == 1, result.err
+    assert result.err.strip().splitlines()[-1] == _messages(corpus)[model]
+    assert list(out.iterdir()) == []
+
+
+def test_runtime_load_names_a_model_newer_than_onnxruntime(corpus):
+    from onnxkit import runtime
+
+    with pytest.raises(OnnxkitError) as caught:
+        runtime.load(corpus / "opset40.onnx")
+    assert f"error: {caught.value}" == _messages(corpus)["opset40"]
+
+
+def test_training_a_model_without_its_weights_file_names_the_file(corpus, tmp_path, run_cli):
+    # was 'error: .../iris.onnx.data: No such file or directory' (fit: FileNotFoundError), where eval and the rest
+    # named the model, the file and what to do
+    from onnxkit.train import fit
+
+    model = corpus / "no-weights" / "iris.onnx"
+    expected = (f"{model}: its weights are kept in a separate file, iris.onnx.data, which is not beside it "
+                f"({model}.data is missing); copy that file next to the model")
+    result = run_cli("train", model, "--data", "iris", "--epochs", "1", "-o", tmp_path / "run")
+    assert (result.code, result.err) == (1, f"error: {expected}\n")
+    with pytest.raises(OnnxkitError) as caught:
+        fit(model, "iris", tmp_path / "run", epochs=1)
+    assert str(caught.value) == expected
+    assert not (tmp_path / "run").exists()
