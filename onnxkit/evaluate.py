@@ -567,6 +567,8 @@ def evaluate(
     meta_task = metadata(proto).get(TASK_KEY)
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
     axis = class_axis(shape or list(result.shape), split.labels.shape) if resolved == "classification" else -1
+    if resolved == "regression" and split.label_names:  # a model without a task fit to class names: no measurements
+        check_numeric_targets(split.data or split.described, split.label_names, TASK_LOSS["regression"])
     check_targets(split.described, split.labels, result, resolved, name, axis)
     if loss is not None and LOSS_TASK[loss] != resolved:
         raise OnnxkitError(f"loss {loss} scores a {LOSS_TASK[loss]} model, and this one is a {resolved} model; use "

@@ -122,3 +122,45 @@ def test_training_a_model_without_its_weights_file_names_the_file(corpus, tmp_pa
         fit(model, "iris", tmp_path / "run", epochs=1)
     assert str(caught.value) == expected
     assert not (tmp_path / "run").exists()
+
+
+def _regression_model(features: int) -> onnx.ModelProto:
+    """A one-output model without onnxkit's task metadata, as a third-party regression export is."""
+    from onnxkit import nn
+
+    class Regressor(nn.Module):
+        def __init__(self) -> None:
+            self.fc = nn.Linear(features, 1)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.fc(x)
+
+    return nn.build(Regressor(), {"x": nn.Input(["batch", features])}, output_names=["y"])
+
+
+def test_eval_refuses_class_names_as_a_regression_models_targets(tmp_path, run_cli):
+    # train refused them; eval scored the sorted ids of the names as measurements: 'r2 0.7804' on iris
+    from onnxkit.evaluate import evaluate
+
+    onnx.save(_regression_model(4), tmp_path / "reg.onnx")
+    np.savez(tmp_path / "named.npz", x=np.random.default_rng(0).random((30, 4), dtype=np.float32),
+             y=np.array(["cat", "dog", "fox"] * 10))
+    cases = (("iris", "'setosa', 'versicolor', 'virginica'"), (tmp_path / "named.npz", "'cat', 'dog', 'fox'"))
+    for data, names in cases:
+        expected = (f"data {Path(str(data)).stem!r}: the labels are class names ({names}), which the mse loss cannot "
+                    "fit as numbers; a classifier gives one score per class (an output of [batch, 3])")
+        result = run_cli("eval", tmp_path / "reg.onnx", "--data", data)
+        assert (result.code, result.out, result.err) == (1, "", f"error: {expected}\n")
+        with pytest.raises(OnnxkitError) as caught:
+            evaluate(tmp_path / "reg.onnx", data=str(data))
+        assert str(caught.value) == expected
+
+
+def test_digits_ids_are_numbers_a_regression_model_may_fit(tmp_path, run_cli):
+    # digits names its classes '0' to '9': train and eval said they were 'written with thousands separators'
+    onnx.save(_regression_model(64), tmp_path / "reg.onnx")
+    trained = run_cli("train", tmp_path / "reg.onnx", "--data", "digits", "--epochs", "1", "--quiet",
+                      "-o", tmp_path / "run")
+    assert trained.code == 0 and trained.err == "", trained.err
+    scored = run_cli("eval", tmp_path / "run" / "model.onnx", "--json")
+    assert scored.code == 0 and scored.err == "", scored.err

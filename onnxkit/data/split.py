@@ -65,6 +65,7 @@ class Split:
     """Named feature arrays and labels with one shared first dimension."""
 
     data: str | None = None  # the name of the dataset it is a split of (set by `Dataset`), for messages
+    label_names: list[str] | None = None  # that dataset's class names, when its labels are names (set by `Dataset`)
     fixed_shapes = True  # every batch has the arrays' sizes past the batch axis (text splits cut each to its longest)
 
     def __init__(self, name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
@@ -279,7 +280,7 @@ class Dataset:
 
     def __post_init__(self) -> None:
         for split in (self.train, self.validation, self.test):
-            split.data = self.name
+            split.data, split.label_names = self.name, self.label_names
 
     def split(self, name: str) -> Split:
         """The split called `name`: train, validation (val), test, or all (every example: a file held out whole)."""
@@ -287,7 +288,7 @@ class Dataset:
         if key == ALL:
             parts = [s for s in (self.train, self.validation, self.test) if len(s)]
             whole = parts[0].joined(parts[1:], ALL)
-            whole.data = self.name
+            whole.data, whole.label_names = self.name, self.label_names
             return whole
         if key not in SPLIT_NAMES:
             raise OnnxkitError(f"unknown split {name!r}.{suggest(name, [*SPLIT_NAMES, ALL])} Choose from "
