@@ -117,8 +117,8 @@ def check_class_labels(
 def check_numeric_targets(name: str, class_names: Sequence[str] | None, loss: str) -> None:
     """Refuse class names (a CSV's text labels) as the targets of the regression loss `loss`: their ids
     in sorted order are no measurements, yet a one-output model was fit to them."""
-    if not class_names:
-        return
+    if not class_names or list(class_names) == [str(i) for i in range(len(class_names))]:
+        return  # no names, or names that are their ids ('0' to '9', digits'): the ids are the numbers
     quoted = first_few([repr(n) for n in class_names])
     if all(is_number(n.replace(",", "")) for n in class_names):
         raise OnnxkitError(f"data {name!r}: the targets are written with thousands separators ({quoted}), so they "
