@@ -164,3 +164,20 @@ def test_digits_ids_are_numbers_a_regression_model_may_fit(tmp_path, run_cli):
     assert trained.code == 0 and trained.err == "", trained.err
     scored = run_cli("eval", tmp_path / "run" / "model.onnx", "--json")
     assert scored.code == 0 and scored.err == "", scored.err
+
+
+def test_an_infinite_target_in_unscaled_data_is_one_line_without_numpys_warning(tmp_path):
+    # standardising the targets before their check printed numpy's 'RuntimeWarning: invalid value encountered in
+    # subtract' and the line of code under it, above the error
+    import subprocess
+    import sys
+
+    onnx.save(_regression_model(4), tmp_path / "reg.onnx")
+    rows = "".join(f"{i},{i},{i},{i},{'inf' if i == 5 else i / 10}\n" for i in range(30))  # features 0..29: unscaled
+    (tmp_path / "cars.csv").write_text("a,b,c,d,y\n" + rows)
+    done = subprocess.run([sys.executable, "-m", "onnxkit", "train", tmp_path / "reg.onnx", "--data",
+                           tmp_path / "cars.csv", "--epochs", "1", "-o", tmp_path / "run"],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (1, "error: data 'cars, train split': target array 'labels' holds 1 "
+                                                 "infinite value in 1 of 18 rows; fill or drop those rows\n")
+    assert not (tmp_path / "run").exists()

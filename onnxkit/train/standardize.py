@@ -63,7 +63,8 @@ def _moments(array: np.ndarray, shape: tuple | None = None) -> tuple[np.ndarray,
     """Per-feature mean and std in float64, shaped to broadcast against one row."""
     values = array.astype(np.float64)
     axes = _axes(values, shape)
-    return values.mean(axis=axes, keepdims=True)[0], values.std(axis=axes, keepdims=True)[0]
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN, inf: the data's checks refuse them, in one line
+        return values.mean(axis=axes, keepdims=True)[0], values.std(axis=axes, keepdims=True)[0]
 
 
 def scale_of(array: np.ndarray, shape: tuple | None = None) -> Scale:
