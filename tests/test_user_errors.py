@@ -181,3 +181,19 @@ def test_an_infinite_target_in_unscaled_data_is_one_line_without_numpys_warning(
     assert (done.returncode, done.stderr) == (1, "error: data 'cars, train split': target array 'labels' holds 1 "
                                                  "infinite value in 1 of 18 rows; fill or drop those rows\n")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["-o", "DATA", "--mode", "static", "--calib", "DATA"], "--output DATA is the --calib data file"),
+    (["-o", "OUT", "--report", "DATA", "--eval", "DATA"], "--report DATA is the --eval data file"),
+])
+def test_quantize_never_writes_over_the_data_it_reads(corpus, tmp_path, run_cli, flags, message):
+    # the quantized model (or its JSON report) replaced the calibration or evaluation file, exit status 0
+    data, out = tmp_path / "rows.npz", tmp_path / "q.onnx"
+    np.savez(data, x=np.random.default_rng(0).random((40, 4), dtype=np.float32), y=np.arange(40) % 3)
+    before = data.read_bytes()
+    args = [str(data) if a == "DATA" else str(out) if a == "OUT" else a for a in flags]
+    result = run_cli("quantize", corpus / "iris.onnx", *args, "--no-latency")
+    expected = message.replace("DATA", str(data)) + "; write the result to another file"
+    assert (result.code, result.err) == (1, f"error: {expected}\n")
+    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["rows.npz"]

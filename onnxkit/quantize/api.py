@@ -153,6 +153,7 @@ def quantize(
     if mode in ("static", "auto") and not any(profile.weighted.values()):  # before asking for data it would not use
         raise OnnxkitError(nothing_message(original, mode), params=["mode", "exclude"])
     _check_evaluation(mode, eval_data, max_drop, missing)
+    _check_not_data({"output": output, "report_path": report_path}, {"calib": calib, "eval_data": eval_data})
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
     from_eval = calib is None and eval_data is not None
@@ -426,6 +427,17 @@ def _check_outputs(source: Path | None, output, report_path) -> None:  # type: i
     if output is not None and report_path is not None and same_file(output, report_path):
         raise OnnxkitError(f"output and report_path are both {output}; give the report another name",
                            params=["output", "report_path"])
+
+
+def _check_not_data(outputs: dict[str, Any], data: dict[str, Any]) -> None:
+    """Refuse to write the model or report over a data file the command reads (calibration or evaluation data,
+    the latter perhaps the training data a model records): it was replaced by the model, exit status 0."""
+    for name, path in outputs.items():
+        for role, given in data.items():
+            if path is not None and isinstance(given, str | os.PathLike) and Path(given).is_file() and \
+                    same_file(path, given):
+                raise OnnxkitError(f"{name} {path} is the {role} data file; write the result to another file",
+                                   params=[name, role])
 
 
 def _check_options(mode, method, fmt, calib_size, max_drop) -> None:  # type: ignore[no-untyped-def]
