@@ -79,6 +79,9 @@ def _load(name_or_path: str) -> tuple[str, ModuleType]:
     else:
         name = name_or_path
         path = ZOO_DIR / f"{name.replace('-', '_')}.py"
+        if name not in names() and name.lower().endswith(".onnx"):  # an .onnx model is what build makes
+            raise OnnxkitError(f"{name}: build makes an .onnx file from a zoo name or a DSL .py file, not from an "
+                               ".onnx file; train, quantize, predict or inspect a model as it is")
         if name not in names():
             raise OnnxkitError(
                 f"unknown model {name!r}.{suggest(name, names())} "

@@ -197,3 +197,12 @@ def test_quantize_never_writes_over_the_data_it_reads(corpus, tmp_path, run_cli,
     expected = message.replace("DATA", str(data)) + "; write the result to another file"
     assert (result.code, result.err) == (1, f"error: {expected}\n")
     assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["rows.npz"]
+
+
+def test_build_given_an_onnx_file_says_what_build_takes(corpus, tmp_path, run_cli):
+    # was "unknown model '/path/iris.onnx'. Run `onnxkit models` to list them", as for a misspelt zoo name
+    result = run_cli("build", corpus / "iris.onnx", "-o", tmp_path / "m.onnx")
+    assert (result.code, result.err) == (1, f"error: {corpus / 'iris.onnx'}: build makes an .onnx file from a zoo "
+                                            "name or a DSL .py file, not from an .onnx file; train, quantize, predict "
+                                            "or inspect a model as it is\n")
+    assert list(tmp_path.iterdir()) == []
