@@ -174,6 +174,10 @@ def quantize(
                            "takes a float32 model: export it in float32 (PyTorch: model.float())")
 
     name = str(source or "the model")
+    from onnxkit.runtime.session import plain_session
+
+    plain_session(original.SerializeToString(), name=name)  # one onnxruntime refuses (an op it lacks, an opset
+    # newer than it runs) is the model's fault, which no --mode helps: said before calibration or scoring tries it
     with _scratch(output) as tmp, _disk_full_errors(tmp, original.ByteSize()), _onnxruntime_errors(name):
         quantizer = Quantizer(original, tmp, exclude)
         test = None if eval_data is None else bind(load_split(eval_data, "test", original, seed(eval_data)), original)
@@ -236,7 +240,7 @@ def quantize(
             notes.append(f"fused {fused} of {max(blocks, fused)} attention blocks into ONNX Runtime's Attention op "
                          f"(QAttention in int8; the model now needs ONNX Runtime to run){left}")
         _stamp(quantized, original, settings)
-        notes += _non_finite(original, _check_loads(quantized, original, name), feeds[min(feeds)],
+        notes += _non_finite(original, _check_loads(quantized), feeds[min(feeds)],
                              "random inputs" if test is None else "evaluation rows")
         report = Report(
             model=str(source) if source else "(model)",
@@ -373,16 +377,14 @@ def _float64_values(model: onnx.ModelProto) -> list[str]:
     return [t.name for t in model.graph.initializer if t.data_type == TensorProto.DOUBLE and t.name in weights]
 
 
-def _check_loads(quantized: onnx.ModelProto, original: onnx.ModelProto, name: str) -> Any:
+def _check_loads(quantized: onnx.ModelProto) -> Any:
     """A check session of the quantized model; refuse to write one onnxruntime cannot load (a pass's output it
-    rejects), whether or not the report times or scores it. When the `original` (called `name`) does not load
-    either (an opset newer than onnxruntime runs, an op it lacks), that is the error: no --mode would help."""
+    rejects), whether or not the report times or scores it."""
     from onnxkit.runtime.session import error_reason, plain_session
 
     try:
         return plain_session(quantized.SerializeToString())
     except OnnxkitError as e:
-        plain_session(original.SerializeToString(), name=name)  # the original's own refusal, when it has one
         raise OnnxkitError(f"the quantized model does not load in onnxruntime {_ort_version()} "
                            f"({error_reason(e.__cause__ or e)}); nothing written: try another --mode, or --exclude "
                            "the nodes it names", params=["mode", "exclude"]) from e
