@@ -24,7 +24,7 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
-from onnxkit.files import TABLE_SUFFIXES, sha256
+from onnxkit.files import TABLE_SUFFIXES, not_a_file, sha256
 from onnxkit.metadata import metadata, training_summary
 from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
 
@@ -131,8 +131,9 @@ def load_dataset(
         raise OnnxkitError(f"{text}: data files are .npz, .csv or .tsv, not {suffix or 'a file without a suffix'}; "
                            "save the inputs and labels with numpy.savez(path, x=..., labels=...), or as a CSV (images "
                            "go in a folder of class folders)")
-    if text not in entries and ("/" in text or os.sep in text):  # a path to nothing: a mistyped folder, say
-        raise OnnxkitError(f"{text}: no such file or folder; pass a .npz, .csv or .tsv file, a folder of class "
+    if text not in entries and ("/" in text or os.sep in text):  # a path to nothing (a mistyped folder), a device
+        why = "no such file or folder" if not os.path.lexists(text) else not_a_file(Path(text))
+        raise OnnxkitError(f"{text}: {why}; pass a .npz, .csv or .tsv file, a folder of class "
                            f"folders of images, or a dataset name ({', '.join(entries)})")
     if text not in entries:
         raise OnnxkitError(
