@@ -20,7 +20,6 @@ from pathlib import Path
 
 import machine
 import numpy as np
-import ray
 
 from onnxkit import runtime
 from onnxkit.data.text import read_tweets_sentiment
@@ -41,6 +40,10 @@ def main() -> None:
 
 def compare(folder: Path, rounds: int, rows: int) -> None:
     """In-process against Ray over `rows` tweets, `rounds` alternating rounds, printed (files under `folder`)."""
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("this benchmark needs Ray Data: pip install -e '.[ray]' (make venv installs it)") from None
     model = save_model(build_model("bert-classifier", pretrained="all-MiniLM-L6-v2"), folder / "bert.onnx")
     texts = [" ".join(t.split()) for t in read_tweets_sentiment()[0]]  # one line each
     texts = [t for t in texts if t][:rows]
