@@ -23,6 +23,7 @@ import json
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 
 from onnxkit import runtime, zoo
@@ -174,6 +175,7 @@ def main() -> None:
     args.limit, args.max_length = per_key(args.limit, LABELS, 0), per_key(args.max_length, LABELS, 128)
     args.lr = {m: v or SETTINGS[m]["lr"] for m, v in per_key(args.lr, SETTINGS, 0, float).items()}
     args.epochs = {m: v or SETTINGS[m]["epochs"] for m, v in per_key(args.epochs, SETTINGS, 0).items()}
+    print(machine.machine_line(), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for name in args.datasets.split(","):
         base, data = prepare(name, args)
@@ -187,4 +189,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    machine.run(main)
