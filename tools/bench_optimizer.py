@@ -79,6 +79,9 @@ def main() -> None:
     baseline = torch_side(args.size, args.threads) if args.optimizer == "adamw" else None
     if baseline is not None:
         sides["torch fused AdamW"] = baseline
+    elif args.optimizer == "adamw":
+        print("no PyTorch here, so no torch column: pip install --target /tmp/torchlib torch==2.13.0, then run with "
+              "PYTHONPATH=/tmp/torchlib", flush=True)
     ms: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(args.rounds + 1):
         order = list(sides)[r % len(sides):] + list(sides)[: r % len(sides)]
