@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import onnx
 
 RECIPE = ["--batch-size", "128", "--lr", "0.01", "--schedule", "cosine", "--warmup", "0.05"]
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=200, help="epochs of the recipe (default: 200, ~1.5 s)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    print(machine.machine_line(), flush=True)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

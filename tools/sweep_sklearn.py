@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import machine
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -242,6 +243,7 @@ def main() -> None:
     if args.torch and importlib.util.find_spec("torch") is None:
         raise SystemExit("--torch needs PyTorch, kept outside the project environment: pip install --target "
                          "/tmp/torchlib torch==2.13.0, then run with PYTHONPATH=/tmp/torchlib")
+    print(machine.machine_line(), flush=True)
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     cases = {**CASES, **(TORCH_CASES if args.torch else {})}
     chosen = {k: c for k, c in cases.items() if not args.only or any(w in k for w in args.only)}

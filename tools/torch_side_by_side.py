@@ -46,6 +46,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+import machine
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -363,6 +364,7 @@ def main() -> None:
     unknown = sorted(set(args.only or ()) - set(modules()))
     if unknown:
         parser.error(f"no module {', '.join(unknown)}; choose from {', '.join(modules())}")
+    print(machine.machine_line(), flush=True)
     root = args.keep or Path(tempfile.mkdtemp(prefix="side-by-side-"))
     try:
         compare(args, torch, root)
