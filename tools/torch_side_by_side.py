@@ -352,7 +352,7 @@ def compare(args: argparse.Namespace, torch: ModuleType, root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*")
-    parser.add_argument("--exporters", nargs="*", default=["torchscript", "dynamo"])
+    parser.add_argument("--exporters", nargs="*", default=["torchscript", "dynamo"], choices=["torchscript", "dynamo"])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--recipe", action="store_true", help="the README's digits-cnn flags")
     parser.add_argument("--keep-bn", action="store_true", help="export keeping BatchNorm unfolded")
