@@ -275,13 +275,24 @@ def pct(latencies: list[float], q: float) -> float:
     return sorted(latencies)[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 
 
+def levels(text: str) -> list[int]:
+    """--concurrency "1,8,32" -> [1, 8, 32]."""
+    try:
+        values = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas, e.g. 1,8,32") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every concurrency must be 1 or more")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="text-transformer", help="zoo name or .onnx path")
     parser.add_argument("--rows", type=int, default=1, help="rows per request (the batch size compared)")
     parser.add_argument("--seq", type=int, default=128, help="size of other free dimensions (sequence)")
     parser.add_argument("--requests", type=int, default=600, help="requests per concurrency level")
-    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--concurrency", type=levels, default="1,8,32", help="levels, comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/server rounds per level")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
@@ -325,7 +336,7 @@ def main() -> None:
                     send(4, 20)  # warm the connections and the batcher
                 load(bare.url, json_request, 4, 20)
                 load_grpc(bare.grpc, grpc_payload, 4, 20)
-                for concurrency in [int(c) for c in args.concurrency.split(",")]:
+                for concurrency in args.concurrency:
                     # baseline and each protocol alternate in short rounds: the shared machine's load drifts
                     base_rps, base_lat, bare_rps, bare_grpc_rps = [], [], [], []
                     rps, lat, ratios, to_bare, cpu = ({p: [] for p in PROTOCOLS} for _ in range(5))
