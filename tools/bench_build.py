@@ -76,7 +76,7 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3, help="rounds, alternating which side runs first")
+    ap.add_argument("--rounds", type=machine.count, default=3, help="rounds, alternating which side runs first")
     ap.add_argument("--no-check", action="store_true", help="skip the full ONNX checker inside build()")
     args = ap.parse_args()
     print(machine.machine_line(), flush=True)

@@ -104,8 +104,8 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=machine.count, default=3)
+    parser.add_argument("--steps", type=machine.count, default=60)
     parser.add_argument("--models", nargs="+", default=["digits-cnn"], choices=sorted(MODELS))
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)

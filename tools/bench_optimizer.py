@@ -65,11 +65,12 @@ def torch_side(size: int, threads: int):  # type: ignore[no-untyped-def]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=22_567_301, help="parameters (default: the MiniLM classifier's)")
+    parser.add_argument("--size", type=machine.count, default=22_567_301,
+                        help="parameters (default: the MiniLM classifier's)")
     parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=10, help="steps per round")
+    parser.add_argument("--rounds", type=machine.count, default=7)
+    parser.add_argument("--steps", type=machine.count, default=10, help="steps per round")
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
     sides = {

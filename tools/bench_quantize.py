@@ -49,7 +49,7 @@ def _ms(value: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=32, help="bert-classifier sequence length")
-    parser.add_argument("--rounds", type=int, default=3, help="repeat the whole measurement")
+    parser.add_argument("--rounds", type=machine.count, default=3, help="repeat the whole measurement")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per batch size per round")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's)")
     args = parser.parse_args()

@@ -30,8 +30,8 @@ from onnxkit.zoo import build_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--rounds", type=machine.count, default=3)
+    parser.add_argument("--rows", type=machine.count, default=1024)
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as folder:  # its 90 MB model goes with it

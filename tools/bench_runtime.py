@@ -63,8 +63,8 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--rounds", type=machine.count, default=7)
+    parser.add_argument("--calls", type=machine.count, default=300)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)

@@ -18,6 +18,7 @@ import json
 import tempfile
 import warnings
 
+import machine
 import numpy as np
 import onnxruntime as ort
 from sklearn.exceptions import ConvergenceWarning
@@ -79,7 +80,7 @@ def sklearn_scores(name: str, classes: int, seed: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3, help="Initialisation / shuffling seeds per model.")
+    parser.add_argument("--seeds", type=machine.count, default=3, help="Initialisation / shuffling seeds per model.")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     seeds = range(args.seeds)

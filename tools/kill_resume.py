@@ -63,7 +63,7 @@ def killed_run(command: list[str], run: Path, kills: int, window: float, rng: ra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="digits-cnn", choices=list(DATA))
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=machine.count, default=10)
     parser.add_argument("--kills", type=int, default=4, help="most kills a trial (default: 4)")
     parser.add_argument("--epochs", type=int, default=200, help="epochs of the recipe (default: 200, ~1.5 s)")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,8 +1,10 @@
 """What every benchmark in tools/ prints first, the machine its figures were taken on (figures differ by a third
-between the hosts the README quotes), and a `main` wrapper that turns onnxkit's errors into one line."""
+between the hosts the README quotes), a `main` wrapper that turns onnxkit's errors into one line, and `count`, the
+argparse type of --rounds, --steps and the like (0 of them used to end in a traceback from an empty median)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -32,3 +34,14 @@ def run(main: Callable[[], None]) -> None:
         main()
     except OnnxkitError as e:
         sys.exit(f"error: {e}")
+
+
+def count(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value

@@ -31,8 +31,8 @@ def _peak(command: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rows", type=machine.count, default=200_000)
+    parser.add_argument("--rounds", type=machine.count, default=2)
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
     onnxkit = str(Path(sys.executable).with_name("onnxkit"))

@@ -235,7 +235,8 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3, help="Seeds per case (data, initialisation, sklearn).")
+    parser.add_argument("--seeds", type=machine.count, default=3,
+                        help="Seeds per case (data, initialisation, sklearn).")
     parser.add_argument("--only", nargs="*", default=[], help="Cases whose names contain one of these words.")
     parser.add_argument("--torch", action="store_true", help="Add PyTorch exports of the same MLP (needs torch).")
     parser.add_argument("--verbose", action="store_true", help="A line per seed, with epochs and time.")

@@ -1,0 +1,26 @@
+"""The benchmarks in tools/ refuse a count below 1 (--rounds 0, --steps 0, ...) with one argparse line: before,
+they ran and ended in a traceback from the median of nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+@pytest.mark.parametrize(("tool", "arguments"), [
+    ("bench_build.py", ["--rounds", "0"]),
+    ("bench_runtime.py", ["--calls", "0"]),
+    ("predict_memory.py", ["--rounds", "x"]),
+    ("bench_serve.py", ["--concurrency", "1,x"]),
+])
+def test_a_bad_count_is_one_line(tool, arguments):
+    done = subprocess.run([sys.executable, str(TOOLS / tool), *arguments], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"{tool}: error: argument {arguments[0]}:" in done.stderr.splitlines()[-1]
