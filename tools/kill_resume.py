@@ -33,14 +33,31 @@ def onnxkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "onnxkit", *args]
 
 
+def onnxkit_ok(*args: str) -> None:
+    """Run onnxkit; a failure ends the tool with its command and onnxkit's own error line, not a traceback."""
+    done = subprocess.run(onnxkit(*args), capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"onnxkit {' '.join(args)} failed:\n{done.stderr.strip()}")
+
+
 def weights(path: Path) -> dict[str, bytes]:
     return {t.name: t.raw_data for t in onnx.load(str(path)).graph.initializer}
+
+
+def completed(run: Path) -> bool:
+    """The run marked itself completed (run.json, written last, after model.onnx): a kill can land after that and
+    before the process exits, and `--resume` then refuses the finished run."""
+    try:
+        info = json.loads((run / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("status") == "completed" and (run / "model.onnx").is_file()
 
 
 def killed_run(command: list[str], run: Path, kills: int, window: float, rng: random.Random) -> list[int]:
     """Run `command`, SIGKILL it at a random moment up to `kills` times (resuming after each), then resume to the
     end; the step each resume went on from, one per kill that landed before its process finished."""
-    resumed_from = []
+    resumed_from, start = [], command
     for _ in range(kills):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
@@ -51,9 +68,13 @@ def killed_run(command: list[str], run: Path, kills: int, window: float, rng: ra
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+            if completed(run):
+                return resumed_from  # killed after the run had finished: nothing to resume
         loop_state = run / "checkpoints" / "last.json"
         resumed_from.append(json.loads(loop_state.read_text())["step"] if loop_state.is_file() else 0)
-        command = onnxkit("train", "--resume", str(run), "--quiet")
+        # killed before run.json was written (still starting up): nothing to resume, so the same command again,
+        # as onnxkit's own message for such a folder says
+        command = onnxkit("train", "--resume", str(run), "--quiet") if (run / "run.json").is_file() else start
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"resume failed after {len(resumed_from)} kills:\n{done.stderr}")
@@ -73,10 +94,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = work / "model.onnx"
-        subprocess.run(onnxkit("build", args.model, "-o", str(model)), check=True, capture_output=True)
+        onnxkit_ok("build", args.model, "-o", str(model))
         train = ["train", str(model), "--data", DATA[args.model], "--epochs", str(args.epochs), *RECIPE, "--quiet"]
         start = time.perf_counter()
-        subprocess.run(onnxkit(*train, "-o", str(work / "straight")), check=True, capture_output=True)
+        onnxkit_ok(*train, "-o", str(work / "straight"))
         window = time.perf_counter() - start
         print(f"{args.model}, {args.epochs} epochs: straight run {window:.2f} s, the window for kills")
         want = weights(work / "straight" / "model.onnx")
