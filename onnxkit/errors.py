@@ -18,6 +18,14 @@ class OnnxkitError(Exception):
         self.params = tuple(params)
 
 
+class MissingPackage(OnnxkitError):
+    """A package the task needs is not installed (or is damaged); the message gives the `pip install` line.
+
+    Not a mistake in the options or files given: `onnxkit build --set pretrained=...` reports it as it is,
+    exit status 1, where a value a recipe refuses is a malformed command line (exit status 2).
+    """
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """' Did you mean: a, b?' for close matches of `name`, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

@@ -27,7 +27,7 @@ import onnx
 from google.protobuf import message as protobuf
 
 from onnxkit import nn
-from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.errors import MissingPackage, OnnxkitError, suggest
 from onnxkit.metadata_keys import LABELS_KEY, RECIPE_KEY, TASK_KEY
 from onnxkit.nn.build import MAX_OPSET
 
@@ -201,6 +201,8 @@ def _build_error(e: Exception, name: str, module: ModuleType, kwargs: dict[str, 
     located = _in_user_code(e, module)
     if located:
         return located
+    if isinstance(e, MissingPackage):  # not the options' fault: its own line, with what to install
+        return None
     if isinstance(e, OnnxkitError):  # a layer refusing a value: one of the options given, if any was
         return OptionError(f"{name} with {shown}: {e}") if kwargs else None
     if not isinstance(e, (ValueError, TypeError, ArithmeticError, IndexError, protobuf.Error)):

