@@ -30,8 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("onnxkit.cli.train", "train_cmd", "Train or fine-tune any inference-form ONNX model."),
     "eval": ("onnxkit.cli.train", "eval_cmd", "Evaluate a model on a dataset split."),
     "quantize": ("onnxkit.cli.quantize", "quantize_cmd", "Quantize to int8/int4/fp16 with a report."),
-    "predict": ("onnxkit.cli.predict", "predict_cmd", "Run a model on inputs from a file."),
-    "serve": ("onnxkit.cli.serve", "serve_cmd", "Serve models over HTTP (Open Inference Protocol)."),
+    "predict": ("onnxkit.cli.predict", "predict_cmd", "Run a model on files: arrays, tables, images, texts."),
+    "serve": ("onnxkit.cli.serve", "serve_cmd", "Serve models over HTTP and gRPC (Open Inference Protocol)."),
 }
 
 

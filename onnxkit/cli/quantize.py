@@ -20,8 +20,8 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @options.output_file("The quantized .onnx file.")
 @click.option("--mode", type=click.Choice(MODES),
               help="How to quantize  [default: static if Conv does most of the work, else dynamic]")
-@click.option("--calib", metavar="DATA", help="Calibration data: a dataset name or .npz/.csv (its train split), "
-              "or model inputs alone (.npz by input name, .npy).")
+@click.option("--calib", metavar="DATA", help="Calibration data: a dataset name, .npz/.csv/.tsv file or folder of "
+              "class folders of images (its train split), or model inputs alone (.npz by input name, .npy).")
 @click.option("--calib-size", type=options.COUNT, default=256, show_default=True, help="Calibration examples.")
 @click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration  [default: minmax]")
 @click.option("--per-channel/--per-tensor", default=None, help="int8 weight scales  [default: per channel]")
@@ -34,7 +34,8 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
     "--block-size", type=click.Choice([str(b) for b in BLOCK_SIZES]), help="int4: weights per scale  [default: 32]"
 )
 @click.option("--eval", "eval_data", metavar="DATA",
-              help="Evaluate both models on DATA's test split  [default: the data a model trained by onnxkit names]")
+              help="Evaluate both models on DATA's test split (a dataset name, .npz/.csv/.tsv file or image "
+                   "folder)  [default: the data a model trained by onnxkit names]")
 @click.option("--model-output", "model_output", metavar="NAME",
               help="The output --eval scores  [default: the one trained, else the scores beside a first output that "
                    "is the predicted label, else the first]")

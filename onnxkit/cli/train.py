@@ -27,7 +27,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.command("train")
 @click.argument("model", required=False, type=click.Path())
 @opt.data("Dataset: iris, digits, digits-images, wine, breast-cancer, diabetes, bbc-news, tweets-sentiment "
-              "(text: tokenized by the model's tokenizer), or a .npz / .csv file.")
+              "(text: tokenized by the model's tokenizer), a .npz / .csv / .tsv file, or a folder of class folders "
+              "of images.")
 @click.option("-o", "--out", "--output", "out_dir", type=click.Path(file_okay=False),
               help="Run folder to create (default: runs/MODEL, the model file's name, or runs/MODEL-2, -3, ...).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
@@ -285,7 +286,8 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 @click.command("eval")
 @click.argument("model", type=click.Path())
-@opt.data("Dataset name or .npz / .csv file (default: the one the model was trained on).")
+@opt.data("Dataset name, .npz / .csv / .tsv file or folder of class folders of images (default: the one the "
+          "model was trained on).")
 @click.option("--split", type=click.Choice(("train", "validation", "test", "all")), default=None,
               help="The split to score (default: test, of the data the model trained on; all of other data).")
 @opt.data_seed(None, "Seed of the split (default: the training run's, else 0).")
