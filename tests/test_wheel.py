@@ -64,6 +64,8 @@ def test_the_wheel_carries_the_zoo(tmp_path):
 
     # the commands' stack comes with the package itself, not with extras: a plain install trains
     with zipfile.ZipFile(wheel) as archive:
+        # the gRPC service definition the README points V2 clients in other languages to (it was left out)
+        assert "onnxkit/serve/v2_grpc.proto" in archive.namelist()
         meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         required = [line.split(":", 1)[1].strip() for line in archive.read(meta).decode().splitlines()
                     if line.startswith("Requires-Dist:") and "extra ==" not in line]
