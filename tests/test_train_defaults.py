@@ -103,9 +103,16 @@ def test_explicit_settings_win_over_the_recipe():
     assert resolve(everything, recipe, **kw)[1] is None  # nothing defaulted, nothing said
     # the README's spelled-out digits-cnn command leaves only the optimizer out: no data-sized setting
     spelled_out = Settings(lr=0.01, batch_size=128, epochs=40, schedule="cosine", warmup=0.05)
-    assert resolve(spelled_out, recipe, **kw)[1] == ("training with defaults for the optimizer: adamw lr 0.01, batch "
-                                                      "128, cosine schedule, warm-up 0.05, 40 epochs (flags override "
-                                                      "them)")  # 'defaults' alone read as if the flags were not taken
+    # 'defaults' alone read as if the flags were not taken; 'defaults for the optimizer: adamw lr 0.01, ...' (make
+    # demo's first training line) as if lr 0.01 were adamw's default: the one setting is named as the default
+    assert resolve(spelled_out, recipe, **kw)[1] == ("training with the default optimizer: adamw lr 0.01, batch 128, "
+                                                      "cosine schedule, warm-up 0.05, 40 epochs (flags override them)")
+    no_lr = Settings(optimizer="adamw", batch_size=128, epochs=40, schedule="cosine", warmup=0.05)
+    assert resolve(no_lr, recipe, **kw)[1].startswith("training with the learning rate of the model's training "
+                                                       "recipe: adamw lr 0.01, batch 128")
+    no_length = Settings(optimizer="adamw", lr=0.01, batch_size=64, schedule="constant")
+    assert resolve(no_length, None, **kw)[1].startswith("training with the length for this data: adamw lr 0.01, "
+                                                         "batch 64, up to ")
 
 
 def test_recipes_travel_in_metadata_per_mode():

@@ -90,13 +90,16 @@ def resolve(
             and getattr(r, f) is not None]
     source = ("the model's training recipe" if used or "lr" in defaulted and r.lr_for(name)
               else "defaults for this data" if automatic else "defaults")  # only the length follows the data
-    if len(defaulted) == 1:  # the flags set all but one: say which ('defaults' read as if no flag had been taken)
-        source += f" for {_WORDS[defaulted[0]]}"
+    if len(defaulted) == 1:  # the flags set all but one: name it ('defaults' read as if no flag had been taken, and
+        # 'defaults for the optimizer: adamw lr 0.01, ...' as if 0.01 were adamw's default rate)
+        word = _WORDS[defaulted[0]]
+        source = {"the model's training recipe": f"the {word} of the model's training recipe",
+                  "defaults for this data": f"the {word} for this data"}.get(source, f"the default {word}")
     return out, _note(out, source, automatic)
 
 
-_WORDS = {"optimizer": "the optimizer", "lr": "the learning rate", "batch_size": "the batch size",
-          "schedule": "the schedule", "epochs": "the length"}
+_WORDS = {"optimizer": "optimizer", "lr": "learning rate", "batch_size": "batch size", "schedule": "schedule",
+          "epochs": "length"}
 
 
 def _first(*values: Any) -> Any:
