@@ -107,10 +107,14 @@ def test_import_loads_neither_onnx_nor_click_nor_the_training_package(mlp_path):
         heavy = [m for m in sys.modules if m in ("onnx", "click", "torch", "onnxkit.nn", "onnxkit.cli")
                  or m.startswith(("onnxruntime.training", "onnx.", "onnxkit.train"))]
         print(heavy)
+        # the README's promise: numpy and onnxruntime only (no scikit-learn, Pillow, tokenizers, server stack)
+        print(sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_names) - before))
     """)
+    code = "import sys; before = {m.split('.')[0] for m in sys.modules}\n" + code
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    labels, heavy = out.stdout.strip().splitlines()
+    labels, heavy, packages = out.stdout.strip().splitlines()
     assert heavy == "[]"
+    assert packages == "['numpy', 'onnxkit', 'onnxruntime']", packages
     assert labels.startswith("['")
 
 
