@@ -321,6 +321,30 @@ def test_http_mixes_json_and_binary_per_tensor(server, direct):
         client.close()
 
 
+def test_an_empty_outputs_list_asks_for_every_output_as_over_grpc(server, direct):
+    """`"outputs": []` is the protocol's "no outputs requested": every output, as Triton answers it and as gRPC
+    (whose empty repeated field is the same as none) does here; over HTTP it came back with no outputs at all."""
+    x = np.random.default_rng(2).normal(size=(2, 64)).astype(np.float32)
+    expected = direct["digits"].predict(x)["logits"]
+    body = {"inputs": [{"name": "x", "shape": [2, 64], "datatype": "FP32", "data": x.ravel().tolist()}], "outputs": []}
+    reply = httpx.post(f"{server.url}/v2/models/digits/infer", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    (output,) = reply.json()["outputs"]
+    assert output["name"] == "logits" and output["shape"] == [2, 10]
+    np.testing.assert_allclose(np.reshape(output["data"], (2, 10)), expected, rtol=1e-6, atol=1e-6)
+    body["parameters"] = {"binary_data_output": True}
+    reply = httpx.post(f"{server.url}/v2/models/digits/infer", json=body, timeout=30)
+    header = int(reply.headers["inference-header-content-length"])
+    assert json.loads(reply.content[:header])["outputs"][0]["parameters"] == {"binary_data_size": 80}
+    np.testing.assert_allclose(np.frombuffer(reply.content[header:], "<f4").reshape(2, 10), expected, rtol=1e-6)
+    client = triton_grpc.InferenceServerClient(server.grpc)
+    try:
+        result = client.infer("digits", [tensor(triton_grpc, "x", x, "FP32")], outputs=[])
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-6, atol=1e-6)
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
 def test_a_compressed_request_body_is_decompressed(server, direct, algorithm):
     # before: tritonclient's request_compression_algorithm got a 400 ("Inference-Header-Content-Length '135' must be

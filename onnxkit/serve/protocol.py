@@ -604,7 +604,7 @@ def _requested_outputs(
     requested: list[tuple[Any, Mapping[str, Any]]] | None, model: Model, binary_outputs: bool
 ) -> tuple[list[str], dict[str, int], set[str]]:
     names = [spec.name for spec in model.outputs]
-    if requested is None:
+    if not requested:  # none or an empty list: every output (Triton's rule, and gRPC's empty repeated field)
         return names, {}, set(names) if binary_outputs else set()
     chosen, classification, raw = [], {}, set()
     for name, parameters in requested:
