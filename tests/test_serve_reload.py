@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit import zoo
@@ -143,3 +143,36 @@ def test_watch_reloads_a_model_whose_weights_file_was_replaced(tmp_path):
         while time.monotonic() < deadline and not any("loaded the new version" in line for line in server.log):
             time.sleep(0.1)
         assert np.allclose(answer(c.post("/v2/models/digits/infer", json=BODY)), expected["new"], atol=1e-4)
+
+
+def fails_at_run() -> onnx.ModelProto:
+    """digits-mlp's signature (x [batch, 64] -> logits [batch, 10]) in a model that loads but fails on every input:
+    its Reshape asks for 7 rows."""
+    shape = numpy_helper.from_array(np.array([7, -1], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["logits"])], "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], [shape],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_watch_keeps_the_served_version_when_the_new_one_fails_where_it_runs(served):
+    """A replaced file that loads but fails on the warm-up's row of zeros, which the served version runs, is not
+    swapped in: the old version answers on, the log and the index say why. It was swapped in with a warning that
+    it was "served without a warm-up", and every request failed from then on (a 400 naming the new model's error)."""
+    server, path, old, _, _ = served
+    save_model(fails_at_run(), path)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("warning: model 'digits'" in line for line in server.log):
+        time.sleep(0.1)
+    (line,) = [line for line in server.log if "warning: model 'digits'" in line]
+    assert "the new version fails on one row of zeros, which the version served now runs" in line
+    assert "cannot be reshaped" in line and line.endswith("the version loaded before is still served")
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        np.testing.assert_allclose(answer(c.post("/v2/models/digits/infer", json=BODY)), old, atol=1e-4)
+        (entry,) = c.post("/v2/repository/index").json()
+        assert entry["state"] == "READY" and "the new version fails on one row of zeros" in entry["reason"]
+        reply = c.post("/v2/repository/models/digits/load")  # asked for: refused the same way, with a 400
+        assert reply.status_code == 400 and "the version loaded before is still served" in reply.json()["error"]
+        np.testing.assert_allclose(answer(c.post("/v2/models/digits/infer", json=BODY)), old, atol=1e-4)

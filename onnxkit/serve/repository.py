@@ -49,10 +49,11 @@ class Repository:
         self,
         models: list[Model],
         paths: dict[str, Path],
-        loader: Callable[[str, Path], Model],
+        loader: Callable[[str, Path, Model | None], Model],
         batcher: Callable[[Model], Batcher],
     ) -> None:
-        """`loader(name, path)` loads a model; `batcher(model)` makes the batcher that serves it."""
+        """`loader(name, path, served)` loads a model to replace `served` (None if none is served); `batcher(model)`
+        makes the batcher that serves it."""
         self.loader = loader
         self._entries = {m.name: _Entry(paths[m.name], batcher(m), _stamp(paths[m.name])) for m in models}
         self.served: dict[str, Batcher] = {name: entry.batcher for name, entry in self._entries.items()}
@@ -99,7 +100,8 @@ class Repository:
         async with entry.lock:
             stamp = _stamp(entry.path)
             try:
-                model = await asyncio.to_thread(self.loader, name, entry.path)
+                served = entry.batcher.model if name in self.served else None
+                model = await asyncio.to_thread(self.loader, name, entry.path, served)
             except OnnxkitError as e:
                 entry.reason = f"loading {entry.path} failed: {e}"
                 kept = "the version loaded before is still served" if name in self.served else "it is not served"

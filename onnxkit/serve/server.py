@@ -59,7 +59,9 @@ PROBE_LENGTHS = (128, 32, 8)  # a typical sequence, for the probe run that sizes
 # ones for a model whose tables hold fewer positions (a text-transformer built with max_len=64)
 
 
-def load_served(name: str, path: Path, device: str, threads: int | None) -> runtime.Model:
+def load_served(
+    name: str, path: Path, device: str, threads: int | None, served: runtime.Model | None = None
+) -> runtime.Model:
     """The model, warmed up, on `threads` intra-op threads; by default one per CPU, or one per CPU
     less one for a model whose one-row run is short enough to run on the event loop.
 
@@ -68,11 +70,13 @@ def load_served(name: str, path: Path, device: str, threads: int | None) -> runt
     thread, and the loop is idle while they compute: all the cores serve them (text-transformer
     at 32 clients on 2 cores: 1.36x in-process on two threads, 0.72x on one).
 
-    A model that fails on that row (its inputs need other sizes or values) is served unwarmed, with a warning."""
+    A model that fails on that row (its inputs need other sizes or values) is served unwarmed, with a warning;
+    unless it is to replace `served` (a reload), which runs on its own such row: then the new version is broken,
+    and OnnxkitError keeps the served one (a replaced file that failed on every request was swapped in)."""
 
     def load(count: int) -> tuple[runtime.Model, float]:
         model = runtime.load(path, device=device, threads=count, batch_size=None, spin=False, name=name)
-        return model, _row_seconds(model)  # its warm-up too
+        return model, _row_seconds(model, served)  # its warm-up too
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     model, seconds = load(threads or cpus)
@@ -84,9 +88,10 @@ def load_served(name: str, path: Path, device: str, threads: int | None) -> runt
     return model
 
 
-def _row_seconds(model: runtime.Model) -> float:
+def _row_seconds(model: runtime.Model, served: runtime.Model | None = None) -> float:
     """The fastest of a few runs on one row of zeros whose other free dimensions (a sequence) are the first of
-    PROBE_LENGTHS the model runs on; infinite, with a warning, if it fails on each."""
+    PROBE_LENGTHS the model runs on; infinite, with a warning, if it fails on each; OnnxkitError if it fails on each
+    and `served`, the version it is to replace, runs on one."""
     for length in PROBE_LENGTHS:
         feeds = example_feeds(model.inputs, length=length)
         try:
@@ -100,9 +105,21 @@ def _row_seconds(model: runtime.Model) -> float:
             model.run(feeds)
             times.append(time.perf_counter() - start)
         return min(times)
+    if served is not None and _runs_on_zeros(served):
+        raise OnnxkitError(f"the new version fails on one row of zeros, which the version served now runs "
+                           f"({error_reason(failure)}); check the new file")  # fmt: skip
     print(f"warning: model {model.name}: served without a warm-up, as it fails on one row of zeros "
           f"({error_reason(failure)}); a request's first run takes longer", file=sys.stderr)  # fmt: skip
     return math.inf
+
+
+def _runs_on_zeros(model: runtime.Model) -> bool:
+    """Whether the model runs on one row of zeros of any of PROBE_LENGTHS, as its warm-up does."""
+    for length in PROBE_LENGTHS:
+        with contextlib.suppress(Exception):  # onnxruntime's errors have no common base class
+            model.run(example_feeds(model.inputs, length=length))
+            return True
+    return False
 
 
 def bind(host: str, port: int, param: str = "port") -> socket.socket:
@@ -170,8 +187,8 @@ def serve(
                            params=["grpc_port"])
     files = model_files(specs)
 
-    def load(name: str, path: Path) -> runtime.Model:
-        return load_served(name, path, device, threads)
+    def load(name: str, path: Path, served: runtime.Model | None = None) -> runtime.Model:
+        return load_served(name, path, device, threads, served)
 
     _return_large_frees()
     # the modules loaded so far live as long as the process: out of the cyclic collector's sight (~3% less CPU per
