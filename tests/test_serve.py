@@ -424,12 +424,27 @@ def test_a_text_model_of_fewer_positions_than_the_probe_is_warmed_up_on_a_shorte
     assert model.run({"input_ids": ids, "attention_mask": ids})["logits"].shape == (1, 2)
 
 
+def bfloat16_identity() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch", 2])],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
 def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
     _, paths = models
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not onnx")
+    bf16 = save_model(bfloat16_identity(), tmp_path / "bf16.onnx")
+    # a bfloat16 input, which no request can fill: it was served and advertised READY, after a warning that it failed
+    # its warm-up ("Required inputs (['x']) are missing from input feed ([])"), and every request got a 400
+    bf16_error = (f"error: {bf16}: input 'x' has type tensor(bfloat16), which numpy cannot hold, so no request can "
+                  "run this model; export it with float32 or float16 inputs")  # fmt: skip
     for args, message in [
         ([str(broken)], "broken.onnx: onnxruntime"),
+        ([str(bf16)], bf16_error),
         ([paths["fixed"], f"fixed={paths['digits']}"], "two models are named 'fixed'"),
     ]:
         result = subprocess.run([sys.executable, "-m", "onnxkit", "serve", *args, "--port", "0"],

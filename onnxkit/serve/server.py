@@ -76,6 +76,7 @@ def load_served(
 
     def load(count: int) -> tuple[runtime.Model, float]:
         model = runtime.load(path, device=device, threads=count, batch_size=None, spin=False, name=name)
+        _check_inputs(model, path)
         return model, _row_seconds(model, served)  # its warm-up too
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -86,6 +87,16 @@ def load_served(
         print(f"model {name}: its outputs are not one a row, each of its own input row alone, so its requests run "
               "one at a time, never merged into a batch", file=sys.stderr)
     return model
+
+
+def _check_inputs(model: runtime.Model, path: Path) -> None:
+    """OnnxkitError for a model with an input no request can fill: of a type numpy cannot hold (bfloat16, a sequence,
+    a map). It was served, advertised as ready, and refused every request."""
+    for spec in model.inputs:
+        if spec.dtype is None and spec.type != "tensor(string)":
+            fix = "export it with float32 or float16 inputs" if "bfloat16" in spec.type else "give it tensor inputs"
+            raise OnnxkitError(f"{path}: input {spec.name!r} has type {spec.type}, which numpy cannot hold, so no "
+                               f"request can run this model; {fix}")  # fmt: skip
 
 
 def _row_seconds(model: runtime.Model, served: runtime.Model | None = None) -> float:
