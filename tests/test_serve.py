@@ -445,6 +445,8 @@ def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
     for args, message in [
         ([str(broken)], "broken.onnx: onnxruntime"),
         ([str(bf16)], bf16_error),
+        # GET /v2/models/stats answered every model's statistics, never the metadata of a model named so
+        ([f"stats={paths['digits']}"], "error: model name 'stats' (from 'stats="),
         ([paths["fixed"], f"fixed={paths['digits']}"], "two models are named 'fixed'"),
     ]:
         result = subprocess.run([sys.executable, "-m", "onnxkit", "serve", *args, "--port", "0"],

@@ -44,6 +44,11 @@ def model_files(specs: str | os.PathLike | list[str]) -> dict[str, Path]:
             raise OnnxkitError(
                 f"model name {name!r} (from {spec!r}) cannot be used in a URL; give one without '/' as NAME=PATH"
             )
+        if name == "stats":  # GET /v2/models/stats is every model's statistics: its metadata could not be asked for
+            raise OnnxkitError(
+                f"model name 'stats' (from {spec!r}) is taken by the URL of every model's statistics, "
+                f"/v2/models/stats; give another as NAME=PATH, e.g. stats-model={path}"
+            )
         if name in files:
             raise OnnxkitError(f"two models are named {name!r}; name them apart with NAME=PATH, e.g. {name}-2={path}")
         files[name] = Path(path)
