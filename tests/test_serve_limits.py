@@ -236,8 +236,12 @@ def test_a_wrong_or_missing_api_key_gets_401_and_health_stays_open(guarded):
          b"\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\n \r\n" * 1025, 400,
          "malformed HTTP request: the body came in 1025 chunks of 1 bytes on average; send chunks of 256 bytes or "
          "more, or a Content-Length"),
+        # before: a 404 "no such endpoint: *" to its "PRI * HTTP/2.0", the log naming its next line (b'SM')
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00", 400,
+         "this port speaks HTTP/1.1, not HTTP/2: connect gRPC clients to the server's --grpc-port (HTTP clients "
+         "without HTTP/2 prior knowledge)"),
     ],
-    ids=["request-line", "negative-length", "two-lengths", "bad-chunk", "length-and-chunked", "tiny-chunks"],
+    ids=["request-line", "negative-length", "two-lengths", "bad-chunk", "length-and-chunked", "tiny-chunks", "http2"],
 )  # fmt: skip
 def test_malformed_http_gets_a_json_error_and_the_connection_is_closed(guarded, request_, status, message):
     # before: uvicorn's plain-text 400 "Invalid HTTP request received." for each (431 too)

@@ -248,6 +248,11 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             if between_requests and self._head_timer is None:  # a new request begins
                 self._began, self._received = self._heard, 0
             self._received += len(data)
+            if self._received == len(data) and data.startswith(_HTTP2_PREFACE):  # a request begins with it
+                client = "%s:%d" % self.client if self.client else "a client"  # noqa: UP031  (as send_400_response)
+                notices.note(MALFORMED, f" from {client}: HTTP/2's preface, from a gRPC client? (answered 400)")
+                self._refuse(RequestError(400, _HTTP2_ON_HTTP1))
+                return
             super().data_received(data)
             if self.flow.read_paused and self._body_in_unanswered():
                 # uvicorn stops reading a body past 64 KiB until the app takes it, and did not read again
@@ -365,6 +370,11 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
 
     GuardedH11Protocol.notices = notices  # type: ignore[attr-defined]
     return GuardedH11Protocol
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"  # what an HTTP/2 client (gRPC's) sends first, as a request line
+_HTTP2_ON_HTTP1 = ("this port speaks HTTP/1.1, not HTTP/2: connect gRPC clients to the server's --grpc-port "
+                   "(HTTP clients without HTTP/2 prior knowledge)")  # fmt: skip
 
 
 class _ChunkCounting(h11.Connection):
