@@ -186,6 +186,13 @@ def check_input(
         raise RequestError(400, f"input {name!r} of model {model!r} has datatype {expected}, got {datatype!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise RequestError(400, f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    if specs[name] is TEXT_SPEC and math.prod(shape) > MAX_TEXTS:  # from the shape, before the texts are read
+        raise _too_many_texts(model, math.prod(shape))
+
+
+def _too_many_texts(model: str, count: int) -> RequestError:
+    return RequestError(413, f"model {model!r}: a request takes at most {MAX_TEXTS} texts, this one has {count}; "
+                             "send them in several requests")  # fmt: skip
 
 
 def build_request(
@@ -209,8 +216,7 @@ def build_request(
                 shape = list(values[TEXT_INPUT].shape)
                 raise OnnxkitError(f"input {TEXT_INPUT!r} must have shape [texts], one text a row, got {shape}")
             if len(values[TEXT_INPUT]) > MAX_TEXTS:  # each costs the tokenizer ~1 KB, however short
-                raise RequestError(413, f"model {model.name!r}: a request takes at most {MAX_TEXTS} texts, this one "
-                                        f"has {len(values[TEXT_INPUT])}; send them in several requests")
+                raise _too_many_texts(model.name, len(values[TEXT_INPUT]))
             values = text_feeds(model, values[TEXT_INPUT].tolist())
         # the model's own shapes, not Model.prepare's: that lets a fixed batch size (x [1, 4]) take any number of
         # rows, which `predict` runs in batches of that size, but the server runs a request as one session run
