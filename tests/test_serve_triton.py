@@ -36,7 +36,7 @@ from onnxkit.serve.grpc_service import STREAM_AHEAD, InferenceService
 from onnxkit.serve.grpc_service import message as grpc_message
 from onnxkit.serve.launch import ServerProcess
 from onnxkit.serve.metrics import Metrics
-from onnxkit.serve.protocol import MAX_TEXTS, decode_request
+from onnxkit.serve.protocol import MAX_TEXTS, array_from_values, decode_request
 from onnxkit.serve.repository import Repository
 from onnxkit.tokenize import MAX_LENGTH_KEY, TOKENIZER_KEY
 
@@ -594,6 +594,21 @@ def test_bytes_past_the_shapes_count_are_refused_without_being_read():
     with pytest.raises(RequestError, match=r"shape \[3\] holds 3 values, but its raw data has 2$"):
         binary.to_array(b"\1\0\0\0a" * 2, "BYTES", [3], "s")
     assert binary.to_array(b"\1\0\0\0a\0\0\0\0", "BYTES", [2], "s").tolist() == [b"a", b""]
+
+
+def test_json_bytes_of_another_count_than_the_shape_are_refused_before_they_are_made_objects():
+    """10,000,000 JSON strings (a 30 MB body) under a shape of [1] took 2.7 s of the server's CPU to refuse, as numpy
+    made an object of each first; a flat list's length is checked first now."""
+    data = [""] * 10_000_000
+    start = time.perf_counter()
+    with pytest.raises(RequestError) as refused:
+        array_from_values(data, "BYTES", [1], "s")
+    assert time.perf_counter() - start < 0.5
+    assert str(refused.value) == "input 's': shape [1] holds 1 values, but data has 10000000"
+    assert array_from_values(["a", "b"], "BYTES", [2], "s").tolist() == ["a", "b"]
+    assert array_from_values([["a"], ["b"]], "BYTES", [2, 1], "s").tolist() == [["a"], ["b"]]
+    with pytest.raises(RequestError, match=r"shape \[3\] holds 3 values, but data has 2$"):
+        array_from_values([["a"], ["b"]], "BYTES", [3], "s")
 
 
 def test_our_proto_matches_tritonclients_and_the_committed_module_is_current():
