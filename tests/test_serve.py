@@ -424,10 +424,10 @@ def test_a_text_model_of_fewer_positions_than_the_probe_is_warmed_up_on_a_shorte
     assert model.run({"input_ids": ids, "attention_mask": ids})["logits"].shape == (1, 2)
 
 
-def bfloat16_identity() -> onnx.ModelProto:
+def bfloat16_model(node: str, x: int) -> onnx.ModelProto:
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "bf16",
-        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 2])],
+        [helper.make_node(node, ["x"], ["y"], **({"to": TensorProto.BFLOAT16} if node == "Cast" else {}))], "bf16",
+        [helper.make_tensor_value_info("x", x, ["batch", 2])],
         [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch", 2])],
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
@@ -437,7 +437,8 @@ def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
     _, paths = models
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not onnx")
-    bf16 = save_model(bfloat16_identity(), tmp_path / "bf16.onnx")
+    bf16 = save_model(bfloat16_model("Identity", TensorProto.BFLOAT16), tmp_path / "bf16.onnx")
+    bf16_out = save_model(bfloat16_model("Cast", TensorProto.FLOAT), tmp_path / "bf16-out.onnx")
     # a bfloat16 input, which no request can fill: it was served and advertised READY, after a warning that it failed
     # its warm-up ("Required inputs (['x']) are missing from input feed ([])"), and every request got a 400
     bf16_error = (f"error: {bf16}: input 'x' has type tensor(bfloat16), which numpy cannot hold, so no request can "
@@ -445,6 +446,10 @@ def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
     for args, message in [
         ([str(broken)], "broken.onnx: onnxruntime"),
         ([str(bf16)], bf16_error),
+        # a bfloat16 output: every request got a 400, "model 'bf16-out' failed on this input: No corresponding Numpy
+        # type for Tensor Type. bfloat16", blaming the request
+        ([str(bf16_out)], f"error: {bf16_out}: output 'y' has type tensor(bfloat16), which numpy cannot hold, so no "
+                          "request can run this model; export it with float32 or float16 outputs"),
         # GET /v2/models/stats answered every model's statistics, never the metadata of a model named so
         ([f"stats={paths['digits']}"], "error: model name 'stats' (from 'stats="),
         ([paths["fixed"], f"fixed={paths['digits']}"], "two models are named 'fixed'"),

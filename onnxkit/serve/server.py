@@ -81,7 +81,7 @@ def load_served(
 
     def load(count: int) -> tuple[runtime.Model, float]:
         model = runtime.load(path, device=device, threads=count, batch_size=None, spin=False, name=name)
-        _check_inputs(model, path)
+        _check_types(model, path)
         return model, _row_seconds(model, served)  # its warm-up too
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -94,14 +94,19 @@ def load_served(
     return model
 
 
-def _check_inputs(model: runtime.Model, path: Path) -> None:
-    """OnnxkitError for a model with an input no request can fill: of a type numpy cannot hold (bfloat16, a sequence,
-    a map). It was served, advertised as ready, and refused every request."""
+def _check_types(model: runtime.Model, path: Path) -> None:
+    """OnnxkitError for a model no request can run: an input of a type numpy cannot hold (bfloat16, a sequence, a
+    map), or a tensor output of one (bfloat16), which onnxruntime cannot hand back. It was served, advertised as
+    ready, and refused every request (a 400 saying that the request's input failed, for an output)."""
     for spec in model.inputs:
         if spec.dtype is None and spec.type != "tensor(string)":
             fix = "export it with float32 or float16 inputs" if "bfloat16" in spec.type else "give it tensor inputs"
             raise OnnxkitError(f"{path}: input {spec.name!r} has type {spec.type}, which numpy cannot hold, so no "
                                f"request can run this model; {fix}")  # fmt: skip
+    for spec in model.outputs:
+        if spec.dtype is None and spec.type.startswith("tensor(") and spec.type != "tensor(string)":
+            raise OnnxkitError(f"{path}: output {spec.name!r} has type {spec.type}, which numpy cannot hold, so no "
+                               "request can run this model; export it with float32 or float16 outputs")  # fmt: skip
 
 
 def _row_seconds(model: runtime.Model, served: runtime.Model | None = None) -> float:
