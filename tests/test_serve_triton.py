@@ -845,3 +845,68 @@ def test_bytes_that_are_no_protobuf_message_get_invalid_argument(server):
         "the request is not a valid inference.ModelInferRequest", ""
     ]
     assert answers[1].infer_response.model_name == "digits"
+
+
+def looping(tmp_path: Path) -> str:
+    """A model whose run takes as long as the request asks: y = tanh(x @ w) applied 300 + n times (x [batch, 256],
+    n [1]), on onnxruntime's Loop, so a test can make a run outlast a stop's drain on any machine."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.06, (256, 256)).astype(np.float32), "w")
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["state", "w"], ["product"]), helper.make_node("Tanh", ["product"], ["next"]),
+         helper.make_node("Identity", ["cond"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("next", TensorProto.FLOAT, ["batch", 256])],
+    )  # fmt: skip
+    base = numpy_helper.from_array(np.array(300, np.int64), "base")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["n"], ["extra"], keepdims=0),
+         helper.make_node("Add", ["base", "extra"], ["trips"]),
+         helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)], "looping",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])], [weight, base],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    return str(save_model(model, tmp_path / "looping.onnx"))
+
+
+def test_grpc_calls_at_a_stop_get_the_drain_timeout_and_the_servers_503(tmp_path):
+    """At SIGTERM, a gRPC call in progress is answered as an HTTP request is: it may finish within --drain-timeout,
+    then gets UNAVAILABLE "the server is stopping; retry ...". Before, gRPC calls got 5 s whatever --drain-timeout said
+    (a 2 s run outlasted a 1 s drain and answered; a 6 s one was cut under a 30 s drain), ended by grpc's own
+    "Cancelling all calls"."""
+    path = looping(tmp_path)
+    x = np.full((64, 256), 0.1, np.float32)
+    direct = runtime.load(path, threads=1)
+    start = time.perf_counter()
+    direct.run({"x": x, "n": np.array([1000], np.int64)})
+    trips = int(min(400_000, 1000 * 5.0 / (time.perf_counter() - start)))  # a run of ~5 s here
+    outcome: dict = {}
+    with ServerProcess([path], "--grpc-port", "0", "--threads", "1", "--drain-timeout", "1") as running:
+        client = triton_grpc.InferenceServerClient(running.grpc)
+
+        def call() -> None:
+            began = time.monotonic()
+            try:
+                client.infer("looping", [tensor(triton_grpc, "x", x, "FP32"),
+                                         tensor(triton_grpc, "n", np.array([trips], np.int64), "INT64")])  # fmt: skip
+                outcome["answer"] = "answered"
+            except InferenceServerException as e:
+                outcome["answer"] = f"{e.status()} {e.message()}"
+            outcome["seconds"] = time.monotonic() - began
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.5)
+        assert running.stop(timeout=30) == 0
+        caller.join(30)
+        client.close()
+    assert outcome["answer"] == (
+        "StatusCode.UNAVAILABLE the server is stopping; retry (on another server, or on this one once it is back)"
+    ), outcome
+    assert 1.3 < outcome["seconds"] < 2.5, outcome  # 0.5 s before the stop, then the 1 s drain

@@ -44,6 +44,7 @@ from onnxkit.serve.protocol import HEADER_LENGTH, InferRequest, RequestError, de
 from onnxkit.serve.repository import Repository
 
 _log = logging.getLogger("onnxkit.serve")
+GRPC_ANSWER_S = 1.0  # at a stop, the time gRPC calls get past --drain-timeout to send the 503s it ended with
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()  # as ASGI gives header names
 
 
@@ -134,7 +135,14 @@ def create_app(
         nonlocal ready
         ready = False
         if grpc_server is not None:
-            await grpc_server.stop(5)
+            # gRPC calls in progress get --drain-timeout, as HTTP requests do; those still queued or running then are
+            # answered UNAVAILABLE with the batchers' "the server is stopping; retry ..." (grpc had 5 s, whatever the
+            # flag, then ended them with its own "Cancelling all calls")
+            abandon = asyncio.get_running_loop().call_later(limits.drain_timeout, repository.abandon)
+            try:
+                await grpc_server.stop(limits.drain_timeout + GRPC_ANSWER_S)
+            finally:
+                abandon.cancel()
         await repository.stop()
 
     @contextlib.asynccontextmanager
