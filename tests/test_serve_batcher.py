@@ -256,3 +256,71 @@ def test_only_a_run_bigger_than_any_batch_gives_back_its_memory():
     for rows in (1, 32, 33, 5000):
         _timed_run(model, {"x": np.zeros((rows, 2))}, rows, 32)  # type: ignore[arg-type]
     assert model.released == [False, False, True, True]
+
+
+def looping() -> runtime.Model:
+    """y = tanh(x @ w) applied n times (x [batch, 16], n [1]), on onnxruntime's Loop: a model whose run time
+    follows the request's data, not its rows."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [16, 16], np.full(256, 0.05, np.float32).tolist())
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["state", "w"], ["product"]), helper.make_node("Tanh", ["product"], ["next"]),
+         helper.make_node("Identity", ["cond"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("next", TensorProto.FLOAT, ["batch", 16])],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["n"], ["trips"], keepdims=0),
+         helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)], "looping",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], [weight],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    return runtime.load(proto.SerializeToString(), device="cpu", threads=1, batch_size=None, name="looping")
+
+
+def test_a_model_whose_run_time_follows_its_data_leaves_the_event_loop_after_one_long_run():
+    """A model fast on its first requests runs them on the event loop (`INLINE_RUN_S`); one whose cost follows its
+    data (a Loop's trip count) then ran a long request there too, holding every client of the server, health checks
+    included, for as long (1 s for a 1.3 s run), and every such request after it: its estimate follows the fastest
+    run. Now one run on the loop past `OFF_LOOP_S` sends the model's later runs to its thread."""
+    model = looping()
+    x = np.full((1, 16), 0.1, np.float32)
+    start = time.perf_counter()
+    model.run({"x": x, "n": np.array([20_000], np.int64)})
+    trips = int(min(5_000_000, 20_000 * 0.4 / (time.perf_counter() - start)))  # a run of ~0.4 s here
+
+    async def main() -> list[float]:
+        batcher = Batcher(model, Metrics([model.name]))
+        batcher.start()
+        short, long = ({"x": x, "n": np.array([n], np.int64)} for n in (0, trips))
+        gaps: list[float] = []
+
+        async def tick() -> None:  # the event loop's longest stall, as a client waiting on it sees it
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        stalls = []
+        ticker = asyncio.create_task(tick())
+        try:
+            for feeds in (short, short, short, long, short, long, short, long):
+                await asyncio.sleep(0.02)  # the ticker's last gap falls before this request
+                gaps.clear()
+                await batcher.infer(feeds)
+                await asyncio.sleep(0.02)  # and the stall this one caused, if any, is seen
+                stalls.append(max(gaps, default=0.0))
+        finally:
+            ticker.cancel()
+            await batcher.stop()
+        return stalls
+
+    stalls = asyncio.run(main())
+    assert stalls[3] > 0.2, stalls  # the first long run: on the loop, as nothing foretold it
+    assert max(stalls[5], stalls[7]) < 0.1, stalls  # before: ~0.4 s each, as the first

@@ -37,6 +37,7 @@ from onnxkit.serve.protocol import RequestError
 from onnxkit.serve.statistics import ModelStatistics
 
 INLINE_RUN_S = 200e-6
+OFF_LOOP_S = 0.05  # a run on the loop this long: the model's time follows its data, and it never runs there again
 PIECE_VALUES = 1 << 15  # input values per run of a request bigger than a batch (see _timed_run)
 
 
@@ -72,6 +73,7 @@ class Batcher:
         self._receiving = 0  # requests whose bodies are still being read or decoded
         self._wakeup = asyncio.Event()
         self._seconds_per_row: weakref.WeakKeyDictionary[Model, float] = weakref.WeakKeyDictionary()
+        self._off_loop: weakref.WeakSet[Model] = weakref.WeakSet()  # models whose runs never go on the loop
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnxkit-{model.name}")
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -231,8 +233,13 @@ class Batcher:
         self._running = batch
         try:
             run = (model, feeds, rows, self.max_batch_size)
-            if estimate is not None and estimate * rows < INLINE_RUN_S:
+            if estimate is not None and estimate * rows < INLINE_RUN_S and model not in self._off_loop:
+                cpu = time.thread_time()
                 outputs, seconds = _timed_run(*run)
+                # a Loop's trip count, a Tile's repeats: its cost came with its data, and the next such run would
+                # hold every client as long (the CPU time it took too: not a run slowed by the machine's other work)
+                if seconds > OFF_LOOP_S and time.thread_time() - cpu > OFF_LOOP_S / 2:
+                    self._off_loop.add(model)
             else:
                 outputs, seconds = await self._loop.run_in_executor(self._executor, _timed_run, *run)
         except Exception as e:
