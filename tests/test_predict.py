@@ -60,6 +60,11 @@ def test_output_formats(run_cli, digits, tmp_path, suffix):
         with np.load(out) as saved:
             np.testing.assert_allclose(saved["logits"], logits, rtol=1e-5, atol=1e-5)
             assert list(saved["labels"]) == labels
+            # --top-k was left out of an .npz (the .json and .csv hold it): [rows, k] labels and scores
+            best = np.argsort(-logits, axis=1, kind="stable")[:, :2]
+            assert saved["top_k_labels"].tolist() == [[str(i) for i in row] for row in best]
+            np.testing.assert_allclose(saved["top_k_scores"], np.take_along_axis(logits, best, 1), rtol=1e-5,
+                                       atol=1e-5)
     else:
         np.testing.assert_allclose(np.load(out), logits, rtol=1e-5, atol=1e-5)
 

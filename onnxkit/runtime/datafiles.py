@@ -5,8 +5,8 @@ object of nested lists by input name), .csv (one example per row, optional heade
 images (each a row; `onnxkit.data.images` decodes them as the model's image input takes them).
 A file written for training also reads: what train reads as its labels (an .npz's `labels`
 or `y` and `label_names`, a CSV column headed label, target, y, ...) is left out.
-Outputs: .json (outputs, labels, top-k), .npz (every output), .npy (the scores output:
-`Prediction.scores`), .csv (one row per example). All written atomically.
+Outputs: .json (outputs, labels, top-k), .npz (every output, labels, top_k_labels and top_k_scores), .npy (the
+scores output: `Prediction.scores`), .csv (one row per example). All written atomically.
 """
 
 from __future__ import annotations
@@ -263,6 +263,11 @@ def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int
                 arrays.setdefault("labels", np.asarray(prediction.labels))
             if names:
                 arrays.setdefault("files", np.asarray(names))
+            if top_k:  # as the .json and .csv hold them: [rows, k] class names (else ids) and their scores
+                best, scores = prediction.top_k_indices(top_k)
+                classes = prediction.class_names
+                arrays.setdefault("top_k_labels", np.asarray(classes)[best] if classes else best)
+                arrays.setdefault("top_k_scores", scores)
             np.savez(buffer, **arrays)
         write_bytes(path, buffer.getvalue())
     else:
