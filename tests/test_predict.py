@@ -69,6 +69,21 @@ def test_output_formats(run_cli, digits, tmp_path, suffix):
         np.testing.assert_allclose(np.load(out), logits, rtol=1e-5, atol=1e-5)
 
 
+def test_json_records_are_one_clear_error(run_cli, digits, tmp_path):
+    """pandas' df.to_json(orient='records'), a list of objects by column name, said "input 'x' expects float32
+    values, got object", which told a user neither what was wrong nor what to do."""
+    path, x, _ = digits
+    records = [{f"p{j}": float(v) for j, v in enumerate(row)} for row in x]
+    (tmp_path / "rows.json").write_text(json.dumps(records))
+    out = tmp_path / "out.csv"
+    result = run_cli("predict", path, "-i", tmp_path / "rows.json", "-o", out)
+    assert result.code == 1 and not out.exists()
+    assert result.err == (f"error: {tmp_path / 'rows.json'}: a list of objects (a row each, as pandas' "
+                          "to_json(orient='records') writes); predict reads a list of numbers per example, or an "
+                          "object of such lists by input name: save the table as .csv (df.to_csv(path, "
+                          "index=False)), which is read by its column names\n")
+
+
 def test_csv_rows_are_reshaped_to_the_input(run_cli, tmp_path):
     proto = zoo.build_model("digits-cnn")
     path = save_model(proto, tmp_path / "cnn.onnx")

@@ -182,6 +182,11 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
             return arrays
         if suffix == ".json":
             data = json.loads(read_text_file(path))
+            if isinstance(data, list) and any(isinstance(row, dict) for row in data):
+                raise OnnxkitError(f"{path}: a list of objects (a row each, as pandas' to_json(orient='records') "
+                                   "writes); predict reads a list of numbers per example, or an object of such lists "
+                                   "by input name: save the table as .csv (df.to_csv(path, index=False)), which is "
+                                   "read by its column names")
             return data if isinstance(data, dict) else _single(model, path, data)
         return _csv_inputs(path, model) or _single(model, path, _read_csv(path, model))
     except RecursionError:
