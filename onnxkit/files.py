@@ -267,7 +267,7 @@ def npy_array(path: str | os.PathLike) -> Any:
 def _no_objects(path: str | os.PathLike, name: str | None = None) -> Iterator[None]:
     """numpy's refusal to unpickle an array of dtype object (pandas' `.values` of a text or mixed column gives one)
     as an error naming the array and the cast that saves it plainly (it was 'write it with numpy.savez', which
-    had written it)."""
+    had written it; then '.astype(str)', which on pandas 3 keeps its Arrow string array, saved as objects again)."""
     try:
         yield
     except ValueError as e:
@@ -275,7 +275,8 @@ def _no_objects(path: str | os.PathLike, name: str | None = None) -> Iterator[No
             raise
         what, cast = (f"array {name!r}", name if name.isidentifier() else "array") if name else ("its array", "array")
         raise OnnxkitError(f"{path}: {what} holds Python objects (dtype object), which onnxkit does not unpickle; "
-                           f"save it as numbers or text: {cast}.astype(np.float32) or .astype(str)") from None
+                           f"save it as numbers or text: np.asarray({cast}, dtype=np.float32) or np.asarray({cast}, "
+                           "dtype=str)") from None
 
 
 def read_text_file(path: str | os.PathLike) -> str:

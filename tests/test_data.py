@@ -128,6 +128,23 @@ def test_epochs_are_each_seeds_shuffled_batches(monkeypatch, block_bytes):
                     np.testing.assert_array_equal(inputs[name], want[name])
 
 
+def test_a_pandas_text_column_saved_as_objects_is_refused_with_a_cast_that_works(tmp_path):
+    """The error said to save the labels '.astype(str)', but pandas 3's `.values` of a text column is an Arrow string
+    array whose .astype(str) numpy still saves as objects: the advice gave the same error again."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": np.arange(30.0), "species": ["setosa", "virginica", "versicolor"] * 10})
+    x = frame[["a"]].to_numpy(np.float32)
+    np.savez(tmp_path / "objects.npz", x=x, labels=frame["species"].values)
+    with pytest.raises(OnnxkitError) as objects:
+        load_dataset(tmp_path / "objects.npz")
+    assert str(objects.value) == (f"{tmp_path / 'objects.npz'}: array 'labels' holds Python objects (dtype object), "
+                                  "which onnxkit does not unpickle; save it as numbers or text: "
+                                  "np.asarray(labels, dtype=np.float32) or np.asarray(labels, dtype=str)")
+    np.savez(tmp_path / "text.npz", x=x, labels=np.asarray(frame["species"].values, dtype=str))  # as the line says
+    data = load_dataset(tmp_path / "text.npz")
+    assert list(data.label_names) == ["setosa", "versicolor", "virginica"]
+
+
 def test_npz_files_with_named_arrays_or_x_y(tmp_path):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 100, (40, 6))
@@ -164,7 +181,7 @@ def test_npz_files_with_named_arrays_or_x_y(tmp_path):
         load_dataset(tmp_path / "objects.npz")
     assert str(objects.value) == (f"{tmp_path / 'objects.npz'}: array 'labels' holds Python objects (dtype object), "
                                   "which onnxkit does not unpickle; save it as numbers or text: "
-                                  "labels.astype(np.float32) or .astype(str)")
+                                  "np.asarray(labels, dtype=np.float32) or np.asarray(labels, dtype=str)")
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(OnnxkitError, match="not a readable .npz"):
         load_dataset(tmp_path / "broken.npz")
