@@ -188,6 +188,16 @@ def test_eval_refuses_class_labels_the_model_cannot_have(run_cli, iris_model, tm
     assert not (tmp_path / "q.onnx").exists()
 
 
+def test_eval_of_class_ids_saved_as_floats_says_to_save_integers(run_cli, iris_model, tmp_path):
+    """'class labels must be integers, but they are float64' said nothing of what to do with 0.0, 1.0, 2.0."""
+    x, labels = iris_rows()
+    np.savez(tmp_path / "floats.npz", x=x.astype(np.float32), labels=np.array(labels, dtype=np.float64))
+    result = run_cli("eval", iris_model, "--data", tmp_path / "floats.npz")
+    assert (result.code, result.err) == (1, "error: data 'floats, all split': class labels must be integers, but they "
+                                            "are float64; output 'logits' has 3 scores, for class ids 0 to 2; save "
+                                            "them as integers: labels.astype(np.int64)\n")
+
+
 def test_eval_refuses_data_naming_none_of_the_models_classes(run_cli, tmp_path):
     # a model of no/yes scored on B/M data paired the classes by their sorted order alone: 2.65%, without a word
     from onnxkit import zoo

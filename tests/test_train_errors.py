@@ -34,6 +34,20 @@ def refused(result, message: str, run) -> None:
     assert not run.exists()
 
 
+def test_class_ids_saved_as_floats_are_refused_with_the_cast_that_saves_them(run_cli, tmp_path):
+    """An .npz of class ids 0.0, 1.0, 2.0 (np.loadtxt's) for a classifier was told 'use --loss mse for regression
+    targets', the wrong advice for a model that names 3 classes."""
+    iris = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), iris)
+    x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    np.savez(tmp_path / "floats.npz", x=x, labels=(np.arange(30) % 3).astype(np.float64))
+    run = tmp_path / "run"
+    result = run_cli("train", iris, "--data", tmp_path / "floats.npz", "-o", run)
+    assert (result.code, result.err) == (1, "error: cross-entropy needs integer class labels but the data's are "
+                                            "float64 (whole numbers); save them as integers: labels.astype(np.int64)\n")
+    assert not run.exists()
+
+
 def test_cuda_without_the_gpu_package_is_a_clear_error(run_cli, cnn, tmp_path):
     run = tmp_path / "run"
     result = run_cli("train", cnn, "--data", "digits-images", "--device", "cuda", "-o", run)
