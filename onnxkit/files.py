@@ -327,15 +327,27 @@ def csv_delimiter(line: str) -> str:
 
 
 def table_delimiter(path: str | os.PathLike, first_line: str) -> str:
-    """The delimiter of a table file: a .tsv's a tab, a .csv's `csv_delimiter` of its first line."""
-    return "\t" if Path(path).suffix.lower() == ".tsv" else csv_delimiter(first_line)
+    """The delimiter of a table file: the one a first line 'sep=;' names (`sep_line`), else a .tsv's a tab, a .csv's
+    `csv_delimiter` of its first line."""
+    return sep_line(first_line) or ("\t" if Path(path).suffix.lower() == ".tsv" else csv_delimiter(first_line))
+
+
+_SEP_LINE = re.compile(r"sep=(.)", re.IGNORECASE)
+
+
+def sep_line(line: str) -> str | None:
+    """The delimiter a CSV's first line 'sep=;' names (Excel reads that line as the delimiter, not a row, and tools
+    writing for Excel put it there), else None."""
+    found = _SEP_LINE.fullmatch(line.strip("\r\n"))
+    return found.group(1) if found else None
 
 
 def csv_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, list[str]]]]:
-    """A CSV file's delimiter (a .tsv's a tab, else `csv_delimiter` of its first line that is not blank) and its
-    rows but blank ones (`read_csv_text`), each with its line number, the cells as written."""
+    """A CSV file's delimiter (`table_delimiter` of its first line that is not blank) and its rows but blank ones and
+    a first line 'sep=;' (`read_csv_text`), each with its line number, the cells as written."""
     text = read_csv_text(path)
-    delimiter = table_delimiter(path, next((line for line in text.splitlines() if line.strip()), ""))
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = table_delimiter(path, first)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows, start = [], 1
     for row in reader:
@@ -343,6 +355,8 @@ def csv_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, list[str]]]]
             rows.append((reader.line_num, row))
             last_start = start
         start = reader.line_num + 1
+    if rows and sep_line(first):  # Excel's 'sep=;' line: the delimiter, not a row (the header was read as its cells)
+        rows = rows[1:]
     if rows and rows[-1][0] > last_start:  # the last row spans lines: a quote it opens may never close
         _refuse_an_unclosed_quote(path, text, delimiter, last_start)
     return delimiter, rows

@@ -232,6 +232,25 @@ def test_csv_files_separated_by_semicolons_tabs_or_ending_each_line_in_a_comma(t
         np.testing.assert_array_equal(ds.train.labels, plain.train.labels, err_msg=name)
 
 
+def test_an_excel_sep_line_names_the_delimiter_and_is_no_row(tmp_path):
+    """A first line 'sep=;' (Excel reads it as the delimiter; tools writing for Excel put it there) made the header
+    that line's 2 cells: 'excel.csv:2: 4 columns where the first row has 2'."""
+    rows = [(i * 0.5, -i * 0.25, "ab"[i % 2]) for i in range(20)]
+    (tmp_path / "plain.csv").write_text("p,q,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    body = "p;q;label\r\n" + "".join(f"{a};{b};{c}\r\n".replace(".", ",") for a, b, c in rows)
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfsep=;\r\n" + body.encode())
+    (tmp_path / "commas.csv").write_text("SEP=,\n" + (tmp_path / "plain.csv").read_text())
+    plain = load_dataset(tmp_path / "plain.csv")
+    for name in ("excel.csv", "commas.csv"):
+        ds = load_dataset(tmp_path / name)
+        assert ds.label_names == ["a", "b"] and ds.columns == ("p", "q"), name
+        np.testing.assert_array_equal(ds.train.inputs["x"], plain.train.inputs["x"], err_msg=name)
+        np.testing.assert_array_equal(ds.train.labels, plain.train.labels, err_msg=name)
+    (tmp_path / "short.csv").write_text("sep=;\np;q;label\n1;2;a\n3;b\n")  # line numbers count the sep= line
+    with pytest.raises(OnnxkitError, match=r"short\.csv:4: "):
+        load_dataset(tmp_path / "short.csv")
+
+
 def test_a_german_excel_files_thousands_points_are_not_read_as_decimals(tmp_path):
     # '2.795;...;524.900' (square feet, a price) read as 2.795 and 524.9 beside 850 and 6,21: a house-price
     # regression reached r2 0.37 where the plain file reaches 0.97, without a word

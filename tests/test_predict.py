@@ -69,6 +69,19 @@ def test_output_formats(run_cli, digits, tmp_path, suffix):
         np.testing.assert_allclose(np.load(out), logits, rtol=1e-5, atol=1e-5)
 
 
+def test_an_excel_sep_line_is_read_as_the_delimiter(run_cli, iris, tmp_path):
+    """'sep=;' above an Excel table was read as the header: predict said the model's columns were missing ('its
+    columns are sep=, ...'), or read the rows wrong."""
+    path, x, _, logits = iris
+    rows = "".join(";".join(str(v).replace(".", ",") for v in row) + "\r\n" for row in x)
+    (tmp_path / "excel.csv").write_text("sep=;\r\na;b;c;d\r\n" + rows)
+    (tmp_path / "plain.csv").write_text("sep=,\n" + "".join(",".join(map(str, row)) + "\n" for row in x))
+    for name in ("excel.csv", "plain.csv"):
+        result = run_cli("predict", path, "-i", tmp_path / name, "-o", tmp_path / "out.npy")
+        assert (result.code, result.err) == (0, ""), name
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
+
+
 def test_json_records_are_one_clear_error(run_cli, digits, tmp_path):
     """pandas' df.to_json(orient='records'), a list of objects by column name, said "input 'x' expects float32
     values, got object", which told a user neither what was wrong nor what to do."""

@@ -37,6 +37,7 @@ from onnxkit.files import (
     npz_arrays,
     read_csv_rows,
     read_text_file,
+    sep_line,
     table_delimiter,
     thousands_separated,
     write_bytes,
@@ -205,13 +206,16 @@ def holds_texts(path: str | os.PathLike) -> bool:
     if path.suffix.lower() not in TABLE_SUFFIXES or not path.is_file():
         return False
     with path.open("rb") as f:
-        first = f.readline()
+        first, second = f.readline(), f.readline()
     try:
         line = first.decode("utf-8-sig")
+        delimiter = table_delimiter(path, line)
+        if sep_line(line):  # Excel's 'sep=;': the header is below it
+            line = second.decode("utf-8")
     except UnicodeDecodeError:
         read_text_file(path)  # raises, naming the byte, its line and UTF-16
         raise
-    header = next(csv.reader([line], delimiter=table_delimiter(path, line)), [])
+    header = next(csv.reader([line], delimiter=delimiter), [])
     return texts_column(header, source=str(path)) is not None
 
 
@@ -436,7 +440,7 @@ def _plain_table(path: Path, dtype: Any) -> tuple[np.ndarray, list[str] | None] 
     delimiter = table_delimiter(path, first)
     cells, below = (next(csv.reader([line], delimiter=delimiter), []) for line in (first, second))
     header = csv_header(cells, below) if cells else None
-    if delimiter == ";" or not cells or header and header[0].strip() in ("", "Unnamed: 0"):
+    if delimiter == ";" or sep_line(first) or not cells or header and header[0].strip() in ("", "Unnamed: 0"):
         return None
     label = label_column(header, str(path))
     try:
