@@ -271,6 +271,20 @@ def test_a_training_npz_predicts_without_its_labels(run_cli, iris, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
 
 
+def test_a_training_npz_with_other_arrays_beside_the_inputs_predicts(run_cli, iris, tmp_path):
+    """Train reads an .npz's arrays named after the model's inputs and leaves the others (row ids) out; predict
+    refused that file: 'the model has no input 'ids''."""
+    path, x, y, logits = iris
+    np.savez(tmp_path / "ids.npz", x=x, ids=np.arange(len(x)), labels=y)
+    result = run_cli("predict", path, "-i", tmp_path / "ids.npz", "-o", tmp_path / "out.npy")
+    assert (result.code, result.err) == (0, "")
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
+    np.savez(tmp_path / "other.npz", features=x, ids=np.arange(len(x)))  # no array named x: which is it?
+    refused = run_cli("predict", path, "-i", tmp_path / "other.npz")
+    assert (refused.code, refused.err) == (1, "error: the model has no input 'features'. Its inputs: x float32 "
+                                              "[batch, 4]\n")
+
+
 def test_arrays_of_python_objects_are_one_line_naming_the_array(run_cli, iris, tmp_path):
     path, x, y, _ = iris
     np.save(tmp_path / "x.npy", x.astype(object))

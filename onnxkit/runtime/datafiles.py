@@ -178,6 +178,9 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
             return _single(model, path, npy_array(path))
         if suffix == ".npz":
             arrays = _without_labels(npz_arrays(path), model)
+            inputs = [spec.name for spec in model.inputs]
+            if all(name in arrays for name in inputs):  # others beside them (row ids) are left out, as train does
+                arrays = {name: arrays[name] for name in inputs}
             if len(arrays) == 1 and len(model.inputs) == 1:
                 return _single(model, path, next(iter(arrays.values())))
             return arrays
