@@ -381,8 +381,8 @@ def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
     under a table): in a ';' file (or a tab one with a comma no thousands separator has: 0,1257 or 2,5), decimal
     commas are read as points (1,5 is 1.5), and where the file writes
     decimals so, points between groups of three digits as thousands separators (German Excel's 1.065 and
-    524.900,50: they were read as 1.065 and 524.9); and a last column empty on every line (a delimiter ending
-    each line) is left out."""
+    524.900,50: they were read as 1.065 and 524.9); and a column empty on every line, its header too (a delimiter
+    ending each line, a blank column between others), is left out."""
     delimiter, rows = csv_rows(path)
     rows = [(n, row) for n, row in rows if any(c.strip() for c in row)]
     if delimiter == ";" or delimiter == "\t" and any(_UNGROUPED_COMMA.fullmatch(c.strip()) for _, r in rows for c in r):
@@ -390,6 +390,11 @@ def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
         rows = [(n, [_decimal_comma_number(c) if commas else c for c in row]) for n, row in rows]
     if rows and all(len(row) > 1 and not row[-1].strip() for _, row in rows):
         rows = [(n, row[:-1]) for n, row in rows]
+    width = len(rows[0][1]) if rows else 0
+    if all(len(row) == width for _, row in rows):  # a blank column between others, header too (Excel's spacer)
+        kept = [j for j in range(width) if any(row[j].strip() for _, row in rows)]
+        if 0 < len(kept) < width:
+            rows = [(n, [row[j] for j in kept]) for n, row in rows]
     return rows
 
 

@@ -251,6 +251,23 @@ def test_an_excel_sep_line_names_the_delimiter_and_is_no_row(tmp_path):
         load_dataset(tmp_path / "short.csv")
 
 
+def test_a_blank_column_between_others_is_left_out_and_a_named_empty_one_is_refused_as_a_column(tmp_path):
+    """An Excel spacer column (no header, no cells) was 'feature column '' is empty there (a missing value; 20 empty
+    cells in 20 of 20 rows); fill or drop those rows', and so was a headed column of no values: dropping every row."""
+    rows = [(i * 0.5, -i * 0.25, "ab"[i % 2]) for i in range(20)]
+    (tmp_path / "plain.csv").write_text("p,q,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    (tmp_path / "spacer.csv").write_text("p,,q,label\n" + "".join(f"{a},,{b},{c}\n" for a, b, c in rows))
+    plain, spaced = load_dataset(tmp_path / "plain.csv"), load_dataset(tmp_path / "spacer.csv")
+    assert spaced.columns == ("p", "q")
+    np.testing.assert_array_equal(spaced.train.inputs["x"], plain.train.inputs["x"])
+    np.testing.assert_array_equal(spaced.train.labels, plain.train.labels)
+    (tmp_path / "notes.csv").write_text("p,notes,q,label\n" + "".join(f"{a},,{b},{c}\n" for a, b, c in rows))
+    with pytest.raises(OnnxkitError) as empty:
+        load_dataset(tmp_path / "notes.csv")
+    assert str(empty.value) == (f"{tmp_path / 'notes.csv'}: feature column 'notes' is empty in every row (a column "
+                                "of no values); drop that column")
+
+
 def test_a_german_excel_files_thousands_points_are_not_read_as_decimals(tmp_path):
     # '2.795;...;524.900' (square feet, a price) read as 2.795 and 524.9 beside 850 and 6,21: a house-price
     # regression reached r2 0.37 where the plain file reaches 0.97, without a word

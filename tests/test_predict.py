@@ -82,6 +82,16 @@ def test_an_excel_sep_line_is_read_as_the_delimiter(run_cli, iris, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
 
 
+def test_a_blank_spacer_column_is_left_out(run_cli, iris, tmp_path):
+    """An Excel spacer column (no header, no cells) was 'column 3 is empty, a missing value'."""
+    path, x, _, logits = iris
+    rows = "".join(f"{a},{b},,{c},{d}\n" for a, b, c, d in x.tolist())
+    (tmp_path / "spacer.csv").write_text("a,b,,c,d\n" + rows)
+    result = run_cli("predict", path, "-i", tmp_path / "spacer.csv", "-o", tmp_path / "out.npy")
+    assert (result.code, result.err) == (0, "")
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
+
+
 def test_json_records_are_one_clear_error(run_cli, digits, tmp_path):
     """pandas' df.to_json(orient='records'), a list of objects by column name, said "input 'x' expects float32
     values, got object", which told a user neither what was wrong nor what to do."""
