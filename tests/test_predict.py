@@ -92,6 +92,21 @@ def test_a_blank_spacer_column_is_left_out(run_cli, iris, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
 
 
+def test_a_flat_array_feeds_an_input_of_one_value_an_example(run_cli, tmp_path):
+    """Train reads N values for a [batch, 1] input as N examples; predict said of the same array 'input 'x' needs 2
+    dimension(s) [batch, 1], got shape (5,); for one example pass x[None] or [x]'."""
+    proto = zoo.build_model("binary-classifier", features=1)
+    path = save_model(proto, tmp_path / "one.onnx")
+    x = np.linspace(-2, 2, 5, dtype=np.float32)
+    (expected,) = ReferenceEvaluator(proto).run(None, {"x": x[:, None]})
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "x.json").write_text(json.dumps(x.tolist()))
+    for name in ("x.npy", "x.json"):
+        result = run_cli("predict", path, "-i", tmp_path / name, "-o", tmp_path / "out.npy")
+        assert (result.code, result.err) == (0, ""), name
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_json_records_are_one_clear_error(run_cli, digits, tmp_path):
     """pandas' df.to_json(orient='records'), a list of objects by column name, said "input 'x' expects float32
     values, got object", which told a user neither what was wrong nor what to do."""

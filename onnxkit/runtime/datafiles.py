@@ -88,10 +88,23 @@ def read_inputs(path: InputPath, model: Model) -> dict[str, Any]:
                            f"or a folder of images{texts}")
     if not path.is_file():
         raise OnnxkitError(f"{path}: {not_a_file(path)}")
-    values = _read(path, suffix, model)
+    values = _one_value_rows(_read(path, suffix, model), model)
     empty = [name for name, value in values.items() if _no_rows(value)]
     if empty:
         raise OnnxkitError(f"{path}: input {empty[0]!r} has no rows; give at least one example")
+    return values
+
+
+def _one_value_rows(values: dict[str, Any], model: Model) -> dict[str, Any]:
+    """A file's flat array (N values) for an input of one value an example ([batch, 1]) as N rows, as train reads such
+    data (it said 'needs 2 dimension(s) [batch, 1], got shape (200,); for one example pass x[None]')."""
+    for spec in model.inputs:
+        value = values.get(spec.name)
+        if value is None or not spec.shape or len(spec.shape) < 2 or any(d != 1 for d in spec.shape[1:]):
+            continue
+        array = np.asarray(value) if isinstance(value, list) else value
+        if isinstance(array, np.ndarray) and array.ndim == 1 and array.dtype.kind != "O":
+            values[spec.name] = array.reshape(-1, *spec.shape[1:])
     return values
 
 
