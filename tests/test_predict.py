@@ -92,9 +92,10 @@ def test_a_blank_spacer_column_is_left_out(run_cli, iris, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
 
 
-def test_a_flat_array_feeds_an_input_of_one_value_an_example(run_cli, tmp_path):
-    """Train reads N values for a [batch, 1] input as N examples; predict said of the same array 'input 'x' needs 2
-    dimension(s) [batch, 1], got shape (5,); for one example pass x[None] or [x]'."""
+def test_arrays_differing_from_the_input_in_size_1_axes_alone_are_read_as_train_reads_them(run_cli, tmp_path):
+    """Train reads N values for a [batch, 1] input as N examples, and [N, 8, 8] or [N, 8, 8, 1] images for a
+    [batch, 1, 8, 8] one; predict said of the same arrays 'input 'x' needs 2 dimension(s) [batch, 1], got shape (5,);
+    for one example pass x[None] or [x]' (or 'dimension 1 must be 1')."""
     proto = zoo.build_model("binary-classifier", features=1)
     path = save_model(proto, tmp_path / "one.onnx")
     x = np.linspace(-2, 2, 5, dtype=np.float32)
@@ -105,6 +106,17 @@ def test_a_flat_array_feeds_an_input_of_one_value_an_example(run_cli, tmp_path):
         result = run_cli("predict", path, "-i", tmp_path / name, "-o", tmp_path / "out.npy")
         assert (result.code, result.err) == (0, ""), name
         np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-5)
+    # images without their channel axis, or with it last, for a [batch, 1, 8, 8] input (train reads both)
+    cnn = zoo.build_model("digits-cnn")
+    images = np.random.default_rng(4).uniform(0, 1, size=(3, 8, 8)).astype(np.float32)
+    (logits,) = ReferenceEvaluator(cnn).run(None, {"image": images[:, None]})
+    np.save(tmp_path / "hw.npy", images)
+    np.save(tmp_path / "hwc.npy", images[..., None])
+    for name in ("hw.npy", "hwc.npy"):
+        result = run_cli("predict", save_model(cnn, tmp_path / "cnn.onnx"), "-i", tmp_path / name,
+                         "-o", tmp_path / "out.npy")
+        assert (result.code, result.err) == (0, ""), name
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-4, atol=1e-4)
 
 
 def test_json_records_are_one_clear_error(run_cli, digits, tmp_path):

@@ -88,23 +88,32 @@ def read_inputs(path: InputPath, model: Model) -> dict[str, Any]:
                            f"or a folder of images{texts}")
     if not path.is_file():
         raise OnnxkitError(f"{path}: {not_a_file(path)}")
-    values = _one_value_rows(_read(path, suffix, model), model)
+    values = _unit_axes_moved(_read(path, suffix, model), model)
     empty = [name for name, value in values.items() if _no_rows(value)]
     if empty:
         raise OnnxkitError(f"{path}: input {empty[0]!r} has no rows; give at least one example")
     return values
 
 
-def _one_value_rows(values: dict[str, Any], model: Model) -> dict[str, Any]:
-    """A file's flat array (N values) for an input of one value an example ([batch, 1]) as N rows, as train reads such
-    data (it said 'needs 2 dimension(s) [batch, 1], got shape (200,); for one example pass x[None]')."""
+def _unit_axes_moved(values: dict[str, Any], model: Model) -> dict[str, Any]:
+    """A file's arrays reshaped to their inputs' fixed per-example dims where they differ only in size-1 axes, as
+    train reads them (`onnxkit.data.split`): N values for a [batch, 1] input, [N, 8, 8] or [N, 8, 8, 1] images for a
+    [batch, 1, 8, 8] one; the same values in the same order (it said 'needs 2 dimension(s) [batch, 1], got shape
+    (200,); for one example pass x[None] or [x]')."""
     for spec in model.inputs:
         value = values.get(spec.name)
-        if value is None or not spec.shape or len(spec.shape) < 2 or any(d != 1 for d in spec.shape[1:]):
+        wanted = spec.shape[1:] if spec.shape else None
+        if value is None or not wanted or not all(isinstance(d, int) and d > 0 for d in wanted):
             continue
-        array = np.asarray(value) if isinstance(value, list) else value
-        if isinstance(array, np.ndarray) and array.ndim == 1 and array.dtype.kind != "O":
-            values[spec.name] = array.reshape(-1, *spec.shape[1:])
+        try:
+            array = np.asarray(value) if isinstance(value, list) else value
+        except ValueError:  # ragged lists: `Model.prepare` says so
+            continue
+        if not isinstance(array, np.ndarray) or array.ndim < 1 or array.dtype.kind == "O" or \
+                tuple(wanted) == array.shape[1:]:
+            continue
+        if [d for d in wanted if d != 1] == [d for d in array.shape[1:] if d != 1]:
+            values[spec.name] = array.reshape(len(array), *wanted)
     return values
 
 
