@@ -165,6 +165,26 @@ def test_ray_folders_read_every_input_file_in_order(tmp_path: Path) -> None:
         read_rows(folder, model)
 
 
+def test_a_parquet_table_of_the_csv_columns_a_model_trained_on_reads_by_them(tmp_path: Path) -> None:
+    """A model trained on a CSV records its feature columns; the same table as Parquet (pandas' to_parquet) was
+    'no column for model input(s) x (columns: sl, sw, pl, pw, target); name a column after each input'."""
+    import pyarrow.parquet
+
+    from onnxkit import runtime
+    from onnxkit.metadata_keys import COLUMNS_KEY
+    from onnxkit.runtime.batch import read_rows
+
+    proto = build_model("iris-mlp")
+    helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                   COLUMNS_KEY: '["sl", "sw", "pl", "pw"]'})
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
+    columns = {"target": ["setosa"] * 6, **{name: x[:, j] for j, name in reversed(list(enumerate(["sl", "sw", "pl",
+                                                                                                   "pw"])))}}
+    pyarrow.parquet.write_table(pyarrow.table(columns), tmp_path / "rows.parquet")
+    np.testing.assert_array_equal(read_rows(tmp_path / "rows.parquet", runtime.load(tmp_path / "m.onnx"))["x"], x)
+
+
 def test_the_device_reaches_each_actors_session(monkeypatch: pytest.MonkeyPatch) -> None:
     """No GPU and no cluster here: the actors' keywords are built as `predict_on_ray` builds them, and
     an actor made from them (ray.get stands in for the object store) opens its session on that device."""

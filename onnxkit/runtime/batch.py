@@ -35,7 +35,7 @@ import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import missing_model
-from onnxkit.label_columns import TEXT_COLUMN
+from onnxkit.label_columns import TEXT_COLUMN, trained_columns
 from onnxkit.runtime.datafiles import INPUT_SUFFIXES as FILE_SUFFIXES
 from onnxkit.runtime.datafiles import (
     checked_feeds,
@@ -162,6 +162,10 @@ def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
     names = [spec.name for spec in model.inputs]
     if len(names) == 1 and table.num_columns == 1:
         return {names[0]: _column(table.column(0))}
+    trained = trained_columns(model.metadata)  # the CSV columns it trained on: its features, by name, as a CSV's
+    if len(names) == 1 and names[0] not in table.column_names and trained and \
+            all(name in table.column_names for name in trained):
+        return {names[0]: np.column_stack([_column(table.column(name)) for name in trained])}
     missing = [name for name in names if name not in table.column_names]
     if missing:
         raise OnnxkitError(f"{path}: no column for model input(s) {', '.join(missing)} (columns: "
