@@ -119,6 +119,27 @@ def test_arrays_differing_from_the_input_in_size_1_axes_alone_are_read_as_train_
         np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-4, atol=1e-4)
 
 
+def test_a_parquet_file_predicts_without_ray_as_with_it(run_cli, iris, tmp_path):
+    """predict read .parquet only with --ray, and said 'unknown input format; use one of .npy, .npz, .json, .csv,
+    .tsv, ...' without it; a table of the columns the model trained on (pandas' to_parquet) reads by them."""
+    pytest.importorskip("pyarrow")
+    import pyarrow
+    import pyarrow.parquet
+
+    from onnxkit.metadata_keys import COLUMNS_KEY
+
+    _, x, _, logits = iris
+    proto = zoo.build_model("iris-mlp")
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        COLUMNS_KEY: '["a", "b", "c", "d"]'})
+    path = save_model(proto, tmp_path / "columns.onnx")
+    table = {"label": ["setosa"] * len(x), **{name: x[:, j] for j, name in reversed(list(enumerate("abcd")))}}
+    pyarrow.parquet.write_table(pyarrow.table(table), tmp_path / "rows.parquet")
+    result = run_cli("predict", path, "-i", tmp_path / "rows.parquet", "-o", tmp_path / "out.npy")
+    assert (result.code, result.err) == (0, "")
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
+
+
 def test_json_records_are_one_clear_error(run_cli, digits, tmp_path):
     """pandas' df.to_json(orient='records'), a list of objects by column name, said "input 'x' expects float32
     values, got object", which told a user neither what was wrong nor what to do."""
@@ -794,8 +815,8 @@ def test_a_tsv_file_reads_as_its_csv_twin(run_cli, iris, words, tmp_path):
     (tmp_path / "t.tsv").write_text("text\tlabel\nShares rose, sharply\t1\n")  # a comma in a tab-separated text
     assert read_texts(tmp_path / "t.tsv") == ["Shares rose, sharply"]
     refused = run_cli("predict", words, "-i", tmp_path / "t.docx")
-    assert refused.err.endswith("unknown input format; use one of .npy, .npz, .json, .csv, .tsv, an image or a "
-                                "folder of images, or .txt for texts\n")
+    assert refused.err.endswith("unknown input format; use one of .npy, .npz, .json, .csv, .tsv, .parquet, an image "
+                                "or a folder of images, or .txt for texts\n")
 
 
 def test_outputs_of_other_row_counts_are_refused_as_a_csv_in_one_line(run_cli, tmp_path):

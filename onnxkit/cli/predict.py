@@ -33,9 +33,9 @@ from onnxkit.runtime.text import reads_text
     "--input",
     "input_path",
     type=click.Path(),
-    help="Inputs: .npy, .npz (by input name), .json, .csv or .tsv (one example per row), an image or a folder of "
-    "images (each a row); a training file's label column or array is left out. For a model with a tokenizer: texts, "
-    "one per line of a .txt or in a CSV's 'text' column.",
+    help="Inputs: .npy, .npz (by input name), .json, .csv, .tsv or .parquet (one example per row), an image or a "
+    "folder of images (each a row); a training file's label column or array is left out. For a model with a "
+    "tokenizer: texts, one per line of a .txt or in a CSV's 'text' column.",
 )
 @click.option("-t", "--text", "texts", multiple=True, help="A text to predict on (repeatable; needs a tokenizer).")
 @options.output_file("Save the prediction: .json, .npz, .npy (the scores output) or .csv.", required=False)

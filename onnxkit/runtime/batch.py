@@ -183,8 +183,12 @@ def _read_texts(path: Path) -> list[str]:
 
 
 def _parquet(path: Path) -> Any:
-    import pyarrow
-    import pyarrow.parquet
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise OnnxkitError(f"{path}: reading Parquet needs pyarrow; pip install pyarrow, or save the table as "
+                           ".csv") from None
 
     try:
         return pyarrow.parquet.read_table(path)

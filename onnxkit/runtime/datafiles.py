@@ -82,9 +82,13 @@ def read_inputs(path: InputPath, model: Model) -> dict[str, Any]:
     suffix = path.suffix.lower()
     if not suffix and not path.exists():  # a mistyped folder of images: was 'unknown input format'
         raise OnnxkitError(f"{path}: no such file or folder")
+    if suffix == ".parquet" and path.is_file():  # read as --ray reads it (its own reader: pyarrow, no Ray)
+        from onnxkit.runtime.batch import read_rows
+
+        return read_rows(path, model)
     if suffix not in INPUT_SUFFIXES:
         texts = ", or .txt for texts" if reads_text(model) else ""
-        raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}, an image "
+        raise OnnxkitError(f"{path}: unknown input format; use one of {', '.join(INPUT_SUFFIXES)}, .parquet, an image "
                            f"or a folder of images{texts}")
     if not path.is_file():
         raise OnnxkitError(f"{path}: {not_a_file(path)}")
