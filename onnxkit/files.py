@@ -309,7 +309,8 @@ def read_csv_text(path: str | os.PathLike) -> str:
 CSV_DELIMITERS = ",;\t|"
 TABLE_SUFFIXES = (".csv", ".tsv")  # files of rows and delimited cells: a .tsv's are tabs
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # read with Pillow, any case
-MISSING_CELLS = frozenset({"", "na", "n/a", "#n/a", "<na>", "null", "none", "?"})  # spreadsheets' and pandas' gaps
+MISSING_CELLS = frozenset({"", "na", "n/a", "#n/a", "<na>", "null", "none", "?",  # spreadsheets' and pandas' gaps,
+                           "#div/0!", "#value!", "#ref!", "#name?", "#num!", "#null!"})  # and formulas' errors (Excel)
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
 _UNGROUPED_COMMA = re.compile(r"[+-]?(0,\d+|\d+,(\d{1,2}|\d{4,}))")  # a decimal comma, no thousands one: 0,5 2,75
 _DOT_GROUPED = re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?")  # 1.065 or 524.900,50 where commas mark decimals

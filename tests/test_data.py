@@ -412,6 +412,13 @@ def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
         load_dataset(tmp_path / "na.csv")
     assert str(na.value) == (f"{tmp_path / 'na.csv'}:4: feature column 'b' holds 'NA' there (a missing value; "
                              "2 missing cells in 2 of 3 rows); fill or drop those rows")
+    # an Excel formula's error was text: 'holds text ('#DIV/0!'); ... encode that column as numbers (one column per
+    # category, say) or drop it'
+    (tmp_path / "excel.csv").write_text("a,b,label\n1,2,0\n3,#DIV/0!,1\n#VALUE!,4,0\n")
+    with pytest.raises(OnnxkitError) as excel:
+        load_dataset(tmp_path / "excel.csv")
+    assert str(excel.value) == (f"{tmp_path / 'excel.csv'}:3: feature column 'b' holds '#DIV/0!' there (a missing "
+                                "value; 2 missing cells in 2 of 3 rows); fill or drop those rows")
     (tmp_path / "nan.csv").write_text("a,b,label\n1,2,0\n3,4,1\nnan,4,0\n")  # was: "holds 1 NaN value", no line
     with pytest.raises(OnnxkitError, match=r"nan.csv:4: feature column 'a' holds 'nan' there \(a missing value; 1 "):
         load_dataset(tmp_path / "nan.csv")

@@ -399,6 +399,10 @@ def test_a_csv_of_semicolons_or_tabs_predicts_as_train_reads_it(run_cli, iris, t
     result = run_cli("predict", path, "-i", tmp_path / "gaps.csv")
     assert result.err == f"error: {tmp_path / 'gaps.csv'}: column 2 ('b') is empty, a missing value; fill or drop " \
                          "those rows\n"
+    (tmp_path / "excel.csv").write_text("a,b,c,d\n1,2,3,4\n5,#DIV/0!,7,8\n")  # was 'holds text: remove that column'
+    result = run_cli("predict", path, "-i", tmp_path / "excel.csv")
+    assert result.err == f"error: {tmp_path / 'excel.csv'}: column 2 ('b') holds '#DIV/0!', a missing value; fill " \
+                         "or drop those rows\n"
     # it was "holds text ('1,200'); predict reads numbers only: remove that column", where train names the separators
     (tmp_path / "thousands.csv").write_text('a,b,c,d\n1,2,3,4\n"1,200",6,7,8\n')
     result = run_cli("predict", path, "-i", tmp_path / "thousands.csv")
