@@ -295,8 +295,8 @@ def check_targets(where: str, labels: np.ndarray, outputs: np.ndarray, task: str
         if labels.dtype.kind not in "iub":
             stray = not_whole(labels)
             found = f"one is {stray:g}" if stray is not None else f"they are {labels.dtype}"
-            cast = "; save them as integers: labels.astype(np.int64)" if stray is None and labels.dtype.kind == "f" \
-                else ""
+            cast = "; save class ids as integers: labels.astype(np.int64)" if stray is None and \
+                labels.dtype.kind == "f" else ""
             raise OnnxkitError(f"data {where!r}: class labels must be integers, but {found}; output {output!r} "
                                f"has {scores} scores, for class ids 0 to {scores - 1}{cast}")
         check_class_labels(where, labels, scores, output=output)

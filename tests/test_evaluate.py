@@ -195,7 +195,7 @@ def test_eval_of_class_ids_saved_as_floats_says_to_save_integers(run_cli, iris_m
     result = run_cli("eval", iris_model, "--data", tmp_path / "floats.npz")
     assert (result.code, result.err) == (1, "error: data 'floats, all split': class labels must be integers, but they "
                                             "are float64; output 'logits' has 3 scores, for class ids 0 to 2; save "
-                                            "them as integers: labels.astype(np.int64)\n")
+                                            "class ids as integers: labels.astype(np.int64)\n")
 
 
 def test_eval_refuses_data_naming_none_of_the_models_classes(run_cli, tmp_path):

@@ -44,7 +44,8 @@ def test_class_ids_saved_as_floats_are_refused_with_the_cast_that_saves_them(run
     run = tmp_path / "run"
     result = run_cli("train", iris, "--data", tmp_path / "floats.npz", "-o", run)
     assert (result.code, result.err) == (1, "error: cross-entropy needs integer class labels but the data's are "
-                                            "float64 (whole numbers); save them as integers: labels.astype(np.int64)\n")
+                                            "float64 (whole numbers): class ids are to be saved as integers, "
+                                            "labels.astype(np.int64); for regression targets use --loss mse\n")
     assert not run.exists()
 
 

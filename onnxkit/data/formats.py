@@ -263,7 +263,7 @@ def _refuse_missing_cells(path: Path, features: list[list[str]], header: Sequenc
         return
     row = features[missing[0]]
     j = next(j for j, cell in enumerate(row) if gap(cell))
-    if len(missing) == len(features) > 1 and all(gap(other[j]) for other in features):  # no row to keep
+    if len(missing) == len(features) > 1 and not any(other[j].strip() for other in features):  # no row to keep
         raise OnnxkitError(f"{path}: feature column {_column(header, j, label_col)} is empty in every row (a "
                            "column of no values); drop that column")
     gaps = [cell for i in missing for cell in features[i] if gap(cell)]

@@ -99,7 +99,8 @@ class Loss:
             if labels.dtype.kind not in "iub":
                 if stray is None and labels.dtype.kind == "f":  # class ids saved as floats (np.loadtxt's 0.0, 1.0)
                     raise OnnxkitError(f"cross-entropy needs integer class labels but the data's are {labels.dtype} "
-                                       "(whole numbers); save them as integers: labels.astype(np.int64)")
+                                       "(whole numbers): class ids are to be saved as integers, "
+                                       "labels.astype(np.int64); for regression targets use loss=mse")
                 found = f"one is {stray:g}" if stray is not None else f"the data's labels are {labels.dtype}"
                 raise OnnxkitError(
                     f"cross-entropy needs integer class labels but {found}; use loss=mse for regression targets"
