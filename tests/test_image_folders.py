@@ -476,3 +476,21 @@ def test_a_folder_too_large_for_memory_is_refused_before_decoding(gray_folder, t
         "error: 8 images of 1 x 8 x 8 float32 take 2.0 KB, more than the 1.0 KB of memory free; resize them "
         "smaller, use fewer, or export the model with a uint8 image input (a quarter of float32's)\n"), result
     assert not (tmp_path / "run").exists()
+
+
+def test_a_photo_stored_on_its_side_is_read_upright_as_viewers_show_it(tmp_path):
+    """A phone saves a portrait photo as landscape pixels plus an EXIF orientation (6: turn 90 degrees clockwise);
+    it was read on its side, so a folder of phone photos trained and predicted on images no one saw."""
+    from onnxkit.data.images import ImageInput, read_images
+
+    stored = np.zeros((8, 16), np.uint8)
+    stored[:, :4] = 255  # the stored left band is the top once turned upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif.tobytes())
+    Image.fromarray(np.rot90(stored, -1).copy()).save(tmp_path / "upright.png")
+    phone, upright = read_images([tmp_path / "phone.png", tmp_path / "upright.png"], ImageInput(channels=1))
+    assert phone.shape == (1, 16, 8)
+    np.testing.assert_array_equal(phone, upright)
+    assert phone[0, :4].min() == 1 and phone[0, 4:].max() == 0
+

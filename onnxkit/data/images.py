@@ -6,10 +6,10 @@
 - `DIR/train/<class>/...` with `val/` (or `validation/`) and/or `test/` beside it: those are the splits; one
   without a folder is carved out of `train/` by seed, at its usual fraction; the classes are train/'s.
 
-Each image is decoded with Pillow (16-bit gray: each value / 257), converted to the channels of the model's image
-input (1: "L", 3: "RGB", 4: "RGBA"), resized (bilinear) to the input's fixed height and width, laid out as the input
-is (NCHW when axis 1 is 1, 3 or 4, else NHWC when the last axis is) and scaled to [0, 1] for a float input (a uint8
-input takes the bytes).
+Each image is decoded with Pillow (turned upright by its EXIF orientation; 16-bit gray: each value / 257), converted
+to the channels of the model's image input (1: "L", 3: "RGB", 4: "RGBA"), resized (bilinear) to the input's fixed
+height and width, laid out as the input is (NCHW when axis 1 is 1, 3 or 4, else NHWC when the last axis is) and
+scaled to [0, 1] for a float input (a uint8 input takes the bytes).
 Every image is decoded once, into one array. Names starting with '.' (.DS_Store), and Windows' Thumbs.db and
 desktop.ini, are left out.
 Pillow is imported when an image is read.
@@ -33,6 +33,7 @@ from onnxkit.files import IMAGE_SUFFIXES, not_a_file
 
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for each channel count of an image input
 _GRAY = ("1", "L", "LA", "I", "I;16", "F")  # modes read as one channel when no model says how many
+_ORIENTATION = 0x0112  # the EXIF tag of how a camera held the image (1: as stored)
 _SPLIT_FOLDERS = {**{name: name for name in SPLIT_NAMES}, **SPLIT_ALIASES}  # val/ or valid/ for validation/
 _LAYOUT = "[batch, channels, height, width] or [batch, height, width, channels], with 1, 3 or 4 channels"
 _SYSTEM_FILES = ("thumbs.db", "desktop.ini")  # Windows' Explorer writes them into folders of images
@@ -163,13 +164,16 @@ def available_memory() -> int | None:
 
 
 def _pixels(path: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
-    """One image's pixels as uint8 [H, W, C], converted to `channels` (None: gray 1, else 3) and resized to `size`."""
-    from PIL import Image
+    """One image's pixels as uint8 [H, W, C], turned upright by its EXIF orientation (as viewers and phones show it),
+    converted to `channels` (None: gray 1, else 3) and resized to `size`."""
+    from PIL import Image, ImageOps
 
     try:
         # Pillow warns of an image past MAX_IMAGE_PIXELS (a 10000x10000 scan) and refuses one twice as large: read it
         large = warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning)
         with large, Image.open(path) as image:
+            if image.getexif().get(_ORIENTATION, 1) != 1:  # a phone's photo stored on its side: as viewers show it
+                image = ImageOps.exif_transpose(image)
             mode = MODES[channels] if channels else "L" if image.mode in _GRAY else "RGB"
             image = _eight_bit(image, path).convert(mode)
             if size and image.size != size:
