@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -163,41 +164,43 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
                                  resume=bool(resume)))
     model = _with_tokenizer(model, tokenizer, max_length)
     try:
-        result = fit(
-            model,
-            options["data"],
-            options["out_dir"],
-            loss=options["loss"],
-            optimizer=optimizer,
-            lr=options["lr"],
-            weight_decay=options["weight_decay"],
-            backend=options["backend"],
-            clip_grad_norm=options["clip_grad_norm"],
-            schedule=options["schedule"],
-            warmup=options["warmup"],
-            epochs=options["epochs"],
-            steps=options["steps"],
-            batch_size=options["batch_size"],
-            grad_accumulation=options["grad_accumulation"],
-            seed=options["seed"],
-            data_seed=options["data_seed"],
-            label=options["label"],
-            shuffle=not options["no_shuffle"],
-            dropout=not options["no_dropout"],
-            freeze=options["freeze"],
-            train_only=options["train_only"],
-            output=options["output"],
-            monitor=options["monitor"],
-            patience=options["patience"],
-            keep_best=not options["last"],
-            device=options["device"],
-            threads=options["threads"],
-            adapter=adapter,
-            cache_features=not options["no_cache_features"],
-            standardize=options["standardize"],
-            resume=resume,
-            quiet=options["quiet"],
-        )
+        with warnings.catch_warnings():  # --quiet's warnings (fit warns through `warnings` then) as warning: lines
+            warnings.showwarning = _warning_line(warnings.showwarning)
+            result = fit(
+                model,
+                options["data"],
+                options["out_dir"],
+                loss=options["loss"],
+                optimizer=optimizer,
+                lr=options["lr"],
+                weight_decay=options["weight_decay"],
+                backend=options["backend"],
+                clip_grad_norm=options["clip_grad_norm"],
+                schedule=options["schedule"],
+                warmup=options["warmup"],
+                epochs=options["epochs"],
+                steps=options["steps"],
+                batch_size=options["batch_size"],
+                grad_accumulation=options["grad_accumulation"],
+                seed=options["seed"],
+                data_seed=options["data_seed"],
+                label=options["label"],
+                shuffle=not options["no_shuffle"],
+                dropout=not options["no_dropout"],
+                freeze=options["freeze"],
+                train_only=options["train_only"],
+                output=options["output"],
+                monitor=options["monitor"],
+                patience=options["patience"],
+                keep_best=not options["last"],
+                device=options["device"],
+                threads=options["threads"],
+                adapter=adapter,
+                cache_features=not options["no_cache_features"],
+                standardize=options["standardize"],
+                resume=resume,
+                quiet=options["quiet"],
+            )
     except TrainingInterrupted as stop:
         if rank():
             sys.exit(128 + stop.signum)
@@ -213,6 +216,19 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
     shown = "  ".join(f"{k} {metric(test[k])}" for k in ("accuracy", "macro_f1", "r2", "mae", "loss")
                       if test.get(k) is not None)  # r2 is None for constant targets
     click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))
+
+
+def _warning_line(show: Any) -> Any:
+    """A `warnings.showwarning` that prints fit's TrainingWarnings as the CLI's `warning:` lines, others by `show`."""
+    from onnxkit.train import TrainingWarning
+
+    def showwarning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, TrainingWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return showwarning
 
 
 def _new_run_folder(model: str) -> str:

@@ -7,5 +7,6 @@ result.model_path, result.metrics["test"]["accuracy"]
 
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted
 from onnxkit.train.fit import fit
+from onnxkit.train.progress import TrainingWarning
 
-__all__ = ["FitResult", "GraphAdapter", "TrainConfig", "TrainingInterrupted", "fit"]
+__all__ = ["FitResult", "GraphAdapter", "TrainConfig", "TrainingInterrupted", "TrainingWarning", "fit"]

@@ -231,7 +231,8 @@ def fit(
       object: then that same Dataset again (checked by `Dataset.fingerprint`).
     - `callback(record)` sees every metrics.jsonl record as it is made; `callbacks` are
       `onnxkit.train.callbacks.Callback` objects, called after the built-in ones.
-    - `quiet` (the default): print nothing; False shows progress and the settings chosen on stderr.
+    - `quiet` (the default): print nothing; False shows progress and the settings chosen on stderr. Warnings
+      (one class only, weights that stay fixed, ...) come quietly as `warnings.warn(..., TrainingWarning)`.
 
     Ctrl-C or SIGTERM finishes the optimizer step, writes a checkpoint and raises TrainingInterrupted.
     Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`).
@@ -331,7 +332,8 @@ def fit(
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise OnnxkitError(f"clip_grad_norm must be positive, got {clip_grad_norm}", params=["clip_grad_norm"])
     adapter = _run_adapter(config, adapter)
-    setup = _Setup(run, config, proto, dataset, adapter, device, threads, Progress(not quiet))  # checks everything
+    progress = Progress(not quiet, warn=world is None or world.rank == 0)  # one rank's warnings
+    setup = _Setup(run, config, proto, dataset, adapter, device, threads, progress)  # checks everything
     if note:
         setup.progress.line(note)
     if resume is None:

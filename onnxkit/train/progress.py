@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import TextIO
+
+WARNING = "warning: "  # how a line that warns begins
+
+
+class TrainingWarning(UserWarning):
+    """A warning of `fit` (one class only, weights that stay fixed, ...) given while it runs quietly."""
 
 
 class Progress:
-    """Silent when `enabled` is false; the live bar only when the stream is a terminal."""
+    """Silent when `enabled` is false, but for its warning lines: those go through `warnings.warn` as
+    `TrainingWarning`s then (unless `warn` is false: a data-parallel rank other than 0); the live bar
+    only when the stream is a terminal."""
 
-    def __init__(self, enabled: bool, stream: TextIO | None = None) -> None:
+    def __init__(self, enabled: bool, stream: TextIO | None = None, *, warn: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
+        self.warn = warn
         self.live = enabled and self.stream.isatty()
         self._last_draw = 0.0
         self._label = ""
@@ -39,6 +49,8 @@ class Progress:
 
     def line(self, text: str) -> None:
         if not self.enabled:
+            if self.warn and text.startswith(WARNING):  # quiet is no progress, not no warnings
+                warnings.warn(text.removeprefix(WARNING), TrainingWarning, stacklevel=3)
             return
         self._write(("\r\033[K" if self.live else "") + text + "\n")
 

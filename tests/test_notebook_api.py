@@ -1,0 +1,66 @@
+"""The Python API as a notebook uses it: what fit says and returns, what the runtime's results hold."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxkit import nn
+from onnxkit.data import dataset_from_arrays
+from onnxkit.train import TrainingWarning, fit
+
+ONE_CLASS = "every training example is of class 0"
+
+
+def _mlp() -> onnx.ModelProto:
+    class MLP(nn.Module):
+        def __init__(self):
+            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc2(nn.ops.relu(self.fc1(x)))
+
+    nn.manual_seed(0)
+    return nn.build(MLP(), {"x": nn.Input(["batch", 4])}, output_names=["logits"])
+
+
+def _one_class(rows: int = 60):
+    x = np.random.default_rng(0).normal(size=(rows, 4)).astype(np.float32)
+    return x, np.zeros(rows, np.int64)
+
+
+def test_quiet_fit_warns_through_warnings(tmp_path, capsys):
+    """fit's default quiet=True printed nothing, and its warnings were dropped with the progress."""
+    x, y = _one_class()
+    with pytest.warns(TrainingWarning, match=ONE_CLASS) as caught:
+        fit(_mlp(), data=dataset_from_arrays("one", {"x": x}, y), out_dir=tmp_path / "run", epochs=1)
+    assert [str(w.message) for w in caught if w.category is TrainingWarning] == [
+        "every training example is of class 0; the model can only learn to answer it (give examples of the "
+        "other classes)"]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_loud_fit_warns_on_stderr_once(tmp_path, capsys):
+    x, y = _one_class()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)  # not a second time as a Python warning
+        fit(_mlp(), data=dataset_from_arrays("one", {"x": x}, y), out_dir=tmp_path / "run", epochs=1, quiet=False)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count(ONE_CLASS) == 1 and f"warning: {ONE_CLASS}" in err
+
+
+def test_cli_quiet_keeps_warning_lines(tmp_path, run_cli):
+    x, y = _one_class()
+    onnx.save(_mlp(), tmp_path / "mlp.onnx")
+    rows = [",".join([*(f"{v:.4f}" for v in r), "0"]) for r in x]
+    (tmp_path / "one.csv").write_text("a,b,c,d,label\n" + "\n".join(rows) + "\n")
+    result = run_cli("train", tmp_path / "mlp.onnx", "--data", tmp_path / "one.csv", "-o", tmp_path / "run",
+                     "--epochs", "1", "--quiet")
+    assert result.code == 0, result.err
+    assert result.err.splitlines() == [f"warning: {ONE_CLASS}; the model can only learn to answer it (give examples "
+                                       "of the other classes)"]
+
