@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -64,3 +65,20 @@ def test_cli_quiet_keeps_warning_lines(tmp_path, run_cli):
     assert result.err.splitlines() == [f"warning: {ONE_CLASS}; the model can only learn to answer it (give examples "
                                        "of the other classes)"]
 
+
+def test_a_callback_of_other_arity_is_refused_up_front(tmp_path):
+    """callback=lambda: ... failed at the first step with Python's own '<lambda>() takes 0 positional arguments'."""
+    x, _ = _one_class()
+    data = dataset_from_arrays("d", {"x": x}, np.arange(len(x)) % 3)
+
+    def two(record, trainer):
+        pass
+
+    for callback, shown in ((lambda: None, "<lambda>()"), (two, "two(record, trainer)")):
+        with pytest.raises(TypeError, match=r"^callback must be a function of one argument, the metrics record: "
+                                            rf"callback\(record\); {re.escape(shown)} cannot take one$"):
+            fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=1, callback=callback)
+        assert not (tmp_path / "run").exists()
+    records: list[dict] = []
+    fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=2, callback=records.append)  # a bound method binds
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [1, 2]

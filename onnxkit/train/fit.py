@@ -428,9 +428,24 @@ def _check_arguments(model: Any, data: Any, out_dir: Any, optimizer: Any, callba
             raise TypeError(f"{name} must be a glob over parameter names or a list of them, not {value!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be a function of one metrics record; pass Callback objects as callbacks=[...]")
+    if callback is not None and not _takes_one_argument(callback):  # found at the first step, deep in the loop
+        raise TypeError(f"callback must be a function of one argument, the metrics record: callback(record); "
+                        f"{getattr(callback, '__name__', type(callback).__name__)}"
+                        f"{inspect.signature(callback)} cannot take one")
     if not isinstance(callbacks, list | tuple) or not all(isinstance(c, Callback) for c in callbacks):
         raise TypeError("callbacks must be a list of onnxkit.train.callbacks.Callback objects (a function of one "
                         "record goes to callback=)")
+
+
+def _takes_one_argument(function: Callable[..., Any]) -> bool:
+    """Whether `function(record)` binds (a callable whose signature cannot be read is given the benefit)."""
+    try:
+        inspect.signature(function).bind(None)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
 
 
 def _check_flags(**flags: Any) -> None:
