@@ -41,6 +41,7 @@ def test_quiet_fit_warns_through_warnings(tmp_path, capsys):
     assert [str(w.message) for w in caught if w.category is TrainingWarning] == [
         "every training example is of class 0; the model can only learn to answer it (give examples of the "
         "other classes)"]
+    assert {w.filename for w in caught} == {__file__}  # the user's fit(...) line, not onnxkit's
     assert capsys.readouterr() == ("", "")
 
 

@@ -50,7 +50,7 @@ class Progress:
     def line(self, text: str) -> None:
         if not self.enabled:
             if self.warn and text.startswith(WARNING):  # quiet is no progress, not no warnings
-                warnings.warn(text.removeprefix(WARNING), TrainingWarning, stacklevel=3)
+                warnings.warn(text.removeprefix(WARNING), TrainingWarning, stacklevel=_outside_onnxkit())
             return
         self._write(("\r\033[K" if self.live else "") + text + "\n")
 
@@ -62,3 +62,12 @@ class Progress:
             self.stream.flush()
         except BrokenPipeError:
             self.enabled = self.live = False
+
+
+def _outside_onnxkit() -> int:
+    """The `stacklevel` of `line`'s first caller outside onnxkit: a warning names the user's `fit(...)` line, not
+    onnxkit's."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "onnxkit":
+        frame, level = frame.f_back, level + 1
+    return level
