@@ -11,6 +11,7 @@ import pytest
 
 from onnxkit import nn
 from onnxkit.data import dataset_from_arrays
+from onnxkit.errors import OnnxkitError
 from onnxkit.train import TrainingWarning, fit
 
 ONE_CLASS = "every training example is of class 0"
@@ -83,3 +84,24 @@ def test_a_callback_of_other_arity_is_refused_up_front(tmp_path):
     records: list[dict] = []
     fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=2, callback=records.append)  # a bound method binds
     assert [r["epoch"] for r in records if r["event"] == "epoch"] == [1, 2]
+
+
+def test_build_names_inputs_that_forward_cannot_take():
+    """Python's own 'forward() takes 2 positional arguments but 3 were given' named neither side."""
+    class Net(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x, mask=None):
+            return self.fc(x if mask is None else x * mask)
+
+    line = Net.forward.__code__.co_firstlineno
+    three = {"x": nn.Input(["b", 4]), "m": nn.Input(["b", 4]), "k": nn.Input(["b", 4])}
+    other = {"mask": nn.Input(["b", 4])}  # by name, and x missing
+    for inputs, given in ((three, "3 input(s) given (x, m, k)"), (other, "1 input(s) given (mask)")):
+        with pytest.raises(OnnxkitError, match=rf"^Net.forward \(test_notebook_api.py:{line}\) takes \(x, mask\), "
+                                               rf"which the {re.escape(given)} do not fit; give an nn.Input for each"):
+            nn.build(Net(), inputs)
+    model = nn.build(Net(), {"mask": nn.Input(["b", 4]), "x": nn.Input(["b", 4])})  # by name: x reaches x
+    assert [i.name for i in model.graph.input] == ["mask", "x"]
+    assert list(model.graph.node[0].input) == ["x", "mask"]

@@ -63,7 +63,7 @@ def build(
     """Trace `module(*inputs)` and return an ONNX model (IR 10).
 
     `inputs`: input name -> `Input(shape, dtype)`, passed to `forward` by name when each is named as one of its
-    parameters, else in this order.
+    parameters, else in this order (inputs that forward cannot take are an OnnxkitError naming both).
     `forward` may return a tensor, a tuple, or a dict (its keys name the
     outputs); `output_names` names a tensor's or tuple's (one name, or a list; default: output_0, ...).
     `name` and `doc`: the graph's (default: the module's class name and docstring).
@@ -81,11 +81,13 @@ def build(
     if not 13 <= opset <= MAX_OPSET:
         raise OnnxkitError(f"opset {opset} is not supported; use 13..{MAX_OPSET} (default {DEFAULT_OPSET})")
     output_names = [output_names] if isinstance(output_names, str) else output_names  # not its letters
+    named = _named_in_forward(module, inputs)
+    _check_forward_takes(module, inputs, named)
     module.assign_names()
     graph = Graph(opset)
     with tracing(graph):
         args = {n: graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()}
-        result = module(**args) if _named_in_forward(module, args) else module(*args.values())
+        result = module(**args) if named else module(*args.values())
     outputs = _name_outputs(graph, result, output_names, _forward_of(module))
     called = set(graph.params)
     computed_with = {name for node in graph.nodes for name in node.input}
@@ -184,6 +186,22 @@ def _named_in_forward(module: Module, inputs: Mapping[str, Any]) -> bool:
         return False
     return all(name in parameters and parameters[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                                                  inspect.Parameter.KEYWORD_ONLY) for name in inputs)
+
+
+def _check_forward_takes(module: Module, inputs: Mapping[str, Any], named: bool) -> None:
+    """Refuse inputs that `forward` cannot take (Python's own 'forward() takes 2 positional arguments but 3 were
+    given' named neither the inputs nor its parameters)."""
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(**inputs) if named else signature.bind(*inputs)
+    except TypeError:
+        params = ", ".join(signature.parameters)
+        raise OnnxkitError(f"{_forward_of(module)} takes ({params}), which the {len(inputs)} input(s) given "
+                        f"({', '.join(inputs)}) do not fit; give an nn.Input for each of its parameters, "
+                        "named as they are") from None
 
 
 def _forward_of(module: Module) -> str:
