@@ -105,3 +105,38 @@ def test_build_names_inputs_that_forward_cannot_take():
     model = nn.build(Net(), {"mask": nn.Input(["b", 4]), "x": nn.Input(["b", 4])})  # by name: x reaches x
     assert [i.name for i in model.graph.input] == ["mask", "x"]
     assert list(model.graph.node[0].input) == ["x", "mask"]
+
+
+def test_callback_hooks_are_checked_before_training(tmp_path):
+    """A hook of the wrong arity failed at its first call inside the loop ('on_epoch_end() takes 2 positional
+    arguments but 3 were given'); a misspelt one never ran, unsaid."""
+    from onnxkit.train.callbacks import Callback
+
+    x, _ = _one_class()
+    data = dataset_from_arrays("d", {"x": x}, np.arange(len(x)) % 3)
+
+    class Keras(Callback):
+        def on_epoch_end(self, record):
+            pass
+
+    with pytest.raises(TypeError, match=r"^callback Keras.on_epoch_end\(record\) must take \(trainer, record\)"):
+        fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=1, callbacks=[Keras()])
+    assert not (tmp_path / "run").exists()
+
+    class Misspelt(Callback):
+        epochs: list[int] = []
+
+        def on_epoch_ends(self, trainer, record):
+            pass
+
+        def on_epoch_begin(self, trainer, epoch, *rest):  # any signature that binds is fine
+            self.epochs.append(epoch)
+
+    with pytest.warns(TrainingWarning) as caught:
+        fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=2, callbacks=[Misspelt()])
+    assert [str(w.message) for w in caught] == [
+        "callback Misspelt.on_epoch_ends is no hook, so training never calls it. Did you mean: on_epoch_end, "
+        "on_epoch_begin, on_step_end? The hooks: on_train_begin, on_epoch_begin, on_batch_end, on_step_end, "
+        "on_epoch_end, on_checkpoint, on_train_end"]
+    assert {w.filename for w in caught} == {__file__}
+    assert Misspelt.epochs == [1, 2]

@@ -43,7 +43,7 @@ from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_
 from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.data.text import TextSplit
-from onnxkit.errors import OnnxkitError, first_few
+from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.evaluate import (
     LOSS_TASK,
     Scorer,
@@ -113,7 +113,7 @@ from onnxkit.train.lora import LoraAdapter
 from onnxkit.train.losses import Loss, default_loss, get_loss
 from onnxkit.train.optim import Optimizer, get_optimizer
 from onnxkit.train.problem import training_problem
-from onnxkit.train.progress import Progress
+from onnxkit.train.progress import Progress, warn
 from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule, warmup_steps
 from onnxkit.train.standardize import (
@@ -435,6 +435,34 @@ def _check_arguments(model: Any, data: Any, out_dir: Any, optimizer: Any, callba
     if not isinstance(callbacks, list | tuple) or not all(isinstance(c, Callback) for c in callbacks):
         raise TypeError("callbacks must be a list of onnxkit.train.callbacks.Callback objects (a function of one "
                         "record goes to callback=)")
+    for c in callbacks:
+        _check_hooks(c)
+
+
+HOOKS = [name for name in vars(Callback) if name.startswith("on_")]
+
+
+def _check_hooks(callback: Callback) -> None:
+    """Refuse a hook that cannot take the trainer's arguments (a TypeError at its first call, deep in the loop);
+    warn of an on_* method the trainer never calls (a misspelt hook never ran, unsaid)."""
+    kind = type(callback).__name__
+    for name in HOOKS:
+        if getattr(type(callback), name) is getattr(Callback, name):
+            continue
+        wanted = [p for p in inspect.signature(getattr(Callback, name)).parameters if p != "self"]
+        try:
+            signature = inspect.signature(getattr(callback, name))
+        except (TypeError, ValueError):
+            continue
+        try:
+            signature.bind(*wanted)
+        except TypeError:
+            raise TypeError(f"callback {kind}.{name}{signature} must take ({', '.join(wanted)}): the trainer calls "
+                            f"it so") from None
+    for name in dir(callback):
+        if name.startswith("on_") and name not in HOOKS and callable(getattr(callback, name, None)):
+            warn(f"callback {kind}.{name} is no hook, so training never calls it.{suggest(name, HOOKS)} The hooks: "
+                 f"{', '.join(HOOKS)}")
 
 
 def _takes_one_argument(function: Callable[..., Any]) -> bool:

@@ -50,7 +50,7 @@ class Progress:
     def line(self, text: str) -> None:
         if not self.enabled:
             if self.warn and text.startswith(WARNING):  # quiet is no progress, not no warnings
-                warnings.warn(text.removeprefix(WARNING), TrainingWarning, stacklevel=_outside_onnxkit())
+                warn(text.removeprefix(WARNING))
             return
         self._write(("\r\033[K" if self.live else "") + text + "\n")
 
@@ -64,10 +64,11 @@ class Progress:
             self.enabled = self.live = False
 
 
-def _outside_onnxkit() -> int:
-    """The `stacklevel` of `line`'s first caller outside onnxkit: a warning names the user's `fit(...)` line, not
-    onnxkit's."""
-    frame, level = sys._getframe(2), 2
+
+def warn(text: str) -> None:
+    """`warnings.warn(text, TrainingWarning)`, attributed to the first caller outside onnxkit: the warning names the
+    user's `fit(...)` line, not onnxkit's."""
+    frame, level = sys._getframe(1), 2
     while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "onnxkit":
         frame, level = frame.f_back, level + 1
-    return level
+    warnings.warn(text, TrainingWarning, stacklevel=level)
