@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 
@@ -140,3 +141,40 @@ def test_callback_hooks_are_checked_before_training(tmp_path):
         "on_epoch_end, on_checkpoint, on_train_end"]
     assert {w.filename for w in caught} == {__file__}
     assert Misspelt.epochs == [1, 2]
+
+
+def test_a_model_trained_on_a_dataframe_reads_one_by_its_column_names(tmp_path):
+    """Trained from dataset_from_arrays({'x': frame}, y), a model read a reordered DataFrame by position (iris'
+    columns reversed: all three rows answered virginica), where one trained on the same CSV reads it by name."""
+    from sklearn.datasets import load_iris
+
+    from onnxkit import runtime
+
+    iris = load_iris(as_frame=True)
+    frame, target = iris.data, iris.target
+    assert dataset_from_arrays("iris", {"x": frame}, target).columns == tuple(frame.columns)
+    assert dataset_from_arrays("iris", {"x": frame.to_numpy()}, target).columns is None
+    assert dataset_from_arrays("iris", {"x": frame.set_axis(range(4), axis=1)}, target).columns is None
+    assert dataset_from_arrays("iris", {"x": frame.set_axis([*frame.columns[:3], "target"], axis=1)},
+                               target).columns is None  # a feature headed as labels: predict would leave it out
+
+    class MLP(nn.Module):
+        def __init__(self):
+            self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc2(nn.ops.relu(self.fc1(x)))
+
+    nn.manual_seed(0)
+    model = nn.build(MLP(), {"x": nn.Input(["batch", 4])}, output_names=["logits"])
+    result = fit(model, data=dataset_from_arrays("iris", {"x": frame}, target), out_dir=tmp_path / "run", epochs=60,
+                 lr=0.02)
+    trained = runtime.load(result.model_path)
+    assert trained.metadata["onnxkit.columns"] == json.dumps(list(frame.columns))
+    rows = frame.iloc[[0, 60, 120]]
+    assert trained.predict(rows).classes.tolist() == [0, 1, 2]
+    assert trained.predict(rows[rows.columns[::-1]]).classes.tolist() == [0, 1, 2]
+    assert trained.predict(rows.to_numpy()).classes.tolist() == [0, 1, 2]
+    with pytest.raises(OnnxkitError, match=r"the DataFrame: the model trained on columns sepal length \(cm\), .*; "
+                                           r"give those columns, once each, by name"):
+        trained.predict(rows.set_axis(list("abcd"), axis=1))

@@ -24,6 +24,7 @@ import numpy as np
 
 from onnxkit.data.checks import checked_labels
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.label_columns import label_column
 
 SPLIT_NAMES = ("train", "validation", "test")
 ALL = "all"  # the name of every example of a dataset as one split (Dataset.split)
@@ -367,11 +368,13 @@ def dataset_from_arrays(
     """Split whole arrays into a `Dataset`; integer labels make a stratified classification set.
 
     `inputs` maps each model input's name to its array ({'x': X}); arrays, nested lists and pandas
-    DataFrames / Series are taken. Refuses empty data and feature arrays whose row count differs
+    DataFrames / Series are taken (a lone DataFrame's column names are kept as `columns`, which a model trained on
+    it reads a DataFrame by). Refuses empty data and feature arrays whose row count differs
     from the labels'; labels shaped [N, 1] become [N]."""
     if not isinstance(inputs, Mapping):
         raise TypeError(f"inputs must be a dict of arrays keyed by model input name, such as {{'x': X}}, not "
                         f"{type(inputs).__name__}")
+    columns = _frame_columns(inputs)
     inputs = {k: np.asarray(v) for k, v in inputs.items()}  # a DataFrame is indexed by row position, not its labels
     labels = np.asarray(labels)
     if labels.dtype.kind == "O" and labels.size and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
@@ -402,4 +405,21 @@ def dataset_from_arrays(
         *splits,
         label_names=label_names,
         task="classification" if classification else "regression",
+        columns=columns,
     )
+
+
+def _frame_columns(inputs: Mapping[str, object]) -> tuple[str, ...] | None:
+    """The feature columns of a lone DataFrame input by name, which the trained model keeps so that `predict` reads
+    a DataFrame by them as it reads a CSV (a reordered one was read by position: setosa answered as virginica);
+    None for arrays, or names a CSV's header could not have (numbers, repeats, a column headed as labels)."""
+    if len(inputs) != 1:
+        return None
+    columns = getattr(next(iter(inputs.values())), "columns", None)
+    names = [] if columns is None else list(columns)
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) < len(names):
+        return None
+    try:
+        return None if label_column(names) is not None else tuple(names)
+    except OnnxkitError:
+        return None
