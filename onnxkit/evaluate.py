@@ -387,7 +387,7 @@ def named_split(model: Any, split: str | None, data: Any = None, data_seed: int 
     data's name and the seed used; `label`: a CSV's label column (default: the one the model trained on).
     `split` None: the test split of the data the model trained on (or of a Dataset; or of a copy of its file), all
     of other data, which training held out whole (not a fifth of it)."""
-    from onnxkit.data import Dataset, in_model_order, load_dataset
+    from onnxkit.data import Dataset, in_model_order, in_trained_columns, load_dataset
 
     recorded, recorded_seed = trained_on(model)
     if split is None:
@@ -395,7 +395,7 @@ def named_split(model: Any, split: str | None, data: Any = None, data_seed: int 
             os.path.realpath(data) != recorded and not _trained_file_copy(model, data)
         split = "all" if other else "test"
     if isinstance(data, Dataset):  # already split, in memory
-        ordered = _of_the_models_classes(in_model_order(data, model), model)
+        ordered = _of_the_models_classes(in_model_order(in_trained_columns(data, model), model), model)
         return ordered.split(split), data.name, recorded_seed if data_seed is None else data_seed
     defaulted, data = data is None, data if data is not None else recorded
     if not data:

@@ -178,3 +178,12 @@ def test_a_model_trained_on_a_dataframe_reads_one_by_its_column_names(tmp_path):
     with pytest.raises(OnnxkitError, match=r"the DataFrame: the model trained on columns sepal length \(cm\), .*; "
                                            r"give those columns, once each, by name"):
         trained.predict(rows.set_axis(list("abcd"), axis=1))
+    # evaluate and fine-tuning read a Dataset of a DataFrame by those names too
+    from onnxkit.evaluate import evaluate
+
+    shuffled = frame[frame.columns[[2, 0, 3, 1]]]
+    assert (evaluate(result.model_path, "test", data=dataset_from_arrays("iris", {"x": shuffled}, target))
+            == evaluate(result.model_path, "test", data=dataset_from_arrays("iris", {"x": frame}, target)))
+    with pytest.raises(OnnxkitError, match=r"^data 'iris': the model trained on columns sepal length \(cm\), "):
+        evaluate(result.model_path, "test", data=dataset_from_arrays("iris", {"x": rows.set_axis(list("abcd"),
+                                                                                                   axis=1)}, [0, 1, 2]))

@@ -25,6 +25,7 @@ import numpy as np
 from onnxkit.data.split import Dataset, Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import TABLE_SUFFIXES, not_a_file, sha256
+from onnxkit.label_columns import in_trained_order, trained_columns
 from onnxkit.metadata import metadata, training_summary
 from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
 
@@ -211,6 +212,23 @@ def in_model_order(dataset: Dataset, model: Any, remedy: str = _RELABEL) -> Data
         raise _not_among(dataset, [repr(n) for n in unknown], classes, remedy)
     order = np.array([classes.index(n) for n in names], dtype=np.int64)
     return _relabelled(dataset, lambda labels: order[labels], classes)
+
+
+def in_trained_columns(dataset: Dataset, model: Any) -> Dataset:
+    """`dataset` (a Dataset object of one input, its features named by `columns`: a DataFrame's) with its features
+    in the order of the columns `model` trained on, as a CSV file is read (they were taken by position); a column it
+    lacks is an error. A new Dataset when they differ."""
+    trained = trained_columns(metadata(model)) if model is not None else None
+    splits = (dataset.train, dataset.validation, dataset.test)
+    if not dataset.columns or not trained or any(type(s) is not Split or len(s.inputs) != 1 or
+                                                 next(iter(s.inputs.values())).shape[1:] != (len(dataset.columns),)
+                                                 for s in splits):
+        return dataset
+    order = in_trained_order(list(dataset.columns), trained, f"data {dataset.name!r}")
+    if order is None:
+        return dataset
+    train, validation, test = (Split(s.name, {k: v[:, order] for k, v in s.inputs.items()}, s.labels) for s in splits)
+    return replace(dataset, train=train, validation=validation, test=test, columns=tuple(trained))
 
 
 def _by_class_value(dataset: Dataset, model: Any) -> Dataset:

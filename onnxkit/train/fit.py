@@ -34,6 +34,7 @@ from onnxkit.data import (
     data_sha256,
     datasets,
     in_model_order,
+    in_trained_columns,
     load_dataset,
     model_inputs,
     numbered_classes,
@@ -272,7 +273,7 @@ def fit(
             proto, fingerprint, _ = _load_fingerprinted(model_path)
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
-        dataset = (in_model_order(data, proto) if isinstance(data, Dataset)
+        dataset = (in_model_order(in_trained_columns(data, proto), proto) if isinstance(data, Dataset)
                    else load_dataset(data, seed=data_seed, model=proto, label=label))
         if label is None and Path(str(data)).suffix.lower() in TABLE_SUFFIXES:  # a model fit to a named column
             label = trained_label(proto)  # went on reading it (load_dataset's default): recorded for eval
@@ -383,7 +384,7 @@ def _resumed(
         raise OnnxkitError(f"{config.data} changed since this run started; resume needs the data the run began "
                            "with (or start a new run on the new data)")
     if isinstance(data, Dataset):
-        dataset = in_model_order(data, proto)
+        dataset = in_model_order(in_trained_columns(data, proto), proto)
         if config.data_fingerprint and dataset.fingerprint() != config.data_fingerprint:
             raise OnnxkitError(f"data is not the Dataset this run trained on ({config.data!r}): its arrays differ; "
                                "resume with the same Dataset, or start a new run on this one")
