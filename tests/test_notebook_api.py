@@ -187,3 +187,18 @@ def test_a_model_trained_on_a_dataframe_reads_one_by_its_column_names(tmp_path):
     with pytest.raises(OnnxkitError, match=r"^data 'iris': the model trained on columns sepal length \(cm\), "):
         evaluate(result.model_path, "test", data=dataset_from_arrays("iris", {"x": rows.set_axis(list("abcd"),
                                                                                                    axis=1)}, [0, 1, 2]))
+
+
+def test_a_split_seed_out_of_range_is_named():
+    """load_dataset('iris', seed=-1) and dataset_from_arrays(..., seed=-1) were numpy's 'expected non-negative
+    integer', raised from its bit generator."""
+    from onnxkit.data import load_dataset
+
+    x, _ = _one_class(10)
+    for make in (lambda seed: load_dataset("iris", seed=seed),
+                 lambda seed: dataset_from_arrays("d", {"x": x}, np.arange(10) % 2, seed=seed)):
+        with pytest.raises(OnnxkitError, match=r"^seed must be 0 or more, got -1$"):
+            make(-1)
+        with pytest.raises(TypeError, match=r"^seed must be a whole number from 0 up, not 1.5$"):
+            make(1.5)
+        assert len(make(np.int64(3)).train) == len(make(3).train)

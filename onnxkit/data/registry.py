@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.data.split import Dataset, Split
+from onnxkit.data.split import Dataset, Split, check_seed
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import TABLE_SUFFIXES, not_a_file, sha256
 from onnxkit.label_columns import in_trained_order, trained_columns
@@ -92,6 +92,7 @@ def load_dataset(
     """
     from onnxkit.data import formats
 
+    check_seed(seed)  # before a file is read
     text = str(name_or_path)
     split_args = {"seed": seed, "validation": validation, "test": test}
     suffix = Path(text).suffix.lower()

@@ -319,6 +319,14 @@ class Dataset:
         )
 
 
+def check_seed(seed: object) -> None:
+    """A split's seed is a whole number from 0 up (-1 was numpy's 'expected non-negative integer', from its depths)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be a whole number from 0 up, not {seed!r}")
+    if seed < 0:
+        raise OnnxkitError(f"seed must be 0 or more, got {seed}", params=["seed"])
+
+
 def split_indices(
     labels: np.ndarray,
     *,
@@ -328,6 +336,7 @@ def split_indices(
     stratify: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deterministic train/validation/test index arrays (stratified by class when asked)."""
+    check_seed(seed)
     if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
         raise OnnxkitError(
             f"split fractions validation={validation}, test={test} must be in [0, 1) "
