@@ -8,6 +8,8 @@ Where to start (the `onnxkit` command wraps the same functions; `onnxkit --help`
     onnxkit.evaluate.evaluate       score a model on a dataset split
     onnxkit.quantize.quantize       int8 / int4 / fp16, with a size, speed and accuracy report
     onnxkit.runtime.load            run a model (numpy + onnxruntime only)
+    onnxkit.summary.summarize       what `onnxkit inspect --json` prints: inputs, outputs, parameters, ops
+    onnxkit.serve.serve             serve models over HTTP and gRPC (Open Inference Protocol)
     onnxkit.data.load_dataset       built-in datasets, .npz / .csv files and image folders, split
 
 The package root stays import-light: the runtime (`onnxkit.runtime`) must be
@@ -21,7 +23,7 @@ import importlib  # noqa: E402
 from onnxkit.errors import OnnxkitError  # noqa: E402
 
 __all__ = ["OnnxkitError", "__version__"]
-SUBMODULES = ("autodiff", "data", "evaluate", "nn", "quantize", "runtime", "train", "zoo")
+SUBMODULES = ("autodiff", "data", "evaluate", "nn", "quantize", "runtime", "serve", "summary", "train", "zoo")
 
 
 def __getattr__(name: str) -> object:

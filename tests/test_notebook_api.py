@@ -202,3 +202,16 @@ def test_a_split_seed_out_of_range_is_named():
         with pytest.raises(TypeError, match=r"^seed must be a whole number from 0 up, not 1.5$"):
             make(1.5)
         assert len(make(np.int64(3)).train) == len(make(3).train)
+
+
+def test_every_entry_point_the_readme_names_works_after_a_bare_import():
+    """README's `inspect` is `onnxkit.summary.summarize(path)` and `serve` is `onnxkit.serve.serve(...)`: after
+    `import onnxkit` both were "module 'onnxkit' has no attribute ..." (the other entry points import on first use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, onnxkit; assert 'onnxkit.serve' not in sys.modules and 'onnxkit.summary' not in sys.modules; "
+            "print(onnxkit.summary.summarize.__name__, onnxkit.serve.serve.__name__, "
+            "{'serve', 'summary'} <= set(dir(onnxkit)))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout == "summarize serve True\n", run.stderr
