@@ -215,3 +215,32 @@ def test_every_entry_point_the_readme_names_works_after_a_bare_import():
             "{'serve', 'summary'} <= set(dir(onnxkit)))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.stdout == "summarize serve True\n", run.stderr
+
+
+def test_an_unknown_fit_keyword_says_what_to_pass(tmp_path):
+    """fit(momentum=0.9) or fit(learning_rate=0.1) was Python's bare 'got an unexpected keyword argument'."""
+    import inspect
+
+    from onnxkit.train import optim
+
+    cases = {
+        (("momentum", 0.9),): "fit() got an unexpected keyword argument 'momentum': momentum is an option of the "
+                              "optimizer; pass optimizer=SGD(momentum=0.9) from onnxkit.train.optim",
+        (("optimizer", "rmsprop"), ("momentum", 0.5)): "fit() got an unexpected keyword argument 'momentum': momentum "
+                                                       "is an option of the optimizer; pass optimizer=RMSprop("
+                                                       "momentum=0.5) from onnxkit.train.optim",
+        (("betas", (0.9, 0.98)),): "fit() got an unexpected keyword argument 'betas': betas is an option of the "
+                                   "optimizer; pass optimizer=AdamW(betas=(0.9, 0.98)) from onnxkit.train.optim",
+        (("learning_rate", 0.1),): "fit() got an unexpected keyword argument 'learning_rate'; fit calls it lr",
+        (("verbose", 1),): "fit() got an unexpected keyword argument 'verbose'; fit calls it quiet (quiet=False shows "
+                           "progress)",
+        (("epoch", 3),): "fit() got an unexpected keyword argument 'epoch'. Did you mean: epochs?",
+        (("zebra", 3),): "fit() got an unexpected keyword argument 'zebra'",
+    }
+    for given, message in cases.items():
+        with pytest.raises(TypeError) as caught:
+            fit(_mlp(), data="iris", out_dir=tmp_path / "run", **dict(given))
+        assert str(caught.value) == message
+    assert not (tmp_path / "run").exists()
+    assert optim.SGD(momentum=0.9).momentum == 0.9  # what the message says to pass is an optimizer
+    assert "optimizer" in inspect.signature(fit).parameters and "lr" in inspect.signature(fit).parameters

@@ -146,7 +146,53 @@ from onnxkit.training_recipe import read_training_recipe
 FIT_SAMPLE = 2048  # training rows run through a regression model to see whether it answers in the targets' units
 
 
+# what other libraries call fit's settings (Keras, PyTorch Lightning, Hugging Face's Trainer, scikit-learn)
+OTHER_NAMES = {
+    "learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "n_epochs": "epochs", "max_steps": "steps",
+    "verbose": "quiet", "output_dir": "out_dir", "run_dir": "out_dir", "log_dir": "out_dir", "logdir": "out_dir",
+    "random_state": "seed", "dataset": "data", "train_data": "data", "max_grad_norm": "clip_grad_norm",
+    "gradient_clip_val": "clip_grad_norm", "clipnorm": "clip_grad_norm", "lr_scheduler": "schedule",
+    "scheduler": "schedule", "gradient_accumulation_steps": "grad_accumulation",
+    "accumulate_grad_batches": "grad_accumulation", "per_device_train_batch_size": "batch_size",
+}
+
+
+def _keywords_named(function: Callable[..., FitResult]) -> Callable[..., FitResult]:
+    """`function` (fit), refusing a keyword it lacks with what to pass instead: an optimizer's option inside that
+    optimizer's object, another library's name for a setting as fit's (Python's own 'unexpected keyword argument'
+    said neither)."""
+    parameters = inspect.signature(function).parameters
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> FitResult:
+        unknown = next((k for k in kwargs if k not in parameters), None)
+        if unknown is not None:
+            raise TypeError(f"fit() got an unexpected keyword argument {unknown!r}"
+                            f"{_instead(unknown, kwargs[unknown], kwargs.get('optimizer'), parameters)}")
+        return function(*args, **kwargs)
+
+    return checked
+
+
+def _instead(keyword: str, value: Any, optimizer: Any, parameters: Any) -> str:
+    """What to pass in place of fit's unknown `keyword`, or ''."""
+    from onnxkit.train.optim.spec import REGISTRY
+
+    owners = [cls for cls in REGISTRY.values() if keyword in cls.defaults()]
+    if owners:
+        chosen = REGISTRY.get(optimizer.lower()) if isinstance(optimizer, str) else None
+        owner = next(cls for cls in (chosen, REGISTRY["adamw"], REGISTRY["sgd"], *owners) if cls in owners)
+        return (f": {keyword} is an option of the optimizer; pass optimizer={owner.__name__}({keyword}={value!r}) "
+                f"from onnxkit.train.optim")
+    if keyword in OTHER_NAMES:
+        return f"; fit calls it {OTHER_NAMES[keyword]}" + (" (quiet=False shows progress)" if keyword == "verbose"
+                                                            else "")
+    close = suggest(keyword, list(parameters))
+    return f".{close}" if close else ""
+
+
 @distributed.fails_together
+@_keywords_named
 def fit(
     model: str | os.PathLike | onnx.ModelProto | None = None,
     data: str | os.PathLike | Dataset | None = None,
