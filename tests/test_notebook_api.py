@@ -244,3 +244,20 @@ def test_an_unknown_fit_keyword_says_what_to_pass(tmp_path):
     assert not (tmp_path / "run").exists()
     assert optim.SGD(momentum=0.9).momentum == 0.9  # what the message says to pass is an optimizer
     assert "optimizer" in inspect.signature(fit).parameters and "lr" in inspect.signature(fit).parameters
+
+
+def test_load_dataset_names_an_option_the_data_does_not_take(tmp_path):
+    """load_dataset('iris', foo=1) was "iris() got an unexpected keyword argument 'foo'", a function never called."""
+    from onnxkit.data import load_dataset
+
+    (tmp_path / "t.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n9,1,0\n2,3,1\n")
+    cases = {("iris", "foo"): "dataset 'iris' takes no option 'foo'. Its options: none beside seed, validation, test "
+                              "and model",
+             (str(tmp_path / "t.csv"), "lable"): "a .csv file takes no option 'lable'. Did you mean: label? Its "
+                                                 "options: tokenizer, max_length, label, inputs beside seed, "
+                                                 "validation, test and model"}
+    for (name, option), message in cases.items():
+        with pytest.raises(TypeError) as caught:
+            load_dataset(name, **{option: "x"})
+        assert str(caught.value) == message
+    assert load_dataset(str(tmp_path / "t.csv"), label="label", validation=0, test=0).columns == ("a", "b")

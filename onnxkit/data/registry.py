@@ -112,6 +112,7 @@ def load_dataset(
                 from onnxkit.data.split import model_inputs
 
                 options.setdefault("inputs", model_inputs(model))
+        _check_options(formats.READERS[suffix], options, f"a {suffix} file")
         try:
             dataset = formats.READERS[suffix](Path(text), **split_args, **options)
         except formats.NoSuchColumn as e:
@@ -147,7 +148,24 @@ def load_dataset(
         from onnxkit.data.text import tokenizer_options
 
         options = {**tokenizer_options(model), **options}
+    _check_options(entry.loader, options, f"dataset {text!r}")
     return in_model_order(_padded_as_trained(entry.loader(**split_args, **options), model), model)
+
+
+def _check_options(loader: Callable[..., Dataset], options: dict[str, Any], what: str) -> None:
+    """Refuse an option `loader` lacks, naming those it has (it was Python's "iris() got an unexpected keyword
+    argument 'foo'", naming a function the caller never called)."""
+    import inspect
+
+    parameters = inspect.signature(loader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    own = [n for n, p in parameters.items() if n not in ("path", "seed", "validation", "test")
+           and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = next((k for k in options if k not in parameters), None)
+    if unknown is not None:
+        raise TypeError(f"{what} takes no option {unknown!r}.{suggest(unknown, own)} Its options: "
+                        f"{', '.join(own) or 'none'} beside seed, validation, test and model")
 
 
 def _padded_as_trained(dataset: Dataset, model: Any) -> Dataset:
