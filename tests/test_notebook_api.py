@@ -261,3 +261,26 @@ def test_load_dataset_names_an_option_the_data_does_not_take(tmp_path):
             load_dataset(name, **{option: "x"})
         assert str(caught.value) == message
     assert load_dataset(str(tmp_path / "t.csv"), label="label", validation=0, test=0).columns == ("a", "b")
+
+
+def test_an_interrupted_fit_says_how_to_resume_it(tmp_path):
+    """A notebook's interrupt showed 'interrupted in epoch 2 after step 4', not where the checkpoint is or how to go
+    on (the command's line says both)."""
+    from onnxkit.train import TrainingInterrupted
+    from onnxkit.train.callbacks import Callback
+
+    class Interrupt(Callback):
+        def on_epoch_end(self, trainer, record):
+            if record["epoch"] == 1:
+                raise KeyboardInterrupt
+
+    x, _ = _one_class()
+    data = dataset_from_arrays("d", {"x": x}, np.arange(len(x)) % 3)
+    with pytest.raises(TrainingInterrupted) as caught:
+        fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=3, batch_size=12, callbacks=[Interrupt()])
+    stop = caught.value
+    assert str(stop) == (f"interrupted in epoch 2 after step 3: checkpoint saved to {stop.checkpoint}; continue with "
+                         f"fit(resume={str(tmp_path / 'run')!r})")
+    assert stop.checkpoint.is_relative_to(tmp_path / "run") and stop.checkpoint.exists()
+    result = fit(resume=tmp_path / "run", data=data)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3] and result.metrics["steps"] == 9

@@ -131,6 +131,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during training: a checkpoint was written to `checkpoint` first."""
 
     def __init__(self, run_dir: Path, checkpoint: Path, epoch: int, step: int, signum: int = 2) -> None:
-        super().__init__(f"interrupted in epoch {epoch} after step {step}")
+        super().__init__(f"interrupted in epoch {epoch} after step {step}: checkpoint saved to {checkpoint}; continue "
+                         f"with fit(resume={str(run_dir)!r})")
         self.run_dir, self.checkpoint, self.epoch, self.step = run_dir, checkpoint, epoch, step
         self.signum = signum  # SIGINT (2) or SIGTERM (15)
