@@ -284,3 +284,21 @@ def test_an_interrupted_fit_says_how_to_resume_it(tmp_path):
     assert stop.checkpoint.is_relative_to(tmp_path / "run") and stop.checkpoint.exists()
     result = fit(resume=tmp_path / "run", data=data)
     assert [r["epoch"] for r in result.history] == [1, 2, 3] and result.metrics["steps"] == 9
+
+
+def test_two_valued_regression_targets_warn_a_quiet_fit(tmp_path):
+    """-1/1 targets under a one-score model train a regression: the line that says so was progress, dropped quietly."""
+    class One(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    x, _ = _one_class()
+    with pytest.warns(TrainingWarning) as caught:
+        data = dataset_from_arrays("pm", {"x": x}, np.arange(60) % 2 * 2 - 1)
+        fit(nn.build(One(), {"x": nn.Input(["b", 4])}), data=data, out_dir=tmp_path / "run", epochs=1)
+    assert [str(w.message) for w in caught] == [
+        "the targets take two values only, -1 and 1: this trains a regression on them (loss mse); for a binary "
+        "classifier, map them to 0 and 1"]

@@ -1081,11 +1081,12 @@ class _Setup:
         if low == high or not ((labels == low) | (labels == high)).all():
             return
         if labels.dtype.kind == "f" and (low, high) == (0, 1):
-            self.progress.line("the targets are 0.0 and 1.0 only: this trains a regression on them (loss mse); for "
-                               "0/1 labels (binary or multi-label), give them as integers or use loss bce-with-logits")
+            self.progress.line("warning: the targets are 0.0 and 1.0 only: this trains a regression on them (loss "
+                               "mse); for 0/1 labels (binary or multi-label), give them as integers or use loss "
+                               "bce-with-logits")
         elif labels.dtype.kind in "iu":
-            self.progress.line(f"the targets take two values only, {low} and {high}: this trains a regression on "
-                               "them (loss mse); for a binary classifier, map them to 0 and 1")
+            self.progress.line(f"warning: the targets take two values only, {low} and {high}: this trains a "
+                               "regression on them (loss mse); for a binary classifier, map them to 0 and 1")
 
     def _standardize_unscaled(self, dataset: Dataset, whole: bool, regression: bool) -> tuple[bool, str | None]:
         """standardize=None: whether to standardise (clearly unscaled data or regression targets, and the
