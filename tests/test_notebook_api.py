@@ -302,3 +302,25 @@ def test_two_valued_regression_targets_warn_a_quiet_fit(tmp_path):
     assert [str(w.message) for w in caught] == [
         "the targets take two values only, -1 and 1: this trains a regression on them (loss mse); for a binary "
         "classifier, map them to 0 and 1"]
+
+
+def test_predict_given_a_file_name_or_none_says_what_to_pass(tmp_path):
+    """Model.predict('rows.csv') was "input 'x' expects float32 values, got <U8": the command reads files, the method
+    takes arrays. A None among the values was "got object"."""
+    from pathlib import Path
+
+    from onnxkit import runtime
+
+    model = runtime.load(_mlp())
+    for given in ("rows.csv", Path("rows.csv")):
+        with pytest.raises(OnnxkitError, match=r"^input 'x' expects float32 values, got (<U8|object) \(the text "
+                                               r"'rows.csv'\): predict takes arrays, not a file to read; load it "
+                                               r"first \(numpy.load, pandas.read_csv\), or run `onnxkit predict "
+                                               r"MODEL FILE`$"):
+            model.predict(given)
+    with pytest.raises(OnnxkitError, match=r"^input 'x' expects float32 values, got object holding None: give a "
+                                           r"number for each value \(NaN for a missing one\)$"):
+        model.predict([[1.0, None, 2.0, 3.0]])
+    with pytest.raises(OnnxkitError, match=r"^input 'x' expects float32 values, got <U1$"):
+        model.predict([["a", "b", "c", "d"]])
+    assert model.predict([[1.0, np.nan, 2.0, 3.0]])["logits"].shape == (1, 3)

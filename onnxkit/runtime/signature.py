@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,17 @@ def example_feeds(specs: list[TensorSpec], length: int = 1) -> dict[str, np.ndar
     return feeds
 
 
+def _text_hint(value: Any, array: np.ndarray) -> str:
+    """What to do about text or None where numbers go: a file's name (the `predict` command reads files; the
+    method takes arrays), or a None in the values; else ''."""
+    if isinstance(value, str | PathLike):
+        return (f" (the text {str(value)!r}): predict takes arrays, not a file to read; load it first (numpy.load, "
+                "pandas.read_csv), or run `onnxkit predict MODEL FILE`")
+    if array.dtype.kind == "O" and any(v is None for v in array.flat):
+        return " holding None: give a number for each value (NaN for a missing one)"
+    return ""
+
+
 def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
     want = spec.dtype
     if want is None:
@@ -131,7 +143,7 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
         hint = (
             f"; convert with .astype(np.{want}) if the values are whole numbers"
             if array.dtype.kind == "f" and want.kind in "iu"
-            else ""
+            else _text_hint(value, array)
         )
         raise OnnxkitError(f"input {spec.name!r} expects {want} values, got {array.dtype}{hint}")
     if want.kind in "iu" and not np.can_cast(array.dtype, want, "safe") and array.size:
