@@ -324,3 +324,16 @@ def test_predict_given_a_file_name_or_none_says_what_to_pass(tmp_path):
     with pytest.raises(OnnxkitError, match=r"^input 'x' expects float32 values, got <U1$"):
         model.predict([["a", "b", "c", "d"]])
     assert model.predict([[1.0, np.nan, 2.0, 3.0]])["logits"].shape == (1, 3)
+
+
+def test_a_quiet_fits_warnings_name_fits_keywords(tmp_path):
+    """Warnings written for the command named its flags alone (--grad-accum, --warmup), which fit does not take."""
+    x, _ = _one_class()
+    data = dataset_from_arrays("d", {"x": x}, np.arange(len(x)) % 3)
+    with pytest.warns(TrainingWarning) as caught:
+        fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=1, batch_size=12, grad_accumulation=5, warmup=10)
+    assert [str(w.message) for w in caught] == [
+        "the warm-up (10 steps) is longer than the run (1 steps): the learning rate ends at 0.0001 of 0.001; give a "
+        "shorter --warmup (warmup= in fit), or a fraction of the run (0.1)",
+        "--grad-accum 5 is more than an epoch's 3 batches: each step adds up 3 and scales them by 1/5; use "
+        "--grad-accum 3 or less (grad_accumulation= in fit)"]

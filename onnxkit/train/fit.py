@@ -923,7 +923,8 @@ class _Setup:
         if drawn:
             progress.line(f"warning: the model draws random numbers ({first_few(drawn)}; PyTorch's dynamo exporter "
                           "writes nn.Dropout2d/3d in training mode so): they stay random in training whatever "
-                          "--no-dropout says, and in the trained model; export the module after eval()")
+                          "--no-dropout (dropout=False in fit) says, and in the trained model; export the module after "
+                          "eval()")
         padded = padding_rows(self.model, self.selection.trainable) if not self.backend.keeps_padding_rows else []
         if padded:
             progress.line(f"warning: the {self.backend.name} backend trains the padding rows that PyTorch's "
@@ -990,11 +991,12 @@ class _Setup:
         say, warmup = self.progress.line, self.schedule.warmup_steps
         if warmup > total_steps:
             say(f"warning: the warm-up ({warmup} steps) is longer than the run ({total_steps} steps): the learning "
-                f"rate ends at {self.schedule.lr(total_steps - 1):.3g} of {c.lr:g}; give a shorter --warmup, or a "
-                "fraction of the run (0.1)")
+                f"rate ends at {self.schedule.lr(total_steps - 1):.3g} of {c.lr:g}; give a shorter --warmup (warmup= "
+                "in fit), or a fraction of the run (0.1)")
         if c.grad_accumulation > batches:
             say(f"warning: --grad-accum {c.grad_accumulation} is more than an epoch's {batches} batches: each step "
-                f"adds up {batches} and scales them by 1/{c.grad_accumulation}; use --grad-accum {batches} or less")
+                f"adds up {batches} and scales them by 1/{c.grad_accumulation}; use --grad-accum {batches} or less "
+                "(grad_accumulation= in fit)")
 
     def _choose_monitor(self) -> None:
         """The metric that picks the best epoch (and stops early): refused when the run cannot report it."""

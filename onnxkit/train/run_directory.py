@@ -77,7 +77,8 @@ class RunDirectory:
             self.artifacts.mkdir(exist_ok=True)
         except OSError as e:
             what = "write in the run folder" if self.path.is_dir() else "create the run folder"
-            raise OnnxkitError(f"cannot {what} {self.path}: {e.strerror}; choose another output folder (-o)") from e
+            raise OnnxkitError(f"cannot {what} {self.path}: {e.strerror}; choose another output folder (-o, out_dir "
+                               "in fit)") from e
 
     @classmethod
     def existing(cls, path: str | os.PathLike) -> RunDirectory:
