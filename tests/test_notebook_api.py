@@ -260,6 +260,9 @@ def test_load_dataset_names_an_option_the_data_does_not_take(tmp_path):
         with pytest.raises(TypeError) as caught:
             load_dataset(name, **{option: "x"})
         assert str(caught.value) == message
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    with pytest.raises(TypeError, match=r"^a folder of images takes no option 'size'. Its options: none beside "):
+        load_dataset(str(tmp_path / "images"), size=8)  # was ignored
     assert load_dataset(str(tmp_path / "t.csv"), label="label", validation=0, test=0).columns == ("a", "b")
 
 

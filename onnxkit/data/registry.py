@@ -127,6 +127,7 @@ def load_dataset(
     if text not in entries and Path(text).is_dir():  # a folder of class folders of images
         from onnxkit.data.images import read_image_folder
 
+        _check_options(read_image_folder, options, "a folder of images")  # none: they went unread
         return in_model_order(read_image_folder(Path(text), **split_args, model=model), model, _RENAME_FOLDER)
     if text not in entries and Path(text).is_file() and suffix == ".gz":
         raise OnnxkitError(f"{text}: a compressed file; decompress it first (gunzip -k {text}), then pass the .csv")
@@ -160,7 +161,7 @@ def _check_options(loader: Callable[..., Dataset], options: dict[str, Any], what
     parameters = inspect.signature(loader).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
-    own = [n for n, p in parameters.items() if n not in ("path", "seed", "validation", "test")
+    own = [n for n, p in parameters.items() if n not in ("path", "root", "seed", "validation", "test", "model")
            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
     unknown = next((k for k in options if k not in parameters), None)
     if unknown is not None:

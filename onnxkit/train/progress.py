@@ -22,7 +22,7 @@ class Progress:
     def __init__(self, enabled: bool, stream: TextIO | None = None, *, warn: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
-        self.warn = warn
+        self.warns = warn
         self.live = enabled and self.stream.isatty()
         self._last_draw = 0.0
         self._label = ""
@@ -49,7 +49,7 @@ class Progress:
 
     def line(self, text: str) -> None:
         if not self.enabled:
-            if self.warn and text.startswith(WARNING):  # quiet is no progress, not no warnings
+            if self.warns and text.startswith(WARNING):  # quiet is no progress, not no warnings
                 warn(text.removeprefix(WARNING))
             return
         self._write(("\r\033[K" if self.live else "") + text + "\n")
@@ -62,7 +62,6 @@ class Progress:
             self.stream.flush()
         except BrokenPipeError:
             self.enabled = self.live = False
-
 
 
 def warn(text: str) -> None:
