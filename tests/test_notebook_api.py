@@ -340,3 +340,14 @@ def test_a_quiet_fits_warnings_name_fits_keywords(tmp_path):
         "shorter --warmup (warmup= in fit), or a fraction of the run (0.1)",
         "--grad-accum 5 is more than an epoch's 3 batches: each step adds up 3 and scales them by 1/5; use "
         "--grad-accum 3 or less (grad_accumulation= in fit)"]
+
+
+def test_one_score_of_no_class_is_said_in_the_singular(tmp_path):
+    """Two classes under three scores read 'scores 2-2 are of no class'."""
+    x, _ = _one_class()
+    data = dataset_from_arrays("pets", {"x": x}, np.where(np.arange(60) % 2, "cat", "dog"))
+    with pytest.warns(TrainingWarning) as caught:
+        fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=1)
+    assert [str(w.message) for w in caught] == [
+        "the data has 2 classes (cat, dog) and the model 3 class scores: score 2 is of no class and only learns to be "
+        "low; give the model a 2-way output (re-export it with 2 classes) to train one of the data's size"]

@@ -1067,10 +1067,12 @@ class _Setup:
         1000-class ImageNet export trained on 3 class folders): the extra scores only learn to be low."""
         named, classes = dataset.label_names, self.num_classes
         if named and classes and len(named) < classes and not _named_classes(self.model):
+            extra = (f"score {len(named)} is" if classes - len(named) == 1 else
+                     f"scores {len(named)}-{classes - 1} are")  # not "scores 2-2 are"
             self.progress.line(f"warning: the data has {len(named)} classes ({first_few(named)}) and the model "
-                               f"{classes} class scores: scores {len(named)}-{classes - 1} are of no class and "
-                               f"only learn to be low; give the model a {len(named)}-way output (re-export it "
-                               f"with {len(named)} classes) to train one of the data's size")
+                               f"{classes} class scores: {extra} of no class and only learn"
+                               f"{'s' * (classes - len(named) == 1)} to be low; give the model a {len(named)}-way "
+                               f"output (re-export it with {len(named)} classes) to train one of the data's size")
 
     def _note_two_valued_targets(self, dataset: Dataset) -> None:
         """One line when whole-number targets a regression was chosen for take two values only (-1
