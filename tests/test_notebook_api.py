@@ -351,3 +351,14 @@ def test_one_score_of_no_class_is_said_in_the_singular(tmp_path):
     assert [str(w.message) for w in caught] == [
         "the data has 2 classes (cat, dog) and the model 3 class scores: score 2 is of no class and only learns to be "
         "low; give the model a 2-way output (re-export it with 2 classes) to train one of the data's size"]
+
+
+def test_fit_given_a_split_asks_for_the_whole_dataset(tmp_path):
+    """fit(model, dataset.train) said to make a Dataset from arrays with dataset_from_arrays."""
+    from onnxkit.data import load_dataset
+
+    with pytest.raises(TypeError, match=r"^data must be the whole Dataset, not its 'train' Split: fit trains on its "
+                                        r"train split, picks the best epoch on validation and scores test "
+                                        r"\(data=dataset\)$"):
+        fit(_mlp(), load_dataset("iris").train, tmp_path / "run", epochs=1)
+    assert not (tmp_path / "run").exists()

@@ -462,6 +462,9 @@ def _check_arguments(model: Any, data: Any, out_dir: Any, optimizer: Any, callba
     if model is not None and not isinstance(model, str | os.PathLike | onnx.ModelProto):
         built = " (build it first: onnxkit.nn.build(module, inputs))" if hasattr(model, "forward") else ""
         raise TypeError(f"model must be a .onnx path or an onnx.ModelProto, not {type(model).__name__}{built}")
+    if isinstance(data, Split):
+        raise TypeError(f"data must be the whole Dataset, not its {data.name!r} Split: fit trains on its train split, "
+                        "picks the best epoch on validation and scores test (data=dataset)")
     if data is not None and not isinstance(data, str | os.PathLike | Dataset):
         raise TypeError(f"data must be a dataset name, a .npz/.csv path or a Dataset, not {type(data).__name__}; "
                         "make one from arrays with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
