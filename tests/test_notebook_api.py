@@ -362,3 +362,33 @@ def test_fit_given_a_split_asks_for_the_whole_dataset(tmp_path):
                                         r"\(data=dataset\)$"):
         fit(_mlp(), load_dataset("iris").train, tmp_path / "run", epochs=1)
     assert not (tmp_path / "run").exists()
+
+
+def test_numpy_beside_a_traced_tensor(tmp_path):
+    """np.exp(x) inside forward was numpy's 'loop of ufunc does not support argument 0 of type Tensor which has no
+    callable exp method'; a numpy operand first (weights * x) keeps working as the Tensor's operator."""
+    from onnxkit import runtime
+
+    def built(step):
+        class Net(nn.Module):
+            def __init__(self):
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                return step(self.fc(x))
+
+        nn.manual_seed(0)
+        return nn.build(Net(), {"x": nn.Input(["b", 4])}, output_names=["y"])
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    plain = runtime.load(built(lambda h: h)).predict(x)["y"]
+    twice = np.full(4, 2, np.float32)
+    for step in (lambda h: twice * h, lambda h: np.float32(2) * h, lambda h: h * twice, lambda h: np.float64(2) * h):
+        np.testing.assert_allclose(runtime.load(built(step)).predict(x)["y"], 2 * plain, rtol=1e-6)
+    np.testing.assert_allclose(runtime.load(built(lambda h: np.ones(4, np.float32) - h)).predict(x)["y"], 1 - plain,
+                               rtol=1e-6)
+    with pytest.raises(TypeError, match=r"^numpy's exp cannot run on an nn.Tensor, a symbolic value traced into the "
+                                        r"graph: use nn.ops.exp\(x\) \(or a Tensor operator\) inside forward$"):
+        built(np.exp)
+    with pytest.raises(TypeError, match=r"^numpy's maximum cannot run on an nn.Tensor, .*: use nn.ops' functions"):
+        built(lambda h: np.maximum(h, 0))

@@ -543,6 +543,21 @@ def _attach_methods() -> None:
     }  # fmt: skip
     for name, fn in methods.items():
         setattr(Tensor, name, fn)
+    Tensor.__array_ufunc__ = _array_ufunc  # type: ignore[attr-defined]
+
+
+def _array_ufunc(self: Tensor, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Tensor:
+    """numpy beside a Tensor: an operator with a numpy operand first (`weights * x`) is the Tensor's operator; a numpy
+    function of a Tensor (`np.exp(x)`) cannot trace it, which says what to call (numpy said 'loop of ufunc does not
+    support argument 0 of type Tensor which has no callable exp method')."""
+    operator = {np.add: add, np.subtract: sub, np.multiply: mul, np.true_divide: div, np.matmul: matmul,
+                np.power: pow, np.negative: neg}.get(ufunc)
+    if operator is not None and method == "__call__" and not kwargs:
+        return operator(*inputs)
+    name = ufunc.__name__
+    ours = f"nn.ops.{name}(x)" if callable(globals().get(name)) and not name.startswith("_") else "nn.ops' functions"
+    raise TypeError(f"numpy's {name} cannot run on an nn.Tensor, a symbolic value traced into the graph: use {ours} "
+                    "(or a Tensor operator) inside forward")
 
 
 _attach_methods()
