@@ -1331,6 +1331,23 @@ def test_the_reported_original_size_is_the_files_on_disk(tmp_path):
     assert result.report.size_bytes["original"] == on_disk != len(model.SerializeToString())
 
 
+def test_the_output_is_never_written_over_the_models_weight_file(tmp_path, run_cli):
+    # -o model.onnx.data (a dynamo export keeps its weights there) replaced the weights with the quantized model,
+    # exit status 0: the source no longer loaded
+    onnx.save(mlp(), tmp_path / "mlp.onnx", save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    weights = tmp_path / "mlp.onnx.data"
+    for flags in (["-o", weights], ["-o", tmp_path / "q.onnx", "--report", weights]):
+        result = run_cli("quantize", tmp_path / "mlp.onnx", *flags, "--no-latency")
+        flag = "--output" if flags[0] == "-o" and flags[1] == weights else "--report"
+        assert (result.code, result.err) == (
+            1, f"error: {flag} {weights} is the weight file of {tmp_path / 'mlp.onnx'}; write the result to another "
+               "file\n")
+        assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) == before
+    with pytest.raises(OnnxkitError, match="is the weight file of"):
+        quantize(tmp_path / "mlp.onnx", weights, mode="dynamic", measure_latency=False)
+
+
 def test_model_output_picks_the_output_eval_data_scores():
     # a model returning (embedding, logits) was judged on its embedding (0.84% "accuracy"), with no way to say
     model, data, _ = _foreign_classifiers()["argmax"]

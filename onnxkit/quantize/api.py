@@ -25,10 +25,12 @@ from onnxkit.files import (
     check_fits_protobuf,
     folder_locked,
     load_model,
+    model_location,
     out_of_space,
     read_weights,
     same_file,
     scratch_folder,
+    weight_files,
 )
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import QUANTIZATION_KEY
@@ -117,6 +119,7 @@ def quantize(
     check_fits_protobuf(original, source or "the model", "quantize",
                         " (ONNX Runtime's quantize_dynamic(..., use_external_data_format=True) can)")
     if source is not None:
+        _check_not_weights(source, original, output, report_path)
         read_weights(original, source)
     if any(node.op_type == "Constant" for node in original.graph.node):  # weights held in Constant nodes: as
         copy = onnx.ModelProto()  # initializers, which the quantizers look for (the caller's model stays)
@@ -429,6 +432,17 @@ def _check_outputs(source: Path | None, output, report_path) -> None:  # type: i
     if output is not None and report_path is not None and same_file(output, report_path):
         raise OnnxkitError(f"output and report_path are both {output}; give the report another name",
                            params=["output", "report_path"])
+
+
+def _check_not_weights(source: Path, model: onnx.ModelProto, output, report_path) -> None:  # type: ignore[no-untyped-def]
+    """Refuse to write over a weight file the model keeps its tensors in (a dynamo export's .onnx.data): the
+    quantized model replaced it, exit status 0, and the source no longer loaded."""
+    folder = model_location(source, model).parent
+    for name, path in {"output": output, "report_path": report_path}.items():
+        for weights in weight_files(model):
+            if path is not None and same_file(path, folder / weights):
+                raise OnnxkitError(f"{name} {path} is the weight file of {source}; write the result to another file",
+                                   params=[name])
 
 
 def _check_not_data(outputs: dict[str, Any], data: dict[str, Any]) -> None:
