@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.graph_walks import node_reads
 
 # Op types whose constant weight makes them worth quantizing, by kind.
 CONV_OPS = ("Conv", "ConvTranspose")
@@ -64,8 +65,12 @@ class ModelProfile:
 def targets(model: onnx.ModelProto, mode: str, exclude_ops: set[str], exclude_nodes: set[str]) -> list[str]:
     """Names of the nodes a pass would quantize (fp16: every node, when there are float weights)."""
     prof = profile(model)
-    if mode == "fp16":
-        return _node_names(model) if prof.float_params else []
+    if mode == "fp16":  # every node, unless excluded ones read all the float weights
+        if not prof.float_params or not (exclude_ops or exclude_nodes):
+            return _node_names(model) if prof.float_params else []
+        floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+        return [name for node, name in zip(model.graph.node, _node_names(model), strict=True)
+                if node.op_type not in exclude_ops and name not in exclude_nodes and floats & node_reads(node)]
     kinds = {"dynamic": ("dense", "embedding"), "static": ("conv", "dense", "embedding"),
              "int4": ("dense",)}[mode]  # fmt: skip
     ops = {"dynamic": set(DENSE_OPS) - {"Gemm", "GRU"} | set(EMBEDDING_OPS), "int4": {"MatMul"}}.get(
