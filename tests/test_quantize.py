@@ -1586,3 +1586,35 @@ def test_static_calibrates_on_a_csv_or_txt_of_texts_alone(tmp_path, run_cli):
                      "--calib", tmp_path / "blank.csv", "--no-latency")
     assert (result.code, result.err) == (1, f"error: --calib {tmp_path / 'blank.csv'}: holds no text; give one text "
                                             "a line (a .txt) or a row\n")
+
+
+def conv_lstm():
+    """x[batch, 8 channels, 8 steps] -> Conv1d 8->32 (k 3) -> LSTM 32 over the 8 steps -> MatMul -> logits: the
+    LSTM does ~90% of the multiply-adds (W and R at every step), the Conv ~9%."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["c"], pads=[1, 1], name="conv"),
+        helper.make_node("Transpose", ["c"], ["steps"], perm=[2, 0, 1], name="to_steps"),
+        helper.make_node("LSTM", ["steps", "lstm.W", "lstm.R"], ["y", "y_h"], hidden_size=32, name="lstm"),
+        helper.make_node("Squeeze", ["y_h", "zero"], ["h"], name="last"),
+        helper.make_node("MatMul", ["h", "head.weight"], ["logits"], name="head.MatMul"),
+    ]
+    inits = [_init(rng, "conv.weight", (32, 8, 3), 0.3), _init(rng, "conv.bias", (32,), 0.1),
+             _init(rng, "lstm.W", (1, 128, 32), 0.2), _init(rng, "lstm.R", (1, 128, 32), 0.2),
+             _init(rng, "head.weight", (32, CLASSES), 0.3), numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 8])
+    return _model(nodes, [x], inits)
+
+
+def test_the_default_mode_counts_an_lstms_work_at_every_step(tmp_path, run_cli):
+    # a Conv1d feeding an LSTM read 'Conv does 59% of the weighted multiply-adds' (the LSTM counted as W once, not
+    # W and R at each of its 8 steps): static, which leaves the LSTM fp32, made it larger (1.06x for a PyTorch export)
+    model = conv_lstm()
+    assert analysis.profile(model).conv_share == pytest.approx(6144 / (6144 + 8 * 8192 + 128))
+    onnx.save(model, tmp_path / "m.onnx")
+    result = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--no-latency")
+    assert result.code == 0, result.err
+    assert "why: Conv does 9% of the weighted multiply-adds: dynamic int8" in result.out
+    report = json.loads((tmp_path / "q.report.json").read_text())
+    assert report["settings"]["mode"] == "dynamic" and report["size_bytes"]["ratio"] < 0.5
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}

@@ -139,7 +139,13 @@ def profile(model: onnx.ModelProto) -> ModelProfile:
         prof.weight_params[kind] += _size(weight)
         out = dims.get(node.output[0], [])
         positions = _known(out[2:]) if kind == "conv" else _known(out[1:-1])
-        prof.macs[kind] += 0 if kind == "embedding" else positions * _size(weight)
+        size = _size(weight)
+        if node.op_type == "LSTM":  # W and the recurrent R, at each time step (Y: [seq, dirs, batch, hidden])
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+            positions = _known(out[layout:layout + 1])
+            recurrent = inits.get(node.input[2]) if len(node.input) > 2 else None
+            size += _size(recurrent) if recurrent is not None and recurrent.data_type in FLOAT_TYPES else 0
+        prof.macs[kind] += 0 if kind == "embedding" else positions * size
     return prof
 
 
