@@ -1618,3 +1618,19 @@ def test_the_default_mode_counts_an_lstms_work_at_every_step(tmp_path, run_cli):
     report = json.loads((tmp_path / "q.report.json").read_text())
     assert report["settings"]["mode"] == "dynamic" and report["size_bytes"]["ratio"] < 0.5
     assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+
+
+def test_calibration_inputs_the_float_model_cannot_run_are_the_datas_fault(tmp_path, run_cli):
+    # token ids past the vocabulary failed inside ONNX Runtime's calibrator, reported as 'onnxruntime failed on it
+    # while quantizing (...); if the model runs (onnxkit predict), try another --mode or --exclude the node it names'
+    _text_model(tmp_path)
+    ids = np.full((4, 6), 40_000, np.int64)
+    np.savez(tmp_path / "ids.npz", input_ids=ids, attention_mask=np.ones_like(ids))
+    result = run_cli("quantize", tmp_path / "text.onnx", "-o", tmp_path / "q.onnx", "--mode", "static",
+                     "--calib", tmp_path / "ids.npz", "--no-latency")
+    assert result.code == 1 and result.err.count("\n") == 1, result.err
+    assert result.err.startswith(f"error: --calib {tmp_path / 'ids.npz'}: onnxruntime could not run the model "
+                                 "(before quantizing) on these inputs (node 'emb.Gather' (Gather): indices element "
+                                 "out of data bounds, idx=40000"), result.err
+    assert "token ids within its vocabulary" in result.err and "--exclude" not in result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.npz", "text.onnx"]

@@ -193,7 +193,9 @@ def quantize(
 
         def calibration(size: int = calib_size) -> list[Feeds]:
             say(f"reading up to {size} calibration examples of {calib} ...")
-            return calibration_batches(calib, original, size, seed=seed(calib))
+            batches = calibration_batches(calib, original, size, seed=seed(calib))
+            _runs_on(original, batches, calib)
+            return batches
 
         timed, spread = None, {}
         candidates = []
@@ -410,6 +412,25 @@ def _non_finite(original: onnx.ModelProto, quantized: Any, feeds: Feeds, where: 
     return [f"the quantized model is broken: it answers NaN or infinity in {first_few(broken)} where the original "
             f"answers finite numbers (on {where}); try another --mode, or --exclude the nodes that overflow"
             ] if broken else []
+
+
+def _runs_on(model: onnx.ModelProto, batches: list[Feeds], calib: Any) -> None:
+    """Refuse calibration inputs the float model itself cannot run (token ids past its vocabulary, more tokens than
+    its positions), as the data's fault: ONNX Runtime's calibrator failing on them read as the model's, with advice
+    to --exclude the node."""
+    from onnxkit.runtime.session import error_reason, plain_session, raised_by_onnxruntime, run_failure_hint
+
+    session = plain_session(model.SerializeToString())  # not kept: a large model's copy in memory while it quantizes
+    for feeds in batches:
+        try:
+            session.run(None, feeds)
+        except Exception as e:  # onnxruntime raises its own exception types, without a common base
+            if not raised_by_onnxruntime(e):
+                raise
+            what = f"calib {calib}" if isinstance(calib, str | os.PathLike) else "calib"
+            raise OnnxkitError(f"{what}: onnxruntime could not run the model (before quantizing) on these inputs "
+                               f"({error_reason(e)}); {run_failure_hint(e, 'check that they fit its inputs')}",
+                               params=["calib"]) from e
 
 
 def _floats(value: Any) -> bool:
