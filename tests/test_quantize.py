@@ -700,6 +700,17 @@ def test_a_quantize_writing_into_the_same_folder_waits_for_the_one_writing_there
         tmp_path / "q.onnx").stat().st_size == len(result.model.SerializeToString())
 
 
+def test_a_model_larger_because_of_exclude_says_so_not_that_the_model_is_too_small():
+    # fp16 with --exclude MatMul: 1.14x, 'the model is too small for fp16's Cast nodes to pay off in size' (the
+    # excluded MatMuls held 99% of its weights)
+    result = quantize(mlp(), mode="fp16", exclude=["MatMul"], measure_latency=False)
+    assert result.report.size_ratio == pytest.approx(1.14, abs=0.01)
+    assert result.report.notes == [
+        "the quantized model is larger than the original (1.14x the size): what --exclude keeps float left too "
+        "little for fp16's Cast nodes to pay off; drop some --exclude items"]
+    assert quantize(mlp(), mode="fp16", measure_latency=False).report.notes == []  # without: 0.5x, nothing said
+
+
 def test_a_report_says_when_the_quantized_model_is_slower_at_every_batch():
     from onnxkit.quantize.report import Report
 

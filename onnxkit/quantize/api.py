@@ -283,7 +283,7 @@ def quantize(
         report.latency_ms, report.latency_spread = timed or {}, spread
         if report.latency_ms and test is None:  # a reader reproducing the figures needs the shapes timed
             report.notes.append(_synthetic_note(original, feeds, seq_len))
-        for note in (report.slower_note(excluded=bool(quantizer.exclude)), report.bigger_note(),
+        for note in (report.slower_note(excluded=bool(quantizer.exclude)), report.bigger_note(bool(quantizer.exclude)),
                      report.unsteady_note()):
             report.notes += [note] if note else []
         if sqnr_rows:

@@ -130,15 +130,19 @@ class Report:
         return (f"{slower} and no smaller ({_x(self.size_ratio)} the size): it buys nothing here; keep the original, "
                 f"or {fewer}try another --mode ({fp16}auto compares the int8 ones)")
 
-    def bigger_note(self) -> str | None:
+    def bigger_note(self, excluded: bool = False) -> str | None:
         """For a quantized model larger than the original (a tiny model: what the mode adds, scales and quantize
-        nodes or casts, outweighs what it saves), a line saying so; None otherwise, or when `slower_note` says it."""
+        nodes or casts, outweighs what it saves), a line saying so; None otherwise, or when `slower_note` says it.
+        `excluded`: whether nodes were kept from it (then what they keep float may be why)."""
         if self.size_ratio <= 1 or self.slower_everywhere():
             return None
         added = {"fp16": "fp16's Cast nodes", "int4": "int4's block scales"}.get(self.settings["mode"],
                                                                                  "int8's scales and quantize nodes")
-        return (f"the quantized model is larger than the original ({_x(self.size_ratio)} the size): the model is "
-                f"too small for {added} to pay off in size")
+        bigger = f"the quantized model is larger than the original ({_x(self.size_ratio)} the size)"
+        if excluded:
+            return (f"{bigger}: what --exclude keeps float left too little for {added} to pay off; drop some "
+                    "--exclude items")
+        return f"{bigger}: the model is too small for {added} to pay off in size"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
