@@ -1645,3 +1645,15 @@ def test_calibration_inputs_the_float_model_cannot_run_are_the_datas_fault(tmp_p
                                  "out of data bounds, idx=40000"), result.err
     assert "token ids within its vocabulary" in result.err and "--exclude" not in result.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.npz", "text.onnx"]
+
+
+def test_a_model_proto_whose_weights_were_not_loaded_is_one_clear_error(tmp_path):
+    # onnx.load(path, load_external_data=False) gave onnx's ValidationError: 'Data of TensorProto ... should be stored
+    # in /tmp/onnxkit-quantize-.../mlp.onnx.data, but it is not regular file'
+    onnx.save(mlp(), tmp_path / "mlp.onnx", save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
+    with pytest.raises(OnnxkitError, match=r"^the model keeps its weights in mlp.onnx.data, which were not loaded: "
+                                           r"pass the model's path, or load it with onnx.load\(path\)"):
+        quantize(onnx.load(str(tmp_path / "mlp.onnx"), load_external_data=False), mode="dynamic",
+                 measure_latency=False)
+    loaded = quantize(onnx.load(str(tmp_path / "mlp.onnx")), mode="dynamic", measure_latency=False)
+    assert loaded.report.size_ratio < 1

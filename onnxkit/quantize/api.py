@@ -121,6 +121,9 @@ def quantize(
     if source is not None:
         _check_not_weights(source, original, output, report_path)
         read_weights(original, source)
+    elif files := weight_files(original):  # onnx.load(..., load_external_data=False): no folder to read them from
+        raise OnnxkitError(f"the model keeps its weights in {first_few(files)}, which were not loaded: pass the "
+                           "model's path, or load it with onnx.load(path) (load_external_data=True)")
     if any(node.op_type == "Constant" for node in original.graph.node):  # weights held in Constant nodes: as
         copy = onnx.ModelProto()  # initializers, which the quantizers look for (the caller's model stays)
         copy.CopyFrom(original)
