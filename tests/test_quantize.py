@@ -1657,3 +1657,24 @@ def test_a_model_proto_whose_weights_were_not_loaded_is_one_clear_error(tmp_path
                  measure_latency=False)
     loaded = quantize(onnx.load(str(tmp_path / "mlp.onnx")), mode="dynamic", measure_latency=False)
     assert loaded.report.size_ratio < 1
+
+
+def test_exclude_gemm_keeps_a_gemm_float_in_the_modes_that_rewrite_it_as_matmul(tmp_path, run_cli):
+    # dynamic, int4 and fp16 turn each Gemm into a MatMul (+ Add) of its name first: --exclude Gemm then matched
+    # nothing and every Gemm was quantized, without a word (a TorchScript MLP's Linears: 0.37x dynamic, 0.25x int4)
+    def float32(model):
+        return {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
+
+    dynamic = quantize(foreign(), mode="dynamic", exclude="Gemm", measure_latency=False).model
+    assert [n.op_type for n in dynamic.graph.node].count("MatMulInteger") == 1  # the MatMul's, not the Gemm's
+    int4 = quantize(foreign(), mode="int4", exclude="Gemm", block_size=16, measure_latency=False).model
+    assert [n.op_type for n in int4.graph.node].count("MatMulNBits") == 1
+    fp16 = quantize(foreign(), mode="fp16", exclude="Gemm", measure_latency=False).model
+    for model in (dynamic, int4, fp16):  # the Gemm's weight and bias, as MatMul + Add, stay float32
+        weight = next(n for n in model.graph.node if n.name == "Gemm_0").input[1]
+        bias = next(n for n in model.graph.node if n.name == "Gemm_0/bias").input[1]
+        assert {weight, bias} <= float32(model), [n.op_type for n in model.graph.node]
+    onnx.save(foreign(), tmp_path / "m.onnx")
+    result = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--mode", "int4",
+                     "--exclude", "Gemm,MatMul", "--no-latency")
+    assert result.code == 1 and "that --exclude leaves" in result.err, result.err

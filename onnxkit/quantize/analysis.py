@@ -163,8 +163,9 @@ def resolve_exclude(
 
     `original` is the model before preprocessing, whose node names and op types the user sees
     (`onnxkit inspect`). ONNX Runtime's optimizations fuse nodes into new ones named after them
-    ('fc/MatMul' + its Add -> Gemm 'fc/MatMul/MatMulAddFusion'): an item naming an original node,
-    or an op type, also excludes the nodes made from those nodes.
+    ('fc/MatMul' + its Add -> Gemm 'fc/MatMul/MatMulAddFusion'), and the rewrites turn a Gemm into a
+    MatMul of its name: an item naming an original node, or an op type, also excludes the nodes made
+    from those nodes.
     """
     names = _node_names(model)
     op_types = {n.op_type for n in model.graph.node}
@@ -188,6 +189,8 @@ def resolve_exclude(
         elif item in op_types or item in before.values():
             ops |= {item} & op_types
             nodes |= {name for name, source in made_from.items() if before.get(source) == item}
+            # and the nodes rewritten in place, under their name (a Gemm as a MatMul, for dynamic, int4 and fp16)
+            nodes |= {name for name in names if before.get(name) == item}
         else:
             raise OnnxkitError(
                 f"exclude {item}: no node or op type of that name in the model."

@@ -156,7 +156,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
             product = _unique(f"{node.output[0]}_matmul", taken)
             new = [
                 helper.make_node("MatMul", [node.input[0], w_name], [product], name=node.name),
-                helper.make_node("Add", [product, b_name], [node.output[0]], name=f"{node.name}_bias"),
+                helper.make_node("Add", [product, b_name], [node.output[0]], name=f"{node.name}/bias"),
             ]
         else:
             new = [helper.make_node("MatMul", [node.input[0], w_name], [node.output[0]], name=node.name)]
