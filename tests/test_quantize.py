@@ -1678,3 +1678,20 @@ def test_exclude_gemm_keeps_a_gemm_float_in_the_modes_that_rewrite_it_as_matmul(
     result = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--mode", "int4",
                      "--exclude", "Gemm,MatMul", "--no-latency")
     assert result.code == 1 and "that --exclude leaves" in result.err, result.err
+
+
+def test_static_calibrates_on_a_csv_of_model_inputs_alone(tmp_path, run_cli):
+    # a CSV of inputs without labels (predict reads one) lost its last column to the labels, as a dataset: 'data
+    # array 'x' has shape [24, 15] but model input 'x' expects [batch, 16]'
+    x = np.random.default_rng(7).random((40, D_IN)).astype(np.float32)
+    (tmp_path / "rows.csv").write_text(",".join(f"f{i}" for i in range(D_IN)) + "\n"
+                                       + "".join(",".join(f"{v:.6f}" for v in row) + "\n" for row in x))
+    onnx.save(mlp(), tmp_path / "m.onnx")
+    rows = np.loadtxt(tmp_path / "rows.csv", delimiter=",", skiprows=1, dtype=np.float32)
+    expected = quantize(mlp(), mode="static", calib={"x": rows}, measure_latency=False).model
+    result = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--mode", "static",
+                     "--calib", tmp_path / "rows.csv", "--no-latency")
+    assert result.code == 0, result.err
+    got = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    for t in expected.graph.initializer:  # calibrated on every row, as given
+        np.testing.assert_array_equal(got[t.name], numpy_helper.to_array(t), err_msg=t.name)

@@ -21,8 +21,8 @@ def _split_items(items: tuple[str, ...]) -> list[str]:
 @click.option("--mode", type=click.Choice(MODES),
               help="How to quantize  [default: static if Conv does most of the work, else dynamic]")
 @click.option("--calib", metavar="DATA", help="Calibration data: a dataset name, .npz/.csv/.tsv file or folder of "
-              "class folders of images (its train split), or model inputs alone (.npz by input name, .npy; "
-              "texts: .txt or a one-column .csv).")
+              "class folders of images (its train split), or model inputs alone (.npz by input name, .npy, .csv "
+              "without labels; texts: .txt or a one-column .csv).")
 @click.option("--calib-size", type=options.COUNT, default=256, show_default=True, help="Calibration examples.")
 @click.option("--method", type=click.Choice(METHODS), help="Static: activation range calibration  [default: minmax]")
 @click.option("--per-channel/--per-tensor", default=None, help="int8 weight scales  [default: per channel]")

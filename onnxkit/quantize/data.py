@@ -171,8 +171,8 @@ def _texts_file(data: str | os.PathLike, suffix: str, model: onnx.ModelProto) ->
     from onnxkit.tokenize import encode, tokenizer_from_metadata
 
     tokenizer = tokenizer_from_metadata(metadata(model))
-    if tokenizer is None:  # token ids or numbers: read as a dataset (which says what it lacks)
-        return data
+    if tokenizer is None:  # token ids or numbers: a table of the model's inputs alone, else a dataset
+        return _table_of_inputs(data, model) if suffix != ".txt" else data
     if suffix != ".txt":
         _, rows = csv_rows(data)
         if not rows or len(rows[0][1]) != 1:
@@ -182,3 +182,23 @@ def _texts_file(data: str | os.PathLike, suffix: str, model: onnx.ModelProto) ->
         raise OnnxkitError(f"calib {data}: holds no text; give one text a line (a .txt) or a row", params=["calib"])
     names = {spec.name for spec in model_inputs(model)}
     return {name: array for name, array in encode(tokenizer, texts).items() if name in names}
+
+
+def _table_of_inputs(data: str | os.PathLike, model: onnx.ModelProto) -> Any:
+    """A CSV of the model's inputs alone, as `predict` reads it (every row): one column per feature of its one
+    [batch, features] input, none headed as labels; `data` itself otherwise (a dataset: its train split). Read as
+    a dataset, such a file's last column was taken for the labels: 'data array 'x' has shape [30, 63] but model
+    input 'x' expects [batch, 64]'."""
+    from onnxkit.label_columns import label_column
+
+    specs = model_inputs(model)
+    shape = specs[0].shape if len(specs) == 1 else None
+    if not shape or len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 1:
+        return data
+    _, rows = csv_rows(data)
+    if not rows or len(rows[0][1]) != shape[1] or label_column(rows[0][1], str(data)) is not None:
+        return data
+    from onnxkit import runtime
+    from onnxkit.runtime.datafiles import read_inputs
+
+    return read_inputs(Path(data), runtime.load(model, device="cpu"))
