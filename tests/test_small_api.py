@@ -268,6 +268,8 @@ def test_a_fit_result_shows_as_one_line_and_documents_its_fields():
     assert repr(result) == ("FitResult(model_path='runs/d/model.onnx', epochs=200, steps=6800, best_epoch=150, test: "
                             "accuracy=0.9721, macro_f1=0.97, loss=0.25, stopped_early=True, 2 trainable / 0 frozen "
                             "parameter tensors)")
+    # the repr shows them as attributes: result.epochs raised AttributeError
+    assert (result.epochs, result.steps, result.best_epoch) == (200, 6800, 150)
     del metrics["test"]
     assert "validation: accuracy=0.95, macro_f1=0.94, loss=0.2," in repr(result)
     assert all(f"`{name}`" in FitResult.__doc__ for name in ("metrics", "history", "stopped_early", "trainable"))

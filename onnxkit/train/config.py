@@ -104,6 +104,7 @@ class FitResult:
     - `history`: one metrics.jsonl record per epoch (`epoch`, `train_loss`, `val_loss`, `val_accuracy`, ...).
     - `stopped_early`: early stopping or a callback ended training before its last epoch.
     - `trainable` / `frozen`: the parameter names that trained and those that stayed fixed.
+    - `epochs`, `steps`, `best_epoch`: those of `metrics`, as the one-line repr shows them.
     """
 
     run_dir: Path
@@ -113,6 +114,18 @@ class FitResult:
     stopped_early: bool
     trainable: list[str]
     frozen: list[str]
+
+    @property
+    def epochs(self) -> int:
+        return self.metrics["epochs"]
+
+    @property
+    def steps(self) -> int:
+        return self.metrics["steps"]
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.metrics.get("best_epoch")
 
     def __repr__(self) -> str:
         """One line: the model, how long it trained and its test (else validation) scores, not every record."""
