@@ -409,12 +409,13 @@ def _decimal_comma_number(cell: str) -> str:
     return text.replace(",", ".")
 
 
-_FLAG_WORDS = {"true": "1", "false": "0"}
+_FLAG_WORDS = {"true": "1", "false": "0", "yes": "1", "no": "0"}
 
 
 def flags_as_numbers(features: list[list[str]]) -> list[list[str]]:
-    """A CSV's `features` with each column of true / false words (pandas writes bool columns True / False) as 1 / 0,
-    as a bool input's cells are read (they were refused as text); changed in place."""
+    """A CSV's `features` with each column of true / false or yes / no words (pandas writes bool columns True /
+    False; surveys and spreadsheets yes / no) as 1 / 0, as a bool input's cells are read (they were refused as
+    text); changed in place."""
     if not features:
         return features
     flags = [j for j, cell in enumerate(features[0]) if cell.strip().lower() in _FLAG_WORDS

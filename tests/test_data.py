@@ -301,19 +301,23 @@ def test_a_headerless_semicolon_file_of_decimal_commas_is_read_by_its_semicolons
 
 
 def test_a_column_of_true_and_false_is_read_as_ones_and_zeros_by_train_and_predict(tmp_path, run_cli):
-    # pandas writes a bool column True / False: "feature column 'is_red' holds text ('True')"
+    # pandas writes a bool column True / False: "feature column 'is_red' holds text ('True')"; a survey's yes / no
+    # column was refused so too
     rows = [(i * 0.5, i % 3 == 0, i % 2) for i in range(30)]
     (tmp_path / "flags.csv").write_text("p,is_red,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    (tmp_path / "yes.csv").write_text("p,is_red,label\n" + "".join(f"{a},{'yes' if b else 'No'},{c}\n"
+                                                                    for a, b, c in rows))
     (tmp_path / "numbers.csv").write_text("p,is_red,label\n" + "".join(f"{a},{int(b)},{c}\n" for a, b, c in rows))
-    flags, numbers = load_dataset(tmp_path / "flags.csv"), load_dataset(tmp_path / "numbers.csv")
-    np.testing.assert_array_equal(flags.train.inputs["x"], numbers.train.inputs["x"])
+    numbers = load_dataset(tmp_path / "numbers.csv")
+    for name in ("flags.csv", "yes.csv"):
+        np.testing.assert_array_equal(load_dataset(tmp_path / name).train.inputs["x"], numbers.train.inputs["x"])
     from onnxkit import nn
 
     onnx.save(nn.build(nn.Sequential([nn.Linear(2, 2)]), {"x": nn.Input(["batch", 2])}, output_names=["logits"]),
               tmp_path / "m.onnx")
-    outputs = [run_cli("predict", tmp_path / "m.onnx", "-i", tmp_path / name).out for name in ("flags.csv",
-                                                                                             "numbers.csv")]
-    assert outputs[0] == outputs[1] and outputs[0].count("\n") > 10
+    outputs = [run_cli("predict", tmp_path / "m.onnx", "-i", tmp_path / name).out
+               for name in ("flags.csv", "yes.csv", "numbers.csv")]
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].count("\n") > 10
 
 
 def test_a_csv_with_pandas_row_index_trains_on_its_features_alone(tmp_path):
