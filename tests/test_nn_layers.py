@@ -247,6 +247,30 @@ def test_pools_and_flatten():
     close(ort_run(model, {"x": x})[0], x.mean(axis=(2, 3)))
 
 
+@pytest.mark.parametrize(("args", "want"), [
+    ((), (2, 60)), ((2,), (2, 3, 20)), ((1, 2), (2, 12, 5)), ((0,), (120,)), ((0, -2), (24, 5)),
+    ((-2,), (2, 3, 20)), ((3,), (2, 3, 4, 5)),
+])  # fmt: skip
+@pytest.mark.parametrize("dims", [["batch", 3, 4, 5], ["batch", "c", "h", 5], ["batch", 3, 4, "w"]])
+def test_flatten_takes_pytorchs_start_and_end_dim(args, want, dims):
+    # torch.nn.Flatten(*args) keeps the dims outside start_dim..end_dim: Flatten(2) of [2, 3, 4, 5] is [2, 3, 20].
+    # nn.Flatten took ONNX's axis and made that [6, 20], silently; the default was and is one Flatten node.
+    x = RNG.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    model = build_one(nn.Flatten(*args), x=nn.Input(dims))
+    out = ort_run(model, {"x": x})[0]
+    assert out.shape == want
+    np.testing.assert_array_equal(out, x.reshape(want))
+    if args[:1] != (0,):
+        assert out_shape(model)[0] == "batch"  # the symbolic batch dim kept
+    if not args:
+        assert [n.op_type for n in model.graph.node] == ["Flatten"]
+
+
+def test_flatten_outside_the_input_is_one_error():
+    with pytest.raises(OnnxkitError, match=r"Flatten\(start_dim=4, end_dim=-1\) does not fit a 4-d input"):
+        build_one(nn.Flatten(4), x=nn.Input([2, 3, 4, 5]))
+
+
 @pytest.mark.parametrize(
     "cls, shape", [(nn.BatchNorm1d, (5, 3)), (nn.BatchNorm1d, (5, 3, 4)), (nn.BatchNorm2d, (5, 3, 4, 4))]
 )

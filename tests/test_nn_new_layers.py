@@ -405,7 +405,7 @@ def test_bad_layer_arguments_name_the_layer_and_the_argument(make, message):
     (lambda: nn.LeakyReLU("0.2"), "LeakyReLU: negative_slope must be a number, got '0.2'"),
     (lambda: nn.ELU(None), "ELU: alpha must be a number, got None"),
     (lambda: nn.Softmax(1.0), "Softmax: axis must be an integer, got 1.0"),
-    (lambda: nn.Flatten("1"), "Flatten: axis must be an integer, got '1'"),
+    (lambda: nn.Flatten("1"), "Flatten: start_dim must be an integer, got '1'"),
     (lambda: nn.MultiHeadAttention(8.0, 2), "MultiHeadAttention: dim must be a positive integer, got 8.0"),
     (lambda: nn.Upsample("2"), "Upsample: scale_factor must be a number, got '2'"),
 ])  # fmt: skip
