@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import os
 import re
 
 import numpy as np
@@ -713,8 +715,18 @@ def test_an_input_forward_never_uses_is_refused():
         def forward(self, x):
             return self.fc(np.ones((3, 4), np.float32))
 
-    with pytest.raises(OnnxkitError, match=r"^input 'x' feeds nothing: forward never computes with it \(a numpy "):
+    # the message named no line of the user's: it now names the call, as the CLI prints its other errors
+    line = inspect.getsourcelines(Ignores.forward)[1] + 1
+    where = re.escape(f"{os.path.relpath(__file__)}:{line}: fc (Linear) is called on a numpy array, a constant, ")
+    with pytest.raises(OnnxkitError, match=f"^{where}so input 'x' feeds nothing; call it on the tensors forward"):
         nn.build(Ignores(), {"x": nn.Input(["batch", 4])})
+
+    class Idle(nn.Module):
+        def forward(self, x):
+            return nn.ops.add(np.ones((3, 4), np.float32), 1.0)
+
+    with pytest.raises(OnnxkitError, match=r"^input 'x' feeds nothing: forward never computes with it \(a numpy "):
+        nn.build(Idle(), {"x": nn.Input(["batch", 4])})
 
 
 def test_build_refuses_a_class_or_inputs_of_the_wrong_kind_in_one_line():

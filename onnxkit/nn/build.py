@@ -98,6 +98,11 @@ def build(
     if unused and unused[0] in computed_with:
         raise OnnxkitError(f"input {unused[0]!r} feeds no output: forward computes with it but returns nothing that "
                            "depends on it; return what it computes, or leave the input out")
+    if unused and graph.numpy_calls:  # the likely cause, at its line (the message named no line of the user's)
+        layer, file, line = graph.numpy_calls[0]
+        where = os.path.relpath(file) if os.path.abspath(file).startswith(os.getcwd() + os.sep) else file
+        raise OnnxkitError(f"{where}:{line}: {layer} is called on a numpy array, a constant, so input {unused[0]!r} "
+                           "feeds nothing; call it on the tensors forward receives")
     if unused:
         raise OnnxkitError(f"input {unused[0]!r} feeds nothing: forward never computes with it (a numpy array given "
                            "to a layer is a constant, not the input); compute with the tensors forward receives")

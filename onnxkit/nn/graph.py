@@ -78,6 +78,7 @@ class Graph:
         self.constants: dict[str, onnx.TensorProto] = {}  # values shape inference may need
         self.values: dict[str, Tensor] = {}
         self.dropout: dict[str, float] = {}  # Dropout node name -> training ratio
+        self.numpy_calls: list[tuple[str, str, int]] = []  # (layer, file, line) of a layer called on a numpy array
         self._scope: list[tuple[str, str, str]] = []  # (layer path, layer description, layer type)
         self._used: dict[str, int] = {}
 

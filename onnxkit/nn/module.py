@@ -137,6 +137,9 @@ class Module:
         path = getattr(self, "_path", None)
         if path is None:  # a module made inside forward: scope it under its caller
             path = f"{graph.scope}.{kind}".lstrip(".")
+        if any(isinstance(a, np.ndarray) for a in (*args, *kwargs.values())):  # a constant: named if the input idles
+            caller = sys._getframe(1)
+            graph.numpy_calls.append((f"{path or 'model'} ({kind})", caller.f_code.co_filename, caller.f_lineno))
         with graph.scoped(path, f"{kind}({self.extra_repr()})", kind):
             return self.forward(*args, **kwargs)
 
