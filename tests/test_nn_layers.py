@@ -300,6 +300,28 @@ def test_layernorm():
     close(ort_run(model, {"x": x})[0], ref_layernorm(x, layer.weight.value, layer.bias.value, 1e-6))
 
 
+
+@pytest.mark.parametrize(("shape", "options", "arrays"), [
+    ((4, 8), {}, {"weight": (4, 8), "bias": (4, 8)}),
+    ([8], {"elementwise_affine": False}, {}),
+    (8, {"bias": False}, {"weight": (8,)}),
+    ((5, 4, 8), {"bias": False}, {"weight": (5, 4, 8)}),
+])  # fmt: skip
+def test_layernorm_takes_pytorchs_normalized_shape_elementwise_affine_and_bias(shape, options, arrays):
+    # torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias): LayerNorm((8,)) and elementwise_affine=False
+    # were errors ('dim must be a positive integer, got (8,)'); the weights are PyTorch's, by name and shape
+    layer = nn.LayerNorm(shape, eps=1e-6, **options)
+    randomize(layer)
+    assert params(layer) == arrays
+    model = build_one(layer, x=nn.Input(["batch", 5, 4, 8]))
+    x = RNG.normal(size=(2, 5, 4, 8)).astype(np.float32)
+    axes = tuple(range(-len(np.atleast_1d(shape)), 0))
+    xhat = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + 1e-6)
+    w = layer.weight.value if layer.weight is not None else 1.0
+    close(ort_run(model, {"x": x})[0], xhat * w + (layer.bias.value if layer.bias is not None else 0.0))
+    with pytest.raises(OnnxkitError, match=r"LayerNorm\(.*\) got input with last dims \[5, 4, 7\]"):
+        build_one(nn.LayerNorm((5, 4, 8)), x=nn.Input(["batch", 5, 4, 7]))
+
 def test_embedding():
     layer = nn.Embedding(11, 4)
     assert params(layer) == {"weight": (11, 4)}

@@ -358,7 +358,7 @@ def test_bad_arguments(make, match):
     (lambda: nn.BatchNorm2d(0), "BatchNorm2d: num_features must be a positive integer, got 0"),
     (lambda: nn.BatchNorm1d(4, momentum=1.5), r"BatchNorm1d: momentum must be in \[0, 1\], got 1.5"),
     (lambda: nn.LayerNorm(8, eps=-1e-5), "LayerNorm: eps must be >= 0"),
-    (lambda: nn.LayerNorm(0), "LayerNorm: dim must be a positive integer, got 0"),
+    (lambda: nn.LayerNorm(0), "LayerNorm: normalized_shape must be a positive integer, got 0"),
     (lambda: nn.InstanceNorm2d(-3), "InstanceNorm2d: num_features must be a positive integer, got -3"),
     (lambda: nn.GroupNorm(0, 4), "GroupNorm: num_groups must be a positive integer, got 0"),
     (lambda: nn.GroupNorm(3, 4), "GroupNorm: num_channels 4 is not divisible by num_groups 3"),

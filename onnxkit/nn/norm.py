@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 from onnxkit.errors import OnnxkitError
 from onnxkit.nn import init, ops
 from onnxkit.nn.graph import Tensor, current_graph
-from onnxkit.nn.module import Buffer, Module, Parameter, check_int, check_number
+from onnxkit.nn.module import Buffer, Module, Parameter, check_int, check_ints, check_number
 
 
 class _BatchNorm(Module):
@@ -51,24 +55,41 @@ class BatchNorm2d(_BatchNorm):
 
 
 class LayerNorm(Module):
-    """LayerNormalization over the last axis."""
+    """LayerNormalization over the last dims, PyTorch's arguments: `normalized_shape` (an int: the last dim; a
+    tuple: the last len(tuple) dims), `eps`, `elementwise_affine` (False: no weight or bias, scale 1 and shift 0 as
+    constants) and `bias` (False: the weight only). It took one int and no options (`LayerNorm((8,))` and
+    `elementwise_affine=False` were errors)."""
 
-    def __init__(self, dim: int, eps: float = 1e-5):
-        self.dim, self.eps = check_int(self, "dim", dim), check_number(self, "eps", eps, 0)
-        self.weight = Parameter(init.ones((dim,)))
-        self.bias = Parameter(init.zeros((dim,)))
+    def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True):
+        if isinstance(normalized_shape, tuple | list) and normalized_shape:
+            shape = check_ints(self, "normalized_shape", normalized_shape, n=len(normalized_shape))
+        else:
+            shape = (check_int(self, "normalized_shape", normalized_shape),)
+        self.normalized_shape = shape
+        self.dim, self.eps = self.normalized_shape[-1], check_number(self, "eps", eps, 0)
+        self.weight = Parameter(init.ones(self.normalized_shape)) if elementwise_affine else None
+        self.bias = Parameter(init.zeros(self.normalized_shape)) if elementwise_affine and bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x.shape[-1], int) and x.shape[-1] != self.dim:
+        want = self.normalized_shape
+        last = x.shape[-len(want):] if x.ndim >= len(want) else None
+        if last is None or any(isinstance(d, int) and d != w for d, w in zip(last, want, strict=True)):
             raise OnnxkitError(
-                f"{current_graph().where}: LayerNorm({self.dim}) got input with last dim "
-                f"{x.shape[-1]} (shape {list(x.shape)})"
+                f"{current_graph().where}: LayerNorm({', '.join(map(str, want))}) got input with last dims "
+                f"{list(x.shape[-len(want):])} (shape {list(x.shape)})"
             )
-        inputs = [x, ops.as_tensor(self.weight), ops.as_tensor(self.bias)]
-        return current_graph().op("LayerNormalization", inputs, {"axis": -1, "epsilon": self.eps})[0]
+        scale = ops.as_tensor(self.weight) if self.weight is not None else \
+            ops.as_tensor(np.ones(want, x.dtype))
+        inputs = [x, scale] + ([ops.as_tensor(self.bias)] if self.bias is not None else [])
+        attrs = {"axis": -len(want), "epsilon": self.eps}
+        return current_graph().op("LayerNormalization", inputs, attrs)[0]
 
     def extra_repr(self) -> str:
-        return f"{self.dim}, eps={self.eps}"
+        shape = self.dim if len(self.normalized_shape) == 1 else self.normalized_shape
+        affine = "" if self.weight is not None else ", elementwise_affine=False"
+        bias = ", bias=False" if self.weight is not None and self.bias is None else ""
+        return f"{shape}, eps={self.eps}{affine}{bias}"
 
 
 class _ChannelNorm(Module):
