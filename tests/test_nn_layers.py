@@ -837,3 +837,22 @@ def test_sequential_and_module_list_refuse_items_that_are_not_modules():
         nn.Sequential([nn.Linear(4, 2), nn.ReLU])
     with pytest.raises(OnnxkitError, match=r"^ModuleList: item 1 is 1, not a Module$"):
         nn.ModuleList([nn.ReLU(), 1])
+
+
+def test_a_misspelt_forward_is_named():
+    # a PyTorch habit mistyped: the error said only 'Net must define forward()', beside the method the user wrote
+    class Net(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(4, 2)
+
+        def foward(self, x):
+            return self.fc(x)
+
+    with pytest.raises(NotImplementedError, match=r"^Net must define forward\(\) \(it has foward\(\): rename it "):
+        nn.build(Net(), {"x": nn.Input(["batch", 4])})
+
+    class Bare(nn.Module):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"^Bare must define forward\(\)$"):
+        nn.build(Bare(), {"x": nn.Input(["batch", 4])})

@@ -4,6 +4,7 @@ the hierarchical names of the ONNX initializers (`encoder.layers.0.attn.q.weight
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import sys
@@ -144,7 +145,11 @@ class Module:
             return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+        """A misspelt forward (`forwrd`, `foward`) is named: the message said only that forward was missing."""
+        own = [n for n in vars(type(self)) if callable(getattr(type(self), n)) and not n.startswith("__")]
+        close = difflib.get_close_matches("forward", own, n=1, cutoff=0.6)
+        hint = f" (it has {close[0]}(): rename it forward)" if close else ""
+        raise NotImplementedError(f"{type(self).__name__} must define forward(){hint}")
 
     # -- the tree ---------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, Module]]:
