@@ -856,3 +856,35 @@ def test_a_misspelt_forward_is_named():
 
     with pytest.raises(NotImplementedError, match=r"^Bare must define forward\(\)$"):
         nn.build(Bare(), {"x": nn.Input(["batch", 4])})
+
+
+def test_module_list_append_extend_and_sequential_of_an_ordered_dict_as_pytorchs():
+    # PyTorch's idioms: layers.append(...) was an AttributeError, Sequential(OrderedDict(...)) "item 0 is 'fc', not a
+    # Module"; the dict's keys name the children, so the weights take PyTorch's names (head.fc.weight)
+    from collections import OrderedDict
+
+    class Net(nn.Module):
+        def __init__(self):
+            self.blocks = nn.ModuleList()
+            self.blocks.append(nn.Linear(4, 4))
+            self.blocks.extend([nn.ReLU(), nn.Linear(4, 3)])
+            self.head = nn.Sequential(OrderedDict([("act", nn.Tanh()), ("fc", nn.Linear(3, 2))]))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return self.head(x)
+
+    net = Net()
+    assert len(net.blocks) == 3 and net.blocks[-1] is net.blocks[2] and net.head[1] is net.head.fc
+    model = nn.build(net, {"x": nn.Input(["batch", 4])})
+    assert [i.name for i in model.graph.initializer] == [
+        "blocks.0.weight", "blocks.0.bias", "blocks.2.weight", "blocks.2.bias", "head.fc.weight", "head.fc.bias"]
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    w = {name: p.value for name, p in net.named_arrays()}
+    hidden = np.maximum(x @ w["blocks.0.weight"] + w["blocks.0.bias"], 0) @ w["blocks.2.weight"] + w["blocks.2.bias"]
+    close(ort_run(model, {"x": x})[0], np.tanh(hidden) @ w["head.fc.weight"] + w["head.fc.bias"])
+    with pytest.raises(OnnxkitError, match=r"^ModuleList: item 0 is <class .*ReLU'>, not a Module \(a layer class"):
+        nn.ModuleList().append(nn.ReLU)
+    with pytest.raises(OnnxkitError, match=r"^Sequential: child name 'forward' must be a Python name, and not one "):
+        nn.Sequential(OrderedDict(forward=nn.ReLU()))

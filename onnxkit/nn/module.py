@@ -9,7 +9,7 @@ import inspect
 import os
 import sys
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -256,14 +256,27 @@ class Module:
 
 
 class ModuleList(Module):
-    """An indexable list of modules, named `0`, `1`, ..."""
+    """An indexable list of modules, named `0`, `1`, ...; `append` and `extend` add to it, as PyTorch's."""
 
     def __init__(self, modules: Iterable[Module] = ()):
-        for i, m in enumerate(modules):
-            if not isinstance(m, Module):  # was left out of the model silently (a list's other attribute)
-                hint = " (a layer class: instantiate it, e.g. nn.ReLU())" if isinstance(m, type) else ""
-                raise OnnxkitError(f"{type(self).__name__}: item {i} is {m!r}, not a Module{hint}")
-            setattr(self, str(i), m)
+        self.extend(modules)
+
+    def _add(self, name: str, m: Any, what: str) -> None:
+        if not isinstance(m, Module):  # was left out of the model silently (a list's other attribute)
+            hint = " (a layer class: instantiate it, e.g. nn.ReLU())" if isinstance(m, type) else ""
+            raise OnnxkitError(f"{type(self).__name__}: {what} is {m!r}, not a Module{hint}")
+        setattr(self, name, m)
+
+    def append(self, module: Module) -> ModuleList:
+        """Add `module` at the end (PyTorch's `layers.append(...)`: an AttributeError before)."""
+        n = len(self)
+        self._add(str(n), module, f"item {n}")
+        return self
+
+    def extend(self, modules: Iterable[Module]) -> ModuleList:
+        for m in modules:
+            self.append(m)
+        return self
 
     def __len__(self) -> int:
         return sum(1 for _ in self.named_children())
@@ -272,16 +285,25 @@ class ModuleList(Module):
         return (m for _, m in self.named_children())
 
     def __getitem__(self, i: int) -> Module:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for {n} modules")
-        return getattr(self, str(i % n))
+        layers = list(self)
+        if not -len(layers) <= i < len(layers):
+            raise IndexError(f"index {i} out of range for {len(layers)} modules")
+        return layers[i]
 
 
 class Sequential(ModuleList):
-    """Apply modules one after another: `Sequential(a, b, c)`, as PyTorch writes it, or `Sequential([a, b, c])`."""
+    """Apply modules one after another: `Sequential(a, b, c)`, as PyTorch writes it, or `Sequential([a, b, c])`, or
+    `Sequential(OrderedDict(conv=..., act=...))`, whose keys name the children (`conv.weight`), as in PyTorch (it
+    was refused: "item 0 is 'conv', not a Module")."""
 
-    def __init__(self, *modules: Module | Iterable[Module]) -> None:
+    def __init__(self, *modules: Module | Iterable[Module] | Mapping[str, Module]) -> None:
+        if len(modules) == 1 and isinstance(modules[0], Mapping):
+            for name, m in modules[0].items():
+                if not isinstance(name, str) or not name.isidentifier() or hasattr(self, name):
+                    raise OnnxkitError(f"Sequential: child name {name!r} must be a Python name, and not one of "
+                                       "Sequential's own attributes")
+                self._add(name, m, f"item {name!r}")
+            return
         if len(modules) == 1 and not isinstance(modules[0], Module):
             modules = tuple(modules[0])
         super().__init__(modules)  # type: ignore[arg-type]
