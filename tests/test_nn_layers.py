@@ -268,8 +268,23 @@ def test_flatten_takes_pytorchs_start_and_end_dim(args, want, dims):
         assert [n.op_type for n in model.graph.node] == ["Flatten"]
 
 
+def test_tensor_flatten_takes_pytorchs_dims():
+    # x.flatten(2).transpose(1, 2), a ViT's patch embedding in PyTorch: flatten(2) was ONNX's axis, [N·C, H·W], and the
+    # transpose failed ('a 2-d tensor has dims 0..1'); x.flatten() stays [N, rest] (PyTorch's is one dim)
+    class Patches(nn.Module):
+        def forward(self, x):
+            return x.flatten(2).transpose(1, 2), x.flatten(), x.flatten(0, 1), x.flatten(start_dim=-2)
+
+    x = RNG.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    model = nn.build(Patches(), {"x": nn.Input(["batch", 3, 4, 5])})
+    outs = ort_run(model, {"x": x})
+    for out, want in zip(outs, (x.reshape(2, 3, 20).transpose(0, 2, 1), x.reshape(2, 60), x.reshape(6, 4, 5),
+                                x.reshape(2, 3, 20)), strict=True):
+        np.testing.assert_array_equal(out, want)
+
+
 def test_flatten_outside_the_input_is_one_error():
-    with pytest.raises(OnnxkitError, match=r"Flatten\(start_dim=4, end_dim=-1\) does not fit a 4-d input"):
+    with pytest.raises(OnnxkitError, match=r"flatten\(start_dim=4, end_dim=-1\) does not fit a 4-d input"):
         build_one(nn.Flatten(4), x=nn.Input([2, 3, 4, 5]))
 
 

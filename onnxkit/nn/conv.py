@@ -6,8 +6,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from onnxkit.errors import OnnxkitError
 from onnxkit.nn import init, ops
 from onnxkit.nn.graph import Tensor, current_graph
@@ -295,25 +293,7 @@ class Flatten(Module):
         self.end_dim = check_int(self, "end_dim", end_dim, None)
 
     def forward(self, x: Tensor) -> Tensor:
-        rank = max(x.ndim, 1)
-        start, end = (d + rank if d < 0 else d for d in (self.start_dim, self.end_dim))
-        if not (0 <= start < rank and 0 <= end < rank) or start > end:
-            raise OnnxkitError(f"{ops._where()}: Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not "
-                               f"fit a {x.ndim}-d input {list(x.shape)} (dims 0..{rank - 1}, start before end)")
-        if start == end or x.ndim <= 1:
-            return x
-        if (start, end) == (1, x.ndim - 1):
-            return ops.flatten(x, 1)
-        merged = x.shape[start:end + 1]
-        size = math.prod(merged) if all(isinstance(d, int) for d in merged) else None  # type: ignore[arg-type]
-        shape = [*x.shape[:start], size, *x.shape[end + 1:]]
-        kept = x.shape[end + 1:]
-        if all(isinstance(d, int) for d in kept):  # 0 copies the dim at the same index: right only before start
-            target = ops.as_tensor(np.asarray([0] * start + [-1, *kept], np.int64))
-        else:
-            ends = [ops.as_tensor(np.asarray([0] * start + [-1], np.int64)), ops.shape_of(x, end + 1)]
-            target = ops.concat(ends, axis=0)
-        return current_graph().op("Reshape", [x, target], shapes=[shape])[0]
+        return ops.flatten_dims(x, self.start_dim, self.end_dim)
 
     def extra_repr(self) -> str:
         default = (self.start_dim, self.end_dim) == (1, -1)

@@ -197,7 +197,30 @@ def transpose(x: TensorLike, perm: Sequence[int]) -> Tensor:
 
 
 def flatten(x: TensorLike, axis: int = 1) -> Tensor:
+    """ONNX's Flatten: [d0·...·d(axis-1), d(axis)·...] (`flatten_dims` is PyTorch's)."""
     return _op("Flatten", as_tensor(x), axis=axis)
+
+
+def flatten_dims(x: TensorLike, start_dim: int = 1, end_dim: int = -1) -> Tensor:
+    """PyTorch's flatten: dims start_dim..end_dim (negative from the end) become one, the others kept; the default
+    [N, rest] is one ONNX Flatten, the rest a Reshape (`x.flatten(2)` of [N, C, H, W] is [N, C, H·W])."""
+    x = as_tensor(x)
+    rank = builtins.max(x.ndim, 1)
+    start, end = (d + rank if d < 0 else d for d in (start_dim, end_dim))
+    if not (0 <= start < rank and 0 <= end < rank) or start > end:
+        raise OnnxkitError(f"{_where()}: flatten(start_dim={start_dim}, end_dim={end_dim}) does not fit a "
+                           f"{x.ndim}-d input {list(x.shape)} (dims 0..{rank - 1}, start before end)")
+    if start == end or x.ndim <= 1:
+        return x
+    if (start, end) == (1, x.ndim - 1):
+        return flatten(x, 1)
+    merged, kept = x.shape[start:end + 1], x.shape[end + 1:]
+    size = math.prod(merged) if builtins.all(isinstance(d, int) for d in merged) else None  # type: ignore[arg-type]
+    if builtins.all(isinstance(d, int) for d in kept):  # 0 copies the dim at the same index: right only before start
+        target = as_tensor(np.asarray([0] * start + [-1, *kept], np.int64))
+    else:
+        target = concat([as_tensor(np.asarray([0] * start + [-1], np.int64)), shape_of(x, end + 1)], axis=0)
+    return current_graph().op("Reshape", [x, target], shapes=[[*x.shape[:start], size, *kept]])[0]
 
 
 def concat(xs: Sequence[TensorLike], axis: int) -> Tensor:
@@ -537,7 +560,7 @@ def _attach_methods() -> None:
         "__matmul__": matmul, "__rmatmul__": rev(matmul), "__neg__": neg, "__pow__": pow,
         "reshape": _reshape_method,
         "transpose": _swap_or_permute, "permute": lambda self, *dims: transpose(self, _dims(dims)),
-        "mean": mean, "sum": sum, "cast": cast, "flatten": flatten,
+        "mean": mean, "sum": sum, "cast": cast, "flatten": flatten_dims,
         "unsqueeze": unsqueeze, "squeeze": squeeze, "__getitem__": index,
         "view": _reshape_method,
     }  # fmt: skip
