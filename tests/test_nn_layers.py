@@ -288,6 +288,14 @@ def test_flatten_outside_the_input_is_one_error():
         build_one(nn.Flatten(4), x=nn.Input([2, 3, 4, 5]))
 
 
+
+@pytest.mark.parametrize(("cls", "shape"), [(nn.BatchNorm1d, [2, 4]), (nn.BatchNorm1d, ["batch", 4, 7]),
+                                            (nn.BatchNorm2d, ["batch", 4, 6, 6])])
+def test_batchnorm_of_the_wrong_channel_count_says_so(cls, shape):
+    # was ONNX's "BatchNormalization(float32[2, 4, 6, 6], float32[3], ...): Dimension mismatch in unification"
+    with pytest.raises(OnnxkitError, match=rf"{cls.__name__}\(3\) expects 3 channels on axis 1, got shape "):
+        build_one(cls(3), x=nn.Input(shape))
+
 @pytest.mark.parametrize(
     "cls, shape", [(nn.BatchNorm1d, (5, 3)), (nn.BatchNorm1d, (5, 3, 4)), (nn.BatchNorm2d, (5, 3, 4, 4))]
 )

@@ -33,6 +33,9 @@ class _BatchNorm(Module):
                 f"{current_graph().where}: {type(self).__name__} expects rank {self.ranks} input, "
                 f"got shape {list(x.shape)}"
             )
+        if isinstance(x.shape[1], int) and x.shape[1] != self.num_features:  # was ONNX's 'mismatch in unification'
+            raise OnnxkitError(f"{current_graph().where}: {type(self).__name__}({self.num_features}) expects "
+                               f"{self.num_features} channels on axis 1, got shape {list(x.shape)}")
         params = [ops.as_tensor(p) for p in (self.weight, self.bias, self.running_mean, self.running_var)]
         # ONNX momentum weights the old running value: 1 - PyTorch's momentum.
         attrs = {"epsilon": self.eps, "momentum": 1.0 - self.momentum}
