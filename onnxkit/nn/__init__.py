@@ -35,12 +35,15 @@ from onnxkit.nn.attention import FeedForward, MeanPool, MultiHeadAttention, Tran
 from onnxkit.nn.build import DEFAULT_OPSET, IR_VERSION, Input, UnusedLayers, build
 from onnxkit.nn.conv import (
     AdaptiveAvgPool2d,
+    AvgPool1d,
     AvgPool2d,
+    Conv1d,
     Conv2d,
     ConvTranspose2d,
     Flatten,
     GlobalAvgPool2d,
     GlobalMaxPool2d,
+    MaxPool1d,
     MaxPool2d,
     Upsample,
 )
@@ -52,11 +55,11 @@ from onnxkit.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d,
 from onnxkit.nn.recurrent import GRU, LSTM
 
 __all__ = [
-    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Buffer", "CELU", "Conv2d", "ConvTranspose2d",
-    "DEFAULT_OPSET", "Dropout", "ELU", "Embedding", "FeedForward", "Flatten", "GELU", "GRU", "GlobalAvgPool2d",
-    "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "IR_VERSION", "Identity", "Input", "InstanceNorm2d",
-    "LSTM", "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "MeanPool", "Mish", "Module", "ModuleList",
-    "MultiHeadAttention", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "SiLU", "Sigmoid", "Softmax",
-    "Softplus", "Tanh", "Tensor", "TransformerEncoderLayer", "UnusedLayers", "Upsample", "build", "init",
-    "manual_seed", "ops",
+    "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Buffer", "CELU", "Conv1d", "Conv2d",
+    "ConvTranspose2d", "DEFAULT_OPSET", "Dropout", "ELU", "Embedding", "FeedForward", "Flatten", "GELU", "GRU",
+    "GlobalAvgPool2d", "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "IR_VERSION", "Identity", "Input",
+    "InstanceNorm2d", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "MaxPool1d", "MaxPool2d", "MeanPool", "Mish",
+    "Module", "ModuleList", "MultiHeadAttention", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "SiLU",
+    "Sigmoid", "Softmax", "Softplus", "Tanh", "Tensor", "TransformerEncoderLayer", "UnusedLayers", "Upsample",
+    "build", "init", "manual_seed", "ops",
 ]  # fmt: skip

@@ -19,7 +19,8 @@ def _padding(layer: Module, padding: Any) -> str | tuple[int, int]:
             raise OnnxkitError(f"{type(layer).__name__}: padding must be 'same', 'valid', a non-negative integer "
                                f"or a pair of them, got {padding!r}")
         return padding
-    return check_ints(layer, "padding", padding, minimum=0)  # type: ignore[return-value]
+    n = getattr(layer, "spatial", 2)
+    return check_ints(layer, "padding", padding, n=n, minimum=0)  # type: ignore[return-value]
 
 
 def _pads(layer: Module, padding: str | tuple[int, int], kernel: tuple[int, int], dilation: tuple[int, int],
@@ -28,14 +29,13 @@ def _pads(layer: Module, padding: str | tuple[int, int], kernel: tuple[int, int]
     if padding == "valid":
         return [0, 0, 0, 0]
     if padding == "same":
-        if stride != (1, 1):
+        if any(s != 1 for s in stride):
             raise OnnxkitError(f'{type(layer).__name__}: padding="same" needs stride 1, got stride {stride}; give '
                                "explicit padding")
         total = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
         begin = [t // 2 for t in total]
         return begin + [t - b for t, b in zip(total, begin, strict=True)]
-    ph, pw = padding
-    return [ph, pw, ph, pw]
+    return [*padding, *padding]
 
 
 def _check_window(layer: Module, x: Tensor, kernel: tuple[int, int], dilation: tuple[int, int],
@@ -44,13 +44,14 @@ def _check_window(layer: Module, x: Tensor, kernel: tuple[int, int], dilation: t
     each static spatial axis with its padding: else the output would have no cells (with ceil_mode, `partial`,
     a first window reaching past the end is kept, as in PyTorch, unless a whole stride past it)."""
     name = type(layer).__name__
-    ops.check_input(x, name, 4, channels=getattr(layer, "in_channels", None))
+    n = len(kernel)
+    ops.check_input(x, name, 2 + n, channels=getattr(layer, "in_channels", None))
     for axis, size in enumerate(x.shape[2:]):
         span = dilation[axis] * (kernel[axis] - 1) + 1
-        room = size + pads[axis] + pads[axis + 2] - span if isinstance(size, int) else 0
-        if room < 0 and (not partial or -(-room // getattr(layer, "stride", (1, 1))[axis]) < 0):
+        room = size + pads[axis] + pads[axis + n] - span if isinstance(size, int) else 0
+        if room < 0 and (not partial or -(-room // getattr(layer, "stride", (1,) * n)[axis]) < 0):
             raise OnnxkitError(f"{ops._where()}: {name}'s window spans {span} cells on axis {axis + 2}, more than "
-                               f"the input's {size} with padding {pads[axis] + pads[axis + 2]} (shape "
+                               f"the input's {size} with padding {pads[axis] + pads[axis + n]} (shape "
                                f"{list(x.shape)}): the output would be empty; use a smaller kernel or more padding")
 
 
@@ -59,6 +60,7 @@ class _Conv(Module):
 
     weight: Parameter  # set by the subclass, which knows the layout
     bias: Parameter | None
+    spatial = 2  # spatial axes: 2 for [N, C, H, W], 1 for Conv1d's [N, C, L]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int], padding: int | tuple[int, int] | str,
@@ -71,8 +73,10 @@ class _Conv(Module):
                 f"{type(self).__name__}: channels {in_channels}->{out_channels} are not divisible by groups={groups}"
             )
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel, self.stride = check_ints(self, "kernel_size", kernel_size), check_ints(self, "stride", stride)
-        self.dilation = check_ints(self, "dilation", dilation)
+        n = self.spatial
+        self.kernel = check_ints(self, "kernel_size", kernel_size, n)
+        self.stride = check_ints(self, "stride", stride, n)
+        self.dilation = check_ints(self, "dilation", dilation, n)
         self.pads = _pads(self, _padding(self, padding), self.kernel, self.dilation, self.stride)
 
     def _node(self, op_type: str, x: Tensor, **attrs: Any) -> Tensor:
@@ -103,6 +107,20 @@ class Conv2d(_Conv):
     def forward(self, x: Tensor) -> Tensor:
         _check_window(self, x, self.kernel, self.dilation, self.pads)
         return self._node("Conv", x)
+
+
+class Conv1d(Conv2d):
+    """1-D convolution over [N, C, L], PyTorch's arguments as Conv2d's (one size each); weight [out, in/groups, k],
+    started as Conv2d's (He's kaiming_uniform; `init_fn="pytorch_uniform"` for PyTorch's)."""
+
+    spatial = 1
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int],
+                 stride: int | tuple[int] = 1, padding: int | tuple[int] | str = 0,
+                 dilation: int | tuple[int] = 1, groups: int = 1, bias: bool = True,
+                 init_fn: str = "kaiming_uniform"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,  # type: ignore[arg-type]
+                         init_fn)
 
 
 class ConvTranspose2d(_Conv):
@@ -140,12 +158,14 @@ class ConvTranspose2d(_Conv):
 
 class _Pool2d(Module):
     op_type = ""
+    spatial = 2
 
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
                  padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, ceil_mode: bool = False):
-        self.kernel = check_ints(self, "kernel_size", kernel_size)
-        self.stride = check_ints(self, "stride", stride) if stride is not None else self.kernel
-        self.dilation = check_ints(self, "dilation", dilation)
+        n = self.spatial
+        self.kernel = check_ints(self, "kernel_size", kernel_size, n)
+        self.stride = check_ints(self, "stride", stride, n) if stride is not None else self.kernel
+        self.dilation = check_ints(self, "dilation", dilation, n)
         self.pads = _pads(self, _padding(self, padding), self.kernel, self.dilation, self.stride)
         self.ceil_mode = bool(ceil_mode)
         if any(p > k // 2 for p, k in zip(self.pads, self.kernel * 2, strict=True)):  # PyTorch refuses these too
@@ -155,7 +175,7 @@ class _Pool2d(Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_window(self, x, self.kernel, self.dilation, self.pads, partial=self.ceil_mode)
         attrs = {"kernel_shape": list(self.kernel), "strides": list(self.stride), "pads": self.pads, **self._attrs()}
-        if self.dilation != (1, 1):
+        if any(d != 1 for d in self.dilation):
             attrs["dilations"] = list(self.dilation)
         if self.ceil_mode:
             self._check_last_window(x)
@@ -168,7 +188,7 @@ class _Pool2d(Module):
         for axis, size in enumerate(x.shape[2:]):
             if not isinstance(size, int):
                 continue
-            begin, end, stride = self.pads[axis], self.pads[axis + 2], self.stride[axis]
+            begin, end, stride = self.pads[axis], self.pads[axis + self.spatial], self.stride[axis]
             span = self.dilation[axis] * (self.kernel[axis] - 1) + 1
             last = -(-(size + begin + end - span) // stride)  # the ceil_mode output's last index
             why = "start its last window past the input, which PyTorch drops" if last * stride >= size + begin else \
@@ -183,7 +203,7 @@ class _Pool2d(Module):
         return {}
 
     def extra_repr(self) -> str:
-        extras = (f", dilation={self.dilation}" if self.dilation != (1, 1) else "") + \
+        extras = (f", dilation={self.dilation}" if any(d != 1 for d in self.dilation) else "") + \
             (", ceil_mode=True" if self.ceil_mode else "")
         return f"kernel={self.kernel}, stride={self.stride}{extras}"
 
@@ -215,6 +235,18 @@ class AvgPool2d(_Pool2d):
 
     def _attrs(self) -> dict[str, int]:
         return {"count_include_pad": int(self.count_include_pad)} if any(self.pads) else {}
+
+
+class MaxPool1d(MaxPool2d):
+    """MaxPool2d over [N, C, L]: PyTorch's arguments, one size each."""
+
+    spatial = 1
+
+
+class AvgPool1d(AvgPool2d):
+    """AvgPool2d over [N, C, L]: PyTorch's arguments, one size each."""
+
+    spatial = 1
 
 
 class _GlobalPool2d(Module):

@@ -56,7 +56,8 @@ def check_ints(layer: object, name: str, value: Any, n: int = 2, minimum: int = 
     """An int or `n` of them (a tuple or a list), each checked as `check_int` does: a kernel size,
     a stride, a padding."""
     what = "a positive integer" if minimum == 1 else "a non-negative integer"
-    message = f"{_layer(layer)}: {name} must be {what} or {'a pair' if n == 2 else n} of them, got {_shown(value)}"
+    many = {1: " (or a tuple of one)", 2: " or a pair of them"}.get(n, f" or {n} of them")
+    message = f"{_layer(layer)}: {name} must be {what}{many}, got {_shown(value)}"
     if _is_int(value):
         values = (value,) * n
     elif isinstance(value, tuple | list) and all(_is_int(v) for v in value):
