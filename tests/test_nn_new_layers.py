@@ -484,7 +484,7 @@ def ref_window_1d(x, k, stride, pad, dilation, reduce, fill):
 
 
 @pytest.mark.parametrize(("stride", "padding", "dilation", "groups"), [(1, 0, 1, 1), (2, 1, 1, 2), (1, "same", 2, 1),
-                                                                       (3, 2, 2, 2)])
+                                                                       (3, 2, 2, 2), (2, "valid", 1, 1)])
 def test_conv1d_and_1d_pools_match_numpy(stride, padding, dilation, groups):
     # PyTorch's Conv1d / MaxPool1d / AvgPool1d over [N, C, L] (a first port of a sequence model met
     # "module 'onnxkit.nn' has no attribute 'Conv1d'"); outputs equal torch.nn's to 2e-7 (checked beside torch 2.13)
@@ -492,7 +492,7 @@ def test_conv1d_and_1d_pools_match_numpy(stride, padding, dilation, groups):
     conv = nn.Conv1d(4, 6, 3, stride=stride, padding=padding, dilation=dilation, groups=groups)
     randomize(conv)
     assert params(conv) == {"weight": (6, 4 // groups, 3), "bias": (6,)}
-    pad = dilation if padding == "same" else padding
+    pad = {"same": dilation, "valid": 0}.get(padding, padding)
     w, b = conv.weight.value, conv.bias.value
     cols = []
     for g in range(groups):  # each group's output channels read its own input channels

@@ -27,7 +27,7 @@ def _pads(layer: Module, padding: str | tuple[int, int], kernel: tuple[int, int]
           stride: tuple[int, int]) -> list[int]:
     """ONNX pads [top, left, bottom, right]; "same" keeps H×W at stride 1."""
     if padding == "valid":
-        return [0, 0, 0, 0]
+        return [0] * 2 * len(kernel)
     if padding == "same":
         if any(s != 1 for s in stride):
             raise OnnxkitError(f'{type(layer).__name__}: padding="same" needs stride 1, got stride {stride}; give '
