@@ -76,7 +76,8 @@ class TrainingSession(ABC):
 
     @abstractmethod
     def parameters(self) -> dict[str, np.ndarray]:
-        """Current values of the trained tensors (parameters and updated buffers), by name."""
+        """Current values of the trained tensors (parameters and updated buffers), by name: copies
+        (later steps leave them alone)."""
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The gradients accumulated since the last optimizer step (data-parallel training)."""

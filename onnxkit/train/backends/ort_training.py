@@ -193,7 +193,8 @@ class OrtSession(TrainingSession):
             self._module.train()
 
     def parameters(self) -> dict[str, np.ndarray]:
-        return {name: p.data for name, p in self._state.parameters}
+        """Copies: Parameter.data is a view of ORT's buffer, which later optimizer steps overwrite in place."""
+        return {name: p.data.copy() for name, p in self._state.parameters}
 
     def gradients(self) -> dict[str, np.ndarray]:
         """Read-only here: ORT-training cannot take gradients back (`set_gradients`)."""
