@@ -18,9 +18,12 @@ from onnxkit.graph_walks import every_node, subgraphs
 from onnxkit.metadata import metadata
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
-    shape = value.type.tensor_type.shape
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
+def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
+    """The tensor's dimensions ([] a scalar's); None where ONNX records no shape: a sequence, a map, an unknown rank."""
+    t = value.type
+    if t.WhichOneof("value") != "tensor_type" or not t.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.tensor_type.shape.dim]
 
 
 def _type_name(t: onnx.TypeProto) -> str:
@@ -169,6 +172,10 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
+def _shown_shape(shape: list[int | str] | None) -> str:
+    return "unknown" if shape is None else str(shape)
+
+
 def format_summary(info: dict[str, Any]) -> str:
     """The summary as text for a terminal."""
     lines = [
@@ -183,9 +190,9 @@ def format_summary(info: dict[str, Any]) -> str:
         + (f"; file {human_bytes(info['file_bytes'])}" if "file_bytes" in info else "")
         + (f" with {', '.join(info['external_data'])}" if info.get("external_data") else ""),
         "inputs",
-        *(f"  {v['name']:<20} {v['dtype']:<8} {v['shape']}" for v in info["inputs"]),
+        *(f"  {v['name']:<20} {v['dtype']:<8} {_shown_shape(v['shape'])}" for v in info["inputs"]),
         "outputs",
-        *(f"  {v['name']:<20} {v['dtype']:<8} {v['shape']}" for v in info["outputs"]),
+        *(f"  {v['name']:<20} {v['dtype']:<8} {_shown_shape(v['shape'])}" for v in info["outputs"]),
         "operators",
         "  " + ", ".join(f"{op} ×{n}" for op, n in info["operators"].items()),
     ]

@@ -493,7 +493,7 @@ def test_inspect_shows_the_maps_and_text_labels_a_scikit_learn_model_outputs(tmp
     onnx.save(sklearn_style_classifier(["a", "b", "c"]), tmp_path / "skl.onnx")
     info = json.loads(run_cli("inspect", tmp_path / "skl.onnx", "--json").out)
     assert info["outputs"] == [{"name": "label", "dtype": "string", "shape": ["?"]},
-                               {"name": "output_probability", "dtype": "seq(map(string, float32))", "shape": []}]
+                               {"name": "output_probability", "dtype": "seq(map(string, float32))", "shape": None}]
     r = run_cli("inspect", tmp_path / "skl.onnx")
     assert r.code == 0 and "seq(map(string, float32))" in r.out
     assert "ai.onnx.ml.LinearClassifier ×1, ai.onnx.ml.Normalizer ×1, ai.onnx.ml.ZipMap ×1" in r.out
@@ -530,3 +530,22 @@ def test_build_model_refuses_an_opset_that_is_not_a_number_itself():
     # opset="17" was blamed on the recipe: "iris-mlp cannot be built with its default options (TypeError: ...)"
     with pytest.raises(TypeError, match=r"^opset must be an integer, 13..21, not '17'$"):
         zoo.build_model("iris-mlp", opset="17")
+
+
+def test_inspect_tells_a_scalar_from_a_shape_onnx_does_not_record(tmp_path, run_cli):
+    # an output of unknown rank, and a sequence, showed shape [] as a scalar does: null in --json, 'unknown' in text
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["any"]), helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+         helper.make_node("SplitToSequence", ["x"], ["rows"], axis=0)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("any", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+         helper.make_tensor_sequence_value_info("rows", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    info = json.loads(run_cli("inspect", tmp_path / "m.onnx", "--json").out)
+    assert [o["shape"] for o in info["outputs"]] == [None, [], None]
+    out = run_cli("inspect", tmp_path / "m.onnx").out
+    assert re.search(r"any +float32 +unknown\n", out) and re.search(r"total +float32 +\[\]\n", out)
+    assert re.search(r"rows +seq\(float32\) +unknown\n", out)
