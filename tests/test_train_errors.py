@@ -198,13 +198,16 @@ def test_training_backend_does_not_import_torch_or_the_training_package_init():
 
 @pytest.mark.skipif(not has_ort_training(), reason="needs onnxruntime-training (make test-ort runs it)")
 def test_ort_training_refuses_the_optimizers_it_cannot_run_by_name(run_cli, cnn, tmp_path):
-    for options in (["--optimizer", "rmsprop"], ["--optimizer", "sgd", "--momentum", "0.9"],
-                    ["--optimizer", "adamw", "--amsgrad"]):
+    # each said 'not <optimizer> with these options', also for a plain --optimizer adam or rmsprop that had none
+    for options, what in ((["--optimizer", "rmsprop"], "not rmsprop;"),
+                          (["--optimizer", "adam"], "not adam (adamw with --weight-decay 0 is adam);"),
+                          (["--optimizer", "sgd", "--momentum", "0.9"], "not sgd with momentum;"),
+                          (["--optimizer", "adamw", "--amsgrad"], "not adamw with amsgrad;")):
         result = run_cli("train", cnn, "--data", "digits-images", "--backend", "ort-training", *options,
                          "-o", tmp_path / "run")
-        refused(result, "the ort-training backend runs only adamw without amsgrad and sgd without momentum",
+        refused(result, "the ort-training backend runs only adamw without amsgrad and sgd without momentum, " + what,
                 tmp_path / "run")
-        assert "--backend onnx" in result.err
+        assert "--backend onnx" in result.err and "these options" not in result.err
 
 
 

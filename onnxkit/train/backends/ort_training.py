@@ -220,9 +220,15 @@ class OrtTrainingBackend(Backend):
         name, options = optimizer.name, optimizer.options()
         plain_sgd = name == "sgd" and not (options["momentum"] or options["nesterov"])
         if not (plain_sgd or (name == "adamw" and not options["amsgrad"])):
+            if name == "sgd":
+                what = "sgd with momentum"
+            elif name in ("adam", "adamw") and options["amsgrad"]:
+                what = f"{name} with amsgrad"
+            else:  # 'with these options' read as if an option given were to blame, also for a plain rmsprop
+                what = "adam (adamw with weight_decay=0 is adam)" if name == "adam" else name
             raise OnnxkitError(
-                f"the ort-training backend runs only adamw without amsgrad and sgd without momentum, not {name} "
-                f"with these options; use the default backend (backend=onnx)"
+                f"the ort-training backend runs only adamw without amsgrad and sgd without momentum, not {what}; "
+                f"use the default backend (backend=onnx)"
             )
 
     def l2_in_objective(self, optimizer: Optimizer) -> float:
