@@ -87,7 +87,8 @@ def summarize(model: str | os.PathLike | onnx.ModelProto, path: str | os.PathLik
 
 
 _SCALES_AT = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "MatMulInteger": (2, 3), "ConvInteger": (2, 3),
-              "MatMulNBits": (2, 3)}
+              "MatMulNBits": (2, 3), "DynamicQuantizeMatMul": (2, 3), "QAttention": (3, 4, 6, 7),
+              "Clip": (1, 2)}  # a Clip's bounds: Constant nodes that ORT's optimizer folds into initializers
 _EIGHT_BITS = frozenset({TensorProto.INT8, TensorProto.UINT8})
 _FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
 
