@@ -192,6 +192,7 @@ def format_summary(info: dict[str, Any]) -> str:
         + (f" with {', '.join(info['external_data'])}" if info.get("external_data") else ""),
         "inputs",
         *(f"  {v['name']:<20} {v['dtype']:<8} {_shown_shape(v['shape'])}" for v in info["inputs"]),
+        *([] if info["inputs"] else ["  (none)"]),
         "outputs",
         *(f"  {v['name']:<20} {v['dtype']:<8} {_shown_shape(v['shape'])}" for v in info["outputs"]),
         "operators",

@@ -549,3 +549,16 @@ def test_inspect_tells_a_scalar_from_a_shape_onnx_does_not_record(tmp_path, run_
     out = run_cli("inspect", tmp_path / "m.onnx").out
     assert re.search(r"any +float32 +unknown\n", out) and re.search(r"total +float32 +\[\]\n", out)
     assert re.search(r"rows +seq\(float32\) +unknown\n", out)
+
+
+def test_inspect_says_a_model_has_no_inputs(tmp_path, run_cli):
+    # 'inputs' stood over nothing, read as a listing cut short
+    from onnx import TensorProto, helper, numpy_helper
+
+    value = numpy_helper.from_array(np.ones((2, 3), np.float32))
+    graph = helper.make_graph([helper.make_node("Constant", [], ["y"], value=value)], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    r = run_cli("inspect", tmp_path / "m.onnx")
+    assert r.code == 0 and "\ninputs\n  (none)\noutputs\n" in r.out
+    assert json.loads(run_cli("inspect", tmp_path / "m.onnx", "--json").out)["inputs"] == []
