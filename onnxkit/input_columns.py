@@ -28,6 +28,18 @@ def one_value_a_row(spec: Any) -> bool:
         len(shape) == 1 or len(shape) == 2 and shape[1] in (1, None))
 
 
+def unit_axes_moved(array: np.ndarray, spec: Any) -> np.ndarray:
+    """`array` reshaped to the input's fixed per-example dims when they differ from its own only in where size-1
+    axes sit ([N, 1, 8, 8] images for a [batch, 8, 8, 1] input, N values for [batch, 1]): the same values in the
+    same order. Anything else is returned as it is, for the shape checks to refuse. Train and predict read so."""
+    wanted = spec.shape[1:] if spec.shape else None
+    if wanted is None or not all(isinstance(d, int) and d > 0 for d in wanted) or array.ndim < 1:
+        return array
+    if tuple(wanted) == array.shape[1:] or [d for d in wanted if d != 1] != [d for d in array.shape[1:] if d != 1]:
+        return array
+    return array.reshape((len(array), *wanted))
+
+
 def reads_by_column(inputs: Sequence[Any]) -> bool:
     """Whether a model with these inputs may read a CSV a column per input: a value a row in each, and several
     inputs or a string one (a lone numeric input takes the feature columns in one array)."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from onnxkit.data.checks import checked_labels
 from onnxkit.errors import OnnxkitError, suggest
+from onnxkit.input_columns import unit_axes_moved
 from onnxkit.label_columns import label_column
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -197,24 +198,12 @@ class Split:
         bound: dict[str, np.ndarray] = {}
         dims: dict[str, tuple[int, str]] = {}
         for spec in inputs:
-            array = _unit_axes_moved(self.inputs[names[spec.name]], spec)
+            array = unit_axes_moved(self.inputs[names[spec.name]], spec)
             bound[spec.name] = _cast(array, spec, names[spec.name])
             _check_shape(array.shape, spec, names[spec.name], dims)
         renamed = self._with_inputs(bound)
         renamed.data = self.data
         return renamed
-
-
-def _unit_axes_moved(array: np.ndarray, spec: ModelInput) -> np.ndarray:
-    """`array` reshaped to the input's fixed per-example dims when they differ from its own only
-    in where size-1 axes sit ([N, 1, 8, 8] images for a [batch, 8, 8, 1] input): the same values
-    in the same order. Anything else is left for `_check_shape` to refuse."""
-    wanted = spec.shape[1:] if spec.shape else None
-    if wanted is None or not all(isinstance(d, int) and d > 0 for d in wanted) or array.ndim < 1:
-        return array
-    if tuple(wanted) == array.shape[1:] or [d for d in wanted if d != 1] != [d for d in array.shape[1:] if d != 1]:
-        return array
-    return array.reshape((len(array), *wanted))
 
 
 def _cast(array: np.ndarray, spec: ModelInput, source: str) -> np.ndarray:

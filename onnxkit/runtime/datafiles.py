@@ -43,7 +43,7 @@ from onnxkit.files import (
     write_bytes,
     write_text,
 )
-from onnxkit.input_columns import input_arrays, input_columns, reads_by_column
+from onnxkit.input_columns import input_arrays, input_columns, reads_by_column, unit_axes_moved
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
@@ -101,23 +101,20 @@ def read_inputs(path: InputPath, model: Model) -> dict[str, Any]:
 
 def _unit_axes_moved(values: dict[str, Any], model: Model) -> dict[str, Any]:
     """A file's arrays reshaped to their inputs' fixed per-example dims where they differ only in size-1 axes, as
-    train reads them (`onnxkit.data.split`): N values for a [batch, 1] input, [N, 8, 8] or [N, 8, 8, 1] images for a
-    [batch, 1, 8, 8] one; the same values in the same order (it said 'needs 2 dimension(s) [batch, 1], got shape
-    (200,); for one example pass x[None] or [x]')."""
+    train reads them (`unit_axes_moved`; it said 'needs 2 dimension(s) [batch, 1], got shape (200,); for one
+    example pass x[None] or [x]'); an input of no per-example dims takes its array as it is."""
     for spec in model.inputs:
         value = values.get(spec.name)
-        wanted = spec.shape[1:] if spec.shape else None
-        if value is None or not wanted or not all(isinstance(d, int) and d > 0 for d in wanted):
+        if value is None or not (spec.shape and spec.shape[1:]):
             continue
         try:
             array = np.asarray(value) if isinstance(value, list) else value
         except ValueError:  # ragged lists: `Model.prepare` says so
             continue
-        if not isinstance(array, np.ndarray) or array.ndim < 1 or array.dtype.kind == "O" or \
-                tuple(wanted) == array.shape[1:]:
-            continue
-        if [d for d in wanted if d != 1] == [d for d in array.shape[1:] if d != 1]:
-            values[spec.name] = array.reshape(len(array), *wanted)
+        if isinstance(array, np.ndarray) and array.dtype.kind != "O":
+            moved = unit_axes_moved(array, spec)
+            if moved is not array:
+                values[spec.name] = moved
     return values
 
 
