@@ -18,10 +18,10 @@ from onnxkit.train import TrainingWarning, fit
 ONE_CLASS = "every training example is of class 0"
 
 
-def _mlp() -> onnx.ModelProto:
+def _mlp(hidden: int = 8) -> onnx.ModelProto:
     class MLP(nn.Module):
         def __init__(self):
-            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+            self.fc1, self.fc2 = nn.Linear(4, hidden), nn.Linear(hidden, 3)
 
         def forward(self, x):
             return self.fc2(nn.ops.relu(self.fc1(x)))
@@ -158,15 +158,7 @@ def test_a_model_trained_on_a_dataframe_reads_one_by_its_column_names(tmp_path):
     assert dataset_from_arrays("iris", {"x": frame.set_axis([*frame.columns[:3], "target"], axis=1)},
                                target).columns is None  # a feature headed as labels: predict would leave it out
 
-    class MLP(nn.Module):
-        def __init__(self):
-            self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 3)
-
-        def forward(self, x):
-            return self.fc2(nn.ops.relu(self.fc1(x)))
-
-    nn.manual_seed(0)
-    model = nn.build(MLP(), {"x": nn.Input(["batch", 4])}, output_names=["logits"])
+    model = _mlp(hidden=16)
     result = fit(model, data=dataset_from_arrays("iris", {"x": frame}, target), out_dir=tmp_path / "run", epochs=60,
                  lr=0.02)
     trained = runtime.load(result.model_path)

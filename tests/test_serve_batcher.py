@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import uvloop
+from loop_model import looping_model
 from onnx import TensorProto, helper
 
 from onnxkit import runtime, zoo
@@ -259,26 +260,8 @@ def test_only_a_run_bigger_than_any_batch_gives_back_its_memory():
 
 
 def looping() -> runtime.Model:
-    """y = tanh(x @ w) applied n times (x [batch, 16], n [1]), on onnxruntime's Loop: a model whose run time
-    follows the request's data, not its rows."""
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [16, 16], np.full(256, 0.05, np.float32).tolist())
-    body = helper.make_graph(
-        [helper.make_node("MatMul", ["state", "w"], ["product"]), helper.make_node("Tanh", ["product"], ["next"]),
-         helper.make_node("Identity", ["cond"], ["cond_out"])], "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("next", TensorProto.FLOAT, ["batch", 16])],
-    )  # fmt: skip
-    graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["n"], ["trips"], keepdims=0),
-         helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)], "looping",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
-         helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], [weight],
-    )  # fmt: skip
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    """y = tanh(x @ w) applied n times (x [batch, 16], n [1]): a model whose run time follows the request's data."""
+    proto = looping_model(np.full((16, 16), 0.05, np.float32))
     return runtime.load(proto.SerializeToString(), device="cpu", threads=1, batch_size=None, name="looping")
 
 

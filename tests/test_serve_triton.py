@@ -23,6 +23,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from google.protobuf.json_format import MessageToDict
+from loop_model import looping_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
 
@@ -850,29 +851,8 @@ def test_bytes_that_are_no_protobuf_message_get_invalid_argument(server):
 def looping(tmp_path: Path) -> str:
     """A model whose run takes as long as the request asks: y = tanh(x @ w) applied 300 + n times (x [batch, 256],
     n [1]), on onnxruntime's Loop, so a test can make a run outlast a stop's drain on any machine."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.06, (256, 256)).astype(np.float32), "w")
-    body = helper.make_graph(
-        [helper.make_node("MatMul", ["state", "w"], ["product"]), helper.make_node("Tanh", ["product"], ["next"]),
-         helper.make_node("Identity", ["cond"], ["cond_out"])], "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 256])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("next", TensorProto.FLOAT, ["batch", 256])],
-    )  # fmt: skip
-    base = numpy_helper.from_array(np.array(300, np.int64), "base")
-    graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["n"], ["extra"], keepdims=0),
-         helper.make_node("Add", ["base", "extra"], ["trips"]),
-         helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)], "looping",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256]),
-         helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])], [weight, base],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    return str(save_model(model, tmp_path / "looping.onnx"))
+    weight = np.random.default_rng(0).normal(0, 0.06, (256, 256)).astype(np.float32)
+    return str(save_model(looping_model(weight, base=300), tmp_path / "looping.onnx"))
 
 
 def test_grpc_calls_at_a_stop_get_the_drain_timeout_and_the_servers_503(tmp_path):
