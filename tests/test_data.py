@@ -128,6 +128,24 @@ def test_epochs_are_each_seeds_shuffled_batches(monkeypatch, block_bytes):
                     np.testing.assert_array_equal(inputs[name], want[name])
 
 
+@pytest.mark.parametrize("block_bytes", [1, 200, 2000])  # a batch, a few, two epochs
+def test_epochs_gathered_into_reused_memory_are_the_same_batches_each_valid_until_the_next_block(
+        monkeypatch, block_bytes):
+    # a training loop's: each block of shuffled rows lands in the memory of the block before (no fresh page faults)
+    x = np.random.default_rng(0).random((23, 2, 3)).astype(np.float32)
+    split = Split("train", {"x": x}, np.arange(23) % 5)
+    seeds = [4, 9, 1, 30]
+    expected = [list(split.batches(5, shuffle=True, seed=s)) for s in seeds]
+    monkeypatch.setattr(split_module, "BLOCK_BYTES", block_bytes)
+    owners = set()
+    for epoch, theirs in zip(split.epochs(5, seeds, reuse=True), expected, strict=True):
+        for (inputs, labels), (want, want_labels) in zip(epoch, theirs, strict=True):
+            np.testing.assert_array_equal(inputs["x"], want["x"])  # read as drawn: a later block overwrites it
+            np.testing.assert_array_equal(labels, want_labels)
+            owners.add(id(inputs["x"].base))
+    assert len(owners) == 1  # every block in the first one's memory
+
+
 def test_a_pandas_text_column_saved_as_objects_is_refused_with_a_cast_that_works(tmp_path):
     """The error said to save the labels '.astype(str)', but pandas 3's `.values` of a text column is an Arrow string
     array whose .astype(str) numpy still saves as objects: the advice gave the same error again."""

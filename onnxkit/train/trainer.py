@@ -174,7 +174,8 @@ class Trainer:
             self._began = time.perf_counter()
             c = self.config
             seeds = (c.seed * 100_003 + e for e in range(self.state.epoch, self.epochs)) if c.shuffle else None
-            epochs = self.train.epochs(c.batch_size, seeds, self.drop_last)  # from a resumed run's epoch too
+            # from a resumed run's epoch too; each batch is done with before the next is drawn
+            epochs = self.train.epochs(c.batch_size, seeds, self.drop_last, reuse=True)
             hooks = self._overriding("on_batch_end"), self._overriding("on_step_end")
             try:
                 while not self.state.done and not self._stopping():
