@@ -241,11 +241,11 @@ def test_a_run_killed_after_writing_its_model_is_completed_by_resume(tmp_path):
     model = (run / "model.onnx").read_bytes()
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "status": "running", "result": None}))
-    (run / "curves.png").unlink()  # a kill before the plot too: the resumed run completed without one
+    (run / "curves.svg").unlink()  # a kill before the plot too: the resumed run completed without one
     resumed = fit(resume=run)
     assert resumed.metrics == done.metrics and (run / "model.onnx").read_bytes() == model
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
-    assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert (run / "curves.svg").read_text().startswith("<svg ")
 
 
 def test_resume_refuses_data_other_than_the_runs(tmp_path):

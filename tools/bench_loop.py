@@ -9,10 +9,10 @@ fresh process (so `fit` pays its lazy imports, as a command does):
   batches `fit` draws, `session.train_step` + `session.optimizer_step(lr)` with the learning
   rate of the same schedule (timed: "raw steps"), and `session.eval_step` over the validation
   batches (timed apart: "validation");
-- fit: the whole `fit` call (quiet, test evaluation and curves.png included), with a callback
+- fit: the whole `fit` call (quiet, test evaluation and curves.svg included), with a callback
   timing the epoch loop from `on_train_begin` to the end of the last epoch (its metrics,
   checkpoint and callbacks included; artifact building, session creation, the end of training
-  — curves.png, the best weights — the test evaluation and the model export fall outside it)
+  — curves.svg, the best weights — the test evaluation and the model export fall outside it)
   and the session's train, optimizer and eval steps inside it.
 
 Sides alternate which goes first; rounds in which other processes took 5% of the CPUs or more

@@ -109,7 +109,7 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any) -> None:
     """Train or fine-tune MODEL.onnx (any inference-form ONNX model) on a dataset.
 
-    Writes a run folder: run.json, metrics.jsonl, checkpoints/, curves.png and
+    Writes a run folder: run.json, metrics.jsonl, checkpoints/, curves.svg and
     model.onnx (the trained inference model). Ctrl-C saves a checkpoint;
     --resume continues from it.
 

@@ -220,7 +220,7 @@ class ProgressBar(Callback):
 
 
 class Plot(Callback):
-    """curves.png from the records, drawn once when training stops (after any checkpoint)."""
+    """curves.svg from the records, drawn once when training stops (after any checkpoint)."""
 
     def __init__(self, path: Path, records: list[Record]) -> None:
         self.path, self.records = path, records

@@ -1,4 +1,4 @@
-"""The run directory: run.json, metrics.jsonl, checkpoints/, artifacts/, model.onnx, curves.png.
+"""The run directory: run.json, metrics.jsonl, checkpoints/, artifacts/, model.onnx, curves.svg.
 
 A live run holds an exclusive `flock` on `run.lock`, so a second `train -o` or `--resume` on
 it is refused; the kernel drops the lock when the process dies, however it dies. A run whose
@@ -39,7 +39,7 @@ class RunDirectory:
         self.model = self.path / "model.onnx"
         self.base_model = self.path / "base_model.onnx"  # the starting model, when fit was given a ModelProto
         self.created = False  # whether `make` made the folder
-        self.plot = self.path / "curves.png"
+        self.plot = self.path / "curves.svg"
         self.lock_file = self.path / "run.lock"
         self.loop_state = self.checkpoints / "last.json"  # where the loop was at the last checkpoint, and its file
         self.best_checkpoint = self.checkpoints / "best.ckpt"
