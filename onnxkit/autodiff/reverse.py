@@ -162,6 +162,8 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
             if grad is not None and want:
                 grads.setdefault(name, []).append(grad)
     outputs, renamed = [], {}
+    makers = {n.output[0]: n for n in graph.nodes if n.output}  # each backward value's node, by its first output
+    read = {name for n in graph.nodes for name in n.input}
     for p in wrt:
         total = _total(graph, grads.get(p, []))
         out = gradient_name(p)
@@ -169,8 +171,8 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
             graph.nodes.append(helper.make_node("Identity", [graph.filled(graph.shape(p), 0, graph.dtype(p))], [out]))
         elif total in renamed:  # two parameters with one gradient value (e.g. both sides of an Add)
             graph.nodes.append(helper.make_node("Identity", [renamed[total]], [out]))
-        elif _sole_use(graph, total):  # the node making it writes the graph output directly
-            next(n for n in graph.nodes if n.output and n.output[0] == total).output[0] = out
+        elif total in makers and total not in read:  # read by no other node: the node making it writes the output
+            makers.pop(total).output[0] = out
             renamed[total] = out
         else:
             graph.nodes.append(helper.make_node("Identity", [total], [out]))
@@ -222,12 +224,6 @@ def _save_statistics(nodes: list[tuple[int, onnx.NodeProto]], graph: Graph) -> N
         for name in node.output[1:]:
             if name:
                 graph.types.setdefault(name, helper.make_tensor_value_info(name, stash, stats))
-
-
-def _sole_use(graph: Graph, name: str) -> bool:
-    """Whether backward value `name` is the first output of a backward node and read by no other node."""
-    return any(n.output and n.output[0] == name for n in graph.nodes) and not any(
-        name in n.input for n in graph.nodes)
 
 
 def _total(graph: Graph, parts: list[str]) -> str | None:
