@@ -182,14 +182,17 @@ class Scorer:
             ids = labels.astype(np.int64)
             self._picks, self._cells = _picks(ids), ids * self._k
             self._actual = np.bincount(ids, minlength=self._k)
+            self._z = np.empty((self._k, len(labels)))  # the logits, class-major (see _class_major), each epoch's
 
-    def __call__(self, outputs: np.ndarray) -> dict[str, Any]:
-        """`score(outputs, labels, ...)`: the same metrics, to the last digit."""
-        if not self._k or outputs.shape[1:] != (self._k,):
-            return score(outputs, self.labels, self.task, loss=self.loss, num_classes=self.num_classes,
-                         probabilities=self.probabilities, axis=self.axis)
-        k, rows = self._k, len(self.labels)
-        z = _class_major(outputs)
+    def __call__(self, parts: Sequence[np.ndarray]) -> dict[str, Any]:
+        """`score(outputs, labels, ...)` of the outputs given in consecutive `parts` (batches): the same metrics,
+        to the last digit."""
+        if not self._k or any(part.shape[1:] != (self._k,) for part in parts):
+            return score(np.concatenate(parts) if len(parts) > 1 else parts[0], self.labels, self.task,
+                         loss=self.loss, num_classes=self.num_classes, probabilities=self.probabilities,
+                         axis=self.axis)
+        k, rows, z = self._k, len(self.labels), self._z
+        np.concatenate([part.T for part in parts], axis=1, out=z)  # one call for the join, the cast and the turn
         confusion = np.bincount(self._cells + z.argmax(axis=0), minlength=k * k).reshape(k, k)
         hits = confusion.diagonal()
         return {"examples": rows, "loss": _mean_nll(z, self._picks), "accuracy": float(np.add.reduce(hits) / rows),

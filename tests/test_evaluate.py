@@ -54,14 +54,15 @@ def test_metrics_match_scikit_learn():
 
 @pytest.mark.parametrize("classes", [2, 10, 40])
 def test_a_scorer_of_fixed_labels_scores_as_scikit_learn_epoch_after_epoch(classes):
-    # a training run's validation: the same labels every epoch, scored from ~15 numpy calls where score makes ~35
+    # a training run's validation: the same labels every epoch, its outputs in batches, scored from ~15 numpy calls
+    # where score makes ~35
     rng = np.random.default_rng(classes)
     labels = rng.integers(0, classes, 359)
     scorer = Scorer(labels, "classification", loss="cross-entropy", num_classes=classes)
     for scale in (0.1, 3.0, 300.0):  # nearly uniform, confident, saturated
         logits = (rng.normal(size=(359, classes)) * scale).astype(np.float32)
-        got = scorer(logits)
-        assert got == score(logits, labels, "classification", num_classes=classes)
+        got = scorer([logits[:128], logits[128:256], logits[256:]])
+        assert got == scorer([logits]) == score(logits, labels, "classification", num_classes=classes)
         predicted = logits.argmax(1)
         log_probs = logits.astype(np.float64) - np.logaddexp.reduce(logits.astype(np.float64), axis=1, keepdims=True)
         assert got["loss"] == pytest.approx(-log_probs[np.arange(359), labels].mean(), rel=1e-12)
@@ -70,10 +71,11 @@ def test_a_scorer_of_fixed_labels_scores_as_scikit_learn_epoch_after_epoch(class
         assert got["confusion"] == skm.confusion_matrix(labels, predicted, labels=range(classes)).tolist()
     # what the lean path does not cover is scored by score itself: probabilities, positions, regression
     probabilities = np.full((359, classes), 1 / classes, np.float32)
-    assert Scorer(labels, "classification", num_classes=classes, probabilities=True)(probabilities) == score(
+    assert Scorer(labels, "classification", num_classes=classes, probabilities=True)([probabilities]) == score(
         probabilities, labels, "classification", num_classes=classes, probabilities=True)
     targets = rng.normal(size=(359, 1))
-    assert Scorer(targets, "regression")(targets + 1) == score(targets + 1, targets, "regression")
+    assert Scorer(targets, "regression")([targets[:100] + 1, targets[100:] + 1]) == score(
+        targets + 1, targets, "regression")
 
 
 def linear_model(weight: np.ndarray, bias: np.ndarray, metadata: dict[str, str] | None = None) -> onnx.ModelProto:

@@ -1242,8 +1242,7 @@ class _Setup:
     def validate(self, session: TrainingSession) -> Record:
         """The epoch record's validation entries."""
         batches, scorer = self._validation
-        outputs = [session.eval_step(feeds)[:rows] for feeds, rows in batches]
-        metrics = scorer(np.concatenate(outputs) if len(outputs) > 1 else outputs[0])
+        metrics = scorer([session.eval_step(feeds)[:rows] for feeds, rows in batches])
         return {f"val_{k}": metrics[k] for k in ("loss", "accuracy", "macro_f1") if k in metrics}
 
 
