@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,23 +84,23 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def unsigned_csv(raw: bytes, path: Path) -> np.ndarray:
-    """A headerless CSV of non-negative integers as an int64 [rows, columns] array, parsed with
-    whole-array operations: 5 ms for the digits' 117,000 numbers, where np.loadtxt took 18-20 ms
-    of every run on them."""
-    text = np.frombuffer(raw.rstrip(b"\n") + b"\n", np.uint8)
-    digit = text - np.uint8(ord("0"))  # anything else wraps around to above 9
-    ends = np.flatnonzero(digit > 9)  # one past each number
-    lengths = np.diff(ends, prepend=-1) - 1
-    newline = text[ends] == ord("\n")
-    row_ends = np.flatnonzero(newline)
-    columns = int(row_ends[0]) + 1
-    if (np.count_nonzero(newline | (text[ends] == ord(","))) != len(ends) or lengths.min() < 1
-            or lengths.max() > 18 or not np.array_equal(row_ends, np.arange(columns - 1, len(ends), columns))):
+    """A headerless CSV of non-negative integers as an int64 [rows, columns] array, read by numpy's C text
+    parser: 1.5 ms for the digits' 117,000 numbers, where np.loadtxt took 18-20 ms of every run on them and a
+    whole-array digit parse 7. Every row must hold as many numbers as the first."""
+    data = raw.rstrip(b"\n")
+    text = np.frombuffer(data, np.uint8)
+    line_ends = np.append(np.flatnonzero(text == ord("\n")), len(data))
+    commas = np.diff(np.searchsorted(np.flatnonzero(text == ord(",")), line_ends), prepend=0)  # in each line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns, rather than fails, where a number does not parse
+        try:
+            values = np.fromstring(data.replace(b"\n", b","), dtype=np.int64, sep=",")
+        except (ValueError, DeprecationWarning):
+            values = None
+    if values is None or np.any(commas != commas[0]) or values.size != commas.size * (commas[0] + 1) \
+            or values.min(initial=0) < 0:
         raise OnnxkitError(f"{path} is not a table of whole numbers; reinstall scikit-learn")
-    value = np.zeros(len(ends), np.int64)
-    for place in range(lengths.max()):  # each number's digit `place` places before its end
-        value += np.where(lengths > place, digit[np.maximum(ends - 1 - place, 0)], 0) * np.int64(10) ** place
-    return value.reshape(-1, columns)
+    return values.reshape(commas.size, -1)
 
 
 _DIGIT_NAMES = [str(d) for d in range(10)]
