@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 from onnxkit import runtime, zoo
 from onnxkit.files import save_model
+from onnxkit.serve import batcher as batcher_module
 from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.launch import ServerProcess
 from onnxkit.serve.limits import CLIENT_LEFT, ClientGone
@@ -265,11 +266,13 @@ def looping() -> runtime.Model:
     return runtime.load(proto.SerializeToString(), device="cpu", threads=1, batch_size=None, name="looping")
 
 
-def test_a_model_whose_run_time_follows_its_data_leaves_the_event_loop_after_one_long_run():
+def test_a_model_whose_run_time_follows_its_data_leaves_the_event_loop_after_one_long_run(monkeypatch):
     """A model fast on its first requests runs them on the event loop (`INLINE_RUN_S`); one whose cost follows its
     data (a Loop's trip count) then ran a long request there too, holding every client of the server, health checks
     included, for as long (1 s for a 1.3 s run), and every such request after it: its estimate follows the fastest
     run. Now one run on the loop past `OFF_LOOP_S` sends the model's later runs to its thread."""
+    # short requests inline whatever this host's speed: a Loop of no trips took 0.17-0.31 ms on one, past INLINE_RUN_S
+    monkeypatch.setattr(batcher_module, "INLINE_RUN_S", 0.005)
     model = looping()
     x = np.full((1, 16), 0.1, np.float32)
     start = time.perf_counter()
