@@ -77,3 +77,10 @@ def test_a_curve_skips_values_that_are_not_finite(tmp_path):
     plot_curves(rows, path)
     _, lines = drawn(path)
     assert sum(len(p) for p in lines[PALE_BLUE]) == 49  # the step losses but the infinite one
+
+
+def test_a_log_axis_of_less_than_a_decade_gets_linear_ticks():
+    from onnxkit.train.plot import _ticks
+
+    assert _ticks(0.35, 0.75, True) == [0.4, 0.5, 0.6, 0.7]  # 1-2-5 times powers of ten: 0.5 alone
+    assert _ticks(0.003, 2.0, True) == [0.01, 0.1, 1.0]  # decades, as before

@@ -151,12 +151,14 @@ def _padded(lo: float, hi: float, log: bool) -> tuple[float, float]:
 
 
 def _ticks(lo: float, hi: float, log: bool) -> list[float]:
-    """Round values for axis ticks inside [lo, hi]: 1-2-5 steps, or 1-2-5 times powers of ten on a log axis."""
+    """Round values for axis ticks inside [lo, hi]: 1-2-5 steps, or 1-2-5 times powers of ten on a log axis (its
+    linear steps where those are fewer than three: a loss from 0.35 to 0.75 had one tick)."""
     if log:
         first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
         decades = range(first, last + 1, max(1, (last - first) // 6))
         factors = (1,) if len(decades) > 4 else (1, 2, 5)
-        return [f * 10.0**k for k in decades for f in factors if lo <= f * 10.0**k <= hi]
+        ticks = [f * 10.0**k for k in decades for f in factors if lo <= f * 10.0**k <= hi]
+        return ticks if len(ticks) >= 3 else [t for t in _ticks(lo, hi, False) if t > 0]
     raw = (hi - lo) / 6
     power = 10 ** math.floor(math.log10(raw))
     step = next(f * power for f in (1, 2, 5, 10) if f * power >= raw)
