@@ -221,7 +221,7 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, digits, tmp_path):
         (["-i", tmp_path / "short.npy", "-o", out], "dimension 1 must be 64, got shape (5, 10)"),
         (["-i", tmp_path / "missing.npy"], "no such file"),
         (["-i", tmp_path / "x.txt"], "unknown input format"),
-        (["-i", tmp_path / "bad.csv", "-o", out], "rows have different lengths"),
+        (["-i", tmp_path / "bad.csv", "-o", out], "bad.csv:2: 1 value where the rows before have 2; fix the file"),
         (["-i", tmp_path / "short.npy", "-o", tmp_path / "out.xlsx"], "unknown output format"),
     ]
     for args, message in cases:
@@ -364,20 +364,20 @@ def test_a_label_column_predict_cannot_tell_is_a_one_line_error(run_cli, iris, t
     write_csv(tmp_path / "indexed.csv", ["", "label", "a", "b", "c", "d", "species"],
               [list(range(len(y))), y.tolist(), *x.T.tolist(), texts])
     heads = "label / labels / target / y / class"
-    cases = [
-        ("indexed.csv", f"column 7 ('species') holds text ('setosa'); predict reads numbers only: remove that "
-                        f"column, or if it holds the labels head it {heads}"),
-        ("species.csv", f"column 5 ('species') holds text ('setosa'); predict reads numbers only: remove that column, "
-                        f"or if it holds the labels head it {heads}"),
-        ("bare.csv", f"column 5 holds text ('setosa'); predict reads numbers only: remove that column, or if it holds "
-                     f"the labels head it {heads}"),
+    cases = [  # the text's first line: 2 under a header
+        ("indexed.csv:2", f"column 7 ('species') holds text ('setosa'); predict reads numbers only: remove that "
+                          f"column, or if it holds the labels head it {heads}"),
+        ("species.csv:2", f"column 5 ('species') holds text ('setosa'); predict reads numbers only: remove that "
+                          f"column, or if it holds the labels head it {heads}"),
+        ("bare.csv:1", f"column 5 holds text ('setosa'); predict reads numbers only: remove that column, or if it "
+                       f"holds the labels head it {heads}"),
         ("ids.csv", "rows have 5 values but input x float32 [batch, 4] needs 4 per example; if the last column is the "
                     "label, remove it or head it 'label'"),
         ("three.csv", "rows have 3 values but input x float32 [batch, 4] needs 4 per example"),  # never a label as x
     ]
-    for name, message in cases:
-        result = run_cli("predict", path, "-i", tmp_path / name)
-        assert (result.code, result.err) == (1, f"error: {tmp_path / name}: {message}\n"), name
+    for where, message in cases:
+        result = run_cli("predict", path, "-i", tmp_path / where.split(":")[0])
+        assert (result.code, result.err) == (1, f"error: {tmp_path / where}: {message}\n"), where
 
 
 def test_a_csv_of_semicolons_or_tabs_predicts_as_train_reads_it(run_cli, iris, tmp_path):
@@ -397,16 +397,16 @@ def test_a_csv_of_semicolons_or_tabs_predicts_as_train_reads_it(run_cli, iris, t
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
     (tmp_path / "gaps.csv").write_text("a,b,c,d\n1,2,3,4\n5,,NA,8\n")
     result = run_cli("predict", path, "-i", tmp_path / "gaps.csv")
-    assert result.err == f"error: {tmp_path / 'gaps.csv'}: column 2 ('b') is empty, a missing value; fill or drop " \
-                         "those rows\n"
+    assert result.err == f"error: {tmp_path / 'gaps.csv'}:3: column 2 ('b') is empty, a missing value; fill or " \
+                         "drop those rows\n"  # the line was not named
     (tmp_path / "excel.csv").write_text("a,b,c,d\n1,2,3,4\n5,#DIV/0!,7,8\n")  # was 'holds text: remove that column'
     result = run_cli("predict", path, "-i", tmp_path / "excel.csv")
-    assert result.err == f"error: {tmp_path / 'excel.csv'}: column 2 ('b') holds '#DIV/0!', a missing value; fill " \
-                         "or drop those rows\n"
+    assert result.err == f"error: {tmp_path / 'excel.csv'}:3: column 2 ('b') holds '#DIV/0!', a missing value; " \
+                         "fill or drop those rows\n"
     # it was "holds text ('1,200'); predict reads numbers only: remove that column", where train names the separators
     (tmp_path / "thousands.csv").write_text('a,b,c,d\n1,2,3,4\n"1,200",6,7,8\n')
     result = run_cli("predict", path, "-i", tmp_path / "thousands.csv")
-    assert result.err == f"error: {tmp_path / 'thousands.csv'}: column 1 ('a') holds '1,200', a number with " \
+    assert result.err == f"error: {tmp_path / 'thousands.csv'}:3: column 1 ('a') holds '1,200', a number with " \
                          "thousands separators; write the numbers without them (1200)\n"
 
 
@@ -747,7 +747,7 @@ def test_a_bool_input_reads_0_1_or_false_true_from_a_csv(run_cli, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[True, True, False], [True, False, False]])
     (tmp_path / "bad.csv").write_text("0,0,1\n0,2,1\n")
     result = run_cli("predict", model, "-i", tmp_path / "bad.csv")
-    assert result.err == (f"error: {tmp_path / 'bad.csv'}: column 2 of data row 2 holds '2'; a bool input takes 0 or "
+    assert result.err == (f"error: {tmp_path / 'bad.csv'}:2: column 2 holds '2'; a bool input takes 0 or "
                           "1 (or false / true)\n")
 
 

@@ -528,7 +528,7 @@ def test_a_csv_integer_an_input_type_cannot_hold_is_one_line(run_cli, tmp_path):
     onnx.save(identity_of(TensorProto.INT32), tmp_path / "ids.onnx")
     (tmp_path / "big.csv").write_text("5,3\n1099511627776,3\n")  # was an OverflowError traceback
     result = run_cli("predict", tmp_path / "ids.onnx", "--input", tmp_path / "big.csv")
-    assert (result.code, result.err) == (1, f"error: {tmp_path / 'big.csv'}: column 1 of data row 2 holds "
+    assert (result.code, result.err) == (1, f"error: {tmp_path / 'big.csv'}:2: column 1 holds "
                                             "1099511627776, which int32 cannot hold ([-2147483648, 2147483647])\n")
 
 

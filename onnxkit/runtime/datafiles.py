@@ -424,19 +424,22 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
         table, names = plain
         order = in_trained_order(names, trained, str(path))
         return _shaped(path, table if order is None else table[:, order], spec)
-    rows = [row for _, row in read_csv_rows(path)]
+    numbered = read_csv_rows(path)
+    lines, rows = [n for n, _ in numbered], [row for _, row in numbered]
     header = csv_header(rows[0], rows[1] if len(rows) > 1 else ()) if rows else None
     if header:
-        rows = rows[1:]
+        lines, rows = lines[1:], rows[1:]
     width = len(header or (rows[0] if rows else ()))
     header, rows = without_index(header, rows)
     kept = len(header or (rows[0] if rows else ()))
     columns = list(range(width - kept + 1, width + 1))  # each column's number in the file (past pandas' index)
     if not rows:
         raise OnnxkitError(f"{path}: no data rows")
-    widths = {len(row) for row in rows}
-    if len(widths) != 1:
-        raise OnnxkitError(f"{path}: rows have different lengths {sorted(widths)}; fix the file")
+    odd = next((i for i, row in enumerate(rows) if len(row) != len(rows[0])), None)
+    if odd is not None:
+        count = len(rows[odd])
+        raise OnnxkitError(f"{path}:{lines[odd]}: {count} value{'s' * (count != 1)} where the rows before have "
+                           f"{len(rows[0])}; fix the file")
     label = label_column(header, str(path))
     order = in_trained_order(feature_names(header, label), trained, str(path))
     if label is not None:  # as train reads the file: that column is the label, not a feature
@@ -446,7 +449,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
     if order is not None:  # in the order the model trained on them
         rows, header = [[row[i] for i in order] for row in rows], [header[i] for i in order]
         columns = [columns[i] for i in order]
-    return _shaped(path, _numbers(path, rows, header, spec.dtype or np.float32, columns), spec)
+    return _shaped(path, _numbers(path, rows, header, spec.dtype or np.float32, columns, lines), spec)
 
 
 def _plain_table(path: Path, dtype: Any) -> tuple[np.ndarray, list[str] | None] | None:
@@ -490,14 +493,14 @@ def _not_read(cell: str) -> float:
 _FLAGS = {"0": False, "1": True, "false": False, "true": True, "0.0": False, "1.0": True}
 
 
-def _flags(path: Path, rows: list[list[str]], column: Callable[[int], str]) -> np.ndarray:
+def _flags(path: Path, rows: list[list[str]], column: Callable[[int], str], lines: Sequence[int]) -> np.ndarray:
     """The CSV's cells as booleans: 0 / 1 or false / true (pandas writes False / True)."""
     try:
         return np.array([[_FLAGS[cell.strip().lower()] for cell in row] for row in rows], np.bool_)
     except KeyError:
         i, j, cell = next((i, j, c) for i, row in enumerate(rows) for j, c in enumerate(row)
                           if c.strip().lower() not in _FLAGS)
-        raise OnnxkitError(f"{path}: {column(j)} of data row {i + 1} holds {cell.strip()!r}; a bool input takes 0 or 1 "
+        raise OnnxkitError(f"{path}:{lines[i]}: {column(j)} holds {cell.strip()!r}; a bool input takes 0 or 1 "
                            "(or false / true)") from None
 
 
@@ -516,15 +519,15 @@ def _shaped(path: Path, table: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dtype: Any,
-             columns: Sequence[int]) -> np.ndarray:
-    """The CSV's cells as an array of `dtype`; a column holding text is an error that names it by its number
-    in the file (`columns`: each one's)."""
+             columns: Sequence[int], lines: Sequence[int]) -> np.ndarray:
+    """The CSV's cells as an array of `dtype`; a cell that is not a number is an error naming its line (`lines`:
+    each row's in the file) and its column by its number in the file (`columns`: each one's)."""
 
     def column(j: int) -> str:
         return f"column {columns[j] if j < len(columns) else j + 1}" + (f" ({header[j]!r})" if header else "")
 
     if np.dtype(dtype) == np.bool_:  # numpy reads any text but '' as True ('0' too)
-        return _flags(path, rows, column)
+        return _flags(path, rows, column, lines)
     rows = flags_as_numbers(rows)  # pandas' True / False columns, as training reads them
     try:  # floats as float64: a value past the input's float type is refused by `checked_feeds`, by name
         return np.array(rows).astype(np.float64 if np.dtype(dtype).kind == "f" else dtype)
@@ -532,19 +535,21 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
         limits = np.iinfo(dtype)
         i, j, cell = next((i, j, cell) for i, row in enumerate(rows) for j, cell in enumerate(row)
                           if cell.strip().lstrip("+-").isdigit() and not limits.min <= int(cell) <= limits.max)
-        raise OnnxkitError(f"{path}: {column(j)} of data row {i + 1} holds {cell.strip()}, which {np.dtype(dtype)} "
+        raise OnnxkitError(f"{path}:{lines[i]}: {column(j)} holds {cell.strip()}, which {np.dtype(dtype)} "
                            f"cannot hold ([{limits.min}, {limits.max}])") from e
     except ValueError as e:
-        text = next(((j, cell) for row in rows for j, cell in enumerate(row) if not is_number(cell)), None)
+        text = next(((i, j, cell) for i, row in enumerate(rows) for j, cell in enumerate(row)
+                     if not is_number(cell)), None)
         if text is None:
             raise OnnxkitError(f"{path}: not all values are {np.dtype(dtype)} numbers ({e})") from e
-        j, cell = text
+        i, j, cell = text
+        where = f"{path}:{lines[i]}: {column(j)}"
         if is_missing(cell):
             there = "is empty" if not cell.strip() else f"holds {cell.strip()!r}"
-            raise OnnxkitError(f"{path}: {column(j)} {there}, a missing value; fill or drop those rows") from e
+            raise OnnxkitError(f"{where} {there}, a missing value; fill or drop those rows") from e
         if thousands_separated(cell):
-            raise OnnxkitError(f"{path}: {column(j)} {thousands_separated(cell)}") from e
-        raise OnnxkitError(f"{path}: {column(j)} holds text ({cell!r}); predict reads numbers only: remove that "
+            raise OnnxkitError(f"{where} {thousands_separated(cell)}") from e
+        raise OnnxkitError(f"{where} holds text ({cell!r}); predict reads numbers only: remove that "
                            f"column, or if it holds the labels head it {' / '.join(LABEL_COLUMNS)}") from e
 
 
