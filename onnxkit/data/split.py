@@ -157,34 +157,33 @@ class Split:
                 yield self._gathered(orders[0], batch_size, count, rows_per_block // batch_size, memory)
 
     def _gathered(self, order: np.ndarray, batch_size: int, count: int, per_block: int,
-                  memory: dict[str, np.ndarray] | None) -> Iterator[tuple]:
+                  memory: dict[str | None, np.ndarray] | None) -> Iterator[tuple]:
         """The `count` batches of `order`, gathered `per_block` batches at a time (into `memory`: see `_rows`)."""
         for first in range(0, count, per_block):
             block = self._rows(order[first * batch_size:(first + per_block) * batch_size], memory)
             for lo in range(0, min(per_block, count - first) * batch_size, batch_size):
                 yield block._batch(slice(lo, lo + batch_size))
 
-    def _rows(self, indices: np.ndarray, memory: dict[str, np.ndarray] | None = None) -> Split:
+    def _rows(self, indices: np.ndarray, memory: dict[str | None, np.ndarray] | None = None) -> Split:
         """The examples at `indices` (a copy), as a split of this kind; with `memory`, gathered into
         its arrays (see `_taken`)."""
         return Split(self.name, *self._taken(indices, memory))
 
-    def _taken(self, indices: np.ndarray, memory: dict[str, np.ndarray] | None
+    def _taken(self, indices: np.ndarray, memory: dict[str | None, np.ndarray] | None
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The arrays' rows at `indices` (copies), as `_batch` gives them uncut; with `memory`, written
-        into its arrays of the same names ("" the labels') where they have the room, else into new
+        into its arrays of the same names (None the labels') where they have the room, else into new
         ones left there for the next call."""
-        arrays = {**self.inputs, "": self.labels}
-        if memory is None:
-            taken = {k: np.take(v, indices, axis=0) for k, v in arrays.items()}
-        else:
-            taken = {}
-            for k, v in arrays.items():
-                room = memory.get(k)
-                if room is None or len(room) < len(indices):
-                    room = memory[k] = np.empty((len(indices), *v.shape[1:]), v.dtype)
-                taken[k] = np.take(v, indices, axis=0, out=room[:len(indices)], mode="wrap")  # "raise" copies twice
-        return taken, taken.pop("")
+
+        def take(name: str | None, array: np.ndarray) -> np.ndarray:
+            if memory is None:
+                return np.take(array, indices, axis=0)
+            room = memory.get(name)
+            if room is None or len(room) < len(indices):
+                room = memory[name] = np.empty((len(indices), *array.shape[1:]), array.dtype)
+            return np.take(array, indices, axis=0, out=room[:len(indices)], mode="wrap")  # "raise" copies twice
+
+        return {k: take(k, v) for k, v in self.inputs.items()}, take(None, self.labels)
 
     def spread(self, count: int) -> Split:
         """At most `count` examples spaced evenly over the split (a copy, of this kind): a sample of all of a split

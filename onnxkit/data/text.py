@@ -52,7 +52,7 @@ class TextSplit(Split):
         """The first row's token arrays, `length` tokens long (padding past its text)."""
         return _cut({k: v[:1] for k, v in self.inputs.items()}, length)
 
-    def _rows(self, indices: np.ndarray, memory: dict[str, np.ndarray] | None = None) -> TextSplit:
+    def _rows(self, indices: np.ndarray, memory: dict[str | None, np.ndarray] | None = None) -> TextSplit:
         inputs, labels = self._taken(indices, memory)
         return TextSplit(self.name, inputs, labels, self.lengths[indices], [self.texts[i] for i in indices])
 
