@@ -70,7 +70,7 @@ demo: venv
 	$(BIN)/onnxkit quantize $(DEMO)/run/model.onnx -o $(DEMO)/digits-cnn.int8.onnx --mode auto \
 	    --calib digits-images --eval digits-images --max-drop 0.5
 	$(BIN)/python tools/serve_once.py $(DEMO)/digits-cnn.int8.onnx --dataset digits-images --rows 5
-	@echo "demo outputs are in $(DEMO)/ (run folder: $(DEMO)/run, curves: $(DEMO)/run/curves.png)"
+	@echo "demo outputs are in $(DEMO)/ (run folder: $(DEMO)/run, curves: $(DEMO)/run/curves.svg)"
 
 clean:
 	rm -rf $(VENV) $(ORT_VENV) $(DEMO) .pytest_cache
