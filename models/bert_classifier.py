@@ -52,7 +52,7 @@ class BertEncoder(nn.Module):
     def __init__(self, vocab_size, max_positions, type_vocab_size, dim, heads, ff_dim, num_layers, eps, dropout):
         self.embeddings = BertEmbeddings(vocab_size, max_positions, type_vocab_size, dim, eps, dropout)
         self.encoder = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, heads, ff_dim, dropout, "gelu", norm_first=False, eps=eps)
+            nn.TransformerEncoderLayer(dim, heads, ff_dim, dropout, "gelu", eps, batch_first=True)
             for _ in range(num_layers)
         )
         self.pool = nn.MeanPool()

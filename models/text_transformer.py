@@ -11,7 +11,7 @@ class TextTransformer(nn.Module):
         self.positions = nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, heads, ff_dim, dropout, "gelu", norm_first=True)
+            nn.TransformerEncoderLayer(dim, heads, ff_dim, dropout, "gelu", batch_first=True, norm_first=True)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(dim)

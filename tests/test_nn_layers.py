@@ -535,7 +535,8 @@ def test_multihead_attention_with_padding_mask():
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_transformer_encoder_layer(norm_first):
-    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, norm_first=norm_first, eps=1e-6)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, activation="gelu", layer_norm_eps=1e-6,
+                                   batch_first=True, norm_first=norm_first)
     randomize(layer)
     wrapper = MaskedAttention(layer)
     assert wrapper.num_parameters() == 4 * 72 + (8 * 16 + 16) + (16 * 8 + 8) + 2 * 16
@@ -557,6 +558,33 @@ def test_transformer_encoder_layer(norm_first):
         h = ln(layer.norm1, x + ref_attention(x, mask, layer.attn))
         ref = ln(layer.norm2, h + ff(h))
     close(ort_run(model, {"x": x, "mask": mask})[0], ref)
+
+
+def test_transformer_encoder_layer_takes_pytorchs_arguments_in_its_order_with_its_defaults():
+    # the sixth positional argument is PyTorch's layer_norm_eps (it was norm_first here: 1e-6 made a pre-norm layer),
+    # the activation ReLU unless named (it was GELU), dim_feedforward 2048 unless given (it had no default)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, 0.0, "relu", 1e-6, True)
+    assert (layer.norm_first, layer.norm1.eps, type(layer.ff.act)) == (False, 1e-6, nn.ReLU)
+    default = nn.TransformerEncoderLayer(8, 2, batch_first=True)
+    assert (default.ff.fc1.weight.shape, type(default.ff.act), default.norm1.eps) == ((8, 2048), nn.ReLU, 1e-5)
+    randomize(layer)
+    model = build_one(MaskedAttention(layer), x=nn.Input(["batch", "seq", 8]),
+                      mask=nn.Input(["batch", "seq"], "int64"))
+    x = RNG.normal(size=(2, 4, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int64)
+
+    def ln(m, t):
+        return ref_layernorm(t, m.weight.value, m.bias.value, 1e-6)
+
+    h = ln(layer.norm1, x + ref_attention(x, mask, layer.attn))
+    ff = np.maximum(h @ layer.ff.fc1.weight.value + layer.ff.fc1.bias.value, 0)
+    close(ort_run(model, {"x": x, "mask": mask})[0], ln(layer.norm2, h + ff @ layer.ff.fc2.weight.value
+                                                         + layer.ff.fc2.bias.value))
+    # PyTorch's default batch_first=False reads [seq, batch, d_model]: refused, not read as batch-first
+    with pytest.raises(OnnxkitError, match=r"^TransformerEncoderLayer: give batch_first=True \(onnxkit's attention "
+                                           r"reads \[batch, seq, d_model\]; PyTorch's default, False, is "
+                                           r"sequence-first\)$"):
+        nn.TransformerEncoderLayer(8, 2)
 
 
 def test_mean_pool_counts_only_unmasked_tokens():

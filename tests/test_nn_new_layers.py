@@ -369,9 +369,12 @@ def test_bad_arguments(make, match):
     (lambda: nn.MultiHeadAttention(8, 3), "MultiHeadAttention: dim 8 is not divisible by num_heads 3"),
     (lambda: nn.MultiHeadAttention(8, 2, dropout=1.0), r"MultiHeadAttention: dropout must be in \[0, 1\)"),
     (lambda: nn.FeedForward(8, 0), "FeedForward: hidden must be a positive integer, got 0"),
-    (lambda: nn.TransformerEncoderLayer(8, 2, 0), "TransformerEncoderLayer: ff_dim must be a positive integer"),
-    (lambda: nn.TransformerEncoderLayer(8, 3, 16), "TransformerEncoderLayer: dim 8 is not divisible by num_heads 3"),
-    (lambda: nn.TransformerEncoderLayer(8, 2, 16, dropout=2), r"TransformerEncoderLayer: dropout must be in"),
+    (lambda: nn.TransformerEncoderLayer(8, 2, 0, batch_first=True),
+     "TransformerEncoderLayer: dim_feedforward must be a positive integer"),
+    (lambda: nn.TransformerEncoderLayer(8, 3, 16, batch_first=True),
+     "TransformerEncoderLayer: d_model 8 is not divisible by nhead 3"),
+    (lambda: nn.TransformerEncoderLayer(8, 2, 16, dropout=2, batch_first=True),
+     r"TransformerEncoderLayer: dropout must be in"),
     (lambda: nn.PReLU(0), "PReLU: num_parameters must be a positive integer, got 0"),
     (lambda: nn.CELU(0.0), "CELU: alpha must be non-zero"),
     (lambda: nn.Upsample(0), "Upsample: scale_factor must be a positive number or a list of them, got 0"),
@@ -429,7 +432,7 @@ def test_numpy_sizes_and_valid_arguments_still_build_the_same_layers():
     assert nn.Upsample([2, 1.5]).scale_factor == [2, 1.5]
     assert nn.Upsample(np.float64(2.0), "bilinear").mode == "bilinear"
     assert nn.LeakyReLU(-0.5).negative_slope == -0.5 and nn.Softmax(np.int64(1)).axis == 1
-    assert nn.TransformerEncoderLayer(8, 2, 16, dropout=0, eps=0.0).norm1.eps == 0.0
+    assert nn.TransformerEncoderLayer(8, 2, 16, dropout=0, layer_norm_eps=0.0, batch_first=True).norm1.eps == 0.0
 
 
 class Call(nn.Module):

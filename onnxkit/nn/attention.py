@@ -103,20 +103,29 @@ class FeedForward(Module):
 
 
 class TransformerEncoderLayer(Module):
-    """Self-attention + feed-forward, each with a residual; post-norm (BERT) or pre-norm."""
+    """PyTorch's `nn.TransformerEncoderLayer`, its arguments in its order with its defaults: self-attention and a
+    feed-forward block (`dim_feedforward` wide), each with a residual, post-norm (BERT) or pre-norm (`norm_first`).
+    Batch-first only: `batch_first=True` is required (PyTorch's default, False, reads [seq, batch, d_model]; taking
+    such tensors as [batch, seq, d_model] would attend across the batch). Called as `layer(x, mask)`, `mask` a
+    keep-mask [batch, seq] (1 = token: the reverse of PyTorch's src_key_padding_mask)."""
 
-    def __init__(self, dim: int, num_heads: int, ff_dim: int, dropout: float = 0.1,
-                 activation: str = "gelu", norm_first: bool = False, eps: float = 1e-5):
-        dim, num_heads = check_int(self, "dim", dim), check_int(self, "num_heads", num_heads)
-        ff_dim, eps = check_int(self, "ff_dim", ff_dim), check_number(self, "eps", eps, 0)
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation: str = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 norm_first: bool = False):
+        d_model, nhead = check_int(self, "d_model", d_model), check_int(self, "nhead", nhead)
+        dim_feedforward = check_int(self, "dim_feedforward", dim_feedforward)
+        eps = check_number(self, "layer_norm_eps", layer_norm_eps, 0)
         check_probability(self, "dropout", dropout)
-        if dim % num_heads:
-            raise OnnxkitError(f"TransformerEncoderLayer: dim {dim} is not divisible by num_heads {num_heads}")
+        if batch_first is not True:
+            raise OnnxkitError("TransformerEncoderLayer: give batch_first=True (onnxkit's attention reads [batch, seq, "
+                               "d_model]; PyTorch's default, False, is sequence-first)")
+        if d_model % nhead:
+            raise OnnxkitError(f"TransformerEncoderLayer: d_model {d_model} is not divisible by nhead {nhead}")
         self.norm_first = norm_first
-        self.attn = MultiHeadAttention(dim, num_heads, dropout)
-        self.norm1 = LayerNorm(dim, eps)
-        self.ff = FeedForward(dim, ff_dim, activation, dropout)
-        self.norm2 = LayerNorm(dim, eps)
+        self.attn = MultiHeadAttention(d_model, nhead, dropout)
+        self.norm1 = LayerNorm(d_model, eps)
+        self.ff = FeedForward(d_model, dim_feedforward, activation, dropout)
+        self.norm2 = LayerNorm(d_model, eps)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
