@@ -348,6 +348,9 @@ def test_layernorm_takes_pytorchs_normalized_shape_elementwise_affine_and_bias(s
 def test_embedding():
     layer = nn.Embedding(11, 4)
     assert params(layer) == {"weight": (11, 4)}
+    # PyTorch's third positional argument is padding_idx (here it was the init's std: 0 made an all-zero table)
+    padded = nn.Embedding(11, 4, 0)
+    assert padded.padding_idx == 0 and not padded.weight.value[0].any() and padded.weight.value[1:].all()
     model = build_one(layer, ids=nn.Input(["batch", "seq"], "int64"))
     assert out_shape(model) == ["batch", "seq", 4]
     ids = RNG.integers(0, 11, size=(3, 7))

@@ -45,13 +45,15 @@ class Linear(Module):
 
 
 class Embedding(Module):
-    """Look up rows of a [num_embeddings, dim] table by integer ids.
+    """Look up rows of a [num_embeddings, dim] table by integer ids: torch.nn.Embedding's first three arguments,
+    in its order. The table starts from N(0, std²), std 0.02 (BERT's; PyTorch's is 1).
 
     With `padding_idx`, as torch.nn.Embedding's: that row starts at zero and its lookups send it
     no gradient (a padding token's row stays as it is; other reads of the table, a tied output
     layer, still train it)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, std: float = 0.02, padding_idx: int | None = None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
+                 std: float = 0.02):
         num_embeddings = check_int(self, "num_embeddings", num_embeddings)
         embedding_dim, std = check_int(self, "embedding_dim", embedding_dim), check_number(self, "std", std, 0)
         if padding_idx is not None:
