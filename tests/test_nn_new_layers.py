@@ -360,6 +360,8 @@ def test_bad_arguments(make, match):
     (lambda: nn.LayerNorm(8, eps=-1e-5), "LayerNorm: eps must be >= 0"),
     (lambda: nn.LayerNorm(0), "LayerNorm: normalized_shape must be a positive integer, got 0"),
     (lambda: nn.InstanceNorm2d(-3), "InstanceNorm2d: num_features must be a positive integer, got -3"),
+    (lambda: nn.InstanceNorm2d(3, track_running_stats=True), "InstanceNorm2d: track_running_stats=True is not "
+                                                             "supported"),
     (lambda: nn.GroupNorm(0, 4), "GroupNorm: num_groups must be a positive integer, got 0"),
     (lambda: nn.GroupNorm(3, 4), "GroupNorm: num_channels 4 is not divisible by num_groups 3"),
     (lambda: nn.Dropout(1.0), r"Dropout: p must be in \[0, 1\), got 1.0"),
@@ -407,7 +409,7 @@ def test_bad_layer_arguments_name_the_layer_and_the_argument(make, message):
     (lambda: nn.Dropout(True), "Dropout: p must be a number, got True"),
     (lambda: nn.LeakyReLU("0.2"), "LeakyReLU: negative_slope must be a number, got '0.2'"),
     (lambda: nn.ELU(None), "ELU: alpha must be a number, got None"),
-    (lambda: nn.Softmax(1.0), "Softmax: axis must be an integer, got 1.0"),
+    (lambda: nn.Softmax(1.0), "Softmax: dim must be an integer, got 1.0"),
     (lambda: nn.Flatten("1"), "Flatten: start_dim must be an integer, got '1'"),
     (lambda: nn.MultiHeadAttention(8.0, 2), "MultiHeadAttention: dim must be a positive integer, got 8.0"),
     (lambda: nn.Upsample("2"), "Upsample: scale_factor must be a number, got '2'"),
@@ -431,7 +433,7 @@ def test_numpy_sizes_and_valid_arguments_still_build_the_same_layers():
     assert nn.Dropout(0).p == 0 and nn.Dropout(np.float32(0.5)).p == 0.5
     assert nn.Upsample([2, 1.5]).scale_factor == [2, 1.5]
     assert nn.Upsample(np.float64(2.0), "bilinear").mode == "bilinear"
-    assert nn.LeakyReLU(-0.5).negative_slope == -0.5 and nn.Softmax(np.int64(1)).axis == 1
+    assert nn.LeakyReLU(-0.5).negative_slope == -0.5 and nn.Softmax(np.int64(1)).dim == 1
     assert nn.TransformerEncoderLayer(8, 2, 16, dropout=0, layer_norm_eps=0.0, batch_first=True).norm1.eps == 0.0
 
 
@@ -518,3 +520,15 @@ def test_conv1d_refuses_a_pair_and_a_4d_input_in_one_line():
 
 
 RNG_1D = np.random.default_rng(7)
+
+
+def test_layers_take_pytorchs_positional_arguments_in_its_order_and_its_defaults():
+    # each was a silent difference for a PyTorch port: ConvTranspose2d's 8th argument is bias (9th dilation; it was
+    # the reverse), InstanceNorm2d's 3rd momentum (4th affine; a True there was taken as affine... and 0.1 too),
+    # Dropout() drops half (it dropped 0.1), Softmax takes dim= (axis= only before)
+    up = nn.ConvTranspose2d(4, 8, 3, 2, 1, 1, 1, False, 2)
+    assert (up.bias, up.dilation) == (None, (2, 2))
+    norm = nn.InstanceNorm2d(4, 1e-3, 0.1, True)
+    assert params(norm) == {"weight": (4,), "bias": (4,)} and norm.eps == 1e-3
+    assert params(nn.InstanceNorm2d(4, 1e-5, 0.1)) == {}
+    assert nn.Dropout().p == 0.5 and nn.Softmax(dim=1).dim == 1

@@ -76,14 +76,16 @@ class LeakyReLU(Module):
 
 
 class Softmax(Module):
-    def __init__(self, axis: int = -1):
-        self.axis = check_int(self, "axis", axis, None)
+    """Softmax along `dim` (PyTorch's argument; the last axis by default, where PyTorch guesses one)."""
+
+    def __init__(self, dim: int = -1):
+        self.dim = check_int(self, "dim", dim, None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.softmax(x, self.axis)
+        return ops.softmax(x, self.dim)
 
     def extra_repr(self) -> str:
-        return f"axis={self.axis}"
+        return f"dim={self.dim}"
 
 
 class _WithAlpha(Module):
@@ -181,7 +183,7 @@ class Dropout(Module):
     derives the training form.
     """
 
-    def __init__(self, p: float = 0.1, inplace: bool = False):  # inplace: as _InPlace's
+    def __init__(self, p: float = 0.5, inplace: bool = False):  # PyTorch's default p; inplace: as _InPlace's
         self.p = check_probability(self, "p", p)
 
     def forward(self, x: Tensor) -> Tensor:

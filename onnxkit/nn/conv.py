@@ -132,8 +132,8 @@ class ConvTranspose2d(_Conv):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 output_padding: int | tuple[int, int] = 0, groups: int = 1,
-                 dilation: int | tuple[int, int] = 1, bias: bool = True):
+                 output_padding: int | tuple[int, int] = 0, groups: int = 1, bias: bool = True,
+                 dilation: int | tuple[int, int] = 1):
         if isinstance(padding, str):
             raise OnnxkitError(f"ConvTranspose2d: padding must be a number or a pair, got {padding!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)

@@ -136,10 +136,15 @@ class InstanceNorm2d(_ChannelNorm):
 
     Per-channel scale and shift fixed at 1 and 0 unless `affine=True`, as PyTorch's (the default was True, so a
     PyTorch recipe's layer came with 2 x C weights its original lacks). Statistics always come from the input
-    (PyTorch's track_running_stats=False).
+    (PyTorch's track_running_stats=False: `momentum`, which only running statistics use, is taken in its place in
+    PyTorch's arguments and left unused; `track_running_stats=True` is refused).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
+                 track_running_stats: bool = False):
+        if track_running_stats:
+            raise OnnxkitError("InstanceNorm2d: track_running_stats=True is not supported (ONNX's "
+                               "InstanceNormalization normalises each sample by its own statistics); leave it False")
         super().__init__(num_features, eps, affine, "num_features")
 
     def forward(self, x: Tensor) -> Tensor:
