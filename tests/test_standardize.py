@@ -453,3 +453,40 @@ def test_a_model_trained_on_off_centre_raw_values_keeps_them(tmp_path):
     kept = fit(regressor, data, tmp_path / "regressor", epochs=1, lr=1e-4, quiet=True)
     assert json.loads((kept.run_dir / "run.json").read_text())["config"]["standardize"] is False
     assert kept.metrics["test"]["r2"] > 0.2
+
+
+@pytest.mark.training
+def test_a_float_mask_input_is_not_standardized(tmp_path):
+    # a PyTorch transformer's additive key padding mask (0, or -1e9 at padding) beside its features: the mask
+    # looked unscaled (stds up to 5e8) and went through (x - mean) / std with the features, so padding was no
+    # longer masked and kept tokens were shifted; a 0/1 mask multiplying them was scaled the same way
+    from onnx import TensorProto, helper
+
+    from onnxkit.data import Dataset, Split
+    from onnxkit.train import fit
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 4)) * [1, 2, 300, 5] + [0, 1, 1000, 10]).astype(np.float32)
+    pad = np.where(rng.random((300, 4)) < 0.3, -1e9, 0.0).astype(np.float32)
+    keep = (pad == 0).astype(np.float32)
+    labels = (x[:, 2] > 1000).astype(np.int64)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "keep"], ["kept"]), helper.make_node("MatMul", ["kept", "w"], ["h"]),
+         helper.make_node("Add", ["h", "pad"], ["scores"]), helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+         helper.make_node("Mul", ["p", "kept"], ["r"]), helper.make_node("MatMul", ["r", "head"], ["logits"])], "m",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("x", "pad", "keep")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array((rng.normal(size=s) * 0.3).astype(np.float32), n)
+         for n, s in (("w", (4, 4)), ("head", (4, 2)))])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    data = Dataset("masked", *(Split(s, {"x": x[i * 100:(i + 1) * 100], "pad": pad[i * 100:(i + 1) * 100],
+                                         "keep": keep[i * 100:(i + 1) * 100]}, labels[i * 100:(i + 1) * 100])
+                               for i, s in enumerate(("train", "validation", "test"))))
+    for standardize in (None, True):
+        result = fit(model, data, tmp_path / f"run-{standardize}", standardize=standardize, epochs=1, device="cpu")
+        stored = {n for n in initializers(onnx.load(result.model_path)) if n.startswith("onnxkit.standardize.")}
+        assert stored == {"onnxkit.standardize.x.mean", "onnxkit.standardize.x.std"}
+    masks_only = Dataset("masks", *(Split(s.name, {**s.inputs, "x": s.inputs["keep"]}, s.labels)
+                                    for s in (data.train, data.validation, data.test)))
+    result = fit(model, masks_only, tmp_path / "masks", epochs=1, device="cpu")
+    assert not any(n.startswith("onnxkit.standardize.") for n in initializers(onnx.load(result.model_path)))

@@ -6,7 +6,9 @@ raw features and returns raw targets wherever it runs.
 
 A feature is a column of a `[batch, features]` input, or a channel (axis 1) of a higher-rank
 one (`[batch, channels, ...]`, ONNX's layout); where the input leaves axis 1 free (`[batch, 'seq',
-features]`), a position on its fixed axes. Integer inputs (token ids) are left alone.
+features]`), a position on its fixed axes. Integer inputs (token ids) are left alone, and so are float
+masks: an input holding 0 and one other value (a 0/1 padding mask, or 0/-1e9 added to attention scores), which
+scaling would turn into other weights.
 """
 
 from __future__ import annotations
@@ -75,9 +77,16 @@ def scale_of(array: np.ndarray, shape: tuple | None = None) -> Scale:
     return Scale(mean.astype(np.float32), std.astype(np.float32))
 
 
+def _is_mask(array: np.ndarray) -> bool:
+    """Whether `array` holds 0 and one other value only (see the module docstring)."""
+    others = array[array != 0]
+    return others.size < array.size and (others.size == 0 or bool((others == others.flat[0]).all()))
+
+
 def _float_features(train: Split, specs: list[ModelInput]) -> dict[str, np.ndarray]:
     bound = train.feeds_for(specs).inputs
-    return {s.name: bound[s.name] for s in specs if s.dtype.kind == "f" and bound[s.name].ndim >= 2}
+    return {s.name: bound[s.name] for s in specs
+            if s.dtype.kind == "f" and bound[s.name].ndim >= 2 and not _is_mask(bound[s.name])}
 
 
 def input_scales(train: Split, specs: list[ModelInput]) -> dict[str, Scale]:
