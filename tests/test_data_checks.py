@@ -10,6 +10,7 @@ import pytest
 
 from onnxkit import zoo
 from onnxkit.data import Dataset, Split, dataset_from_arrays, load_dataset
+from onnxkit.data.checks import check_finite
 from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import metadata
 from onnxkit.metadata_keys import LABELS_KEY
@@ -163,6 +164,15 @@ def test_nan_message_counts_nan_and_infinite_values(tmp_path):
     with pytest.raises(OnnxkitError, match=r"data 'mine, train split': feature array 'x' holds 2 NaN and 1 "
                                            r"infinite values in 2 of 60 rows; fill or drop"):
         fit(zoo.build_model("iris-mlp"), Dataset("mine", split, split, split), tmp_path / "run")
+
+
+def test_an_additive_mask_of_minus_infinity_is_refused_saying_what_to_write_instead():
+    # PyTorch's float padding masks hold -inf: the refusal said to fill or drop the rows, which are the data
+    mask = np.where(np.arange(12)[None, :] >= np.array([[3], [12], [7]]), -np.inf, 0.0).astype(np.float32)
+    with pytest.raises(OnnxkitError, match=r"feature array 'pad' holds 14 infinite values in 2 of 3 rows; an additive "
+                                           r"mask of 0 and -inf: write -1e9 for -inf \(the same weights after a "
+                                           r"softmax\)$"):
+        check_finite("texts, train split", {"tokens": np.zeros((3, 12), np.int64), "pad": mask})
 
 
 def test_nan_in_regression_targets_is_an_error(tmp_path):

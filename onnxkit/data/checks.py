@@ -54,9 +54,12 @@ def check_finite(name: str, inputs: Mapping[str, np.ndarray], role: str = "featu
             inf = int(bad.sum()) - nan
             rows = int(bad.reshape(len(array), -1).any(axis=1).sum())
             what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+            mask = not nan and np.all((array == 0) | (array == -np.inf))
+            fix = ("an additive mask of 0 and -inf: write -1e9 for -inf (the same weights after a softmax)" if mask
+                   else "fill or drop those rows")
             raise OnnxkitError(
                 f"data {name!r}: {role} {key!r} holds {what} value{'s' if nan + inf > 1 else ''} "
-                f"in {rows} of {len(array)} rows; fill or drop those rows"
+                f"in {rows} of {len(array)} rows; {fix}"
             )
 
 
