@@ -731,6 +731,27 @@ def test_a_csv_feeds_inputs_of_integers_booleans_and_fixed_shapes(tmp_path):
         bound(tmp_path / "halves.csv", TensorProto.INT64, ["n", 4])
 
 
+def test_a_padding_mask_saved_as_0_1_numbers_feeds_a_bool_input(tmp_path):
+    """A PyTorch export's src_key_padding_mask is a bool input; a mask saved as 0/1 int64, uint8 or float in an .npz
+    was refused ('data array pad is int64 but model input pad needs bool; convert the data (e.g. token ids must be
+    integers)'), where a CSV's 0/1 cells fed it; predict refused it too ('expects bool values, got int64')."""
+    from onnx import TensorProto
+
+    from onnxkit import runtime
+
+    model = _one_input_model(TensorProto.BOOL, ["n", 4])
+    onnx.save(model, tmp_path / "mask.onnx")
+    mask = np.arange(12).reshape(3, 4) % 3 == 0
+    spec = [ModelInput("v", np.dtype(bool), (None, 4))]
+    for dtype in (np.int64, np.uint8, np.float32):
+        fed = Split("train", {"pad": mask.astype(dtype)}, np.zeros(3, np.int64)).feeds_for(spec).inputs["v"]
+        assert fed.dtype == np.bool_ and np.array_equal(fed, mask)
+        assert np.array_equal(runtime.load(tmp_path / "mask.onnx").predict(mask.astype(dtype))["out"], mask)
+    with pytest.raises(OnnxkitError, match=r"^data array 'pad' is int64 but model input 'v' needs bool, and holds "
+                                           r"values other than 0 and 1; save it as bool$"):
+        Split("train", {"pad": np.full((3, 4), 2)}, np.zeros(3, np.int64)).feeds_for(spec)
+
+
 def test_a_model_input_without_a_batch_dimension_is_named_as_such():
     """An export of one example with no batch axis (x [4]) was told 'data array x has shape [90, 4]
     but model input x expects [4]; reshape the data', which no data can follow."""

@@ -234,6 +234,11 @@ def _cast(array: np.ndarray, spec: ModelInput, source: str) -> np.ndarray:
     kind = array.dtype.kind
     if kind in "US" and want.kind == "O":  # text for a string input (numpy saves it as <U: .npz holds no objects)
         return array.astype(object)
+    if want.kind == "b" and kind in "iuf":  # a padding mask saved as 0/1 numbers
+        if not np.isin(array, (0, 1)).all():
+            raise OnnxkitError(f"data array {source!r} is {array.dtype} but model input {spec.name!r} needs bool, and "
+                               "holds values other than 0 and 1; save it as bool")
+        return array.astype(want)
     if not ((kind == "f" and want.kind == "f") or (kind in "iub" and want.kind in "iuf")):
         raise OnnxkitError(
             f"data array {source!r} is {array.dtype} but model input {spec.name!r} needs {want}; "

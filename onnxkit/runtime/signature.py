@@ -133,6 +133,8 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
         return array.astype(object)
     if array.dtype == want:
         return array
+    if want.kind == "b" and array.dtype.kind in "iuf" and np.isin(array, (0, 1)).all():
+        return array.astype(want)  # a padding mask saved as 0/1 numbers, as training takes it
     if array.dtype.kind == "O" and want.kind in "iu" and all(isinstance(v, int) for v in array.flat):
         raise _does_not_fit(spec.name, array, want)
     if array.dtype.kind == "f" and want.kind in "iu" and array.size and np.isfinite(array).all() and \
