@@ -217,6 +217,22 @@ def test_scatter_elements(reduction, axis):
           {"axis": axis, "reduction": reduction}, opset=18)
 
 
+@pytest.mark.parametrize("reduction", ["max", "min"])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_scatter_elements_max_and_min_share_dy_between_ties(reduction, axis):
+    # PyTorch's scatter_reduce("amax" / "amin"), which its exporter writes (a segment max pooling): dy goes to
+    # the data or update elements equal to the result, split evenly between ties, as central differences see it
+    # (it was 'ScatterElements with reduction 'max' has no gradient rule')
+    index = np.array([[0, 3, 3], [2, 0, 3]]) if axis == 1 else np.array([[1, 0, 2, 0], [1, 2, 0, 2]])
+    x, updates = rand(3, 4), rand(2, 3, seed=5) if axis == 1 else rand(2, 4, seed=5)
+    extreme = 2.0 if reduction == "max" else -2.0
+    pair = ((0, 1), (0, 2)) if axis == 1 else ((0, 0), (1, 0))  # two updates landing on one element
+    updates[pair[0]] = updates[pair[1]] = extreme
+    updates[1, 1] = x[(1, 0) if axis == 1 else (2, 1)] = 0.3  # an update and the data it lands on
+    check("ScatterElements", {"x": x, "i": index, "u": updates}, ["x", "u"],
+          {"axis": axis, "reduction": reduction}, opset=18)
+
+
 @pytest.mark.parametrize("reduction", ["none", "add"])
 @pytest.mark.parametrize("index,updates", [([[0], [2]], (2, 4)), ([[1, 3], [0, 0], [2, 1]], (3,))])
 def test_scatter_nd(reduction, index, updates):

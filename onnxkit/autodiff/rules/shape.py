@@ -246,6 +246,8 @@ def scatter_elements(b: Backward) -> list[str | None]:
     # update's gradient is dy where it landed (with repeated indices and no reduction, ONNX
     # leaves which update wins unspecified: each gets dy there, as in PyTorch's scatter)
     reduction = b.attr("reduction", "none")
+    if reduction in ("max", "min"):
+        return _scatter_extreme(b)
     if reduction not in ("none", "add"):
         raise ValueError(f"ScatterElements with reduction {reduction!r} has no gradient rule")
     axis, index = b.attr("axis", 0), b.x(1)
@@ -253,16 +255,34 @@ def scatter_elements(b: Backward) -> list[str | None]:
     if b.wants(0):
         d_data = b.dy() if reduction == "add" else b.op(
             "ScatterElements", b.dy(), index, b.zeros(b.shape(b.x(2))), axis=axis)
-    d_updates = None
-    if b.wants(2):
-        dy, data, picked, rank = b.dy(), b.dims(b.x()), b.dims(index), b.need_rank(b.x())
-        narrower = [isinstance(p, int) and isinstance(d, int) and p < d and k != axis % rank
-                    for k, (p, d) in enumerate(zip(picked or [], data or [], strict=False))]
-        if any(narrower):  # GatherElements wants the indices' extent off the axis
-            ends = [p if cut else 2**62 for p, cut in zip(picked, narrower, strict=True)]
-            dy = b.op("Slice", dy, b.ints([0] * rank), b.ints(ends))
-        d_updates = b.op("GatherElements", dy, index, axis=axis)
+    d_updates = b.op("GatherElements", _at_indices(b, b.dy()), index, axis=axis) if b.wants(2) else None
     return [d_data, None, d_updates]
+
+
+def _scatter_extreme(b: Backward) -> list[str | None]:
+    # y = the max (min) of data and the updates landing on each element: dy goes to the elements equal to y,
+    # shared evenly between ties, as PyTorch's scatter_reduce("amax" / "amin") autograd shares it
+    axis, index = b.attr("axis", 0), b.x(1)
+    hit = b.cast_like(b.op("Equal", b.x(2), b.op("GatherElements", _at_indices(b, b.y()), index, axis=axis)), b.y())
+    kept = b.cast_like(b.op("Equal", b.x(0), b.y()), b.y())
+    count = b.op("Add", kept, b.op("ScatterElements", b.zeros(b.shape(b.y())), index, hit, axis=axis,
+                                   reduction="add"))
+    share = b.op("Div", b.dy(), count)
+    d_data = b.op("Mul", share, kept) if b.wants(0) else None
+    d_updates = b.op("Mul", b.op("GatherElements", _at_indices(b, share), index, axis=axis), hit) \
+        if b.wants(2) else None
+    return [d_data, None, d_updates]
+
+
+def _at_indices(b: Backward, t: str) -> str:
+    """`t` (shaped as ScatterElements' data) cut to the indices' extent off the axis, as GatherElements wants it."""
+    axis, data, picked, rank = b.attr("axis", 0), b.dims(b.x()), b.dims(b.x(1)), b.need_rank(b.x())
+    narrower = [isinstance(p, int) and isinstance(d, int) and p < d and k != axis % rank
+                for k, (p, d) in enumerate(zip(picked or [], data or [], strict=False))]
+    if not any(narrower):
+        return t
+    ends = [p if cut else 2**62 for p, cut in zip(picked, narrower, strict=True)]
+    return b.op("Slice", t, b.ints([0] * rank), b.ints(ends))
 
 
 @rule("ScatterND")
