@@ -33,6 +33,7 @@ _DYNAMO_NODE = "node_"  # how the dynamo exporter names its nodes (node_linear, 
 _SCOPES = "pkg.torch.onnx.name_scopes"  # a node's module paths, outermost first, then its op's name
 _FX_NODE = "pkg.torch.onnx.fx_node"  # the PyTorch op a node came from, its arguments by placeholder (%p_fc_weight)
 _PLACEHOLDER = re.compile(r"%(\w+)")
+_NO_AFFINE = re.compile(r"args = \(%\w+, None, None, %")  # a batch norm op given no weight and bias (affine=False)
 TRANSPOSED = ".T"  # suffix of the copy made for a layer that read another's folded (transposed) weight
 _EMBEDDING_ARGS = re.compile(r"target=torch\.ops\.aten\.embedding\.default\]\(args = \(([^)]*)\)")
 _FUSED_BY = "pkg.onnxscript.rewriter.rule_name"  # a node's rewrites: 'FuseBatchNormIntoConv', ...
@@ -313,6 +314,36 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
             node.input.append("")
         node.input[i] = own
     return untied, made
+
+
+def unmerged_affine_free_batch_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each BatchNorm whose PyTorch op read no weight and bias (`affine=False`) scaling by ones and
+    shifting by zeros of its own, Constant nodes; and those nodes' names (none: `model` itself is returned). The
+    dynamo exporter's optimizer merged those constants into the running variance and mean when equal to them
+    (fresh), BatchNormalization(x, var, mean, mean, var): statistics read as a scale and a shift were no buffers,
+    so the node normalised with its fresh statistics in training too, as if the module had no BatchNorm."""
+    values = {t.name: t for t in model.graph.initializer}
+    found = [k for k, node in enumerate(model.graph.node) if node.op_type == "BatchNormalization"
+             and len(node.input) == 5 and set(node.input[1:3]) & set(node.input[3:]) and node.input[3] in values
+             and _NO_AFFINE.search(_marks(node).get(_FX_NODE, ""))]
+    if not found:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes, names = list(out.graph.node), []
+    for k in reversed(found):
+        node = nodes[k]
+        stats = values[node.input[3]]
+        dtype = helper.tensor_dtype_to_np_dtype(stats.data_type)
+        made = [helper.make_node("Constant", [], [f"{node.name}.{kind}"], name=f"{node.name}.{kind}",
+                                 value=onnx.numpy_helper.from_array(np.full(stats.dims, fill, dtype)))
+                for kind, fill in (("ones", 1), ("zeros", 0))]
+        node.input[1], node.input[2] = made[0].output[0], made[1].output[0]
+        nodes[k:k] = made
+        names.append(node.name)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out, names[::-1]
 
 
 def _repeated_reads(node: onnx.NodeProto, read: Sequence[str], targets: set[str], orphans: set[str]) -> dict[int, str]:
