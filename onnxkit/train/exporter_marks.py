@@ -33,9 +33,17 @@ _DYNAMO_NODE = "node_"  # how the dynamo exporter names its nodes (node_linear, 
 _SCOPES = "pkg.torch.onnx.name_scopes"  # a node's module paths, outermost first, then its op's name
 _FX_NODE = "pkg.torch.onnx.fx_node"  # the PyTorch op a node came from, its arguments by placeholder (%p_fc_weight)
 _PLACEHOLDER = re.compile(r"%(\w+)")
-_NO_AFFINE = re.compile(r"args = \(%\w+, None, None, %")  # a batch norm op given no weight and bias (affine=False)
 TRANSPOSED = ".T"  # suffix of the copy made for a layer that read another's folded (transposed) weight
 _EMBEDDING_ARGS = re.compile(r"target=torch\.ops\.aten\.embedding\.default\]\(args = \(([^)]*)\)")
+_OP_ARGS = re.compile(r"target=torch\.ops\.aten\.(\w+)\.\w+\]\(args = \((.*)\), kwargs")  # an fx_node's op, its args
+# the argument of the PyTorch op of a normalisation that each input of its node past the first stands for, by op:
+# aten.layer_norm(x, shape, weight, bias, eps, cudnn) gives LayerNormalization's scale and bias (inputs 1, 2)
+_NORM_ARGS = {**dict.fromkeys(("batch_norm", "native_batch_norm", "_native_batch_norm_legit",
+                               "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional"),
+                              {1: 1, 2: 2, 3: 3, 4: 4}),
+              **dict.fromkeys(("instance_norm", "native_group_norm"), {1: 1, 2: 2}),
+              **dict.fromkeys(("layer_norm", "native_layer_norm", "group_norm"), {1: 2, 2: 3})}
+_NORMS = ("BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization")
 _FUSED_BY = "pkg.onnxscript.rewriter.rule_name"  # a node's rewrites: 'FuseBatchNormIntoConv', ...
 
 
@@ -316,34 +324,61 @@ def untie_deduplicated(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
     return untied, made
 
 
-def unmerged_affine_free_batch_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """`model` with each BatchNorm whose PyTorch op read no weight and bias (`affine=False`) scaling by ones and
-    shifting by zeros of its own, Constant nodes; and those nodes' names (none: `model` itself is returned). The
-    dynamo exporter's optimizer merged those constants into the running variance and mean when equal to them
-    (fresh), BatchNormalization(x, var, mean, mean, var): statistics read as a scale and a shift were no buffers,
-    so the node normalised with its fresh statistics in training too, as if the module had no BatchNorm."""
+def unmerged_norm_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each normalisation reading what its PyTorch op read: a constant copy of its own where the op read
+    no weight or bias (`affine=False`, `elementwise_affine=False`), and its own running statistics; and those nodes'
+    names (none: `model` itself is returned). The dynamo exporter's optimizer merges the ones and zeros it makes for
+    a missing weight and bias, and fresh statistics, with equal tensors: another LayerNorm's fresh weight, which then
+    trained on both layers' gradients; a BatchNorm's own statistics, BatchNormalization(x, var, mean, mean, var), or
+    another's weight and bias, which, read as statistics, were no buffers, so the node normalised with fresh
+    statistics in training too, as if the module had no BatchNorm (PyTorch normalises each batch)."""
     values = {t.name: t for t in model.graph.initializer}
-    found = [k for k, node in enumerate(model.graph.node) if node.op_type == "BatchNormalization"
-             and len(node.input) == 5 and set(node.input[1:3]) & set(node.input[3:]) and node.input[3] in values
-             and _NO_AFFINE.search(_marks(node).get(_FX_NODE, ""))]
-    if not found:
+    placeholders = {ph: target for ph, kind, target in _export_signature(model) if kind in ("PARAMETER", "BUFFER")}
+    targets = set(placeholders.values())
+    plan = []  # (node, input, the name it reads instead, whether that is a constant)
+    for k, node in enumerate(model.graph.node):
+        op, args = _op_args(_marks(node).get(_FX_NODE, "")) if node.op_type in _NORMS else ("", [])
+        for i, a in _NORM_ARGS.get(op, {}).items():
+            name, arg = node.input[i] if i < len(node.input) else "", args[a] if a < len(args) else ""
+            own = placeholders.get(arg[1:], "") if arg.startswith("%") else ""
+            if name not in values or name not in targets:
+                continue
+            if arg == "None" and i in (1, 2):
+                plan.append((k, i, f"{node.name or node.output[0]}.{('scale', 'bias')[i - 1]}", True))
+            elif own and own != name and own not in values:
+                plan.append((k, i, own, False))
+    if not plan:
         return model, []
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    nodes, names = list(out.graph.node), []
-    for k in reversed(found):
-        node = nodes[k]
-        stats = values[node.input[3]]
-        dtype = helper.tensor_dtype_to_np_dtype(stats.data_type)
-        made = [helper.make_node("Constant", [], [f"{node.name}.{kind}"], name=f"{node.name}.{kind}",
-                                 value=onnx.numpy_helper.from_array(np.full(stats.dims, fill, dtype)))
-                for kind, fill in (("ones", 1), ("zeros", 0))]
-        node.input[1], node.input[2] = made[0].output[0], made[1].output[0]
-        nodes[k:k] = made
-        names.append(node.name)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out, names[::-1]
+    made: set[str] = set()
+    for k, i, name, constant in plan:
+        node = out.graph.node[k]
+        if name not in made:
+            copy = out.graph.initializer.add()
+            copy.CopyFrom(values[node.input[i]])
+            copy.name = name
+            made.add(name)
+            if constant:  # marked as the exporter marks the constants it makes
+                info = helper.make_tensor_value_info(name, copy.data_type, list(copy.dims))
+                info.metadata_props.add(key=_TORCH_KIND, value="CONSTANT_TENSOR")
+                out.graph.value_info.append(info)
+        node.input[i] = name
+    return out, list(dict.fromkeys(out.graph.node[k].name or out.graph.node[k].output[0] for k, *_ in plan))
+
+
+def _op_args(fx_node: str) -> tuple[str, list[str]]:
+    """The PyTorch op in `fx_node` (an exporter's mark) and its arguments as written; ("", []) if none."""
+    found = _OP_ARGS.search(fx_node)
+    if not found:
+        return "", []
+    args, depth, start, text = [], 0, 0, found.group(2)
+    for k, char in enumerate(text + ","):
+        depth += (char in "([") - (char in ")]")
+        if char == "," and depth == 0:
+            args.append(text[start:k].strip())
+            start = k + 1
+    return found.group(1), args
 
 
 def _repeated_reads(node: onnx.NodeProto, read: Sequence[str], targets: set[str], orphans: set[str]) -> dict[int, str]:

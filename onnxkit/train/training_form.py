@@ -57,7 +57,7 @@ from onnxkit.train.exporter_marks import (
     lost_dynamo_marks,
     retie_folded_transposes,
     scalar_weights,
-    unmerged_affine_free_batch_norms,
+    unmerged_norm_weights,
     untie_deduplicated,
     untie_exporter_copies,
     with_padding_rows,
@@ -157,12 +157,11 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
                      f"also reads itself ({first_few(retied)}) are transposed from them again: each tied weight "
                      "trains as one tensor, as in PyTorch")
     model, merged = untie_deduplicated(model)
-    model, affine_free = unmerged_affine_free_batch_norms(model)
-    if affine_free:
-        notes.append(f"{len(affine_free)} BatchNorm nodes without weight and bias (affine=False) read their running "
-                     f"statistics as those ({first_few(affine_free)}), as PyTorch's exporter merged the equal "
-                     "values: each scales by ones and shifts by zeros of its own, and normalises each batch in "
-                     "training, as in PyTorch")
+    model, renormed = unmerged_norm_weights(model)
+    if renormed:
+        notes.append(f"normalisations ({first_few(renormed)}) read other equal-valued weights or statistics where "
+                     "their PyTorch op read none (affine=False) or its own (fresh statistics), as PyTorch's exporter "
+                     "merged them: each reads its own, a constant where the op read none")
     if lost_dynamo_marks(model):
         notes.append("warning: the model is a PyTorch dynamo export without the marks that say which weights the "
                      "exporter merged into one (every LayerNorm's ones, zero biases), which then train tied; "
