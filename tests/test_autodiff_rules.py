@@ -438,6 +438,16 @@ def test_reduce_l2_of_a_slice_of_zeros_sends_zero_not_nan():
     assert (grad[0] == 0).all() and np.isfinite(grad).all() and (grad[1] != 0).all()
 
 
+def test_sqrt_of_zero_sends_zero_not_infinity():
+    # TorchScript's torch.cdist is Sqrt(Max(squared distances, 0)): a point's distance to itself sent dy / 0 = inf
+    # back (NaN after the Max), and training stopped at its second step; PyTorch's cdist gives 0 there
+    model, feeds = single_node("Sqrt", {"x": np.array([0.0, 0.25, 4.0])})
+    projected = with_projection_loss(model)
+    dy = numpy_helper.to_array(next(t for t in projected.graph.initializer if t.name.endswith(".projection")))
+    grad = run_gradients(projected, feeds, ["x"])["x"]
+    np.testing.assert_allclose(grad, [0.0, dy[1], dy[2] / 4], rtol=1e-6)
+
+
 def test_float64_gather_at_opset_13_runs_on_onnxruntime():
     # before opset 16 repeats add up through a one-hot GEMM: onnxruntime has no float64 OneHot
     index = np.array([[2, 0], [2, -1], [SMALL_TABLE, 2]])

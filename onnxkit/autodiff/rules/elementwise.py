@@ -95,7 +95,10 @@ def log(b: Backward) -> list[str | None]:
 
 @rule("Sqrt")
 def sqrt(b: Backward) -> list[str | None]:
-    return [b.op("Div", b.dy(), b.op("Mul", b.y(), b.const(2.0)))]
+    # dy / 2y, and 0 where y = 0: PyTorch's cdist and norms, which export as Sqrt(Max(d, 0)) and the like, give 0
+    # there, where dy / 0 = inf ended training (torch.sqrt's own inf would as well)
+    zero = b.op("Equal", b.y(), b.const(0.0, like=b.y()))
+    return [b.op("Where", zero, b.const(0.0, like=b.y()), b.op("Div", b.dy(), b.op("Mul", b.y(), b.const(2.0))))]
 
 
 @rule("Pow")
