@@ -212,14 +212,19 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 def _resize_hints(graph: onnx.GraphProto, known: dict[str, onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto]:
     """Types for the outputs of Resize nodes whose `sizes` are made from a shape (TorchScript's F.interpolate(size=):
-    Concat(Slice(Shape(x), 0, 2), [h, w])) where onnx's inference leaves an axis unnamed: the batch keeps its name."""
+    Concat(Slice(Shape(x), 0, 2), [h, w])), and of Reshape nodes whose target is (TorchScript's x.flatten(2):
+    Concat(Slice(Shape(x), 0, 2), [-1]), its -1 the fixed axes' product), where onnx's inference leaves an axis
+    unnamed: the batch keeps its name, and a Conv after such a flatten its static length."""
     producers = {o: n for n in graph.node for o in n.output}
     constants = {t.name: t for t in graph.initializer if t.data_type == TensorProto.INT64}
     hints = []
     for node in graph.node:
-        if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3] or node.output[0] not in known:
+        target = {"Resize": 3, "Reshape": 1}.get(node.op_type, len(node.input))
+        if target >= len(node.input) or not node.input[target] or node.output[0] not in known:
             continue
-        dims = _shape_elements(node.input[3], producers, constants, known)
+        dims = _shape_elements(node.input[target], producers, constants, known)
+        if node.op_type == "Reshape" and dims is not None:
+            dims = _reshaped(dims, known.get(node.input[0]), any(a.name == "allowzero" and a.i for a in node.attribute))
         now = known[node.output[0]].type.tensor_type
         if dims is None or not now.HasField("shape") or len(dims) != len(now.shape.dim):
             continue
@@ -229,6 +234,28 @@ def _resize_hints(graph: onnx.GraphProto, known: dict[str, onnx.ValueInfoProto])
         if new != old:
             hints.append(onnx.helper.make_tensor_value_info(node.output[0], now.elem_type, new))
     return hints
+
+
+def _reshaped(target: list, data: onnx.ValueInfoProto | None, allowzero: bool) -> list | None:
+    """The dims a Reshape of `data` to traced `target` gives: a 0 copies the input's axis, and a -1 is the input's
+    size over the others' where the named axes cancel out (['batch', 8, -1] of ['batch', 8, 8, 8]: 64)."""
+    if not _has_shape(data):
+        return None
+    given = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in data.type.tensor_type.shape.dim]
+    dims = [given[k] if e == 0 and not allowzero and k < len(given) else e for k, e in enumerate(target)]
+    if dims.count(-1) != 1 or None in given:
+        return None if -1 in dims else dims
+    rest = [d for d in dims if d != -1]
+    named, numbers = [d for d in given if isinstance(d, str)], [d for d in given if isinstance(d, int)]
+    for d in rest:
+        if isinstance(d, str) and d in named:
+            named.remove(d)
+        elif not isinstance(d, int):
+            return None
+    size, other = int(np.prod(numbers)), int(np.prod([d for d in rest if isinstance(d, int)]))
+    if named or not other or size % other:
+        return None
+    return [size // other if d == -1 else d for d in dims]
 
 
 def _fold_static_sizes(skeleton: onnx.GraphProto, graph: onnx.GraphProto,

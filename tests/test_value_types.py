@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit.autodiff.check import gradcheck
+from onnxkit.autodiff import add_gradients, gradient_name
+from onnxkit.autodiff.check import gradcheck, reference
 from onnxkit.graph_walks import value_types
 
 
@@ -196,3 +197,36 @@ def test_the_conv_before_a_channel_shuffle_is_differentiated():
     x = np.random.default_rng(5).uniform(-1, 1, (2, 4, 3, 3))
     for name, (analytic, numeric) in gradcheck(exported_channel_shuffle(2), {"x": x}, ["w1", "w2"]).items():
         np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
+
+
+def exported_flatten() -> onnx.ModelProto:
+    """TorchScript's x.flatten(2) ahead of a Conv1d: x [batch, 2, 4, 4] -> Reshape to Concat(Slice(Shape(x), 0, 2),
+    [-1]) -> Conv1d (kernel 3) -> y [batch, 3, 14]."""
+    def const(name: str, value: list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.int64)))
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), const("zero", [0]), const("two", [2]), const("rest", [-1]),
+             helper.make_node("Slice", ["s", "zero", "two", "zero"], ["kept"]),
+             helper.make_node("Concat", ["kept", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["flat"]), helper.make_node("Conv", ["flat", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "flatten", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", 3, 14])],
+        [numpy_helper.from_array(np.random.default_rng(6).uniform(-1, 1, (3, 2, 3)), "w")])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_flatten_to_a_computed_shape_keeps_its_length():
+    # onnx's inference cannot size the -1 beside a named batch: the length was 'unk__0', and training a TorchScript
+    # export with a Conv1d after x.flatten(2) of a fixed-size image stopped with "cannot differentiate Conv ...: its
+    # gradient needs static spatial sizes ...; give the model's inputs fixed spatial sizes", which they were
+    types = value_types(exported_flatten())
+    assert [d.dim_value or d.dim_param for d in types["flat"].type.tensor_type.shape.dim] == ["batch", 2, 16]
+    model = exported_flatten()
+    model.graph.node.append(helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("loss", TensorProto.DOUBLE, []))
+    x = np.random.default_rng(7).uniform(-1, 1, (2, 2, 4, 4))
+    grad = reference(add_gradients(model, ["w"], "loss")).run([gradient_name("w")], {"x": x})[0]
+    flat = x.reshape(2, 2, 16)  # d sum(y) / dw[o, c, k] = the sum of flat[:, c, k:k + 14], for every o
+    expected = np.stack([flat[:, :, k:k + 14].sum(axis=(0, 2)) for k in range(3)], axis=1)
+    np.testing.assert_allclose(grad, np.broadcast_to(expected, (3, 2, 3)), rtol=1e-12)
