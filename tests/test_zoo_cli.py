@@ -451,6 +451,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_stop_as_netron_starts_answering_stops_its_server_and_exits_cleanly(monkeypatch):
+    # SIGTERM (a KeyboardInterrupt) between the server's start and netron.wait(): it left as "stopped by SIGTERM",
+    # exit 143, with the server thread never stopped (seen under load in the test below)
+    import netron
+
+    from onnxkit.cli import inspect as inspect_cli
+
+    calls = []
+    monkeypatch.setattr(netron, "start", lambda *a, **k: ("127.0.0.1", 1))
+    monkeypatch.setattr(netron, "stop", lambda: calls.append("stop"))
+    monkeypatch.setattr(netron, "wait", lambda: calls.append("wait"))
+    monkeypatch.setattr(inspect_cli, "_check_free", lambda port: None)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inspect_cli.click, "echo", stopped)
+    try:
+        inspect_cli.serve_netron("model.onnx", 1)
+    except KeyboardInterrupt:
+        pytest.fail("the stop escaped serve_netron, its server left running")
+    assert calls == ["stop"]
+
+
 def test_inspect_netron_serves_the_model(tmp_path):
     path = tmp_path / "iris.onnx"
     onnx.save(zoo.build_model("iris-mlp"), str(path))

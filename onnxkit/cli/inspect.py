@@ -51,5 +51,8 @@ def serve_netron(path: str, port: int) -> None:
                            "lacks): pip install netron") from None
     _check_free(port)
     host, bound = netron.start(path, address=("127.0.0.1", port), browse=False)
-    click.echo(f"Netron: http://{host}:{bound}  (Ctrl-C to stop)", err=True)  # stdout holds the summary (--json)
-    netron.wait()  # until Ctrl-C or SIGTERM (a KeyboardInterrupt, see onnxkit.signals), which it stops the server on
+    try:  # a stop as the server starts answering, before wait() catches it, stops it too (it exited 143 under load)
+        click.echo(f"Netron: http://{host}:{bound}  (Ctrl-C to stop)", err=True)  # stdout holds the summary (--json)
+        netron.wait()  # until Ctrl-C or SIGTERM (a KeyboardInterrupt: onnxkit.signals); it stops the server then
+    except KeyboardInterrupt:
+        netron.stop()
