@@ -951,7 +951,7 @@ class _Setup:
         if split is None:
             return
         started = time.perf_counter()
-        self.progress.line(f"running the frozen part once over {rows} examples to cache its output")
+        self.progress.line(f"running the part before the trained layers once over {rows} examples to cache its output")
         batch = self.config.eval_batch_size or max(self.config.batch_size, 64)
         run = self.backend.inference(split.prefix, device=self.device, threads=self.threads)
         cached = {name: features(split.prefix, self.dataset.split(name), run, batch) for name in self.splits}
