@@ -66,6 +66,29 @@ def test_a_second_output_trained_is_the_one_eval_and_predict_score(tmp_path):
     assert again.metrics["test"]["accuracy"] > 0.8
 
 
+
+def test_targets_that_only_another_output_fits_name_that_output(tmp_path, run_cli):
+    # a PyTorch export returning (class scores [batch, 3], value [batch, 1]) trained on the values: the error said
+    # only that [N] targets do not fit [batch, 3], not that --model-output picks the value
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, D)).astype(np.float32)
+    model = model_of(
+        [helper.make_node("MatMul", ["x", "w1"], ["cls"]), helper.make_node("MatMul", ["x", "w2"], ["reg"])],
+        [helper.make_tensor_value_info("cls", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("reg", TensorProto.FLOAT, ["batch", 1])],
+        {"w1": rng.normal(size=(D, 3)), "w2": rng.normal(size=(D, 1))}, ["batch", D])
+    values = x[:, 0] * 2.5 + 0.5
+    with pytest.raises(OnnxkitError, match=r"output 'reg' \[batch, 1\] fits them: train that one, output='reg'$"):
+        fit(model, dataset(x, values), tmp_path / "run", steps=1, device="cpu")
+    with pytest.raises(OnnxkitError, match=r"shape \[batch, 3\] for the mse loss; give one target per output value$"):
+        fit(model, dataset(x, values), tmp_path / "chosen", output="cls", steps=1, device="cpu")
+    assert fit(model, dataset(x, values), tmp_path / "reg", output="reg", steps=1, device="cpu").model_path.exists()
+    onnx.save(model, tmp_path / "two.onnx")
+    np.savez(tmp_path / "values.npz", x=x, labels=values)
+    cli = run_cli("train", tmp_path / "two.onnx", tmp_path / "values.npz", "-o", tmp_path / "cli", "--steps", "1")
+    assert cli.code == 1 and "fits them: train that one, --model-output 'reg'" in cli.err
+
+
 def linear(outputs: int, x_shape: list | None = None) -> onnx.ModelProto:
     rng = np.random.default_rng(1)
     return model_of([helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],

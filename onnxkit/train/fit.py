@@ -1032,8 +1032,28 @@ class _Setup:
     def _bind(self, split: Split, specs: list) -> Split:
         """`split` fed as the inputs `specs` take, with the labels the loss takes."""
         bound = split.feeds_for(specs)  # a new split of the same class (text splits keep padding per batch)
-        bound.labels = self.targets(self.loss.labels_for(split.labels, self.shape))  # its errors name raw values
+        try:
+            labels = self.loss.labels_for(split.labels, self.shape)  # its errors name raw values
+        except OnnxkitError as e:
+            raise OnnxkitError(f"{e}{self._other_output_fits(split.labels)}", params=e.params) from e
+        bound.labels = self.targets(labels)
         return bound
+
+    def _other_output_fits(self, labels: np.ndarray) -> str:
+        """'; output 'reg' [batch, 1] fits them: ...' when the output was not chosen and another output of the model
+        takes these labels (a PyTorch export returning (class scores, value) trained its first), else ''."""
+        if self.config.output:
+            return ""
+        for out in self.model.graph.output:
+            dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                         for d in out.type.tensor_type.shape.dim)
+            if out.name == self.output or not dims:
+                continue
+            with contextlib.suppress(OnnxkitError):
+                self.loss.labels_for(labels, dims)
+                shown = ", ".join("?" if d is None else str(d) for d in dims)
+                return f"; the model's output {out.name!r} [{shown}] fits them: train that one, output={out.name!r}"
+        return ""
 
     def targets(self, labels: np.ndarray) -> np.ndarray:
         """The labels training sees: regression targets standardised with --standardize."""
