@@ -490,3 +490,42 @@ def test_a_float_mask_input_is_not_standardized(tmp_path):
                                     for s in (data.train, data.validation, data.test)))
     result = fit(model, masks_only, tmp_path / "masks", epochs=1, device="cpu")
     assert not any(n.startswith("onnxkit.standardize.") for n in initializers(onnx.load(result.model_path)))
+
+
+def _cast_regressor(elem_type: int) -> onnx.ModelProto:
+    """A regressor whose input, of `elem_type`, is cast to float32 first (PyTorch's `x.float()`)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["xf", "w"], ["h"]),
+         helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "head"], ["y"])], "m",
+        [helper.make_tensor_value_info("x", elem_type, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array((rng.normal(size=s) * 0.5).astype(np.float32), n)
+         for n, s in (("w", (3, 8)), ("head", (8, 1)))])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_a_float64_or_float16_input_is_standardized_in_its_own_type(tmp_path, dtype):
+    # its statistics were float32 beside a float64 / float16 input: ONNX Runtime refused the Sub ("bound to
+    # different types"), and training said to check that the file is a complete model
+    from onnx import helper
+
+    from onnxkit.data import dataset_from_arrays
+    from onnxkit.train import fit
+
+    x = (np.random.default_rng(1).normal(size=(60, 3)) * [1, 50, 0.1] + [0, 300, 0]).astype(dtype)
+    y = x.astype(np.float64) @ [1.0, 0.02, 3.0]
+    model = _cast_regressor(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+    result = fit(model, dataset_from_arrays("casts", {"x": x}, y), tmp_path / "run", steps=1, evaluate_test=False)
+    trained = onnx.load(result.model_path)
+    stored = initializers(trained)
+    assert stored["onnxkit.standardize.x.mean"].dtype == dtype
+    w = stored["w"]
+    mean, std = stored["onnxkit.standardize.x.mean"], stored["onnxkit.standardize.x.std"]
+    expected = np.maximum(((x - mean) / std).astype(np.float32) @ w, 0) @ stored["head"]
+    expected = expected * stored["onnxkit.standardize.y.std"] + stored["onnxkit.standardize.y.mean"]
+    np.testing.assert_allclose(ort_run(trained, {"x": x[:10]})[0], expected[:10], rtol=1e-4, atol=1e-3)
+

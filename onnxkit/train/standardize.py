@@ -110,12 +110,16 @@ def standardize_inputs(model: onnx.ModelProto, scales: dict[str, Scale]) -> onnx
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph, nodes, buffers = out.graph, [], []
+    # stored in the input's own type: a float64 or float16 input (x.float() inside the model) beside float32
+    # statistics was a Sub ONNX Runtime refuses to load
+    dtypes = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in graph.input}
     for name, scale in scales.items():
         scaled = f"{PREFIX}.{name}"
         for node in graph.node:
             node.input[:] = [scaled if i == name else i for i in node.input]
         mean, std = f"{scaled}.mean", f"{scaled}.std"
-        graph.initializer.extend([numpy_helper.from_array(scale.mean, mean), numpy_helper.from_array(scale.std, std)])
+        graph.initializer.extend([numpy_helper.from_array(scale.mean.astype(dtypes[name]), mean),
+                                  numpy_helper.from_array(scale.std.astype(dtypes[name]), std)])
         nodes += [helper.make_node("Sub", [name, mean], [f"{scaled}.centred"], name=f"{PREFIX}/{name}/sub"),
                   helper.make_node("Div", [f"{scaled}.centred", std], [scaled], name=f"{PREFIX}/{name}/div")]
         buffers += [mean, std]
