@@ -529,3 +529,21 @@ def test_a_float64_or_float16_input_is_standardized_in_its_own_type(tmp_path, dt
     expected = expected * stored["onnxkit.standardize.y.std"] + stored["onnxkit.standardize.y.mean"]
     np.testing.assert_allclose(ort_run(trained, {"x": x[:10]})[0], expected[:10], rtol=1e-4, atol=1e-3)
 
+
+def test_integer_inputs_standardize_a_regression_s_targets_alone(tmp_path):
+    # counts (int64) and targets of mean 400: the targets looked unscaled, and training stopped with 'standardize
+    # needs a float feature input', which no flag had asked for
+    from onnx import TensorProto
+
+    from onnxkit.data import dataset_from_arrays
+    from onnxkit.errors import OnnxkitError
+    from onnxkit.train import fit
+
+    x = np.random.default_rng(2).integers(0, 9, size=(60, 3))
+    data = dataset_from_arrays("counts", {"x": x}, x @ [30.0, 40.0, 50.0] + 100)
+    result = fit(_cast_regressor(TensorProto.INT64), data, tmp_path / "run", steps=1, evaluate_test=False)
+    stored = {n for n in initializers(onnx.load(result.model_path)) if n.startswith("onnxkit.standardize.")}
+    assert stored == {"onnxkit.standardize.y.mean", "onnxkit.standardize.y.std"}
+    classes = dataset_from_arrays("counts", {"x": x}, (x[:, 0] > 4).astype(np.int64))
+    with pytest.raises(OnnxkitError, match="inputs are x .*: train it with standardize off"):
+        fit(_cast_regressor(TensorProto.INT64), classes, tmp_path / "classes", steps=1, standardize=True)

@@ -748,7 +748,7 @@ class _Setup:
             whole = not (c.freeze or c.train_only or self.adapter)
             c.standardize, note = self._standardize_unscaled(self.dataset, whole, self.regression)
         if c.standardize:  # (x - mean) / std in front of the inputs: the output and its type stay
-            self.model = self._standardized(self.model, self.dataset)
+            self.model = self._standardized(self.model, self.dataset, self.regression)
             self.types = value_types(self.model)
         self.target = self.model  # the graph the trained weights go back into
         self.target_scale = target_scale(self.dataset.train.labels) if c.standardize and self.regression else None
@@ -1196,15 +1196,18 @@ class _Setup:
         return None
 
     @staticmethod
-    def _standardized(model: onnx.ModelProto, dataset: Dataset) -> onnx.ModelProto:
+    def _standardized(model: onnx.ModelProto, dataset: Dataset, regression: bool) -> onnx.ModelProto:
+        """`model` taking standardized float inputs; the same model where only a regression's targets can be
+        (integer inputs: counts, token ids)."""
         if standardizes_itself(model):
             raise OnnxkitError("the model already standardizes the data it takes (it was trained with standardize "
                                "on, or starts with a scikit-learn scaler), so it takes raw values; train it with "
                                "standardize off", params=["standardize"])
         scales = input_scales(dataset.train, model_inputs(model))
-        if not scales:
+        if not scales and not regression:
             raise OnnxkitError("standardize needs a float feature input, but the model's inputs are "
-                               f"{', '.join(s.name for s in model_inputs(model))} (token ids or other integers)")
+                               f"{', '.join(s.name for s in model_inputs(model))} (token ids or other integers): "
+                               "train it with standardize off", params=["standardize"])
         return standardize_inputs(model, scales)
 
     def _labels_name(self) -> str:
