@@ -239,6 +239,32 @@ def test_a_csv_of_other_width_than_the_model_is_said_in_columns(tmp_path, run_cl
     assert not (tmp_path / "run").exists()
 
 
+
+def test_a_csv_of_several_target_columns_is_told_to_be_an_npz(tmp_path, run_cli):
+    # linnerud's 3 exercises and 3 measurements for a [batch, 3] -> [batch, 3] regressor: two targets were read as
+    # features and the error said to build the model with 5 inputs, not how to give 3 targets a row
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "m",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+                              [numpy_helper.from_array(rng.normal(size=(3, 3)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
+    rows = rng.integers(30, 200, size=(30, 6))
+    (tmp_path / "linnerud.csv").write_text("Chins,Situps,Jumps,Weight,Waist,Pulse\n"
+                                           + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    result = run_cli("train", tmp_path / "r.onnx", "--data", tmp_path / "linnerud.csv", "-o", tmp_path / "run")
+    assert result.code == 1 and "; output 'y' takes 3 targets a row, and a CSV holds one label column: save the " \
+        "features and targets as an .npz (x [N, 3], labels [N, 3])" in result.err
+    x, y = iris_like(30)  # class ids of the 3 scores: the extra columns are features, no targets
+    (tmp_path / "wide.csv").write_text("a,b,c,d,e,f,label\n" + "\n".join(
+        ",".join([*map(str, r), "1.5", "2.5", str(label)]) for r, label in zip(x, y, strict=True)) + "\n")
+    onnx.save(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
+    result = run_cli("train", tmp_path / "iris.onnx", "--data", tmp_path / "wide.csv", "-o", tmp_path / "iris")
+    assert result.code == 1 and result.err.endswith("leave columns out of the file\n")
+
+
 def test_numbered_classes_fewer_than_the_scores_evaluate_on_their_own_data(tmp_path, run_cli):
     # labels 2 and 3 for a 3-score model: named 2, 3 and 'class 2' (the score no label trained), which eval could not
     # map back ('class labels run from 2 to 3 ... renumber them from 0')

@@ -682,7 +682,8 @@ class _Setup:
         self.restored: list[str] = []  # the tensors of the BatchNorms put back (`_restore_batch_norms`)
         self._prepare_model_and_backend(model, device)
         with self._naming_the_labels():  # the data against the model
-            _check_column_count(self.dataset, model_inputs(self.model))
+            _check_column_count(self.dataset, model_inputs(self.model), self.model,
+                                training_output(self.model, self.config.output))
             self._choose_output_and_loss()
             unscaled_note = self._choose_standardization()  # said last, so that an error is the only line
             self._detect_probabilities()
@@ -1355,7 +1356,7 @@ def _refuse_settings_on_resume(arguments: dict[str, Any]) -> None:
                            "start a new run with them)", params=["resume", *given])
 
 
-def _check_column_count(dataset: Dataset, specs: list) -> None:
+def _check_column_count(dataset: Dataset, specs: list, model: onnx.ModelProto, output: str) -> None:
     """A CSV's feature columns against a model of one [batch, N] input, said in columns (the shape error's
     '[304, 13] but [batch, 8]; reshape the data (or pick the matching dataset, ...)' told a CSV's user little)."""
     columns, shape = dataset.columns, specs[0].shape if len(specs) == 1 else None
@@ -1363,7 +1364,22 @@ def _check_column_count(dataset: Dataset, specs: list) -> None:
         return
     raise OnnxkitError(f"data {dataset.name!r} has {len(columns)} feature columns ({first_few(list(columns), 4)}) "
                        f"but model input {specs[0].name!r} takes {shape[1]} values a row; build the model with "
-                       f"{len(columns)} inputs, or leave columns out of the file")
+                       f"{len(columns)} inputs, or leave columns out of the file"
+                       + _several_targets(model, output, shape[1], len(columns) - shape[1] + 1,
+                                           dataset.train.labels))
+
+
+def _several_targets(model: onnx.ModelProto, output: str, features: int, extra: int, labels: np.ndarray) -> str:
+    """'; ... save an .npz' when `output` takes `extra` values a row, as many as the CSV's columns past the model's
+    `features`, and the label column holds no class ids of them (linnerud's 3 targets in a CSV: 2 of them were read
+    as features, the last as the labels), else ''."""
+    found = next((o for o in model.graph.output if o.name == output), None)
+    dims = [d.dim_value for d in found.type.tensor_type.shape.dim] if found else []
+    if len(dims) < 2 or 0 in dims[1:] or extra < 2 or math.prod(dims[1:]) != extra or labels.dtype.kind not in "iuf" \
+            or labels.dtype.kind in "iu" and 0 <= labels.min() and labels.max() < extra:
+        return ""
+    return (f"; output {output!r} takes {extra} targets a row, and a CSV holds one label column: save the features "
+            f"and targets as an .npz (x [N, {features}], labels [N, {extra}])")
 
 
 def _named_classes(model: onnx.ModelProto) -> bool:
