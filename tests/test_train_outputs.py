@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,30 @@ def test_targets_that_only_another_output_fits_name_that_output(tmp_path, run_cl
     np.savez(tmp_path / "values.npz", x=x, labels=values)
     cli = run_cli("train", tmp_path / "two.onnx", tmp_path / "values.npz", "-o", tmp_path / "cli", "--steps", "1")
     assert cli.code == 1 and "fits them: train that one, --model-output 'reg'" in cli.err
+
+
+
+def test_class_ids_of_another_output_fit_by_a_regression_are_warned_of(tmp_path):
+    # a PyTorch export returning (value [batch, 1], logits [batch, 3]) given 3 classes' ids fit its value to them by
+    # mse (R² -1.45), unsaid
+    from onnxkit.train import TrainingWarning
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, D)).astype(np.float32)
+    model = model_of(
+        [helper.make_node("MatMul", ["x", "w1"], ["value"]), helper.make_node("MatMul", ["x", "w2"], ["logits"])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        {"w1": rng.normal(size=(D, 1)), "w2": rng.normal(size=(D, 3))}, ["batch", D])
+    ids = np.digitize(x[:, 0], [-0.5, 0.5])
+    with pytest.warns(TrainingWarning, match=r"^output 'value' trains a regression on the labels \(loss mse\), which "
+                      r"look like class ids of output 'logits' \[batch, 3\]: --model-output logits \(output='logits' "
+                      r"in fit\) trains that one$"):
+        fit(model, dataset(x, ids), tmp_path / "value", steps=1, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)
+        fit(model, dataset(x, ids), tmp_path / "logits", output="logits", steps=1, device="cpu")
+        fit(model, dataset(x, x[:, 0] * 3), tmp_path / "values", steps=1, device="cpu")
 
 
 def linear(outputs: int, x_shape: list | None = None) -> onnx.ModelProto:

@@ -1029,6 +1029,7 @@ class _Setup:
             self._warn_unused_outputs(self.dataset)
         elif not (self.config.loss or self.named_task):
             self._note_two_valued_targets(self.dataset)
+            self._note_class_ids_of_another_output(self.dataset)
 
     def _bind(self, split: Split, specs: list) -> Split:
         """`split` fed as the inputs `specs` take, with the labels the loss takes."""
@@ -1097,6 +1098,20 @@ class _Setup:
                                f"{classes} class scores: {extra} of no class and only learn"
                                f"{'s' * (classes - len(named) == 1)} to be low; give the model a {len(named)}-way "
                                f"output (re-export it with {len(named)} classes) to train one of the data's size")
+
+    def _note_class_ids_of_another_output(self, dataset: Dataset) -> None:
+        """One line when the whole-number targets the default output trains a regression on are class ids of another
+        output's scores (a PyTorch export returning (value, logits) fit its value to 3 classes' ids, unsaid)."""
+        labels = np.asarray(dataset.train.labels)
+        if self.config.output or labels.dtype.kind not in "iu" or not labels.size or labels.min() < 0:
+            return
+        for out in self.model.graph.output:
+            dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
+            if out.name != self.output and len(dims) == 2 and dims[1] > labels.max() >= 1:
+                self.progress.line(f"warning: output {self.output!r} trains a regression on the labels (loss mse), "
+                                   f"which look like class ids of output {out.name!r} [batch, {dims[1]}]: "
+                                   f"--model-output {out.name} (output={out.name!r} in fit) trains that one")
+                return
 
     def _note_two_valued_targets(self, dataset: Dataset) -> None:
         """One line when whole-number targets a regression was chosen for take two values only (-1
