@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.data import Dataset, Split
+from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import LOSSES, evaluate
 from onnxkit.files import load_model
 from onnxkit.metadata import metadata
@@ -137,6 +138,18 @@ def test_loss_graphs_match_the_numpy_reference(loss):
     value = ort.InferenceSession(model.SerializeToString()).run(None, {"scores": scores, "labels": fed})[0]
     reference = LOSSES[loss](scores, labels if loss == "cross-entropy" else fed)
     assert float(value) == pytest.approx(reference, rel=1e-5)
+
+
+
+def test_targets_differing_from_the_output_by_unit_axes_take_its_layout():
+    # [N, T] targets of a per-step Linear(..., 1), a [batch, 'seq', 1] output, were refused: "give one target per
+    # output value", which they were
+    mse, y = get_loss("mse"), np.arange(12, dtype=np.float32).reshape(2, 6)
+    assert mse.labels_for(y, ("batch", "seq", 1)).shape == (2, 6, 1)
+    assert mse.labels_for(y[:, :, None], ("batch", 6)).shape == (2, 6)
+    for shape in (("batch", "seq", 2), ("batch", 5, 1), ("batch", 6, 2)):
+        with pytest.raises(OnnxkitError, match="give one target per output value"):
+            mse.labels_for(y, shape)
 
 
 def test_schedules():

@@ -114,6 +114,9 @@ class Loss:
             size = int(np.prod(fixed, dtype=np.int64))
             if int(np.prod(targets.shape[1:], dtype=np.int64)) == size:
                 return targets.reshape(len(targets), *fixed)
+        laid_out = _with_unit_axes(targets.shape[1:], fixed)
+        if laid_out is not None:
+            return targets.reshape(len(targets), *laid_out)
         shown = ", ".join("?" if d is None else str(d) for d in output_shape)
         whole = labels.dtype.kind == "f" and labels == np.round(labels)
         if not np.any(whole):
@@ -189,3 +192,17 @@ def default_loss(task: str | None, output_shape: tuple[int | str | None, ...], l
 
     return Loss(TASK_LOSS[infer_task(task, output_shape, labels)])
 
+
+def _with_unit_axes(found: tuple[int, ...], wanted: tuple[int | str | None, ...]) -> tuple[int, ...] | None:
+    """Targets' shape past the batch, `found`, laid out as the output's `wanted` where the two differ only by axes of
+    size 1 (a free one taking any size): [N, T] targets of a [batch, 'seq', 1] output, a per-step Linear(..., 1)
+    (they were refused, one target per output value as they were); None where they differ otherwise."""
+    sizes, shape = [d for d in found if d != 1], []
+    for d in wanted:
+        if d == 1:
+            shape.append(1)
+        elif not sizes or isinstance(d, int) and d != sizes[0]:
+            return None
+        else:
+            shape.append(sizes.pop(0))
+    return None if sizes else tuple(shape)
