@@ -547,3 +547,42 @@ def test_integer_inputs_standardize_a_regression_s_targets_alone(tmp_path):
     classes = dataset_from_arrays("counts", {"x": x}, (x[:, 0] > 4).astype(np.int64))
     with pytest.raises(OnnxkitError, match="inputs are x .*: train it with standardize off"):
         fit(_cast_regressor(TensorProto.INT64), classes, tmp_path / "classes", steps=1, standardize=True)
+
+
+
+@pytest.mark.parametrize("layout", ["per-step", "grid"])
+def test_unscaled_targets_of_a_rank_3_output_are_standardized_per_value_of_its_fixed_axes(tmp_path, layout):
+    # [N, T] targets of a [batch, 'seq', 1] output were scaled per column, (T,), and broadcast to [N, T, T]:
+    # ONNX Runtime refused the labels ("Got: 7 Expected: 1"); [N, 2, 3] targets raised numpy's broadcast error
+    from onnx import TensorProto, helper
+
+    from onnxkit.data import dataset_from_arrays
+    from onnxkit.train import fit
+
+    rng = np.random.default_rng(3)
+    steps = layout == "per-step"
+    x = rng.normal(size=(90, 7, 4) if steps else (90, 4)).astype(np.float32)
+    w = rng.normal(size=(4, 1) if steps else (4, 6)).astype(np.float32)
+    y = (x @ w)[..., 0] * 100 + 500 if steps else (x @ w).reshape(-1, 2, 3) * [[1], [50]] + 300
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y" if steps else "flat"])]
+    if not steps:
+        nodes.append(helper.make_node("Reshape", ["flat", "grid"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4] if steps else
+                                                   ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 1] if steps else ["batch", 2, 3])],
+        [numpy_helper.from_array(w * 0.1, "w"), numpy_helper.from_array(np.array([-1, 2, 3], np.int64), "grid")])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    data = dataset_from_arrays("grid", {"x": x}, y)
+    result = fit(model, data, tmp_path / "run", steps=1, evaluate_test=False, standardize=True)
+    trained = onnx.load(result.model_path)
+    stored = initializers(trained)
+    mean, std = stored["onnxkit.standardize.y.mean"], stored["onnxkit.standardize.y.std"]
+    train, axes = data.train.labels, (0, 1) if steps else 0
+    np.testing.assert_allclose(mean, train.mean(axis=axes).reshape(mean.shape), rtol=1e-5)
+    np.testing.assert_allclose(std, train.std(axis=axes).reshape(std.shape), rtol=1e-4)
+    assert mean.shape == ((1, 1) if steps else (2, 3))
+    xs = (x[:5] - stored["onnxkit.standardize.x.mean"]) / stored["onnxkit.standardize.x.std"]
+    raw = xs @ stored["w"]
+    expected = (raw if steps else raw.reshape(-1, 2, 3)) * std + mean
+    np.testing.assert_allclose(ort_run(trained, {"x": x[:5]})[0], expected, rtol=1e-4, atol=1e-2)

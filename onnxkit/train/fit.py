@@ -752,7 +752,8 @@ class _Setup:
             self.model = self._standardized(self.model, self.dataset, self.regression)
             self.types = value_types(self.model)
         self.target = self.model  # the graph the trained weights go back into
-        self.target_scale = target_scale(self.dataset.train.labels) if c.standardize and self.regression else None
+        self.target_scale = (target_scale(self._laid_out(self.dataset.train.labels), self.shape)
+                             if c.standardize and self.regression else None)
         return note
 
     def _detect_probabilities(self) -> None:
@@ -1034,12 +1035,15 @@ class _Setup:
     def _bind(self, split: Split, specs: list) -> Split:
         """`split` fed as the inputs `specs` take, with the labels the loss takes."""
         bound = split.feeds_for(specs)  # a new split of the same class (text splits keep padding per batch)
-        try:
-            labels = self.loss.labels_for(split.labels, self.shape)  # its errors name raw values
-        except OnnxkitError as e:
-            raise OnnxkitError(f"{e}{self._other_output_fits(split.labels)}", params=e.params) from e
-        bound.labels = self.targets(labels)
+        bound.labels = self.targets(split.labels)
         return bound
+
+    def _laid_out(self, labels: np.ndarray) -> np.ndarray:
+        """`labels` as the loss takes them (its errors name raw values)."""
+        try:
+            return self.loss.labels_for(labels, self.shape)
+        except OnnxkitError as e:
+            raise OnnxkitError(f"{e}{self._other_output_fits(labels)}", params=e.params) from e
 
     def _other_output_fits(self, labels: np.ndarray) -> str:
         """'; output 'reg' [batch, 1] fits them: ...' when the output was not chosen and another output of the model
@@ -1058,7 +1062,8 @@ class _Setup:
         return ""
 
     def targets(self, labels: np.ndarray) -> np.ndarray:
-        """The labels training sees: regression targets standardised with --standardize."""
+        """The labels training sees, as the loss takes them: regression targets standardised with --standardize."""
+        labels = self._laid_out(labels)
         return labels if self.target_scale is None else scaled_targets(labels, self.target_scale)
 
     def _warn_one_class(self, dataset: Dataset) -> None:

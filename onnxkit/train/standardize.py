@@ -61,18 +61,19 @@ def _axes(array: np.ndarray, shape: tuple | None = None) -> tuple[int, ...]:
     return (0,) if array.ndim <= 2 else (0, *range(2, array.ndim))
 
 
-def _moments(array: np.ndarray, shape: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _moments(array: np.ndarray, shape: tuple | None = None,
+             axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std in float64, shaped to broadcast against one row."""
     values = array.astype(np.float64)
-    axes = _axes(values, shape)
+    axes = _axes(values, shape) if axes is None else axes
     with np.errstate(invalid="ignore", over="ignore"):  # NaN, inf: the data's checks refuse them, in one line
         return values.mean(axis=axes, keepdims=True)[0], values.std(axis=axes, keepdims=True)[0]
 
 
-def scale_of(array: np.ndarray, shape: tuple | None = None) -> Scale:
+def scale_of(array: np.ndarray, shape: tuple | None = None, axes: tuple[int, ...] | None = None) -> Scale:
     """Per-feature mean and std (stored float32; 1 for a constant feature) of a [rows, ...] array
-    that a model input of `shape` takes."""
-    mean, std = _moments(array, shape)
+    that a model input of `shape` takes (or over `axes`)."""
+    mean, std = _moments(array, shape, axes)
     std[std < TINY] = 1.0
     return Scale(mean.astype(np.float32), std.astype(np.float32))
 
@@ -152,9 +153,13 @@ def scaled_targets(labels: np.ndarray, scale: Scale) -> np.ndarray:
     return ((labels.astype(np.float64) - scale.mean) / scale.std).astype(np.float32)
 
 
-def target_scale(labels: np.ndarray) -> Scale:
-    """The scale of regression targets: one per target column ([N] targets: one)."""
-    return scale_of(labels.reshape(len(labels), -1))
+def target_scale(labels: np.ndarray, shape: tuple | None = None) -> Scale:
+    """The scale of regression targets: one per target column ([N] targets: one); of targets laid out as an output
+    of `shape` of rank 3 or more, one per value on its fixed axes, a free one pooled (a [batch, 'seq', 1] output's:
+    one for all steps; per column of [N, T * 1] they broadcast to [N, T, T] and training failed in ONNX Runtime)."""
+    if labels.ndim <= 2 or shape is None:
+        return scale_of(labels.reshape(len(labels), -1))
+    return scale_of(labels, axes=tuple(a for a, d in enumerate(shape) if a == 0 or not isinstance(d, int)))
 
 
 def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: float = OFFSET,
