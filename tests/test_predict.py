@@ -593,6 +593,43 @@ def test_a_binary_models_table_shows_its_logit(run_cli, tmp_path):
 
 
 
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_a_binary_model_of_one_logit_a_row_unsqueezed_predicts(run_cli, tmp_path, sigmoid):
+    # a PyTorch export of `model(x).squeeze(-1)` (BCEWithLogitsLoss' shape), trained by onnxkit: eval scored it, and
+    # predict refused it: "class predictions need [batch, classes] scores, got shape (3,)"
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxkit import runtime
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z2"]), helper.make_node("Squeeze", ["z2", "axis"], ["z"])]
+    nodes += [helper.make_node("Sigmoid", ["z"], ["p"])] if sigmoid else []
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+                              [helper.make_tensor_value_info("p" if sigmoid else "z", TensorProto.FLOAT, ["batch"])],
+                              [numpy_helper.from_array(np.array([[2.0], [-1.0]], np.float32), "w"),
+                               numpy_helper.from_array(np.array([1], np.int64), "axis")])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in (("onnxkit.task", "binary"), ("onnxkit.labels", '["no", "yes"]')):
+        model.metadata_props.add(key=key, value=value)
+    if sigmoid:
+        model.metadata_props.add(key="onnxkit.scores", value="probabilities")
+    save_model(model, tmp_path / "binary.onnx")
+    x = np.array([[-1.0, 0.5], [0.5, 0.2], [2.0, 0.0]], np.float32)
+    np.save(tmp_path / "x.npy", x)
+    z = x @ [2.0, -1.0]
+    positive = 1 / (1 + np.exp(-z))
+    prediction = runtime.load(str(tmp_path / "binary.onnx")).predict(x)
+    assert prediction.labels == ["no", "yes", "yes"]
+    np.testing.assert_allclose(prediction.probabilities(), np.c_[1 - positive, positive], rtol=1e-5)
+    result = run_cli("predict", tmp_path / "binary.onnx", "--input", tmp_path / "x.npy")
+    assert result.code == 0, result.err
+    if not sigmoid:
+        assert result.out.splitlines() == ["row  label (logit)"] + [
+            f"{i:<4} {'yes' if v > 0 else 'no'} ({v:.4g})" for i, v in enumerate(z)]
+    probs = run_cli("predict", tmp_path / "binary.onnx", "--input", tmp_path / "x.npy", "--probs", "--top-k", "2")
+    assert probs.code == 0 and probs.out.splitlines()[1].split()[1:3] == ["no", f"({1 - positive[0]:.4g})"]
+
+
+
 SKLEARN_ROWS = "a,b\n1,0\n0,1\n-1,-1\n0.9,0.2\n"  # classes 0, 1, 2, 0 (conftest.sklearn_style_classifier)
 
 

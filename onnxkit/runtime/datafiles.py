@@ -338,7 +338,7 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     lines = []
     if classes and not top_k and prediction.one_logit:
         # a binary model's one logit z is read as the scores [0, z]: every negative row would show "(0)"
-        labels, logits = prediction.labels or prediction.classes.tolist(), np.asarray(prediction.scores)[:, 0]
+        labels, logits = prediction.labels or prediction.classes.tolist(), np.asarray(prediction.scores).reshape(-1)
         lines.append(f"{head}label (logit)")
         lines += [f"{row(i)}{labels[i]} ({logits[i]:.4g})" for i in range(min(rows, max_rows))]
     elif classes:

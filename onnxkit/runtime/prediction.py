@@ -66,10 +66,16 @@ class Prediction:
         """The scores: the output `scores_name`."""
         return self.outputs[self.scores_name]
 
+    def _scores_array(self) -> np.ndarray:
+        """The scores as an array, a binary classifier's [batch] logits (a PyTorch export's `.squeeze(-1)`, which
+        predict refused: 'class predictions need [batch, classes] scores') as their [batch, 1] column."""
+        scores = np.asarray(self.scores)
+        return scores[:, None] if self.task == "binary" and scores.ndim == 1 else scores
+
     @property
     def one_logit(self) -> bool:
         """Whether the scores are a binary classifier's single logit column (not probabilities)."""
-        scores = np.asarray(self.scores)
+        scores = self._scores_array()
         return self.task == "binary" and scores.ndim == 2 and scores.shape[1] == 1 and not self.given_probabilities
 
     def class_scores(self) -> np.ndarray:
@@ -79,7 +85,7 @@ class Prediction:
         if self.multi_label:
             raise OnnxkitError("this is a multi-label model: each score is one 0/1 label's logit, not a class's "
                                "score; read them as values (--probs: each label's sigmoid)")
-        scores = np.asarray(self.scores)
+        scores = self._scores_array()
         if scores.ndim != 2:
             raise OnnxkitError(f"class predictions need [batch, classes] scores, got shape {scores.shape} "
                                f"(output {self.scores_name!r})")
@@ -95,7 +101,7 @@ class Prediction:
         """Class probabilities as [rows, classes] float32: the softmax of the scores, or for a binary
         classifier's single logit z the sigmoid pair [1 - sigmoid(z), sigmoid(z)] (for a multi-label
         one's logits, each one's sigmoid, shaped as they are)."""
-        scores = np.asarray(self.scores, np.float64)
+        scores = self._scores_array().astype(np.float64)
         if self.multi_label:  # each label's sigmoid
             return (scores if self.given_probabilities else 0.5 * (1.0 + np.tanh(0.5 * scores))).astype(np.float32)
         if self.given_probabilities or self.reads_as_probabilities():
