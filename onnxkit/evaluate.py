@@ -355,6 +355,13 @@ def scored_output(model: Any) -> str:
     return metadata(model).get(OUTPUT_KEY) or (layout[0] if layout else model.graph.output[0].name)
 
 
+def output_task(model: Any, output: str | None) -> str | None:
+    """The task the model's metadata names for `output` (None: the output it scores): that of the output it scores,
+    the one training fit, None for another (a two-headed export trained on its values said 'regression' of its class
+    scores too)."""
+    return metadata(model).get(TASK_KEY) if output in (None, scored_output(model)) else None
+
+
 def _rows(result: Any) -> np.ndarray:
     """An output as an array: a sequence of {class: probability} maps as [rows, classes]."""
     if len(result) and isinstance(result[0], dict):
@@ -569,7 +576,7 @@ def evaluate(
     result = model_outputs(proto, split, name, batch_size=batch_size, providers=providers, source=source)
     out_vi = next(o for o in proto.graph.output if o.name == name)
     shape = [d.dim_value or d.dim_param for d in out_vi.type.tensor_type.shape.dim]
-    meta_task = metadata(proto).get(TASK_KEY)
+    meta_task = output_task(proto, output)
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
     axis = class_axis(shape or list(result.shape), split.labels.shape) if resolved == "classification" else -1
     if resolved == "regression" and split.label_names:  # a model without a task fit to class names: no measurements

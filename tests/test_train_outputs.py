@@ -114,6 +114,30 @@ def test_class_ids_of_another_output_fit_by_a_regression_are_warned_of(tmp_path)
         fit(model, dataset(x, x[:, 0] * 3), tmp_path / "values", steps=1, device="cpu")
 
 
+
+def test_the_task_a_model_names_is_its_trained_outputs_not_another_s(tmp_path):
+    # a two-headed model trained on its values (task 'regression', output 'value') then given class ids for its
+    # logits: training chose mse for them ("labels of shape [100] do not match the output's shape [batch, 3] for the
+    # mse loss"), and evaluate(output='logits') scored class ids as targets
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, D)).astype(np.float32)
+    model = model_of(
+        [helper.make_node("MatMul", ["x", "w1"], ["value"]), helper.make_node("MatMul", ["x", "w2"], ["logits"])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        {"w1": rng.normal(size=(D, 1)), "w2": rng.normal(size=(D, 3)) * 0.1}, ["batch", D])
+    for key, value in (("onnxkit.task", "regression"), ("onnxkit.output", "value")):
+        model.metadata_props.add(key=key, value=value)
+    ids = np.digitize(x[:, 0], [-0.5, 0.5])
+    test = Split("test", {"x": x[200:]}, ids[200:])
+    scored = evaluate(model, test, output="logits")
+    assert scored["task"] == "classification" and len(scored["confusion"]) == 3
+    result = fit(model, dataset(x, ids), tmp_path / "logits", output="logits", epochs=30, lr=0.03, device="cpu")
+    assert result.metrics["test"]["task"] == "classification" and result.metrics["test"]["accuracy"] > 0.6
+    trained = load_model(result.model_path)
+    assert evaluate(trained, Split("test", {"x": x[200:]}, x[200:, :1] * 2), output="value")["task"] == "regression"
+
+
 def linear(outputs: int, x_shape: list | None = None) -> onnx.ModelProto:
     rng = np.random.default_rng(1)
     return model_of([helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],

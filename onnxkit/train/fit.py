@@ -53,6 +53,7 @@ from onnxkit.evaluate import (
     fixed_batch_size,
     label_names,
     model_outputs,
+    output_task,
     padded,
     predictions,
     r2,
@@ -734,7 +735,7 @@ class _Setup:
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
             for d in self.output_vi.type.tensor_type.shape.dim
         )
-        self.named_task = metadata(self.model).get(TASK_KEY)  # the task the model's metadata names, if any
+        self.named_task = output_task(self.model, c.output)  # the task the model's metadata names, if any
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(self.named_task, self.shape, labels)
         self.loss.check_output(self.output_vi)
         self.loss = self.loss.along(self.output_vi, labels)  # the class axis of one id per position
