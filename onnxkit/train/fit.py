@@ -121,10 +121,12 @@ from onnxkit.train.schedules import Schedule, warmup_steps
 from onnxkit.train.standardize import (
     FAR,
     input_scales,
+    non_negative_output,
     scaled_targets,
     standardize_inputs,
     standardizes_itself,
     target_scale,
+    uncentred,
     unscale_output,
     unscaled,
 )
@@ -753,8 +755,12 @@ class _Setup:
             self.model = self._standardized(self.model, self.dataset, self.regression)
             self.types = value_types(self.model)
         self.target = self.model  # the graph the trained weights go back into
-        self.target_scale = (target_scale(self._laid_out(self.dataset.train.labels), self.shape)
-                             if c.standardize and self.regression else None)
+        self.target_scale = None
+        if c.standardize and self.regression:
+            targets = self._laid_out(self.dataset.train.labels)
+            self.target_scale = target_scale(targets, self.shape)
+            if targets.min() >= 0 and non_negative_output(self.model.graph, self.output):
+                self.target_scale = uncentred(self.target_scale)
         return note
 
     def _detect_probabilities(self) -> None:
