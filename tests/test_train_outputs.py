@@ -112,6 +112,7 @@ def test_class_ids_of_another_output_fit_by_a_regression_are_warned_of(tmp_path)
         warnings.simplefilter("error", TrainingWarning)
         fit(model, dataset(x, ids), tmp_path / "logits", output="logits", steps=1, device="cpu")
         fit(model, dataset(x, x[:, 0] * 3), tmp_path / "values", steps=1, device="cpu")
+        fit(model, dataset(x, ids * 2), tmp_path / "counts", steps=1, device="cpu")  # 0, 2, 4: no ids of 3 scores
 
 
 

@@ -1119,7 +1119,7 @@ class _Setup:
             return
         for out in self.model.graph.output:
             dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
-            if out.name != self.output and len(dims) == 2 and dims[1] > labels.max() >= 1:
+            if out.name != self.output and len(dims) == 2 and dims[1] == labels.max() + 1 > 2:
                 self.progress.line(f"warning: output {self.output!r} trains a regression on the labels (loss mse), "
                                    f"which look like class ids of output {out.name!r} [batch, {dims[1]}]: "
                                    f"--model-output {out.name} (output={out.name!r} in fit) trains that one")
