@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.metadata_keys import MAX_LENGTH_KEY, PADDING_KEY, TOKENIZER_KEY
 
 DEFAULT_MAX_LENGTH = 128
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the arrays `encode` makes, by input name
 
 
 def load_tokenizer(tokenizer: str | Mapping[str, Any], max_length: int | None = None,  # type: ignore[no-untyped-def]
@@ -49,13 +50,24 @@ def load_tokenizer(tokenizer: str | Mapping[str, Any], max_length: int | None = 
     return tok
 
 
-def tokenizer_from_metadata(metadata: Mapping[str, str]):  # type: ignore[no-untyped-def]
-    """The tokenizer stored in a model's metadata_props (as a dict), or None."""
+def fixed_length(inputs: Iterable[Any]) -> int | None:
+    """The tokens per text a model's token inputs (`name`, `shape` specs) fix, as a PyTorch export whose only
+    dynamic axis is the batch does; None where the length is free."""
+    for spec in inputs:
+        shape = spec.shape or ()
+        if spec.name in TOKEN_INPUTS and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
+            return shape[1]
+    return None
+
+
+def tokenizer_from_metadata(metadata: Mapping[str, str], length: int | None = None):  # type: ignore[no-untyped-def]
+    """The tokenizer stored in a model's metadata_props (as a dict), or None; `length`: the tokens the model's
+    inputs fix (`fixed_length`), which every text is cut or padded to."""
     if TOKENIZER_KEY not in metadata:
         return None
-    max_length = int(metadata.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))
+    max_length = length or int(metadata.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))
     return load_tokenizer(metadata[TOKENIZER_KEY], max_length,
-                          pad_to=max_length if metadata.get(PADDING_KEY) == "max_length" else None)
+                          pad_to=max_length if length or metadata.get(PADDING_KEY) == "max_length" else None)
 
 
 def encode(tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -69,11 +81,9 @@ def encode(tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:  # type: i
             raise OnnxkitError(f"text {number} is not valid UTF-8 ({_undecodable(text[e.start])} at character "
                                f"{e.start}); pass UTF-8 text") from None
     encodings = tokenizer.encode_batch(list(texts))
-    return {
-        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), -1),
-        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(texts), -1),
-        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64).reshape(len(texts), -1),
-    }
+    rows = ([e.ids for e in encodings], [e.attention_mask for e in encodings], [e.type_ids for e in encodings])
+    return {name: np.array(row, dtype=np.int64).reshape(len(texts), -1)
+            for name, row in zip(TOKEN_INPUTS, rows, strict=True)}
 
 
 def _undecodable(char: str) -> str:

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.data.split import Dataset, Split, check_seed
+from onnxkit.data.split import Dataset, Split, check_seed, model_inputs
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import TABLE_SUFFIXES, not_a_file, sha256
 from onnxkit.label_columns import in_trained_order, trained_columns
 from onnxkit.metadata import metadata, training_summary
 from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
+from onnxkit.tokenize import fixed_length
 
 Loader = Callable[..., Dataset]
 _RELABEL = "correct the data's labels, or build the model with a label for every class (--set labels=...)"
@@ -170,8 +171,11 @@ def _check_options(loader: Callable[..., Dataset], options: dict[str, Any], what
 
 
 def _padded_as_trained(dataset: Dataset, model: Any) -> Dataset:
-    """Text at its full length for a model trained so (metadata `onnxkit.padding`: a recurrent one)."""
-    if model is None or metadata(model).get(PADDING_KEY) != "max_length":
+    """Text at its full length for a model trained so (metadata `onnxkit.padding`: a recurrent one) or whose token
+    inputs fix their length."""
+    if model is None:
+        return dataset
+    if metadata(model).get(PADDING_KEY) != "max_length" and fixed_length(model_inputs(model)) is None:
         return dataset
     return dataset.with_fixed_shapes()
 

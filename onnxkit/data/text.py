@@ -21,11 +21,11 @@ import numpy as np
 import onnx
 
 from onnxkit.data.registry import register_dataset
-from onnxkit.data.split import SPLIT_NAMES, Dataset, Split, split_indices
+from onnxkit.data.split import SPLIT_NAMES, Dataset, Split, model_inputs, split_indices
 from onnxkit.errors import MissingPackage, OnnxkitError
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import MAX_LENGTH_KEY, TOKENIZER_KEY
-from onnxkit.tokenize import DEFAULT_MAX_LENGTH, encode, load_tokenizer
+from onnxkit.tokenize import DEFAULT_MAX_LENGTH, encode, fixed_length, load_tokenizer
 
 
 class TextSplit(Split):
@@ -79,11 +79,12 @@ def _cut(inputs: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarray]
 
 def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """`tokenizer` and `max_length` options for a text dataset from an `onnx.ModelProto`'s
-    metadata; empty when the model carries no tokenizer."""
+    metadata (the length its token inputs fix, if they do); empty when the model carries no tokenizer."""
     meta = metadata(model)
     if TOKENIZER_KEY not in meta:
         return {}
-    return {"tokenizer": meta[TOKENIZER_KEY], "max_length": int(meta.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))}
+    length = fixed_length(model_inputs(model)) or int(meta.get(MAX_LENGTH_KEY, DEFAULT_MAX_LENGTH))
+    return {"tokenizer": meta[TOKENIZER_KEY], "max_length": length}
 
 
 def carry_tokenizer(model: onnx.ModelProto, tokenizer: str, max_length: int | None) -> onnx.ModelProto:

@@ -168,9 +168,9 @@ def _texts_file(data: str | os.PathLike, suffix: str, model: onnx.ModelProto) ->
     column'), which calibration does not need."""
     from onnxkit.metadata import metadata
     from onnxkit.runtime.datafiles import read_texts
-    from onnxkit.tokenize import encode, tokenizer_from_metadata
+    from onnxkit.tokenize import encode, fixed_length, tokenizer_from_metadata
 
-    tokenizer = tokenizer_from_metadata(metadata(model))
+    tokenizer = tokenizer_from_metadata(metadata(model), fixed_length(model_inputs(model)))
     if tokenizer is None:  # token ids or numbers: a table of the model's inputs alone, else a dataset
         return _table_of_inputs(data, model) if suffix != ".txt" else data
     if suffix != ".txt":

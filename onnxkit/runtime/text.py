@@ -20,7 +20,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.metadata_keys import TOKENIZER_KEY
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.signature import TensorSpec
-from onnxkit.tokenize import encode, tokenizer_from_metadata
+from onnxkit.tokenize import encode, fixed_length, tokenizer_from_metadata
 
 TEXT_INPUT = "text"  # the name under which the server accepts raw text (BYTES [batch])
 TEXT_SPEC = TensorSpec(TEXT_INPUT, "tensor(string)", ("batch",))
@@ -57,12 +57,13 @@ def _tokenizer(model: Any) -> Any:
                     f"model {model.name!r} carries no tokenizer, so it cannot take text; build it with one "
                     "(e.g. onnxkit build bert-classifier --set pretrained=all-MiniLM-L6-v2) or pass token ids"
                 )
-            _tokenizers[model] = tokenizer_from_metadata(model.metadata)
+            _tokenizers[model] = tokenizer_from_metadata(model.metadata, fixed_length(model.inputs))
         return _tokenizers[model]
 
 
 def text_feeds(model: Any, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
-    """Session feeds (ids, mask, type ids the model takes) for `texts`, padded to the longest; no texts give
+    """Session feeds (ids, mask, type ids the model takes) for `texts`, padded to the longest (to the length the
+    model fixes, if it does); no texts give
     feeds of no rows, as any input of no rows does."""
     texts = [texts] if isinstance(texts, str) else [t.decode() if isinstance(t, bytes) else t for t in texts]
     raw = raw_text_input(model)
