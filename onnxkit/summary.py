@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from onnxkit.files import model_location, weight_files
 from onnxkit.graph_walks import every_node, subgraphs
 from onnxkit.metadata import metadata
+from onnxkit.metadata_keys import BUFFERS_KEY
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
@@ -97,10 +98,12 @@ _NO_WEIGHTS = (onnx.TensorProto.INT64, onnx.TensorProto.BOOL)  # shapes, axes, i
 
 
 def parameter_count(model: onnx.ModelProto) -> int:
-    """The model's parameters, as `summarize` counts them (`_parameter_count`)."""
+    """The model's parameters, as `summarize` counts them (`_parameter_count`), less the buffers its metadata
+    declares (`onnxkit.buffers`: statistics never trained, such as those training standardises inputs with)."""
     nodes = list(every_node(model.graph))
-    return _parameter_count(nodes, [*model.graph.initializer, *(t for n in nodes for sub in subgraphs(n)
-                                                                 for t in sub.initializer)])
+    buffers = set(json.loads(metadata(model).get(BUFFERS_KEY, "[]")))
+    tensors = [*model.graph.initializer, *(t for n in nodes for sub in subgraphs(n) for t in sub.initializer)]
+    return _parameter_count(nodes, [t for t in tensors if t.name not in buffers])
 
 
 def _parameter_count(nodes: list[onnx.NodeProto], tensors: list[onnx.TensorProto]) -> int:

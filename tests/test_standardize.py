@@ -618,3 +618,22 @@ def test_targets_of_an_output_that_cannot_be_negative_are_scaled_not_centred(tmp
     train = data.train.labels
     np.testing.assert_allclose(stored["onnxkit.standardize.y.mean"], [train.mean() if last is None else 0], rtol=1e-5)
     np.testing.assert_allclose(stored["onnxkit.standardize.y.std"], [train.std()], rtol=1e-5)
+
+
+@pytest.mark.parametrize(("data", "features", "outputs", "task"), [("wine", 13, 3, "classification"),
+                                                                   ("diabetes", 10, 1, "regression")])
+def test_inspect_counts_the_trained_parameters_not_the_standardisation_statistics(tmp_path, run_cli, data,
+                                                                                  features, outputs, task):
+    # a wine MLP trained with standardisation (the default there) showed 1,729 parameters in inspect, its 13
+    # means and 13 stds counted, where it has PyTorch's sum(p.numel()) = 1,703, as run.json says
+    from onnxkit.train import fit
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(plain_mlp(features, outputs, task), path)
+    result = fit(path, data, tmp_path / "run", steps=1, evaluate_test=False)
+    trained = onnx.load(result.model_path)
+    assert any(t.name.startswith("onnxkit.standardize.") for t in trained.graph.initializer)
+    expected = features * 100 + 100 + 100 * outputs + outputs
+    inspected = json.loads(run_cli("inspect", result.model_path, "--json").out)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert inspected["parameters"] == run["trainable_parameters"] == expected
