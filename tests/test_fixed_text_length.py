@@ -64,3 +64,14 @@ def test_short_texts_train_eval_and_predict_at_the_models_fixed_length(tmp_path,
     assert scored.code == 0, scored.err
     test = json.loads((tmp_path / "run" / "run.json").read_text())["result"]["test"]
     assert {k: json.loads(scored.out)[k] for k in ("accuracy", "loss")} == {k: test[k] for k in ("accuracy", "loss")}
+
+
+def test_a_max_length_other_than_the_models_fixed_one_is_one_line(tmp_path, run_cli):
+    # --max-length 8 on a model taking 12 tokens went unsaid: the texts were then padded to 12 all the same
+    onnx.save(bag_of_words(), tmp_path / "bow.onnx")
+    (tmp_path / "short.csv").write_text("text,label\n" + "".join(f"{t},{i % 2}\n" for i, t in enumerate(TEXTS * 4)))
+    refused = run_cli("train", tmp_path / "bow.onnx", "--data", tmp_path / "short.csv", "--tokenizer", TOKENIZER,
+                      "--max-length", "8", "-o", tmp_path / "run")
+    assert (refused.code, refused.err) == (1, f"error: --max-length 8, but the model's token inputs take {LENGTH} "
+                                              f"tokens a text; give --max-length {LENGTH} or leave it out\n")
+    assert not (tmp_path / "run").exists()

@@ -90,11 +90,15 @@ def tokenizer_options(model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 def carry_tokenizer(model: onnx.ModelProto, tokenizer: str, max_length: int | None) -> onnx.ModelProto:
     """A copy of `model` that carries `tokenizer` (a tokenizer.json path or its JSON) and `max_length` in its
     metadata, as a pretrained zoo model does: text datasets are tokenized by it, and the model trained from it
-    reads text (`predict --text`) with it."""
+    reads text (`predict --text`) with it. A model whose token inputs fix their length takes texts of that length."""
+    fixed = fixed_length(model_inputs(model))
+    if max_length and fixed and max_length != fixed:
+        raise OnnxkitError(f"max_length={max_length}, but the model's token inputs take {fixed} tokens a text; give "
+                           f"max_length={fixed} or leave it out", params=["max_length"])
     text = load_tokenizer(tokenizer, max_length).to_str()  # one clear error for a file that is no tokenizer
     carried = onnx.ModelProto()
     carried.CopyFrom(model)
-    set_metadata(carried, {TOKENIZER_KEY: text, MAX_LENGTH_KEY: max_length or DEFAULT_MAX_LENGTH})
+    set_metadata(carried, {TOKENIZER_KEY: text, MAX_LENGTH_KEY: max_length or fixed or DEFAULT_MAX_LENGTH})
     return carried
 
 
