@@ -60,6 +60,10 @@ def test_short_texts_train_eval_and_predict_at_the_models_fixed_length(tmp_path,
     assert said.code == 0, said.err
     np.testing.assert_allclose(np.load(tmp_path / "p.npz")["logits"], expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(runtime.load(str(model)).predict_text(TEXTS[:2])["logits"], expected[:2], atol=1e-6)
+    (tmp_path / "calib.txt").write_text("\n".join(TEXTS[:4]) + "\n")  # shorter than LENGTH
+    calibrated = run_cli("quantize", model, "--mode", "static", "--calib", tmp_path / "calib.txt", "--no-latency",
+                         "-o", tmp_path / "q.onnx")
+    assert calibrated.code == 0, calibrated.err
     scored = run_cli("eval", model, "--json")
     assert scored.code == 0, scored.err
     test = json.loads((tmp_path / "run" / "run.json").read_text())["result"]["test"]
