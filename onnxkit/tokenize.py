@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,12 +50,20 @@ def load_tokenizer(tokenizer: str | Mapping[str, Any], max_length: int | None = 
     return tok
 
 
-def fixed_length(inputs: Iterable[Any]) -> int | None:
-    """The tokens per text a model's token inputs (`name`, `shape` specs) fix, as a PyTorch export whose only
-    dynamic axis is the batch does; None where the length is free."""
+def token_inputs(inputs: Sequence[Any]) -> dict[str, str]:
+    """The array of `encode` each of a model's token inputs (`name`, `shape` specs) takes, by input name: the one
+    named alike, or the token ids for a model of one input named otherwise (a PyTorch export's `tokens`)."""
+    if len(inputs) == 1 and inputs[0].name not in TOKEN_INPUTS:
+        return {inputs[0].name: TOKEN_INPUTS[0]}
+    return {spec.name: spec.name for spec in inputs if spec.name in TOKEN_INPUTS}
+
+
+def fixed_length(inputs: Sequence[Any]) -> int | None:
+    """The tokens per text a model's token inputs (`token_inputs`) fix, as a PyTorch export whose only dynamic
+    axis is the batch does; None where the length is free."""
     for spec in inputs:
         shape = spec.shape or ()
-        if spec.name in TOKEN_INPUTS and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
+        if spec.name in token_inputs(inputs) and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
             return shape[1]
     return None
 

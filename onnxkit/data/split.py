@@ -26,6 +26,7 @@ from onnxkit.data.checks import checked_labels
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.input_columns import unit_axes_moved
 from onnxkit.label_columns import label_column
+from onnxkit.tokenize import token_inputs
 
 SPLIT_NAMES = ("train", "validation", "test")
 ALL = "all"  # the name of every example of a dataset as one split (Dataset.split)
@@ -206,6 +207,8 @@ class Split:
         """
         if len(self.inputs) == 1 and len(inputs) == 1:
             names = {inputs[0].name: next(iter(self.inputs))}
+        elif len(inputs) == 1 and set(token_inputs(inputs).values()) <= set(self.inputs):
+            names = token_inputs(inputs)  # text's token ids for a model of one input named otherwise too
         else:
             names = {}
             for spec in inputs:

@@ -168,7 +168,7 @@ def _texts_file(data: str | os.PathLike, suffix: str, model: onnx.ModelProto) ->
     column'), which calibration does not need."""
     from onnxkit.metadata import metadata
     from onnxkit.runtime.datafiles import read_texts
-    from onnxkit.tokenize import encode, fixed_length, tokenizer_from_metadata
+    from onnxkit.tokenize import encode, fixed_length, token_inputs, tokenizer_from_metadata
 
     tokenizer = tokenizer_from_metadata(metadata(model), fixed_length(model_inputs(model)))
     if tokenizer is None:  # token ids or numbers: a table of the model's inputs alone, else a dataset
@@ -180,8 +180,8 @@ def _texts_file(data: str | os.PathLike, suffix: str, model: onnx.ModelProto) ->
     texts = [text for text in read_texts(Path(data)) if text.strip()]
     if not texts:
         raise OnnxkitError(f"calib {data}: holds no text; give one text a line (a .txt) or a row", params=["calib"])
-    names = {spec.name for spec in model_inputs(model)}
-    return {name: array for name, array in encode(tokenizer, texts).items() if name in names}
+    arrays = encode(tokenizer, texts)
+    return {name: arrays[array] for name, array in token_inputs(model_inputs(model)).items()}
 
 
 def _table_of_inputs(data: str | os.PathLike, model: onnx.ModelProto) -> Any:

@@ -20,7 +20,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.metadata_keys import TOKENIZER_KEY
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.signature import TensorSpec
-from onnxkit.tokenize import encode, fixed_length, tokenizer_from_metadata
+from onnxkit.tokenize import encode, fixed_length, token_inputs, tokenizer_from_metadata
 
 TEXT_INPUT = "text"  # the name under which the server accepts raw text (BYTES [batch])
 TEXT_SPEC = TensorSpec(TEXT_INPUT, "tensor(string)", ("batch",))
@@ -70,7 +70,7 @@ def text_feeds(model: Any, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
     if raw is not None:  # the model tokenizes (a TF-IDF pipeline): the strings themselves, one per row
         return {raw.name: np.array(texts, dtype=object).reshape((len(texts), 1)[:len(raw.shape)])}
     arrays = encode(_tokenizer(model), texts or [""])  # an empty text's arrays, of no rows, for none
-    return {spec.name: arrays[spec.name][:len(texts)] for spec in model.inputs if spec.name in arrays}
+    return {name: arrays[array][:len(texts)] for name, array in token_inputs(model.inputs).items()}
 
 
 def predict_text(model: Any, texts: str | Sequence[str]) -> Prediction:
