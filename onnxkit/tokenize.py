@@ -61,9 +61,10 @@ def token_inputs(inputs: Sequence[Any]) -> dict[str, str]:
 def fixed_length(inputs: Sequence[Any]) -> int | None:
     """The tokens per text a model's token inputs (`token_inputs`) fix, as a PyTorch export whose only dynamic
     axis is the batch does; None where the length is free."""
+    names = token_inputs(inputs)
     for spec in inputs:
         shape = spec.shape or ()
-        if spec.name in token_inputs(inputs) and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
+        if spec.name in names and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
             return shape[1]
     return None
 

@@ -63,8 +63,7 @@ def _tokenizer(model: Any) -> Any:
 
 def text_feeds(model: Any, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
     """Session feeds (ids, mask, type ids the model takes) for `texts`, padded to the longest (to the length the
-    model fixes, if it does); no texts give
-    feeds of no rows, as any input of no rows does."""
+    model fixes, if it does); no texts give feeds of no rows, as any input of no rows does."""
     texts = [texts] if isinstance(texts, str) else [t.decode() if isinstance(t, bytes) else t for t in texts]
     raw = raw_text_input(model)
     if raw is not None:  # the model tokenizes (a TF-IDF pipeline): the strings themselves, one per row
