@@ -71,7 +71,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("--tokenizer", type=click.Path(dir_okay=False),
               help="A tokenizer.json for text data (bbc-news, tweets-sentiment) when the model carries none; the "
                    "trained model carries it, for eval and predict --text.")
-@click.option("--max-length", type=opt.COUNT, help="Tokens kept per text, with --tokenizer (default: 128).")
+@click.option("--max-length", type=opt.COUNT,
+              help="Tokens kept per text, with --tokenizer (default: 128, or the length the model's token inputs fix).")
 @click.option("--no-shuffle", is_flag=True, help="Keep the data order.")
 @click.option("--no-dropout", is_flag=True, help="Train with dropout off.")
 @click.option("--freeze", multiple=True, metavar="GLOB", help="Keep matching parameters fixed (repeatable).")
