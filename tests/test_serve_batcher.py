@@ -308,5 +308,7 @@ def test_a_model_whose_run_time_follows_its_data_leaves_the_event_loop_after_one
         return stalls
 
     stalls = asyncio.run(main())
-    assert stalls[3] > 0.2, stalls  # the first long run: on the loop, as nothing foretold it
-    assert max(stalls[5], stalls[7]) < 0.1, stalls  # before: ~0.4 s each, as the first
+    # the first long run (~0.4 s, less where the calibrating run was slowed): on the loop, as nothing foretold it;
+    # the later ones off it (before: each stalled the loop as long as the first)
+    assert stalls[3] > batcher_module.OFF_LOOP_S * 2, stalls
+    assert max(stalls[5], stalls[7]) < min(0.1, stalls[3] / 2), stalls
