@@ -199,6 +199,10 @@ BAD_REQUESTS = [
     ("POST", "/v2/models/digits/infer", b"[" + b"0," * 600_000 + b"0]", 413, "over the 1,048,576-byte limit"),
     ("GET", "/v2/models/digits/infer", None, 405, "GET is not allowed"),
     ("GET", "/v3/anything", None, 404, "no such endpoint: /v3/anything"),
+    # a KServe v1 / TF Serving client's path: the protocol this server speaks, named
+    ("POST", "/v1/models/iris:predict", b'{"instances": [[1, 2, 3, 4]]}', 404, "no such endpoint: "
+     '/v1/models/iris:predict (this server speaks the KServe v2 / Triton protocol: POST /v2/models/NAME/infer with '
+     '{"inputs": [...]}; POST /v2/repository/index lists the models)'),
     ("GET", "/v2/health/ready/", None, 404, "no such endpoint: /v2/health/ready/"),  # was a 307 to the Host header's
     ("POST", "/v2/models/digits/infer", b'{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [1'
      + b"0" * 5000 + b"]}]}", 400, "a number has 5001 digits; no datatype holds one longer than 20"),

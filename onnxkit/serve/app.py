@@ -370,9 +370,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     path = request.url.path
     unsupported = protocol.unsupported_extension(path.removeprefix("/v2/")) if path.startswith("/v2/") else None
+    hint = (f" ({unsupported} is not supported by this server)" if unsupported
+            else " (this server speaks the KServe v2 / Triton protocol: POST /v2/models/NAME/infer with "
+                 '{"inputs": [...]}; POST /v2/repository/index lists the models)' if path.startswith("/v1/") else "")
     message = {
-        404: f"no such endpoint: {path}" + (f" ({unsupported} is not supported by this server)" if unsupported
-                                             else ""),
+        404: f"no such endpoint: {path}{hint}",
         405: f"{request.method} is not allowed on {path}",
     }
     return _json({"error": message.get(exc.status_code, exc.detail)}, exc.status_code, exc.headers)
