@@ -229,11 +229,16 @@ def _resize_hints(graph: onnx.GraphProto, known: dict[str, onnx.ValueInfoProto])
         if dims is None or not now.HasField("shape") or len(dims) != len(now.shape.dim):
             continue
         old = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in now.shape.dim]
-        new = [d if d is not None and (not o or str(o).startswith("unk__")) else o
-               for d, o in zip(dims, old, strict=True)]
+        new = [d if _named(d) and not _named(o) else o for d, o in zip(dims, old, strict=True)]
         if new != old:
             hints.append(onnx.helper.make_tensor_value_info(node.output[0], now.elem_type, new))
     return hints
+
+
+def _named(dim: int | str | None) -> bool:
+    """Whether `dim` is a number or a name of the model's (not one onnx's inference makes up afresh each run:
+    hinting those never settled, and inference ran its 64 passes on every model with such a Reshape)."""
+    return bool(dim) and not str(dim).startswith("unk__")
 
 
 def _reshaped(target: list, data: onnx.ValueInfoProto | None, allowzero: bool) -> list | None:
