@@ -198,7 +198,8 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         hints = [_same_type(known[n.input[0]], n.output[0], n.op_type in FLOAT_OUT) for n in inferred.graph.node
                  if n.op_type in SAME_SHAPE and n.input[0] in known and not _has_shape(known.get(n.output[0]))]
         hints += _resize_hints(inferred.graph, known)
-        if not hints and not _fold_static_sizes(skeleton.graph, inferred.graph, known):
+        if not hints and not _fold_static_sizes(skeleton.graph, inferred.graph, known) and \
+                not _take_decided_branches(skeleton.graph, inferred.graph, known):
             break
         skeleton.graph.value_info.extend(hints)
     g = inferred.graph
@@ -288,14 +289,58 @@ def _fold_static_sizes(skeleton: onnx.GraphProto, graph: onnx.GraphProto,
     return folded
 
 
-_SHAPE_OPS = frozenset({"Cast", "Unsqueeze", "Identity", "Concat", "Slice", "Gather", "Add", "Sub", "Mul", "Div"})
+def _take_decided_branches(skeleton: onnx.GraphProto, graph: onnx.GraphProto,
+                           known: dict[str, onnx.ValueInfoProto]) -> bool:
+    """Replace the skeleton's If nodes whose condition compares sizes inference has shown equal or different by
+    the nodes of the branch taken; whether there were any.
+
+    DeBERTa's TorchScript export asks `if key.size(-2) != query.size(-2)`, whose branches give relative positions
+    of different ranks, so onnx's inference left the If's output, and the attention scores it is added to, unranked."""
+    producers = {o: n for n in graph.node for o in n.output}
+    constants = {t.name: t for t in graph.initializer if t.data_type == TensorProto.INT64}
+    nodes, taken = [], False
+    for node in skeleton.node:
+        truth = _truth(node.input[0], producers, constants, known) if node.op_type == "If" else None
+        if truth is None:
+            nodes.append(node)
+            continue
+        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if truth else "else_branch"))
+        nodes += [*branch.node, *(onnx.helper.make_node("Identity", [o.name], [out])
+                                  for o, out in zip(branch.output, node.output, strict=True))]
+        taken = True
+    if taken:
+        del skeleton.node[:]
+        skeleton.node.extend(nodes)
+    return taken
+
+
+def _truth(name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
+           known: dict[str, onnx.ValueInfoProto]) -> bool | None:
+    """The value of boolean scalar `name` where it is an Equal of two traced sizes (through Not and Cast): True
+    for equal numbers or the same named axis, False for different numbers, None where it cannot be told."""
+    node = producers.get(name)
+    if node is None or node.op_type not in ("Cast", "Identity", "Not", "Equal"):
+        return None
+    if node.op_type != "Equal":
+        inner = _truth(node.input[0], producers, constants, known)
+        return None if inner is None else inner != (node.op_type == "Not")
+    a, b = (_shape_elements(i, producers, constants, known) for i in node.input)
+    if a is None or b is None or len(a) != 1 or len(b) != 1 or None in (*a, *b):
+        return None
+    if a == b:
+        return True
+    return False if all(isinstance(v, int) for v in (*a, *b)) else None
+
+
+_SHAPE_OPS = frozenset({"Cast", "Unsqueeze", "Squeeze", "Identity", "Concat", "Slice", "Gather", "Add", "Sub", "Mul",
+                        "Div"})
 # (traced by _shape_elements)
 
 
 def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
                     known: dict[str, onnx.ValueInfoProto]) -> list[int | str | None] | None:
     """The elements of 1-D int64 shape tensor `name` (an int, a dim's name, or None where unknown), traced through
-    Shape, Slice and Gather with constant arguments, Concat, Cast and Unsqueeze; None when it cannot be."""
+    Shape, Slice and Gather with constant arguments, Concat, Cast, Squeeze and Unsqueeze; None when it cannot be."""
     if name in constants:
         return [int(v) for v in numpy_helper.to_array(constants[name]).reshape(-1)]
     node = producers.get(name)
@@ -312,7 +357,7 @@ def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: 
     if node.op_type not in _SHAPE_OPS or _elem_type(known.get(name)) not in (TensorProto.INT64, TensorProto.INT32):
         return None  # (before walking its inputs: they may lead through the whole network, a float Add's do)
     parts = [_shape_elements(i, producers, constants, known) if i else None for i in node.input]
-    if node.op_type in ("Cast", "Unsqueeze", "Identity"):
+    if node.op_type in ("Cast", "Unsqueeze", "Squeeze", "Identity"):
         return parts[0]
     if node.op_type in ("Add", "Sub", "Mul", "Div"):
         return _integer_arithmetic(node.op_type, parts[0], parts[1])

@@ -232,6 +232,59 @@ def test_a_flatten_to_a_computed_shape_keeps_its_length():
     np.testing.assert_allclose(grad, np.broadcast_to(expected, (3, 2, 3)), rtol=1e-12)
 
 
+def exported_size_test(seq: int | str = "seq") -> onnx.ModelProto:
+    """DeBERTa's attention as its TorchScript export writes it: scores = (x wq)(x wk)^T [batch, seq, seq], plus
+    relative positions chosen by `if k.size(1) != q.size(1)` (an If whose branches give ranks 4 and 3) -> y."""
+    def const(name: str, value: list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.int64)))
+
+    def size(of: str) -> list[onnx.NodeProto]:
+        return [helper.make_node("Shape", [of], [f"{of}.shape"]),
+                helper.make_node("Slice", [f"{of}.shape", "one", "two"], [f"{of}.size1"]),
+                helper.make_node("Squeeze", [f"{of}.size1", "zero"], [f"{of}.len"])]
+
+    then = helper.make_graph([const("axes", [0]), helper.make_node("Unsqueeze", ["rel", "axes"], ["wider"])], "then",
+                             [], [helper.make_tensor_value_info("wider", TensorProto.DOUBLE, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["rel"], ["same"])], "else", [],
+                              [helper.make_tensor_value_info("same", TensorProto.DOUBLE, None)])
+    nodes = [const("zero", [0]), const("one", [1]), const("two", [2]),
+             helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["x", "wk"], ["k"]),
+             *size("q"), *size("k"), helper.make_node("Equal", ["k.len", "q.len"], ["same_len"]),
+             helper.make_node("Not", ["same_len"], ["differ"]),
+             helper.make_node("If", ["differ"], ["positions"], then_branch=then, else_branch=other),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+             helper.make_node("Add", ["scores", "positions"], ["y"])]
+    rng = np.random.default_rng(8)
+    graph = helper.make_graph(
+        nodes, "size test", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", seq, 4]),
+                             helper.make_tensor_value_info("rel", TensorProto.DOUBLE, [1, seq, seq])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        [numpy_helper.from_array(rng.uniform(-1, 1, (4, 4)), name) for name in ("wq", "wk")])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_if_on_sizes_known_equal_takes_its_branch_type():
+    # DeBERTa's TorchScript export: the If's output, and the scores it is added to, had no rank, and training stopped
+    # with "cannot differentiate Add ...: the rank of '.../MatMul_output_0' or of its broadcast result is unknown"
+    types = value_types(exported_size_test())
+    for name in ("positions", "y"):
+        assert [d.dim_value or d.dim_param for d in types[name].type.tensor_type.shape.dim] == [
+            "batch" if name == "y" else 1, "seq", "seq"], name
+
+
+def test_the_matmuls_before_such_an_if_are_differentiated():
+    model = exported_size_test()
+    model.graph.node.append(helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("loss", TensorProto.DOUBLE, []))
+    rng = np.random.default_rng(9)
+    x, rel = rng.uniform(-1, 1, (2, 3, 4)), rng.uniform(-1, 1, (1, 3, 3))
+    grad = reference(add_gradients(model, ["wq"], "loss")).run([gradient_name("wq")], {"x": x, "rel": rel})[0]
+    sums = x.sum(axis=1)  # sum(y) = sum over the batch of (sum_i x_i wq) . (sum_j x_j wk), plus sum(rel)
+    wk = numpy_helper.to_array(model.graph.initializer[1])
+    np.testing.assert_allclose(grad, sum(np.outer(s, s @ wk) for s in sums), rtol=1e-12)
+
+
 def test_inference_settles_where_a_reshape_keeps_an_axis_inference_cannot_name(monkeypatch):
     # y = Reshape(z, Concat(Slice(Shape(z), 0, 1), [2, -1])) of a z whose first axis onnx names afresh (unk__N) on
     # each run, after a Reshape whose -1 a hint sizes (which shifts those names): hinting the new name every pass ran
