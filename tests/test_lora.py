@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
-from onnxkit.train.lora import ALL_ATTENTION, LoraConfig, add_adapters, merge_adapters, target_weights
+from onnxkit.train.lora import ALL_ATTENTION, LoraAdapter, LoraConfig, add_adapters, merge_adapters, target_weights
 
 pytestmark = pytest.mark.training
 
@@ -123,3 +123,49 @@ def test_the_text_transformers_head_trains_beside_the_adapters_and_a_model_witho
     assert note.startswith("warning: LoRA trains the adapters alone: no parameter matches classifier.* or head.*")
     named = LoraAdapter(LoraConfig(rank=2), train=["out.*"])
     assert "out.weight" in named.trainable(named.apply(renamed)) and named.notes() == []
+
+
+def _exported_attention(dynamo: bool) -> onnx.ModelProto:
+    """x [batch, 4] through query, key and value Linears (summed) and a classifier, as PyTorch's exporters write a
+    Hugging Face encoder: transposed weights named onnx::MatMul_N, read by nodes named for the module
+    (TorchScript), or val_N marked with the parameter they were folded from (dynamo)."""
+    from onnx import TensorProto, helper
+
+    modules = ["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.key",
+               "encoder.layer.0.attention.self.value", "classifier"]
+    rng = np.random.default_rng(3)
+    nodes, weights, infos = [], [], []
+    for k, module in enumerate(modules):
+        weight = f"val_{k}" if dynamo else f"onnx::MatMul_{k}"
+        weights.append(numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), weight))
+        source = "x" if k < 3 else "qkv"
+        name = f"node_MatMul_{k}" if dynamo else "/" + module.replace(".", "/") + "/MatMul"
+        nodes.append(helper.make_node("MatMul", [source, weight], [f"y{k}"], name=name))
+        if dynamo:
+            info = helper.make_tensor_value_info(weight, TensorProto.FLOAT, [4, 4])
+            info.metadata_props.add(key="pkg.onnxscript.optimizer.folded_from", value=f"['{module}.weight']")
+            infos.append(info)
+    weights.append(numpy_helper.from_array(np.zeros(4, np.float32), "classifier.bias"))
+    nodes += [helper.make_node("Sum", ["y0", "y1", "y2"], ["qkv"]),
+              helper.make_node("Add", ["y3", "classifier.bias"], ["logits"])]
+    graph = helper.make_graph(nodes, "export", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], weights,
+                              value_info=infos)
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_an_exported_hugging_face_encoder_takes_lora_on_its_query_and_value_by_their_pytorch_names(dynamo):
+    # its weights are onnx::MatMul_N or val_N: '--lora-rank 8' alone said "LoRA target '*attn.q.weight' matches no
+    # MatMul weight. MatMul weights look like: val_35, val_43, ...", and no glob could tell a query from a key
+    model = _exported_attention(dynamo)
+    query, key, value, head = (t.name for t in model.graph.initializer[:4])
+    assert target_weights(model, LoraConfig(rank=2).targets) == [query, value]
+    assert target_weights(model, ["*.key.weight"]) == [key]
+    adapter = LoraAdapter(LoraConfig(rank=2))
+    adapted = adapter.apply(model)
+    assert adapter.trainable(adapted) == [f"{query}.lora_A", f"{query}.lora_B", f"{value}.lora_A",
+                                          f"{value}.lora_B", head, "classifier.bias"]
+    assert not adapter.notes()
+    with pytest.raises(OnnxkitError, match=r"MatMul weights look like: encoder\.layer\.0\.attention\.self\.query\."):
+        target_weights(model, ["*.qkv.weight"])

@@ -109,6 +109,20 @@ def _folded_sources(mark: str) -> set[str]:
     return {n for n in names if isinstance(n, str)} if isinstance(names, list | tuple | set) else set()
 
 
+def matmul_weight_names(model: onnx.ModelProto) -> dict[str, str]:
+    """The PyTorch parameter each MatMul weight of an export was made from, by initializer, where the export says:
+    a dynamo export's folded_from mark (val_35: a Linear's transposed weight), or a TorchScript export's node scope
+    (onnx::MatMul_302 read by '/bert/encoder/layer.0/attention/self/query/MatMul': that Linear's weight)."""
+    held = {t.name for t in model.graph.initializer}
+    names = {info.name: next(iter(sources)) for info in model.graph.value_info if info.name in held
+             and len(sources := _folded_sources(_marks(info).get(_FOLDED, ""))) == 1}
+    for node in model.graph.node:
+        path = node.name.strip("/").split("/")
+        if node.op_type == "MatMul" and node.input[1] in held and node.name.startswith("/") and len(path) > 1:
+            names.setdefault(node.input[1], ".".join(path[:-1]) + ".weight")
+    return {weight: name for weight, name in names.items() if weight != name}
+
+
 def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """`model` with each float initializer that an Identity node copies (`B = Identity(A)`) made
     an initializer of its own, `B`; and the names so made (none: `model` itself is returned).

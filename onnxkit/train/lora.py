@@ -28,8 +28,13 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import LORA_KEY
+from onnxkit.train.exporter_marks import matmul_weight_names
 
 DEFAULT_TARGETS = ("*attn.q.weight", "*attn.v.weight")
+# the query and value weights of Hugging Face encoders (BERT, RoBERTa, ALBERT, ELECTRA; DistilBERT; DeBERTa), by the
+# PyTorch names of an export's MatMul weights: the default targets where the zoo's match none
+HF_TARGETS = ("*.query.weight", "*.value.weight", "*.q_lin.weight", "*.v_lin.weight", "*.query_proj.weight",
+              "*.value_proj.weight")
 ALL_ATTENTION = ("*attn.q.weight", "*attn.k.weight", "*attn.v.weight", "*attn.out.weight")
 DEFAULT_HEADS = ("classifier.*", "head.*")  # a new task head (bert-classifier's, text-transformer's), trained fully
 _A, _B = ".lora_A", ".lora_B"
@@ -67,19 +72,28 @@ def _matmul_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 
 def target_weights(model: onnx.ModelProto, targets: Sequence[str]) -> list[str]:
-    """The MatMul weights matched by the `targets` globs; each glob must match one."""
-    weights = list(_matmul_weights(model))
+    """The MatMul weights matched by the `targets` globs, by name or by the PyTorch name the export gives them; each
+    glob must match one (the default ones, where none does, give way to Hugging Face's query and value weights)."""
+    names = _parameter_names(model)
+    weights = {w: names[w] for w in _matmul_weights(model)}
+    shown = [aka[-1] for aka in weights.values()]
+    if tuple(targets) == DEFAULT_TARGETS and not _matching(weights, targets):
+        targets = [t for t in HF_TARGETS if _matching(weights, [t])] or targets
     chosen: set[str] = set()
     for pattern in targets:
-        hits = fnmatch.filter(weights, pattern)
+        hits = _matching(weights, [pattern])
         if not hits:
-            shown = first_few(weights, 4)
             raise OnnxkitError(
-                f"LoRA target {pattern!r} matches no MatMul weight.{suggest(pattern, weights)} "
-                f"MatMul weights look like: {shown or 'none (the model has no MatMul with a weight)'}"
+                f"LoRA target {pattern!r} matches no MatMul weight.{suggest(pattern, shown)} "
+                f"MatMul weights look like: {first_few(shown, 4) or 'none (the model has no MatMul with a weight)'}"
             )
         chosen.update(hits)
     return [w for w in weights if w in chosen]
+
+
+def _matching(weights: dict[str, list[str]], patterns: Sequence[str]) -> list[str]:
+    """The weights one of whose names matches one of `patterns`."""
+    return [w for w, names in weights.items() if any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)]
 
 
 def add_adapters(model: onnx.ModelProto, config: LoraConfig) -> tuple[onnx.ModelProto, list[str]]:
@@ -186,8 +200,7 @@ class LoraAdapter:
 
     def _no_head(self, original: onnx.ModelProto) -> list[str]:
         """A warning when no head trains beside the adapters by default: a new head would stay as built (random)."""
-        names = [t.name for t in original.graph.initializer]
-        if self.train is not None or _default_head(names):
+        if self.train is not None or _default_head(_parameter_names(original)):
             return []
         return [f"warning: LoRA trains the adapters alone: no parameter matches {' or '.join(DEFAULT_HEADS)}, the "
                 "task head trained beside them by default; a new head would stay as built (random): name its "
@@ -206,12 +219,13 @@ class LoraAdapter:
                 "the weight it adapts, and saves nothing over training it; use a smaller rank (--lora-rank)"]
 
     def trainable(self, model: onnx.ModelProto) -> list[str]:
-        names = [t.name for t in model.graph.initializer if not is_adapter(t.name)]
+        names = {n: aka for n, aka in _parameter_names(model).items() if not is_adapter(n)}
         extra: list[str] = _default_head(names) if self.train is None else []
         for pattern in self.train or ():
-            hits = fnmatch.filter(names, pattern)
+            hits = _matching(names, [pattern])
             if not hits:
-                raise OnnxkitError(f"LoRA train pattern {pattern!r} matches no parameter.{suggest(pattern, names)}")
+                shown = [aka[-1] for aka in names.values()]
+                raise OnnxkitError(f"LoRA train pattern {pattern!r} matches no parameter.{suggest(pattern, shown)}")
             extra += hits
         return self.adapters + [n for n in names if n in set(extra)]
 
@@ -221,6 +235,13 @@ class LoraAdapter:
         return merge_adapters(self._original, model)
 
 
-def _default_head(names: Sequence[str]) -> list[str]:
+def _parameter_names(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Each initializer's names: its own, then the PyTorch one an export gives a MatMul weight."""
+    torch_names = matmul_weight_names(model)
+    return {t.name: [t.name, torch_names[t.name]] if t.name in torch_names else [t.name]
+            for t in model.graph.initializer}
+
+
+def _default_head(names: dict[str, list[str]]) -> list[str]:
     """The parameters of a task head among `names`, trained beside the adapters unless `train` globs are given."""
-    return [n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in DEFAULT_HEADS)]
+    return _matching(names, DEFAULT_HEADS)
