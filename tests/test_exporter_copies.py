@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxkit.autodiff import add_gradients, gradient_name
 from onnxkit.data import Split, load_dataset
 from onnxkit.files import load_model
 from onnxkit.train import fit
@@ -682,3 +683,31 @@ def test_a_norm_without_weight_reads_no_other_layers_merged_weight():
     assert (found.parameters, found.buffers) == (["a.weight", "a.bias"], ["a.running_mean", "a.running_var",
                                                                           "b.running_mean", "b.running_var"])
     assert any(note.startswith("normalisations (bn_b) read other") for note in notes)
+
+
+def test_a_layer_applied_twice_keeps_its_weight_shared():
+    # ALBERT's one layer runs num_hidden_layers times: TorchScript writes its Linear's transposed weight once per
+    # call, the second an Identity copy, each call adding the same bias. The copy trained as a tensor of its own
+    # (a 2-layer ALBERT: 33 parameters where PyTorch has 27, query and key gradients 3% to 98% off autograd's)
+    rng = np.random.default_rng(4)
+    w, b = rng.normal(0, 0.5, (3, 3)).astype(np.float32), rng.normal(0, 0.5, 3).astype(np.float32)
+    nodes = [helper.make_node("Identity", ["onnx::MatMul_1"], ["onnx::MatMul_2"]),
+             helper.make_node("MatMul", ["x", "onnx::MatMul_1"], ["m1"]),
+             helper.make_node("Add", ["layer.bias", "m1"], ["h"]),
+             helper.make_node("MatMul", ["h", "onnx::MatMul_2"], ["m2"]),
+             helper.make_node("Add", ["layer.bias", "m2"], ["y"]),
+             helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0)]
+    graph = helper.make_graph(nodes, "albert", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+                              [numpy_helper.from_array(w, "onnx::MatMul_1"), numpy_helper.from_array(b, "layer.bias")])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    model.producer_name = "pytorch"
+    form, _ = trainable_form(model)
+    assert find_parameters(form).parameters == ["onnx::MatMul_1", "layer.bias"]
+    x = rng.normal(0, 1, (2, 3)).astype(np.float32)
+    graph_with_grads = add_gradients(form, ["onnx::MatMul_1"], "loss")
+    grad = ort.InferenceSession(graph_with_grads.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        [gradient_name("onnx::MatMul_1")], {"x": x})[0]
+    h = x @ w + b  # sum(h w + b) = sum over rows of h . w's row sums: dw = h's column sums (x) ones + x^T (ones w^T)
+    ones = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(grad, h.T @ ones + x.T @ (ones @ w.T), rtol=1e-5)

@@ -131,7 +131,8 @@ def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
     one initializer and Identity copies: the zero biases of a model, the deep-copied layers of
     `nn.TransformerEncoder`, a fresh BatchNorm's running mean and variance (copies of its beta and
     gamma). A weight the model really shares is one initializer read by several nodes, with no
-    Identity (which this keeps). Left tied, the copies would train as one tensor, and BatchNorm
+    Identity, or an Identity copy whose MatMul adds the very bias its source's does (a Linear called
+    twice: ALBERT's shared layer); this keeps both. Left tied, the copies would train as one tensor, and BatchNorm
     would normalise with its trained affine weights as statistics."""
     if not _exporter_copy(model.graph):
         return model, []
@@ -435,8 +436,21 @@ def _exporter_copy(graph: onnx.GraphProto) -> onnx.NodeProto | None:
     """The first Identity node copying a float initializer into a value that is not a graph output."""
     floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and t.dims}
     outputs = {o.name for o in graph.output}
+    biases = _matmul_biases(graph, floats)
     return next((n for n in graph.node if n.op_type == "Identity" and n.input[0] in floats
-                 and n.output[0] not in outputs), None)
+                 and n.output[0] not in outputs and not biases.get(n.input[0], set()) & biases.get(n.output[0], set())),
+                None)
+
+
+def _matmul_biases(graph: onnx.GraphProto, floats: set[str]) -> dict[str, set[str]]:
+    """The float initializers added to each MatMul's output, by its weight: a copy whose MatMul adds the very bias its
+    source's does is the same Linear applied again (ALBERT's shared layer), a weight the model shares."""
+    adds = {i: n for n in graph.node if n.op_type == "Add" for i in n.input}
+    found: dict[str, set[str]] = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and (add := adds.get(node.output[0])) is not None:
+            found.setdefault(node.input[1], set()).update(floats.intersection(add.input))
+    return found
 
 
 def in_inference_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
