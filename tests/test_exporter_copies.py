@@ -711,3 +711,33 @@ def test_a_layer_applied_twice_keeps_its_weight_shared():
     h = x @ w + b  # sum(h w + b) = sum over rows of h . w's row sums: dw = h's column sums (x) ones + x^T (ones w^T)
     ones = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(grad, h.T @ ones + x.T @ (ones @ w.T), rtol=1e-5)
+
+
+def test_a_layer_the_dynamo_exporter_folded_once_a_call_keeps_its_weight_shared():
+    # the dynamo export of ALBERT folds the shared Linear's transposed weight once a call (val_1, val_2, both marked
+    # folded_from the one weight, which the graph no longer holds): they trained as two tensors
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(0, 0.5, (3, 3)).astype(np.float32), rng.normal(0, 0.5, 3).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "val_1"], ["m1"]), helper.make_node("Add", ["m1", "layer.bias"], ["h"]),
+             helper.make_node("MatMul", ["h", "val_2"], ["m2"]), helper.make_node("Add", ["m2", "layer.bias"], ["y"]),
+             helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0)]
+    infos = []
+    for name in ("val_1", "val_2"):
+        infos.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [3, 3]))
+        infos[-1].metadata_props.add(key="pkg.onnxscript.optimizer.folded_from", value="['layer.weight']")
+    graph = helper.make_graph(nodes, "albert", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+                              [numpy_helper.from_array(w, "val_1"), numpy_helper.from_array(w, "val_2"),
+                               numpy_helper.from_array(b, "layer.bias")], value_info=infos)
+    graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature",
+                             value="p_layer_weight: PARAMETER target='layer.weight'\n"
+                                   "p_layer_bias: PARAMETER target='layer.bias'")
+    form, notes = trainable_form(helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)]))
+    assert find_parameters(form).parameters == ["val_1", "layer.bias"]
+    assert any("val_2 of val_1" in note for note in notes)
+    x = rng.normal(0, 1, (2, 3)).astype(np.float32)
+    grads = add_gradients(form, ["val_1"], "loss")
+    grad = ort.InferenceSession(grads.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        [gradient_name("val_1")], {"x": x})[0]
+    ones = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(grad, (x @ w + b).T @ ones + x.T @ (ones @ w.T), rtol=1e-5)

@@ -56,6 +56,7 @@ from onnxkit.train.exporter_marks import (
     in_inference_mode,
     lost_dynamo_marks,
     retie_folded_transposes,
+    retie_repeated_folds,
     scalar_weights,
     unmerged_norm_weights,
     untie_deduplicated,
@@ -156,6 +157,11 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
         notes.append(f"{len(retied)} weights PyTorch's exporter stored as transposed copies of weights the model "
                      f"also reads itself ({first_few(retied)}) are transposed from them again: each tied weight "
                      "trains as one tensor, as in PyTorch")
+    model, repeated = retie_repeated_folds(model)
+    if repeated:
+        notes.append(f"{len(repeated)} weights PyTorch's exporter folded once a call of a layer called again "
+                     f"({first_few(repeated)}) read their first copy: each shared weight trains as one tensor, as in "
+                     "PyTorch")
     model, merged = untie_deduplicated(model)
     model, renormed = unmerged_norm_weights(model)
     if renormed:
