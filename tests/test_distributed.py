@@ -389,3 +389,16 @@ def test_a_workers_error_names_the_commands_flags(tmp_path: Path) -> None:
                           text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "--train-only 'nothing*' matches no parameter" in done.stderr
+
+
+@pytest.mark.parametrize(("variable", "value", "reason"),
+                         [("HYDRA_HOST_FILE", "/no/such/hosts", "unable to open host file"),
+                          ("HYDRA_IFACE", "nosuch0", "unable to find interface")])
+def test_mpiexec_that_cannot_start_the_workers_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        variable: str, value: str, reason: str) -> None:
+    # a bad MPI setting in the environment said "a worker stopped without reporting an error (mpiexec exit status
+    # 255: killed, or out of memory) ... No checkpoint had been written in run yet; start the run again"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(OnnxkitError, match=f"^mpiexec could not run the workers: {reason}.*HYDRA_"):
+        launch(2, ["-c", "pass"], run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -11,7 +11,8 @@ that this process copies to its own as it comes, so its death fails no write (a 
 make mpiexec end the ranks before rank 0 has checkpointed). The first rank
 that fails writes its error to a file whose path the ranks find in $ONNXKIT_WORKER_ERRORS, and
 that error is raised here; a rank that dies without a word (killed) makes mpiexec end the
-others, and the error says so. mpiexec's own banner about it is left out of the relayed output.
+others, and the error says so; an mpiexec that fails by itself (a bad HYDRA_* setting) is reported by its own
+first error line. mpiexec's own banner about it is left out of the relayed output.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ MPIEXEC_NOISE = re.compile(  # mpiexec's banners, and MPI's error stack of a ran
     r"|\[mpiexec@.*|\[proxy:.*|Ctrl-C caught\.\.\. cleaning up processes"
     r"|Abort\(\d+\) on node \d+ .*|\w+\(\d+\)\.*: .*)$"
 )
+MPIEXEC_FAILURE = re.compile(r"^\[mpiexec@[^]]*\] \S+ \([^)]*\): (.+)$")  # "[mpiexec@host] FUNC (FILE:LINE): what"
+MPIEXEC_OWN_FAILURE = 255  # Hydra's exit status when it could not start or run the job (a killed rank's is its signal)
 RELAY_POLL_S = 0.05  # how often the ranks' output is looked for
 STOP_GRACE_S = 20.0  # after a Ctrl-C or SIGTERM, how long the ranks get to checkpoint and stop before they are killed
 OVERSUBSCRIPTION = 4  # workers per core past which --workers is refused (8 on 2 cores still train; 1000 did not start)
@@ -81,7 +84,7 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
         with open(logs[0], "wb") as out, open(logs[1], "wb") as err:
             environment = {**os.environ, ERRORS_VARIABLE: str(errors), LAUNCHER_VARIABLE: str(os.getpid())}
             process = subprocess.Popen(command, env=environment, stdout=out, stderr=err, start_new_session=True)
-        code, stopped_by = _wait_relaying(process, logs)
+        code, stopped_by, mpiexec_error = _wait_relaying(process, logs)
         if code == 0:
             return 0
         if stopped_by is not None:  # the ranks stopped as asked; rank 0 said where it checkpointed, if it had begun
@@ -91,6 +94,9 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
         if errors.is_file():
             report = json.loads(errors.read_text(encoding="utf-8"))
             raise OnnxkitError(report["error"], params=report["params"])
+        if code == MPIEXEC_OWN_FAILURE and mpiexec_error:
+            raise OnnxkitError(f"mpiexec could not run the workers: {mpiexec_error}; check the MPI settings of this "
+                               "environment (HYDRA_* and MPIEXEC_* variables), or run without --workers")
     if code in INTERRUPTED and _recorded_a_stop(run_dir):  # a signal sent to the ranks themselves
         return code
     raise OnnxkitError(f"a worker stopped without reporting an error (mpiexec exit status {code}: killed, or out of "
@@ -160,10 +166,12 @@ def _kill_job(process: subprocess.Popen) -> None:
 
 
 class _Relay:
-    """The lines mpiexec writes to a file, copied to one of our streams as they come, without its banner."""
+    """The lines mpiexec writes to a file, copied to one of our streams as they come, without its banner; the
+    first error mpiexec itself reported is kept in `mpiexec_error`."""
 
     def __init__(self, log: Path, target: IO[str]) -> None:
         self.source, self.target, self.pending = open(log, "rb"), target, b""  # noqa: SIM115 - closed by close()
+        self.mpiexec_error = ""
 
     def pump(self, ended: bool) -> None:
         *lines, self.pending = (self.pending + self.source.read()).split(b"\n")
@@ -173,15 +181,18 @@ class _Relay:
             if not MPIEXEC_NOISE.match(line):
                 self.target.write(line + "\n")
                 self.target.flush()
+            elif not self.mpiexec_error and (failure := MPIEXEC_FAILURE.match(line)):
+                self.mpiexec_error = failure.group(1)
 
     def close(self) -> None:
         self.source.close()
 
 
-def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int, int | None]:
+def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int, int | None, str]:
     """Wait for mpiexec, relaying what it writes to `logs` (stdout, stderr) and passing it each Ctrl-C or
-    SIGTERM this process gets (a second Ctrl-C ends it at once); return its exit status and the first signal
-    passed on, if any (mpiexec's status alone does not tell a stop from a rank's death: it exits 143 for both)."""
+    SIGTERM this process gets (a second Ctrl-C ends it at once); return its exit status, the first signal
+    passed on, if any (mpiexec's status alone does not tell a stop from a rank's death: it exits 143 for both),
+    and the first error mpiexec itself reported ("" if none)."""
     pumps = [_Relay(log, target) for log, target in zip(logs, (sys.stdout, sys.stderr), strict=True)]
     relayed: list[tuple[int, float]] = []  # each signal passed on, and when
 
@@ -196,7 +207,8 @@ def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int
                 for pump in pumps:
                     pump.pump(ended)
                 if ended:
-                    return int(process.returncode), relayed[0][0] if relayed else None
+                    return (int(process.returncode), relayed[0][0] if relayed else None,
+                            next((p.mpiexec_error for p in pumps if p.mpiexec_error), ""))
                 if relayed and time.monotonic() - relayed[0][1] > STOP_GRACE_S:
                     _kill_job(process)  # a rank the stop caught starting up left another waiting in MPI_Init
                 time.sleep(RELAY_POLL_S)
