@@ -329,7 +329,8 @@ def test_batches_of_one_row_are_refused_where_batch_norm_would_zero_every_value(
 
 
 def test_a_workers_share_of_one_row_is_refused_where_batch_norm_trains(tmp_path, monkeypatch):
-    # --batch-size 2 on 2 workers gives each one row (distributed.shard): BatchNorm then normalised one value a channel
+    # --batch-size 2 on 2 workers gives each one row (distributed.shard): BatchNorm then normalised one value a channel;
+    # --batch-size 3 too, and the error said "use --batch-size 2 or more"
     from test_train_resume import mlp_with_batchnorm
 
     from onnxkit.train import distributed
@@ -338,5 +339,8 @@ def test_a_workers_share_of_one_row_is_refused_where_batch_norm_trains(tmp_path,
     monkeypatch.setenv("ONNXKIT_TEST_SIZE", "2")
     assert distributed.smallest_share(2) == 1 and distributed.smallest_share(5) == 2
     monkeypatch.setattr(distributed, "current_world", lambda: None)  # the run itself stays one process
-    with pytest.raises(OnnxkitError, match="would normalise each channel over one value in batches of one row"):
-        fit(mlp_with_batchnorm(), "digits", tmp_path / "run", steps=2, batch_size=2, device="cpu")
+    for batch_size in (2, 3):
+        with pytest.raises(OnnxkitError, match=r"over one value in a share of one row \(2 workers split a batch\), "
+                                               "which makes every value 0; use batch_size=4 or more"):
+            fit(mlp_with_batchnorm(), "digits", tmp_path / "run", steps=2, batch_size=batch_size, device="cpu")
+    assert not (tmp_path / "run").exists()

@@ -77,9 +77,14 @@ def _environment_int(names: tuple[str, ...], default: int) -> int:
     return default
 
 
+def size() -> int:
+    """The number of MPI ranks from the launcher's environment (1 outside MPI); imports nothing."""
+    return _environment_int(SIZE_VARIABLES, 1)
+
+
 def smallest_share(rows: int) -> int:
     """The fewest rows of a batch of `rows` a rank takes (`shard`): all of them when this process runs alone."""
-    return rows // _environment_int(SIZE_VARIABLES, 1)
+    return rows // size()
 
 
 def rank() -> int:

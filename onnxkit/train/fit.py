@@ -977,10 +977,12 @@ class _Setup:
             if node.op_type != "BatchNormalization" or node.input[3] not in self.selection.updated_buffers:
                 continue
             if self._one_value_a_channel(node.input[0]):
+                workers = distributed.size()
+                rows = "batches of one row" if workers == 1 else f"a share of one row ({workers} workers split a batch)"
                 fix = ("re-export the model with a dynamic batch dimension (PyTorch: dynamic_axes or dynamic_shapes)"
-                       if self.fixed else "use batch_size=2 or more")
+                       if self.fixed else f"use batch_size={2 * workers} or more")
                 raise OnnxkitError(f"BatchNormalization {node.name or node.output[0]!r} would normalise each channel "
-                                   f"over one value in batches of one row, which makes every value 0; {fix}, or "
+                                   f"over one value in {rows}, which makes every value 0; {fix}, or "
                                    f"keep its running statistics as they are (freeze={node.input[3]!r}: it then "
                                    "normalises with them)", params=["batch_size"])
 
