@@ -236,15 +236,18 @@ def test_workers_stop_with_a_checkpoint_when_the_launcher_is_killed(reference: t
     """kill -9 of `onnxkit train --workers` (or a closed terminal) left mpiexec and the workers training on
     with nobody to report to, holding the run's lock (or, once they wrote output, killed by the broken
     pipe before a checkpoint); they now stop as after a SIGTERM. A launcher with threads sent mpiexec a
-    parent-death SIGTERM for each, and the second killed rank 0 before its checkpoint (2 runs in 3)."""
+    parent-death SIGTERM for each, and the second killed rank 0 before its checkpoint (2 runs in 3). The launcher's
+    temporary folder (the ranks' output) was left behind: 34 of them had gathered in /tmp."""
     model, _ = reference
-    run = tmp_path / "run"
+    run, temporary = tmp_path / "run", tmp_path / "tmp"
+    temporary.mkdir()
     arguments, marker = _script(tmp_path, "slow", 3)  # 27 more steps of 0.2 s: about 6 s
     arguments = [*arguments[:1], str(model), str(run), *arguments[1:]]
     threads = "import threading, time; [threading.Thread(target=time.sleep, args=(60,), daemon=True).start() " \
               "for _ in range(4)]; "  # as onnxruntime's and OpenBLAS's imports start them
     code = f"{threads}from onnxkit.train.launch import launch; launch(2, {arguments!r})"
-    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "TMPDIR": str(temporary)})
     try:
         for _ in range(600):
             if marker.is_file():
@@ -260,6 +263,11 @@ def test_workers_stop_with_a_checkpoint_when_the_launcher_is_killed(reference: t
         time.sleep(0.05)
     assert status == "interrupted"  # not "completed" by orphaned workers
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] < 30
+    for _ in range(200):  # the ranks exit just after the checkpoint
+        if not any(temporary.glob("onnxkit-*")):
+            break
+        time.sleep(0.05)
+    assert not any(temporary.glob("onnxkit-*")), list(temporary.rglob("*"))
 
 
 @pytest.mark.parametrize("action", ["raise", "hang"])

@@ -230,13 +230,15 @@ class World:
             self._watchdog.start()
 
     def _watch(self) -> None:
-        """Every half second: a SIGTERM to this rank once the launcher has died; an abort once a collective
-        has waited past its deadline."""
+        """Every half second: a SIGTERM to this rank once the launcher has died (and the launcher's folder removed
+        at exit); an abort once a collective has waited past its deadline."""
         while True:
             time.sleep(0.5)
             if self._launcher is not None and select.select([self._launcher], [], [], 0)[0]:
                 os.close(self._launcher)
                 self._launcher = None
+                if errors := os.environ.get(ERRORS_VARIABLE):  # the launcher's folder, which it can no longer remove
+                    atexit.register(shutil.rmtree, Path(errors).parent, ignore_errors=True)
                 os.kill(os.getpid(), signal.SIGTERM)
             deadline = self._deadline
             if deadline is not None and time.monotonic() > deadline:
