@@ -293,6 +293,18 @@ def test_workers_refuse_a_backend_that_cannot_set_gradients(monkeypatch: pytest.
         distributed.check_backend("ort-training")
 
 
+def test_workers_refuse_ort_training_before_asking_to_install_it(tmp_path: Path) -> None:
+    # without onnxruntime-training the error said to install it (a Python environment of its own), after which
+    # --workers would refuse the backend anyway
+    done = subprocess.run([sys.executable, "-m", "onnxkit", "train", "iris.onnx", "--data", "iris", "--backend",
+                           "ort-training", "-o", str(tmp_path / "run"), "--workers", "2"], capture_output=True,
+                          text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (1, "error: the ort-training backend cannot set gradients, which "
+                                                 "data-parallel training needs; train on several workers with "
+                                                 "--backend onnx, or on one without --workers\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_worker_options_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(OnnxkitError, match="at least 1"):
         launch(0, ["-c", "pass"])

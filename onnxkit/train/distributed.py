@@ -114,10 +114,17 @@ def _usable_gpus() -> int:
 
 
 def check_backend(name: str) -> None:
-    """Refuse a training backend whose sessions cannot set gradients."""
-    from onnxkit.train.backends import get_backend
+    """Refuse a training backend whose sessions cannot set gradients, or that does not load here (ort-training
+    without its package: installing it would only lead to this refusal)."""
+    from onnxkit.train.backends import DEFAULT, backend_names, get_backend
 
-    if not get_backend(name).sets_gradients:
+    try:
+        sets_gradients = get_backend(name).sets_gradients
+    except OnnxkitError:
+        if name == DEFAULT or name not in backend_names():
+            raise
+        sets_gradients = False
+    if not sets_gradients:
         raise OnnxkitError(f"the {name} backend cannot set gradients, which data-parallel training needs; "
                            "train on several workers with --backend onnx, or on one without --workers")
 
