@@ -422,3 +422,30 @@ def test_mpiexec_that_cannot_start_the_workers_says_why(tmp_path: Path, monkeypa
     with pytest.raises(OnnxkitError, match=f"^mpiexec could not run the workers: {reason}.*HYDRA_"):
         launch(2, ["-c", "pass"], run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_on_a_terminal_workers_show_the_progress_bar_of_one_process(tmp_path: Path) -> None:
+    # rank 0 wrote to a file the launcher relays, so it drew no bar on a terminal, and the relay passed on whole
+    # lines only; train's last line, on stdout, came before the epochs' and test lines on stderr
+    import pty
+
+    from onnxkit import zoo
+
+    model = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), str(model))
+    terminal, end = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "onnxkit", "train", str(model), "--data", "iris", "--epochs",
+                                "3", "-o", str(tmp_path / "run"), "--workers", "2"], stdout=end, stderr=end)
+    os.close(end)
+    output = b""
+    try:
+        while chunk := os.read(terminal, 65536):
+            output += chunk
+    except OSError:  # every writer closed the terminal
+        pass
+    finally:
+        os.close(terminal)
+        assert process.wait(timeout=120) == 0, output
+    text = output.decode()
+    assert text.count("\repoch 3/3 [########################] 6/6 loss ") == 1, text
+    assert text.splitlines()[-1].startswith("wrote "), text

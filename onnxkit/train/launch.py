@@ -35,6 +35,7 @@ from typing import IO
 from onnxkit.errors import OnnxkitError
 from onnxkit.signals import handled
 from onnxkit.train.distributed import ERRORS_VARIABLE, INSTALL, LAUNCHER_VARIABLE
+from onnxkit.train.progress import TERMINAL_VARIABLE
 from onnxkit.train.run_directory import RunDirectory
 
 INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
@@ -82,7 +83,8 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
         # fail, and mpiexec would end the ranks at once, before rank 0 had checkpointed
         logs = [Path(folder) / "stdout.txt", Path(folder) / "stderr.txt"]
         with open(logs[0], "wb") as out, open(logs[1], "wb") as err:
-            environment = {**os.environ, ERRORS_VARIABLE: str(errors), LAUNCHER_VARIABLE: str(os.getpid())}
+            environment = {**os.environ, ERRORS_VARIABLE: str(errors), LAUNCHER_VARIABLE: str(os.getpid()),
+                           TERMINAL_VARIABLE: str(int(sys.stderr.isatty()))}  # rank 0's progress bar
             process = subprocess.Popen(command, env=environment, stdout=out, stderr=err, start_new_session=True)
         code, stopped_by, mpiexec_error = _wait_relaying(process, logs)
         if code == 0:
@@ -179,10 +181,17 @@ class _Relay:
             lines.append(self.pending)
         for line in (raw.decode("utf-8", "replace") for raw in lines):
             if not MPIEXEC_NOISE.match(line):
-                self.target.write(line + "\n")
-                self.target.flush()
+                self._write(line + "\n")
             elif not self.mpiexec_error and (failure := MPIEXEC_FAILURE.match(line)):
                 self.mpiexec_error = failure.group(1)
+        drawn, mark, last = self.pending.rpartition(b"\r")
+        if drawn and not ended:  # rank 0's progress bar, redrawn up to its last drawing (which may be half-written)
+            self._write(drawn.decode("utf-8", "replace"))
+            self.pending = mark + last
+
+    def _write(self, text: str) -> None:
+        self.target.write(text)
+        self.target.flush()
 
     def close(self) -> None:
         self.source.close()
@@ -204,7 +213,7 @@ def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int
         with handled(relay):
             while True:
                 ended = process.poll() is not None  # before reading: all it wrote is then in the files
-                for pump in pumps:
+                for pump in reversed(pumps):  # stderr first: progress comes before train's last line, on stdout
                     pump.pump(ended)
                 if ended:
                     return (int(process.returncode), relayed[0][0] if relayed else None,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
 from typing import TextIO
 
 WARNING = "warning: "  # how a line that warns begins
+TERMINAL_VARIABLE = "ONNXKIT_TERMINAL"  # "1": stderr is relayed to a terminal (set by `train --workers` for its ranks)
 
 
 class TrainingWarning(UserWarning):
@@ -17,13 +19,13 @@ class TrainingWarning(UserWarning):
 class Progress:
     """Silent when `enabled` is false, but for its warning lines: those go through `warnings.warn` as
     `TrainingWarning`s then (unless `warn` is false: a data-parallel rank other than 0); the live bar
-    only when the stream is a terminal."""
+    only when the stream is a terminal, or relayed to one ($ONNXKIT_TERMINAL)."""
 
     def __init__(self, enabled: bool, stream: TextIO | None = None, *, warn: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.warns = warn
-        self.live = enabled and self.stream.isatty()
+        self.live = enabled and (self.stream.isatty() or os.environ.get(TERMINAL_VARIABLE) == "1")
         self._last_draw = 0.0
         self._label = ""
         self._total = 0
