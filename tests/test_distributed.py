@@ -311,6 +311,14 @@ def test_bad_worker_options_are_clear_errors(monkeypatch: pytest.MonkeyPatch) ->
     cores = len(os.sched_getaffinity(0))
     with pytest.raises(OnnxkitError, match=f"{4 * cores + 1} workers on this machine's {cores} cores"):
         launch(4 * cores + 1, ["-c", "pass"])  # --workers 1000 on 2 cores froze the machine for 15 minutes
+    for timeout in ("abc", "0", "-5", "nan"):  # "abc": a traceback from each rank, then "a worker stopped without
+        # reporting an error (... killed, or out of memory)"; 0 and below aborted any collective slower than 0.5 s
+        monkeypatch.setenv(distributed.TIMEOUT_VARIABLE, timeout)
+        with pytest.raises(OnnxkitError, match=rf"^\$ONNXKIT_WORKER_TIMEOUT must be the seconds a worker waits for the "
+                                               rf"others, above 0; got '{timeout}' \(unset it for 30\)$"):
+            launch(2, ["-c", "pass"])
+    monkeypatch.setenv(distributed.TIMEOUT_VARIABLE, "2.5")
+    assert distributed.worker_timeout() == 2.5
     monkeypatch.setattr(sys, "argv", ["pytest"])
     with pytest.raises(OnnxkitError, match="from Python, run your script with mpiexec"):
         launch_training(2, "run", None)

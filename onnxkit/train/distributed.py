@@ -82,6 +82,19 @@ def size() -> int:
     return _environment_int(SIZE_VARIABLES, 1)
 
 
+def worker_timeout() -> float:
+    """Seconds a collective waits for the other workers: $ONNXKIT_WORKER_TIMEOUT, else 30."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "")
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise OnnxkitError(f"${TIMEOUT_VARIABLE} must be the seconds a worker waits for the others, above 0; got "
+                           f"{text!r} (unset it for {DEFAULT_TIMEOUT:.0f})")
+    return seconds
+
+
 def smallest_share(rows: int) -> int:
     """The fewest rows of a batch of `rows` a rank takes (`shard`): all of them when this process runs alone."""
     return rows // size()
@@ -183,7 +196,7 @@ class World:
         from mpi4py import MPI
 
         self.comm, self.rank, self.size, self._mpi = comm, comm.Get_rank(), comm.Get_size(), MPI
-        self.timeout = float(os.environ.get(TIMEOUT_VARIABLE) or DEFAULT_TIMEOUT)
+        self.timeout = worker_timeout()
         self._deadline: float | None = None
         self._waiting_for = ""
         self._watchdog: threading.Thread | None = None

@@ -34,7 +34,7 @@ from typing import IO
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.signals import handled
-from onnxkit.train.distributed import ERRORS_VARIABLE, INSTALL, LAUNCHER_VARIABLE
+from onnxkit.train.distributed import ERRORS_VARIABLE, INSTALL, LAUNCHER_VARIABLE, worker_timeout
 from onnxkit.train.progress import TERMINAL_VARIABLE
 from onnxkit.train.run_directory import RunDirectory
 
@@ -76,6 +76,7 @@ def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike
                            f"for memory); use {cores}, one a core ({OVERSUBSCRIPTION * cores} at most), or run ranks "
                            "across machines with mpiexec -n N "
                            "onnxkit train ... (its own host options)")
+    worker_timeout()  # a bad $ONNXKIT_WORKER_TIMEOUT is one error here, not one traceback a rank
     command = [find_mpiexec(), "-n", str(workers), sys.executable, *arguments]
     with tempfile.TemporaryDirectory(prefix="onnxkit-workers-") as folder:
         errors = Path(folder) / "error.txt"
