@@ -457,3 +457,26 @@ def test_on_a_terminal_workers_show_the_progress_bar_of_one_process(tmp_path: Pa
     text = output.decode()
     assert text.count("\repoch 3/3 [########################] 6/6 loss ") == 1, text
     assert text.splitlines()[-1].startswith("wrote "), text
+
+
+def test_ctrl_c_says_to_resume_on_as_many_workers(reference: tuple[Path, Path], tmp_path: Path) -> None:
+    # it said "continue with: onnxkit train --resume RUN", which goes on in one process: other dropout masks than
+    # the uninterrupted run's (each rank draws its own), and slower
+    model, _ = reference
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "onnxkit", "train", str(model), "--data", "digits-images",
+                                "--epochs", "1000", "-o", str(run), "--workers", "2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):  # training has begun: rank 0 has logged a step
+            if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count("\n") > 1:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert err.splitlines()[-1].endswith(f"; continue with: onnxkit train --resume {run} --workers 2"), err

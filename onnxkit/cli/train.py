@@ -138,7 +138,7 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
     --resume alone continues a LoRA run with its stored --lora-* settings.
     """
     from onnxkit.train import TrainingInterrupted, fit
-    from onnxkit.train.distributed import rank
+    from onnxkit.train.distributed import rank, size
 
     resume = options.pop("resume")
     options["data"] = opt.given_data(data_argument, options["data"])
@@ -209,7 +209,7 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
             sys.exit(128 + stop.signum)
         click.echo(
             f"interrupted in epoch {stop.epoch} after step {stop.step}: checkpoint saved to {stop.checkpoint}; "
-            f"continue with: onnxkit train --resume {stop.run_dir}",
+            f"continue with: onnxkit train --resume {stop.run_dir}" + (f" --workers {size()}" if size() > 1 else ""),
             err=True,
         )
         sys.exit(128 + stop.signum)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports them
