@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -389,6 +390,37 @@ def test_fp16_keeps_affine_grid_float32():
         feeds = {"theta": (np.array([1, 0, 0, 0, 1, 0]) + rng.normal(0, 0.1, (rows, 6))).astype(np.float32),
                  "image": rng.random((rows, 2, 5, 6)).astype(np.float32)}
         np.testing.assert_allclose(ort_run(fp16, feeds)[0], ort_run(model, feeds)[0], atol=5e-3)
+
+
+def test_fp16_keeps_a_batch_transpose_into_matmul_float32(tmp_path):
+    # a PyTorch TransformerEncoder exported with dynamo=False transposes [batch, seq, d] to [seq, batch, d]
+    # before each attention's in-projection MatMul: in float16 onnxruntime 1.32 fuses the pair
+    # (MatmulTransposeFusion) and crashes creating a default session (segmentation fault: `quantize --mode
+    # fp16` died with no message); a last-two-axes swap fuses fine and still converts
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["x"], ["seq_first"], perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["seq_first", "w"], ["proj"]),
+             helper.make_node("Transpose", ["proj"], ["swapped"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["u", "swapped"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [_init(rng, "w", (8, 8), 0.3), _init(rng, "u", (3, 8), 0.3)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    fp16 = quantize(model, mode="fp16", measure_latency=False).model
+    assert {t.data_type for t in fp16.graph.initializer} == {TensorProto.FLOAT16}
+    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(fp16).graph.value_info}
+    written = {tuple(n.attribute[0].ints): types[n.output[0]] for n in fp16.graph.node if n.op_type == "Transpose"}
+    assert written == {(1, 0, 2): TensorProto.FLOAT, (0, 2, 1): TensorProto.FLOAT16}
+    onnx.save(fp16, tmp_path / "fp16.onnx")
+    x = rng.random((3, 5, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    load = ("import numpy as np, onnxruntime as ort, sys; s = ort.InferenceSession(sys.argv[1], "
+            "providers=['CPUExecutionProvider']); np.save(sys.argv[3], s.run(None, {'x': np.load(sys.argv[2])})[0])")
+    done = subprocess.run([sys.executable, "-c", load, tmp_path / "fp16.onnx", tmp_path / "x.npy", tmp_path / "y.npy"],
+                          capture_output=True, text=True)  # a child: the crash would take pytest with it
+    assert done.returncode == 0, done.stderr[-500:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ort_run(model, {"x": x})[0], atol=5e-3)
 
 
 def test_static_qdq_quantizes_conv_and_keeps_metadata(tmp_path):

@@ -32,7 +32,7 @@ def quantize_fp16(
             model,
             keep_io_types=True,
             op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | KEEP_FLOAT32 | exclude_ops),
-            node_block_list=sorted(exclude_nodes | beyond_float16(model)),
+            node_block_list=sorted(exclude_nodes | beyond_float16(model) | batch_transposes_into_matmul(model)),
         )
     return without_round_trips(converted)
 
@@ -68,3 +68,21 @@ def beyond_float16(model: onnx.ModelProto) -> set[str]:
              and np.abs(numpy_helper.to_array(t)).max(initial=0) > FLOAT16_MAX}
     return {n.name for n in model.graph.node if n.name and (
         n.name.startswith(f"{STANDARDIZE_PREFIX}/") or large.intersection(n.input))}
+
+
+def batch_transposes_into_matmul(model: onnx.ModelProto) -> set[str]:
+    """Transposes kept float32 (unnamed ones named here, in place): those that move a leading axis and feed a
+    MatMul. onnxruntime 1.32 fuses a float16 one into its MatMul (MatmulTransposeFusion) and crashes with a
+    segmentation fault creating the session at its default optimisation level: the `[1, 0, 2]` Transpose in
+    front of each attention's in-projection in a PyTorch TransformerEncoder (exported with dynamo=False)
+    killed `quantize --mode fp16` with no message, and the written file would crash any default session."""
+    readers = {name for n in model.graph.node if n.op_type == "MatMul" for name in n.input}
+    kept = set()
+    for i, node in enumerate(model.graph.node):
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        if node.op_type != "Transpose" or not readers.intersection(node.output) or perm is None \
+                or perm[:-2] == list(range(len(perm) - 2)):  # a swap of the last two axes only fuses fine
+            continue
+        node.name = node.name or f"onnxkit/fp16/Transpose_{i}"
+        kept.add(node.name)
+    return kept
