@@ -109,10 +109,12 @@ def _entropy_ranges(src: str, op_types: list[str], workdir: Path, calibration: l
     ranges under another name. Needs a calibration cache (onnxruntime 1.32); older ones calibrate as they do."""
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization import quantize_static as ort_quantize_static
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.calibrate import create_calibrator
 
     if "calibration_cache_path" not in inspect.signature(ort_quantize_static).parameters:
         return {}
+    from onnxruntime.quantization.calibrate import save_tensors_data  # 1.20 on, as the cache path
+
     calibrator = create_calibrator(Path(src), op_types, augmented_model_path=str(workdir / "entropy.augmented.onnx"),
                                    calibrate_method=CalibrationMethod.Entropy,
                                    extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
@@ -120,7 +122,6 @@ def _entropy_ranges(src: str, op_types: list[str], workdir: Path, calibration: l
     cache = workdir / "entropy.ranges.json"
     save_tensors_data(calibrator.compute_data(), cache)
     return {"calibration_cache_path": str(cache)}
-
 
 
 def _some(names: set[str]) -> str:
@@ -135,7 +136,7 @@ def _minmax_ranges(src: str, op_types: list[str], workdir: Path, calibration: li
     turned masked rows into garbage: 93.3% accuracy fell to 36.7%; the nodes around them stay float now."""
     import numpy as np
     from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.calibrate import create_calibrator
 
     calibrator = create_calibrator(Path(src), op_types, augmented_model_path=str(workdir / "minmax.augmented.onnx"),
                                    calibrate_method=CalibrationMethod.MinMax)
@@ -145,6 +146,8 @@ def _minmax_ranges(src: str, op_types: list[str], workdir: Path, calibration: li
               if not np.all(np.isfinite(np.asarray(tensor.range_value, dtype=np.float64)))}
     if not _takes_cache():
         return {}, beyond
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data  # 1.20 on, as the cache path
+
     cache = workdir / "minmax.ranges.json"
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, {k: v for k, v in data.items() if k not in beyond}), cache)
     return {"calibration_cache_path": str(cache)}, beyond
