@@ -35,6 +35,15 @@ def model_of(nodes: list, outputs: list, weights: dict[str, np.ndarray], x_shape
     return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def two_headed(rng: np.random.Generator, logits_scale: float = 1.0) -> onnx.ModelProto:
+    """x [batch, D] -> value [batch, 1] and logits [batch, 3], each a MatMul (a PyTorch export's two heads)."""
+    return model_of(
+        [helper.make_node("MatMul", ["x", "w1"], ["value"]), helper.make_node("MatMul", ["x", "w2"], ["logits"])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        {"w1": rng.normal(size=(D, 1)), "w2": rng.normal(size=(D, 3)) * logits_scale}, ["batch", D])
+
+
 def dataset(x: np.ndarray, labels: np.ndarray) -> Dataset:
     n = len(x) // 3
     return Dataset("toy", *(Split(s, {"x": x[i * n:(i + 1) * n]}, labels[i * n:(i + 1) * n])
@@ -98,11 +107,7 @@ def test_class_ids_of_another_output_fit_by_a_regression_are_warned_of(tmp_path)
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(90, D)).astype(np.float32)
-    model = model_of(
-        [helper.make_node("MatMul", ["x", "w1"], ["value"]), helper.make_node("MatMul", ["x", "w2"], ["logits"])],
-        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        {"w1": rng.normal(size=(D, 1)), "w2": rng.normal(size=(D, 3))}, ["batch", D])
+    model = two_headed(rng)
     ids = np.digitize(x[:, 0], [-0.5, 0.5])
     with pytest.warns(TrainingWarning, match=r"^output 'value' trains a regression on the labels \(loss mse\), which "
                       r"look like class ids of output 'logits' \[batch, 3\]: --model-output logits \(output='logits' "
@@ -115,18 +120,13 @@ def test_class_ids_of_another_output_fit_by_a_regression_are_warned_of(tmp_path)
         fit(model, dataset(x, ids * 2), tmp_path / "counts", steps=1, device="cpu")  # 0, 2, 4: no ids of 3 scores
 
 
-
 def test_the_task_a_model_names_is_its_trained_outputs_not_another_s(tmp_path):
     # a two-headed model trained on its values (task 'regression', output 'value') then given class ids for its
     # logits: training chose mse for them ("labels of shape [100] do not match the output's shape [batch, 3] for the
     # mse loss"), and evaluate(output='logits') scored class ids as targets
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, D)).astype(np.float32)
-    model = model_of(
-        [helper.make_node("MatMul", ["x", "w1"], ["value"]), helper.make_node("MatMul", ["x", "w2"], ["logits"])],
-        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        {"w1": rng.normal(size=(D, 1)), "w2": rng.normal(size=(D, 3)) * 0.1}, ["batch", D])
+    model = two_headed(rng, logits_scale=0.1)
     for key, value in (("onnxkit.task", "regression"), ("onnxkit.output", "value")):
         model.metadata_props.add(key=key, value=value)
     ids = np.digitize(x[:, 0], [-0.5, 0.5])
