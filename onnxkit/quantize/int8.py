@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -108,20 +109,12 @@ def _entropy_ranges(src: str, op_types: list[str], workdir: Path, calibration: l
     with 128 bins and 128 quantized bins, which leaves the KL search one threshold, the whole range: minmax's
     ranges under another name. Needs a calibration cache (onnxruntime 1.32); older ones calibrate as they do."""
     from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization import quantize_static as ort_quantize_static
-    from onnxruntime.quantization.calibrate import create_calibrator
 
-    if "calibration_cache_path" not in inspect.signature(ort_quantize_static).parameters:
+    if not _takes_cache():
         return {}
-    from onnxruntime.quantization.calibrate import save_tensors_data  # 1.20 on, as the cache path
-
-    calibrator = create_calibrator(Path(src), op_types, augmented_model_path=str(workdir / "entropy.augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy,
-                                   extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
-    calibrator.collect_data(BatchReader(calibration))
-    cache = workdir / "entropy.ranges.json"
-    save_tensors_data(calibrator.compute_data(), cache)
-    return {"calibration_cache_path": str(cache)}
+    data = _calibrated(src, op_types, workdir, calibration, CalibrationMethod.Entropy,
+                       {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
+    return _cached(data, workdir / "entropy.ranges.json")
 
 
 def _some(names: set[str]) -> str:
@@ -136,21 +129,36 @@ def _minmax_ranges(src: str, op_types: list[str], workdir: Path, calibration: li
     turned masked rows into garbage: 93.3% accuracy fell to 36.7%; the nodes around them stay float now."""
     import numpy as np
     from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator
 
-    calibrator = create_calibrator(Path(src), op_types, augmented_model_path=str(workdir / "minmax.augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.MinMax)
-    calibrator.collect_data(BatchReader(calibration))
-    data = calibrator.compute_data()
+    data = _calibrated(src, op_types, workdir, calibration, CalibrationMethod.MinMax)
     beyond = {name for name, tensor in data.items()
               if not np.all(np.isfinite(np.asarray(tensor.range_value, dtype=np.float64)))}
     if not _takes_cache():
         return {}, beyond
-    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data  # 1.20 on, as the cache path
+    from onnxruntime.quantization.calibrate import TensorsData  # 1.20 on, as the cache
 
-    cache = workdir / "minmax.ranges.json"
-    save_tensors_data(TensorsData(CalibrationMethod.MinMax, {k: v for k, v in data.items() if k not in beyond}), cache)
-    return {"calibration_cache_path": str(cache)}, beyond
+    kept = TensorsData(CalibrationMethod.MinMax, {k: v for k, v in data.items() if k not in beyond})
+    return _cached(kept, workdir / "minmax.ranges.json"), beyond
+
+
+def _calibrated(src: str, op_types: list[str], workdir: Path, calibration: list[Feeds], method: Any,
+                extra_options: dict[str, Any] | None = None) -> Any:
+    """onnxruntime's calibration (`method`, a CalibrationMethod) of the tensors `op_types` read, over the data."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    augmented = workdir / f"{method.name.lower()}.augmented.onnx"
+    calibrator = create_calibrator(Path(src), op_types, augmented_model_path=str(augmented), calibrate_method=method,
+                                   extra_options=extra_options or {})
+    calibrator.collect_data(BatchReader(calibration))
+    return calibrator.compute_data()
+
+
+def _cached(data: Any, cache: Path) -> dict[str, str]:
+    """`data` written as a calibration cache, and quantize_static's argument naming it (onnxruntime 1.20 on)."""
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    save_tensors_data(data, cache)
+    return {"calibration_cache_path": str(cache)}
 
 
 def _takes_cache() -> bool:
