@@ -176,22 +176,23 @@ class Scorer:
                  probabilities: bool = False, axis: int = -1) -> None:
         self.labels, self.task, self.loss, self.num_classes = labels, task, loss or TASK_LOSS[task], num_classes
         self.probabilities, self.axis = probabilities, axis
-        self._k = num_classes if task == "classification" and labels.ndim == 1 and not probabilities and \
-            self.loss == "cross-entropy" else None  # one class id a row, scored from logits: the lean path
-        if self._k:
+        # the lean path's classes (one class id a row, scored from logits by cross-entropy), else None
+        self.classes = num_classes if task == "classification" and labels.ndim == 1 and not probabilities and \
+            self.loss == "cross-entropy" else None
+        if self.classes:
             ids = labels.astype(np.int64)
-            self._picks, self._cells = _picks(ids), ids * self._k
-            self._actual = np.bincount(ids, minlength=self._k)
-            self._z = np.empty((self._k, len(labels)))  # the logits, class-major (see _class_major), each epoch's
+            self._picks, self._cells = _picks(ids), ids * self.classes
+            self._actual = np.bincount(ids, minlength=self.classes)
+            self._z = np.empty((self.classes, len(labels)))  # the logits, class-major (see _class_major), each epoch's
 
     def __call__(self, parts: Sequence[np.ndarray]) -> dict[str, Any]:
         """`score(outputs, labels, ...)` of the outputs given in consecutive `parts` (batches): the same metrics,
         to the last digit."""
-        if not self._k or any(part.shape[1:] != (self._k,) for part in parts):
+        if not self.classes or any(part.shape[1:] != (self.classes,) for part in parts):
             return score(np.concatenate(parts) if len(parts) > 1 else parts[0], self.labels, self.task,
                          loss=self.loss, num_classes=self.num_classes, probabilities=self.probabilities,
                          axis=self.axis)
-        k, rows, z = self._k, len(self.labels), self._z
+        k, rows, z = self.classes, len(self.labels), self._z
         np.concatenate([part.T for part in parts], axis=1, out=z)  # one call for the join, the cast and the turn
         confusion = np.bincount(self._cells + z.argmax(axis=0), minlength=k * k).reshape(k, k)
         hits = confusion.diagonal()

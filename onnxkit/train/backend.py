@@ -57,10 +57,14 @@ class TrainingProblem:
     clip_grad_norm: float | None = None
     grad_accumulation: int = 1
     labels_name: str = "labels"
+    # a classifier's classes, when its eval graph may also sum validation metrics (`validation_sums`), else None
+    validation_classes: int | None = None
 
 
 class TrainingSession(ABC):
     """An open training state: parameters, gradients, optimizer state."""
+
+    scores_in_graph: bool = False  # its eval graph also sums a classifier's validation metrics (`score_step`)
 
     @abstractmethod
     def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
@@ -73,6 +77,11 @@ class TrainingSession(ABC):
     @abstractmethod
     def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         """Inference-form forward on one batch: the chosen model output."""
+
+    def score_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray, out: np.ndarray) -> None:
+        """Inference-form forward on one batch of class ids `labels`, writing their validation sums
+        (`onnxkit.train.validation_sums`) into `out`; only where `scores_in_graph`."""
+        raise OnnxkitError(f"the {type(self).__name__} does not sum validation metrics in its eval graph")
 
     @abstractmethod
     def parameters(self) -> dict[str, np.ndarray]:

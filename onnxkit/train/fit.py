@@ -143,6 +143,7 @@ from onnxkit.train.training_form import (
     trainable_form,
     training_output,
 )
+from onnxkit.train.validation_sums import SummedValidation
 from onnxkit.train.weights import load_tensors
 from onnxkit.training_recipe import read_training_recipe
 
@@ -1264,6 +1265,7 @@ class _Setup:
             dropout=c.dropout,
             seed=c.seed,
             labels_name=self._labels_name(),
+            validation_classes=summed.classes if (summed := self._validation[2]) else None,
         )
         try:
             self.backend.build(problem, run.artifacts)
@@ -1283,19 +1285,29 @@ class _Setup:
         plain_session(self.model.SerializeToString(), name=self.config.model)
 
     @functools.cached_property
-    def _validation(self) -> tuple[list[tuple[dict[str, np.ndarray], int]], Scorer]:
-        """The validation batches (padded to a fixed batch size, with their real row counts) and
-        the scorer of their targets, made once: every epoch evaluates the same ones."""
+    def _validation(self) -> tuple[list[tuple[dict[str, np.ndarray], int]], Scorer, SummedValidation | None]:
+        """The validation batches (padded to a fixed batch size, with their real row counts), the scorer of their
+        targets and, for a classifier on the CPU run in batches of its own sizes, their scoring by the eval graph's
+        sums (`validation_sums`; numpy's scorer stays for sessions whose eval graph has none): made once, every epoch
+        evaluates the same ones."""
         size = self.fixed or self.config.eval_batch_size or self.config.batch_size
         split = self.splits["validation"]
         batches = [(padded(feeds, self.fixed), len(labels)) for feeds, labels in split.batches(size)]
-        return batches, Scorer(self.targets(self.dataset.validation.labels), self.task, loss=self.loss.name,
-                               num_classes=self.num_classes, probabilities=self.probabilities, axis=self.loss.axis)
+        targets = self.targets(self.dataset.validation.labels)
+        scorer = Scorer(targets, self.task, loss=self.loss.name, num_classes=self.num_classes,
+                        probabilities=self.probabilities, axis=self.loss.axis)
+        summed = None
+        if scorer.classes and not self.fixed and self.device == "cpu" and batches:
+            summed = SummedValidation(targets, scorer.classes, [rows for _, rows in batches])
+        return batches, scorer, summed
 
     def validate(self, session: TrainingSession) -> Record:
         """The epoch record's validation entries."""
-        batches, scorer = self._validation
-        metrics = scorer([session.eval_step(feeds)[:rows] for feeds, rows in batches])
+        batches, scorer, summed = self._validation
+        if summed is not None and session.scores_in_graph:
+            metrics = summed(session, batches)
+        else:
+            metrics = scorer([session.eval_step(feeds)[:rows] for feeds, rows in batches])
         return {f"val_{k}": metrics[k] for k in ("loss", "accuracy", "macro_f1") if k in metrics}
 
 

@@ -40,8 +40,9 @@ def training_problem(
     dropout: bool = True,
     seed: int = 0,
     labels_name: str = "labels",
+    validation_classes: int | None = None,
 ) -> TrainingProblem:
-    """The problem `backend` builds its artifacts from."""
+    """The problem `backend` builds its artifacts from (`validation_classes`: see `TrainingProblem`)."""
     form = training_form(
         model, output, updated_buffers=selection.updated_buffers, types=types, dropout=dropout, seed=seed,
         unbiased_running_var=backend.unbiased_running_var,
@@ -67,6 +68,7 @@ def training_problem(
         clip_grad_norm=clip_grad_norm,
         grad_accumulation=grad_accumulation,
         labels_name=labels_name,
+        validation_classes=validation_classes,
     )
 
 

@@ -7,7 +7,8 @@ graph, the eval graph and the initial state, all in one folder.
   running sum (`<param>.grad.accumulated`) and adds to it.
 - `optimizer.onnx`: `onnxkit.train.optim.update_model` over one flat parameter of any length;
   the session runs it over the flat buffer whole or chunk by chunk (see `session`).
-- `eval.onnx`: the inference form computing the chosen output, fed the parameters and buffers.
+- `eval.onnx`: the inference form computing the chosen output, fed the parameters and buffers; for a
+  classifier (`TrainingProblem.validation_classes`) also its validation sums (`validation_sums`).
 
 The session binds the parameters and gradients to slices of flat buffers (`flat`).
 - `initial.safetensors` and `signature.json`.
@@ -31,6 +32,7 @@ from onnxkit.train.backends.onnx.dropout import replace_dropout
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
 from onnxkit.train.optim import initial_state, update_model
 from onnxkit.train.training_form import eval_form
+from onnxkit.train.validation_sums import append_sums
 
 TRAINING, OPTIMIZER, EVAL, INITIAL, SIGNATURE = (
     "training.onnx", "optimizer.onnx", "eval.onnx", "initial.safetensors", "signature.json"
@@ -75,7 +77,10 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
     optimizer = update_model(problem.optimizer, [(PARAMS, ("n",))], clip_grad_norm=problem.clip_grad_norm,
                              opset=version)
     save_model(optimizer, directory / OPTIMIZER)
-    save_model(eval_form(problem.eval_model, problem.output, [*problem.trainable, *problem.buffers]), directory / EVAL)
+    form = eval_form(problem.eval_model, problem.output, [*problem.trainable, *problem.buffers])
+    if problem.validation_classes:
+        append_sums(form, problem.output.name, problem.validation_classes)
+    save_model(form, directory / EVAL)
     state = dict(values)
     for p in problem.trainable:
         state.update({OPTIMIZER_KEY + k: v for k, v in initial_state(problem.optimizer, p, values[p]).items()})

@@ -31,6 +31,7 @@ from onnxkit.train.backends.onnx.artifacts import ACCUMULATED, EVAL, INITIAL, OP
 from onnxkit.train.backends.onnx.checkpoint import DROPOUT_TABLE, OPTIMIZER_KEY, STEP, load_state, save_state
 from onnxkit.train.backends.onnx.dropout import STARTS, TABLE, DropoutTables
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
+from onnxkit.train.validation_sums import LABELS, SUMS
 
 MAX_TABLE = 1 << 28  # dropout table elements (1 GiB of float32): past that, a failed step is an error
 CHUNK = 1 << 18  # optimizer elements per run on the CPU (1 MiB of float32 per tensor)
@@ -99,8 +100,9 @@ class OnnxSession(TrainingSession):
         self._window_shapes: dict[tuple[int, ...], list[tuple]] = {}  # by the batch's named dims' sizes
         self._feeds_starts = any(i.name == STARTS for i in self._train.get_inputs())
         self._eval_inputs = [i.name for i in self._eval.get_inputs()]
-        self._eval_data = [n for n in self._eval_inputs if n not in {*self._layout.names, *self._buffers}]
+        self._eval_data = [n for n in self._eval_inputs if n not in {*self._layout.names, *self._buffers, LABELS}]
         self._eval_output = self._eval.get_outputs()[0].name
+        self.scores_in_graph = LABELS in self._eval_inputs
         self._bindings: dict[tuple, ort.IOBinding] = {}
         self._async = None  # on CUDA: nothing of the optimizer step comes back, no need to wait for it
         if kind == "cuda":
@@ -266,8 +268,9 @@ class OnnxSession(TrainingSession):
             bind(name, self._device, self._device_id, np.float32, [size], flat.data_ptr() + 4 * offset)
         return b
 
-    def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        key = ("eval", self._current, self._buffers_current)
+    def _eval_binding(self, kind: str) -> ort.IOBinding:
+        """The eval graph bound to the current parameters and buffers, one binding per `kind` of run."""
+        key = (kind, self._current, self._buffers_current)
         if key not in self._bindings:
             b = self._eval.io_binding()
             self._bind_views(b, self._state[self._current][PARAMS], "", output=False)
@@ -276,15 +279,29 @@ class OnnxSession(TrainingSession):
                 if name in buffers:
                     b.bind_ortvalue_input(name, buffers[name])
             self._bindings[key] = b
-        b = self._bindings[key]
+        return self._bindings[key]
+
+    def _run_eval(self, b: ort.IOBinding, feeds: Mapping[str, np.ndarray]) -> None:
         for name in self._eval_data:
             b.bind_cpu_input(name, feeds[name])
-        b.bind_output(self._eval_output, "cpu")  # afresh: the last batch may be shorter
         try:
             self._eval.run_with_iobinding(b)
         except Exception as e:  # noqa: BLE001 - onnxruntime's own types
             raise step_failure("evaluation", e) from e
+
+    def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        b = self._eval_binding("eval")
+        if self.scores_in_graph:  # class ids the sums are not read for
+            b.bind_cpu_input(LABELS, np.zeros(len(next(iter(feeds.values()))), np.int64))
+        b.bind_output(self._eval_output, "cpu")  # afresh: the last batch may be shorter
+        self._run_eval(b, feeds)
         return b.get_outputs()[0].numpy()
+
+    def score_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray, out: np.ndarray) -> None:
+        b = self._eval_binding("score")
+        b.bind_cpu_input(LABELS, labels)
+        b.bind_output(SUMS, "cpu", 0, np.float64, list(out.shape), out.ctypes.data)
+        self._run_eval(b, feeds)
 
     def parameters(self) -> dict[str, np.ndarray]:
         values = self._layout.split(self._state[self._current][PARAMS].numpy().copy())
