@@ -13,7 +13,9 @@ fresh process (so `fit` pays its lazy imports, as a command does):
   timing the epoch loop from `on_train_begin` to the end of the last epoch (its metrics,
   checkpoint and callbacks included; artifact building, session creation, the end of training
   — curves.svg, the best weights — the test evaluation and the model export fall outside it)
-  and the session's train, optimizer and eval steps inside it.
+  and the session's train, optimizer and eval steps inside it (a classifier's validation runs are score steps,
+  the eval graph summing its metrics: they count as validation here, the raw side's plain eval steps computing
+  no metrics at all).
 
 Sides alternate which goes first; rounds in which other processes took 5% of the CPUs or more
 (/proc/stat, as in tools/step_timing.py) are dropped, unless fewer than 3 would be left. Printed
@@ -95,7 +97,7 @@ def fit_side(name: str, work: Path) -> dict[str, float]:
         """Times the epoch loop, and the session's steps within it (wrapping the session's methods)."""
 
         def __init__(self) -> None:
-            self.inside = {"train_step": 0.0, "optimizer_step": 0.0, "eval_step": 0.0}
+            self.inside = {"train_step": 0.0, "optimizer_step": 0.0, "eval_step": 0.0, "score_step": 0.0}
 
         def on_train_begin(self, trainer) -> None:  # type: ignore[no-untyped-def]
             timed_calls(trainer.session, self.inside)
@@ -109,7 +111,8 @@ def fit_side(name: str, work: Path) -> dict[str, float]:
     fit(model, MODELS[name], work / "run", callbacks=[watch], device="cpu", **RECIPE)
     inside = watch.inside
     return {"fit": time.perf_counter() - start, "loop": watch.seconds, "others_fit": others.share(),
-            "inside_steps": inside["train_step"] + inside["optimizer_step"], "inside_validation": inside["eval_step"]}
+            "inside_steps": inside["train_step"] + inside["optimizer_step"],
+            "inside_validation": inside["eval_step"] + inside["score_step"]}
 
 
 def timed_calls(session, inside: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
