@@ -12,8 +12,10 @@ import sklearn.metrics as skm
 from onnx import TensorProto, helper
 
 from onnxkit import zoo
+from onnxkit.data import load_dataset
 from onnxkit.evaluate import Scorer, evaluate
 from onnxkit.train import fit
+from onnxkit.train.callbacks import Callback
 from onnxkit.train.validation_sums import LABELS, SUMS, SummedValidation, append_sums
 
 
@@ -52,16 +54,28 @@ def test_the_eval_graphs_sums_give_the_numpy_scorers_metrics(classes):
         assert got["macro_f1"] == pytest.approx(skm.f1_score(labels, predicted, average="macro"), rel=1e-13)
 
 
+class ValidationByEvalStep(Callback):
+    """A user's callback running the session's eval step on the validation rows (class ids fed to its sums or not)."""
+
+    def __init__(self) -> None:
+        self.split, self.accuracies = load_dataset("digits").validation, []
+
+    def on_epoch_end(self, trainer, record) -> None:  # type: ignore[no-untyped-def]
+        logits = trainer.session.eval_step(self.split.inputs)
+        self.accuracies.append((float(np.mean(logits.argmax(1) == self.split.labels)), record["val_accuracy"]))
+
+
 @pytest.mark.training
 def test_a_classifiers_validation_is_scored_by_its_eval_graph_with_the_same_figures(tmp_path):
-    run = tmp_path / "run"
-    result = fit(zoo.build_model("digits-mlp"), "digits", run, epochs=2, quiet=True)
+    run, by_eval_step = tmp_path / "run", ValidationByEvalStep()
+    result = fit(zoo.build_model("digits-mlp"), "digits", run, epochs=2, quiet=True, callbacks=[by_eval_step])
     if os.environ.get("ONNXKIT_BACKEND") != "ort-training":  # whose eval graph has no sums: numpy scores them
         assert SUMS in {o.name for o in onnx.load(run / "artifacts" / "eval.onnx").graph.output}
     scored = evaluate(result.model_path, "validation")  # numpy's scorer, on the trained model of the best epoch
     validation = result.metrics["validation"]
     assert validation["loss"] == pytest.approx(scored["loss"], rel=1e-6)
     assert (validation["accuracy"], validation["macro_f1"]) == pytest.approx((scored["accuracy"], scored["macro_f1"]))
+    assert [mine == pytest.approx(recorded) for mine, recorded in by_eval_step.accuracies] == [True, True]
 
 
 def test_a_model_of_a_fixed_batch_size_is_scored_by_numpy(tmp_path):

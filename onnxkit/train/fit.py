@@ -1265,7 +1265,7 @@ class _Setup:
             dropout=c.dropout,
             seed=c.seed,
             labels_name=self._labels_name(),
-            validation_classes=summed.classes if (summed := self._validation[2]) else None,
+            validation_classes=self._summed_classes(),
         )
         try:
             self.backend.build(problem, run.artifacts)
@@ -1297,9 +1297,16 @@ class _Setup:
         scorer = Scorer(targets, self.task, loss=self.loss.name, num_classes=self.num_classes,
                         probabilities=self.probabilities, axis=self.loss.axis)
         summed = None
-        if scorer.classes and not self.fixed and self.device == "cpu" and batches:
+        if scorer.classes and len(self.shape) == 2 and not self.fixed and self.device == "cpu":
             summed = SummedValidation(targets, scorer.classes, [rows for _, rows in batches])
         return batches, scorer, summed
+
+    def _summed_classes(self) -> int | None:
+        """The classes whose validation metrics the eval graph is to sum (`validation_sums`), else None."""
+        if not len(self.splits["validation"]):
+            return None
+        summed = self._validation[2]
+        return summed.classes if summed else None
 
     def validate(self, session: TrainingSession) -> Record:
         """The epoch record's validation entries."""
