@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from conftest import ort_run
 from onnx import TensorProto, helper, numpy_helper
@@ -21,7 +22,7 @@ from onnxkit import zoo
 from onnxkit.data import Split, load_dataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import without_initializer_inputs
-from onnxkit.quantize import analysis, cpu, quantize, rewrite
+from onnxkit.quantize import analysis, cpu, isolated, passes, quantize, rewrite
 from onnxkit.quantize.data import calibration_batches
 from onnxkit.quantize.int4 import quantize_int4
 from onnxkit.quantize.passes import Quantizer
@@ -392,12 +393,9 @@ def test_fp16_keeps_affine_grid_float32():
         np.testing.assert_allclose(ort_run(fp16, feeds)[0], ort_run(model, feeds)[0], atol=5e-3)
 
 
-def test_fp16_keeps_a_batch_transpose_into_matmul_float32(tmp_path):
-    # a PyTorch TransformerEncoder exported with dynamo=False transposes [batch, seq, d] to [seq, batch, d]
-    # before each attention's in-projection MatMul: in float16 onnxruntime 1.32 fuses the pair
-    # (MatmulTransposeFusion) and crashes creating a default session (segmentation fault: `quantize --mode
-    # fp16` died with no message); a last-two-axes swap fuses fine and still converts
-    rng = np.random.default_rng(0)
+def _batch_transpose_into_matmul(rng: np.random.Generator) -> onnx.ModelProto:
+    """x [n, 5, 8] -> Transpose [1, 0, 2] -> MatMul -> Transpose [0, 2, 1] -> MatMul, as a PyTorch TransformerEncoder
+    exported with dynamo=False transposes [batch, seq, d] to [seq, batch, d] before each in-projection."""
     nodes = [helper.make_node("Transpose", ["x"], ["seq_first"], perm=[1, 0, 2]),
              helper.make_node("MatMul", ["seq_first", "w"], ["proj"]),
              helper.make_node("Transpose", ["proj"], ["swapped"], perm=[0, 2, 1]),
@@ -406,7 +404,15 @@ def test_fp16_keeps_a_batch_transpose_into_matmul_float32(tmp_path):
         nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [_init(rng, "w", (8, 8), 0.3), _init(rng, "u", (3, 8), 0.3)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_fp16_keeps_a_batch_transpose_into_matmul_float32(tmp_path):
+    # in float16 onnxruntime 1.32 fuses the batch Transpose into the MatMul after it (MatmulTransposeFusion) and
+    # crashes creating a default session (segmentation fault: `quantize --mode fp16` died with no message); a
+    # last-two-axes swap fuses fine and still converts
+    rng = np.random.default_rng(0)
+    model = _batch_transpose_into_matmul(rng)
     fp16 = quantize(model, mode="fp16", measure_latency=False).model
     assert {t.data_type for t in fp16.graph.initializer} == {TensorProto.FLOAT16}
     types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(fp16).graph.value_info}
@@ -421,6 +427,35 @@ def test_fp16_keeps_a_batch_transpose_into_matmul_float32(tmp_path):
                           capture_output=True, text=True)  # a child: the crash would take pytest with it
     assert done.returncode == 0, done.stderr[-500:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ort_run(model, {"x": x})[0], atol=5e-3)
+
+
+
+
+def test_a_model_onnxruntime_crashes_on_is_refused_in_one_line_and_nothing_is_written(tmp_path, monkeypatch, run_cli):
+    # a pass writing a graph onnxruntime dies on killed quantize with no message (1.32: a float16 Transpose of a
+    # leading axis into a MatMul, fused, segfaults creating a default session); each quantized model is now opened
+    # in a child process first, and its crash is one line naming the signal
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["x"], ["seq_first"], perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["seq_first", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "crashes", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 5, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)],
+        [numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float16), "w")])
+    crashing = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    crashed = isolated.crash(crashing, {"x": np.ones((2, 5, 8), np.float16)}, tmp_path)
+    if crashed is None:
+        pytest.skip(f"onnxruntime {onnxruntime.__version__} does not crash on a float16 batch Transpose into MatMul")
+    monkeypatch.setattr(passes, "quantize_fp16", lambda model, ops, nodes: crashing)
+    onnx.save(_batch_transpose_into_matmul(rng), tmp_path / "model.onnx")
+    result = run_cli("quantize", tmp_path / "model.onnx", "-o", tmp_path / "fp16.onnx", "--mode", "fp16")
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1] == (
+        f"error: onnxruntime {onnxruntime.__version__} crashes ({crashed}) opening or running the model fp16 makes; "
+        "nothing written: try another --mode, or --exclude the nodes around the crash (onnxkit inspect lists them)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    monkeypatch.undo()  # the real pass: a fresh child opens its model
+    assert run_cli("quantize", tmp_path / "model.onnx", "-o", tmp_path / "fp16.onnx", "--mode", "fp16").code == 0
 
 
 def _masked_attention() -> onnx.ModelProto:

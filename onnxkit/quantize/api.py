@@ -185,7 +185,6 @@ def quantize(
     plain_session(original.SerializeToString(), name=name)  # one onnxruntime refuses (an op it lacks, an opset
     # newer than it runs) is the model's fault, which no --mode helps: said before calibration or scoring tries it
     with _scratch(output) as tmp, _disk_full_errors(tmp, original.ByteSize()), _onnxruntime_errors(name):
-        quantizer = Quantizer(original, tmp, exclude)
         test = None if eval_data is None else bind(load_split(eval_data, "test", original, seed(eval_data)), original)
         baseline = accuracy.score(original, test, output=model_output) if test is not None else None
         batches = (fixed,) if (fixed := fixed_batch(original)) else LATENCY_BATCHES  # a fixed batch: timed at it
@@ -193,6 +192,7 @@ def quantize(
             b: first_batch(test, b) if test is not None else synthetic_inputs(original, b, seq_len=seq_len)
             for b in batches
         }
+        quantizer = Quantizer(original, tmp, exclude, check=feeds[min(feeds)])
 
         def calibration(size: int = calib_size) -> list[Feeds]:
             say(f"reading up to {size} calibration examples of {calib} ...")

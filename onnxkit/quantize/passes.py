@@ -10,12 +10,13 @@ import onnx
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import quantization_ops
-from onnxkit.quantize import analysis, int4, int8
+from onnxkit.quantize import analysis, int4, int8, isolated
 from onnxkit.quantize.data import Feeds
 from onnxkit.quantize.fp16 import quantize_fp16
 from onnxkit.quantize.fuse import fuse_attention
 from onnxkit.quantize.prepare import prepare
 from onnxkit.quantize.settings import Settings
+from onnxkit.runtime.session import ort
 
 _LOW_PRECISION = {
     onnx.TensorProto.INT8,
@@ -75,10 +76,11 @@ def quantized_before(model: onnx.ModelProto) -> str | None:
 class Quantizer:
     """Quantizes one model with any Settings; preprocessing is done once per kind."""
 
-    def __init__(self, model: onnx.ModelProto, workdir: Path, exclude: Iterable[str] = ()):
+    def __init__(self, model: onnx.ModelProto, workdir: Path, exclude: Iterable[str] = (), check: Feeds | None = None):
         self.model = model
         self.workdir = workdir
         self.exclude = tuple(exclude)
+        self.check = check  # a batch each quantized model first runs on in a child process (`isolated`), if given
         self._prepared: dict[str, onnx.ModelProto] = {}
         self.fused: dict[str, int] = {}  # ops made by fusing attention blocks (dynamic int8)
 
@@ -115,6 +117,10 @@ class Quantizer:
                 f"ONNX Runtime quantized no weight with {settings.label} (the candidate nodes "
                 "lack shape information or were skipped); check the model with `onnxkit inspect`"
             )
+        if self.check is not None and (crashed := isolated.crash(out, self.check, self.workdir)):
+            raise OnnxkitError(f"onnxruntime {ort.__version__} crashes ({crashed}) opening or running the model "
+                               f"{settings.label} makes; nothing written: try another --mode, or --exclude the nodes "
+                               "around the crash (onnxkit inspect lists them)", params=["mode", "exclude"])
         return out
 
     def nothing_message(self, mode: str, excluded: bool = False) -> str:
