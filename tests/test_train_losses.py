@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -47,12 +48,16 @@ def data(labels: np.ndarray) -> Dataset:
     return Dataset("tiny", Split("train", {"x": x}, labels), empty, empty)
 
 
-def numeric_gradient(loss: str, w: np.ndarray, b: np.ndarray, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Central differences of the numpy reference loss over the flattened (w, b)."""
+def numeric_gradient(loss: str | Callable[[np.ndarray, np.ndarray], float], w: np.ndarray, b: np.ndarray,
+                     x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Central differences of the numpy reference loss (by name, or a function of logits and class ids) over the
+    flattened (w, b)."""
     flat = np.concatenate([w.ravel(), b]).astype(np.float64)
 
     def f(p: np.ndarray) -> float:
         out = x.astype(np.float64) @ p[: w.size].reshape(w.shape) + p[w.size :]
+        if callable(loss):
+            return loss(out, labels)
         target = labels if loss == "cross-entropy" else labels.reshape(out.shape)
         return LOSSES[loss](out, target)
 
@@ -139,6 +144,53 @@ def test_loss_graphs_match_the_numpy_reference(loss):
     reference = LOSSES[loss](scores, labels if loss == "cross-entropy" else fed)
     assert float(value) == pytest.approx(reference, rel=1e-5)
 
+
+
+def smoothed_cross_entropy(epsilon: float, axis: int = 1) -> Callable[[np.ndarray, np.ndarray], float]:
+    """PyTorch's CrossEntropyLoss(label_smoothing=epsilon) from its definition: the mean over positions of the
+    cross-entropy against targets of epsilon / C on every class plus 1 - epsilon on the labelled one."""
+
+    def loss(logits: np.ndarray, labels: np.ndarray) -> float:
+        scores = np.moveaxis(logits.astype(np.float64), axis, -1)
+        log_p = scores - np.logaddexp.reduce(scores, axis=-1, keepdims=True)
+        target = np.full(log_p.shape, epsilon / log_p.shape[-1])
+        np.put_along_axis(target, labels[..., None], 1 - epsilon + epsilon / log_p.shape[-1], axis=-1)
+        return float(-(target * log_p).sum(axis=-1).mean())
+
+    return loss
+
+
+def test_label_smoothing_is_pytorchs_in_the_loss_graph_and_its_gradient(tmp_path):
+    rng = np.random.default_rng(5)
+    for shape, axis in (((N, K), 1), ((4, K, 5, 2), 1)):  # one class id a row, and one per position
+        scores = (rng.normal(size=shape) * 5).astype(np.float32)
+        labels = rng.integers(0, K, (shape[0], *shape[2:]))
+        spec = get_loss("cross-entropy").smoothed(0.2)
+        out_vi = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", K, "h", "w"][:len(shape)])
+        spec = spec.along(out_vi, labels)
+        graph = helper.make_graph([], "loss", [out_vi, spec.labels_input("labels", out_vi)], [])
+        graph.output.append(helper.make_tensor_value_info(spec.add_to_graph(graph, "scores", "labels"),
+                                                          TensorProto.FLOAT, []))
+        model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+        value = ort.InferenceSession(model.SerializeToString()).run(None, {"scores": scores, "labels": labels})[0]
+        assert float(value) == pytest.approx(smoothed_cross_entropy(0.2, axis)(scores, labels), rel=1e-5)
+    labels = np.arange(N) % K  # an SGD step follows the smoothed loss's gradient
+    model, ds = linear(K), data(labels)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    before = np.concatenate([init["w"].ravel(), init["b"]]).astype(np.float64)
+    grad = numeric_gradient(smoothed_cross_entropy(0.2), init["w"], init["b"], ds.train.inputs["x"], labels)
+    after = step(tmp_path, model, ds, label_smoothing=0.2, optimizer="sgd", lr=0.5, weight_decay=0.0)
+    np.testing.assert_allclose((before - after) / 0.5, grad, rtol=1e-3, atol=2e-5)
+
+
+def test_label_smoothing_of_a_loss_other_than_cross_entropy_is_refused(tmp_path):
+    outputs, labels = LABELS["mse"]
+    with pytest.raises(OnnxkitError, match="label_smoothing smooths cross-entropy's class targets, but this run's "
+                                           "loss is mse"):
+        fit(linear(outputs), data(labels), tmp_path / "mse", label_smoothing=0.1, epochs=1)
+    with pytest.raises(OnnxkitError, match="label_smoothing must be between 0 and 1, got 1.5"):
+        fit(linear(K), data(np.arange(N) % K), tmp_path / "big", label_smoothing=1.5, epochs=1)
+    assert not (tmp_path / "mse").exists() and not (tmp_path / "big").exists()
 
 
 def test_targets_differing_from_the_output_by_unit_axes_take_its_layout():

@@ -50,6 +50,7 @@ class TrainConfig:
     label: str | None = None  # a CSV's label column by its header (None: the one headed as labels, else the last)
     output: str | None = None
     loss: str | None = None
+    label_smoothing: float = 0.0  # cross-entropy's (Loss.smoothed)
     optimizer: str = "adamw"
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     lr: float = 1e-3

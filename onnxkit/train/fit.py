@@ -203,6 +203,7 @@ def fit(
     out_dir: str | os.PathLike | None = None,
     *,
     loss: str | None = None,
+    label_smoothing: float = 0.0,
     optimizer: str | Optimizer | None = None,
     lr: float | None = None,
     weight_decay: float | None = None,
@@ -246,7 +247,9 @@ def fit(
       by its header (default: the one the model was trained on, else the one headed label, labels, target, y or
       class, else the last; a text CSV's, the one beside `text`).
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
-      task metadata, else from its output and the labels).
+      task metadata, else from its output and the labels). `label_smoothing` ε (cross-entropy's, as PyTorch's
+      `CrossEntropyLoss(label_smoothing=)`): each target is 1 - ε on its class plus ε spread over all classes; the
+      training loss is that, validation and test report plain cross-entropy.
     - `optimizer`: a name (sgd, adam, adamw, adagrad, rmsprop, adadelta) or an object from
       `onnxkit.train.optim` holding its options (torch.optim's names and defaults);
       `lr` defaults to torch's for that optimizer; `weight_decay` overrides the
@@ -296,8 +299,8 @@ def fit(
                  cache_features=cache_features, quiet=quiet, standardize=standardize)
     _check_names(loss=loss, schedule=schedule, output=output, monitor=monitor, device=device, backend=backend,
                  label=label)
-    lr, weight_decay, clip_grad_norm, warmup = _reals(lr=lr, weight_decay=weight_decay,
-                                                      clip_grad_norm=clip_grad_norm, warmup=warmup)
+    lr, weight_decay, clip_grad_norm, warmup, label_smoothing = _reals(
+        lr=lr, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm, warmup=warmup, label_smoothing=label_smoothing)
     freeze, train_only = _patterns(freeze), _patterns(train_only)
     world = distributed.current_world()
     if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks; a GPU each
@@ -346,6 +349,7 @@ def fit(
             label=label,
             output=output,
             loss=get_loss(loss).name if loss else None,
+            label_smoothing=label_smoothing,
             optimizer=spec.name,
             optimizer_options=_json_options(spec),
             lr=chosen.lr,
@@ -382,6 +386,9 @@ def fit(
             raise OnnxkitError(f"lr must be positive, got {config.lr}", params=["lr"])
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise OnnxkitError(f"clip_grad_norm must be positive, got {clip_grad_norm}", params=["clip_grad_norm"])
+        if not 0 <= label_smoothing <= 1:
+            raise OnnxkitError(f"label_smoothing must be between 0 and 1, got {label_smoothing}",
+                               params=["label_smoothing"])
     adapter = _run_adapter(config, adapter)
     progress = Progress(not quiet, warn=world is None or world.rank == 0)  # one rank's warnings
     setup = _Setup(run, config, proto, dataset, adapter, device, threads, progress)  # checks everything
@@ -742,6 +749,8 @@ class _Setup:
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(self.named_task, self.shape, labels)
         self.loss.check_output(self.output_vi)
         self.loss = self.loss.along(self.output_vi, labels)  # the class axis of one id per position
+        if c.label_smoothing:
+            self.loss = self.loss.smoothed(c.label_smoothing)
         self.task = LOSS_TASK[self.loss.name]
         self.regression = self.task == "regression"  # whole-number targets too (a CSV of prices in dollars)
 

@@ -16,12 +16,10 @@ from onnx import TensorProto, helper
 
 from onnxkit.data.checks import not_whole
 from onnxkit.errors import OnnxkitError, suggest
-from onnxkit.evaluate import LOSSES as REFERENCE
 from onnxkit.evaluate import (
     PROBABILITIES_OF,
     TASK_LOSS,
     class_axis,
-    cross_entropy,
     sizes_fit,
     without_class_axis,
 )
@@ -37,15 +35,12 @@ class Loss:
 
     name: str
     axis: int = -1  # cross-entropy's class axis: 1 for [batch, C, H, W] scores of [N, H, W] ids (see `along`)
+    smoothing: float = 0.0  # cross-entropy's label smoothing (see `smoothed`)
 
     @property
     def class_labels(self) -> bool:
         """True when labels are class ids (int64 [batch]) rather than targets shaped like the output."""
         return self.name == "cross-entropy"
-
-    def reference(self, outputs: np.ndarray, labels: np.ndarray) -> float:
-        """The same loss in numpy (float64)."""
-        return cross_entropy(outputs, labels, self.axis) if self.class_labels else REFERENCE[self.name](outputs, labels)
 
     def along(self, output: onnx.ValueInfoProto, labels: np.ndarray) -> Loss:
         """This loss on `output` for `labels`: cross-entropy with one class id per position ([N, H, W]
@@ -62,6 +57,16 @@ class Loss:
                 "another output (output=NAME) or another loss (loss=mse for one target per output value)"
             )
         return replace(self, axis=axis)
+
+    def smoothed(self, epsilon: float) -> Loss:
+        """Cross-entropy against targets of 1 - `epsilon` on the labelled class plus `epsilon` spread evenly over all
+        classes, as PyTorch's CrossEntropyLoss(label_smoothing=epsilon): (1 - epsilon) * NLL + epsilon * the mean
+        over classes of -log p (over every position's, for one class id per position)."""
+        if not self.class_labels:
+            raise OnnxkitError(f"label_smoothing smooths cross-entropy's class targets, but this run's loss is "
+                               f"{self.name}; leave label_smoothing out, or train class ids with loss=cross-entropy",
+                               params=["label_smoothing", "loss"])
+        return replace(self, smoothing=epsilon)
 
     def check_output(self, output: onnx.ValueInfoProto) -> None:
         """Fail early when the output's type or rank cannot feed this loss."""
@@ -155,9 +160,14 @@ class Loss:
             graph.initializer.append(helper.make_tensor(f"{PREFIX}.class_axis", TensorProto.INT64, [1], [self.axis]))
             index = node("Unsqueeze", [labels, f"{PREFIX}.class_axis"], "label_index")
             picked = node("GatherElements", [log_prob, index], "picked", axis=self.axis)
-            nodes.append(helper.make_node("ReduceMean", [picked], [f"{PREFIX}.mean_picked"], name=f"{PREFIX}/mean",
-                                          keepdims=0))
-            nodes.append(helper.make_node("Neg", [f"{PREFIX}.mean_picked"], [loss], name=f"{PREFIX}/neg"))
+            likelihood = node("ReduceMean", [picked], "mean_picked", keepdims=0)
+            if self.smoothing:  # every position has all its classes: their mean over all positions is the mean of means
+                graph.initializer.extend(helper.make_tensor(f"{PREFIX}.{name}", TensorProto.FLOAT, [], [value])
+                                         for name, value in (("kept", 1 - self.smoothing), ("spread", self.smoothing)))
+                spread = node("Mul", [node("ReduceMean", [log_prob], "mean_log_prob", keepdims=0),
+                                      f"{PREFIX}.spread"], "spread_part")
+                likelihood = node("Add", [node("Mul", [likelihood, f"{PREFIX}.kept"], "kept_part"), spread], "smoothed")
+            nodes.append(helper.make_node("Neg", [likelihood], [loss], name=f"{PREFIX}/neg"))
         else:
             graph.initializer.append(helper.make_tensor(f"{PREFIX}.one", TensorProto.FLOAT, [], [1.0]))
             if self.name == "bce-with-logits":
