@@ -121,6 +121,20 @@ def macro_f1(confusion: np.ndarray, hits: np.ndarray | None = None, actual: np.n
     return float(np.add.reduce(2 * hits / np.maximum(counted, 1)) / present) if present else 0.0
 
 
+def label_scores(predicted: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """A multi-label model's figures by label, from [N, K] 0/1 predictions and labels: `subset_accuracy` (rows with
+    every label right: scikit-learn's accuracy_score), `label_f1` (the mean over labels of each one's F1 for its
+    1s: f1_score(average="macro")) and `per_label`, each label's precision, recall, F1 and support (its 1s), 0
+    where undefined (as scikit-learn's zero_division=0)."""
+    y, p = labels.astype(bool), predicted.astype(bool)
+    hits, chosen, actual = (y & p).sum(axis=0), p.sum(axis=0), y.sum(axis=0)
+    f1 = 2 * hits / np.maximum(chosen + actual, 1)
+    rows = zip(hits / np.maximum(chosen, 1), hits / np.maximum(actual, 1), f1, actual, strict=True)
+    return {"subset_accuracy": float((y == p).all(axis=1).mean()), "label_f1": float(f1.mean()),
+            "per_label": [{"precision": float(pr), "recall": float(rc), "f1": float(f), "support": int(n)}
+                          for pr, rc, f, n in rows]}
+
+
 def predictions(outputs: np.ndarray, task: str) -> np.ndarray:
     """Class ids from classifier outputs (argmax of scores; for binary, each logit > 0: a multi-label
     model's [N, K] logits give N * K predictions)."""
@@ -141,7 +155,8 @@ def score(
 ) -> dict[str, Any]:
     """All metrics for `outputs` against `labels`: loss, and for classifiers accuracy,
     macro_f1 and confusion (a list of rows; binary ones count every 0/1 label of a row, so
-    multi-label accuracy is the share of labels right); for regression also mae. `probabilities`:
+    multi-label accuracy is the share of labels right, and a multi-label model gets `label_scores` too); for
+    regression also mae. `probabilities`:
     a classifier's outputs are Softmax (or, binary, Sigmoid) probabilities, not logits. `axis`: a
     classifier's class axis, every position of the others scored ([N, C, H, W] against [N, H, W])."""
     loss = loss or TASK_LOSS[task]
@@ -161,6 +176,8 @@ def score(
         metrics["accuracy"] = float(confusion.trace() / len(predicted))
         metrics["macro_f1"] = macro_f1(confusion)
         metrics["confusion"] = confusion.tolist()
+        if task == "binary" and labels.ndim == 2 and labels.shape[1] > 1:  # multi-label: each label's 0/1 too
+            metrics.update(label_scores(predicted.reshape(labels.shape), labels))
     else:
         metrics["mae"] = l1(outputs, labels)
         metrics["r2"] = r2(outputs, labels)
@@ -537,8 +554,9 @@ def evaluate(
     of the data the model trained on, all of other data. `label`: a CSV's label column (default: the one the model
     trained on, else as training chooses).
     For classifiers: `loss`, `accuracy`, `macro_f1`, `confusion` (rows = true
-    class) and `labels` (class names, when known); for regression: `loss` (MSE, or the l1 a model was trained with),
-    `mae` and `r2`. Always `examples` and `task`.
+    class) and `labels` (class names, when known); for a multi-label one also `subset_accuracy`, `label_f1` and
+    `per_label` (each label's name, precision, recall, f1 and support: `label_scores`); for regression: `loss`
+    (MSE, or the l1 a model was trained with), `mae` and `r2`. Always `examples` and `task`.
     `batch_size`: rows per run; `output`: the output to score (default: the one training fit, else the
     first); `task` overrides the model's metadata; `loss`: the loss to report (default: the one the model was
     trained with, else the task's);
@@ -603,4 +621,6 @@ def evaluate(
     metrics["task"] = resolved
     if names and len(names) == len(metrics.get("confusion", ())):  # not a multi-label model's K names of 0/1 rows
         metrics["labels"] = names
+    for k, entry in enumerate(metrics.get("per_label", ())):
+        entry["label"] = names[k] if names and len(names) == len(metrics["per_label"]) else str(k)
     return metrics

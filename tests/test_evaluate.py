@@ -534,3 +534,30 @@ def test_evaluates_arguments_that_cannot_apply_are_refused_not_ignored():
     with pytest.raises(TypeError, match="^model must be a .onnx path or an onnx.ModelProto, not bytes$"):
         evaluate(model.SerializeToString(), iris.test)
     assert evaluate(model, iris.test, providers="CPUExecutionProvider") == evaluate(model, iris.test)
+
+
+def test_a_multi_label_model_is_scored_by_label_as_scikit_learn(tmp_path, run_cli):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    w, b = rng.normal(size=(5, 4)), np.array([0.0, 0.5, -0.5, -50.0])  # the last label never predicted
+    labels = (x.astype(np.float64) @ w + rng.normal(size=(200, 4)) > 0).astype(np.int64)
+    labels[:, 3] = 0  # and never present: its F1 is undefined, 0 as scikit-learn's zero_division=0
+    predicted = (x.astype(np.float64) @ w + b > 0).astype(np.int64)
+    model = linear_model(w, b, {"onnxkit.task": "binary", "onnxkit.labels": '["red", "green", "blue", "grey"]'})
+    onnx.save(model, tmp_path / "tags.onnx")
+    np.savez(tmp_path / "tags.npz", x=x, labels=labels)
+    m = evaluate(tmp_path / "tags.onnx", Split("test", {"x": x}, labels))
+    assert m["accuracy"] == pytest.approx(1 - skm.hamming_loss(labels, predicted))  # as before: every label counted
+    assert m["subset_accuracy"] == skm.accuracy_score(labels, predicted)
+    assert m["label_f1"] == pytest.approx(skm.f1_score(labels, predicted, average="macro", zero_division=0))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(labels, predicted, zero_division=0)
+    assert [e["label"] for e in m["per_label"]] == ["red", "green", "blue", "grey"]
+    for key, want in (("precision", precision), ("recall", recall), ("f1", f1), ("support", support)):
+        assert [e[key] for e in m["per_label"]] == pytest.approx(want.tolist())
+    shown = run_cli("eval", tmp_path / "tags.onnx", "--data", tmp_path / "tags.npz", "--split", "all")
+    assert shown.code == 0, shown.err
+    table = shown.out.splitlines()[-6:]
+    assert table[0] == (f"every label right in {m['subset_accuracy']:.4f} of rows; F1 averaged over labels "
+                        f"{m['label_f1']:.4f}")
+    assert table[1].split() == ["label", "precision", "recall", "f1", "support"]
+    assert table[2].split() == ["red", *(f"{v:.4f}" for v in (precision[0], recall[0], f1[0])), str(support[0])]

@@ -353,6 +353,18 @@ def eval_cmd(
     click.echo(f"{data} {metrics['split']} split ({metrics['examples']} examples): {shown}")
     if "confusion" in metrics:
         click.echo(format_confusion(metrics["confusion"], metrics.get("labels")))
+    if "per_label" in metrics:
+        click.echo(format_labels(metrics))
+
+
+def format_labels(metrics: dict) -> str:
+    """A multi-label model's rows right in full, its mean F1 over labels, and a table of each label's figures."""
+    width = max(5, *(len(e["label"]) for e in metrics["per_label"]))
+    lines = [f"every label right in {metric(metrics['subset_accuracy'])} of rows; F1 averaged over labels "
+             f"{metric(metrics['label_f1'])}", f"{'label':<{width}}  precision  recall      f1  support"]
+    lines += [f"{e['label']:<{width}}  {e['precision']:9.4f}  {e['recall']:6.4f}  {e['f1']:6.4f}  {e['support']:7d}"
+              for e in metrics["per_label"]]
+    return "\n".join(lines)
 
 
 def format_confusion(confusion: list[list[int]], names: list[str] | None) -> str:
