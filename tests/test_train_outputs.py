@@ -179,7 +179,10 @@ def test_a_multi_label_model_with_class_names_evaluates_without_naming_its_0_1_r
     np.savez(tmp_path / "ml.npz", x=x, labels=labels)
     shown = run_cli("eval", result.model_path, "--data", tmp_path / "ml.npz")
     assert shown.code == 0, shown.err
-    assert [line.split()[0] for line in shown.out.splitlines()[-2:]] == ["0", "1"]  # the rows: true 0 and 1
+    lines = shown.out.splitlines()
+    at = lines.index("confusion matrix (rows: true class, columns: predicted)")
+    assert [line.split()[0] for line in lines[at + 2:at + 4]] == ["0", "1"]  # the rows: true 0 and 1
+    assert [line.split()[0] for line in lines[-3:]] == ["a", "b", "c"]  # the names are the labels' (per_label)
 
 
 def test_one_hot_rows_are_refused_by_default_not_trained_as_separate_labels(tmp_path):
