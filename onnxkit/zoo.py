@@ -266,6 +266,8 @@ def _hint(e: Exception) -> str:
         owner, _, method = unexpected["callable"].partition(".")
         found = (frame.f_locals.get(owner) or frame.f_globals.get(owner) or getattr(nn, owner, None)
                  or getattr(nn.ops, owner, None))
+        if isinstance(found, type) and issubclass(found, nn.Module):  # a layer's error says what it takes itself
+            return ""
         try:
             keywords = [k for k in inspect.signature(getattr(found, method) if method else found).parameters
                         if k != "self"]

@@ -476,6 +476,35 @@ def test_adaptive_average_pooling_to_one_is_the_global_average():
         nn.AdaptiveAvgPool2d((2, 2))
 
 
+def test_an_unknown_layer_keyword_says_the_one_meant_and_what_the_layer_takes():
+    # nn.Softmax(axis=1) from an older DSL file was Python's bare "got an unexpected keyword argument 'axis'"
+    cases = {
+        lambda: nn.Softmax(axis=1): "Softmax() got an unexpected keyword argument 'axis'. Did you mean: dim? "
+                                    "(PyTorch's name for axis: Softmax(dim=1)) Softmax takes (dim=-1)",
+        lambda: nn.Dropout(rate=0.1): "Dropout() got an unexpected keyword argument 'rate'. Did you mean: p? "
+                                      "(PyTorch's name for rate: Dropout(p=0.1)) Dropout takes (p=0.5, inplace=False)",
+        lambda: nn.Linear(4, 3, bais=False): "Linear() got an unexpected keyword argument 'bais'. Did you mean: bias? "
+                                             "Linear takes (in_features, out_features, bias=True, "
+                                             "init_fn='pytorch_uniform')",
+        lambda: nn.Linear(4): "Linear() missing a required argument: 'out_features'; Linear takes (in_features, "
+                              "out_features, bias=True, init_fn='pytorch_uniform')",
+        lambda: nn.GELU(approximate="tanh", zebra=1): "GELU() got an unexpected keyword argument 'zebra'. GELU takes "
+                                                      "(approximate='none')",
+    }
+    for make, message in cases.items():
+        with pytest.raises(TypeError) as e:
+            make()
+        assert str(e.value) == message
+
+    class Net(nn.Module):  # the user's own modules too
+        def __init__(self, hidden: int = 8):
+            self.fc = nn.Linear(4, hidden)
+
+    with pytest.raises(TypeError, match=r"^Net\(\) got an unexpected keyword argument 'hiden'. Did you mean: "
+                                        r"hidden\? Net takes \(hidden=8\)$"):
+        Net(hiden=16)
+
+
 def test_a_layer_of_no_options_refuses_one():
     # nn.Tanh(3) and nn.Sigmoid(inplace=True) were accepted, the argument dropped (Module overrides __new__)
     with pytest.raises(TypeError, match=r"^Tanh\(\) takes no arguments, got 3$"):

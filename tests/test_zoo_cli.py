@@ -232,7 +232,8 @@ USER_CODE_ERRORS = {
     "keyword typo": ('''
         def recipe() -> Recipe:
             return Recipe(nn.Linear(64, 8, bais=False), {"x": nn.Input(["batch", 64])})  # <-
-    ''', "TypeError: Linear() got an unexpected keyword argument 'bais'. Did you mean: bias?\n"),
+    ''', "TypeError: Linear() got an unexpected keyword argument 'bais'. Did you mean: bias? Linear takes "
+        "(in_features, out_features, bias=True, init_fn='pytorch_uniform')\n"),  # the hint once, not twice
     "keyword typo in an op": ('''
         def recipe() -> Recipe:
             probabilities = nn.ops.softmax(nn.Input(["batch", 4]), axs=1)  # <-
@@ -246,7 +247,8 @@ USER_CODE_ERRORS = {
     "an option the DSL's layer lacks": ('''
         def recipe() -> Recipe:
             return Recipe(nn.BatchNorm2d(1, track_running_stats=False), {"x": nn.Input(["batch", 1, 8, 8])})  # <-
-    ''', "TypeError: BatchNorm2d() got an unexpected keyword argument 'track_running_stats'\n"),  # was _BatchNorm
+    ''', "TypeError: BatchNorm2d() got an unexpected keyword argument 'track_running_stats'. BatchNorm2d takes "
+        "(num_features, eps=1e-05, momentum=0.1, affine=True)\n"),  # was _BatchNorm
     "error on import": ('''
         import numpy as np
         SCALE = np.zeroes(3)  # <-

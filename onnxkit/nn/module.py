@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import re
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -111,6 +112,41 @@ class Buffer(Parameter):
     trainable = False
 
 
+# Other libraries' names for the layers' keywords (Keras, ONNX, numpy), which take PyTorch's: nn.Softmax(axis=1)
+_FOREIGN_KEYWORDS = {
+    "axis": ("dim", "start_dim"),
+    "rate": ("p",),
+    "epsilon": ("eps", "layer_norm_eps"),
+    "use_bias": ("bias",),
+    "alpha": ("negative_slope",),
+    "strides": ("stride",),
+    "pool_size": ("kernel_size",),
+    "units": ("out_features",),
+    "filters": ("out_channels",),
+    "embed_dim": ("dim",),
+    "num_heads": ("nhead",),
+    "input_dim": ("num_embeddings", "in_features"),
+    "output_dim": ("embedding_dim", "out_features"),
+}
+_UNEXPECTED = re.compile(r"got an unexpected keyword argument '(\w+)'")
+
+
+def _what_it_takes(cls: type, signature: inspect.Signature, error: TypeError, kwargs: dict[str, Any]) -> str:
+    """What to append to Python's own binding error for layer `cls`: for an unknown keyword, the layer's
+    keyword meant (PyTorch's name for another library's, or a close spelling); then what the layer takes."""
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in list(signature.parameters.values())[1:]]
+    takes = f" {cls.__name__} takes {inspect.Signature(params)}"
+    unexpected = _UNEXPECTED.search(str(error))
+    if not unexpected:
+        return f";{takes}"
+    keyword, names = unexpected[1], [p.name for p in params]
+    ours = next((k for k in _FOREIGN_KEYWORDS.get(keyword, ()) if k in names), None)
+    if ours:
+        written = f"{cls.__name__}({ours}={kwargs[keyword]!r})"
+        return f". Did you mean: {ours}? (PyTorch's name for {keyword}: {written}){takes}"
+    return f".{suggest(keyword, names)}{takes}"
+
+
 class Module:
     """Base class of layers. Subclasses set children and parameters in `__init__`
     and describe the computation in `forward`, using `onnxkit.nn` ops.
@@ -124,10 +160,11 @@ class Module:
             given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
             raise TypeError(f"{cls.__name__}() takes no arguments, got {given}")
         if args or kwargs:  # the layer's own name in the error, not a private base's (_Pool2d.__init__())
+            signature = inspect.signature(cls.__init__)
             try:
-                inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+                signature.bind(None, *args, **kwargs)
             except TypeError as e:
-                raise TypeError(f"{cls.__name__}() {e}") from None
+                raise TypeError(f"{cls.__name__}() {e}{_what_it_takes(cls, signature, e, kwargs)}") from None
         module = super().__new__(cls)
         caller = sys._getframe(1)
         module._created_at = (caller.f_code.co_filename, caller.f_lineno)
