@@ -13,9 +13,10 @@ import sys
 import pytest
 
 from onnxkit import zoo
+from onnxkit.errors import OnnxkitError
 from onnxkit.train import TrainingInterrupted, fit
 from onnxkit.train import trainer as trainer_module
-from onnxkit.train.callbacks import Callback, MetricsWriter
+from onnxkit.train.callbacks import Callback, EarlyStopping, MetricsWriter
 from onnxkit.train.run_directory import RunDirectory
 
 pytestmark = pytest.mark.training
@@ -274,3 +275,23 @@ def test_a_fit_does_not_import_numpy_ma_or_pillow(tmp_path):
             "assert 'numpy.ma' not in sys.modules, 'numpy.ma imported'\n"
             "assert 'PIL' not in sys.modules, 'Pillow imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_an_early_stopping_callback_follows_its_own_monitor(tmp_path):
+    # EarlyStopping("val_accuracy", 2) in fit(callbacks=...) read the best epoch of fit's monitor (val_loss), so it
+    # stopped when val_loss stalled, never when val_accuracy did; a monitor of no such score was taken unsaid
+    stop = EarlyStopping("val_accuracy", patience=2)
+    result = fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[stop],
+                 **{**SETTINGS, "epochs": 20})
+    accuracy = [r["val_accuracy"] for r in result.history]
+    best = accuracy.index(max(accuracy)) + 1
+    assert result.stopped_early and result.epochs == best + 2 < 20
+    assert result.history[-1]["best_epoch"] == result.epochs  # by fit's val_loss, the last epoch was the best
+    with pytest.raises(OnnxkitError, match=r"^EarlyStopping: monitor 'val_acc' is none of val_loss, val_accuracy, "
+                                           r"val_macro_f1, train_loss. Did you mean: val_accuracy"):
+        EarlyStopping("val_acc", 2)
+    with pytest.raises(OnnxkitError, match=r"^EarlyStopping: patience must be an integer of at least 1, got 0$"):
+        EarlyStopping("val_loss", 0)
+    with pytest.raises(OnnxkitError, match=r"^EarlyStopping: this run's epochs have no val_accuracy; monitor one of: "
+                                           r"val_loss, train_loss$"):
+        EarlyStopping("val_accuracy", 2).on_epoch_end(None, {"epoch": 1, "step": 3, "val_loss": 1.0, "train_loss": 1.0})

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.files import disk_errors
 from onnxkit.train.progress import Progress
 from onnxkit.train.run_directory import RunDirectory
@@ -121,20 +121,45 @@ class BestModel(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stops after `patience` epochs without a new best, once `from_step` optimizer steps have run (Keras's
-    start_from_epoch, in steps); reads `best_epoch`, so it follows `BestModel`."""
+    """Stops after `patience` epochs without a new best `monitor` (val_loss, val_accuracy, val_macro_f1 or
+    train_loss), once `from_step` optimizer steps have run (Keras's start_from_epoch, in steps). `fit(patience=N)`
+    adds one for fit's `monitor`; one given in `fit(callbacks=[...])` follows its own."""
 
-    def __init__(self, monitor: str, patience: int, from_step: int = 0) -> None:
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, from_step: int = 0) -> None:
+        if monitor not in MONITORS:
+            raise OnnxkitError(f"EarlyStopping: monitor {monitor!r} is none of {', '.join(MONITORS)}."
+                               f"{suggest(monitor, MONITORS)}")
+        for name, value, least in (("patience", patience, 1), ("from_step", from_step, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise OnnxkitError(f"EarlyStopping: {name} must be an integer of at least {least}, got {value!r}")
         self.monitor, self.patience, self.from_step = monitor, patience, from_step
+        self.better = MONITORS[monitor]
+        self.best: float | None = None
+        self.best_epoch: int | None = None
         self.stopped = False
 
     def on_epoch_end(self, trainer: Trainer, record: Record) -> None:
-        if record["epoch"] - record["best_epoch"] >= self.patience and record["step"] >= self.from_step:
+        if self.monitor not in record:  # val_accuracy of a regression, val_* of a run without a validation split
+            scores = [k for k in MONITORS if k in record]
+            raise OnnxkitError(f"EarlyStopping: this run's epochs have no {self.monitor}; monitor one of: "
+                               f"{', '.join(scores)}")
+        value = record[self.monitor]
+        if self.best is None or (self.better(value, self.best) == value and value != self.best):  # as BestModel
+            self.best, self.best_epoch = value, record["epoch"]
+        if record["epoch"] - self.best_epoch >= self.patience and record["step"] >= self.from_step:
             record["stopped_early"] = self.stopped = trainer.stop_training = True
 
     def on_train_end(self, trainer: Trainer, status: str) -> None:
         if self.stopped:
             trainer.log(f"stopping early: {self.monitor} has not improved for {self.patience} epochs")
+
+    def state(self) -> dict[str, Any]:
+        return {f"early_stopping.{self.monitor}": {"best": self.best, "best_epoch": self.best_epoch}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        # a checkpoint from before EarlyStopping kept its own: BestModel's, whose monitor fit's one shared
+        saved = state.get(f"early_stopping.{self.monitor}") or state
+        self.best, self.best_epoch = saved.get("best"), saved.get("best_epoch")
 
 
 class MetricsWriter(Callback):
