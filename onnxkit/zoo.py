@@ -70,7 +70,10 @@ def names() -> list[str]:
     return sorted(p.stem.replace("_", "-") for p in ZOO_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
-def _load(name_or_path: str) -> tuple[str, ModuleType]:
+def _load(name_or_path: str | os.PathLike) -> tuple[str, ModuleType]:
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise TypeError(f"pass a zoo model's name or the path of a DSL .py file, not {type(name_or_path).__name__}")
+    name_or_path = os.fspath(name_or_path)  # a pathlib.Path was "'PosixPath' object has no attribute 'endswith'"
     path = Path(name_or_path)
     if name_or_path.endswith(".py"):
         if not path.is_file():
@@ -112,13 +115,13 @@ def _load(name_or_path: str) -> tuple[str, ModuleType]:
     return name, module
 
 
-def options(name_or_path: str) -> dict[str, inspect.Parameter]:
+def options(name_or_path: str | os.PathLike) -> dict[str, inspect.Parameter]:
     """The options a recipe takes, with their defaults and annotations."""
     _, module = _load(name_or_path)
     return dict(inspect.signature(module.recipe).parameters)
 
 
-def describe(name_or_path: str) -> str:
+def describe(name_or_path: str | os.PathLike) -> str:
     """The first line of the recipe file's docstring."""
     _, module = _load(name_or_path)
     return (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
@@ -158,8 +161,9 @@ class OptionError(OnnxkitError):
     """A recipe option that the recipe lacks, or a value that does not fit it (for the CLI, a malformed command)."""
 
 
-def build_model(name_or_path: str, opset: int = nn.DEFAULT_OPSET, **opts: Any) -> onnx.ModelProto:
-    """Build a zoo model (or a DSL file) with options; strings are converted to option types."""
+def build_model(name_or_path: str | os.PathLike, opset: int = nn.DEFAULT_OPSET, **opts: Any) -> onnx.ModelProto:
+    """Build a zoo model by name ("digits-cnn") or a DSL .py file (a str or a Path) with its recipe's options;
+    returns the checked onnx.ModelProto (`onnx.save` it). Strings are converted to the options' types, as --set's."""
     if isinstance(opset, bool) or not isinstance(opset, numbers.Integral):  # else blamed on the recipe's options
         raise TypeError(f"opset must be an integer, 13..{MAX_OPSET}, not {opset!r}")
     name, module = _load(name_or_path)

@@ -384,3 +384,21 @@ def test_numpy_beside_a_traced_tensor(tmp_path):
         built(np.exp)
     with pytest.raises(TypeError, match=r"^numpy's maximum cannot run on an nn.Tensor, .*: use nn.ops' functions"):
         built(lambda h: np.maximum(h, 0))
+
+
+def test_build_model_takes_a_pathlib_path(tmp_path):
+    """build_model(Path('net.py')) was "AttributeError: 'PosixPath' object has no attribute 'endswith'"."""
+    from pathlib import Path
+
+    from onnxkit import zoo
+
+    (tmp_path / "my_net.py").write_text(
+        "from onnxkit import nn\nfrom onnxkit.zoo import Recipe\n\n"
+        "def recipe(width: int = 3) -> Recipe:\n"
+        "    return Recipe(nn.Linear(4, width), {'x': nn.Input(['batch', 4])})\n")
+    model = zoo.build_model(tmp_path / "my_net.py", width=5)
+    assert model.graph.name == "my-net" and model.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 5
+    assert zoo.build_model(Path("iris-mlp")).graph.name == "iris-mlp"
+    assert list(zoo.options(tmp_path / "my_net.py")) == ["width"]
+    with pytest.raises(TypeError, match=r"^pass a zoo model's name or the path of a DSL .py file, not int$"):
+        zoo.build_model(3)
