@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import re
 import signal
 import socket
@@ -368,6 +369,25 @@ def test_library_errors_name_parameters_the_cli_shows_as_flags(server):
     with pytest.raises(OnnxkitError, match="^max_batch_size must be >= 1, max_delay_ms >= 0$") as e:
         serve(["unused.onnx"], max_batch_size=0)
     assert set(e.value.params) == {"max_batch_size", "max_delay_ms"}
+
+
+def test_serve_refuses_ports_and_batching_numbers_out_of_kind_before_loading_a_model():
+    # serve(port=-1) was bind()'s OverflowError, port="8000" "'str' object cannot be interpreted as an integer",
+    # max_batch_size="8" "'<' not supported between instances of 'str' and 'int'"
+    from onnxkit.errors import OnnxkitError
+    from onnxkit.serve.server import serve
+
+    refused = {
+        (("port", -1),): (OnnxkitError, "port must be 0 to 65535 (0: any free port), got -1"),
+        (("grpc_port", 70000),): (OnnxkitError, "grpc_port must be 0 to 65535 (0: any free port), got 70000"),
+        (("port", "8000"),): (TypeError, "port must be an integer, got '8000'"),
+        (("max_batch_size", "8"),): (TypeError, "max_batch_size must be an integer, got '8'"),
+        (("max_delay_ms", math.inf),): (OnnxkitError, "max_delay_ms must be a finite number, got inf"),
+    }
+    for given, (kind, message) in refused.items():
+        with pytest.raises(kind) as e:
+            serve(["unused.onnx"], **dict(given))  # refused before the (missing) model is looked for
+        assert str(e.value) == message
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])

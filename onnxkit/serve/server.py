@@ -8,6 +8,7 @@ import ctypes
 import errno
 import gc
 import math
+import numbers
 import os
 import socket
 import sys
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -143,6 +144,22 @@ def _runs_on_zeros(model: runtime.Model) -> bool:
     return False
 
 
+def _check_numbers(**given: Any) -> None:
+    """serve's ports (0 to 65535, or a grpc_port of None) and batching numbers: one error naming the argument, before
+    any model loads (serve(port=-1) was bind()'s OverflowError, port='8000' "'str' object cannot be interpreted as
+    an integer", max_batch_size='8' "'<' not supported between instances of 'str' and 'int'")."""
+    for name, value in given.items():
+        if value is None and name == "grpc_port":
+            continue
+        whole = name != "max_delay_ms"
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+            raise TypeError(f"{name} must be {'an integer' if whole else 'a number'}, got {value!r}")
+        if name.endswith("port") and not 0 <= value <= 65535:
+            raise OnnxkitError(f"{name} must be 0 to 65535 (0: any free port), got {value}", params=[name])
+        if not math.isfinite(value):
+            raise OnnxkitError(f"{name} must be a finite number, got {value}", params=[name])
+
+
 def bind(host: str, port: int, param: str = "port") -> socket.socket:
     """A listening socket, or one clear error (port in use, no permission, unknown host); `param` names the port's
     parameter in it."""
@@ -200,6 +217,7 @@ def serve(
 
     `api_key` (else $ONNXKIT_API_KEY) is required from clients; `watch` reloads a model when its file changes.
     """
+    _check_numbers(port=port, grpc_port=grpc_port, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms)
     if max_batch_size < 1 or max_delay_ms < 0:
         raise OnnxkitError("max_batch_size must be >= 1, max_delay_ms >= 0", params=["max_batch_size", "max_delay_ms"])
     key = auth.api_key(api_key)
