@@ -505,6 +505,23 @@ def test_an_unknown_layer_keyword_says_the_one_meant_and_what_the_layer_takes():
         Net(hiden=16)
 
 
+def test_help_on_a_layer_shows_what_it_takes_and_computes():
+    # help(nn.Tanh) showed Tanh(*args, **kwargs) -> Module (Module.__new__'s signature) and no description
+    import inspect
+
+    for layer in (nn.Tanh, nn.Sigmoid, nn.MeanPool, nn.GlobalAvgPool2d):
+        assert inspect.signature(layer) == inspect.Signature(), layer
+    assert list(inspect.signature(nn.Linear).parameters)[:2] == ["in_features", "out_features"]
+
+    class Scaled(nn.Tanh):  # a subclass with options of its own shows them
+        def __init__(self, scale: float = 2.0):
+            self.scale = scale
+
+    assert str(inspect.signature(Scaled)) == "(scale: 'float' = 2.0)"
+    layers = [v for v in vars(nn).values() if isinstance(v, type) and issubclass(v, nn.Module) and v is not nn.Module]
+    assert [c.__name__ for c in layers if not c.__dict__.get("__doc__")] == []
+
+
 def test_a_layer_of_no_options_refuses_one():
     # nn.Tanh(3) and nn.Sigmoid(inplace=True) were accepted, the argument dropped (Module overrides __new__)
     with pytest.raises(TypeError, match=r"^Tanh\(\) takes no arguments, got 3$"):

@@ -18,6 +18,8 @@ class _InPlace(Module):
 
 
 class ReLU(_InPlace):
+    """max(x, 0), as PyTorch's."""
+
     def forward(self, x: Tensor) -> Tensor:
         return ops.relu(x)
 
@@ -38,6 +40,8 @@ class GELU(Module):
 
 
 class Sigmoid(Module):
+    """1 / (1 + exp(-x)), as PyTorch's."""
+
     def forward(self, x: Tensor) -> Tensor:
         return ops.sigmoid(x)
 
@@ -60,11 +64,15 @@ class Identity(Module):
 
 
 class Tanh(Module):
+    """tanh(x), as PyTorch's."""
+
     def forward(self, x: Tensor) -> Tensor:
         return ops.tanh(x)
 
 
 class LeakyReLU(Module):
+    """x where x >= 0, else negative_slope·x, as PyTorch's."""
+
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):  # inplace: as _InPlace's
         self.negative_slope = check_number(self, "negative_slope", negative_slope)
 
@@ -116,6 +124,8 @@ class CELU(_WithAlpha):
 
 
 class SELU(_InPlace):
+    """scale·ELU(x, alpha) with PyTorch's fixed scale and alpha (self-normalising)."""
+
     def forward(self, x: Tensor) -> Tensor:
         return ops.selu(x)
 

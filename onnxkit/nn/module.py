@@ -152,6 +152,12 @@ class Module:
     and describe the computation in `forward`, using `onnxkit.nn` ops.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A layer of no options shows as taking none (`Tanh()`) in help() and signature hints: it showed as
+        `Tanh(*args, **kwargs) -> Module`, `__new__`'s signature, while any argument is refused."""
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = inspect.Signature() if cls.__init__ is object.__init__ else None  # None: __init__'s
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Module:
         """Remember where the layer was made, `(file, line)`, so errors can point at that code. A layer of no
         options given one is a TypeError (with `__new__` overridden, Python skips its own check: nn.Tanh(3) and
