@@ -143,6 +143,34 @@ def test_callback_hooks_are_checked_before_training(tmp_path):
     assert Misspelt.epochs == [1, 2]
 
 
+def test_a_hook_written_with_keras_arguments_is_refused_before_training(tmp_path):
+    """Keras's on_epoch_end(self, epoch, logs=None) binds (trainer, record), so it ran with the Trainer as its epoch:
+    "'>=' not supported between instances of 'Trainer' and 'int'" deep in the loop, or a wrong answer unsaid."""
+    from onnxkit.train.callbacks import Callback
+
+    x, _ = _one_class()
+    data = dataset_from_arrays("d", {"x": x}, np.arange(len(x)) % 3)
+
+    class Keras(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            pass
+
+    class KerasBegin(Callback):
+        def on_train_begin(self, logs=None):
+            pass
+
+    with pytest.raises(TypeError) as e:
+        fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=1, callbacks=[Keras()])
+    assert str(e.value) == (
+        "callback Keras.on_epoch_end(epoch, logs=None) takes Keras's arguments; the trainer calls "
+        "on_epoch_end(trainer, record): the epoch is record['epoch'] and Keras's logs are the record; "
+        "trainer.stop_training = True stops training")
+    with pytest.raises(TypeError, match=r"^callback KerasBegin.on_train_begin\(logs=None\) takes Keras's arguments; "
+                                        r"the trainer calls on_train_begin\(trainer\): trainer.stop_training"):
+        fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=1, callbacks=[KerasBegin()])
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_model_trained_on_a_dataframe_reads_one_by_its_column_names(tmp_path):
     """Trained from dataset_from_arrays({'x': frame}, y), a model read a reordered DataFrame by position (iris'
     columns reversed: all three rows answered virginica), where one trained on the same CSV reads it by name."""

@@ -520,6 +520,11 @@ def _check_hooks(callback: Callback) -> None:
         except TypeError:
             raise TypeError(f"callback {kind}.{name}{signature} must take ({', '.join(wanted)}): the trainer calls "
                             f"it so") from None
+        first = next(iter(signature.parameters), None)
+        if first in ("epoch", "batch", "logs"):  # Keras's (epoch, logs=None) binds, then gets (trainer, record)
+            record = "the epoch is record['epoch'] and Keras's logs are the record; " if "record" in wanted else ""
+            raise TypeError(f"callback {kind}.{name}{signature} takes Keras's arguments; the trainer calls "
+                            f"{name}({', '.join(wanted)}): {record}trainer.stop_training = True stops training")
     for name in dir(callback):
         if name.startswith("on_") and name not in HOOKS and callable(getattr(callback, name, None)):
             warn(f"callback {kind}.{name} is no hook, so training never calls it.{suggest(name, HOOKS)} The hooks: "
