@@ -101,7 +101,12 @@ def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):
     early = tmp_path / "early"  # killed after its artifacts, before run.json: was told to pass the folder given to -o
     (early / "artifacts").mkdir(parents=True)
     refused(run_cli("train", "--resume", early), f"{early} holds a run stopped before it began (no run.json): "
-                                                 f"start it again with the same command and -o {early}", run)
+                                                 f"start it again as before, with --output {early}", run)
+    for folder, message in ((early, f"start it again as before, with out_dir={early}"),  # fit's own names: it
+                            (tmp_path, "resume the folder a run was written to (its out_dir)")):  # said -o
+        with pytest.raises(OnnxkitError) as e:
+            fit(resume=folder)
+        assert str(e.value).endswith(message)
     for args, message in (((cnn, "-o", run), "give MODEL.onnx and DATA (or --resume RUN_DIR)"),
                           ((cnn, "iris", "--data", "wine", "-o", run), "give the data once (one file or folder, "
                                                                        "as DATA or --data), not 2: wine, iris"),

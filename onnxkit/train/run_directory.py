@@ -89,8 +89,9 @@ class RunDirectory:
         if not run.run_json.is_file():
             if (run.path / "artifacts").is_dir() or run.checkpoints.is_dir():  # killed before run.json was written
                 raise OnnxkitError(f"{run.path} holds a run stopped before it began (no run.json): start it again "
-                                   f"with the same command and -o {run.path}")
-            raise OnnxkitError(f"{run.path} is not a training run (no run.json); pass the folder given to -o")
+                                   f"as before, with out_dir={run.path}", params=["out_dir"])
+            raise OnnxkitError(f"{run.path} is not a training run (no run.json); resume the folder a run was written "
+                               "to (its out_dir)", params=["out_dir"])
         if run._live():
             raise OnnxkitError(f"{run.path} is in use by a training run that is still going; wait for it to end")
         if not isinstance(run.read_json().get("config"), dict):
