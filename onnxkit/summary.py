@@ -54,6 +54,8 @@ def summarize(model: str | os.PathLike | onnx.ModelProto, path: str | os.PathLik
 
         model, path = load_model(model, load_weights=False), model  # its tensors name the weight files beside it
         check_external_data(model, Path(path))
+    elif not isinstance(model, onnx.ModelProto):  # it was "'int' object has no attribute 'graph'"
+        raise TypeError(f"model must be a .onnx path or an onnx.ModelProto, not {type(model).__name__}")
     g = model.graph
     initializer_names = {i.name for i in g.initializer}
     nodes = list(every_node(g))

@@ -24,6 +24,7 @@ from onnxkit.evaluate import evaluate
 from onnxkit.metadata import read_metadata, set_metadata
 from onnxkit.quantize import quantize
 from onnxkit.runtime.prediction import Prediction
+from onnxkit.summary import summarize
 
 
 def test_evaluate_takes_a_split_name(tmp_path):
@@ -375,6 +376,8 @@ def test_evaluate_quantize_and_load_options_of_the_wrong_kind_are_named():
          "no output 'probs'; the model's outputs: logits"),
         (lambda: evaluate(untold, Split("nan", test.inputs, np.where(np.arange(len(test)) == 3, np.nan, 1.0))),
          OnnxkitError, "data 'nan split': target array 'labels' holds 1 NaN value"),  # was: a shape mismatch
+        (lambda: summarize(test.inputs["x"]), TypeError,  # was: 'numpy.ndarray' object has no attribute 'graph'
+         "model must be a .onnx path or an onnx.ModelProto, not ndarray"),
     ]
     for call, kind, message in refusals:
         with pytest.raises(kind) as refused:
