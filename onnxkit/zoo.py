@@ -14,7 +14,6 @@ import importlib.util
 import inspect
 import numbers
 import os
-import re
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ from google.protobuf import message as protobuf
 from onnxkit import nn
 from onnxkit.errors import MissingPackage, OnnxkitError, suggest
 from onnxkit.metadata_keys import LABELS_KEY, RECIPE_KEY, TASK_KEY
-from onnxkit.nn.build import MAX_OPSET
+from onnxkit.nn.build import MAX_OPSET, unexpected_keyword_hint
 
 ZOO_DIR = Path(__file__).resolve().parent / "models"
 TASKS = ("classification", "binary", "regression", "embedding")
@@ -264,28 +263,7 @@ def _hint(e: Exception) -> str:
         # builtins only when nearly spelt so ('lenn' -> len), not any short name ('widht' -> id, int)
         builtins = [n for n in frame.f_builtins if difflib.SequenceMatcher(None, e.name, n).ratio() >= 0.8]
         return suggest(e.name, [*frame.f_globals, *frame.f_locals, *builtins])
-    unexpected = _UNEXPECTED_KEYWORD.match(str(e)) if isinstance(e, TypeError) and e.__traceback__ else None
-    if unexpected:  # nn.Linear(4, 3, bais=False): the callable's own keywords, found where it was called
-        *_, (frame, _) = traceback.walk_tb(e.__traceback__)
-        owner, _, method = unexpected["callable"].partition(".")
-        found = (frame.f_locals.get(owner) or frame.f_globals.get(owner) or getattr(nn, owner, None)
-                 or getattr(nn.ops, owner, None))
-        if isinstance(found, type) and issubclass(found, nn.Module):  # a layer's error says what it takes itself
-            return ""
-        try:
-            keywords = [k for k in inspect.signature(getattr(found, method) if method else found).parameters
-                        if k != "self"]
-        except (AttributeError, TypeError, ValueError):
-            return ""
-        ours = [k for k in _TORCH_KEYWORDS.get(unexpected["keyword"], ()) if k in keywords]
-        return f" Did you mean: {ours[0]}? (PyTorch's {unexpected['keyword']})" if ours else \
-            suggest(unexpected["keyword"], keywords)
-    return ""
-
-
-# PyTorch's keyword names and the DSL's for them (dim= to mean() was 'Did you mean: keepdims?')
-_TORCH_KEYWORDS = {"dim": ("axis", "axes"), "keepdim": ("keepdims",), "start_dim": ("axis",)}
-_UNEXPECTED_KEYWORD = re.compile(r"(?P<callable>[\w.]+)\(\) got an unexpected keyword argument '(?P<keyword>\w+)'")
+    return unexpected_keyword_hint(e) if isinstance(e, TypeError) else ""
 
 
 def _build(name: str, module: ModuleType, kwargs: dict[str, Any], opset: int) -> onnx.ModelProto:

@@ -505,6 +505,26 @@ def test_an_unknown_layer_keyword_says_the_one_meant_and_what_the_layer_takes():
         Net(hiden=16)
 
 
+def test_pytorchs_keyword_to_an_op_in_forward_names_the_ops_own_in_python():
+    # x.mean(dim=1) and nn.ops.softmax(x, dim=1) in forward were Python's bare "got an unexpected keyword argument
+    # 'dim'" under nn.build (only `onnxkit build FILE.py` added the hint)
+    cases = {
+        lambda x: nn.ops.softmax(x, dim=1): "softmax() got an unexpected keyword argument 'dim'. Did you mean: "
+                                            "axis? (PyTorch's dim)",
+        lambda x: x.mean(dim=1): "mean() got an unexpected keyword argument 'dim'. Did you mean: axes? (PyTorch's dim)",
+        lambda x: x.sum(1, keepdim=True): "sum() got an unexpected keyword argument 'keepdim'. Did you mean: "
+                                          "keepdims? (PyTorch's keepdim)",
+    }
+    for body, message in cases.items():
+        class Net(nn.Module):
+            def forward(self, x, body=body):
+                return body(x)
+
+        with pytest.raises(TypeError) as e:
+            nn.build(Net(), {"x": nn.Input(["batch", 4])})
+        assert str(e.value) == message
+
+
 def test_help_on_a_layer_shows_what_it_takes_and_computes():
     # help(nn.Tanh) showed Tanh(*args, **kwargs) -> Module (Module.__new__'s signature) and no description
     import inspect

@@ -6,6 +6,8 @@ import inspect
 import json
 import numbers
 import os
+import re
+import traceback
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ import onnx
 from onnx import helper
 
 from onnxkit import __version__
-from onnxkit.errors import OnnxkitError, first_few
+from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import node_reads
 from onnxkit.metadata_keys import BUFFERS_KEY, DROPOUT_KEY, VERSION_KEY
 from onnxkit.nn.graph import Dim, Graph, Tensor, tracing, type_proto
@@ -25,6 +27,35 @@ from onnxkit.nn.module import Module
 IR_VERSION = 10  # the newest ONNX Runtime 1.19.2 loads
 DEFAULT_OPSET = 17
 MAX_OPSET = 21
+
+
+# PyTorch's keyword names and the ops' ONNX ones for them (dim= to mean() was 'Did you mean: keepdims?')
+_TORCH_KEYWORDS = {"dim": ("axis", "axes"), "keepdim": ("keepdims",), "start_dim": ("axis",)}
+# Python's own message, as raised: a hint already added leaves it unmatched, so none is added twice
+_UNEXPECTED_KEYWORD = re.compile(r"(?P<callable>[\w.]+)\(\) got an unexpected keyword argument '(?P<keyword>\w+)'$")
+
+
+def unexpected_keyword_hint(e: TypeError) -> str:
+    """' Did you mean: axis? (PyTorch's dim)' for Python's bare 'softmax() got an unexpected keyword argument
+    'dim'' (an op or a Tensor method given PyTorch's name, or a misspelt keyword), the callable's own keywords
+    found where it was called; '' for any other error."""
+    unexpected = _UNEXPECTED_KEYWORD.match(str(e)) if e.__traceback__ else None
+    if not unexpected:
+        return ""
+    from onnxkit import nn
+
+    *_, (frame, _) = traceback.walk_tb(e.__traceback__)
+    owner, _, method = unexpected["callable"].partition(".")
+    found = (frame.f_locals.get(owner) or frame.f_globals.get(owner) or getattr(nn, owner, None)
+             or getattr(nn.ops, owner, None))
+    try:
+        keywords = [k for k in inspect.signature(getattr(found, method) if method else found).parameters
+                    if k != "self"]
+    except (AttributeError, TypeError, ValueError):
+        return ""
+    ours = [k for k in _TORCH_KEYWORDS.get(unexpected["keyword"], ()) if k in keywords]
+    return f" Did you mean: {ours[0]}? (PyTorch's {unexpected['keyword']})" if ours else \
+        suggest(unexpected["keyword"], keywords)
 
 
 @dataclass(frozen=True)
@@ -87,7 +118,13 @@ def build(
     graph = Graph(opset)
     with tracing(graph):
         args = {n: graph.input(n, np.dtype(spec.dtype), spec.shape) for n, spec in inputs.items()}
-        result = module(**args) if named else module(*args.values())
+        try:
+            result = module(**args) if named else module(*args.values())
+        except TypeError as e:  # x.mean(dim=1) in forward: Python's bare message, given the keyword meant
+            hint = unexpected_keyword_hint(e)
+            if hint:
+                e.args = (f"{e}.{hint}",)
+            raise
     outputs = _name_outputs(graph, result, output_names, _forward_of(module))
     called = set(graph.params)
     computed_with = {name for node in graph.nodes for name in node.input}
