@@ -167,6 +167,11 @@ def test_labels_classes_and_top_k(mlp_path):
     assert "logits" in result and "probs" not in result  # was KeyError: 0, from Python's fallback to result[0]
     with pytest.raises(TypeError, match=r"^a Prediction is not iterable: iterate over .outputs \(by name\)"):
         list(result)
+    for as_array in (np.asarray, lambda r: np.argmax(r, axis=1)):  # numpy's "Could not convert object to sequence"
+        with pytest.raises(TypeError, match=r"^a Prediction is not an array: take .scores \(output 'logits'\), "
+                                            r"\.classes, \.probabilities\(\) or an output by name, "
+                                            r"prediction\['logits'\]$"):
+            as_array(result)
 
 
 def test_an_unknown_output_and_nan_scores_are_onnxkit_errors(mlp_path):

@@ -50,6 +50,11 @@ class Prediction:
         raise TypeError("a Prediction is not iterable: iterate over .outputs (by name), or .classes or .scores "
                         "(by row)")
 
+    def __array__(self, dtype: Any = None, copy: Any = None) -> NoReturn:
+        """np.asarray(prediction) says which array to take (numpy's own: 'Could not convert object to sequence')."""
+        raise TypeError(f"a Prediction is not an array: take .scores (output {self.scores_name!r}), .classes, "
+                        f".probabilities() or an output by name, prediction[{self.scores_name!r}]")
+
     def __len__(self) -> int:
         """The rows: the scores output's, else (a scalar scores output) the most any output has, else 1."""
         if np.ndim(self.scores) or isinstance(self.scores, list):
