@@ -438,3 +438,17 @@ def test_help_on_an_optimizer_shows_its_options_and_defaults():
         assert cls.__doc__.startswith(f"{cls.name}(") and "pass it to fit(optimizer=...)" in cls.__doc__
     assert str(inspect.signature(optim.SGD)) == "(*, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)"
     assert optim.SGD(momentum=0.9).momentum == 0.9
+
+
+def test_an_optimizer_given_torchs_positional_arguments_says_they_go_by_keyword():
+    # torch's SGD(model.parameters(), lr=0.1), or SGD(0.9), was "Optimizer.__init__() takes 1 positional argument
+    # but 2 were given"
+    from onnxkit.train import optim
+
+    for make in (lambda: optim.SGD(0.9), lambda: optim.SGD([np.zeros(3)], momentum=0.9)):
+        with pytest.raises(TypeError) as e:
+            make()
+        assert str(e.value) == ("SGD takes its options by keyword (SGD(momentum=0.0)); the parameters are the "
+                                "model's, and the learning rate is fit's lr")
+    with pytest.raises(TypeError, match=r"^Adam takes its options by keyword \(Adam\(betas=\(0\.9, 0\.999\)\)\)"):
+        optim.Adam(None)

@@ -33,8 +33,12 @@ class Optimizer:
         super().__init_subclass__(**kwargs)
         REGISTRY[cls.name] = cls
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *given: Any, **options: Any) -> None:
         defaults = self.defaults()
+        if given:  # torch's SGD(model.parameters(), lr=0.1) or SGD(0.9): "takes 1 positional argument but 2 were given"
+            example = ", ".join(f"{k}={v!r}" for k, v in list(defaults.items())[:1])
+            raise TypeError(f"{type(self).__name__} takes its options by keyword ({type(self).__name__}({example})); "
+                            "the parameters are the model's, and the learning rate is fit's lr")
         for key in options:
             if key not in defaults:
                 hint = " (the learning rate is not an optimizer option: pass lr to fit or the schedule)"
