@@ -691,8 +691,12 @@ def test_load_state_dict_errors():
     mlp = nn.Sequential([nn.Linear(4, 5)])
     with pytest.raises(OnnxkitError, match="Did you mean: 0.weight"):
         mlp.load_state_dict({"0.weigth": np.zeros((4, 5))})
-    with pytest.raises(OnnxkitError, match=r"shape \[5, 4\].*expects \[4, 5\]"):
+    with pytest.raises(OnnxkitError, match=r"shape \[5, 4\].*expects \[4, 5\]; it is the transpose: a PyTorch "
+                                           r"Linear's weight is \[out, in\] where the DSL's Linear keeps \[in, out\]; "
+                                           r"pass its \.T$"):  # a torch state_dict's; it said to check the options
         mlp.load_state_dict({"0.weight": np.zeros((5, 4))})
+    with pytest.raises(OnnxkitError, match=r"shape \[3, 5\].*expects \[4, 5\]; check that the checkpoint matches"):
+        mlp.load_state_dict({"0.weight": np.zeros((3, 5))})
     with pytest.raises(OnnxkitError, match="missing"):
         mlp.load_state_dict({"0.weight": np.zeros((4, 5))})
 

@@ -248,10 +248,12 @@ class Module:
                 continue
             value = np.asarray(value)
             if value.shape != arrays[name].value.shape:
-                raise OnnxkitError(
-                    f"weight {name!r} has shape {list(value.shape)}, the model expects "
-                    f"{list(arrays[name].value.shape)}; check that the checkpoint matches the model options"
-                )
+                expected = arrays[name].value.shape
+                flipped = value.ndim == 2 and value.shape[::-1] == expected  # PyTorch's Linear keeps [out, in]
+                hint = ("it is the transpose: a PyTorch Linear's weight is [out, in] where the DSL's Linear keeps "
+                        "[in, out]; pass its .T" if flipped else "check that the checkpoint matches the model options")
+                raise OnnxkitError(f"weight {name!r} has shape {list(value.shape)}, the model expects "
+                                   f"{list(expected)}; {hint}")
             accepted[name] = value
         missing = [n for n in arrays if n not in state]
         if strict and missing:
