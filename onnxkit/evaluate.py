@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets, not_whole
-from onnxkit.data.split import Dataset, Split, model_inputs
+from onnxkit.data.split import Dataset, Split, from_arrays, model_inputs
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import label_then_scores
 from onnxkit.label_columns import in_trained_order, trained_columns
@@ -536,7 +536,7 @@ def _check_options(data: Any, batch_size: Any, task: str | None, loss: str | Non
 
 def evaluate(
     model: str | os.PathLike | Any,
-    split: Split | str | None = None,
+    split: Split | str | tuple[Any, Any] | None = None,
     *,
     data: Any = None,
     data_seed: int | None = None,
@@ -549,7 +549,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run `model` (a path or `onnx.ModelProto`) on `split` and return its metrics.
 
-    `split`: a `Split`, or the name of one (train, validation, test, all) of `data` split with
+    `split`: a `Split`, `(X, y)` (features, one array or a dict by input name, and labels: every row is scored), or
+    the name of one (train, validation, test, all) of `data` split with
     `data_seed` (both default to the model's training run, see `named_split`); by default the test split
     of the data the model trained on, all of other data. `label`: a CSV's label column (default: the one the model
     trained on, else as training chooses).
@@ -580,14 +581,15 @@ def evaluate(
                                   or data_seed < 0):
         raise TypeError(f"data_seed must be an integer from 0 up, not {data_seed!r}")
     proto = load_model(model) if isinstance(model, str | os.PathLike) else model
+    split = from_arrays(split, whole=True)  # (X, y): every row of those arrays
     if split is None or isinstance(split, str):
         split = named_split(proto, split, data, data_seed, label=label)[0]
     if isinstance(split, Dataset):  # the error below told a Dataset's owner to make one from arrays
         raise TypeError(f"split must be a Split or a split name, not the Dataset {split.name!r}: pass one of its "
                         "splits (dataset.test), or the split's name with data=dataset")
     if not isinstance(split, Split):
-        raise TypeError(f"split must be a Split or a split name, not {type(split).__name__}; make data from arrays "
-                        "with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
+        raise TypeError(f"split must be a Split, a split name or (X, y), features and labels, not "
+                        f"{type(split).__name__}")
     layout = label_then_scores(proto)
     given_probabilities = layout[0] if layout and layout[1] else None
     name = output or scored_output(proto)

@@ -430,3 +430,34 @@ def test_build_model_takes_a_pathlib_path(tmp_path):
     assert list(zoo.options(tmp_path / "my_net.py")) == ["width"]
     with pytest.raises(TypeError, match=r"^pass a zoo model's name or the path of a DSL .py file, not int$"):
         zoo.build_model(3)
+
+
+def test_fit_evaluate_and_quantize_take_x_y_arrays(tmp_path):
+    """fit(model, (X, y)), evaluate(model, (X_test, y_test)) and quantize(eval_data=(X, y)), as Keras's fit(x, y)
+    and scikit-learn's score(X, y) take them, were TypeErrors telling the user to make a Dataset first."""
+    from onnxkit.evaluate import evaluate
+    from onnxkit.quantize import quantize
+    from onnxkit.train import TrainingInterrupted
+    from onnxkit.train.callbacks import Callback
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4)).astype(np.float32)
+    y = np.argmax(x[:, :3], axis=1)
+    names = np.array(["a", "b", "c"])[y]
+    result = fit(_mlp(), (x, y), tmp_path / "run", epochs=3)
+    same = fit(_mlp(), dataset_from_arrays("arrays", {"x": x}, y), tmp_path / "same", epochs=3)
+    timeless = [[{k: v for k, v in r.items() if k != "seconds"} for r in run.history] for run in (result, same)]
+    assert timeless[0] == timeless[1]  # the Dataset dataset_from_arrays makes, split by data_seed 0
+    whole = evaluate(result.model_path, (x, y))
+    named = evaluate(result.model_path, ({"x": x}, names))  # a dict by input name; class names as labels
+    assert whole["examples"] == 120 and whole["confusion"] == named["confusion"]
+    report = quantize(result.model_path, mode="dynamic", eval_data=(x, y), measure_latency=False).report
+    assert report.accuracy["original"] == whole["accuracy"]
+
+    class StopAfterOne(Callback):
+        def on_epoch_end(self, trainer, record):
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        fit(_mlp(), (x, y), tmp_path / "stopped", epochs=3, callbacks=[StopAfterOne()])
+    assert fit(resume=tmp_path / "stopped", data=(x, y)).history[-1]["epoch"] == 3  # the same arrays again

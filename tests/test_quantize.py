@@ -724,8 +724,8 @@ def test_data_of_the_wrong_kind_is_a_type_error_saying_what_to_pass():
     with pytest.raises(TypeError, match=r"^calib must be a dataset name, an .npz/.csv path, a Dataset, a Split "
                                         r"or a dict of arrays keyed by input name \(or one array\), not list$"):
         quantize(mlp(), mode="static", calib=[x])
-    with pytest.raises(TypeError, match=r"^eval_data needs labels to score the models: pass a Split or a Dataset, "
-                                        r"e.g. onnxkit.data.dataset_from_arrays\(name, \{'x': X\}, y\)$"):
+    with pytest.raises(TypeError, match=r"^eval_data needs labels to score the models: pass \(X, y\), a Split or a "
+                                        r"Dataset$"):
         quantize(mlp(), mode="dynamic", eval_data=x)
     with pytest.raises(TypeError, match=r"^eval_data needs labels to score the models"):  # was scored against zeros
         quantize(mlp(), mode="dynamic", eval_data={"x": x})

@@ -158,10 +158,10 @@ def test_fit_arguments_of_the_wrong_kind_say_what_to_pass(tmp_path):
     from onnxkit.train.optim import Adam
 
     iris = zoo.build_model("iris-mlp")
-    x, y = np.zeros((10, 4), np.float32), np.zeros(10, np.int64)
+    x = np.zeros((10, 4), np.float32)
     cases = [
         (dict(model=nn.Linear(4, 3)), "not Linear (build it first: onnxkit.nn.build(module, inputs))"),
-        (dict(data=(x, y)), "not tuple; make one from arrays with onnxkit.data.dataset_from_arrays"),
+        (dict(data=(x,)), "a Dataset or (X, y), features and labels, not tuple"),
         (dict(optimizer=Adam), "a name or an instance: Adam(), not the class"),
         (dict(callback=Callback()), "callback must be a function of one metrics record"),
         (dict(callbacks=[print]), "callbacks must be a list of onnxkit.train.callbacks.Callback objects"),
@@ -317,7 +317,8 @@ def test_evaluate_takes_the_dataset_object_a_model_trained_on(tmp_path):
     assert evaluate(result.model_path, "test", data=data)["accuracy"] == result.metrics["test"]["accuracy"]
     with pytest.raises(OnnxkitError, match=r"trained on an in-memory Dataset \('flowers'\); pass it as data="):
         evaluate(result.model_path, "test")
-    with pytest.raises(TypeError, match="split must be a Split or a split name, not ndarray"):
+    with pytest.raises(TypeError, match=r"split must be a Split, a split name or \(X, y\), features and labels, not "
+                                        "ndarray"):
         evaluate(result.model_path, x)
     with pytest.raises(TypeError, match=r"^split must be a Split or a split name, not the Dataset 'flowers': pass one "
                                         r"of its splits \(dataset.test\), or the split's name with data=dataset$"):

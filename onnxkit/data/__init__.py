@@ -21,6 +21,7 @@ from onnxkit.data.split import (
     ModelInput,
     Split,
     dataset_from_arrays,
+    from_arrays,
     model_inputs,
     split_indices,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "data_sha256",
     "dataset_from_arrays",
     "datasets",
+    "from_arrays",
     "in_model_order",
     "in_trained_columns",
     "load_dataset",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import numbers
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -434,6 +435,21 @@ def dataset_from_arrays(
         task="classification" if classification else "regression",
         columns=columns,
     )
+
+
+def from_arrays(data: object, *, seed: int = 0, whole: bool = False) -> object:
+    """`data` as it is, unless it is a pair `(X, y)`: features (one array, or a dict of arrays keyed by input name; a
+    DataFrame too) and labels. Then the Dataset `dataset_from_arrays` makes of them (split by `seed`, for `fit`), or
+    with `whole` a Split of every row (for `evaluate` and quantize's `eval_data`)."""
+    if not isinstance(data, tuple) or len(data) != 2 or isinstance(data[0], str | bytes | os.PathLike):
+        return data
+    features, labels = data
+    inputs = features if isinstance(features, Mapping) else {"x": features}
+    if not whole:
+        return dataset_from_arrays("arrays", inputs, labels, seed=seed)
+    rows = dataset_from_arrays("arrays", inputs, labels, seed=seed, validation=0, test=0).train
+    rows.name = "arrays"
+    return rows
 
 
 def _frame_columns(inputs: Mapping[str, object]) -> tuple[str, ...] | None:

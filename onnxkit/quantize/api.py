@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from onnxkit.data import Dataset, Split
+from onnxkit.data import Dataset, Split, from_arrays
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.evaluate import changed_since_training
 from onnxkit.files import (
@@ -81,7 +81,8 @@ def quantize(
     mode: dynamic | static | int4 | fp16 | auto; None picks static when
     convolutions do most of the multiply-adds, else dynamic. `auto` tries the int8 candidates and
     keeps the fastest whose accuracy drop is within `max_drop` (default 1 point).
-    calib / eval_data: a dataset name or file, a Dataset or a Split (calib also takes a dict of arrays
+    calib / eval_data: a dataset name or file, a Dataset, a Split or `(X, y)` arrays, used whole as a Split (calib
+    also takes a dict of arrays
     keyed by input name, or one array for a model of one input: inputs without labels, which cannot
     score a model); calibration uses the train split, evaluation the test split (without `calib`, static
     modes calibrate on the train split of a named `eval_data` or Dataset, or on a Split `eval_data` itself).
@@ -114,6 +115,7 @@ def quantize(
         raise TypeError(f"exclude must be a node name or op type, or a list of them, not {given!r}")
     source = None if isinstance(model, onnx.ModelProto) else Path(model)
     _check_outputs(source, output, report_path)
+    calib, eval_data = from_arrays(calib, whole=True), from_arrays(eval_data, whole=True)  # (X, y): all their rows
     _check_data(calib, eval_data)
     original = model if source is None else load_model(source, load_weights=False)
     check_fits_protobuf(original, source or "the model", "quantize",
@@ -503,11 +505,10 @@ def _check_data(calib: Any, eval_data: Any) -> None:
     if calib is not None and not isinstance(calib, str | os.PathLike | Dataset | Split | dict | np.ndarray):
         raise TypeError(f"calib must be {kinds} (or one array), not {type(calib).__name__}")
     if isinstance(eval_data, np.ndarray | dict):  # inputs without labels: an accuracy of zeros as labels before
-        raise TypeError("eval_data needs labels to score the models: pass a Split or a Dataset, e.g. "
-                        "onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
+        raise TypeError("eval_data needs labels to score the models: pass (X, y), a Split or a Dataset")
     if eval_data is not None and not isinstance(eval_data, str | os.PathLike | Dataset | Split):
-        raise TypeError("eval_data must be a dataset name, an .npz/.csv path, a Dataset or a Split, not "
-                        f"{type(eval_data).__name__}")
+        raise TypeError("eval_data must be a dataset name, an .npz/.csv path, a Dataset, a Split or (X, y), features "
+                        f"and labels, not {type(eval_data).__name__}")
 
 
 def _check_evaluation(mode: str | None, eval_data: Any, max_drop: float | None, missing: str | None) -> None:

@@ -33,6 +33,7 @@ from onnxkit.data import (
     Split,
     data_sha256,
     datasets,
+    from_arrays,
     in_model_order,
     in_trained_columns,
     load_dataset,
@@ -199,7 +200,7 @@ def _instead(keyword: str, value: Any, optimizer: Any, parameters: Any) -> str:
 @_keywords_named
 def fit(
     model: str | os.PathLike | onnx.ModelProto | None = None,
-    data: str | os.PathLike | Dataset | None = None,
+    data: str | os.PathLike | Dataset | tuple[Any, Any] | None = None,
     out_dir: str | os.PathLike | None = None,
     *,
     loss: str | None = None,
@@ -242,8 +243,9 @@ def fit(
 
     Returns a `FitResult`: the run folder, the trained model's path (model.onnx), its metrics and history.
 
-    - `data`: a built-in dataset name, an .npz/.csv file, or a `Dataset` (`onnxkit.data.dataset_from_arrays`
-      makes one from arrays); split into train / validation / test by `data_seed`. `label`: a CSV's label column
+    - `data`: a built-in dataset name, an .npz/.csv file, a `Dataset` (`onnxkit.data.dataset_from_arrays`
+      makes one from arrays), or `(X, y)`: features (an array, or a dict of them by input name) and labels;
+      split into train / validation / test by `data_seed`. `label`: a CSV's label column
       by its header (default: the one the model was trained on, else the one headed label, labels, target, y or
       class, else the last; a text CSV's, the one beside `text`).
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
@@ -293,8 +295,9 @@ def fit(
     """
     if resume is not None:
         _refuse_settings_on_resume(locals())
-    _check_arguments(model, data, out_dir, optimizer, callback, callbacks, freeze, train_only)
     _check_seeds(seed=seed, data_seed=data_seed)
+    data = from_arrays(data, seed=data_seed)  # data=(X, y): a Dataset of those arrays
+    _check_arguments(model, data, out_dir, optimizer, callback, callbacks, freeze, train_only)
     _check_flags(shuffle=shuffle, dropout=dropout, keep_best=keep_best, evaluate_test=evaluate_test,
                  cache_features=cache_features, quiet=quiet, standardize=standardize)
     _check_names(loss=loss, schedule=schedule, output=output, monitor=monitor, device=device, backend=backend,
@@ -477,8 +480,8 @@ def _check_arguments(model: Any, data: Any, out_dir: Any, optimizer: Any, callba
         raise TypeError(f"data must be the whole Dataset, not its {data.name!r} Split: fit trains on its train split, "
                         "picks the best epoch on validation and scores test (data=dataset)")
     if data is not None and not isinstance(data, str | os.PathLike | Dataset):
-        raise TypeError(f"data must be a dataset name, a .npz/.csv path or a Dataset, not {type(data).__name__}; "
-                        "make one from arrays with onnxkit.data.dataset_from_arrays(name, {'x': X}, y)")
+        raise TypeError(f"data must be a dataset name, a .npz/.csv path, a Dataset or (X, y), features and labels, not "
+                        f"{type(data).__name__}")
     if isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a name or an instance: {optimizer.__name__}(), not the class")
     if optimizer is not None and not isinstance(optimizer, str | Optimizer):
