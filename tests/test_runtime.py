@@ -665,3 +665,18 @@ def test_a_string_normalizer_whose_locale_is_missing_runs_in_c_utf8(tmp_path):
         ort.InferenceSession(str(tmp_path / "lower.onnx"), providers=["CPUExecutionProvider"])
     out = runtime.load(tmp_path / "lower.onnx").run({"text": np.array(["Good FUN", "ÉCOLE"], dtype=object)})
     assert out["lower"].tolist() == ["good fun", "école"]
+
+
+def test_predict_given_a_split_or_a_dataset_says_which_arrays_to_pass():
+    # model.predict(dataset.test) was "input 'x' expects float32 values, got object"
+    from onnxkit.data import dataset_from_arrays
+
+    data = dataset_from_arrays("toy", {"x": RNG.normal(size=(20, 4)).astype(np.float32)}, np.arange(20) % 3)
+    model = runtime.load(mlp())
+    with pytest.raises(OnnxkitError, match=r"^predict takes arrays, not the Split 'test' \(inputs and labels\): pass "
+                                           r"its inputs, model.predict\(split.inputs\)$"):
+        model.predict(data.test)
+    with pytest.raises(OnnxkitError, match=r"^predict takes arrays, not the Dataset 'toy': pass a split's inputs, "
+                                           r"model.predict\(dataset.test.inputs\)$"):
+        model.predict(data)
+    assert len(model.predict(data.test.inputs).classes) == len(data.test)

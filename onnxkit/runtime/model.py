@@ -130,6 +130,7 @@ class Model:
                 raise OnnxkitError(f"model {self.name!r} has no input {unknown[0]!r} (its inputs: "
                                    f"{', '.join(sorted(names))}); options such as batch_size are load()'s")
             raise OnnxkitError("pass inputs either as one value/dict or as keywords, not both")
+        _refuse_data_objects(inputs)
         if isinstance(inputs, Mapping):
             values = dict(inputs)
         elif inputs is not None:
@@ -271,6 +272,18 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<onnxkit Model {self.name!r} {self.describe()} on {self.device}>"
+
+
+def _refuse_data_objects(inputs: Any) -> None:
+    """An `onnxkit.data` Split or Dataset (known by its attributes: the runtime does not import onnxkit.data) given
+    to predict is one error saying which arrays to pass; it was "input 'x' expects float32 values, got object"."""
+    kind, name = type(inputs).__name__, getattr(inputs, "name", "")
+    if hasattr(inputs, "inputs") and hasattr(inputs, "labels"):
+        raise OnnxkitError(f"predict takes arrays, not the {kind} {name!r} (inputs and labels): pass its inputs, "
+                           "model.predict(split.inputs)")
+    if all(hasattr(inputs, s) for s in ("train", "validation", "test")):
+        raise OnnxkitError(f"predict takes arrays, not the {kind} {name!r}: pass a split's inputs, "
+                           "model.predict(dataset.test.inputs)")
 
 
 def ends_in_probabilities(model: str | os.PathLike | bytes) -> bool:
