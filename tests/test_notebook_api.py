@@ -303,7 +303,7 @@ def test_an_interrupted_fit_says_how_to_resume_it(tmp_path):
         fit(_mlp(), data=data, out_dir=tmp_path / "run", epochs=3, batch_size=12, callbacks=[Interrupt()])
     stop = caught.value
     assert str(stop) == (f"interrupted in epoch 2 after step 3: checkpoint saved to {stop.checkpoint}; continue with "
-                         f"fit(resume={str(tmp_path / 'run')!r})")
+                         f"fit(resume={str(tmp_path / 'run')!r}, data=...), passing the same in-memory data again")
     assert stop.checkpoint.is_relative_to(tmp_path / "run") and stop.checkpoint.exists()
     result = fit(resume=tmp_path / "run", data=data)
     assert [r["epoch"] for r in result.history] == [1, 2, 3] and result.metrics["steps"] == 9
@@ -458,6 +458,9 @@ def test_fit_evaluate_and_quantize_take_x_y_arrays(tmp_path):
         def on_epoch_end(self, trainer, record):
             raise KeyboardInterrupt
 
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted) as stopped:
         fit(_mlp(), (x, y), tmp_path / "stopped", epochs=3, callbacks=[StopAfterOne()])
+    # it said fit(resume=...) alone, which is refused for data that was in memory
+    assert str(stopped.value).endswith(f"continue with fit(resume={str(tmp_path / 'stopped')!r}, data=...), passing "
+                                       "the same in-memory data again")
     assert fit(resume=tmp_path / "stopped", data=(x, y)).history[-1]["epoch"] == 3  # the same arrays again

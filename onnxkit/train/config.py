@@ -3,6 +3,7 @@ the graph-adapter hook (e.g. LoRA) and the exception for Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,19 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during training: a checkpoint was written to `checkpoint` first."""
 
     def __init__(self, run_dir: Path, checkpoint: Path, epoch: int, step: int, signum: int = 2) -> None:
+        call = f"fit(resume={str(run_dir)!r})"
+        if _in_memory(run_dir):  # a Dataset object or (X, y) arrays: given again, or the resume is refused
+            call = f"{call[:-1]}, data=...), passing the same in-memory data again"
         super().__init__(f"interrupted in epoch {epoch} after step {step}: checkpoint saved to {checkpoint}; continue "
-                         f"with fit(resume={str(run_dir)!r})")
+                         f"with {call}")
         self.run_dir, self.checkpoint, self.epoch, self.step = run_dir, checkpoint, epoch, step
         self.signum = signum  # SIGINT (2) or SIGTERM (15)
+
+
+def _in_memory(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` trained on data in memory (a Dataset object, (X, y)), which a resume is given
+    again; False where its run.json cannot be read."""
+    try:
+        return bool(json.loads((Path(run_dir) / "run.json").read_text())["config"].get("data_in_memory"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
