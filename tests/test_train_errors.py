@@ -489,3 +489,11 @@ def test_resuming_a_run_whose_backend_is_missing_says_where_to_resume_it(run_cli
                                                       "needs onnxruntime-training 1.19.2")
     assert result.err.endswith("resume it where that backend is installed (make venv-ort: .venv-ort/bin/onnxkit "
                                "train --resume ...)\n") and "default backend" not in result.err
+
+
+def test_an_unknown_monitor_names_the_one_meant(tmp_path):
+    onnx.save(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
+    with pytest.raises(OnnxkitError, match=r"^unknown metric to monitor 'val_acc'; choose from val_loss, val_accuracy, "
+                                           r"val_macro_f1, train_loss\. Did you mean: val_accuracy"):
+        fit(tmp_path / "iris.onnx", "iris", tmp_path / "run", monitor="val_acc")
+    assert not (tmp_path / "run").exists()

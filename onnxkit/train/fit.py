@@ -1035,7 +1035,8 @@ class _Setup:
         has_val = len(self.splits["validation"]) > 0
         self.monitor = self.config.monitor or ("val_loss" if has_val else "train_loss")
         if self.monitor not in MONITORS:
-            raise OnnxkitError(f"unknown metric to monitor {self.monitor!r}; choose from {', '.join(MONITORS)}")
+            raise OnnxkitError(f"unknown metric to monitor {self.monitor!r}; choose from {', '.join(MONITORS)}."
+                               f"{suggest(self.monitor, MONITORS)}", params=["monitor"])
         if self.monitor.startswith("val_") and not has_val:
             raise OnnxkitError(f"cannot monitor {self.monitor}: the validation split is empty")
         if self.monitor in ("val_accuracy", "val_macro_f1") and self.task == "regression":
