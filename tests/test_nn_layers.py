@@ -677,6 +677,10 @@ def test_sequential_names_and_state_dict_roundtrip(tmp_path):
         other.load(tmp_path / f"w{suffix}")
         for (_, a), (_, b) in zip(mlp.named_arrays(), other.named_arrays(), strict=True):
             np.testing.assert_array_equal(a.value, b.value)
+    with pytest.raises(OnnxkitError, match=r"w\.pt: save writes \.safetensors or \.npz files; name it .*w\.safetensors "
+                                           r"\(PyTorch reads it with safetensors\.torch\.load_file\)$"):
+        mlp.save(tmp_path / "w.pt")  # it wrote safetensors under the name, which torch.load cannot read
+    assert not (tmp_path / "w.pt").exists()
 
 
 @pytest.mark.parametrize("name,data", [("w.npz", b""), ("w.npz", b"PK\x03\x04 cut"), ("w.safetensors", b"garbage")])

@@ -265,11 +265,16 @@ class Module:
             arrays[name].value = np.require(value, arrays[name].value.dtype, "C")
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the weights as a .safetensors (or .npz) file, atomically."""
+        """Write the weights as a .safetensors (or .npz) file, atomically; another suffix is refused."""
         from onnxkit.files import atomic_path, write_safetensors
 
         path = os.fspath(path)
-        if not path.endswith(".npz"):
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in (".safetensors", ".npz"):  # w.pt held safetensors, which torch.load cannot read
+            raise OnnxkitError(f"{path}: save writes .safetensors or .npz files; name it "
+                               f"{os.path.splitext(path)[0]}.safetensors (PyTorch reads it with "
+                               "safetensors.torch.load_file)")
+        if suffix == ".safetensors":
             write_safetensors(path, self.state_dict())
             return
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
