@@ -1320,8 +1320,9 @@ class _Setup:
         return batches, scorer, summed
 
     def _summed_classes(self) -> int | None:
-        """The classes whose validation metrics the eval graph is to sum (`validation_sums`), else None."""
-        if not len(self.splits["validation"]):
+        """The classes whose validation metrics the eval graph is to sum (`validation_sums`), else None (data-parallel
+        ranks score their shares' gathered logits: `DataParallelSession.eval_step`)."""
+        if not len(self.splits["validation"]) or distributed.current_world():
             return None
         summed = self._validation[2]
         return summed.classes if summed else None
