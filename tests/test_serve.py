@@ -187,7 +187,16 @@ BAD_REQUESTS = [
     ("POST", "/v2/models/digits/infer", _with(data=["a"] * 64), 400, "input 'x': data holds \"a\"; FP32 takes numbers"),
     ("POST", "/v2/models/digits/infer", _with(data=[[1, 2], [3]]), 400, "not a regular array"),
     ("POST", "/v2/models/digits/infer", b"{not json", 400, "malformed JSON"),
-    ("POST", "/v2/models/digits/infer", [1, 2], 400, 'a JSON object with an "inputs" list'),
+    ("POST", "/v2/models/digits/infer", [1, 2], 400, 'a JSON object with an "inputs" list: {"inputs": [{"name": '
+     '"x", "shape": [1, 64], "datatype": "FP32", "data": [64 values]}]} (data flat, row-major)'),
+    # a KServe v1 client's body on the V2 path: was 'must be a JSON object with an "inputs" list', unexplained
+    ("POST", "/v2/models/digits/infer", {"instances": [[0.5] * 64]}, 400, '"instances" is KServe v1 / TF Serving\'s '
+     'format; this server speaks V2, send {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": '
+     '[64 values]}]} (data flat, row-major)'),
+    ("POST", "/v2/models/words/infer", {"inputs": {"input_ids": [[1, 2]]}}, 400, '"inputs" as an object is KServe v1 '
+     '/ TF Serving\'s format; this server speaks V2, send {"inputs": [{"name": "input_ids", "shape": [1, 1], '
+     '"datatype": "INT64", "data": [1 value]}, {"name": "attention_mask", "shape": [1, 1], "datatype": "INT64", '
+     '"data": [1 value]}]}'),
     ("POST", "/v2/models/digits/infer", {"inputs": [{"name": "x"}]}, 400, '"name", "shape", "datatype", "data"'),
     ("POST", "/v2/models/digits/infer", {**GOOD, "outputs": [{"name": "probs"}]}, 400, "has no output 'probs'"),
     (

@@ -257,7 +257,7 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
     if not raw and (plain := _plain_request(payload, model, suspect)) is not None:
         return plain
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
-        raise RequestError(400, 'the request body must be a JSON object with an "inputs" list')
+        raise RequestError(400, _not_v2(payload, model))
     specs = input_specs(model)
     inputs, offset = [], 0
     for tensor in payload["inputs"]:
@@ -337,6 +337,27 @@ def _plain_input(model: Model) -> _PlainInput | None:
             plain = _PlainInput(spec.name, v2_datatype(spec), spec.dtype, dims, outputs)
     _plain_inputs[model] = plain
     return plain
+
+
+def _not_v2(payload: Any, model: Model) -> str:
+    """What is wrong with a body that has no "inputs" list, with the V2 body this model takes: a KServe v1 or TF
+    Serving client's {"instances": [...]} (or {"inputs": {...}}) was told only that "inputs" must be a list."""
+    if isinstance(payload, dict) and ("instances" in payload or isinstance(payload.get("inputs"), dict)):
+        what = '"instances" is' if "instances" in payload else '"inputs" as an object is'
+        return f"{what} KServe v1 / TF Serving's format; this server speaks V2, send {v2_example(model)}"
+    return f'the request body must be a JSON object with an "inputs" list: {v2_example(model)}'
+
+
+def v2_example(model: Model) -> str:
+    """A one-row V2 request body for `model`, its values elided: the text alone for a model that takes text."""
+    specs = input_specs(model)
+    tensors = []
+    for spec in [TEXT_SPEC] if TEXT_INPUT in specs and specs[TEXT_INPUT] is TEXT_SPEC else model.inputs:
+        shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+        count, kind = math.prod(shape), "text" if v2_datatype(spec) == "BYTES" else "value"
+        tensors.append(f'{{"name": "{spec.name}", "shape": {shape}, "datatype": "{v2_datatype(spec)}", '
+                       f'"data": [{count} {kind}{"s" if count != 1 else ""}]}}')  # fmt: skip
+    return f'{{"inputs": [{", ".join(tensors)}]}} (data flat, row-major)'
 
 
 def _plain_request(payload: Any, model: Model, suspect: bool = True) -> InferRequest | None:
