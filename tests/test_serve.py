@@ -176,6 +176,9 @@ def _with(**changes) -> dict:
     return {"inputs": [{**GOOD["inputs"][0], **changes}]}
 
 
+BINARY_X = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": 256}}]}
+
+
 BAD_REQUESTS = [
     ("POST", "/v2/models/digitz/infer", GOOD, 404, "no model 'digitz'. Did you mean: digits?"),
     ("GET", "/v2/models/nothing", None, 404, "no model 'nothing'"),
@@ -218,6 +221,14 @@ BAD_REQUESTS = [
      + b"0" * 5000 + b"]}]}", 400, "a number has 5001 digits; no datatype holds one longer than 20"),
     ("POST", "/v2/models/digits/infer", _with(data=None, parameters={"binary_data_size": "16"}), 400,
      "binary_data_size must be a whole number of bytes, got '16'"),
+    # binary tensors sent without the header saying where the JSON ends: were "malformed JSON ... can't decode byte
+    # 0x80" and "does not fit the 0 bytes left after the Inference-Header-Content-Length (N) bytes", a header unsent
+    ("POST", "/v2/models/digits/infer", json.dumps(BINARY_X).encode() + b"\x00\x00\x80?" * 64, 400, "malformed "
+     "JSON in the request body: 'utf-8' codec can't decode byte 0x80 in position 108: invalid start byte; the request "
+     "has no Inference-Header-Content-Length header: send it with the JSON's length in bytes, the binary tensors "
+     "following the JSON"),
+    ("POST", "/v2/models/digits/infer", BINARY_X, 400, "input 'x' has a binary_data_size, but the request has no "
+     "Inference-Header-Content-Length header"),
     # shared memory (tritonclient's set_shared_memory): an output asked for in a region came back inline, unsaid
     ("POST", "/v2/models/digits/infer", _with(data=None, parameters={"shared_memory_region": "in"}), 400,
      "input 'x': shared memory is not supported (region 'in'); send the data in the request"),

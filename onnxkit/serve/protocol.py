@@ -60,6 +60,8 @@ _MAPS = frozenset({"seq(map(int64,tensor(float)))", "seq(map(string,tensor(float
 _FLOATS = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 _V2_BY_KIND = {"b": "BOOL", "O": "BYTES", "U": "BYTES", "S": "BYTES"}
 _V2_BY_DTYPE = {dtype: name for name, dtype in binary.NUMPY_BY_V2.items()}
+_NO_HEADER_LENGTH = (f"the request has no {HEADER_LENGTH} header: send it with the JSON's length in bytes, the "
+                     "binary tensors following the JSON")
 _INPUT_FIELDS = 'each input must be an object with "name", "shape", "datatype", "data" (or binary_data_size)'
 
 
@@ -252,7 +254,8 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
     try:
         payload = jsonio.parse(header)
     except ValueError as e:
-        raise RequestError(400, f"malformed JSON in the request body: {e}") from None
+        hint = f"; {_NO_HEADER_LENGTH}" if header_length is None and b'"binary_data_size"' in body else ""
+        raise RequestError(400, f"malformed JSON in the request body: {e}{hint}") from None
     suspect = _may_hide_other_kinds(header, payload)
     if not raw and (plain := _plain_request(payload, model, suspect)) is not None:
         return plain
@@ -270,6 +273,8 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
             if type(size) is not int or size < 0:
                 raise RequestError(400, f"input {name!r}: binary_data_size must be a whole number of bytes, "
                                         f"got {size!r}")
+            if header_length is None:  # was "... does not fit the 0 bytes left after the <header> ...", unsent
+                raise RequestError(400, f"input {name!r} has a binary_data_size, but {_NO_HEADER_LENGTH}")
             if offset + size > len(raw):
                 raise RequestError(
                     400,
