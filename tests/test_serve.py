@@ -250,6 +250,16 @@ def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(client, meth
     assert client.post("/v2/models/digits/infer", json=GOOD).status_code == 200
 
 
+def test_values_both_in_data_and_as_binary_data_are_refused(client):
+    """The binary values were used and "data" dropped without a word (gRPC refuses contents beside raw contents)."""
+    header = json.dumps(_with(parameters={"binary_data_size": 256})).encode()
+    reply = client.post("/v2/models/digits/infer", content=header + np.ones(64, np.float32).tobytes(),
+                        headers={"Inference-Header-Content-Length": str(len(header))})
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]
+    assert message == 'input \'x\': give its values in "data" or as binary data (binary_data_size), not both'
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 def test_a_body_over_the_limit_sent_whole_gets_its_413_and_the_connection_serves_on(server, chunked):
     # before: the 413 closed the connection with the body unread, and the kernel reset it: a client that sends

@@ -273,6 +273,9 @@ def decode_request(body: bytes, model: Model, header_length: str | None = None) 
             if type(size) is not int or size < 0:
                 raise RequestError(400, f"input {name!r}: binary_data_size must be a whole number of bytes, "
                                         f"got {size!r}")
+            if tensor.get("data") is not None:  # the binary values were taken, these dropped without a word
+                raise RequestError(400, f"input {name!r}: give its values in \"data\" or as binary data "
+                                        "(binary_data_size), not both")
             if header_length is None:  # was "... does not fit the 0 bytes left after the <header> ...", unsent
                 raise RequestError(400, f"input {name!r} has a binary_data_size, but {_NO_HEADER_LENGTH}")
             if offset + size > len(raw):
