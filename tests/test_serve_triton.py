@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -890,3 +891,39 @@ def test_grpc_calls_at_a_stop_get_the_drain_timeout_and_the_servers_503(tmp_path
         "StatusCode.UNAVAILABLE the server is stopping; retry (on another server, or on this one once it is back)"
     ), outcome
     assert 1.3 < outcome["seconds"] < 2.5, outcome  # 0.5 s before the stop, then the 1 s drain
+
+
+def test_grpc_stops_taking_calls_as_the_stop_begins_not_once_http_has_drained(tmp_path):
+    """At SIGTERM, gRPC took new calls and said ready for as long as an HTTP request in progress ran on (up to
+    --drain-timeout), then drained on its own: a stop could take twice the drain. Now it stops taking calls at once,
+    its calls in progress draining beside HTTP's, and the HTTP request still gets its answer."""
+    path = looping(tmp_path)
+    x = np.full((64, 256), 0.1, np.float32)
+    direct = runtime.load(path, threads=1)
+    start = time.perf_counter()
+    direct.run({"x": x, "n": np.array([1000], np.int64)})
+    trips = int(min(400_000, 1000 * 3.0 / (time.perf_counter() - start)))  # a run of ~3 s here
+    answered: dict = {}
+    with ServerProcess([path], "--grpc-port", "0", "--threads", "1") as running:
+        client = triton_grpc.InferenceServerClient(running.grpc)
+        assert client.is_server_ready()
+
+        def slow() -> None:
+            reply = running.infer("looping", {"x": x, "n": np.array([trips], np.int64)})
+            answered["shape"] = reply["outputs"][0]["shape"]
+
+        caller = threading.Thread(target=slow)
+        caller.start()
+        time.sleep(0.5)
+        running.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        ready = True
+        try:
+            ready = client.is_server_ready()
+        except InferenceServerException as e:  # no longer listening
+            ready = e.status() != "StatusCode.UNAVAILABLE"
+        assert not ready
+        assert running.process.wait(30) == 0
+        caller.join(30)
+        client.close()
+    assert answered == {"shape": [64, 256]}

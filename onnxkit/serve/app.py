@@ -131,18 +131,31 @@ def create_app(
                 raise
         ready = True
 
-    async def stop() -> None:
-        nonlocal ready
+    grpc_stopped: asyncio.Future | None = None
+
+    async def stop_grpc() -> None:
+        # gRPC calls in progress get --drain-timeout, as HTTP requests do; those still queued or running then are
+        # answered UNAVAILABLE with the batchers' "the server is stopping; retry ..." (grpc had 5 s, whatever the
+        # flag, then ended them with its own "Cancelling all calls")
+        abandon = asyncio.get_running_loop().call_later(limits.drain_timeout, repository.abandon)
+        try:
+            await grpc_server.stop(limits.drain_timeout + GRPC_ANSWER_S)  # type: ignore[union-attr]
+        finally:
+            abandon.cancel()
+
+    def stop_taking() -> None:
+        """The stop begins: not ready, and gRPC takes no new calls, its calls in progress draining beside HTTP's
+        requests (it took new calls and said ready until HTTP had drained, then drained on its own: up to twice
+        --drain-timeout)."""
+        nonlocal ready, grpc_stopped
         ready = False
-        if grpc_server is not None:
-            # gRPC calls in progress get --drain-timeout, as HTTP requests do; those still queued or running then are
-            # answered UNAVAILABLE with the batchers' "the server is stopping; retry ..." (grpc had 5 s, whatever the
-            # flag, then ended them with its own "Cancelling all calls")
-            abandon = asyncio.get_running_loop().call_later(limits.drain_timeout, repository.abandon)
-            try:
-                await grpc_server.stop(limits.drain_timeout + GRPC_ANSWER_S)
-            finally:
-                abandon.cancel()
+        if grpc_server is not None and grpc_stopped is None:
+            grpc_stopped = asyncio.ensure_future(stop_grpc())
+
+    async def stop() -> None:
+        stop_taking()
+        if grpc_stopped is not None:
+            await grpc_stopped
         await repository.stop()
 
     @contextlib.asynccontextmanager
@@ -176,7 +189,7 @@ def create_app(
         },
     )
     app.router.redirect_slashes = False  # a 307 to a URL built from the client's Host header: a JSON 404 instead
-    return _Front(app, repository, metrics, limits, api_key, start, stop)
+    return _Front(app, repository, metrics, limits, api_key, start, stop, stop_taking)
 
 
 class _Front:
@@ -196,6 +209,7 @@ class _Front:
         key: str | None,
         start: Callable[[], Awaitable[None]],
         stop: Callable[[], Awaitable[None]],
+        stop_taking: Callable[[], None],
     ):
         self.app = app
         self.repository = repository
@@ -204,6 +218,7 @@ class _Front:
         self.key = key
         self.start = start
         self.stop = stop
+        self.stop_taking = stop_taking  # called as the stop begins; `stop` then waits for what is in progress
 
     def abandon(self) -> None:
         """Stop waiting for the requests in progress: each gets a 503 now."""

@@ -302,6 +302,8 @@ class Startable(Protocol):
 
     async def stop(self) -> None: ...
 
+    def stop_taking(self) -> None: ...
+
     def abandon(self) -> None: ...
 
 
@@ -348,6 +350,8 @@ class Server(uvicorn.Server):
         second Ctrl-C) are answered with a 503, where uvicorn cancelled them: a 500 and a traceback each."""
         drain = (self.config.timeout_graceful_shutdown or DRAIN_BACKSTOP_S) - DRAIN_BACKSTOP_S
         drained = asyncio.get_running_loop().call_later(drain, self._abandon)
+        if self.app is not None:  # gRPC stops taking calls now too, and drains beside HTTP
+            self.app.stop_taking()
         try:
             await super().shutdown(sockets=sockets)
         finally:
