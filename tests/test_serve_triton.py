@@ -927,3 +927,37 @@ def test_grpc_stops_taking_calls_as_the_stop_begins_not_once_http_has_drained(tm
         caller.join(30)
         client.close()
     assert answered == {"shape": [64, 256]}
+
+
+def test_grpc_calls_arriving_at_a_stop_are_refused_unavailable_not_cancelled(paths):
+    """grpc hands the calls it receives over one at a time, and its stop cancelled those not yet handed over: under
+    load nearly every client had one, answered CANCELLED with no message (read as the client's own cancellation,
+    retried by no retry policy). Now calls that come as the server stops are refused UNAVAILABLE, saying why."""
+    outcomes: list[str] = []
+    stop = threading.Event()
+    with ServerProcess([paths["digits"]], "--grpc-port", "0", "--threads", "1") as running:
+
+        def call() -> None:
+            client = triton_grpc.InferenceServerClient(running.grpc)
+            x = tensor(triton_grpc, "x", np.ones((1, 64), np.float32), "FP32")
+            while not stop.is_set():
+                try:
+                    client.infer("digits", [x])
+                    outcomes.append("answered")
+                except InferenceServerException as e:
+                    outcomes.append(f"{e.status()} {e.message()}")
+                    time.sleep(0.1)
+            client.close()
+
+        callers = [threading.Thread(target=call) for _ in range(16)]
+        for caller in callers:
+            caller.start()
+        time.sleep(1.0)
+        assert running.stop(timeout=30) == 0
+        time.sleep(0.3)
+        stop.set()
+        for caller in callers:
+            caller.join(30)
+    refused = {o.split(";")[0] for o in outcomes if o != "answered"}
+    assert "answered" in outcomes
+    assert {o.split(" ")[0] for o in refused} == {"StatusCode.UNAVAILABLE"}, refused

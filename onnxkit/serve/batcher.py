@@ -36,6 +36,7 @@ from onnxkit.serve.metrics import Metrics
 from onnxkit.serve.protocol import RequestError
 from onnxkit.serve.statistics import ModelStatistics
 
+STOPPING = "the server is stopping; retry (on another server, or on this one once it is back)"
 INLINE_RUN_S = 200e-6
 OFF_LOOP_S = 0.05  # a run on the loop this long: the model's time follows its data, and it never runs there again
 PIECE_VALUES = 1 << 15  # input values per run of a request bigger than a batch (see _timed_run)
@@ -97,8 +98,7 @@ class Batcher:
     def abandon(self) -> None:
         """The server stops without waiting any longer: answer what is queued or running with a 503 now (a run in
         progress finishes unseen)."""
-        stopping = RequestError(503, "the server is stopping; retry (on another server, or on this one once it is "
-                                     "back)")
+        stopping = RequestError(503, STOPPING)
         for pending in [*self._running, *self._queue]:
             _settle(pending.future, error=stopping)  # the worker drops them unrun (a batch skips settled requests)
 

@@ -36,6 +36,7 @@ from onnxkit.runtime import Model
 from onnxkit.runtime.text import carries_tokenizer
 from onnxkit.serve import binary, inference, protocol
 from onnxkit.serve.auth import authorized
+from onnxkit.serve.batcher import STOPPING
 from onnxkit.serve.errors import RequestError
 from onnxkit.serve.limits import CLIENT_CLOSED, DEFAULT_LIMITS, Limits
 from onnxkit.serve.metrics import Metrics
@@ -65,6 +66,10 @@ NEEDS_KEY = "this server needs an API key: send the metadata 'authorization: Bea
 # a stream's requests read ahead of the answers its client has taken: past it, reading waits (and HTTP/2's flow
 # control holds the client), as HTTP stops reading a connection until its answer is sent
 STREAM_AHEAD = 64
+# At a stop, new calls are refused (UNAVAILABLE) until none has come for SETTLE_QUIET_S, at most SETTLE_MOST_S: grpc
+# cancels the calls it has received but not yet handed over when it stops (CallRoom.settle)
+SETTLE_QUIET_S = 0.02
+SETTLE_MOST_S = 1.0
 _log = logging.getLogger("onnxkit.serve")
 
 
@@ -464,6 +469,8 @@ class CallRoom(grpc.aio.ServerInterceptor):
         self.calls = 0  # calls holding a place
         self.streams: dict[_Stream, None] = {}  # open streams, oldest first
         self.stopping = False  # the server is stopping: streams end as soon as they are idle
+        self.refusing = False  # the server is stopping: new calls are refused (`settle`)
+        self.last_call = 0.0  # when the latest call came, on the event loop's clock, once refusing
 
     async def intercept_service(
         self,
@@ -473,6 +480,9 @@ class CallRoom(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:  # no such method: grpc answers UNIMPLEMENTED at once, saying which extension it is
             return _unsupported(details.method)
+        if self.refusing:
+            self.last_call = asyncio.get_running_loop().time()
+            return _STOPPING
         if self.calls >= self.cap and not self._make_room():
             return _REFUSED
         self.calls += 1
@@ -495,6 +505,17 @@ class CallRoom(grpc.aio.ServerInterceptor):
         for stream in [s for s in self.streams if s.idle_since is not None]:
             stream.idle()
 
+    async def settle(self, quiet: float = SETTLE_QUIET_S, most: float = SETTLE_MOST_S) -> None:
+        """The server is stopping: refuse new calls with UNAVAILABLE until none has come for `quiet` seconds (at
+        most `most`). grpc hands the calls it receives over one at a time, and its stop cancels those not yet
+        handed over: under load every client had one, answered CANCELLED (read as the client's own cancellation, and
+        retried by no retry policy) with no message, at every stop."""
+        loop = asyncio.get_running_loop()
+        self.refusing, began = True, loop.time()
+        self.last_call = began
+        while (now := loop.time()) - self.last_call < quiet and now - began < most:
+            await asyncio.sleep(quiet)
+
     def _make_room(self) -> bool:
         """End the stream idle longest, if it has been idle for `grace`; whether one was ended."""
         now = asyncio.get_running_loop().time()
@@ -516,6 +537,13 @@ async def _refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContex
 
 
 _REFUSED = grpc.stream_stream_rpc_method_handler(_refuse)  # a streaming request: refused before it is read
+
+
+async def _refuse_stopping(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
+
+
+_STOPPING = grpc.stream_stream_rpc_method_handler(_refuse_stopping)
 
 
 def _unsupported(method: str) -> grpc.RpcMethodHandler | None:
@@ -543,6 +571,7 @@ class GrpcServer:
         """Stop, giving calls in progress `grace` seconds; streams end as soon as they are idle (grpc counted an
         idle stream as a call in progress, so one held every stop for the whole grace)."""
         self.room.stop_streams()
+        await self.room.settle()
         await self.server.stop(grace)
 
 
