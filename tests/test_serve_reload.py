@@ -93,7 +93,7 @@ def test_repository_index_load_and_unload(served):
         assert c.post("/v2/repository/models/digits/unload").status_code == 200
         assert c.post("/v2/repository/index").json()[0]["state"] == "UNAVAILABLE"
         reply = c.post("/v2/models/digits/infer", json=BODY)
-        assert reply.status_code == 404 and "no model 'digits'" in reply.json()["error"]
+        assert reply.status_code == 404 and "model 'digits' is not served now (unloaded)" in reply.json()["error"]
         assert c.get("/v2/models/digits/ready").status_code == 404
         assert c.post("/v2/repository/models/digits/load").status_code == 200
         np.testing.assert_allclose(answer(c.post("/v2/models/digits/infer", json=BODY)), old, atol=1e-4)

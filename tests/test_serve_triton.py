@@ -790,8 +790,13 @@ def test_grpc_repository_index_unload_and_load(server):
                 assert refused.status_code == 400 and message in refused.json()["error"], refused.text
             with pytest.raises(InferenceServerException) as gone:
                 client.infer("digits", [x])
-            assert gone.value.status() == "StatusCode.NOT_FOUND"
-            assert httpx.post(f"{server.url}/v2/models/digits/infer", json={"inputs": []}).status_code == 404
+            # it said "no model 'digits'. Served: words", as if there were no such model, and suggested another
+            unloaded = ("model 'digits' is not served now (unloaded); load it with POST "
+                        "/v2/repository/models/digits/load (gRPC: RepositoryModelLoad)")  # fmt: skip
+            assert gone.value.status() == "StatusCode.NOT_FOUND" and gone.value.message() == unloaded
+            reply = httpx.post(f"{server.url}/v2/models/digits/infer", json={"inputs": []})
+            assert reply.status_code == 404 and reply.json() == {"error": unloaded}
+            assert httpx.get(f"{server.url}/v2/models/digits").json() == {"error": unloaded}
         finally:
             client.load_model("digits")
         assert client.is_model_ready("digits") and client.infer("digits", [x]).as_numpy("logits").shape == (1, 10)

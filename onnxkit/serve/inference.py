@@ -14,6 +14,7 @@ from onnxkit.serve import protocol
 from onnxkit.serve.batcher import Batcher
 from onnxkit.serve.errors import RequestError
 from onnxkit.serve.protocol import MODEL_VERSION, InferRequest
+from onnxkit.serve.repository import Served
 
 OFFLOAD_BYTES = 256 * 1024  # payloads larger than this are decoded and encoded off the event loop
 
@@ -21,6 +22,9 @@ OFFLOAD_BYTES = 256 * 1024  # payloads larger than this are decoded and encoded 
 def find_model(batchers: Mapping[str, Batcher], name: str, version: str = "") -> Batcher:
     """The batcher serving model `name` ("" version: the current one); RequestError(404) if none."""
     if name not in batchers:
+        if isinstance(batchers, Served) and (why := batchers.unserved(name)):  # was "no model 'iris'. Did you mean..."
+            raise RequestError(404, f"model {name!r} is not served now ({why}); load it with POST "
+                                    f"/v2/repository/models/{name}/load (gRPC: RepositoryModelLoad)")
         raise RequestError(404, f"no model {name!r}.{suggest(name, batchers)} Served: {', '.join(batchers)}")
     if version not in ("", MODEL_VERSION):
         raise RequestError(404, f"model {name!r} has no version {version!r}; it has {MODEL_VERSION!r}")

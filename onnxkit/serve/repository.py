@@ -42,6 +42,20 @@ class _Entry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+class Served(dict[str, Batcher]):
+    """The batchers of the models served now, by name, with why each other model of the repository is not."""
+
+    def __init__(self, entries: Mapping[str, _Entry]) -> None:
+        super().__init__((name, entry.batcher) for name, entry in entries.items())
+        self._entries = entries
+
+    def unserved(self, name: str) -> str | None:
+        """Why model `name` of the repository is not served (unloaded, or a load that failed); None for a model
+        served, or not in the repository."""
+        entry = self._entries.get(name)
+        return None if entry is None or name in self else entry.reason or "unloaded"
+
+
 class Repository:
     """The models a server serves. `served` maps the name of each loaded model to its batcher."""
 
@@ -56,7 +70,7 @@ class Repository:
         makes the batcher that serves it."""
         self.loader = loader
         self._entries = {m.name: _Entry(paths[m.name], batcher(m), _stamp(paths[m.name])) for m in models}
-        self.served: dict[str, Batcher] = {name: entry.batcher for name, entry in self._entries.items()}
+        self.served = Served(self._entries)
         self._watch: asyncio.Task | None = None
 
     def start(self, watch: bool = False) -> None:
