@@ -275,6 +275,20 @@ def test_a_body_over_the_limit_sent_whole_gets_its_413_and_the_connection_serves
     connection.close()
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_413_that_closes_the_connection_reaches_a_client_still_sending_its_body(server, chunked):
+    # before: with Connection: close (urllib's) the server closed the connection after its 413, the body unread, and
+    # the kernel reset it: the client, still sending, got 'connection reset by peer', not the 413
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = b"[" + b"0," * (16 * 2**20) + b"0]"  # 32 MB, over the 1 MB limit
+    connection.request("POST", "/v2/models/digits/infer", iter([body]) if chunked else body, {"Connection": "close"})
+    reply = connection.getresponse()
+    assert reply.status == 413 and "over the 1,048,576-byte limit" in json.loads(reply.read())["error"]
+    assert reply.getheader("connection") == "close"
+    connection.close()
+
+
 def test_a_413_to_a_client_waiting_for_100_continue_closes_the_connection(server):
     # the client sends no body after a refusal: kept open, the server would read its next request as that body
     host, port = server.url.removeprefix("http://").rsplit(":", 1)

@@ -31,7 +31,10 @@ Where each one is enforced, and why there:
   503, `Retry-After` and `Connection: close`.
 - **Body size**: in the app, which reads the body (`read_body`): a JSON 413. The connection
   stays open: uvicorn reads and drops the rest of the body (within the body timeout), so a
-  client that sends its whole body before reading gets the 413, not a reset connection.
+  client that sends its whole body before reading gets the 413, not a reset connection. A client
+  that said `Connection: close` (or spoke HTTP/1.0) gets it too: an answer that closes the connection
+  while the body still arrives half-closes it and reads on, dropping what comes, until the client
+  closes its end or `LINGER_S` pass (`_LingeringClose`).
   A compressed body (`Content-Encoding` gzip or deflate) is held to it once decompressed too (`decompressed`).
 - **A client that leaves** (its connection closes) before its answer: the protocol marks the
   request's scope (`CLIENT_LEFT`), and a request still queued for its model is dropped before it runs
@@ -62,6 +65,7 @@ import logging
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -90,6 +94,7 @@ MIN_CHUNK_BYTES = 256
 # at the connection cap, a connection whose request has come slower than this since it began gives way (a client
 # dripping a byte every half second was never silent for `stream_grace`: 520 of them held every place)
 MIN_RECEIVE_RATE = 1024  # bytes a second
+LINGER_S = 5.0  # an answer that closes its connection while the request's body arrives: the rest read this long at most
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,7 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.transport = _LingeringClose(transport, self._body_arriving)  # type: ignore[assignment]
             size = self.config.h11_max_incomplete_event_size
             self.conn = _ChunkCounting(h11.SERVER) if size is None else _ChunkCounting(h11.SERVER, size)
             self.logger = notices  # type: ignore[assignment]
@@ -241,7 +247,12 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             return (self._head_timer is not None or self._body_timer is not None or cycle is None
                     or cycle.response_complete)
 
+        def _body_arriving(self) -> bool:
+            return self.conn.their_state is h11.SEND_BODY
+
         def data_received(self, data: bytes) -> None:
+            if self.transport.lingering:  # type: ignore[attr-defined]  (the rest of a body answered already)
+                return
             self._heard = self.loop.time()
             cycle = self.cycle
             between_requests = cycle is None or cycle.response_complete
@@ -366,7 +377,7 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
                 head = h11.Response(status_code=error.status, headers=raw_headers, reason=reason)
                 for event in (head, h11.Data(data=body), h11.EndOfMessage()):
                     self.transport.write(self.conn.send(event))
-            self.transport.close()
+            self.transport.close_now()  # type: ignore[attr-defined]
 
     GuardedH11Protocol.notices = notices  # type: ignore[attr-defined]
     return GuardedH11Protocol
@@ -375,6 +386,41 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"  # what an HTTP/2 client (gRPC's) sends first, as a request line
 _HTTP2_ON_HTTP1 = ("this port speaks HTTP/1.1, not HTTP/2: connect gRPC clients to the server's --grpc-port "
                    "(HTTP clients without HTTP/2 prior knowledge)")  # fmt: skip
+
+
+class _LingeringClose:
+    """A connection's transport, whose `close` waits, while the client is still sending its request's body, for the
+    client to stop: the answer is sent and our end closed for writing at once (FIN), and what comes is read and
+    dropped until the client closes its end, or for `LINGER_S`. A socket closed with data unread sends a reset,
+    which a client still sending its body gets before it reads the answer: one that said `Connection: close`, as
+    urllib does, or spoke HTTP/1.0, got "Connection reset by peer" for a 413, not the 413 (nginx's lingering_close).
+    `close_now` closes at once, for the protocol's own refusals."""
+
+    def __init__(self, transport: asyncio.Transport, body_arriving: Callable[[], bool]) -> None:
+        self._transport = transport
+        self._body_arriving = body_arriving
+        self.lingering = False
+        self.write = transport.write  # the one call on every answer: not through __getattr__
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering:  # the timer below closes it
+            return
+        if self._transport.is_closing() or not self._body_arriving() or not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()  # once the answer is sent; the client's closing its end closes the transport
+        self._transport.resume_reading()  # uvicorn pauses reading past 64 KiB of body until the app takes it
+        asyncio.get_running_loop().call_later(LINGER_S, self._transport.close)
+
+    def close_now(self) -> None:
+        self._transport.close()
 
 
 class _ChunkCounting(h11.Connection):
