@@ -169,6 +169,24 @@ def test_unfinished_bodies_get_408_within_the_body_timeout_and_their_memory_is_f
     assert httpx.post(guarded.url + "/v2/models/digits/infer", json=GOOD, headers=AUTH).status_code == 200
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_cut_short_by_the_client_closing_its_side_gets_400_at_once(guarded, chunked):
+    # before: the connection was closed without a word, as nginx answers it 400 (or 408 after the body timeout)
+    body = json.dumps(GOOD).encode()
+    framing = f"Content-Length: {len(body)}\r\n\r\n"
+    if chunked:  # one whole chunk, and not the last (empty) one
+        framing = f"Transfer-Encoding: chunked\r\n\r\n{len(body):x}\r\n"
+    head = f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n{framing}".encode()
+    sock = connect(guarded.url)
+    sock.sendall(head + (body + b"\r\n" if chunked else body[:-10]))
+    sock.shutdown(socket.SHUT_WR)
+    seconds, reply = closed_after(sock, time.monotonic())
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 400 ") and seconds < 1, reply
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1]) == {"error": "the client closed its side of the connection "
+        "before the request body ended (short of its Content-Length, or of its last chunk); send the whole body"}
+
+
 def never_reading(url: str, rows: int = 2**19) -> socket.socket:
     """A connection that asks model 'nonfinite' for 32 bytes a row (binary) and will not read them."""
     raw = np.ones((rows, 4), np.float32).tobytes()

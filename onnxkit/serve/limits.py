@@ -278,6 +278,17 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             elif self._body_timer is not None and not self.cycle.more_body:
                 self._cancel_timers()
 
+        def eof_received(self) -> None:
+            """The client closed its sending side, and the connection closes (as nginx, the server takes it for a
+            client that left: its request is dropped if still queued). A request whose body had not all arrived is
+            first answered with a 400 saying so, as nginx answers it (it was closed without a word); a client that
+            only half-closed reads it."""
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and self.conn.their_state is h11.SEND_BODY:
+                if not self.transport.lingering:  # type: ignore[attr-defined]
+                    self._cancel_timers()
+                    self._refuse(RequestError(400, _BODY_CUT_SHORT))
+
         def _body_in_unanswered(self) -> bool:
             """True when the request's whole body has arrived, nothing of a next one is waiting in h11's
             buffer (pipelined: reading stays paused), and the answer is still to come."""
@@ -383,6 +394,8 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
     return GuardedH11Protocol
 
 
+_BODY_CUT_SHORT = ("the client closed its side of the connection before the request body ended (short of its "
+                   "Content-Length, or of its last chunk); send the whole body")
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"  # what an HTTP/2 client (gRPC's) sends first, as a request line
 _HTTP2_ON_HTTP1 = ("this port speaks HTTP/1.1, not HTTP/2: connect gRPC clients to the server's --grpc-port "
                    "(HTTP clients without HTTP/2 prior knowledge)")  # fmt: skip
