@@ -289,6 +289,21 @@ def test_a_413_that_closes_the_connection_reaches_a_client_still_sending_its_bod
     connection.close()
 
 
+def test_a_request_target_in_absolute_form_is_served_as_its_path(server):
+    # as a client sends it through a proxy, and an HTTP/1.1 server must take it: was a 404 "no such endpoint:
+    # /http://..."
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps(GOOD).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = f"POST {server.url}/v2/models/digits/infer HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+        sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["outputs"][0]["shape"] == [1, 10]
+
+
 def test_a_413_to_a_client_waiting_for_100_continue_closes_the_connection(server):
     # the client sends no body after a refusal: kept open, the server would read its next request as that body
     host, port = server.url.removeprefix("http://").rsplit(":", 1)

@@ -229,6 +229,8 @@ class _Front:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        if not scope["path"].startswith("/"):
+            scope = _origin_form(scope)
         path: str = scope["path"]
         target = _infer_target(path)
         key = self.key
@@ -328,6 +330,17 @@ def _framed_twice(headers: list[tuple[bytes, bytes]]) -> bool:
     in front that goes by the length would see another request boundary than the server: request smuggling."""
     names = {name for name, _ in headers}
     return b"transfer-encoding" in names and b"content-length" in names
+
+
+def _origin_form(scope: Scope) -> Scope:
+    """The scope of a request whose target is in absolute-form (`POST http://host:8000/v2/models/NAME/infer`, as a
+    client sends it through a proxy, and which an HTTP/1.1 server must take) with the target's path alone, as if
+    sent in origin-form; it was a 404, "no such endpoint: /http://host:8000/v2/...". Any other scope unchanged."""
+    scheme, absolute, rest = scope["path"].partition("://")
+    if not absolute or scheme.lower() not in ("http", "https"):
+        return scope
+    raw_path = scope.get("raw_path") or b""
+    return {**scope, "path": "/" + rest.partition("/")[2], "raw_path": b"/" + raw_path.partition(b"://")[2].partition(b"/")[2]}
 
 
 def _infer_target(path: str) -> tuple[str, str] | None:
