@@ -39,6 +39,13 @@ LOSS_TASK = {**{loss: task for task, loss in TASK_LOSS.items()}, "l1": "regressi
 PROBABILITIES_OF = {"classification": "Softmax", "binary": "Sigmoid"}  # a classifier's op from logits to probabilities
 
 
+def shown_metric(value: float) -> str:
+    """A score as train and eval print it: four decimals, or four significant digits where the decimals would say
+    nothing (a loss of 3e-6 read 0.0000) or bury the figure (an MAE of 13,493,848 on targets in the millions read
+    13493848.5844, its MSE 306725042115318.8125)."""
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.4g}"
+
+
 # ---- losses (numpy, float64 accumulation) ---------------------------------------------------
 
 

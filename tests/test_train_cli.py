@@ -252,6 +252,14 @@ def test_scores_too_small_for_four_decimals_keep_four_digits():
     assert [metric(v) for v in (0.98765, 3.2e-6, 0.0, -2.5)] == ["0.9877", "3.2e-06", "0.0000", "-2.5000"]
 
 
+def test_scores_in_the_millions_keep_four_digits_not_four_decimals():
+    # make_regression's targets x 1e6: 'mae 13493848.5844  loss 306725042115318.8125'
+    from onnxkit.cli.train import metric
+
+    assert [metric(v) for v in (13493848.5844, 306725042115318.8, 99999.5, -2.5e6)] == [
+        "1.349e+07", "3.067e+14", "99999.5000", "-2.5e+06"]
+
+
 def test_a_warmup_longer_than_the_run_or_an_accumulation_past_the_epoch_is_warned_of(run_cli, tmp_path):
     # --warmup 5000 on a run of 12 steps left the learning rate at 2.4e-4 of the one asked for, unsaid
     assert run_cli("build", "iris-mlp", "-o", tmp_path / "iris.onnx").code == 0

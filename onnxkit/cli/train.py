@@ -15,6 +15,7 @@ from onnxkit.cli import as_flags
 from onnxkit.cli import options as opt
 from onnxkit.cli.options import flag_names
 from onnxkit.errors import OnnxkitError
+from onnxkit.evaluate import shown_metric as metric
 from onnxkit.train.backends import backend_names
 from onnxkit.train.losses import ALIASES as LOSS_ALIASES
 from onnxkit.train.losses import NAMES as LOSSES
@@ -243,11 +244,6 @@ def _new_run_folder(model: str) -> str:
     stem = Path(model).name.removesuffix(".onnx") or "run"
     folders = (Path("runs") / (stem if k == 1 else f"{stem}-{k}") for k in itertools.count(1))
     return str(next(folder for folder in folders if not folder.exists()))
-
-
-def metric(value: float) -> str:
-    """A score in four decimals, or four significant digits where those would read 0.0000 (a loss of 3e-6)."""
-    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.4g}"
 
 
 def _optimizer(options: dict[str, Any]) -> Optimizer | None:

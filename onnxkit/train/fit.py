@@ -58,6 +58,7 @@ from onnxkit.evaluate import (
     padded,
     predictions,
     r2,
+    shown_metric,
 )
 from onnxkit.files import (
     TABLE_SUFFIXES,
@@ -1540,7 +1541,8 @@ def _finish(
             loss=setup.loss.name,
         )
         test = metrics["test"]
-        shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "r2", "mae", "loss") if test.get(k) is not None)
+        shown = ", ".join(f"{k} {shown_metric(test[k])}" for k in ("accuracy", "r2", "mae", "loss")
+                          if test.get(k) is not None)
         setup.progress.line(f"test: {shown}")
     stopped = state.stopped_early or any(r.get("stopped_early") for r in epochs)  # records: older runs
     info.update(status="completed", result=metrics, stopped_early=stopped)
