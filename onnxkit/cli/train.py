@@ -148,6 +148,11 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
     if resume and (model or options["data"] or options["out_dir"]):
         raise click.UsageError("--resume continues a run with its stored settings; give only --resume RUN_DIR",
                                click.get_current_context())
+    lone_data = options["data"] if not model else model if not options["data"] and _is_data(model) else None
+    if not resume and lone_data:
+        raise click.UsageError(f"{lone_data} is data: train needs the model to train on it too, given first (onnxkit "
+                               f"train MODEL.onnx {lone_data}): a zoo recipe or your own onnxkit.nn file built with "
+                               "onnxkit build, or a PyTorch export", click.get_current_context())
     if not resume and not (model and options["data"]):
         raise click.UsageError("give MODEL.onnx and DATA (or --resume RUN_DIR)", click.get_current_context())
     if not resume and not options["out_dir"]:
@@ -236,6 +241,18 @@ def _warning_line(show: Any) -> Any:
             show(message, category, *args, **kwargs)
 
     return showwarning
+
+
+def _is_data(argument: str) -> bool:
+    """Whether a lone argument is data, not a model: a data file, an image folder (not a run's folder, which holds
+    run.json or a model) or a built-in dataset's name (`onnxkit train iris.csv` was told to give MODEL.onnx and
+    DATA, as if the file were a model)."""
+    from onnxkit.data import datasets
+    from onnxkit.data.formats import READERS
+
+    path = Path(argument)
+    images = path.is_dir() and not (path / "run.json").exists() and not any(path.glob("*.onnx"))
+    return path.suffix.lower() in READERS or images or argument in datasets()
 
 
 def _new_run_folder(model: str) -> str:
