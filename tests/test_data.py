@@ -214,8 +214,11 @@ def test_npz_files_with_named_arrays_or_x_y(tmp_path):
 def test_csv_files_with_header_text_labels_or_no_header(tmp_path):
     lines = ["species,sepal,petal"] + [f"{'ab'[i % 2]},{i}.5,{i * 2}" for i in range(20)]
     (tmp_path / "flowers.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(OnnxkitError, match="only the label column may hold text"):  # "species" is no label name
+    with pytest.raises(OnnxkitError, match="only the label column may hold text") as species:  # no label name
         load_dataset(tmp_path / "flowers.csv")
+    # penguins' species first: it was told to rename the column or move it last, not that label= (--label) names it
+    assert str(species.value).endswith("or if it holds the labels, name it: label='species' (the labels were taken "
+                                       "from the last column, 'petal')")
     (tmp_path / "labelled.csv").write_text("label,a,b\n" + "".join(f"{'xy'[i % 2]},{i},{-i}\n" for i in range(20)))
     ds = load_dataset(tmp_path / "labelled.csv")
     assert ds.label_names == ["x", "y"] and ds.train.labels.dtype == np.int64

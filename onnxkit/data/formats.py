@@ -145,7 +145,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         x = np.array(features, dtype=np.float64)
     except ValueError:
         _refuse_missing_cells(path, features, header, label_col, lines)
-        raise _not_numbers(path, features, header, label_col, lines) from None
+        raise _not_numbers(path, features, header, label_col, lines, label_named=named is not None) from None
     if np.isnan(x).any():  # a NaN cell: found by a walk over the cells only then (it cost a tenth of a load)
         _refuse_missing_cells(path, features, header, label_col, lines)
     big = _beyond_float32(x)
@@ -275,17 +275,22 @@ def _refuse_missing_cells(path: Path, features: list[list[str]], header: Sequenc
 
 
 def _not_numbers(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
-                 lines: list[int]) -> OnnxkitError:
-    """The error for the first feature cell that is not a number, naming its line and column."""
+                 lines: list[int], label_named: bool = False) -> OnnxkitError:
+    """The error for the first feature cell that is not a number, naming its line and column. Where the label column
+    was the last by default, it says how to name this one instead (label=: --label on the command line)."""
     i, j = next(((i, j) for i, row in enumerate(features) for j, cell in enumerate(row) if not is_number(cell)),
                 (0, 0))
-    cell, where = features[i][j].strip(), f"{path}:{lines[i]}: feature column {_column(header, j, label_col)}"
+    column = _column(header, j, label_col)
+    cell, where = features[i][j].strip(), f"{path}:{lines[i]}: feature column {column}"
     separated = thousands_separated(cell)
     if separated:
         return OnnxkitError(f"{where} {separated}")
+    if header and not label_named:  # penguins' species first: it was told to rename or move the column
+        labels = f"name it: label={column} (the labels were taken from the last column, {header[-1].strip()!r})"
+    else:
+        labels = f"head it {' / '.join(LABEL_COLUMNS)} or make it the last column"
     return OnnxkitError(f"{where} holds text ({cell!r}); only the label column may hold text: encode that column "
-                        f"as numbers (one column per category, say) or drop it, or if it holds the labels, head it "
-                        f"{' / '.join(LABEL_COLUMNS)} or make it the last column")
+                        f"as numbers (one column per category, say) or drop it, or if it holds the labels, {labels}")
 
 
 def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, list[str] | None]:
