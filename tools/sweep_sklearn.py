@@ -97,6 +97,18 @@ def counts(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, (score > 0).astype(np.int64)
 
 
+def duplicated(make: Callable[[int], tuple[np.ndarray, np.ndarray]], share: float = 0.3
+               ) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    """A dataset with `share` of its rows repeated, in shuffled order (copies land in every split)."""
+    def with_copies(seed: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = make(seed)
+        rng = np.random.default_rng(seed)
+        rows = np.concatenate([np.arange(len(x)), rng.choice(len(x), int(share * len(x)), replace=False)])
+        rows = rng.permutation(rows)
+        return x[rows], y[rows]
+    return with_copies
+
+
 CLF = skd.make_classification
 CASES: dict[str, Case] = {
     "iris": Case(shuffled(skd.load_iris), 3),
@@ -116,7 +128,13 @@ CASES: dict[str, Case] = {
     "classification flip_y 0.2": Case(gen(CLF, n_samples=1000, n_features=20, flip_y=0.2), 2),
     "classification 3c integers": Case(gen(CLF, x_scale=10, n_samples=1000, n_features=20, n_informative=6,
                                            n_classes=3), 3, integers=True),
+    "classification 20c 30f": Case(gen(CLF, n_samples=3000, n_features=30, n_informative=15, n_classes=20,
+                                       n_clusters_per_class=1), 20),
+    "classification 2c 1000f 200 rows": Case(gen(CLF, n_samples=200, n_features=1000, n_informative=20), 2),
+    "classification imbalanced 0.95/0.05": Case(gen(CLF, n_samples=2000, n_features=20, weights=[0.95, 0.05]), 2),
+    "classification 30% rows duplicated": Case(duplicated(gen(CLF, n_samples=1000, n_features=8)), 2),
     "moons": Case(gen(skd.make_moons, n_samples=1000, noise=0.2), 2),
+    "moons noise 0.3": Case(gen(skd.make_moons, n_samples=1000, noise=0.3), 2),
     "moons 200 rows": Case(gen(skd.make_moons, n_samples=200, noise=0.2), 2),
     "circles": Case(gen(skd.make_circles, n_samples=1000, noise=0.1, factor=0.5), 2),
     "blobs": Case(gen(skd.make_blobs, n_samples=1000, centers=4, n_features=2), 4),
@@ -136,6 +154,8 @@ CASES: dict[str, Case] = {
                                          n_informative=10, noise=10), 0),
     "regression targets +1e4": Case(gen(skd.make_regression, y_shift=1e4, n_samples=1000, n_features=20,
                                         n_informative=10, noise=10), 0),
+    "regression targets x1e6 +3e7": Case(gen(skd.make_regression, y_scale=1e6, y_shift=3e7, n_samples=1000,
+                                             n_features=20, n_informative=10, noise=10), 0),
     "regression features x1000": Case(gen(skd.make_regression, x_scale=1000, n_samples=1000, n_features=20,
                                           n_informative=10, noise=10), 0),
     "sparse_uncorrelated": Case(gen(skd.make_sparse_uncorrelated, n_samples=1000), 0),
