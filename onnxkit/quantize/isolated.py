@@ -11,6 +11,7 @@ first (a fresh interpreter importing onnxruntime, ~0.2 s), and ends when this pr
 
 from __future__ import annotations
 
+import atexit
 import json
 import signal
 import subprocess
@@ -39,6 +40,15 @@ for line in sys.stdin:  # [model path, feeds path] a line, until the parent's en
 
 _child: subprocess.Popen | None = None
 _lock = threading.Lock()
+
+
+@atexit.register
+def _end_child() -> None:
+    """Close the child's pipes: at the end of its input it exits."""
+    if _child is not None:
+        _child.stdin.close()
+        _child.stdout.close()
+        _child.wait()
 
 
 def crash(model: onnx.ModelProto, feeds: Feeds, folder: Path) -> str | None:
