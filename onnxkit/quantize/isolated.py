@@ -12,6 +12,7 @@ first (a fresh interpreter importing onnxruntime, ~0.2 s), and ends when this pr
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import signal
 import subprocess
@@ -73,6 +74,9 @@ def crash(model: onnx.ModelProto, feeds: Feeds, folder: Path) -> str | None:
                 return None
             _child = None
             code = child.wait()
+            with contextlib.suppress(BrokenPipeError):  # what it was sent, unread
+                child.stdin.close()
+            child.stdout.close()
     finally:
         path.unlink()
         data.unlink()
