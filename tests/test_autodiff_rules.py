@@ -4,11 +4,12 @@ differences."""
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from gradcases import check, rand, single_node
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit.autodiff import missing_rules
+from onnxkit.autodiff import add_gradients, missing_rules
 from onnxkit.autodiff.check import gradcheck, run_gradients, with_projection_loss
 from onnxkit.autodiff.rules import shape as shape_rules
 from onnxkit.autodiff.rules.shape import SMALL_TABLE
@@ -286,6 +287,26 @@ def test_reduce_max_shares_the_gradient_between_ties():
 def test_gather_nd_adds_repeated_indices(batch_dims, indices):
     check("GatherND", {"x": rand(3, 4) if batch_dims == 0 else rand(2, 4)}, ["x"], {"batch_dims": batch_dims},
           constants={"i": np.array(indices)})
+
+
+@pytest.mark.parametrize("batch", [0, "batch"])
+@pytest.mark.parametrize("axes", [[1], [-1, 1]])
+def test_reduce_mean_of_an_empty_batch_has_an_empty_gradient(batch, axes):
+    # each output averages the reduced dims (3 * 4 here); counting them as size(x) / size(y) divided
+    # by zero when a batch was empty: in Python for a static 0, at run time for a symbolic batch
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)
+    loss = helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0)
+    axes = sorted(set(a % 3 for a in axes))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4])
+    graph = helper.make_graph([node, loss], "mean", [x], [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+                              [numpy_helper.from_array(np.array(axes, np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    session = ort.InferenceSession(add_gradients(model, ["x"], "loss").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    for rows in [0] if batch == 0 else [0, 2]:
+        grad = session.run(["x.grad"], {"x": np.ones((rows, 3, 4), np.float32)})[0]
+        count = 12 if axes == [1, 2] else 3
+        np.testing.assert_allclose(grad, np.full((rows, 3, 4), 1 / count, np.float32), rtol=1e-6)
 
 
 @pytest.mark.parametrize("zeros", [[], [(0, 1)], [(0, 1), (0, 4)], [(1, 2), (2, 0)]])

@@ -46,13 +46,18 @@ def reduce_sum(b: Backward) -> list[str | None]:
 
 
 def _count(b: Backward) -> str:
-    """How many inputs each output averages: static when the reduced dims are, else from Size."""
-    x_dims, y_dims = b.dims(b.x()), b.dims(b.y())
-    if x_dims and y_dims is not None and all(isinstance(d, int) for d in x_dims + y_dims):
-        return b.const(float(np.prod(x_dims)) / float(np.prod(y_dims) if y_dims else 1.0))
-    if y_dims == [] or (y_dims is not None and all(d == 1 for d in y_dims)):  # everything was averaged
+    """How many inputs each output averages: the product of the reduced dims, static when they are, else
+    from x's shape at run time. (Not size(x) / size(y): an empty batch makes that 0 / 0.)"""
+    axes, x_dims = _axes(b), b.dims(b.x())
+    if axes == []:
+        return b.const(1.0)
+    if axes is None and x_dims is None:
         return b.cast_like(b.op("Size", b.x()), b.x())
-    return b.cast_like(b.op("Div", b.op("Size", b.x()), b.op("Size", b.y())), b.x())
+    reduced = x_dims if axes is None else [x_dims[a] for a in axes]
+    if all(isinstance(d, int) for d in reduced):
+        return b.const(float(np.prod(reduced)))
+    dims = b.shape(b.x()) if axes is None else b.op("Gather", b.shape(b.x()), b.ints(axes))
+    return b.cast_like(b.op("ReduceProd", dims, keepdims=0), b.x())
 
 
 @rule("ReduceMean")
