@@ -426,13 +426,12 @@ def affine_grid_by_definition(theta, size, align_corners):
     return np.einsum("hwk,njk->nhwj", base, theta)
 
 
-def check_against(forward, model32, feeds, wrt, tol=2e-4):
-    """Our gradients of the projected loss (on onnxruntime, float32) against central finite
+def check_against(forward, model32, feeds, wrt, tol=2e-4, dtype=np.float32):
+    """Our gradients of the projected loss (on onnxruntime, in the model's `dtype`) against central finite
     differences of `forward` (numpy, float64) under the same projection."""
     projected = with_projection_loss(model32)
     weights = numpy_helper.to_array(next(t for t in projected.graph.initializer if t.name.endswith(".projection")))
-    got = run_gradients(projected, {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in feeds.items()},
-                        wrt)
+    got = run_gradients(projected, {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in feeds.items()}, wrt)
     for name in wrt:
         numeric, eps = np.zeros_like(feeds[name]), 1e-6
         for i in np.ndindex(feeds[name].shape):
@@ -456,6 +455,17 @@ def test_grid_sample(mode, padding, align_corners):
     model32, _ = single_node("GridSample", feeds, attrs, opset=20, dtype=np.float32)
     check_against(lambda x, g: grid_sample_by_definition(x, g, mode, padding, align_corners), model32, feeds,
                   ["x", "g"])
+
+
+@pytest.mark.parametrize("padding", ["border", "reflection"])
+def test_grid_sample_in_float64(padding):
+    # border and reflection padding's slopes were cast to float32 whatever the grid's type: a float64
+    # model's gradient graph multiplied float64 by float32, which onnxruntime refused to load
+    feeds = {"x": rand(2, 3, 4, 5), "g": rand(2, 3, 4, 2, seed=3, low=-2.6, high=2.6)}
+    attrs = {"mode": "linear", "padding_mode": padding, "align_corners": 0}
+    model64, _ = single_node("GridSample", feeds, attrs, opset=20, dtype=np.float64)
+    check_against(lambda x, g: grid_sample_by_definition(x, g, "linear", padding, 0), model64, feeds, ["x", "g"],
+                  tol=1e-8, dtype=np.float64)
 
 
 @pytest.mark.parametrize("align_corners", [0, 1])

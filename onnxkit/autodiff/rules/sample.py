@@ -38,7 +38,7 @@ def _padded(b: Backward, position: str, size: int, padding: str) -> tuple[str, s
         return position, None
     clamped = b.op("Clip", position, b.const(0.0), b.const(size - 1.0))
     if padding == "border":
-        return clamped, b.cast_like(b.op("Equal", position, clamped), position)
+        return clamped, b.cast_like(b.op("Equal", position, clamped), b.x(1))  # in the grid's float type
     low, span = (0.0, size - 1.0) if b.attr("align_corners", 0) else (-0.5, float(size))
     if span == 0:  # one pixel: every position reads it
         return b.op("Mul", position, b.const(0.0)), b.op("Mul", position, b.const(0.0))
@@ -50,7 +50,7 @@ def _padded(b: Backward, position: str, size: int, padding: str) -> tuple[str, s
     folded = b.op("Where", odd, b.op("Sub", b.const(low + span), extra), b.op("Add", extra, b.const(low)))
     slope = b.op("Mul", b.op("Sign", offset), b.op("Where", odd, b.const(-1.0), b.const(1.0)))
     where = b.op("Clip", folded, b.const(0.0), b.const(size - 1.0))  # align_corners=0 can fold to -0.5
-    return where, b.op("Mul", slope, b.cast_like(b.op("Equal", folded, where), position))
+    return where, b.op("Mul", slope, b.cast_like(b.op("Equal", folded, where), b.x(1)))
 
 
 @rule("GridSample")
