@@ -265,6 +265,24 @@ def test_resize(attrs, scales, sizes):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("attrs,x_shape,scales", [
+    ({"mode": "linear"}, (1, 2, 2, 3, 2), [1, 1, 2, 2, 2]),  # nn.Upsample(mode="trilinear") of a volume
+    ({"mode": "nearest"}, (1, 2, 2, 3, 2), [1, 1, 2, 1, 3]),
+    ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, (2, 1, 3, 2, 2), [1, 1, 0.5, 2, 1]),
+    ({"mode": "nearest"}, (1, 2, 3, 2), [1, 2, 1, 1]),  # the channels
+])
+def test_resize_of_axes_before_the_last_two(attrs, x_shape, scales):
+    # the rule refused any resized axis before the last two ("only resizing the last two axes")
+    x = rand(*x_shape)
+    model = _resize_model(x.shape, np.float64, attrs, scales)
+    for name, (analytic, numeric) in gradcheck(model, {"x": x}, ["x"]).items():
+        np.testing.assert_allclose(analytic, numeric, atol=1e-6, err_msg=f"d/d{name}")
+    expected = run_gradients(with_projection_loss(model), {"x": x}, ["x"], runtime="reference")["x"]
+    model32 = _resize_model(x.shape, np.float32, attrs, scales)
+    got = run_gradients(with_projection_loss(model32), {"x": x.astype(np.float32)}, ["x"])["x"]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
 def test_resize_to_sizes_made_from_the_batchs_shape(mode):
     # TorchScript's F.interpolate(size=(6, 5)) with a dynamic batch: sizes = Concat(Slice(Shape(x), 0, 2), [6, 5]);

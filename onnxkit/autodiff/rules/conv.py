@@ -16,8 +16,8 @@ may be symbolic. Everything is written with standard ops:
   slow inner-axis broadcasts, and its MaxPool with Indices is an order of magnitude slower.
 - AveragePool: dY over each window's size (a static table), spread back the same way.
 - Col2Im: dX cuts dY's blocks back out (im2col), a Conv with one one-hot kernel per block position.
-- Resize (nearest, linear): a linear map per axis, so dX = A_h^T dY A_w with interpolation
-  matrices built from the static sizes.
+- Resize (nearest, linear, cubic): a linear map per axis, so dX = A_h^T dY A_w with interpolation
+  matrices built from the static sizes (and A_d^T along a volume's depth, or any other resized axis).
 """
 
 from __future__ import annotations
@@ -555,14 +555,19 @@ def resize(b: Backward) -> list[str | None]:
     for axis, scale in enumerate(_resize_scales(b, size, out)):
         if scale == 1.0:
             continue
-        if axis < rank - 2 or scale is None or not isinstance(size[axis], int) or not isinstance(out[axis], int):
-            raise ValueError("only resizing the last two axes, to sizes known before run time, is supported")
+        if scale is None or not isinstance(size[axis], int) or not isinstance(out[axis], int):
+            raise ValueError("only resizing to sizes known before run time is supported")
         if b.attr("antialias", 0) and scale < 1:
             raise ValueError("antialiased downsampling is not supported")
         matrix = interpolation_matrix(size[axis], out[axis], scale, mode, transform, nearest_mode,
                                       b.attr("cubic_coeff_a", -0.75), bool(b.attr("exclude_outside", 0)))
         if axis == rank - 1:
             grad = b.op("MatMul", grad, b.const(matrix, like=b.x()))
-        else:
+        elif axis == rank - 2:
             grad = b.op("MatMul", b.const(matrix.T, like=b.x()), grad)
+        else:  # a volume's depth (nn.Upsample of [N, C, D, H, W]): swapped next to last, mapped, swapped back
+            swap = list(range(rank))
+            swap[axis], swap[rank - 2] = rank - 2, axis
+            grad = b.op("MatMul", b.const(matrix.T, like=b.x()), b.op("Transpose", grad, perm=swap))
+            grad = b.op("Transpose", grad, perm=swap)
     return [grad] + [None] * (b.num_inputs - 1)
