@@ -108,6 +108,8 @@ EINSUM = [
     ("...ij,...jk->...ik", [(2, 1, 3, 4), (1, 2, 4, 2)]),  # ellipsis axes of size 1 broadcast
     ("...i,i", [(2, 3, 4), (4,)]),  # implicit output with an ellipsis: "..."
     ("b...d,bd->b...", [(2, 3, 1, 4), (2, 4)]),
+    ("ab,ab->ab", [(2, 3), (1, 3)]),  # a named index of size 1 broadcasts too (numpy's and torch's einsum)
+    ("bij,bjk->bik", [(2, 3, 4), (1, 4, 2)]),
 ]
 
 

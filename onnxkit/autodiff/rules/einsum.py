@@ -6,13 +6,15 @@ gradient with the other operands, written to the operand's subscripts:
 An index summed away that only the differentiated operand carries ("ij->i": j) cannot come
 out of that Einsum; it is left out and the result expanded back along it. An index that the
 operand repeats (a diagonal, "ii->i") comes out once and is spread back onto the diagonal. An ellipsis is
-spelled out as letters from the operands' static ranks; an ellipsis axis of size 1 that
-broadcasts against a larger one gets a letter of its own, so that it is summed back.
+spelled out as letters from the operands' static ranks; an axis of size 1 that broadcasts against a
+larger one (under an ellipsis, or a named index: "ab,ab->ab" of [2, 3] and [1, 3]) gets a letter of its
+own, so that it is summed back.
 """
 
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,9 +37,7 @@ def _parse(equation: str) -> tuple[list[str], str]:
 
 def _spell_out(b: Backward, terms: list[str], rhs: str) -> tuple[list[list[str]], list[str]]:
     """Subscripts as lists of letters, each ellipsis replaced by letters (right-aligned, as
-    broadcasting aligns axes)."""
-    if not any(ELLIPSIS in t for t in terms):
-        return [list(t) for t in terms], list(rhs)
+    broadcasting aligns axes), and each axis of size 1 that broadcasts given a letter of its own."""
     free = [c for c in string.ascii_letters if c not in "".join(terms)]
 
     def fresh() -> str:
@@ -45,6 +45,8 @@ def _spell_out(b: Backward, terms: list[str], rhs: str) -> tuple[list[list[str]]
             raise ValueError("the Einsum uses too many indices to spell out its ellipsis")
         return free.pop(0)
 
+    if not any(ELLIPSIS in t for t in terms):
+        return _broadcast_apart(b, [list(t) for t in terms], fresh), list(rhs)
     spans = {}  # operand -> (first ellipsis axis, static dims under the ellipsis)
     for k, term in enumerate(terms):
         if ELLIPSIS in term:
@@ -63,7 +65,20 @@ def _spell_out(b: Backward, terms: list[str], rhs: str) -> tuple[list[list[str]]
             broadcast = d == 1 and any(s != 1 for s in columns[p])
             letters.append(fresh() if broadcast else shared[p])
         subscripts[k] = [*terms[k][:start], *letters, *terms[k][start + len(ELLIPSIS):]]
-    return subscripts, list(rhs.replace(ELLIPSIS, "".join(shared)))
+    return _broadcast_apart(b, subscripts, fresh), list(rhs.replace(ELLIPSIS, "".join(shared)))
+
+
+def _broadcast_apart(b: Backward, subscripts: list[list[str]], fresh: Callable[[], str]) -> list[list[str]]:
+    """`subscripts` with a named index of static size 1 in one operand that broadcasts against another size of
+    it in another ("ab,ab->ab" of [1, 3] and [2, 3]) given a letter of its own there, so that its gradient is
+    summed over that axis (it came out [2, 3])."""
+    dims = [b.dims(b.x(k)) or [None] * len(s) for k, s in enumerate(subscripts)]
+    sizes: dict[str, list] = {}
+    for letters, ds in zip(subscripts, dims, strict=True):
+        for c, d in zip(letters, ds, strict=True):
+            sizes.setdefault(c, []).append(d)
+    return [[fresh() if d == 1 and letters.count(c) == 1 and any(s != 1 for s in sizes[c]) else c
+             for c, d in zip(letters, ds, strict=True)] for letters, ds in zip(subscripts, dims, strict=True)]
 
 
 def _operand_gradient(b: Backward, k: int, subscripts: list[list[str]], out: list[str]) -> str:
