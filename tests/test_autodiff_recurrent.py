@@ -1,4 +1,4 @@
-"""LSTM and GRU are differentiated through their unrolled form: the unrolled graph computes what
+"""LSTM, GRU and RNN are differentiated through their unrolled form: the unrolled graph computes what
 ONNX Runtime's kernels compute, its gradients match central finite differences (float64, the
 forward in onnx.reference, which agrees with ONNX Runtime's kernels to 1e-7 here), what it
 cannot unroll is refused by name, and a GRU classifier trains through `fit`."""
@@ -18,7 +18,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import value_types
 
 CELLS = {"LSTM": ("LSTM", {}), "GRU": ("GRU", {"linear_before_reset": 0}),
-         "GRU linear_before_reset": ("GRU", {"linear_before_reset": 1})}
+         "GRU linear_before_reset": ("GRU", {"linear_before_reset": 1}), "RNN": ("RNN", {})}
 DIRECTIONS = ["forward", "reverse", "bidirectional"]
 STEPS, BATCH, SIZE, HIDDEN = 3, 2, 4, 3
 
@@ -29,7 +29,7 @@ def recurrent(cell: str, direction: str, dtype: int, *, bias: bool = True, initi
     """One LSTM / GRU node over x [steps, batch, size] (layout 1: [batch, steps, size], the states
     [batch, directions, hidden]); its weights (and initial states) are inputs."""
     op, attrs = CELLS[cell]
-    directions, gates = (2 if direction == "bidirectional" else 1), (4 if op == "LSTM" else 3)
+    directions, gates = (2 if direction == "bidirectional" else 1), {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
     rng = np.random.default_rng(len(cell) + len(direction))
     feeds = {"x": rng.uniform(-1, 1, (STEPS, BATCH, SIZE)),
              "w": rng.uniform(-0.6, 0.6, (directions, gates * HIDDEN, SIZE)),
@@ -74,7 +74,7 @@ def test_the_unrolled_form_computes_what_onnxruntime_computes(cell, direction, b
     unrolled = onnx.ModelProto()
     unrolled.CopyFrom(model)
     unroll(unrolled, [0], value_types(unrolled))
-    assert {n.op_type for n in unrolled.graph.node}.isdisjoint({"LSTM", "GRU"})
+    assert {n.op_type for n in unrolled.graph.node}.isdisjoint({"LSTM", "GRU", "RNN"})
     kernel, written_out = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
                            for m in (model, unrolled))
     for name, expected, got in zip([o.name for o in model.graph.output], kernel.run(None, feeds),
@@ -108,6 +108,30 @@ def test_gradients_through_time_match_finite_differences(cell, direction):
     for name, (analytic, numeric) in gradcheck(model, feeds, list(feeds)).items():
         np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6 * max(1.0, np.abs(numeric).max()),
                                    err_msg=f"{cell} {direction}: d/d{name}")
+
+
+@pytest.mark.parametrize("activation", ["Relu", "Sigmoid"])
+def test_an_rnn_with_pytorchs_other_nonlinearity(activation):
+    # nn.RNN(nonlinearity="relu") exports activations=["Relu"]; RNN had no gradient at all ("op RNN has no
+    # gradient rule"). onnx.reference knows only Tanh: the unrolled form is checked against ONNX Runtime's
+    # kernel, its gradients against finite differences of the unrolled form in float64
+    from onnxkit.runtime.session import ort
+
+    model, feeds = recurrent("RNN", "bidirectional", TensorProto.FLOAT)
+    model.graph.node[0].attribute.append(helper.make_attribute("activations", [activation] * 2))
+    unrolled = onnx.ModelProto()
+    unrolled.CopyFrom(model)
+    unroll(unrolled, [0], value_types(unrolled))
+    kernel, written_out = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                           for m in (model, unrolled))
+    for expected, got in zip(kernel.run(None, feeds), written_out.run(None, feeds), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    model, feeds = recurrent("RNN", "bidirectional", TensorProto.DOUBLE)
+    model.graph.node[0].attribute.append(helper.make_attribute("activations", [activation] * 2))
+    unroll(model, [0], value_types(model))
+    for name, (analytic, numeric) in gradcheck(model, feeds, list(feeds)).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6 * max(1.0, np.abs(numeric).max()),
+                                   err_msg=f"d/d{name}")
 
 
 def _skip_unless_the_reference_agrees_with_onnxruntime(cell: str, direction: str) -> None:

@@ -1,12 +1,13 @@
-"""Recurrent ops (LSTM, GRU) differentiated through their unrolled form.
+"""Recurrent ops (LSTM, GRU, RNN) differentiated through their unrolled form.
 
-On the gradient path, an LSTM or GRU node is replaced in the training graph by the same
+On the gradient path, an LSTM, GRU or RNN node is replaced in the training graph by the same
 computation written out step by step in standard ops: one MatMul projects every step's input,
 then each step multiplies the hidden state by R and does the gate arithmetic. The ordinary
 rules then differentiate it (backpropagation through time). The sequence length must be
-fixed in the graph. Covered: ONNX's default activations, forward / reverse / bidirectional,
-both layouts, biases and initial states, GRU's `linear_before_reset` either way; refused by
-name: `sequence_lens`, peepholes, `clip`, other activations, LSTM's `input_forget`. The
+fixed in the graph. Covered: ONNX's default activations (and RNN's Relu or Sigmoid: PyTorch's
+`nn.RNN(nonlinearity="relu")`), forward / reverse / bidirectional, both layouts, biases and initial
+states, GRU's `linear_before_reset` either way; refused by name: `sequence_lens`, peepholes, `clip`,
+other activations, LSTM's `input_forget`. The
 inference graph keeps the node and ONNX Runtime's kernel for it.
 """
 
@@ -18,9 +19,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-RECURRENT = frozenset({"LSTM", "GRU"})
-GATES = {"LSTM": 4, "GRU": 3}
-DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
+RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+RNN_ACTIVATIONS = ("Tanh", "Relu", "Sigmoid")  # an RNN's one activation, each a plain op with a rule
 
 
 def unsupported(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> str | None:
@@ -37,7 +39,9 @@ def unsupported(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> 
         return "with clip"
     if attrs.get("input_forget", 0):
         return "with input_forget"
-    if activations and activations != DEFAULT_ACTIVATIONS[node.op_type] * directions:
+    if node.op_type == "RNN" and len(activations) in (1, directions) and set(activations) <= set(RNN_ACTIVATIONS):
+        pass
+    elif activations and activations != DEFAULT_ACTIVATIONS[node.op_type] * directions:
         return f"with activations {activations}"
     if _steps(node, types) is None:
         return "over a sequence length the graph does not fix"
@@ -56,7 +60,7 @@ def _steps(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> int |
 
 
 def unroll(model: onnx.ModelProto, positions: list[int], types: dict[str, onnx.ValueInfoProto]) -> None:
-    """Replace the LSTM / GRU nodes at `positions` of `model`'s graph by their unrolled form, in place."""
+    """Replace the LSTM / GRU / RNN nodes at `positions` of `model`'s graph by their unrolled form, in place."""
     graph = model.graph
     for k in sorted(positions, reverse=True):
         node = graph.node[k]
@@ -77,7 +81,8 @@ class _Unrolled:
         self.hidden = int(attrs["hidden_size"])
         direction = attrs.get("direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else direction
-        self.lstm, self.gates = node.op_type == "LSTM", GATES[node.op_type]
+        self.lstm, self.gru, self.gates = node.op_type == "LSTM", node.op_type == "GRU", GATES[node.op_type]
+        activations = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])] or ["Tanh"]
         self.linear_before_reset = bool(attrs.get("linear_before_reset", 0))
         self.dtype = types[node.input[0]].type.tensor_type.elem_type
         steps, layout = _steps(node, types), attrs.get("layout", 0)
@@ -90,6 +95,7 @@ class _Unrolled:
         per_direction = {i: self._directions(inputs[i], len(reverse)) for i in (1, 2, 3, 5, 6) if inputs[i]}
         ys, hs, cs = [], [], []
         for d, backwards in enumerate(reverse):
+            self.activation = activations[d % len(activations)]  # an RNN's, per direction
             y, h, c = self._direction(x, steps, backwards, {i: v[d] for i, v in per_direction.items()})
             ys.append(self.op("Unsqueeze", y, self.ints([1])))
             hs.append(self.op("Unsqueeze", h, self.ints([0])))
@@ -147,7 +153,7 @@ class _Unrolled:
         parts = self.op("Split", projected, self.ints([1] * steps), outputs=steps, axis=0) if steps > 1 else [projected]
         inputs = [self.op("Squeeze", p, self.ints([0])) for p in parts]
         recurrence = self.op("Transpose", given[2], perm=[1, 0])  # [hidden, gates]
-        if not self.lstm and not self.linear_before_reset:  # R and its bias apart: [z r] and [h]
+        if self.gru and not self.linear_before_reset:  # R and its bias apart: [z r] and [h]
             two = 2 * self.hidden
             recurrence = self.op("Split", recurrence, self.ints([two, self.hidden]), outputs=2, axis=1)
             bias_r = self.op("Split", bias_r, self.ints([two, self.hidden]), outputs=2, axis=0) if bias_r else None
@@ -157,8 +163,11 @@ class _Unrolled:
         for t in (reversed(range(steps)) if backwards else range(steps)):
             if self.lstm:
                 h, c = self._lstm_step(inputs[t], h, c, recurrence, bias_r)
-            else:
+            elif self.gru:
                 h = self._gru_step(inputs[t], h, recurrence, bias_r)
+            else:  # RNN: h = f(x W^T + h R^T + Wb + Rb)
+                total = self.op("Add", inputs[t], self.op("MatMul", h, recurrence))
+                h = self.op(self.activation, self.op("Add", total, bias_r) if bias_r else total)
             outputs[t] = h
         y = self.op("Concat", *(self.op("Unsqueeze", outputs[t], self.ints([0])) for t in range(steps)), axis=0)
         return y, h, c
