@@ -218,7 +218,7 @@ def test_global_pools():
 # -- Resize ------------------------------------------------------------------------------------
 
 
-def _resize_model(x_shape, dtype, attrs, scales=None, sizes=None) -> onnx.ModelProto:
+def _resize_model(x_shape, dtype, attrs, scales=None, sizes=None, opset=17) -> onnx.ModelProto:
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     inits = [numpy_helper.from_array(np.array(scales if scales is not None else [], np.float32), "scales")]
     inputs = ["x", "", "scales"]
@@ -227,7 +227,7 @@ def _resize_model(x_shape, dtype, attrs, scales=None, sizes=None) -> onnx.ModelP
         inputs.append("sizes")
     node = helper.make_node("Resize", inputs, ["y"], **attrs)
     graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", elem, list(x_shape))], [], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10
     inferred = onnx.shape_inference.infer_shapes(model)
     model.graph.output.extend(v for v in inferred.graph.value_info if v.name == "y")
@@ -247,16 +247,22 @@ def _resize_model(x_shape, dtype, attrs, scales=None, sizes=None) -> onnx.ModelP
     ({"mode": "cubic", "coordinate_transformation_mode": "align_corners"}, None, [2, 2, 7, 8]),
     ({"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1}, [1, 1, 1.5, 2], None),
     ({"mode": "cubic", "coordinate_transformation_mode": "asymmetric"}, [1, 1, 0.5, 1], None),
+    # opset 19's half_pixel_symmetric (it was refused): half_pixel, its centre kept where a size was rounded down
+    ({"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"}, [1, 1, 1.7, 2.3], None),
+    ({"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"}, [1, 1, 0.6, 1], None),
+    ({"mode": "nearest", "coordinate_transformation_mode": "half_pixel_symmetric"}, [1, 1, 2.5, 1.5], None),
+    ({"mode": "cubic", "coordinate_transformation_mode": "half_pixel_symmetric"}, None, [2, 2, 7, 5]),
 ])
 def test_resize(attrs, scales, sizes):
     x = rand(2, 2, 4, 3)
-    model = _resize_model(x.shape, np.float64, attrs, scales, sizes)
+    opset = 19 if attrs.get("coordinate_transformation_mode") == "half_pixel_symmetric" else 17
+    model = _resize_model(x.shape, np.float64, attrs, scales, sizes, opset)
     # cubic: both runtimes place some sample points ~1e-7 off the exact ones (scales held as floats),
     # which the cubic weights' slopes turn into ~1e-6 of the reference's forward pass
     tolerance = 1e-5 if attrs["mode"] == "cubic" else 1e-6
     for name, (analytic, numeric) in gradcheck(model, {"x": x}, ["x"]).items():
         np.testing.assert_allclose(analytic, numeric, atol=tolerance, err_msg=f"d/d{name}")
-    model32, feeds32 = _resize_model(x.shape, np.float32, attrs, scales, sizes), {"x": x.astype(np.float32)}
+    model32, feeds32 = _resize_model(x.shape, np.float32, attrs, scales, sizes, opset), {"x": x.astype(np.float32)}
     np.testing.assert_allclose(_session(model32).run(None, feeds32)[0],
                                ReferenceEvaluator(model).run(None, {"x": x})[0], atol=1e-5,
                                err_msg="forward: onnxruntime vs onnx.reference")
@@ -346,7 +352,7 @@ def test_attributes_the_runtimes_disagree_on_are_refused(op, attrs, message):
         add_gradients(model, ["x"], "y0")
 
 
-@pytest.mark.parametrize("attrs", [{"mode": "cubic", "coordinate_transformation_mode": "half_pixel_symmetric"},
+@pytest.mark.parametrize("attrs", [{"mode": "cubic", "coordinate_transformation_mode": "tf_crop_and_resize"},
                                    {"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize"}])
 def test_resize_modes_without_a_rule_are_refused(attrs):
     with pytest.raises(OnnxkitError, match="not supported"):

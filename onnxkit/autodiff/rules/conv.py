@@ -470,7 +470,7 @@ def col2im(b: Backward) -> list[str | None]:
 # -- resizing ----------------------------------------------------------------------------------
 
 RESIZE_MODES = ("nearest", "linear", "cubic")
-RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "half_pixel_symmetric")
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
@@ -493,6 +493,8 @@ def interpolation_matrix(size: int, out: int, scale: float, mode: str, transform
         x = o / scale
     elif transform == "pytorch_half_pixel" and out == 1:
         x = np.zeros(out)
+    elif transform == "half_pixel_symmetric":  # half_pixel, shifted to keep the centre where the size was rounded
+        x = size / 2 * (1 - out / (scale * size)) + (o + 0.5) / scale - 0.5
     else:  # half_pixel, pytorch_half_pixel
         x = (o + 0.5) / scale - 0.5
     matrix = np.zeros((out, size))
