@@ -324,6 +324,17 @@ def test_depth_to_space(mode):
     check("DepthToSpace", {"x": rand(2, 8, 3, 2)}, ["x"], {"blocksize": 2, "mode": mode})
 
 
+def test_depth_to_space_crd_with_symbolic_channels():
+    # PixelShuffle's CRD regrouping read the channel count from the static shape and refused without one
+    model, feeds = single_node("DepthToSpace", {"x": rand(2, 8, 3, 2)}, {"blocksize": 2, "mode": "CRD"})
+    projected = with_projection_loss(model)
+    expected = run_gradients(projected, feeds, ["x"], runtime="reference")["x"]
+    for dim, name in zip(projected.graph.input[0].type.tensor_type.shape.dim, ["n", "c", "h", "w"], strict=True):
+        dim.dim_param = name
+    got = run_gradients(projected, feeds, ["x"])["x"]
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
 def test_space_to_depth():
     check("SpaceToDepth", {"x": rand(2, 3, 4, 6)}, ["x"], {"blocksize": 2})
 

@@ -325,10 +325,16 @@ def depth_to_space(b: Backward) -> list[str | None]:
         return [back]
     # CRD (PyTorch's PixelShuffle) orders the input's channels (c, row, column): regroup
     dims = b.dims(b.x())
-    if dims is None or len(dims) != 4 or not isinstance(dims[1], int):
-        raise ValueError("DepthToSpace in CRD mode needs a static channel count for its gradient")
-    grouped = b.op("Reshape", back, b.ints([0, block * block, dims[1] // (block * block), -1]))
-    return [b.op("Reshape", b.op("Transpose", grouped, perm=[0, 2, 1, 3]), b.shape(b.x()))]
+    channels = dims[1] if dims and len(dims) == 4 else None
+    if isinstance(channels, int):
+        grouped = b.op("Reshape", back, b.ints([0, block * block, channels // (block * block), -1]))
+        return [b.op("Reshape", b.op("Transpose", grouped, perm=[0, 2, 1, 3]), b.shape(b.x()))]
+    # channels known only at run time: [N, block^2, C / block^2, H, W] from x's shape
+    shape = b.shape(b.x())
+    split = b.op("Concat", b.op("Slice", shape, b.ints([0]), b.ints([1])), b.ints([block * block, -1]),
+                 b.op("Slice", shape, b.ints([2]), b.ints([4])), axis=0)
+    grouped = b.op("Reshape", back, split)
+    return [b.op("Reshape", b.op("Transpose", grouped, perm=[0, 2, 1, 3, 4]), shape)]
 
 
 @rule("Dropout")
