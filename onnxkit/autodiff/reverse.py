@@ -134,8 +134,8 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     model = result
     types = value_types(model)
     nodes, active = active_nodes(model, wrt, loss, types)
-    if _replace(model, nodes, types, version):  # differentiated through their standard-op form
-        types = value_types(model)
+    while _replace(model, nodes, types, version):  # differentiated through their standard-op form (which may
+        types = value_types(model)  # hold more such ops: a cross-entropy's NegativeLogLikelihoodLoss)
         nodes, active = active_nodes(model, wrt, loss, types)
     if loss not in active:
         raise OnnxkitError(f"the loss {loss!r} does not depend on any of the parameters to train")
