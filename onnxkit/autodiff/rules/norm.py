@@ -198,9 +198,12 @@ def group_norm(b: Backward) -> list[str | None]:
     groups = b.attr("num_groups")
     if b.opset >= 21:
         channels = b.dims(x)[1] if b.need_rank(x) >= 2 else None
-        if not isinstance(channels, int):
-            raise ValueError("GroupNormalization-21 needs a static channel count (axis 1 of X)")
-        layout, sum_axes = b.ints([0, groups, channels // groups, -1]), [3]
+        if isinstance(channels, int):
+            layout = b.ints([0, groups, channels // groups, -1])
+        else:  # channels known only at run time: channels per group from x's shape
+            per_group = b.op("Div", b.op("Slice", b.shape(x), b.ints([1]), b.ints([2])), b.ints([groups]))
+            layout = b.op("Concat", b.ints([0, groups]), per_group, b.ints([-1]), axis=0)
+        sum_axes = [3]
     else:
         layout, sum_axes = b.ints([0, groups, 1, -1]), [2, 3]
     scale = b.op("Reshape", b.x(1), b.ints([groups, -1, 1]))
