@@ -320,6 +320,33 @@ def test_resize_to_sizes_made_from_the_batchs_shape(mode):
     assert np.abs(expected).max() > 0.1
 
 
+# -- MaxUnpool ---------------------------------------------------------------------------------
+
+
+def _unpooled(elem: int) -> onnx.ModelProto:
+    """x -> MaxPool (with indices) -> times w per channel -> MaxUnpool at those indices."""
+    pool = helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2])
+    scale = helper.make_node("Mul", ["p", "w"], ["scaled"])
+    unpool = helper.make_node("MaxUnpool", ["scaled", "i"], ["y"], kernel_shape=[2, 2], strides=[2, 2])
+    graph = helper.make_graph([pool, scale, unpool], "unpool", [
+        helper.make_tensor_value_info("x", elem, [2, 2, 4, 4]), helper.make_tensor_value_info("w", elem, [2, 1, 1])],
+        [helper.make_tensor_value_info("y", elem, [2, 2, 4, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_max_unpool_reads_dy_where_each_value_went():
+    # nn.MaxUnpool2d after MaxPool2d(return_indices=True), a SegNet decoder: MaxUnpool had no rule
+    feeds = {"x": rand(2, 2, 4, 4), "w": rand(2, 1, 1, seed=1)}
+    model = _unpooled(onnx.TensorProto.DOUBLE)
+    for name, (analytic, numeric) in gradcheck(model, feeds, ["x", "w"]).items():
+        np.testing.assert_allclose(analytic, numeric, atol=1e-8, err_msg=f"d/d{name}")
+    expected = run_gradients(with_projection_loss(model), feeds, ["x", "w"], runtime="reference")
+    got = run_gradients(with_projection_loss(_unpooled(onnx.TensorProto.FLOAT)),  # onnxruntime's flat indices
+                        {k: v.astype(np.float32) for k, v in feeds.items()}, ["x", "w"])
+    for name in feeds:
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-5, err_msg=name)
+
+
 # -- Col2Im (F.fold) ---------------------------------------------------------------------------
 
 

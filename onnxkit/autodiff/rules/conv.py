@@ -451,6 +451,13 @@ def global_max_pool(b: Backward) -> list[str | None]:
     return [b.op("Reshape", _first_max(b, *flat, taps, 0), b.shape(x))]
 
 
+@rule("MaxUnpool")
+def max_unpool(b: Backward) -> list[str | None]:
+    # y is zeros but for X's values at their flat positions I (MaxPool's indices, over the whole tensor;
+    # nn.MaxUnpool2d): dX reads dy at those positions
+    return [b.op("Gather", b.op("Reshape", b.dy(), b.ints([-1])), b.x(1)), None, None]
+
+
 @rule("Col2Im")
 def col2im(b: Backward) -> list[str | None]:
     # y adds each column's block of values into the image (PyTorch's F.fold); dx reads the blocks
