@@ -498,6 +498,39 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def irreplaceable(path: str | os.PathLike) -> str | None:
+    """What the file at `path` holds when a model written over it would lose what no onnxkit command makes
+    again: a trained model, a model from elsewhere (an export, a download) or a file that is no model (data,
+    code). None for no file, an empty one, or a model `onnxkit build` or `quantize` wrote (run it again).
+    `build -o` and `quantize -o` onto a run's model.onnx replaced the trained weights, exit status 0."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from onnxkit.metadata_keys import QUANTIZATION_KEY, RECIPE_KEY, TRAINING_KEY, VERSION_KEY
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError):
+        model = None
+    if model is None or not (model.graph.node or model.graph.output):
+        return "a file that is no ONNX model"
+    meta = {p.key: p.value for p in model.metadata_props}
+    if QUANTIZATION_KEY in meta:
+        return None
+    if TRAINING_KEY in meta:
+        try:
+            data = json.loads(meta[TRAINING_KEY]).get("data")
+        except (ValueError, AttributeError):
+            data = None
+        return f"a trained model (trained on {data})" if isinstance(data, str) else "a trained model"
+    if RECIPE_KEY in meta or VERSION_KEY in meta:
+        return None
+    return "a model onnxkit did not build (an export or a download)"
+
+
 def missing_model(path: str | os.PathLike) -> OnnxkitError:
     """The error for a model file that is not there; a run folder's model.onnx is written when
     training ends, so for one of an unfinished run it says how to finish it."""

@@ -344,6 +344,34 @@ def test_failed_build_never_overwrites_a_good_file(tmp_path, run_cli):
     assert out.read_bytes() == good and only_files(tmp_path) == ["model.onnx"]
 
 
+def test_build_and_quantize_never_write_over_what_they_cannot_make_again(tmp_path, run_cli):
+    # `build -o run/model.onnx` and `quantize -o run/model.onnx` replaced a run's trained weights, exit status 0;
+    # `build -o data.csv` the data
+    model = tmp_path / "iris.onnx"
+    assert run_cli("build", "iris-mlp", "-o", model).code == 0
+    assert run_cli("train", model, "--data", "iris", "--steps", "2", "-o", tmp_path / "run").code == 0
+    trained = tmp_path / "run" / "model.onnx"
+    foreign = zoo.build_model("iris-mlp")
+    del foreign.metadata_props[:]  # as a PyTorch export or a download carries none of onnxkit's
+    onnx.save(foreign, tmp_path / "export.onnx")
+    (tmp_path / "data.csv").write_text("a,b,label\n1,2,0\n")
+    before = {p: p.read_bytes() for p in (trained, tmp_path / "export.onnx", tmp_path / "data.csv")}
+    held = {trained: "a trained model (trained on iris)",
+            tmp_path / "export.onnx": "a model onnxkit did not build (an export or a download)",
+            tmp_path / "data.csv": "a file that is no ONNX model"}
+    for out, what in held.items():
+        for command in (("build", "iris-mlp"), ("quantize", model, "--no-latency")):
+            result = run_cli(*command, "-o", out)
+            replacing = "the new model" if command[0] == "build" else "the quantized model"
+            assert (result.code, result.err) == (1, f"error: --output {out} holds {what}, which {replacing} would "
+                                                    "replace; write it to another file, or delete that one first\n")
+    assert {p: p.read_bytes() for p in before} == before
+    # what build and quantize wrote themselves they write again
+    assert run_cli("build", "iris-mlp", "-o", model).code == 0
+    for _ in range(2):
+        assert run_cli("quantize", trained, "-o", tmp_path / "q.onnx", "--no-latency").code == 0
+
+
 def test_inspect_text_and_json(tmp_path, run_cli):
     path = tmp_path / "cnn.onnx"
     run_cli("build", "digits-cnn", "-o", path)

@@ -10,7 +10,7 @@ import click
 from onnxkit import zoo
 from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import same_file, save_model
+from onnxkit.files import irreplaceable, same_file, save_model
 from onnxkit.nn.build import UnusedLayers
 from onnxkit.summary import parameter_count
 
@@ -58,6 +58,9 @@ def build_cmd(model: str, sets: tuple[str, ...], opset: int, output: str) -> Non
     """
     if Path(model).is_file() and same_file(output, model):
         raise OnnxkitError(f"--output {output} is the DSL file being built; write the model to another file")
+    if held := irreplaceable(output):
+        raise OnnxkitError(f"--output {output} holds {held}, which the new model would replace; write it to another "
+                           "file, or delete that one first")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnusedLayers)
         try:

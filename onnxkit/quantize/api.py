@@ -24,6 +24,7 @@ from onnxkit.files import (
     atomic_path,
     check_fits_protobuf,
     folder_locked,
+    irreplaceable,
     load_model,
     model_location,
     out_of_space,
@@ -162,6 +163,9 @@ def quantize(
         raise OnnxkitError(nothing_message(original, mode), params=["mode", "exclude"])
     _check_evaluation(mode, eval_data, max_drop, missing)
     _check_not_data({"output": output, "report_path": report_path}, {"calib": calib, "eval_data": eval_data})
+    if output is not None and (held := irreplaceable(output)):
+        raise OnnxkitError(f"output {output} holds {held}, which the quantized model would replace; write it to "
+                           "another file, or delete that one first", params=["output"])
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
     from_eval = calib is None and eval_data is not None
