@@ -329,6 +329,23 @@ def test_a_training_npz_predicts_without_its_labels(run_cli, iris, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / "out.npy"), logits, rtol=1e-5, atol=1e-5)
 
 
+def test_predictions_never_replace_the_data_the_model_was_trained_on(run_cli, iris, tmp_path):
+    # `predict run/model.onnx new.npz -o train.csv` wrote the scores over the training data, exit status 0: eval then
+    # had no test split to score, and the data was gone
+    path, x, y, _ = iris
+    rows = np.random.default_rng(4).uniform(0, 8, size=(30, 4)).round(2)
+    write_csv(tmp_path / "train.csv", ["a", "b", "c", "d", "label"], [*rows.T.tolist(), (np.arange(30) % 3).tolist()])
+    data = (tmp_path / "train.csv").read_bytes()
+    assert run_cli("train", path, "--data", tmp_path / "train.csv", "--steps", "2", "-o", tmp_path / "run").code == 0
+    np.save(tmp_path / "new.npy", x)
+    trained = tmp_path / "run" / "model.onnx"
+    result = run_cli("predict", trained, tmp_path / "new.npy", "-o", tmp_path / "train.csv")
+    assert (result.code, result.err) == (1, f"error: --output {tmp_path / 'train.csv'} is the data {trained} was "
+                                            "trained on; write the predictions to another file\n")
+    assert (tmp_path / "train.csv").read_bytes() == data
+    assert run_cli("predict", trained, tmp_path / "new.npy", "-o", tmp_path / "p.csv").code == 0
+
+
 def test_a_training_npz_with_other_arrays_beside_the_inputs_predicts(run_cli, iris, tmp_path):
     """Train reads an .npz's arrays named after the model's inputs and leaves the others (row ids) out; predict
     refused that file: 'the model has no input 'ids''."""

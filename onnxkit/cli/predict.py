@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from onnxkit import runtime
 from onnxkit.cli import options
 from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import same_file
+from onnxkit.metadata_keys import TRAINING_KEY
 from onnxkit.runtime.datafiles import (
     check_output_path,
     checked_feeds,
@@ -102,6 +104,10 @@ def predict_cmd(
                    format_prediction(prediction, top_k, names=names))
         return
     loaded = runtime.load(model, device=device, threads=threads, batch_size=batch_size)
+    trained_on = json.loads(loaded.metadata.get(TRAINING_KEY, "{}")).get("data")
+    if output and isinstance(trained_on, str) and Path(trained_on).is_file() and same_file(output, trained_on):
+        raise OnnxkitError(f"--output {output} is the data {model} was trained on; write the predictions to another "
+                           "file")  # it was replaced by them, exit status 0, and eval had no test split left to score
     if probs and not loaded.given_probabilities:
         loaded.given_probabilities = ends_in_probabilities(model)
     from_file = isinstance(input_path, str) and reads_text(loaded) and holds_texts(input_path)  # .txt, a CSV's texts
