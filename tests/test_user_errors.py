@@ -5,6 +5,7 @@ a bug in onnxkit, a quantized model to re-quantize, a bare 'No such file or dire
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,20 @@ def test_quantize_never_writes_over_the_data_it_reads(corpus, tmp_path, run_cli,
     expected = message.replace("DATA", str(data)) + "; write the result to another file"
     assert (result.code, result.err) == (1, f"error: {expected}\n")
     assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["rows.npz"]
+
+
+def test_the_quantize_report_never_replaces_a_file_that_is_no_report(corpus, tmp_path, run_cli):
+    # `--report notes.csv` wrote the JSON report over the file, exit status 0; an earlier report is rewritten
+    notes = tmp_path / "notes.csv"
+    notes.write_text("a,b,label\n1,2,0\n")
+    result = run_cli("quantize", corpus / "iris.onnx", "-o", tmp_path / "q.onnx", "--report", notes, "--no-latency")
+    assert (result.code, result.err) == (1, f"error: --report {notes} holds a file that is no quantize report, which "
+                                            "the report would replace; give the report another name, or delete that "
+                                            "file first\n")
+    assert notes.read_text() == "a,b,label\n1,2,0\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv"]
+    for _ in range(2):
+        assert run_cli("quantize", corpus / "iris.onnx", "-o", tmp_path / "q.onnx", "--no-latency").code == 0
+    assert json.loads((tmp_path / "q.report.json").read_text())["output"] == str(tmp_path / "q.onnx")
 
 
 def test_build_given_an_onnx_file_says_what_build_takes(corpus, tmp_path, run_cli):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import numbers
 import os
@@ -166,6 +167,7 @@ def quantize(
     if output is not None and (held := irreplaceable(output)):
         raise OnnxkitError(f"output {output} holds {held}, which the quantized model would replace; write it to "
                            "another file, or delete that one first", params=["output"])
+    _check_report_replaceable(report_path)
     features = cpu.detect()
     reduce_range = features.reduce_range if reduce_range is None else reduce_range
     from_eval = calib is None and eval_data is not None
@@ -462,6 +464,21 @@ def _check_outputs(source: Path | None, output, report_path) -> None:  # type: i
     if output is not None and report_path is not None and same_file(output, report_path):
         raise OnnxkitError(f"output and report_path are both {output}; give the report another name",
                            params=["output", "report_path"])
+
+
+def _check_report_replaceable(report_path) -> None:  # type: ignore[no-untyped-def]
+    """Refuse to write the report over a file that is not an earlier report (`--report data.csv` replaced the data,
+    exit status 0); an earlier report is replaced, as quantizing again makes it again."""
+    path = Path(report_path) if report_path is not None else None
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        earlier = {"settings", "size_bytes"} <= json.loads(path.read_text(encoding="utf-8")).keys()
+    except (ValueError, OSError, AttributeError):  # not JSON, not UTF-8 (a UnicodeDecodeError), not an object
+        earlier = False
+    if not earlier:
+        raise OnnxkitError(f"report_path {report_path} holds a file that is no quantize report, which the report would "
+                           "replace; give the report another name, or delete that file first", params=["report_path"])
 
 
 def _check_not_weights(source: Path, model: onnx.ModelProto, output, report_path) -> None:  # type: ignore[no-untyped-def]
