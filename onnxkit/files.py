@@ -566,6 +566,37 @@ def _folder_given(folder: Path) -> OnnxkitError:
     return OnnxkitError(f"{folder}: a folder, not a model (it holds {held}); pass the path of an .onnx model")
 
 
+def foreign_file(path: str | os.PathLike) -> str | None:
+    """What a file that did not parse as ONNX is instead, and what to do, when its first bytes say (a PyTorch
+    checkpoint, a pickle, a Keras .h5, a safetensors file, gzip, text); None when they do not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    export = "export the model to ONNX (torch.onnx.export) and pass that .onnx file"
+    if not head:
+        return "an empty file (0 bytes), not an ONNX model; copy or write the model again"
+    if head.startswith(b"version https://git-lfs.github.com/spec/"):
+        return "a Git LFS pointer, not the model itself; fetch the file (git lfs pull, or download it)"
+    if head.startswith(b"PK\x03\x04"):
+        return f"a zip archive, not an ONNX model (a PyTorch .pt or .pth checkpoint is one); {export}"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return ("a Python pickle, not an ONNX model (an older PyTorch checkpoint, or a scikit-learn model saved with "
+                f"joblib or pickle); {export}, or convert a scikit-learn model with skl2onnx")
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file (a Keras .h5 model), not an ONNX model; convert it to ONNX with tf2onnx"
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip-compressed file, not an ONNX model; decompress it first (gunzip)"
+    if len(head) > 9 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file of weights, not an ONNX model; pass the .onnx model they belong to"
+    text = head.decode("utf-8", errors="replace")
+    text = text[:-4] if len(head) == 512 else text  # the read may cut a character in two
+    if text and "\ufffd" not in text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "a text file, not an ONNX model; pass the .onnx file itself"
+    return None
+
+
 def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.ModelProto:
     """Load an ONNX file, turning every failure into one clear OnnxkitError. A path through a symbolic link is
     read where the model's weight files are (`model_location`)."""
@@ -578,12 +609,14 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
+        if kind := foreign_file(path):
+            raise OnnxkitError(f"{path}: {kind}") from e
         raise OnnxkitError(
             f"{path}: not a readable ONNX model ({type(e).__name__}); "
             "check that the file is complete and really is .onnx"
         ) from e
     if not model.graph.node and not model.graph.output:
-        raise OnnxkitError(f"{path}: not an ONNX model (empty graph); is it the right file?")
+        raise OnnxkitError(f"{path}: {foreign_file(path) or 'not an ONNX model (empty graph); is it the right file?'}")
     if load_weights:
         read_weights(model, path)
     return model

@@ -170,3 +170,54 @@ def test_batch_norm_running_statistics_are_no_parameters_in_inspect_or_build(tmp
         "{'x': nn.Input(['batch', 4])})\n")
     built = run_cli("build", tmp_path / "net.py", "-o", tmp_path / "net.onnx")
     assert built.code == 0 and f"({expected:,} parameters," in built.out, built.out + built.err
+
+
+def test_a_file_of_another_kind_given_as_the_model_is_named_with_what_to_do(tmp_path, run_cli):
+    """A PyTorch checkpoint, a pickle, a Keras .h5, a gzip, a safetensors file, a Git LFS pointer, text or an empty
+    file given as the model: 'not a readable ONNX model (DecodeError)' from inspect, eval, train and quantize, and
+    from predict and serve 'onnxruntime cannot load it (Protobuf parsing failed.); ... check that its IR version and
+    opset suit this onnxruntime', which sent a user after versions."""
+    import gzip
+    import pickle
+    import zipfile
+
+    import pytest
+
+    from onnxkit import runtime
+    from onnxkit.errors import OnnxkitError
+    from onnxkit.files import load_model
+
+    with zipfile.ZipFile(tmp_path / "model.pt", "w") as archive:  # torch.save's layout
+        archive.writestr("model/data.pkl", pickle.dumps({"fc.weight": [1.0]}))
+        archive.writestr("model/version", "3\n")
+    (tmp_path / "old.pth").write_bytes(pickle.dumps({"fc.weight": [1.0]}, protocol=2))
+    (tmp_path / "keras.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))
+    (tmp_path / "model.onnx.gz").write_bytes(gzip.compress(b"\x08\x07" + bytes(100)))
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    (tmp_path / "w.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    (tmp_path / "lfs.onnx").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 90815966\n")
+    (tmp_path / "notes.onnx").write_text("the model is on the shared drive\n")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    expected = {
+        "model.pt": "a zip archive, not an ONNX model (a PyTorch .pt or .pth checkpoint is one); export the model to "
+                    "ONNX (torch.onnx.export) and pass that .onnx file",
+        "old.pth": "a Python pickle, not an ONNX model",
+        "keras.h5": "an HDF5 file (a Keras .h5 model), not an ONNX model; convert it to ONNX with tf2onnx",
+        "model.onnx.gz": "a gzip-compressed file, not an ONNX model; decompress it first (gunzip)",
+        "w.safetensors": "a safetensors file of weights, not an ONNX model; pass the .onnx model they belong to",
+        "lfs.onnx": "a Git LFS pointer, not the model itself; fetch the file (git lfs pull, or download it)",
+        "notes.onnx": "a text file, not an ONNX model; pass the .onnx file itself",
+        "empty.onnx": "an empty file (0 bytes), not an ONNX model; copy or write the model again",
+    }
+    for name, message in expected.items():
+        path = tmp_path / name
+        for read in (load_model, runtime.load):
+            with pytest.raises(OnnxkitError) as refused:
+                read(path)
+            assert str(refused.value).startswith(f"{path}: {message}"), (read, str(refused.value))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for command in (("inspect",), ("predict", "-t", "x"), ("quantize", "-o", tmp_path / "q.onnx"),
+                    ("train", "--data", "iris", "-o", tmp_path / "run")):
+        result = run_cli(command[0], tmp_path / "model.pt", *command[1:])
+        assert (result.code, result.err) == (1, f"error: {tmp_path / 'model.pt'}: {expected['model.pt']}\n"), command
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

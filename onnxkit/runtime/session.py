@@ -19,7 +19,7 @@ import sys
 from types import ModuleType
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import atomic_path, missing_model, model_location
+from onnxkit.files import atomic_path, foreign_file, missing_model, model_location
 from onnxkit.runtime.string_locale import FALLBACK_LOCALE, missing_locale, with_fallback_locale
 from onnxkit.signals import check_stop
 
@@ -166,6 +166,8 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
         locale = missing_locale(reason)
         if locale is not None:
             return _in_fallback_locale(model, options, providers, where, locale)
+        if not own and not isinstance(model, bytes) and (kind := foreign_file(model)):
+            raise OnnxkitError(f"{where}: {kind}") from e
         refused = refusal_hint(e) if not own or _newer_than_runtime(e) else None  # an own graph keeps the opset
         hint = refused or (
             "this is a bug in onnxkit's graph for this model: please report it with the model" if own
