@@ -243,6 +243,7 @@ def npz_arrays(path: str | os.PathLike) -> dict[str, Any]:
     file) pass through."""
     import numpy as np
 
+    _numpy_format(path, ".npz")
     loaded = np.load(path, allow_pickle=False)
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise OnnxkitError(f"{path}: holds one array (.npy format), not an .npz archive of named arrays; name it "
@@ -259,8 +260,35 @@ def npy_array(path: str | os.PathLike) -> Any:
     """The array of an .npy file; one of Python objects is an OnnxkitError (`_no_objects`)."""
     import numpy as np
 
+    _numpy_format(path, ".npy")
     with _no_objects(path):
         return np.load(path, allow_pickle=False)
+
+
+NUMPY_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # what numpy.save and numpy.savez (a zip archive) begin with
+
+
+def _numpy_format(path: str | os.PathLike, suffix: str) -> None:
+    """Refuse a file under an .npy or .npz name that neither numpy writer wrote, naming what it is: numpy read a CSV
+    so named as a pickle, and the error said to load it 'unsafely using the allow_pickle= keyword' (train, eval), or
+    that its array held Python objects (predict). An empty file is left to numpy (its EOFError)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return  # numpy says why
+    if not head or any(head.startswith(magic) for magic in NUMPY_MAGIC.values()):
+        return
+    writer = "numpy.save" if suffix == ".npy" else "numpy.savez"
+    text = head.decode("utf-8", errors="replace")
+    text = text[:-4] if len(head) == 512 else text  # the read may cut a character in two
+    if "\ufffd" not in text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        what = f"text, not an {suffix} file ({writer} writes one); a table of numbers goes in a .csv file: name it .csv"
+    elif head[:1] == b"\x80":
+        what = f"a Python pickle, not an {suffix} file, and onnxkit does not unpickle; save the arrays with {writer}"
+    else:
+        what = f"not an {suffix} file ({writer} writes one); check that it is the right file, and complete"
+    raise OnnxkitError(f"{path}: {what}")
 
 
 @contextlib.contextmanager

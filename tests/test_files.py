@@ -221,3 +221,31 @@ def test_a_file_of_another_kind_given_as_the_model_is_named_with_what_to_do(tmp_
         result = run_cli(command[0], tmp_path / "model.pt", *command[1:])
         assert (result.code, result.err) == (1, f"error: {tmp_path / 'model.pt'}: {expected['model.pt']}\n"), command
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_file_under_an_npy_or_npz_name_that_numpy_did_not_write_says_what_it_is(tmp_path, run_cli):
+    """A CSV saved as rows.npz: numpy took it for a pickle, and train and eval said to load it 'unsafely using the
+    allow_pickle= keyword argument', predict of one named .npy that its array held Python objects."""
+    import pickle
+
+    from onnxkit import zoo
+    from onnxkit.files import save_model
+
+    model = save_model(zoo.build_model("iris-mlp"), tmp_path / "iris.onnx")
+    table = "5.1,3.5,1.4,0.2,0\n4.9,3.0,1.4,0.2,1\n"
+    for name in ("rows.npz", "rows.npy"):
+        (tmp_path / name).write_text(table)
+    (tmp_path / "pickled.npy").write_bytes(pickle.dumps([[1.0, 2.0, 3.0, 4.0]], protocol=4))
+    text = "text, not an {} file ({} writes one); a table of numbers goes in a .csv file: name it .csv"
+    expected = {"rows.npz": text.format(".npz", "numpy.savez"), "rows.npy": text.format(".npy", "numpy.save"),
+                "pickled.npy": "a Python pickle, not an .npy file, and onnxkit does not unpickle; save the arrays "
+                               "with numpy.save"}
+    commands = [("predict", model, "DATA"), ("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static",
+                                              "--calib", "DATA", "--no-latency")]
+    for name, message in expected.items():
+        data = tmp_path / name
+        for command in commands + [("train", model, "--data", data, "-o", tmp_path / "run"),
+                                   ("eval", model, "--data", data)] * (name == "rows.npz"):
+            result = run_cli(*(data if part == "DATA" else part for part in command))
+            assert (result.code, result.err) == (1, f"error: {data}: {message}\n"), command
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iris.onnx", "pickled.npy", "rows.npy", "rows.npz"]
