@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnxkit import zoo
@@ -116,6 +116,29 @@ def test_eval_from_another_folder_finds_the_training_folder(digits_folder, tmp_p
     monkeypatch.chdir(tmp_path)
     result = run_cli("eval", "run/model.onnx")
     assert result.code == 0 and result.out.startswith(f"{digits_folder} test split (359 examples)"), result
+
+
+def test_a_run_folder_in_the_image_folder_it_trains_on_is_refused(gray_folder, tmp_path, run_cli, monkeypatch):
+    # `train m.onnx photos -o photos` wrote the run into the data: checkpoints/ and artifacts/ were then class folders
+    # of no images, and eval and training refused the folder from then on
+    folder, _ = gray_folder
+    model = tmp_path / "flat.onnx"
+    weight = numpy_helper.from_array(np.full((64, 2), 0.01, np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Flatten", ["image"], ["flat"]),
+                               helper.make_node("MatMul", ["flat", "w"], ["logits"])], "linear",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    for out, where in ((folder, "the data folder"), (folder / "run", "inside the data folder"),
+                       (folder / "cat", "inside the data folder")):
+        result = run_cli("train", model, folder, "--epochs", "1", "-o", out)
+        assert (result.code, result.err) == (1, f"error: --output {out} is {where} {folder}: the run's files would "
+                                                "become part of the data; choose another --output\n")
+    monkeypatch.chdir(folder)  # the default run folder, runs/flat, would land in it too
+    assert run_cli("train", model, ".", "--epochs", "1").code == 1
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert run_cli("train", model, folder, "--epochs", "1", "-o", tmp_path / "run").code == 0
 
 
 @pytest.mark.parametrize("shape", [["batch", 8, 8, 1], ["batch", 1, 8, 8]])

@@ -319,6 +319,7 @@ def fit(
             raise OnnxkitError("give an output folder for the run (out_dir / -o)")
         if data is None:
             raise OnnxkitError("give training data: a dataset name, a .npz/.csv file or a Dataset")
+        _check_out_dir_outside_data(out_dir, data)
         if epochs is not None and steps is not None:
             raise OnnxkitError("give epochs or steps, not both: steps end the run wherever it is in its epochs",
                                params=["epochs", "steps"])
@@ -467,6 +468,18 @@ def _run_adapter(config: TrainConfig, adapter: GraphAdapter | None) -> GraphAdap
         raise OnnxkitError(f"this run was trained with {config.adapter} ({shown}); resume it with the same settings "
                            "(onnxkit train: --resume RUN_DIR alone takes them from the run)")
     return adapter
+
+
+def _check_out_dir_outside_data(out_dir: str | os.PathLike, data: Any) -> None:
+    """Refuse a run folder that is the data's folder (of images) or inside it: the run's files and folders became
+    part of the data (checkpoints/ a class folder of no images), so neither eval nor training could read it again."""
+    if not isinstance(data, str | os.PathLike) or not Path(data).is_dir():
+        return
+    folder, run = Path(data).resolve(), Path(out_dir).resolve()
+    if run == folder or folder in run.parents:
+        where = "the data folder" if run == folder else "inside the data folder"
+        raise OnnxkitError(f"out_dir {out_dir} is {where} {data}: the run's files would become part of the data; "
+                           "choose another out_dir", params=["out_dir"])
 
 
 def _check_arguments(model: Any, data: Any, out_dir: Any, optimizer: Any, callback: Any, callbacks: Any,
