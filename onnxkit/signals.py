@@ -65,6 +65,11 @@ def stop(signum: int, frame: Any = None) -> None:
     raise KeyboardInterrupt
 
 
+def last_stop() -> int:
+    """The last stop signal the command received (SIGINT when none was recorded, as for a KeyboardInterrupt)."""
+    return _STOPS[-1] if _STOPS else signal.SIGINT
+
+
 def check_stop() -> None:
     """KeyboardInterrupt again if a stop was recorded: `stop`'s can be lost where C code clears errors (2 of 60
     `quantize` runs sent SIGTERM while importing numpy.random went on to write their output and exit 0: the

@@ -213,6 +213,22 @@ def test_a_second_keyboard_interrupt_in_a_callback_stops_at_once(tmp_path):
     assert stop.status == "interrupted"
 
 
+def test_a_second_stop_during_the_last_checkpoint_still_says_how_to_go_on(tmp_path, monkeypatch):
+    # a second Ctrl-C while the first one's checkpoint was being written (a double tap) ended with 'error: stopped by
+    # SIGINT' alone, though the run held a checkpoint to continue from; it is a TrainingInterrupted at that checkpoint
+    monkeypatch.setattr(trainer_module, "FIRST_CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every epoch
+    monkeypatch.setattr(trainer_module, "CHECKPOINT_SHARE", 1e-9)
+    stop = StopAtBatch(5, "raise", again=True)  # in epoch 2 (3 steps an epoch), then again at its checkpoint
+    with pytest.raises(KeyboardInterrupt) as caught:
+        fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", callbacks=[stop], **SETTINGS)
+    assert isinstance(caught.value, TrainingInterrupted)
+    assert (caught.value.epoch, caught.value.step) == (2, 3)  # at epoch 1's checkpoint, the last completed
+    assert caught.value.checkpoint == RunDirectory(tmp_path / "run").last_checkpoint
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+    done = fit(resume=tmp_path / "run", quiet=True)
+    assert (done.metrics["epochs"], done.metrics["steps"]) == (3, 9)
+
+
 def test_a_short_epochs_time_is_shown_in_milliseconds(tmp_path, capsys):
     fit(zoo.build_model("iris-mlp"), out_dir=tmp_path / "run", **{**SETTINGS, "epochs": 1}, quiet=False)
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("epoch 1/1")]

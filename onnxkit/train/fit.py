@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import glob
 import inspect
+import json
 import math
 import numbers
 import os
@@ -86,7 +87,7 @@ from onnxkit.metadata_keys import (
     TRAINING_KEY,
 )
 from onnxkit.runtime.session import plain_session
-from onnxkit.signals import held_back
+from onnxkit.signals import handled, held_back, last_stop
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.backends import DEFAULT, default_backend, get_backend
@@ -1405,11 +1406,14 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
     try:
         state = trainer.fit()
         return _finish(setup, session, state, best.best_epoch, records, info)
-    except (TrainingInterrupted, KeyboardInterrupt, SystemExit):  # KeyboardInterrupt: a stop before the loop began;
-        # SystemExit: a callback's sys.exit (the run left saying "running")
-        with held_back(commit=True):  # a second Ctrl-C lands once the status is written (it cut the write short)
-            info["status"] = "interrupted"
-            run.write_json(info)
+    except (TrainingInterrupted, KeyboardInterrupt, SystemExit) as e:  # KeyboardInterrupt: a stop before the loop
+        # began; SystemExit: a callback's sys.exit (the run left saying "running")
+        with handled(lambda *_: None):  # further stops while it says so: the run is stopping already
+            with held_back(commit=True):  # a second Ctrl-C lands once the status is written (it cut the write short)
+                info["status"] = "interrupted"
+                run.write_json(info)
+            if type(e) is KeyboardInterrupt and run.has_checkpoint():
+                raise _interrupted_at_last_checkpoint(run) from None
         raise
     except Exception as e:
         info.update(status="failed", error=str(e))
@@ -1419,6 +1423,18 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
             raise DiskError(f"{e}; then continue the run from its last checkpoint with resume={run.path}",
                             params=["resume"]) from e
         raise
+
+
+def _interrupted_at_last_checkpoint(run: RunDirectory) -> TrainingInterrupted:
+    """A stop that cut the wrap-up of an earlier one short (a second Ctrl-C while the first's checkpoint was being
+    written), as a TrainingInterrupted at the run's last complete checkpoint: it said only 'stopped by SIGINT', not
+    that the run can go on, nor how."""
+    try:
+        saved = json.loads(run.loop_state.read_text())
+        epoch, step = int(saved["epoch"]) + 1, int(saved["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        epoch, step = 0, 0
+    return TrainingInterrupted(run.path, run.last_checkpoint, epoch, step, last_stop())
 
 
 # the arguments fit(resume=...) takes: where and how the run goes on, and the Dataset it trained on (the CLI's flags:
