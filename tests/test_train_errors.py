@@ -504,3 +504,22 @@ def test_an_unknown_monitor_names_the_one_meant(tmp_path):
                                            r"val_macro_f1, train_loss\. Did you mean: val_accuracy"):
         fit(tmp_path / "iris.onnx", "iris", tmp_path / "run", monitor="val_acc")
     assert not (tmp_path / "run").exists()
+
+
+def test_token_ids_longer_than_the_models_positions_are_the_datas_fault_not_the_files(run_cli, tmp_path):
+    # sequences of 12 for a transformer of 8 positions: 'tt.onnx: onnxruntime cannot load it (... Incompatible
+    # dimensions); check that the file is a complete .onnx model and that its IR version and opset suit this
+    # onnxruntime', where eval and predict of the same data named the shapes
+    model = tmp_path / "tt.onnx"
+    onnx.save(zoo.build_model("text-transformer", vocab_size=50, max_len=8, dim=8, heads=2, ff_dim=8, num_layers=1),
+              model)
+    rng = np.random.default_rng(0)
+    for length in (12, 8):
+        np.savez(tmp_path / f"ids{length}.npz", input_ids=rng.integers(0, 50, (40, length)),
+                 attention_mask=np.ones((40, length), np.int64), labels=np.arange(40) % 2)
+    run = tmp_path / "run"
+    result = run_cli("train", model, "--data", tmp_path / "ids12.npz", "--epochs", "1", "--quiet", "-o", run)
+    refused(result, f"error: {model} cannot take the data's shapes (input_ids [batch, 12], attention_mask "
+                    "[batch, 12]): Node (Add) Op (Add) [ShapeInferenceError] Incompatible dimensions; give data of the "
+                    "sizes the model takes (`onnxkit eval MODEL --data DATA` names where it fails)", run)
+    assert run_cli("train", model, "--data", tmp_path / "ids8.npz", "--epochs", "1", "-o", run).code == 0

@@ -86,7 +86,7 @@ from onnxkit.metadata_keys import (
     TASK_KEY,
     TRAINING_KEY,
 )
-from onnxkit.runtime.session import plain_session
+from onnxkit.runtime.session import error_reason, plain_session
 from onnxkit.signals import handled, held_back, last_stop
 from onnxkit.train import distributed
 from onnxkit.train.backend import TrainingSession
@@ -879,6 +879,7 @@ class _Setup:
         if self.padded_text:  # and the model trained says so, for eval and predict to pad alike (PADDING_KEY)
             self.splits = {name: split.with_fixed_shapes() for name, split in self.splits.items()}
         sized = sized_by_data(self.model, self.splits.values())
+        self.unsized = None if sized is self.model else self.model  # the model as given, for `_check_loads`
         if sized is not self.model:
             self.model, self.types = sized, value_types(sized)
 
@@ -1314,8 +1315,19 @@ class _Setup:
     def _check_loads(self) -> None:
         """Raise onnxruntime's refusal of the model itself, named as the user's file (an opset or IR version newer
         than it reads, an op of a domain it lacks); asked only once something built from the model failed, so a
-        model that loads costs no session here."""
-        plain_session(self.model.SerializeToString(), name=self.config.model)
+        model that loads costs no session here. A model that loads as given but not with its free axes sized as the
+        data is (sequences longer than its position table) is the data's fault: that was named the file's."""
+        try:
+            plain_session(self.model.SerializeToString(), name=self.config.model)
+        except OnnxkitError as e:
+            if getattr(self, "unsized", None) is None:
+                raise
+            plain_session(self.unsized.SerializeToString(), name=self.config.model)  # the model's own refusal
+            train = self.splits["train"].inputs
+            shapes = ", ".join(f"{name} [batch, {', '.join(map(str, np.shape(train[name])[1:]))}]" for name in train)
+            raise OnnxkitError(f"{self.config.model} cannot take the data's shapes ({shapes}): "
+                               f"{error_reason(e.__cause__) if e.__cause__ else e}; give data of the sizes the model "
+                               "takes (`onnxkit eval MODEL --data DATA` names where it fails)") from e
 
     @functools.cached_property
     def _validation(self) -> tuple[list[tuple[dict[str, np.ndarray], int]], Scorer, SummedValidation | None]:
