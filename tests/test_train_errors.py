@@ -523,3 +523,19 @@ def test_token_ids_longer_than_the_models_positions_are_the_datas_fault_not_the_
                     "[batch, 12]): Node (Add) Op (Add) [ShapeInferenceError] Incompatible dimensions; give data of the "
                     "sizes the model takes (`onnxkit eval MODEL --data DATA` names where it fails)", run)
     assert run_cli("train", model, "--data", tmp_path / "ids8.npz", "--epochs", "1", "-o", run).code == 0
+
+
+def test_a_binary_models_labels_of_another_width_are_one_line_before_training(run_cli, tmp_path):
+    # three 0/1 labels a row for a one-logit model failed at the first step with onnxruntime's 'Got invalid
+    # dimensions for input: labels ... Got: 3 Expected: 1' and a hint about batch sizes fixed in the graph
+    model = tmp_path / "binary.onnx"
+    onnx.save(zoo.build_model("binary-classifier", features=4), model)
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 4), dtype=np.float32)
+    np.savez(tmp_path / "wide.npz", x=x, labels=rng.integers(0, 2, (60, 3)))
+    np.savez(tmp_path / "column.npz", x=x, labels=rng.integers(0, 2, (60, 1)))
+    run = tmp_path / "run"
+    refused(run_cli("train", model, "--data", tmp_path / "wide.npz", "--epochs", "1", "-o", run),
+            "error: data 'wide, train split': labels have shape [36, 3] but output 'logits' has shape [batch, 1]; "
+            "give one 0/1 label per output value", run)
+    assert run_cli("train", model, "--data", tmp_path / "column.npz", "--epochs", "1", "-o", run).code == 0

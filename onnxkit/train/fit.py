@@ -822,6 +822,17 @@ class _Setup:
                 ids = split.labels.reshape(-1) if loss.class_labels and len(shape) > 2 else split.labels
                 check_class_labels(f"{dataset.name}, {name} split", ids, classes, output=self.output,
                                    binary=self.task == "binary", class_names=dataset.label_names)
+                self._check_binary_label_shape(f"{dataset.name}, {name} split", split.labels)
+
+    def _check_binary_label_shape(self, name: str, labels: np.ndarray) -> None:
+        """0/1 labels of a binary task hold one label per output value (a [N, 3] matrix for a one-logit output
+        failed at the first step: 'Got invalid dimensions for input: labels ... Got: 3 Expected: 1')."""
+        per_row = self.shape[1:]
+        if self.task != "binary" or not all(isinstance(d, int) for d in per_row) or labels.ndim < 2:
+            return
+        if labels.size != len(labels) * math.prod(per_row):
+            raise OnnxkitError(f"data {name!r}: labels have shape {list(labels.shape)} but output {self.output!r} has "
+                               f"shape [batch, {', '.join(map(str, per_row))}]; give one 0/1 label per output value")
 
     def _bind_splits(self, specs: list) -> None:
         """The training and validation splits bound to the model's inputs, with the labels the loss takes."""
