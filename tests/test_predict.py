@@ -995,3 +995,21 @@ def test_a_utf16_csv_of_texts_is_said_to_be_utf16(run_cli, words, tmp_path):
     result = run_cli("predict", words, "-i", tmp_path / "texts.csv")
     assert (result.code, result.err) == (1, f"error: {tmp_path / 'texts.csv'}: not UTF-8 text (byte 0xff on line 1, "
                                             "it is UTF-16); save it as UTF-8\n")
+
+
+def test_predictions_are_not_written_into_the_folder_of_images_they_read(run_cli, tmp_path):
+    # `predict m.onnx photos -o photos/preds.csv` wrote the table among the images: the next predict, train or eval
+    # of the folder refused it ('not an image, in the image folder photos')
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(photos / f"{i}.png")
+    model = save_model(zoo.build_model("digits-cnn"), tmp_path / "cnn.onnx")
+    result = run_cli("predict", model, photos, "-o", photos / "preds.csv")
+    assert (result.code, result.err) == (1, f"error: --output {photos / 'preds.csv'} is inside the input folder "
+                                            f"{photos}, where the next read of the folder would take it for one of "
+                                            "its files; write the predictions elsewhere\n")
+    assert sorted(p.name for p in photos.iterdir()) == ["0.png", "1.png"]
+    assert run_cli("predict", model, photos, "-o", tmp_path / "preds.csv").code == 0

@@ -91,6 +91,9 @@ def predict_cmd(
         for what, path in (("the model", model), *(("the input", p) for p in given)):
             if same_file(output, path):
                 raise OnnxkitError(f"--output {output} is {what}; write the predictions to another file")
+            if what == "the input" and Path(path).is_dir() and Path(path).resolve() in Path(output).resolve().parents:
+                raise OnnxkitError(f"--output {output} is inside the input folder {path}, where the next read of the "
+                                   "folder would take it for one of its files; write the predictions elsewhere")
     if on_ray:
         if texts:
             raise OnnxkitError("--ray reads texts from files: .txt (one per line) or a 'text' column of "
