@@ -1013,3 +1013,21 @@ def test_predictions_are_not_written_into_the_folder_of_images_they_read(run_cli
                                             "its files; write the predictions elsewhere\n")
     assert sorted(p.name for p in photos.iterdir()) == ["0.png", "1.png"]
     assert run_cli("predict", model, photos, "-o", tmp_path / "preds.csv").code == 0
+
+
+def test_threads_past_four_per_core_are_refused_before_a_session_makes_them(run_cli, digits, tmp_path):
+    # onnxruntime makes as many intra-op threads as asked: `--threads 100000` (a typo) took 16 GB and both cores
+    # for minutes without running a row; one over the limit is asked here, which costs nothing without the check
+    from onnxkit import runtime
+    from onnxkit.runtime.session import most_threads
+
+    path, x, _ = digits
+    np.save(tmp_path / "x.npy", x)
+    too_many = most_threads() + 1
+    result = run_cli("predict", path, tmp_path / "x.npy", "--threads", too_many)
+    cores = most_threads() // 4
+    assert (result.code, result.err) == (1, f"error: --threads must be at most {most_threads()} (4 per CPU core of the "
+                                            f"{cores} this process may use), got {too_many}\n")
+    with pytest.raises(OnnxkitError, match=f"threads must be at most {most_threads()} "):
+        runtime.load(path, threads=too_many)
+    assert run_cli("predict", path, tmp_path / "x.npy", "--threads", most_threads()).code == 0

@@ -105,6 +105,19 @@ def check_started(session: ort.InferenceSession, kind: str, device: str) -> None
         )
 
 
+THREADS_PER_CORE = 4  # the most intra-op threads a session takes per CPU core the process may run on
+
+
+def most_threads() -> int:
+    """The most intra-op threads a session is given: THREADS_PER_CORE per core this process may run on. onnxruntime
+    makes as many as asked: `predict --threads 100000` took 16 GB and both cores for minutes, running no row."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return THREADS_PER_CORE * cores
+
+
 def session_options(threads: int | None, optimization: str, spin: bool = True) -> ort.SessionOptions:
     """SessionOptions with the intra-op threads, graph optimisation level and spin-waiting set.
 
@@ -117,6 +130,9 @@ def session_options(threads: int | None, optimization: str, spin: bool = True) -
         raise TypeError(f"threads must be an integer, got {threads!r}")  # not onnxruntime's 'incompatible arguments'
     if threads is not None and threads < 1:
         raise OnnxkitError(f"threads must be 1 or more, got {threads}")
+    if threads is not None and threads > (most := most_threads()):
+        raise OnnxkitError(f"threads must be at most {most} ({THREADS_PER_CORE} per CPU core of the "
+                           f"{most // THREADS_PER_CORE} this process may use), got {threads}", params=["threads"])
     options = ort.SessionOptions()
     options.graph_optimization_level = {
         "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
