@@ -202,6 +202,31 @@ def test_quantize_never_writes_over_the_data_it_reads(corpus, tmp_path, run_cli,
     assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["rows.npz"]
 
 
+def test_quantize_writes_nothing_into_the_image_folder_it_reads(tmp_path, run_cli):
+    # `-o photos/q.onnx --calib photos` put the model and its report among the class folders: the next read of the
+    # folder refused them ('a file beside the class folders')
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    for label in ("a", "b"):
+        (photos / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 30 * i + (label == "b") * 100, np.uint8)).save(photos / label / f"{i}.png")
+    model = tmp_path / "cnn.onnx"
+    onnx.save(zoo.build_model("digits-cnn", num_classes=2), model)
+    before = sorted(p.relative_to(photos) for p in photos.rglob("*"))
+    for flags, message in ((["-o", photos / "q.onnx", "--calib", photos], f"--output {photos / 'q.onnx'} is inside the "
+                            f"--calib data folder {photos}"),
+                           (["-o", tmp_path / "q.onnx", "--report", photos / "a" / "r.json", "--eval", photos],
+                            f"--report {photos / 'a' / 'r.json'} is inside the --eval data folder {photos}")):
+        result = run_cli("quantize", model, "--mode", "static", *flags, "--no-latency")
+        assert (result.code, result.err) == (1, f"error: {message}, where the next read of it would take the file "
+                                                "for data; write the result elsewhere\n")
+    assert sorted(p.relative_to(photos) for p in photos.rglob("*")) == before
+    assert run_cli("quantize", model, "--mode", "static", "-o", tmp_path / "q.onnx", "--calib", photos,
+                   "--no-latency").code == 0
+
+
 def test_the_quantize_report_never_replaces_a_file_that_is_no_report(corpus, tmp_path, run_cli):
     # `--report notes.csv` wrote the JSON report over the file, exit status 0; an earlier report is rewritten
     notes = tmp_path / "notes.csv"

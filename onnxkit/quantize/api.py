@@ -501,6 +501,10 @@ def _check_not_data(outputs: dict[str, Any], data: dict[str, Any]) -> None:
                     same_file(path, given):
                 raise OnnxkitError(f"{name} {path} is the {role} data file; write the result to another file",
                                    params=[name, role])
+            if path is not None and isinstance(given, str | os.PathLike) and Path(given).is_dir() and \
+                    Path(given).resolve() in Path(path).resolve().parents:  # it landed among the images
+                raise OnnxkitError(f"{name} {path} is inside the {role} data folder {given}, where the next read of "
+                                   "it would take the file for data; write the result elsewhere", params=[name, role])
 
 
 def _check_options(mode, method, fmt, calib_size, max_drop) -> None:  # type: ignore[no-untyped-def]
