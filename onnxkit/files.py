@@ -596,7 +596,8 @@ def _folder_given(folder: Path) -> OnnxkitError:
 
 def foreign_file(path: str | os.PathLike) -> str | None:
     """What a file that did not parse as ONNX is instead, and what to do, when its first bytes say (a PyTorch
-    checkpoint, a pickle, a Keras .h5, a safetensors file, gzip, text); None when they do not."""
+    checkpoint, a pickle, a Keras .h5, a safetensors file, gzip, text, numpy's files: the data given first); None when
+    they do not."""
     try:
         with open(path, "rb") as f:
             head = f.read(512)
@@ -607,6 +608,11 @@ def foreign_file(path: str | os.PathLike) -> str | None:
         return "an empty file (0 bytes), not an ONNX model; copy or write the model again"
     if head.startswith(b"version https://git-lfs.github.com/spec/"):
         return "a Git LFS pointer, not the model itself; fetch the file (git lfs pull, or download it)"
+    data = "if it is the data, give the .onnx model first and the data after it"
+    if head.startswith(b"\x93NUMPY"):
+        return f"a numpy array (.npy), not an ONNX model; {data}"
+    if head.startswith(b"PK\x03\x04") and Path(path).suffix.lower() == ".npz":
+        return f"an .npz archive of numpy arrays, not an ONNX model; {data}"
     if head.startswith(b"PK\x03\x04"):
         return f"a zip archive, not an ONNX model (a PyTorch .pt or .pth checkpoint is one); {export}"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -621,7 +627,9 @@ def foreign_file(path: str | os.PathLike) -> str | None:
     text = head.decode("utf-8", errors="replace")
     text = text[:-4] if len(head) == 512 else text  # the read may cut a character in two
     if text and "\ufffd" not in text and all(c.isprintable() or c in "\t\r\n" for c in text):
-        return "a text file, not an ONNX model; pass the .onnx file itself"
+        table = Path(path).suffix.lower() in (".csv", ".tsv", ".txt", ".json")
+        return f"a text file, not an ONNX model; {data}" if table else "a text file, not an ONNX model; pass the " \
+            ".onnx file itself"
     return None
 
 

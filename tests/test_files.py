@@ -176,11 +176,12 @@ def test_a_file_of_another_kind_given_as_the_model_is_named_with_what_to_do(tmp_
     """A PyTorch checkpoint, a pickle, a Keras .h5, a gzip, a safetensors file, a Git LFS pointer, text or an empty
     file given as the model: 'not a readable ONNX model (DecodeError)' from inspect, eval, train and quantize, and
     from predict and serve 'onnxruntime cannot load it (Protobuf parsing failed.); ... check that its IR version and
-    opset suit this onnxruntime', which sent a user after versions."""
+    opset suit this onnxruntime', which sent a user after versions. numpy's files and a CSV: the data given first."""
     import gzip
     import pickle
     import zipfile
 
+    import numpy as np
     import pytest
 
     from onnxkit import runtime
@@ -198,6 +199,10 @@ def test_a_file_of_another_kind_given_as_the_model_is_named_with_what_to_do(tmp_
     (tmp_path / "lfs.onnx").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 90815966\n")
     (tmp_path / "notes.onnx").write_text("the model is on the shared drive\n")
     (tmp_path / "empty.onnx").write_bytes(b"")
+    np.save(tmp_path / "rows.npy", np.zeros((2, 4), np.float32))  # the data given first: `predict rows.npy m.onnx`
+    np.savez(tmp_path / "rows.npz", x=np.zeros((2, 4), np.float32))
+    (tmp_path / "rows.csv").write_text("a,b,label\n1,2,0\n")
+    data_first = "if it is the data, give the .onnx model first and the data after it"
     expected = {
         "model.pt": "a zip archive, not an ONNX model (a PyTorch .pt or .pth checkpoint is one); export the model to "
                     "ONNX (torch.onnx.export) and pass that .onnx file",
@@ -208,6 +213,9 @@ def test_a_file_of_another_kind_given_as_the_model_is_named_with_what_to_do(tmp_
         "lfs.onnx": "a Git LFS pointer, not the model itself; fetch the file (git lfs pull, or download it)",
         "notes.onnx": "a text file, not an ONNX model; pass the .onnx file itself",
         "empty.onnx": "an empty file (0 bytes), not an ONNX model; copy or write the model again",
+        "rows.npy": f"a numpy array (.npy), not an ONNX model; {data_first}",
+        "rows.npz": f"an .npz archive of numpy arrays, not an ONNX model; {data_first}",
+        "rows.csv": f"a text file, not an ONNX model; {data_first}",
     }
     for name, message in expected.items():
         path = tmp_path / name
