@@ -719,6 +719,18 @@ def test_calibration_data_with_nan_or_infinity_is_refused(tmp_path, run_cli):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "nan.npy", "nan.npz"]
 
 
+def test_calibration_values_near_floats_limit_fail_entropy_in_one_line(tmp_path):
+    # features near 1e38 (finite): numpy's histogram setup overflowed, and 4 RuntimeWarning lines came above the error
+    x = np.random.default_rng(3).random((40, D_IN)).astype(np.float32) * np.float32(1e38)
+    src = _save(mlp(), tmp_path)
+    np.save(tmp_path / "huge.npy", x)
+    res = subprocess.run([sys.executable, "-m", "onnxkit", "quantize", str(src), "-o", str(tmp_path / "q.onnx"),
+                          "--mode", "static", "--method", "entropy", "--calib", str(tmp_path / "huge.npy"),
+                          "--no-latency"], capture_output=True, text=True)  # warnings reach stderr as for a user
+    assert res.returncode == 1 and len(res.stderr.splitlines()) == 1 and res.stderr.startswith("error: "), res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.npy", "model.onnx"]
+
+
 def test_data_of_the_wrong_kind_is_a_type_error_saying_what_to_pass():
     x = np.ones((8, D_IN), np.float32)
     with pytest.raises(TypeError, match=r"^calib must be a dataset name, an .npz/.csv path, a Dataset, a Split "
