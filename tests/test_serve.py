@@ -527,7 +527,7 @@ def test_bad_model_files_and_names_fail_at_start(models, tmp_path):
     bf16_error = (f"error: {bf16}: input 'x' has type tensor(bfloat16), which numpy cannot hold, so no request can "
                   "run this model; export it with float32 or float16 inputs")  # fmt: skip
     for args, message in [
-        ([str(broken)], "broken.onnx: onnxruntime"),
+        ([str(broken)], f"error: {broken}: a text file, not an ONNX model; pass the .onnx file itself"),
         ([str(bf16)], bf16_error),
         # a bfloat16 output: every request got a 400, "model 'bf16-out' failed on this input: No corresponding Numpy
         # type for Tensor Type. bfloat16", blaming the request
