@@ -1317,6 +1317,9 @@ class _Setup:
         except NoGradient as e:  # a rule refusing this node's attributes or shapes (no rule at all: _select says)
             raise OnnxkitError(f"{e.what}; keep the parameters before it frozen (freeze / train_only)",
                                params=["freeze", "train_only"]) from e
+        except OnnxkitError:  # ORT-training's build infers shapes: data of sizes the model cannot take fails there
+            self._check_loads()
+            raise
         try:
             return self.backend.open(run.artifacts, device=self.device, threads=self.threads)
         except OnnxkitError:
