@@ -16,7 +16,7 @@ units in the last digit (the float64 sums run in another order).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -24,6 +24,9 @@ from onnx import TensorProto, helper
 
 from onnxkit.autodiff.builder import Graph
 from onnxkit.graph_walks import opset
+
+if TYPE_CHECKING:
+    from onnxkit.train.backend import TrainingSession
 
 LABELS, SUMS = "onnxkit.validation.labels", "onnxkit.validation.sums"
 
@@ -61,7 +64,8 @@ class SummedValidation:
         self.actual = np.bincount(ids, minlength=classes).tolist()  # rows of each class
         self.sums = np.empty((len(rows), 2 * classes + 1))  # each batch's, written by the session
 
-    def __call__(self, session: Any, batches: Sequence[tuple[dict[str, np.ndarray], int]]) -> dict[str, float]:
+    def __call__(self, session: TrainingSession,
+                 batches: Sequence[tuple[dict[str, np.ndarray], int]]) -> dict[str, float]:
         """The epoch's validation metrics: `session.score_step` over the `batches` (feeds, rows)."""
         for (feeds, _), labels, out in zip(batches, self.labels, self.sums, strict=True):
             session.score_step(feeds, labels, out)
