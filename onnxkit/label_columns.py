@@ -59,11 +59,15 @@ def _holds_fraction(row: Sequence[str]) -> bool:
     return any(is_number(c) and not c.strip().lstrip("+-").isdigit() for c in row)
 
 
+PANDAS_INDEX_HEADERS = ("", "Unnamed: 0")
+"""How pandas' `to_csv` heads the row index it writes unless told `index=False` (or reads back and writes again)."""
+
+
 def without_index(header: Sequence[str] | None, rows: list[list[str]]) -> tuple[Sequence[str] | None, list[list[str]]]:
     """The header and rows less a first column that is the row index pandas' `to_csv` writes unless told
     `index=False`: headed '' (or 'Unnamed: 0', as read back and saved again), distinct whole numbers or distinct
     names (R's datasets name their rows: mtcars' 'Mazda RX4' was refused as a text feature)."""
-    if not header or header[0].strip() not in ("", "Unnamed: 0") or not rows:
+    if not header or header[0].strip() not in PANDAS_INDEX_HEADERS or not rows:
         return header, rows
     index = [row[0].strip() for row in rows if row]
     numbered = all(i.isdigit() for i in index)

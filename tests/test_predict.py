@@ -537,6 +537,18 @@ def test_texts_in_a_csv_of_one_or_two_columns_need_no_text_header(run_cli, words
         np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), np.load(tmp_path / "want.npy"), err_msg=name)
 
 
+def test_texts_in_a_csv_pandas_wrote_with_its_index_predict_as_training_read_them(run_cli, words, tmp_path):
+    # df.to_csv("reviews.csv") keeps the index: train left it out, predict saw 3 columns, none headed 'text'
+    texts = ["What a match!", "A dull, slow film.\nNot again.", "Not bad at all"]
+    rows = "".join(f'{i},"{t}",x\n' for i, t in enumerate(texts))
+    (tmp_path / "indexed.csv").write_text(",review,sentiment\n" + rows)
+    (tmp_path / "texts.csv").write_text("text\n" + "".join(f'"{t}"\n' for t in texts))
+    want = run_cli("predict", words, "-i", tmp_path / "texts.csv", "-o", tmp_path / "want.npy")
+    result = run_cli("predict", words, "-i", tmp_path / "indexed.csv", "-o", tmp_path / "got.npy")
+    assert (want.code, result.code) == (0, 0), result.err
+    np.testing.assert_array_equal(np.load(tmp_path / "got.npy"), np.load(tmp_path / "want.npy"))
+
+
 def test_input_files_that_are_not_utf8_or_not_csv_are_one_line(run_cli, digits, tmp_path):
     path, x, logits = digits
     rows = "\n".join(",".join(map(str, row)) for row in x.tolist()) + "\n"

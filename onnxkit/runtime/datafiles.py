@@ -47,6 +47,7 @@ from onnxkit.input_columns import input_arrays, input_columns, reads_by_column, 
 from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
+    PANDAS_INDEX_HEADERS,
     TEXT_COLUMN,
     csv_header,
     feature_names,
@@ -242,6 +243,8 @@ def holds_texts(path: str | os.PathLike) -> bool:
         read_text_file(path)  # raises, naming the byte, its line and UTF-16
         raise
     header = next(csv.reader([line], delimiter=delimiter), [])
+    if header and header[0].strip() in PANDAS_INDEX_HEADERS:  # pandas' index column (read_texts checks its cells)
+        header = header[1:]
     return texts_column(header, source=str(path)) is not None
 
 
@@ -258,13 +261,14 @@ def read_texts(path: Path) -> list[str]:
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .tsv / .parquet")
     _, rows = csv_rows(path)  # the cells as written: no decimal commas read as points in a text
-    column = texts_column(rows[0][1] if rows else None, [row for _, row in rows[1:]], source=str(path))
+    header, body = without_index(rows[0][1] if rows else None, [row for _, row in rows[1:]])  # as train reads it
+    column = texts_column(header, body, source=str(path))
     if column is None:
         raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column (or just one or two columns)")
     texts = []
-    for line, row in rows[1:]:
+    for (line, _), row in zip(rows[1:], body, strict=True):
         if len(row) <= column:
-            raise OnnxkitError(f"{path}:{line}: this row ends before its {rows[0][1][column].strip()!r} column")
+            raise OnnxkitError(f"{path}:{line}: this row ends before its {header[column].strip()!r} column")
         texts.append(row[column])
     return texts
 
