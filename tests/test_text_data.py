@@ -170,3 +170,21 @@ def test_the_labels_of_a_text_csv_are_the_column_beside_the_text_and_are_named(t
                                   "'source'); name it with label=COLUMN, or head it label")
     named = load_dataset(tmp_path / "three.csv", tokenizer=TOKENIZER, max_length=16, label="sentiment")
     assert named.label_names == ["neg", "pos"] and named.label_column == "'sentiment' (column 2)"
+
+
+def test_training_on_a_csv_of_texts_says_the_text_column_tokenizer_and_how_many_texts_are_cut(run_cli, tmp_path):
+    # the run named the label column only: not which column held the texts, the tokenizer, or that 5 of 40 texts
+    # (one as long as a book) were cut to the 16 tokens the model reads
+    from onnxkit import zoo
+    from onnxkit.files import save_model
+
+    rows = [(f"loved it {i}" + " and more" * 20 * (i < 5), "pos" if i % 2 else "neg") for i in range(40)]
+    (tmp_path / "r.csv").write_text("sentiment,review\n" + "".join(f'{label},"{t}"\n' for t, label in rows))
+    data = load_dataset(tmp_path / "r.csv", tokenizer=TOKENIZER, max_length=16)
+    assert data.texts_read == ("texts from 'review' (column 2), tokenized by the model's WordPiece tokenizer (30,522 "
+                               "tokens), at most 16 tokens a text: 5 of 40 texts are longer and are cut there")
+    model = save_model(zoo.build_model("text-transformer"), tmp_path / "t.onnx")
+    result = run_cli("train", model, "--data", tmp_path / "r.csv", "--tokenizer", TOKENIZER, "--max-length", 16,
+                     "--steps", 1, "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert result.err.count(data.texts_read) == 1, result.err

@@ -135,7 +135,8 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     if text is not None:
         texts = [row[text] for row in body]
         dataset = _text_dataset(path, texts, labels, label_names, lines, tokenizer, max_length, seed, validation, test)
-        return replace(dataset, label_column=column)
+        read = f"texts from {header[text].strip()!r} (column {text + 1})" if header else f"texts from column {text + 1}"
+        return replace(dataset, label_column=column, texts_read=f"{read}, {dataset.texts_read}")
     if tokenizer is not None:  # the model reads text: its features would be 'non-numbers' to the reader below
         columns = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
         raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r} ({columns}); "

@@ -297,6 +297,7 @@ class Dataset:
     label_column: str | None = None  # a CSV's label column, as the training line names it ("'price' (column 5)")
     notes: tuple[str, ...] = ()  # what a reader noticed that training should warn of (a row-id column, say)
     columns: tuple[str, ...] | None = None  # a CSV's feature columns by header name, in the order of the features
+    texts_read: str | None = None  # how a text dataset's texts were read: column, tokenizer, cut (the run says it)
 
     def __post_init__(self) -> None:
         for split in (self.train, self.validation, self.test):

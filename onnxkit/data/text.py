@@ -124,7 +124,18 @@ def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_name
         TextSplit(split, {k: v[idx] for k, v in arrays.items()}, labels[idx], lengths[idx], [texts[i] for i in idx])
         for split, idx in zip(SPLIT_NAMES, parts, strict=True)
     ]
-    return Dataset(name, *splits, label_names=label_names, task="classification")
+    return Dataset(name, *splits, label_names=label_names, task="classification",
+                   texts_read=_tokenized(tokenizer, max_length, lengths))
+
+
+def _tokenized(tokenizer: str | Mapping[str, Any], max_length: int, lengths: np.ndarray) -> str:
+    """'tokenized by the model's WordPiece tokenizer (30,522 tokens), at most 128 tokens a text: 251 of 300 texts
+    are longer and are cut there': a text that fills max_length is counted as cut (its end may be the text's)."""
+    tok = load_tokenizer(json.dumps(tokenizer) if isinstance(tokenizer, Mapping) else tokenizer)
+    said = (f"tokenized by the model's {type(tok.model).__name__} tokenizer ({tok.get_vocab_size():,} tokens), "
+            f"at most {max_length} tokens a text")
+    cut = int((lengths >= max_length).sum())
+    return f"{said}: {cut:,} of {len(lengths):,} texts are longer and are cut there" if cut else said
 
 
 _ENCODED: dict[tuple, dict[str, np.ndarray]] = {}  # the last two tokenized datasets of this process

@@ -1077,6 +1077,8 @@ class _Setup:
         if not len(self.dataset.validation) and not len(self.dataset.test):
             self.progress.line(f"warning: the validation and test splits are empty ({len(self.dataset.train)} "
                                "examples in all): nothing scores the model on data it did not train on")
+        if self.dataset.texts_read:
+            self.progress.line(self.dataset.texts_read)
         for note in self.dataset.notes:
             self.progress.line(f"warning: {note}")
         if not self.regression:
