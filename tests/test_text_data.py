@@ -188,3 +188,17 @@ def test_training_on_a_csv_of_texts_says_the_text_column_tokenizer_and_how_many_
                      "--steps", 1, "-o", tmp_path / "run")
     assert result.code == 0, result.err
     assert result.err.count(data.texts_read) == 1, result.err
+
+
+def test_texts_for_a_model_of_token_ids_without_a_tokenizer_say_to_give_one(tmp_path):
+    # text-transformer on review,label: 'feature column 'review' holds text; ... encode that column as numbers (one
+    # column per category, say)', where a column headed text said the data needs a tokenizer
+    from onnxkit import zoo
+
+    (tmp_path / "reviews.csv").write_text("review,label\n" + "".join(f'"fine film, {i}",pos\n' for i in range(6)))
+    with pytest.raises(OnnxkitError, match=r"^reviews is text and needs a tokenizer: .* onnxkit train --tokenizer "
+                                           r"PATH/tokenizer.json"):
+        load_dataset(tmp_path / "reviews.csv", model=zoo.build_model("text-transformer"))
+    (tmp_path / "numbers.csv").write_text("a,label\nx,1\n")  # a model of numbers keeps its message
+    with pytest.raises(OnnxkitError, match="feature column 'a' holds text"):
+        load_dataset(tmp_path / "numbers.csv", model=zoo.build_model("iris-mlp"))

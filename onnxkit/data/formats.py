@@ -52,6 +52,7 @@ from onnxkit.label_columns import (
     without_index,
 )
 from onnxkit.metadata import metadata
+from onnxkit.tokenize import TOKEN_INPUTS
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a CSV's numbers past it would be read as infinities
 
@@ -146,6 +147,10 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         x = np.array(features, dtype=np.float64)
     except ValueError:
         _refuse_missing_cells(path, features, header, label_col, lines)
+        if any(getattr(spec, "name", None) in TOKEN_INPUTS for spec in inputs):  # text for token ids: no tokenizer
+            from onnxkit.data.text import needs_tokenizer
+
+            raise needs_tokenizer(path.stem) from None
         raise _not_numbers(path, features, header, label_col, lines, label_named=named is not None) from None
     if np.isnan(x).any():  # a NaN cell: found by a walk over the cells only then (it cost a tenth of a load)
         _refuse_missing_cells(path, features, header, label_col, lines)

@@ -102,16 +102,21 @@ def carry_tokenizer(model: onnx.ModelProto, tokenizer: str, max_length: int | No
     return carried
 
 
+def needs_tokenizer(name: str) -> OnnxkitError:
+    """The error for text data given with no tokenizer to turn it into the token ids a model takes."""
+    return OnnxkitError(
+        f"{name} is text and needs a tokenizer: train a model that carries one (e.g. onnxkit build "
+        "bert-classifier --set pretrained=all-MiniLM-L6-v2), or give one: onnxkit train --tokenizer "
+        "PATH/tokenizer.json (in Python, load_dataset's tokenizer argument)"
+    )
+
+
 def text_dataset(name: str, texts: Sequence[str], labels: np.ndarray, label_names: list[str] | None, *,
                  tokenizer: str | Mapping[str, Any] | None, max_length: int | None, limit: int,
                  seed: int, validation: float, test: float) -> Dataset:
     """Tokenize `texts` and split them (stratified, deterministic); `limit` keeps that many examples."""
     if tokenizer is None:
-        raise OnnxkitError(
-            f"{name} is text and needs a tokenizer: train a model that carries one (e.g. onnxkit build "
-            "bert-classifier --set pretrained=all-MiniLM-L6-v2), or give one: onnxkit train --tokenizer "
-            "PATH/tokenizer.json (in Python, load_dataset's tokenizer argument)"
-        )
+        raise needs_tokenizer(name)
     max_length = max_length or DEFAULT_MAX_LENGTH
     keep = np.arange(len(labels))
     if 0 < limit < len(labels):  # a stratified subsample, fixed by the seed
