@@ -549,6 +549,20 @@ def test_texts_in_a_csv_pandas_wrote_with_its_index_predict_as_training_read_the
     np.testing.assert_array_equal(np.load(tmp_path / "got.npy"), np.load(tmp_path / "want.npy"))
 
 
+def test_texts_in_a_file_for_a_model_of_token_ids_without_a_tokenizer_say_it_needs_one(run_cli, tmp_path):
+    # a .txt was 'unknown input format; use one of .npy, ...' and a CSV of texts 'CSV holds one input but model 'tt'
+    # has 2; use .npz or .json', where --text said the model carries no tokenizer
+    model = save_model(zoo.build_model("text-transformer"), tmp_path / "tt.onnx")
+    (tmp_path / "t.txt").write_text("What a match!\nA dull film.\n")
+    (tmp_path / "t.csv").write_text("review,label\n\"What a match!\",pos\n")
+    for given in ("t.txt", "t.csv"):
+        result = run_cli("predict", model, "-i", tmp_path / given)
+        assert (result.code, result.out) == (1, ""), given
+        assert result.err == ("error: model 'tt' carries no tokenizer, so it cannot take text; train it with one "
+                              "(onnxkit train --tokenizer PATH/tokenizer.json), build one that carries one (e.g. "
+                              "onnxkit build bert-classifier --set pretrained=all-MiniLM-L6-v2) or pass token ids\n")
+
+
 def test_input_files_that_are_not_utf8_or_not_csv_are_one_line(run_cli, digits, tmp_path):
     path, x, logits = digits
     rows = "\n".join(",".join(map(str, row)) for row in x.tolist()) + "\n"

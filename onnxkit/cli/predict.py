@@ -25,6 +25,7 @@ from onnxkit.runtime.datafiles import (
 )
 from onnxkit.runtime.model import ends_in_probabilities
 from onnxkit.runtime.text import reads_text
+from onnxkit.tokenize import TOKEN_INPUTS
 
 
 @click.command("predict")
@@ -113,7 +114,8 @@ def predict_cmd(
                            "file")  # it was replaced by them, exit status 0, and eval had no test split left to score
     if probs and not loaded.given_probabilities:
         loaded.given_probabilities = ends_in_probabilities(model)
-    from_file = isinstance(input_path, str) and reads_text(loaded) and holds_texts(input_path)  # .txt, a CSV's texts
+    from_file = (isinstance(input_path, str) and (reads_text(loaded) or _token_ids_alone(loaded))
+                 and holds_texts(input_path))  # .txt, a CSV's texts (refused by predict_text without a tokenizer)
     if from_file:
         texts = tuple(read_texts(Path(input_path)))
         if not texts:  # an input file of no rows is refused, as read_inputs refuses one
@@ -145,3 +147,10 @@ def _warn_of_empty_texts(texts: tuple[str, ...], path: str | None) -> None:
              f"{'are' if len(empty) > 1 else 'is'} empty")
     answer = "its prediction is" if len(empty) == 1 else "their predictions are"
     click.echo(f"warning: {which}; {answer} the model's answer to no text", err=True)
+
+
+def _token_ids_alone(model: runtime.Model) -> bool:
+    """Whether `model` takes token ids and a mask (several inputs, `input_ids` among them) and carries no tokenizer:
+    a .txt or CSV of texts is then said to need one (it was 'unknown input format', or 'CSV holds one input but
+    model has 2'); one array could feed no such model."""
+    return len(model.inputs) > 1 and any(spec.name == TOKEN_INPUTS[0] for spec in model.inputs)

@@ -54,8 +54,9 @@ def _tokenizer(model: Any) -> Any:
         if model not in _tokenizers:
             if not carries_tokenizer(model):
                 raise OnnxkitError(
-                    f"model {model.name!r} carries no tokenizer, so it cannot take text; build it with one "
-                    "(e.g. onnxkit build bert-classifier --set pretrained=all-MiniLM-L6-v2) or pass token ids"
+                    f"model {model.name!r} carries no tokenizer, so it cannot take text; train it with one (onnxkit "
+                    "train --tokenizer PATH/tokenizer.json), build one that carries one (e.g. onnxkit build "
+                    "bert-classifier --set pretrained=all-MiniLM-L6-v2) or pass token ids"
                 )
             _tokenizers[model] = tokenizer_from_metadata(model.metadata, fixed_length(model.inputs))
         return _tokenizers[model]
