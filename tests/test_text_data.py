@@ -202,3 +202,17 @@ def test_texts_for_a_model_of_token_ids_without_a_tokenizer_say_to_give_one(tmp_
     (tmp_path / "numbers.csv").write_text("a,label\nx,1\n")  # a model of numbers keeps its message
     with pytest.raises(OnnxkitError, match="feature column 'a' holds text"):
         load_dataset(tmp_path / "numbers.csv", model=zoo.build_model("iris-mlp"))
+
+
+def test_texts_given_twice_across_the_splits_are_warned_of(tmp_path):
+    # a review given twice, once in training and once in the test split, scored as unseen text, unsaid
+    rows = [(f"loved it {i}", "pos") if i % 2 else (f"disliked it {i}", "neg") for i in range(40)]
+    (tmp_path / "r.csv").write_text("review,label\n" + "".join(f"{t},{label}\n" for t, label in rows * 2))
+    data = load_dataset(tmp_path / "r.csv", tokenizer=TOKENIZER, max_length=16)
+    copies = sum(t in set(data.train.texts) for t in data.validation.texts + data.test.texts)
+    assert copies and data.notes == (
+        f"{tmp_path / 'r.csv'}: {copies} of the 32 validation and test texts are also in the training split (the "
+        "file holds them more than once), so their scores count texts the model trained on; drop the copies for an "
+        "honest score (pandas: df.drop_duplicates('review'))",)
+    (tmp_path / "once.csv").write_text("review,label\n" + "".join(f"{t},{label}\n" for t, label in rows))
+    assert load_dataset(tmp_path / "once.csv", tokenizer=TOKENIZER, max_length=16).notes == ()

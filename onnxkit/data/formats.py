@@ -135,8 +135,10 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         return replace(dataset, label_column=column)
     if text is not None:
         texts = [row[text] for row in body]
-        dataset = _text_dataset(path, texts, labels, label_names, lines, tokenizer, max_length, seed, validation, test)
-        read = f"texts from {header[text].strip()!r} (column {text + 1})" if header else f"texts from column {text + 1}"
+        name = header[text].strip() if header else TEXT_COLUMN
+        dataset = _text_dataset(path, texts, labels, label_names, lines, tokenizer, max_length, seed, validation, test,
+                                name)
+        read = f"texts from {name!r} (column {text + 1})" if header else f"texts from column {text + 1}"
         return replace(dataset, label_column=column, texts_read=f"{read}, {dataset.texts_read}")
     if tokenizer is not None:  # the model reads text: its features would be 'non-numbers' to the reader below
         columns = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
@@ -358,8 +360,9 @@ def _beside_the_text(path: Path, header: list[str], text: int) -> int:
 
 
 def _text_dataset(path: Path, texts: list[str], labels: np.ndarray, label_names: list[str] | None, lines: list[int],
-                  tokenizer: str | None, max_length: int | None, seed: int, validation: float, test: float) -> Dataset:
-    """A CSV's `text` column and labels, tokenized with the model's tokenizer."""
+                  tokenizer: str | None, max_length: int | None, seed: int, validation: float, test: float,
+                  column: str) -> Dataset:
+    """A CSV's texts (in the column headed `column`) and labels, tokenized with the model's tokenizer."""
     from onnxkit.data.text import text_dataset
 
     empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
@@ -367,8 +370,22 @@ def _text_dataset(path: Path, texts: list[str], labels: np.ndarray, label_names:
         raise OnnxkitError(f"{path}:{lines[empty]}: the text cell is empty; give every row a text (or drop the row)")
     if labels.dtype.kind != "i":
         raise OnnxkitError(f"{path}: a text dataset's labels are classes (names or whole numbers), not measurements")
-    return text_dataset(path.stem, texts, labels, label_names, tokenizer=tokenizer, max_length=max_length, limit=0,
-                        seed=seed, validation=validation, test=test)
+    dataset = text_dataset(path.stem, texts, labels, label_names, tokenizer=tokenizer, max_length=max_length, limit=0,
+                           seed=seed, validation=validation, test=test)
+    return replace(dataset, notes=dataset.notes + _copied_texts(path, dataset, column))
+
+
+def _copied_texts(path: Path, dataset: Dataset, column: str) -> tuple[str, ...]:
+    """A note when texts of the validation or test split are also in the training split (a text given twice: its
+    score there is partly a memory test)."""
+    trained = {text.strip() for text in dataset.train.texts}  # type: ignore[attr-defined]
+    held = [text for split in (dataset.validation, dataset.test) for text in split.texts]  # type: ignore[attr-defined]
+    copies = sum(text.strip() in trained for text in held)
+    if not copies:
+        return ()
+    return (f"{path}: {copies} of the {len(held)} validation and test texts are also in the training split (the "
+            "file holds them more than once), so their scores count texts the model trained on; drop the copies "
+            f"for an honest score (pandas: df.drop_duplicates({column!r}))",)
 
 
 READERS: dict[str, Callable[..., Dataset]] = {".npz": read_npz, ".csv": read_csv, ".tsv": read_csv}
