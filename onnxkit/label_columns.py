@@ -102,10 +102,13 @@ def texts_column(header: Sequence[str] | None, rows: Sequence[Sequence[str]] = (
                  source: str = "") -> int | None:
     """The column of a CSV that holds the texts, for a model that reads text: the one headed `text`; else a lone
     column; else of two (review,sentiment), the one not holding the labels (`label`, or the one headed as them), or
-    the one of longer cells in `rows`; else None."""
+    the one of longer cells in `rows`; else, beside a label column, the one other column holding words in `rows`
+    (id,review,label); else None."""
     found = text_column(header)
-    if found is not None or not header or len(header) > 2:
+    if found is not None or not header:
         return found
+    if len(header) > 2:
+        return _lone_words_column(header, rows, label_column(header, source) if label is None else label)
     if len(header) == 1:
         return 0
     label = label_column(header, source) if label is None else label
@@ -113,6 +116,15 @@ def texts_column(header: Sequence[str] | None, rows: Sequence[Sequence[str]] = (
         return 1 - label
     lengths = [sum(len(row[j]) for row in rows if len(row) == 2) for j in (0, 1)]
     return int(lengths[1] > lengths[0])
+
+
+def _lone_words_column(header: Sequence[str], rows: Sequence[Sequence[str]], label: int | None) -> int | None:
+    """The one column but the labels' holding a cell that is no number (a review beside its id), or None."""
+    if label is None:
+        return None
+    rows = [row for row in rows if len(row) == len(header)]
+    words = [j for j in range(len(header)) if j != label and any(not is_number(row[j]) for row in rows)]
+    return words[0] if len(words) == 1 else None
 
 
 def npz_labels(names: Iterable[str]) -> str | None:

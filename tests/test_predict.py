@@ -563,6 +563,17 @@ def test_texts_in_a_file_for_a_model_of_token_ids_without_a_tokenizer_say_it_nee
                               "onnxkit build bert-classifier --set pretrained=all-MiniLM-L6-v2) or pass token ids\n")
 
 
+def test_texts_in_a_csv_with_an_id_beside_the_labels_predict_as_training_read_them(run_cli, words, tmp_path):
+    # id,review,label trains on its reviews; predict said "no column is headed 'text'"
+    texts = ["What a match!", "A dull, slow film.\nNot again.", "Not bad at all"]
+    (tmp_path / "ids.csv").write_text("id,review,label\n" + "".join(f'{i},"{t}",x\n' for i, t in enumerate(texts)))
+    (tmp_path / "texts.csv").write_text("text\n" + "".join(f'"{t}"\n' for t in texts))
+    want = run_cli("predict", words, "-i", tmp_path / "texts.csv", "-o", tmp_path / "want.npy")
+    result = run_cli("predict", words, "-i", tmp_path / "ids.csv", "-o", tmp_path / "got.npy")
+    assert (want.code, result.code) == (0, 0), result.err
+    np.testing.assert_array_equal(np.load(tmp_path / "got.npy"), np.load(tmp_path / "want.npy"))
+
+
 def test_input_files_that_are_not_utf8_or_not_csv_are_one_line(run_cli, digits, tmp_path):
     path, x, logits = digits
     rows = "\n".join(",".join(map(str, row)) for row in x.tolist()) + "\n"

@@ -121,13 +121,14 @@ def test_text_that_is_not_utf8_is_a_clear_error():
 def test_a_csv_without_a_text_column_names_the_column_a_text_model_reads(tmp_path):
     # it said "a feature column holds non-numbers (could not convert string to float: ...); only the label
     # column may hold text", advice for a model of numbers
-    rows = "".join(f"{i},fine film {i},good\n" for i in range(6))
-    (tmp_path / "reviews.csv").write_text("id,sentence,label\n" + rows)
+    # (of two columns of words beside the labels: one alone is read as the texts)
+    rows = "".join(f"{i},fine film {i},web,good\n" for i in range(6))
+    (tmp_path / "reviews.csv").write_text("id,sentence,source,label\n" + rows)
     with pytest.raises(OnnxkitError) as refused:
         load_dataset(tmp_path / "reviews.csv", tokenizer=TOKENIZER, max_length=16)
     assert str(refused.value) == (f"{tmp_path / 'reviews.csv'}: the model reads text, but no column is headed 'text' "
-                                  "(its columns: 'id', 'sentence', 'label'); head the column of texts 'text' in the "
-                                  "first row (e.g. text,label)")
+                                  "(its columns: 'id', 'sentence', 'source', 'label'); head the column of texts "
+                                  "'text' in the first row (e.g. text,label)")
     (tmp_path / "numbers.csv").write_text("1,0\n2,1\n")
     with pytest.raises(OnnxkitError, match=r"numbers.csv: the model reads text, but no column is headed 'text' "
                                            r"\(it has no header row\)"):
@@ -216,3 +217,13 @@ def test_texts_given_twice_across_the_splits_are_warned_of(tmp_path):
         "honest score (pandas: df.drop_duplicates('review'))",)
     (tmp_path / "once.csv").write_text("review,label\n" + "".join(f"{t},{label}\n" for t, label in rows))
     assert load_dataset(tmp_path / "once.csv", tokenizer=TOKENIZER, max_length=16).notes == ()
+
+
+def test_the_texts_of_a_csv_with_an_id_beside_the_labels_need_no_text_header(tmp_path):
+    # id,review,label was refused: "no column is headed 'text'"; the review is the one column of words but the labels
+    rows = [(f"loved it, {i}", "pos") if i % 2 else (f"disliked it {i}", "neg") for i in range(40)]
+    (tmp_path / "r.csv").write_text("id,review,label\n" + "".join(f'{i},"{t}",{lab}\n' for i, (t, lab) in
+                                                                  enumerate(rows)))
+    data = load_dataset(tmp_path / "r.csv", tokenizer=TOKENIZER, max_length=16)
+    assert data.label_names == ["neg", "pos"] and data.texts_read.startswith("texts from 'review' (column 2), ")
+    assert sorted(data.train.texts + data.validation.texts + data.test.texts) == sorted(t for t, _ in rows)

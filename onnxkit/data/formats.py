@@ -114,7 +114,7 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
     named = label_column(header, str(path)) if label is None else _column_headed(path, header, label)
-    text = texts_column(header, body, named, str(path)) if tokenizer is not None and width == 2 else text_column(header)
+    text = texts_column(header, body, named, str(path)) if tokenizer is not None else text_column(header)
     if named is None and text is not None:
         named = _beside_the_text(path, header, text)  # type: ignore[arg-type]
     if named is not None and named == text:

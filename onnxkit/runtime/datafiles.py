@@ -245,7 +245,20 @@ def holds_texts(path: str | os.PathLike) -> bool:
     header = next(csv.reader([line], delimiter=delimiter), [])
     if header and header[0].strip() in PANDAS_INDEX_HEADERS:  # pandas' index column (read_texts checks its cells)
         header = header[1:]
-    return texts_column(header, source=str(path)) is not None
+    if texts_column(header, source=str(path)) is not None:
+        return True
+    if len(header) < 3 or label_column(header, str(path)) is None:
+        return False
+    return _texts_table(path)[2] is not None  # id,review,label: the column of words beside the labels, if one
+
+
+def _texts_table(path: Path) -> tuple[list[tuple[int, list[str]]], Sequence[str] | None, int | None]:
+    """A CSV's numbered rows as written (no decimal commas read as points in a text), its header less pandas'
+    index (as train reads it), and the column of its texts (`texts_column`) or None."""
+    _, rows = csv_rows(path)
+    header, body = without_index(rows[0][1] if rows else None, [row for _, row in rows[1:]])
+    numbered = [(line, row) for (line, _), row in zip(rows[1:], body, strict=True)]
+    return numbered, header, texts_column(header, body, source=str(path))
 
 
 def read_texts(path: Path) -> list[str]:
@@ -260,13 +273,11 @@ def read_texts(path: Path) -> list[str]:
         return lines
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise OnnxkitError(f"{path}: texts come as .txt (one per line) or a 'text' column of .csv / .tsv / .parquet")
-    _, rows = csv_rows(path)  # the cells as written: no decimal commas read as points in a text
-    header, body = without_index(rows[0][1] if rows else None, [row for _, row in rows[1:]])  # as train reads it
-    column = texts_column(header, body, source=str(path))
+    rows, header, column = _texts_table(path)
     if column is None:
         raise OnnxkitError(f"{path}: a CSV of texts needs a header with a 'text' column (or just one or two columns)")
     texts = []
-    for (line, _), row in zip(rows[1:], body, strict=True):
+    for line, row in rows:
         if len(row) <= column:
             raise OnnxkitError(f"{path}:{line}: this row ends before its {header[column].strip()!r} column")
         texts.append(row[column])
