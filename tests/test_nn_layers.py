@@ -705,6 +705,17 @@ def test_load_state_dict_errors():
         mlp.load_state_dict({"0.weight": np.zeros((4, 5))})
 
 
+def test_load_state_dict_takes_pytorch_batchnorm_step_count():
+    """Every PyTorch BatchNorm's state dict holds `num_batches_tracked`; a strict load called it an unknown weight
+    ('Did you mean: 1.bias?'). It is dropped, nested too; another unknown name is still refused."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.BatchNorm1d(4)))
+    state = {name: np.full_like(value, 0.5) for name, value in net.state_dict().items()}
+    net.load_state_dict({**state, "1.0.num_batches_tracked": np.asarray(7, np.int64)})
+    assert all((v == 0.5).all() for v in net.state_dict().values()) and "1.0.num_batches_tracked" not in \
+        net.state_dict()
+    with pytest.raises(OnnxkitError, match="unknown weight '0.num_batches_tracked'"):  # a Linear has none
+        net.load_state_dict({**state, "0.num_batches_tracked": np.asarray(7, np.int64)})
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

@@ -236,9 +236,31 @@ class Module:
     def state_dict(self) -> dict[str, np.ndarray]:
         return {name: p.value for name, p in self.named_arrays()}
 
+    def pytorch_state(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This layer's own entries of a state dict (names without the layer's path) in the DSL's form: a layer
+        whose PyTorch counterpart keeps its weights otherwise (BatchNorm's `num_batches_tracked`, an LSTM's gate
+        order) converts them here; others take them as they are."""
+        return state
+
+    def _adopt_pytorch(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A state dict with each layer's entries passed through its `pytorch_state`."""
+        modules = dict(self.named_modules())
+        by_layer: dict[str, dict[str, np.ndarray]] = {}
+        for key, value in state.items():
+            path, _, leaf = key.rpartition(".")
+            by_layer.setdefault(path, {})[leaf] = value
+        adopted = {}
+        for path, own in by_layer.items():
+            if path in modules:
+                own = modules[path].pytorch_state(own)
+            adopted.update({f"{path}.{leaf}" if path else leaf: value for leaf, value in own.items()})
+        return adopted
+
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
         """Copy arrays in by name; shapes must match, and with `strict` every name too. All are checked
-        before any is copied: a refused state dict leaves the module as it was."""
+        before any is copied: a refused state dict leaves the module as it was. A PyTorch state dict's extras
+        and layouts are taken by each layer's `pytorch_state`."""
+        state = self._adopt_pytorch(state)
         arrays = dict(self.named_arrays())
         accepted = {}
         for name, value in state.items():

@@ -41,6 +41,11 @@ class _BatchNorm(Module):
         attrs = {"epsilon": self.eps, "momentum": 1.0 - self.momentum}
         return current_graph().op("BatchNormalization", [x, *params], attrs)[0]
 
+    def pytorch_state(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """PyTorch's `num_batches_tracked` (a step count, used only when momentum=None, which the DSL does not take)
+        is dropped: every PyTorch BatchNorm's state dict has it, and a strict load called it an unknown weight."""
+        return {name: value for name, value in state.items() if name != "num_batches_tracked"}
+
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}" + ("" if self.affine else ", affine=False")
 
