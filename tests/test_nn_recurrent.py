@@ -189,3 +189,28 @@ def test_wrong_inputs_are_one_line_errors() -> None:
         with pytest.raises(OnnxkitError, match=r"GRU's h0 is \[num_layers \* num_directions, batch, hidden_size\] = "
                                                rf"\[2, 3, 4\], got \[{states}, 3, {wrong}\]"):
             nn.build(Stacked(), {"x": nn.Input([5, 3, 8]), "h0": nn.Input([states, 3, wrong])})
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_a_pytorch_state_dict_loads_in_its_layout(kind: str) -> None:
+    """PyTorch's state dict of a stacked bidirectional LSTM/GRU (`weight_ih_l0` [gates × hidden, in], `_reverse`,
+    `bias_ih_l0`, `bias_hh_l0`, PyTorch's gate order) loads strictly into the DSL's layer, to the weights that make
+    PyTorch's equations above; the same names with PyTorch's shapes were refused ('check ... the model options')."""
+    nn.manual_seed(1)
+    source = _Stack(kind, batch_first=True).rnn
+    torch_state = {}
+    for k in range(LAYERS):
+        for d, suffix in enumerate(["", "_reverse"]):
+            for name in ("weight_ih", "weight_hh"):
+                torch_state[f"{name}_l{k}{suffix}"] = np.concatenate(
+                    _torch_order(kind, getattr(source, f"{name}_l{k}").value[d])).astype(np.float32)
+            bias = getattr(source, f"bias_l{k}").value[d]
+            for half, name in enumerate(("bias_ih", "bias_hh")):
+                part = np.split(bias, 2)[half]
+                torch_state[f"{name}_l{k}{suffix}"] = np.concatenate(_torch_order(kind, part)).astype(np.float32)
+    nn.manual_seed(2)
+    target = _Stack(kind, batch_first=True)
+    target.load_state_dict({f"rnn.{name}": value for name, value in torch_state.items()})
+    for name, value in source.state_dict().items():
+        np.testing.assert_array_equal(target.rnn.state_dict()[name], value)
+    target.rnn.load_state_dict(source.state_dict())  # its own layout still loads as it is

@@ -4,7 +4,8 @@ They take and return what PyTorch's do: `lstm(x, (h0, c0))` -> `output, (h_n, c_
 `output, h_n`, with x `[seq, batch, input_size]` (`[batch, seq, input_size]` with `batch_first`), output
 `[..., num_directions * hidden_size]` and the states `[num_layers * num_directions, batch, hidden_size]`.
 Weights start U(±1/√hidden_size), as PyTorch's; they are stored in ONNX's layout and gate order (LSTM i, o, f, c;
-GRU z, r, h), one `[num_directions, gates * hidden, ...]` tensor per layer. GRU computes PyTorch's form
+GRU z, r, h), one `[num_directions, gates * hidden, ...]` tensor per layer. A PyTorch state dict's entries
+load as they are (`pytorch_state` converts them). GRU computes PyTorch's form
 (`linear_before_reset`). Training unrolls each node over the sequence (`onnxkit.autodiff.recurrent`), so a model
 trains on the sequence length of its data; inference keeps ONNX Runtime's kernels.
 """
@@ -12,6 +13,8 @@ trains on the sequence length of its data; inference keeps ONNX Runtime's kernel
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.nn import init, ops
@@ -24,6 +27,7 @@ class _Recurrent(Module):
     """The layers' weights and their stacking; `op` and `gates` say which node each layer is."""
 
     op, gates, states = "", 0, 1
+    pytorch_gates: tuple[int, ...] = ()  # ONNX's gates as indices into PyTorch's
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False):
@@ -40,6 +44,26 @@ class _Recurrent(Module):
             setattr(self, f"weight_hh_l{layer}", Parameter(init.uniform((self.directions, rows, hidden), bound)))
             if bias:  # ONNX's B: the input's biases, then the hidden state's
                 setattr(self, f"bias_l{layer}", Parameter(init.uniform((self.directions, 2 * rows), bound)))
+
+    def pytorch_state(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """PyTorch's layout, as its state dict holds it: `weight_ih_l0` [gates × hidden, in] (and `_reverse`), biases
+        `bias_ih_l0` and `bias_hh_l0`, its gate order. Those are stacked by direction, the gates put in ONNX's order,
+        the biases joined into `bias_l0`; the same names held PyTorch's shapes, refused as 'check the options'."""
+        state = dict(state)
+        directions = ["", "_reverse"][: self.directions]
+        for layer in range(self.num_layers):
+            for name, rank in (("weight_ih", 2), ("weight_hh", 2), ("bias_ih", 1), ("bias_hh", 1)):
+                keys = [f"{name}_l{layer}{direction}" for direction in directions]
+                if all(key in state and np.ndim(state[key]) == rank for key in keys):
+                    state[f"{name}_l{layer}"] = np.stack([self._onnx_gates(state.pop(key)) for key in keys])
+            if f"bias_ih_l{layer}" in state and f"bias_hh_l{layer}" in state:
+                state[f"bias_l{layer}"] = np.concatenate(
+                    [state.pop(f"bias_ih_l{layer}"), state.pop(f"bias_hh_l{layer}")], axis=1)
+        return state
+
+    def _onnx_gates(self, value: np.ndarray) -> np.ndarray:
+        blocks = np.split(np.asarray(value), self.gates, axis=0)
+        return np.concatenate([blocks[i] for i in self.pytorch_gates], axis=0)
 
     def _run(self, x: Tensor, initial: tuple[Tensor | None, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The output and each state (`states` of them), from `initial` ones (None: zeros)."""
@@ -97,6 +121,7 @@ class LSTM(_Recurrent):
     """`lstm(x, (h0, c0))` -> `output, (h_n, c_n)`; the states are optional (zeros), as in PyTorch."""
 
     op, gates, states = "LSTM", 4, 2
+    pytorch_gates = (0, 3, 1, 2)  # ONNX's i, o, f, c of PyTorch's i, f, g, o
 
     def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if hx is not None and not (isinstance(hx, tuple | list) and len(hx) == 2):
@@ -111,6 +136,7 @@ class GRU(_Recurrent):
     """`gru(x, h0)` -> `output, h_n`; h0 is optional (zeros), as in PyTorch."""
 
     op, gates, states = "GRU", 3, 1
+    pytorch_gates = (1, 0, 2)  # ONNX's z, r, h of PyTorch's r, z, n
 
     def forward(self, x: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         output, (h,) = self._run(x, (self._check_state(hx, "h0", x),))
