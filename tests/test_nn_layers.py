@@ -457,15 +457,29 @@ def test_inputs_named_as_forwards_parameters_reach_them_by_name():
     assert out_shape(model) == ["batch", 3]
 
 
-def test_reshape_by_a_symbolic_dim_says_to_copy_it_with_zero():
-    # x.reshape(x.shape[0], -1), as in PyTorch, was "TypeError: '>' not supported between 'str' and 'int'"
-    class Flat(nn.Module):
+def test_view_by_a_symbolic_dim_reads_its_size_at_run_time():
+    """x.view(x.size(0), -1), PyTorch's idiom, was refused ('reshape takes whole numbers, got 'batch''; `.size` did not
+    exist): a dim of x in its own place is ONNX's 0, one moved is read by Shape; a name x lacks is still refused."""
+    class Views(nn.Module):
         def forward(self, x):
-            return x.reshape(x.shape[0], -1)
+            return x.view(x.size(0), -1), x.reshape(x.size(-1), x.shape[0], 3), x.view(x.size())
 
-    with pytest.raises(OnnxkitError, match=r"reshape takes whole numbers, got 'batch' \(a symbolic dim of \['batch', "
-                                           r"3, 4\], known only at run time\); give 0 to copy the input's dim there"):
-        nn.build(Flat(), {"x": nn.Input(["batch", 3, 4])})
+    model = nn.build(Views(), {"x": nn.Input(["batch", 3, "w"])})
+    x = RNG.normal(size=(2, 3, 5)).astype(np.float32)
+    flat, moved, same = ort_run(model, {"x": x})
+    close(flat, x.reshape(2, -1))
+    close(moved, x.reshape(5, 2, 3))
+    close(same, x)
+    dims = [[d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
+    assert dims[0][0] == "batch" and dims[1:] == [["w", "batch", 3], ["batch", 3, "w"]]
+
+    class Foreign(nn.Module):
+        def forward(self, x):
+            return x.reshape("seq", -1)
+
+    with pytest.raises(OnnxkitError, match=r"reshape takes whole numbers or x's own symbolic dims, got 'seq', not a "
+                                           r"dim of \['batch', 3, 'w'\]; give 0 to copy"):
+        nn.build(Foreign(), {"x": nn.Input(["batch", 3, "w"])})
 
 
 def test_adaptive_average_pooling_to_one_is_the_global_average():

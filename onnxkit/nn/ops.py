@@ -165,22 +165,33 @@ def log_softmax(x: TensorLike, axis: int = -1) -> Tensor:
 
 
 # -- shape ops ------------------------------------------------------------------------
-def reshape(x: TensorLike, shape: Sequence[int]) -> Tensor:
-    """Reshape; 0 copies the input's dim at that position, -1 is inferred (ONNX semantics)."""
+def reshape(x: TensorLike, shape: Sequence[int | str]) -> Tensor:
+    """Reshape; 0 copies the input's dim at that position, -1 is inferred (ONNX semantics). A symbolic dim of x
+    (`x.view(x.size(0), -1)`, PyTorch's idiom) is its size at run time: a 0 where it stands at its own position,
+    else read by Shape (it was refused: 'reshape takes whole numbers')."""
     x = as_tensor(x)
     named = [d for d in shape if not isinstance(d, numbers.Integral)]
-    if named:  # x.reshape(x.shape[0], -1), as in PyTorch: a symbolic dim has no size to give yet
-        raise OnnxkitError(f"{current_graph().where}: reshape takes whole numbers, got {named[0]!r} (a symbolic dim "
-                           f"of {list(x.shape)}, known only at run time); give 0 to copy the input's dim there "
+    foreign = [d for d in named if d not in x.shape]
+    if foreign:
+        raise OnnxkitError(f"{current_graph().where}: reshape takes whole numbers or x's own symbolic dims, got "
+                           f"{foreign[0]!r}, not a dim of {list(x.shape)}; give 0 to copy the input's dim there "
                            "(x.reshape([0, -1])), or use flatten")
-    hint = _reshape_hint(x.shape, list(shape))
-    target = current_graph().constant(np.asarray(shape, np.int64))
+    shape = list(shape)
+    hint = _reshape_hint(x.shape, shape)
+    in_place = [0 if i < x.ndim and d == x.shape[i] else d for i, d in enumerate(shape) if isinstance(d, str)]
+    if not named or all(d == 0 for d in in_place):
+        target = current_graph().constant(np.asarray([0 if isinstance(d, str) else d for d in shape], np.int64))
+    else:
+        parts = [shape_of(x, x.shape.index(d), x.shape.index(d) + 1) if isinstance(d, str)
+                 else as_tensor(np.asarray([d], np.int64)) for d in shape]
+        target = concat(parts, axis=0)
     return current_graph().op("Reshape", [x, target], shapes=[hint])[0]
 
 
-def _reshape_hint(src: tuple[Dim, ...], shape: list[int]) -> list[Dim | None]:
+def _reshape_hint(src: tuple[Dim, ...], shape: list[int | str]) -> list[Dim | None]:
     """Names the dims ONNX inference leaves unknown: -1 gets the symbolic dim it stands for."""
-    out: list[Dim | None] = [src[i] if s == 0 else (s if s > 0 else None) for i, s in enumerate(shape)]
+    out: list[Dim | None] = [src[i] if s == 0 else s if isinstance(s, str) or s > 0 else None
+                             for i, s in enumerate(shape)]
     if out.count(None) == 1:
         symbolic = [d for d in src if isinstance(d, str)]
         kept = [d for d in out if isinstance(d, str)]
@@ -469,6 +480,12 @@ def _reshape_method(x: Tensor, *shape: int | Sequence[int]) -> Tensor:
     return reshape(x, _dims(shape))
 
 
+def _size(x: Tensor, dim: int | None = None) -> tuple[Dim, ...] | Dim:
+    """`x.size()` is x.shape and `x.size(0)` one dim, as PyTorch's: an int, or a symbolic dim's name, which
+    reshape and view take (`x.view(x.size(0), -1)`)."""
+    return tuple(x.shape) if dim is None else x.shape[dim]
+
+
 def _swap_or_permute(x: Tensor, *dims: int) -> Tensor:
     """`x.transpose(d0, d1)` swaps two dims, as PyTorch's (it was a permutation, numpy's, so `transpose(0, 1)` of a
     matrix did nothing); a whole permutation (`x.transpose(0, 2, 1, 3)`) is `x.permute(...)`, taken here too."""
@@ -562,7 +579,7 @@ def _attach_methods() -> None:
         "transpose": _swap_or_permute, "permute": lambda self, *dims: transpose(self, _dims(dims)),
         "mean": mean, "sum": sum, "cast": cast, "flatten": flatten_dims,
         "unsqueeze": unsqueeze, "squeeze": squeeze, "__getitem__": index,
-        "view": _reshape_method,
+        "view": _reshape_method, "size": _size,
     }  # fmt: skip
     for name, fn in methods.items():
         setattr(Tensor, name, fn)
