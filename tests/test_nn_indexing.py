@@ -88,3 +88,32 @@ def test_the_last_step_of_an_lstm_trains(tmp_path) -> None:
 def test_what_indexing_cannot_take_is_one_line(key: tuple, message: str) -> None:
     with pytest.raises(OnnxkitError, match=message):
         _indexed(key)
+
+
+def test_chunk_and_split_are_pytorchs() -> None:
+    """`x.chunk(n, dim)` and `x.split(size_or_sizes, dim)`, as PyTorch's (the last piece smaller, and chunk's count
+    from ceil(size / n): 5 in 3 chunks is 2, 2, 1; 6 in 4 is 2, 2, 2), one Split each; they were AttributeErrors."""
+    class Pieces(nn.Module):
+        def forward(self, x):
+            return (*x.chunk(3, dim=1), *x.chunk(4, 2), *x.split(3, dim=-1), *x.split([1, 4], 1), *x.split(4, 0))
+
+    model = nn.build(Pieces(), {"x": nn.Input([2, 5, 6, 4])})
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": X})
+    want = [*np.split(X, [2, 4], 1), *np.split(X, [2, 4], 2), *np.split(X, [3], 3), *np.split(X, [1], 1), X]
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert [n.op_type for n in model.graph.node].count("Split") == 5
+
+    def build(fn):  # noqa: ANN001, ANN202
+        class Net(nn.Module):
+            def forward(self, x):
+                return fn(x)[0]
+
+        return nn.build(Net(), {"x": nn.Input(["batch", 5, 6, 4])})
+
+    with pytest.raises(OnnxkitError, match=r"split sizes \[1, 3\] do not add up to dim 1's 5"):
+        build(lambda x: x.split([1, 3], 1))
+    with pytest.raises(OnnxkitError, match=r"chunk\(2, dim=0\) of \['batch', 5, 6, 4\] needs .* known before run"):
+        build(lambda x: x.chunk(2, 0))
+    assert build(lambda x: x.split([1, 1], 0)).graph.output[0].type.tensor_type.shape.dim[0].dim_value == 1

@@ -238,6 +238,41 @@ def concat(xs: Sequence[TensorLike], axis: int) -> Tensor:
     return current_graph().op("Concat", [as_tensor(x) for x in xs], {"axis": axis})[0]
 
 
+def split(x: TensorLike, split_size_or_sections: int | Sequence[int], dim: int = 0) -> tuple[Tensor, ...]:
+    """PyTorch's split, one ONNX Split: pieces of `split_size_or_sections` along `dim` (the last one smaller where
+    they do not divide evenly), or pieces of the sizes listed."""
+    x = as_tensor(x)
+    axis = dim + x.ndim if dim < 0 else dim
+    if not 0 <= axis < x.ndim:
+        raise OnnxkitError(f"{_where()}: split along dim {dim} of a {x.ndim}-d tensor {list(x.shape)}")
+    size = x.shape[axis]
+    if isinstance(split_size_or_sections, numbers.Integral):
+        step = int(split_size_or_sections)
+        if not isinstance(size, int) or step < 1:
+            raise OnnxkitError(f"{_where()}: split into pieces of {step} along dim {dim} of {list(x.shape)} needs a "
+                               "positive piece size and a size known before run time; list the pieces' sizes")
+        sizes = [min(step, size - start) for start in range(0, size, step)]
+    else:
+        sizes = [int(n) for n in split_size_or_sections]
+        if (isinstance(size, int) and builtins.sum(sizes) != size) or builtins.min(sizes, default=-1) < 0:
+            raise OnnxkitError(f"{_where()}: split sizes {sizes} do not add up to dim {dim}'s {size} of "
+                               f"{list(x.shape)}")
+    pieces = as_tensor(np.asarray(sizes, np.int64))
+    shapes = [[*x.shape[:axis], n, *x.shape[axis + 1:]] for n in sizes]
+    return current_graph().op("Split", [x, pieces], {"axis": axis}, outputs=len(sizes), shapes=shapes)
+
+
+def chunk(x: TensorLike, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
+    """PyTorch's chunk: `split` into pieces of ceil(size / chunks), so fewer than `chunks` where that leaves an
+    empty one (6 in 4 chunks is 2, 2, 2), as PyTorch's."""
+    x = as_tensor(x)
+    size = x.shape[dim] if -x.ndim <= dim < x.ndim else None
+    if not isinstance(size, int) or not isinstance(chunks, numbers.Integral) or chunks < 1:
+        raise OnnxkitError(f"{_where()}: chunk({chunks}, dim={dim}) of {list(x.shape)} needs a positive number of "
+                           "chunks and a dim whose size is known before run time; use split with the sizes")
+    return split(x, -(-size // int(chunks)), dim)
+
+
 def _axes(axes: int | Sequence[int]) -> np.ndarray:
     """Axes as the 1-D int64 tensor ONNX takes: one int is one axis (as a 0-d tensor, the checker passed it and
     ONNX Runtime refused the model: 'An axes tensor must be a vector tensor')."""
@@ -579,7 +614,7 @@ def _attach_methods() -> None:
         "transpose": _swap_or_permute, "permute": lambda self, *dims: transpose(self, _dims(dims)),
         "mean": mean, "sum": sum, "cast": cast, "flatten": flatten_dims,
         "unsqueeze": unsqueeze, "squeeze": squeeze, "__getitem__": index,
-        "view": _reshape_method, "size": _size,
+        "view": _reshape_method, "size": _size, "split": split, "chunk": chunk,
     }  # fmt: skip
     for name, fn in methods.items():
         setattr(Tensor, name, fn)
