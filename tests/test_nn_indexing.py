@@ -117,3 +117,20 @@ def test_chunk_and_split_are_pytorchs() -> None:
     with pytest.raises(OnnxkitError, match=r"chunk\(2, dim=0\) of \['batch', 5, 6, 4\] needs .* known before run"):
         build(lambda x: x.chunk(2, 0))
     assert build(lambda x: x.split([1, 1], 0)).graph.output[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_attention_heads_reshape_as_pytorch_code_writes_it() -> None:
+    """`b, t, d = x.shape; x.view(b, t, h, -1).transpose(1, 2)` ... `.transpose(1, 2).contiguous().view(b, t, d)`,
+    as PyTorch attention code: `.contiguous()` is nothing in a graph (it was an AttributeError) and the symbolic
+    b and t are read at run time."""
+    class Heads(nn.Module):
+        def forward(self, x):
+            b, t, d = x.shape
+            heads = x.view(b, t, 2, -1).transpose(1, 2)  # [b, 2, t, d / 2]
+            return heads.transpose(1, 2).contiguous().view(b, t, d), heads.contiguous().view(b, 2, -1)
+
+    model = nn.build(Heads(), {"x": nn.Input(["batch", "seq", 6])})
+    x = X[:, :, :, 0].copy()  # [2, 5, 6]
+    back, flat = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(back, x)
+    np.testing.assert_array_equal(flat, x.reshape(2, 5, 2, 3).transpose(0, 2, 1, 3).reshape(2, 2, -1))

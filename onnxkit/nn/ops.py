@@ -615,6 +615,7 @@ def _attach_methods() -> None:
         "mean": mean, "sum": sum, "cast": cast, "flatten": flatten_dims,
         "unsqueeze": unsqueeze, "squeeze": squeeze, "__getitem__": index,
         "view": _reshape_method, "size": _size, "split": split, "chunk": chunk,
+        "contiguous": lambda self: self,  # a memory layout, nothing in a graph (as layers' inplace=)
     }  # fmt: skip
     for name, fn in methods.items():
         setattr(Tensor, name, fn)
