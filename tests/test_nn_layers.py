@@ -730,6 +730,35 @@ def test_load_state_dict_takes_pytorch_batchnorm_step_count():
     with pytest.raises(OnnxkitError, match="unknown weight '0.num_batches_tracked'"):  # a Linear has none
         net.load_state_dict({**state, "0.num_batches_tracked": np.asarray(7, np.int64)})
 
+def test_load_state_dict_takes_pytorchs_transformer_encoder_layer_names():
+    """A PyTorch TransformerEncoderLayer's state_dict (self_attn.in_proj_weight [3d, d] and in_proj_bias,
+    self_attn.out_proj, linear1, linear2, all [out, in]) loads strictly, nested; its names were unknown weights.
+    linear1 given transposed (as other Linears' are) is refused rather than out_proj, square, taken wrongly."""
+    def net():  # noqa: ANN202
+        return nn.Sequential(nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, batch_first=True))
+
+    nn.manual_seed(3)
+    source = net()
+    layer = source[0]
+    own = {name: value.value for name, value in source.named_arrays()}
+    torch_state = {
+        "0.self_attn.in_proj_weight": np.concatenate([own[f"0.attn.{p}.weight"].T for p in "qkv"]),
+        "0.self_attn.in_proj_bias": np.concatenate([own[f"0.attn.{p}.bias"] for p in "qkv"]),
+        "0.self_attn.out_proj.weight": own["0.attn.out.weight"].T, "0.self_attn.out_proj.bias": own["0.attn.out.bias"],
+        "0.linear1.weight": own["0.ff.fc1.weight"].T, "0.linear1.bias": own["0.ff.fc1.bias"],
+        "0.linear2.weight": own["0.ff.fc2.weight"].T, "0.linear2.bias": own["0.ff.fc2.bias"],
+        **{name: value for name, value in own.items() if ".norm" in name},
+    }
+    assert len(torch_state) == 12 and layer.attn.q.weight.shape == (8, 8)
+    nn.manual_seed(4)
+    target = net()
+    target.load_state_dict(torch_state)
+    for name, value in source.state_dict().items():
+        np.testing.assert_array_equal(target.state_dict()[name], value)
+    with pytest.raises(OnnxkitError, match=r"^0: weight 'linear1.weight' has shape \[8, 12\], PyTorch's is "
+                                           r"\[12, 8\]: give PyTorch's TransformerEncoderLayer entries"):
+        target.load_state_dict({**torch_state, "0.linear1.weight": own["0.ff.fc1.weight"]})
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

@@ -135,6 +135,33 @@ class TransformerEncoderLayer(Module):
         x = self.norm1(ops.add(x, self.dropout1(self.attn(x, mask))))
         return self.norm2(ops.add(x, self.dropout2(self.ff(x))))
 
+    def pytorch_state(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """PyTorch's names as its `state_dict()` holds them: `self_attn.in_proj_weight` [3 · d_model, d_model] and
+        `in_proj_bias` are attn.q, k and v, `self_attn.out_proj` is attn.out, `linear1`/`linear2` are ff.fc1/fc2,
+        their weights [out, in] transposed here (they were unknown weights). A non-square one given already
+        transposed (as a Linear's weight elsewhere) is refused, so that a square out_proj is not taken wrongly."""
+        state = dict(state)
+        d, hidden = self.attn.dim, self.ff.fc1.weight.shape[1]
+        layouts = {"self_attn.in_proj_weight": (3 * d, d), "self_attn.out_proj.weight": (d, d),
+                   "linear1.weight": (hidden, d), "linear2.weight": (d, hidden)}
+        for name, shape in layouts.items():
+            if name in state and np.shape(state[name]) != shape:
+                raise OnnxkitError(f"weight {name!r} has shape {list(np.shape(state[name]))}, PyTorch's is "
+                                   f"{list(shape)}: give PyTorch's TransformerEncoderLayer entries as its "
+                                   "state_dict() holds them, untransposed")
+        weight, bias = state.pop("self_attn.in_proj_weight", None), state.pop("self_attn.in_proj_bias", None)
+        for i, part in enumerate("qkv"):
+            if weight is not None:
+                state[f"attn.{part}.weight"] = np.asarray(weight)[i * d:(i + 1) * d].T
+            if bias is not None:
+                state[f"attn.{part}.bias"] = np.asarray(bias)[i * d:(i + 1) * d]
+        for theirs, ours in (("self_attn.out_proj", "attn.out"), ("linear1", "ff.fc1"), ("linear2", "ff.fc2")):
+            if f"{theirs}.weight" in state:
+                state[f"{ours}.weight"] = np.asarray(state.pop(f"{theirs}.weight")).T
+            if f"{theirs}.bias" in state:
+                state[f"{ours}.bias"] = state.pop(f"{theirs}.bias")
+        return state
+
     def extra_repr(self) -> str:
         return "pre-norm" if self.norm_first else "post-norm"
 

@@ -243,18 +243,21 @@ class Module:
         return state
 
     def _adopt_pytorch(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A state dict with each layer's entries passed through its `pytorch_state`."""
-        modules = dict(self.named_modules())
-        by_layer: dict[str, dict[str, np.ndarray]] = {}
-        for key, value in state.items():
-            path, _, leaf = key.rpartition(".")
-            by_layer.setdefault(path, {})[leaf] = value
-        adopted = {}
-        for path, own in by_layer.items():
-            if path in modules:
-                own = modules[path].pytorch_state(own)
-            adopted.update({f"{path}.{leaf}" if path else leaf: value for leaf, value in own.items()})
-        return adopted
+        """A state dict with the entries under each layer (names relative to it) passed through its
+        `pytorch_state`, outer layers first: one may rename entries of layers inside it."""
+        for path, module in self.named_modules():
+            if type(module).pytorch_state is Module.pytorch_state:
+                continue
+            prefix = f"{path}." if path else ""
+            own = {name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)}
+            if own:
+                rest = {name: value for name, value in state.items() if not name.startswith(prefix)}
+                try:
+                    adopted = module.pytorch_state(own)
+                except OnnxkitError as e:  # its names are relative to it
+                    raise OnnxkitError(f"{path}: {e}" if path else str(e)) from None
+                state = {**rest, **{prefix + name: value for name, value in adopted.items()}}
+        return state
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
         """Copy arrays in by name; shapes must match, and with `strict` every name too. All are checked
