@@ -759,6 +759,18 @@ def test_load_state_dict_takes_pytorchs_transformer_encoder_layer_names():
                                            r"\[12, 8\]: give PyTorch's TransformerEncoderLayer entries"):
         target.load_state_dict({**torch_state, "0.linear1.weight": own["0.ff.fc1.weight"]})
 
+def test_pytorchs_functional_names_say_what_to_call():
+    """nn.ops.cat / interpolate / dropout (torch.cat, F.interpolate, ...) were Python's bare 'module has no
+    attribute'; each names the DSL's own, and an unknown name is still a plain AttributeError."""
+    with pytest.raises(AttributeError, match=r"^nn.ops has no cat \(PyTorch's cat\): use "
+                                             r"nn.ops.concat\(\[a, b\], axis=1\)$"):
+        nn.ops.cat  # noqa: B018
+    with pytest.raises(AttributeError, match=r"has no interpolate .*: use nn.ops.upsample"):
+        nn.ops.interpolate  # noqa: B018
+    with pytest.raises(AttributeError, match=r"^module 'onnxkit.nn.ops' has no attribute 'nothing'$"):
+        nn.ops.nothing  # noqa: B018
+    assert getattr(nn.ops, "dropout", None) is None and nn.ops.concat is not None
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

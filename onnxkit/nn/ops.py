@@ -637,3 +637,26 @@ def _array_ufunc(self: Tensor, ufunc: np.ufunc, method: str, *inputs: Any, **kwa
 
 
 _attach_methods()
+
+
+# PyTorch's functional names (torch.*, torch.nn.functional.*) a port reaches for, and what the DSL has in their place
+PYTORCH_FUNCTIONS = {
+    "cat": "nn.ops.concat([a, b], axis=1)", "concatenate": "nn.ops.concat([a, b], axis=1)",
+    "stack": "nn.ops.concat([nn.ops.unsqueeze(a, 1), nn.ops.unsqueeze(b, 1)], axis=1)",
+    "interpolate": "nn.ops.upsample(x, scale_factor, mode=...) or upsample(x, size=...)",
+    "silu": "nn.ops.mul(x, nn.ops.sigmoid(x)) or an nn.SiLU layer", "dropout": "an nn.Dropout layer",
+    "max_pool2d": "an nn.MaxPool2d layer", "avg_pool2d": "an nn.AvgPool2d layer",
+    "adaptive_avg_pool2d": "x.mean([2, 3], keepdims=True) or nn.AdaptiveAvgPool2d(1)",
+    "conv2d": "an nn.Conv2d layer", "linear": "an nn.Linear layer", "layer_norm": "an nn.LayerNorm layer",
+    "batch_norm": "an nn.BatchNorm1d/2d layer", "embedding": "an nn.Embedding layer",
+    "clamp": "nn.ops.clip(x, min, max)",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """`nn.ops.cat`, `nn.ops.interpolate`, ... (PyTorch's names) say what to call: it was Python's bare 'module has
+    no attribute'."""
+    if name in PYTORCH_FUNCTIONS:
+        raise AttributeError(f"nn.ops has no {name} (PyTorch's {name}): use "
+                             f"{PYTORCH_FUNCTIONS[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
