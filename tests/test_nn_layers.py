@@ -730,6 +730,31 @@ def test_load_state_dict_takes_pytorch_batchnorm_step_count():
     with pytest.raises(OnnxkitError, match="unknown weight '0.num_batches_tracked'"):  # a Linear has none
         net.load_state_dict({**state, "0.num_batches_tracked": np.asarray(7, np.int64)})
 
+def test_transformer_encoder_stacks_copies_of_its_layer_as_pytorchs():
+    """nn.TransformerEncoder(layer, num_layers, norm=...), as PyTorch's (it was missing: a port's AttributeError):
+    num_layers independent copies of the layer named layers.0, ... as PyTorch's state dict, the mask to each, then
+    the norm; checked against the layers run one by one."""
+    layer = nn.TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=True)
+    randomize(layer)
+    encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8), enable_nested_tensor=False)
+    randomize(encoder.layers[1])
+    randomize(encoder.norm)
+    names = [n for n, _ in encoder.named_arrays()]
+    assert names[0] == "layers.0.attn.q.weight" and names[-1] == "norm.bias" and len(names) == 2 * 16 + 2
+    np.testing.assert_array_equal(encoder.layers[0].attn.q.weight.value, layer.attn.q.weight.value)
+    inputs = {"x": nn.Input(["batch", "seq", 8]), "mask": nn.Input(["batch", "seq"], "int64")}
+    model = build_one(MaskedAttention(encoder), **inputs)
+    x = RNG.normal(size=(2, 4, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.int64)
+    want = x
+    for each in encoder.layers:
+        one = build_one(MaskedAttention(each), **inputs)
+        want = ort_run(one, {"x": want, "mask": mask})[0]
+    want = ref_layernorm(want, encoder.norm.weight.value, encoder.norm.bias.value, 1e-5)
+    close(ort_run(model, {"x": x, "mask": mask})[0], want)
+    with pytest.raises(OnnxkitError, match="TransformerEncoder takes a TransformerEncoderLayer, got Linear"):
+        nn.TransformerEncoder(nn.Linear(8, 8), 2)
+
 def test_load_state_dict_takes_pytorchs_transformer_encoder_layer_names():
     """A PyTorch TransformerEncoderLayer's state_dict (self_attn.in_proj_weight [3d, d] and in_proj_bias,
     self_attn.out_proj, linear1, linear2, all [out, in]) loads strictly, nested; its names were unknown weights.

@@ -31,7 +31,13 @@ from onnxkit.nn.activation import (
     Softplus,
     Tanh,
 )
-from onnxkit.nn.attention import FeedForward, MeanPool, MultiHeadAttention, TransformerEncoderLayer
+from onnxkit.nn.attention import (
+    FeedForward,
+    MeanPool,
+    MultiHeadAttention,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 from onnxkit.nn.build import DEFAULT_OPSET, IR_VERSION, Input, UnusedLayers, build
 from onnxkit.nn.conv import (
     AdaptiveAvgPool2d,
@@ -60,6 +66,6 @@ __all__ = [
     "GlobalAvgPool2d", "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "IR_VERSION", "Identity", "Input",
     "InstanceNorm2d", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "MaxPool1d", "MaxPool2d", "MeanPool", "Mish",
     "Module", "ModuleList", "MultiHeadAttention", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "SiLU",
-    "Sigmoid", "Softmax", "Softplus", "Tanh", "Tensor", "TransformerEncoderLayer", "UnusedLayers", "Upsample",
-    "build", "init", "manual_seed", "ops",
+    "Sigmoid", "Softmax", "Softplus", "Tanh", "Tensor", "TransformerEncoder", "TransformerEncoderLayer", "UnusedLayers",
+    "Upsample", "build", "init", "manual_seed", "ops",
 ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ from onnxkit.nn import ops
 from onnxkit.nn.activation import ACTIVATIONS, Dropout
 from onnxkit.nn.graph import Tensor, current_graph
 from onnxkit.nn.linear import Linear
-from onnxkit.nn.module import Module, check_int, check_number, check_probability
+from onnxkit.nn.module import Module, ModuleList, check_int, check_number, check_probability
 from onnxkit.nn.norm import LayerNorm
 
 MASKED = -1.0e4  # added to masked scores; finite so fp16 conversion stays finite
@@ -164,6 +165,29 @@ class TransformerEncoderLayer(Module):
 
     def extra_repr(self) -> str:
         return "pre-norm" if self.norm_first else "post-norm"
+
+
+class TransformerEncoder(Module):
+    """PyTorch's `nn.TransformerEncoder(encoder_layer, num_layers, norm=None)`: `num_layers` copies of the layer
+    (`layers.0`, ... as PyTorch names them, each starting from the given layer's weights, as PyTorch's clones), then
+    `norm` if given. Called as `encoder(x, mask)`, the keep-mask of `TransformerEncoderLayer`."""
+
+    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: Module | None = None,
+                 enable_nested_tensor: bool = True, mask_check: bool = True):  # the last two: PyTorch's speed options
+        if not isinstance(encoder_layer, TransformerEncoderLayer):
+            raise OnnxkitError("TransformerEncoder takes a TransformerEncoderLayer, got "
+                               f"{type(encoder_layer).__name__}")
+        self.num_layers = check_int(self, "num_layers", num_layers)
+        self.layers = ModuleList(copy.deepcopy(encoder_layer) for _ in range(self.num_layers))
+        self.norm = norm
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x if self.norm is None else self.norm(x)
+
+    def extra_repr(self) -> str:
+        return f"num_layers={self.num_layers}"
 
 
 class MeanPool(Module):
