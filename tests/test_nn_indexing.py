@@ -134,3 +134,19 @@ def test_attention_heads_reshape_as_pytorch_code_writes_it() -> None:
     back, flat = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
     np.testing.assert_array_equal(back, x)
     np.testing.assert_array_equal(flat, x.reshape(2, 5, 2, 3).transpose(0, 2, 1, 3).reshape(2, 2, -1))
+
+
+def test_squeeze_mean_and_sum_without_dims_are_pytorchs() -> None:
+    """`x.squeeze()` drops every dim known to be 1 (a named one, the batch, stays), `x.mean()` and `x.sum()` reduce
+    every dim, as PyTorch's; each was "missing 1 required positional argument: 'axes'"."""
+    class NoDims(nn.Module):
+        def forward(self, x):
+            one = x[:, :1, None, :, 2:3]  # [batch, 1, 1, 6, 1]
+            return one.squeeze(), x.mean(), x.sum(), x.mean(keepdims=True), x[:, 0].squeeze(), nn.ops.squeeze(x, 0)
+
+    model = nn.build(NoDims(), {"x": nn.Input(["batch", 5, 6, 4])})
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": X[:1]})
+    want = [X[:1, 0, :, 2], X[:1].mean(), X[:1].sum(), X[:1].mean(keepdims=True), X[:1, 0], X[0]]
+    assert [g.shape for g in got] == [w.shape for w in want]  # (1, 6): the named batch of 1 kept
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6)

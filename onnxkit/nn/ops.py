@@ -283,8 +283,15 @@ def unsqueeze(x: TensorLike, axes: int | Sequence[int]) -> Tensor:
     return _op("Unsqueeze", as_tensor(x), as_tensor(_axes(axes)))
 
 
-def squeeze(x: TensorLike, axes: int | Sequence[int]) -> Tensor:
-    return _op("Squeeze", as_tensor(x), as_tensor(_axes(axes)))
+def squeeze(x: TensorLike, axes: int | Sequence[int] | None = None) -> Tensor:
+    """Drop the given dims of size 1; with none given (`x.squeeze()`, PyTorch's) every dim known to be 1 (a dim
+    named, such as the batch, stays: one of size 1 at run time would be dropped by PyTorch's). It took no default."""
+    x = as_tensor(x)
+    if axes is None:
+        axes = [i for i, d in enumerate(x.shape) if d == 1]
+        if not axes:
+            return x
+    return _op("Squeeze", x, as_tensor(_axes(axes)))
 
 
 def shape_of(x: TensorLike, start: int = 0, end: int | None = None) -> Tensor:
@@ -336,12 +343,16 @@ def _reduce(op_type: str, x: TensorLike, axes: int | Sequence[int], keepdims: bo
     return _op(op_type, x, axes=_axes(axes).tolist(), keepdims=keep)
 
 
-def mean(x: TensorLike, axes: int | Sequence[int], keepdims: bool = False) -> Tensor:
-    return _reduce("ReduceMean", x, axes, keepdims)
+def mean(x: TensorLike, axes: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+    """Over `axes`; over all of them by default (`x.mean()`, PyTorch's), where it took no default."""
+    x = as_tensor(x)
+    return _reduce("ReduceMean", x, list(range(x.ndim)) if axes is None else axes, keepdims)
 
 
-def sum(x: TensorLike, axes: int | Sequence[int], keepdims: bool = False) -> Tensor:  # noqa: A001
-    return _reduce("ReduceSum", x, axes, keepdims)
+def sum(x: TensorLike, axes: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Over `axes`; over all of them by default (`x.sum()`, PyTorch's), where it took no default."""
+    x = as_tensor(x)
+    return _reduce("ReduceSum", x, list(range(x.ndim)) if axes is None else axes, keepdims)
 
 
 # -- ops without an ORT-training gradient -------------------------------------------------
