@@ -150,3 +150,24 @@ def test_squeeze_mean_and_sum_without_dims_are_pytorchs() -> None:
     assert [g.shape for g in got] == [w.shape for w in want]  # (1, 6): the named batch of 1 kept
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-6)
+
+
+def test_pytorchs_one_op_tensor_methods() -> None:
+    """x.relu(), x.sigmoid(), x.softmax(dim), x.clamp(min, max), x.pow(2), 2 ** x, x.float(), ... as PyTorch's
+    Tensor methods, one op each; they were AttributeErrors ('Tensor' object has no attribute 'relu')."""
+    class Methods(nn.Module):
+        def forward(self, x):
+            return (x.relu(), x.sigmoid().tanh(), x.exp().log(), x.pow(2).sqrt(), x.neg(),
+                    x.add(1).sub(2).mul(3).div(4), x.matmul(x.transpose(-1, -2)), x.softmax(-1),
+                    x.log_softmax(dim=1), x.clamp(min=-1),
+                    x.clamp(-1, 1), 2 ** x, x.float())
+
+    x = np.linspace(-2, 2, 2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    got = ort.InferenceSession(nn.build(Methods(), {"x": nn.Input(["batch", 3, 4])}).SerializeToString()).run(
+        None, {"x": x})
+    e = np.exp(x)
+    want = [np.maximum(x, 0), np.tanh(1 / (1 + np.exp(-x))), x, np.abs(x), -x, (x + 1 - 2) * 3 / 4,
+            x @ x.transpose(0, 2, 1), e / e.sum(-1, keepdims=True), np.log(e / e.sum(1, keepdims=True)),
+            np.maximum(x, -1), np.clip(x, -1, 1), 2**x, x]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -627,6 +627,12 @@ def _attach_methods() -> None:
         "unsqueeze": unsqueeze, "squeeze": squeeze, "__getitem__": index,
         "view": _reshape_method, "size": _size, "split": split, "chunk": chunk,
         "contiguous": lambda self: self,  # a memory layout, nothing in a graph (as layers' inplace=)
+        # PyTorch's Tensor methods of one op each (they were AttributeErrors)
+        "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "exp": exp, "log": log, "sqrt": sqrt, "neg": neg,
+        "add": add, "sub": sub, "mul": mul, "div": div, "pow": pow, "matmul": matmul,
+        "softmax": lambda self, dim: softmax(self, dim), "log_softmax": lambda self, dim: log_softmax(self, dim),
+        "clamp": lambda self, min=None, max=None: clip(self, min, max),  # noqa: A006
+        "float": lambda self: cast(self, np.float32), "__rpow__": rev(pow),
     }  # fmt: skip
     for name, fn in methods.items():
         setattr(Tensor, name, fn)
