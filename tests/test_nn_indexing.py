@@ -3,6 +3,9 @@ included, symbolic dims kept), `.view` is reshape, gradients pass it, and what i
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -171,3 +174,37 @@ def test_pytorchs_one_op_tensor_methods() -> None:
             np.maximum(x, -1), np.clip(x, -1, 1), 2**x, x]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_in_place_writes_say_what_to_write_instead() -> None:
+    """`x.add_(1)`, `x.relu_()` and `x[:, 0] = 0` cannot change a traced tensor: each is one error saying what to
+    write (they were "no attribute 'add_'" and "does not support item assignment"); `x += y` rebinds, as it works."""
+    def build(fn):  # noqa: ANN001, ANN202
+        class Net(nn.Module):
+            def forward(self, x):
+                return fn(x)
+
+        return nn.build(Net(), {"x": nn.Input(["batch", 3])})
+
+    with pytest.raises(AttributeError, match=r"in-place add_\(\) cannot change a traced tensor; write x = x.add\("):
+        build(lambda x: x.add_(1))
+    with pytest.raises(AttributeError, match=r"in-place unsqueeze_\(\) .*; write x = x.unsqueeze\(...\)"):
+        build(lambda x: x.unsqueeze_(0))
+    with pytest.raises(TypeError, match=r"cannot be assigned into \(x\[...\] = v"):
+        build(lambda x: x.__setitem__((slice(None), 0), 0.0))
+    with pytest.raises(AttributeError, match=r"^'Tensor' object has no attribute 'nothing'$"):
+        build(lambda x: x.nothing)
+    typo = "import numpy as np; from onnxkit import nn; nn.Tensor('x', np.dtype('float32'), (2,)).reshap"
+    typo = subprocess.run([sys.executable, "-c", typo], capture_output=True, text=True)
+    assert typo.stderr.strip().endswith("has no attribute 'reshap'. Did you mean: 'reshape'?")  # Python's own kept
+
+    def added(x):  # noqa: ANN001, ANN202
+        y = x
+        y += 1.0
+        return x, y
+
+    model = build(added)
+    x = np.ones((2, 3), np.float32)
+    a, b = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(a, x)
+    np.testing.assert_array_equal(b, x + 1)

@@ -636,6 +636,25 @@ def _attach_methods() -> None:
     }  # fmt: skip
     for name, fn in methods.items():
         setattr(Tensor, name, fn)
+    Tensor.__getattr__ = _missing_attribute  # type: ignore[attr-defined]
+    Tensor.__setitem__ = _set_item  # type: ignore[attr-defined]
+
+
+def _missing_attribute(self: Tensor, name: str) -> Any:
+    """PyTorch's in-place methods (`x.add_(y)`, `x.relu_()`) are refused saying what to write: a traced graph has
+    no in-place, and an alias that returned a new value would leave x as it was, silently."""
+    if name.endswith("_") and not name.startswith("_"):
+        plain = name[:-1]
+        ours = f"x = x.{plain}(...)" if hasattr(Tensor, plain) else "a new value (x = f(x))"
+        raise AttributeError(f"'Tensor' object has no attribute {name!r}: PyTorch's in-place {name}() cannot change a "
+                             f"traced tensor; write {ours}", name=name, obj=self)
+    raise AttributeError(f"'Tensor' object has no attribute {name!r}")
+
+
+def _set_item(self: Tensor, key: Any, value: Any) -> None:
+    """`x[:, 0] = v` is refused naming the way: Python's 'does not support item assignment' named none."""
+    raise TypeError("an nn.Tensor cannot be assigned into (x[...] = v: a traced graph has no in-place writes); build "
+                    "the new value instead, e.g. nn.ops.concat of slices, or nn.ops.where with a mask")
     Tensor.__array_ufunc__ = _array_ufunc  # type: ignore[attr-defined]
 
 
