@@ -796,6 +796,22 @@ def test_pytorchs_functional_names_say_what_to_call():
         nn.ops.nothing  # noqa: B018
     assert getattr(nn.ops, "dropout", None) is None and nn.ops.concat is not None
 
+def test_a_parameter_computes_in_forward_as_a_tensor():
+    """self.pos[:, :t], self.w * 2, 1 / self.w, self.w.view(...) in forward, as PyTorch's Parameter and buffers take
+    them: "'Buffer' object is not subscriptable", "unsupported operand type(s) for *"; one initializer each."""
+    class Net(nn.Module):
+        def __init__(self):
+            self.pos = nn.Buffer(np.arange(20, dtype=np.float32).reshape(1, 5, 4))
+            self.w = nn.Parameter(np.full((4,), 2, np.float32))
+
+        def forward(self, x):
+            return x + self.pos[:, :3] + self.w * 2 + 1 / self.w + self.w.view(1, 1, 4).mean(-1, keepdims=True)
+
+    model = build_one(Net(), x=nn.Input(["batch", 3, 4]))
+    assert sorted(i.name for i in model.graph.initializer) == ["pos", "w"]
+    x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
+    close(ort_run(model, {"x": x})[0], x + np.arange(20, dtype=np.float32).reshape(1, 5, 4)[:, :3] + 4 + 0.5 + 2)
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

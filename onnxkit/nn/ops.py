@@ -638,6 +638,19 @@ def _attach_methods() -> None:
         setattr(Tensor, name, fn)
     Tensor.__getattr__ = _missing_attribute  # type: ignore[attr-defined]
     Tensor.__setitem__ = _set_item  # type: ignore[attr-defined]
+    from onnxkit.nn.module import Parameter  # Buffer inherits them
+
+    for name in methods:  # self.pos * 2, self.pe[:, :t], self.weight.view(...) in forward, as PyTorch's Parameter
+        setattr(Parameter, name, _as_tensor_first(name))
+
+
+def _as_tensor_first(name: str) -> Any:
+    """A Parameter's `name` method: the Tensor's, on the Parameter's tensor in the graph being built."""
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(as_tensor(self), name)(*args, **kwargs)
+
+    method.__name__ = name
+    return method
 
 
 def _missing_attribute(self: Tensor, name: str) -> Any:
