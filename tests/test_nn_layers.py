@@ -812,6 +812,24 @@ def test_a_parameter_computes_in_forward_as_a_tensor():
     x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
     close(ort_run(model, {"x": x})[0], x + np.arange(20, dtype=np.float32).reshape(1, 5, 4)[:, :3] + 4 + 0.5 + 2)
 
+def test_register_buffer_as_pytorchs():
+    """self.register_buffer("pe", table) (a positional encoding's usual home) is a Buffer in the state dict and the
+    model; persistent=False a constant of the graph, out of the state dict as PyTorch's. It was an AttributeError."""
+    class Positions(nn.Module):
+        def __init__(self):
+            self.register_buffer("pe", np.arange(20, dtype=np.float32).reshape(1, 5, 4))
+            self.register_buffer("scale", np.float32(2), persistent=False)
+
+        def forward(self, x):
+            return (x + self.pe[:, :3]) * self.scale
+
+    net = Positions()
+    assert list(net.state_dict()) == ["pe"] and not net.pe.trainable and net.num_parameters() == 0
+    model = build_one(net, x=nn.Input(["batch", 3, 4]))
+    assert [i.name for i in model.graph.initializer] == ["pe"]
+    x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
+    close(ort_run(model, {"x": x})[0], (x + np.arange(12, dtype=np.float32).reshape(1, 3, 4)) * 2)
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

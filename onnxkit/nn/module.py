@@ -222,6 +222,13 @@ class Module:
     def named_buffers(self) -> Iterator[tuple[str, Parameter]]:
         return ((n, p) for n, p in self.named_arrays() if not p.trainable)
 
+    def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
+        """PyTorch's: `self.register_buffer("pe", table)` keeps a non-trainable array, a Buffer in the model and the
+        state dict; `persistent=False` (not in PyTorch's state dict) makes it a constant of the graph, so a PyTorch
+        state dict still loads strictly. It was an AttributeError (a positional encoding's usual home)."""
+        value = None if tensor is None else np.asarray(tensor)
+        setattr(self, name, Buffer(value) if persistent and value is not None else value)
+
     def num_parameters(self) -> int:
         return int(sum(p.value.size for _, p in self.named_parameters()))
 
