@@ -830,6 +830,25 @@ def test_register_buffer_as_pytorchs():
     x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
     close(ort_run(model, {"x": x})[0], (x + np.arange(12, dtype=np.float32).reshape(1, 3, 4)) * 2)
 
+def test_eval_and_training_as_pytorch_code_uses_them():
+    """model.eval() returns the model and `self.training` is False in forward (the inference form build writes, as
+    a PyTorch export traces it); train() says how training works here. All three were AttributeErrors."""
+    class Noisy(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x + 100.0 if self.training else x)
+
+    net = Noisy()
+    assert net.eval() is net and net.train(False) is net and net.fc.training is False
+    model = build_one(net, x=nn.Input(["batch", 3]))
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    close(ort_run(model, {"x": x})[0], x @ net.fc.weight.value + net.fc.bias.value)
+    with pytest.raises(OnnxkitError, match=r"^Noisy.train\(\): nn.build writes the inference form .* derive the "
+                                           r"training form"):
+        net.train()
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

@@ -152,6 +152,10 @@ class Module:
     and describe the computation in `forward`, using `onnxkit.nn` ops.
     """
 
+    # build() writes the inference form, which training turns into the training form: forward always traces eval
+    # mode, so PyTorch's `if self.training:` branches stay out of the model, as in a PyTorch export
+    training = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A layer of no options shows as taking none (`Tanh()`) in help() and signature hints: it showed as
         `Tanh(*args, **kwargs) -> Module`, `__new__`'s signature, while any argument is refused."""
@@ -194,6 +198,20 @@ class Module:
         close = difflib.get_close_matches("forward", own, n=1, cutoff=0.6)
         hint = f" (it has {close[0]}(): rename it forward)" if close else ""
         raise NotImplementedError(f"{type(self).__name__} must define forward(){hint}")
+
+    def eval(self) -> Module:
+        """PyTorch's `model.eval()`: the mode every build traces already; returns the module (it was an
+        AttributeError before a comparison with PyTorch's outputs)."""
+        return self
+
+    def train(self, mode: bool = True) -> Module:
+        """`train(False)` is `eval()`; `train()` is refused saying how training works here: build() writes the
+        inference form and `onnxkit train` derives dropout's and batch norm's training forms from it."""
+        if mode:
+            raise OnnxkitError(f"{type(self).__name__}.train(): nn.build writes the inference form (dropout off, batch "
+                               "norm on its running statistics) and `onnxkit train` / onnxkit.train.fit derive the "
+                               "training form from it; build the model and train that")
+        return self
 
     # -- the tree ---------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, Module]]:
