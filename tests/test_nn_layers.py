@@ -849,6 +849,17 @@ def test_eval_and_training_as_pytorch_code_uses_them():
                                            r"training form"):
         net.train()
 
+def test_pytorchs_tree_iterators():
+    """model.parameters(), buffers(), modules(), children() and p.numel(), as PyTorch code counts and walks a model
+    (`sum(p.numel() for p in model.parameters())`); they were AttributeErrors."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))
+    assert sum(p.numel() for p in net.parameters()) == net.num_parameters() == 16 + 8 + 10
+    assert [b.name or b.shape for b in net.buffers()] == [(4,), (4,)]
+    assert [type(m).__name__ for m in net.modules()] == ["Sequential", "Linear", "BatchNorm1d", "Sequential", "ReLU",
+                                                         "Linear"]
+    assert [type(m).__name__ for m in net.children()] == ["Linear", "BatchNorm1d", "Sequential"]
+    assert (net[0].weight.size(), net[0].weight.size(-1)) == ((3, 4), 4)
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

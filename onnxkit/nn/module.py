@@ -101,6 +101,14 @@ class Parameter:
     def shape(self) -> tuple[int, ...]:
         return self.value.shape
 
+    def numel(self) -> int:
+        """Its number of values, as PyTorch's `p.numel()`."""
+        return int(self.value.size)
+
+    def size(self, dim: int | None = None) -> tuple[int, ...] | int:
+        """Its shape, or one dim, as PyTorch's `p.size()`, in forward or outside it."""
+        return self.shape if dim is None else self.shape[dim]
+
     def __repr__(self) -> str:
         kind = type(self).__name__
         return f"{kind}({self.name or '?'}, {self.value.dtype.name}{list(self.value.shape)})"
@@ -246,6 +254,19 @@ class Module:
         state dict still loads strictly. It was an AttributeError (a positional encoding's usual home)."""
         value = None if tensor is None else np.asarray(tensor)
         setattr(self, name, Buffer(value) if persistent and value is not None else value)
+
+    # PyTorch's iterators over the tree (`for m in self.modules()`, `sum(p.numel() for p in model.parameters())`)
+    def parameters(self) -> Iterator[Parameter]:
+        return (p for _, p in self.named_parameters())
+
+    def buffers(self) -> Iterator[Parameter]:
+        return (p for _, p in self.named_buffers())
+
+    def modules(self) -> Iterator[Module]:
+        return (m for _, m in self.named_modules())
+
+    def children(self) -> Iterator[Module]:
+        return (m for _, m in self.named_children())
 
     def num_parameters(self) -> int:
         return int(sum(p.value.size for _, p in self.named_parameters()))

@@ -641,7 +641,8 @@ def _attach_methods() -> None:
     from onnxkit.nn.module import Parameter  # Buffer inherits them
 
     for name in methods:  # self.pos * 2, self.pe[:, :t], self.weight.view(...) in forward, as PyTorch's Parameter
-        setattr(Parameter, name, _as_tensor_first(name))
+        if name not in vars(Parameter):  # its own (size) work outside forward too
+            setattr(Parameter, name, _as_tensor_first(name))
 
 
 def _as_tensor_first(name: str) -> Any:
