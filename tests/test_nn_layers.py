@@ -860,6 +860,21 @@ def test_pytorchs_tree_iterators():
     assert [type(m).__name__ for m in net.children()] == ["Linear", "BatchNorm1d", "Sequential"]
     assert (net[0].weight.size(), net[0].weight.size(-1)) == ((3, 4), 4)
 
+def test_a_slice_of_a_sequential_is_one_of_the_same_layers():
+    """model[:-1] (a feature extractor), as PyTorch's: a Sequential of the same layers keeping their names, a
+    ModuleList's numbered afresh; it was "'<=' not supported between instances of 'int' and 'slice'"."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    features = model[:-1]
+    assert type(features) is nn.Sequential and [n for n, _ in features.named_children()] == ["0", "1"]
+    assert features[0] is model[0] and [n for n, _ in model[::2].named_children()] == ["0", "2"]
+    assert features._created_at[0] == __file__
+    listed = nn.ModuleList([nn.ReLU(), nn.Tanh(), nn.Sigmoid()])[1:]
+    assert type(listed) is nn.ModuleList and [(n, type(m)) for n, m in listed.named_children()] == \
+        [("0", nn.Tanh), ("1", nn.Sigmoid)]
+    built = build_one(features, x=nn.Input(["batch", 3]))
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    close(ort_run(built, {"x": x})[0], np.maximum(x @ model[0].weight.value + model[0].bias.value, 0))
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

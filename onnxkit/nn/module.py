@@ -406,7 +406,17 @@ class ModuleList(Module):
     def __iter__(self) -> Iterator[Module]:
         return (m for _, m in self.named_children())
 
-    def __getitem__(self, i: int) -> Module:
+    def __getitem__(self, i: int | slice) -> Module:
+        """One module, or for a slice (`model[:-1]`, a feature extractor) a container of those same modules, as
+        PyTorch's: a ModuleList numbered afresh, a Sequential keeping their names. A slice was "'<=' not supported
+        between instances of 'int' and 'slice'"."""
+        if isinstance(i, slice):
+            part = type(self).__new__(type(self))
+            caller = sys._getframe(1)
+            part._created_at = (caller.f_code.co_filename, caller.f_lineno)  # errors point at the slicing line
+            for name, m in list(self.named_children())[i]:
+                part._add(name if isinstance(self, Sequential) else str(len(part)), m, f"item {name!r}")
+            return part
         layers = list(self)
         if not -len(layers) <= i < len(layers):
             raise IndexError(f"index {i} out of range for {len(layers)} modules")
