@@ -875,6 +875,13 @@ def test_a_slice_of_a_sequential_is_one_of_the_same_layers():
     x = RNG.normal(size=(2, 3)).astype(np.float32)
     close(ort_run(built, {"x": x})[0], np.maximum(x @ model[0].weight.value + model[0].bias.value, 0))
 
+def test_log_softmax_layer():
+    """nn.LogSoftmax(dim=1), PyTorch's (before NLLLoss), one LogSoftmax node; it was missing."""
+    model = build_one(nn.LogSoftmax(dim=1), x=nn.Input(["batch", 3, 4]))
+    x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
+    close(ort_run(model, {"x": x})[0], x - np.log(np.exp(x).sum(1, keepdims=True)))
+    assert [n.op_type for n in model.graph.node] == ["LogSoftmax"] and repr(nn.LogSoftmax()) == "LogSoftmax(dim=-1)"
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

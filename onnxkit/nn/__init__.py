@@ -22,6 +22,7 @@ from onnxkit.nn.activation import (
     HardSwish,
     Identity,
     LeakyReLU,
+    LogSoftmax,
     Mish,
     PReLU,
     ReLU,
@@ -64,8 +65,8 @@ __all__ = [
     "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Buffer", "CELU", "Conv1d", "Conv2d",
     "ConvTranspose2d", "DEFAULT_OPSET", "Dropout", "ELU", "Embedding", "FeedForward", "Flatten", "GELU", "GRU",
     "GlobalAvgPool2d", "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "IR_VERSION", "Identity", "Input",
-    "InstanceNorm2d", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "MaxPool1d", "MaxPool2d", "MeanPool", "Mish",
-    "Module", "ModuleList", "MultiHeadAttention", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "SiLU",
+    "InstanceNorm2d", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool1d", "MaxPool2d", "MeanPool",
+    "Mish", "Module", "ModuleList", "MultiHeadAttention", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "SiLU",
     "Sigmoid", "Softmax", "Softplus", "Tanh", "Tensor", "TransformerEncoder", "TransformerEncoderLayer", "UnusedLayers",
     "Upsample", "build", "init", "manual_seed", "ops",
 ]  # fmt: skip

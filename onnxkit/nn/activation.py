@@ -96,6 +96,14 @@ class Softmax(Module):
         return f"dim={self.dim}"
 
 
+class LogSoftmax(Softmax):
+    """log(softmax) along `dim`, one LogSoftmax node (PyTorch's, before NLLLoss); the last axis by default, as
+    Softmax's. It was missing."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.log_softmax(x, self.dim)
+
+
 class _WithAlpha(Module):
     def __init__(self, alpha: float = 1.0, inplace: bool = False):  # inplace: as _InPlace's
         self.alpha = check_number(self, "alpha", alpha)
