@@ -882,6 +882,33 @@ def test_log_softmax_layer():
     close(ort_run(model, {"x": x})[0], x - np.log(np.exp(x).sum(1, keepdims=True)))
     assert [n.op_type for n in model.graph.node] == ["LogSoftmax"] and repr(nn.LogSoftmax()) == "LogSoftmax(dim=-1)"
 
+def test_module_dict_as_pytorchs():
+    """nn.ModuleDict({"cls": ..., "reg": ...}), PyTorch's multi-head container (it was missing): indexed by name,
+    its names naming the weights (`heads.cls.weight`), as PyTorch's state dict."""
+    class Heads(nn.Module):
+        def __init__(self):
+            self.body = nn.Linear(3, 4)
+            self.heads = nn.ModuleDict({"cls": nn.Linear(4, 2)})
+            self.heads["reg"] = nn.Linear(4, 1)
+
+        def forward(self, x):
+            h = self.body(x).relu()
+            return tuple(self.heads[name](h) for name in self.heads)
+
+    net = Heads()
+    assert list(net.heads) == list(net.heads.keys()) == ["cls", "reg"] and "reg" in net.heads and len(net.heads) == 2
+    assert [n for n, _ in net.named_parameters()][2:] == ["heads.cls.weight", "heads.cls.bias", "heads.reg.weight",
+                                                          "heads.reg.bias"]
+    model = nn.build(net, {"x": nn.Input(["batch", 3])}, output_names=["cls", "reg"])
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    h = np.maximum(x @ net.body.weight.value + net.body.bias.value, 0)
+    for got, head in zip(ort_run(model, {"x": x}), net.heads.values(), strict=True):
+        close(got, h @ head.weight.value + head.bias.value)
+    with pytest.raises(KeyError, match="'box': the ModuleDict holds \\['cls', 'reg'\\]"):
+        net.heads["box"]
+    with pytest.raises(OnnxkitError, match="key 'items' must be"):
+        net.heads["items"] = nn.ReLU()
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

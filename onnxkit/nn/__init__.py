@@ -57,7 +57,7 @@ from onnxkit.nn.conv import (
 from onnxkit.nn.graph import Tensor
 from onnxkit.nn.init import manual_seed
 from onnxkit.nn.linear import Embedding, Linear
-from onnxkit.nn.module import Buffer, Module, ModuleList, Parameter, Sequential
+from onnxkit.nn.module import Buffer, Module, ModuleDict, ModuleList, Parameter, Sequential
 from onnxkit.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm
 from onnxkit.nn.recurrent import GRU, LSTM
 
@@ -66,7 +66,7 @@ __all__ = [
     "ConvTranspose2d", "DEFAULT_OPSET", "Dropout", "ELU", "Embedding", "FeedForward", "Flatten", "GELU", "GRU",
     "GlobalAvgPool2d", "GlobalMaxPool2d", "GroupNorm", "HardSigmoid", "HardSwish", "IR_VERSION", "Identity", "Input",
     "InstanceNorm2d", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool1d", "MaxPool2d", "MeanPool",
-    "Mish", "Module", "ModuleList", "MultiHeadAttention", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "SiLU",
-    "Sigmoid", "Softmax", "Softplus", "Tanh", "Tensor", "TransformerEncoder", "TransformerEncoderLayer", "UnusedLayers",
-    "Upsample", "build", "init", "manual_seed", "ops",
+    "Mish", "Module", "ModuleDict", "ModuleList", "MultiHeadAttention", "PReLU", "Parameter", "ReLU", "SELU",
+    "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "Tensor", "TransformerEncoder",
+    "TransformerEncoderLayer", "UnusedLayers", "Upsample", "build", "init", "manual_seed", "ops",
 ]  # fmt: skip

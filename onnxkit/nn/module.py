@@ -423,6 +423,51 @@ class ModuleList(Module):
         return layers[i]
 
 
+class ModuleDict(Module):
+    """Modules by name, as PyTorch's (it was missing): `heads["cls"]`, `heads["new"] = layer`, `in`, `len`, `keys()`,
+    `values()`, `items()`, `update()`, iteration over the names; the names name the weights (`heads.cls.weight`)."""
+
+    def __init__(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]] | None = None):
+        if modules is not None:
+            self.update(modules)
+
+    def update(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]]) -> None:
+        for name, m in (modules.items() if isinstance(modules, Mapping) else modules):
+            self[name] = m
+
+    def __setitem__(self, name: str, module: Module) -> None:
+        if not isinstance(name, str) or not name or "." in name or hasattr(type(self), name):
+            raise OnnxkitError(f"ModuleDict: key {name!r} must be a string without '.', and not one of ModuleDict's "
+                               "own attributes")
+        if not isinstance(module, Module):
+            raise OnnxkitError(f"ModuleDict: item {name!r} is {module!r}, not a Module")
+        setattr(self, name, module)
+
+    def __getitem__(self, name: str) -> Module:
+        children = dict(self.named_children())
+        if name not in children:
+            raise KeyError(f"{name!r}: the ModuleDict holds {list(children)}")
+        return children[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in dict(self.named_children())
+
+    def __len__(self) -> int:
+        return len(dict(self.named_children()))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self.named_children()))
+
+    def keys(self) -> Iterable[str]:
+        return dict(self.named_children()).keys()
+
+    def values(self) -> Iterable[Module]:
+        return dict(self.named_children()).values()
+
+    def items(self) -> Iterable[tuple[str, Module]]:
+        return dict(self.named_children()).items()
+
+
 class Sequential(ModuleList):
     """Apply modules one after another: `Sequential(a, b, c)`, as PyTorch writes it, or `Sequential([a, b, c])`, or
     `Sequential(OrderedDict(conv=..., act=...))`, whose keys name the children (`conv.weight`), as in PyTorch (it
