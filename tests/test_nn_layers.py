@@ -909,6 +909,25 @@ def test_module_dict_as_pytorchs():
     with pytest.raises(OnnxkitError, match="key 'items' must be"):
         net.heads["items"] = nn.ReLU()
 
+def test_load_state_dict_takes_pytorchs_multihead_attention_names():
+    """PyTorch's nn.MultiheadAttention state dict (in_proj_weight [3d, d], in_proj_bias, out_proj [out, in]) loads
+    strictly into MultiHeadAttention, to the weights that make its q, k, v and out; its names were unknown weights.
+    in_proj_weight transposed by hand is refused."""
+    nn.manual_seed(5)
+    source = nn.MultiHeadAttention(8, 2)
+    own = source.state_dict()
+    torch_state = {"in_proj_weight": np.concatenate([own[f"{p}.weight"].T for p in "qkv"]),
+                   "in_proj_bias": np.concatenate([own[f"{p}.bias"] for p in "qkv"]),
+                   "out_proj.weight": own["out.weight"].T, "out_proj.bias": own["out.bias"]}
+    nn.manual_seed(6)
+    target = nn.MultiHeadAttention(8, 2)
+    target.load_state_dict(torch_state)
+    for name, value in own.items():
+        np.testing.assert_array_equal(target.state_dict()[name], value)
+    with pytest.raises(OnnxkitError, match=r"^weight 'in_proj_weight' has shape \[8, 24\], PyTorch's is \[24, 8\]: "
+                                           r"give PyTorch's MultiheadAttention entries"):
+        target.load_state_dict({**torch_state, "in_proj_weight": torch_state["in_proj_weight"].T})
+
 def test_seeded_initialisers_are_reproducible_and_scaled():
     nn.manual_seed(7)
     a = nn.init.kaiming_uniform((256, 128))

@@ -27,6 +27,24 @@ def mask_bias(mask: Tensor, dtype: np.dtype) -> Tensor:
     return ops.mul(ops.sub(1.0, keep), MASKED)
 
 
+def _check_pytorch_shapes(state: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], layer: str) -> None:
+    """PyTorch's entries must have PyTorch's shapes: one transposed by hand cannot be told from its own when square."""
+    for name, shape in shapes.items():
+        if name in state and np.shape(state[name]) != shape:
+            raise OnnxkitError(f"weight {name!r} has shape {list(np.shape(state[name]))}, PyTorch's is {list(shape)}: "
+                               f"give PyTorch's {layer} entries as its state_dict() holds them, untransposed")
+
+
+def _pytorch_linears(state: dict[str, np.ndarray], renames: dict[str, str]) -> dict[str, np.ndarray]:
+    """PyTorch's Linear entries (`theirs.weight` [out, in], `theirs.bias`) as the DSL Linear `ours` keeps them."""
+    for theirs, ours in renames.items():
+        if f"{theirs}.weight" in state:
+            state[f"{ours}.weight"] = np.asarray(state.pop(f"{theirs}.weight")).T
+        if f"{theirs}.bias" in state:
+            state[f"{ours}.bias"] = state.pop(f"{theirs}.bias")
+    return state
+
+
 class MultiHeadAttention(Module):
     """Scaled dot-product attention over [batch, seq, dim] with an optional key-padding mask: self-attention, or
     with `context` [batch, context_seq, dim] cross-attention (queries from x, keys and values from the context,
@@ -81,6 +99,21 @@ class MultiHeadAttention(Module):
                 f"key_padding_mask is the reverse); got {shape or type(mask).__name__} beside keys "
                 f"{list(keys.shape)}"
             )
+
+    def pytorch_state(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """PyTorch's nn.MultiheadAttention entries as its `state_dict()` holds them: `in_proj_weight` [3 · dim, dim]
+        and `in_proj_bias` split into q, k and v, `out_proj` is out, weights [out, in] transposed here (they were
+        unknown weights). in_proj_weight given transposed (as a Linear's weight elsewhere) is refused."""
+        state = dict(state)
+        d = self.dim
+        _check_pytorch_shapes(state, {"in_proj_weight": (3 * d, d), "out_proj.weight": (d, d)}, "MultiheadAttention")
+        weight, bias = state.pop("in_proj_weight", None), state.pop("in_proj_bias", None)
+        for i, part in enumerate("qkv"):
+            if weight is not None:
+                state[f"{part}.weight"] = np.asarray(weight)[i * d:(i + 1) * d].T
+            if bias is not None:
+                state[f"{part}.bias"] = np.asarray(bias)[i * d:(i + 1) * d]
+        return _pytorch_linears(state, {"out_proj": "out"})
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.num_heads}"
@@ -137,31 +170,16 @@ class TransformerEncoderLayer(Module):
         return self.norm2(ops.add(x, self.dropout2(self.ff(x))))
 
     def pytorch_state(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """PyTorch's names as its `state_dict()` holds them: `self_attn.in_proj_weight` [3 · d_model, d_model] and
-        `in_proj_bias` are attn.q, k and v, `self_attn.out_proj` is attn.out, `linear1`/`linear2` are ff.fc1/fc2,
-        their weights [out, in] transposed here (they were unknown weights). A non-square one given already
-        transposed (as a Linear's weight elsewhere) is refused, so that a square out_proj is not taken wrongly."""
-        state = dict(state)
+        """PyTorch's names as its `state_dict()` holds them: `self_attn.*` is attn (MultiHeadAttention takes
+        PyTorch's in_proj and out_proj), `linear1`/`linear2` are ff.fc1/fc2, their weights [out, in] transposed
+        here (they were unknown weights). One given already transposed (as a Linear's weight elsewhere) is refused,
+        so that a square out_proj is not taken the wrong way."""
+        state = {"attn." + name.removeprefix("self_attn.") if name.startswith("self_attn.") else name: value
+                 for name, value in state.items()}
         d, hidden = self.attn.dim, self.ff.fc1.weight.shape[1]
-        layouts = {"self_attn.in_proj_weight": (3 * d, d), "self_attn.out_proj.weight": (d, d),
-                   "linear1.weight": (hidden, d), "linear2.weight": (d, hidden)}
-        for name, shape in layouts.items():
-            if name in state and np.shape(state[name]) != shape:
-                raise OnnxkitError(f"weight {name!r} has shape {list(np.shape(state[name]))}, PyTorch's is "
-                                   f"{list(shape)}: give PyTorch's TransformerEncoderLayer entries as its "
-                                   "state_dict() holds them, untransposed")
-        weight, bias = state.pop("self_attn.in_proj_weight", None), state.pop("self_attn.in_proj_bias", None)
-        for i, part in enumerate("qkv"):
-            if weight is not None:
-                state[f"attn.{part}.weight"] = np.asarray(weight)[i * d:(i + 1) * d].T
-            if bias is not None:
-                state[f"attn.{part}.bias"] = np.asarray(bias)[i * d:(i + 1) * d]
-        for theirs, ours in (("self_attn.out_proj", "attn.out"), ("linear1", "ff.fc1"), ("linear2", "ff.fc2")):
-            if f"{theirs}.weight" in state:
-                state[f"{ours}.weight"] = np.asarray(state.pop(f"{theirs}.weight")).T
-            if f"{theirs}.bias" in state:
-                state[f"{ours}.bias"] = state.pop(f"{theirs}.bias")
-        return state
+        _check_pytorch_shapes(state, {"linear1.weight": (hidden, d), "linear2.weight": (d, hidden)},
+                              "TransformerEncoderLayer")
+        return _pytorch_linears(state, {"linear1": "ff.fc1", "linear2": "ff.fc2"})
 
     def extra_repr(self) -> str:
         return "pre-norm" if self.norm_first else "post-norm"
