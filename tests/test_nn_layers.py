@@ -805,12 +805,13 @@ def test_a_parameter_computes_in_forward_as_a_tensor():
             self.w = nn.Parameter(np.full((4,), 2, np.float32))
 
         def forward(self, x):
-            return x + self.pos[:, :3] + self.w * 2 + 1 / self.w + self.w.view(1, 1, 4).mean(-1, keepdims=True)
+            halves = np.full(4, 0.5, np.float32) * self.w  # numpy first: the Parameter's operator, as a Tensor's
+            return x + self.pos[:, :3] + self.w * 2 + 1 / self.w + self.w.view(1, 1, 4).mean(-1, keepdims=True) + halves
 
     model = build_one(Net(), x=nn.Input(["batch", 3, 4]))
     assert sorted(i.name for i in model.graph.initializer) == ["pos", "w"]
     x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
-    close(ort_run(model, {"x": x})[0], x + np.arange(20, dtype=np.float32).reshape(1, 5, 4)[:, :3] + 4 + 0.5 + 2)
+    close(ort_run(model, {"x": x})[0], x + np.arange(20, dtype=np.float32).reshape(1, 5, 4)[:, :3] + 4 + 0.5 + 2 + 1)
 
 def test_register_buffer_as_pytorchs():
     """self.register_buffer("pe", table) (a positional encoding's usual home) is a Buffer in the state dict and the

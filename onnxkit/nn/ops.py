@@ -643,6 +643,7 @@ def _attach_methods() -> None:
     for name in methods:  # self.pos * 2, self.pe[:, :t], self.weight.view(...) in forward, as PyTorch's Parameter
         if name not in vars(Parameter):  # its own (size) work outside forward too
             setattr(Parameter, name, _as_tensor_first(name))
+    Parameter.__array_ufunc__ = None  # numpy's operand first (w * self.p) defers to the Parameter's, as a Tensor's
 
 
 def _as_tensor_first(name: str) -> Any:
