@@ -638,6 +638,7 @@ def _attach_methods() -> None:
         setattr(Tensor, name, fn)
     Tensor.__getattr__ = _missing_attribute  # type: ignore[attr-defined]
     Tensor.__setitem__ = _set_item  # type: ignore[attr-defined]
+    Tensor.__array_ufunc__ = _array_ufunc  # type: ignore[attr-defined]
     from onnxkit.nn.module import Parameter  # Buffer inherits them
 
     for name in methods:  # self.pos * 2, self.pe[:, :t], self.weight.view(...) in forward, as PyTorch's Parameter
@@ -670,7 +671,6 @@ def _set_item(self: Tensor, key: Any, value: Any) -> None:
     """`x[:, 0] = v` is refused naming the way: Python's 'does not support item assignment' named none."""
     raise TypeError("an nn.Tensor cannot be assigned into (x[...] = v: a traced graph has no in-place writes); build "
                     "the new value instead, e.g. nn.ops.concat of slices, or nn.ops.where with a mask")
-    Tensor.__array_ufunc__ = _array_ufunc  # type: ignore[attr-defined]
 
 
 def _array_ufunc(self: Tensor, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Tensor:
