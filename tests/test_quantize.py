@@ -458,6 +458,17 @@ def test_a_model_onnxruntime_crashes_on_is_refused_in_one_line_and_nothing_is_wr
     assert run_cli("quantize", tmp_path / "model.onnx", "-o", tmp_path / "fp16.onnx", "--mode", "fp16").code == 0
 
 
+def test_a_check_child_that_exits_without_a_signal_is_no_crash(tmp_path, monkeypatch):
+    # a child that cannot run its check (onnxruntime not importable there) ends with a status, not a signal: the
+    # quantized model is then checked in this process only, not refused as a crash
+    model = _batch_transpose_into_matmul(np.random.default_rng(0))
+    monkeypatch.setattr(isolated, "CHILD", "import sys; sys.exit(3)")
+    monkeypatch.setattr(isolated, "_child", None)
+    assert isolated.crash(model, {"x": np.ones((2, 5, 8), np.float32)}, tmp_path) is None
+    assert quantize(model, mode="fp16", measure_latency=False).model.graph.node
+    assert list(tmp_path.iterdir()) == []
+
+
 def _masked_attention() -> onnx.ModelProto:
     # scores + Where(padding, -inf, 0) -> Softmax, as a PyTorch TransformerEncoder's src_key_padding_mask exports
     rng = np.random.default_rng(0)

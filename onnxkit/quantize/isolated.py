@@ -54,7 +54,8 @@ def _end_child() -> None:
 
 def crash(model: onnx.ModelProto, feeds: Feeds, folder: Path) -> str | None:
     """The signal (SIGSEGV, ...) that killed the child process opening `model` in a default onnxruntime session
-    and running it on `feeds`, or None when it survived. `folder`: where the two go for the child to read."""
+    and running it on `feeds`, or None when it survived or ended otherwise. `folder`: where the two go for the child
+    to read."""
     global _child
     path, data = folder / "crash-check.onnx", folder / "crash-check.npz"
     path.write_bytes(model.SerializeToString())
@@ -80,7 +81,9 @@ def crash(model: onnx.ModelProto, feeds: Feeds, folder: Path) -> str | None:
     finally:
         path.unlink()
         data.unlink()
+    if code >= 0:  # it exited (could not import onnxruntime, say): no crash seen, this process's checks follow
+        return None
     try:
         return signal.Signals(-code).name
     except ValueError:
-        return f"exit status {code}"
+        return f"signal {-code}"
