@@ -870,6 +870,14 @@ def looping(tmp_path: Path) -> str:
     return str(save_model(looping_model(weight, base=300), tmp_path / "looping.onnx"))
 
 
+def trips_for(path: str, x: np.ndarray, seconds: float) -> int:
+    """The loop count that makes the looping model run about `seconds` on `x` here (at most 400,000)."""
+    direct = runtime.load(path, threads=1)
+    start = time.perf_counter()
+    direct.run({"x": x, "n": np.array([1000], np.int64)})
+    return int(min(400_000, 1000 * seconds / (time.perf_counter() - start)))
+
+
 def test_grpc_calls_at_a_stop_get_the_drain_timeout_and_the_servers_503(tmp_path):
     """At SIGTERM, a gRPC call in progress is answered as an HTTP request is: it may finish within --drain-timeout,
     then gets UNAVAILABLE "the server is stopping; retry ...". Before, gRPC calls got 5 s whatever --drain-timeout said
@@ -877,10 +885,7 @@ def test_grpc_calls_at_a_stop_get_the_drain_timeout_and_the_servers_503(tmp_path
     "Cancelling all calls"."""
     path = looping(tmp_path)
     x = np.full((64, 256), 0.1, np.float32)
-    direct = runtime.load(path, threads=1)
-    start = time.perf_counter()
-    direct.run({"x": x, "n": np.array([1000], np.int64)})
-    trips = int(min(400_000, 1000 * 5.0 / (time.perf_counter() - start)))  # a run of ~5 s here
+    trips = trips_for(path, x, 5.0)
     outcome: dict = {}
     with ServerProcess([path], "--grpc-port", "0", "--threads", "1", "--drain-timeout", "1") as running:
         client = triton_grpc.InferenceServerClient(running.grpc)
@@ -913,10 +918,7 @@ def test_grpc_stops_taking_calls_as_the_stop_begins_not_once_http_has_drained(tm
     its calls in progress draining beside HTTP's, and the HTTP request still gets its answer."""
     path = looping(tmp_path)
     x = np.full((64, 256), 0.1, np.float32)
-    direct = runtime.load(path, threads=1)
-    start = time.perf_counter()
-    direct.run({"x": x, "n": np.array([1000], np.int64)})
-    trips = int(min(400_000, 1000 * 3.0 / (time.perf_counter() - start)))  # a run of ~3 s here
+    trips = trips_for(path, x, 3.0)
     answered: dict = {}
     with ServerProcess([path], "--grpc-port", "0", "--threads", "1") as running:
         client = triton_grpc.InferenceServerClient(running.grpc)
