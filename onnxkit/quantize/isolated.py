@@ -43,13 +43,18 @@ _child: subprocess.Popen | None = None
 _lock = threading.Lock()
 
 
+def _end(child: subprocess.Popen) -> int:
+    """Close the child's pipes (at the end of its input it exits) and wait for it: its exit status."""
+    with contextlib.suppress(BrokenPipeError):  # what a dead child was sent, unread
+        child.stdin.close()
+    child.stdout.close()
+    return child.wait()
+
+
 @atexit.register
 def _end_child() -> None:
-    """Close the child's pipes: at the end of its input it exits."""
     if _child is not None:
-        _child.stdin.close()
-        _child.stdout.close()
-        _child.wait()
+        _end(_child)
 
 
 def crash(model: onnx.ModelProto, feeds: Feeds, folder: Path) -> str | None:
@@ -74,10 +79,7 @@ def crash(model: onnx.ModelProto, feeds: Feeds, folder: Path) -> str | None:
             if child.stdout.readline():
                 return None
             _child = None
-            code = child.wait()
-            with contextlib.suppress(BrokenPipeError):  # what it was sent, unread
-                child.stdin.close()
-            child.stdout.close()
+            code = _end(child)
     finally:
         path.unlink()
         data.unlink()
