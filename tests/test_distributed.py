@@ -396,10 +396,14 @@ def test_ctrl_c_to_the_launcher_at_any_moment_stops_with_130(reference: tuple[Pa
 def test_a_malformed_command_line_is_one_usage_error_before_any_worker_starts(tmp_path: Path) -> None:
     # each rank printed the error, then the launcher "a worker stopped without reporting an error ... killed, or
     # out of memory", exit 1
+    from onnxkit import zoo
+
+    model = tmp_path / "iris.onnx"
+    onnx.save(zoo.build_model("iris-mlp"), str(model))
     for flags, message in [(("--optimizer", "sgd", "--betas", "0.9", "0.99"), "sgd has no option '--betas'"),
                            (("--lora-alpha", "4"), "need --lora-rank R"),
-                           (("--max-length", "64"), "--max-length goes with --tokenizer")]:
-        done = subprocess.run([sys.executable, "-m", "onnxkit", "train", "no-such.onnx", "--data", "iris", "-o",
+                           (("--max-length", "64"), "carries no tokenizer: give one with --tokenizer")]:
+        done = subprocess.run([sys.executable, "-m", "onnxkit", "train", str(model), "--data", "iris", "-o",
                                str(tmp_path / "run"), *flags, "--workers", "2"], capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr

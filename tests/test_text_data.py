@@ -183,7 +183,8 @@ def test_training_on_a_csv_of_texts_says_the_text_column_tokenizer_and_how_many_
     (tmp_path / "r.csv").write_text("sentiment,review\n" + "".join(f'{label},"{t}"\n' for t, label in rows))
     data = load_dataset(tmp_path / "r.csv", tokenizer=TOKENIZER, max_length=16)
     assert data.texts_read == ("texts from 'review' (column 2), tokenized by the model's WordPiece tokenizer (30,522 "
-                               "tokens), at most 16 tokens a text: 5 of 40 texts are longer and are cut there")
+                               "tokens), at most 16 tokens a text: 5 of 40 texts are longer and are cut there (a "
+                               "larger --max-length, max_length in Python, keeps more)")
     model = save_model(zoo.build_model("text-transformer"), tmp_path / "t.onnx")
     result = run_cli("train", model, "--data", tmp_path / "r.csv", "--tokenizer", TOKENIZER, "--max-length", 16,
                      "--steps", 1, "-o", tmp_path / "run")

@@ -521,3 +521,20 @@ def test_texts_longer_than_the_models_position_table_are_one_line_naming_the_len
                                               "likely), but these are cut at 32; give --max-length 24\n")
     assert not (tmp_path / "long").exists()
     assert run_cli(*common, "--max-length", "24", "-o", tmp_path / "fits").code == 0
+
+
+def test_max_length_alone_recuts_the_texts_of_a_model_that_carries_its_tokenizer(tmp_path, run_cli):
+    # --max-length was refused unless --tokenizer was given too: a pretrained model's 128 tokens could not be changed
+    from onnxkit.data.text import carry_tokenizer
+
+    model = zoo.build_model("bert-classifier", vocab_size=30522, max_positions=24, max_length=16, hidden=16, heads=2,
+                            ff_dim=32, num_layers=1, num_classes=2)
+    onnx.save(carry_tokenizer(model, str(TOKENIZER), 16), tmp_path / "bert.onnx")
+    common = ("train", tmp_path / "bert.onnx", "--data", "tweets-sentiment", "--steps", "2")
+    result = run_cli(*common, "--max-length", "20", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert "at most 20 tokens a text" in result.out + result.err
+    trained = metadata(load_model(tmp_path / "run" / "model.onnx"))
+    assert trained["onnxkit.max_length"] == "20" and "onnxkit.tokenizer" in trained
+    refused = run_cli(*common, "--max-length", "32", "-o", tmp_path / "long")
+    assert refused.code == 1 and refused.err.endswith("but these are cut at 32; give --max-length 24\n"), refused.err

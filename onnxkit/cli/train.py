@@ -75,7 +75,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               help="A tokenizer.json for text data (bbc-news, tweets-sentiment) when the model carries none; the "
                    "trained model carries it, for eval and predict --text.")
 @click.option("--max-length", type=opt.COUNT,
-              help="Tokens kept per text, with --tokenizer (default: 128, or the length the model's token inputs fix).")
+              help="Tokens kept per text (default: the length the model carries with its tokenizer, else 128, or the "
+                   "length the model's token inputs fix).")
 @click.option("--no-shuffle", is_flag=True, help="Keep the data order.")
 @click.option("--no-dropout", is_flag=True, help="Train with dropout off.")
 @click.option("--freeze", multiple=True, metavar="GLOB", help="Keep matching parameters fixed (repeatable).")
@@ -163,17 +164,13 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
     if resume:
         _refuse_settings_on_resume()
     optimizer, adapter = _optimizer(options), _lora_adapter(options)  # checked before any worker starts
-    tokenizer, max_length = options.pop("tokenizer"), options.pop("max_length")
-    if max_length is not None and tokenizer is None:
-        raise click.UsageError("--max-length goes with --tokenizer (a model that carries a tokenizer keeps its own "
-                               "max length)", click.get_current_context())
+    model = _with_tokenizer(model, options.pop("tokenizer"), options.pop("max_length"))  # before any worker starts
     workers = options.pop("workers")
     if workers and workers > 1:
         from onnxkit.train.launch import launch_training
 
         sys.exit(launch_training(workers, resume or options["out_dir"], None if resume else options["backend"],
                                  resume=bool(resume)))
-    model = _with_tokenizer(model, tokenizer, max_length)
     try:
         with warnings.catch_warnings():  # --quiet's warnings (fit warns through `warnings` then) as warning: lines
             warnings.showwarning = _warning_line(warnings.showwarning)
@@ -293,13 +290,20 @@ def _refuse_settings_on_resume() -> None:
 
 
 def _with_tokenizer(model: str | None, tokenizer: str | None, max_length: int | None) -> Any:
-    """The model to train: the path given, or with --tokenizer the model carrying it (the run keeps that copy)."""
-    if tokenizer is None:
+    """The model to train: the path given, or with --tokenizer the model carrying it, or with --max-length alone
+    the model carrying its own tokenizer at that length (the run keeps that copy)."""
+    if tokenizer is None and max_length is None:
         return model
-    from onnxkit.data.text import carry_tokenizer
+    from onnxkit.data.text import carry_tokenizer, tokenizer_options
     from onnxkit.files import load_model
 
-    return carry_tokenizer(load_model(model), tokenizer, max_length)  # type: ignore[arg-type]
+    loaded = load_model(model)  # type: ignore[arg-type]
+    if tokenizer is None:
+        tokenizer = tokenizer_options(loaded).get("tokenizer")
+        if tokenizer is None:
+            raise click.UsageError(f"--max-length sets the tokens a text keeps, but {model} carries no tokenizer: "
+                                   "give one with --tokenizer PATH/tokenizer.json", click.get_current_context())
+    return carry_tokenizer(loaded, tokenizer, max_length)
 
 
 def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]

@@ -140,7 +140,8 @@ def _tokenized(tokenizer: str | Mapping[str, Any], max_length: int, lengths: np.
     said = (f"tokenized by the model's {type(tok.model).__name__} tokenizer ({tok.get_vocab_size():,} tokens), "
             f"at most {max_length} tokens a text")
     cut = int((lengths >= max_length).sum())
-    return f"{said}: {cut:,} of {len(lengths):,} texts are longer and are cut there" if cut else said
+    return (f"{said}: {cut:,} of {len(lengths):,} texts are longer and are cut there (a larger --max-length, "
+            "max_length in Python, keeps more)") if cut else said
 
 
 _ENCODED: dict[tuple, dict[str, np.ndarray]] = {}  # the last two tokenized datasets of this process
