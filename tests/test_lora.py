@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -169,3 +171,18 @@ def test_an_exported_hugging_face_encoder_takes_lora_on_its_query_and_value_by_t
     assert not adapter.notes()
     with pytest.raises(OnnxkitError, match=r"MatMul weights look like: encoder\.layer\.0\.attention\.self\.query\."):
         target_weights(model, ["*.qkv.weight"])
+
+
+def test_peft_keywords_are_refused_naming_ours() -> None:
+    # LoraConfig(r=8, lora_alpha=16, target_modules=[...]), as a peft user writes it, was Python's "unexpected
+    # keyword argument 'r'" naming neither rank nor the other names
+    with pytest.raises(OnnxkitError) as refused:
+        LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.1)
+    said = str(refused.value)
+    assert said.startswith("LoraConfig takes rank, alpha, targets and seed, not peft's names: r: give rank=; "
+                           "lora_alpha: give alpha=; target_modules: give targets=")
+    assert "lora_dropout: no dropout" in said and "\n" not in said
+    config = LoraConfig(rank=8, alpha=16)  # ours still bind, and the config copies as a frozen dataclass
+    assert (config.scale, copy.deepcopy(config)) == (2.0, config)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rnak'"):
+        LoraConfig(rnak=8)

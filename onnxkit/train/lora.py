@@ -38,6 +38,15 @@ HF_TARGETS = ("*.query.weight", "*.value.weight", "*.q_lin.weight", "*.v_lin.wei
 ALL_ATTENTION = ("*attn.q.weight", "*attn.k.weight", "*attn.v.weight", "*attn.out.weight")
 DEFAULT_HEADS = ("classifier.*", "head.*")  # a new task head (bert-classifier's, text-transformer's), trained fully
 _A, _B = ".lora_A", ".lora_B"
+_PEFT_KEYWORDS = {  # peft.LoraConfig's keyword -> what takes its place here
+    "r": "give rank=",
+    "lora_alpha": "give alpha=",
+    "target_modules": "give targets=, globs of weight names (e.g. ['*attn.q.weight', '*.query.weight'])",
+    "lora_dropout": "no dropout on the adapters (the model's own dropout trains as it is)",
+    "bias": "biases stay frozen (unfreeze them with LoraAdapter's train= globs)",
+    "task_type": "the model's outputs decide the task",
+    "modules_to_save": "give LoraAdapter(config, train=[globs]) (default: a classifier.* or head.* head)",
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,14 @@ class LoraConfig:
     alpha: float | None = None
     targets: Sequence[str] = DEFAULT_TARGETS
     seed: int = 0
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> LoraConfig:
+        """Refuses peft's `LoraConfig` keywords in one line naming ours (Python's error named neither)."""
+        foreign = [k for k in kwargs if k in _PEFT_KEYWORDS]
+        if foreign:
+            meant = "; ".join(f"{k}: {_PEFT_KEYWORDS[k]}" for k in foreign)
+            raise OnnxkitError(f"LoraConfig takes rank, alpha, targets and seed, not peft's names: {meant}")
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         if self.rank < 1:
