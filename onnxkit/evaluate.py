@@ -50,11 +50,21 @@ def shown_metric(value: float) -> str:
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray, axis: int = -1) -> float:
-    """Mean softmax cross-entropy of `logits` [N, C] against class ids [N]; with the classes on
-    `axis` of more dims ([N, C, H, W] against [N, H, W]), the mean over every position, as PyTorch's."""
+    """Mean softmax cross-entropy of `logits` [N, C] against class ids [N] or class probabilities [N, C]; with the
+    classes on `axis` of more dims ([N, C, H, W] against [N, H, W]), the mean over every position, as PyTorch's."""
+    if soft_targets(logits, labels):
+        z = _class_major(logits)
+        top = np.maximum.reduce(z, axis=0)
+        log_prob = z - top - np.log(np.add.reduce(np.exp(z - top), axis=0))
+        return float(-np.add.reduce(log_prob * labels.T, axis=None) / len(labels))
     if logits.ndim > 2:
         logits, labels = positions_as_rows(logits, labels, axis)
     return _mean_nll(_class_major(logits), _picks(labels))
+
+
+def soft_targets(scores: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether a classifier's `labels` are a probability per class of its [N, C] `scores` rather than class ids."""
+    return labels.dtype.kind == "f" and labels.ndim == scores.ndim == 2 and labels.shape == scores.shape
 
 
 def _class_major(logits: np.ndarray) -> np.ndarray:
@@ -162,7 +172,8 @@ def score(
 ) -> dict[str, Any]:
     """All metrics for `outputs` against `labels`: loss, and for classifiers accuracy,
     macro_f1 and confusion (a list of rows; binary ones count every 0/1 label of a row, so
-    multi-label accuracy is the share of labels right, and a multi-label model gets `label_scores` too); for
+    multi-label accuracy is the share of labels right, and a multi-label model gets `label_scores` too; class
+    probabilities as labels, soft targets, are scored against their likeliest class); for
     regression also mae. `probabilities`:
     a classifier's outputs are Softmax (or, binary, Sigmoid) probabilities, not logits. `axis`: a
     classifier's class axis, every position of the others scored ([N, C, H, W] against [N, H, W])."""
@@ -179,7 +190,8 @@ def score(
     if task in ("classification", "binary"):
         k = num_classes or (2 if task == "binary" else outputs.reshape(len(outputs), -1).shape[1])
         predicted = predictions(outputs, task)
-        confusion = confusion_matrix(labels.reshape(-1), predicted, k)
+        ids = labels.argmax(axis=1) if soft_targets(outputs, labels) else labels.reshape(-1)  # the likeliest class
+        confusion = confusion_matrix(ids, predicted, k)
         metrics["accuracy"] = float(confusion.trace() / len(predicted))
         metrics["macro_f1"] = macro_f1(confusion)
         metrics["confusion"] = confusion.tolist()
@@ -309,7 +321,8 @@ def check_targets(where: str, labels: np.ndarray, outputs: np.ndarray, task: str
                   axis: int = -1) -> None:
     """Refuse labels that `outputs` (of the model output called `output`) cannot be scored against,
     as training does: class ids that are negative, fractional or not below the number of scores
-    (on `axis`, for one id per position), a count per row unlike the output's, NaN or infinite
+    (on `axis`, for one id per position), class probabilities that are none (see `check_probabilities`), a count
+    per row unlike the output's, NaN or infinite
     regression targets. `where` names the data."""
     scores = outputs.reshape(len(outputs), -1).shape[1]
     if task == "classification" and outputs.ndim > 2:  # one class id per position
@@ -320,7 +333,7 @@ def check_targets(where: str, labels: np.ndarray, outputs: np.ndarray, task: str
                                f"class id per position (shape [N, {', '.join(map(str, rest))}])")
         scores, labels = outputs.shape[axis], labels.reshape(-1)
     if task == "classification":
-        if labels.dtype.kind not in "iub":
+        if labels.dtype.kind not in "iub" and labels.ndim == 1:
             stray = not_whole(labels)
             found = f"one is {stray:g}" if stray is not None else f"they are {labels.dtype}"
             cast = "; save class ids as integers: labels.astype(np.int64)" if stray is None and \

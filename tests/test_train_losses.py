@@ -183,6 +183,83 @@ def test_label_smoothing_is_pytorchs_in_the_loss_graph_and_its_gradient(tmp_path
     np.testing.assert_allclose((before - after) / 0.5, grad, rtol=1e-3, atol=2e-5)
 
 
+def soft_cross_entropy(epsilon: float = 0.0) -> Callable[[np.ndarray, np.ndarray], float]:
+    """PyTorch's CrossEntropyLoss(label_smoothing=epsilon) of [N, C] logits against class probabilities [N, C], from
+    its definition: the mean over rows of -sum(targets * log_softmax), targets smoothed to (1 - eps) t + eps / C."""
+
+    def loss(logits: np.ndarray, targets: np.ndarray) -> float:
+        scores = logits.astype(np.float64)
+        log_p = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+        target = (1 - epsilon) * targets.astype(np.float64) + epsilon / scores.shape[1]
+        return float(-(target * log_p).sum(axis=1).mean())
+
+    return loss
+
+
+def probabilities(rows: int, seed: int) -> np.ndarray:
+    """[rows, K] soft targets: each row a random distribution over the classes."""
+    raw = np.random.default_rng(seed).random((rows, K)) ** 3
+    return (raw / raw.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_class_probabilities_as_labels_are_pytorchs_soft_targets_in_the_loss_graph_and_its_gradient(tmp_path):
+    # [N, C] float labels of a classifier were refused ("give one class id per row"); PyTorch's CrossEntropyLoss
+    # takes them as class probabilities (distillation, mixup)
+    scores, targets = (np.random.default_rng(6).normal(size=(N, K)) * 5).astype(np.float32), probabilities(N, 7)
+    out_vi = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", K])
+    for epsilon in (0.0, 0.2):
+        spec = get_loss("cross-entropy").along(out_vi, targets)
+        spec = spec.smoothed(epsilon) if epsilon else spec
+        graph = helper.make_graph([], "loss", [out_vi, spec.labels_input("labels", out_vi)], [])
+        graph.output.append(helper.make_tensor_value_info(spec.add_to_graph(graph, "scores", "labels"),
+                                                          TensorProto.FLOAT, []))
+        model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+        value = ort.InferenceSession(model.SerializeToString()).run(None, {"scores": scores, "labels": targets})[0]
+        assert float(value) == pytest.approx(soft_cross_entropy(epsilon)(scores, targets), rel=1e-5)
+    assert LOSSES["cross-entropy"](scores, targets) == pytest.approx(soft_cross_entropy()(scores, targets), rel=1e-12)
+    model, ds = linear(K), data(targets)  # an SGD step follows the soft loss's gradient
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    before = np.concatenate([init["w"].ravel(), init["b"]]).astype(np.float64)
+    grad = numeric_gradient(soft_cross_entropy(0.1), init["w"], init["b"], ds.train.inputs["x"], targets)
+    after = step(tmp_path, model, ds, loss="cross-entropy", label_smoothing=0.1, optimizer="sgd", lr=0.5,
+                 weight_decay=0.0)
+    np.testing.assert_allclose((before - after) / 0.5, grad, rtol=1e-3, atol=2e-5)
+
+
+def test_soft_targets_score_against_their_likeliest_class_and_bad_ones_are_one_line(tmp_path):
+    x = np.random.default_rng(8).normal(size=(60, D)).astype(np.float32)
+    targets = probabilities(60, 9)
+    model = linear(K)
+    outputs = x @ numpy_helper.to_array(model.graph.initializer[0]) + numpy_helper.to_array(model.graph.initializer[1])
+    scored = evaluate(model, Split("test", {"x": x}, targets), task="classification")
+    assert scored["accuracy"] == pytest.approx(float((outputs.argmax(1) == targets.argmax(1)).mean()))
+    assert scored["loss"] == pytest.approx(soft_cross_entropy()(outputs, targets), rel=1e-6)
+    unnormalised = targets.copy()
+    unnormalised[3] *= 0.8
+    with pytest.raises(OnnxkitError, match=r"read as class probabilities, but row 3 holds .* \(summing to 0\.8\); "
+                                           "each row's values must be 0 to 1, summing to 1"):
+        fit(model, data(unnormalised[:N]), tmp_path / "bad", loss="cross-entropy", epochs=1)
+    with pytest.raises(OnnxkitError, match=r"labels of shape \[12, 2\] read as class probabilities, but output 'y' "
+                                           "scores 3 classes"):
+        fit(model, data(np.full((N, 2), 0.5, np.float32)), tmp_path / "two", loss="cross-entropy", epochs=1)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "two").exists()
+
+
+def test_a_zoo_classifier_trains_on_soft_targets_with_no_other_setting(tmp_path):
+    from sklearn.datasets import load_iris
+
+    from onnxkit import zoo
+
+    x, y = load_iris(return_X_y=True)
+    soft = np.full((len(y), 3), 0.05, np.float32)
+    soft[np.arange(len(y)), y] = 0.9  # a teacher's confident probabilities
+    result = fit(zoo.build_model("iris-mlp"), (x.astype(np.float32), soft), tmp_path / "run")
+    test = result.metrics["test"]
+    assert test["accuracy"] >= 0.9 and test["labels"] == ["setosa", "versicolor", "virginica"], test
+    entropy = -(soft[0] * np.log(soft[0])).sum()  # 0.394: no model's cross-entropy against these targets is less
+    assert entropy < test["loss"] < entropy + 0.3, test
+
+
 def test_label_smoothing_of_a_loss_other_than_cross_entropy_is_refused(tmp_path):
     outputs, labels = LABELS["mse"]
     with pytest.raises(OnnxkitError, match="label_smoothing smooths cross-entropy's class targets, but this run's "

@@ -63,6 +63,25 @@ def check_finite(name: str, inputs: Mapping[str, np.ndarray], role: str = "featu
             )
 
 
+def check_probabilities(name: str, labels: np.ndarray, num_classes: int | None, output: str) -> None:
+    """[N, C] float labels of a classifier are class probabilities (PyTorch's soft targets): one a class of
+    `output`, each from 0 to 1, each row summing to 1."""
+    if num_classes is not None and labels.shape[1] != num_classes:
+        raise OnnxkitError(
+            f"data {name!r}: labels of shape {list(labels.shape)} read as class probabilities, but output {output!r} "
+            f"scores {num_classes} classes; give one probability per class, or one class id per row (shape [N])"
+        )
+    sums = labels.sum(axis=1, dtype=np.float64)
+    bad = ~((labels >= 0).all(axis=1) & (labels <= 1).all(axis=1) & (np.abs(sums - 1) <= 1e-3))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise OnnxkitError(
+            f"data {name!r}: float labels of shape {list(labels.shape)} read as class probabilities, but row {row} "
+            f"holds {first_few([f'{v:g}' for v in labels[row]], 4)} (summing to {sums[row]:g}); each row's values "
+            "must be 0 to 1, summing to 1 (labels / labels.sum(1, keepdims=True)), or give one class id per row"
+        )
+
+
 def check_class_labels(
     name: str,
     labels: np.ndarray,
@@ -82,6 +101,9 @@ def check_class_labels(
                 f"data {name!r}: a binary task takes labels 0 and 1, but a label is {odd:g}; "
                 "map the two classes to 0 and 1 (or train with loss=mse for regression)"
             )
+        return
+    if labels.ndim == 2 and labels.dtype.kind == "f":  # a probability per class (soft targets)
+        check_probabilities(name, labels, num_classes, output)
         return
     if labels.ndim != 1:  # a 0/1 matrix is K labels a row, which a model said to classify does not default to
         multi = labels.ndim == 2 and labels.dtype.kind in "iub" and bool(np.isin(labels, (0, 1)).all())

@@ -1,7 +1,8 @@
 """Losses as small ONNX subgraphs appended after a model output, plus how labels are fed to them.
 
 Each loss is written with ops that have gradients in every backend we target
-(no Abs, no Softplus): cross-entropy is LogSoftmax + GatherElements, binary
+(no Abs, no Softplus): cross-entropy is LogSoftmax + GatherElements (for class probabilities, LogSoftmax times them,
+summed over the classes), binary
 cross-entropy uses the stable form `relu(x) - x*t + log(1 + exp(x - 2*relu(x)))`,
 L1 uses `|d| = 2*relu(d) - d`.
 """
@@ -36,6 +37,7 @@ class Loss:
     name: str
     axis: int = -1  # cross-entropy's class axis: 1 for [batch, C, H, W] scores of [N, H, W] ids (see `along`)
     smoothing: float = 0.0  # cross-entropy's label smoothing (see `smoothed`)
+    soft: bool = False  # cross-entropy against a probability per class ([N, C] rows summing to 1), not class ids
 
     @property
     def class_labels(self) -> bool:
@@ -44,10 +46,13 @@ class Loss:
 
     def along(self, output: onnx.ValueInfoProto, labels: np.ndarray) -> Loss:
         """This loss on `output` for `labels`: cross-entropy with one class id per position ([N, H, W]
-        or [N, T]) takes the classes on the output's axis that the labels' shape leaves out."""
+        or [N, T]) takes the classes on the output's axis that the labels' shape leaves out; with float
+        labels shaped as [batch, classes] scores it takes them as class probabilities (PyTorch's soft targets)."""
         if not self.class_labels:
             return self
         shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
+        if labels.dtype.kind == "f" and labels.ndim == len(shape) == 2 and sizes_fit(shape[1:], labels.shape[1:]):
+            return replace(self, soft=True)
         axis = class_axis(shape, labels.shape)
         if len(shape) > 2 and not sizes_fit(without_class_axis(shape, axis), labels.shape[1:]):
             shown = ", ".join(str(d) if d else "?" for d in shape)
@@ -86,7 +91,7 @@ class Loss:
 
     def labels_input(self, name: str, output: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
         """The graph input the labels are fed through."""
-        if self.class_labels:  # the output's shape without its class axis
+        if self.class_labels and not self.soft:  # the output's shape without its class axis
             dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
                     for d in output.type.tensor_type.shape.dim]
             del dims[self.axis]
@@ -100,7 +105,7 @@ class Loss:
         """Labels converted to what the loss input takes: int64 class ids, or float32 targets
         reshaped like the output (e.g. [N] -> [N, 1])."""
         stray = not_whole(labels)
-        if self.class_labels:
+        if self.class_labels and not self.soft:
             if labels.dtype.kind not in "iub":
                 if stray is None and labels.dtype.kind == "f":  # class ids saved as floats (np.loadtxt's 0.0, 1.0)
                     raise OnnxkitError(f"cross-entropy needs integer class labels but the data's are {labels.dtype} "
@@ -158,8 +163,12 @@ class Loss:
         if self.name == "cross-entropy":  # -mean(log_softmax(x)[i, label_i]), over every position i
             log_prob = node("LogSoftmax", [logits or output], "log_prob", axis=self.axis)
             graph.initializer.append(helper.make_tensor(f"{PREFIX}.class_axis", TensorProto.INT64, [1], [self.axis]))
-            index = node("Unsqueeze", [labels, f"{PREFIX}.class_axis"], "label_index")
-            picked = node("GatherElements", [log_prob, index], "picked", axis=self.axis)
+            if self.soft:  # each row's probabilities times its log-probabilities, summed over the classes
+                picked = node("ReduceSum", [node("Mul", [labels, log_prob], "weighted"), f"{PREFIX}.class_axis"],
+                              "picked", keepdims=0)
+            else:
+                index = node("Unsqueeze", [labels, f"{PREFIX}.class_axis"], "label_index")
+                picked = node("GatherElements", [log_prob, index], "picked", axis=self.axis)
             likelihood = node("ReduceMean", [picked], "mean_picked", keepdims=0)
             if self.smoothing:  # every position has all its classes: their mean over all positions is the mean of means
                 graph.initializer.extend(helper.make_tensor(f"{PREFIX}.{name}", TensorProto.FLOAT, [], [value])
