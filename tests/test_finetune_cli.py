@@ -86,7 +86,7 @@ def test_lora_flag_mistakes_are_clear_errors(bert, run_cli):
         (("--lora-alpha", "4"), "need --lora-rank R"),
         (("--lora-rank", "2", "--train-only", "classifier.*"), "--train-only would leave the LoRA adapters frozen"),
         (("--lora-rank", "0"), "--lora-rank must be at least 1"),
-        (("--lora-rank", "2", "--lora-targets", "*attn.qq.weight"), "matches no MatMul weight"),
+        (("--lora-rank", "2", "--lora-targets", "*attn.qq.weight"), "matches no MatMul or Gemm weight"),
     ]
     for flags, message in cases:
         result = run_cli("train", path, "--data", "bbc-news", *flags, "-o", folder / "bad")

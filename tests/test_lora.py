@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import zoo
 from onnxkit.errors import OnnxkitError
@@ -78,7 +78,7 @@ def test_merged_model_is_the_original_graph_and_computes_what_the_adapters_did(s
 
 
 def test_bad_lora_settings_are_clear_errors(small_bert):
-    with pytest.raises(OnnxkitError, match=r"LoRA target '\*attn.query.weight' matches no MatMul weight"):
+    with pytest.raises(OnnxkitError, match=r"LoRA target '\*attn.query.weight' matches no MatMul or Gemm weight"):
         target_weights(small_bert, ["*attn.query.weight"])
     with pytest.raises(OnnxkitError, match="LoRA rank must be at least 1"):
         LoraConfig(rank=0)
@@ -169,7 +169,7 @@ def test_an_exported_hugging_face_encoder_takes_lora_on_its_query_and_value_by_t
     assert adapter.trainable(adapted) == [f"{query}.lora_A", f"{query}.lora_B", f"{value}.lora_A",
                                           f"{value}.lora_B", head, "classifier.bias"]
     assert not adapter.notes()
-    with pytest.raises(OnnxkitError, match=r"MatMul weights look like: encoder\.layer\.0\.attention\.self\.query\."):
+    with pytest.raises(OnnxkitError, match=r"Such weights look like: encoder\.layer\.0\.attention\.self\.query\."):
         target_weights(model, ["*.qkv.weight"])
 
 
@@ -186,3 +186,44 @@ def test_peft_keywords_are_refused_naming_ours() -> None:
     assert (config.scale, copy.deepcopy(config)) == (2.0, config)
     with pytest.raises(TypeError, match="unexpected keyword argument 'rnak'"):
         LoraConfig(rnak=8)
+
+
+def _gemm_classifier() -> onnx.ModelProto:
+    """x [batch, 4] -> Gemm(W [6, 4], transB=1, alpha=0.5), as an exporter writes a 2-D Linear (at half scale) ->
+    Relu -> Gemm(W [6, 3]), as GPT-2's Conv1D keeps its weights [in, out] -> logits [batch, 3]."""
+    rng = np.random.default_rng(2)
+    arrays = {"fc.weight": rng.normal(0, 0.5, (6, 4)), "fc.bias": rng.normal(0, 0.1, 6),
+              "c_attn.weight": rng.normal(0, 0.5, (6, 3)), "c_attn.bias": np.zeros(3)}
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["h"], transB=1, alpha=0.5),
+         helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "c_attn.weight", "c_attn.bias"], ["logits"])],
+        "gemms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_gemm_weights_take_adapters_merged_back_in_their_own_layout():
+    # only MatMul weights could be targets: a 2-D Linear exported as Gemm, or GPT-2's fused c_attn, took no adapter
+    model = _gemm_classifier()
+    assert target_weights(model, ["*.weight"]) == ["fc.weight", "c_attn.weight"]
+    adapted, names = add_adapters(model, LoraConfig(rank=2, alpha=6.0, targets=["*.weight"]))
+    shapes = {t.name: tuple(t.dims) for t in adapted.graph.initializer}
+    assert [shapes[n] for n in names] == [(4, 2), (2, 6), (6, 2), (2, 3)]  # [in, r], [r, out] of each
+    rng = np.random.default_rng(3)
+    for t in adapted.graph.initializer:  # pretend training moved the adapters
+        if t.name.endswith(".lora_B"):
+            t.CopyFrom(numpy_helper.from_array(rng.normal(0, 0.3, tuple(t.dims)).astype(np.float32), t.name))
+    x = {"x": rng.normal(size=(5, 4)).astype(np.float32)}
+    expected = _run(adapted, x)
+    assert np.abs(expected - _run(model, x)).max() > 0.05
+    merged = merge_adapters(model, adapted)
+    assert merged.graph.node == model.graph.node
+    np.testing.assert_allclose(_run(merged, x), expected, atol=1e-5)
+    w = _weights(adapted)  # numpy: fc's update is transposed into its [out, in] weight; the Gemm's alpha scales it
+    update = w["fc.weight.lora_A"] @ w["fc.weight.lora_B"] * 3.0
+    np.testing.assert_allclose(_weights(merged)["fc.weight"], w["fc.weight"] + update.T, rtol=1e-6, atol=1e-6)
+    h = np.maximum(0.5 * x["x"] @ (w["fc.weight"].T + update) + w["fc.bias"], 0)
+    np.testing.assert_allclose(expected, h @ (w["c_attn.weight"] + w["c_attn.weight.lora_A"] @
+                                              w["c_attn.weight.lora_B"] * 3.0) + w["c_attn.bias"], atol=1e-5)

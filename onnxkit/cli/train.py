@@ -84,7 +84,7 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("--lora-rank", type=opt.COUNT, help="Train LoRA adapters of this rank; the base weights stay frozen.")
 @click.option("--lora-alpha", type=opt.POSITIVE, help="LoRA scale alpha / rank (default alpha: 2 x rank).")
 @click.option("--lora-targets", multiple=True, metavar="GLOB",
-              help="MatMul weights to adapt, by name or the PyTorch parameter an export made them from "
+              help="MatMul or Gemm weights to adapt, by name or the PyTorch parameter an export made them from "
                    "(repeatable; default: '*attn.q.weight' '*attn.v.weight', else a Hugging Face model's query and "
                    "value weights).")
 @click.option("--lora-train", multiple=True, metavar="GLOB",

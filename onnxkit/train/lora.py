@@ -1,10 +1,12 @@
-"""LoRA: low-rank adapters on MatMul weights, as a graph rewrite, and their merge back.
+"""LoRA: low-rank adapters on MatMul and Gemm weights, as a graph rewrite, and their merge back.
 
 `add_adapters` rewrites every `y = MatMul(x, W)` whose weight `W` [in, out]
 matches a target glob into
 
     y = MatMul(x, W) + MatMul(MatMul(x, W.lora_A), W.lora_B) * alpha / rank
 
+(a `Gemm(x, W, b)` likewise: a 2-D Linear as exporters write it, W [out, in] with transB, or
+GPT-2's fused Conv1D weights [in, out]; the update scaled by the Gemm's own alpha too),
 with `W.lora_A` [in, rank] small random and `W.lora_B` [rank, out] zeros, so the
 adapted model starts out computing exactly what the original does. Training
 then updates only the adapters (and whatever else is chosen, e.g. a new head)
@@ -77,20 +79,43 @@ class LoraConfig:
         return (self.alpha if self.alpha is not None else 2.0 * self.rank) / self.rank
 
 
-def _matmul_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Float rank-2 initializers used as the right-hand side of a MatMul, by name."""
+@dataclass(frozen=True)
+class _Weight:
+    """A weight LoRA can adapt: [in, out] as the product reads it (`transposed`: stored [out, in], a Gemm's
+    transB), and the factor the product is scaled by (a Gemm's alpha)."""
+
+    fan_in: int
+    fan_out: int
+    transposed: bool = False
+    factor: float = 1.0
+
+
+def _matmul_weights(model: onnx.ModelProto) -> dict[str, _Weight]:
+    """Float rank-2 initializers used as the right-hand side of a MatMul, or the B of a Gemm that does not
+    transpose its A, by name."""
     inits = {t.name: t for t in model.graph.initializer}
-    return {
-        n.input[1]: inits[n.input[1]]
-        for n in model.graph.node
-        if n.op_type == "MatMul" and n.input[1] in inits
-        and inits[n.input[1]].data_type == TensorProto.FLOAT and len(inits[n.input[1]].dims) == 2
-    }
+    found: dict[str, _Weight] = {}
+    for n in model.graph.node:
+        w = n.input[1] if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 else None
+        tensor = inits.get(w) if w else None
+        if tensor is None or tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2:
+            continue
+        if n.op_type == "MatMul":
+            found[w] = _Weight(*tensor.dims)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if not attrs.get("transA", 0):
+            rows, cols = tensor.dims
+            transposed = bool(attrs.get("transB", 0))
+            found[w] = _Weight(cols if transposed else rows, rows if transposed else cols, transposed,
+                               float(attrs.get("alpha", 1.0)))
+    return found
 
 
 def target_weights(model: onnx.ModelProto, targets: Sequence[str]) -> list[str]:
-    """The MatMul weights matched by the `targets` globs, by name or by the PyTorch name the export gives them; each
-    glob must match one (the default ones, where none does, give way to Hugging Face's query and value weights)."""
+    """The MatMul and Gemm weights matched by the `targets` globs, by name or by the PyTorch name the export gives
+    them; each glob must match one (the default ones, where none does, give way to Hugging Face's query and value
+    weights)."""
     names = _parameter_names(model)
     weights = {w: names[w] for w in _matmul_weights(model)}
     shown = [aka[-1] for aka in weights.values()]
@@ -101,8 +126,8 @@ def target_weights(model: onnx.ModelProto, targets: Sequence[str]) -> list[str]:
         hits = _matching(weights, [pattern])
         if not hits:
             raise OnnxkitError(
-                f"LoRA target {pattern!r} matches no MatMul weight.{suggest(pattern, shown)} "
-                f"MatMul weights look like: {first_few(shown, 4) or 'none (the model has no MatMul with a weight)'}"
+                f"LoRA target {pattern!r} matches no MatMul or Gemm weight.{suggest(pattern, shown)} "
+                f"Such weights look like: {first_few(shown, 4) or 'none (the model has no MatMul or Gemm weight)'}"
             )
         chosen.update(hits)
     return [w for w in weights if w in chosen]
@@ -125,11 +150,11 @@ def add_adapters(model: onnx.ModelProto, config: LoraConfig) -> tuple[onnx.Model
     del graph.node[:]
     names: list[str] = []
     for node in nodes:
-        if node.op_type != "MatMul" or node.input[1] not in targets:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in targets:
             graph.node.append(node)
             continue
         w = node.input[1]
-        fan_in, fan_out = weights[w].dims
+        fan_in, fan_out = weights[w].fan_in, weights[w].fan_out
         if w + _A not in names:  # one adapter per weight, even if the weight is used twice
             bound = 1.0 / np.sqrt(fan_in)
             graph.initializer.extend([
@@ -145,7 +170,7 @@ def add_adapters(model: onnx.ModelProto, config: LoraConfig) -> tuple[onnx.Model
             helper.make_node("MatMul", [node.input[0], w + _A], [low]),
             helper.make_node("MatMul", [low, w + _B], [delta]),
             helper.make_node("Constant", [], [scale], value=helper.make_tensor(scale, TensorProto.FLOAT, [],
-                                                                              [config.scale])),
+                                                                              [config.scale * weights[w].factor])),
             helper.make_node("Mul", [delta, scale], [scaled]),
             helper.make_node("Add", [base, scaled], [out]),
         ])
@@ -166,6 +191,7 @@ def merge_adapters(original: onnx.ModelProto, adapted: onnx.ModelProto) -> onnx.
     if LORA_KEY not in meta:
         raise OnnxkitError(f"this model has no LoRA adapters to merge (no {LORA_KEY} metadata)")
     scale = float(json.loads(meta.pop(LORA_KEY))["scale"])
+    weights = _matmul_weights(original)
     trained = {t.name: t for t in adapted.graph.initializer}
     merged = onnx.ModelProto()
     merged.CopyFrom(original)
@@ -176,7 +202,8 @@ def merge_adapters(original: onnx.ModelProto, adapted: onnx.ModelProto) -> onnx.
         if init.name + _A in trained:
             a = numpy_helper.to_array(trained[init.name + _A]).astype(np.float64)
             b = numpy_helper.to_array(trained[init.name + _B]).astype(np.float64)
-            value = (value + (a @ b) * scale).astype(value.dtype)
+            update = (a @ b) * scale
+            value = (value + (update.T if weights[init.name].transposed else update)).astype(value.dtype)
         init.CopyFrom(numpy_helper.from_array(value, init.name))
     set_metadata(merged, meta, keep=False)
     return merged
@@ -228,7 +255,8 @@ class LoraAdapter:
         weights = _matmul_weights(original)
         rank = self.config.rank
         targets = target_weights(original, self.config.targets)
-        full = [f"{w} {'x'.join(map(str, weights[w].dims))}" for w in targets if rank >= min(weights[w].dims)]
+        full = [f"{w} {weights[w].fan_in}x{weights[w].fan_out}" for w in targets
+                if rank >= min(weights[w].fan_in, weights[w].fan_out)]
         if not full:
             return []
         return [f"warning: LoRA rank {rank} is not below the smaller side of {len(full)} adapted weight"
