@@ -1,4 +1,4 @@
-"""The built wheel works on its own: it carries the zoo, lists all six models, builds one, and
+"""The built wheel works on its own: it carries the zoo, lists all eight models, builds one, and
 requires the whole stack its commands use (no extras), so a plain install trains.
 
 The wheel is built from a copy of the sources (no stale build/ folder), installed with
@@ -21,7 +21,8 @@ import onnx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ZOO = ["bert-classifier", "binary-classifier", "digits-cnn", "digits-mlp", "iris-mlp", "text-transformer"]
+ZOO = ["bert-classifier", "binary-classifier", "digits-cnn", "digits-mlp", "image-cnn", "iris-mlp", "tabular-mlp",
+       "text-transformer"]
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,8 @@ from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = ["bert-classifier", "binary-classifier", "digits-cnn", "digits-mlp", "iris-mlp", "text-transformer"]
+ZOO = ["bert-classifier", "binary-classifier", "digits-cnn", "digits-mlp", "image-cnn", "iris-mlp", "tabular-mlp",
+       "text-transformer"]
 
 
 def feeds_for(model: onnx.ModelProto, batch: int, seq: int = 6) -> dict[str, np.ndarray]:
@@ -616,3 +617,29 @@ def test_inspect_says_a_model_has_no_inputs(tmp_path, run_cli):
     r = run_cli("inspect", tmp_path / "m.onnx")
     assert r.code == 0 and "\ninputs\n  (none)\noutputs\n" in r.out
     assert json.loads(run_cli("inspect", tmp_path / "m.onnx", "--json").out)["inputs"] == []
+
+
+def test_tabular_mlp_and_image_cnn_are_the_networks_their_options_say():
+    """tabular-mlp's layers and widths, against numpy's ReLU MLP of its weights; image-cnn's conv widths and pooling
+    blocks from the image size; bad values are one error naming the option."""
+    model = zoo.build_model("tabular-mlp", features=5, outputs=2, hidden=7, layers=3, dropout=0.0, task="regression")
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    matrices = [weights[n.input[1]] for n in model.graph.node if n.op_type == "MatMul"]
+    biases = [weights[n.input[1]] for n in model.graph.node if n.op_type == "Add"]
+    assert [m.shape for m in matrices] == [(5, 7), (7, 7), (7, 7), (7, 2)]
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    expected = x
+    for k, (w, b) in enumerate(zip(matrices, biases, strict=True)):
+        expected = expected @ w + b
+        expected = np.maximum(expected, 0) if k < len(matrices) - 1 else expected
+    np.testing.assert_allclose(ort_run(model, {"x": x})[0], expected, rtol=1e-5, atol=1e-6)
+    assert read_metadata(model)["onnxkit.task"] == "regression"
+    cnn = zoo.build_model("image-cnn", channels=3, height=224, width=160, num_classes=5)  # 224 -> 7 in five pools
+    kernels = {t.name: list(t.dims) for t in cnn.graph.initializer}
+    assert [kernels[n.input[1]][0] for n in cnn.graph.node if n.op_type == "Conv"] == [32, 64, 128, 128, 128]
+    assert kernels[next(n for n in cnn.graph.node if n.op_type == "MatMul").input[1]] == [128 * 7 * 5, 64]
+    for name, options, message in (("tabular-mlp", {"task": "classify"}, "choose classification or regression"),
+                                   ("tabular-mlp", {"dropout": 1.0}, "dropout=1.0: a share from 0 up to"),
+                                   ("image-cnn", {"height": 8, "width": 8, "blocks": 4}, "take from 0 to 1 pooling")):
+        with pytest.raises(OnnxkitError, match=message):
+            zoo.build_model(name, **options)
