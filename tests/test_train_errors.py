@@ -107,18 +107,14 @@ def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):
         with pytest.raises(OnnxkitError) as e:
             fit(resume=folder)
         assert str(e.value).endswith(message)
-    for args, message in (((cnn, "-o", run), "give MODEL.onnx and DATA (or --resume RUN_DIR)"),
+    for args, message in (((cnn, "-o", run), "give DATA, with MODEL.onnx before it or not (a model is then built for "
+                                             "the data), or --resume RUN_DIR"),
                           ((cnn, "iris", "--data", "wine", "-o", run), "give the data once (one file or folder, "
                                                                        "as DATA or --data), not 2: wine, iris"),
                           ((cnn, "a.png", "b.png", "c.png", "d.png", "-o", run),  # photos/*.png
                            "not 4: a.png, b.png, c.png, ...; a shell pattern (*.png) passes each file: give their "
                            "folder"),
-                          ((cnn, "--data", "iris", "--resume", tmp_path), "give only --resume RUN_DIR"),
-                          # data alone was told 'give MODEL.onnx and DATA', as if it had been the model
-                          (("wine.csv", "-o", run), "wine.csv is data: train needs the model to train on it too, "
-                                                    "given first (onnxkit train MODEL.onnx wine.csv)"),
-                          (("iris", "-o", run), "iris is data: train needs the model"),
-                          (("--data", "iris", "-o", run), "iris is data: train needs the model")):
+                          ((cnn, "--data", "iris", "--resume", tmp_path), "give only --resume RUN_DIR")):
         malformed = run_cli("train", *args)
         assert malformed.code == 2 and malformed.err.startswith("error: ") and message in malformed.err
         assert malformed.err.count("\n") == 1 and "(see onnxkit train -h)" in malformed.err and not run.exists()
@@ -389,7 +385,7 @@ def test_a_run_folder_given_as_the_model_names_the_model_in_it(run_cli, tmp_path
         assert (result.code, result.err) == (1, message), command
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     alone = run_cli("train", run)  # no data: not called data itself, as a folder of images would be
-    assert alone.code == 2 and "give MODEL.onnx and DATA" in alone.err and "is data" not in alone.err
+    assert alone.code == 2 and "give DATA, with MODEL.onnx before it or not" in alone.err
 
 
 def test_a_scikit_learn_linear_classifier_is_refused_as_what_it_is(run_cli, tmp_path):

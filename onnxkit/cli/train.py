@@ -28,11 +28,12 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 
 @click.command("train")
 @click.argument("model", required=False, type=click.Path())
-@opt.data("Dataset: iris, digits, digits-images, wine, breast-cancer, diabetes, bbc-news, tweets-sentiment "
-              "(text: tokenized by the model's tokenizer), a .npz / .csv / .tsv file, or a folder of class folders "
-              "of images.")
+@opt.data("Dataset (given alone, a model is built for it): iris, digits, digits-images, wine, breast-cancer, "
+          "diabetes, bbc-news, tweets-sentiment (text: tokenized by the model's tokenizer), a .npz / .csv / .tsv "
+          "file, or a folder of class folders of images.")
 @click.option("-o", "--out", "--output", "out_dir", type=click.Path(file_okay=False),
-              help="Run folder to create (default: runs/MODEL, the model file's name, or runs/MODEL-2, -3, ...).")
+              help="Run folder to create (default: runs/MODEL, the model file's name, else the data's, or "
+                   "runs/MODEL-2, -3, ...).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--loss", type=click.Choice([*LOSSES, *LOSS_ALIASES]),
               help="Default: from the model's task and the labels (ce, bce, l2, mae: short names).")
@@ -114,7 +115,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
               "`distributed`); --batch-size stays the global batch.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any) -> None:
-    """Train or fine-tune MODEL.onnx (any inference-form ONNX model) on a dataset.
+    """Train or fine-tune MODEL.onnx (any inference-form ONNX model) on a dataset; with DATA alone, a model
+    built for it (a table: tabular-mlp; images: image-cnn; sized to the data, as the first line says).
 
     Writes a run folder: run.json, metrics.jsonl, checkpoints/, curves.svg and
     model.onnx (the trained inference model). Ctrl-C saves a checkpoint;
@@ -122,6 +124,8 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
 
     \b
     Examples:
+      onnxkit train wine.csv                                             # an MLP sized to the table, into runs/wine
+      onnxkit train photos/                                              # a CNN sized to the images and classes
       onnxkit train digits.onnx digits-images                            # into runs/digits (then runs/digits-2, ...)
       onnxkit train digits.onnx --data digits-images -o runs/digits      # the same, spelled out
       onnxkit train digits.onnx --data digits-images --epochs 20 -o runs/digits20
@@ -149,22 +153,22 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
     if resume and (model or options["data"] or options["out_dir"]):
         raise click.UsageError("--resume continues a run with its stored settings; give only --resume RUN_DIR",
                                click.get_current_context())
-    lone_data = options["data"] if not model else model if not options["data"] and _is_data(model) else None
-    if not resume and lone_data:
-        raise click.UsageError(f"{lone_data} is data: train needs the model to train on it too, given first (onnxkit "
-                               f"train MODEL.onnx {lone_data}): a zoo recipe or your own onnxkit.nn file built with "
-                               "onnxkit build, or a PyTorch export", click.get_current_context())
-    if not resume and not (model and options["data"]):
-        raise click.UsageError("give MODEL.onnx and DATA (or --resume RUN_DIR)", click.get_current_context())
+    if model and not options["data"] and _is_data(model):  # data alone: a model is built for it
+        model, options["data"] = None, model
+    if not resume and not options["data"]:
+        raise click.UsageError("give DATA, with MODEL.onnx before it or not (a model is then built for the data), or "
+                               "--resume RUN_DIR", click.get_current_context())
     if not resume and not options["out_dir"]:
-        options["out_dir"] = _new_run_folder(model)
+        options["out_dir"] = _new_run_folder(Path(model).name.removesuffix(".onnx") if model
+                                             else Path(options["data"]).stem)
     if options["epochs"] is not None and options["steps"] is not None:
         raise click.UsageError("give --epochs or --steps, not both: --steps ends the run wherever it is in its epochs",
                                click.get_current_context())
     if resume:
         _refuse_settings_on_resume()
     optimizer, adapter = _optimizer(options), _lora_adapter(options)  # checked before any worker starts
-    model = _with_tokenizer(model, options.pop("tokenizer"), options.pop("max_length"))  # before any worker starts
+    model = _with_tokenizer(model, options["data"], options.pop("tokenizer"),
+                            options.pop("max_length"))  # before any worker starts
     workers = options.pop("workers")
     if workers and workers > 1:
         from onnxkit.train.launch import launch_training
@@ -242,8 +246,7 @@ def _warning_line(show: Any) -> Any:
 
 def _is_data(argument: str) -> bool:
     """Whether a lone argument is data, not a model: a data file, an image folder (not a run's folder, which holds
-    run.json or a model) or a built-in dataset's name (`onnxkit train iris.csv` was told to give MODEL.onnx and
-    DATA, as if the file were a model)."""
+    run.json or a model) or a built-in dataset's name (`onnxkit train wine.csv` trains a model built for it)."""
     from onnxkit.data import datasets
     from onnxkit.data.formats import READERS
 
@@ -252,10 +255,10 @@ def _is_data(argument: str) -> bool:
     return path.suffix.lower() in READERS or images or argument in datasets()
 
 
-def _new_run_folder(model: str) -> str:
-    """The run folder when none is given: runs/<the model file's stem>, else the first of runs/<stem>-2, -3, ...
-    that does not exist yet."""
-    stem = Path(model).name.removesuffix(".onnx") or "run"
+def _new_run_folder(stem: str) -> str:
+    """The run folder when none is given: runs/<stem> (the model file's, else the data's), else the first of
+    runs/<stem>-2, -3, ... that does not exist yet."""
+    stem = stem or "run"
     folders = (Path("runs") / (stem if k == 1 else f"{stem}-{k}") for k in itertools.count(1))
     return str(next(folder for folder in folders if not folder.exists()))
 
@@ -289,11 +292,17 @@ def _refuse_settings_on_resume() -> None:
                                "(or start a new run with them)", ctx)
 
 
-def _with_tokenizer(model: str | None, tokenizer: str | None, max_length: int | None) -> Any:
+def _with_tokenizer(model: str | None, data: str, tokenizer: str | None, max_length: int | None) -> Any:
     """The model to train: the path given, or with --tokenizer the model carrying it, or with --max-length alone
     the model carrying its own tokenizer at that length (the run keeps that copy)."""
     if tokenizer is None and max_length is None:
         return model
+    if model is None:
+        from onnxkit.train.default_model import text_models
+
+        flag = "--tokenizer" if tokenizer is not None else "--max-length"
+        raise click.UsageError(f"{flag} goes with a model that reads text, and train picks none for text: "
+                               f"{text_models(data)}", click.get_current_context())
     from onnxkit.data.text import carry_tokenizer, tokenizer_options
     from onnxkit.files import load_model
 

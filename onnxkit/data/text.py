@@ -102,9 +102,13 @@ def carry_tokenizer(model: onnx.ModelProto, tokenizer: str, max_length: int | No
     return carried
 
 
-def needs_tokenizer(name: str) -> OnnxkitError:
+class NeedsTokenizer(OnnxkitError):
+    """Text data read with no tokenizer to turn it into the token ids a model takes."""
+
+
+def needs_tokenizer(name: str) -> NeedsTokenizer:
     """The error for text data given with no tokenizer to turn it into the token ids a model takes."""
-    return OnnxkitError(
+    return NeedsTokenizer(
         f"{name} is text and needs a tokenizer: train a model that carries one (e.g. onnxkit build "
         "bert-classifier --set pretrained=all-MiniLM-L6-v2), or give one: onnxkit train --tokenizer "
         "PATH/tokenizer.json (in Python, load_dataset's tokenizer argument)"

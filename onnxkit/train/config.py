@@ -81,6 +81,7 @@ class TrainConfig:
     data_fingerprint: str = ""  # of an in-memory Dataset (`Dataset.fingerprint`), checked on resume
     cache_features: bool = True
     standardize: bool | None = False  # None: decided from the data when training starts (then stored as a bool)
+    model_recipe: dict[str, Any] | None = None  # the zoo recipe and options of the model built for the data, if any
 
     def __post_init__(self) -> None:
         """Counts and seeds are integers (2.5 epochs or a batch of 16.0 is refused; numpy integers are kept as int)."""

@@ -110,6 +110,7 @@ from onnxkit.train.callbacks import (
     RecordCallback,
 )
 from onnxkit.train.config import FitResult, GraphAdapter, TrainConfig, TrainingInterrupted, adapter_settings
+from onnxkit.train.default_model import default_model, unmodelled_data
 from onnxkit.train.defaults import Settings, resolve, training_mode
 from onnxkit.train.export import with_weights
 from onnxkit.train.exporter_marks import computed_at_export, folded_batch_norms, padding_rows, unmarked_scalars
@@ -241,7 +242,9 @@ def fit(
     callback: Callable[[dict[str, Any]], None] | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Train `model` (a path or ModelProto, inference form) on `data`; write the run to `out_dir`.
+    """Train `model` (a path or ModelProto, inference form) on `data`; write the run to `out_dir`. With `model` None
+    (`fit(data=..., out_dir=...)`), a zoo model sized to the data is built and trained (`train.default_model`:
+    tabular-mlp for a table, image-cnn for images), said in the first progress line and recorded in run.json.
 
     Returns a `FitResult`: the run folder, the trained model's path (model.onnx), its metrics and history.
 
@@ -310,12 +313,14 @@ def fit(
     world = distributed.current_world()
     if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks; a GPU each
         out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
+    made = None  # the zoo model built for the data when no model is given
     if resume is not None:
         run, config, proto, dataset = _resumed(resume, data)
         note = None
     else:
-        if model is None:
-            raise OnnxkitError("give a model to train (a .onnx path or an onnx.ModelProto), or resume a run")
+        if model is None and data is None:
+            raise OnnxkitError("give training data (and the model to train, else one is built for the data), or "
+                               "resume a run")
         if out_dir is None:
             raise OnnxkitError("give an output folder for the run (out_dir / -o)")
         if data is None:
@@ -324,6 +329,10 @@ def fit(
         if epochs is not None and steps is not None:
             raise OnnxkitError("give epochs or steps, not both: steps end the run wherever it is in its epochs",
                                params=["epochs", "steps"])
+        if model is None:
+            read = data if isinstance(data, Dataset) else unmodelled_data(data, seed=data_seed, label=label)
+            model, made = default_model(read, data.name if isinstance(data, Dataset) else str(data),
+                                        get_loss(loss).name if loss else None)
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
             check_fits_protobuf(proto, "the model", "train")
@@ -333,6 +342,7 @@ def fit(
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
         dataset = (in_model_order(in_trained_columns(data, proto), proto) if isinstance(data, Dataset)
+                   else in_model_order(read, proto) if made  # as read for the model built for it
                    else load_dataset(data, seed=data_seed, model=proto, label=label))
         if label is None and Path(str(data)).suffix.lower() in TABLE_SUFFIXES:  # a model fit to a named column
             label = trained_label(proto)  # went on reading it (load_dataset's default): recorded for eval
@@ -385,6 +395,7 @@ def fit(
             data_fingerprint=dataset.fingerprint() if isinstance(data, Dataset) else "",
             cache_features=cache_features,
             standardize=standardize,
+            model_recipe={"name": made.recipe, "options": made.options} if made else None,
         )
         _check_numbers(config.epochs, config.steps, config.batch_size, config.grad_accumulation, config.patience,
                        config.eval_batch_size)
@@ -397,6 +408,8 @@ def fit(
                                params=["label_smoothing"])
     adapter = _run_adapter(config, adapter)
     progress = Progress(not quiet, warn=world is None or world.rank == 0)  # one rank's warnings
+    if made:
+        progress.line(made.line(run.base_model))
     setup = _Setup(run, config, proto, dataset, adapter, device, threads, progress)  # checks everything
     if note:
         setup.progress.line(note)

@@ -1,0 +1,131 @@
+"""The model `fit` trains when it is given data and no model: a zoo recipe sized to the data.
+
+A table (one `[rows, features]` input: a .csv/.tsv/.npz file, a built-in table such as wine) gets `tabular-mlp`,
+with an output per class (or per target, for regression); images (a folder of class folders, digits-images) get
+`image-cnn`, sized to the images and their classes. Text is refused with the text models to build instead: which
+tokenizer and how large a model are the user's to choose.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxkit.data import Dataset, load_dataset
+from onnxkit.data.text import NeedsTokenizer
+from onnxkit.errors import OnnxkitError
+
+MAX_GUESSED_CLASSES = 20  # unnamed whole-number labels of more values are a measurement (`_measured`)
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    """The zoo recipe and options a model was built with for the data, and the line that says so."""
+
+    recipe: str
+    options: dict[str, Any]
+    data: str  # the data's name or path, as given
+    shape: str  # 'an MLP 13 -> 64 -> 64 -> 3', as the line shows it
+    sized_to: str  # '13 features and 3 classes'
+
+    def command(self, out: str | os.PathLike) -> str:
+        """The `onnxkit build` command that builds the same model into `out`."""
+        sets = " ".join(f"--set {k}={v}" for k, v in self.options.items())
+        return f"onnxkit build {self.recipe} {sets} -o {out}"
+
+    def line(self, out: str | os.PathLike) -> str:
+        """What the run says first: the model built, for what, and how to build it (into `out`)."""
+        return f"no model given: {self.shape} for {self.data}'s {self.sized_to} ({self.command(out)})"
+
+
+
+def text_models(data: str) -> str:
+    """How to train on text data, which train builds no model for: the text models, and the commands."""
+    return ("build a text model and train it, e.g. the pretrained MiniLM: onnxkit build bert-classifier --set "
+            f"pretrained=all-MiniLM-L6-v2 --set num_classes=N -o bert.onnx, then onnxkit train bert.onnx {data} (or "
+            "text-transformer, small and trained from scratch, with --tokenizer PATH/tokenizer.json)")
+
+
+def unmodelled_data(data: str | os.PathLike, *, seed: int, label: str | None) -> Dataset:
+    """`data` read as no model shapes it (images at their own size); text is refused (`text_models`)."""
+    try:
+        return load_dataset(data, seed=seed, **({"label": label} if label is not None else {}))
+    except NeedsTokenizer:
+        raise OnnxkitError(f"{data} is text, and train picks no model for text: {text_models(str(data))}") from None
+
+
+def default_model(dataset: Dataset, data: str, loss: str | None = None) -> tuple[onnx.ModelProto, DefaultModel]:
+    """The zoo model for `dataset` (named `data` in what is said), built, and how: `tabular-mlp` for a table,
+    `image-cnn` for images; a one-line error for data of other shapes. A regression `loss` (mse, l1) makes it a
+    regression model, as do whole-number labels of too many values to be classes (`measured`), unless `loss` is
+    cross-entropy."""
+    inputs, labels = dataset.train.inputs, dataset.train.labels
+    x = next(iter(inputs.values())) if len(inputs) == 1 else None
+    measured = loss is None and dataset.task != "regression" and _measured(dataset)
+    regression = dataset.task == "regression" or loss in ("mse", "l1") or measured
+    if x is None or x.ndim not in (2, 4) or x.dtype.kind not in "fiub" or (not regression and labels.ndim != 1):
+        shown = ", ".join(f"{k} {list(v.shape[1:])}" for k, v in inputs.items())
+        raise OnnxkitError(f"{data} holds {shown or 'no inputs'} a row: train picks a model only for one table of "
+                           "features (x [rows, features]) with a class or targets a row, or for images of classes; "
+                           "build a model for it (onnxkit models lists the zoo) and train that: onnxkit train "
+                           f"MODEL.onnx {data}")
+    if regression:
+        outputs = 1 if labels.ndim == 1 else int(np.prod(labels.shape[1:]))
+        sized_to = f"{outputs} target{'s' * (outputs != 1)}" + (
+            f" ({measured} whole numbers: a measurement, not classes; --loss ce classifies them)" if measured else "")
+    else:
+        outputs = _classes(dataset)
+        sized_to = f"{outputs} classes"
+    if x.ndim == 4:
+        return _image_model(x, outputs, data, sized_to)
+    defaults = _defaults("tabular-mlp")
+    options = {"features": x.shape[1], "outputs": outputs, **({"task": "regression"} if regression else {})}
+    shape = " -> ".join(map(str, [x.shape[1], *[defaults["hidden"]] * defaults["layers"], outputs]))
+    return _build("tabular-mlp", options), DefaultModel("tabular-mlp", options, data, f"an MLP {shape}",
+                                                          f"{x.shape[1]} features and {sized_to}")
+
+
+def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str) -> tuple[onnx.ModelProto, DefaultModel]:
+    """`image-cnn` for [N, C, H, W] images, described by its convolutions' widths."""
+    _, channels, height, width = images.shape
+    options = {"channels": channels, "height": height, "width": width, "num_classes": classes}
+    proto = _build("image-cnn", options)
+    weights = {t.name: t.dims for t in proto.graph.initializer}
+    filters = [str(weights[n.input[1]][0]) for n in proto.graph.node if n.op_type == "Conv"]
+    shape = (f"a CNN {channels}x{height}x{width} -> conv 3x3 + max-pool x{len(filters)} ({', '.join(filters)} "
+             f"filters) -> {_defaults('image-cnn')['hidden']} -> {classes}")
+    return proto, DefaultModel("image-cnn", options, data, shape, f"{height}x{width} images and {sized_to}")
+
+
+def _measured(dataset: Dataset) -> int:
+    """How many values unnamed whole-number labels take when they are too many for classes (more than
+    `MAX_GUESSED_CLASSES`, and on average fewer than 20 training rows each: diabetes' 214 values in 266 rows, an age
+    in years), else 0."""
+    labels = dataset.train.labels
+    if dataset.label_names or labels.ndim != 1:
+        return 0
+    distinct = len(np.unique(labels))
+    return distinct if distinct > MAX_GUESSED_CLASSES and distinct * 20 > len(labels) else 0
+
+
+def _classes(dataset: Dataset) -> int:
+    """The classes of a classification dataset: its class names, else one past its largest class id."""
+    largest = max(int(s.labels.max(initial=0)) for s in (dataset.train, dataset.validation, dataset.test))
+    return max(len(dataset.label_names or ()), largest + 1, 2)
+
+
+def _defaults(recipe: str) -> dict[str, Any]:
+    """A zoo recipe's default options."""
+    from onnxkit.zoo import options
+
+    return {k: p.default for k, p in options(recipe).items()}
+
+
+def _build(recipe: str, options: dict[str, Any]) -> onnx.ModelProto:
+    from onnxkit.zoo import build_model
+
+    return build_model(recipe, **options)

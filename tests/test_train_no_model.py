@@ -1,0 +1,183 @@
+"""`onnxkit train DATA` / `fit(None, data, out_dir)` with no model: a zoo model sized to the data is built, said in
+one line, trained and recorded (run.json's model_recipe, the run's base_model.onnx), so resume and eval work."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from sklearn import datasets as skd
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, r2_score
+
+from onnxkit import zoo
+from onnxkit.data import from_arrays, load_dataset
+from onnxkit.errors import OnnxkitError
+from onnxkit.evaluate import label_names
+from onnxkit.train import TrainingInterrupted, fit
+
+
+def write_csv(path, x: np.ndarray, y: np.ndarray) -> None:
+    """A table as a user saves it: a header, the features, the target last."""
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow([*(f"f{j}" for j in range(x.shape[1])), "target"])
+        out.writerows([*map(repr, map(float, row)), target] for row, target in zip(x, y, strict=True))
+
+
+def outputs(model_path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+
+
+def dims(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def weights(path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+
+
+@pytest.fixture
+def wine_csv(tmp_path):
+    x, y = skd.load_wine(return_X_y=True)
+    write_csv(tmp_path / "wine.csv", x, y)
+    return tmp_path / "wine.csv"
+
+
+def test_a_table_alone_trains_the_mlp_built_for_it_said_in_one_line(run_cli, tmp_path, wine_csv, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x, y = skd.load_wine(return_X_y=True)
+    result = run_cli("train", "wine.csv")
+    run = tmp_path / "runs" / "wine"  # named for the data
+    assert result.code == 0, result.err
+    first = result.err.splitlines()[0]
+    assert first == (f"no model given: an MLP {x.shape[1]} -> 64 -> 64 -> {len(set(y))} for wine.csv's {x.shape[1]} "
+                     f"features and {len(set(y))} classes (onnxkit build tabular-mlp --set features={x.shape[1]} "
+                     f"--set outputs={len(set(y))} -o {os.path.join('runs', 'wine', 'base_model.onnx')})")
+    config = json.loads((run / "run.json").read_text())["config"]
+    assert config["model_recipe"] == {"name": "tabular-mlp", "options": {"features": 13, "outputs": 3}}
+    assert config["model"] == str((run / "base_model.onnx").resolve())
+    # the command the line gives builds the model the run started from
+    assert zoo.build_model("tabular-mlp", features=13, outputs=3) == onnx.load(run / "base_model.onnx")
+    trained = onnx.load(run / "model.onnx")
+    assert dims(trained.graph.input[0]) == ["batch", 13] and dims(trained.graph.output[0]) == ["batch", 3]
+    test = load_dataset(str(wine_csv)).test
+    ours = accuracy_score(test.labels, outputs(run / "model.onnx", test.inputs["x"]).argmax(1))
+    assert ours >= 0.94  # 36 test rows: two wrong at most (LogisticRegression on standardised features: 1.0)
+    evaluated = run_cli("eval", run / "model.onnx", "--json")  # the run's data and test split by default
+    assert evaluated.code == 0 and json.loads(evaluated.out)["accuracy"] == pytest.approx(ours)
+
+
+def test_the_model_is_sized_to_regression_targets_and_images(tmp_path):
+    from onnxkit.train.default_model import default_model, unmodelled_data
+
+    x, y = skd.make_regression(n_samples=60, n_features=5, n_targets=2, random_state=0)
+    np.savez(tmp_path / "two.npz", x=x.astype(np.float32), y=y.astype(np.float32))
+    proto, made = default_model(unmodelled_data(tmp_path / "two.npz", seed=0, label=None), "two.npz")
+    assert made.options == {"features": 5, "outputs": 2, "task": "regression"}
+    assert dims(proto.graph.output[0]) == ["batch", 2]
+    assert made.line("m.onnx").startswith("no model given: an MLP 5 -> 64 -> 64 -> 2 for two.npz's 5 features and 2 "
+                                          "targets (onnxkit build tabular-mlp")
+    x, y = skd.load_diabetes(return_X_y=True)  # whole numbers 25-346: a measurement, though they could be classes
+    write_csv(tmp_path / "diabetes.csv", x, y)
+    proto, made = default_model(unmodelled_data(tmp_path / "diabetes.csv", seed=0, label=None), "diabetes.csv")
+    distinct = len(np.unique(load_dataset(tmp_path / "diabetes.csv").train.labels))
+    assert made.options == {"features": 10, "outputs": 1, "task": "regression"} and distinct > 100
+    assert made.sized_to == (f"10 features and 1 target ({distinct} whole numbers: a measurement, not classes; "
+                             "--loss ce classifies them)")
+    _, made = default_model(load_dataset(tmp_path / "diabetes.csv"), "diabetes.csv", loss="cross-entropy")
+    assert made.options == {"features": 10, "outputs": int(y.max()) + 1}
+    images = load_dataset("digits-images")
+    proto, made = default_model(images, "digits-images")
+    assert made.options == {"channels": 1, "height": 8, "width": 8, "num_classes": 10}
+    assert dims(proto.graph.input[0]) == ["batch", 1, 8, 8] and dims(proto.graph.output[0]) == ["batch", 10]
+    assert made.shape == "a CNN 1x8x8 -> conv 3x3 + max-pool x1 (32 filters) -> 64 -> 10"
+    wide = zoo.build_model("image-cnn", channels=3, height=28, width=28, num_classes=4)  # 28 -> 14 -> 7
+    kernels = {t.name: t.dims for t in wide.graph.initializer}
+    assert [kernels[n.input[1]][:2] for n in wide.graph.node if n.op_type == "Conv"] == [[32, 3], [64, 32]]
+    assert dims(wide.graph.output[0]) == ["batch", 4]
+
+
+def test_a_folder_of_class_folders_of_images_trains_the_cnn_built_for_it(run_cli, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, colour in enumerate(("red", "green", "blue")):  # noise brightest in one channel per class
+        (tmp_path / "photos" / colour).mkdir(parents=True)
+        for i in range(20):
+            pixels = rng.integers(0, 150, size=(12, 16, 3))
+            pixels[..., k] += 100
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "photos" / colour / f"{i}.png")
+    result = run_cli("train", tmp_path / "photos", "-o", tmp_path / "run", "--epochs", "40")
+    assert result.code == 0, result.err
+    assert result.err.splitlines()[0].startswith(f"no model given: a CNN 3x12x16 -> conv 3x3 + max-pool x2 (32, 64 "
+                                                 f"filters) -> 64 -> 3 for {tmp_path / 'photos'}'s 12x16 images and 3 "
+                                                 "classes (onnxkit build image-cnn --set channels=3 --set height=12 "
+                                                 "--set width=16 --set num_classes=3 -o")
+    test = load_dataset(tmp_path / "photos").test
+    predicted = outputs(tmp_path / "run" / "model.onnx", test.inputs["image"]).argmax(1)
+    assert accuracy_score(test.labels, predicted) == 1.0
+    assert label_names(onnx.load(tmp_path / "run" / "model.onnx")) == ["blue", "green", "red"]  # sorted folders
+
+
+def test_a_breast_cancer_run_resumed_after_ctrl_c_ends_as_one_straight_run(tmp_path):
+    """fit(None, data, out_dir): the built model's run stops at step 20, resumes from run.json alone, and ends with
+    the weights of the run that was not stopped, at the accuracy of scikit-learn's logistic regression."""
+    straight = fit(None, "breast-cancer", tmp_path / "straight", epochs=8)
+
+    def ctrl_c_at_step_20(record):
+        if record["event"] == "step" and record["step"] == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        fit(data="breast-cancer", out_dir=tmp_path / "resumed", epochs=8, callback=ctrl_c_at_step_20)
+    resumed = fit(resume=tmp_path / "resumed")
+    a, b = weights(straight.model_path), weights(resumed.model_path)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    data = load_dataset("breast-cancer")
+    ours = accuracy_score(data.test.labels, outputs(resumed.model_path, data.test.inputs["x"]).argmax(1))
+    mean, std = data.train.inputs["x"].mean(0), data.train.inputs["x"].std(0)
+    linear = LogisticRegression(max_iter=5000).fit((data.train.inputs["x"] - mean) / std, data.train.labels)
+    reference = accuracy_score(data.test.labels, linear.predict((data.test.inputs["x"] - mean) / std))
+    assert ours == pytest.approx(resumed.metrics["test"]["accuracy"]) and ours >= reference - 0.02 and ours >= 0.95
+
+
+def test_arrays_in_memory_train_a_regression_mlp(tmp_path):
+    x, y = skd.make_regression(n_samples=400, n_features=8, noise=5, random_state=1)
+    arrays = (x.astype(np.float32), y.astype(np.float32))
+    result = fit(data=arrays, out_dir=tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert config["model_recipe"]["options"] == {"features": 8, "outputs": 1, "task": "regression"}
+    data = from_arrays(arrays, seed=0)  # the split fit made of them
+    ours = r2_score(data.test.labels, outputs(result.model_path, data.test.inputs["x"])[:, 0])
+    ridge = Ridge().fit(data.train.inputs["x"], data.train.labels)
+    reference = r2_score(data.test.labels, ridge.predict(data.test.inputs["x"]))  # the data is linear: ~0.998
+    assert ours == pytest.approx(result.metrics["test"]["r2"], abs=1e-6) and ours >= reference - 0.02
+
+
+def test_data_no_model_fits_is_refused_in_one_line(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reviews.csv").write_text("text,label\ngood film,pos\nbad film,neg\nfine,pos\nawful,neg\n")
+    np.savez(tmp_path / "pair.npz", a=np.zeros((20, 3), np.float32), b=np.zeros((20, 2), np.float32),
+             labels=np.arange(20) % 2)
+    for data, message in (("reviews.csv", "error: reviews.csv is text, and train picks no model for text: build a "
+                                          "text model and train it, e.g. the pretrained MiniLM: onnxkit build "
+                                          "bert-classifier --set pretrained=all-MiniLM-L6-v2"),
+                          ("pair.npz", "error: pair.npz holds a [3], b [2] a row: train picks a model only for one "
+                                       "table of features")):
+        result = run_cli("train", data)
+        assert result.code == 1 and result.err.startswith(message) and result.err.count("\n") == 1, result.err
+        assert "text-transformer" in result.err or data != "reviews.csv"
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(OnnxkitError, match="give training data"):
+        fit(out_dir=tmp_path / "r")
