@@ -42,7 +42,6 @@ class DefaultModel:
         return f"no model given: {self.shape} for {self.data}'s {self.sized_to} ({self.command(out)})"
 
 
-
 def text_models(data: str) -> str:
     """How to train on text data, which train builds no model for: the text models, and the commands."""
     return ("build a text model and train it, e.g. the pretrained MiniLM: onnxkit build bert-classifier --set "
@@ -103,7 +102,7 @@ def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str) -> 
 
 def _measured(dataset: Dataset) -> int:
     """How many values unnamed whole-number labels take when they are too many for classes (more than
-    `MAX_GUESSED_CLASSES`, and on average fewer than 20 training rows each: diabetes' 214 values in 266 rows, an age
+    `MAX_GUESSED_CLASSES`, and on average fewer than 20 training rows each: diabetes' 166 values in 266 rows, an age
     in years), else 0."""
     labels = dataset.train.labels
     if dataset.label_names or labels.ndim != 1:
