@@ -15,7 +15,9 @@ by more than 0.03 accuracy or 0.05 R².
 
     .venv/bin/python tools/sweep_sklearn.py [--seeds 3] [--only moons friedman] [--torch]
 
-`--torch` adds the PyTorch cases (needs torch: PYTHONPATH=/tmp/torchlib).
+`--torch` adds the PyTorch cases (needs torch: PYTHONPATH=/tmp/torchlib). `--no-model` trains no MLP of this
+tool's: `onnxkit train FILE -o RUN` alone, the model `train` builds for the data (tabular-mlp). Every case also
+fits scikit-learn's HistGradientBoosting (default settings) on the same train split.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from sklearn import datasets as skd
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, r2_score
@@ -208,19 +211,20 @@ def predictions(classes: int, outputs: np.ndarray) -> np.ndarray:
     return (outputs[:, 0] > 0).astype(np.int64) if outputs.shape[-1] == 1 else outputs.argmax(-1)
 
 
-def run_case(case: Case, seed: int, folder: Path) -> dict[str, object]:
+def run_case(case: Case, seed: int, folder: Path, with_model: bool = True) -> dict[str, object]:
     x, y = case.make(seed)
     data = write_data(case, x, y, folder)
     split = load_dataset(str(data))  # the splits training makes (data seed 0)
     features = split.train.inputs["x"].shape[1]
     outputs = case.outputs or case.classes or 1
     model = folder / "model.onnx"
-    if case.torch:
+    if with_model and case.torch:
         torch_mlp(features, outputs, seed, model)
-    else:
+    elif with_model:
         onnx.save(dsl_mlp(features, outputs, seed), model)
+    given = [str(model)] if with_model else []
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "onnxkit", "train", str(model), "--data", str(data),
+    done = subprocess.run([sys.executable, "-m", "onnxkit", "train", *given, "--data", str(data),
                            "-o", str(folder / "run")], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode:
@@ -236,10 +240,16 @@ def run_case(case: Case, seed: int, folder: Path) -> dict[str, object]:
     tx, ty = split.train.inputs["x"], split.train.labels
     if case.classes:
         mlp, linear = MLPClassifier(random_state=seed, max_iter=2000), LogisticRegression(max_iter=5000)
+        hgb = HistGradientBoostingClassifier(random_state=seed)
     else:
         mlp, linear = MLPRegressor(random_state=seed, max_iter=2000), Ridge()
+        hgb = HistGradientBoostingRegressor(random_state=seed)
+    if ty.ndim > 1:  # several targets: one model per target
+        from sklearn.multioutput import MultiOutputRegressor
+
+        hgb = MultiOutputRegressor(hgb)
     scores = {}
-    for label, estimator in (("mlp", mlp), ("linear", linear)):
+    for label, estimator in (("mlp", mlp), ("linear", linear), ("hgb", hgb)):
         fitted = make_pipeline(StandardScaler(), estimator).fit(tx, ty)
         scores[label] = metric(case.classes, split.test.labels, fitted.predict(split.test.inputs["x"]))
     return {"onnxkit": ours, **scores, "standardized": info["config"]["standardize"],
@@ -260,6 +270,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=[], help="Cases whose names contain one of these words.")
     parser.add_argument("--torch", action="store_true", help="Add PyTorch exports of the same MLP (needs torch).")
     parser.add_argument("--verbose", action="store_true", help="A line per seed, with epochs and time.")
+    parser.add_argument("--no-model", action="store_true",
+                        help="Train the model `onnxkit train` builds for the data in place of this tool's MLP.")
     args = parser.parse_args()
     if args.torch and importlib.util.find_spec("torch") is None:
         raise SystemExit("--torch needs PyTorch, kept outside the project environment: pip install --target "
@@ -268,30 +280,31 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     cases = {**CASES, **(TORCH_CASES if args.torch else {})}
     chosen = {k: c for k, c in cases.items() if not args.only or any(w in k for w in args.only)}
-    print("| dataset | metric | onnxkit defaults | StandardScaler + sklearn MLP | StandardScaler + linear | "
-          "standardised |")
-    print("|---|---|---|---|---|---|", flush=True)
+    ours = "onnxkit train DATA (no model)" if args.no_model else "onnxkit defaults"
+    print(f"| dataset | metric | {ours} | StandardScaler + sklearn MLP | StandardScaler + linear | "
+          "HistGradientBoosting | standardised |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     flagged = []
     for name, case in chosen.items():
         results = []
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as folder:
-                results.append(run_case(case, seed, Path(folder)))
+                results.append(run_case(case, seed, Path(folder), with_model=not args.no_model))
             if args.verbose:
                 print(f"  {name} seed {seed}: {results[-1]}", flush=True)
         kind = "accuracy" if case.classes else "R²"
         errors = [r["error"] for r in results if "error" in r]
         if errors:
-            print(f"| {name} | {kind} | error: {errors[0]} | | | |", flush=True)
+            print(f"| {name} | {kind} | error: {errors[0]} | | | | |", flush=True)
             flagged.append(name)
             continue
-        column = {k: [float(r[k]) for r in results] for k in ("onnxkit", "mlp", "linear")}
+        column = {k: [float(r[k]) for r in results] for k in ("onnxkit", "mlp", "linear", "hgb")}
         gap = float(np.median(column["mlp"]) - np.median(column["onnxkit"]))
         mark = " <<" if gap > GAP[kind] else ""
         flagged += [name] if mark else []
         standardized = sorted({str(r["standardized"]) for r in results})
         print(f"| {name} | {kind} | {spread(column['onnxkit'])}{mark} | {spread(column['mlp'])} | "
-              f"{spread(column['linear'])} | {'/'.join(standardized)} |", flush=True)
+              f"{spread(column['linear'])} | {spread(column['hgb'])} | {'/'.join(standardized)} |", flush=True)
     print(f"\nflagged (onnxkit's median below sklearn MLP's by > {GAP['accuracy']} accuracy / {GAP['R²']} R², "
           f"or an error): {', '.join(flagged) or 'none'}")
 
