@@ -126,6 +126,12 @@ def test_a_folder_of_class_folders_of_images_trains_the_cnn_built_for_it(run_cli
     predicted = outputs(tmp_path / "run" / "model.onnx", test.inputs["image"]).argmax(1)
     assert accuracy_score(test.labels, predicted) == 1.0
     assert label_names(onnx.load(tmp_path / "run" / "model.onnx")) == ["blue", "green", "red"]  # sorted folders
+    Image.fromarray(np.zeros((13, 16, 3), np.uint8)).save(tmp_path / "photos" / "red" / "odd.png")
+    mixed = run_cli("train", tmp_path / "photos", "-o", tmp_path / "mixed")  # said 'model input 'image' takes ...'
+    assert mixed.code == 1 and mixed.err.startswith(f"error: {tmp_path / 'photos' / 'red' / 'odd.png'}: 16x13 pixels "
+                                                    "where") and not (tmp_path / "mixed").exists()
+    assert mixed.err.endswith("; a model is built for one size: resize the images to one size (or train a model "
+                              "with a fixed height and width, which takes them resized)\n")
 
 
 def test_a_breast_cancer_run_resumed_after_ctrl_c_ends_as_one_straight_run(tmp_path):

@@ -117,9 +117,10 @@ def no_images(folder: Path) -> str:
     return f"{folder}: no images ({' '.join(IMAGE_SUFFIXES)}) in it or its subfolders{held}"
 
 
-def read_images(paths: Sequence[Path], layout: ImageInput) -> np.ndarray:
+def read_images(paths: Sequence[Path], layout: ImageInput, *, for_model: bool = True) -> np.ndarray:
     """The images at `paths` as one array of `layout`'s shape and type ([N, C, H, W] or [N, H, W, C]). Without a
-    fixed height and width, every image must have the first one's size."""
+    fixed height and width, every image must have the first one's size (`for_model`: the layout is a model input's,
+    not the images' own, read for a model to be built for them)."""
     first = _pixels(paths[0], layout.channels, layout.size)
     height, width, channels = first.shape
     example = (height, width, channels) if layout.channels_last else (channels, height, width)
@@ -128,9 +129,12 @@ def read_images(paths: Sequence[Path], layout: ImageInput) -> np.ndarray:
     for i, path in enumerate(paths):
         pixels = first if i == 0 else _pixels(path, channels, layout.size)
         if pixels.shape != first.shape:
+            fix = (f"model input {layout.name!r} takes any size but one array holds one: resize the images to one "
+                   "size, or export the model with a fixed height and width" if for_model else
+                   "a model is built for one size: resize the images to one size (or train a model with a fixed "
+                   "height and width, which takes them resized)")
             raise OnnxkitError(f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels where {paths[0]} has "
-                               f"{width}x{height}; model input {layout.name!r} takes any size but one array holds "
-                               "one: resize the images to one size, or export the model with a fixed height and width")
+                               f"{width}x{height}; {fix}")
         array[i] = pixels if layout.channels_last else pixels.transpose(2, 0, 1)
     if array.dtype.kind == "f":
         array /= 255
@@ -233,7 +237,7 @@ def read_image_folder(root: Path, *, seed: int = 0, validation: float = 0.2, tes
                                  test=0.0 if "test" in listed else test)
     parts = [listed[split] if split != "train" and split in listed else
              [train[i] for i in getattr(carved, split).inputs[layout.name]] for split in SPLIT_NAMES]
-    images = read_images([path for part in parts for path, _ in part], layout)
+    images = read_images([path for part in parts for path, _ in part], layout, for_model=model is not None)
     ends = np.cumsum([0, *(len(part) for part in parts)])
     splits = [Split(split, {layout.name: images[lo:hi]}, np.array([label for _, label in part], np.int64))
               for split, part, lo, hi in zip(SPLIT_NAMES, parts, ends[:-1], ends[1:], strict=True)]
