@@ -190,7 +190,8 @@ def score(
     if task in ("classification", "binary"):
         k = num_classes or (2 if task == "binary" else outputs.reshape(len(outputs), -1).shape[1])
         predicted = predictions(outputs, task)
-        ids = labels.argmax(axis=1) if soft_targets(outputs, labels) else labels.reshape(-1)  # the likeliest class
+        soft = task == "classification" and soft_targets(outputs, labels)
+        ids = labels.argmax(axis=1) if soft else labels.reshape(-1)  # a distribution's likeliest class
         confusion = confusion_matrix(ids, predicted, k)
         metrics["accuracy"] = float(confusion.trace() / len(predicted))
         metrics["macro_f1"] = macro_f1(confusion)
