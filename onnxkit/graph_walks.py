@@ -574,3 +574,36 @@ def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     kept.graph.input.extend(i for i in model.graph.input if i.name not in weights)
     kept.ir_version = max(kept.ir_version, 4)  # below IR 4 every initializer had to be an input
     return kept
+
+
+_INTEGER_TYPES = frozenset({TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+                            TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64})
+_LOOKUPS = {("", "Gather"): "axis", ("com.microsoft", "GatherBlockQuantized"): "gather_axis"}
+
+
+def lookup_rows(model: onnx.ModelProto) -> dict[str, int]:
+    """The integer graph inputs whose values pick rows of a table of weights (an embedding: a Gather on axis 0 of
+    an initializer, itself or cast, dequantized, scaled or block-quantized), each with the table's rows (the fewest,
+    where it picks from several): 30522 for a BERT's `input_ids`, 2 for its `token_type_ids`. Onnxruntime reads a
+    negative index from the table's end, and fails on one past it naming the node, not the input."""
+    graph = model.graph
+    tables = {t.name: tuple(t.dims) for t in graph.initializer}
+    picks = {vi.name: vi.name for vi in graph.input
+             if vi.name not in tables and vi.type.tensor_type.elem_type in _INTEGER_TYPES}
+    found: dict[str, int] = {}
+    for node in graph.node:
+        if not node.input:
+            continue
+        if node.op_type in ("Cast", "Identity", "DequantizeLinear") and node.input[0] in tables:
+            tables[node.output[0]] = tables[node.input[0]]
+        elif node.op_type in ("Mul", "Add", "Sub", "Div") and all(name in tables for name in node.input):
+            tables[node.output[0]] = np.broadcast_shapes(*(tables[name] for name in node.input))  # a scaled table
+        if node.op_type in ("Cast", "Identity") and node.input[0] in picks:
+            picks[node.output[0]] = picks[node.input[0]]
+        axis_name = _LOOKUPS.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))
+        axis = next((a.i for a in node.attribute if a.name == axis_name), 0)
+        table = tables.get(node.input[0], ())
+        if axis_name and axis == 0 and table and len(node.input) > 1 and node.input[1] in picks:
+            source = picks[node.input[1]]
+            found[source] = min(found.get(source, table[0]), table[0])
+    return found

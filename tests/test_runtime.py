@@ -393,14 +393,15 @@ def test_warmup_and_description():
 
 
 def test_a_failure_inside_the_model_is_one_clear_error():
-    """A token id past the embedding table fails in onnxruntime's Gather: an OnnxkitError naming the
-    model and the node, not onnxruntime's raw InvalidArgument (the CLI printed a traceback)."""
+    """A token id past an embedding table that `Model.value_checks` does not see (a Constant node's; an
+    initializer's is refused before the run, test_input_values.py) fails in onnxruntime's Gather: an OnnxkitError
+    naming the model and the node, not onnxruntime's raw InvalidArgument (the CLI printed a traceback)."""
     table = np.arange(20, dtype=np.float32).reshape(10, 2)
     proto = _model(
-        [helper.make_node("Gather", ["table", "ids"], ["vectors"], name="embed")],
+        [helper.make_node("Constant", [], ["table"], value=numpy_helper.from_array(table)),
+         helper.make_node("Gather", ["table", "ids"], ["vectors"], name="embed")],
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
         [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", "seq", 2])],
-        [("table", table)],
     )
     model = runtime.load(proto.SerializeToString(), name="words")
     np.testing.assert_array_equal(model.predict(np.array([[1, 9]]))["vectors"], table[[[1, 9]]])

@@ -29,6 +29,7 @@ from onnxkit.runtime.session import (
     session_options,
 )
 from onnxkit.runtime.signature import TensorSpec, batchable, example_feeds, prepare_inputs
+from onnxkit.runtime.values import ValueChecks
 
 if TYPE_CHECKING:
     import onnx  # for the type hint only: the runtime never imports onnx
@@ -77,6 +78,8 @@ class Model:
         scores = next((spec for spec in self.outputs if spec.name == self.scores_output), None)
         if self.class_names is None and scores is not None and scores.type == "tensor(float)":  # no ZipMap names them
             self.class_names = graph.sklearn_classes()
+        integers = any(spec.dtype is not None and spec.dtype.kind in "iu" for spec in self.inputs)
+        self.value_checks = ValueChecks.of(self.inputs, graph.lookup_rows() if integers else {})
         self.batchable = batchable(self.inputs)
         firsts = {spec.shape[0] if len(spec.shape) > 1 else None for spec in self.inputs}
         # a batch size the inputs fix (each has a first dim of this size, and more dims after it): any
@@ -142,7 +145,10 @@ class Model:
             values = {self.inputs[0].name: self._in_trained_columns(inputs) if hasattr(inputs, "columns") else inputs}
         else:
             values = named
-        return prepare_inputs(self._feed_specs, values)
+        feeds = prepare_inputs(self._feed_specs, values)
+        if self.value_checks:
+            self.value_checks.check(feeds)
+        return feeds
 
     def _in_trained_columns(self, frame: Any) -> Any:
         """A pandas DataFrame's columns as the model trained on them (`onnxkit.columns`): by name, its label column
@@ -326,6 +332,13 @@ class _Graph:
         from onnxkit.graph_walks import label_then_scores
 
         return None if self.proto is None else label_then_scores(self.proto)
+
+    def lookup_rows(self) -> dict[str, int]:
+        """`graph_walks.lookup_rows`: the integer inputs that pick rows of a table (token ids), and its rows; {}
+        without a graph."""
+        from onnxkit.graph_walks import lookup_rows
+
+        return {} if self.proto is None else lookup_rows(self.proto)
 
     def quantizes_per_run(self) -> bool:
         """Whether the model quantizes activations with each run's range (dynamic int8: DynamicQuantizeLinear,

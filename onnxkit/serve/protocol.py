@@ -223,6 +223,7 @@ def build_request(
         # the model's own shapes, not Model.prepare's: that lets a fixed batch size (x [1, 4]) take any number of
         # rows, which `predict` runs in batches of that size, but the server runs a request as one session run
         feeds = prepare_inputs(model.inputs, values)
+        model.value_checks.check(feeds)  # a token id past the vocabulary, a mask of 2
     except UnicodeDecodeError as e:
         raise RequestError(400, f"input {TEXT_INPUT!r}: text must be UTF-8 ({e})") from e
     except OnnxkitError as e:
@@ -331,12 +332,13 @@ _plain_inputs: weakref.WeakKeyDictionary[Model, _PlainInput | None] = weakref.We
 
 
 def _plain_input(model: Model) -> _PlainInput | None:
-    """The model's input if the short path can take it: one input, numeric, no free dimension named twice."""
+    """The model's input if the short path can take it: one input, numeric, no free dimension named twice, no
+    values to check (token ids, `Model.value_checks`)."""
     plain = _plain_inputs.get(model, False)
     if plain is not False:
         return plain
     plain = None
-    if len(model.inputs) == 1:
+    if len(model.inputs) == 1 and not model.value_checks:
         spec = model.inputs[0]
         named = [d for d in spec.shape if isinstance(d, str)]
         if spec.dtype is not None and spec.dtype.kind in "iuf" and len(set(named)) == len(named):
