@@ -144,6 +144,8 @@ def test_matches_numpy_for_arrays_dicts_keywords_and_lists(mlp_path):
         model.predict({"x": x}),
         model.predict(x=x),
         model.predict(x.tolist()),
+        model(x),  # a Model is called as its predict
+        model(x=x),
     ):
         np.testing.assert_allclose(result.scores, expected, rtol=1e-5, atol=1e-5)
         assert result["logits"] is result.scores

@@ -195,6 +195,10 @@ class Model:
             outputs = self._concat_rows(parts, rows)
         return self.prediction_of(outputs)
 
+    def __call__(self, inputs: Any = None, /, **named: Any) -> Prediction:
+        """`model(x)` is `model.predict(x)`."""
+        return self.predict(inputs, **named)
+
     def _run_fixed_batches(self, feeds: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
         """Outputs for `feeds` of a model whose inputs fix the batch size (a PyTorch export traced
         with one example): run in batches of that size, the last one padded with copies of its last
