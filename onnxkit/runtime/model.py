@@ -133,7 +133,8 @@ class Model:
                 raise OnnxkitError(f"model {self.name!r} has no input {unknown[0]!r} (its inputs: "
                                    f"{', '.join(sorted(names))}); options such as batch_size are load()'s")
             raise OnnxkitError("pass inputs either as one value/dict or as keywords, not both")
-        _refuse_data_objects(inputs)
+        if not isinstance(inputs, np.ndarray | Mapping):
+            _refuse_data_objects(inputs)
         if isinstance(inputs, Mapping):
             values = dict(inputs)
         elif inputs is not None:
@@ -230,6 +231,8 @@ class Model:
         names = self.class_names
         outputs = dict(outputs)
         for name, value in outputs.items():
+            if isinstance(value, np.ndarray) and value.dtype != object:  # the common case: no maps
+                continue
             if getattr(value, "ndim", 1) and len(value) and isinstance(value[0], dict):  # not a 0-d output
                 keys = list(value[0])
                 outputs[name] = np.array([[row[k] for k in keys] for row in value], np.float32)

@@ -70,16 +70,8 @@ def prepare_inputs(specs: list[TensorSpec], values: Mapping[str, Any]) -> dict[s
     their kind (float64 -> float32, int32 -> int64, int -> float), never float -> int.
     A symbolic dimension must have the same size in every input that uses it.
     """
-    by_name = {spec.name: spec for spec in specs}
-    for name in values:
-        if name not in by_name:
-            raise OnnxkitError(
-                f"the model has no input {name!r}.{suggest(name, by_name)} "
-                f"Its inputs: {', '.join(s.describe() for s in specs)}"
-            )
-    missing = [spec.describe() for spec in specs if spec.name not in values]
-    if missing:
-        raise OnnxkitError(f"missing model input(s): {', '.join(missing)}; pass a value for each")
+    if len(values) != len(specs) or not all(spec.name in values for spec in specs):
+        _refuse_names(specs, values)
     sizes: dict[str, tuple[int, str]] = {}
     feeds = {}
     for spec in specs:
@@ -88,6 +80,19 @@ def prepare_inputs(specs: list[TensorSpec], values: Mapping[str, Any]) -> dict[s
         # contiguous (np.ascontiguousarray would make a scalar 1-d; np.require costs 2 us)
         feeds[spec.name] = array if array.flags.c_contiguous else np.ascontiguousarray(array)
     return feeds
+
+
+def _refuse_names(specs: list[TensorSpec], values: Mapping[str, Any]) -> None:
+    """The error for `values` named otherwise than the inputs: a name the model lacks, else the inputs missing."""
+    by_name = {spec.name: spec for spec in specs}
+    for name in values:
+        if name not in by_name:
+            raise OnnxkitError(
+                f"the model has no input {name!r}.{suggest(name, by_name)} "
+                f"Its inputs: {', '.join(s.describe() for s in specs)}"
+            )
+    missing = [spec.describe() for spec in specs if spec.name not in values]
+    raise OnnxkitError(f"missing model input(s): {', '.join(missing)}; pass a value for each")
 
 
 def example_feeds(specs: list[TensorSpec], length: int = 1) -> dict[str, np.ndarray]:
