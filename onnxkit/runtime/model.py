@@ -323,10 +323,13 @@ class _Graph:
 
     def __init__(self, source: str | os.PathLike | bytes | None) -> None:
         self.source = source
+        self._stamp = _file_stamp(source)
 
     @functools.cached_property
     def proto(self) -> onnx.ModelProto | None:
-        if self.source is None:
+        """The graph; None without a source, or when the file is no longer the one loaded (replaced or removed since:
+        a later read parsed the new file, or failed on a half-written one with protobuf's DecodeError)."""
+        if self.source is None or _file_stamp(self.source) != self._stamp:
             return None
         import onnx
 
@@ -364,6 +367,18 @@ class _Graph:
 
         classes = None if self.proto is None else sklearn_classes(self.proto)
         return None if classes is None else tuple(str(c) for c in classes)
+
+
+def _file_stamp(source: str | os.PathLike | bytes | None) -> tuple[int, int, int] | None:
+    """(inode, size, modification time) of a model file, to tell the file loaded from one put in its place; None for
+    bytes, and for a file that is gone."""
+    if source is None or isinstance(source, bytes):
+        return None
+    try:
+        found = os.stat(source)
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def load(
