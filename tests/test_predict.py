@@ -444,6 +444,20 @@ def words(tmp_path_factory):
     return save_model(proto, tmp_path_factory.mktemp("predict") / "words.onnx")
 
 
+def test_model_predict_takes_texts_for_a_model_that_reads_them(words):
+    # model.predict(texts) was "model 'words' has 2 inputs (input_ids, attention_mask); pass a dict or keywords"
+    from onnxkit import runtime
+
+    model = runtime.load(words)
+    texts = ["Shares rose sharply.", "A late goal won the match."]
+    expected = model.predict_text(texts)["logits"]
+    np.testing.assert_array_equal(model.predict(texts)["logits"], expected)
+    np.testing.assert_array_equal(model(tuple(texts))["logits"], expected)
+    alone = model.predict(texts[1])["logits"]  # one text: one row, padded to its own length
+    np.testing.assert_allclose(alone, model.predict_text([texts[1]])["logits"], rtol=0, atol=0)
+    np.testing.assert_allclose(alone, expected[1:], rtol=1e-5, atol=1e-6)
+
+
 def test_text_that_is_not_utf8_is_one_line_and_an_empty_text_a_warning(run_cli, words):
     undecodable = b"\xff\xfe bad bytes".decode("utf-8", "surrogateescape")  # how such an argument reaches Python
     result = run_cli("predict", words, "--text", "fine", "--text", undecodable)

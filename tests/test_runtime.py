@@ -269,6 +269,15 @@ def test_bad_inputs_get_one_clear_error(model, value, message):
         runtime.load(proto.SerializeToString()).predict(value)
 
 
+def test_a_list_of_dicts_says_what_to_pass(mlp_path):
+    # it was "input 'x' expects float32 values, got object"
+    model = runtime.load(mlp_path)
+    with pytest.raises(OnnxkitError, match=r"^predict takes rows as arrays or lists, not a list of dicts: pass "
+                                           r"pandas.DataFrame\(rows\), read by its column names, or one dict of "
+                                           r"arrays by input name \(x\)$"):
+        model.predict([{"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}])
+
+
 def test_inputs_either_positional_or_keywords(mlp_path):
     with pytest.raises(OnnxkitError, match="not both"):
         runtime.load(mlp_path).predict(np.zeros((1, 4)), x=np.zeros((1, 4)))

@@ -135,6 +135,10 @@ class Model:
             raise OnnxkitError("pass inputs either as one value/dict or as keywords, not both")
         if not isinstance(inputs, np.ndarray | Mapping):
             _refuse_data_objects(inputs)
+            if isinstance(inputs, list | tuple) and inputs and isinstance(inputs[0], Mapping):
+                raise OnnxkitError("predict takes rows as arrays or lists, not a list of dicts: pass "
+                                   "pandas.DataFrame(rows), read by its column names, or one dict of arrays by input "
+                                   f"name ({', '.join(spec.name for spec in self.inputs)})")
         if isinstance(inputs, Mapping):
             values = dict(inputs)
         elif inputs is not None:
@@ -182,8 +186,14 @@ class Model:
         them by input name; or pass them as keywords (`named`), `predict(x=...)`. The first axis is the rows: one
         example needs one (`x[None]`). Values are cast where none is lost in kind (float64 -> float32,
         int -> float), never float -> int; wrong names, dtypes or shapes are one OnnxkitError each.
+        Texts (a str, or a list of them) for a model that reads text are `predict_text`'s.
         Inputs with more rows than `batch_size` run in batches. A failure inside the
         model (a token id past its vocabulary, sizes its nodes cannot combine) is an OnnxkitError."""
+        if not named and _texts(inputs):
+            from onnxkit.runtime.text import reads_text
+
+            if reads_text(self):
+                return self.predict_text(inputs)
         feeds = self.prepare(inputs, **named)
         if self.fixed_batch is not None:
             return self.prediction_of(self._run_fixed_batches(feeds, self.fixed_batch))
@@ -285,6 +295,12 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<onnxkit Model {self.name!r} {self.describe()} on {self.device}>"
+
+
+def _texts(inputs: Any) -> bool:
+    """Whether `inputs` is a text or a list (tuple) of texts."""
+    return isinstance(inputs, str) or isinstance(inputs, list | tuple) and bool(inputs) and \
+        all(isinstance(text, str) for text in inputs)
 
 
 def _refuse_data_objects(inputs: Any) -> None:
