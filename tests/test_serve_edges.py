@@ -442,7 +442,8 @@ def test_a_request_of_no_rows_gets_no_rows_of_classes_and_probabilities(tmp_path
 
 
 def test_nan_scored_from_finite_inputs_is_the_models_fault_and_from_nan_the_requests(tmp_path):
-    # before: both were 400s saying 'check those rows' inputs for NaN', though the input held none
+    # before: both were 400s saying 'check those rows' inputs for NaN', though the input held none; the 400 did not
+    # name the input
     graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
@@ -460,7 +461,7 @@ def test_nan_scored_from_finite_inputs_is_the_models_fault_and_from_nan_the_requ
         (500, "model 'log' scored NaN on finite inputs, so no class is best; ask for the output without "
               "classification to read its scores"),
         (400, "model 'log': 1 row (0) scored NaN, so no class is best; check those rows' inputs for NaN, or read "
-              "the scores")]
+              "the scores (input 'x' holds NaN or infinity)")]
 
 
 def test_classification_is_of_the_output_training_fit(tmp_path):

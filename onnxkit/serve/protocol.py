@@ -677,10 +677,16 @@ def _classify(model: Model, outputs: dict[str, np.ndarray], k: int, feeds: dict[
     from finite inputs is the model's fault (500), from NaN or infinite ones the request's (400)."""
     prediction = model.prediction_of(outputs)
     try:
-        if np.isnan(prediction.class_scores()).any() and all(
-                np.isfinite(v).all() for v in feeds.values() if v.dtype.kind == "f"):
-            raise RequestError(500, f"model {model.name!r} scored NaN on finite inputs, so no class is best; ask "
-                                    "for the output without classification to read its scores")
+        if np.isnan(prediction.class_scores()).any():
+            given = next((name for name, v in feeds.items() if v.dtype.kind == "f" and not np.isfinite(v).all()),
+                         None)
+            if given is None:
+                raise RequestError(500, f"model {model.name!r} scored NaN on finite inputs, so no class is best; "
+                                        "ask for the output without classification to read its scores")
+            try:
+                prediction.top_k_indices(k)
+            except OnnxkitError as e:  # the rows scored NaN
+                raise RequestError(400, f"model {model.name!r}: {e} (input {given!r} holds NaN or infinity)") from e
         indices, scores = prediction.top_k_indices(k)
     except OnnxkitError as e:
         raise RequestError(400, f"model {model.name!r}: {e}") from e
