@@ -278,6 +278,38 @@ def test_a_list_of_dicts_says_what_to_pass(mlp_path):
         model.predict([{"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}])
 
 
+def _argmax_only(labels: list[str]) -> onnx.ModelProto:
+    """x [batch, 4] -> the ArgMax of mlp's logits alone: label int64 [batch] (a classifier exported as its classes)."""
+    proto = mlp(labels)
+    proto.graph.node.append(helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0))
+    del proto.graph.output[:]
+    proto.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]))
+    return proto
+
+
+def test_a_model_that_answers_class_ids_gives_them_as_classes_and_labels(run_cli, tmp_path):
+    # its classes and labels were "class predictions need [batch, classes] scores, got shape (6,)", and so was the
+    # predict command's table; an id past the names read one from the end where the id was negative
+    x = RNG.normal(size=(6, 4)).astype(np.float32)
+    expected = mlp_numpy(x).argmax(axis=1)
+    prediction = runtime.load(_argmax_only(["a", "b", "c"]).SerializeToString()).predict(x)
+    np.testing.assert_array_equal(prediction.classes, expected)
+    assert prediction.labels == [("a", "b", "c")[i] for i in expected]
+    with pytest.raises(OnnxkitError, match=r"^output 'label' holds class ids, not scores: read .classes or .labels"):
+        prediction.top_k(2)
+    onnx.save(_argmax_only(["a", "b", "c"]), tmp_path / "ids.onnx")
+    np.save(tmp_path / "x.npy", x)
+    shown = run_cli("predict", tmp_path / "ids.onnx", "-i", tmp_path / "x.npy")
+    assert (shown.code, shown.out.splitlines()) == (0, ["row  label"] + [f"{i:<4} {'abc'[c]}"
+                                                                         for i, c in enumerate(expected)])
+    top = expected.max()  # named by too few classes, the largest id is past them
+    few = runtime.load(_argmax_only(["a", "b", "c"][:top]).SerializeToString()).predict(x)
+    with pytest.raises(OnnxkitError, match=rf"^output 'label' holds class id {top} \(row {expected.argmax()}\), "
+                                           rf"outside the {top} classes the model names \(.*\); fix its "
+                                           r"onnxkit.labels metadata"):
+        _ = few.labels
+
+
 def test_inputs_either_positional_or_keywords(mlp_path):
     with pytest.raises(OnnxkitError, match="not both"):
         runtime.load(mlp_path).predict(np.zeros((1, 4)), x=np.zeros((1, 4)))

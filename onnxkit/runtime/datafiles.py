@@ -351,7 +351,11 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     classes = top_k or not per_row and (
         prediction.class_names is not None or prediction.task in ("classification", "binary"))
     lines = []
-    if classes and not top_k and prediction.one_logit:
+    if classes and not top_k and prediction.class_ids() is not None:  # a model that answers class ids alone
+        labels = prediction.labels or prediction.classes.tolist()
+        lines.append(f"{head}label")
+        lines += [f"{row(i)}{labels[i]}" for i in range(min(rows, max_rows))]
+    elif classes and not top_k and prediction.one_logit:
         # a binary model's one logit z is read as the scores [0, z]: every negative row would show "(0)"
         labels, logits = prediction.labels or prediction.classes.tolist(), np.asarray(prediction.scores).reshape(-1)
         lines.append(f"{head}label (logit)")

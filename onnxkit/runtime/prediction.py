@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few
 
 
 class UnknownOutput(OnnxkitError, KeyError):
@@ -91,6 +91,9 @@ class Prediction:
             raise OnnxkitError("this is a multi-label model: each score is one 0/1 label's logit, not a class's "
                                "score; read them as values (--probs: each label's sigmoid)")
         scores = self._scores_array()
+        if self.class_ids() is not None:
+            raise OnnxkitError(f"output {self.scores_name!r} holds class ids, not scores: read .classes or .labels "
+                               "(top-k and probabilities need a [batch, classes] scores output)")
         if scores.ndim != 2:
             raise OnnxkitError(f"class predictions need [batch, classes] scores, got shape {scores.shape} "
                                f"(output {self.scores_name!r})")
@@ -134,10 +137,21 @@ class Prediction:
         return replace(self, outputs={"probabilities": self.probabilities(), **rest}, scores_output=None,
                        given_probabilities=True)
 
+    def class_ids(self) -> np.ndarray | None:
+        """The class of each row when the scores output holds class ids ([rows] integers: a classifier exported as
+        its argmax alone), else None."""
+        scores = self.scores
+        if self.task in (None, "classification") and isinstance(scores, np.ndarray) and scores.ndim == 1 and \
+                scores.dtype.kind in "iu":
+            return scores.astype(np.int64, copy=False)
+        return None
+
     @property
     def classes(self) -> np.ndarray:
-        """The index of the best class for each row; a row of NaN scores (a NaN input's) has none: an error."""
-        return self._finite_class_scores().argmax(axis=1)
+        """The index of the best class for each row (the class ids a model answers with); a row of NaN scores (a NaN
+        input's) has none: an error."""
+        ids = self.class_ids()
+        return ids if ids is not None else self._finite_class_scores().argmax(axis=1)
 
     def _finite_class_scores(self) -> np.ndarray:
         """`class_scores()`, refused when a row holds NaN, for which no class is best (argmax answered 0)."""
@@ -154,7 +168,14 @@ class Prediction:
         """The name of the best class for each row, or None when the model names no classes (or is multi-label)."""
         if self.class_names is None or self.multi_label:
             return None
-        return [self.class_names[i] for i in self.classes]
+        classes = self.classes
+        outside = (classes < 0) | (classes >= len(self.class_names))
+        if outside.any():  # a negative id read a name from the end
+            raise OnnxkitError(f"output {self.scores_name!r} holds class id {classes[outside][0]} (row "
+                               f"{np.flatnonzero(outside)[0]}), outside the {len(self.class_names)} classes the model "
+                               f"names ({first_few(self.class_names)}); fix its onnxkit.labels metadata or read "
+                               ".classes")
+        return [self.class_names[i] for i in classes]
 
     def top_k_indices(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best class indices per row, best first, and their scores: two [rows, k] arrays."""
