@@ -269,6 +269,26 @@ def test_bad_inputs_get_one_clear_error(model, value, message):
         runtime.load(proto.SerializeToString()).predict(value)
 
 
+def test_pillow_images_are_read_as_the_predict_command_reads_image_files(run_cli, tmp_path):
+    # np.asarray of one was "input 'image' needs 4 dimension(s) [batch, 1, 8, 8], got shape (8, 8)", and its bytes
+    # were not scaled to [0, 1] as the predict command and training scale an image's
+    from PIL import Image
+
+    proto = zoo.build_model("digits-cnn")
+    model = runtime.load(proto.SerializeToString())
+    gray = RNG.integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    images = [Image.fromarray(g) for g in gray]
+    expected = plain_session(proto, {model.inputs[0].name: (gray[:, None] / 255).astype(np.float32)})[0]
+    np.testing.assert_allclose(model.predict(images).scores, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model(images[1]).scores, expected[1:], rtol=1e-5, atol=1e-6)
+    large = Image.fromarray(RNG.integers(0, 256, (20, 16, 3), dtype=np.uint8))  # RGB, 16 wide: gray, resized
+    large.save(tmp_path / "large.png")
+    onnx.save(proto, tmp_path / "cnn.onnx")
+    shown = run_cli("predict", tmp_path / "cnn.onnx", "-i", tmp_path / "large.png", "-o", tmp_path / "p.npy")
+    assert shown.code == 0, shown.err
+    np.testing.assert_allclose(model.predict(large).scores, np.load(tmp_path / "p.npy"), rtol=1e-6)
+
+
 def test_a_list_of_dicts_says_what_to_pass(mlp_path):
     # it was "input 'x' expects float32 values, got object"
     model = runtime.load(mlp_path)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,17 +117,27 @@ def no_images(folder: Path) -> str:
     return f"{folder}: no images ({' '.join(IMAGE_SUFFIXES)}) in it or its subfolders{held}"
 
 
-def read_images(paths: Sequence[Path], layout: ImageInput, *, for_model: bool = True) -> np.ndarray:
+def pillow_images(images: Sequence[Any], layout: ImageInput) -> np.ndarray:
+    """Pillow images (`Model.predict`'s) as `read_images` reads image files: one array of `layout`'s shape and type."""
+    return read_images([f"image {i}" for i in range(len(images))], layout,
+                       lambda i, channels, size: _image_pixels(images[i], channels, size, f"image {i}"))
+
+
+def read_images(paths: Sequence[Path], layout: ImageInput,
+                decode: Callable[[int, int | None, tuple[int, int] | None], np.ndarray] | None = None, *,
+                for_model: bool = True) -> np.ndarray:
     """The images at `paths` as one array of `layout`'s shape and type ([N, C, H, W] or [N, H, W, C]). Without a
     fixed height and width, every image must have the first one's size (`for_model`: the layout is a model input's,
-    not the images' own, read for a model to be built for them)."""
-    first = _pixels(paths[0], layout.channels, layout.size)
+    not the images' own, read for a model to be built for them). `decode(i, channels, size)`: image i's pixels,
+    where they come from elsewhere than the file at paths[i] (which then only names it)."""
+    decode = decode or (lambda i, channels, size: _pixels(paths[i], channels, size))
+    first = decode(0, layout.channels, layout.size)
     height, width, channels = first.shape
     example = (height, width, channels) if layout.channels_last else (channels, height, width)
     _check_memory(len(paths), example, np.dtype(layout.dtype))
     array = np.empty((len(paths), *example), layout.dtype)
     for i, path in enumerate(paths):
-        pixels = first if i == 0 else _pixels(path, channels, layout.size)
+        pixels = first if i == 0 else decode(i, channels, layout.size)
         if pixels.shape != first.shape:
             fix = (f"model input {layout.name!r} takes any size but one array holds one: resize the images to one "
                    "size, or export the model with a fixed height and width" if for_model else
@@ -168,27 +178,34 @@ def available_memory() -> int | None:
 
 
 def _pixels(path: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
-    """One image's pixels as uint8 [H, W, C], turned upright by its EXIF orientation (as viewers and phones show it),
-    converted to `channels` (None: gray 1, else 3) and resized to `size`."""
-    from PIL import Image, ImageOps
+    """One image file's pixels as uint8 [H, W, C] (`_image_pixels`)."""
+    from PIL import Image
 
     try:
         # Pillow warns of an image past MAX_IMAGE_PIXELS (a 10000x10000 scan) and refuses one twice as large: read it
         large = warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning)
         with large, Image.open(path) as image:
-            if image.getexif().get(_ORIENTATION, 1) != 1:  # a phone's photo stored on its side: as viewers show it
-                image = ImageOps.exif_transpose(image)
-            mode = MODES[channels] if channels else "L" if image.mode in _GRAY else "RGB"
-            image = _eight_bit(image, path).convert(mode)
-            if size and image.size != size:
-                image = image.resize(size, Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.uint8)
+            return _image_pixels(image, channels, size, path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # SyntaxError: a broken header
         raise OnnxkitError(f"{path}: not a readable image ({e}); replace the file or remove it") from e
+
+
+def _image_pixels(image: Any, channels: int | None, size: tuple[int, int] | None, where: Any) -> np.ndarray:
+    """A Pillow image's pixels as uint8 [H, W, C], turned upright by its EXIF orientation (as viewers and phones show
+    it), converted to `channels` (None: gray 1, else 3) and resized to `size`; `where` names it in errors."""
+    from PIL import Image, ImageOps
+
+    if image.getexif().get(_ORIENTATION, 1) != 1:  # a phone's photo stored on its side: as viewers show it
+        image = ImageOps.exif_transpose(image)
+    mode = MODES[channels] if channels else "L" if image.mode in _GRAY else "RGB"
+    image = _eight_bit(image, where).convert(mode)
+    if size and image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8)
     return pixels.reshape(*pixels.shape[:2], -1)
 
 
-def _eight_bit(image: Any, path: Path) -> Any:
+def _eight_bit(image: Any, path: Any) -> Any:
     """A 16-bit grayscale image (Pillow's I;16 modes, and I, as which other readers give 16-bit PNGs) as 8 bits,
     each value / 257 rounded (65535: 255), where Pillow's convert saturates all but the darkest at 255. An I image
     past 0-65535, and a float one (F), are refused: no scale to 8 bits is theirs alone."""

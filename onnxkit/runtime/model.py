@@ -135,6 +135,11 @@ class Model:
             raise OnnxkitError("pass inputs either as one value/dict or as keywords, not both")
         if not isinstance(inputs, np.ndarray | Mapping):
             _refuse_data_objects(inputs)
+            if _pillow_images(inputs):  # decoded as `onnxkit predict` decodes image files (onnxkit.data.images)
+                from onnxkit.data.images import image_input, pillow_images
+
+                layout = image_input(self.inputs)
+                inputs = {layout.name: pillow_images(inputs if isinstance(inputs, list | tuple) else [inputs], layout)}
             if isinstance(inputs, list | tuple) and inputs and isinstance(inputs[0], Mapping):
                 raise OnnxkitError("predict takes rows as arrays or lists, not a list of dicts: pass "
                                    "pandas.DataFrame(rows), read by its column names, or one dict of arrays by input "
@@ -182,7 +187,8 @@ class Model:
     def predict(self, inputs: Any = None, /, **named: Any) -> Prediction:
         """Run the model and return a `Prediction` (outputs by name; classes, labels, top_k, probabilities).
 
-        `inputs`: one array (or nested lists, a pandas DataFrame) for a model of one input, or a dict of
+        `inputs`: one array (or nested lists, a pandas DataFrame, Pillow images: decoded, resized and scaled as
+        `onnxkit predict` reads image files) for a model of one input, or a dict of
         them by input name; or pass them as keywords (`named`), `predict(x=...)`. The first axis is the rows: one
         example needs one (`x[None]`). Values are cast where none is lost in kind (float64 -> float32,
         int -> float), never float -> int; wrong names, dtypes or shapes are one OnnxkitError each.
@@ -295,6 +301,12 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<onnxkit Model {self.name!r} {self.describe()} on {self.device}>"
+
+
+def _pillow_images(inputs: Any) -> bool:
+    """Whether `inputs` is a Pillow image or a list (tuple) of them (told apart without importing Pillow)."""
+    first = inputs[0] if isinstance(inputs, list | tuple) and inputs else inputs
+    return type(first).__module__.startswith("PIL.") and hasattr(first, "getexif")
 
 
 def _texts(inputs: Any) -> bool:
