@@ -388,6 +388,28 @@ def test_a_request_that_fails_in_the_session_does_not_fail_the_others_in_its_bat
             assert "model 'words' failed on this input" in error
 
 
+def test_an_id_past_the_vocabulary_or_a_mask_of_2_gets_400_naming_it_and_the_server_goes_on(client, models):
+    # before: -1 answered 200 (onnxruntime's Gather read the table's last row), 10**6 was a 400 naming the Gather node
+    ids = np.array([[5, 17, 3]])
+    for name, value, said in [("input_ids", -1, "outside its vocabulary of 30522 (ids 0 to 30521)"),
+                              ("input_ids", 10**6, "outside its vocabulary of 30522"),
+                              ("attention_mask", 2, "a mask is 1 for each token to read and 0 for padding")]:
+        feeds = {"input_ids": ids.copy(), "attention_mask": np.ones_like(ids)}
+        feeds[name][0, 1] = value
+        body = {"inputs": [tensor(k, v, "INT64") for k, v in feeds.items()]}
+        reply = client.post("/v2/models/words/infer", json=body)
+        assert reply.status_code == 400 and reply.json()["error"].startswith(
+            f"model 'words': input '{name}' holds {value} at [0, 1]"), reply.text
+        assert said in reply.json()["error"]
+    body = {"inputs": [tensor("input_ids", ids, "INT64"), tensor("attention_mask", np.ones_like(ids), "INT64")]}
+    reply = client.post("/v2/models/words/infer", json=body)
+    assert reply.status_code == 200
+    (expected,) = ReferenceEvaluator(models[0]["text"]).run(None, {"input_ids": ids,
+                                                                    "attention_mask": np.ones_like(ids)})
+    np.testing.assert_allclose(np.reshape(reply.json()["outputs"][0]["data"], expected.shape), expected, rtol=1e-4,
+                               atol=1e-5)
+
+
 def test_metrics_count_requests_errors_and_latency(client):
     client.post("/v2/models/digits/infer", json=_with(datatype="FP64"))
     text = client.get("/metrics").text
