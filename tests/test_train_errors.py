@@ -386,6 +386,9 @@ def test_a_run_folder_given_as_the_model_names_the_model_in_it(run_cli, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     alone = run_cli("train", run)  # no data: not called data itself, as a folder of images would be
     assert alone.code == 2 and "give DATA, with MODEL.onnx before it or not" in alone.err
+    mistyped = run_cli("train", tmp_path / "rnu")  # a path that is not there: said so (it got the line above alone)
+    assert mistyped.code == 2 and f"error: {tmp_path / 'rnu'}: no such file, folder or dataset; give DATA" in \
+        mistyped.err, mistyped.err
 
 
 def test_a_scikit_learn_linear_classifier_is_refused_as_what_it_is(run_cli, tmp_path):

@@ -156,8 +156,9 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
     if model and not options["data"] and _is_data(model):  # data alone: a model is built for it
         model, options["data"] = None, model
     if not resume and not options["data"]:
-        raise click.UsageError("give DATA, with MODEL.onnx before it or not (a model is then built for the data), or "
-                               "--resume RUN_DIR", click.get_current_context())
+        missing = f"{model}: no such file, folder or dataset; " if model and not Path(model).exists() else ""
+        raise click.UsageError(f"{missing}give DATA, with MODEL.onnx before it or not (a model is then built for the "
+                               "data), or --resume RUN_DIR", click.get_current_context())
     if not resume and not options["out_dir"]:
         options["out_dir"] = _new_run_folder(Path(model).name.removesuffix(".onnx") if model
                                              else Path(options["data"]).stem)
