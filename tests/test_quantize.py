@@ -526,6 +526,19 @@ def test_static_qdq_quantizes_conv_and_keeps_metadata(tmp_path):
     assert summarize(result.model)["parameters"] == summarize(model)["parameters"]  # scales, zero points: not weights
 
 
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_static_lists_only_the_opsets_its_nodes_use(fmt):
+    # ORT's optimizer (static preprocessing) imports every domain it knows: a static torchvision CNN listed
+    # ai.onnx.ml, ai.onnx.training, com.microsoft.nchwc, org.pytorch.aten, ... none of which a node used
+    images = np.random.default_rng(5).random((64, 1, 8, 8)).astype(np.float32)
+    q = quantize(cnn(), mode="static", format=fmt, calib={"image": images}, measure_latency=False).model
+    used = {n.domain or "" for n in q.graph.node}
+    assert {o.domain for o in q.opset_import} == used | {""}, [o.domain for o in q.opset_import]
+    onnx.checker.check_model(q, full_check=True)
+    ref = logits(cnn(), images[:16], "image")
+    assert np.abs(logits(q, images[:16], "image") - ref).max() < 0.05 * np.abs(ref).max()
+
+
 def test_static_qoperator_format_uses_qlinear_ops():
     images = np.random.default_rng(6).random((64, 1, 8, 8)).astype(np.float32)
     q = quantize(cnn(), mode="static", format="qoperator", method="entropy", calib={"image": images},

@@ -10,7 +10,7 @@ import onnx
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import quantization_ops
-from onnxkit.quantize import analysis, int4, int8, isolated
+from onnxkit.quantize import analysis, int4, int8, isolated, rewrite
 from onnxkit.quantize.data import Feeds
 from onnxkit.quantize.fp16 import quantize_fp16
 from onnxkit.quantize.fuse import fuse_attention
@@ -112,6 +112,7 @@ class Quantizer:
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
             out = quantize_fp16(copy, ops, nodes)
+        rewrite.drop_unused_opsets(out)
         if low_precision_weights(out) <= low_precision_weights(model):
             raise OnnxkitError(
                 f"ONNX Runtime quantized no weight with {settings.label} (the candidate nodes "

@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxkit.graph_walks import every_node
+
 _FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 
 
@@ -197,3 +199,17 @@ def flatten_gemm_biases(model: onnx.ModelProto) -> int:
             graph.initializer.remove(inits.pop(bias.name))
         flattened += 1
     return flattened
+
+
+def drop_unused_opsets(model: onnx.ModelProto) -> list[str]:
+    """Remove the opset imports of domains that no node (nor a model-local function) uses; return them. ONNX
+    Runtime's optimizer, which static preprocessing runs, writes an import of every domain it knows (ai.onnx.ml,
+    com.microsoft.nchwc, org.pytorch.aten, ...): a static-quantized torchvision CNN listed eight unused ones."""
+    used = {node.domain or "" for node in every_node(model.graph)}
+    used |= {f.domain for f in model.functions} | {n.domain or "" for f in model.functions for n in f.node}
+    used |= {"", "ai.onnx"} & {o.domain for o in model.opset_import}  # the default domain stays, used or not
+    dropped = [o.domain for o in model.opset_import if o.domain not in used]
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return dropped
