@@ -90,7 +90,7 @@ def prepare(model: onnx.ModelProto, workdir: Path, *, optimize: bool) -> onnx.Mo
     rewrite.name_nodes(model_copy)
     if not optimize:
         rewrite.fold_constant_identities(model_copy)
-        rewrite.fold_constant_transposes(model_copy)
+        rewrite.fold_weight_layouts(model_copy)
         rewrite.gemm_to_matmul(model_copy)
     src, dst = workdir / "input.onnx", workdir / "preprocessed.onnx"
     onnx.save(model_copy, str(src))

@@ -1,8 +1,8 @@
 """Graph rewrites that put weights where ONNX Runtime's quantizers look for them.
 
 `quantize_dynamic` and 4-bit `MatMulNBits` act only on `MatMul` whose weight is
-an initializer: a `Gemm` (PyTorch's Linear export) or a `Transpose` in front of
-the weight hides it from them.
+an initializer: a `Gemm` (PyTorch's Linear export), or layout ops between the weight and
+the node (a `Transpose`, a dynamo export's LSTM gates reordered), hide it from them.
 """
 
 from __future__ import annotations
@@ -99,23 +99,49 @@ def fold_constant_identities(model: onnx.ModelProto) -> int:
     return len(renamed)
 
 
-def fold_constant_transposes(model: onnx.ModelProto) -> int:
-    """Replace `Transpose(initializer)` by a transposed initializer; return how many."""
+# Ops that only move a weight's values around: folded where they compute from initializers alone.
+LAYOUT_OPS = frozenset({"Transpose", "Slice", "Concat", "Split", "Squeeze", "Unsqueeze", "Reshape", "Flatten"})
+
+
+def fold_weight_layouts(model: onnx.ModelProto) -> int:
+    """Replace the values that layout ops (`LAYOUT_OPS`) compute from initializers alone by initializers; return how
+    many nodes went. The quantizers look for a weight initializer at the node that uses it: `quantize_dynamic` skips
+    `Transpose(weight) -> MatMul`, and a dynamo export's LSTM reads its W and R as PyTorch's weights sliced into
+    gates, concatenated in ONNX's gate order and unsqueezed, so its LSTM stayed float (0.53x the size, 0.27x for
+    the TorchScript export of the same model). Initializers only the folded nodes read are removed."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    graph_inputs = {i.name for i in graph.input}
-    folded = 0
-    for node in list(graph.node):
-        if node.op_type != "Transpose" or node.input[0] not in inits or node.input[0] in graph_inputs:
-            continue
-        data = numpy_helper.to_array(inits[node.input[0]])
-        perm = _attrs(node).get("perm") or list(reversed(range(data.ndim)))
-        graph.initializer.append(numpy_helper.from_array(np.transpose(data, perm), node.output[0]))
-        graph.node.remove(node)
-        if _uses(model, node.input[0]) == 0:
-            graph.initializer.remove(inits.pop(node.input[0]))
-        folded += 1
-    return folded
+    known = set(inits) - {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    folded = []
+    for node in graph.node:
+        if (node.op_type in LAYOUT_OPS and node.domain in ("", "ai.onnx") and node.input
+                and all(i in known for i in node.input if i) and not outputs & set(node.output)):
+            folded.append(node)
+            known.update(o for o in node.output if o)
+    if not folded:
+        return 0
+    from onnx.reference import ReferenceEvaluator
+
+    made = [o for node in folded for o in node.output if o]
+    reads = {i for node in folded for i in node.input if i in inits}
+    part = helper.make_model(
+        helper.make_graph(folded, "weights", [], [onnx.ValueInfoProto(name=o) for o in made],
+                          [inits[name] for name in reads]),
+        opset_imports=model.opset_import, ir_version=model.ir_version)
+    try:
+        values = ReferenceEvaluator(part).run(None, {})
+    except Exception:  # noqa: BLE001 - values the evaluator cannot compute: the quantizers see the graph as it is
+        return 0
+    kept = [node for node in graph.node if all(node is not f for f in folded)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    still_read = {i for node in every_node(graph) for i in node.input} | outputs
+    graph.initializer.extend(numpy_helper.from_array(np.asarray(v), name)
+                             for name, v in zip(made, values, strict=True) if name in still_read)
+    for name in reads - still_read:
+        graph.initializer.remove(inits[name])
+    return len(folded)
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
