@@ -85,6 +85,23 @@ def targets(model: onnx.ModelProto, mode: str, exclude_ops: set[str], exclude_no
     ]
 
 
+def weight_values_by_op(model: onnx.ModelProto) -> Counter:
+    """The float weight values of the weighted nodes (their weight initializer; an LSTM's or GRU's recurrent one
+    too) by op type, each initializer counted once, at the first node that reads it."""
+    inits = {t.name: t for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
+    seen: set[str] = set()
+    found: Counter = Counter()
+    for node in model.graph.node:
+        if node.op_type not in CONV_OPS + DENSE_OPS + EMBEDDING_OPS:
+            continue
+        for i in (weight_input(node), *((2,) if node.op_type in ("LSTM", "GRU") else ())):
+            name = node.input[i] if i < len(node.input) else ""
+            if name in inits and name not in seen:
+                seen.add(name)
+                found[node.op_type] += _size(inits[name])
+    return found
+
+
 def _node_names(model: onnx.ModelProto) -> list[str]:
     return [node.name or f"{node.op_type}_{i}" for i, node in enumerate(model.graph.node)]
 
