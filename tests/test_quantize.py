@@ -549,6 +549,25 @@ def test_static_leaves_values_that_reach_infinity_float():
         quantize(model, mode="static", method="entropy", calib={"x": x, "mask": mask}, measure_latency=False)
 
 
+def test_percentile_on_a_value_that_barely_varies_is_one_error_naming_the_methods_that_calibrate_it():
+    # numpy cannot make ORT's 2048 percentile bins over y = 1000 + 1e-4 x, a few float32 steps wide (a torchvision
+    # mobilenet_v3_small's sigmoid gates, random-init): "onnxruntime failed on it ... --exclude the node it names"
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Mul", ["x", "tiny"], ["s"]), helper.make_node("Add", ["s", "big"], ["y"]),
+             helper.make_node("MatMul", ["y", "w"], ["logits"])]
+    inits = [numpy_helper.from_array(np.array(1e-4, np.float32), "tiny"),
+             numpy_helper.from_array(np.array(1000.0, np.float32), "big"), _init(rng, "w", (D_IN, CLASSES), 0.3)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", D_IN])], inits)
+    calib = {"x": rng.normal(size=(64, D_IN)).astype(np.float32)}
+    said = r"^--method percentile: .* barely varies .*; use --method minmax or entropy$"
+    with pytest.raises(OnnxkitError, match=said):
+        quantize(model, mode="static", method="percentile", calib=calib, measure_latency=False)
+    x = calib["x"][:16]
+    q = quantize(model, mode="static", method="minmax", calib=calib, measure_latency=False).model
+    ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    assert np.abs(logits(q, x) - ref).max() < 0.05 * np.abs(ref).max()
+
+
 def test_static_qdq_quantizes_conv_and_keeps_metadata(tmp_path):
     model = cnn()
     helper.set_model_props(model, {"onnxkit.labels": '["a", "b", "c", "d"]'})

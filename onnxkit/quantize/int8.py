@@ -86,21 +86,29 @@ def quantize_static(
                                          if n.name and beyond.intersection([*n.input, *n.output])}
         ranges = {"minmax": minmax, "entropy": _entropy_ranges(src, op_types, workdir, calibration)
                   if settings.method == "entropy" else {}}.get(settings.method, {})
-        ort_quantize_static(
-            src,
-            dst,
-            BatchReader(calibration),
-            quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
-            op_types_to_quantize=op_types,
-            per_channel=settings.per_channel,
-            reduce_range=settings.reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=sorted(exclude_nodes),
-            calibrate_method=getattr(CalibrationMethod, _CALIBRATION[settings.method]),
-            extra_options={"CalibPercentile": 99.99},
-            **ranges,
-        )
+        try:
+            ort_quantize_static(
+                src,
+                dst,
+                BatchReader(calibration),
+                quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+                op_types_to_quantize=op_types,
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=sorted(exclude_nodes),
+                calibrate_method=getattr(CalibrationMethod, _CALIBRATION[settings.method]),
+                extra_options={"CalibPercentile": 99.99},
+                **ranges,
+            )
+        except ValueError as e:  # numpy's, from ORT's histogram calibrator (percentile)
+            if "finite-sized bins" not in str(e):
+                raise
+            raise OnnxkitError(
+                f"--method {settings.method}: ONNX Runtime's histogram calibration cannot bin a value that barely "
+                f"varies over the calibration data, such as a sigmoid gate of random-init weights ({e}); use "
+                "--method minmax or entropy", params=["method"]) from e
     return onnx.load(dst)
 
 
