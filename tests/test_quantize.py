@@ -1037,6 +1037,15 @@ def test_printing_a_report_shows_its_table():
     assert report.size_ratio == 0.25 and report.latency_ratio(64) is None
 
 
+def test_the_candidate_table_aligns_a_failed_candidate_with_a_longer_label():
+    # "static qdq per-channel percentile  failed: ..." stood two columns right of the other rows' sizes
+    from onnxkit.quantize.report import Candidate, candidate_table
+
+    rows = candidate_table([Candidate("dynamic", {}, 1000, {64: 1.0}, drop=0.0, within=True, chosen=True),
+                            Candidate("static qdq per-channel percentile", {}, error="it failed")], "points")
+    assert rows[1].index("1.0 KB") == rows[2].index("failed: it failed") == rows[0].index("size"), rows
+
+
 def test_one_exclude_name_as_a_string_and_max_drop_of_the_wrong_kind(mlp_data):
     model = mlp()
     node = next(n.name for n in model.graph.node if n.op_type == "MatMul")

@@ -218,8 +218,8 @@ def candidate_table(candidates: list[Candidate], unit: str) -> list[str]:
 def _table(rows: list[tuple[str, ...]], indent: str = "", left: int = 1) -> list[str]:
     """Left-align the first `left` columns, right-align the rest; short rows span freely."""
     width = max(len(r) for r in rows)
-    cols = [max((len(r[i]) for r in rows if len(r) == width and i < len(r)), default=0)
-            for i in range(width)]  # fmt: skip
+    cols = [max((len(r[i]) for r in rows if i < len(r) and (len(r) == width or i < left)), default=0)
+            for i in range(width)]  # a short row's left columns too: a failed candidate's longer label pushed its text
     out = []
     for r in rows:
         if len(r) < width:
