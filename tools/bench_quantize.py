@@ -1,12 +1,12 @@
 """Latency of int8 (and int4) models against their fp32 originals, side by side.
 
-For digits-mlp, digits-cnn and bert-classifier (random weights: latency does
+For digits-mlp, digits-cnn, bert-classifier and text-transformer (random weights: latency does
 not depend on their values) each quantized model runs interleaved with its
 fp32 original in sessions made from the same SessionOptions; every figure is
 a median of repeated runs, and the whole measurement is repeated `--rounds`
 times so the spread of the ratio shows how noisy the (shared) CPU was.
 
-    python tools/bench_quantize.py [--seq-len 32] [--rounds 3] [--budget 2]
+    python tools/bench_quantize.py [--seq-len 32] [--rounds 3] [--budget 2] [--models text-transformer]
 
 Goal: int8/fp32 <= 0.6 at batch 64 for the MatMul-heavy models. A dynamic int8 transformer has ONNX Runtime's
 attention fusions (`onnxkit.quantize.fuse`); its row "fp32, attention fused" times the fp32 model with the same
@@ -39,6 +39,7 @@ CASES = {
         [({"mode": "static", "calib": "digits-images"}, "static int8 QDQ"), ({"mode": "dynamic"}, "dynamic int8")],
     ),
     "bert-classifier": ({}, [({"mode": "dynamic"}, "dynamic int8"), ({"mode": "int4"}, "int4 MatMulNBits")]),
+    "text-transformer": ({}, [({"mode": "dynamic"}, "dynamic int8"), ({"mode": "fp16"}, "fp16")]),
 }
 
 
@@ -48,16 +49,18 @@ def _ms(value: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-len", type=int, default=32, help="bert-classifier sequence length")
+    parser.add_argument("--seq-len", type=int, default=32, help="bert-classifier and text-transformer sequence length")
     parser.add_argument("--rounds", type=machine.count, default=3, help="repeat the whole measurement")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per batch size per round")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's)")
+    parser.add_argument("--models", nargs="*", choices=list(CASES), default=list(CASES), help="models to time")
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
 
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"{'model':<16} {'pass':<22}" + "".join(f"{f'b{b} fp32':>11}{'quant':>11}{'ratio':>17}" for b in BATCHES))
-    for name, (options, passes) in CASES.items():
+    for name in args.models:
+        options, passes = CASES[name]
         model = zoo.build_model(name, **options)
         feeds = {b: synthetic_inputs(model, b, seq_len=args.seq_len) for b in BATCHES}
         models = {"fp32": model.SerializeToString()}
