@@ -113,6 +113,7 @@ class Quantizer:
             copy.CopyFrom(model)
             out = quantize_fp16(copy, ops, nodes)
         rewrite.drop_unused_opsets(out)
+        rewrite.sort_nodes(out.graph)
         if low_precision_weights(out) <= low_precision_weights(model):
             raise OnnxkitError(
                 f"ONNX Runtime quantized no weight with {settings.label} (the candidate nodes "

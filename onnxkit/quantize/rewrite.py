@@ -7,11 +7,14 @@ the node (a `Transpose`, a dynamo export's LSTM gates reordered), hide it from t
 
 from __future__ import annotations
 
+import heapq
+from collections import defaultdict
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit.graph_walks import every_node
+from onnxkit.graph_walks import every_node, node_reads
 
 _FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 
@@ -239,3 +242,32 @@ def drop_unused_opsets(model: onnx.ModelProto) -> list[str]:
     del model.opset_import[:]
     model.opset_import.extend(kept)
     return dropped
+
+
+def sort_nodes(graph: onnx.GraphProto) -> bool:
+    """Order `graph`'s nodes so that each follows the nodes making the values it reads (its subgraphs' too), as
+    onnx's checker requires, keeping the given order wherever it holds; return whether any node moved. ONNX
+    Runtime's float16 converter appends the Casts of the graph inputs after their readers: every fp16 model failed
+    `onnx.checker` ("Nodes in a graph must be topologically sorted"), though onnxruntime, which sorts, ran it."""
+    nodes = list(graph.node)
+    maker = {name: i for i, node in enumerate(nodes) for name in node.output if name}
+    waits = [{maker[name] for name in node_reads(node) if name in maker} - {i} for i, node in enumerate(nodes)]
+    readers = defaultdict(list)
+    for i, deps in enumerate(waits):
+        for dep in deps:
+            readers[dep].append(i)
+    ready = [i for i, deps in enumerate(waits) if not deps]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for reader in readers[i]:
+            waits[reader].discard(i)
+            if not waits[reader]:
+                heapq.heappush(ready, reader)
+    if len(order) < len(nodes) or order == sorted(order):  # a cycle (no valid graph): left as it is
+        return False
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+    return True
