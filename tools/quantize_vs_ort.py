@@ -40,7 +40,8 @@ package is missing (torch, onnxscript for the dynamo rows, skl2onnx), is skipped
 
 Needs torch and onnxscript (the PyTorch rows) and skl2onnx (the sklearn row) outside the project environment:
 `pip install --no-deps --target /tmp/skl2onnx skl2onnx onnxconverter-common`. On a busy 2-core machine, about a
-minute for the rows other than MiniLM (training included) and a minute and a half for paraphrase-minilm.
+minute for the trained rows (training included), a minute and a half for paraphrase-minilm, and about two
+minutes for the textenc and lstm rows and seven for the three torchvision models' six (static and fp16).
 """
 
 from __future__ import annotations
