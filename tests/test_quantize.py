@@ -254,10 +254,10 @@ def test_a_weight_read_through_identity_is_quantized(mode):
     assert np.abs(logits(result.model, x) - ref).max() < 0.15 * np.abs(ref).max()
 
 
-def dynamo_lstm(hidden=6, features=8):
+def dynamo_lstm(hidden=6, features=8, conv=False):
     """An LSTM as PyTorch's dynamo exporter writes it: W and R are PyTorch's weight_ih / weight_hh sliced into
     their four gates (i, f, g, o), concatenated in ONNX's order (i, o, f, c) and unsqueezed; x[batch, 5, 8] ->
-    the last hidden state [1, batch, 6]."""
+    the last hidden state [1, batch, 6]. `conv`: x[batch, 8, 5] through a 1x1 Conv1d first."""
     rng = np.random.default_rng(4)
     starts = [numpy_helper.from_array(np.array([k * hidden], np.int64), f"at{k}") for k in range(5)]
     nodes = []
@@ -267,12 +267,13 @@ def dynamo_lstm(hidden=6, features=8):
                   for k, g in enumerate(gates)]
         nodes += [helper.make_node("Concat", [gates[0], gates[3], gates[1], gates[2]], [f"{out}.2d"], axis=0),
                   helper.make_node("Unsqueeze", [f"{out}.2d", "axis0"], [out])]
-    nodes += [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+    nodes += [helper.make_node("Conv", ["x", "conv.weight"], ["c"])] if conv else []
+    nodes += [helper.make_node("Transpose", ["c" if conv else "x"], ["xt"], perm=[2, 0, 1] if conv else [1, 0, 2]),
               helper.make_node("LSTM", ["xt", "W", "R", "B"], ["", "logits"], hidden_size=hidden)]
     inits = [_init(rng, "w_ih", (4 * hidden, features), 0.4), _init(rng, "w_hh", (4 * hidden, hidden), 0.4),
              _init(rng, "B", (1, 8 * hidden), 0.1), numpy_helper.from_array(np.array([0], np.int64), "axis0"),
-             *starts]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, features])
+             *starts, *([_init(rng, "conv.weight", (features, features, 1), 0.4)] if conv else [])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *((features, 5) if conv else (5, features))])
     return _model(nodes, [x], inits, out=("logits", [1, None, hidden]))
 
 
@@ -292,6 +293,20 @@ def test_an_lstm_whose_weights_a_dynamo_export_reorders_is_quantized():
     assert [n.op_type for n in q.graph.node].count("DynamicQuantizeLSTM") == 1
     assert not [t.name for t in q.graph.initializer if t.data_type == TensorProto.FLOAT and np.prod(t.dims) > 48]
     assert np.abs(logits(q, x) - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_a_dynamo_lstms_work_counts_when_the_mode_is_chosen():
+    # its W and R, laid out by Slice/Concat/Unsqueeze, went uncounted: a Conv1d -> LSTM export read "Conv does 100%"
+    # and got static, which asked for calibration data and would have left the LSTM (82% of the work) float
+    model = dynamo_lstm(conv=True)
+    conv, lstm = 8 * 8 * 5, (24 * 8 + 24 * 6) * 5  # multiply-adds per example: 1x1 Conv1d at 5 steps, LSTM W and R
+    result = quantize(model, measure_latency=False)
+    assert result.report.settings["mode"] == "dynamic"
+    assert result.report.reason.startswith(f"Conv does {100 * conv / (conv + lstm):.0f}% ")
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in result.model.graph.node}
+    x = np.random.default_rng(0).standard_normal((16, 8, 5)).astype(np.float32)
+    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    assert np.abs(logits(result.model, x) - expected).max() < 0.05 * np.abs(expected).max()
 
 
 def test_entropy_calibration_is_not_minmax_under_another_name(mlp_data):

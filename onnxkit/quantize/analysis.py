@@ -122,7 +122,7 @@ def _output_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     graph = inferred.graph
     return {
         vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-        for vi in [*graph.value_info, *graph.output]
+        for vi in [*graph.input, *graph.value_info, *graph.output]
     }
 
 
@@ -157,9 +157,10 @@ def profile(model: onnx.ModelProto) -> ModelProfile:
         out = dims.get(node.output[0], [])
         positions = _known(out[2:]) if kind == "conv" else _known(out[1:-1])
         size = _size(weight)
-        if node.op_type == "LSTM":  # W and the recurrent R, at each time step (Y: [seq, dirs, batch, hidden])
-            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
-            positions = _known(out[layout:layout + 1])
+        if node.op_type == "LSTM":  # W and the recurrent R, at each time step (X: [seq, batch, input] as Y:
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)  # [seq, dirs, batch, hidden])
+            steps = dims.get(node.input[0], [])  # Y may be left out (only the last state read): one step, it counted
+            positions = _known(steps[layout:layout + 1])
             recurrent = inits.get(node.input[2]) if len(node.input) > 2 else None
             size += _size(recurrent) if recurrent is not None and recurrent.data_type in FLOAT_TYPES else 0
         prof.macs[kind] += 0 if kind == "embedding" else positions * size

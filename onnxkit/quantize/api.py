@@ -128,10 +128,11 @@ def quantize(
     elif files := weight_files(original):  # onnx.load(..., load_external_data=False): no folder to read them from
         raise OnnxkitError(f"the model keeps its weights in {first_few(files)}, which were not loaded: pass the "
                            "model's path, or load it with onnx.load(path) (load_external_data=True)")
-    if any(node.op_type == "Constant" for node in original.graph.node):  # weights held in Constant nodes: as
-        copy = onnx.ModelProto()  # initializers, which the quantizers look for (the caller's model stays)
-        copy.CopyFrom(original)
-        original = copy if rewrite.constants_as_initializers(copy) else original
+    if any(node.op_type in ("Constant", *rewrite.LAYOUT_OPS) for node in original.graph.node):
+        copy = onnx.ModelProto()  # weights held in Constant nodes or laid out by ops (a dynamo LSTM's gates) as
+        copy.CopyFrom(original)  # initializers, which the quantizers and the mode's choice look for (the caller's
+        # model stays): the LSTM's work went uncounted, so a dynamo Conv1d -> LSTM export got static, its LSTM float
+        original = copy if rewrite.constants_as_initializers(copy) + rewrite.fold_weight_layouts(copy) else original
     outputs = [o.name for o in original.graph.output]
     if model_output is not None and model_output not in outputs:
         raise OnnxkitError(f"the model has no output {model_output!r}.{suggest(model_output, outputs)} Its outputs: "
