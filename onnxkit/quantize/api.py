@@ -252,12 +252,13 @@ def quantize(
         if settings.mode == "static" and any(node.op_type == "LSTM" for node in original.graph.node):
             notes.append("LSTM stays fp32 in static mode (ONNX Runtime's static quantizer has no LSTM); --mode "
                          "dynamic quantizes it")
+        matched, blocks = quantizer.attention
         if settings.mode == "dynamic" and quantizer.fused:
-            fused, blocks = quantizer.fused["Attention"], _attention_blocks(original)
-            left = (f" ({blocks - fused} left as they were: a pattern ONNX Runtime's fusion does not match, such as "
-                    "a pre-norm encoder's first block)") if blocks > fused else ""
-            notes.append(f"fused {fused} of {max(blocks, fused)} attention blocks into ONNX Runtime's Attention op "
-                         f"(QAttention in int8; the model now needs ONNX Runtime to run){left}")
+            notes.append(f"fused {matched} of {blocks} attention blocks into ONNX Runtime's Attention op "
+                         "(QAttention in int8; the model now needs ONNX Runtime to run)")
+        elif settings.mode == "dynamic" and matched:
+            notes.append(f"attention left unfused: ONNX Runtime's fusion matches {matched} of {blocks} blocks (not a "
+                         "pre-norm encoder's first), and partly fused such an encoder ran slower than unfused")
         _stamp(quantized, original, settings)
         notes += _non_finite(original, _check_loads(quantized), feeds[min(feeds)],
                              "random inputs" if test is None else "evaluation rows")
@@ -602,8 +603,3 @@ def _stamp(quantized: onnx.ModelProto, original: onnx.ModelProto, settings: Sett
     """Carry the original's metadata over and record how the model was quantized."""
     set_metadata(quantized, {**metadata(original), **metadata(quantized), QUANTIZATION_KEY: settings.as_dict()})
 
-
-def _attention_blocks(model: onnx.ModelProto) -> int:
-    """Softmaxes inside the graph: one per attention block (a classifier's output Softmax is none)."""
-    outputs = {o.name for o in model.graph.output}
-    return sum(n.op_type == "Softmax" and n.output[0] not in outputs for n in model.graph.node)

@@ -13,7 +13,7 @@ from onnxkit.graph_walks import quantization_ops
 from onnxkit.quantize import analysis, int4, int8, isolated, rewrite
 from onnxkit.quantize.data import Feeds
 from onnxkit.quantize.fp16 import quantize_fp16
-from onnxkit.quantize.fuse import fuse_attention
+from onnxkit.quantize.fuse import attention_blocks, fuse_attention
 from onnxkit.quantize.prepare import prepare
 from onnxkit.quantize.settings import Settings
 from onnxkit.runtime.session import ort
@@ -83,6 +83,7 @@ class Quantizer:
         self.check = check  # a batch each quantized model first runs on in a child process (`isolated`), if given
         self._prepared: dict[str, onnx.ModelProto] = {}
         self.fused: dict[str, int] = {}  # ops made by fusing attention blocks (dynamic int8)
+        self.attention = (0, 0)  # (blocks ONNX Runtime's fusion matched, attention blocks): dynamic int8
 
     def prepared_for(self, settings: Settings) -> onnx.ModelProto:
         """The preprocessed float model the pass for `settings` starts from: graph-optimized for
@@ -90,8 +91,11 @@ class Quantizer:
         kind = settings.mode if settings.mode in ("static", "dynamic") else "plain"
         if kind not in self._prepared:
             model = self.model
-            if kind == "dynamic":
-                model, self.fused = fuse_attention(model, self.workdir)
+            if kind == "dynamic":  # fused only when every block fuses (a partly fused encoder ran slower: fuse.py)
+                fused, counts = fuse_attention(model, self.workdir)
+                self.attention = (counts.get("Attention", 0), attention_blocks(model))
+                if counts and self.attention[0] >= self.attention[1]:
+                    model, self.fused = fused, counts
             self._prepared[kind] = prepare(model, self.workdir, optimize=kind == "static")
         return self._prepared[kind]
 
