@@ -5,8 +5,10 @@ plot) is a callback; the trainer knows only the session interface and its callba
 
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
+import itertools
 import json
 import signal
 import time
@@ -24,6 +26,7 @@ from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule
 
 CHECKPOINT_SHARE = 0.005  # epoch-end checkpoints may take at most this share of the training time
+RATES_AHEAD = 1 << 20  # learning rates made before training: the whole run's, up to this many steps (8 MB)
 FIRST_CHECKPOINT_SECONDS = 1.0  # none before this much training: a run killed sooner restarts, losing less
 
 
@@ -110,6 +113,7 @@ class Trainer:
         self._began = 0.0  # when this process's training began (perf_counter)
         self._saving_seconds = 0.0  # how long that took
         self._signals = _StopSignals()
+        self._rates = array.array("d")  # every step's learning rate (see `fit`)
 
     @property
     def stop_signal(self) -> int:
@@ -170,12 +174,16 @@ class Trainer:
         """Train until done; raises TrainingInterrupted (after a checkpoint) on Ctrl-C or SIGTERM."""
         status = "failed"
         with self._signals:
-            self._hook("on_train_begin")
-            self._began = time.perf_counter()
             c = self.config
             seeds = (c.seed * 100_003 + e for e in range(self.state.epoch, self.epochs)) if c.shuffle else None
             # from a resumed run's epoch too; each batch is done with before the next is drawn
             epochs = self.train.epochs(c.batch_size, seeds, self.drop_last, reuse=True)
+            if self.state.epoch < self.epochs:  # the first block of shuffled rows gathered before training begins
+                epochs = itertools.chain([next(epochs)], epochs)
+            # the steps' learning rates, made once (a schedule call per step took 0.4% of a short fit's loop)
+            self._rates = array.array("d", map(self.schedule.lr, range(min(self.schedule.total_steps, RATES_AHEAD))))
+            self._hook("on_train_begin")
+            self._began = time.perf_counter()
             hooks = self._overriding("on_batch_end"), self._overriding("on_step_end")
             try:
                 while not self.state.done and not self._stopping():
@@ -228,9 +236,7 @@ class Trainer:
         last = self.batches_per_epoch - 1
         self._hook("on_epoch_begin", state.epoch + 1)
         started = time.perf_counter()
-        # this epoch's learning rates, made at once: a schedule call per step took 0.4% of a short fit's loop
-        first, steps = state.step, -(-(self.batches_per_epoch - state.batch) // c.grad_accumulation)
-        rates = [self.schedule.lr(s) for s in range(first, first + steps)]
+        rates = self._rates
         step_loss, step_examples, in_step = 0.0, 0, 0
         examples_before = state.examples  # a resumed epoch's examples before the stop took time not counted here
         for index, (feeds, labels) in enumerate(batches):
@@ -247,7 +253,7 @@ class Trainer:
             in_step += 1
             if in_step < c.grad_accumulation and index < last:
                 continue
-            lr = rates[state.step - first]
+            lr = rates[state.step] if state.step < len(rates) else self.schedule.lr(state.step)
             session.optimizer_step(lr)
             state.step += 1
             state.batch = index + 1
