@@ -7,8 +7,9 @@ one graph that also outputs each parameter's gradient, in default-domain ONNX op
    op's rule (`onnxkit.autodiff.rules`) turns its outputs' gradients into its inputs'. A
    decomposed op (`composites`: exact GELU) is differentiated as the op it spells; an LSTM
    or GRU (`recurrent`) is first replaced by its unrolled form, an Attention (`functions`) by
-   the function body ONNX defines for it. A LayerNormalization is asked
-   for the Mean and InvStdDev it computes anyway, so its rule does not compute them again.
+   the function body ONNX defines for it, a tensor split into a sequence (`sequences`) by a
+   Split. A LayerNormalization is asked for the Mean and InvStdDev it computes anyway, so its
+   rule does not compute them again.
 3. Gradients reaching a value along several paths are added up.
 
 The result keeps every forward node and output, so a training graph can still emit its
@@ -26,6 +27,7 @@ from onnxkit.autodiff import functions, recurrent
 from onnxkit.autodiff.builder import Backward, Graph
 from onnxkit.autodiff.composites import collapse
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
+from onnxkit.autodiff.sequences import sequence_splits
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.graph_walks import ancestors, constant_values, node_label, node_reads, opset, value_types
 
@@ -133,6 +135,8 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     result.CopyFrom(model)
     model = result
     types = value_types(model)
+    if sequence_splits(model, types, constant_values(model)):
+        types = value_types(model)
     nodes, active = active_nodes(model, wrt, loss, types)
     while _replace(model, nodes, types, version):  # differentiated through their standard-op form (which may
         types = value_types(model)  # hold more such ops: a cross-entropy's NegativeLogLikelihoodLoss)
