@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit.autodiff import add_gradients
+from onnxkit.autodiff import add_gradients, missing_rules
 from onnxkit.autodiff.check import LOSS, gradcheck, run_gradients, with_projection_loss
 from onnxkit.errors import OnnxkitError
 
@@ -48,6 +48,7 @@ def test_sequence_pieces_differentiate_as_a_split(case):
         np.testing.assert_allclose(analytic, numeric, atol=1e-6, err_msg=f"d/d{name}")
     assert "SplitToSequence" not in {n.op_type for n in add_gradients(
         with_projection_loss(model), ["w"], LOSS).graph.node}
+    assert missing_rules(with_projection_loss(model), ["w"], LOSS) == []  # as the training backend asks first
     split, axis, keepdims, positions, shape = CASES[case]
     model32 = chunked(split, axis, keepdims, positions, shape, TensorProto.FLOAT)
     on_ort = run_gradients(with_projection_loss(model32), {"x": x.astype(np.float32)}, ["w"])["w"]
@@ -58,5 +59,6 @@ def test_a_sequence_read_at_a_run_time_position_is_refused_by_name():
     model = chunked(np.array(2), 1, 1, [0], [2, 2, 3])
     model.graph.input.append(helper.make_tensor_value_info("at0", TensorProto.INT64, []))
     del model.graph.initializer[-1]
+    assert [op for op, _ in missing_rules(with_projection_loss(model), ["w"], LOSS)] == ["SplitToSequence", "SequenceAt"]
     with pytest.raises(OnnxkitError, match="op SplitToSequence .* has no gradient rule"):
         add_gradients(with_projection_loss(model), ["w"], LOSS)

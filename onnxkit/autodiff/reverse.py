@@ -82,7 +82,10 @@ def _is_float(types: dict[str, onnx.ValueInfoProto], name: str) -> bool:
 
 def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list[tuple[str, str]]:
     """(op type, node label) of every node on the gradient path that has no rule."""
-    types = value_types(model)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    model = copy
+    types = _without_sequence_splits(model)
     nodes, _ = active_nodes(model, wrt, loss, types)
     version = opset(model)
     missing = [(node.op_type, node_label(node, i)) for i, node in nodes
@@ -90,6 +93,14 @@ def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list
     missing += [(f"{node.op_type} {reason}", node_label(node, i)) for i, node in nodes
                 if _rule_key(node) in REPLACED and (reason := _unsupported(node, types, version))]
     return missing
+
+
+def _without_sequence_splits(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Rewrite `model`'s tensors split into sequences as Splits, in place (`sequences`); its value types."""
+    types = value_types(model)
+    if sequence_splits(model, types, constant_values(model)):
+        types = value_types(model)
+    return types
 
 
 def _rule_key(node: onnx.NodeProto) -> str:
@@ -134,9 +145,7 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     result = onnx.ModelProto()
     result.CopyFrom(model)
     model = result
-    types = value_types(model)
-    if sequence_splits(model, types, constant_values(model)):
-        types = value_types(model)
+    types = _without_sequence_splits(model)
     nodes, active = active_nodes(model, wrt, loss, types)
     while _replace(model, nodes, types, version):  # differentiated through their standard-op form (which may
         types = value_types(model)  # hold more such ops: a cross-entropy's NegativeLogLikelihoodLoss)
