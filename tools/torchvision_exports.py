@@ -23,7 +23,7 @@ regnet_y_400mf, convnext_tiny, vit_b_16, ... at a small image size) and each exp
   error).
 
     PYTHONPATH=/tmp/torchlib:/tmp/osl .venv/bin/python tools/torchvision_exports.py [--only resnet18]
-        [--exporters torchscript dynamo] [--size 32] [--no-train] [--train-timeout 900]
+        [--exporters torchscript dynamo] [--size 32] [--no-train] [--epochs N] [--keep DIR]
 
 Needs torch, torchvision (and onnxscript for the dynamo exporter) outside the project environment.
 """
@@ -228,7 +228,9 @@ def main() -> None:
     parser.add_argument("--grad-size", type=int, default=64, help="image height and width of the gradient check")
     parser.add_argument("--grad-batch", type=int, default=8, help="images in the gradient check")
     parser.add_argument("--per-class", type=int, default=100, help="images a class in the folder")
+    parser.add_argument("--keep", help="an empty folder to keep the image folder, exports and runs in")
     parser.add_argument("--no-train", action="store_true", help="gradients only")
+    parser.add_argument("--no-grad", action="store_true", help="training only")
     parser.add_argument("--train-timeout", type=float, default=1800)
     parser.add_argument("--epochs", type=int, help="pass --epochs to onnxkit train (default: no flag)")
     args = parser.parse_args()
@@ -236,7 +238,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
+        root = Path(args.keep or scratch)
         folder = root / "shapes"
         write_folder(folder, args.per_class)
         print(f"{'architecture':19s} {'exporter':11s} {'ops':>5s} {'grad':>8s} {'fp32':>8s}  {'s':>6s}  test")
@@ -257,9 +259,11 @@ def main() -> None:
                     print(f"{name:19s} {exporter:11s} export failed: {str(e).splitlines()[0][:100]}", flush=True)
                     continue
                 ops = len(onnx.load(work / "model.onnx", load_external_data=False).graph.node)
+                grad = f"{'-':>8s} {'-':>8s}"
                 try:
-                    worst, noise, unmatched = gradient_difference(module, example, onnx.load(work / "kept.onnx"))
-                    grad = f"{worst:8.1e} {noise:8.1e}" + (f" (no match: {unmatched[:3]})" if unmatched else "")
+                    if not args.no_grad:
+                        worst, noise, unmatched = gradient_difference(module, example, onnx.load(work / "kept.onnx"))
+                        grad = f"{worst:8.1e} {noise:8.1e}" + (f" (no match: {unmatched[:3]})" if unmatched else "")
                 except Exception as e:  # noqa: BLE001 - reported in the table
                     grad = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
                 trained = "" if args.no_train else train_and_use(work / "model.onnx", folder, args.train_timeout,
