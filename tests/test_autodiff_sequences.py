@@ -59,6 +59,7 @@ def test_a_sequence_read_at_a_run_time_position_is_refused_by_name():
     model = chunked(np.array(2), 1, 1, [0], [2, 2, 3])
     model.graph.input.append(helper.make_tensor_value_info("at0", TensorProto.INT64, []))
     del model.graph.initializer[-1]
-    assert [op for op, _ in missing_rules(with_projection_loss(model), ["w"], LOSS)] == ["SplitToSequence", "SequenceAt"]
+    projected = with_projection_loss(model)
+    assert [op for op, _ in missing_rules(projected, ["w"], LOSS)] == ["SplitToSequence", "SequenceAt"]
     with pytest.raises(OnnxkitError, match="op SplitToSequence .* has no gradient rule"):
-        add_gradients(with_projection_loss(model), ["w"], LOSS)
+        add_gradients(projected, ["w"], LOSS)
