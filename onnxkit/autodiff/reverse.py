@@ -98,7 +98,8 @@ def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list
 def _without_sequence_splits(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     """Rewrite `model`'s tensors split into sequences as Splits, in place (`sequences`); its value types."""
     types = value_types(model)
-    if sequence_splits(model, types, constant_values(model)):
+    if any(n.op_type == "SplitToSequence" for n in model.graph.node) and sequence_splits(
+            model, types, constant_values(model)):  # constants only then: folding them takes time on a large graph
         types = value_types(model)
     return types
 
