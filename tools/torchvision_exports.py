@@ -2,7 +2,8 @@
 by onnxkit and trained by `onnxkit train MODEL.onnx --data FOLDER` with no other flag.
 
 For each architecture (resnet18, mobilenet_v3_small, efficientnet_b0, squeezenet1_1, shufflenet_v2_x0_5,
-regnet_y_400mf, convnext_tiny, vit_b_16, ... at a small image size) and each exporter (TorchScript
+regnet_y_400mf, densenet121, convnext_tiny, vit_b_16 at a small image size; lraspp_mobilenet_v3_large's
+segmentation scores for gradients only) and each exporter (TorchScript
 `dynamo=False`, dynamo), it prints:
 
 - `ops`: the node count of the export users make (eval mode, the exporter's defaults, a dynamic batch);
@@ -52,11 +53,24 @@ ROOT = Path(__file__).resolve().parents[1]
 ONNXKIT = [sys.executable, "-m", "onnxkit"]  # this checkout's, without the torch paths (as a user runs it)
 CLEAN_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 CLASSES = ("disc", "square", "triangle")
+SEGMENTATION = "lraspp_mobilenet_v3_large"
 
 
 def architectures():  # type: ignore[no-untyped-def]
-    """name -> factory of the torchvision model for images of a size, 3 classes, random weights."""
+    """name -> factory of the torchvision model for images of a size, 3 classes, random weights (a segmentation
+    model's per-pixel scores: its gradients are checked, it is not trained on the class folders)."""
+    from torch import nn
     from torchvision import models
+
+    class Scores(nn.Module):
+        """The "out" entry of a torchvision segmentation model's dict."""
+
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.model(x)["out"]
 
     return {
         "resnet18": lambda size: models.resnet18(num_classes=3),
@@ -68,6 +82,8 @@ def architectures():  # type: ignore[no-untyped-def]
         "densenet121": lambda size: models.densenet121(num_classes=3),
         "convnext_tiny": lambda size: models.convnext_tiny(num_classes=3),
         "vit_b_16": lambda size: models.vit_b_16(num_classes=3, image_size=size),
+        SEGMENTATION: lambda size: Scores(models.segmentation.lraspp_mobilenet_v3_large(num_classes=3,
+                                                                                        weights_backbone=None)),
     }
 
 
@@ -131,7 +147,7 @@ def gradient_difference(module, example, model: onnx.ModelProto) -> tuple[float,
     for dim, size in zip(model.graph.input[0].type.tensor_type.shape.dim, example.shape, strict=True):
         dim.ClearField("dim_param")
         dim.dim_value = size
-    for dim, size in zip(model.graph.output[0].type.tensor_type.shape.dim, (example.shape[0], 3), strict=True):
+    for dim, size in zip(model.graph.output[0].type.tensor_type.shape.dim, module(example).shape, strict=True):
         dim.ClearField("dim_param")
         dim.dim_value = size
     found = find_parameters(model)
@@ -266,8 +282,8 @@ def main() -> None:
                         grad = f"{worst:8.1e} {noise:8.1e}" + (f" (no match: {unmatched[:3]})" if unmatched else "")
                 except Exception as e:  # noqa: BLE001 - reported in the table
                     grad = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-                trained = "" if args.no_train else train_and_use(work / "model.onnx", folder, args.train_timeout,
-                                                                  args.epochs)
+                trained = "" if args.no_train or name == SEGMENTATION else train_and_use(
+                    work / "model.onnx", folder, args.train_timeout, args.epochs)
                 print(f"{name:19s} {exporter:11s} {ops:5d} {grad}  {trained}", flush=True)
 
 
