@@ -38,12 +38,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 from step_timing import import_torch_exporter
+from torch_side_by_side import export
 
 from onnxkit.autodiff.check import run_gradients, with_projection_loss
 from onnxkit.graph_walks import value_types
@@ -120,23 +120,6 @@ def without_randomness(module) -> None:  # type: ignore[no-untyped-def]
     for m in module.modules():
         if isinstance(m, nn.Dropout | StochasticDepth):
             m.p = 0.0
-
-
-def export(module, example, dynamo: bool, path: Path, keep_bn: bool = False) -> None:  # type: ignore[no-untyped-def]
-    """`module` (in eval mode) exported with a dynamic batch, with the exporter's defaults but for `keep_bn`."""
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            program = torch.onnx.export(module, (example,), input_names=["x"], output_names=["logits"],
-                                        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True,
-                                        verbose=False, optimize=not keep_bn)
-            program.save(str(path))
-        else:
-            torch.onnx.export(module, (example,), str(path), input_names=["x"], output_names=["logits"],
-                              dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-                              training=torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL)
 
 
 def gradient_difference(module, example, model: onnx.ModelProto) -> tuple[float, float, list[str]]:  # type: ignore[no-untyped-def]
