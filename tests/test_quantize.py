@@ -741,6 +741,21 @@ def test_auto_calibrates_on_a_set_that_is_not_whole_batches(mlp_data):
     assert len(cands) == 6 and all(c.error is None and c.drop <= 3.0 for c in cands)
 
 
+def test_the_report_says_how_many_rows_keep_the_fp32_models_class(mlp_data):
+    # the report gave accuracies alone: with an untrained head or few rows they say little of what changed
+    result = quantize(mlp(), mode="static", calib=mlp_data, calib_size=100, eval_data=mlp_data,
+                      measure_latency=False)
+    x = load_dataset(mlp_data).test.inputs["x"]
+    kept = float((logits(mlp(), x).argmax(1) == logits(result.model, x).argmax(1)).mean())
+    acc = result.report.accuracy
+    assert acc["agreement"] == {"share": pytest.approx(kept), "rows": len(x)} and kept < 1.0
+    assert acc["agreement"]["share"] == pytest.approx(acc["quantized"])  # labelled by the fp32 model's classes
+    assert f"predictions kept: {kept:.2%} of the {len(x)} rows keep the fp32 model's class" in str(result.report)
+    regression = quantize(mlp(), mode="dynamic", eval_data=Split("test", {"x": x}, logits(mlp(), x)),
+                          measure_latency=False)  # targets, not classes: no such figure
+    assert regression.report.accuracy["agreement"] is None and "predictions kept" not in str(regression.report)
+
+
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_one_calibration_batch_gives_the_ranges_equal_batches_give(method, tmp_path):
     rows = np.random.default_rng(7).standard_normal((96, D_IN)).astype(np.float32)

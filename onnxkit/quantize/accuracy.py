@@ -63,6 +63,21 @@ def score(model: onnx.ModelProto, split: Any, batch_size: int = 256, like: Score
     return Score(metric, float(metrics[metric]), output, metrics["task"])
 
 
+def agreement(original: onnx.ModelProto, quantized: onnx.ModelProto, split: Any, like: Score,
+              batch_size: int = 256) -> dict[str, Any] | None:
+    """For a classifier of one class a row ([batch, classes] scores): the share of `split`'s rows whose likeliest
+    class the quantized model keeps (a figure that needs no labels and is not hidden by errors that cancel out in
+    the accuracy), and of how many rows; None for other models."""
+    from onnxkit.evaluate import model_outputs
+
+    if like.task != "classification" or like.output is None:
+        return None
+    before, after = (model_outputs(m, split, like.output, batch_size=batch_size) for m in (original, quantized))
+    if before.ndim != 2 or after.shape != before.shape:
+        return None
+    return {"share": float((before.argmax(axis=1) == after.argmax(axis=1)).mean()), "rows": len(before)}
+
+
 def entry(before: Score, after: Score, data: Any) -> dict[str, Any]:
     """The report's accuracy section: both values, their change (quantized - original) and the drop
     (how much worse: positive is worse, for accuracy and loss alike), in `unit`."""

@@ -281,6 +281,7 @@ def quantize(
             after = (accuracy.Score(baseline.metric, chosen) if chosen is not None
                      else accuracy.score(quantized, test, like=baseline))
             report.accuracy = accuracy.entry(baseline, after, eval_data)
+            report.accuracy["agreement"] = accuracy.agreement(original, quantized, test, baseline)
             if max_drop is not None and report.accuracy["drop"] > max_drop:
                 raise OnnxkitError(
                     f"{settings.label} {baseline.worse_by(report.accuracy['drop'])}, "

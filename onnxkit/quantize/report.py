@@ -183,6 +183,10 @@ class Report:
             acc = self.accuracy
             rows.append((acc["metric"], acc["original_shown"], acc["quantized_shown"], _change(acc)))
         lines += _table(rows, indent="  ")
+        kept = self.accuracy.get("agreement") if self.accuracy else None
+        if kept:
+            lines.append(f"  predictions kept: {kept['share']:.2%} of the {kept['rows']:,} rows keep the fp32 model's "
+                         "class")
         if self.candidates:
             noise = f"{SLOWER_BEYOND_NOISE - 1:.0%}"  # timed as fast as the fastest
             lines.append(f"  candidates (fastest at the largest batch within the allowed drop wins; within {noise}, "
