@@ -637,3 +637,24 @@ def test_inspect_counts_the_trained_parameters_not_the_standardisation_statistic
     inspected = json.loads(run_cli("inspect", result.model_path, "--json").out)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert inspected["parameters"] == run["trainable_parameters"] == expected
+
+
+def test_photos_in_0_1_are_standardized_per_channel_digits_are_not(tmp_path):
+    """Pixels read from image files lie in [0, 1]: natural photos' channels sit 1.5-1.9 stds from 0, which a fresh
+    ConvNeXt or ViT export trained on as they were never left (chance, as in PyTorch without Normalize); they are
+    standardized by default now, per channel. digits-images (0.81 stds) stays raw."""
+    from sklearn.datasets import load_sample_images
+
+    from onnxkit.data import Split, load_dataset
+    from onnxkit.data.split import ModelInput
+    from onnxkit.train.standardize import unscaled
+
+    photos = np.stack([im[y:y + 32, x:x + 32] for im in load_sample_images().images
+                       for y in range(0, 400, 80) for x in range(0, 600, 120)]).astype(np.float32) / 255
+    photos = photos.transpose(0, 3, 1, 2)  # [N, 3, 32, 32], as an image folder is read for such a model
+    spec = ModelInput("image", np.dtype(np.float32), ("batch", 3, 32, 32))
+    found = unscaled(Split("train", {"image": photos}, np.zeros(len(photos), np.int64)), [spec], regression=False)
+    centre = np.median(photos.mean(axis=(0, 2, 3)) / photos.std(axis=(0, 2, 3)))
+    assert found is not None and f"the median one {centre:.2g} stds from 0" in found and centre > 1
+    digits = load_dataset("digits-images").train
+    assert unscaled(digits, [ModelInput("image", np.dtype(np.float32), ("batch", 1, 8, 8))], regression=False) is None

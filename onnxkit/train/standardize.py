@@ -36,7 +36,9 @@ OFFSET = 3.0
 # a table of features ([batch, features], not all in [0, 1]) whose median feature's mean lies beyond this many of
 # its stds from 0: grades and counts, not centred (MASS' biopsy, nine grades 1-10: 93.4% raw, 98.5% standardised,
 # as StandardScaler + scikit-learn's MLP; seattle-weather 66.2 -> 67.6%; scikit-learn's digits, 0-16, 97.2 -> 97.5%;
-# iris 96.7 -> 93.3%, one row of 30, scikit-learn MLP's figure)
+# iris 96.7 -> 93.3%, one row of 30, scikit-learn MLP's figure); images whose channels' means lie beyond it, as
+# natural photos' do in [0, 1] (1.5-1.9 stds: PyTorch users Normalize them), also: a torchvision ConvNeXt or ViT
+# export trained on such raw pixels stayed at chance, as in PyTorch (digits-images, 0.81 stds, stays raw)
 OFF_CENTRE = 1.0
 # unscaled: every feature's std below this (make_classification x 1e-4 trained raw to 52% where standardised
 # it reaches 85%), or the targets' (make_regression's y x 1e-4, std 0.014: R² -0.02 raw, 0.99 standardised);
@@ -191,8 +193,9 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: fl
              small: float = SMALL, off_centre: float = OFF_CENTRE) -> str | None:
     """What is clearly unscaled among the float features (or regression targets): a feature's std
     over LARGE or over SPREAD times the median one (near-constant features do not count), every one
-    under `small`, a mean beyond FAR and beyond `offset` stds, or a table (not all in [0, 1]) whose median feature's
-    mean lies beyond `off_centre` stds from 0; targets beyond FAR or all under SMALL. None when nothing is."""
+    under `small`, a mean beyond FAR and beyond `offset` stds, or a table (not all in [0, 1]) or images in [0, 1]
+    whose median feature's (channel's) mean lies beyond `off_centre` stds from 0; targets beyond FAR or all under
+    SMALL. None when nothing is."""
     found, shapes = [], {s.name: s.shape for s in specs}
     for name, array in _float_features(train, specs).items():
         if not np.isfinite(array).all():
@@ -202,7 +205,9 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: fl
         median = _middle(varying)
         off = np.sort(mean[std >= TINY] / std[std >= TINY]) if (std >= TINY).any() else np.zeros(1)
         in_unit = array.min() >= 0 and array.max() <= 1  # pixels, shares, flags: scaled as they are
-        centre = _middle(off) if array.ndim == 2 and not in_unit else 0.0
+        images = array.ndim == 4 and in_unit  # [batch, channels, height, width] pixels in [0, 1], as image folders
+        # are read: far from 0, they are not centred (0-255 ones stay as they were judged: a model may rescale them)
+        centre = _middle(off) if (array.ndim == 2 and not in_unit) or images else 0.0
         if not small <= varying[-1] <= min(LARGE, SPREAD * median) or ((mean > FAR) & (mean > offset * std)).any() \
                 or centre > off_centre:
             found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}, median {median:.3g}, "
