@@ -243,6 +243,8 @@ def test_soft_targets_score_against_their_likeliest_class_and_bad_ones_are_one_l
                                            "scores 3 classes"):
         fit(model, data(np.full((N, 2), 0.5, np.float32)), tmp_path / "two", loss="cross-entropy", epochs=1)
     assert not (tmp_path / "bad").exists() and not (tmp_path / "two").exists()
+    one = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])  # a single score: no distribution
+    assert not get_loss("cross-entropy").along(one, np.ones((N, 1), np.float32)).soft
 
 
 def test_a_zoo_classifier_trains_on_soft_targets_with_no_other_setting(tmp_path):

@@ -51,7 +51,8 @@ class Loss:
         if not self.class_labels:
             return self
         shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
-        if labels.dtype.kind == "f" and labels.ndim == len(shape) == 2 and sizes_fit(shape[1:], labels.shape[1:]):
+        if labels.dtype.kind == "f" and labels.ndim == len(shape) == 2 and labels.shape[1] > 1 and \
+                sizes_fit(shape[1:], labels.shape[1:]):
             return replace(self, soft=True)
         axis = class_axis(shape, labels.shape)
         if len(shape) > 2 and not sizes_fit(without_class_axis(shape, axis), labels.shape[1:]):
