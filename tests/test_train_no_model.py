@@ -127,11 +127,11 @@ def test_a_folder_of_class_folders_of_images_trains_the_cnn_built_for_it(run_cli
     assert accuracy_score(test.labels, predicted) == 1.0
     assert label_names(onnx.load(tmp_path / "run" / "model.onnx")) == ["blue", "green", "red"]  # sorted folders
     Image.fromarray(np.zeros((13, 16, 3), np.uint8)).save(tmp_path / "photos" / "red" / "odd.png")
-    mixed = run_cli("train", tmp_path / "photos", "-o", tmp_path / "mixed")  # said 'model input 'image' takes ...'
-    assert mixed.code == 1 and mixed.err.startswith(f"error: {tmp_path / 'photos' / 'red' / 'odd.png'}: 16x13 pixels "
-                                                    "where") and not (tmp_path / "mixed").exists()
-    assert mixed.err.endswith("; a model is built for one size: resize the images to one size (or train a model "
-                              "with a fixed height and width, which takes them resized)\n")
+    mixed = run_cli("train", tmp_path / "photos", "-o", tmp_path / "mixed", "--epochs", "2")  # was refused: one size
+    assert mixed.code == 0, mixed.err
+    assert ("warning: images of widths 16 and heights 12-13 pixels, resized to 12x12 for the model built for them"
+            in mixed.err)  # the median of the shorter sides
+    assert dims(onnx.load(tmp_path / "mixed" / "model.onnx").graph.input[0]) == ["batch", 3, 12, 12]
 
 
 def test_a_breast_cancer_run_resumed_after_ctrl_c_ends_as_one_straight_run(tmp_path):
@@ -187,3 +187,16 @@ def test_data_no_model_fits_is_refused_in_one_line(run_cli, tmp_path, monkeypatc
     assert not (tmp_path / "runs").exists()
     with pytest.raises(OnnxkitError, match="give training data"):
         fit(out_dir=tmp_path / "r")
+
+
+def test_large_images_of_one_size_are_read_at_64_pixels_a_side_for_the_model_built_for_them(tmp_path):
+    # a folder of 12-megapixel photos was read at full size: a model built for that, and memory for every pixel
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((80, 100, 3), 40 * i, np.uint8)).save(tmp_path / "photos" / name / f"{i}.png")
+    data = load_dataset(tmp_path / "photos")
+    assert data.train.inputs["image"].shape[1:] == (3, 64, 64)
+    assert data.notes == ("images of widths 100 and heights 80 pixels, resized to 64x64 for the model built for them",)

@@ -21,7 +21,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ _ORIENTATION = 0x0112  # the EXIF tag of how a camera held the image (1: as stor
 _SPLIT_FOLDERS = {**{name: name for name in SPLIT_NAMES}, **SPLIT_ALIASES}  # val/ or valid/ for validation/
 _LAYOUT = "[batch, channels, height, width] or [batch, height, width, channels], with 1, 3 or 4 channels"
 _SYSTEM_FILES = ("thumbs.db", "desktop.ini")  # Windows' Explorer writes them into folders of images
+BUILT_SIDE = 64  # the largest square images of several sizes are resized to for a model built for them
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,10 @@ def pillow_images(images: Sequence[Any], layout: ImageInput) -> np.ndarray:
 
 
 def read_images(paths: Sequence[Path], layout: ImageInput,
-                decode: Callable[[int, int | None, tuple[int, int] | None], np.ndarray] | None = None, *,
-                for_model: bool = True) -> np.ndarray:
+                decode: Callable[[int, int | None, tuple[int, int] | None], np.ndarray] | None = None) -> np.ndarray:
     """The images at `paths` as one array of `layout`'s shape and type ([N, C, H, W] or [N, H, W, C]). Without a
-    fixed height and width, every image must have the first one's size (`for_model`: the layout is a model input's,
-    not the images' own, read for a model to be built for them). `decode(i, channels, size)`: image i's pixels,
-    where they come from elsewhere than the file at paths[i] (which then only names it)."""
+    fixed height and width, every image must have the first one's size. `decode(i, channels, size)`: image i's
+    pixels, where they come from elsewhere than the file at paths[i] (which then only names it)."""
     decode = decode or (lambda i, channels, size: _pixels(paths[i], channels, size))
     first = decode(0, layout.channels, layout.size)
     height, width, channels = first.shape
@@ -139,12 +138,9 @@ def read_images(paths: Sequence[Path], layout: ImageInput,
     for i, path in enumerate(paths):
         pixels = first if i == 0 else decode(i, channels, layout.size)
         if pixels.shape != first.shape:
-            fix = (f"model input {layout.name!r} takes any size but one array holds one: resize the images to one "
-                   "size, or export the model with a fixed height and width" if for_model else
-                   "a model is built for one size: resize the images to one size (or train a model with a fixed "
-                   "height and width, which takes them resized)")
             raise OnnxkitError(f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels where {paths[0]} has "
-                               f"{width}x{height}; {fix}")
+                               f"{width}x{height}; model input {layout.name!r} takes any size but one array holds "
+                               "one: resize the images to one size, or export the model with a fixed height and width")
         array[i] = pixels if layout.channels_last else pixels.transpose(2, 0, 1)
     if array.dtype.kind == "f":
         array /= 255
@@ -179,13 +175,18 @@ def available_memory() -> int | None:
 
 def _pixels(path: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
     """One image file's pixels as uint8 [H, W, C] (`_image_pixels`)."""
+    return _opened(path, lambda image: _image_pixels(image, channels, size, path))
+
+
+def _opened(path: Path, read: Callable[[Any], Any]) -> Any:
+    """`read(image)` of the image file at `path` as Pillow opens it; one it cannot read is one error line."""
     from PIL import Image
 
     try:
         # Pillow warns of an image past MAX_IMAGE_PIXELS (a 10000x10000 scan) and refuses one twice as large: read it
         large = warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning)
         with large, Image.open(path) as image:
-            return _image_pixels(image, channels, size, path)
+            return read(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # SyntaxError: a broken header
         raise OnnxkitError(f"{path}: not a readable image ({e}); replace the file or remove it") from e
 
@@ -254,11 +255,30 @@ def read_image_folder(root: Path, *, seed: int = 0, validation: float = 0.2, tes
                                  test=0.0 if "test" in listed else test)
     parts = [listed[split] if split != "train" and split in listed else
              [train[i] for i in getattr(carved, split).inputs[layout.name]] for split in SPLIT_NAMES]
-    images = read_images([path for part in parts for path, _ in part], layout, for_model=model is not None)
+    paths = [path for part in parts for path, _ in part]
+    notes: tuple[str, ...] = ()
+    if model is None:  # for a model to be built for them: one size
+        layout, notes = _one_size(paths, layout)
+    images = read_images(paths, layout)
     ends = np.cumsum([0, *(len(part) for part in parts)])
     splits = [Split(split, {layout.name: images[lo:hi]}, np.array([label for _, label in part], np.int64))
               for split, part, lo, hi in zip(SPLIT_NAMES, parts, ends[:-1], ends[1:], strict=True)]
-    return Dataset(name, *splits, label_names=classes)
+    return Dataset(name, *splits, label_names=classes, notes=notes)
+
+
+def _one_size(paths: Sequence[Path], layout: ImageInput) -> tuple[ImageInput, tuple[str, ...]]:
+    """The layout images of no model are read in: their own size when they share one of at most BUILT_SIDE pixels a
+    side, else a square of the median of their shorter sides, at most BUILT_SIDE, each resized to it (bilinear, as
+    for a model of that size; a square whatever way a photo's EXIF turns it), and the note that says so."""
+    sizes = [_opened(path, lambda image: image.size) for path in paths]  # the headers alone
+    if len(set(sizes)) == 1 and max(sizes[0]) <= BUILT_SIDE:
+        return layout, ()
+    side = min(BUILT_SIDE, int(np.median([min(size) for size in sizes])))
+    widths, heights = zip(*sizes, strict=True)
+    span = [f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}" for v in (widths, heights)]
+    note = (f"images of widths {span[0]} and heights {span[1]} pixels, resized to {side}x{side} for the model built "
+            "for them")
+    return replace(layout, height=side, width=side), (note,)
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
