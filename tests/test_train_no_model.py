@@ -200,3 +200,17 @@ def test_large_images_of_one_size_are_read_at_64_pixels_a_side_for_the_model_bui
     data = load_dataset(tmp_path / "photos")
     assert data.train.inputs["image"].shape[1:] == (3, 64, 64)
     assert data.notes == ("images of widths 100 and heights 80 pixels, resized to 64x64 for the model built for them",)
+
+
+def test_lora_with_data_alone_is_refused_before_anything_is_built(run_cli, tmp_path):
+    # it built a fresh MLP and then said "LoRA target '*attn.q.weight' matches no MatMul or Gemm weight. Did you mean:
+    # 6.weight": adapters on random weights, which LoRA keeps frozen
+    refused = run_cli("train", "wine", "--lora-rank", "4", "-o", tmp_path / "cli")
+    assert refused.code == 2 and refused.err.count("\n") == 1, refused.err
+    assert refused.err.startswith("error: --lora-rank adapts a trained model's weights, and with DATA alone train "
+                                  "builds a fresh model: give MODEL.onnx before DATA")
+    from onnxkit.train.lora import LoraAdapter, LoraConfig
+
+    with pytest.raises(OnnxkitError, match="LoraAdapter adapts a trained model's weights, and with no model given"):
+        fit(None, "wine", tmp_path / "api", adapter=LoraAdapter(LoraConfig(rank=4)))
+    assert not (tmp_path / "cli").exists() and not (tmp_path / "api").exists()

@@ -168,6 +168,9 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
     if resume:
         _refuse_settings_on_resume()
     optimizer, adapter = _optimizer(options), _lora_adapter(options)  # checked before any worker starts
+    if adapter is not None and model is None and not resume:
+        raise click.UsageError("--lora-rank adapts a trained model's weights, and with DATA alone train builds a fresh "
+                               "model: give MODEL.onnx before DATA, or leave --lora-* out", click.get_current_context())
     model = _with_tokenizer(model, options["data"], options.pop("tokenizer"),
                             options.pop("max_length"))  # before any worker starts
     workers = options.pop("workers")

@@ -330,6 +330,10 @@ def fit(
             raise OnnxkitError("give epochs or steps, not both: steps end the run wherever it is in its epochs",
                                params=["epochs", "steps"])
         if model is None:
+            if adapter is not None:  # a LoRA run on the fresh model it would build: its random weights, frozen
+                raise OnnxkitError(f"{type(adapter).__name__} adapts a trained model's weights, and with no model "
+                                   "given train builds a fresh one for the data: give the model to adapt, or leave "
+                                   "the adapter out", params=["adapter", "model"])
             read = data if isinstance(data, Dataset) else unmodelled_data(data, seed=data_seed, label=label)
             model, made = default_model(read, data.name if isinstance(data, Dataset) else str(data),
                                         get_loss(loss).name if loss else None)
