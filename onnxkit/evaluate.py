@@ -611,11 +611,18 @@ def evaluate(
     if not isinstance(split, Split):
         raise TypeError(f"split must be a Split, a split name or (X, y), features and labels, not "
                         f"{type(split).__name__}")
-    layout = label_then_scores(proto)
-    given_probabilities = layout[0] if layout and layout[1] else None
     name = output or scored_output(proto)
     source = model if isinstance(model, str | os.PathLike) else None  # errors name the file
     result = model_outputs(proto, split, name, batch_size=batch_size, providers=providers, source=source)
+    return scored_outputs(proto, split, result, name, output=output, task=task, loss=loss)
+
+
+def scored_outputs(proto: Any, split: Split, result: np.ndarray, name: str, *, output: str | None = None,
+                   task: str | None = None, loss: str | None = None) -> dict[str, Any]:
+    """`evaluate`'s metrics of `result`, the outputs `name` of the model `proto` on `split` (`model_outputs`):
+    its task (`task`, else the metadata of `output`, else inferred) checked against the labels, and scored."""
+    layout = label_then_scores(proto)
+    given_probabilities = layout[0] if layout and layout[1] else None
     out_vi = next(o for o in proto.graph.output if o.name == name)
     shape = [d.dim_value or d.dim_param for d in out_vi.type.tensor_type.shape.dim]
     meta_task = output_task(proto, output)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
 from onnxkit.data import Dataset
@@ -23,6 +24,7 @@ class Score:
     value: float
     output: str | None = None  # the output scored, and as what (a quantized model is read as the original was)
     task: str | None = None
+    classes: np.ndarray | None = field(default=None, compare=False, repr=False)  # a classifier's pick for each row
 
     @property
     def unit(self) -> str:
@@ -53,29 +55,25 @@ def score(model: onnx.ModelProto, split: Any, batch_size: int = 256, like: Score
     """Evaluate `model`'s `output` (default: `evaluate.scored_output`) on `split` and keep its headline metric;
     `like`: the original model's score, whose output and task the quantized model is scored on (its rewritten
     graph may read otherwise)."""
-    from onnxkit.evaluate import evaluate, scored_output
+    from onnxkit.evaluate import model_outputs, scored_output, scored_outputs
 
     output = like.output if like is not None else output or scored_output(model)
-    metrics = evaluate(model, split, batch_size=batch_size, output=output, task=like.task if like else None)
+    outputs = model_outputs(model, split, output, batch_size=batch_size)
+    metrics = scored_outputs(model, split, outputs, output, output=output, task=like.task if like else None)
     metric = "accuracy" if "accuracy" in metrics else "loss"
     if like is not None and metric != like.metric:
         raise AssertionError(f"the quantized model was scored by {metric}, the original by {like.metric}")
-    return Score(metric, float(metrics[metric]), output, metrics["task"])
+    one_a_row = metrics["task"] == "classification" and outputs.ndim == 2  # [batch, classes] scores
+    return Score(metric, float(metrics[metric]), output, metrics["task"], outputs.argmax(axis=1) if one_a_row else None)
 
 
-def agreement(original: onnx.ModelProto, quantized: onnx.ModelProto, split: Any, like: Score,
-              batch_size: int = 256) -> dict[str, Any] | None:
-    """For a classifier of one class a row ([batch, classes] scores): the share of `split`'s rows whose likeliest
-    class the quantized model keeps (a figure that needs no labels and is not hidden by errors that cancel out in
-    the accuracy), and of how many rows; None for other models."""
-    from onnxkit.evaluate import model_outputs
-
-    if like.task != "classification" or like.output is None:
+def agreement(before: Score, after: Score) -> dict[str, Any] | None:
+    """For a classifier of one class a row: the share of the rows scored whose likeliest class the quantized model
+    (`after`) keeps (a figure that needs no labels and is not hidden by errors that cancel out in the accuracy), and
+    of how many rows; None for other models."""
+    if before.classes is None or after.classes is None:
         return None
-    before, after = (model_outputs(m, split, like.output, batch_size=batch_size) for m in (original, quantized))
-    if before.ndim != 2 or after.shape != before.shape:
-        return None
-    return {"share": float((before.argmax(axis=1) == after.argmax(axis=1)).mean()), "rows": len(before)}
+    return {"share": float((before.classes == after.classes).mean()), "rows": len(before.classes)}
 
 
 def entry(before: Score, after: Score, data: Any) -> dict[str, Any]:

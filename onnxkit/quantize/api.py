@@ -277,11 +277,9 @@ def quantize(
             notes=notes,
         )
         if baseline is not None:
-            chosen = next((c.metric for c in candidates if c.chosen), None)
-            after = (accuracy.Score(baseline.metric, chosen) if chosen is not None
-                     else accuracy.score(quantized, test, like=baseline))
+            after = accuracy.score(quantized, test, like=baseline)  # --mode auto's pick too: its classes a row
             report.accuracy = accuracy.entry(baseline, after, eval_data)
-            report.accuracy["agreement"] = accuracy.agreement(original, quantized, test, baseline)
+            report.accuracy["agreement"] = accuracy.agreement(baseline, after)
             if max_drop is not None and report.accuracy["drop"] > max_drop:
                 raise OnnxkitError(
                     f"{settings.label} {baseline.worse_by(report.accuracy['drop'])}, "

@@ -50,7 +50,8 @@ def text_models(data: str) -> str:
 
 
 def unmodelled_data(data: str | os.PathLike, *, seed: int, label: str | None) -> Dataset:
-    """`data` read as no model shapes it (images at their own size); text is refused (`text_models`)."""
+    """`data` read as no model shapes it (images at one size: theirs, or a square they are resized to); text is
+    refused (`text_models`)."""
     try:
         return load_dataset(data, seed=seed, **({"label": label} if label is not None else {}))
     except NeedsTokenizer:

@@ -90,7 +90,7 @@ class _Weight:
     factor: float = 1.0
 
 
-def _matmul_weights(model: onnx.ModelProto) -> dict[str, _Weight]:
+def _adaptable_weights(model: onnx.ModelProto) -> dict[str, _Weight]:
     """Float rank-2 initializers used as the right-hand side of a MatMul, or the B of a Gemm that does not
     transpose its A, by name."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -117,7 +117,7 @@ def target_weights(model: onnx.ModelProto, targets: Sequence[str]) -> list[str]:
     them; each glob must match one (the default ones, where none does, give way to Hugging Face's query and value
     weights)."""
     names = _parameter_names(model)
-    weights = {w: names[w] for w in _matmul_weights(model)}
+    weights = {w: names[w] for w in _adaptable_weights(model)}
     shown = [aka[-1] for aka in weights.values()]
     if tuple(targets) == DEFAULT_TARGETS and not _matching(weights, targets):
         targets = [t for t in HF_TARGETS if _matching(weights, [t])] or targets
@@ -141,7 +141,7 @@ def _matching(weights: dict[str, list[str]], patterns: Sequence[str]) -> list[st
 def add_adapters(model: onnx.ModelProto, config: LoraConfig) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of `model` with adapters on the target weights, and the adapter parameter names."""
     targets = target_weights(model, config.targets)
-    weights = _matmul_weights(model)
+    weights = _adaptable_weights(model)
     rng = np.random.default_rng(config.seed)
     adapted = onnx.ModelProto()
     adapted.CopyFrom(model)
@@ -191,7 +191,7 @@ def merge_adapters(original: onnx.ModelProto, adapted: onnx.ModelProto) -> onnx.
     if LORA_KEY not in meta:
         raise OnnxkitError(f"this model has no LoRA adapters to merge (no {LORA_KEY} metadata)")
     scale = float(json.loads(meta.pop(LORA_KEY))["scale"])
-    weights = _matmul_weights(original)
+    weights = _adaptable_weights(original)
     trained = {t.name: t for t in adapted.graph.initializer}
     merged = onnx.ModelProto()
     merged.CopyFrom(original)
@@ -252,7 +252,7 @@ class LoraAdapter:
 
     def _rank_notes(self, original: onnx.ModelProto) -> list[str]:
         """A warning for adapters no smaller than the weight they adapt."""
-        weights = _matmul_weights(original)
+        weights = _adaptable_weights(original)
         rank = self.config.rank
         targets = target_weights(original, self.config.targets)
         full = [f"{w} {weights[w].fan_in}x{weights[w].fan_out}" for w in targets
