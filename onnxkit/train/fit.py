@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import glob
 import inspect
-import json
 import math
 import os
 import platform
@@ -32,7 +31,6 @@ from onnxkit.data import (
     Dataset,
     Split,
     data_sha256,
-    datasets,
     from_arrays,
     in_model_order,
     in_trained_columns,
@@ -42,7 +40,6 @@ from onnxkit.data import (
     trained_label,
 )
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
-from onnxkit.data.formats import READERS
 from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.data.text import TextSplit
 from onnxkit.errors import OnnxkitError, first_few, suggest
@@ -63,16 +60,10 @@ from onnxkit.evaluate import (
 from onnxkit.files import (
     TABLE_SUFFIXES,
     DiskError,
-    check_external_data,
     check_fits_protobuf,
-    load_model,
     model_location,
-    model_sha256,
-    read_weights,
-    resolved,
     save_model,
     sha256,
-    weight_files,
 )
 from onnxkit.graph_walks import ancestors, node_reads, opset, probability_logits, sigmoid_pair_logit, value_types
 from onnxkit.metadata import metadata, set_metadata
@@ -86,7 +77,7 @@ from onnxkit.metadata_keys import (
     TRAINING_KEY,
 )
 from onnxkit.runtime.session import error_reason, plain_session
-from onnxkit.signals import handled, held_back, last_stop
+from onnxkit.signals import handled, held_back
 from onnxkit.train import distributed
 from onnxkit.train.arguments import (
     check_arguments,
@@ -125,11 +116,18 @@ from onnxkit.train.defaults import Settings, resolve, training_mode
 from onnxkit.train.export import with_weights
 from onnxkit.train.exporter_marks import computed_at_export, folded_batch_norms, padding_rows, unmarked_scalars
 from onnxkit.train.frozen_features import cut, features
-from onnxkit.train.lora import LoraAdapter
 from onnxkit.train.losses import Loss, default_loss, get_loss
 from onnxkit.train.optim import Optimizer, get_optimizer
 from onnxkit.train.problem import training_problem
 from onnxkit.train.progress import Progress
+from onnxkit.train.resume import (
+    data_reference,
+    interrupted_at_last_checkpoint,
+    load_fingerprinted,
+    on_disk,
+    resumed,
+    run_adapter,
+)
 from onnxkit.train.run_directory import RunDirectory
 from onnxkit.train.schedules import Schedule, warmup_steps
 from onnxkit.train.standardize import (
@@ -280,7 +278,7 @@ def fit(
         out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
     made = None  # the zoo model built for the data when no model is given
     if resume is not None:
-        run, config, proto, dataset = _resumed(resume, data)
+        run, config, proto, dataset = resumed(resume, data)
         note = None
     else:
         if model is None and data is None:
@@ -307,7 +305,7 @@ def fit(
             check_fits_protobuf(proto, "the model", "train")
         else:
             model_path = model_location(Path(os.path.abspath(model)))  # a link kept where its weights are beside it
-            proto, fingerprint, _ = _load_fingerprinted(model_path)
+            proto, fingerprint, _ = load_fingerprinted(model_path)
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
         dataset = (in_model_order(in_trained_columns(data, proto), proto) if isinstance(data, Dataset)
@@ -329,7 +327,7 @@ def fit(
         config = TrainConfig(
             model=str(model_path or run.base_model.resolve()),
             model_sha256=fingerprint if model_path else "",
-            data=_data_reference(data),
+            data=data_reference(data),
             data_seed=data_seed,
             label=label,
             output=output,
@@ -359,7 +357,7 @@ def fit(
             backend=backend or default_backend(),
             adapter=type(adapter).__name__ if adapter else None,
             adapter_settings=adapter_settings(adapter),
-            data_sha256=data_sha256(data) if _on_disk(data) else "",
+            data_sha256=data_sha256(data) if on_disk(data) else "",
             data_in_memory=isinstance(data, Dataset),
             data_fingerprint=dataset.fingerprint() if isinstance(data, Dataset) else "",
             cache_features=cache_features,
@@ -375,7 +373,7 @@ def fit(
         if not 0 <= label_smoothing <= 1:
             raise OnnxkitError(f"label_smoothing must be between 0 and 1, got {label_smoothing}",
                                params=["label_smoothing"])
-    adapter = _run_adapter(config, adapter)
+    adapter = run_adapter(config, adapter)
     progress = Progress(not quiet, warn=world is None or world.rank == 0)  # one rank's warnings
     if made:
         progress.line(made.line(run.base_model))
@@ -404,55 +402,6 @@ def fit(
             raise
 
 
-def _resumed(
-    resume: str | os.PathLike, data: str | os.PathLike | Dataset | None
-) -> tuple[RunDirectory, TrainConfig, onnx.ModelProto, Dataset]:
-    """The run to resume, its stored config, and the model and data it began with (each checked unchanged)."""
-    run = RunDirectory.existing(resume)
-    if run.read_json().get("status") == "completed" and run.model.is_file():  # said before the data is read
-        raise OnnxkitError(f"the run in {run.path} has already finished; start a new run to train more")
-    config = _config_from_json(run.read_json()["config"])
-    try:
-        get_backend(config.backend)  # a run keeps its backend: the default one's advice would be refused
-    except OnnxkitError as e:
-        raise OnnxkitError(f"the run in {run.path} trained on the {config.backend} backend, which this environment "
-                           f"cannot run ({str(e).split(';')[0]}); resume it where that backend is installed (make "
-                           "venv-ort: .venv-ort/bin/onnxkit train --resume ...)") from e
-    proto = _load_checked(config)
-    if config.data_in_memory and not isinstance(data, Dataset):
-        raise OnnxkitError(f"this run trained on an in-memory Dataset ({config.data!r}); pass it again as data=")
-    if not config.data_in_memory and data is not None and (
-            isinstance(data, Dataset) or _data_reference(data) != config.data):
-        raise OnnxkitError(f"this run trained on {config.data}; resume it without data= (it reads that again), or "
-                           "start a new run on other data")
-    if config.data_sha256 and data_sha256(config.data) != config.data_sha256:
-        raise OnnxkitError(f"{config.data} changed since this run started; resume needs the data the run began "
-                           "with (or start a new run on the new data)")
-    if isinstance(data, Dataset):
-        dataset = in_model_order(in_trained_columns(data, proto), proto)
-        if config.data_fingerprint and dataset.fingerprint() != config.data_fingerprint:
-            raise OnnxkitError(f"data is not the Dataset this run trained on ({config.data!r}): its arrays differ; "
-                               "resume with the same Dataset, or start a new run on this one")
-    else:
-        dataset = load_dataset(config.data, seed=config.data_seed, model=proto, label=config.label)
-    return run, config, proto, dataset
-
-
-def _run_adapter(config: TrainConfig, adapter: GraphAdapter | None) -> GraphAdapter | None:
-    """The adapter the run trains with: the one given, or on resume the LoRA adapter its settings describe;
-    refused when it is not the one the run was trained with."""
-    if adapter is None and config.adapter == LoraAdapter.__name__ and config.adapter_settings:
-        adapter = LoraAdapter.from_settings(config.adapter_settings)  # resume alone continues a LoRA run
-    if config.adapter and (adapter is None or type(adapter).__name__ != config.adapter):
-        raise OnnxkitError(f"this run was trained with the {config.adapter} adapter; pass the same adapter to resume "
-                           "(onnxkit train: the same --lora-* options next to --resume)")
-    if adapter is not None and config.adapter_settings not in (None, adapter_settings(adapter)):
-        shown = ", ".join(f"{k} {v}" for k, v in config.adapter_settings.items())
-        raise OnnxkitError(f"this run was trained with {config.adapter} ({shown}); resume it with the same settings "
-                           "(onnxkit train: --resume RUN_DIR alone takes them from the run)")
-    return adapter
-
-
 def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimizer:
     """The optimizer spec from a name or object, with `weight_decay` (when given) in place of its own."""
     if isinstance(optimizer, Optimizer):
@@ -463,53 +412,8 @@ def _optimizer(optimizer: str | Optimizer, weight_decay: float | None) -> Optimi
     return get_optimizer(optimizer, **({} if weight_decay is None else {"weight_decay": weight_decay}))
 
 
-def _data_reference(data: str | os.PathLike | Dataset) -> str:
-    """How the run and the trained model name their data: a file or a folder of images by its absolute path (so
-    resume, eval and quantize find it from any folder), a built-in dataset or a Dataset by name."""
-    if isinstance(data, Dataset):
-        return data.name
-    return str(resolved(data)) if _on_disk(data) else str(data)
-
-
-def _on_disk(data: str | os.PathLike | Dataset) -> bool:
-    """Whether `data` is a data file or a folder of images (not a dataset name or a Dataset)."""
-    if isinstance(data, Dataset):
-        return False
-    path = Path(data)
-    return path.suffix.lower() in READERS and path.is_file() or str(data) not in datasets() and path.is_dir()
-
-
 def _json_options(spec: Optimizer) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.options().items()}
-
-
-def _config_from_json(raw: dict[str, Any]) -> TrainConfig:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
-
-
-def _load_checked(config: TrainConfig) -> onnx.ModelProto:
-    path = Path(config.model)
-    if not path.is_file():
-        raise OnnxkitError(f"{path}: the model this run started from is gone; put it back at that path to resume "
-                           "(or start a new run)")
-    proto, fingerprint, files = _load_fingerprinted(path)
-    legacy = sha256(path) if files else None  # a run begun before weight files were fingerprinted: the .onnx's own
-    if config.model_sha256 not in (fingerprint, legacy):
-        kept = f" or the weights it keeps in {first_few(files)}" if files else ""
-        raise OnnxkitError(f"{path}{kept} changed since this run started; resume needs the model the run began with")
-    return proto
-
-
-def _load_fingerprinted(path: Path) -> tuple[onnx.ModelProto, str, list[str]]:
-    """The model at `path` with its weights, its fingerprint (`files.model_sha256`: over its weight files too) and
-    the weight files it keeps its tensors in."""
-    proto = load_model(path, load_weights=False)
-    check_fits_protobuf(proto, path, "train")
-    check_external_data(proto, path)  # a missing or short weights file is named before fingerprinting reads it
-    fingerprint, files = model_sha256(path, proto), weight_files(proto)
-    read_weights(proto, path)
-    return proto, fingerprint, files
 
 
 def _versions() -> dict[str, str]:
@@ -1285,7 +1189,7 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
                 info["status"] = "interrupted"
                 run.write_json(info)
             if type(e) is KeyboardInterrupt and run.has_checkpoint():
-                raise _interrupted_at_last_checkpoint(run) from None
+                raise interrupted_at_last_checkpoint(run) from None
         raise
     except Exception as e:
         info.update(status="failed", error=str(e))
@@ -1295,18 +1199,6 @@ def _train(setup: _Setup, resuming: bool, callbacks: list[Callback]) -> FitResul
             raise DiskError(f"{e}; then continue the run from its last checkpoint with resume={run.path}",
                             params=["resume"]) from e
         raise
-
-
-def _interrupted_at_last_checkpoint(run: RunDirectory) -> TrainingInterrupted:
-    """A stop that cut the wrap-up of an earlier one short (a second Ctrl-C while the first's checkpoint was being
-    written), as a TrainingInterrupted at the run's last complete checkpoint: it said only 'stopped by SIGINT', not
-    that the run can go on, nor how."""
-    try:
-        saved = json.loads(run.loop_state.read_text())
-        epoch, step = int(saved["epoch"]) + 1, int(saved["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        epoch, step = 0, 0
-    return TrainingInterrupted(run.path, run.last_checkpoint, epoch, step, last_stop())
 
 
 # the arguments fit(resume=...) takes: where and how the run goes on, and the Dataset it trained on (the CLI's flags:
