@@ -1,4 +1,5 @@
-"""Small images: blocks of conv 3×3 (ReLU) and max-pool 2 → flatten → dense(`hidden`, ReLU) → dense(classes)."""
+"""Small images: blocks of conv 3×3 (ReLU) and max-pool 2 → flatten → dense(`hidden`, ReLU) → dense(classes).
+`channels_last`: the model takes [batch, height, width, channels] images (Keras' layout) and transposes them."""
 
 from onnxkit import nn
 from onnxkit.errors import OnnxkitError
@@ -18,7 +19,8 @@ def pooled_blocks(height: int, width: int) -> int:
 
 class ImageCNN(nn.Module):
     def __init__(self, channels: int, height: int, width: int, num_classes: int, filters: int, blocks: int,
-                 hidden: int):
+                 hidden: int, channels_last: bool = False):
+        self.channels_last = channels_last
         widths = [channels, *(min(filters << k, MAX_FILTERS) for k in range(blocks))]
         self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, padding="same") for i, o in zip(widths, widths[1:],
                                                                                        strict=False))
@@ -28,14 +30,14 @@ class ImageCNN(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, image):
-        x = image
+        x = nn.ops.transpose(image, [0, 3, 1, 2]) if self.channels_last else image
         for conv in self.convs:
             x = self.pool(nn.ops.relu(conv(x)))
         return self.head(nn.ops.relu(self.fc(self.flatten(x))))
 
 
 def recipe(channels: int = 1, height: int = 8, width: int = 8, num_classes: int = 10, filters: int = 32,
-           blocks: int = -1, hidden: int = 64, seed: int = 0) -> Recipe:
+           blocks: int = -1, hidden: int = 64, channels_last: bool = False, seed: int = 0) -> Recipe:
     """`blocks` -1: as many as bring the larger side below 8 (`pooled_blocks`); each doubles `filters`, to 128 at
     most. What `onnxkit train IMAGES` builds when given no model, sized to the images and their classes."""
     blocks = pooled_blocks(height, width) if blocks == -1 else blocks
@@ -43,5 +45,6 @@ def recipe(channels: int = 1, height: int = 8, width: int = 8, num_classes: int 
         raise OnnxkitError(f"blocks={blocks}: {height}x{width} images take from 0 to {pooled_blocks(height, width)} "
                            "pooling blocks (-1: that many)")
     nn.manual_seed(seed)
-    model = ImageCNN(channels, height, width, num_classes, filters, blocks, hidden)
-    return Recipe(model, {"image": nn.Input(["batch", channels, height, width])}, task="classification")
+    model = ImageCNN(channels, height, width, num_classes, filters, blocks, hidden, channels_last)
+    shape = [height, width, channels] if channels_last else [channels, height, width]
+    return Recipe(model, {"image": nn.Input(["batch", *shape])}, task="classification")

@@ -7,6 +7,7 @@ Standard library only, so the runtime can import it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from onnxkit.errors import OnnxkitError, first_few
@@ -18,6 +19,19 @@ NPZ_LABELS = ("labels", "y", "label", "target")  # .npz arrays read as the label
 # as a CSV's; "target" beside "data": a scikit-learn Bunch saved as np.savez(f, data=..., target=...))
 NPZ_LABEL_NAMES = "label_names"  # an optional .npz array of class names
 TEXT_COLUMN = "text"  # a CSV column of texts (a Parquet one, by its exact name), for a model with a tokenizer
+# .npz arrays of a file that holds its own splits (Keras' x_train, y_train, x_test, y_test), and their split's name
+_NPZ_SPLIT = re.compile(r"^(.+)_(train|validation|val|valid|dev|test)$", re.IGNORECASE)
+_SPLITS = {"val": "validation", "valid": "validation", "dev": "validation"}
+
+
+def npz_split(name: str) -> tuple[str, str] | None:
+    """(array, split) for an .npz array named as one split's (`x_train`: x, train; `y_val`: y, validation), else
+    None."""
+    m = _NPZ_SPLIT.match(name)
+    if m is None:
+        return None
+    split = m.group(2).lower()
+    return m.group(1), _SPLITS.get(split, split)
 
 
 def csv_header(first_row: Sequence[str], second_row: Sequence[str] = ()) -> Sequence[str] | None:

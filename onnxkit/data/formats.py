@@ -1,7 +1,8 @@
 """Datasets from files: `.npz` (named arrays plus labels) and `.csv` (feature columns plus a label).
 
 - `.npz`: arrays named after the model's inputs plus `labels`, or `x` and `y`.
-  An optional string array `label_names` names the classes.
+  An optional string array `label_names` names the classes. Arrays suffixed `_train`, `_val`, `_test` (Keras'
+  `x_train`, `y_train`, ...) are the file's own splits (`given_splits`).
 - `.csv` (and `.tsv`, by tabs): numeric feature columns and one label column: the one `label=` names by its
   header, else the column headed `label`, `labels`, `target`, `y` or `class` (any case), else the last one.
   Cells are separated by commas, or semicolons, tabs or bars (`onnxkit.files.read_csv_rows`).
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit.data.given_splits import given_splits, split_arrays
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import (
@@ -73,6 +75,10 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file
         raise OnnxkitError(f"{path}: not a readable .npz file ({e}); write it with numpy.savez") from e
     label_names = arrays.pop(NPZ_LABEL_NAMES, None)
+    names = None if label_names is None else [str(n) for n in label_names]
+    splits = split_arrays(path, arrays)
+    if splits is not None:
+        return given_splits(path, splits, names, seed=seed, validation=validation, test=test)
     key = npz_labels(arrays)
     if key is None:
         raise OnnxkitError(
@@ -86,7 +92,7 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         path.stem,
         arrays,
         labels,
-        label_names=None if label_names is None else [str(n) for n in label_names],
+        label_names=names,
         seed=seed,
         validation=validation,
         test=test,

@@ -384,6 +384,12 @@ def class_groups(labels: np.ndarray) -> list[np.ndarray]:
     return np.split(order, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1)
 
 
+def stratifies(labels: np.ndarray) -> bool:
+    """Whether a split keeps each class's share: class ids, one a row (a [N, H, W] mask or [N, K] multi-label matrix
+    has no class to stratify by), of few enough classes to be classes."""
+    return labels.dtype.kind in "iub" and labels.ndim == 1 and len(class_groups(labels)) <= max(2, len(labels) // 5)
+
+
 def dataset_from_arrays(
     name: str,
     inputs: Mapping[str, np.ndarray],
@@ -422,9 +428,7 @@ def dataset_from_arrays(
     if label_names is not None and classification and int(labels.max()) >= len(label_names):
         raise OnnxkitError(f"data {name!r}: label_names names {len(label_names)} classes, but the labels go up to "
                            f"{int(labels.max())}; give a name for every class")
-    # one class id per row: a [N, H, W] mask or [N, K] multi-label matrix has no class to stratify by
-    stratify = classification and labels.ndim == 1 and len(class_groups(labels)) <= max(2, len(labels) // 5)
-    parts = split_indices(labels, seed=seed, validation=validation, test=test, stratify=stratify)
+    parts = split_indices(labels, seed=seed, validation=validation, test=test, stratify=stratifies(labels))
     splits = [
         Split(split_name, {k: v[idx] for k, v in inputs.items()}, labels[idx])
         for split_name, idx in zip(SPLIT_NAMES, parts, strict=True)

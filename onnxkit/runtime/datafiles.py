@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import (
     IMAGE_SUFFIXES,
     TABLE_SUFFIXES,
@@ -54,6 +54,7 @@ from onnxkit.label_columns import (
     in_trained_order,
     label_column,
     npz_labels,
+    npz_split,
     texts_column,
     trained_columns,
     without_index,
@@ -203,6 +204,7 @@ def _read(path: Path, suffix: str, model: Model) -> dict[str, Any]:
         if suffix == ".npz":
             arrays = _without_labels(npz_arrays(path), model)
             inputs = [spec.name for spec in model.inputs]
+            _refuse_splits(path, arrays, inputs)
             if all(name in arrays for name in inputs):  # others beside them (row ids) are left out, as train does
                 arrays = {name: arrays[name] for name in inputs}
             if len(arrays) == 1 and len(model.inputs) == 1:
@@ -397,6 +399,16 @@ def _single(model: Model, path: Path, value: Any) -> dict[str, Any]:
             "use .npz or a .json object with one entry per input"
         )
     return {model.inputs[0].name: value}
+
+
+def _refuse_splits(path: Path, arrays: dict[str, np.ndarray], inputs: list[str]) -> None:
+    """One line for an .npz of a training set's own splits (x_train, y_train, x_test, ...: `formats.given_splits`)
+    named as none of the model's inputs: which rows to predict is the user's to say."""
+    split = [k for k in arrays if k not in inputs and npz_split(k)]
+    if split and not any(name in arrays for name in inputs):
+        raise OnnxkitError(f"{path}: holds a dataset's splits ({first_few(split)}), not one set of model inputs; "
+                           "save the rows to predict alone (np.save('x_test.npy', x_test)), or score the test split "
+                           f"with: onnxkit eval MODEL --data {path}")
 
 
 def _without_labels(arrays: dict[str, np.ndarray], model: Model) -> dict[str, np.ndarray]:

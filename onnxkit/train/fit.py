@@ -322,6 +322,8 @@ def fit(
                                has_validation=len(dataset.validation) > 0)
         if standardize is None and recipe is not None:  # a recipe tuned on the raw values says so
             standardize = recipe.standardize
+        if standardize is None and made is not None:  # pixels past 1 (0-255) for a model that cannot rescale them
+            standardize = made.standardize
         spec = _optimizer(chosen.optimizer, chosen.weight_decay)
         run = RunDirectory.new(out_dir)
         config = TrainConfig(

@@ -4,11 +4,11 @@ with the two tensors stored as frozen Buffers. For regression the target is stan
 training and un-scaled by the model's last nodes, `y * std + mean`. The trained model takes
 raw features and returns raw targets wherever it runs.
 
-A feature is a column of a `[batch, features]` input, or a channel (axis 1) of a higher-rank
-one (`[batch, channels, ...]`, ONNX's layout); where the input leaves axis 1 free (`[batch, 'seq',
-features]`), a position on its fixed axes. Integer inputs (token ids) are left alone, and so are float
-masks: an input holding 0 and one other value (a 0/1 padding mask, or 0/-1e9 added to attention scores), which
-scaling would turn into other weights.
+A feature is a column of a `[batch, features]` input, or a channel of a higher-rank one (axis 1,
+`[batch, channels, ...]`, ONNX's layout; the last of a channels-last `[batch, height, width, 1 | 3 | 4]` image
+input); where the input leaves axis 1 free (`[batch, 'seq', features]`), a position on its fixed axes. Integer
+inputs (token ids) are left alone, and so are float masks: an input holding 0 and one other value (a 0/1 padding
+mask, or 0/-1e9 added to attention scores), which scaling would turn into other weights.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ OFF_CENTRE = 1.0
 # it reaches 85%), or the targets' (make_regression's y x 1e-4, std 0.014: R² -0.02 raw, 0.99 standardised);
 # pixels in [0, 1] (std 0.3-0.4) and targets in (0, 1) stay
 SMALL = 0.05
+CHANNELS = (1, 3, 4)  # what an image input's channel axis holds (gray, RGB, RGBA)
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,14 @@ class Scale:
 
 
 def _axes(array: np.ndarray, shape: tuple | None = None) -> tuple[int, ...]:
-    """The axes a feature's statistics are taken over: all but the columns (rank 2) or channels. Where
+    """The axes a feature's statistics are taken over: all but the columns (rank 2) or channels (axis 1, or the
+    last of a [batch, height, width, 1 | 3 | 4] input). Where
     the model's input `shape` leaves that axis free (a PyTorch export's [batch, 'seq', features]), all
     but its fixed axes past the batch: statistics per sequence position would not fit another length."""
     if shape and len(shape) == array.ndim > 1 and not isinstance(shape[1], int):
         return tuple(a for a in range(array.ndim) if a == 0 or not isinstance(shape[a], int))
+    if shape and len(shape) == array.ndim == 4 and shape[3] in CHANNELS and shape[1] not in CHANNELS:
+        return 0, 1, 2  # channels-last images, [batch, height, width, channels] (Keras'): per channel too
     return (0,) if array.ndim <= 2 else (0, *range(2, array.ndim))
 
 

@@ -1,0 +1,77 @@
+"""An `.npz` that holds its own splits, as Keras' `mnist.npz` does: `x_train`, `y_train`, `x_test`, `y_test`
+(and `x_val` / `x_valid` / `x_validation`, `y_val`, ...; any array names, the labels' among `labels`, `y`, `label`,
+`target`, each with a split's suffix). Those rows are the splits; a split the file lacks is carved out of its
+train rows by seed, at its usual fraction (an image folder's `train/` beside `test/` is split so too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from onnxkit.data.split import (
+    SPLIT_NAMES,
+    Dataset,
+    Split,
+    dataset_from_arrays,
+    split_indices,
+    stratifies,
+)
+from onnxkit.errors import OnnxkitError, first_few
+from onnxkit.label_columns import npz_labels, npz_split
+
+
+def split_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]] | None:
+    """The arrays of each split by their names without the suffix (`x_train` -> train's `x`), when a `_train` one is
+    among them; else None (the file is split by seed)."""
+    named = {key: npz_split(key) for key in arrays}
+    if not any(found and found[1] == "train" for found in named.values()):
+        return None
+    others = [key for key, found in named.items() if found is None]
+    if others:
+        raise OnnxkitError(f"{path}: holds {first_few(others)} beside split arrays such as "
+                           f"{next(k for k, found in named.items() if found)}; give every array a split's suffix "
+                           "(_train, _val, _test), or save class names as label_names")
+    splits: dict[str, dict[str, np.ndarray]] = {}
+    for key, (name, split) in named.items():  # type: ignore[misc]
+        splits.setdefault(split, {})[name] = arrays[key]
+    return splits
+
+
+def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_names: list[str] | None, *,
+                 seed: int, validation: float, test: float) -> Dataset:
+    """The dataset of a file's own splits (`split_arrays`); one it lacks is carved out of train by `seed`."""
+    train = splits["train"]
+    key = npz_labels(train)
+    if key is None:
+        raise OnnxkitError(f"{path}: no labels among its train arrays ({', '.join(f'{k}_train' for k in train)}); "
+                           "save the targets as y_train (or labels_train, label_train, target_train)")
+    for split, arrays in splits.items():
+        if set(arrays) != set(train):
+            raise OnnxkitError(f"{path}: its {split} arrays ({', '.join(sorted(arrays))}) are not its train arrays' "
+                               f"({', '.join(sorted(train))}); give every split the same arrays")
+    order = [split for split in SPLIT_NAMES if split in splits]
+    joined = {}
+    for name in train:
+        shapes = {split: splits[split][name].shape[1:] for split in order}
+        if len(set(shapes.values())) > 1:
+            shown = ", ".join(f"{name}_{split} {list(shape)}" for split, shape in shapes.items())
+            raise OnnxkitError(f"{path}: rows of different shapes ({shown}); give every split rows of one shape")
+        joined[name] = np.concatenate([splits[split][name] for split in order])
+    labels = joined.pop(key)
+    # read whole, so text labels get one numbering over all splits; each split's rows then taken back out
+    whole = dataset_from_arrays(path.stem, joined, labels, label_names=label_names, seed=seed, validation=0.0,
+                                test=0.0)
+    ends = np.cumsum([0, *(len(splits[split][key]) for split in order)])
+    rows = {split: np.arange(lo, hi) for split, lo, hi in zip(order, ends[:-1], ends[1:], strict=True)}
+    ids = whole.train.labels
+    carved = split_indices(ids[rows["train"]], seed=seed, validation=0.0 if "validation" in rows else validation,
+                           test=0.0 if "test" in rows else test, stratify=stratifies(ids[rows["train"]]))
+    for split, part in zip(SPLIT_NAMES, carved, strict=True):
+        if split not in rows or split == "train":
+            rows[split] = part
+    inputs = whole.train.inputs
+    parts = [Split(split, {k: v[rows[split]] for k, v in inputs.items()}, ids[rows[split]]) for split in SPLIT_NAMES]
+    return Dataset(whole.name, *parts, label_names=whole.label_names, task=whole.task)
