@@ -114,9 +114,10 @@ def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str) -> 
     proto = _build("image-cnn", options)
     weights = {t.name: t.dims for t in proto.graph.initializer}
     filters = [str(weights[n.input[1]][0]) for n in proto.graph.node if n.op_type == "Conv"]
-    shape = (f"a CNN {channels}x{height}x{width} -> conv 3x3 + max-pool x{len(filters)} ({', '.join(filters)} "
+    taken = f"{height}x{width}x{channels} (channels last)" if last else f"{channels}x{height}x{width}"
+    shape = (f"a CNN {taken} -> conv 3x3 + max-pool x{len(filters)} ({', '.join(filters)} "
              f"filters) -> {_defaults('image-cnn')['hidden']} -> {classes}")
-    # 0-255 pixels (a Keras array's) trained raw: 89.7% on digits where in [0, 1] they reach 92.2% (`_image_model`)
+    # 0-255 pixels (a Keras array's) trained raw: 89.7% on digits where in [0, 1] they reach 92.2%
     past_one = bool(images.max(initial=0) > 1)
     pixels = f"{height}x{width} images (pixels up to {images.max()}, standardised in the model)" if past_one else \
         f"{height}x{width} images"
