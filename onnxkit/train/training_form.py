@@ -63,6 +63,7 @@ from onnxkit.train.exporter_marks import (
     untie_exporter_copies,
     with_padding_rows,
 )
+from onnxkit.train.old_opsets import at_training_opset
 
 PREFIX = "onnxkit.train"
 
@@ -130,13 +131,14 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
     """`model` as training takes it (`fit` and `open_training` alike): without the initializers old
     exporters list as inputs, with nodes exported in training mode set to inference mode and the
     weights PyTorch's exporters tied (Identity copies, merged equal values, dropped zero biases)
-    untied; and a line for each of these it did. Weights training cannot update are an error that
-    begins with `named`."""
+    untied; converted to opset 13 when older (`old_opsets`); and a line for each of these it did. Weights training
+    cannot update are an error that begins with `named`."""
     model = without_initializer_inputs(model)
     why = untrainable_weights(model)
     if why:
         raise OnnxkitError(f"{named} {why}")
-    notes = []
+    model, converted = at_training_opset(model, named)
+    notes = [converted] if converted else []
     model, untied = untie_exporter_copies(model)
     model, training_mode = in_inference_mode(model)
     if training_mode:
