@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.data.given_splits import given_splits, split_arrays
+from onnxkit.data.images import image_column, read_listed_images
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import (
@@ -138,6 +139,11 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         arrays = input_arrays(path, body, by_name, inputs, header, lines)  # type: ignore[arg-type]
         dataset = dataset_from_arrays(path.stem, arrays, labels, label_names=label_names, seed=seed,
                                       validation=validation, test=test)
+        return replace(dataset, label_column=column)
+    listed = image_column(header, body, label_col) if text is None and tokenizer is None else None
+    if listed is not None:  # a list of image files beside their labels
+        dataset = read_listed_images(path, listed, body, labels, label_names, seed=seed, validation=validation,
+                                     test=test, inputs=inputs)
         return replace(dataset, label_column=column)
     if text is not None:
         texts = [row[text] for row in body]

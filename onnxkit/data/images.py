@@ -255,15 +255,49 @@ def read_image_folder(root: Path, *, seed: int = 0, validation: float = 0.2, tes
                                  test=0.0 if "test" in listed else test)
     parts = [listed[split] if split != "train" and split in listed else
              [train[i] for i in getattr(carved, split).inputs[layout.name]] for split in SPLIT_NAMES]
+    return _image_dataset(name, parts, layout, classes, built=model is None)
+
+
+def _image_dataset(name: str, parts: list[list[tuple[Path, Any]]], layout: ImageInput, classes: list[str] | None,
+                   *, built: bool, task: str = "classification") -> Dataset:
+    """The dataset of each split's (image file, label) `parts`, the images read as `layout` says; for a model to be
+    `built` for them, at one size (`_one_size`)."""
     paths = [path for part in parts for path, _ in part]
     notes: tuple[str, ...] = ()
-    if model is None:  # for a model to be built for them: one size
+    if built:
         layout, notes = _one_size(paths, layout)
     images = read_images(paths, layout)
     ends = np.cumsum([0, *(len(part) for part in parts)])
-    splits = [Split(split, {layout.name: images[lo:hi]}, np.array([label for _, label in part], np.int64))
+    kind = np.int64 if task == "classification" else np.float32  # an empty split's labels too
+    splits = [Split(split, {layout.name: images[lo:hi]}, np.array([label for _, label in part], kind))
               for split, part, lo, hi in zip(SPLIT_NAMES, parts, ends[:-1], ends[1:], strict=True)]
-    return Dataset(name, *splits, label_names=classes, notes=notes)
+    return Dataset(name, *splits, label_names=classes, notes=notes, task=task)
+
+
+def image_column(header: Sequence[str] | None, body: Sequence[Sequence[str]], label: int) -> int | None:
+    """The column of a CSV's rows (the `label` column aside) that names an image file in every row, by its suffix
+    (a `path,label` list of images, as fastai's `ImageDataLoaders.from_csv` and Keras' `flow_from_dataframe`
+    read), or None."""
+    width = len(header or body[0]) if body else 0
+    return next((j for j in range(width) if j != label and all(is_image(Path(row[j].strip())) for row in body)), None)
+
+
+def read_listed_images(path: Path, column: int, body: Sequence[Sequence[str]], labels: np.ndarray,
+                       label_names: list[str] | None, *, seed: int, validation: float, test: float,
+                       inputs: Sequence[Any] = ()) -> Dataset:
+    """A dataset of the images a CSV lists in `column` (paths relative to its folder, or absolute) with their
+    `labels`, split by seed; the images as the model's image input (`inputs`) takes them, else at one size."""
+    files = [path.parent / row[column].strip() for row in body]
+    absent = [f for f in files if not f.is_file()]
+    if absent:
+        raise OnnxkitError(f"{path}: {len(absent)} of the {len(files)} images its column {column + 1} names are not "
+                           f"there, the first {absent[0]} ({not_a_file(absent[0])}); paths are taken from the CSV's "
+                           "folder: fix them, or drop those rows")
+    layout = image_input(inputs) if inputs else ImageInput()
+    carved = dataset_from_arrays(path.stem, {"rows": np.arange(len(files))}, labels, label_names=label_names,
+                                 seed=seed, validation=validation, test=test)
+    parts = [[(files[i], labels[i]) for i in carved.split(split).inputs["rows"]] for split in SPLIT_NAMES]
+    return _image_dataset(path.stem, parts, layout, carved.label_names, built=not inputs, task=carved.task)
 
 
 def _one_size(paths: Sequence[Path], layout: ImageInput) -> tuple[ImageInput, tuple[str, ...]]:

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -152,6 +153,8 @@ def _image_paths(path: InputPath) -> list[Path] | None:
     if not isinstance(path, (str, os.PathLike)):
         return [_image_file(Path(p), several=True) for p in path]
     path = Path(path)
+    if path.suffix.lower() in (".csv", ".tsv") and _names_an_image(path):
+        return _listed_images(path)
     if not path.is_dir():
         return [_image_file(path)] if path.suffix.lower() in IMAGE_SUFFIXES else None
     from onnxkit.data.images import image_files, no_images
@@ -161,6 +164,30 @@ def _image_paths(path: InputPath) -> list[Path] | None:
         raise OnnxkitError(f"{no_images(path)}: a folder, where one input file goes; give a file or a folder of "
                            "images, or run over a folder's files with --ray (Ray Data)")
     return images
+
+
+def _names_an_image(path: Path) -> bool:
+    """Whether a cell of a CSV's first two lines names an image file (a list of images: `_listed_images`), read
+    from its first lines alone."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [f.readline(1 << 16) for _ in range(2)]
+    except OSError:
+        return False  # said as the file is read
+    return any(cell.strip().strip('"').lower().endswith(IMAGE_SUFFIXES)
+               for line in lines for cell in re.split(r"[,;\t|]", line))
+
+
+def _listed_images(path: Path) -> list[Path] | None:
+    """The image files a CSV lists in a column (every row's cell names one, from the CSV's folder or absolute, as
+    train reads such a list: `images.read_listed_images`), or None when no column does."""
+    from onnxkit.data.images import image_column
+
+    rows = [row for _, row in read_csv_rows(path)]
+    header = csv_header(rows[0], rows[1] if len(rows) > 1 else ()) if rows else None
+    body = rows[1:] if header else rows
+    column = image_column(header, body, -1) if body else None
+    return None if column is None else [_image_file(path.parent / row[column].strip()) for row in body]
 
 
 def _image_file(path: Path, several: bool = False) -> Path:

@@ -1,0 +1,77 @@
+"""A CSV that lists image files beside their labels (`path,label`, as fastai's `ImageDataLoaders.from_csv` and
+Keras' `flow_from_dataframe` read them) is an image dataset for train and eval, and a list of images for predict."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnxkit import zoo
+from onnxkit.data import load_dataset
+from onnxkit.errors import OnnxkitError
+from onnxkit.train import fit
+
+RNG = np.random.default_rng(5)
+
+
+@pytest.fixture
+def listed(tmp_path):
+    """40 images of two classes, bright and dark, 6-10 pixels a side, PNG and JPEG in one folder, and a CSV (in the
+    folder above) listing them with their class names; the images and names in listed order."""
+    (tmp_path / "pics").mkdir()
+    rows, images = [], []
+    for i in range(40):
+        label = ("dark", "bright")[i % 2]
+        side = 6 + i % 5
+        pixels = RNG.integers(0, 80, (side, side), dtype=np.uint8) + (150 if label == "bright" else 0)
+        name = f"pics/{i:02d}.{'png' if i % 3 else 'jpg'}"
+        Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / name)
+        rows.append((name, label))
+        images.append(tmp_path / name)
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file", "label"), *rows])
+    return tmp_path / "labels.csv", images, [label for _, label in rows]
+
+
+def test_the_listed_images_are_the_dataset(listed):
+    path, images, labels = listed
+    model = zoo.build_model("digits-cnn")  # [batch, 1, 8, 8]: each image read gray at 8x8
+    data = load_dataset(path, model=model, validation=0.0, test=0.0)
+    assert data.label_names == ["bright", "dark"] and data.label_column == "'label' (column 2)"
+    x = data.train.inputs["image"]
+    assert x.shape == (40, 1, 8, 8) and x.dtype == np.float32
+    from onnxkit.data.images import ImageInput, read_images
+
+    expected = read_images(images, ImageInput("image", 1, 8, 8))  # each file as the image reader reads it
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(data.train.labels, [("bright", "dark").index(name) for name in labels])
+    split = load_dataset(path, model=model)  # split by seed and stratified, as any CSV
+    assert [len(s) for s in (split.train, split.validation, split.test)] == [24, 8, 8]
+    assert np.bincount(split.test.labels).tolist() == [4, 4]
+
+
+def test_train_on_the_list_alone_and_predict_from_it(listed, tmp_path, run_cli):
+    path, images, _ = listed
+    result = fit(None, path, tmp_path / "run", epochs=40, lr=3e-3)
+    assert result.metrics["test"]["accuracy"] == 1.0  # bright against dark
+    out = run_cli("predict", result.model_path, path, "-o", tmp_path / "p.csv")
+    assert out.code == 0, out.err
+    by_list = list(csv.reader(open(tmp_path / "p.csv")))
+    assert [row[0] for row in by_list[1:]] == [f"pics/{i:02d}.{'png' if i % 3 else 'jpg'}" for i in range(40)]
+    out = run_cli("predict", result.model_path, *images, "-o", tmp_path / "q.csv")
+    assert out.code == 0, out.err
+    by_files = list(csv.reader(open(tmp_path / "q.csv")))
+    np.testing.assert_array_equal(np.array([r[1:] for r in by_list[1:]]), np.array([r[1:] for r in by_files[1:]]))
+
+
+def test_an_image_the_list_names_that_is_not_there_is_one_line(listed):
+    path, images, _ = listed
+    images[3].unlink()
+    images[7].unlink()
+    with pytest.raises(OnnxkitError) as e:
+        load_dataset(path)
+    assert str(e.value) == (f"{path}: 2 of the 40 images its column 1 names are not there, the first {images[3]} "
+                            "(no such file); paths are taken from the CSV's folder: fix them, or drop those rows")
