@@ -49,6 +49,9 @@ def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_nam
         raise OnnxkitError(f"{path}: no labels among its train arrays ({', '.join(f'{k}_train' for k in train)}); "
                            "save the targets as y_train (or labels_train, label_train, target_train)")
     for split, arrays in splits.items():
+        if set(arrays) == set(train) - {key}:  # Kaggle's test set: no labels to score it on
+            raise OnnxkitError(f"{path}: its {split} arrays have no {key}_{split}, the labels that split is scored on; "
+                               f"add them, or leave the {split} arrays out (that split is then carved out of train)")
         if set(arrays) != set(train):
             raise OnnxkitError(f"{path}: its {split} arrays ({', '.join(sorted(arrays))}) are not its train arrays' "
                                f"({', '.join(sorted(train))}); give every split the same arrays")
