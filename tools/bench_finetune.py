@@ -113,6 +113,16 @@ def torch_bert(model: onnx.ModelProto, dropout: float):  # type: ignore[no-untyp
     return Bert()
 
 
+def pytorch_contender(model: onnx.ModelProto, data: list, dropout: float, lr: float):  # type: ignore[no-untyped-def]
+    """PyTorch fine-tuning `model` (`torch_bert`) on `data` with fused AdamW at `lr`."""
+    import torch
+
+    def as_torch(feeds: dict[str, np.ndarray]) -> tuple:
+        return tuple(torch.from_numpy(feeds[k]) for k in INPUTS)
+
+    return torch_contender(torch_bert(model, dropout), data, as_torch, lr=lr)
+
+
 def batches(model: onnx.ModelProto, batch_size: int, steps: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
     train = load_dataset("bbc-news", model=model).train
     return list(train.batches(batch_size, shuffle=True, seed=0, drop_last=True))[:steps]
@@ -201,15 +211,12 @@ def main() -> None:
         f"tokens, {args.threads} threads, AdamW lr {args.lr:g}; PyTorch {torch.__version__} (fused AdamW)"
     )
 
-    def as_torch(feeds: dict[str, np.ndarray]) -> tuple:
-        return tuple(torch.from_numpy(feeds[k]) for k in INPUTS)
-
     def contenders(work: Path, batches: list, dropout: float) -> list:
         out = [
             backend_contender(b, model, work / b, batches, threads=args.threads, lr=args.lr, dropout=dropout > 0)
             for b in args.backends
         ]
-        return [*out, torch_contender(torch_bert(model, dropout), batches, as_torch, lr=args.lr)]
+        return [*out, pytorch_contender(model, batches, dropout, args.lr)]
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.check:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import machine
 import numpy as np
+import onnx
 from onnx import numpy_helper
 from step_timing import (
     backend_contender,
@@ -87,15 +88,20 @@ def batches(name: str, batch_size: int, steps: int) -> list[tuple[dict[str, np.n
 
 def contenders(name: str, backends: list[str], work: Path, data: list, threads: int, dropout: bool) -> list:
     """The backends and PyTorch, each from the zoo model's initial weights."""
+    model = zoo.build_model(name)
+    out = [backend_contender(b, model, work / b, data, threads=threads, lr=LR, dropout=dropout) for b in backends]
+    return [*out, pytorch_contender(name, model, data, dropout)]
+
+
+def pytorch_contender(name: str, model: onnx.ModelProto, data: list, dropout: bool):  # type: ignore[no-untyped-def]
+    """PyTorch training the zoo model `name` from `model`'s weights (its dropout ratio when `dropout`)."""
     import torch
 
-    model = zoo.build_model(name)
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     options = zoo.options(name)
     ratio = float(options["dropout"].default) if dropout and "dropout" in options else 0.0
-    out = [backend_contender(b, model, work / b, data, threads=threads, lr=LR, dropout=dropout) for b in backends]
     module = torch_module(name, weights, ratio)
-    return [*out, torch_contender(module, data, lambda feeds: torch.from_numpy(next(iter(feeds.values()))), lr=LR)]
+    return torch_contender(module, data, lambda feeds: torch.from_numpy(next(iter(feeds.values()))), lr=LR)
 
 
 def main() -> None:
