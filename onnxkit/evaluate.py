@@ -30,7 +30,7 @@ from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_
 from onnxkit.data.split import Dataset, Split, from_arrays, model_inputs
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import label_then_scores
-from onnxkit.label_columns import in_trained_order, trained_columns
+from onnxkit.label_columns import imputed_inputs, in_trained_order, trained_columns
 from onnxkit.metadata import metadata, training_summary
 from onnxkit.metadata_keys import OUTPUT_KEY, TASK_KEY
 
@@ -311,11 +311,16 @@ def sizes_fit(output: Sequence[Any], labels: Sequence[int]) -> bool:
 # ---- evaluation of an ONNX model -------------------------------------------------------------
 
 
-def check_features(split: Split) -> None:
-    """Refuse a split with no rows, or with NaN or infinity in its features, as training does."""
+def check_features(split: Split, proto: Any = None) -> None:
+    """Refuse a split with no rows, or with NaN or infinity in its features, as training does; NaN in the
+    features a model (`proto`) fills itself (`train.impute`) is a missing value it takes."""
     if not len(split):
         raise OnnxkitError(f"data {split.described!r} has no rows; give more data or evaluate another split")
-    check_finite(split.described, split.inputs)
+    imputed = imputed_inputs(metadata(proto)) if proto is not None else []
+    inputs = {k: np.nan_to_num(v, nan=0.0, posinf=np.inf, neginf=-np.inf)
+              if imputed and (k in imputed or len(split.inputs) == 1) and v.dtype.kind == "f" else v
+              for k, v in split.inputs.items()}
+    check_finite(split.described, inputs)
 
 
 def check_targets(where: str, labels: np.ndarray, outputs: np.ndarray, task: str, output: str,
@@ -533,7 +538,7 @@ def batch_outputs(
     """Outputs `names` of `proto` (graph outputs) for each batch of `split`'s rows, checked and bound to its inputs."""
     from onnxkit.runtime.session import create_session, session_options
 
-    check_features(split)
+    check_features(split, proto)
     specs = model_inputs(proto)
     bound = split.feeds_for(specs)
     session = create_session(source or proto.SerializeToString(), session_options(None, "all"), list(providers))

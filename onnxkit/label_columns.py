@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import is_missing, is_number
-from onnxkit.metadata_keys import COLUMNS_KEY
+from onnxkit.metadata_keys import COLUMNS_KEY, IMPUTED_KEY
 
 LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column (only one may be)
 NPZ_LABELS = ("labels", "y", "label", "target")  # .npz arrays read as the labels, first found wins ("label", "target":
@@ -157,6 +157,11 @@ def feature_names(header: Sequence[str] | None, label: int | None) -> list[str] 
 def trained_columns(metadata: Mapping[str, str]) -> list[str] | None:
     """The CSV feature columns a model trained on, by name, from its metadata (`onnxkit.columns`); None if unsaid."""
     return json.loads(metadata.get(COLUMNS_KEY, "null"))
+
+
+def imputed_inputs(metadata: Mapping[str, str]) -> list[str]:
+    """The inputs whose missing values (NaN) a model fills itself, from its metadata (`onnxkit.imputed`)."""
+    return json.loads(metadata.get(IMPUTED_KEY, "[]"))
 
 
 def in_trained_order(names: Sequence[str] | None, trained: Sequence[str] | None, source: str) -> list[int] | None:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from onnxkit.metadata_keys import TRAINING_KEY
+from onnxkit.metadata_keys import IMPUTE_PREFIX, IMPUTED_KEY, TRAINING_KEY
 
 if TYPE_CHECKING:
     import onnx
@@ -33,6 +33,17 @@ def training_summary(model: onnx.ModelProto) -> dict[str, Any]:
     """What onnxkit's training recorded of the run that made `model` (`onnxkit.training`: its data, split seed,
     loss, label column, ...); empty for a model it did not train."""
     return json.loads(metadata(model).get(TRAINING_KEY, "{}"))
+
+
+def imputed_medians(model: onnx.ModelProto) -> dict[str, Any]:
+    """The medians with which a model fills its inputs' NaN itself (`train.impute`: it says which inputs in
+    `onnxkit.imputed`), as numpy arrays by input name; {} for a model that fills none."""
+    from onnx import numpy_helper
+
+    names = json.loads(metadata(model).get(IMPUTED_KEY, "[]"))
+    found = {t.name: t for t in model.graph.initializer}
+    return {name: numpy_helper.to_array(found[f"{IMPUTE_PREFIX}.{name}.median"]) for name in names
+            if f"{IMPUTE_PREFIX}.{name}.median" in found}
 
 
 def set_metadata(model: onnx.ModelProto, entries: Mapping[str, Any], *, keep: bool = True) -> None:

@@ -29,6 +29,12 @@ OUTPUT_KEY = "onnxkit.output"
 COLUMNS_KEY = "onnxkit.columns"
 """JSON list of the feature columns of the CSV the model trained on, by header name, in the order it read them."""
 
+IMPUTED_KEY = "onnxkit.imputed"
+"""JSON list of the inputs whose NaN the model fills itself (with its training medians: `train.impute`)."""
+
+IMPUTE_PREFIX = "onnxkit.impute"
+"""The names of the imputation's nodes and median tensors begin with it: `onnxkit.impute.x.median`."""
+
 TRAINING_KEY = "onnxkit.training"
 """JSON summary of the fit that made the model: its data (name or path, seed, sha256), settings, epochs, scores."""
 

@@ -80,9 +80,9 @@ def _data(root: Path) -> None:
     np.save(root / "rows.npy", rng.random((6, 4), dtype=np.float32))
     np.savez(root / "count-mismatch.npz", x=x, y=np.zeros(50, np.int64))
     np.savez(root / "label-minus-one.npz", x=x, y=np.r_[np.zeros(59, np.int64), -1])
-    with_nan = x.copy()
-    with_nan[3, 1] = np.nan
-    np.savez(root / "nan.npz", x=with_nan, y=np.zeros(60, np.int64))
+    with_inf = x.copy()  # (NaN in a table's features is a missing value, which training fills: `train.impute`)
+    with_inf[3, 1] = np.inf
+    np.savez(root / "inf.npz", x=with_inf, y=np.zeros(60, np.int64))
     (root / "corrupt.npz").write_bytes(b"PK\x03\x04 not a zip")
     good = root / "good.npz"
     np.savez(good, x=x, y=rng.integers(0, 3, 60))
@@ -184,7 +184,7 @@ CASES = [
     ("train wrong-shaped data", "train C/iris.onnx --data C/wrong-shape.npz -o OUT/run"),
     ("train 60 rows 50 labels", "train C/iris.onnx --data C/count-mismatch.npz -o OUT/run"),
     ("train label -1", "train C/iris.onnx --data C/label-minus-one.npz -o OUT/run"),
-    ("train NaN feature", "train C/iris.onnx --data C/nan.npz -o OUT/run"),
+    ("train infinite feature", "train C/iris.onnx --data C/inf.npz -o OUT/run"),
     ("train corrupt npz", "train C/iris.onnx --data C/corrupt.npz -o OUT/run"),
     ("train truncated npz", "train C/iris.onnx --data C/truncated.npz -o OUT/run"),
     ("train fixed batch over the data", "train C/fixed128.onnx --data iris --batch-size 128 -o OUT/run"),

@@ -214,11 +214,13 @@ def test_npz_files_with_named_arrays_or_x_y(tmp_path):
 def test_csv_files_with_header_text_labels_or_no_header(tmp_path):
     lines = ["species,sepal,petal"] + [f"{'ab'[i % 2]},{i}.5,{i * 2}" for i in range(20)]
     (tmp_path / "flowers.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(OnnxkitError, match="only the label column may hold text") as species:  # no label name
+    with pytest.raises(OnnxkitError, match="feature column 'species' holds text") as species:  # no label name
         load_dataset(tmp_path / "flowers.csv")
-    # penguins' species first: it was told to rename the column or move it last, not that label= (--label) names it
-    assert str(species.value).endswith("or if it holds the labels, name it: label='species' (the labels were taken "
-                                       "from the last column, 'petal')")
+    # penguins' species first: it was told to rename the column or move it last, not that label= (--label) names it;
+    # a text feature is a category only where the labels were named (the text may be them)
+    assert str(species.value).endswith("the labels were taken from the last column, 'petal': if 'species' holds the "
+                                       "labels, name it: label='species'; if it is a feature (read as categories, a "
+                                       "0/1 column per value), name the label column: label='petal'")
     (tmp_path / "labelled.csv").write_text("label,a,b\n" + "".join(f"{'xy'[i % 2]},{i},{-i}\n" for i in range(20)))
     ds = load_dataset(tmp_path / "labelled.csv")
     assert ds.label_names == ["x", "y"] and ds.train.labels.dtype == np.int64
@@ -230,9 +232,15 @@ def test_csv_files_with_header_text_labels_or_no_header(tmp_path):
     (tmp_path / "ragged.csv").write_text("1,2,0\n3,0\n")
     with pytest.raises(OnnxkitError, match=r"ragged.csv:2: 2 columns"):
         load_dataset(tmp_path / "ragged.csv")
-    (tmp_path / "text.csv").write_text("a,b,label\n1,x,0\n2,y,1\n")
-    with pytest.raises(OnnxkitError, match=r"text.csv:2: feature column 'b' holds text \('x'\); only the label"):
-        load_dataset(tmp_path / "text.csv")
+    (tmp_path / "text.csv").write_text("a,b,label\n1,x,0\n2,y,1\n")  # a text feature is a category column
+    categories = load_dataset(tmp_path / "text.csv", validation=0, test=0)
+    assert categories.columns == ("a", "b=x", "b=y")
+    rows = categories.train.inputs["x"][np.argsort(categories.train.inputs["x"][:, 0])]
+    np.testing.assert_array_equal(rows, [[1, 1, 0], [2, 0, 1]])
+    (tmp_path / "bare.csv").write_text("1,2,0\n2,x,1\n3,y,0\n")  # no header to name the categories by
+    with pytest.raises(OnnxkitError, match=r"bare.csv:2: feature column 2 holds text \('x'\); text columns are read "
+                                           "as categories .* by their names: add a header row"):
+        load_dataset(tmp_path / "bare.csv")
 
 
 def test_csv_files_separated_by_semicolons_tabs_or_ending_each_line_in_a_comma(tmp_path):
@@ -429,24 +437,26 @@ def test_a_row_id_column_and_a_class_no_training_row_holds_are_warned_of(tmp_pat
     assert f"of the validation or test split {'is' if len(unseen) == 1 else 'are'} in no training example" in done.err
 
 
-def test_csv_cells_that_are_not_numbers_are_named_by_line_and_column(tmp_path):
-    # NA and ? were "a feature column holds non-numbers (could not convert string to float: 'NA')", and
-    # a blank line put the line numbers of the rows after it one off
+def _rows(path):  # type: ignore[no-untyped-def]
+    """A CSV's feature rows as read for training (every row, sorted as text), NaN as None."""
+    x = load_dataset(path, validation=0, test=0).train.inputs["x"]
+    return sorted((tuple(None if np.isnan(v) else float(v) for v in row) for row in x.tolist()), key=str)
+
+
+def test_missing_feature_cells_are_read_as_nan_and_thousands_separators_named(tmp_path):
+    # NA and ? were "a feature column holds non-numbers (could not convert string to float: 'NA')"; then an error
+    # naming the first; now a missing value, which training fills (`train.impute`), as an Excel formula's error is
     (tmp_path / "na.csv").write_text("a,b,label\n\n1,2,0\n3,NA,1\n?,4,0\n")
-    with pytest.raises(OnnxkitError) as na:
-        load_dataset(tmp_path / "na.csv")
-    assert str(na.value) == (f"{tmp_path / 'na.csv'}:4: feature column 'b' holds 'NA' there (a missing value; "
-                             "2 missing cells in 2 of 3 rows); fill or drop those rows")
-    # an Excel formula's error was text: 'holds text ('#DIV/0!'); ... encode that column as numbers (one column per
-    # category, say) or drop it'
+    assert _rows(tmp_path / "na.csv") == sorted([(1.0, 2.0), (3.0, None), (None, 4.0)], key=str)
     (tmp_path / "excel.csv").write_text("a,b,label\n1,2,0\n3,#DIV/0!,1\n#VALUE!,4,0\n")
-    with pytest.raises(OnnxkitError) as excel:
-        load_dataset(tmp_path / "excel.csv")
-    assert str(excel.value) == (f"{tmp_path / 'excel.csv'}:3: feature column 'b' holds '#DIV/0!' there (a missing "
-                                "value; 2 missing cells in 2 of 3 rows); fill or drop those rows")
-    (tmp_path / "nan.csv").write_text("a,b,label\n1,2,0\n3,4,1\nnan,4,0\n")  # was: "holds 1 NaN value", no line
-    with pytest.raises(OnnxkitError, match=r"nan.csv:4: feature column 'a' holds 'nan' there \(a missing value; 1 "):
-        load_dataset(tmp_path / "nan.csv")
+    assert _rows(tmp_path / "excel.csv") == _rows(tmp_path / "na.csv")
+    (tmp_path / "nan.csv").write_text("a,b,label\n1,2,0\n3,4,1\nnan,4,0\n")
+    assert _rows(tmp_path / "nan.csv") == sorted([(1.0, 2.0), (3.0, 4.0), (None, 4.0)], key=str)
+    (tmp_path / "typo.csv").write_text("a,b,label\n1,2,0\n3,4x,1\n5,6,0\n")  # a typo among numbers: no category
+    with pytest.raises(OnnxkitError) as typo:
+        load_dataset(tmp_path / "typo.csv")
+    assert str(typo.value) == (f"{tmp_path / 'typo.csv'}:3: feature column 'b' holds '4x' among numbers; write a "
+                               "number there (or leave it empty, a missing value)")
     (tmp_path / "money.csv").write_text('a,b,label\n1,"1,200",0\n')
     with pytest.raises(OnnxkitError) as money:
         load_dataset(tmp_path / "money.csv")
@@ -470,9 +480,9 @@ def test_csv_numbers_past_float32s_range_are_named_not_called_infinite(tmp_path,
 def test_a_first_row_with_a_missing_cell_is_data_not_a_header(tmp_path):
     # '5.1,NA,1.4,0' was taken for a header row: dropped without a word, the other rows trained
     (tmp_path / "gap.csv").write_text("5.1,NA,1.4,0\n4.9,3.0,1.4,1\n4.7,3.2,1.3,0\n")
-    with pytest.raises(OnnxkitError) as gap:
-        load_dataset(tmp_path / "gap.csv")
-    assert str(gap.value).startswith(f"{tmp_path / 'gap.csv'}:1: feature column 2 holds 'NA' there (a missing value")
+    expected = [np.float32(v).item() for v in (4.7, 3.2, 1.3, 4.9, 3.0, 1.4, 5.1, 1.4)]
+    assert _rows(tmp_path / "gap.csv") == sorted([tuple(expected[:3]), tuple(expected[3:6]),
+                                                  (expected[6], None, expected[7])], key=str)
 
 
 def test_a_missing_label_among_numbers_is_named_by_line_and_a_class_named_none_is_kept(tmp_path):
@@ -575,19 +585,14 @@ def test_size_one_axes_move_to_fit_the_model_input():
         flat.feeds_for([nhwc])
 
 
-def test_an_empty_feature_cell_is_a_missing_value_named_by_line_and_column(tmp_path):
+def test_an_empty_feature_cell_is_a_missing_value(tmp_path):
     """pandas writes NaN as an empty cell: that was 'a feature column holds non-numbers (could not convert
-    string to float: '')', which did not say where nor that the value is missing."""
+    string to float: '')', then an error naming it; now NaN, which training fills (`train.impute`)."""
     (tmp_path / "gaps.csv").write_text("a,b,label\n1,2,0\n3,,1\n,,0\n5,6,1\n")
-    with pytest.raises(OnnxkitError) as gaps:
-        load_dataset(tmp_path / "gaps.csv")
-    assert str(gaps.value) == (f"{tmp_path / 'gaps.csv'}:3: feature column 'b' is empty there (a missing value; "
-                               "3 empty cells in 2 of 4 rows); fill or drop those rows")
-    (tmp_path / "plain.csv").write_text("0,1.5,2\n1, ,3\n")  # no header: columns by number
-    with pytest.raises(OnnxkitError) as plain:
-        load_dataset(tmp_path / "plain.csv")
-    assert str(plain.value) == (f"{tmp_path / 'plain.csv'}:2: feature column 2 is empty there (a missing value; "
-                                "1 empty cell in 1 of 2 rows); fill or drop those rows")
+    assert _rows(tmp_path / "gaps.csv") == sorted([(1.0, 2.0), (3.0, None), (None, None),
+                                                                    (5.0, 6.0)], key=str)
+    (tmp_path / "plain.csv").write_text("0,1.5,2\n1, ,3\n")  # no header: a blank cell is missing too
+    assert _rows(tmp_path / "plain.csv") == [(0.0, 1.5), (1.0, None)]
 
 
 def _labelled_model(*labels: str):  # type: ignore[no-untyped-def]

@@ -150,9 +150,9 @@ def test_nan_in_features_is_a_one_line_error_that_names_the_data(tmp_path, run_c
     onnx.save(zoo.build_model("iris-mlp"), model)
     result = run_cli("train", model, "--data", tmp_path / "holes.npz", "-o", tmp_path / "run")
     rows = len(load_dataset(tmp_path / "holes.npz").train)
-    assert result.code == 1 and result.err == (
-        f"error: data 'holes, train split': feature array 'x' holds {rows} NaN values in {rows} of {rows} rows; "
-        "fill or drop those rows\n")
+    assert rows and result.code == 1 and result.err == (  # a missing value training fills, but in every row
+        "error: data 'holes': feature 1 of 'x' is missing (NaN) in every row, so no value can fill it; drop that "
+        "feature\n")
     assert not (tmp_path / "run").exists()
 
 
@@ -160,9 +160,12 @@ def test_nan_message_counts_nan_and_infinite_values(tmp_path):
     x, y = iris_like()
     x[0, 0] = x[1, 0] = np.nan
     x[1, 3] = -np.inf
-    split = Split("train", {"x": x}, y)
     with pytest.raises(OnnxkitError, match=r"data 'mine, train split': feature array 'x' holds 2 NaN and 1 "
                                            r"infinite values in 2 of 60 rows; fill or drop"):
+        check_finite("mine, train split", {"x": x})
+    split = Split("train", {"x": x}, y)  # training fills a table's NaN (a missing value), not an infinity
+    with pytest.raises(OnnxkitError, match=r"data 'mine, train split': feature array 'x' holds 1 infinite value in 1 "
+                                           r"of 60 rows; fill or drop"):
         fit(zoo.build_model("iris-mlp"), Dataset("mine", split, split, split), tmp_path / "run")
 
 

@@ -301,11 +301,14 @@ def test_eval_refuses_nan_and_infinite_features(run_cli, iris_model, tmp_path):
     result = run_cli("eval", iris_model, "--data", iris_csv(tmp_path / "inf.csv", x, labels))
     assert result.code == 1 and result.err.startswith(  # all of data the model did not train on
         "error: data 'inf, all split': feature array 'x' holds 150 infinite values in 150 of 150 rows; ")
-    x[:, 1] = np.nan  # a NaN cell is a missing value, named by its line and column
+    x[:, 1] = np.nan  # a column of NaN cells is a column of no values, named
     result = run_cli("eval", iris_model, "--data", iris_csv(tmp_path / "nan.csv", x, labels))
-    assert result.code == 1 and result.err == (f"error: {tmp_path / 'nan.csv'}:2: feature column 'b' holds 'nan' there "
-                                               "(a missing value; 150 missing cells in 150 of 150 rows); fill or drop "
-                                               "those rows\n")
+    assert result.code == 1 and result.err == (f"error: {tmp_path / 'nan.csv'}: feature column 'b' is empty in every "
+                                               "row (a column of no values); drop that column\n")
+    x[:, 0], x[1:, 1] = 1.0, 2.0  # a missing value where the model fills none (it trained on no gaps)
+    result = run_cli("eval", iris_model, "--data", iris_csv(tmp_path / "gap.csv", x, labels))
+    assert result.code == 1 and result.err.startswith(
+        "error: data 'gap, all split': feature array 'x' holds 1 NaN value in 1 of 150 rows; fill or drop")
 
 
 CLASSES, SINGLE = linear_model(np.ones((5, 3)), np.zeros(3)), linear_model(np.ones((5, 1)), np.zeros(1))

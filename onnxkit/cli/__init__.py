@@ -10,6 +10,8 @@ import importlib
 import re
 import signal
 import sys
+import warnings
+from typing import Any
 
 import click
 
@@ -72,7 +74,11 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():  # the data's warnings (categories never trained on) as warning: lines
+                from onnxkit.categories import UnseenCategories
+
+                warnings.showwarning = warning_lines(warnings.showwarning, UnseenCategories)
+                return super().invoke(ctx)
         except OnnxkitError as e:
             if ctx.invoked_subcommand:
                 from onnxkit.cli.options import flag_names
@@ -80,6 +86,19 @@ class LazyGroup(click.Group):
                 flags = flag_names(self.get_command(ctx, ctx.invoked_subcommand))  # type: ignore[arg-type]
                 e.args = (as_flags(str(e), e.params, flags),)
             raise
+
+
+def warning_lines(show: Any, *categories: type[Warning]) -> Any:
+    """A `warnings.showwarning` that prints warnings of `categories` as the CLI's `warning:` lines, others by
+    `show`."""
+
+    def showwarning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, categories):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return showwarning
 
 
 def _no_command(name: str, ctx: click.Context) -> click.UsageError:

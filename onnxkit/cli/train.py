@@ -181,7 +181,10 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
                                  resume=bool(resume)))
     try:
         with warnings.catch_warnings():  # --quiet's warnings (fit warns through `warnings` then) as warning: lines
-            warnings.showwarning = _warning_line(warnings.showwarning)
+            from onnxkit.cli import warning_lines
+            from onnxkit.train import TrainingWarning
+
+            warnings.showwarning = warning_lines(warnings.showwarning, TrainingWarning)
             result = fit(
                 model,
                 options["data"],
@@ -233,19 +236,6 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
     shown = "  ".join(f"{k} {metric(test[k])}" for k in ("accuracy", "macro_f1", "r2", "mae", "loss")
                       if test.get(k) is not None)  # r2 is None for constant targets
     click.echo(f"wrote {result.model_path}" + (f"  (test: {shown})" if shown else ""))
-
-
-def _warning_line(show: Any) -> Any:
-    """A `warnings.showwarning` that prints fit's TrainingWarnings as the CLI's `warning:` lines, others by `show`."""
-    from onnxkit.train import TrainingWarning
-
-    def showwarning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, TrainingWarning):
-            click.echo(f"warning: {message}", err=True)
-        else:
-            show(message, category, *args, **kwargs)
-
-    return showwarning
 
 
 def _is_data(argument: str) -> bool:

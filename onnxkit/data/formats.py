@@ -3,12 +3,14 @@
 - `.npz`: arrays named after the model's inputs plus `labels`, or `x` and `y`.
   An optional string array `label_names` names the classes. Arrays suffixed `_train`, `_val`, `_test` (Keras'
   `x_train`, `y_train`, ...) are the file's own splits (`given_splits`).
-- `.csv` (and `.tsv`, by tabs): numeric feature columns and one label column: the one `label=` names by its
+- `.csv` (and `.tsv`, by tabs): feature columns and one label column: the one `label=` names by its
   header, else the column headed `label`, `labels`, `target`, `y` or `class` (any case), else the last one.
   Cells are separated by commas, or semicolons, tabs or bars (`onnxkit.files.read_csv_rows`).
   The header row is optional. Text labels become class ids in sorted order. A first column
   headed '' numbering or naming the rows (pandas' index, `to_csv` without `index=False`) is left out.
-  The features become one array `x` (it binds to any single-input model).
+  The features become one array `x` (it binds to any single-input model): a column of text as one 0/1 column per
+  value, `<column>=<value>`, a missing cell as NaN (`onnxkit.categories`; training fills NaN inside the model,
+  `onnxkit.train.impute`).
   A column headed `text` makes it a text dataset instead, tokenized with the tokenizer
   the model carries (the other columns but the label are ignored; with none headed as the labels, they are
   the one column beside `text`).
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -25,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit.categories import UnseenCategories, encode, encodes_categories, fit_columns, holds_text, is_gap
 from onnxkit.data.given_splits import given_splits, split_arrays
 from onnxkit.data.images import image_column, read_listed_images
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import (
-    MISSING_CELLS,
     flags_as_numbers,
     is_missing,
     is_number,
@@ -102,13 +105,14 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
 
 def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,
              tokenizer: str | None = None, max_length: int | None = None, label: str | None = None,
-             inputs: Sequence[Any] = ()) -> Dataset:
+             inputs: Sequence[Any] = (), columns: Sequence[str] | None = None) -> Dataset:
     """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
     column is a text dataset, tokenized with `tokenizer` (the model's), as is, for a model with one, a CSV of two
     columns (the one not headed as the labels, or the one of longer cells, holds the texts). `label`: the header of
     the label column (default: the one headed label / labels / target / y / class, else the last, or a text CSV's
     one beside text).
-    `inputs`: the model's (`model_inputs`); columns headed by their names are read as them (`input_columns`)."""
+    `inputs`: the model's (`model_inputs`); columns headed by their names are read as them (`input_columns`).
+    `columns`: the feature columns the model trained on (`trained_columns`): its categories are rebuilt from them."""
     require_data_file(path)
     numbered = read_csv_rows(path)
     if not numbered:
@@ -153,34 +157,42 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         read = f"texts from {name!r} (column {text + 1})" if header else f"texts from column {text + 1}"
         return replace(dataset, label_column=column, texts_read=f"{read}, {dataset.texts_read}")
     if tokenizer is not None:  # the model reads text: its features would be 'non-numbers' to the reader below
-        columns = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
-        raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r} ({columns}); "
+        shown = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
+        raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r} ({shown}); "
                            f"head the column of texts {TEXT_COLUMN!r} in the first row (e.g. {TEXT_COLUMN},label)")
     features = flags_as_numbers([[row[j] for j in range(width) if j != label_col] for row in body])
-    try:
-        x = np.array(features, dtype=np.float64)
-    except ValueError:
-        _refuse_missing_cells(path, features, header, label_col, lines)
-        if any(getattr(spec, "name", None) in TOKEN_INPUTS for spec in inputs):  # text for token ids: no tokenizer
-            from onnxkit.data.text import needs_tokenizer
+    names = feature_names(header, label_col)
+    notes: tuple[str, ...] = ()
+    if encodes_categories(columns, names):  # a model's recorded categories, rebuilt by name
+        encoded = encode(_by_column(names, features), columns, str(path), lines)  # type: ignore[arg-type]
+        x, names = encoded.x, list(columns)  # type: ignore[arg-type]
+        if encoded.unseen:
+            warnings.warn(encoded.warning(str(path)), UnseenCategories, stacklevel=2)
+    else:
+        try:
+            x = np.array(features, dtype=np.float64)
+        except ValueError:
+            if any(getattr(spec, "name", None) in TOKEN_INPUTS for spec in inputs) and \
+                    any(holds_text(cells) for cells in zip(*features, strict=True)):  # text for token ids
+                from onnxkit.data.text import needs_tokenizer
 
-            raise needs_tokenizer(path.stem) from None
-        raise _not_numbers(path, features, header, label_col, lines, label_named=named is not None) from None
-    if np.isnan(x).any():  # a NaN cell: found by a walk over the cells only then (it cost a tenth of a load)
-        _refuse_missing_cells(path, features, header, label_col, lines)
+                raise needs_tokenizer(path.stem) from None
+            x, names, notes = _with_categories(path, features, header, label_col, lines, named is not None)
+    _refuse_empty_columns(path, x, names, header, label_col)
     big = _beyond_float32(x)
     if big.any():
         i, j = (int(k) for k in np.argwhere(big)[0])
-        raise OnnxkitError(f"{path}:{lines[i]}: feature column {_column(header, j, label_col)} holds "
-                           f"{features[i][j].strip()}, beyond float32's range (±{FLOAT32_MAX:.1e}); "
+        written = feature_names(header, label_col)  # the file's columns (a category's cells are 0 or 1)
+        cell = features[i][written.index(names[j]) if names and written else j].strip()
+        raise OnnxkitError(f"{path}:{lines[i]}: feature column {_feature(names, header, j, label_col)} holds "
+                           f"{cell}, beyond float32's range (±{FLOAT32_MAX:.1e}); "
                            "rescale that column")
     x = x.astype(np.float32)
     dataset = dataset_from_arrays(
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
     )
-    names = feature_names(header, label_col)
-    dataset = replace(dataset, label_column=column, notes=_row_ids(header, x, label_col),
+    dataset = replace(dataset, label_column=column, notes=(*notes, *_row_ids(names, x)),
                       columns=tuple(names) if names else None)
     if named is None:  # said with any error about the labels: they may be a feature
         why = (f"the last column, {header[-1].strip()!r}, as no column is headed {' / '.join(LABEL_COLUMNS)}; "
@@ -190,15 +202,13 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     return dataset
 
 
-def _row_ids(header: Sequence[str] | None, x: np.ndarray, label_col: int) -> tuple[str, ...]:
-    """A warning for each feature column headed as a row id that holds whole numbers: it is read as a feature, and
-    in a file sorted by class it gives the class away (Kaggle's iris with its Id: 100% on the test split, 93%
-    without). Headed id, idx, index or row, whatever its numbers (MASS' biopsy repeats a sample's ID); *_id only
+def _row_ids(names: Sequence[str] | None, x: np.ndarray) -> tuple[str, ...]:
+    """A warning for each feature column (`names`) headed as a row id that holds whole numbers: it is read as a
+    feature, and in a file sorted by class it gives the class away (Kaggle's iris with its Id: 100% on the test split,
+    93% without). Headed id, idx, index or row, whatever its numbers (MASS' biopsy repeats a sample's ID); *_id only
     when they are distinct (a store_id may be a feature)."""
-    names = [h for j, h in enumerate(header or ()) if j != label_col]
-    found = [name.strip() for j, name in enumerate(names) if np.array_equal(x[:, j], np.round(x[:, j]))
-             and (_ID_HEADER.fullmatch(name.strip()) or _SOME_ID_HEADER.fullmatch(name.strip())
-                  and len(np.unique(x[:, j])) == len(x))]
+    found = [name for j, name in enumerate(names or ()) if np.array_equal(x[:, j], np.round(x[:, j]))
+             and (_ID_HEADER.fullmatch(name) or _SOME_ID_HEADER.fullmatch(name) and len(np.unique(x[:, j])) == len(x))]
     return tuple(f"column {name!r} holds whole numbers, a row id by its name: it is read as a feature (in a file "
                  "sorted by class it gives the class away); drop the column if it is an id" for name in found)
 
@@ -266,51 +276,86 @@ def _column(header: Sequence[str] | None, j: int, label_col: int) -> str:
     return repr(header[j].strip()) if header else str(j + 1)
 
 
-_GAPS = MISSING_CELLS | {"nan"}  # a feature cell training takes for a missing value
+def _by_column(names: Sequence[str], features: list[list[str]]) -> dict[str, list[str]]:
+    """A table's feature cells by column name."""
+    return {name: [row[j] for row in features] for j, name in enumerate(names)}
 
 
-def _refuse_missing_cells(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
-                          lines: list[int]) -> None:
-    """One line for feature cells left empty or written NA, N/A, ?, NaN (how pandas and spreadsheets write a missing
-    value), with the first one's line and column: numpy's parser said only "could not convert string to float: ''",
-    and a NaN was found later, by count alone. (`predict` passes NaN on: a scikit-learn pipeline may impute it.)"""
+def _with_categories(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
+                     lines: list[int], label_named: bool) -> tuple[np.ndarray, list[str] | None, tuple[str, ...]]:
+    """Features that are not all numbers: missing cells as NaN, and each column of text as a 0/1 column per value
+    (`onnxkit.categories`), those of too many values left out; the features, their names and a note on the columns
+    left out. Refused: text in a file with no header to name its categories (or whose labels were taken from the
+    last column by default, which the text may be), numbers with a stray text, every column left out."""
+    names = feature_names(header, label_col)
+    columns = _by_column(names or [str(j) for j in range(len(features[0]))], features)
+    texts = [j for j, cells in enumerate(columns.values()) if holds_text(cells)]
+    for j in texts:
+        cells = [row[j] for row in features]
+        if _stray_text(cells) or any(thousands_separated(c) for c in cells):
+            raise _not_numbers(path, features, header, label_col, lines, label_named, column=j)
+    if texts and (names is None or not label_named):
+        raise _not_numbers(path, features, header, label_col, lines, label_named, column=texts[0])
+    fitted = fit_columns(columns)
+    if not fitted.names:
+        raise OnnxkitError(f"{path}: every feature column holds too many distinct texts to be categories "
+                           f"({', '.join(f'{c!r}: {why}' for c, why in fitted.left_out.items())}); give numeric "
+                           "columns, or columns of a few values each")
+    x = encode(columns, fitted.names, str(path), lines).x
+    notes = (f"columns left out, too many distinct texts to be categories (ids, names, free text): "
+             f"{', '.join(f'{c!r} ({why})' for c, why in fitted.left_out.items())}",) if fitted.left_out else ()
+    return x, fitted.names if names else None, notes
 
-    def gap(cell: str) -> bool:
-        return cell.strip().lower() in _GAPS
 
-    missing = [i for i, row in enumerate(features) if any(gap(cell) for cell in row)]
-    if not missing:
-        return
-    row = features[missing[0]]
-    j = next(j for j, cell in enumerate(row) if gap(cell))
-    if len(missing) == len(features) > 1 and not any(other[j].strip() for other in features):  # no row to keep
-        raise OnnxkitError(f"{path}: feature column {_column(header, j, label_col)} is empty in every row (a "
-                           "column of no values); drop that column")
-    gaps = [cell for i in missing for cell in features[i] if gap(cell)]
-    kind = "empty" if not any(cell.strip() for cell in gaps) else "missing"
-    there = "is empty there" if not row[j].strip() else f"holds {row[j].strip()!r} there"
-    raise OnnxkitError(f"{path}:{lines[missing[0]]}: feature column {_column(header, j, label_col)} {there} (a "
-                       f"missing value; {len(gaps)} {kind} cell{'s' * (len(gaps) > 1)} in {len(missing)} of "
-                       f"{len(features)} rows); fill or drop those rows")
+def _feature(names: Sequence[str] | None, header: Sequence[str] | None, j: int, label_col: int) -> str:
+    """How messages name feature `j` of the features read (`names`, categories encoded), else `_column`."""
+    return repr(names[j]) if names else _column(header, j, label_col)
+
+
+STRAY = 0.05  # a column of numbers whose text cells are at most this share (or 2) holds typos ('0.3x'), not
+# categories (titanic's Ticket column: 26% text, 'PC 17599', beside numbers)
+
+
+def _stray_text(cells: Sequence[str]) -> bool:
+    """Whether a column's cells are numbers but for a few texts (`STRAY`)."""
+    present = [c for c in cells if not is_gap(c)]
+    texts = sum(not is_number(c) for c in present)
+    return 0 < texts <= max(2, STRAY * len(present)) and texts < len(present) - texts
+
+
+def _refuse_empty_columns(path: Path, x: np.ndarray, names: Sequence[str] | None, header: Sequence[str] | None,
+                          label_col: int) -> None:
+    """One line for a feature column missing in every row (a column of no values), which nothing can fill."""
+    empty = np.isnan(x).all(axis=0) if len(x) > 1 else np.zeros(x.shape[1], bool)
+    if empty.any():
+        column = _feature(names, header, int(np.argmax(empty)), label_col)
+        raise OnnxkitError(f"{path}: feature column {column} is empty in every row (a column of no values); drop "
+                           "that column")
 
 
 def _not_numbers(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
-                 lines: list[int], label_named: bool = False) -> OnnxkitError:
-    """The error for the first feature cell that is not a number, naming its line and column. Where the label column
-    was the last by default, it says how to name this one instead (label=: --label on the command line)."""
-    i, j = next(((i, j) for i, row in enumerate(features) for j, cell in enumerate(row) if not is_number(cell)),
-                (0, 0))
-    column = _column(header, j, label_col)
-    cell, where = features[i][j].strip(), f"{path}:{lines[i]}: feature column {column}"
+                 lines: list[int], label_named: bool = False, column: int | None = None) -> OnnxkitError:
+    """The error for the first feature cell (of feature `column`, if given) that cannot be read: text among numbers,
+    or text in a file without a header (whose categories have no names) or whose label column was the last by
+    default (the text may be the labels: it says how to name either)."""
+    i, j = next(((i, j) for i, row in enumerate(features) for j, cell in enumerate(row)
+                 if (column is None or j == column) and not is_number(cell) and not is_gap(cell)), (0, 0))
+    name = _column(header, j, label_col)
+    cell, where = features[i][j].strip(), f"{path}:{lines[i]}: feature column {name}"
     separated = thousands_separated(cell)
     if separated:
         return OnnxkitError(f"{where} {separated}")
-    if header and not label_named:  # penguins' species first: it was told to rename or move the column
-        labels = f"name it: label={column} (the labels were taken from the last column, {header[-1].strip()!r})"
-    else:
-        labels = f"head it {' / '.join(LABEL_COLUMNS)} or make it the last column"
-    return OnnxkitError(f"{where} holds text ({cell!r}); only the label column may hold text: encode that column "
-                        f"as numbers (one column per category, say) or drop it, or if it holds the labels, {labels}")
+    if _stray_text([row[j] for row in features]):
+        return OnnxkitError(f"{where} holds {cell!r} among numbers; write a number there (or leave it empty, a "
+                            "missing value)")
+    if not header:
+        return OnnxkitError(f"{where} holds text ({cell!r}); text columns are read as categories (a 0/1 column per "
+                            f"value) by their names: add a header row naming the columns, one headed "
+                            f"{LABEL_COLUMNS[0]} for the labels")
+    return OnnxkitError(f"{where} holds text ({cell!r}), and the labels were taken from the last column, "
+                        f"{header[-1].strip()!r}: if {name} holds the labels, name it: label={name}; if it is a "
+                        f"feature (read as categories, a 0/1 column per value), name the label column: "
+                        f"label={header[-1].strip()!r}")
 
 
 def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, list[str] | None]:

@@ -109,10 +109,11 @@ def load_dataset(
         trained = trained_label(model) if label is None and suffix in TABLE_SUFFIXES else None
         if suffix in TABLE_SUFFIXES:
             options["label"] = label if label is not None else trained
-            if model is not None:  # columns named as its inputs are read as them
+            if model is not None:  # columns named as its inputs are read as them; its categories by their names
                 from onnxkit.data.split import model_inputs
 
                 options.setdefault("inputs", model_inputs(model))
+                options.setdefault("columns", trained_columns(metadata(model)))
         _check_options(formats.READERS[suffix], options, f"a {suffix} file")
         try:
             dataset = formats.READERS[suffix](Path(text), **split_args, **options)

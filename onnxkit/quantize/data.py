@@ -19,6 +19,7 @@ from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.data.checks import check_finite
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import TABLE_SUFFIXES, csv_rows, npy_array, npz_arrays
+from onnxkit.metadata import imputed_medians
 from onnxkit.quantize.inputs import fixed_batch
 
 Feeds = dict[str, np.ndarray]
@@ -84,6 +85,10 @@ def calibration_batches(data: Any, model: onnx.ModelProto, size: int, *, seed: i
     split = bind(load_split(_inputs_file(data, model), "train", model, seed), model)
     if len(split) == 0:
         raise OnnxkitError(f"calib {data}: its train split is empty; pass a larger dataset", params=["calib"])
+    medians = imputed_medians(model)  # a model that fills missing values itself: calibrated on what it fills in
+    if medians:
+        split = Split(split.name, {k: np.where(np.isnan(v), medians[k], v) if k in medians else v
+                                   for k, v in split.inputs.items()}, split.labels)
     # NaN or infinity makes NaN ranges: ORT's calibrator fails ('scale issue') or writes a model that outputs zeros
     check_finite(split.described if split.data else str(data) if isinstance(data, str | os.PathLike) else "calib",
                  split.inputs)

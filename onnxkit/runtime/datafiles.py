@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit.categories import UnseenCategories, encode, encodes_categories
 from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import (
     IMAGE_SUFFIXES,
@@ -52,6 +53,7 @@ from onnxkit.label_columns import (
     TEXT_COLUMN,
     csv_header,
     feature_names,
+    imputed_inputs,
     in_trained_order,
     label_column,
     npz_labels,
@@ -206,16 +208,17 @@ def checked_feeds(path: InputPath, model: Model, values: dict[str, Any]) -> dict
     values past the range of the input's type (1e6 for float16), which the cast turns into infinity."""
     with np.errstate(over="ignore"):  # a cast past the type's range: refused below, in one line
         feeds = model.prepare(values)
+    imputed = imputed_inputs(model.metadata)  # NaN the model fills itself: a missing value, passed on
     for name, feed in feeds.items():
-        if feed.dtype.kind != "f" or np.isfinite(feed).all():
+        if feed.dtype.kind != "f" or np.isfinite(feed[~np.isnan(feed)] if name in imputed else feed).all():
             continue
         given = np.asarray(values[name])
         if given.dtype.kind in "fiub" and np.isfinite(given).all():
             limit = np.finfo(feed.dtype).max
             raise OnnxkitError(f"{path}: input {name!r} holds values beyond {feed.dtype}'s range (largest "
                                f"{limit:.6g}), up to {np.abs(given).max():.6g}; scale them as the model expects")
-        bad = ~np.isfinite(feed)
-        nan = int(np.isnan(feed).sum())
+        bad = np.isinf(feed) if name in imputed else ~np.isfinite(feed)
+        nan = 0 if name in imputed else int(np.isnan(feed).sum())
         inf = int(bad.sum()) - nan
         rows = int(bad.reshape(len(feed), -1).any(axis=1).sum()) if feed.ndim else 1
         what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
@@ -499,6 +502,8 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
         raise OnnxkitError(f"{path}:{lines[odd]}: {count} value{'s' * (count != 1)} where the rows before have "
                            f"{len(rows[0])}; fix the file")
     label = label_column(header, str(path))
+    if encodes_categories(trained, feature_names(header, label)) or spec.name in imputed_inputs(model.metadata):
+        return _shaped(path, _encoded(path, rows, header, label, trained, lines), spec)
     order = in_trained_order(feature_names(header, label), trained, str(path))
     if label is not None:  # as train reads the file: that column is the label, not a feature
         rows = [row[:label] + row[label + 1:] for row in rows]
@@ -508,6 +513,20 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
         rows, header = [[row[i] for i in order] for row in rows], [header[i] for i in order]
         columns = [columns[i] for i in order]
     return _shaped(path, _numbers(path, rows, header, spec.dtype or np.float32, columns, lines), spec)
+
+
+def _encoded(path: Path, rows: list[list[str]], header: Sequence[str] | None, label: int | None,
+             trained: Sequence[str] | None, lines: Sequence[int]) -> np.ndarray:
+    """A CSV's features as the model trained on them, by their names (`categories.encode`): its category columns
+    as 0/1 columns, a missing number as NaN (which the model fills); rows holding a category it never trained on
+    are said in a warning."""
+    features = [row[:label] + row[label + 1:] if label is not None else row for row in flags_as_numbers(rows)]
+    names = feature_names(header, label) or [str(j) for j in range(len(features[0]))]
+    encoded = encode({name: [row[j] for row in features] for j, name in enumerate(names)}, trained or names,
+                     str(path), lines)
+    if encoded.unseen:
+        warnings.warn(encoded.warning(str(path)), UnseenCategories, stacklevel=2)
+    return encoded.x
 
 
 def _plain_table(path: Path, dtype: Any) -> tuple[np.ndarray, list[str] | None] | None:

@@ -6,6 +6,7 @@ import functools
 import json
 import numbers
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from onnxkit.categories import UnseenCategories, encode, encodes_categories
 from onnxkit.errors import OnnxkitError
 from onnxkit.label_columns import feature_names, in_trained_order, label_column, trained_columns
 from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, QUANTIZATION_KEY, SCORES_KEY, TASK_KEY
@@ -33,6 +35,12 @@ from onnxkit.runtime.values import ValueChecks
 
 if TYPE_CHECKING:
     import onnx  # for the type hint only: the runtime never imports onnx
+
+
+def _cell(value: Any) -> str:
+    """A DataFrame's value as a CSV cell: a missing one (None, NaN, pandas' NA) empty."""
+    missing = value is None or isinstance(value, float) and value != value or str(value) == "<NA>"
+    return "" if missing else str(value)
 
 
 class Model:
@@ -169,6 +177,13 @@ class Model:
             return frame
         names = [str(c) for c in frame.columns]
         label = label_column(names, "the DataFrame")
+        if encodes_categories(trained, feature_names(names, label)):  # its category columns, encoded by name
+            cells = {name: [_cell(v) for v in frame[column].tolist()]
+                     for j, (name, column) in enumerate(zip(names, frame.columns, strict=True)) if j != label}
+            encoded = encode(cells, trained, "the DataFrame")
+            if encoded.unseen:
+                warnings.warn(encoded.warning("the DataFrame"), UnseenCategories, stacklevel=3)
+            return encoded.x
         order = in_trained_order(feature_names(names, label), trained, "the DataFrame")
         if order is None and label is None:
             return frame

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxkit.categories import SEPARATOR
 from onnxkit.data import Dataset, load_dataset
 from onnxkit.data.text import NeedsTokenizer
 from onnxkit.errors import OnnxkitError
@@ -90,7 +91,7 @@ def default_model(dataset: Dataset, data: str, loss: str | None = None) -> tuple
     options = {"features": x.shape[1], "outputs": outputs, **({"task": "regression"} if regression else {})}
     shape = " -> ".join(map(str, [x.shape[1], *[defaults["hidden"]] * defaults["layers"], outputs]))
     return _build("tabular-mlp", options), DefaultModel("tabular-mlp", options, data, f"an MLP {shape}",
-                                                          f"{x.shape[1]} features and {sized_to}")
+                                                          f"{_features(x.shape[1], dataset.columns)} and {sized_to}")
 
 
 def _channels(shape: tuple[int, ...]) -> tuple[int, bool] | None:
@@ -122,6 +123,14 @@ def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str) -> 
     pixels = f"{height}x{width} images (pixels up to {images.max()}, standardised in the model)" if past_one else \
         f"{height}x{width} images"
     return proto, DefaultModel("image-cnn", options, data, shape, f"{pixels} and {sized_to}", past_one or None)
+
+
+def _features(count: int, columns: tuple[str, ...] | None) -> str:
+    """'10 features', and how many of them stand for category columns (`onnxkit.categories`): '10 features (2
+    category columns as 5)'."""
+    indicators = [name.split(SEPARATOR)[0] for name in columns or () if SEPARATOR in name]
+    return f"{count} features" + (f" ({len(set(indicators))} category column{'s' * (len(set(indicators)) > 1)} as "
+                                  f"{len(indicators)})" if indicators else "")
 
 
 def _measured(dataset: Dataset) -> int:

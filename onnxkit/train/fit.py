@@ -66,7 +66,7 @@ from onnxkit.files import (
     sha256,
 )
 from onnxkit.graph_walks import ancestors, node_reads, opset, probability_logits, sigmoid_pair_logit, value_types
-from onnxkit.metadata import metadata, set_metadata
+from onnxkit.metadata import imputed_medians, metadata, set_metadata
 from onnxkit.metadata_keys import (
     COLUMNS_KEY,
     LABELS_KEY,
@@ -116,6 +116,7 @@ from onnxkit.train.defaults import Settings, resolve, training_mode
 from onnxkit.train.export import with_weights
 from onnxkit.train.exporter_marks import computed_at_export, folded_batch_norms, padding_rows, unmarked_scalars
 from onnxkit.train.frozen_features import cut, features
+from onnxkit.train.impute import filled, gap_medians, gaps_line, impute_inputs
 from onnxkit.train.losses import Loss, default_loss, get_loss
 from onnxkit.train.optim import Optimizer, get_optimizer
 from onnxkit.train.problem import training_problem
@@ -469,7 +470,9 @@ class _Setup:
             _check_column_count(self.dataset, model_inputs(self.model), self.model,
                                 training_output(self.model, self.config.output))
             self._choose_output_and_loss()
+            self._fill_gaps()
             unscaled_note = self._choose_standardization()  # said last, so that an error is the only line
+            self._impute_in_model()
             self._detect_probabilities()
             specs = model_inputs(self.model)  # the inputs the data is bound to
             self._check_splits()
@@ -545,6 +548,27 @@ class _Setup:
             if targets.min() >= 0 and non_negative_output(self.model.graph, self.output):
                 self.target_scale = uncentred(self.target_scale)
         return note
+
+    def _fill_gaps(self) -> None:
+        """Missing values (NaN) in a table's features: filled in the data with the training split's medians, which
+        `_impute_in_model` then puts in front of the model (a model that fills them itself keeps its own)."""
+        specs = model_inputs(self.model)
+        self.medians = imputed_medians(self.model)
+        fresh = not self.medians
+        if fresh:
+            self.medians = gap_medians(self.dataset, specs)
+        if self.medians:
+            if fresh:
+                self.progress.line(gaps_line(self.dataset, specs, self.medians))
+            self.dataset = filled(self.dataset, specs, self.medians)
+        self.fills_gaps = fresh and bool(self.medians)
+
+    def _impute_in_model(self) -> None:
+        """`Where(IsNaN(x), median, x)` in front of the model (and of the standardisation), where `_fill_gaps`
+        filled the data: the trained model then takes missing values wherever it runs."""
+        if self.fills_gaps:
+            self.model = self.target = impute_inputs(self.model, self.medians)
+            self.types = value_types(self.model)
 
     def _detect_probabilities(self) -> None:
         """Whether the output is a classifier's Softmax or Sigmoid, whose logits the loss and its reports read."""

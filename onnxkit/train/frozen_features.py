@@ -28,8 +28,9 @@ from onnxkit.data import Split, model_inputs
 from onnxkit.graph_walks import ancestors, needed_nodes, used_initializers
 
 MAX_BYTES = 2 << 30  # cache at most 2 GiB of features; beyond that, train end to end
-# a frozen part made of these alone (a rescaling such as --standardize's) is not worth caching
-ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Identity"})
+# a frozen part made of these alone (a rescaling such as --standardize's, the imputation's Where(IsNaN(x), median, x))
+# is not worth caching
+ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Identity", "IsNaN", "Where"})
 # nor one that only moves the input's values (PyTorch's Conv1d over [batch, seq, features] starts with a
 # Transpose, with nothing frozen in front of it) and the shape arithmetic that goes with it
 LAYOUT = frozenset({"Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Shape", "Constant", "Concat"})

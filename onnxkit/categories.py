@@ -1,0 +1,150 @@
+"""Category columns of a table: a feature column of text (red / green / blue) read as one 0/1 column per value,
+named `<column>=<value>`, as scikit-learn's `OneHotEncoder(handle_unknown="ignore")` encodes it.
+
+`fit_columns` decides, from a training file's cells, the feature names a model trains on; `encode` rebuilds those
+columns from any table holding the raw columns (a CSV for eval or predict, a pandas DataFrame), by those names alone:
+the model records them (`onnxkit.columns`), so nothing else travels with it. A value the model never trained on,
+and a missing cell, is all zeros; a missing number is NaN (which a model trained on gaps fills itself).
+
+Standard library and numpy only, so the runtime can import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxkit.errors import OnnxkitError
+from onnxkit.files import MISSING_CELLS, is_number
+
+SEPARATOR = "="  # between a category column's name and its value: 'color=red'
+MAX_CATEGORIES = 50  # more distinct texts than this are no categories (identifiers, names, free text)
+FEW_CATEGORIES = 10  # up to this many distinct texts are categories, however few the rows (a toy file's colors)
+# between the two: categories only where at most half the rows with a value hold a distinct one (in titanic's 891
+# rows, Name has 891 values, Ticket 681, Cabin 147 in 204 filled rows; Sex 2, Embarked 3)
+
+
+class UnseenCategories(UserWarning):
+    """Rows holding a category value the model never trained on (read as all zeros)."""
+
+
+def is_gap(cell: str) -> bool:
+    """Whether a cell is a missing value: empty, NA, N/A, ?, NaN, ... (`onnxkit.files.MISSING_CELLS`)."""
+    return cell.strip().lower() in MISSING_CELLS or cell.strip().lower() == "nan"
+
+
+def holds_text(cells: Sequence[str]) -> bool:
+    """Whether a column's cells, missing ones aside, are not all numbers: a category column."""
+    return any(not is_gap(c) and not is_number(c) for c in cells)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The feature names a table trains on, and the text columns left out with why."""
+
+    names: list[str]
+    left_out: dict[str, str]
+
+
+def fit_columns(columns: Mapping[str, Sequence[str]]) -> Fitted:
+    """The feature names of a table of `columns` (cells by column name, in order): a column of numbers by its name;
+    a column of text as `<name>=<value>` for each distinct value (stripped), sorted; a column of too many distinct
+    texts to be categories (`MAX_CATEGORIES`, `FEW_CATEGORIES`) left out."""
+    names: list[str] = []
+    left_out: dict[str, str] = {}
+    for name, cells in columns.items():
+        if not holds_text(cells):
+            names.append(name)
+            continue
+        values = [c.strip() for c in cells if not is_gap(c)]
+        distinct = sorted(set(values))
+        if len(distinct) > MAX_CATEGORIES or len(distinct) > FEW_CATEGORIES and 2 * len(distinct) > len(values):
+            left_out[name] = f"{len(distinct)} distinct texts in {len(values)} rows"
+            continue
+        names += [f"{name}{SEPARATOR}{value}" for value in distinct]
+    return Fitted(names, left_out)
+
+
+def category_of(name: str, columns: Sequence[str]) -> tuple[str, str] | None:
+    """The (column, value) a feature `name` stands for when it is a category indicator of one of `columns` (the
+    column's name, `SEPARATOR`, the value), else None (a column of its own name is itself)."""
+    if name in columns:
+        return None
+    for i, char in enumerate(name):
+        if char == SEPARATOR and name[:i] in columns:
+            return name[:i], name[i + 1:]
+    return None
+
+
+def encodes_categories(names: Sequence[str] | None, columns: Sequence[str] | None) -> bool:
+    """Whether feature `names` (a model's) hold category indicators of `columns` (a table's)."""
+    return bool(names and columns) and any(category_of(n, columns) for n in names)  # type: ignore[union-attr,arg-type]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A table's features as float64 [rows, features], and the rows holding a category value not among them
+    (`unseen`, with the first such column and value)."""
+
+    x: np.ndarray
+    unseen: int = 0
+    example: tuple[str, str] | None = None
+
+    def warning(self, source: str) -> str | None:
+        """The line that says how many rows held an unseen value, or None."""
+        if not self.unseen:
+            return None
+        column, value = self.example  # type: ignore[misc]
+        return (f"{source}: {self.unseen} of {len(self.x)} rows hold a category the model never trained on "
+                f"({column!r}: {value!r}, say); each reads as none of that column's categories (all zeros)")
+
+
+def encode(columns: Mapping[str, Sequence[str]], names: Sequence[str], source: str,
+           lines: Sequence[int] | None = None) -> Encoded:
+    """The features `names` of a table of `columns` (cells by column name): a column by its name as numbers (a
+    missing cell NaN), a category indicator `<column>=<value>` as 1 where the column holds that value, else 0. A
+    column any name needs that the table lacks, or a text cell where numbers are read, is an error beginning with
+    `source` (and the cell's line, from `lines`: each row's in the file)."""
+    present = list(columns)
+    rows = len(next(iter(columns.values()))) if columns else 0
+    x = np.zeros((rows, len(names)), np.float64)
+    needed = {name: category_of(name, present) for name in names}
+    lacking = [n for n, c in needed.items() if c is None and n not in columns]
+    if lacking:
+        raise OnnxkitError(f"{source}: the model trained on column{'s' * (len(lacking) > 1)} "
+                           f"{', '.join(repr(n) for n in lacking[:4])}, which it lacks; give every column it trained "
+                           "on, by name")
+    known: dict[str, set[str]] = {}
+    for j, name in enumerate(names):
+        category = needed[name]
+        if category is None:
+            x[:, j] = _numbers(columns[name], name, source, lines)
+        else:
+            column, value = category
+            x[:, j] = [c.strip() == value for c in columns[column]]
+            known.setdefault(column, set()).add(value)
+    unseen = np.zeros(rows, bool)
+    example = None
+    for column, values in known.items():
+        new = np.array([not is_gap(c) and c.strip() not in values for c in columns[column]], bool)
+        if new.any() and example is None:
+            example = (column, columns[column][int(np.argmax(new))].strip())
+        unseen |= new
+    return Encoded(x, int(unseen.sum()), example)
+
+
+def _numbers(cells: Sequence[str], name: str, source: str, lines: Sequence[int] | None) -> np.ndarray:
+    """A column's cells as float64, missing ones NaN; a text cell is an error."""
+    values = np.empty(len(cells), np.float64)
+    for i, cell in enumerate(cells):
+        if is_gap(cell):
+            values[i] = np.nan
+        elif is_number(cell):
+            values[i] = float(cell)
+        else:
+            where = f"{source}:{lines[i]}" if lines is not None else f"{source}, row {i + 1}"
+            raise OnnxkitError(f"{where}: column {name!r} holds text ({cell.strip()!r}), where the model trained on "
+                               "numbers; write a number there (or leave the cell empty)")
+    return values
