@@ -22,8 +22,9 @@ from onnxkit.files import MISSING_CELLS, is_number
 SEPARATOR = "="  # between a category column's name and its value: 'color=red'
 MAX_CATEGORIES = 50  # more distinct texts than this are no categories (identifiers, names, free text)
 FEW_CATEGORIES = 10  # up to this many distinct texts are categories, however few the rows (a toy file's colors)
-# between the two: categories only where at most half the rows with a value hold a distinct one (in titanic's 891
-# rows, Name has 891 values, Ticket 681, Cabin 147 in 204 filled rows; Sex 2, Embarked 3)
+# between the two: categories only where at most half the rows with a value hold a distinct one (OpenML's titanic,
+# 1,047 training rows: name 1,046 values, ticket 773, cabin 163 in 240 filled rows, home.dest 319 in 599; sex 2,
+# embarked 3)
 
 
 class UnseenCategories(UserWarning):
