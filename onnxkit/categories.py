@@ -112,8 +112,8 @@ def encode(columns: Mapping[str, Sequence[str]], names: Sequence[str], source: s
     rows = len(next(iter(columns.values()))) if columns else 0
     x = np.zeros((rows, len(names)), np.float64)
     needed = {name: category_of(name, present) for name in names}
-    lacking = [n for n, c in needed.items() if c is None and n not in columns]
-    if lacking:
+    lacking = list(dict.fromkeys(n.split(SEPARATOR)[0] for n, c in needed.items() if c is None and n not in columns))
+    if lacking:  # a category's column by its own name ('sex', not 'sex=female')
         raise OnnxkitError(f"{source}: the model trained on column{'s' * (len(lacking) > 1)} "
                            f"{', '.join(repr(n) for n in lacking[:4])}, which it lacks; give every column it trained "
                            "on, by name")

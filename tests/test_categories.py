@@ -70,6 +70,8 @@ def test_columns_of_too_many_texts_are_left_out_and_numbers_read_as_trained():
         encode({"x": ["1", "n/a!"], "deck": ["d1", "d2"]}, fitted.names, "new.csv", lines=[6, 7])
     with pytest.raises(OnnxkitError, match=r"^new.csv: the model trained on column 'x', which it lacks"):
         encode({"deck": ["d1"]}, fitted.names, "new.csv")
+    with pytest.raises(OnnxkitError, match=r"^new.csv: the model trained on columns 'deck', 'x', which it lacks"):
+        encode({"deck_": ["d1"], "size": ["S"]}, [*fitted.names, "size=S"], "new.csv")  # named as the column
 
 
 def test_the_imputation_prefix_matches_numpy():
