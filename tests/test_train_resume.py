@@ -233,6 +233,31 @@ def test_resuming_a_finished_run_says_so_before_reading_its_data(tmp_path, monke
     assert str(refused.value) == f"the run in {run} has already finished; start a new run to train more"
 
 
+def test_a_resumed_run_says_where_it_goes_on(tmp_path, capsys):
+    # the stop said 'interrupted in epoch 3 after step 14'; the resume began with the same 'training ...' line as a
+    # new run, so whether it had picked the run up, and where, showed only in the epoch numbers that followed
+    from onnxkit import zoo
+
+    settings = dict(data="iris", epochs=4, batch_size=16, device="cpu")  # 90 training rows: 6 steps an epoch
+
+    def ctrl_c_at_step_14(record):
+        if record["event"] == "step" and record["step"] == 14:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stop:
+        fit(zoo.build_model("iris-mlp"), out_dir=run, callback=ctrl_c_at_step_14, **settings)
+    saved = json.loads(RunDirectory(run).loop_state.read_text())
+    assert (stop.value.epoch, stop.value.step) == (saved["epoch"] + 1, saved["step"]) == (3, 14)
+    capsys.readouterr()
+    fit(resume=run, quiet=False)
+    lines = capsys.readouterr().err.splitlines()
+    said = f"resuming the run in {run} in epoch 3 after step 14, from its last checkpoint"
+    assert said in lines and lines.index(said) < min(i for i, x in enumerate(lines) if x.startswith("training "))
+    epochs = [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").open()) if r["event"] == "epoch"]
+    assert epochs == [1, 2, 3, 4]  # it did go on in epoch 3
+
+
 def test_a_run_killed_after_writing_its_model_is_completed_by_resume(tmp_path):
     # a kill -9 between model.onnx and run.json's 'completed' left a run that said 'running' forever:
     # resume refused it as finished, and -o on it said to resume it

@@ -418,6 +418,9 @@ def _train(setup: Setup, resuming: bool, callbacks: list[Callback]) -> FitResult
             if records and not run.plot.is_file():  # killed before its plot was drawn
                 Plot(run.plot, records).on_train_end(trainer, "completed")
             return _finish(setup, session, trainer.state, best.best_epoch, records, info)
+        # where it goes on, as the stop said where it ended ('interrupted in epoch N after step S')
+        progress.line(f"resuming the run in {run.path} in epoch {trainer.state.epoch + 1} after step "
+                      f"{trainer.state.step}, from its last checkpoint")
     else:
         info = {"config": dataclasses.asdict(c), "versions": _versions()}
     info.update(
