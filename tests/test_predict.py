@@ -1077,8 +1077,8 @@ def test_threads_past_four_per_core_are_refused_before_a_session_makes_them(run_
     too_many = most_threads() + 1
     result = run_cli("predict", path, tmp_path / "x.npy", "--threads", too_many)
     cores = most_threads() // 4
-    assert (result.code, result.err) == (1, f"error: --threads must be at most {most_threads()} (4 per CPU core of the "
-                                            f"{cores} this process may use), got {too_many}\n")
+    assert (result.code, result.err) == (2, f"error: --threads must be at most {most_threads()} (4 per CPU core of the "
+                                            f"{cores} this process may use), got {too_many} (see onnxkit predict -h)\n")
     with pytest.raises(OnnxkitError, match=f"threads must be at most {most_threads()} "):
         runtime.load(path, threads=too_many)
     assert run_cli("predict", path, tmp_path / "x.npy", "--threads", most_threads()).code == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -130,6 +131,11 @@ def test_one_range_check_for_a_shared_option(command, run_cli):
     result = run_cli(*command, "--threads", "0")
     assert result.code == 2
     assert result.err == f"error: --threads must be at least 1, got 0 (see onnxkit {command[0]} -h)\n"
+    cores = len(os.sched_getaffinity(0))  # and at most 4 a core, as the command line is read (it was exit 1, later)
+    result = run_cli(*command, "--threads", 4 * cores + 1)
+    assert (result.code, result.err) == (2, f"error: --threads must be at most {4 * cores} (4 per CPU core of the "
+                                            f"{cores} this process may use), got {4 * cores + 1} (see onnxkit "
+                                            f"{command[0]} -h)\n")
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [

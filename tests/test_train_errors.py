@@ -64,6 +64,30 @@ def test_cuda_without_the_gpu_package_is_a_clear_error(run_cli, cnn, tmp_path):
     assert json.loads((done.run_dir / "run.json").read_text())["device"] == "cpu"
 
 
+def test_too_many_threads_are_refused_before_the_data_is_read(run_cli, cnn, tmp_path, monkeypatch):
+    # --threads 100 passed the command line and was refused by the session, after the data was read and tokenized
+    # and the training graphs built (6.6 s for the pretrained MiniLM on bbc-news, below the 'training with ...' line),
+    # in exit status 1 where --threads 0 was a malformed command line (2)
+    from onnxkit.runtime.session import THREADS_PER_CORE, most_threads
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(sys.modules["onnxkit.train.fit"], "load_dataset", no_data)
+    most, run = most_threads(), tmp_path / "run"
+    cores = len(os.sched_getaffinity(0))
+    assert most == THREADS_PER_CORE * cores == 4 * cores
+    result = run_cli("train", cnn, "digits-images", "--threads", most + 1, "-o", run)
+    assert (result.code, result.out, result.err) == (
+        2, "", f"error: --threads must be at most {4 * cores} (4 per CPU core of the {cores} this process may use), "
+               f"got {most + 1} (see onnxkit train -h)\n")
+    with pytest.raises(OnnxkitError, match=rf"^threads must be at most {4 * cores} \(4 per CPU core"):
+        fit(cnn, "digits-images", run, threads=most + 1)
+    assert not run.exists()
+    monkeypatch.undo()
+    assert fit(cnn, "digits-images", run, threads=most, epochs=1).model_path.is_file()  # the limit itself trains
+
+
 def test_data_that_does_not_fit_the_model(run_cli, cnn, tmp_path):
     run = tmp_path / "run"
     refused(run_cli("train", cnn, "--data", "digits", "-o", run),

@@ -43,7 +43,23 @@ class Number(click.ParamType):
         return number
 
 
-COUNT = Number(int, 1)  # epochs, steps, batch sizes, threads, ranks
+class Threads(Number):
+    """A count of intra-op threads: at least 1, and at most the 4 per core that a session takes (checked as the
+    command line is read: a session refused it only after the data was read and the graphs were built)."""
+
+    def __init__(self) -> None:
+        super().__init__(int, 1)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from onnxkit.runtime.session import too_many_threads
+
+        number = super().convert(value, param, ctx)
+        if reason := too_many_threads(number):
+            self.fail(reason, param, ctx)
+        return number
+
+
+COUNT = Number(int, 1)  # epochs, steps, batch sizes, ranks
 NON_NEGATIVE_INT = Number(int, 0)
 POSITIVE = Number(float, 0, open_low=True)  # learning rate, clipping norm, sizes in MB
 NON_NEGATIVE = Number(float, 0)  # weight decay, momentum, warm-up, delays
@@ -71,7 +87,7 @@ def device() -> Decorator:
 
 
 def threads(help: str = "Intra-op CPU threads (default: one per core).") -> Decorator:
-    return click.option("--threads", type=COUNT, help=help)
+    return click.option("--threads", type=Threads(), help=help)
 
 
 def batch_size(default: int, help: str = "Rows per model run.") -> Decorator:

@@ -118,6 +118,28 @@ def most_threads() -> int:
     return THREADS_PER_CORE * cores
 
 
+def too_many_threads(threads: int) -> str | None:
+    """Why `threads` intra-op threads are too many ('must be at most 8 (4 per CPU core of the 2 this process may
+    use), got 9'), or None."""
+    most = most_threads()
+    if threads <= most:
+        return None
+    return f"must be at most {most} ({THREADS_PER_CORE} per CPU core of the {most // THREADS_PER_CORE} this process " \
+           f"may use), got {threads}"
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count a session cannot take (None: onnxruntime's default, one per core)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"threads must be an integer, got {threads!r}")  # not onnxruntime's 'incompatible arguments'
+    if threads < 1:
+        raise OnnxkitError(f"threads must be 1 or more, got {threads}")
+    if reason := too_many_threads(threads):
+        raise OnnxkitError(f"threads {reason}", params=["threads"])
+
+
 def session_options(threads: int | None, optimization: str, spin: bool = True) -> ort.SessionOptions:
     """SessionOptions with the intra-op threads, graph optimisation level and spin-waiting set.
 
@@ -126,13 +148,7 @@ def session_options(threads: int | None, optimization: str, spin: bool = True) -
     """
     if optimization not in OPTIMIZATION_LEVELS:
         raise OnnxkitError(f"unknown optimization level {optimization!r}; use one of {', '.join(OPTIMIZATION_LEVELS)}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)):
-        raise TypeError(f"threads must be an integer, got {threads!r}")  # not onnxruntime's 'incompatible arguments'
-    if threads is not None and threads < 1:
-        raise OnnxkitError(f"threads must be 1 or more, got {threads}")
-    if threads is not None and threads > (most := most_threads()):
-        raise OnnxkitError(f"threads must be at most {most} ({THREADS_PER_CORE} per CPU core of the "
-                           f"{most // THREADS_PER_CORE} this process may use), got {threads}", params=["threads"])
+    check_threads(threads)
     options = ort.SessionOptions()
     options.graph_optimization_level = {
         "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

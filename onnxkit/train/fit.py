@@ -56,6 +56,7 @@ from onnxkit.metadata_keys import (
     TASK_KEY,
     TRAINING_KEY,
 )
+from onnxkit.runtime.session import check_threads
 from onnxkit.signals import handled, held_back
 from onnxkit.train import distributed
 from onnxkit.train.arguments import (
@@ -209,6 +210,7 @@ def fit(
     if resume is not None:
         _refuse_settings_on_resume(locals())
     check_seeds(seed=seed, data_seed=data_seed)
+    check_threads(threads)  # a session refused too many only after the data was read and the graphs were built
     data = from_arrays(data, seed=data_seed)  # data=(X, y): a Dataset of those arrays
     check_arguments(model, data, out_dir, optimizer, callback, callbacks, freeze, train_only)
     check_flags(shuffle=shuffle, dropout=dropout, keep_best=keep_best, evaluate_test=evaluate_test,
