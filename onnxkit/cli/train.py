@@ -155,6 +155,9 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
                                click.get_current_context())
     if model and not options["data"] and _is_data(model):  # data alone: a model is built for it
         model, options["data"] = None, model
+    if model and options["data"] and options["data"].lower().endswith(".onnx") and _is_data(model):
+        raise click.UsageError(f"{model} is the data and {options['data']} the model: give the model first (onnxkit "
+                               f"train {options['data']} {model})", click.get_current_context())
     if not resume and not options["data"]:
         missing = f"{model}: no such file, folder or dataset; " if model and not Path(model).exists() else ""
         raise click.UsageError(f"{missing}give DATA, with MODEL.onnx before it or not (a model is then built for the "
