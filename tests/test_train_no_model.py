@@ -217,8 +217,8 @@ def test_lora_with_data_alone_is_refused_before_anything_is_built(run_cli, tmp_p
 
 
 def test_data_given_before_the_model_is_told_to_swap_them(run_cli, tmp_path, wine_csv, monkeypatch):
-    # `onnxkit train digits-images digits.onnx` said "digits-images: no such file; pass the path of an .onnx model",
-    # an image folder first "a folder, not a model (it holds no .onnx file)": neither said the model goes first
+    # `onnxkit train digits-images digits.onnx` (and eval) said "digits-images: no such file; pass the path of an .onnx
+    # model", an image folder first "a folder, not a model (it holds no .onnx file)": neither said the model goes first
     from PIL import Image
 
     monkeypatch.chdir(tmp_path)
@@ -227,11 +227,12 @@ def test_data_given_before_the_model_is_told_to_swap_them(run_cli, tmp_path, win
         (tmp_path / "photos" / name).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "photos" / name / "0.png")
     for data in ("digits-images", "wine.csv", "photos"):
-        for given in (["train", data, "digits.onnx"], ["train", data, "--data", "digits.onnx"]):
-            result = run_cli(*given)
+        for command, *rest in (["train", data, "digits.onnx"], ["train", data, "--data", "digits.onnx"],
+                               ["eval", data, "digits.onnx"]):
+            result = run_cli(command, *rest)
             assert (result.code, result.err) == (2, f"error: {data} is the data and digits.onnx the model: give the "
-                                                    f"model first (onnxkit train digits.onnx {data}) (see onnxkit "
-                                                    "train -h)\n")
+                                                    f"model first (onnxkit {command} digits.onnx {data}) (see "
+                                                    f"onnxkit {command} -h)\n")
     assert not (tmp_path / "runs").exists()
     done = run_cli("train", "digits.onnx", "digits-images", "--epochs", "1", "--quiet")  # the order it says
     assert done.code == 0 and (tmp_path / "runs" / "digits" / "model.onnx").is_file()

@@ -155,9 +155,7 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
                                click.get_current_context())
     if model and not options["data"] and _is_data(model):  # data alone: a model is built for it
         model, options["data"] = None, model
-    if model and options["data"] and options["data"].lower().endswith(".onnx") and _is_data(model):
-        raise click.UsageError(f"{model} is the data and {options['data']} the model: give the model first (onnxkit "
-                               f"train {options['data']} {model})", click.get_current_context())
+    _model_first("train", model, options["data"])
     if not resume and not options["data"]:
         missing = f"{model}: no such file, folder or dataset; " if model and not Path(model).exists() else ""
         raise click.UsageError(f"{missing}give DATA, with MODEL.onnx before it or not (a model is then built for the "
@@ -250,6 +248,14 @@ def _is_data(argument: str) -> bool:
     path = Path(argument)
     images = path.is_dir() and not (path / "run.json").exists() and not any(path.glob("*.onnx"))
     return path.suffix.lower() in READERS or images or argument in datasets()
+
+
+def _model_first(command: str, model: str | None, data: str | None) -> None:
+    """A usage error for the data given first and the model after it (`onnxkit train digits-images digits.onnx`: it
+    said 'digits-images: no such file; pass the path of an .onnx model')."""
+    if model and data and data.lower().endswith(".onnx") and _is_data(model):
+        raise click.UsageError(f"{model} is the data and {data} the model: give the model first (onnxkit {command} "
+                               f"{data} {model})", click.get_current_context())
 
 
 def _new_run_folder(stem: str) -> str:
@@ -361,6 +367,7 @@ def eval_cmd(
     from onnxkit.runtime.session import parse_device, providers_for
 
     data = opt.given_data(data_argument, data)
+    _model_first("eval", model, data)
     proto = load_model(model)
     chosen, data, seed = named_split(proto, split, data, data_seed, label=label)
     if warning := sklearn_scale_warning(data, proto):
