@@ -113,6 +113,21 @@ def test_data_that_does_not_fit_the_model(run_cli, cnn, tmp_path):
             "number, but one is 1.5", run)
 
 
+def test_a_bad_model_file_is_named_as_given_as_every_command_names_it(run_cli, tmp_path, monkeypatch):
+    # train named it by its absolute path (error: /home/me/work/digit.onnx: no such file; ...) where eval, predict and
+    # quantize said digit.onnx
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.onnx").write_text("not a model\n")
+    for name, what in (("digit.onnx", "no such file; pass the path of an .onnx model"),
+                       ("notes.onnx", "a text file, not an ONNX model; pass the .onnx file itself")):
+        line = f"error: {name}: {what}\n"
+        assert run_cli("train", name, "digits-images", "-o", "run").err == line
+        assert run_cli("eval", name, "digits-images").err == line  # as the other commands say it
+        with pytest.raises(OnnxkitError, match=f"^{name}: "):
+            fit(name, "digits-images", "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_files_and_run_folders(run_cli, cnn, tmp_path):
     run = tmp_path / "run"
     broken = tmp_path / "broken.onnx"

@@ -251,8 +251,9 @@ def fit(
             proto, model_path = model, None
             check_fits_protobuf(proto, "the model", "train")
         else:
-            model_path = model_location(Path(os.path.abspath(model)))  # a link kept where its weights are beside it
-            proto, fingerprint, _ = load_fingerprinted(model_path)
+            given = model_location(Path(model))  # a link kept where its weights are beside it
+            proto, fingerprint, _ = load_fingerprinted(given)  # its errors name the model as given
+            model_path = Path(os.path.abspath(given))  # run.json's: eval and resume find it from any folder
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
         dataset = (in_model_order(in_trained_columns(data, proto), proto) if isinstance(data, Dataset)
