@@ -344,7 +344,8 @@ def test_predict_given_a_file_name_or_none_says_what_to_pass(tmp_path):
     with pytest.raises(OnnxkitError, match=r"^input 'x' expects float32 values, got object holding None: give a "
                                            r"number for each value \(NaN for a missing one\)$"):
         model.predict([[1.0, None, 2.0, 3.0]])
-    with pytest.raises(OnnxkitError, match=r"^input 'x' expects float32 values, got <U1$"):
+    with pytest.raises(OnnxkitError, match=r"^input 'x' expects float32 values, got <U1 \(text such as 'a'\): give "
+                                           r"numbers, or the model that reads this text$"):
         model.predict([["a", "b", "c", "d"]])
     assert model.predict([[1.0, np.nan, 2.0, 3.0]])["logits"].shape == (1, 3)
 

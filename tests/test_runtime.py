@@ -251,6 +251,10 @@ def test_two_int64_inputs_and_symbolic_dims():
         ("mlp", {"xx": np.zeros((1, 4))}, r"Did you mean: x\?"),
         ("mlp", np.zeros(4), r"needs 2 dimension\(s\) \[batch, 4\], got shape \(4,\); for one example pass x\[None\]"),
         ("mlp", np.zeros((2, 5)), r"dimension 1 must be 4, got shape \(2, 5\)"),
+        # flat rows of an image's size: it said only "needs 4 dimension(s) [batch, 1, 8, 8], got shape (3, 64)"
+        ("cnn", np.zeros((3, 64)), r"got shape \(3, 64\); each row holds 64 values, as the input's: "
+                                   r"x\.reshape\(len\(x\), 1, 8, 8\)$"),
+        ("cnn", np.zeros((1, 8, 8)), r"got shape \(1, 8, 8\); for one example pass x\[None\] or \[x\]$"),
         ("mlp", [[1, 2, 3, 4], [1, 2]], r"cannot make an array .* equally long nested lists"),
         ("mlp", np.array([["a", "b", "c", "d"]]), r"expects float32 values, got <U1"),
         (
@@ -264,7 +268,7 @@ def test_two_int64_inputs_and_symbolic_dims():
     ],
 )
 def test_bad_inputs_get_one_clear_error(model, value, message):
-    proto = {"mlp": mlp, "sum": masked_sum, "fixed": fixed_relu}[model]()
+    proto = {"mlp": mlp, "sum": masked_sum, "fixed": fixed_relu, "cnn": lambda: zoo.build_model("digits-cnn")}[model]()
     with pytest.raises(OnnxkitError, match=message):
         runtime.load(proto.SerializeToString()).predict(value)
 

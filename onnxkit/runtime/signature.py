@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -116,6 +117,8 @@ def _text_hint(value: Any, array: np.ndarray) -> str:
                 "pandas.read_csv), or run `onnxkit predict MODEL FILE`")
     if array.dtype.kind == "O" and any(v is None for v in array.flat):
         return " holding None: give a number for each value (NaN for a missing one)"
+    if array.dtype.kind in "US" and array.size:  # an array of text where numbers go
+        return f" (text such as {str(array.flat[0])!r}): give numbers, or the model that reads this text"
     return ""
 
 
@@ -179,6 +182,11 @@ def _check_shape(spec: TensorSpec, array: np.ndarray, sizes: dict[str, tuple[int
         return
     if array.ndim != len(spec.shape):
         one = "; for one example pass x[None] or [x]" if array.ndim + 1 == len(spec.shape) else ""
+        example = spec.shape[1:]
+        if array.ndim >= 1 and all(isinstance(d, int) for d in example) and tuple(array.shape) != tuple(example) \
+                and math.prod(array.shape[1:]) == math.prod(example):  # rows of the right size, laid out flat
+            one = f"; each row holds {math.prod(example)} values, as the input's: x.reshape(len(x), " \
+                  f"{', '.join(map(str, example))})"
         raise OnnxkitError(
             f"input {spec.name!r} needs {len(spec.shape)} dimension(s) {spec.dims()}, "
             f"got shape {tuple(array.shape)}{one}"
