@@ -336,6 +336,7 @@ def read_csv_text(path: str | os.PathLike) -> str:
 
 CSV_DELIMITERS = ",;\t|"
 TABLE_SUFFIXES = (".csv", ".tsv")  # files of rows and delimited cells: a .tsv's are tabs
+COLUMN_FILES = (*TABLE_SUFFIXES, ".parquet")  # tables of named columns: train reads a Parquet one as a CSV
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # read with Pillow, any case
 MISSING_CELLS = frozenset({"", "na", "n/a", "#n/a", "<na>", "null", "none", "?",  # spreadsheets' and pandas' gaps,
                            "#div/0!", "#value!", "#ref!", "#name?", "#num!", "#null!"})  # and formulas' errors (Excel)
@@ -772,3 +773,23 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
         if file.stat().st_size < end:
             raise OnnxkitError(f"{path}: its weights file {info.location} is cut short ({file.stat().st_size:,} "
                                f"bytes; weight {tensor.name!r} needs {end:,}); copy that file again in full")
+
+
+def parquet_table(path: Path) -> Any:
+    """A Parquet file's pyarrow Table (pyarrow imported here: the `ray` extra brings it); one error line when
+    pyarrow is missing or the file is no Parquet."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise OnnxkitError(f"{path}: reading Parquet needs pyarrow; pip install pyarrow, or save the table as "
+                           ".csv") from None
+    try:
+        return pyarrow.parquet.read_table(path)
+    except (OSError, pyarrow.ArrowException) as e:
+        raise OnnxkitError(f"{path}: cannot read it as Parquet ({e}); check the file") from e
+
+
+def column_cells(values: list[Any]) -> list[str]:
+    """A table column's values (pyarrow's `to_pylist`) as a CSV's cells: a null empty, a bool 1 or 0, else its text."""
+    return ["" if v is None else str(int(v)) if isinstance(v, bool) else str(v) for v in values]

@@ -203,7 +203,8 @@ def test_npz_files_with_named_arrays_or_x_y(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(OnnxkitError, match=r"broken.npz: text, not an .npz file \(numpy.savez writes one\)"):
         load_dataset(tmp_path / "broken.npz")
-    with pytest.raises(OnnxkitError, match=r"no such data file; pass a .npz, .csv or .tsv file, a folder of images"):
+    with pytest.raises(OnnxkitError, match=r"no such data file; pass a .npz, .csv, .tsv or .parquet file, a folder "
+                                           r"of images"):
         load_dataset(tmp_path / "missing.npz")
     # a folder of images mistyped was 'unknown dataset': a path is told from a dataset name
     with pytest.raises(OnnxkitError, match=f"^{tmp_path / 'photos'}/: no such file or folder; pass .* a folder of "
@@ -515,9 +516,9 @@ def test_a_file_or_folder_that_is_no_data_file_says_so(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((3, 4)))
     with pytest.raises(OnnxkitError) as npy:
         load_dataset(str(tmp_path / "x.npy"))
-    assert str(npy.value) == (f"{tmp_path / 'x.npy'}: data files are .npz, .csv or .tsv, not .npy; save the inputs "
-                              "and labels with numpy.savez(path, x=..., labels=...), or as a CSV (images go in a "
-                              "folder of class folders)")
+    assert str(npy.value) == (f"{tmp_path / 'x.npy'}: data files are .npz, .csv, .tsv or .parquet, not .npy; save "
+                              "the inputs and labels with numpy.savez(path, x=..., labels=...), or as a CSV (images go "
+                              "in a folder of class folders)")
     with pytest.raises(OnnxkitError) as folder:  # a folder is a dataset of images (tests/test_image_folders.py)
         load_dataset(str(tmp_path))
     assert str(folder.value) == (f"{tmp_path}: no images (.png .jpg .jpeg .bmp .gif .webp .tif .tiff) in it or its "
@@ -526,7 +527,8 @@ def test_a_file_or_folder_that_is_no_data_file_says_so(tmp_path):
     # a folder named like a file was 'no such data file'; gzip'd CSVs (pandas' to_csv('x.csv.gz')) were 'not .gz;
     # save ... with numpy.savez' and 'not UTF-8 text (byte 0x8b on line 1)'
     (tmp_path / "runs.csv").mkdir()
-    with pytest.raises(OnnxkitError, match=r"runs.csv: a folder, not a data file; pass a .npz, .csv or .tsv file"):
+    with pytest.raises(OnnxkitError, match=r"runs.csv: a folder, not a data file; pass a .npz, .csv, .tsv or "
+                                           r".parquet file"):
         load_dataset(tmp_path / "runs.csv")
     (tmp_path / "x.csv.gz").write_bytes(gzip.compress(b"a,label\n1,0\n"))
     (tmp_path / "gz.csv").write_bytes(gzip.compress(b"a,label\n1,0\n"))

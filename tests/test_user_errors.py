@@ -253,8 +253,8 @@ def test_build_given_an_onnx_file_says_what_build_takes(corpus, tmp_path, run_cl
 def test_data_that_is_a_device_or_a_broken_link_says_so(tmp_path, run_cli):
     # both said 'no such file or folder', of a path that is there
     (tmp_path / "data").symlink_to(tmp_path / "gone")
-    rest = ("; pass a .npz, .csv or .tsv file, a folder of class folders of images, or a dataset name (bbc-news, "
-            "breast-cancer, diabetes, digits, digits-images, iris, tweets-sentiment, wine)\n")
+    rest = ("; pass a .npz, .csv, .tsv or .parquet file, a folder of class folders of images, or a dataset name "
+            "(bbc-news, breast-cancer, diabetes, digits, digits-images, iris, tweets-sentiment, wine)\n")
     model = tmp_path / "iris.onnx"
     onnx.save(zoo.build_model("iris-mlp"), model)
     result = run_cli("eval", model, "--data", "/dev/null")

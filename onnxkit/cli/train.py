@@ -29,8 +29,8 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.command("train")
 @click.argument("model", required=False, type=click.Path())
 @opt.data("Dataset (given alone, a model is built for it): iris, digits, digits-images, wine, breast-cancer, "
-          "diabetes, bbc-news, tweets-sentiment (text: tokenized by the model's tokenizer), a .npz / .csv / .tsv "
-          "file, or a folder of class folders of images.")
+          "diabetes, bbc-news, tweets-sentiment (text: tokenized by the model's tokenizer), a .npz / .csv / .tsv / "
+          ".parquet file, or a folder of class folders of images.")
 @click.option("-o", "--out", "--output", "out_dir", type=click.Path(file_okay=False),
               help="Run folder to create (default: runs/MODEL, the model file's name, else the data's, or "
                    "runs/MODEL-2, -3, ...).")
@@ -337,7 +337,7 @@ def _lora_adapter(options: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 @click.command("eval")
 @click.argument("model", type=click.Path())
-@opt.data("Dataset name, .npz / .csv / .tsv file or folder of class folders of images (default: the one the "
+@opt.data("Dataset name, .npz / .csv / .tsv / .parquet file or folder of class folders of images (default: the one the "
           "model was trained on).")
 @click.option("--split", type=click.Choice(("train", "validation", "test", "all")), default=None,
               help="The split to score (default: test, of the data the model trained on; all of other data).")

@@ -34,11 +34,13 @@ from onnxkit.data.images import image_column, read_listed_images
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import (
+    column_cells,
     flags_as_numbers,
     is_missing,
     is_number,
     not_a_file,
     npz_arrays,
+    parquet_table,
     read_csv_rows,
     thousands_separated,
 )
@@ -68,7 +70,8 @@ def require_data_file(path: Path) -> None:
     if not path.is_file():
         what = {"a folder": "a folder, not a data file", "no such file": "no such data file"}.get(
             why := not_a_file(path), why)
-        raise OnnxkitError(f"{path}: {what}; pass a .npz, .csv or .tsv file, a folder of images or a dataset name")
+        raise OnnxkitError(f"{path}: {what}; pass a .npz, .csv, .tsv or .parquet file, a folder of images or a "
+                           "dataset name")
 
 
 def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Dataset:
@@ -121,7 +124,31 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     header = csv_header(rows[0], rows[1] if len(rows) > 1 else ())
     body, lines = (rows[1:], [n for n, _ in numbered[1:]]) if header else (rows, [n for n, _ in numbered])
     header, body = without_index(header, body)
-    width = len(header or rows[0])
+    return _read_table(path, header, body, lines, seed=seed, validation=validation, test=test, tokenizer=tokenizer,
+                       max_length=max_length, label=label, inputs=inputs, columns=columns)
+
+
+def read_parquet(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,
+                 tokenizer: str | None = None, max_length: int | None = None, label: str | None = None,
+                 inputs: Sequence[Any] = (), columns: Sequence[str] | None = None) -> Dataset:
+    """A dataset from a Parquet table (pandas' `to_parquet`), read as the CSV of its columns is (`read_csv`): each
+    value as its text, a null as a missing cell, pandas' stored index left out; errors name a row by its number."""
+    require_data_file(path)
+    table = parquet_table(path)
+    kept = [name for name in table.column_names if not name.startswith("__index_level_")]
+    cells = [column_cells(table.column(name).to_pylist()) for name in kept]
+    body = [list(row) for row in zip(*cells, strict=True)]
+    if not body:
+        raise OnnxkitError(f"{path}: no rows; it needs feature columns, a label column and a row")
+    return _read_table(path, kept, body, list(range(1, len(body) + 1)), seed=seed, validation=validation, test=test,
+                       tokenizer=tokenizer, max_length=max_length, label=label, inputs=inputs, columns=columns)
+
+
+def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]], lines: list[int], *, seed: int,
+                validation: float, test: float, tokenizer: str | None, max_length: int | None, label: str | None,
+                inputs: Sequence[Any], columns: Sequence[str] | None) -> Dataset:
+    """A table's rows (`body`, with their `lines` in the file, below its `header`) as `read_csv` reads them."""
+    width = len(header or body[0]) if body else 0
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
     named = label_column(header, str(path)) if label is None else _column_headed(path, header, label)
@@ -445,4 +472,5 @@ def _copied_texts(path: Path, dataset: Dataset, column: str) -> tuple[str, ...]:
             f"for an honest score (pandas: df.drop_duplicates({column!r}))",)
 
 
-READERS: dict[str, Callable[..., Dataset]] = {".npz": read_npz, ".csv": read_csv, ".tsv": read_csv}
+READERS: dict[str, Callable[..., Dataset]] = {".npz": read_npz, ".csv": read_csv, ".tsv": read_csv,
+                                              ".parquet": read_parquet}

@@ -24,7 +24,7 @@ import numpy as np
 
 from onnxkit.data.split import Dataset, Split, check_seed, model_inputs
 from onnxkit.errors import OnnxkitError, first_few, suggest
-from onnxkit.files import TABLE_SUFFIXES, not_a_file, sha256
+from onnxkit.files import COLUMN_FILES, not_a_file, sha256
 from onnxkit.label_columns import in_trained_order, trained_columns
 from onnxkit.metadata import metadata, training_summary
 from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
@@ -98,16 +98,16 @@ def load_dataset(
     split_args = {"seed": seed, "validation": validation, "test": test}
     suffix = Path(text).suffix.lower()
     label = options.pop("label", None)
-    if label is not None and suffix not in TABLE_SUFFIXES:
+    if label is not None and suffix not in COLUMN_FILES:
         raise OnnxkitError(f"label={label!r} names a column of a CSV; {text} is no CSV (an .npz keeps its labels in "
                            "its labels or y array, a named dataset its own)")
     if suffix in formats.READERS:
-        if suffix in TABLE_SUFFIXES and model is not None:  # a CSV of texts is tokenized as the model's inputs are
+        if suffix in COLUMN_FILES and model is not None:  # a CSV of texts is tokenized as the model's inputs are
             from onnxkit.data.text import tokenizer_options
 
             options = {**tokenizer_options(model), **options}
-        trained = trained_label(model) if label is None and suffix in TABLE_SUFFIXES else None
-        if suffix in TABLE_SUFFIXES:
+        trained = trained_label(model) if label is None and suffix in COLUMN_FILES else None
+        if suffix in COLUMN_FILES:
             options["label"] = label if label is not None else trained
             if model is not None:  # columns named as its inputs are read as them; its categories by their names
                 from onnxkit.data.split import model_inputs
@@ -122,7 +122,7 @@ def load_dataset(
                 raise
             raise OnnxkitError(f"{e}; the model was trained on a column {trained!r}: name this file's label column "
                                "with label=COLUMN") from e
-        if suffix in TABLE_SUFFIXES and model is not None:
+        if suffix in COLUMN_FILES and model is not None:
             dataset = formats.csv_for_model(dataset, model)
         return in_model_order(_padded_as_trained(dataset, model), model)
     entries = datasets()
@@ -134,12 +134,13 @@ def load_dataset(
     if text not in entries and Path(text).is_file() and suffix == ".gz":
         raise OnnxkitError(f"{text}: a compressed file; decompress it first (gunzip -k {text}), then pass the .csv")
     if text not in entries and Path(text).is_file():  # an .npy, .json, .txt: it was called an unknown dataset
-        raise OnnxkitError(f"{text}: data files are .npz, .csv or .tsv, not {suffix or 'a file without a suffix'}; "
+        raise OnnxkitError(f"{text}: data files are .npz, .csv, .tsv or .parquet, not "
+                           f"{suffix or 'a file without a suffix'}; "
                            "save the inputs and labels with numpy.savez(path, x=..., labels=...), or as a CSV (images "
                            "go in a folder of class folders)")
     if text not in entries and ("/" in text or os.sep in text):  # a path to nothing (a mistyped folder), a device
         why = "no such file or folder" if not os.path.lexists(text) else not_a_file(Path(text))
-        raise OnnxkitError(f"{text}: {why}; pass a .npz, .csv or .tsv file, a folder of class "
+        raise OnnxkitError(f"{text}: {why}; pass a .npz, .csv, .tsv or .parquet file, a folder of class "
                            f"folders of images, or a dataset name ({', '.join(entries)})")
     if text not in entries:
         raise OnnxkitError(

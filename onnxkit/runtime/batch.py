@@ -35,7 +35,7 @@ import numpy as np
 
 from onnxkit.categories import UnseenCategories, encode, encodes_categories
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import missing_model
+from onnxkit.files import column_cells, missing_model, parquet_table
 from onnxkit.label_columns import TEXT_COLUMN, trained_columns
 from onnxkit.runtime.datafiles import INPUT_SUFFIXES as FILE_SUFFIXES
 from onnxkit.runtime.datafiles import (
@@ -157,7 +157,7 @@ def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
         raise OnnxkitError(f"{path}: text needs a model that carries a tokenizer; model {model.name!r} has none")
     if suffix != ".parquet":
         return read_inputs(path, model)
-    table = _parquet(path)
+    table = parquet_table(path)
     if table.num_rows == 0:
         raise OnnxkitError(f"{path}: no rows; give at least one example")
     names = [spec.name for spec in model.inputs]
@@ -165,8 +165,7 @@ def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
         return {names[0]: _column(table.column(0))}
     trained = trained_columns(model.metadata)  # the CSV columns it trained on: its features, by name, as a CSV's
     if len(names) == 1 and encodes_categories(trained, table.column_names):  # its categories, encoded by name
-        cells = {name: ["" if v is None else str(v) for v in table.column(name).to_pylist()]
-                 for name in table.column_names}
+        cells = {name: column_cells(table.column(name).to_pylist()) for name in table.column_names}
         encoded = encode(cells, trained, str(path))  # type: ignore[arg-type]
         if encoded.unseen:
             warnings.warn(encoded.warning(str(path)), UnseenCategories, stacklevel=2)
@@ -184,24 +183,10 @@ def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
 def _read_texts(path: Path) -> list[str]:
     if path.suffix.lower() != ".parquet":
         return read_texts(path)
-    table = _parquet(path)
+    table = parquet_table(path)
     if TEXT_COLUMN not in table.column_names:
         raise OnnxkitError(f"{path}: a Parquet file of texts needs a 'text' column")
     return [str(t) for t in table.column(TEXT_COLUMN).to_pylist()]
-
-
-def _parquet(path: Path) -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise OnnxkitError(f"{path}: reading Parquet needs pyarrow; pip install pyarrow, or save the table as "
-                           ".csv") from None
-
-    try:
-        return pyarrow.parquet.read_table(path)
-    except (OSError, pyarrow.ArrowException) as e:
-        raise OnnxkitError(f"{path}: cannot read it as Parquet ({e}); check the file") from e
 
 
 def _column(column: Any) -> np.ndarray:

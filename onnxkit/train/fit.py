@@ -39,7 +39,7 @@ from onnxkit.evaluate import (
     shown_metric,
 )
 from onnxkit.files import (
-    TABLE_SUFFIXES,
+    COLUMN_FILES,
     DiskError,
     check_fits_protobuf,
     model_location,
@@ -259,7 +259,7 @@ def fit(
         dataset = (in_model_order(in_trained_columns(data, proto), proto) if isinstance(data, Dataset)
                    else in_model_order(read, proto) if made  # as read for the model built for it
                    else load_dataset(data, seed=data_seed, model=proto, label=label))
-        if label is None and Path(str(data)).suffix.lower() in TABLE_SUFFIXES:  # a model fit to a named column
+        if label is None and Path(str(data)).suffix.lower() in COLUMN_FILES:  # a model fit to a named column
             label = trained_label(proto)  # went on reading it (load_dataset's default): recorded for eval
         if batch_size is None:  # a model that fixes its batch size trains at that size
             batch_size = fixed_batch_size(model_inputs(proto))

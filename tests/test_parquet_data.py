@@ -1,0 +1,52 @@
+"""A Parquet table (pandas' to_parquet) is training data read as the CSV of its columns is: numbers, categories,
+nulls as missing values, the label column by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxkit.data import load_dataset
+from onnxkit.errors import OnnxkitError
+from onnxkit.train import fit
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+
+@pytest.fixture
+def frame():
+    rng = np.random.default_rng(3)
+    n = 90
+    df = pd.DataFrame({"width": rng.normal(5, 2, n), "count": rng.integers(0, 9, n),
+                       "colour": rng.choice(["red", "green", "blue"], n), "flag": rng.random(n) > 0.5})
+    df.loc[::11, "width"] = None
+    df["kind"] = np.where(df["colour"] == "red", "a", np.where(df["count"] > 4, "b", "c"))
+    return df
+
+
+def test_a_parquet_table_reads_as_its_csv(frame, tmp_path):
+    frame.to_parquet(tmp_path / "t.parquet")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    a, b = (load_dataset(tmp_path / f"t.{s}", label="kind") for s in ("parquet", "csv"))
+    assert a.columns == b.columns and "colour=red" in a.columns and a.label_names == ["a", "b", "c"]
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(a.split(split).inputs["x"], b.split(split).inputs["x"])
+        np.testing.assert_array_equal(a.split(split).labels, b.split(split).labels)
+    assert np.isnan(a.train.inputs["x"]).any()  # the nulls, filled inside the model when it trains
+
+
+def test_train_eval_and_predict_a_parquet_table(frame, tmp_path, run_cli):
+    frame.set_axis(range(100, 190)).to_parquet(tmp_path / "t.parquet")  # an index pandas stores as a column
+    result = fit(None, tmp_path / "t.parquet", tmp_path / "run", label="kind", epochs=40, lr=1e-2)
+    assert result.metrics["test"]["accuracy"] > 0.8
+    scored = run_cli("eval", result.model_path)
+    assert scored.code == 0 and scored.out.startswith(f"{tmp_path / 't.parquet'} test split (18 examples)")
+    predicted = run_cli("predict", result.model_path, tmp_path / "t.parquet", "-o", tmp_path / "p.npz")
+    assert predicted.code == 0, predicted.err
+
+
+def test_a_file_that_is_no_parquet_is_one_line(tmp_path):
+    (tmp_path / "t.parquet").write_text("a,b\n1,2\n")
+    with pytest.raises(OnnxkitError, match=r"t\.parquet: cannot read it as Parquet \(.*\); check the file$"):
+        load_dataset(tmp_path / "t.parquet")
