@@ -117,6 +117,10 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, run_cl
     assert result.err == ("error: --max-drop needs --eval to measure the accuracy drop on: a dataset name such as "
                           "digits, or an .npz/.csv file of model inputs and labels (the model names no training data "
                           "of its own)\n")
+    onnx.save(zoo.build_model("digits-cnn"), tmp_path / "cnn.onnx")  # a model of images: an example of images
+    result = run_cli("quantize", tmp_path / "cnn.onnx", "-o", tmp_path / "q.onnx", "--mode", "auto")
+    assert result.err.startswith("error: --mode auto compares candidates by accuracy: pass --eval, a dataset name such "
+                                 "as digits-images, or ")
     with pytest.raises(OnnxkitError, match="^freeze 'nope' matches no parameter"):
         from onnxkit.train import fit
 

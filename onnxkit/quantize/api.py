@@ -163,7 +163,9 @@ def quantize(
     profile = analysis.profile(original)
     if mode in ("static", "auto") and not any(profile.weighted.values()):  # before asking for data it would not use
         raise OnnxkitError(nothing_message(original, mode), params=["mode", "exclude"])
-    _check_evaluation(mode, eval_data, max_drop, missing)
+    weights = {t.name for t in original.graph.initializer}  # old exporters list them as inputs too
+    _check_evaluation(mode, eval_data, max_drop, missing, images=any(
+        len(i.type.tensor_type.shape.dim) == 4 for i in original.graph.input if i.name not in weights))
     _check_not_data({"output": output, "report_path": report_path}, {"calib": calib, "eval_data": eval_data})
     if output is not None and (held := irreplaceable(output)):
         raise OnnxkitError(f"output {output} holds {held}, which the quantized model would replace; write it to "
@@ -561,11 +563,14 @@ def _check_data(calib: Any, eval_data: Any) -> None:
                         f"and labels, not {type(eval_data).__name__}")
 
 
-def _check_evaluation(mode: str | None, eval_data: Any, max_drop: float | None, missing: str | None) -> None:
-    """max_drop and mode auto need data to score the models on: eval_data, or the data a trained model names."""
+def _check_evaluation(mode: str | None, eval_data: Any, max_drop: float | None, missing: str | None, *,
+                      images: bool) -> None:
+    """max_drop and mode auto need data to score the models on: eval_data, or the data a trained model names (a
+    built-in example that fits: digits-images for a model of images)."""
     if eval_data is not None:
         return
-    data = ("a dataset name such as digits, or an .npz/.csv file of model inputs and labels "
+    data = (f"a dataset name such as {'digits-images' if images else 'digits'}, or an .npz/.csv file of model inputs "
+            "and labels "
             f"({missing or 'the model names no training data of its own'})")
     if max_drop is not None:
         raise OnnxkitError(f"max_drop needs eval_data to measure the accuracy drop on: {data}",
