@@ -332,3 +332,15 @@ def test_a_model_trained_on_a_named_column_fine_tunes_on_other_data_and_says_whe
                            "with --label COLUMN\n")
     assert run_cli("eval", trained, "--data", tmp_path / "other.csv", "--label", "label").code == 0
     assert evaluate(trained, data=str(tmp_path / "other.csv"), label="label")["examples"] == 90
+
+
+@pytest.mark.parametrize(("given", "meant"), [
+    ("--lr-rate", "'--lr'"),  # click offered --last, --lora-rank and --lr-decay
+    ("--learning-rate", "'--lr' (what --learning-rate is called here)"),  # click offered nothing
+    ("--num_epochs", "'--epochs' (what --num_epochs is called here)"),
+    ("--per-device-train-batch-size", "'--batch-size' (what --per-device-train-batch-size is called here)"),
+])
+def test_an_option_named_as_elsewhere_is_told_its_name_here(run_cli, given, meant):
+    result = run_cli("train", given, "3", "digits-images")
+    assert result.code == 2
+    assert result.err == f"error: No such option '{given}'. Did you mean {meant}? (see onnxkit train -h)\n"

@@ -195,7 +195,26 @@ def click_message(e: click.ClickException) -> str:
     if type(e) is click.BadParameter and isinstance(e.param, click.Option):
         sep = ": " if e.message[:1].isupper() else " "  # click's own messages are sentences
         text = f"{max(e.param.opts, key=len)}{sep}{e.message}"
+    elif isinstance(e, click.NoSuchOption) and (named := _named_otherwise(e.option_name, e.ctx)):
+        text = f"No such option {e.option_name!r}. Did you mean {named}?"
     else:
         text = " ".join(e.format_message().split())
     ctx = getattr(e, "ctx", None)
     return f"{text} (see {ctx.command_path} -h)" if ctx is not None else text
+
+
+def _named_otherwise(given: str, ctx: click.Context | None) -> str | None:
+    """The command's option a mistaken one stands for, where click's guess misses it: another library's name for it
+    (--learning-rate, --num-epochs: `train.arguments.OTHER_NAMES`), or an option it begins with (--lr of --lr-rate,
+    where click offered --last, --lora-rank and --lr-decay)."""
+    from onnxkit.train.arguments import OTHER_NAMES
+
+    if ctx is None:
+        return None
+    options = [p for p in ctx.command.params if isinstance(p, click.Option)]
+    wanted = OTHER_NAMES.get(given.lstrip("-").replace("-", "_"))
+    named = next((p for p in options if wanted and p.name == wanted and not p.is_flag), None)
+    if named is not None:
+        return f"{max(named.opts, key=len)!r} (what {given} is called here)"
+    begins = [o for p in options for o in p.opts if o.startswith("--") and given.startswith(o + "-")]
+    return repr(max(begins, key=len)) if begins else None
