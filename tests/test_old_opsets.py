@@ -1,5 +1,7 @@
 """Models of opsets older than 13 (the ONNX Model Zoo's are 7 to 12) train converted to opset 13 by onnx's version
-converter: Upsample-9, Clip-6's and Pad-2's attributes, Dropout-7's ratio, Softmax-1."""
+converter: Upsample-9, Clip-6's and Pad-2's attributes, Dropout-7's ratio, Softmax-1; the old Zoo's forms answer
+after conversion as ONNX Runtime runs the original, where the converter alone moved Upsample's samples and could not
+convert ImageScaler."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ from onnxkit.data import load_dataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import opset
 from onnxkit.train import fit
+from onnxkit.train.old_opsets import at_training_opset
+from onnxkit.train.training_form import trainable_form
 
 
-def old_model(upsample: bool) -> onnx.ModelProto:
-    """An opset-9 CNN for digits-images written as exporters of 2019 wrote them."""
+def old_model(upsample: str | None) -> onnx.ModelProto:
+    """An opset-9 CNN for digits-images written as exporters of 2019 wrote them; `upsample`: an Upsample's mode."""
     rng = np.random.default_rng(0)
 
     def weight(name, *shape, scale=0.1):
@@ -33,7 +37,7 @@ def old_model(upsample: bool) -> onnx.ModelProto:
         helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"]),
         helper.make_node("Clip", ["bn"], ["r1"], min=0.0, max=6.0),
         helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Upsample", ["p1", "scales"], ["u1"], mode="nearest") if upsample else
+        helper.make_node("Upsample", ["p1", "scales"], ["u1"], mode=upsample) if upsample else
         helper.make_node("Identity", ["p1"], ["u1"]),
         helper.make_node("Pad", ["u1"], ["pd"], pads=[0] * 8, mode="constant", value=0.0),
         helper.make_node("Dropout", ["pd"], ["d1"], ratio=0.1),
@@ -53,7 +57,7 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"image": x})[0]
 
 
-def _trains_as_opset_13(tmp_path, upsample: bool) -> None:
+def _trains_as_opset_13(tmp_path, upsample: str | None) -> None:
     model = old_model(upsample)
     result = fit(model, "digits-images", tmp_path / "old", epochs=4, lr=3e-3)
     trained = onnx.load(result.model_path)
@@ -66,19 +70,21 @@ def _trains_as_opset_13(tmp_path, upsample: bool) -> None:
         t.CopyFrom(weights[t.name])
     x = next(iter(load_dataset("digits-images").test.inputs.values()))
     np.testing.assert_allclose(_run(trained, x), _run(model, x), rtol=1e-5, atol=1e-6)
+    if upsample == "linear":
+        return  # the converter alone samples a bilinear Upsample at half pixels (test_old_forms_answer_as_before)
     # and as training the model converted by hand does, bit for bit
     by_hand = fit(onnx.version_converter.convert_version(old_model(upsample), 13), "digits-images", tmp_path / "hand",
                   epochs=4, lr=3e-3)
     np.testing.assert_array_equal(_run(onnx.load(by_hand.model_path), x), _run(trained, x))
 
 
-def test_an_opset_9_model_with_upsample_trains_converted(tmp_path):
-    _trains_as_opset_13(tmp_path, upsample=True)  # ORT-training has no Resize gradient
+def test_an_opset_9_model_with_a_bilinear_upsample_trains_converted(tmp_path):
+    _trains_as_opset_13(tmp_path, upsample="linear")  # ORT-training has no Resize gradient
 
 
 @pytest.mark.training
 def test_an_opset_9_model_trains_converted_on_either_backend(tmp_path):
-    _trains_as_opset_13(tmp_path, upsample=False)
+    _trains_as_opset_13(tmp_path, upsample=None)
 
 
 def test_a_model_the_converter_cannot_convert_is_one_line(tmp_path, monkeypatch):
@@ -88,8 +94,88 @@ def test_a_model_the_converter_cannot_convert_is_one_line(tmp_path, monkeypatch)
 
     monkeypatch.setattr(onnx.version_converter, "convert_version", fails)
     with pytest.raises(OnnxkitError) as e:
-        fit(old_model(True), "digits-images", tmp_path / "run", epochs=1)
+        fit(old_model("nearest"), "digits-images", tmp_path / "run", epochs=1)
     assert str(e.value) == ("the model is opset 9, and gradients are written for opset 13 and newer, to which onnx's "
                             "version converter could not bring it (/onnx/version_converter/BaseConverter.h:66: "
                             "adapter_lookup: No Adapter From Version $9 for Upsample); export it at opset 13 or newer")
     assert not (tmp_path / "run").exists()
+
+
+def _zoo_form(node: onnx.NodeProto, version: int, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """`node` reading "x" [2, 3, 6, 4] and `weights`, "y" its output negated (the converter renames what it rewrites
+    inside a graph), as the ONNX Model Zoo's oldest files are: IR 3, the initializers listed as graph inputs."""
+    node = onnx.NodeProto.FromString(node.SerializeToString())
+    node.output[0] = "h"
+    inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 4]),
+              *(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits)]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node, helper.make_node("Neg", ["h"], ["y"])], "zoo", inputs, [output], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", version)], ir_version=3)
+
+
+_R = np.random.default_rng(1)
+_C = {n: (np.abs(_R.normal(size=3)) + 0.5).astype(np.float32) for n in ("s", "b", "m", "v")}
+OLD_FORMS = {  # name: (node, opset, weights)
+    "Upsample-7 nearest by 1.5 and 2": (helper.make_node("Upsample", ["x"], ["y"], scales=[1.0, 1.0, 1.5, 2.0],
+                                                         mode="nearest"), 7, {}),
+    "Upsample-7 bilinear": (helper.make_node("Upsample", ["x"], ["y"], scales=[1.0, 1.0, 2.0, 2.0], mode="linear"),
+                            7, {}),
+    "Upsample-9 bilinear by 1.5": (helper.make_node("Upsample", ["x", "k"], ["y"], mode="linear"), 9,
+                                   {"k": np.array([1, 1, 1.5, 1.5], np.float32)}),
+    "Resize-10 nearest down": (helper.make_node("Resize", ["x", "k"], ["y"], mode="nearest"), 10,
+                               {"k": np.array([1, 1, 0.7, 0.75], np.float32)}),
+    "Resize-10 bilinear": (helper.make_node("Resize", ["x", "k"], ["y"], mode="linear"), 10,
+                           {"k": np.array([1, 1, 2, 2], np.float32)}),
+    "ImageScaler": (helper.make_node("ImageScaler", ["x"], ["y"], scale=0.5, bias=[1.0, -2.0, 3.0]), 8, {}),
+    "BatchNormalization-7 spatial=1": (helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                                        spatial=1, epsilon=1e-3), 7, _C),
+    "Softmax-1 over C, H, W": (helper.make_node("Softmax", ["x"], ["y"], axis=1), 7, {}),
+    "Sum-8 of 3": (helper.make_node("Sum", ["x", "s", "w"], ["y"]), 8,
+                   {"s": _C["s"].reshape(3, 1, 1), "w": _R.normal(size=(2, 3, 6, 4)).astype(np.float32)}),
+    "Max-8 of 3": (helper.make_node("Max", ["x", "s", "b"], ["y"]), 8,
+                   {"s": _C["s"].reshape(3, 1, 1), "b": _C["b"][:1]}),
+    "Mean-8 of 3": (helper.make_node("Mean", ["x", "s", "b"], ["y"]), 8,
+                    {"s": _C["s"].reshape(3, 1, 1), "b": _C["b"].reshape(3, 1, 1)}),
+    "LRN": (helper.make_node("LRN", ["x"], ["y"], size=3, alpha=1e-2, beta=0.75, bias=1.0), 7, {}),
+    "Reshape-5 by a shape initializer": (helper.make_node("Reshape", ["x", "shape"], ["y"]), 7,
+                                         {"shape": np.array([2, -1], np.int64)}),
+    "Dropout-7 ratio": (helper.make_node("Dropout", ["x"], ["y"], ratio=0.3), 7, {}),
+    "Pad-2 reflect": (helper.make_node("Pad", ["x"], ["y"], pads=[0, 0, 1, 2, 0, 0, 1, 2], mode="reflect"), 7, {}),
+    "Clip-6": (helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.5), 7, {}),
+}
+
+
+@pytest.mark.parametrize("form", OLD_FORMS)
+def test_old_forms_answer_as_before(form):
+    node, version, weights = OLD_FORMS[form]
+    model = _zoo_form(node, version, weights)
+    x = np.random.default_rng(0).normal(size=(2, 3, 6, 4)).astype(np.float32)
+    converted, _ = trainable_form(model)
+    assert opset(converted) == 13
+    np.testing.assert_allclose(_run_x(converted, x), _run_x(model, x), rtol=1e-5, atol=1e-6)
+
+
+def _run_x(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": x})[0]
+
+
+def test_a_per_activation_batchnorm_is_one_line(tmp_path):
+    weights = {n: np.ones((3, 6, 4), np.float32) for n in ("s", "b", "m", "v")}
+    model = _zoo_form(helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], spatial=0, name="bn1"),
+                      7, weights)
+    with pytest.raises(OnnxkitError) as e:
+        at_training_opset(model, "zoo.onnx")
+    assert str(e.value) == ("zoo.onnx's BatchNormalization 'bn1' normalises each activation apart (spatial=0), which "
+                            "opset 9 dropped; export the model with BatchNorm over channels (spatial=1), at opset 13 "
+                            "or newer")
+
+
+def test_a_nearest_resize_both_ways_is_one_line():
+    model = _zoo_form(helper.make_node("Resize", ["x", "k"], ["y"], mode="nearest"), 10,
+                      {"k": np.array([1, 1, 2, 0.5], np.float32)})
+    with pytest.raises(OnnxkitError, match=r"^zoo.onnx's Resize 'h' enlarges some axes and shrinks others by nearest "
+                                           r"pixels \(scales \[1.0, 1.0, 2.0, 0.5\]\)"):
+        at_training_opset(model, "zoo.onnx")
+
