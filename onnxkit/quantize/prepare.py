@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-import onnx.version_converter
 
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import without_initializer_inputs
+from onnxkit.opset_conversion import converted
 from onnxkit.quantize import rewrite
 
 ORT_DEFAULT_SEVERITY = 2  # onnxruntime's default logger prints warnings and above
@@ -61,16 +61,18 @@ QUANTIZE_OPSET = 13  # QuantizeLinear / DequantizeLinear take a per-channel axis
 
 
 def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
-    """A copy of `model` at ONNX opset `version` or later: an older one is converted by onnx's version converter
-    (an opset-9 export's static quantization failed in onnxruntime: 'Unrecognized attribute: axis for operator
-    DequantizeLinear')."""
+    """A copy of `model` at ONNX opset `version` or later: an older one is converted by onnx's version converter,
+    its mistakes undone (`opset_conversion`; an opset-9 export's static quantization failed in onnxruntime:
+    'Unrecognized attribute: axis for operator DequantizeLinear')."""
     found = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), version)
     if found >= version:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
     try:
-        return onnx.version_converter.convert_version(model, version)
+        return converted(model, version, "the model")
+    except OnnxkitError:
+        raise
     except Exception as e:  # noqa: BLE001 - the converter raises its own kinds
         raise OnnxkitError(f"the model is at opset {found}, and quantizing takes opset {version} or later, which "
                            f"onnx's version converter could not make of it ({type(e).__name__}: {str(e)[:160]}); "
