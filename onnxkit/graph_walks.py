@@ -227,9 +227,10 @@ def _resize_hints(graph: onnx.GraphProto, known: dict[str, onnx.ValueInfoProto])
         if node.op_type == "Reshape" and dims is not None:
             dims = _reshaped(dims, known.get(node.input[0]), any(a.name == "allowzero" and a.i for a in node.attribute))
         now = known[node.output[0]].type.tensor_type
-        if dims is None or not now.HasField("shape") or len(dims) != len(now.shape.dim):
+        if dims is None or now.HasField("shape") and len(dims) != len(now.shape.dim):
             continue
-        old = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in now.shape.dim]
+        old = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in now.shape.dim] if now.HasField(
+            "shape") else [None] * len(dims)  # (no rank: onnx's data propagation lost the target's length)
         new = [d if _named(d) and not _named(o) else o for d, o in zip(dims, old, strict=True)]
         if new != old:
             hints.append(onnx.helper.make_tensor_value_info(node.output[0], now.elem_type, new))

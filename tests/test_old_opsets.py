@@ -12,9 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxkit.autodiff.check import gradcheck
 from onnxkit.data import load_dataset
 from onnxkit.errors import OnnxkitError
-from onnxkit.graph_walks import opset
+from onnxkit.graph_walks import opset, value_types
 from onnxkit.quantize import quantize
 from onnxkit.train import fit
 from onnxkit.train.old_opsets import at_training_opset
@@ -188,3 +189,33 @@ def test_an_opset_9_model_with_a_bilinear_upsample_quantizes_as_it_answers(tmp_p
     # half precision moves these probabilities by 2e-4; the converter's half-pixel sampling alone moved them by 0.12
     np.testing.assert_allclose(_run(onnx.load(tmp_path / "half.onnx"), x), _run(model, x), atol=2e-3)
 
+
+def gpt2_split_heads(batch: int | str = "batch") -> onnx.ModelProto:
+    """The ONNX Model Zoo's GPT-2 (opset 10) splitting heads as TorchScript wrote x.view(n, t, heads, size):
+    x [batch, 4, 6] @ w -> Reshape to Concat(Unsqueeze(Gather(Shape(x), 0)), [4, 2, 3]) -> Transpose -> + b."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Shape", ["y"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n"], ["n1"], axes=[0]),
+             helper.make_node("Concat", ["n1", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["y", "target"], ["heads"]),
+             helper.make_node("Transpose", ["heads"], ["by_head"], perm=[0, 2, 1, 3]),
+             helper.make_node("Add", ["by_head", "b"], ["out"])]
+    inits = [numpy_helper.from_array(rng.uniform(-1, 1, (6, 6)), "w"), numpy_helper.from_array(np.int64(0), "zero"),
+             numpy_helper.from_array(np.array([4, 2, 3], np.int64), "rest"),
+             numpy_helper.from_array(rng.uniform(-1, 1, (2, 1, 3)), "b")]
+    graph = helper.make_graph(nodes, "gpt2", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, 4, 6])],
+                              [helper.make_tensor_value_info("out", TensorProto.DOUBLE, [batch, 2, 4, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)], ir_version=5)
+
+
+def test_an_opset_10_gpt2_split_of_heads_is_differentiated():
+    # onnx's inference gave the Reshape no rank, and training stopped at the Add after it: 'cannot differentiate Add
+    # (...): the rank of ... or of its broadcast result is unknown' (TorchScript transformers at opsets 10 to 16)
+    model, _ = at_training_opset(gpt2_split_heads(), "gpt2.onnx")
+    dims = value_types(model)["heads"].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in dims] == ["batch", 4, 2, 3]
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 4, 6))
+    fixed, _ = at_training_opset(gpt2_split_heads(2), "gpt2.onnx")
+    for name, (analytic, numeric) in gradcheck(fixed, {"x": x}, ["w", "b"]).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
