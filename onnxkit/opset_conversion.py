@@ -6,13 +6,19 @@
   upsampling's samples (outputs off by up to the inputs' range). Their Resize nodes get the old sampling spelled out.
 - ImageScaler (the old Zoo's input scaling, opsets 1-9) has no schema to convert from: it becomes the Mul and Add it
   stands for, with its scale and bias as constants, not weights.
+- An op newer than the model's opset (TorchScript writes GELU's Erf, of opset 9, into an opset-7 export), which
+  neither onnx's checker nor ONNX Runtime loads, stopped the converter with "No Adapter From Version $8 for Erf":
+  an error that names the op and the opset to export at.
 - BatchNormalization with spatial=0 (statistics per activation, dropped in opset 9) and a nearest Resize-10 that
   enlarges some axes and shrinks others have no opset-11+ form: an error that says so."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
+import onnx.defs
 import onnx.version_converter
 from onnx import helper, numpy_helper
 
@@ -25,6 +31,7 @@ SAMPLING_AT_OPSET = 11  # Resize-11 took coordinate_transformation_mode; before 
 def converted(model: onnx.ModelProto, version: int, named: str) -> onnx.ModelProto:
     """`model` (of an older opset) at opset `version`, answering as ONNX Runtime runs `model`. What has no form at
     `version` is an OnnxkitError that begins with `named`; the converter's own failures pass through."""
+    refuse_newer_ops(model, named)
     refuse_per_activation_norms(model, named)
     samplings = old_samplings(model, named) if opset(model) < SAMPLING_AT_OPSET <= version else []
     result = onnx.version_converter.convert_version(without_image_scalers(model), version)
@@ -33,6 +40,29 @@ def converted(model: onnx.ModelProto, version: int, named: str) -> onnx.ModelPro
         for node, sampling in zip(resizes, samplings, strict=True):
             node.attribute.extend(helper.make_attribute(k, v) for k, v in sampling.items())
     return result
+
+
+def refuse_newer_ops(model: onnx.ModelProto, named: str) -> None:
+    """An error for a default-domain node whose op came in an opset newer than the model's."""
+    version = opset(model)
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        first = first_opsets().get(node.op_type, 0)
+        if first > version:
+            raise OnnxkitError(f"{named} uses {node.op_type} (node {node.name or node.output[0]!r}), which came in "
+                               f"opset {first}, in an opset-{version} graph that no runtime loads; export it at "
+                               f"opset {first} or newer")
+
+
+@functools.cache
+def first_opsets() -> dict[str, int]:
+    """The opset each default-domain op came in, by op type."""
+    first: dict[str, int] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        if schema.domain == "":
+            first[schema.name] = min(first.get(schema.name, schema.since_version), schema.since_version)
+    return first
 
 
 def refuse_per_activation_norms(model: onnx.ModelProto, named: str) -> None:

@@ -174,6 +174,17 @@ def test_a_per_activation_batchnorm_is_one_line(tmp_path):
                             "or newer")
 
 
+def test_an_op_newer_than_the_models_opset_is_one_line():
+    # TorchScript writes GELU's Erf (opset 9) into an opset-7 export; the converter said "No Adapter From Version $8
+    # for Erf", and ONNX Runtime refuses to load the model
+    model = _zoo_form(helper.make_node("Erf", ["x"], ["y"], name="gelu/Erf"), 7, {})
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidGraph):
+        _run_x(model, np.zeros((2, 3, 6, 4), np.float32))
+    with pytest.raises(OnnxkitError) as e:
+        at_training_opset(model, "bert.onnx")
+    assert str(e.value) == ("bert.onnx uses Erf (node 'gelu/Erf'), which came in opset 9, in an opset-7 graph that no "
+                            "runtime loads; export it at opset 9 or newer")
+
 def test_a_nearest_resize_both_ways_is_one_line():
     model = _zoo_form(helper.make_node("Resize", ["x", "k"], ["y"], mode="nearest"), 10,
                       {"k": np.array([1, 1, 2, 0.5], np.float32)})
