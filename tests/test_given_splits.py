@@ -67,6 +67,19 @@ def test_class_names_are_numbered_over_every_split(tmp_path):
      "rows of different shapes (x_train [2], x_test [3])"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "ids": np.arange(4)},
      "holds ids beside split arrays such as x_train; give every array a split's suffix"),
+    # an empty test split trained and scored nothing; an empty train split crashed in the model built for it
+    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "x_test": np.zeros((0, 2)), "y_test": np.zeros(0)},
+     "its test arrays have no rows; give them rows, or leave the test arrays out"),
+    ({"x_train": np.zeros((0, 2)), "y_train": np.zeros(0), "x_test": np.zeros((2, 2)), "y_test": np.zeros(2)},
+     "its train arrays have no rows"),
+    # two arrays of one split: one was dropped unsaid
+    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "x_val": np.zeros((2, 2)), "y_val": np.zeros(2),
+      "x_valid": np.ones((2, 2)), "y_valid": np.ones(2)},
+     "holds both x_val and x_valid, two x arrays of the validation split; keep one"),
+    # ids in train, names in test: read together they were 20 classes, the test split's none of train's
+    ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, 1, 0]), "x_test": np.zeros((3, 2)),
+      "y_test": np.array(["one", "zero", "one"])},
+     "y_test holds class names (one, zero) but y_train numbers; give every split its labels alike"),
 ])
 def test_a_split_file_that_does_not_add_up_is_one_line(tmp_path, arrays, says):
     path = tmp_path / "bad.npz"

@@ -35,7 +35,12 @@ def split_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, dict
                            f"{next(k for k, found in named.items() if found)}; give every array a split's suffix "
                            "(_train, _val, _test), or save class names as label_names")
     splits: dict[str, dict[str, np.ndarray]] = {}
+    given: dict[tuple[str, str], str] = {}
     for key, (name, split) in named.items():  # type: ignore[misc]
+        if (name, split) in given:  # x_val beside x_valid: one would be dropped unsaid
+            raise OnnxkitError(f"{path}: holds both {given[name, split]} and {key}, two {name} arrays of the {split} "
+                               "split; keep one")
+        given[name, split] = key
         splits.setdefault(split, {})[name] = arrays[key]
     return splits
 
@@ -56,6 +61,12 @@ def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_nam
             raise OnnxkitError(f"{path}: its {split} arrays ({', '.join(sorted(arrays))}) are not its train arrays' "
                                f"({', '.join(sorted(train))}); give every split the same arrays")
     order = [split for split in SPLIT_NAMES if split in splits]
+    for split in order:
+        if not len(splits[split][key]):  # an empty test split scored nothing; an empty train one crashed
+            raise OnnxkitError(f"{path}: its {split} arrays have no rows; " + (
+                "give them the training rows" if split == "train" else
+                f"give them rows, or leave the {split} arrays out (that split is then carved out of train)"))
+    _check_label_kinds(path, key, {split: splits[split][key] for split in order})
     joined = {}
     for name in train:
         shapes = {split: splits[split][name].shape[1:] for split in order}
@@ -78,3 +89,15 @@ def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_nam
     inputs = whole.train.inputs
     parts = [Split(split, {k: v[rows[split]] for k, v in inputs.items()}, ids[rows[split]]) for split in SPLIT_NAMES]
     return Dataset(whole.name, *parts, label_names=whole.label_names, task=whole.task)
+
+
+def _check_label_kinds(path: Path, key: str, labels: dict[str, np.ndarray]) -> None:
+    """Refuses splits whose labels are names in one and numbers in another (y_train 0-9, y_test 'zero'-'nine'): read
+    together they were 20 classes, the test split's none of the training split's."""
+    text = {split: y.dtype.kind in "US" for split, y in labels.items()}
+    if len(set(text.values())) > 1:
+        names = next(split for split, is_text in text.items() if is_text)
+        ids = next(split for split, is_text in text.items() if not is_text)
+        shown = first_few(list(dict.fromkeys(str(v) for v in labels[names].ravel()[:100])))
+        raise OnnxkitError(f"{path}: {key}_{names} holds class names ({shown}) but {key}_{ids} numbers; give every "
+                           "split its labels alike, names or class ids")
