@@ -140,3 +140,26 @@ def test_predict_on_a_split_file_says_which_rows_to_give(tmp_path, run_cli):
     assert result.err == (f"error: {path}: holds a dataset's splits (x_train, y_train, x_test, ...), not one set of "
                           "model inputs; save the rows to predict alone (np.save('x_test.npy', x_test)), or score "
                           f"the test split with: onnxkit eval MODEL --data {path}\n")
+
+
+def test_images_with_class_ids_saved_as_floats_are_told_to_save_integers(tmp_path, run_cli):
+    path, _ = _digits_arrays(tmp_path, "digits.npz", lambda x: x)
+    arrays = dict(np.load(path))
+    np.savez(path, **{**arrays, "y_train": arrays["y_train"].astype(np.float32)})  # a torch tensor's labels
+    result = run_cli("train", path, "-o", tmp_path / "run")
+    # it said 'holds x [8, 8] a row: train picks a model only for one table of features ... or for images of classes'
+    assert result.code == 1 and result.err.count("\n") == 1, result.err
+    assert result.err.startswith(f"error: {path} holds images with labels of floats (whole numbers), regression "
+                                 "targets, and train builds image models for classes: save class ids as integers")
+    assert not (tmp_path / "run").exists()
+
+
+def test_images_under_two_pixels_a_side_are_said_to_take_no_convolution():
+    from onnxkit.data import dataset_from_arrays
+    from onnxkit.train.default_model import default_model
+
+    rng = np.random.default_rng(0)
+    data = dataset_from_arrays("dots", {"x": rng.integers(0, 255, (40, 1, 1, 1)).astype(np.uint8)}, np.arange(40) % 2)
+    proto, made = default_model(data, "dots.npz")
+    assert not [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert made.shape == "a CNN 1x1x1 -> no convolution (a side under 2 pixels) -> 64 -> 2"  # 'max-pool x0 ( filters)'

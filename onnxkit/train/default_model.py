@@ -71,7 +71,14 @@ def default_model(dataset: Dataset, data: str, loss: str | None = None) -> tuple
     x = next(iter(inputs.values())) if len(inputs) == 1 else None
     measured = loss is None and dataset.task != "regression" and _measured(dataset)
     regression = dataset.task == "regression" or loss in ("mse", "l1") or measured
-    images = x is not None and not regression and (x.ndim == 3 or x.ndim == 4 and _channels(x.shape) is not None)
+    pictured = x is not None and (x.ndim == 3 or x.ndim == 4 and _channels(x.shape) is not None)
+    if pictured and loss is None and dataset.task == "regression" and labels.ndim == 1:
+        ids = np.all(labels == np.round(labels))  # class ids saved as floats (a torch tensor's, y / 1.0)
+        raise OnnxkitError(f"{data} holds images with labels of floats{' (whole numbers)' * bool(ids)}, regression "
+                           "targets, and train builds image models for classes: save class ids as integers "
+                           "(y.astype(np.int64)), or build a model for the targets and train that: onnxkit train "
+                           f"MODEL.onnx {data}")
+    images = pictured and not regression
     if x is None or x.ndim != 2 and not images or x.dtype.kind not in "fiub" or (not regression and labels.ndim != 1):
         shown = ", ".join(f"{k} {list(v.shape[1:])}" for k, v in inputs.items())
         raise OnnxkitError(f"{data} holds {shown or 'no inputs'} a row: train picks a model only for one table of "
@@ -116,8 +123,9 @@ def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str) -> 
     weights = {t.name: t.dims for t in proto.graph.initializer}
     filters = [str(weights[n.input[1]][0]) for n in proto.graph.node if n.op_type == "Conv"]
     taken = f"{height}x{width}x{channels} (channels last)" if last else f"{channels}x{height}x{width}"
-    shape = (f"a CNN {taken} -> conv 3x3 + max-pool x{len(filters)} ({', '.join(filters)} "
-             f"filters) -> {_defaults('image-cnn')['hidden']} -> {classes}")
+    convolved = f"conv 3x3 + max-pool x{len(filters)} ({', '.join(filters)} filters)" if filters else \
+        "no convolution (a side under 2 pixels)"  # it said 'max-pool x0 ( filters)'
+    shape = f"a CNN {taken} -> {convolved} -> {_defaults('image-cnn')['hidden']} -> {classes}"
     # 0-255 pixels (a Keras array's) trained raw: 89.7% on digits where in [0, 1] they reach 92.2%
     past_one = bool(images.max(initial=0) > 1)
     pixels = f"{height}x{width} images (pixels up to {images.max()}, standardised in the model)" if past_one else \
