@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
@@ -75,3 +76,42 @@ def test_an_image_the_list_names_that_is_not_there_is_one_line(listed):
         load_dataset(path)
     assert str(e.value) == (f"{path}: 2 of the 40 images its column 1 names are not there, the first {images[3]} "
                             "(no such file); paths are taken from the CSV's folder: fix them, or drop those rows")
+
+
+
+def _rewritten(path, rows) -> None:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    # a row naming no image: it was read as a table ("every feature column holds too many distinct texts")
+    (lambda rows: [*rows[:6], ["notes.txt", "dark"], *rows[7:]],
+     "{path}:7: 'file' names an image file in 39 of 40 rows, but not here ('notes.txt'); name an image"),
+    (lambda rows: [*rows[:6], ["", "dark"], *rows[7:]],
+     "{path}:7: 'file' names an image file in 39 of 40 rows, but not here (''); name an image"),
+    # an image beside its mask: one column was taken unsaid, or the masks' names were 40 classes
+    (lambda rows: [[row[0], "mask" if i == 0 else row[0], row[1]] for i, row in enumerate(rows)],
+     "{path}: 'file' and 'mask' each name an image in every row; a list of images has one such column"),
+    (lambda rows: [rows[0], *[[row[0], rows[1 + i % 40][0]] for i, row in enumerate(rows[1:])]],
+     "{path}: 'file' and 'label' each name an image in every row; a list of images has one such column"),
+])
+def test_a_list_naming_images_in_some_rows_or_in_two_columns_is_one_line(listed, tmp_path, run_cli, edit, says):
+    path, _, _ = listed
+    _rewritten(path, edit(list(csv.reader(open(path)))))
+    with pytest.raises(OnnxkitError) as e:
+        load_dataset(path)
+    assert str(e.value).startswith(says.format(path=path)), str(e.value)
+    onnx.save(zoo.build_model("digits-cnn"), tmp_path / "digits.onnx")
+    out = run_cli("predict", tmp_path / "digits.onnx", path)  # it said "column 1 ('file') holds text" for a stray row
+    assert out.code == 1 and out.err == f"error: {e.value}\n"
+
+
+def test_a_windows_path_in_a_list_is_read_with_slashes(listed):
+    path, images, _ = listed
+    rows = list(csv.reader(open(path)))
+    _rewritten(path, [rows[0], *[[row[0].replace("/", "\\"), row[1]] for row in rows[1:]]])  # pics\00.jpg
+    data = load_dataset(path, model=zoo.build_model("digits-cnn"), validation=0.0, test=0.0)  # '40 of 40 not there'
+    from onnxkit.data.images import ImageInput, read_images
+
+    np.testing.assert_array_equal(data.train.inputs["image"], read_images(images, ImageInput("image", 1, 8, 8)))

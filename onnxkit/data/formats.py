@@ -171,7 +171,7 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
         dataset = dataset_from_arrays(path.stem, arrays, labels, label_names=label_names, seed=seed,
                                       validation=validation, test=test)
         return replace(dataset, label_column=column)
-    listed = image_column(header, body, label_col) if text is None and tokenizer is None else None
+    listed = image_column(path, header, body, label_col, lines) if text is None and tokenizer is None else None
     if listed is not None:  # a list of image files beside their labels
         dataset = read_listed_images(path, listed, body, labels, label_names, seed=seed, validation=validation,
                                      test=test, inputs=inputs)

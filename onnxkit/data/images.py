@@ -274,25 +274,59 @@ def _image_dataset(name: str, parts: list[list[tuple[Path, Any]]], layout: Image
     return Dataset(name, *splits, label_names=classes, notes=notes, task=task)
 
 
-def image_column(header: Sequence[str] | None, body: Sequence[Sequence[str]], label: int) -> int | None:
-    """The column of a CSV's rows (the `label` column aside) that names an image file in every row, by its suffix
-    (a `path,label` list of images, as fastai's `ImageDataLoaders.from_csv` and Keras' `flow_from_dataframe`
-    read), or None."""
+def image_column(path: Path, header: Sequence[str] | None, body: Sequence[Sequence[str]], label: int | None,
+                 lines: Sequence[int]) -> int | None:
+    """The column of a CSV's rows (`lines` in the file; the `label` column aside) that names an image file in every
+    row, by its suffix (a `path,label` list of images, as fastai's `ImageDataLoaders.from_csv` and Keras'
+    `flow_from_dataframe` read), or None. One error line, beginning with `path`, for a column naming images in most
+    rows but not all (the first row it does not; it was read as a table, 'too many distinct texts'), two such
+    columns, and a label column naming images too (an image beside its mask)."""
     width = len(header or body[0]) if body else 0
-    return next((j for j in range(width) if j != label and all(is_image(Path(row[j].strip())) for row in body)), None)
+    named = [[is_image(Path(row[j].strip())) for row in body] for j in range(width)]
+    listed = [j for j in range(width) if j != label and all(named[j])]
+    shown = [repr(header[j].strip()) if header else f"column {j + 1}" for j in range(width)]
+    if len(listed) > 1 or listed and label is not None and all(named[label]):
+        found = [*listed, *([label] if label is not None and all(named[label]) else [])]
+        raise OnnxkitError(f"{path}: {' and '.join(shown[j] for j in found)} each name an image in every row; a list "
+                           "of images has one such column, beside a label column of class names or numbers: drop or "
+                           "rename the others")
+    if listed:
+        return listed[0]
+    partly = next((j for j in range(width) if j != label and 2 * sum(named[j]) > len(body)), None)
+    if partly is not None:
+        i = named[partly].index(False)
+        raise OnnxkitError(f"{path}:{lines[i]}: {shown[partly]} names an image file in {sum(named[partly])} of "
+                           f"{len(body)} rows, but not here ({body[i][partly].strip()!r}); name an image "
+                           f"({' '.join(IMAGE_SUFFIXES)}) in every row, or drop the rows that name none")
+    return None
 
 
-def read_listed_images(path: Path, column: int, body: Sequence[Sequence[str]], labels: np.ndarray,
-                       label_names: list[str] | None, *, seed: int, validation: float, test: float,
-                       inputs: Sequence[Any] = ()) -> Dataset:
-    """A dataset of the images a CSV lists in `column` (paths relative to its folder, or absolute) with their
-    `labels`, split by seed; the images as the model's image input (`inputs`) takes them, else at one size."""
-    files = [path.parent / row[column].strip() for row in body]
+def listed_files(path: Path, column: int, body: Sequence[Sequence[str]]) -> list[Path]:
+    """The image files a CSV lists in `column`, from its folder (or absolute); a Windows path (`imgs\\a.png`) is
+    taken with / when only that names a file. Files that are not there are one error line, with their count."""
+    files = [_listed(path.parent, row[column].strip()) for row in body]
     absent = [f for f in files if not f.is_file()]
     if absent:
         raise OnnxkitError(f"{path}: {len(absent)} of the {len(files)} images its column {column + 1} names are not "
                            f"there, the first {absent[0]} ({not_a_file(absent[0])}); paths are taken from the CSV's "
                            "folder: fix them, or drop those rows")
+    return files
+
+
+def _listed(folder: Path, cell: str) -> Path:
+    """The file a list's cell names, from `folder`; its \\ read as / where only that names a file."""
+    file = folder / cell
+    if "\\" in cell and os.sep == "/" and not file.exists() and (folder / cell.replace("\\", "/")).is_file():
+        return folder / cell.replace("\\", "/")
+    return file
+
+
+def read_listed_images(path: Path, column: int, body: Sequence[Sequence[str]], labels: np.ndarray,
+                       label_names: list[str] | None, *, seed: int, validation: float, test: float,
+                       inputs: Sequence[Any] = ()) -> Dataset:
+    """A dataset of the images a CSV lists in `column` (`listed_files`) with their `labels`, split by seed; the
+    images as the model's image input (`inputs`) takes them, else at one size."""
+    files = listed_files(path, column, body)
     layout = image_input(inputs) if inputs else ImageInput()
     carved = dataset_from_arrays(path.stem, {"rows": np.arange(len(files))}, labels, label_names=label_names,
                                  seed=seed, validation=validation, test=test)

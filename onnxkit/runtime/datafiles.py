@@ -183,13 +183,14 @@ def _names_an_image(path: Path) -> bool:
 def _listed_images(path: Path) -> list[Path] | None:
     """The image files a CSV lists in a column (every row's cell names one, from the CSV's folder or absolute, as
     train reads such a list: `images.read_listed_images`), or None when no column does."""
-    from onnxkit.data.images import image_column
+    from onnxkit.data.images import image_column, listed_files
 
-    rows = [row for _, row in read_csv_rows(path)]
+    numbered = read_csv_rows(path)
+    rows = [row for _, row in numbered]
     header = csv_header(rows[0], rows[1] if len(rows) > 1 else ()) if rows else None
-    body = rows[1:] if header else rows
-    column = image_column(header, body, -1) if body else None
-    return None if column is None else [_image_file(path.parent / row[column].strip()) for row in body]
+    body, lines = (rows[1:], [n for n, _ in numbered[1:]]) if header else (rows, [n for n, _ in numbered])
+    column = image_column(path, header, body, label_column(header, str(path)), lines) if body else None
+    return None if column is None else listed_files(path, column, body)
 
 
 def _image_file(path: Path, several: bool = False) -> Path:
