@@ -49,10 +49,11 @@ class Fitted:
     left_out: dict[str, str]
 
 
-def fit_columns(columns: Mapping[str, Sequence[str]]) -> Fitted:
+def fit_columns(columns: Mapping[str, Sequence[str]], source: str = "the table") -> Fitted:
     """The feature names of a table of `columns` (cells by column name, in order): a column of numbers by its name;
     a column of text as `<name>=<value>` for each distinct value (stripped), sorted; a column of too many distinct
-    texts to be categories (`MAX_CATEGORIES`, `FEW_CATEGORIES`) left out."""
+    texts to be categories (`MAX_CATEGORIES`, `FEW_CATEGORIES`) left out. A name that would read back as another
+    column's (`category_of`: a column 'color=red' beside 'color' holding 'red') is an error beginning with `source`."""
     names: list[str] = []
     left_out: dict[str, str] = {}
     for name, cells in columns.items():
@@ -64,17 +65,29 @@ def fit_columns(columns: Mapping[str, Sequence[str]]) -> Fitted:
         if len(distinct) > MAX_CATEGORIES or len(distinct) > FEW_CATEGORIES and 2 * len(distinct) > len(values):
             left_out[name] = f"{len(distinct)} distinct texts in {len(values)} rows"
             continue
-        names += [f"{name}{SEPARATOR}{value}" for value in distinct]
+        for value in distinct:
+            names.append(f"{name}{SEPARATOR}{value}")
+            if category_of(names[-1], list(columns)) != (name, value):
+                raise OnnxkitError(f"{source}: the category {value!r} of column {name!r} would be named "
+                                   f"{names[-1]!r}, which reads as {_read_as(names[-1], list(columns))}; rename a "
+                                   f"column so that no column's name is another's followed by {SEPARATOR!r}")
     return Fitted(names, left_out)
+
+
+def _read_as(name: str, columns: Sequence[str]) -> str:
+    """How a feature `name` reads back (`category_of`), for a message."""
+    found = category_of(name, columns)
+    return f"column {name!r}" if found is None else f"the category {found[1]!r} of column {found[0]!r}"
 
 
 def category_of(name: str, columns: Sequence[str]) -> tuple[str, str] | None:
     """The (column, value) a feature `name` stands for when it is a category indicator of one of `columns` (the
-    column's name, `SEPARATOR`, the value), else None (a column of its own name is itself)."""
+    column's name, `SEPARATOR`, the value; the longest such column: 'a=b=c' is column 'a=b''s 'c' beside a column 'a',
+    which read it as 'a''s 'b=c', all zeros), else None (a column of its own name is itself)."""
     if name in columns:
         return None
-    for i, char in enumerate(name):
-        if char == SEPARATOR and name[:i] in columns:
+    for i in range(len(name) - 1, -1, -1):
+        if name[i] == SEPARATOR and name[:i] in columns:
             return name[:i], name[i + 1:]
     return None
 

@@ -244,3 +244,27 @@ def test_a_run_on_gaps_resumed_ends_as_one_run_straight_through(tmp_path):
     assert [n.op_type for n in a.graph.node[:2]] == ["IsNaN", "Where"]
     for x, y in zip(a.graph.initializer, b.graph.initializer, strict=True):
         np.testing.assert_array_equal(numpy_helper.to_array(x), numpy_helper.to_array(y), err_msg=x.name)
+
+
+def test_a_column_named_with_the_separator_is_encoded_as_its_own_or_refused(tmp_path):
+    from sklearn.preprocessing import OneHotEncoder
+
+    from onnxkit.data import load_dataset
+    from onnxkit.errors import OnnxkitError
+
+    rng = np.random.default_rng(3)
+    cells = {"a": [f"{v:.2f}" for v in rng.normal(size=30)], "a=b": [str(rng.choice(["c", "d"])) for _ in range(30)]}
+    fitted = fit_columns(cells)
+    assert fitted.names == ["a", "a=b=c", "a=b=d"]
+    expected = OneHotEncoder().fit_transform(np.array([cells["a=b"]]).T).toarray()
+    np.testing.assert_array_equal(encode(cells, fitted.names, "t.csv").x[:, 1:], expected)  # read as 'a''s: all 0
+    with pytest.raises(OnnxkitError, match="^t.csv: the category 'b=c' of column 'a' would be named 'a=b=c', which "
+                                           "reads as the category 'c' of column 'a=b'; rename a column"):
+        fit_columns({"a": ["b=c", "x"], "a=b": ["c", "d"]}, "t.csv")
+    with pytest.raises(OnnxkitError, match="^t.csv: the category 'red' of column 'color' would be named 'color=red', "
+                                           "which reads as column 'color=red'"):
+        fit_columns({"color": ["red", "blue"], "color=red": ["1", "0"]}, "t.csv")
+    path = tmp_path / "twice.csv"  # one 'a' was dropped unsaid, the model trained on the other alone
+    path.write_text("a,a,label\n" + "".join(f"{i},{'xy'[i % 2]},{i % 2}\n" for i in range(20)))
+    with pytest.raises(OnnxkitError, match=f"^{path}: two columns are headed 'a'; give each column its own name"):
+        load_dataset(path)

@@ -191,7 +191,7 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
     names = feature_names(header, label_col)
     notes: tuple[str, ...] = ()
     if encodes_categories(columns, names):  # a model's recorded categories, rebuilt by name
-        encoded = encode(_by_column(names, features), columns, str(path), lines)  # type: ignore[arg-type]
+        encoded = encode(_by_column(path, names, features), columns, str(path), lines)  # type: ignore[arg-type]
         x, names = encoded.x, list(columns)  # type: ignore[arg-type]
         if encoded.unseen:
             warnings.warn(encoded.warning(str(path)), UnseenCategories, stacklevel=2)
@@ -303,8 +303,12 @@ def _column(header: Sequence[str] | None, j: int, label_col: int) -> str:
     return repr(header[j].strip()) if header else str(j + 1)
 
 
-def _by_column(names: Sequence[str], features: list[list[str]]) -> dict[str, list[str]]:
-    """A table's feature cells by column name."""
+def _by_column(path: Path, names: Sequence[str], features: list[list[str]]) -> dict[str, list[str]]:
+    """A table's feature cells by column name; two columns of one name are an error (one was dropped unsaid)."""
+    twice = next((name for j, name in enumerate(names) if name in names[:j]), None)
+    if twice is not None:
+        raise OnnxkitError(f"{path}: two columns are headed {twice!r}; give each column its own name (categories are "
+                           "read by column name)")
     return {name: [row[j] for row in features] for j, name in enumerate(names)}
 
 
@@ -315,7 +319,7 @@ def _with_categories(path: Path, features: list[list[str]], header: Sequence[str
     left out. Refused: text in a file with no header to name its categories (or whose labels were taken from the
     last column by default, which the text may be), numbers with a stray text, every column left out."""
     names = feature_names(header, label_col)
-    columns = _by_column(names or [str(j) for j in range(len(features[0]))], features)
+    columns = _by_column(path, names or [str(j) for j in range(len(features[0]))], features)
     texts = [j for j, cells in enumerate(columns.values()) if holds_text(cells)]
     for j in texts:
         cells = [row[j] for row in features]
@@ -323,7 +327,7 @@ def _with_categories(path: Path, features: list[list[str]], header: Sequence[str
             raise _not_numbers(path, features, header, label_col, lines, label_named, column=j)
     if texts and (names is None or not label_named):
         raise _not_numbers(path, features, header, label_col, lines, label_named, column=texts[0])
-    fitted = fit_columns(columns)
+    fitted = fit_columns(columns, str(path))
     if not fitted.names:
         raise OnnxkitError(f"{path}: every feature column holds too many distinct texts to be categories "
                            f"({', '.join(f'{c!r}: {why}' for c, why in fitted.left_out.items())}); give numeric "
