@@ -50,3 +50,42 @@ def test_a_file_that_is_no_parquet_is_one_line(tmp_path):
     (tmp_path / "t.parquet").write_text("a,b\n1,2\n")
     with pytest.raises(OnnxkitError, match=r"t\.parquet: cannot read it as Parquet \(.*\); check the file$"):
         load_dataset(tmp_path / "t.parquet")
+
+
+@pytest.mark.parametrize(("column", "says"), [
+    ([[1.0, 2.0]] * 90, "column 'extra' holds list<element: double> values"),  # its text '[1.0, 2.0]' was a category
+    ([{"p": 1}] * 90, "column 'extra' holds struct<p: int64> values"),
+    ([b"\x00\xff"] * 90, "column 'extra' holds binary values"),
+])
+def test_a_column_of_lists_structs_or_bytes_is_one_line(frame, tmp_path, column, says):
+    frame.assign(extra=column).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(OnnxkitError) as e:
+        load_dataset(tmp_path / "t.parquet", label="kind")
+    assert str(e.value).startswith(f"{tmp_path / 't.parquet'}: {says}, which train reads as no feature"), e.value
+
+
+def test_two_columns_of_one_name_read_as_a_csvs(frame, tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    numbers = frame[["width", "count"]].fillna(0).to_numpy()
+    table = pyarrow.table([numbers[:, 0], numbers[:, 1], frame["kind"]], names=["w", "w", "kind"])
+    pyarrow.parquet.write_table(table, tmp_path / "t.parquet")  # it was 9 lines of pyarrow's dataset schema
+    data = load_dataset(tmp_path / "t.parquet", validation=0.0, test=0.0)
+    np.testing.assert_array_equal(data.train.inputs["x"], numbers.astype(np.float32))
+    table = pyarrow.table([numbers[:, 0], frame["colour"], frame["kind"]], names=["w", "w", "kind"])
+    pyarrow.parquet.write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(OnnxkitError, match="two columns are headed 'w'; give each column its own name"):
+        load_dataset(tmp_path / "t.parquet")
+
+
+def test_a_table_past_the_memory_free_is_refused_before_its_cells_are_made(frame, tmp_path, monkeypatch):
+    from onnxkit.data import parquet
+
+    frame.to_parquet(tmp_path / "t.parquet")
+    monkeypatch.setattr(parquet, "available_memory", lambda: 90 * 5 * parquet.CELL_BYTES - 1)
+    with pytest.raises(OnnxkitError, match=r"t\.parquet: 90 rows x 5 columns take about .* as cells here, more than "
+                                           r"the .* of memory free; save the features as an \.npz"):
+        load_dataset(tmp_path / "t.parquet", label="kind")
+    monkeypatch.setattr(parquet, "available_memory", lambda: 90 * 5 * parquet.CELL_BYTES)
+    assert len(load_dataset(tmp_path / "t.parquet", label="kind").train) == 54

@@ -31,16 +31,15 @@ import numpy as np
 from onnxkit.categories import UnseenCategories, encode, encodes_categories, fit_columns, holds_text, is_gap
 from onnxkit.data.given_splits import given_splits, split_arrays
 from onnxkit.data.images import image_column, read_listed_images
+from onnxkit.data.parquet import parquet_rows
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import (
-    column_cells,
     flags_as_numbers,
     is_missing,
     is_number,
     not_a_file,
     npz_arrays,
-    parquet_table,
     read_csv_rows,
     thousands_separated,
 )
@@ -134,10 +133,7 @@ def read_parquet(path: Path, *, seed: int = 0, validation: float = 0.2, test: fl
     """A dataset from a Parquet table (pandas' `to_parquet`), read as the CSV of its columns is (`read_csv`): each
     value as its text, a null as a missing cell, pandas' stored index left out; errors name a row by its number."""
     require_data_file(path)
-    table = parquet_table(path)
-    kept = [name for name in table.column_names if not name.startswith("__index_level_")]
-    cells = [column_cells(table.column(name).to_pylist()) for name in kept]
-    body = [list(row) for row in zip(*cells, strict=True)]
+    kept, body = parquet_rows(path)
     if not body:
         raise OnnxkitError(f"{path}: no rows; it needs feature columns, a label column and a row")
     return _read_table(path, kept, body, list(range(1, len(body) + 1)), seed=seed, validation=validation, test=test,
