@@ -439,15 +439,16 @@ def named_split(model: Any, split: str | None, data: Any = None, data_seed: int 
     """The split called `split` of `data` (default: the data `model` was trained on, from its
     `onnxkit.training` metadata) with `data_seed` (default: the training run's, else 0); also the
     data's name and the seed used; `label`: a CSV's label column (default: the one the model trained on).
-    `split` None: the test split of the data the model trained on (or of a Dataset; or of a copy of its file), all
-    of other data, which training held out whole (not a fifth of it)."""
+    `split` None: the test split of the data the model trained on (or of a Dataset; or of a copy of its file; or of
+    an .npz holding its own, x_test), all of other data, which training held out whole (not a fifth of it)."""
     from onnxkit.data import Dataset, in_model_order, in_trained_columns, load_dataset
+    from onnxkit.data.given_splits import holds_test_split
 
     recorded, recorded_seed = trained_on(model)
     if split is None:
         other = data is not None and not isinstance(data, Dataset) and data != recorded and \
             os.path.realpath(data) != recorded and not _trained_file_copy(model, data)
-        split = "all" if other else "test"
+        split = "all" if other and not holds_test_split(data) else "test"  # all of mnist.npz: its x_train too
     if isinstance(data, Dataset):  # already split, in memory
         ordered = _of_the_models_classes(in_model_order(in_trained_columns(data, model), model), model)
         return ordered.split(split), data.name, recorded_seed if data_seed is None else data_seed

@@ -3,7 +3,10 @@ built for them: [N, H, W], Keras' channels-last [N, H, W, C] and 0-255 pixels.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
@@ -106,8 +109,6 @@ def test_images_in_arrays_train_a_cnn_built_for_them_standardised(tmp_path, run_
     path, train_images = _digits_arrays(tmp_path, "digits.npz", layout)
     result = run_cli("train", path, "-o", tmp_path / "run", "--epochs", "6", "--quiet")
     assert result.code == 0, result.err
-    import onnx
-
     model = onnx.load(tmp_path / "run" / "model.onnx")
     dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", *shape]
@@ -163,3 +164,19 @@ def test_images_under_two_pixels_a_side_are_said_to_take_no_convolution():
     proto, made = default_model(data, "dots.npz")
     assert not [n for n in proto.graph.node if n.op_type == "Conv"]
     assert made.shape == "a CNN 1x1x1 -> no convolution (a side under 2 pixels) -> 64 -> 2"  # 'max-pool x0 ( filters)'
+
+
+def test_eval_of_a_file_holding_its_own_splits_scores_its_test_split(tmp_path, run_cli):
+    from onnxkit import zoo
+
+    path, _ = _digits_arrays(tmp_path, "digits.npz", lambda x: x)
+    model = zoo.build_model("image-cnn", channels=1, height=8, width=8, num_classes=10)  # not trained on the file
+    onnx.save(model, tmp_path / "cnn.onnx")
+    arrays = np.load(path)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {"image": arrays["x_test"][:, None].astype(np.float32)})[0]
+    result = run_cli("eval", tmp_path / "cnn.onnx", path, "--json")  # it scored all 1,797 rows, x_train's too
+    assert result.code == 0, result.err
+    metrics = json.loads(result.out)
+    assert metrics["split"] == "test" and metrics["examples"] == len(arrays["x_test"]) == 397
+    np.testing.assert_allclose(metrics["accuracy"], (scores.argmax(1) == arrays["y_test"]).mean())

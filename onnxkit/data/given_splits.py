@@ -6,6 +6,8 @@ train rows by seed, at its usual fraction (an image folder's `train/` beside `te
 
 from __future__ import annotations
 
+import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,6 +45,19 @@ def split_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, dict
         given[name, split] = key
         splits.setdefault(split, {})[name] = arrays[key]
     return splits
+
+
+def holds_test_split(data: object) -> bool:
+    """Whether `data` names an .npz that holds its own test split (`x_test`, `y_test`): the rows eval scores of it by
+    default, as it scores the test split of the data a model trained on."""
+    if not isinstance(data, str | os.PathLike) or Path(data).suffix.lower() != ".npz" or not Path(data).is_file():
+        return False
+    try:
+        with np.load(data) as arrays:
+            names = arrays.files
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # said as the file is read
+        return False
+    return any(found is not None and found[1] == "test" for found in map(npz_split, names))
 
 
 def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_names: list[str] | None, *,
