@@ -166,6 +166,18 @@ def test_images_under_two_pixels_a_side_are_said_to_take_no_convolution():
     assert made.shape == "a CNN 1x1x1 -> no convolution (a side under 2 pixels) -> 64 -> 2"  # 'max-pool x0 ( filters)'
 
 
+def test_a_split_scaled_apart_from_the_others_is_one_line(tmp_path):
+    path, _ = _digits_arrays(tmp_path, "digits.npz", lambda x: x)
+    arrays = dict(np.load(path))
+    np.savez(path, **{**arrays, "x_test": arrays["x_test"].astype(np.float64)})  # 0-255 as floats: the same pixels
+    np.testing.assert_array_equal(load_dataset(path).test.inputs["x"], arrays["x_test"])
+    np.savez(path, **{**arrays, "x_test": arrays["x_test"] / 255})  # only the test split divided: trained on as is,
+    with pytest.raises(OnnxkitError) as e:  # it scored 9.8% where the same pixels score 84.9% after one epoch
+        load_dataset(path)
+    assert str(e.value) == (f"{path}: x_train holds whole numbers up to 255 but x_test fractions within [-1, 1], as "
+                            "if divided by 255 alone; scale every split alike (each / 255, or none)")
+
+
 def test_eval_of_a_file_holding_its_own_splits_scores_its_test_split(tmp_path, run_cli):
     from onnxkit import zoo
 

@@ -88,6 +88,7 @@ def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_nam
         if len(set(shapes.values())) > 1:
             shown = ", ".join(f"{name}_{split} {list(shape)}" for split, shape in shapes.items())
             raise OnnxkitError(f"{path}: rows of different shapes ({shown}); give every split rows of one shape")
+        _check_scales(path, name, {split: splits[split][name] for split in order})
         joined[name] = np.concatenate([splits[split][name] for split in order])
     labels = joined.pop(key)
     # read whole, so text labels get one numbering over all splits; each split's rows then taken back out
@@ -116,3 +117,16 @@ def _check_label_kinds(path: Path, key: str, labels: dict[str, np.ndarray]) -> N
         shown = first_few(list(dict.fromkeys(str(v) for v in labels[names].ravel()[:100])))
         raise OnnxkitError(f"{path}: {key}_{names} holds class names ({shown}) but {key}_{ids} numbers; give every "
                            "split its labels alike, names or class ids")
+
+
+def _check_scales(path: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """Refuses one split of whole numbers past 1 beside another of floats within [-1, 1]: 0-255 pixels in x_train and
+    x_test / 255 (the model standardised for the one scores the other as near black)."""
+    whole = {split: int(a.max()) for split, a in arrays.items() if a.dtype.kind in "ui" and a.size and a.max() > 1}
+    unit = [split for split, a in arrays.items() if a.dtype.kind == "f" and a.size and
+            np.abs(a[np.isfinite(a)]).max(initial=0) <= 1]
+    if whole and unit:
+        split, top = next(iter(whole.items()))
+        raise OnnxkitError(f"{path}: {name}_{split} holds whole numbers up to {top} but {name}_{unit[0]} fractions "
+                           f"within [-1, 1], as if divided by {top} alone; scale every split alike (each / {top}, or "
+                           "none)")
