@@ -192,3 +192,12 @@ def test_eval_of_a_file_holding_its_own_splits_scores_its_test_split(tmp_path, r
     metrics = json.loads(result.out)
     assert metrics["split"] == "test" and metrics["examples"] == len(arrays["x_test"]) == 397
     np.testing.assert_allclose(metrics["accuracy"], (scores.argmax(1) == arrays["y_test"]).mean())
+
+
+def test_images_of_two_channels_are_told_the_channels_a_model_is_built_for(tmp_path, run_cli):
+    path, _ = _digits_arrays(tmp_path, "two.npz", lambda x: np.stack([x, 255 - x], axis=1))  # [N, 2, 8, 8]
+    result = run_cli("train", path, "-o", tmp_path / "run")
+    assert result.code == 1 and result.err.count("\n") == 1, result.err
+    assert (f"error: {path} holds x [2, 8, 8] a row: train picks a model only for one table of features (x [rows, "
+            "features]) with a class or targets a row, or for images of classes ([N, H, W], or [N, C, H, W] / [N, H, "
+            "W, C] of 1, 3 or 4 channels); build a model") in result.err  # it said no more than 'images of classes'

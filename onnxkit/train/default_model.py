@@ -82,7 +82,8 @@ def default_model(dataset: Dataset, data: str, loss: str | None = None) -> tuple
     if x is None or x.ndim != 2 and not images or x.dtype.kind not in "fiub" or (not regression and labels.ndim != 1):
         shown = ", ".join(f"{k} {list(v.shape[1:])}" for k, v in inputs.items())
         raise OnnxkitError(f"{data} holds {shown or 'no inputs'} a row: train picks a model only for one table of "
-                           "features (x [rows, features]) with a class or targets a row, or for images of classes; "
+                           "features (x [rows, features]) with a class or targets a row, or for images of classes "
+                           "([N, H, W], or [N, C, H, W] / [N, H, W, C] of 1, 3 or 4 channels); "
                            "build a model for it (onnxkit models lists the zoo) and train that: onnxkit train "
                            f"MODEL.onnx {data}")
     if regression:
