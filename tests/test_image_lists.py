@@ -115,3 +115,19 @@ def test_a_windows_path_in_a_list_is_read_with_slashes(listed):
     from onnxkit.data.images import ImageInput, read_images
 
     np.testing.assert_array_equal(data.train.inputs["image"], read_images(images, ImageInput("image", 1, 8, 8)))
+
+
+def test_a_list_with_no_header_keeps_its_first_image(listed, tmp_path, run_cli):
+    path, images, labels = listed
+    _rewritten(path, list(csv.reader(open(path)))[1:])  # pics/00.jpg,bright first: it was read as the header
+    model = zoo.build_model("digits-cnn")
+    data = load_dataset(path, model=model, validation=0.0, test=0.0)
+    from onnxkit.data.images import ImageInput, read_images
+
+    np.testing.assert_array_equal(data.train.inputs["image"], read_images(images, ImageInput("image", 1, 8, 8)))
+    assert data.label_names == ["bright", "dark"] and len(data.train) == 40
+    onnx.save(model, tmp_path / "digits.onnx")
+    out = run_cli("predict", tmp_path / "digits.onnx", path, "-o", tmp_path / "p.csv")
+    assert out.code == 0, out.err
+    assert [row[0] for row in csv.reader(open(tmp_path / "p.csv"))][1:] == [f"pics/{i:02d}.{'png' if i % 3 else 'jpg'}"
+                                                                            for i in range(40)]
