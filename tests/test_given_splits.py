@@ -166,6 +166,16 @@ def test_images_under_two_pixels_a_side_are_said_to_take_no_convolution():
     assert made.shape == "a CNN 1x1x1 -> no convolution (a side under 2 pixels) -> 64 -> 2"  # 'max-pool x0 ( filters)'
 
 
+def test_labels_of_one_column_beside_flat_ones_are_read_alike(tmp_path):
+    path, _ = _digits_arrays(tmp_path, "digits.npz", lambda x: x)
+    arrays = dict(np.load(path))
+    np.savez(path, **{**arrays, "y_train": arrays["y_train"][:, None].astype(np.uint8)})  # CIFAR's [N, 1] uint8
+    data = load_dataset(path)  # it said 'rows of different shapes (y_train [1], y_test [])'
+    np.testing.assert_array_equal(data.test.labels, arrays["y_test"])
+    np.testing.assert_array_equal(np.sort(np.concatenate([data.train.labels, data.validation.labels])),
+                                  np.sort(arrays["y_train"]))
+
+
 def test_a_split_scaled_apart_from_the_others_is_one_line(tmp_path):
     path, _ = _digits_arrays(tmp_path, "digits.npz", lambda x: x)
     arrays = dict(np.load(path))

@@ -82,6 +82,9 @@ def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_nam
                 "give them the training rows" if split == "train" else
                 f"give them rows, or leave the {split} arrays out (that split is then carved out of train)"))
     _check_label_kinds(path, key, {split: splits[split][key] for split in order})
+    for split in order:  # labels [N, 1] (CIFAR's) are [N], as a file's unsplit labels are: beside y_test [N] too
+        labels = splits[split][key]
+        splits[split][key] = labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
     joined = {}
     for name in train:
         shapes = {split: splits[split][name].shape[1:] for split in order}
