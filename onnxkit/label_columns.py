@@ -142,9 +142,11 @@ def _lone_words_column(header: Sequence[str], rows: Sequence[Sequence[str]], lab
 
 
 def npz_labels(names: Iterable[str]) -> str | None:
-    """The name of the array an .npz file with these arrays keeps its labels in, or None."""
-    present = set(names)
-    return next((n for n in NPZ_LABELS if n in present), None)
+    """The name of the array an .npz file with these arrays keeps its labels in, or None; `NPZ_LABELS` in any case
+    where none is spelled so (`Y`, as `X_train, Y_train` are: a file split as Keras' was told it had no labels)."""
+    present = list(names)
+    return next((n for n in NPZ_LABELS if n in present), None) or \
+        next((k for n in NPZ_LABELS for k in present if k.lower() == n), None)
 
 
 def feature_names(header: Sequence[str] | None, label: int | None) -> list[str] | None:

@@ -166,6 +166,16 @@ def test_images_under_two_pixels_a_side_are_said_to_take_no_convolution():
     assert made.shape == "a CNN 1x1x1 -> no convolution (a side under 2 pixels) -> 64 -> 2"  # 'max-pool x0 ( filters)'
 
 
+def test_arrays_named_in_capitals_are_read_as_in_lower_case(tmp_path):
+    path, _ = _digits_arrays(tmp_path, "digits.npz", lambda x: x)
+    arrays = dict(np.load(path))
+    np.savez(path, X_Train=arrays["x_train"], Y_Train=arrays["y_train"], X_Test=arrays["x_test"],
+             Y_Test=arrays["y_test"])  # it said 'no labels among its train arrays (X_train, Y_train)'
+    data = load_dataset(path)
+    np.testing.assert_array_equal(data.test.inputs["X"], arrays["x_test"])
+    np.testing.assert_array_equal(data.test.labels, arrays["y_test"])
+
+
 def test_labels_of_one_column_beside_flat_ones_are_read_alike(tmp_path):
     path, _ = _digits_arrays(tmp_path, "digits.npz", lambda x: x)
     arrays = dict(np.load(path))
