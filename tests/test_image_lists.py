@@ -131,3 +131,14 @@ def test_a_list_with_no_header_keeps_its_first_image(listed, tmp_path, run_cli):
     assert out.code == 0, out.err
     assert [row[0] for row in csv.reader(open(tmp_path / "p.csv"))][1:] == [f"pics/{i:02d}.{'png' if i % 3 else 'jpg'}"
                                                                             for i in range(40)]
+
+
+def test_predict_of_a_list_with_a_short_row_names_the_row(listed, tmp_path, run_cli):
+    path, _, _ = listed
+    rows = list(csv.reader(open(path)))
+    _rewritten(path, [*rows[:3], ["3"], *rows[3:]])  # a row of one cell, not an image, on line 4
+    onnx.save(zoo.build_model("digits-cnn"), tmp_path / "digits.onnx")
+    out = run_cli("predict", tmp_path / "digits.onnx", path)
+    assert out.code == 1 and out.err == (f"error: {path}:4: 'file' names an image file in 40 of 41 rows, but not here "
+                                         "('3'); name an image (.png .jpg .jpeg .bmp .gif .webp .tif .tiff) in every "
+                                         "row, or drop the rows that name none\n"), out.err

@@ -38,6 +38,7 @@ _SPLIT_FOLDERS = {**{name: name for name in SPLIT_NAMES}, **SPLIT_ALIASES}  # va
 _LAYOUT = "[batch, channels, height, width] or [batch, height, width, channels], with 1, 3 or 4 channels"
 _SYSTEM_FILES = ("thumbs.db", "desktop.ini")  # Windows' Explorer writes them into folders of images
 BUILT_SIDE = 64  # the largest square images of several sizes are resized to for a model built for them
+GLANCE = 100  # a CSV column names images if one of its first this many rows does (a table's is not read through)
 
 
 @dataclass(frozen=True)
@@ -288,23 +289,30 @@ def image_column(path: Path, header: Sequence[str] | None, body: Sequence[Sequen
     rows but not all (the first row it does not; it was read as a table, 'too many distinct texts'), two such
     columns, and a label column naming images too (an image beside its mask)."""
     width = len(header or body[0]) if body else 0
-    named = [[is_image(Path(row[j].strip())) for row in body] for j in range(width)]
-    listed = [j for j in range(width) if j != label and all(named[j])]
+    glance = [j for j in range(width) if any(is_image(Path(_cell(row, j))) for row in body[:GLANCE])]
+    named = {j: [is_image(Path(_cell(row, j))) for row in body] for j in glance}  # a table's numbers: none
+    listed = [j for j in named if j != label and all(named[j])]
     shown = [repr(header[j].strip()) if header else f"column {j + 1}" for j in range(width)]
-    if len(listed) > 1 or listed and label is not None and all(named[label]):
-        found = [*listed, *([label] if label is not None and all(named[label]) else [])]
+    labelled = label is not None and all(named.get(label, [False]))
+    if len(listed) > 1 or listed and labelled:
+        found = [*listed, *([label] if labelled else [])]
         raise OnnxkitError(f"{path}: {' and '.join(shown[j] for j in found)} each name an image in every row; a list "
                            "of images has one such column, beside a label column of class names or numbers: drop or "
                            "rename the others")
     if listed:
         return listed[0]
-    partly = next((j for j in range(width) if j != label and 2 * sum(named[j]) > len(body)), None)
+    partly = next((j for j in named if j != label and 2 * sum(named[j]) > len(body)), None)
     if partly is not None:
         i = named[partly].index(False)
         raise OnnxkitError(f"{path}:{lines[i]}: {shown[partly]} names an image file in {sum(named[partly])} of "
-                           f"{len(body)} rows, but not here ({body[i][partly].strip()!r}); name an image "
+                           f"{len(body)} rows, but not here ({_cell(body[i], partly)!r}); name an image "
                            f"({' '.join(IMAGE_SUFFIXES)}) in every row, or drop the rows that name none")
     return None
+
+
+def _cell(row: Sequence[str], j: int) -> str:
+    """Cell `j` of a CSV row, stripped; '' past a short row's end (predict reads a list's rows as they are)."""
+    return row[j].strip() if j < len(row) else ""
 
 
 def listed_files(path: Path, column: int, body: Sequence[Sequence[str]]) -> list[Path]:
