@@ -126,9 +126,11 @@ def _check_scales(path: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
     """Refuses one split of whole numbers past 1 beside another of floats within [-1, 1]: 0-255 pixels in x_train and
     x_test / 255 (the model standardised for the one scores the other as near black)."""
     whole = {split: int(a.max()) for split, a in arrays.items() if a.dtype.kind in "ui" and a.size and a.max() > 1}
+    if not whole:  # the floats are then not read through (a copy of each)
+        return
     unit = [split for split, a in arrays.items() if a.dtype.kind == "f" and a.size and
             np.abs(a[np.isfinite(a)]).max(initial=0) <= 1]
-    if whole and unit:
+    if unit:
         split, top = next(iter(whole.items()))
         raise OnnxkitError(f"{path}: {name}_{split} holds whole numbers up to {top} but {name}_{unit[0]} fractions "
                            f"within [-1, 1], as if divided by {top} alone; scale every split alike (each / {top}, or "
