@@ -785,9 +785,13 @@ def parquet_table(path: Path) -> Any:
         raise OnnxkitError(f"{path}: reading Parquet needs pyarrow; pip install pyarrow, or save the table as "
                            ".csv") from None
     try:  # a file's own reader: read_table's (Arrow datasets) refused two columns of one name in 9 lines
-        return pyarrow.parquet.ParquetFile(path).read()
+        table = pyarrow.parquet.ParquetFile(path).read()
     except (OSError, pyarrow.ArrowException) as e:
         raise OnnxkitError(f"{path}: cannot read it as Parquet ({str(e).splitlines()[0]}); check the file") from e
+    twice = next((name for j, name in enumerate(table.column_names) if name in table.column_names[:j]), None)
+    if twice is not None:  # columns are read by name (pandas' to_parquet refuses to write such a table)
+        raise OnnxkitError(f"{path}: two columns are named {twice!r}; give each column its own name")
+    return table
 
 
 def column_cells(values: list[Any]) -> list[str]:
