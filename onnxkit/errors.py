@@ -35,3 +35,8 @@ def suggest(name: str, choices: Iterable[str]) -> str:
 def first_few(names: Sequence[str], most: int = 3) -> str:
     """'a, b, c, ...': `names` for a message, the first `most` of them."""
     return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def first_repeated(names: Sequence[str]) -> str | None:
+    """The first of `names` that an earlier one repeats, or None (a table's columns, read by name)."""
+    return next((name for j, name in enumerate(names) if name in names[:j]), None)

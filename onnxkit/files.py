@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxkit.errors import OnnxkitError, first_few
+from onnxkit.errors import OnnxkitError, first_few, first_repeated
 from onnxkit.signals import check_stop, held_back
 
 if TYPE_CHECKING:
@@ -788,7 +788,7 @@ def parquet_table(path: Path) -> Any:
         table = pyarrow.parquet.ParquetFile(path).read()
     except (OSError, pyarrow.ArrowException) as e:
         raise OnnxkitError(f"{path}: cannot read it as Parquet ({str(e).splitlines()[0]}); check the file") from e
-    twice = next((name for j, name in enumerate(table.column_names) if name in table.column_names[:j]), None)
+    twice = first_repeated(table.column_names)
     if twice is not None:  # columns are read by name (pandas' to_parquet refuses to write such a table)
         raise OnnxkitError(f"{path}: two columns are named {twice!r}; give each column its own name")
     return table

@@ -61,7 +61,7 @@ def test_a_column_of_lists_structs_or_bytes_is_one_line(frame, tmp_path, column,
     frame.assign(extra=column).to_parquet(tmp_path / "t.parquet")
     with pytest.raises(OnnxkitError) as e:
         load_dataset(tmp_path / "t.parquet", label="kind")
-    assert str(e.value).startswith(f"{tmp_path / 't.parquet'}: {says}, which train reads as no feature"), e.value
+    assert str(e.value).startswith(f"{tmp_path / 't.parquet'}: {says}, which no table cell holds"), e.value
 
 
 def test_two_columns_of_one_name_are_one_line(frame, tmp_path, run_cli):

@@ -33,7 +33,7 @@ from onnxkit.data.given_splits import given_splits, split_arrays
 from onnxkit.data.images import image_column, names_an_image, read_listed_images
 from onnxkit.data.parquet import parquet_rows
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
-from onnxkit.errors import OnnxkitError, first_few, suggest
+from onnxkit.errors import OnnxkitError, first_few, first_repeated, suggest
 from onnxkit.files import (
     flags_as_numbers,
     is_missing,
@@ -302,7 +302,7 @@ def _column(header: Sequence[str] | None, j: int, label_col: int) -> str:
 
 def _by_column(path: Path, names: Sequence[str], features: list[list[str]]) -> dict[str, list[str]]:
     """A table's feature cells by column name; two columns of one name are an error (one was dropped unsaid)."""
-    twice = next((name for j, name in enumerate(names) if name in names[:j]), None)
+    twice = first_repeated(names)
     if twice is not None:
         raise OnnxkitError(f"{path}: two columns are headed {twice!r}; give each column its own name (categories are "
                            "read by column name)")

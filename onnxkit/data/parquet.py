@@ -23,9 +23,9 @@ def parquet_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     kept = [name for name in table.column_names if not name.startswith("__index_level_")]
     for j, name in enumerate(table.column_names):
         if name in kept and _nested(table.schema.field(j).type):
-            raise OnnxkitError(f"{path}: column {name!r} holds {table.schema.field(j).type} values, which train reads "
-                               "as no feature (a table's cell is one number or text); spread them into columns of "
-                               "their own, drop the column, or save the arrays as an .npz")
+            raise OnnxkitError(f"{path}: column {name!r} holds {table.schema.field(j).type} values, which no table "
+                               "cell holds (one number or text each); spread them into columns of their own, drop the "
+                               "column, or save the arrays as an .npz")
     _check_memory(path, table.num_rows, len(kept))
     cells = [column_cells(table.column(j).to_pylist()) for j, name in enumerate(table.column_names) if name in kept]
     return kept, [list(row) for row in zip(*cells, strict=True)]
