@@ -72,12 +72,11 @@ def default_model(dataset: Dataset, data: str, loss: str | None = None) -> tuple
     measured = loss is None and dataset.task != "regression" and _measured(dataset)
     regression = dataset.task == "regression" or loss in ("mse", "l1") or measured
     pictured = x is not None and (x.ndim == 3 or x.ndim == 4 and _channels(x.shape) is not None)
-    if pictured and loss is None and dataset.task == "regression" and labels.ndim == 1:
-        ids = np.all(labels == np.round(labels))  # class ids saved as floats (a torch tensor's, y / 1.0)
-        raise OnnxkitError(f"{data} holds images with labels of floats{' (whole numbers)' * bool(ids)}, regression "
-                           "targets, and train builds image models for classes: save class ids as integers "
-                           "(y.astype(np.int64)), or build a model for the targets and train that: onnxkit train "
-                           f"MODEL.onnx {data}")
+    if pictured and loss is None and dataset.task == "regression" and labels.ndim == 1 and \
+            np.all(labels == np.round(labels)):  # class ids saved as floats (a torch tensor's); not a series' targets
+        raise OnnxkitError(f"{data} holds images with labels of floats (whole numbers), regression targets, and train "
+                           "builds image models for classes: save class ids as integers (y.astype(np.int64)), or "
+                           f"build a model for the targets and train that: onnxkit train MODEL.onnx {data}")
     images = pictured and not regression
     if x is None or x.ndim != 2 and not images or x.dtype.kind not in "fiub" or (not regression and labels.ndim != 1):
         shown = ", ".join(f"{k} {list(v.shape[1:])}" for k, v in inputs.items())
