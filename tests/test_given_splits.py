@@ -153,6 +153,10 @@ def test_images_with_class_ids_saved_as_floats_are_told_to_save_integers(tmp_pat
     assert result.err.startswith(f"error: {path} holds images with labels of floats (whole numbers), regression "
                                  "targets, and train builds image models for classes: save class ids as integers")
     assert not (tmp_path / "run").exists()
+    rng = np.random.default_rng(0)  # a series' real-valued targets: no images, the general line
+    np.savez(tmp_path / "series.npz", x=rng.normal(size=(50, 12, 3)), y=rng.normal(size=50))
+    result = run_cli("train", tmp_path / "series.npz", "-o", tmp_path / "run")
+    assert result.code == 1 and "holds x [12, 3] a row: train picks a model only for" in result.err, result.err
 
 
 def test_images_under_two_pixels_a_side_are_said_to_take_no_convolution():
