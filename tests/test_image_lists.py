@@ -142,3 +142,19 @@ def test_predict_of_a_list_with_a_short_row_names_the_row(listed, tmp_path, run_
     assert out.code == 1 and out.err == (f"error: {path}:4: 'file' names an image file in 40 of 41 rows, but not here "
                                          "('3'); name an image (.png .jpg .jpeg .bmp .gif .webp .tif .tiff) in every "
                                          "row, or drop the rows that name none\n"), out.err
+
+
+def test_predict_of_a_list_of_absolute_paths_names_each_row_as_listed(listed, tmp_path, run_cli, monkeypatch):
+    path, images, _ = listed
+    rows = list(csv.reader(open(path)))
+    _rewritten(path, [rows[0], *[[str(tmp_path / row[0]), row[1]] for row in rows[1:]]])
+    onnx.save(zoo.build_model("digits-cnn"), tmp_path / "digits.onnx")
+    monkeypatch.chdir(tmp_path)
+    out = run_cli("predict", "digits.onnx", path.name, "-o", "p.csv")  # a ValueError traceback from relative_to
+    assert out.code == 0, out.err
+    by_list = list(csv.reader(open(tmp_path / "p.csv")))[1:]
+    assert [row[0] for row in by_list] == [str(p) for p in images]
+    out = run_cli("predict", "digits.onnx", *images, "-o", "q.csv")
+    assert out.code == 0, out.err
+    by_files = list(csv.reader(open(tmp_path / "q.csv")))[1:]
+    np.testing.assert_array_equal(np.array([r[1:] for r in by_list]), np.array([r[1:] for r in by_files]))

@@ -135,8 +135,8 @@ def image_rows(path: InputPath) -> list[str] | None:
 
     if not isinstance(path, (str, os.PathLike)):
         return [shown_name(str(p)) for p in paths]
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    return [shown_name(str(p.relative_to(folder))) for p in paths]
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent  # a list's absolute paths: as listed
+    return [shown_name(str(p.relative_to(folder) if p.is_relative_to(folder) else p)) for p in paths]
 
 
 def holds_images(path: str | os.PathLike) -> bool:
