@@ -158,3 +158,18 @@ def test_predict_of_a_list_of_absolute_paths_names_each_row_as_listed(listed, tm
     assert out.code == 0, out.err
     by_files = list(csv.reader(open(tmp_path / "q.csv")))[1:]
     np.testing.assert_array_equal(np.array([r[1:] for r in by_list]), np.array([r[1:] for r in by_files]))
+
+
+def test_an_image_listed_again_is_decoded_once(listed, monkeypatch):
+    from onnxkit.data import images as reader
+    from onnxkit.data.images import ImageInput, read_images
+
+    path, images, _ = listed
+    rows = list(csv.reader(open(path)))
+    _rewritten(path, [rows[0], *rows[1:] * 5])  # each image five times: an oversampled list
+    expected = read_images(images, ImageInput("image", 1, 8, 8))  # the 40 files as the reader reads them, 8x8
+    decoded, pixels = [], reader._pixels
+    monkeypatch.setattr(reader, "_pixels", lambda p, *a: decoded.append(p) or pixels(p, *a))
+    data = load_dataset(path, validation=0.0, test=0.0)  # it decoded each of the 200 rows
+    assert sorted(decoded) == sorted(images)
+    np.testing.assert_array_equal(data.train.inputs["image"], np.concatenate([expected] * 5))

@@ -136,7 +136,12 @@ def read_images(paths: Sequence[Path], layout: ImageInput,
     example = (height, width, channels) if layout.channels_last else (channels, height, width)
     _check_memory(len(paths), example, np.dtype(layout.dtype))
     array = np.empty((len(paths), *example), layout.dtype)
+    decoded: dict[Any, int] = {}  # a file a list names again (an oversampled class) is copied, not decoded again
     for i, path in enumerate(paths):
+        if path in decoded:
+            array[i] = array[decoded[path]]
+            continue
+        decoded[path] = i
         pixels = first if i == 0 else decode(i, channels, layout.size)
         if pixels.shape != first.shape:
             raise OnnxkitError(f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels where {paths[0]} has "
@@ -352,7 +357,8 @@ def _one_size(paths: Sequence[Path], layout: ImageInput) -> tuple[ImageInput, tu
     """The layout images of no model are read in: their own size when they share one of at most BUILT_SIDE pixels a
     side, else a square of the median of their shorter sides, at most BUILT_SIDE, each resized to it (bilinear, as
     for a model of that size; a square whatever way a photo's EXIF turns it), and the note that says so."""
-    sizes = [_opened(path, lambda image: image.size) for path in paths]  # the headers alone
+    sized = {path: _opened(path, lambda image: image.size) for path in dict.fromkeys(paths)}  # the headers alone
+    sizes = [sized[path] for path in paths]
     if len(set(sizes)) == 1 and max(sizes[0]) <= BUILT_SIDE:
         return layout, ()
     side = min(BUILT_SIDE, int(np.median([min(size) for size in sizes])))
