@@ -154,16 +154,22 @@ def read_images(paths: Sequence[Path], layout: ImageInput,
 
 
 def _check_memory(count: int, example: tuple[int, ...], dtype: np.dtype) -> None:
-    """One error line, before decoding, when `count` images of `example`'s shape would not fit in the memory free
-    now (the kernel would kill the process partway, with no word)."""
+    """One error line, before decoding, when `count` images of `example`'s shape would not fit in the memory free."""
+    refuse_past_memory(count * int(np.prod(example)) * dtype.itemsize,
+                       f"{count:,} images of {' x '.join(map(str, example))} {dtype}",
+                       "resize them smaller, use fewer, or export the model with a uint8 image input (a quarter of "
+                       "float32's)")
+
+
+def refuse_past_memory(needed: int, what: str, advice: str) -> None:
+    """'WHAT take N, more than the M of memory free; ADVICE', when `needed` bytes would not fit in the memory free now
+    (the kernel would kill the process partway, with no word)."""
     from onnxkit.summary import human_bytes
 
-    needed = count * int(np.prod(example)) * dtype.itemsize
     free = available_memory()
     if free is not None and needed > free:
-        raise OnnxkitError(f"{count:,} images of {' x '.join(map(str, example))} {dtype} take {human_bytes(needed)}, "
-                           f"more than the {human_bytes(free)} of memory free; resize them smaller, use fewer, or "
-                           "export the model with a uint8 image input (a quarter of float32's)")
+        raise OnnxkitError(f"{what} take {human_bytes(needed)}, more than the {human_bytes(free)} of memory free; "
+                           f"{advice}")
 
 
 def available_memory() -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onnxkit.data.images import available_memory
+from onnxkit.data.images import refuse_past_memory
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import column_cells, parquet_table
 
@@ -40,12 +40,7 @@ def _nested(kind: Any) -> bool:
 
 
 def _check_memory(path: Path, rows: int, columns: int) -> None:
-    """One error line, before the cells are made, when `rows` x `columns` of them would not fit in the memory free
-    (the kernel would kill the process partway, with no word)."""
-    from onnxkit.summary import human_bytes
-
-    needed, free = rows * columns * CELL_BYTES, available_memory()
-    if free is not None and needed > free:
-        raise OnnxkitError(f"{path}: {rows:,} rows x {columns} columns take about {human_bytes(needed)} as cells here, "
-                           f"more than the {human_bytes(free)} of memory free; save the features as an .npz "
-                           "(np.savez(f, x=df[features].to_numpy('float32'), y=df[label])), or use fewer rows")
+    """One error line, before the cells are made, when `rows` x `columns` of them would not fit in the memory free."""
+    refuse_past_memory(rows * columns * CELL_BYTES, f"{path}: {rows:,} rows x {columns} columns, as cells here,",
+                       "save the features as an .npz (np.savez(f, x=df[features].to_numpy('float32'), "
+                       "y=df[label])), or use fewer rows")
