@@ -20,8 +20,9 @@ from onnx import helper, numpy_helper
 from onnxkit.data import Dataset, ModelInput, Split
 from onnxkit.errors import OnnxkitError
 from onnxkit.metadata import metadata, set_metadata
-from onnxkit.metadata_keys import BUFFERS_KEY, IMPUTED_KEY
 from onnxkit.metadata_keys import IMPUTE_PREFIX as PREFIX
+from onnxkit.metadata_keys import IMPUTED_KEY
+from onnxkit.train.input_prefix import in_front_of_inputs
 
 
 def gap_medians(dataset: Dataset, specs: list[ModelInput]) -> dict[str, np.ndarray]:
@@ -80,26 +81,16 @@ def gaps_line(dataset: Dataset, specs: list[ModelInput], medians: dict[str, np.n
 
 def impute_inputs(model: onnx.ModelProto, medians: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of `model` whose inputs named in `medians` pass through `Where(IsNaN(x), median, x)` first."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph, nodes, buffers = out.graph, [], []
-    dtypes = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in graph.input}
-    for name, median in medians.items():
-        kept = f"{PREFIX}.{name}"
-        for node in graph.node:
-            node.input[:] = [kept if i == name else i for i in node.input]
+
+    def nodes(name: str, kept: str, dtype: np.dtype) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
         stored = f"{kept}.median"
-        graph.initializer.append(numpy_helper.from_array(median.astype(dtypes[name]), stored))
-        nodes += [helper.make_node("IsNaN", [name], [f"{kept}.missing"], name=f"{PREFIX}/{name}/isnan"),
-                  helper.make_node("Where", [f"{kept}.missing", stored, name], [kept], name=f"{PREFIX}/{name}/where")]
-        buffers.append(stored)
-    existing = list(graph.node)
-    del graph.node[:]
-    graph.node.extend([*nodes, *existing])
-    known = json.loads(metadata(out).get(BUFFERS_KEY, "[]"))
+        return ([helper.make_node("IsNaN", [name], [f"{kept}.missing"], name=f"{PREFIX}/{name}/isnan"),
+                 helper.make_node("Where", [f"{kept}.missing", stored, name], [kept], name=f"{PREFIX}/{name}/where")],
+                [numpy_helper.from_array(medians[name].astype(dtype), stored)])
+
+    out = in_front_of_inputs(model, PREFIX, medians, nodes)
     imputed = json.loads(metadata(out).get(IMPUTED_KEY, "[]"))
-    set_metadata(out, {BUFFERS_KEY: [*known, *(b for b in buffers if b not in known)],
-                       IMPUTED_KEY: [*imputed, *(n for n in medians if n not in imputed)]})
+    set_metadata(out, {IMPUTED_KEY: [*imputed, *(n for n in medians if n not in imputed)]})
     return out
 
 

@@ -13,7 +13,6 @@ mask, or 0/-1e9 added to attention scores), which scaling would turn into other 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +20,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxkit.data import ModelInput, Split
-from onnxkit.metadata import metadata, set_metadata
-from onnxkit.metadata_keys import BUFFERS_KEY
 from onnxkit.metadata_keys import STANDARDIZE_PREFIX as PREFIX
+from onnxkit.train.input_prefix import add_buffers, in_front_of_inputs
 
 TINY = 1e-7  # below this a feature is constant: it is centred, not scaled (scikit-learn's StandardScaler)
 SPREAD, FAR = 100.0, 10.0  # unscaled: a std this many times the median std, or a mean / std beyond this
@@ -114,25 +112,15 @@ def standardizes_itself(model: onnx.ModelProto) -> bool:
 
 def standardize_inputs(model: onnx.ModelProto, scales: dict[str, Scale]) -> onnx.ModelProto:
     """A copy of `model` whose inputs named in `scales` pass through `(x - mean) / std` first."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph, nodes, buffers = out.graph, [], []
-    # stored in the input's own type: a float64 or float16 input (x.float() inside the model) beside float32
-    # statistics was a Sub ONNX Runtime refuses to load
-    dtypes = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in graph.input}
-    for name, scale in scales.items():
-        scaled = f"{PREFIX}.{name}"
-        for node in graph.node:
-            node.input[:] = [scaled if i == name else i for i in node.input]
+
+    def nodes(name: str, scaled: str, dtype: np.dtype) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
         mean, std = f"{scaled}.mean", f"{scaled}.std"
-        graph.initializer.extend([numpy_helper.from_array(scale.mean.astype(dtypes[name]), mean),
-                                  numpy_helper.from_array(scale.std.astype(dtypes[name]), std)])
-        nodes += [helper.make_node("Sub", [name, mean], [f"{scaled}.centred"], name=f"{PREFIX}/{name}/sub"),
-                  helper.make_node("Div", [f"{scaled}.centred", std], [scaled], name=f"{PREFIX}/{name}/div")]
-        buffers += [mean, std]
-    _prepend(graph, nodes)
-    _add_buffers(out, buffers)
-    return out
+        return ([helper.make_node("Sub", [name, mean], [f"{scaled}.centred"], name=f"{PREFIX}/{name}/sub"),
+                 helper.make_node("Div", [f"{scaled}.centred", std], [scaled], name=f"{PREFIX}/{name}/div")],
+                [numpy_helper.from_array(scales[name].mean.astype(dtype), mean),
+                 numpy_helper.from_array(scales[name].std.astype(dtype), std)])
+
+    return in_front_of_inputs(model, PREFIX, scales, nodes)
 
 
 def unscale_output(model: onnx.ModelProto, output: str, scale: Scale) -> onnx.ModelProto:
@@ -150,7 +138,7 @@ def unscale_output(model: onnx.ModelProto, output: str, scale: Scale) -> onnx.Mo
         helper.make_node("Mul", [inner, std], [f"{PREFIX}.{output}.scaled"], name=f"{PREFIX}/{output}/mul"),
         helper.make_node("Add", [f"{PREFIX}.{output}.scaled", mean], [output], name=f"{PREFIX}/{output}/add"),
     ])
-    _add_buffers(out, [mean, std])
+    add_buffers(out, [mean, std])
     return out
 
 
@@ -227,14 +215,3 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: fl
 def _middle(ordered: np.ndarray) -> float:
     """The median of values sorted ascending (np.median imports numpy.ma, ~10 ms)."""
     return float(ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
-
-
-def _prepend(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
-    existing = list(graph.node)
-    del graph.node[:]
-    graph.node.extend([*nodes, *existing])
-
-
-def _add_buffers(model: onnx.ModelProto, names: list[str]) -> None:
-    known = json.loads(metadata(model).get(BUFFERS_KEY, "[]"))
-    set_metadata(model, {BUFFERS_KEY: [*known, *(n for n in names if n not in known)]})
