@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxkit.errors import OnnxkitError
+from onnxkit.errors import OnnxkitError, first_repeated
 from onnxkit.files import MISSING_CELLS, is_number
 
 SEPARATOR = "="  # between a category column's name and its value: 'color=red'
@@ -90,6 +90,16 @@ def category_of(name: str, columns: Sequence[str]) -> tuple[str, str] | None:
         if name[i] == SEPARATOR and name[:i] in columns:
             return name[:i], name[i + 1:]
     return None
+
+
+def by_column(source: str, names: Sequence[str], rows: Sequence[Sequence[str]]) -> dict[str, list[str]]:
+    """A table's rows of cells as columns by name, as `fit_columns` and `encode` take them; two columns of one name
+    are an error (a dict kept one of them unsaid)."""
+    twice = first_repeated(names)
+    if twice is not None:
+        raise OnnxkitError(f"{source}: two columns are headed {twice!r}; give each column its own name (categories "
+                           "are read by column name)")
+    return {name: [row[j] for row in rows] for j, name in enumerate(names)}
 
 
 def encodes_categories(names: Sequence[str] | None, columns: Sequence[str] | None) -> bool:

@@ -268,3 +268,27 @@ def test_a_column_named_with_the_separator_is_encoded_as_its_own_or_refused(tmp_
     path.write_text("a,a,label\n" + "".join(f"{i},{'xy'[i % 2]},{i % 2}\n" for i in range(20)))
     with pytest.raises(OnnxkitError, match=f"^{path}: two columns are headed 'a'; give each column its own name"):
         load_dataset(path)
+
+
+def test_predict_of_a_table_with_two_columns_of_one_name_is_one_line(tmp_path, run_cli):
+    """predict's CSV reader and Model.predict(DataFrame) kept one of two category columns of one name unsaid (the
+    training reader refused them already)."""
+    pd = pytest.importorskip("pandas")
+    from onnxkit import runtime
+    from onnxkit.errors import OnnxkitError
+    from onnxkit.train import fit
+
+    rng = np.random.default_rng(4)
+    _people(tmp_path / "people.csv", rng, 120, ["S", "C", "Q"])
+    model = fit(None, tmp_path / "people.csv", tmp_path / "run", label="survived", steps=2).model_path
+    rows = list(csv.reader((tmp_path / "people.csv").open()))
+    twice = [["name", "sex", "age", "fare", "sex", "survived"], *rows[1:11]]  # 'embarked' headed 'sex' by mistake
+    with (tmp_path / "twice.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(twice)
+    result = run_cli("predict", model, tmp_path / "twice.csv")
+    assert result.code == 1
+    assert result.err == (f"error: {tmp_path / 'twice.csv'}: two columns are headed 'sex'; give each column its own "
+                          "name (categories are read by column name)\n")
+    frame = pd.DataFrame(twice[1:], columns=twice[0])
+    with pytest.raises(OnnxkitError, match="^the DataFrame: two columns are headed 'sex'; give each column"):
+        runtime.load(model).predict(frame)

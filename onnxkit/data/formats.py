@@ -28,12 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.categories import UnseenCategories, encode, encodes_categories, fit_columns, holds_text, is_gap
+from onnxkit.categories import (
+    UnseenCategories,
+    by_column,
+    encode,
+    encodes_categories,
+    fit_columns,
+    holds_text,
+    is_gap,
+)
 from onnxkit.data.given_splits import given_splits, split_arrays
 from onnxkit.data.images import image_column, names_an_image, read_listed_images
 from onnxkit.data.parquet import parquet_rows
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
-from onnxkit.errors import OnnxkitError, first_few, first_repeated, suggest
+from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import (
     flags_as_numbers,
     is_missing,
@@ -188,7 +196,7 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
     names = feature_names(header, label_col)
     notes: tuple[str, ...] = ()
     if encodes_categories(columns, names):  # a model's recorded categories, rebuilt by name
-        encoded = encode(_by_column(path, names, features), columns, str(path), lines)  # type: ignore[arg-type]
+        encoded = encode(by_column(str(path), names, features), columns, str(path), lines)  # type: ignore[arg-type]
         x, names = encoded.x, list(columns)  # type: ignore[arg-type]
         if encoded.unseen:
             warnings.warn(encoded.warning(str(path)), UnseenCategories, stacklevel=2)
@@ -300,15 +308,6 @@ def _column(header: Sequence[str] | None, j: int, label_col: int) -> str:
     return repr(header[j].strip()) if header else str(j + 1)
 
 
-def _by_column(path: Path, names: Sequence[str], features: list[list[str]]) -> dict[str, list[str]]:
-    """A table's feature cells by column name; two columns of one name are an error (one was dropped unsaid)."""
-    twice = first_repeated(names)
-    if twice is not None:
-        raise OnnxkitError(f"{path}: two columns are headed {twice!r}; give each column its own name (categories are "
-                           "read by column name)")
-    return {name: [row[j] for row in features] for j, name in enumerate(names)}
-
-
 def _with_categories(path: Path, features: list[list[str]], header: Sequence[str] | None, label_col: int,
                      lines: list[int], label_named: bool) -> tuple[np.ndarray, list[str] | None, tuple[str, ...]]:
     """Features that are not all numbers: missing cells as NaN, and each column of text as a 0/1 column per value
@@ -316,7 +315,7 @@ def _with_categories(path: Path, features: list[list[str]], header: Sequence[str
     left out. Refused: text in a file with no header to name its categories (or whose labels were taken from the
     last column by default, which the text may be), numbers with a stray text, every column left out."""
     names = feature_names(header, label_col)
-    columns = _by_column(path, names or [str(j) for j in range(len(features[0]))], features)
+    columns = by_column(str(path), names or [str(j) for j in range(len(features[0]))], features)
     texts = [j for j, cells in enumerate(columns.values()) if holds_text(cells)]
     for j in texts:
         cells = [row[j] for row in features]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxkit.categories import UnseenCategories, encode, encodes_categories
+from onnxkit.categories import UnseenCategories, by_column, encode, encodes_categories
 from onnxkit.errors import OnnxkitError
 from onnxkit.label_columns import feature_names, in_trained_order, label_column, trained_columns
 from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, QUANTIZATION_KEY, SCORES_KEY, TASK_KEY
@@ -178,8 +178,9 @@ class Model:
         names = [str(c) for c in frame.columns]
         label = label_column(names, "the DataFrame")
         if encodes_categories(trained, feature_names(names, label)):  # its category columns, encoded by name
-            cells = {name: [_cell(v) for v in frame[column].tolist()]
-                     for j, (name, column) in enumerate(zip(names, frame.columns, strict=True)) if j != label}
+            kept = [j for j in range(len(names)) if j != label]
+            columns = [[_cell(v) for v in frame.iloc[:, j].tolist()] for j in kept]
+            cells = by_column("the DataFrame", [names[j] for j in kept], list(zip(*columns, strict=True)))
             encoded = encode(cells, trained, "the DataFrame")
             if encoded.unseen:
                 warnings.warn(encoded.warning("the DataFrame"), UnseenCategories, stacklevel=3)
