@@ -36,6 +36,9 @@ from onnxkit.train.validation_sums import LABELS, SUMS
 MAX_TABLE = 1 << 28  # dropout table elements (1 GiB of float32): past that, a failed step is an error
 CHUNK = 1 << 18  # optimizer elements per run on the CPU (1 MiB of float32 per tensor)
 ONE_THREAD = 1 << 16  # up to this many parameters the optimizer runs on one thread (see OnnxSession)
+# past this many parameters the sessions run without ONNX Runtime's memory pattern (see `_options`): its one
+# allocation a run saves 3-4% of a 0.3-1.1M-parameter MLP's 1-3 ms step, nothing of a MiniLM's 500 ms one
+PATTERN_UP_TO = 1 << 22
 
 
 def _options(threads: int | None, severity: int = 3, *, spin_between_runs: bool = True,
@@ -45,7 +48,7 @@ def _options(threads: int | None, severity: int = 3, *, spin_between_runs: bool 
         options.add_session_config_entry("session.force_spinning_stop", "1")
     # ONNX Runtime's memory pattern allocates a run's intermediates as one block, planned from the first run, whose
     # own allocations stay in the arena beside it: twice the activations (MiniLM fine-tune, batch 16 x 128: a peak
-    # of 1,950 MiB, 1,468 without it, steps no slower)
+    # of 1,950 MiB, 1,468 without it; steps 1.005x, in one process alternating)
     options.enable_mem_pattern = memory_pattern
     # Adam's moments of dead units decay into subnormals, which make the CPU's float ops ~3x slower
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
@@ -70,12 +73,13 @@ class OnnxSession(TrainingSession):
         # a second thread gains nothing on passes over 64K floats (0.146 vs 0.149 ms), and its idle
         # spin-wait took a core from the next training run (digits-cnn recipe: train steps -3.4%)
         few = self._layout.size <= ONE_THREAD and kind == "cpu"
+        patterned = self._layout.size <= PATTERN_UP_TO and kind == "cpu"
         # with both sessions on every core, the idle threads of one spinning after its run took cores from the
         # other's: MiniLM's optimizer step took 57 ms where alone it takes 29, and its training run ~8% longer
         spin = few or kind != "cpu"
         # a too-short dropout table fails a training step that is retried: no error line for it
         self._train = create_session(str(directory / TRAINING), _options(threads, 4, spin_between_runs=spin,
-                                                                         memory_pattern=few), providers, own=True)
+                                                                         memory_pattern=patterned), providers, own=True)
         # an update graph of elementwise nodes: the higher optimisation levels find nothing in it (every optimizer's
         # graph, clipped or not, comes out node for node the same) and only take longer to build it (~0.3 ms)
         self._optim = create_session(str(directory / OPTIMIZER), _options(1 if few else threads, spin_between_runs=spin,
@@ -85,7 +89,7 @@ class OnnxSession(TrainingSession):
         # not spinning at all made each of its parallel sections wake a sleeping thread (validation
         # 39 -> 34 ms a fit when they spin until the run returns)
         self._eval = create_session(str(directory / EVAL), _options(threads, spin_between_runs=False,
-                                                                    memory_pattern=few), providers)
+                                                                    memory_pattern=patterned), providers)
         for session in (self._train, self._optim, self._eval):
             check_started(session, kind, device)
         self._load(load_state(checkpoint or directory / INITIAL), directory, checkpoint is not None)
