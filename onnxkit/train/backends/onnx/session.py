@@ -73,7 +73,7 @@ class OnnxSession(TrainingSession):
         # a second thread gains nothing on passes over 64K floats (0.146 vs 0.149 ms), and its idle
         # spin-wait took a core from the next training run (digits-cnn recipe: train steps -3.4%)
         few = self._layout.size <= ONE_THREAD and kind == "cpu"
-        patterned = self._layout.size <= PATTERN_UP_TO and kind == "cpu"
+        patterned = self._layout.size <= PATTERN_UP_TO
         # with both sessions on every core, the idle threads of one spinning after its run took cores from the
         # other's: MiniLM's optimizer step took 57 ms where alone it takes 29, and its training run ~8% longer
         spin = few or kind != "cpu"
