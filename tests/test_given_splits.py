@@ -125,6 +125,21 @@ def test_images_in_arrays_train_a_cnn_built_for_them_standardised(tmp_path, run_
     assert accuracy > 0.8  # 6 epochs (the default run: 93.7%); raw 0-255 pixels gave 89.7% at the default
 
 
+@pytest.mark.parametrize(("flag", "says", "standardised"), [
+    ((), "(pixels up to 255, standardised in the model)", True),
+    (("--no-standardize",), "(pixels up to 255, trained as they are (--no-standardize))", False),
+])
+def test_the_first_line_says_whether_pixels_are_standardised(tmp_path, run_cli, flag, says, standardised):
+    """--no-standardize trains 0-255 pixels raw; the first line said 'standardised in the model' all the same."""
+    path, _ = _digits_arrays(tmp_path, "digits.npz", lambda x: x)
+    result = run_cli("train", path, "-o", tmp_path / "run", "--epochs", "1", *flag)
+    assert result.code == 0, result.err
+    assert f"digits.npz's 8x8 images {says} and 10 classes" in result.err.splitlines()[0]
+    model = onnx.load(tmp_path / "run" / "model.onnx")
+    assert any(t.name.startswith("onnxkit.standardize") for t in model.graph.initializer) == standardised
+    assert ("Sub" in {n.op_type for n in model.graph.node}) == standardised
+
+
 def test_channels_last_statistics_are_per_channel():
     x = np.random.default_rng(2).normal([1.0, 5.0, -3.0], [1.0, 2.0, 0.5], size=(40, 6, 7, 3))
     scale = scale_of(x, ("batch", 6, 7, 3))

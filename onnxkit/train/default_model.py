@@ -62,11 +62,12 @@ def unmodelled_data(data: str | os.PathLike, *, seed: int, label: str | None) ->
         raise OnnxkitError(f"{data} is text, and train picks no model for text: {text_models(str(data))}") from None
 
 
-def default_model(dataset: Dataset, data: str, loss: str | None = None) -> tuple[onnx.ModelProto, DefaultModel]:
+def default_model(dataset: Dataset, data: str, loss: str | None = None,
+                  standardize: bool | None = None) -> tuple[onnx.ModelProto, DefaultModel]:
     """The zoo model for `dataset` (named `data` in what is said), built, and how: `tabular-mlp` for a table,
     `image-cnn` for images; a one-line error for data of other shapes. A regression `loss` (mse, l1) makes it a
     regression model, as do whole-number labels of too many values to be classes (`measured`), unless `loss` is
-    cross-entropy."""
+    cross-entropy. `standardize=False` (the user's) is what the line says of pixels past 1."""
     inputs, labels = dataset.train.inputs, dataset.train.labels
     x = next(iter(inputs.values())) if len(inputs) == 1 else None
     measured = loss is None and dataset.task != "regression" and _measured(dataset)
@@ -93,7 +94,7 @@ def default_model(dataset: Dataset, data: str, loss: str | None = None) -> tuple
         outputs = _classes(dataset)
         sized_to = f"{outputs} classes"
     if images:
-        return _image_model(x, outputs, data, sized_to)
+        return _image_model(x, outputs, data, sized_to, standardize)
     defaults = _defaults("tabular-mlp")
     options = {"features": x.shape[1], "outputs": outputs, **({"task": "regression"} if regression else {})}
     shape = " -> ".join(map(str, [x.shape[1], *[defaults["hidden"]] * defaults["layers"], outputs]))
@@ -109,7 +110,8 @@ def _channels(shape: tuple[int, ...]) -> tuple[int, bool] | None:
     return (shape[3], True) if shape[3] in CHANNELS else None
 
 
-def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str) -> tuple[onnx.ModelProto, DefaultModel]:
+def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str,
+                 standardize: bool | None) -> tuple[onnx.ModelProto, DefaultModel]:
     """`image-cnn` for [N, H, W] (gray), [N, C, H, W] or [N, H, W, C] images (Keras' layout, which the model then
     takes), described by its convolutions' widths."""
     if images.ndim == 3:  # the model's [batch, 1, H, W] input takes them as they are (a unit axis added)
@@ -128,8 +130,9 @@ def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str) -> 
     shape = f"a CNN {taken} -> {convolved} -> {_defaults('image-cnn')['hidden']} -> {classes}"
     # 0-255 pixels (a Keras array's) trained raw: 89.7% on digits where in [0, 1] they reach 92.2%
     past_one = bool(images.max(initial=0) > 1)
-    pixels = f"{height}x{width} images (pixels up to {images.max()}, standardised in the model)" if past_one else \
-        f"{height}x{width} images"
+    scaled = "trained as they are (--no-standardize)" if standardize is False else "standardised in the model"
+    pixels = f"{height}x{width} images (pixels up to {images.max()}, {scaled})" if past_one else \
+        f"{height}x{width} images"  # it said 'standardised' under --no-standardize too
     return proto, DefaultModel("image-cnn", options, data, shape, f"{pixels} and {sized_to}", past_one or None)
 
 

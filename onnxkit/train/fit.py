@@ -246,7 +246,7 @@ def fit(
                                    "the adapter out", params=["adapter", "model"])
             read = data if isinstance(data, Dataset) else unmodelled_data(data, seed=data_seed, label=label)
             model, made = default_model(read, data.name if isinstance(data, Dataset) else str(data),
-                                        get_loss(loss).name if loss else None)
+                                        get_loss(loss).name if loss else None, standardize)
         if isinstance(model, onnx.ModelProto):
             proto, model_path = model, None
             check_fits_protobuf(proto, "the model", "train")
