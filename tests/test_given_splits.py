@@ -215,6 +215,10 @@ def test_a_split_scaled_apart_from_the_others_is_one_line(tmp_path):
         load_dataset(path)
     assert str(e.value) == (f"{path}: x_train holds whole numbers up to 255 but x_test fractions within [-1, 1], as "
                             "if divided by 255 alone; scale every split alike (each / 255, or none)")
+    np.savez(path, **{**arrays, "x_train": arrays["x_train"].astype(np.float32), "x_test": arrays["x_test"] / 255})
+    with pytest.raises(OnnxkitError) as e:  # whole numbers as floats (astype('float32')): it trained, unsaid
+        load_dataset(path)
+    assert str(e.value).startswith(f"{path}: x_train holds whole numbers up to 255 but x_test fractions")
 
 
 def test_eval_of_a_file_holding_its_own_splits_scores_its_test_split(tmp_path, run_cli):

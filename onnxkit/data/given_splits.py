@@ -123,15 +123,29 @@ def _check_label_kinds(path: Path, key: str, labels: dict[str, np.ndarray]) -> N
 
 
 def _check_scales(path: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
-    """Refuses one split of whole numbers past 1 beside another of floats within [-1, 1]: 0-255 pixels in x_train and
-    x_test / 255 (the model standardised for the one scores the other as near black)."""
-    whole = {split: int(a.max()) for split, a in arrays.items() if a.dtype.kind in "ui" and a.size and a.max() > 1}
-    if not whole:  # the floats are then not read through (a copy of each)
+    """Refuses one split of whole numbers past 1 (integers, or floats holding them: `x.astype('float32')`) beside
+    another of floats within [-1, 1]: 0-255 pixels in x_train and x_test / 255 (the model standardised for the one
+    scores the other as near black)."""
+    unit = [split for split, a in arrays.items() if a.dtype.kind == "f" and _fractions(a[np.isfinite(a)])]
+    if not unit:  # the other splits are then not read through
         return
-    unit = [split for split, a in arrays.items() if a.dtype.kind == "f" and a.size and
-            np.abs(a[np.isfinite(a)]).max(initial=0) <= 1]
-    if unit:
+    whole = {split: top for split, a in arrays.items() if split not in unit and (top := _whole_past_one(a))}
+    if whole:
         split, top = next(iter(whole.items()))
         raise OnnxkitError(f"{path}: {name}_{split} holds whole numbers up to {top} but {name}_{unit[0]} fractions "
                            f"within [-1, 1], as if divided by {top} alone; scale every split alike (each / {top}, or "
                            "none)")
+
+
+def _fractions(finite: np.ndarray) -> bool:
+    """Whether finite floats lie within [-1, 1], not all whole (zeros alone are no scale)."""
+    return bool(finite.size) and np.abs(finite).max() <= 1 and not np.array_equal(finite, np.round(finite))
+
+
+def _whole_past_one(a: np.ndarray) -> int:
+    """The largest value of an array of whole numbers past 1, integers or floats; 0 for any other array."""
+    if a.dtype.kind not in "uif" or not a.size:
+        return 0
+    finite = a[np.isfinite(a)] if a.dtype.kind == "f" else a
+    top = finite.max(initial=0)
+    return int(top) if top > 1 and (a.dtype.kind != "f" or np.array_equal(finite, np.round(finite))) else 0
