@@ -84,8 +84,8 @@ def test_a_table_past_the_memory_free_is_refused_before_its_cells_are_made(frame
 
     frame.to_parquet(tmp_path / "t.parquet")
     monkeypatch.setattr(images, "available_memory", lambda: 90 * 5 * parquet.CELL_BYTES // 2)
-    with pytest.raises(OnnxkitError, match=r"t\.parquet: 90 rows x 5 columns, as cells here, take 58\.5 KB, more "
-                                           r"than the 29\.2 KB of memory free; save the features as an \.npz"):
+    with pytest.raises(OnnxkitError, match=r"t\.parquet: 90 rows x 5 columns, as cells here, take 81\.0 KB, more "
+                                           r"than the 40\.5 KB of memory free; save the features as an \.npz"):
         load_dataset(tmp_path / "t.parquet", label="kind")
     monkeypatch.setattr(images, "available_memory", lambda: 90 * 5 * parquet.CELL_BYTES)
     assert len(load_dataset(tmp_path / "t.parquet", label="kind").train) == 54
