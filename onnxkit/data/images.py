@@ -308,8 +308,8 @@ def image_column(path: Path, header: Sequence[str] | None, body: Sequence[Sequen
     if len(listed) > 1 or listed and labelled:
         found = [*listed, *([label] if labelled else [])]
         raise OnnxkitError(f"{path}: {' and '.join(shown[j] for j in found)} each name an image in every row; a list "
-                           "of images has one such column, beside a label column of class names or numbers: drop or "
-                           "rename the others")
+                           "of images has one such column, beside a label column of class names or numbers: drop the "
+                           "others")
     if listed:
         return listed[0]
     partly = next((j for j in named if j != label and 2 * sum(named[j]) > len(body)), None)
