@@ -64,6 +64,11 @@ def test_class_names_are_numbered_over_every_split(tmp_path):
     ({"x_train": np.zeros((4, 2)), "x_test": np.zeros((2, 2))}, "no labels among its train arrays (x_train); save"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "x_test": np.zeros((2, 2))},
      "its test arrays have no y_test, the labels that split is scored on; add them, or leave the test arrays out"),
+    # named as the file names them: it said y_validation of a file of x_val
+    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "x_val": np.zeros((2, 2))},
+     "its validation arrays have no y_val, the labels that split is scored on"),
+    ({"x_train": np.zeros((4, 2)), "y_train": np.arange(4), "x_valid": np.zeros((2, 3)), "y_valid": np.zeros(2)},
+     "rows of different shapes (x_train [2], x_valid [3])"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "z_test": np.zeros((2, 2)), "y_test": np.zeros(2)},
      "its test arrays (y, z) are not its train arrays' (x, y)"),
     ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "x_test": np.zeros((2, 3)), "y_test": np.zeros(2)},

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,22 @@ from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.label_columns import npz_labels, npz_split
 
 
-def split_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]] | None:
-    """The arrays of each split by their names without the suffix (`x_train` -> train's `x`), when a `_train` one is
-    among them; else None (the file is split by seed)."""
+@dataclass(frozen=True)
+class FileSplits:
+    """A file's arrays by split and name without the suffix (`x_val` -> arrays['validation']['x']), and each split's
+    suffix as the file writes it ('val'), for what is said of them."""
+
+    arrays: dict[str, dict[str, np.ndarray]]
+    suffixes: dict[str, str]
+
+    def named(self, name: str, split: str) -> str:
+        """How the file names (or would name) array `name` of `split`: 'y_val' in a file of x_val."""
+        return f"{name}_{self.suffixes.get(split, split)}"
+
+
+def split_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> FileSplits | None:
+    """The file's own splits (`FileSplits`), when a `_train` array is among its arrays; else None (the file is split
+    by seed)."""
     named = {key: npz_split(key) for key in arrays}
     if not any(found and found[1] == "train" for found in named.values()):
         return None
@@ -38,13 +52,15 @@ def split_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, dict
                            "(_train, _val, _test), or save class names as label_names")
     splits: dict[str, dict[str, np.ndarray]] = {}
     given: dict[tuple[str, str], str] = {}
+    suffixes: dict[str, str] = {}
     for key, (name, split) in named.items():  # type: ignore[misc]
         if (name, split) in given:  # x_val beside x_valid: one would be dropped unsaid
             raise OnnxkitError(f"{path}: holds both {given[name, split]} and {key}, two {name} arrays of the {split} "
                                "split; keep one")
         given[name, split] = key
+        suffixes.setdefault(split, key[len(name) + 1:])
         splits.setdefault(split, {})[name] = arrays[key]
-    return splits
+    return FileSplits(splits, suffixes)
 
 
 def holds_test_split(data: object) -> bool:
@@ -60,18 +76,21 @@ def holds_test_split(data: object) -> bool:
     return any(found is not None and found[1] == "test" for found in map(npz_split, names))
 
 
-def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_names: list[str] | None, *,
+def given_splits(path: Path, file: FileSplits, label_names: list[str] | None, *,
                  seed: int, validation: float, test: float) -> Dataset:
     """The dataset of a file's own splits (`split_arrays`); one it lacks is carved out of train by `seed`."""
+    splits, named = file.arrays, file.named
     train = splits["train"]
     key = npz_labels(train)
     if key is None:
-        raise OnnxkitError(f"{path}: no labels among its train arrays ({', '.join(f'{k}_train' for k in train)}); "
-                           "save the targets as y_train (or labels_train, label_train, target_train)")
+        shown = ", ".join(named(k, "train") for k in train)
+        raise OnnxkitError(f"{path}: no labels among its train arrays ({shown}); save the targets as "
+                           f"{named('y', 'train')} (or labels, label or target with that suffix)")
     for split, arrays in splits.items():
         if set(arrays) == set(train) - {key}:  # Kaggle's test set: no labels to score it on
-            raise OnnxkitError(f"{path}: its {split} arrays have no {key}_{split}, the labels that split is scored on; "
-                               f"add them, or leave the {split} arrays out (that split is then carved out of train)")
+            raise OnnxkitError(f"{path}: its {split} arrays have no {named(key, split)}, the labels that split is "
+                               f"scored on; add them, or leave the {split} arrays out (that split is then carved out "
+                               "of train)")
         if set(arrays) != set(train):
             raise OnnxkitError(f"{path}: its {split} arrays ({', '.join(sorted(arrays))}) are not its train arrays' "
                                f"({', '.join(sorted(train))}); give every split the same arrays")
@@ -81,7 +100,7 @@ def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_nam
             raise OnnxkitError(f"{path}: its {split} arrays have no rows; " + (
                 "give them the training rows" if split == "train" else
                 f"give them rows, or leave the {split} arrays out (that split is then carved out of train)"))
-    _check_label_kinds(path, key, {split: splits[split][key] for split in order})
+    _check_label_kinds(path, key, {split: splits[split][key] for split in order}, named)
     for split in order:  # labels [N, 1] (CIFAR's) are [N], as a file's unsplit labels are: beside y_test [N] too
         labels = splits[split][key]
         splits[split][key] = labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
@@ -89,9 +108,9 @@ def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_nam
     for name in train:
         shapes = {split: splits[split][name].shape[1:] for split in order}
         if len(set(shapes.values())) > 1:
-            shown = ", ".join(f"{name}_{split} {list(shape)}" for split, shape in shapes.items())
+            shown = ", ".join(f"{named(name, split)} {list(shape)}" for split, shape in shapes.items())
             raise OnnxkitError(f"{path}: rows of different shapes ({shown}); give every split rows of one shape")
-        _check_scales(path, name, {split: splits[split][name] for split in order})
+        _check_scales(path, name, {split: splits[split][name] for split in order}, named)
         joined[name] = np.concatenate([splits[split][name] for split in order])
     labels = joined.pop(key)
     # read whole, so text labels get one numbering over all splits; each split's rows then taken back out
@@ -110,7 +129,7 @@ def given_splits(path: Path, splits: dict[str, dict[str, np.ndarray]], label_nam
     return Dataset(whole.name, *parts, label_names=whole.label_names, task=whole.task)
 
 
-def _check_label_kinds(path: Path, key: str, labels: dict[str, np.ndarray]) -> None:
+def _check_label_kinds(path: Path, key: str, labels: dict[str, np.ndarray], named: Callable[[str, str], str]) -> None:
     """Refuses splits whose labels are names in one and numbers in another (y_train 0-9, y_test 'zero'-'nine'): read
     together they were 20 classes, the test split's none of the training split's."""
     text = {split: y.dtype.kind in "US" for split, y in labels.items()}
@@ -118,11 +137,11 @@ def _check_label_kinds(path: Path, key: str, labels: dict[str, np.ndarray]) -> N
         names = next(split for split, is_text in text.items() if is_text)
         ids = next(split for split, is_text in text.items() if not is_text)
         shown = first_few(list(dict.fromkeys(str(v) for v in labels[names].ravel()[:100])))
-        raise OnnxkitError(f"{path}: {key}_{names} holds class names ({shown}) but {key}_{ids} numbers; give every "
-                           "split its labels alike, names or class ids")
+        raise OnnxkitError(f"{path}: {named(key, names)} holds class names ({shown}) but {named(key, ids)} numbers; "
+                           "give every split its labels alike, names or class ids")
 
 
-def _check_scales(path: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
+def _check_scales(path: Path, name: str, arrays: dict[str, np.ndarray], named: Callable[[str, str], str]) -> None:
     """Refuses one split of whole numbers past 1 (integers, or floats holding them: `x.astype('float32')`) beside
     another of floats within [-1, 1]: 0-255 pixels in x_train and x_test / 255 (the model standardised for the one
     scores the other as near black)."""
@@ -132,7 +151,8 @@ def _check_scales(path: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
     whole = {split: top for split, a in arrays.items() if split not in unit and (top := _whole_past_one(a))}
     if whole:
         split, top = next(iter(whole.items()))
-        raise OnnxkitError(f"{path}: {name}_{split} holds whole numbers up to {top} but {name}_{unit[0]} fractions "
+        raise OnnxkitError(f"{path}: {named(name, split)} holds whole numbers up to {top} but {named(name, unit[0])} "
+                           "fractions "
                            f"within [-1, 1], as if divided by {top} alone; scale every split alike (each / {top}, or "
                            "none)")
 
