@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePath
 
 from onnxkit.errors import OnnxkitError, first_few
-from onnxkit.files import is_missing, is_number
+from onnxkit.files import IMAGE_SUFFIXES, is_missing, is_number
 from onnxkit.metadata_keys import COLUMNS_KEY, IMPUTED_KEY
 
 LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column (only one may be)
@@ -41,7 +42,10 @@ def csv_header(first_row: Sequence[str], second_row: Sequence[str] = ()) -> Sequ
     0, 1, ... as pandas' to_csv heads an array's, after the index's empty cell (index=True) and beside a
     label column it was given a name (a data row of numbers whose class is named 'y' or 'class' is data; with
     neither an index nor a label, 5 columns or more, or fewer above a `second_row` holding a fraction: iris'
-    0,1,2,3 above 5.1,3.5,1.4,0.2; a row reading 0,1,2 above whole numbers is data)."""
+    0,1,2,3 above 5.1,3.5,1.4,0.2; a row reading 0,1,2 above whole numbers is data). A row naming an image file is
+    data: the first of a list of images with no header (pics/00.jpg,bright was read as one, its image left out)."""
+    if any(PurePath(c.strip()).suffix.lower() in IMAGE_SUFFIXES for c in first_row):
+        return None
     cells = first_row[:-1] if len(first_row) > 1 else first_row
     if not all(is_number(c) or is_missing(c) for c in cells):
         return None if _holds_fraction(first_row) else first_row

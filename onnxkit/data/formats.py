@@ -38,7 +38,7 @@ from onnxkit.categories import (
     is_gap,
 )
 from onnxkit.data.given_splits import given_splits, split_arrays
-from onnxkit.data.images import image_column, names_an_image, read_listed_images
+from onnxkit.data.images import image_column, read_listed_images
 from onnxkit.data.parquet import parquet_rows
 from onnxkit.data.split import Dataset, Split, dataset_from_arrays
 from onnxkit.errors import OnnxkitError, first_few, suggest
@@ -129,7 +129,6 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
         raise OnnxkitError(f"{path}: empty CSV file; it needs feature columns and a label column")
     rows = [row for _, row in numbered]
     header = csv_header(rows[0], rows[1] if len(rows) > 1 else ())
-    header = None if header and names_an_image(header) else header
     body, lines = (rows[1:], [n for n, _ in numbered[1:]]) if header else (rows, [n for n, _ in numbered])
     header, body = without_index(header, body)
     return _read_table(path, header, body, lines, seed=seed, validation=validation, test=test, tokenizer=tokenizer,

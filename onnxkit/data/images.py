@@ -286,12 +286,6 @@ def _image_dataset(name: str, parts: list[list[tuple[Path, Any]]], layout: Image
     return Dataset(name, *splits, label_names=classes, notes=notes, task=task)
 
 
-def names_an_image(row: Sequence[str]) -> bool:
-    """Whether a cell of a CSV's `row` names an image file: the first row of a list of images with no header, which
-    is data (it was read as the header, and its image left out)."""
-    return any(is_image(Path(cell.strip())) for cell in row)
-
-
 def image_column(path: Path, header: Sequence[str] | None, body: Sequence[Sequence[str]], label: int | None,
                  lines: Sequence[int]) -> int | None:
     """The column of a CSV's rows (`lines` in the file; the `label` column aside) that names an image file in every

@@ -183,12 +183,11 @@ def _names_an_image(path: Path) -> bool:
 def _listed_images(path: Path) -> list[Path] | None:
     """The image files a CSV lists in a column (every row's cell names one, from the CSV's folder or absolute, as
     train reads such a list: `images.read_listed_images`), or None when no column does."""
-    from onnxkit.data.images import image_column, listed_files, names_an_image
+    from onnxkit.data.images import image_column, listed_files
 
     numbered = read_csv_rows(path)
     rows = [row for _, row in numbered]
     header = csv_header(rows[0], rows[1] if len(rows) > 1 else ()) if rows else None
-    header = None if header and names_an_image(header) else header
     body, lines = (rows[1:], [n for n, _ in numbered[1:]]) if header else (rows, [n for n, _ in numbered])
     column = image_column(path, header, body, label_column(header, str(path)), lines) if body else None
     return None if column is None else listed_files(path, column, body)
