@@ -797,3 +797,27 @@ def parquet_table(path: Path) -> Any:
 def column_cells(values: list[Any]) -> list[str]:
     """A table column's values (pyarrow's `to_pylist`) as a CSV's cells: a null empty, a bool 1 or 0, else its text."""
     return ["" if v is None else str(int(v)) if isinstance(v, bool) else str(v) for v in values]
+
+
+def refuse_past_memory(needed: int, what: str, advice: str) -> None:
+    """'WHAT take N, more than the M of memory free; ADVICE', when `needed` bytes would not fit in the memory free now
+    (the kernel would kill the process partway, with no word)."""
+    from onnxkit.summary import human_bytes
+
+    free = available_memory()
+    if free is not None and needed > free:
+        raise OnnxkitError(f"{what} take {human_bytes(needed)}, more than the {human_bytes(free)} of memory free; "
+                           f"{advice}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux's MemAvailable, else free pages); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None

@@ -488,10 +488,10 @@ def test_predict_on_a_folder_that_does_not_exist_says_so(tmp_path, run_cli):
 
 
 def test_a_folder_too_large_for_memory_is_refused_before_decoding(gray_folder, tmp_path, run_cli, monkeypatch):
-    from onnxkit.data import images
+    from onnxkit import files
 
-    assert images.available_memory() > 2**20  # read from /proc/meminfo here
-    monkeypatch.setattr(images, "available_memory", lambda: 1000)  # 8 images of 1 x 8 x 8 float32: 2,048 bytes
+    assert files.available_memory() > 2**20  # read from /proc/meminfo here
+    monkeypatch.setattr(files, "available_memory", lambda: 1000)  # 8 images of 1 x 8 x 8 float32: 2,048 bytes
     model = tmp_path / "digits.onnx"
     onnx.save(zoo.build_model("digits-cnn"), model)
     result = run_cli("train", model, "--data", gray_folder[0], "-o", tmp_path / "run")

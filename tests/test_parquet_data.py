@@ -80,12 +80,13 @@ def test_two_columns_of_one_name_are_one_line(frame, tmp_path, run_cli):
 
 
 def test_a_table_past_the_memory_free_is_refused_before_its_cells_are_made(frame, tmp_path, monkeypatch):
-    from onnxkit.data import images, parquet
+    from onnxkit import files
+    from onnxkit.data import parquet
 
     frame.to_parquet(tmp_path / "t.parquet")
-    monkeypatch.setattr(images, "available_memory", lambda: 90 * 5 * parquet.CELL_BYTES // 2)
+    monkeypatch.setattr(files, "available_memory", lambda: 90 * 5 * parquet.CELL_BYTES // 2)
     with pytest.raises(OnnxkitError, match=r"t\.parquet: 90 rows x 5 columns, as cells here, take 81\.0 KB, more "
                                            r"than the 40\.5 KB of memory free; save the features as an \.npz"):
         load_dataset(tmp_path / "t.parquet", label="kind")
-    monkeypatch.setattr(images, "available_memory", lambda: 90 * 5 * parquet.CELL_BYTES)
+    monkeypatch.setattr(files, "available_memory", lambda: 90 * 5 * parquet.CELL_BYTES)
     assert len(load_dataset(tmp_path / "t.parquet", label="kind").train) == 54

@@ -29,7 +29,7 @@ import numpy as np
 
 from onnxkit.data.split import SPLIT_ALIASES, SPLIT_NAMES, Dataset, Split, dataset_from_arrays, model_inputs
 from onnxkit.errors import OnnxkitError, first_few
-from onnxkit.files import IMAGE_SUFFIXES, not_a_file
+from onnxkit.files import IMAGE_SUFFIXES, not_a_file, refuse_past_memory
 
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for each channel count of an image input
 _GRAY = ("1", "L", "LA", "I", "I;16", "F")  # modes read as one channel when no model says how many
@@ -159,30 +159,6 @@ def _check_memory(count: int, example: tuple[int, ...], dtype: np.dtype) -> None
                        f"{count:,} images of {' x '.join(map(str, example))} {dtype}",
                        "resize them smaller, use fewer, or export the model with a uint8 image input (a quarter of "
                        "float32's)")
-
-
-def refuse_past_memory(needed: int, what: str, advice: str) -> None:
-    """'WHAT take N, more than the M of memory free; ADVICE', when `needed` bytes would not fit in the memory free now
-    (the kernel would kill the process partway, with no word)."""
-    from onnxkit.summary import human_bytes
-
-    free = available_memory()
-    if free is not None and needed > free:
-        raise OnnxkitError(f"{what} take {human_bytes(needed)}, more than the {human_bytes(free)} of memory free; "
-                           f"{advice}")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory free for a new allocation (Linux's MemAvailable, else free pages); None where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 def _pixels(path: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:

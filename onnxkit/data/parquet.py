@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onnxkit.data.images import refuse_past_memory
 from onnxkit.errors import OnnxkitError
-from onnxkit.files import column_cells, parquet_table
+from onnxkit.files import column_cells, parquet_table, refuse_past_memory
 
 # a cell's peak over the whole read, as Python text and then numbers (measured over 200,000 x 11 random floats: 141
 # bytes at the reader's peak, 178 over the read; 130 let a table near the memory free pass and then run out)
