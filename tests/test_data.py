@@ -422,6 +422,11 @@ def test_a_row_id_column_and_a_class_no_training_row_holds_are_warned_of(tmp_pat
     repeated = "".join(f"{i // 2 + 1},{i % 4},{i % 7 * 0.5},{'abc'[i * 3 // 60]}\n" for i in range(60))
     (tmp_path / "biopsy.csv").write_text("ID,store_id,p,Species\n" + repeated)
     assert [note.split(" holds")[0] for note in load_dataset(tmp_path / "biopsy.csv").notes] == ["column 'ID'"]
+    # camel case, as Kaggle's titanic's PassengerId: read as a feature unwarned; a SurvivalIdea is no id
+    camel = "".join(f"{i + 1},{i + 1},{i % 3},{i % 7 * 0.5},{'abc'[i * 3 // 60]}\n" for i in range(60))
+    (tmp_path / "titanic.csv").write_text("PassengerId,CustomerID,SurvivalIdea,p,Species\n" + camel)
+    assert [note.split(" holds")[0] for note in load_dataset(tmp_path / "titanic.csv").notes] == [
+        "column 'PassengerId'", "column 'CustomerID'"]
     (tmp_path / "plain.csv").write_text("p,q,Species\n" + "".join(r.split(",", 1)[1] for r in rows.splitlines(True)))
     assert load_dataset(tmp_path / "plain.csv").notes == ()
     onnx.save(nn.build(nn.Sequential([nn.Linear(3, 3)]), {"x": nn.Input(["batch", 3])},
@@ -498,6 +503,15 @@ def test_a_missing_label_among_numbers_is_named_by_line_and_a_class_named_none_i
         load_dataset(tmp_path / "gaps.csv")
     assert str(gaps.value) == (f"{tmp_path / 'gaps.csv'}:3: the label cell is empty (and 2 more: 3 of 5 rows have no "
                                "label); give every row a label (or drop the rows)")
+    # Kaggle's titanic: its labels, Survived, under no label header; the last column, Embarked, has gaps. It said
+    # only "the label cell is empty", of a column the user never called the labels
+    (tmp_path / "titanic.csv").write_text("Survived,Age,Embarked\n0,22,S\n1,38,C\n1,62,\n0,35,Q\n")
+    with pytest.raises(OnnxkitError) as unnamed:
+        load_dataset(tmp_path / "titanic.csv")
+    assert str(unnamed.value) == (
+        f"{tmp_path / 'titanic.csv'}:4: the label cell is empty; give every row a label (or drop the row) (the labels: "
+        "the last column, 'Embarked', as no column is headed label / labels / target / y / class; label=COLUMN names "
+        "another)")
     rows = "".join(f"{i},{['none', 'some'][i % 2]}\n" for i in range(10))
     (tmp_path / "named.csv").write_text("a,label\n" + rows)
     assert load_dataset(tmp_path / "named.csv").label_names == ["none", "some"]

@@ -1082,3 +1082,23 @@ def test_threads_past_four_per_core_are_refused_before_a_session_makes_them(run_
     with pytest.raises(OnnxkitError, match=f"threads must be at most {most_threads()} "):
         runtime.load(path, threads=too_many)
     assert run_cli("predict", path, tmp_path / "x.npy", "--threads", most_threads()).code == 0
+
+
+def test_a_classifier_of_unnamed_classes_saves_its_label_column(run_cli, tmp_path):
+    # Kaggle's titanic (Survived 0/1, no class names): the terminal's table showed each row's class, the CSV only the
+    # logits; a regression's CSV gets no label column
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)).round(3)
+    write_csv(tmp_path / "train.csv", ["a", "b", "c", "Survived"], [*x.T.tolist(), (x[:, 0] > 0).astype(int).tolist()])
+    write_csv(tmp_path / "prices.csv", ["a", "b", "c", "price"], [*x.T.tolist(), (x @ [1.0, 2.0, 3.0]).tolist()])
+    write_csv(tmp_path / "new.csv", ["a", "b", "c"], x[:7].T.tolist())
+    for data, label in (("train.csv", "Survived"), ("prices.csv", "price")):
+        trained = run_cli("train", tmp_path / data, "--label", label, "--steps", "3", "-o", tmp_path / data[:-4])
+        assert trained.code == 0, trained.err
+        assert run_cli("predict", tmp_path / data[:-4] / "model.onnx", tmp_path / "new.csv", "-o",
+                       tmp_path / f"{data[:-4]}_p.csv").code == 0
+    header, *rows = [line.split(",") for line in (tmp_path / "train_p.csv").read_text().splitlines()]
+    assert header == ["label", "logits_0", "logits_1"] and len(rows) == 7
+    logits = np.array([[float(v) for v in row[1:]] for row in rows])
+    assert [int(row[0]) for row in rows] == logits.argmax(1).tolist()
+    assert "label" not in (tmp_path / "prices_p.csv").read_text().splitlines()[0].split(",")

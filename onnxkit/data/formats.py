@@ -167,7 +167,12 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
         if len(row) != width:
             raise OnnxkitError(f"{path}:{line}: {len(row)} column{'s' * (len(row) != 1)} where the first row has "
                                f"{width}")
-    labels, label_names = _labels(path, [row[label_col].strip() for row in body], lines)
+    try:
+        labels, label_names = _labels(path, [row[label_col].strip() for row in body], lines)
+    except OnnxkitError as e:
+        if named is not None:
+            raise
+        raise OnnxkitError(f"{e} (the labels: {_labels_from(header)})") from None
     column = f"{header[label_col].strip()!r} (column {label_col + 1})" if header else f"column {label_col + 1}"
     by_name = None if tokenizer is not None else input_columns(path, header, inputs, label_col)
     if by_name is not None:
@@ -226,18 +231,24 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
     dataset = replace(dataset, label_column=column, notes=(*notes, *_row_ids(names, x)),
                       columns=tuple(names) if names else None)
     if named is None:  # said with any error about the labels: they may be a feature
-        why = (f"the last column, {header[-1].strip()!r}, as no column is headed {' / '.join(LABEL_COLUMNS)}; "
-               "label=COLUMN names another" if header else
-               f"the last column, as the file has no header naming a {LABEL_COLUMNS[0]} column")
-        return replace(dataset, labels_from=why)
+        return replace(dataset, labels_from=_labels_from(header))
     return dataset
+
+
+def _labels_from(header: Sequence[str] | None) -> str:
+    """Where a table's labels were taken from when no column was named or headed as the labels."""
+    if header:
+        return (f"the last column, {header[-1].strip()!r}, as no column is headed {' / '.join(LABEL_COLUMNS)}; "
+                "label=COLUMN names another")
+    return f"the last column, as the file has no header naming a {LABEL_COLUMNS[0]} column"
 
 
 def _row_ids(names: Sequence[str] | None, x: np.ndarray) -> tuple[str, ...]:
     """A warning for each feature column (`names`) headed as a row id that holds whole numbers: it is read as a
     feature, and in a file sorted by class it gives the class away (Kaggle's iris with its Id: 100% on the test split,
     93% without). Headed id, idx, index or row, whatever its numbers (MASS' biopsy repeats a sample's ID); *_id only
-    when they are distinct (a store_id may be a feature)."""
+    when they are distinct (a store_id may be a feature), as *Id / *ID after a small letter (Kaggle's titanic's
+    PassengerId, a CustomerID)."""
     found = [name for j, name in enumerate(names or ()) if np.array_equal(x[:, j], np.round(x[:, j]))
              and (_ID_HEADER.fullmatch(name) or _SOME_ID_HEADER.fullmatch(name) and len(np.unique(x[:, j])) == len(x))]
     return tuple(f"column {name!r} holds whole numbers, a row id by its name: it is read as a feature (in a file "
@@ -245,7 +256,7 @@ def _row_ids(names: Sequence[str] | None, x: np.ndarray) -> tuple[str, ...]:
 
 
 _ID_HEADER = re.compile(r"(?i)(id|idx|index|row)")
-_SOME_ID_HEADER = re.compile(r"(?i).+[_ ]id")
+_SOME_ID_HEADER = re.compile(r"(?i:.+[_ ]id)|.*[a-z](Id|ID)")
 
 
 def csv_for_model(dataset: Dataset, model: Any) -> Dataset:

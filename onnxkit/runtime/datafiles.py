@@ -380,9 +380,7 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     def row(i: int) -> str:
         return f"{names[i] if names else i:<{width}} "
 
-    per_row = prediction.multi_label or np.ndim(prediction.scores) > 2  # a class per label or position: values
-    classes = top_k or not per_row and (
-        prediction.class_names is not None or prediction.task in ("classification", "binary"))
+    classes = top_k or _one_class_a_row(prediction)
     lines = []
     if classes and not top_k and prediction.class_ids() is not None:  # a model that answers class ids alone
         labels = prediction.labels or prediction.classes.tolist()
@@ -409,6 +407,19 @@ def format_prediction(prediction: Prediction, top_k: int | None = None, max_rows
     if rows > max_rows:
         lines.append(f"... {rows - max_rows} more rows; save them all with --output FILE")
     return "\n".join(lines)
+
+
+def _one_class_a_row(prediction: Prediction) -> bool:
+    """Whether the prediction is one class a row: a classifier's (not a class per label or position)."""
+    per_row = prediction.multi_label or np.ndim(prediction.scores) > 2
+    return not per_row and (prediction.class_names is not None or prediction.task in ("classification", "binary"))
+
+
+def _gives_its_labels(prediction: Prediction) -> bool:
+    """Whether an output holds each row's class (ids or names, [rows]): the scores' own, or scikit-learn's label."""
+    return prediction.class_ids() is not None or any(
+        isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iuUO" and len(v) == len(prediction)
+        for name, v in prediction.outputs.items() if name != prediction.scores_name)
 
 
 def _rows(value: Any) -> int | None:
@@ -643,9 +654,9 @@ def _csv_text(prediction: Prediction, top_k: int | None, names: Sequence[str] | 
     if names:
         columns.append("file")
         blocks.append(np.asarray(names, dtype=object)[:, None])
-    if prediction.labels is not None:
-        columns.append("label")
-        blocks.append(np.asarray(prediction.labels, dtype=object)[:, None])
+    if _one_class_a_row(prediction) and not _gives_its_labels(prediction):
+        columns.append("label")  # the class name, or id when the model names none (as the terminal's table)
+        blocks.append(np.asarray(prediction.labels or prediction.classes.tolist(), dtype=object)[:, None])
     for name, value in prediction.outputs.items():
         flat = np.asarray(value).reshape(len(value), -1)
         names = prediction.class_names
