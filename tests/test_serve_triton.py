@@ -143,6 +143,11 @@ def test_model_config_in_tritons_form(triton):
     assert "max_queue_delay_microseconds" in config["dynamic_batching"]
     words = config_of("words")
     assert [(t["name"], t["data_type"]) for t in words["input"]][-1] == ("text", "TYPE_STRING")
+    # one text a row, [batch]: dims [1] reshaped to [], as Triton's ONNX backend writes it (it said dims [], which
+    # Triton's own config check refuses); a client sends the [rows, 1] it reads there
+    text = words["input"][-1]
+    assert [int(d) for d in text["dims"]] == [1] and list(text["reshape"].get("shape", [])) == []
+    assert all("reshape" not in t for t in config["input"] + config["output"])
     with pytest.raises(InferenceServerException, match="no model 'digit'"):
         client.get_model_config("digit")
 
@@ -202,6 +207,8 @@ def test_text_in_bytes_equals_a_direct_run(triton, direct):
     expected = direct["words"].predict_text(TEXTS)["logits"]
     result = client.infer("words", [tensor(module, "text", texts, "BYTES")])
     np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+    as_configured = client.infer("words", [tensor(module, "text", texts[:, None], "BYTES")])  # [rows, 1]
+    np.testing.assert_array_equal(as_configured.as_numpy("logits"), result.as_numpy("logits"))
     label = client.infer(
         "words",
         [tensor(module, "text", texts, "BYTES")],

@@ -127,20 +127,22 @@ def model_config(model: Model, max_batch_size: int, max_delay_s: float) -> dict[
 
     When the batcher merges the model's requests (each output row its own input row's: `Model.rows_out`), the
     first dim is the batch dim: `max_batch_size` is the batcher's, dims leave it out and `dynamic_batching` gives
-    the batcher's wait; otherwise `max_batch_size` is 0 and dims are whole. Free dims are -1.
+    the batcher's wait; otherwise `max_batch_size` is 0 and dims are whole. Free dims are -1. A tensor of one value
+    a row ([batch]: the texts) is dims [1] with `reshape` [] (Triton's ONNX backend's form: a client sends the
+    [rows, 1] that the config says, which `configured_shapes` takes).
     """
     inputs, outputs = list(input_specs(model).values()), model.outputs
-    batched = model.rows_out and all(v2_shape(spec)[:1] == [-1] for spec in (*inputs, *outputs))
+    batched = _batched(model)
 
     def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": spec.name,
-                "data_type": _config_type(v2_datatype(spec)),
-                "dims": v2_shape(spec)[1 if batched else 0 :],
-            }
-            for spec in specs
-        ]
+        configs = []
+        for spec in specs:
+            dims = v2_shape(spec)[1 if batched else 0 :]
+            config: dict[str, Any] = {"name": spec.name, "data_type": _config_type(v2_datatype(spec)), "dims": dims}
+            if batched and not dims:
+                config.update(dims=[1], reshape={"shape": []})
+            configs.append(config)
+        return configs
 
     config: dict[str, Any] = {
         "name": model.name,
@@ -153,6 +155,23 @@ def model_config(model: Model, max_batch_size: int, max_delay_s: float) -> dict[
     if batched:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": round(max_delay_s * 1e6)}
     return config
+
+
+def _batched(model: Model) -> bool:
+    """Whether the model's config has a batch dim (`model_config`)."""
+    specs = (*input_specs(model).values(), *model.outputs)
+    return bool(model.rows_out) and all(v2_shape(spec)[:1] == [-1] for spec in specs)
+
+
+def configured_shapes(model: Model, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`values` with each input of one value a row given as its config says, [rows, 1] (dims [1] reshaped to [],
+    `model_config`), as the model's [rows]."""
+    specs = input_specs(model)
+    one_a_row = {name for name, value in values.items() if value.ndim == 2 and value.shape[1] == 1 and
+                 name in specs and len(v2_shape(specs[name])) == 1}
+    if not one_a_row or not _batched(model):
+        return values
+    return {name: value.reshape(len(value)) if name in one_a_row else value for name, value in values.items()}
 
 
 def _config_type(datatype: str) -> str:
@@ -206,7 +225,7 @@ def build_request(
     request_id: Any = None,
 ) -> InferRequest:
     """An `InferRequest` from input arrays (`check_input`ed) and the outputs asked for as (name, parameters)."""
-    values = dict(inputs)
+    values = configured_shapes(model, dict(inputs))
     for spec in model.inputs:
         if spec.type == "tensor(string)" and spec.name in values:
             values[spec.name] = _text(values[spec.name], spec.name)
