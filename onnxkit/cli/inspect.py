@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 
@@ -50,6 +51,8 @@ def serve_netron(path: str, port: int) -> None:
         raise OnnxkitError("--netron needs the netron package (a dependency of onnxkit that this environment "
                            "lacks): pip install netron") from None
     _check_free(port)
+    # netron logs "Serving '...' at ..." and "Stopping ..." through a root handler of its own: ours is the one line
+    logging.getLogger("netron").setLevel(logging.WARNING)
     host, bound = netron.start(path, address=("127.0.0.1", port), browse=False)
     try:  # a stop as the server starts answering, before wait() catches it, stops it too (it exited 143 under load)
         click.echo(f"Netron: http://{host}:{bound}  (Ctrl-C to stop)", err=True)  # stdout holds the summary (--json)
