@@ -130,6 +130,42 @@ def test_images_in_arrays_train_a_cnn_built_for_them_standardised(tmp_path, run_
     assert accuracy > 0.8  # 6 epochs (the default run: 93.7%); raw 0-255 pixels gave 89.7% at the default
 
 
+def _tiny(x: np.ndarray) -> np.ndarray:
+    """8x8 digits as 4x4 (2x2 means), three channels last, scaled 1x, 2x, 3x: [N, 4, 4, 3]."""
+    small = x.reshape(len(x), 4, 2, 4, 2).mean(axis=(2, 4))
+    return np.stack([small * (c + 1) for c in range(3)], axis=3)
+
+
+def test_tiny_channels_last_images_are_not_read_channels_first(tmp_path, run_cli):
+    """[N, 4, 4, 3] was read [N, C=4, H=4, W=3] (a 4x3 image of 4 channels), standardised per row of pixels."""
+    path, train_images = _digits_arrays(tmp_path, "tiny.npz", _tiny)
+    result = run_cli("train", path, "-o", tmp_path / "run", "--epochs", "1")
+    assert result.code == 0, result.err
+    assert result.err.startswith("no model given: a CNN 4x4x3 (channels last) -> "), result.err
+    assert "tiny.npz's 4x4 images" in result.err.splitlines()[0]
+    stats = {t.name.rsplit(".", 1)[-1]: numpy_helper.to_array(t) for t in
+             onnx.load(tmp_path / "run" / "model.onnx").graph.initializer if t.name.startswith("onnxkit.standardize")}
+    x = load_dataset(path).train.inputs["x"].astype(np.float64)
+    np.testing.assert_allclose(stats["mean"].ravel(), x.mean(axis=(0, 1, 2)), rtol=1e-5)  # one a channel
+    np.testing.assert_allclose(stats["std"].ravel(), x.std(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_images_that_read_either_way_say_the_layout_assumed_and_how_to_take_the_other(tmp_path, run_cli):
+    path, _ = _digits_arrays(tmp_path, "cubes.npz", lambda x: _tiny(x)[:, 1:, 1:])  # [N, 3, 3, 3]
+    result = run_cli("train", path, "-o", tmp_path / "run", "--epochs", "1")
+    assert result.code == 0, result.err
+    line = result.err.splitlines()[0]
+    assert line.startswith("no model given: a CNN 3x3x3 (channels first, assumed: [3, 3, 3] reads channels last "
+                           "too; to take them so, add --set channels_last=True to the build command that ends this "
+                           "line and train that model) -> "), line
+    stats = {t.name.rsplit(".", 1)[-1]: numpy_helper.to_array(t) for t in
+             onnx.load(tmp_path / "run" / "model.onnx").graph.initializer if t.name.startswith("onnxkit.standardize")}
+    x = load_dataset(path).train.inputs["x"].astype(np.float64)
+    np.testing.assert_allclose(stats["mean"].ravel(), x.mean(axis=(0, 2, 3)), rtol=1e-5)  # as the line says
+    assert line.endswith("(onnxkit build image-cnn --set channels=3 --set height=3 --set width=3 --set "
+                         f"num_classes=10 -o {tmp_path / 'run' / 'base_model.onnx'})")
+
+
 @pytest.mark.parametrize(("flag", "says", "standardised"), [
     ((), "(pixels up to 255, standardised in the model)", True),
     (("--no-standardize",), "(pixels up to 255, trained as they are (--no-standardize))", False),
@@ -151,6 +187,9 @@ def test_channels_last_statistics_are_per_channel():
     np.testing.assert_allclose(scale.mean.ravel(), x.mean(axis=(0, 1, 2)), rtol=1e-5)
     np.testing.assert_allclose(scale.std.ravel(), x.std(axis=(0, 1, 2)), rtol=1e-5)
     assert scale_of(x[:, :3], ("batch", 3, 7, 3)).mean.shape == (3, 1, 1)  # channels first where both could be
+    # but not a 4x3 image of 4 channels: a 4x4 one of 3
+    np.testing.assert_allclose(scale_of(x[:, :4, :4], ("batch", 4, 4, 3)).mean.ravel(),
+                               x[:, :4, :4].mean(axis=(0, 1, 2)), rtol=1e-5)
 
 
 def test_predict_on_a_split_file_says_which_rows_to_give(tmp_path, run_cli):

@@ -20,7 +20,7 @@ from onnxkit.categories import SEPARATOR
 from onnxkit.data import Dataset, load_dataset
 from onnxkit.data.text import NeedsTokenizer
 from onnxkit.errors import OnnxkitError
-from onnxkit.train.standardize import CHANNELS
+from onnxkit.train.standardize import image_layouts
 
 MAX_GUESSED_CLASSES = 20  # unnamed whole-number labels of more values are a measurement (`_measured`)
 
@@ -72,7 +72,7 @@ def default_model(dataset: Dataset, data: str, loss: str | None = None,
     x = next(iter(inputs.values())) if len(inputs) == 1 else None
     measured = loss is None and dataset.task != "regression" and _measured(dataset)
     regression = dataset.task == "regression" or loss in ("mse", "l1") or measured
-    pictured = x is not None and (x.ndim == 3 or x.ndim == 4 and _channels(x.shape) is not None)
+    pictured = x is not None and (x.ndim == 3 or x.ndim == 4 and bool(image_layouts(x.shape)))
     if pictured and loss is None and dataset.task == "regression" and labels.ndim == 1 and \
             np.all(labels == np.round(labels)):  # class ids saved as floats (a torch tensor's); not a series' targets
         raise OnnxkitError(f"{data} holds images with labels of floats (whole numbers), regression targets, and train "
@@ -102,29 +102,25 @@ def default_model(dataset: Dataset, data: str, loss: str | None = None,
                                                           f"{_features(x.shape[1], dataset.columns)} and {sized_to}")
 
 
-def _channels(shape: tuple[int, ...]) -> tuple[int, bool] | None:
-    """The channels of [N, C, H, W] or [N, H, W, C] images (1, 3 or 4, C first where both could be), and whether
-    they come last; None for another shape."""
-    if shape[1] in CHANNELS:
-        return shape[1], False
-    return (shape[3], True) if shape[3] in CHANNELS else None
-
-
 def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str,
                  standardize: bool | None) -> tuple[onnx.ModelProto, DefaultModel]:
     """`image-cnn` for [N, H, W] (gray), [N, C, H, W] or [N, H, W, C] images (Keras' layout, which the model then
     takes), described by its convolutions' widths."""
+    layouts = image_layouts(images.shape)
     if images.ndim == 3:  # the model's [batch, 1, H, W] input takes them as they are (a unit axis added)
         (_, height, width), channels, last = images.shape, 1, False
     else:
-        channels, last = _channels(images.shape)  # type: ignore[misc]
-        height, width = images.shape[1:3] if last else images.shape[2:]
+        last = layouts[0]
+        height, width, channels = images.shape[1:] if last else (*images.shape[2:], images.shape[1])
     options = {"channels": channels, "height": height, "width": width, "num_classes": classes,
                **({"channels_last": True} if last else {})}
     proto = _build("image-cnn", options)
     weights = {t.name: t.dims for t in proto.graph.initializer}
     filters = [str(weights[n.input[1]][0]) for n in proto.graph.node if n.op_type == "Conv"]
     taken = f"{height}x{width}x{channels} (channels last)" if last else f"{channels}x{height}x{width}"
+    if len(layouts) > 1:  # [N, 3, 3, 3]: it was read channels first, unsaid
+        taken += (f" (channels first, assumed: {list(images.shape[1:])} reads channels last too; to take them so, "
+                  "add --set channels_last=True to the build command that ends this line and train that model)")
     convolved = f"conv 3x3 + max-pool x{len(filters)} ({', '.join(filters)} filters)" if filters else \
         "no convolution (a side under 2 pixels)"  # it said 'max-pool x0 ( filters)'
     shape = f"a CNN {taken} -> {convolved} -> {_defaults('image-cnn')['hidden']} -> {classes}"

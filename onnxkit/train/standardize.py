@@ -45,6 +45,20 @@ SMALL = 0.05
 CHANNELS = (1, 3, 4)  # what an image input's channel axis holds (gray, RGB, RGBA)
 
 
+def image_layouts(shape: tuple | list) -> list[bool]:
+    """The layouts a 4-D image `shape` can be read in, likelier first: False for [N, C, H, W], True for
+    [N, H, W, C], each where its channel axis holds 1, 3 or 4; where both can, the one whose channels are no more
+    than either side ([N, 4, 4, 3]: 4x4 pixels of 3 channels, not 4x3 of 4), else both, channels first (PyTorch's).
+    Empty for another shape; two: the shape reads either way ([N, 3, 3, 3]; not [N, 1, 1, 1], the same both ways)."""
+    if len(shape) != 4:
+        return []
+    read = {False: (shape[1], shape[2:]), True: (shape[3], shape[1:3])}  # layout: (channels, sides)
+    found = [last for last, (channels, _) in read.items() if channels in CHANNELS]
+    fitting = [last for last in found
+               if all(not isinstance(side, int) or read[last][0] <= side for side in read[last][1])]
+    return fitting[:1] if len(fitting) == 1 or tuple(shape[1:]) == (1, 1, 1) else found  # [N, 1, 1, 1]: alike
+
+
 @dataclass(frozen=True)
 class Scale:
     """A mean and a standard deviation per feature, shaped to broadcast against the tensor."""
@@ -60,7 +74,7 @@ def _axes(array: np.ndarray, shape: tuple | None = None) -> tuple[int, ...]:
     but its fixed axes past the batch: statistics per sequence position would not fit another length."""
     if shape and len(shape) == array.ndim > 1 and not isinstance(shape[1], int):
         return tuple(a for a in range(array.ndim) if a == 0 or not isinstance(shape[a], int))
-    if shape and len(shape) == array.ndim == 4 and shape[3] in CHANNELS and shape[1] not in CHANNELS:
+    if shape and len(shape) == array.ndim and image_layouts(shape)[:1] == [True]:
         return 0, 1, 2  # channels-last images, [batch, height, width, channels] (Keras'): per channel too
     return (0,) if array.ndim <= 2 else (0, *range(2, array.ndim))
 
