@@ -150,6 +150,14 @@ def test_layout_follows_the_input(gray_folder, shape):
     assert labels.tolist() == [0] * 4 + [1] * 4
 
 
+def test_tiny_colour_images_feed_a_channels_last_input_of_their_size(tmp_path):
+    """[batch, 4, 4, 3]: 4x4 RGB (a model train built for such arrays); it read them as 4x3 RGBA, resized."""
+    colour = RNG.integers(0, 256, (4, 4, 4, 3), dtype=np.uint8)
+    write_pngs(tmp_path / "tiny", colour, np.array([0, 0, 1, 1]), names=["a", "b"])
+    x, _ = all_of(tmp_path / "tiny", flat_model(["batch", 4, 4, 3]))
+    np.testing.assert_allclose(x, colour / 255, atol=1e-7)
+
+
 def test_gray_images_feed_an_rgb_model_and_colour_ones_a_gray_model(gray_folder, tmp_path):
     folder, pixels = gray_folder
     x, _ = all_of(folder, flat_model(["batch", 3, 8, 8]))

@@ -8,8 +8,9 @@
 
 Each image is decoded with Pillow (turned upright by its EXIF orientation; 16-bit gray: each value / 257), converted
 to the channels of the model's image input (1: "L", 3: "RGB", 4: "RGBA"), resized (bilinear) to the input's fixed
-height and width, laid out as the input is (NCHW when axis 1 is 1, 3 or 4, else NHWC when the last axis is) and
-scaled to [0, 1] for a float input (a uint8 input takes the bytes).
+height and width, laid out as the input is (`image_layouts`: NCHW when axis 1 is 1, 3 or 4, else NHWC when the last
+axis is; where both are, the one of no more channels than either side: [batch, 4, 4, 3] is NHWC) and scaled to
+[0, 1] for a float input (a uint8 input takes the bytes).
 Every image is decoded once, into one array. Names starting with '.' (.DS_Store), and Windows' Thumbs.db and
 desktop.ini, are left out.
 Pillow is imported when an image is read.
@@ -41,6 +42,20 @@ BUILT_SIDE = 64  # the largest square images of several sizes are resized to for
 GLANCE = 100  # a CSV column names images if one of its first this many rows does (a table's is not read through)
 
 
+def image_layouts(shape: tuple | list) -> list[bool]:
+    """The layouts a 4-D image `shape` can be read in, likelier first: False for [N, C, H, W], True for
+    [N, H, W, C], each where its channel axis holds 1, 3 or 4; where both can, the one whose channels are no more
+    than either side ([N, 4, 4, 3]: 4x4 pixels of 3 channels, not 4x3 of 4), else both, channels first (PyTorch's).
+    Empty for another shape; two: the shape reads either way ([N, 3, 3, 3]; not [N, 1, 1, 1], the same both ways)."""
+    if len(shape) != 4:
+        return []
+    read = {False: (shape[1], shape[2:]), True: (shape[3], shape[1:3])}  # layout: (channels, sides)
+    found = [last for last, (channels, _) in read.items() if channels in MODES]
+    fitting = [last for last in found
+               if all(not isinstance(side, int) or read[last][0] <= side for side in read[last][1])]
+    return fitting[:1] if len(fitting) == 1 or tuple(shape[1:]) == (1, 1, 1) else found  # [N, 1, 1, 1]: alike
+
+
 @dataclass(frozen=True)
 class ImageInput:
     """How a model input holds images: its name, channels, fixed height and width (None: the images' own), the
@@ -62,13 +77,12 @@ class ImageInput:
             raise OnnxkitError(f"model input {spec.name!r} {shown} is no image input ({_LAYOUT}), so a folder or "
                                "file of images cannot feed it; give this model .npz or .csv data")
         fixed = [d if isinstance(d, int) and d > 0 else None for d in shape]
-        if fixed[1] in MODES:
-            channels, height, width, last = fixed[1], fixed[2], fixed[3], False
-        elif fixed[3] in MODES:
-            channels, height, width, last = fixed[3], fixed[1], fixed[2], True
-        else:
+        layouts = image_layouts(fixed)
+        if not layouts:
             raise OnnxkitError(f"model input {spec.name!r} {shown} has no channel axis of 1, 3 or 4 ({_LAYOUT}); "
                                "give the images as .npy or .npz arrays shaped as the input")
+        last = layouts[0]
+        channels, height, width = (fixed[3], *fixed[1:3]) if last else fixed[1:]
         dtype = np.dtype(spec.dtype) if spec.dtype is not None else None
         if dtype is None or not (dtype.kind == "f" or dtype == np.uint8):
             raise OnnxkitError(f"model input {spec.name!r} holds {dtype or 'values numpy cannot hold'}; an image "

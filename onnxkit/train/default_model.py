@@ -18,9 +18,9 @@ import onnx
 
 from onnxkit.categories import SEPARATOR
 from onnxkit.data import Dataset, load_dataset
+from onnxkit.data.images import image_layouts
 from onnxkit.data.text import NeedsTokenizer
 from onnxkit.errors import OnnxkitError
-from onnxkit.train.standardize import image_layouts
 
 MAX_GUESSED_CLASSES = 20  # unnamed whole-number labels of more values are a measurement (`_measured`)
 

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxkit.data import ModelInput, Split
+from onnxkit.data.images import image_layouts
 from onnxkit.metadata_keys import STANDARDIZE_PREFIX as PREFIX
 from onnxkit.train.input_prefix import add_buffers, in_front_of_inputs
 
@@ -42,23 +43,6 @@ OFF_CENTRE = 1.0
 # it reaches 85%), or the targets' (make_regression's y x 1e-4, std 0.014: R² -0.02 raw, 0.99 standardised);
 # pixels in [0, 1] (std 0.3-0.4) and targets in (0, 1) stay
 SMALL = 0.05
-CHANNELS = (1, 3, 4)  # what an image input's channel axis holds (gray, RGB, RGBA)
-
-
-def image_layouts(shape: tuple | list) -> list[bool]:
-    """The layouts a 4-D image `shape` can be read in, likelier first: False for [N, C, H, W], True for
-    [N, H, W, C], each where its channel axis holds 1, 3 or 4; where both can, the one whose channels are no more
-    than either side ([N, 4, 4, 3]: 4x4 pixels of 3 channels, not 4x3 of 4), else both, channels first (PyTorch's).
-    Empty for another shape; two: the shape reads either way ([N, 3, 3, 3]; not [N, 1, 1, 1], the same both ways)."""
-    if len(shape) != 4:
-        return []
-    read = {False: (shape[1], shape[2:]), True: (shape[3], shape[1:3])}  # layout: (channels, sides)
-    found = [last for last, (channels, _) in read.items() if channels in CHANNELS]
-    fitting = [last for last in found
-               if all(not isinstance(side, int) or read[last][0] <= side for side in read[last][1])]
-    return fitting[:1] if len(fitting) == 1 or tuple(shape[1:]) == (1, 1, 1) else found  # [N, 1, 1, 1]: alike
-
-
 @dataclass(frozen=True)
 class Scale:
     """A mean and a standard deviation per feature, shaped to broadcast against the tensor."""
