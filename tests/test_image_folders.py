@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
@@ -116,6 +117,22 @@ def test_eval_from_another_folder_finds_the_training_folder(digits_folder, tmp_p
     monkeypatch.chdir(tmp_path)
     result = run_cli("eval", "run/model.onnx")
     assert result.code == 0 and result.out.startswith(f"{digits_folder} test split (359 examples)"), result
+
+
+def test_eval_of_a_folder_with_a_test_folder_scores_test_for_any_model(digits, tmp_path, run_cli):
+    """train/ beside test/: eval of another model scored every image ('all split', train/'s too)."""
+    images, labels = np.round(digits[0][:60, 0] * 255).astype(np.uint8), digits[1][:60]
+    write_pngs(tmp_path / "data" / "train", images[:40], labels[:40])
+    write_pngs(tmp_path / "data" / "test", images[40:], labels[40:])
+    model = zoo.build_model("digits-cnn")
+    onnx.save(model, tmp_path / "m.onnx")
+    result = run_cli("eval", tmp_path / "m.onnx", tmp_path / "data", "--json")
+    assert result.code == 0, result.err
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {"image": (images[40:, None] / 255).astype(np.float32)})[0]
+    assert json.loads(result.out)["examples"] == 20
+    assert json.loads(result.out)["accuracy"] == pytest.approx((scores.argmax(1) == labels[40:]).mean())
+    assert run_cli("eval", tmp_path / "m.onnx", tmp_path / "data").out.startswith(f"{tmp_path / 'data'} test split")
 
 
 def test_a_run_folder_in_the_image_folder_it_trains_on_is_refused(gray_folder, tmp_path, run_cli, monkeypatch):

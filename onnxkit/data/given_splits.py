@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxkit.data.images import holds_test_folder
 from onnxkit.data.split import (
     SPLIT_NAMES,
     Dataset,
@@ -64,8 +65,11 @@ def split_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> FileSplits | N
 
 
 def holds_test_split(data: object) -> bool:
-    """Whether `data` names an .npz that holds its own test split (`x_test`, `y_test`): the rows eval scores of it by
-    default, as it scores the test split of the data a model trained on."""
+    """Whether `data` names an .npz that holds its own test split (`x_test`, `y_test`), or an image folder (a test/
+    beside train/): the rows eval scores of it by default, as it scores the test split of the data a model trained
+    on."""
+    if isinstance(data, str | os.PathLike) and Path(data).is_dir():
+        return holds_test_folder(Path(data))
     if not isinstance(data, str | os.PathLike) or Path(data).suffix.lower() != ".npz" or not Path(data).is_file():
         return False
     try:  # the archive's names alone (np.load of an .npy named .npz gives one array)

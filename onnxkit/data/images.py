@@ -377,6 +377,14 @@ def _split_folders(root: Path) -> dict[str, Path]:
     return named
 
 
+def holds_test_folder(root: Path) -> bool:
+    """Whether the image folder `root` holds its own test split, a test/ beside train/ (`_split_folders`)."""
+    try:
+        return "test" in _split_folders(root)
+    except OnnxkitError:  # said as the folder is read
+        return False
+
+
 def _hidden(name: str) -> bool:
     """Whether a file or folder of this name is left out: a dot-file (.DS_Store), or Thumbs.db or desktop.ini."""
     return name.startswith(".") or name.lower() in _SYSTEM_FILES
