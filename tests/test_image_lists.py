@@ -68,6 +68,21 @@ def test_train_on_the_list_alone_and_predict_from_it(listed, tmp_path, run_cli):
     np.testing.assert_array_equal(np.array([r[1:] for r in by_list[1:]]), np.array([r[1:] for r in by_files[1:]]))
 
 
+def test_columns_beside_the_files_and_labels_are_said_to_be_left_out(listed, tmp_path, run_cli):
+    """A list of file, width, source, label: width and source were dropped unsaid."""
+    path, images, labels = listed
+    rows = list(csv.reader(open(path)))
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["file", "width", "source", "label"],
+                                 *[[name, str(Image.open(file).width), "scan", label]
+                                   for (name, label), file in zip(rows[1:], images, strict=True)]])
+    data = load_dataset(path, model=zoo.build_model("digits-cnn"), validation=0.0, test=0.0)
+    assert data.notes == ("columns 'width', 'source' left out: a list of images is read as its image files ('file') "
+                          "and their labels alone",)
+    result = run_cli("train", path, "-o", tmp_path / "run", "--epochs", "1")
+    assert result.code == 0 and f"warning: {data.notes[0]}\n" in result.err, result.err
+
+
 def test_an_image_the_list_names_that_is_not_there_is_one_line(listed):
     path, images, _ = listed
     images[3].unlink()

@@ -184,7 +184,11 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
     if listed is not None:  # a list of image files beside their labels
         dataset = read_listed_images(path, listed, body, labels, label_names, seed=seed, validation=validation,
                                      test=test, inputs=inputs)
-        return replace(dataset, label_column=column)
+        shown = [repr(header[j].strip()) if header else f"column {j + 1}" for j in range(width)]
+        others = [shown[j] for j in range(width) if j not in (listed, label_col)]
+        left = (f"column{'s' * (len(others) > 1)} {', '.join(others)} left out: a list of images is read as its "
+                f"image files ({shown[listed]}) and their labels alone",) if others else ()
+        return replace(dataset, label_column=column, notes=(*dataset.notes, *left))
     if text is not None:
         texts = [row[text] for row in body]
         name = header[text].strip() if header else TEXT_COLUMN
