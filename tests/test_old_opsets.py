@@ -145,6 +145,10 @@ OLD_FORMS = {  # name: (node, opset, weights)
     "Dropout-7 ratio": (helper.make_node("Dropout", ["x"], ["y"], ratio=0.3), 7, {}),
     "Pad-2 reflect": (helper.make_node("Pad", ["x"], ["y"], pads=[0, 0, 1, 2, 0, 0, 1, 2], mode="reflect"), 7, {}),
     "Clip-6": (helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.5), 7, {}),
+    # Hardmax before 13 takes the input flattened at axis: the converter kept the node, of one axis from 13 on
+    "Hardmax-11 over C, H, W": (helper.make_node("Hardmax", ["x"], ["y"], axis=1), 11, {}),
+    "Hardmax-1 at its default axis": (helper.make_node("Hardmax", ["x"], ["y"]), 7, {}),
+    "Hardmax-11 over the last axis": (helper.make_node("Hardmax", ["x"], ["y"], axis=3), 11, {}),
 }
 
 
@@ -156,6 +160,51 @@ def test_old_forms_answer_as_before(form):
     converted, _ = trainable_form(model)
     assert opset(converted) == 13
     np.testing.assert_allclose(_run_x(converted, x), _run_x(model, x), rtol=1e-5, atol=1e-6)
+
+
+def test_an_old_hardmax_takes_its_input_flattened_at_its_axis():
+    """The reference: Hardmax-11's definition in numpy (onnx.reference answers an opset-11 Hardmax as Hardmax-13)."""
+    x = np.random.default_rng(3).normal(size=(2, 3, 6, 4)).astype(np.float32)
+    rows = x.reshape(2, -1)
+    expected = np.zeros_like(rows)
+    expected[np.arange(2), rows.argmax(axis=1)] = 1
+    converted, _ = trainable_form(_zoo_form(*OLD_FORMS["Hardmax-11 over C, H, W"][:2], {}))
+    np.testing.assert_array_equal(_run_x(converted, x), -expected.reshape(x.shape))
+
+
+AXIS_BROADCASTS = {  # name: (op, axis, B's shape); B lined up with x [2, 3, 6, 4] from the axis
+    "Caffe2's bias of channels": ("Add", 1, (3,)),
+    "a scale of channels and rows": ("Mul", 1, (3, 6)),
+    "a scale of the batch": ("Div", 0, (2,)),
+    "of the last axes": ("Sub", 2, (6, 4)),
+}
+
+
+@pytest.mark.parametrize("form", AXIS_BROADCASTS)
+def test_an_opset_6_broadcast_from_an_axis_answers_as_its_spec(form):
+    """Add-6 and the like with broadcast=1, axis=k stopped the converter ('assert_numpy_multibroadcastable: Assertion
+    ... failed'); neither ONNX Runtime nor onnx.reference runs them, so numpy, by the opset-6 spec, is the reference."""
+    op, axis, shape = AXIS_BROADCASTS[form]
+    b = (np.random.default_rng(4).uniform(0.5, 2, size=shape)).astype(np.float32)
+    model = _zoo_form(helper.make_node(op, ["x", "b"], ["y"], broadcast=1, axis=axis), 6, {"b": b})
+    x = np.random.default_rng(0).normal(size=(2, 3, 6, 4)).astype(np.float32)
+    converted, _ = trainable_form(model)
+    assert opset(converted) == 13
+    lined = b.reshape(*shape, *[1] * (4 - axis - len(shape)))
+    expected = {"Add": np.add, "Mul": np.multiply, "Div": np.divide, "Sub": np.subtract}[op](x, lined)
+    np.testing.assert_allclose(_run_x(converted, x), -expected, rtol=1e-6)
+    assert {t.name: list(t.dims) for t in converted.graph.initializer}["b"] == list(shape)  # the weight as it was
+
+
+def test_a_broadcast_from_an_axis_of_unknown_rank_is_one_line():
+    model = _zoo_form(helper.make_node("Add", ["x", "b"], ["y"], broadcast=1, axis=1), 6,
+                      {"b": np.ones(3, np.float32)})
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(OnnxkitError) as e:
+        trainable_form(model)
+    assert str(e.value) == ("the model's Add 'h' broadcasts its second input from axis 1 of its first (broadcast=1, "
+                            "an opset-6 form), and shape inference cannot tell their ranks, which its newer form "
+                            "needs; give the model's inputs fixed ranks, or export it at opset 13 or newer")
 
 
 def _run_x(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
