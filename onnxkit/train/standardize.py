@@ -43,6 +43,8 @@ OFF_CENTRE = 1.0
 # it reaches 85%), or the targets' (make_regression's y x 1e-4, std 0.014: R² -0.02 raw, 0.99 standardised);
 # pixels in [0, 1] (std 0.3-0.4) and targets in (0, 1) stay
 SMALL = 0.05
+
+
 @dataclass(frozen=True)
 class Scale:
     """A mean and a standard deviation per feature, shaped to broadcast against the tensor."""
