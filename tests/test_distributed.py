@@ -148,19 +148,24 @@ def test_uneven_shares_with_gradient_accumulation_match_one_process(reference: t
     _assert_same_weights(tmp_path / "two" / "model.onnx", want)
 
 
+def _batchnorm_mlp(path: Path) -> Path:
+    from onnxkit import nn
+
+    nn.manual_seed(0)
+    mlp = nn.Sequential([nn.BatchNorm1d(64), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)])
+    onnx.save(nn.build(mlp, {"x": nn.Input(["batch", 64])}, output_names=["logits"]), str(path))
+    return path
+
+
 def test_batchnorm_statistics_are_averaged_over_workers(tmp_path: Path) -> None:
     """BatchNorm normalises each worker's share with the share's statistics (as DDP does), so two
     workers train what one process trains in micro-batches of one share each (gradient accumulation),
     and the running statistics are the mean over the shares' (for a BatchNorm on the raw input,
     numpy gives them from the data alone)."""
-    from onnxkit import nn
     from onnxkit.data import load_dataset
     from onnxkit.train import fit
 
-    nn.manual_seed(0)
-    mlp = nn.Sequential([nn.BatchNorm1d(64), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)])
-    model = tmp_path / "bn.onnx"
-    onnx.save(nn.build(mlp, {"x": nn.Input(["batch", 64])}, output_names=["logits"]), str(model))
+    model = _batchnorm_mlp(tmp_path / "bn.onnx")
     steps, common = 3, dict(shuffle=False, dropout=False, optimizer="adamw", lr=0.01)
     _onnxkit_train(str(model), "--data", "digits", "-o", str(tmp_path / "two"), "--steps", str(steps),
                    "--batch-size", "64", "--no-shuffle", "--no-dropout", "--optimizer", "adamw", "--lr", "0.01")
@@ -180,6 +185,23 @@ def test_batchnorm_statistics_are_averaged_over_workers(tmp_path: Path) -> None:
     np.testing.assert_allclose(got["0.running_var"], var, rtol=1e-5, atol=1e-5)
     assert np.abs(var - var_of_worker_0).max() > 1e-3  # unaveraged statistics would fail the check above
     assert not np.allclose(got["2.running_var"], 1)  # the hidden BatchNorm's statistics moved too
+
+
+def test_a_short_last_batch_trains_as_one_process_cuts_it_into_micro_batches(tmp_path: Path) -> None:
+    """digits' 1,079 rows leave a last batch of 55 at step 17: two workers take rows 0-31 and 32-54 of it, as
+    one process with --batch-size 32 --grad-accum 2 does, each weighted by its rows (before, 27 and 28 rows,
+    and 32 and 23 each weighted 1/2: 2.7e-3 apart at step 18). SGD: AdamW turns the float noise of the
+    gradients BatchNorm zeroes (a bias before it) into steps of up to 2e-4."""
+    from onnxkit.train import fit
+
+    model = _batchnorm_mlp(tmp_path / "bn.onnx")
+    _onnxkit_train(str(model), "--data", "digits", "-o", str(tmp_path / "two"), "--steps", "18", "--batch-size", "64",
+                   "--no-shuffle", "--no-dropout", "--optimizer", "sgd", "--lr", "0.1")
+    one = fit(model, "digits", tmp_path / "one", steps=18, batch_size=32, grad_accumulation=2, shuffle=False,
+              dropout=False, optimizer="sgd", lr=0.1)
+    got, want = _weights(tmp_path / "two" / "model.onnx"), _weights(one.model_path)
+    for name in got.keys() - {"0.running_mean", "0.running_var", "2.running_mean", "2.running_var"}:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_killed_worker_ends_the_run_and_it_resumes_on_two_workers(reference: tuple[Path, Path],
@@ -350,6 +372,9 @@ def test_batches_split_into_contiguous_shares() -> None:
             assert shares[0][0] == 0 and shares[-1][1] == rows
             assert all(a[1] == b[0] for a, b in zip(shares, shares[1:], strict=False))
             assert max(hi - lo for lo, hi in shares) - min(hi - lo for lo, hi in shares) <= 1
+    # a short last batch is cut where a full one is: one process's micro-batches of batch_size / size
+    assert [distributed.shard(55, r, 2, 64) for r in range(2)] == [(0, 32), (32, 55)]
+    assert [distributed.shard(4, r, 3, 6) for r in range(3)] == [(0, 2), (2, 4), (4, 4)]
 
 
 def test_each_worker_draws_its_own_dropout_windows() -> None:

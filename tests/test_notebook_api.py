@@ -359,8 +359,8 @@ def test_a_quiet_fits_warnings_name_fits_keywords(tmp_path):
     assert [str(w.message) for w in caught] == [
         "the warm-up (10 steps) is longer than the run (1 steps): the learning rate ends at 0.0001 of 0.001; give a "
         "shorter --warmup (warmup= in fit), or a fraction of the run (0.1)",
-        "--grad-accum 5 is more than an epoch's 3 batches: each step adds up 3 and scales them by 1/5; use "
-        "--grad-accum 3 or less (grad_accumulation= in fit)"]
+        "--grad-accum 5 is more than an epoch's 3 batches: each step takes the epoch's 3; use --grad-accum 3 or "
+        "less (grad_accumulation= in fit)"]
 
 
 def test_one_score_of_no_class_is_said_in_the_singular(tmp_path):

@@ -69,9 +69,9 @@ def numeric_gradient(loss: str | Callable[[np.ndarray, np.ndarray], float], w: n
     return grad
 
 
-def step(tmp_path, model, ds, **options):
-    result = fit(model, ds, tmp_path, epochs=1, batch_size=N, shuffle=False, keep_best=False, evaluate_test=False,
-                 device="cpu", **options)
+def step(tmp_path, model, ds, batch_size=N, **options):
+    result = fit(model, ds, tmp_path, epochs=1, batch_size=batch_size, shuffle=False, keep_best=False,
+                 evaluate_test=False, device="cpu", **options)
     after = {t.name: numpy_helper.to_array(t) for t in load_model(result.model_path).graph.initializer}
     return np.concatenate([after["w"].ravel(), after["b"]]).astype(np.float64)
 
@@ -106,6 +106,23 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     a, b = (load_model(r.model_path).graph.initializer for r in (full, halves))
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(numpy_helper.to_array(x), numpy_helper.to_array(y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("batch", "accumulation", "steps"), [(5, 3, [12]), (3, 3, [9, 3])])
+def test_an_epochs_short_last_step_is_the_mean_over_its_rows(tmp_path, batch, accumulation, steps):
+    """Batches 5 + 5 + 2 (a smaller last batch), and 3 + 3 + 3 then 3 alone (fewer batches): each step's SGD
+    update follows the gradient of the mean loss over its rows, as `--workers` and one larger batch take it
+    (it was the mean of the batches' means over `accumulation`: (m5 + m5 + m2) / 3, m3 / 3)."""
+    labels = np.arange(N) % K
+    model, ds = linear(K), data(labels)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w, b, x, lr = init["w"].astype(np.float64), init["b"].astype(np.float64), ds.train.inputs["x"], 0.5
+    for first, rows in zip(np.cumsum([0, *steps[:-1]]), steps, strict=True):
+        grad = numeric_gradient("cross-entropy", w, b, x[first : first + rows], labels[first : first + rows])
+        w, b = w - lr * grad[: w.size].reshape(w.shape), b - lr * grad[w.size :]
+    got = step(tmp_path, model, ds, optimizer="sgd", lr=lr, weight_decay=0.0, batch_size=batch,
+               grad_accumulation=accumulation)
+    np.testing.assert_allclose(got, np.concatenate([w.ravel(), b]), rtol=1e-4, atol=1e-5)
 
 
 def test_sgd_weight_decay_clipping_and_adamw_first_step(tmp_path):

@@ -65,10 +65,13 @@ class TrainingSession(ABC):
     """An open training state: parameters, gradients, optimizer state."""
 
     scores_in_graph: bool = False  # its eval graph also sums a classifier's validation metrics (`score_step`)
+    weighs_batches: bool = False  # its train_step takes a `weight` other than 1
 
     @abstractmethod
-    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
-        """Forward and backward on one batch; gradients add up until `optimizer_step`. Returns the loss."""
+    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray, weight: float = 1.0) -> float:
+        """Forward and backward on one batch; gradients add up until `optimizer_step`. Returns the loss (the
+        batch's mean). `weight` scales this batch's gradient, on top of the objective's 1/accumulation: an
+        epoch's short last step weighs its batches by their rows (only where `weighs_batches`)."""
 
     @abstractmethod
     def optimizer_step(self, lr: float) -> None:

@@ -184,9 +184,13 @@ def _process_handle(pid: str) -> int | None:
         return None
 
 
-def shard(rows: int, rank: int, size: int) -> tuple[int, int]:
-    """Rows [lo, hi) of a batch of `rows` that `rank` of `size` takes: contiguous, sizes differ by at most 1."""
-    return rank * rows // size, (rank + 1) * rows // size
+def shard(rows: int, rank: int, size: int, batch_size: int | None = None) -> tuple[int, int]:
+    """Rows [lo, hi) of a batch of `rows` that `rank` of `size` takes: its contiguous part of a batch of
+    `batch_size` (default `rows`) cut into parts whose sizes differ by at most 1, ending at `rows`. So a
+    short last batch is cut where a full one is: as one process cuts it into micro-batches of
+    batch_size / size (`--grad-accum`), the last ranks' parts short or empty."""
+    full = rows if batch_size is None else batch_size
+    return min(rank * full // size, rows), min((rank + 1) * full // size, rows)
 
 
 class World:
@@ -341,7 +345,7 @@ class World:
             _write_files(setup.run.path, files)
             session = setup.open_session(True) if resuming else setup.backend.open(
                 setup.run.artifacts, device=setup.device, threads=setup.threads)
-        return DataParallelSession(session, self)
+        return DataParallelSession(session, self, setup.config.batch_size)
 
 
 def _stored_backend(resume: Any) -> str | None:
@@ -385,30 +389,27 @@ class DataParallelHooks(Protocol):
 class DataParallelSession(TrainingSession):
     """A backend session on one rank's share of every batch, gradients and buffers averaged over ranks."""
 
-    def __init__(self, session: TrainingSession, world: World) -> None:
+    weighs_batches = True
+
+    def __init__(self, session: TrainingSession, world: World, batch_size: int) -> None:
         if not isinstance(session, DataParallelHooks):
             raise OnnxkitError(f"the {type(session).__name__} has no flat gradient to all-reduce; use the onnx backend")
-        self.session, self.flat, self.world = session, session, world
+        self.session, self.flat, self.world, self.batch_size = session, session, world, batch_size
         session.set_dropout_stream(world.rank)  # ranks drop different units of their rows, as one process would
-        self._micro_batches = 0  # since the last optimizer step
 
     def _share(self, rows: int) -> tuple[slice, float]:
         """This rank's rows of a batch and its gradient weight (size x its share of the rows); an empty
         share runs one row with weight 0, so every rank takes every step."""
-        lo, hi = shard(rows, self.world.rank, self.world.size)
+        lo, hi = shard(rows, self.world.rank, self.world.size, self.batch_size)
         if hi == lo:
             return slice(0, 1), 0.0
         return slice(lo, hi), self.world.size * (hi - lo) / rows
 
-    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
-        part, weight = self._share(len(labels))
-        before = self.flat.flat_gradient() if weight != 1 and self._micro_batches else 0
-        loss = self.session.train_step({k: v[part] for k, v in feeds.items()}, labels[part])
-        self._micro_batches += 1
-        if weight != 1:  # scale this micro-batch's gradient by the weight, leave the earlier ones alone
-            self.flat.set_flat_gradient((self.flat.flat_gradient() - before) * weight + before)
-        share = np.array([loss * weight / self.world.size if weight else 0.0])
-        return float(self.world.allreduce(share, "the loss of a batch")[0])
+    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray, weight: float = 1.0) -> float:
+        part, share = self._share(len(labels))
+        loss = self.session.train_step({k: v[part] for k, v in feeds.items()}, labels[part], share * weight)
+        mean = np.array([loss * share / self.world.size if share else 0.0])
+        return float(self.world.allreduce(mean, "the loss of a batch")[0])
 
     def optimizer_step(self, lr: float) -> None:
         session = self.session
@@ -424,7 +425,6 @@ class DataParallelSession(TrainingSession):
                 offset += value.size
             session.set_buffers(means)
         session.optimizer_step(lr)
-        self._micro_batches = 0
 
     def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         rows = len(next(iter(feeds.values())))

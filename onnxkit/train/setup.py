@@ -475,8 +475,7 @@ class Setup:
                 "in fit), or a fraction of the run (0.1)")
         if c.grad_accumulation > batches:
             say(f"warning: --grad-accum {c.grad_accumulation} is more than an epoch's {batches} batches: each step "
-                f"adds up {batches} and scales them by 1/{c.grad_accumulation}; use --grad-accum {batches} or less "
-                "(grad_accumulation= in fit)")
+                f"takes the epoch's {batches}; use --grad-accum {batches} or less (grad_accumulation= in fit)")
 
     def _choose_monitor(self) -> None:
         """The metric that picks the best epoch (and stops early): refused when the run cannot report it."""

@@ -105,6 +105,7 @@ class Trainer:
         self._hooks: dict[str, list[Callable[..., None]]] = {}  # by hook name: see _overriding
         self.drop_last = drop_last  # whole batches only (a model with a fixed batch size)
         self.batches_per_epoch = train.num_batches(config.batch_size, drop_last)
+        self._short_step_rows = self._short_last_step_rows() if session.weighs_batches else 0
         self.state = LoopState()
         self.stop_training = False
         self.agreed_stop: bool | None = None  # data-parallel: whether the ranks agreed to stop (see `_stopping`)
@@ -114,6 +115,15 @@ class Trainer:
         self._saving_seconds = 0.0  # how long that took
         self._signals = _StopSignals()
         self._rates = array.array("d")  # every step's learning rate (see `fit`)
+
+    def _short_last_step_rows(self) -> int:
+        """The rows of an epoch's last step when it is short (fewer batches or a smaller one) and accumulates
+        (a lone batch's mean is already the step's); else 0. Its batches then weigh as many rows as they have
+        (`_epoch`), so the step is the mean over its rows, as every full step is."""
+        accumulation, size = self.config.grad_accumulation, self.config.batch_size
+        first = (self.batches_per_epoch - 1) // accumulation * accumulation  # the last step's first batch
+        rows = min(len(self.train), self.batches_per_epoch * size) - first * size
+        return rows if 1 < accumulation and rows < accumulation * size else 0
 
     @property
     def stop_signal(self) -> int:
@@ -239,10 +249,14 @@ class Trainer:
         rates = self._rates
         step_loss, step_examples, in_step = 0.0, 0, 0
         examples_before = state.examples  # a resumed epoch's examples before the stop took time not counted here
+        short_step = last // c.grad_accumulation * c.grad_accumulation if self._short_step_rows else last + 1
         for index, (feeds, labels) in enumerate(batches):
             if index < state.batch:
                 continue  # resumed mid-epoch: these batches were done before the checkpoint
-            loss = session.train_step(feeds, labels)
+            if index < short_step:
+                loss = session.train_step(feeds, labels)
+            else:  # the epoch's short last step: its batches weigh as many rows as they have
+                loss = session.train_step(feeds, labels, c.grad_accumulation * len(labels) / self._short_step_rows)
             for hook in on_batch_end:
                 try:
                     hook(self, loss)

@@ -167,7 +167,9 @@ class OrtSession(TrainingSession):
     def _args(self, names: list[str], feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> list[np.ndarray]:
         return [labels if n == self._labels else feeds[n] for n in names]
 
-    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
+    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray, weight: float = 1.0) -> float:
+        if weight != 1:
+            raise OnnxkitError("the ort-training backend cannot weigh a batch's gradient; use the onnx backend")
         try:
             out = self._module(*self._args(self._train_inputs, feeds, labels))
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types

@@ -57,6 +57,8 @@ def _options(threads: int | None, severity: int = 3, *, spin_between_runs: bool 
 
 
 class OnnxSession(TrainingSession):
+    weighs_batches = True
+
     def __init__(self, directory: Path, device: str, checkpoint: Path | None, threads: int | None) -> None:
         sig = read_signature(directory)
         self._labels, self._loss = sig["labels"], sig["loss"]
@@ -180,7 +182,15 @@ class OnnxSession(TrainingSession):
         for name, shape, offset in self._layout.views:
             bind(name + suffix, self._device, self._device_id, np.float32, list(shape), base + 4 * offset)
 
-    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
+    def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray, weight: float = 1.0) -> float:
+        if weight == 1:
+            return self._run_step(feeds, labels)
+        before = self.flat_gradient() if self._accumulate and self._batches else 0
+        loss = self._run_step(feeds, labels)
+        self.set_flat_gradient((self.flat_gradient() - before) * weight + before)  # the earlier batches' unscaled
+        return loss
+
+    def _run_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
         binding = self._train_binding()
         for name in self._data_inputs:
             if name == self._labels:
@@ -196,14 +206,14 @@ class OnnxSession(TrainingSession):
             unfit = self._bind_windows(binding, starts, feeds, labels) if self._windows else 0
             if unfit:
                 self._grow_dropout(unfit)
-                return self.train_step(feeds, labels)
+                return self._run_step(feeds, labels)
         try:
             self._train.run_with_iobinding(binding)
         except Exception as e:  # noqa: BLE001 - onnxruntime's own types
             if not self._dropout or "onnxkit.dropout" not in str(e) or self._dropout.size >= MAX_TABLE:
                 raise step_failure("training step", e) from e
             self._grow_dropout()  # a sliced window ran past its table
-            return self.train_step(feeds, labels)
+            return self._run_step(feeds, labels)
         if self._buffers:
             self._buffers_current = 1 - self._buffers_current
         self._batches += 1
