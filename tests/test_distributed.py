@@ -204,6 +204,47 @@ def test_a_short_last_batch_trains_as_one_process_cuts_it_into_micro_batches(tmp
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
 
 
+TINY_BATCHNORM = """\
+import sys
+import numpy as np
+import onnx
+from onnxkit import nn
+from onnxkit.data import Dataset, Split
+from onnxkit.train import fit
+
+nn.manual_seed(0)
+model = nn.build(nn.Sequential([nn.BatchNorm1d(4), nn.Linear(4, 3)]), {"x": nn.Input(["batch", 4])},
+                 output_names=["logits"])
+x = np.random.default_rng(0).normal(2, 3, size=(10, 4)).astype(np.float32)
+y = np.arange(10) % 3
+empty = Split("empty", {"x": x[:0]}, y[:0])
+batch, accumulation = int(sys.argv[2]), int(sys.argv[3])
+fit(model, Dataset("tiny", Split("train", {"x": x}, y), empty, empty), sys.argv[1], steps=2, batch_size=batch,
+    grad_accumulation=accumulation, shuffle=False, dropout=False, optimizer="sgd", lr=0.1, quiet=True)
+"""
+
+
+def test_a_worker_with_no_rows_of_a_batch_leaves_the_batchnorm_statistics_alone(tmp_path: Path) -> None:
+    """10 rows in batches of 6 on 3 workers: shares of 2, 2, 2 rows, then 2, 2 and none. The running statistics
+    are the mean over the workers that had rows (before, worker 2's statistics of the one row it runs with
+    weight 0 were averaged in: the running mean 0.11 off, the variance 0.16), and the weights those of one
+    process taking the same micro-batches (--batch-size 2 --grad-accum 3)."""
+    script = tmp_path / "tiny_batchnorm.py"
+    script.write_text(TINY_BATCHNORM)
+    assert launch(3, [str(script), str(tmp_path / "three"), "6", "1"], run_dir=tmp_path / "three") == 0
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "2", "3"], check=True, capture_output=True)
+    got, want = _weights(tmp_path / "three" / "model.onnx"), _weights(tmp_path / "one" / "model.onnx")
+    for name in ("0.weight", "0.bias", "1.weight", "1.bias"):
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
+    x = np.random.default_rng(0).normal(2, 3, size=(10, 4))
+    mean, var = np.zeros(4), np.ones(4)
+    for shares in ([x[0:2], x[2:4], x[4:6]], [x[6:8], x[8:10]]):  # ONNX momentum 0.9; unbiased variances
+        mean = 0.9 * mean + 0.1 * np.mean([s.mean(0) for s in shares], 0)
+        var = 0.9 * var + 0.1 * np.mean([s.var(0, ddof=1) for s in shares], 0)
+    np.testing.assert_allclose(got["0.running_mean"], mean, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["0.running_var"], var, rtol=0, atol=1e-6)
+
+
 def test_killed_worker_ends_the_run_and_it_resumes_on_two_workers(reference: tuple[Path, Path],
                                                                      tmp_path: Path) -> None:
     model, want = reference

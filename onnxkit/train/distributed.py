@@ -9,10 +9,10 @@ one model on N workers:
 - `DataParallelSession` wraps the backend's session: each rank runs its contiguous share of every
   global batch (`batch_size` stays the global batch); between backward and the optimizer step
   the gradients, weighted by each rank's share of the batch, and the BatchNorm buffers go through
-  one all-reduce as one flat buffer, as a mean (besides it, each batch's loss and the stop flag
-  are one-number all-reduces). Validation batches are split the same way and gathered. So N
-  workers compute what one process computes, up to float rounding; each rank draws its own
-  dropout masks.
+  one all-reduce as one flat buffer, as a mean (the buffers' over the ranks that had rows; besides
+  it, each batch's loss and the stop flag are one-number all-reduces). Validation batches are split
+  the same way and gathered. So N workers compute what one process computes, up to float
+  rounding; each rank draws its own dropout masks.
 - `StopTogether` makes a Ctrl-C or SIGTERM that reached any rank stop every rank after the
   same optimizer step.
 - A rank that raises aborts the whole job (`MPI_Abort`) after reporting its error; a collective
@@ -396,6 +396,7 @@ class DataParallelSession(TrainingSession):
             raise OnnxkitError(f"the {type(session).__name__} has no flat gradient to all-reduce; use the onnx backend")
         self.session, self.flat, self.world, self.batch_size = session, session, world, batch_size
         session.set_dropout_stream(world.rank)  # ranks drop different units of their rows, as one process would
+        self._had_rows = False  # whether this rank's shares since the last optimizer step had rows
 
     def _share(self, rows: int) -> tuple[slice, float]:
         """This rank's rows of a batch and its gradient weight (size x its share of the rows); an empty
@@ -407,24 +408,34 @@ class DataParallelSession(TrainingSession):
 
     def train_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray, weight: float = 1.0) -> float:
         part, share = self._share(len(labels))
+        kept = None if share else self.session.buffers()  # the one row of an empty share updates no statistics
         loss = self.session.train_step({k: v[part] for k, v in feeds.items()}, labels[part], share * weight)
+        if kept:
+            self.session.set_buffers(kept)
+        self._had_rows = self._had_rows or bool(share)
         mean = np.array([loss * share / self.world.size if share else 0.0])
         return float(self.world.allreduce(mean, "the loss of a batch")[0])
 
     def optimizer_step(self, lr: float) -> None:
+        """All-reduce the gradients (their mean over the ranks: each is weighted by its rows already) and the
+        buffers, as the mean over the ranks that had rows since the last step (the last number counts them),
+        then step."""
         session = self.session
         gradient = self.flat.flat_gradient()
         buffers = session.buffers()
-        flat = np.concatenate([gradient, *(v.reshape(-1).astype(np.float32) for v in buffers.values())])
-        flat = self.world.allreduce(flat, "the gradient all-reduce") / self.world.size
-        self.flat.set_flat_gradient(flat[: gradient.size])
+        had = np.float32(self._had_rows)
+        flat = np.concatenate([gradient, *(had * v.reshape(-1).astype(np.float32) for v in buffers.values()),
+                               np.array([had], np.float32)])
+        flat = self.world.allreduce(flat, "the gradient all-reduce")
+        self.flat.set_flat_gradient(flat[: gradient.size] / self.world.size)
         if buffers:
             offset, means = gradient.size, {}
-            for name, value in buffers.items():
-                means[name] = flat[offset : offset + value.size].reshape(value.shape)
+            for name, value in buffers.items():  # some rank had rows: the count is at least 1
+                means[name] = flat[offset : offset + value.size].reshape(value.shape) / flat[-1]
                 offset += value.size
             session.set_buffers(means)
         session.optimizer_step(lr)
+        self._had_rows = False
 
     def eval_step(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         rows = len(next(iter(feeds.values())))
