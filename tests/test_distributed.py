@@ -333,6 +333,46 @@ def test_workers_stop_with_a_checkpoint_when_the_launcher_is_killed(reference: t
     assert not any(temporary.glob("onnxkit-*")), list(temporary.rglob("*"))
 
 
+KILLED_AT_START = """\
+import os, signal, sys
+from onnxkit.train import distributed, fit
+
+opened = distributed.World.open_session
+
+def open_session(self, setup, resuming):  # worker 0 builds the artifacts meanwhile, then waits for worker 1
+    if self.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return opened(self, setup, resuming)
+
+distributed.World.open_session = open_session
+fit(sys.argv[1], "digits", sys.argv[2], steps=2, quiet=True)
+"""
+
+
+def test_a_worker_killed_at_start_leaves_nothing_the_run_made(tmp_path: Path) -> None:
+    """It left artifacts/, checkpoints/ and run.lock (worker 0 died with it, before run.json); now the folder goes
+    when the run made it, only what the run added when it was there, and a user's earlier run stays as it was."""
+    from onnxkit import nn
+    from onnxkit.train import fit
+
+    script, model = tmp_path / "killed_at_start.py", tmp_path / "linear.onnx"
+    script.write_text(KILLED_AT_START)
+    nn.manual_seed(0)
+    onnx.save(nn.build(nn.Linear(64, 10), {"x": nn.Input(["batch", 64])}, output_names=["logits"]), str(model))
+    fresh, mine, done = tmp_path / "fresh", tmp_path / "mine", tmp_path / "done"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    fit(model, "digits", done, steps=2)
+    earlier = {p: p.read_bytes() for p in done.rglob("*") if p.is_file()}
+    for run in (fresh, mine):
+        with pytest.raises(OnnxkitError, match="a worker stopped without reporting an error"):
+            launch(2, [str(script), str(model), str(run)], run_dir=run, new_run=True)
+    assert not fresh.exists() and [p.name for p in mine.iterdir()] == ["notes.txt"]
+    with pytest.raises(OnnxkitError, match="already holds a finished training run"):
+        launch(2, [str(script), str(model), str(done)], run_dir=done, new_run=True)
+    assert {p: p.read_bytes() for p in done.rglob("*") if p.is_file()} == earlier
+
+
 @pytest.mark.parametrize("action", ["raise", "hang"])
 def test_failing_or_hung_worker_stops_every_worker_with_its_error(reference: tuple[Path, Path], tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch,

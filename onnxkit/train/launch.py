@@ -62,12 +62,27 @@ def find_mpiexec() -> str:
     return found
 
 
-def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike | None = None) -> int:
+def launch(workers: int, arguments: Sequence[str], *, run_dir: str | os.PathLike | None = None,
+           new_run: bool = False) -> int:
     """Run `python ARGUMENTS` as `workers` MPI ranks, relaying their output.
 
     Returns 0, or 130 / 143 when Ctrl-C or SIGTERM stopped them; raises OnnxkitError with the
     failing rank's message, or saying a rank died (and where the last checkpoint of `run_dir` is).
+    A `new_run` in `run_dir` that fails before it began leaves nothing it made there
+    (`RunDirectory.discard_unbegun`).
     """
+    run = RunDirectory(run_dir) if new_run and run_dir is not None else None
+    before = run.entries() if run else None
+    code = 1
+    try:
+        code = _launch(workers, arguments, run_dir)
+        return code
+    finally:
+        if run and code:
+            run.discard_unbegun(before)
+
+
+def _launch(workers: int, arguments: Sequence[str], run_dir: str | os.PathLike | None) -> int:
     if workers < 1:
         raise OnnxkitError(f"--workers must be at least 1, got {workers}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -123,7 +138,7 @@ def launch_training(workers: int, run_dir: str, backend: str | None, resume: boo
                            "mpiexec -n N python SCRIPT (fit detects the MPI world)")
     check_backend(backend or default_backend())  # a backend that cannot take part says so before mpi4py is asked for
     find_mpiexec()
-    return launch(workers, ["-m", "onnxkit", *arguments], run_dir=run_dir)
+    return launch(workers, ["-m", "onnxkit", *arguments], run_dir=run_dir, new_run=not resume)
 
 
 def _without_workers(arguments: Sequence[str]) -> list[str]:

@@ -152,6 +152,31 @@ class RunDirectory:
         for path in (self.run_json, self.metrics, self.plot, self.model, self.base_model, self.lock_file):
             path.unlink(missing_ok=True)
 
+    def entries(self) -> set[str] | None:
+        """The names in the run folder (None: there is none), to tell later what a failed start added to it."""
+        try:
+            return {path.name for path in self.path.iterdir()}
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def discard_unbegun(self, before: set[str] | None) -> None:
+        """Remove what a new run that failed before it began (no run.json: a data-parallel worker killed while
+        worker 0 built its artifacts, which took worker 0 down with it) added to the folder since `entries()`
+        gave `before`: the folder when there was none, else the files and folders it added. Nothing of a run
+        that began, nothing that was there before (a user's earlier run), nothing while another process holds
+        the lock."""
+        if self.run_json.exists() or self._live():
+            return
+        if before is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in (self.entries() or set()) - before:
+            path = self.path / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
     def restart(self) -> None:
         """Forget what a run killed before its first checkpoint had completed, to train it again."""
         self.metrics.unlink(missing_ok=True)
