@@ -373,6 +373,22 @@ def test_a_worker_killed_at_start_leaves_nothing_the_run_made(tmp_path: Path) ->
     assert {p: p.read_bytes() for p in done.rglob("*") if p.is_file()} == earlier
 
 
+def test_every_worker_returns_the_run_worker_0_wrote(tmp_path: Path) -> None:
+    """fit's result on worker 1 named model.onnx in its scratch copy of the run, deleted as it exited."""
+    from onnxkit import nn
+
+    model, run = tmp_path / "linear.onnx", tmp_path / "run"
+    nn.manual_seed(0)
+    onnx.save(nn.build(nn.Linear(64, 10), {"x": nn.Input(["batch", 64])}, output_names=["logits"]), str(model))
+    script = tmp_path / "result.py"
+    script.write_text("import json, sys\nfrom onnxkit.train import fit\nfrom onnxkit.train.distributed import rank\n"
+                      "r = fit(sys.argv[1], 'digits', sys.argv[2], steps=2)\n"
+                      "json.dump([str(r.run_dir), str(r.model_path), r.steps], open(f'{sys.argv[2]}.{rank()}', 'w'))")
+    assert launch(2, [str(script), str(model), str(run)], run_dir=run) == 0
+    results = [json.loads(Path(f"{run}.{r}").read_text()) for r in range(2)]
+    assert results == [[str(run), str(run / "model.onnx"), 2]] * 2 and (run / "model.onnx").is_file()
+
+
 @pytest.mark.parametrize("action", ["raise", "hang"])
 def test_failing_or_hung_worker_stops_every_worker_with_its_error(reference: tuple[Path, Path], tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch,

@@ -205,7 +205,9 @@ def fit(
       (one class only, weights that stay fixed, ...) come quietly as `warnings.warn(..., TrainingWarning)`.
 
     Ctrl-C or SIGTERM finishes the optimizer step, writes a checkpoint and raises TrainingInterrupted.
-    Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`).
+    Run by several MPI ranks (`mpiexec -n N`), it trains data-parallel (`onnxkit.train.distributed`); every
+    rank returns worker 0's FitResult once worker 0 has written the run, so its paths are the run's (on worker
+    0's machine, or a filesystem the ranks share), not the scratch copy another rank trained in.
     """
     if resume is not None:
         _refuse_settings_on_resume(locals())
@@ -341,7 +343,8 @@ def fit(
                 save_model(proto, config.model)
                 config.model_sha256 = sha256(Path(config.model))
             given = [RecordCallback(callback)] if callback else []
-            return _train(setup, resuming=resuming, callbacks=[*given, *callbacks])
+            result = _train(setup, resuming=resuming, callbacks=[*given, *callbacks])
+            return result if world is None else world.broadcast(result)  # the others' runs were scratch copies
         except Exception:
             if resume is None and not run.has_checkpoint():
                 run.discard()  # failed before its first checkpoint: nothing in it to resume
