@@ -17,6 +17,7 @@ from onnxkit.evaluate import LOSSES, evaluate
 from onnxkit.files import load_model
 from onnxkit.metadata import metadata
 from onnxkit.train import fit
+from onnxkit.train.backends import default_backend
 from onnxkit.train.losses import get_loss
 from onnxkit.train.optim import AdamW
 from onnxkit.train.schedules import Schedule, warmup_steps
@@ -108,17 +109,22 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
         np.testing.assert_allclose(numpy_helper.to_array(x), numpy_helper.to_array(y), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("batch", "accumulation", "steps"), [(5, 3, [12]), (3, 3, [9, 3])])
-def test_an_epochs_short_last_step_is_the_mean_over_its_rows(tmp_path, batch, accumulation, steps):
+@pytest.mark.parametrize(("batch", "accumulation"), [(5, 3), (3, 3)])
+def test_an_epochs_short_last_step_is_the_mean_over_its_rows(tmp_path, batch, accumulation):
     """Batches 5 + 5 + 2 (a smaller last batch), and 3 + 3 + 3 then 3 alone (fewer batches): each step's SGD
     update follows the gradient of the mean loss over its rows, as `--workers` and one larger batch take it
-    (it was the mean of the batches' means over `accumulation`: (m5 + m5 + m2) / 3, m3 / 3)."""
+    (it was the mean of the batches' means over `accumulation`: (m5 + m5 + m2) / 3, m3 / 3, which the
+    ort-training backend, unable to scale a batch's gradient, keeps)."""
     labels = np.arange(N) % K
     model, ds = linear(K), data(labels)
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     w, b, x, lr = init["w"].astype(np.float64), init["b"].astype(np.float64), ds.train.inputs["x"], 0.5
-    for first, rows in zip(np.cumsum([0, *steps[:-1]]), steps, strict=True):
-        grad = numeric_gradient("cross-entropy", w, b, x[first : first + rows], labels[first : first + rows])
+    by_rows = default_backend() != "ort-training"
+    for first in range(0, N, batch * accumulation):
+        rows = min(N - first, batch * accumulation)
+        grad = sum(numeric_gradient("cross-entropy", w, b, x[lo : lo + batch], labels[lo : lo + batch])
+                   * (min(batch, first + rows - lo) / rows if by_rows else 1 / accumulation)
+                   for lo in range(first, first + rows, batch))
         w, b = w - lr * grad[: w.size].reshape(w.shape), b - lr * grad[w.size :]
     got = step(tmp_path, model, ds, optimizer="sgd", lr=lr, weight_decay=0.0, batch_size=batch,
                grad_accumulation=accumulation)
