@@ -80,7 +80,9 @@ class Fail(Callback):
 
 try:
     fit(sys.argv[1], "digits-images", sys.argv[2], callbacks=[Fail()], **SETTINGS)
-except TrainingInterrupted:
+except TrainingInterrupted as stop:  # where each rank says the run and its checkpoint are
+    with open(f"{sys.argv[5]}.{rank()}", "w") as f:
+        f.write(f"{stop.run_dir} {stop.checkpoint}")
     sys.exit(130)
 """
 
@@ -266,10 +268,12 @@ def test_killed_worker_ends_the_run_and_it_resumes_on_two_workers(reference: tup
 def test_ctrl_c_on_one_worker_stops_all_after_the_same_step(reference: tuple[Path, Path], tmp_path: Path) -> None:
     model, _ = reference
     run = tmp_path / "run"
-    arguments, _ = _script(tmp_path, "interrupt", 20)  # only worker 1 gets SIGINT, in step 20
+    arguments, marker = _script(tmp_path, "interrupt", 20)  # only worker 1 gets SIGINT, in step 20
     assert launch(2, [*arguments[:1], str(model), str(run), *arguments[1:]], run_dir=run) == 130
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 20  # worker 0 checkpointed it
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    checkpoint = RunDirectory(run).last_checkpoint  # worker 1's stop named its scratch copy, gone as it exited
+    assert [Path(f"{marker}.{r}").read_text() for r in range(2)] == [f"{run} {checkpoint}"] * 2
 
 
 def test_ctrl_c_reaching_one_worker_just_after_the_ranks_agreed_waits_for_the_next_agreement(

@@ -204,6 +204,7 @@ class World:
         self._deadline: float | None = None
         self._waiting_for = ""
         self._watchdog: threading.Thread | None = None
+        self._scratch: tuple[Path, Path] | None = None  # on ranks but 0: (their scratch run, rank 0's run)
         self._launcher = _process_handle(os.environ.get(LAUNCHER_VARIABLE, ""))
         if self._launcher is not None:
             self._start_watchdog()
@@ -228,11 +229,16 @@ class World:
 
     @contextlib.contextmanager
     def failing_together(self) -> Iterator[None]:
-        """Any exception but an agreed stop (TrainingInterrupted) aborts the job, so no rank waits for it."""
+        """Any exception but an agreed stop (TrainingInterrupted) aborts the job, so no rank waits for it. A stop
+        names rank 0's run and checkpoint on every rank, not another rank's scratch copy (gone as it exits)."""
         try:
             yield
-        except TrainingInterrupted:
-            raise
+        except TrainingInterrupted as stop:
+            if self._scratch is None or not stop.run_dir.is_relative_to(self._scratch[0]):
+                raise
+            scratch, run = self._scratch
+            raise TrainingInterrupted(run, run / stop.checkpoint.relative_to(scratch), stop.epoch, stop.step,
+                                      stop.signum) from None
         except BaseException as e:  # noqa: BLE001 - every failure must end all ranks
             if not isinstance(e, OnnxkitError | KeyboardInterrupt | SystemExit):
                 traceback.print_exc()
@@ -320,6 +326,8 @@ class World:
             scratch = Path(folder) / "run"
             atexit.register(shutil.rmtree, scratch.parent, ignore_errors=True)
             _write_files(scratch, files)
+            if (run := resume if resume is not None else out_dir) is not None:
+                self._scratch = scratch, Path(run)
             out_dir = scratch if out_dir is not None else None
             resume = scratch if resume is not None else None
             quiet = True
