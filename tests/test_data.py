@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import json
 import re
 
 import numpy as np
 import onnx
 import pytest
 
+from onnxkit import runtime
 from onnxkit.data import Dataset, ModelInput, Split, load_dataset
 from onnxkit.data import split as split_module
 from onnxkit.errors import OnnxkitError
@@ -417,7 +419,7 @@ def test_a_row_id_column_and_a_class_no_training_row_holds_are_warned_of(tmp_pat
     (tmp_path / "kaggle.csv").write_text("Id,p,q,Species\n" + rows)
     assert load_dataset(tmp_path / "kaggle.csv").notes == (
         "column 'Id' holds whole numbers, a row id by its name: it is read as a feature (in a file sorted "
-        "by class it gives the class away); drop the column if it is an id",)
+        "by class it gives the class away); if it is an id, leave it out: --drop Id (drop= in fit)",)
     # MASS' biopsy repeats a sample's ID: it went unwarned; a store_id of repeats may be a feature
     repeated = "".join(f"{i // 2 + 1},{i % 4},{i % 7 * 0.5},{'abc'[i * 3 // 60]}\n" for i in range(60))
     (tmp_path / "biopsy.csv").write_text("ID,store_id,p,Species\n" + repeated)
@@ -827,3 +829,48 @@ def test_a_tab_separated_file_with_decimal_commas_reads_them_as_points(tmp_path)
     (tmp_path / "us.tsv").write_text("a\tb\tlabel\n" + "".join(f"1,234\t{i}\t{i % 2}\n" for i in range(20)))
     with pytest.raises(OnnxkitError, match="thousands separators"):  # 1,234 could be either: said, not guessed
         load_dataset(tmp_path / "us.tsv")
+
+
+def test_drop_leaves_columns_out_for_training_and_the_model_reads_the_rest_by_name(tmp_path, run_cli):
+    # Kaggle's iris with its Id, rows sorted by class: the Id gives the class away. "drop the column" meant editing
+    # the file: no flag left a column out
+    rows = "".join(f"{i + 1},{i % 7 * 0.5},{-(i % 5) * 0.25},{i % 3},{'abc'[i * 3 // 60]}\n" for i in range(60))
+    (tmp_path / "kaggle.csv").write_text("Id,p,q,r,Species\n" + rows)
+    kept = load_dataset(tmp_path / "kaggle.csv", drop=["id", " r "])  # spaces and case aside, as --label
+    whole = load_dataset(tmp_path / "kaggle.csv")
+    assert kept.columns == ("p", "q") and kept.notes == () and kept.label_column == "'Species' (column 5)"
+    np.testing.assert_array_equal(kept.train.inputs["x"], whole.train.inputs["x"][:, 1:3])
+    for drop, message in (
+        (["Idd"], "drop='Idd' names no column. Did you mean: Id? Its columns: 'Id', 'p', 'q', 'r', 'Species'"),
+        (["Species"], "column 'Species' is to be both the labels and dropped; leave it out of drop"),
+    ):
+        with pytest.raises(OnnxkitError) as refused:
+            load_dataset(tmp_path / "kaggle.csv", label="Species", drop=drop)
+        assert str(refused.value) == f"{tmp_path / 'kaggle.csv'}: {message}"
+    (tmp_path / "bare.csv").write_text(rows)
+    with pytest.raises(OnnxkitError, match="names columns by their headers, but the file has no header row"):
+        load_dataset(tmp_path / "bare.csv", drop=["Id"])
+    with pytest.raises(OnnxkitError, match=r"^drop=\['x'\] names columns of a CSV or Parquet table; iris is neither"):
+        load_dataset("iris", drop=["x"])
+    done = run_cli("train", tmp_path / "kaggle.csv", "--drop", "Id", "-o", tmp_path / "run", "--epochs", "2")
+    assert done.code == 0 and "warning: column 'Id'" not in done.err and "3 features" in done.err, done.err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["drop"] == ["Id"]
+    from onnxkit.train import fit
+
+    assert fit(None, tmp_path / "kaggle.csv", tmp_path / "run2", drop="Id", epochs=1, quiet=True).metrics
+    assert json.loads((tmp_path / "run2" / "run.json").read_text())["config"]["drop"] == ["Id"]  # one name, not 2
+    with pytest.raises(TypeError, match="^drop must be a column's header or a list of them, not 3$"):
+        fit(None, tmp_path / "kaggle.csv", tmp_path / "run3", drop=3)
+    # eval and predict read the columns it trained on by name, the Id beside them left out
+    shuffled = "Species,r,Id,q,p\n" + "".join(f"{s},{r},{i},{q},{p}\n" for i, p, q, r, s in
+                                              (line.split(",") for line in rows.splitlines()))
+    (tmp_path / "other.csv").write_text(shuffled)
+    model = tmp_path / "run" / "model.onnx"
+    i = np.arange(60)
+    features = np.stack([i % 7 * 0.5, -(i % 5) * 0.25, i % 3], axis=1).astype(np.float32)  # p, q, r
+    direct = runtime.load(model).predict(features).scores
+    for data in ("kaggle.csv", "other.csv"):
+        assert run_cli("predict", model, tmp_path / data, "-o", tmp_path / "p.npy").code == 0
+        np.testing.assert_allclose(np.load(tmp_path / "p.npy"), direct, rtol=1e-6, atol=1e-6)
+    evaluated = run_cli("eval", model, tmp_path / "other.csv", "--label", "Species")
+    assert evaluated.code == 0 and "all split (60 examples)" in evaluated.out, evaluated.out + evaluated.err

@@ -274,8 +274,8 @@ def test_load_dataset_names_an_option_the_data_does_not_take(tmp_path):
     cases = {("iris", "foo"): "dataset 'iris' takes no option 'foo'. Its options: none beside seed, validation, test "
                               "and model",
              (str(tmp_path / "t.csv"), "lable"): "a .csv file takes no option 'lable'. Did you mean: label? Its "
-                                                 "options: tokenizer, max_length, label, inputs, columns beside seed, "
-                                                 "validation, test and model"}
+                                                 "options: tokenizer, max_length, label, inputs, columns, drop beside "
+                                                 "seed, validation, test and model"}
     for (name, option), message in cases.items():
         with pytest.raises(TypeError) as caught:
             load_dataset(name, **{option: "x"})

@@ -72,6 +72,9 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("--label", metavar="COLUMN",
               help="The CSV column holding the labels, by its header (default: the one headed label, labels, "
                    "target, y or class, else the last; a text CSV's, the one beside text).")
+@click.option("--drop", metavar="COLUMN", multiple=True,
+              help="A CSV or Parquet column to leave out, by its header (repeatable): a row id, a column that gives "
+                   "the labels away.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False),
               help="A tokenizer.json for text data (bbc-news, tweets-sentiment) when the model carries none; the "
                    "trained model carries it, for eval and predict --text.")
@@ -206,6 +209,7 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
                 seed=options["seed"],
                 data_seed=options["data_seed"],
                 label=options["label"],
+                drop=options["drop"],
                 shuffle=not options["no_shuffle"],
                 dropout=not options["no_dropout"],
                 freeze=options["freeze"],

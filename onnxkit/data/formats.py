@@ -115,14 +115,15 @@ def read_npz(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
 
 def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,
              tokenizer: str | None = None, max_length: int | None = None, label: str | None = None,
-             inputs: Sequence[Any] = (), columns: Sequence[str] | None = None) -> Dataset:
+             inputs: Sequence[Any] = (), columns: Sequence[str] | None = None, drop: Sequence[str] = ()) -> Dataset:
     """A dataset from a `.csv` file (see the module docstring for the columns); one with a `text`
     column is a text dataset, tokenized with `tokenizer` (the model's), as is, for a model with one, a CSV of two
     columns (the one not headed as the labels, or the one of longer cells, holds the texts). `label`: the header of
     the label column (default: the one headed label / labels / target / y / class, else the last, or a text CSV's
     one beside text).
     `inputs`: the model's (`model_inputs`); columns headed by their names are read as them (`input_columns`).
-    `columns`: the feature columns the model trained on (`trained_columns`): its categories are rebuilt from them."""
+    `columns`: the feature columns the model trained on (`trained_columns`): its categories are rebuilt from them.
+    `drop`: columns left out by their headers (ids, a column that gives the labels away)."""
     require_data_file(path)
     numbered = read_csv_rows(path)
     if not numbered:
@@ -132,12 +133,12 @@ def read_csv(path: Path, *, seed: int = 0, validation: float = 0.2, test: float 
     body, lines = (rows[1:], [n for n, _ in numbered[1:]]) if header else (rows, [n for n, _ in numbered])
     header, body = without_index(header, body)
     return _read_table(path, header, body, lines, seed=seed, validation=validation, test=test, tokenizer=tokenizer,
-                       max_length=max_length, label=label, inputs=inputs, columns=columns)
+                       max_length=max_length, label=label, inputs=inputs, columns=columns, drop=drop)
 
 
 def read_parquet(path: Path, *, seed: int = 0, validation: float = 0.2, test: float = 0.2,
                  tokenizer: str | None = None, max_length: int | None = None, label: str | None = None,
-                 inputs: Sequence[Any] = (), columns: Sequence[str] | None = None) -> Dataset:
+                 inputs: Sequence[Any] = (), columns: Sequence[str] | None = None, drop: Sequence[str] = ()) -> Dataset:
     """A dataset from a Parquet table (pandas' `to_parquet`), read as the CSV of its columns is (`read_csv`): each
     value as its text, a null as a missing cell, pandas' stored index left out; errors name a row by its number."""
     require_data_file(path)
@@ -145,14 +146,23 @@ def read_parquet(path: Path, *, seed: int = 0, validation: float = 0.2, test: fl
     if not body:
         raise OnnxkitError(f"{path}: no rows; it needs feature columns, a label column and a row")
     return _read_table(path, kept, body, list(range(1, len(body) + 1)), seed=seed, validation=validation, test=test,
-                       tokenizer=tokenizer, max_length=max_length, label=label, inputs=inputs, columns=columns)
+                       tokenizer=tokenizer, max_length=max_length, label=label, inputs=inputs, columns=columns,
+                       drop=drop)
 
 
 def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]], lines: list[int], *, seed: int,
                 validation: float, test: float, tokenizer: str | None, max_length: int | None, label: str | None,
-                inputs: Sequence[Any], columns: Sequence[str] | None) -> Dataset:
+                inputs: Sequence[Any], columns: Sequence[str] | None, drop: Sequence[str] = ()) -> Dataset:
     """A table's rows (`body`, with their `lines` in the file, below its `header`) as `read_csv` reads them."""
     width = len(header or body[0]) if body else 0
+    for line, row in zip(lines, body, strict=True):
+        if len(row) != width:
+            raise OnnxkitError(f"{path}:{line}: {len(row)} column{'s' * (len(row) != 1)} where the first row has "
+                               f"{width}")
+    number = list(range(1, width + 1))  # each column's in the file, as messages give it
+    if drop:
+        header, body, number = _dropped(path, header, body, drop, label)
+        width = len(header)
     if width < 2 or not body:
         raise OnnxkitError(f"{path}: needs at least one feature column, a label column and a row")
     named = label_column(header, str(path)) if label is None else _column_headed(path, header, label)
@@ -163,17 +173,13 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
         raise OnnxkitError(f"{path}: the labels are to be column {label!r}, which holds the texts; name the column "
                            "of their labels")
     label_col = width - 1 if named is None else named
-    for line, row in zip(lines, body, strict=True):
-        if len(row) != width:
-            raise OnnxkitError(f"{path}:{line}: {len(row)} column{'s' * (len(row) != 1)} where the first row has "
-                               f"{width}")
     try:
         labels, label_names = _labels(path, [row[label_col].strip() for row in body], lines)
     except OnnxkitError as e:
         if named is not None:
             raise
         raise OnnxkitError(f"{e} (the labels: {_labels_from(header)})") from None
-    column = f"{header[label_col].strip()!r} (column {label_col + 1})" if header else f"column {label_col + 1}"
+    column = f"{header[label_col].strip()!r} (column {number[label_col]})" if header else f"column {label_col + 1}"
     by_name = None if tokenizer is not None else input_columns(path, header, inputs, label_col)
     if by_name is not None:
         arrays = input_arrays(path, body, by_name, inputs, header, lines)  # type: ignore[arg-type]
@@ -194,7 +200,7 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
         name = header[text].strip() if header else TEXT_COLUMN
         dataset = _text_dataset(path, texts, labels, label_names, lines, tokenizer, max_length, seed, validation, test,
                                 name)
-        read = f"texts from {name!r} (column {text + 1})" if header else f"texts from column {text + 1}"
+        read = f"texts from {name!r} (column {number[text]})" if header else f"texts from column {text + 1}"
         return replace(dataset, label_column=column, texts_read=f"{read}, {dataset.texts_read}")
     if tokenizer is not None:  # the model reads text: its features would be 'non-numbers' to the reader below
         shown = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
@@ -256,7 +262,8 @@ def _row_ids(names: Sequence[str] | None, x: np.ndarray) -> tuple[str, ...]:
     found = [name for j, name in enumerate(names or ()) if np.array_equal(x[:, j], np.round(x[:, j]))
              and (_ID_HEADER.fullmatch(name) or _SOME_ID_HEADER.fullmatch(name) and len(np.unique(x[:, j])) == len(x))]
     return tuple(f"column {name!r} holds whole numbers, a row id by its name: it is read as a feature (in a file "
-                 "sorted by class it gives the class away); drop the column if it is an id" for name in found)
+                 "sorted by class it gives the class away); if it is an id, leave it out: --drop "
+                 f"{name if name.isidentifier() else repr(name)} (drop= in fit)" for name in found)
 
 
 _ID_HEADER = re.compile(r"(?i)(id|idx|index|row)")
@@ -442,6 +449,27 @@ def _column_headed(path: Path, header: Sequence[str] | None, label: str) -> int:
         return lowered.index(wanted.lower())
     raise NoSuchColumn(f"{path}: no column is headed {label!r}.{suggest(label, names)} Its columns: "
                        f"{first_few([repr(n) for n in names], 12)}")
+
+
+def _dropped(path: Path, header: Sequence[str] | None, body: list[list[str]], drop: Sequence[str],
+             label: str | None) -> tuple[list[str], list[list[str]], list[int]]:
+    """The table without the columns headed as `drop` names them (spaces and case aside, as a label column), and
+    the number in the file of each column kept."""
+    if not header:
+        raise OnnxkitError(f"{path}: drop={list(drop)} names columns by their headers, but the file has no header "
+                           "row naming its columns; add one")
+    gone = set()
+    for name in drop:
+        try:
+            gone.add(_column_headed(path, header, name))
+        except NoSuchColumn:
+            names = [h.strip() for h in header]
+            raise OnnxkitError(f"{path}: drop={name!r} names no column.{suggest(name, names)} Its columns: "
+                               f"{first_few([repr(n) for n in names], 12)}") from None
+    if label is not None and _column_headed(path, header, label) in gone:
+        raise OnnxkitError(f"{path}: column {label!r} is to be both the labels and dropped; leave it out of drop")
+    kept = [j for j in range(len(header)) if j not in gone]
+    return [header[j] for j in kept], [[row[j] for j in kept] for row in body], [j + 1 for j in kept]
 
 
 def _beside_the_text(path: Path, header: list[str], text: int) -> int:

@@ -101,6 +101,10 @@ def load_dataset(
     if label is not None and suffix not in COLUMN_FILES:
         raise OnnxkitError(f"label={label!r} names a column of a CSV; {text} is no CSV (an .npz keeps its labels in "
                            "its labels or y array, a named dataset its own)")
+    drop = list(options.pop("drop", ()))
+    if drop and suffix not in COLUMN_FILES:
+        raise OnnxkitError(f"drop={drop} names columns of a CSV or Parquet table; {text} is neither (save the arrays "
+                           "without them)")
     if suffix in formats.READERS:
         if suffix in COLUMN_FILES and model is not None:  # a CSV of texts is tokenized as the model's inputs are
             from onnxkit.data.text import tokenizer_options
@@ -109,6 +113,7 @@ def load_dataset(
         trained = trained_label(model) if label is None and suffix in COLUMN_FILES else None
         if suffix in COLUMN_FILES:
             options["label"] = label if label is not None else trained
+            options.update({"drop": drop} if drop else {})
             if model is not None:  # columns named as its inputs are read as them; its categories by their names
                 from onnxkit.data.split import model_inputs
 

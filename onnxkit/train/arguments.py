@@ -98,9 +98,10 @@ def check_arguments(model: Any, data: Any, out_dir: Any, optimizer: Any, callbac
     if optimizer is not None and not isinstance(optimizer, str | Optimizer):
         raise TypeError(f"optimizer must be a name (adamw, sgd, ...) or an onnxkit.train.optim object such as "
                         f"SGD(momentum=0.9), not {type(optimizer).__name__}")
-    for name, value in zip(("freeze", "train_only"), globs, strict=True):
+    for name, value in zip(("freeze", "train_only", "drop"), globs, strict=True):
         if not isinstance(value, str) and not (isinstance(value, Sequence) and all(isinstance(g, str) for g in value)):
-            raise TypeError(f"{name} must be a glob over parameter names or a list of them, not {value!r}")
+            what = "a column's header" if name == "drop" else "a glob over parameter names"
+            raise TypeError(f"{name} must be {what} or a list of them, not {value!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be a function of one metrics record; pass Callback objects as callbacks=[...]")
     if callback is not None and not _takes_one_argument(callback):  # found at the first step, deep in the loop
@@ -191,7 +192,7 @@ def reals(**values: Any) -> list[float | None]:
 
 
 def patterns(globs: str | Sequence[str]) -> list[str]:
-    """freeze / train_only: one glob or several."""
+    """freeze / train_only (drop): one glob (column) or several."""
     return [globs] if isinstance(globs, str) else list(globs)
 
 

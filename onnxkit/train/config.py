@@ -49,6 +49,7 @@ class TrainConfig:
     data: str
     data_seed: int = 0
     label: str | None = None  # a CSV's label column by its header (None: the one headed as labels, else the last)
+    drop: list[str] = field(default_factory=list)  # a CSV's columns left out, by their headers
     output: str | None = None
     loss: str | None = None
     label_smoothing: float = 0.0  # cross-entropy's (Loss.smoothed)

@@ -10,6 +10,7 @@ tokenizer and how large a model are the user's to choose.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,11 @@ def text_models(data: str) -> str:
             "text-transformer, small and trained from scratch, with --tokenizer PATH/tokenizer.json)")
 
 
-def unmodelled_data(data: str | os.PathLike, *, seed: int, label: str | None) -> Dataset:
+def unmodelled_data(data: str | os.PathLike, *, seed: int, label: str | None, drop: Sequence[str] = ()) -> Dataset:
     """`data` read as no model shapes it (images at one size: theirs, or a square they are resized to); text is
     refused (`text_models`)."""
     try:
-        return load_dataset(data, seed=seed, **({"label": label} if label is not None else {}))
+        return load_dataset(data, seed=seed, **({"label": label} if label is not None else {}), drop=drop)
     except NeedsTokenizer:
         raise OnnxkitError(f"{data} is text, and train picks no model for text: {text_models(str(data))}") from None
 

@@ -131,6 +131,7 @@ def fit(
     seed: int = 0,
     data_seed: int = 0,
     label: str | None = None,
+    drop: str | Sequence[str] = (),
     shuffle: bool = True,
     dropout: bool = True,
     freeze: str | Sequence[str] = (),
@@ -161,7 +162,9 @@ def fit(
       makes one from arrays), or `(X, y)`: features (an array, or a dict of them by input name) and labels;
       split into train / validation / test by `data_seed`. `label`: a CSV's label column
       by its header (default: the one the model was trained on, else the one headed label, labels, target, y or
-      class, else the last; a text CSV's, the one beside `text`).
+      class, else the last; a text CSV's, the one beside `text`). `drop`: a CSV's or Parquet table's columns left
+      out, by their headers (a row id such as Kaggle's PassengerId, a column that gives the labels away); the model
+      records the columns it trained on, so eval and predict read those by name and leave the others out too.
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
       task metadata, else from its output and the labels). `label_smoothing` ε (cross-entropy's, as PyTorch's
       `CrossEntropyLoss(label_smoothing=)`): each target is 1 - ε on its class plus ε spread over all classes; the
@@ -214,14 +217,14 @@ def fit(
     check_seeds(seed=seed, data_seed=data_seed)
     check_threads(threads)  # a session refused too many only after the data was read and the graphs were built
     data = from_arrays(data, seed=data_seed)  # data=(X, y): a Dataset of those arrays
-    check_arguments(model, data, out_dir, optimizer, callback, callbacks, freeze, train_only)
+    check_arguments(model, data, out_dir, optimizer, callback, callbacks, freeze, train_only, drop)
     check_flags(shuffle=shuffle, dropout=dropout, keep_best=keep_best, evaluate_test=evaluate_test,
                  cache_features=cache_features, quiet=quiet, standardize=standardize)
     check_names(loss=loss, schedule=schedule, output=output, monitor=monitor, device=device, backend=backend,
                  label=label)
     lr, weight_decay, clip_grad_norm, warmup, label_smoothing = reals(
         lr=lr, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm, warmup=warmup, label_smoothing=label_smoothing)
-    freeze, train_only = patterns(freeze), patterns(train_only)
+    freeze, train_only, drop = patterns(freeze), patterns(train_only), patterns(drop)
     world = distributed.current_world()
     if world is not None:  # ranks other than 0 get a scratch run folder; threads default to cores / ranks; a GPU each
         out_dir, resume, threads, quiet, device = world.enter(out_dir, resume, backend, threads, quiet, device)
@@ -246,7 +249,7 @@ def fit(
                 raise OnnxkitError(f"{type(adapter).__name__} adapts a trained model's weights, and with no model "
                                    "given train builds a fresh one for the data: give the model to adapt, or leave "
                                    "the adapter out", params=["adapter", "model"])
-            read = data if isinstance(data, Dataset) else unmodelled_data(data, seed=data_seed, label=label)
+            read = data if isinstance(data, Dataset) else unmodelled_data(data, seed=data_seed, label=label, drop=drop)
             model, made = default_model(read, data.name if isinstance(data, Dataset) else str(data),
                                         get_loss(loss).name if loss else None, standardize)
         if isinstance(model, onnx.ModelProto):
@@ -258,9 +261,12 @@ def fit(
             model_path = Path(os.path.abspath(given))  # run.json's: eval and resume find it from any folder
         if isinstance(data, Dataset) and label is not None:
             raise OnnxkitError("label names a CSV's label column; a Dataset has its labels", params=["label"])
+        if isinstance(data, Dataset) and drop:
+            raise OnnxkitError("drop names a CSV's columns; a Dataset has its arrays (build it without them)",
+                               params=["drop"])
         dataset = (in_model_order(in_trained_columns(data, proto), proto) if isinstance(data, Dataset)
                    else in_model_order(read, proto) if made  # as read for the model built for it
-                   else load_dataset(data, seed=data_seed, model=proto, label=label))
+                   else load_dataset(data, seed=data_seed, model=proto, label=label, drop=drop))
         if label is None and Path(str(data)).suffix.lower() in COLUMN_FILES:  # a model fit to a named column
             label = trained_label(proto)  # went on reading it (load_dataset's default): recorded for eval
         if batch_size is None:  # a model that fixes its batch size trains at that size
@@ -282,6 +288,7 @@ def fit(
             data=data_reference(data),
             data_seed=data_seed,
             label=label,
+            drop=drop,
             output=output,
             loss=get_loss(loss).name if loss else None,
             label_smoothing=label_smoothing,

@@ -62,7 +62,7 @@ def resumed(
             raise OnnxkitError(f"data is not the Dataset this run trained on ({config.data!r}): its arrays differ; "
                                "resume with the same Dataset, or start a new run on this one")
     else:
-        dataset = load_dataset(config.data, seed=config.data_seed, model=proto, label=config.label)
+        dataset = load_dataset(config.data, seed=config.data_seed, model=proto, label=config.label, drop=config.drop)
     return run, config, proto, dataset
 
 
