@@ -329,7 +329,7 @@ def test_a_model_trained_on_a_named_column_fine_tunes_on_other_data_and_says_whe
     missing = run_cli("eval", trained, "--data", tmp_path / "other.csv")
     assert missing.err == (f"error: {tmp_path / 'other.csv'}: no column is headed 'price'. Its columns: 'a', 'b', "
                            "'c', 'label'; the model was trained on a column 'price': name this file's label column "
-                           "with --label COLUMN\n")
+                           "with --label COLUMN (rows without their labels are for predict)\n")
     assert run_cli("eval", trained, "--data", tmp_path / "other.csv", "--label", "label").code == 0
     assert evaluate(trained, data=str(tmp_path / "other.csv"), label="label")["examples"] == 90
 

@@ -126,7 +126,7 @@ def load_dataset(
             if trained is None:
                 raise
             raise OnnxkitError(f"{e}; the model was trained on a column {trained!r}: name this file's label column "
-                               "with label=COLUMN") from e
+                               "with label=COLUMN (rows without their labels are for predict)") from e
         if suffix in COLUMN_FILES and model is not None:
             dataset = formats.csv_for_model(dataset, model)
         return in_model_order(_padded_as_trained(dataset, model), model)
