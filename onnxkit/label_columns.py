@@ -110,6 +110,21 @@ def label_column(header: Sequence[str] | None, source: str = "the file") -> int 
     return found[0] if found else None
 
 
+def features_label_column(header: Sequence[str] | None, trained: Sequence[str] | None,
+                          source: str = "the file") -> int | None:
+    """The column of a CSV to leave out as the labels before a model reads its features: the one headed as labels
+    (`label_column`), unless the model trained on it as a feature (`trained`, its `onnxkit.columns`, by name or as a
+    category's column): titanic's `class` beside the labels `survived` is the passenger's class."""
+    from onnxkit.categories import category_of
+
+    label = label_column(header, source)
+    if label is None or not trained:
+        return label
+    names = [h.strip() for h in header]  # type: ignore[union-attr]
+    used = {found[0] if (found := category_of(t, names)) else t for t in trained}
+    return None if names[label] in used else label
+
+
 def text_column(header: Sequence[str] | None) -> int | None:
     """The index of the column headed `text` (any case), or None."""
     lowered = [h.strip().lower() for h in header or ()]

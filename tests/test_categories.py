@@ -292,3 +292,38 @@ def test_predict_of_a_table_with_two_columns_of_one_name_is_one_line(tmp_path, r
     frame = pd.DataFrame(twice[1:], columns=twice[0])
     with pytest.raises(OnnxkitError, match="^the DataFrame: two columns are headed 'sex'; give each column"):
         runtime.load(model).predict(frame)
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("classes", [["1st", "2nd", "3rd"], ["1", "2", "3"]])
+def test_predict_reads_a_feature_headed_class_beside_the_trained_labels(tmp_path, run_cli, classes):
+    """Titanic's `class` (the passenger's) beside the labels `survived`: predict and Model.predict left it out as if
+    it were the labels (`the model trained on column 'class', which it lacks`), as text and as numbers."""
+    rng = np.random.default_rng(0)
+    rows = [[str(rng.choice(classes)), f"{rng.lognormal(3, 0.7):.2f}", str(int(rng.random() < 0.4))]
+            for _ in range(80)]
+    with (tmp_path / "people.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["class", "fare", "survived"], *rows])
+    with (tmp_path / "new.csv").open("w", newline="") as f:  # the features alone, as a user predicts on them
+        csv.writer(f).writerows([["class", "fare"], *[row[:2] for row in rows[:10]]])
+    result = run_cli("train", tmp_path / "people.csv", "--label", "survived", "--steps", "2", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    model = onnx.load(tmp_path / "run" / "model.onnx")
+    names = json.loads(next(p.value for p in model.metadata_props if p.key == "onnxkit.columns"))
+    cells = {"class": [row[0] for row in rows[:10]], "fare": [float(row[1]) for row in rows[:10]]}
+    reference = np.array([[c == n.split("=")[1] for c in cells["class"]] if "=" in n else
+                          [float(v) for v in cells[n]] for n in names], np.float32).T
+    expected = ort_run(model, {"x": reference})[0]
+    shown = run_cli("predict", tmp_path / "run" / "model.onnx", tmp_path / "new.csv", "-o", tmp_path / "p.json")
+    assert shown.code == 0, shown.err
+    np.testing.assert_allclose(json.loads((tmp_path / "p.json").read_text())["outputs"]["logits"], expected,
+                               rtol=1e-5, atol=1e-6)
+    try:
+        import pandas as pd
+    except ImportError:  # .venv-ort has no pandas
+        return
+    from onnxkit import runtime
+
+    frame = pd.read_csv(tmp_path / "new.csv")
+    np.testing.assert_allclose(runtime.load(tmp_path / "run" / "model.onnx").predict(frame).outputs["logits"],
+                               expected, rtol=1e-5, atol=1e-6)

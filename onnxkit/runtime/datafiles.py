@@ -53,6 +53,7 @@ from onnxkit.label_columns import (
     TEXT_COLUMN,
     csv_header,
     feature_names,
+    features_label_column,
     imputed_inputs,
     in_trained_order,
     label_column,
@@ -492,7 +493,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
         )
     spec = model.inputs[0]
     trained = trained_columns(model.metadata)
-    plain = _plain_table(path, spec.dtype or np.float32)
+    plain = _plain_table(path, spec.dtype or np.float32, trained)
     if plain is not None:
         table, names = plain
         order = in_trained_order(names, trained, str(path))
@@ -513,7 +514,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
         count = len(rows[odd])
         raise OnnxkitError(f"{path}:{lines[odd]}: {count} value{'s' * (count != 1)} where the rows before have "
                            f"{len(rows[0])}; fix the file")
-    label = label_column(header, str(path))
+    label = features_label_column(header, trained, str(path))
     if encodes_categories(trained, feature_names(header, label)) or spec.name in imputed_inputs(model.metadata):
         return _shaped(path, _encoded(path, rows, header, label, trained, lines), spec)
     order = in_trained_order(feature_names(header, label), trained, str(path))
@@ -541,8 +542,10 @@ def _encoded(path: Path, rows: list[list[str]], header: Sequence[str] | None, la
     return encoded.x
 
 
-def _plain_table(path: Path, dtype: Any) -> tuple[np.ndarray, list[str] | None] | None:
-    """A CSV of plain numbers for a float input, as float64, less a column headed as the labels (and the feature
+def _plain_table(path: Path, dtype: Any,
+                 trained: Sequence[str] | None = None) -> tuple[np.ndarray, list[str] | None] | None:
+    """A CSV of plain numbers for a float input, as float64, less a column headed as the labels (unless the model
+    trained on it, `trained`; and the feature
     columns' names, `feature_names`): read by
     numpy's parser a block at a time (the cells as a list of strings took ~17x the file's size). None for
     any other file, which `_read_csv` then reads cell by cell, naming what is wrong: no rows, rows of other
@@ -560,7 +563,7 @@ def _plain_table(path: Path, dtype: Any) -> tuple[np.ndarray, list[str] | None] 
     header = csv_header(cells, below) if cells else None
     if delimiter == ";" or sep_line(first) or not cells or header and header[0].strip() in ("", "Unnamed: 0"):
         return None
-    label = label_column(header, str(path))
+    label = features_label_column(header, trained, str(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # numpy's "input contained no data"
