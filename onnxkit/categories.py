@@ -1,5 +1,7 @@
-"""Category columns of a table: a feature column of text (red / green / blue) read as one 0/1 column per value,
-named `<column>=<value>`, as scikit-learn's `OneHotEncoder(handle_unknown="ignore")` encodes it.
+"""Category and date columns of a table: a feature column of text (red / green / blue) read as one 0/1 column per
+value, named `<column>=<value>`, as scikit-learn's `OneHotEncoder(handle_unknown="ignore")` encodes it; a column of
+ISO dates (2012-01-31, as pandas writes them, a time of day allowed) as numbers of their parts, `<column>:year`,
+`:month`, `:day`, `:weekday` (0 on Mondays), and `:hour` where a cell holds a time other than midnight.
 
 `fit_columns` decides, from a training file's cells, the feature names a model trains on; `encode` rebuilds those
 columns from any table holding the raw columns (a CSV for eval or predict, a pandas DataFrame), by those names alone:
@@ -11,8 +13,10 @@ Standard library and numpy only, so the runtime can import it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
@@ -25,6 +29,12 @@ FEW_CATEGORIES = 10  # up to this many distinct texts are categories, however fe
 # between the two: categories only where at most half the rows with a value hold a distinct one (OpenML's titanic,
 # 1,047 training rows: name 1,046 values, ticket 773, cabin 163 in 240 filled rows, home.dest 319 in 599; sex 2,
 # embarked 3)
+
+
+DATE_PART = ":"  # between a date column's name and a part of its dates: 'date:month'
+DATE_PARTS = ("year", "month", "day", "weekday")
+TIME_PART = "hour"  # with its minutes and seconds as a fraction; only where some cell holds a time
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?")
 
 
 class UnseenCategories(UserWarning):
@@ -41,6 +51,33 @@ def holds_text(cells: Sequence[str]) -> bool:
     return any(not is_gap(c) and not is_number(c) for c in cells)
 
 
+def as_date(cell: str) -> datetime | None:
+    """An ISO date (and time) cell as a datetime, else None."""
+    cell = cell.strip()
+    if not _ISO_DATE.fullmatch(cell):
+        return None
+    try:
+        return datetime.fromisoformat(cell)
+    except ValueError:  # 2012-02-30
+        return None
+
+
+def date_part(dates: Sequence[datetime | None], part: str) -> np.ndarray:
+    """One part of `dates` as float64 (`DATE_PARTS`, `TIME_PART`), NaN where a date is missing."""
+    def value(d: datetime) -> float:
+        if part == TIME_PART:
+            return d.hour + d.minute / 60 + d.second / 3600
+        return float(d.weekday() if part == "weekday" else getattr(d, part))
+    return np.array([np.nan if d is None else value(d) for d in dates], np.float64)
+
+
+def date_part_of(name: str, columns: Sequence[str]) -> tuple[str, str] | None:
+    """The (column, part) a feature `name` stands for when it is a part of one of `columns`' dates ('date:month'),
+    else None."""
+    column, _, part = name.rpartition(DATE_PART)
+    return (column, part) if name not in columns and column in columns and part in (*DATE_PARTS, TIME_PART) else None
+
+
 @dataclass(frozen=True)
 class Fitted:
     """The feature names a table trains on, and the text columns left out with why."""
@@ -52,7 +89,8 @@ class Fitted:
 def fit_columns(columns: Mapping[str, Sequence[str]], source: str = "the table") -> Fitted:
     """The feature names of a table of `columns` (cells by column name, in order): a column of numbers by its name;
     a column of text as `<name>=<value>` for each distinct value (stripped), sorted; a column of too many distinct
-    texts to be categories (`MAX_CATEGORIES`, `FEW_CATEGORIES`) left out. A name that would read back as another
+    texts to be categories (`MAX_CATEGORIES`, `FEW_CATEGORIES`) left out; a column of ISO dates as `<name>:year`,
+    `:month`, `:day`, `:weekday` (and `:hour` where a cell holds a time). A name that would read back as another
     column's (`category_of`: a column 'color=red' beside 'color' holding 'red') is an error beginning with `source`."""
     names: list[str] = []
     left_out: dict[str, str] = {}
@@ -61,6 +99,16 @@ def fit_columns(columns: Mapping[str, Sequence[str]], source: str = "the table")
             names.append(name)
             continue
         values = [c.strip() for c in cells if not is_gap(c)]
+        dates = [as_date(v) for v in values]
+        if all(dates):
+            timed = any(d.time() != datetime.min.time() for d in dates)  # type: ignore[union-attr]
+            parts = [f"{name}{DATE_PART}{p}" for p in (*DATE_PARTS, *[TIME_PART] * timed)]
+            taken = [p for p in parts if p in columns]
+            if taken:
+                raise OnnxkitError(f"{source}: the dates of column {name!r} would be read as {', '.join(parts)}, but "
+                                   f"a column is named {taken[0]!r}; rename it")
+            names += parts
+            continue
         distinct = sorted(set(values))
         if len(distinct) > MAX_CATEGORIES or len(distinct) > FEW_CATEGORIES and 2 * len(distinct) > len(values):
             left_out[name] = f"{len(distinct)} distinct texts in {len(values)} rows"
@@ -103,8 +151,9 @@ def by_column(source: str, names: Sequence[str], rows: Sequence[Sequence[str]]) 
 
 
 def encodes_categories(names: Sequence[str] | None, columns: Sequence[str] | None) -> bool:
-    """Whether feature `names` (a model's) hold category indicators of `columns` (a table's)."""
-    return bool(names and columns) and any(category_of(n, columns) for n in names)  # type: ignore[union-attr,arg-type]
+    """Whether feature `names` (a model's) hold category indicators or date parts of `columns` (a table's)."""
+    return bool(names and columns) and any(category_of(n, columns) or date_part_of(n, columns)  # type: ignore[arg-type]
+                                           for n in names)  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -135,15 +184,22 @@ def encode(columns: Mapping[str, Sequence[str]], names: Sequence[str], source: s
     rows = len(next(iter(columns.values()))) if columns else 0
     x = np.zeros((rows, len(names)), np.float64)
     needed = {name: category_of(name, present) for name in names}
-    lacking = list(dict.fromkeys(n.split(SEPARATOR)[0] for n, c in needed.items() if c is None and n not in columns))
+    parts = {name: date_part_of(name, present) for name in names}
+    lacking = list(dict.fromkeys(_column_of(n) for n in names if not needed[n] and not parts[n] and n not in columns))
     if lacking:  # a category's column by its own name ('sex', not 'sex=female')
         raise OnnxkitError(f"{source}: the model trained on column{'s' * (len(lacking) > 1)} "
                            f"{', '.join(repr(n) for n in lacking[:4])}, which it lacks; give every column it trained "
                            "on, by name")
     known: dict[str, set[str]] = {}
+    dates: dict[str, list[datetime | None]] = {}
     for j, name in enumerate(names):
         category = needed[name]
-        if category is None:
+        if parts[name]:
+            column, part = parts[name]  # type: ignore[misc]
+            if column not in dates:
+                dates[column] = _dates(columns[column], column, source, lines)
+            x[:, j] = date_part(dates[column], part)
+        elif category is None:
             x[:, j] = _numbers(columns[name], name, source, lines)
         else:
             column, value = category
@@ -157,6 +213,23 @@ def encode(columns: Mapping[str, Sequence[str]], names: Sequence[str], source: s
             example = (column, columns[column][int(np.argmax(new))].strip())
         unseen |= new
     return Encoded(x, int(unseen.sum()), example)
+
+
+def _column_of(name: str) -> str:
+    """The column a feature name stands for by its form alone ('sex=male', 'date:month'), for a message."""
+    column, _, part = name.split(SEPARATOR)[0].rpartition(DATE_PART)
+    return column if column and part in (*DATE_PARTS, TIME_PART) else name.split(SEPARATOR)[0]
+
+
+def _dates(cells: Sequence[str], name: str, source: str, lines: Sequence[int] | None) -> list[datetime | None]:
+    """A date column's cells as datetimes, missing ones None; a cell of anything else is an error."""
+    dates = [None if is_gap(c) else as_date(c) for c in cells]
+    bad = next((i for i, (c, d) in enumerate(zip(cells, dates, strict=True)) if d is None and not is_gap(c)), None)
+    if bad is not None:
+        where = f"{source}:{lines[bad]}" if lines is not None else f"{source}, row {bad + 1}"
+        raise OnnxkitError(f"{where}: column {name!r} holds {cells[bad].strip()!r}, where the model trained on dates "
+                           "(as 2012-01-31 or 2012-01-31 08:30); write a date there (or leave the cell empty)")
+    return dates
 
 
 def _numbers(cells: Sequence[str], name: str, source: str, lines: Sequence[int] | None) -> np.ndarray:
