@@ -21,7 +21,7 @@ from datetime import datetime
 import numpy as np
 
 from onnxkit.errors import OnnxkitError, first_repeated
-from onnxkit.files import MISSING_CELLS, is_number
+from onnxkit.files import FLAG_WORDS, MISSING_CELLS, is_number
 
 SEPARATOR = "="  # between a category column's name and its value: 'color=red'
 MAX_CATEGORIES = 50  # more distinct texts than this are no categories (identifiers, names, free text)
@@ -233,13 +233,16 @@ def _dates(cells: Sequence[str], name: str, source: str, lines: Sequence[int] | 
 
 
 def _numbers(cells: Sequence[str], name: str, source: str, lines: Sequence[int] | None) -> np.ndarray:
-    """A column's cells as float64, missing ones NaN; a text cell is an error."""
+    """A column's cells as float64, missing ones NaN, true / false and yes / no 1 / 0 (`flags_as_numbers`); any
+    other text cell is an error."""
     values = np.empty(len(cells), np.float64)
     for i, cell in enumerate(cells):
         if is_gap(cell):
             values[i] = np.nan
         elif is_number(cell):
             values[i] = float(cell)
+        elif cell.strip().lower() in FLAG_WORDS:
+            values[i] = float(FLAG_WORDS[cell.strip().lower()])
         else:
             where = f"{source}:{lines[i]}" if lines is not None else f"{source}, row {i + 1}"
             raise OnnxkitError(f"{where}: column {name!r} holds text ({cell.strip()!r}), where the model trained on "

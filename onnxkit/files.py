@@ -438,7 +438,7 @@ def _decimal_comma_number(cell: str) -> str:
     return text.replace(",", ".")
 
 
-_FLAG_WORDS = {"true": "1", "false": "0", "yes": "1", "no": "0"}
+FLAG_WORDS = {"true": "1", "false": "0", "yes": "1", "no": "0"}
 
 
 def flags_as_numbers(features: list[list[str]]) -> list[list[str]]:
@@ -447,11 +447,11 @@ def flags_as_numbers(features: list[list[str]]) -> list[list[str]]:
     text); changed in place."""
     if not features:
         return features
-    flags = [j for j, cell in enumerate(features[0]) if cell.strip().lower() in _FLAG_WORDS
-             and all(row[j].strip().lower() in _FLAG_WORDS for row in features)]
+    flags = [j for j, cell in enumerate(features[0]) if cell.strip().lower() in FLAG_WORDS
+             and all(row[j].strip().lower() in FLAG_WORDS for row in features)]
     for row in features if flags else ():
         for j in flags:
-            row[j] = _FLAG_WORDS[row[j].strip().lower()]
+            row[j] = FLAG_WORDS[row[j].strip().lower()]
     return features
 
 

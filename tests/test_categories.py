@@ -395,3 +395,37 @@ def test_a_csv_with_a_date_column_trains_on_its_parts_and_predicts_a_second_file
     np.testing.assert_allclose(json.loads((tmp_path / "p.json").read_text())["outputs"]["logits"], expected,
                                rtol=1e-5, atol=1e-6)
     assert not np.isnan(expected).any()  # the missing date's parts were filled by the model
+
+
+@pytest.mark.training
+def test_a_yes_no_column_with_a_gap_in_training_reads_as_its_categories_in_a_file_without_one(tmp_path, run_cli):
+    """Hdma's `pbcr` (yes / no, one cell NA) trained as categories pbcr=no, pbcr=yes; a held-out file with no gap
+    there had it read as 1 / 0 first, matching neither category: eval scored 0.88 where the run's test split, the
+    same rows, scored 0.905."""
+    rng = np.random.default_rng(2)
+    rows = [[str(rng.choice(["yes", "no"])), str(rng.choice(["yes", "no"])), f"{rng.normal():.3f}"] for _ in range(60)]
+    for row in rows:
+        row.append(str(int((row[0] == "yes") + (row[1] == "yes") + float(row[2]) > 1)))
+    rows[3][0] = "NA"
+    with (tmp_path / "loans.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["pbcr", "single", "ratio", "deny"], *rows])
+    held_out = rows[10:30]
+    with (tmp_path / "held_out.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["pbcr", "single", "ratio", "deny"], *held_out])
+    result = run_cli("train", tmp_path / "loans.csv", "--label", "deny", "--steps", "2", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    model = onnx.load(tmp_path / "run" / "model.onnx")
+    names = json.loads(next(p.value for p in model.metadata_props if p.key == "onnxkit.columns"))
+    assert names == ["pbcr=no", "pbcr=yes", "single", "ratio"]  # the column with a gap: categories; the other 1 / 0
+    reference = np.array([[r[0] == "no", r[0] == "yes", r[1] == "yes", float(r[2])] for r in held_out], np.float32)
+    expected = ort_run(model, {"x": reference})[0]
+    shown = run_cli("predict", tmp_path / "run" / "model.onnx", tmp_path / "held_out.csv", "-o", tmp_path / "p.json")
+    assert shown.code == 0, shown.err
+    np.testing.assert_allclose(json.loads((tmp_path / "p.json").read_text())["outputs"]["logits"], expected,
+                               rtol=1e-5, atol=1e-6)
+    scored = run_cli("eval", tmp_path / "run" / "model.onnx", "--data", tmp_path / "held_out.csv", "--json")
+    assert scored.code == 0, scored.err
+    truth = np.array([int(r[3]) for r in held_out])
+    assert json.loads(scored.out)["accuracy"] == pytest.approx(float((expected.argmax(1) == truth).mean()))
+    logp = expected - np.log(np.exp(expected).sum(1, keepdims=True))
+    assert json.loads(scored.out)["loss"] == pytest.approx(float(-logp[np.arange(len(truth)), truth].mean()), rel=1e-5)

@@ -206,15 +206,17 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
         shown = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
         raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r} ({shown}); "
                            f"head the column of texts {TEXT_COLUMN!r} in the first row (e.g. {TEXT_COLUMN},label)")
-    features = flags_as_numbers([[row[j] for j in range(width) if j != label_col] for row in body])
+    features = [[row[j] for j in range(width) if j != label_col] for row in body]
     names = feature_names(header, label_col)
     notes: tuple[str, ...] = ()
-    if encodes_categories(columns, names):  # a model's recorded categories, rebuilt by name
+    if encodes_categories(columns, names):  # a model's recorded categories, rebuilt by name from the cells as
+        # written: a yes / no column it trained on as categories (one with a gap) is no 1 / 0 column here
         encoded = encode(by_column(str(path), names, features), columns, str(path), lines)  # type: ignore[arg-type]
         x, names = encoded.x, list(columns)  # type: ignore[arg-type]
         if encoded.unseen:
             warnings.warn(encoded.warning(str(path)), UnseenCategories, stacklevel=2)
     else:
+        features = flags_as_numbers(features)
         try:
             x = np.array(features, dtype=np.float64)
         except ValueError:

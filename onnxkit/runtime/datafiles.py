@@ -533,7 +533,7 @@ def _encoded(path: Path, rows: list[list[str]], header: Sequence[str] | None, la
     """A CSV's features as the model trained on them, by their names (`categories.encode`): its category columns
     as 0/1 columns, a missing number as NaN (which the model fills); rows holding a category it never trained on
     are said in a warning."""
-    features = [row[:label] + row[label + 1:] if label is not None else row for row in flags_as_numbers(rows)]
+    features = [row[:label] + row[label + 1:] if label is not None else row for row in rows]
     names = feature_names(header, label) or [str(j) for j in range(len(features[0]))]
     cells = by_column(str(path), names, features)
     encoded = encode(cells, trained or names, str(path), lines)
