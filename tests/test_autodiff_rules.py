@@ -495,3 +495,17 @@ def test_hardmax_is_cut_like_argmax():
     graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]))
     grad = run_gradients(with_projection_loss(model), feeds, ["x"])["x"]  # the one-hot times the projection
     assert grad.shape == (2, 3) and ((grad != 0).sum(axis=1) == 1).all()
+
+
+def test_slice_gradient_of_a_large_tensor_before_opset_16():
+    # before opset 16 the positions were summed as if they could repeat, by a one-hot of [positions, positions]:
+    # a tf2onnx magika (opset 15) asked onnxruntime for 4 TB in its first training step. A slice picks each position
+    # once; its gradient is dy where it picked, zero elsewhere (numpy)
+    model, feeds = single_node("Slice", {"x": rand(2, 100_000)}, opset=15, dtype=np.float32, constants={
+        "s": np.array([1]), "e": np.array([100_000]), "a": np.array([1]), "t": np.array([1])})
+    projected = with_projection_loss(model)
+    weights = [numpy_helper.to_array(t) for t in projected.graph.initializer if t.dims[-1:] == [99_999]]
+    assert len(weights) == 1
+    expected = np.zeros((2, 100_000), np.float32)
+    expected[:, 1:] = weights[0]
+    np.testing.assert_allclose(run_gradients(projected, feeds, ["x"])["x"], expected, rtol=1e-6)
