@@ -105,25 +105,34 @@ def test_initializers_that_are_also_graph_inputs_train(tmp_path):
     ort.InferenceSession(trained.SerializeToString())  # an inference model still
 
 
-def test_weights_held_in_constant_nodes_are_named_as_staying_fixed(tmp_path, run_cli):
-    """An old converter wrote a layer's weights as Constant nodes: training updated only the initializers
-    ('training 51 parameters' of a model holding 131) without a word."""
+def test_weights_held_in_constant_nodes_train(tmp_path, run_cli):
+    """paddle2onnx and spox write every weight as a Constant node, and an old converter some: those stayed fixed
+    (a PP-OCR recognizer from rapidocr-onnxruntime was 'nothing to train ... loosen freeze / train_only'). They
+    train as initializers now, which the trained model holds, and it computes numpy's MLP of its weights."""
     rng = np.random.default_rng(0)
-    w1 = helper.make_node("Constant", [], ["W1"], value=numpy_helper.from_array(
-        rng.normal(0, 0.3, (4, 16)).astype(np.float32), "W1"))
-    nodes = [w1, helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Gemm", ["r", "W2", "b2"], ["logits"])]
+    first = rng.normal(0, 0.3, (4, 16)).astype(np.float32)
+    constants = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+                 for name, value in [("W1", first), ("b1", np.zeros(16, np.float32))]]
+    nodes = [*constants, helper.make_node("MatMul", ["x", "W1"], ["m"]), helper.make_node("Add", ["m", "b1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Gemm", ["r", "W2", "b2"], ["logits"])]
     graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
                               [numpy_helper.from_array(rng.normal(0, 0.3, (16, 3)).astype(np.float32), "W2"),
                                numpy_helper.from_array(np.zeros(3, np.float32), "b2")])
     path = tmp_path / "old.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    result = run_cli("train", path, "--data", "iris", "--steps", "1", "-o", tmp_path / "run")
+    result = run_cli("train", path, "--data", "iris", "--steps", "3", "--no-standardize", "-o", tmp_path / "run")
     assert result.code == 0, result.err
-    assert ("warning: Constant nodes that layers read as weights stay fixed: only initializers train (W1); to train "
-            "them, store them as initializers") in result.err
-    assert "training 51 parameters" in result.err
+    assert "2 weights the exporter wrote as Constant nodes (W1, b1) train as initializers" in result.err
+    assert "training 131 parameters" in result.err  # 64 + 16 + 48 + 3
+    trained = onnx.load(tmp_path / "run" / "model.onnx")
+    assert "Constant" not in {n.op_type for n in trained.graph.node}
+    weights = {t.name: numpy_helper.to_array(t) for t in trained.graph.initializer}
+    assert np.abs(weights["W1"] - first).max() > 1e-4
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    expected = np.maximum(x @ weights["W1"] + weights["b1"], 0) @ weights["W2"] + weights["b2"]
+    got = ort.InferenceSession(trained.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def conv_net(weight: str, producer: str = "pytorch", fused_by: str | None = None) -> onnx.ModelProto:

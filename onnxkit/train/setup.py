@@ -76,7 +76,6 @@ from onnxkit.train.standardize import (
     unscaled,
 )
 from onnxkit.train.training_form import (
-    constant_weights,
     find_parameters,
     needs_full_length,
     output_type,
@@ -380,14 +379,10 @@ class Setup:
                            "without, 100% with, as PyTorch trains the module)")
 
     def _warn_about_weights(self) -> None:
-        """A warning for weights that cannot train as the model was exported: Constant nodes, folded BatchNorms."""
+        """A warning for weights that cannot train as the model was exported: float64 or float16, folded BatchNorms."""
         progress = self.progress
         for note in getattr(self.adapter, "notes", list)():
             progress.line(note)
-        constants = constant_weights(self.model, self.output)
-        if constants:
-            progress.line(f"warning: Constant nodes that layers read as weights stay fixed: only initializers train "
-                          f"({first_few(constants)}); to train them, store them as initializers")
         if self.other_floats:
             progress.line(f"warning: weights in float64 or float16 stay fixed: training runs in float32 "
                           f"({first_few(self.other_floats)}); to train them, store them as float32 (PyTorch: "

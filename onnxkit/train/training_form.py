@@ -149,6 +149,10 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
     if untied:
         notes.append(f"{len(untied)} weights were Identity copies of equal-valued ones ({first_few(untied)}), as "
                      "PyTorch's exporter writes them: each trains as a tensor of its own")
+    model, lifted = constant_weights_as_initializers(model)
+    if lifted:
+        notes.append(f"{len(lifted)} weights the exporter wrote as Constant nodes ({first_few(lifted)}) train as "
+                     "initializers, and the trained model holds them so")
     model, guessed = with_padding_rows(model)
     if guessed:
         notes.append(f"the TorchScript export does not mark nn.Embedding(padding_idx): {first_few(guessed)}, all "
@@ -208,19 +212,36 @@ def untrainable_weights(model: onnx.ModelProto) -> str | None:
     return None
 
 
-# (op type, input index) of the inputs that hold a layer's weights (None: any input)
-_WEIGHT_INPUTS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": None}
+# the inputs that hold a layer's weights, by op type: those an exporter may keep in Constant nodes
+_WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1), "PRelu": (1,),
+                  "BatchNormalization": (1, 2, 3, 4), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
+                  "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3)}
 
 
-def constant_weights(model: onnx.ModelProto, output: str) -> list[str]:
-    """The outputs of float Constant nodes (rank >= 2) that `output` reads as a layer's weights: an old
-    converter's, which stay fixed in training (only initializers are parameters)."""
-    constants = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and any(
-        a.name == "value" and a.t.data_type == TensorProto.FLOAT and len(a.t.dims) >= 2 for a in n.attribute)}
-    needed = ancestors(model, output)
-    found = [name for n in model.graph.node if n.op_type in _WEIGHT_INPUTS and n.output[0] in needed
-             for i, name in enumerate(n.input) if name in constants and _WEIGHT_INPUTS[n.op_type] in (None, i)]
-    return list(dict.fromkeys(found))
+def constant_weights_as_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with the float Constant nodes (rank >= 1) that layers read as weights, and the biases Added to a
+    MatMul, as initializers of their names, so that they train (paddle2onnx and spox write every weight so: a
+    PP-OCR recognizer was 'nothing to train'); and those names (none: `model` itself is returned)."""
+    graph = model.graph
+    floats = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and any(
+        a.name == "value" and a.t.data_type in _FLOATS and len(a.t.dims) >= 1 for a in n.attribute)}
+    floats = {name: node for name, node in floats.items() if name not in {o.name for o in graph.output}}
+    products = {n.output[0] for n in graph.node if n.op_type == "MatMul"}
+    read = [name for n in graph.node for i, name in enumerate(n.input) if name in floats and (
+        i in _WEIGHT_INPUTS.get(n.op_type, ()) or (n.op_type == "Add" and products & set(n.input)))]
+    lifted = list(dict.fromkeys(read))
+    if not lifted:
+        return model, []
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    nodes = [n for n in result.graph.node if not (n.op_type == "Constant" and n.output[0] in lifted)]
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    for name in lifted:
+        tensor = result.graph.initializer.add()
+        tensor.CopyFrom(next(a.t for a in floats[name].attribute if a.name == "value"))
+        tensor.name = name
+    return result, lifted
 
 
 def _matching(patterns: Iterable[str], names: Sequence[str], option: str) -> set[str]:
