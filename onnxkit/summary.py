@@ -80,6 +80,10 @@ def summarize(model: str | os.PathLike | onnx.ModelProto, path: str | os.PathLik
         "initializers": len(tensors),
         # weights held as float attributes: a scikit-learn model's LinearClassifier, tree ensembles (ai.onnx.ml)
         "attribute_weights": sum(len(a.floats) for n in nodes if n.domain not in ("", "ai.onnx") for a in n.attribute),
+        # float tensors of Constant nodes, as paddle2onnx and spox write every weight (If branches' too)
+        "constant_weights": sum(int(np.prod(a.t.dims)) for n in nodes if n.op_type == "Constant" and n.domain in
+                                ("", "ai.onnx") for a in n.attribute if a.name == "value" and a.t.dims
+                                and a.t.data_type in _FLOATS),
         "nodes": len(nodes),  # those inside If, Loop and Scan bodies too
         "operators": dict(ops.most_common()),
         "metadata": _shown_metadata(model),
@@ -192,6 +196,7 @@ def format_summary(info: dict[str, Any]) -> str:
         f"params    {info['parameters']:,} ({human_bytes(info['parameter_bytes'])}) in "
         f"{info['initializers']} initializers"
         + (f", {info['attribute_weights']:,} more in node attributes" if info.get("attribute_weights") else "")
+        + (f", {info['constant_weights']:,} more in Constant nodes" if info.get("constant_weights") else "")
         + f"; {info['nodes']} nodes"
         + (f"; file {human_bytes(info['file_bytes'])}" if "file_bytes" in info else "")
         + (f" with {', '.join(info['external_data'])}" if info.get("external_data") else ""),

@@ -645,3 +645,35 @@ def test_tabular_mlp_and_image_cnn_are_the_networks_their_options_say():
                                    ("image-cnn", {"height": 8, "width": 8, "blocks": 4}, "take from 0 to 1 pooling")):
         with pytest.raises(OnnxkitError, match=message):
             zoo.build_model(name, **options)
+
+
+def test_inspect_counts_weights_held_in_constant_nodes(tmp_path, run_cli):
+    """paddle2onnx and spox write every weight as a Constant node (silero-vad's inside If branches): inspect said
+    'params 0 (0 B) in 0 initializers' of a PP-OCR recognizer holding 2.69M weights."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(4, 3)).astype(np.float32)
+    branch = helper.make_graph([helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight, "w")),
+                                helper.make_node("MatMul", ["x", "w"], ["y_then"])], "then", [],
+                               [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, ["n", 3])])
+    other = helper.make_graph([helper.make_node("Constant", [], ["z"], value=numpy_helper.from_array(
+        np.zeros((4, 3), np.float32), "z")), helper.make_node("MatMul", ["x", "z"], ["y_else"])], "else", [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, ["n", 3])])
+    nodes = [helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(np.ones(3, np.float32), "b")),
+             helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([-1, 3]), "shape")),
+             helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other),
+             helper.make_node("Add", ["y", "b"], ["sum"]), helper.make_node("Reshape", ["sum", "shape"], ["out"])]
+    graph = helper.make_graph(nodes, "consts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+                                                helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    x = rng.normal(size=(2, 4)).astype(np.float32)  # the weights run as counted (numpy)
+    np.testing.assert_allclose(ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "flag": np.array(
+        True)})[0], x @ weight + 1, rtol=1e-5)
+    info = json.loads(run_cli("inspect", tmp_path / "m.onnx", "--json").out)
+    assert info["constant_weights"] == weight.size + 12 + 3  # w, z, b; the int64 shape is no weight
+    assert "params    0 (0 B) in 0 initializers, 27 more in Constant nodes; " in run_cli("inspect",
+                                                                                      tmp_path / "m.onnx").out
