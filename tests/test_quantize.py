@@ -714,6 +714,26 @@ def test_nothing_quantizable_says_so_for_every_mode():
                                                             np.zeros(4, np.int64)))
 
 
+
+def test_layers_only_inside_if_branches_are_named_by_nothing_to_quantize():
+    """silero-vad runs every layer inside If branches: 'nothing to quantize ... (ops: Constant, Equal, Identity, If)'
+    listed the main graph's ops alone, as if the model had no Conv or LSTM."""
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["a"])], "then", [],
+                             [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 3])])
+    other = helper.make_graph([helper.make_node("Slice", ["x", "zero", "three", "one"], ["b"])], "else", [],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 3])])
+    graph = helper.make_graph([helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)], "branchy",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+                               helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                              [weight, *(numpy_helper.from_array(np.array([v]), name)
+                                         for name, v in [("zero", 0), ("three", 3), ("one", 1)])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(OnnxkitError, match=r"^nothing to quantize with mode dynamic: .*\(ops: If; MatMul only inside "
+                                           r"If, Loop or Scan bodies, which quantize leaves as they are\)"):
+        quantize(model, mode="dynamic", measure_latency=False)
+
 def test_a_model_with_no_weight_tensor_is_told_so_before_it_is_asked_for_data():
     """A tree ensemble (weights in node attributes): static asked for --calib and auto for --eval, then, given them,
     said there was nothing to quantize."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from onnxkit.errors import OnnxkitError
-from onnxkit.graph_walks import quantization_ops
+from onnxkit.graph_walks import every_node, quantization_ops
 from onnxkit.quantize import analysis, int4, int8, isolated, rewrite
 from onnxkit.quantize.data import Feeds
 from onnxkit.quantize.fp16 import quantize_fp16
@@ -32,6 +32,7 @@ _WHAT = {
     "int4": "MatMul node with a constant 2-D float weight",
     "fp16": "float32 weight",
 }
+_LAYERS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "LSTM", "GRU", "RNN"})
 
 
 def low_precision_weights(model: onnx.ModelProto) -> int:
@@ -138,6 +139,9 @@ def nothing_message(model: onnx.ModelProto, mode: str, excluded: bool = False) -
     """'nothing to quantize with mode M: ...' naming the model's ops and what would help (parameters
     `mode` and `exclude`, which the command line shows as its flags)."""
     ops = ", ".join(sorted({n.op_type for n in model.graph.node}))
+    nested = sorted({n.op_type for n in every_node(model.graph)} & _LAYERS - {n.op_type for n in model.graph.node})
+    if nested:  # silero-vad's every layer: named, where the list above said the model had none
+        ops += f"; {', '.join(nested)} only inside If, Loop or Scan bodies, which quantize leaves as they are"
     why = " that exclude leaves" if excluded else ""
     has_float_weights = analysis.profile(model).float_params > 0
     hint = (
