@@ -784,3 +784,34 @@ def test_predict_given_a_split_or_a_dataset_says_which_arrays_to_pass():
                                            r"model.predict\(dataset.test.inputs\)$"):
         model.predict(data)
     assert len(model.predict(data.test.inputs).classes) == len(data.test)
+
+
+def _time_major(steps: int) -> onnx.ModelProto:
+    """x [1, 3] (a batch fixed at 1, as a traced export) -> y [steps, 1, 3]: step k is x * (k + 1), the time-major
+    layout of a CRNN's output for CTC (ddddocr's [T, 1, classes])."""
+    nodes = [helper.make_node("Constant", [], ["scales"], value=numpy_helper.from_array(
+        np.arange(1, steps + 1, dtype=np.float32).reshape(steps, 1, 1), "scales")),
+        helper.make_node("Mul", ["x", "scales"], ["y"])]
+    graph = helper.make_graph(nodes, "time-major", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, 1, 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_fixed_batch_models_time_major_output_joins_its_rows_along_its_batch_axis():
+    # ddddocr's captcha reader ([1, 1, 64, W] -> [T, 1, 8210]) on 3 images: 'does not have one row per input row
+    # ...; run its 3 rows at once: --batch-size 3', which then said the same (its input fixes 1 row)
+    x = RNG.normal(size=(3, 3)).astype(np.float32)
+    y = runtime.load(_time_major(4)).predict(x)["y"]
+    np.testing.assert_allclose(y, np.arange(1, 5, dtype=np.float32)[:, None, None] * x[None], rtol=1e-6)
+    with pytest.raises(OnnxkitError, match=r"does not have one row per input row, so the input cannot be split into "
+                                           r"batches; give it 1 row at a time, as its inputs fix$"):
+        runtime.load(_fixed_rows_of_three()).predict(x)
+
+
+def _fixed_rows_of_three() -> onnx.ModelProto:
+    """x [1, 3] -> y [3, 3]: a batch fixed at 1, and an output that holds it along no axis."""
+    graph = helper.make_graph([helper.make_node("Expand", ["x", "shape"], ["y"])], "no rows",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])],
+                              [numpy_helper.from_array(np.array([3, 3]), "shape")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -248,7 +248,16 @@ class Model:
             if short:
                 batch = {name: np.concatenate([a, np.repeat(a[-1:], short, axis=0)]) for name, a in batch.items()}
             parts.append(self._checked_run(batch))
-        return {name: value[:rows] for name, value in self._concat_rows(parts, len(parts) * size).items()}
+        outputs = {}
+        for name in self._output_names:
+            axis = _batch_axis([part[name] for part in parts], size)
+            if axis is None:
+                outputs |= {name: value[:rows] for name, value in self._concat_rows(
+                    [{name: part[name]} for part in parts], len(parts) * size, size).items()}
+            else:  # time-major (a CRNN's [steps, batch, classes] for CTC): its rows lie along that axis
+                whole = np.concatenate([part[name] for part in parts], axis=axis)
+                outputs[name] = np.take(whole, np.arange(rows), axis=axis)
+        return outputs
 
     def _checked_run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -296,16 +305,19 @@ class Model:
         self.session.run_with_iobinding(binding, options)
         return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))
 
-    def _concat_rows(self, parts: list[dict[str, np.ndarray]], rows: int) -> dict[str, np.ndarray]:
+    def _concat_rows(self, parts: list[dict[str, np.ndarray]], rows: int,
+                     fixed: int | None = None) -> dict[str, np.ndarray]:
+        """The parts' outputs joined along their first axis; OnnxkitError where it does not hold a row each. With
+        `fixed`, the batch size the model's inputs fix, which no batch_size changes."""
         outputs = {}
-        for name in self._output_names:
+        for name in parts[0]:
             pieces = [part[name] for part in parts]
             if sum(len(np.atleast_1d(p)) for p in pieces) != rows:
-                raise OnnxkitError(
-                    f"output {name!r} of model {self.name!r} does not have one row per input row, "
-                    f"so the input cannot be split into batches; run its {rows} rows at once: batch_size={rows}",
-                    params=["batch_size"],
-                )
+                fix = (f"give it {fixed} row{'s' * (fixed > 1)} at a time, as its inputs fix" if fixed else
+                       f"run its {rows} rows at once: batch_size={rows}")
+                raise OnnxkitError(f"output {name!r} of model {self.name!r} does not have one row per input row, "
+                                   f"so the input cannot be split into batches; {fix}",
+                                   params=[] if fixed else ["batch_size"])
             outputs[name] = np.concatenate(pieces)
         return outputs
 
@@ -511,3 +523,12 @@ def _class_names(
             f"{scores.name!r} has {width} scores per row; rewrite that metadata entry"
         )
     return tuple(names)
+
+
+def _batch_axis(pieces: list[np.ndarray], size: int) -> int | None:
+    """The one axis past the first along which every piece holds `size` rows, where the first does not: a
+    time-major output's batch axis; None where the first axis does or no single other one does."""
+    if any(np.ndim(p) == 0 for p in pieces) or all(len(p) == size for p in pieces):
+        return None
+    axes = [a for a in range(1, np.ndim(pieces[0])) if all(np.shape(p)[a] == size for p in pieces)]
+    return axes[0] if len(axes) == 1 else None
