@@ -111,7 +111,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 FOLDABLE = frozenset({
     "Constant", "Identity", "Cast", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Sqrt", "Pow",
     "Min", "Max", "Equal", "Less", "Greater", "Not", "And", "Or", "Where", "Concat", "Gather", "Slice", "Squeeze",
-    "Unsqueeze", "Reshape", "ReduceProd", "ReduceSum", "Transpose",
+    "Unsqueeze", "Reshape", "ReduceProd", "ReduceSum", "Transpose", "Range",
 })  # and ConstantOfShape, when its shape is a constant of few elements
 SMALL = 64  # elements of a constant that counts as shape arithmetic
 

@@ -130,6 +130,51 @@ def test_a_reduction_over_axes_computed_from_constants_is_differentiated():
         np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
 
 
+def exported_unoptimized_group_norm(batch: int | str = "batch") -> onnx.ModelProto:
+    """nn.GroupNorm(4, 4) of a [batch, 4, 5] Conv1d output as the dynamo exporter writes it with
+    optimize=False (Wav2Vec2's feature encoder): InstanceNormalization of the groups, then the
+    weight and bias Unsqueezed over axes Range(1, Sub(3, 1), 1), a Mul and an Add."""
+    def const(name: str, value: int | list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.int64)))
+
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("InstanceNormalization", ["c", "ones", "zeros"], ["normed"]),
+        const("one", 1), const("rank", 3),
+        helper.make_node("Sub", ["rank", "one"], ["end"]),
+        helper.make_node("Range", ["one", "end", "one"], ["axes"]),  # [1]: onnx's inference cannot see through it
+        helper.make_node("Unsqueeze", ["gamma", "axes"], ["scale"]),
+        helper.make_node("Unsqueeze", ["beta", "axes"], ["shift"]),
+        helper.make_node("Mul", ["normed", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "shift"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "unoptimized group norm",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, 2, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        [numpy_helper.from_array(rng.uniform(-1, 1, (4, 2, 3)), "w"),
+         numpy_helper.from_array(np.ones(4), "ones"), numpy_helper.from_array(np.zeros(4), "zeros"),
+         numpy_helper.from_array(rng.uniform(0.5, 1.5, 4), "gamma"),
+         numpy_helper.from_array(rng.uniform(-1, 1, 4), "beta")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_an_unsqueeze_over_a_range_of_constants_gets_its_rank():
+    types = value_types(exported_unoptimized_group_norm())
+    assert [d.dim_value or d.dim_param for d in types["y"].type.tensor_type.shape.dim] == ["batch", 4, 5]
+
+
+def test_a_group_norm_scaled_over_a_range_of_axes_is_differentiated():
+    # before: "cannot differentiate Add (node 'node_group_norm'): the rank of 'val_30' or of its broadcast result
+    # is unknown" for Hugging Face's Wav2Vec2 exported by the dynamo exporter with optimize=False
+    x = np.random.default_rng(5).uniform(-1, 1, (3, 2, 7))
+    checked = gradcheck(exported_unoptimized_group_norm(3), {"x": x}, ["w", "gamma", "beta", "x"])
+    for name, (analytic, numeric) in checked.items():
+        np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
+
+
 def test_resize_sizes_computed_from_data_deep_in_the_network_are_not_walked_through_it():
     # the trace of Resize's sizes walked the inputs of every node it met before asking what it was: sizes read from
     # the end of 1,500 Relus (a ReduceMax of data) took it to Python's recursion limit (RecursionError)
