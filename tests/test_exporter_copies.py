@@ -750,3 +750,44 @@ def test_a_layer_the_dynamo_exporter_folded_once_a_call_keeps_its_weight_shared(
         [gradient_name("val_1")], {"x": x})[0]
     ones = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(grad, (x @ w + b).T @ ones + x.T @ (ones @ w.T), rtol=1e-5)
+
+
+def cloned_parameter_export() -> onnx.ModelProto:
+    """A table two layers read through `table.clone()`, as the dynamo exporter writes it with optimize=False
+    (DeBERTa's relative position embeddings, once a layer): Identity nodes copying the parameter its signature
+    lists into values typed without marks, each multiplied by the input, then the two added."""
+    table = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    nodes, infos = [], []
+    for k in (0, 1):
+        clone = helper.make_node("Identity", ["rel.weight"], [f"clone_{k}"], name=f"node_clone_{k}")
+        clone.metadata_props.add(key="pkg.torch.onnx.fx_node", value=(
+            f"%clone_{k} : [num_users=1] = call_function[target=torch.ops.aten.clone.default](args = "
+            "(%p_rel_weight,), kwargs = {})"))
+        nodes += [clone, helper.make_node("MatMul", ["x", f"clone_{k}"], [f"h{k}"])]
+        infos.append(helper.make_tensor_value_info(f"clone_{k}", TensorProto.FLOAT, [3, 4]))
+    nodes.append(helper.make_node("Add", ["h0", "h1"], ["y"]))
+    graph = helper.make_graph(nodes, "main_graph", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                              [numpy_helper.from_array(table, "rel.weight")], value_info=infos)
+    graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature",
+                             value="p_rel_weight: PARAMETER target='rel.weight'\nx: USER_INPUT\n")
+    info = helper.make_tensor_value_info("rel.weight", TensorProto.FLOAT, [3, 4])
+    info.metadata_props.add(key="pkg.torch.export.graph_signature.InputSpec.kind", value="PARAMETER")
+    graph.value_info.append(info)
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)],
+                             producer_name="pytorch")
+
+
+def test_a_parameter_a_dynamo_export_clones_trains_as_the_one_parameter():
+    # before: each clone became a tensor of its own, which the unmarked value_info then made a constant: a dynamo
+    # (optimize=False) export of Hugging Face's DeBERTa-v2 left its relative position table untrained
+    from onnxkit.autodiff.check import run_gradients, with_projection_loss
+
+    model = cloned_parameter_export()
+    form, notes = trainable_form(model)
+    assert notes == [] and find_parameters(form).parameters == ["rel.weight"]
+    x = np.random.default_rng(1).normal(size=(2, 3)).astype(np.float32)
+    projected = with_projection_loss(form)
+    r = next(numpy_helper.to_array(t) for t in projected.graph.initializer if t.name.endswith(".projection"))
+    got = run_gradients(projected, {"x": x}, ["rel.weight"])["rel.weight"]
+    np.testing.assert_allclose(got, 2 * x.T.astype(np.float64) @ r, rtol=1e-5, atol=1e-6)  # d sum((2 x W) R) / dW

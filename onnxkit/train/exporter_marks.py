@@ -133,13 +133,16 @@ def untie_exporter_copies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
     gamma). A weight the model really shares is one initializer read by several nodes, with no
     Identity, or an Identity copy whose MatMul adds the very bias its source's does (a Linear called
     twice: ALBERT's shared layer); this keeps both. Left tied, the copies would train as one tensor, and BatchNorm
-    would normalise with its trained affine weights as statistics."""
-    if not _exporter_copy(model.graph):
+    would normalise with its trained affine weights as statistics. In a dynamo export an Identity of a
+    parameter its signature lists is the module reading that very parameter (`aten.clone`, `alias`:
+    DeBERTa's relative position table, cloned once a layer), and stays."""
+    shared = {target for _, kind, target in _export_signature(model) if kind == "PARAMETER"}
+    if not _exporter_copy(model.graph, shared):
         return model, []
     untied = onnx.ModelProto()
     untied.CopyFrom(model)
     made = []
-    while node := _exporter_copy(untied.graph):  # a copy of a copy is one once its source is made
+    while node := _exporter_copy(untied.graph, shared):  # a copy of a copy is one once its source is made
         tensor = untied.graph.initializer.add()
         tensor.CopyFrom(next(t for t in untied.graph.initializer if t.name == node.input[0]))
         tensor.name = node.output[0]
@@ -462,9 +465,10 @@ def _own_parameter(name: str, scopes: Sequence[str], orphans: set[str]) -> str |
     return None
 
 
-def _exporter_copy(graph: onnx.GraphProto) -> onnx.NodeProto | None:
-    """The first Identity node copying a float initializer into a value that is not a graph output."""
-    floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and t.dims}
+def _exporter_copy(graph: onnx.GraphProto, shared: set[str]) -> onnx.NodeProto | None:
+    """The first Identity node copying a float initializer (not one of `shared`) into a value that is not a graph
+    output."""
+    floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and t.dims} - shared
     outputs = {o.name for o in graph.output}
     biases = _matmul_biases(graph, floats)
     return next((n for n in graph.node if n.op_type == "Identity" and n.input[0] in floats
