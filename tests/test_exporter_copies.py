@@ -135,11 +135,15 @@ def test_weights_held_in_constant_nodes_train(tmp_path, run_cli):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def conv_net(weight: str, producer: str = "pytorch", fused_by: str | None = None) -> onnx.ModelProto:
+def conv_net(weight: str, producer: str = "pytorch", fused_by: str | None = None,
+             bias: str | None = None) -> onnx.ModelProto:
     """x [n, 1, 8, 8] -> Conv (weight named `weight`) -> Relu -> Flatten -> Gemm -> 10 logits, from
-    `producer`; `fused_by` marks the Conv as the dynamo exporter's optimizer marks its rewrites."""
+    `producer`; `fused_by` marks the Conv as the dynamo exporter's optimizer marks its rewrites. The bias is
+    `bias`, by default onnx::Conv_8 beside a weight named onnx::Conv_N (TorchScript names both tensors it
+    computes by folding BatchNorm so), else conv.bias."""
     rng = np.random.default_rng(0)
-    conv = helper.make_node("Conv", ["x", weight, "conv.bias"], ["c"], name="/conv/Conv")
+    bias = bias or ("onnx::Conv_8" if weight.startswith("onnx::Conv_") else "conv.bias")
+    conv = helper.make_node("Conv", ["x", weight, bias], ["c"], name="/conv/Conv")
     if fused_by:
         conv.metadata_props.add(key="pkg.onnxscript.rewriter.rule_name", value=fused_by)
     nodes = [conv, helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
@@ -148,7 +152,7 @@ def conv_net(weight: str, producer: str = "pytorch", fused_by: str | None = None
         nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         [numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), weight),
-         numpy_helper.from_array(np.zeros(4, np.float32), "conv.bias"),
+         numpy_helper.from_array(np.zeros(4, np.float32), bias),
          numpy_helper.from_array(rng.normal(0, 0.1, (10, 144)).astype(np.float32), "fc.weight"),
          numpy_helper.from_array(np.zeros(10, np.float32), "fc.bias")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=producer)
@@ -156,10 +160,13 @@ def conv_net(weight: str, producer: str = "pytorch", fused_by: str | None = None
 
 @pytest.mark.parametrize("model, folded", [
     (conv_net("conv.weight", fused_by="RemoveOptionalBiasFromConv, FuseBatchNormIntoConv"), True),  # dynamo
-    (conv_net("onnx::Conv_7"), True),  # TorchScript names the weight it computed by folding
+    (conv_net("onnx::Conv_7"), True),  # TorchScript names the weight and bias it computed by folding
     (conv_net("conv.weight"), False),  # the module's own weight
     (conv_net("onnx::Conv_7", producer="onnxkit"), False),
-], ids=["dynamo", "torchscript", "unfolded", "other-producer"])
+    # a weight TorchScript computed from others beside the module's own bias: weight_norm's g * v / |v| (Hugging
+    # Face's Wav2Vec2, its positional Conv); before, it got a BatchNorm PyTorch's module does not have
+    (conv_net("onnx::Conv_7", bias="conv.bias"), False),
+], ids=["dynamo", "torchscript", "unfolded", "other-producer", "weight-norm"])
 def test_batchnorm_folded_into_weights_by_the_exporter_trains_again(tmp_path, run_cli, model, folded):
     """Both exporters fold a BatchNorm into the layer before it in eval mode, so an export trained as a network
     without BatchNorm (a CNN on three drawn shapes: 27.5% where PyTorch trains the module to 100%). The layer gets
@@ -281,7 +288,8 @@ def test_a_fresh_folded_batchnorm_comes_back_fresh(tmp_path, run_cli):
     from onnxkit.train.batchnorm_restore import fresh_batch_norms, with_batch_norms
 
     fresh, shifted, biasless = conv_net("onnx::Conv_7"), conv_net("onnx::Conv_7"), conv_net("onnx::Conv_7")
-    shifted.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.full(4, 0.1, np.float32), "conv.bias"))
+    shifted.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.full(4, 0.1, np.float32),
+                                                                  shifted.graph.initializer[1].name))
     del biasless.graph.node[0].input[2]
     for model, want in ((fresh, {"c"}), (shifted, set()), (biasless, {"c"})):
         assert fresh_batch_norms(model, model.graph.node[:1]) == want

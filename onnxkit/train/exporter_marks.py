@@ -524,16 +524,18 @@ def in_inference_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
 def folded_batch_norms(model: onnx.ModelProto, trainable: Iterable[str]) -> list[onnx.NodeProto]:
     """The layers reading a trainable weight that PyTorch's exporter folded a BatchNorm into: the dynamo
     exporter's optimizer marks them (FuseBatchNormIntoConv, ...IntoGemm, ...); the TorchScript exporter
-    in eval mode folds BatchNorm into the Conv before it and names the weight it computes onnx::Conv_N
-    where the module's own are named after it. Either would train as a network without BatchNorm
-    (`batchnorm_restore` puts it back). A layer a BatchNormalization reads already is none: its BatchNorm was
-    put back by an earlier run (model.onnx trained again), or never folded."""
+    in eval mode folds BatchNorm into the Conv before it and names the weight and bias it computes onnx::Conv_N
+    where the module's own are named after it (a weight alone so named was folded from something else:
+    weight_norm's g * v / |v|, Wav2Vec2's positional Conv, its bias the module's own). Either would train as a
+    network without BatchNorm (`batchnorm_restore` puts it back). A layer a BatchNormalization reads already is
+    none: its BatchNorm was put back by an earlier run (model.onnx trained again), or never folded."""
     trained = set(trainable)
     torchscript = model.producer_name == "pytorch" and not any(_FUSED_BY in _marks(n) for n in model.graph.node)
     normalised = {n.input[0] for n in model.graph.node if n.op_type == "BatchNormalization"}
     return [node for node in model.graph.node if trained & set(node.input[1:]) and node.output[0] not in normalised
             and ("FuseBatchNorm" in _marks(node).get(_FUSED_BY, "")
-                 or torchscript and node.op_type == "Conv" and node.input[1].startswith("onnx::Conv_"))]
+                 or torchscript and node.op_type == "Conv" and len(node.input) > 2
+                 and all(name.startswith("onnx::Conv_") for name in node.input[1:3]))]
 
 
 def folded_parameters(model: onnx.ModelProto) -> dict[str, list[str]]:
