@@ -92,7 +92,8 @@ def initializers_to_inputs(model: onnx.ModelProto, names: Iterable[str]) -> dict
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` without the data of large weights (enough for shape inference)."""
+    """A copy of `model` without the data of weights larger than SMALL (enough for shape inference and for
+    `_fold_constants`)."""
     skeleton = onnx.ModelProto()
     skeleton.ir_version = model.ir_version
     skeleton.opset_import.extend(model.opset_import)
@@ -100,7 +101,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     for field in ("node", "input", "output", "value_info"):
         getattr(graph, field).extend(getattr(model.graph, field))
     for t in model.graph.initializer:
-        if t.data_type == TensorProto.FLOAT and np.prod(t.dims, dtype=np.int64) >= 64:
+        if t.data_type == TensorProto.FLOAT and np.prod(t.dims, dtype=np.int64) > SMALL:
             graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
         else:
             graph.initializer.append(t)
@@ -201,6 +202,7 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         if not hints and not _fold_static_sizes(skeleton.graph, inferred.graph, known) and \
                 not _take_decided_branches(skeleton.graph, inferred.graph, known):
             break
+        folded += _fold_constants(skeleton, skeleton)  # what sizes now known make (MobileViT's ceil(h / 2.0) * 2)
         skeleton.graph.value_info.extend(hints)
     g = inferred.graph
     types = {

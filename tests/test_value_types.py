@@ -175,6 +175,48 @@ def test_a_group_norm_scaled_over_a_range_of_axes_is_differentiated():
         np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
 
 
+def exported_patch_resize(batch: int | str = "batch") -> onnx.ModelProto:
+    """MobileViT's unfolding as the TorchScript exporter writes it: y = x [batch, 2, 3, 4] @ w [4, 16] resized
+    (bilinear) to sizes Concat(Slice(Shape(y), 0, 2), Cast(Concat(ceil(h / 2.0) * 2, ceil(w / 2.0) * 2))), each
+    side a float Cast, Div, Ceil and Mul of Gather(Shape(y), axis): 3 x 16 -> 4 x 16. w has 64 elements, as
+    many as shape arithmetic's constants may have."""
+    def const(name: str, value, dtype=np.int64) -> onnx.NodeProto:  # type: ignore[no-untyped-def]
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, dtype)))
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Shape", ["y"], ["shape"]),
+             const("zero", [0]), const("two", [2]), const("patch", 2.0, np.float32), const("first", [0])]
+    for axis in (2, 3):
+        nodes += [const(f"at{axis}", axis), helper.make_node("Gather", ["shape", f"at{axis}"], [f"side{axis}"]),
+                  helper.make_node("Cast", [f"side{axis}"], [f"f{axis}"], to=TensorProto.FLOAT),
+                  helper.make_node("Div", [f"f{axis}", "patch"], [f"q{axis}"]),
+                  helper.make_node("Ceil", [f"q{axis}"], [f"c{axis}"]),
+                  helper.make_node("Mul", [f"c{axis}", "patch"], [f"m{axis}"]),
+                  helper.make_node("Cast", [f"m{axis}"], [f"n{axis}"], to=TensorProto.INT64),
+                  helper.make_node("Unsqueeze", [f"n{axis}", "first"], [f"u{axis}"])]
+    nodes += [helper.make_node("Slice", ["shape", "zero", "two"], ["kept"]),
+              helper.make_node("Concat", ["u2", "u3"], ["sides"], axis=0),
+              helper.make_node("Concat", ["kept", "sides"], ["sizes"], axis=0),
+              helper.make_node("Resize", ["y", "", "", "sizes"], ["z"], mode="linear")]
+    graph = helper.make_graph(
+        nodes, "patch resize", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, 2, 3, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.DOUBLE, None)],
+        [numpy_helper.from_array(np.random.default_rng(6).uniform(-1, 1, (4, 16)), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_sizes_computed_by_float_arithmetic_on_known_sides_are_known():
+    types = value_types(exported_patch_resize())
+    assert [d.dim_value for d in types["z"].type.tensor_type.shape.dim][1:] == [2, 4, 16]
+
+
+def test_the_resize_of_such_sizes_is_differentiated():
+    # before: "cannot differentiate Resize (node '/mobilevit/encoder/layer.4/Resize_1'): only resizing to sizes
+    # known before run time is supported" for Hugging Face's MobileViT exported by TorchScript
+    x = np.random.default_rng(7).uniform(-1, 1, (2, 2, 3, 4))
+    for name, (analytic, numeric) in gradcheck(exported_patch_resize(2), {"x": x}, ["w", "x"]).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-6, err_msg=name)
+
+
 def test_resize_sizes_computed_from_data_deep_in_the_network_are_not_walked_through_it():
     # the trace of Resize's sizes walked the inputs of every node it met before asking what it was: sizes read from
     # the end of 1,500 Relus (a ReduceMax of data) took it to Python's recursion limit (RecursionError)
