@@ -8,7 +8,8 @@ from its config (hidden 32, 2 layers, vocabulary 1000, dropout 0; no download), 
 off its initial value by a little noise so that no two are equal; exported in eval mode with a
 dynamic batch (and sequence) axis by `torchscript` (opset 17), `dynamo`, and each without its
 folding of constants (`torchscript-nofold`: do_constant_folding=False; `dynamo-noopt`:
-optimize=False). For each it prints:
+optimize=False). `--attention eager` sets transformers' written-out attention in place of its default,
+`scaled_dot_product_attention`. For each it prints:
 
 - `params`: the parameters PyTorch trains;
 - `grad`: for one batch of 4 (16 tokens, the later rows padded; GPT-2's LM: token ids alone), the
@@ -28,7 +29,7 @@ optimize=False). For each it prints:
   then train as tensors of their own.
 
     PYTHONPATH=/tmp/torchlib:/tmp/osl:/tmp/hf .venv/bin/python tools/hf_architectures.py [--only gpt2 t5-encoder]
-        [--exporters torchscript dynamo]
+        [--exporters torchscript dynamo] [--attention eager]
 
 Needs torch, onnxscript (for the dynamo exporter) and transformers outside the project environment (without them
 it says, in one line, how to install them).
@@ -173,6 +174,14 @@ def batch(kind: str, rows: int, rng: np.random.Generator) -> tuple[dict[str, np.
     return {name: x}, labels.astype(np.int64)
 
 
+def with_attention(module, attention: str) -> None:  # type: ignore[no-untyped-def]
+    """Each Hugging Face model in `module` set to compute attention as `attention` ('eager': softmax of masked
+    scores written out; transformers' default is PyTorch's scaled_dot_product_attention)."""
+    for part in module.modules():
+        if hasattr(part, "set_attn_implementation") and getattr(part.config, "_attn_implementation", None):
+            part.set_attn_implementation(attention)
+
+
 def moved_off_init(module, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
     """Every parameter plus a little noise, so no two hold equal values and none is all zeros."""
     import torch
@@ -300,6 +309,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="architecture names (default: all)")
     parser.add_argument("--exporters", nargs="*", default=list(EXPORTERS), choices=EXPORTERS)
+    parser.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa",
+                        help="transformers' attention implementation (default: its default, sdpa)")
     args = parser.parse_args()
     made = architectures()
     torch = import_torch_exporter()
@@ -315,6 +326,7 @@ def main() -> None:
         for exporter in args.exporters:
             torch.manual_seed(0)
             module = make().eval()
+            with_attention(module, args.attention)
             moved_off_init(module)
             feeds, labels = batch(kind, BATCH, np.random.default_rng(0))
             params = sum(p.numel() for p in module.parameters() if p.requires_grad)
