@@ -174,12 +174,13 @@ def batch(kind: str, rows: int, rng: np.random.Generator) -> tuple[dict[str, np.
     return {name: x}, labels.astype(np.int64)
 
 
-def with_attention(module, attention: str) -> None:  # type: ignore[no-untyped-def]
+def with_attention(module, attention: str | None) -> None:  # type: ignore[no-untyped-def]
     """Each Hugging Face model in `module` set to compute attention as `attention` ('eager': softmax of masked
-    scores written out; transformers' default is PyTorch's scaled_dot_product_attention)."""
-    for part in module.modules():
+    scores written out; 'sdpa': PyTorch's scaled_dot_product_attention), where it can (None: as configured)."""
+    for part in module.modules() if attention else ():
         if hasattr(part, "set_attn_implementation") and getattr(part.config, "_attn_implementation", None):
-            part.set_attn_implementation(attention)
+            with contextlib.suppress(ValueError):  # an architecture without that kind (ConvNeXt has no sdpa)
+                part.set_attn_implementation(attention)
 
 
 def moved_off_init(module, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
@@ -249,16 +250,22 @@ def torch_gradients(module, model: onnx.ModelProto, feeds, labels) -> dict[str, 
 
 
 def matched(module, values: dict[str, np.ndarray]) -> dict[str, list[tuple[str, bool]]]:  # type: ignore[no-untyped-def]
-    """torch parameter name -> the onnx parameters holding it: (name, stored transposed)."""
+    """torch parameter name -> the onnx parameters holding it, (name, stored transposed): the one of its name, and
+    those of its values (transposed or reshaped) that hold no other parameter's name."""
+    params = dict(module.named_parameters())
+    claimed = {key for key, v in values.items() if key in params and v.size == params[key].numel()}
     found: dict[str, list[tuple[str, bool]]] = {}
-    for name, p in module.named_parameters():
+    for name, p in params.items():
         w = p.detach().numpy()
+        found[name] = [(name, False)] if name in claimed else []
         for key, v in values.items():
+            if key in claimed:
+                continue
             if v.size == w.size and np.array_equal(v.reshape(w.shape), w):
-                found.setdefault(name, []).append((key, False))
+                found[name].append((key, False))
             elif w.ndim == 2 and v.shape == w.T.shape and np.array_equal(v, w.T):
-                found.setdefault(name, []).append((key, True))
-    return found
+                found[name].append((key, True))
+    return {name: copies for name, copies in found.items() if copies}
 
 
 def frozen_in(module, values: dict[str, np.ndarray]) -> list[str]:  # type: ignore[no-untyped-def]
@@ -309,8 +316,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="architecture names (default: all)")
     parser.add_argument("--exporters", nargs="*", default=list(EXPORTERS), choices=EXPORTERS)
-    parser.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa",
-                        help="transformers' attention implementation (default: its default, sdpa)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="the weights as initialised (equal LayerNorm weights, zero biases: the ties exporters "
+                             "make of them), matched by name first")
+    parser.add_argument("--attention", choices=["sdpa", "eager"],
+                        help="transformers' attention implementation (default: the config's, sdpa where it has one)")
     args = parser.parse_args()
     made = architectures()
     torch = import_torch_exporter()
@@ -327,7 +337,8 @@ def main() -> None:
             torch.manual_seed(0)
             module = make().eval()
             with_attention(module, args.attention)
-            moved_off_init(module)
+            if not args.fresh:
+                moved_off_init(module)
             feeds, labels = batch(kind, BATCH, np.random.default_rng(0))
             params = sum(p.numel() for p in module.parameters() if p.requires_grad)
             head = f"{name:16s} {exporter:18s} {params:7d}"
