@@ -9,7 +9,8 @@ off its initial value by a little noise so that no two are equal; exported in ev
 dynamic batch (and sequence) axis by `torchscript` (opset 17), `dynamo`, and each without its
 folding of constants (`torchscript-nofold`: do_constant_folding=False; `dynamo-noopt`:
 optimize=False). `--attention eager` sets transformers' written-out attention in place of its default,
-`scaled_dot_product_attention`. For each it prints:
+`scaled_dot_product_attention`. `--fresh` keeps the weights as initialised (LayerNorm's equal ones and zeros,
+zero biases: the ties exporters make of them, which training unties), matched by name first. For each it prints:
 
 - `params`: the parameters PyTorch trains;
 - `grad`: for one batch of 4 (16 tokens, the later rows padded; GPT-2's LM: token ids alone), the
@@ -29,7 +30,7 @@ optimize=False). `--attention eager` sets transformers' written-out attention in
   then train as tensors of their own.
 
     PYTHONPATH=/tmp/torchlib:/tmp/osl:/tmp/hf .venv/bin/python tools/hf_architectures.py [--only gpt2 t5-encoder]
-        [--exporters torchscript dynamo] [--attention eager]
+        [--exporters torchscript dynamo] [--attention eager] [--fresh]
 
 Needs torch, onnxscript (for the dynamo exporter) and transformers outside the project environment (without them
 it says, in one line, how to install them).
@@ -249,19 +250,27 @@ def torch_gradients(module, model: onnx.ModelProto, feeds, labels) -> dict[str, 
     return {n: p.grad.numpy().copy() for n, p in module.named_parameters() if p.grad is not None}
 
 
-def matched(module, values: dict[str, np.ndarray]) -> dict[str, list[tuple[str, bool]]]:  # type: ignore[no-untyped-def]
-    """torch parameter name -> the onnx parameters holding it, (name, stored transposed): the one of its name, and
-    those of its values (transposed or reshaped) that hold no other parameter's name."""
+def matched(module, values: dict[str, np.ndarray], fresh: bool = False) -> dict[str, list[tuple[str, bool]]]:  # type: ignore[no-untyped-def]
+    """torch parameter name -> the onnx parameters holding it, (name, stored transposed): the one named after it
+    where it holds its values (a Conv's weight a BatchNorm was folded into keeps its name, not its values), and
+    those holding its values (transposed or reshaped) under a name of no parameter, where no other parameter holds
+    those values too (a fresh model's ones and zeros are matched by name alone). `fresh` (weights as initialised):
+    transposed copies only, since a value folded from parameters may equal one of them there (weight_norm starts
+    with g = |v|, so g * v / |v| is v)."""
     params = dict(module.named_parameters())
-    claimed = {key for key, v in values.items() if key in params and v.size == params[key].numel()}
+    claimed = {key for key, v in values.items() if key in params and v.size == params[key].numel()
+               and np.array_equal(v.reshape(params[key].shape), params[key].detach().numpy())}  # (not folded into)
+    counts: dict[bytes, int] = {}
+    for p in params.values():
+        counts[p.detach().numpy().tobytes()] = counts.get(p.detach().numpy().tobytes(), 0) + 1
     found: dict[str, list[tuple[str, bool]]] = {}
     for name, p in params.items():
         w = p.detach().numpy()
         found[name] = [(name, False)] if name in claimed else []
         for key, v in values.items():
-            if key in claimed:
+            if key in claimed or counts[w.tobytes()] > 1:
                 continue
-            if v.size == w.size and np.array_equal(v.reshape(w.shape), w):
+            if not fresh and v.size == w.size and np.array_equal(v.reshape(w.shape), w):
                 found[name].append((key, False))
             elif w.ndim == 2 and v.shape == w.T.shape and np.array_equal(v, w.T):
                 found[name].append((key, True))
@@ -274,17 +283,19 @@ def frozen_in(module, values: dict[str, np.ndarray]) -> list[str]:  # type: igno
     return [key for name, copies in matched(module, values).items() if name in fixed for key, _ in copies]
 
 
-def gradient_error(module, model: onnx.ModelProto, feeds, labels) -> tuple[float, str, list[str], list[str]]:  # type: ignore[no-untyped-def]
+def gradient_error(module, model: onnx.ModelProto, feeds, labels, fresh: bool = False,
+                   ) -> tuple[float, str, list[str], list[str]]:  # type: ignore[no-untyped-def]
     """(largest relative error over the parameters both sides hold, its parameter, torch's parameters the
     exporter computed other tensors from (none of the onnx parameters holds them), the onnx parameters to freeze)."""
     theirs = torch_gradients(module, model, feeds, labels)
     with tempfile.TemporaryDirectory() as folder:
-        values = open_training(model, Path(folder) / "v", optimizer="sgd", dropout=False).parameters()
+        first = open_training(model, Path(folder) / "v", optimizer="sgd", dropout=False)
+        values = {k: v for k, v in first.parameters().items() if k not in first.buffers()}  # (BatchNorm's statistics)
         freeze = frozen_in(module, values)
         session = open_training(model, Path(folder) / "s", optimizer="sgd", dropout=False, freeze=freeze)
         session.train_step(feeds, labels)
         ours = session.gradients()
-    pairs = matched(module, values)
+    pairs = matched(module, values, fresh)
     floor = 1e-3 * max(np.linalg.norm(g) for g in theirs.values())
     worst, where, folded = 0.0, "", []
     for name, p in module.named_parameters():
@@ -349,7 +360,7 @@ def main() -> None:
                 print(f"{head}  export failed: {line[:100]}", flush=True)
                 continue
             try:
-                error, where, folded, freeze = gradient_error(module, model, feeds, labels)
+                error, where, folded, freeze = gradient_error(module, model, feeds, labels, args.fresh)
                 falls = loss_falls(model, kind, freeze)
             except OnnxkitError as e:
                 print(f"{head}  error: {e}", flush=True)
