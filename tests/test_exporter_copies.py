@@ -3,6 +3,8 @@ biases, deep-copied layers, a fresh BatchNorm's statistics) train as tensors of 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -799,3 +801,48 @@ def test_a_parameter_a_dynamo_export_clones_trains_as_the_one_parameter():
     r = next(numpy_helper.to_array(t) for t in projected.graph.initializer if t.name.endswith(".projection"))
     got = run_gradients(projected, {"x": x}, ["rel.weight"])["rel.weight"]
     np.testing.assert_allclose(got, 2 * x.T.astype(np.float64) @ r, rtol=1e-5, atol=1e-6)  # d sum((2 x W) R) / dW
+
+
+def torchscript_folded_bias(folded: bool) -> onnx.ModelProto:
+    """x [batch, 4, 8] @ a Linear's transposed weight onnx::MatMul_5, plus a [4, 4]-shaped relative bias, then
+    tokens mean-pooled by a Gemm: as the TorchScript exporter writes Swin's attention bias, gathered from its table
+    at export into onnx::Add_7 (`folded`), or, with do_constant_folding=False, gathered in the graph from the table
+    `rel.table` by constant indices."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(7,)).astype(np.float32)
+    index = (np.arange(4)[:, None] - np.arange(4)[None, :] + 3).astype(np.int64)
+    nodes = [helper.make_node("MatMul", ["x", "onnx::MatMul_5"], ["h"])]
+    weights = [numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "onnx::MatMul_5"),
+               numpy_helper.from_array(rng.normal(size=(3, 16)).astype(np.float32), "head.weight")]
+    if folded:
+        weights.append(numpy_helper.from_array(table[index], "onnx::Add_7"))
+        nodes.append(helper.make_node("Add", ["h", "onnx::Add_7"], ["biased"]))
+    else:
+        weights += [numpy_helper.from_array(table, "rel.table"), numpy_helper.from_array(index, "rel.index")]
+        nodes += [helper.make_node("Gather", ["rel.table", "rel.index"], ["bias"]),
+                  helper.make_node("Add", ["h", "bias"], ["biased"])]
+    nodes += [helper.make_node("Flatten", ["biased"], ["flat"], axis=1),
+              helper.make_node("Gemm", ["flat", "head.weight"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "main_graph",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], weights)
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)],
+                             producer_name="pytorch")
+
+
+@pytest.mark.parametrize("folded", [True, False])
+def test_a_weight_torchscript_computed_at_export_is_warned_of(tmp_path, folded):
+    """Before, only a dynamo export's folds were warned of (its marks name them): Hugging Face's Swin and Wav2Vec2
+    exported by TorchScript trained their gathered bias tables and weight_norm's g * v / |v| as tensors of their own,
+    silently. A Linear's transposed weight (onnx::MatMul_N) is the Linear's own and is not warned of."""
+    model = torchscript_folded_bias(folded)
+    x = np.random.default_rng(1).normal(size=(24, 4, 8)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(model, ({"x": x}, np.arange(24) % 3), tmp_path / "run", epochs=1, evaluate_test=False)
+    said = [str(w.message) for w in caught if "TorchScript exporter computed" in str(w.message)]
+    assert said == ([
+        "PyTorch's TorchScript exporter computed onnx::Add_7 from the module's weights at export (constant folding), "
+        "so it does not train as in PyTorch: it trains as a tensor of its own (a weight_norm's g and v, a table "
+        "gathered by index, are gone from the graph); to train the module's weights, export with "
+        "torch.onnx.export(..., do_constant_folding=False)"] if folded else [])

@@ -561,8 +561,61 @@ def folded_parameters(model: onnx.ModelProto) -> dict[str, list[str]]:
     return found
 
 
+_TORCHSCRIPT_VALUE = re.compile(r"onnx::\w+_\d+")  # what the TorchScript exporter names a tensor it computed
+_OWN_LAYOUT = frozenset({"MatMul", "Gemm", "LSTM", "GRU", "RNN", "PRelu"})  # read a weight transposed or reshaped
+
+
+def torchscript_folds(model: onnx.ModelProto, trainable: Iterable[str]) -> list[str]:
+    """The trainable weights of a TorchScript export that its exporter computed from the module's at export (constant
+    folding names them onnx::Op_N), but for a weight in the layout a layer reads it in: a MatMul's or Gemm's
+    transposed weight, a recurrent layer's gates, PReLU's slope, GroupNorm's weight and bias reshaped after its
+    InstanceNormalization, a Conv's weight and bias a BatchNorm was folded into (`batchnorm_restore`). What is left
+    was made from weights in a way training cannot see: weight_norm's g * v / |v| (Wav2Vec2's positional Conv), a
+    relative-position bias gathered from its table (Swin)."""
+    if model.producer_name != "pytorch" or _export_signature(model):
+        return []
+    producers = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, index))
+
+    def made_by(name: str, op: str) -> onnx.NodeProto | None:
+        node = producers.get(name)
+        return node if node is not None and node.op_type == op else None
+
+    def group_norm(name: str) -> bool:  # Reshape(InstanceNormalization(...)), the value GroupNorm's weight scales
+        reshaped = made_by(name, "Reshape")
+        return reshaped is not None and made_by(reshaped.input[0], "InstanceNormalization") is not None
+
+    def own_layout(node: onnx.NodeProto, index: int) -> bool:
+        if node.op_type in _OWN_LAYOUT:
+            return True
+        if node.op_type == "Identity":  # a shared layer's second call (ALBERT's) reads its weight so
+            return all(own_layout(*reader) for reader in readers.get(node.output[0], []))
+        if node.op_type == "Conv":
+            return all(_TORCHSCRIPT_VALUE.fullmatch(name) for name in node.input[1:3]) and len(node.input) > 2
+        if node.op_type in ("Mul", "Add") and len(node.input) == 2:
+            other = node.input[1 - index]
+            scaled = made_by(other, "Mul") if node.op_type == "Add" else None
+            return group_norm(other) or scaled is not None and any(group_norm(i) for i in scaled.input)
+        return False
+
+    return [name for name in trainable if _TORCHSCRIPT_VALUE.fullmatch(name)
+            and not all(own_layout(node, index) for node, index in readers.get(name, []))]
+
+
 def computed_at_export(model: onnx.ModelProto, trainable: Sequence[str]) -> str | None:
-    """What `folded_parameters` found, as a sentence for a warning with the fix; None when nothing."""
+    """What `folded_parameters` (or, in a TorchScript export, `torchscript_folds`) found, as a sentence for a
+    warning with the fix; None when nothing."""
+    scripted = torchscript_folds(model, trainable)
+    if scripted:
+        one = len(scripted) == 1
+        return (f"PyTorch's TorchScript exporter computed {first_few(scripted)} from the module's weights at export "
+                f"(constant folding), so {'it does' if one else 'they do'} not train as in PyTorch: "
+                f"{'it trains as a tensor of its' if one else 'each trains as a tensor of their'} own (a weight_norm's "
+                "g and v, a table gathered by index, are gone from the graph); to train the module's weights, export "
+                "with torch.onnx.export(..., do_constant_folding=False)")
     computed = folded_parameters(model)
     if not computed:
         return None
