@@ -224,6 +224,12 @@ def test_csv_files_with_header_text_labels_or_no_header(tmp_path):
     assert str(species.value).endswith("the labels were taken from the last column, 'petal': if 'species' holds the "
                                        "labels, name it: label='species'; if it is a feature (read as categories, a "
                                        "0/1 column per value), name the label column: label='petal'")
+    # a column of dates is read as their parts, not as categories (it said categories)
+    (tmp_path / "days.csv").write_text("day,a,b\n" + "".join(f"2012-01-{i + 1:02d},{i},{i % 2}\n" for i in range(20)))
+    with pytest.raises(OnnxkitError, match="feature column 'day' holds text") as days:
+        load_dataset(tmp_path / "days.csv")
+    assert str(days.value).endswith("if it is a feature (read as numbers of its dates' parts), name the label column: "
+                                    "label='b'")
     (tmp_path / "labelled.csv").write_text("label,a,b\n" + "".join(f"{'xy'[i % 2]},{i},{-i}\n" for i in range(20)))
     ds = load_dataset(tmp_path / "labelled.csv")
     assert ds.label_names == ["x", "y"] and ds.train.labels.dtype == np.int64

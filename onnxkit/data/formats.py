@@ -30,6 +30,7 @@ import numpy as np
 
 from onnxkit.categories import (
     UnseenCategories,
+    as_date,
     by_column,
     encode,
     encodes_categories,
@@ -402,10 +403,11 @@ def _not_numbers(path: Path, features: list[list[str]], header: Sequence[str] | 
         return OnnxkitError(f"{where} holds text ({cell!r}); text columns are read as categories (a 0/1 column per "
                             f"value) by their names: add a header row naming the columns, one headed "
                             f"{LABEL_COLUMNS[0]} for the labels")
+    dates = all(as_date(row[j]) for row in features if not is_gap(row[j]))
+    read_as = "as numbers of its dates' parts" if dates else "as categories, a 0/1 column per value"
     return OnnxkitError(f"{where} holds text ({cell!r}), and the labels were taken from the last column, "
                         f"{header[-1].strip()!r}: if {name} holds the labels, name it: label={name}; if it is a "
-                        f"feature (read as categories, a 0/1 column per value), name the label column: "
-                        f"label={header[-1].strip()!r}")
+                        f"feature (read {read_as}), name the label column: label={header[-1].strip()!r}")
 
 
 def _labels(path: Path, raw: list[str], lines: list[int]) -> tuple[np.ndarray, list[str] | None]:
