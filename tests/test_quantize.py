@@ -715,6 +715,24 @@ def test_nothing_quantizable_says_so_for_every_mode():
 
 
 
+def test_nothing_for_dynamic_in_a_conv_model_points_to_static(tmp_path, run_cli):
+    """A CNN of Conv alone (nudenet's YOLOv8n, ddddocr's detector): dynamic said only that fp16 halves its weights,
+    where static quantizes its Conv (0.26-0.28x in the README's table of PyPI models)."""
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "cnn",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 6, 6])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "cnn.onnx")
+    result = run_cli("quantize", tmp_path / "cnn.onnx", "-o", tmp_path / "q.onnx", "--mode", "dynamic", "--no-latency")
+    assert (result.code, result.err) == (1, "error: nothing to quantize with --mode dynamic: no MatMul or Gather node "
+                                            "with a constant float weight (ops: Conv); --mode static quantizes its "
+                                            "Conv (calibrated on data), and --mode fp16 halves its float weights\n")
+    static = quantize(onnx.load(tmp_path / "cnn.onnx"), mode="static", calib={"x": np.ones((4, 3, 8, 8), np.float32)},
+                      measure_latency=False).model
+    assert "ConvInteger" in {n.op_type for n in static.graph.node} or any(
+        n.op_type == "QuantizeLinear" for n in static.graph.node)
+
+
 def test_layers_only_inside_if_branches_are_named_by_nothing_to_quantize():
     """silero-vad runs every layer inside If branches: 'nothing to quantize ... (ops: Constant, Equal, Identity, If)'
     listed the main graph's ops alone, as if the model had no Conv or LSTM."""

@@ -32,6 +32,7 @@ _WHAT = {
     "int4": "MatMul node with a constant 2-D float weight",
     "fp16": "float32 weight",
 }
+_STATIC_ONLY = frozenset({"Conv", "Gemm"})  # weighted ops that static quantizes and dynamic leaves float
 _LAYERS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "LSTM", "GRU", "RNN"})
 
 
@@ -144,8 +145,11 @@ def nothing_message(model: onnx.ModelProto, mode: str, excluded: bool = False) -
         ops += f"; {', '.join(nested)} only inside If, Loop or Scan bodies, which quantize leaves as they are"
     why = " that exclude leaves" if excluded else ""
     has_float_weights = analysis.profile(model).float_params > 0
+    static_only = sorted({n.op_type for n in model.graph.node} & _STATIC_ONLY) if mode == "dynamic" else []
     hint = (
         "; drop some exclude items" if excluded
+        else f"; mode static quantizes its {', '.join(static_only)} (calibrated on data), and mode fp16 halves its "
+             "float weights" if static_only and has_float_weights
         else "; mode fp16 still halves its float weights" if mode != "fp16" and has_float_weights
         else ""
     )  # fmt: skip
