@@ -856,8 +856,13 @@ def test_drop_leaves_columns_out_for_training_and_the_model_reads_the_rest_by_na
     (tmp_path / "bare.csv").write_text(rows)
     with pytest.raises(OnnxkitError, match="names columns by their headers, but the file has no header row"):
         load_dataset(tmp_path / "bare.csv", drop=["Id"])
-    with pytest.raises(OnnxkitError, match=r"^drop=\['x'\] names columns of a CSV or Parquet table; iris is neither"):
+    with pytest.raises(OnnxkitError, match=r"^drop \('x'\) names columns of a CSV or Parquet table; iris is neither"):
         load_dataset("iris", drop=["x"])
+    # as flags: they read '--drop ['x'] names columns ...' and 'leave it out of drop'
+    assert run_cli("train", "--data", "iris", "--drop", "x", "-o", tmp_path / "r").err == (
+        "error: --drop ('x') names columns of a CSV or Parquet table; iris is neither (save the arrays without them)\n")
+    assert run_cli("train", "--data", tmp_path / "kaggle.csv", "--label", "Species", "--drop", "Species", "-o",
+                   tmp_path / "r").err.endswith("is to be both the labels and dropped; leave it out of --drop\n")
     done = run_cli("train", tmp_path / "kaggle.csv", "--drop", "Id", "-o", tmp_path / "run", "--epochs", "2")
     assert done.code == 0 and "warning: column 'Id'" not in done.err and "3 features" in done.err, done.err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["drop"] == ["Id"]

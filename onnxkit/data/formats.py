@@ -471,7 +471,8 @@ def _dropped(path: Path, header: Sequence[str] | None, body: list[list[str]], dr
             raise OnnxkitError(f"{path}: drop={name!r} names no column.{suggest(name, names)} Its columns: "
                                f"{first_few([repr(n) for n in names], 12)}") from None
     if label is not None and _column_headed(path, header, label) in gone:
-        raise OnnxkitError(f"{path}: column {label!r} is to be both the labels and dropped; leave it out of drop")
+        raise OnnxkitError(f"{path}: column {label!r} is to be both the labels and dropped; leave it out of drop",
+                           params=["drop"])
     kept = [j for j in range(len(header)) if j not in gone]
     return [header[j] for j in kept], [[row[j] for j in kept] for row in body], [j + 1 for j in kept]
 

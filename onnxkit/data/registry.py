@@ -103,8 +103,8 @@ def load_dataset(
                            "its labels or y array, a named dataset its own)")
     drop = list(options.pop("drop", ()))
     if drop and suffix not in COLUMN_FILES:
-        raise OnnxkitError(f"drop={drop} names columns of a CSV or Parquet table; {text} is neither (save the arrays "
-                           "without them)")
+        raise OnnxkitError(f"drop ({', '.join(map(repr, drop))}) names columns of a CSV or Parquet table; {text} is "
+                           "neither (save the arrays without them)", params=["drop"])
     if suffix in formats.READERS:
         if suffix in COLUMN_FILES and model is not None:  # a CSV of texts is tokenized as the model's inputs are
             from onnxkit.data.text import tokenizer_options
