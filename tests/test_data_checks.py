@@ -28,6 +28,13 @@ def test_feature_and_label_counts_must_match(tmp_path):
     np.savez(tmp_path / "short.npz", x=x, y=y[:150])
     with pytest.raises(OnnxkitError, match=r"data 'short': feature array 'x' has 200 rows but there are 150 labels"):
         load_dataset(tmp_path / "short.npz")
+    # silero-vad's state [2, batch, 128]: 'give exactly one label per row', which no labels could satisfy
+    np.savez(tmp_path / "rnn.npz", x=x, state=np.zeros((2, 200, 8), np.float32), y=y)
+    with pytest.raises(OnnxkitError) as state:
+        load_dataset(tmp_path / "rnn.npz")
+    assert str(state.value) == ("data 'rnn': feature array 'state' has 2 rows but there are 200 labels (its axis 1 "
+                                "holds 200: training takes each array's rows along axis 0, so an input batched on "
+                                "axis 1, as an RNN's state [layers, batch, hidden], cannot be trained on)")
 
 
 def test_zero_rows_is_an_error(tmp_path, run_cli):
