@@ -32,7 +32,8 @@ def test_feature_and_label_counts_must_match(tmp_path):
     np.savez(tmp_path / "rnn.npz", x=x, state=np.zeros((2, 200, 8), np.float32), y=y)
     with pytest.raises(OnnxkitError) as state:
         load_dataset(tmp_path / "rnn.npz")
-    assert str(state.value) == ("data 'rnn': feature array 'state' has 2 rows but there are 200 labels (its axis 1 "
+    assert str(state.value) == ("data 'rnn': feature array 'state' has 2 rows but there are 200 labels; give exactly "
+                                "one label per row (its axis 1 "
                                 "holds 200: training takes each array's rows along axis 0, so an input batched on "
                                 "axis 1, as an RNN's state [layers, batch, hidden], cannot be trained on)")
 

@@ -25,12 +25,12 @@ def checked_labels(name: str, inputs: Mapping[str, np.ndarray], labels: np.ndarr
     for key, array in inputs.items():
         rows = len(array) if np.ndim(array) else 0
         if rows != len(labels):
-            batch_second = np.ndim(array) >= 2 and array.shape[1] == len(labels)
-            fix = (f" (its axis 1 holds {len(labels)}: training takes each array's rows along axis 0, so an input "
+            batch_second = rows < len(labels) and np.ndim(array) >= 2 and array.shape[1] == len(labels)
+            why = (f" (its axis 1 holds {len(labels)}: training takes each array's rows along axis 0, so an input "
                    "batched on axis 1, as an RNN's state [layers, batch, hidden], cannot be trained on)" if batch_second
-                   else "; give exactly one label per row")
+                   else "")
             raise OnnxkitError(f"data {name!r}: feature array {key!r} has {rows} rows but there are {len(labels)} "
-                               f"labels{fix}")
+                               f"labels; give exactly one label per row{why}")
     if len(labels) == 0:
         raise OnnxkitError(f"data {name!r} has no rows; give at least one example")
     return labels
