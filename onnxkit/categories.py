@@ -14,6 +14,7 @@ Standard library and numpy only, so the runtime can import it.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,7 @@ from datetime import datetime
 import numpy as np
 
 from onnxkit.errors import OnnxkitError, first_repeated
-from onnxkit.files import FLAG_WORDS, MISSING_CELLS, is_number
+from onnxkit.files import FLAG_WORDS, is_missing, is_number
 
 SEPARATOR = "="  # between a category column's name and its value: 'color=red'
 MAX_CATEGORIES = 50  # more distinct texts than this are no categories (identifiers, names, free text)
@@ -42,8 +43,8 @@ class UnseenCategories(UserWarning):
 
 
 def is_gap(cell: str) -> bool:
-    """Whether a cell is a missing value: empty, NA, N/A, ?, NaN, ... (`onnxkit.files.MISSING_CELLS`)."""
-    return cell.strip().lower() in MISSING_CELLS or cell.strip().lower() == "nan"
+    """Whether a cell is a missing value: empty, NA, N/A, ?, ... (`onnxkit.files.is_missing`), or NaN."""
+    return is_missing(cell) or cell.strip().lower() == "nan"
 
 
 def holds_text(cells: Sequence[str]) -> bool:
@@ -173,6 +174,13 @@ class Encoded:
         return (f"{source}: {self.unseen} of {len(self.x)} rows hold a category the model never trained on "
                 f"({column!r}: {value!r}, say); each reads as none of that column's categories (all zeros)")
 
+    def warn_unseen(self, source: str, stacklevel: int = 2) -> np.ndarray:
+        """The features, after an `UnseenCategories` warning (`warning`) where rows held an unseen value;
+        `stacklevel` as the caller would give `warnings.warn`."""
+        if self.unseen:
+            warnings.warn(self.warning(source), UnseenCategories, stacklevel=stacklevel + 1)
+        return self.x
+
 
 def encode(columns: Mapping[str, Sequence[str]], names: Sequence[str], source: str,
            lines: Sequence[int] | None = None) -> Encoded:
@@ -226,9 +234,9 @@ def _dates(cells: Sequence[str], name: str, source: str, lines: Sequence[int] | 
     dates = [None if is_gap(c) else as_date(c) for c in cells]
     bad = next((i for i, (c, d) in enumerate(zip(cells, dates, strict=True)) if d is None and not is_gap(c)), None)
     if bad is not None:
-        where = f"{source}:{lines[bad]}" if lines is not None else f"{source}, row {bad + 1}"
-        raise OnnxkitError(f"{where}: column {name!r} holds {cells[bad].strip()!r}, where the model trained on dates "
-                           "(as 2012-01-31 or 2012-01-31 08:30); write a date there (or leave the cell empty)")
+        raise OnnxkitError(f"{_where(source, lines, bad)}: column {name!r} holds {cells[bad].strip()!r}, where the "
+                           "model trained on dates (as 2012-01-31 or 2012-01-31 08:30); write a date there (or leave "
+                           "the cell empty)")
     return dates
 
 
@@ -244,7 +252,11 @@ def _numbers(cells: Sequence[str], name: str, source: str, lines: Sequence[int] 
         elif cell.strip().lower() in FLAG_WORDS:
             values[i] = float(FLAG_WORDS[cell.strip().lower()])
         else:
-            where = f"{source}:{lines[i]}" if lines is not None else f"{source}, row {i + 1}"
-            raise OnnxkitError(f"{where}: column {name!r} holds text ({cell.strip()!r}), where the model trained on "
-                               "numbers; write a number there (or leave the cell empty)")
+            raise OnnxkitError(f"{_where(source, lines, i)}: column {name!r} holds text ({cell.strip()!r}), where "
+                               "the model trained on numbers; write a number there (or leave the cell empty)")
     return values
+
+
+def _where(source: str, lines: Sequence[int] | None, row: int) -> str:
+    """Where a table's `row` is, for a message: its line in the file (`lines`), else its number."""
+    return f"{source}:{lines[row]}" if lines is not None else f"{source}, row {row + 1}"

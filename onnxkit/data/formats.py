@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -29,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from onnxkit.categories import (
-    UnseenCategories,
     as_date,
     by_column,
     encode,
@@ -213,9 +211,7 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
     if encodes_categories(columns, names):  # a model's recorded categories, rebuilt by name from the cells as
         # written: a yes / no column it trained on as categories (one with a gap) is no 1 / 0 column here
         encoded = encode(by_column(str(path), names, features), columns, str(path), lines)  # type: ignore[arg-type]
-        x, names = encoded.x, list(columns)  # type: ignore[arg-type]
-        if encoded.unseen:
-            warnings.warn(encoded.warning(str(path)), UnseenCategories, stacklevel=2)
+        x, names = encoded.warn_unseen(str(path)), list(columns)  # type: ignore[arg-type]
     else:
         features = flags_as_numbers(features)
         try:

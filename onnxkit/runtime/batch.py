@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.categories import UnseenCategories, encode, encodes_categories
+from onnxkit.categories import encode, encodes_categories
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import column_cells, missing_model, parquet_table
 from onnxkit.label_columns import TEXT_COLUMN, trained_columns
@@ -166,10 +166,7 @@ def _read_tensors(path: Path, model: Model) -> dict[str, Any]:
     trained = trained_columns(model.metadata)  # the CSV columns it trained on: its features, by name, as a CSV's
     if len(names) == 1 and encodes_categories(trained, table.column_names):  # its categories, encoded by name
         cells = {name: column_cells(table.column(name).to_pylist()) for name in table.column_names}
-        encoded = encode(cells, trained, str(path))  # type: ignore[arg-type]
-        if encoded.unseen:
-            warnings.warn(encoded.warning(str(path)), UnseenCategories, stacklevel=2)
-        return {names[0]: encoded.x}
+        return {names[0]: encode(cells, trained, str(path)).warn_unseen(str(path))}  # type: ignore[arg-type]
     if len(names) == 1 and names[0] not in table.column_names and trained and \
             all(name in table.column_names for name in trained):
         return {names[0]: np.column_stack([_column(table.column(name)) for name in trained])}

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.categories import UnseenCategories, by_column, encode, encodes_categories
+from onnxkit.categories import by_column, encode, encodes_categories
 from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import (
     IMAGE_SUFFIXES,
@@ -536,10 +536,7 @@ def _encoded(path: Path, rows: list[list[str]], header: Sequence[str] | None, la
     features = [row[:label] + row[label + 1:] if label is not None else row for row in rows]
     names = feature_names(header, label) or [str(j) for j in range(len(features[0]))]
     cells = by_column(str(path), names, features)
-    encoded = encode(cells, trained or names, str(path), lines)
-    if encoded.unseen:
-        warnings.warn(encoded.warning(str(path)), UnseenCategories, stacklevel=2)
-    return encoded.x
+    return encode(cells, trained or names, str(path), lines).warn_unseen(str(path))
 
 
 def _plain_table(path: Path, dtype: Any,

@@ -6,7 +6,6 @@ import functools
 import json
 import numbers
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxkit.categories import UnseenCategories, by_column, encode, encodes_categories
+from onnxkit.categories import by_column, encode, encodes_categories
 from onnxkit.errors import OnnxkitError
 from onnxkit.label_columns import feature_names, features_label_column, in_trained_order, trained_columns
 from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, QUANTIZATION_KEY, SCORES_KEY, TASK_KEY
@@ -181,10 +180,7 @@ class Model:
             kept = [j for j in range(len(names)) if j != label]
             columns = [[_cell(v) for v in frame.iloc[:, j].tolist()] for j in kept]
             cells = by_column("the DataFrame", [names[j] for j in kept], list(zip(*columns, strict=True)))
-            encoded = encode(cells, trained, "the DataFrame")
-            if encoded.unseen:
-                warnings.warn(encoded.warning("the DataFrame"), UnseenCategories, stacklevel=3)
-            return encoded.x
+            return encode(cells, trained, "the DataFrame").warn_unseen("the DataFrame", stacklevel=3)
         order = in_trained_order(feature_names(names, label), trained, "the DataFrame")
         if order is None and label is None:
             return frame
