@@ -9,7 +9,6 @@ A table's features only: a float `[batch, features]` input; NaN elsewhere (image
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import replace
 
@@ -19,10 +18,9 @@ from onnx import helper, numpy_helper
 
 from onnxkit.data import Dataset, ModelInput, Split
 from onnxkit.errors import OnnxkitError
-from onnxkit.metadata import metadata, set_metadata
 from onnxkit.metadata_keys import IMPUTE_PREFIX as PREFIX
 from onnxkit.metadata_keys import IMPUTED_KEY
-from onnxkit.train.input_prefix import in_front_of_inputs
+from onnxkit.train.input_prefix import add_listed, in_front_of_inputs
 
 
 def gap_medians(dataset: Dataset, specs: list[ModelInput]) -> dict[str, np.ndarray]:
@@ -89,8 +87,7 @@ def impute_inputs(model: onnx.ModelProto, medians: dict[str, np.ndarray]) -> onn
                 [numpy_helper.from_array(medians[name].astype(dtype), stored)])
 
     out = in_front_of_inputs(model, PREFIX, medians, nodes)
-    imputed = json.loads(metadata(out).get(IMPUTED_KEY, "[]"))
-    set_metadata(out, {IMPUTED_KEY: [*imputed, *(n for n in medians if n not in imputed)]})
+    add_listed(out, IMPUTED_KEY, medians)
     return out
 
 

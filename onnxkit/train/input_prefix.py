@@ -41,7 +41,12 @@ def in_front_of_inputs(model: onnx.ModelProto, prefix: str, inputs: Iterable[str
     return out
 
 
-def add_buffers(model: onnx.ModelProto, names: list[str]) -> None:
+def add_buffers(model: onnx.ModelProto, names: Iterable[str]) -> None:
     """List `names` among the model's frozen Buffers (`onnxkit.buffers`)."""
-    known = json.loads(metadata(model).get(BUFFERS_KEY, "[]"))
-    set_metadata(model, {BUFFERS_KEY: [*known, *(n for n in names if n not in known)]})
+    add_listed(model, BUFFERS_KEY, names)
+
+
+def add_listed(model: onnx.ModelProto, key: str, names: Iterable[str]) -> None:
+    """Add `names` to the JSON list the model's metadata keeps under `key` (each once, in order)."""
+    known = json.loads(metadata(model).get(key, "[]"))
+    set_metadata(model, {key: [*known, *(n for n in names if n not in known)]})
