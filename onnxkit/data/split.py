@@ -153,8 +153,8 @@ class Split:
             if together > 1:
                 block = self._rows(np.concatenate(orders), memory)
                 for k in range(len(chunk)):
-                    yield (block._batch(slice(lo, min(lo + batch_size, (k + 1) * used)))
-                           for lo in range(k * used, k * used + count * batch_size, batch_size))
+                    yield [block._batch(slice(lo, min(lo + batch_size, (k + 1) * used)))
+                           for lo in range(k * used, k * used + count * batch_size, batch_size)]
             else:
                 yield self._gathered(orders[0], batch_size, count, rows_per_block // batch_size, memory)
 
