@@ -4,18 +4,17 @@ On the README recipe (40 epochs, batch 128, AdamW at lr 0.01, cosine schedule, 5
 for digits-cnn (digits-images) and digits-mlp (digits), each round runs two sides, each in a
 fresh process (so `fit` pays its lazy imports, as a command does):
 
-- raw: a session from `open_training` (built the way `fit` builds it; its calls wrapped by the
-  same timers as the fit side's, so both walls carry their cost), then per epoch the
-  batches `fit` draws, `session.train_step` + `session.optimizer_step(lr)` with the learning
-  rate of the same schedule (timed: "raw steps"), and `session.eval_step` over the validation
-  batches (timed apart: "validation");
+- raw: a session from `open_training` (built the way `fit` builds it, its eval graph summing a
+  classifier's validation metrics as fit's does; its calls wrapped by the same timers as the fit
+  side's, so both walls carry their cost), then per epoch the batches `fit` draws,
+  `session.train_step` + `session.optimizer_step(lr)` with the learning rate of the same schedule
+  (timed: "raw steps"), and `session.score_step` over the validation batches, the steps fit's
+  validation takes (timed apart: "validation"; what fit does with their sums is the loop's own);
 - fit: the whole `fit` call (quiet, test evaluation and curves.svg included), with a callback
   timing the epoch loop from `on_train_begin` to the end of the last epoch (its metrics,
   checkpoint and callbacks included; artifact building, session creation, the end of training
   — curves.svg, the best weights — the test evaluation and the model export fall outside it)
-  and the session's train, optimizer and eval steps inside it (a classifier's validation runs are score steps,
-  the eval graph summing its metrics: they count as validation here, the raw side's plain eval steps computing
-  no metrics at all).
+  and the session's train, optimizer and score steps inside it.
 
 Sides alternate which goes first; rounds in which other processes took 5% of the CPUs or more
 (/proc/stat, as in tools/step_timing.py) are dropped, unless fewer than 3 would be left. Printed
@@ -42,6 +41,7 @@ import time
 from pathlib import Path
 
 import machine
+import numpy as np
 from step_timing import BUSY, busy_seconds
 
 MODELS = {"digits-cnn": "digits-images", "digits-mlp": "digits"}
@@ -65,11 +65,12 @@ def raw_side(name: str, work: Path) -> dict[str, float]:
     train.labels = labels
     size, epochs = RECIPE["batch_size"], RECIPE["epochs"]
     per_epoch = [list(train.batches(size, shuffle=True, seed=e)) for e in range(epochs)]  # fit's seed 0 order
-    evals = [feeds for feeds, _ in validation.batches(size)]
+    sums = np.empty(2 * classes + 1)  # each batch's metric sums (see onnxkit.train.validation_sums)
+    evals = [(feeds, y.astype(np.int64), sums) for feeds, y in validation.batches(size)]
     total = epochs * len(per_epoch[0])
     schedule = Schedule(RECIPE["schedule"], RECIPE["lr"], total, warmup_steps(RECIPE["warmup"], total))
-    session = open_training(model, work / "raw")
-    timed_calls(session, {"train_step": 0.0, "optimizer_step": 0.0, "eval_step": 0.0})  # as the fit side's are
+    session = open_training(model, work / "raw", validation_classes=classes)
+    timed_calls(session, {"train_step": 0.0, "optimizer_step": 0.0, "score_step": 0.0})  # as the fit side's are
     steps = validating = 0.0
     step = 0
     watch = _OtherProcesses()
@@ -80,8 +81,8 @@ def raw_side(name: str, work: Path) -> dict[str, float]:
             session.optimizer_step(schedule.lr(step))
             step += 1
         middle = time.perf_counter()
-        for feeds in evals:
-            session.eval_step(feeds)
+        for feeds, ids, out in evals:
+            session.score_step(feeds, ids, out)
         steps += middle - start
         validating += time.perf_counter() - middle
     return {"steps": steps, "validation": validating, "others": watch.share()}
@@ -163,10 +164,10 @@ def report(name: str, measured: list[dict[str, float]]) -> None:
     rounds = quiet if len(quiet) >= 3 else measured
     seconds = {
         "raw steps (train + optimizer)": "steps",
-        "raw validation eval steps": "validation",
+        "raw validation score steps": "validation",
         "fit's epoch loop": "loop",
         "  of it in train + optimizer steps": "inside_steps",
-        "  of it in validation eval steps": "inside_validation",
+        "  of it in validation score steps": "inside_validation",
         "whole fit call": "fit",
     }
     ratios = {

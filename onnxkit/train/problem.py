@@ -85,9 +85,11 @@ def open_training(
     grad_accumulation: int = 1,
     device: str = "cpu",
     threads: int | None = None,
+    validation_classes: int | None = None,
 ) -> TrainingSession:
     """A training session on `model`'s first output, built the way `fit` builds it, in the new
-    folder `directory` (for benchmarks and tests; `fit` adds data, the loop and checkpoints)."""
+    folder `directory` (for benchmarks and tests; `fit` adds data, the loop and checkpoints). With
+    `validation_classes`, its eval graph also sums a classifier's validation metrics (`score_step`), as fit's does."""
     chosen = get_backend(backend)
     model, _ = trainable_form(model)
     types = value_types(model)
@@ -95,7 +97,7 @@ def open_training(
     selection = select(model, find_parameters(model), output.name, freeze=freeze, train_only=train_only)
     spec = get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     problem = training_problem(model, output, get_loss(loss), selection, spec, chosen, types=types, dropout=dropout,
-                               grad_accumulation=grad_accumulation)
+                               grad_accumulation=grad_accumulation, validation_classes=validation_classes)
     directory.mkdir(parents=True)
     chosen.build(problem, directory)
     return chosen.open(directory, device=chosen.resolve_device(device), threads=threads)
