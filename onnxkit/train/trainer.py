@@ -12,7 +12,7 @@ import itertools
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,7 +240,7 @@ class Trainer:
                                          if getattr(type(c), name) is not getattr(Callback, name)]
         return hooks
 
-    def _epoch(self, batches: Iterator[tuple], on_batch_end: list[Callable[..., None]],
+    def _epoch(self, batches: Iterable[tuple], on_batch_end: list[Callable[..., None]],
                on_step_end: list[Callable[..., None]]) -> None:
         c, state, session = self.config, self.state, self.session
         last = self.batches_per_epoch - 1
