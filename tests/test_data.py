@@ -93,6 +93,9 @@ def test_batches_cover_every_example_once_in_a_seeded_order():
     for inputs, labels in split.batches(3, shuffle=True, seed=1):
         np.testing.assert_array_equal(inputs["x"][:, 0], labels)  # features stay with their labels
     assert [len(lab) for _, lab in split.batches(4, drop_last=True)] == [4, 4]
+    for shuffle in (False, True):  # an iterator either way (quantize's calibration takes next() of it)
+        _, first = next(split.batches(3, shuffle=shuffle, seed=5))
+        np.testing.assert_array_equal(first, one[:3] if shuffle else np.arange(3))
 
 
 @pytest.mark.parametrize("block_bytes", [1, 200, 8 << 20])  # a block of one batch, of a few, of the whole epoch
