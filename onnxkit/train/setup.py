@@ -75,6 +75,7 @@ from onnxkit.train.standardize import (
     uncentred,
     unscaled,
 )
+from onnxkit.train.trained_norms import trained_norm
 from onnxkit.train.training_form import (
     find_parameters,
     needs_full_length,
@@ -609,11 +610,17 @@ class Setup:
                                "regression on them (loss mse); for a binary classifier, map them to 0 and 1")
 
     def _standardize_unscaled(self, dataset: Dataset, whole: bool, regression: bool) -> tuple[bool, str | None]:
-        """standardize=None: whether to standardise (clearly unscaled data or regression targets, and the
-        whole model trains: a frozen part would not expect standardised inputs), and the line that says so."""
+        """standardize=None: whether to standardise (clearly unscaled data or regression targets, a model whose
+        weights show no training, and the whole model trains: a frozen part would not expect standardised inputs),
+        and the line that says so."""
         found = unscaled(dataset.train, model_inputs(self.model), regression=regression)
         if not found or standardizes_itself(self.model):  # raw data is what such a model takes
             return False, None
+        evidence = trained_norm(self.model)
+        if evidence:  # a pretrained backbone, a new head or not: its first layers learnt from such raw values
+            return False, (f"the data looks unscaled ({found}), but the model's weights were trained ({evidence}), "
+                           "so it trains on the raw values; --standardize (standardize=True in fit) standardizes "
+                           "them anyway")
         if not whole:
             return False, (f"warning: the data looks unscaled ({found}); train with --standardize "
                            "(standardize=True in fit)")

@@ -1,0 +1,104 @@
+"""A model whose normalisation layers show training is fine-tuned on the raw values its layers learnt from: fit's
+model at step 0 computes what the original file does. Fresh models (the zoo's, untrained exports) are standardised
+on unscaled data as before."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ort_run
+from onnx import helper, numpy_helper
+from sklearn.datasets import load_wine
+from test_train_finetune import paraphrase_minilm
+
+from onnxkit import nn, zoo
+from onnxkit.data import dataset_from_arrays
+from onnxkit.train import fit
+from onnxkit.train.callbacks import Callback
+from onnxkit.train.export import with_weights
+from onnxkit.train.trained_norms import trained_norm
+
+
+def batch_norm_mlp() -> onnx.ModelProto:
+    nn.manual_seed(0)
+    mlp = nn.Sequential([nn.Linear(13, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3)])
+    return nn.build(mlp, {"x": nn.Input(["batch", 13])}, output_names=["logits"],
+                    metadata={"onnxkit.task": "classification"})
+
+
+class FirstWeights(Callback):
+    """The trained tensors' values before fit's first step."""
+
+    def on_train_begin(self, trainer) -> None:
+        self.values = trainer.session.parameters()
+
+
+def test_every_fresh_zoo_model_shows_no_training_and_pretrained_files_do():
+    for name in zoo.names():
+        assert trained_norm(zoo.build_model(name)) is None, name
+    pretrained = zoo.build_model("bert-classifier", pretrained="all-MiniLM-L6-v2")
+    assert trained_norm(pretrained) == ("the scale of LayerNormalization 'embeddings.norm/LayerNormalization' is not "
+                                        "all 1, its start")
+    assert "LayerNormalization" in trained_norm(onnx.load(paraphrase_minilm()))  # a PyTorch export of a MiniLM
+
+
+@pytest.mark.parametrize("moved", [None, 1, 2, 3, 4])
+def test_any_batch_norm_tensor_off_its_start_shows_training(moved):
+    model = batch_norm_mlp()
+    if moved is not None:
+        node = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+        tensor = next(t for t in model.graph.initializer if t.name == node.input[moved])
+        value = numpy_helper.to_array(tensor).copy()
+        value[3] += 0.01
+        tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+    what = {1: "scale", 2: "shift", 3: "running mean", 4: "running variance"}.get(moved)
+    assert trained_norm(model) == (what and f"the {what} of BatchNormalization {node.name!r} is not all "
+                                             f"{1 if moved in (1, 4) else 0}, its start")
+
+
+@pytest.mark.parametrize("bias", [0.0, 0.3])
+def test_a_batch_norm_folded_into_a_conv_shows_training_by_its_shift(bias):
+    """PyTorch's TorchScript exporter in eval mode folds BatchNorm into the Conv before it, naming the weight and
+    bias it computes onnx::Conv_N: a fresh BatchNorm leaves the shift 0 (a Conv without bias), a trained one not."""
+    weight = np.random.default_rng(0).normal(size=(4, 1, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "onnx::Conv_1", "onnx::Conv_2"], ["features"], name="/conv/Conv")],
+        "folded", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["batch", 4, 6, 6])],
+        [numpy_helper.from_array(weight, "onnx::Conv_1"),
+         numpy_helper.from_array(np.full(4, bias, np.float32), "onnx::Conv_2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
+    said = "Conv '/conv/Conv' holds the shift of a trained BatchNorm folded into it"
+    assert trained_norm(model) == (said if bias else None)
+
+
+@pytest.mark.training
+def test_a_pretrained_model_fine_tunes_on_the_raw_values_a_fresh_one_is_standardized(tmp_path, capsys):
+    """A backbone pretrained on wine's raw features (proline's std 305: clearly unscaled) fine-tuned for new labels
+    did not classify them yet, so it was standardised: its first layer saw values of another scale than it learnt
+    from. Its BatchNorm's running statistics show it was trained: it now trains on the raw values, and fit's model
+    at step 0 answers as onnxruntime does on the original file."""
+    pretrained = fit(batch_norm_mlp(), "wine", tmp_path / "pretrain", standardize=False, epochs=3, quiet=True)
+    original = onnx.load(pretrained.model_path)
+    assert "of BatchNormalization '1/BatchNormalization' is not all" in trained_norm(original)
+    wine = load_wine()
+    features = wine.data.astype(np.float32)
+    task = dataset_from_arrays("wine-shifted", {"x": features}, (wine.target + 1) % 3)  # new labels, same features
+    first = FirstWeights()
+    tuned = fit(pretrained.model_path, task, tmp_path / "tune", epochs=1, quiet=False, callbacks=[first])
+    said = capsys.readouterr().err
+    assert "the data looks unscaled (feature 'x': stds up to" in said
+    assert "but the model's weights were trained (the scale of BatchNormalization" in said
+    assert json.loads((tuned.run_dir / "run.json").read_text())["config"]["standardize"] is False
+    at_start = with_weights(onnx.load(tuned.model_path), first.values)
+    np.testing.assert_allclose(ort_run(at_start, {"x": features})[0], ort_run(original, {"x": features})[0],
+                               rtol=1e-6, atol=1e-6)
+
+    fresh = fit(batch_norm_mlp(), task, tmp_path / "fresh", epochs=1, quiet=False)
+    assert "standardizing the data, which looks unscaled" in capsys.readouterr().err
+    assert json.loads((fresh.run_dir / "run.json").read_text())["config"]["standardize"] is True
+    forced = fit(pretrained.model_path, task, tmp_path / "forced", epochs=1, standardize=True, quiet=True)
+    assert any(t.name.startswith("onnxkit.standardize.") for t in onnx.load(forced.model_path).graph.initializer)
