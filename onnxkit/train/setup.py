@@ -346,6 +346,7 @@ class Setup:
         self.optimizer = c.optimizer_spec()
         self.backend.refuse_optimizer(self.optimizer, c.clip_grad_norm)
         self.other_floats = [n for n in params.other_floats if n in ancestors(model, self.output)]
+        self.sinusoids = params.sinusoids
         self.trainable_count = sum(params.sizes[n] for n in self.selection.trainable)
         self.frozen_count = sum(params.sizes[n] for n in self.selection.frozen)
 
@@ -388,6 +389,11 @@ class Setup:
             progress.line(f"warning: weights in float64 or float16 stay fixed: training runs in float32 "
                           f"({first_few(self.other_floats)}); to train them, store them as float32 (PyTorch: "
                           "keep the parameter float32 and cast inside forward)")
+        fixed = [n for n in self.sinusoids if n in self.selection.frozen]
+        if fixed and not self.config.train_only:
+            progress.line(f"sinusoidal position tables stay frozen ({first_few(fixed)}): sin and cos of the position, "
+                          "which Hugging Face's and fairseq's models keep fixed (requires_grad=False); --train-only "
+                          "naming them trains them (train_only= in fit; '*': every parameter)")
         scalars = unmarked_scalars(self.model, self.selection.trainable)
         if scalars:
             progress.line(f"the export's scalar weights train ({first_few(scalars)}): a TorchScript export does not "

@@ -64,6 +64,7 @@ from onnxkit.train.exporter_marks import (
     with_padding_rows,
 )
 from onnxkit.train.old_opsets import at_training_opset
+from onnxkit.train.sinusoids import is_sinusoid_initializer
 
 PREFIX = "onnxkit.train"
 
@@ -88,6 +89,7 @@ class ModelParameters:
     buffers: list[str]
     sizes: dict[str, int]
     other_floats: list[str] = field(default_factory=list)  # float64/float16 ones, which stay as they are
+    sinusoids: list[str] = field(default_factory=list)  # parameters that are fixed position tables: frozen by default
 
     @property
     def names(self) -> list[str]:
@@ -104,7 +106,7 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
             uses.setdefault(name, []).append((node.op_type, -1))
     declared = set(json.loads(metadata(model).get(BUFFERS_KEY, "[]"))) | exported_constants(model)
     scalars = scalar_weights(model)
-    parameters, buffers, sizes, other_floats = [], [], {}, []
+    parameters, buffers, sizes, other_floats, sinusoids = [], [], {}, [], []
     for t in model.graph.initializer:
         used = uses.get(t.name, [])
         if t.data_type not in _FLOATS or not used:
@@ -121,7 +123,9 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
             continue
         kind.append(t.name)
         sizes[t.name] = int(np.prod(t.dims, dtype=np.int64))
-    return ModelParameters(parameters, buffers, sizes, other_floats)
+        if kind is parameters and is_sinusoid_initializer(t):
+            sinusoids.append(t.name)
+    return ModelParameters(parameters, buffers, sizes, other_floats, sinusoids)
 
 
 _FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
@@ -277,8 +281,9 @@ def select(
     default: Sequence[str] | None = None,
     to_come: Sequence[str] = (),
 ) -> Selection:
-    """Apply `train_only` then `freeze` globs to `default` (all parameters and buffers); a glob may also match only
-    `to_come`, tensors training will add (a BatchNorm put back), not an error before they exist.
+    """Apply `train_only` then `freeze` globs to `default` (all parameters and buffers but sinusoidal position
+    tables, which `train_only` may name); a glob may also match only `to_come`, tensors training will add (a BatchNorm
+    put back), not an error before they exist.
 
     Parameters that cannot reach `output` are left frozen. BatchNorm statistics
     stay frozen when both gamma and beta of their layer are frozen; a layer whose gamma and beta are
@@ -286,7 +291,8 @@ def select(
     """
     names = params.names
     known = [*names, *to_come]
-    chosen = _matching(train_only, known, "train_only") if train_only else set(default or names)
+    chosen = _matching(train_only, known, "train_only") if train_only else set(
+        default or [n for n in names if n not in params.sinusoids])
     chosen -= _matching(freeze, known, "freeze")
     reachable = ancestors(model, output)
     trainable = [n for n in params.parameters if n in chosen and n in reachable]
