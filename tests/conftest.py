@@ -34,6 +34,13 @@ def run_cli(capsys):
     return run
 
 
+def write_csv(path, header: list[str] | None, columns: list[list]):
+    """A CSV of `columns` (each a list of cells) under `header` (none: no header row); returns `path`."""
+    rows = [",".join(map(str, row)) for row in zip(*columns, strict=True)]
+    path.write_text("\n".join(([",".join(header)] if header else []) + rows) + "\n")
+    return path
+
+
 def has_ort_training() -> bool:
     """Whether this environment has onnxruntime-training (the ort-training backend's package)."""
     import importlib.util

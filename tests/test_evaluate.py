@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import ort_run, write_csv
 from onnx import TensorProto, helper, numpy_helper
+from sklearn import datasets as sk_datasets
 from sklearn import metrics as skm
 
 from onnxkit import runtime
@@ -263,10 +265,43 @@ def test_predict_and_eval_read_a_csvs_columns_by_the_names_the_model_trained_on(
     features.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
     assert run_cli("predict", model, "-i", features).code == 0
     result = run_cli("eval", model, "--data", features)
-    assert result.code == 1 and result.err.strip().endswith(
-        "without d; give those columns, once each, by name (the labels: the last column, 'd', as no column is headed "
-        "label / labels / target / y / class; --label COLUMN names another); scoring needs the labels: add their "
-        "column, or run predict on a file without them")
+    assert (result.code, result.err) == (1, f"error: {features}: no column is headed 'label'. Its columns: 'a', 'b', "
+                                            "'c', 'd'; the model was trained on a column 'label': name this file's "
+                                            "label column with --label COLUMN (rows without their labels are for "
+                                            "predict)\n")
+
+
+@pytest.mark.parametrize(("table", "target"), [("iris", "species"), ("diabetes", "progression")])
+def test_eval_and_predict_find_the_trained_label_column_by_name_in_a_file_of_other_column_order(
+        run_cli, tmp_path, table, target):
+    # a label column headed otherwise than label / target / ... was taken as the last and recorded by no name: the
+    # same rows with their columns reordered were scored against the file's last column (a feature), or refused
+    bunch = sk_datasets.load_iris() if table == "iris" else sk_datasets.load_diabetes(scaled=False)
+    names = [n.replace(" (cm)", "") for n in bunch.feature_names]
+    y = [bunch.target_names[k] for k in bunch.target] if table == "iris" else bunch.target.tolist()
+    x = bunch.data.round(4)
+    trained = write_csv(tmp_path / "train.csv", [*names, target], [*x.T.tolist(), y])
+    assert run_cli("train", trained, "-o", tmp_path / "run", "--epochs", "30").code == 0
+    model = tmp_path / "run" / "model.onnx"
+    turned = write_csv(tmp_path / "turned.csv", [target, *names[::-1]], [y, *x[:, ::-1].T.tolist()])
+    bare = write_csv(tmp_path / "bare.csv", None, [*x.T.tolist(), y])  # no header: by position, as before
+    scores = {f: json.loads(run_cli("eval", model, "--data", f, "--split", "all", "--json").out)
+              for f in (trained, turned, bare)}
+    assert all(scores[f].pop("data") == str(f) for f in scores)
+    assert scores[trained] == scores[turned] == scores[bare]
+    outputs = ort_run(onnx.load(model), {"x": x.astype(np.float32)})[0]  # the reference: every row, trained order
+    if table == "iris":
+        assert scores[turned]["accuracy"] == pytest.approx(np.mean(outputs.argmax(1) == bunch.target))
+    else:
+        assert scores[turned]["r2"] == pytest.approx(skm.r2_score(bunch.target, outputs[:, 0]), rel=1e-4)
+    features = write_csv(tmp_path / "features.csv", names[::-1], x[:, ::-1].T.tolist())  # no labels: predict only
+    for f in (trained, turned, features):
+        assert run_cli("predict", model, f, "-o", tmp_path / f"{f.stem}.npz").code == 0
+        predicted = np.load(tmp_path / f"{f.stem}.npz")[onnx.load(model).graph.output[0].name]
+        np.testing.assert_allclose(predicted, outputs, rtol=1e-5, atol=1e-5)
+    result = run_cli("eval", model, "--data", features)
+    assert result.code == 1 and f"no column is headed {target!r}" in result.err and \
+        f"the model was trained on a column {target!r}" in result.err
 
 
 def test_a_dataframe_predicts_by_its_columns_names_as_a_csv_does(run_cli, iris_model, tmp_path):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from conftest import write_csv
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit import zoo
@@ -301,11 +302,6 @@ def iris(tmp_path_factory):
     x = np.random.default_rng(3).uniform(0, 8, size=(6, 4)).astype(np.float32).round(2)
     (logits,) = ReferenceEvaluator(proto).run(None, {"x": x})
     return path, x, np.arange(6) % 3, logits
-
-
-def write_csv(path, header: list[str] | None, columns: list[list]) -> None:
-    rows = [",".join(map(str, row)) for row in zip(*columns, strict=True)]
-    path.write_text("\n".join(([",".join(header)] if header else []) + rows) + "\n")
 
 
 @pytest.mark.parametrize("label", ["label", "Target", "y", "class"])

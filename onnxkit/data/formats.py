@@ -179,12 +179,13 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
             raise
         raise OnnxkitError(f"{e} (the labels: {_labels_from(header)})") from None
     column = f"{header[label_col].strip()!r} (column {number[label_col]})" if header else f"column {label_col + 1}"
+    found = {"label_column": column, "label_header": header[label_col].strip() if header else None}
     by_name = None if tokenizer is not None else input_columns(path, header, inputs, label_col)
     if by_name is not None:
         arrays = input_arrays(path, body, by_name, inputs, header, lines)  # type: ignore[arg-type]
         dataset = dataset_from_arrays(path.stem, arrays, labels, label_names=label_names, seed=seed,
                                       validation=validation, test=test)
-        return replace(dataset, label_column=column)
+        return replace(dataset, **found)
     listed = image_column(path, header, body, label_col, lines) if text is None and tokenizer is None else None
     if listed is not None:  # a list of image files beside their labels
         dataset = read_listed_images(path, listed, body, labels, label_names, seed=seed, validation=validation,
@@ -193,14 +194,14 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
         others = [shown[j] for j in range(width) if j not in (listed, label_col)]
         left = (f"column{'s' * (len(others) > 1)} {', '.join(others)} left out: a list of images is read as its "
                 f"image files ({shown[listed]}) and their labels alone",) if others else ()
-        return replace(dataset, label_column=column, notes=(*dataset.notes, *left))
+        return replace(dataset, **found, notes=(*dataset.notes, *left))
     if text is not None:
         texts = [row[text] for row in body]
         name = header[text].strip() if header else TEXT_COLUMN
         dataset = _text_dataset(path, texts, labels, label_names, lines, tokenizer, max_length, seed, validation, test,
                                 name)
         read = f"texts from {name!r} (column {number[text]})" if header else f"texts from column {text + 1}"
-        return replace(dataset, label_column=column, texts_read=f"{read}, {dataset.texts_read}")
+        return replace(dataset, **found, texts_read=f"{read}, {dataset.texts_read}")
     if tokenizer is not None:  # the model reads text: its features would be 'non-numbers' to the reader below
         shown = f"its columns: {', '.join(repr(h.strip()) for h in header)}" if header else "it has no header row"
         raise OnnxkitError(f"{path}: the model reads text, but no column is headed {TEXT_COLUMN!r} ({shown}); "
@@ -237,7 +238,7 @@ def _read_table(path: Path, header: Sequence[str] | None, body: list[list[str]],
         path.stem, {"x": x}, labels, label_names=label_names,
         seed=seed, validation=validation, test=test,
     )
-    dataset = replace(dataset, label_column=column, notes=(*notes, *_row_ids(names, x)),
+    dataset = replace(dataset, **found, notes=(*notes, *_row_ids(names, x)),
                       columns=tuple(names) if names else None)
     if named is None:  # said with any error about the labels: they may be a feature
         return replace(dataset, labels_from=_labels_from(header))
@@ -436,11 +437,15 @@ class NoSuchColumn(OnnxkitError):
     """The label column asked for by name is not in the file."""
 
 
+class NoHeader(NoSuchColumn):
+    """The label column is asked for by name, but the file has no header row naming its columns."""
+
+
 def _column_headed(path: Path, header: Sequence[str] | None, label: str) -> int:
     """The index of the column headed `label` (spaces and case aside when no header is exactly it)."""
     if not header:
-        raise NoSuchColumn(f"{path}: the labels are to be column {label!r}, but the file has no header row naming "
-                           "its columns; add one")
+        raise NoHeader(f"{path}: the labels are to be column {label!r}, but the file has no header row naming "
+                       "its columns; add one")
     names, wanted = [h.strip() for h in header], label.strip()
     if wanted in names:
         return names.index(wanted)

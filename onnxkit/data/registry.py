@@ -122,6 +122,12 @@ def load_dataset(
         _check_options(formats.READERS[suffix], options, f"a {suffix} file")
         try:
             dataset = formats.READERS[suffix](Path(text), **split_args, **options)
+        except formats.NoHeader:
+            if trained is None:
+                raise
+            # no header to find the trained label column by: read as train reads such a file (the last column), as
+            # the features are read by position
+            dataset = formats.READERS[suffix](Path(text), **split_args, **{**options, "label": None})
         except formats.NoSuchColumn as e:
             if trained is None:
                 raise

@@ -297,6 +297,7 @@ class Dataset:
     task: str = "classification"  # or "regression"
     labels_from: str | None = None  # where a file's labels were taken from, when no column was headed as labels
     label_column: str | None = None  # a CSV's label column, as the training line names it ("'price' (column 5)")
+    label_header: str | None = None  # that column's header, which training records for eval to find it by
     notes: tuple[str, ...] = ()  # what a reader noticed that training should warn of (a row-id column, say)
     columns: tuple[str, ...] | None = None  # a CSV's feature columns by header name, in the order of the features
     texts_read: str | None = None  # how a text dataset's texts were read: column, tokenizer, cut (the run says it)

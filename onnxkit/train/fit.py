@@ -30,7 +30,6 @@ from onnxkit.data import (
     in_trained_columns,
     load_dataset,
     model_inputs,
-    trained_label,
 )
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import (
@@ -39,7 +38,6 @@ from onnxkit.evaluate import (
     shown_metric,
 )
 from onnxkit.files import (
-    COLUMN_FILES,
     DiskError,
     check_fits_protobuf,
     model_location,
@@ -162,7 +160,8 @@ def fit(
       makes one from arrays), or `(X, y)`: features (an array, or a dict of them by input name) and labels;
       split into train / validation / test by `data_seed`. `label`: a CSV's label column
       by its header (default: the one the model was trained on, else the one headed label, labels, target, y or
-      class, else the last; a text CSV's, the one beside `text`). `drop`: a CSV's or Parquet table's columns left
+      class, else the last; a text CSV's, the one beside `text`; the model records its header, whichever it was, for
+      eval and predict to find it by name). `drop`: a CSV's or Parquet table's columns left
       out, by their headers (a row id such as Kaggle's PassengerId, a column that gives the labels away); the model
       records the columns it trained on, so eval and predict read those by name and leave the others out too.
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
@@ -267,8 +266,8 @@ def fit(
         dataset = (in_model_order(in_trained_columns(data, proto), proto) if isinstance(data, Dataset)
                    else in_model_order(read, proto) if made  # as read for the model built for it
                    else load_dataset(data, seed=data_seed, model=proto, label=label, drop=drop))
-        if label is None and Path(str(data)).suffix.lower() in COLUMN_FILES:  # a model fit to a named column
-            label = trained_label(proto)  # went on reading it (load_dataset's default): recorded for eval
+        if label is None and not isinstance(data, Dataset):  # recorded for eval to find the labels by name
+            label = dataset.label_header
         if batch_size is None:  # a model that fixes its batch size trains at that size
             batch_size = fixed_batch_size(model_inputs(proto))
         given = Settings(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
