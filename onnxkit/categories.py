@@ -193,7 +193,7 @@ def encode(columns: Mapping[str, Sequence[str]], names: Sequence[str], source: s
     x = np.zeros((rows, len(names)), np.float64)
     needed = {name: category_of(name, present) for name in names}
     parts = {name: date_part_of(name, present) for name in names}
-    lacking = list(dict.fromkeys(_column_of(n) for n in names if not needed[n] and not parts[n] and n not in columns))
+    lacking = list(dict.fromkeys(column_of(n)[0] for n in names if not needed[n] and not parts[n] and n not in columns))
     if lacking:  # a category's column by its own name ('sex', not 'sex=female')
         raise OnnxkitError(f"{source}: the model trained on column{'s' * (len(lacking) > 1)} "
                            f"{', '.join(repr(n) for n in lacking[:4])}, which it lacks; give every column it trained "
@@ -223,10 +223,13 @@ def encode(columns: Mapping[str, Sequence[str]], names: Sequence[str], source: s
     return Encoded(x, int(unseen.sum()), example)
 
 
-def _column_of(name: str) -> str:
-    """The column a feature name stands for by its form alone ('sex=male', 'date:month'), for a message."""
-    column, _, part = name.split(SEPARATOR)[0].rpartition(DATE_PART)
-    return column if column and part in (*DATE_PARTS, TIME_PART) else name.split(SEPARATOR)[0]
+def column_of(name: str) -> tuple[str, str | None]:
+    """The column a feature name stands for by its form alone, and as what: ('sex', 'category') for 'sex=male',
+    ('date', 'date') for 'date:month', (name, None) for a column read as itself."""
+    if SEPARATOR in name:
+        return name.split(SEPARATOR)[0], "category"
+    column, _, part = name.rpartition(DATE_PART)
+    return (column, "date") if column and part in (*DATE_PARTS, TIME_PART) else (name, None)
 
 
 def _dates(cells: Sequence[str], name: str, source: str, lines: Sequence[int] | None) -> list[datetime | None]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxkit.categories import DATE_PART, DATE_PARTS, SEPARATOR, TIME_PART
+from onnxkit.categories import column_of
 from onnxkit.data import Dataset, load_dataset
 from onnxkit.data.images import image_layouts
 from onnxkit.data.text import NeedsTokenizer
@@ -136,11 +136,9 @@ def _image_model(images: np.ndarray, classes: int, data: str, sized_to: str,
 def _features(count: int, columns: tuple[str, ...] | None) -> str:
     """'10 features', and how many of them stand for category or date columns (`onnxkit.categories`): '10 features
     (2 category columns as 5, 1 date column as 4)'."""
-    indicators = [name.split(SEPARATOR)[0] for name in columns or () if SEPARATOR in name]
-    parts = [name.rpartition(DATE_PART)[0] for name in columns or ()
-             if SEPARATOR not in name and name.rpartition(DATE_PART)[2] in (*DATE_PARTS, TIME_PART)]
+    read = [column_of(name) for name in columns or ()]
     said = [f"{len(set(found))} {kind} column{'s' * (len(set(found)) > 1)} as {len(found)}"
-            for kind, found in (("category", indicators), ("date", parts)) if found]
+            for kind in ("category", "date") if (found := [column for column, as_ in read if as_ == kind])]
     return f"{count} features" + (f" ({', '.join(said)})" if said else "")
 
 
