@@ -298,8 +298,9 @@ def test_label_names_the_csv_column_to_train_on_and_eval_reads_it_back(run_cli, 
     assert (typo.code, typo.err) == (1, f"error: {tmp_path / 'mid.csv'}: no column is headed 'prise'. Did you mean: "
                                         "price? Its columns: 'a', 'price', 'b', 'c'\n")
     named = run_cli("train", tmp_path / "reg.onnx", "--data", "diabetes", "--label", "price", "-o", tmp_path / "d")
-    assert named.code == 1 and named.err.startswith("error: --label 'price' names a column of a CSV; diabetes is no "
-                                                    "CSV")
+    assert (named.code, named.err) == (1, "error: --label 'price' names a column of a CSV or Parquet table; diabetes "
+                                          "is neither (an .npz keeps its labels in its labels or y array, a named "
+                                          "dataset its own)\n")
     assert not (tmp_path / "typo").exists() and not (tmp_path / "d").exists()
 
 

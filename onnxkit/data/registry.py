@@ -97,14 +97,13 @@ def load_dataset(
     text = str(name_or_path)
     split_args = {"seed": seed, "validation": validation, "test": test}
     suffix = Path(text).suffix.lower()
-    label = options.pop("label", None)
-    if label is not None and suffix not in COLUMN_FILES:
-        raise OnnxkitError(f"label={label!r} names a column of a CSV; {text} is no CSV (an .npz keeps its labels in "
-                           "its labels or y array, a named dataset its own)")
-    drop = list(options.pop("drop", ()))
-    if drop and suffix not in COLUMN_FILES:
-        raise OnnxkitError(f"drop ({', '.join(map(repr, drop))}) names columns of a CSV or Parquet table; {text} is "
-                           "neither (save the arrays without them)", params=["drop"])
+    label, drop = options.pop("label", None), list(options.pop("drop", ()))
+    if (label is not None or drop) and suffix not in COLUMN_FILES:
+        said, remedy = ((f"label={label!r} names a column", "an .npz keeps its labels in its labels or y array, a "
+                         "named dataset its own") if label is not None else
+                        (f"drop ({', '.join(map(repr, drop))}) names columns", "save the arrays without them"))
+        raise OnnxkitError(f"{said} of a CSV or Parquet table; {text} is neither ({remedy})",
+                           params=["label" if label is not None else "drop"])
     if suffix in formats.READERS:
         if suffix in COLUMN_FILES and model is not None:  # a CSV of texts is tokenized as the model's inputs are
             from onnxkit.data.text import tokenizer_options
