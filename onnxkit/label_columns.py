@@ -13,7 +13,7 @@ from pathlib import PurePath
 
 from onnxkit.errors import OnnxkitError, first_few
 from onnxkit.files import IMAGE_SUFFIXES, is_missing, is_number
-from onnxkit.metadata_keys import COLUMNS_KEY, IMPUTED_KEY
+from onnxkit.metadata_keys import COLUMNS_KEY, IMPUTED_KEY, TRAINING_KEY
 
 LABEL_COLUMNS = ("label", "labels", "target", "y", "class")  # CSV headers of a label column (only one may be)
 NPZ_LABELS = ("labels", "y", "label", "target")  # .npz arrays read as the labels, first found wins ("label", "target":
@@ -110,14 +110,25 @@ def label_column(header: Sequence[str] | None, source: str = "the file") -> int 
     return found[0] if found else None
 
 
+def column_headed(header: Sequence[str], name: str) -> int | None:
+    """The index of the column headed `name` (spaces aside; case aside when no header is exactly it), or None."""
+    names, wanted = [h.strip() for h in header], name.strip()
+    if wanted in names:
+        return names.index(wanted)
+    lowered = [n.lower() for n in names]
+    return lowered.index(wanted.lower()) if wanted.lower() in lowered else None
+
+
 def features_label_column(header: Sequence[str] | None, trained: Sequence[str] | None,
-                          source: str = "the file") -> int | None:
-    """The column of a CSV to leave out as the labels before a model reads its features: the one headed as labels
-    (`label_column`), unless the model trained on it as a feature (`trained`, its `onnxkit.columns`, by name or as a
-    category's column): titanic's `class` beside the labels `survived` is the passenger's class."""
+                          source: str = "the file", recorded: str | None = None) -> int | None:
+    """The column of a CSV to leave out as the labels before a model reads its features: the one headed as the
+    labels the model trained on (`recorded`, `label_header`), else the one headed as labels (`label_column`), unless
+    the model trained on it as a feature (`trained`, its `onnxkit.columns`, by name or as a category's column):
+    titanic's `class` beside the labels `survived` is the passenger's class."""
     from onnxkit.categories import category_of
 
-    label = label_column(header, source)
+    found = column_headed(header, recorded) if header and recorded is not None else None
+    label = label_column(header, source) if found is None else found
     if label is None or not trained:
         return label
     names = [h.strip() for h in header]  # type: ignore[union-attr]
@@ -178,6 +189,12 @@ def feature_names(header: Sequence[str] | None, label: int | None) -> list[str] 
 def trained_columns(metadata: Mapping[str, str]) -> list[str] | None:
     """The CSV feature columns a model trained on, by name, from its metadata (`onnxkit.columns`); None if unsaid."""
     return json.loads(metadata.get(COLUMNS_KEY, "null"))
+
+
+def label_header(metadata: Mapping[str, str]) -> str | None:
+    """The header of the table column a model was trained to predict, from its metadata (`onnxkit.training`'s
+    `label`); None if unsaid (no table, or trained elsewhere)."""
+    return json.loads(metadata.get(TRAINING_KEY, "{}")).get("label")
 
 
 def imputed_inputs(metadata: Mapping[str, str]) -> list[str]:

@@ -304,6 +304,19 @@ def test_eval_and_predict_find_the_trained_label_column_by_name_in_a_file_of_oth
         f"the model was trained on a column {target!r}" in result.err
 
 
+def test_predict_leaves_out_the_trained_label_column_by_name_beside_numbered_features(run_cli, tmp_path):
+    # pandas' DataFrame(x) given a target column writes 0,1,...,9,progression: no feature names to read by, and a
+    # label header predict did not know: it read the target as an eleventh feature ('rows have 11 values')
+    x, y = sk_datasets.load_diabetes(return_X_y=True, scaled=False)
+    header = [*map(str, range(x.shape[1])), "progression"]
+    data = write_csv(tmp_path / "frame.csv", header, [*x.T.tolist(), y.tolist()])
+    assert run_cli("train", data, "-o", tmp_path / "run", "--epochs", "3").code == 0
+    model = tmp_path / "run" / "model.onnx"
+    assert run_cli("predict", model, data, "-o", tmp_path / "p.npz").code == 0
+    np.testing.assert_allclose(np.load(tmp_path / "p.npz")[onnx.load(model).graph.output[0].name],
+                               ort_run(onnx.load(model), {"x": x.astype(np.float32)})[0], rtol=1e-5, atol=1e-4)
+
+
 def test_a_dataframe_predicts_by_its_columns_names_as_a_csv_does(run_cli, iris_model, tmp_path):
     # Model.predict(DataFrame) matched columns by position where predict on the same CSV matched them by name:
     # reversed columns answered versicolor for setosa, and a DataFrame holding its label column was refused

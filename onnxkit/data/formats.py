@@ -55,6 +55,7 @@ from onnxkit.label_columns import (
     LABEL_COLUMNS,
     NPZ_LABEL_NAMES,
     TEXT_COLUMN,
+    column_headed,
     csv_header,
     feature_names,
     in_trained_order,
@@ -446,12 +447,10 @@ def _column_headed(path: Path, header: Sequence[str] | None, label: str) -> int:
     if not header:
         raise NoHeader(f"{path}: the labels are to be column {label!r}, but the file has no header row naming "
                        "its columns; add one")
-    names, wanted = [h.strip() for h in header], label.strip()
-    if wanted in names:
-        return names.index(wanted)
-    lowered = [n.lower() for n in names]
-    if wanted.lower() in lowered:
-        return lowered.index(wanted.lower())
+    found = column_headed(header, label)
+    if found is not None:
+        return found
+    names = [h.strip() for h in header]
     raise NoSuchColumn(f"{path}: no column is headed {label!r}.{suggest(label, names)} Its columns: "
                        f"{first_few([repr(n) for n in names], 12)}")
 

@@ -25,8 +25,8 @@ import numpy as np
 from onnxkit.data.split import Dataset, Split, check_seed, model_inputs
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.files import COLUMN_FILES, not_a_file, sha256
-from onnxkit.label_columns import in_trained_order, trained_columns
-from onnxkit.metadata import metadata, training_summary
+from onnxkit.label_columns import in_trained_order, label_header, trained_columns
+from onnxkit.metadata import metadata
 from onnxkit.metadata_keys import LABELS_KEY, PADDING_KEY
 from onnxkit.tokenize import fixed_length
 
@@ -203,8 +203,8 @@ def data_sha256(path: str | Path) -> str:
 
 
 def trained_label(model: Any) -> str | None:
-    """The CSV label column `model` was trained on when it was named (`label` in its `onnxkit.training` metadata)."""
-    return None if model is None else training_summary(model).get("label")
+    """The header of the table column `model` was trained to predict (`label_header`), or None."""
+    return None if model is None else label_header(metadata(model))
 
 
 def model_class_names(model: Any) -> list[str] | None:

@@ -57,6 +57,7 @@ from onnxkit.label_columns import (
     imputed_inputs,
     in_trained_order,
     label_column,
+    label_header,
     npz_labels,
     npz_split,
     texts_column,
@@ -492,8 +493,8 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
             f"{path}: CSV holds one input but model {model.name!r} has {len(model.inputs)}; use .npz or .json"
         )
     spec = model.inputs[0]
-    trained = trained_columns(model.metadata)
-    plain = _plain_table(path, spec.dtype or np.float32, trained)
+    trained, recorded = trained_columns(model.metadata), label_header(model.metadata)
+    plain = _plain_table(path, spec.dtype or np.float32, trained, recorded)
     if plain is not None:
         table, names = plain
         order = in_trained_order(names, trained, str(path))
@@ -514,7 +515,7 @@ def _read_csv(path: Path, model: Model) -> np.ndarray:
         count = len(rows[odd])
         raise OnnxkitError(f"{path}:{lines[odd]}: {count} value{'s' * (count != 1)} where the rows before have "
                            f"{len(rows[0])}; fix the file")
-    label = features_label_column(header, trained, str(path))
+    label = features_label_column(header, trained, str(path), recorded)
     if encodes_categories(trained, feature_names(header, label)) or spec.name in imputed_inputs(model.metadata):
         return _shaped(path, _encoded(path, rows, header, label, trained, lines), spec)
     order = in_trained_order(feature_names(header, label), trained, str(path))
@@ -539,10 +540,10 @@ def _encoded(path: Path, rows: list[list[str]], header: Sequence[str] | None, la
     return encode(cells, trained or names, str(path), lines).warn_unseen(str(path))
 
 
-def _plain_table(path: Path, dtype: Any,
-                 trained: Sequence[str] | None = None) -> tuple[np.ndarray, list[str] | None] | None:
-    """A CSV of plain numbers for a float input, as float64, less a column headed as the labels (unless the model
-    trained on it, `trained`; and the feature
+def _plain_table(path: Path, dtype: Any, trained: Sequence[str] | None = None,
+                 recorded: str | None = None) -> tuple[np.ndarray, list[str] | None] | None:
+    """A CSV of plain numbers for a float input, as float64, less its label column (`features_label_column`: the one
+    headed `recorded` or as the labels, unless the model trained on it, `trained`; and the feature
     columns' names, `feature_names`): read by
     numpy's parser a block at a time (the cells as a list of strings took ~17x the file's size). None for
     any other file, which `_read_csv` then reads cell by cell, naming what is wrong: no rows, rows of other
@@ -560,7 +561,7 @@ def _plain_table(path: Path, dtype: Any,
     header = csv_header(cells, below) if cells else None
     if delimiter == ";" or sep_line(first) or not cells or header and header[0].strip() in ("", "Unnamed: 0"):
         return None
-    label = features_label_column(header, trained, str(path))
+    label = features_label_column(header, trained, str(path), recorded)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # numpy's "input contained no data"

@@ -15,7 +15,13 @@ import numpy as np
 
 from onnxkit.categories import by_column, encode, encodes_categories
 from onnxkit.errors import OnnxkitError
-from onnxkit.label_columns import feature_names, features_label_column, in_trained_order, trained_columns
+from onnxkit.label_columns import (
+    feature_names,
+    features_label_column,
+    in_trained_order,
+    label_header,
+    trained_columns,
+)
 from onnxkit.metadata_keys import LABELS_KEY, OUTPUT_KEY, QUANTIZATION_KEY, SCORES_KEY, TASK_KEY
 from onnxkit.runtime.prediction import Prediction
 from onnxkit.runtime.rows import rows_independent
@@ -175,7 +181,7 @@ class Model:
         if trained is None:  # a model that names no columns: the frame is its values, as before
             return frame
         names = [str(c) for c in frame.columns]
-        label = features_label_column(names, trained, "the DataFrame")
+        label = features_label_column(names, trained, "the DataFrame", label_header(self.metadata))
         if encodes_categories(trained, feature_names(names, label)):  # its category columns, encoded by name
             kept = [j for j in range(len(names)) if j != label]
             columns = [[_cell(v) for v in frame.iloc[:, j].tolist()] for j in kept]
