@@ -171,6 +171,18 @@ def _lone_words_column(header: Sequence[str], rows: Sequence[Sequence[str]], lab
     return words[0] if len(words) == 1 else None
 
 
+_ID_HEADER = re.compile(r"(?i)(id|idx|index|row)")
+_SOME_ID_HEADER = re.compile(r"(?i:.+[_ ]id)|.*[a-z](Id|ID)")
+
+
+def is_row_id(name: str, cells: Sequence[object]) -> bool:
+    """Whether a column is a row id by its header: id, idx, index or row whatever its cells (MASS' biopsy repeats a
+    sample's ID); *_id, and *Id / *ID after a small letter (Kaggle's titanic's PassengerId, a CustomerID), only when
+    its cells are distinct (a store_id may be a feature)."""
+    name = name.strip()
+    return bool(_ID_HEADER.fullmatch(name) or _SOME_ID_HEADER.fullmatch(name) and len(set(cells)) == len(cells))
+
+
 def npz_labels(names: Iterable[str]) -> str | None:
     """The name of the array an .npz file with these arrays keeps its labels in, or None; `NPZ_LABELS` in any case
     where none is spelled so (`Y`, as `X_train, Y_train` are: a file split as Keras' was told it had no labels)."""

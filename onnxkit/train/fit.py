@@ -162,8 +162,9 @@ def fit(
       by its header (default: the one the model was trained on, else the one headed label, labels, target, y or
       class, else the last; a text CSV's, the one beside `text`; the model records its header, whichever it was, for
       eval and predict to find it by name). `drop`: a CSV's or Parquet table's columns left
-      out, by their headers (a row id such as Kaggle's PassengerId, a column that gives the labels away); the model
-      records the columns it trained on, so eval and predict read those by name and leave the others out too.
+      out, by their headers (a column that gives the labels away; a row id such as Kaggle's PassengerId, which the
+      model train builds leaves out by default); the model records the columns it trained on, so eval and predict
+      read those by name and leave the others out too.
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
       task metadata, else from its output and the labels). `label_smoothing` ε (cross-entropy's, as PyTorch's
       `CrossEntropyLoss(label_smoothing=)`): each target is 1 - ε on its class plus ε spread over all classes; the
