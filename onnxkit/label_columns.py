@@ -183,6 +183,11 @@ def is_row_id(name: str, cells: Sequence[object]) -> bool:
     return bool(_ID_HEADER.fullmatch(name) or _SOME_ID_HEADER.fullmatch(name) and len(set(cells)) == len(cells))
 
 
+def may_be_row_id(name: str) -> bool:
+    """Whether a header may head a row id (`is_row_id`, its cells unseen)."""
+    return bool(_ID_HEADER.fullmatch(name.strip()) or _SOME_ID_HEADER.fullmatch(name.strip()))
+
+
 def npz_labels(names: Iterable[str]) -> str | None:
     """The name of the array an .npz file with these arrays keeps its labels in, or None; `NPZ_LABELS` in any case
     where none is spelled so (`Y`, as `X_train, Y_train` are: a file split as Keras' was told it had no labels)."""

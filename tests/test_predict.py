@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import write_csv
+from conftest import ort_run, write_csv
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit import zoo
@@ -1087,14 +1087,22 @@ def test_a_classifier_of_unnamed_classes_saves_its_label_column(run_cli, tmp_pat
     x = rng.normal(size=(60, 3)).round(3)
     write_csv(tmp_path / "train.csv", ["a", "b", "c", "Survived"], [*x.T.tolist(), (x[:, 0] > 0).astype(int).tolist()])
     write_csv(tmp_path / "prices.csv", ["a", "b", "c", "price"], [*x.T.tolist(), (x @ [1.0, 2.0, 3.0]).tolist()])
-    write_csv(tmp_path / "new.csv", ["a", "b", "c"], x[:7].T.tolist())
+    # the test file's rows numbered after the training file's, as Kaggle's test.csv (PassengerId 892 on): a
+    # submission needs each row's id and its answer headed as the column trained on (it read label / logits_0)
+    passengers = list(range(892, 899))
+    write_csv(tmp_path / "new.csv", ["PassengerId", "a", "b", "c"], [passengers, *x[:7].T.tolist()])
     for data, label in (("train.csv", "Survived"), ("prices.csv", "price")):
         trained = run_cli("train", tmp_path / data, "--label", label, "--steps", "3", "-o", tmp_path / data[:-4])
         assert trained.code == 0, trained.err
         assert run_cli("predict", tmp_path / data[:-4] / "model.onnx", tmp_path / "new.csv", "-o",
                        tmp_path / f"{data[:-4]}_p.csv").code == 0
     header, *rows = [line.split(",") for line in (tmp_path / "train_p.csv").read_text().splitlines()]
-    assert header == ["label", "logits_0", "logits_1"] and len(rows) == 7
-    logits = np.array([[float(v) for v in row[1:]] for row in rows])
-    assert [int(row[0]) for row in rows] == logits.argmax(1).tolist()
-    assert "label" not in (tmp_path / "prices_p.csv").read_text().splitlines()[0].split(",")
+    assert header == ["PassengerId", "Survived", "logits_0", "logits_1"] and len(rows) == 7
+    logits = np.array([[float(v) for v in row[2:]] for row in rows])
+    np.testing.assert_allclose(logits, ort_run(onnx.load(tmp_path / "train" / "model.onnx"),
+                                               {"x": x[:7].astype(np.float32)})[0], rtol=1e-5, atol=1e-6)
+    assert [int(row[0]) for row in rows] == passengers and [int(row[1]) for row in rows] == logits.argmax(1).tolist()
+    header, *rows = [line.split(",") for line in (tmp_path / "prices_p.csv").read_text().splitlines()]
+    assert header == ["PassengerId", "price"] and [int(row[0]) for row in rows] == passengers
+    np.testing.assert_allclose([[float(row[1])] for row in rows], ort_run(onnx.load(tmp_path / "prices" / "model.onnx"),
+                               {"x": x[:7].astype(np.float32)})[0], rtol=1e-5, atol=1e-6)

@@ -21,6 +21,7 @@ from onnxkit.runtime.datafiles import (
     image_rows,
     read_inputs,
     read_texts,
+    row_ids,
     write_prediction,
 )
 from onnxkit.runtime.model import ends_in_probabilities
@@ -129,7 +130,8 @@ def predict_cmd(
         prediction = prediction.with_probabilities()
     names = image_rows(input_path) if input_path and not from_file else None  # an image file or a folder's files
     if output:
-        write_prediction(output, prediction, top_k, names)
+        ids = row_ids(input_path) if Path(output).suffix.lower() == ".csv" else None
+        write_prediction(output, prediction, top_k, names, ids)
         click.echo(f"wrote {output} ({len(prediction)} rows)")
     else:
         click.echo(format_prediction(prediction, top_k, names=names))

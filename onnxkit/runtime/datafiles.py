@@ -19,7 +19,7 @@ import os
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,10 @@ from onnxkit.label_columns import (
     features_label_column,
     imputed_inputs,
     in_trained_order,
+    is_row_id,
     label_column,
     label_header,
+    may_be_row_id,
     npz_labels,
     npz_split,
     texts_column,
@@ -326,9 +328,10 @@ def check_output_path(path: str | os.PathLike) -> None:
 
 
 def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int | None = None,
-                     names: Sequence[str] | None = None) -> None:
+                     names: Sequence[str] | None = None, ids: Mapping[str, Sequence[str]] | None = None) -> None:
     """Save a prediction; the format follows the file's suffix. `names`: what each row is (the files of a folder of
-    images), saved beside the outputs (not in an .npy, which holds the scores alone)."""
+    images), saved beside the outputs (not in an .npy, which holds the scores alone). `ids`: the input's row-id
+    columns (`row_ids`), which a .csv repeats first."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -357,7 +360,28 @@ def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int
         write_bytes(path, buffer.getvalue())
     else:
         check_output_path(path)
-        write_text(path, _csv_text(prediction, top_k, names))
+        write_text(path, _csv_text(prediction, top_k, names, ids))
+
+
+def row_ids(path: InputPath | None) -> dict[str, list[str]]:
+    """A CSV input's columns headed as row ids (`is_row_id`: an Id, Kaggle's PassengerId), by header, their cells as
+    written, which a CSV of predictions repeats before its outputs so that each row says whose it is (a Kaggle
+    submission's Id,SalePrice); {} for other inputs. The whole file is read only where its header names one."""
+    if not isinstance(path, str | os.PathLike) or Path(path).suffix.lower() not in TABLE_SUFFIXES or \
+            not Path(path).is_file():
+        return {}
+    with Path(path).open(encoding="utf-8-sig", newline="") as f:
+        first, second = f.readline(), f.readline()
+    line = second if sep_line(first) else first
+    if not any(may_be_row_id(c) for c in next(csv.reader([line], delimiter=table_delimiter(path, first)), [])):
+        return {}
+    rows = [row for _, row in read_csv_rows(path)]
+    header = csv_header(rows[0], rows[1] if len(rows) > 1 else ())
+    if not header:
+        return {}
+    header, body = without_index(header, rows[1:])
+    columns = {h.strip(): [row[j] for row in body] for j, h in enumerate(header)}
+    return {h: cells for h, cells in columns.items() if is_row_id(h, cells)}
 
 
 def _finite(value: Any) -> Any:
@@ -643,26 +667,34 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
                            f"column, or if it holds the labels head it {' / '.join(LABEL_COLUMNS)}") from e
 
 
-def _csv_text(prediction: Prediction, top_k: int | None, names: Sequence[str] | None = None) -> str:
+def _csv_text(prediction: Prediction, top_k: int | None, names: Sequence[str] | None = None,
+              ids: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The prediction as a table, a row per example: the input's row ids (`ids`), its file (`names`), the class
+    (headed as the labels the model trained on, else 'label'), then each output (a regression's value headed as its
+    target), and the top-k."""
     rows = {name: np.shape(value)[0] if np.ndim(value) else None for name, value in prediction.outputs.items()}
     if len(set(rows.values())) > 1 or None in rows.values():  # a sequence output, a Scan's per-step one, a scalar
         shown = ", ".join(f"{name!r} " + ("is a scalar" if n is None else f"has {n} row{'s' * (n != 1)}")
                           for name, n in rows.items())
         raise OnnxkitError(f"a CSV holds one row per example, but the outputs differ in rows ({shown}); save the "
                            "prediction as .json or .npz")
-    columns: list[str] = []
-    blocks: list[np.ndarray] = []
+    given = {header: cells for header, cells in (ids or {}).items() if len(cells) == len(prediction)}  # a row each
+    columns: list[str] = list(given)
+    blocks: list[np.ndarray] = [np.asarray(cells, dtype=object)[:, None] for cells in given.values()]
     if names:
         columns.append("file")
         blocks.append(np.asarray(names, dtype=object)[:, None])
     if _one_class_a_row(prediction) and not _gives_its_labels(prediction):
-        columns.append("label")  # the class name, or id when the model names none (as the terminal's table)
+        columns.append(prediction.target or "label")  # the class name, or id where the model names none
         blocks.append(np.asarray(prediction.labels or prediction.classes.tolist(), dtype=object)[:, None])
     for name, value in prediction.outputs.items():
         flat = np.asarray(value).reshape(len(value), -1)
         names = prediction.class_names
-        if name == prediction.scores_name and names and flat.shape[1] == len(names):
+        scores = name == prediction.scores_name
+        if scores and names and flat.shape[1] == len(names):
             columns += list(names)
+        elif scores and prediction.target and prediction.task == "regression" and flat.shape[1] == 1:
+            columns.append(prediction.target)
         else:
             columns += [f"{name}_{j}" for j in range(flat.shape[1])]
         blocks.append(flat.astype(object))

@@ -285,7 +285,8 @@ class Model:
                 outputs[name] = np.empty((0, len(self.class_names or self._graph.sklearn_classes() or ())), np.float32)
         scores = np.asarray(outputs.get(self.scores_output, next(iter(outputs.values()), ())))
         multi_label = self.task == "binary" and scores.ndim > 1 and scores.size > len(scores)  # len(): not 0-d
-        return Prediction(outputs, names, self.task, self.given_probabilities, self.scores_output, multi_label)
+        return Prediction(outputs, names, self.task, self.given_probabilities, self.scores_output, multi_label,
+                          label_header(self.metadata))
 
     def predict_text(self, texts: str | Sequence[str]) -> Prediction:
         """Tokenize `texts` with the tokenizer the model carries (metadata) and predict."""

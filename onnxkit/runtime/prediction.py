@@ -37,6 +37,7 @@ class Prediction:
     given_probabilities: bool = False  # the scores output is class probabilities, not logits
     scores_output: str | None = None  # the output holding the scores, when not the first (trained, scikit-learn's)
     multi_label: bool = False  # a binary task's several scores per row, each one 0/1 label's logit (or probability)
+    target: str | None = None  # the header of the table column the model was trained to predict (`label_header`)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.outputs:
