@@ -591,6 +591,7 @@ def evaluate(
     `providers`: onnxruntime's execution providers (one, or several in priority order; a name or a (name,
     options) pair each, as InferenceSession takes them).
     """
+    from onnxkit.batch_axis import rows_first
     from onnxkit.files import load_model
     from onnxkit.runtime.session import ort
 
@@ -607,7 +608,8 @@ def evaluate(
     if data_seed is not None and (isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral)
                                   or data_seed < 0):
         raise TypeError(f"data_seed must be an integer from 0 up, not {data_seed!r}")
-    proto = load_model(model) if isinstance(model, str | os.PathLike) else model
+    given = load_model(model) if isinstance(model, str | os.PathLike) else model
+    proto = rows_first(given)  # a seq-first model's [seq, batch, ...] inputs and outputs taken rows-first
     split = from_arrays(split, whole=True)  # (X, y): every row of those arrays
     if split is None or isinstance(split, str):
         split = named_split(proto, split, data, data_seed, label=label)[0]
@@ -618,7 +620,7 @@ def evaluate(
         raise TypeError(f"split must be a Split, a split name or (X, y), features and labels, not "
                         f"{type(split).__name__}")
     name = output or scored_output(proto)
-    source = model if isinstance(model, str | os.PathLike) else None  # errors name the file
+    source = model if isinstance(model, str | os.PathLike) and proto is given else None  # errors name the file
     result = model_outputs(proto, split, name, batch_size=batch_size, providers=providers, source=source)
     return scored_outputs(proto, split, result, name, output=output, task=task, loss=loss)
 

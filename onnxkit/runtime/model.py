@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from onnxkit.batch_axis import seq_first, swapped, transposed
 from onnxkit.categories import by_column, encode, encodes_categories
 from onnxkit.errors import OnnxkitError
 from onnxkit.label_columns import (
@@ -78,6 +79,12 @@ class Model:
         self.batch_size = batch_size
         self.inputs = [TensorSpec.from_node_arg(arg) for arg in session.get_inputs()]
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in session.get_outputs()]
+        # a seq-first model ([seq, batch, ...]) takes and gives rows on axis 0 here; `run` transposes them
+        self.seq_first = seq_first({s.name: s.shape for s in self.inputs}, {s.name: s.shape for s in self.outputs})
+        if self.seq_first:
+            self.inputs, self.outputs = ([replace(s, shape=swapped(s.shape)) if s.name in names else s for s in specs]
+                                         for specs, names in ((self.inputs, self.seq_first.inputs),
+                                                              (self.outputs, self.seq_first.outputs)))
         self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self.task = self.metadata.get(TASK_KEY)
         self.given_probabilities = self.metadata.get(SCORES_KEY) == "probabilities"
@@ -198,9 +205,16 @@ class Model:
         back what ONNX Runtime's memory arena grew by for this run once it ends (it keeps the most
         any run took: one 52,000-row run of digits-cnn left a process at 707 MB, 110 MB released)."""
         options = self._releasing if release_memory else None
+        if self.seq_first:
+            feeds = {k: transposed(v) if k in self.seq_first.inputs else v for k, v in feeds.items()}
         if self.io_binding:
-            return self._run_bound(feeds, options)
-        return dict(zip(self._output_names, self.session.run(self._output_names, dict(feeds), options), strict=True))
+            outputs = self._run_bound(feeds, options)
+        else:
+            outputs = dict(zip(self._output_names, self.session.run(self._output_names, dict(feeds), options),
+                               strict=True))
+        if self.seq_first:
+            outputs = {k: transposed(v) if k in self.seq_first.outputs else v for k, v in outputs.items()}
+        return outputs
 
     def predict(self, inputs: Any = None, /, **named: Any) -> Prediction:
         """Run the model and return a `Prediction` (outputs by name; classes, labels, top_k, probabilities).

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from onnxkit import __version__
+from onnxkit.batch_axis import as_exported
 from onnxkit.data import (
     Dataset,
     data_sha256,
@@ -509,7 +510,7 @@ def _finish(
     epochs = [r for r in records if r["event"] == "epoch"]
     last = epochs[-1] if epochs else {}
     written = next((r for r in epochs if r["epoch"] == best_epoch), last) if use_best else last  # model.onnx's epoch
-    trained = with_weights(setup.target, values)
+    trained = as_exported(with_weights(setup.target, values))
     if setup.adapter:
         trained = setup.adapter.merge(trained)
     if setup.target_scale is not None:

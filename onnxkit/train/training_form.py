@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxkit.batch_axis import layout_of, rows_first
 from onnxkit.data.split import Split
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import (
@@ -138,11 +139,17 @@ def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[on
     untied; converted to opset 13 when older (`old_opsets`); and a line for each of these it did. Weights training
     cannot update are an error that begins with `named`."""
     model = without_initializer_inputs(model)
+    seq_first = layout_of(model)
+    if seq_first:
+        model = rows_first(model)
     why = untrainable_weights(model)
     if why:
         raise OnnxkitError(f"{named} {why}")
     model, converted = at_training_opset(model, named)
     notes = [converted] if converted else []
+    if seq_first:
+        notes.append(f"the model takes its batch on axis 1 ({seq_first.describe()}, PyTorch's batch_first="
+                     "False): it trains on the data's rows transposed to that layout, and the trained model keeps it")
     model, untied = untie_exporter_copies(model)
     model, training_mode = in_inference_mode(model)
     if training_mode:
