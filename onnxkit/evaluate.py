@@ -377,7 +377,7 @@ def _run(session: Any, names: list[str], feeds: dict[str, np.ndarray], fixed: in
     """Outputs `names` for one batch, padded to a fixed batch size if need be; the padding's outputs dropped."""
     rows = len(next(iter(feeds.values())))
     try:
-        return [value[:rows] for value in session.run(names, padded(feeds, fixed))]
+        return [value[:rows] if fixed else value for value in session.run(names, padded(feeds, fixed))]
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
         from onnxkit.runtime.session import error_reason, run_failure_hint
 
@@ -524,7 +524,13 @@ def model_outputs(
     if name not in outputs:
         raise OnnxkitError(f"model has no output {name!r}; its outputs: {', '.join(outputs)}", params=["output"])
     batches = batch_outputs(proto, split, [name], batch_size=batch_size, providers=providers, source=source)
-    return np.concatenate([_rows(values[0]) for values in batches])
+    result = np.concatenate([_rows(values[0]) for values in batches])
+    if len(result) != len(split):
+        from onnxkit.batch_axis import AXES_HINT
+
+        raise OnnxkitError(f"output {name!r} has {len(result)} rows for {len(split)} examples: scoring takes one a "
+                           f"row; {AXES_HINT}")
+    return result
 
 
 def batch_outputs(

@@ -13,8 +13,9 @@ from test_serve_batcher import _merged
 
 from onnxkit import runtime
 from onnxkit.autodiff.check import reference
-from onnxkit.batch_axis import as_exported, rows_first, seq_first
+from onnxkit.batch_axis import AXES_HINT, as_exported, layout_of, rows_first, seq_first
 from onnxkit.data import Dataset, Split
+from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
 from onnxkit.files import load_model
 from onnxkit.train import fit
@@ -208,3 +209,18 @@ def test_rows_first_and_back_is_the_model_as_exported():
 def test_the_batch_axis_is_told_from_declared_dims_only_where_they_say_it(inputs, outputs, told):
     layout = seq_first(inputs, outputs)
     assert (layout and (layout.inputs[0], layout.outputs)) == (told and (told[0], told[1]))
+
+
+def test_a_model_whose_axes_do_not_say_it_is_told_how_to_export_it(tmp_path):
+    model = lstm_model(seq_first_layout=True, per_step=False, dims=("x_dynamic_axes_1", "x_dynamic_axes_2"))
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "y_dynamic_axes_1"
+    assert layout_of(model) is None
+    x, labels = rows(False)
+    with pytest.raises(OnnxkitError, match="has 5 rows for 12 examples") as caught:
+        evaluate(model, (x, labels))
+    assert AXES_HINT in str(caught.value)
+    data = Dataset("seq", *(Split(name, {"x": x}, labels) for name in ("train", "validation", "test")))
+    with pytest.raises(OnnxkitError, match="the data fixes every input axis but the first, its rows") as caught:
+        fit(model, data, tmp_path / "run", epochs=1, device="cpu")
+    assert AXES_HINT in str(caught.value)
+    assert not (tmp_path / "run").exists()

@@ -23,6 +23,7 @@ RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 RNN_ACTIVATIONS = ("Tanh", "Relu", "Sigmoid")  # an RNN's one activation, each a plain op with a rule
+UNFIXED_LENGTH = "over a sequence length the graph does not fix"
 
 
 def unsupported(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> str | None:
@@ -44,7 +45,7 @@ def unsupported(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> 
     elif activations and activations != DEFAULT_ACTIVATIONS[node.op_type] * directions:
         return f"with activations {activations}"
     if _steps(node, types) is None:
-        return "over a sequence length the graph does not fix"
+        return UNFIXED_LENGTH
     return None
 
 

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxkit.autodiff.recurrent import UNFIXED_LENGTH
 from onnxkit.autodiff.reverse import NoGradient
+from onnxkit.batch_axis import AXES_HINT
 from onnxkit.data import (
     Dataset,
     Split,
@@ -335,6 +337,9 @@ class Setup:
             other = f", or use the default backend (backend={DEFAULT})" if self.backend.name != DEFAULT else ""
             looped = [n for node in model.graph.node if node.op_type in ("Loop", "Scan")
                       for n in sorted((node_reads(node) - set(node.input)) & set(self.selection.trainable))]
+            if op.endswith(UNFIXED_LENGTH) and self.unsized is not None:  # the data fixed every input axis past 0
+                raise OnnxkitError(f"op {op} (node {node}) has no gradient: the data fixes every input axis but the "
+                                   f"first, its rows, so the sequence runs along them; {AXES_HINT}")
             if op in ("Loop", "Scan") and looped:  # the weight itself is read in the loop: freezing before it misses
                 other += (f"; its body reads {first_few(looped)}: PyTorch's nn.EmbeddingBag exports so, which "
                           "nn.Embedding and a mean over the tokens train as")
