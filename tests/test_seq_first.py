@@ -18,6 +18,7 @@ from onnxkit.data import Dataset, Split
 from onnxkit.errors import OnnxkitError
 from onnxkit.evaluate import evaluate
 from onnxkit.files import load_model
+from onnxkit.quantize import quantize
 from onnxkit.train import fit
 from onnxkit.train.backends import default_backend
 
@@ -175,6 +176,16 @@ def test_a_seq_first_lstm_trains_through_the_cli_as_its_batch_first_twin(tmp_pat
     trained = load_model(tmp_path / "seq" / "model.onnx")
     assert [d.dim_param or d.dim_value for d in trained.graph.input[0].type.tensor_type.shape.dim] == \
         ["seq", "batch", FEATURES]
+
+
+def test_quantize_scores_a_seq_first_model_on_rows_first_data(tmp_path):
+    x, labels = rows(False)
+    model = lstm_model(seq_first_layout=True, per_step=False)
+    result = quantize(model, tmp_path / "q.onnx", mode="dynamic", eval_data=(x, labels), measure_latency=False)
+    for key, scored in (("original", model), ("quantized", result.model)):
+        scores = ort_run(scored, {"x": np.swapaxes(x, 0, 1).copy()})[0]  # as exported: [seq, batch, F]
+        assert result.report.accuracy[key] == pytest.approx((scores.argmax(axis=1) == labels).mean())
+    assert any(node.op_type == "DynamicQuantizeLinear" for node in result.model.graph.node)
 
 
 def test_serve_merges_requests_along_their_rows_and_answers_each_rows_first():

@@ -55,8 +55,10 @@ def score(model: onnx.ModelProto, split: Any, batch_size: int = 256, like: Score
     """Evaluate `model`'s `output` (default: `evaluate.scored_output`) on `split` and keep its headline metric;
     `like`: the original model's score, whose output and task the quantized model is scored on (its rewritten
     graph may read otherwise)."""
+    from onnxkit.batch_axis import rows_first
     from onnxkit.evaluate import model_outputs, scored_output, scored_outputs
 
+    model = rows_first(model)  # a seq-first model's [seq, batch, ...] inputs and outputs taken rows-first
     output = like.output if like is not None else output or scored_output(model)
     outputs = model_outputs(model, split, output, batch_size=batch_size)
     metrics = scored_outputs(model, split, outputs, output, output=output, task=like.task if like else None)
