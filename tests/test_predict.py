@@ -733,6 +733,24 @@ def test_a_scikit_learn_classifier_with_class_ids_saves_a_csv(run_cli, tmp_path)
     header, *rows = [line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines()]
     assert header == ["label_0", "output_probability_0", "output_probability_1", "output_probability_2"]
     assert [row[0] for row in rows] == ["0", "1", "2", "0"]
+    assert run_cli("predict", tmp_path / "skl.onnx", "-i", tmp_path / "rows.csv", "--labels-only", "-o",
+                   tmp_path / "only.csv").code == 0  # its label output is the answer
+    assert (tmp_path / "only.csv").read_text().splitlines() == ["label_0", "0", "1", "2", "0"]
+
+
+def test_labels_only_refuses_outputs_without_one_answer_a_row(run_cli, tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")  # three values a row, no task recorded
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [weight])
+    path = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.ones((2, 4), np.float32))
+    result = run_cli("predict", path, tmp_path / "x.npy", "--labels-only", "-o", tmp_path / "p.csv")
+    assert result.code == 1 and not (tmp_path / "p.csv").exists()
+    assert result.err.strip() == ("error: --labels-only: this model's outputs hold no single answer a row (a class "
+                                  "or a value); leave it out to save every output")
 
 
 def mlp_classifier_layout(classes: list[int] | list[str]):  # noqa: ANN201 - onnx.ModelProto
@@ -1106,3 +1124,14 @@ def test_a_classifier_of_unnamed_classes_saves_its_label_column(run_cli, tmp_pat
     assert header == ["PassengerId", "price"] and [int(row[0]) for row in rows] == passengers
     np.testing.assert_allclose([[float(row[1])] for row in rows], ort_run(onnx.load(tmp_path / "prices" / "model.onnx"),
                                {"x": x[:7].astype(np.float32)})[0], rtol=1e-5, atol=1e-6)
+    # --labels-only: Kaggle's submission columns alone (it wants PassengerId,Survived; the logits had to be cut by hand)
+    for name in ("train", "prices"):
+        kept = run_cli("predict", tmp_path / name / "model.onnx", tmp_path / "new.csv", "--labels-only", "-o",
+                       tmp_path / f"{name}_only.csv")
+        assert kept.code == 0, kept.err
+    assert (tmp_path / "train_only.csv").read_text().splitlines() == \
+        ["PassengerId,Survived", *(f"{p},{c}" for p, c in zip(passengers, logits.argmax(1).tolist(), strict=True))]
+    assert (tmp_path / "prices_only.csv").read_text() == (tmp_path / "prices_p.csv").read_text()
+    for output in ((), ("-o", tmp_path / "p.json")):  # the flag is for a .csv
+        refused = run_cli("predict", tmp_path / "train" / "model.onnx", tmp_path / "new.csv", "--labels-only", *output)
+        assert refused.code != 0 and "--labels-only writes a .csv: give --output FILE.csv" in refused.err

@@ -45,6 +45,9 @@ from onnxkit.tokenize import TOKEN_INPUTS
 @options.output_file("Save the prediction: .json, .npz, .npy (the scores output) or .csv.", required=False)
 @click.option("-k", "--top-k", type=options.COUNT, help="Show the K best classes per row.")
 @click.option("--probs", is_flag=True, help="Class probabilities (softmax; sigmoid for binary) instead of logits.")
+@click.option("--labels-only", is_flag=True,
+              help="With a .csv --output: the row ids and each row's answer (class or value) alone, as a Kaggle "
+              "submission holds them.")
 @options.device()
 @options.threads()
 @options.batch_size(512, "Run large inputs in batches of this many rows.")
@@ -60,6 +63,7 @@ def predict_cmd(
     output: str | None,
     top_k: int | None,
     probs: bool,
+    labels_only: bool,
     device: str,
     threads: int | None,
     batch_size: int,
@@ -87,6 +91,8 @@ def predict_cmd(
         raise click.UsageError("--workers is for --ray (Ray actors); without --ray, use --threads")
     if bool(input_path) == bool(texts):
         raise click.UsageError("give --input FILE or --text TEXT (one of the two)")
+    if labels_only and (not output or Path(output).suffix.lower() != ".csv"):
+        raise click.UsageError("--labels-only writes a .csv: give --output FILE.csv")
     if output:
         check_output_path(output)
         given = input_path if isinstance(input_path, list) else [input_path] if input_path else []
@@ -103,7 +109,7 @@ def predict_cmd(
         from onnxkit.runtime.batch import predict_on_ray
 
         prediction = predict_on_ray(model, input_path, output, workers=workers, batch_size=batch_size, device=device,
-                                    threads=threads, top_k=top_k, probs=probs)
+                                    threads=threads, top_k=top_k, probs=probs, labels_only=labels_only)
         names = image_rows(input_path) if holds_images(input_path) else None
         click.echo(f"wrote {output} ({len(prediction)} rows)" if output else
                    format_prediction(prediction, top_k, names=names))
@@ -131,7 +137,7 @@ def predict_cmd(
     names = image_rows(input_path) if input_path and not from_file else None  # an image file or a folder's files
     if output:
         ids = row_ids(input_path) if Path(output).suffix.lower() == ".csv" else None
-        write_prediction(output, prediction, top_k, names, ids)
+        write_prediction(output, prediction, top_k, names, ids, labels_only)
         click.echo(f"wrote {output} ({len(prediction)} rows)")
     else:
         click.echo(format_prediction(prediction, top_k, names=names))

@@ -67,13 +67,15 @@ def predict_on_ray(
     threads: int | None = None,
     top_k: int | None = None,
     probs: bool = False,
+    labels_only: bool = False,
 ) -> Prediction:
     """Run `model` over every row of `data` (a file or a folder of them) on Ray; write the result
     to `output` when given (.json, .npz, .npy or .csv) and return it, rows in input order.
 
     `workers`: actors, each with a session (default: the cluster's CPUs); `threads` per session
     (default: this machine's cores / workers on a local cluster, else 1); `probs`: class
-    probabilities in place of the scores, as `onnxkit predict --probs`.
+    probabilities in place of the scores, as `onnxkit predict --probs`; `labels_only`: a .csv of the answers alone
+    (`write_prediction`).
     """
     if workers is not None and workers < 1:
         raise OnnxkitError(f"workers must be at least 1, got {workers}")
@@ -107,7 +109,7 @@ def predict_on_ray(
     if probs:
         prediction = prediction.with_probabilities()
     if output is not None:
-        write_prediction(output, prediction, top_k, image_rows(data) if images else None)
+        write_prediction(output, prediction, top_k, image_rows(data) if images else None, labels_only=labels_only)
     return prediction
 
 

@@ -328,10 +328,12 @@ def check_output_path(path: str | os.PathLike) -> None:
 
 
 def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int | None = None,
-                     names: Sequence[str] | None = None, ids: Mapping[str, Sequence[str]] | None = None) -> None:
+                     names: Sequence[str] | None = None, ids: Mapping[str, Sequence[str]] | None = None,
+                     labels_only: bool = False) -> None:
     """Save a prediction; the format follows the file's suffix. `names`: what each row is (the files of a folder of
     images), saved beside the outputs (not in an .npy, which holds the scores alone). `ids`: the input's row-id
-    columns (`row_ids`), which a .csv repeats first."""
+    columns (`row_ids`), which a .csv repeats first. `labels_only`: a .csv of the ids and each row's answer alone
+    (a Kaggle submission's columns: PassengerId,Survived)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -360,7 +362,7 @@ def write_prediction(path: str | os.PathLike, prediction: Prediction, top_k: int
         write_bytes(path, buffer.getvalue())
     else:
         check_output_path(path)
-        write_text(path, _csv_text(prediction, top_k, names, ids))
+        write_text(path, _csv_text(prediction, top_k, names, ids, labels_only))
 
 
 def row_ids(path: InputPath | None) -> dict[str, list[str]]:
@@ -668,10 +670,10 @@ def _numbers(path: Path, rows: list[list[str]], header: Sequence[str] | None, dt
 
 
 def _csv_text(prediction: Prediction, top_k: int | None, names: Sequence[str] | None = None,
-              ids: Mapping[str, Sequence[str]] | None = None) -> str:
+              ids: Mapping[str, Sequence[str]] | None = None, labels_only: bool = False) -> str:
     """The prediction as a table, a row per example: the input's row ids (`ids`), its file (`names`), the class
     (headed as the labels the model trained on, else 'label'), then each output (a regression's value headed as its
-    target), and the top-k."""
+    target), and the top-k; with `labels_only`, of the outputs only those that are the answer (`_answers`)."""
     rows = {name: np.shape(value)[0] if np.ndim(value) else None for name, value in prediction.outputs.items()}
     if len(set(rows.values())) > 1 or None in rows.values():  # a sequence output, a Scan's per-step one, a scalar
         shown = ", ".join(f"{name!r} " + ("is a scalar" if n is None else f"has {n} row{'s' * (n != 1)}")
@@ -684,10 +686,17 @@ def _csv_text(prediction: Prediction, top_k: int | None, names: Sequence[str] | 
     if names:
         columns.append("file")
         blocks.append(np.asarray(names, dtype=object)[:, None])
-    if _one_class_a_row(prediction) and not _gives_its_labels(prediction):
+    labelled = _one_class_a_row(prediction) and not _gives_its_labels(prediction)
+    if labelled:
         columns.append(prediction.target or "label")  # the class name, or id where the model names none
         blocks.append(np.asarray(prediction.labels or prediction.classes.tolist(), dtype=object)[:, None])
+    kept = [] if labelled else _answers(prediction)
+    if labels_only and not labelled and not kept:
+        raise OnnxkitError("--labels-only: this model's outputs hold no single answer a row (a class or a value); "
+                           "leave it out to save every output")
     for name, value in prediction.outputs.items():
+        if labels_only and name not in kept:
+            continue
         flat = np.asarray(value).reshape(len(value), -1)
         names = prediction.class_names
         scores = name == prediction.scores_name
@@ -698,7 +707,7 @@ def _csv_text(prediction: Prediction, top_k: int | None, names: Sequence[str] | 
         else:
             columns += [f"{name}_{j}" for j in range(flat.shape[1])]
         blocks.append(flat.astype(object))
-    if top_k:
+    if top_k and not labels_only:
         best = prediction.top_k(top_k)
         k = len(best[0]) if best else 0
         for j in range(k):
@@ -709,6 +718,17 @@ def _csv_text(prediction: Prediction, top_k: int | None, names: Sequence[str] | 
     writer.writerow(columns)
     writer.writerows(np.concatenate(blocks, axis=1).tolist())
     return out.getvalue()
+
+
+def _answers(prediction: Prediction) -> list[str]:
+    """The outputs that are each row's answer where the prediction makes no label column of its own: a regression's
+    single value, a classifier's class ids, scikit-learn's label output."""
+    scores = prediction.scores_name
+    single = prediction.task == "regression" and np.shape(prediction.scores)[1:] in ((), (1,))
+    return [name for name, v in prediction.outputs.items()
+            if name == scores and (single or prediction.class_ids() is not None)
+            or name != scores and isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iuUO"
+            and len(v) == len(prediction)]
 
 
 def _short(value: Any) -> str:
