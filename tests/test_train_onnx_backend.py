@@ -251,6 +251,29 @@ def test_the_optimizer_run_chunk_by_chunk_gives_the_whole_buffer_run_bit_for_bit
         np.testing.assert_array_equal(chunked[name], whole[name], err_msg=name)
 
 
+def test_a_step_under_the_one_thread_size_trains_on_one_thread_with_the_same_weights(tmp_path):
+    """digits-mlp does 64*128 + 128*128 + 128*10 = 26,880 multiply-adds a row: a batch of 64 is under
+    ONE_THREAD_STEP (1.72M), one of 128 past it (3.44M); a session told no batch size keeps every thread."""
+    from onnxkit.train.backends.onnx.artifacts import ONE_THREAD_STEP
+    from onnxkit.train.problem import open_training
+
+    per_row = 64 * 128 + 128 * 128 + 128 * 10
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(64, 64)).astype(np.float32), rng.integers(0, 10, 64)
+    trained = {}
+    for rows in (64, 128, None):
+        session = open_training(zoo.build_model("digits-mlp"), tmp_path / str(rows), batch_size=rows, dropout=False)
+        one = rows is not None and per_row * rows < ONE_THREAD_STEP
+        assert (session._train.get_session_options().intra_op_num_threads == 1) == one, rows
+        for _ in range(3):
+            session.train_step({"x": x}, y)
+            session.optimizer_step(1e-2)
+        trained[rows] = session.parameters()
+    assert per_row * 64 < ONE_THREAD_STEP <= per_row * 128
+    for name, value in trained[None].items():  # the thread count changes no result
+        np.testing.assert_array_equal(trained[64][name], value, err_msg=name)
+
+
 def test_dropout_window_starts_are_uniform_fixed_by_seed_step_and_batch_and_in_range():
     from onnxkit.train.backends.onnx.dropout import DropoutTables
 

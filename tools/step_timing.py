@@ -91,7 +91,8 @@ def backend_contender(
     dropout: bool,
 ) -> Contender:
     """An onnxkit backend training `model` with AdamW (torch's defaults) at learning rate `lr`."""
-    session = open_training(model, directory, backend=backend, dropout=dropout, threads=threads)
+    session = open_training(model, directory, backend=backend, dropout=dropout, threads=threads,
+                            batch_size=len(data[0][1]) if data else None)
 
     def step(feeds: dict[str, np.ndarray], labels: np.ndarray) -> float:
         loss = session.train_step(feeds, labels)

@@ -10,17 +10,16 @@ import onnx
 
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.graph_walks import node_reads
-
-# Op types whose constant weight makes them worth quantizing, by kind.
-CONV_OPS = ("Conv", "ConvTranspose")
-DENSE_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "GRU")
-EMBEDDING_OPS = ("Gather",)
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
-
-
-def weight_input(node: onnx.NodeProto) -> int:
-    """Index of the input that holds a weighted op's weight (Gather: the table)."""
-    return 0 if node.op_type in EMBEDDING_OPS else 1
+from onnxkit.graph_work import (
+    CONV_OPS,
+    DENSE_OPS,
+    EMBEDDING_OPS,
+    FLOAT_TYPES,
+    node_names,
+    tensor_size,
+    weight_input,
+    weighted_nodes,
+)
 
 
 @dataclass
@@ -67,9 +66,9 @@ def targets(model: onnx.ModelProto, mode: str, exclude_ops: set[str], exclude_no
     prof = profile(model)
     if mode == "fp16":  # every node, unless excluded ones read all the float weights
         if not prof.float_params or not (exclude_ops or exclude_nodes):
-            return _node_names(model) if prof.float_params else []
+            return node_names(model) if prof.float_params else []
         floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-        return [name for node, name in zip(model.graph.node, _node_names(model), strict=True)
+        return [name for node, name in zip(model.graph.node, node_names(model), strict=True)
                 if node.op_type not in exclude_ops and name not in exclude_nodes and floats & node_reads(node)]
     kinds = {"dynamic": ("dense", "embedding"), "static": ("conv", "dense", "embedding"),
              "int4": ("dense",)}[mode]  # fmt: skip
@@ -98,80 +97,19 @@ def weight_values_by_op(model: onnx.ModelProto) -> Counter:
             name = node.input[i] if i < len(node.input) else ""
             if name in inits and name not in seen:
                 seen.add(name)
-                found[node.op_type] += _size(inits[name])
+                found[node.op_type] += tensor_size(inits[name])
     return found
 
 
-def _node_names(model: onnx.ModelProto) -> list[str]:
-    return [node.name or f"{node.op_type}_{i}" for i, node in enumerate(model.graph.node)]
-
-
-def _known(dims: list[int | None]) -> int:
-    n = 1
-    for d in dims:
-        n *= d or 1
-    return n
-
-
-def _output_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Tensor name -> dims after ONNX shape inference (None where not a fixed size)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - shapes only refine the estimate
-        inferred = model
-    graph = inferred.graph
-    return {
-        vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-        for vi in [*graph.input, *graph.value_info, *graph.output]
-    }
-
-
 def profile(model: onnx.ModelProto) -> ModelProfile:
-    """Find the nodes whose weight is a float initializer and estimate their work.
-
-    Multiply-adds per example: weight size times the output positions it is
-    applied at (Conv: spatial size; MatMul: the dims between batch and features,
-    free dims counted as 1).
-    """
-    inits = {t.name: t for t in model.graph.initializer}
-    constant_transposes = {
-        n.output[0]: inits[n.input[0]]
-        for n in model.graph.node
-        if n.op_type == "Transpose" and n.input and n.input[0] in inits
-    }
-    dims = _output_dims(model)
+    """The weighted nodes (`graph_work.weighted_nodes`) by kind, with their weights and multiply-adds per example."""
     prof = ModelProfile()
-    prof.float_params = sum(_size(t) for t in inits.values() if t.data_type in FLOAT_TYPES)
-    kinds = {**dict.fromkeys(CONV_OPS, "conv"), **dict.fromkeys(DENSE_OPS, "dense")}
-    kinds.update(dict.fromkeys(EMBEDDING_OPS, "embedding"))
-    for node, name in zip(model.graph.node, _node_names(model), strict=True):
-        kind = kinds.get(node.op_type)
-        if kind is None or len(node.input) <= weight_input(node):
-            continue
-        src = node.input[weight_input(node)]
-        weight = inits.get(src) or constant_transposes.get(src)
-        if weight is None or weight.data_type not in FLOAT_TYPES:
-            continue
-        prof.weighted.setdefault(kind, []).append(name)
-        prof.weight_params[kind] += _size(weight)
-        out = dims.get(node.output[0], [])
-        positions = _known(out[2:]) if kind == "conv" else _known(out[1:-1])
-        size = _size(weight)
-        if node.op_type == "LSTM":  # W and the recurrent R, at each time step (X: [seq, batch, input] as Y:
-            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)  # [seq, dirs, batch, hidden])
-            steps = dims.get(node.input[0], [])  # Y may be left out (only the last state read): one step, it counted
-            positions = _known(steps[layout:layout + 1])
-            recurrent = inits.get(node.input[2]) if len(node.input) > 2 else None
-            size += _size(recurrent) if recurrent is not None and recurrent.data_type in FLOAT_TYPES else 0
-        prof.macs[kind] += 0 if kind == "embedding" else positions * size
+    prof.float_params = sum(tensor_size(t) for t in model.graph.initializer if t.data_type in FLOAT_TYPES)
+    for weighted in weighted_nodes(model):
+        prof.weighted.setdefault(weighted.kind, []).append(weighted.name)
+        prof.weight_params[weighted.kind] += weighted.weight_values
+        prof.macs[weighted.kind] += weighted.macs
     return prof
-
-
-def _size(tensor: onnx.TensorProto) -> int:
-    n = 1
-    for d in tensor.dims:
-        n *= d
-    return n
 
 
 def resolve_exclude(
@@ -185,9 +123,9 @@ def resolve_exclude(
     MatMul of its name: an item naming an original node, or an op type, also excludes the nodes made
     from those nodes.
     """
-    names = _node_names(model)
+    names = node_names(model)
     op_types = {n.op_type for n in model.graph.node}
-    before = {} if original is None else dict(zip(_node_names(original), (n.op_type for n in original.graph.node),
+    before = {} if original is None else dict(zip(node_names(original), (n.op_type for n in original.graph.node),
                                                   strict=True))
     made_from = {name: _origin(name, before) for name in names if name not in before}  # fused node -> source
     ops, nodes = set(), set()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxkit import graph_work
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import every_node, quantization_ops
 from onnxkit.quantize import analysis, int4, int8, isolated, rewrite
@@ -64,9 +65,9 @@ def quantized_before(model: onnx.ModelProto) -> str | None:
         return (node is not None and node.op_type in _WEIGHT_PATH_OPS and depth < 6
                 and any(stored_low(i, depth + 1) for i in node.input if i))
 
-    weighted = set(analysis.CONV_OPS + analysis.DENSE_OPS + analysis.EMBEDDING_OPS)
-    low = [n for n in model.graph.node if n.op_type in weighted and len(n.input) > analysis.weight_input(n)
-           and stored_low(n.input[analysis.weight_input(n)])]
+    weighted = set(graph_work.KINDS)
+    low = [n for n in model.graph.node if n.op_type in weighted and len(n.input) > graph_work.weight_input(n)
+           and stored_low(n.input[graph_work.weight_input(n)])]
     if not ops and not low:
         return None
     held = Counter(_TYPE_NAMES[t.data_type] for t in inits.values() if t.data_type in _LOW_PRECISION)

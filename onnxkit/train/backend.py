@@ -59,6 +59,7 @@ class TrainingProblem:
     labels_name: str = "labels"
     # a classifier's classes, when its eval graph may also sum validation metrics (`validation_sums`), else None
     validation_classes: int | None = None
+    batch_size: int | None = None  # the rows of a training batch, where known: a backend may size its threads by it
 
 
 class TrainingSession(ABC):

@@ -41,8 +41,9 @@ def training_problem(
     seed: int = 0,
     labels_name: str = "labels",
     validation_classes: int | None = None,
+    batch_size: int | None = None,
 ) -> TrainingProblem:
-    """The problem `backend` builds its artifacts from (`validation_classes`: see `TrainingProblem`)."""
+    """The problem `backend` builds its artifacts from (`validation_classes`, `batch_size`: see `TrainingProblem`)."""
     form = training_form(
         model, output, updated_buffers=selection.updated_buffers, types=types, dropout=dropout, seed=seed,
         unbiased_running_var=backend.unbiased_running_var,
@@ -69,6 +70,7 @@ def training_problem(
         grad_accumulation=grad_accumulation,
         labels_name=labels_name,
         validation_classes=validation_classes,
+        batch_size=batch_size,
     )
 
 
@@ -86,10 +88,12 @@ def open_training(
     device: str = "cpu",
     threads: int | None = None,
     validation_classes: int | None = None,
+    batch_size: int | None = None,
 ) -> TrainingSession:
     """A training session on `model`'s first output, built the way `fit` builds it, in the new
     folder `directory` (for benchmarks and tests; `fit` adds data, the loop and checkpoints). With
-    `validation_classes`, its eval graph also sums a classifier's validation metrics (`score_step`), as fit's does."""
+    `validation_classes`, its eval graph also sums a classifier's validation metrics (`score_step`), as fit's does;
+    `batch_size`, the rows of its training batches, as fit gives it (`TrainingProblem`)."""
     chosen = get_backend(backend)
     model, _ = trainable_form(model)
     types = value_types(model)
@@ -97,7 +101,8 @@ def open_training(
     selection = select(model, find_parameters(model), output.name, freeze=freeze, train_only=train_only)
     spec = get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     problem = training_problem(model, output, get_loss(loss), selection, spec, chosen, types=types, dropout=dropout,
-                               grad_accumulation=grad_accumulation, validation_classes=validation_classes)
+                               grad_accumulation=grad_accumulation, validation_classes=validation_classes,
+                               batch_size=batch_size)
     directory.mkdir(parents=True)
     chosen.build(problem, directory)
     return chosen.open(directory, device=chosen.resolve_device(device), threads=threads)

@@ -746,6 +746,7 @@ class Setup:
             seed=c.seed,
             labels_name=self._labels_name(),
             validation_classes=self._summed_classes(),
+            batch_size=c.batch_size,
         )
         try:
             self.backend.build(problem, run.artifacts)

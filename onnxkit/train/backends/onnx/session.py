@@ -79,9 +79,10 @@ class OnnxSession(TrainingSession):
         # with both sessions on every core, the idle threads of one spinning after its run took cores from the
         # other's: MiniLM's optimizer step took 57 ms where alone it takes 29, and its training run ~8% longer
         spin = few or kind != "cpu"
+        one = sig.get("small_step", False) and kind == "cpu"  # a step this small runs faster on one thread
         # a too-short dropout table fails a training step that is retried: no error line for it
-        self._train = create_session(str(directory / TRAINING), _options(threads, 4, spin_between_runs=spin,
-                                                                         memory_pattern=patterned), providers, own=True)
+        options = _options(1 if one else threads, 4, spin_between_runs=spin, memory_pattern=patterned)
+        self._train = create_session(str(directory / TRAINING), options, providers, own=True)
         # an update graph of elementwise nodes: the higher optimisation levels find nothing in it (every optimizer's
         # graph, clipped or not, comes out node for node the same) and only take longer to build it (~0.3 ms)
         self._optim = create_session(str(directory / OPTIMIZER), _options(1 if few else threads, spin_between_runs=spin,
