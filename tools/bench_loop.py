@@ -69,7 +69,7 @@ def raw_side(name: str, work: Path) -> dict[str, float]:
     evals = [(feeds, y.astype(np.int64), sums) for feeds, y in validation.batches(size)]
     total = epochs * len(per_epoch[0])
     schedule = Schedule(RECIPE["schedule"], RECIPE["lr"], total, warmup_steps(RECIPE["warmup"], total))
-    session = open_training(model, work / "raw", validation_classes=classes)
+    session = open_training(model, work / "raw", validation_classes=classes, batch_size=size)
     timed_calls(session, {"train_step": 0.0, "optimizer_step": 0.0, "score_step": 0.0})  # as the fit side's are
     steps = validating = 0.0
     step = 0
