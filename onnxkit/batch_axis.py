@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from onnxkit.dims import Dim, dim_of
+
 if TYPE_CHECKING:
     import onnx
-
-Dim = int | str | None
 
 BATCH_NAME = re.compile(r"batch|^(n|b|bs|bsz)$", re.IGNORECASE)
 ROWS_FIRST = "onnxkit.rows_first/"  # the prefix of the Transposes `rows_first` adds, and of the values they feed
@@ -79,8 +79,7 @@ def transposed(array: np.ndarray) -> np.ndarray:
 
 
 def _dims(value: onnx.ValueInfoProto) -> tuple[Dim, ...]:
-    return tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
-                 for d in value.type.tensor_type.shape.dim)
+    return tuple(dim_of(d) for d in value.type.tensor_type.shape.dim)
 
 
 def layout_of(model: onnx.ModelProto) -> SeqFirst | None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets, not_whole
 from onnxkit.data.split import Dataset, Split, from_arrays, model_inputs
+from onnxkit.dims import dims_of
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import label_then_scores
 from onnxkit.label_columns import imputed_inputs, in_trained_order, trained_columns
@@ -638,7 +639,7 @@ def scored_outputs(proto: Any, split: Split, result: np.ndarray, name: str, *, o
     layout = label_then_scores(proto)
     given_probabilities = layout[0] if layout and layout[1] else None
     out_vi = next(o for o in proto.graph.output if o.name == name)
-    shape = [d.dim_value or d.dim_param for d in out_vi.type.tensor_type.shape.dim]
+    shape = list(dims_of(out_vi.type) or ())
     meta_task = output_task(proto, output)
     resolved = infer_task(task or meta_task, shape or list(result.shape), split.labels)
     axis = class_axis(shape or list(result.shape), split.labels.shape) if resolved == "classification" else -1

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from onnxkit.dims import dim_of
 from onnxkit.errors import OnnxkitError
 
 
@@ -231,8 +232,8 @@ def _resize_hints(graph: onnx.GraphProto, known: dict[str, onnx.ValueInfoProto])
         now = known[node.output[0]].type.tensor_type
         if dims is None or now.HasField("shape") and len(dims) != len(now.shape.dim):
             continue
-        old = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in now.shape.dim] if now.HasField(
-            "shape") else [None] * len(dims)  # (no rank: onnx's data propagation lost the target's length)
+        # (no rank: onnx's data propagation lost the target's length)
+        old = [dim_of(d) for d in now.shape.dim] if now.HasField("shape") else [None] * len(dims)
         new = [d if _named(d) and not _named(o) else o for d, o in zip(dims, old, strict=True)]
         if new != old:
             hints.append(onnx.helper.make_tensor_value_info(node.output[0], now.elem_type, new))
@@ -250,7 +251,7 @@ def _reshaped(target: list, data: onnx.ValueInfoProto | None, allowzero: bool) -
     size over the others' where the named axes cancel out (['batch', 8, -1] of ['batch', 8, 8, 8]: 64)."""
     if not _has_shape(data):
         return None
-    given = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in data.type.tensor_type.shape.dim]
+    given = [dim_of(d) for d in data.type.tensor_type.shape.dim]
     dims = [given[k] if e == 0 and not allowzero and k < len(given) else e for k, e in enumerate(target)]
     if dims.count(-1) != 1 or None in given:
         return None if -1 in dims else dims
@@ -351,8 +352,7 @@ def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: 
         return None
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Shape" and _has_shape(known.get(node.input[0])):
-        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None
-                for d in known[node.input[0]].type.tensor_type.shape.dim]
+        dims = [dim_of(d) for d in known[node.input[0]].type.tensor_type.shape.dim]
         return dims[attrs.get("start", 0):attrs.get("end", len(dims))]
     if node.op_type == "Constant" and node.attribute[0].name == "value" and \
             node.attribute[0].t.data_type == TensorProto.INT64:  # (folded by _fold_static_sizes)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnxkit.dims import fixed_size
+
 CONV_OPS = ("Conv", "ConvTranspose")
 DENSE_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "GRU")
 EMBEDDING_OPS = ("Gather",)
@@ -88,6 +90,6 @@ def _output_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
         inferred = model
     graph = inferred.graph
     return {
-        vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        vi.name: [fixed_size(d) for d in vi.type.tensor_type.shape.dim]
         for vi in [*graph.input, *graph.value_info, *graph.output]
     }

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxkit.dims import dims_of
 from onnxkit.files import model_location, weight_files
 from onnxkit.graph_walks import every_node, subgraphs
 from onnxkit.metadata import metadata
@@ -20,11 +21,10 @@ from onnxkit.metadata_keys import BUFFERS_KEY
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
-    """The tensor's dimensions ([] a scalar's); None where ONNX records no shape: a sequence, a map, an unknown rank."""
-    t = value.type
-    if t.WhichOneof("value") != "tensor_type" or not t.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.tensor_type.shape.dim]
+    """The tensor's dimensions ([] a scalar's), '?' for a free one (`onnxkit.dims`); None where ONNX records no
+    shape: a sequence, a map, an unknown rank."""
+    dims = dims_of(value.type)
+    return None if dims is None else ["?" if d is None else d for d in dims]
 
 
 def _type_name(t: onnx.TypeProto) -> str:

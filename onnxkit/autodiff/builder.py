@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-Dim = int | str | None
+from onnxkit.dims import Dim, dims_of
 
 
 class Graph:
@@ -82,13 +82,11 @@ class Graph:
         return vi.type.tensor_type.elem_type if vi is not None else TensorProto.FLOAT
 
     def dims(self, name: str) -> list[Dim] | None:
-        """Static dims of a forward value (int, symbol name or None per axis); None when the rank is unknown."""
+        """Static dims of a forward value (int, symbol name or None per axis: `onnxkit.dims`); None when the rank
+        is unknown."""
         vi = self.types.get(name)
-        if vi is None or not vi.type.tensor_type.HasField("shape"):
-            return None
-        return [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim
-        ]
+        dims = None if vi is None else dims_of(vi.type)
+        return None if dims is None else list(dims)
 
     def rank(self, name: str) -> int | None:
         dims = self.dims(name)

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxkit.dims import fixed_size
+
 RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
@@ -57,7 +59,7 @@ def _steps(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> int |
     layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
     dims = typed.type.tensor_type.shape.dim
     length = dims[1 if layout else 0] if len(dims) == 3 else None
-    return length.dim_value if length is not None and length.HasField("dim_value") else None
+    return None if length is None else fixed_size(length)
 
 
 def unroll(model: onnx.ModelProto, positions: list[int], types: dict[str, onnx.ValueInfoProto]) -> None:

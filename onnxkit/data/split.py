@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from onnxkit.data.checks import checked_labels
+from onnxkit.dims import dims_of
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.input_columns import unit_axes_moved
 from onnxkit.label_columns import label_column
@@ -52,14 +53,8 @@ class ModelInput:
         """From an `onnx.ValueInfoProto` (a graph input)."""
         from onnx.helper import tensor_dtype_to_np_dtype
 
-        tensor_type = value_info.type.tensor_type
-        shape = None
-        if tensor_type.HasField("shape"):
-            shape = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in tensor_type.shape.dim
-            )
-        return cls(value_info.name, np.dtype(tensor_dtype_to_np_dtype(tensor_type.elem_type)), shape)
+        elem_type = value_info.type.tensor_type.elem_type
+        return cls(value_info.name, np.dtype(tensor_dtype_to_np_dtype(elem_type)), dims_of(value_info.type))
 
 
 def model_inputs(model) -> list[ModelInput]:  # type: ignore[no-untyped-def]

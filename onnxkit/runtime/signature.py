@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit.dims import Dim, read_dim
 from onnxkit.errors import OnnxkitError, suggest
-
-Dim = int | str | None  # fixed size, symbolic name ("batch"), or unknown
 
 _DTYPES: dict[str, np.dtype] = {
     f"tensor({name})": np.dtype(dtype)
@@ -36,7 +35,7 @@ class TensorSpec:
     @classmethod
     def from_node_arg(cls, arg: Any) -> TensorSpec:
         """From an onnxruntime NodeArg (session.get_inputs() / get_outputs())."""
-        dims = tuple(None if isinstance(d, int) and d < 0 else d for d in (arg.shape or ()))
+        dims = tuple(read_dim(d) for d in (arg.shape or ()))
         return cls(arg.name, arg.type, dims)
 
     @property

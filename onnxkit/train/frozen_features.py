@@ -25,6 +25,7 @@ import onnx
 from onnx import helper
 
 from onnxkit.data import Split, model_inputs
+from onnxkit.dims import dim_of, fixed_size
 from onnxkit.graph_walks import ancestors, needed_nodes, used_initializers
 
 MAX_BYTES = 2 << 30  # cache at most 2 GiB of features; beyond that, train end to end
@@ -81,9 +82,10 @@ def cut(
     if all(n.op_type in ELEMENTWISE | LAYOUT for n in prefix_nodes):
         return None  # e.g. --standardize's (x - mean) / std, a Transpose: cheaper to rerun than to cache
     infos = [types.get(name) for name in boundary]
-    batch = {v.type.tensor_type.shape.dim[0].dim_param for v in graph.input
-             if v.type.tensor_type.HasField("shape") and v.type.tensor_type.shape.dim}
-    if any(vi is None or not _fixed_per_example(vi, batch - {""}) for vi in infos):
+    firsts = [dim_of(v.type.tensor_type.shape.dim[0]) for v in graph.input
+              if v.type.tensor_type.HasField("shape") and v.type.tensor_type.shape.dim]
+    batch = {d for d in firsts if isinstance(d, str)}
+    if any(vi is None or not _fixed_per_example(vi, batch) for vi in infos):
         return None  # e.g. a shape computed from the input (Concat(Shape(x)[0], ...)): not one row per example
     if examples * sum(_bytes_per_example(vi) for vi in infos) > MAX_BYTES:
         return None
@@ -131,8 +133,8 @@ def _static_values(nodes: list[onnx.NodeProto], initializers: set[str]) -> set[s
 def _fixed_per_example(vi: onnx.ValueInfoProto, batch: set[str]) -> bool:
     """One row per example (its first dim is the inputs' named batch dim), each of a fixed size."""
     t = vi.type.tensor_type
-    return (t.HasField("shape") and len(t.shape.dim) >= 1 and t.shape.dim[0].dim_param in batch
-            and all(d.HasField("dim_value") for d in t.shape.dim[1:]))
+    return (t.HasField("shape") and len(t.shape.dim) >= 1 and dim_of(t.shape.dim[0]) in batch
+            and all(fixed_size(d) is not None for d in t.shape.dim[1:]))
 
 
 def _bytes_per_example(vi: onnx.ValueInfoProto) -> int:

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxkit.data.checks import not_whole
+from onnxkit.dims import dims_of
 from onnxkit.errors import OnnxkitError, suggest
 from onnxkit.evaluate import (
     PROBABILITIES_OF,
@@ -50,7 +51,7 @@ class Loss:
         labels shaped as [batch, classes] scores it takes them as class probabilities (PyTorch's soft targets)."""
         if not self.class_labels:
             return self
-        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
+        shape = list(dims_of(output.type) or ())
         if labels.dtype.kind == "f" and labels.ndim == len(shape) == 2 and labels.shape[1] > 1 and \
                 sizes_fit(shape[1:], labels.shape[1:]):
             return replace(self, soft=True)
@@ -93,8 +94,7 @@ class Loss:
     def labels_input(self, name: str, output: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
         """The graph input the labels are fed through."""
         if self.class_labels and not self.soft:  # the output's shape without its class axis
-            dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
-                    for d in output.type.tensor_type.shape.dim]
+            dims = list(dims_of(output.type) or ())
             del dims[self.axis]
             return helper.make_tensor_value_info(name, TensorProto.INT64, [dims[0] or "batch", *dims[1:]])
         target = onnx.ValueInfoProto()

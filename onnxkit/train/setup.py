@@ -28,6 +28,7 @@ from onnxkit.data import (
 from onnxkit.data.checks import check_class_labels, check_finite, check_numeric_targets
 from onnxkit.data.split import SPLIT_NAMES
 from onnxkit.data.text import TextSplit
+from onnxkit.dims import dims_of
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.evaluate import (
     LOSS_TASK,
@@ -166,10 +167,7 @@ class Setup:
         refuse_weights_in_attributes(self.model, self.output)
         self.types = value_types(self.model)
         self.output_vi = output_type(self.types, self.model, self.output)
-        self.shape = tuple(  # the output's: a number, a name or None per axis
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in self.output_vi.type.tensor_type.shape.dim
-        )
+        self.shape = dims_of(self.output_vi.type) or ()  # the output's: a number, a name or None per axis
         self.named_task = output_task(self.model, c.output)  # the task the model's metadata names, if any
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(self.named_task, self.shape, labels)
         self.loss.check_output(self.output_vi)
@@ -535,8 +533,7 @@ class Setup:
         if self.config.output:
             return ""
         for out in self.model.graph.output:
-            dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                         for d in out.type.tensor_type.shape.dim)
+            dims = dims_of(out.type) or ()
             if out.name == self.output or not dims:
                 continue
             with contextlib.suppress(OnnxkitError):
@@ -595,7 +592,7 @@ class Setup:
         if self.config.output or labels.dtype.kind not in "iu" or not labels.size or labels.min() < 0:
             return
         for out in self.model.graph.output:
-            dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
+            dims = dims_of(out.type) or ()
             if out.name != self.output and len(dims) == 2 and dims[1] == labels.max() + 1 > 2:
                 self.progress.line(f"warning: output {self.output!r} trains a regression on the labels (loss mse), "
                                    f"which look like class ids of output {out.name!r} [batch, {dims[1]}]: "
@@ -832,8 +829,9 @@ def _several_targets(model: onnx.ModelProto, output: str, features: int, extra: 
     `features`, and the label column holds no class ids of them (linnerud's 3 targets in a CSV: 2 of them were read
     as features, the last as the labels), else ''."""
     found = next((o for o in model.graph.output if o.name == output), None)
-    dims = [d.dim_value for d in found.type.tensor_type.shape.dim] if found else []
-    if len(dims) < 2 or 0 in dims[1:] or extra < 2 or math.prod(dims[1:]) != extra or labels.dtype.kind not in "iuf" \
+    dims = (dims_of(found.type) or ()) if found else ()
+    fixed = len(dims) >= 2 and all(isinstance(d, int) and d > 0 for d in dims[1:])
+    if not fixed or extra < 2 or math.prod(dims[1:]) != extra or labels.dtype.kind not in "iuf" \
             or labels.dtype.kind in "iu" and 0 <= labels.min() and labels.max() < extra:
         return ""
     return (f"; output {output!r} takes {extra} targets a row, and a CSV holds one label column: save the features "

@@ -39,6 +39,7 @@ from onnx import TensorProto, helper
 
 from onnxkit.batch_axis import layout_of, rows_first
 from onnxkit.data.split import Split
+from onnxkit.dims import fixed_size
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import (
     ancestors,
@@ -348,7 +349,7 @@ def sized_by_data(model: onnx.ModelProto, splits: Iterable[Split]) -> onnx.Model
         if len(shapes) != 1 or len(dims) != 1 + len(shape := next(iter(shapes))):
             continue
         for axis, size in enumerate(shape, start=1):
-            if not dims[axis].HasField("dim_value"):
+            if fixed_size(dims[axis]) is None:
                 sizes[graph_input.name, axis] = size
     if not sizes:
         return model

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxkit.dims import fixed_size
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import ancestors, constant_values, node_label, value_types
 
@@ -72,7 +73,7 @@ def _average_pool_as_conv(
     padded = any(attrs.get("pads", [0])) or auto_pad not in ("NOTSET", "VALID")
     vi = types.get(node.input[0])
     dims = vi.type.tensor_type.shape.dim if vi is not None else []
-    channels = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else 0
+    channels = (fixed_size(dims[1]) if len(dims) > 1 else None) or 0
     if (padded and not attrs.get("count_include_pad", 0)) or attrs.get("ceil_mode", 0) or not channels or any(
         d != 1 for d in attrs.get("dilations", [1])
     ):

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxkit.dims import dim_of
 from onnxkit.graph_walks import constant_values, value_types
 
 TABLE = "onnxkit.dropout.table"  # + ".<k>" for the k-th distinct ratio
@@ -46,7 +47,7 @@ def replace_dropout(model: onnx.ModelProto) -> dict:
     types = value_types(model)
     consumed = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     given = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
-    named = {d.dim_param for v in model.graph.input for d in v.type.tensor_type.shape.dim if d.dim_param}
+    named = {d for v in model.graph.input for d in map(dim_of, v.type.tensor_type.shape.dim) if isinstance(d, str)}
     ratios: list[float] = []
     views: list[list] = []
     seed, nodes, count, inputs = 0, [], 0, []
@@ -109,11 +110,9 @@ def _run_time_dims(typed: onnx.ValueInfoProto | None, named: set[str]) -> list[i
     if typed is None or not typed.type.tensor_type.HasField("shape") or typed.type.tensor_type.elem_type != FLOAT:
         return None  # the tables are float32
     dims: list[int | str] = []
-    for d in typed.type.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(d.dim_value)
-        elif d.dim_param in named:
-            dims.append(d.dim_param)
+    for d in map(dim_of, typed.type.tensor_type.shape.dim):
+        if isinstance(d, int) or d in named:
+            dims.append(d)
         else:
             return None
     return dims

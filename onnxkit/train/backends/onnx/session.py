@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxkit.autodiff import gradient_name
+from onnxkit.dims import read_dim
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.session import check_started, create_session, ort, parse_device, providers_for, session_options
 from onnxkit.train.backend import TrainingSession, step_failure
@@ -108,7 +109,7 @@ class OnnxSession(TrainingSession):
         data = [i for i in self._train.get_inputs() if i.name not in bound and not i.name.startswith(TABLE)]
         self._data_inputs = [i.name for i in data]
         # where each named dim of the batch is read, to shape the bound dropout windows
-        self._dims = {d: (i.name, axis) for i in data for axis, d in enumerate(i.shape) if isinstance(d, str)}
+        self._dims = {d: (i.name, axis) for i in data for axis, d in enumerate(i.shape) if isinstance(read_dim(d), str)}
         self._window_shapes: dict[tuple[int, ...], list[tuple]] = {}  # by the batch's named dims' sizes
         self._feeds_starts = any(i.name == STARTS for i in self._train.get_inputs())
         self._eval_inputs = [i.name for i in self._eval.get_inputs()]
