@@ -15,16 +15,15 @@ CONV_OPS = ("Conv", "ConvTranspose")
 DENSE_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "GRU")
 EMBEDDING_OPS = ("Gather",)
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
-KINDS = {**dict.fromkeys(CONV_OPS, "conv"), **dict.fromkeys(DENSE_OPS, "dense"), **dict.fromkeys(EMBEDDING_OPS,
-                                                                                               "embedding")}
+KINDS = {**dict.fromkeys(CONV_OPS, "conv"), **dict.fromkeys(DENSE_OPS, "dense"),
+         **dict.fromkeys(EMBEDDING_OPS, "embedding")}
 
 
 @dataclass(frozen=True)
 class Weighted:
-    """A node whose weight is a float initializer: its kind (conv, dense, embedding), the weight's values, and its
-    multiply-adds per example (an embedding's: 0)."""
+    """A node (by name) whose weight is a float initializer: its kind (conv, dense, embedding), the weight's values,
+    and its multiply-adds per example (an embedding's: 0)."""
 
-    node: onnx.NodeProto
     name: str
     kind: str
     weight_values: int
@@ -72,7 +71,7 @@ def weighted_nodes(model: onnx.ModelProto) -> Iterator[Weighted]:
             positions = _known(steps[layout:layout + 1])
             recurrent = inits.get(node.input[2]) if len(node.input) > 2 else None
             size += tensor_size(recurrent) if recurrent is not None and recurrent.data_type in FLOAT_TYPES else 0
-        yield Weighted(node, name, kind, values, 0 if kind == "embedding" else positions * size)
+        yield Weighted(name, kind, values, 0 if kind == "embedding" else positions * size)
 
 
 def _known(dims: list[int | None]) -> int:
