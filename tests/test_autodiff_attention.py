@@ -85,3 +85,33 @@ def test_causal_attention_over_the_rows_of_each_digit_trains(tmp_path):
     weights = {**{f"w{p}": rng.uniform(-0.5, 0.5, (8, 8)) for p in "qkv"}, "norm.scale": np.ones(64),
                "head.w": rng.uniform(-0.1, 0.1, (64, 10)), "head.b": np.zeros(10)}
     trains_on_digit_rows(tmp_path, nodes, weights, {"rows": [-1, 8, 8], "flat": [-1, 64]}, opset=23, kept="Attention")
+
+
+def test_a_transposed_keys_gradient_reads_the_keys_not_a_transpose_of_their_transpose():
+    """scores = Q @ K^T (K^T a forward Transpose): the MatMul rule's dQ = dS @ (K^T)^T reads K itself, where it
+    transposed K^T back (MiniLM's training graph held 18 such Transposes of Transposes). Gradients against float64
+    finite differences."""
+    from onnx import TensorProto
+
+    from onnxkit.autodiff import add_gradients, gradient_name
+    from onnxkit.autodiff.check import gradcheck
+
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 6, 5))
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Tanh", ["s"], ["y"])]
+    graph = helper.make_graph(nodes, "scores", [helper.make_tensor_value_info("q", TensorProto.DOUBLE, q.shape),
+                                                helper.make_tensor_value_info("k", TensorProto.DOUBLE, k.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 3, 4, 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for name, (analytic, numeric) in gradcheck(model, {"q": q, "k": k}, ["q", "k"]).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
+    with_grads = add_gradients(model, ["q", "k"], "y")
+    made = {o: n for n in with_grads.graph.node for o in n.output}
+    backward = [n for n in with_grads.graph.node if n.name.startswith("onnxkit.grad")]
+    assert sum(n.op_type == "Transpose" for n in backward) == 2  # Q^T for dK^T, and dK^T back to dK
+    for n in backward:
+        assert not (n.op_type == "Transpose" and made.get(n.input[0]) is not None
+                    and made[n.input[0]].op_type == "Transpose"), n.name
+    assert gradient_name("q") in {o.name for o in with_grads.graph.output}

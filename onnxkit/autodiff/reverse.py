@@ -159,6 +159,12 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     constants = constant_values(model)
     nodes = collapse(model, nodes, constants)
     graph = Graph(types, version, constants)
+    for node in model.graph.node:  # the forward graph's transposes, which the backward's may undo
+        if node.op_type == "Transpose" and node.input and node.input[0]:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            rank = len(graph.dims(node.input[0]) or [])
+            if perm is not None or rank:
+                graph.transposed[node.output[0]] = (node.input[0], perm or list(reversed(range(rank))))
     _save_statistics(nodes, graph)
     dtype = graph.dtype(loss)
     start = graph.const(1.0, dtype) if graph.dims(loss) == [] else graph.filled(graph.shape(loss), 1, dtype)

@@ -13,7 +13,7 @@ from onnxkit.autodiff.rules import rule
 def _swap_last(b: Backward, name: str, rank: int) -> str:
     perm = list(range(rank))
     perm[-2:] = perm[-1], perm[-2]
-    return b.op("Transpose", name, perm=perm)
+    return b.graph.transpose(name, perm)
 
 
 def _rows(b: Backward, name: str, like: str) -> str:

@@ -24,7 +24,7 @@ def reshape(b: Backward) -> list[str | None]:
 def transpose(b: Backward) -> list[str | None]:
     perm = b.attr("perm") or list(reversed(range(b.need_rank(b.x()))))
     inverse = [perm.index(i) for i in range(len(perm))]
-    return [b.op("Transpose", b.dy(), perm=inverse)]
+    return [b.graph.transpose(b.dy(), inverse)]
 
 
 def _dim(b: Backward, name: str, axis: int) -> str:
