@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxkit.dims import Dim, dim_of
+from onnxkit.dims import Dim, dims_of
 
 if TYPE_CHECKING:
     import onnx
@@ -78,15 +78,11 @@ def transposed(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.swapaxes(array, 0, 1))
 
 
-def _dims(value: onnx.ValueInfoProto) -> tuple[Dim, ...]:
-    return tuple(dim_of(d) for d in value.type.tensor_type.shape.dim)
-
-
 def layout_of(model: onnx.ModelProto) -> SeqFirst | None:
     """`seq_first` of `model`'s graph inputs (less initializers) and outputs."""
     initialized = {t.name for t in model.graph.initializer}
-    return seq_first({v.name: _dims(v) for v in model.graph.input if v.name not in initialized},
-                     {v.name: _dims(v) for v in model.graph.output})
+    return seq_first({v.name: dims_of(v.type) or () for v in model.graph.input if v.name not in initialized},
+                     {v.name: dims_of(v.type) or () for v in model.graph.output})
 
 
 def rows_first(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -46,6 +46,11 @@ def tensor_size(tensor: onnx.TensorProto) -> int:
     return n
 
 
+def float_values(model: onnx.ModelProto) -> int:
+    """The values of the model's float initializers."""
+    return sum(tensor_size(t) for t in model.graph.initializer if t.data_type in FLOAT_TYPES)
+
+
 def weighted_nodes(model: onnx.ModelProto) -> Iterator[Weighted]:
     """The weighted nodes, in graph order. Multiply-adds per example: the weight's size times the output positions it
     is applied at (Conv: spatial size; MatMul: the dims between batch and features; free dims counted as 1; LSTM and

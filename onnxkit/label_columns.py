@@ -179,8 +179,7 @@ def is_row_id(name: str, cells: Sequence[object]) -> bool:
     """Whether a column is a row id by its header: id, idx, index or row whatever its cells (MASS' biopsy repeats a
     sample's ID); *_id, and *Id / *ID after a small letter (Kaggle's titanic's PassengerId, a CustomerID), only when
     its cells are distinct (a store_id may be a feature)."""
-    name = name.strip()
-    return bool(_ID_HEADER.fullmatch(name) or _SOME_ID_HEADER.fullmatch(name) and len(set(cells)) == len(cells))
+    return may_be_row_id(name) and bool(_ID_HEADER.fullmatch(name.strip()) or len(set(cells)) == len(cells))
 
 
 def may_be_row_id(name: str) -> bool:

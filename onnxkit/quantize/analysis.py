@@ -15,6 +15,7 @@ from onnxkit.graph_work import (
     DENSE_OPS,
     EMBEDDING_OPS,
     FLOAT_TYPES,
+    float_values,
     node_names,
     tensor_size,
     weight_input,
@@ -104,7 +105,7 @@ def weight_values_by_op(model: onnx.ModelProto) -> Counter:
 def profile(model: onnx.ModelProto) -> ModelProfile:
     """The weighted nodes (`graph_work.weighted_nodes`) by kind, with their weights and multiply-adds per example."""
     prof = ModelProfile()
-    prof.float_params = sum(tensor_size(t) for t in model.graph.initializer if t.data_type in FLOAT_TYPES)
+    prof.float_params = float_values(model)
     for weighted in weighted_nodes(model):
         prof.weighted.setdefault(weighted.kind, []).append(weighted.name)
         prof.weight_params[weighted.kind] += weighted.weight_values

@@ -445,9 +445,13 @@ def _one_class_a_row(prediction: Prediction) -> bool:
 
 def _gives_its_labels(prediction: Prediction) -> bool:
     """Whether an output holds each row's class (ids or names, [rows]): the scores' own, or scikit-learn's label."""
-    return prediction.class_ids() is not None or any(
-        isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iuUO" and len(v) == len(prediction)
-        for name, v in prediction.outputs.items() if name != prediction.scores_name)
+    return prediction.class_ids() is not None or bool(_label_outputs(prediction))
+
+
+def _label_outputs(prediction: Prediction) -> list[str]:
+    """The outputs besides the scores that hold a class (id or name) a row: scikit-learn's label."""
+    return [name for name, v in prediction.outputs.items() if name != prediction.scores_name
+            and isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iuUO" and len(v) == len(prediction)]
 
 
 def _rows(value: Any) -> int | None:
@@ -723,12 +727,10 @@ def _csv_text(prediction: Prediction, top_k: int | None, names: Sequence[str] | 
 def _answers(prediction: Prediction) -> list[str]:
     """The outputs that are each row's answer where the prediction makes no label column of its own: a regression's
     single value, a classifier's class ids, scikit-learn's label output."""
-    scores = prediction.scores_name
     single = prediction.task == "regression" and np.shape(prediction.scores)[1:] in ((), (1,))
-    return [name for name, v in prediction.outputs.items()
-            if name == scores and (single or prediction.class_ids() is not None)
-            or name != scores and isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iuUO"
-            and len(v) == len(prediction)]
+    own = single or prediction.class_ids() is not None
+    labels = _label_outputs(prediction)
+    return [name for name in prediction.outputs if name == prediction.scores_name and own or name in labels]
 
 
 def _short(value: Any) -> str:

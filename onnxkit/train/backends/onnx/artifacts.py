@@ -26,7 +26,7 @@ from onnx import helper
 from onnxkit.autodiff import add_gradients, gradient_name
 from onnxkit.files import save_model, write_text
 from onnxkit.graph_walks import initializers_to_inputs, opset
-from onnxkit.graph_work import FLOAT_TYPES, tensor_size, weighted_nodes
+from onnxkit.graph_work import float_values, weighted_nodes
 from onnxkit.train.backend import TrainingProblem
 from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, save_state
 from onnxkit.train.backends.onnx.dropout import replace_dropout
@@ -111,8 +111,7 @@ def small_step(problem: TrainingProblem) -> bool:
     batch are taken as past it without shape inference (a dense or conv layer does at least its weights'
     multiply-adds a row; an embedding's table does none, so such models keep every thread)."""
     rows, model = problem.batch_size, problem.eval_model
-    weights = sum(tensor_size(t) for t in model.graph.initializer if t.data_type in FLOAT_TYPES)
-    if not rows or weights * rows >= ONE_THREAD_STEP:
+    if not rows or float_values(model) * rows >= ONE_THREAD_STEP:
         return False
     return sum(w.macs for w in weighted_nodes(model)) * rows < ONE_THREAD_STEP
 
