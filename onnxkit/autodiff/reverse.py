@@ -197,10 +197,21 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
         else:
             graph.nodes.append(helper.make_node("Identity", [total], [out]))
         outputs.append(helper.make_tensor_value_info(out, graph.dtype(p), graph.dims(p)))
-    result.graph.node.extend(graph.nodes)
+    result.graph.node.extend(_read(graph.nodes, {o.name for o in outputs}))
     result.graph.initializer.extend(graph.initializers)
     result.graph.output.extend(outputs)
     return result
+
+
+def _read(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """The backward `nodes` that the gradient `outputs` need, in order: a transpose that a later one
+    was composed past is read by nothing."""
+    wanted, kept = set(outputs), []
+    for node in reversed(nodes):
+        if wanted.intersection(node.output):
+            kept.append(node)
+            wanted.update(node.input)
+    return kept[::-1]
 
 
 def _checked_arguments(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list[str]:
