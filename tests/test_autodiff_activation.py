@@ -82,6 +82,30 @@ def test_softmax_over_one_axis(op, attrs):
     check(op, {"x": rand(2, 3, 4, low=-2.0, high=2.0)}, ["x"], attrs, opset=13)
 
 
+@pytest.mark.parametrize("wrt", [["x"], ["x", "s"]])
+@pytest.mark.parametrize("x_shape,s_shape,reads_mask", [((2, 3, 4), (2, 3, 4), False), ((2, 3, 4), (3, 1), False),
+                                                        ((3, 4), (2, 3, 4), True)])
+def test_softmax_under_a_dropout_mask_reads_the_masked_product(wrt, x_shape, s_shape, reads_mask):
+    """z = softmax(x) * s (attention's probabilities under a dropout mask): dx = z dz - y sum(z dz), so no
+    backward node multiplies dz by the mask for x where z has y's shape; a mask that broadcasts y up keeps
+    dy = dz s (summed back). Gradients against float64 finite differences."""
+    from onnx import TensorProto
+
+    from onnxkit.autodiff.check import gradcheck
+
+    x, s = rand(*x_shape, low=-2.0, high=2.0), rand(*s_shape, seed=1, low=0.0, high=2.0)
+    nodes = [helper.make_node("Softmax", ["x"], ["y"]), helper.make_node("Mul", ["y", "s"], ["z"]),
+             helper.make_node("Tanh", ["z"], ["out"])]
+    graph = helper.make_graph(nodes, "dropped", [helper.make_tensor_value_info(n, TensorProto.DOUBLE, v.shape)
+                                                  for n, v in (("x", x), ("s", s))],
+                              [helper.make_tensor_value_info("out", TensorProto.DOUBLE, [2, 3, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for name, (analytic, numeric) in gradcheck(model, {"x": x, "s": s}, wrt).items():
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9, err_msg=name)
+    backward = [n for n in add_gradients(model, wrt, "out").graph.node if n.name.startswith("onnxkit.grad")]
+    assert any(n.op_type == "Mul" and "s" in n.input for n in backward) == reads_mask
+
+
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 def test_softmax_before_opset_13_needs_the_last_axis(op):
     def gradient(axis: int) -> list[str | None]:

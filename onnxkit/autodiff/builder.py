@@ -37,6 +37,8 @@ class Graph:
         self._shapes: dict[str, str] = {}
         self._ones: dict[tuple, str] = {}
         self.transposed: dict[str, tuple[str, list[int]]] = {}  # a Transpose's output -> its input and perm
+        self.readers: dict[str, list[onnx.NodeProto]] = {}  # a forward value -> the forward nodes reading it
+        self.made: dict[str, onnx.NodeProto] = {}  # a backward value -> the node making it
 
     def fresh(self, hint: str) -> str:
         self._count += 1
@@ -46,6 +48,7 @@ class Graph:
         """Append one node; returns its output name (or a list when `outputs` > 1)."""
         names = [self.fresh(f"{tag or op_type}") for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
+        self.made.update(dict.fromkeys(names, self.nodes[-1]))
         return names[0] if outputs == 1 else names
 
     def transpose(self, name: str, perm: Sequence[int]) -> str:

@@ -159,7 +159,9 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     constants = constant_values(model)
     nodes = collapse(model, nodes, constants)
     graph = Graph(types, version, constants)
-    for node in model.graph.node:  # the forward graph's transposes, which the backward's may undo
+    for node in model.graph.node:  # who reads each forward value, and the transposes the backward's may undo
+        for name in set(node.input):
+            graph.readers.setdefault(name, []).append(node)
         if node.op_type == "Transpose" and node.input and node.input[0]:
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             rank = len(graph.dims(node.input[0]) or [])
