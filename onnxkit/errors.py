@@ -27,9 +27,15 @@ class MissingPackage(OnnxkitError):
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
-    """' Did you mean: a, b?' for close matches of `name`, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f" Did you mean: {', '.join(close)}?" if close else ""
+    """' Did you mean: a, b?' for close matches of `name` (ignoring case: only ReLU for Relu), or ''. difflib's
+    default cutoff: at 0.5, 'price' suggested 'stories'."""
+    by_folded: dict[str, list[str]] = {}
+    for choice in choices:
+        by_folded.setdefault(choice.lower(), []).append(choice)
+    folded = name.lower()
+    close = [folded] if folded in by_folded else difflib.get_close_matches(folded, list(by_folded), n=3, cutoff=0.6)
+    named = [c for key in close for c in by_folded[key]][:3]
+    return f" Did you mean: {', '.join(named)}?" if named else ""
 
 
 def first_few(names: Sequence[str], most: int = 3) -> str:

@@ -262,3 +262,16 @@ def test_data_that_is_a_device_or_a_broken_link_says_so(tmp_path, run_cli):
     result = run_cli("eval", model, "--data", tmp_path / "data")
     assert (result.code, result.err) == (1, f"error: {tmp_path / 'data'}: a symbolic link to {tmp_path / 'gone'}, "
                                             "which does not exist" + rest)
+
+
+@pytest.mark.parametrize("name,choices,said", [
+    ("price", ["lotsize", "bedrooms", "stories"], ""),  # at difflib's 0.5 it suggested stories
+    ("prise", ["price", "stories"], " Did you mean: price?"),
+    ("Relu", ["ReLU", "PReLU", "ELU"], " Did you mean: ReLU?"),  # a match but for case is the one meant
+    ("age", ["Age", "Sex"], " Did you mean: Age?"),
+    ("relus", ["ReLU", "PReLU"], " Did you mean: ReLU, PReLU?"),
+])
+def test_suggestions_ignore_case_and_leave_out_distant_names(name, choices, said):
+    from onnxkit.errors import suggest
+
+    assert suggest(name, choices) == said
