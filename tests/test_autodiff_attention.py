@@ -87,24 +87,30 @@ def test_causal_attention_over_the_rows_of_each_digit_trains(tmp_path):
     trains_on_digit_rows(tmp_path, nodes, weights, {"rows": [-1, 8, 8], "flat": [-1, 64]}, opset=23, kept="Attention")
 
 
+def _product_of_a_transpose(inputs: dict[str, np.ndarray], perm: list[int], out: list[int]):  # type: ignore[no-untyped-def]
+    """y = tanh(a @ Transpose(b, perm)) over the float64 inputs (a, b), as attention's scores or context."""
+    from onnx import TensorProto
+
+    a, b = inputs
+    nodes = [helper.make_node("Transpose", [b], ["bt"], perm=perm), helper.make_node("MatMul", [a, "bt"], ["ab"]),
+             helper.make_node("Tanh", ["ab"], ["y"])]
+    graph = helper.make_graph(nodes, "product", [helper.make_tensor_value_info(n, TensorProto.DOUBLE, v.shape)
+                                                 for n, v in inputs.items()],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, out)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_a_transposed_keys_gradient_reads_the_keys_not_a_transpose_of_their_transpose():
     """scores = Q @ K^T (K^T a forward Transpose): the MatMul rule's dQ = dS @ (K^T)^T reads K itself, where it
     transposed K^T back (MiniLM's training graph held 18 such Transposes of Transposes). Gradients against float64
     finite differences."""
-    from onnx import TensorProto
 
     from onnxkit.autodiff import add_gradients, gradient_name
     from onnxkit.autodiff.check import gradcheck
 
     rng = np.random.default_rng(0)
     q, k = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 6, 5))
-    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-             helper.make_node("MatMul", ["q", "kt"], ["s"]),
-             helper.make_node("Tanh", ["s"], ["y"])]
-    graph = helper.make_graph(nodes, "scores", [helper.make_tensor_value_info("q", TensorProto.DOUBLE, q.shape),
-                                                helper.make_tensor_value_info("k", TensorProto.DOUBLE, k.shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 3, 4, 6])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _product_of_a_transpose({"q": q, "k": k}, [0, 1, 3, 2], [2, 3, 4, 6])
     for name, (analytic, numeric) in gradcheck(model, {"q": q, "k": k}, ["q", "k"]).items():
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
     with_grads = add_gradients(model, ["q", "k"], "y")
@@ -122,20 +128,13 @@ def test_the_values_gradient_transposes_the_smaller_operand():
     P^T @ dO (onnxruntime's transposed-A MatMul on P was 2.7 against 2.0 ms in MiniLM), and its swap folds into
     the transpose back through V's, so no Transpose reads P and none is left unread. Gradients against float64
     finite differences, with the sequence length static and free (taken as the longer axis)."""
-    from onnx import TensorProto
 
     from onnxkit.autodiff import add_gradients
     from onnxkit.autodiff.check import gradcheck, run_gradients, with_projection_loss
 
     rng = np.random.default_rng(1)
     p, v = rng.uniform(0, 1, size=(2, 3, 6, 6)), rng.normal(size=(2, 6, 3, 4))
-    nodes = [helper.make_node("Transpose", ["v"], ["vh"], perm=[0, 2, 1, 3]),
-             helper.make_node("MatMul", ["p", "vh"], ["o"]),
-             helper.make_node("Tanh", ["o"], ["y"])]
-    graph = helper.make_graph(nodes, "context", [helper.make_tensor_value_info("p", TensorProto.DOUBLE, p.shape),
-                                                 helper.make_tensor_value_info("v", TensorProto.DOUBLE, v.shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 3, 6, 4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _product_of_a_transpose({"p": p, "v": v}, [0, 2, 1, 3], [2, 3, 6, 4])
     checked = gradcheck(model, {"p": p, "v": v}, ["p", "v"])
     free = with_projection_loss(model)  # the same loss, its inputs' sequence axes free
     for value in free.graph.input:
