@@ -4,6 +4,7 @@ regression targets un-scaled in the graph, and standardisation by default for cl
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -260,6 +261,23 @@ def least_squares_regressor(data: str) -> onnx.ModelProto:
         "linear", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", x.shape[1]])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 1])], [w, b])
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+@pytest.mark.training
+def test_a_csvs_unscaled_line_names_the_widest_and_farthest_columns(tmp_path, run_cli):
+    """The line named the model input ('x') only; a CSV user looks for a column."""
+    wine = load_dataset("wine").train
+    names = [f"c{i}" for i in range(wine.inputs["x"].shape[1] - 1)] + ["proline"]  # wine's last feature
+    rows = [",".join(names + ["label"])] + [",".join([*map(str, row), str(label)])
+                                            for row, label in zip(wine.inputs["x"], wine.labels, strict=True)]
+    (tmp_path / "wine.csv").write_text("\n".join(rows) + "\n")
+    onnx.save(plain_mlp(len(names), 3), tmp_path / "mlp.onnx")
+    result = run_cli("train", tmp_path / "mlp.onnx", "--data", tmp_path / "wine.csv", "--steps", "1", "-o",
+                     tmp_path / "run")
+    assert result.code == 0, result.err
+    said = re.search(r"\(feature 'x': stds up to (\d+) \(column 'proline'\), median 0\.\d+, means up to (\d+) "
+                     r"\(column 'proline'\)", result.err)  # the file's split of wine's training rows: std ~310
+    assert said and 250 < float(said[1]) < 350 and 700 < float(said[2]) < 800, result.err
 
 
 @pytest.mark.training

@@ -621,7 +621,7 @@ class Setup:
         """standardize=None: whether to standardise (clearly unscaled data or regression targets, a model whose
         weights show no training, and the whole model trains: a frozen part would not expect standardised inputs),
         and the line that says so."""
-        found = unscaled(dataset.train, model_inputs(self.model), regression=regression)
+        found = unscaled(dataset.train, model_inputs(self.model), regression=regression, columns=dataset.columns)
         if not found or standardizes_itself(self.model):  # raw data is what such a model takes
             return False, None
         evidence = trained_norm(self.model)

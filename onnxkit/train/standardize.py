@@ -13,6 +13,7 @@ mask, or 0/-1e9 added to attention scores), which scaling would turn into other 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,6 +163,14 @@ def non_negative_output(graph: onnx.GraphProto, output: str) -> bool:
     return node is not None and node.op_type in NON_NEGATIVE and node.domain in ("", "ai.onnx")
 
 
+def _column(columns: Sequence[str] | None, values: np.ndarray, array: np.ndarray) -> str:
+    """" (column 'proline')": the table column holding the largest of per-column `values`, where `columns` name
+    a 2-D `array`'s columns; else ""."""
+    if columns is None or array.ndim != 2 or len(columns) != array.shape[1] or values.size != len(columns):
+        return ""
+    return f" (column {columns[int(np.argmax(values))]!r})"
+
+
 def _producer(graph: onnx.GraphProto, value: str) -> onnx.NodeProto | None:
     return next((n for n in graph.node if value in n.output), None)
 
@@ -182,12 +191,12 @@ def target_scale(labels: np.ndarray, shape: tuple | None = None) -> Scale:
 
 
 def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: float = OFFSET,
-             small: float = SMALL, off_centre: float = OFF_CENTRE) -> str | None:
+             small: float = SMALL, off_centre: float = OFF_CENTRE, columns: Sequence[str] | None = None) -> str | None:
     """What is clearly unscaled among the float features (or regression targets): a feature's std
     over LARGE or over SPREAD times the median one (near-constant features do not count), every one
     under `small`, a mean beyond FAR and beyond `offset` stds, or a table (not all in [0, 1]) or images in [0, 1]
     whose median feature's (channel's) mean lies beyond `off_centre` stds from 0; targets beyond FAR or all under
-    SMALL. None when nothing is."""
+    SMALL. None when nothing is. A table's `columns` (a CSV's headers) name its widest and farthest ones."""
     found, shapes = [], {s.name: s.shape for s in specs}
     for name, array in _float_features(train, specs).items():
         if not np.isfinite(array).all():
@@ -202,8 +211,8 @@ def unscaled(train: Split, specs: list[ModelInput], regression: bool, offset: fl
         centre = _middle(off) if (array.ndim == 2 and not in_unit) or images else 0.0
         if not small <= varying[-1] <= min(LARGE, SPREAD * median) or ((mean > FAR) & (mean > offset * std)).any() \
                 or centre > off_centre:
-            found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}, median {median:.3g}, "
-                         f"means up to {mean.max():.3g}"
+            found.append(f"feature {name!r}: stds up to {varying[-1]:.3g}{_column(columns, std, array)}, "
+                         f"median {median:.3g}, means up to {mean.max():.3g}{_column(columns, mean, array)}"
                          + (f", the median one {centre:.2g} stds from 0" if centre > off_centre else ""))
     if regression and train.labels.dtype.kind in "iuf" and np.isfinite(train.labels).all():
         scale = target_scale(train.labels)
