@@ -164,8 +164,8 @@ def non_negative_output(graph: onnx.GraphProto, output: str) -> bool:
 
 
 def _column(columns: Sequence[str] | None, values: np.ndarray, array: np.ndarray) -> str:
-    """" (column 'proline')": the table column holding the largest of per-column `values`, where `columns` name
-    a 2-D `array`'s columns; else ""."""
+    """The table column holding the largest of per-column `values` as text, ` (column 'proline')`, where
+    `columns` name a 2-D `array`'s columns; else ''."""
     if columns is None or array.ndim != 2 or len(columns) != array.shape[1] or values.size != len(columns):
         return ""
     return f" (column {columns[int(np.argmax(values))]!r})"
