@@ -96,6 +96,8 @@ def as_exported(model: onnx.ModelProto) -> onnx.ModelProto:
     """`rows_first`'s graph (trained, nodes added at its inputs or outputs or not) in the layout it was exported in:
     Transposes back at those inputs and outputs, each pair that meets one of `rows_first`'s taken out. A model
     without them as it is."""
+    from onnxkit.graph_walks import readers  # it imports onnx, which the runtime's import of this module leaves out
+
     marked = [node for node in model.graph.node if _mark(node) == ROWS_FIRST]
     if not marked:
         return model
@@ -103,14 +105,11 @@ def as_exported(model: onnx.ModelProto) -> onnx.ModelProto:
     outputs = [node.input[0].removeprefix(ROWS_FIRST) for node in marked if node.input[0].startswith(ROWS_FIRST)]
     wrapped = _transposed_at(model, inputs, outputs, SEQ_FIRST)
     graph = wrapped.graph
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    read_by = readers(graph.node)
     graph_outputs = {value.name for value in graph.output}
     dropped, renames = set(), {}
     for first in graph.node:  # a Transpose of the one pair feeding only the other: both go
-        after = readers.get(first.output[0], [])
+        after = read_by.get(first.output[0], [])
         if len(after) != 1 or first.output[0] in graph_outputs or {_mark(first), _mark(after[0])} != {
                 ROWS_FIRST, SEQ_FIRST}:
             continue

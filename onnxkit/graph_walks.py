@@ -42,6 +42,15 @@ def node_reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def readers(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes among `nodes` that read each value, in order, a node once however often it reads it."""
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in dict.fromkeys(node.input):
+            found.setdefault(name, []).append(node)
+    return found
+
+
 def output_channels(node: onnx.NodeProto, weight: onnx.TensorProto) -> int:
     """The output channels of a Conv, ConvTranspose or Gemm layer, from its weight: Conv's [out, in / group, ...],
     ConvTranspose's [in, out / group, ...], Gemm's [in, out] ([out, in] with transB)."""

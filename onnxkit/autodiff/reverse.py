@@ -29,7 +29,7 @@ from onnxkit.autodiff.composites import collapse
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
 from onnxkit.autodiff.sequences import sequence_splits
 from onnxkit.errors import OnnxkitError, suggest
-from onnxkit.graph_walks import ancestors, constant_values, node_label, node_reads, opset, value_types
+from onnxkit.graph_walks import ancestors, constant_values, node_label, node_reads, opset, readers, value_types
 
 FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 MIN_OPSET = 13
@@ -159,9 +159,8 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     constants = constant_values(model)
     nodes = collapse(model, nodes, constants)
     graph = Graph(types, version, constants)
-    for node in model.graph.node:  # who reads each forward value, and the transposes the backward's may undo
-        for name in set(node.input):
-            graph.readers.setdefault(name, []).append(node)
+    graph.readers = readers(model.graph.node)
+    for node in model.graph.node:  # the forward graph's transposes, which the backward's may undo
         if node.op_type == "Transpose" and node.input and node.input[0]:
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             rank = len(graph.dims(node.input[0]) or [])
@@ -184,7 +183,6 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
             if grad is not None and want:
                 grads.setdefault(name, []).append(grad)
     outputs, renamed = [], {}
-    makers = {n.output[0]: n for n in graph.nodes if n.output}  # each backward value's node, by its first output
     read = {name for n in graph.nodes for name in n.input}
     for p in wrt:
         total = _total(graph, grads.get(p, []))
@@ -193,8 +191,8 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
             graph.nodes.append(helper.make_node("Identity", [graph.filled(graph.shape(p), 0, graph.dtype(p))], [out]))
         elif total in renamed:  # two parameters with one gradient value (e.g. both sides of an Add)
             graph.nodes.append(helper.make_node("Identity", [renamed[total]], [out]))
-        elif total in makers and total not in read:  # read by no other node: the node making it writes the output
-            makers.pop(total).output[0] = out
+        elif total in graph.made and graph.made[total].output[0] == total and total not in read:
+            graph.made[total].output[0] = out  # read by no other node: the node making it writes the output
             renamed[total] = out
         else:
             graph.nodes.append(helper.make_node("Identity", [total], [out]))
