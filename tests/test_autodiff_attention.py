@@ -100,12 +100,23 @@ def _product_of_a_transpose(inputs: dict[str, np.ndarray], perm: list[int], out:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_a_transposed_keys_gradient_reads_the_keys_not_a_transpose_of_their_transpose():
-    """scores = Q @ K^T (K^T a forward Transpose): the MatMul rule's dQ = dS @ (K^T)^T reads K itself, where it
-    transposed K^T back (MiniLM's training graph held 18 such Transposes of Transposes). Gradients against float64
-    finite differences."""
+def _backward_transposes(model, wrt: list[str]) -> list[tuple[str, list[int], list[str]]]:  # type: ignore[no-untyped-def]
+    """(what it reads, perm, the op types reading it) of each Transpose the gradients of `model`'s last output add."""
+    from onnxkit.autodiff import add_gradients
 
-    from onnxkit.autodiff import add_gradients, gradient_name
+    with_grads = add_gradients(model, wrt, model.graph.output[-1].name)
+    readers: dict[str, list[str]] = {}
+    for n in with_grads.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.op_type)
+    return [(n.input[0], list(n.attribute[0].ints), readers.get(n.output[0], []))
+            for n in with_grads.graph.node if n.name.startswith("onnxkit.grad") and n.op_type == "Transpose"]
+
+
+def test_a_transposed_keys_gradient_reads_the_keys_and_swaps_only_what_its_products_fold():
+    """scores = Q @ K^T (K^T a forward Transpose): dQ = dS @ (K^T)^T reads K itself; dK^T = Q^T @ dS reads a
+    last-two-axes swap of Q, which onnxruntime folds into the product (FusedMatMul transA), and is swapped back into
+    dK. Gradients against float64 finite differences."""
     from onnxkit.autodiff.check import gradcheck
 
     rng = np.random.default_rng(0)
@@ -113,43 +124,42 @@ def test_a_transposed_keys_gradient_reads_the_keys_not_a_transpose_of_their_tran
     model = _product_of_a_transpose({"q": q, "k": k}, [0, 1, 3, 2], [2, 3, 4, 6])
     for name, (analytic, numeric) in gradcheck(model, {"q": q, "k": k}, ["q", "k"]).items():
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
-    with_grads = add_gradients(model, ["q", "k"], "y")
-    made = {o: n for n in with_grads.graph.node for o in n.output}
-    backward = [n for n in with_grads.graph.node if n.name.startswith("onnxkit.grad")]
-    assert sum(n.op_type == "Transpose" for n in backward) == 2  # Q^T for dK^T, and dK^T back to dK
-    for n in backward:
-        assert not (n.op_type == "Transpose" and made.get(n.input[0]) is not None
-                    and made[n.input[0]].op_type == "Transpose"), n.name
-    assert gradient_name("q") in {o.name for o in with_grads.graph.output}
+    (swap_q, swap_q_perm, swap_q_readers), (_, back_perm, back_readers) = _backward_transposes(model, ["q", "k"])
+    assert (swap_q, swap_q_perm, swap_q_readers) == ("q", [0, 1, 3, 2], ["MatMul"])
+    assert back_perm == [0, 1, 3, 2] and back_readers == []  # dK, the gradient itself
 
 
-def test_the_values_gradient_transposes_the_smaller_operand():
-    """context = P @ V (V a forward Transpose of the heads, P's last axis the longer): dV is (dO^T @ P)^T, not
-    P^T @ dO (onnxruntime's transposed-A MatMul on P: 3.2 against 1.9 ms a MiniLM layer), and its swap folds into
-    the transpose back through V's, so no Transpose reads P and none is left unread. Gradients against float64
+@pytest.mark.parametrize(("shapes", "perm"), [
+    (((2, 3, 6, 6), (2, 6, 3, 4)), [0, 2, 1, 3]),  # P @ V, V the heads of [batch, seq, heads, dim]
+    (((2, 3, 4, 5), (2, 6, 3, 5)), [0, 2, 3, 1]),  # Q @ K^T, K^T written as one Transpose
+], ids=["values", "keys in one transpose"])
+def test_a_heads_products_gradient_swaps_only_what_its_products_fold(shapes, perm):
+    """Attention's products with their second operand a transpose of [batch, seq, heads, dim]: every Transpose a
+    backward MatMul reads is a last-two-axes swap, which onnxruntime folds into the product (FusedMatMul
+    transA/transB). For P @ V, P's last axis the longer, dV is (dO^T @ P)^T: no Transpose
+    reads P (onnxruntime's transposed-A MatMul on P: 3.2 against 1.9 ms a MiniLM layer). Gradients against float64
     finite differences, with the sequence length static and free (taken as the longer axis)."""
-
-    from onnxkit.autodiff import add_gradients
     from onnxkit.autodiff.check import gradcheck, run_gradients, with_projection_loss
 
     rng = np.random.default_rng(1)
-    p, v = rng.uniform(0, 1, size=(2, 3, 6, 6)), rng.normal(size=(2, 6, 3, 4))
-    model = _product_of_a_transpose({"p": p, "v": v}, [0, 2, 1, 3], [2, 3, 6, 4])
-    checked = gradcheck(model, {"p": p, "v": v}, ["p", "v"])
+    inputs = {"a": rng.uniform(0, 1, size=shapes[0]), "b": rng.normal(size=shapes[1])}
+    batch, heads, rows = shapes[0][:3]
+    model = _product_of_a_transpose(inputs, perm, [batch, heads, rows, shapes[1][3 if perm[-1] == 3 else 1]])
+    checked = gradcheck(model, inputs, ["a", "b"])
     free = with_projection_loss(model)  # the same loss, its inputs' sequence axes free
     for value in free.graph.input:
         for d in value.type.tensor_type.shape.dim:
             if d.dim_value == 6:
                 d.dim_param = "s"
-    free_grads = run_gradients(free, {"p": p, "v": v}, ["p", "v"])
+    free_grads = run_gradients(free, inputs, ["a", "b"])
     for name, (analytic, numeric) in checked.items():
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
         np.testing.assert_allclose(free_grads[name], numeric, rtol=1e-6, atol=1e-8, err_msg=name)
     for graph_of in (model, free):
-        with_grads = add_gradients(graph_of, ["p", "v"], graph_of.graph.output[-1].name)
-        backward = [n for n in with_grads.graph.node if n.name.startswith("onnxkit.grad")]
-        assert not [n.name for n in backward if n.op_type == "Transpose" and n.input[0] == "p"]
-        read = {i for n in with_grads.graph.node for i in n.input} | {o.name for o in with_grads.graph.output}
-        assert all(set(n.output) & read for n in backward)
-        transposes = [n for n in backward if n.op_type == "Transpose"]
-        assert len(transposes) == 3, [n.name for n in transposes]  # V^T for dP, dO^T, (dO^T @ P)^T back to dV
+        transposes = _backward_transposes(graph_of, ["a", "b"])
+        made = {t[0] for t in transposes}
+        for source, t_perm, readers in transposes:
+            if "MatMul" in readers:
+                assert t_perm == [0, 1, 3, 2] and set(readers) == {"MatMul"}, (source, t_perm, readers)
+        if perm == [0, 2, 1, 3]:
+            assert "a" not in made

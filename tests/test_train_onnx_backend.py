@@ -353,3 +353,30 @@ def test_a_training_graph_onnxruntime_refuses_is_reported_as_onnxkits_bug(tmp_pa
     with pytest.raises(OnnxkitError, match=r"cannot load it \(.*reduction.*\); this is a bug in onnxkit's graph "
                                            r"for this model: please report it with the model$"):
         create_session(path, ort.SessionOptions(), ["CPUExecutionProvider"], own=True)
+
+
+def test_attentions_products_read_no_copy_that_moves_the_last_axis(tmp_path):
+    """text-transformer's scores are Q @ K^T, K^T a swap of K's heads (a transpose of a transpose). onnxruntime's
+    transpose optimizers compose the two into one [0, 2, 3, 1] copy before its MatMul fusion can fold the swap into
+    the product; a training graph with such operands is marked and opened without them, and then no product in
+    onnxruntime's optimised graph reads a Transpose that moves the last axis (with them: 4 a layer, K^T, and the
+    gradients' V^T, dO^T and Q^T). digits-mlp's is not marked."""
+    from onnxkit.runtime.session import create_session, session_options
+    from onnxkit.train.backends.onnx.artifacts import TRAINING, read_signature
+    from onnxkit.train.backends.onnx.session import TRANSPOSE_OPTIMIZERS
+    from onnxkit.train.problem import open_training
+
+    def copies_read_by_products(directory, disabled):  # type: ignore[no-untyped-def]
+        optimised = tmp_path / f"optimised-{len(disabled)}.onnx"
+        create_session(str(directory / TRAINING), session_options(1, "all"), ["CPUExecutionProvider"],
+                       optimized_model_path=optimised, disabled=disabled)
+        nodes = onnx.load(optimised).graph.node
+        moving = {n.output[0] for n in nodes if n.op_type == "Transpose" and n.attribute[0].ints[-1] != 3}
+        return [i for n in nodes if n.op_type in ("MatMul", "FusedMatMul") for i in n.input if i in moving]
+
+    open_training(zoo.build_model("text-transformer"), tmp_path / "attention", batch_size=8)
+    assert read_signature(tmp_path / "attention")["swapped_operands"]
+    assert copies_read_by_products(tmp_path / "attention", TRANSPOSE_OPTIMIZERS) == []
+    assert len(copies_read_by_products(tmp_path / "attention", ())) == 8  # 2 layers
+    open_training(zoo.build_model("digits-mlp"), tmp_path / "mlp", batch_size=8)
+    assert not read_signature(tmp_path / "mlp")["swapped_operands"]

@@ -16,6 +16,7 @@ import numbers
 import os
 import re
 import sys
+from collections.abc import Sequence
 from types import ModuleType
 
 from onnxkit.errors import OnnxkitError
@@ -172,27 +173,29 @@ def create_session(
     optimized_model_path: str | os.PathLike | None = None,
     own: bool = False,
     name: str | None = None,
+    disabled: Sequence[str] = (),
 ) -> ort.InferenceSession:
     """An InferenceSession; its optimised graph is saved atomically when a path is given. `own`: the graph is one
     onnxkit wrote (a training graph), which onnxruntime refusing is onnxkit's bug, not the user's file (unless it
     refuses the IR version or opset, which the graph keeps from the user's). `name`: what an error calls the model
-    (default: its path, or 'model bytes')."""
+    (default: its path, or 'model bytes'). `disabled`: names of onnxruntime graph transformers not to run."""
     if optimized_model_path is None:
-        return _open(model, options, providers, own, name)
+        return _open(model, options, providers, own, name, disabled)
     with atomic_path(optimized_model_path) as tmp:
         options.optimized_model_filepath = str(tmp)
-        return _open(model, options, providers, own, name)
+        return _open(model, options, providers, own, name, disabled)
 
 
 def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, providers: list, own: bool = False,
-          name: str | None = None):
+          name: str | None = None, disabled: Sequence[str] = ()):
     where = name or ("model bytes" if isinstance(model, bytes) else str(model))
     if not isinstance(model, bytes):
         if not os.path.isfile(model):
             raise missing_model(model)
         model = os.fspath(model_location(model))  # a link's target, where its weight files are beside that
     try:
-        return ort.InferenceSession(model, sess_options=options, providers=providers)
+        return ort.InferenceSession(model, sess_options=options, providers=providers,
+                                    disabled_optimizers=list(disabled))
     except Exception as e:  # onnxruntime raises its own exception types, without a common base
         reason = error_reason(e)
         locale = missing_locale(reason)

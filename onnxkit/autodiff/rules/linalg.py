@@ -10,12 +10,6 @@ from onnxkit.autodiff.builder import Backward
 from onnxkit.autodiff.rules import rule
 
 
-def _swap_last(b: Backward, name: str, rank: int) -> str:
-    perm = list(range(rank))
-    perm[-2:] = perm[-1], perm[-2]
-    return b.graph.transpose(name, perm)
-
-
 def _rows(b: Backward, name: str, like: str) -> str:
     """`name` (shaped like forward value `like`, rank >= 2) as a 2-D [rows, last]."""
     last = b.dims(like)[-1]
@@ -41,7 +35,7 @@ def matmul(b: Backward) -> list[str | None]:
         return [da, dw]
     batch = (b.dims(b.y()) or [None] * max(ra, rw))[:-2]
     if b.wants(0):
-        da = b.unbroadcast(b.op("MatMul", dy, _swap_last(b, w, rw)), 0, batch + b.dims(a)[-2:])
+        da = b.unbroadcast(b.op("MatMul", dy, b.graph.swap_last(w, rw)), 0, batch + b.dims(a)[-2:])
     if b.wants(1):
         dw = b.unbroadcast(_weight_product(b, ra, rw), 1, batch + b.dims(w)[-2:])
     return [da, dw]
@@ -56,8 +50,10 @@ def _weight_product(b: Backward, ra: int, rw: int) -> str:
     k, n = b.dims(a)[-1], b.dims(w)[-1]
     longer = k > n if isinstance(k, int) and isinstance(n, int) else isinstance(n, int)  # a free dim: a sequence
     if w in b.graph.transposed and longer:
-        return _swap_last(b, b.op("MatMul", _swap_last(b, dy, max(ra, rw)), a), max(ra, rw))
-    return b.op("MatMul", _swap_last(b, a, ra), dy)
+        rank = max(ra, rw)
+        swap = [*range(rank - 2), rank - 1, rank - 2]
+        return b.graph.transpose(b.op("MatMul", b.graph.swap_last(dy, rank), a), swap)
+    return b.op("MatMul", b.graph.swap_last(a, ra), dy)
 
 
 def _vector_matmul(b: Backward, ra: int, rw: int) -> list[str | None]:

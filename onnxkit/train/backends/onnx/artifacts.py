@@ -77,6 +77,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
     """Build every artifact for `problem` into `directory`."""
     graph, values, layout, dropout = training_graph(problem)
     save_model(graph, directory / TRAINING)
+    swaps = swapped_operands(graph)
     del graph
     version = min(max(opset(problem.eval_model), 13), 21)
     optimizer = update_model(problem.optimizer, [(PARAMS, ("n",))], clip_grad_norm=problem.clip_grad_norm,
@@ -101,6 +102,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
         "accumulation": problem.grad_accumulation,
         "dropout": dropout,
         "small_step": small_step(problem),
+        "swapped_operands": swaps,
     }
     write_text(directory / SIGNATURE, json.dumps(signature, indent=1))
 
@@ -114,6 +116,24 @@ def small_step(problem: TrainingProblem) -> bool:
     if not rows or float_values(model) * rows >= ONE_THREAD_STEP:
         return False
     return sum(w.macs for w in weighted_nodes(model)) * rows < ONE_THREAD_STEP
+
+
+def swapped_operands(graph: onnx.ModelProto) -> bool:
+    """Whether a MatMul of `graph` reads a last-two-axes swap of another Transpose's output (attention's K^T, and
+    the operands of its gradients). onnxruntime's transpose optimizer would compose the two transposes into one that
+    moves the last axis, a copy, before its MatMul fusion could fold the swap into the product; such a graph is
+    opened without it (`session.TRANSPOSE_OPTIMIZERS`)."""
+    made = {o: n for n in graph.graph.node if n.op_type == "Transpose" for o in n.output}
+    for node in graph.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        for name in node.input:
+            swap = made.get(name)
+            perm = next((list(a.ints) for a in swap.attribute if a.name == "perm"), None) if swap else None
+            if perm and len(perm) > 2 and perm[-2:] == [len(perm) - 1, len(perm) - 2] and \
+                    perm[:-2] == list(range(len(perm) - 2)) and swap.input[0] in made:
+                return True
+    return False
 
 
 def read_signature(directory: Path) -> dict:

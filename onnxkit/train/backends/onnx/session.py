@@ -40,6 +40,11 @@ ONE_THREAD = 1 << 16  # up to this many parameters the optimizer runs on one thr
 # past this many parameters the sessions run without ONNX Runtime's memory pattern (see `_options`): its one
 # allocation a run saves 3-4% of a 0.3-1.1M-parameter MLP's 1-3 ms step, nothing of a MiniLM's 500 ms one
 PATTERN_UP_TO = 1 << 22
+# onnxruntime's transpose optimizers (level 1's, and level 2's per provider), off for a training graph with
+# `artifacts.swapped_operands`: the MiniLM fine-tune's attention products and transposes 96.8 -> 77.9 ms a step
+# (ORT's profiler; 72 -> 48 Transposes, none left that a product reads), its step 0.98x (0.95-0.99) in one process
+TRANSPOSE_OPTIMIZERS = ("TransposeOptimizer", "TransposeOptimizer_CPUExecutionProvider",
+                        "TransposeOptimizer_CUDAExecutionProvider")
 
 
 def _options(threads: int | None, severity: int = 3, *, spin_between_runs: bool = True,
@@ -83,7 +88,8 @@ class OnnxSession(TrainingSession):
         one = sig.get("small_step", False) and kind == "cpu"  # a step this small runs faster on one thread
         # a too-short dropout table fails a training step that is retried: no error line for it
         options = _options(1 if one else threads, 4, spin_between_runs=spin, memory_pattern=patterned)
-        self._train = create_session(str(directory / TRAINING), options, providers, own=True)
+        self._train = create_session(str(directory / TRAINING), options, providers, own=True,
+                                     disabled=TRANSPOSE_OPTIMIZERS if sig.get("swapped_operands") else ())
         # an update graph of elementwise nodes: the higher optimisation levels find nothing in it (every optimizer's
         # graph, clipped or not, comes out node for node the same) and only take longer to build it (~0.3 ms)
         self._optim = create_session(str(directory / OPTIMIZER), _options(1 if few else threads, spin_between_runs=spin,
