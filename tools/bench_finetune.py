@@ -17,8 +17,9 @@ shape, training = 3x forward) against ONNX Runtime's fp32 MatMul peak measured i
 
 `--check` first trains 20 steps (`--check-steps`) on every contender with dropout off and stops
 unless the losses agree with PyTorch's within 1e-3 (relative). `--no-dropout` times with dropout
-off everywhere (PyTorch's dropout alone is over a third of its step here). `--profile` adds
-per-op kernel times of the onnx backend's training and optimizer graphs.
+off everywhere (PyTorch's dropout alone is over a third of its step here). `--profile [NODES]` adds
+per-op kernel times of the onnx backend's training and optimizer graphs and their NODES slowest nodes
+(12; 3000 lists every one, with its output shape).
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="first compare losses with dropout off")
     parser.add_argument("--no-dropout", action="store_true", help="time with dropout off on every contender")
     parser.add_argument("--check-steps", type=machine.count, default=20)
-    parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
+    parser.add_argument("--profile", type=int, nargs="?", const=12, metavar="NODES",
+                        help="per-op kernel times of the onnx backend's graphs, and its NODES slowest nodes (12)")
     parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n MatMul measuring the peak")
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
@@ -236,7 +238,8 @@ def main() -> None:
         if args.profile:
             print(
                 profile_onnx_backend(
-                    model, Path(tmp) / "profile", timed, threads=args.threads, lr=args.lr, dropout=dropout > 0
+                    model, Path(tmp) / "profile", timed, threads=args.threads, lr=args.lr, dropout=dropout > 0,
+                    top=args.profile,
                 )
             )
 

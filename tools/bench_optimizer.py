@@ -4,7 +4,8 @@ PyTorch's `AdamW(fused=True)` on a tensor of the same size, in alternating round
 
     PYTHONPATH=/tmp/torchlib .venv/bin/python tools/bench_optimizer.py [--size 22567301] [--optimizer adamw]
 
-Prints ms per step of each side (median over rounds) and min/median/max of each ratio.
+Prints ms per step of each side (median over rounds) and min/median/max of each ratio. `--chunks N ...`
+times chunks of other sizes beside the session's (CHUNK), each against it.
 Without PyTorch the torch column is left out.
 """
 
@@ -71,11 +72,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=machine.count, default=7)
     parser.add_argument("--steps", type=machine.count, default=10, help="steps per round")
+    parser.add_argument("--chunks", type=machine.count, nargs="*", default=[],
+                        help="other chunk sizes to time against the session's")
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
     sides = {
         "whole": onnx_side(args.optimizer, args.size, args.size, args.threads),
         f"chunks of {CHUNK}": onnx_side(args.optimizer, args.size, CHUNK, args.threads),
+        **{f"chunks of {n}": onnx_side(args.optimizer, args.size, n, args.threads) for n in args.chunks},
     }
     baseline = torch_side(args.size, args.threads) if args.optimizer == "adamw" else None
     if baseline is not None:
@@ -96,8 +100,11 @@ def main() -> None:
     print(f"{args.optimizer} step over {args.size:,} float32 parameters, {args.threads} threads, {args.rounds} rounds")
     for name, values in ms.items():
         print(f"  {name:<24} {statistics.median(values):8.1f} ms")
-    names = list(ms)
-    for a, b in [(names[0], names[1]), *[(n, names[2]) for n in names[:2] if len(names) > 2]]:
+    session_chunks, extra = f"chunks of {CHUNK}", [f"chunks of {n}" for n in args.chunks]
+    pairs = [("whole", session_chunks), *((n, session_chunks) for n in extra)]
+    if baseline is not None:
+        pairs += [(n, "torch fused AdamW") for n in ("whole", session_chunks)]
+    for a, b in pairs:
         ratios = [x / y for x, y in zip(ms[a], ms[b], strict=True)]
         print(f"  {a} / {b}: min {min(ratios):.2f}  median {statistics.median(ratios):.2f}  max {max(ratios):.2f}")
 

@@ -41,8 +41,8 @@ ONE_THREAD = 1 << 16  # up to this many parameters the optimizer runs on one thr
 # allocation a run saves 3-4% of a 0.3-1.1M-parameter MLP's 1-3 ms step, nothing of a MiniLM's 500 ms one
 PATTERN_UP_TO = 1 << 22
 # onnxruntime's transpose optimizers (level 1's, and level 2's per provider), off for a training graph with
-# `artifacts.swapped_operands`: the MiniLM fine-tune's attention products and transposes 96.8 -> 77.9 ms a step
-# (ORT's profiler; 72 -> 48 Transposes, none left that a product reads), its step 0.98x (0.95-0.99) in one process
+# `artifacts.swapped_operands`: the MiniLM fine-tune's Transposes 36.9 -> 10.4-17.7 ms a step (72 -> 48, none left
+# that a product reads; tools/bench_finetune.py --profile), its step 0.98x (0.95-0.99) in one process
 TRANSPOSE_OPTIMIZERS = ("TransposeOptimizer", "TransposeOptimizer_CPUExecutionProvider",
                         "TransposeOptimizer_CUDAExecutionProvider")
 
