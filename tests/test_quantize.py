@@ -1798,10 +1798,14 @@ def test_static_mode_says_an_lstm_stays_float_and_dynamic_quantizes_it():
          numpy_helper.from_array(np.array([0], np.int64), "axes"),
          numpy_helper.from_array(rng.normal(0, 0.3, (hidden, 3)).astype(np.float32), "head.weight")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    calib = {"x": rng.normal(size=(5, 16, features)).astype(np.float32)}
+    calib = {"x": rng.normal(size=(16, 5, features)).astype(np.float32)}  # rows first: [batch, seq, features]
     note = "LSTM stays fp32 in static mode (ONNX Runtime's static quantizer has no LSTM); --mode dynamic quantizes it"
     assert note in quantize(model, mode="static", calib=calib, measure_latency=False).report.notes
     assert note not in quantize(model, mode="dynamic", measure_latency=False).report.notes
+    with pytest.raises(OnnxkitError, match=r"^calib: onnxruntime could not run the model \(before quantizing\) "
+                       r"on these inputs \(read rows first, \[batch, seq, \.\.\.\], and swapped to its "
+                       r"x \[5, batch, 4\]\)"):
+        quantize(model, mode="static", calib={"x": np.swapaxes(calib["x"], 0, 1)}, measure_latency=False)
 
 
 def test_latency_runs_each_model_first_in_turn(monkeypatch):

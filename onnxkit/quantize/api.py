@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from onnxkit.batch_axis import layout_of
 from onnxkit.data import Dataset, Split, from_arrays
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.evaluate import changed_since_training
@@ -466,7 +467,9 @@ def _runs_on(model: onnx.ModelProto, batches: list[Feeds], calib: Any) -> None:
             if not raised_by_onnxruntime(e):
                 raise
             what = f"calib {calib}" if isinstance(calib, str | os.PathLike) else "calib"
-            raise OnnxkitError(f"{what}: onnxruntime could not run the model (before quantizing) on these inputs "
+            layout = layout_of(model)
+            rows = f" (read rows first, [batch, seq, ...], and swapped to its {layout.describe()})" if layout else ""
+            raise OnnxkitError(f"{what}: onnxruntime could not run the model (before quantizing) on these inputs{rows} "
                                f"({error_reason(e)}); {run_failure_hint(e, 'check that they fit its inputs')}",
                                params=["calib"]) from e
 

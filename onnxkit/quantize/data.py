@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
+from onnxkit.batch_axis import layout_of, transposed
 from onnxkit.data import Dataset, Split, load_dataset, model_inputs
 from onnxkit.data.checks import check_finite
 from onnxkit.errors import OnnxkitError
@@ -94,7 +95,7 @@ def calibration_batches(data: Any, model: onnx.ModelProto, size: int, *, seed: i
                  split.inputs)
     batch = fixed_batch(model)
     if batch is None:
-        return [next(split.batches(size, shuffle=True, seed=0))[0]]
+        return _as_taken([next(split.batches(size, shuffle=True, seed=0))[0]], model)
     count = min(-(-size // batch), len(split) // batch)
     if count == 0:
         raise OnnxkitError(
@@ -102,7 +103,17 @@ def calibration_batches(data: Any, model: onnx.ModelProto, size: int, *, seed: i
             f"{len(split)}; pass a larger dataset", params=["calib"]
         )
     feeds, _ = next(split.batches(count * batch, shuffle=True, seed=0))  # padded alike, then cut
-    return [{k: v[lo:lo + batch] for k, v in feeds.items()} for lo in range(0, count * batch, batch)]
+    return _as_taken([{k: v[lo:lo + batch] for k, v in feeds.items()} for lo in range(0, count * batch, batch)],
+                     model)
+
+
+def _as_taken(batches: list[Feeds], model: onnx.ModelProto) -> list[Feeds]:
+    """Rows-first `batches` as `model` takes them: a seq-first model's (`batch_axis.layout_of`) inputs with their first
+    two axes swapped, so its calibrator runs it on the sequences the data holds, not on its rows read as steps."""
+    layout = layout_of(model)
+    if layout is None:
+        return batches
+    return [{k: transposed(v) if k in layout.inputs else v for k, v in feeds.items()} for feeds in batches]
 
 
 def _inputs_file(data: Any, model: onnx.ModelProto) -> Any:
