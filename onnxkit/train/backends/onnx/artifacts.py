@@ -123,17 +123,15 @@ def swapped_operands(graph: onnx.ModelProto) -> bool:
     the operands of its gradients). onnxruntime's transpose optimizer would compose the two transposes into one that
     moves the last axis, a copy, before its MatMul fusion could fold the swap into the product; such a graph is
     opened without it (`session.TRANSPOSE_OPTIMIZERS`)."""
-    made = {o: n for n in graph.graph.node if n.op_type == "Transpose" for o in n.output}
-    for node in graph.graph.node:
-        if node.op_type != "MatMul":
-            continue
-        for name in node.input:
-            swap = made.get(name)
-            perm = next((list(a.ints) for a in swap.attribute if a.name == "perm"), None) if swap else None
-            if perm and len(perm) > 2 and perm[-2:] == [len(perm) - 1, len(perm) - 2] and \
-                    perm[:-2] == list(range(len(perm) - 2)) and swap.input[0] in made:
-                return True
-    return False
+    transposes = {n.output[0]: n for n in graph.graph.node if n.op_type == "Transpose"}
+
+    def swaps_a_transpose(name: str) -> bool:
+        node = transposes.get(name)
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), []) if node else []
+        rank = len(perm)
+        return rank > 2 and perm == [*range(rank - 2), rank - 1, rank - 2] and node.input[0] in transposes
+
+    return any(swaps_a_transpose(i) for n in graph.graph.node if n.op_type == "MatMul" for i in n.input)
 
 
 def read_signature(directory: Path) -> dict:
