@@ -101,3 +101,61 @@ def test_a_pretrained_model_fine_tunes_on_the_raw_values_a_fresh_one_is_standard
     assert json.loads((fresh.run_dir / "run.json").read_text())["config"]["standardize"] is True
     forced = fit(pretrained.model_path, task, tmp_path / "forced", epochs=1, standardize=True, quiet=True)
     assert any(t.name.startswith("onnxkit.standardize.") for t in onnx.load(forced.model_path).graph.initializer)
+
+
+def written_out_norm(form: str, scale: float = 1.0, shift: float = 0.0) -> onnx.ModelProto:
+    """x [batch, 13] -> Gemm -> a norm over 16 features written as separate ops -> Gemm: PyTorch's LayerNorm before
+    opset 17 (`layer`), T5's RMSNorm (`rms`), or tf2onnx's LayerNorm (`tf2onnx`: the scale multiplies the reciprocal
+    of the deviation, and the shift less the scaled mean is added); every scale value `scale`, every shift `shift`."""
+    n = helper.make_node
+    if form == "layer":
+        nodes = [n("ReduceMean", ["h"], ["mean"], axes=[-1]), n("Sub", ["h", "mean"], ["d"]),
+                 n("Pow", ["d", "two"], ["sq"]), n("ReduceMean", ["sq"], ["var"], axes=[-1]),
+                 n("Add", ["var", "eps"], ["var_eps"]), n("Sqrt", ["var_eps"], ["std"]),
+                 n("Div", ["d", "std"], ["xhat"]), n("Mul", ["xhat", "norm.weight"], ["scaled"]),
+                 n("Add", ["scaled", "norm.bias"], ["normed"])]
+    elif form == "rms":
+        nodes = [n("Pow", ["h", "two"], ["sq"]), n("ReduceMean", ["sq"], ["ms"], axes=[-1]),
+                 n("Add", ["ms", "eps"], ["ms_eps"]), n("Sqrt", ["ms_eps"], ["rms"]), n("Reciprocal", ["rms"], ["inv"]),
+                 n("Mul", ["h", "inv"], ["xhat"]), n("Mul", ["xhat", "norm.weight"], ["normed"])]
+    else:
+        nodes = [n("ReduceMean", ["h"], ["mean"], axes=[-1]), n("Sub", ["h", "mean"], ["d"]),
+                 n("Mul", ["d", "d"], ["sq"]), n("ReduceMean", ["sq"], ["var"], axes=[-1]),
+                 n("Add", ["var", "eps"], ["var_eps"]), n("Sqrt", ["var_eps"], ["std"]),
+                 n("Reciprocal", ["std"], ["inv"]), n("Mul", ["inv", "norm.weight"], ["factor"]),
+                 n("Mul", ["h", "factor"], ["hx"]), n("Mul", ["mean", "factor"], ["mx"]),
+                 n("Sub", ["norm.bias", "mx"], ["offset"]), n("Add", ["hx", "offset"], ["normed"])]
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.normal(size=(13, 16)), "b1": np.zeros(16), "norm.weight": np.full(16, scale),
+               "norm.bias": np.full(16, shift), "w2": rng.normal(size=(16, 3)), "b2": np.zeros(3),
+               "two": np.array(2.0), "eps": np.array(1e-5)}
+    if form == "rms":
+        del weights["norm.bias"]
+    graph = helper.make_graph(
+        [n("Gemm", ["x", "w1", "b1"], ["h"]), *nodes, n("Gemm", ["normed", "w2", "b2"], ["logits"])], "written-out",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 13])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("form", ["layer", "rms", "tf2onnx"])
+def test_a_norm_written_as_separate_ops_shows_training_by_its_scale_and_shift(form):
+    """Norms exported as separate ops (PyTorch's LayerNorm before opset 17, RMSNorm, tf2onnx's) showed nothing, so a
+    pretrained float-input model of them was standardised on unscaled data; their scale and shift show it now."""
+    assert trained_norm(written_out_norm(form)) is None
+    moved = trained_norm(written_out_norm(form, scale=1.1))
+    assert moved.startswith("the scale of the normalisation written out at Mul ") and moved.endswith(
+        "is not all 1, its start")
+    if form == "layer":
+        assert trained_norm(written_out_norm(form, shift=0.2)) == (
+            "the shift of the normalisation written out at Add 'normed' is not all 0, its start")
+    model = written_out_norm(form, scale=1.1, shift=0.2)  # it computes the norm it stands for
+    w = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    x = np.random.default_rng(1).normal(size=(5, 13)).astype(np.float32)
+    h = x @ w["w1"] + w["b1"]
+    if form == "rms":
+        normed = h / np.sqrt((h ** 2).mean(-1, keepdims=True) + 1e-5) * 1.1
+    else:
+        normed = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5) * 1.1 + 0.2
+    np.testing.assert_allclose(ort_run(model, {"x": x})[0], normed @ w["w2"] + w["b2"], rtol=1e-4, atol=1e-4)
