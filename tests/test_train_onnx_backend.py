@@ -380,3 +380,27 @@ def test_attentions_products_read_no_copy_that_moves_the_last_axis(tmp_path):
     assert len(copies_read_by_products(tmp_path / "attention", ())) == 8  # 2 layers
     open_training(zoo.build_model("digits-mlp"), tmp_path / "mlp", batch_size=8)
     assert not read_signature(tmp_path / "mlp")["swapped_operands"]
+
+
+@pytest.mark.parametrize(("extra", "into", "marked"), [
+    (None, None, True), ([0, 2, 1, 3], "Relu", True), ([0, 2, 3, 1], "MatMul", True), ([0, 3, 1, 2], "Relu", False),
+], ids=["products only", "a transpose keeping the last axis", "one into a product", "an NHWC -> NCHW transpose"])
+def test_a_graph_with_other_transposes_keeps_the_transpose_optimizers(extra, into, marked):
+    """Q @ K^T, K^T a swap of K's heads, marks a graph to open without onnxruntime's transpose optimizers, unless its
+    forward part holds another transpose that moves the last axis into anything but a product (an exporter's
+    NHWC -> NCHW), which they may push through its neighbours and cancel."""
+    from onnxkit.train.backends.onnx.artifacts import swapped_operands
+
+    n = helper.make_node
+    nodes = [n("Transpose", ["k"], ["heads"], perm=[0, 2, 1, 3]), n("Transpose", ["heads"], ["kt"], perm=[0, 1, 3, 2]),
+             n("MatMul", ["q", "kt"], ["scores"])]
+    shapes = {"q": [2, 4, 3, 5], "k": [2, 3, 4, 5], "image": [2, 8, 8, 3]}  # q [batch, heads, seq, dim]
+    if extra:
+        nodes += [n("Transpose", ["image"], ["moved"], perm=extra),
+                  n(into, ["moved", "w"] if into == "MatMul" else ["moved"], ["out"])]
+        shapes["w"] = [8, 4]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+                                                   for name, shape in shapes.items()],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                               for name in ("scores", *(["out"] if extra else []))])
+    assert swapped_operands(helper.make_model(graph)) is marked

@@ -6,7 +6,9 @@
 The gradient graph uses default-domain ops only, so any ONNX Runtime build runs it.
 """
 
+from onnxkit.autodiff.builder import GRADIENT_NODES
 from onnxkit.autodiff.reverse import add_gradients, gradient_name, missing_rules
 from onnxkit.autodiff.rules import RULES, differentiable_ops, gradient_table
 
-__all__ = ["RULES", "add_gradients", "differentiable_ops", "gradient_name", "gradient_table", "missing_rules"]
+__all__ = ["GRADIENT_NODES", "RULES", "add_gradients", "differentiable_ops", "gradient_name", "gradient_table",
+           "missing_rules"]

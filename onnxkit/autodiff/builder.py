@@ -17,6 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.dims import Dim, dims_of
 
+GRADIENT_NODES = "onnxkit.grad/"  # what every backward node's name starts with
+
 
 class Graph:
     """The growing backward part: nodes, constants and fresh names, shared by all rules."""
@@ -26,7 +28,7 @@ class Graph:
         types: dict[str, onnx.ValueInfoProto],
         opset: int,
         constants: dict[str, np.ndarray] | None = None,
-        prefix: str = "onnxkit.grad",
+        prefix: str = GRADIENT_NODES.rstrip("/"),
     ) -> None:
         self.types, self.opset, self.prefix = types, opset, prefix
         self.constants = constants or {}

@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxkit.autodiff import add_gradients, gradient_name
+from onnxkit.autodiff import GRADIENT_NODES, add_gradients, gradient_name
 from onnxkit.files import save_model, write_text
-from onnxkit.graph_walks import initializers_to_inputs, opset
+from onnxkit.graph_walks import initializers_to_inputs, opset, readers
 from onnxkit.graph_work import float_values, weighted_nodes
 from onnxkit.train.backend import TrainingProblem
 from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, save_state
@@ -120,18 +120,32 @@ def small_step(problem: TrainingProblem) -> bool:
 
 def swapped_operands(graph: onnx.ModelProto) -> bool:
     """Whether a MatMul of `graph` reads a last-two-axes swap of another Transpose's output (attention's K^T, and
-    the operands of its gradients). onnxruntime's transpose optimizer would compose the two transposes into one that
-    moves the last axis, a copy, before its MatMul fusion could fold the swap into the product; such a graph is
-    opened without it (`session.TRANSPOSE_OPTIMIZERS`)."""
+    the operands of its gradients), and the forward part holds no transpose that moves the last axis but into
+    products.
+    onnxruntime's transpose optimizer would compose the two transposes into one that moves the last axis, a copy,
+    before its MatMul fusion could fold the swap into the product; such a graph is opened without it
+    (`session.TRANSPOSE_OPTIMIZERS`). A model's other such transposes (an exporter's NHWC <-> NCHW pairs) are left
+    for the optimizer to push and cancel."""
     transposes = {n.output[0]: n for n in graph.graph.node if n.op_type == "Transpose"}
+    read_by = readers(graph.graph.node)
 
-    def swaps_a_transpose(name: str) -> bool:
-        node = transposes.get(name)
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), []) if node else []
-        rank = len(perm)
-        return rank > 2 and perm == [*range(rank - 2), rank - 1, rank - 2] and node.input[0] in transposes
+    def perm(node: onnx.NodeProto) -> list[int]:
+        return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
 
-    return any(swaps_a_transpose(i) for n in graph.graph.node if n.op_type == "MatMul" for i in n.input)
+    def swap(node: onnx.NodeProto) -> bool:
+        rank = len(perm(node))
+        return rank > 2 and perm(node) == [*range(rank - 2), rank - 1, rank - 2]
+
+    def other_copy(node: onnx.NodeProto) -> bool:  # a forward transpose moving the last axis, not into a product
+        moves = not perm(node) or perm(node)[-1] != len(perm(node)) - 1
+        read = [r for r in read_by.get(node.output[0], []) if not r.name.startswith(GRADIENT_NODES)]
+        into_products = bool(read) and all(r.op_type == "MatMul" for r in read)
+        return not node.name.startswith(GRADIENT_NODES) and moves and not into_products
+
+    if any(other_copy(n) for n in transposes.values()):
+        return False
+    swaps_of_transposes = {o for o, n in transposes.items() if swap(n) and n.input[0] in transposes}
+    return any(i in swaps_of_transposes for n in graph.graph.node if n.op_type == "MatMul" for i in n.input)
 
 
 def read_signature(directory: Path) -> dict:
