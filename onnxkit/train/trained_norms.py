@@ -19,6 +19,7 @@ from onnxkit.graph_walks import readers
 from onnxkit.train.batchnorm_restore import fresh_batch_norms
 from onnxkit.train.exporter_marks import folded_batch_norms
 
+Affine = tuple[onnx.NodeProto, str, str, int]  # a norm's node, its initializer, 'scale' or 'shift', and its start
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 # each normalisation op's inputs past the data, as (what it is, its value at the start)
 STARTS = {
@@ -53,8 +54,7 @@ def trained_norm(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def written_out(model: onnx.ModelProto, values: dict[str, onnx.TensorProto]) -> list[tuple[onnx.NodeProto, str, str,
-                                                                                             int]]:
+def written_out(model: onnx.ModelProto, values: dict[str, onnx.TensorProto]) -> list[Affine]:
     """(node, initializer, 'scale' or 'shift', its start) of each normalisation written as separate ops: a value
     divided by a Sqrt of a ReduceMean (plus epsilon), or multiplied by its Reciprocal, is normalised; a Mul of it, or
     of the reciprocal itself (tf2onnx), by a 1-D initializer is the scale, and an Add of a 1-D initializer to that
