@@ -13,6 +13,8 @@ from onnx import TensorProto, numpy_helper
 from onnxkit.dims import dim_of
 from onnxkit.errors import OnnxkitError
 
+FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
+
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
     """How errors name a node: its name, or its position and first output."""
@@ -420,9 +422,6 @@ def opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-_FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
-
-
 def value_source(graph: onnx.GraphProto, name: str) -> str:
     """The value `name` holds, traced back through what quantization wraps values in without changing what they
     mean: float-to-float Casts and Identity (fp16's casts at the outputs), QuantizeLinear -> DequantizeLinear pairs
@@ -430,7 +429,7 @@ def value_source(graph: onnx.GraphProto, name: str) -> str:
     producer = {o: n for n in graph.node for o in n.output}
     while (node := producer.get(name)) is not None:
         if node.op_type == "Identity" or node.op_type == "Cast" and any(
-                a.name == "to" and a.i in _FLOAT_TYPES for a in node.attribute):
+                a.name == "to" and a.i in FLOAT_TYPES for a in node.attribute):
             name = node.input[0]
         elif node.op_type == "DequantizeLinear" and getattr(producer.get(node.input[0]), "op_type", "") == \
                 "QuantizeLinear":

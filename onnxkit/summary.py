@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from onnxkit.dims import dims_of
 from onnxkit.files import model_location, weight_files
-from onnxkit.graph_walks import every_node, subgraphs
+from onnxkit.graph_walks import FLOAT_TYPES, every_node, subgraphs
 from onnxkit.metadata import metadata
 from onnxkit.metadata_keys import BUFFERS_KEY
 
@@ -83,7 +83,7 @@ def summarize(model: str | os.PathLike | onnx.ModelProto, path: str | os.PathLik
         # float tensors of Constant nodes, as paddle2onnx and spox write every weight (If branches' too)
         "constant_weights": sum(int(np.prod(a.t.dims)) for n in nodes if n.op_type == "Constant" and n.domain in
                                 ("", "ai.onnx") for a in n.attribute if a.name == "value" and a.t.dims
-                                and a.t.data_type in _FLOATS),
+                                and a.t.data_type in FLOAT_TYPES),
         "nodes": len(nodes),  # those inside If, Loop and Scan bodies too
         "operators": dict(ops.most_common()),
         "metadata": _shown_metadata(model),
@@ -97,7 +97,6 @@ _SCALES_AT = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "MatMulInteg
               "MatMulNBits": (2, 3), "DynamicQuantizeMatMul": (2, 3), "QAttention": (3, 4, 6, 7),
               "Clip": (1, 2)}  # a Clip's bounds: Constant nodes that ORT's optimizer folds into initializers
 _EIGHT_BITS = frozenset({TensorProto.INT8, TensorProto.UINT8})
-_FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
 
 
 _NO_WEIGHTS = (onnx.TensorProto.INT64, onnx.TensorProto.BOOL)  # shapes, axes, indices, masks: a graph's constants
@@ -129,7 +128,7 @@ def _parameter_count(nodes: list[onnx.NodeProto], tensors: list[onnx.TensorProto
             packed[node.input[1]] = sizes.get("K", 0) * sizes.get("N", 0)
         elif node.op_type == "QGemm" or node.op_type.startswith("QLinear"):
             side.update(name for name in node.input[1:] if (t := by_name.get(name)) is not None and (
-                t.data_type in _FLOATS or t.data_type in _EIGHT_BITS and len(t.dims) <= 1))
+                t.data_type in FLOAT_TYPES or t.data_type in _EIGHT_BITS and len(t.dims) <= 1))
         elif node.op_type == "DynamicQuantizeLinear" and len(node.output) > 1:
             input_scales.add(node.output[1])
         elif node.op_type == "BatchNormalization":  # running mean and variance: buffers, as PyTorch counts them

@@ -29,9 +29,17 @@ from onnxkit.autodiff.composites import collapse
 from onnxkit.autodiff.rules import NON_DIFFERENTIABLE, RULES
 from onnxkit.autodiff.sequences import sequence_splits
 from onnxkit.errors import OnnxkitError, suggest
-from onnxkit.graph_walks import ancestors, constant_values, node_label, node_reads, opset, readers, value_types
+from onnxkit.graph_walks import (
+    FLOAT_TYPES,
+    ancestors,
+    constant_values,
+    node_label,
+    node_reads,
+    opset,
+    readers,
+    value_types,
+)
 
-FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 MIN_OPSET = 13
 REPLACED = recurrent.RECURRENT | functions.FUNCTIONS  # ops replaced by standard ops before differentiation
 
@@ -77,7 +85,9 @@ def _is_float(types: dict[str, onnx.ValueInfoProto], name: str) -> bool:
     kind = vi.type
     while kind.HasField("sequence_type") or kind.HasField("optional_type"):
         kind = kind.sequence_type.elem_type if kind.HasField("sequence_type") else kind.optional_type.elem_type
-    return kind.tensor_type.elem_type in FLOATS if kind.HasField("tensor_type") else kind.WhichOneof("value") is None
+    if kind.HasField("tensor_type"):
+        return kind.tensor_type.elem_type in FLOAT_TYPES
+    return kind.WhichOneof("value") is None
 
 
 def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> list[tuple[str, str]]:

@@ -15,12 +15,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxkit.graph_walks import readers
+from onnxkit.graph_walks import FLOAT_TYPES, readers
 from onnxkit.train.batchnorm_restore import fresh_batch_norms
 from onnxkit.train.exporter_marks import folded_batch_norms
 
 Affine = tuple[onnx.NodeProto, str, str, int]  # a norm's node, its initializer, 'scale' or 'shift', and its start
-FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 # each normalisation op's inputs past the data, as (what it is, its value at the start)
 STARTS = {
     "BatchNormalization": (("scale", 1), ("shift", 0), ("running mean", 0), ("running variance", 1)),
@@ -73,7 +72,7 @@ def written_out(model: onnx.ModelProto, values: dict[str, onnx.TensorProto]) -> 
 
     def vector(node: onnx.NodeProto) -> str | None:  # its 1-D float initializer input
         return next((i for i in node.input if i in values and len(values[i].dims) == 1
-                     and values[i].data_type in FLOATS), None)
+                     and values[i].data_type in FLOAT_TYPES), None)
 
     normalised = [n.output[0] for n in model.graph.node
                   if (n.op_type == "Div" and len(n.input) == 2 and is_root(n.input[1]))

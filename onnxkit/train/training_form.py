@@ -42,6 +42,7 @@ from onnxkit.data.split import Split
 from onnxkit.dims import fixed_size
 from onnxkit.errors import OnnxkitError, first_few, suggest
 from onnxkit.graph_walks import (
+    FLOAT_TYPES,
     ancestors,
     needed_nodes,
     node_reads,
@@ -111,7 +112,7 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
     parameters, buffers, sizes, other_floats, sinusoids = [], [], {}, [], []
     for t in model.graph.initializer:
         used = uses.get(t.name, [])
-        if t.data_type not in _FLOATS or not used:
+        if t.data_type not in FLOAT_TYPES or not used:
             continue
         if all(op == "BatchNormalization" and i in _BN_STATS for op, i in used):
             kind = buffers
@@ -130,7 +131,6 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
     return ModelParameters(parameters, buffers, sizes, other_floats, sinusoids)
 
 
-_FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
 def trainable_form(model: onnx.ModelProto, named: str = "the model") -> tuple[onnx.ModelProto, list[str]]:
@@ -236,7 +236,7 @@ def constant_weights_as_initializers(model: onnx.ModelProto) -> tuple[onnx.Model
     PP-OCR recognizer was 'nothing to train'); and those names (none: `model` itself is returned)."""
     graph = model.graph
     floats = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and any(
-        a.name == "value" and a.t.data_type in _FLOATS and len(a.t.dims) >= 1 for a in n.attribute)}
+        a.name == "value" and a.t.data_type in FLOAT_TYPES and len(a.t.dims) >= 1 for a in n.attribute)}
     floats = {name: node for name, node in floats.items() if name not in {o.name for o in graph.output}}
     products = {n.output[0] for n in graph.node if n.op_type == "MatMul"}
     read = [name for n in graph.node for i, name in enumerate(n.input) if name in floats and (
