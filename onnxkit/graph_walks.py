@@ -53,6 +53,16 @@ def readers(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
     return found
 
 
+def transpose_perm(node: onnx.NodeProto) -> list[int] | None:
+    """A Transpose's `perm`; None where it has none (it then reverses the axes)."""
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+
+def last_two_swapped(rank: int) -> list[int]:
+    """The perm that swaps the last two of `rank` axes (a MatMul operand's transpose)."""
+    return [*range(rank - 2), rank - 1, rank - 2]
+
+
 def output_channels(node: onnx.NodeProto, weight: onnx.TensorProto) -> int:
     """The output channels of a Conv, ConvTranspose or Gemm layer, from its weight: Conv's [out, in / group, ...],
     ConvTranspose's [in, out / group, ...], Gemm's [in, out] ([out, in] with transB)."""

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.dims import Dim, dims_of
+from onnxkit.graph_walks import last_two_swapped
 
 GRADIENT_NODES = "onnxkit.grad/"  # what every backward node's name starts with
 
@@ -72,7 +73,7 @@ class Graph:
         Transpose that made it, otherwise a Transpose of `name` itself, never composed with the one before: onnxruntime
         folds a last-two-axes swap into its MatMul (FusedMatMul transA/transB) where a composed transpose that moves
         the last axis would be a copy of its own (MiniLM: V^T as [0, 2, 3, 1] of V's heads, 0.5 ms a layer)."""
-        perm = [*range(rank - 2), rank - 1, rank - 2]
+        perm = last_two_swapped(rank)
         source, first = self.transposed.get(name, (None, None))
         if first is not None and [first[p] for p in perm] == list(range(rank)):
             return source

@@ -37,6 +37,7 @@ from onnxkit.graph_walks import (
     node_reads,
     opset,
     readers,
+    transpose_perm,
     value_types,
 )
 
@@ -172,7 +173,7 @@ def add_gradients(model: onnx.ModelProto, wrt: Sequence[str], loss: str) -> onnx
     graph.readers = readers(model.graph.node)
     for node in model.graph.node:  # the forward graph's transposes, which the backward's may undo
         if node.op_type == "Transpose" and node.input and node.input[0]:
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            perm = transpose_perm(node)
             rank = len(graph.dims(node.input[0]) or [])
             if perm is not None or rank:
                 graph.transposed[node.output[0]] = (node.input[0], perm or list(reversed(range(rank))))

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxkit.graph_walks import node_reads
+from onnxkit.graph_walks import node_reads, transpose_perm
 from onnxkit.metadata_keys import STANDARDIZE_PREFIX
 from onnxkit.quantize.prepare import quiet_ort
 
@@ -79,7 +79,7 @@ def batch_transposes_into_matmul(model: onnx.ModelProto) -> set[str]:
     readers = {name for n in model.graph.node if n.op_type == "MatMul" for name in n.input}
     kept = set()
     for i, node in enumerate(model.graph.node):
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        perm = transpose_perm(node)
         if node.op_type != "Transpose" or not readers.intersection(node.output) or perm is None \
                 or perm[:-2] == list(range(len(perm) - 2)):  # a swap of the last two axes only fuses fine
             continue

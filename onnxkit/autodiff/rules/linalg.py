@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from onnxkit.autodiff.builder import Backward
 from onnxkit.autodiff.rules import rule
+from onnxkit.graph_walks import last_two_swapped
 
 
 def _rows(b: Backward, name: str, like: str) -> str:
@@ -51,8 +52,7 @@ def _weight_product(b: Backward, ra: int, rw: int) -> str:
     longer = k > n if isinstance(k, int) and isinstance(n, int) else isinstance(n, int)  # a free dim: a sequence
     if w in b.graph.transposed and longer:
         rank = max(ra, rw)
-        swap = [*range(rank - 2), rank - 1, rank - 2]
-        return b.graph.transpose(b.op("MatMul", b.graph.swap_last(dy, rank), a), swap)
+        return b.graph.transpose(b.op("MatMul", b.graph.swap_last(dy, rank), a), last_two_swapped(rank))
     return b.op("MatMul", b.graph.swap_last(a, ra), dy)
 
 

@@ -25,7 +25,7 @@ from onnx import helper
 
 from onnxkit.autodiff import GRADIENT_NODES, add_gradients, gradient_name
 from onnxkit.files import save_model, write_text
-from onnxkit.graph_walks import initializers_to_inputs, opset, readers
+from onnxkit.graph_walks import initializers_to_inputs, last_two_swapped, opset, readers, transpose_perm
 from onnxkit.graph_work import float_values, weighted_nodes
 from onnxkit.train.backend import TrainingProblem
 from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, save_state
@@ -127,24 +127,19 @@ def swapped_operands(graph: onnx.ModelProto) -> bool:
     (`session.TRANSPOSE_OPTIMIZERS`). A model's other such transposes (an exporter's NHWC <-> NCHW pairs) are left
     for the optimizer to push and cancel."""
     transposes = {n.output[0]: n for n in graph.graph.node if n.op_type == "Transpose"}
+    perms = {out: transpose_perm(node) or [] for out, node in transposes.items()}  # [] reverses: moves the last axis
     read_by = readers(graph.graph.node)
 
-    def perm(node: onnx.NodeProto) -> list[int]:
-        return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
-
-    def swap(node: onnx.NodeProto) -> bool:
-        rank = len(perm(node))
-        return rank > 2 and perm(node) == [*range(rank - 2), rank - 1, rank - 2]
-
-    def other_copy(node: onnx.NodeProto) -> bool:  # a forward transpose moving the last axis, not into a product
-        moves = not perm(node) or perm(node)[-1] != len(perm(node)) - 1
-        read = [r for r in read_by.get(node.output[0], []) if not r.name.startswith(GRADIENT_NODES)]
+    def other_copy(out: str) -> bool:  # a forward transpose moving the last axis, not into a product
+        moves = not perms[out] or perms[out][-1] != len(perms[out]) - 1
+        read = [r for r in read_by.get(out, []) if not r.name.startswith(GRADIENT_NODES)]
         into_products = bool(read) and all(r.op_type == "MatMul" for r in read)
-        return not node.name.startswith(GRADIENT_NODES) and moves and not into_products
+        return not transposes[out].name.startswith(GRADIENT_NODES) and moves and not into_products
 
-    if any(other_copy(n) for n in transposes.values()):
+    if any(other_copy(out) for out in transposes):
         return False
-    swaps_of_transposes = {o for o, n in transposes.items() if swap(n) and n.input[0] in transposes}
+    swaps_of_transposes = {out for out, node in transposes.items() if len(perms[out]) > 2
+                           and perms[out] == last_two_swapped(len(perms[out])) and node.input[0] in transposes}
     return any(i in swaps_of_transposes for n in graph.graph.node if n.op_type == "MatMul" for i in n.input)
 
 
