@@ -53,6 +53,11 @@ def readers(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
     return found
 
 
+def producers(nodes: Iterable[onnx.NodeProto]) -> dict[str, onnx.NodeProto]:
+    """The node among `nodes` that makes each value."""
+    return {name: node for node in nodes for name in node.output}
+
+
 def transpose_perm(node: onnx.NodeProto) -> list[int] | None:
     """A Transpose's `perm`; None where it has none (it then reverses the axes)."""
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
@@ -75,7 +80,7 @@ def output_channels(node: onnx.NodeProto, weight: onnx.TensorProto) -> int:
 def ancestors(model: onnx.ModelProto, *names: str, stop: Callable[[onnx.NodeProto], bool] | None = None) -> set[str]:
     """Every value name `names` depend on (including themselves), through subgraphs' reads too; `stop(node)`: a
     node whose inputs are not followed (its outputs still count)."""
-    producer = {o: node for node in model.graph.node for o in node.output}
+    producer = producers(model.graph.node)
     seen, stack = set(), list(names)
     while stack:
         name = stack.pop()
@@ -240,14 +245,14 @@ def _resize_hints(graph: onnx.GraphProto, known: dict[str, onnx.ValueInfoProto])
     Concat(Slice(Shape(x), 0, 2), [h, w])), and of Reshape nodes whose target is (TorchScript's x.flatten(2):
     Concat(Slice(Shape(x), 0, 2), [-1]), its -1 the fixed axes' product), where onnx's inference leaves an axis
     unnamed: the batch keeps its name, and a Conv after such a flatten its static length."""
-    producers = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph.node)
     constants = {t.name: t for t in graph.initializer if t.data_type == TensorProto.INT64}
     hints = []
     for node in graph.node:
         target = {"Resize": 3, "Reshape": 1}.get(node.op_type, len(node.input))
         if target >= len(node.input) or not node.input[target] or node.output[0] not in known:
             continue
-        dims = _shape_elements(node.input[target], producers, constants, known)
+        dims = _shape_elements(node.input[target], producer, constants, known)
         if node.op_type == "Reshape" and dims is not None:
             dims = _reshaped(dims, known.get(node.input[0]), any(a.name == "allowzero" and a.i for a in node.attribute))
         now = known[node.output[0]].type.tensor_type
@@ -297,14 +302,14 @@ def _fold_static_sizes(skeleton: onnx.GraphProto, graph: onnx.GraphProto,
     onnx's data propagation has no Div, and Slice reads only constant bounds, so TorchScript's
     `channels // groups` and `x.chunk(2, dim=1)` (ShuffleNet's channel shuffle and split) left those axes,
     and every shape after them, unknown."""
-    producers = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph.node)
     constants = {t.name: t for t in graph.initializer if t.data_type == TensorProto.INT64}
     folded = False
     for k, node in enumerate(graph.node):
         out = known.get(node.output[0]) if node.op_type in _SHAPE_OPS or node.op_type == "Shape" else None
         if out is None or out.type.tensor_type.elem_type != TensorProto.INT64 or not _has_shape(out):
             continue
-        value = _shape_elements(node.output[0], producers, constants, known)
+        value = _shape_elements(node.output[0], producer, constants, known)
         if value is None or not all(isinstance(v, int) for v in value):
             continue
         rank = len(out.type.tensor_type.shape.dim)
@@ -321,11 +326,11 @@ def _take_decided_branches(skeleton: onnx.GraphProto, graph: onnx.GraphProto,
 
     DeBERTa's TorchScript export asks `if key.size(-2) != query.size(-2)`, whose branches give relative positions
     of different ranks, so onnx's inference left the If's output, and the attention scores it is added to, unranked."""
-    producers = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph.node)
     constants = {t.name: t for t in graph.initializer if t.data_type == TensorProto.INT64}
     nodes, taken = [], False
     for node in skeleton.node:
-        truth = _truth(node.input[0], producers, constants, known) if node.op_type == "If" else None
+        truth = _truth(node.input[0], producer, constants, known) if node.op_type == "If" else None
         if truth is None:
             nodes.append(node)
             continue
@@ -339,17 +344,17 @@ def _take_decided_branches(skeleton: onnx.GraphProto, graph: onnx.GraphProto,
     return taken
 
 
-def _truth(name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
+def _truth(name: str, producer: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
            known: dict[str, onnx.ValueInfoProto]) -> bool | None:
     """The value of boolean scalar `name` where it is an Equal of two traced sizes (through Not and Cast): True
     for equal numbers or the same named axis, False for different numbers, None where it cannot be told."""
-    node = producers.get(name)
+    node = producer.get(name)
     if node is None or node.op_type not in ("Cast", "Identity", "Not", "Equal"):
         return None
     if node.op_type != "Equal":
-        inner = _truth(node.input[0], producers, constants, known)
+        inner = _truth(node.input[0], producer, constants, known)
         return None if inner is None else inner != (node.op_type == "Not")
-    a, b = (_shape_elements(i, producers, constants, known) for i in node.input)
+    a, b = (_shape_elements(i, producer, constants, known) for i in node.input)
     if a is None or b is None or len(a) != 1 or len(b) != 1 or None in (*a, *b):
         return None
     if a == b:
@@ -362,13 +367,13 @@ _SHAPE_OPS = frozenset({"Cast", "Unsqueeze", "Squeeze", "Identity", "Concat", "S
 # (traced by _shape_elements)
 
 
-def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
+def _shape_elements(name: str, producer: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
                     known: dict[str, onnx.ValueInfoProto]) -> list[int | str | None] | None:
     """The elements of 1-D int64 shape tensor `name` (an int, a dim's name, or None where unknown), traced through
     Shape, Slice and Gather with constant arguments, Concat, Cast, Squeeze and Unsqueeze; None when it cannot be."""
     if name in constants:
         return [int(v) for v in numpy_helper.to_array(constants[name]).reshape(-1)]
-    node = producers.get(name)
+    node = producer.get(name)
     if node is None:
         return None
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -380,7 +385,7 @@ def _shape_elements(name: str, producers: dict[str, onnx.NodeProto], constants: 
         return [int(v) for v in numpy_helper.to_array(node.attribute[0].t).reshape(-1)]
     if node.op_type not in _SHAPE_OPS or _elem_type(known.get(name)) not in (TensorProto.INT64, TensorProto.INT32):
         return None  # (before walking its inputs: they may lead through the whole network, a float Add's do)
-    parts = [_shape_elements(i, producers, constants, known) if i else None for i in node.input]
+    parts = [_shape_elements(i, producer, constants, known) if i else None for i in node.input]
     if node.op_type in ("Cast", "Unsqueeze", "Squeeze", "Identity"):
         return parts[0]
     if node.op_type in ("Add", "Sub", "Mul", "Div"):
@@ -436,7 +441,7 @@ def value_source(graph: onnx.GraphProto, name: str) -> str:
     """The value `name` holds, traced back through what quantization wraps values in without changing what they
     mean: float-to-float Casts and Identity (fp16's casts at the outputs), QuantizeLinear -> DequantizeLinear pairs
     (static int8's QDQ)."""
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph.node)
     while (node := producer.get(name)) is not None:
         if node.op_type == "Identity" or node.op_type == "Cast" and any(
                 a.name == "to" and a.i in FLOAT_TYPES for a in node.attribute):
@@ -483,7 +488,7 @@ def quantization_ops(model: onnx.ModelProto) -> list[str]:
 def sigmoid_pair_logit(graph: onnx.GraphProto, output: str) -> str | None:
     """The logit z when `output` is [1 - Sigmoid(z), Sigmoid(z)] joined on its last axis (skl2onnx's
     binary MLPClassifier probabilities: Softmax of the logits [0, z]); None for any other output."""
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph.node)
     join = producer.get(output)
     if join is None or join.op_type != "Concat" or len(join.input) != 2:
         return None
@@ -522,7 +527,7 @@ def argmax_of(model: onnx.ModelProto, name: str) -> str | None:
     """The graph output whose ArgMax over its last axis output `name` is (through Cast and Identity; the output
     seen through `value_source`'s wrappers, as fp16 casts it), as a PyTorch classifier returning
     (logits.argmax(1), logits) exports; None otherwise."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph.node)
     node = producer.get(name)
     while node is not None and node.op_type in ("Cast", "Identity"):
         node = producer.get(node.input[0])
@@ -564,7 +569,7 @@ def sklearn_classes(model: onnx.ModelProto) -> list[int] | list[str] | None:
                 return list(a.ints)
     if not model.graph.output or len(model.graph.output[0].type.tensor_type.shape.dim) != 1:
         return None  # not a label output ([N] class values)
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph.node)
     constants = {t.name: t for t in model.graph.initializer}
     name = model.graph.output[0].name
     while name in producer:

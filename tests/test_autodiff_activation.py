@@ -8,7 +8,7 @@ import pytest
 from gradcases import check, rand, single_node
 from onnx import helper
 
-from onnxkit.autodiff import add_gradients
+from onnxkit.autodiff import GRADIENT_NODES, add_gradients
 from onnxkit.autodiff.builder import Backward, Graph
 from onnxkit.autodiff.check import LOSS, run_gradients, with_projection_loss
 from onnxkit.autodiff.rules import RULES
@@ -102,7 +102,7 @@ def test_softmax_under_a_dropout_mask_reads_the_masked_product(wrt, x_shape, s_s
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     for name, (analytic, numeric) in gradcheck(model, {"x": x, "s": s}, wrt).items():
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9, err_msg=name)
-    backward = [n for n in add_gradients(model, wrt, "out").graph.node if n.name.startswith("onnxkit.grad")]
+    backward = [n for n in add_gradients(model, wrt, "out").graph.node if n.name.startswith(GRADIENT_NODES)]
     assert any(n.op_type == "Mul" and "s" in n.input for n in backward) == reads_mask
 
 

@@ -10,7 +10,7 @@ import pytest
 from gradcases import check, rand, single_node, trains_on_digit_rows
 from onnx import helper
 
-from onnxkit.autodiff import functions
+from onnxkit.autodiff import GRADIENT_NODES, functions
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import value_types
 
@@ -110,7 +110,7 @@ def _backward_transposes(model, wrt: list[str]) -> list[tuple[str, list[int], li
         for i in n.input:
             readers.setdefault(i, []).append(n.op_type)
     return [(n.input[0], list(n.attribute[0].ints), readers.get(n.output[0], []))
-            for n in with_grads.graph.node if n.name.startswith("onnxkit.grad") and n.op_type == "Transpose"]
+            for n in with_grads.graph.node if n.name.startswith(GRADIENT_NODES) and n.op_type == "Transpose"]
 
 
 def test_a_transposed_keys_gradient_reads_the_keys_and_swaps_only_what_its_products_fold():

@@ -19,7 +19,7 @@ from onnx import helper
 
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError, first_few, suggest
-from onnxkit.graph_walks import node_reads
+from onnxkit.graph_walks import node_reads, producers
 from onnxkit.metadata_keys import BUFFERS_KEY, DROPOUT_KEY, VERSION_KEY
 from onnxkit.nn.graph import Dim, Graph, Tensor, tracing, type_proto
 from onnxkit.nn.module import Module
@@ -275,7 +275,7 @@ def _name_outputs(graph: Graph, result: Any, names: Sequence[str] | None, forwar
     clash = next((n for n in names if n in taken), None)
     if clash is not None:
         raise OnnxkitError(f"output name {clash!r} is already an input's or a weight's name; choose another")
-    producer = {out: node for node in graph.nodes for out in node.output}
+    producer = producers(graph.nodes)
     renamed: dict[str, str] = {}
     outputs = []
     for new, t in zip(names, tensors, strict=True):

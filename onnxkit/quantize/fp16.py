@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxkit.graph_walks import node_reads, transpose_perm
+from onnxkit.graph_walks import node_reads, producers, transpose_perm
 from onnxkit.metadata_keys import STANDARDIZE_PREFIX
 from onnxkit.quantize.prepare import quiet_ort
 
@@ -41,7 +41,7 @@ def without_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` (in place) with each float32 value that the converter casts to float16 and straight back
     read as it was: between two float32 nodes, and from a float32 input to one, it passed through float16
     (an input of 300,000 became inf before the float32 node that standardises it), and its Casts went."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph.node)
     for node in model.graph.node:
         before = producer.get(node.input[0]) if node.op_type == "Cast" and node.input else None
         if _cast_to(node) == onnx.TensorProto.FLOAT and before is not None and \

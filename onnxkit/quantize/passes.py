@@ -10,7 +10,7 @@ import onnx
 
 from onnxkit import graph_work
 from onnxkit.errors import OnnxkitError
-from onnxkit.graph_walks import every_node, quantization_ops
+from onnxkit.graph_walks import every_node, producers, quantization_ops
 from onnxkit.quantize import analysis, int4, int8, isolated, rewrite
 from onnxkit.quantize.data import Feeds
 from onnxkit.quantize.fp16 import quantize_fp16
@@ -55,7 +55,7 @@ def quantized_before(model: onnx.ModelProto) -> str | None:
     """What shows that `model` is already quantized (quantization ops, or weighted nodes whose weights are stored
     low-precision: an int8 or float16 model), in words; None for a float model."""
     inits = {t.name: t for t in model.graph.initializer}
-    made_by = {o: n for n in model.graph.node for o in n.output}
+    made_by = producers(model.graph.node)
     ops = quantization_ops(model)
 
     def stored_low(name: str, depth: int = 0) -> bool:

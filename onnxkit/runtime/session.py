@@ -200,7 +200,7 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
         reason = error_reason(e)
         locale = missing_locale(reason)
         if locale is not None:
-            return _in_fallback_locale(model, options, providers, where, locale)
+            return _in_fallback_locale(model, options, providers, where, locale, disabled)
         if not own and not isinstance(model, bytes) and (kind := foreign_file(model)):
             raise OnnxkitError(f"{where}: {kind}") from e
         refused = refusal_hint(e) if not own or _newer_than_runtime(e) else None  # an own graph keeps the opset
@@ -213,14 +213,15 @@ def _open(model: str | os.PathLike | bytes, options: ort.SessionOptions, provide
 
 
 def _in_fallback_locale(model: str | bytes, options: ort.SessionOptions, providers: list, where: str,
-                        locale: str) -> ort.InferenceSession:
+                        locale: str, disabled: Sequence[str]) -> ort.InferenceSession:
     """A session on `model` with its StringNormalizers in C.UTF-8, for a locale this system lacks
     (`string_locale`); an error that names the locale to install if that fails too."""
     patched = with_fallback_locale(model)
     try:
         if patched is None:
             raise RuntimeError(f"locale {FALLBACK_LOCALE} is missing too")
-        return ort.InferenceSession(patched, sess_options=options, providers=providers)
+        return ort.InferenceSession(patched, sess_options=options, providers=providers,
+                                    disabled_optimizers=list(disabled))
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors have no common base
         raise OnnxkitError(f"{where}: its StringNormalizer needs locale {locale!r}, which this system lacks, and "
                            f"{FALLBACK_LOCALE} failed too ({error_reason(e)}); generate the locale (Debian, Ubuntu: "

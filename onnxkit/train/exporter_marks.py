@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxkit.errors import first_few
-from onnxkit.graph_walks import output_channels
+from onnxkit.graph_walks import output_channels, producers
 from onnxkit.metadata_keys import PADDING_ROW_KEY
 
 # what PyTorch's dynamo exporter writes in the value_info of each initializer it makes
@@ -574,14 +574,14 @@ def torchscript_folds(model: onnx.ModelProto, trainable: Iterable[str]) -> list[
     relative-position bias gathered from its table (Swin)."""
     if model.producer_name != "pytorch" or _export_signature(model):
         return []
-    producers = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph.node)
     readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in model.graph.node:
         for index, name in enumerate(node.input):
             readers.setdefault(name, []).append((node, index))
 
     def made_by(name: str, op: str) -> onnx.NodeProto | None:
-        node = producers.get(name)
+        node = producer.get(name)
         return node if node is not None and node.op_type == op else None
 
     def group_norm(name: str) -> bool:  # Reshape(InstanceNormalization(...)), the value GroupNorm's weight scales

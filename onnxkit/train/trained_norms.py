@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxkit.graph_walks import FLOAT_TYPES, readers
+from onnxkit.graph_walks import FLOAT_TYPES, producers, readers
 from onnxkit.train.batchnorm_restore import fresh_batch_norms
 from onnxkit.train.exporter_marks import folded_batch_norms
 
@@ -58,7 +58,7 @@ def written_out(model: onnx.ModelProto, values: dict[str, onnx.TensorProto]) -> 
     divided by a Sqrt of a ReduceMean (plus epsilon), or multiplied by its Reciprocal, is normalised; a Mul of it, or
     of the reciprocal itself (tf2onnx), by a 1-D initializer is the scale, and an Add of a 1-D initializer to that
     product (or a Sub of the product from one: tf2onnx's shift less the scaled mean) the shift."""
-    made = {o: n for n in model.graph.node for o in n.output}
+    made = producers(model.graph.node)
     read_by = readers(model.graph.node)
 
     def is_root(name: str) -> bool:  # Sqrt(ReduceMean(...) [+ epsilon])

@@ -47,6 +47,7 @@ from onnxkit.graph_walks import (
     needed_nodes,
     node_reads,
     opset,
+    producers,
     quantization_ops,
     used_initializers,
     value_types,
@@ -509,7 +510,7 @@ def training_form(
 def buffer_updates(form: onnx.ModelProto) -> dict[str, str]:
     """Buffer name -> the training-form value holding its update (BatchNorm in training mode)."""
     updates = {}
-    makers = {name: node for node in form.graph.node for name in node.output}
+    makers = producers(form.graph.node)
     for node in form.graph.node:
         if node.op_type == "BatchNormalization" and len(node.output) == 3:
             updates[node.input[3]] = node.output[1]
