@@ -102,7 +102,17 @@ def test_weight_gradient_in_chunks_of_positions(monkeypatch):
     model, _ = single_node("Conv", {"x": rand(2, 2, 6, 5), "w": rand(4, 2, 3, 3, seed=1)}, {"pads": [1, 1, 1, 1]})
     graph = with_projection_loss(model)
     ops = [n.op_type for n in add_gradients(graph, ["w"], LOSS).graph.node]
-    assert ops.count("Gather") == ops.count("Gemm") == 10  # 30 positions, 3 a chunk
+    assert ops.count("Gather") == ops.count("MatMul") == 10  # 30 positions, 3 a chunk
+
+
+@pytest.mark.parametrize("out_channels", [20, 4])  # more weight rows than columns (2 x 9 taps), and fewer
+def test_weight_gradient_either_way_round(out_channels):
+    # the GEMM makes the longer side of the weight gradient its rows
+    inputs = {"x": rand(2, 2, 5, 4), "w": rand(out_channels, 2, 3, 3, seed=1)}
+    check_both("Conv", inputs, ["w"], {"pads": [1, 1, 1, 1]})
+    model, _ = single_node("Conv", inputs, {"pads": [1, 1, 1, 1]})
+    ops = [n.op_type for n in add_gradients(with_projection_loss(model), ["w"], LOSS).graph.node]
+    assert ops.count("Gemm" if out_channels > 18 else "MatMul") == 1
 
 
 # -- ConvTranspose -----------------------------------------------------------------------------
