@@ -82,6 +82,18 @@ def test_depthwise_conv(attrs):
     check_both("Conv", {"x": rand(2, 3, 6, 6), "w": rand(6, 1, 3, 3, seed=1)}, ["x", "w"], {"group": 3, **attrs})
 
 
+@pytest.mark.parametrize("attrs", [{"pads": [1, 1, 1, 1]}, {"pads": [2, 0, 0, 3], "dilations": [2, 1]},
+                                   {"pads": [3, 0, 1, 2]}])  # pads wider than the kernel
+def test_stride_one_input_gradient_by_the_flipped_kernel(monkeypatch, attrs):
+    # over FLIPPED_FROM positions a stride-1 input gradient is a Conv, not a ConvTranspose
+    monkeypatch.setattr(conv_rules, "FLIPPED_FROM", 30)
+    inputs = {"x": rand(2, 3, 6, 5), "w": rand(4, 3, 3, 2, seed=1), "b": rand(4, seed=2)}
+    check_both("Conv", inputs, ["x", "w", "b"], attrs)
+    model, _ = single_node("Conv", inputs, attrs)
+    ops = [n.op_type for n in add_gradients(with_projection_loss(model), ["x"], LOSS).graph.node]
+    assert ops.count("Conv") == 2 and "ConvTranspose" not in ops
+
+
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
 def test_conv_auto_pad(auto_pad):
     check_both("Conv", {"x": rand(1, 2, 5, 5), "w": rand(3, 2, 2, 2, seed=1)}, ["x", "w"],
