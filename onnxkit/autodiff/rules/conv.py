@@ -3,9 +3,10 @@
 The spatial sizes of inputs and outputs must be static (shape inference gives them); the batch
 may be symbolic. Everything is written with standard ops:
 
-- Conv: dX is the transposed convolution of dY (for grouped convs a Conv of the zero-dilated dY
-  with the flipped, regrouped kernel: onnx.reference's grouped ConvTranspose is wrong); dW
-  is one GEMM of dY against X's windows gathered into columns (im2col), batch innermost.
+- Conv: dX is the transposed convolution of dY (for grouped convs, and stride-1 ones over
+  FLIPPED_FROM positions or more, a Conv of the zero-dilated dY with the flipped, regrouped kernel:
+  onnx.reference's grouped ConvTranspose is wrong, ONNX Runtime's slower there); dW is one GEMM of
+  dY against X's windows gathered into columns (im2col), batch innermost.
 - ConvTranspose: the same two with the roles of X and dY swapped.
 - MaxPool: each window's first maximum (in window order, the one ONNX Runtime and PyTorch pick)
   gets dY. Where windows tile the input (stride = kernel, the common case) this happens at full
