@@ -94,6 +94,13 @@ def test_stride_one_input_gradient_by_the_flipped_kernel(monkeypatch, attrs):
     assert ops.count("Conv") == 2 and "ConvTranspose" not in ops
 
 
+def test_flipped_kernel_input_gradient_1d_and_3d(monkeypatch):
+    monkeypatch.setattr(conv_rules, "FLIPPED_FROM", 8)
+    check_both("Conv", {"x": rand(2, 2, 9), "w": rand(3, 2, 3, seed=1)}, ["x", "w"], {"pads": [2, 0]})
+    check_both("Conv", {"x": rand(1, 2, 4, 3, 3), "w": rand(2, 2, 2, 2, 1, seed=1)}, ["x", "w"],
+               {"pads": [0, 1, 0, 1, 0, 0], "dilations": [2, 1, 1]})
+
+
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
 def test_conv_auto_pad(auto_pad):
     check_both("Conv", {"x": rand(1, 2, 5, 5), "w": rand(3, 2, 2, 2, seed=1)}, ["x", "w"],
