@@ -17,6 +17,8 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
     ("bench_runtime.py", ["--calls", "0"]),
     ("predict_memory.py", ["--rounds", "x"]),
     ("bench_serve.py", ["--concurrency", "1,x"]),
+    ("bench_conv.py", ["--ab", "onnxkit.autodiff.rules.conv.NO_SUCH_CONSTANT=1"]),
+    ("bench_finetune.py", ["--ab", "onnxkit.autodiff.rules.conv.FLIPPED_FROM=many"]),
 ])
 def test_a_bad_count_is_one_line(tool, arguments):
     done = subprocess.run([sys.executable, str(TOOLS / tool), *arguments], capture_output=True, text=True,
@@ -24,6 +26,22 @@ def test_a_bad_count_is_one_line(tool, arguments):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f"{tool}: error: argument {arguments[0]}:" in done.stderr.splitlines()[-1]
+
+
+def test_an_ab_setting_changes_the_constant_while_applied(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import step_timing
+
+    from onnxkit.autodiff.rules import conv
+
+    before = conv.FLIPPED_FROM
+    setting = step_timing.Setting.parse("onnxkit.autodiff.rules.conv.FLIPPED_FROM=1e12")
+    assert (setting.value, str(setting)) == (10**12, "FLIPPED_FROM=1000000000000")
+    with step_timing.applied([setting]):
+        assert conv.FLIPPED_FROM == 10**12
+    assert conv.FLIPPED_FROM == before
+    assert step_timing.ratio_pairs(["onnx", "onnx[FLIPPED_FROM=1]", "torch"]) == [
+        ("onnx", "torch"), ("onnx[FLIPPED_FROM=1]", "torch"), ("onnx", "onnx[FLIPPED_FROM=1]")]
 
 
 SWEEPS = [  # tool, its arguments, the packages it needs from outside the project environment, how to get them

@@ -28,6 +28,8 @@ import machine
 import numpy as np
 import onnx
 from step_timing import (
+    Setting,
+    add_ab_option,
     backend_contender,
     check_same_computation,
     import_torch,
@@ -36,6 +38,7 @@ from step_timing import (
     summarise,
     time_rounds,
     torch_contender,
+    variant_contender,
 )
 
 LR = 1e-3
@@ -90,13 +93,16 @@ def batches(batch_size: int, steps: int) -> list[tuple[dict[str, np.ndarray], np
              rng.integers(0, CLASSES, batch_size)) for _ in range(steps)]
 
 
-def contenders(name: str, work: Path, data: list, threads: int) -> list:
+def contenders(name: str, work: Path, data: list, threads: int, settings: list[Setting]) -> list:
     import torch
 
     net = module(name)
     model = exported(net)
-    onnxkit = backend_contender("onnx", model, work, data, threads=threads, lr=LR, dropout=False)
-    return [onnxkit, torch_contender(net, data, lambda feeds: torch.from_numpy(feeds["x"]), lr=LR)]
+    out = [backend_contender("onnx", model, work, data, threads=threads, lr=LR, dropout=False)]
+    if settings:
+        variant = work.parent / f"{work.name}-ab"
+        out.append(variant_contender(settings, model, variant, data, threads=threads, lr=LR, dropout=False))
+    return [*out, torch_contender(net, data, lambda feeds: torch.from_numpy(feeds["x"]), lr=LR)]
 
 
 def main() -> None:
@@ -108,6 +114,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=machine.count, default=32)
     parser.add_argument("--check", action="store_true", help="first compare 10 steps' losses")
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
+    add_ab_option(parser)
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
     torch = import_torch(args.threads)
@@ -117,10 +124,11 @@ def main() -> None:
         for name in args.models:
             work = Path(tmp) / name
             if args.check:
-                check_same_computation(contenders(name, work / "check", batches(args.batch_size, 10), args.threads),
+                check_same_computation(contenders(name, work / "check", batches(args.batch_size, 10), args.threads,
+                                                   args.ab),
                                        name)
             data = batches(args.batch_size, args.steps)
-            print_summary(name, summarise(time_rounds(contenders(name, work / "bench", data, args.threads),
+            print_summary(name, summarise(time_rounds(contenders(name, work / "bench", data, args.threads, args.ab),
                                                       args.rounds)))
             if args.profile:
                 print(profile_onnx_backend(exported(module(name)), work / "profile", data, threads=args.threads,

@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 from step_timing import (
+    add_ab_option,
     backend_contender,
     check_same_computation,
     import_torch,
@@ -43,6 +44,7 @@ from step_timing import (
     summarise,
     time_rounds,
     torch_contender,
+    variant_contender,
 )
 
 from onnxkit import zoo
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, nargs="?", const=12, metavar="NODES",
                         help="per-op kernel times of the onnx backend's graphs, and its NODES slowest nodes (12)")
     parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n MatMul measuring the peak")
+    add_ab_option(parser)
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
     torch = import_torch(args.threads)
@@ -218,6 +221,9 @@ def main() -> None:
             backend_contender(b, model, work / b, batches, threads=args.threads, lr=args.lr, dropout=dropout > 0)
             for b in args.backends
         ]
+        if args.ab:
+            out.append(variant_contender(args.ab, model, work / "onnx-ab", batches, threads=args.threads, lr=args.lr,
+                                         dropout=dropout > 0))
         return [*out, pytorch_contender(model, batches, dropout, args.lr)]
 
     with tempfile.TemporaryDirectory() as tmp:

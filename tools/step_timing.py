@@ -6,11 +6,17 @@ rotating, so all see the same machine load. Ratios are taken per round and summa
 min/median/max over rounds; on a shared machine, rounds in which other processes took 5% of
 the CPUs or more (from /proc/stat) are dropped. `check_same_computation` compares the
 contenders' losses (dropout off) and `profile_onnx_backend` gives per-op kernel times of the
-onnx backend's graphs.
+onnx backend's graphs. `--ab MODULE.CONSTANT=VALUE` (`Setting`) adds the onnx backend with an onnxkit constant
+changed while its graphs are built and its sessions opened (a rule's threshold, the optimizer's chunk), so a
+rule is timed against its alternative in one process, round for round.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
+import contextlib
+import importlib
 import json
 import logging
 import math
@@ -18,7 +24,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +108,54 @@ def backend_contender(
     return Contender(backend, step, data)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """An onnxkit module constant and a value for it, from `--ab onnxkit.autodiff.rules.conv.FLIPPED_FROM=1e12`."""
+
+    module: str
+    name: str
+    value: Any
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        """argparse's type for --ab: the constant must exist and the value be a number or True/False."""
+        where, _, value = text.partition("=")
+        module, _, name = where.rpartition(".")
+        try:
+            current = getattr(importlib.import_module(module), name) if module.startswith("onnxkit") else None
+            parsed = ast.literal_eval(value)
+        except (ImportError, AttributeError, ValueError, SyntaxError):
+            current = parsed = None
+        if not isinstance(current, int | float) or not isinstance(parsed, int | float):
+            raise argparse.ArgumentTypeError(f"{text!r}: give an onnxkit module constant and a number, as "
+                                             "onnxkit.autodiff.rules.conv.FLIPPED_FROM=1e12")
+        return cls(module, name, type(current)(parsed))
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"
+
+
+def add_ab_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ab", action="append", type=Setting.parse, default=[], metavar="MODULE.CONSTANT=VALUE",
+                        help="also time the onnx backend with this onnxkit constant changed (repeatable: all at once)")
+
+
+@contextlib.contextmanager
+def applied(settings: Sequence[Setting]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for s in settings:
+            stack.enter_context(mock.patch.object(importlib.import_module(s.module), s.name, s.value))
+        yield
+
+
+def variant_contender(settings: Sequence[Setting], model: onnx.ModelProto, directory: Path, data: list[Batch], *,
+                      threads: int, lr: float, dropout: bool) -> Contender:
+    """The onnx backend with `settings` in force while its graphs are built and its sessions opened."""
+    with applied(settings):
+        contender = backend_contender("onnx", model, directory, data, threads=threads, lr=lr, dropout=dropout)
+    return Contender(f"onnx[{', '.join(map(str, settings))}]", contender.step, data)
+
+
 def torch_contender(module, data: list[Batch], convert: Callable[[Any], Any], *, lr: float) -> Contender:  # type: ignore[no-untyped-def]
     """PyTorch training `module` with `torch.optim.AdamW(fused=True)` (its defaults otherwise);
     `convert` turns a batch's inputs into what `module` takes (done once, before timing)."""
@@ -178,10 +232,10 @@ def time_rounds(contenders: Sequence[Contender], rounds: int, warmup_rounds: int
 
 
 def ratio_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
-    """Every backend against PyTorch, and onnx against ort-training when both run."""
+    """Every backend against PyTorch, and onnx against ort-training and against its --ab variant when they run."""
     pairs = [(n, TORCH) for n in names if n != TORCH]
-    if "onnx" in names and "ort-training" in names:
-        pairs.append(("onnx", "ort-training"))
+    if "onnx" in names:
+        pairs += [("onnx", n) for n in names if n == "ort-training" or n.startswith("onnx[")]
     return pairs
 
 
