@@ -142,6 +142,7 @@ def add_ab_option(parser: argparse.ArgumentParser) -> None:
 
 @contextlib.contextmanager
 def applied(settings: Sequence[Setting]) -> Iterator[None]:
+    """The constants of `settings` set to their values inside the block, back to their own after it."""
     with contextlib.ExitStack() as stack:
         for s in settings:
             stack.enter_context(mock.patch.object(importlib.import_module(s.module), s.name, s.value))
