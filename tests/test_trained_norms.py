@@ -159,3 +159,55 @@ def test_a_norm_written_as_separate_ops_shows_training_by_its_scale_and_shift(fo
     else:
         normed = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5) * 1.1 + 0.2
     np.testing.assert_allclose(ort_run(model, {"x": x})[0], normed @ w["w2"] + w["b2"], rtol=1e-4, atol=1e-4)
+
+
+def torchscript_group_norm(scale: float = 1.0, shift: float = 0.0, producer: str = "pytorch",
+                           constant_nodes: bool = False) -> onnx.ModelProto:
+    """x [batch, 4, 6] -> GroupNorm(2, 4) as TorchScript writes it (a Reshape to the 2 groups, an
+    InstanceNormalization with the exporter's ones and zeros, a Reshape back, then the module's weight and bias as a
+    Mul and an Add of [4, 1] tensors it names onnx::Mul_5 and onnx::Add_6) -> Flatten -> Gemm. `constant_nodes`:
+    the ones and zeros as Constant nodes (`do_constant_folding=False`)."""
+    n = helper.make_node
+    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
+    nodes = [n("Reshape", ["x", "groups"], ["grouped"]),
+             n("InstanceNormalization", ["grouped", "/norm/Constant_output_0", "/norm/Constant_1_output_0"], ["in"]),
+             n("Reshape", ["in", "back"], ["normed"]), n("Mul", ["normed", "onnx::Mul_5"], ["scaled"]),
+             n("Add", ["scaled", "onnx::Add_6"], ["shifted"]), n("Flatten", ["shifted"], ["flat"]),
+             n("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1)]
+    weights = {"groups": np.array([0, 2, -1], np.int64), "back": np.array([0, 4, 6], np.int64),
+               "onnx::Mul_5": np.full((4, 1), scale, np.float32), "onnx::Add_6": np.full((4, 1), shift, np.float32),
+               "fc.weight": np.random.default_rng(0).normal(size=(3, 24)).astype(np.float32),
+               "fc.bias": np.zeros(3, np.float32)}
+    norm = {"/norm/Constant_output_0": ones, "/norm/Constant_1_output_0": zeros}
+    if constant_nodes:
+        nodes[:0] = [n("Constant", [], [k], value=numpy_helper.from_array(v, k)) for k, v in norm.items()]
+    else:
+        weights |= norm
+    graph = helper.make_graph(nodes, "group-norm",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4, 6])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 3])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=producer)
+
+
+@pytest.mark.parametrize("constant_nodes", [False, True])
+def test_a_torchscript_group_norms_own_ones_and_zeros_do_not_train(constant_nodes):
+    """TorchScript writes nn.GroupNorm (and nn.InstanceNorm without affine) as an InstanceNormalization of ones and
+    zeros it made: PyTorch trains no such tensors, and training them (a shift and scale per group) moved a
+    GroupNorm ResNet's losses 1.3e-3 from PyTorch's within 10 AdamW steps (`tools/bench_conv.py --models groupnorm
+    --check`); the module's weight and bias, after the Reshape back, train."""
+    from onnxkit.train.training_form import find_parameters, trainable_form
+
+    model, notes = trainable_form(torchscript_group_norm(constant_nodes=constant_nodes))
+    assert find_parameters(model).parameters == ["onnx::Mul_5", "onnx::Add_6", "fc.weight", "fc.bias"]
+    assert not any("Constant nodes" in note for note in notes)  # not lifted to train, nor said to be
+    hand_made = torchscript_group_norm(producer="")  # no exporter's mark: ones and zeros are a norm's scale and shift
+    assert "/norm/Constant_output_0" in find_parameters(hand_made).parameters
+
+
+def test_a_torchscript_group_norm_shows_training_by_its_weight_and_bias():
+    assert trained_norm(torchscript_group_norm()) is None
+    assert trained_norm(torchscript_group_norm(scale=1.1)) == (
+        "the scale of the normalisation written out at Mul 'scaled' is not all 1, its start")
+    assert trained_norm(torchscript_group_norm(shift=0.2)) == (
+        "the shift of the normalisation written out at Add 'shifted' is not all 0, its start")

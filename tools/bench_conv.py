@@ -1,19 +1,21 @@
 """Training step time of PyTorch convolutional networks exported to ONNX, onnxkit against PyTorch,
 on CIFAR-sized inputs (3 x 32 x 32, 10 classes).
 
-Two modules, built in PyTorch and exported as users export them (TorchScript exporter, eval
+Three modules, built in PyTorch and exported as users export them (TorchScript exporter, eval
 mode, dynamic batch): a VGG-style stack (3x3 convolutions 3-32-32 / pool / 64-64 / pool / 128,
-global average pool, linear) and a small ResNet (a 3x3 stem to 32 channels, then basic blocks
+global average pool, linear), a small ResNet (a 3x3 stem to 32 channels, then basic blocks
 of 32, 64 and 128 channels, the last two strided with 1x1 shortcuts, no BatchNorm: eval-mode
-exports fold it away). The onnx backend trains the export through `open_training`; PyTorch
-trains the same module from the same weights, with `torch.optim.AdamW(fused=True)` at lr 1e-3
-(AdamW's defaults otherwise), on the same random batches (seeded), with the same threads.
+exports fold it away) and `groupnorm`, a diffusion U-Net's residual blocks (GroupNorm of 8 groups,
+SiLU, 3x3 Conv, twice) at 32, 64 and 128 channels between strided 3x3 Convs. The onnx backend
+trains the export through `open_training`; PyTorch trains the same module from the same weights,
+with `torch.optim.AdamW(fused=True)` at lr 1e-3 (AdamW's defaults otherwise), on the same random
+batches (seeded), with the same threads.
 Rounds alternate (tools/step_timing.py) and the summary prints each contender's median ms/step
 and the min/median/max of the per-round ratio onnx / torch. `--check` first compares 10 steps'
 losses (relative 1e-3); `--profile` adds per-op kernel times of the onnx backend's graphs.
 
-    PYTHONPATH=/tmp/torchlib .venv/bin/python tools/bench_conv.py [--models vgg resnet] [--batch-size 32]
-        [--rounds 5] [--steps 20] [--check] [--profile]
+    PYTHONPATH=/tmp/torchlib .venv/bin/python tools/bench_conv.py [--models vgg resnet groupnorm]
+        [--batch-size 32] [--rounds 5] [--steps 20] [--check] [--profile] [--ab MODULE.CONSTANT=VALUE]
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from step_timing import (
 )
 
 LR = 1e-3
+MODELS = ("vgg", "resnet", "groupnorm")
 SHAPE = (3, 32, 32)
 CLASSES = 10
 
@@ -63,7 +66,20 @@ def module(name: str):  # type: ignore[no-untyped-def]
         def forward(self, x):  # type: ignore[no-untyped-def]
             return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
 
+    class NormBlock(nn.Module):  # a diffusion U-Net's residual block: GroupNorm, SiLU, Conv, twice
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.norm1, self.conv1 = nn.GroupNorm(8, channels), nn.Conv2d(channels, channels, 3, padding=1)
+            self.norm2, self.conv2 = nn.GroupNorm(8, channels), nn.Conv2d(channels, channels, 3, padding=1)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            silu = nn.functional.silu
+            return x + self.conv2(silu(self.norm2(self.conv1(silu(self.norm1(x))))))
+
     head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, CLASSES)]
+    if name == "groupnorm":
+        return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), NormBlock(32), nn.Conv2d(32, 64, 3, 2, 1), NormBlock(64),
+                             nn.Conv2d(64, 128, 3, 2, 1), NormBlock(128), *head)
     if name == "vgg":
         return nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -107,7 +123,7 @@ def contenders(name: str, work: Path, data: list, threads: int, settings: list[S
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["vgg", "resnet"], choices=["vgg", "resnet"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=machine.count, default=20, help="steps per round")
     parser.add_argument("--rounds", type=machine.count, default=5)

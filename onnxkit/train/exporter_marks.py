@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.errors import first_few
 from onnxkit.graph_walks import output_channels, producers
@@ -28,6 +28,7 @@ _FOLDED = "pkg.onnxscript.optimizer.folded_from"  # a constant computed at expor
 _SIGNATURE = "pkg.torch.export.ExportedProgram.graph_signature"  # graph metadata: 'p_fc_weight: PARAMETER target=...'
 _SIGNATURE_SPEC = re.compile(r"^(\S+): (\w+) target='([^']*)'", re.MULTILINE)  # placeholder, kind, target
 _STATE_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)*")  # a state_dict key (gate, blocks.0.scale), not onnx::Mul_7
+_STATE_KEY = re.compile(r"\w+(\.\w+)*")  # a state_dict key, 1.weight too; not onnx::Mul_7, /1/Constant_output_0
 _DYNAMO_VALUE = re.compile(r"val_\d+")  # a constant the dynamo exporter made (GELU's sqrt(2)), no module's state
 _DYNAMO_NODE = "node_"  # how the dynamo exporter names its nodes (node_linear, node_Div_1)
 _SCOPES = "pkg.torch.onnx.name_scopes"  # a node's module paths, outermost first, then its op's name
@@ -58,6 +59,27 @@ def scalar_weights(model: onnx.ModelProto) -> set[str]:
         return set()
     return {t.name for t in model.graph.initializer
             if not t.dims and _STATE_NAME.fullmatch(t.name) and not _DYNAMO_VALUE.fullmatch(t.name)}
+
+
+def norm_constants(model: onnx.ModelProto) -> set[str]:
+    """The ones and zeros a TorchScript export gives an InstanceNormalization as its scale and bias where the
+    module has none: nn.GroupNorm, written as a per-group InstanceNormalization between Reshapes (its own weight
+    and bias are a Mul and an Add after them), and nn.InstanceNorm without affine. PyTorch trains neither. They are
+    named as the exporter names values (/norm/Constant_1_output_0), not as state_dict keys, and are initializers or
+    Constant nodes (`do_constant_folding=False`); only such norms read them."""
+    if model.producer_name != "pytorch" or _export_signature(model):
+        return set()
+    values = {t.name: t for t in model.graph.initializer} | {
+        n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
+    reads: dict[str, set[tuple[str, int]]] = {}
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            reads.setdefault(name, set()).add((node.op_type, index))
+    fills = {1: 1.0, 2: 0.0}  # the scale's ones, the bias's zeros
+    return {name for name, tensor in values.items() if not _STATE_KEY.fullmatch(name) and reads.get(name)
+            and all(op == "InstanceNormalization" and index in fills for op, index in reads[name])
+            and len({index for _, index in reads[name]}) == 1
+            and np.all(numpy_helper.to_array(tensor) == fills[next(iter(reads[name]))[1]])}
 
 
 def lost_dynamo_marks(model: onnx.ModelProto) -> bool:

@@ -5,8 +5,10 @@ and every LayerNorm, GroupNorm and InstanceNorm at scale 1 and shift 0, exactly;
 train mode moves a BatchNorm's running statistics, a gradient step its scale and shift). A BatchNorm that PyTorch's
 exporter folded into the layer before it leaves a shift there only when it had moved (`fresh_batch_norms`). A norm
 written as separate ops (PyTorch's LayerNorm before opset 17, RMSNorm, tf2onnx's) shows its scale and shift as the
-Mul and Add (or Sub) of a 1-D tensor right after its division by a Sqrt of a ReduceMean (`written_out`). A model
-with no such layer (an MLP) shows nothing either way.
+Mul and Add (or Sub) of a 1-D tensor right after its division by a Sqrt of a ReduceMean, and a GroupNorm as
+TorchScript writes it (an InstanceNormalization of the groups, whose ones and zeros no one trains, then a Reshape)
+as the Mul and Add of a [C, 1, 1] tensor after the Reshape (`written_out`). A model with no such layer (an MLP)
+shows nothing either way.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ def trained_norm(model: onnx.ModelProto) -> str | None:
 
 def written_out(model: onnx.ModelProto, values: dict[str, onnx.TensorProto]) -> list[Affine]:
     """(node, initializer, 'scale' or 'shift', its start) of each normalisation written as separate ops: a value
-    divided by a Sqrt of a ReduceMean (plus epsilon), or multiplied by its Reciprocal, is normalised; a Mul of it, or
-    of the reciprocal itself (tf2onnx), by a 1-D initializer is the scale, and an Add of a 1-D initializer to that
-    product (or a Sub of the product from one: tf2onnx's shift less the scaled mean) the shift."""
+    divided by a Sqrt of a ReduceMean (plus epsilon), or multiplied by its Reciprocal, or a Reshape of an
+    InstanceNormalization (GroupNorm), is normalised; a Mul of it, or of the reciprocal itself (tf2onnx), by an
+    initializer of one axis is the scale, and an Add of one to that product (or a Sub of the product from one:
+    tf2onnx's shift less the scaled mean) the shift."""
     made = producers(model.graph.node)
     read_by = readers(model.graph.node)
 
@@ -70,15 +73,17 @@ def written_out(model: onnx.ModelProto, values: dict[str, onnx.TensorProto]) -> 
             inner = next((made[i] for i in inner.input if i in made and made[i].op_type == "ReduceMean"), None)
         return inner is not None and inner.op_type == "ReduceMean"
 
-    def vector(node: onnx.NodeProto) -> str | None:  # its 1-D float initializer input
-        return next((i for i in node.input if i in values and len(values[i].dims) == 1
-                     and values[i].data_type in FLOAT_TYPES), None)
+    def vector(node: onnx.NodeProto) -> str | None:  # its float initializer input of one axis ([C], or [C, 1, 1])
+        return next((i for i in node.input if i in values and values[i].dims and sum(d != 1 for d in values[i].dims)
+                     <= 1 and values[i].data_type in FLOAT_TYPES), None)
 
     normalised = [n.output[0] for n in model.graph.node
                   if (n.op_type == "Div" and len(n.input) == 2 and is_root(n.input[1]))
                   or (n.op_type == "Reciprocal" and is_root(n.input[0]))
                   or (n.op_type == "Mul" and any(i in made and made[i].op_type == "Reciprocal"
-                                                 and is_root(made[i].input[0]) for i in n.input))]
+                                                 and is_root(made[i].input[0]) for i in n.input))
+                  or (n.op_type == "Reshape" and n.input[0] in made
+                      and made[n.input[0]].op_type == "InstanceNormalization")]
     found = []
     for value in normalised:
         for scale in (r for r in read_by.get(value, []) if r.op_type == "Mul" and vector(r)):

@@ -59,6 +59,7 @@ from onnxkit.train.exporter_marks import (
     exported_constants,
     in_inference_mode,
     lost_dynamo_marks,
+    norm_constants,
     retie_folded_transposes,
     retie_repeated_folds,
     scalar_weights,
@@ -108,7 +109,8 @@ def find_parameters(model: onnx.ModelProto) -> ModelParameters:
             uses.setdefault(name, []).append((node.op_type, i))
         for name in node_reads(node).difference(node.input):  # read inside a Loop or If: never a setting
             uses.setdefault(name, []).append((node.op_type, -1))
-    declared = set(json.loads(metadata(model).get(BUFFERS_KEY, "[]"))) | exported_constants(model)
+    declared = set(json.loads(metadata(model).get(BUFFERS_KEY, "[]"))) | exported_constants(model) | \
+        norm_constants(model)
     scalars = scalar_weights(model)
     parameters, buffers, sizes, other_floats, sinusoids = [], [], {}, [], []
     for t in model.graph.initializer:
@@ -238,7 +240,8 @@ def constant_weights_as_initializers(model: onnx.ModelProto) -> tuple[onnx.Model
     graph = model.graph
     floats = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and any(
         a.name == "value" and a.t.data_type in FLOAT_TYPES and len(a.t.dims) >= 1 for a in n.attribute)}
-    floats = {name: node for name, node in floats.items() if name not in {o.name for o in graph.output}}
+    kept = {o.name for o in graph.output} | norm_constants(model)  # outputs; a PyTorch norm's own ones and zeros
+    floats = {name: node for name, node in floats.items() if name not in kept}
     products = {n.output[0] for n in graph.node if n.op_type == "MatMul"}
     read = [name for n in graph.node for i, name in enumerate(n.input) if name in floats and (
         i in _WEIGHT_INPUTS.get(n.op_type, ()) or (n.op_type == "Add" and products & set(n.input)))]
