@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from onnx import helper
@@ -33,6 +35,7 @@ from onnx import helper
 from onnxkit.autodiff.builder import Backward
 from onnxkit.autodiff.rules import rule
 
+Attr = Callable[[str, Any], Any]  # a node's attribute by name, or the default given
 SLICE_TO_START = -(2**63)  # Slice `ends` that runs to the beginning with a negative step
 COLUMN_BYTES = 4 << 20  # a Conv weight gradient gathers at most this many bytes of columns per example at once
 # A stride-1 Conv's dX over at least this many positions is a Conv with the flipped kernel: ONNX Runtime's
@@ -89,41 +92,45 @@ def _static(b: Backward, name: str) -> list[int]:
     return dims
 
 
-def _axes_attr(b: Backward, name: str, n: int) -> tuple[int, ...]:
-    return tuple(b.attr(name) or [1] * n)
+def _axes_attr(attr: Attr, name: str, n: int) -> tuple[int, ...]:
+    return tuple(attr(name) or [1] * n)
 
 
-def _explicit_pads(b: Backward, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    pads = [0] * (2 * n) if b.attr("auto_pad", "NOTSET") == "VALID" else (b.attr("pads") or [0] * (2 * n))
+def _explicit_pads(attr: Attr, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    pads = [0] * (2 * n) if attr("auto_pad", "NOTSET") == "VALID" else (attr("pads") or [0] * (2 * n))
     return tuple(pads[:n]), tuple(pads[n:])
 
 
-def _same_pads(b: Backward, total: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _same_pads(attr: Attr, total: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """auto_pad SAME_UPPER puts the odd pad at the end, SAME_LOWER at the beginning."""
     if min(total) < 0:
         raise ValueError("auto_pad=SAME_* with a stride longer than the kernel needs negative pads, which ONNX "
                          "Runtime versions treat differently; give explicit pads")
     small = tuple(t // 2 for t in total)
     big = tuple(t - s for t, s in zip(total, small, strict=True))
-    return (small, big) if b.attr("auto_pad") == "SAME_UPPER" else (big, small)
+    return (small, big) if attr("auto_pad", None) == "SAME_UPPER" else (big, small)
 
 
 def _window(b: Backward, kernel: list[int]) -> Window:
-    """The window of a Conv or pooling node, input 0 -> output 0 (output sizes computed here:
-    onnx's shape inference gets some ceil_mode cases wrong)."""
-    size = _spatial(b, b.x())
+    return window(b.attr, _spatial(b, b.x()), kernel)
+
+
+def window(attr: Attr, size: tuple[int, ...], kernel: Sequence[int]) -> Window:
+    """The window of a Conv or pooling node (its attributes read by `attr(name, default)`) over spatial sizes `size`,
+    input 0 -> output 0 (output sizes computed here: onnx's shape inference gets some ceil_mode cases wrong)."""
     n = len(size)
-    strides, dilations = _axes_attr(b, "strides", n), _axes_attr(b, "dilations", n)
+    strides, dilations = _axes_attr(attr, "strides", n), _axes_attr(attr, "dilations", n)
     span = _spans(tuple(kernel), dilations)
-    if b.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+    if attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
         if any(d > 1 for d in dilations):
             raise ValueError("auto_pad=SAME_* with dilations is sized differently by ONNX Runtime and the ONNX "
                              "spec; give explicit pads")
         out = tuple(-(-i // s) for i, s in zip(size, strides, strict=True))
-        begin, end = _same_pads(b, [(o - 1) * s + sp - i for i, o, s, sp in zip(size, out, strides, span, strict=True)])
+        begin, end = _same_pads(attr, [(o - 1) * s + sp - i for i, o, s, sp in zip(size, out, strides, span,
+                                                                                    strict=True)])
     else:
-        begin, end = _explicit_pads(b, n)
-        ceil = b.attr("ceil_mode", 0)
+        begin, end = _explicit_pads(attr, n)
+        ceil = attr("ceil_mode", 0)
         out = tuple((i + bg + e - sp + (s - 1 if ceil else 0)) // s + 1
                     for i, s, sp, bg, e in zip(size, strides, span, begin, end, strict=True))
         if ceil and any((o - 1) * s >= i + bg for o, s, i, bg in zip(out, strides, size, begin, strict=True)):
@@ -203,7 +210,7 @@ def _correlate(b: Backward, a: str, k: str, w: Window, group: int, a_channels: i
     batch_last = [1, *range(2, 2 + n), 0]
     rows = b.op("Reshape", b.op("Transpose", a, perm=batch_last), b.ints([a_channels, math.prod(w.size), -1]))
     rows = b.op("Pad", rows, b.ints([0, 0, 0, 0, 1, 0]), b.const(0.0, like=a))  # a zero row for the padding
-    positions = _tap_positions(w)  # [taps, output positions]
+    positions = tap_positions(w)  # [taps, output positions]
     taps, count = positions.shape
     k_rows = b.op("Reshape", b.op("Transpose", k, perm=batch_last), b.ints([k_channels, count, -1]))
     itemsize = helper.tensor_dtype_to_np_dtype(b.dtype(a)).itemsize
@@ -235,7 +242,7 @@ def _columns_product(b: Backward, columns: str, k_part: str, group: int, rows: i
     return b.op("Transpose", b.op("MatMul", columns, k_cols), perm=[0, 2, 1])
 
 
-def _tap_positions(w: Window) -> np.ndarray:
+def tap_positions(w: Window) -> np.ndarray:
     """[taps, output positions]: the flat input position each tap of each window reads, or the
     input's size (one past its end) where it reads padding."""
     n = len(w.size)
@@ -274,14 +281,14 @@ def conv_transpose(b: Backward) -> list[str | None]:
     size = _spatial(b, x)
     n = len(size)
     kernel = tuple(weight_dims[2:])
-    strides, dilations = _axes_attr(b, "strides", n), _axes_attr(b, "dilations", n)
+    strides, dilations = _axes_attr(b.attr, "strides", n), _axes_attr(b.attr, "dilations", n)
     output_padding = b.attr("output_padding") or [0] * n
     full = [s * (i - 1) + p + sp for i, s, p, sp in zip(size, strides, output_padding, _spans(kernel, dilations),
                                                         strict=True)]
     if b.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
-        begin, end = _same_pads(b, [f - i * s for f, i, s in zip(full, size, strides, strict=True)])
+        begin, end = _same_pads(b.attr, [f - i * s for f, i, s in zip(full, size, strides, strict=True)])
     else:
-        begin, end = _explicit_pads(b, n)
+        begin, end = _explicit_pads(b.attr, n)
     out = tuple(f - bg - e for f, bg, e in zip(full, begin, end, strict=True))
     w = Window(out, size, kernel, strides, dilations, begin, end)
     dx = dw = db = None

@@ -4,7 +4,8 @@ graph, the eval graph and the initial state, all in one folder.
 - `training.onnx`: inputs: the batch, the labels, each parameter, the buffers and the
   dropout tables and windows (see `dropout`); outputs: the loss, each buffer's update
   and each parameter's gradient. With gradient accumulation it also takes each gradient's
-  running sum (`<param>.grad.accumulated`) and adds to it.
+  running sum (`<param>.grad.accumulated`) and adds to it. `training-cpu.onnx`, where it has
+  forward Convs to lower (`conv_lowering`): the same, as the CPU runs it best.
 - `optimizer.onnx`: `onnxkit.train.optim.update_model` over one flat parameter of any length;
   the session runs it over the flat buffer whole or chunk by chunk (see `session`).
 - `eval.onnx`: the inference form computing the chosen output, fed the parameters and buffers; for a
@@ -29,14 +30,15 @@ from onnxkit.graph_walks import initializers_to_inputs, last_two_swapped, opset,
 from onnxkit.graph_work import float_values, weighted_nodes
 from onnxkit.train.backend import TrainingProblem
 from onnxkit.train.backends.onnx.checkpoint import OPTIMIZER_KEY, STEP, save_state
+from onnxkit.train.backends.onnx.conv_lowering import lowered_convs
 from onnxkit.train.backends.onnx.dropout import replace_dropout
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
 from onnxkit.train.optim import initial_state, update_model
 from onnxkit.train.training_form import eval_form
 from onnxkit.train.validation_sums import append_sums
 
-TRAINING, OPTIMIZER, EVAL, INITIAL, SIGNATURE = (
-    "training.onnx", "optimizer.onnx", "eval.onnx", "initial.safetensors", "signature.json"
+TRAINING, CPU_TRAINING, OPTIMIZER, EVAL, INITIAL, SIGNATURE = (
+    "training.onnx", "training-cpu.onnx", "optimizer.onnx", "eval.onnx", "initial.safetensors", "signature.json"
 )
 ACCUMULATED = ".accumulated"  # suffix of a gradient's running-sum input
 # a training step of fewer forward multiply-adds than this runs on one CPU thread: a second one's handoffs cost more
@@ -78,7 +80,11 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
     graph, values, layout, dropout = training_graph(problem)
     save_model(graph, directory / TRAINING)
     swaps = swapped_operands(graph)
-    del graph
+    cpu = lowered_convs(graph)
+    if cpu is not None:
+        save_model(cpu, directory / CPU_TRAINING)
+    cpu_graph = TRAINING if cpu is None else CPU_TRAINING
+    del graph, cpu
     version = min(max(opset(problem.eval_model), 13), 21)
     optimizer = update_model(problem.optimizer, [(PARAMS, ("n",))], clip_grad_norm=problem.clip_grad_norm,
                              opset=version)
@@ -103,6 +109,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
         "dropout": dropout,
         "small_step": small_step(problem),
         "swapped_operands": swaps,
+        "cpu_graph": cpu_graph,
     }
     write_text(directory / SIGNATURE, json.dumps(signature, indent=1))
 

@@ -88,7 +88,8 @@ class OnnxSession(TrainingSession):
         one = sig.get("small_step", False) and kind == "cpu"  # a step this small runs faster on one thread
         # a too-short dropout table fails a training step that is retried: no error line for it
         options = _options(1 if one else threads, 4, spin_between_runs=spin, memory_pattern=patterned)
-        self._train = create_session(str(directory / TRAINING), options, providers, own=True,
+        graph = sig.get("cpu_graph", TRAINING) if kind == "cpu" else TRAINING  # forward Convs lowered for the CPU
+        self._train = create_session(str(directory / graph), options, providers, own=True,
                                      disabled=TRANSPOSE_OPTIMIZERS if sig.get("swapped_operands") else ())
         # an update graph of elementwise nodes: the higher optimisation levels find nothing in it (every optimizer's
         # graph, clipped or not, comes out node for node the same) and only take longer to build it (~0.3 ms)
