@@ -91,6 +91,10 @@ def test_a_cpu_session_steps_on_the_lowered_graph_as_on_the_plain_one(tmp_path, 
                if not n.name.startswith("onnxkit.grad/")]
     assert "Conv" not in {n.op_type for n in forward}  # 64 and 16 positions: both lowered
     assert sum(n.name.startswith(conv_lowering.PREFIX) and n.op_type == "MatMul" for n in forward) == 2
+    gathers = [n.name for n in onnx.load(tmp_path / "lowered" / CPU_TRAINING).graph.node if n.op_type == "Gather"]
+    assert len(gathers) == 2 and all(g.startswith(conv_lowering.PREFIX) for g in gathers)  # the weight gradients'
+    plain_gathers = [n.name for n in onnx.load(tmp_path / "lowered" / TRAINING).graph.node if n.op_type == "Gather"]
+    assert len(plain_gathers) == 2 and all(g.startswith("onnxkit.grad/") for g in plain_gathers)
     monkeypatch.setattr(conv_lowering, "LOWERED_UP_TO", 0)
     plain, plain_weights = steps(tmp_path / "plain")
     assert json.loads((tmp_path / "plain" / "signature.json").read_text())["cpu_graph"] == TRAINING
