@@ -1,7 +1,7 @@
 """The CPU's training graph: forward Convs of few output positions an image as one GEMM over the batch
 (`conv_lowering`). The lowered nodes compute what the Conv does, for any padding, stride, dilation and rank, at
 any batch size; shallow, wide, grouped and backward Convs stay; a training session on the CPU opens the lowered
-graph and steps as the plain one does."""
+graphs and steps and evaluates as on the plain ones."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import nn
 from onnxkit.train.backends.onnx import conv_lowering
-from onnxkit.train.backends.onnx.artifacts import CPU_TRAINING, TRAINING
+from onnxkit.train.backends.onnx.artifacts import EVAL, TRAINING
 from onnxkit.train.backends.onnx.conv_lowering import lowered_convs
 from onnxkit.train.problem import open_training
 
@@ -67,7 +67,7 @@ def test_shallow_wide_grouped_and_backward_convs_stay(monkeypatch):
     assert lowered_convs(backward) is None
 
 
-def test_a_cpu_session_steps_on_the_lowered_graph_as_on_the_plain_one(tmp_path, monkeypatch):
+def test_a_cpu_session_steps_and_evaluates_on_the_lowered_graphs_as_on_the_plain_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(conv_lowering, "MIN_DEPTH", 1)
     nn.manual_seed(0)
     net = nn.Sequential([nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
@@ -82,23 +82,24 @@ def test_a_cpu_session_steps_on_the_lowered_graph_as_on_the_plain_one(tmp_path, 
         for x, y in batches:
             losses.append(session.train_step(x, y))
             session.optimizer_step(1e-2)
-        return losses, session.parameters()
+        return [*losses, *session.eval_step(batches[0][0]).ravel()], session.parameters()
 
     lowered, lowered_weights = steps(tmp_path / "lowered")
     signature = json.loads((tmp_path / "lowered" / "signature.json").read_text())
-    assert signature["cpu_graph"] == CPU_TRAINING
-    forward = [n for n in onnx.load(tmp_path / "lowered" / CPU_TRAINING).graph.node
-               if not n.name.startswith("onnxkit.grad/")]
+    assert signature["cpu_graphs"] == {TRAINING: "training-cpu.onnx", EVAL: "eval-cpu.onnx"}
+    cpu_training = onnx.load(tmp_path / "lowered" / "training-cpu.onnx").graph.node
+    forward = [n for n in cpu_training if not n.name.startswith("onnxkit.grad/")]
     assert "Conv" not in {n.op_type for n in forward}  # 64 and 16 positions: both lowered
     assert sum(n.name.startswith(conv_lowering.PREFIX) and n.op_type == "MatMul" for n in forward) == 2
-    gathers = [n.name for n in onnx.load(tmp_path / "lowered" / CPU_TRAINING).graph.node if n.op_type == "Gather"]
+    gathers = [n.name for n in cpu_training if n.op_type == "Gather"]
     assert len(gathers) == 2 and all(g.startswith(conv_lowering.PREFIX) for g in gathers)  # the weight gradients'
     plain_gathers = [n.name for n in onnx.load(tmp_path / "lowered" / TRAINING).graph.node if n.op_type == "Gather"]
     assert len(plain_gathers) == 2 and all(g.startswith("onnxkit.grad/") for g in plain_gathers)
+    assert "Conv" not in {n.op_type for n in onnx.load(tmp_path / "lowered" / "eval-cpu.onnx").graph.node}
     monkeypatch.setattr(conv_lowering, "LOWERED_UP_TO", 0)
     plain, plain_weights = steps(tmp_path / "plain")
-    assert json.loads((tmp_path / "plain" / "signature.json").read_text())["cpu_graph"] == TRAINING
-    assert not (tmp_path / "plain" / CPU_TRAINING).exists()
-    np.testing.assert_allclose(lowered, plain, rtol=1e-5)
+    assert json.loads((tmp_path / "plain" / "signature.json").read_text())["cpu_graphs"] == {}
+    assert sorted(p.name for p in (tmp_path / "plain").glob("*-cpu.onnx")) == []
+    np.testing.assert_allclose(lowered, plain, rtol=1e-5, atol=1e-6)  # the losses, then the outputs
     for name, value in plain_weights.items():
         np.testing.assert_allclose(lowered_weights[name], value, rtol=1e-4, atol=1e-6, err_msg=name)

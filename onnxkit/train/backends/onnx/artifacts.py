@@ -4,8 +4,8 @@ graph, the eval graph and the initial state, all in one folder.
 - `training.onnx`: inputs: the batch, the labels, each parameter, the buffers and the
   dropout tables and windows (see `dropout`); outputs: the loss, each buffer's update
   and each parameter's gradient. With gradient accumulation it also takes each gradient's
-  running sum (`<param>.grad.accumulated`) and adds to it. `training-cpu.onnx`, where it has
-  forward Convs to lower (`conv_lowering`): the same, as the CPU runs it best.
+  running sum (`<param>.grad.accumulated`) and adds to it. `training-cpu.onnx` and `eval-cpu.onnx`,
+  where they have forward Convs to lower (`conv_lowering`): the same graphs, as the CPU runs them best.
 - `optimizer.onnx`: `onnxkit.train.optim.update_model` over one flat parameter of any length;
   the session runs it over the flat buffer whole or chunk by chunk (see `session`).
 - `eval.onnx`: the inference form computing the chosen output, fed the parameters and buffers; for a
@@ -37,9 +37,10 @@ from onnxkit.train.optim import initial_state, update_model
 from onnxkit.train.training_form import eval_form
 from onnxkit.train.validation_sums import append_sums
 
-TRAINING, CPU_TRAINING, OPTIMIZER, EVAL, INITIAL, SIGNATURE = (
-    "training.onnx", "training-cpu.onnx", "optimizer.onnx", "eval.onnx", "initial.safetensors", "signature.json"
+TRAINING, OPTIMIZER, EVAL, INITIAL, SIGNATURE = (
+    "training.onnx", "optimizer.onnx", "eval.onnx", "initial.safetensors", "signature.json"
 )
+CPU_SUFFIX = "-cpu.onnx"  # training-cpu.onnx, eval-cpu.onnx: a graph with its Convs lowered for the CPU
 ACCUMULATED = ".accumulated"  # suffix of a gradient's running-sum input
 # a training step of fewer forward multiply-adds than this runs on one CPU thread: a second one's handoffs cost more
 # than it does there (Xeon, 2 threads, steps on one against two: digits-mlp at batch 64, 1.7M, 10% faster; digits-cnn
@@ -78,13 +79,10 @@ def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str,
 def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
     """Build every artifact for `problem` into `directory`."""
     graph, values, layout, dropout = training_graph(problem)
-    save_model(graph, directory / TRAINING)
+    cpu_graphs: dict[str, str] = {}
+    _save_graph(graph, directory, TRAINING, cpu_graphs)
     swaps = swapped_operands(graph)
-    cpu = lowered_convs(graph)
-    if cpu is not None:
-        save_model(cpu, directory / CPU_TRAINING)
-    cpu_graph = TRAINING if cpu is None else CPU_TRAINING
-    del graph, cpu
+    del graph
     version = min(max(opset(problem.eval_model), 13), 21)
     optimizer = update_model(problem.optimizer, [(PARAMS, ("n",))], clip_grad_norm=problem.clip_grad_norm,
                              opset=version)
@@ -92,7 +90,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
     form = eval_form(problem.eval_model, problem.output, [*problem.trainable, *problem.buffers])
     if problem.validation_classes:
         append_sums(form, problem.output.name, problem.validation_classes)
-    save_model(form, directory / EVAL)
+    _save_graph(form, directory, EVAL, cpu_graphs)
     state = dict(values)
     for p in problem.trainable:
         state.update({OPTIMIZER_KEY + k: v for k, v in initial_state(problem.optimizer, p, values[p]).items()})
@@ -109,9 +107,19 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
         "dropout": dropout,
         "small_step": small_step(problem),
         "swapped_operands": swaps,
-        "cpu_graph": cpu_graph,
+        "cpu_graphs": cpu_graphs,
     }
     write_text(directory / SIGNATURE, json.dumps(signature, indent=1))
+
+
+def _save_graph(model: onnx.ModelProto, directory: Path, name: str, cpu_graphs: dict[str, str]) -> None:
+    """`model` saved as `name`, and, where it has Convs to lower (`conv_lowering`), its CPU form beside it, recorded
+    in `cpu_graphs` (the file the session opens on the CPU in place of `name`)."""
+    save_model(model, directory / name)
+    lowered = lowered_convs(model)
+    if lowered is not None:
+        cpu_graphs[name] = name.replace(".onnx", CPU_SUFFIX)
+        save_model(lowered, directory / cpu_graphs[name])
 
 
 def small_step(problem: TrainingProblem) -> bool:

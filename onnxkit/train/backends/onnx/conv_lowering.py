@@ -1,18 +1,18 @@
-"""The training graph for the CPU: forward Convs with few output positions an image as one GEMM over the batch.
+"""The training and eval graphs for the CPU: Convs with few output positions an image as one GEMM over the batch.
 
-ONNX Runtime's CPU Conv, given its weight as an input (as a training graph gives it), runs a GEMM per image, each
-as wide as the image's output positions: at 8 x 8 a 128-channel 3 x 3 Conv ran at 103 GFLOP/s, 47 inside a
-training step. Where an image has at most LOWERED_UP_TO output positions, and the GEMM is at least MIN_DEPTH deep,
-the Conv becomes the im2col form the weight gradient already uses (`autodiff.rules.conv._correlate`): the input
-laid out batch-last, its windows gathered into columns (a zero row for the padding), and one MatMul of the weight
-against them for the whole batch, transposed back. Alone (batch 32, 2 threads): 128 -> 128 channels at 8 x 8
-5.89 -> 3.81 ms, 512 at 7 x 7 (batch 8) 0.79x, 256 at 14 x 14 0.86-0.92x; from 256 positions up the Conv is
-faster (64 channels at 16 x 16: 1.49x).
+ONNX Runtime's CPU Conv, given its weight as an input (as the training and eval graphs give it), runs a GEMM per
+image, each as wide as the image's output positions: at 8 x 8 a 128-channel 3 x 3 Conv ran at 103 GFLOP/s, 47
+inside a training step. Where an image has at most LOWERED_UP_TO output positions, and the GEMM is at least
+MIN_DEPTH deep, the Conv becomes the im2col form the weight gradient already uses (`autodiff.rules.conv._correlate`):
+the input laid out batch-last, its windows gathered into columns (a zero row for the padding), and one MatMul of
+the weight against them for the whole batch, transposed back. Alone (batch 32, 2 threads): 128 -> 128 channels at
+8 x 8 5.89 -> 3.81 ms, 512 at 7 x 7 (batch 8) 0.79x, 256 at 14 x 14 0.86-0.92x; from 256 positions up the Conv
+is faster (64 channels at 16 x 16: 1.49x).
 
 The weight gradient then reads these columns instead of gathering its own, so they live from the forward to the
 backward: depth x positions floats an example per lowered Conv (ResNet-18 at 224 x 224, batch 32: ~350 MB in all,
-against ~3 GB of PyTorch's activations, estimated). CUDA keeps the Conv (cuDNN), so the lowered graph is a second
-file the session opens on the CPU only.
+against ~3 GB of PyTorch's activations, estimated). CUDA keeps the Conv (cuDNN), so a lowered graph is a second
+file (`artifacts.CPU_SUFFIX`) the session opens on the CPU only.
 """
 
 from __future__ import annotations

@@ -88,8 +88,8 @@ class OnnxSession(TrainingSession):
         one = sig.get("small_step", False) and kind == "cpu"  # a step this small runs faster on one thread
         # a too-short dropout table fails a training step that is retried: no error line for it
         options = _options(1 if one else threads, 4, spin_between_runs=spin, memory_pattern=patterned)
-        graph = sig.get("cpu_graph", TRAINING) if kind == "cpu" else TRAINING  # forward Convs lowered for the CPU
-        self._train = create_session(str(directory / graph), options, providers, own=True,
+        lowered = sig.get("cpu_graphs", {}) if kind == "cpu" else {}  # graphs with their Convs lowered for the CPU
+        self._train = create_session(str(directory / lowered.get(TRAINING, TRAINING)), options, providers, own=True,
                                      disabled=TRANSPOSE_OPTIMIZERS if sig.get("swapped_operands") else ())
         # an update graph of elementwise nodes: the higher optimisation levels find nothing in it (every optimizer's
         # graph, clipped or not, comes out node for node the same) and only take longer to build it (~0.3 ms)
@@ -99,7 +99,7 @@ class OnnxSession(TrainingSession):
         # from the training steps that follow (digits-cnn recipe: the whole fit 1.04 -> 0.80 s without);
         # not spinning at all made each of its parallel sections wake a sleeping thread (validation
         # 39 -> 34 ms a fit when they spin until the run returns)
-        self._eval = create_session(str(directory / EVAL), _options(threads, spin_between_runs=False,
+        self._eval = create_session(str(directory / lowered.get(EVAL, EVAL)), _options(threads, spin_between_runs=False,
                                                                     memory_pattern=patterned), providers)
         for session in (self._train, self._optim, self._eval):
             check_started(session, kind, device)
