@@ -75,11 +75,18 @@ def norm_constants(model: onnx.ModelProto) -> set[str]:
     for node in model.graph.node:
         for index, name in enumerate(node.input):
             reads.setdefault(name, set()).add((node.op_type, index))
-    fills = {1: 1.0, 2: 0.0}  # the scale's ones, the bias's zeros
-    return {name for name, tensor in values.items() if not _STATE_KEY.fullmatch(name) and reads.get(name)
-            and all(op == "InstanceNormalization" and index in fills for op, index in reads[name])
-            and len({index for _, index in reads[name]}) == 1
-            and np.all(numpy_helper.to_array(tensor) == fills[next(iter(reads[name]))[1]])}
+    fills = {1: 1.0, 2: 0.0}  # by InstanceNormalization's input: the scale's ones, the bias's zeros
+    found = set()
+    for name, tensor in values.items():
+        uses = reads.get(name, set())
+        slots = {index for _, index in uses}
+        if _STATE_KEY.fullmatch(name) or not uses or len(slots) != 1 or any(
+                op != "InstanceNormalization" for op, _ in uses):
+            continue
+        slot = slots.pop()
+        if slot in fills and np.all(numpy_helper.to_array(tensor) == fills[slot]):
+            found.add(name)
+    return found
 
 
 def lost_dynamo_marks(model: onnx.ModelProto) -> bool:

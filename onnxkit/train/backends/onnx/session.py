@@ -99,8 +99,8 @@ class OnnxSession(TrainingSession):
         # from the training steps that follow (digits-cnn recipe: the whole fit 1.04 -> 0.80 s without);
         # not spinning at all made each of its parallel sections wake a sleeping thread (validation
         # 39 -> 34 ms a fit when they spin until the run returns)
-        self._eval = create_session(str(directory / lowered.get(EVAL, EVAL)), _options(threads, spin_between_runs=False,
-                                                                    memory_pattern=patterned), providers)
+        self._eval = create_session(str(directory / lowered.get(EVAL, EVAL)),
+                                    _options(threads, spin_between_runs=False, memory_pattern=patterned), providers)
         for session in (self._train, self._optim, self._eval):
             check_started(session, kind, device)
         self._load(load_state(checkpoint or directory / INITIAL), directory, checkpoint is not None)
