@@ -1,6 +1,7 @@
-"""Memory of training: onnxkit's onnx backend against PyTorch (`AdamW(fused=True)`), on digits-cnn and the
-pretrained MiniLM fine-tune, with the contenders of tools/bench_train.py and tools/bench_finetune.py (the same
-weights, batches, threads and optimizer).
+"""Memory of training: onnxkit's onnx backend against PyTorch (`AdamW(fused=True)`), on digits-cnn, the
+pretrained MiniLM fine-tune and tools/bench_conv.py's CNNs, with the contenders of tools/bench_train.py,
+tools/bench_finetune.py and tools/bench_conv.py (the same weights, batches, threads and optimizer). `--ab
+MODULE.CONSTANT=VALUE` adds the onnx backend with that onnxkit constant changed (tools/step_timing.py).
 
 Each contender runs in a fresh process, the processes alternating over rounds. In each, the resident memory is read
 once the model and batches are ready (the interpreter, its imports and the data: what either side holds before it
@@ -10,7 +11,8 @@ Training memory is the peak (VmHWM) less the memory before; the process peak is 
 (PyTorch's own import is ~0.3 GB). Prints each contender's median of both in MiB, and the min/median/max over rounds
 of onnx / PyTorch.
 
-    PYTHONPATH=/tmp/torchlib .venv/bin/python tools/train_memory.py [--models digits-cnn minilm] [--rounds 3]
+    PYTHONPATH=/tmp/torchlib .venv/bin/python tools/train_memory.py [--models digits-cnn minilm vgg resnet groupnorm]
+        [--rounds 3] [--ab MODULE.CONSTANT=VALUE]
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from pathlib import Path
 
 import machine
 import numpy as np
-from step_timing import backend_contender, import_torch
+from step_timing import Setting, add_ab_option, applied, backend_contender, import_torch, torch_contender
 
-MODELS = ("digits-cnn", "minilm")
-CONTENDERS = ("onnx", "pytorch")
+CNNS = ("vgg", "resnet", "groupnorm")  # tools/bench_conv.py's
+MODELS = ("digits-cnn", "minilm", *CNNS)
 MIB = 1 << 20
 
 
@@ -40,11 +42,20 @@ def _status(field: str) -> int:
     raise SystemExit(f"/proc/self/status has no {field}: this tool reads Linux's process memory")
 
 
-def _measure(model_name: str, contender: str, steps: int, threads: int) -> dict[str, float]:
-    """One contender's memory, in this process (see the module docstring)."""
-    if contender == "pytorch":
-        import_torch(threads)
-    if model_name == "minilm":
+def _measure(model_name: str, contender: str, steps: int, threads: int, settings: list[Setting]) -> dict[str, float]:
+    """One contender's memory, in this process (see the module docstring); `settings` for onnx[...]."""
+    if contender == "pytorch" or model_name in CNNS:
+        torch = import_torch(threads)
+    dropout = True
+    if model_name in CNNS:
+        import bench_conv as bench
+
+        net = bench.module(model_name)
+        model, data, lr, dropout = bench.exported(net), bench.batches(32, steps), bench.LR, False
+
+        def make():  # type: ignore[no-untyped-def]
+            return torch_contender(net, data, lambda feeds: torch.from_numpy(feeds["x"]), lr=lr)
+    elif model_name == "minilm":
         import bench_finetune as bench
 
         from onnxkit import zoo
@@ -69,10 +80,12 @@ def _measure(model_name: str, contender: str, steps: int, threads: int) -> dict[
         gc.collect()
         before = _status("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) from here
-        if contender == "onnx":
-            trainer = backend_contender("onnx", model, Path(work) / "onnx", data, threads=threads, lr=lr, dropout=True)
-        else:
+        if contender == "pytorch":
             trainer = make()
+        else:
+            with applied(settings if contender != "onnx" else []):
+                trainer = backend_contender("onnx", model, Path(work) / "onnx", data, threads=threads, lr=lr,
+                                            dropout=dropout)
         losses = trainer.run()
         peak = _status("VmHWM")
     if not np.isfinite(losses).all():
@@ -87,18 +100,21 @@ def main() -> None:
     parser.add_argument("--steps", type=machine.count, default=3, help="training steps per process")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "CONTENDER"), help=argparse.SUPPRESS)
+    add_ab_option(parser)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_measure(*args.child, args.steps, args.threads)))
+        print(json.dumps(_measure(*args.child, args.steps, args.threads, args.ab)))
         return
+    contenders = ["onnx", "pytorch"] + ([f"onnx[{', '.join(map(str, args.ab))}]"] if args.ab else [])
+    ab = [option for s in args.ab for option in ("--ab", f"{s.module}.{s.name}={s.value}")]
     print(machine.machine_line(), flush=True)
     print(f"{args.rounds} rounds, {args.steps} steps a process, {args.threads} threads, a fresh process each")
     for name in args.models:
-        found: dict[str, list[dict[str, float]]] = {c: [] for c in CONTENDERS}
+        found: dict[str, list[dict[str, float]]] = {c: [] for c in contenders}
         for _ in range(args.rounds):
-            for contender in CONTENDERS:
+            for contender in contenders:
                 command = [sys.executable, __file__, "--child", name, contender, "--steps", str(args.steps),
-                           "--threads", str(args.threads)]
+                           "--threads", str(args.threads), *ab]
                 done = subprocess.run(command, capture_output=True, text=True, check=False)
                 if done.returncode:
                     raise SystemExit(f"{name} / {contender}: {done.stderr.strip().splitlines()[-1:]}")
@@ -108,10 +124,11 @@ def main() -> None:
             training = np.median([r["training"] for r in runs])
             process = np.median([r["process"] for r in runs])
             print(f"  {contender:<8} training {training:8.1f} MiB   process peak {process:8.1f} MiB")
-        for what in ("training", "process"):
-            ratios = [a[what] / b[what] for a, b in zip(found["onnx"], found["pytorch"], strict=True)]
-            print(f"  onnx / pytorch, {what:<8} min {min(ratios):.2f}  median {np.median(ratios):.2f}  "
-                  f"max {max(ratios):.2f}")
+        for other in contenders[1:]:
+            for what in ("training", "process"):
+                ratios = [a[what] / b[what] for a, b in zip(found["onnx"], found[other], strict=True)]
+                print(f"  onnx / {other}, {what:<8} min {min(ratios):.2f}  median {np.median(ratios):.2f}  "
+                      f"max {max(ratios):.2f}")
 
 
 if __name__ == "__main__":
