@@ -404,3 +404,22 @@ def test_a_graph_with_other_transposes_keeps_the_transpose_optimizers(extra, int
                               [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
                                for name in ("scores", *(["out"] if extra else []))])
     assert swapped_operands(helper.make_model(graph)) is marked
+
+
+
+def test_the_memory_pattern_is_for_small_steps(tmp_path):
+    """ONNX Runtime's memory pattern keeps a run's activations twice: worth it for a step of a few milliseconds
+    (digits-mlp), not for a CNN batch of hundreds of millions of multiply-adds, whose training memory it took to 1.73x
+    PyTorch's (tools/train_memory.py --models resnet)."""
+    from onnxkit import nn
+    from onnxkit.train.backends.onnx.artifacts import read_signature
+    from onnxkit.train.problem import open_training
+
+    nn.manual_seed(0)
+    cnn = nn.build(nn.Sequential([nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                                  nn.ReLU(), nn.Flatten(), nn.Linear(32 * 32 * 32, 10)]),
+                   {"x": nn.Input(["batch", 3, 32, 32])}, output_names=["logits"])  # 10M multiply-adds an image
+    for name, model, batch, patterned in [("mlp", zoo.build_model("digits-mlp"), 64, True), ("cnn", cnn, 64, False),
+                                          ("cnn-any-batch", cnn, None, True)]:
+        open_training(model, tmp_path / name, batch_size=batch)
+        assert read_signature(tmp_path / name)["memory_pattern"] is patterned, name

@@ -46,6 +46,13 @@ ACCUMULATED = ".accumulated"  # suffix of a gradient's running-sum input
 # than it does there (Xeon, 2 threads, steps on one against two: digits-mlp at batch 64, 1.7M, 10% faster; digits-cnn
 # at batch 32, 1.7M, 8%; at 3.3M, digits-mlp at batch 128 3% faster, digits-cnn at 64 8% slower; 6.6M, 1% slower)
 ONE_THREAD_STEP = 2_500_000
+# the sessions run with ONNX Runtime's memory pattern (one planned allocation a run, beside what the first run
+# allocated: the activations twice) for models of at most PATTERN_UP_TO parameters whose training batch does at most
+# PATTERN_MACS_UP_TO forward multiply-adds: it saves 3-4% of a 0.3-1.1M-parameter MLP's 1-3 ms step (h 1024 at batch
+# 128: 140M), nothing of a MiniLM's 500 ms one, and nothing of a CIFAR CNN's 50-100 ms one, whose training memory it
+# took from 1.03x PyTorch's to 1.73x (tools/train_memory.py --models resnet: 227 against 134 MiB)
+PATTERN_UP_TO = 1 << 22
+PATTERN_MACS_UP_TO = 1 << 28
 
 
 def training_graph(problem: TrainingProblem) -> tuple[onnx.ModelProto, dict[str, np.ndarray], FlatLayout, dict]:
@@ -106,6 +113,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
         "accumulation": problem.grad_accumulation,
         "dropout": dropout,
         "small_step": small_step(problem),
+        "memory_pattern": memory_pattern(problem, layout.size),
         "swapped_operands": swaps,
         "cpu_graphs": cpu_graphs,
     }
@@ -131,6 +139,16 @@ def small_step(problem: TrainingProblem) -> bool:
     if not rows or float_values(model) * rows >= ONE_THREAD_STEP:
         return False
     return sum(w.macs for w in weighted_nodes(model)) * rows < ONE_THREAD_STEP
+
+
+def memory_pattern(problem: TrainingProblem, parameters: int) -> bool:
+    """Whether the sessions run with ONNX Runtime's memory pattern (see PATTERN_UP_TO): a model of at most
+    PATTERN_UP_TO parameters whose training batch does at most PATTERN_MACS_UP_TO forward multiply-adds (batch size
+    not given: by the parameters alone)."""
+    if parameters > PATTERN_UP_TO:
+        return False
+    rows = problem.batch_size
+    return not rows or sum(w.macs for w in weighted_nodes(problem.eval_model)) * rows <= PATTERN_MACS_UP_TO
 
 
 def swapped_operands(graph: onnx.ModelProto) -> bool:

@@ -28,7 +28,15 @@ from onnxkit.dims import read_dim
 from onnxkit.errors import OnnxkitError
 from onnxkit.runtime.session import check_started, create_session, ort, parse_device, providers_for, session_options
 from onnxkit.train.backend import TrainingSession, step_failure
-from onnxkit.train.backends.onnx.artifacts import ACCUMULATED, EVAL, INITIAL, OPTIMIZER, TRAINING, read_signature
+from onnxkit.train.backends.onnx.artifacts import (
+    ACCUMULATED,
+    EVAL,
+    INITIAL,
+    OPTIMIZER,
+    PATTERN_UP_TO,
+    TRAINING,
+    read_signature,
+)
 from onnxkit.train.backends.onnx.checkpoint import DROPOUT_TABLE, OPTIMIZER_KEY, STEP, load_state, save_state
 from onnxkit.train.backends.onnx.dropout import STARTS, TABLE, DropoutTables
 from onnxkit.train.backends.onnx.flat import PARAMS, FlatLayout
@@ -37,9 +45,6 @@ from onnxkit.train.validation_sums import LABELS, SUMS
 MAX_TABLE = 1 << 28  # dropout table elements (1 GiB of float32): past that, a failed step is an error
 CHUNK = 1 << 18  # optimizer elements per run on the CPU (1 MiB of float32 per tensor)
 ONE_THREAD = 1 << 16  # up to this many parameters the optimizer runs on one thread (see OnnxSession)
-# past this many parameters the sessions run without ONNX Runtime's memory pattern (see `_options`): its one
-# allocation a run saves 3-4% of a 0.3-1.1M-parameter MLP's 1-3 ms step, nothing of a MiniLM's 500 ms one
-PATTERN_UP_TO = 1 << 22
 # onnxruntime's transpose optimizers (level 1's, and level 2's per provider), off for a training graph with
 # `artifacts.swapped_operands`: the MiniLM fine-tune's Transposes 36.9 -> 10.4-17.7 ms a step (72 -> 48, none left
 # that a product reads; tools/bench_finetune.py --profile), its step 0.98x (0.95-0.99) in one process
@@ -81,7 +86,7 @@ class OnnxSession(TrainingSession):
         # a second thread gains nothing on passes over 64K floats (0.146 vs 0.149 ms), and its idle
         # spin-wait took a core from the next training run (digits-cnn recipe: train steps -3.4%)
         few = self._layout.size <= ONE_THREAD and kind == "cpu"
-        patterned = self._layout.size <= PATTERN_UP_TO
+        patterned = sig.get("memory_pattern", self._layout.size <= PATTERN_UP_TO)  # older artifacts: by size
         # with both sessions on every core, the idle threads of one spinning after its run took cores from the
         # other's: MiniLM's optimizer step took 57 ms where alone it takes 29, and its training run ~8% longer
         spin = few or kind != "cpu"
