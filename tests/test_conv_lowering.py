@@ -20,20 +20,30 @@ from onnxkit.train.backends.onnx.conv_lowering import lowered_convs
 from onnxkit.train.problem import open_training
 
 
-def conv_model(channels: int, size: list[int], weight: list[int], bias: bool, **attrs) -> onnx.ModelProto:
+def conv_model(channels: int, size: list[int], weight: list[int], bias: bool, as_input: bool = True,
+               **attrs) -> onnx.ModelProto:
+    """x -> Conv -> y, its weight (and bias) a graph input as a training graph's parameters are (`as_input`), or an
+    initializer."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=weight).astype(np.float32), "w")]
+    values = {"w": rng.normal(size=weight).astype(np.float32)}
     if bias:
-        inits.append(numpy_helper.from_array(rng.normal(size=weight[:1]).astype(np.float32), "b"))
-    node = helper.make_node("Conv", ["x", "w", "b"] if bias else ["x", "w"], ["y"], name="conv", **attrs)
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                            ["batch", channels, *size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        values["b"] = rng.normal(size=weight[:1]).astype(np.float32)
+    node = helper.make_node("Conv", ["x", *values], ["y"], name="conv", **attrs)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, *size])]
+    if as_input:
+        inputs += [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in values.items()]
+    graph = helper.make_graph([node], "conv", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [] if as_input else [numpy_helper.from_array(v, k) for k, v in values.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    feeds = {"x": x}
+    if model.graph.input[1:]:  # the weights fed as a training step feeds them
+        rng = np.random.default_rng(0)
+        feeds |= {i.name: rng.normal(size=[d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+                  for i in model.graph.input[1:]}
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
 @pytest.mark.parametrize(("channels", "size", "weight", "bias", "attrs"), [
@@ -65,6 +75,8 @@ def test_shallow_wide_grouped_and_backward_convs_stay(monkeypatch):
     backward = conv_model(2, [4, 4], [3, 2, 3, 3], True, pads=[1, 1, 1, 1])
     backward.graph.node[0].name = "onnxkit.grad/Conv.7"
     assert lowered_convs(backward) is None
+    frozen = conv_model(2, [4, 4], [3, 2, 3, 3], True, as_input=False, pads=[1, 1, 1, 1])  # a weight not trained
+    assert lowered_convs(frozen) is None
 
 
 def test_a_cpu_session_steps_and_evaluates_on_the_lowered_graphs_as_on_the_plain_ones(tmp_path, monkeypatch):

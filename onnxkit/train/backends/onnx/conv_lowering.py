@@ -37,12 +37,15 @@ PREFIX = "onnxkit.lowered/"
 
 def lowered_convs(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """`model` with its forward Convs of at most LOWERED_UP_TO output positions an image as one GEMM each; None
-    where it has none to lower."""
+    where it has none to lower. A Conv whose weight is an initializer (frozen) stays: ONNX Runtime runs it on its
+    blocked kernels with the weight reordered once (2.78 ms for the 128-channel 8 x 8 Conv above, 3.81 lowered)."""
     convs = [n for n in model.graph.node if n.op_type == "Conv" and not n.name.startswith(GRADIENT_NODES)]
     if not convs:
         return None
     types = value_types(model)
-    plans = {id(node): plan for node in convs if (plan := _plan(node, types)) is not None}
+    constant = {t.name for t in model.graph.initializer}  # a frozen weight: ORT prepacks it for its fast Conv
+    plans = {id(node): plan for node in convs
+             if node.input[1] not in constant and (plan := _plan(node, types)) is not None}
     if not plans:
         return None
     lowered = onnx.ModelProto()
