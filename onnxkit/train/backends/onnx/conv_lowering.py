@@ -67,12 +67,13 @@ def lowered_convs(model: onnx.ModelProto) -> onnx.ModelProto | None:
             nodes[i].input[:] = [shared.get(name, name) for name in node.input]
     del lowered.graph.node[:]
     lowered.graph.node.extend(nodes)
-    kept = [node for _, node in needed_nodes(lowered, *(o.name for o in lowered.graph.output))]
+    needed = {i for i, _ in needed_nodes(lowered, *(o.name for o in lowered.graph.output))}
     del lowered.graph.node[:]
-    lowered.graph.node.extend(kept)
-    used = used_initializers(lowered, kept)
-    del lowered.graph.initializer[:]
-    lowered.graph.initializer.extend(used)
+    lowered.graph.node.extend(node for i, node in enumerate(nodes) if i in needed)
+    used = {t.name for t in used_initializers(lowered, lowered.graph.node)}
+    for i in reversed(range(len(lowered.graph.initializer))):  # the dropped gathers' positions, say
+        if lowered.graph.initializer[i].name not in used:
+            del lowered.graph.initializer[i]
     return lowered
 
 
