@@ -53,6 +53,15 @@ def readers(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
     return found
 
 
+def slots(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """Where each value is read among `nodes`: (node, input index), once per input that names it."""
+    found: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in nodes:
+        for index, name in enumerate(node.input):
+            found.setdefault(name, []).append((node, index))
+    return found
+
+
 def producers(nodes: Iterable[onnx.NodeProto]) -> dict[str, onnx.NodeProto]:
     """The node among `nodes` that makes each value."""
     return {name: node for node in nodes for name in node.output}

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.errors import first_few
-from onnxkit.graph_walks import output_channels, producers
+from onnxkit.graph_walks import output_channels, producers, slots
 from onnxkit.metadata_keys import PADDING_ROW_KEY
 
 # what PyTorch's dynamo exporter writes in the value_info of each initializer it makes
@@ -71,19 +71,16 @@ def norm_constants(model: onnx.ModelProto) -> set[str]:
         return set()
     values = {t.name: t for t in model.graph.initializer} | {
         n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
-    reads: dict[str, set[tuple[str, int]]] = {}
-    for node in model.graph.node:
-        for index, name in enumerate(node.input):
-            reads.setdefault(name, set()).add((node.op_type, index))
+    read_at = slots(model.graph.node)
     fills = {1: 1.0, 2: 0.0}  # by InstanceNormalization's input: the scale's ones, the bias's zeros
     found = set()
     for name, tensor in values.items():
-        uses = reads.get(name, set())
-        slots = {index for _, index in uses}
-        if _STATE_KEY.fullmatch(name) or not uses or len(slots) != 1 or any(
-                op != "InstanceNormalization" for op, _ in uses):
+        uses = read_at.get(name, [])
+        indices = {index for _, index in uses}
+        if _STATE_KEY.fullmatch(name) or not uses or len(indices) != 1 or any(
+                node.op_type != "InstanceNormalization" for node, _ in uses):
             continue
-        slot = slots.pop()
+        slot = indices.pop()
         if slot in fills and np.all(numpy_helper.to_array(tensor) == fills[slot]):
             found.add(name)
     return found
@@ -604,10 +601,7 @@ def torchscript_folds(model: onnx.ModelProto, trainable: Iterable[str]) -> list[
     if model.producer_name != "pytorch" or _export_signature(model):
         return []
     producer = producers(model.graph.node)
-    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in model.graph.node:
-        for index, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, index))
+    readers = slots(model.graph.node)
 
     def made_by(name: str, op: str) -> onnx.NodeProto | None:
         node = producer.get(name)
