@@ -17,7 +17,9 @@ The session binds the parameters and gradients to slices of flat buffers (`flat`
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
         state.update({OPTIMIZER_KEY + k: v for k, v in initial_state(problem.optimizer, p, values[p]).items()})
     state[STEP] = np.zeros((), np.int64)
     save_state(directory / INITIAL, state)
+    macs = functools.cache(lambda: batch_macs(problem))  # shape inference, at most once
     signature = {
         "labels": problem.labels_name,
         "loss": problem.objective.loss,
@@ -112,8 +115,8 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
         "global_norm": problem.clip_grad_norm is not None,  # the optimizer step needs every gradient at once
         "accumulation": problem.grad_accumulation,
         "dropout": dropout,
-        "small_step": small_step(problem),
-        "memory_pattern": memory_pattern(problem, layout.size),
+        "small_step": small_step(problem, macs),
+        "memory_pattern": memory_pattern(problem, layout.size, macs),
         "swapped_operands": swaps,
         "cpu_graphs": cpu_graphs,
     }
@@ -130,25 +133,30 @@ def _save_graph(model: onnx.ModelProto, directory: Path, name: str, cpu_graphs: 
         save_model(lowered, directory / cpu_graphs[name])
 
 
-def small_step(problem: TrainingProblem) -> bool:
-    """Whether a training step at `problem.batch_size` does fewer than ONE_THREAD_STEP forward multiply-adds (the
-    weighted nodes', `graph_work`); a batch size not given: False. Models whose weights alone are past it at that
-    batch are taken as past it without shape inference (a dense or conv layer does at least its weights'
-    multiply-adds a row; an embedding's table does none, so such models keep every thread)."""
-    rows, model = problem.batch_size, problem.eval_model
-    if not rows or float_values(model) * rows >= ONE_THREAD_STEP:
+def batch_macs(problem: TrainingProblem) -> int:
+    """The forward multiply-adds of a training batch of `problem.batch_size` rows (the weighted nodes', `graph_work`;
+    shape inference over the model)."""
+    return sum(w.macs for w in weighted_nodes(problem.eval_model)) * (problem.batch_size or 0)
+
+
+def small_step(problem: TrainingProblem, macs: Callable[[], int]) -> bool:
+    """Whether a training step at `problem.batch_size` does fewer than ONE_THREAD_STEP forward multiply-adds
+    (`macs()`); a batch size not given: False. Models whose weights alone are past it at that batch are taken as
+    past it without shape inference (a dense or conv layer does at least its weights' multiply-adds a row; an
+    embedding's table does none, so such models keep every thread)."""
+    rows = problem.batch_size
+    if not rows or float_values(problem.eval_model) * rows >= ONE_THREAD_STEP:
         return False
-    return sum(w.macs for w in weighted_nodes(model)) * rows < ONE_THREAD_STEP
+    return macs() < ONE_THREAD_STEP
 
 
-def memory_pattern(problem: TrainingProblem, parameters: int) -> bool:
+def memory_pattern(problem: TrainingProblem, parameters: int, macs: Callable[[], int]) -> bool:
     """Whether the sessions run with ONNX Runtime's memory pattern (see PATTERN_UP_TO): a model of at most
-    PATTERN_UP_TO parameters whose training batch does at most PATTERN_MACS_UP_TO forward multiply-adds (batch size
-    not given: by the parameters alone)."""
+    PATTERN_UP_TO parameters whose training batch does at most PATTERN_MACS_UP_TO forward multiply-adds (`macs()`;
+    batch size not given: by the parameters alone)."""
     if parameters > PATTERN_UP_TO:
         return False
-    rows = problem.batch_size
-    return not rows or sum(w.macs for w in weighted_nodes(problem.eval_model)) * rows <= PATTERN_MACS_UP_TO
+    return not problem.batch_size or macs() <= PATTERN_MACS_UP_TO
 
 
 def swapped_operands(graph: onnx.ModelProto) -> bool:

@@ -43,19 +43,20 @@ def lowered_convs(model: onnx.ModelProto) -> onnx.ModelProto | None:
     if not convs:
         return None
     types = value_types(model)
-    constant = {t.name for t in model.graph.initializer}  # a frozen weight: ORT prepacks it for its fast Conv
+    values = {t.name: t for t in model.graph.initializer}  # a frozen weight: ORT prepacks it for its fast Conv
     plans = {id(node): plan for node in convs
-             if node.input[1] not in constant and (plan := _plan(node, types)) is not None}
+             if node.input[1] not in values and (plan := _plan(node, types)) is not None}
     if not plans:
         return None
     lowered = onnx.ModelProto()
     lowered.CopyFrom(model)
     nodes, shared = [], {}
+    read_by = readers(model.graph.node)
     for index, node in enumerate(model.graph.node):
         if id(node) in plans:
             nodes += _gemm_form(lowered.graph, node, f"{PREFIX}{index}", *plans[id(node)])
             _, size, win, _ = plans[id(node)]
-            gathered = _gradient_columns(model, node.input[0], tap_positions(win), 2 + len(size))
+            gathered = _gradient_columns(read_by, values, node.input[0], tap_positions(win), 2 + len(size))
             if gathered is not None:
                 shared[gathered] = f"{PREFIX}{index}/columns"
         else:
@@ -77,11 +78,10 @@ def lowered_convs(model: onnx.ModelProto) -> onnx.ModelProto | None:
     return lowered
 
 
-def _gradient_columns(model: onnx.ModelProto, x: str, positions: np.ndarray, rank: int) -> str | None:
+def _gradient_columns(read_by: dict[str, list[onnx.NodeProto]], constants: dict[str, onnx.TensorProto], x: str,
+                      positions: np.ndarray, rank: int) -> str | None:
     """The weight gradient's gather of the same columns of `x` (`_correlate`, all positions in one chunk): the output
     of a Gather of `positions` from a Pad of a Reshape of a batch-last Transpose of `x`; None where there is none."""
-    constants = {t.name: t for t in model.graph.initializer}
-    read_by = readers(model.graph.node)
     chain = [t for t in read_by.get(x, []) if t.op_type == "Transpose" and t.name.startswith(GRADIENT_NODES)
              and transpose_perm(t) == [1, *range(2, rank), 0]]
     for op_type in ("Reshape", "Pad", "Gather"):
