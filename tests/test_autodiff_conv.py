@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxkit.autodiff import add_gradients, gradient_name
-from onnxkit.autodiff.check import LOSS, gradcheck, run_gradients, with_projection_loss
+from onnxkit.autodiff.check import LOSS, gradcheck, reference, run_gradients, with_projection_loss
 from onnxkit.autodiff.rules import conv as conv_rules
 from onnxkit.errors import OnnxkitError
 from onnxkit.graph_walks import value_types
@@ -218,6 +218,45 @@ def test_max_pool_ties_go_to_the_first_maximum(attrs):
                                       attrs.get("pads", [0, 0]))
         got = run_gradients(projected, feeds, ["x"], runtime=runtime)["x"]
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=runtime)
+
+
+def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_overlapping_max_pool_adds_dy_at_its_indices_from_opset_16():
+    # ResNet's stem pool (3x3, stride 2, pad 1) over ReLU outputs (ties at zero): opset 17 recomputes the
+    # MaxPool with Indices and scatter-adds dY there, no strided Slices; opset 15 cuts the nine windows out (and
+    # trims the padded frame: a tenth Slice).
+    # Both give PyTorch's routing (the loops above), on onnx.reference in float64 and ONNX Runtime in float32.
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    x = np.maximum(rand(2, 3, 9, 8, seed=7), 0)
+    paths = {17: {"ScatterElements": 1, "MaxPool": 2, "Slice": 0},
+             15: {"Slice": 10, "MaxPool": 1, "ScatterElements": 0}}
+    for opset, ops in paths.items():
+        for dtype, runtime in ((np.float64, "reference"), (np.float32, "onnxruntime")):
+            model, feeds = single_node("MaxPool", {"x": x}, attrs, dtype=dtype, opset=opset)
+            projected = with_projection_loss(model)
+            graph = add_gradients(projected, ["x"], LOSS)
+            assert {op: _op_counts(graph).get(op, 0) for op in ops} == ops, (opset, _op_counts(graph))
+            dy = numpy_helper.to_array(next(t for t in projected.graph.initializer if t.name == "y0.projection"))
+            expected = _first_max_routing(x, dy.astype(np.float64), [3, 3], [2, 2], [1, 1])
+            got = run_gradients(projected, feeds, ["x"], runtime=runtime)["x"]
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=f"opset {opset}, {runtime}")
+
+
+def test_max_pool_with_its_own_indices_reads_them():
+    # MaxPool2d(return_indices=True): the gradient scatters at the forward's Indices, no second MaxPool
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2]}
+    model, feeds = single_node("MaxPool", {"x": rand(2, 2, 7, 7)}, attrs, outputs=2)
+    model.graph.output.pop()  # the indices feed nothing but the gradient
+    graph = add_gradients(with_projection_loss(model), ["x"], LOSS)
+    assert _op_counts(graph)["MaxPool"] == 1
+    for name, (analytic, numeric) in gradcheck(model, feeds, ["x"]).items():
+        np.testing.assert_allclose(analytic, numeric, atol=1e-8, err_msg=f"d/d{name}")
 
 
 @pytest.mark.parametrize("include_pad", [0, 1])
@@ -452,12 +491,12 @@ def _cnn(dtype) -> tuple[onnx.ModelProto, list[str]]:
 def test_symbolic_batch_runs_at_two_batch_sizes():
     model32, wrt = _cnn(np.float32)
     model64, _ = _cnn(np.float64)
-    session, reference = _session(model32), ReferenceEvaluator(model64)
+    session, evaluator = _session(model32), reference(model64)
     names = [gradient_name(p) for p in wrt]
     for batch in (2, 3):
         x = rand(batch, 2, 8, 8, seed=batch)
         got = session.run(names, {"x": x.astype(np.float32)})
-        expected = reference.run(names, {"x": x})
+        expected = evaluator.run(names, {"x": x})
         for name, g, e in zip(names, got, expected, strict=True):
             assert g.shape == e.shape
             np.testing.assert_allclose(g, e, atol=1e-4 * max(1.0, np.abs(e).max()), err_msg=f"{name} at batch {batch}")

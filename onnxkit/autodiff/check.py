@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_max_pool import MaxPool as ReferenceMaxPool
 
 from onnxkit.autodiff.reverse import add_gradients, gradient_name
 from onnxkit.graph_walks import initializers_to_inputs, value_types
@@ -31,9 +32,19 @@ class Erf(OpRun):
         return (np.vectorize(math.erf, otypes=[x.dtype])(x),)
 
 
+class MaxPool(ReferenceMaxPool):
+    """onnx.reference's MaxPool with every window on its general path: the shortcut it takes for stride 1
+    and no dilation gives wrong Indices (a [2, 3] kernel's pointed outside its window), which MaxPool's
+    gradient reads."""
+
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, pads=None,  # noqa: ANN001, ANN202
+             storage_order=None, strides=None):
+        return self._max_pool(x, auto_pad, ceil_mode, dilations, kernel_shape, pads, storage_order, strides)
+
+
 def reference(model: onnx.ModelProto) -> ReferenceEvaluator:
-    """`onnx.reference`'s evaluator for `model`, with float64-exact Erf."""
-    return ReferenceEvaluator(model, new_ops=[Erf])
+    """`onnx.reference`'s evaluator for `model`, with float64-exact Erf and MaxPool's Indices right."""
+    return ReferenceEvaluator(model, new_ops=[Erf, MaxPool])
 
 
 def with_projection_loss(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:

@@ -11,10 +11,10 @@ may be symbolic. Everything is written with standard ops:
 - MaxPool: each window's first maximum (in window order, the one ONNX Runtime and PyTorch pick)
   gets dY. Where windows tile the input (stride = kernel, the common case) this happens at full
   size: y and dY are repeated over their windows, and a MaxPool of "is a maximum" times the
-  reversed rank in the window finds the first. Otherwise the windows are cut out with strided
-  Slices and stacked on a leading axis, and the per-tap pieces are put back by interleaving.
-  No Transpose and no index tensors: ORT's transpose optimizer turns transposed layouts into
-  slow inner-axis broadcasts, and its MaxPool with Indices is an order of magnitude slower.
+  reversed rank in the window finds the first (no index tensors: there ORT's MaxPool with Indices
+  is an order of magnitude slower). Windows that overlap or skip (from opset 16) add dY up at a
+  MaxPool's Indices with ScatterElements; before opset 16 they are cut out with strided Slices,
+  stacked on a leading axis, and the per-tap pieces put back by interleaving.
 - AveragePool: dY over each window's size (a static table), spread back the same way.
 - Col2Im: dX cuts dY's blocks back out (im2col), a Conv with one one-hot kernel per block position.
 - Resize (nearest, linear, cubic): a linear map per axis, so dX = A_h^T dY A_w with interpolation
@@ -417,11 +417,30 @@ def max_pool(b: Backward) -> list[str | None]:
     w = _pool_window(b)
     if _tiles(w):
         return [_max_pool_tiled(b, w)]
+    if b.opset >= 16:  # ScatterElements adds up repeated indices from opset 16
+        return [_max_pool_indexed(b)]
     taps = len(w.taps)
     windows = _unfold(b, b.x(), w)
     routed = _first_max(b, windows, b.y(), b.dy(), taps, 2 + len(w.size))
     pieces = b.op("Split", routed, b.ints([1] * taps), axis=0, outputs=taps) if taps > 1 else [routed]
     return [_fold(b, [b.squeeze(p, [0]) for p in pieces], w)]
+
+
+def _max_pool_indexed(b: Backward) -> str:
+    """dY added up at the flat positions of the maxima (MaxPool's Indices, over the whole tensor; the
+    forward's own where it has them): windows that overlap need no cutting up. ResNet's 3x3 stride-2
+    stem pool over [16, 64, 112, 112]: 55 ms (the indexed MaxPool 40, the scatter 15) against ~170 ms
+    for its nine strided Slices and their interleaving."""
+    node = b.node
+    if len(node.output) > 1 and node.output[1] and b.attr("storage_order", 0) == 0:
+        indices = node.output[1]
+    else:
+        kept = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
+        attrs = {name: b.attr(name) for name in kept if b.attr(name) is not None}
+        _, indices = b.op("MaxPool", b.x(), outputs=2, **attrs)
+    flat = [b.op("Reshape", name, b.ints([-1])) for name in (indices, b.dy())]
+    zeros = b.zeros(b.op("Reshape", b.op("Size", b.x()), b.ints([1])))
+    return b.op("Reshape", b.op("ScatterElements", zeros, *flat, axis=0, reduction="add"), b.shape(b.x()))
 
 
 def _max_pool_tiled(b: Backward, w: Window) -> str:
