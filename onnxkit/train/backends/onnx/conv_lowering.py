@@ -7,7 +7,10 @@ MIN_DEPTH deep, the Conv becomes the im2col form the weight gradient already use
 the input laid out batch-last, its windows gathered into columns (a zero row for the padding), and one MatMul of
 the weight against them for the whole batch, transposed back. Alone (batch 32, 2 threads): 128 -> 128 channels at
 8 x 8 5.89 -> 3.81 ms, 512 at 7 x 7 (batch 8) 0.79x, 256 at 14 x 14 0.86-0.92x; from 256 positions up the Conv
-is faster (64 channels at 16 x 16: 1.49x).
+is faster (64 channels at 16 x 16: 1.49x). A stride-1 ConvTranspose (a stride-1 Conv's input gradient, or a
+model's own) is the Conv of its flipped kernel and is lowered the same way, the flip read into the columns' order:
+ORT's ConvTranspose is a GEMM per image too, then col2im (ResNet-18's 512-channel 3 x 3 at 7 x 7, batch 16: 28 ms
+each; the step at 224 x 224 0.96x lowered).
 
 The weight gradient then reads these columns instead of gathering its own, so they live from the forward to the
 backward: depth x positions floats an example per lowered Conv (ResNet-18 at 224 x 224, batch 32: ~350 MB in all,
@@ -24,7 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxkit.autodiff import GRADIENT_NODES
-from onnxkit.autodiff.rules.conv import Window, tap_positions, window
+from onnxkit.autodiff.rules.conv import Attr, Window, tap_positions, window
 from onnxkit.dims import dims_of
 from onnxkit.graph_walks import needed_nodes, readers, transpose_perm, used_initializers, value_types
 
@@ -36,10 +39,12 @@ PREFIX = "onnxkit.lowered/"
 
 
 def lowered_convs(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """`model` with its forward Convs of at most LOWERED_UP_TO output positions an image as one GEMM each; None
-    where it has none to lower. A Conv whose weight is an initializer (frozen) stays: ONNX Runtime runs it on its
-    blocked kernels with the weight reordered once (2.78 ms for the 128-channel 8 x 8 Conv above, 3.81 lowered)."""
-    convs = [n for n in model.graph.node if n.op_type == "Conv" and not n.name.startswith(GRADIENT_NODES)]
+    """`model` with its forward Convs and its stride-1 ConvTransposes of at most LOWERED_UP_TO output positions an
+    image as one GEMM each; None where it has none to lower. A Conv whose weight is an initializer (frozen) stays:
+    ONNX Runtime runs it on its blocked kernels with the weight reordered once (2.78 ms for the 128-channel 8 x 8 Conv
+    above, 3.81 lowered)."""
+    convs = [n for n in model.graph.node if n.op_type == "ConvTranspose"
+             or n.op_type == "Conv" and not n.name.startswith(GRADIENT_NODES)]
     if not convs:
         return None
     types = value_types(model)
@@ -56,7 +61,8 @@ def lowered_convs(model: onnx.ModelProto) -> onnx.ModelProto | None:
         if id(node) in plans:
             nodes += _gemm_form(lowered.graph, node, f"{PREFIX}{index}", *plans[id(node)])
             _, size, win, _ = plans[id(node)]
-            gathered = _gradient_columns(read_by, values, node.input[0], tap_positions(win), 2 + len(size))
+            gathered = None if node.op_type == "ConvTranspose" else _gradient_columns(
+                read_by, values, node.input[0], tap_positions(win), 2 + len(size))
             if gathered is not None:
                 shared[gathered] = f"{PREFIX}{index}/columns"
         else:
@@ -97,7 +103,8 @@ Plan = tuple[int, tuple[int, ...], Window, int]  # input channels, input spatial
 
 
 def _plan(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> Plan | None:
-    """How to lower a forward Conv, or None where it stays: grouped, of unknown sizes, not float32, or wide."""
+    """How to lower a Conv or stride-1 ConvTranspose (as the Conv it equals), or None where it stays: grouped, of
+    unknown sizes, not float32, or wide."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
     def attr(name: str, default: object = None) -> object:
@@ -111,13 +118,33 @@ def _plan(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> Plan |
         return None
     if types[node.input[0]].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         return None
+    out_channels = w[0]
+    if node.op_type == "ConvTranspose":
+        attr, out_channels = _as_conv(attr, w[2:]), w[1]
+        if attr is None:
+            return None
     try:
         win = window(attr, tuple(x[2:]), w[2:])
     except ValueError:  # an auto_pad the gradient rule refuses too
         return None
     if math.prod(win.out) > LOWERED_UP_TO or x[1] * math.prod(w[2:]) < MIN_DEPTH:
         return None
-    return x[1], tuple(x[2:]), win, w[0]
+    return x[1], tuple(x[2:]), win, out_channels
+
+
+def _as_conv(attr: Attr, kernel: list[int]) -> Attr | None:
+    """The attributes of the Conv that a stride-1 ConvTranspose equals (its kernel flipped, its channels swapped):
+    the padding each side becomes the kernel's span - 1 - the pad. None for any other ConvTranspose."""
+    n = len(kernel)
+    if any(v != 1 for v in attr("strides", [1] * n)) or any(attr("output_padding", [0] * n)):
+        return None
+    if attr("auto_pad", "NOTSET") != "NOTSET" or attr("output_shape") is not None:
+        return None
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, attr("dilations", [1] * n), strict=True)]
+    pads = [sp - 1 - p for sp, p in zip(spans * 2, attr("pads", [0] * (2 * n)), strict=True)]
+    if min(pads) < 0:  # pads past the kernel's reach crop the output: left to ONNX Runtime
+        return None
+    return lambda name, default=None: pads if name == "pads" else attr(name, default)
 
 
 def _gemm_form(graph: onnx.GraphProto, node: onnx.NodeProto, name: str, channels: int, size: tuple[int, ...],
@@ -137,7 +164,11 @@ def _gemm_form(graph: onnx.GraphProto, node: onnx.NodeProto, name: str, channels
 
     positions = tap_positions(win)  # [taps, output positions]; padding reads index prod(size): the zero row
     x, weight = node.input[0], node.input[1]
-    steps = [
+    steps = []
+    if node.op_type == "ConvTranspose":  # [in, out, k...] as the Conv's [out, in, k...]; its flip, in the taps' order
+        steps.append(op("Transpose", [weight], "conv_weight", perm=[1, 0, *range(2, 2 + n)]))
+        weight, positions = f"{name}/conv_weight", positions[::-1]
+    steps += [
         op("Transpose", [x], "batch_last", perm=[1, *range(2, 2 + n), 0]),
         op("Reshape", [f"{name}/batch_last", ints("rows_shape", [channels, math.prod(size), -1])], "rows"),
         op("Pad", [f"{name}/rows", ints("zero_row", [0, 0, 0, 0, 1, 0]), const("zero", np.zeros((), np.float32))],
