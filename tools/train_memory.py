@@ -25,13 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import bench_conv
 import machine
 import numpy as np
 from step_timing import Setting, add_ab_option, applied, backend_contender, import_torch, torch_contender
 
-CNNS = ("vgg", "resnet", "groupnorm", "resnet18")  # tools/bench_conv.py's
+CNNS = bench_conv.MODELS
 MODELS = ("digits-cnn", "minilm", *CNNS)
-DEFAULT = MODELS[:-1]  # ResNet-18 at 224 x 224 (~1.2 s a step) when named
+DEFAULT = ("digits-cnn", "minilm", *bench_conv.CIFAR)  # ResNet-18 at 224 x 224 (~1.2 s a step) when named
 MIB = 1 << 20
 
 
@@ -49,11 +50,10 @@ def _measure(model_name: str, contender: str, steps: int, threads: int, settings
         torch = import_torch(threads)
     dropout = True
     if model_name in CNNS:
-        import bench_conv as bench
-
-        net = bench.module(model_name)
-        shape = bench.SHAPES[model_name]
-        model, data, lr, dropout = bench.exported(net, shape), bench.batches(shape, 32, steps), bench.LR, False
+        net = bench_conv.module(model_name)
+        shape = bench_conv.SHAPES[model_name]
+        model, data, lr, dropout = (bench_conv.exported(net, shape), bench_conv.batches(shape, 32, steps),
+                                    bench_conv.LR, False)
 
         def make():  # type: ignore[no-untyped-def]
             return torch_contender(net, data, lambda feeds: torch.from_numpy(feeds["x"]), lr=lr)
