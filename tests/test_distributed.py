@@ -84,6 +84,10 @@ except TrainingInterrupted as stop:  # where each rank says the run and its chec
     with open(f"{sys.argv[5]}.{rank()}", "w") as f:
         f.write(f"{stop.run_dir} {stop.checkpoint}")
     sys.exit(130)
+if ACTION == "linger":  # a script that goes on after training, until its launcher's death ends it
+    with open(sys.argv[5], "w") as f:
+        f.write(str(time.time()))
+    time.sleep(600)
 """
 
 
@@ -298,17 +302,12 @@ def test_a_callback_stopping_one_worker_stops_all_after_the_same_step(reference:
     assert info["result"]["steps"] == 5 and info["stopped_early"] is True and info["status"] == "completed"
 
 
-def test_workers_stop_with_a_checkpoint_when_the_launcher_is_killed(reference: tuple[Path, Path],
-                                                                    tmp_path: Path) -> None:
-    """kill -9 of `onnxkit train --workers` (or a closed terminal) left mpiexec and the workers training on
-    with nobody to report to, holding the run's lock (or, once they wrote output, killed by the broken
-    pipe before a checkpoint); they now stop as after a SIGTERM. A launcher with threads sent mpiexec a
-    parent-death SIGTERM for each, and the second killed rank 0 before its checkpoint (2 runs in 3). The launcher's
-    temporary folder (the ranks' output) was left behind: 34 of them had gathered in /tmp."""
-    model, _ = reference
+def _kill_launcher_at_marker(model: Path, tmp_path: Path, action: str, step: int) -> tuple[Path, Path]:
+    """Start `launch(2, ...)` of the script with `action` in a process of its own (its temporary folder under
+    tmp_path), kill -9 it once the script wrote its marker; the run folder and the temporary folder."""
     run, temporary = tmp_path / "run", tmp_path / "tmp"
     temporary.mkdir()
-    arguments, marker = _script(tmp_path, "slow", 3)  # 27 more steps of 0.2 s: about 6 s
+    arguments, marker = _script(tmp_path, action, step)
     arguments = [*arguments[:1], str(model), str(run), *arguments[1:]]
     threads = "import threading, time; [threading.Thread(target=time.sleep, args=(60,), daemon=True).start() " \
               "for _ in range(4)]; "  # as onnxruntime's and OpenBLAS's imports start them
@@ -323,6 +322,26 @@ def test_workers_stop_with_a_checkpoint_when_the_launcher_is_killed(reference: t
         launcher.kill()
     finally:
         launcher.wait()
+    return run, temporary
+
+
+def _assert_removed(temporary: Path) -> None:
+    for _ in range(600):  # the ranks exit just after the checkpoint (one took over 10 s on a loaded 2-core host)
+        if not any(temporary.glob("onnxkit-*")):
+            break
+        time.sleep(0.05)
+    assert not any(temporary.glob("onnxkit-*")), list(temporary.rglob("*"))
+
+
+def test_workers_stop_with_a_checkpoint_when_the_launcher_is_killed(reference: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    """kill -9 of `onnxkit train --workers` (or a closed terminal) left mpiexec and the workers training on
+    with nobody to report to, holding the run's lock (or, once they wrote output, killed by the broken
+    pipe before a checkpoint); they now stop as after a SIGTERM. A launcher with threads sent mpiexec a
+    parent-death SIGTERM for each, and the second killed rank 0 before its checkpoint (2 runs in 3). The launcher's
+    temporary folder (the ranks' output) was left behind: 34 of them had gathered in /tmp."""
+    model, _ = reference
+    run, temporary = _kill_launcher_at_marker(model, tmp_path, "slow", 3)  # 27 more steps of 0.2 s: about 6 s
     for _ in range(900):  # up to 45 s: the workers' SIGTERM checkpoint, on a loaded 2-core machine
         status = json.loads((run / "run.json").read_text())["status"]
         if status != "running":
@@ -330,11 +349,17 @@ def test_workers_stop_with_a_checkpoint_when_the_launcher_is_killed(reference: t
         time.sleep(0.05)
     assert status == "interrupted"  # not "completed" by orphaned workers
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] < 30
-    for _ in range(600):  # the ranks exit just after the checkpoint (one took over 10 s on a loaded 2-core host)
-        if not any(temporary.glob("onnxkit-*")):
-            break
-        time.sleep(0.05)
-    assert not any(temporary.glob("onnxkit-*")), list(temporary.rglob("*"))
+    _assert_removed(temporary)
+
+
+def test_ranks_past_training_remove_their_folders_when_the_launcher_is_killed(reference: tuple[Path, Path],
+                                                                              tmp_path: Path) -> None:
+    """A rank whose training had ended (no stop handler left) got its watchdog's SIGTERM, which ended it at once,
+    skipping its atexit functions: its scratch folder and the launcher's stayed."""
+    model, _ = reference
+    run, temporary = _kill_launcher_at_marker(model, tmp_path, "linger", 0)
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    _assert_removed(temporary)
 
 
 KILLED_AT_START = """\

@@ -205,7 +205,10 @@ class World:
         self._waiting_for = ""
         self._watchdog: threading.Thread | None = None
         self._scratch: tuple[Path, Path] | None = None  # on ranks but 0: (their scratch run, rank 0's run)
+        self._scratch_folder: Path | None = None  # on ranks but 0: the folder of their scratch run
+        self._launcher_died = False
         self._launcher = _process_handle(os.environ.get(LAUNCHER_VARIABLE, ""))
+        atexit.register(self._clean_up)
         if self._launcher is not None:
             self._start_watchdog()
 
@@ -224,6 +227,7 @@ class World:
         except FileExistsError:
             pass  # another rank reported first
         sys.stderr.flush()
+        self._clean_up()  # MPI_Abort ends the process without its atexit functions
         self.comm.Abort(1)
         os._exit(1)  # Abort does not return; this only guards against an MPI that lets it
 
@@ -260,20 +264,35 @@ class World:
             self._watchdog.start()
 
     def _watch(self) -> None:
-        """Every half second: a SIGTERM to this rank once the launcher has died (and the launcher's folder removed
-        at exit); an abort once a collective has waited past its deadline."""
+        """Every half second: a SIGTERM to this rank once the launcher has died (the launcher's folder then removed
+        by the last rank out, `_clean_up`); an abort once a collective has waited past its deadline."""
         while True:
             time.sleep(0.5)
             if self._launcher is not None and select.select([self._launcher], [], [], 0)[0]:
                 os.close(self._launcher)
-                self._launcher = None
-                if errors := os.environ.get(ERRORS_VARIABLE):  # the launcher's folder, which it can no longer remove
-                    atexit.register(shutil.rmtree, Path(errors).parent, ignore_errors=True)
+                self._launcher, self._launcher_died = None, True
+                if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # no stop to make (training has not begun,
+                    self._clean_up()  # or has ended): the SIGTERM ends this process at once, without atexit
                 os.kill(os.getpid(), signal.SIGTERM)
             deadline = self._deadline
             if deadline is not None and time.monotonic() > deadline:
                 self.abort(f"waited more than {self.timeout:.0f} s for the other workers ({self._waiting_for}): "
                            f"one of them died or hangs (set ${TIMEOUT_VARIABLE} to wait longer)")
+
+    def _clean_up(self) -> None:
+        """Remove this rank's scratch folder; once the launcher has died, also its files, and its folder when this
+        rank is the last out (the folder is empty then). No rank removes another's scratch folder: rank 0, out
+        first, removed the whole launcher folder while rank 1 was still writing there (one full test run in six
+        left rank 1's scratch behind)."""
+        if self._scratch_folder is not None:
+            shutil.rmtree(self._scratch_folder, ignore_errors=True)
+        if self._launcher_died and (errors := os.environ.get(ERRORS_VARIABLE)):
+            folder = Path(errors).parent
+            with contextlib.suppress(OSError):
+                for entry in folder.iterdir():
+                    if not entry.is_dir():
+                        entry.unlink(missing_ok=True)
+                folder.rmdir()
 
     # ---- collectives ---------------------------------------------------------------------
 
@@ -322,9 +341,9 @@ class World:
             if failure:
                 raise OnnxkitError(failure)
             launcher = os.environ.get(ERRORS_VARIABLE)  # in the launcher's folder, gone however this rank ends
-            folder = tempfile.mkdtemp(prefix=f"onnxkit-worker{self.rank}-", dir=launcher and Path(launcher).parent)
-            scratch = Path(folder) / "run"
-            atexit.register(shutil.rmtree, scratch.parent, ignore_errors=True)
+            self._scratch_folder = Path(tempfile.mkdtemp(prefix=f"onnxkit-worker{self.rank}-",
+                                                         dir=launcher and Path(launcher).parent))
+            scratch = self._scratch_folder / "run"
             _write_files(scratch, files)
             if (run := resume if resume is not None else out_dir) is not None:
                 self._scratch = scratch, Path(run)
