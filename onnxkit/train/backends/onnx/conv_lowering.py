@@ -61,10 +61,11 @@ def lowered_convs(model: onnx.ModelProto) -> onnx.ModelProto | None:
     read_by = readers(model.graph.node)
     for index, node in enumerate(model.graph.node):
         if id(node) in plans:
-            nodes += _gemm_form(lowered.graph, node, f"{PREFIX}{index}", *plans[id(node)])
-            _, size, win, _ = plans[id(node)]
+            channels, size, win, out_channels = plans[id(node)]
+            positions = tap_positions(win)  # [taps, output positions]; padding reads index prod(size): the zero row
+            nodes += _gemm_form(lowered.graph, node, f"{PREFIX}{index}", channels, size, win, out_channels, positions)
             gathered = None if node.op_type == "ConvTranspose" else _gradient_columns(
-                read_by, values, node.input[0], tap_positions(win), 2 + len(size))
+                read_by, values, node.input[0], positions, 2 + len(size))
             if gathered is not None:
                 shared[gathered] = f"{PREFIX}{index}/columns"
         else:
@@ -150,8 +151,9 @@ def _as_conv(attr: Attr, kernel: list[int]) -> Attr | None:
 
 
 def _gemm_form(graph: onnx.GraphProto, node: onnx.NodeProto, name: str, channels: int, size: tuple[int, ...],
-               win: Window, out_channels: int) -> list[onnx.NodeProto]:
-    """The nodes computing `node`'s output as im2col + one MatMul; their constants are added to `graph`."""
+               win: Window, out_channels: int, positions: np.ndarray) -> list[onnx.NodeProto]:
+    """The nodes computing `node`'s output as im2col (the columns at `positions`, `tap_positions(win)`) + one
+    MatMul; their constants are added to `graph`."""
     n = len(size)
 
     def const(suffix: str, value: np.ndarray) -> str:
@@ -164,7 +166,6 @@ def _gemm_form(graph: onnx.GraphProto, node: onnx.NodeProto, name: str, channels
     def op(op_type: str, inputs: list[str], suffix: str, **attrs: object) -> onnx.NodeProto:
         return helper.make_node(op_type, inputs, [f"{name}/{suffix}"], name=f"{name}/{suffix}", **attrs)
 
-    positions = tap_positions(win)  # [taps, output positions]; padding reads index prod(size): the zero row
     x, weight = node.input[0], node.input[1]
     steps = []
     if node.op_type == "ConvTranspose":  # [in, out, k...] as the Conv's [out, in, k...]; its flip, in the taps' order
