@@ -1,6 +1,8 @@
 """GPU check: the onnx training backend and the runtime on the CUDA execution provider, against
-the CPU, on digits-cnn and the zoo's bert-classifier (all-MiniLM-L6-v2's shape: 6 layers,
-hidden 384, 12 heads; random weights, so the check needs no weights package).
+the CPU, on digits-cnn, a ResNet stem (a 7 x 7 stride-2 Conv, BatchNorm in training mode, ReLU, the
+overlapping 3 x 3 stride-2 max pool whose gradient scatter-adds at its Indices, a strided 3 x 3 Conv)
+and the zoo's bert-classifier (all-MiniLM-L6-v2's shape: 6 layers, hidden 384, 12 heads; random
+weights, so the check needs no weights package).
 
 It prints one table:
 - logits: the inference model on CUDA vs CPU (max |difference| / max |logit|);
@@ -38,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from onnxkit import runtime, zoo  # noqa: E402
+from onnxkit import nn, runtime, zoo  # noqa: E402
 from onnxkit.errors import OnnxkitError  # noqa: E402
 from onnxkit.runtime.session import ort  # noqa: E402
 from onnxkit.train.backends import get_backend  # noqa: E402
@@ -53,8 +55,13 @@ def cases(batch: int, rng: np.random.Generator) -> dict[str, tuple]:
     ids = rng.integers(1000, 20000, (16, 128)).astype(np.int64)
     text = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     text = {k: v for k, v in text.items() if k in {i.name for i in bert.graph.input}}
+    stem = nn.build(nn.Sequential([nn.Conv2d(3, 16, 7, stride=2, padding=3), nn.BatchNorm2d(16), nn.ReLU(),
+                                   nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                                   nn.ReLU(), nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(32, 10)]),
+                    {"x": nn.Input(["batch", 3, 64, 64])}, output_names=["logits"])
     return {
         "digits-cnn": (cnn, {cnn.graph.input[0].name: images}, rng.integers(0, 10, batch)),
+        "resnet-stem": (stem, {"x": rng.normal(size=(16, 3, 64, 64)).astype(np.float32)}, rng.integers(0, 10, 16)),
         "minilm-classifier": (bert, text, rng.integers(0, 5, 16)),
     }
 
