@@ -208,6 +208,7 @@ class World:
         self._scratch_folder: Path | None = None  # on ranks but 0: the folder of their scratch run
         self._launcher_died = False
         self._launcher = _process_handle(os.environ.get(LAUNCHER_VARIABLE, ""))
+        self._launcher_lock = threading.Lock()  # the watchdog and the exit both look
         atexit.register(self._clean_up)
         if self._launcher is not None:
             self._start_watchdog()
@@ -264,20 +265,29 @@ class World:
             self._watchdog.start()
 
     def _watch(self) -> None:
-        """Every half second: a SIGTERM to this rank once the launcher has died (the launcher's folder then removed
-        by the last rank out, `_clean_up`); an abort once a collective has waited past its deadline."""
+        """Every half second: once the launcher has died, a SIGTERM to this rank, which stops its training (the
+        launcher's folder then removed by the last rank out, `_clean_up`); an abort once a collective has waited
+        past its deadline. A rank with no SIGTERM handler (outside `onnxkit train` and outside `fit`'s training: a
+        script's own code, after fit) is left to end on its own: the signal's default action ended it with no
+        cleanup, and MPICH's mpiexec, seeing a rank die of a signal (or exit without MPI_Finalize), SIGKILLs the
+        others at once, which took rank 1's scratch folder past its cleanup, or rank 0 in its last writes."""
         while True:
             time.sleep(0.5)
-            if self._launcher is not None and select.select([self._launcher], [], [], 0)[0]:
-                os.close(self._launcher)
-                self._launcher, self._launcher_died = None, True
-                if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # no stop to make (training has not begun,
-                    self._clean_up()  # or has ended): the SIGTERM ends this process at once, without atexit
-                os.kill(os.getpid(), signal.SIGTERM)
+            if self._launcher is not None and self._launcher_gone():
+                if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # SIG_DFL: a script's own code (above)
+                    os.kill(os.getpid(), signal.SIGTERM)
             deadline = self._deadline
             if deadline is not None and time.monotonic() > deadline:
                 self.abort(f"waited more than {self.timeout:.0f} s for the other workers ({self._waiting_for}): "
                            f"one of them died or hangs (set ${TIMEOUT_VARIABLE} to wait longer)")
+
+    def _launcher_gone(self) -> bool:
+        """Whether the launcher has died (False when this rank has no launcher to watch)."""
+        with self._launcher_lock:
+            if self._launcher is not None and select.select([self._launcher], [], [], 0)[0]:
+                os.close(self._launcher)
+                self._launcher, self._launcher_died = None, True
+            return self._launcher_died
 
     def _clean_up(self) -> None:
         """Remove this rank's scratch folder; once the launcher has died, also its files, and its folder when this
@@ -286,7 +296,8 @@ class World:
         left rank 1's scratch behind)."""
         if self._scratch_folder is not None:
             shutil.rmtree(self._scratch_folder, ignore_errors=True)
-        if self._launcher_died and (errors := os.environ.get(ERRORS_VARIABLE)):
+        # the launcher's death seen here too: a rank may stop with the others before its own watchdog has seen it
+        if self._launcher_gone() and (errors := os.environ.get(ERRORS_VARIABLE)):
             folder = Path(errors).parent
             with contextlib.suppress(OSError):
                 for entry in folder.iterdir():
