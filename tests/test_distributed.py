@@ -84,9 +84,10 @@ except TrainingInterrupted as stop:  # where each rank says the run and its chec
     with open(f"{sys.argv[5]}.{rank()}", "w") as f:
         f.write(f"{stop.run_dir} {stop.checkpoint}")
     sys.exit(130)
-if ACTION == "linger":  # a script that goes on for a while after training
-    with open(sys.argv[5], "w") as f:
-        f.write(str(time.time()))
+if ACTION == "linger":  # a script that goes on for a while after training (rank 0 has written the run's last state)
+    if rank() == 0:
+        with open(sys.argv[5], "w") as f:
+            f.write(str(time.time()))
     time.sleep(3)
 """
 
