@@ -273,21 +273,22 @@ class World:
         others at once, which took rank 1's scratch folder past its cleanup, or rank 0 in its last writes."""
         while True:
             time.sleep(0.5)
-            if self._launcher is not None and self._launcher_gone():
-                if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # SIG_DFL: a script's own code (above)
-                    os.kill(os.getpid(), signal.SIGTERM)
+            # SIG_DFL: a script's own code (above)
+            if self._see_launcher_death() and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGTERM)
             deadline = self._deadline
             if deadline is not None and time.monotonic() > deadline:
                 self.abort(f"waited more than {self.timeout:.0f} s for the other workers ({self._waiting_for}): "
                            f"one of them died or hangs (set ${TIMEOUT_VARIABLE} to wait longer)")
 
-    def _launcher_gone(self) -> bool:
-        """Whether the launcher has died (False when this rank has no launcher to watch)."""
+    def _see_launcher_death(self) -> bool:
+        """True the one time this rank sees that its launcher has died (never where it has none to watch)."""
         with self._launcher_lock:
-            if self._launcher is not None and select.select([self._launcher], [], [], 0)[0]:
-                os.close(self._launcher)
-                self._launcher, self._launcher_died = None, True
-            return self._launcher_died
+            if self._launcher is None or not select.select([self._launcher], [], [], 0)[0]:
+                return False
+            os.close(self._launcher)
+            self._launcher, self._launcher_died = None, True
+            return True
 
     def _clean_up(self) -> None:
         """Remove this rank's scratch folder; once the launcher has died, also its files, and its folder when this
@@ -296,8 +297,8 @@ class World:
         left rank 1's scratch behind)."""
         if self._scratch_folder is not None:
             shutil.rmtree(self._scratch_folder, ignore_errors=True)
-        # the launcher's death seen here too: a rank may stop with the others before its own watchdog has seen it
-        if self._launcher_gone() and (errors := os.environ.get(ERRORS_VARIABLE)):
+        self._see_launcher_death()  # a rank may stop with the others before its own watchdog has seen it
+        if self._launcher_died and (errors := os.environ.get(ERRORS_VARIABLE)):
             folder = Path(errors).parent
             with contextlib.suppress(OSError):
                 for entry in folder.iterdir():
