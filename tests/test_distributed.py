@@ -430,9 +430,11 @@ def test_failing_or_hung_worker_stops_every_worker_with_its_error(reference: tup
     arguments, marker = _script(tmp_path, action, 3)
     message = "worker 1 of 2: rank 1 failed on purpose" if action == "raise" else \
         "worker 0 of 2: waited more than 3 s for the other workers"
+    exported = set(Path("/tmp").glob("hydra_hwloc_xmlfile_*"))  # Hydra's topology files, fixed in /tmp
     with pytest.raises(OnnxkitError, match=message):
         launch(2, [*arguments[:1], str(model), str(tmp_path / "run"), *arguments[1:]])
     assert time.time() - float(marker.read_text()) < 30
+    assert set(Path("/tmp").glob("hydra_hwloc_xmlfile_*")) <= exported  # a rank's MPI_Abort left one behind
 
 
 def test_workers_refuse_a_backend_that_cannot_set_gradients(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,6 +48,7 @@ MPIEXEC_FAILURE = re.compile(r"^\[mpiexec@[^]]*\] \S+ \([^)]*\): (.+)$")  # "[mp
 MPIEXEC_OWN_FAILURE = 255  # Hydra's exit status when it could not start or run the job (a killed rank's is its signal)
 RELAY_POLL_S = 0.05  # how often the ranks' output is looked for
 STOP_GRACE_S = 20.0  # after a Ctrl-C or SIGTERM, how long the ranks get to checkpoint and stop before they are killed
+TOPOLOGY_VARIABLE = "HWLOC_XMLFILE"  # where hwloc, inside mpiexec and each rank, reads the machine's topology
 OVERSUBSCRIPTION = 4  # workers per core past which --workers is refused (8 on 2 cores still train; 1000 did not start)
 
 
@@ -101,6 +102,10 @@ def _launch(workers: int, arguments: Sequence[str], run_dir: str | os.PathLike |
         with open(logs[0], "wb") as out, open(logs[1], "wb") as err:
             environment = {**os.environ, ERRORS_VARIABLE: str(errors), LAUNCHER_VARIABLE: str(os.getpid()),
                            TERMINAL_VARIABLE: str(int(sys.stderr.isatty()))}  # rank 0's progress bar
+            # Hydra exports the machine's topology to /tmp/hydra_hwloc_xmlfile_* for its ranks unless this is set,
+            # and leaves that file behind whenever a rank calls MPI_Abort (a failing worker): a path that does not
+            # exist makes each process find the topology itself, as a rank started without mpiexec does
+            environment.setdefault(TOPOLOGY_VARIABLE, str(Path(folder) / "no-topology.xml"))
             process = subprocess.Popen(command, env=environment, stdout=out, stderr=err, start_new_session=True)
         code, stopped_by, mpiexec_error = _wait_relaying(process, logs)
         if code == 0:
