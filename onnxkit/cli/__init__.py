@@ -18,6 +18,7 @@ import click
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import disk_hint
+from onnxkit.mpi_environment import end_unjoined_rank
 from onnxkit.signals import STOP_SIGNALS, handled, stop, stops_recorded
 
 # click >= 8.2 raises this for a group called with no arguments (8.1 printed the help and exited 0)
@@ -180,13 +181,15 @@ def main(argv: list[str] | None = None) -> None:
 def entry() -> None:
     """The `onnxkit` command (its console script and `python -m onnxkit`): `main`, and once a stop has ended it
     (exit status 130 or 143), further stops are ignored while the interpreter shuts down, as it waits for threads
-    (a second Ctrl-C there printed a KeyboardInterrupt traceback, or killed the process by the signal)."""
+    (a second Ctrl-C there printed a KeyboardInterrupt traceback, or killed the process by the signal). An MPI rank
+    stopped before it joined its world dies of the signal instead (`end_unjoined_rank`)."""
     try:
         main()
     except SystemExit as e:
         if e.code in tuple(128 + s for s in STOP_SIGNALS):
             for s in STOP_SIGNALS:
                 signal.signal(s, signal.SIG_IGN)
+            end_unjoined_rank(e.code - 128)
         raise
 
 

@@ -148,8 +148,8 @@ def train_cmd(model: str | None, data_argument: tuple[str, ...], **options: Any)
     frozen encoder then runs once over the data and the head trains on its cached output.
     --resume alone continues a LoRA run with its stored --lora-* settings.
     """
+    from onnxkit.mpi_environment import rank, size
     from onnxkit.train import TrainingInterrupted, fit
-    from onnxkit.train.distributed import rank, size
 
     resume = options.pop("resume")
     options["data"] = opt.given_data(data_argument, options["data"])

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_chec
 import numpy as np
 
 from onnxkit.errors import OnnxkitError
+from onnxkit.mpi_environment import local_rank, size
 from onnxkit.train.backend import TrainingSession
 from onnxkit.train.callbacks import Callback
 from onnxkit.train.config import TrainingInterrupted
@@ -56,10 +57,6 @@ from onnxkit.train.run_directory import RunDirectory
 if TYPE_CHECKING:
     from onnxkit.train.trainer import Trainer
 
-SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # set by MPICH's and Open MPI's launchers
-RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")
-# a rank's number among the ranks on its machine: MPICH's Hydra, PMI launchers, Open MPI
-LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "PMI_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK")
 TIMEOUT_VARIABLE = "ONNXKIT_WORKER_TIMEOUT"
 ERRORS_VARIABLE = "ONNXKIT_WORKER_ERRORS"  # a file the first failing rank writes its error to (set by `launch`)
 LAUNCHER_VARIABLE = "ONNXKIT_LAUNCHER_PID"  # the process whose death stops the ranks (set by `launch`)
@@ -68,18 +65,6 @@ BROADCAST_POLL_S = 0.01  # how often a rank waiting for rank 0's broadcast looks
 INSTALL = "pip install 'onnxkit[distributed]' (mpi4py and the mpich wheel, which brings mpiexec)"
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _environment_int(names: tuple[str, ...], default: int) -> int:
-    for name in names:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return default
-
-
-def size() -> int:
-    """The number of MPI ranks from the launcher's environment (1 outside MPI); imports nothing."""
-    return _environment_int(SIZE_VARIABLES, 1)
 
 
 def worker_timeout() -> float:
@@ -98,16 +83,6 @@ def worker_timeout() -> float:
 def smallest_share(rows: int) -> int:
     """The fewest rows of a batch of `rows` a rank takes (`shard`): all of them when this process runs alone."""
     return rows // size()
-
-
-def rank() -> int:
-    """This process's MPI rank from the launcher's environment (0 outside MPI); imports nothing."""
-    return _environment_int(RANK_VARIABLES, 0)
-
-
-def local_rank() -> int:
-    """This process's rank among the ranks on its machine, from the launcher's environment (else its rank)."""
-    return _environment_int(LOCAL_RANK_VARIABLES, rank())
 
 
 def rank_device(device: str, local_rank: int, gpus: int) -> str:
@@ -145,13 +120,13 @@ def check_backend(name: str) -> None:
 @functools.cache
 def current_world() -> World | None:
     """The MPI world this process is a rank of, or None when it runs alone."""
-    size = _environment_int(SIZE_VARIABLES, 1)
-    if size <= 1:
+    ranks = size()
+    if ranks <= 1:
         return None
     try:
         from mpi4py import MPI
     except ImportError:
-        raise OnnxkitError(f"this process is one of {size} MPI ranks but mpi4py is not installed; {INSTALL}") from None
+        raise OnnxkitError(f"this process is one of {ranks} MPI ranks but mpi4py is not installed; {INSTALL}") from None
     return World(MPI.COMM_WORLD)
 
 

@@ -44,6 +44,8 @@ MPIEXEC_NOISE = re.compile(  # mpiexec's banners, and MPI's error stack of a ran
     r"|\[mpiexec@.*|\[proxy:.*|Ctrl-C caught\.\.\. cleaning up processes"
     r"|Abort\(\d+\) on node \d+ .*|\w+\(\d+\)\.*: .*)$"
 )
+BANNER_RULE = "=" * 83  # the first line of mpiexec's banner about a rank that died, after a blank one
+STOPPED = re.compile(r"^error: stopped by SIG[A-Z]+$")  # a rank's last line when a stop ended it
 MPIEXEC_FAILURE = re.compile(r"^\[mpiexec@[^]]*\] \S+ \([^)]*\): (.+)$")  # "[mpiexec@host] FUNC (FILE:LINE): what"
 MPIEXEC_OWN_FAILURE = 255  # Hydra's exit status when it could not start or run the job (a killed rank's is its signal)
 RELAY_POLL_S = 0.05  # how often the ranks' output is looked for
@@ -189,18 +191,28 @@ def _kill_job(process: subprocess.Popen) -> None:
 
 
 class _Relay:
-    """The lines mpiexec writes to a file, copied to one of our streams as they come, without its banner; the
-    first error mpiexec itself reported is kept in `mpiexec_error`."""
+    """The lines mpiexec writes to a file, copied to one of our streams as they come, without its banner; once the
+    launcher has passed a stop on (`stopping`), without the ranks' "error: stopped by ..." lines either, since it
+    says so itself (each rank and the launcher wrote one); nor the blank line before each of those (click's, after
+    a Ctrl-C). The first error mpiexec itself reported is kept in `mpiexec_error`."""
 
     def __init__(self, log: Path, target: IO[str]) -> None:
         self.source, self.target, self.pending = open(log, "rb"), target, b""  # noqa: SIM115 - closed by close()
         self.mpiexec_error = ""
 
-    def pump(self, ended: bool) -> None:
+    def pump(self, ended: bool, stopping: bool = False) -> None:
         *lines, self.pending = (self.pending + self.source.read()).split(b"\n")
         if ended and self.pending:  # a last line without its newline
             lines.append(self.pending)
-        for line in (raw.decode("utf-8", "replace") for raw in lines):
+        elif lines and not lines[-1] and not self.pending:  # a blank line: kept until the next shows what follows
+            self.pending = b"\n"
+            lines.pop()
+        text = [raw.decode("utf-8", "replace") for raw in lines]
+        for k, line in enumerate(text):
+            following = text[k + 1] if k + 1 < len(text) else None
+            if (stopping and STOPPED.match(line)) or (not line and following is not None and (
+                    following == BANNER_RULE or (stopping and STOPPED.match(following)))):
+                continue
             if not MPIEXEC_NOISE.match(line):
                 self._write(line + "\n")
             elif not self.mpiexec_error and (failure := MPIEXEC_FAILURE.match(line)):
@@ -235,7 +247,7 @@ def _wait_relaying(process: subprocess.Popen, logs: Sequence[Path]) -> tuple[int
             while True:
                 ended = process.poll() is not None  # before reading: all it wrote is then in the files
                 for pump in reversed(pumps):  # stderr first: progress comes before train's last line, on stdout
-                    pump.pump(ended)
+                    pump.pump(ended, stopping=bool(relayed))
                 if ended:
                     return (int(process.returncode), relayed[0][0] if relayed else None,
                             next((p.mpiexec_error for p in pumps if p.mpiexec_error), ""))
