@@ -333,9 +333,10 @@ def test_a_workers_share_of_one_row_is_refused_where_batch_norm_trains(tmp_path,
     # --batch-size 3 too, and the error said "use --batch-size 2 or more"
     from test_train_resume import mlp_with_batchnorm
 
+    from onnxkit import mpi_environment
     from onnxkit.train import distributed
 
-    monkeypatch.setattr(distributed, "SIZE_VARIABLES", ("ONNXKIT_TEST_SIZE",))
+    monkeypatch.setattr(mpi_environment, "SIZE_VARIABLES", ("ONNXKIT_TEST_SIZE",))
     monkeypatch.setenv("ONNXKIT_TEST_SIZE", "2")
     assert distributed.smallest_share(2) == 1 and distributed.smallest_share(5) == 2
     monkeypatch.setattr(distributed, "current_world", lambda: None)  # the run itself stays one process
