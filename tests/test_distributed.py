@@ -3,6 +3,7 @@ killed rank ends the run with a clear error (mpiexec from the mpich wheel, 2 ran
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -647,3 +648,27 @@ def test_ctrl_c_says_to_resume_on_as_many_workers(reference: tuple[Path, Path], 
             process.wait()
     assert process.returncode == 130, err
     assert err.splitlines()[-1].endswith(f"; continue with: onnxkit train --resume {run} --workers 2"), err
+
+
+def test_the_relay_leaves_out_mpiexecs_banner_and_once_stopping_the_ranks_stop_lines(tmp_path: Path) -> None:
+    """Blank lines of a rank's own stay (one held back until the next line shows it is no banner's); the blank line
+    before mpiexec's banner, the banner, and once the launcher has passed a stop on, each rank's 'error: stopped by'
+    line and click's blank line before it go (a Ctrl-C printed three such lines, blank lines between)."""
+    from onnxkit.train.launch import _Relay
+
+    log, out = tmp_path / "stdout.txt", io.StringIO()
+    log.write_bytes(b"")
+    relay = _Relay(log, out)
+    rule = b"=" * 83
+    for written, stopping, ended in [
+        (b"a\n\n", False, False),
+        (b"b\n\n\n", False, False),
+        (b"\n" + rule + b"\n=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n" + rule + b"\n", False, False),
+        (b"\nerror: stopped by SIGINT\n\nerror: stopped by SIGINT\n", True, False),
+        (b"error: worker 1 of 2: a real error\n\n", True, True),
+    ]:
+        with open(log, "ab") as f:
+            f.write(written)
+        relay.pump(ended, stopping)
+    relay.close()
+    assert out.getvalue() == "a\n\nb\n\n\nerror: worker 1 of 2: a real error\n\n"

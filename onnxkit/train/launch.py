@@ -95,7 +95,8 @@ def _launch(workers: int, arguments: Sequence[str], run_dir: str | os.PathLike |
                            "across machines with mpiexec -n N "
                            "onnxkit train ... (its own host options)")
     worker_timeout()  # a bad $ONNXKIT_WORKER_TIMEOUT is one error here, not one traceback a rank
-    command = [find_mpiexec(), "-n", str(workers), sys.executable, *arguments]
+    mpiexec = find_mpiexec()
+    command = [mpiexec, "-n", str(workers), sys.executable, *arguments]
     with tempfile.TemporaryDirectory(prefix="onnxkit-workers-") as folder:
         errors = Path(folder) / "error.txt"
         # the ranks' output goes to files this process relays: were it killed, writes to a pipe it read would
@@ -104,10 +105,11 @@ def _launch(workers: int, arguments: Sequence[str], run_dir: str | os.PathLike |
         with open(logs[0], "wb") as out, open(logs[1], "wb") as err:
             environment = {**os.environ, ERRORS_VARIABLE: str(errors), LAUNCHER_VARIABLE: str(os.getpid()),
                            TERMINAL_VARIABLE: str(int(sys.stderr.isatty()))}  # rank 0's progress bar
-            # Hydra exports the machine's topology to /tmp/hydra_hwloc_xmlfile_* for its ranks unless this is set,
-            # and leaves that file behind whenever a rank calls MPI_Abort (a failing worker): a path that does not
-            # exist makes each process find the topology itself, as a rank started without mpiexec does
-            environment.setdefault(TOPOLOGY_VARIABLE, str(Path(folder) / "no-topology.xml"))
+            if (Path(mpiexec).parent / "hydra_pmi_proxy").is_file():  # MPICH's Hydra (the mpich wheel's)
+                # Hydra exports the machine's topology to /tmp/hydra_hwloc_xmlfile_* for its ranks unless this is
+                # set, and leaves that file behind whenever a rank calls MPI_Abort (a failing worker): a path that
+                # does not exist makes each process find the topology itself, as a rank started without mpiexec does
+                environment.setdefault(TOPOLOGY_VARIABLE, str(Path(folder) / "no-topology.xml"))
             process = subprocess.Popen(command, env=environment, stdout=out, stderr=err, start_new_session=True)
         code, stopped_by, mpiexec_error = _wait_relaying(process, logs)
         if code == 0:
@@ -204,9 +206,8 @@ class _Relay:
         *lines, self.pending = (self.pending + self.source.read()).split(b"\n")
         if ended and self.pending:  # a last line without its newline
             lines.append(self.pending)
-        elif lines and not lines[-1] and not self.pending:  # a blank line: kept until the next shows what follows
-            self.pending = b"\n"
-            lines.pop()
+        elif not ended and lines and not lines[-1] and not self.pending:
+            self.pending = b"\n" + lines.pop()  # a blank line, kept until the next line shows what follows it
         text = [raw.decode("utf-8", "replace") for raw in lines]
         for k, line in enumerate(text):
             following = text[k + 1] if k + 1 < len(text) else None
