@@ -155,3 +155,17 @@ def test_the_command_ignores_further_stops_once_a_stop_ended_it(monkeypatch, cod
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("size,joined,status", [("2", False, -signal.SIGTERM), ("2", True, 143), ("1", False, 143)])
+def test_an_mpi_rank_stopped_before_it_joined_its_world_dies_of_the_signal(size, joined, status):
+    # it exited 143 while the other rank, inside MPI_Init, waited for it until the launcher killed the job 20 s later;
+    # mpiexec ends every rank at once when one dies of a signal (a rank that has joined, with mpi4py.MPI imported,
+    # exits as before: MPI_Finalize at exit, and the ranks agree on the stop)
+    code = ("import sys\nfrom onnxkit import cli\n"
+            + ("sys.modules['mpi4py.MPI'] = object()\n" if joined else "")
+            + "def ends(argv=None):\n    raise SystemExit(143)\ncli.main = ends\ncli.entry()\n")
+    environment = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
+    done = subprocess.run([sys.executable, "-c", code], env={**environment, "PMI_SIZE": size}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == status, done.stderr
