@@ -652,8 +652,8 @@ def test_ctrl_c_says_to_resume_on_as_many_workers(reference: tuple[Path, Path], 
 
 def test_the_relay_leaves_out_mpiexecs_banner_and_once_stopping_the_ranks_stop_lines(tmp_path: Path) -> None:
     """Blank lines of a rank's own stay (one held back until the next line shows it is no banner's); the blank line
-    before mpiexec's banner, the banner, and once the launcher has passed a stop on, each rank's 'error: stopped by'
-    line and click's blank line before it go (a Ctrl-C printed three such lines, blank lines between)."""
+    before mpiexec's banner and the banner go, and once the launcher has passed a stop on, each rank's 'error:
+    stopped by' line and every blank line (a Ctrl-C printed three such lines, click's blank lines between)."""
     from onnxkit.train.launch import _Relay
 
     log, out = tmp_path / "stdout.txt", io.StringIO()
@@ -664,11 +664,11 @@ def test_the_relay_leaves_out_mpiexecs_banner_and_once_stopping_the_ranks_stop_l
         (b"a\n\n", False, False),
         (b"b\n\n\n", False, False),
         (b"\n" + rule + b"\n=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n" + rule + b"\n", False, False),
-        (b"\nerror: stopped by SIGINT\n\nerror: stopped by SIGINT\n", True, False),
-        (b"error: worker 1 of 2: a real error\n\n", True, True),
+        (b"\nerror: stopped by SIGINT\n\nerror: stopped by SIGINT\n\n", True, False),
+        (b"interrupted in epoch 3 after step 20: checkpoint saved\n\n", True, True),
     ]:
         with open(log, "ab") as f:
             f.write(written)
         relay.pump(ended, stopping)
     relay.close()
-    assert out.getvalue() == "a\n\nb\n\n\nerror: worker 1 of 2: a real error\n\n"
+    assert out.getvalue() == "a\n\nb\n\n\ninterrupted in epoch 3 after step 20: checkpoint saved\n"

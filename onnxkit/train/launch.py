@@ -193,10 +193,11 @@ def _kill_job(process: subprocess.Popen) -> None:
 
 
 class _Relay:
-    """The lines mpiexec writes to a file, copied to one of our streams as they come, without its banner; once the
-    launcher has passed a stop on (`stopping`), without the ranks' "error: stopped by ..." lines either, since it
-    says so itself (each rank and the launcher wrote one); nor the blank line before each of those (click's, after
-    a Ctrl-C). The first error mpiexec itself reported is kept in `mpiexec_error`."""
+    """The lines mpiexec writes to a file, copied to one of our streams as they come, without its banner (and the
+    blank line before it); once the launcher has passed a stop on (`stopping`), without the ranks' "error: stopped
+    by ..." lines either, since it says so itself (each rank and the launcher wrote one), nor blank lines (click's,
+    before each of those, and a rank's cut short by mpiexec ending it). The first error mpiexec itself reported is
+    kept in `mpiexec_error`."""
 
     def __init__(self, log: Path, target: IO[str]) -> None:
         self.source, self.target, self.pending = open(log, "rb"), target, b""  # noqa: SIM115 - closed by close()
@@ -210,9 +211,7 @@ class _Relay:
             self.pending = b"\n" + lines.pop()  # a blank line, kept until the next line shows what follows it
         text = [raw.decode("utf-8", "replace") for raw in lines]
         for k, line in enumerate(text):
-            following = text[k + 1] if k + 1 < len(text) else None
-            if (stopping and STOPPED.match(line)) or (not line and following is not None and (
-                    following == BANNER_RULE or (stopping and STOPPED.match(following)))):
+            if (stopping and (not line or STOPPED.match(line))) or (not line and text[k + 1:k + 2] == [BANNER_RULE]):
                 continue
             if not MPIEXEC_NOISE.match(line):
                 self._write(line + "\n")
