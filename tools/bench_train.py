@@ -15,8 +15,10 @@ per-round ratio (below 1: faster than the baseline).
 losses agree with PyTorch's within 1e-3 (relative), so the timing compares the same
 computation. `--no-dropout` times with dropout off everywhere (digits-mlp has Dropout: a cost
 of its own, which differs between the contenders). `--profile` adds per-op kernel times of the
-onnx backend's training and optimizer graphs. Needs torch outside the project environment
-(PYTHONPATH=/tmp/torchlib).
+onnx backend's training and optimizer graphs. `--ab MODULE.CONSTANT=VALUE` adds the onnx backend
+with an onnxkit constant changed, round for round beside the others (one thread for digits-cnn's
+step: `--ab onnxkit.train.backends.onnx.artifacts.ONE_THREAD_STEP=1e12`). Needs torch outside the
+project environment (PYTHONPATH=/tmp/torchlib).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from step_timing import (
+    add_ab_option,
     backend_contender,
     check_same_computation,
     import_torch,
@@ -38,6 +41,7 @@ from step_timing import (
     summarise,
     time_rounds,
     torch_contender,
+    variant_contender,
 )
 
 from onnxkit import zoo
@@ -86,10 +90,14 @@ def batches(name: str, batch_size: int, steps: int) -> list[tuple[dict[str, np.n
     return out[:steps]
 
 
-def contenders(name: str, backends: list[str], work: Path, data: list, threads: int, dropout: bool) -> list:
-    """The backends and PyTorch, each from the zoo model's initial weights."""
+def contenders(name: str, backends: list[str], work: Path, data: list, threads: int, dropout: bool,
+               ab: list | None = None) -> list:
+    """The backends (and the onnx backend with the `ab` settings) and PyTorch, each from the zoo model's initial
+    weights."""
     model = zoo.build_model(name)
     out = [backend_contender(b, model, work / b, data, threads=threads, lr=LR, dropout=dropout) for b in backends]
+    if ab:
+        out.append(variant_contender(ab, model, work / "onnx-ab", data, threads=threads, lr=LR, dropout=dropout))
     return [*out, pytorch_contender(name, model, data, dropout)]
 
 
@@ -116,6 +124,7 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="first compare 20 steps' losses with dropout off")
     parser.add_argument("--no-dropout", action="store_true", help="time with dropout off on every contender")
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the onnx backend's graphs")
+    add_ab_option(parser)
     args = parser.parse_args()
     print(machine.machine_line(), flush=True)
     torch = import_torch(args.threads)
@@ -133,7 +142,8 @@ def main() -> None:
                 )
             data = batches(name, args.batch_size, args.steps)
             times = time_rounds(
-                contenders(name, args.backends, work / "bench", data, args.threads, not args.no_dropout), args.rounds
+                contenders(name, args.backends, work / "bench", data, args.threads, not args.no_dropout, args.ab),
+                args.rounds,
             )
             print_summary(name, summarise(times))
             if args.profile:
