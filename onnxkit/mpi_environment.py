@@ -3,6 +3,7 @@ heavy, so the command's exit can ask it too (`end_unjoined_rank`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -40,7 +41,8 @@ def end_unjoined_rank(signum: int) -> None:
     exiting: the ranks already inside MPI_Init wait for it there, deaf to their own stop, for as long as the job
     lasts, while mpiexec ends them all at once when a rank dies of a signal. Outside MPI this does nothing."""
     if size() > 1 and "mpi4py.MPI" not in sys.modules:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream: nothing left to say
+                stream.flush()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
