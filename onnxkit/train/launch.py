@@ -44,7 +44,7 @@ MPIEXEC_NOISE = re.compile(  # mpiexec's banners, and MPI's error stack of a ran
     r"|\[mpiexec@.*|\[proxy:.*|Ctrl-C caught\.\.\. cleaning up processes"
     r"|Abort\(\d+\) on node \d+ .*|\w+\(\d+\)\.*: .*)$"
 )
-BANNER_RULE = "=" * 83  # the first line of mpiexec's banner about a rank that died, after a blank one
+BANNER_RULE = re.compile(r"^=+$")  # the first line of mpiexec's banner about a rank that died, after a blank one
 STOPPED = re.compile(r"^error: stopped by SIG[A-Z]+$")  # a rank's last line when a stop ended it
 MPIEXEC_FAILURE = re.compile(r"^\[mpiexec@[^]]*\] \S+ \([^)]*\): (.+)$")  # "[mpiexec@host] FUNC (FILE:LINE): what"
 MPIEXEC_OWN_FAILURE = 255  # Hydra's exit status when it could not start or run the job (a killed rank's is its signal)
@@ -211,7 +211,8 @@ class _Relay:
             self.pending = b"\n" + lines.pop()  # a blank line, kept until the next line shows what follows it
         text = [raw.decode("utf-8", "replace") for raw in lines]
         for k, line in enumerate(text):
-            if (stopping and (not line or STOPPED.match(line))) or (not line and text[k + 1:k + 2] == [BANNER_RULE]):
+            following = text[k + 1] if k + 1 < len(text) else ""
+            if (stopping and (not line or STOPPED.match(line))) or (not line and BANNER_RULE.match(following)):
                 continue
             if not MPIEXEC_NOISE.match(line):
                 self._write(line + "\n")
