@@ -48,6 +48,10 @@ ACCUMULATED = ".accumulated"  # suffix of a gradient's running-sum input
 # than it does there (Xeon, 2 threads, steps on one against two: digits-mlp at batch 64, 1.7M, 10% faster; digits-cnn
 # at batch 32, 1.7M, 8%; at 3.3M, digits-mlp at batch 128 3% faster, digits-cnn at 64 8% slower; 6.6M, 1% slower)
 ONE_THREAD_STEP = 2_500_000
+# a CPU step of up to this many forward multiply-adds (and at least ONE_THREAD_STEP) also gets a one-thread training
+# session, and runs on whichever of the two has been faster lately (`faster_of_two`: on a 2-vCPU VM whose host at
+# times runs the vCPUs against each other, two threads took twice one's time there)
+TIMED_THREADS_UP_TO = 1 << 25
 # the sessions run with ONNX Runtime's memory pattern (one planned allocation a run, beside what the first run
 # allocated: the activations twice) for models of at most PATTERN_UP_TO parameters whose training batch does at most
 # PATTERN_MACS_UP_TO forward multiply-adds: it saves 3-4% of a 0.3-1.1M-parameter MLP's 1-3 ms step (h 1024 at batch
@@ -116,6 +120,7 @@ def write_artifacts(problem: TrainingProblem, directory: Path) -> None:
         "accumulation": problem.grad_accumulation,
         "dropout": dropout,
         "small_step": small_step(problem, macs),
+        "timed_threads": timed_threads(problem, macs),
         "memory_pattern": memory_pattern(problem, layout.size, macs),
         "swapped_operands": swaps,
         "cpu_graphs": cpu_graphs,
@@ -141,13 +146,25 @@ def batch_macs(problem: TrainingProblem) -> int:
 
 def small_step(problem: TrainingProblem, macs: Callable[[], int]) -> bool:
     """Whether a training step at `problem.batch_size` does fewer than ONE_THREAD_STEP forward multiply-adds
-    (`macs()`); a batch size not given: False. Models whose weights alone are past it at that batch are taken as
-    past it without shape inference (a dense or conv layer does at least its weights' multiply-adds a row; an
-    embedding's table does none, so such models keep every thread)."""
+    (`macs()`); a batch size not given: False."""
+    return _step_under(problem, macs, ONE_THREAD_STEP)
+
+
+def timed_threads(problem: TrainingProblem, macs: Callable[[], int]) -> bool:
+    """Whether a training step at `problem.batch_size` does from ONE_THREAD_STEP up to TIMED_THREADS_UP_TO forward
+    multiply-adds: the session then times a one-thread session of it beside its own (see TIMED_THREADS_UP_TO)."""
+    return _step_under(problem, macs, TIMED_THREADS_UP_TO) and not small_step(problem, macs)
+
+
+def _step_under(problem: TrainingProblem, macs: Callable[[], int], limit: int) -> bool:
+    """Whether a training step at `problem.batch_size` does fewer than `limit` forward multiply-adds; no batch size:
+    False. Models whose weights alone are past it at that batch are taken as past it without shape inference (a
+    dense or conv layer does at least its weights' multiply-adds a row; an embedding's table does none, so such
+    models keep every thread)."""
     rows = problem.batch_size
-    if not rows or float_values(problem.eval_model) * rows >= ONE_THREAD_STEP:
+    if not rows or float_values(problem.eval_model) * rows >= limit:
         return False
-    return macs() < ONE_THREAD_STEP
+    return macs() < limit
 
 
 def memory_pattern(problem: TrainingProblem, parameters: int, macs: Callable[[], int]) -> bool:
