@@ -217,7 +217,7 @@ class OnnxSession(TrainingSession):
         return loss
 
     def _run_step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
-        session = wanted = 0
+        session, wanted, shapes, same = 0, 0, (), None
         if self._faster:  # the one-thread session only for batches of shapes it gives the same bits for
             shapes = tuple(np.shape(labels if n == self._labels else feeds.get(n)) for n in self._data_inputs)
             same, wanted = self._same_bits.get(shapes), self._faster.pick()
