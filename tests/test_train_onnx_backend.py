@@ -264,7 +264,7 @@ def test_a_step_under_the_one_thread_size_trains_on_one_thread_with_the_same_wei
     for rows in (64, 128, None):
         session = open_training(zoo.build_model("digits-mlp"), tmp_path / str(rows), batch_size=rows, dropout=False)
         one = rows is not None and per_row * rows < ONE_THREAD_STEP
-        assert (session._train.get_session_options().intra_op_num_threads == 1) == one, rows
+        assert (session._trains[0].get_session_options().intra_op_num_threads == 1) == one, rows
         for _ in range(3):
             session.train_step({"x": x}, y)
             session.optimizer_step(1e-2)

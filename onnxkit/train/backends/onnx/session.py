@@ -99,9 +99,8 @@ class OnnxSession(TrainingSession):
         lowered = sig.get("cpu_graphs", {}) if kind == "cpu" else {}  # graphs with their Convs lowered for the CPU
         training = str(directory / lowered.get(TRAINING, TRAINING))
         disabled = TRANSPOSE_OPTIMIZERS if sig.get("swapped_operands") else ()
-        self._train = create_session(training, options, providers, own=True, disabled=disabled)
         # a mid-size step on the CPU also gets a one-thread session, opened when first timed: the faster lately runs
-        self._trains = [self._train]
+        self._trains = [create_session(training, options, providers, own=True, disabled=disabled)]
         timed = sig.get("timed_threads", False) and kind == "cpu" and threads != 1
         one_thread = _options(1, 4, spin_between_runs=spin, memory_pattern=patterned)
         self._open_one_thread = functools.partial(create_session, training, one_thread, providers, own=True,
@@ -118,7 +117,7 @@ class OnnxSession(TrainingSession):
         # 39 -> 34 ms a fit when they spin until the run returns)
         self._eval = create_session(str(directory / lowered.get(EVAL, EVAL)),
                                     _options(threads, spin_between_runs=False, memory_pattern=patterned), providers)
-        for session in (self._train, self._optim, self._eval):
+        for session in (self._trains[0], self._optim, self._eval):
             check_started(session, kind, device)
         self._load(load_state(checkpoint or directory / INITIAL), directory, checkpoint is not None)
         # host scalars, each bound as an OrtValue that shares its array's memory: written and read
@@ -130,12 +129,12 @@ class OnnxSession(TrainingSession):
         self._windows: list[list] = self._dropout_settings.get("views", [])  # [input, dropout, table, dims]
         bound = {*self._layout.names, *self._buffers, STARTS, *(w[0] for w in self._windows)}
         bound |= {f"{n}.grad{ACCUMULATED}" for n in self._layout.names}
-        data = [i for i in self._train.get_inputs() if i.name not in bound and not i.name.startswith(TABLE)]
+        data = [i for i in self._trains[0].get_inputs() if i.name not in bound and not i.name.startswith(TABLE)]
         self._data_inputs = [i.name for i in data]
         # where each named dim of the batch is read, to shape the bound dropout windows
         self._dims = {d: (i.name, axis) for i in data for axis, d in enumerate(i.shape) if isinstance(read_dim(d), str)}
         self._window_shapes: dict[tuple[int, ...], list[tuple]] = {}  # by the batch's named dims' sizes
-        self._feeds_starts = any(i.name == STARTS for i in self._train.get_inputs())
+        self._feeds_starts = any(i.name == STARTS for i in self._trains[0].get_inputs())
         self._eval_inputs = [i.name for i in self._eval.get_inputs()]
         self._eval_data = [n for n in self._eval_inputs if n not in {*self._layout.names, *self._buffers, LABELS}]
         self._eval_output = self._eval.get_outputs()[0].name
