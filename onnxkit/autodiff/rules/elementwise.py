@@ -25,7 +25,7 @@ def add(b: Backward) -> list[str | None]:
 def sub(b: Backward) -> list[str | None]:
     return [
         b.unbroadcast(b.dy(), 0) if b.wants(0) else None,
-        b.unbroadcast(b.op("Neg", b.dy()), 1) if b.wants(1) else None,
+        b.unbroadcast(b.neg(b.dy()), 1) if b.wants(1) else None,
     ]
 
 
@@ -70,7 +70,7 @@ def mod(b: Backward) -> list[str | None]:
 
 @rule("Neg")
 def neg(b: Backward) -> list[str | None]:
-    return [b.op("Neg", b.dy())]
+    return [b.neg(b.dy())]
 
 
 @rule("Abs")
