@@ -1,9 +1,9 @@
 """`python -m onnxkit`: the `onnxkit` command."""
 
-from onnxkit.cli import entry
+from onnxkit.command import run
 
 try:
-    entry()
+    run()
 finally:
     # Under `python -m` (CPython 3.11, 3.12), a KeyboardInterrupt that ended code run from a string (dataclasses and
     # namedtuple make their methods so, as modules are imported) marks the run as interrupted even when caught, and

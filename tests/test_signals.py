@@ -169,3 +169,22 @@ def test_an_mpi_rank_stopped_before_it_joined_its_world_dies_of_the_signal(size,
     done = subprocess.run([sys.executable, "-c", code], env={**environment, "PMI_SIZE": size}, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == status, done.stderr
+
+
+@pytest.mark.parametrize("signum,size,status", [(signal.SIGINT, "1", 130), (signal.SIGTERM, "1", 143),
+                                                (signal.SIGINT, "2", -signal.SIGINT)])
+def test_a_stop_while_the_command_imports_its_cli_is_one_line(signum, size, status):
+    # in the command's first ~0.1 s, while it imported click, numpy and onnx, Ctrl-C printed a KeyboardInterrupt
+    # traceback (12-30 lines, status -2) and SIGTERM killed it without a word; an MPI rank still dies of the signal
+    code = ("import importlib.abc, os, sys\n"
+            "class StopAtClick(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            f"        if name == 'click':\n            os.kill(os.getpid(), {int(signum)})\n"
+            "sys.meta_path.insert(0, StopAtClick())\n"
+            "sys.argv = ['onnxkit', '--help']\n"
+            "from onnxkit.command import run\nrun()\n")
+    environment = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
+    done = subprocess.run([sys.executable, "-c", code], env={**environment, "PMI_SIZE": size}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == status, done.stderr
+    assert done.stderr == f"error: stopped by {signal.Signals(signum).name}\n" and done.stdout == ""

@@ -179,10 +179,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def entry() -> None:
-    """The `onnxkit` command (its console script and `python -m onnxkit`): `main`, and once a stop has ended it
-    (exit status 130 or 143), further stops are ignored while the interpreter shuts down, as it waits for threads
-    (a second Ctrl-C there printed a KeyboardInterrupt traceback, or killed the process by the signal). An MPI rank
-    stopped before it joined its world dies of the signal instead (`end_unjoined_rank`)."""
+    """The `onnxkit` command (run by `onnxkit.command.run`): `main`, and once a stop has ended it (exit status 130
+    or 143), further stops are ignored while the interpreter shuts down, as it waits for threads (a second Ctrl-C
+    there printed a KeyboardInterrupt traceback, or killed the process by the signal). An MPI rank stopped before
+    it joined its world dies of the signal instead (`end_unjoined_rank`)."""
     try:
         main()
     except SystemExit as e:
