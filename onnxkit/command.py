@@ -2,8 +2,8 @@
 
 Importing the CLI takes the command's first ~0.1 s (click, numpy, onnx). A stop in that time ends the command as a
 later one does, with one `error: stopped by SIGINT` line and status 130 (143 for SIGTERM), where Python printed a
-KeyboardInterrupt traceback (12-30 lines, status -2) and SIGTERM killed the process. Only the standard library is
-imported before the handler is in place.
+KeyboardInterrupt traceback (12-30 lines, status -2) and SIGTERM killed the process. Nothing but the standard
+library (and onnxkit's two modules of it: signals, mpi_environment) is imported before the handler is in place.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import sys
 from typing import Any
 
 from onnxkit.mpi_environment import end_unjoined_rank
-
-STOPS = (signal.SIGINT, signal.SIGTERM)
+from onnxkit.signals import STOP_SIGNALS
 
 
 class _Stopped(BaseException):
@@ -26,18 +25,31 @@ def _stopped(signum: int, frame: Any) -> None:
 
 
 def run() -> None:
-    """Import the CLI and run it (`onnxkit.cli.entry`, whose own handlers answer stops while a command runs), a
-    stop outside them answered here."""
-    for s in STOPS:
-        signal.signal(s, _stopped)
+    """Import the CLI and run it (`onnxkit.cli.main`, whose own handlers answer stops while a command runs), a stop
+    outside them answered here. Once the command has ended, stops are ignored: the interpreter waits for threads as it
+    exits, and a second Ctrl-C there printed a KeyboardInterrupt traceback or killed the process by the signal, where
+    the command had chosen its status. An MPI rank that a stop ended before it joined its world dies of the signal
+    (`end_unjoined_rank`)."""
+    _answer(_stopped)
     try:
-        from onnxkit.cli import entry
+        from onnxkit.cli import main
 
-        entry()
+        main()
     except _Stopped as e:
+        _answer(signal.SIG_IGN)
         signum = e.args[0]
-        for s in STOPS:
-            signal.signal(s, signal.SIG_IGN)
         print(f"error: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
-        end_unjoined_rank(signum)  # an MPI rank dies of the signal (see there)
+        end_unjoined_rank(signum)
         sys.exit(128 + signum)
+    except SystemExit as e:
+        _answer(signal.SIG_IGN)
+        if e.code in tuple(128 + s for s in STOP_SIGNALS):
+            end_unjoined_rank(e.code - 128)
+        raise
+    finally:
+        _answer(signal.SIG_IGN)
+
+
+def _answer(handler: Any) -> None:
+    for s in STOP_SIGNALS:
+        signal.signal(s, handler)

@@ -18,8 +18,7 @@ import click
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
 from onnxkit.files import disk_hint
-from onnxkit.mpi_environment import end_unjoined_rank
-from onnxkit.signals import STOP_SIGNALS, handled, stop, stops_recorded
+from onnxkit.signals import handled, stop, stops_recorded
 
 # click >= 8.2 raises this for a group called with no arguments (8.1 printed the help and exited 0)
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -176,21 +175,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
-
-
-def entry() -> None:
-    """The `onnxkit` command (run by `onnxkit.command.run`): `main`, and once a stop has ended it (exit status 130
-    or 143), further stops are ignored while the interpreter shuts down, as it waits for threads (a second Ctrl-C
-    there printed a KeyboardInterrupt traceback, or killed the process by the signal). An MPI rank stopped before
-    it joined its world dies of the signal instead (`end_unjoined_rank`)."""
-    try:
-        main()
-    except SystemExit as e:
-        if e.code in tuple(128 + s for s in STOP_SIGNALS):
-            for s in STOP_SIGNALS:
-                signal.signal(s, signal.SIG_IGN)
-            end_unjoined_rank(e.code - 128)
-        raise
 
 
 def click_message(e: click.ClickException) -> str:
