@@ -106,6 +106,23 @@ def test_the_model_is_sized_to_regression_targets_and_images(tmp_path):
     assert dims(wide.graph.output[0]) == ["batch", 4]
 
 
+def test_whole_numbers_far_from_class_ids_are_a_measurement(tmp_path):
+    """scikit-learn's bundled linnerud, pulse from the exercises: 11 values from 46 to 74 in 20 rows made a classifier
+    of 75 classes, 64 of them never seen (test accuracy 0); they are a target to regress. Ids from 0 or 1 stay classes,
+    gaps and all, as do a few from 2 up that fill most ids below the largest."""
+    from onnxkit.train.default_model import default_model, unmodelled_data
+
+    x, y = skd.load_linnerud(return_X_y=True)
+    write_csv(tmp_path / "pulse.csv", x, y[:, 2].astype(np.int64))
+    _, made = default_model(unmodelled_data(tmp_path / "pulse.csv", seed=0, label=None), "pulse.csv")
+    assert made.options == {"features": 3, "outputs": 1, "task": "regression"}
+    assert "whole numbers: a measurement, not classes; --loss ce classifies them" in made.sized_to
+    for ids in ([1, 2, 3], [0, 2, 5, 9], [2, 3, 4]):
+        write_csv(tmp_path / "ids.csv", x, np.resize(ids, len(x)))
+        _, made = default_model(unmodelled_data(tmp_path / "ids.csv", seed=0, label=None), "ids.csv")
+        assert "task" not in made.options and made.options["outputs"] == max(ids) + 1, ids
+
+
 def test_a_folder_of_class_folders_of_images_trains_the_cnn_built_for_it(run_cli, tmp_path):
     from PIL import Image
 
