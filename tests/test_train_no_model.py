@@ -109,7 +109,7 @@ def test_the_model_is_sized_to_regression_targets_and_images(tmp_path):
 def test_whole_numbers_far_from_class_ids_are_a_measurement(tmp_path):
     """scikit-learn's bundled linnerud, pulse from the exercises: 11 values from 46 to 74 in 20 rows made a classifier
     of 75 classes, 64 of them never seen (test accuracy 0); they are a target to regress. Ids from 0 or 1 stay classes,
-    gaps and all, as do a few from 2 up that fill most ids below the largest."""
+    gaps and all, as do a few from 2 up that fill most ids below the largest, and codes over many rows each."""
     from onnxkit.train.default_model import default_model, unmodelled_data
 
     x, y = skd.load_linnerud(return_X_y=True)
@@ -121,6 +121,10 @@ def test_whole_numbers_far_from_class_ids_are_a_measurement(tmp_path):
         write_csv(tmp_path / "ids.csv", x, np.resize(ids, len(x)))
         _, made = default_model(unmodelled_data(tmp_path / "ids.csv", seed=0, label=None), "ids.csv")
         assert "task" not in made.options and made.options["outputs"] == max(ids) + 1, ids
+    rows = np.random.default_rng(0).normal(size=(300, 3))
+    write_csv(tmp_path / "codes.csv", rows, np.resize([200, 404, 500], len(rows)))
+    _, made = default_model(unmodelled_data(tmp_path / "codes.csv", seed=0, label=None), "codes.csv")
+    assert "task" not in made.options and made.options["outputs"] == 501
 
 
 def test_a_folder_of_class_folders_of_images_trains_the_cnn_built_for_it(run_cli, tmp_path):

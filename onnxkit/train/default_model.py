@@ -143,17 +143,18 @@ def _features(count: int, columns: tuple[str, ...] | None) -> str:
 
 
 def _measured(dataset: Dataset) -> int:
-    """How many values unnamed whole-number labels take when they read as a measurement, not class ids, else 0: too
-    many for classes (more than `MAX_GUESSED_CLASSES`, and on average fewer than 20 training rows each: diabetes' 166
-    values in 266 rows, an age in years), or three or more from 2 up that leave most ids below the largest unused
-    (linnerud's pulse, 11 values from 46 to 74 in 20 rows, made 75 classes, 64 of them never seen)."""
+    """How many values unnamed whole-number labels take when they read as a measurement, not class ids, else 0: on
+    average fewer than 20 training rows each, and either too many for classes (more than `MAX_GUESSED_CLASSES`:
+    diabetes' 166 values in 266 rows, an age in years) or three or more from 2 up that leave most ids below the
+    largest unused (linnerud's pulse, 11 values from 46 to 74 in 20 rows, made 75 classes, 64 of them never seen;
+    codes such as 200, 404 and 500 over many rows stay classes)."""
     labels = dataset.train.labels
     if dataset.label_names or labels.ndim != 1:
         return 0
     values = np.unique(labels)
-    many = len(values) > MAX_GUESSED_CLASSES and len(values) * 20 > len(labels)
     sparse = len(values) >= 3 and values.min() >= 2 and 2 * len(values) < values.max() + 1
-    return len(values) if many or sparse else 0
+    measured = len(values) * 20 > len(labels) and (len(values) > MAX_GUESSED_CLASSES or sparse)
+    return len(values) if measured else 0
 
 
 def _classes(dataset: Dataset) -> int:
