@@ -27,12 +27,11 @@ def _axes(b: Backward) -> list[int] | None:
 
 
 def _kept(b: Backward, name: str) -> str:
-    """`name` (shaped like the output) with the reduced axes kept as 1s."""
+    """`name` (shaped like the output) with the reduced axes kept as 1s, to broadcast against x; a
+    reduction over every axis gives a scalar, which broadcasts as it is."""
     axes = _axes(b)
-    if b.attr("keepdims", 1) or axes == []:
+    if b.attr("keepdims", 1) or axes == [] or axes is None:
         return name
-    if axes is None:
-        return b.op("Reshape", name, b.ints([1] * b.need_rank(b.x())))
     return b.unsqueeze(name, axes)
 
 
@@ -47,17 +46,17 @@ def reduce_sum(b: Backward) -> list[str | None]:
 
 def _count(b: Backward) -> str:
     """How many inputs each output averages: the product of the reduced dims, static when they are, else
-    from x's shape at run time. (Not size(x) / size(y): an empty batch makes that 0 / 0.)"""
+    from x's shape at run time (x's size over every axis). (Not size(x) / size(y): an empty batch makes
+    that 0 / 0.)"""
     axes, x_dims = _axes(b), b.dims(b.x())
     if axes == []:
         return b.const(1.0)
-    if axes is None and x_dims is None:
-        return b.cast_like(b.op("Size", b.x()), b.x())
-    reduced = x_dims if axes is None else [x_dims[a] for a in axes]
-    if all(isinstance(d, int) for d in reduced):
+    reduced = x_dims if axes is None or x_dims is None else [x_dims[a] for a in axes]
+    if reduced is not None and all(isinstance(d, int) for d in reduced):
         return b.const(float(np.prod(reduced)))
-    dims = b.shape(b.x()) if axes is None else b.op("Gather", b.shape(b.x()), b.ints(axes))
-    return b.cast_like(b.op("ReduceProd", dims, keepdims=0), b.x())
+    if axes is None:
+        return b.cast_like(b.op("Size", b.x()), b.x())
+    return b.cast_like(b.op("ReduceProd", b.op("Gather", b.shape(b.x()), b.ints(axes)), keepdims=0), b.x())
 
 
 @rule("ReduceMean")
