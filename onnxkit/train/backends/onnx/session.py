@@ -303,7 +303,7 @@ class OnnxSession(TrainingSession):
                 return max(w[4] for w in windows)
             if self._device == "cpu":  # a view of the table's array (whose memory its OrtValue shares): 1.0 us
                 binding.bind_cpu_input(name, self._dropout.tables[table][start:start + count].reshape(shape))
-            else:  # by address, 1.7 us
+            else:  # by address: 5-6 us in onnxruntime 1.32 (its OrtDevice.make per call)
                 where = self._table_at[table] + 4 * start
                 binding.bind_input(name, self._device, self._device_id, np.float32, shape, where)
         return 0
