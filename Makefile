@@ -46,11 +46,11 @@ $(ORT_STAMP): pyproject.toml Makefile
 	$(ORT_BIN)/python -m pip install -q --no-deps -e .
 	touch $(ORT_STAMP)
 
-# Everything on the current stack (the `onnx` backend), then the training tests again on the
-# ORT-training backend in its own environment, with the cross-backend gradient checks.
-# The two suites run side by side (the main one keeps about one of two cores busy, the rest of its time
-# waiting on subprocesses and sockets): 7.0 minutes against 8.2 one after the other on two cores. The ORT-training report is held in
-# $(ORT_LOG) and printed once both are done, so the main suite's progress stays readable.
+# Everything on the current stack (the `onnx` backend) and, side by side with it, the training tests on the
+# ORT-training backend in its own environment, with the cross-backend gradient checks. The main suite keeps
+# about one of the two cores busy (the rest of its time it waits on subprocesses and sockets): 7.0 minutes
+# for both against 8.2 one after the other. The ORT-training report is held in $(ORT_LOG) and printed
+# once both are done, so the main suite's progress stays readable.
 ORT_LOG := $(ORT_VENV)/tests.log
 test:
 	$(MAKE) -j2 venv venv-ort
