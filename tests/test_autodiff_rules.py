@@ -536,6 +536,32 @@ def test_a_loss_negated_at_its_end_negates_its_seed_as_a_constant(op):
     np.testing.assert_allclose(gradient, -x.sum(axis=0) / x.size, rtol=1e-14)
 
 
+@pytest.mark.parametrize("trained", [["w"], ["w", "k"]])
+def test_a_seed_times_a_fixed_loss_weight_is_one_constant_and_a_trained_weight_stays_read(trained):
+    """loss = mean(x * w) * k, k a loss's weight (label smoothing's 1 - eps): the seed times k is made as one constant,
+    no node of constants alone (the reference evaluator's import again, 1.30x a fit's steps); k trained, its value
+    changes, so the backward reads it."""
+    x = rand(4, 3, seed=1)
+    nodes = [helper.make_node("Mul", ["x", "w"], ["scaled"]), helper.make_node("ReduceMean", ["scaled"], ["total"],
+                                                                              keepdims=0),
+             helper.make_node("Mul", ["total", "k"], ["loss"])]
+    graph = helper.make_graph(nodes, "weighted", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", 3])],
+                              [helper.make_tensor_value_info("loss", TensorProto.DOUBLE, [])],
+                              [numpy_helper.from_array(rand(3, seed=2), "w"),
+                               numpy_helper.from_array(np.array(0.9), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    with_gradients = add_gradients(model, trained, "loss")
+    made = {"x", *trained, *(o for n in with_gradients.graph.node for o in n.output)}  # parameters: inputs in training
+    backward = [n for n in with_gradients.graph.node if n.name.startswith("onnxkit.grad/")]
+    assert all(any(i in made for i in n.input if i) for n in backward)
+    assert any("k" in n.input for n in backward) == ("k" in trained)
+    session = ort.InferenceSession(with_gradients.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = dict(zip(trained, session.run([gradient_name(n) for n in trained], {"x": x}), strict=True))
+    np.testing.assert_allclose(values["w"], 0.9 * x.sum(axis=0) / x.size, rtol=1e-14)
+    if "k" in trained:
+        np.testing.assert_allclose(values["k"], (x * rand(3, seed=2)).mean(), rtol=1e-14)
+
+
 @pytest.mark.parametrize("dims,shapes", [(["batch", 5], [[4, 5], [0, 5], [7, 5]]),
                                          (["batch", "seq", 5], [[2, 6, 5], [0, 3, 5]]), ([4, 3, 5], [[4, 3, 5]])])
 def test_a_bias_over_leading_axes_sums_its_gradient_as_one_product_with_ones(dims, shapes):

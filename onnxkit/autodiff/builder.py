@@ -101,6 +101,15 @@ class Graph:
             return self.const(-array, helper.np_dtype_to_tensor_dtype(array.dtype))
         return self.op("Neg", name)
 
+    def times(self, name: str, fixed: str) -> str:
+        """`name` * `fixed`, where `fixed` takes no gradient: a constant made here times a value fixed before run time
+        (a label-smoothed loss's weights on its seed) comes out as their product, no node (see `neg`)."""
+        value, by = self._values.get(name), self.constants.get(fixed)
+        if value is not None and by is not None and value.dtype == by.dtype:
+            product = value * by
+            return self.const(product, helper.np_dtype_to_tensor_dtype(product.dtype))
+        return self.op("Mul", name, fixed)
+
     def ints(self, values: Sequence[int] | int) -> str:
         return self.const(values, TensorProto.INT64)
 

@@ -43,9 +43,14 @@ def mean(b: Backward) -> list[str | None]:
 @rule("Mul")
 def mul(b: Backward) -> list[str | None]:
     return [
-        b.unbroadcast(b.op("Mul", b.dy(), b.x(1)), 0) if b.wants(0) else None,
-        b.unbroadcast(b.op("Mul", b.dy(), b.x(0)), 1) if b.wants(1) else None,
+        b.unbroadcast(_times_other(b, 1), 0) if b.wants(0) else None,
+        b.unbroadcast(_times_other(b, 0), 1) if b.wants(1) else None,
     ]
+
+
+def _times_other(b: Backward, i: int) -> str:
+    """dy * x(i); a constant dy times a fixed x(i) is folded to one constant (`Graph.times`)."""
+    return b.op("Mul", b.dy(), b.x(i)) if b.wants(i) else b.graph.times(b.dy(), b.x(i))
 
 
 @rule("Div")
