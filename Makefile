@@ -75,8 +75,7 @@ demo: venv
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/onnxkit build digits-cnn -o $(DEMO)/digits-cnn.onnx
 	$(BIN)/onnxkit inspect $(DEMO)/digits-cnn.onnx
-	$(BIN)/onnxkit train $(DEMO)/digits-cnn.onnx --data digits-images --epochs 40 --batch-size 128 \
-	    --lr 0.01 --schedule cosine --warmup 0.05 -o $(DEMO)/run
+	$(BIN)/onnxkit train $(DEMO)/digits-cnn.onnx --data digits-images -o $(DEMO)/run
 	$(BIN)/onnxkit eval $(DEMO)/run/model.onnx --data digits-images --split test
 	$(BIN)/onnxkit quantize $(DEMO)/run/model.onnx -o $(DEMO)/digits-cnn.int8.onnx --mode auto \
 	    --calib digits-images --eval digits-images --max-drop 0.5

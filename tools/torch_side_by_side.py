@@ -6,8 +6,9 @@ CNN, an LSTM and a GRU over digits' rows, an MLP with BatchNorm1d and Dropout, M
 Softmax and in LogSoftmax) and each exporter (TorchScript `dynamo=False`, dynamo), it:
 
 - exports the module in eval mode with a dynamic batch axis, as users do;
-- runs `onnxkit train model.onnx --data DATA -o run` (no other flag; `--recipe` adds the README's
-  digits-cnn flags: `--epochs 40 --batch-size 128 --lr 0.01 --schedule cosine --warmup 0.05`);
+- runs `onnxkit train model.onnx --data DATA -o run` (no other flag; `--recipe` adds digits-cnn's
+  recipe before session 39, without its label smoothing, which the PyTorch side has no flag for here:
+  `--epochs 40 --batch-size 128 --lr 0.01 --schedule cosine --warmup 0.05`);
 - trains a copy of the module in PyTorch from the same weights with what that run used: AdamW
   (torch's defaults, weight decay 0.01), the learning rate, batch size, schedule and number of
   epochs run.json records, onnxkit's own split (`load_dataset(data, seed=0)`) and shuffled batches

@@ -37,8 +37,9 @@ MONITOR_NAMES = ("val_loss", "val_accuracy", "val_macro_f1", "train_loss")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--loss", type=click.Choice([*LOSSES, *LOSS_ALIASES]),
               help="Default: from the model's task and the labels (ce, bce, l2, mae: short names).")
-@click.option("--label-smoothing", type=opt.Number(float, 0, high=1), default=0.0,
-              help="Cross-entropy's, as PyTorch's CrossEntropyLoss(label_smoothing=): e.g. 0.1 (default: 0).")
+@click.option("--label-smoothing", type=opt.Number(float, 0, high=1),
+              help="Cross-entropy's, as PyTorch's CrossEntropyLoss(label_smoothing=): e.g. 0.1 (default: the model's "
+                   "recipe's, else 0).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS),
               help="torch.optim's algorithm, option names and defaults (default: the model's recipe's, else adamw).")
 @click.option("--lr", type=opt.POSITIVE,

@@ -52,7 +52,7 @@ class TrainConfig:
     drop: list[str] = field(default_factory=list)  # a CSV's columns left out, by their headers
     output: str | None = None
     loss: str | None = None
-    label_smoothing: float = 0.0  # cross-entropy's (Loss.smoothed)
+    label_smoothing: float | None = None  # cross-entropy's (Loss.smoothed); None: the model recipe's, for cross-entropy
     optimizer: str = "adamw"
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     lr: float = 1e-3

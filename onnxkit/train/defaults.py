@@ -39,6 +39,7 @@ class Settings:
     monitor: str | None = None
     patience: int | None = None
     patience_from_step: int = 0  # early stopping waits for this many optimizer steps
+    label_smoothing: float | None = None  # cross-entropy's (the run's setup applies a recipe's to that loss only)
 
 
 def training_mode(train_only: Any, adapter: Any) -> str:
@@ -71,6 +72,7 @@ def resolve(
         patience=given.patience,
         steps=given.steps,
         epochs=given.epochs,
+        label_smoothing=_first(given.label_smoothing, r.label_smoothing),
     )
     automatic = given.epochs is None and given.steps is None and r.epochs is None
     if given.epochs is not None or given.steps is not None:
@@ -112,6 +114,8 @@ def _note(s: Settings, source: str, automatic: bool) -> str:
     parts = [f"{name} lr {s.lr:g}", f"batch {s.batch_size}"]
     if s.schedule != "constant" or s.warmup:
         parts.append(f"{s.schedule} schedule" + (f", warm-up {s.warmup:g}" if s.warmup else ""))
+    if s.label_smoothing:
+        parts.append(f"label smoothing {s.label_smoothing:g}")
     if s.steps is None:
         parts.append(f"{'up to ' if automatic and s.patience else ''}{s.epochs} epoch{'s' if s.epochs != 1 else ''}")
     if automatic and s.patience:

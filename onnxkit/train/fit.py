@@ -115,7 +115,7 @@ def fit(
     out_dir: str | os.PathLike | None = None,
     *,
     loss: str | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | None = None,
     optimizer: str | Optimizer | None = None,
     lr: float | None = None,
     weight_decay: float | None = None,
@@ -169,7 +169,8 @@ def fit(
     - `loss`: cross-entropy, bce-with-logits, mse or l1 (default: from the model's
       task metadata, else from its output and the labels). `label_smoothing` ε (cross-entropy's, as PyTorch's
       `CrossEntropyLoss(label_smoothing=)`): each target is 1 - ε on its class plus ε spread over all classes; the
-      training loss is that, validation and test report plain cross-entropy.
+      training loss is that, validation and test report plain cross-entropy (default: the model's training
+      recipe's where the loss is cross-entropy, else 0).
     - `optimizer`: a name (sgd, adam, adamw, adagrad, rmsprop, adadelta) or an object from
       `onnxkit.train.optim` holding its options (torch.optim's names and defaults);
       `lr` defaults to torch's for that optimizer; `weight_decay` overrides the
@@ -273,7 +274,8 @@ def fit(
         if batch_size is None:  # a model that fixes its batch size trains at that size
             batch_size = fixed_batch_size(model_inputs(proto))
         given = Settings(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
-                         steps=steps, schedule=schedule, warmup=warmup, monitor=monitor, patience=patience)
+                         steps=steps, schedule=schedule, warmup=warmup, monitor=monitor, patience=patience,
+                         label_smoothing=label_smoothing)
         recipe = read_training_recipe(proto, training_mode(train_only, adapter))
         chosen, note = resolve(given, recipe, train_rows=len(dataset.train), grad_accumulation=grad_accumulation,
                                has_validation=len(dataset.validation) > 0)
@@ -330,7 +332,7 @@ def fit(
             raise OnnxkitError(f"lr must be positive, got {config.lr}", params=["lr"])
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise OnnxkitError(f"clip_grad_norm must be positive, got {clip_grad_norm}", params=["clip_grad_norm"])
-        if not 0 <= label_smoothing <= 1:
+        if label_smoothing is not None and not 0 <= label_smoothing <= 1:
             raise OnnxkitError(f"label_smoothing must be between 0 and 1, got {label_smoothing}",
                                params=["label_smoothing"])
     adapter = run_adapter(config, adapter)

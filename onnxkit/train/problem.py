@@ -80,6 +80,7 @@ def open_training(
     *,
     backend: str | None = None,
     loss: str = "cross-entropy",
+    label_smoothing: float = 0.0,
     optimizer: str | Optimizer = "adamw",
     train_only: Sequence[str] = (),
     freeze: Sequence[str] = (),
@@ -93,14 +94,16 @@ def open_training(
     """A training session on `model`'s first output, built the way `fit` builds it, in the new
     folder `directory` (for benchmarks and tests; `fit` adds data, the loop and checkpoints). With
     `validation_classes`, its eval graph also sums a classifier's validation metrics (`score_step`), as fit's does;
-    `batch_size`, the rows of its training batches, as fit gives it (`TrainingProblem`)."""
+    `batch_size`, the rows of its training batches, as fit gives it (`TrainingProblem`); `label_smoothing`,
+    cross-entropy's."""
     chosen = get_backend(backend)
     model, _ = trainable_form(model)
     types = value_types(model)
     output = output_type(types, model, model.graph.output[0].name)
     selection = select(model, find_parameters(model), output.name, freeze=freeze, train_only=train_only)
     spec = get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
-    problem = training_problem(model, output, get_loss(loss), selection, spec, chosen, types=types, dropout=dropout,
+    objective = get_loss(loss).smoothed(label_smoothing) if label_smoothing else get_loss(loss)
+    problem = training_problem(model, output, objective, selection, spec, chosen, types=types, dropout=dropout,
                                grad_accumulation=grad_accumulation, validation_classes=validation_classes,
                                batch_size=batch_size)
     directory.mkdir(parents=True)

@@ -59,6 +59,7 @@ from onnxkit.train.callbacks import (
     Record,
 )
 from onnxkit.train.config import GraphAdapter, TrainConfig
+from onnxkit.train.defaults import training_mode
 from onnxkit.train.exporter_marks import computed_at_export, folded_batch_norms, padding_rows, unmarked_scalars
 from onnxkit.train.frozen_features import cut, features
 from onnxkit.train.impute import filled, gap_medians, gaps_line, impute_inputs
@@ -91,6 +92,7 @@ from onnxkit.train.training_form import (
     training_output,
 )
 from onnxkit.train.validation_sums import SummedValidation
+from onnxkit.training_recipe import read_training_recipe
 
 FIT_SAMPLE = 2048  # training rows run through a regression model to see whether it answers in the targets' units
 
@@ -172,8 +174,12 @@ class Setup:
         self.loss: Loss = get_loss(c.loss) if c.loss else default_loss(self.named_task, self.shape, labels)
         self.loss.check_output(self.output_vi)
         self.loss = self.loss.along(self.output_vi, labels)  # the class axis of one id per position
-        if c.label_smoothing:
-            self.loss = self.loss.smoothed(c.label_smoothing)
+        smoothing = c.label_smoothing
+        if smoothing is None:  # not given: the model's training recipe's, where the loss is cross-entropy
+            recipe = read_training_recipe(self.model, training_mode(c.train_only, c.adapter))
+            smoothing = recipe.label_smoothing if recipe and self.loss.class_labels else None
+        if smoothing:
+            self.loss = self.loss.smoothed(smoothing)
         self.task = LOSS_TASK[self.loss.name]
         self.regression = self.task == "regression"  # whole-number targets too (a CSV of prices in dollars)
 
