@@ -102,6 +102,12 @@ def test_explicit_settings_win_over_the_recipe():
     assert steps.steps == 7 and steps.patience is None
     everything = Settings("adamw", 0.1, None, 8, 2, None, "constant", None, None, None)
     assert resolve(everything, recipe, **kw)[1] is None  # nothing defaulted, nothing said
+    smoothing = TrainingRecipe(lr=0.01, label_smoothing=0.1)  # a recipe's smoothing is said even with all else given
+    assert resolve(everything, smoothing, **kw)[1] == ("training with the label smoothing of the model's training "
+                                                       "recipe: adamw lr 0.1, batch 8, label smoothing 0.1, 2 epochs "
+                                                       "(flags override them)")
+    assert resolve(Settings("adamw", 0.1, None, 8, 2, None, "constant", label_smoothing=0.0), smoothing, **kw) == (
+        Settings("adamw", 0.1, None, 8, 2, None, "constant", 0.0, None, None, label_smoothing=0.0), None)
     # the README's spelled-out digits-cnn command leaves only the optimizer out: no data-sized setting
     spelled_out = Settings(lr=0.01, batch_size=128, epochs=40, schedule="cosine", warmup=0.05)
     # 'defaults' alone read as if the flags were not taken; 'defaults for the optimizer: adamw lr 0.01, ...' (make

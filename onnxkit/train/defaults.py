@@ -86,10 +86,12 @@ def resolve(
             out.patience = max(MIN_PATIENCE, math.ceil(out.epochs / 10))
             out.patience_from_step = MIN_STEPS // 2
     defaulted = [f for f in ("optimizer", "lr", "batch_size", "schedule", "epochs") if getattr(given, f) is None]
+    if given.label_smoothing is None and r.label_smoothing:  # said even where every other setting was given
+        defaulted.append("label_smoothing")
     if not defaulted or (given.steps is not None and defaulted == ["epochs"]):
         return out, None
-    used = [f for f in ("optimizer", "lr", "batch_size", "schedule", "warmup", "epochs") if getattr(given, f) is None
-            and getattr(r, f) is not None]
+    used = [f for f in ("optimizer", "lr", "batch_size", "schedule", "warmup", "epochs", "label_smoothing")
+            if getattr(given, f) is None and getattr(r, f) is not None]
     source = ("the model's training recipe" if used or "lr" in defaulted and r.lr_for(name)
               else "defaults for this data" if automatic else "defaults")  # only the length follows the data
     if len(defaulted) == 1:  # the flags set all but one: name it ('defaults' read as if no flag had been taken, and
@@ -101,7 +103,7 @@ def resolve(
 
 
 _WORDS = {"optimizer": "optimizer", "lr": "learning rate", "batch_size": "batch size", "schedule": "schedule",
-          "epochs": "length"}
+          "epochs": "length", "label_smoothing": "label smoothing"}
 
 
 def _first(*values: Any) -> Any:
