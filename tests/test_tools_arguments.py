@@ -20,6 +20,7 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
     ("bench_conv.py", ["--ab", "onnxkit.autodiff.rules.conv.NO_SUCH_CONSTANT=1"]),
     ("bench_finetune.py", ["--ab", "onnxkit.autodiff.rules.conv.FLIPPED_FROM=many"]),
     ("startup_time.py", ["--runs", "0"]),
+    ("check_defaults.py", ["--spread", "0"]),
 ])
 def test_a_bad_count_is_one_line(tool, arguments):
     done = subprocess.run([sys.executable, str(TOOLS / tool), *arguments], capture_output=True, text=True,

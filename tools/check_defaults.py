@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 
 BBC = "business,entertainment,politics,sports,tech"
@@ -57,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bert", action="store_true", help="Also fine-tune the pretrained bert-classifier (slow).")
     parser.add_argument("--out", type=Path, help="Folder for models and runs (default: a temporary one).")
-    parser.add_argument("--spread", type=int, default=0, metavar="N",
+    parser.add_argument("--spread", type=machine.count, metavar="N",
                         help="N more runs a case, from other initial weights and shuffling seeds.")
     parser.add_argument("--only", nargs="+", choices=list(CASES), help="These cases alone.")
     parser.add_argument("--flags", default="", help="Train flags added to every case, as one string.")
@@ -72,7 +73,7 @@ def main() -> None:
         check(Path(folder), cases, args.spread, shlex.split(args.flags))
 
 
-def check(folder: Path, cases: dict, spread: int, extra: list[str]) -> None:
+def check(folder: Path, cases: dict, spread: int | None, extra: list[str]) -> None:
     """Build and train each case with its defaults under `folder`, a table row each."""
     print("| model | data | flags | recipe line | test accuracy | target | minutes |" + " spread |" * bool(spread))
     print("|---|---|---|---|---|---|---|" + "---|" * bool(spread))
