@@ -52,6 +52,7 @@ $(ORT_STAMP): pyproject.toml Makefile
 # for both against 8.2 one after the other. The ORT-training report is held in $(ORT_LOG) and printed
 # once both are done, so the main suite's progress stays readable.
 ORT_LOG := $(ORT_VENV)/tests.log
+ORT_TESTS := ONNXKIT_BACKEND=ort-training $(ORT_BIN)/python -m pytest -m training
 test:
 	$(MAKE) -j2 venv venv-ort
 	@rm -f $(ORT_LOG); $(MAKE) -j2 test-onnx test-ort-held; status=$$?; \
@@ -62,10 +63,10 @@ test-onnx: venv
 	$(BIN)/python -m pytest
 
 test-ort-held: venv-ort
-	@ONNXKIT_BACKEND=ort-training $(ORT_BIN)/python -m pytest -m training > $(ORT_LOG) 2>&1
+	@$(ORT_TESTS) > $(ORT_LOG) 2>&1
 
 test-ort: venv-ort
-	ONNXKIT_BACKEND=ort-training $(ORT_BIN)/python -m pytest -m training
+	$(ORT_TESTS)
 
 lint: venv
 	$(BIN)/ruff check onnxkit models tests tools
